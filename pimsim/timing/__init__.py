@@ -1,0 +1,114 @@
+"""Cycle-accurate timing of DRAM/PIM channels: rule tables compiled to arrays, a numba kernel.
+
+:class:`ChannelTimer` holds the state of one channel and advances it segment by segment; streams
+are ``int64`` arrays of items ``(cmd, bank, row, count, 0)`` built with :func:`make_stream`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from pimsim.config import HwConfig
+from pimsim.spec.commands import COMMANDS, N_CMDS, cmd_id
+from pimsim.timing import kernel as K
+from pimsim.timing.tables import TimingTables, build_tables
+
+SYNC = K.SYNC
+ITEM_FIELDS = 5
+
+
+def make_stream(items: Iterable[tuple]) -> np.ndarray:
+    """Build a stream from ``(name, bank, row, count)`` tuples; ``"SYNC"`` ends a segment.
+
+    ``bank`` is ignored (use -1) for all-bank and channel commands; ``count`` defaults to 1.
+    """
+    rows = []
+    for it in items:
+        if it == "SYNC" or (isinstance(it, tuple) and it[0] == "SYNC"):
+            rows.append((SYNC, -1, -1, 0, 0))
+            continue
+        name, bank, row, *rest = it
+        rows.append((cmd_id(name), bank, row, rest[0] if rest else 1, 0))
+    return np.array(rows, np.int64).reshape(-1, ITEM_FIELDS)
+
+
+class ChannelTimer:
+    """One channel's controller state, advanced by the numba kernel between sync points."""
+
+    def __init__(self, cfg: HwConfig, *, log: bool = False, fast: bool = True,
+                 tables: TimingTables | None = None):
+        self.cfg = cfg
+        self.tables = tables if tables is not None else build_tables(cfg, fast=fast)
+        geom = self.tables.geom
+        n_nodes = int(geom[3])
+        n_win = self.tables.win_tab.shape[0]
+        self.ready = np.zeros((n_nodes, N_CMDS), np.int64)
+        self.win_hist = np.zeros((max(n_win, 1), n_nodes, self.tables.max_window), np.int64)
+        self.win_cnt = np.zeros((max(n_win, 1), n_nodes), np.int64)
+        self.open_row = np.full(cfg.org.banks, -1, np.int64)
+        self.scal = np.zeros(K.N_SCAL, np.int64)
+        self.scal[K.S_NEXT_REF] = cfg.timing.nREFI
+        self.counts = np.zeros(N_CMDS, np.int64)
+        self.stats = np.zeros(K.N_STATS, np.int64)
+        self._log = np.zeros((1024 if log else 0, 4), np.int64)
+
+    def run(self, stream: np.ndarray, pos: int = 0, not_before: int = 0) -> int:
+        """Issue items from ``pos`` through the next SYNC (or the end); return the next position."""
+        t = self.tables
+        pos, self._log = K.run_segment(
+            stream, pos, not_before, t.cmd_tab, t.pr_start, t.pr_tab, t.win_tab, t.geom,
+            self.ready, self.win_hist, self.win_cnt, self.open_row, self.scal, self.counts,
+            self.stats, self._log,
+        )
+        return pos
+
+    def run_all(self, stream: np.ndarray) -> int:
+        """Run a whole stream, treating SYNC items as no-ops; return the done cycle."""
+        pos = 0
+        while pos < stream.shape[0]:
+            pos = self.run(stream, pos, 0)
+        return self.done_cyc
+
+    # --- direct access for rule tests and tools
+    def earliest(self, name: str, bank: int = -1) -> int:
+        t = self.tables
+        return int(K.earliest(cmd_id(name), bank, t.cmd_tab, t.win_tab, t.geom, self.ready,
+                              self.win_hist, self.win_cnt))
+
+    def issue_at(self, name: str, bank: int, row: int, cycle: int) -> None:
+        """Issue one command at a given cycle (no legality check: that is the caller's job)."""
+        t = self.tables
+        self._log = K.issue(cmd_id(name), bank, row, cycle, 1, t.cmd_tab, t.pr_start, t.pr_tab,
+                            t.win_tab, t.geom, self.ready, self.win_hist, self.win_cnt,
+                            self.open_row, self.scal, self.counts, self._log)
+
+    @property
+    def done_cyc(self) -> int:
+        """Cycle at which every issued command has completed."""
+        return int(self.scal[K.S_DONE])
+
+    @property
+    def last_issue_cyc(self) -> int:
+        return int(self.scal[K.S_LAST])
+
+    @property
+    def log(self) -> np.ndarray:
+        """Issued commands so far: rows of (cycle, cmd, bank (-1 = all/channel), row)."""
+        return self._log[: int(self.scal[K.S_LOG_N])]
+
+    def command_counts(self) -> dict[str, int]:
+        return {c.name: int(n) for c, n in zip(COMMANDS, self.counts) if n}
+
+    @property
+    def row_hits(self) -> int:
+        return int(self.stats[K.ST_HITS])
+
+    @property
+    def row_misses(self) -> int:
+        return int(self.stats[K.ST_MISSES])
+
+    @property
+    def refreshes(self) -> int:
+        return int(self.stats[K.ST_REFRESHES])

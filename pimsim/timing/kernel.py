@@ -1,0 +1,291 @@
+"""Per-channel DRAM/PIM command scheduling kernel (numba), driven by the compiled rule tables.
+
+Models one memory controller channel with an in-order command queue and an open-row policy: each
+stream item ``(cmd, bank, row, count, 0)`` asks for ``count`` column commands (or one row/channel
+command); the kernel inserts the mode switch, PRE/PREA and ACT/ACT_AB the item needs, issues each
+command at the earliest cycle every rule allows, and inserts an all-bank refresh (PREA + REFab)
+whenever one is due (every nREFI) before the next command would issue. An item with
+``cmd == SYNC`` ends a segment: the kernel returns so the event layer can synchronise channels.
+
+Fast path: after the first command of a run of identical column commands, the rest issue exactly
+``self_gap`` cycles apart (every earlier constraint was already met by the first; nothing else is
+issued in between), so they are stepped in closed form, up to the next refresh. The slow path
+(``fast = 0``) issues them one by one; tests check that both give identical results.
+
+Runs in plain Python under ``NUMBA_DISABLE_JIT=1``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from pimsim.timing.tables import (
+    CT_CLOSED_FORM, CT_COLUMN, CT_DONE, CT_MODE, CT_ROW, CT_SCOPE, CT_SELF_GAP, G_BANKS, G_BG,
+    G_BPG, G_CMD_ACT, G_CMD_ACTAB, G_CMD_PRE, G_CMD_PREA, G_CMD_REF, G_CMD_TMOD, G_FAST,
+    G_NODES, G_NREFI, G_PIM, G_REFRESH,
+)
+
+SYNC = -1  # stream pseudo-command: end of a segment
+NOTHING = -2  # "no command needed" (e.g. ACT of a row that is already open)
+
+# scal[] slots of the per-channel state
+S_LAST, S_NEXT_REF, S_MODE, S_DONE, S_LOG_N, S_FIRST = range(6)
+N_SCAL = 8
+# stats[] slots
+ST_HITS, ST_MISSES, ST_REFRESHES, ST_INSERTED = range(4)
+N_STATS = 4
+
+_SCOPE_BANK = 0
+_SCOPE_ALLBANK = 1
+_ROW_NONE, _ROW_NEEDS_OPEN, _ROW_OPENS, _ROW_CLOSES, _ROW_NEEDS_OPEN_CLOSES, _ROW_ALL_CLOSED = range(6)
+
+
+@njit(cache=True)
+def earliest(cmd, bank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt):
+    """Earliest cycle at which ``cmd`` (to ``bank`` for bank commands) satisfies every rule."""
+    scope = cmd_tab[cmd, CT_SCOPE]
+    n_bg = geom[G_BG]
+    t = ready[0, cmd]
+    if scope == _SCOPE_BANK:
+        g = bank // geom[G_BPG]
+        t = max(t, ready[1 + g, cmd])
+        t = max(t, ready[1 + n_bg + bank, cmd])
+    elif scope == _SCOPE_ALLBANK:
+        for node in range(1, geom[G_NODES]):
+            t = max(t, ready[node, cmd])
+    for w in range(win_tab.shape[0]):
+        if win_tab[w, 1] != cmd:
+            continue
+        lvl = win_tab[w, 2]
+        lat = win_tab[w, 3]
+        size = win_tab[w, 4]
+        lo, hi = _level_nodes(scope, bank, lvl, geom)
+        for node in range(lo, hi):
+            cnt = win_cnt[w, node]
+            if cnt >= size:
+                t = max(t, win_hist[w, node, cnt % size] + lat)
+    return t
+
+
+@njit(cache=True)
+def _level_nodes(scope, bank, lvl, geom):
+    """Range [lo, hi) of nodes of level ``lvl`` that a command of ``scope`` touches."""
+    n_bg = geom[G_BG]
+    if lvl == 0:
+        return 0, 1
+    if scope == _SCOPE_BANK:
+        if lvl == 1:
+            g = 1 + bank // geom[G_BPG]
+            return g, g + 1
+        b = 1 + n_bg + bank
+        return b, b + 1
+    if scope == _SCOPE_ALLBANK:
+        if lvl == 1:
+            return 1, 1 + n_bg
+        return 1 + n_bg, 1 + n_bg + geom[G_BANKS]
+    return 0, 0  # channel-scope commands touch no bank or bank-group node
+
+
+@njit(cache=True)
+def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
+          win_cnt, open_row, scal, counts, log):
+    """Record ``n_same`` issues of ``cmd`` ending at cycle ``t`` (spaced by its self gap).
+
+    Updates every rule's ready time, windows, row and mode state, counters and the log; returns
+    the (possibly grown) log array.
+    """
+    scope = cmd_tab[cmd, CT_SCOPE]
+    for r in range(pr_start[cmd], pr_start[cmd + 1]):
+        f = pr_tab[r, 0]
+        lo, hi = _level_nodes(scope, bank, pr_tab[r, 1], geom)
+        v = t + pr_tab[r, 2]
+        for node in range(lo, hi):
+            if ready[node, f] < v:
+                ready[node, f] = v
+    gap = cmd_tab[cmd, CT_SELF_GAP]
+    for w in range(win_tab.shape[0]):
+        if win_tab[w, 0] != cmd:
+            continue
+        size = win_tab[w, 4]
+        lo, hi = _level_nodes(scope, bank, win_tab[w, 2], geom)
+        first = max(0, n_same - size)
+        for node in range(lo, hi):
+            for j in range(first, n_same):
+                tj = t - (n_same - 1 - j) * gap
+                win_hist[w, node, win_cnt[w, node] % size] = tj
+                win_cnt[w, node] += 1
+    rowb = cmd_tab[cmd, CT_ROW]
+    if rowb == _ROW_OPENS or rowb == _ROW_CLOSES or rowb == _ROW_NEEDS_OPEN_CLOSES:
+        new_row = row if rowb == _ROW_OPENS else -1
+        if scope == _SCOPE_BANK:
+            open_row[bank] = new_row
+        else:
+            for b in range(open_row.shape[0]):
+                open_row[b] = new_row
+    if cmd == geom[G_CMD_TMOD]:
+        scal[S_MODE] = 1 - scal[S_MODE]
+    counts[cmd] += n_same
+    scal[S_LAST] = t
+    done = t + cmd_tab[cmd, CT_DONE]
+    if done > scal[S_DONE]:
+        scal[S_DONE] = done
+    if log.shape[0] > 0:
+        n = scal[S_LOG_N]
+        if n + n_same > log.shape[0]:
+            grown = np.empty((max(2 * log.shape[0], n + n_same), 4), np.int64)
+            grown[:n] = log[:n]
+            log = grown
+        for j in range(n_same):
+            log[n + j, 0] = t - (n_same - 1 - j) * gap
+            log[n + j, 1] = cmd
+            log[n + j, 2] = bank if scope == _SCOPE_BANK else -1
+            log[n + j, 3] = row
+        scal[S_LOG_N] = n + n_same
+    return log
+
+
+@njit(cache=True)
+def next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal):
+    """The command that must issue next to make progress on ``cmd``: (cmd, bank, row)."""
+    if geom[G_PIM] == 1:
+        mode = cmd_tab[cmd, CT_MODE]
+        if mode >= 0 and mode != scal[S_MODE]:
+            return geom[G_CMD_TMOD], -1, -1
+    scope = cmd_tab[cmd, CT_SCOPE]
+    rowb = cmd_tab[cmd, CT_ROW]
+    nb = open_row.shape[0]
+    if rowb == _ROW_NEEDS_OPEN or rowb == _ROW_NEEDS_OPEN_CLOSES:
+        if scope == _SCOPE_BANK:
+            if open_row[bank] == row:
+                return cmd, bank, row
+            if open_row[bank] >= 0:
+                return geom[G_CMD_PRE], bank, open_row[bank]
+            return geom[G_CMD_ACT], bank, row
+        all_hit = True
+        any_open = False
+        for b in range(nb):
+            if open_row[b] != row:
+                all_hit = False
+            if open_row[b] >= 0:
+                any_open = True
+        if all_hit:
+            return cmd, bank, row
+        if any_open:
+            return geom[G_CMD_PREA], -1, -1
+        act = geom[G_CMD_ACTAB]
+        if geom[G_PIM] == 1 and scal[S_MODE] != cmd_tab[act, CT_MODE]:
+            return geom[G_CMD_TMOD], -1, -1
+        return act, -1, row
+    if rowb == _ROW_OPENS:
+        if scope == _SCOPE_BANK:
+            if open_row[bank] == row:
+                return NOTHING, bank, row
+            if open_row[bank] >= 0:
+                return geom[G_CMD_PRE], bank, open_row[bank]
+            return cmd, bank, row
+        all_hit = True
+        any_open = False
+        for b in range(nb):
+            if open_row[b] != row:
+                all_hit = False
+            if open_row[b] >= 0:
+                any_open = True
+        if all_hit:
+            return NOTHING, -1, row
+        if any_open:
+            return geom[G_CMD_PREA], -1, -1
+        return cmd, -1, row
+    if rowb == _ROW_CLOSES:
+        if scope == _SCOPE_BANK:
+            if open_row[bank] < 0:
+                return NOTHING, bank, -1
+            return cmd, bank, open_row[bank]
+        for b in range(nb):
+            if open_row[b] >= 0:
+                return cmd, -1, -1
+        return NOTHING, -1, -1
+    if rowb == _ROW_ALL_CLOSED:
+        for b in range(nb):
+            if open_row[b] >= 0:
+                return geom[G_CMD_PREA], -1, -1
+        return cmd, -1, -1
+    return cmd, bank, row
+
+
+@njit(cache=True)
+def _refresh_due(t, geom, scal):
+    return geom[G_REFRESH] == 1 and t >= scal[S_NEXT_REF]
+
+
+@njit(cache=True)
+def run_segment(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                win_hist, win_cnt, open_row, scal, counts, stats, log):
+    """Issue stream items from ``pos`` up to (and past) the next SYNC item, or to the end.
+
+    No command issues before ``not_before``. Returns (next position, log).
+    """
+    n_items = stream.shape[0]
+    ref = geom[G_CMD_REF]
+    prea = geom[G_CMD_PREA]
+    while pos < n_items:
+        cmd = stream[pos, 0]
+        if cmd == SYNC:
+            return pos + 1, log
+        bank = stream[pos, 1]
+        row = stream[pos, 2]
+        count = stream[pos, 3]
+        is_column = cmd_tab[cmd, CT_COLUMN] == 1
+        k = 0
+        missed = False
+        while k < count:
+            ncmd, nbank, nrow = next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal)
+            if ncmd == NOTHING:
+                k += 1
+                continue
+            t = max(not_before, earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready, win_hist,
+                                         win_cnt))
+            if _refresh_due(t, geom, scal):
+                # precharge everything still open, then refresh, at the earliest legal cycles
+                for b in range(open_row.shape[0]):
+                    if open_row[b] >= 0:
+                        tp = max(scal[S_NEXT_REF], not_before,
+                                 earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
+                                          win_cnt))
+                        log = issue(prea, -1, -1, tp, 1, cmd_tab, pr_start, pr_tab, win_tab,
+                                    geom, ready, win_hist, win_cnt, open_row, scal, counts, log)
+                        stats[ST_INSERTED] += 1
+                        break
+                tr = max(scal[S_NEXT_REF], not_before,
+                         earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt))
+                log = issue(ref, -1, -1, tr, 1, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                            win_hist, win_cnt, open_row, scal, counts, log)
+                stats[ST_REFRESHES] += 1
+                scal[S_NEXT_REF] += geom[G_NREFI]
+                continue
+            log = issue(ncmd, nbank, nrow, t, 1, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                        win_hist, win_cnt, open_row, scal, counts, log)
+            if ncmd != cmd:
+                stats[ST_INSERTED] += 1
+                missed = True
+                continue
+            k += 1
+            if is_column:
+                if missed:
+                    stats[ST_MISSES] += 1
+                else:
+                    stats[ST_HITS] += 1
+            missed = False
+            if geom[G_FAST] == 1 and k < count and cmd_tab[cmd, CT_CLOSED_FORM] == 1:
+                gap = cmd_tab[cmd, CT_SELF_GAP]
+                n = count - k
+                if geom[G_REFRESH] == 1:
+                    n = min(n, max(0, (scal[S_NEXT_REF] - 1 - t) // gap))
+                if n > 0:
+                    log = issue(cmd, bank, row, t + n * gap, n, cmd_tab, pr_start, pr_tab,
+                                win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts,
+                                log)
+                    k += n
+                    stats[ST_HITS] += n
+        pos += 1
+    return pos, log
