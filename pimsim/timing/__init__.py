@@ -54,11 +54,12 @@ class ChannelTimer:
         self.stats = np.zeros(K.N_STATS, np.int64)
         self._log = np.zeros((1024 if log else 0, 4), np.int64)
 
-    def run(self, stream: np.ndarray, pos: int = 0, not_before: int = 0) -> int:
-        """Issue items from ``pos`` through the next SYNC (or the end); return the next position."""
+    def run(self, stream: np.ndarray, pos: int = 0, not_before: int = 0,
+            end: int | None = None) -> int:
+        """Issue items from ``pos`` through the next SYNC (or ``end``); return the next position."""
         t = self.tables
         pos, self._log = K.run_segment(
-            stream, pos, not_before, t.cmd_tab, t.pr_start, t.pr_tab, t.win_tab, t.geom,
+            stream, pos, stream.shape[0] if end is None else end, not_before, t.cmd_tab, t.pr_start, t.pr_tab, t.win_tab, t.geom,
             self.ready, self.win_hist, self.win_cnt, self.open_row, self.scal, self.counts,
             self.stats, self._log,
         )

@@ -219,13 +219,13 @@ def _refresh_due(t, geom, scal):
 
 
 @njit(cache=True)
-def run_segment(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                 win_hist, win_cnt, open_row, scal, counts, stats, log):
-    """Issue stream items from ``pos`` up to (and past) the next SYNC item, or to the end.
+    """Issue stream items from ``pos`` up to (and past) the next SYNC item, or to ``end``.
 
     No command issues before ``not_before``. Returns (next position, log).
     """
-    n_items = stream.shape[0]
+    n_items = end
     ref = geom[G_CMD_REF]
     prea = geom[G_CMD_PREA]
     while pos < n_items:
@@ -247,16 +247,17 @@ def run_segment(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geo
                                          win_cnt))
             if _refresh_due(t, geom, scal):
                 # precharge everything still open, then refresh, at the earliest legal cycles
+                # from the due time on (which may fall in idle time before ``not_before``)
                 for b in range(open_row.shape[0]):
                     if open_row[b] >= 0:
-                        tp = max(scal[S_NEXT_REF], not_before,
+                        tp = max(scal[S_NEXT_REF],
                                  earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
                                           win_cnt))
                         log = issue(prea, -1, -1, tp, 1, cmd_tab, pr_start, pr_tab, win_tab,
                                     geom, ready, win_hist, win_cnt, open_row, scal, counts, log)
                         stats[ST_INSERTED] += 1
                         break
-                tr = max(scal[S_NEXT_REF], not_before,
+                tr = max(scal[S_NEXT_REF],
                          earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt))
                 log = issue(ref, -1, -1, tr, 1, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                             win_hist, win_cnt, open_row, scal, counts, log)
