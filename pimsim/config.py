@@ -234,11 +234,16 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
     unknown = set(data) - _TOP_KEYS
     if unknown:
         fail(f"unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
-    for sec in ("organization", "timing", "pim", "asic", "link"):
+    for sec in ("organization", "timing", "pim", "asic", "link", "refresh"):
         if sec not in data:
+            if sec == "refresh":  # optional: refresh on by default
+                continue
             fail(f"missing section [{sec}]")
         if not isinstance(data[sec], dict):
             fail(f"[{sec}] must be a table")
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            fail(f"{key} = {data[key]!r} must be a string")
 
     def build(cls, sec: str, raw: dict[str, Any]):
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -360,7 +365,7 @@ def _validate(cfg: HwConfig, where: str) -> None:
         if missing:
             fail(f"[asic.{table}] missing op(s) {missing}")
         for op, v in ops.items():
-            if not isinstance(v, int) or v < 0:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 fail(f"[asic.{table}] {op} = {v!r} must be a non-negative integer")
     for n in ("exp_taylor_terms", "gelu_taylor_terms", "recip_newton_steps", "rsqrt_newton_steps"):
         if getattr(a, n) < 1:
