@@ -1,0 +1,257 @@
+"""Placement pass: the PIM-GPT mapping of a decoder's weights and KV cache onto DRAM banks.
+
+The mapping is a first-class object (:class:`Mapping`): it says where every weight element lives
+(channel, bank, row, column), how each matrix-vector product is split (16 output neurons per
+all-bank MAC row, groups dealt round-robin over channels, so every bank of every channel holds a
+share of every matrix), which inputs are tiled (input dimension larger than one DRAM row: the ASIC
+reduces the partial sums), and where the K cache (row-major) and V cache (column-major) are
+reserved for the full context. ``pretty()`` prints it as a loop nest, ``check()`` proves every
+weight element is placed once, nothing overlaps and everything fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.model import DecoderSpec
+from pimsim.config import HwConfig
+from pimsim.isa import Geometry, KLayout, MatrixLayout, VectorLayout, VLayout
+
+_DTYPE_BYTES = {"bf16": 2, "fp16": 2}
+
+
+class CapacityError(ValueError):
+    """The model does not fit the configured memory."""
+
+
+class MappingError(ValueError):
+    """The model cannot be mapped onto this hardware (shape constraints)."""
+
+
+def geometry(cfg: HwConfig) -> Geometry:
+    if not cfg.pim.enabled:
+        raise MappingError(
+            f"hardware config {cfg.name!r} has no PIM units (pim.enabled = false); "
+            f"choose a PIM config such as pim-gpt"
+        )
+    eb = _DTYPE_BYTES[cfg.pim.data_type]
+    o = cfg.org
+    return Geometry(channels=o.channels, banks=o.banks, rows=o.rows,
+                    row_elems=o.row_bytes // eb, col_elems=o.column_bytes // eb, elem_bytes=eb)
+
+
+def vector_entries(spec: DecoderSpec) -> list[tuple[str, int]]:
+    """(name, length) of every vector the ASIC fetches, in region order."""
+    d, a, f = spec.d_model, spec.d_attn, spec.d_ff
+    out = []
+    for i in range(spec.n_layer):
+        out += [(f"L{i}.ln1_w", d), (f"L{i}.ln1_b", d), (f"L{i}.qkv_b", 3 * a),
+                (f"L{i}.out_proj_b", d), (f"L{i}.ln2_w", d), (f"L{i}.ln2_b", d),
+                (f"L{i}.ffn_up_b", f), (f"L{i}.ffn_down_b", d)]
+    out += [("lnf_w", d), ("lnf_b", d)]
+    return out
+
+
+@dataclass
+class Mapping:
+    """Where everything lives. Build with :func:`map_decoder`."""
+
+    spec: DecoderSpec
+    hw: str
+    geo: Geometry
+    matrices: dict[str, MatrixLayout] = field(default_factory=dict)
+    k_cache: list[KLayout] = field(default_factory=list)
+    v_cache: list[VLayout] = field(default_factory=list)
+    vectors: VectorLayout | None = None
+    wpe: MatrixLayout | None = None
+    rows_used: list[int] = field(default_factory=list)  # per channel
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def lm_head(self) -> MatrixLayout:
+        return self.matrices["lm_head"]
+
+    def placed_weight_elems(self) -> int:
+        """Weight elements placed (matrices incl. the tied wte once, vectors, wpe); no padding."""
+        n = sum(m.out_dim * m.in_dim for m in self.matrices.values())
+        n += self.vectors.total_elems + self.wpe.out_dim * self.wpe.in_dim
+        return n
+
+    def placed_weight_bytes(self) -> int:
+        return self.placed_weight_elems() * self.geo.elem_bytes
+
+    def bytes_per_channel(self) -> list[int]:
+        """Bytes of DRAM rows used (reserved) in each channel, padding included."""
+        row_bytes = self.geo.row_elems * self.geo.elem_bytes
+        return [r * row_bytes * self.geo.banks for r in self.rows_used]
+
+    # ------------------------------------------------------------------ check
+    def owned_rows(self) -> np.ndarray:
+        """Keys ``(channel * banks + bank) * rows + row`` of every row any layout owns."""
+        g = self.geo
+        keys = []
+
+        def add(ch, bank, row):
+            keys.append((np.asarray(ch) * g.banks + np.asarray(bank)) * g.rows + np.asarray(row))
+
+        for m in list(self.matrices.values()) + [self.wpe]:
+            n = np.arange(m.out_dim)
+            ch, bank, slot = m.locate(n)
+            base = np.asarray(m.base_row)[ch]
+            for k in range(m.n_chunks):
+                add(ch, bank, base + slot * m.n_chunks + k)
+        b = np.arange(g.banks)
+        for kl in self.k_cache:
+            rows = kl.base_row + np.arange(kl.rows_reserved)
+            for c in range(g.channels):
+                add(c, b[:, None], rows[None, :])
+        for vl in self.v_cache:
+            vm = vl.matrix
+            n = np.arange(vm.out_dim)
+            ch, bank, slot = vm.locate(n)
+            for k in range(vm.n_chunks):
+                add(ch, bank, vl.base_row + slot * vm.n_chunks + k)
+        vrows = self.vectors.base_row + np.arange(self.vectors.rows_reserved)
+        for c in range(g.channels):
+            add(c, b[:, None], vrows[None, :])
+        return np.concatenate([k.ravel() for k in keys])
+
+    def check(self) -> None:
+        """Every weight element placed exactly once, nothing overlaps, everything fits.
+
+        Raises ``MappingError`` naming the first problem."""
+        g, spec = self.geo, self.spec
+        for m in list(self.matrices.values()) + [self.wpe]:
+            chunks = [m.chunk(k) for k in range(m.n_chunks)]
+            if sum(ln for _, ln in chunks) != m.in_dim or any(ln > g.row_elems for _, ln in chunks):
+                raise MappingError(f"{m.name}: input chunks do not tile the input dimension "
+                                   f"{m.in_dim} in rows of {g.row_elems}")
+            per_ch = sum(m.slots(c) for c in range(g.channels)) * g.banks
+            if per_ch < m.out_dim or per_ch - m.out_dim >= g.banks * g.channels:
+                raise MappingError(f"{m.name}: {per_ch} neuron places for {m.out_dim} neurons")
+        keys = self.owned_rows()
+        uniq, counts = np.unique(keys, return_counts=True)
+        if (counts > 1).any():
+            k = int(uniq[np.argmax(counts > 1)])
+            row = k % g.rows
+            cb = k // g.rows
+            raise MappingError(f"overlap: channel {cb // g.banks} bank {cb % g.banks} row {row} "
+                               f"is owned by {int(counts.max())} placements")
+        if (uniq % g.rows >= np.repeat(self.rows_used, 1)[uniq // g.rows // g.banks]).any():
+            raise MappingError("a placement lies beyond the rows reserved in its channel")
+        if max(self.rows_used) > g.rows:
+            raise MappingError(f"{max(self.rows_used)} rows used, the banks have {g.rows}")
+        vec = self.vectors
+        spans = sorted((lo, ln) for _, lo, ln in vec.entries)
+        end = 0
+        for lo, ln in spans:
+            if lo < end or lo % g.col_elems:
+                raise MappingError("vector region entries overlap or are not column-aligned")
+            end = lo + ln
+        if self.placed_weight_elems() != spec.n_params:
+            raise MappingError(f"placed {self.placed_weight_elems()} weight elements, the model "
+                               f"has {spec.n_params}")
+
+    # ------------------------------------------------------------------ printing
+    def pretty(self) -> str:
+        g, s = self.geo, self.spec
+        lines = [
+            f"mapping {s.name} -> {self.hw}: {g.channels} channels x {g.banks} banks x "
+            f"{g.rows} rows of {g.row_elems} elements ({g.elem_bytes} B each)",
+            f"  neuron n of a matrix: group g = n // {g.banks}, bank = n % {g.banks}, "
+            f"channel = g % {g.channels}, slot = g // {g.channels}",
+        ]
+
+        def mat(m: MatrixLayout, indent: str) -> list[str]:
+            cols = [m.chunk(k)[1] for k in range(m.n_chunks)]
+            return [
+                f"{indent}{m.name} [{m.out_dim} x {m.in_dim}] {m.n_groups} groups, "
+                f"{m.n_chunks} chunk(s) of {cols} elements, rows {m.base_row[0]}.."
+                f"{m.base_row[0] + m.rows_reserved - 1} (channel 0)",
+                f"{indent}  for chunk k in 0..{m.n_chunks - 1}:        # global buffer <- x[chunk k]",
+                f"{indent}    for slot s in 0..{m.slots(0) - 1}:      # ACT_AB row base + s*{m.n_chunks} + k",
+                f"{indent}      parallel for channel c, bank b: "
+                f"y[n=(s*{g.channels}+c)*{g.banks}+b] += W[n, chunk k] . x[chunk k]   # MAC_AB x "
+                f"{-(-cols[0] // g.col_elems)}, RD_MAC",
+            ]
+
+        lines.append(f"  vectors: {len(self.vectors.entries)} entries, "
+                     f"{self.vectors.total_elems} elements striped over all banks, rows "
+                     f"{self.vectors.base_row}..{self.vectors.base_row + self.vectors.rows_reserved - 1}")
+        lines += mat(self.wpe, "  ")
+        lines.append(f"  for layer in 0..{s.n_layer - 1}:")
+        kl, vl = self.k_cache[0], self.v_cache[0]
+        lines.append(f"    K cache (row-major) rows {kl.base_row}..: token t -> channel t % "
+                     f"{g.channels}, bank (t // {g.channels}) % {g.banks}, slot t // "
+                     f"{kl.tokens_per_slot}; {kl.n_chunks} chunk(s) of {kl.heads_per_chunk} heads")
+        lines.append(f"    V cache (column-major) rows {vl.base_row}..: value (h, j) is neuron "
+                     f"h*{s.d_head}+j of a [{s.d_attn} x {s.n_ctx}] matrix, token t at element t")
+        for name in ("qkv", "out_proj", "ffn_up", "ffn_down"):
+            lines += mat(self.matrices[f"L0.{name}"], "    ")
+        lines += mat(self.lm_head, "  ")
+        lines.append("  rows used per channel: " + ", ".join(str(r) for r in self.rows_used)
+                     + f" of {g.rows}")
+        return "\n".join(lines)
+
+
+def map_decoder(spec: DecoderSpec, cfg: HwConfig) -> Mapping:
+    """Place a decoder on a hardware config; raises CapacityError if it does not fit."""
+    g = geometry(cfg)
+    if cfg.pim.mac_lanes_per_bank != g.col_elems:
+        raise MappingError(f"{cfg.name}: {cfg.pim.mac_lanes_per_bank} MAC lanes per bank but a "
+                           f"column holds {g.col_elems} elements; the mapping needs them equal")
+    if spec.d_head % g.banks and g.banks % spec.d_head:
+        raise MappingError(f"d_head = {spec.d_head}: the V-cache mapping needs d_head to be a "
+                           f"multiple of the {g.banks} banks per channel")
+    if spec.d_head > g.row_elems:
+        raise MappingError(f"d_head = {spec.d_head} is larger than a DRAM row ({g.row_elems})")
+    C = g.channels
+    mp = Mapping(spec=spec, hw=cfg.name, geo=g)
+    row = 0  # rows shared by all channels first: vectors, K and V caches
+    entries, lo = [], 0
+    for name, ln in vector_entries(spec):
+        entries.append((name, lo, ln))
+        lo += -(-ln // g.col_elems) * g.col_elems
+    mp.vectors = VectorLayout("vectors", tuple(entries), lo, row, g)
+    row += mp.vectors.rows_reserved
+    heads_per_chunk = min(spec.n_head, g.row_elems // spec.d_head)
+    for i in range(spec.n_layer):
+        kl = KLayout(i, spec.n_head, spec.d_head, spec.n_ctx, heads_per_chunk, row, g)
+        row += kl.rows_reserved
+        vl = VLayout(i, spec.n_head, spec.d_head, spec.n_ctx, row, g)
+        row += vl.rows_reserved
+        mp.k_cache.append(kl)
+        mp.v_cache.append(vl)
+    next_row = [row] * C
+
+    def place(name: str, role: str, out_dim: int, in_dim: int) -> MatrixLayout:
+        m = MatrixLayout(name, role, out_dim, in_dim, g.row_elems, tuple(next_row), g)
+        for c in range(C):
+            next_row[c] += m.rows_used(c)
+        return m
+
+    mp.wpe = place("wpe", "wpe", spec.n_ctx, spec.d_model)
+    d, a, f = spec.d_model, spec.d_attn, spec.d_ff
+    for i in range(spec.n_layer):
+        # Q, K and V share their input: one matrix of 3a rows, one global-buffer fill
+        mp.matrices[f"L{i}.qkv"] = place(f"L{i}.qkv", "qkv", 3 * a, d)
+        mp.matrices[f"L{i}.out_proj"] = place(f"L{i}.out_proj", "out_proj", d, a)
+        mp.matrices[f"L{i}.ffn_up"] = place(f"L{i}.ffn_up", "ffn_up", f, d)
+        mp.matrices[f"L{i}.ffn_down"] = place(f"L{i}.ffn_down", "ffn_down", d, f)
+    mp.matrices["lm_head"] = place("lm_head", "lm_head", spec.vocab, d)
+    mp.rows_used = list(next_row)
+    need = max(next_row)
+    if need > g.rows:
+        row_bytes = g.row_elems * g.elem_bytes
+        need_b = need * row_bytes * g.banks * C
+        have_b = g.rows * row_bytes * g.banks * C
+        raise CapacityError(
+            f"{spec.name} does not fit {cfg.name}: it needs {need_b:,} bytes ({need} rows per "
+            f"bank: {spec.weight_bytes(g.elem_bytes):,} bytes of weights plus KV cache for "
+            f"{spec.n_ctx} tokens and row padding) but {cfg.name} has {have_b:,} bytes "
+            f"({g.rows} rows per bank x {g.banks} banks x {C} channels); use more channels "
+            f"or larger banks"
+        )
+    return mp

@@ -1,0 +1,431 @@
+"""The PIM-GPT instruction set: where data lives (layouts) and the decode-step program.
+
+This is the contract between the compiler and the simulator. A :class:`Program` is the decode step
+for one token, re-used for every token with the sequence position ``pos`` as its parameter. It is
+an ordered list of :class:`Step` s with explicit dependencies; a step is either PIM work (per
+channel instruction streams over the DRAM banks) or one ASIC operation.
+
+Layouts (all rows are DRAM rows of ``row_elems`` data elements; a *group* is 16 neurons, one per
+bank of a channel, that one all-bank MAC row computes together):
+
+* :class:`MatrixLayout` - a weight matrix ``[out, in]``: neuron ``n`` is in group ``n // banks``
+  and bank ``n % banks``; group ``g`` lives in channel ``g % channels`` at slot ``g // channels``;
+  its input dimension is tiled into chunks of at most one row (the global buffer holds one chunk);
+  chunk ``k`` of slot ``s`` is row ``base_row[ch] + s * n_chunks + k``.
+* :class:`KLayout` - K cache, row-major: token ``t`` is in channel ``t % channels``, bank
+  ``(t // channels) % banks``, slot ``t // (channels * banks)``; its key (all heads concatenated)
+  is split into chunks of whole heads, chunk ``k`` at row ``base_row + slot * n_chunks + k``.
+* :class:`VLayout` - V cache, column-major: value element ``(h, j)`` is neuron ``m = h*d_head + j``
+  and is placed like a matrix row whose input dimension is the token index (so s.V is a MAC
+  along the row); a group of 16 neurons always belongs to one head.
+* :class:`VectorLayout` - vectors the ASIC fetches (LayerNorm parameters, biases, position
+  embeddings): striped column by column over channels and banks.
+
+Instruction streams (numpy form) are ``int64 [n, 5]`` items ``(cmd, bank, row, count, col0)`` in
+the DRAM/PIM command set of :mod:`pimsim.spec.commands`; the text form prints one instruction per
+line. Each PIM step runs on every channel and ends at a synchronisation point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from pimsim.spec.commands import cmd_id
+
+ITEM_FIELDS = 5
+_WR_GB, _MAC_AB, _RD_MAC, _WR, _RD = (cmd_id(n) for n in ("WR_GB", "MAC_AB", "RD_MAC", "WR", "RD"))
+
+PER_OP_KEYS = ("qkv", "attn_score", "attn_value", "out_proj", "ffn_up", "ffn_down", "lm_head",
+               "layernorm", "softmax", "gelu", "residual", "reduction", "embedding", "kv_write",
+               "param_fetch", "argmax")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the layouts need to know about the hardware."""
+
+    channels: int
+    banks: int
+    rows: int
+    row_elems: int  # data elements per DRAM row
+    col_elems: int  # data elements per column access (= MAC lanes per bank)
+    elem_bytes: int
+
+
+@dataclass(frozen=True)
+class MatrixLayout:
+    name: str
+    role: str
+    out_dim: int
+    in_dim: int
+    chunk_elems: int
+    base_row: tuple[int, ...]  # per channel
+    geo: Geometry
+
+    @property
+    def n_chunks(self) -> int:
+        return _cdiv(self.in_dim, self.chunk_elems)
+
+    @property
+    def n_groups(self) -> int:
+        return _cdiv(self.out_dim, self.geo.banks)
+
+    def slots(self, ch: int) -> int:
+        """Row slots (groups) this matrix has in channel ``ch``."""
+        g, c = self.n_groups, self.geo.channels
+        return g // c + (1 if ch < g % c else 0)
+
+    def rows_used(self, ch: int) -> int:
+        return self.slots(ch) * self.n_chunks
+
+    @property
+    def rows_reserved(self) -> int:
+        """Rows reserved in every channel (the most any channel needs)."""
+        return self.rows_used(0)
+
+    def chunk(self, k: int) -> tuple[int, int]:
+        """(first input element, length) of chunk ``k``."""
+        lo = k * self.chunk_elems
+        return lo, min(self.chunk_elems, self.in_dim - lo)
+
+    def row_of(self, ch: int, slot: int, k: int) -> int:
+        return self.base_row[ch] + slot * self.n_chunks + k
+
+    def locate(self, neuron: np.ndarray | int) -> tuple:
+        """(channel, bank, slot) of output neuron(s)."""
+        n = np.asarray(neuron)
+        g = n // self.geo.banks
+        return g % self.geo.channels, n % self.geo.banks, g // self.geo.channels
+
+    def neuron(self, ch: int, slot: int, bank: np.ndarray | int) -> np.ndarray | int:
+        return (slot * self.geo.channels + ch) * self.geo.banks + bank
+
+
+@dataclass(frozen=True)
+class KLayout:
+    layer: int
+    n_head: int
+    d_head: int
+    n_ctx: int
+    heads_per_chunk: int
+    base_row: int  # same in every channel
+    geo: Geometry
+
+    @property
+    def d_attn(self) -> int:
+        return self.n_head * self.d_head
+
+    @property
+    def n_chunks(self) -> int:
+        return _cdiv(self.n_head, self.heads_per_chunk)
+
+    @property
+    def tokens_per_slot(self) -> int:
+        return self.geo.channels * self.geo.banks
+
+    @property
+    def rows_reserved(self) -> int:
+        return _cdiv(self.n_ctx, self.tokens_per_slot) * self.n_chunks
+
+    def chunk_heads(self, k: int) -> range:
+        return range(k * self.heads_per_chunk, min(self.n_head, (k + 1) * self.heads_per_chunk))
+
+    def locate(self, t: np.ndarray | int) -> tuple:
+        """(channel, bank, slot) of token(s) ``t``."""
+        t = np.asarray(t)
+        c, b = self.geo.channels, self.geo.banks
+        return t % c, (t // c) % b, t // (c * b)
+
+    def row_of(self, slot: int, k: int) -> int:
+        return self.base_row + slot * self.n_chunks + k
+
+    def slots_in_use(self, ch: int, n_tokens: int) -> int:
+        """Row slots channel ``ch`` holds keys in when ``n_tokens`` tokens are cached."""
+        c, b = self.geo.channels, self.geo.banks
+        mine = (n_tokens - ch + c - 1) // c if n_tokens > ch else 0  # tokens t < n, t % c == ch
+        return _cdiv(mine, b)
+
+
+@dataclass(frozen=True)
+class VLayout:
+    layer: int
+    n_head: int
+    d_head: int
+    n_ctx: int
+    base_row: int
+    geo: Geometry
+
+    @cached_property
+    def matrix(self) -> MatrixLayout:
+        """V^T as a matrix [n_head*d_head, n_ctx] placed like a weight matrix."""
+        return MatrixLayout(f"L{self.layer}.v_cache", "v_cache", self.n_head * self.d_head,
+                            self.n_ctx, self.geo.row_elems,
+                            tuple([self.base_row] * self.geo.channels), self.geo)
+
+    @property
+    def rows_reserved(self) -> int:
+        return self.matrix.rows_reserved
+
+
+@dataclass(frozen=True)
+class VectorLayout:
+    """Vectors striped over channels and banks: column ``i`` of the region is in channel
+    ``i % C``, bank ``(i // C) % B``, and row ``base_row + i // (C * B * cols_per_row)``."""
+
+    name: str
+    entries: tuple[tuple[str, int, int], ...]  # (name, first element, length)
+    total_elems: int
+    base_row: int
+    geo: Geometry
+
+    @property
+    def cols_per_row(self) -> int:
+        return self.geo.row_elems // self.geo.col_elems
+
+    @property
+    def rows_reserved(self) -> int:
+        g = self.geo
+        return max(1, _cdiv(_cdiv(self.total_elems, g.col_elems), g.channels * g.banks * self.cols_per_row))
+
+    def entry(self, name: str) -> tuple[int, int]:
+        for n, lo, ln in self.entries:
+            if n == name:
+                return lo, ln
+        raise KeyError(name)
+
+    def locate_col(self, col: np.ndarray | int) -> tuple:
+        """(channel, bank, row, column-in-row) of region column(s)."""
+        g = self.geo
+        col = np.asarray(col)
+        per_row = g.channels * g.banks
+        r, rem = col // (per_row * self.cols_per_row), col % (per_row * self.cols_per_row)
+        return rem % g.channels, (rem // g.channels) % g.banks, self.base_row + r, rem // per_row
+
+
+@dataclass
+class Step:
+    """One node of the decode-step program."""
+
+    index: int
+    name: str
+    op: str  # one of PER_OP_KEYS
+    layer: int  # -1 outside the blocks
+    kind: str  # "pim" or "asic"
+    deps: tuple[int, ...]
+    # pim steps: one of
+    matrix: MatrixLayout | None = None  # weight matrix-vector product
+    kv: tuple[KLayout, VLayout] | None = None  # kv_write / attn_score / attn_value
+    vectors: tuple[str, ...] = ()  # param_fetch / embedding: vector entries read
+    # asic steps
+    n_elems: int = 0  # vector length (per-position ops scale with pos, see asic_elems)
+    per_pos_elems: int = 0  # extra elements per cached token (softmax)
+
+
+@dataclass
+class Program:
+    """The decode step for one token of one model on one hardware config."""
+
+    model: str
+    hw: str
+    geo: Geometry
+    dims: dict[str, int]
+    steps: list[Step] = field(default_factory=list)
+    vec_layout: VectorLayout | None = None
+    wpe_layout: MatrixLayout | None = None
+    lm_head: MatrixLayout | None = None
+
+    # --------------------------------------------------------------- instantiation per position
+    def asic_elems(self, step: Step, pos: int) -> int:
+        return step.n_elems + step.per_pos_elems * (pos + 1)
+
+    def pim_items(self, step: Step, pos: int) -> list[np.ndarray]:
+        """Per-channel item arrays (cmd, bank, row, count, col0) of a PIM step at ``pos``."""
+        op = step.op
+        if step.matrix is not None:
+            return _matvec_items(step.matrix)
+        if op == "kv_write":
+            return _kv_write_items(*step.kv, pos)
+        if op == "attn_score":
+            return _attn_score_items(step.kv[0], pos)
+        if op == "attn_value":
+            return _attn_value_items(step.kv[1], pos)
+        if op in ("param_fetch", "embedding"):
+            return self._vector_read_items(step, pos)
+        raise ValueError(f"step {step.name}: no PIM instructions for op {op!r}")
+
+    def _vector_read_items(self, step: Step, pos: int) -> list[np.ndarray]:
+        g = self.geo
+        per_ch: list[list[tuple]] = [[] for _ in range(g.channels)]
+        for name in step.vectors:
+            if name == "wte":
+                tok_layout = self.lm_head
+                # the token's embedding row = its LM-head neuron; read every chunk (token id is
+                # data-dependent: timing uses neuron 0's place, the cost is the same everywhere)
+                ch, bank, slot = (int(v) for v in tok_layout.locate(0))
+                for k in range(tok_layout.n_chunks):
+                    _, ln = tok_layout.chunk(k)
+                    per_ch[ch].append((_RD, bank, tok_layout.row_of(ch, slot, k), _cdiv(ln, g.col_elems), 0))
+            elif name == "wpe":
+                lay = self.wpe_layout
+                ch, bank, slot = (int(v) for v in lay.locate(pos))
+                for k in range(lay.n_chunks):
+                    _, ln = lay.chunk(k)
+                    per_ch[ch].append((_RD, bank, lay.row_of(ch, slot, k), _cdiv(ln, g.col_elems), 0))
+            else:
+                vl = self.vec_layout
+                lo, ln = vl.entry(name)
+                cols = np.arange(lo // g.col_elems, _cdiv(lo + ln, g.col_elems))
+                ch, bank, row, col = vl.locate_col(cols)
+                for c, b, r, cc in zip(ch.tolist(), bank.tolist(), row.tolist(), col.tolist()):
+                    per_ch[c].append((_RD, b, r, 1, cc))
+        return [_arr(items) for items in per_ch]
+
+    # --------------------------------------------------------------- forms
+    def streams(self, pos: int, steps: list[Step] | None = None) -> dict[int, np.ndarray]:
+        """Numpy form for the engine: per-channel items of every PIM step, SYNC after each."""
+        from pimsim.timing import SYNC
+
+        sync = np.array([[SYNC, -1, -1, 0, 0]], np.int64)
+        parts: list[list[np.ndarray]] = [[] for _ in range(self.geo.channels)]
+        for st in steps if steps is not None else self.steps:
+            if st.kind != "pim":
+                continue
+            for c, arr in enumerate(self.pim_items(st, pos)):
+                parts[c].append(arr)
+                parts[c].append(sync)
+        return {c: np.concatenate(p) if p else np.empty((0, ITEM_FIELDS), np.int64)
+                for c, p in enumerate(parts)}
+
+    def to_text(self, pos: int) -> str:
+        """Text form: one instruction per line, for golden tests and diffs."""
+        from pimsim.spec.commands import COMMANDS
+
+        out = [f"# program {self.model} on {self.hw}, position {pos}"]
+        for st in self.steps:
+            deps = ",".join(str(d) for d in st.deps)
+            if st.kind == "asic":
+                out.append(f"{st.index:4d} {st.name:<18} asic {st.op} n={self.asic_elems(st, pos)}"
+                           f" deps=[{deps}]")
+                continue
+            out.append(f"{st.index:4d} {st.name:<18} pim {st.op} deps=[{deps}]")
+            for c, arr in enumerate(self.pim_items(st, pos)):
+                for cmd, bank, row, count, col0 in arr.tolist():
+                    b = "*" if bank < 0 else str(bank)
+                    out.append(f"       ch{c} {COMMANDS[cmd].name:<6} bank={b} row={row} "
+                               f"col={col0} n={count}")
+        return "\n".join(out) + "\n"
+
+    def instruction_count(self, pos: int) -> int:
+        """PIM instructions (stream items) plus ASIC ops for the token at ``pos``."""
+        n = 0
+        for st in self.steps:
+            if st.kind == "asic":
+                n += 1
+            else:
+                n += sum(a.shape[0] for a in self.pim_items(st, pos))
+        return n
+
+
+def _arr(items: list[tuple]) -> np.ndarray:
+    return np.array(items, np.int64).reshape(-1, ITEM_FIELDS)
+
+
+_MATVEC_CACHE: dict[int, tuple[MatrixLayout, list[np.ndarray]]] = {}
+
+
+def _matvec_items(m: MatrixLayout) -> list[np.ndarray]:
+    """Per channel: for each input chunk, fill the global buffer, then MAC every slot's row and
+    read the 16 accumulators. Static for a given layout (cached)."""
+    hit = _MATVEC_CACHE.get(id(m))
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    g = m.geo
+    out = []
+    for ch in range(g.channels):
+        items = []
+        n_slots = m.slots(ch)
+        if n_slots:
+            for k in range(m.n_chunks):
+                _, ln = m.chunk(k)
+                cols = _cdiv(ln, g.col_elems)
+                items.append((_WR_GB, -1, -1, cols, 0))
+                for s in range(n_slots):
+                    items.append((_MAC_AB, -1, m.row_of(ch, s, k), cols, 0))
+                    items.append((_RD_MAC, -1, -1, 1, 0))
+        out.append(_arr(items))
+    _MATVEC_CACHE[id(m)] = (m, out)
+    return out
+
+
+def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
+    g = kl.geo
+    per_ch: list[list[tuple]] = [[] for _ in range(g.channels)]
+    ch, bank, slot = (int(v) for v in kl.locate(pos))
+    for k in range(kl.n_chunks):
+        heads = kl.chunk_heads(k)
+        cols = _cdiv(len(heads) * kl.d_head, g.col_elems)
+        per_ch[ch].append((_WR, bank, kl.row_of(slot, k), cols, 0))
+    vm = vl.matrix
+    k = pos // vm.chunk_elems
+    col = (pos % vm.chunk_elems) // g.col_elems
+    for c in range(g.channels):
+        for s in range(vm.slots(c)):
+            row = vm.row_of(c, s, k)
+            for b in range(g.banks):
+                if vm.neuron(c, s, b) < vm.out_dim:
+                    per_ch[c].append((_WR, b, row, 1, col))
+    return [_arr(items) for items in per_ch]
+
+
+def _attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:
+    """q.K^T: the global buffer holds q (one chunk of heads); each slot row holds one token per
+    bank; per head, MAC its d_head columns and read the 16 scores (one token per bank)."""
+    g = kl.geo
+    n_tok = pos + 1
+    out = []
+    for ch in range(g.channels):
+        items = []
+        n_slots = kl.slots_in_use(ch, n_tok)
+        if n_slots:
+            for k in range(kl.n_chunks):
+                heads = kl.chunk_heads(k)
+                items.append((_WR_GB, -1, -1, _cdiv(len(heads) * kl.d_head, g.col_elems), 0))
+                hcols = _cdiv(kl.d_head, g.col_elems)
+                for s in range(n_slots):
+                    row = kl.row_of(s, k)
+                    for i in range(len(heads)):
+                        items.append((_MAC_AB, -1, row, hcols, i * hcols))
+                        items.append((_RD_MAC, -1, -1, 1, 0))
+        out.append(_arr(items))
+    return out
+
+
+def _attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
+    """s.V: per group of 16 value neurons (one head), the global buffer holds that head's
+    softmax weights over the cached tokens (one chunk of tokens); MAC along the row."""
+    g = vl.geo
+    vm = vl.matrix
+    n_tok = pos + 1
+    out = []
+    for ch in range(g.channels):
+        items = []
+        for k in range(_cdiv(n_tok, vm.chunk_elems)):
+            lo = k * vm.chunk_elems
+            cols = _cdiv(min(n_tok - lo, vm.chunk_elems), g.col_elems)
+            head = -1
+            for s in range(vm.slots(ch)):
+                h = int(vm.neuron(ch, s, 0)) // vl.d_head
+                if h != head:
+                    items.append((_WR_GB, -1, -1, cols, 0))
+                    head = h
+                items.append((_MAC_AB, -1, vm.row_of(ch, s, k), cols, 0))
+                items.append((_RD_MAC, -1, -1, 1, 0))
+        out.append(_arr(items))
+    return out
