@@ -176,37 +176,66 @@ class VLayout:
 
 @dataclass(frozen=True)
 class VectorLayout:
-    """Vectors striped over channels and banks: column ``i`` of the region is in channel
-    ``i % C``, bank ``(i // C) % B``, and row ``base_row + i // (C * B * cols_per_row)``."""
+    """Vectors the ASIC fetches, each split evenly over all banks of all channels.
+
+    Entry ``e`` owns ``per_bank`` consecutive columns in every bank, starting at the bank-local
+    column ``offset`` (the same in every bank); bank-local column ``v`` is in row
+    ``base_row + v // cols_per_row``. Column ``j`` of the entry (elements ``16 j .. 16 j + 15``)
+    lives in bank-linear place ``q = j // per_bank`` (channel ``q % C``, bank ``q // C``) at
+    bank-local column ``offset + j % per_bank``.
+    """
 
     name: str
-    entries: tuple[tuple[str, int, int], ...]  # (name, first element, length)
-    total_elems: int
+    entries: tuple[tuple[str, int, int, int], ...]  # (name, length, offset, per_bank) in columns
     base_row: int
     geo: Geometry
+
+    @staticmethod
+    def build(name: str, vectors: list[tuple[str, int]], base_row: int, geo: Geometry) -> "VectorLayout":
+        entries, off = [], 0
+        places = geo.channels * geo.banks
+        for vname, length in vectors:
+            per_bank = _cdiv(_cdiv(length, geo.col_elems), places)
+            entries.append((vname, length, off, per_bank))
+            off += per_bank
+        return VectorLayout(name, tuple(entries), base_row, geo)
 
     @property
     def cols_per_row(self) -> int:
         return self.geo.row_elems // self.geo.col_elems
 
     @property
+    def total_elems(self) -> int:
+        return sum(e[1] for e in self.entries)
+
+    @property
     def rows_reserved(self) -> int:
-        g = self.geo
-        return max(1, _cdiv(_cdiv(self.total_elems, g.col_elems), g.channels * g.banks * self.cols_per_row))
+        cols = sum(e[3] for e in self.entries)
+        return max(1, _cdiv(cols, self.cols_per_row))
 
-    def entry(self, name: str) -> tuple[int, int]:
-        for n, lo, ln in self.entries:
+    def entry(self, name: str) -> tuple[int, int, int]:
+        """(length, offset, per_bank) of an entry."""
+        for n, ln, off, per in self.entries:
             if n == name:
-                return lo, ln
-        raise KeyError(name)
+                return ln, off, per
+        raise KeyError(f"no vector {name!r} in {self.name}")
 
-    def locate_col(self, col: np.ndarray | int) -> tuple:
-        """(channel, bank, row, column-in-row) of region column(s)."""
+    def segments(self, name: str) -> list[tuple[int, int, int, int, int, int]]:
+        """Pieces of an entry: (channel, bank, row, col0, n_cols, first element)."""
         g = self.geo
-        col = np.asarray(col)
-        per_row = g.channels * g.banks
-        r, rem = col // (per_row * self.cols_per_row), col % (per_row * self.cols_per_row)
-        return rem % g.channels, (rem // g.channels) % g.banks, self.base_row + r, rem // per_row
+        ln, off, per = self.entry(name)
+        n_cols = _cdiv(ln, g.col_elems)
+        out = []
+        for q in range(_cdiv(n_cols, per)):
+            j0, j1 = q * per, min(n_cols, (q + 1) * per)
+            v = off
+            while j0 < j1:  # a bank's share may cross a row boundary
+                row, col = self.base_row + v // self.cols_per_row, v % self.cols_per_row
+                n = min(j1 - j0, self.cols_per_row - col)
+                out.append((q % g.channels, q // g.channels, row, col, n, j0 * g.col_elems))
+                j0 += n
+                v += n
+        return out
 
 
 @dataclass
@@ -279,12 +308,8 @@ class Program:
                     _, ln = lay.chunk(k)
                     per_ch[ch].append((_RD, bank, lay.row_of(ch, slot, k), _cdiv(ln, g.col_elems), 0))
             else:
-                vl = self.vec_layout
-                lo, ln = vl.entry(name)
-                cols = np.arange(lo // g.col_elems, _cdiv(lo + ln, g.col_elems))
-                ch, bank, row, col = vl.locate_col(cols)
-                for c, b, r, cc in zip(ch.tolist(), bank.tolist(), row.tolist(), col.tolist()):
-                    per_ch[c].append((_RD, b, r, 1, cc))
+                for c, b, r, col, n, _ in self.vec_layout.segments(name):
+                    per_ch[c].append((_RD, b, r, n, col))
         return [_arr(items) for items in per_ch]
 
     # --------------------------------------------------------------- forms

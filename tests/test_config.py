@@ -22,6 +22,7 @@ from pimsim.config import (
     load_config,
 )
 from pimsim.spec.commands import cmd_id
+from pimsim.timing.tables import G_NODES
 from pimsim.timing.tables import CT_ENABLED, build_tables
 
 SHIPPED = ("aim-gddr6", "gddr6", "hbm-pim", "pim-gpt")
@@ -99,7 +100,7 @@ def test_shipped_config_loads_and_builds_tables(name):
     assert cfg.name == name
     assert cfg.source == f"{name}.toml"
     tables = build_tables(cfg)
-    assert tables.geom.shape == (14,)
+    assert tables.geom.shape == (len(tables.geom),) and tables.geom[G_NODES] == 1 + cfg.org.bankgroups + cfg.org.banks
     assert len(tables.pr_tab) > 0
     assert len(channel_ids(cfg)) == cfg.org.channels
 

@@ -143,13 +143,12 @@ class Mapping:
             raise MappingError("a placement lies beyond the rows reserved in its channel")
         if max(self.rows_used) > g.rows:
             raise MappingError(f"{max(self.rows_used)} rows used, the banks have {g.rows}")
-        vec = self.vectors
-        spans = sorted((lo, ln) for _, lo, ln in vec.entries)
         end = 0
-        for lo, ln in spans:
-            if lo < end or lo % g.col_elems:
-                raise MappingError("vector region entries overlap or are not column-aligned")
-            end = lo + ln
+        for name, ln, off, per in self.vectors.entries:
+            if off < end or per * g.col_elems * g.banks * g.channels < ln:
+                raise MappingError(f"vector {name}: overlaps the previous entry or does not fit "
+                                   f"its {per} columns per bank")
+            end = off + per
         if self.placed_weight_elems() != spec.n_params:
             raise MappingError(f"placed {self.placed_weight_elems()} weight elements, the model "
                                f"has {spec.n_params}")
@@ -210,11 +209,7 @@ def map_decoder(spec: DecoderSpec, cfg: HwConfig) -> Mapping:
     C = g.channels
     mp = Mapping(spec=spec, hw=cfg.name, geo=g)
     row = 0  # rows shared by all channels first: vectors, K and V caches
-    entries, lo = [], 0
-    for name, ln in vector_entries(spec):
-        entries.append((name, lo, ln))
-        lo += -(-ln // g.col_elems) * g.col_elems
-    mp.vectors = VectorLayout("vectors", tuple(entries), lo, row, g)
+    mp.vectors = VectorLayout.build("vectors", vector_entries(spec), row, g)
     row += mp.vectors.rows_reserved
     heads_per_chunk = min(spec.n_head, g.row_elems // spec.d_head)
     for i in range(spec.n_layer):

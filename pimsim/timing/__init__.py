@@ -34,24 +34,48 @@ def make_stream(items: Iterable[tuple]) -> np.ndarray:
     return np.array(rows, np.int64).reshape(-1, ITEM_FIELDS)
 
 
+class ChannelStates:
+    """Controller state of several channels, stacked along a leading channel axis."""
+
+    def __init__(self, cfg: HwConfig, n_channels: int, tables: TimingTables):
+        self.tables = tables
+        n_nodes = int(tables.geom[3])
+        n_win = max(tables.win_tab.shape[0], 1)
+        c = n_channels
+        self.ready = np.zeros((c, n_nodes + 4, N_CMDS), np.int64)
+        self.win_hist = np.zeros((c, n_win, n_nodes, tables.max_window), np.int64)
+        self.win_cnt = np.zeros((c, n_win, n_nodes), np.int64)
+        self.open_row = np.full((c, cfg.org.banks), -1, np.int64)
+        self.scal = np.zeros((c, K.N_SCAL), np.int64)
+        self.scal[:, K.S_NEXT_REF] = cfg.timing.nREFI
+        self.scal[:, K.S_ALLROW] = -1
+        self.scal[:, K.S_LAST] = K.NEVER
+        self.counts = np.zeros((c, N_CMDS), np.int64)
+        self.stats = np.zeros((c, K.N_STATS), np.int64)
+
+
 class ChannelTimer:
-    """One channel's controller state, advanced by the numba kernel between sync points."""
+    """One channel's controller state, advanced by the numba kernel between sync points.
+
+    With ``states`` and ``index`` it is a view on one channel of a :class:`ChannelStates`.
+    """
 
     def __init__(self, cfg: HwConfig, *, log: bool = False, fast: bool = True,
-                 tables: TimingTables | None = None):
+                 tables: TimingTables | None = None, states: ChannelStates | None = None,
+                 index: int = 0):
         self.cfg = cfg
-        self.tables = tables if tables is not None else build_tables(cfg, fast=fast)
-        geom = self.tables.geom
-        n_nodes = int(geom[3])
-        n_win = self.tables.win_tab.shape[0]
-        self.ready = np.zeros((n_nodes, N_CMDS), np.int64)
-        self.win_hist = np.zeros((max(n_win, 1), n_nodes, self.tables.max_window), np.int64)
-        self.win_cnt = np.zeros((max(n_win, 1), n_nodes), np.int64)
-        self.open_row = np.full(cfg.org.banks, -1, np.int64)
-        self.scal = np.zeros(K.N_SCAL, np.int64)
-        self.scal[K.S_NEXT_REF] = cfg.timing.nREFI
-        self.counts = np.zeros(N_CMDS, np.int64)
-        self.stats = np.zeros(K.N_STATS, np.int64)
+        if states is None:
+            tables = tables if tables is not None else build_tables(cfg, fast=fast)
+            states = ChannelStates(cfg, 1, tables)
+            index = 0
+        self.tables = states.tables
+        self.ready = states.ready[index]
+        self.win_hist = states.win_hist[index]
+        self.win_cnt = states.win_cnt[index]
+        self.open_row = states.open_row[index]
+        self.scal = states.scal[index]
+        self.counts = states.counts[index]
+        self.stats = states.stats[index]
         self._log = np.zeros((1024 if log else 0, 4), np.int64)
 
     def run(self, stream: np.ndarray, pos: int = 0, not_before: int = 0,
@@ -76,7 +100,7 @@ class ChannelTimer:
     def earliest(self, name: str, bank: int = -1) -> int:
         t = self.tables
         return int(K.earliest(cmd_id(name), bank, t.cmd_tab, t.win_tab, t.geom, self.ready,
-                              self.win_hist, self.win_cnt))
+                              self.win_hist, self.win_cnt, self.scal[K.S_LAST]))
 
     def issue_at(self, name: str, bank: int, row: int, cycle: int) -> None:
         """Issue one command at a given cycle (no legality check: that is the caller's job)."""

@@ -21,16 +21,17 @@ import numpy as np
 from numba import njit
 
 from pimsim.timing.tables import (
-    CT_CLOSED_FORM, CT_COLUMN, CT_DONE, CT_MODE, CT_ROW, CT_SCOPE, CT_SELF_GAP, G_BANKS, G_BG,
-    G_BPG, G_CMD_ACT, G_CMD_ACTAB, G_CMD_PRE, G_CMD_PREA, G_CMD_REF, G_CMD_TMOD, G_FAST,
-    G_NODES, G_NREFI, G_PIM, G_REFRESH,
+    CT_CLOSED_FORM, CT_COLUMN, CT_DONE, CT_ENABLED, CT_MODE, CT_ROW, CT_SCOPE, CT_SELF_GAP,
+    G_BANKS, G_BG, G_BPG, G_BUS, G_CMD_ACT, G_CMD_ACTAB, G_CMD_PRE, G_CMD_PREA, G_CMD_REF, G_CMD_TMOD,
+    G_FAST, G_NODES, G_NREFI, G_PIM, G_REFRESH,
 )
 
 SYNC = -1  # stream pseudo-command: end of a segment
 NOTHING = -2  # "no command needed" (e.g. ACT of a row that is already open)
+NEVER = -(1 << 40)  # "last issue" before any command was issued
 
 # scal[] slots of the per-channel state
-S_LAST, S_NEXT_REF, S_MODE, S_DONE, S_LOG_N, S_FIRST = range(6)
+S_LAST, S_NEXT_REF, S_MODE, S_DONE, S_LOG_N, S_ALLROW = range(6)
 N_SCAL = 8
 # stats[] slots
 ST_HITS, ST_MISSES, ST_REFRESHES, ST_INSERTED = range(4)
@@ -41,19 +42,27 @@ _SCOPE_ALLBANK = 1
 _ROW_NONE, _ROW_NEEDS_OPEN, _ROW_OPENS, _ROW_CLOSES, _ROW_NEEDS_OPEN_CLOSES, _ROW_ALL_CLOSED = range(6)
 
 
-@njit(cache=True)
-def earliest(cmd, bank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt):
-    """Earliest cycle at which ``cmd`` (to ``bank`` for bank commands) satisfies every rule."""
+@njit(cache=True, inline="always")
+def earliest(cmd, bank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt, scal_last):
+    """Earliest cycle at which ``cmd`` (to ``bank`` for bank commands) satisfies every rule.
+
+    ``ready[node, f]`` holds the earliest cycle for ``f`` on one node; rows ``N`` and ``N + 1``
+    hold constraints from all-bank commands on every bank group / bank, rows ``N + 2`` and
+    ``N + 3`` the maximum over all bank groups / banks (so every check is O(1)).
+    """
     scope = cmd_tab[cmd, CT_SCOPE]
     n_bg = geom[G_BG]
-    t = ready[0, cmd]
+    nn = geom[G_NODES]
+    t = max(ready[0, cmd], scal_last + geom[G_BUS])
     if scope == _SCOPE_BANK:
         g = bank // geom[G_BPG]
         t = max(t, ready[1 + g, cmd])
         t = max(t, ready[1 + n_bg + bank, cmd])
+        t = max(t, ready[nn, cmd])
+        t = max(t, ready[nn + 1, cmd])
     elif scope == _SCOPE_ALLBANK:
-        for node in range(1, geom[G_NODES]):
-            t = max(t, ready[node, cmd])
+        for row in range(nn, nn + 4):
+            t = max(t, ready[row, cmd])
     for w in range(win_tab.shape[0]):
         if win_tab[w, 1] != cmd:
             continue
@@ -68,7 +77,7 @@ def earliest(cmd, bank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt):
     return t
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _level_nodes(scope, bank, lvl, geom):
     """Range [lo, hi) of nodes of level ``lvl`` that a command of ``scope`` touches."""
     n_bg = geom[G_BG]
@@ -87,7 +96,7 @@ def _level_nodes(scope, bank, lvl, geom):
     return 0, 0  # channel-scope commands touch no bank or bank-group node
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
           win_cnt, open_row, scal, counts, log):
     """Record ``n_same`` issues of ``cmd`` ending at cycle ``t`` (spaced by its self gap).
@@ -96,13 +105,27 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
     the (possibly grown) log array.
     """
     scope = cmd_tab[cmd, CT_SCOPE]
+    nn = geom[G_NODES]
+    n_bg = geom[G_BG]
     for r in range(pr_start[cmd], pr_start[cmd + 1]):
         f = pr_tab[r, 0]
-        lo, hi = _level_nodes(scope, bank, pr_tab[r, 1], geom)
+        lvl = pr_tab[r, 1]
         v = t + pr_tab[r, 2]
-        for node in range(lo, hi):
+        if lvl == 0:
+            if ready[0, f] < v:
+                ready[0, f] = v
+            continue
+        if scope == _SCOPE_BANK:
+            node = 1 + bank // geom[G_BPG] if lvl == 1 else 1 + n_bg + bank
             if ready[node, f] < v:
                 ready[node, f] = v
+        elif scope == _SCOPE_ALLBANK:
+            if ready[nn - 1 + lvl, f] < v:
+                ready[nn - 1 + lvl, f] = v
+        else:
+            continue  # channel-scope commands touch no bank or bank group
+        if ready[nn + 1 + lvl, f] < v:
+            ready[nn + 1 + lvl, f] = v
     gap = cmd_tab[cmd, CT_SELF_GAP]
     for w in range(win_tab.shape[0]):
         if win_tab[w, 0] != cmd:
@@ -120,9 +143,16 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
         new_row = row if rowb == _ROW_OPENS else -1
         if scope == _SCOPE_BANK:
             open_row[bank] = new_row
+            same = open_row[0]
+            for b in range(1, open_row.shape[0]):
+                if open_row[b] != same:
+                    same = -2
+                    break
+            scal[S_ALLROW] = same
         else:
             for b in range(open_row.shape[0]):
                 open_row[b] = new_row
+            scal[S_ALLROW] = new_row
     if cmd == geom[G_CMD_TMOD]:
         scal[S_MODE] = 1 - scal[S_MODE]
     counts[cmd] += n_same
@@ -145,7 +175,7 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
     return log
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal):
     """The command that must issue next to make progress on ``cmd``: (cmd, bank, row)."""
     if geom[G_PIM] == 1:
@@ -154,7 +184,7 @@ def next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal):
             return geom[G_CMD_TMOD], -1, -1
     scope = cmd_tab[cmd, CT_SCOPE]
     rowb = cmd_tab[cmd, CT_ROW]
-    nb = open_row.shape[0]
+    allrow = scal[S_ALLROW]  # row open in every bank, -1 all closed, -2 mixed
     if rowb == _ROW_NEEDS_OPEN or rowb == _ROW_NEEDS_OPEN_CLOSES:
         if scope == _SCOPE_BANK:
             if open_row[bank] == row:
@@ -162,16 +192,9 @@ def next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal):
             if open_row[bank] >= 0:
                 return geom[G_CMD_PRE], bank, open_row[bank]
             return geom[G_CMD_ACT], bank, row
-        all_hit = True
-        any_open = False
-        for b in range(nb):
-            if open_row[b] != row:
-                all_hit = False
-            if open_row[b] >= 0:
-                any_open = True
-        if all_hit:
+        if allrow == row:
             return cmd, bank, row
-        if any_open:
+        if allrow != -1:
             return geom[G_CMD_PREA], -1, -1
         act = geom[G_CMD_ACTAB]
         if geom[G_PIM] == 1 and scal[S_MODE] != cmd_tab[act, CT_MODE]:
@@ -184,16 +207,9 @@ def next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal):
             if open_row[bank] >= 0:
                 return geom[G_CMD_PRE], bank, open_row[bank]
             return cmd, bank, row
-        all_hit = True
-        any_open = False
-        for b in range(nb):
-            if open_row[b] != row:
-                all_hit = False
-            if open_row[b] >= 0:
-                any_open = True
-        if all_hit:
+        if allrow == row:
             return NOTHING, -1, row
-        if any_open:
+        if allrow != -1:
             return geom[G_CMD_PREA], -1, -1
         return cmd, -1, row
     if rowb == _ROW_CLOSES:
@@ -201,19 +217,17 @@ def next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal):
             if open_row[bank] < 0:
                 return NOTHING, bank, -1
             return cmd, bank, open_row[bank]
-        for b in range(nb):
-            if open_row[b] >= 0:
-                return cmd, -1, -1
-        return NOTHING, -1, -1
+        if allrow == -1:
+            return NOTHING, -1, -1
+        return cmd, -1, -1
     if rowb == _ROW_ALL_CLOSED:
-        for b in range(nb):
-            if open_row[b] >= 0:
-                return geom[G_CMD_PREA], -1, -1
+        if allrow != -1:
+            return geom[G_CMD_PREA], -1, -1
         return cmd, -1, -1
     return cmd, bank, row
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _refresh_due(t, geom, scal):
     return geom[G_REFRESH] == 1 and t >= scal[S_NEXT_REF]
 
@@ -232,6 +246,9 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
         cmd = stream[pos, 0]
         if cmd == SYNC:
             return pos + 1, log
+        if cmd < 0 or cmd >= cmd_tab.shape[0] or cmd_tab[cmd, CT_ENABLED] == 0:
+            raise ValueError("stream item names a command this device does not have "
+                             "(a PIM command with pim.enabled = false, or an unknown id)")
         bank = stream[pos, 1]
         row = stream[pos, 2]
         count = stream[pos, 3]
@@ -244,21 +261,20 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
                 k += 1
                 continue
             t = max(not_before, earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready, win_hist,
-                                         win_cnt))
+                                         win_cnt, scal[S_LAST]))
             if _refresh_due(t, geom, scal):
                 # precharge everything still open, then refresh, at the earliest legal cycles
                 # from the due time on (which may fall in idle time before ``not_before``)
-                for b in range(open_row.shape[0]):
-                    if open_row[b] >= 0:
-                        tp = max(scal[S_NEXT_REF],
-                                 earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
-                                          win_cnt))
-                        log = issue(prea, -1, -1, tp, 1, cmd_tab, pr_start, pr_tab, win_tab,
-                                    geom, ready, win_hist, win_cnt, open_row, scal, counts, log)
-                        stats[ST_INSERTED] += 1
-                        break
+                if scal[S_ALLROW] != -1:
+                    tp = max(scal[S_NEXT_REF],
+                             earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
+                                      win_cnt, scal[S_LAST]))
+                    log = issue(prea, -1, -1, tp, 1, cmd_tab, pr_start, pr_tab, win_tab,
+                                geom, ready, win_hist, win_cnt, open_row, scal, counts, log)
+                    stats[ST_INSERTED] += 1
                 tr = max(scal[S_NEXT_REF],
-                         earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt))
+                         earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
+                                  scal[S_LAST]))
                 log = issue(ref, -1, -1, tr, 1, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                             win_hist, win_cnt, open_row, scal, counts, log)
                 stats[ST_REFRESHES] += 1
@@ -287,6 +303,58 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
                                 win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts,
                                 log)
                     k += n
-                    stats[ST_HITS] += n
+                    if is_column:
+                        stats[ST_HITS] += n
         pos += 1
     return pos, log
+
+
+@njit(cache=True)
+def run_steps(items, seg_off, kind, pim_index, dur, dep_start, dep_idx, serial, link_lat, t0,
+              cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
+              counts, stats, step_start, step_end, step_counts):
+    """Run a program's steps (one token) on all channels (state arrays stacked by channel).
+
+    A PIM step (``kind == 1``) runs segment ``pim_index`` of every channel from its start (its
+    dependencies' end; in serial mode also every earlier step's end) and ends when the last
+    channel is done plus ``link_lat``; an ASIC step runs ``dur`` cycles after its dependencies
+    and the previous ASIC step. Kept in this module so numba's cache invalidates with the kernel.
+    Fills step_start/end and per-step command counts of the critical (last-finishing) channel; fills step_start/end and per-step command
+    counts of the critical (last-finishing) channel; returns the token's end cycle."""
+    n_ch = ready.shape[0]
+    log = np.zeros((0, 4), np.int64)
+    now = t0
+    asic_free = t0
+    before = np.zeros((n_ch, counts.shape[1]), np.int64)
+    for i in range(kind.shape[0]):
+        start = t0
+        for j in range(dep_start[i], dep_start[i + 1]):
+            start = max(start, step_end[dep_idx[j]])
+        if serial == 1:
+            start = max(start, now)
+        if kind[i] == 1:
+            k = pim_index[i]
+            done = start
+            crit = 0
+            for c in range(n_ch):
+                for x in range(counts.shape[1]):
+                    before[c, x] = counts[c, x]
+                _, log = run_segment(items, seg_off[c, k], seg_off[c, k + 1], start, cmd_tab,
+                                       pr_start, pr_tab, win_tab, geom, ready[c], win_hist[c],
+                                       win_cnt[c], open_row[c], scal[c], counts[c], stats[c],
+                                       log)
+                if scal[c, S_DONE] > done:
+                    done = scal[c, S_DONE]
+                    crit = c
+            for x in range(counts.shape[1]):
+                step_counts[i, x] = counts[crit, x] - before[crit, x]
+            end = done + link_lat
+        else:
+            start = max(start, asic_free)
+            end = start + dur[i]
+            asic_free = end
+        step_start[i] = start
+        step_end[i] = end
+        if end > now:
+            now = end
+    return now

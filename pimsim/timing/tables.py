@@ -20,7 +20,7 @@ from pimsim.spec.rules import DRAM_RULES, LEVEL_NAMES, PIM_RULES, Rule
 CT_SCOPE, CT_ROW, CT_MODE, CT_DONE, CT_SELF_GAP, CT_CLOSED_FORM, CT_ENABLED, CT_COLUMN = range(8)
 # columns of geom
 (G_BG, G_BPG, G_BANKS, G_NODES, G_REFRESH, G_NREFI, G_PIM, G_FAST, G_CMD_ACT, G_CMD_PRE,
- G_CMD_PREA, G_CMD_REF, G_CMD_ACTAB, G_CMD_TMOD) = range(14)
+ G_CMD_PREA, G_CMD_REF, G_CMD_ACTAB, G_CMD_TMOD, G_BUS) = range(15)
 
 
 def eval_latency(expr: str, cycles: dict[str, int], where: str) -> int:
@@ -85,7 +85,7 @@ class TimingTables:
     pr_start: np.ndarray  # [n_cmds + 1]: rules grouped by preceding command
     pr_tab: np.ndarray  # [n_rules, 3]: following, level, latency
     win_tab: np.ndarray  # [n_window_rules, 5]: preceding, following, level, latency, window
-    geom: np.ndarray  # [14]
+    geom: np.ndarray  # [15]
     max_window: int
 
     def with_options(self, *, refresh: bool | None = None, fast: bool | None = None) -> "TimingTables":
@@ -115,11 +115,17 @@ def _build_tables(cfg: HwConfig) -> TimingTables:
     rules = active_rules(cfg)
     cyc = cfg.timing.cycles
 
-    # non-window rules, merged per (preceding, following, level) keeping the largest latency
+    # non-window rules, merged per (preceding, following, level) keeping the largest latency;
+    # a rule from every command to every command on the channel (the command bus) is kept
+    # apart as one number: the kernel checks it against the last issue cycle
     merged: dict[tuple[int, int, int], int] = {}
     windows = []
+    bus = 0
     for rule, lat, pre, fol in rules:
         lvl = LEVEL_NAMES[rule.level]
+        if (lvl == 0 and not rule.window and set(pre) == enabled and set(fol) == enabled):
+            bus = max(bus, lat)
+            continue
         if rule.window:
             for p in pre:
                 for f in fol:
@@ -146,17 +152,20 @@ def _build_tables(cfg: HwConfig) -> TimingTables:
         cmd_tab[i, CT_COLUMN] = int(c.column)
         if i in enabled:
             cmd_tab[i, CT_DONE] = eval_latency(c.done, cyc, f"command {c.name}")
-        gap = 1
+        gap = max(1, bus)
         for (p, f, lvl), lat in merged.items():
             if p == i and f == i and _touches_level(c.scope, lvl):
                 gap = max(gap, lat)
         cmd_tab[i, CT_SELF_GAP] = gap
         self_window = any(w[0] == i and w[1] == i for w in windows)
+        # a run of this command may be stepped in closed form: it changes no row or mode
+        # state and no window rule spaces it against itself (see kernel docstring)
         cmd_tab[i, CT_CLOSED_FORM] = int(
-            c.column and not self_window and c.row == C.ROW_NEEDS_OPEN
+            not self_window and c.row in (C.ROW_NEEDS_OPEN, C.ROW_NONE) and c.name != "TMOD"
         )
     o = cfg.org
-    geom = np.zeros(14, np.int64)
+    geom = np.zeros(15, np.int64)
+    geom[G_BUS] = bus
     geom[G_BG] = o.bankgroups
     geom[G_BPG] = o.banks_per_group
     geom[G_BANKS] = o.banks

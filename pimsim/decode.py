@@ -1,0 +1,233 @@
+"""Cycle-by-cycle timing of GPT decode steps: a Program run token by token on a PIM system.
+
+Each token runs every step of the program at its position. A PIM step issues its per-channel
+instruction streams through the channel timing kernels (with refresh, row policy, every rule);
+it ends when the slowest channel is done and its results have crossed the link
+(``link.latency_cyc``). An ASIC step takes ``op_latency_cyc + ceil(n / vector_lanes) *
+op_passes`` ASIC cycles, converted to DRAM command cycles. Two schedules:
+
+* ``serial`` (the PIM-GPT paper): every step starts after the previous one ended; ASIC and PIM
+  never overlap.
+* ``overlap``: a step starts once its dependencies are done; PIM steps queue in order on the
+  channels and ASIC steps in order on the ASIC, so independent work overlaps.
+
+Two executors give identical cycles: a SimPy one (ASIC and channel processes, a barrier per PIM
+step) with command-by-command kernels, and a fast one that runs a whole token in one numba call
+with closed-form column runs. Tests hold them equal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from pimsim.config import HwConfig
+from pimsim.isa import ITEM_FIELDS, Program
+from pimsim.spec.commands import N_CMDS
+from pimsim.timing import ChannelStates, ChannelTimer
+from pimsim.timing import kernel as K
+from pimsim.timing.tables import build_tables
+
+ASIC_COST_OP = {"argmax": "reduction"}  # ops without their own cost row use another's
+
+
+def asic_cycles(cfg: HwConfig, op: str, n_elems: int) -> int:
+    """Cost of one ASIC op on ``n_elems`` elements, in DRAM command cycles (rounded up)."""
+    a = cfg.asic
+    key = ASIC_COST_OP.get(op, op)
+    cyc = a.op_latency_cyc[key] + math.ceil(n_elems / a.vector_lanes) * a.op_passes[key]
+    return math.ceil(cyc * 1e6 / a.clock_mhz / cfg.tCK_ps)
+
+
+def link_latency_cyc(cfg: HwConfig) -> int:
+    return math.ceil(cfg.link.latency_cyc * 1e6 / cfg.link.clock_mhz / cfg.tCK_ps)
+
+
+class StepTable:
+    """The program's steps as arrays for the executors."""
+
+    def __init__(self, prog: Program, cfg: HwConfig):
+        steps = prog.steps
+        self.kind = np.array([1 if s.kind == "pim" else 0 for s in steps], np.int64)
+        self.pim_index = np.cumsum(self.kind) - 1
+        self.n_pim = int(self.kind.sum())
+        dep_start = [0]
+        dep_idx: list[int] = []
+        for s in steps:
+            dep_idx += list(s.deps)
+            dep_start.append(len(dep_idx))
+        self.dep_start = np.array(dep_start, np.int64)
+        self.dep_idx = np.array(dep_idx, np.int64)
+        self.fixed_cyc = np.array(
+            [asic_cycles(cfg, s.op, s.n_elems) if s.kind == "asic" and not s.per_pos_elems else -1
+             for s in steps], np.int64)
+        self.prog = prog
+        self.cfg = cfg
+
+    def durations(self, pos: int) -> np.ndarray:
+        dur = self.fixed_cyc.copy()
+        for i in np.flatnonzero(dur < 0):
+            s = self.prog.steps[i]
+            if s.kind == "asic":
+                dur[i] = asic_cycles(self.cfg, s.op, self.prog.asic_elems(s, pos))
+            else:
+                dur[i] = 0
+        return dur
+
+
+class StreamBuilder:
+    """Per-token channel streams: every PIM step's items, channel-major, with segment offsets.
+
+    Items that do not depend on the position are built once; position-dependent steps keep
+    their latest variant."""
+
+    def __init__(self, prog: Program):
+        self.prog = prog
+        self.pim_steps = [s for s in prog.steps if s.kind == "pim"]
+        self._static: dict[int, list[np.ndarray]] = {}
+        for s in self.pim_steps:
+            if s.matrix is not None or s.op == "param_fetch":
+                self._static[s.index] = prog.pim_items(s, 0)
+        self.n_ch = prog.geo.channels
+
+    def build(self, pos: int) -> tuple[np.ndarray, np.ndarray]:
+        per_step = [self._static.get(s.index) or self.prog.pim_items(s, pos)
+                    for s in self.pim_steps]
+        n_seg = len(per_step)
+        lens = np.array([[len(per_step[k][c]) for k in range(n_seg)] for c in range(self.n_ch)],
+                        np.int64)
+        seg_off = np.zeros((self.n_ch, n_seg + 1), np.int64)
+        base = 0
+        for c in range(self.n_ch):
+            seg_off[c, 0] = base
+            seg_off[c, 1:] = base + np.cumsum(lens[c])
+            base = int(seg_off[c, -1])
+        items = np.concatenate([per_step[k][c] for c in range(self.n_ch) for k in range(n_seg)]
+                               + [np.empty((0, ITEM_FIELDS), np.int64)])
+        return items, seg_off
+
+
+@dataclass
+class TokenTiming:
+    pos: int
+    start_cyc: int
+    end_cyc: int
+    step_start: np.ndarray
+    step_end: np.ndarray
+    step_counts: np.ndarray  # [n_steps, n_cmds], critical channel of each PIM step
+
+
+class DecodeSimulator:
+    """Runs a Program token after token, keeping DRAM state (open rows, refresh) across tokens."""
+
+    def __init__(self, prog: Program, cfg: HwConfig, *, schedule: str = "serial",
+                 fast: bool = True):
+        if schedule not in ("serial", "overlap"):
+            raise ValueError(f"schedule must be 'serial' or 'overlap', got {schedule!r}")
+        self.prog, self.cfg, self.schedule, self.fast = prog, cfg, schedule, fast
+        self.steps = StepTable(prog, cfg)
+        self.streams = StreamBuilder(prog)
+        self.tables = build_tables(cfg, fast=fast)
+        self.states = ChannelStates(cfg, prog.geo.channels, self.tables)
+        self.link_lat = link_latency_cyc(cfg)
+        self.now = 0
+
+    def run_token(self, pos: int) -> TokenTiming:
+        items, seg_off = self.streams.build(pos)
+        dur = self.steps.durations(pos)
+        n = len(self.prog.steps)
+        st, en = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        cnt = np.zeros((n, N_CMDS), np.int64)
+        t0 = self.now
+        if self.fast:
+            s, t = self.steps, self.tables
+            self.now = int(K.run_steps(
+                items, seg_off, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
+                int(self.schedule == "serial"), self.link_lat, t0, t.cmd_tab, t.pr_start,
+                t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
+                self.states.win_cnt, self.states.open_row, self.states.scal,
+                self.states.counts, self.states.stats, st, en, cnt))
+        else:
+            self.now = self._run_token_simpy(items, seg_off, dur, t0, st, en, cnt)
+        return TokenTiming(pos, t0, self.now, st, en, cnt)
+
+    def _run_token_simpy(self, items, seg_off, dur, t0, st, en, cnt) -> int:
+        """Reference executor: SimPy processes for the steps, the ASIC and each channel.
+
+        PIM steps reach the channels in program order (each channel is an in-order queue); the
+        ASIC takes its steps in program order."""
+        prog, s = self.prog, self.steps
+        n_ch = prog.geo.channels
+        timers = [ChannelTimer(self.cfg, states=self.states, index=c) for c in range(n_ch)]
+        env = simpy.Environment(initial_time=t0)
+        done_ev = [env.event() for _ in prog.steps]
+        issued = [env.event() for _ in prog.steps]  # a PIM step has handed its commands over
+        serial = self.schedule == "serial"
+        asic = simpy.Resource(env, capacity=1)
+        prev_pim = [-1] * len(prog.steps)
+        last = -1
+        for i in range(len(prog.steps)):
+            prev_pim[i] = last
+            if s.kind[i] == 1:
+                last = i
+
+        def channel(c: int, k: int, start: int, out: list):
+            before = timers[c].counts.copy()
+            timers[c].run(items, int(seg_off[c, k]), start, end=int(seg_off[c, k + 1]))
+            out[c] = (timers[c].done_cyc, timers[c].counts - before)
+            yield env.timeout(max(0, timers[c].done_cyc - env.now))
+
+        def step(i: int):
+            req = asic.request() if s.kind[i] == 0 else None  # FIFO: program order
+            deps = [done_ev[j] for j in prog.steps[i].deps]
+            if serial and i > 0:
+                deps.append(done_ev[i - 1])
+            if deps:
+                yield env.all_of(deps)
+            start = int(env.now)
+            if s.kind[i] == 1:
+                if prev_pim[i] >= 0:
+                    yield issued[prev_pim[i]]
+                out: list = [None] * n_ch
+                procs = [env.process(channel(c, int(s.pim_index[i]), start, out))
+                         for c in range(n_ch)]
+                issued[i].succeed()
+                yield env.all_of(procs)
+                done, crit = start, 0
+                for c in range(n_ch):
+                    if out[c][0] > done:
+                        done, crit = out[c][0], c
+                cnt[i] = out[crit][1]
+                end = done + self.link_lat
+            else:
+                yield req
+                start = int(env.now)
+                end = start + int(dur[i])
+            yield env.timeout(max(0, end - env.now))
+            if req is not None:
+                asic.release(req)
+            st[i], en[i] = start, end
+            done_ev[i].succeed()
+
+        for i in range(len(prog.steps)):
+            env.process(step(i))
+        env.run()
+        return int(max(en.max(), t0))
+
+    # ------------------------------------------------------------------ totals
+    @property
+    def command_counts(self) -> dict[str, int]:
+        from pimsim.spec.commands import COMMANDS
+        tot = self.states.counts.sum(axis=0)
+        return {c.name: int(n) for c, n in zip(COMMANDS, tot) if n}
+
+    @property
+    def row_hits(self) -> int:
+        return int(self.states.stats[:, K.ST_HITS].sum())
+
+    @property
+    def row_misses(self) -> int:
+        return int(self.states.stats[:, K.ST_MISSES].sum())
