@@ -11,10 +11,10 @@ bank of a channel, that one all-bank MAC row computes together):
 * :class:`MatrixLayout` - a weight matrix ``[out, in]``: neuron ``n`` is in group ``n // banks``
   and bank ``n % banks``; group ``g`` lives in channel ``g % channels`` at slot ``g // channels``;
   its input dimension is tiled into chunks of at most one row (the global buffer holds one chunk);
-  chunk ``k`` of slot ``s`` is row ``base_row[ch] + s * n_chunks + k``.
+  chunk ``k`` of slot ``s`` is row ``base_row[ch] + k * slots(ch) + s``.
 * :class:`KLayout` - K cache, row-major: token ``t`` is in channel ``t % channels``, bank
   ``(t // channels) % banks``, slot ``t // (channels * banks)``; its key (all heads concatenated)
-  is split into chunks of whole heads, chunk ``k`` at row ``base_row + slot * n_chunks + k``.
+  is split into chunks of whole heads, chunk ``k`` at row ``base_row + k * n_slots + slot``.
 * :class:`VLayout` - V cache, column-major: value element ``(h, j)`` is neuron ``m = h*d_head + j``
   and is placed like a matrix row whose input dimension is the token index (so s.V is a MAC
   along the row); a group of 16 neurons always belongs to one head.
@@ -95,8 +95,10 @@ class MatrixLayout:
         lo = k * self.chunk_elems
         return lo, min(self.chunk_elems, self.in_dim - lo)
 
-    def row_of(self, ch: int, slot: int, k: int) -> int:
-        return self.base_row[ch] + slot * self.n_chunks + k
+    def row_of(self, ch: int, slot, k: int):
+        """Row of chunk ``k`` of slot(s) ``slot`` in channel ``ch`` (chunk-major: the rows of
+        one chunk are consecutive, so a chunk's weights in a channel are one block of rows)."""
+        return self.base_row[ch] + k * self.slots(ch) + slot
 
     def locate(self, neuron: np.ndarray | int) -> tuple:
         """(channel, bank, slot) of output neuron(s)."""
@@ -143,8 +145,13 @@ class KLayout:
         c, b = self.geo.channels, self.geo.banks
         return t % c, (t // c) % b, t // (c * b)
 
-    def row_of(self, slot: int, k: int) -> int:
-        return self.base_row + slot * self.n_chunks + k
+    @property
+    def n_slots(self) -> int:
+        return _cdiv(self.n_ctx, self.tokens_per_slot)
+
+    def row_of(self, slot, k: int):
+        """Row of key chunk ``k`` of slot(s) ``slot`` (chunk-major, like matrices)."""
+        return self.base_row + k * self.n_slots + slot
 
     def slots_in_use(self, ch: int, n_tokens: int) -> int:
         """Row slots channel ``ch`` holds keys in when ``n_tokens`` tokens are cached."""
@@ -269,6 +276,9 @@ class Program:
     vec_layout: VectorLayout | None = None
     wpe_layout: MatrixLayout | None = None
     lm_head: MatrixLayout | None = None
+    matrices: dict[str, MatrixLayout] = field(default_factory=dict)
+    kv_layouts: list[tuple[KLayout, VLayout]] = field(default_factory=list)
+    eps: float = 1e-5
 
     # --------------------------------------------------------------- instantiation per position
     def asic_elems(self, step: Step, pos: int) -> int:

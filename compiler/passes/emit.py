@@ -20,6 +20,7 @@ def emit_program(mp: Mapping) -> Program:
         dims=dict(n_layer=s.n_layer, d_model=s.d_model, n_head=s.n_head, d_head=s.d_head,
                   d_ff=s.d_ff, vocab=s.vocab, n_ctx=s.n_ctx),
         vec_layout=mp.vectors, wpe_layout=mp.wpe, lm_head=mp.lm_head,
+        matrices=dict(mp.matrices), kv_layouts=list(zip(mp.k_cache, mp.v_cache)), eps=s.eps,
     )
     steps = prog.steps
 

@@ -100,8 +100,9 @@ class Mapping:
             n = np.arange(m.out_dim)
             ch, bank, slot = m.locate(n)
             base = np.asarray(m.base_row)[ch]
+            n_slots = np.array([m.slots(c) for c in range(g.channels)])[ch]
             for k in range(m.n_chunks):
-                add(ch, bank, base + slot * m.n_chunks + k)
+                add(ch, bank, base + k * n_slots + slot)
         b = np.arange(g.banks)
         for kl in self.k_cache:
             rows = kl.base_row + np.arange(kl.rows_reserved)
@@ -111,8 +112,9 @@ class Mapping:
             vm = vl.matrix
             n = np.arange(vm.out_dim)
             ch, bank, slot = vm.locate(n)
+            n_slots = np.array([vm.slots(c) for c in range(g.channels)])[ch]
             for k in range(vm.n_chunks):
-                add(ch, bank, vl.base_row + slot * vm.n_chunks + k)
+                add(ch, bank, vl.base_row + k * n_slots + slot)
         vrows = self.vectors.base_row + np.arange(self.vectors.rows_reserved)
         for c in range(g.channels):
             add(c, b[:, None], vrows[None, :])
@@ -170,7 +172,7 @@ class Mapping:
                 f"{m.n_chunks} chunk(s) of {cols} elements, rows {m.base_row[0]}.."
                 f"{m.base_row[0] + m.rows_reserved - 1} (channel 0)",
                 f"{indent}  for chunk k in 0..{m.n_chunks - 1}:        # global buffer <- x[chunk k]",
-                f"{indent}    for slot s in 0..{m.slots(0) - 1}:      # ACT_AB row base + s*{m.n_chunks} + k",
+                f"{indent}    for slot s in 0..{m.slots(0) - 1}:      # ACT_AB row base + k*{m.slots(0)} + s",
                 f"{indent}      parallel for channel c, bank b: "
                 f"y[n=(s*{g.channels}+c)*{g.banks}+b] += W[n, chunk k] . x[chunk k]   # MAC_AB x "
                 f"{-(-cols[0] // g.col_elems)}, RD_MAC",

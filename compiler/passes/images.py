@@ -1,0 +1,59 @@
+"""Weight loading: a decoder's weights written into per-bank DRAM images where the mapping says.
+
+The functional simulator reads weights only from these images, so a placement bug shows up as
+wrong outputs. ``corrupt`` is a test hook that deliberately misplaces data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.passes.mapping import Mapping
+from pimsim.functional import MemoryImage
+
+
+def build_image(mp: Mapping, *, data_type: str = "bf16", corrupt: str | None = None) -> MemoryImage:
+    """Load every weight of ``mp.spec`` into a fresh memory image.
+
+    ``corrupt="swap_qkv_rows"`` (test hook) swaps two output neurons of layer 0's Q/K/V matrix
+    in memory, as a mapping bug would.
+    """
+    spec, g = mp.spec, mp.geo
+    if not spec.has_weights:
+        raise ValueError(f"{spec.name} was imported without weights (shapes only); functional "
+                         f"simulation needs the weights")
+    img = MemoryImage(g.channels, g.banks, mp.rows_used, g.row_elems, data_type)
+    for i, layer in enumerate(spec.layers):
+        w = layer.weights
+        qkv = np.concatenate([w["q"], w["k"], w["v"]], axis=0)
+        if corrupt == "swap_qkv_rows" and i == 0:
+            qkv = qkv.copy()
+            qkv[[0, 1]] = qkv[[1, 0]]
+        img.store_matrix(mp.matrices[f"L{i}.qkv"], qkv)
+        img.store_matrix(mp.matrices[f"L{i}.out_proj"], w["out_proj"])
+        img.store_matrix(mp.matrices[f"L{i}.ffn_up"], w["ffn_up"])
+        img.store_matrix(mp.matrices[f"L{i}.ffn_down"], w["ffn_down"])
+        vecs = {"ln1_w": w["ln1_w"], "ln1_b": w["ln1_b"],
+                "qkv_b": np.concatenate([w["q_b"], w["k_b"], w["v_b"]]),
+                "out_proj_b": w["out_proj_b"], "ln2_w": w["ln2_w"], "ln2_b": w["ln2_b"],
+                "ffn_up_b": w["ffn_up_b"], "ffn_down_b": w["ffn_down_b"]}
+        for name, vec in vecs.items():
+            _store_vector(img, mp, f"L{i}.{name}", vec)
+    _store_vector(img, mp, "lnf_w", spec.lnf_w)
+    _store_vector(img, mp, "lnf_b", spec.lnf_b)
+    img.store_matrix(mp.wpe, spec.wpe)
+    img.store_matrix(mp.lm_head, spec.wte)
+    if corrupt not in (None, "swap_qkv_rows"):
+        raise ValueError(f"unknown corruption {corrupt!r}")
+    return img
+
+
+def _store_vector(img: MemoryImage, mp: Mapping, name: str, vec: np.ndarray) -> None:
+    vl = mp.vectors
+    e = vl.geo.col_elems
+    vec = img.round(np.asarray(vec, np.float32))
+    ln, _, _ = vl.entry(name)
+    padded = np.zeros(-(-ln // e) * e, np.float32)
+    padded[:ln] = vec
+    for c, b, r, col, n, first in vl.segments(name):
+        img.data[c][b, r, col * e:(col + n) * e] = padded[first:first + n * e]
