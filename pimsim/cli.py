@@ -31,7 +31,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         from pimsim.check import check_command_log, check_report
 
         violations = check_command_log(command_log(res), cfg)
-        rep.check_violations = len(violations)
+        rep.check_violations = violations.total
         if violations:
             print(check_report(violations), file=sys.stderr)
             status = 1
