@@ -1,0 +1,104 @@
+"""The whole lowering, one screen: model -> IR -> passes -> DecoderSpec -> Mapping -> Program.
+
+    import          ONNX graph / torch.export program -> IR          (compiler.frontends)
+    shape_inference every value gets a shape                          (passes.shape_inference)
+    fuse            LayerNorm / GELU decompositions, matmul+bias      (passes.fuse)
+    classify        each op PIM (weight MV, q.K^T, s.V) or ASIC       (passes.classify)
+    recognise       the decoder structure read off the graph          (passes.recognise)
+    map             weights and KV cache placed on channels/banks     (passes.mapping)
+    emit            the decode-step Program                           (passes.emit)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from compiler.frontends import import_graph, lowering_passes
+from compiler.model import DecoderSpec
+from compiler.passes.emit import emit_program
+from compiler.passes.mapping import Mapping, map_decoder
+from compiler.passes.recognise import recognise_decoder
+from pimsim.config import HwConfig
+from pimsim.isa import Program
+
+
+@dataclass
+class Compiled:
+    """Everything the compiler produced for one model on one hardware config."""
+
+    spec: DecoderSpec
+    mapping: Mapping
+    program: Program
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self, pos: int | None = None) -> str:
+        mp, prog, g = self.mapping, self.program, self.mapping.geo
+        pos = min(mp.spec.n_ctx - 1, 511) if pos is None else pos
+        per_ch = mp.bytes_per_channel()
+        hit = expected_row_hit_rate(prog, pos)
+        lines = [
+            f"{mp.spec.name} -> {mp.hw}: {mp.spec.n_layer} layers, d_model {mp.spec.d_model}, "
+            f"{mp.spec.n_head} heads x {mp.spec.d_head}, d_ff {mp.spec.d_ff}, vocab "
+            f"{mp.spec.vocab}, context {mp.spec.n_ctx}",
+            f"  weights placed      {mp.placed_weight_bytes():,} bytes (bf16), model "
+            f"{mp.spec.weight_bytes(g.elem_bytes):,}",
+            f"  bytes per channel   {min(per_ch):,} .. {max(per_ch):,} (rows reserved incl. "
+            f"KV cache for {mp.spec.n_ctx} tokens and row padding)",
+            f"  rows used           {min(mp.rows_used)} .. {max(mp.rows_used)} of {g.rows} per bank",
+            f"  expected row hits   {hit:.2%} (column commands per row opened, token at pos {pos})",
+            f"  instructions/token  {prog.instruction_count(pos):,} at pos {pos} "
+            f"({sum(1 for s in prog.steps if s.kind == 'pim')} PIM steps, "
+            f"{sum(1 for s in prog.steps if s.kind == 'asic')} ASIC steps)",
+        ]
+        if self.seconds:
+            lines.append("  compile time        " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+def expected_row_hit_rate(prog: Program, pos: int) -> float:
+    """Static estimate: every PIM item's first column misses when it needs a different row than
+    the previous item of its channel (and bank), every other column hits."""
+    from pimsim.spec.commands import COMMANDS
+    hits = misses = 0
+    for st in prog.steps:
+        if st.kind != "pim":
+            continue
+        for arr in prog.pim_items(st, pos):
+            open_rows: dict[int, int] = {}
+            for cmd, bank, row, count, _ in arr.tolist():
+                if not COMMANDS[cmd].column:
+                    continue
+                key = bank
+                if open_rows.get(key) == row or (bank >= 0 and open_rows.get(-1) == row):
+                    hits += count
+                else:
+                    misses += 1
+                    hits += count - 1
+                if bank < 0:
+                    open_rows = {-1: row}
+                else:
+                    open_rows.pop(-1, None)
+                    open_rows[bank] = row
+    return hits / (hits + misses) if hits + misses else 0.0
+
+
+def compile_model(source: Any, cfg: HwConfig, *, name: str = "model") -> Compiled:
+    """Run the whole pipeline; raises a clear error for unsupported ops or a model too large."""
+    t = {}
+    t0 = time.perf_counter()
+    graph = import_graph(source)
+    t["import"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for p in lowering_passes():
+        graph = p.run(graph)
+    spec = recognise_decoder(graph, name)
+    spec.check()
+    t["passes"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mapping = map_decoder(spec, cfg)
+    mapping.check()
+    program = emit_program(mapping)
+    t["map+emit"] = time.perf_counter() - t0
+    return Compiled(spec, mapping, program, t)

@@ -1,0 +1,169 @@
+"""Token generation on the simulated PIM system: timing for every token, numbers if asked.
+
+Processes a prompt one token at a time through the decode step (as PIM-GPT does), then generates
+tokens greedily. Timing comes from :class:`pimsim.decode.DecodeSimulator`; with a functional
+executor the real logits are computed too and the greedy tokens come from them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pimsim.config import HwConfig
+from pimsim.decode import DecodeSimulator, TokenTiming
+from pimsim.functional import FunctionalExecutor
+from pimsim.isa import Program
+from pimsim.spec.commands import cmd_id
+
+BREAKDOWN_KEYS = ("pim_mac", "asic", "link", "refresh", "other")
+_MAC = [cmd_id(n) for n in ("MAC_AB", "MAC_SB", "EWMUL")]
+_XFER = [cmd_id(n) for n in ("WR_GB", "RD_MAC", "WR_MAC", "RD_AF", "RD", "WR")]
+_REF = cmd_id("REFab")
+
+
+@dataclass
+class RunReport:
+    """Result of ``pimsim run``: one JSON object for tools, or a readable summary."""
+
+    model: str
+    hw: str
+    schedule: str
+    refresh: bool
+    functional: bool
+    prompt_tokens: int
+    generated_tokens: int
+    tCK_ps: int
+    cycles: int
+    ms_total: float
+    ms_per_token: float
+    tokens_per_s: float
+    per_token_ms: list[float]
+    row_hit_rate: float
+    breakdown: dict[str, float]
+    per_op: dict[str, float]
+    commands: dict[str, int]
+    tokens: list[int] = field(default_factory=list)
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.model} on {self.hw}: {self.prompt_tokens} prompt + {self.generated_tokens} "
+            f"generated tokens ({self.schedule} schedule, refresh {'on' if self.refresh else 'off'}"
+            f"{', functional' if self.functional else ''})",
+            f"  {self.ms_per_token:.4f} ms/token, {self.tokens_per_s:,.1f} tokens/s "
+            f"(first {self.per_token_ms[0]:.4f} ms, last {self.per_token_ms[-1]:.4f} ms)"
+            if self.per_token_ms else "  no generated tokens",
+            f"  total {self.cycles:,} cycles = {self.ms_total:.3f} ms; row-buffer hit rate "
+            f"{self.row_hit_rate:.2%}",
+            "  time:   " + ", ".join(f"{k} {v:.1%}" for k, v in self.breakdown.items()),
+            "  per op (ms/token): " + ", ".join(f"{k} {v:.4f}" for k, v in self.per_op.items()
+                                                if v > 0),
+            "  commands: " + ", ".join(f"{k} {v:,}" for k, v in self.commands.items()),
+        ]
+        if self.tokens:
+            lines.append(f"  generated ids: {self.tokens[:16]}{' ...' if len(self.tokens) > 16 else ''}")
+        lines.append(f"  wall {self.wall_s:.2f} s")
+        return "\n".join(lines)
+
+
+def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
+    """A deterministic prompt of ``n`` token ids."""
+    return [int(t) for t in np.random.default_rng(seed).integers(0, vocab, n)]
+
+
+def token_breakdown(sim: DecodeSimulator, tt: TokenTiming) -> tuple[np.ndarray, dict[str, int]]:
+    """Cycles of one token split into BREAKDOWN_KEYS (busy time of each step), and per op."""
+    cfg = sim.cfg
+    t = cfg.timing
+    out = np.zeros(len(BREAKDOWN_KEYS), np.float64)
+    per_op: dict[str, int] = {}
+    for i, st in enumerate(sim.prog.steps):
+        dur = int(tt.step_end[i] - tt.step_start[i])
+        per_op[st.op] = per_op.get(st.op, 0) + dur
+        if st.kind == "asic":
+            out[1] += dur
+            continue
+        c = tt.step_counts[i]
+        mac = float(c[_MAC].sum() * t.nCCDL)
+        link = float(c[_XFER].sum() * t.nBL + sim.link_lat)
+        ref = float(c[_REF] * t.nRFC)
+        parts = np.array([mac, link, ref])
+        if parts.sum() > dur and parts.sum() > 0:
+            parts *= dur / parts.sum()
+        out[0] += parts[0]
+        out[2] += parts[1]
+        out[3] += parts[2]
+        out[4] += dur - parts.sum()
+    return out, per_op
+
+
+def run_generation(
+    prog: Program, cfg: HwConfig, *, prompt: Sequence[int], n_tokens: int,
+    schedule: str = "serial", fast: bool = True, functional: FunctionalExecutor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunReport:
+    """Simulate a prompt and ``n_tokens`` greedy tokens; returns the report."""
+    n_ctx = prog.dims["n_ctx"]
+    if len(prompt) < 1:
+        raise ValueError("the prompt needs at least one token")
+    if len(prompt) + n_tokens - 1 > n_ctx:
+        raise ValueError(f"prompt ({len(prompt)}) + generated ({n_tokens}) tokens need "
+                         f"{len(prompt) + n_tokens - 1} decode steps, more than the model's "
+                         f"context of {n_ctx}; generate fewer tokens")
+    t_wall = time.perf_counter()
+    sim = DecodeSimulator(prog, cfg, schedule=schedule, fast=fast)
+    per_token_cyc: list[int] = []
+    bd = np.zeros(len(BREAKDOWN_KEYS))
+    per_op: dict[str, float] = {}
+    generated: list[int] = []
+    tok = int(prompt[0])
+    n_total = len(prompt) + n_tokens - 1  # the last generated token needs no decode step
+    n_total = max(n_total, len(prompt))
+    for pos in range(n_total):
+        tt = sim.run_token(pos)
+        if functional is not None:
+            logits = functional.step(tok, pos)
+            nxt = int(np.argmax(logits))
+        else:
+            nxt = 0
+        if pos + 1 < len(prompt):
+            tok = int(prompt[pos + 1])
+        else:
+            generated.append(nxt)
+            tok = nxt
+        if pos >= len(prompt) - 1:  # this step produced a generated token
+            per_token_cyc.append(tt.end_cyc - tt.start_cyc)
+            b, ops = token_breakdown(sim, tt)
+            bd += b
+            for k, v in ops.items():
+                per_op[k] = per_op.get(k, 0.0) + v
+        if progress is not None:
+            progress(pos)
+    ns = cfg.timing.ns
+    n_gen = len(per_token_cyc)
+    per_token_ms = [ns(c) / 1e6 for c in per_token_cyc]
+    ms_tok = float(np.mean(per_token_ms)) if per_token_ms else 0.0
+    hits, misses = sim.row_hits, sim.row_misses
+    total = bd.sum()
+    from pimsim.isa import PER_OP_KEYS
+    return RunReport(
+        model=prog.model, hw=cfg.name, schedule=schedule, refresh=cfg.refresh.enabled,
+        functional=functional is not None, prompt_tokens=len(prompt),
+        generated_tokens=n_gen, tCK_ps=cfg.tCK_ps, cycles=int(sim.now),
+        ms_total=ns(sim.now) / 1e6, ms_per_token=ms_tok,
+        tokens_per_s=1000.0 / ms_tok if ms_tok else 0.0, per_token_ms=per_token_ms,
+        row_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
+        breakdown={k: float(v / total) if total else 0.0 for k, v in zip(BREAKDOWN_KEYS, bd)},
+        per_op={k: ns(per_op.get(k, 0.0)) / 1e6 / max(n_gen, 1) for k in PER_OP_KEYS},
+        commands=sim.command_counts,
+        tokens=generated if functional is not None else [],
+        wall_s=time.perf_counter() - t_wall,
+    )

@@ -1,0 +1,98 @@
+"""PyTorch reference run of a GPT preset: greedy decoding with per-step logits.
+
+Needs only torch and numpy (runs on a GPU machine without numba or the simulator):
+
+    python -m workloads.reference gpt2-small --tokens 32 --device cuda -o ref_gpt2-small.npz
+
+Same seed, same weights (rounded to bf16, computed in fp32) as the simulator's functional mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workloads.gpt import get_config
+from workloads.models import TRAINED, build_model
+
+
+@dataclass
+class ReferenceRun:
+    model: str
+    device: str
+    prompt: list[int]
+    tokens: list[int]  # generated greedily
+    logits: np.ndarray  # [n_steps, vocab]: logits of every decode step (prompt steps included)
+    info: dict
+
+    def save(self, path: str) -> None:
+        np.savez_compressed(path, model=self.model, device=self.device,
+                            prompt=np.array(self.prompt), tokens=np.array(self.tokens),
+                            logits=self.logits.astype(np.float32),
+                            info=np.array(repr(self.info)))
+
+    @classmethod
+    def load(cls, path: str) -> "ReferenceRun":
+        z = np.load(path, allow_pickle=False)
+        return cls(str(z["model"]), str(z["device"]), z["prompt"].tolist(), z["tokens"].tolist(),
+                   z["logits"], {"file": path, "saved": str(z["info"])})
+
+
+def pick_device(which: str) -> str:
+    if which == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if which == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--reference cuda: no CUDA device is available here; use auto or cpu")
+    return which
+
+
+def run_reference(model_name: str, prompt: list[int], n_tokens: int, *, device: str = "auto",
+                  seed: int = 0, forced: list[int] | None = None) -> ReferenceRun:
+    """Greedy decode; with ``forced``, feed those tokens instead of the model's own choices."""
+    dev = pick_device(device)
+    model = build_model(model_name, seed=seed).to(dev)
+    past_k, past_v = model.empty_kv()
+    logits_all = []
+    toks: list[int] = []
+    tok = prompt[0]
+    n_steps = len(prompt) + n_tokens - 1
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for pos in range(max(n_steps, len(prompt))):
+            lg, past_k, past_v = model.decode_step(
+                torch.tensor([[tok]], device=dev), pos, past_k, past_v)
+            lg = lg[0].float().cpu().numpy()
+            logits_all.append(lg)
+            if pos + 1 < len(prompt):
+                tok = prompt[pos + 1]
+            else:
+                nxt = int(lg.argmax())
+                toks.append(nxt)
+                g = len(toks) - 1
+                tok = forced[g] if forced is not None and g < len(forced) else nxt
+    info = {"torch": torch.__version__, "seconds": round(time.perf_counter() - t0, 3),
+            "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else "", "seed": seed}
+    return ReferenceRun(model_name, dev, list(prompt), toks, np.stack(logits_all), info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="PyTorch reference greedy decode of a GPT preset")
+    ap.add_argument("model")
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--prompt", type=int, default=1, help="prompt length (deterministic ids)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-o", "--out", required=True)
+    a = ap.parse_args(argv)
+    prompt = [int(t) for t in np.random.default_rng(a.seed).integers(0, get_config(TRAINED.get(a.model, a.model)).vocab, a.prompt)]
+    run = run_reference(a.model, prompt, a.tokens, device=a.device, seed=a.seed)
+    run.save(a.out)
+    print(f"{a.model} on {run.device}: {len(run.tokens)} tokens in {run.info['seconds']} s -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()
