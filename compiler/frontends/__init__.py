@@ -1,0 +1,176 @@
+"""Front ends: a model (ONNX, torch.export, or a torch module with ``decode_step``) -> IR ->
+:class:`~compiler.model.DecoderSpec`.
+
+    load_decoder(source)  =  import  ->  shape_inference -> fuse -> classify  ->  recognise
+
+``lowering_passes()`` is the ordered list of graph-to-graph passes between the import and the
+recognition; each is a small named dataclass with ``run(graph) -> graph``.
+
+torch and onnx are imported lazily, inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from compiler.frontends.common import UnsupportedOpError
+from compiler.ir import Graph
+from compiler.model import DecoderSpec
+
+__all__ = [
+    "UnsupportedOpError",
+    "decode_step_program",
+    "import_exported",
+    "import_graph",
+    "import_onnx",
+    "import_torch_module",
+    "load_decoder",
+    "lowering_passes",
+    "run_passes",
+]
+
+
+def import_onnx(model_or_path: Any, **kw: Any) -> Graph:
+    from compiler.frontends.onnx_frontend import import_onnx as f
+
+    return f(model_or_path, **kw)
+
+
+def import_exported(ep: Any) -> Graph:
+    from compiler.frontends.torch_frontend import import_exported as f
+
+    return f(ep)
+
+
+def import_torch_module(module: Any, example_inputs: tuple, dynamic_shapes: Any = None) -> Graph:
+    from compiler.frontends.torch_frontend import import_torch_module as f
+
+    return f(module, example_inputs, dynamic_shapes)
+
+
+def lowering_passes() -> list:
+    """The ordered graph passes from an imported graph to one ``recognise_decoder`` reads."""
+    from compiler.passes.classify import Classify
+    from compiler.passes.fuse import Fuse
+    from compiler.passes.shape_inference import ShapeInference
+
+    return [ShapeInference(), Fuse(), Classify()]
+
+
+def run_passes(graph: Graph, passes: list | None = None) -> Graph:
+    for p in lowering_passes() if passes is None else passes:
+        graph = p.run(graph)
+    return graph
+
+
+def import_graph(source: Any) -> Graph:
+    """Import ``source`` (see :func:`load_decoder`) into the IR without running any pass."""
+    if isinstance(source, Graph):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return import_onnx(source)
+    mod = type(source).__module__
+    if mod.startswith("onnx"):
+        return import_onnx(source)
+    import torch
+
+    if isinstance(source, torch.export.ExportedProgram):
+        return import_exported(source)
+    if isinstance(source, torch.nn.Module) and callable(getattr(source, "decode_step", None)):
+        return import_exported(decode_step_program(source))
+    raise TypeError(
+        f"load_decoder: cannot import a {type(source).__name__}; pass an ONNX path or ModelProto, "
+        f"a torch.export.ExportedProgram, or a torch module with a decode_step method"
+    )
+
+
+def load_decoder(source: Any, name: str = "decoder") -> DecoderSpec:
+    """The decoder in ``source``.
+
+    ``source``: a path to an ``.onnx`` file, an ``onnx.ModelProto``, a
+    ``torch.export.ExportedProgram`` of a decode step, a torch ``nn.Module`` whose class has
+    ``decode_step(token[1,1], pos, past_k, past_v)`` (exported here with
+    :func:`decode_step_program`; ``meta``-device modules give a shape-only spec), or an IR
+    :class:`Graph`.
+    """
+    from compiler.passes.recognise import recognise_decoder
+
+    return recognise_decoder(run_passes(import_graph(source)), name)
+
+
+# ---- exporting a module's decode step ------------------------------------------------------
+
+_N_LAYER = ("n_layer", "num_hidden_layers", "num_layers", "n_layers")
+_N_HEAD = ("n_head", "num_attention_heads", "num_heads", "n_heads")
+_D_HEAD = ("d_head", "head_dim")
+_D_MODEL = ("d_model", "n_embd", "hidden_size")
+_N_CTX = ("n_ctx", "n_positions", "max_position_embeddings")
+
+
+def _first(obj: Any, names: tuple[str, ...]) -> int | None:
+    for n in names:
+        v = getattr(obj, n, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def _decode_dims(module: Any) -> tuple[int, int, int, int | None]:
+    """(n_layer, n_head, d_head, n_ctx) from a config-like attribute of the module."""
+    for attr in ("cfg", "config", "args", "params"):
+        c = getattr(module, attr, None)
+        if c is None:
+            continue
+        n_layer, n_head = _first(c, _N_LAYER), _first(c, _N_HEAD)
+        d_head = _first(c, _D_HEAD)
+        d_model = _first(c, _D_MODEL)
+        if d_head is None and d_model is not None and n_head:
+            d_head = d_model // n_head
+        if n_layer and n_head and d_head:
+            return n_layer, n_head, d_head, _first(c, _N_CTX)
+    raise ValueError(
+        f"{type(module).__name__}: cannot find the KV-cache shape (a cfg/config attribute with "
+        f"n_layer, n_head and d_head or d_model); export the decode step yourself and pass the "
+        f"ExportedProgram"
+    )
+
+
+def decode_step_program(module: Any, past_len: int = 2) -> Any:
+    """``torch.export`` ``module.decode_step(token, position, past_k, past_v)``.
+
+    Example inputs are built from the module's own config (``n_layer``, ``n_head``, ``d_head``)
+    on the device and dtype of its parameters, so a ``meta`` module exports without weights. The
+    cache length is a dynamic dimension ``past_len`` when the config gives ``n_ctx`` (torch.export
+    specialises sizes 0 and 1, hence ``past_len >= 2``).
+    """
+    import torch
+
+    n_layer, n_head, d_head, n_ctx = _decode_dims(module)
+    p = next(iter(module.parameters()), None)
+    device = p.device if p is not None else torch.device("cpu")
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+
+    class DecodeStep(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, token: Any, position: Any, past_k: Any, past_v: Any) -> Any:
+            return self.model.decode_step(token, position, past_k, past_v)
+
+    kv = (n_layer, n_head, past_len, d_head)
+    args = (torch.zeros((1, 1), dtype=torch.long, device=device),
+            torch.full((1,), past_len, dtype=torch.long, device=device),
+            torch.zeros(kv, dtype=dtype, device=device), torch.zeros(kv, dtype=dtype, device=device))
+    dynamic = None
+    if n_ctx is not None and n_ctx - 1 > past_len >= 2:
+        dim = torch.export.Dim("past_len", min=2, max=n_ctx - 1)
+        dynamic = {"token": None, "position": None, "past_k": {2: dim}, "past_v": {2: dim}}
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return torch.export.export(DecodeStep(module), args, dynamic_shapes=dynamic)
+    finally:
+        module.train(was_training)

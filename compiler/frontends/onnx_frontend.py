@@ -1,0 +1,303 @@
+"""ONNX -> IR: one IR node per ONNX node, constants hoisted into ``Graph.consts``.
+
+``import_onnx(path_or_proto)`` reads a model (a path, with any external-data files beside it, or
+an ``onnx.ModelProto``) and maps each node through :data:`ONNX_OPS`. Inputs that ONNX passes as
+tensors but that are compile-time parameters (Reshape's shape, Unsqueeze's axes, Slice's bounds,
+a scalar Gather index) become node attributes. Initializers and ``Constant`` nodes become
+constants: float arrays are stored as float32, integer arrays as int64. With ``weights=False``
+large float initializers are kept as shape-only :class:`~compiler.ir.ConstMeta` (external data is
+then never read), which is enough for timing.
+
+Value names are the ONNX tensor names; intermediate shapes are left to the shape-inference pass.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from compiler.frontends.common import UnsupportedOpError, as_const_array, f32_attr
+from compiler.ir import Builder, ConstMeta, Graph
+
+_ONNX_DTYPES = {1: "f32", 2: "u8", 3: "i8", 5: "i16", 6: "i32", 7: "i64", 9: "bool", 10: "f16",
+                11: "f64", 16: "bf16"}
+_KEEP_WITHOUT_WEIGHTS = 16  # weights=False still materialises constants up to this many elements
+
+
+def import_onnx(model_or_path: Any, *, weights: bool = True, base_dir: str | None = None) -> Graph:
+    """Import an ONNX model (``onnx.ModelProto`` or a path) into the IR.
+
+    ``base_dir``: where the external-data files of a ``ModelProto`` live (a path argument
+    implies its own directory). ``weights=False``: float tensors larger than 16 elements become
+    shape-only ``ConstMeta`` and external data is not loaded.
+    """
+    import onnx
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        path = os.fspath(model_or_path)
+        proto = onnx.load(path, load_external_data=False)
+        base_dir = base_dir or os.path.dirname(os.path.abspath(path))
+    elif isinstance(model_or_path, onnx.ModelProto):
+        proto = model_or_path
+    else:
+        raise TypeError(f"import_onnx takes an onnx.ModelProto or a path, got {type(model_or_path)!r}")
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=17)
+    return _Importer(proto.graph, opset, weights, base_dir).run()
+
+
+class _Importer:
+    def __init__(self, graph: Any, opset: int, weights: bool, base_dir: str | None) -> None:
+        self.g = graph
+        self.opset = opset
+        self.weights = weights
+        self.base_dir = base_dir
+        self.b = Builder()
+        self.alias: dict[str, str] = {}
+
+    # ---- constants -----------------------------------------------------------------------
+
+    def _tensor(self, t: Any) -> np.ndarray | ConstMeta:
+        from onnx import numpy_helper
+        from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+        dtype = _ONNX_DTYPES.get(t.data_type)
+        if dtype is None:
+            raise ValueError(f"ONNX tensor {t.name!r}: element type {t.data_type} unsupported")
+        shape = tuple(int(d) for d in t.dims)
+        size = int(np.prod(shape, dtype=np.int64))
+        is_float = dtype in ("f32", "f16", "bf16", "f64")
+        if not self.weights and is_float and size > _KEEP_WITHOUT_WEIGHTS:
+            return ConstMeta(shape, "f32")
+        if uses_external_data(t):
+            if self.base_dir is None:
+                raise ValueError(f"ONNX tensor {t.name!r} is stored in an external file; pass "
+                                 f"base_dir= (or a path) so it can be read")
+            from onnx import TensorProto
+            t2 = TensorProto()
+            t2.CopyFrom(t)
+            load_external_data_for_tensor(t2, self.base_dir)
+            t = t2
+        return as_const_array(numpy_helper.to_array(t))
+
+    def const_array(self, name: str, node: Any, what: str) -> np.ndarray:
+        name = self.alias.get(name, name)
+        c = self.b.consts.get(name)
+        if not isinstance(c, np.ndarray):
+            raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                     f"{what} must be a constant")
+        return c
+
+    def name(self, x: str) -> str:
+        return self.alias.get(x, x)
+
+    # ---- driver --------------------------------------------------------------------------
+
+    def run(self) -> Graph:
+        init_names = set()
+        for t in self.g.initializer:
+            self.b.const(t.name, self._tensor(t))
+            init_names.add(t.name)
+        for vi in self.g.input:
+            if vi.name in init_names:
+                continue
+            tt = vi.type.tensor_type
+            dims: list[int | str] = []
+            for i, d in enumerate(tt.shape.dim):
+                if d.HasField("dim_value"):
+                    dims.append(int(d.dim_value))
+                else:
+                    dims.append(d.dim_param or f"{vi.name}_d{i}")
+            self.b.input(vi.name, tuple(dims), _ONNX_DTYPES.get(tt.elem_type, "?"))
+        for idx, node in enumerate(self.g.node):
+            if not node.name:
+                node.name = f"{node.op_type}_{idx}"
+            if node.domain not in ("", "ai.onnx"):
+                raise UnsupportedOpError("onnx", f"{node.domain}::{node.op_type}", node.name, ONNX_OPS)
+            handler = ONNX_OPS.get(node.op_type)
+            if handler is None:
+                raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS)
+            handler(self, node, _attrs(node))
+        outputs = [self.name(o.name) for o in self.g.output]
+        return self.b.build(outputs).prune().verify()
+
+    def emit(self, op: str, node: Any, inputs: list[str], n_out: int = 1, **attrs: Any) -> None:
+        outs = [o for o in list(node.output)[:n_out]]
+        self.b.op(op, [self.name(i) for i in inputs], out=outs, name=node.name, **attrs)
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        out[a.name] = v
+    return out
+
+
+def _ints(xs: Any) -> list[int]:
+    return [int(x) for x in np.asarray(xs).reshape(-1)]
+
+
+def _inputs(node: Any) -> list[str]:
+    ins = list(node.input)
+    while ins and not ins[-1]:
+        ins.pop()
+    return ins
+
+
+# ---- handlers: ONNX op type -> IR ------------------------------------------------------------
+
+Handler = Callable[[_Importer, Any, dict], None]
+
+
+def _binary(op: str) -> Handler:
+    def h(im: _Importer, node: Any, a: dict) -> None:
+        im.emit(op, node, _inputs(node))
+    return h
+
+
+def _unary(op: str) -> Handler:
+    return _binary(op)
+
+
+def _constant(im: _Importer, node: Any, a: dict) -> None:
+    out = node.output[0]
+    if "value" in a:
+        im.b.const(out, im._tensor(a["value"]))
+    elif "value_float" in a:
+        im.b.const(out, np.array(a["value_float"], np.float32))
+    elif "value_floats" in a:
+        im.b.const(out, np.array(a["value_floats"], np.float32))
+    elif "value_int" in a:
+        im.b.const(out, np.array(a["value_int"], np.int64))
+    elif "value_ints" in a:
+        im.b.const(out, np.array(a["value_ints"], np.int64))
+    else:
+        raise UnsupportedOpError("onnx", "Constant", node.name, ONNX_OPS,
+                                 f"attribute {sorted(a)} unsupported")
+
+
+def _identity(im: _Importer, node: Any, a: dict) -> None:
+    im.alias[node.output[0]] = im.name(node.input[0])
+
+
+def _gemm(im: _Importer, node: Any, a: dict) -> None:
+    im.emit("gemm", node, _inputs(node), alpha=f32_attr(a.get("alpha", 1.0)),
+            beta=f32_attr(a.get("beta", 1.0)), trans_a=int(a.get("transA", 0)),
+            trans_b=int(a.get("transB", 0)))
+
+
+def _reduce(op: str) -> Handler:
+    def h(im: _Importer, node: Any, a: dict) -> None:
+        ins = _inputs(node)
+        if len(ins) > 1:
+            axes: list[int] | None = _ints(im.const_array(ins[1], node, "axes"))
+        else:
+            axes = [int(x) for x in a["axes"]] if "axes" in a else None
+        if axes is None and a.get("noop_with_empty_axes", 0):
+            raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, "noop_with_empty_axes")
+        im.emit(op, node, ins[:1], axes=axes, keepdim=bool(a.get("keepdims", 1)))
+    return h
+
+
+def _softmax(im: _Importer, node: Any, a: dict) -> None:
+    default = -1 if im.opset >= 13 else 1
+    if im.opset < 13:
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 f"opset {im.opset} < 13 (2-D coerced softmax)")
+    im.emit("softmax", node, _inputs(node), axis=int(a.get("axis", default)))
+
+
+def _layernorm(im: _Importer, node: Any, a: dict) -> None:
+    im.emit("layernorm", node, _inputs(node), axis=int(a.get("axis", -1)),
+            eps=f32_attr(a.get("epsilon", 1e-5)))
+
+
+def _gelu(im: _Importer, node: Any, a: dict) -> None:
+    im.emit("gelu", node, _inputs(node), approximate=str(a.get("approximate", "none")))
+
+
+def _gather(im: _Importer, node: Any, a: dict) -> None:
+    data, idx = _inputs(node)
+    axis = int(a.get("axis", 0))
+    c = im.b.consts.get(im.name(idx))
+    if isinstance(c, np.ndarray) and c.ndim == 0:
+        im.emit("select", node, [data], axis=axis, index=int(c))
+    else:
+        im.emit("gather", node, [data, idx], axis=axis)
+
+
+def _concat(im: _Importer, node: Any, a: dict) -> None:
+    im.emit("concat", node, _inputs(node), axis=int(a["axis"]))
+
+
+def _reshape(im: _Importer, node: Any, a: dict) -> None:
+    data, shape_name = _inputs(node)
+    shape = _ints(im.const_array(shape_name, node, "the target shape"))
+    if 0 in shape and not a.get("allowzero", 0):
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 "0 (copy the input dimension) in the target shape")
+    im.emit("reshape", node, [data], shape=shape)
+
+
+def _transpose(im: _Importer, node: Any, a: dict) -> None:
+    if "perm" not in a:
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, "no perm attribute")
+    im.emit("transpose", node, _inputs(node), perm=[int(p) for p in a["perm"]])
+
+
+def _axes_op(op: str) -> Handler:
+    def h(im: _Importer, node: Any, a: dict) -> None:
+        ins = _inputs(node)
+        if len(ins) > 1:
+            axes: list[int] | None = _ints(im.const_array(ins[1], node, "axes"))
+        else:
+            axes = [int(x) for x in a["axes"]] if "axes" in a else None
+        if axes is None and op == "unsqueeze":
+            raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, "no axes")
+        im.emit(op, node, ins[:1], axes=axes)
+    return h
+
+
+def _slice(im: _Importer, node: Any, a: dict) -> None:
+    ins = _inputs(node)
+    if im.opset < 10:
+        starts, ends = list(a["starts"]), list(a["ends"])
+        axes = list(a.get("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts = _ints(im.const_array(ins[1], node, "starts"))
+        ends = _ints(im.const_array(ins[2], node, "ends"))
+        axes = _ints(im.const_array(ins[3], node, "axes")) if len(ins) > 3 else list(range(len(starts)))
+        steps = _ints(im.const_array(ins[4], node, "steps")) if len(ins) > 4 else [1] * len(starts)
+    im.emit("slice", node, ins[:1], axes=axes, starts=starts, ends=ends, steps=steps)
+
+
+def _expand(im: _Importer, node: Any, a: dict) -> None:
+    data, shape_name = _inputs(node)
+    im.emit("expand", node, [data], shape=_ints(im.const_array(shape_name, node, "the shape")))
+
+
+def _cast(im: _Importer, node: Any, a: dict) -> None:
+    to = _ONNX_DTYPES.get(int(a["to"]))
+    if to is None:
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, f"to={a['to']}")
+    im.emit("cast", node, _inputs(node), to=to)
+
+
+ONNX_OPS: dict[str, Handler] = {
+    "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
+    "Pow": _binary("pow"), "Sqrt": _unary("sqrt"), "Tanh": _unary("tanh"), "Erf": _unary("erf"),
+    "Exp": _unary("exp"), "MatMul": _binary("matmul"), "Gemm": _gemm,
+    "ReduceMean": _reduce("reduce_mean"), "ReduceMax": _reduce("reduce_max"),
+    "ReduceSum": _reduce("reduce_sum"), "Softmax": _softmax, "LayerNormalization": _layernorm,
+    "Gelu": _gelu, "Gather": _gather, "Concat": _concat, "Reshape": _reshape,
+    "Transpose": _transpose, "Slice": _slice, "Unsqueeze": _axes_op("unsqueeze"),
+    "Squeeze": _axes_op("squeeze"), "Expand": _expand, "Where": _binary("where"), "Cast": _cast,
+    "Constant": _constant, "Identity": _identity,
+}

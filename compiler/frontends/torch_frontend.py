@@ -1,0 +1,463 @@
+"""torch.export -> IR: one IR node per aten call, parameters as constants.
+
+``import_exported(ep)`` walks an ``ExportedProgram`` (either the default export IR with
+``aten.linear`` / ``aten.layer_norm``, or the core-aten IR after ``run_decompositions()`` with
+``addmm`` / ``permute`` / ``native_layer_norm`` / ``bmm``) and maps each call through
+:data:`ATEN_OPS`. Parameters, buffers and lifted constants become ``Graph.consts`` under their
+state-dict names (``model.h.0.attn.q.weight``): float32 numpy copies, or shape-only
+:class:`~compiler.ir.ConstMeta` when they live on the ``meta`` device. Python scalars in the
+arguments (``x * 0.25``) become scalar constants named ``<node>.arg<i>``.
+
+Shape arithmetic (``sym_size``, ``operator.add`` on sizes) is folded at import into symbolic
+dimension strings; symbols are named after the ``torch.export.Dim`` they came from where the
+program records it (``past_len``), else ``<input>_d<axis>``. No-op calls (``clone``,
+``contiguous``, ``alias``, eval-mode ``dropout``) are dropped.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from compiler.frontends.common import UnsupportedOpError, f32_attr
+from compiler.ir import Builder, ConstMeta, Graph
+
+_TORCH_DTYPES = {
+    "float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "int64": "i64",
+    "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "bool",
+}
+
+
+def _dtype(t: Any) -> str:
+    name = str(t).removeprefix("torch.")
+    try:
+        return _TORCH_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"torch dtype {t} has no IR dtype") from None
+
+
+def import_torch_module(module: Any, example_inputs: tuple, dynamic_shapes: Any = None,
+                        strict: bool = False) -> Graph:
+    """``torch.export`` ``module`` on ``example_inputs`` and import the program."""
+    import torch
+
+    ep = torch.export.export(module, tuple(example_inputs), dynamic_shapes=dynamic_shapes,
+                             strict=strict)
+    return import_exported(ep)
+
+
+def import_exported(ep: Any) -> Graph:
+    """Import a ``torch.export.ExportedProgram`` into the IR."""
+    return _Importer(ep).run()
+
+
+class _Importer:
+    def __init__(self, ep: Any) -> None:
+        self.ep = ep
+        self.b = Builder()
+        self.alias: dict[str, str] = {}      # fx node name -> IR value name
+        self.sym: dict[str, int | str] = {}  # fx node name of a size computation -> dim
+        self.sym_names: dict[Any, str] = {}  # sympy symbol -> IR dim name
+        self.tuples: dict[str, dict[int, str]] = {}  # multi-output fx node -> {index: value}
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def dim(self, d: Any) -> int | str:
+        import torch
+
+        if isinstance(d, int):
+            return d
+        if isinstance(d, torch.SymInt):
+            expr = d.node.expr
+            if getattr(expr, "is_Integer", False):
+                return int(expr)
+            import sympy
+
+            expr = expr.xreplace({s: sympy.Symbol(n) for s, n in self.sym_names.items()})
+            return str(expr).replace(" ", "")
+        raise TypeError(f"not a dimension: {d!r}")
+
+    def dims(self, xs: Sequence[Any]) -> list[int | str]:
+        import torch.fx
+
+        out: list[int | str] = []
+        for x in xs:
+            if isinstance(x, torch.fx.Node):
+                if x.name not in self.sym:
+                    raise ValueError(f"dimension {x.name} is not a size computation")
+                out.append(self.sym[x.name])
+            else:
+                out.append(self.dim(x))
+        return out
+
+    def name(self, x: Any) -> str:
+        return self.alias.get(x.name, x.name)
+
+    def arg(self, n: Any, i: int, other: Any = None) -> str:
+        """Positional tensor argument ``i`` of ``n``; a Python number becomes a scalar constant."""
+        import torch.fx
+
+        a = n.args[i]
+        if isinstance(a, torch.fx.Node):
+            return self.name(a)
+        if isinstance(a, bool) or not isinstance(a, (int, float)):
+            raise UnsupportedOpError("torch.export", _target_name(n), n.name, ATEN_OPS,
+                                     f"argument {i} is {type(a).__name__}")
+        floating = isinstance(a, float) or (other is not None and _is_float(other))
+        value = np.array(a, np.float32 if floating else np.int64)
+        name = f"{n.name}.arg{i}"
+        self.b.const(name, value)
+        return name
+
+    def rank(self, x: Any) -> int:
+        return len(x.meta["val"].shape)
+
+    def emit(self, op: str, n: Any, inputs: list[str], out: str | None = None, **attrs: Any) -> str:
+        return self.b.op(op, inputs, out=out or n.name, name=n.name, **attrs)
+
+    def unsupported(self, n: Any, detail: str = "") -> UnsupportedOpError:
+        return UnsupportedOpError("torch.export", _target_name(n), n.name, ATEN_OPS, detail)
+
+    # ---- driver --------------------------------------------------------------------------
+
+    def run(self) -> Graph:
+        import torch
+        from torch.export.graph_signature import InputKind, OutputKind
+
+        ep = self.ep
+        sig = ep.graph_signature
+        placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+        user_inputs = []
+        for spec in sig.input_specs:
+            ph_name = spec.arg.name
+            if spec.kind == InputKind.USER_INPUT:
+                user_inputs.append(placeholders[ph_name])
+                continue
+            if spec.kind == InputKind.PARAMETER:
+                tensor = ep.state_dict[spec.target]
+            elif spec.kind == InputKind.BUFFER:
+                tensor = (ep.state_dict[spec.target] if spec.persistent is not False
+                          else ep.constants[spec.target])
+            elif spec.kind == InputKind.CONSTANT_TENSOR:
+                tensor = ep.constants[spec.target]
+            else:
+                raise ValueError(f"torch.export input {ph_name!r} of kind {spec.kind} unsupported")
+            self.b.const(spec.target, _to_const(tensor))
+            self.alias[ph_name] = spec.target
+        self._name_symbols(user_inputs)
+        for ph in user_inputs:
+            val = ph.meta["val"]
+            if not isinstance(val, torch.Tensor):
+                raise ValueError(f"torch.export input {ph.name!r} is not a tensor ({type(val).__name__})")
+            self.b.input(ph.name, tuple(self.dim(d) for d in val.shape), _dtype(val.dtype))
+
+        for n in ep.graph.nodes:
+            if n.op in ("placeholder", "output"):
+                continue
+            if n.op != "call_function":
+                raise UnsupportedOpError("torch.export", n.op, n.name, ATEN_OPS)
+            if not n.users:
+                continue
+            val = n.meta.get("val")
+            if isinstance(val, (int, torch.SymInt)) and not isinstance(val, bool):
+                self.sym[n.name] = self.dim(val)  # shape arithmetic, folded
+                continue
+            if n.target is operator.getitem:
+                self._getitem(n)
+                continue
+            key = _packet(n.target)
+            handler = ATEN_OPS.get(key) if key else None
+            if handler is None:
+                raise self.unsupported(n)
+            handler(self, n)
+
+        out_nodes = {s.arg.name: s for s in sig.output_specs}
+        outputs = []
+        (ret,) = [n for n in ep.graph.nodes if n.op == "output"]
+        for x in ret.args[0]:
+            spec = out_nodes.get(x.name) if x is not None else None
+            if spec is not None and spec.kind != OutputKind.USER_OUTPUT:
+                raise ValueError(f"torch.export output {x.name!r} of kind {spec.kind} unsupported "
+                                 f"(buffer mutation?)")
+            outputs.append(self.name(x))
+        return self.b.build(outputs).prune().verify()
+
+    def _name_symbols(self, user_inputs: list[Any]) -> None:
+        import torch
+
+        for ph in user_inputs:
+            val = ph.meta.get("val")
+            for axis, d in enumerate(getattr(val, "shape", ())):
+                if not isinstance(d, torch.SymInt):
+                    continue
+                expr = d.node.expr
+                if getattr(expr, "is_Symbol", False) and expr not in self.sym_names:
+                    self.sym_names[expr] = _debug_name(d) or f"{ph.name}_d{axis}"
+
+    def _getitem(self, n: Any) -> None:
+        src, idx = n.args
+        outs = self.tuples.get(src.name)
+        if outs is None or idx not in outs:
+            raise self.unsupported(n, f"output {idx} of {src.name} ({_target_name(src)}) unsupported")
+        self.alias[n.name] = outs[idx]
+
+
+def _to_const(t: Any) -> np.ndarray | ConstMeta:
+    if t.device.type == "meta":
+        return ConstMeta(tuple(int(d) for d in t.shape),
+                         "f32" if t.is_floating_point() else _dtype(t.dtype))
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        return np.array(t.float().numpy(), dtype=np.float32, copy=True)
+    return np.array(t.numpy(), copy=True)
+
+
+def _debug_name(d: Any) -> str | None:
+    """The ``torch.export.Dim`` name of a size symbol, where the shape environment recorded it."""
+    try:
+        env = d.node.shape_env
+        for src in env.var_to_sources.get(d.node.expr, []):
+            key = src.name() if callable(src.name) else src.name
+            name = env.source_name_to_debug_name.get(key)
+            if name:
+                return str(name)
+    except Exception:  # private torch internals: fall back to a positional name
+        return None
+    return None
+
+
+def _packet(target: Any) -> str | None:
+    import torch
+
+    if isinstance(target, torch._ops.OpOverload):
+        if target.namespace != "aten":
+            return None
+        return target.overloadpacket.__name__
+    return None
+
+
+def _target_name(n: Any) -> str:
+    import torch
+
+    t = n.target
+    if isinstance(t, torch._ops.OpOverload):
+        return str(t)
+    return getattr(t, "__name__", str(t))
+
+
+def _is_float(x: Any) -> bool:
+    import torch.fx
+
+    if isinstance(x, torch.fx.Node):
+        val = x.meta.get("val")
+        return bool(getattr(val, "is_floating_point", lambda: False)())
+    return isinstance(x, float)
+
+
+def _norm(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _kw(n: Any, i: int, key: str, default: Any) -> Any:
+    if len(n.args) > i:
+        return n.args[i]
+    return n.kwargs.get(key, default)
+
+
+# ---- handlers: aten op packet -> IR -----------------------------------------------------------
+
+Handler = Callable[[_Importer, Any], None]
+
+
+def _binary(op: str) -> Handler:
+    def h(im: _Importer, n: Any) -> None:
+        if _kw(n, 2, "alpha", 1) != 1:
+            raise im.unsupported(n, "alpha != 1")
+        if n.kwargs.get("rounding_mode") is not None:
+            raise im.unsupported(n, "rounding_mode")
+        a, b = n.args[0], n.args[1]
+        im.emit(op, n, [im.arg(n, 0, other=b), im.arg(n, 1, other=a)])
+    return h
+
+
+def _unary(op: str) -> Handler:
+    def h(im: _Importer, n: Any) -> None:
+        im.emit(op, n, [im.arg(n, 0)])
+    return h
+
+
+def _alias(im: _Importer, n: Any) -> None:
+    if n.target.overloadpacket.__name__ == "dropout" and _kw(n, 2, "train", False):
+        raise im.unsupported(n, "dropout in training mode")
+    im.alias[n.name] = im.name(n.args[0])
+
+
+def _linear(im: _Importer, n: Any) -> None:
+    ins = [im.arg(n, 0), im.arg(n, 1)]
+    if len(n.args) > 2 and n.args[2] is not None:
+        ins.append(im.arg(n, 2))
+    im.emit("linear", n, ins, w_layout="out_in")
+
+
+def _addmm(im: _Importer, n: Any) -> None:
+    beta, alpha = n.kwargs.get("beta", 1), n.kwargs.get("alpha", 1)
+    im.emit("gemm", n, [im.arg(n, 1), im.arg(n, 2), im.arg(n, 0)], alpha=f32_attr(alpha),
+            beta=f32_attr(beta), trans_a=0, trans_b=0)
+
+
+def _matmul(im: _Importer, n: Any) -> None:
+    im.emit("matmul", n, [im.arg(n, 0), im.arg(n, 1)])
+
+
+def _t(im: _Importer, n: Any) -> None:
+    if im.rank(n.args[0]) < 2:
+        im.alias[n.name] = im.name(n.args[0])
+    else:
+        im.emit("transpose", n, [im.arg(n, 0)], perm=[1, 0])
+
+
+def _permute(im: _Importer, n: Any) -> None:
+    r = im.rank(n.args[0])
+    im.emit("transpose", n, [im.arg(n, 0)], perm=[_norm(int(p), r) for p in n.args[1]])
+
+
+def _transpose(im: _Importer, n: Any) -> None:
+    r = im.rank(n.args[0])
+    d0, d1 = _norm(int(n.args[1]), r), _norm(int(n.args[2]), r)
+    perm = list(range(r))
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    im.emit("transpose", n, [im.arg(n, 0)], perm=perm)
+
+
+def _view(im: _Importer, n: Any) -> None:
+    im.emit("reshape", n, [im.arg(n, 0)], shape=im.dims(n.args[1]))
+
+
+def _layer_norm(im: _Importer, n: Any) -> None:
+    ins = [im.arg(n, 0)]
+    w, b = _kw(n, 2, "weight", None), _kw(n, 3, "bias", None)
+    if w is None and b is not None:
+        raise im.unsupported(n, "bias without weight")
+    for x in (w, b):
+        if x is not None:
+            ins.append(im.name(x))
+    eps = _kw(n, 4, "eps", 1e-5)
+    im.emit("layernorm", n, ins, axis=-len(n.args[1]), eps=f32_attr(eps))
+    if n.target.overloadpacket.__name__ == "native_layer_norm":
+        im.tuples[n.name] = {0: n.name}
+
+
+def _gelu(im: _Importer, n: Any) -> None:
+    im.emit("gelu", n, [im.arg(n, 0)], approximate=str(n.kwargs.get("approximate", "none")))
+
+
+def _softmax(im: _Importer, n: Any) -> None:
+    if n.target.overloadpacket.__name__ == "_softmax" and n.args[2]:
+        raise im.unsupported(n, "half_to_float")
+    im.emit("softmax", n, [im.arg(n, 0)], axis=int(n.args[1]))
+
+
+def _cat(im: _Importer, n: Any) -> None:
+    im.emit("concat", n, [im.name(x) for x in n.args[0]], axis=int(_kw(n, 1, "dim", 0)))
+
+
+def _stack(im: _Importer, n: Any) -> None:
+    xs = n.args[0]
+    r = im.rank(xs[0]) + 1
+    axis = _norm(int(_kw(n, 1, "dim", 0)), r)
+    parts = [im.b.op("unsqueeze", [im.name(x)], out=f"{n.name}.u{i}", name=n.name, axes=[axis])
+             for i, x in enumerate(xs)]
+    im.emit("concat", n, parts, axis=axis)
+
+
+def _embedding(im: _Importer, n: Any) -> None:
+    im.emit("gather", n, [im.arg(n, 0), im.arg(n, 1)], axis=0)
+
+
+def _index_select(im: _Importer, n: Any) -> None:
+    r = im.rank(n.args[0])
+    im.emit("gather", n, [im.arg(n, 0), im.arg(n, 2)], axis=_norm(int(n.args[1]), r))
+
+
+def _select(im: _Importer, n: Any) -> None:
+    r = im.rank(n.args[0])
+    im.emit("select", n, [im.arg(n, 0)], axis=_norm(int(n.args[1]), r), index=int(n.args[2]))
+
+
+def _slice(im: _Importer, n: Any) -> None:
+    r = im.rank(n.args[0])
+    axis = _norm(int(_kw(n, 1, "dim", 0)), r)
+    start, end, step = _kw(n, 2, "start", None), _kw(n, 3, "end", None), _kw(n, 4, "step", 1)
+    start = 0 if start is None else im.dims([start])[0]
+    end = 2**63 - 1 if end is None else im.dims([end])[0]
+    im.emit("slice", n, [im.arg(n, 0)], axes=[axis], starts=[start], ends=[end], steps=[int(step)])
+
+
+def _unsqueeze(im: _Importer, n: Any) -> None:
+    r = im.rank(n.args[0]) + 1
+    im.emit("unsqueeze", n, [im.arg(n, 0)], axes=[_norm(int(n.args[1]), r)])
+
+
+def _squeeze(im: _Importer, n: Any) -> None:
+    r = im.rank(n.args[0])
+    dims = n.args[1] if len(n.args) > 1 else None
+    if isinstance(dims, int):
+        dims = [dims]
+    axes = None if dims is None else [_norm(int(d), r) for d in dims]
+    im.emit("squeeze", n, [im.arg(n, 0)], axes=axes)
+
+
+def _expand(im: _Importer, n: Any) -> None:
+    im.emit("expand", n, [im.arg(n, 0)], shape=im.dims(n.args[1]))
+
+
+def _pow(im: _Importer, n: Any) -> None:
+    im.emit("pow", n, [im.arg(n, 0), im.arg(n, 1, other=n.args[0])])
+
+
+def _reduce(op: str) -> Handler:
+    def h(im: _Importer, n: Any) -> None:
+        r = im.rank(n.args[0])
+        dims = _kw(n, 1, "dim", None)
+        if isinstance(dims, int):
+            dims = [dims]
+        axes = None if not dims else [_norm(int(d), r) for d in dims]
+        if n.kwargs.get("dtype") is not None:
+            raise im.unsupported(n, "dtype argument")
+        im.emit(op, n, [im.arg(n, 0)], axes=axes, keepdim=bool(_kw(n, 2, "keepdim", False)))
+    return h
+
+
+def _where(im: _Importer, n: Any) -> None:
+    im.emit("where", n, [im.arg(n, 0), im.arg(n, 1, other=n.args[2]), im.arg(n, 2, other=n.args[1])])
+
+
+def _to_copy(im: _Importer, n: Any) -> None:
+    import torch
+
+    dtype = n.kwargs.get("dtype")
+    if dtype is None:
+        dtype = next((a for a in n.args[1:] if isinstance(a, torch.dtype)), None)
+    if dtype is None or dtype == n.args[0].meta["val"].dtype:
+        im.alias[n.name] = im.name(n.args[0])
+    else:
+        im.emit("cast", n, [im.arg(n, 0)], to=_dtype(dtype))
+
+
+ATEN_OPS: dict[str, Handler] = {
+    "linear": _linear, "addmm": _addmm, "mm": _matmul, "bmm": _matmul, "matmul": _matmul,
+    "t": _t, "permute": _permute, "transpose": _transpose, "swapaxes": _transpose,
+    "view": _view, "reshape": _view, "_unsafe_view": _view,
+    "layer_norm": _layer_norm, "native_layer_norm": _layer_norm, "gelu": _gelu,
+    "softmax": _softmax, "_softmax": _softmax, "cat": _cat, "concat": _cat, "stack": _stack,
+    "embedding": _embedding, "index_select": _index_select, "select": _select, "slice": _slice,
+    "unsqueeze": _unsqueeze, "squeeze": _squeeze, "expand": _expand,
+    "add": _binary("add"), "sub": _binary("sub"), "mul": _binary("mul"), "div": _binary("div"),
+    "pow": _pow, "sqrt": _unary("sqrt"), "tanh": _unary("tanh"), "erf": _unary("erf"),
+    "exp": _unary("exp"), "mean": _reduce("reduce_mean"), "sum": _reduce("reduce_sum"),
+    "amax": _reduce("reduce_max"), "where": _where, "_to_copy": _to_copy, "to": _to_copy,
+    "clone": _alias, "contiguous": _alias, "alias": _alias, "detach": _alias,
+    "lift_fresh_copy": _alias, "dropout": _alias,
+}

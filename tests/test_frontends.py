@@ -1,0 +1,257 @@
+"""Front ends: ONNX and torch.export of the GPT decode step give the same DecoderSpec, equal to the
+module's own parameters; unsupported ops are named; a meta-device gpt2-xl imports for timing."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from compiler.frontends import (
+    UnsupportedOpError,
+    decode_step_program,
+    import_exported,
+    import_onnx,
+    import_torch_module,
+    load_decoder,
+)
+from compiler.ir import ConstMeta
+from compiler.model import MATRIX_ROLES, VECTOR_ROLES, DecoderSpec
+from compiler.passes.recognise import RecogniseError, recognise_decoder
+from workloads.export import export_decode_onnx, export_decode_torch
+from workloads.gpt import GPT, get_config
+
+DIMS = ("n_layer", "d_model", "n_head", "d_head", "d_ff", "vocab", "n_ctx", "eps")
+
+
+def assert_same_spec(a: DecoderSpec, b: DecoderSpec) -> None:
+    assert [getattr(a, k) for k in DIMS] == [getattr(b, k) for k in DIMS]
+    assert a.name == b.name
+    for name in ("wte", "wpe", "lnf_w", "lnf_b"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert len(a.layers) == len(b.layers)
+    for i, (la, lb) in enumerate(zip(a.layers, b.layers)):
+        assert list(la.weights) == list(lb.weights) == list(MATRIX_ROLES + VECTOR_ROLES)
+        for role in la.weights:
+            assert la.weights[role].dtype == np.float32
+            assert np.array_equal(la.weights[role], lb.weights[role]), (i, role)
+
+
+def expected_weights(model: GPT, layer: int) -> dict[str, torch.Tensor]:
+    blk = model.h[layer]
+    a, m = blk.attn, blk.mlp
+    return {
+        "q": a.q.weight, "k": a.k.weight, "v": a.v.weight, "out_proj": a.out.weight,
+        "ffn_up": m.up.weight, "ffn_down": m.down.weight,
+        "ln1_w": blk.ln_1.weight, "ln1_b": blk.ln_1.bias, "q_b": a.q.bias, "k_b": a.k.bias,
+        "v_b": a.v.bias, "out_proj_b": a.out.bias, "ln2_w": blk.ln_2.weight,
+        "ln2_b": blk.ln_2.bias, "ffn_up_b": m.up.bias, "ffn_down_b": m.down.bias,
+    }
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-wide"])
+def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    model = GPT.from_seed(get_config(request.param), seed=3)
+    path = tmp_path_factory.mktemp(request.param) / "decode.onnx"
+    export_decode_onnx(model, path, past_len=3)
+    ep = export_decode_torch(model, past_len=3)
+    return model, path, ep
+
+
+def test_onnx_and_torch_export_give_the_same_spec(case) -> None:
+    model, path, ep = case
+    from_onnx = load_decoder(path)
+    from_torch = load_decoder(ep)
+    assert_same_spec(from_onnx, from_torch)
+    cfg = model.cfg
+    assert (from_onnx.n_layer, from_onnx.d_model, from_onnx.n_head, from_onnx.d_head,
+            from_onnx.d_ff, from_onnx.vocab, from_onnx.n_ctx) == (
+        cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_head, cfg.d_ff, cfg.vocab, cfg.n_ctx)
+    assert from_onnx.eps == cfg.ln_eps
+    assert from_onnx.d_attn == cfg.d_attn  # tiny-wide: 96 != d_model 64
+
+
+def test_recognised_weights_are_the_module_parameters(case) -> None:
+    model, path, ep = case
+    for spec in (load_decoder(path), load_decoder(ep)):
+        assert np.array_equal(spec.wte, model.wte.weight.numpy())
+        assert np.array_equal(spec.wpe, model.wpe.weight.numpy())
+        assert np.array_equal(spec.lnf_w, model.ln_f.weight.numpy())
+        assert np.array_equal(spec.lnf_b, model.ln_f.bias.numpy())
+        for i, layer in enumerate(spec.layers):
+            for role, param in expected_weights(model, i).items():
+                assert np.array_equal(layer.weights[role], param.numpy()), (i, role)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch-internal, from run_decompositions
+def test_core_aten_program_and_module_give_the_same_spec(case) -> None:
+    """addmm/permute/native_layer_norm/bmm (run_decompositions) and load_decoder(module)."""
+    model, path, ep = case
+    want = load_decoder(ep)
+    assert_same_spec(load_decoder(ep.run_decompositions()), want)
+    assert_same_spec(load_decoder(model), want)
+
+
+def _gemms_to_matmul_add(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Every ``Gemm(x, W[out,in], b, transB=1)`` as ``MatMul(x, Wt[in,out]) + b``: the form of an
+    ONNX export of HF ``Conv1D``, and (for the LM head) an untied transposed copy of ``wte``."""
+    from onnx import numpy_helper
+
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes = []
+    for n in g.node:
+        if n.op_type != "Gemm":
+            nodes.append(n)
+            continue
+        wt = n.input[1] + ".T"
+        if wt not in inits:
+            inits[wt] = numpy_helper.from_array(numpy_helper.to_array(inits[n.input[1]]).T.copy(), wt)
+            g.initializer.append(inits[wt])
+        if len(n.input) > 2:
+            nodes.append(helper.make_node("MatMul", [n.input[0], wt], [n.output[0] + ".mm"],
+                                          name=n.name + ".mm"))
+            nodes.append(helper.make_node("Add", [n.output[0] + ".mm", n.input[2]], [n.output[0]],
+                                          name=n.name + ".add"))
+        else:
+            nodes.append(helper.make_node("MatMul", [n.input[0], wt], [n.output[0]], name=n.name))
+    del g.node[:]
+    g.node.extend(nodes)
+    return proto
+
+
+def test_onnx_in_out_weights_are_transposed_back(case) -> None:
+    """[in, out] initializers (MatMul + Add) give the same [out, in] spec; the head copy is tied."""
+    model, path, ep = case
+    proto = _gemms_to_matmul_add(onnx.load(str(path)))
+    assert not any(n.op_type == "Gemm" for n in proto.graph.node)
+    from compiler.frontends import run_passes
+
+    graph = run_passes(import_onnx(proto))
+    linears = [n for n in graph.nodes if n.op == "linear"]
+    assert len(linears) == 6 * model.cfg.n_layer + 1
+    assert all(n.attrs["w_layout"] == "in_out" for n in linears)
+    assert linears[-1].role == "lm_head" and linears[-1].inputs[1] == "model.wte.weight.T"
+    assert_same_spec(load_decoder(graph), load_decoder(path))
+
+
+def test_onnx_external_data_and_shape_only_import(case, tmp_path) -> None:
+    model, path, ep = case
+    proto = onnx.load(str(path))
+    ext = tmp_path / "ext.onnx"
+    onnx.save(proto, str(ext), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    assert (tmp_path / "ext.onnx.data").exists()
+    want = load_decoder(path)
+    assert_same_spec(load_decoder(ext), want)
+    unloaded = onnx.load(str(ext), load_external_data=False)
+    with pytest.raises(ValueError, match="external file"):
+        import_onnx(unloaded)
+    assert_same_spec(load_decoder(import_onnx(unloaded, base_dir=str(tmp_path))), want)
+
+    shapes_only = load_decoder(import_onnx(ext, weights=False))
+    assert not shapes_only.has_weights
+    assert [getattr(shapes_only, k) for k in DIMS] == [getattr(want, k) for k in DIMS]
+    assert all(w is None for w in shapes_only.layers[0].weights.values())
+
+
+def test_onnx_unsupported_op_names_op_and_node() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Tanh", ["x"], ["t"], name="ok_tanh"),
+             helper.make_node("Hardmax", ["t"], ["y"], name="my_hardmax", axis=-1)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedOpError) as info:
+        import_onnx(model)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert (err.op_type, err.node_name) == ("Hardmax", "my_hardmax")
+    msg = str(err)
+    assert "'Hardmax'" in msg and "'my_hardmax'" in msg
+    assert "supported ops:" in msg and "LayerNormalization" in msg and "MatMul" in msg
+
+
+def test_torch_unsupported_op_names_op_and_node() -> None:
+    class Cumsum(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cumsum(torch.tanh(x), dim=-1)
+
+    with pytest.raises(UnsupportedOpError) as info:
+        import_torch_module(Cumsum(), (torch.ones(1, 4),))
+    msg = str(info.value)
+    assert "aten.cumsum" in msg and "'cumsum'" in msg
+    assert "supported ops:" in msg and "linear" in msg and "layer_norm" in msg
+
+
+def test_load_decoder_rejects_what_it_cannot_read() -> None:
+    with pytest.raises(TypeError, match="cannot import a int"):
+        load_decoder(3)
+
+    class NoConfig(torch.nn.Module):
+        def decode_step(self, *args: object) -> None:
+            return None
+
+    with pytest.raises(ValueError, match="cannot find the KV-cache shape"):
+        load_decoder(NoConfig())
+
+
+def test_recognise_rejects_a_graph_that_is_no_decoder() -> None:
+    class MLP(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = torch.nn.Linear(4, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.gelu(self.up(x))
+
+    from compiler.frontends import run_passes
+
+    g = run_passes(import_torch_module(MLP(), (torch.ones(1, 4),)))
+    with pytest.raises(RecogniseError, match="expected one LM head"):
+        recognise_decoder(g)
+
+
+def test_meta_gpt2_xl_imports_for_timing() -> None:
+    """torch.export works on the meta device: gpt2-xl's shapes without materialising weights."""
+    t0 = time.perf_counter()
+    model = GPT(get_config("gpt2-xl"), device="meta")
+    ep = decode_step_program(model)
+    graph = import_exported(ep)
+    weights = [c for k, c in graph.consts.items() if k.startswith("model.")]
+    assert len(weights) == 4 + 48 * 16 and all(isinstance(c, ConstMeta) for c in weights)
+    spec = load_decoder(graph)
+    elapsed = time.perf_counter() - t0
+    cfg = model.cfg
+    assert (spec.n_layer, spec.d_model, spec.n_head, spec.d_head, spec.d_ff, spec.vocab,
+            spec.n_ctx) == (48, 1600, 25, 64, 6400, 50257, 1024)
+    assert spec.eps == cfg.ln_eps
+    assert not spec.has_weights and spec.layers[0].weights["q"] is None
+    assert spec.n_params == cfg.n_params
+    assert elapsed < 30, f"gpt2-xl meta export + import took {elapsed:.1f} s"
+
+
+def test_hf_gpt2_goes_through() -> None:
+    """A tiny Hugging Face GPT2LMHeadModel, converted by workloads.hf, recognised from the graph."""
+    transformers = pytest.importorskip("transformers")
+    from workloads.hf import from_hf_gpt2, hf_gpt2_state_dict
+
+    hf_cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128,
+                                     n_positions=32, activation_function="gelu_new")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    model = from_hf_gpt2(hf)
+    spec = load_decoder(model)
+    assert (spec.n_layer, spec.d_model, spec.n_head, spec.d_head, spec.vocab, spec.n_ctx) == (
+        2, 64, 4, 16, 128, 32)
+    sd = hf_gpt2_state_dict(hf)
+    assert np.array_equal(spec.wte, sd["wte.weight"].numpy())
+    for i, layer in enumerate(spec.layers):
+        # HF Conv1D stores [in, out]; the spec holds [out, in]
+        assert np.array_equal(layer.weights["q"], sd[f"h.{i}.attn.q.weight"].numpy())
+        assert np.array_equal(layer.weights["ffn_up"], hf.transformer.h[i].mlp.c_fc.weight.detach().numpy().T)
+        assert np.array_equal(layer.weights["ffn_down_b"], sd[f"h.{i}.mlp.down.bias"].numpy())
