@@ -124,9 +124,13 @@ class DecodeSimulator:
     """Runs a Program token after token, keeping DRAM state (open rows, refresh) across tokens."""
 
     def __init__(self, prog: Program, cfg: HwConfig, *, schedule: str = "serial",
-                 fast: bool = True):
+                 fast: bool = True, log: bool = False):
+        """``log`` keeps every issued command (SimPy executor only; see :meth:`command_log`)."""
         if schedule not in ("serial", "overlap"):
             raise ValueError(f"schedule must be 'serial' or 'overlap', got {schedule!r}")
+        if log and fast:
+            raise ValueError("the command log is kept by the command-by-command executor: "
+                             "use fast=False with log=True")
         self.prog, self.cfg, self.schedule, self.fast = prog, cfg, schedule, fast
         self.steps = StepTable(prog, cfg)
         self.streams = StreamBuilder(prog)
@@ -134,6 +138,8 @@ class DecodeSimulator:
         self.states = ChannelStates(cfg, prog.geo.channels, self.tables)
         self.link_lat = link_latency_cyc(cfg)
         self.now = 0
+        self.timers = [ChannelTimer(cfg, states=self.states, index=c, log=log)
+                       for c in range(prog.geo.channels)]
 
     def run_token(self, pos: int) -> TokenTiming:
         items, seg_off = self.streams.build(pos)
@@ -161,7 +167,7 @@ class DecodeSimulator:
         ASIC takes its steps in program order."""
         prog, s = self.prog, self.steps
         n_ch = prog.geo.channels
-        timers = [ChannelTimer(self.cfg, states=self.states, index=c) for c in range(n_ch)]
+        timers = self.timers
         env = simpy.Environment(initial_time=t0)
         done_ev = [env.event() for _ in prog.steps]
         issued = [env.event() for _ in prog.steps]  # a PIM step has handed its commands over
@@ -218,6 +224,18 @@ class DecodeSimulator:
         return int(max(en.max(), t0))
 
     # ------------------------------------------------------------------ totals
+    def command_log(self) -> np.ndarray:
+        """Issued commands so far, rows (cycle, channel, bank, row, cmd) sorted by cycle."""
+        parts = []
+        for c, t in enumerate(self.timers):
+            lg = t.log
+            part = np.empty((lg.shape[0], 5), np.int64)
+            part[:, 0], part[:, 1], part[:, 2], part[:, 3], part[:, 4] = (
+                lg[:, 0], c, lg[:, 2], lg[:, 3], lg[:, 1])
+            parts.append(part)
+        out = np.concatenate(parts)
+        return out[np.lexsort((out[:, 1], out[:, 0]))]
+
     @property
     def command_counts(self) -> dict[str, int]:
         from pimsim.spec.commands import COMMANDS
