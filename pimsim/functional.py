@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pimsim.config import HwConfig
-from pimsim.isa import MatrixLayout, Program
+from pimsim.isa import MatrixLayout, Program, split_layer_vectors
 
 # ---------------------------------------------------------------- number formats
 
@@ -321,9 +321,7 @@ class FunctionalExecutor:
              + self._read_matrix_row(prog.wpe_layout, pos)).astype(np.float32)
         for i in range(d["n_layer"]):
             L = f"L{i}"
-            v = {n: self._read_vector(f"{L}.{n}") for n in
-                 ("ln1_w", "ln1_b", "qkv_b", "out_proj_b", "ln2_w", "ln2_b", "ffn_up_b",
-                  "ffn_down_b")}
+            v = split_layer_vectors(self._read_vector(f"{L}.params"), d["d_model"], a, d["d_ff"])
             h = M.layernorm(x, v["ln1_w"], v["ln1_b"], self.eps)
             qkv = self._matvec(prog.matrices[f"{L}.qkv"], h) + v["qkv_b"]
             q, k_new, v_new = qkv[:a], qkv[a:2 * a], qkv[2 * a:]

@@ -43,6 +43,26 @@ PER_OP_KEYS = ("qkv", "attn_score", "attn_value", "out_proj", "ffn_up", "ffn_dow
                "param_fetch", "argmax")
 
 
+# the per-layer vector parameters, fetched together as one vector "L{i}.params"
+LAYER_VECTORS = ("ln1_w", "ln1_b", "qkv_b", "out_proj_b", "ln2_w", "ln2_b", "ffn_up_b",
+                 "ffn_down_b")
+
+
+def layer_vector_sizes(d_model: int, d_attn: int, d_ff: int) -> dict[str, int]:
+    d = d_model
+    return {"ln1_w": d, "ln1_b": d, "qkv_b": 3 * d_attn, "out_proj_b": d, "ln2_w": d,
+            "ln2_b": d, "ffn_up_b": d_ff, "ffn_down_b": d}
+
+
+def split_layer_vectors(vec: np.ndarray, d_model: int, d_attn: int, d_ff: int) -> dict:
+    """The named parts of a layer's "L{i}.params" vector (views)."""
+    out, lo = {}, 0
+    for name, n in layer_vector_sizes(d_model, d_attn, d_ff).items():
+        out[name] = vec[lo:lo + n]
+        lo += n
+    return out
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

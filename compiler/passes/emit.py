@@ -38,9 +38,7 @@ def emit_program(mp: Mapping) -> Program:
         out_m = mp.matrices[f"{L}.out_proj"]
         up_m = mp.matrices[f"{L}.ffn_up"]
         down_m = mp.matrices[f"{L}.ffn_down"]
-        par = add(f"{L}.params", "param_fetch", i, "pim", [],
-                  vectors=tuple(f"{L}.{v}" for v in ("ln1_w", "ln1_b", "qkv_b", "out_proj_b",
-                                                     "ln2_w", "ln2_b", "ffn_up_b", "ffn_down_b")))
+        par = add(f"{L}.params", "param_fetch", i, "pim", [], vectors=(f"{L}.params",))
         ln1 = add(f"{L}.ln1", "layernorm", i, "asic", [h, par], n_elems=d)
         qkv = add(f"{L}.qkv", "qkv", i, "pim", [ln1], matrix=qkv_m)
         qkv_r = add(f"{L}.qkv.reduce", "reduction", i, "asic", [qkv],

@@ -10,6 +10,7 @@ import numpy as np
 
 from compiler.passes.mapping import Mapping
 from pimsim.functional import MemoryImage
+from pimsim.isa import LAYER_VECTORS
 
 
 def build_image(mp: Mapping, *, data_type: str = "bf16", corrupt: str | None = None) -> MemoryImage:
@@ -37,8 +38,8 @@ def build_image(mp: Mapping, *, data_type: str = "bf16", corrupt: str | None = N
                 "qkv_b": np.concatenate([w["q_b"], w["k_b"], w["v_b"]]),
                 "out_proj_b": w["out_proj_b"], "ln2_w": w["ln2_w"], "ln2_b": w["ln2_b"],
                 "ffn_up_b": w["ffn_up_b"], "ffn_down_b": w["ffn_down_b"]}
-        for name, vec in vecs.items():
-            _store_vector(img, mp, f"L{i}.{name}", vec)
+        _store_vector(img, mp, f"L{i}.params",
+                      np.concatenate([vecs[n] for n in LAYER_VECTORS]))
     _store_vector(img, mp, "lnf_w", spec.lnf_w)
     _store_vector(img, mp, "lnf_b", spec.lnf_b)
     img.store_matrix(mp.wpe, spec.wpe)

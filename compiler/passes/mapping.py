@@ -17,7 +17,7 @@ import numpy as np
 
 from compiler.model import DecoderSpec
 from pimsim.config import HwConfig
-from pimsim.isa import Geometry, KLayout, MatrixLayout, VectorLayout, VLayout
+from pimsim.isa import Geometry, KLayout, MatrixLayout, VectorLayout, VLayout, layer_vector_sizes
 
 _DTYPE_BYTES = {"bf16": 2, "fp16": 2}
 
@@ -44,13 +44,9 @@ def geometry(cfg: HwConfig) -> Geometry:
 
 def vector_entries(spec: DecoderSpec) -> list[tuple[str, int]]:
     """(name, length) of every vector the ASIC fetches, in region order."""
-    d, a, f = spec.d_model, spec.d_attn, spec.d_ff
-    out = []
-    for i in range(spec.n_layer):
-        out += [(f"L{i}.ln1_w", d), (f"L{i}.ln1_b", d), (f"L{i}.qkv_b", 3 * a),
-                (f"L{i}.out_proj_b", d), (f"L{i}.ln2_w", d), (f"L{i}.ln2_b", d),
-                (f"L{i}.ffn_up_b", f), (f"L{i}.ffn_down_b", d)]
-    out += [("lnf_w", d), ("lnf_b", d)]
+    n = sum(layer_vector_sizes(spec.d_model, spec.d_attn, spec.d_ff).values())
+    out = [(f"L{i}.params", n) for i in range(spec.n_layer)]
+    out += [("lnf_w", spec.d_model), ("lnf_b", spec.d_model)]
     return out
 
 
@@ -203,9 +199,12 @@ def map_decoder(spec: DecoderSpec, cfg: HwConfig) -> Mapping:
     if cfg.pim.mac_lanes_per_bank != g.col_elems:
         raise MappingError(f"{cfg.name}: {cfg.pim.mac_lanes_per_bank} MAC lanes per bank but a "
                            f"column holds {g.col_elems} elements; the mapping needs them equal")
-    if spec.d_head % g.banks and g.banks % spec.d_head:
-        raise MappingError(f"d_head = {spec.d_head}: the V-cache mapping needs d_head to be a "
-                           f"multiple of the {g.banks} banks per channel")
+    # V cache: a group of `banks` value neurons must lie within one head (one global-buffer fill
+    # of that head's softmax weights); K cache: each head's key must start at a column boundary
+    if spec.d_head % g.banks or spec.d_head % g.col_elems:
+        raise MappingError(f"d_head = {spec.d_head}: the KV-cache mapping needs d_head to be a "
+                           f"multiple of the {g.banks} banks per channel and of the "
+                           f"{g.col_elems} elements of a column")
     if spec.d_head > g.row_elems:
         raise MappingError(f"d_head = {spec.d_head} is larger than a DRAM row ({g.row_elems})")
     C = g.channels

@@ -233,78 +233,203 @@ def _refresh_due(t, geom, scal):
 
 
 @njit(cache=True)
+def run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+             win_hist, win_cnt, open_row, scal, counts, stats, log):
+    """Issue one stream item (with the ACT/PRE/mode switch/refresh it needs); returns the log."""
+    ref = geom[G_CMD_REF]
+    prea = geom[G_CMD_PREA]
+    cmd = stream[pos, 0]
+    bank = stream[pos, 1]
+    row = stream[pos, 2]
+    count = stream[pos, 3]
+    is_column = cmd_tab[cmd, CT_COLUMN] == 1
+    k = 0
+    missed = False
+    while k < count:
+        ncmd, nbank, nrow = next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal)
+        if ncmd == NOTHING:
+            k += 1
+            continue
+        t = max(not_before, earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready, win_hist,
+                                     win_cnt, scal[S_LAST]))
+        if _refresh_due(t, geom, scal):
+            # precharge everything still open, then refresh, at the earliest legal cycles
+            # from the due time on (which may fall in idle time before ``not_before``)
+            if scal[S_ALLROW] != -1:
+                tp = max(scal[S_NEXT_REF],
+                         earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
+                                  win_cnt, scal[S_LAST]))
+                log = issue(prea, -1, -1, tp, 1, cmd_tab, pr_start, pr_tab, win_tab,
+                            geom, ready, win_hist, win_cnt, open_row, scal, counts, log)
+                stats[ST_INSERTED] += 1
+            tr = max(scal[S_NEXT_REF],
+                     earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
+                              scal[S_LAST]))
+            log = issue(ref, -1, -1, tr, 1, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                        win_hist, win_cnt, open_row, scal, counts, log)
+            stats[ST_REFRESHES] += 1
+            scal[S_NEXT_REF] += geom[G_NREFI]
+            continue
+        log = issue(ncmd, nbank, nrow, t, 1, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                    win_hist, win_cnt, open_row, scal, counts, log)
+        if ncmd != cmd:
+            stats[ST_INSERTED] += 1
+            missed = True
+            continue
+        k += 1
+        if is_column:
+            if missed:
+                stats[ST_MISSES] += 1
+            else:
+                stats[ST_HITS] += 1
+        missed = False
+        if geom[G_FAST] == 1 and k < count and cmd_tab[cmd, CT_CLOSED_FORM] == 1:
+            gap = cmd_tab[cmd, CT_SELF_GAP]
+            n = count - k
+            if geom[G_REFRESH] == 1:
+                n = min(n, max(0, (scal[S_NEXT_REF] - 1 - t) // gap))
+            if n > 0:
+                log = issue(cmd, bank, row, t + n * gap, n, cmd_tab, pr_start, pr_tab,
+                            win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts,
+                            log)
+                k += n
+                if is_column:
+                    stats[ST_HITS] += n
+    return log
+
+
+@njit(cache=True)
+def _pair_run(stream, pos, end, cmd_tab, limit):
+    """How many identical item pairs (at most ``limit``) start at ``pos``: (all-bank column
+    command, channel command), e.g. (MAC_AB row r, RD_MAC), differing only in the row (a new
+    row every pair, or the same row every pair) and the starting column (no timing effect)."""
+    if pos + 1 >= end:
+        return 0
+    a = stream[pos, 0]
+    b = stream[pos + 1, 0]
+    if a < 0 or b < 0:
+        return 0
+    if not (cmd_tab[a, CT_SCOPE] == _SCOPE_ALLBANK and cmd_tab[a, CT_ROW] == _ROW_NEEDS_OPEN
+            and cmd_tab[b, CT_SCOPE] == 2 and cmd_tab[b, CT_ROW] == _ROW_NONE):
+        return 0
+    m = 1
+    p = pos + 2
+    same_row = p < end and stream[p, 2] == stream[pos, 2]  # all hits, or a new row each pair
+    while p + 1 < end and m < limit:
+        row_ok = stream[p, 2] == stream[pos, 2] if same_row else stream[p, 2] != stream[p - 2, 2]
+        same = (stream[p, 0] == a and stream[p, 1] == stream[pos, 1]
+                and stream[p, 3] == stream[pos, 3] and row_ok and stream[p, 2] >= 0)
+        for f in range(5):
+            if stream[p + 1, f] != stream[pos + 1, f]:
+                same = False
+        if not same:
+            break
+        m += 1
+        p += 2
+    return m
+
+
+@njit(cache=True)
+def _fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                        ready, win_hist, win_cnt, open_row, scal, counts, stats, log):
+    """Run ``m >= 3`` identical pairs starting at ``pos``; returns the next position.
+
+    Pairs 0 and 1 are issued command by command. If the controller state after pair 1 equals
+    the state after pair 0 shifted by the pair period P (every ready time relative to the last
+    issue, the accumulated done time, the open row in all banks, the mode; no refresh and no
+    window rule in either pair), the scheduling rules being invariant under a shift of time,
+    every further pair is pair 1 shifted by P again - up to the next refresh, which would break
+    the pattern. Those pairs are applied in closed form.
+    """
+    log = run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                   win_hist, win_cnt, open_row, scal, counts, stats, log)
+    log = run_item(stream, pos + 1, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                   win_hist, win_cnt, open_row, scal, counts, stats, log)
+    last0 = scal[S_LAST]
+    rel0 = ready - last0
+    for i in range(rel0.shape[0]):
+        for j in range(rel0.shape[1]):
+            if rel0[i, j] < 0:
+                rel0[i, j] = 0
+    done0 = scal[S_DONE] - last0
+    mode0 = scal[S_MODE]
+    row_ok = scal[S_ALLROW] == stream[pos, 2]
+    counts0 = counts.copy()
+    stats0 = stats.copy()
+    win0 = win_cnt.sum()
+    log = run_item(stream, pos + 2, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                   win_hist, win_cnt, open_row, scal, counts, stats, log)
+    log = run_item(stream, pos + 3, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                   win_hist, win_cnt, open_row, scal, counts, stats, log)
+    last1 = scal[S_LAST]
+    period = last1 - last0
+    steady = (row_ok and scal[S_ALLROW] == stream[pos + 2, 2] and scal[S_MODE] == mode0
+              and scal[S_DONE] - last1 == done0 and win_cnt.sum() == win0 and period > 0
+              and stats[ST_REFRESHES] == stats0[ST_REFRESHES])
+    if steady:
+        for i in range(rel0.shape[0]):
+            for j in range(rel0.shape[1]):
+                r = ready[i, j] - last1
+                if r < 0:
+                    r = 0
+                if r != rel0[i, j]:
+                    steady = False
+    done_pairs = 2
+    if steady:
+        k = m - 2
+        if geom[G_REFRESH] == 1:
+            k = min(k, max(0, (scal[S_NEXT_REF] - 1 - last1) // period))
+        if k > 0:
+            shift = k * period
+            for i in range(ready.shape[0]):
+                for j in range(ready.shape[1]):
+                    ready[i, j] += shift
+            for x in range(counts.shape[0]):
+                counts[x] += k * (counts[x] - counts0[x])
+            for x in range(stats.shape[0]):
+                stats[x] += k * (stats[x] - stats0[x])
+            scal[S_LAST] += shift
+            scal[S_DONE] += shift
+            new_row = stream[pos + 2 * (k + 1), 2]
+            for b in range(open_row.shape[0]):
+                open_row[b] = new_row
+            scal[S_ALLROW] = new_row
+            done_pairs += k
+    return pos + 2 * done_pairs, log
+
+
+@njit(cache=True)
 def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                 win_hist, win_cnt, open_row, scal, counts, stats, log):
     """Issue stream items from ``pos`` up to (and past) the next SYNC item, or to ``end``.
 
-    No command issues before ``not_before``. Returns (next position, log).
+    No stream command issues before ``not_before``. Returns (next position, log). In fast mode
+    (without a log) runs of identical item pairs are stepped in closed form once they are
+    periodic (see ``_fast_forward_pairs``).
     """
-    n_items = end
-    ref = geom[G_CMD_REF]
-    prea = geom[G_CMD_PREA]
-    while pos < n_items:
+    while pos < end:
         cmd = stream[pos, 0]
         if cmd == SYNC:
             return pos + 1, log
         if cmd < 0 or cmd >= cmd_tab.shape[0] or cmd_tab[cmd, CT_ENABLED] == 0:
             raise ValueError("stream item names a command this device does not have "
                              "(a PIM command with pim.enabled = false, or an unknown id)")
-        bank = stream[pos, 1]
-        row = stream[pos, 2]
-        count = stream[pos, 3]
-        is_column = cmd_tab[cmd, CT_COLUMN] == 1
-        k = 0
-        missed = False
-        while k < count:
-            ncmd, nbank, nrow = next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal)
-            if ncmd == NOTHING:
-                k += 1
+        if geom[G_FAST] == 1 and log.shape[0] == 0:
+            # pairs that can pass before the next refresh (each takes at least count * gap)
+            limit = 1 << 20
+            if geom[G_REFRESH] == 1:
+                c0 = stream[pos, 0]
+                if c0 >= 0:
+                    per = max(1, stream[pos, 3] * cmd_tab[c0, CT_SELF_GAP])
+                    limit = 3 + max(0, scal[S_NEXT_REF] - scal[S_LAST]) // per
+            m = _pair_run(stream, pos, end, cmd_tab, limit)
+            if m >= 3:
+                pos, log = _fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start,
+                                               pr_tab, win_tab, geom, ready, win_hist, win_cnt,
+                                               open_row, scal, counts, stats, log)
                 continue
-            t = max(not_before, earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready, win_hist,
-                                         win_cnt, scal[S_LAST]))
-            if _refresh_due(t, geom, scal):
-                # precharge everything still open, then refresh, at the earliest legal cycles
-                # from the due time on (which may fall in idle time before ``not_before``)
-                if scal[S_ALLROW] != -1:
-                    tp = max(scal[S_NEXT_REF],
-                             earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
-                                      win_cnt, scal[S_LAST]))
-                    log = issue(prea, -1, -1, tp, 1, cmd_tab, pr_start, pr_tab, win_tab,
-                                geom, ready, win_hist, win_cnt, open_row, scal, counts, log)
-                    stats[ST_INSERTED] += 1
-                tr = max(scal[S_NEXT_REF],
-                         earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
-                                  scal[S_LAST]))
-                log = issue(ref, -1, -1, tr, 1, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
-                            win_hist, win_cnt, open_row, scal, counts, log)
-                stats[ST_REFRESHES] += 1
-                scal[S_NEXT_REF] += geom[G_NREFI]
-                continue
-            log = issue(ncmd, nbank, nrow, t, 1, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
-                        win_hist, win_cnt, open_row, scal, counts, log)
-            if ncmd != cmd:
-                stats[ST_INSERTED] += 1
-                missed = True
-                continue
-            k += 1
-            if is_column:
-                if missed:
-                    stats[ST_MISSES] += 1
-                else:
-                    stats[ST_HITS] += 1
-            missed = False
-            if geom[G_FAST] == 1 and k < count and cmd_tab[cmd, CT_CLOSED_FORM] == 1:
-                gap = cmd_tab[cmd, CT_SELF_GAP]
-                n = count - k
-                if geom[G_REFRESH] == 1:
-                    n = min(n, max(0, (scal[S_NEXT_REF] - 1 - t) // gap))
-                if n > 0:
-                    log = issue(cmd, bank, row, t + n * gap, n, cmd_tab, pr_start, pr_tab,
-                                win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts,
-                                log)
-                    k += n
-                    if is_column:
-                        stats[ST_HITS] += n
+        log = run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                       win_hist, win_cnt, open_row, scal, counts, stats, log)
         pos += 1
     return pos, log
 
@@ -319,8 +444,8 @@ def run_steps(items, seg_off, kind, pim_index, dur, dep_start, dep_idx, serial, 
     dependencies' end; in serial mode also every earlier step's end) and ends when the last
     channel is done plus ``link_lat``; an ASIC step runs ``dur`` cycles after its dependencies
     and the previous ASIC step. Kept in this module so numba's cache invalidates with the kernel.
-    Fills step_start/end and per-step command counts of the critical (last-finishing) channel; fills step_start/end and per-step command
-    counts of the critical (last-finishing) channel; returns the token's end cycle."""
+    Fills step_start/end and per-step command counts of the critical (last-finishing) channel;
+    returns the token's end cycle."""
     n_ch = ready.shape[0]
     log = np.zeros((0, 4), np.int64)
     now = t0
