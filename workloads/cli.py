@@ -73,13 +73,25 @@ def cmd_run(args) -> int:
     return 0
 
 
+def decisive_steps(ref_logits: np.ndarray) -> np.ndarray:
+    """Steps whose reference top-2 gap exceeds two bf16 steps at the top logit's magnitude:
+    there the argmax cannot flip by output rounding alone."""
+    top2 = np.sort(ref_logits, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    ulp = np.exp2(np.floor(np.log2(np.maximum(np.abs(top2[:, 1]), 1e-30))) - 7)
+    return gap > 2 * ulp
+
+
 def validation_metrics(sim_logits: np.ndarray, ref_logits: np.ndarray) -> dict:
     d = np.abs(sim_logits - ref_logits)
     scale = np.abs(ref_logits).max(axis=1)
     cos = (sim_logits * ref_logits).sum(1) / (np.linalg.norm(sim_logits, axis=1)
                                               * np.linalg.norm(ref_logits, axis=1))
     top1 = sim_logits.argmax(1) == ref_logits.argmax(1)
+    dec = decisive_steps(ref_logits)
     return {
+        "top1_agreement_decisive": float(top1[dec].mean()) if dec.any() else 1.0,
+        "decisive_steps": int(dec.sum()),
         "max_abs_err": float(d.max()),
         "max_rel_err": float((d.max(axis=1) / scale).max()),
         "min_cosine": float(cos.min()),
@@ -88,10 +100,14 @@ def validation_metrics(sim_logits: np.ndarray, ref_logits: np.ndarray) -> dict:
     }
 
 
-# documented tolerances (README): exact ASIC math vs approximations
+# documented tolerances (README): exact ASIC math vs approximations. Top-1 agreement is
+# required on every decisive step (reference top-2 gap above two bf16 steps); at a near-tie the
+# simulator's bf16 logits may legitimately pick the other token.
 TOLERANCES = {
-    "exact": {"top1_agreement": 1.0, "min_cosine": 0.999, "max_rel_err": 0.05},
-    "approx": {"top1_agreement": 0.9, "min_cosine": 0.99, "max_rel_err": 0.10},
+    "exact": {"top1_agreement_decisive": 1.0, "top1_agreement": 0.9, "min_cosine": 0.999,
+              "max_rel_err": 0.05},
+    "approx": {"top1_agreement_decisive": 0.95, "top1_agreement": 0.9, "min_cosine": 0.99,
+               "max_rel_err": 0.10},
 }
 
 
@@ -135,6 +151,7 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
     m.update(model=model, hw=hw, tokens=tokens, reference_device=ref.device, asic_math=mode,
              tolerance=tol, reference_info=ref.info)
     m["passed"] = bool(m["top1_agreement"] >= tol["top1_agreement"]
+                       and m["top1_agreement_decisive"] >= tol["top1_agreement_decisive"]
                        and m["min_cosine"] >= tol["min_cosine"]
                        and m["max_rel_err"] <= tol["max_rel_err"])
     return m
@@ -149,7 +166,8 @@ def cmd_validate(args) -> int:
         print(f"validate {m['model']} on {m['hw']} ({m['asic_math']} ASIC math) against "
               f"PyTorch on {m['reference_device']}, {m['tokens']} tokens")
         print(f"  max abs err {m['max_abs_err']:.4g}, max rel err {m['max_rel_err']:.4g}, "
-              f"min cosine {m['min_cosine']:.6f}, top-1 agreement {m['top1_agreement']:.2%}, "
+              f"min cosine {m['min_cosine']:.6f}, top-1 agreement {m['top1_agreement']:.2%} "
+              f"({m['top1_agreement_decisive']:.2%} on {m['decisive_steps']} decisive steps), "
               f"greedy tokens match: {m['greedy_tokens_match']}")
         print(f"  {'PASSED' if m['passed'] else 'FAILED'} (tolerance {m['tolerance']})")
     return 0 if m["passed"] else 1

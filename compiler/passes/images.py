@@ -16,8 +16,8 @@ from pimsim.isa import LAYER_VECTORS
 def build_image(mp: Mapping, *, data_type: str = "bf16", corrupt: str | None = None) -> MemoryImage:
     """Load every weight of ``mp.spec`` into a fresh memory image.
 
-    ``corrupt="swap_qkv_rows"`` (test hook) swaps two output neurons of layer 0's Q/K/V matrix
-    in memory, as a mapping bug would.
+    ``corrupt="shift_qkv_rows"`` (test hook) stores every output neuron of layer 0's Q/K/V
+    matrix one place off (neuron n where n + 1 belongs), as an off-by-one mapping bug would.
     """
     spec, g = mp.spec, mp.geo
     if not spec.has_weights:
@@ -27,9 +27,8 @@ def build_image(mp: Mapping, *, data_type: str = "bf16", corrupt: str | None = N
     for i, layer in enumerate(spec.layers):
         w = layer.weights
         qkv = np.concatenate([w["q"], w["k"], w["v"]], axis=0)
-        if corrupt == "swap_qkv_rows" and i == 0:
-            qkv = qkv.copy()
-            qkv[[0, 1]] = qkv[[1, 0]]
+        if corrupt == "shift_qkv_rows" and i == 0:
+            qkv = np.roll(qkv, 1, axis=0)
         img.store_matrix(mp.matrices[f"L{i}.qkv"], qkv)
         img.store_matrix(mp.matrices[f"L{i}.out_proj"], w["out_proj"])
         img.store_matrix(mp.matrices[f"L{i}.ffn_up"], w["ffn_up"])
@@ -44,7 +43,7 @@ def build_image(mp: Mapping, *, data_type: str = "bf16", corrupt: str | None = N
     _store_vector(img, mp, "lnf_b", spec.lnf_b)
     img.store_matrix(mp.wpe, spec.wpe)
     img.store_matrix(mp.lm_head, spec.wte)
-    if corrupt not in (None, "swap_qkv_rows"):
+    if corrupt not in (None, "shift_qkv_rows"):
         raise ValueError(f"unknown corruption {corrupt!r}")
     return img
 
