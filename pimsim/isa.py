@@ -419,24 +419,51 @@ def _matvec_items(m: MatrixLayout) -> list[np.ndarray]:
     return out
 
 
-def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
-    g = kl.geo
-    per_ch: list[list[tuple]] = [[] for _ in range(g.channels)]
-    ch, bank, slot = (int(v) for v in kl.locate(pos))
-    for k in range(kl.n_chunks):
-        heads = kl.chunk_heads(k)
-        cols = _cdiv(len(heads) * kl.d_head, g.col_elems)
-        per_ch[ch].append((_WR, bank, kl.row_of(slot, k), cols, 0))
+_V_WRITE_CACHE: dict[tuple[int, int], tuple[VLayout, list[np.ndarray]]] = {}
+
+
+def _v_write_template(vl: VLayout, k: int) -> list[np.ndarray]:
+    """Per channel: one single-column WR per value neuron, to chunk ``k`` of its row (the
+    column is filled in per position). Cached per layout and chunk."""
+    hit = _V_WRITE_CACHE.get((id(vl), k))
+    if hit is not None and hit[0] is vl:
+        return hit[1]
+    g = vl.geo
     vm = vl.matrix
-    k = pos // vm.chunk_elems
-    col = (pos % vm.chunk_elems) // g.col_elems
+    out = []
     for c in range(g.channels):
-        for s in range(vm.slots(c)):
-            row = vm.row_of(c, s, k)
-            for b in range(g.banks):
-                if vm.neuron(c, s, b) < vm.out_dim:
-                    per_ch[c].append((_WR, b, row, 1, col))
-    return [_arr(items) for items in per_ch]
+        n_slots = vm.slots(c)
+        s = np.repeat(np.arange(n_slots), g.banks)
+        b = np.tile(np.arange(g.banks), n_slots)
+        keep = vm.neuron(c, s, b) < vm.out_dim
+        arr = np.empty((int(keep.sum()), ITEM_FIELDS), np.int64)
+        arr[:, 0] = _WR
+        arr[:, 1] = b[keep]
+        arr[:, 2] = vm.row_of(c, s[keep], k)
+        arr[:, 3] = 1
+        arr[:, 4] = 0
+        out.append(arr)
+    _V_WRITE_CACHE[(id(vl), k)] = (vl, out)
+    return out
+
+
+def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
+    """Write the new token's key (row-major: its key chunks into one bank's row slot) and value
+    (column-major: one element into every value neuron's row, at column pos // 16)."""
+    g = kl.geo
+    ch, bank, slot = (int(v) for v in kl.locate(pos))
+    k_items = [(_WR, bank, kl.row_of(slot, k), _cdiv(len(kl.chunk_heads(k)) * kl.d_head,
+                                                      g.col_elems), 0)
+               for k in range(kl.n_chunks)]
+    vm = vl.matrix
+    template = _v_write_template(vl, pos // vm.chunk_elems)
+    col = (pos % vm.chunk_elems) // g.col_elems
+    out = []
+    for c in range(g.channels):
+        v = template[c].copy()
+        v[:, 4] = col
+        out.append(np.concatenate([_arr(k_items), v]) if c == ch else v)
+    return out
 
 
 def _attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:

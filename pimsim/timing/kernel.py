@@ -96,7 +96,7 @@ def _level_nodes(scope, bank, lvl, geom):
     return 0, 0  # channel-scope commands touch no bank or bank-group node
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
           win_cnt, open_row, scal, counts, log):
     """Record ``n_same`` issues of ``cmd`` ending at cycle ``t`` (spaced by its self gap).
