@@ -159,6 +159,30 @@ class Refresh:
 
 
 @dataclass(frozen=True)
+class Energy:
+    """Energy table: IDD currents (per chip, mA) and VDD for the DRAM command energies by the
+    IDD method, PIM and I/O energies, ASIC energies. ``table`` names where the numbers come
+    from; it is printed with every energy report."""
+
+    table: str
+    vdd_v: float
+    idd0_ma: float
+    idd2n_ma: float
+    idd3n_ma: float
+    idd4r_ma: float
+    idd4w_ma: float
+    idd5ab_ma: float
+    channels_per_chip: int  # the IDD values are per chip; a chip may hold several channels
+    mac_ab_pj: float  # one all-bank MAC command (every bank's MAC unit, one column)
+    mac_sb_pj: float  # one single-bank MAC command
+    gb_pj_per_byte: float  # global-buffer SRAM access
+    io_pj_per_bit: float  # off-chip DQ energy for every bit crossing an ASIC-PIM link
+    asic_op_pj: float  # one BF16 multiply-add (or add/compare) in the ASIC vector unit
+    asic_sram_pj_per_byte: float
+    mode_switch_pj: float = 0.0
+
+
+@dataclass(frozen=True)
 class HwConfig:
     """A whole PIM system. Load with :func:`load_config`."""
 
@@ -171,6 +195,7 @@ class HwConfig:
     asic: Asic
     link: Link
     refresh: Refresh
+    energy: Energy | None = None
 
     @property
     def tCK_ps(self) -> int:
@@ -195,6 +220,7 @@ _SECTIONS = {
     "asic": Asic,
     "link": Link,
     "refresh": Refresh,
+    "energy": Energy,
 }
 _TOP_KEYS = {"name", "description"} | set(_SECTIONS)
 
@@ -281,11 +307,16 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
     asic = build(Asic, "asic", data["asic"])
     link = build(Link, "link", data["link"])
     refresh = build(Refresh, "refresh", data.get("refresh", {}))
+    energy = None
+    if "energy" in data:
+        if not isinstance(data["energy"], dict):
+            fail("[energy] must be a table")
+        energy = build(Energy, "energy", data["energy"])
     cfg = HwConfig(
         name=str(data.get("name", Path(source).stem)),
         description=str(data.get("description", "")),
         source=source,
-        org=org, timing=timing, pim=pim, asic=asic, link=link, refresh=refresh,
+        org=org, timing=timing, pim=pim, asic=asic, link=link, refresh=refresh, energy=energy,
     )
     _validate(cfg, source)
     return cfg
@@ -375,6 +406,20 @@ def _validate(cfg: HwConfig, where: str) -> None:
         fail("[link] bytes_per_cyc and clock_mhz must be positive, latency_cyc non-negative")
     if not math.isfinite(a.clock_mhz) or not math.isfinite(li.clock_mhz):
         fail("clock frequencies must be finite")
+    e = cfg.energy
+    if e is not None:
+        for f in dataclasses.fields(e):
+            v = getattr(e, f.name)
+            if f.name == "table":
+                if not v.strip():
+                    fail("[energy] table must name the source of the numbers")
+            elif v < 0 or (f.name in ("vdd_v", "channels_per_chip") and v <= 0):
+                fail(f"[energy] {f.name} = {v} must be {'positive' if f.name in ('vdd_v', 'channels_per_chip') else 'non-negative'}")
+        if e.idd3n_ma < e.idd2n_ma:
+            fail(f"[energy] idd3n_ma = {e.idd3n_ma} < idd2n_ma = {e.idd2n_ma}: active standby "
+                 f"must draw at least the precharged standby current")
+        if e.idd0_ma < e.idd3n_ma or e.idd4r_ma < e.idd3n_ma or e.idd4w_ma < e.idd3n_ma:
+            fail("[energy] idd0/idd4r/idd4w must be at least idd3n (they add to the standby current)")
 
 
 def channel_ids(cfg: HwConfig) -> list[int]:

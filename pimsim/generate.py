@@ -15,6 +15,7 @@ import numpy as np
 
 from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator, TokenTiming
+from pimsim.energy import EnergyReport, energy_of
 from pimsim.functional import FunctionalExecutor
 from pimsim.isa import Program
 from pimsim.spec.commands import cmd_id
@@ -47,6 +48,7 @@ class RunReport:
     per_op: dict[str, float]
     commands: dict[str, int]
     tokens: list[int] = field(default_factory=list)
+    energy: dict = field(default_factory=dict)
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -70,6 +72,12 @@ class RunReport:
         ]
         if self.tokens:
             lines.append(f"  generated ids: {self.tokens[:16]}{' ...' if len(self.tokens) > 16 else ''}")
+        if self.energy:
+            e = self.energy
+            lines.append(f"  energy: {e['mj_per_token']:.4f} mJ/token ("
+                         + ", ".join(f"{k} {v / e['j_per_token']:.1%}"
+                                     for k, v in e["by_component"].items() if v > 0)
+                         + f"); table: {e['table']}")
         lines.append(f"  wall {self.wall_s:.2f} s")
         return "\n".join(lines)
 
@@ -125,9 +133,16 @@ def run_generation(
     per_op: dict[str, float] = {}
     generated: list[int] = []
     tok = int(prompt[0])
+    with_energy = cfg.energy is not None
+    e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
+    per_token_j: list[float] = []
+    from pimsim.spec.commands import COMMANDS
     n_total = len(prompt) + n_tokens - 1  # the last generated token needs no decode step
     n_total = max(n_total, len(prompt))
     for pos in range(n_total):
+        if with_energy:
+            c0 = sim.states.counts.sum(axis=0)
+            o0 = [t.open_cyc(sim.now) for t in sim.timers]
         tt = sim.run_token(pos)
         if functional is not None:
             logits = functional.step(tok, pos)
@@ -143,6 +158,18 @@ def run_generation(
             per_token_cyc.append(tt.end_cyc - tt.start_cyc)
             b, ops = token_breakdown(sim, tt)
             bd += b
+            if with_energy:
+                dc = sim.states.counts.sum(axis=0) - c0
+                cmds = {COMMANDS[i].name: int(n) for i, n in enumerate(dc) if n}
+                opens = [t.open_cyc(sim.now) - o for t, o in zip(sim.timers, o0)]
+                elems: dict[str, int] = {}
+                for st in prog.steps:
+                    if st.kind == "asic":
+                        elems[st.op] = elems.get(st.op, 0) + prog.asic_elems(st, pos)
+                er = energy_of(cfg, cmds, open_cyc_per_channel=opens,
+                               total_cyc=tt.end_cyc - tt.start_cyc, asic_elems=elems)
+                e_sum.add(er)
+                per_token_j.append(er.total_j)
             for k, v in ops.items():
                 per_op[k] = per_op.get(k, 0.0) + v
         if progress is not None:
@@ -165,5 +192,18 @@ def run_generation(
         per_op={k: ns(per_op.get(k, 0.0)) / 1e6 / max(n_gen, 1) for k in PER_OP_KEYS},
         commands=sim.command_counts,
         tokens=generated if functional is not None else [],
+        energy=_energy_summary(e_sum, per_token_j, n_gen) if with_energy else {},
         wall_s=time.perf_counter() - t_wall,
     )
+
+
+def _energy_summary(e: EnergyReport, per_token_j: list[float], n_gen: int) -> dict:
+    n = max(n_gen, 1)
+    return {
+        "table": e.table,
+        "j_per_token": e.total_j / n,
+        "mj_per_token": e.total_j / n * 1e3,
+        "per_token_j": per_token_j,
+        "by_component": {k: v / n for k, v in e.by_component.items()},
+        "by_command": {k: v / n for k, v in sorted(e.by_command.items(), key=lambda x: -x[1])},
+    }

@@ -126,6 +126,13 @@ class ChannelTimer:
     def command_counts(self) -> dict[str, int]:
         return {c.name: int(n) for c, n in zip(COMMANDS, self.counts) if n}
 
+    def open_cyc(self, now: int) -> int:
+        """Cycles up to ``now`` during which at least one bank was open (active standby)."""
+        n = int(self.scal[K.S_OPEN_CYC])
+        if self.scal[K.S_ALLROW] != -1:
+            n += max(0, now - int(self.scal[K.S_OPEN_SINCE]))
+        return n
+
     @property
     def row_hits(self) -> int:
         return int(self.stats[K.ST_HITS])

@@ -31,7 +31,7 @@ NOTHING = -2  # "no command needed" (e.g. ACT of a row that is already open)
 NEVER = -(1 << 40)  # "last issue" before any command was issued
 
 # scal[] slots of the per-channel state
-S_LAST, S_NEXT_REF, S_MODE, S_DONE, S_LOG_N, S_ALLROW = range(6)
+S_LAST, S_NEXT_REF, S_MODE, S_DONE, S_LOG_N, S_ALLROW, S_OPEN_SINCE, S_OPEN_CYC = range(8)
 N_SCAL = 8
 # stats[] slots
 ST_HITS, ST_MISSES, ST_REFRESHES, ST_INSERTED = range(4)
@@ -140,6 +140,7 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
                 win_cnt[w, node] += 1
     rowb = cmd_tab[cmd, CT_ROW]
     if rowb == _ROW_OPENS or rowb == _ROW_CLOSES or rowb == _ROW_NEEDS_OPEN_CLOSES:
+        was_open = scal[S_ALLROW] != -1
         new_row = row if rowb == _ROW_OPENS else -1
         if scope == _SCOPE_BANK:
             open_row[bank] = new_row
@@ -153,6 +154,12 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
             for b in range(open_row.shape[0]):
                 open_row[b] = new_row
             scal[S_ALLROW] = new_row
+        # cycles with at least one bank open (active vs precharged standby, for energy)
+        now_open = scal[S_ALLROW] != -1
+        if was_open and not now_open:
+            scal[S_OPEN_CYC] += t - scal[S_OPEN_SINCE]
+        elif now_open and not was_open:
+            scal[S_OPEN_SINCE] = t
     if cmd == geom[G_CMD_TMOD]:
         scal[S_MODE] = 1 - scal[S_MODE]
     counts[cmd] += n_same
@@ -346,6 +353,7 @@ def _fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, w
     log = run_item(stream, pos + 1, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                    win_hist, win_cnt, open_row, scal, counts, stats, log)
     last0 = scal[S_LAST]
+    open0 = scal[S_OPEN_CYC]
     rel0 = ready - last0
     for i in range(rel0.shape[0]):
         for j in range(rel0.shape[1]):
@@ -390,6 +398,8 @@ def _fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, w
                 stats[x] += k * (stats[x] - stats0[x])
             scal[S_LAST] += shift
             scal[S_DONE] += shift
+            scal[S_OPEN_CYC] += k * (scal[S_OPEN_CYC] - open0)
+            scal[S_OPEN_SINCE] += shift
             new_row = stream[pos + 2 * (k + 1), 2]
             for b in range(open_row.shape[0]):
                 open_row[b] = new_row
