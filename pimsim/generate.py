@@ -116,9 +116,17 @@ def token_breakdown(sim: DecodeSimulator, tt: TokenTiming) -> tuple[np.ndarray, 
 def run_generation(
     prog: Program, cfg: HwConfig, *, prompt: Sequence[int], n_tokens: int,
     schedule: str = "serial", fast: bool = True, functional: FunctionalExecutor | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, skip_prompt: bool = False,
 ) -> RunReport:
-    """Simulate a prompt and ``n_tokens`` greedy tokens; returns the report."""
+    """Simulate a prompt and ``n_tokens`` greedy tokens; returns the report.
+
+    ``skip_prompt`` (timing only) simulates just the steps that generate tokens, at positions
+    ``len(prompt) - 1`` onwards: the cost of a step depends on its position, not on the cached
+    values, so this measures generation at a long context without simulating the prompt (the
+    DRAM state, open rows and refresh phase, starts fresh instead of warmed up).
+    """
+    if skip_prompt and functional is not None:
+        raise ValueError("skip_prompt is for timing runs; functional runs need every prompt step")
     n_ctx = prog.dims["n_ctx"]
     if len(prompt) < 1:
         raise ValueError("the prompt needs at least one token")
@@ -139,7 +147,7 @@ def run_generation(
     from pimsim.spec.commands import COMMANDS
     n_total = len(prompt) + n_tokens - 1  # the last generated token needs no decode step
     n_total = max(n_total, len(prompt))
-    for pos in range(n_total):
+    for pos in range(len(prompt) - 1 if skip_prompt else 0, n_total):
         if with_energy:
             c0 = sim.states.counts.sum(axis=0)
             o0 = [t.open_cyc(sim.now) for t in sim.timers]

@@ -7,6 +7,7 @@ model presets, compile them and simulate them:
     pimsim compile MODEL --hw CONFIG -o FILE lower a model to a PIM program, print the mapping
     pimsim run MODEL --hw CONFIG --prompt P --tokens N [--functional] [--json]
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
+    pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR]
 """
 
 from __future__ import annotations
@@ -173,6 +174,24 @@ def cmd_validate(args) -> int:
     return 0 if m["passed"] else 1
 
 
+def cmd_compare(args) -> int:
+    from workloads import compare as C
+
+    cfg = load_config(args.hw)
+    if cfg.energy is None:
+        raise UserError(f"{cfg.name} has no [energy] table; compare needs one")
+    rows = C.compare(args.models, cfg, args.gpu, prompt=args.prompt, tokens=args.tokens,
+                     schedule=args.schedule)
+    if args.json:
+        print(json.dumps([C.asdict(r) for r in rows], indent=1))
+    else:
+        print(C.table(rows))
+    if args.plot:
+        for f in C.plot(rows, args.plot):
+            print(f"  wrote {f}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = core_cli.build_parser()
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
@@ -205,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
+
+    cp = sub.add_parser("compare", help="PIM vs GPU latency and energy per token")
+    cp.add_argument("models", nargs="+", help="presets to compare")
+    cp.add_argument("--hw", default="pim-gpt")
+    cp.add_argument("--gpu", default="T4",
+                    help="T4, A100, H100, H200 (analytic model) or a measured baseline JSON")
+    cp.add_argument("--prompt", type=int, default=128,
+                    help="context before the timed tokens (default 128; prompt steps are not "
+                         "simulated, see pimsim.generate skip_prompt)")
+    cp.add_argument("--tokens", type=int, default=8, help="tokens timed per model (default 8)")
+    cp.add_argument("--schedule", choices=["serial", "overlap"], default="serial")
+    cp.add_argument("--plot", metavar="DIR", help="write PNG charts (and compare.json) here")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="compare functional simulation with PyTorch")
     common(v)
