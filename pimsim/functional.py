@@ -277,8 +277,11 @@ class FunctionalExecutor:
                 r0 = kl.row_of(0, k)
                 block = self.img.data[c][:, r0:r0 + n_slots, :ln]  # [bank, slot, elems]
                 block = block.reshape(g.banks, n_slots, len(heads), kl.d_head)
-                acc = np.stack([mac_rows(block[:, :, i], qh[i], self.acc_round, g.col_elems)
-                                for i in range(len(heads))], axis=-1)  # [bank, slot, head]
+                if self.acc_round is None:  # fp32 accumulation: one dot product per MAC row
+                    acc = np.einsum("bshd,hd->bsh", block, qh, dtype=np.float32)
+                else:
+                    acc = np.stack([mac_rows(block[:, :, i], qh[i], self.acc_round, g.col_elems)
+                                    for i in range(len(heads))], axis=-1)  # [bank, slot, head]
                 t = c + g.channels * (np.arange(g.banks)[:, None] + g.banks * np.arange(n_slots)[None, :])
                 ok = t < n_tok
                 scores[heads.start:heads.stop][:, t[ok]] = self.round(acc[ok]).T
@@ -305,8 +308,11 @@ class FunctionalExecutor:
                 gb[:, :ln] = self.round(p[heads, lo:lo + ln])
                 r0 = vm.row_of(c, 0, k)
                 block = self.img.data[c][:, r0:r0 + n_slots, :cols * g.col_elems]
-                acc = np.stack([mac_rows(block[:, s], gb[s], self.acc_round, g.col_elems)
-                                for s in range(n_slots)], axis=1)  # [bank, slot]
+                if self.acc_round is None:
+                    acc = np.einsum("bse,se->bs", block, gb, dtype=np.float32)
+                else:
+                    acc = np.stack([mac_rows(block[:, s], gb[s], self.acc_round, g.col_elems)
+                                    for s in range(n_slots)], axis=1)  # [bank, slot]
                 valid = n < vm.out_dim
                 out[n[valid]] += self.round(acc[valid])
         return out
