@@ -107,6 +107,8 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
     scope = cmd_tab[cmd, CT_SCOPE]
     nn = geom[G_NODES]
     n_bg = geom[G_BG]
+    node_bg = 1 + bank // geom[G_BPG] if scope == _SCOPE_BANK else 0
+    node_bank = 1 + n_bg + bank
     for r in range(pr_start[cmd], pr_start[cmd + 1]):
         f = pr_tab[r, 0]
         lvl = pr_tab[r, 1]
@@ -116,7 +118,7 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
                 ready[0, f] = v
             continue
         if scope == _SCOPE_BANK:
-            node = 1 + bank // geom[G_BPG] if lvl == 1 else 1 + n_bg + bank
+            node = node_bg if lvl == 1 else node_bank
             if ready[node, f] < v:
                 ready[node, f] = v
         elif scope == _SCOPE_ALLBANK:
