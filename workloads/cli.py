@@ -8,6 +8,7 @@ model presets, compile them and simulate them:
     pimsim run MODEL --hw CONFIG --prompt P --tokens N [--functional] [--json]
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
     pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR]
+    pimsim sweep SPEC.toml [--workers N] [--cluster ADDRESS] [--db FILE] [--plot DIR] [--csv F]
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ def cmd_run(args) -> int:
     if bar:
         bar.close()
     print(json.dumps(rep.to_dict(), indent=1) if args.json else rep.summary())
+    if getattr(args, "timeline", None):
+        from pimsim.timeline import write_timeline
+
+        pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
+        if not 0 <= pos < c.spec.n_ctx:
+            raise UserError(f"--timeline-pos {pos} is outside the context 0..{c.spec.n_ctx - 1}")
+        tr = write_timeline(args.timeline, c.program, cfg, pos, schedule=args.schedule)
+        print(f"  timeline of the token at position {pos} ({len(tr['traceEvents']):,} events) "
+              f"written to {args.timeline}: open it in ui.perfetto.dev", file=sys.stderr)
     return 0
 
 
@@ -192,6 +202,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from workloads import sweep as S
+
+    try:
+        return S.cli(args)
+    except S.SpecError as e:
+        raise UserError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = core_cli.build_parser()
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
@@ -223,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--timeline", metavar="FILE.json",
+                   help="write one token's activity (channels, ASIC, steps) as a Chrome trace "
+                        "(ui.perfetto.dev, chrome://tracing): the last generated token")
+    r.add_argument("--timeline-pos", type=int, metavar="POS",
+                   help="position of the token --timeline shows (default: the last one)")
     r.set_defaults(func=cmd_run)
 
     cp = sub.add_parser("compare", help="PIM vs GPU latency and energy per token")
@@ -249,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--exact", action="store_true", help="exact ASIC math")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_validate)
+
+    from workloads.sweep import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub)
+    sub.choices["sweep"].set_defaults(func=cmd_sweep)
     return p
 
 
