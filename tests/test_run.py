@@ -166,6 +166,8 @@ def test_fast_path_gives_exactly_the_command_by_command_cycles(schedule):
         assert np.array_equal(a.step_counts, b.step_counts)
     assert fast.command_counts == slow.command_counts
     assert (fast.row_hits, fast.row_misses) == (slow.row_hits, slow.row_misses)
+    now = fast.now
+    assert [t.open_cyc(now) for t in fast.timers] == [t.open_cyc(now) for t in slow.timers]
 
 
 def test_same_inputs_same_cycles():

@@ -343,71 +343,85 @@ def _fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, w
                         ready, win_hist, win_cnt, open_row, scal, counts, stats, log):
     """Run ``m >= 3`` identical pairs starting at ``pos``; returns the next position.
 
-    Pairs 0 and 1 are issued command by command. If the controller state after pair 1 equals
-    the state after pair 0 shifted by the pair period P (every ready time relative to the last
-    issue, the accumulated done time, the open row in all banks, the mode; no refresh and no
-    window rule in either pair), the scheduling rules being invariant under a shift of time,
-    every further pair is pair 1 shifted by P again - up to the next refresh, which would break
-    the pattern. Those pairs are applied in closed form.
+    Pairs are issued command by command until the controller state after pair j equals the
+    state after pair j-1 shifted by the pair period P: every ready time relative to the last
+    issue (times at or before it can no longer bind), the open row, the mode, the completion
+    time and when the open row was opened; no refresh and no window rule in the pair. The
+    scheduling rules being invariant under a shift of time, every further pair is pair j
+    shifted by P again, up to the next refresh. Those pairs are applied in closed form: the
+    state moves by k P and the counters by k pairs' worth.
     """
-    log = run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
-                   win_hist, win_cnt, open_row, scal, counts, stats, log)
-    log = run_item(stream, pos + 1, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
-                   win_hist, win_cnt, open_row, scal, counts, stats, log)
-    last0 = scal[S_LAST]
-    open0 = scal[S_OPEN_CYC]
-    rel0 = ready - last0
-    for i in range(rel0.shape[0]):
-        for j in range(rel0.shape[1]):
-            if rel0[i, j] < 0:
-                rel0[i, j] = 0
-    done0 = scal[S_DONE] - last0
-    mode0 = scal[S_MODE]
-    row_ok = scal[S_ALLROW] == stream[pos, 2]
+    end_pair = pos + 2 * m
+    ready0 = ready.copy()
     counts0 = counts.copy()
     stats0 = stats.copy()
-    win0 = win_cnt.sum()
-    log = run_item(stream, pos + 2, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
-                   win_hist, win_cnt, open_row, scal, counts, stats, log)
-    log = run_item(stream, pos + 3, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
-                   win_hist, win_cnt, open_row, scal, counts, stats, log)
-    last1 = scal[S_LAST]
-    period = last1 - last0
-    steady = (row_ok and scal[S_ALLROW] == stream[pos + 2, 2] and scal[S_MODE] == mode0
-              and scal[S_DONE] - last1 == done0 and win_cnt.sum() == win0 and period > 0
-              and stats[ST_REFRESHES] == stats0[ST_REFRESHES])
-    if steady:
-        for i in range(rel0.shape[0]):
-            for j in range(rel0.shape[1]):
-                r = ready[i, j] - last1
-                if r < 0:
-                    r = 0
-                if r != rel0[i, j]:
-                    steady = False
-    done_pairs = 2
-    if steady:
-        k = m - 2
-        if geom[G_REFRESH] == 1:
-            k = min(k, max(0, (scal[S_NEXT_REF] - 1 - last1) // period))
-        if k > 0:
-            shift = k * period
+    scal0 = scal.copy()
+    have_prev = False
+    p = pos
+    while p < end_pair:
+        if have_prev:
+            ready0[:, :] = ready
+            counts0[:] = counts
+            stats0[:] = stats
+            scal0[:] = scal
+        win0 = win_cnt.sum()
+        log = run_item(stream, p, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                       win_hist, win_cnt, open_row, scal, counts, stats, log)
+        log = run_item(stream, p + 1, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                       ready, win_hist, win_cnt, open_row, scal, counts, stats, log)
+        p += 2
+        if not have_prev:
+            have_prev = True
+            continue
+        if p >= end_pair:
+            break
+        last0 = scal0[S_LAST]
+        last1 = scal[S_LAST]
+        period = last1 - last0
+        steady = (period > 0 and scal[S_ALLROW] == stream[p - 2, 2]
+                  and scal0[S_ALLROW] == stream[p - 4, 2] and scal[S_MODE] == scal0[S_MODE]
+                  and win_cnt.sum() == win0 and stats[ST_REFRESHES] == stats0[ST_REFRESHES]
+                  and scal[S_DONE] - last1 == scal0[S_DONE] - last0)
+        same_row = stream[p - 2, 2] == stream[p - 4, 2]  # the row stays open over the run
+        if same_row:
+            steady = steady and scal[S_OPEN_SINCE] == scal0[S_OPEN_SINCE]
+        else:
+            steady = steady and scal[S_OPEN_SINCE] - last1 == scal0[S_OPEN_SINCE] - last0
+        if steady:
             for i in range(ready.shape[0]):
                 for j in range(ready.shape[1]):
-                    ready[i, j] += shift
-            for x in range(counts.shape[0]):
-                counts[x] += k * (counts[x] - counts0[x])
-            for x in range(stats.shape[0]):
-                stats[x] += k * (stats[x] - stats0[x])
-            scal[S_LAST] += shift
-            scal[S_DONE] += shift
-            scal[S_OPEN_CYC] += k * (scal[S_OPEN_CYC] - open0)
+                    if max(ready[i, j] - last1, 0) != max(ready0[i, j] - last0, 0):
+                        steady = False
+                        break
+                if not steady:
+                    break
+        if not steady:
+            continue
+        k = (end_pair - p) // 2
+        if geom[G_REFRESH] == 1:
+            k = min(k, max(0, (scal[S_NEXT_REF] - 1 - last1) // period))
+        if k <= 0:
+            break
+        shift = k * period
+        for i in range(ready.shape[0]):
+            for j in range(ready.shape[1]):
+                ready[i, j] += shift
+        for x in range(counts.shape[0]):
+            counts[x] += k * (counts[x] - counts0[x])
+        for x in range(stats.shape[0]):
+            stats[x] += k * (stats[x] - stats0[x])
+        scal[S_OPEN_CYC] += k * (scal[S_OPEN_CYC] - scal0[S_OPEN_CYC])
+        scal[S_LAST] += shift
+        scal[S_DONE] += shift
+        if not same_row:
             scal[S_OPEN_SINCE] += shift
-            new_row = stream[pos + 2 * (k + 1), 2]
-            for b in range(open_row.shape[0]):
-                open_row[b] = new_row
-            scal[S_ALLROW] = new_row
-            done_pairs += k
-    return pos + 2 * done_pairs, log
+        p += 2 * k
+        new_row = stream[p - 2, 2]
+        for b in range(open_row.shape[0]):
+            open_row[b] = new_row
+        scal[S_ALLROW] = new_row
+        break
+    return p, log
 
 
 @njit(cache=True)
