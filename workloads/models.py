@@ -50,11 +50,19 @@ def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[An
         if not hasattr(mod, attr):
             raise ModelError(f"module {mod_name!r} has no attribute {attr!r}")
         obj = getattr(mod, attr)
-        if callable(obj) and not hasattr(obj, "decode_step"):
+        if callable(obj) and not hasattr(obj, "decode_step") and not _is_hf_gpt2(obj):
             obj = obj()
+        if _is_hf_gpt2(obj):  # a Hugging Face GPT2LMHeadModel: same maths, our module
+            from workloads.hf import from_hf_gpt2
+
+            obj = from_hf_gpt2(obj, name=attr)
         return obj, attr
     raise ModelError(
         f"unknown MODEL {spec!r}: give a preset ({', '.join(list(PRESETS) + list(TRAINED))}), an "
         f".onnx file, or a "
         f"module:attribute path to a torch module"
     )
+
+
+def _is_hf_gpt2(obj: Any) -> bool:
+    return any(c.__name__ == "GPT2LMHeadModel" for c in type(obj).__mro__)
