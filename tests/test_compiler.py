@@ -393,3 +393,21 @@ def test_score_macs_grow_with_context(compiled) -> None:
     per = 8 * 16
     m = [score_macs(prog, p) for p in (0, per - 1, per, 2 * per, 1023)]
     assert all(a < b for a, b in zip(m, m[1:])), m
+
+
+def test_hugging_face_gpt2_module_compiles_and_matches(tmp_path, monkeypatch):
+    """A GPT2LMHeadModel given as MODEL (module:attribute) goes through the whole pipeline."""
+    transformers = pytest.importorskip("transformers")
+    import sys as _sys
+
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=256)).eval()
+    mod = type(_sys)("hf_model_for_test")
+    mod.model = hf
+    monkeypatch.setitem(_sys.modules, "hf_model_for_test", mod)
+    from workloads.models import resolve_model
+
+    src, name = resolve_model("hf_model_for_test:model")
+    c = compile_model(src, load_config("pim-gpt"), name=name)
+    assert (c.spec.n_layer, c.spec.d_model, c.spec.n_head, c.spec.vocab) == (2, 64, 4, 256)
+    c.mapping.check()
