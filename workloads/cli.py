@@ -63,6 +63,9 @@ def cmd_run(args) -> int:
     fx = _functional(c, cfg, args.exact) if args.functional else None
     bar = None
     n_steps = args.prompt + args.tokens - 1
+    tl_pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
+    if args.timeline and not 0 <= tl_pos < c.spec.n_ctx:
+        raise UserError(f"--timeline-pos {tl_pos} is outside the context 0..{c.spec.n_ctx - 1}")
     if not args.no_progress and sys.stderr.isatty() or args.progress:
         from tqdm import tqdm
         bar = tqdm(total=n_steps, unit="tok", desc=f"{c.spec.name} on {cfg.name}", file=sys.stderr)
@@ -72,14 +75,11 @@ def cmd_run(args) -> int:
     if bar:
         bar.close()
     print(json.dumps(rep.to_dict(), indent=1) if args.json else rep.summary())
-    if getattr(args, "timeline", None):
+    if args.timeline:
         from pimsim.timeline import write_timeline
 
-        pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
-        if not 0 <= pos < c.spec.n_ctx:
-            raise UserError(f"--timeline-pos {pos} is outside the context 0..{c.spec.n_ctx - 1}")
-        tr = write_timeline(args.timeline, c.program, cfg, pos, schedule=args.schedule)
-        print(f"  timeline of the token at position {pos} ({len(tr['traceEvents']):,} events) "
+        tr = write_timeline(args.timeline, c.program, cfg, tl_pos, schedule=args.schedule)
+        print(f"  timeline of the token at position {tl_pos} ({len(tr['traceEvents']):,} events) "
               f"written to {args.timeline}: open it in ui.perfetto.dev", file=sys.stderr)
     return 0
 

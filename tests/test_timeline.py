@@ -1,0 +1,188 @@
+"""One token's timeline in the Chrome trace-event format (pimsim.timeline, pimsim run --timeline)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+
+from compiler.pipeline import compile_model
+from pimsim.config import load_config
+from pimsim.decode import DecodeSimulator
+from pimsim.spec.commands import cmd_id
+from pimsim.timeline import PID_ASIC, PID_CHANNELS, PID_STEPS, token_timeline, write_timeline
+from workloads.models import resolve_model
+
+CFG = load_config("pim-gpt")
+
+
+@pytest.fixture(scope="module")
+def programs():
+    out = {}
+    for m in ("tiny", "gpt2-small"):
+        src, name = resolve_model(m, weights=False)
+        out[m] = compile_model(src, CFG, name=name).program
+    return out
+
+
+def check_trace(tr: dict) -> dict:
+    """Valid trace-event JSON; returns the complete events grouped by (pid, tid)."""
+    tr = json.loads(json.dumps(tr))  # JSON round trip: only JSON types
+    assert set(tr) >= {"traceEvents", "displayTimeUnit"}
+    assert tr["displayTimeUnit"] in ("ms", "ns")
+    names: dict[tuple, str] = {}
+    tracks = defaultdict(list)
+    for ev in tr["traceEvents"]:
+        assert ev["ph"] in ("X", "M"), ev
+        assert isinstance(ev["name"], str) and ev["name"]
+        assert isinstance(ev["pid"], int)
+        if ev["ph"] == "M":
+            assert ev["name"] in ("process_name", "thread_name", "process_sort_index",
+                                  "thread_sort_index")
+            if ev["name"] == "process_name":
+                names[(ev["pid"],)] = ev["args"]["name"]
+            elif ev["name"] == "thread_name":
+                names[(ev["pid"], ev["tid"])] = ev["args"]["name"]
+            continue
+        assert isinstance(ev["tid"], int)
+        for k in ("ts", "dur"):
+            assert isinstance(ev[k], (int, float)) and ev[k] >= 0, ev
+        assert isinstance(ev.get("args", {}), dict)
+        tracks[(ev["pid"], ev["tid"])].append(ev)
+    assert names[(PID_CHANNELS,)] == "PIM channels"
+    assert names[(PID_ASIC,)] == "ASIC"
+    assert names[(PID_STEPS,)] == "PIM steps"
+    for key in tracks:  # every track is named
+        assert key in names
+    return tracks
+
+
+def assert_nested_or_disjoint(events: list[dict], eps: float = 1e-9) -> None:
+    """Sorted by start, each event starts at or after the previous one's end or lies inside an
+    enclosing one: no partial overlap."""
+    stack: list[float] = []  # ends of the open enclosing events
+    for ev in sorted(events, key=lambda e: (e["ts"], -e["dur"])):
+        st, en = ev["ts"], ev["ts"] + ev["dur"]
+        while stack and stack[-1] <= st + eps:
+            stack.pop()
+        assert not stack or en <= stack[-1] + eps, f"partial overlap at {ev}"
+        stack.append(en)
+
+
+def reference_log(prog, pos: int, schedule: str = "serial"):
+    """Every position up to ``pos`` with the logging executor: the token's commands and span."""
+    sim = DecodeSimulator(prog, CFG, schedule=schedule, fast=False, log=True)
+    for p in range(pos):
+        sim.run_token(p)
+    tt = sim.run_token(pos)
+    log = sim.command_log()
+    return tt, log[log[:, 0] >= tt.start_cyc]
+
+
+@pytest.mark.parametrize("model,pos", [("tiny", 5), ("gpt2-small", 2)])
+def test_token_timeline(programs, model, pos):
+    prog = programs[model]
+    tr = token_timeline(prog, CFG, pos)
+    tracks = check_trace(tr)
+    tck_us = CFG.tCK_ps / 1e6
+    t = CFG.timing
+
+    # the token is the one a real run times (state warmed by every earlier position)
+    tt, log = reference_log(prog, pos)
+    od = tr["otherData"]
+    assert (od["start_cycle"], od["end_cycle"]) == (tt.start_cyc, tt.end_cyc)
+    assert od["position"] == pos
+
+    n_ch = prog.geo.channels
+    chan = {tid: evs for (pid, tid), evs in tracks.items() if pid == PID_CHANNELS}
+    assert sorted(chan) == list(range(n_ch))
+    for tid, evs in tracks.items():
+        assert_nested_or_disjoint(evs)
+
+    # MAC runs cover exactly the token's MAC_AB commands, per channel and in all
+    mac = cmd_id("MAC_AB")
+    for c in range(n_ch):
+        n_log = int(((log[:, 1] == c) & (log[:, 4] == mac)).sum())
+        assert sum(e["args"]["count"] for e in chan[c] if e["name"] == "MAC_AB") == n_log
+    n_mac = int((log[:, 4] == mac).sum())
+    assert n_mac > 0 and od["commands"]["MAC_AB"] == n_mac
+    # every command is covered by one event's count
+    assert sum(e["args"]["count"] for evs in chan.values() for e in evs) == len(log)
+
+    # a MAC run lasts at least its MACs' issue slots
+    for evs in chan.values():
+        for e in evs:
+            if e["name"] == "MAC_AB":
+                assert e["dur"] >= e["args"]["count"] * t.nCCDL * tck_us - 1e-9
+
+    # refresh lasts nRFC
+    refs = [e for evs in chan.values() for e in evs if e["name"] == "REFab"]
+    assert len(refs) == int((log[:, 4] == cmd_id("REFab")).sum())
+    for e in refs:
+        assert e["dur"] == pytest.approx(t.nRFC * tck_us)
+
+    # steps: every PIM step once on the steps track, every ASIC step on the ASIC track
+    steps_ev = [e for (pid, _), evs in tracks.items() if pid == PID_STEPS for e in evs]
+    asic_ev = tracks[(PID_ASIC, 0)]
+    assert sorted(e["args"]["step"] for e in steps_ev) == [s.index for s in prog.steps
+                                                            if s.kind == "pim"]
+    assert sorted(e["args"]["step"] for e in asic_ev) == [s.index for s in prog.steps
+                                                           if s.kind == "asic"]
+    for e in asic_ev:
+        s = prog.steps[e["args"]["step"]]
+        assert e["name"] == s.name and e["args"]["op"] == s.op and e["args"]["layer"] == s.layer
+    # serial schedule: each channel event starts within the span of the step it is labelled with
+    span = {e["name"]: (e["ts"], e["ts"] + e["dur"]) for e in steps_ev}
+    for evs in chan.values():
+        for e in evs:
+            if e["args"]["step"] == "idle":  # a refresh issued while the channel idled
+                assert e["name"] in ("PREA", "REFab")
+                continue
+            lo, hi = span[e["args"]["step"]]
+            assert lo - 1e-9 <= e["ts"] <= hi + 1e-9, e
+    # the whole token spans the trace
+    end = max(e["ts"] + e["dur"] for evs in tracks.values() for e in evs)
+    assert end <= od["token_us"] + 1e-6
+
+
+def test_overlap_schedule_and_warmup(programs, tmp_path):
+    prog = programs["tiny"]
+    tr = token_timeline(prog, CFG, 4, schedule="overlap")
+    tt, log = reference_log(prog, 4, "overlap")
+    assert tr["otherData"]["token_cycles"] == tt.end_cyc - tt.start_cyc
+    for evs in check_trace(tr).values():
+        assert_nested_or_disjoint(evs)
+    # warm only one previous position: a fresh state two tokens back
+    short = write_timeline(tmp_path / "t.json", prog, CFG, 4, warmup=1)
+    assert short["otherData"]["warmup_positions"] == 1
+    loaded = json.loads((tmp_path / "t.json").read_text())
+    check_trace(loaded)
+    assert loaded["otherData"]["start_cycle"] < tr["otherData"]["start_cycle"]
+    no_ref = token_timeline(prog, CFG.with_refresh(False), 0)
+    assert not any(e["name"] == "REFab" for e in no_ref["traceEvents"])
+    with pytest.raises(ValueError, match="outside"):
+        token_timeline(prog, CFG, prog.dims["n_ctx"])
+
+
+def test_cli_timeline(tmp_path, capsys):
+    from workloads.cli import main
+
+    out = tmp_path / "tl.json"
+    assert main(["run", "tiny", "--tokens", "3", "--prompt", "2", "--no-progress", "--json",
+                 "--timeline", str(out)]) == 0
+    cap = capsys.readouterr()
+    rep = json.loads(cap.out)  # stdout stays one JSON object
+    tr = json.loads(out.read_text())
+    check_trace(tr)
+    assert tr["otherData"]["position"] == 3  # the last generated token: prompt + tokens - 2
+    assert tr["otherData"]["end_cycle"] == rep["cycles"]
+    assert tr["otherData"]["token_cycles"] * rep["tCK_ps"] / 1e9 == pytest.approx(
+        rep["per_token_ms"][-1])
+    assert "timeline" in cap.err
+    out2 = tmp_path / "tl0.json"
+    assert main(["run", "tiny", "--tokens", "2", "--no-progress", "--timeline", str(out2),
+                 "--timeline-pos", "0"]) == 0
+    assert json.loads(out2.read_text())["otherData"]["position"] == 0
+    assert main(["run", "tiny", "--tokens", "1", "--no-progress", "--timeline", str(out2),
+                 "--timeline-pos", "100000"]) == 2
