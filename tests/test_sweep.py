@@ -1,0 +1,320 @@
+"""pimsim sweep: spec expansion, the SQLite store (kill and resume), local processes vs a Dask
+cluster, invalid points, exports and plots, and the channel-scaling example."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workloads import sweep as S
+from workloads.store import point_key, to_csv, to_dataframe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# tiny (d_head 16, context 64): banks 12 cannot hold the KV cache, 4 rows per bank are too few,
+# 8 MAC lanes do not match a 16-element column, 100 tokens overflow the context, a global buffer
+# of 100 bytes is not whole columns, refresh = "yes" is not a bool, and no-such-model is unknown
+INVALID_SPEC = {
+    "name": "mixed",
+    "model": "tiny",
+    "tokens": 2,
+    "grid": {"channels": [2, 4]},
+    "points": [
+        {"banks": 16},
+        {"banks": 8},
+        {"banks": 12},
+        {"rows": 4},
+        {"pim.mac_lanes_per_bank": 8},
+        {"tokens": 100},
+        {"global_buffer_bytes": 100},
+        {"refresh": "yes"},
+        {"model": "no-such-model"},
+    ],
+}
+EXPECTED_INVALID = {
+    "banks": (12, "MappingError"),
+    "rows": (4, "CapacityError"),
+    "pim.mac_lanes_per_bank": (8, "MappingError"),
+    "tokens": (100, "PointError"),
+    "global_buffer_bytes": (100, "ConfigError"),
+    "refresh": ("yes", "ConfigError"),
+    "model": ("no-such-model", "ModelError"),
+}
+
+
+def _rows(db) -> list[tuple]:
+    con = sqlite3.connect(str(db))
+    try:
+        return con.execute("SELECT key, status, finished_at, worker FROM points").fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------- spec
+
+def test_spec_expansion_keys_and_aliases():
+    sp = S.spec_from_dict({"model": "tiny", "grid": {"channels": [4, 8], "banks": [8, 16]},
+                           "points": [{"refresh": True}, {"refresh": False}]})
+    assert len(sp.points) == 8
+    assert sp.swept == ["channels", "banks", "refresh"]
+    p = sp.points[0]
+    assert p.params == {"channels": 4, "banks": 8, "refresh": True}
+    assert p.hw["organization"]["banks_per_group"] == 2  # 4 bank groups
+    assert p.hw["organization"]["channel_mask"] == 0
+    assert len({q.key for q in sp.points}) == 8
+    # the base config spelled as the base (mask 0xff) or as channels = 8: one key
+    a = S.spec_from_dict({"model": "tiny"}).points[0]
+    b = S.spec_from_dict({"model": "tiny", "grid": {"channels": [8]}}).points[0]
+    c = S.spec_from_dict({"model": "tiny", "fixed": {"asic_clock_mhz": 1000}}).points[0]
+    assert a.key == b.key == c.key
+    # the key covers the settings and the simulator version
+    assert a.key != S.spec_from_dict({"model": "tiny", "tokens": 9}).points[0].key
+    assert a.key != point_key(a.hw, a.model, a.settings, "0.0.0-other")
+    # mac_lanes moves the column width with it; clock_scaling = ns keeps nanoseconds
+    m = S.spec_from_dict({"model": "tiny", "grid": {"mac_lanes": [32]}}).points[0]
+    assert m.error is None
+    assert m.hw["organization"]["column_bytes"] == 64 and m.hw["organization"]["columns"] == 32
+    base = S.spec_from_dict({"model": "tiny"}).points[0].hw["timing"]
+    ns = S.spec_from_dict({"model": "tiny", "clock_scaling": "ns",
+                           "grid": {"tCK_ps": [500]}}).points[0].hw["timing"]
+    assert ns["tCK_ps"] == 500 and ns["nRCDRD"] == 2 * base["nRCDRD"]
+    assert ns["nBL"] == base["nBL"] and ns["nCCDL"] == base["nCCDL"]
+
+
+def test_spec_errors_are_reported_before_running():
+    with pytest.raises(S.SpecError, match="unknown parameter 'chanels'"):
+        S.spec_from_dict({"grid": {"chanels": [4]}})
+    with pytest.raises(S.SpecError, match="unknown key"):
+        S.spec_from_dict({"gird": {}})
+    with pytest.raises(S.SpecError, match="empty list"):
+        S.spec_from_dict({"grid": {"channels": []}})
+    with pytest.raises(S.SpecError, match="base hardware config"):
+        S.spec_from_dict({"hw": "no-such-config"})
+
+
+# ---------------------------------------------------------------- one in-process sweep: (c) (d) (e)
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mixed")
+    spec = S.spec_from_dict(INVALID_SPEC, name="mixed")
+    res = S.run_sweep(spec, d / "s.db", workers=0, progress=False, log=lambda s: None)
+    return spec, d, res
+
+
+def test_invalid_points_recorded_with_reasons(mixed):
+    spec, d, res = mixed
+    df = res.df
+    assert len(df) == 18 and res.n_run == 18
+    assert res.counts == {"ok": 4, "invalid": 14, "error": 0}
+    for param, (value, kind) in EXPECTED_INVALID.items():
+        rows = df[df[param] == value] if param in df else df.iloc[0:0]
+        assert len(rows) == 2, param
+        assert (rows["status"] == "invalid").all(), param
+        assert rows["reason"].str.startswith(kind).all(), (param, rows["reason"].tolist())
+    ok = df[df["status"] == "ok"]
+    assert ok["ms_per_token"].gt(0).all() and ok["mj_per_token"].gt(0).all()
+    text = S.summary(res)
+    assert "CapacityError" in text and "does not fit" in text and "14 invalid" in text
+
+
+def test_rerun_skips_finished_points_and_retries_errors(mixed):
+    spec, d, res = mixed
+    before = sorted(_rows(d / "s.db"))
+    again = S.run_sweep(spec, d / "s.db", workers=0, progress=False, log=lambda s: None)
+    assert again.n_run == 0 and again.n_skipped == 18
+    assert sorted(_rows(d / "s.db")) == before  # nothing re-run, nothing rewritten
+    # an unexpected failure is not final: the next run does that point again
+    key = spec.points[0].key
+    con = sqlite3.connect(str(d / "s.db"))
+    with con:
+        con.execute("UPDATE points SET status = 'error', reason = 'boom' WHERE key = ?", (key,))
+    con.close()
+    third = S.run_sweep(spec, d / "s.db", workers=0, progress=False, log=lambda s: None)
+    assert third.n_run == 1
+    assert dict((r[0], r[1]) for r in _rows(d / "s.db"))[key] == "ok"
+    assert len(_rows(d / "s.db")) == 18
+
+
+def test_exports_csv_dataframe_and_plots(mixed):
+    spec, d, res = mixed
+    df = to_dataframe(d / "s.db", "mixed")
+    assert list(df["idx"]) == list(range(18))
+    assert {"channels", "banks", "ms_per_token", "mj_per_token", "time_pim_mac",
+            "mj_mac_units", "status", "reason"} <= set(df.columns)
+    assert df.attrs["params"][:2] == ["channels", "banks"]
+    csv = to_csv(d / "s.db", d / "out" / "s.csv", "mixed")
+    back = pd.read_csv(csv)
+    assert len(back) == 18
+    ok = back[back["status"] == "ok"].set_index("key")
+    for r in res.df[res.df["status"] == "ok"].to_dict("records"):
+        assert ok.loc[r["key"], "ms_per_token"] == pytest.approx(r["ms_per_token"], rel=1e-12)
+    files = S.plot(res, d / "plots")
+    names = {f.name for f in files}
+    assert {"vs_channels.png", "vs_banks.png", "pareto.png"} <= names
+    for f in files:
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 5000
+    # the whole store (no sweep named) exports too
+    assert len(to_dataframe(d / "s.db")) == 18
+
+
+# ---------------------------------------------------------------- (a) kill and resume
+
+KILL_SPEC = """
+name = "kill"
+model = "tiny"
+prompt = 16
+tokens = 48
+skip_prompt = false      # every prompt step too: 63 decode steps a point
+
+[grid]
+channels = [1, 2, 4, 8]
+banks = [4, 8, 16]
+schedule = ["serial", "overlap"]
+"""
+
+
+def _sweep_cmd(spec, db, *extra):
+    return [sys.executable, "-m", "workloads.cli", "sweep", str(spec), "--db", str(db),
+            "--no-progress", *extra]
+
+
+def test_killed_sweep_loses_nothing_and_resumes(tmp_path):
+    spec = tmp_path / "kill.toml"
+    spec.write_text(KILL_SPEC)
+    db = tmp_path / "kill.db"
+    n = len(S.load_spec(spec).points)
+    assert n == 24
+    proc = subprocess.Popen(_sweep_cmd(spec, db, "--workers", "1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 240
+        while len(_rows(db)) < 3:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no point finished in time"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep, no cleanup at all
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own process group: any orphan worker
+        except ProcessLookupError:
+            pass
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    survived = {k: (st, fin, w) for k, st, fin, w in _rows(db)}
+    assert 3 <= len(survived) < n, "the kill should land mid-sweep"
+    assert all(v[0] == "ok" for v in survived.values())
+
+    # resume (in this process: the same driver code, without a second interpreter start)
+    res = S.run_sweep(spec, db, workers=0, progress=False, log=lambda s: None)
+    assert res.n_skipped == len(survived) and res.n_run == n - len(survived)
+    rows = _rows(db)
+    keys = [r[0] for r in rows]
+    assert len(keys) == n and len(set(keys)) == n  # every point once: none lost or doubled
+    assert {k for k in keys} == {p.key for p in S.load_spec(spec).points}
+    assert all(r[1] == "ok" for r in rows)
+    after = {k: (st, fin, w) for k, st, fin, w in rows}
+    assert all(after[k] == v for k, v in survived.items())  # finished points were not re-run
+    con = sqlite3.connect(str(db))
+    assert con.execute("SELECT COUNT(*) FROM sweep_points WHERE sweep = 'kill'").fetchone()[0] \
+        == n
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+# ---------------------------------------------------------------- (b) Dask cluster == local
+
+def test_dask_cluster_and_local_processes_agree(tmp_path):
+    from dask.distributed import LocalCluster
+
+    spec = S.spec_from_dict({"name": "dask", "model": "tiny", "tokens": 3,
+                             "grid": {"channels": [2, 4], "schedule": ["serial", "overlap"]},
+                             "points": [{"banks": 16}, {"banks": 12}]}, name="dask")
+    local = S.run_sweep(spec, tmp_path / "local.db", workers=1, progress=False,
+                        log=lambda s: None)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      host="127.0.0.1", dashboard_address=None) as cluster:
+        addr = cluster.scheduler_address
+        assert addr.startswith("tcp://127.0.0.1:")
+        dask = S.run_sweep(spec, tmp_path / "dask.db", cluster=addr, progress=False,
+                           log=lambda s: None)
+    assert local.counts == dask.counts == {"ok": 4, "invalid": 4, "error": 0}
+    cols = ["key", "status", "reason", "ms_per_token", "mj_per_token", "cycles",
+            "row_hit_rate", "tokens_per_s"]
+    a = local.df[cols].sort_values("key").reset_index(drop=True)
+    b = dask.df[cols].sort_values("key").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    con_a, con_b = sqlite3.connect(tmp_path / "local.db"), sqlite3.connect(tmp_path / "dask.db")
+    q = "SELECT key, commands_json, breakdown_json, energy_json FROM points ORDER BY key"
+    assert con_a.execute(q).fetchall() == con_b.execute(q).fetchall()
+    con_a.close()
+    con_b.close()
+
+
+# ---------------------------------------------------------------- channel scaling example
+
+def test_channel_sweep_scales_near_linearly(tmp_path):
+    spec = S.load_spec(ROOT / "examples" / "sweep_channels.toml")
+    assert [p.params["channels"] for p in spec.points] == [4, 8, 16]
+    assert all(p.model == "gpt2-medium" and p.tokens <= 8 for p in spec.points)
+    res = S.run_sweep(spec, tmp_path / "ch.db", workers=0, progress=False, log=lambda s: None)
+    assert res.counts["ok"] == 3
+    ratios = [(s["from"], s["to"], s["latency_ratio"]) for s in res.scaling
+              if s["param"] == "channels"]
+    assert [(a, b) for a, b, _ in ratios] == [(4, 8), (8, 16)]
+    for a, b, r in ratios:
+        assert r >= 1.7, f"{a} -> {b} channels: latency ratio {r:.3f} < 1.7"
+        assert r <= 2.05
+    text = S.summary(res)
+    assert "channels 4 -> 8 (x2): latency ratio" in text
+    assert "channels 8 -> 16 (x2): latency ratio" in text
+
+
+def test_cli_sweep_list_run_and_bad_spec(tmp_path, capsys):
+    from workloads.cli import main
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('model = "tiny"\ntokens = 2\n[grid]\nchannels = [2, 0]\n')
+    db = tmp_path / "s.db"
+    assert main(["sweep", str(spec), "--db", str(db), "--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "channels=0" in lines[1] and "ConfigError" in lines[1]
+    assert main(["sweep", str(spec), "--db", str(db), "--workers", "0", "--no-progress",
+                 "--csv", str(tmp_path / "s.csv"), "--plot", str(tmp_path / "p"),
+                 "--json"]) == 0
+    out = capsys.readouterr()
+    assert "1 ok, 1 invalid, 0 errors" in out.out
+    assert json.loads(out.out[out.out.index("\n{") + 1:])["counts"]["invalid"] == 1
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 2 and (tmp_path / "p" / "pareto.png").exists()
+    spec.write_text('[grid]\nchanels = [2]\n')
+    assert main(["sweep", str(spec), "--db", str(db)]) == 2
+    assert "unknown parameter 'chanels'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_on_a_local_cluster_of_worker_processes(tmp_path):
+    """``--cluster local:2``: a LocalCluster of two worker processes started by the CLI."""
+    spec = tmp_path / "d.toml"
+    spec.write_text('model = "tiny"\ntokens = 3\n[grid]\nchannels = [2, 4]\nbanks = [8, 16]\n')
+    out = subprocess.run(_sweep_cmd(spec, tmp_path / "d.db", "--cluster", "local:2"),
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr
+    ref = S.run_sweep(S.load_spec(spec), tmp_path / "ref.db", workers=0, progress=False,
+                      log=lambda s: None)
+    df = to_dataframe(tmp_path / "d.db", "d")
+    assert (df["status"] == "ok").all() and len(df) == 4
+    assert df.set_index("key")["cycles"].to_dict() == ref.df.set_index("key")["cycles"].to_dict()
+    assert len({w.split(":")[1] for w in df["worker"]}) >= 1
