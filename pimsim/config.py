@@ -173,8 +173,7 @@ class Energy:
     idd4w_ma: float
     idd5ab_ma: float
     channels_per_chip: int  # the IDD values are per chip; a chip may hold several channels
-    mac_ab_pj: float  # one all-bank MAC command (every bank's MAC unit, one column)
-    mac_sb_pj: float  # one single-bank MAC command
+    mac_unit_pj: float  # one PIM unit's MAC over one column (an all-bank MAC uses every unit)
     gb_pj_per_byte: float  # global-buffer SRAM access
     io_pj_per_bit: float  # off-chip DQ energy for every bit crossing an ASIC-PIM link
     asic_op_pj: float  # one BF16 multiply-add (or add/compare) in the ASIC vector unit

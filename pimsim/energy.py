@@ -73,6 +73,8 @@ def command_energies(cfg: HwConfig) -> dict[str, CommandEnergy]:
     io = o.column_bytes * 8 * e.io_pj_per_bit
     gb = o.column_bytes * e.gb_pj_per_byte
     banks = o.banks
+    units = banks // cfg.pim.banks_per_pim_unit if cfg.pim.enabled else 0
+    mac_ab = e.mac_unit_pj * units
     table = {
         "ACT": {"banks": idd["act_pre"]},  # the matching PRE costs nothing extra
         "PRE": {},
@@ -81,14 +83,14 @@ def command_energies(cfg: HwConfig) -> dict[str, CommandEnergy]:
         "RD": {"banks": idd["rd"], "io": io},
         "WR": {"banks": idd["wr"], "io": io},
         "REFab": {"refresh": idd["ref"]},
-        "MAC_AB": {"mac_units": e.mac_ab_pj, "global_buffer": gb},
-        "MAC_SB": {"mac_units": e.mac_sb_pj, "global_buffer": gb},
-        "EWMUL": {"mac_units": e.mac_ab_pj, "global_buffer": gb},
+        "MAC_AB": {"mac_units": mac_ab, "global_buffer": gb},
+        "MAC_SB": {"mac_units": e.mac_unit_pj, "global_buffer": gb},
+        "EWMUL": {"mac_units": mac_ab, "global_buffer": gb},
         "WR_AB": {"banks": idd["wr"] * banks},
         "WR_GB": {"global_buffer": gb, "io": io},
         "RD_MAC": {"io": io},
         "WR_MAC": {"io": io},
-        "AF": {"mac_units": e.mac_sb_pj * banks},
+        "AF": {"mac_units": mac_ab},
         "RD_AF": {"io": io},
         "RD_CP": {"banks": idd["rd"], "global_buffer": gb},
         "WR_CP": {"banks": idd["wr"], "global_buffer": gb},

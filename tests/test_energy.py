@@ -9,7 +9,8 @@ from pimsim.energy import COMPONENTS, EnergyError, background_pj, command_energi
 from pimsim.timing import ChannelTimer, make_stream
 
 # pim-gpt's table: VDD 1.35 V; IDD0 71, IDD2N 60, IDD3N 61, IDD4R 248, IDD4W 231, IDD5AB 286 mA
-# per chip of 2 channels; tCK 1 ns; nRAS 54, nRP 32, nBL 2, nRFC 210; MAC_AB 2629 pJ;
+# per chip of 2 channels; tCK 1 ns; nRAS 54, nRP 32, nBL 2, nRFC 210; MAC 2629 pJ per
+# all-bank command (164.3125 pJ per bank's unit x 16);
 # global buffer 0.3 pJ/B; I/O 5.5 pJ/bit; 32-byte columns.
 CFG = load_config("pim-gpt")
 NS = 1e-9

@@ -31,7 +31,7 @@ Spec (TOML)::
 
 Axes in ``[grid]`` / ``[[points]]`` are run settings (``model``, ``prompt``, ``tokens``,
 ``schedule``) or hardware parameters: the names of :data:`PARAMS` or any dotted path into the
-config (``timing.nRCDRDMAC``, ``asic.op_passes.softmax``, ``energy.mac_ab_pj``).
+config (``timing.nRCDRDMAC``, ``asic.op_passes.softmax``, ``energy.mac_unit_pj``).
 
 ``skip_prompt = true`` (the default) simulates only the steps that generate tokens, at positions
 ``prompt - 1`` onwards: a step's cost depends on its position, not on the cached values, so this
