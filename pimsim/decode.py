@@ -226,15 +226,9 @@ class DecodeSimulator:
     # ------------------------------------------------------------------ totals
     def command_log(self) -> np.ndarray:
         """Issued commands so far, rows (cycle, channel, bank, row, cmd) sorted by cycle."""
-        parts = []
-        for c, t in enumerate(self.timers):
-            lg = t.log
-            part = np.empty((lg.shape[0], 5), np.int64)
-            part[:, 0], part[:, 1], part[:, 2], part[:, 3], part[:, 4] = (
-                lg[:, 0], c, lg[:, 2], lg[:, 3], lg[:, 1])
-            parts.append(part)
-        out = np.concatenate(parts)
-        return out[np.lexsort((out[:, 1], out[:, 0]))]
+        from pimsim.engine import merged_log
+
+        return merged_log(list(enumerate(self.timers)))
 
     @property
     def command_counts(self) -> dict[str, int]:

@@ -122,17 +122,23 @@ def simulate_streams(
     )
 
 
-def command_log(result: SimResult) -> np.ndarray:
-    """All channels' issued commands as rows (cycle, channel, bank, row, cmd), sorted by cycle."""
+def merged_log(timers: Sequence[tuple[int, ChannelTimer]]) -> np.ndarray:
+    """Issued commands of several channels as rows (cycle, channel, bank, row, cmd), sorted by
+    cycle (then channel): the record format of :func:`pimsim.check.check_command_log`."""
     parts = []
-    for ch in result.channels:
-        lg = ch.timer.log
+    for channel, timer in timers:
+        lg = timer.log
         part = np.empty((lg.shape[0], 5), np.int64)
         part[:, 0] = lg[:, 0]
-        part[:, 1] = ch.channel
+        part[:, 1] = channel
         part[:, 2] = lg[:, 2]
         part[:, 3] = lg[:, 3]
         part[:, 4] = lg[:, 1]
         parts.append(part)
     out = np.concatenate(parts) if parts else np.empty((0, 5), np.int64)
     return out[np.lexsort((out[:, 1], out[:, 0]))]
+
+
+def command_log(result: SimResult) -> np.ndarray:
+    """All channels' issued commands of a simulation (see :func:`merged_log`)."""
+    return merged_log([(ch.channel, ch.timer) for ch in result.channels])

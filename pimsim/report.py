@@ -1,4 +1,7 @@
-"""Reports: what a simulation measured, as a readable summary or one JSON object for tools."""
+"""Reports: what a simulation measured, as a readable summary or one JSON object for tools.
+
+:class:`TraceReport` for AiM trace replay, :class:`RunReport` for token generation.
+"""
 
 from __future__ import annotations
 
@@ -83,4 +86,63 @@ class TraceReport:
             lines.append(f"  checker    {self.check_violations} violation(s)")
         lines.append(f"  wall       {self.wall_s:.3f} s "
                      f"({self.dram_commands / max(self.wall_s, 1e-9) / 1e6:,.1f} M commands/s)")
+        return "\n".join(lines)
+
+
+BREAKDOWN_KEYS = ("pim_mac", "asic", "link", "refresh", "other")
+
+
+@dataclass
+class RunReport:
+    """Result of ``pimsim run``: one JSON object for tools, or a readable summary."""
+
+    model: str
+    hw: str
+    schedule: str
+    refresh: bool
+    functional: bool
+    prompt_tokens: int
+    generated_tokens: int
+    tCK_ps: int
+    cycles: int
+    ms_total: float
+    ms_per_token: float
+    tokens_per_s: float
+    per_token_ms: list[float]
+    row_hit_rate: float
+    breakdown: dict[str, float]
+    per_op: dict[str, float]
+    commands: dict[str, int]
+    tokens: list[int] = field(default_factory=list)
+    energy: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.model} on {self.hw}: {self.prompt_tokens} prompt + {self.generated_tokens} "
+            f"generated tokens ({self.schedule} schedule, refresh {'on' if self.refresh else 'off'}"
+            f"{', functional' if self.functional else ''})",
+            f"  {self.ms_per_token:.4f} ms/token, {self.tokens_per_s:,.1f} tokens/s "
+            f"(first {self.per_token_ms[0]:.4f} ms, last {self.per_token_ms[-1]:.4f} ms)"
+            if self.per_token_ms else "  no generated tokens",
+            f"  total {self.cycles:,} cycles = {self.ms_total:.3f} ms; row-buffer hit rate "
+            f"{self.row_hit_rate:.2%}",
+            "  time:   " + ", ".join(f"{k} {v:.1%}" for k, v in self.breakdown.items()),
+            "  per op (ms/token): " + ", ".join(f"{k} {v:.4f}" for k, v in self.per_op.items()
+                                                if v > 0),
+            "  commands: " + ", ".join(f"{k} {v:,}" for k, v in self.commands.items()),
+        ]
+        if self.tokens:
+            lines.append(f"  generated ids: {self.tokens[:16]}{' ...' if len(self.tokens) > 16 else ''}")
+        if self.energy:
+            e = self.energy
+            lines.append(f"  energy: {e['mj_per_token']:.4f} mJ/token ("
+                         + ", ".join(f"{k} {v / e['j_per_token']:.1%}"
+                                     for k, v in e["by_component"].items() if v > 0)
+                         + f"); table: {e['table']}")
+        lines.append(f"  wall {self.wall_s:.2f} s")
         return "\n".join(lines)
