@@ -466,7 +466,33 @@ def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
     return out
 
 
+_LATEST: dict[tuple[str, int], tuple[object, tuple, list[np.ndarray]]] = {}
+
+
+def _latest(kind: str, layout: object, key: tuple, build) -> list[np.ndarray]:
+    """Items that depend on the position only through ``key``: rebuilt when ``key`` changes
+    (every 16 or 128 positions), one variant kept per layout."""
+    hit = _LATEST.get((kind, id(layout)))
+    if hit is not None and hit[0] is layout and hit[1] == key:
+        return hit[2]
+    items = build()
+    _LATEST[(kind, id(layout))] = (layout, key, items)
+    return items
+
+
 def _attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:
+    key = tuple(kl.slots_in_use(ch, pos + 1) for ch in range(kl.geo.channels))
+    return _latest("score", kl, key, lambda: _build_attn_score_items(kl, pos))
+
+
+def _attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
+    n_tok = pos + 1
+    ce = vl.matrix.chunk_elems
+    key = (_cdiv(n_tok, ce), _cdiv(n_tok - (_cdiv(n_tok, ce) - 1) * ce, vl.geo.col_elems))
+    return _latest("value", vl, key, lambda: _build_attn_value_items(vl, pos))
+
+
+def _build_attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:
     """q.K^T: the global buffer holds q (one chunk of heads); each slot row holds one token per
     bank; per head, MAC its d_head columns and read the 16 scores (one token per bank)."""
     g = kl.geo
@@ -489,7 +515,7 @@ def _attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:
     return out
 
 
-def _attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
+def _build_attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
     """s.V: per group of 16 value neurons (one head), the global buffer holds that head's
     softmax weights over the cached tokens (one chunk of tokens); MAC along the row."""
     g = vl.geo

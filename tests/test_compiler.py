@@ -411,3 +411,20 @@ def test_hugging_face_gpt2_module_compiles_and_matches(tmp_path, monkeypatch):
     c = compile_model(src, load_config("pim-gpt"), name=name)
     assert (c.spec.n_layer, c.spec.d_model, c.spec.n_head, c.spec.vocab) == (2, 64, 4, 256)
     c.mapping.check()
+
+
+def test_cached_attention_items_equal_freshly_built_ones():
+    """Attention items are rebuilt only when their position key changes: check every position
+    of gpt2-small's first layer against a fresh build."""
+    import numpy as np
+
+    from pimsim import isa
+
+    spec_src, name = __import__("workloads.models", fromlist=["resolve_model"]).resolve_model(
+        "gpt2-small", weights=False)
+    prog = compile_model(spec_src, load_config("pim-gpt"), name=name).program
+    kl, vl = prog.kv_layouts[0]
+    for pos in range(0, prog.dims["n_ctx"], 3):
+        for got, want in ((isa._attn_score_items(kl, pos), isa._build_attn_score_items(kl, pos)),
+                          (isa._attn_value_items(vl, pos), isa._build_attn_value_items(vl, pos))):
+            assert all(np.array_equal(a, b) for a, b in zip(got, want)), pos
