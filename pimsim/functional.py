@@ -175,9 +175,22 @@ class MemoryImage:
                 r0 = m.row_of(c, 0, k)
                 block = self.data[c][:, r0:r0 + n_slots, :cols * g.col_elems]
                 acc = mac_rows(block, gb, acc_round, g.col_elems)  # [bank, slot]
-                n = m.neuron(c, np.arange(n_slots)[None, :], np.arange(g.banks)[:, None])
-                parts[k, n.ravel()] = out_round(acc).ravel()
-        return parts[:, :m.out_dim]
+                parts[k, _neurons(m, c)] = acc.ravel()
+        # RD_MAC reads every accumulator out in the data type (rounded once, all channels)
+        return out_round(parts[:, :m.out_dim])
+
+
+_NEURONS: dict[tuple[int, int], tuple[MatrixLayout, np.ndarray]] = {}
+
+
+def _neurons(m: MatrixLayout, c: int) -> np.ndarray:
+    """Output neuron of every (bank, slot) accumulator of channel ``c``, flattened (cached)."""
+    hit = _NEURONS.get((id(m), c))
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    n = m.neuron(c, np.arange(m.slots(c))[None, :], np.arange(m.geo.banks)[:, None]).ravel()
+    _NEURONS[(id(m), c)] = (m, n)
+    return n
 
 
 def mac_rows(block: np.ndarray, gb: np.ndarray, acc_round, lanes: int) -> np.ndarray:
