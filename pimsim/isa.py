@@ -392,15 +392,27 @@ def _arr(items: list[tuple]) -> np.ndarray:
     return np.array(items, np.int64).reshape(-1, ITEM_FIELDS)
 
 
-_MATVEC_CACHE: dict[int, tuple[MatrixLayout, list[np.ndarray]]] = {}
+_LATEST: dict[tuple[str, int], tuple[object, tuple, list[np.ndarray]]] = {}
+
+
+def _latest(kind: str, layout: object, key: tuple, build) -> list[np.ndarray]:
+    """Items of a layout that depend on the position only through ``key`` (static items: an
+    empty key): rebuilt when ``key`` changes, one variant kept per layout."""
+    hit = _LATEST.get((kind, id(layout)))
+    if hit is not None and hit[0] is layout and hit[1] == key:
+        return hit[2]
+    items = build()
+    _LATEST[(kind, id(layout))] = (layout, key, items)
+    return items
 
 
 def _matvec_items(m: MatrixLayout) -> list[np.ndarray]:
+    return _latest("matvec", m, (), lambda: _build_matvec_items(m))
+
+
+def _build_matvec_items(m: MatrixLayout) -> list[np.ndarray]:
     """Per channel: for each input chunk, fill the global buffer, then MAC every slot's row and
-    read the 16 accumulators. Static for a given layout (cached)."""
-    hit = _MATVEC_CACHE.get(id(m))
-    if hit is not None and hit[0] is m:
-        return hit[1]
+    read the 16 accumulators. Static for a given layout."""
     g = m.geo
     out = []
     for ch in range(g.channels):
@@ -415,19 +427,16 @@ def _matvec_items(m: MatrixLayout) -> list[np.ndarray]:
                     items.append((_MAC_AB, -1, m.row_of(ch, s, k), cols, 0))
                     items.append((_RD_MAC, -1, -1, 1, 0))
         out.append(_arr(items))
-    _MATVEC_CACHE[id(m)] = (m, out)
     return out
 
 
-_V_WRITE_CACHE: dict[tuple[int, int], tuple[VLayout, list[np.ndarray]]] = {}
-
-
 def _v_write_template(vl: VLayout, k: int) -> list[np.ndarray]:
+    return _latest("vwrite", vl, (k,), lambda: _build_v_write_template(vl, k))
+
+
+def _build_v_write_template(vl: VLayout, k: int) -> list[np.ndarray]:
     """Per channel: one single-column WR per value neuron, to chunk ``k`` of its row (the
-    column is filled in per position). Cached per layout and chunk."""
-    hit = _V_WRITE_CACHE.get((id(vl), k))
-    if hit is not None and hit[0] is vl:
-        return hit[1]
+    column is filled in per position)."""
     g = vl.geo
     vm = vl.matrix
     out = []
@@ -443,7 +452,6 @@ def _v_write_template(vl: VLayout, k: int) -> list[np.ndarray]:
         arr[:, 3] = 1
         arr[:, 4] = 0
         out.append(arr)
-    _V_WRITE_CACHE[(id(vl), k)] = (vl, out)
     return out
 
 
@@ -464,20 +472,6 @@ def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
         v[:, 4] = col
         out.append(np.concatenate([_arr(k_items), v]) if c == ch else v)
     return out
-
-
-_LATEST: dict[tuple[str, int], tuple[object, tuple, list[np.ndarray]]] = {}
-
-
-def _latest(kind: str, layout: object, key: tuple, build) -> list[np.ndarray]:
-    """Items that depend on the position only through ``key``: rebuilt when ``key`` changes
-    (every 16 or 128 positions), one variant kept per layout."""
-    hit = _LATEST.get((kind, id(layout)))
-    if hit is not None and hit[0] is layout and hit[1] == key:
-        return hit[2]
-    items = build()
-    _LATEST[(kind, id(layout))] = (layout, key, items)
-    return items
 
 
 def _attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:

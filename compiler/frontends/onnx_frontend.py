@@ -192,13 +192,17 @@ def _gemm(im: _Importer, node: Any, a: dict) -> None:
             trans_b=int(a.get("transB", 0)))
 
 
+def _axes(im: _Importer, node: Any, ins: list[str], a: dict) -> list[int] | None:
+    """Axes from the second input (opset >= 13/18) or the ``axes`` attribute; None if absent."""
+    if len(ins) > 1:
+        return _ints(im.const_array(ins[1], node, "axes"))
+    return [int(x) for x in a["axes"]] if "axes" in a else None
+
+
 def _reduce(op: str) -> Handler:
     def h(im: _Importer, node: Any, a: dict) -> None:
         ins = _inputs(node)
-        if len(ins) > 1:
-            axes: list[int] | None = _ints(im.const_array(ins[1], node, "axes"))
-        else:
-            axes = [int(x) for x in a["axes"]] if "axes" in a else None
+        axes = _axes(im, node, ins, a)
         if axes is None and a.get("noop_with_empty_axes", 0):
             raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, "noop_with_empty_axes")
         im.emit(op, node, ins[:1], axes=axes, keepdim=bool(a.get("keepdims", 1)))
@@ -254,10 +258,7 @@ def _transpose(im: _Importer, node: Any, a: dict) -> None:
 def _axes_op(op: str) -> Handler:
     def h(im: _Importer, node: Any, a: dict) -> None:
         ins = _inputs(node)
-        if len(ins) > 1:
-            axes: list[int] | None = _ints(im.const_array(ins[1], node, "axes"))
-        else:
-            axes = [int(x) for x in a["axes"]] if "axes" in a else None
+        axes = _axes(im, node, ins, a)
         if axes is None and op == "unsqueeze":
             raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, "no axes")
         im.emit(op, node, ins[:1], axes=axes)
