@@ -37,11 +37,9 @@ class Var:
     const: bool | None = False
 
 
-@dataclass(frozen=True)
-class ConstVar:
+def ConstVar(name: str) -> Var:
     """A constant, bound to ``name``."""
-
-    name: str
+    return Var(name, const=True)
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class Alt:
     options: tuple
 
 
-Pat = Union[Var, ConstVar, Lit, P, Alt]
+Pat = Union[Var, Lit, P, Alt]
 Env = dict
 _COMMUTATIVE = ("add", "mul")
 
@@ -81,14 +79,6 @@ class Matcher:
         g = self.g
         if isinstance(pat, Var):
             if pat.const is not None and g.is_const(value) != pat.const:
-                return
-            if pat.name in env:
-                if env[pat.name] == value:
-                    yield env, ()
-                return
-            yield {**env, pat.name: value}, ()
-        elif isinstance(pat, ConstVar):
-            if not g.is_const(value):
                 return
             if pat.name in env:
                 if env[pat.name] == value:
