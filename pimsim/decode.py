@@ -124,14 +124,18 @@ class DecodeSimulator:
     """Runs a Program token after token, keeping DRAM state (open rows, refresh) across tokens."""
 
     def __init__(self, prog: Program, cfg: HwConfig, *, schedule: str = "serial",
-                 fast: bool = True, log: bool = False):
-        """``log`` keeps every issued command (SimPy executor only; see :meth:`command_log`)."""
+                 fast: bool = True, log: bool = False, group: bool = True):
+        """``log`` keeps every issued command (SimPy executor only; see :meth:`command_log`).
+        ``group`` (fast executor) simulates one channel of each group of channels with identical
+        streams and equivalent states and copies its result to the others."""
         if schedule not in ("serial", "overlap"):
             raise ValueError(f"schedule must be 'serial' or 'overlap', got {schedule!r}")
         if log and fast:
             raise ValueError("the command log is kept by the command-by-command executor: "
                              "use fast=False with log=True")
         self.prog, self.cfg, self.schedule, self.fast = prog, cfg, schedule, fast
+        self.group = group
+        self.channels_run = 0  # channel segments the fast executor actually simulated
         self.steps = StepTable(prog, cfg)
         self.streams = StreamBuilder(prog)
         self.tables = build_tables(cfg, fast=fast)
@@ -150,12 +154,14 @@ class DecodeSimulator:
         t0 = self.now
         if self.fast:
             s, t = self.steps, self.tables
-            self.now = int(K.run_steps(
+            now, n_run = K.run_steps(
                 items, seg_off, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
                 int(self.schedule == "serial"), self.link_lat, t0, t.cmd_tab, t.pr_start,
                 t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                 self.states.win_cnt, self.states.open_row, self.states.scal,
-                self.states.counts, self.states.stats, st, en, cnt))
+                self.states.counts, self.states.stats, st, en, cnt, int(self.group))
+            self.now = int(now)
+            self.channels_run += int(n_run)
         else:
             self.now = self._run_token_simpy(items, seg_off, dur, t0, st, en, cnt)
         return TokenTiming(pos, t0, self.now, st, en, cnt)

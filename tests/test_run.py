@@ -166,6 +166,12 @@ def test_fast_path_gives_exactly_the_command_by_command_cycles(schedule):
         assert np.array_equal(a.step_counts, b.step_counts)
     assert fast.command_counts == slow.command_counts
     assert (fast.row_hits, fast.row_misses) == (slow.row_hits, slow.row_misses)
+    # per channel too: channels the fast executor did not simulate (grouped with an equivalent
+    # one) still end with their own exact counts, hits and open-bank time
+    assert np.array_equal(fast.states.counts, slow.states.counts)
+    assert np.array_equal(fast.states.stats, slow.states.stats)
+    n_pim = int(fast.steps.kind.sum())
+    assert 0 < fast.channels_run < n * n_pim * prog.geo.channels  # grouping did happen
     now = fast.now
     assert [t.open_cyc(now) for t in fast.timers] == [t.open_cyc(now) for t in slow.timers]
 

@@ -461,9 +461,74 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
 
 
 @njit(cache=True)
+def _segments_equal(items, a0, a1, b0, b1):
+    """Whether stream items [a0, a1) and [b0, b1) are identical."""
+    if a1 - a0 != b1 - b0:
+        return False
+    for p in range(a1 - a0):
+        for f in range(items.shape[1]):
+            if items[a0 + p, f] != items[b0 + p, f]:
+                return False
+    return True
+
+
+@njit(cache=True)
+def _equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt, open_row, scal):
+    """Whether channels ``a`` and ``b`` behave identically from now on for the same items.
+
+    No command issues before ``cpt`` (the earlier of the segment start and the refresh due
+    time), so ready times, the last issue and window entries at or before ``cpt`` cannot
+    bind and compare as equal; completion times compare from ``start`` on. Statistics (counts,
+    hits, open-bank time) are not behaviour and are not compared.
+    """
+    for x in (S_NEXT_REF, S_MODE, S_ALLROW):
+        if scal[a, x] != scal[b, x]:
+            return False
+    bus = geom[G_BUS]
+    if max(scal[a, S_LAST] + bus, cpt) != max(scal[b, S_LAST] + bus, cpt):
+        return False
+    if max(scal[a, S_DONE], start) != max(scal[b, S_DONE], start):
+        return False
+    for i in range(open_row.shape[1]):
+        if open_row[a, i] != open_row[b, i]:
+            return False
+    for i in range(ready.shape[1]):
+        for j in range(ready.shape[2]):
+            if max(ready[a, i, j], cpt) != max(ready[b, i, j], cpt):
+                return False
+    for w in range(win_tab.shape[0]):
+        lat = win_tab[w, 3]
+        size = win_tab[w, 4]
+        for node in range(win_cnt.shape[2]):
+            na = win_cnt[a, w, node]
+            nb = win_cnt[b, w, node]
+            if na < size or nb < size:
+                if na != nb:
+                    return False
+                for j in range(na):
+                    if (max(win_hist[a, w, node, j] + lat, cpt)
+                            != max(win_hist[b, w, node, j] + lat, cpt)):
+                        return False
+            else:
+                for j in range(size):  # oldest first
+                    if (max(win_hist[a, w, node, (na + j) % size] + lat, cpt)
+                            != max(win_hist[b, w, node, (nb + j) % size] + lat, cpt)):
+                        return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _open_cyc_at(scal, t):
+    """Cycles with a bank open up to ``t`` (no open/close transition after ``t`` yet)."""
+    if scal[S_ALLROW] != -1:
+        return scal[S_OPEN_CYC] + t - scal[S_OPEN_SINCE]
+    return scal[S_OPEN_CYC]
+
+
+@njit(cache=True)
 def run_steps(items, seg_off, kind, pim_index, dur, dep_start, dep_idx, serial, link_lat, t0,
               cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
-              counts, stats, step_start, step_end, step_counts):
+              counts, stats, step_start, step_end, step_counts, group):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
     A PIM step (``kind == 1``) runs segment ``pim_index`` of every channel from its start (its
@@ -471,12 +536,22 @@ def run_steps(items, seg_off, kind, pim_index, dur, dep_start, dep_idx, serial, 
     channel is done plus ``link_lat``; an ASIC step runs ``dur`` cycles after its dependencies
     and the previous ASIC step. Kept in this module so numba's cache invalidates with the kernel.
     Fills step_start/end and per-step command counts of the critical (last-finishing) channel;
-    returns the token's end cycle."""
+    returns the token's end cycle.
+
+    With ``group == 1`` a channel whose segment and controller state (see ``_equivalent``) equal
+    those of an earlier channel is not simulated: it issues exactly the same commands at the
+    same cycles, so it takes that channel's new state and adds the same counts (balanced
+    weight layouts give most channels identical streams). Returns (end cycle, channels run).
+    """
     n_ch = ready.shape[0]
     log = np.zeros((0, 4), np.int64)
     now = t0
     asic_free = t0
     before = np.zeros((n_ch, counts.shape[1]), np.int64)
+    st_before = np.zeros((n_ch, stats.shape[1]), np.int64)
+    oc_before = np.zeros(n_ch, np.int64)
+    rep = np.zeros(n_ch, np.int64)
+    n_run = 0
     for i in range(kind.shape[0]):
         start = t0
         for j in range(dep_start[i], dep_start[i + 1]):
@@ -490,10 +565,44 @@ def run_steps(items, seg_off, kind, pim_index, dur, dep_start, dep_idx, serial, 
             for c in range(n_ch):
                 for x in range(counts.shape[1]):
                     before[c, x] = counts[c, x]
+                rep[c] = c
+                if group == 1:
+                    cpt = min(start, scal[c, S_NEXT_REF])
+                    for r in range(c):
+                        if (rep[r] == r
+                                and _segments_equal(items, seg_off[c, k], seg_off[c, k + 1],
+                                                    seg_off[r, k], seg_off[r, k + 1])
+                                and _equivalent(c, r, cpt, start, win_tab, geom, ready, win_hist,
+                                                win_cnt, open_row, scal)):
+                            rep[c] = r
+                            break
+                    for x in range(stats.shape[1]):
+                        st_before[c, x] = stats[c, x]
+                    oc_before[c] = _open_cyc_at(scal[c], cpt)
+            for c in range(n_ch):
+                if rep[c] != c:
+                    continue
+                n_run += 1
                 _, log = run_segment(items, seg_off[c, k], seg_off[c, k + 1], start, cmd_tab,
-                                       pr_start, pr_tab, win_tab, geom, ready[c], win_hist[c],
-                                       win_cnt[c], open_row[c], scal[c], counts[c], stats[c],
-                                       log)
+                                     pr_start, pr_tab, win_tab, geom, ready[c], win_hist[c],
+                                     win_cnt[c], open_row[c], scal[c], counts[c], stats[c], log)
+            for c in range(n_ch):
+                r = rep[c]
+                if r != c:
+                    ready[c] = ready[r]
+                    win_hist[c] = win_hist[r]
+                    win_cnt[c] = win_cnt[r]
+                    open_row[c] = open_row[r]
+                    for x in range(counts.shape[1]):
+                        counts[c, x] += counts[r, x] - before[r, x]
+                    for x in range(stats.shape[1]):
+                        stats[c, x] += stats[r, x] - st_before[r, x]
+                    # open-bank time: the same transitions from cpt on as channel r
+                    oc = scal[r, S_OPEN_CYC] + oc_before[c] - oc_before[r]
+                    for x in range(N_SCAL):
+                        if x != S_LOG_N:
+                            scal[c, x] = scal[r, x]
+                    scal[c, S_OPEN_CYC] = oc
                 if scal[c, S_DONE] > done:
                     done = scal[c, S_DONE]
                     crit = c
@@ -508,4 +617,4 @@ def run_steps(items, seg_off, kind, pim_index, dur, dep_start, dep_idx, serial, 
         step_end[i] = end
         if end > now:
             now = end
-    return now
+    return now, n_run
