@@ -79,10 +79,12 @@ class StepTable:
 
 
 class StreamBuilder:
-    """Per-token channel streams: every PIM step's items, channel-major, with segment offsets.
+    """Per-token channel streams: every PIM step's items, one region per (channel, step).
 
-    Items that do not depend on the position are built once; position-dependent steps keep
-    their latest variant."""
+    Items that do not depend on the position are built once and stay in place; a
+    position-dependent step's region is rewritten only when its items change (regions have
+    room to grow; the buffer is laid out again when one outgrows its room). ``build`` returns
+    the item buffer and each region's used span ``[seg_lo, seg_hi)``."""
 
     def __init__(self, prog: Program):
         self.prog = prog
@@ -92,22 +94,50 @@ class StreamBuilder:
             if s.matrix is not None or s.op == "param_fetch":
                 self._static[s.index] = prog.pim_items(s, 0)
         self.n_ch = prog.geo.channels
+        n_seg = len(self.pim_steps)
+        self._last: list[list[np.ndarray] | None] = [None] * n_seg
+        self.cap = np.zeros((self.n_ch, n_seg), np.int64)
+        self.seg_lo = np.zeros((self.n_ch, n_seg), np.int64)
+        self.seg_hi = np.zeros((self.n_ch, n_seg), np.int64)
+        self.items = np.empty((0, ITEM_FIELDS), np.int64)
 
-    def build(self, pos: int) -> tuple[np.ndarray, np.ndarray]:
+    def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         per_step = [self._static.get(s.index) or self.prog.pim_items(s, pos)
                     for s in self.pim_steps]
+        writes = []
+        for k, arrs in enumerate(per_step):
+            last = self._last[k]
+            if arrs is last:
+                continue
+            for c in range(self.n_ch):
+                if last is None or arrs[c] is not last[c]:
+                    if len(arrs[c]) > self.cap[c, k]:
+                        self._layout(per_step)
+                        self._last = per_step
+                        return self.items, self.seg_lo, self.seg_hi
+                    writes.append((c, k, arrs[c]))
+        for c, k, a in writes:
+            lo = self.seg_lo[c, k]
+            self.items[lo:lo + len(a)] = a
+            self.seg_hi[c, k] = lo + len(a)
+        self._last = per_step
+        return self.items, self.seg_lo, self.seg_hi
+
+    def _layout(self, per_step: list[list[np.ndarray]]) -> None:
         n_seg = len(per_step)
-        lens = np.array([[len(per_step[k][c]) for k in range(n_seg)] for c in range(self.n_ch)],
-                        np.int64)
-        seg_off = np.zeros((self.n_ch, n_seg + 1), np.int64)
-        base = 0
-        for c in range(self.n_ch):
-            seg_off[c, 0] = base
-            seg_off[c, 1:] = base + np.cumsum(lens[c])
-            base = int(seg_off[c, -1])
-        items = np.concatenate([per_step[k][c] for c in range(self.n_ch) for k in range(n_seg)]
-                               + [np.empty((0, ITEM_FIELDS), np.int64)])
-        return items, seg_off
+        for k, s in enumerate(self.pim_steps):
+            for c in range(self.n_ch):
+                n = len(per_step[k][c])
+                grow = n if s.index in self._static else n + n // 2 + 16
+                self.cap[c, k] = max(self.cap[c, k], grow)
+        lo = np.concatenate([[0], np.cumsum(self.cap.ravel())[:-1]]).reshape(self.cap.shape)
+        self.seg_lo[:] = lo
+        self.items = np.zeros((int(self.cap.sum()), ITEM_FIELDS), np.int64)
+        for k in range(n_seg):
+            for c in range(self.n_ch):
+                a = per_step[k][c]
+                self.items[lo[c, k]:lo[c, k] + len(a)] = a
+                self.seg_hi[c, k] = lo[c, k] + len(a)
 
 
 @dataclass
@@ -146,7 +176,7 @@ class DecodeSimulator:
                        for c in range(prog.geo.channels)]
 
     def run_token(self, pos: int) -> TokenTiming:
-        items, seg_off = self.streams.build(pos)
+        items, seg_lo, seg_hi = self.streams.build(pos)
         dur = self.steps.durations(pos)
         n = len(self.prog.steps)
         st, en = np.zeros(n, np.int64), np.zeros(n, np.int64)
@@ -155,7 +185,7 @@ class DecodeSimulator:
         if self.fast:
             s, t = self.steps, self.tables
             now, n_run = K.run_steps(
-                items, seg_off, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
+                items, seg_lo, seg_hi, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
                 int(self.schedule == "serial"), self.link_lat, t0, t.cmd_tab, t.pr_start,
                 t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                 self.states.win_cnt, self.states.open_row, self.states.scal,
@@ -163,10 +193,10 @@ class DecodeSimulator:
             self.now = int(now)
             self.channels_run += int(n_run)
         else:
-            self.now = self._run_token_simpy(items, seg_off, dur, t0, st, en, cnt)
+            self.now = self._run_token_simpy(items, seg_lo, seg_hi, dur, t0, st, en, cnt)
         return TokenTiming(pos, t0, self.now, st, en, cnt)
 
-    def _run_token_simpy(self, items, seg_off, dur, t0, st, en, cnt) -> int:
+    def _run_token_simpy(self, items, seg_lo, seg_hi, dur, t0, st, en, cnt) -> int:
         """Reference executor: SimPy processes for the steps, the ASIC and each channel.
 
         PIM steps reach the channels in program order (each channel is an in-order queue); the
@@ -188,7 +218,7 @@ class DecodeSimulator:
 
         def channel(c: int, k: int, start: int, out: list):
             before = timers[c].counts.copy()
-            timers[c].run(items, int(seg_off[c, k]), start, end=int(seg_off[c, k + 1]))
+            timers[c].run(items, int(seg_lo[c, k]), start, end=int(seg_hi[c, k]))
             out[c] = (timers[c].done_cyc, timers[c].counts - before)
             yield env.timeout(max(0, timers[c].done_cyc - env.now))
 

@@ -30,30 +30,41 @@ def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(0, vocab, n)]
 
 
-def token_breakdown(sim: DecodeSimulator, tt: TokenTiming) -> tuple[np.ndarray, dict[str, int]]:
-    """Cycles of one token split into BREAKDOWN_KEYS (busy time of each step), and per op."""
-    cfg = sim.cfg
-    t = cfg.timing
+class _StepCost:
+    """Per-step arrays for splitting a token's time into BREAKDOWN_KEYS and per-op time."""
+
+    def __init__(self, sim: DecodeSimulator):
+        steps = sim.prog.steps
+        self.asic = np.array([st.kind == "asic" for st in steps])
+        self.ops = sorted({st.op for st in steps})
+        self.op_idx = np.array([self.ops.index(st.op) for st in steps], np.int64)
+        t = sim.cfg.timing
+        self.nCCDL, self.nBL, self.nRFC, self.link_lat = t.nCCDL, t.nBL, t.nRFC, sim.link_lat
+
+
+def token_breakdown(sim: DecodeSimulator, tt: TokenTiming,
+                    cost: _StepCost | None = None) -> tuple[np.ndarray, dict[str, int]]:
+    """Cycles of one token split into BREAKDOWN_KEYS (busy time of each step), and per op.
+
+    A PIM step's time goes to MAC (MAC commands x nCCDL), link (transfers x nBL + the link
+    latency) and refresh (REFab x nRFC), scaled down together if they exceed the step's time;
+    the rest (row activation, precharge, waits) is "other"."""
+    k = cost or _StepCost(sim)
+    dur = (tt.step_end - tt.step_start).astype(np.float64)
+    c = tt.step_counts
+    parts = np.stack([c[:, _MAC].sum(1) * float(k.nCCDL),
+                      c[:, _XFER].sum(1) * float(k.nBL) + k.link_lat,
+                      c[:, _REF] * float(k.nRFC)], axis=1)
+    tot = parts.sum(1)
+    scale = np.where((tot > dur) & (tot > 0), dur / np.where(tot > 0, tot, 1.0), 1.0)
+    parts *= scale[:, None]
+    pim = ~k.asic
     out = np.zeros(len(BREAKDOWN_KEYS), np.float64)
-    per_op: dict[str, int] = {}
-    for i, st in enumerate(sim.prog.steps):
-        dur = int(tt.step_end[i] - tt.step_start[i])
-        per_op[st.op] = per_op.get(st.op, 0) + dur
-        if st.kind == "asic":
-            out[1] += dur
-            continue
-        c = tt.step_counts[i]
-        mac = float(c[_MAC].sum() * t.nCCDL)
-        link = float(c[_XFER].sum() * t.nBL + sim.link_lat)
-        ref = float(c[_REF] * t.nRFC)
-        parts = np.array([mac, link, ref])
-        if parts.sum() > dur and parts.sum() > 0:
-            parts *= dur / parts.sum()
-        out[0] += parts[0]
-        out[2] += parts[1]
-        out[3] += parts[2]
-        out[4] += dur - parts.sum()
-    return out, per_op
+    out[0], out[2], out[3] = parts[pim].sum(0)
+    out[1] = dur[k.asic].sum()
+    out[4] = (dur[pim] - parts[pim].sum(1)).sum()
+    per_op_cyc = np.bincount(k.op_idx, weights=dur, minlength=len(k.ops))
+    return out, {op: int(v) for op, v in zip(k.ops, per_op_cyc)}
 
 
 def run_generation(
@@ -79,6 +90,7 @@ def run_generation(
                          f"context of {n_ctx}; generate fewer tokens")
     t_wall = time.perf_counter()
     sim = DecodeSimulator(prog, cfg, schedule=schedule, fast=fast)
+    cost = _StepCost(sim)
     per_token_cyc: list[int] = []
     bd = np.zeros(len(BREAKDOWN_KEYS))
     per_op: dict[str, float] = {}
@@ -107,7 +119,7 @@ def run_generation(
             tok = nxt
         if pos >= len(prompt) - 1:  # this step produced a generated token
             per_token_cyc.append(tt.end_cyc - tt.start_cyc)
-            b, ops = token_breakdown(sim, tt)
+            b, ops = token_breakdown(sim, tt, cost)
             bd += b
             if with_energy:
                 dc = sim.states.counts.sum(axis=0) - c0

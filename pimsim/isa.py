@@ -392,17 +392,18 @@ def _arr(items: list[tuple]) -> np.ndarray:
     return np.array(items, np.int64).reshape(-1, ITEM_FIELDS)
 
 
-_LATEST: dict[tuple[str, int], tuple[object, tuple, list[np.ndarray]]] = {}
+_LATEST: dict[tuple[str, int, int], tuple[object, tuple, object]] = {}
 
 
-def _latest(kind: str, layout: object, key: tuple, build) -> list[np.ndarray]:
-    """Items of a layout that depend on the position only through ``key`` (static items: an
-    empty key): rebuilt when ``key`` changes, one variant kept per layout."""
-    hit = _LATEST.get((kind, id(layout)))
+def _latest(kind: str, layout: object, key: tuple, build, per: int = -1):
+    """Items of a layout (or of one channel ``per`` of it) that depend on the position only
+    through ``key`` (static items: an empty key): rebuilt when ``key`` changes, one variant
+    kept per layout and channel."""
+    hit = _LATEST.get((kind, id(layout), per))
     if hit is not None and hit[0] is layout and hit[1] == key:
         return hit[2]
     items = build()
-    _LATEST[(kind, id(layout))] = (layout, key, items)
+    _LATEST[(kind, id(layout), per)] = (layout, key, items)
     return items
 
 
@@ -475,8 +476,10 @@ def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
 
 
 def _attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:
-    key = tuple(kl.slots_in_use(ch, pos + 1) for ch in range(kl.geo.channels))
-    return _latest("score", kl, key, lambda: _build_attn_score_items(kl, pos))
+    return [_latest("score", kl, (ch, kl.slots_in_use(ch, pos + 1)),
+                    lambda: _build_attn_score_items(kl, ch, kl.slots_in_use(ch, pos + 1)),
+                    per=ch)
+            for ch in range(kl.geo.channels)]
 
 
 def _attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
@@ -486,27 +489,25 @@ def _attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
     return _latest("value", vl, key, lambda: _build_attn_value_items(vl, pos))
 
 
-def _build_attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:
-    """q.K^T: the global buffer holds q (one chunk of heads); each slot row holds one token per
-    bank; per head, MAC its d_head columns and read the 16 scores (one token per bank)."""
+def _build_attn_score_items(kl: KLayout, ch: int, n_slots: int) -> np.ndarray:
+    """q.K^T on channel ``ch`` with ``n_slots`` key rows in use: the global buffer holds q (one
+    chunk of heads); each slot row holds one token per bank; per head, MAC its d_head columns and
+    read the 16 scores (one token per bank)."""
     g = kl.geo
-    n_tok = pos + 1
-    out = []
-    for ch in range(g.channels):
-        items = []
-        n_slots = kl.slots_in_use(ch, n_tok)
-        if n_slots:
-            for k in range(kl.n_chunks):
-                heads = kl.chunk_heads(k)
-                items.append((_WR_GB, -1, -1, _cdiv(len(heads) * kl.d_head, g.col_elems), 0))
-                hcols = _cdiv(kl.d_head, g.col_elems)
-                for s in range(n_slots):
-                    row = kl.row_of(s, k)
-                    for i in range(len(heads)):
-                        items.append((_MAC_AB, -1, row, hcols, i * hcols))
-                        items.append((_RD_MAC, -1, -1, 1, 0))
-        out.append(_arr(items))
-    return out
+    hcols = _cdiv(kl.d_head, g.col_elems)
+    parts = []
+    for k in range(kl.n_chunks if n_slots else 0):
+        n_h = len(kl.chunk_heads(k))
+        parts.append(np.array([[_WR_GB, -1, -1, _cdiv(n_h * kl.d_head, g.col_elems), 0]]))
+        pairs = np.empty((n_slots, n_h, 2, ITEM_FIELDS), np.int64)
+        pairs[:, :, 0, 0] = _MAC_AB
+        pairs[:, :, 0, 1] = -1
+        pairs[:, :, 0, 2] = kl.row_of(np.arange(n_slots), k)[:, None]
+        pairs[:, :, 0, 3] = hcols
+        pairs[:, :, 0, 4] = np.arange(n_h)[None, :] * hcols
+        pairs[:, :, 1] = (_RD_MAC, -1, -1, 1, 0)
+        parts.append(pairs.reshape(-1, ITEM_FIELDS))
+    return np.concatenate(parts) if parts else np.empty((0, ITEM_FIELDS), np.int64)
 
 
 def _build_attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:

@@ -526,12 +526,12 @@ def _open_cyc_at(scal, t):
 
 
 @njit(cache=True)
-def run_steps(items, seg_off, kind, pim_index, dur, dep_start, dep_idx, serial, link_lat, t0,
+def run_steps(items, seg_lo, seg_hi, kind, pim_index, dur, dep_start, dep_idx, serial, link_lat, t0,
               cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
               counts, stats, step_start, step_end, step_counts, group):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
-    A PIM step (``kind == 1``) runs segment ``pim_index`` of every channel from its start (its
+    A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``) of every channel from its start (its
     dependencies' end; in serial mode also every earlier step's end) and ends when the last
     channel is done plus ``link_lat``; an ASIC step runs ``dur`` cycles after its dependencies
     and the previous ASIC step. Kept in this module so numba's cache invalidates with the kernel.
@@ -570,8 +570,8 @@ def run_steps(items, seg_off, kind, pim_index, dur, dep_start, dep_idx, serial, 
                     cpt = min(start, scal[c, S_NEXT_REF])
                     for r in range(c):
                         if (rep[r] == r
-                                and _segments_equal(items, seg_off[c, k], seg_off[c, k + 1],
-                                                    seg_off[r, k], seg_off[r, k + 1])
+                                and _segments_equal(items, seg_lo[c, k], seg_hi[c, k],
+                                                    seg_lo[r, k], seg_hi[r, k])
                                 and _equivalent(c, r, cpt, start, win_tab, geom, ready, win_hist,
                                                 win_cnt, open_row, scal)):
                             rep[c] = r
@@ -583,7 +583,7 @@ def run_steps(items, seg_off, kind, pim_index, dur, dep_start, dep_idx, serial, 
                 if rep[c] != c:
                     continue
                 n_run += 1
-                _, log = run_segment(items, seg_off[c, k], seg_off[c, k + 1], start, cmd_tab,
+                _, log = run_segment(items, seg_lo[c, k], seg_hi[c, k], start, cmd_tab,
                                      pr_start, pr_tab, win_tab, geom, ready[c], win_hist[c],
                                      win_cnt[c], open_row[c], scal[c], counts[c], stats[c], log)
             for c in range(n_ch):
