@@ -154,10 +154,12 @@ class DecodeSimulator:
     """Runs a Program token after token, keeping DRAM state (open rows, refresh) across tokens."""
 
     def __init__(self, prog: Program, cfg: HwConfig, *, schedule: str = "serial",
-                 fast: bool = True, log: bool = False, group: bool = True):
+                 fast: bool = True, log: bool = False, group: bool = True,
+                 memo: bool = True):
         """``log`` keeps every issued command (SimPy executor only; see :meth:`command_log`).
         ``group`` (fast executor) simulates one channel of each group of channels with identical
-        streams and equivalent states and copies its result to the others."""
+        streams and equivalent states and copies its result to the others; ``memo`` (fast
+        executor) replays units of items simulated before from an equivalent state."""
         if schedule not in ("serial", "overlap"):
             raise ValueError(f"schedule must be 'serial' or 'overlap', got {schedule!r}")
         if log and fast:
@@ -166,6 +168,7 @@ class DecodeSimulator:
         self.prog, self.cfg, self.schedule, self.fast = prog, cfg, schedule, fast
         self.group = group
         self.channels_run = 0  # channel segments the fast executor actually simulated
+        self.memo = K.new_memo() if fast and memo else K.NO_MEMO
         self.steps = StepTable(prog, cfg)
         self.streams = StreamBuilder(prog)
         self.tables = build_tables(cfg, fast=fast)
@@ -189,7 +192,7 @@ class DecodeSimulator:
                 int(self.schedule == "serial"), self.link_lat, t0, t.cmd_tab, t.pr_start,
                 t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                 self.states.win_cnt, self.states.open_row, self.states.scal,
-                self.states.counts, self.states.stats, st, en, cnt, int(self.group))
+                self.states.counts, self.states.stats, st, en, cnt, int(self.group), self.memo)
             self.now = int(now)
             self.channels_run += int(n_run)
         else:

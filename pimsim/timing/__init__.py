@@ -58,11 +58,13 @@ class ChannelTimer:
     """One channel's controller state, advanced by the numba kernel between sync points.
 
     With ``states`` and ``index`` it is a view on one channel of a :class:`ChannelStates`.
+    ``memo`` (fast mode without a log) replays units of items simulated before from an
+    equivalent state (see ``kernel._memo_unit``).
     """
 
     def __init__(self, cfg: HwConfig, *, log: bool = False, fast: bool = True,
                  tables: TimingTables | None = None, states: ChannelStates | None = None,
-                 index: int = 0):
+                 index: int = 0, memo: bool = False):
         self.cfg = cfg
         if states is None:
             tables = tables if tables is not None else build_tables(cfg, fast=fast)
@@ -77,6 +79,7 @@ class ChannelTimer:
         self.counts = states.counts[index]
         self.stats = states.stats[index]
         self._log = np.zeros((1024 if log else 0, 4), np.int64)
+        self.memo = K.new_memo(1 << 18, 1 << 12) if memo else K.NO_MEMO
 
     def run(self, stream: np.ndarray, pos: int = 0, not_before: int = 0,
             end: int | None = None) -> int:
@@ -85,7 +88,7 @@ class ChannelTimer:
         pos, self._log = K.run_segment(
             stream, pos, stream.shape[0] if end is None else end, not_before, t.cmd_tab, t.pr_start, t.pr_tab, t.win_tab, t.geom,
             self.ready, self.win_hist, self.win_cnt, self.open_row, self.scal, self.counts,
-            self.stats, self._log,
+            self.stats, self._log, self.memo,
         )
         return pos
 
