@@ -2,12 +2,15 @@
 
 Defines what every instruction computes:
 
-* DRAM banks hold bf16 values (:class:`MemoryImage`: per channel ``[bank, row, element]``), put
-  exactly where the mapping placed them; the functional executor reads weights only from there.
+* DRAM banks hold bf16 (or fp16) values (:class:`MemoryImage`: ``[channel, bank, row, element]``,
+  stored as their 16-bit patterns), put exactly where the mapping placed them; the functional
+  executor reads weights only from there.
 * The global buffer holds a bf16 copy of the broadcast vector (zero-padded to whole columns).
-* An all-bank MAC row multiplies bf16 x bf16 and accumulates in the configured accumulator
-  precision (fp32, or bf16 with rounding after every column); RD_MAC returns the accumulator
-  rounded to the data type.
+* An all-bank MAC command multiplies a column's lanes bf16 x bf16 (exact in fp32), sums the
+  products in a binary adder tree (fp32) and adds that to the accumulator in the configured
+  accumulator precision (fp32, or bf16 with rounding after every column); RD_MAC returns the
+  accumulator rounded to the data type. The bank MAC units are numba kernels that sum every
+  accumulator in a fixed order (deterministic with any thread count).
 * The ASIC computes in fp32 with add/multiply only, as PIM-GPT's ASIC does: exp by a Taylor
   series (with range reduction by squaring), tanh-GELU through that exp, division by a
   Newton-Raphson reciprocal, 1/sqrt(x) by the fast inverse square root plus Newton steps. Each
@@ -16,9 +19,11 @@ Defines what every instruction computes:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, prange
 
 from pimsim.config import HwConfig
 from pimsim.isa import MatrixLayout, Program, split_layer_vectors
@@ -64,28 +69,13 @@ class AsicMath:
         x = np.asarray(x, np.float32)
         if self.exact:
             return np.exp(x)
-        # range reduction by squaring: exp(x) = exp(x / 2^k)^(2^k) with |x / 2^k| <= 1/2
-        k = np.maximum(0, np.ceil(np.log2(np.maximum(np.abs(x), 1e-30) * 2))).astype(np.int32)
-        k = np.minimum(k, 30)
-        r = x * np.exp2(-k.astype(np.float32))
-        term = np.ones_like(r)
-        acc = np.ones_like(r)
-        for i in range(1, self.exp_terms):
-            term = term * r / np.float32(i)
-            acc = acc + term
-        for i in range(int(k.max()) if k.size else 0):
-            acc = np.where(k > i, acc * acc, acc)
-        return acc.astype(np.float32)
+        return _exp_series(x, self.exp_terms)
 
     def recip(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
         if self.exact:
             return (1.0 / x).astype(np.float32)
-        m, e = np.frexp(np.abs(x))  # x = m * 2^e, m in [0.5, 1): exponent handling is wiring
-        y = (np.float32(48 / 17) - np.float32(32 / 17) * m).astype(np.float32)  # 1/m guess
-        for _ in range(self.recip_steps):
-            y = y * (np.float32(2) - m * y)
-        return (np.sign(x) * np.ldexp(y, -e)).astype(np.float32)
+        return _recip_newton(x, self.recip_steps)
 
     def rsqrt(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
@@ -123,89 +113,348 @@ class AsicMath:
         return (np.float32(0.5) * x * (np.float32(1) + t)).astype(np.float32)
 
 
+# elementwise ASIC kernels (numba; float32 IEEE arithmetic in the written order, no fast-math)
+
+
+@njit(cache=True)
+def _exp_series(x, terms):
+    """Range reduction by squaring: exp(x) = exp(x / 2^k)^(2^k) with |x / 2^k| <= 1/2,
+    k = ceil(log2(2 |x|)) in fp32 (0 .. 30); a Taylor series of ``terms`` terms, squared k times."""
+    xs = x.ravel()
+    n = xs.size
+    k = np.zeros(n, np.int64)
+    r = np.empty(n, np.float32)
+    for i in range(n):
+        v = xs[i]
+        if np.isfinite(v):
+            a = max(abs(v), np.float32(1e-30)) * np.float32(2)
+            k[i] = min(max(0, int(math.ceil(np.float32(math.log2(np.float64(a)))))), 30)
+            r[i] = v * np.float32(2.0 ** -k[i])  # exact scaling by a power of two
+        else:
+            r[i] = v * np.float32(np.inf)
+    term = np.ones(n, np.float32)
+    acc = np.ones(n, np.float32)
+    for t in range(1, terms):  # element-wise passes (vectorised), each element's own order
+        d = np.float32(t)
+        for i in range(n):
+            term[i] = term[i] * r[i] / d
+            acc[i] = acc[i] + term[i]
+    for j in range(k.max() if n else 0):
+        for i in range(n):
+            if k[i] > j:
+                acc[i] = acc[i] * acc[i]
+    return acc.reshape(x.shape)
+
+
+@njit(cache=True)
+def _recip_newton(x, steps):
+    """1/x: x = m 2^e with m in [0.5, 1) (exponent handling is wiring), a linear guess of 1/m,
+    Newton-Raphson steps, the exponent put back."""
+    xs = x.ravel()
+    out = np.empty(xs.size, np.float32)
+    for i in range(xs.size):
+        v = xs[i]
+        bits = np.float32(v).view(np.uint32)
+        eb = np.int64((bits >> np.uint32(23)) & np.uint32(0xFF))
+        if 0 < eb < 255:  # normal: split the exponent field off
+            e = eb - 126
+            m = np.uint32((bits & np.uint32(0x007FFFFF)) | np.uint32(0x3F000000)).view(np.float32)
+        else:
+            m64, e = math.frexp(abs(np.float64(v)))
+            m = np.float32(m64)  # exact
+        y = np.float32(48 / 17) - np.float32(32 / 17) * m
+        for _ in range(steps):
+            y = y * (np.float32(2) - m * y)
+        if -126 <= -e <= 127:  # 2^-e is a normal fp32: the product is ldexp, rounded once
+            r = y * np.uint32((127 - e) << 23).view(np.float32)
+        else:
+            r = np.float32(math.ldexp(np.float64(y), -e))  # exact in fp64, then one rounding
+        sign = np.float32(1) if v > 0 else (np.float32(-1) if v < 0 else (np.float32(0) if v == 0 else v))
+        out[i] = sign * r
+    return out.reshape(x.shape)
+
+
 # ---------------------------------------------------------------- DRAM contents
+
+_FORMATS = {"fp32": 0, "bf16": 1, "fp16": 2}  # number-format codes the kernels take
+_FP16_TO_FP32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+def encode(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values -> the 16-bit patterns of ``dtype`` (rounded to nearest, ties to even)."""
+    if dtype == "bf16":
+        return (to_bf16(x).view(np.uint32) >> 16).astype(np.uint16)
+    if dtype == "fp16":
+        return np.asarray(x, np.float32).astype(np.float16).view(np.uint16)
+    raise ValueError(f"DRAM images hold 16-bit data, not {dtype!r}")
+
+
+def decode(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """16-bit patterns of ``dtype`` -> float32 values (exact)."""
+    bits = np.asarray(bits, np.uint16)
+    if dtype == "bf16":
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    return _FP16_TO_FP32[bits]
 
 
 class MemoryImage:
-    """What every bank of every channel holds: ``data[ch][bank, row, element]`` (bf16 values
-    stored as float32), rows ``0 .. rows_used[ch]-1``."""
+    """What every bank of every channel holds, as the 16-bit patterns of the data type:
+    ``bits[ch, bank, row, element]`` (``data[ch]`` is channel ``ch``'s ``[bank, row, element]``
+    view); rows ``0 .. rows_used[ch]-1`` of channel ``ch`` are the used ones."""
 
     def __init__(self, channels: int, banks: int, rows_used: list[int], row_elems: int,
                  dtype: str = "bf16"):
-        self.data = [np.zeros((banks, r, row_elems), np.float32) for r in rows_used[:channels]]
+        if row_elems % 2:
+            raise ValueError(f"rows of {row_elems} elements: the MAC kernels need an even count")
+        self.dtype = dtype
+        self.rows_used = list(rows_used[:channels])
+        self.bits = np.zeros((channels, banks, max(self.rows_used), row_elems), np.uint16)
+        self.data = [self.bits[c] for c in range(channels)]
+        self.words = self.bits.view(np.uint32)  # two elements per word, for the MAC kernels
         self.round = rounder(dtype)
+        self.fmt = _FORMATS[dtype]
 
     @property
     def nbytes(self) -> int:
-        return sum(d.nbytes for d in self.data)
+        return self.bits.nbytes
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return encode(x, self.dtype)
+
+    def decode(self, bits: np.ndarray) -> np.ndarray:
+        return decode(bits, self.dtype)
 
     def store_matrix(self, m: MatrixLayout, w: np.ndarray) -> None:
         """Place a weight matrix ``[out, in]`` where its layout says."""
         g = m.geo
-        w = self.round(w)
-        for c in range(g.channels):
-            n_slots = m.slots(c)
-            if not n_slots:
-                continue
-            s = np.arange(n_slots)[:, None]
-            b = np.arange(g.banks)[None, :]
-            n = m.neuron(c, s, b)  # [slots, banks]
-            valid = n < m.out_dim
+        C, B = g.channels, g.banks
+        n_slots = m.slots(0)  # the most of any channel
+        wb = np.zeros((n_slots * C * B, m.in_dim), np.uint16)  # neuron n = (slot C + ch) B + bank
+        wb[:m.out_dim] = self.encode(np.asarray(w, np.float32))
+        wb = wb.reshape(n_slots, C, B, m.in_dim)
+        for c in range(C):
+            ns = m.slots(c)
             for k in range(m.n_chunks):
                 lo, ln = m.chunk(k)
                 r0 = m.row_of(c, 0, k)
-                block = self.data[c][:, r0:r0 + n_slots, :ln]  # [bank, slot, elem]
-                vals = np.zeros((n_slots, g.banks, ln), np.float32)
-                vals[valid] = w[n[valid], lo:lo + ln]
-                block[...] = vals.transpose(1, 0, 2)
+                self.bits[c, :, r0:r0 + ns, :ln] = wb[:ns, c, :, lo:lo + ln].transpose(1, 0, 2)
 
-    def matvec(self, m: MatrixLayout, x: np.ndarray, acc_round, out_round) -> np.ndarray:
-        """All channels' MAC rows of one matrix: per chunk, the partial sums [n_chunks, out]."""
-        g = m.geo
-        parts = np.zeros((m.n_chunks, m.n_groups * g.banks), np.float32)
-        for k in range(m.n_chunks):
-            lo, ln = m.chunk(k)
-            cols = -(-ln // g.col_elems)
-            gb = np.zeros(cols * g.col_elems, np.float32)
-            gb[:ln] = self.round(x[lo:lo + ln])
-            for c in range(g.channels):
-                n_slots = m.slots(c)
-                if not n_slots:
-                    continue
-                r0 = m.row_of(c, 0, k)
-                block = self.data[c][:, r0:r0 + n_slots, :cols * g.col_elems]
-                acc = mac_rows(block, gb, acc_round, g.col_elems)  # [bank, slot]
-                parts[k, _neurons(m, c)] = acc.ravel()
-        # RD_MAC reads every accumulator out in the data type (rounded once, all channels)
-        return out_round(parts[:, :m.out_dim])
+    def matvec(self, m: MatrixLayout, x: np.ndarray, acc_dtype: str = "fp32") -> np.ndarray:
+        """All channels' MAC rows of one matrix, each accumulator read out (RD_MAC) in the data
+        type, the chunks' partial sums added in fp32 (ASIC reduction): ``[out]``."""
+        out = np.empty(m.out_dim, np.float32)
+        _mac_matrix(self.words, *_matrix_rows(m), m.chunk_elems,
+                    np.ascontiguousarray(x, np.float32)[None, :], 1 << 62, m.out_dim,
+                    m.geo.col_elems, self.fmt, _FORMATS[acc_dtype], _FP16_TO_FP32, out)
+        return out
 
 
-_NEURONS: dict[tuple[int, int], tuple[MatrixLayout, np.ndarray]] = {}
+_ROWS: dict[int, tuple[MatrixLayout, tuple[np.ndarray, np.ndarray]]] = {}
 
 
-def _neurons(m: MatrixLayout, c: int) -> np.ndarray:
-    """Output neuron of every (bank, slot) accumulator of channel ``c``, flattened (cached)."""
-    hit = _NEURONS.get((id(m), c))
+def _matrix_rows(m: MatrixLayout) -> tuple[np.ndarray, np.ndarray]:
+    """(first row, slots) of ``m`` in every channel, as arrays for the kernels (cached)."""
+    hit = _ROWS.get(id(m))
     if hit is not None and hit[0] is m:
         return hit[1]
-    n = m.neuron(c, np.arange(m.slots(c))[None, :], np.arange(m.geo.banks)[:, None]).ravel()
-    _NEURONS[(id(m), c)] = (m, n)
-    return n
+    C = m.geo.channels
+    arrs = (np.array([m.row_of(c, 0, 0) for c in range(C)], np.int64),
+            np.array([m.slots(c) for c in range(C)], np.int64))
+    _ROWS[id(m)] = (m, arrs)
+    return arrs
 
 
-def mac_rows(block: np.ndarray, gb: np.ndarray, acc_round, lanes: int) -> np.ndarray:
-    """MAC every row of ``block [..., elems]`` with the global buffer ``gb [elems]``.
+# ---------------------------------------------------------------- bank MAC units (kernels)
+#
+# One MAC command multiplies the ``lanes`` elements of a column by the global buffer's and sums
+# the products in an adder tree (adjacent lanes pairwise, then adjacent pair sums, ...; bf16 and
+# fp16 products are exact in fp32, the tree adds in fp32); the accumulator adds the tree's sum in
+# the accumulator type. The kernels read two 16-bit elements per 32-bit word (little-endian: the
+# even element in the low half), so the tree's first level is one word's two products.
 
-    fp32 accumulation is one float32 dot product per row; a narrower accumulator is rounded
-    after every column (one MAC command adds ``lanes`` products)."""
-    if acc_round is None:
-        return np.matmul(block, gb).astype(np.float32)
-    cols = block.shape[-1] // lanes
-    prods = (block * gb).reshape(block.shape[:-1] + (cols, lanes)).sum(-1, dtype=np.float32)
-    acc = np.zeros(block.shape[:-1], np.float32)
+
+@njit(cache=True, inline="always")
+def _round(x, fmt):
+    """float32 ``x`` rounded to number format ``fmt`` (codes of ``_FORMATS``), nearest-even."""
+    if fmt == 0 or x != x:
+        return x
+    bits = np.float32(x).view(np.uint32)
+    if fmt == 1:  # bf16
+        return np.uint32((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+                         & np.uint32(0xFFFF0000)).view(np.float32)
+    a = abs(x)  # fp16
+    if a >= np.float32(65520.0):  # half-way to the next binade above 65504 rounds to inf
+        return np.float32(np.inf) if x > 0 else np.float32(-np.inf)
+    if a < np.float32(2.0 ** -14):  # subnormal: a fixed step of 2^-24
+        return np.float32(np.rint(x * np.float32(2.0 ** 24)) * np.float32(2.0 ** -24))
+    return np.uint32((bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1)))
+                     & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+@njit(cache=True)
+def round_array(x, fmt):
+    """``_round`` over an array (for tests and the ASIC side of the kernels)."""
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out.flat[i] = _round(x.flat[i], fmt)
+    return out
+
+
+@njit(cache=True, inline="always")
+def _lane_products(row, ge, go, nw, fmt, lut, q):
+    """Level 1 of the adder tree for words ``0 .. nw-1`` of a row: even-lane product plus
+    odd-lane product, into ``q``."""
+    if fmt == 1:
+        for m in range(nw):
+            w = row[m]
+            fe = np.uint32(w << np.uint32(16)).view(np.float32)
+            fo = np.uint32(w & np.uint32(0xFFFF0000)).view(np.float32)
+            q[m] = fe * ge[m] + fo * go[m]
+    else:
+        for m in range(nw):
+            w = row[m]
+            q[m] = lut[w & np.uint32(0xFFFF)] * ge[m] + lut[w >> np.uint32(16)] * go[m]
+
+
+@njit(cache=True, inline="always")
+def _accumulate(q, q0, cols, hl, acc_fmt, tree):
+    """Rest of the adder tree per column (``hl`` pair sums each, from ``q[q0]``), then the
+    accumulator: fp32, or rounded to ``acc_fmt`` after every column."""
+    acc = np.float32(0)
     for j in range(cols):
-        acc = acc_round(acc + prods[..., j])
+        o = q0 + j * hl
+        if hl == 8:
+            s = ((q[o] + q[o + 1]) + (q[o + 2] + q[o + 3])) + ((q[o + 4] + q[o + 5]) + (q[o + 6] + q[o + 7]))
+        else:
+            for i in range(hl):
+                tree[i] = q[o + i]
+            w = hl
+            while w > 1:
+                h = w // 2
+                for i in range(h):
+                    tree[i] = tree[2 * i] + tree[2 * i + 1]
+                if w % 2:
+                    tree[h] = tree[w - 1]
+                    h += 1
+                w = h
+            s = tree[0]
+        acc = _round(acc + s, acc_fmt)
     return acc
+
+
+@njit(cache=True)
+def _gb_fill(x, lo, ln, fmt, ge, go):
+    """Global buffer for input elements ``lo .. lo+ln-1`` of every row of ``x [rows, in]``,
+    rounded to the data type and zero-padded, split into even and odd lanes ``[rows, words]``."""
+    ge[:] = 0
+    go[:] = 0
+    for r in range(x.shape[0]):
+        for e in range(ln):
+            v = _round(x[r, lo + e], fmt)
+            if e % 2:
+                go[r, e // 2] = v
+            else:
+                ge[r, e // 2] = v
+
+
+@njit(cache=True, inline="always")
+def _mac_bank(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div, out_dim, lanes, fmt,
+              acc_fmt, lut, out):
+    """Every MAC row of one bank (its slots, chunk by chunk: rows in address order)."""
+    C, B, _, W = words.shape
+    hl = lanes // 2
+    q = np.empty(W, np.float32)
+    tree = np.empty(hl, np.float32)
+    for k in range(ge.shape[0]):
+        ln = min(chunk_elems, in_dim - k * chunk_elems)
+        cols = (ln + lanes - 1) // lanes
+        for s in range(ns):
+            n = (s * C + c) * B + b
+            if n >= out_dim:
+                continue
+            g = n // gb_div
+            _lane_products(words[c, b, base_row + k * ns + s], ge[k, g], go[k, g], cols * hl,
+                           fmt, lut, q)
+            r = _round(_accumulate(q, 0, cols, hl, acc_fmt, tree), fmt)
+            out[n] = r if k == 0 else out[n] + r
+
+
+@njit(cache=True)
+def _gb_chunks(x, chunk_elems, W, fmt):
+    """Global-buffer fills of every chunk of every row of ``x``: (even, odd) ``[chunk, row, W]``."""
+    in_dim = x.shape[1]
+    n_chunks = (in_dim + chunk_elems - 1) // chunk_elems
+    ge = np.empty((n_chunks, x.shape[0], W), np.float32)
+    go = np.empty((n_chunks, x.shape[0], W), np.float32)
+    for k in range(n_chunks):
+        _gb_fill(x, k * chunk_elems, min(chunk_elems, in_dim - k * chunk_elems), fmt, ge[k], go[k])
+    return ge, go
+
+
+@njit(cache=True, parallel=True)
+def _mac_matrix_parallel(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt,
+                         acc_fmt, lut, out):
+    """``_mac_matrix`` with the banks spread over numba's threads."""
+    C, B, _, W = words.shape
+    ge, go = _gb_chunks(x, chunk_elems, W, fmt)
+    for cb in prange(C * B):
+        _mac_bank(words, cb // B, cb % B, base_row[cb // B], slots[cb // B], chunk_elems,
+                  x.shape[1], ge, go, gb_div, out_dim, lanes, fmt, acc_fmt, lut, out)
+
+
+@njit(cache=True)
+def _mac_matrix_serial(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt,
+                       acc_fmt, lut, out):
+    """``_mac_matrix`` on the calling thread."""
+    C, B, _, W = words.shape
+    ge, go = _gb_chunks(x, chunk_elems, W, fmt)
+    for cb in range(C * B):
+        _mac_bank(words, cb // B, cb % B, base_row[cb // B], slots[cb // B], chunk_elems,
+                  x.shape[1], ge, go, gb_div, out_dim, lanes, fmt, acc_fmt, lut, out)
+
+
+PARALLEL_MIN_ELEMS = 1 << 22  # matrices at least this large use all numba threads
+
+
+def _mac_matrix(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt,
+                lut, out):
+    """MAC rows of a matrix placed like a weight matrix (chunk-major rows, neuron
+    ``n = (slot C + ch) B + bank``), one accumulator per (neuron, chunk), read out rounded to
+    ``fmt`` and summed over chunks into ``out [out_dim]``. Neuron ``n`` multiplies row
+    ``n // gb_div`` of ``x [rows, in]`` (the global-buffer fill of its channel). Every neuron
+    is summed by one thread in a fixed order: deterministic, whatever the thread count.
+    Multi-threaded for large matrices only: a parallel region costs a thread hand-off, which
+    small matrices (and a busy machine) do not repay."""
+    big = out_dim * x.shape[1] >= PARALLEL_MIN_ELEMS
+    (_mac_matrix_parallel if big else _mac_matrix_serial)(
+        words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt, lut, out)
+
+
+@njit(cache=True)
+def _mac_keys(words, base_row, n_slots, heads_per_chunk, d_head, n_tok, q_vec, lanes, fmt,
+              acc_fmt, lut, scores):
+    """q.K^T: token ``t``'s key lives in channel ``t % C``, bank ``(t // C) % B``, slot
+    ``t // (C B)``, a chunk of ``heads_per_chunk`` heads per row; each head's columns are one
+    accumulator, read out rounded to ``fmt`` into ``scores [n_head, n_tok]``."""
+    C, B, _, W = words.shape
+    n_head = scores.shape[0]
+    hl = lanes // 2
+    nw = d_head // 2  # d_head is a whole number of columns (the mapping checks)
+    ge = np.empty((n_head, nw), np.float32)
+    go = np.empty((n_head, nw), np.float32)
+    _gb_fill(q_vec.reshape(n_head, d_head), 0, d_head, fmt, ge, go)
+    q = np.empty(W, np.float32)
+    tree = np.empty(hl, np.float32)
+    n_chunks = (n_head + heads_per_chunk - 1) // heads_per_chunk
+    for t in range(n_tok):
+        c, b, s = t % C, (t // C) % B, t // (C * B)
+        for k in range(n_chunks):
+            row = words[c, b, base_row + k * n_slots + s]
+            h0 = k * heads_per_chunk
+            h1 = min(n_head, h0 + heads_per_chunk)
+            for h in range(h0, h1):
+                _lane_products(row[(h - h0) * nw:], ge[h], go[h], nw, fmt, lut, q)
+                scores[h, t] = _round(_accumulate(q, 0, nw // hl, hl, acc_fmt, tree), fmt)
 
 
 # ---------------------------------------------------------------- executor
@@ -220,114 +469,81 @@ class FunctionalExecutor:
         self.math = math or AsicMath.from_config(cfg)
         self.eps = eps
         self.round = rounder(cfg.pim.data_type)
-        acc = cfg.pim.accumulator_type
-        self.acc_round = None if acc == "fp32" else rounder(acc)
+        self.acc_dtype = cfg.pim.accumulator_type
         d = prog.dims
         self.n_head, self.d_head = d["n_head"], d["d_head"]
+        self._flat = image.bits.reshape(-1)  # a view: element (ch, bank, row, e) at one index
+        self._vec_index: dict[str, np.ndarray] = {}
+        self._v_index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _index(self, c, b, r, e=0):
+        C, B, R, E = self.img.bits.shape
+        return ((np.asarray(c, np.int64) * B + b) * R + r) * E + e
 
     # -- memory reads/writes the PIM steps perform
     def _read_vector(self, name: str) -> np.ndarray:
-        vl = self.prog.vec_layout
-        ln, _, _ = vl.entry(name)
-        out = np.zeros(-(-ln // vl.geo.col_elems) * vl.geo.col_elems, np.float32)
-        e = vl.geo.col_elems
-        for c, b, r, col, n, first in vl.segments(name):
-            out[first:first + n * e] = self.img.data[c][b, r, col * e:(col + n) * e]
-        return out[:ln]
+        idx = self._vec_index.get(name)
+        if idx is None:
+            vl = self.prog.vec_layout
+            ln, _, _ = vl.entry(name)
+            e = vl.geo.col_elems
+            idx = np.zeros(ln, np.int64)
+            for c, b, r, col, n, first in vl.segments(name):
+                take = min(n * e, ln - first)
+                idx[first:first + take] = self._index(c, b, r, col * e) + np.arange(take)
+            self._vec_index[name] = idx
+        return self.img.decode(self._flat[idx])
 
     def _read_matrix_row(self, m: MatrixLayout, neuron: int) -> np.ndarray:
         c, b, s = (int(v) for v in m.locate(neuron))
-        out = np.zeros(m.in_dim, np.float32)
+        out = np.zeros(m.in_dim, np.uint16)
         for k in range(m.n_chunks):
             lo, ln = m.chunk(k)
-            out[lo:lo + ln] = self.img.data[c][b, m.row_of(c, s, k), :ln]
-        return out
+            out[lo:lo + ln] = self.img.bits[c, b, m.row_of(c, s, k), :ln]
+        return self.img.decode(out)
 
     def _matvec(self, m: MatrixLayout, x: np.ndarray) -> np.ndarray:
-        parts = self.img.matvec(m, x, self.acc_round, self.round)
-        return parts.sum(axis=0, dtype=np.float32)  # ASIC partial-sum reduction
+        return self.img.matvec(m, x, self.acc_dtype)
 
     def _write_kv(self, layer: int, pos: int, k_new: np.ndarray, v_new: np.ndarray) -> None:
         kl, vl = self.prog.kv_layouts[layer]
-        g = kl.geo
         c, b, s = (int(v) for v in kl.locate(pos))
-        k_new = self.round(k_new)
+        k_bits = self.img.encode(k_new)
         for k in range(kl.n_chunks):
             heads = kl.chunk_heads(k)
             lo = heads.start * kl.d_head
             ln = len(heads) * kl.d_head
-            self.img.data[c][b, kl.row_of(s, k), :ln] = k_new[lo:lo + ln]
+            self.img.bits[c, b, kl.row_of(s, k), :ln] = k_bits[lo:lo + ln]
         vm = vl.matrix
-        k = pos // vm.chunk_elems
-        e = pos % vm.chunk_elems
-        v_new = self.round(v_new)
-        for ch in range(g.channels):
-            n_slots = vm.slots(ch)
-            if not n_slots:
-                continue
-            n = vm.neuron(ch, np.arange(n_slots)[None, :], np.arange(g.banks)[:, None])
-            valid = n < vm.out_dim
-            r0 = vm.row_of(ch, 0, k)
-            col = self.img.data[ch][:, r0:r0 + n_slots, e]
-            col[valid] = v_new[n[valid]]
+        hit = self._v_index.get(layer)
+        if hit is None:  # every value neuron's row of chunk 0, and the step to the next chunk
+            c, b, s = vm.locate(np.arange(vm.out_dim))
+            slots = np.array([vm.slots(ch) for ch in range(vm.geo.channels)])[c]
+            hit = self._v_index[layer] = (self._index(c, b, vm.row_of(0, 0, 0) + s),
+                                          slots * self.img.bits.shape[-1])
+        row0, chunk_step = hit
+        self._flat[row0 + (pos // vm.chunk_elems) * chunk_step + pos % vm.chunk_elems] = \
+            self.img.encode(v_new)
 
     def _attn_scores(self, layer: int, pos: int, q: np.ndarray) -> np.ndarray:
         """q.K^T per head over the cached tokens: scores [n_head, pos + 1]."""
         kl, _ = self.prog.kv_layouts[layer]
-        g = kl.geo
-        n_tok = pos + 1
-        scores = np.zeros((kl.n_head, n_tok), np.float32)
-        q = self.round(q)
-        for k in range(kl.n_chunks):
-            heads = kl.chunk_heads(k)
-            lo = heads.start * kl.d_head
-            ln = len(heads) * kl.d_head
-            qh = q[lo:lo + ln].reshape(len(heads), kl.d_head)
-            for c in range(g.channels):
-                n_slots = kl.slots_in_use(c, n_tok)
-                if not n_slots:
-                    continue
-                r0 = kl.row_of(0, k)
-                block = self.img.data[c][:, r0:r0 + n_slots, :ln]  # [bank, slot, elems]
-                block = block.reshape(g.banks, n_slots, len(heads), kl.d_head)
-                if self.acc_round is None:  # fp32 accumulation: one dot product per MAC row
-                    acc = np.einsum("bshd,hd->bsh", block, qh, dtype=np.float32)
-                else:
-                    acc = np.stack([mac_rows(block[:, :, i], qh[i], self.acc_round, g.col_elems)
-                                    for i in range(len(heads))], axis=-1)  # [bank, slot, head]
-                t = c + g.channels * (np.arange(g.banks)[:, None] + g.banks * np.arange(n_slots)[None, :])
-                ok = t < n_tok
-                scores[heads.start:heads.stop][:, t[ok]] = self.round(acc[ok]).T
+        scores = np.empty((kl.n_head, pos + 1), np.float32)
+        _mac_keys(self.img.words, kl.base_row, kl.n_slots, kl.heads_per_chunk,
+                  kl.d_head, pos + 1, np.ascontiguousarray(q, np.float32), kl.geo.col_elems,
+                  self.img.fmt, _FORMATS[self.acc_dtype], _FP16_TO_FP32, scores)
         return scores
 
     def _attn_values(self, layer: int, pos: int, p: np.ndarray) -> np.ndarray:
-        """s.V: value neuron (h, j) = sum_t p[h, t] V[t, h, j], read along V's rows."""
+        """s.V: value neuron (h, j) = sum_t p[h, t] V[t, h, j], read along V's rows (V^T is
+        placed like a weight matrix; a group of value neurons is within one head, whose softmax
+        weights fill the global buffer)."""
         _, vl = self.prog.kv_layouts[layer]
         vm = vl.matrix
-        g = vl.geo
-        n_tok = pos + 1
-        out = np.zeros(vm.out_dim, np.float32)
-        for k in range(-(-n_tok // vm.chunk_elems)):
-            lo = k * vm.chunk_elems
-            ln = min(n_tok - lo, vm.chunk_elems)
-            cols = -(-ln // g.col_elems)
-            for c in range(g.channels):
-                n_slots = vm.slots(c)
-                if not n_slots:
-                    continue
-                n = vm.neuron(c, np.arange(n_slots)[None, :], np.arange(g.banks)[:, None])
-                heads = n[0] // vl.d_head  # one head per slot (a group is within one head)
-                gb = np.zeros((n_slots, cols * g.col_elems), np.float32)
-                gb[:, :ln] = self.round(p[heads, lo:lo + ln])
-                r0 = vm.row_of(c, 0, k)
-                block = self.img.data[c][:, r0:r0 + n_slots, :cols * g.col_elems]
-                if self.acc_round is None:
-                    acc = np.einsum("bse,se->bs", block, gb, dtype=np.float32)
-                else:
-                    acc = np.stack([mac_rows(block[:, s], gb[s], self.acc_round, g.col_elems)
-                                    for s in range(n_slots)], axis=1)  # [bank, slot]
-                valid = n < vm.out_dim
-                out[n[valid]] += self.round(acc[valid])
+        out = np.empty(vm.out_dim, np.float32)
+        _mac_matrix(self.img.words, *_matrix_rows(vm), vm.chunk_elems,
+                    np.ascontiguousarray(p[:, :pos + 1], np.float32), vl.d_head, vm.out_dim,
+                    vm.geo.col_elems, self.img.fmt, _FORMATS[self.acc_dtype], _FP16_TO_FP32, out)
         return out
 
     # -- one decode step

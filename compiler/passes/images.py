@@ -51,9 +51,8 @@ def build_image(mp: Mapping, *, data_type: str = "bf16", corrupt: str | None = N
 def _store_vector(img: MemoryImage, mp: Mapping, name: str, vec: np.ndarray) -> None:
     vl = mp.vectors
     e = vl.geo.col_elems
-    vec = img.round(np.asarray(vec, np.float32))
     ln, _, _ = vl.entry(name)
-    padded = np.zeros(-(-ln // e) * e, np.float32)
-    padded[:ln] = vec
+    padded = np.zeros(-(-ln // e) * e, np.uint16)
+    padded[:ln] = img.encode(np.asarray(vec, np.float32))
     for c, b, r, col, n, first in vl.segments(name):
-        img.data[c][b, r, col * e:(col + n) * e] = padded[first:first + n * e]
+        img.bits[c, b, r, col * e:(col + n) * e] = padded[first:first + n * e]
