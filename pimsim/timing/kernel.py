@@ -435,7 +435,7 @@ MEMO_BLOCK = 16  # stream items per block unit (units that are not pair runs)
 _NO_REF = -(1 << 50)  # key slot value: entry valid for any refresh time after its last command
 
 
-def new_memo(capacity_words: int = 1 << 22, max_entries: int = 1 << 15,
+def new_memo(capacity_words: int = 1 << 23, max_entries: int = 1 << 16,
              scratch_words: int = 1 << 15) -> np.ndarray:
     """An empty memo (see ``_memo_unit``); ``np.zeros(0)`` disables memoisation."""
     ht = 1
@@ -461,6 +461,25 @@ def _label(memo, lab0, n_lab, row):
             return i, n_lab
     memo[lab0 + n_lab] = row
     return n_lab, n_lab + 1
+
+
+@njit(cache=True, inline="always")
+def _pack_ready(ready, cp, memo, n):
+    """Write the ready times after ``cp`` at ``memo[n:]``: a count, then one word per time
+    (index << 32 | cycles after cp). Returns the next free index, or -1 if one does not fit."""
+    nz_at = n
+    n += 1
+    ncol = ready.shape[1]
+    for i in range(ready.shape[0]):
+        for j in range(ncol):
+            v = ready[i, j] - cp
+            if v > 0:
+                if v >= (1 << 31):
+                    return -1
+                memo[n] = ((i * ncol + j) << 32) | v
+                n += 1
+    memo[nz_at] = n - nz_at - 1
+    return n
 
 
 @njit(cache=True)
@@ -505,17 +524,9 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
         for j in range(n_it):
             memo[n], n_lab = _label(memo, lab0, n_lab, stream[pos + 2 * j, 2])
             n += 1
-    nz_at = n
-    n += 1
-    ncol = ready.shape[1]
-    for i in range(ready.shape[0]):
-        for j in range(ncol):
-            v = ready[i, j] - cp
-            if v > 0:
-                memo[n] = i * ncol + j
-                memo[n + 1] = v
-                n += 2
-    memo[nz_at] = (n - nz_at - 1) // 2
+    n = _pack_ready(ready, cp, memo, n)
+    if n < 0:
+        return -1, 0, cp
     for w in range(win_tab.shape[0]):
         lat = win_tab[w, 3]
         size = win_tab[w, 4]
@@ -610,9 +621,9 @@ def _memo_apply(memo, v0, cp, lab0, win_tab, ready, win_hist, win_cnt, open_row,
     nz = memo[n]
     n += 1
     for _ in range(nz):
-        i = memo[n]
-        ready[i // ncol, i % ncol] = cp + memo[n + 1]
-        n += 2
+        i = memo[n] >> 32
+        ready[i // ncol, i % ncol] = cp + (memo[n] & 0xFFFFFFFF)
+        n += 1
     for w in range(win_tab.shape[0]):
         lat = win_tab[w, 3]
         size = win_tab[w, 4]
@@ -666,17 +677,9 @@ def _memo_value(memo, v0, room, n_items, cp, lab0, n_lab, pre, win_tab, ready, w
                 return -1  # a row the key did not name (cannot happen for well-formed units)
         memo[n] = lb
         n += 1
-    ncol = ready.shape[1]
-    nz_at = n
-    n += 1
-    for i in range(ready.shape[0]):
-        for j in range(ncol):
-            v = ready[i, j] - cp
-            if v > 0:
-                memo[n] = i * ncol + j
-                memo[n + 1] = v
-                n += 2
-    memo[nz_at] = (n - nz_at - 1) // 2
+    n = _pack_ready(ready, cp, memo, n)
+    if n < 0:
+        return -1
     q = n_c + n_s + 4
     for w in range(win_tab.shape[0]):
         lat = win_tab[w, 3]
@@ -777,11 +780,13 @@ def _memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, w
         vlen = _memo_value(memo, v0, room, p - pos, cp, lab0, n_lab, memo[pre0:k0], win_tab,
                            ready, win_hist, win_cnt, open_row, scal, counts, stats)
         if vlen > 0:
-            if memo[v0 + 4] == 0:  # no refresh: valid for any later refresh time
-                if e0 < 0:
-                    memo[k0 + 5] = _NO_REF
-                    _memo_insert(memo, k0, klen, v0, vlen, h0)
-            else:
+            if memo[v0 + 4] == 0 and e0 < 0:
+                # no refresh: valid whenever the next refresh falls after its last command
+                memo[k0 + 5] = _NO_REF
+                _memo_insert(memo, k0, klen, v0, vlen, h0)
+            elif geom[G_REFRESH] == 1:
+                # a refresh happened, or it ended earlier than an entry without the refresh
+                # time (a closed-form run stopped short of the refresh): key the refresh time
                 _memo_insert(memo, k0, klen, v0, vlen, h1)
     return p, log
 
