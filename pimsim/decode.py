@@ -96,14 +96,25 @@ class StreamBuilder:
         self.n_ch = prog.geo.channels
         n_seg = len(self.pim_steps)
         self._last: list[list[np.ndarray] | None] = [None] * n_seg
+        self._keys: list[object] = [None] * n_seg  # Program.items_key of the items in place
         self.cap = np.zeros((self.n_ch, n_seg), np.int64)
         self.seg_lo = np.zeros((self.n_ch, n_seg), np.int64)
         self.seg_hi = np.zeros((self.n_ch, n_seg), np.int64)
         self.items = np.empty((0, ITEM_FIELDS), np.int64)
+        self.seg_cls = np.zeros((self.n_ch, n_seg), np.int64)  # see kernel.segment_classes
 
     def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        per_step = [self._static.get(s.index) or self.prog.pim_items(s, pos)
-                    for s in self.pim_steps]
+        per_step = []
+        for k, s in enumerate(self.pim_steps):
+            arrs = self._static.get(s.index)
+            if arrs is None:
+                key = self.prog.items_key(s, pos)
+                if self._last[k] is not None and key == self._keys[k]:
+                    arrs = self._last[k]
+                else:
+                    arrs = self.prog.pim_items(s, pos)
+                    self._keys[k] = key
+            per_step.append(arrs)
         writes = []
         for k, arrs in enumerate(per_step):
             last = self._last[k]
@@ -120,6 +131,9 @@ class StreamBuilder:
             lo = self.seg_lo[c, k]
             self.items[lo:lo + len(a)] = a
             self.seg_hi[c, k] = lo + len(a)
+        if writes:
+            dirty = np.unique(np.array([k for _, k, _ in writes], np.int64))
+            K.segment_classes(self.items, self.seg_lo, self.seg_hi, dirty, self.seg_cls)
         self._last = per_step
         return self.items, self.seg_lo, self.seg_hi
 
@@ -138,6 +152,8 @@ class StreamBuilder:
                 a = per_step[k][c]
                 self.items[lo[c, k]:lo[c, k] + len(a)] = a
                 self.seg_hi[c, k] = lo[c, k] + len(a)
+        K.segment_classes(self.items, self.seg_lo, self.seg_hi, np.arange(n_seg, dtype=np.int64),
+                          self.seg_cls)
 
 
 @dataclass
@@ -188,7 +204,7 @@ class DecodeSimulator:
         if self.fast:
             s, t = self.steps, self.tables
             now, n_run = K.run_steps(
-                items, seg_lo, seg_hi, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
+                items, seg_lo, seg_hi, self.streams.seg_cls, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
                 int(self.schedule == "serial"), self.link_lat, t0, t.cmd_tab, t.pr_start,
                 t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                 self.states.win_cnt, self.states.open_row, self.states.scal,

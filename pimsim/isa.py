@@ -319,6 +319,21 @@ class Program:
             return self._vector_read_items(step, pos)
         raise ValueError(f"step {step.name}: no PIM instructions for op {op!r}")
 
+    def items_key(self, step: Step, pos: int):
+        """A key such that ``pim_items(step, pos)`` is the same wherever the key is the same
+        (lets a caller skip rebuilding items that did not change)."""
+        op = step.op
+        if step.matrix is not None or op == "param_fetch":
+            return ()
+        if op == "attn_score":
+            kl = step.kv[0]
+            return tuple(kl.slots_in_use(ch, pos + 1) for ch in range(kl.geo.channels))
+        if op == "attn_value":
+            ce = step.kv[1].matrix.chunk_elems
+            n = _cdiv(pos + 1, ce)
+            return n, _cdiv(pos + 1 - (n - 1) * ce, self.geo.col_elems)
+        return pos
+
     def _vector_read_items(self, step: Step, pos: int) -> list[np.ndarray]:
         g = self.geo
         per_ch: list[list[tuple]] = [[] for _ in range(g.channels)]
@@ -431,29 +446,26 @@ def _build_matvec_items(m: MatrixLayout) -> list[np.ndarray]:
     return out
 
 
-def _v_write_template(vl: VLayout, k: int) -> list[np.ndarray]:
-    return _latest("vwrite", vl, (k,), lambda: _build_v_write_template(vl, k))
+def _v_write_items(vl: VLayout, c: int, k: int, col: int) -> np.ndarray:
+    """Channel ``c``: one single-column WR (column ``col``) per value neuron, to chunk ``k`` of
+    its row (cached while ``k`` and ``col`` stay: 16 consecutive tokens)."""
+    return _latest("vwrite", vl, (k, col), lambda: _build_v_write_items(vl, c, k, col), per=c)
 
 
-def _build_v_write_template(vl: VLayout, k: int) -> list[np.ndarray]:
-    """Per channel: one single-column WR per value neuron, to chunk ``k`` of its row (the
-    column is filled in per position)."""
+def _build_v_write_items(vl: VLayout, c: int, k: int, col: int) -> np.ndarray:
     g = vl.geo
     vm = vl.matrix
-    out = []
-    for c in range(g.channels):
-        n_slots = vm.slots(c)
-        s = np.repeat(np.arange(n_slots), g.banks)
-        b = np.tile(np.arange(g.banks), n_slots)
-        keep = vm.neuron(c, s, b) < vm.out_dim
-        arr = np.empty((int(keep.sum()), ITEM_FIELDS), np.int64)
-        arr[:, 0] = _WR
-        arr[:, 1] = b[keep]
-        arr[:, 2] = vm.row_of(c, s[keep], k)
-        arr[:, 3] = 1
-        arr[:, 4] = 0
-        out.append(arr)
-    return out
+    n_slots = vm.slots(c)
+    s = np.repeat(np.arange(n_slots), g.banks)
+    b = np.tile(np.arange(g.banks), n_slots)
+    keep = vm.neuron(c, s, b) < vm.out_dim
+    arr = np.empty((int(keep.sum()), ITEM_FIELDS), np.int64)
+    arr[:, 0] = _WR
+    arr[:, 1] = b[keep]
+    arr[:, 2] = vm.row_of(c, s[keep], k)
+    arr[:, 3] = 1
+    arr[:, 4] = col
+    return arr
 
 
 def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
@@ -461,17 +473,14 @@ def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
     (column-major: one element into every value neuron's row, at column pos // 16)."""
     g = kl.geo
     ch, bank, slot = (int(v) for v in kl.locate(pos))
-    k_items = [(_WR, bank, kl.row_of(slot, k), _cdiv(len(kl.chunk_heads(k)) * kl.d_head,
-                                                      g.col_elems), 0)
-               for k in range(kl.n_chunks)]
     vm = vl.matrix
-    template = _v_write_template(vl, pos // vm.chunk_elems)
+    k = pos // vm.chunk_elems
     col = (pos % vm.chunk_elems) // g.col_elems
-    out = []
-    for c in range(g.channels):
-        v = template[c].copy()
-        v[:, 4] = col
-        out.append(np.concatenate([_arr(k_items), v]) if c == ch else v)
+    out = [_v_write_items(vl, c, k, col) for c in range(g.channels)]
+    k_items = _arr([(_WR, bank, kl.row_of(slot, j),
+                     _cdiv(len(kl.chunk_heads(j)) * kl.d_head, g.col_elems), 0)
+                    for j in range(kl.n_chunks)])
+    out[ch] = np.concatenate([k_items, out[ch]])
     return out
 
 
@@ -486,7 +495,8 @@ def _attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
     n_tok = pos + 1
     ce = vl.matrix.chunk_elems
     key = (_cdiv(n_tok, ce), _cdiv(n_tok - (_cdiv(n_tok, ce) - 1) * ce, vl.geo.col_elems))
-    return _latest("value", vl, key, lambda: _build_attn_value_items(vl, pos))
+    return [_latest("value", vl, key, lambda: _build_attn_value_items(vl, ch, pos), per=ch)
+            for ch in range(vl.geo.channels)]
 
 
 def _build_attn_score_items(kl: KLayout, ch: int, n_slots: int) -> np.ndarray:
@@ -510,25 +520,29 @@ def _build_attn_score_items(kl: KLayout, ch: int, n_slots: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, ITEM_FIELDS), np.int64)
 
 
-def _build_attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
-    """s.V: per group of 16 value neurons (one head), the global buffer holds that head's
-    softmax weights over the cached tokens (one chunk of tokens); MAC along the row."""
+def _build_attn_value_items(vl: VLayout, ch: int, pos: int) -> np.ndarray:
+    """s.V on channel ``ch``: per group of 16 value neurons (one head), the global buffer holds
+    that head's softmax weights over the cached tokens (one chunk of tokens); MAC along the
+    row."""
     g = vl.geo
     vm = vl.matrix
     n_tok = pos + 1
-    out = []
-    for ch in range(g.channels):
-        items = []
-        for k in range(_cdiv(n_tok, vm.chunk_elems)):
-            lo = k * vm.chunk_elems
-            cols = _cdiv(min(n_tok - lo, vm.chunk_elems), g.col_elems)
-            head = -1
-            for s in range(vm.slots(ch)):
-                h = int(vm.neuron(ch, s, 0)) // vl.d_head
-                if h != head:
-                    items.append((_WR_GB, -1, -1, cols, 0))
-                    head = h
-                items.append((_MAC_AB, -1, vm.row_of(ch, s, k), cols, 0))
-                items.append((_RD_MAC, -1, -1, 1, 0))
-        out.append(_arr(items))
-    return out
+    n_slots = vm.slots(ch)
+    heads = np.asarray(vm.neuron(ch, np.arange(n_slots), 0)) // vl.d_head
+    new_head = np.ones(n_slots, bool)
+    new_head[1:] = heads[1:] != heads[:-1]
+    parts = []
+    for k in range(_cdiv(n_tok, vm.chunk_elems)):
+        lo = k * vm.chunk_elems
+        cols = _cdiv(min(n_tok - lo, vm.chunk_elems), g.col_elems)
+        per_slot = np.zeros((n_slots, 3, ITEM_FIELDS), np.int64)
+        per_slot[:, 0] = (_WR_GB, -1, -1, cols, 0)
+        per_slot[:, 1, 0] = _MAC_AB
+        per_slot[:, 1, 1] = -1
+        per_slot[:, 1, 2] = vm.row_of(ch, np.arange(n_slots), k)
+        per_slot[:, 1, 3] = cols
+        per_slot[:, 2] = (_RD_MAC, -1, -1, 1, 0)
+        keep = np.ones((n_slots, 3), bool)
+        keep[:, 0] = new_head
+        parts.append(per_slot[keep])
+    return np.concatenate(parts) if parts else np.empty((0, ITEM_FIELDS), np.int64)

@@ -857,6 +857,20 @@ def _segments_equal(items, a0, a1, b0, b1):
 
 
 @njit(cache=True)
+def segment_classes(items, seg_lo, seg_hi, steps, cls):
+    """For each step ``k`` in ``steps``: ``cls[c, k]`` = the first channel whose segment ``k``
+    is identical to channel ``c``'s (channels of one class issue the same items)."""
+    for k in steps:
+        for c in range(cls.shape[0]):
+            cls[c, k] = c
+            for r in range(c):
+                if cls[r, k] == r and _segments_equal(items, seg_lo[c, k], seg_hi[c, k],
+                                                      seg_lo[r, k], seg_hi[r, k]):
+                    cls[c, k] = r
+                    break
+
+
+@njit(cache=True)
 def _equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt, open_row, scal):
     """Whether channels ``a`` and ``b`` behave identically from now on for the same items.
 
@@ -910,12 +924,13 @@ def _open_cyc_at(scal, t):
 
 
 @njit(cache=True)
-def run_steps(items, seg_lo, seg_hi, kind, pim_index, dur, dep_start, dep_idx, serial, link_lat, t0,
+def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial, link_lat, t0,
               cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
               counts, stats, step_start, step_end, step_counts, group, memo):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
-    A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``) of every channel from its start (its
+    A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
+    segments share a ``seg_cls``) of every channel from its start (its
     dependencies' end; in serial mode also every earlier step's end) and ends when the last
     channel is done plus ``link_lat``; an ASIC step runs ``dur`` cycles after its dependencies
     and the previous ASIC step. Kept in this module so numba's cache invalidates with the kernel.
@@ -954,8 +969,7 @@ def run_steps(items, seg_lo, seg_hi, kind, pim_index, dur, dep_start, dep_idx, s
                     cpt = min(start, scal[c, S_NEXT_REF])
                     for r in range(c):
                         if (rep[r] == r
-                                and _segments_equal(items, seg_lo[c, k], seg_hi[c, k],
-                                                    seg_lo[r, k], seg_hi[r, k])
+                                and seg_cls[c, k] == seg_cls[r, k]
                                 and _equivalent(c, r, cpt, start, win_tab, geom, ready, win_hist,
                                                 win_cnt, open_row, scal)):
                             rep[c] = r
