@@ -414,17 +414,28 @@ def test_hugging_face_gpt2_module_compiles_and_matches(tmp_path, monkeypatch):
 
 
 def test_cached_attention_items_equal_freshly_built_ones():
-    """Attention items are rebuilt only when their position key changes: check every position
-    of gpt2-small's first layer against a fresh build."""
+    """Position-dependent items (KV writes, attention) are cached and rebuilt only when their
+    position key changes, and the stream builder rewrites only changed regions: at every third
+    position of gpt2-small, layer 0's regions must equal a build from empty caches."""
     import numpy as np
 
     from pimsim import isa
+    from pimsim.decode import StreamBuilder
 
     spec_src, name = __import__("workloads.models", fromlist=["resolve_model"]).resolve_model(
         "gpt2-small", weights=False)
     prog = compile_model(spec_src, load_config("pim-gpt"), name=name).program
-    kl, vl = prog.kv_layouts[0]
+    sb = StreamBuilder(prog)
+    dyn = [(k, s) for k, s in enumerate(sb.pim_steps)
+           if s.op in ("kv_write", "attn_score", "attn_value") and s.kv[0].layer == 0]
+    assert len(dyn) == 3
     for pos in range(0, prog.dims["n_ctx"], 3):
-        for got, want in ((isa._attn_score_items(kl, pos), isa._build_attn_score_items(kl, pos)),
-                          (isa._attn_value_items(vl, pos), isa._build_attn_value_items(vl, pos))):
-            assert all(np.array_equal(a, b) for a, b in zip(got, want)), pos
+        items, lo, hi = sb.build(pos)
+        saved = dict(isa._LATEST)
+        isa._LATEST.clear()
+        for k, s in dyn:
+            want = prog.pim_items(s, pos)
+            for c in range(prog.geo.channels):
+                assert np.array_equal(items[lo[c, k]:hi[c, k]], want[c]), (s.op, pos, c)
+        isa._LATEST.clear()
+        isa._LATEST.update(saved)
