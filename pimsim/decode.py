@@ -13,7 +13,8 @@ op_passes`` ASIC cycles, converted to DRAM command cycles. Two schedules:
 
 Two executors give identical cycles: a SimPy one (ASIC and channel processes, a barrier per PIM
 step) with command-by-command kernels, and a fast one that runs a whole token in one numba call
-with closed-form column runs. Tests hold them equal.
+with closed-form runs, one simulation per group of equivalent channels and a memo of units
+simulated before. Tests hold them equal.
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ whenever one is due (every nREFI) before the next command would issue. An item w
 Fast path: after the first command of a run of identical column commands, the rest issue exactly
 ``self_gap`` cycles apart (every earlier constraint was already met by the first; nothing else is
 issued in between), so they are stepped in closed form, up to the next refresh. The slow path
-(``fast = 0``) issues them one by one; tests check that both give identical results.
+(``fast = 0``) issues them one by one; tests check that both give identical results. Two more
+exact shortcuts for whole tokens (``run_steps``): channels with identical streams and equivalent
+states are simulated once per step, and a memo replays units of items simulated before from an
+equivalent state (``_memo_unit``).
 
 Runs in plain Python under ``NUMBA_DISABLE_JIT=1``.
 """
