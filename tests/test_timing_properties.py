@@ -236,6 +236,33 @@ def test_refresh_slowdown_on_a_long_mac_stream():
     assert check_log(on.log, cfg_on) == []
 
 
+def expand_pairs(parts) -> list:
+    """Stream items of a ``pair_runs()`` example (pair runs written out)."""
+    its = []
+    for p in parts:
+        if isinstance(p, tuple) and len(p) == 6:
+            a, cols, b, n, same, row0 = p
+            for j in range(n):
+                its += [(a, -1, row0 if same else row0 + j, cols), (b, -1, 0, 1)]
+        else:
+            its.append(p)
+    return its
+
+
+def assert_same_schedule(a: ChannelTimer, b: ChannelTimer) -> None:
+    """Every observable of two channels equal: done cycle, counts, row hits and refreshes,
+    open-bank time, controller state (ready times that can still bind)."""
+    end = max(a.done_cyc, b.done_cyc)
+    assert a.done_cyc == b.done_cyc
+    assert a.command_counts() == b.command_counts()
+    assert np.array_equal(a.stats, b.stats)
+    assert a.open_cyc(end) == b.open_cyc(end)
+    assert np.array_equal(a.scal, b.scal)
+    assert np.array_equal(a.open_row, b.open_row)
+    assert np.array_equal(np.maximum(a.ready, a.last_issue_cyc),
+                          np.maximum(b.ready, b.last_issue_cyc))
+
+
 def pair_runs():
     """Streams built from runs of (all-bank MAC row, channel command) pairs - new row every
     pair or the same row - mixed with other items: the pattern the pair fast path steps."""
@@ -255,27 +282,13 @@ def test_pair_fast_forward_equals_command_by_command(which):
     @settings(max_examples=60, **SETTINGS)
     @given(pair_runs())
     def prop(parts):
-        its = []
-        for p in parts:
-            if isinstance(p, tuple) and len(p) == 6:
-                a, cols, b, n, same, row0 = p
-                for j in range(n):
-                    its += [(a, -1, row0 if same else row0 + j, cols), (b, -1, 0, 1)]
-            else:
-                its.append(p)
+        its = expand_pairs(parts)
         s = make_stream(its)
         fast = ChannelTimer(cfg, fast=True)
         fast.run_all(s)
         slow = ChannelTimer(cfg, fast=False)
         slow.run_all(s)
-        end = max(fast.done_cyc, slow.done_cyc)
-        assert fast.done_cyc == slow.done_cyc
-        assert fast.command_counts() == slow.command_counts()
-        assert np.array_equal(fast.stats, slow.stats)
-        assert fast.open_cyc(end) == slow.open_cyc(end)
-        assert np.array_equal(fast.scal, slow.scal)
-        assert np.array_equal(np.maximum(fast.ready, fast.last_issue_cyc),
-                              np.maximum(slow.ready, slow.last_issue_cyc))
+        assert_same_schedule(fast, slow)
 
     prop()
 
@@ -293,14 +306,7 @@ def test_memo_replay_equals_command_by_command(which):
     @settings(max_examples=40, **SETTINGS)
     @given(pair_runs(), st.integers(3, 5))
     def prop(parts, repeat):
-        its = []
-        for p in parts:
-            if isinstance(p, tuple) and len(p) == 6:
-                a, cols, b, n, same, row0 = p
-                for j in range(n):
-                    its += [(a, -1, row0 if same else row0 + j, cols), (b, -1, 0, 1)]
-            else:
-                its.append(p)
+        its = expand_pairs(parts)
         # plus a layer-like tail (MAC rows, then single-column writes over the banks) so that
         # every example replays units
         tail = [it for j in range(12) for it in (("MAC_AB", -1, 9 + j, 8), ("RD_MAC", -1, 0, 1))]
@@ -312,14 +318,6 @@ def test_memo_replay_equals_command_by_command(which):
         slow.run_all(s)
         if "short" not in which:  # (a refresh every 360 cycles leaves few units to replay)
             assert memo.memo[K.M_HITS] > 0
-        end = max(memo.done_cyc, slow.done_cyc)
-        assert memo.done_cyc == slow.done_cyc
-        assert memo.command_counts() == slow.command_counts()
-        assert np.array_equal(memo.stats, slow.stats)
-        assert memo.open_cyc(end) == slow.open_cyc(end)
-        assert np.array_equal(memo.scal, slow.scal)
-        assert np.array_equal(memo.open_row, slow.open_row)
-        assert np.array_equal(np.maximum(memo.ready, memo.last_issue_cyc),
-                              np.maximum(slow.ready, slow.last_issue_cyc))
+        assert_same_schedule(memo, slow)
 
     prop()

@@ -485,6 +485,29 @@ def _pack_ready(ready, cp, memo, n):
     return n
 
 
+@njit(cache=True, inline="always")
+def _pack_windows(win_tab, win_hist, win_cnt, cp, memo, n, pre, q):
+    """Write the window state at ``memo[n:]``: per (window, node), the change of its count since
+    ``pre[q], pre[q + 1], ...`` (only when ``q >= 0``), the number of entries that count, then
+    those entries oldest first as cycles their window still binds after ``cp`` (0: no longer).
+    Returns the next free index."""
+    for w in range(win_tab.shape[0]):
+        lat = win_tab[w, 3]
+        size = win_tab[w, 4]
+        for node in range(win_cnt.shape[1]):
+            c = win_cnt[w, node]
+            if q >= 0:
+                memo[n] = c - pre[q]
+                n += 1
+                q += 1
+            memo[n] = min(c, size)
+            n += 1
+            for j in range(min(c, size)):
+                memo[n] = max(win_hist[w, node, (c + j) % size if c >= size else j] + lat - cp, 0)
+                n += 1
+    return n
+
+
 @njit(cache=True)
 def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_cnt, open_row,
               scal, memo, k0, lab0, room):
@@ -530,17 +553,7 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
     n = _pack_ready(ready, cp, memo, n)
     if n < 0:
         return -1, 0, cp
-    for w in range(win_tab.shape[0]):
-        lat = win_tab[w, 3]
-        size = win_tab[w, 4]
-        for node in range(win_cnt.shape[1]):
-            c = win_cnt[w, node]
-            k = min(c, size)
-            memo[n] = k
-            n += 1
-            for j in range(k):
-                memo[n] = max(win_hist[w, node, (c + j) % size if c >= size else j] + lat - cp, 0)
-                n += 1
+    n = _pack_windows(win_tab, win_hist, win_cnt, cp, memo, n, memo, -1)
     return n - k0, n_lab, cp
 
 
@@ -683,20 +696,7 @@ def _memo_value(memo, v0, room, n_items, cp, lab0, n_lab, pre, win_tab, ready, w
     n = _pack_ready(ready, cp, memo, n)
     if n < 0:
         return -1
-    q = n_c + n_s + 4
-    for w in range(win_tab.shape[0]):
-        lat = win_tab[w, 3]
-        size = win_tab[w, 4]
-        for node in range(win_cnt.shape[1]):
-            c = win_cnt[w, node]
-            k = min(c, size)
-            memo[n] = c - pre[q]
-            memo[n + 1] = k
-            n += 2
-            q += 1
-            for j in range(k):
-                memo[n] = max(win_hist[w, node, (c + j) % size if c >= size else j] + lat - cp, 0)
-                n += 1
+    n = _pack_windows(win_tab, win_hist, win_cnt, cp, memo, n, pre, n_c + n_s + 4)
     for x in range(n_c):
         memo[n + x] = counts[x] - pre[x]
     n += n_c
