@@ -413,7 +413,7 @@ def _mac_matrix_serial(words, base_row, slots, chunk_elems, x, gb_div, out_dim, 
                   x.shape[1], ge, go, gb_div, out_dim, lanes, fmt, acc_fmt, lut, out)
 
 
-PARALLEL_MIN_ELEMS = 1 << 22  # matrices at least this large use all numba threads
+PARALLEL_MIN_ELEMS = 1 << 20  # matrices at least this large use all numba threads
 
 
 def _mac_matrix(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt,
