@@ -319,25 +319,33 @@ def _lane_products(row, ge, go, nw, fmt, lut, q):
 @njit(cache=True, inline="always")
 def _accumulate(q, q0, cols, hl, acc_fmt, tree):
     """Rest of the adder tree per column (``hl`` pair sums each, from ``q[q0]``), then the
-    accumulator: fp32, or rounded to ``acc_fmt`` after every column."""
+    accumulator: fp32, or rounded to ``acc_fmt`` after every column. ``tree`` is scratch of at
+    least ``max(hl, cols)`` values."""
     acc = np.float32(0)
+    if hl == 8:
+        # the column sums first (no dependence between columns: vectorisable), then the
+        # accumulator in column order
+        for j in range(cols):
+            o = q0 + j * 8
+            tree[j] = (((q[o] + q[o + 1]) + (q[o + 2] + q[o + 3]))
+                       + ((q[o + 4] + q[o + 5]) + (q[o + 6] + q[o + 7])))
+        for j in range(cols):
+            acc = _round(acc + tree[j], acc_fmt)
+        return acc
     for j in range(cols):
         o = q0 + j * hl
-        if hl == 8:
-            s = ((q[o] + q[o + 1]) + (q[o + 2] + q[o + 3])) + ((q[o + 4] + q[o + 5]) + (q[o + 6] + q[o + 7]))
-        else:
-            for i in range(hl):
-                tree[i] = q[o + i]
-            w = hl
-            while w > 1:
-                h = w // 2
-                for i in range(h):
-                    tree[i] = tree[2 * i] + tree[2 * i + 1]
-                if w % 2:
-                    tree[h] = tree[w - 1]
-                    h += 1
-                w = h
-            s = tree[0]
+        for i in range(hl):
+            tree[i] = q[o + i]
+        w = hl
+        while w > 1:
+            h = w // 2
+            for i in range(h):
+                tree[i] = tree[2 * i] + tree[2 * i + 1]
+            if w % 2:
+                tree[h] = tree[w - 1]
+                h += 1
+            w = h
+        s = tree[0]
         acc = _round(acc + s, acc_fmt)
     return acc
 
@@ -364,7 +372,7 @@ def _mac_bank(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div, ou
     C, B, _, W = words.shape
     hl = lanes // 2
     q = np.empty(W, np.float32)
-    tree = np.empty(hl, np.float32)
+    tree = np.empty(max(hl, W), np.float32)
     for k in range(ge.shape[0]):
         ln = min(chunk_elems, in_dim - k * chunk_elems)
         cols = (ln + lanes - 1) // lanes
@@ -444,7 +452,7 @@ def _mac_keys(words, base_row, n_slots, heads_per_chunk, d_head, n_tok, q_vec, l
     go = np.empty((n_head, nw), np.float32)
     _gb_fill(q_vec.reshape(n_head, d_head), 0, d_head, fmt, ge, go)
     q = np.empty(W, np.float32)
-    tree = np.empty(hl, np.float32)
+    tree = np.empty(max(hl, W), np.float32)
     n_chunks = (n_head + heads_per_chunk - 1) // heads_per_chunk
     for t in range(n_tok):
         c, b, s = t % C, (t // C) % B, t // (C * B)
