@@ -7,7 +7,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from workloads.gpt import GPT, PRESETS, get_config
+from workloads.gpt import GPT, PRESETS, get_config, round_weights_to_bf16
 
 
 class ModelError(ValueError):
@@ -18,12 +18,14 @@ TRAINED = {"tiny-counter": "tiny"}  # trained variants of presets (workloads.tra
 
 
 def build_model(name: str, *, seed: int = 0) -> GPT:
-    """The reference module of a preset or trained variant, weights rounded to bf16."""
+    """The reference module of a preset or trained variant, weights rounded to bf16 (a preset's
+    in place, one parameter at a time: no second copy of a large model's weights; a trained
+    variant's on a copy, as the trained module is cached)."""
     if name in TRAINED:
         from workloads.train import counting_model
 
         return counting_model(TRAINED[name], seed=seed).bf16_rounded()
-    return GPT.from_seed(get_config(name), seed=seed).bf16_rounded()
+    return round_weights_to_bf16(GPT.from_seed(get_config(name), seed=seed)).eval()
 
 
 def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[Any, str]:
