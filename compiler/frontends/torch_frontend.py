@@ -208,7 +208,15 @@ def _to_const(t: Any) -> np.ndarray | ConstMeta:
     if t.device.type == "meta":
         return ConstMeta(tuple(int(d) for d in t.shape),
                          "f32" if t.is_floating_point() else _dtype(t.dtype))
+    import torch
+
     t = t.detach().cpu()
+    if t.dtype == torch.float32 and t.is_contiguous():
+        # the module's own memory (no second copy of a large model's weights), read-only so
+        # that no pass can write through to the module
+        arr = t.numpy()
+        arr.flags.writeable = False
+        return arr
     if t.is_floating_point():
         return np.array(t.float().numpy(), dtype=np.float32, copy=True)
     return np.array(t.numpy(), copy=True)
