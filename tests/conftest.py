@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
+
+GOLDEN = Path(__file__).parent / "golden"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -18,3 +24,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def update_golden(request: pytest.FixtureRequest) -> bool:
     """True when the run was started with --update-golden."""
     return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture
+def golden(update_golden: bool) -> Callable[[str, str], None]:
+    """``golden(name, text)``: compare ``text`` with ``tests/golden/<name>`` (or rewrite the
+    file under ``--update-golden``); a difference fails with a unified diff."""
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if update_golden:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return
+        if not path.exists():
+            pytest.fail(f"golden file {path} is missing; create it with `pytest --update-golden` "
+                        f"and read it before committing")
+        want = path.read_text()
+        if text != want:
+            diff = "".join(list(difflib.unified_diff(want.splitlines(True), text.splitlines(True),
+                                                     f"golden/{name}", "now"))[:80])
+            pytest.fail(f"output differs from golden/{name} (pytest --update-golden to accept):\n"
+                        f"{diff}")
+
+    return check

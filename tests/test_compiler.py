@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import pickle
 import re
@@ -38,7 +37,6 @@ from workloads.export import export_decode_onnx
 from workloads.gpt import GPT, get_config
 from workloads.models import resolve_model
 
-GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parent.parent
 # in-process ones first: the last three come from a background process (see Background)
 PRESETS8 = ("gpt2-small", "gpt3-small", "gpt3-medium", "gpt3-large", "gpt3-xl",
@@ -296,31 +294,13 @@ def tiny(pim_gpt) -> Compiled:
     return compile_model(src, pim_gpt, name=name)
 
 
-def check_golden(name: str, text: str, update: bool) -> None:
-    path = GOLDEN / name
-    if update:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return
-    if not path.exists():
-        pytest.fail(f"golden file {path} is missing; create it with "
-                    f"`pytest tests/test_compiler.py --update-golden` and read it before "
-                    f"committing")
-    want = path.read_text()
-    if text != want:
-        diff = "".join(list(difflib.unified_diff(want.splitlines(True), text.splitlines(True),
-                                                 f"golden/{name}", "now"))[:80])
-        pytest.fail(f"output differs from golden/{name} (pytest --update-golden to accept):\n"
-                    f"{diff}")
-
-
 @pytest.mark.parametrize("pos", [0, 5])
-def test_golden_program_text(tiny: Compiled, pos: int, update_golden: bool) -> None:
-    check_golden(f"tiny_program_pos{pos}.txt", tiny.program.to_text(pos), update_golden)
+def test_golden_program_text(tiny: Compiled, pos: int, golden) -> None:
+    golden(f"tiny_program_pos{pos}.txt", tiny.program.to_text(pos))
 
 
-def test_golden_mapping(tiny: Compiled, update_golden: bool) -> None:
-    check_golden("tiny_mapping.txt", tiny.mapping.pretty() + "\n", update_golden)
+def test_golden_mapping(tiny: Compiled, golden) -> None:
+    golden("tiny_mapping.txt", tiny.mapping.pretty() + "\n")
 
 
 # ---- 5. clear errors ---------------------------------------------------------------------------

@@ -6,9 +6,7 @@ the diff before committing it).
 
 from __future__ import annotations
 
-import difflib
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,23 +20,8 @@ from compiler.passes.shape_inference import ShapeError, ShapeInference, dim_add
 from workloads.export import example_decode_inputs, export_decode_onnx, export_decode_torch
 from workloads.gpt import GPT, get_config
 
-GOLDEN = Path(__file__).parent / "golden"
 INPUTS = ("token", "position", "past_k", "past_v")
 f32 = np.float32
-
-
-def check_golden(name: str, text: str, update: bool) -> None:
-    path = GOLDEN / name
-    if update:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return
-    assert path.exists(), f"golden file {path} missing; run pytest --update-golden"
-    want = path.read_text()
-    if text != want:
-        diff = "".join(list(difflib.unified_diff(want.splitlines(True), text.splitlines(True),
-                                                 f"golden/{name}", "now"))[:80])
-        pytest.fail(f"printed IR differs from golden/{name} (pytest --update-golden to accept):\n{diff}")
 
 
 # ---- the tiny decoder, through both front ends -------------------------------------------------
@@ -66,14 +49,14 @@ def _stages(g: Graph) -> list[tuple[str, Graph]]:
 
 
 @pytest.mark.parametrize("path", ["torch", "onnx"])
-def test_golden_ir_after_each_pass(imported: dict[str, Graph], path: str, update_golden: bool) -> None:
+def test_golden_ir_after_each_pass(imported: dict[str, Graph], path: str, golden) -> None:
     stages = _stages(imported[path])
     assert [s for s, _ in stages] == ["0_import", "1_shape_inference", "2_fuse", "3_classify"]
     for stage, g in stages:
         g.verify()
         text = g.pretty()
         assert text == g.copy().pretty()  # printing is a function of the graph alone
-        check_golden(f"tiny_{path}.{stage}.txt", text, update_golden)
+        golden(f"tiny_{path}.{stage}.txt", text)
 
 
 @pytest.mark.parametrize("path", ["torch", "onnx"])
