@@ -42,7 +42,7 @@ import numpy as np
 
 from pimsim.config import ConfigError, HwConfig
 from pimsim.spec import commands as C
-from pimsim.spec.rules import DRAM_RULES, LEVEL_NAMES, PIM_RULES, Rule
+from pimsim.spec.rules import LEVEL_NAMES, Rule, rule_namespace, rules_for
 
 __all__ = [
     "Violation", "ViolationList", "check_log", "check_command_log", "check_report",
@@ -203,11 +203,12 @@ _RULE_CACHE: dict[str, list[_Rule]] = {}
 
 
 def _compile(cfg: HwConfig) -> list[_Rule]:
-    key = repr((sorted(cfg.timing.cycles.items()), cfg.pim.enabled))
+    key = repr((sorted(cfg.timing.cycles.items()), cfg.pim, cfg.host, cfg.org.standard))
     if key in _RULE_CACHE:
         return _RULE_CACHE[key]
     avail = _available(cfg)
-    rules: list[Rule] = list(DRAM_RULES) + (list(PIM_RULES) if cfg.pim.enabled else [])
+    rules: list[Rule] = rules_for(cfg)
+    names = rule_namespace(cfg)
     out = []
     for r in rules:
         where = f"timing rule {r.name}"
@@ -215,7 +216,7 @@ def _compile(cfg: HwConfig) -> list[_Rule]:
         fol = _mask(r.following, avail, where)
         if not pre.any() or not fol.any():
             continue
-        lat = _eval_expr(r.latency, cfg.timing.cycles, where)
+        lat = _eval_expr(r.latency, names, where)
         if r.level not in LEVEL_NAMES:
             raise ValueError(f"{where}: unknown level {r.level!r}")
         out.append(_Rule(r.name, LEVEL_NAMES[r.level], pre, fol, lat, int(r.window)))
@@ -336,7 +337,8 @@ def check_log(log, cfg: HwConfig, *, channel: int | None = None,
     cyc, cmd, bank, row = (np.ascontiguousarray(arr[:, k]) for k in range(4))
 
     o = cfg.org
-    scope_tab = np.array([c.scope for c in C.COMMANDS], np.int64)
+    attrs = _attrs(cfg)
+    scope_tab = np.array([a[0] for a in attrs], np.int64)
     scope = scope_tab[cmd]
     is_bank = scope == C.SCOPE_BANK
     is_all = scope == C.SCOPE_ALLBANK
@@ -450,9 +452,14 @@ def _check_window(r: _Rule, ri, out, cyc, cmd, fol, is_bank, is_all, node_of, n_
                 [worst[f][1] for f in fs.tolist()], ri)
 
 
+def _attrs(cfg: HwConfig) -> list[tuple[int, int, int]]:
+    """(scope, row behaviour, mode) of each command on this device (the spec's data)."""
+    return C.command_attrs(cfg.pim.mode_switch, cfg.pim.af_pseudo_row, cfg.pim.enabled)
+
+
 def _check_state(cfg, out, cyc, cmd, bank, row, is_bank, is_all):
     """Re-derive open rows per bank (and the PIM mode) from the log and check each command."""
-    rowb = np.array([c.row for c in C.COMMANDS], np.int64)[cmd]
+    rowb = np.array([a[1] for a in _attrs(cfg)], np.int64)[cmd]
     opens = rowb == C.ROW_OPENS
     setter = opens | (rowb == C.ROW_CLOSES) | (rowb == C.ROW_NEEDS_OPEN_THEN_CLOSES)
     needs_open = (rowb == C.ROW_NEEDS_OPEN) | (rowb == C.ROW_NEEDS_OPEN_THEN_CLOSES)
@@ -502,7 +509,7 @@ def _check_state(cfg, out, cyc, cmd, bank, row, is_bank, is_all):
         out.add(name, "state", ab_closed[sel], ab_closed_info[sel, 0], -1, ab_closed_info[sel, 1])
 
     if cfg.pim.enabled:
-        mode_tab = np.array([c.mode for c in C.COMMANDS], np.int64)
+        mode_tab = np.array([a[2] for a in _attrs(cfg)], np.int64)
         tmod = cmd == C.CMD_INDEX["TMOD"]
         before = np.cumsum(tmod) - tmod  # TMODs strictly before each command
         mode = (C.MODE_SB + before) % 2  # reset: single-bank mode; each TMOD toggles

@@ -15,14 +15,14 @@ class UserError(Exception):
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
-    from pimsim.engine import command_log, simulate_streams
+    from pimsim.dma import replay_trace
     from pimsim.report import TraceReport
     from pimsim.trace import load_trace
 
     cfg = load_config(args.hw, refresh=False if args.no_refresh else None)
     trace = load_trace(args.file, cfg)
     t0 = time.perf_counter()
-    res = simulate_streams(cfg, trace.streams, log=args.check, fast=not args.slow)
+    res, log = replay_trace(cfg, trace, log=args.check, fast=not args.slow)
     wall = time.perf_counter() - t0
     rep = TraceReport.from_result(cfg, args.file, res, syncs=trace.n_syncs,
                                   host_ops=trace.host_ops, wall_s=wall)
@@ -30,7 +30,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     if args.check:
         from pimsim.check import check_command_log, check_report
 
-        violations = check_command_log(command_log(res), cfg)
+        violations = check_command_log(log, cfg)
         rep.check_violations = violations.total
         if violations:
             print(check_report(violations), file=sys.stderr)

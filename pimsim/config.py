@@ -124,6 +124,27 @@ class Pim:
     accumulator_type: str = "fp32"
     global_buffer_bytes: int = 0  # per channel
     accumulators_per_bank: int = 1
+    # what TMOD switches between: "register" (GDDR6-AiM: host access to the global buffer and
+    # the MAC/AF registers), "bank-mode" (single-bank DRAM vs all-bank PIM mode), "none"
+    mode_switch: str = "bank-mode"
+    af_pseudo_row: bool = False  # AF opens a pseudo-row (PREA + ACT_AB + nRCDRDAF), as AiM's AF16
+    ewmul_writeback: bool = False  # EWMUL writes its product back: EWMUL -> PRE waits nCWL + nWR
+
+
+@dataclass(frozen=True)
+class Host:
+    """The host-side DMA that feeds the channel controllers (trace replay, decode programs).
+
+    The public AiM simulator's DMA decodes one host line per cycle, waits for blocking reads
+    (RD_MAC, RD_AF) and barriers (SYNC, EOC) to return from every selected channel, and stops
+    sending while a channel's request queue is full. The defaults model an ideal host.
+    """
+
+    blocking_reads: bool = False  # RD_MAC / RD_AF: later requests wait for the data to return
+    release_cyc: int = 0  # cycles from a blocking read's data (or a barrier) to the next request
+    line_cyc: int = 0  # cycles the DMA spends on each host line (trace replay)
+    queue_entries: int = 0  # requests a channel's controller queue holds (0: unbounded)
+    mask_order: str = "lsb"  # trace channel masks: "lsb" (bit i = channel i) or "msb32" (AiM: bit i = channel 31 - i)
 
 
 @dataclass(frozen=True)
@@ -195,6 +216,7 @@ class HwConfig:
     link: Link
     refresh: Refresh
     energy: Energy | None = None
+    host: Host = field(default_factory=Host)
 
     @property
     def tCK_ps(self) -> int:
@@ -220,6 +242,7 @@ _SECTIONS = {
     "link": Link,
     "refresh": Refresh,
     "energy": Energy,
+    "host": Host,
 }
 _TOP_KEYS = {"name", "description"} | set(_SECTIONS)
 
@@ -306,6 +329,9 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
     asic = build(Asic, "asic", data["asic"])
     link = build(Link, "link", data["link"])
     refresh = build(Refresh, "refresh", data.get("refresh", {}))
+    if not isinstance(data.get("host", {}), dict):
+        fail("[host] must be a table")
+    host = build(Host, "host", data.get("host", {}))
     energy = None
     if "energy" in data:
         if not isinstance(data["energy"], dict):
@@ -316,6 +342,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
         description=str(data.get("description", "")),
         source=source,
         org=org, timing=timing, pim=pim, asic=asic, link=link, refresh=refresh, energy=energy,
+        host=host,
     )
     _validate(cfg, source)
     return cfg
@@ -379,6 +406,22 @@ def _validate(cfg: HwConfig, where: str) -> None:
         if p.global_buffer_bytes % o.column_bytes:
             fail(f"[pim] global_buffer_bytes = {p.global_buffer_bytes} is not a whole number of "
                  f"{o.column_bytes}-byte columns")
+    from pimsim.spec.commands import MODE_SWITCHES
+
+    if p.mode_switch not in MODE_SWITCHES:
+        fail(f"[pim] mode_switch = {p.mode_switch!r}; supported: "
+             f"{', '.join(repr(m) for m in MODE_SWITCHES)}")
+    h = cfg.host
+    for n in ("release_cyc", "line_cyc", "queue_entries"):
+        v = getattr(h, n)
+        if not 0 <= v <= 1_000_000:
+            fail(f"[host] {n} = {v} must be between 0 and 1,000,000")
+    if h.mask_order not in ("lsb", "msb32"):
+        fail(f"[host] mask_order = {h.mask_order!r}; supported: 'lsb' (bit i = channel i), "
+             f"'msb32' (AiM: bit i = channel 31 - i)")
+    if h.mask_order == "msb32" and max(channel_ids(cfg)) > 31:
+        fail("[host] mask_order = 'msb32' addresses channels 0..31 only, but the config has "
+             f"channel {max(channel_ids(cfg))}; use mask_order = 'lsb'")
     if p.data_type not in ("bf16", "fp16"):
         fail(f"[pim] data_type = {p.data_type!r}; supported: 'bf16', 'fp16'")
     if p.accumulator_type not in ("fp32", "bf16", "fp16"):

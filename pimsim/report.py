@@ -55,7 +55,7 @@ class TraceReport:
             row_misses=misses,
             row_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
             refreshes=sum(ch.timer.refreshes for ch in res.channels),
-            syncs=len(res.segment_end_cyc),
+            syncs=syncs,
             host_ops=host_ops,
             per_channel=[
                 {"channel": ch.channel, "cycles": ch.timer.done_cyc,

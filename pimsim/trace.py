@@ -1,7 +1,7 @@
-"""AiM instruction-trace reader: ISR text lines unrolled into per-channel DRAM/PIM command streams.
+"""AiM instruction-trace reader: ISR text lines become a host program for the DMA replay.
 
 Grammar (one instruction per line, ``#`` starts a comment, numbers decimal or ``0x`` hex), as used
-by the public GDDR6-AiM simulator::
+by the public GDDR6-AiM simulator (opcodes with or without its ``ISR_`` prefix)::
 
     AiM MAC_ABK <opsize> <channel_mask> <row>        AiM WR_GB <opsize> <gpr> <channel_mask>
     AiM WR_BIAS <gpr> <channel_mask>                 AiM RD_MAC <gpr> <channel_mask>
@@ -10,32 +10,38 @@ by the public GDDR6-AiM simulator::
     AiM COPY_GBBK <opsize> <channel_mask> <bank> <row>
     AiM MAC_SBK <opsize> <channel_mask> <bank> <row> AiM RD_SBK <gpr> <channel_mask> <bank> <row>
     AiM EWMUL <opsize> <channel_mask> <row>          AiM AF <channel_mask>
-    AiM RD_AF <gpr> <channel_mask>                   AiM EWADD ...   (host-side, no DRAM command)
+    AiM RD_AF <gpr> <channel_mask>                   AiM EWADD <opsize> <gpr> <gpr>  (host only)
     AiM SYNC                                         AiM EOC
     R|W GPR <id>        R|W CFR <id> [<data>]        R|W MEM <channel> <bank> <row>
 
-``opsize N`` means N column commands on every channel the mask selects. SYNC makes every channel
-wait until all have finished; EOC ends the trace.
+``opsize N`` means N column commands on every channel the mask selects; the mask's bit order is
+the config's ``host.mask_order`` (AiM: bit i is channel 31 - i). ``W CFR 2 <f>`` selects the
+activation function, i.e. the pseudo-row AF opens (``pim.af_pseudo_row``). SYNC makes every
+channel drain before the next line; EOC ends the trace. :class:`Trace` holds the lines in order
+(``lines``, for :func:`pimsim.dma.replay_trace`) and, for stream-based tools, one command stream
+per channel (``streams``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from pimsim.config import HwConfig, channel_ids
-from pimsim.spec.commands import cmd_id
+from pimsim.spec.commands import AF_PSEUDO_ROW, cmd_id
 from pimsim.timing import ITEM_FIELDS, SYNC
+from pimsim.timing.kernel import L_EOC, L_HOST, L_ISR, L_SYNC
 
 
 class TraceError(ValueError):
     """A malformed trace line; the message carries the file name and line number."""
 
 
-# op -> (argument names, DRAM command, how the count is taken)
-_AIM_OPS: dict[str, tuple[tuple[str, ...], str | None]] = {
+# op -> (argument names, DRAM command)
+_AIM_OPS: dict[str, tuple[tuple[str, ...], str]] = {
     "MAC_ABK": (("opsize", "mask", "row"), "MAC_AB"),
     "MAC_SBK": (("opsize", "mask", "bank", "row"), "MAC_SB"),
     "WR_GB": (("opsize", "gpr", "mask"), "WR_GB"),
@@ -50,31 +56,99 @@ _AIM_OPS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "AF": (("mask",), "AF"),
     "RD_AF": (("gpr", "mask"), "RD_AF"),
 }
+_SINGLE_CHANNEL = {"WR_ABK"}  # AiM: the mask must select exactly one channel
 _HOST_AIM_OPS = {"EWADD"}
+_MAX_TOKEN = 40  # characters of a token quoted in an error message
+_LINE_FIELDS = 7  # kind, cmd, bank, row, count, mask id, 0
+
+
+def _quote(tok: str) -> str:
+    return repr(tok if len(tok) <= _MAX_TOKEN else tok[:_MAX_TOKEN] + "...")
 
 
 @dataclass
 class Trace:
-    """A parsed trace: one command stream per channel of the config, plus host-op counts."""
+    """A parsed trace: the host program (lines in order), the channel masks, host-op counts."""
 
-    streams: dict[int, np.ndarray]  # physical channel -> int64 [n, 5] stream
+    lines: np.ndarray  # int64 [n, 7]: kind, cmd, bank, row, count, mask id, 0
+    masks: np.ndarray  # bool [n_masks, n_channels]: which config channel slots a mask selects
+    channels: list[int]  # physical channel of each slot
     host_ops: dict[str, int] = field(default_factory=dict)
     n_lines: int = 0
     n_syncs: int = 0
 
+    @cached_property
+    def streams(self) -> dict[int, np.ndarray]:
+        """One command stream per physical channel (SYNC items at every SYNC), no DMA timing."""
+        ln = self.lines
+        isr = ln[:, 0] == L_ISR
+        out = {}
+        for slot, ch in enumerate(self.channels):
+            keep = (isr & self.masks[ln[:, 5], slot]) | (ln[:, 0] == L_SYNC)
+            part = ln[keep]
+            s = np.zeros((part.shape[0], ITEM_FIELDS), np.int64)
+            s[:, :4] = part[:, 1:5]
+            s[part[:, 0] == L_SYNC] = (SYNC, -1, -1, 0, 0)
+            out[ch] = s
+        return out
+
 
 def _num(tok: str, what: str, where: str) -> int:
+    if len(tok) > 24:
+        raise TraceError(f"{where}: {what} {_quote(tok)} is too long for a number "
+                         f"(at most 24 characters, decimal or 0x hex)")
     try:
         return int(tok, 0)
     except ValueError:
-        raise TraceError(f"{where}: {what} must be a number (decimal or 0x hex), got {tok!r}") from None
+        raise TraceError(f"{where}: {what} must be a number (decimal or 0x hex), "
+                         f"got {_quote(tok)}") from None
+
+
+class _Parser:
+    def __init__(self, cfg: HwConfig, name: str):
+        self.cfg = cfg
+        self.name = name
+        self.chans = channel_ids(cfg)
+        self.slot = {c: i for i, c in enumerate(self.chans)}
+        self.msb = cfg.host.mask_order == "msb32"
+        self.mask_ids: dict[int, int] = {}
+        self.mask_rows: list[np.ndarray] = []
+        self.afm = 0  # activation function selected by W CFR 2
+
+    def mask_id(self, mask: int, where: str, single: bool = False) -> int:
+        if mask in self.mask_ids:
+            return self.mask_ids[mask]
+        width = 32 if self.msb else max(self.chans) + 1
+        if mask <= 0 or mask.bit_length() > width:
+            raise TraceError(
+                f"{where}: channel mask {mask:#x} must be a positive number of at most {width} "
+                f"bits" + (" (bit i selects channel 31 - i)" if self.msb else
+                           " (bit i selects channel i)"))
+        sel = np.zeros(len(self.chans), bool)
+        bits = [i for i in range(width) if mask >> i & 1]
+        phys = [31 - i if self.msb else i for i in bits]
+        bad = [c for c in phys if c not in self.slot]
+        if bad:
+            raise TraceError(
+                f"{where}: channel mask {mask:#x} selects channel(s) {sorted(bad)[:8]} that "
+                f"config {self.cfg.name!r} does not have (its channels: {self.chans[0]}.."
+                f"{self.chans[-1]}" + ("; bit i selects channel 31 - i)" if self.msb else ")"))
+        for c in phys:
+            sel[self.slot[c]] = True
+        if single and sel.sum() != 1:
+            raise TraceError(f"{where}: channel mask {mask:#x} must select exactly one channel")
+        self.mask_ids[mask] = len(self.mask_rows)
+        self.mask_rows.append(sel)
+        return self.mask_ids[mask]
+
+    def single_mask(self, ch: int) -> int:
+        return self.mask_id((1 << (31 - ch)) if self.msb else (1 << ch), "")
 
 
 def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
-    """Parse AiM trace text into per-channel streams for ``cfg``; errors name the line."""
-    chans = channel_ids(cfg)
-    chan_set = set(chans)
-    items: dict[int, list[tuple[int, int, int, int, int]]] = {c: [] for c in chans}
+    """Parse AiM trace text into a host program for ``cfg``; errors name the line."""
+    P = _Parser(cfg, name)
+    out: list[tuple[int, int, int, int, int, int, int]] = []
     host: dict[str, int] = {}
     org = cfg.org
     n_syncs = 0
@@ -92,20 +166,23 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
             if len(toks) < 2:
                 raise TraceError(f"{where}: 'AiM' needs an operation, e.g. 'AiM MAC_ABK 64 0x1 0'")
             op = toks[1].upper()
+            if op.startswith("ISR_"):
+                op = op[4:]
             args = toks[2:]
             if op == "EOC":
+                out.append((L_EOC, -1, -1, -1, 0, 0, 0))
                 break
             if op == "SYNC":
-                for c in chans:
-                    items[c].append((SYNC, -1, -1, 0, 0))
+                out.append((L_SYNC, -1, -1, -1, 0, 0, 0))
                 n_syncs += 1
                 continue
             if op in _HOST_AIM_OPS:
                 host[op] = host.get(op, 0) + 1
+                out.append((L_HOST, -1, -1, -1, 0, 0, 0))
                 continue
             if op not in _AIM_OPS:
                 raise TraceError(
-                    f"{where}: unknown AiM operation {toks[1]!r}; known: "
+                    f"{where}: unknown AiM operation {_quote(toks[1])}; known: "
                     f"{', '.join(sorted(set(_AIM_OPS) | _HOST_AIM_OPS | {'SYNC', 'EOC'}))}"
                 )
             names, dram = _AIM_OPS[op]
@@ -132,17 +209,10 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
             row = a.get("row", -1)
             if "row" in a and not 0 <= row < org.rows:
                 raise TraceError(f"{where}: row {row} out of range 0..{org.rows - 1}")
-            mask = a["mask"]
-            sel = [i for i in range(max(mask.bit_length(), 1)) if mask >> i & 1]
-            bad = [i for i in sel if i not in chan_set]
-            if bad or not sel:
-                raise TraceError(
-                    f"{where}: channel mask {mask:#x} selects channel(s) {bad or 'none'} that "
-                    f"config {cfg.name!r} does not have (its channels: {chans[0]}..{chans[-1]})"
-                )
-            item = (cmd_id(dram), bank, row, count, 0)
-            for c in sel:
-                items[c].append(item)
+            if op == "AF" and cfg.pim.af_pseudo_row:
+                row = AF_PSEUDO_ROW + P.afm
+            m = P.mask_id(a["mask"], where, single=op in _SINGLE_CHANNEL)
+            out.append((L_ISR, cmd_id(dram), bank, row, count, m, 0))
         elif head in ("R", "W"):
             if len(toks) < 2:
                 raise TraceError(f"{where}: host access needs a target: GPR, CFR or MEM")
@@ -152,31 +222,45 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
                 if len(toks) - 2 not in want:
                     raise TraceError(f"{where}: '{head} {tgt}' takes <id>"
                                      + (" [<data>]" if tgt == "CFR" else ""))
-                for t in toks[2:]:
-                    _num(t, "operand", where)
+                vals = [_num(t, "operand", where) for t in toks[2:]]
+                if tgt == "CFR" and head == "W" and len(vals) == 2 and vals[0] == 2:
+                    if not 0 <= vals[1] < 8:
+                        raise TraceError(f"{where}: activation function {vals[1]} out of range 0..7")
+                    P.afm = vals[1]
                 host[f"{head}_{tgt}"] = host.get(f"{head}_{tgt}", 0) + 1
+                out.append((L_HOST, -1, -1, -1, 0, 0, 0))
             elif tgt == "MEM":
                 if len(toks) != 5:
                     raise TraceError(f"{where}: '{head} MEM' takes <channel> <bank> <row>")
                 ch, bank, row = (_num(t, n, where) for t, n in zip(toks[2:], ("channel", "bank", "row")))
-                if ch not in chan_set:
-                    raise TraceError(f"{where}: channel {ch} not in config {cfg.name!r}")
+                if ch not in P.slot:
+                    raise TraceError(f"{where}: channel {ch} not in config {cfg.name!r} "
+                                     f"(its channels: {P.chans[0]}..{P.chans[-1]})")
                 if not 0 <= bank < org.banks:
                     raise TraceError(f"{where}: bank {bank} out of range 0..{org.banks - 1}")
                 if not 0 <= row < org.rows:
                     raise TraceError(f"{where}: row {row} out of range 0..{org.rows - 1}")
-                items[ch].append((cmd_id("RD" if head == "R" else "WR"), bank, row, 1, 0))
+                out.append((L_ISR, cmd_id("RD" if head == "R" else "WR"), bank, row, 1,
+                            P.single_mask(ch), 0))
             else:
-                raise TraceError(f"{where}: unknown host access target {toks[1]!r}; "
+                raise TraceError(f"{where}: unknown host access target {_quote(toks[1])}; "
                                  f"use GPR, CFR or MEM")
         else:
-            raise TraceError(f"{where}: a line must start with 'AiM', 'R' or 'W', got {toks[0]!r}")
-    streams = {c: np.array(v, np.int64).reshape(-1, ITEM_FIELDS) for c, v in items.items()}
-    return Trace(streams=streams, host_ops=host, n_lines=n_lines, n_syncs=n_syncs)
+            raise TraceError(f"{where}: a line must start with 'AiM', 'R' or 'W', "
+                             f"got {_quote(toks[0])}")
+    lines = np.array(out, np.int64).reshape(-1, _LINE_FIELDS)
+    masks = (np.array(P.mask_rows, bool).reshape(-1, len(P.chans)) if P.mask_rows
+             else np.zeros((1, len(P.chans)), bool))
+    return Trace(lines=lines, masks=masks, channels=list(P.chans), host_ops=host,
+                 n_lines=n_lines, n_syncs=n_syncs)
 
 
 def load_trace(path: str | Path, cfg: HwConfig) -> Trace:
     p = Path(path)
-    if not p.exists():
-        raise TraceError(f"trace file {str(path)!r} not found")
-    return parse_trace(p.read_text(), cfg, name=p.name)
+    if not p.is_file():
+        raise TraceError(f"trace file {str(path)!r} not found (or not a file)")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TraceError(f"trace file {str(path)!r} cannot be read as text: {e}") from None
+    return parse_trace(text, cfg, name=p.name)

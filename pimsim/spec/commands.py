@@ -29,10 +29,19 @@ ROW_CLOSES = 3  # precharge: closes the row(s)
 ROW_NEEDS_OPEN_THEN_CLOSES = 4  # column command with auto-precharge (WRA16)
 ROW_NEEDS_ALL_CLOSED = 5  # refresh: every bank must be precharged
 
-# mode a command needs (AiM switches between single-bank and all-bank PIM mode with TMOD)
+# mode a command needs; TMOD toggles the channel between mode 0 (after reset) and mode 1. What the
+# two modes mean is a device option (``pim.mode_switch``, see :func:`command_attrs`):
+#   "register"  (GDDR6-AiM, as the public AiM simulator models it): mode 1 is the register
+#               access mode, needed by the commands that move data between the host and the global
+#               buffer or the MAC/AF registers (WR_GB, WR_MAC, RD_MAC, RD_AF); every other command
+#               runs in mode 0, so a GEMV tile pays MAC -> TMOD -> RD_MAC -> TMOD -> next MAC;
+#   "bank-mode" (the HBM-PIM-style alternative): mode 0 is single-bank DRAM mode (RD, WR), mode 1
+#               the all-bank PIM mode of every PIM command;
+#   "none"      no mode switch at all.
 MODE_ANY = -1
 MODE_SB = 0
 MODE_PIM = 1
+MODE_SWITCHES = ("register", "bank-mode", "none")
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class Command:
     column: bool  # moves one column (burst) of data; counted for row-hit statistics
     done: str  # timing expression: cycles from issue until its effect/data is complete
     doc: str
+    reg: bool = False  # accesses the global buffer / MAC registers from the host bus (AiM)
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -69,15 +79,15 @@ COMMANDS: tuple[Command, ...] = (
     Command("EWMUL", SCOPE_ALLBANK, ROW_NEEDS_OPEN, MODE_PIM, True, True, "nCCDL",
             "element-wise multiply of a column with the global buffer [EWMUL16]"),
     Command("WR_GB", SCOPE_CHANNEL, ROW_NONE, MODE_PIM, True, False, "nCWLGB + nBL",
-            "write 32 B from the host into the global buffer [WRGB]"),
+            "write 32 B from the host into the global buffer [WRGB]", reg=True),
     Command("RD_MAC", SCOPE_CHANNEL, ROW_NONE, MODE_PIM, True, False, "nCLREG + nBL",
-            "read the accumulators of all banks [RDMAC16]"),
+            "read the accumulators of all banks [RDMAC16]", reg=True),
     Command("WR_MAC", SCOPE_CHANNEL, ROW_NONE, MODE_PIM, True, False, "nCWLREG + nBL",
-            "write the accumulators of all banks, e.g. a bias [WRMAC16]"),
+            "write the accumulators of all banks, e.g. a bias [WRMAC16]", reg=True),
     Command("AF", SCOPE_CHANNEL, ROW_NONE, MODE_PIM, True, False, "nCCDL",
             "activation function on the accumulators [AF16]"),
     Command("RD_AF", SCOPE_CHANNEL, ROW_NONE, MODE_PIM, True, False, "nCLREG + nBL",
-            "read activation-function results [RDAF16]"),
+            "read activation-function results [RDAF16]", reg=True),
     Command("RD_CP", SCOPE_BANK, ROW_NEEDS_OPEN, MODE_PIM, True, True, "nCLGB + nBL",
             "copy one column from a bank into the global buffer [RDCP]"),
     Command("WR_CP", SCOPE_BANK, ROW_NEEDS_OPEN, MODE_PIM, True, True, "nCWLGB + nBL",
@@ -85,6 +95,36 @@ COMMANDS: tuple[Command, ...] = (
     Command("TMOD", SCOPE_CHANNEL, ROW_NONE, MODE_ANY, True, False, "nMODCH",
             "switch between single-bank and all-bank PIM mode [TMOD]"),
 )
+
+# AiM's AF16 needs "all rows open" at a pseudo-row that selects the activation function: it is
+# issued after PREA + ACT16 of that row (and nRCDRDAF), so the next MAC re-opens its own row.
+# Rows from AF_PSEUDO_ROW on are such pseudo-rows (AF_PSEUDO_ROW + function index).
+AF_PSEUDO_ROW = 1 << 29
+
+
+def command_attrs(mode_switch: str = "bank-mode", af_pseudo_row: bool = False,
+                  pim_enabled: bool = True) -> list[tuple[int, int, int]]:
+    """(scope, row behaviour, mode) of every command for a device's options.
+
+    ``mode_switch`` picks what TMOD switches between (see the mode constants above);
+    ``af_pseudo_row`` makes AF an all-bank command that needs its pseudo-row open (AiM).
+    """
+    if mode_switch not in MODE_SWITCHES:
+        raise ValueError(f"mode_switch {mode_switch!r}; known: {', '.join(MODE_SWITCHES)}")
+    out = []
+    for c in COMMANDS:
+        scope, row = c.scope, c.row
+        if af_pseudo_row and c.name == "AF":
+            scope, row = SCOPE_ALLBANK, ROW_NEEDS_OPEN
+        if not pim_enabled or mode_switch == "none":
+            mode = MODE_ANY
+        elif mode_switch == "register":
+            mode = MODE_ANY if c.mode == MODE_ANY or c.name == "ACT_AB" else int(c.reg)
+        else:
+            mode = c.mode
+        out.append((scope, row, mode))
+    return out
+
 
 CMD_INDEX: dict[str, int] = {c.name: i for i, c in enumerate(COMMANDS)}
 N_CMDS = len(COMMANDS)

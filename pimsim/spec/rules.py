@@ -9,8 +9,11 @@ instead (tFAW: a fifth ACT waits ``nFAW`` after the first of the last four).
 An all-bank command touches every bank and bank group of its channel, so bank-level rules apply to
 it bank by bank (an ACT_AB counts as an ACT in each bank; a MAC_AB waits for every bank's ACT).
 
-Latencies are expressions over the timing names of a hardware config (``nCWL + nBL + nWR``).
-``"*"`` stands for every command. Adding a command or a standard means adding rows here.
+Latencies are expressions over the timing names of a hardware config (``nCWL + nBL + nWR``) and
+the host's ``host_release_cyc``. ``"*"`` stands for every command. A rule may hold only for some
+devices: ``when`` names a feature of the config (``"GDDR6-AiM"``, the standard; ``af_pseudo_row``,
+``ewmul_writeback``, ``blocking_reads``, the device options), ``"!name"`` its absence
+(:func:`config_features`, :func:`rules_for`). Adding a command or a standard means adding rows here.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ class Rule:
     following: tuple[str, ...]
     latency: str
     window: int = 0
+    when: str = ""  # "" always, "feature" only with it, "!feature" only without it
 
 
-def _r(name, level, preceding, following, latency, window=0):
-    return Rule(name, level, tuple(preceding.split()), tuple(following.split()), latency, window)
+def _r(name, level, preceding, following, latency, window=0, when=""):
+    return Rule(name, level, tuple(preceding.split()), tuple(following.split()), latency, window,
+                when)
 
 
 ACTS = "ACT ACT_AB"
@@ -66,9 +71,13 @@ DRAM_RULES: tuple[Rule, ...] = (
     _r("rd_to_rd_nCCDS", "channel", COL_READS, COL_READS, "nCCDS"),
     _r("wr_to_wr_same_bg_nCCDL", "bankgroup", COL_WRITES, COL_WRITES, "nCCDL"),
     _r("wr_to_wr_nCCDS", "channel", COL_WRITES, COL_WRITES, "nCCDS"),
-    _r("wr_to_rd_same_bg_nWTRL", "bankgroup", COL_WRITES, COL_READS, "nCWL + nBL + nWTRL"),
-    _r("wr_to_rd_nWTRS", "channel", COL_WRITES, COL_READS, "nCWL + nBL + nWTRS"),
-    _r("rd_to_wr_bus_turnaround", "channel", "RD", COL_WRITES, "nCL + nBL + 2 - nCWL"),
+    # write-to-read and read-to-write turnarounds (GDDR6-AiM: AIM_RULES below)
+    _r("wr_to_rd_same_bg_nWTRL", "bankgroup", COL_WRITES, COL_READS, "nCWL + nBL + nWTRL",
+       when="!GDDR6-AiM"),
+    _r("wr_to_rd_nWTRS", "channel", COL_WRITES, COL_READS, "nCWL + nBL + nWTRS",
+       when="!GDDR6-AiM"),
+    _r("rd_to_wr_bus_turnaround", "channel", "RD", COL_WRITES, "nCL + nBL + 2 - nCWL",
+       when="!GDDR6-AiM"),
     _r("internal_rd_to_wr_same_bg_nCCDL", "bankgroup", INTERNAL_READS, COL_WRITES, "nCCDL"),
     # refresh
     _r("ref_to_act_nRFC", "channel", "REFab", ACTS + " REFab", "nRFC"),
@@ -93,3 +102,96 @@ PIM_RULES: tuple[Rule, ...] = (
     # mode switch
     _r("tmod_to_any_nMODCH", "channel", "TMOD", "*", "nMODCH"),
 )
+
+# Rows of the GDDR6-AiM standard as the public AiM simulator (arkhadem/aim_simulator 0f28a07,
+# GDDR6.cpp) defines them, where they add to the shared rows above: the external data bus is
+# shared by column reads/writes and the register/global-buffer transfers (RD_MAC, RD_AF, WR_GB,
+# WR_MAC), the bank-group bus by all-bank MAC/EWMUL and register reads, and the turnarounds
+# are between external-bus transfers only (an internal copy WR_CP -> RD_CP has none). Every
+# command still touches the nodes of its scope, so a channel-level row is exactly AiM's.
+_AIM_RD_BUS = "RD RD_MAC RD_AF"
+_AIM_WR_BUS = "WR WR_AB WR_GB WR_MAC"
+AIM = "GDDR6-AiM"
+AIM_RULES: tuple[Rule, ...] = (
+    _r("aim_rd_bus_nBL", "channel", _AIM_RD_BUS, _AIM_RD_BUS, "nBL", when=AIM),
+    _r("aim_wr_bus_nBL", "channel", _AIM_WR_BUS, _AIM_WR_BUS, "nBL", when=AIM),
+    _r("aim_rd_nCCDS", "channel", "RD MAC_SB MAC_AB RD_CP RD_MAC RD_AF",
+       "RD MAC_SB MAC_AB RD_CP RD_MAC RD_AF", "nCCDS", when=AIM),
+    _r("aim_wr_nCCDS", "channel", "WR WR_AB WR_GB WR_CP WR_MAC", "WR WR_AB WR_GB WR_CP WR_MAC",
+       "nCCDS", when=AIM),
+    _r("aim_to_allbank_rd_nCCDL", "channel", "RD MAC_SB RD_CP RD_MAC RD_AF MAC_AB EWMUL",
+       "RD_MAC RD_AF MAC_AB EWMUL", "nCCDL", when=AIM),
+    _r("aim_allbank_rd_to_rd_nCCDL", "channel", "RD_MAC RD_AF MAC_AB EWMUL",
+       "RD MAC_SB RD_CP RD_MAC RD_AF MAC_AB EWMUL", "nCCDL", when=AIM),
+    _r("aim_to_allbank_wr_nCCDL", "channel", "WR WR_CP WR_AB WR_MAC EWMUL", "WR_AB WR_MAC EWMUL",
+       "nCCDL", when=AIM),
+    _r("aim_allbank_wr_to_wr_nCCDL", "channel", "WR_AB WR_MAC EWMUL",
+       "WR WR_CP WR_AB WR_MAC EWMUL", "nCCDL", when=AIM),
+    # read -> write: the bus turns around (AiM's tRTW = read latency + burst + 3 - write latency
+    # + write preamble), for each pair of external transfers
+    _r("aim_rd_to_wr_tRTW", "channel", "RD", "WR WR_AB", "nCL + nBL + 3 - nCWL + nWPRE",
+       when=AIM),
+    _r("aim_rd_to_wrgb_tRTW", "channel", "RD", "WR_GB", "nCL + nBL + 3 - nCWLGB + nWPRE",
+       when=AIM),
+    _r("aim_rd_to_wrmac_tRTW", "channel", "RD", "WR_MAC", "nCL + nBL + 3 - nCWLREG + nWPRE",
+       when=AIM),
+    _r("aim_rdreg_to_wr_tRTW", "channel", "RD_MAC RD_AF", "WR WR_AB",
+       "nCLREG + nBL + 3 - nCWL + nWPRE", when=AIM),
+    _r("aim_rdreg_to_wrgb_tRTW", "channel", "RD_MAC RD_AF", "WR_GB",
+       "nCLREG + nBL + 3 - nCWLGB + nWPRE", when=AIM),
+    _r("aim_rdreg_to_wrmac_tRTW", "channel", "RD_MAC RD_AF", "WR_MAC",
+       "nCLREG + nBL + 3 - nCWLREG + nWPRE", when=AIM),
+    # write -> read: write latency + burst + tWTR (S: any bank group, L: the same one)
+    _r("aim_wr_to_rd_nWTRS", "channel", "WR", "RD RD_MAC RD_AF", "nCWL + nBL + nWTRS", when=AIM),
+    _r("aim_wr_to_rdreg_nWTRL", "channel", "WR", "RD_MAC RD_AF", "nCWL + nBL + nWTRL", when=AIM),
+    _r("aim_wr_to_rd_same_bg_nWTRL", "bankgroup", "WR", "RD", "nCWL + nBL + nWTRL", when=AIM),
+    _r("aim_wrab_to_rd_nWTRL", "channel", "WR_AB", "RD RD_MAC RD_AF", "nCWL + nBL + nWTRL",
+       when=AIM),
+    _r("aim_wrgb_to_rd_nWTRS", "channel", "WR_GB", "RD RD_MAC RD_AF", "nCWLGB + nBL + nWTRS",
+       when=AIM),
+    _r("aim_wrmac_to_rd_nWTRL", "channel", "WR_MAC", "RD RD_MAC RD_AF", "nCWLREG + nBL + nWTRL",
+       when=AIM),
+    # device options
+    _r("af_act_to_af_nRCDRDAF", "bank", ACTS, "AF", "nRCDRDAF", when="af_pseudo_row"),
+    _r("af_to_pre_nRTP", "channel", "AF", PRES, "nRTP", when="af_pseudo_row"),
+    _r("ewmul_writeback_to_pre", "channel", "EWMUL", PRES, "nCWL + nWR", when="ewmul_writeback"),
+    # the host waits for a blocking read's data before it sends the next request
+    _r("blocking_read_to_next_request", "channel", "RD_MAC RD_AF", "*",
+       "nCLREG + nBL + host_release_cyc", when="blocking_reads"),
+)
+
+ALL_RULES: tuple[Rule, ...] = DRAM_RULES + PIM_RULES + AIM_RULES
+
+
+def config_features(cfg) -> set[str]:
+    """The features of a hardware config that ``Rule.when`` can name."""
+    feats = {cfg.org.standard}
+    if cfg.pim.enabled:
+        feats.add("pim")
+        for name in ("af_pseudo_row", "ewmul_writeback"):
+            if getattr(cfg.pim, name):
+                feats.add(name)
+        if cfg.host.blocking_reads:
+            feats.add("blocking_reads")
+    return feats
+
+
+def rules_for(cfg) -> list[Rule]:
+    """The rules that hold on a config's device (PIM rows only where PIM is enabled)."""
+    feats = config_features(cfg)
+    out = []
+    for r in ALL_RULES:
+        if r in PIM_RULES and not cfg.pim.enabled:
+            continue
+        if r.when.startswith("!"):
+            if r.when[1:] in feats:
+                continue
+        elif r.when and r.when not in feats:
+            continue
+        out.append(r)
+    return out
+
+
+def rule_namespace(cfg) -> dict[str, int]:
+    """Names a latency expression may use: the timing values and the host's release cycles."""
+    return {**cfg.timing.cycles, "host_release_cyc": cfg.host.release_cyc}

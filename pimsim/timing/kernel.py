@@ -26,7 +26,7 @@ from numba import njit
 from pimsim.timing.tables import (
     CT_CLOSED_FORM, CT_COLUMN, CT_DONE, CT_ENABLED, CT_MODE, CT_ROW, CT_SCOPE, CT_SELF_GAP,
     G_BANKS, G_BG, G_BPG, G_BUS, G_CMD_ACT, G_CMD_ACTAB, G_CMD_PRE, G_CMD_PREA, G_CMD_REF, G_CMD_TMOD,
-    G_FAST, G_NODES, G_NREFI, G_PIM, G_REFRESH,
+    G_FAST, G_NODES, G_NREFI, G_PIM, G_REFRESH, G_TMOD_GATED,
 )
 
 SYNC = -1  # stream pseudo-command: end of a segment
@@ -195,6 +195,13 @@ def next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal):
         mode = cmd_tab[cmd, CT_MODE]
         if mode >= 0 and mode != scal[S_MODE]:
             return geom[G_CMD_TMOD], -1, -1
+    return row_step(cmd, bank, row, cmd_tab, geom, open_row, scal)
+
+
+@njit(cache=True, inline="always")
+def row_step(cmd, bank, row, cmd_tab, geom, open_row, scal):
+    """The row command (PRE/PREA/ACT/ACT_AB) ``cmd`` needs next, or ``cmd`` itself, once the
+    channel is in its mode."""
     scope = cmd_tab[cmd, CT_SCOPE]
     rowb = cmd_tab[cmd, CT_ROW]
     allrow = scal[S_ALLROW]  # row open in every bank, -1 all closed, -2 mixed
@@ -210,7 +217,7 @@ def next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal):
         if allrow != -1:
             return geom[G_CMD_PREA], -1, -1
         act = geom[G_CMD_ACTAB]
-        if geom[G_PIM] == 1 and scal[S_MODE] != cmd_tab[act, CT_MODE]:
+        if geom[G_PIM] == 1 and cmd_tab[act, CT_MODE] >= 0 and scal[S_MODE] != cmd_tab[act, CT_MODE]:
             return geom[G_CMD_TMOD], -1, -1
         return act, -1, row
     if rowb == _ROW_OPENS:
@@ -265,6 +272,12 @@ def run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
             continue
         t = max(not_before, earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready, win_hist,
                                      win_cnt, scal[S_LAST]))
+        if ncmd == geom[G_CMD_TMOD] and geom[G_TMOD_GATED] == 1:
+            # the switch issues in place of the command it enables, once that one is ready
+            pcmd, pbank, _ = row_step(cmd, bank, row, cmd_tab, geom, open_row, scal)
+            if pcmd >= 0:
+                t = max(t, earliest(pcmd, pbank, cmd_tab, win_tab, geom, ready, win_hist,
+                                    win_cnt, scal[S_LAST]))
         if _refresh_due(t, geom, scal):
             # precharge everything still open, then refresh, at the earliest legal cycles
             # from the due time on (which may fall in idle time before ``not_before``)
@@ -1020,3 +1033,153 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
         if end > now:
             now = end
     return now, n_run
+
+
+# ---------------------------------------------------------------- host DMA (trace replay)
+# host program line kinds (``lines[:, 0]``)
+L_ISR, L_HOST, L_SYNC, L_EOC = 0, 1, 2, 3
+
+
+@njit(cache=True)
+def _copy_slot(src, dst, ready, win_hist, win_cnt, open_row, scal, counts, stats, reqt, nreq):
+    ready[dst] = ready[src]
+    win_hist[dst] = win_hist[src]
+    win_cnt[dst] = win_cnt[src]
+    open_row[dst] = open_row[src]
+    scal[dst] = scal[src]
+    counts[dst] = counts[src]
+    stats[dst] = stats[src]
+    reqt[dst] = reqt[src]
+    nreq[dst] = nreq[src]
+
+
+@njit(cache=True)
+def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, group, keep_log,
+                cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
+                scal, counts, stats):
+    """Replay a host program through the DMA that feeds the channel controllers (AiM style).
+
+    ``lines[i] = (kind, cmd, bank, row, count, mask id, 0)``; ``masks[m, c]`` selects channel
+    slot ``c``. Times are controller cycles. The DMA decodes one line per ``line_cyc``; the
+    requests of an ISR reach its channels at the line's release time ``R``; a channel queue of
+    ``queue_entries`` requests (0: unbounded) holds the DMA until the request ``queue_entries``
+    before its last one has issued (then the line is done the cycle after); a blocking command
+    (``blocking[cmd]``) holds it until the data returned on every selected channel plus
+    ``release_cyc``; SYNC and EOC until every channel has drained. Each channel runs its items in
+    order (``run_item``) from their release times.
+
+    With ``group == 1`` channels that received the same items at the same times share one
+    simulated state (a class, split when a mask separates its members): their outcomes are
+    identical. Returns (end cycle, log of (cycle, channel, cmd, bank, row) when ``keep_log``).
+    """
+    n_ch = ready.shape[0]
+    q = queue_entries
+    rsz = max(q, 1) + 1
+    reqt = np.zeros((n_ch, rsz), np.int64)  # issue cycles of each slot's last requests (ring)
+    nreq = np.zeros(n_ch, np.int64)
+    rep = np.zeros(n_ch, np.int64)
+    for c in range(n_ch):
+        rep[c] = 0 if group == 1 else c
+    need_times = q > 0 or keep_log == 1
+    scratch = np.zeros((256 if need_times else 0, 4), np.int64)
+    glog = np.zeros((1024 if keep_log == 1 else 0, 5), np.int64)
+    gn = 0
+    item = np.zeros((1, 5), np.int64)
+    sel = np.zeros(n_ch, np.bool_)
+    seen = np.zeros(n_ch, np.bool_)
+    r_t = 1  # release time of the line being decoded (the DMA decodes at r_t - 1)
+    end = 0
+    for i in range(lines.shape[0]):
+        kind = lines[i, 0]
+        if kind == L_HOST:
+            r_t += line_cyc
+            continue
+        if kind == L_SYNC or kind == L_EOC:
+            cb = r_t + 1
+            for c in range(n_ch):
+                if rep[c] == c:
+                    cb = max(cb, scal[c, S_LAST] + 2, scal[c, S_DONE] + 1)
+            end = cb
+            if kind == L_EOC:
+                break
+            r_t = max(r_t + line_cyc, cb + release_cyc)
+            continue
+        cmd = lines[i, 1]
+        m = lines[i, 5]
+        for c in range(n_ch):
+            sel[c] = masks[m, c]
+            seen[c] = False
+        # split every class that the mask separates: the unselected part moves to a copy
+        for c in range(n_ch):
+            if not sel[c] or seen[rep[c]]:
+                continue
+            r = rep[c]
+            seen[r] = True
+            mixed = False
+            for u in range(n_ch):
+                if rep[u] == r and not sel[u]:
+                    mixed = True
+                    break
+            if not mixed:
+                continue
+            # the selected members keep r if r is selected, else move to c; the rest the other
+            keep_sel = sel[r]
+            new = -1
+            for u in range(n_ch):
+                if rep[u] == r and sel[u] != keep_sel:
+                    if new < 0:
+                        new = u
+                        _copy_slot(r, u, ready, win_hist, win_cnt, open_row, scal, counts,
+                                   stats, reqt, nreq)
+                    rep[u] = new
+            if not keep_sel:
+                seen[new] = True
+        # run the item on each selected class representative
+        item[0, 0] = cmd
+        item[0, 1] = lines[i, 2]
+        item[0, 2] = lines[i, 3]
+        item[0, 3] = lines[i, 4]
+        nxt = r_t + line_cyc
+        for c in range(n_ch):
+            if not sel[c] or rep[c] != c:
+                continue
+            scal[c, S_LOG_N] = 0
+            scratch = run_item(item, 0, r_t, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                               ready[c], win_hist[c], win_cnt[c], open_row[c], scal[c],
+                               counts[c], stats[c], scratch)
+            if need_times:
+                nl = scal[c, S_LOG_N]
+                for j in range(nl):
+                    if scratch[j, 1] == cmd:
+                        reqt[c, nreq[c] % rsz] = scratch[j, 0]
+                        nreq[c] += 1
+                if keep_log == 1:
+                    if gn + nl > glog.shape[0]:
+                        grown = np.zeros((max(2 * glog.shape[0], gn + nl), 5), np.int64)
+                        grown[:gn] = glog[:gn]
+                        glog = grown
+                    for j in range(nl):
+                        glog[gn, 0] = scratch[j, 0]
+                        glog[gn, 1] = c
+                        glog[gn, 2] = scratch[j, 1]
+                        glog[gn, 3] = scratch[j, 2]
+                        glog[gn, 4] = scratch[j, 3]
+                        gn += 1
+                scal[c, S_LOG_N] = 0
+            if q > 0 and nreq[c] > q:
+                # the last request entered the queue once the one q before it had issued
+                nxt = max(nxt, reqt[c, (nreq[c] - 1 - q) % rsz] + 2)
+            if blocking[cmd] == 1:
+                nxt = max(nxt, scal[c, S_LAST] + cmd_tab[cmd, CT_DONE] + release_cyc)
+        r_t = nxt
+    if end == 0:
+        end = r_t
+        for c in range(n_ch):
+            if rep[c] == c:
+                end = max(end, scal[c, S_DONE])
+    # members take their class's final state
+    for c in range(n_ch):
+        if rep[c] != c:
+            _copy_slot(rep[c], c, ready, win_hist, win_cnt, open_row, scal, counts, stats, reqt,
+                       nreq)
+    return end, glog[:gn]

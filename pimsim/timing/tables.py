@@ -14,13 +14,13 @@ import numpy as np
 
 from pimsim.config import ConfigError, HwConfig
 from pimsim.spec import commands as C
-from pimsim.spec.rules import DRAM_RULES, LEVEL_NAMES, PIM_RULES, Rule
+from pimsim.spec.rules import LEVEL_NAMES, Rule, rule_namespace, rules_for
 
 # columns of cmd_tab
 CT_SCOPE, CT_ROW, CT_MODE, CT_DONE, CT_SELF_GAP, CT_CLOSED_FORM, CT_ENABLED, CT_COLUMN = range(8)
 # columns of geom
 (G_BG, G_BPG, G_BANKS, G_NODES, G_REFRESH, G_NREFI, G_PIM, G_FAST, G_CMD_ACT, G_CMD_PRE,
- G_CMD_PREA, G_CMD_REF, G_CMD_ACTAB, G_CMD_TMOD, G_BUS) = range(15)
+ G_CMD_PREA, G_CMD_REF, G_CMD_ACTAB, G_CMD_TMOD, G_BUS, G_TMOD_GATED) = range(16)
 
 
 def eval_latency(expr: str, cycles: dict[str, int], where: str) -> int:
@@ -49,13 +49,13 @@ def active_rules(cfg: HwConfig) -> list[tuple[Rule, int, list[int], list[int]]]:
     """(rule, latency, preceding ids, following ids) for every rule the config's commands use."""
     enabled = enabled_commands(cfg)
     out = []
-    tables = DRAM_RULES + (PIM_RULES if cfg.pim.enabled else ())
-    for rule in tables:
+    names = rule_namespace(cfg)
+    for rule in rules_for(cfg):
         pre = _expand(rule.preceding, enabled)
         fol = _expand(rule.following, enabled)
         if not pre or not fol:
             continue
-        lat = eval_latency(rule.latency, cfg.timing.cycles, f"timing rule {rule.name}")
+        lat = eval_latency(rule.latency, names, f"timing rule {rule.name}")
         if lat < 0:
             raise ConfigError(f"{cfg.source}: timing rule {rule.name} ({rule.latency}) is negative")
         out.append((rule, lat, pre, fol))
@@ -85,7 +85,7 @@ class TimingTables:
     pr_start: np.ndarray  # [n_cmds + 1]: rules grouped by preceding command
     pr_tab: np.ndarray  # [n_rules, 3]: following, level, latency
     win_tab: np.ndarray  # [n_window_rules, 5]: preceding, following, level, latency, window
-    geom: np.ndarray  # [15]
+    geom: np.ndarray  # [16]
     max_window: int
 
     def with_options(self, *, refresh: bool | None = None, fast: bool | None = None) -> "TimingTables":
@@ -103,7 +103,7 @@ _CACHE: dict[str, TimingTables] = {}
 
 def build_tables(cfg: HwConfig, *, fast: bool = True) -> TimingTables:
     """Tables for a config (cached on its contents); ``fast`` enables closed-form column runs."""
-    key = repr((cfg.org, cfg.timing, cfg.pim))
+    key = repr((cfg.org, cfg.timing, cfg.pim, cfg.host))
     if key not in _CACHE:
         _CACHE[key] = _build_tables(cfg)
     return _CACHE[key].with_options(refresh=cfg.refresh.enabled, fast=fast)
@@ -144,27 +144,29 @@ def _build_tables(cfg: HwConfig) -> TimingTables:
     win_tab = np.array(windows, np.int64).reshape(-1, 5)
 
     cmd_tab = np.zeros((n, 8), np.int64)
+    attrs = C.command_attrs(cfg.pim.mode_switch, cfg.pim.af_pseudo_row, cfg.pim.enabled)
     for i, c in enumerate(C.COMMANDS):
-        cmd_tab[i, CT_SCOPE] = c.scope
-        cmd_tab[i, CT_ROW] = c.row
-        cmd_tab[i, CT_MODE] = c.mode if cfg.pim.enabled else C.MODE_ANY
+        cmd_tab[i, CT_SCOPE], cmd_tab[i, CT_ROW], cmd_tab[i, CT_MODE] = attrs[i]
         cmd_tab[i, CT_ENABLED] = int(i in enabled)
         cmd_tab[i, CT_COLUMN] = int(c.column)
         if i in enabled:
             cmd_tab[i, CT_DONE] = eval_latency(c.done, cyc, f"command {c.name}")
         gap = max(1, bus)
         for (p, f, lvl), lat in merged.items():
-            if p == i and f == i and _touches_level(c.scope, lvl):
+            if p == i and f == i and _touches_level(attrs[i][0], lvl):
                 gap = max(gap, lat)
         cmd_tab[i, CT_SELF_GAP] = gap
         self_window = any(w[0] == i and w[1] == i for w in windows)
         # a run of this command may be stepped in closed form: it changes no row or mode
         # state and no window rule spaces it against itself (see kernel docstring)
         cmd_tab[i, CT_CLOSED_FORM] = int(
-            not self_window and c.row in (C.ROW_NEEDS_OPEN, C.ROW_NONE) and c.name != "TMOD"
+            not self_window and attrs[i][1] in (C.ROW_NEEDS_OPEN, C.ROW_NONE) and c.name != "TMOD"
         )
     o = cfg.org
-    geom = np.zeros(15, np.int64)
+    geom = np.zeros(16, np.int64)
+    # GDDR6-AiM's controller issues a mode switch in place of the command that needs it, once
+    # that command is ready (a TMOD never issues earlier than the command it enables could)
+    geom[G_TMOD_GATED] = int(cfg.pim.enabled and cfg.pim.mode_switch == "register")
     geom[G_BUS] = bus
     geom[G_BG] = o.bankgroups
     geom[G_BPG] = o.banks_per_group
