@@ -48,3 +48,17 @@ def golden(update_golden: bool) -> Callable[[str, str], None]:
                         f"{diff}")
 
     return check
+
+
+def shared_rules_variant(cfg):
+    """``cfg`` as a generic PIM device: only the shared rule rows (no GDDR6-AiM rows or device
+    options), the single-bank / all-bank mode switch and an ideal host."""
+    import dataclasses
+
+    from pimsim.config import Host
+
+    return cfg.replace(
+        org=dataclasses.replace(cfg.org, standard="GDDR6-PIM"),
+        pim=dataclasses.replace(cfg.pim, mode_switch="bank-mode", af_pseudo_row=False,
+                                ewmul_writeback=False),
+        host=Host())

@@ -20,9 +20,12 @@ from pimsim.spec.commands import COMMANDS, SCOPE_BANK, cmd_id
 from pimsim.spec.rules import PIM_RULES
 from pimsim.timing import ChannelTimer, make_stream
 from pimsim.timing.tables import active_rules
+from conftest import shared_rules_variant
 
-CFG = load_config("aim-gddr6", refresh=False)
-CFG_REF = load_config("aim-gddr6", refresh=True)
+# checker semantics on a generic PIM device (single-bank / all-bank mode switch, shared rows);
+# the GDDR6-AiM rows and options are checked in test_aim_rules.py
+CFG = shared_rules_variant(load_config("aim-gddr6", refresh=False))
+CFG_REF = shared_rules_variant(load_config("aim-gddr6", refresh=True))
 c = CFG.timing.cycles
 N_REFI = c["nREFI"]
 
@@ -169,7 +172,8 @@ def test_bank_group_window_rule_and_expressions(monkeypatch):
 
     extra = Rule("test_bg_window", "bankgroup", ("ACT", "ACT_AB"), ("ACT", "ACT_AB"),
                  "2 * nRC + -1 * nRRDS + 33", window=2)
-    monkeypatch.setattr(check_mod, "DRAM_RULES", check_mod.DRAM_RULES + (extra,))
+    shipped = check_mod.rules_for
+    monkeypatch.setattr(check_mod, "rules_for", lambda cfg: shipped(cfg) + [extra])
     monkeypatch.setattr(check_mod, "_RULE_CACHE", {})
     lat = 2 * c["nRC"] - c["nRRDS"] + 33
     assert rule_latencies(CFG)["test_bg_window"] == lat

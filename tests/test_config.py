@@ -168,7 +168,7 @@ def test_pim_gpt_derived_sizes():
     assert cfg.link.bytes_per_cyc == 32
     # same AiM timing set as aim-gddr6
     assert cfg.timing == load_config("aim-gddr6").timing
-    assert cfg.timing.nRCDRDMAC == 56 and cfg.tCK_ps == 1000
+    assert cfg.timing.nRCDRDMAC == 56 and cfg.tCK_ps == 500
 
 
 def test_aim_gddr6_derived_sizes():

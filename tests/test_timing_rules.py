@@ -24,9 +24,12 @@ from pimsim.config import Timing, load_config
 from pimsim.spec.commands import COMMANDS, SCOPE_BANK, cmd_id
 from pimsim.spec.rules import DRAM_RULES, PIM_RULES
 from pimsim.timing import ChannelTimer, make_stream
+from conftest import shared_rules_variant
 
-CFG = load_config("aim-gddr6", refresh=False)
-CFG_REF = load_config("aim-gddr6", refresh=True)
+# The shared rows (DRAM_RULES, PIM_RULES) on the AiM timing set, with the HBM-PIM-style
+# single-bank / all-bank mode switch and no AiM-only rows; those are in test_aim_rules.py.
+CFG = shared_rules_variant(load_config("aim-gddr6", refresh=False))
+CFG_REF = shared_rules_variant(load_config("aim-gddr6", refresh=True))
 c = CFG.timing.cycles  # latencies come from the config, never hard-coded
 B = 100  # base cycle of each scenario: after a TMOD at 0 (nMODCH) and clear of reset
 
