@@ -9,11 +9,11 @@ from pimsim.energy import COMPONENTS, EnergyError, background_pj, command_energi
 from pimsim.timing import ChannelTimer, make_stream
 
 # pim-gpt's table: VDD 1.35 V; IDD0 71, IDD2N 60, IDD3N 61, IDD4R 248, IDD4W 231, IDD5AB 286 mA
-# per chip of 2 channels; tCK 1 ns; nRAS 54, nRP 32, nBL 2, nRFC 210; MAC 2629 pJ per
-# all-bank command (164.3125 pJ per bank's unit x 16);
+# per chip of 2 channels; tCK 0.5 ns; nRAS 54, nRP 32, nBL 2, nRFC 210; MAC 1314.5 pJ per
+# all-bank command (82.15625 pJ per bank's unit x 16);
 # global buffer 0.3 pJ/B; I/O 5.5 pJ/bit; 32-byte columns.
 CFG = load_config("pim-gpt")
-NS = 1e-9
+NS = 0.5e-9  # one tCK
 
 
 def _j(cmds, open_cyc=0, total=0, **kw):
@@ -28,7 +28,7 @@ def test_act_then_pre_after_nras():
     e = _j(t.command_counts())
     hand = 1.35 * (71e-3 * (54 + 32) * NS - 61e-3 * 54 * NS - 60e-3 * 32 * NS) / 2
     assert e.by_component["banks"] == pytest.approx(hand, rel=1e-12)
-    assert hand == pytest.approx(602.1e-12, rel=1e-4)
+    assert hand == pytest.approx(301.05e-12, rel=1e-4)
     assert e.total_j == pytest.approx(hand)
     # the bank was open from the ACT to the PRE
     assert t.open_cyc(int(log[1, 0]) + 1000) == CFG.timing.nRAS
@@ -65,7 +65,7 @@ def test_all_bank_mac_row():
     e = _j({"ACT_AB": 1, "MAC_AB": 64, "PREA": 1})
     act_pre = 1.35 * (71e-3 * 86 * NS - 61e-3 * 54 * NS - 60e-3 * 32 * NS) / 2
     assert e.by_component["banks"] == pytest.approx(16 * act_pre)
-    assert e.by_component["mac_units"] == pytest.approx(64 * 2629e-12)
+    assert e.by_component["mac_units"] == pytest.approx(64 * 1314.5e-12)
     assert e.by_component["global_buffer"] == pytest.approx(64 * 32 * 0.3e-12)
 
 

@@ -115,8 +115,6 @@ AIM = "GDDR6-AiM"
 AIM_RULES: tuple[Rule, ...] = (
     _r("aim_rd_bus_nBL", "channel", _AIM_RD_BUS, _AIM_RD_BUS, "nBL", when=AIM),
     _r("aim_wr_bus_nBL", "channel", _AIM_WR_BUS, _AIM_WR_BUS, "nBL", when=AIM),
-    _r("aim_rd_nCCDS", "channel", "RD MAC_SB MAC_AB RD_CP RD_MAC RD_AF",
-       "RD MAC_SB MAC_AB RD_CP RD_MAC RD_AF", "nCCDS", when=AIM),
     _r("aim_wr_nCCDS", "channel", "WR WR_AB WR_GB WR_CP WR_MAC", "WR WR_AB WR_GB WR_CP WR_MAC",
        "nCCDS", when=AIM),
     _r("aim_to_allbank_rd_nCCDL", "channel", "RD MAC_SB RD_CP RD_MAC RD_AF MAC_AB EWMUL",
