@@ -87,8 +87,8 @@ def test_spec_expansion_keys_and_aliases():
     assert m.hw["organization"]["column_bytes"] == 64 and m.hw["organization"]["columns"] == 32
     base = S.spec_from_dict({"model": "tiny"}).points[0].hw["timing"]
     ns = S.spec_from_dict({"model": "tiny", "clock_scaling": "ns",
-                           "grid": {"tCK_ps": [500]}}).points[0].hw["timing"]
-    assert ns["tCK_ps"] == 500 and ns["nRCDRD"] == 2 * base["nRCDRD"]
+                           "grid": {"tCK_ps": [250]}}).points[0].hw["timing"]
+    assert ns["tCK_ps"] == 250 and ns["nRCDRD"] == 2 * base["nRCDRD"]
     assert ns["nBL"] == base["nBL"] and ns["nCCDL"] == base["nCCDL"]
 
 
