@@ -30,7 +30,7 @@ from pimsim.spec.commands import cmd_id
 from pimsim.timing import ITEM_FIELDS, SYNC
 
 
-class TraceError(ValueError):
+class TraceError(__import__("pimsim.errors").errors.UserError):
     """A malformed trace line; the message carries the file name and line number."""
 
 

@@ -13,11 +13,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from compiler.pipeline import compile_model
 from pimsim.config import HwConfig
+from pimsim.errors import UserError, read_text
 from pimsim.generate import run_generation
-from workloads.gpt import get_config
-from workloads.models import resolve_model
+from workloads.presets import get_config
 
 
 @dataclass
@@ -45,17 +44,63 @@ class CompareRow:
     gpu_source: str = ""
 
 
+def _is_file_arg(gpu: str) -> bool:
+    return gpu.lower().endswith(".json") or os.path.sep in gpu or os.path.exists(gpu)
+
+
+def load_baseline(path: str) -> dict:
+    """A measured GPU baseline (``workloads.gpu_baseline`` JSON), checked; UserError if not."""
+    text = read_text(path, "GPU baseline file")
+    fix = "give a JSON written by python -m workloads.gpu_baseline, or a GPU name"
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"GPU baseline file {path!r} is not valid JSON ({e})", fix) from None
+    if not isinstance(doc, dict) or not all(k in doc for k in ("method", "info", "results")) \
+            or not isinstance(doc["results"], list) or not isinstance(doc["info"], dict):
+        raise UserError(f"GPU baseline file {path!r} is not a gpu_baseline measurement "
+                        f"(needs method, info and a results list)", fix)
+    for r in doc["results"]:
+        try:
+            ok = isinstance(r["model"], str) and all(
+                float(v) > 0 and int(p) >= 0 for p, v in r["graph"]["ms_at"].items()) \
+                and len(r["graph"]["ms_at"]) > 0
+        except (KeyError, TypeError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise UserError(f"GPU baseline file {path!r}: a result lacks model / graph.ms_at "
+                            f"(position -> positive ms)", fix)
+    return doc
+
+
+def check_gpu(gpu: str, models: list[str]) -> None:
+    """Fail now (before simulating) for an unknown GPU or a baseline without these models."""
+    from workloads import gpu_model as gm
+
+    if _is_file_arg(gpu):
+        doc = load_baseline(gpu)
+        have = [r["model"] for r in doc["results"]]
+        missing = [m for m in models if m not in have]
+        if missing:
+            raise UserError(f"GPU baseline file {gpu!r} has no measurement of "
+                            f"{', '.join(missing)}", f"it has {', '.join(have) or 'none'}; "
+                            f"compare those or measure the others")
+        return
+    try:
+        gm.gpu_preset(gpu)
+    except ValueError:
+        raise UserError(f"unknown GPU {gpu!r}", f"use one of {', '.join(gm.GPU_PRESETS)} or a "
+                        f"measured baseline JSON") from None
+
+
 def gpu_point(gpu: str, model: str, pos: int) -> GpuPoint:
     """GPU latency and energy per token at ``pos``: a measured JSON file or a modelled GPU."""
     from workloads import gpu_model as gm
 
-    if gpu.endswith(".json") or os.path.exists(gpu):
-        doc = gm.load_measured(gpu)
-        rows = [r for r in doc["results"] if r["model"] == model]
-        if not rows:
-            raise ValueError(f"{gpu}: no measurement of {model}; it has "
-                             f"{', '.join(r['model'] for r in doc['results'])}")
-        row = rows[0]
+    if _is_file_arg(gpu):
+        check_gpu(gpu, [model])
+        doc = load_baseline(gpu)
+        row = next(r for r in doc["results"] if r["model"] == model)
         g = row["graph"]
         near = min(g["ms_at"], key=lambda p: abs(int(p) - pos))
         ms = float(g["ms_at"][near])
@@ -63,6 +108,7 @@ def gpu_point(gpu: str, model: str, pos: int) -> GpuPoint:
         name = doc["info"].get("gpu", "GPU")
         return GpuPoint(ms, jt, f"measured {name}, CUDA graph, static KV cache, position {near}")
     cfg = get_config(model)
+    check_gpu(gpu, [model])
     spec = gm.gpu_preset(gpu)
     try:
         cal = gm.calibrate(gm.load_measured())
@@ -82,17 +128,35 @@ def _measured_joules(row: dict, ms: float) -> float:
     for holder in (row.get("power", {}), row):
         if "mean_power_w" in holder:
             return float(holder["mean_power_w"]) * ms / 1e3
-    raise ValueError(f"measurement of {row.get('model')} has no energy figure")
+    raise UserError(f"the GPU measurement of {row.get('model')} has no energy figure",
+                    "measure it again with power sampling (python -m workloads.gpu_baseline)")
+
+
+def _compiled(model: str, cfg: HwConfig, cache: bool, show: bool):
+    from pimsim.progress import status
+    from workloads import cache as program_cache
+
+    c = program_cache.load(model, cfg) if cache else None
+    if c is None:
+        from compiler.pipeline import compile_model
+        from workloads.models import resolve_model
+
+        with status(f"compiling {model} for {cfg.name}", show):
+            src, name = resolve_model(model, weights=False)
+            c = compile_model(src, cfg, name=name)
+        if cache:
+            program_cache.store(model, cfg, c)
+    return c
 
 
 def compare(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1, tokens: int = 8,
-            schedule: str = "serial") -> list[CompareRow]:
+            schedule: str = "serial", cache: bool = False, show: bool = False) -> list[CompareRow]:
     """One row per model: PIM simulated (tokens at positions prompt-1 ..), GPU at the mean
-    position."""
+    position. ``cache``: use the compiled-program cache (:mod:`workloads.cache`)."""
+    check_gpu(gpu, models)
     rows = []
     for m in models:
-        src, name = resolve_model(m, weights=False)
-        c = compile_model(src, cfg, name=name)
+        c = _compiled(m, cfg, cache, show)
         rep = run_generation(c.program, cfg, prompt=[0] * prompt, n_tokens=tokens,
                              schedule=schedule, skip_prompt=True)
         pos = prompt - 1 + tokens // 2
