@@ -184,54 +184,71 @@ def table(rows: list[CompareRow]) -> str:
 
 
 def plot(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
-    """PNG charts: latency breakdown, energy breakdown, speedup and efficiency bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG charts: latency breakdown, energy breakdown, speedup and efficiency bars (value on
+    every bar, axes from zero); titles name the models, the PIM config and the GPU. Drawn on
+    Agg figures (no global matplotlib backend switch)."""
     import numpy as np
 
+    from workloads.sweep import _figure, _save
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"plot directory {str(out)!r} cannot be created ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
+    if not rows:
+        return []
     names = [r.model for r in rows]
     x = np.arange(len(rows))
     files = []
+    who = ", ".join(names) if len(names) <= 3 else f"{names[0]} .. {names[-1]} ({len(names)} models)"
+    pos_note = f"position {rows[0].position}" if len({r.position for r in rows}) == 1 else ""
 
     def stacked(values: list[dict], scale: list[float], ylabel: str, title: str, fname: str):
         keys = [k for k in values[0] if any(v.get(k, 0) > 0 for v in values)]
-        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows) + 2), 4.5))
+        fig, ax = _figure(max(6, 1.1 * len(rows) + 2), 4.8)
         bottom = np.zeros(len(rows))
         for k in keys:
             h = np.array([v.get(k, 0.0) * s for v, s in zip(values, scale)])
             ax.bar(x, h, bottom=bottom, label=k)
             bottom += h
+        for xi, total in zip(x, bottom):
+            ax.text(xi, total, f"{total:.3g}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        p = out / fname
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        files.append(p)
+        files.append(_save(fig, out / fname, dpi=120))
 
     stacked([r.pim_breakdown for r in rows], [r.pim_ms for r in rows], "ms / token",
-            f"PIM latency breakdown ({rows[0].hw})", "latency_breakdown.png")
+            f"{who} on {rows[0].hw}: PIM latency per token by part {pos_note}",
+            "latency_breakdown.png")
     stacked([r.pim_energy_by_component for r in rows], [1e3] * len(rows), "mJ / token",
-            f"PIM energy breakdown ({rows[0].hw})", "energy_breakdown.png")
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows) + 3), 4.5))
-    for ax, key, title in ((axes[0], "speedup", "speedup over GPU"),
-                           (axes[1], "efficiency", "energy efficiency over GPU")):
+            f"{who} on {rows[0].hw}: PIM energy per token by component {pos_note}",
+            "energy_breakdown.png")
+    fig, axes = _figure(max(8, 1.6 * len(rows) + 3), 4.8, 2)
+    for ax, key, title in ((axes[0], "speedup", "speedup over the GPU (GPU / PIM ms per token)"),
+                           (axes[1], "efficiency", "energy efficiency over the GPU "
+                                                   "(GPU / PIM J per token)")):
         vals = [getattr(r, key) for r in rows]
         ax.bar(x, vals, color="tab:green" if key == "speedup" else "tab:purple")
         for xi, v in zip(x, vals):
-            ax.text(xi, v, f"{v:.0f}x", ha="center", va="bottom", fontsize=8)
+            ax.text(xi, v, f"{v:.3g}x", ha="center", va="bottom", fontsize=8)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")  # parity
+        ax.set_ylim(bottom=0)
         ax.set_xticks(x, names, rotation=30, ha="right")
-        ax.set_title(f"{title}\n({rows[0].gpu_source})", fontsize=9)
+        ax.set_ylabel("ratio (1 = parity)")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{who}: PIM ({rows[0].hw}) vs GPU {pos_note}\nGPU: {rows[0].gpu_source}",
+                 fontsize=9)
     fig.tight_layout()
-    p = out / "speedup_efficiency.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    files.append(p)
-    (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    files.append(_save(fig, out / "speedup_efficiency.png", dpi=120))
+    try:
+        (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    except OSError as e:
+        raise UserError(f"{str(out / 'compare.json')!r} cannot be written ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
     return files

@@ -944,25 +944,60 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")
 
 
+def _figure(w: float, h: float, ncols: int = 1):
+    """A matplotlib Figure drawn by the Agg canvas: written to files, never shown, and no global
+    backend switch (``matplotlib.use``) that would change an interactive session's backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as e:
+        raise UserError(f"plot file {str(path)!r} cannot be written ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
+    return path
+
+
+def _models_title(df) -> str:
+    models = list(dict.fromkeys(str(m) for m in df["model"].tolist())) if "model" in df else []
+    if not models:
+        return ""
+    return models[0] if len(models) == 1 else f"{models[0]} and {len(models) - 1} more"
+
+
 def plot(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list[Path]:
     """PNG charts: latency and energy per token against each swept parameter (one line per
-    combination of the other parameters), and the latency-energy Pareto front."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    combination of the other parameters, every point labelled with its value), and the
+    latency-energy Pareto front (front points labelled with their parameter values). Titles
+    name the model, the hardware and the workload; latency and energy axes start at zero."""
     if isinstance(res_or_df, SweepResult):
         df, swept = res_or_df.df, res_or_df.spec.swept
+        hw = res_or_df.spec.hw
     else:
         df = res_or_df
         swept = swept if swept is not None else list(df.attrs.get("params", []))
+        hw = ""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"plot directory {str(out)!r} cannot be created ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
     files: list[Path] = []
     ok = df[df["status"] == "ok"] if len(df) else df
     if not len(ok):
         return files
+    model = _models_title(ok)
+    where = f"{model} on {hw}" if hw else model
+    wls = list(dict.fromkeys(ok.apply(_workload, axis=1))) if len(ok) else []
+    wl_note = wls[0] if len(wls) == 1 else f"{len(wls)} workloads"
     for p in swept:
         if p not in ok:
             continue
@@ -977,21 +1012,28 @@ def plot(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list
             vals.sort()
         pos = {str(v): i for i, v in enumerate(vals)}
         others = [q for q in swept if q != p and q in ok]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, axes = _figure(11, 4.6, 2)
         groups = list(ok.groupby(_labels(ok, others))) if others else [("", ok)]
         for gname, g in groups:
             g = g[g[p].notna()]
             g = g.sort_values(p) if numeric else g.iloc[
                 sorted(range(len(g)), key=lambda i: pos[str(g[p].iloc[i])])]
             x = g[p].tolist() if numeric else [pos[str(v)] for v in g[p]]
-            label = ", ".join(f"{q}={v}" for q, v in zip(others, g.iloc[0][others])) \
+            label = ", ".join(f"{q}={_fmt(v)}" for q, v in zip(others, g.iloc[0][others])) \
                 if others else None
-            axes[0].plot(x, g["ms_per_token"], "o-", label=label, lw=1.2, ms=4)
-            if g["mj_per_token"].notna().any():
-                axes[1].plot(x, g["mj_per_token"], "o-", label=label, lw=1.2, ms=4)
+            for ax, col in zip(axes, ("ms_per_token", "mj_per_token")):
+                if not g[col].notna().any():
+                    continue
+                ax.plot(x, g[col], "o-", label=label, lw=1.2, ms=4)
+                if len(groups) <= 4:  # label every point with its value (readable when few)
+                    for xi, yi, v in zip(x, g[col], g[p]):
+                        if yi == yi:
+                            ax.annotate(f"{p}={_fmt(v)}", (xi, yi), fontsize=6,
+                                        xytext=(3, 4), textcoords="offset points")
         for ax, ylab in zip(axes, ("latency (ms / token)", "energy (mJ / token)")):
             ax.set_xlabel(p)
             ax.set_ylabel(ylab)
+            ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
             if numeric and min(vals) > 0 and max(vals) / min(vals) >= 4:
                 ax.set_xscale("log", base=2)
@@ -1000,19 +1042,16 @@ def plot(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list
                 ax.set_xticks(range(len(vals)), [str(v) for v in vals])
         if others and 1 < len(groups) <= 12:
             axes[1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"latency and energy per token vs {p}")
+        fig.suptitle(f"{where}: latency and energy per token vs {p} ({wl_note})", fontsize=10)
         fig.tight_layout()
-        f = out / f"vs_{_slug(p)}.png"
-        fig.savefig(f, dpi=110)
-        plt.close(fig)
-        files.append(f)
+        files.append(_save(fig, out / f"vs_{_slug(p)}.png"))
     # Pareto front
     e = ok[ok["mj_per_token"].notna()]
     if len(e):
-        fig, ax = plt.subplots(figsize=(7, 5))
+        fig, ax = _figure(7.5, 5.2)
         fronts = pareto_fronts(ok)
-        wls = e.apply(_workload, axis=1)
-        for wl, g in e.groupby(wls):
+        wls_e = e.apply(_workload, axis=1)
+        for wl, g in e.groupby(wls_e):
             sc = ax.scatter(g["ms_per_token"], g["mj_per_token"], s=18, alpha=0.6, label=wl)
             front = g.set_index("idx").loc[fronts.get(wl, [])]
             ax.step(front["ms_per_token"], front["mj_per_token"], where="post",
@@ -1020,18 +1059,19 @@ def plot(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list
             ax.scatter(front["ms_per_token"], front["mj_per_token"], s=40,
                        facecolors="none", edgecolors="k", lw=1.0)
             for i, r in front.iterrows():
-                ax.annotate(f"#{i}", (r["ms_per_token"], r["mj_per_token"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                params = ", ".join(f"{q}={_fmt(r[q])}" for q in swept if q in r and q != "model")
+                ax.annotate(f"#{i} {params}".strip(), (r["ms_per_token"], r["mj_per_token"]),
+                            fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("latency (ms / token)")
         ax.set_ylabel("energy (mJ / token)")
-        ax.set_title("latency-energy Pareto front (circled; lower-left is better)")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{where}: latency-energy Pareto front\n(circled, labelled with their "
+                     f"parameters; lower-left is better)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        f = out / "pareto.png"
-        fig.savefig(f, dpi=110)
-        plt.close(fig)
-        files.append(f)
+        files.append(_save(fig, out / "pareto.png"))
     return files
 
 
