@@ -171,6 +171,13 @@ class Store:
             return conn
 
     def close(self) -> None:
+        """Close; a writer leaves the file in rollback-journal mode (no -wal / -shm beside
+        it), so it can be copied alone and read from a read-only medium."""
+        if not self.readonly:
+            try:
+                self.conn.execute("PRAGMA journal_mode = DELETE")
+            except sqlite3.Error:  # another process still has it open: it stays in WAL mode
+                pass
         self.conn.close()
 
     def __enter__(self) -> "Store":

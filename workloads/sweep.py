@@ -625,6 +625,7 @@ def run_sweep(spec: Spec | str | Path, db: str | Path, *, workers: int | None = 
         todo = [p for k, p in by_key.items() if k not in done]
         pre_invalid = [p for p in todo if p.error is not None]
         tasks = sorted((p for p in todo if p.error is None), key=_sort_key)
+        connection = dask_client(cluster, connect_timeout_s) if cluster and tasks else None
         log(f"sweep {spec.name}: {len(spec.points)} points ({len(by_key)} distinct), "
             f"{len(done)} already in {db}, {len(todo)} to run"
             + ("" if not tasks else f" on Dask at {cluster}" if cluster
@@ -649,7 +650,7 @@ def run_sweep(spec: Spec | str | Path, db: str | Path, *, workers: int | None = 
 
             try:
                 if cluster:
-                    _run_dask(tasks, cluster, on_result, connect_timeout_s=connect_timeout_s)
+                    _run_dask(tasks, connection, on_result)
                 elif _n_workers(workers) == 0:
                     for p in tasks:
                         on_result(p, run_point(p.task()))
@@ -745,11 +746,10 @@ def parse_cluster(address: str) -> tuple[str, int | None]:
     return a if m.group(1) else f"tcp://{a}", None
 
 
-def _run_dask(tasks: list[Point], address: str, on_result, *,
-              connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Run the tasks on a Dask cluster. Dask ships the tasks and results with pickle: use only
-    a cluster you trust (its workers run whatever the driver sends, and vice versa)."""
-    from dask.distributed import Client, LocalCluster, as_completed
+def dask_client(address: str, connect_timeout_s: float = CONNECT_TIMEOUT_S):
+    """(client, local cluster or None) for ``--cluster ADDRESS``; a UserError, within
+    ``connect_timeout_s``, when the scheduler cannot be reached."""
+    from dask.distributed import Client, LocalCluster
 
     where, n = parse_cluster(address)
     cluster = None
@@ -758,7 +758,7 @@ def _run_dask(tasks: list[Point], address: str, on_result, *,
                                host="127.0.0.1", dashboard_address=None)
         where = cluster.scheduler_address
     try:
-        client = Client(where, timeout=connect_timeout_s)
+        return Client(where, timeout=connect_timeout_s), cluster
     except (OSError, TimeoutError) as e:
         if cluster is not None:
             cluster.close()
@@ -767,6 +767,15 @@ def _run_dask(tasks: list[Point], address: str, on_result, *,
                         f"{' '.join(str(e).split())[:200]})",
                         "check the address and that the scheduler is running, or drop --cluster "
                         "to run on local processes") from None
+
+
+def _run_dask(tasks: list[Point], connection, on_result) -> None:
+    """Run the tasks on a Dask cluster (``connection`` from :func:`dask_client`). Dask ships
+    the tasks and results with pickle: use only a cluster you trust (its workers run whatever
+    the driver sends, and the driver unpickles what they return)."""
+    from dask.distributed import as_completed
+
+    client, cluster = connection
     try:
         futs = {}
         for p in tasks:
