@@ -34,7 +34,8 @@ HWCONFIG_DIR = Path(__file__).resolve().parent.parent / "hwconfigs"
 class ConfigError(UserError):
     """A hardware config is malformed; the message names the file, the key and the fix."""
 
-    default_fix = "correct that value in the config (the README's Hardware configs section lists them)"
+    default_fix = ("correct that value in the config (the README's Hardware configs section "
+                   "lists them)")
 
 
 # Timing names (cycles of tCK) and the smallest value each may take.

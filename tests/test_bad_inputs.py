@@ -271,7 +271,7 @@ TRACE_CASES = [
     ("W CFR 1 2 3", "'W CFR' takes <id>"),
     ("R FOO 1", "unknown host access target 'FOO'"),
     ("X 1 2", "a line must start with 'AiM', 'R' or 'W'"),
-    ("AiM MAC_ABK 64 0x1 " + "9" * 5000, "row (must be a number|.* out of range)"),  # one short line
+    ("AiM MAC_ABK 64 0x1 " + "9" * 5000, "row (must be a number|.* out of range)"),  # clipped
     pytest.param("AiM MAC_ABK 64 -1 0", "channel mask",
                  marks=pytest.mark.xfail(strict=True, reason="trace parser: a negative channel "
                                          "mask (-1) is accepted as channel 0")),
@@ -443,7 +443,8 @@ NUMBER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv,expect", NUMBER_CASES, ids=[" ".join(a)[:50] for a, _ in NUMBER_CASES])
+@pytest.mark.parametrize("argv,expect", NUMBER_CASES,
+                         ids=[" ".join(a)[:50] for a, _ in NUMBER_CASES])
 def test_bad_number(capsys, argv, expect):
     cli(argv, capsys, expect)
 
@@ -490,7 +491,8 @@ def test_unwritable_outputs_fail_before_the_work(tmp_path, capsys):
     afile = tmp_path / "a-file"
     afile.write_text("x")
     cli(["compile", "gpt2-small", "-o", tmp_path], capsys, r"\(-o\) .* is a directory")
-    cli(["compile", "gpt2-small", "-o", afile / "prog.txt"], capsys, "cannot be created: .* is a file")
+    cli(["compile", "gpt2-small", "-o", afile / "prog.txt"], capsys,
+        "cannot be created: .* is a file")
     cli(["compile", "gpt2-small", "-o", "/proc/no/such/dir/prog.txt"], capsys, "cannot be written")
     cli(["run", "gpt2-small", "--timeline", afile / "t.json"], capsys, "timeline file")
     cli(["compare", "gpt2-small", "--plot", afile], capsys, "exists and is not a directory")
@@ -575,7 +577,8 @@ def test_cluster_address_problems(tmp_path, capsys):
     cli(["sweep", spec, "--db", db, "--cluster", "local:0"], capsys, "not a worker count")
     cli(["sweep", spec, "--db", db, "--cluster", "tcp://"], capsys,
         "is not a Dask scheduler address")
-    cli(["sweep", spec, "--db", db, "--cluster", "host:99999"], capsys, "port 99999 is out of range")
+    cli(["sweep", spec, "--db", db, "--cluster", "host:99999"], capsys,
+        "port 99999 is out of range")
     assert not db.exists()
 
 

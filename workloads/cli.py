@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -273,7 +272,7 @@ def cmd_compare(args) -> int:
         ctx = preset_context(m)
         if ctx is None:
             raise UserError(f"compare takes presets, not {m!r}",
-                            f"use presets such as gpt2-small (the GPU side models their shape)")
+                            "use presets such as gpt2-small (the GPU side models their shape)")
         _check_context(m, ctx, prompt=args.prompt, tokens=args.tokens)
     C.check_gpu(args.gpu, args.models)  # an unknown GPU or a bad baseline file: fail now
     check_writable(args.plot, "plot directory (--plot)", directory=True)

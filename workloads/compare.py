@@ -202,7 +202,8 @@ def plot(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
     names = [r.model for r in rows]
     x = np.arange(len(rows))
     files = []
-    who = ", ".join(names) if len(names) <= 3 else f"{names[0]} .. {names[-1]} ({len(names)} models)"
+    who = (", ".join(names) if len(names) <= 3
+           else f"{names[0]} .. {names[-1]} ({len(names)} models)")
     pos_note = f"position {rows[0].position}" if len({r.position for r in rows}) == 1 else ""
 
     def stacked(values: list[dict], scale: list[float], ylabel: str, title: str, fname: str):

@@ -95,4 +95,5 @@ def get_config(name: str) -> GPTConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise UserError(f"unknown GPT preset {name!r}", f"use one of: {', '.join(PRESETS)}") from None
+        raise UserError(f"unknown GPT preset {name!r}",
+                        f"use one of: {', '.join(PRESETS)}") from None

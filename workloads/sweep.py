@@ -738,7 +738,8 @@ def parse_cluster(address: str) -> tuple[str, int | None]:
         if not n.isdigit() or not 1 <= int(n) <= 1024:
             raise UserError(f"--cluster {address!r}: {n!r} is not a worker count in 1..1024", fix)
         return "local", int(n)
-    m = re.fullmatch(r"(?:(tcp|tls|inproc|ucx|ws|wss)://)?([^\s/:]+|\[[0-9a-fA-F:]+\])(?::(\d+))?/?", a)
+    m = re.fullmatch(r"(?:(tcp|tls|inproc|ucx|ws|wss)://)?"
+                     r"([^\s/:]+|\[[0-9a-fA-F:]+\])(?::(\d+))?/?", a)
     if not m or (m.group(1) in (None, "tcp", "tls") and m.group(3) is None):
         raise UserError(f"--cluster {address!r} is not a Dask scheduler address", fix)
     if m.group(3) is not None and not 0 < int(m.group(3)) < 65536:
@@ -1196,7 +1197,8 @@ def add_parser(sub) -> None:
                    help="run on a Dask distributed scheduler (tcp://host:8786), or 'local[:N]' "
                         "for a LocalCluster of N processes. Dask moves tasks with pickle: "
                         "trusted clusters only")
-    s.add_argument("--connect-timeout", type=float_in(0, 3600), default=CONNECT_TIMEOUT_S, metavar="S",
+    s.add_argument("--connect-timeout", type=float_in(0, 3600), default=CONNECT_TIMEOUT_S,
+                   metavar="S",
                    help=f"seconds to reach the --cluster scheduler (default {CONNECT_TIMEOUT_S:g})")
     s.add_argument("--db", metavar="FILE", help="results store (default: SPEC's stem + .db)")
     s.add_argument("--max-points", type=int_in(1), default=MAX_POINTS, metavar="N",
