@@ -1,11 +1,10 @@
 """GPT decoder shapes and presets, without torch: what the command line, the sweep and the
-compiled-program cache need to know about a model before (or instead of) building it."""
+compiled-program cache need to know about a model before (or instead of) building it. Imports
+nothing of pimsim (the GPU baseline tools use it on machines with only torch and numpy)."""
 
 from __future__ import annotations
 
 import dataclasses
-
-from pimsim.errors import UserError
 
 BF16_BYTES = 2
 
@@ -95,5 +94,7 @@ def get_config(name: str) -> GPTConfig:
     try:
         return PRESETS[name]
     except KeyError:
+        from pimsim.errors import UserError  # here only: the GPU baseline tools need no pimsim
+
         raise UserError(f"unknown GPT preset {name!r}",
                         f"use one of: {', '.join(PRESETS)}") from None
