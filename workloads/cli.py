@@ -9,6 +9,10 @@ model presets, compile them and simulate them:
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
     pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR]
     pimsim sweep SPEC.toml [--workers N] [--cluster ADDRESS] [--db FILE] [--plot DIR] [--csv F]
+    pimsim --version;  pimsim --debug COMMAND ...   (a traceback instead of the one error line)
+
+Bad input gives one line, ``pimsim: error: <problem>; <fix>``, and exit status 2 (the handler is
+:func:`pimsim.cli.run_command`); exit status 1 means a check failed (``validate``).
 """
 
 from __future__ import annotations
