@@ -19,8 +19,10 @@ from compiler.frontends import import_graph, lowering_passes
 from compiler.model import DecoderSpec
 from compiler.passes.emit import emit_program
 from compiler.passes.mapping import Mapping, map_decoder
-from compiler.passes.recognise import recognise_decoder
+from compiler.ir import Graph
+from compiler.passes.recognise import RecogniseError, recognise_decoder
 from pimsim.config import HwConfig
+from pimsim.errors import UserError
 from pimsim.isa import Program
 
 
@@ -84,6 +86,11 @@ def expected_row_hit_rate(prog: Program, pos: int) -> float:
     return hits / (hits + misses) if hits + misses else 0.0
 
 
+def _ours(source: Any) -> bool:
+    """A model built by pimsim itself (a preset's module, an IR graph made in code)."""
+    return isinstance(source, Graph) or type(source).__module__.startswith("workloads.")
+
+
 def compile_model(source: Any, cfg: HwConfig, *, name: str = "model") -> Compiled:
     """Run the whole pipeline; raises a clear error for unsupported ops or a model too large."""
     t = {}
@@ -91,10 +98,19 @@ def compile_model(source: Any, cfg: HwConfig, *, name: str = "model") -> Compile
     graph = import_graph(source)
     t["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for p in lowering_passes():
-        graph = p.run(graph)
-    spec = recognise_decoder(graph, name)
-    spec.check()
+    try:
+        for p in lowering_passes():
+            graph = p.run(graph)
+        spec = recognise_decoder(graph, name)
+        spec.check()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        if _ours(source):
+            raise  # a preset that does not lower: a pimsim bug, keep the traceback
+        raise RecogniseError(
+            f"{name}: the model's graph cannot be lowered to a decoder ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]})") from None
     t["passes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mapping = map_decoder(spec, cfg)

@@ -1,26 +1,97 @@
-"""The ``pimsim`` command line: trace replay (and, as they land, compile / run / validate)."""
+"""The ``pimsim`` command line: trace replay, and the pieces every subcommand shares.
+
+Shared by :mod:`workloads.cli` (which adds compile / run / validate / compare / sweep):
+
+* :class:`Parser`: argparse that reports a usage error as one line, exit status 2;
+* :func:`int_in`: an argparse ``type`` for an integer in a range (the range in the message);
+* :func:`run_command`: the one error handler. A :class:`~pimsim.errors.UserError` prints
+  ``pimsim: error: <problem>; <fix>`` and exits 2; any other exception prints one line naming it
+  and exits 2 too; ``--debug`` re-raises instead, with the traceback. Exit status 1 is left to
+  "validation failed" (``validate``, ``trace --check``, a sweep with failed points).
+
+Nothing here imports torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-from pimsim.config import ConfigError, load_config
-from pimsim.trace import TraceError
+from pimsim import __version__
+from pimsim.config import available_configs, load_config
+from pimsim.errors import UserError, format_unexpected, format_user_error, read_text
+
+INT64_MAX = (1 << 63) - 1
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one clear line, exit status 2."""
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``pimsim: error: <problem>; <fix>``, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"pimsim: error: {' '.join(message.split())}; see {self.prog} --help",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
+def int_in(lo: int, hi: int = INT64_MAX, what: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in ``lo..hi``; the message gives the range."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 0) if text.strip().lower().startswith(("0x", "-0x")) else int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            rng = f">= {lo}" if hi == INT64_MAX else f"in {lo}..{hi}"
+            raise argparse.ArgumentTypeError(f"{v} is out of range: give an integer {rng}"
+                                             + (f" ({what})" if what else ""))
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(lo: float, hi: float) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``(lo, hi]``."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not lo < v <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number above "
+                                             f"{lo:g} and at most {hi:g}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def hw_help(default: str) -> str:
+    return (f"hardware config: a shipped name ({', '.join(available_configs())}) or a path to a "
+            f".toml file (default {default})")
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
     from pimsim.dma import replay_trace
     from pimsim.report import TraceReport
-    from pimsim.trace import load_trace
+    from pimsim.trace import TraceError, parse_trace
 
     cfg = load_config(args.hw, refresh=False if args.no_refresh else None)
-    trace = load_trace(args.file, cfg)
+    text = read_text(args.file, "trace file")
+    try:
+        trace = parse_trace(text, cfg, name=Path(args.file).name)
+    except TraceError as e:
+        msg = str(e)
+        if "; " not in " ".join(msg.split()):
+            raise UserError(msg, "correct that line (the grammar is in the README, AiM traces)") \
+                from None
+        raise
     t0 = time.perf_counter()
     res, log = replay_trace(cfg, trace, log=args.check, fast=not args.slow)
     wall = time.perf_counter() - t0
@@ -40,15 +111,17 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="pimsim",
         description="Cycle-accurate simulator of processing-in-memory hardware for GPT inference.",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"pimsim {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error instead of one line")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     t = sub.add_parser("trace", help="replay an AiM instruction trace on a hardware config")
     t.add_argument("file", help="trace file (AiM ISR text format)")
-    t.add_argument("--hw", default="aim-gddr6",
-                   help="hardware config: shipped name or path to a .toml (default aim-gddr6)")
+    t.add_argument("--hw", default="aim-gddr6", help=hw_help("aim-gddr6"))
     t.add_argument("--no-refresh", action="store_true", help="turn DRAM refresh off")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.add_argument("--check", action="store_true",
@@ -56,16 +129,62 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--slow", action="store_true",
                    help="issue every column command one by one (no closed-form runs)")
     t.set_defaults(func=_cmd_trace)
+    add_debug_flags(p)
     return p
+
+
+def add_debug_flags(p: argparse.ArgumentParser) -> None:
+    """``--debug`` after the subcommand too (``pimsim run ... --debug``)."""
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                if not any("--debug" in x.option_strings for x in sp._actions):
+                    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help="show the full traceback of an error")
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The bad-input exceptions: the UserError family plus the compiler's capacity and mapping
+    errors (a model that does not fit or cannot be placed on the hardware)."""
+    types: list[type[BaseException]] = [UserError]
+    try:
+        from compiler.passes.mapping import CapacityError, MappingError
+
+        types += [CapacityError, MappingError]
+    except ImportError:  # pimsim installed without the compiler
+        pass
+    return tuple(types)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``args.func(args)`` under the one error handler (see the module docstring)."""
+    debug = getattr(args, "debug", False)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # stdout closed early (``pimsim ... | head``): not an error
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("pimsim: error: interrupted; re-run the command to start again", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one handler: every failure is one line
+        if debug:
+            raise
+        if isinstance(e, user_error_types()):
+            print(f"pimsim: error: {format_user_error(e)}", file=sys.stderr)
+        else:
+            print(f"pimsim: error: {format_unexpected(e)}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, TraceError, UserError) as e:
-        print(f"pimsim: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args)
 
 
 if __name__ == "__main__":

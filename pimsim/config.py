@@ -4,6 +4,17 @@ A config describes one PIM system: the DRAM organisation of each channel, its ti
 cycles of tCK), the PIM units in the banks, the controlling ASIC, the ASIC<->channel links, and
 refresh. Every value is checked on load; a bad one raises :class:`ConfigError` naming the file and
 the key, with what was expected.
+
+Bounds: every integer must lie in the plausible range :data:`INT_BOUNDS` / :data:`TIMING_MAX_CYC`
+gives (all well inside int64), every float must be finite and in :data:`FLOAT_BOUNDS`. Refresh:
+the controller must make progress between two refreshes, so a config needs
+
+    nREFI > nRFC + nRP + row_cycle_cyc
+
+where ``row_cycle_cyc`` is the longest activate-access-precharge cycle of one bank, the largest of
+nRC, a read cycle ``max(nRAS, nRCDRD + nRTP) + nRP`` and a write cycle
+``max(nRAS, nRCDWR + nCWL + nBL + nWR) + nRP``: after a refresh ends there is room for one whole
+row cycle and for the precharge-all the next refresh needs (see :func:`row_cycle_cyc`).
 """
 
 from __future__ import annotations
@@ -15,11 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pimsim.errors import UserError, read_text
+
 HWCONFIG_DIR = Path(__file__).resolve().parent.parent / "hwconfigs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A hardware config is malformed; the message names the file, the key and the fix."""
+
+    default_fix = ("correct that value in the config (the README's Hardware configs section "
+                   "lists them)")
 
 
 # Timing names (cycles of tCK) and the smallest value each may take.
@@ -60,6 +76,48 @@ TIMING_FIELDS: dict[str, tuple[int, str]] = {
 PIM_TIMING = {
     "nRCDRDMAC", "nRCDEWMUL", "nRCDRDAF", "nRCDRDCP", "nRCDWRCP", "nCLREG", "nCLGB",
     "nCWLREG", "nCWLGB", "nWPRE", "nMODCH", "nMACACC",
+}
+
+TIMING_MAX_CYC = 1_000_000  # any timing value; tCK_ps has its own bound below
+TCK_PS_BOUNDS = (1, 1_000_000)  # 1 ps .. 1 us
+
+# (section, key) -> (lowest, highest) of an integer field
+INT_BOUNDS: dict[tuple[str, str], tuple[int, int]] = {
+    ("organization", "channels"): (1, 4096),
+    ("organization", "bankgroups"): (1, 64),
+    ("organization", "banks_per_group"): (1, 64),
+    ("organization", "rows"): (1, 1 << 24),
+    ("organization", "columns"): (1, 1 << 16),
+    ("organization", "column_bytes"): (1, 4096),
+    ("organization", "channel_mask"): (0, (1 << 64) - 1),
+    ("pim", "mac_lanes_per_bank"): (0, 4096),
+    ("pim", "banks_per_pim_unit"): (1, 64),
+    ("pim", "global_buffer_bytes"): (0, 1 << 30),
+    ("pim", "accumulators_per_bank"): (0, 4096),
+    ("asic", "vector_lanes"): (1, 1 << 16),
+    ("asic", "sram_bytes"): (1, 1 << 40),
+    ("asic", "exp_taylor_terms"): (1, 64),
+    ("asic", "gelu_taylor_terms"): (1, 64),
+    ("asic", "recip_newton_steps"): (1, 64),
+    ("asic", "rsqrt_newton_steps"): (1, 64),
+    ("link", "bytes_per_cyc"): (1, 1 << 20),
+    ("link", "latency_cyc"): (0, 1_000_000),
+    ("energy", "channels_per_chip"): (1, 4096),
+}
+ASIC_OP_MAX = 1_000_000  # [asic.op_latency_cyc] and [asic.op_passes] values
+MAX_BANKS = 1024  # bankgroups x banks_per_group
+MAX_ROW_BYTES = 1 << 20  # columns x column_bytes
+
+# (section, key) -> (lowest, highest, lowest allowed?) of a float field; all must be finite
+FLOAT_BOUNDS: dict[tuple[str, str], tuple[float, float, bool]] = {
+    ("asic", "clock_mhz"): (0.0, 1e6, False),
+    ("link", "clock_mhz"): (0.0, 1e6, False),
+    ("energy", "vdd_v"): (0.0, 100.0, False),
+    **{("energy", k): (0.0, 1e6, True)
+       for k in ("idd0_ma", "idd2n_ma", "idd3n_ma", "idd4r_ma", "idd4w_ma", "idd5ab_ma")},
+    **{("energy", k): (0.0, 1e9, True)
+       for k in ("mac_unit_pj", "gb_pj_per_byte", "io_pj_per_bit", "asic_op_pj",
+                 "asic_sram_pj_per_byte", "mode_switch_pj")},
 }
 
 
@@ -252,20 +310,32 @@ def available_configs() -> list[str]:
     return sorted(p.stem for p in HWCONFIG_DIR.glob("*.toml"))
 
 
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except (OSError, ValueError):  # a name too long, an embedded NUL byte
+        return False
+
+
 def load_config(name_or_path: str | Path, *, refresh: bool | None = None) -> HwConfig:
     """Load a config by shipped name (``pim-gpt``) or by path to a TOML file."""
     path = Path(name_or_path)
-    if not path.suffix and not path.exists():
+    if not path.suffix and not _exists(path):
         path = HWCONFIG_DIR / f"{name_or_path}.toml"
-    if not path.exists():
+    if not _exists(path):
         raise ConfigError(
-            f"hardware config {str(name_or_path)!r} not found: give a path to a .toml file or one "
-            f"of the shipped names: {', '.join(available_configs())}"
-        )
+            f"hardware config {str(name_or_path)!r} not found",
+            f"give a path to a .toml file or one of the shipped names: "
+            f"{', '.join(available_configs())}")
     try:
-        data = tomllib.loads(path.read_text())
+        text = read_text(path, "hardware config")
+    except UserError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path.name}: not valid TOML: {e}") from None
+        raise ConfigError(f"{path.name}: not valid TOML ({e})",
+                          "fix the TOML syntax at that line") from None
     cfg = config_from_dict(data, source=path.name)
     if refresh is not None:
         cfg = cfg.with_refresh(refresh)
@@ -348,120 +418,182 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
     return cfg
 
 
-def _validate(cfg: HwConfig, where: str) -> None:
-    def fail(msg: str) -> None:
-        raise ConfigError(f"{where}: {msg}")
+def row_cycle_cyc(c: dict[str, int]) -> int:
+    """The longest activate-access-precharge cycle of one bank (cycles): nRC, a read cycle
+    ``max(nRAS, nRCDRD + nRTP) + nRP`` or a write cycle ``max(nRAS, nRCDWR + nCWL + nBL + nWR)
+    + nRP``."""
+    read = max(c["nRAS"], c["nRCDRD"] + c["nRTP"]) + c["nRP"]
+    write = max(c["nRAS"], c["nRCDWR"] + c["nCWL"] + c["nBL"] + c["nWR"]) + c["nRP"]
+    return max(c["nRC"], read, write)
 
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _span(lo: int, hi: int) -> str:
+    def f(x: int) -> str:
+        if x >= 1 << 16 and x & (x - 1) == 0:
+            return f"{x:,} (2^{x.bit_length() - 1})"
+        if x >= 1 << 16 and (x + 1) & x == 0:
+            return f"2^{x.bit_length()} - 1"
+        return f"{x:,}"
+    return f"{f(lo)}..{f(hi)}"
+
+
+def _validate(cfg: HwConfig, where: str) -> None:
+    def fail(msg: str, fix: str | None = None) -> None:
+        raise ConfigError(f"{where}: {msg}", fix)
+
+    sections = {"organization": cfg.org, "pim": cfg.pim, "asic": cfg.asic, "link": cfg.link,
+                "energy": cfg.energy}
+    for (sec, key), (lo, hi) in INT_BOUNDS.items():
+        obj = sections[sec]
+        if obj is None:
+            continue
+        v = getattr(obj, key)
+        if not _is_int(v):
+            fail(f"[{sec}] {key} = {v!r} must be an integer", f"write it as an integer in "
+                 f"{_span(lo, hi)}")
+        if not lo <= v <= hi:
+            fail(f"[{sec}] {key} = {v:,} is out of range", f"use an integer in {_span(lo, hi)}")
+    for (sec, key), (lo, hi, lo_ok) in FLOAT_BOUNDS.items():
+        obj = sections[sec]
+        if obj is None:
+            continue
+        v = getattr(obj, key)
+        if not _is_num(v) or not math.isfinite(v):
+            fail(f"[{sec}] {key} = {v!r} must be a finite number", f"use a number in "
+                 f"{'[' if lo_ok else '('}{lo:g}, {hi:g}]")
+        if not (lo <= v if lo_ok else lo < v) or v > hi:
+            fail(f"[{sec}] {key} = {v!r} is out of range",
+                 f"use a number in {'[' if lo_ok else '('}{lo:g}, {hi:g}]")
     o = cfg.org
-    for n in ("channels", "bankgroups", "banks_per_group", "rows", "columns", "column_bytes"):
-        if getattr(o, n) <= 0:
-            fail(f"[organization] {n} = {getattr(o, n)} must be a positive integer")
+    if o.banks > MAX_BANKS:
+        fail(f"[organization] bankgroups x banks_per_group = {o.banks:,} banks per channel is "
+             f"out of range", f"use at most {MAX_BANKS} banks per channel")
+    if o.row_bytes > MAX_ROW_BYTES:
+        fail(f"[organization] columns x column_bytes = {o.row_bytes:,} bytes per row is out of "
+             f"range", f"use at most {MAX_ROW_BYTES:,} bytes per row")
     if o.channel_mask:
-        if o.channel_mask < 0 or o.channel_mask >= (1 << 64):
-            fail(f"[organization] channel_mask = {o.channel_mask:#x} is out of range")
         if bin(o.channel_mask).count("1") != o.channels:
             fail(
                 f"[organization] channel_mask = {o.channel_mask:#x} selects "
-                f"{bin(o.channel_mask).count('1')} channels but channels = {o.channels}; "
+                f"{bin(o.channel_mask).count('1')} channels but channels = {o.channels}",
                 f"make them agree (or drop channel_mask to use channels 0..{o.channels - 1})"
             )
+    if not isinstance(o.standard, str):
+        fail(f"[organization] standard = {o.standard!r} must be a string")
     t = cfg.timing
-    if not isinstance(t.tCK_ps, int) or isinstance(t.tCK_ps, bool) or t.tCK_ps <= 0:
-        fail(f"[timing] tCK_ps = {t.tCK_ps!r} must be a positive integer (picoseconds)")
+    if not _is_int(t.tCK_ps) or not TCK_PS_BOUNDS[0] <= t.tCK_ps <= TCK_PS_BOUNDS[1]:
+        fail(f"[timing] tCK_ps = {t.tCK_ps!r} is not a clock period in picoseconds",
+             f"use an integer in {_span(*TCK_PS_BOUNDS)}")
     required = set(TIMING_FIELDS) - {"nRCDRDAF", "nWPRE"}
     if not cfg.pim.enabled:
         required -= PIM_TIMING
     missing = sorted(required - set(t.cycles))
     if missing:
-        fail(f"[timing] missing timing value(s) {missing}")
+        fail(f"[timing] missing timing value(s) {missing}", "add them (cycles of tCK)")
     for n, v in t.cycles.items():
+        if n not in TIMING_FIELDS:
+            fail(f"[timing] unknown timing name {n!r}", f"use one of {sorted(TIMING_FIELDS)}")
         lo, what = TIMING_FIELDS[n]
-        if not isinstance(v, int) or isinstance(v, bool):
-            fail(f"[timing] {n} = {v!r} must be an integer number of tCK cycles ({what})")
+        if not _is_int(v):
+            fail(f"[timing] {n} = {v!r} must be an integer number of tCK cycles ({what})",
+                 f"use an integer in {lo}..{TIMING_MAX_CYC:,}")
         if v < lo:
-            fail(f"[timing] {n} = {v} is impossible: {what} must be at least {lo} cycle(s)")
+            fail(f"[timing] {n} = {v} is impossible: {what} must be at least {lo} cycle(s)",
+                 f"use an integer in {lo}..{TIMING_MAX_CYC:,}")
+        if v > TIMING_MAX_CYC:
+            fail(f"[timing] {n} = {v:,} cycles ({what}) is out of range",
+                 f"use an integer in {lo}..{TIMING_MAX_CYC:,}")
     c = t.cycles
     if c["nRAS"] > c["nRC"]:
         fail(f"[timing] nRAS = {c['nRAS']} > nRC = {c['nRC']}: a row cycle must hold the "
-             f"activate time (need nRAS <= nRC)")
+             f"activate time", "make nRAS <= nRC")
     if c["nRRDS"] > c["nRRDL"]:
         fail(f"[timing] nRRDS = {c['nRRDS']} > nRRDL = {c['nRRDL']}: same-group spacing must be "
-             f"at least the different-group spacing")
+             f"at least the different-group spacing", "make nRRDS <= nRRDL")
     if c["nCCDS"] > c["nCCDL"]:
         fail(f"[timing] nCCDS = {c['nCCDS']} > nCCDL = {c['nCCDL']}: same-group spacing must be "
-             f"at least the different-group spacing")
-    if c["nRFC"] >= c["nREFI"]:
-        fail(f"[timing] nRFC = {c['nRFC']} >= nREFI = {c['nREFI']}: refresh would never end")
+             f"at least the different-group spacing", "make nCCDS <= nCCDL")
+    need = c["nRFC"] + c["nRP"] + row_cycle_cyc(c)
+    if c["nREFI"] <= need:
+        fail(f"[timing] nREFI = {c['nREFI']} leaves no room between refreshes: after each "
+             f"refresh (nRFC = {c['nRFC']}) the controller needs one full row cycle "
+             f"({row_cycle_cyc(c)} cycles) and a precharge (nRP = {c['nRP']})",
+             f"make nREFI larger than nRFC + nRP + row cycle = {need}")
     if c["nCL"] + c["nBL"] + 2 - c["nCWL"] < 0:
-        fail("[timing] nCL + nBL + 2 - nCWL is negative: write latency larger than read latency")
+        fail("[timing] nCL + nBL + 2 - nCWL is negative: write latency larger than read latency",
+             "make nCWL <= nCL + nBL + 2")
     p = cfg.pim
+    if not isinstance(p.enabled, bool):
+        fail(f"[pim] enabled = {p.enabled!r} must be true or false")
     if p.enabled:
         for n in ("mac_lanes_per_bank", "banks_per_pim_unit", "global_buffer_bytes",
                   "accumulators_per_bank"):
             if getattr(p, n) <= 0:
-                fail(f"[pim] {n} = {getattr(p, n)} must be positive when pim.enabled = true")
+                fail(f"[pim] {n} = {getattr(p, n)} must be positive when pim.enabled = true",
+                     "give a positive value or set enabled = false")
         if o.banks % p.banks_per_pim_unit:
             fail(f"[pim] banks_per_pim_unit = {p.banks_per_pim_unit} does not divide the "
-                 f"{o.banks} banks of a channel")
+                 f"{o.banks} banks of a channel", "use a divisor of the bank count")
         if p.global_buffer_bytes % o.column_bytes:
             fail(f"[pim] global_buffer_bytes = {p.global_buffer_bytes} is not a whole number of "
-                 f"{o.column_bytes}-byte columns")
+                 f"{o.column_bytes}-byte columns", f"use a multiple of {o.column_bytes}")
     from pimsim.spec.commands import MODE_SWITCHES
 
     if p.mode_switch not in MODE_SWITCHES:
         fail(f"[pim] mode_switch = {p.mode_switch!r}; supported: "
-             f"{', '.join(repr(m) for m in MODE_SWITCHES)}")
+             f"{', '.join(repr(m) for m in MODE_SWITCHES)}", "use one of those")
     h = cfg.host
     for n in ("release_cyc", "line_cyc", "queue_entries"):
         v = getattr(h, n)
         if not 0 <= v <= 1_000_000:
-            fail(f"[host] {n} = {v} must be between 0 and 1,000,000")
+            fail(f"[host] {n} = {v} must be between 0 and 1,000,000", "give a value in that range")
     if h.mask_order not in ("lsb", "msb32"):
         fail(f"[host] mask_order = {h.mask_order!r}; supported: 'lsb' (bit i = channel i), "
-             f"'msb32' (AiM: bit i = channel 31 - i)")
+             f"'msb32' (AiM: bit i = channel 31 - i)", "use one of those")
     if h.mask_order == "msb32" and max(channel_ids(cfg)) > 31:
         fail("[host] mask_order = 'msb32' addresses channels 0..31 only, but the config has "
-             f"channel {max(channel_ids(cfg))}; use mask_order = 'lsb'")
+             f"channel {max(channel_ids(cfg))}", "use mask_order = 'lsb'")
     if p.data_type not in ("bf16", "fp16"):
-        fail(f"[pim] data_type = {p.data_type!r}; supported: 'bf16', 'fp16'")
+        fail(f"[pim] data_type = {p.data_type!r} is not supported", "use 'bf16' or 'fp16'")
     if p.accumulator_type not in ("fp32", "bf16", "fp16"):
-        fail(f"[pim] accumulator_type = {p.accumulator_type!r}; supported: 'fp32', 'bf16', 'fp16'")
+        fail(f"[pim] accumulator_type = {p.accumulator_type!r} is not supported",
+             "use 'fp32', 'bf16' or 'fp16'")
     a = cfg.asic
-    if a.clock_mhz <= 0 or a.vector_lanes <= 0 or a.sram_bytes <= 0:
-        fail("[asic] clock_mhz, vector_lanes and sram_bytes must be positive")
     for table in ("op_latency_cyc", "op_passes"):
         ops = getattr(a, table)
+        if not isinstance(ops, dict):
+            fail(f"[asic.{table}] must be a table of op = integer")
         unknown = set(ops) - set(ASIC_OPS)
         if unknown:
-            fail(f"[asic.{table}] unknown op(s) {sorted(unknown)}; known: {list(ASIC_OPS)}")
+            fail(f"[asic.{table}] unknown op(s) {sorted(unknown)}", f"use: {list(ASIC_OPS)}")
         missing = [op for op in ASIC_OPS if op not in ops]
         if missing:
-            fail(f"[asic.{table}] missing op(s) {missing}")
+            fail(f"[asic.{table}] missing op(s) {missing}", "add a value for each")
         for op, v in ops.items():
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                fail(f"[asic.{table}] {op} = {v!r} must be a non-negative integer")
-    for n in ("exp_taylor_terms", "gelu_taylor_terms", "recip_newton_steps", "rsqrt_newton_steps"):
-        if getattr(a, n) < 1:
-            fail(f"[asic] {n} = {getattr(a, n)} must be at least 1")
-    li = cfg.link
-    if li.bytes_per_cyc <= 0 or li.clock_mhz <= 0 or li.latency_cyc < 0:
-        fail("[link] bytes_per_cyc and clock_mhz must be positive, latency_cyc non-negative")
-    if not math.isfinite(a.clock_mhz) or not math.isfinite(li.clock_mhz):
-        fail("clock frequencies must be finite")
+            if not _is_int(v) or not 0 <= v <= ASIC_OP_MAX:
+                fail(f"[asic.{table}] {op} = {v!r} is out of range",
+                     f"use an integer in 0..{ASIC_OP_MAX:,}")
+    if not isinstance(cfg.refresh.enabled, bool):
+        fail(f"[refresh] enabled = {cfg.refresh.enabled!r} must be true or false")
     e = cfg.energy
     if e is not None:
-        for f in dataclasses.fields(e):
-            v = getattr(e, f.name)
-            if f.name == "table":
-                if not v.strip():
-                    fail("[energy] table must name the source of the numbers")
-            elif v < 0 or (f.name in ("vdd_v", "channels_per_chip") and v <= 0):
-                fail(f"[energy] {f.name} = {v} must be {'positive' if f.name in ('vdd_v', 'channels_per_chip') else 'non-negative'}")
+        if not isinstance(e.table, str) or not e.table.strip():
+            fail("[energy] table must name the source of the numbers",
+                 'add table = "where the numbers come from"')
         if e.idd3n_ma < e.idd2n_ma:
             fail(f"[energy] idd3n_ma = {e.idd3n_ma} < idd2n_ma = {e.idd2n_ma}: active standby "
-                 f"must draw at least the precharged standby current")
+                 f"must draw at least the precharged standby current", "make idd3n_ma >= idd2n_ma")
         if e.idd0_ma < e.idd3n_ma or e.idd4r_ma < e.idd3n_ma or e.idd4w_ma < e.idd3n_ma:
-            fail("[energy] idd0/idd4r/idd4w must be at least idd3n (they add to the standby current)")
+            fail("[energy] idd0/idd4r/idd4w must be at least idd3n (they add to the standby "
+                 "current)", "raise them to at least idd3n_ma")
 
 
 def channel_ids(cfg: HwConfig) -> list[int]:

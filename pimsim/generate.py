@@ -14,6 +14,7 @@ import numpy as np
 
 from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator, TokenTiming
+from pimsim.errors import UserError
 from pimsim.energy import EnergyReport, energy_of
 from pimsim.report import BREAKDOWN_KEYS, RunReport
 from pimsim.functional import FunctionalExecutor
@@ -83,11 +84,13 @@ def run_generation(
         raise ValueError("skip_prompt is for timing runs; functional runs need every prompt step")
     n_ctx = prog.dims["n_ctx"]
     if len(prompt) < 1:
-        raise ValueError("the prompt needs at least one token")
+        raise UserError("the prompt has no tokens", "give at least one prompt token")
+    if n_tokens < 1:
+        raise UserError(f"{n_tokens} tokens to generate", "generate at least one token")
     if len(prompt) + n_tokens - 1 > n_ctx:
-        raise ValueError(f"prompt ({len(prompt)}) + generated ({n_tokens}) tokens need "
-                         f"{len(prompt) + n_tokens - 1} decode steps, more than the model's "
-                         f"context of {n_ctx}; generate fewer tokens")
+        raise UserError(f"prompt ({len(prompt)}) + generated ({n_tokens}) tokens need "
+                        f"{len(prompt) + n_tokens - 1} decode steps, more than the model's "
+                        f"context of {n_ctx}", "generate fewer tokens or shorten the prompt")
     t_wall = time.perf_counter()
     sim = DecodeSimulator(prog, cfg, schedule=schedule, fast=fast)
     cost = _StepCost(sim)

@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from pimsim.config import HwConfig, channel_ids
+from pimsim.errors import UserError
 from pimsim.spec.commands import AF_PSEUDO_ROW, cmd_id
 from pimsim.timing import ITEM_FIELDS, SYNC
 from pimsim.timing.kernel import L_EOC, L_HOST, L_ISR, L_SYNC
 
 
-class TraceError(ValueError):
+class TraceError(UserError):
     """A malformed trace line; the message carries the file name and line number."""
 
 

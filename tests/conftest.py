@@ -20,6 +20,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_program_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The compiled-program cache of every test (and the CLI subprocesses it starts) lives in a
+    fresh directory: tests never read or fill the user's cache."""
+    import os
+
+    old = os.environ.get("PIMSIM_CACHE_DIR")
+    os.environ["PIMSIM_CACHE_DIR"] = str(tmp_path_factory.mktemp("pimsim-cache"))
+    yield
+    if old is None:
+        os.environ.pop("PIMSIM_CACHE_DIR", None)
+    else:
+        os.environ["PIMSIM_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     """True when the run was started with --update-golden."""

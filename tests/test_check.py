@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -383,16 +382,14 @@ def test_report_and_truncation():
     assert len(full) == vs.total
 
 
-# ---------------------------------------------------------------- speed
+# ---------------------------------------------------------------- a long log
 
 
-def test_a_million_commands_in_a_few_seconds():
+def test_a_million_commands_check_clean():
+    """A log of over a million commands (refresh on) is checked end to end without a finding
+    (its speed is measured by benchmarks/, not asserted here)."""
     t = ChannelTimer(CFG_REF, log=True)
     t.run_all(make_stream([("MAC_AB", -1, r % 4096, 64) for r in range(15700)]))
     log = t.log
     assert log.shape[0] > 1_000_000
-    t0 = time.perf_counter()
-    vs = check_log(log, CFG_REF)
-    dt = time.perf_counter() - t0
-    assert vs == []
-    assert dt < 10.0, f"checking {log.shape[0]} commands took {dt:.1f} s"
+    assert check_log(log, CFG_REF) == []

@@ -3,7 +3,6 @@ module's own parameters; unsupported ops are named; a meta-device gpt2-xl import
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import onnx
@@ -218,21 +217,18 @@ def test_recognise_rejects_a_graph_that_is_no_decoder() -> None:
 
 def test_meta_gpt2_xl_imports_for_timing() -> None:
     """torch.export works on the meta device: gpt2-xl's shapes without materialising weights."""
-    t0 = time.perf_counter()
     model = GPT(get_config("gpt2-xl"), device="meta")
     ep = decode_step_program(model)
     graph = import_exported(ep)
     weights = [c for k, c in graph.consts.items() if k.startswith("model.")]
     assert len(weights) == 4 + 48 * 16 and all(isinstance(c, ConstMeta) for c in weights)
     spec = load_decoder(graph)
-    elapsed = time.perf_counter() - t0
     cfg = model.cfg
     assert (spec.n_layer, spec.d_model, spec.n_head, spec.d_head, spec.d_ff, spec.vocab,
             spec.n_ctx) == (48, 1600, 25, 64, 6400, 50257, 1024)
     assert spec.eps == cfg.ln_eps
     assert not spec.has_weights and spec.layers[0].weights["q"] is None
     assert spec.n_params == cfg.n_params
-    assert elapsed < 30, f"gpt2-xl meta export + import took {elapsed:.1f} s"
 
 
 def test_hf_gpt2_goes_through() -> None:

@@ -205,6 +205,9 @@ def test_killed_sweep_loses_nothing_and_resumes(tmp_path):
             assert time.monotonic() < deadline, "no point finished in time"
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep, no cleanup at all
+        con = sqlite3.connect(str(db))
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # as it was written
+        con.close()
         proc.wait(timeout=30)
     finally:
         try:
@@ -231,8 +234,10 @@ def test_killed_sweep_loses_nothing_and_resumes(tmp_path):
     con = sqlite3.connect(str(db))
     assert con.execute("SELECT COUNT(*) FROM sweep_points WHERE sweep = 'kill'").fetchone()[0] \
         == n
-    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # a finished sweep leaves one file (rollback journal): readable from a read-only medium
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     con.close()
+    assert not Path(str(db) + "-wal").exists() and not Path(str(db) + "-shm").exists()
 
 
 # ---------------------------------------------------------------- (b) Dask cluster == local
@@ -292,12 +297,15 @@ def test_cli_sweep_list_run_and_bad_spec(tmp_path, capsys):
     assert main(["sweep", str(spec), "--db", str(db), "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and "channels=0" in lines[1] and "ConfigError" in lines[1]
-    assert main(["sweep", str(spec), "--db", str(db), "--workers", "0", "--no-progress",
+    assert main(["sweep", str(spec), "--db", str(db), "--in-process", "--no-progress",
                  "--csv", str(tmp_path / "s.csv"), "--plot", str(tmp_path / "p"),
                  "--json"]) == 0
-    out = capsys.readouterr()
-    assert "1 ok, 1 invalid, 0 errors" in out.out
-    assert json.loads(out.out[out.out.index("\n{") + 1:])["counts"]["invalid"] == 1
+    doc = json.loads(capsys.readouterr().out)  # --json: stdout is one JSON document
+    assert doc["counts"] == {"ok": 1, "invalid": 1, "error": 0}
+    assert [(r["channels"], r["status"]) for r in doc["points"]] == [(2, "ok"), (0, "invalid")]
+    assert doc["points"][0]["ms_per_token"] > 0 and doc["points"][1]["ms_per_token"] is None
+    assert main(["sweep", str(spec), "--db", str(db), "--report"]) == 0
+    assert "1 ok, 1 invalid, 0 errors" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "s.csv")) == 2 and (tmp_path / "p" / "pareto.png").exists()
     spec.write_text('[grid]\nchanels = [2]\n')
     assert main(["sweep", str(spec), "--db", str(db)]) == 2

@@ -1,27 +1,31 @@
 """GPT workloads: the reference decoder the simulator is checked against and the compiler lowers.
 
-``gpt`` defines the model and its presets, ``export`` turns its decode step into ONNX or a
-``torch.export`` program, ``hf`` converts Hugging Face GPT-2 checkpoints (optional dependency).
+``gpt`` defines the model (``presets`` its shapes and presets, without torch), ``export`` turns
+its decode step into ONNX or a ``torch.export`` program, ``hf`` converts Hugging Face GPT-2
+checkpoints (optional dependency). The names below are imported on first use, so importing
+``workloads`` (the command line) does not import torch.
 """
 
-from workloads.gpt import (
-    GPT,
-    PRESETS,
-    ROLES,
-    GPTConfig,
-    WeightMatrix,
-    get_config,
-    named_weight_matrices,
-    round_weights_to_bf16,
-)
+from __future__ import annotations
 
-__all__ = [
-    "GPT",
-    "GPTConfig",
-    "PRESETS",
-    "ROLES",
-    "WeightMatrix",
-    "get_config",
-    "named_weight_matrices",
-    "round_weights_to_bf16",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "GPT": "workloads.gpt",
+    "GPTConfig": "workloads.presets",
+    "PRESETS": "workloads.presets",
+    "ROLES": "workloads.gpt",
+    "WeightMatrix": "workloads.gpt",
+    "get_config": "workloads.presets",
+    "named_weight_matrices": "workloads.gpt",
+    "round_weights_to_bf16": "workloads.gpt",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'workloads' has no attribute {name!r}")

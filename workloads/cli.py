@@ -9,6 +9,10 @@ model presets, compile them and simulate them:
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
     pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR]
     pimsim sweep SPEC.toml [--workers N] [--cluster ADDRESS] [--db FILE] [--plot DIR] [--csv F]
+    pimsim --version;  pimsim --debug COMMAND ...   (a traceback instead of the one error line)
+
+Bad input gives one line, ``pimsim: error: <problem>; <fix>``, and exit status 2 (the handler is
+:func:`pimsim.cli.run_command`); exit status 1 means a check failed (``validate``).
 """
 
 from __future__ import annotations
@@ -16,41 +20,80 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from pimsim import cli as core_cli
-from pimsim.config import ConfigError, load_config
+from pimsim.cli import INT64_MAX, hw_help, int_in
+from pimsim.config import load_config
+from pimsim.errors import UserError, check_writable, write_text
+from pimsim.progress import status, wanted
+
+SEED_MAX = (1 << 32) - 1
 
 
-class UserError(Exception):
-    """Bad input: printed as one line, exit status 2."""
+def _check_context(model: str, n_ctx: int | None, *, prompt: int | None = None,
+                   tokens: int | None = None, pos: int | None = None,
+                   pos_flag: str = "--pos") -> None:
+    """prompt + tokens (or a position) within the model's context; n_ctx None: not known yet."""
+    if n_ctx is None:
+        return
+    if prompt is not None and tokens is not None and prompt + tokens - 1 > n_ctx:
+        raise UserError(
+            f"--prompt {prompt} + --tokens {tokens} need {prompt + tokens - 1} decode steps, more "
+            f"than {model}'s context of {n_ctx}",
+            f"make prompt + tokens at most {n_ctx + 1}")
+    if pos is not None and not 0 <= pos < n_ctx:
+        raise UserError(f"{pos_flag} {pos} is outside {model}'s context 0..{n_ctx - 1}",
+                        f"give a position in 0..{n_ctx - 1}")
+
+
+def _preset_ctx(model: str) -> int | None:
+    from workloads.models import preset_context
+
+    return preset_context(model)
 
 
 def _compile(args, *, weights: bool):
-    from compiler.pipeline import compile_model
+    """(config, Compiled): from the compiled-program cache when the compile is weightless."""
+    from workloads import cache
     from workloads.models import resolve_model
 
     cfg = load_config(args.hw, refresh=False if getattr(args, "no_refresh", False) else None)
-    src, name = resolve_model(args.model, weights=weights, seed=args.seed)
-    return cfg, compile_model(src, cfg, name=name)
+    use_cache = not weights and not getattr(args, "no_cache", False)
+    if use_cache:
+        c = cache.load(args.model, cfg)
+        if c is not None:
+            return cfg, c
+    show = wanted(getattr(args, "progress", False), getattr(args, "no_progress", False))
+    with status(f"compiling {args.model} for {cfg.name}", show):
+        from compiler.pipeline import compile_model
+
+        src, name = resolve_model(args.model, weights=weights, seed=args.seed)
+        c = compile_model(src, cfg, name=name)
+    if use_cache:
+        cache.store(args.model, cfg, c)
+    return cfg, c
 
 
 def cmd_compile(args) -> int:
+    _check_context(args.model, _preset_ctx(args.model), pos=args.pos)
+    check_writable(args.out, "program text file (-o)")
     cfg, c = _compile(args, weights=False)
+    _check_context(args.model, c.spec.n_ctx, pos=args.pos)
     print(c.mapping.pretty() if args.mapping else c.summary(args.pos))
     if args.out:
-        Path(args.out).write_text(c.program.to_text(args.pos))
+        write_text(args.out, c.program.to_text(args.pos), "program text file (-o)")
         print(f"  program text (position {args.pos}) written to {args.out}")
     return 0
 
 
-def _functional(c, cfg, exact: bool, corrupt: str | None = None):
+def _functional(c, cfg, exact: bool, corrupt: str | None = None, show: bool = False):
     from compiler.passes.images import build_image
     from pimsim.functional import AsicMath, FunctionalExecutor
 
-    img = build_image(c.mapping, data_type=cfg.pim.data_type, corrupt=corrupt)
+    with status(f"building the DRAM image of {c.spec.name}", show):
+        img = build_image(c.mapping, data_type=cfg.pim.data_type, corrupt=corrupt)
     return FunctionalExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=exact),
                               eps=c.spec.eps)
 
@@ -58,15 +101,22 @@ def _functional(c, cfg, exact: bool, corrupt: str | None = None):
 def cmd_run(args) -> int:
     from pimsim.generate import prompt_ids, run_generation
 
-    cfg, c = _compile(args, weights=args.functional)
-    prompt = prompt_ids(args.prompt, c.spec.vocab, args.seed)
-    fx = _functional(c, cfg, args.exact) if args.functional else None
-    bar = None
     n_steps = args.prompt + args.tokens - 1
+    ctx = _preset_ctx(args.model)
+    _check_context(args.model, ctx, prompt=args.prompt, tokens=args.tokens)
+    if args.timeline_pos is not None:
+        _check_context(args.model, ctx, pos=args.timeline_pos, pos_flag="--timeline-pos")
+    check_writable(args.timeline, "timeline file (--timeline)")
+    cfg, c = _compile(args, weights=args.functional)
+    _check_context(args.model, c.spec.n_ctx, prompt=args.prompt, tokens=args.tokens)
+    prompt = prompt_ids(args.prompt, c.spec.vocab, args.seed)
+    show = wanted(args.progress, args.no_progress)
+    fx = _functional(c, cfg, args.exact, show=show) if args.functional else None
+    bar = None
     tl_pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
-    if args.timeline and not 0 <= tl_pos < c.spec.n_ctx:
-        raise UserError(f"--timeline-pos {tl_pos} is outside the context 0..{c.spec.n_ctx - 1}")
-    if not args.no_progress and sys.stderr.isatty() or args.progress:
+    if args.timeline:
+        _check_context(args.model, c.spec.n_ctx, pos=tl_pos, pos_flag="--timeline-pos")
+    if show:
         from tqdm import tqdm
         bar = tqdm(total=n_steps, unit="tok", desc=f"{c.spec.name} on {cfg.name}", file=sys.stderr)
     rep = run_generation(c.program, cfg, prompt=prompt, n_tokens=args.tokens,
@@ -78,7 +128,12 @@ def cmd_run(args) -> int:
     if args.timeline:
         from pimsim.timeline import write_timeline
 
-        tr = write_timeline(args.timeline, c.program, cfg, tl_pos, schedule=args.schedule)
+        with status(f"writing the timeline of position {tl_pos}", show):
+            try:
+                tr = write_timeline(args.timeline, c.program, cfg, tl_pos, schedule=args.schedule)
+            except OSError as e:
+                raise UserError(f"timeline file {args.timeline!r} cannot be written "
+                                f"({e.strerror or e})", "choose a writable path") from None
         print(f"  timeline of the token at position {tl_pos} ({len(tr['traceEvents']):,} events) "
               f"written to {args.timeline}: open it in ui.perfetto.dev", file=sys.stderr)
     return 0
@@ -123,28 +178,54 @@ TOLERANCES = {
 
 
 def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", prompt: int = 1,
-             seed: int = 0, exact: bool = False, corrupt: str | None = None) -> dict:
+             seed: int = 0, exact: bool = False, corrupt: str | None = None,
+             show: bool = False) -> dict:
     """Simulate ``model`` functionally and compare with a PyTorch reference, step by step."""
     from compiler.pipeline import compile_model
     from pimsim.generate import prompt_ids
-    from workloads.models import resolve_model
-    from workloads.reference import ReferenceRun, run_reference
+    from workloads.models import preset_context, resolve_model
+    from workloads.reference import load_reference, pick_device, run_reference
 
-    cfg = load_config(hw)
-    src, name = resolve_model(model, weights=True, seed=seed)
-    c = compile_model(src, cfg, name=name)
-    ids = prompt_ids(prompt, c.spec.vocab, seed)
-    if reference.endswith(".npz"):
-        ref = ReferenceRun.load(reference)
-        if ref.prompt != ids or len(ref.tokens) < tokens:
-            raise UserError(f"reference file {reference} was made for another prompt or fewer "
-                            f"tokens; regenerate it with python -m workloads.reference")
+    if tokens < 1 or prompt < 1:
+        raise UserError(f"validate needs at least one prompt token and one generated token "
+                        f"(got prompt {prompt}, tokens {tokens})", "give --tokens N with N >= 1")
+    _check_context(model, preset_context(model), prompt=prompt, tokens=tokens)
+    ref = None
+    if reference.lower().endswith(".npz"):
+        ref = load_reference(reference)
+        if ref.model != model:
+            raise UserError(f"reference file {reference!r} was made for {ref.model}, not {model}",
+                            "regenerate it with python -m workloads.reference")
+    elif reference not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--reference {reference!r} is not a device or an .npz file",
+                        "give auto, cpu, cuda or a FILE.npz from python -m workloads.reference")
     else:
-        ref = run_reference(model, ids, tokens, device=reference, seed=seed)
-    fx = _functional(c, cfg, exact, corrupt)
+        if preset_context(model) is None:
+            raise UserError(f"a PyTorch reference is built only for presets, not {model!r}",
+                            "give a preset, or a --reference FILE.npz")
+        pick_device(reference)  # no CUDA: fail now, before compiling
+    cfg = load_config(hw)
+    with status(f"compiling {model} with its weights for {cfg.name}", show):
+        src, name = resolve_model(model, weights=True, seed=seed)
+        c = compile_model(src, cfg, name=name)
+    _check_context(model, c.spec.n_ctx, prompt=prompt, tokens=tokens)
+    ids = prompt_ids(prompt, c.spec.vocab, seed)
+    n_steps = len(ids) + tokens - 1
+    if ref is not None:
+        if ref.prompt != ids or len(ref.tokens) < tokens or ref.logits.shape[0] < n_steps:
+            raise UserError(f"reference file {reference!r} was made for another prompt, seed or "
+                            f"fewer tokens", "regenerate it with python -m workloads.reference "
+                            f"--prompt {prompt} --tokens {tokens} --seed {seed}")
+        if ref.logits.ndim != 2 or ref.logits.shape[1] != c.spec.vocab:
+            raise UserError(f"reference file {reference!r} holds logits of shape "
+                            f"{tuple(ref.logits.shape)}, not (steps, {c.spec.vocab})",
+                            "regenerate it with python -m workloads.reference")
+    else:
+        with status(f"PyTorch reference of {model} ({tokens} tokens)", show):
+            ref = run_reference(model, ids, tokens, device=reference, seed=seed)
+    fx = _functional(c, cfg, exact, corrupt, show=show)
     sim_logits, sim_tokens = [], []
     tok = ids[0]
-    n_steps = len(ids) + tokens - 1
     for pos in range(max(n_steps, len(ids))):
         lg = fx.step(tok, pos)
         sim_logits.append(lg)
@@ -170,7 +251,7 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
 
 def cmd_validate(args) -> int:
     m = validate(args.model, args.hw, args.tokens, reference=args.reference, prompt=args.prompt,
-                 seed=args.seed, exact=args.exact)
+                 seed=args.seed, exact=args.exact, show=wanted(args.progress, args.no_progress))
     if args.json:
         print(json.dumps(m, indent=1))
     else:
@@ -186,12 +267,22 @@ def cmd_validate(args) -> int:
 
 def cmd_compare(args) -> int:
     from workloads import compare as C
+    from workloads.models import preset_context
 
     cfg = load_config(args.hw)
     if cfg.energy is None:
-        raise UserError(f"{cfg.name} has no [energy] table; compare needs one")
+        raise UserError(f"{cfg.name} has no [energy] table", "compare needs a config with one")
+    for m in args.models:
+        ctx = preset_context(m)
+        if ctx is None:
+            raise UserError(f"compare takes presets, not {m!r}",
+                            "use presets such as gpt2-small (the GPU side models their shape)")
+        _check_context(m, ctx, prompt=args.prompt, tokens=args.tokens)
+    C.check_gpu(args.gpu, args.models)  # an unknown GPU or a bad baseline file: fail now
+    check_writable(args.plot, "plot directory (--plot)", directory=True)
+    show = wanted(args.progress, args.no_progress)
     rows = C.compare(args.models, cfg, args.gpu, prompt=args.prompt, tokens=args.tokens,
-                     schedule=args.schedule)
+                     schedule=args.schedule, cache=not args.no_cache, show=show)
     if args.json:
         print(json.dumps([C.asdict(r) for r in rows], indent=1))
     else:
@@ -205,10 +296,7 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from workloads import sweep as S
 
-    try:
-        return S.cli(args)
-    except S.SpecError as e:
-        raise UserError(str(e)) from None
+    return S.cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,21 +304,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
 
     def common(sp, hw_default="pim-gpt"):
-        sp.add_argument("model", help="preset name, .onnx file, or module:attribute")
-        sp.add_argument("--hw", default=hw_default, help="hardware config name or .toml path")
-        sp.add_argument("--seed", type=int, default=0, help="weights / prompt seed (default 0)")
+        sp.add_argument("model", help="preset name, .onnx file, or module:attribute (imports and "
+                                      "runs that Python module)")
+        sp.add_argument("--hw", default=hw_default, help=hw_help(hw_default))
+        sp.add_argument("--seed", type=int_in(0, SEED_MAX), default=0,
+                        help=f"weights / prompt seed, 0..{SEED_MAX} (default 0)")
 
+    def progress(sp, what="a progress bar / status line"):
+        sp.add_argument("--progress", action="store_true", help=f"{what} even when not a tty")
+        sp.add_argument("--no-progress", action="store_true", help=f"no {what}")
+
+    def no_cache(sp):
+        sp.add_argument("--no-cache", action="store_true",
+                        help="do not use the compiled-program cache (see the README)")
+
+    tokens = int_in(1, INT64_MAX, "and prompt + tokens within the model's context")
     c = sub.add_parser("compile", help="lower a model to a PIM program and print its mapping")
     common(c)
     c.add_argument("-o", "--out", help="write the program text form here")
-    c.add_argument("--pos", type=int, default=0, help="position for the program text (default 0)")
+    c.add_argument("--pos", type=int_in(0), default=0,
+                   help="position for the program text, within the context (default 0)")
     c.add_argument("--mapping", action="store_true", help="print the mapping as a loop nest")
+    progress(c)
+    no_cache(c)
     c.set_defaults(func=cmd_compile)
 
     r = sub.add_parser("run", help="simulate prompt processing and token generation")
     common(r)
-    r.add_argument("--prompt", type=int, default=1, help="prompt tokens (default 1)")
-    r.add_argument("--tokens", type=int, default=32, help="tokens to generate (default 32)")
+    r.add_argument("--prompt", type=tokens, default=1, help="prompt tokens, >= 1 (default 1)")
+    r.add_argument("--tokens", type=tokens, default=32,
+                   help="tokens to generate, >= 1 (default 32)")
     r.add_argument("--schedule", choices=["serial", "overlap"], default="serial",
                    help="serial: ASIC and PIM never overlap (the paper); overlap: independent "
                         "steps run concurrently")
@@ -240,60 +343,55 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--slow", action="store_true",
                    help="command-by-command SimPy executor (reference for the fast path)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
-    r.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    progress(r)
+    no_cache(r)
     r.add_argument("--timeline", metavar="FILE.json",
                    help="write one token's activity (channels, ASIC, steps) as a Chrome trace "
                         "(ui.perfetto.dev, chrome://tracing): the last generated token")
-    r.add_argument("--timeline-pos", type=int, metavar="POS",
+    r.add_argument("--timeline-pos", type=int_in(0), metavar="POS",
                    help="position of the token --timeline shows (default: the last one)")
     r.set_defaults(func=cmd_run)
 
     cp = sub.add_parser("compare", help="PIM vs GPU latency and energy per token")
     cp.add_argument("models", nargs="+", help="presets to compare")
-    cp.add_argument("--hw", default="pim-gpt")
+    cp.add_argument("--hw", default="pim-gpt", help=hw_help("pim-gpt"))
     cp.add_argument("--gpu", default="T4",
                     help="T4, A100, H100, H200 (analytic model) or a measured baseline JSON")
-    cp.add_argument("--prompt", type=int, default=128,
+    cp.add_argument("--prompt", type=tokens, default=128,
                     help="context before the timed tokens (default 128; prompt steps are not "
                          "simulated, see pimsim.generate skip_prompt)")
-    cp.add_argument("--tokens", type=int, default=8, help="tokens timed per model (default 8)")
+    cp.add_argument("--tokens", type=tokens, default=8, help="tokens timed per model (default 8)")
     cp.add_argument("--schedule", choices=["serial", "overlap"], default="serial")
     cp.add_argument("--plot", metavar="DIR", help="write PNG charts (and compare.json) here")
-    cp.add_argument("--json", action="store_true")
+    cp.add_argument("--json", action="store_true", help="print one JSON document")
+    progress(cp)
+    no_cache(cp)
     cp.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="compare functional simulation with PyTorch")
     common(v)
-    v.add_argument("--tokens", type=int, default=32)
-    v.add_argument("--prompt", type=int, default=1)
+    v.add_argument("--tokens", type=tokens, default=32, help="tokens to generate, >= 1")
+    v.add_argument("--prompt", type=tokens, default=1, help="prompt tokens, >= 1")
     v.add_argument("--reference", default="auto",
                    help="auto (CUDA if present, else CPU), cpu, cuda, or a .npz file from "
                         "python -m workloads.reference")
     v.add_argument("--exact", action="store_true", help="exact ASIC math")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("--json", action="store_true", help="print one JSON document")
+    progress(v)
     v.set_defaults(func=cmd_validate)
 
     from workloads.sweep import add_parser as add_sweep_parser
 
     add_sweep_parser(sub)
     sub.choices["sweep"].set_defaults(func=cmd_sweep)
+    core_cli.add_debug_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compiler.frontends import UnsupportedOpError
-    from compiler.passes.mapping import CapacityError, MappingError
-    from pimsim.trace import TraceError
-    from workloads.models import ModelError
-
+    """The ``pimsim`` entry point: bad input -> one line on stderr, exit 2 (see pimsim.cli)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, TraceError, UserError, ModelError, CapacityError, MappingError,
-            UnsupportedOpError, core_cli.UserError) as e:
-        print(f"pimsim: error: {e}", file=sys.stderr)
-        return 2
+    return core_cli.run_command(args)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from compiler.pipeline import compile_model
 from pimsim.config import HwConfig
+from pimsim.errors import UserError, read_text
 from pimsim.generate import run_generation
-from workloads.gpt import get_config
-from workloads.models import resolve_model
+from workloads.presets import get_config
 
 
 @dataclass
@@ -45,17 +44,63 @@ class CompareRow:
     gpu_source: str = ""
 
 
+def _is_file_arg(gpu: str) -> bool:
+    return gpu.lower().endswith(".json") or os.path.sep in gpu or os.path.exists(gpu)
+
+
+def load_baseline(path: str) -> dict:
+    """A measured GPU baseline (``workloads.gpu_baseline`` JSON), checked; UserError if not."""
+    text = read_text(path, "GPU baseline file")
+    fix = "give a JSON written by python -m workloads.gpu_baseline, or a GPU name"
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"GPU baseline file {path!r} is not valid JSON ({e})", fix) from None
+    if not isinstance(doc, dict) or not all(k in doc for k in ("method", "info", "results")) \
+            or not isinstance(doc["results"], list) or not isinstance(doc["info"], dict):
+        raise UserError(f"GPU baseline file {path!r} is not a gpu_baseline measurement "
+                        f"(needs method, info and a results list)", fix)
+    for r in doc["results"]:
+        try:
+            ok = isinstance(r["model"], str) and all(
+                float(v) > 0 and int(p) >= 0 for p, v in r["graph"]["ms_at"].items()) \
+                and len(r["graph"]["ms_at"]) > 0
+        except (KeyError, TypeError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise UserError(f"GPU baseline file {path!r}: a result lacks model / graph.ms_at "
+                            f"(position -> positive ms)", fix)
+    return doc
+
+
+def check_gpu(gpu: str, models: list[str]) -> None:
+    """Fail now (before simulating) for an unknown GPU or a baseline without these models."""
+    from workloads import gpu_model as gm
+
+    if _is_file_arg(gpu):
+        doc = load_baseline(gpu)
+        have = [r["model"] for r in doc["results"]]
+        missing = [m for m in models if m not in have]
+        if missing:
+            raise UserError(f"GPU baseline file {gpu!r} has no measurement of "
+                            f"{', '.join(missing)}", f"it has {', '.join(have) or 'none'}; "
+                            f"compare those or measure the others")
+        return
+    try:
+        gm.gpu_preset(gpu)
+    except ValueError:
+        raise UserError(f"unknown GPU {gpu!r}", f"use one of {', '.join(gm.GPU_PRESETS)} or a "
+                        f"measured baseline JSON") from None
+
+
 def gpu_point(gpu: str, model: str, pos: int) -> GpuPoint:
     """GPU latency and energy per token at ``pos``: a measured JSON file or a modelled GPU."""
     from workloads import gpu_model as gm
 
-    if gpu.endswith(".json") or os.path.exists(gpu):
-        doc = gm.load_measured(gpu)
-        rows = [r for r in doc["results"] if r["model"] == model]
-        if not rows:
-            raise ValueError(f"{gpu}: no measurement of {model}; it has "
-                             f"{', '.join(r['model'] for r in doc['results'])}")
-        row = rows[0]
+    if _is_file_arg(gpu):
+        check_gpu(gpu, [model])
+        doc = load_baseline(gpu)
+        row = next(r for r in doc["results"] if r["model"] == model)
         g = row["graph"]
         near = min(g["ms_at"], key=lambda p: abs(int(p) - pos))
         ms = float(g["ms_at"][near])
@@ -63,6 +108,7 @@ def gpu_point(gpu: str, model: str, pos: int) -> GpuPoint:
         name = doc["info"].get("gpu", "GPU")
         return GpuPoint(ms, jt, f"measured {name}, CUDA graph, static KV cache, position {near}")
     cfg = get_config(model)
+    check_gpu(gpu, [model])
     spec = gm.gpu_preset(gpu)
     try:
         cal = gm.calibrate(gm.load_measured())
@@ -82,17 +128,35 @@ def _measured_joules(row: dict, ms: float) -> float:
     for holder in (row.get("power", {}), row):
         if "mean_power_w" in holder:
             return float(holder["mean_power_w"]) * ms / 1e3
-    raise ValueError(f"measurement of {row.get('model')} has no energy figure")
+    raise UserError(f"the GPU measurement of {row.get('model')} has no energy figure",
+                    "measure it again with power sampling (python -m workloads.gpu_baseline)")
+
+
+def _compiled(model: str, cfg: HwConfig, cache: bool, show: bool):
+    from pimsim.progress import status
+    from workloads import cache as program_cache
+
+    c = program_cache.load(model, cfg) if cache else None
+    if c is None:
+        from compiler.pipeline import compile_model
+        from workloads.models import resolve_model
+
+        with status(f"compiling {model} for {cfg.name}", show):
+            src, name = resolve_model(model, weights=False)
+            c = compile_model(src, cfg, name=name)
+        if cache:
+            program_cache.store(model, cfg, c)
+    return c
 
 
 def compare(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1, tokens: int = 8,
-            schedule: str = "serial") -> list[CompareRow]:
+            schedule: str = "serial", cache: bool = False, show: bool = False) -> list[CompareRow]:
     """One row per model: PIM simulated (tokens at positions prompt-1 ..), GPU at the mean
-    position."""
+    position. ``cache``: use the compiled-program cache (:mod:`workloads.cache`)."""
+    check_gpu(gpu, models)
     rows = []
     for m in models:
-        src, name = resolve_model(m, weights=False)
-        c = compile_model(src, cfg, name=name)
+        c = _compiled(m, cfg, cache, show)
         rep = run_generation(c.program, cfg, prompt=[0] * prompt, n_tokens=tokens,
                              schedule=schedule, skip_prompt=True)
         pos = prompt - 1 + tokens // 2
@@ -120,54 +184,72 @@ def table(rows: list[CompareRow]) -> str:
 
 
 def plot(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
-    """PNG charts: latency breakdown, energy breakdown, speedup and efficiency bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG charts: latency breakdown, energy breakdown, speedup and efficiency bars (value on
+    every bar, axes from zero); titles name the models, the PIM config and the GPU. Drawn on
+    Agg figures (no global matplotlib backend switch)."""
     import numpy as np
 
+    from workloads.sweep import _figure, _save
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"plot directory {str(out)!r} cannot be created ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
+    if not rows:
+        return []
     names = [r.model for r in rows]
     x = np.arange(len(rows))
     files = []
+    who = (", ".join(names) if len(names) <= 3
+           else f"{names[0]} .. {names[-1]} ({len(names)} models)")
+    pos_note = f"position {rows[0].position}" if len({r.position for r in rows}) == 1 else ""
 
     def stacked(values: list[dict], scale: list[float], ylabel: str, title: str, fname: str):
         keys = [k for k in values[0] if any(v.get(k, 0) > 0 for v in values)]
-        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows) + 2), 4.5))
+        fig, ax = _figure(max(6, 1.1 * len(rows) + 2), 4.8)
         bottom = np.zeros(len(rows))
         for k in keys:
             h = np.array([v.get(k, 0.0) * s for v, s in zip(values, scale)])
             ax.bar(x, h, bottom=bottom, label=k)
             bottom += h
+        for xi, total in zip(x, bottom):
+            ax.text(xi, total, f"{total:.3g}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        p = out / fname
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        files.append(p)
+        files.append(_save(fig, out / fname, dpi=120))
 
     stacked([r.pim_breakdown for r in rows], [r.pim_ms for r in rows], "ms / token",
-            f"PIM latency breakdown ({rows[0].hw})", "latency_breakdown.png")
+            f"{who} on {rows[0].hw}: PIM latency per token by part {pos_note}",
+            "latency_breakdown.png")
     stacked([r.pim_energy_by_component for r in rows], [1e3] * len(rows), "mJ / token",
-            f"PIM energy breakdown ({rows[0].hw})", "energy_breakdown.png")
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows) + 3), 4.5))
-    for ax, key, title in ((axes[0], "speedup", "speedup over GPU"),
-                           (axes[1], "efficiency", "energy efficiency over GPU")):
+            f"{who} on {rows[0].hw}: PIM energy per token by component {pos_note}",
+            "energy_breakdown.png")
+    fig, axes = _figure(max(8, 1.6 * len(rows) + 3), 4.8, 2)
+    for ax, key, title in ((axes[0], "speedup", "speedup over the GPU (GPU / PIM ms per token)"),
+                           (axes[1], "efficiency", "energy efficiency over the GPU "
+                                                   "(GPU / PIM J per token)")):
         vals = [getattr(r, key) for r in rows]
         ax.bar(x, vals, color="tab:green" if key == "speedup" else "tab:purple")
         for xi, v in zip(x, vals):
-            ax.text(xi, v, f"{v:.0f}x", ha="center", va="bottom", fontsize=8)
+            ax.text(xi, v, f"{v:.3g}x", ha="center", va="bottom", fontsize=8)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")  # parity
+        ax.set_ylim(bottom=0)
         ax.set_xticks(x, names, rotation=30, ha="right")
-        ax.set_title(f"{title}\n({rows[0].gpu_source})", fontsize=9)
+        ax.set_ylabel("ratio (1 = parity)")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{who}: PIM ({rows[0].hw}) vs GPU {pos_note}\nGPU: {rows[0].gpu_source}",
+                 fontsize=9)
     fig.tight_layout()
-    p = out / "speedup_efficiency.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    files.append(p)
-    (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    files.append(_save(fig, out / "speedup_efficiency.png", dpi=120))
+    try:
+        (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    except OSError as e:
+        raise UserError(f"{str(out / 'compare.json')!r} cannot be written ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
     return files

@@ -1,26 +1,62 @@
 """Resolve a MODEL argument of the command line: a preset name, an ``.onnx`` file, or a Python
-``module:attribute`` path to a torch module (or a function returning one)."""
+``module:attribute`` path.
+
+``module:attribute`` accepts, and only accepts:
+
+* a torch ``nn.Module`` instance with a ``decode_step(token, pos, past_k, past_v)`` method;
+* a Hugging Face GPT-2 causal-LM model (``transformers.GPT2LMHeadModel``), converted to one;
+* a zero-argument factory (a function, or an ``nn.Module`` class with ``decode_step``) that
+  returns one of the two.
+
+Any other object (an ``nn.Module`` without ``decode_step`` such as ``torch.nn.Conv2d``, a
+function that needs arguments, a number) is rejected with a :class:`ModelError` without being
+called. Importing the module runs its code: ``module:attribute`` (also in a sweep spec) is as
+trusted as any Python you run.
+
+torch is imported only when a model is built.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
-from workloads.gpt import GPT, PRESETS, get_config, round_weights_to_bf16
+from pimsim.errors import UserError, one_line
+from workloads.presets import PRESETS, get_config
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A MODEL argument that names nothing usable."""
+
+    default_fix = ("give a preset, an .onnx file of a decode step or module:attribute naming a "
+                   "torch module with decode_step")
 
 
 TRAINED = {"tiny-counter": "tiny"}  # trained variants of presets (workloads.train)
 
+ACCEPTED = ("an nn.Module instance with a decode_step(token, pos, past_k, past_v) method, a "
+            "Hugging Face GPT2LMHeadModel, or a zero-argument function returning one")
 
-def build_model(name: str, *, seed: int = 0) -> GPT:
+
+def preset_names() -> list[str]:
+    return list(PRESETS) + list(TRAINED)
+
+
+def preset_context(spec: str) -> int | None:
+    """The context length of a preset or trained variant (None for other MODEL arguments)."""
+    if spec in PRESETS or spec in TRAINED:
+        return get_config(TRAINED.get(spec, spec)).n_ctx
+    return None
+
+
+def build_model(name: str, *, seed: int = 0):
     """The reference module of a preset or trained variant, weights rounded to bf16 (a preset's
     in place, one parameter at a time: no second copy of a large model's weights; a trained
     variant's on a copy, as the trained module is cached)."""
+    from workloads.gpt import GPT, round_weights_to_bf16
+
     if name in TRAINED:
         from workloads.train import counting_model
 
@@ -31,40 +67,159 @@ def build_model(name: str, *, seed: int = 0) -> GPT:
 def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[Any, str]:
     """(source for the compiler, display name).
 
-    Presets become a :class:`GPT` with deterministic random weights from ``seed`` rounded to
-    bf16 (or, with ``weights=False``, a weightless ``meta``-device module: shapes only, for
-    timing runs of large models).
+    Presets become a :class:`~workloads.gpt.GPT` with deterministic random weights from ``seed``
+    rounded to bf16 (or, with ``weights=False``, a weightless ``meta``-device module: shapes
+    only, for timing runs of large models).
     """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelError(f"MODEL {spec!r} is empty")
     if spec in PRESETS or spec in TRAINED:
         if weights:
             return build_model(spec, seed=seed), spec
+        from workloads.gpt import GPT
+
         return GPT(get_config(TRAINED.get(spec, spec)), device="meta").eval(), spec
-    if spec.endswith(".onnx"):
-        if not Path(spec).exists():
-            raise ModelError(f"ONNX file {spec!r} not found")
+    if spec.lower().endswith(".onnx"):
+        check_onnx_file(spec)
         return spec, Path(spec).stem
     if ":" in spec:
-        mod_name, attr = spec.split(":", 1)
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise ModelError(f"cannot import module {mod_name!r} for MODEL {spec!r}: {e}") from None
-        if not hasattr(mod, attr):
-            raise ModelError(f"module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(mod, attr)
-        if callable(obj) and not hasattr(obj, "decode_step") and not _is_hf_gpt2(obj):
-            obj = obj()
-        if _is_hf_gpt2(obj):  # a Hugging Face GPT2LMHeadModel: same maths, our module
-            from workloads.hf import from_hf_gpt2
-
-            obj = from_hf_gpt2(obj, name=attr)
-        return obj, attr
+        return resolve_attribute(spec)
     raise ModelError(
-        f"unknown MODEL {spec!r}: give a preset ({', '.join(list(PRESETS) + list(TRAINED))}), an "
-        f".onnx file, or a "
-        f"module:attribute path to a torch module"
-    )
+        f"unknown MODEL {spec!r}",
+        f"give a preset ({', '.join(preset_names())}), an .onnx file, or a module:attribute "
+        f"path to a torch module")
 
 
-def _is_hf_gpt2(obj: Any) -> bool:
-    return any(c.__name__ == "GPT2LMHeadModel" for c in type(obj).__mro__)
+def check_onnx_file(path: str) -> None:
+    """A readable file (its contents are checked by the ONNX front end)."""
+    p = Path(path)
+    try:
+        if not p.exists():
+            raise ModelError(f"ONNX file {path!r} not found", "check the path")
+        if p.is_dir():
+            raise ModelError(f"ONNX file {path!r} is a directory", "give the .onnx file")
+        with p.open("rb") as f:
+            head = f.read(1)
+    except OSError as e:
+        raise ModelError(f"ONNX file {path!r} cannot be read ({e.strerror or e})",
+                         "check the path and its permissions") from None
+    if not head:
+        raise ModelError(f"ONNX file {path!r} is empty",
+                         "export the decode step again (workloads.export.export_decode_onnx)")
+
+
+def _describe(e: BaseException) -> str:
+    msg = one_line(str(e))
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def resolve_attribute(spec: str) -> tuple[Any, str]:
+    """``module:attribute`` -> (torch module, attribute name); see the module docstring."""
+    mod_name, attr = spec.split(":", 1)
+    if not mod_name or not attr:
+        raise ModelError(f"MODEL {spec!r} is not module:attribute",
+                         "write it as package.module:name")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and mod_name.startswith(e.name):
+            raise ModelError(f"cannot import module {mod_name!r} for MODEL {spec!r}: no such "
+                             f"module", "check the name and that its directory is on PYTHONPATH"
+                             ) from None
+        raise ModelError(f"importing module {mod_name!r} for MODEL {spec!r} failed "
+                         f"({_describe(e)})", "install what it needs or fix the module") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code: any failure
+        raise ModelError(f"importing module {mod_name!r} for MODEL {spec!r} raised "
+                         f"{_describe(e)}", "fix the module (it runs when imported)") from None
+    try:
+        obj = getattr(mod, attr)
+    except AttributeError:
+        raise ModelError(f"module {mod_name!r} has no attribute {attr!r}",
+                         "check the name after the colon") from None
+    except Exception as e:  # noqa: BLE001 - a module __getattr__ that fails
+        raise ModelError(f"reading {spec!r} raised {_describe(e)}", "fix the module") from None
+    kind = classify(obj)
+    if kind == "factory":
+        try:
+            obj = obj()
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code
+            raise ModelError(f"calling {spec}() raised {_describe(e)}",
+                             "fix the factory function") from None
+        kind = classify(obj)
+        if kind not in ("decoder", "hf"):
+            raise ModelError(f"{spec}() returned {_what(obj)}, not a model",
+                             f"return {ACCEPTED.split(', or')[0]}")
+    if kind == "hf":  # a Hugging Face GPT2LMHeadModel: same maths, our module
+        from workloads.hf import from_hf_gpt2
+
+        try:
+            obj = from_hf_gpt2(obj, name=attr)
+        except ValueError as e:
+            raise ModelError(f"{spec}: this GPT-2 variant cannot be converted ({one_line(str(e))})",
+                             "use a standard GPT2LMHeadModel") from None
+    elif kind != "decoder":
+        raise ModelError(f"{spec} is {_what(obj)}: {_why(obj, kind)}", f"give {ACCEPTED}")
+    return obj, attr
+
+
+def _what(obj: Any) -> str:
+    if inspect.isclass(obj):
+        return f"the class {obj.__module__}.{obj.__qualname__}"
+    if inspect.isroutine(obj):
+        return f"the function {getattr(obj, '__qualname__', obj)}"
+    return f"a {type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _why(obj: Any, kind: str) -> str:
+    return {
+        "module": "an nn.Module without a decode_step method",
+        "module-class": "an nn.Module class without decode_step (it is not called)",
+        "hf-other": "a Hugging Face model other than GPT2LMHeadModel (only GPT-2 is converted)",
+        "needs-args": "a callable that needs arguments (it is not called)",
+    }.get(kind, "not a model")
+
+
+def _mro_names(cls: type) -> list[str]:
+    return [c.__name__ for c in getattr(cls, "__mro__", ())]
+
+
+def _is_torch_module_class(cls: type) -> bool:
+    return "Module" in _mro_names(cls) and any(
+        c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in cls.__mro__)
+
+
+def _is_hf(cls: type) -> bool:
+    return any(c.__module__.startswith("transformers") for c in getattr(cls, "__mro__", ()))
+
+
+def _zero_args(f: Any) -> bool:
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in sig.parameters.values())
+
+
+def classify(obj: Any) -> str:
+    """``decoder``, ``hf`` (GPT2LMHeadModel), ``factory``, or why not: ``module``,
+    ``module-class``, ``hf-other``, ``needs-args``, ``other``. Never calls ``obj``."""
+    if inspect.isclass(obj):
+        if _is_torch_module_class(obj):
+            if callable(getattr(obj, "decode_step", None)) and _zero_args(obj):
+                return "factory"
+            return "module-class" if not callable(getattr(obj, "decode_step", None)) \
+                else "needs-args"
+        return "other"
+    cls = type(obj)
+    if _is_torch_module_class(cls):
+        if "GPT2LMHeadModel" in _mro_names(cls):
+            return "hf"
+        if callable(getattr(obj, "decode_step", None)):
+            return "decoder"
+        if _is_hf(cls):
+            return "hf-other"
+        return "module"
+    if callable(obj):
+        return "factory" if _zero_args(obj) else "needs-args"
+    return "other"

@@ -10,14 +10,15 @@ Same seed, same weights (rounded to bf16, computed in fp32) as the simulator's f
 from __future__ import annotations
 
 import argparse
+import io
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from workloads.gpt import get_config
+from pimsim.errors import UserError, read_bytes
 from workloads.models import TRAINED, build_model
+from workloads.presets import get_config
 
 
 @dataclass
@@ -37,22 +38,55 @@ class ReferenceRun:
 
     @classmethod
     def load(cls, path: str) -> "ReferenceRun":
-        z = np.load(path, allow_pickle=False)
-        return cls(str(z["model"]), str(z["device"]), z["prompt"].tolist(), z["tokens"].tolist(),
-                   z["logits"], {"file": path, "saved": str(z["info"])})
+        return load_reference(path)
+
+
+def load_reference(path: str) -> ReferenceRun:
+    """A saved :class:`ReferenceRun`; a UserError naming the file if it is missing or not one."""
+    data = read_bytes(path, "reference file")
+    fix = "make it with python -m workloads.reference MODEL --tokens N -o FILE.npz"
+    try:
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        if not hasattr(z, "files"):
+            raise ValueError("not an .npz archive")
+        missing = [k for k in ("model", "device", "prompt", "tokens", "logits", "info")
+                   if k not in z.files]
+        if missing:
+            raise UserError(f"reference file {path!r} lacks {', '.join(missing)}", fix)
+        logits = np.asarray(z["logits"], np.float32)
+        run = ReferenceRun(str(z["model"]), str(z["device"]),
+                           [int(t) for t in np.asarray(z["prompt"]).reshape(-1)],
+                           [int(t) for t in np.asarray(z["tokens"]).reshape(-1)],
+                           logits, {"file": path, "saved": str(z["info"])})
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a truncated zip, a wrong dtype, garbage bytes
+        raise UserError(f"reference file {path!r} is not a reference run "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]})", fix) from None
+    if logits.ndim != 2 or not np.isfinite(logits).all():
+        raise UserError(f"reference file {path!r} holds logits of shape {logits.shape} "
+                        f"(or non-finite values)", fix)
+    return run
 
 
 def pick_device(which: str) -> str:
+    import torch
+
     if which == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if which == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--reference cuda: no CUDA device is available here; use auto or cpu")
+        raise UserError("--reference cuda: no CUDA device is available here",
+                        "use --reference auto or cpu, or an .npz made on a GPU machine")
+    if which not in ("cpu", "cuda"):
+        raise UserError(f"reference device {which!r} is unknown", "use auto, cpu or cuda")
     return which
 
 
 def run_reference(model_name: str, prompt: list[int], n_tokens: int, *, device: str = "auto",
                   seed: int = 0, forced: list[int] | None = None) -> ReferenceRun:
     """Greedy decode; with ``forced``, feed those tokens instead of the model's own choices."""
+    import torch
+
     dev = pick_device(device)
     model = build_model(model_name, seed=seed).to(dev)
     past_k, past_v = model.empty_kv()

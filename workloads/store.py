@@ -15,17 +15,26 @@ Schema (``SCHEMA``):
 ``sweeps``        one row per sweep name: the expanded spec it was last run with.
 ``sweep_points``  the points of each sweep in spec order, with the swept parameter values
                   (several sweeps may share a point: it is simulated once).
+
+``Store(path, readonly=True)`` (what :func:`to_dataframe` and :func:`to_csv` use) opens the file
+with a ``mode=ro`` URI and writes nothing, so a store on a read-only file or medium can be read.
+Every SQLite failure (not a database, locked, disk full, unreadable) is a
+:class:`~pimsim.errors.UserError` naming the file.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from pimsim.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
@@ -80,7 +89,7 @@ _COLUMNS = ("key", "status", "reason", "model", "prompt", "tokens", "schedule", 
 
 
 def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def point_key(hw: dict, model: str, settings: dict, version: str) -> str:
@@ -93,21 +102,82 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
 
 
-class Store:
-    """A sweep results database. Only the sweep driver writes; readers may come and go."""
+def _sqlite_error(path: Path, e: Exception) -> UserError:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if "not a database" in msg or "malformed" in msg:
+        fix = "give a results store written by pimsim sweep (or a new file name)"
+    elif "locked" in msg or "busy" in msg:
+        fix = "wait for the other process using it to finish, or use another --db"
+    elif "readonly" in msg or "read-only" in msg:
+        fix = "use a writable --db (reading a read-only store: pimsim sweep SPEC --report)"
+    else:
+        fix = "check the path, its permissions and the free disk space"
+    return UserError(f"results store {str(path)!r}: {msg}", fix)
 
-    def __init__(self, path: str | Path):
+
+def _guarded(f):
+    """Every sqlite3 / OS error of a Store method -> UserError naming the file."""
+
+    @functools.wraps(f)
+    def g(self, *a, **kw):
+        try:
+            return f(self, *a, **kw)
+        except (sqlite3.Error, OSError) as e:
+            raise _sqlite_error(self.path, e) from None
+
+    return g
+
+
+class Store:
+    """A sweep results database. Only the sweep driver writes; readers may come and go.
+    ``readonly``: open an existing store for reading only (``mode=ro``); nothing is written."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), timeout=60.0)
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = FULL")  # a committed point survives a crash
-        self.conn.execute("PRAGMA busy_timeout = 60000")
-        with self.conn:
-            self.conn.executescript(SCHEMA)
+        self.readonly = readonly
+        try:
+            if readonly:
+                self.conn = self._open_ro()
+            else:
+                if str(self.path.parent) and not self.path.parent.exists():
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self.path.is_dir():
+                    raise UserError(f"results store {str(self.path)!r} is a directory",
+                                    "give a file name for --db")
+                self.conn = sqlite3.connect(str(self.path), timeout=60.0)
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA synchronous = FULL")  # a committed point survives
+                self.conn.execute("PRAGMA busy_timeout = 60000")
+                with self.conn:
+                    self.conn.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise _sqlite_error(self.path, e) from None
+
+    def _open_ro(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise UserError(f"results store {str(self.path)!r} not found",
+                            "give the --db file the sweep wrote")
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        try:
+            conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=10.0)
+            conn.execute("SELECT COUNT(*) FROM points").fetchone()
+            return conn
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                raise
+            # a WAL store on a read-only medium cannot make its -shm file: read it as immutable
+            conn = sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True)
+            conn.execute("SELECT COUNT(*) FROM points").fetchone()
+            return conn
 
     def close(self) -> None:
+        """Close; a writer leaves the file in rollback-journal mode (no -wal / -shm beside
+        it), so it can be copied alone and read from a read-only medium."""
+        if not self.readonly:
+            try:
+                self.conn.execute("PRAGMA journal_mode = DELETE")
+            except sqlite3.Error:  # another process still has it open: it stays in WAL mode
+                pass
         self.conn.close()
 
     def __enter__(self) -> "Store":
@@ -117,6 +187,7 @@ class Store:
         self.close()
 
     # ------------------------------------------------------------------ writing
+    @_guarded
     def register_sweep(self, name: str, spec: dict, members: list[tuple[int, str, dict]]) -> None:
         """Record a sweep and its points (idx, key, params), replacing an earlier version."""
         with self.conn:
@@ -127,8 +198,9 @@ class Store:
             self.conn.execute("DELETE FROM sweep_points WHERE sweep = ?", (name,))
             self.conn.executemany(
                 "INSERT INTO sweep_points (sweep, idx, key, params_json) VALUES (?, ?, ?, ?)",
-                [(name, i, k, json.dumps(p)) for i, k, p in members])  # spec order kept
+                [(name, i, k, json.dumps(p, default=str)) for i, k, p in members])  # spec order
 
+    @_guarded
     def write(self, row: dict) -> None:
         """Store one finished point in its own transaction. A finished (ok / invalid) row is
         never overwritten; an 'error' row is replaced by the new outcome."""
@@ -136,7 +208,8 @@ class Store:
         vals["finished_at"] = vals["finished_at"] or _now()
         for c in ("breakdown", "per_op", "energy", "commands", "hw", "params"):
             if c in row and row.get(c + "_json") is None:
-                vals[c + "_json"] = json.dumps(row[c]) if c == "params" else canonical_json(row[c])
+                vals[c + "_json"] = (json.dumps(row[c], default=str) if c == "params"
+                                     else canonical_json(row[c]))
         vals["skip_prompt"] = int(bool(vals["skip_prompt"]))
         cols = ", ".join(_COLUMNS)
         qs = ", ".join("?" for _ in _COLUMNS)
@@ -147,6 +220,7 @@ class Store:
                 f"WHERE points.status = 'error'", [vals[c] for c in _COLUMNS])
 
     # ------------------------------------------------------------------ reading
+    @_guarded
     def finished(self, keys: Iterable[str]) -> set[str]:
         """Keys among ``keys`` that hold a final (ok / invalid) result."""
         keys = list(keys)
@@ -159,15 +233,33 @@ class Store:
                 chunk)}
         return out
 
+    @_guarded
+    def rows_by_key(self, keys: list[str]) -> list[dict]:
+        """The stored rows of ``keys`` (those present)."""
+        self.conn.row_factory = sqlite3.Row
+        out: list[dict] = []
+        try:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                q = ",".join("?" for _ in chunk)
+                out += [dict(r) for r in self.conn.execute(
+                    f"SELECT * FROM points WHERE key IN ({q})", chunk)]
+        finally:
+            self.conn.row_factory = None
+        return out
+
+    @_guarded
     def count(self, status: str | None = None) -> int:
         if status is None:
             return self.conn.execute("SELECT COUNT(*) FROM points").fetchone()[0]
         return self.conn.execute("SELECT COUNT(*) FROM points WHERE status = ?",
                                  (status,)).fetchone()[0]
 
+    @_guarded
     def sweeps(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM sweeps ORDER BY name")]
 
+    @_guarded
     def rows(self, sweep: str | None = None) -> list[dict]:
         """Rows as dicts. With ``sweep``: that sweep's points in spec order (idx, params from
         the sweep; a point not yet run has status None); else every stored point."""
@@ -203,14 +295,31 @@ def to_dataframe(db: str | Path | Store, sweep: str | None = None):
     """The points as a pandas DataFrame: one row per point, the swept parameters as columns,
     the metrics, the time breakdown (``time_<part>``, fractions) and the energy per token by
     component (``mj_<component>``). ``sweep`` selects one sweep's points in spec order."""
-    import pandas as pd
-
-    store = db if isinstance(db, Store) else Store(db)
+    store = db if isinstance(db, Store) else Store(db, readonly=True)
     try:
         rows = store.rows(sweep)
     finally:
         if store is not db:
             store.close()
+    return _frame(rows)
+
+
+def rows_for_keys(db: str | Path, members: list[tuple[int, str, dict]]):
+    """:func:`to_dataframe` of the given points (idx, key, params), read-only: what the store
+    holds for a spec, whether or not that sweep was registered in it."""
+    with Store(db, readonly=True) as store:
+        stored = {r["key"]: r for r in store.rows_by_key([k for _, k, _ in members])}
+    rows = []
+    for idx, key, params in members:
+        r = dict(stored.get(key, {}))
+        r.update(idx=idx, key=key, params_json=json.dumps(params, default=str))
+        rows.append(r)
+    return _frame(rows)
+
+
+def _frame(rows: list[dict]):
+    import pandas as pd
+
     recs, param_cols = [], []
     for r in rows:
         params = json.loads(r.get("params_json") or "{}")
@@ -244,7 +353,12 @@ def to_dataframe(db: str | Path | Store, sweep: str | None = None):
 def to_csv(db: str | Path | Store, path: str | Path, sweep: str | None = None) -> Path:
     """Write :func:`to_dataframe` as CSV; returns the path."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    to_dataframe(db, sweep).drop(columns=["hw_json"]).to_csv(path, index=False)
+    df = to_dataframe(db, sweep)
+    try:
+        if str(path.parent) and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        df.drop(columns=["hw_json"], errors="ignore").to_csv(path, index=False)
+    except OSError as e:
+        raise UserError(f"CSV file {str(path)!r} cannot be written ({e.strerror or e})",
+                        "choose a writable path") from None
     return path

@@ -65,14 +65,20 @@ from typing import Any
 
 from pimsim import __version__
 from pimsim.config import ConfigError, HwConfig, config_from_dict, load_config
+from pimsim.errors import UserError, read_text
 from workloads.store import Store, canonical_json, point_key, to_csv, to_dataframe
 
+MAX_POINTS = 10_000  # a spec that expands to more points needs --max-points (or max_points=)
+CONNECT_TIMEOUT_S = 10.0  # default bound on reaching a Dask scheduler
 
-class SpecError(ValueError):
+
+class SpecError(UserError):
     """A malformed sweep spec (unknown key, wrong type, empty axis): nothing is run."""
 
+    default_fix = "correct the sweep spec (the README's Design-space sweeps section)"
 
-class PointError(ValueError):
+
+class PointError(UserError):
     """A point whose run settings are impossible (recorded as invalid)."""
 
 
@@ -282,18 +288,28 @@ def _check_axis_name(k: str, where: str) -> None:
                     f"dotted config path such as timing.nRCDRDMAC")
 
 
-def load_spec(path: str | Path, *, name: str | None = None) -> Spec:
+def load_spec(path: str | Path, *, name: str | None = None,
+              max_points: int = MAX_POINTS) -> Spec:
     path = Path(path)
-    if not path.exists():
-        raise SpecError(f"sweep spec {str(path)!r} not found")
     try:
-        raw = tomllib.loads(path.read_text())
+        text = read_text(path, "sweep spec")
+    except UserError as e:
+        raise SpecError(str(e)) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path.name}: not valid TOML: {e}") from None
-    return spec_from_dict(raw, name=name or str(raw.get("name", path.stem)), path=path)
+        raise SpecError(f"{path.name}: not valid TOML ({e})",
+                        "fix the TOML syntax at that line") from None
+    sname = raw.get("name", path.stem)
+    if not isinstance(sname, str) or not sname.strip():
+        raise SpecError(f"{path.name}: name = {sname!r} must be a non-empty string")
+    return spec_from_dict(raw, name=name or sname, path=path, max_points=max_points)
 
 
-def spec_from_dict(raw: dict, *, name: str = "sweep", path: str | Path | None = None) -> Spec:
+def spec_from_dict(raw: dict, *, name: str = "sweep", path: str | Path | None = None,
+                   max_points: int = MAX_POINTS) -> Spec:
+    """The points of a spec mapping. ``max_points``: refuse (SpecError) a spec that expands to
+    more points, checked on the axis lengths before anything is expanded."""
     where = Path(path).name if path else "<spec>"
     unknown = set(raw) - _TOP
     if unknown:
@@ -362,6 +378,14 @@ def spec_from_dict(raw: dict, *, name: str = "sweep", path: str | Path | None = 
                 raise SpecError(f"{where}: [[points]] #{i} sets {k}, which is also a [grid] "
                                 f"axis")
 
+    n_points = math.prod(len(v) for v in axes.values()) * max(1, len(plist))
+    if n_points > max_points:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in axes.items())
+        if plist:
+            sizes += f" x {len(plist)} [[points]]"
+        raise SpecError(f"{where}: the spec expands to {n_points:,} points ({sizes}), more than "
+                        f"the limit of {max_points:,}",
+                        f"shrink the grid, or allow it with --max-points {n_points}")
     names = list(axes)
     combos = [dict(zip(names, vals)) for vals in itertools.product(*axes.values())]
     expanded = [{**c, **p} for c in combos for p in (plist or [{}])]
@@ -460,12 +484,12 @@ def _program(model: str, cfg: HwConfig):
 
 
 def _invalid_types() -> tuple:
-    from compiler.frontends import UnsupportedOpError
-    from compiler.passes.mapping import CapacityError, MappingError
-    from workloads.models import ModelError
+    """What makes a point invalid (recorded with the reason, never retried): bad input of any
+    kind (the UserError family: a bad value, a model that cannot be read or is not a decoder)
+    and a model that does not fit or cannot be mapped."""
+    from pimsim.cli import user_error_types
 
-    return (ConfigError, CapacityError, MappingError, ModelError, UnsupportedOpError,
-            PointError)
+    return user_error_types()
 
 
 def run_point(task: dict) -> dict:
@@ -574,17 +598,21 @@ def _sort_key(p: Point):
 
 def run_sweep(spec: Spec | str | Path, db: str | Path, *, workers: int | None = None,
               cluster: str | None = None, progress: bool | None = None,
-              log: Callable[[str], None] | None = None) -> SweepResult:
+              log: Callable[[str], None] | None = None,
+              connect_timeout_s: float = CONNECT_TIMEOUT_S) -> SweepResult:
     """Run every point of ``spec`` not already finished in ``db``.
 
     ``workers``: local worker processes (default: the CPU count; 0 runs the points in this
     process). ``cluster``: a Dask scheduler address (``tcp://host:8786``), or ``local`` /
     ``local:N`` for a LocalCluster of N worker processes started here; ``workers`` is then
-    ignored. ``progress``: tqdm bar on stderr (default: when stderr is a terminal).
+    ignored; ``connect_timeout_s`` bounds reaching it. ``progress``: tqdm bar on stderr
+    (default: when stderr is a terminal).
     """
     log = log or (lambda s: print(s, file=sys.stderr))
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    if cluster:
+        parse_cluster(cluster)  # a malformed address fails before anything is written
     t_start = time.perf_counter()
     store = Store(db)
     try:
@@ -597,6 +625,7 @@ def run_sweep(spec: Spec | str | Path, db: str | Path, *, workers: int | None = 
         todo = [p for k, p in by_key.items() if k not in done]
         pre_invalid = [p for p in todo if p.error is not None]
         tasks = sorted((p for p in todo if p.error is None), key=_sort_key)
+        connection = dask_client(cluster, connect_timeout_s) if cluster and tasks else None
         log(f"sweep {spec.name}: {len(spec.points)} points ({len(by_key)} distinct), "
             f"{len(done)} already in {db}, {len(todo)} to run"
             + ("" if not tasks else f" on Dask at {cluster}" if cluster
@@ -621,7 +650,7 @@ def run_sweep(spec: Spec | str | Path, db: str | Path, *, workers: int | None = 
 
             try:
                 if cluster:
-                    _run_dask(tasks, cluster, on_result)
+                    _run_dask(tasks, connection, on_result)
                 elif _n_workers(workers) == 0:
                     for p in tasks:
                         on_result(p, run_point(p.task()))
@@ -697,16 +726,57 @@ def _run_local(tasks: list[Point], n: int, on_result) -> None:
                                 "(BrokenProcessPool, 3 attempts)"})
 
 
-def _run_dask(tasks: list[Point], address: str, on_result) -> None:
-    from dask.distributed import Client, LocalCluster, as_completed
+def parse_cluster(address: str) -> tuple[str, int | None]:
+    """("local", N) for ``local`` / ``local:N``, else (address, None) for a scheduler address
+    (``tcp://host:port``, ``host:port``, ``tls://...``). UserError for a malformed one."""
+    fix = "give local, local:N (N >= 1 worker processes) or a scheduler address tcp://HOST:PORT"
+    a = address.strip()
+    if a == "local":
+        return "local", os.cpu_count() or 1
+    if a.startswith("local:"):
+        n = a.split(":", 1)[1]
+        if not n.isdigit() or not 1 <= int(n) <= 1024:
+            raise UserError(f"--cluster {address!r}: {n!r} is not a worker count in 1..1024", fix)
+        return "local", int(n)
+    m = re.fullmatch(r"(?:(tcp|tls|inproc|ucx|ws|wss)://)?"
+                     r"([^\s/:]+|\[[0-9a-fA-F:]+\])(?::(\d+))?/?", a)
+    if not m or (m.group(1) in (None, "tcp", "tls") and m.group(3) is None):
+        raise UserError(f"--cluster {address!r} is not a Dask scheduler address", fix)
+    if m.group(3) is not None and not 0 < int(m.group(3)) < 65536:
+        raise UserError(f"--cluster {address!r}: port {m.group(3)} is out of range 1..65535", fix)
+    return a if m.group(1) else f"tcp://{a}", None
 
+
+def dask_client(address: str, connect_timeout_s: float = CONNECT_TIMEOUT_S):
+    """(client, local cluster or None) for ``--cluster ADDRESS``; a UserError, within
+    ``connect_timeout_s``, when the scheduler cannot be reached."""
+    from dask.distributed import Client, LocalCluster
+
+    where, n = parse_cluster(address)
     cluster = None
-    if address == "local" or address.startswith("local:"):
-        n = int(address.split(":", 1)[1]) if ":" in address else (os.cpu_count() or 1)
+    if where == "local":
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None)
-        address = cluster.scheduler_address
-    client = Client(address, timeout=60)
+        where = cluster.scheduler_address
+    try:
+        return Client(where, timeout=connect_timeout_s), cluster
+    except (OSError, TimeoutError) as e:
+        if cluster is not None:
+            cluster.close()
+        raise UserError(f"cannot reach the Dask scheduler at {address!r} within "
+                        f"{connect_timeout_s:g} s ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})",
+                        "check the address and that the scheduler is running, or drop --cluster "
+                        "to run on local processes") from None
+
+
+def _run_dask(tasks: list[Point], connection, on_result) -> None:
+    """Run the tasks on a Dask cluster (``connection`` from :func:`dask_client`). Dask ships
+    the tasks and results with pickle: use only a cluster you trust (its workers run whatever
+    the driver sends, and the driver unpickles what they return)."""
+    from dask.distributed import as_completed
+
+    client, cluster = connection
     try:
         futs = {}
         for p in tasks:
@@ -884,25 +954,60 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")
 
 
+def _figure(w: float, h: float, ncols: int = 1):
+    """A matplotlib Figure drawn by the Agg canvas: written to files, never shown, and no global
+    backend switch (``matplotlib.use``) that would change an interactive session's backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as e:
+        raise UserError(f"plot file {str(path)!r} cannot be written ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
+    return path
+
+
+def _models_title(df) -> str:
+    models = list(dict.fromkeys(str(m) for m in df["model"].tolist())) if "model" in df else []
+    if not models:
+        return ""
+    return models[0] if len(models) == 1 else f"{models[0]} and {len(models) - 1} more"
+
+
 def plot(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list[Path]:
     """PNG charts: latency and energy per token against each swept parameter (one line per
-    combination of the other parameters), and the latency-energy Pareto front."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    combination of the other parameters, every point labelled with its value), and the
+    latency-energy Pareto front (front points labelled with their parameter values). Titles
+    name the model, the hardware and the workload; latency and energy axes start at zero."""
     if isinstance(res_or_df, SweepResult):
         df, swept = res_or_df.df, res_or_df.spec.swept
+        hw = res_or_df.spec.hw
     else:
         df = res_or_df
         swept = swept if swept is not None else list(df.attrs.get("params", []))
+        hw = ""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"plot directory {str(out)!r} cannot be created ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
     files: list[Path] = []
     ok = df[df["status"] == "ok"] if len(df) else df
     if not len(ok):
         return files
+    model = _models_title(ok)
+    where = f"{model} on {hw}" if hw else model
+    wls = list(dict.fromkeys(ok.apply(_workload, axis=1))) if len(ok) else []
+    wl_note = wls[0] if len(wls) == 1 else f"{len(wls)} workloads"
     for p in swept:
         if p not in ok:
             continue
@@ -917,21 +1022,28 @@ def plot(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list
             vals.sort()
         pos = {str(v): i for i, v in enumerate(vals)}
         others = [q for q in swept if q != p and q in ok]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, axes = _figure(11, 4.6, 2)
         groups = list(ok.groupby(_labels(ok, others))) if others else [("", ok)]
         for gname, g in groups:
             g = g[g[p].notna()]
             g = g.sort_values(p) if numeric else g.iloc[
                 sorted(range(len(g)), key=lambda i: pos[str(g[p].iloc[i])])]
             x = g[p].tolist() if numeric else [pos[str(v)] for v in g[p]]
-            label = ", ".join(f"{q}={v}" for q, v in zip(others, g.iloc[0][others])) \
+            label = ", ".join(f"{q}={_fmt(v)}" for q, v in zip(others, g.iloc[0][others])) \
                 if others else None
-            axes[0].plot(x, g["ms_per_token"], "o-", label=label, lw=1.2, ms=4)
-            if g["mj_per_token"].notna().any():
-                axes[1].plot(x, g["mj_per_token"], "o-", label=label, lw=1.2, ms=4)
+            for ax, col in zip(axes, ("ms_per_token", "mj_per_token")):
+                if not g[col].notna().any():
+                    continue
+                ax.plot(x, g[col], "o-", label=label, lw=1.2, ms=4)
+                if len(groups) <= 4:  # label every point with its value (readable when few)
+                    for xi, yi, v in zip(x, g[col], g[p]):
+                        if yi == yi:
+                            ax.annotate(f"{p}={_fmt(v)}", (xi, yi), fontsize=6,
+                                        xytext=(3, 4), textcoords="offset points")
         for ax, ylab in zip(axes, ("latency (ms / token)", "energy (mJ / token)")):
             ax.set_xlabel(p)
             ax.set_ylabel(ylab)
+            ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
             if numeric and min(vals) > 0 and max(vals) / min(vals) >= 4:
                 ax.set_xscale("log", base=2)
@@ -940,19 +1052,16 @@ def plot(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list
                 ax.set_xticks(range(len(vals)), [str(v) for v in vals])
         if others and 1 < len(groups) <= 12:
             axes[1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"latency and energy per token vs {p}")
+        fig.suptitle(f"{where}: latency and energy per token vs {p} ({wl_note})", fontsize=10)
         fig.tight_layout()
-        f = out / f"vs_{_slug(p)}.png"
-        fig.savefig(f, dpi=110)
-        plt.close(fig)
-        files.append(f)
+        files.append(_save(fig, out / f"vs_{_slug(p)}.png"))
     # Pareto front
     e = ok[ok["mj_per_token"].notna()]
     if len(e):
-        fig, ax = plt.subplots(figsize=(7, 5))
+        fig, ax = _figure(7.5, 5.2)
         fronts = pareto_fronts(ok)
-        wls = e.apply(_workload, axis=1)
-        for wl, g in e.groupby(wls):
+        wls_e = e.apply(_workload, axis=1)
+        for wl, g in e.groupby(wls_e):
             sc = ax.scatter(g["ms_per_token"], g["mj_per_token"], s=18, alpha=0.6, label=wl)
             front = g.set_index("idx").loc[fronts.get(wl, [])]
             ax.step(front["ms_per_token"], front["mj_per_token"], where="post",
@@ -960,64 +1069,147 @@ def plot(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list
             ax.scatter(front["ms_per_token"], front["mj_per_token"], s=40,
                        facecolors="none", edgecolors="k", lw=1.0)
             for i, r in front.iterrows():
-                ax.annotate(f"#{i}", (r["ms_per_token"], r["mj_per_token"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                params = ", ".join(f"{q}={_fmt(r[q])}" for q in swept if q in r and q != "model")
+                ax.annotate(f"#{i} {params}".strip(), (r["ms_per_token"], r["mj_per_token"]),
+                            fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("latency (ms / token)")
         ax.set_ylabel("energy (mJ / token)")
-        ax.set_title("latency-energy Pareto front (circled; lower-left is better)")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{where}: latency-energy Pareto front\n(circled, labelled with their "
+                     f"parameters; lower-left is better)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        f = out / "pareto.png"
-        fig.savefig(f, dpi=110)
-        plt.close(fig)
-        files.append(f)
+        files.append(_save(fig, out / "pareto.png"))
     return files
 
 
 # ---------------------------------------------------------------- command line
 
+def _jsonable(v: Any) -> Any:
+    """A value JSON can hold: NaN / missing -> None, numpy scalars -> Python numbers."""
+    if v is None:
+        return None
+    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
+        try:
+            v = v.item()
+        except (ValueError, TypeError):
+            pass
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (str, int, float, bool)):
+        return v
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    try:
+        if v != v:  # pandas NA / NaT
+            return None
+    except (TypeError, ValueError):
+        return None
+    return str(v)
+
+
+def json_rows(df) -> list[dict]:
+    """One JSON-ready row per point of a sweep's DataFrame (spec order)."""
+    if df is None or not len(df):
+        return []
+    return [{k: _jsonable(v) for k, v in r.items() if k != "hw_json"}
+            for r in df.to_dict("records")]
+
+
 def cli(args) -> int:
     """``pimsim sweep``: run, print the summary, export. Exit 0 when every point is ok or
-    invalid, 1 if some failed unexpectedly (re-run to retry them), 130 when interrupted."""
-    spec = load_spec(args.spec)
+    invalid, 1 if some failed unexpectedly (re-run to retry them), 130 when interrupted.
+    With ``--json`` stdout holds exactly one JSON document (one row per point)."""
+    from pimsim.errors import check_writable
+
+    spec = load_spec(args.spec, max_points=args.max_points)
     db = args.db or f"{Path(args.spec).stem}.db"
     if args.list:
+        if args.json:
+            print(json.dumps([{"idx": p.idx, "key": p.key, "model": p.model,
+                               "params": _jsonable(p.params), "invalid": p.error}
+                              for p in spec.points], indent=1))
+            return 0
         for p in spec.points:
             state = f"invalid: {p.error}" if p.error else ""
             print(f"#{p.idx} {p.key[:12]} {p.model} {p.label()} {state}")
         return 0
-    progress = True if args.progress else False if args.no_progress else None
-    res = run_sweep(spec, db, workers=args.workers, cluster=args.cluster, progress=progress)
-    print(summary(res))
+    check_writable(args.csv, "CSV file (--csv)")
+    check_writable(args.plot, "plot directory (--plot)", directory=True)
+    if args.report:
+        res = stored_result(spec, db)
+    else:
+        check_writable(db, "results store (--db)")
+        if args.cluster:
+            parse_cluster(args.cluster)
+        progress = True if args.progress else False if args.no_progress else None
+        workers = 0 if args.in_process else args.workers
+        res = run_sweep(spec, db, workers=workers, cluster=args.cluster, progress=progress,
+                        connect_timeout_s=args.connect_timeout)
+    if args.json:
+        print(json.dumps({"name": spec.name, "db": str(db), "counts": res.counts,
+                          "points": json_rows(res.df), "scaling": _jsonable(res.scaling),
+                          "pareto": _jsonable(res.pareto), "wall_s": res.wall_s,
+                          "interrupted": res.interrupted}, indent=1))
+    else:
+        print(summary(res))
     if args.csv:
         print(f"  wrote {to_csv(db, args.csv, spec.name)}", file=sys.stderr)
     if args.plot:
         for f in plot(res, args.plot):
             print(f"  wrote {f}", file=sys.stderr)
-    if args.json:
-        print(json.dumps({"name": spec.name, "db": str(db), "counts": res.counts,
-                          "scaling": res.scaling, "pareto": res.pareto,
-                          "wall_s": res.wall_s}, indent=1, default=str))
     if res.interrupted:
         return 130
     return 1 if res.counts["error"] else 0
 
 
+def stored_result(spec: Spec, db: str | Path) -> SweepResult:
+    """What ``db`` holds for ``spec``'s points, without running anything (the store is opened
+    read-only: it may sit on a read-only medium)."""
+    from workloads.store import rows_for_keys
+
+    df = rows_for_keys(db, [(p.idx, p.key, p.params) for p in spec.points])
+    res = SweepResult(spec=spec, db=str(db), n_points=len(spec.points),
+                      n_unique=len({p.key for p in spec.points}),
+                      n_skipped=int(df["status"].notna().sum()) if len(df) else 0, n_run=0,
+                      wall_s=0.0, df=df)
+    res.scaling = scaling_table(res.df, spec.swept)
+    res.pareto = pareto_fronts(res.df)
+    return res
+
+
 def add_parser(sub) -> None:
     """Add ``sweep`` to the subcommands of :mod:`workloads.cli`."""
+    from pimsim.cli import float_in, int_in
+
     s = sub.add_parser("sweep", help="run a design-space sweep into a SQLite store")
-    s.add_argument("spec", help="sweep spec (.toml): base config, grid / points, models")
-    s.add_argument("--workers", type=int, default=None,
-                   help="local worker processes (default: CPU count; 0: in this process)")
+    s.add_argument("spec", help="sweep spec (.toml): base config, grid / points, models "
+                                "(a module:attribute model is imported and run)")
+    s.add_argument("--workers", type=int_in(1, 1024), default=None,
+                   help="local worker processes, 1..1024 (default: CPU count)")
+    s.add_argument("--in-process", action="store_true",
+                   help="run the points in this process (no worker processes)")
     s.add_argument("--cluster", metavar="ADDRESS",
                    help="run on a Dask distributed scheduler (tcp://host:8786), or 'local[:N]' "
-                        "for a LocalCluster of N processes")
+                        "for a LocalCluster of N processes. Dask moves tasks with pickle: "
+                        "trusted clusters only")
+    s.add_argument("--connect-timeout", type=float_in(0, 3600), default=CONNECT_TIMEOUT_S,
+                   metavar="S",
+                   help=f"seconds to reach the --cluster scheduler (default {CONNECT_TIMEOUT_S:g})")
     s.add_argument("--db", metavar="FILE", help="results store (default: SPEC's stem + .db)")
+    s.add_argument("--max-points", type=int_in(1), default=MAX_POINTS, metavar="N",
+                   help=f"refuse a spec of more than N points (default {MAX_POINTS:,})")
     s.add_argument("--plot", metavar="DIR", help="write latency / energy PNG charts here")
     s.add_argument("--csv", metavar="FILE", help="export the sweep's points as CSV")
-    s.add_argument("--json", action="store_true", help="also print counts, scaling, Pareto "
-                                                       "front as JSON")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON document instead of the summary: counts, one row per "
+                        "point, scaling, Pareto front")
     s.add_argument("--list", action="store_true", help="list the points and exit")
+    s.add_argument("--report", action="store_true",
+                   help="print what the store holds for the spec, run nothing (read-only)")
     s.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")

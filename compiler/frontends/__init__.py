@@ -17,6 +17,7 @@ from typing import Any
 from compiler.frontends.common import UnsupportedOpError
 from compiler.ir import Graph
 from compiler.model import DecoderSpec
+from pimsim.errors import ModelFileError, UserError
 
 __all__ = [
     "UnsupportedOpError",
@@ -69,7 +70,7 @@ def import_graph(source: Any) -> Graph:
     if isinstance(source, Graph):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return import_onnx(source)
+        return _import_onnx_file(os.fspath(source))
     mod = type(source).__module__
     if mod.startswith("onnx"):
         return import_onnx(source)
@@ -78,11 +79,38 @@ def import_graph(source: Any) -> Graph:
     if isinstance(source, torch.export.ExportedProgram):
         return import_exported(source)
     if isinstance(source, torch.nn.Module) and callable(getattr(source, "decode_step", None)):
-        return import_exported(decode_step_program(source))
+        if mod.startswith("workloads."):  # our own modules: a failure is a pimsim bug
+            return import_exported(decode_step_program(source))
+        try:
+            ep = decode_step_program(source)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's decode_step: any failure
+            raise UserError(
+                f"torch.export of {type(source).__name__}.decode_step failed "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:300]})",
+                "make decode_step(token, pos, past_k, past_v) traceable by torch.export") from None
+        return import_exported(ep)
     raise TypeError(
         f"load_decoder: cannot import a {type(source).__name__}; pass an ONNX path or ModelProto, "
         f"a torch.export.ExportedProgram, or a torch module with a decode_step method"
     )
+
+
+def _import_onnx_file(path: str) -> Graph:
+    """An ONNX file given by the user: anything that stops it from being read is a
+    :class:`~pimsim.errors.ModelFileError` naming the file."""
+    if not os.path.isfile(path):
+        raise ModelFileError(f"ONNX file {path!r} not found", "check the path")
+    try:
+        return import_onnx(path)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a truncated or corrupt file, a foreign graph
+        raise ModelFileError(
+            f"ONNX file {path!r} cannot be read as a model ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]})",
+            "give a complete .onnx decode step (workloads.export.export_decode_onnx)") from None
 
 
 def load_decoder(source: Any, name: str = "decoder") -> DecoderSpec:
@@ -129,7 +157,7 @@ def _decode_dims(module: Any) -> tuple[int, int, int, int | None]:
             d_head = d_model // n_head
         if n_layer and n_head and d_head:
             return n_layer, n_head, d_head, _first(c, _N_CTX)
-    raise ValueError(
+    raise UserError(
         f"{type(module).__name__}: cannot find the KV-cache shape (a cfg/config attribute with "
         f"n_layer, n_head and d_head or d_model); export the decode step yourself and pass the "
         f"ExportedProgram"

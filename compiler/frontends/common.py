@@ -7,11 +7,12 @@ from typing import Iterable
 import numpy as np
 
 from compiler.ir import f32_attr
+from pimsim.errors import UserError
 
 __all__ = ["UnsupportedOpError", "as_const_array", "f32_attr"]
 
 
-class UnsupportedOpError(ValueError):
+class UnsupportedOpError(UserError):
     """A source op the front end has no IR mapping for.
 
     The message names the op type, the node, and the ops the front end does support.

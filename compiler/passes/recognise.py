@@ -23,10 +23,14 @@ import numpy as np
 from compiler.ir import Graph, Node
 from compiler.model import MATRIX_ROLES, VECTOR_ROLES, DecoderSpec, LayerSpec
 from compiler.passes.classify import Classify, _Graph, _same_table
+from pimsim.errors import UserError
 
 
-class RecogniseError(ValueError):
+class RecogniseError(UserError):
     """The graph is not (or not recognisably) a GPT decoder."""
+
+    default_fix = ("give the decode step of a GPT-style decoder (workloads.export."
+                   "export_decode_onnx writes one)")
 
 
 def recognise_decoder(graph: Graph, name: str = "decoder") -> DecoderSpec:

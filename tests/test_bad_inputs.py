@@ -1,0 +1,720 @@
+"""Every bad input gets a clear error: exit status 2, exactly one line on stderr
+(``pimsim: error: <problem>; <fix>``), no traceback, and never the "internal error" line that
+means a pimsim bug.
+
+Most cases call :func:`workloads.cli.main` in this process (stderr captured); a handful run the
+real command line in a subprocess, each bounded by a 10 s timeout. Configs are temporary TOML
+files derived from ``hwconfigs/pim-gpt.toml``; traces, sweep specs, models and reference files
+are written per case.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from workloads.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = tomllib.loads((ROOT / "hwconfigs" / "pim-gpt.toml").read_text())
+AIM = tomllib.loads((ROOT / "hwconfigs" / "aim-gddr6.toml").read_text())
+TRACE = str(ROOT / "examples" / "gemv_aim.trace")
+ERROR_LINE = re.compile(r"^pimsim: error: \S.*; \S.*$")
+
+
+# ---------------------------------------------------------------- helpers
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def dump_toml(d: dict) -> str:
+    """A minimal TOML writer for the config and spec mappings of these tests."""
+    out: list[str] = []
+
+    def table(prefix: str, t: dict) -> None:
+        scalars = {k: v for k, v in t.items() if not isinstance(v, dict)}
+        subs = {k: v for k, v in t.items() if isinstance(v, dict)}
+        if prefix:
+            out.append(f"[{prefix}]")
+        for k, v in scalars.items():
+            out.append(f"{k} = {_toml_value(v)}")
+        for k, v in subs.items():
+            table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", d)
+    return "\n".join(out) + "\n"
+
+
+def cli(argv: list[str], capsys, expect: str | None = None) -> str:
+    """Run the CLI in this process; assert the bad-input contract; return the error line."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse usage errors exit through SystemExit
+        rc = e.code
+    out, err = capsys.readouterr()
+    assert rc == 2, f"exit status {rc} for {argv}\nstdout: {out[-2000:]}\nstderr: {err[-2000:]}"
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"{len(lines)} stderr lines for {argv}:\n{err[-3000:]}"
+    line = lines[0]
+    assert ERROR_LINE.match(line), f"not '<problem>; <fix>': {line}"
+    assert "internal error" not in line, line
+    assert len(line) <= 800, f"{len(line)} characters: {line[:200]}..."
+    if expect is not None:
+        assert re.search(expect, line), f"{expect!r} not in: {line}"
+    return line
+
+
+def cli_subprocess(argv: list[str], expect: str | None = None, cwd: Path = ROOT) -> str:
+    """The same contract for the real command line, in a process of its own (10 s at most)."""
+    r = subprocess.run([sys.executable, "-m", "workloads.cli", *map(str, argv)],
+                       capture_output=True, text=True, timeout=10, cwd=cwd,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, f"exit {r.returncode} for {argv}: {r.stderr[-2000:]}"
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr[-3000:]
+    assert ERROR_LINE.match(lines[0]) and "internal error" not in lines[0], lines[0]
+    if expect is not None:
+        assert re.search(expect, lines[0]), lines[0]
+    return lines[0]
+
+
+def mutated(base: dict, path: str, value) -> dict:
+    """``base`` with ``path`` (``section.key``, ``a.b.c``) set to ``value``; a value of
+    ``DELETE`` removes the key."""
+    d = copy.deepcopy(base)
+    *parents, last = path.split(".")
+    node = d
+    for p in parents:
+        node = node[p]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return d
+
+
+DELETE = object()
+
+
+# ---------------------------------------------------------------- hardware configs
+
+# (path, value, what the message must mention)
+CONFIG_CASES = [
+    ("organization", DELETE, r"missing section \[organization\]"),
+    ("timing", DELETE, r"missing section \[timing\]"),
+    ("pim", DELETE, r"missing section \[pim\]"),
+    ("asic", DELETE, r"missing section \[asic\]"),
+    ("link", DELETE, r"missing section \[link\]"),
+    ("organization", 5, r"\[organization\] must be a table"),
+    ("bogus", 1, "unknown top-level key"),
+    ("name", 3, "name = 3 must be a string"),
+    ("organization.ranks", 2, r"unknown key.*ranks"),
+    ("organization.channels", "8", "channels = '8' must be of type int"),
+    ("organization.channels", 0, r"channels = 0 is out of range.*1\.\.4,096"),
+    ("organization.channels", -1, "channels = -1 is out of range"),
+    ("organization.channels", 5000, r"channels = 5,000 is out of range.*1\.\.4,096"),
+    ("organization.rows", 10**18, r"rows = 1,000,000,000,000,000,000 is out of range.*2\^24"),
+    ("organization.rows", 99999999999999999999, "rows = .* is out of range"),
+    ("organization.rows", 1.5, "rows = 1.5 must be of type int"),
+    ("organization.columns", 0, "columns = 0 is out of range"),
+    ("organization.columns", 1 << 17, r"columns = 131,072 is out of range.*2\^16"),
+    ("organization.column_bytes", 0, "column_bytes = 0 is out of range"),
+    ("organization.bankgroups", 100, "bankgroups = 100 is out of range"),
+    ("organization.banks_per_group", 0, "banks_per_group = 0 is out of range"),
+    ("organization.channel_mask", 0xF, r"channel_mask = 0xf selects 4 channels"),
+    ("organization.channel_mask", -1, "channel_mask = -1 is out of range"),
+    ("timing.tCK_ps", 0, "tCK_ps = 0 is not a clock period"),
+    ("timing.tCK_ps", 10**7, "tCK_ps = 10000000 is not a clock period"),
+    ("timing.tCK_ps", True, "tCK_ps = True is not a clock period"),
+    ("timing.nRCDRD", 0, "nRCDRD = 0 is impossible"),
+    ("timing.nRCDRD", 2_000_000, r"nRCDRD = 2,000,000 cycles .* out of range.*1\.\.1,000,000"),
+    ("timing.nCL", -5, "nCL = -5 is impossible"),
+    ("timing.nCL", 1.5, "nCL = 1.5 must be an integer"),
+    ("timing.nCL", "50", "nCL = '50' must be an integer"),
+    ("timing.nFOO", 3, "unknown timing name"),
+    ("timing.nRP", DELETE, r"missing timing value.*nRP"),
+    ("timing.tCK_ps", DELETE, "missing key 'tCK_ps'"),
+    ("timing.nRAS", 100, "nRAS = 100 > nRC = 89"),
+    ("timing.nRRDS", 7, "nRRDS = 7 > nRRDL = 6"),
+    ("timing.nCCDS", 3, "nCCDS = 3 > nCCDL = 2"),
+    ("timing.nREFI", 212, "nREFI = 212 leaves no room between refreshes"),
+    ("timing.nREFI", 250, "nREFI = 250 leaves no room.*larger than nRFC \\+ nRP \\+ row cycle"),
+    ("timing.nREFI", 200, "nREFI = 200 leaves no room"),
+    ("timing.nRFC", 3400, "nREFI = 3333 leaves no room"),
+    ("pim.enabled", "yes", "enabled = 'yes' must be of type bool"),
+    ("pim.data_type", "int8", "data_type = 'int8' is not supported"),
+    ("pim.banks_per_pim_unit", 3, "banks_per_pim_unit = 3 does not divide"),
+    ("pim.global_buffer_bytes", 100, "not a whole number of"),
+    ("pim.mac_lanes_per_bank", 0, "mac_lanes_per_bank = 0 must be positive"),
+    ("pim.accumulator_type", "int4", "accumulator_type = 'int4' is not supported"),
+    ("asic.clock_mhz", float("nan"), "clock_mhz = nan must be a finite number"),
+    ("asic.clock_mhz", float("inf"), "clock_mhz = inf must be a finite number"),
+    ("asic.clock_mhz", 0.0, r"clock_mhz = 0.0 is out of range.*\(0, 1e\+06\]"),
+    ("asic.vector_lanes", 0, "vector_lanes = 0 is out of range"),
+    ("asic.sram_bytes", 1 << 50, "sram_bytes = .* is out of range"),
+    ("asic.exp_taylor_terms", 0, "exp_taylor_terms = 0 is out of range"),
+    ("asic.op_passes.softmax", 10**7, r"softmax = 10000000 is out of range.*0\.\.1,000,000"),
+    ("asic.op_latency_cyc.gelu", -1, "gelu = -1 is out of range"),
+    ("asic.op_latency_cyc.gelu", 1.5, "gelu = 1.5 is out of range"),
+    ("asic.op_passes.conv", 1, r"unknown op\(s\) \['conv'\]"),
+    ("asic.op_passes.softmax", DELETE, r"missing op\(s\) \['softmax'\]"),
+    ("asic.op_passes", 4, "op_passes = 4 must be of type dict"),
+    ("link.latency_cyc", 10**7, r"latency_cyc = 10,000,000 is out of range.*0\.\.1,000,000"),
+    ("link.bytes_per_cyc", 0, "bytes_per_cyc = 0 is out of range"),
+    ("link.clock_mhz", float("-inf"), "clock_mhz = -inf must be a finite number"),
+    ("refresh.enabled", 1, "enabled = 1 must be of type bool"),
+    ("refresh", "on", r"\[refresh\] must be a table"),
+    ("energy.vdd_v", float("nan"), "vdd_v = nan must be a finite number"),
+    ("energy.idd0_ma", float("inf"), "idd0_ma = inf must be a finite number"),
+    ("energy.mac_unit_pj", -1.0, "mac_unit_pj = -1.0 is out of range"),
+    ("energy.io_pj_per_bit", 1e12, "io_pj_per_bit = .* is out of range"),
+    ("energy.table", "", "table must name the source"),
+    ("energy.idd3n_ma", 50.0, "idd3n_ma = 50.0 < idd2n_ma = 60"),
+    ("energy.channels_per_chip", 0, "channels_per_chip = 0 is out of range"),
+    ("energy", "x", r"\[energy\] must be a table"),
+]
+
+
+@pytest.mark.parametrize("path,value,expect", CONFIG_CASES,
+                         ids=[f"{p}={'DEL' if v is DELETE else v!r}"[:60]
+                              for p, v, _ in CONFIG_CASES])
+def test_bad_config_value(tmp_path, capsys, path, value, expect):
+    f = tmp_path / "bad.toml"
+    f.write_text(dump_toml(mutated(BASE, path, value)))
+    line = cli(["trace", TRACE, "--hw", f], capsys, expect)
+    assert "bad.toml" in line  # the message names the file
+
+
+def test_the_base_of_the_config_cases_loads(tmp_path):
+    """The cases above fail because of their one change: the unchanged dump loads."""
+    from pimsim.config import load_config
+
+    f = tmp_path / "ok.toml"
+    f.write_text(dump_toml(BASE))
+    assert load_config(f).org.channels == BASE["organization"]["channels"]
+
+
+RAW_CONFIG_CASES = [
+    ("not toml at all [", "not valid TOML"),
+    ("", r"missing section \[organization\]"),
+    ("[organization]\nchannels = 8\nchannels = 9\n", "not valid TOML"),
+    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("text,expect", RAW_CONFIG_CASES, ids=["syntax", "empty", "dup", "bin"])
+def test_unreadable_config_file(tmp_path, capsys, text, expect):
+    f = tmp_path / "bad.toml"
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    cli(["trace", TRACE, "--hw", f], capsys, expect)
+
+
+def test_config_path_problems(tmp_path, capsys):
+    cli(["trace", TRACE, "--hw", "no-such-config"], capsys,
+        r"not found; .*shipped names: aim-gddr6, gddr6, hbm-pim, pim-gpt")
+    cli(["trace", TRACE, "--hw", tmp_path / "missing.toml"], capsys, "not found")
+    d = tmp_path / "dir.toml"
+    d.mkdir()
+    cli(["trace", TRACE, "--hw", d], capsys, "is a directory")
+    cli(["trace", TRACE, "--hw", "a\0b"], capsys, "not found")
+    cli(["trace", TRACE, "--hw", "x" * 5000], capsys, "not found")
+
+
+# ---------------------------------------------------------------- traces
+
+TRACE_CASES = [
+    ("AiM FOO 1 2", "unknown AiM operation 'FOO'"),
+    ("AiM", "'AiM' needs an operation"),
+    ("AiM MAC_ABK 64 0x1", r"takes 3 argument\(s\)"),
+    ("AiM MAC_ABK 64 0x1 0 9", r"takes 3 argument\(s\)"),
+    ("AiM MAC_ABK 64 0xg 0", "mask must be a number"),
+    ("AiM MAC_ABK 1e3 0x1 0", "opsize must be a number"),
+    ("AiM MAC_ABK 0 0x1 0", "opsize 0 must be between 1 and the 64 columns"),
+    ("AiM MAC_ABK 65 0x1 0", "opsize 65 must be between"),
+    ("AiM MAC_ABK 64 0x1 -1", r"row -1 out of range 0\.\.16383"),
+    ("AiM MAC_ABK 64 0x1 16384", "row 16384 out of range"),
+    ("AiM MAC_ABK 64 0x1 99999999999999999999999", "row .* out of range"),
+    ("AiM MAC_SBK 4 0x1 16 0", r"bank 16 out of range 0\.\.15"),
+    ("AiM RD_SBK 0 0x1 -3 0", "bank -3 out of range"),
+    ("AiM MAC_ABK 64 0x100000000 0", "must be a positive number of at most 32 bits"),
+    ("AiM MAC_ABK 64 0 0", "channel mask 0x0"),
+    ("R MEM 0 0", "'R MEM' takes <channel> <bank> <row>"),
+    ("W MEM 40 0 0", "channel 40 not in config"),
+    ("R GPR", "'R GPR' takes <id>"),
+    ("W CFR 1 2 3", "'W CFR' takes <id>"),
+    ("R FOO 1", "unknown host access target 'FOO'"),
+    ("X 1 2", "a line must start with 'AiM', 'R' or 'W'"),
+    ("AiM MAC_ABK 64 0x1 " + "9" * 5000, "row .*(must be a number|out of range|too long)"),  # clipped
+    ("AiM MAC_ABK 64 -1 0", "channel mask -0x1 must be a positive number"),
+    ("AiM MAC_ABK 64 -2 0", "channel mask -0x2 must be a positive number"),
+    ("AiM WR_ABK 0 0xc0000000 0", "must select exactly one channel"),
+]
+
+
+@pytest.mark.parametrize("line,expect", TRACE_CASES)
+def test_bad_trace_line(tmp_path, capsys, line, expect):
+    f = tmp_path / "bad.trace"
+    f.write_text(f"# a comment\nAiM SYNC\n{line}\nAiM EOC\n")
+    msg = cli(["trace", f], capsys, expect)
+    assert "bad.trace:3" in msg  # file and line number
+
+
+def test_trace_file_problems(tmp_path, capsys):
+    cli(["trace", tmp_path / "none.trace"], capsys, "trace file .* not found; check the path")
+    cli(["trace", tmp_path], capsys, "is a directory")
+    f = tmp_path / "bin.trace"
+    f.write_bytes(b"AiM SYNC\n\xff\xfe\x80\n")
+    cli(["trace", f], capsys, "not UTF-8 text")
+    g = tmp_path / "pim.trace"
+    g.write_text("AiM MAC_ABK 4 0x1 0\n")
+    cli(["trace", g, "--hw", "gddr6"], capsys, "needs a PIM device")
+
+
+# ---------------------------------------------------------------- models
+
+@pytest.fixture
+def user_modules(tmp_path, monkeypatch):
+    """A directory on sys.path with small modules a MODEL argument may name."""
+    d = tmp_path / "mods"
+    d.mkdir()
+    (d / "bi_raises.py").write_text("raise RuntimeError('boom at import')\n")
+    (d / "bi_exits.py").write_text("import sys\nsys.exit(3)\n")
+    (d / "bi_objs.py").write_text(
+        "import torch\n"
+        "conv = torch.nn.Conv2d(1, 1, 1)\n"
+        "number = 7\n"
+        "def needs_args(a, b):\n    return a\n"
+        "def factory_raises():\n    raise ValueError('no model today')\n"
+        "def factory_returns_int():\n    return 3\n"
+        "def factory_returns_conv():\n    return torch.nn.Conv2d(1, 1, 1)\n"
+        "class NoDims(torch.nn.Module):\n"
+        "    def decode_step(self, token, pos, k, v):\n        return token\n"
+        "nodims = NoDims()\n")
+    monkeypatch.syspath_prepend(str(d))
+    for m in ("bi_raises", "bi_exits", "bi_objs"):
+        sys.modules.pop(m, None)
+    return d
+
+
+MODEL_CASES = [
+    ("nosuch", "unknown MODEL 'nosuch'; give a preset"),
+    ("", "MODEL '' is empty"),
+    (":", "is not module:attribute"),
+    ("bi_objs:", "is not module:attribute"),
+    ("no_such_module_xyz:model", "cannot import module 'no_such_module_xyz'.*no such module"),
+    ("bi_raises:model", "importing module 'bi_raises'.*raised RuntimeError: boom at import"),
+    ("bi_exits:model", "importing module 'bi_exits'.*raised SystemExit"),
+    ("bi_objs:missing", "has no attribute 'missing'"),
+    ("bi_objs:conv", "torch.nn.*Conv2d: an nn.Module without a decode_step method"),
+    ("torch.nn:Conv2d", "nn.Module class without decode_step \\(it is not called\\)"),
+    ("bi_objs:number", "is a builtins.int: not a model"),
+    ("bi_objs:needs_args", "a callable that needs arguments"),
+    ("bi_objs:factory_raises", r"calling bi_objs:factory_raises\(\) raised ValueError"),
+    ("bi_objs:factory_returns_int", r"returned a builtins.int, not a model"),
+    ("bi_objs:factory_returns_conv", r"returned a torch.nn.*Conv2d, not a model"),
+    ("bi_objs:nodims", "cannot find the KV-cache shape"),
+]
+
+
+@pytest.mark.parametrize("model,expect", MODEL_CASES, ids=[m or "empty" for m, _ in MODEL_CASES])
+def test_bad_model(user_modules, capsys, model, expect):
+    cli(["compile", model, "--no-cache"], capsys, expect)
+
+
+def _onnx_files(d: Path) -> dict[str, Path]:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"]),
+                           helper.make_node("Tanh", ["y"], ["z"])], "not_a_decoder",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 64])], [w])
+    valid = helper.make_model(g)
+    conv = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")]))
+    files = {}
+    files["not_a_decoder"] = d / "mlp.onnx"
+    onnx.save(valid, files["not_a_decoder"])
+    files["conv"] = d / "conv.onnx"
+    onnx.save(conv, files["conv"])
+    data = valid.SerializeToString()
+    files["truncated"] = d / "truncated.onnx"
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["garbage"] = d / "garbage.onnx"
+    files["garbage"].write_bytes(b"\x08\x07\xff\xff\xff\xff\xff" + os.urandom(64))
+    files["empty"] = d / "empty.onnx"
+    files["empty"].write_bytes(b"")
+    files["directory"] = d / "dir.onnx"
+    files["directory"].mkdir()
+    files["missing"] = d / "missing.onnx"
+    return files
+
+
+ONNX_CASES = {
+    "not_a_decoder": "cannot recognise a GPT decoder: expected one LM head",
+    "conv": "unsupported op 'Conv'",
+    "truncated": "truncated.onnx' cannot be read as a model",
+    "garbage": "garbage.onnx' cannot be read as a model",
+    "empty": "empty.onnx' is empty",
+    "directory": "is a directory",
+    "missing": "not found",
+}
+
+
+@pytest.mark.parametrize("case", list(ONNX_CASES))
+def test_bad_onnx(tmp_path, capsys, case):
+    f = _onnx_files(tmp_path)[case]
+    cli(["compile", f, "--no-cache"], capsys, ONNX_CASES[case])
+
+
+# ---------------------------------------------------------------- numbers on the command line
+
+NUMBER_CASES = [
+    (["run", "gpt2-small", "--tokens", "0"], r"--tokens: 0 is out of range: give an integer >= 1"),
+    (["run", "gpt2-small", "--tokens", "-3"], "--tokens: -3 is out of range"),
+    (["run", "gpt2-small", "--tokens", "abc"], "'abc' is not an integer"),
+    (["run", "gpt2-small", "--tokens", "1e3"], "'1e3' is not an integer"),
+    (["run", "gpt2-small", "--prompt", "0"], "--prompt: 0 is out of range"),
+    (["run", "gpt2-small", "--seed", "-1"], r"--seed: -1 is out of range: .*0\.\.4294967295"),
+    (["run", "gpt2-small", "--seed", str(1 << 40)], "--seed: .* is out of range"),
+    (["run", "gpt2-small", "--tokens", "2000"], "need 2000 decode steps, more than gpt2-small's "
+                                                "context of 1024"),
+    (["run", "gpt2-small", "--prompt", "1000", "--tokens", "30"], "context of 1024"),
+    (["run", "tiny", "--tokens", str(1 << 70)], "is out of range"),
+    (["run", "gpt2-small", "--timeline", "t.json", "--timeline-pos", "5000"],
+     r"--timeline-pos 5000 is outside gpt2-small's context 0\.\.1023"),
+    (["run", "gpt2-small", "--timeline-pos", "-1"], "--timeline-pos: -1 is out of range"),
+    (["run", "gpt2-small", "--schedule", "fast"], "invalid choice: 'fast'"),
+    (["compile", "gpt2-small", "--pos", "1024"], r"--pos 1024 is outside .*0\.\.1023"),
+    (["compile", "gpt2-small", "--pos", "-1"], "--pos: -1 is out of range"),
+    (["validate", "tiny", "--tokens", "0"], "--tokens: 0 is out of range"),
+    (["validate", "tiny", "--tokens", "100"], "context of 64"),
+    (["validate", "tiny", "--prompt", "0"], "--prompt: 0 is out of range"),
+    (["validate", "tiny", "--reference", "tpu"], "--reference 'tpu' is not a device"),
+    (["compare", "gpt2-small", "--prompt", "0"], "--prompt: 0 is out of range"),
+    (["compare", "gpt2-small", "--tokens", "3000"], "context of 1024"),
+    (["compare", "gpt2-small", "--gpu", "V100"], "unknown GPU 'V100'; use one of T4, A100, "
+                                                 "H100, H200"),
+    (["compare", "nosuch-model"], "compare takes presets"),
+    (["compare", "gpt2-small", "--hw", "no-such-hw"], "not found"),
+    (["run", "gpt2-small", "--hw", "no-such-hw"], "hardware config 'no-such-hw' not found"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run"], "the following arguments are required: model"),
+    (["sweep", "x.toml", "--workers", "0"], r"--workers: 0 is out of range: .*1\.\.1024"),
+    (["sweep", "x.toml", "--workers", "-1"], "--workers: -1 is out of range"),
+    (["sweep", "x.toml", "--max-points", "0"], "--max-points: 0 is out of range"),
+    (["sweep", "x.toml", "--connect-timeout", "0"], "--connect-timeout: 0 is out of range"),
+    (["sweep", "x.toml", "--connect-timeout", "nan"], "--connect-timeout: nan is out of range"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", NUMBER_CASES,
+                         ids=[" ".join(a)[:50] for a, _ in NUMBER_CASES])
+def test_bad_number(capsys, argv, expect):
+    cli(argv, capsys, expect)
+
+
+def test_reference_problems(tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    if not torch.cuda.is_available():
+        cli(["validate", "tiny", "--reference", "cuda"], capsys,
+            "--reference cuda: no CUDA device is available here")
+    cli(["validate", "tiny", "--reference", tmp_path / "none.npz"], capsys, "not found")
+    g = tmp_path / "garbage.npz"
+    g.write_bytes(b"PK\x03\x04 definitely not a zip")
+    cli(["validate", "tiny", "--reference", g], capsys, "is not a reference run")
+    h = tmp_path / "half.npz"
+    np.savez(h, logits=np.zeros((2, 3), np.float32))
+    cli(["validate", "tiny", "--reference", h], capsys, "lacks model, device, prompt")
+    o = tmp_path / "other.npz"
+    np.savez(o, model="gpt2-small", device="cpu", prompt=np.array([1]), tokens=np.array([2]),
+             logits=np.zeros((1, 4), np.float32), info=np.array("x"))
+    cli(["validate", "tiny", "--reference", o], capsys, "was made for gpt2-small, not tiny")
+    cli(["validate", "bi_no_module:model", "--reference", "cpu"], capsys,
+        "reference is built only for presets")
+
+
+def test_gpu_baseline_problems(tmp_path, capsys):
+    cli(["compare", "gpt2-small", "--gpu", tmp_path / "none.json"], capsys, "not found")
+    b = tmp_path / "bad.json"
+    b.write_text("{not json")
+    cli(["compare", "gpt2-small", "--gpu", b], capsys, "is not valid JSON")
+    e = tmp_path / "empty.json"
+    e.write_text('{"results": []}')
+    cli(["compare", "gpt2-small", "--gpu", e], capsys, "is not a gpu_baseline measurement")
+    m = tmp_path / "other.json"
+    m.write_text(json.dumps({"method": {}, "info": {}, "results": [
+        {"model": "gpt2-xl", "graph": {"ms_at": {"128": 3.5}}}]}))
+    cli(["compare", "gpt2-small", "--gpu", m], capsys, "has no measurement of gpt2-small")
+
+
+# ---------------------------------------------------------------- output paths
+
+def test_unwritable_outputs_fail_before_the_work(tmp_path, capsys):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    cli(["compile", "gpt2-small", "-o", tmp_path], capsys, r"\(-o\) .* is a directory")
+    cli(["compile", "gpt2-small", "-o", afile / "prog.txt"], capsys,
+        "cannot be created: .* is a file")
+    cli(["compile", "gpt2-small", "-o", "/proc/no/such/dir/prog.txt"], capsys, "cannot be written")
+    cli(["run", "gpt2-small", "--timeline", afile / "t.json"], capsys, "timeline file")
+    cli(["compare", "gpt2-small", "--plot", afile], capsys, "exists and is not a directory")
+    spec = tmp_path / "s.toml"
+    spec.write_text('model = "tiny"\ntokens = 2\n')
+    cli(["sweep", spec, "--db", tmp_path], capsys, r"results store \(--db\) .* is a directory")
+    cli(["sweep", spec, "--db", tmp_path / "s.db", "--csv", tmp_path], capsys, "CSV file")
+    cli(["sweep", spec, "--db", tmp_path / "s.db", "--plot", afile], capsys, "plot directory")
+    assert not (tmp_path / "s.db").exists()  # refused before the store was made
+
+
+def test_a_results_store_that_is_not_a_database(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text('model = "tiny"\ntokens = 2\n')
+    db = tmp_path / "junk.db"
+    db.write_bytes(b"this is not an sqlite database, not at all" * 100)
+    cli(["sweep", spec, "--db", db, "--in-process"], capsys, "file is not a database")
+    cli(["sweep", spec, "--db", db, "--report"], capsys, "file is not a database")
+    cli(["sweep", spec, "--db", tmp_path / "none.db", "--report"], capsys,
+        "results store .* not found")
+
+
+# ---------------------------------------------------------------- sweep specs
+
+SPEC_CASES = [
+    ("model = \n", "not valid TOML"),
+    ('bogus = 1\n', "unknown key"),
+    ('[grid]\nchanels = [2]\n', "unknown parameter 'chanels'"),
+    ('[grid]\nchannels = []\n', "empty list"),
+    ('grid = 3\n', r"\[grid\] must be a table"),
+    ('fixed = 3\n', r"\[fixed\] must be a table"),
+    ('points = 3\n', "points must be an array of tables"),
+    ('model = "tiny"\nmodels = ["tiny"]\n', "model or models, not both"),
+    ('clock_scaling = "ps"\n', "clock_scaling = 'ps'"),
+    ('skip_prompt = "yes"\n', "skip_prompt = 'yes' must be true or false"),
+    ('hw = "no-such-hw"\n', "base hardware config"),
+    ('hw = 5\n', "hw = 5 must be a config name"),
+    ('name = 5\n', "name = 5 must be a non-empty string"),
+    ('prompt = []\n', "prompt is an empty list"),
+    ('[grid]\nchannels = [2, 4]\n[[points]]\nchannels = 8\n', "also a \\[grid\\] axis"),
+    ('[grid]\nchannels = ' + str(list(range(1, 201))) + '\nrows = '
+     + str(list(range(1, 201))) + '\n', r"expands to 40,000 points .* limit of 10,000.*"
+                                        r"--max-points 40000"),
+]
+
+
+@pytest.mark.parametrize("text,expect", SPEC_CASES, ids=[t[:30] for t, _ in SPEC_CASES])
+def test_bad_sweep_spec(tmp_path, capsys, text, expect):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text)
+    cli(["sweep", spec, "--db", tmp_path / "s.db", "--in-process"], capsys, expect)
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_sweep_spec_file_problems(tmp_path, capsys):
+    cli(["sweep", tmp_path / "none.toml"], capsys, "sweep spec .* not found")
+    cli(["sweep", tmp_path], capsys, "is a directory")
+    b = tmp_path / "bin.toml"
+    b.write_bytes(b"\xff\xfe\x00\x01")
+    cli(["sweep", b], capsys, "not UTF-8 text")
+
+
+def test_the_point_limit_is_checked_before_expanding(tmp_path):
+    """A grid of 10^12 points is refused from its axis lengths, at once."""
+    from workloads import sweep as S
+
+    axis = list(range(1, 1001))
+    raw = {"grid": {"channels": axis, "rows": axis, "banks": axis, "vector_lanes": axis}}
+    with pytest.raises(S.SpecError, match="1,000,000,000,000 points"):
+        S.spec_from_dict(raw)
+    assert len(S.spec_from_dict({"grid": {"channels": [1, 2]}}, max_points=2).points) == 2
+    with pytest.raises(S.SpecError, match="limit of 1"):
+        S.spec_from_dict({"grid": {"channels": [1, 2]}}, max_points=1)
+
+
+def test_cluster_address_problems(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text('model = "tiny"\ntokens = 2\n')
+    db = tmp_path / "s.db"
+    cli(["sweep", spec, "--db", db, "--cluster", "local:abc"], capsys,
+        "'abc' is not a worker count in 1..1024")
+    cli(["sweep", spec, "--db", db, "--cluster", "local:0"], capsys, "not a worker count")
+    cli(["sweep", spec, "--db", db, "--cluster", "tcp://"], capsys,
+        "is not a Dask scheduler address")
+    cli(["sweep", spec, "--db", db, "--cluster", "host:99999"], capsys,
+        "port 99999 is out of range")
+    assert not db.exists()
+
+
+def test_an_unreachable_scheduler_fails_within_its_timeout(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text('model = "tiny"\ntokens = 2\n')
+    cli_subprocess(["sweep", spec, "--db", tmp_path / "s.db", "--cluster", "tcp://127.0.0.1:9",
+                    "--connect-timeout", "2", "--no-progress"],
+                   "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9' within 2 s")
+
+
+def test_an_unreadable_model_makes_an_invalid_point_not_an_error(tmp_path):
+    """Recorded invalid with the reason (never retried), not an error retried forever."""
+    from workloads import sweep as S
+
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07\xff\xff\xff\xff" + b"junk" * 10)
+    (tmp_path / "m.py").write_text("raise ImportError('needs a package that is not here')\n")
+    sys.modules.pop("m", None)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        spec = S.spec_from_dict({"models": [str(bad), "m:model", str(tmp_path / "none.onnx")],
+                                 "tokens": 2})
+        res = S.run_sweep(spec, tmp_path / "s.db", workers=0, progress=False, log=lambda s: None)
+        again = S.run_sweep(spec, tmp_path / "s.db", workers=0, progress=False,
+                            log=lambda s: None)
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert res.counts == {"ok": 0, "invalid": 3, "error": 0}
+    reasons = res.df["reason"].tolist()
+    assert "cannot be read as a model" in reasons[0]
+    assert "needs a package that is not here" in reasons[1]
+    assert "none.onnx' not found" in reasons[2]
+    assert again.n_run == 0 and again.n_skipped == 3  # invalid is final: not run again
+
+
+# ---------------------------------------------------------------- the real command line
+
+def test_subprocess_cases(tmp_path):
+    """A few cases through ``python -m workloads.cli``: the same one line, in under 10 s."""
+    f = tmp_path / "bad.toml"
+    f.write_text(dump_toml(mutated(BASE, "timing.nREFI", 250)))
+    cli_subprocess(["trace", TRACE, "--hw", f], "nREFI = 250 leaves no room")
+    cli_subprocess(["run", "gpt2-small", "--tokens", "0"], "--tokens: 0 is out of range")
+    cli_subprocess(["run", "gpt2-small", "--tokens", "5000"], "context of 1024")
+    cli_subprocess(["compare", "gpt2-small", "--gpu", "V100"], "unknown GPU 'V100'")
+    t = tmp_path / "t.trace"
+    t.write_text("AiM MAC_ABK 64 0x1 99999\n")
+    cli_subprocess(["trace", t], r"t.trace:1: row 99999 out of range")
+
+
+def test_the_entry_point_script(tmp_path):
+    """The installed ``pimsim`` script follows the same contract."""
+    exe = Path(sys.executable).parent / "pimsim"
+    if not exe.exists():
+        pytest.skip("no pimsim script beside this interpreter")
+    r = subprocess.run([str(exe), "run", "gpt2-small", "--seed", "-4"], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--seed: -4" in r.stderr
+
+
+def test_an_unexpected_exception_is_one_line_and_debug_shows_it(capsys, monkeypatch):
+    """A pimsim bug (not bad input): one line naming the exception and --debug; exit 2."""
+    import pimsim.cli as core
+
+    def boom(args):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(core, "_cmd_trace", boom)
+    assert main(["trace", TRACE]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error KeyError" in err and "--debug" in err
+    with pytest.raises(KeyError):
+        main(["--debug", "trace", TRACE])
+    with pytest.raises(KeyError):
+        main(["trace", TRACE, "--debug"])
+
+
+def test_user_errors_reraise_under_debug():
+    from pimsim.errors import UserError
+
+    with pytest.raises(UserError, match="not found"):
+        main(["--debug", "trace", "/no/such/file.trace"])
+
+
+def test_the_error_family():
+    from compiler.frontends import UnsupportedOpError
+    from compiler.passes.recognise import RecogniseError
+    from pimsim.config import ConfigError
+    from pimsim.errors import UserError
+    from pimsim.trace import TraceError
+    from workloads.models import ModelError
+    from workloads.sweep import PointError, SpecError
+
+    for cls in (ConfigError, TraceError, ModelError, SpecError, PointError, UnsupportedOpError,
+                RecogniseError):
+        assert issubclass(cls, UserError) and issubclass(cls, ValueError), cls
+    assert str(UserError("the problem", "the fix")) == "the problem; the fix"
+    import pimsim.cli
+    import workloads.cli
+
+    assert not hasattr(pimsim.cli, "UserError") or pimsim.cli.UserError is UserError
+    assert not hasattr(workloads.cli, "UserError") or workloads.cli.UserError is UserError
+
+
+def test_validation_failure_keeps_exit_status_1(capsys, monkeypatch):
+    import workloads.cli as W
+
+    monkeypatch.setattr(W, "validate", lambda *a, **k: {
+        "model": "tiny", "hw": "pim-gpt", "asic_math": "approx", "reference_device": "cpu",
+        "tokens": 1, "max_abs_err": 1.0, "max_rel_err": 1.0, "min_cosine": 0.0,
+        "top1_agreement": 0.0, "top1_agreement_decisive": 0.0, "decisive_steps": 1,
+        "greedy_tokens_match": False, "passed": False, "tolerance": {}})
+    assert main(["validate", "tiny", "--tokens", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "PASSED" not in out
+
+
+def test_the_read_only_store_writes_nothing(tmp_path):
+    from pimsim.errors import UserError
+    from workloads import sweep as S
+    from workloads.store import Store, to_dataframe
+
+    spec = S.spec_from_dict({"model": "tiny", "tokens": 2, "grid": {"channels": [2, 4]}},
+                            name="ro")
+    db = tmp_path / "ro.db"
+    S.run_sweep(spec, db, workers=0, progress=False, log=lambda s: None)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    df = to_dataframe(db, "ro")
+    assert list(df["status"]) == ["ok", "ok"]
+    with Store(db, readonly=True) as st:
+        assert st.count() == 2
+        with pytest.raises(UserError, match="readonly"):
+            st.write({"key": "k", "status": "ok", "model": "m", "prompt": 1, "tokens": 1,
+                      "schedule": "serial", "skip_prompt": True, "version": "v", "hw": {}})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.raises(UserError, match="not found"):
+        to_dataframe(tmp_path / "missing.db")
+    assert not (tmp_path / "missing.db").exists()
+    con = sqlite3.connect(db)  # the store is still a normal, writable database
+    assert con.execute("SELECT COUNT(*) FROM points").fetchone()[0] == 2
+    con.close()

@@ -1,0 +1,148 @@
+"""The compiled-program cache: a repeated timing run of the same model on the same hardware skips
+torch.export and the compiler passes (and does not import torch at all).
+
+An entry is a pickled :class:`~compiler.pipeline.Compiled` of a *weightless* compile (shapes
+only: timing runs, ``compile``, ``compare``), keyed by a hash of
+
+* the model's identity: a preset's name and shape (:class:`~workloads.presets.GPTConfig`), or an
+  ONNX file's absolute path, size and modification time (``module:attribute`` models are never
+  cached: their code may change without a trace);
+* the hardware values the compiler reads (every config section but ``[refresh]``, and the name);
+* the simulator version: ``pimsim.__version__``, a digest of the compiler's and the ISA's source
+  files and the installed torch version.
+
+Where: ``$PIMSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/pimsim``, else ``~/.cache/pimsim``; files
+``programs/<key>.pkl``. Safe to delete at any time (``rm -r ~/.cache/pimsim``); a damaged entry is
+ignored and rewritten. ``--no-cache`` (or ``PIMSIM_CACHE_DIR=""``) turns it off. The entries
+are pickles, read back only from the user's own cache directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pimsim import __version__
+
+_ROOT = Path(__file__).resolve().parent.parent
+# source files whose change may change a compiled program
+_SOURCES = ("compiler", "pimsim/isa.py", "pimsim/config.py", "pimsim/spec", "workloads/gpt.py",
+            "workloads/presets.py", "workloads/models.py", "workloads/hf.py")
+
+
+def cache_dir() -> Path | None:
+    """The cache directory (None: caching turned off by an empty ``PIMSIM_CACHE_DIR``)."""
+    env = os.environ.get("PIMSIM_CACHE_DIR")
+    if env is not None:
+        return Path(env).expanduser() if env.strip() else None
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "pimsim"
+
+
+@lru_cache(maxsize=1)
+def simulator_version() -> str:
+    """``__version__`` + a digest of the compiler's sources + the torch version."""
+    h = hashlib.sha256(__version__.encode())
+    for rel in _SOURCES:
+        p = _ROOT / rel
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            try:
+                h.update(str(f.relative_to(_ROOT)).encode())
+                h.update(f.read_bytes())
+            except OSError:
+                h.update(b"?")
+    try:
+        from importlib.metadata import version
+
+        h.update(version("torch").encode())
+    except Exception:  # noqa: BLE001 - no torch metadata: keyed without it
+        pass
+    return f"{__version__}+{h.hexdigest()[:16]}"
+
+
+def model_identity(model: str) -> dict | None:
+    """What identifies ``model``'s weightless compile, or None when it must not be cached."""
+    from workloads.models import TRAINED
+    from workloads.presets import PRESETS
+
+    if model in PRESETS or model in TRAINED:
+        cfg = PRESETS[TRAINED.get(model, model)]
+        return {"preset": model, "shape": dataclasses.asdict(cfg)}
+    if model.lower().endswith(".onnx"):
+        try:
+            st = os.stat(model)
+        except OSError:
+            return None
+        return {"onnx": os.path.abspath(model), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return None
+
+
+def hw_identity(cfg: Any) -> dict:
+    return {"name": cfg.name, "org": dataclasses.asdict(cfg.org),
+            "timing": {"tCK_ps": cfg.timing.tCK_ps, **cfg.timing.cycles},
+            "pim": dataclasses.asdict(cfg.pim), "asic": dataclasses.asdict(cfg.asic),
+            "link": dataclasses.asdict(cfg.link),
+            "energy": dataclasses.asdict(cfg.energy) if cfg.energy else None}
+
+
+def cache_key(model: str, cfg: Any) -> str | None:
+    ident = model_identity(model)
+    if ident is None:
+        return None
+    doc = {"model": ident, "hw": hw_identity(cfg), "version": simulator_version()}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:40]
+
+
+def _entry(key: str) -> Path | None:
+    d = cache_dir()
+    return None if d is None else d / "programs" / f"{key}.pkl"
+
+
+def load(model: str, cfg: Any) -> Any | None:
+    """The cached Compiled of ``model`` on ``cfg``, or None."""
+    key = cache_key(model, cfg)
+    path = _entry(key) if key else None
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as f:
+            obj = pickle.load(f)
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - a damaged or stale entry: drop it, compile again
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+    return obj if getattr(obj, "program", None) is not None else None
+
+
+def store(model: str, cfg: Any, compiled: Any) -> Path | None:
+    """Save ``compiled``; quietly does nothing where the cache cannot be written."""
+    key = cache_key(model, cfg)
+    path = _entry(key) if key else None
+    if path is None or getattr(compiled.spec, "has_weights", False):
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pkl")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(compiled, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)  # atomic: a reader sees the old entry or the whole new one
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except (OSError, pickle.PicklingError, TypeError, AttributeError):
+        return None
+    return path
