@@ -18,7 +18,8 @@ import numpy as np
 
 from pimsim.config import HwConfig
 from pimsim.engine import ChannelResult, SimResult
-from pimsim.spec.commands import COMMANDS, N_CMDS
+from pimsim.spec.commands import N_CMDS, cmd_id
+from pimsim.spec.rules import rules_for
 from pimsim.timing import ChannelStates, ChannelTimer
 from pimsim.timing import kernel as K
 from pimsim.timing.tables import build_tables
@@ -28,10 +29,10 @@ from pimsim.trace import Trace
 def blocking_table(cfg: HwConfig) -> np.ndarray:
     """1 for the commands whose data the host waits for before its next request."""
     out = np.zeros(N_CMDS, np.int64)
-    if cfg.pim.enabled and cfg.host.blocking_reads:
-        for i, c in enumerate(COMMANDS):
-            if c.name in ("RD_MAC", "RD_AF"):
-                out[i] = 1
+    for rule in rules_for(cfg):
+        if rule.when == "blocking_reads":  # the rule row that holds the next request
+            for name in rule.preceding:
+                out[cmd_id(name)] = 1
     return out
 
 
