@@ -1,4 +1,5 @@
-"""The example notebooks (notebooks/*.ipynb) run without errors and are committed clean.
+"""The example notebooks (notebooks/*.ipynb) run without errors, show every figure they make, and
+are committed clean.
 
 They run with nbclient on a ``python3`` kernel whose spec is written here with this interpreter
 (``sys.executable``) as argv[0] and put first on JUPYTER_PATH, so the kernel is this virtual
@@ -8,6 +9,7 @@ environment's Python whatever other ``python3`` kernels the machine has.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +19,8 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
+# calls that make a figure in a notebook cell
+_FIGURE_CALL = re.compile(r"plt\.(subplots|figure)\(|display\(Image\(")
 NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 
@@ -52,7 +56,8 @@ def venv_kernel(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("JUPYTER_PATH", str(root))
     mp.setenv("JUPYTER_RUNTIME_DIR", str(root / "runtime"))
-    mp.setenv("MPLBACKEND", "agg")  # the kernel's inline backend takes over; never a GUI
+    # as in Jupyter: the kernel picks matplotlib's inline backend (never a GUI, never Agg)
+    mp.delenv("MPLBACKEND", raising=False)
     yield "python3"
     mp.undo()
 
@@ -70,3 +75,9 @@ def test_notebook_runs(path, venv_kernel):
         if cell.cell_type == "code":
             errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
             assert not errors, f"{path.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+    # every cell that makes a figure shows it as an image, as Jupyter would
+    makes = [c for c in nb.cells if c.cell_type == "code" and _FIGURE_CALL.search(c.source)]
+    assert makes, f"{path.name}: no figure cells found (the check would pass vacuously)"
+    for cell in makes:
+        shown = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert shown, f"{path.name}: a cell makes a figure but shows none:\n{cell.source[:200]}"
