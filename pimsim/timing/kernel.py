@@ -285,18 +285,18 @@ def run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
                 tp = max(scal[S_NEXT_REF],
                          earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
                                   win_cnt, scal[S_LAST]))
-                log = issue(prea, -1, -1, tp, 1, cmd_tab, pr_start, pr_tab, win_tab,
+                log = issue(prea, np.int64(-1), np.int64(-1), tp, np.int64(1), cmd_tab, pr_start, pr_tab, win_tab,
                             geom, ready, win_hist, win_cnt, open_row, scal, counts, log)
                 stats[ST_INSERTED] += 1
             tr = max(scal[S_NEXT_REF],
                      earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
                               scal[S_LAST]))
-            log = issue(ref, -1, -1, tr, 1, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+            log = issue(ref, np.int64(-1), np.int64(-1), tr, np.int64(1), cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                         win_hist, win_cnt, open_row, scal, counts, log)
             stats[ST_REFRESHES] += 1
             scal[S_NEXT_REF] += geom[G_NREFI]
             continue
-        log = issue(ncmd, nbank, nrow, t, 1, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+        log = issue(ncmd, nbank, nrow, t, np.int64(1), cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                     win_hist, win_cnt, open_row, scal, counts, log)
         if ncmd != cmd:
             stats[ST_INSERTED] += 1
@@ -841,7 +841,7 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
                     kind = 0
                     q = pos + 1
                     while (q < end and q - pos < MEMO_BLOCK and stream[q, 0] != SYNC
-                           and _pair_run(stream, q, end, cmd_tab, 3) < 3):
+                           and _pair_run(stream, q, end, cmd_tab, np.int64(3)) < 3):
                         q += 1
                     n_it = q - pos
                 if kind == 1 or n_it >= 4:
@@ -1087,7 +1087,7 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
     item = np.zeros((1, 5), np.int64)
     sel = np.zeros(n_ch, np.bool_)
     seen = np.zeros(n_ch, np.bool_)
-    r_t = 1  # release time of the line being decoded (the DMA decodes at r_t - 1)
+    r_t = np.int64(1)  # release time of the line being decoded (the DMA decodes at r_t - 1)
     end = 0
     for i in range(lines.shape[0]):
         kind = lines[i, 0]
@@ -1144,7 +1144,7 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
             if not sel[c] or rep[c] != c:
                 continue
             scal[c, S_LOG_N] = 0
-            scratch = run_item(item, 0, r_t, cmd_tab, pr_start, pr_tab, win_tab, geom,
+            scratch = run_item(item, np.int64(0), r_t, cmd_tab, pr_start, pr_tab, win_tab, geom,
                                ready[c], win_hist[c], win_cnt[c], open_row[c], scal[c],
                                counts[c], stats[c], scratch)
             if need_times:
