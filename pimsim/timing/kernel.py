@@ -47,6 +47,24 @@ _ROW_NONE, _ROW_NEEDS_OPEN, _ROW_OPENS, _ROW_CLOSES, _ROW_NEEDS_OPEN_CLOSES, _RO
 
 
 @njit(cache=True, inline="always")
+def _copy_into(dst, src):
+    """``dst[...] = src`` for two C-contiguous arrays of one shape, as a flat loop (a slice
+    assignment would compile numba's broadcasting and its error formatting for every rank)."""
+    d = dst.reshape(-1)
+    s = src.reshape(-1)
+    for i in range(d.shape[0]):
+        d[i] = s[i]
+
+
+@njit(cache=True, inline="always")
+def _copy_rows(dst, src, n):
+    """``dst[:n] = src[:n]`` for two C-contiguous 2-D arrays of one row length."""
+    for i in range(n):
+        for j in range(src.shape[1]):
+            dst[i, j] = src[i, j]
+
+
+@njit(cache=True, inline="always")
 def earliest(cmd, bank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt, scal_last):
     """Earliest cycle at which ``cmd`` (to ``bank`` for bank commands) satisfies every rule.
 
@@ -177,7 +195,7 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
         n = scal[S_LOG_N]
         if n + n_same > log.shape[0]:
             grown = np.empty((max(2 * log.shape[0], n + n_same), 4), np.int64)
-            grown[:n] = log[:n]
+            _copy_rows(grown, log, n)
             log = grown
         for j in range(n_same):
             log[n + j, 0] = t - (n_same - 1 - j) * gap
@@ -377,10 +395,10 @@ def _fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, w
     p = pos
     while p < end_pair:
         if have_prev:
-            ready0[:, :] = ready
-            counts0[:] = counts
-            stats0[:] = stats
-            scal0[:] = scal
+            _copy_into(ready0, ready)
+            _copy_into(counts0, counts)
+            _copy_into(stats0, stats)
+            _copy_into(scal0, scal)
         win0 = win_cnt.sum()
         log = run_item(stream, p, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                        win_hist, win_cnt, open_row, scal, counts, stats, log)
@@ -1004,10 +1022,10 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
             for c in range(n_ch):
                 r = rep[c]
                 if r != c:
-                    ready[c] = ready[r]
-                    win_hist[c] = win_hist[r]
-                    win_cnt[c] = win_cnt[r]
-                    open_row[c] = open_row[r]
+                    _copy_into(ready[c], ready[r])
+                    _copy_into(win_hist[c], win_hist[r])
+                    _copy_into(win_cnt[c], win_cnt[r])
+                    _copy_into(open_row[c], open_row[r])
                     for x in range(counts.shape[1]):
                         counts[c, x] += counts[r, x] - before[r, x]
                     for x in range(stats.shape[1]):
@@ -1042,14 +1060,14 @@ L_ISR, L_HOST, L_SYNC, L_EOC = 0, 1, 2, 3
 
 @njit(cache=True)
 def _copy_slot(src, dst, ready, win_hist, win_cnt, open_row, scal, counts, stats, reqt, nreq):
-    ready[dst] = ready[src]
-    win_hist[dst] = win_hist[src]
-    win_cnt[dst] = win_cnt[src]
-    open_row[dst] = open_row[src]
-    scal[dst] = scal[src]
-    counts[dst] = counts[src]
-    stats[dst] = stats[src]
-    reqt[dst] = reqt[src]
+    _copy_into(ready[dst], ready[src])
+    _copy_into(win_hist[dst], win_hist[src])
+    _copy_into(win_cnt[dst], win_cnt[src])
+    _copy_into(open_row[dst], open_row[src])
+    _copy_into(scal[dst], scal[src])
+    _copy_into(counts[dst], counts[src])
+    _copy_into(stats[dst], stats[src])
+    _copy_into(reqt[dst], reqt[src])
     nreq[dst] = nreq[src]
 
 
@@ -1156,7 +1174,7 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
                 if keep_log == 1:
                     if gn + nl > glog.shape[0]:
                         grown = np.zeros((max(2 * glog.shape[0], gn + nl), 5), np.int64)
-                        grown[:gn] = glog[:gn]
+                        _copy_rows(grown, glog, gn)
                         glog = grown
                     for j in range(nl):
                         glog[gn, 0] = scratch[j, 0]
