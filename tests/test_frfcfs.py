@@ -276,3 +276,14 @@ def test_scheduler_changes_results_and_the_timing_table_key():
     assert build_tables(BASE).geom[G_SCHED] != build_tables(ino).geom[G_SCHED]
     its = [("WR", b, 3) for b in range(16)]
     assert run(BASE, its).done_cyc < run(ino, its).done_cyc
+
+
+def test_sweep_points_keep_the_controller_and_host_sections():
+    # a sweep rebuilds each point's config from its dict: the scheduler must survive and be
+    # part of the point's key (it changes results)
+    from workloads.sweep import canonical_hw, config_to_dict
+    d = config_to_dict(BASE)
+    back = config_from_dict(d, "point")
+    assert back.controller == BASE.controller and back.host == BASE.host
+    d2 = config_to_dict(ctrl(BASE, scheduler="in-order"))
+    assert canonical_hw(d) != canonical_hw(d2)

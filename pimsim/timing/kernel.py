@@ -454,8 +454,10 @@ def _fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, w
 # activated for it, a row command was issued for it), oldest first.
 Q_CMD, Q_BANK, Q_ROW, Q_ARR, Q_ACT, Q_MISS = range(6)
 QF = 6
-CQ_N, CQ_WMODE, CQ_NR, CQ_NW = range(4)  # controller state: queued requests, write-drain mode,
-N_CQ = 4  # reads and writes queued (including requests whose row is being opened)
+# controller state: requests queued, write-drain mode (1 = serving writes), reads and writes
+# holding a queue entry (an entry frees when its request's column command issues)
+CQ_N, CQ_WMODE, CQ_NR, CQ_NW = range(4)
+N_CQ = 4
 _FAR = 1 << 60
 
 
@@ -638,11 +640,6 @@ def _cq_push(q, cq, cmd, bank, row, arr, geom):
         cq[CQ_NW] += 1
     else:
         cq[CQ_NR] += 1
-
-
-def new_queue(geom) -> np.ndarray:
-    """An empty request queue for one channel (rows for both queues' entries)."""
-    return np.zeros((int(geom[G_RQ] + geom[G_WQ]), QF), np.int64)
 
 
 @njit(cache=True)
@@ -1047,6 +1044,9 @@ def _memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, w
 def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                 win_hist, win_cnt, open_row, scal, counts, stats, log, memo):
     """Issue stream items from ``pos`` up to (and past) the next SYNC item, or to ``end``.
+
+    With the FR-FCFS controller a run of consecutive conventional RD/WR items goes through
+    ``run_queued`` (drained before the next PIM item or SYNC, which act as barriers).
 
     No stream command issues before ``not_before``. Returns (next position, log). In fast mode
     (without a log) runs of identical item pairs are stepped in closed form once they are
