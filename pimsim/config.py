@@ -205,6 +205,40 @@ class Host:
     mask_order: str = "lsb"  # trace channel masks: "lsb" (bit i = channel i) or "msb32" (AiM: bit i = channel 31 - i)
 
 
+SCHEDULERS = ("frfcfs", "in-order")
+
+
+@dataclass(frozen=True)
+class Controller:
+    """The channel controller's scheduling of conventional RD/WR requests.
+
+    ``"frfcfs"`` (Ramulator 2's controller and FRFCFS scheduler, which the public AiM simulator
+    uses): requests wait in a read and a write queue (an entry frees when its request's column
+    command issues); each cycle the controller issues the next command (PRE, ACT or the column
+    command) of a request whose command is legal now ("first ready", so row hits, whose column
+    command is legal first, go first): the column command of a request whose row was opened for
+    it before any other, then the oldest; it serves writes while in write-drain mode (entered
+    when the write queue holds more than ``write_high_watermark`` of its entries or no read
+    waits, left when it holds fewer than ``write_low_watermark`` and a read waits). Activates
+    of queued requests to different banks overlap under nRRD / nFAW.
+    ``"in-order"``: every request's PRE / ACT / column command in stream order (the reference).
+    PIM commands always issue in order; before one (and at SYNC) the queues are drained.
+    """
+
+    scheduler: str = "in-order"
+    read_queue_entries: int = 32
+    write_queue_entries: int = 32
+    write_high_watermark: float = 0.8
+    write_low_watermark: float = 0.2
+
+    def drain_thresholds(self) -> tuple[int, int]:
+        """(high, low) as entry counts: drain starts when the write queue holds more than
+        ``high`` requests and stops when it holds fewer than ``low`` (and a read waits)."""
+        high = math.floor(self.write_high_watermark * self.write_queue_entries + 1e-9)
+        low = math.ceil(self.write_low_watermark * self.write_queue_entries - 1e-9)
+        return high, low
+
+
 @dataclass(frozen=True)
 class Asic:
     """The controlling ASIC: clock, vector unit, SRAM and the cost of each op it runs."""
@@ -275,6 +309,7 @@ class HwConfig:
     refresh: Refresh
     energy: Energy | None = None
     host: Host = field(default_factory=Host)
+    controller: Controller = field(default_factory=Controller)
 
     @property
     def tCK_ps(self) -> int:
@@ -301,6 +336,7 @@ _SECTIONS = {
     "refresh": Refresh,
     "energy": Energy,
     "host": Host,
+    "controller": Controller,
 }
 _TOP_KEYS = {"name", "description"} | set(_SECTIONS)
 
@@ -402,6 +438,9 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
     if not isinstance(data.get("host", {}), dict):
         fail("[host] must be a table")
     host = build(Host, "host", data.get("host", {}))
+    if not isinstance(data.get("controller", {}), dict):
+        fail("[controller] must be a table")
+    controller = build(Controller, "controller", data.get("controller", {}))
     energy = None
     if "energy" in data:
         if not isinstance(data["energy"], dict):
@@ -412,7 +451,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
         description=str(data.get("description", "")),
         source=source,
         org=org, timing=timing, pim=pim, asic=asic, link=link, refresh=refresh, energy=energy,
-        host=host,
+        host=host, controller=controller,
     )
     _validate(cfg, source)
     return cfg
@@ -561,6 +600,22 @@ def _validate(cfg: HwConfig, where: str) -> None:
     if h.mask_order == "msb32" and max(channel_ids(cfg)) > 31:
         fail("[host] mask_order = 'msb32' addresses channels 0..31 only, but the config has "
              f"channel {max(channel_ids(cfg))}", "use mask_order = 'lsb'")
+    k = cfg.controller
+    if k.scheduler not in SCHEDULERS:
+        fail(f"[controller] scheduler = {k.scheduler!r}; supported: "
+             f"{', '.join(repr(x) for x in SCHEDULERS)}", "use one of those")
+    for n in ("read_queue_entries", "write_queue_entries"):
+        v = getattr(k, n)
+        if not _is_int(v) or not 1 <= v <= 4096:
+            fail(f"[controller] {n} = {v!r} is out of range", "use an integer in 1..4,096")
+    for n in ("write_high_watermark", "write_low_watermark"):
+        v = getattr(k, n)
+        if not _is_num(v) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+            fail(f"[controller] {n} = {v!r} must be a fraction of the write queue",
+                 "use a number in [0, 1]")
+    if k.write_low_watermark > k.write_high_watermark:
+        fail(f"[controller] write_low_watermark = {k.write_low_watermark} is above "
+             f"write_high_watermark = {k.write_high_watermark}", "make low <= high")
     if p.data_type not in ("bf16", "fp16"):
         fail(f"[pim] data_type = {p.data_type!r} is not supported", "use 'bf16' or 'fp16'")
     if p.accumulator_type not in ("fp32", "bf16", "fp16"):

@@ -4,9 +4,13 @@ The GDDR6-AiM host (as the public AiM simulator models its DMA) decodes one host
 and sends each ISR's requests to the channels its mask selects; it stops while a channel's
 request queue is full, waits for blocking reads (RD_MAC, RD_AF) to return from every selected
 channel, and for every channel to drain at SYNC and EOC. Each channel controller issues its
-requests in order at the earliest cycle the timing rules allow (``pimsim.timing``). Channels
-that received the same requests at the same cycles are simulated once (their outcomes are
-identical); ``group=False`` simulates each one.
+PIM requests in order at the earliest cycle the timing rules allow (``pimsim.timing``); with
+``[controller] scheduler = "frfcfs"`` conventional requests (``R/W MEM``, ``RD_SBK``,
+``WR_SBK``) wait in its read and write queues and are scheduled FR-FCFS (the DMA waits while a
+queue is full or PIM requests are queued on that channel; a PIM request, SYNC or EOC is a
+barrier that drains the queues, see ``kernel.replay_host``). Channels that received the same
+requests at the same cycles are simulated once (their outcomes are identical);
+``group=False`` simulates each one.
 
 The host's behaviour comes from the config's ``[host]`` section (``line_cyc``,
 ``queue_entries``, ``blocking_reads``, ``release_cyc``); an all-zero section is an ideal host.

@@ -84,7 +84,8 @@ class PointError(UserError):
 
 SETTINGS = ("model", "prompt", "tokens", "schedule")
 SCHEDULES = ("serial", "overlap")
-SECTIONS = ("organization", "timing", "pim", "asic", "link", "refresh", "energy")
+SECTIONS = ("organization", "timing", "pim", "asic", "link", "refresh", "energy", "host",
+            "controller")
 CLOCK_BOUND = {"nBL", "nCCDS", "nCCDL", "nWPRE", "nCLREG", "nCLGB", "nCWLREG", "nCWLGB"}
 
 
@@ -96,7 +97,8 @@ def config_to_dict(cfg: HwConfig) -> dict:
     d["organization"] = dataclasses.asdict(cfg.org)
     d["timing"] = {"tCK_ps": cfg.timing.tCK_ps, **cfg.timing.cycles}
     for sec, obj in (("pim", cfg.pim), ("asic", cfg.asic), ("link", cfg.link),
-                     ("refresh", cfg.refresh), ("energy", cfg.energy)):
+                     ("refresh", cfg.refresh), ("energy", cfg.energy), ("host", cfg.host),
+                     ("controller", cfg.controller)):
         if obj is not None:
             d[sec] = copy.deepcopy(dataclasses.asdict(obj))
     return d
@@ -109,7 +111,8 @@ def canonical_hw(d: dict) -> dict:
     from pimsim import config as C
 
     types = {"organization": C.Organization, "pim": C.Pim, "asic": C.Asic, "link": C.Link,
-             "refresh": C.Refresh, "energy": C.Energy}
+             "refresh": C.Refresh, "energy": C.Energy, "host": C.Host,
+             "controller": C.Controller}
     out: dict[str, Any] = {}
     for sec in SECTIONS:
         if sec not in d:

@@ -7,6 +7,11 @@ command at the earliest cycle every rule allows, and inserts an all-bank refresh
 whenever one is due (every nREFI) before the next command would issue. An item with
 ``cmd == SYNC`` ends a segment: the kernel returns so the event layer can synchronise channels.
 
+Conventional RD/WR items go through a queued FR-FCFS controller instead when the config selects
+it (``[controller] scheduler = "frfcfs"``, ``run_queued`` / ``_cq_step``): they wait in read and
+write queues and are scheduled first-ready, oldest first, with write drain; a PIM item or a SYNC
+is a barrier (the queues are drained before it). PIM commands always issue in order.
+
 Fast path: after the first command of a run of identical column commands, the rest issue exactly
 ``self_gap`` cycles apart (every earlier constraint was already met by the first; nothing else is
 issued in between), so they are stepped in closed form, up to the next refresh. The slow path
@@ -26,13 +31,16 @@ from numba import njit
 from pimsim.timing.tables import (
     CT_CLOSED_FORM, CT_COLUMN, CT_DONE, CT_ENABLED, CT_MODE, CT_ROW, CT_SCOPE, CT_SELF_GAP,
     G_BANKS, G_BG, G_BPG, G_BUS, G_CMD_ACT, G_CMD_ACTAB, G_CMD_PRE, G_CMD_PREA, G_CMD_REF, G_CMD_TMOD,
-    G_FAST, G_NODES, G_NREFI, G_PIM, G_REFRESH, G_TMOD_GATED,
+    G_FAST, G_NODES, G_NREFI, G_PIM, G_REFRESH, G_TMOD_GATED, G_SCHED, G_RQ, G_WQ, G_WHI, G_WLO,
+    G_CMD_RD, G_CMD_WR, SCHED_FRFCFS,
 )
 
 SYNC = -1  # stream pseudo-command: end of a segment
 NOTHING = -2  # "no command needed" (e.g. ACT of a row that is already open)
 NEVER = -(1 << 40)  # "last issue" before any command was issued
 NO_MEMO = np.zeros(0, np.int64)  # memo argument that disables memoisation
+_NO_BANK = np.int64(-1)  # bank/row argument "none", as an int64 value: one compiled signature
+_ONE = np.int64(1)
 
 # scal[] slots of the per-channel state
 S_LAST, S_NEXT_REF, S_MODE, S_DONE, S_LOG_N, S_ALLROW, S_OPEN_SINCE, S_OPEN_CYC = range(8)
@@ -303,18 +311,19 @@ def run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
                 tp = max(scal[S_NEXT_REF],
                          earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
                                   win_cnt, scal[S_LAST]))
-                log = issue(prea, np.int64(-1), np.int64(-1), tp, np.int64(1), cmd_tab, pr_start, pr_tab, win_tab,
+                log = issue(prea, _NO_BANK, _NO_BANK, tp, _ONE, cmd_tab, pr_start, pr_tab, win_tab,
                             geom, ready, win_hist, win_cnt, open_row, scal, counts, log)
                 stats[ST_INSERTED] += 1
             tr = max(scal[S_NEXT_REF],
                      earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
                               scal[S_LAST]))
-            log = issue(ref, np.int64(-1), np.int64(-1), tr, np.int64(1), cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+            log = issue(ref, _NO_BANK, _NO_BANK, tr, _ONE, cmd_tab,
+                        pr_start, pr_tab, win_tab, geom, ready,
                         win_hist, win_cnt, open_row, scal, counts, log)
             stats[ST_REFRESHES] += 1
             scal[S_NEXT_REF] += geom[G_NREFI]
             continue
-        log = issue(ncmd, nbank, nrow, t, np.int64(1), cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+        log = issue(ncmd, nbank, nrow, t, _ONE, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                     win_hist, win_cnt, open_row, scal, counts, log)
         if ncmd != cmd:
             stats[ST_INSERTED] += 1
@@ -459,6 +468,231 @@ def _fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, w
     return p, log
 
 
+# ---------------------------------------------------------------- queued controller (FR-FCFS)
+# Conventional RD/WR requests of a channel wait in a read and a write queue (``geom[G_RQ]``,
+# ``geom[G_WQ]`` entries) and are scheduled FR-FCFS, as Ramulator 2's controller (which the public
+# AiM simulator uses) does; see ``_cq_step``. Queue rows: (cmd, bank, row, arrival cycle,
+# activated for it, a row command was issued for it), oldest first.
+Q_CMD, Q_BANK, Q_ROW, Q_ARR, Q_ACT, Q_MISS = range(6)
+QF = 6
+# controller state: requests queued, write-drain mode (1 = serving writes), reads and writes
+# holding a queue entry (an entry frees when its request's column command issues)
+CQ_N, CQ_WMODE, CQ_NR, CQ_NW = range(4)
+N_CQ = 4
+_FAR = 1 << 60
+
+
+@njit(cache=True, inline="always")
+def is_queued(cmd, geom):
+    """Whether stream command ``cmd`` is conventional traffic the FR-FCFS controller queues."""
+    return geom[G_SCHED] == SCHED_FRFCFS and (cmd == geom[G_CMD_RD] or cmd == geom[G_CMD_WR])
+
+
+@njit(cache=True)
+def _cq_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
+                scal, counts, stats, log):
+    """The all-bank refresh that is due (PREA if a bank is open, then REFab), at the earliest
+    legal cycles from the due time on (as ``run_item``)."""
+    ref = geom[G_CMD_REF]
+    prea = geom[G_CMD_PREA]
+    if scal[S_ALLROW] != -1:
+        tp = max(scal[S_NEXT_REF], earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
+                                            win_cnt, scal[S_LAST]))
+        log = issue(prea, _NO_BANK, _NO_BANK, tp, _ONE, cmd_tab,
+                    pr_start, pr_tab, win_tab, geom, ready,
+                    win_hist, win_cnt, open_row, scal, counts, log)
+        stats[ST_INSERTED] += 1
+    tr = max(scal[S_NEXT_REF], earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
+                                        scal[S_LAST]))
+    log = issue(ref, _NO_BANK, _NO_BANK, tr, _ONE, cmd_tab,
+                pr_start, pr_tab, win_tab, geom, ready, win_hist,
+                win_cnt, open_row, scal, counts, log)
+    stats[ST_REFRESHES] += 1
+    scal[S_NEXT_REF] += geom[G_NREFI]
+    return log
+
+
+@njit(cache=True)
+def _cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
+             win_cnt, open_row, scal, counts, stats, log):
+    """Issue the next command of the queued controller, if it issues before cycle ``limit``.
+
+    Returns (issued: 1, or 0 when the queue is empty or the next command would issue at or after
+    ``limit``, when the next request arrives; cycle of the next command, log). The policy, each
+    cycle as in a cycle-by-cycle controller (commands issue at the first cycle they are legal,
+    so evaluating it at the next legal cycle of any candidate is exact):
+
+    * write-drain mode (Ramulator 2 / AiM): entered when the write queue holds more than the high
+      watermark or no read waits, left when it holds fewer than the low watermark and a read
+      waits (requests whose row is being opened for them do not count: they are served first);
+    * candidates: every request whose row was activated for it, and the requests of the queue
+      being served (reads, or writes in drain mode); each needs its next command (PRE, ACT or its
+      column command, ``row_step``); a PRE that would close the row of an activated request
+      waits for it;
+    * of the candidates legal at the earliest cycle ("first ready": a row hit's column command
+      is usually legal before a miss's PRE/ACT): the column command of an activated request,
+      then the oldest (Ramulator 2's FRFCFS; a strict row-hit-first order differs from the AiM
+      simulator by 3 % on the mem_row_conflicts reference trace);
+    * a due refresh goes first (PREA + REFab, ``_cq_refresh``); a mode switch (TMOD) issues in
+      place of the chosen command when the channel is not in the mode RD/WR need.
+
+    Every command goes through ``earliest`` / ``issue`` of the rule table, so the checker
+    verifies the log as for in-order streams.
+    """
+    n = cq[CQ_N]
+    if n == 0:
+        return 0, _FAR, log
+    nr = 0
+    nw = 0
+    wr_cmd = geom[G_CMD_WR]
+    for i in range(n):
+        if q[i, Q_ACT] == 0:
+            if q[i, Q_CMD] == wr_cmd:
+                nw += 1
+            else:
+                nr += 1
+    wm = cq[CQ_WMODE]
+    if wm == 0:
+        if nw > geom[G_WHI] or nr == 0:
+            wm = 1
+    elif nw < geom[G_WLO] and nr != 0:
+        wm = 0
+    cq[CQ_WMODE] = wm
+    best = -1
+    best_t = _FAR
+    best_pri = 3
+    best_cmd = -1
+    best_bank = -1
+    best_row = -1
+    pre = geom[G_CMD_PRE]
+    for i in range(n):
+        cmd = q[i, Q_CMD]
+        act = q[i, Q_ACT]
+        if act == 0 and (cmd == wr_cmd) != (wm == 1):
+            continue
+        bank = q[i, Q_BANK]
+        ncmd, nbank, nrow = row_step(cmd, bank, q[i, Q_ROW], cmd_tab, geom, open_row, scal)
+        if ncmd == pre:
+            guarded = False
+            for j in range(n):
+                if (q[j, Q_ACT] == 1 and q[j, Q_BANK] == bank
+                        and q[j, Q_ROW] == open_row[bank]):
+                    guarded = True
+                    break
+            if guarded:
+                continue
+        t = max(not_before, q[i, Q_ARR], earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready,
+                                                   win_hist, win_cnt, scal[S_LAST]))
+        pri = 1
+        if ncmd == cmd and act == 1:
+            pri = 0
+        if t < best_t or (t == best_t and pri < best_pri):
+            best, best_t, best_pri = i, t, pri
+            best_cmd, best_bank, best_row = ncmd, nbank, nrow
+    if best < 0:
+        return 0, _FAR, log  # cannot happen: an activated request's column is always a candidate
+    t = best_t
+    tmod = geom[G_CMD_TMOD]
+    switch = False
+    if geom[G_PIM] == 1:
+        mode = cmd_tab[q[best, Q_CMD], CT_MODE]
+        if mode >= 0 and mode != scal[S_MODE]:
+            switch = True
+            t = earliest(tmod, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt, scal[S_LAST])
+            t = max(t, not_before)
+            if geom[G_TMOD_GATED] == 1:
+                t = max(t, best_t)
+    if _refresh_due(t, geom, scal):
+        if scal[S_NEXT_REF] >= limit:
+            return 0, t, log  # a request arriving before the refresh is due may go first
+        log = _cq_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
+                          open_row, scal, counts, stats, log)
+        for i in range(n):
+            q[i, Q_ACT] = 0  # their rows were closed
+        return 1, t, log
+    if t >= limit:
+        return 0, t, log
+    if switch:
+        log = issue(tmod, _NO_BANK, _NO_BANK, t, _ONE, cmd_tab,
+                    pr_start, pr_tab, win_tab, geom, ready,
+                    win_hist, win_cnt, open_row, scal, counts, log)
+        stats[ST_INSERTED] += 1
+        return 1, t, log
+    log = issue(best_cmd, best_bank, best_row, t, _ONE, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                ready, win_hist, win_cnt, open_row, scal, counts, log)
+    if best_cmd != q[best, Q_CMD]:
+        stats[ST_INSERTED] += 1
+        q[best, Q_MISS] = 1
+        if best_cmd == geom[G_CMD_ACT]:
+            q[best, Q_ACT] = 1
+        return 1, t, log
+    if cmd_tab[best_cmd, CT_COLUMN] == 1:
+        if q[best, Q_MISS] == 1:
+            stats[ST_MISSES] += 1
+        else:
+            stats[ST_HITS] += 1
+    if best_cmd == wr_cmd:
+        cq[CQ_NW] -= 1
+    else:
+        cq[CQ_NR] -= 1
+    for i in range(best, n - 1):
+        for f in range(QF):
+            q[i, f] = q[i + 1, f]
+    cq[CQ_N] = n - 1
+    return 1, t, log
+
+
+@njit(cache=True, inline="always")
+def _cq_room(cmd, cq, geom):
+    """Whether the queue of ``cmd`` (reads or writes) has a free entry."""
+    if cmd == geom[G_CMD_WR]:
+        return cq[CQ_NW] < geom[G_WQ]
+    return cq[CQ_NR] < geom[G_RQ]
+
+
+@njit(cache=True, inline="always")
+def _cq_push(q, cq, cmd, bank, row, arr, geom):
+    n = cq[CQ_N]
+    q[n, Q_CMD] = cmd
+    q[n, Q_BANK] = bank
+    q[n, Q_ROW] = row
+    q[n, Q_ARR] = arr
+    q[n, Q_ACT] = 0
+    q[n, Q_MISS] = 0
+    cq[CQ_N] = n + 1
+    if cmd == geom[G_CMD_WR]:
+        cq[CQ_NW] += 1
+    else:
+        cq[CQ_NR] += 1
+
+
+@njit(cache=True)
+def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+               win_hist, win_cnt, open_row, scal, counts, stats, log):
+    """Serve the conventional RD/WR items ``[pos, end)`` through the FR-FCFS controller and
+    drain it (the next item is a PIM command, a SYNC or the end: a barrier). Item ``(cmd, bank,
+    row, n)`` is ``n`` requests to that row; they enter the queues in stream order, all ready at
+    ``not_before``, each as soon as its queue has a free entry (an entry frees when its request's
+    column command issues). Returns the log."""
+    q = np.zeros((geom[G_RQ] + geom[G_WQ], QF), np.int64)
+    cq = np.zeros(N_CQ, np.int64)
+    cq[CQ_WMODE] = 1  # no read waits: Ramulator 2's hysteresis is in write mode
+    arr = not_before
+    for p in range(pos, end):
+        cmd = stream[p, 0]
+        for _ in range(stream[p, 3]):
+            while not _cq_room(cmd, cq, geom):
+                ok, t, log = _cq_step(q, cq, _FAR, not_before, cmd_tab, pr_start, pr_tab,
+                                      win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
+                                      counts, stats, log)
+                arr = max(arr, t)
+            _cq_push(q, cq, cmd, stream[p, 1], stream[p, 2], arr, geom)
+    while cq[CQ_N] > 0:
+        ok, t, log = _cq_step(q, cq, _FAR, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                              ready, win_hist, win_cnt, open_row, scal, counts, stats, log)
+    return log
+
+
 # ---------------------------------------------------------------- memo of simulated units
 # One flat int64 array holds the memo: a header, an open-addressing hash table of entry ids,
 # per-entry metadata (hash, offset, key length, value length), the entry words, and scratch.
@@ -564,7 +798,7 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
     for b in range(open_row.shape[0]):
         memo[n], n_lab = _label(memo, lab0, n_lab, open_row[b])
         n += 1
-    if kind == 0:
+    if kind != 1:
         for p in range(pos, pos + n_it):
             memo[n] = stream[p, 0]
             memo[n + 1] = stream[p, 1]
@@ -741,7 +975,8 @@ def _memo_value(memo, v0, room, n_items, cp, lab0, n_lab, pre, win_tab, ready, w
 def _memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
                ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo):
     """Run one unit (``kind`` 1: a run of ``n_it`` identical pairs, see _fast_forward_pairs;
-    0: ``n_it`` items) from the memo if an equal unit was simulated before, else simulate and
+    0: ``n_it`` items; 2: a run of ``n_it`` conventional RD/WR items through the FR-FCFS queues,
+    ``run_queued``) from the memo if an equal unit was simulated before, else simulate and
     record it. Returns (next position, log).
 
     The key (``_memo_key``) holds every input the unit's commands depend on: ready times,
@@ -804,6 +1039,10 @@ def _memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, w
         p, log = _fast_forward_pairs(stream, pos, n_it, not_before, cmd_tab, pr_start, pr_tab,
                                      win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
                                      counts, stats, log)
+    elif kind == 2:
+        log = run_queued(stream, pos, pos + n_it, not_before, cmd_tab, pr_start, pr_tab, win_tab,
+                         geom, ready, win_hist, win_cnt, open_row, scal, counts, stats, log)
+        p = pos + n_it
     else:
         for q in range(pos, pos + n_it):
             log = run_item(stream, q, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
@@ -830,6 +1069,9 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
                 win_hist, win_cnt, open_row, scal, counts, stats, log, memo):
     """Issue stream items from ``pos`` up to (and past) the next SYNC item, or to ``end``.
 
+    With the FR-FCFS controller a run of consecutive conventional RD/WR items goes through
+    ``run_queued`` (drained before the next PIM item or SYNC, which act as barriers).
+
     No stream command issues before ``not_before``. Returns (next position, log). In fast mode
     (without a log) runs of identical item pairs are stepped in closed form once they are
     periodic (see ``_fast_forward_pairs``), and with a memo (``memo.shape[0] > 0``) units of
@@ -843,6 +1085,21 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
         if cmd < 0 or cmd >= cmd_tab.shape[0] or cmd_tab[cmd, CT_ENABLED] == 0:
             raise ValueError("stream item names a command this device does not have "
                              "(a PIM command with pim.enabled = false, or an unknown id)")
+        if is_queued(cmd, geom):
+            # a run of conventional RD/WR requests: through the FR-FCFS queues, drained at its end
+            e = pos + 1
+            while e < end and stream[e, 0] >= 0 and is_queued(stream[e, 0], geom):
+                e += 1
+            if use_memo and e - pos >= 4:
+                pos, log = _memo_unit(stream, pos, 2, e - pos, not_before, cmd_tab, pr_start,
+                                      pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
+                                      scal, counts, stats, log, memo)
+            else:
+                log = run_queued(stream, pos, e, not_before, cmd_tab, pr_start, pr_tab, win_tab,
+                                 geom, ready, win_hist, win_cnt, open_row, scal, counts, stats,
+                                 log)
+                pos = e
+            continue
         if geom[G_FAST] == 1 and log.shape[0] == 0:
             # pairs that can pass before the next refresh (each takes at least count * gap)
             limit = 1 << 20
@@ -859,6 +1116,7 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
                     kind = 0
                     q = pos + 1
                     while (q < end and q - pos < MEMO_BLOCK and stream[q, 0] != SYNC
+                           and not is_queued(stream[q, 0], geom)
                            and _pair_run(stream, q, end, cmd_tab, np.int64(3)) < 3):
                         q += 1
                     n_it = q - pos
@@ -1059,7 +1317,8 @@ L_ISR, L_HOST, L_SYNC, L_EOC = 0, 1, 2, 3
 
 
 @njit(cache=True)
-def _copy_slot(src, dst, ready, win_hist, win_cnt, open_row, scal, counts, stats, reqt, nreq):
+def _copy_slot(src, dst, ready, win_hist, win_cnt, open_row, scal, counts, stats, reqt, nreq,
+               rq, cqs):
     _copy_into(ready[dst], ready[src])
     _copy_into(win_hist[dst], win_hist[src])
     _copy_into(win_cnt[dst], win_cnt[src])
@@ -1069,6 +1328,75 @@ def _copy_slot(src, dst, ready, win_hist, win_cnt, open_row, scal, counts, stats
     _copy_into(stats[dst], stats[src])
     _copy_into(reqt[dst], reqt[src])
     nreq[dst] = nreq[src]
+    _copy_into(rq[dst], rq[src])
+    _copy_into(cqs[dst], cqs[src])
+
+
+# extra controller state of trace replay (``cqs`` columns after the queue's own): cycle of the
+# last PIM request's command, cycle the last queued request left its queue in AiM's terms (its
+# activate, or its column command when it was a row hit)
+CQ_PIMLAST = N_CQ
+CQ_LEFT = N_CQ + 1
+N_CQR = N_CQ + 2
+
+
+@njit(cache=True)
+def _cq_pending(q, cq):
+    """Queued requests whose row has not been activated for them (AiM's read/write buffers)."""
+    n = 0
+    for i in range(cq[CQ_N]):
+        if q[i, Q_ACT] == 0:
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _cq_step_r(q, cq, limit, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
+               open_row, scal, counts, stats, log):
+    """``_cq_step`` for trace replay, also keeping ``cq[CQ_LEFT]``."""
+    before = _cq_pending(q, cq)
+    ok, t, log = _cq_step(q, cq, limit, 0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                          win_hist, win_cnt, open_row, scal, counts, stats, log)
+    if ok == 1 and _cq_pending(q, cq) < before:
+        cq[CQ_LEFT] = t
+    return ok, t, log
+
+
+@njit(cache=True)
+def _flush_log(scratch, scal_c, c, glog, gn):
+    nl = scal_c[S_LOG_N]
+    if gn + nl > glog.shape[0]:
+        grown = np.zeros((max(2 * glog.shape[0], gn + nl), 5), np.int64)
+        _copy_rows(grown, glog, gn)
+        glog = grown
+    for j in range(nl):
+        glog[gn, 0] = scratch[j, 0]
+        glog[gn, 1] = c
+        glog[gn, 2] = scratch[j, 1]
+        glog[gn, 3] = scratch[j, 2]
+        glog[gn, 4] = scratch[j, 3]
+        gn += 1
+    scal_c[S_LOG_N] = 0
+    return glog, gn
+
+
+@njit(cache=True)
+def _cq_drain_all(n_ch, rep, rq, cqs, keep_log, scratch, glog, gn, cmd_tab, pr_start, pr_tab,
+                  win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts, stats):
+    """Serve every queued request of every channel (a barrier: SYNC, EOC, the end)."""
+    for c in range(n_ch):
+        if rep[c] != c:
+            continue
+        while cqs[c, CQ_N] > 0:
+            _, _, scratch = _cq_step_r(rq[c], cqs[c], _FAR, cmd_tab, pr_start, pr_tab, win_tab,
+                                       geom, ready[c], win_hist[c], win_cnt[c], open_row[c],
+                                       scal[c], counts[c], stats[c], scratch)
+            if scratch.shape[0] > 0:
+                if keep_log == 1:
+                    glog, gn = _flush_log(scratch, scal[c], c, glog, gn)
+                else:
+                    scal[c, S_LOG_N] = 0
+    return scratch, glog, gn
 
 
 @njit(cache=True)
@@ -1086,6 +1414,15 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
     ``release_cyc``; SYNC and EOC until every channel has drained. Each channel runs its items in
     order (``run_item``) from their release times.
 
+    With the FR-FCFS controller (``geom[G_SCHED]``) conventional RD/WR requests instead enter the
+    channel's read or write queue at ``R`` and are scheduled by ``_cq_step``; as in the AiM
+    simulator's DMA, such a request waits (and holds the DMA) while its queue is full (until a
+    request of it is served, then it enters the cycle after and the line is done) or while PIM
+    requests are still queued on its channel (until the last one issued); a PIM request waits
+    while conventional requests whose row has not been opened for them are queued (until the
+    last one's activate or column command), and every queued request is served before it (a
+    barrier, as at SYNC and EOC).
+
     With ``group == 1`` channels that received the same items at the same times share one
     simulated state (a class, split when a mask separates its members): their outcomes are
     identical. Returns (end cycle, log of (cycle, channel, cmd, bank, row) when ``keep_log``).
@@ -1095,10 +1432,18 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
     rsz = max(q, 1) + 1
     reqt = np.zeros((n_ch, rsz), np.int64)  # issue cycles of each slot's last requests (ring)
     nreq = np.zeros(n_ch, np.int64)
+    frfcfs = geom[G_SCHED] == SCHED_FRFCFS
+    qcap = geom[G_RQ] + geom[G_WQ] if frfcfs else 1
+    rq = np.zeros((n_ch, qcap, QF), np.int64)  # FR-FCFS request queues
+    cqs = np.zeros((n_ch, N_CQR), np.int64)
+    for c in range(n_ch):
+        cqs[c, CQ_WMODE] = 1
+        cqs[c, CQ_PIMLAST] = NEVER
+        cqs[c, CQ_LEFT] = NEVER
     rep = np.zeros(n_ch, np.int64)
     for c in range(n_ch):
         rep[c] = 0 if group == 1 else c
-    need_times = q > 0 or keep_log == 1
+    need_times = q > 0 or keep_log == 1 or frfcfs
     scratch = np.zeros((256 if need_times else 0, 4), np.int64)
     glog = np.zeros((1024 if keep_log == 1 else 0, 5), np.int64)
     gn = 0
@@ -1113,6 +1458,11 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
             r_t += line_cyc
             continue
         if kind == L_SYNC or kind == L_EOC:
+            if frfcfs:
+                scratch, glog, gn = _cq_drain_all(n_ch, rep, rq, cqs, keep_log, scratch, glog,
+                                                  gn, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                                                  ready, win_hist, win_cnt, open_row, scal,
+                                                  counts, stats)
             cb = r_t + 1
             for c in range(n_ch):
                 if rep[c] == c:
@@ -1123,6 +1473,7 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
             r_t = max(r_t + line_cyc, cb + release_cyc)
             continue
         cmd = lines[i, 1]
+        queued = is_queued(cmd, geom)
         m = lines[i, 5]
         for c in range(n_ch):
             sel[c] = masks[m, c]
@@ -1148,7 +1499,7 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
                     if new < 0:
                         new = u
                         _copy_slot(r, u, ready, win_hist, win_cnt, open_row, scal, counts,
-                                   stats, reqt, nreq)
+                                   stats, reqt, nreq, rq, cqs)
                     rep[u] = new
             if not keep_sel:
                 seen[new] = True
@@ -1162,34 +1513,72 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
             if not sel[c] or rep[c] != c:
                 continue
             scal[c, S_LOG_N] = 0
-            scratch = run_item(item, np.int64(0), r_t, cmd_tab, pr_start, pr_tab, win_tab, geom,
-                               ready[c], win_hist[c], win_cnt[c], open_row[c], scal[c],
-                               counts[c], stats[c], scratch)
+            if frfcfs:
+                # what the queues issue before this line's requests arrive
+                while True:
+                    ok, _, scratch = _cq_step_r(rq[c], cqs[c], r_t, cmd_tab, pr_start, pr_tab,
+                                                win_tab, geom, ready[c], win_hist[c], win_cnt[c],
+                                                open_row[c], scal[c], counts[c], stats[c],
+                                                scratch)
+                    if ok == 0:
+                        break
+            if queued:
+                arr = r_t
+                if cqs[c, CQ_PIMLAST] >= r_t:  # PIM requests still queued: wait for the last
+                    arr = cqs[c, CQ_PIMLAST] + 1
+                    nxt = max(nxt, cqs[c, CQ_PIMLAST] + 2)
+                for _ in range(item[0, 3]):
+                    while not _cq_room(cmd, cqs[c], geom):
+                        _, t, scratch = _cq_step_r(rq[c], cqs[c], _FAR, cmd_tab, pr_start,
+                                                   pr_tab, win_tab, geom, ready[c], win_hist[c],
+                                                   win_cnt[c], open_row[c], scal[c], counts[c],
+                                                   stats[c], scratch)
+                        if _cq_room(cmd, cqs[c], geom):  # an entry freed at t
+                            arr = max(arr, t + 1)
+                            nxt = max(nxt, t + 2)
+                    _cq_push(rq[c], cqs[c], cmd, item[0, 1], item[0, 2], arr, geom)
+            else:
+                rel = r_t
+                if frfcfs and cqs[c, CQ_N] > 0:
+                    # a barrier: the PIM request enters once no request waits for its row, and
+                    # every queued request is served before it
+                    while _cq_pending(rq[c], cqs[c]) > 0:
+                        _, _, scratch = _cq_step_r(rq[c], cqs[c], _FAR, cmd_tab, pr_start,
+                                                   pr_tab, win_tab, geom, ready[c], win_hist[c],
+                                                   win_cnt[c], open_row[c], scal[c], counts[c],
+                                                   stats[c], scratch)
+                    if cqs[c, CQ_LEFT] >= r_t:
+                        rel = cqs[c, CQ_LEFT] + 1
+                        nxt = max(nxt, cqs[c, CQ_LEFT] + 2)
+                    while cqs[c, CQ_N] > 0:
+                        _, _, scratch = _cq_step_r(rq[c], cqs[c], _FAR, cmd_tab, pr_start,
+                                                   pr_tab, win_tab, geom, ready[c], win_hist[c],
+                                                   win_cnt[c], open_row[c], scal[c], counts[c],
+                                                   stats[c], scratch)
+                n0 = scal[c, S_LOG_N]
+                scratch = run_item(item, np.int64(0), rel, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                                   ready[c], win_hist[c], win_cnt[c], open_row[c], scal[c],
+                                   counts[c], stats[c], scratch)
+                cqs[c, CQ_PIMLAST] = scal[c, S_LAST]
+                if q > 0 or keep_log == 1:
+                    for j in range(n0, scal[c, S_LOG_N]):
+                        if scratch[j, 1] == cmd:
+                            reqt[c, nreq[c] % rsz] = scratch[j, 0]
+                            nreq[c] += 1
+                if q > 0 and nreq[c] > q:
+                    # the last request entered the queue once the one q before it had issued
+                    nxt = max(nxt, reqt[c, (nreq[c] - 1 - q) % rsz] + 2)
+                if blocking[cmd] == 1:
+                    nxt = max(nxt, scal[c, S_LAST] + cmd_tab[cmd, CT_DONE] + release_cyc)
             if need_times:
-                nl = scal[c, S_LOG_N]
-                for j in range(nl):
-                    if scratch[j, 1] == cmd:
-                        reqt[c, nreq[c] % rsz] = scratch[j, 0]
-                        nreq[c] += 1
                 if keep_log == 1:
-                    if gn + nl > glog.shape[0]:
-                        grown = np.zeros((max(2 * glog.shape[0], gn + nl), 5), np.int64)
-                        _copy_rows(grown, glog, gn)
-                        glog = grown
-                    for j in range(nl):
-                        glog[gn, 0] = scratch[j, 0]
-                        glog[gn, 1] = c
-                        glog[gn, 2] = scratch[j, 1]
-                        glog[gn, 3] = scratch[j, 2]
-                        glog[gn, 4] = scratch[j, 3]
-                        gn += 1
+                    glog, gn = _flush_log(scratch, scal[c], c, glog, gn)
                 scal[c, S_LOG_N] = 0
-            if q > 0 and nreq[c] > q:
-                # the last request entered the queue once the one q before it had issued
-                nxt = max(nxt, reqt[c, (nreq[c] - 1 - q) % rsz] + 2)
-            if blocking[cmd] == 1:
-                nxt = max(nxt, scal[c, S_LAST] + cmd_tab[cmd, CT_DONE] + release_cyc)
         r_t = nxt
+    if frfcfs:
+        scratch, glog, gn = _cq_drain_all(n_ch, rep, rq, cqs, keep_log, scratch, glog, gn,
+                                          cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                                          win_hist, win_cnt, open_row, scal, counts, stats)
     if end == 0:
         end = r_t
         for c in range(n_ch):
@@ -1199,5 +1588,5 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
     for c in range(n_ch):
         if rep[c] != c:
             _copy_slot(rep[c], c, ready, win_hist, win_cnt, open_row, scal, counts, stats, reqt,
-                       nreq)
+                       nreq, rq, cqs)
     return end, glog[:gn]

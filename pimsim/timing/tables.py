@@ -20,7 +20,10 @@ from pimsim.spec.rules import LEVEL_NAMES, Rule, rule_namespace, rules_for
 CT_SCOPE, CT_ROW, CT_MODE, CT_DONE, CT_SELF_GAP, CT_CLOSED_FORM, CT_ENABLED, CT_COLUMN = range(8)
 # columns of geom
 (G_BG, G_BPG, G_BANKS, G_NODES, G_REFRESH, G_NREFI, G_PIM, G_FAST, G_CMD_ACT, G_CMD_PRE,
- G_CMD_PREA, G_CMD_REF, G_CMD_ACTAB, G_CMD_TMOD, G_BUS, G_TMOD_GATED) = range(16)
+ G_CMD_PREA, G_CMD_REF, G_CMD_ACTAB, G_CMD_TMOD, G_BUS, G_TMOD_GATED, G_SCHED, G_RQ, G_WQ,
+ G_WHI, G_WLO, G_CMD_RD, G_CMD_WR) = range(23)
+N_GEOM = 23
+SCHED_IN_ORDER, SCHED_FRFCFS = 0, 1
 
 
 def eval_latency(expr: str, cycles: dict[str, int], where: str) -> int:
@@ -85,11 +88,14 @@ class TimingTables:
     pr_start: np.ndarray  # [n_cmds + 1]: rules grouped by preceding command
     pr_tab: np.ndarray  # [n_rules, 3]: following, level, latency
     win_tab: np.ndarray  # [n_window_rules, 5]: preceding, following, level, latency, window
-    geom: np.ndarray  # [16]
+    geom: np.ndarray  # [N_GEOM]
     max_window: int
 
-    def with_options(self, *, refresh: bool | None = None, fast: bool | None = None) -> "TimingTables":
+    def with_options(self, *, refresh: bool | None = None, fast: bool | None = None,
+                     scheduler: str | None = None) -> "TimingTables":
         geom = self.geom.copy()
+        if scheduler is not None:
+            geom[G_SCHED] = SCHED_FRFCFS if scheduler == "frfcfs" else SCHED_IN_ORDER
         if refresh is not None:
             geom[G_REFRESH] = int(refresh)
         if fast is not None:
@@ -103,7 +109,7 @@ _CACHE: dict[str, TimingTables] = {}
 
 def build_tables(cfg: HwConfig, *, fast: bool = True) -> TimingTables:
     """Tables for a config (cached on its contents); ``fast`` enables closed-form column runs."""
-    key = repr((cfg.org, cfg.timing, cfg.pim, cfg.host))
+    key = repr((cfg.org, cfg.timing, cfg.pim, cfg.host, cfg.controller))
     if key not in _CACHE:
         _CACHE[key] = _build_tables(cfg)
     return _CACHE[key].with_options(refresh=cfg.refresh.enabled, fast=fast)
@@ -163,7 +169,7 @@ def _build_tables(cfg: HwConfig) -> TimingTables:
             not self_window and attrs[i][1] in (C.ROW_NEEDS_OPEN, C.ROW_NONE) and c.name != "TMOD"
         )
     o = cfg.org
-    geom = np.zeros(16, np.int64)
+    geom = np.zeros(N_GEOM, np.int64)
     # GDDR6-AiM's controller issues a mode switch in place of the command that needs it, once
     # that command is ready (a TMOD never issues earlier than the command it enables could)
     geom[G_TMOD_GATED] = int(cfg.pim.enabled and cfg.pim.mode_switch == "register")
@@ -182,5 +188,12 @@ def _build_tables(cfg: HwConfig) -> TimingTables:
     geom[G_CMD_REF] = C.cmd_id("REFab")
     geom[G_CMD_ACTAB] = C.cmd_id("ACT_AB")
     geom[G_CMD_TMOD] = C.cmd_id("TMOD")
+    k = cfg.controller
+    geom[G_SCHED] = SCHED_FRFCFS if k.scheduler == "frfcfs" else SCHED_IN_ORDER
+    geom[G_RQ] = k.read_queue_entries
+    geom[G_WQ] = k.write_queue_entries
+    geom[G_WHI], geom[G_WLO] = k.drain_thresholds()
+    geom[G_CMD_RD] = C.cmd_id("RD")
+    geom[G_CMD_WR] = C.cmd_id("WR")
     max_window = int(win_tab[:, 4].max()) if len(win_tab) else 1
     return TimingTables(cmd_tab, pr_start, pr_tab, win_tab, geom, max_window)

@@ -31,6 +31,16 @@ def gemv_tiles(rows: int, opsize: int = 64, mask: str = ALL, bias: bool = False,
     return out
 
 
+def _drained(lines: list[str], kind: str) -> list[str]:
+    """``lines`` of ``R|W MEM ch bank row`` requests, then one more request to each channel's
+    last (bank, row): a row hit (see the R/W traces below)."""
+    last: dict[str, str] = {}
+    for line in lines:
+        _, _, c, b, r = line.split()
+        last[c] = f"{kind} MEM {c} {b} {r}"
+    return lines + list(last.values())
+
+
 TRACES: dict[str, list[str]] = {
     # GEMV tiles: input broadcast, one DRAM row per tile, accumulator read-out
     "gemv_rdmac": gemv_tiles(64),
@@ -83,6 +93,41 @@ TRACES: dict[str, list[str]] = {
     # conventional writes only (AiM forwards queued writes to later reads without a RD: a
     # defect, so reads and writes are not mixed in the reference set)
     "mem_writes": [f"W MEM {c} {b} {r}" for r in range(8) for b in range(16) for c in range(0, 32, 3)],
+    # Conventional R/W traffic through the FR-FCFS controller. The AiM simulator's SYNC and EOC
+    # complete once no request waits in its read/write queues, not counting requests whose row
+    # it has activated but not yet accessed (a defect, see the README). Each phase below ends
+    # with a row hit on every channel's last row: a row hit stays queued until its column
+    # command, which issues after the activated requests' (they go first), so the barrier
+    # then waits for all of them, as pimsim's does.
+    "mem_writes_drained": _drained([f"W MEM {c} {b} {r}" for r in range(8) for b in range(16)
+                                    for c in range(0, 32, 3)], "W"),
+    # reads only (no queued write to forward from), hits and misses over many banks
+    "mem_reads_banks": _drained([f"R MEM {c} {b} {r // 2}" for r in range(8) for b in range(16)
+                                 for c in range(0, 32, 5)], "R"),
+    # writes, a barrier, then reads of what was written (read after write, no forwarding)
+    "mem_write_sync_read": _drained([f"W MEM {c} {b} {r}" for r in range(4) for b in range(8)
+                                     for c in range(0, 32, 4)], "W") + ["AiM SYNC"]
+    + _drained([f"R MEM {c} {b} {r}" for r in range(4) for b in range(8)
+                for c in range(0, 32, 4)], "R"),
+    # two rows per bank interleaved: FR-FCFS serves the open row's requests first
+    "mem_row_conflicts": _drained([f"R MEM {c} {b} {r % 2 + 10}" for r in range(12)
+                                   for b in range(4) for c in range(0, 32, 8)], "R"),
+    # wr_rd_sbk with a row hit closing each phase (its barrier then waits for every request)
+    "wr_rd_sbk_drained": [f"AiM WR_SBK 0 {ch(r % 32)} {r % 16} {r // 16}" for r in range(128)]
+    + [f"AiM WR_SBK 0 {ch(r % 32)} {r % 16} {r // 16}" for r in range(96, 128)] + ["AiM SYNC"]
+    + [f"AiM RD_SBK 0 {ch((r + 7) % 32)} {(r + 3) % 16} {r // 16}" for r in range(128)]
+    + [f"AiM RD_SBK 0 {ch((r + 7) % 32)} {(r + 3) % 16} {r // 16}" for r in range(96, 128)],
+    # reads and writes mixed without a barrier: the AiM simulator "forwards" every read that
+    # arrives while any write is queued (its MEM requests all carry address -1) and issues no
+    # RD for it (a defect, not modelled: this trace is compared as an expected failure)
+    "mem_rw_mixed_forwarded": [f"{'W' if (r + b) % 2 else 'R'} MEM {c} {b} {r}" for r in range(4)
+                               for b in range(16) for c in range(0, 32, 4)],
+    # one channel, requests back to back: the queues fill and the DMA waits; ACTs to
+    # different banks are limited by nRRD and nFAW
+    "mem_one_channel": _drained([f"W MEM 9 {b} {r}" for r in range(4) for b in range(16)],
+                                "W"),
+    "mem_one_channel_reads": _drained([f"R MEM 9 {b} {r}" for r in range(6) for b in range(16)],
+                                      "R"),
 }
 
 
