@@ -58,6 +58,8 @@ _AIM_OPS: dict[str, tuple[tuple[str, ...], str]] = {
     "RD_AF": (("gpr", "mask"), "RD_AF"),
 }
 _SINGLE_CHANNEL = {"WR_ABK"}  # AiM: the mask must select exactly one channel
+AIM_OPS = _AIM_OPS  # public: the ISR table (pimsim.aim_emit writes what this reads)
+SINGLE_CHANNEL_OPS = frozenset(_SINGLE_CHANNEL)
 _HOST_AIM_OPS = {"EWADD"}
 _MAX_TOKEN = 40  # characters of a token quoted in an error message
 _LINE_FIELDS = 7  # kind, cmd, bank, row, count, mask id, 0
