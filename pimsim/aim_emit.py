@@ -399,6 +399,9 @@ def write_aim_trace(path: str | Path, prog: Program, cfg: HwConfig, pos: int) ->
     (comments not counted)."""
     lines = trace_lines(prog, cfg, pos)
     n = 0
+    path = Path(path)
+    if str(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         buf: list[str] = []
         for ln in lines:
@@ -415,3 +418,15 @@ def write_aim_trace(path: str | Path, prog: Program, cfg: HwConfig, pos: int) ->
 def aim_trace_text(prog: Program, cfg: HwConfig, pos: int) -> str:
     """The trace of the token at ``pos`` as one string."""
     return "\n".join(trace_lines(prog, cfg, pos)) + "\n"
+
+
+def decode_pim_cycles(prog: Program, cfg: HwConfig, pos: int) -> int:
+    """PIM time of the token at ``pos`` in pimsim's own decode simulation (the executor of
+    ``pimsim run``, fresh state): the sum of its PIM steps' durations without the link latency
+    each step adds, i.e. the work an emitted trace carries."""
+    from pimsim.decode import DecodeSimulator
+
+    sim = DecodeSimulator(prog, cfg)
+    tt = sim.run_token(pos)
+    pim = np.array([s.kind == "pim" for s in prog.steps])
+    return int((tt.step_end - tt.step_start)[pim].sum() - pim.sum() * sim.link_lat)
