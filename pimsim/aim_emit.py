@@ -36,8 +36,10 @@ pimsim's channel kernel, continuing from the state the previous steps left, and
 * lines are sorted by key (a read before other units at the same key), then by channel; equal
   units of several classes at the same key share a line (their channel mask).
 
-When a step's channels differ, long units are cut into pieces of ``(queue_entries - 1) // 2``
-columns, so that no line fills its channels' queues while other channels wait for theirs. Each
+When a step's channels differ, long units are cut into pieces of ``queue_entries - 1`` columns:
+a line of more requests than its channels' queues hold would stop the DMA until they drained,
+while other channels wait for their first requests (with pieces, each channel's queue is full
+before the DMA waits on any of them, so every channel stays busy meanwhile). Each
 channel's own order is never changed (checked per step; a round-by-round order is the fallback),
 so the per-channel streams are exactly the program's, in units (:func:`unit_streams`). A
 balanced step (all channels equal) becomes one line per instruction, as a hand-written AiM trace.
@@ -336,7 +338,7 @@ def _step_units(per_channel: list[np.ndarray], cfg: HwConfig) -> list[np.ndarray
     cols, q = cfg.org.columns, cfg.host.queue_entries
     units = [to_units(a, cols) for a in per_channel]
     if q > 2 and len({u.tobytes() for u in units}) > 1:
-        units = [to_units(a, cols, (q - 1) // 2) for a in per_channel]
+        units = [to_units(a, cols, q - 1) for a in per_channel]
     return units
 
 

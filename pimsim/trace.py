@@ -157,7 +157,15 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
     n_syncs = 0
     n_lines = 0
     pim_ok = cfg.pim.enabled
+    # an ISR line (AF aside: its row depends on W CFR 2) parses to the same tuple wherever it
+    # repeats: GEMV traces repeat most of theirs (RD_MAC, WR_GB, MACs of one row on all channels)
+    seen: dict[str, tuple[int, int, int, int, int, int, int]] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
+        hit = seen.get(raw)
+        if hit is not None:
+            n_lines += 1
+            out.append(hit)
+            continue
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -216,6 +224,8 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
                 row = AF_PSEUDO_ROW + P.afm
             m = P.mask_id(a["mask"], where, single=op in _SINGLE_CHANNEL)
             out.append((L_ISR, cmd_id(dram), bank, row, count, m, 0))
+            if op != "AF":
+                seen[raw] = out[-1]
         elif head in ("R", "W"):
             if len(toks) < 2:
                 raise TraceError(f"{where}: host access needs a target: GPR, CFR or MEM")

@@ -212,3 +212,18 @@ def test_compile_trace_bad_values_exit_2(argv, expect, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert re.search(expect, err), err
+
+
+@pytest.mark.parametrize("name,pos", [("tiny", 20), ("gpt2-small", 511)])
+def test_replay_regrouping_channels_at_barriers_is_exact(name, pos):
+    """Channels whose states are equivalent again after a SYNC are simulated as one (the replay
+    of an emitted step does so at every step): the same result as every channel on its own."""
+    tr = parse_trace(aim_trace_text(compiled(name).program, CFG, pos), CFG)
+    grouped, _ = replay_trace(CFG, tr)
+    alone, _ = replay_trace(CFG, tr, group=False)
+    assert grouped.cycles == alone.cycles
+    for a, b in zip(grouped.channels, alone.channels):
+        assert a.timer.command_counts() == b.timer.command_counts()
+        assert (a.timer.done_cyc, a.timer.row_hits, a.timer.row_misses) == \
+            (b.timer.done_cyc, b.timer.row_hits, b.timer.row_misses)
+        assert a.timer.open_cyc(grouped.cycles) == b.timer.open_cyc(alone.cycles)

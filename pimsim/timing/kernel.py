@@ -1054,6 +1054,39 @@ def _copy_slot(src, dst, ready, win_hist, win_cnt, open_row, scal, counts, stats
 
 
 @njit(cache=True)
+def _merge_classes(rep, start, win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts,
+                   stats, off):
+    """At a barrier: a class whose state is equivalent to an earlier class's (``_equivalent``:
+    equal from ``start`` on) joins it; ``off[c]`` keeps each channel's statistics relative to its
+    representative's (counts, stats, open-bank cycles), added back at the end."""
+    n_ch = rep.shape[0]
+    nc = counts.shape[1]
+    ns = stats.shape[1]
+    cpt = start
+    for b in range(n_ch):
+        if rep[b] != b:
+            continue
+        cpt = min(start, scal[b, S_NEXT_REF])
+        for a in range(b):
+            if rep[a] != a or scal[a, S_NEXT_REF] != scal[b, S_NEXT_REF]:
+                continue
+            if not _equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt,
+                               open_row, scal):
+                continue
+            oa = _open_cyc_at(scal[a], cpt)
+            ob = _open_cyc_at(scal[b], cpt)
+            for u in range(n_ch):
+                if rep[u] == b:
+                    rep[u] = a
+                    for x in range(nc):
+                        off[u, x] += counts[b, x] - counts[a, x]
+                    for x in range(ns):
+                        off[u, nc + x] += stats[b, x] - stats[a, x]
+                    off[u, nc + ns] += ob - oa
+            break
+
+
+@njit(cache=True)
 def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, group, keep_log,
                 cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
                 scal, counts, stats):
@@ -1080,6 +1113,7 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
     rep = np.zeros(n_ch, np.int64)
     for c in range(n_ch):
         rep[c] = 0 if group == 1 else c
+    off = np.zeros((n_ch, counts.shape[1] + stats.shape[1] + 1), np.int64)
     need_times = q > 0 or keep_log == 1
     scratch = np.zeros((256 if need_times else 0, 4), np.int64)
     glog = np.zeros((1024 if keep_log == 1 else 0, 5), np.int64)
@@ -1103,6 +1137,9 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
             if kind == L_EOC:
                 break
             r_t = max(r_t + line_cyc, cb + release_cyc)
+            if group == 1:  # channels that did different work may be alike again
+                _merge_classes(rep, r_t, win_tab, geom, ready, win_hist, win_cnt, open_row,
+                               scal, counts, stats, off)
             continue
         cmd = lines[i, 1]
         m = lines[i, 5]
@@ -1177,9 +1214,17 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
         for c in range(n_ch):
             if rep[c] == c:
                 end = max(end, scal[c, S_DONE])
-    # members take their class's final state
+    # members take their class's final state (statistics: plus their offsets from merges)
+    nc = counts.shape[1]
+    ns = stats.shape[1]
     for c in range(n_ch):
         if rep[c] != c:
             _copy_slot(rep[c], c, ready, win_hist, win_cnt, open_row, scal, counts, stats, reqt,
                        nreq)
+    for c in range(n_ch):
+        for x in range(nc):
+            counts[c, x] += off[c, x]
+        for x in range(ns):
+            stats[c, x] += off[c, nc + x]
+        scal[c, S_OPEN_CYC] += off[c, nc + ns]
     return end, glog[:gn]
