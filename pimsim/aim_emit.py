@@ -26,7 +26,8 @@ before another's independent MACs stalls them, and a slow channel's full queue h
 channel's lines (a KV-cache write: one channel's key columns hit an open row while every
 channel's value writes miss). So a step's lines follow the cycles at which the channels would
 issue them on their own: each group of channels with equal units (a *class*) is timed by
-pimsim's channel kernel, continuing from the state the previous steps left, and
+pimsim's channel kernel (refresh off, so the trace does not depend on the config's refresh
+setting), continuing from the state the previous steps left, and
 
 * a unit is keyed by the cycle of its first command (the ACT, PRE or mode switch it needs, else
   its first column command), never below an earlier key of its class;
@@ -150,7 +151,8 @@ class _Estimator:
 
     def __init__(self, cfg: HwConfig, n_ch: int):
         self.cfg = cfg
-        self.tables = build_tables(cfg)
+        # refresh is a replay option (the AiM simulator has none): the order does not depend on it
+        self.tables = build_tables(cfg).with_options(refresh=False)
         self.cls = [0] * n_ch
         self.timers = {0: ChannelTimer(cfg, log=True, tables=self.tables)}
         self.start = 0
