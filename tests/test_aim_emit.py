@@ -227,3 +227,40 @@ def test_replay_regrouping_channels_at_barriers_is_exact(name, pos):
         assert (a.timer.done_cyc, a.timer.row_hits, a.timer.row_misses) == \
             (b.timer.done_cyc, b.timer.row_hits, b.timer.row_misses)
         assert a.timer.open_cyc(grouped.cycles) == b.timer.open_cyc(alone.cycles)
+
+
+def test_af_wr_abk_and_unequal_channels_round_trip():
+    """Commands the decode program does not use yet: AF selects its function with W CFR 2,
+    WR_ABK gets one line per channel (AiM: a single-channel mask)."""
+    from pimsim.aim_emit import _Estimator, step_lines
+    from pimsim.spec.commands import AF_PSEUDO_ROW
+
+    mac, af, rdaf, wrab = (cmd_id(n) for n in ("MAC_AB", "AF", "RD_AF", "WR_AB"))
+    per = [np.zeros((0, 5), np.int64) for _ in range(32)]
+    per[0] = np.array([[mac, -1, 1, 8, 0], [af, -1, AF_PSEUDO_ROW + 2, 1, 0],
+                       [rdaf, -1, -1, 1, 0]], np.int64)
+    per[1] = per[0].copy()
+    per[5] = np.array([[wrab, -1, 5, 2, 0], [mac, -1, 3, 70, 0]], np.int64)
+    chans = list(range(32))
+    lines = step_lines(per, chans, CFG, _Estimator(CFG, 32))
+    assert "W CFR 2 2" in lines and lines.count("AiM WR_ABK 0 0x04000000 5") == 2
+    tr = parse_trace("\n".join(lines) + "\nAiM SYNC\nAiM EOC\n", CFG)
+    for c in chans:
+        want = np.repeat(per[c][:, :3], per[c][:, 3], axis=0)
+        got = _columns(tr.streams[c])[:-1]
+        assert np.array_equal(got, want), c
+
+
+def test_round_order_fallback_keeps_every_channels_order():
+    from pimsim.aim_emit import _keeps_order, _round_order
+
+    mac, rd = cmd_id("MAC_AB"), cmd_id("RD_MAC")
+    a = to_units(np.array([[mac, -1, r, 16, 0] if k == 0 else [rd, -1, -1, 1, 0]
+                           for r in range(5) for k in range(2)]), 64)
+    b = to_units(np.array([[cmd_id("WR_GB"), -1, -1, 64, 0], [mac, -1, 9, 64, 0],
+                           [rd, -1, -1, 1, 0]]), 64)
+    cu = {0: a, 1: b}
+    order = _round_order(cu)
+    assert _keeps_order(order, cu)
+    assert not _keeps_order(order[::-1], cu)
+    assert order[3] == (tuple(a[1].tolist()), [0, 1])  # the first round's reads share a line
