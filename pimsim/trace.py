@@ -58,6 +58,8 @@ _AIM_OPS: dict[str, tuple[tuple[str, ...], str]] = {
     "RD_AF": (("gpr", "mask"), "RD_AF"),
 }
 _SINGLE_CHANNEL = {"WR_ABK"}  # AiM: the mask must select exactly one channel
+AIM_OPS = _AIM_OPS  # public: the ISR table (pimsim.aim_emit writes what this reads)
+SINGLE_CHANNEL_OPS = frozenset(_SINGLE_CHANNEL)
 _HOST_AIM_OPS = {"EWADD"}
 _MAX_TOKEN = 40  # characters of a token quoted in an error message
 _LINE_FIELDS = 7  # kind, cmd, bank, row, count, mask id, 0
@@ -155,7 +157,15 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
     n_syncs = 0
     n_lines = 0
     pim_ok = cfg.pim.enabled
+    # an ISR line (AF aside: its row depends on W CFR 2) parses to the same tuple wherever it
+    # repeats: GEMV traces repeat most of theirs (RD_MAC, WR_GB, MACs of one row on all channels)
+    seen: dict[str, tuple[int, int, int, int, int, int, int]] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
+        hit = seen.get(raw)
+        if hit is not None:
+            n_lines += 1
+            out.append(hit)
+            continue
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -214,6 +224,8 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
                 row = AF_PSEUDO_ROW + P.afm
             m = P.mask_id(a["mask"], where, single=op in _SINGLE_CHANNEL)
             out.append((L_ISR, cmd_id(dram), bank, row, count, m, 0))
+            if op != "AF":
+                seen[raw] = out[-1]
         elif head in ("R", "W"):
             if len(toks) < 2:
                 raise TraceError(f"{where}: host access needs a target: GPR, CFR or MEM")

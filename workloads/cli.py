@@ -5,6 +5,7 @@ model presets, compile them and simulate them:
 
     pimsim trace FILE --hw CONFIG            replay an AiM instruction trace
     pimsim compile MODEL --hw CONFIG -o FILE lower a model to a PIM program, print the mapping
+        [--aim-trace FILE] [--pos P]         ... and write one decode step as an AiM trace
     pimsim run MODEL --hw CONFIG --prompt P --tokens N [--functional] [--json]
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
     pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR]
@@ -76,15 +77,40 @@ def _compile(args, *, weights: bool):
     return cfg, c
 
 
+AIM_TRACE_POS = 511  # --aim-trace default position: a mid-context token (last one if shorter)
+
+
 def cmd_compile(args) -> int:
-    _check_context(args.model, _preset_ctx(args.model), pos=args.pos)
+    ctx = _preset_ctx(args.model)
+    if args.aim_trace:
+        from pimsim.aim_emit import check_aim_config
+
+        check_aim_config(load_config(args.hw))
+        check_writable(args.aim_trace, "AiM trace file (--aim-trace)")
+    pos = args.pos
+    if pos is None:
+        pos = 0 if not args.aim_trace else None
+    if pos is not None:
+        _check_context(args.model, ctx, pos=pos)
     check_writable(args.out, "program text file (-o)")
     cfg, c = _compile(args, weights=False)
-    _check_context(args.model, c.spec.n_ctx, pos=args.pos)
-    print(c.mapping.pretty() if args.mapping else c.summary(args.pos))
+    if pos is None:
+        pos = min(c.spec.n_ctx - 1, AIM_TRACE_POS)
+    _check_context(args.model, c.spec.n_ctx, pos=pos)
+    print(c.mapping.pretty() if args.mapping else c.summary(pos))
     if args.out:
-        write_text(args.out, c.program.to_text(args.pos), "program text file (-o)")
-        print(f"  program text (position {args.pos}) written to {args.out}")
+        write_text(args.out, c.program.to_text(pos), "program text file (-o)")
+        print(f"  program text (position {pos}) written to {args.out}")
+    if args.aim_trace:
+        from pimsim.aim_emit import write_aim_trace
+
+        try:
+            n = write_aim_trace(args.aim_trace, c.program, cfg, pos)
+        except OSError as e:
+            raise UserError(f"AiM trace file (--aim-trace) {args.aim_trace!r} cannot be written "
+                            f"({e.strerror or e})", "choose a writable path") from None
+        print(f"  AiM trace of the decode step at position {pos} ({n:,} lines) written to "
+              f"{args.aim_trace}: replay it with pimsim trace {args.aim_trace} --hw {cfg.name}")
     return 0
 
 
@@ -322,8 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="lower a model to a PIM program and print its mapping")
     common(c)
     c.add_argument("-o", "--out", help="write the program text form here")
-    c.add_argument("--pos", type=int_in(0), default=0,
-                   help="position for the program text, within the context (default 0)")
+    c.add_argument("--pos", type=int_in(0), default=None,
+                   help="decode position for the program text and the AiM trace, within the "
+                        f"context (default 0; with --aim-trace {AIM_TRACE_POS}, or the last "
+                        "position of a shorter context)")
+    c.add_argument("--aim-trace", metavar="FILE",
+                   help="write the decode step's PIM work as an AiM instruction trace (an "
+                        "AiM-style config: aim-gddr6, pim-gpt); replay with pimsim trace")
     c.add_argument("--mapping", action="store_true", help="print the mapping as a loop nest")
     progress(c)
     no_cache(c)

@@ -1400,6 +1400,55 @@ def _cq_drain_all(n_ch, rep, rq, cqs, keep_log, scratch, glog, gn, cmd_tab, pr_s
 
 
 @njit(cache=True)
+def _queues_alike(cqs, a, b, start):
+    """The FR-FCFS queue states of channels ``a`` and ``b`` act alike from ``start`` on: equal
+    fields, where times (last PIM issue, last request left) may differ while both are past."""
+    for x in range(N_CQR):
+        if x == CQ_PIMLAST or x == CQ_LEFT:
+            if cqs[a, x] != cqs[b, x] and (cqs[a, x] >= start or cqs[b, x] >= start):
+                return False
+        elif cqs[a, x] != cqs[b, x]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _merge_classes(rep, start, win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts,
+                   stats, off, cqs):
+    """At a barrier: a class whose state is equivalent to an earlier class's (``_equivalent``:
+    equal from ``start`` on, queues included) joins it; ``off[c]`` keeps each channel's
+    statistics relative to its representative's (counts, stats, open-bank cycles), added back at
+    the end."""
+    n_ch = rep.shape[0]
+    nc = counts.shape[1]
+    ns = stats.shape[1]
+    cpt = start
+    for b in range(n_ch):
+        if rep[b] != b:
+            continue
+        cpt = min(start, scal[b, S_NEXT_REF])
+        for a in range(b):
+            if rep[a] != a or scal[a, S_NEXT_REF] != scal[b, S_NEXT_REF]:
+                continue
+            if not _queues_alike(cqs, a, b, start):
+                continue
+            if not _equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt,
+                               open_row, scal):
+                continue
+            oa = _open_cyc_at(scal[a], cpt)
+            ob = _open_cyc_at(scal[b], cpt)
+            for u in range(n_ch):
+                if rep[u] == b:
+                    rep[u] = a
+                    for x in range(nc):
+                        off[u, x] += counts[b, x] - counts[a, x]
+                    for x in range(ns):
+                        off[u, nc + x] += stats[b, x] - stats[a, x]
+                    off[u, nc + ns] += ob - oa
+            break
+
+
+@njit(cache=True)
 def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, group, keep_log,
                 cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
                 scal, counts, stats):
@@ -1443,6 +1492,7 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
     rep = np.zeros(n_ch, np.int64)
     for c in range(n_ch):
         rep[c] = 0 if group == 1 else c
+    off = np.zeros((n_ch, counts.shape[1] + stats.shape[1] + 1), np.int64)
     need_times = q > 0 or keep_log == 1 or frfcfs
     scratch = np.zeros((256 if need_times else 0, 4), np.int64)
     glog = np.zeros((1024 if keep_log == 1 else 0, 5), np.int64)
@@ -1471,6 +1521,9 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
             if kind == L_EOC:
                 break
             r_t = max(r_t + line_cyc, cb + release_cyc)
+            if group == 1:  # channels that did different work may be alike again
+                _merge_classes(rep, r_t, win_tab, geom, ready, win_hist, win_cnt, open_row,
+                               scal, counts, stats, off, cqs)
             continue
         cmd = lines[i, 1]
         queued = is_queued(cmd, geom)
@@ -1584,9 +1637,17 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
         for c in range(n_ch):
             if rep[c] == c:
                 end = max(end, scal[c, S_DONE])
-    # members take their class's final state
+    # members take their class's final state (statistics: plus their offsets from merges)
+    nc = counts.shape[1]
+    ns = stats.shape[1]
     for c in range(n_ch):
         if rep[c] != c:
             _copy_slot(rep[c], c, ready, win_hist, win_cnt, open_row, scal, counts, stats, reqt,
                        nreq, rq, cqs)
+    for c in range(n_ch):
+        for x in range(nc):
+            counts[c, x] += off[c, x]
+        for x in range(ns):
+            stats[c, x] += off[c, nc + x]
+        scal[c, S_OPEN_CYC] += off[c, nc + ns]
     return end, glog[:gn]
