@@ -70,9 +70,10 @@ INIT_STD = 0.02
 METHOD = (
     "Llama-family batch-1 decode, random weights from a seed (N(0,0.02), RMSNorm weights "
     "1+N(0,0.02)), fp16 on the GPU (fp32 in a CPU dry run). Plain-PyTorch static-cache decoder: "
-    "RMSNorm (fp32 statistics), RoPE (theta from the config, cos/sin table indexed by the position "
-    "tensor), grouped-query attention, SwiGLU MLP, untied LM head, fused q/k/v and gate/up "
-    "projections; static KV cache [n_layer, n_kv_head, n_ctx, d_head] for K and V, new K/V written "
+    "RMSNorm (fp32 statistics, F.rms_norm), RoPE (theta from the config, cos/sin table indexed by "
+    "the position tensor, q and k rotated together), grouped-query attention, SwiGLU MLP, untied LM head, fused q/k/v and gate/up "
+    "projections, residual adds folded into the output projections (addmm_), about 18 kernels "
+    "per layer; static KV cache [n_layer, n_kv_head, n_ctx, d_head] for K and V, new K/V written "
     "(index_copy_) at a position held in a device tensor, attention over the whole n_ctx buffer with "
     "positions beyond the current one masked (-inf), softmax in fp32; the whole decode step "
     "captured as ONE CUDA graph and replayed per token. Timing: CUDA events around back-to-back "
@@ -182,11 +183,6 @@ def hf_llama_config(shape: LlamaShape) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
 class LlamaStaticDecoder:
     """Batch-1 Llama decode with a static KV cache, capturable as one CUDA graph.
 
@@ -229,7 +225,9 @@ class LlamaStaticDecoder:
         inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=dev).float() / D))
         ang = torch.outer(torch.arange(s.n_ctx, device=dev).float(), inv_freq)
         emb = torch.cat((ang, ang), dim=-1)                                          # [n_ctx, D]
-        self.cos, self.sin = emb.cos().to(dtype), emb.sin().to(dtype)
+        self.cos = emb.cos().to(dtype)
+        sin = emb.sin()
+        self.sin_signed = torch.cat((-sin[:, :D // 2], sin[:, D // 2:]), dim=-1).to(dtype)
         cache = (s.n_layer, KV, s.n_ctx, D)
         self.k_cache = torch.zeros(cache, dtype=dtype, device=dev)
         self.v_cache = torch.zeros(cache, dtype=dtype, device=dev)
@@ -281,40 +279,44 @@ class LlamaStaticDecoder:
                 self.v_cache.normal_(0.0, 1.0, generator=gen)
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.shape.rms_eps)
-        return w * xf.to(self.dtype)
+        # fp32 statistics, as transformers' LlamaRMSNorm (one fused kernel on CUDA)
+        return F.rms_norm(x, (self.shape.d_model,), w, self.shape.rms_eps)
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:
-        """One decode step on the current ``tok_t``/``pos_t``; returns logits ``[1, vocab]``."""
+        """One decode step on the current ``tok_t``/``pos_t``; returns logits ``[1, vocab]``.
+
+        Few kernels per layer (about 18): fused RMSNorm, one q/k/v and one gate/up projection,
+        RoPE on q and k together as ``x cos + roll(x, d_head/2) sin'`` (``sin'`` = [-sin; sin],
+        i.e. transformers' ``rotate_half``), residual adds folded into the output projections
+        (``addmm_``), softmax in fp32.
+        """
         s = self.shape
         H, KV, D, f = s.n_head, s.n_kv_head, s.d_head, s.d_ff
-        G, q_w, kv_w = H // KV, H * D, KV * D
+        G = H // KV
         scale = 1.0 / math.sqrt(D)
         h = F.embedding(self.tok_t, self.embed)                                       # [1, d]
         cos = self.cos.index_select(0, self.pos_t)                                    # [1, D]
-        sin = self.sin.index_select(0, self.pos_t)
+        sin = self.sin_signed.index_select(0, self.pos_t)
         mask = torch.where(self._slots <= self.pos_t, self._zero, self._neg_inf).view(1, 1, s.n_ctx)
         for li in range(s.n_layer):
             x = self._rms(h, self.ln1[li])
             qkv = F.linear(x, self.wqkv[li])                                          # [1, (H+2KV)D]
-            q = qkv[:, :q_w].view(H, 1, D)
-            k = qkv[:, q_w:q_w + kv_w].view(KV, 1, D)
-            v = qkv[:, q_w + kv_w:].view(KV, 1, D)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            qk = qkv[0, :(H + KV) * D].view(H + KV, D)
+            qk = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin)                    # RoPE on q and k
+            k = qk[H:].view(KV, 1, D)
+            v = qkv[0, (H + KV) * D:].view(KV, 1, D)
             kc, vc = self.k_cache[li], self.v_cache[li]                               # [KV, n_ctx, D]
             kc.index_copy_(1, self.pos_t, k)
             vc.index_copy_(1, self.pos_t, v)
             # query head h uses KV head h // G (transformers' repeat_kv order)
-            scores = torch.baddbmm(mask, q.view(KV, G, D), kc.transpose(1, 2), alpha=scale)  # [KV, G, n_ctx]
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
-            ctx = torch.bmm(probs, vc).reshape(1, q_w)                                # [1, H D]
-            h = h + F.linear(ctx, self.wo[li])
+            scores = torch.baddbmm(mask, qk[:H].view(KV, G, D), kc.transpose(1, 2), alpha=scale)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)  # [KV, G, n_ctx]
+            ctx = torch.bmm(probs, vc).view(1, H * D)                                 # [1, H D]
+            h.addmm_(ctx, self.wo[li].t())                                            # h += ctx Wo^T
             x = self._rms(h, self.ln2[li])
             gu = F.linear(x, self.wgu[li])                                            # [1, 2 d_ff]
-            h = h + F.linear(F.silu(gu[:, :f]) * gu[:, f:], self.wdown[li])
+            h.addmm_(F.silu(gu[:, :f]) * gu[:, f:], self.wdown[li].t())
         return F.linear(self._rms(h, self.norm), self.lm_head)                        # [1, vocab]
 
     def capture(self, warmup: int = 3) -> None:
