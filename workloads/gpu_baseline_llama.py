@@ -362,18 +362,18 @@ class LlamaStaticDecoder:
 # --------------------------------------------------------------------------------------------
 
 
-def hf_model_sharing(dec: LlamaStaticDecoder) -> Any:
-    """``transformers.LlamaForCausalLM`` on the decoder's device whose parameters ARE the decoder's
-    weights (built on the meta device, then ``load_state_dict(assign=True)``: no second copy)."""
+def hf_model(shape: LlamaShape, state_dict: dict[str, torch.Tensor], device: torch.device) -> Any:
+    """``transformers.LlamaForCausalLM`` whose parameters ARE the given tensors (built on the meta
+    device, then ``load_state_dict(assign=True)``: no second copy of the weights)."""
     from transformers import LlamaForCausalLM
 
-    cfg = hf_llama_config(dec.shape)
+    cfg = hf_llama_config(shape)
     with torch.device("meta"):
         hf = LlamaForCausalLM(cfg)
-    hf.load_state_dict(dec.hf_state_dict(), strict=True, assign=True)
+    hf.load_state_dict(state_dict, strict=True, assign=True)
     # the rotary inverse frequencies are a non-persistent buffer: rebuild it on the real device
     rot_cls = type(hf.model.rotary_emb)
-    with torch.device(dec.device):
+    with torch.device(device):
         hf.model.rotary_emb = rot_cls(config=cfg)
     left = [n for n, t in list(hf.named_parameters()) + list(hf.named_buffers()) if t.is_meta]
     if left:
@@ -382,43 +382,65 @@ def hf_model_sharing(dec: LlamaStaticDecoder) -> Any:
 
 
 @torch.no_grad()
-def compare_with_hf(dec: LlamaStaticDecoder, tokens: Sequence[int]) -> dict[str, Any]:
-    """Decode ``tokens`` from position 0 with the decoder and with transformers' model on the same
-    weights (its own KV cache); max |logit difference| over all steps, and max |logit|."""
+def hf_logits(hf: Any, tokens: Sequence[int], device: torch.device) -> list[torch.Tensor]:
+    """fp32 logits ``[1, vocab]`` of ``tokens`` decoded one by one from position 0 (own cache)."""
     import inspect
 
-    hf = hf_model_sharing(dec)
     # the KV-cache argument is `past_key_values`, renamed `cache` in later transformers 5.x
     cache_kw = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
-    dec.reset("zeros")
-    past = None
-    max_diff, max_abs = 0.0, 0.0
-    for pos, tok in enumerate(tokens):
-        out = hf(input_ids=torch.tensor([[int(tok)]], device=dec.device), use_cache=True,
-                 **{cache_kw: past})
+    past, out_logits = None, []
+    for tok in tokens:
+        out = hf(input_ids=torch.tensor([[int(tok)]], device=device), use_cache=True, **{cache_kw: past})
         past = getattr(out, "cache", None) or out.past_key_values
-        ref = out.logits[0, -1:].float()
-        got = dec.decode(int(tok), pos).float()
-        max_diff = max(max_diff, float((got - ref).abs().max()))
-        max_abs = max(max_abs, float(ref.abs().max()))
-    del hf, past
+        out_logits.append(out.logits[0, -1:].float())
+    return out_logits
+
+
+@torch.no_grad()
+def compare_with_hf(dec: LlamaStaticDecoder, tokens: Sequence[int], *,
+                    fp32_reference: bool = False) -> dict[str, Any]:
+    """Decode ``tokens`` from position 0 with the decoder and with transformers' model on the same
+    weights; max |logit difference| over all steps, and max |logit|.
+
+    With ``fp32_reference`` (and a decoder in fp16/bf16), transformers also runs an fp32 copy of
+    the weights: ``decoder_vs_fp32_max_abs_diff`` and ``hf_vs_fp32_max_abs_diff`` say how far
+    each low-precision path is from fp32 (the rounding noise the main difference is judged by).
+    """
     import transformers
 
-    return {"reference": f"transformers {transformers.__version__} LlamaForCausalLM (eager attention)",
-            "steps": len(tokens), "dtype": str(dec.dtype).replace("torch.", ""),
-            "graph": dec.graph is not None, "max_abs_diff": max_diff, "max_abs_logit": max_abs,
-            "rel_diff": max_diff / max(max_abs, 1e-30)}
+    ref = hf_logits(hf_model(dec.shape, dec.hf_state_dict(), dec.device), tokens, dec.device)
+    _free(dec.device)
+    dec.reset("zeros")
+    got = [dec.decode(int(tok), pos).float().clone() for pos, tok in enumerate(tokens)]
+    res: dict[str, Any] = {
+        "reference": f"transformers {transformers.__version__} LlamaForCausalLM (eager attention)",
+        "steps": len(tokens), "dtype": str(dec.dtype).replace("torch.", ""),
+        "graph": dec.graph is not None,
+        "max_abs_diff": max(float((g - r).abs().max()) for g, r in zip(got, ref)),
+        "max_abs_logit": max(float(r.abs().max()) for r in ref)}
+    res["rel_diff"] = res["max_abs_diff"] / max(res["max_abs_logit"], 1e-30)
+    if fp32_reference and dec.dtype != torch.float32:
+        sd32 = {k: v.float() for k, v in dec.hf_state_dict().items()}
+        ref32 = hf_logits(hf_model(dec.shape, sd32, dec.device), tokens, dec.device)
+        del sd32
+        _free(dec.device)
+        res["decoder_vs_fp32_max_abs_diff"] = max(float((g - r).abs().max()) for g, r in zip(got, ref32))
+        res["hf_vs_fp32_max_abs_diff"] = max(float((g - r).abs().max()) for g, r in zip(ref, ref32))
+    return res
 
 
 def _validate(dec: LlamaStaticDecoder, steps: int, seed: int) -> dict[str, Any]:
+    """:func:`compare_with_hf` on ``steps`` seeded tokens; the fp32 reference where an fp32 copy
+    of the weights fits in a third of the free device memory."""
     gen = torch.Generator().manual_seed(seed)
     toks = torch.randint(0, dec.shape.vocab, (steps,), generator=gen).tolist()
     try:
         import transformers  # noqa: F401
     except ImportError:
         return {"skipped": "transformers not installed"}
+    fits = dec.device.type != "cuda" or 4 * dec.shape.n_params < torch.cuda.mem_get_info(dec.device)[0] / 3
     try:
-        return compare_with_hf(dec, toks)
+        return compare_with_hf(dec, toks, fp32_reference=fits)
     except Exception as e:  # a broken reference must not lose the timing; the error is recorded
         return {"error": f"{type(e).__name__}: {e}"}
 
@@ -604,7 +626,8 @@ def run_baseline(models: Sequence[str], *, device: str | torch.device | None = N
 
 
 def summary_table(doc: dict[str, Any]) -> str:
-    """Markdown: model, position, ms/token, tokens/s, W, J/token, validation max |diff|."""
+    """Markdown: model, position, ms/token, tokens/s, then W and J/token of the power loop (at the
+    middle position; J/token = W x the loop's own ms/token) and the validation max |diff|."""
     lines = ["| model | position | ms/token | tokens/s | W | J/token | max abs diff vs HF |",
              "|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
@@ -614,7 +637,7 @@ def summary_table(doc: dict[str, Any]) -> str:
             ms = r["graph"]["ms_at"][str(p)]
             at_loop = loop.get("position") == p
             w = f"{loop['mean_power_w']:.0f}" if at_loop and loop.get("mean_power_w") else "-"
-            j = f"{loop['mean_power_w'] * ms / 1e3:.3f}" if at_loop and loop.get("mean_power_w") else "-"
+            j = f"{loop['joules_per_token']:.3f}" if at_loop and loop.get("joules_per_token") else "-"
             lines.append(f"| {r['model']} | {p} | {ms:.3f} | {1e3 / ms:.1f} | {w} | {j} | "
                          + (f"{diff:.2g}" if diff is not None else "-") + " |")
     return "\n".join(lines)
