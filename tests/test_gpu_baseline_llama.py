@@ -124,7 +124,8 @@ def test_dry_run_writes_well_formed_json(tmp_path: Path) -> None:
 def test_module_needs_no_simulator_or_transformers_to_import() -> None:
     code = ("import sys, workloads.gpu_baseline_llama; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'simpy', 'numba', 'pimsim', 'compiler', 'transformers'}); print(bad); sys.exit(1 if bad else 0)")
+            "{'simpy', 'numba', 'pimsim', 'compiler', 'transformers'}); "
+            "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -142,3 +143,65 @@ def test_low_precision_difference_is_rounding_noise() -> None:
     assert r["dtype"] == "bfloat16" and r["hf_vs_fp32_max_abs_diff"] > 0
     assert r["decoder_vs_fp32_max_abs_diff"] < 3 * r["hf_vs_fp32_max_abs_diff"], r
     assert r["max_abs_diff"] < 3 * r["hf_vs_fp32_max_abs_diff"], r
+
+
+# ---- the shipped H200 measurement ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict:
+    return gm.load_measured(gm.llama_measured_path())
+
+
+def test_shipped_file_is_found_and_read_by_the_compare_loader(shipped: dict) -> None:
+    from workloads import compare as C
+
+    assert Path(gm.llama_measured_path()) == SHIPPED
+    doc = C.load_baseline(str(SHIPPED))
+    assert doc == shipped
+    C.check_gpu(str(SHIPPED), list(DEFAULT_MODELS))
+    row = next(r for r in doc["results"] if r["model"] == "llama2-7b")
+    pt = C.gpu_point(str(SHIPPED), "llama2-7b", 2000)          # nearest measured position: 2048
+    assert pt.ms == row["graph"]["ms_at"]["2048"]
+    assert pt.joules == row["graph"]["power_loop"]["joules_per_token"]
+    assert "H200" in pt.source and "2048" in pt.source
+
+
+def test_shipped_file_is_a_real_fp16_h200_run(shipped: dict) -> None:
+    info, settings = shipped["info"], shipped["settings"]
+    assert "H200" in info["gpu"] and info["power_source"] == "nvml" and info["transformers"]
+    assert settings["dry_run"] is False and settings["dtype"] == "float16"
+    assert "ONE CUDA graph" in shipped["method"]
+    got = {r["model"] for r in shipped["results"]}
+    assert set(DEFAULT_MODELS) <= got
+    small = {v["config"]: v for v in shipped["validation_small"]}
+    assert small["small-llama-gqa"]["n_kv_head"] < small["small-llama-gqa"]["n_head"]
+    for v in small.values():
+        assert v["graph"] is True and v["rel_diff"] < 1e-2
+        assert v["decoder_vs_fp32_max_abs_diff"] < 3 * v["hf_vs_fp32_max_abs_diff"]
+
+
+@pytest.mark.parametrize("name", DEFAULT_MODELS)
+def test_shipped_rows_are_consistent_and_physical(shipped: dict, name: str) -> None:
+    r = next(x for x in shipped["results"] if x["model"] == name)
+    s = SHAPES[name]
+    assert (r["params"], r["n_kv_head"], r["d_ff"], r["vocab"], r["n_ctx"], r["rope_theta"]) == \
+        (s.n_params, s.n_kv_head, s.d_ff, s.vocab, s.n_ctx, s.rope_theta)
+    assert r["weight_bytes"] == 2 * s.n_params
+    assert r["static_kv_bytes"] == s.kv_bytes_per_token() * s.n_ctx
+    assert r["positions"] == positions_for(s) == [128, s.n_ctx // 2, s.n_ctx - 1]
+    v = r["validation"]
+    assert v["graph"] is True and v["steps"] >= 4 and v["rel_diff"] < 2e-2
+    # every step streams all weights: no time below weights / peak HBM bandwidth
+    floor_ms = r["weight_bytes"] / H200_PEAK_BW_BYTES_PER_S * 1e3
+    for p in r["positions"]:
+        ms = r["graph"]["ms_at"][str(p)]
+        assert floor_ms < ms < 4 * floor_ms
+        assert r["graph"]["tokens_per_s_at"][str(p)] == pytest.approx(1e3 / ms)
+    loop = r["graph"]["power_loop"]
+    assert loop["position"] == s.n_ctx // 2
+    assert r["idle_power_w"] < loop["mean_power_w"] < 700            # H200 board limit
+    assert loop["joules_per_token"] == pytest.approx(loop["mean_power_w"] * loop["ms_per_token"] / 1e3)
+    assert loop["joules_per_token_energy_counter"] == pytest.approx(loop["joules_per_token"], rel=0.1)
+    assert r["joules_per_token"] == loop["joules_per_token"]
+    assert r["graph"]["kernels_per_step"] < 25 * s.n_layer

@@ -71,10 +71,11 @@ METHOD = (
     "Llama-family batch-1 decode, random weights from a seed (N(0,0.02), RMSNorm weights "
     "1+N(0,0.02)), fp16 on the GPU (fp32 in a CPU dry run). Plain-PyTorch static-cache decoder: "
     "RMSNorm (fp32 statistics, F.rms_norm), RoPE (theta from the config, cos/sin table indexed by "
-    "the position tensor, q and k rotated together), grouped-query attention, SwiGLU MLP, untied LM head, fused q/k/v and gate/up "
-    "projections, residual adds folded into the output projections (addmm_), about 18 kernels "
-    "per layer; static KV cache [n_layer, n_kv_head, n_ctx, d_head] for K and V, new K/V written "
-    "(index_copy_) at a position held in a device tensor, attention over the whole n_ctx buffer with "
+    "the position tensor, q and k rotated together), grouped-query attention, SwiGLU MLP, untied "
+    "LM head, fused q/k/v and gate/up projections, residual adds folded into the output "
+    "projections (addmm_), about 20 kernels per layer; static KV cache [n_layer, n_kv_head, "
+    "n_ctx, d_head] for K and V, new K/V written (index_copy_) at a position held in a device "
+    "tensor, attention over the whole n_ctx buffer with "
     "positions beyond the current one masked (-inf), softmax in fp32; the whole decode step "
     "captured as ONE CUDA graph and replayed per token. Timing: CUDA events around back-to-back "
     "replays after warm-up, median of `repeats` rounds, positions interleaved per round; the KV "
@@ -84,7 +85,8 @@ METHOD = (
     "above idle, and from NVML's energy counter). Validation: logits of the decoder (graph replay "
     "on CUDA) against transformers' LlamaForCausalLM (eager attention) built from a LlamaConfig "
     "with the same weights, token by token from position 0 with its DynamicCache; max abs "
-    "difference recorded per model and for small MHA and GQA configs."
+    "difference recorded per model and for small MHA and GQA configs; where an fp32 copy of the "
+    "weights fits, also each path's distance from transformers run in fp32."
 )
 
 
@@ -286,7 +288,7 @@ class LlamaStaticDecoder:
     def step(self) -> torch.Tensor:
         """One decode step on the current ``tok_t``/``pos_t``; returns logits ``[1, vocab]``.
 
-        Few kernels per layer (about 18): fused RMSNorm, one q/k/v and one gate/up projection,
+        Few kernels per layer (about 20): fused RMSNorm, one q/k/v and one gate/up projection,
         RoPE on q and k together as ``x cos + roll(x, d_head/2) sin'`` (``sin'`` = [-sin; sin],
         i.e. transformers' ``rotate_half``), residual adds folded into the output projections
         (``addmm_``), softmax in fp32.
@@ -593,7 +595,8 @@ def run_baseline(models: Sequence[str], *, device: str | torch.device | None = N
             f"(max|logit| {v['max_abs_logit']:.3g})" if "max_abs_diff" in v else v.get("skipped", "?")))
     results: list[dict[str, Any]] = []
     not_measured: list[dict[str, Any]] = []
-    method = METHOD if cuda else METHOD + " DRY RUN on the CPU: time.perf_counter, no graph capture, no power."
+    method = METHOD if cuda else \
+        METHOD + " DRY RUN on the CPU: time.perf_counter, no graph capture, no power."
     doc = {"method": method, "info": info,
            "settings": {"repeats": repeats, "power_loop_s": power_s, "idle_s": idle_s,
                         "batch_s": batch_s, "seed": seed, "dtype": str(dtype).replace("torch.", ""),
