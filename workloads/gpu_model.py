@@ -153,11 +153,26 @@ def predict(gpu: GPUSpec | str, model_cfg: Any, pos: int, *, static_cache: bool 
 # --------------------------------------------------------------------------------------------
 
 
+LLAMA_SUFFIX = "_llama.json"
+
+
 def default_measured_path() -> str:
-    """The shipped measurement (``workloads/data/gpu_measured_*.json``; the first by name)."""
-    paths = sorted(glob.glob(os.path.join(DATA_DIR, "gpu_measured_*.json")))
+    """The shipped GPT measurement (``workloads/data/gpu_measured_*.json``, the first by name,
+    leaving out the Llama files ``*_llama.json``: the calibration needs GPT presets)."""
+    paths = [p for p in sorted(glob.glob(os.path.join(DATA_DIR, "gpu_measured_*.json")))
+             if not p.endswith(LLAMA_SUFFIX)]
     if not paths:
         raise FileNotFoundError(f"no gpu_measured_*.json under {DATA_DIR}")
+    return paths[0]
+
+
+def llama_measured_path() -> str:
+    """The shipped Llama measurement (``workloads/data/gpu_measured_*_llama.json``, written by
+    :mod:`workloads.gpu_baseline_llama`; same schema, so ``load_measured`` and ``pimsim compare
+    --gpu FILE`` read it)."""
+    paths = sorted(glob.glob(os.path.join(DATA_DIR, "gpu_measured_*" + LLAMA_SUFFIX)))
+    if not paths:
+        raise FileNotFoundError(f"no gpu_measured_*{LLAMA_SUFFIX} under {DATA_DIR}")
     return paths[0]
 
 
