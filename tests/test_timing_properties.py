@@ -20,6 +20,7 @@ from pimsim.check import check_log, check_report
 from pimsim.config import ConfigError, Timing, load_config
 from pimsim.spec.commands import cmd_id
 from pimsim.timing import ChannelTimer, make_stream
+from pimsim.timing import kernel as K
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -328,3 +329,25 @@ def test_memo_replay_equals_command_by_command(which):
 
     prop()
     assert compare(make_stream(LAYER_TAIL * 6)) > 0
+
+
+@pytest.mark.parametrize("which", ["aim-on", "gddr6-on", "pim-gpt-on-short-refi"])
+@pytest.mark.parametrize("gap_refi", [0.5, 3, 1000.25])
+def test_idle_gap_refreshes_in_closed_form_equal_one_by_one(which, gap_refi):
+    """Over an idle gap (``not_before`` far ahead) the fast path records the refreshes due in it
+    at once; the command-by-command path (a log: one REF at a time) gives the same state."""
+    cfg = CONFIGS[which]()
+    nrefi = cfg.timing.cycles["nREFI"]
+    pim = cfg.pim.enabled
+    part = [("MAC_AB", -1, 1, 8), ("RD_MAC", -1, 0, 1)] if pim else [("RD", 3, 1, 4), ("WR", 5, 2, 2)]
+    s = make_stream(part + ["SYNC"] + part + ["SYNC"])
+    fast = ChannelTimer(cfg, log=False, fast=True)
+    slow = ChannelTimer(cfg, log=True, fast=True)
+    for t in (fast, slow):
+        pos = t.run(s, 0, 0)
+        t.run(s, pos, t.done_cyc + int(gap_refi * nrefi))
+    assert slow.refreshes >= int(gap_refi)
+    vs = check_log(slow.log, cfg)
+    assert vs == [], check_report(vs)
+    slow.scal[K.S_LOG_N] = 0  # the log's length, the one state the two may differ in
+    assert_same_schedule(fast, slow)

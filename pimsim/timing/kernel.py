@@ -307,21 +307,12 @@ def run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
         if _refresh_due(t, geom, scal):
             # precharge everything still open, then refresh, at the earliest legal cycles
             # from the due time on (which may fall in idle time before ``not_before``)
-            if scal[S_ALLROW] != -1:
-                tp = max(scal[S_NEXT_REF],
-                         earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
-                                  win_cnt, scal[S_LAST]))
-                log = issue(prea, _NO_BANK, _NO_BANK, tp, _ONE, cmd_tab, pr_start, pr_tab, win_tab,
-                            geom, ready, win_hist, win_cnt, open_row, scal, counts, log)
-                stats[ST_INSERTED] += 1
-            tr = max(scal[S_NEXT_REF],
-                     earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
-                              scal[S_LAST]))
-            log = issue(ref, _NO_BANK, _NO_BANK, tr, _ONE, cmd_tab,
-                        pr_start, pr_tab, win_tab, geom, ready,
-                        win_hist, win_cnt, open_row, scal, counts, log)
-            stats[ST_REFRESHES] += 1
-            scal[S_NEXT_REF] += geom[G_NREFI]
+            log = _cq_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
+                              win_cnt, open_row, scal, counts, stats, log)
+            if geom[G_FAST] == 1 and log.shape[0] == 0:
+                log = _idle_refreshes(not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                                      ready, win_hist, win_cnt, open_row, scal, counts, stats,
+                                      log)
             continue
         log = issue(ncmd, nbank, nrow, t, _ONE, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                     win_hist, win_cnt, open_row, scal, counts, log)
@@ -486,6 +477,29 @@ _FAR = 1 << 60
 def is_queued(cmd, geom):
     """Whether stream command ``cmd`` is conventional traffic the FR-FCFS controller queues."""
     return geom[G_SCHED] == SCHED_FRFCFS and (cmd == geom[G_CMD_RD] or cmd == geom[G_CMD_WR])
+
+
+@njit(cache=True)
+def _idle_refreshes(not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
+                    win_cnt, open_row, scal, counts, stats, log):
+    """Closed form over an idle gap, right after a refresh: every further refresh due before
+    ``not_before`` but the last issues at its due time (the banks are closed and REF -> REF
+    nRFC < nREFI, which the config loader guarantees), so they are recorded at once; the last
+    one is left to the command loop. Identical to issuing them one by one (fast mode only)."""
+    nrefi = geom[G_NREFI]
+    m = (not_before - scal[S_NEXT_REF]) // nrefi
+    if m <= 0 or scal[S_ALLROW] != -1:
+        return log
+    ref = geom[G_CMD_REF]
+    if earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
+                scal[S_LAST]) > scal[S_NEXT_REF] or cmd_tab[ref, CT_SELF_GAP] > nrefi:
+        return log
+    t_last = scal[S_NEXT_REF] + (m - 1) * nrefi
+    log = issue(ref, _NO_BANK, _NO_BANK, t_last, m, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                ready, win_hist, win_cnt, open_row, scal, counts, log)
+    stats[ST_REFRESHES] += m
+    scal[S_NEXT_REF] += m * nrefi
+    return log
 
 
 @njit(cache=True)
