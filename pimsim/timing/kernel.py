@@ -39,8 +39,9 @@ SYNC = -1  # stream pseudo-command: end of a segment
 NOTHING = -2  # "no command needed" (e.g. ACT of a row that is already open)
 NEVER = -(1 << 40)  # "last issue" before any command was issued
 NO_MEMO = np.zeros(0, np.int64)  # memo argument that disables memoisation
-_NO_BANK = np.int64(-1)  # bank/row argument "none", as an int64 value: one compiled signature
+_NONE = np.int64(-1)  # "no bank / row / command" as an int64 value (no literal specialisation)
 _ONE = np.int64(1)
+_ZERO = np.int64(0)
 
 # scal[] slots of the per-channel state
 S_LAST, S_NEXT_REF, S_MODE, S_DONE, S_LOG_N, S_ALLROW, S_OPEN_SINCE, S_OPEN_CYC = range(8)
@@ -470,7 +471,7 @@ QF = 6
 # holding a queue entry (an entry frees when its request's column command issues)
 CQ_N, CQ_WMODE, CQ_NR, CQ_NW = range(4)
 N_CQ = 4
-_FAR = 1 << 60
+_FAR = np.int64(1 << 60)
 
 
 @njit(cache=True, inline="always")
@@ -495,7 +496,7 @@ def _idle_refreshes(not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                 scal[S_LAST]) > scal[S_NEXT_REF] or cmd_tab[ref, CT_SELF_GAP] > nrefi:
         return log
     t_last = scal[S_NEXT_REF] + (m - 1) * nrefi
-    log = issue(ref, _NO_BANK, _NO_BANK, t_last, m, cmd_tab, pr_start, pr_tab, win_tab, geom,
+    log = issue(ref, _NONE, _NONE, t_last, m, cmd_tab, pr_start, pr_tab, win_tab, geom,
                 ready, win_hist, win_cnt, open_row, scal, counts, log)
     stats[ST_REFRESHES] += m
     scal[S_NEXT_REF] += m * nrefi
@@ -512,13 +513,13 @@ def _cq_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_c
     if scal[S_ALLROW] != -1:
         tp = max(scal[S_NEXT_REF], earliest(prea, -1, cmd_tab, win_tab, geom, ready, win_hist,
                                             win_cnt, scal[S_LAST]))
-        log = issue(prea, _NO_BANK, _NO_BANK, tp, _ONE, cmd_tab,
+        log = issue(prea, _NONE, _NONE, tp, _ONE, cmd_tab,
                     pr_start, pr_tab, win_tab, geom, ready,
                     win_hist, win_cnt, open_row, scal, counts, log)
         stats[ST_INSERTED] += 1
     tr = max(scal[S_NEXT_REF], earliest(ref, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
                                         scal[S_LAST]))
-    log = issue(ref, _NO_BANK, _NO_BANK, tr, _ONE, cmd_tab,
+    log = issue(ref, _NONE, _NONE, tr, _ONE, cmd_tab,
                 pr_start, pr_tab, win_tab, geom, ready, win_hist,
                 win_cnt, open_row, scal, counts, log)
     stats[ST_REFRESHES] += 1
@@ -575,9 +576,9 @@ def _cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
     best = -1
     best_t = _FAR
     best_pri = 3
-    best_cmd = -1
-    best_bank = -1
-    best_row = -1
+    best_cmd = _NONE
+    best_bank = _NONE
+    best_row = _NONE
     pre = geom[G_CMD_PRE]
     for i in range(n):
         cmd = q[i, Q_CMD]
@@ -627,7 +628,7 @@ def _cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
     if t >= limit:
         return 0, t, log
     if switch:
-        log = issue(tmod, _NO_BANK, _NO_BANK, t, _ONE, cmd_tab,
+        log = issue(tmod, _NONE, _NONE, t, _ONE, cmd_tab,
                     pr_start, pr_tab, win_tab, geom, ready,
                     win_hist, win_cnt, open_row, scal, counts, log)
         stats[ST_INSERTED] += 1
@@ -1105,7 +1106,7 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
             while e < end and stream[e, 0] >= 0 and is_queued(stream[e, 0], geom):
                 e += 1
             if use_memo and e - pos >= 4:
-                pos, log = _memo_unit(stream, pos, 2, e - pos, not_before, cmd_tab, pr_start,
+                pos, log = _memo_unit(stream, pos, np.int64(2), e - pos, not_before, cmd_tab, pr_start,
                                       pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
                                       scal, counts, stats, log, memo)
             else:
@@ -1369,7 +1370,7 @@ def _cq_step_r(q, cq, limit, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, wi
                open_row, scal, counts, stats, log):
     """``_cq_step`` for trace replay, also keeping ``cq[CQ_LEFT]``."""
     before = _cq_pending(q, cq)
-    ok, t, log = _cq_step(q, cq, limit, 0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+    ok, t, log = _cq_step(q, cq, limit, _ZERO, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                           win_hist, win_cnt, open_row, scal, counts, stats, log)
     if ok == 1 and _cq_pending(q, cq) < before:
         cq[CQ_LEFT] = t
@@ -1510,7 +1511,7 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
     need_times = q > 0 or keep_log == 1 or frfcfs
     scratch = np.zeros((256 if need_times else 0, 4), np.int64)
     glog = np.zeros((1024 if keep_log == 1 else 0, 5), np.int64)
-    gn = 0
+    gn = _ZERO
     item = np.zeros((1, 5), np.int64)
     sel = np.zeros(n_ch, np.bool_)
     seen = np.zeros(n_ch, np.bool_)
