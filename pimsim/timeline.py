@@ -176,6 +176,9 @@ def _nest(sl: list[list]) -> list[list]:
             stack.pop()
         while stack and s[1] > stack[-1][1]:
             top = stack[-1]
+            if top[1] <= s[0]:  # ended before s (uncovered once a later slice was cut)
+                stack.pop()
+                continue
             if top[7]:  # fixed parent: nest inside it
                 s[1] = top[1]
             else:  # the bus moved on: end the earlier slice here
@@ -211,7 +214,10 @@ def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "s
         raise ValueError(f"position {pos} is outside the model's context 0..{n_ctx - 1}")
     sim = _warm_simulator(prog, cfg, pos, schedule, warmup)
     tt, logs, marks = _run_logged(sim, pos)
-    b = _Builder(cfg, tt.start_cyc)
+    # a refresh that fell due in idle time before the token's first command is issued at its
+    # due time, which may precede the token's start: the time origin is the earlier of the two
+    first = min([int(lg[:, 0].min()) for lg in logs if lg.shape[0]] + [tt.start_cyc])
+    b = _Builder(cfg, min(tt.start_cyc, first))
     steps = prog.steps
     pim_steps = [s for s in steps if s.kind == "pim"]
 
@@ -271,12 +277,13 @@ def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "s
         "otherData": {
             "model": prog.model, "hw": cfg.name, "position": pos, "schedule": schedule,
             "refresh": cfg.refresh.enabled, "tCK_ps": cfg.tCK_ps,
-            "start_cycle": tt.start_cyc, "end_cycle": tt.end_cyc,
+            "start_cycle": tt.start_cyc, "end_cycle": tt.end_cyc, "origin_cycle": b.t0,
             "token_cycles": tt.end_cyc - tt.start_cyc,
             "token_us": round((tt.end_cyc - tt.start_cyc) * b.tck_us, 6),
             "warmup_positions": pos if warmup is None else min(pos, int(warmup)),
             "commands": dict(sorted(n_cmds.items(), key=lambda kv: -kv[1])),
-            "time_unit": "ts/dur in microseconds of simulated time from the token's start",
+            "time_unit": "ts/dur in microseconds of simulated time from origin_cycle (the "
+                         "token's start, or an earlier refresh the token issued in idle time)",
         },
     }
 

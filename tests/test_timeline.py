@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+import numpy as np
 import pytest
 
 from compiler.pipeline import compile_model
@@ -75,9 +76,17 @@ def reference_log(prog, pos: int, schedule: str = "serial"):
     sim = DecodeSimulator(prog, CFG, schedule=schedule, fast=False, log=True)
     for p in range(pos):
         sim.run_token(p)
+    before = [t.log.shape[0] for t in sim.timers]
     tt = sim.run_token(pos)
-    log = sim.command_log()
-    return tt, log[log[:, 0] >= tt.start_cyc]
+    # the commands this token issued (a refresh due in the idle time before its start issues
+    # at its due time, before the token's start cycle)
+    rows = []
+    for c, (t, n) in enumerate(zip(sim.timers, before)):
+        lg = t.log[n:]
+        rows.append(np.column_stack([lg[:, 0], np.full(len(lg), c), lg[:, 2], lg[:, 3],
+                                     lg[:, 1]]))
+    log = np.concatenate(rows)
+    return tt, log[np.lexsort((log[:, 1], log[:, 0]))]
 
 
 @pytest.mark.parametrize("model,pos", [("tiny", 5), ("gpt2-small", 2)])
@@ -143,7 +152,8 @@ def test_token_timeline(programs, model, pos):
             assert lo - 1e-9 <= e["ts"] <= hi + 1e-9, e
     # the whole token spans the trace
     end = max(e["ts"] + e["dur"] for evs in tracks.values() for e in evs)
-    assert end <= od["token_us"] + 1e-6
+    assert od["origin_cycle"] <= od["start_cycle"]
+    assert end <= od["token_us"] + (od["start_cycle"] - od["origin_cycle"]) * tck_us + 1e-6
 
 
 def test_overlap_schedule_and_warmup(programs, tmp_path):
