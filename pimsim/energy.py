@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pimsim.config import Energy, HwConfig
 
 COMPONENTS = ("banks", "mac_units", "global_buffer", "io", "asic", "background", "refresh")
-# commands whose data crosses the ASIC-PIM link (one column of column_bytes each)
-LINK_CMDS = ("WR_GB", "RD_MAC", "WR_MAC", "RD_AF", "RD", "WR")
+from pimsim.link import LINK_CMDS  # noqa: E402,F401 - commands whose data crosses the link
 
 
 class EnergyError(ValueError):
