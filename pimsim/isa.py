@@ -10,8 +10,10 @@ bank of a channel, that one all-bank MAC row computes together):
 
 * :class:`MatrixLayout` - a weight matrix ``[out, in]``: neuron ``n`` is in group ``n // banks``
   and bank ``n % banks``; group ``g`` lives in channel ``g % channels`` at slot ``g // channels``;
-  its input dimension is tiled into chunks of at most one row (the global buffer holds one chunk);
-  chunk ``k`` of slot ``s`` is row ``base_row[ch] + k * slots(ch) + s``.
+  its input dimension is tiled into chunks of at most one row; chunk ``k`` of slot ``s`` is row
+  ``base_row[ch] + k * slots(ch) + s``. A global-buffer fill holds several whole chunks or a
+  piece of one (``global_buffer_bytes``); the loop order over fills, slots and accumulator
+  reads is a :class:`MatvecOrder` (``pim.mapping``, ``accumulators_per_bank``).
 * :class:`KLayout` - K cache, row-major: token ``t`` is in channel ``t % channels``, bank
   ``(t // channels) % banks``, slot ``t // (channels * banks)``; its key (all heads concatenated)
   is split into chunks of whole heads, chunk ``k`` at row ``base_row + k * n_slots + slot``.
