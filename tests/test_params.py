@@ -250,3 +250,34 @@ def test_sweep_over_each_parameter_reports_a_ratio(tmp_path):
     ratios = {s["param"]: s["latency_ratio"] for s in res.scaling}
     assert ratios["accumulators_per_bank"] > 1.0  # 1 -> 4: faster
     assert ratios["link_bytes_per_cyc"] != 1.0
+
+
+# ---------------------------------------------------------------- executors and the checker
+
+ORDERED = {
+    "k4_two_chunks": dict(org__columns=2, pim__global_buffer_bytes=128,
+                          pim__accumulators_per_bank=4),
+    "reuse_k3_half_rows": dict(org__columns=2, pim__global_buffer_bytes=32,
+                               pim__accumulators_per_bank=3, pim__mapping="reuse"),
+    "narrow_link_k2": dict(link__bytes_per_cyc=2, pim__accumulators_per_bank=2),
+}
+
+
+@pytest.mark.parametrize("which", list(ORDERED))
+@pytest.mark.parametrize("schedule", ["serial", "overlap"])
+def test_new_orders_fast_path_equals_command_by_command_and_passes_the_checker(which, schedule):
+    from pimsim.check import check_command_log
+
+    cfg = with_(load_config("pim-gpt"), **ORDERED[which])
+    prog = compile_model(resolve_model("tiny", weights=False)[0], cfg, name="tiny").program
+    fast = DecodeSimulator(prog, cfg, schedule=schedule, fast=True)
+    slow = DecodeSimulator(prog, cfg, schedule=schedule, fast=False, log=True)
+    for pos in range(0, 40, 3):
+        a, b = fast.run_token(pos), slow.run_token(pos)
+        assert a.end_cyc == b.end_cyc, pos
+        assert np.array_equal(a.step_end, b.step_end)
+        assert np.array_equal(a.step_counts, b.step_counts)
+        assert np.array_equal(a.step_link, b.step_link)
+    assert np.array_equal(fast.states.counts, slow.states.counts)
+    v = check_command_log(slow.command_log(), cfg)
+    assert v.total == 0, str(v[:5])
