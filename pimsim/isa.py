@@ -573,7 +573,7 @@ class PimGptOrder(MatvecOrder):
         k = m.accumulators
         return [
             f"{indent}  for fill f in 0..{len(m.fills) - 1}:        # WR_GB <- x[fill f] "
-            f"({m.gb_cols} columns per fill)",
+            f"(up to {m.gb_cols} columns)",
             f"{indent}    for slot group in 0..{-(-m.slots(0) // k) - 1} ({k} slot(s) each):",
             f"{indent}      for slot s in group, piece (chunk c, columns) of fill f:   "
             f"# ACT_AB row base + c*{m.slots(0)} + s",
@@ -619,7 +619,7 @@ class ReuseOrder(MatvecOrder):
         return [
             f"{indent}  for slot group in 0..{-(-m.slots(0) // k) - 1} ({k} slot(s) each):",
             f"{indent}    for fill f in 0..{len(m.fills) - 1}:      # WR_GB <- x[fill f] "
-            f"({m.gb_cols} columns per fill"
+            f"(up to {m.gb_cols} columns"
             + ("; written once for all groups)" if len(m.fills) == 1 else ")"),
             f"{indent}      for slot s in group, piece (chunk c, columns) of fill f:   "
             f"# ACT_AB row base + c*{m.slots(0)} + s",

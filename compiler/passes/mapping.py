@@ -11,6 +11,7 @@ weight element is placed once, nothing overlaps and everything fits.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -207,8 +208,15 @@ class Mapping:
             per_ch = sum(m.slots(c) for c in range(g.channels)) * g.banks
             if per_ch < m.out_dim or per_ch - m.out_dim >= g.banks * g.channels:
                 raise MappingError(f"{m.name}: {per_ch} neuron places for {m.out_dim} neurons")
+        shapes = set()  # the items' structure depends on a matrix's shape, not on its rows
         for m in self.matrices.values():
-            check_matvec_items(m, self.gb_cols, self.accumulators)
+            plain = dataclasses.replace(m, name="matrix", role="", base_row=(0,) * g.channels)
+            if plain not in shapes:
+                shapes.add(plain)
+                try:
+                    check_matvec_items(plain, self.gb_cols, self.accumulators)
+                except MappingError as e:
+                    raise MappingError(f"{m.name}: {e}") from None
         keys = self.owned_rows()
         uniq, counts = np.unique(keys, return_counts=True)
         if (counts > 1).any():
