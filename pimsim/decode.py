@@ -28,7 +28,7 @@ import simpy
 
 from pimsim.config import HwConfig
 from pimsim.isa import ITEM_FIELDS, Program
-from pimsim.link import link_busy_cyc, link_latency_cyc, transfer_bytes  # noqa: F401
+from pimsim.link import link_busy_cyc, link_latency_cyc, transfer_bytes
 from pimsim.spec.commands import N_CMDS
 from pimsim.timing import ChannelStates, ChannelTimer
 from pimsim.timing import kernel as K

@@ -49,8 +49,9 @@ def token_breakdown(sim: DecodeSimulator, tt: TokenTiming,
     """Cycles of one token split into BREAKDOWN_KEYS (busy time of each step), and per op.
 
     A PIM step's time goes to MAC (MAC commands x nCCDL), link (transfers x nBL, or the link's
-    busy time where that is longer, + the link latency) and refresh (REFab x nRFC), scaled down together if they exceed the step's time;
-    the rest (row activation, precharge, waits) is "other"."""
+    busy time where that is longer, + the link latency) and refresh (REFab x nRFC), scaled down
+    together if they exceed the step's time; the rest (row activation, precharge, waits) is
+    "other"."""
     k = cost or _StepCost(sim)
     dur = (tt.step_end - tt.step_start).astype(np.float64)
     c = tt.step_counts

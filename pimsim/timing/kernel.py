@@ -940,10 +940,10 @@ def _open_cyc_at(scal, t):
 
 
 @njit(cache=True)
-def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial, link_lat,
-              link_busy, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
-              open_row, scal, counts, stats, step_start, step_end, step_counts, step_link, group,
-              memo):
+def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
+              link_lat, link_busy, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
+              win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
+              step_link, group, memo):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
     A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
