@@ -281,3 +281,15 @@ def test_new_orders_fast_path_equals_command_by_command_and_passes_the_checker(w
     assert np.array_equal(fast.states.counts, slow.states.counts)
     v = check_command_log(slow.command_log(), cfg)
     assert v.total == 0, str(v[:5])
+
+
+def test_example_sweep_varies_one_parameter_at_a_time():
+    import workloads.sweep as S
+
+    spec = S.load_spec(ROOT / "examples" / "sweep_buffers.toml")
+    rows = [(p.params["link_bytes_per_cyc"], p.params["global_buffer_bytes"],
+             p.params["accumulators_per_bank"], p.params["mapping"]) for p in spec.points]
+    base = (32, 2048, 1, "pim-gpt")
+    assert rows[0] == base
+    for r in rows[1:]:
+        assert sum(a != b for a, b in zip(r, base)) == 1 or r[2:] == (16, "reuse")
