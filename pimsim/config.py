@@ -229,7 +229,8 @@ ASIC_OPS = ("layernorm", "softmax", "gelu", "residual", "reduction", "embedding"
 
 @dataclass(frozen=True)
 class Link:
-    """ASIC <-> channel links: one per channel."""
+    """ASIC <-> channel links: one per channel, each moving ``bytes_per_cyc`` per link cycle;
+    a PIM step's transfers queue on its channel's link (:mod:`pimsim.link`)."""
 
     bytes_per_cyc: int  # per channel, per link cycle
     clock_mhz: float
