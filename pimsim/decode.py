@@ -28,7 +28,8 @@ import simpy
 
 from pimsim.config import HwConfig
 from pimsim.isa import ITEM_FIELDS, Program
-from pimsim.link import link_busy_cyc, link_latency_cyc, transfer_bytes
+from pimsim.link import (lead_columns, lead_delay_cyc, link_busy_cyc, link_latency_cyc,
+                         transfer_bytes)
 from pimsim.spec.commands import N_CMDS
 from pimsim.timing import ChannelStates, ChannelTimer
 from pimsim.timing import kernel as K
@@ -46,21 +47,30 @@ def asic_cycles(cfg: HwConfig, op: str, n_elems: int) -> int:
 
 
 class LinkCycles:
-    """Link busy cycles of transfer byte counts (memoised: a program has few distinct ones)."""
+    """Per-region link cycles: busy cycles of transfer byte counts, and the delay of the
+    leading input (memoised: a program has few distinct values)."""
 
     def __init__(self, cfg: HwConfig):
         self.cfg = cfg
-        self._memo: dict[int, int] = {0: 0}
+        self._busy: dict[int, int] = {0: 0}
+        self._lead: dict[int, int] = {0: 0}
 
-    def __call__(self, seg_bytes: np.ndarray) -> np.ndarray:
-        out = np.empty(seg_bytes.shape, np.int64)
-        flat, res = seg_bytes.ravel(), out.ravel()
-        for i, b in enumerate(flat.tolist()):
-            v = self._memo.get(b)
+    @staticmethod
+    def _map(arr: np.ndarray, memo: dict[int, int], fn) -> np.ndarray:
+        out = np.empty(arr.shape, np.int64)
+        res = out.ravel()
+        for i, b in enumerate(arr.ravel().tolist()):
+            v = memo.get(b)
             if v is None:
-                v = self._memo[b] = link_busy_cyc(self.cfg, b)
+                v = memo[b] = fn(b)
             res[i] = v
         return out
+
+    def busy(self, seg_bytes: np.ndarray) -> np.ndarray:
+        return self._map(seg_bytes, self._busy, lambda b: link_busy_cyc(self.cfg, b))
+
+    def lead(self, seg_lead_cols: np.ndarray) -> np.ndarray:
+        return self._map(seg_lead_cols, self._lead, lambda n: lead_delay_cyc(self.cfg, n))
 
 
 class StepTable:
@@ -102,7 +112,8 @@ class StreamBuilder:
     position-dependent step's region is rewritten only when its items change (regions have
     room to grow; the buffer is laid out again when one outgrows its room). ``build`` returns
     the item buffer and each region's used span ``[seg_lo, seg_hi)``; ``seg_bytes`` holds the
-    bytes each region moves across the link (:func:`pimsim.link.transfer_bytes`)."""
+    bytes each region moves across the link and ``seg_lead`` the input columns its first item
+    needs (:func:`pimsim.link.transfer_bytes`, :func:`pimsim.link.lead_columns`)."""
 
     def __init__(self, prog: Program):
         self.prog = prog
@@ -121,6 +132,7 @@ class StreamBuilder:
         self.items = np.empty((0, ITEM_FIELDS), np.int64)
         self.seg_cls = np.zeros((self.n_ch, n_seg), np.int64)  # see kernel.segment_classes
         self.seg_bytes = np.zeros((self.n_ch, n_seg), np.int64)
+        self.seg_lead = np.zeros((self.n_ch, n_seg), np.int64)  # pimsim.link.lead_columns
         self.col_bytes = prog.geo.col_elems * prog.geo.elem_bytes
 
     def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,6 +164,7 @@ class StreamBuilder:
             self.items[lo:lo + len(a)] = a
             self.seg_hi[c, k] = lo + len(a)
             self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
+            self.seg_lead[c, k] = lead_columns(a)
         if writes:
             dirty = np.unique(np.array([k for _, k, _ in writes], np.int64))
             K.segment_classes(self.items, self.seg_lo, self.seg_hi, dirty, self.seg_cls)
@@ -174,6 +187,8 @@ class StreamBuilder:
                 self.items[lo[c, k]:lo[c, k] + len(a)] = a
                 self.seg_hi[c, k] = lo[c, k] + len(a)
                 self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
+                self.seg_lead[c, k] = lead_columns(a)
+            self.seg_lead[c, k] = lead_columns(a)
         K.segment_classes(self.items, self.seg_lo, self.seg_hi, np.arange(n_seg, dtype=np.int64),
                           self.seg_cls)
 
@@ -220,7 +235,8 @@ class DecodeSimulator:
 
     def run_token(self, pos: int) -> TokenTiming:
         items, seg_lo, seg_hi = self.streams.build(pos)
-        busy = self.link_cyc(self.streams.seg_bytes)
+        busy = self.link_cyc.busy(self.streams.seg_bytes)
+        lead = self.link_cyc.lead(self.streams.seg_lead)
         dur = self.steps.durations(pos)
         n = len(self.prog.steps)
         st, en = np.zeros(n, np.int64), np.zeros(n, np.int64)
@@ -231,23 +247,26 @@ class DecodeSimulator:
             s, t = self.steps, self.tables
             now, n_run = K.run_steps(
                 items, seg_lo, seg_hi, self.streams.seg_cls, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
-                int(self.schedule == "serial"), self.link_lat, busy, t0, t.cmd_tab, t.pr_start,
-                t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
+                int(self.schedule == "serial"), self.link_lat, busy, lead, t0, t.cmd_tab,
+                t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                 self.states.win_cnt, self.states.open_row, self.states.scal,
                 self.states.counts, self.states.stats, st, en, cnt, lk, int(self.group),
                 self.memo)
             self.now = int(now)
             self.channels_run += int(n_run)
         else:
-            self.now = self._run_token_simpy(items, seg_lo, seg_hi, busy, dur, t0, st, en, cnt, lk)
+            self.now = self._run_token_simpy(items, seg_lo, seg_hi, busy, lead, dur, t0, st, en,
+                                             cnt, lk)
         return TokenTiming(pos, t0, self.now, st, en, cnt, lk)
 
-    def _run_token_simpy(self, items, seg_lo, seg_hi, busy, dur, t0, st, en, cnt, lk) -> int:
+    def _run_token_simpy(self, items, seg_lo, seg_hi, busy, lead, dur, t0, st, en, cnt,
+                         lk) -> int:
         """Reference executor: SimPy processes for the steps, the ASIC and each channel.
 
         PIM steps reach the channels in program order (each channel is an in-order queue); the
         ASIC takes its steps in program order. Each channel's link takes a step's transfers
-        (``busy`` cycles) in program order too, from the step's start."""
+        (``busy`` cycles) in program order too, from the step's start; a channel starts its
+        part ``lead`` cycles after the step (its first command's data crossing the link)."""
         prog, s = self.prog, self.steps
         n_ch = prog.geo.channels
         timers = self.timers
@@ -282,9 +301,9 @@ class DecodeSimulator:
                 if prev_pim[i] >= 0:
                     yield issued[prev_pim[i]]
                 out: list = [None] * n_ch
-                procs = [env.process(channel(c, int(s.pim_index[i]), start, out))
-                         for c in range(n_ch)]
                 k = int(s.pim_index[i])
+                procs = [env.process(channel(c, k, start + int(lead[c, k]), out))
+                         for c in range(n_ch)]
                 ends = []
                 for c in range(n_ch):  # the link takes the step's transfers in program order
                     link_start = max(start, link_free[c])

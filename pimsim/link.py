@@ -14,8 +14,12 @@ channel's link, which moves ``bytes_per_cyc`` per link cycle, so they occupy it 
 bus, nBL per column, is in its command timing), starting when the step starts or when the
 channel's previous transfers are through, whichever is later; the step cannot end on that
 channel before its link is done. The results then cross with ``latency_cyc``
-(:func:`link_latency_cyc`), once per step. A link as fast as the DRAM data bus never binds (the
-bus already spaces transfers by nBL); a narrower one makes transfer-heavy steps longer.
+(:func:`link_latency_cyc`), once per step. The one transfer the channel cannot work without is
+its first command's own data (the leading input: a global-buffer fill, a write's column): the
+channel starts the step once the link has delivered it, less the time its own data bus takes
+for those columns anyway (``nBL`` each; :func:`lead_delay_cyc`). A link as fast as the DRAM
+data bus therefore never binds (the bus already spaces transfers by nBL); a narrower one
+delays every step's first fill and stretches transfer-heavy steps.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pimsim.spec.commands import cmd_id
 # commands whose data crosses the ASIC-PIM link (one column of column_bytes each)
 LINK_CMDS = ("WR_GB", "RD_MAC", "WR_MAC", "RD_AF", "RD", "WR")
 _LINK_IDS = np.array([cmd_id(n) for n in LINK_CMDS], np.int64)
+INPUT_CMDS = ("WR_GB", "WR_MAC", "WR")  # host -> PIM data
+_INPUT_IDS = frozenset(cmd_id(n) for n in INPUT_CMDS)
 
 
 def _link_to_dram(cfg, link_cyc: int) -> int:
@@ -53,3 +59,19 @@ def transfer_bytes(items: np.ndarray, column_bytes: int) -> int:
     if not len(items):
         return 0
     return int(items[np.isin(items[:, 0], _LINK_IDS), 3].sum()) * column_bytes
+
+
+def lead_columns(items: np.ndarray) -> int:
+    """Columns of input data the first item needs before it can issue (0: none)."""
+    if not len(items) or int(items[0, 0]) not in _INPUT_IDS:
+        return 0
+    return int(items[0, 3])
+
+
+def lead_delay_cyc(cfg, lead_cols: int) -> int:
+    """DRAM cycles a channel waits, after its step starts, for its first command's data: the
+    link time of ``lead_cols`` columns less the nBL per column its data bus spends on them."""
+    if not lead_cols:
+        return 0
+    bus = lead_cols * cfg.timing.cycles["nBL"]
+    return max(0, link_busy_cyc(cfg, lead_cols * cfg.org.column_bytes) - bus)

@@ -84,9 +84,10 @@ class _OneStep(Program):
 def test_a_step_ends_when_its_link_has_moved_its_bytes(fast):
     base = load_config("pim-gpt", refresh=False)
     geo = map_geo(base)
-    # 64 WR_GB columns = 2048 B; at 4 B per link cycle: 512 link cycles = 1024 tCK, far longer
-    # than the channel's mode switch + 64 bursts; + latency 8 link cycles = 16 tCK
-    prog = _OneStep(geo, [[(WR_GB, -1, -1, 64, 0)], [(WR_GB, -1, -1, 32, 0)]])
+    # 64 RD columns of one open row = 2048 B back to the ASIC; at 4 B per link cycle: 512 link
+    # cycles = 1024 tCK, far longer than the channel's ACT + 64 reads; + latency 8 link cycles
+    # = 16 tCK. Reads are outputs: the channel starts at once
+    prog = _OneStep(geo, [[(RD, 0, 5, 64, 0)], [(RD, 0, 5, 32, 0)]])
     narrow = DecodeSimulator(prog, with_(base, link__bytes_per_cyc=4), fast=fast)
     tt = narrow.run_token(0)
     assert tt.step_end[0] == 1024 + 16
@@ -95,6 +96,23 @@ def test_a_step_ends_when_its_link_has_moved_its_bytes(fast):
     wide = DecodeSimulator(prog, base, fast=fast).run_token(0)
     assert wide.step_end[0] < 1024  # 32 B per link cycle: the channel's commands bind
     assert wide.step_link[0] == 128
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_fill_waits_for_its_data_beyond_the_bus_time(fast):
+    """A step that starts with a 64-column global-buffer fill: at 4 B per link cycle its data
+    takes 1024 tCK to arrive, the channel's own bus would take 64 x nBL = 128 of them, so the
+    channel's whole part shifts by 896 cycles against a 32 B link (where the link is exactly
+    as fast as the bus and delays nothing); the result read streams behind."""
+    base = load_config("pim-gpt", refresh=False)
+    prog = _OneStep(map_geo(base), [[(WR_GB, -1, -1, 64, 0), (MAC_AB, -1, 3, 64, 0),
+                                     (RD_MAC, -1, -1, 1, 0)]])
+    narrow = DecodeSimulator(prog, with_(base, link__bytes_per_cyc=4), fast=fast).run_token(0)
+    wide = DecodeSimulator(prog, base, fast=fast).run_token(0)
+    assert narrow.step_link[0] == (2048 + 32) // 4 * 2  # the fill and the accumulator read
+    # the channel still binds once shifted (mode switches, ACT, 64 MACs after the fill)
+    assert wide.step_end[0] - 16 + (1024 - 128) > narrow.step_link[0]
+    assert narrow.step_end[0] - wide.step_end[0] == 1024 - 64 * 2
 
 
 def map_geo(cfg):

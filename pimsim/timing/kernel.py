@@ -941,8 +941,8 @@ def _open_cyc_at(scal, t):
 
 @njit(cache=True)
 def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
-              link_lat, link_busy, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
-              win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
+              link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+              win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
               step_link, group, memo):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
@@ -952,7 +952,9 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     channel is done plus ``link_lat``, a channel being done once its commands are and its link
     has moved the segment's transfers (``link_busy[c, k]`` cycles, queued in program order on
     the channel's link from the step's start, see ``pimsim.link``; ``step_link`` gets the
-    critical channel's); an ASIC step runs ``dur`` cycles after its dependencies
+    critical channel's); a channel starts its segment ``link_lead[c, k]`` cycles after the
+    step (its first command's data is still crossing the link); an ASIC step runs ``dur``
+    cycles after its dependencies
     and the previous ASIC step. Kept in this module so numba's cache invalidates with the kernel.
     Fills step_start/end and per-step command counts of the critical (last-finishing) channel;
     returns the token's end cycle.
@@ -987,11 +989,12 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                     before[c, x] = counts[c, x]
                 rep[c] = c
                 if group == 1:
-                    cpt = min(start, scal[c, S_NEXT_REF])
+                    s_c = start + link_lead[c, k]  # equal for equal segment classes
+                    cpt = min(s_c, scal[c, S_NEXT_REF])
                     for r in range(c):
                         if (rep[r] == r
                                 and seg_cls[c, k] == seg_cls[r, k]
-                                and _equivalent(c, r, cpt, start, win_tab, geom, ready, win_hist,
+                                and _equivalent(c, r, cpt, s_c, win_tab, geom, ready, win_hist,
                                                 win_cnt, open_row, scal)):
                             rep[c] = r
                             break
@@ -1002,7 +1005,8 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                 if rep[c] != c:
                     continue
                 n_run += 1
-                _, log = run_segment(items, seg_lo[c, k], seg_hi[c, k], start, cmd_tab,
+                _, log = run_segment(items, seg_lo[c, k], seg_hi[c, k],
+                                     start + link_lead[c, k], cmd_tab,
                                      pr_start, pr_tab, win_tab, geom, ready[c], win_hist[c],
                                      win_cnt[c], open_row[c], scal[c], counts[c], stats[c], log,
                                      memo)
