@@ -1,8 +1,8 @@
 """The data-path parameters act: link.bytes_per_cyc, pim.global_buffer_bytes,
 pim.accumulators_per_bank and pim.mapping.
 
-* the link model by hand: busy cycles of a byte count, bytes of an item list, a one-step program
-  whose end is the link's, in both executors;
+* the link model by hand: busy cycles of a byte count, bytes of an item list, one-step programs
+  bound by the link and delayed by their first fill's data, in both executors;
 * the loop orders: command counts of a matrix's items counted by hand, the mapping check
   catching items that break the buffer or accumulator limits;
 * numbers: the functional model with several chunks per fill, pieces of a row per fill, k
