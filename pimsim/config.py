@@ -180,8 +180,12 @@ class Pim:
     banks_per_pim_unit: int = 1  # 2 for HBM-PIM (one unit shared by two banks)
     data_type: str = "bf16"
     accumulator_type: str = "fp32"
-    global_buffer_bytes: int = 0  # per channel
-    accumulators_per_bank: int = 1
+    global_buffer_bytes: int = 0  # per channel; one fill holds this much of the input vector
+    accumulators_per_bank: int = 1  # partial sums a bank's MAC unit keeps at once
+    # matrix-vector loop order (pimsim.isa.MatvecOrder): "pim-gpt" (each buffer fill serves
+    # every output row, accumulators read after every fill) or "reuse" (CENT: a fill serves
+    # accumulators_per_bank output rows per bank, accumulators read once after all fills)
+    mapping: str = "pim-gpt"
     # what TMOD switches between: "register" (GDDR6-AiM: host access to the global buffer and
     # the MAC/AF registers), "bank-mode" (single-bank DRAM vs all-bank PIM mode), "none"
     mode_switch: str = "bank-mode"
@@ -259,7 +263,8 @@ ASIC_OPS = ("layernorm", "softmax", "gelu", "residual", "reduction", "embedding"
 
 @dataclass(frozen=True)
 class Link:
-    """ASIC <-> channel links: one per channel."""
+    """ASIC <-> channel links: one per channel, each moving ``bytes_per_cyc`` per link cycle;
+    a PIM step's transfers queue on its channel's link (:mod:`pimsim.link`)."""
 
     bytes_per_cyc: int  # per channel, per link cycle
     clock_mhz: float
@@ -584,7 +589,12 @@ def _validate(cfg: HwConfig, where: str) -> None:
         if p.global_buffer_bytes % o.column_bytes:
             fail(f"[pim] global_buffer_bytes = {p.global_buffer_bytes} is not a whole number of "
                  f"{o.column_bytes}-byte columns", f"use a multiple of {o.column_bytes}")
+    from pimsim.isa import MAPPINGS
     from pimsim.spec.commands import MODE_SWITCHES
+
+    if p.mapping not in MAPPINGS:
+        fail(f"[pim] mapping = {p.mapping!r}; supported: "
+             f"{', '.join(repr(m) for m in MAPPINGS)}", "use one of those")
 
     if p.mode_switch not in MODE_SWITCHES:
         fail(f"[pim] mode_switch = {p.mode_switch!r}; supported: "

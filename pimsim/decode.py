@@ -2,8 +2,9 @@
 
 Each token runs every step of the program at its position. A PIM step issues its per-channel
 instruction streams through the channel timing kernels (with refresh, row policy, every rule);
-it ends when the slowest channel is done and its results have crossed the link
-(``link.latency_cyc``). An ASIC step takes ``op_latency_cyc + ceil(n / vector_lanes) *
+it ends when the slowest channel is done, and its link has moved the step's transfers
+(:mod:`pimsim.link`: bytes queued on each channel's link at ``link.bytes_per_cyc``), plus the
+link latency (``link.latency_cyc``). An ASIC step takes ``op_latency_cyc + ceil(n / vector_lanes) *
 op_passes`` ASIC cycles, converted to DRAM command cycles. Two schedules:
 
 * ``serial`` (the PIM-GPT paper): every step starts after the previous one ended; ASIC and PIM
@@ -27,6 +28,8 @@ import simpy
 
 from pimsim.config import HwConfig
 from pimsim.isa import ITEM_FIELDS, Program
+from pimsim.link import (lead_columns, lead_delay_cyc, link_busy_cyc, link_latency_cyc,
+                         transfer_bytes)
 from pimsim.spec.commands import N_CMDS
 from pimsim.timing import ChannelStates, ChannelTimer
 from pimsim.timing import kernel as K
@@ -43,8 +46,31 @@ def asic_cycles(cfg: HwConfig, op: str, n_elems: int) -> int:
     return math.ceil(cyc * 1e6 / a.clock_mhz / cfg.tCK_ps)
 
 
-def link_latency_cyc(cfg: HwConfig) -> int:
-    return math.ceil(cfg.link.latency_cyc * 1e6 / cfg.link.clock_mhz / cfg.tCK_ps)
+class LinkCycles:
+    """Per-region link cycles: busy cycles of transfer byte counts, and the delay of the
+    leading input (memoised: a program has few distinct values)."""
+
+    def __init__(self, cfg: HwConfig):
+        self.cfg = cfg
+        self._busy: dict[int, int] = {0: 0}
+        self._lead: dict[int, int] = {0: 0}
+
+    @staticmethod
+    def _map(arr: np.ndarray, memo: dict[int, int], fn) -> np.ndarray:
+        out = np.empty(arr.shape, np.int64)
+        res = out.ravel()
+        for i, b in enumerate(arr.ravel().tolist()):
+            v = memo.get(b)
+            if v is None:
+                v = memo[b] = fn(b)
+            res[i] = v
+        return out
+
+    def busy(self, seg_bytes: np.ndarray) -> np.ndarray:
+        return self._map(seg_bytes, self._busy, lambda b: link_busy_cyc(self.cfg, b))
+
+    def lead(self, seg_lead_cols: np.ndarray) -> np.ndarray:
+        return self._map(seg_lead_cols, self._lead, lambda n: lead_delay_cyc(self.cfg, n))
 
 
 class StepTable:
@@ -85,7 +111,9 @@ class StreamBuilder:
     Items that do not depend on the position are built once and stay in place; a
     position-dependent step's region is rewritten only when its items change (regions have
     room to grow; the buffer is laid out again when one outgrows its room). ``build`` returns
-    the item buffer and each region's used span ``[seg_lo, seg_hi)``."""
+    the item buffer and each region's used span ``[seg_lo, seg_hi)``; ``seg_bytes`` holds the
+    bytes each region moves across the link and ``seg_lead`` the input columns its first item
+    needs (:func:`pimsim.link.transfer_bytes`, :func:`pimsim.link.lead_columns`)."""
 
     def __init__(self, prog: Program):
         self.prog = prog
@@ -103,6 +131,9 @@ class StreamBuilder:
         self.seg_hi = np.zeros((self.n_ch, n_seg), np.int64)
         self.items = np.empty((0, ITEM_FIELDS), np.int64)
         self.seg_cls = np.zeros((self.n_ch, n_seg), np.int64)  # see kernel.segment_classes
+        self.seg_bytes = np.zeros((self.n_ch, n_seg), np.int64)
+        self.seg_lead = np.zeros((self.n_ch, n_seg), np.int64)  # pimsim.link.lead_columns
+        self.col_bytes = prog.geo.col_elems * prog.geo.elem_bytes
 
     def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         per_step = []
@@ -132,6 +163,8 @@ class StreamBuilder:
             lo = self.seg_lo[c, k]
             self.items[lo:lo + len(a)] = a
             self.seg_hi[c, k] = lo + len(a)
+            self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
+            self.seg_lead[c, k] = lead_columns(a)
         if writes:
             dirty = np.unique(np.array([k for _, k, _ in writes], np.int64))
             K.segment_classes(self.items, self.seg_lo, self.seg_hi, dirty, self.seg_cls)
@@ -153,6 +186,9 @@ class StreamBuilder:
                 a = per_step[k][c]
                 self.items[lo[c, k]:lo[c, k] + len(a)] = a
                 self.seg_hi[c, k] = lo[c, k] + len(a)
+                self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
+                self.seg_lead[c, k] = lead_columns(a)
+            self.seg_lead[c, k] = lead_columns(a)
         K.segment_classes(self.items, self.seg_lo, self.seg_hi, np.arange(n_seg, dtype=np.int64),
                           self.seg_cls)
 
@@ -165,6 +201,7 @@ class TokenTiming:
     step_start: np.ndarray
     step_end: np.ndarray
     step_counts: np.ndarray  # [n_steps, n_cmds], critical channel of each PIM step
+    step_link: np.ndarray  # [n_steps] link busy cycles of the critical channel (0: ASIC steps)
 
 
 class DecodeSimulator:
@@ -191,36 +228,45 @@ class DecodeSimulator:
         self.tables = build_tables(cfg, fast=fast)
         self.states = ChannelStates(cfg, prog.geo.channels, self.tables)
         self.link_lat = link_latency_cyc(cfg)
+        self.link_cyc = LinkCycles(cfg)
         self.now = 0
         self.timers = [ChannelTimer(cfg, states=self.states, index=c, log=log)
                        for c in range(prog.geo.channels)]
 
     def run_token(self, pos: int) -> TokenTiming:
         items, seg_lo, seg_hi = self.streams.build(pos)
+        busy = self.link_cyc.busy(self.streams.seg_bytes)
+        lead = self.link_cyc.lead(self.streams.seg_lead)
         dur = self.steps.durations(pos)
         n = len(self.prog.steps)
         st, en = np.zeros(n, np.int64), np.zeros(n, np.int64)
         cnt = np.zeros((n, N_CMDS), np.int64)
+        lk = np.zeros(n, np.int64)
         t0 = self.now
         if self.fast:
             s, t = self.steps, self.tables
             now, n_run = K.run_steps(
                 items, seg_lo, seg_hi, self.streams.seg_cls, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
-                int(self.schedule == "serial"), self.link_lat, t0, t.cmd_tab, t.pr_start,
-                t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
+                int(self.schedule == "serial"), self.link_lat, busy, lead, t0, t.cmd_tab,
+                t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                 self.states.win_cnt, self.states.open_row, self.states.scal,
-                self.states.counts, self.states.stats, st, en, cnt, int(self.group), self.memo)
+                self.states.counts, self.states.stats, st, en, cnt, lk, int(self.group),
+                self.memo)
             self.now = int(now)
             self.channels_run += int(n_run)
         else:
-            self.now = self._run_token_simpy(items, seg_lo, seg_hi, dur, t0, st, en, cnt)
-        return TokenTiming(pos, t0, self.now, st, en, cnt)
+            self.now = self._run_token_simpy(items, seg_lo, seg_hi, busy, lead, dur, t0, st, en,
+                                             cnt, lk)
+        return TokenTiming(pos, t0, self.now, st, en, cnt, lk)
 
-    def _run_token_simpy(self, items, seg_lo, seg_hi, dur, t0, st, en, cnt) -> int:
+    def _run_token_simpy(self, items, seg_lo, seg_hi, busy, lead, dur, t0, st, en, cnt,
+                         lk) -> int:
         """Reference executor: SimPy processes for the steps, the ASIC and each channel.
 
         PIM steps reach the channels in program order (each channel is an in-order queue); the
-        ASIC takes its steps in program order."""
+        ASIC takes its steps in program order. Each channel's link takes a step's transfers
+        (``busy`` cycles) in program order too, from the step's start; a channel starts its
+        part ``lead`` cycles after the step (its first command's data crossing the link)."""
         prog, s = self.prog, self.steps
         n_ch = prog.geo.channels
         timers = self.timers
@@ -229,6 +275,7 @@ class DecodeSimulator:
         issued = [env.event() for _ in prog.steps]  # a PIM step has handed its commands over
         serial = self.schedule == "serial"
         asic = simpy.Resource(env, capacity=1)
+        link_free = [t0] * n_ch
         prev_pim = [-1] * len(prog.steps)
         last = -1
         for i in range(len(prog.steps)):
@@ -254,15 +301,23 @@ class DecodeSimulator:
                 if prev_pim[i] >= 0:
                     yield issued[prev_pim[i]]
                 out: list = [None] * n_ch
-                procs = [env.process(channel(c, int(s.pim_index[i]), start, out))
+                k = int(s.pim_index[i])
+                procs = [env.process(channel(c, k, start + int(lead[c, k]), out))
                          for c in range(n_ch)]
+                ends = []
+                for c in range(n_ch):  # the link takes the step's transfers in program order
+                    link_start = max(start, link_free[c])
+                    link_free[c] = link_start + int(busy[c, k])
+                    ends.append(link_free[c])
                 issued[i].succeed()
                 yield env.all_of(procs)
                 done, crit = start, 0
                 for c in range(n_ch):
-                    if out[c][0] > done:
-                        done, crit = out[c][0], c
+                    e = max(out[c][0], ends[c])
+                    if e > done:
+                        done, crit = e, c
                 cnt[i] = out[crit][1]
+                lk[i] = busy[crit, k]
                 end = done + self.link_lat
             else:
                 yield req

@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pimsim.config import Energy, HwConfig
+from pimsim.link import LINK_CMDS  # commands whose data crosses the link (one column each)
 
 COMPONENTS = ("banks", "mac_units", "global_buffer", "io", "asic", "background", "refresh")
-# commands whose data crosses the ASIC-PIM link (one column of column_bytes each)
-LINK_CMDS = ("WR_GB", "RD_MAC", "WR_MAC", "RD_AF", "RD", "WR")
 
 
 class EnergyError(ValueError):

@@ -245,11 +245,25 @@ class MemoryImage:
         out = np.empty(m.out_dim, np.float32)
         _mac_matrix(self.words, *_matrix_rows(m), m.chunk_elems,
                     np.ascontiguousarray(x, np.float32)[None, :], 1 << 62, m.out_dim,
-                    m.geo.col_elems, self.fmt, _FORMATS[acc_dtype], _FP16_TO_FP32, out)
+                    m.geo.col_elems, self.fmt, _FORMATS[acc_dtype], _FP16_TO_FP32,
+                    _read_segments(m), out)
         return out
 
 
 _ROWS: dict[int, tuple[MatrixLayout, tuple[np.ndarray, np.ndarray]]] = {}
+_SEGS: dict[int, tuple[MatrixLayout, np.ndarray]] = {}
+
+
+def _read_segments(m: MatrixLayout) -> np.ndarray:
+    """``m.read_segments()`` (cached per layout)."""
+    hit = _SEGS.get(id(m))
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    segs = m.read_segments()
+    if segs.size and max(int(n) for n in segs[:, 2]) > m.gb_cols:
+        raise ValueError(f"{m.name}: a MAC run longer than the global buffer's {m.gb_cols} columns")
+    _SEGS[id(m)] = (m, segs)
+    return segs
 
 
 def _matrix_rows(m: MatrixLayout) -> tuple[np.ndarray, np.ndarray]:
@@ -317,11 +331,11 @@ def _lane_products(row, ge, go, nw, fmt, lut, q):
 
 
 @njit(cache=True, inline="always")
-def _accumulate(q, q0, cols, hl, acc_fmt, tree):
+def _accumulate(q, q0, cols, hl, acc_fmt, tree, acc0):
     """Rest of the adder tree per column (``hl`` pair sums each, from ``q[q0]``), then the
-    accumulator: fp32, or rounded to ``acc_fmt`` after every column. ``tree`` is scratch of at
-    least ``max(hl, cols)`` values."""
-    acc = np.float32(0)
+    accumulator, starting from ``acc0``: fp32, or rounded to ``acc_fmt`` after every column.
+    ``tree`` is scratch of at least ``max(hl, cols)`` values."""
+    acc = acc0
     if hl == 8:
         # the column sums first (no dependence between columns: vectorisable), then the
         # accumulator in column order
@@ -367,24 +381,43 @@ def _gb_fill(x, lo, ln, fmt, ge, go):
 
 @njit(cache=True, inline="always")
 def _mac_bank(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div, out_dim, lanes, fmt,
-              acc_fmt, lut, out):
-    """Every MAC row of one bank (its slots, chunk by chunk: rows in address order)."""
+              acc_fmt, lut, segs, out):
+    """Every MAC row of one bank, neuron by neuron: its MACs in the order its accumulator gets
+    them (``segs`` rows ``(chunk, first column, columns, read)``, clipped to ``in_dim``); where
+    ``read`` is set (and after the last MAC) RD_MAC reads the accumulator out rounded to the
+    data type and the ASIC adds it to the neuron's earlier partial sums in fp32."""
     C, B, _, W = words.shape
     hl = lanes // 2
     q = np.empty(W, np.float32)
     tree = np.empty(max(hl, W), np.float32)
-    for k in range(ge.shape[0]):
-        ln = min(chunk_elems, in_dim - k * chunk_elems)
-        cols = (ln + lanes - 1) // lanes
-        for s in range(ns):
-            n = (s * C + c) * B + b
-            if n >= out_dim:
-                continue
-            g = n // gb_div
-            _lane_products(words[c, b, base_row + k * ns + s], ge[k, g], go[k, g], cols * hl,
-                           fmt, lut, q)
-            r = _round(_accumulate(q, 0, cols, hl, acc_fmt, tree), fmt)
-            out[n] = r if k == 0 else out[n] + r
+    for s in range(ns):
+        n = (s * C + c) * B + b
+        if n >= out_dim:
+            continue
+        g = n // gb_div
+        acc = np.float32(0)
+        pending = False
+        first = True
+        for i in range(segs.shape[0]):
+            k, c0 = segs[i, 0], segs[i, 1]
+            have = in_dim - k * chunk_elems - c0 * lanes  # input elements left from here
+            if have <= 0:
+                break
+            cols = min(segs[i, 2], (have + lanes - 1) // lanes)
+            w0 = c0 * hl
+            _lane_products(words[c, b, base_row + k * ns + s, w0:], ge[k, g, w0:], go[k, g, w0:],
+                           cols * hl, fmt, lut, q)
+            acc = _accumulate(q, 0, cols, hl, acc_fmt, tree, acc)
+            pending = True
+            if segs[i, 3] == 1:
+                r = _round(acc, fmt)
+                out[n] = r if first else out[n] + r
+                first = False
+                acc = np.float32(0)
+                pending = False
+        if pending:
+            r = _round(acc, fmt)
+            out[n] = r if first else out[n] + r
 
 
 @njit(cache=True)
@@ -401,41 +434,43 @@ def _gb_chunks(x, chunk_elems, W, fmt):
 
 @njit(cache=True, parallel=True)
 def _mac_matrix_parallel(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt,
-                         acc_fmt, lut, out):
+                         acc_fmt, lut, segs, out):
     """``_mac_matrix`` with the banks spread over numba's threads."""
     C, B, _, W = words.shape
     ge, go = _gb_chunks(x, chunk_elems, W, fmt)
     for cb in prange(C * B):
         _mac_bank(words, cb // B, cb % B, base_row[cb // B], slots[cb // B], chunk_elems,
-                  x.shape[1], ge, go, gb_div, out_dim, lanes, fmt, acc_fmt, lut, out)
+                  x.shape[1], ge, go, gb_div, out_dim, lanes, fmt, acc_fmt, lut, segs, out)
 
 
 @njit(cache=True)
 def _mac_matrix_serial(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt,
-                       acc_fmt, lut, out):
+                       acc_fmt, lut, segs, out):
     """``_mac_matrix`` on the calling thread."""
     C, B, _, W = words.shape
     ge, go = _gb_chunks(x, chunk_elems, W, fmt)
     for cb in range(C * B):
         _mac_bank(words, cb // B, cb % B, base_row[cb // B], slots[cb // B], chunk_elems,
-                  x.shape[1], ge, go, gb_div, out_dim, lanes, fmt, acc_fmt, lut, out)
+                  x.shape[1], ge, go, gb_div, out_dim, lanes, fmt, acc_fmt, lut, segs, out)
 
 
 PARALLEL_MIN_ELEMS = 1 << 20  # matrices at least this large use all numba threads
 
 
 def _mac_matrix(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt,
-                lut, out):
+                lut, segs, out):
     """MAC rows of a matrix placed like a weight matrix (chunk-major rows, neuron
-    ``n = (slot C + ch) B + bank``), one accumulator per (neuron, chunk), read out rounded to
-    ``fmt`` and summed over chunks into ``out [out_dim]``. Neuron ``n`` multiplies row
+    ``n = (slot C + ch) B + bank``), each neuron's accumulator read out rounded to ``fmt``
+    where its loop order reads it (``segs``, see ``MatrixLayout.read_segments``) and the
+    partial sums added in fp32 into ``out [out_dim]``. Neuron ``n`` multiplies row
     ``n // gb_div`` of ``x [rows, in]`` (the global-buffer fill of its channel). Every neuron
     is summed by one thread in a fixed order: deterministic, whatever the thread count.
     Multi-threaded for large matrices only: a parallel region costs a thread hand-off, which
     small matrices (and a busy machine) do not repay."""
     big = out_dim * x.shape[1] >= PARALLEL_MIN_ELEMS
     (_mac_matrix_parallel if big else _mac_matrix_serial)(
-        words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt, lut, out)
+        words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt, lut, segs,
+        out)
 
 
 @njit(cache=True)
@@ -462,7 +497,8 @@ def _mac_keys(words, base_row, n_slots, heads_per_chunk, d_head, n_tok, q_vec, l
             h1 = min(n_head, h0 + heads_per_chunk)
             for h in range(h0, h1):
                 _lane_products(row[(h - h0) * nw:], ge[h], go[h], nw, fmt, lut, q)
-                scores[h, t] = _round(_accumulate(q, 0, nw // hl, hl, acc_fmt, tree), fmt)
+                scores[h, t] = _round(_accumulate(q, 0, nw // hl, hl, acc_fmt, tree,
+                                                  np.float32(0)), fmt)
 
 
 # ---------------------------------------------------------------- executor
@@ -551,7 +587,8 @@ class FunctionalExecutor:
         out = np.empty(vm.out_dim, np.float32)
         _mac_matrix(self.img.words, *_matrix_rows(vm), vm.chunk_elems,
                     np.ascontiguousarray(p[:, :pos + 1], np.float32), vl.d_head, vm.out_dim,
-                    vm.geo.col_elems, self.img.fmt, _FORMATS[self.acc_dtype], _FP16_TO_FP32, out)
+                    vm.geo.col_elems, self.img.fmt, _FORMATS[self.acc_dtype], _FP16_TO_FP32,
+                    _read_segments(vm), out)
         return out
 
     # -- one decode step

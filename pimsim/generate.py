@@ -19,10 +19,11 @@ from pimsim.energy import EnergyReport, energy_of
 from pimsim.report import BREAKDOWN_KEYS, RunReport
 from pimsim.functional import FunctionalExecutor
 from pimsim.isa import Program
+from pimsim.link import LINK_CMDS
 from pimsim.spec.commands import cmd_id
 
 _MAC = [cmd_id(n) for n in ("MAC_AB", "MAC_SB", "EWMUL")]
-_XFER = [cmd_id(n) for n in ("WR_GB", "RD_MAC", "WR_MAC", "RD_AF", "RD", "WR")]
+_XFER = [cmd_id(n) for n in LINK_CMDS]
 _REF = cmd_id("REFab")
 
 
@@ -47,14 +48,15 @@ def token_breakdown(sim: DecodeSimulator, tt: TokenTiming,
                     cost: _StepCost | None = None) -> tuple[np.ndarray, dict[str, int]]:
     """Cycles of one token split into BREAKDOWN_KEYS (busy time of each step), and per op.
 
-    A PIM step's time goes to MAC (MAC commands x nCCDL), link (transfers x nBL + the link
-    latency) and refresh (REFab x nRFC), scaled down together if they exceed the step's time;
-    the rest (row activation, precharge, waits) is "other"."""
+    A PIM step's time goes to MAC (MAC commands x nCCDL), link (transfers x nBL, or the link's
+    busy time where that is longer, + the link latency) and refresh (REFab x nRFC), scaled down
+    together if they exceed the step's time; the rest (row activation, precharge, waits) is
+    "other"."""
     k = cost or _StepCost(sim)
     dur = (tt.step_end - tt.step_start).astype(np.float64)
     c = tt.step_counts
     parts = np.stack([c[:, _MAC].sum(1) * float(k.nCCDL),
-                      c[:, _XFER].sum(1) * float(k.nBL) + k.link_lat,
+                      np.maximum(c[:, _XFER].sum(1) * float(k.nBL), tt.step_link) + k.link_lat,
                       c[:, _REF] * float(k.nRFC)], axis=1)
     tot = parts.sum(1)
     scale = np.where((tot > dur) & (tot > 0), dur / np.where(tot > 0, tot, 1.0), 1.0)

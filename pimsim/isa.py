@@ -10,8 +10,10 @@ bank of a channel, that one all-bank MAC row computes together):
 
 * :class:`MatrixLayout` - a weight matrix ``[out, in]``: neuron ``n`` is in group ``n // banks``
   and bank ``n % banks``; group ``g`` lives in channel ``g % channels`` at slot ``g // channels``;
-  its input dimension is tiled into chunks of at most one row (the global buffer holds one chunk);
-  chunk ``k`` of slot ``s`` is row ``base_row[ch] + k * slots(ch) + s``.
+  its input dimension is tiled into chunks of at most one row; chunk ``k`` of slot ``s`` is row
+  ``base_row[ch] + k * slots(ch) + s``. A global-buffer fill holds several whole chunks or a
+  piece of one (``global_buffer_bytes``); the loop order over fills, slots and accumulator
+  reads is a :class:`MatvecOrder` (``pim.mapping``, ``accumulators_per_bank``).
 * :class:`KLayout` - K cache, row-major: token ``t`` is in channel ``t % channels``, bank
   ``(t // channels) % banks``, slot ``t // (channels * banks)``; its key (all heads concatenated)
   is split into chunks of whole heads, chunk ``k`` at row ``base_row + k * n_slots + slot``.
@@ -79,8 +81,19 @@ class Geometry:
     elem_bytes: int
 
 
+MAPPINGS = ("pim-gpt", "reuse")  # matrix-vector loop orders (pim.mapping), see MatvecOrder
+
+
 @dataclass(frozen=True)
 class MatrixLayout:
+    """A weight matrix's placement and the loop order of its matrix-vector product.
+
+    ``fill_cols`` is how many columns one global-buffer fill holds (``global_buffer_bytes /
+    column_bytes``; 0: one row chunk). A fill is then several whole row chunks (a buffer of at
+    least a row) or one piece of a chunk (a buffer smaller than a row). ``accumulators`` is the
+    number of partial sums a bank keeps (``accumulators_per_bank``); ``order`` names the
+    :class:`MatvecOrder` (``pim.mapping``)."""
+
     name: str
     role: str
     out_dim: int
@@ -88,6 +101,9 @@ class MatrixLayout:
     chunk_elems: int
     base_row: tuple[int, ...]  # per channel
     geo: Geometry
+    fill_cols: int = 0
+    accumulators: int = 1
+    order: str = "pim-gpt"
 
     @property
     def n_chunks(self) -> int:
@@ -126,6 +142,42 @@ class MatrixLayout:
         g = n // self.geo.banks
         return g % self.geo.channels, n % self.geo.banks, g // self.geo.channels
 
+    # ------------------------------------------------------------ global-buffer fills
+    @property
+    def chunk_cols(self) -> int:
+        """Columns of a full row chunk."""
+        return _cdiv(self.chunk_elems, self.geo.col_elems)
+
+    def cols_of_chunk(self, k: int) -> int:
+        return _cdiv(self.chunk(k)[1], self.geo.col_elems)
+
+    @property
+    def gb_cols(self) -> int:
+        """Columns one global-buffer fill may hold."""
+        return self.fill_cols or self.chunk_cols
+
+    @cached_property
+    def fills(self) -> tuple[tuple[tuple[int, int, int], ...], ...]:
+        """The global-buffer fills in input order, each a tuple of pieces ``(chunk, first
+        column, columns)``: ``gb_cols // chunk_cols`` whole chunks per fill when the buffer holds
+        a row or more, else pieces of ``gb_cols`` columns of one chunk."""
+        return _fills(self.n_chunks, self.cols_of_chunk, self.chunk_cols, self.gb_cols)
+
+    @property
+    def strategy(self) -> "MatvecOrder":
+        return MATVEC_ORDERS[self.order]
+
+    @property
+    def n_reads(self) -> int:
+        """Partial sums the ASIC receives (and adds) per output neuron."""
+        return self.strategy.reads_per_neuron(self)
+
+    def read_segments(self) -> np.ndarray:
+        """``[n, 4]`` rows ``(chunk, first column, columns, read)`` of one neuron's MACs in
+        the order its accumulator receives them; ``read`` = 1 where RD_MAC reads it out (the
+        functional model's definition of the order's numerics)."""
+        return self.strategy.read_segments(self)
+
     def neuron(self, ch: int, slot: int, bank: np.ndarray | int) -> np.ndarray | int:
         return (slot * self.geo.channels + ch) * self.geo.banks + bank
 
@@ -139,6 +191,8 @@ class KLayout:
     heads_per_chunk: int
     base_row: int  # same in every channel
     geo: Geometry
+    heads_per_fill: int = 0  # heads of q one global-buffer fill holds (0: a whole chunk)
+    accumulators: int = 1  # partial sums per bank: head scores read out together
 
     @property
     def d_attn(self) -> int:
@@ -155,6 +209,11 @@ class KLayout:
     @property
     def rows_reserved(self) -> int:
         return _cdiv(self.n_ctx, self.tokens_per_slot) * self.n_chunks
+
+    @property
+    def fill_heads(self) -> int:
+        """Heads of q one global-buffer fill holds."""
+        return min(self.heads_per_fill or self.heads_per_chunk, self.heads_per_chunk)
 
     def chunk_heads(self, k: int) -> range:
         return range(k * self.heads_per_chunk, min(self.n_head, (k + 1) * self.heads_per_chunk))
@@ -188,13 +247,17 @@ class VLayout:
     n_ctx: int
     base_row: int
     geo: Geometry
+    fill_cols: int = 0  # as MatrixLayout (the softmax weights of one head per fill)
+    accumulators: int = 1
 
     @cached_property
     def matrix(self) -> MatrixLayout:
-        """V^T as a matrix [n_head*d_head, n_ctx] placed like a weight matrix."""
+        """V^T as a matrix [n_head*d_head, n_ctx] placed like a weight matrix (PIM-GPT order:
+        the product grows with the position, one head's weights fill the buffer)."""
         return MatrixLayout(f"L{self.layer}.v_cache", "v_cache", self.n_head * self.d_head,
                             self.n_ctx, self.geo.row_elems,
-                            tuple([self.base_row] * self.geo.channels), self.geo)
+                            tuple([self.base_row] * self.geo.channels), self.geo,
+                            self.fill_cols, self.accumulators, "pim-gpt")
 
     @property
     def rows_reserved(self) -> int:
@@ -427,23 +490,147 @@ def _matvec_items(m: MatrixLayout) -> list[np.ndarray]:
 
 
 def _build_matvec_items(m: MatrixLayout) -> list[np.ndarray]:
-    """Per channel: for each input chunk, fill the global buffer, then MAC every slot's row and
-    read the 16 accumulators. Static for a given layout."""
-    g = m.geo
+    """Per channel, the items of ``m``'s loop order (static for a given layout)."""
+    return [_arr(m.strategy.items(m, ch)) for ch in range(m.geo.channels)]
+
+
+def _fills(n_chunks: int, cols_of_chunk, chunk_cols: int, gb_cols: int) -> tuple:
+    """Global-buffer fills over chunks ``0 .. n_chunks-1`` (see ``MatrixLayout.fills``)."""
     out = []
-    for ch in range(g.channels):
-        items = []
+    if gb_cols >= chunk_cols:
+        per = gb_cols // chunk_cols
+        for k0 in range(0, n_chunks, per):
+            out.append(tuple((k, 0, cols_of_chunk(k)) for k in range(k0, min(n_chunks, k0 + per))))
+    else:
+        for k in range(n_chunks):
+            n = cols_of_chunk(k)
+            out += [((k, c0, min(gb_cols, n - c0)),) for c0 in range(0, n, gb_cols)]
+    return tuple(out)
+
+
+def _groups(n: int, size: int) -> list[range]:
+    """``0 .. n-1`` in consecutive groups of at most ``size``."""
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+class MatvecOrder:
+    """A loop order for a weight matrix-vector product on one channel: which global-buffer
+    fill serves which slots (output-neuron groups, one row per chunk), and when each bank's
+    accumulators are read out. One interface, several strategies (selected by ``pim.mapping``):
+    the items of a channel, the numerics they imply for the functional model (which MACs one
+    accumulator read sums), and a printable loop nest."""
+
+    name = ""
+
+    def items(self, m: MatrixLayout, ch: int) -> list[tuple]:
+        raise NotImplementedError
+
+    def reads_per_neuron(self, m: MatrixLayout) -> int:
+        raise NotImplementedError
+
+    def read_segments(self, m: MatrixLayout) -> np.ndarray:
+        raise NotImplementedError
+
+    def loop_nest(self, m: MatrixLayout, indent: str) -> list[str]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _macs(m: MatrixLayout, ch: int, s: int, fill: tuple) -> list[tuple]:
+        return [(_MAC_AB, -1, m.row_of(ch, s, k), n, c0) for k, c0, n in fill]
+
+
+class PimGptOrder(MatvecOrder):
+    """PIM-GPT's order: the input-fill loop outside, every slot inside. Each fill is written
+    once and serves every slot of the channel; each slot's accumulator is read after every
+    fill (the ASIC adds the partial sums). With ``k`` accumulators per bank, ``k`` slots
+    accumulate side by side and their RD_MACs go out together (one register-mode switch per
+    ``k`` reads instead of one per read)."""
+
+    name = "pim-gpt"
+
+    def items(self, m, ch):
+        out = []
         n_slots = m.slots(ch)
-        if n_slots:
-            for k in range(m.n_chunks):
-                _, ln = m.chunk(k)
-                cols = _cdiv(ln, g.col_elems)
-                items.append((_WR_GB, -1, -1, cols, 0))
-                for s in range(n_slots):
-                    items.append((_MAC_AB, -1, m.row_of(ch, s, k), cols, 0))
-                    items.append((_RD_MAC, -1, -1, 1, 0))
-        out.append(_arr(items))
-    return out
+        if not n_slots:
+            return out
+        for fill in m.fills:
+            out.append((_WR_GB, -1, -1, sum(n for _, _, n in fill), 0))
+            for grp in _groups(n_slots, m.accumulators):
+                for s in grp:
+                    out += self._macs(m, ch, s, fill)
+                out.append((_RD_MAC, -1, -1, len(grp), 0))
+        return out
+
+    def reads_per_neuron(self, m):
+        return len(m.fills)
+
+    def read_segments(self, m):
+        rows = [(k, c0, n, int(i == len(f) - 1)) for f in m.fills for i, (k, c0, n) in enumerate(f)]
+        return np.array(rows, np.int64).reshape(-1, 4)
+
+    def loop_nest(self, m, indent):
+        g = m.geo
+        k = m.accumulators
+        return [
+            f"{indent}  for fill f in 0..{len(m.fills) - 1}:        # WR_GB <- x[fill f] "
+            f"(up to {m.gb_cols} columns)",
+            f"{indent}    for slot group in 0..{-(-m.slots(0) // k) - 1} ({k} slot(s) each):",
+            f"{indent}      for slot s in group, piece (chunk c, columns) of fill f:   "
+            f"# ACT_AB row base + c*{m.slots(0)} + s",
+            f"{indent}        parallel for channel ch, bank b: acc[b][s % {k}] += "
+            f"W[n=(s*{g.channels}+ch)*{g.banks}+b, piece] . x[piece]   # MAC_AB",
+            f"{indent}      RD_MAC x len(group)       # partial sums to the ASIC, added over fills",
+        ]
+
+
+class ReuseOrder(MatvecOrder):
+    """CENT's reuse order: the slot loop outside, in groups of ``k`` (the accumulators per
+    bank); for each group every input fill is written and serves its ``k`` output rows per
+    bank, the accumulators keep the whole sum over all fills and are read once at the end
+    (no partial sums for the ASIC). A single fill (the input fits the buffer) is written once
+    for all groups. Fewer RD_MACs, more WR_GB when the input needs several fills."""
+
+    name = "reuse"
+
+    def items(self, m, ch):
+        out = []
+        n_slots = m.slots(ch)
+        single = len(m.fills) == 1
+        for gi, grp in enumerate(_groups(n_slots, m.accumulators)):
+            for fill in m.fills:
+                if not (single and gi):
+                    out.append((_WR_GB, -1, -1, sum(n for _, _, n in fill), 0))
+                for s in grp:
+                    out += self._macs(m, ch, s, fill)
+            out.append((_RD_MAC, -1, -1, len(grp), 0))
+        return out
+
+    def reads_per_neuron(self, m):
+        return 1
+
+    def read_segments(self, m):
+        rows = [(k, c0, n, 0) for f in m.fills for k, c0, n in f]
+        rows[-1] = rows[-1][:3] + (1,)
+        return np.array(rows, np.int64).reshape(-1, 4)
+
+    def loop_nest(self, m, indent):
+        g = m.geo
+        k = m.accumulators
+        return [
+            f"{indent}  for slot group in 0..{-(-m.slots(0) // k) - 1} ({k} slot(s) each):",
+            f"{indent}    for fill f in 0..{len(m.fills) - 1}:      # WR_GB <- x[fill f] "
+            f"(up to {m.gb_cols} columns"
+            + ("; written once for all groups)" if len(m.fills) == 1 else ")"),
+            f"{indent}      for slot s in group, piece (chunk c, columns) of fill f:   "
+            f"# ACT_AB row base + c*{m.slots(0)} + s",
+            f"{indent}        parallel for channel ch, bank b: acc[b][s % {k}] += "
+            f"W[n=(s*{g.channels}+ch)*{g.banks}+b, piece] . x[piece]   # MAC_AB",
+            f"{indent}    RD_MAC x len(group)         # whole sums: no ASIC reduction",
+        ]
+
+
+MATVEC_ORDERS: dict[str, MatvecOrder] = {o.name: o for o in (PimGptOrder(), ReuseOrder())}
+assert tuple(MATVEC_ORDERS) == MAPPINGS
 
 
 def _v_write_items(vl: VLayout, c: int, k: int, col: int) -> np.ndarray:
@@ -500,49 +687,64 @@ def _attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
 
 
 def _build_attn_score_items(kl: KLayout, ch: int, n_slots: int) -> np.ndarray:
-    """q.K^T on channel ``ch`` with ``n_slots`` key rows in use: the global buffer holds q (one
-    chunk of heads); each slot row holds one token per bank; per head, MAC its d_head columns and
-    read the 16 scores (one token per bank)."""
+    """q.K^T on channel ``ch`` with ``n_slots`` key rows in use: per chunk of heads, per group
+    of heads the global buffer holds (``kl.fill_heads``), fill the buffer with those heads of
+    q; each slot row holds one token per bank; per head, MAC its d_head columns into an
+    accumulator; the scores (16 tokens each) are read out ``kl.accumulators`` at a time."""
     g = kl.geo
     hcols = _cdiv(kl.d_head, g.col_elems)
-    parts = []
+    items = []
     for k in range(kl.n_chunks if n_slots else 0):
-        n_h = len(kl.chunk_heads(k))
-        parts.append(np.array([[_WR_GB, -1, -1, _cdiv(n_h * kl.d_head, g.col_elems), 0]]))
-        pairs = np.empty((n_slots, n_h, 2, ITEM_FIELDS), np.int64)
-        pairs[:, :, 0, 0] = _MAC_AB
-        pairs[:, :, 0, 1] = -1
-        pairs[:, :, 0, 2] = kl.row_of(np.arange(n_slots), k)[:, None]
-        pairs[:, :, 0, 3] = hcols
-        pairs[:, :, 0, 4] = np.arange(n_h)[None, :] * hcols
-        pairs[:, :, 1] = (_RD_MAC, -1, -1, 1, 0)
-        parts.append(pairs.reshape(-1, ITEM_FIELDS))
-    return np.concatenate(parts) if parts else np.empty((0, ITEM_FIELDS), np.int64)
+        heads = kl.chunk_heads(k)
+        for h0 in range(0, len(heads), kl.fill_heads):
+            hs = range(h0, min(len(heads), h0 + kl.fill_heads))
+            items.append((_WR_GB, -1, -1, len(hs) * hcols, 0))
+            pending = 0
+            for s in range(n_slots):
+                row = kl.row_of(s, k)
+                for h in hs:
+                    items.append((_MAC_AB, -1, row, hcols, h * hcols))
+                    pending += 1
+                    if pending == kl.accumulators:
+                        items.append((_RD_MAC, -1, -1, pending, 0))
+                        pending = 0
+            if pending:
+                items.append((_RD_MAC, -1, -1, pending, 0))
+    return _arr(items)
 
 
 def _build_attn_value_items(vl: VLayout, ch: int, pos: int) -> np.ndarray:
-    """s.V on channel ``ch``: per group of 16 value neurons (one head), the global buffer holds
-    that head's softmax weights over the cached tokens (one chunk of tokens); MAC along the
-    row."""
+    """s.V on channel ``ch``: per global-buffer fill of cached tokens, per head, the buffer
+    holds that head's softmax weights (written when the head changes); each slot (16 value
+    neurons of one head) MACs along its rows; ``vl.accumulators`` slots of a head accumulate
+    side by side and are read out together."""
     g = vl.geo
     vm = vl.matrix
     n_tok = pos + 1
     n_slots = vm.slots(ch)
     heads = np.asarray(vm.neuron(ch, np.arange(n_slots), 0)) // vl.d_head
-    new_head = np.ones(n_slots, bool)
-    new_head[1:] = heads[1:] != heads[:-1]
-    parts = []
-    for k in range(_cdiv(n_tok, vm.chunk_elems)):
-        lo = k * vm.chunk_elems
-        cols = _cdiv(min(n_tok - lo, vm.chunk_elems), g.col_elems)
-        per_slot = np.zeros((n_slots, 3, ITEM_FIELDS), np.int64)
-        per_slot[:, 0] = (_WR_GB, -1, -1, cols, 0)
-        per_slot[:, 1, 0] = _MAC_AB
-        per_slot[:, 1, 1] = -1
-        per_slot[:, 1, 2] = vm.row_of(ch, np.arange(n_slots), k)
-        per_slot[:, 1, 3] = cols
-        per_slot[:, 2] = (_RD_MAC, -1, -1, 1, 0)
-        keep = np.ones((n_slots, 3), bool)
-        keep[:, 0] = new_head
-        parts.append(per_slot[keep])
-    return np.concatenate(parts) if parts else np.empty((0, ITEM_FIELDS), np.int64)
+    runs: list[range] = []  # consecutive slots of one head
+    for s in range(n_slots):
+        if s and heads[s] == heads[s - 1]:
+            runs[-1] = range(runs[-1].start, s + 1)
+        else:
+            runs.append(range(s, s + 1))
+    tok_cols = _cdiv(n_tok, g.col_elems)
+    items = []
+    for fill in vm.fills:
+        pieces = []
+        for k, c0, n in fill:  # clipped to the tokens cached so far
+            have = tok_cols - k * vm.chunk_cols - c0
+            if have > 0:
+                pieces.append((k, c0, min(n, have)))
+        if not pieces:
+            break
+        cols = sum(n for _, _, n in pieces)
+        for run in runs:
+            items.append((_WR_GB, -1, -1, cols, 0))
+            for grp in _groups(len(run), vl.accumulators):
+                for j in grp:
+                    s = run.start + j
+                    items += [(_MAC_AB, -1, vm.row_of(ch, s, k), n, c0) for k, c0, n in pieces]
+                items.append((_RD_MAC, -1, -1, len(grp), 0))
+    return _arr(items)

@@ -35,42 +35,76 @@ def test_image_encoding_is_exact_for_rounded_values(dtype):
     assert np.array_equal(decode(encode(x, dtype), dtype), r)
 
 
-def _layout(out_dim=100, in_dim=40, chunk=32, channels=2, banks=4):
+def _layout(out_dim=100, in_dim=40, chunk=32, channels=2, banks=4, fill_cols=0, acc=1,
+            order="pim-gpt"):
     g = Geometry(channels, banks, 64, 32, 16, 2)
-    m = MatrixLayout("m", "ffn_up", out_dim, in_dim, chunk, (3,) * channels, g)
+    m = MatrixLayout("m", "ffn_up", out_dim, in_dim, chunk, (3,) * channels, g, fill_cols, acc,
+                     order)
     rows = [3 + m.rows_used(c) for c in range(channels)]
     return m, g, rows
 
 
+def _column_model(w, x, acc, read_every_cols):
+    """Reference: per 16-lane column (zero-padded per 32-element row chunk), an adder tree
+    over adjacent lanes, the accumulator adding column sums in input order; after every
+    ``read_every_cols`` columns (chunk-aligned groups given as lists of column counts) the
+    accumulator is read out in bf16 and the ASIC adds the reads in fp32."""
+    wb, xb = to_bf16(w), to_bf16(x)
+    out_dim, in_dim = w.shape
+    cols_w, cols_x = [], []
+    for lo in range(0, in_dim, 32):  # row chunks of 32 elements, 2 columns each
+        ln = min(32, in_dim - lo)
+        for c0 in range(0, ln, 16):
+            wp = np.zeros((out_dim, 16), np.float32)
+            xp = np.zeros(16, np.float32)
+            n = min(16, ln - c0)
+            wp[:, :n] = wb[:, lo + c0:lo + c0 + n]
+            xp[:n] = xb[lo + c0:lo + c0 + n]
+            cols_w.append(wp)
+            cols_x.append(xp)
+    want = None
+    j = 0
+    for group in read_every_cols:
+        accv = np.zeros(out_dim, np.float32)
+        for _ in range(group):
+            p = cols_w[j] * cols_x[j]
+            while p.shape[-1] > 1:
+                p = p[..., 0::2] + p[..., 1::2]
+            accv = accv + p[:, 0]
+            if acc == "bf16":
+                accv = to_bf16(accv)
+            j += 1
+        want = to_bf16(accv) if want is None else want + to_bf16(accv)
+    assert j == len(cols_w)
+    return want
+
+
+# (fill columns, accumulators, order) -> columns summed per accumulator read, for in_dim 104
+# (row chunks of 2, 2, 2, 1 columns): one chunk per fill (PIM-GPT), two chunks per fill, half a
+# chunk per fill, and the reuse order (one read of everything)
+ORDERS = {
+    (0, 1, "pim-gpt"): [2, 2, 2, 1],
+    (4, 3, "pim-gpt"): [4, 3],
+    (1, 2, "pim-gpt"): [1] * 7,
+    (2, 2, "reuse"): [7],
+    (4, 3, "reuse"): [7],
+    (1, 5, "reuse"): [7],
+}
+
+
 @pytest.mark.parametrize("acc", ["fp32", "bf16"])
-def test_matvec_kernel_matches_a_column_by_column_model(acc):
-    m, g, rows = _layout()
+@pytest.mark.parametrize("fill_cols,k,order", list(ORDERS))
+def test_matvec_kernel_matches_a_column_by_column_model(acc, fill_cols, k, order):
+    m, g, rows = _layout(in_dim=104, fill_cols=fill_cols, acc=k, order=order)
     rng = np.random.default_rng(1)
     w = rng.standard_normal((m.out_dim, m.in_dim)).astype(np.float32)
     x = rng.standard_normal(m.in_dim).astype(np.float32)
     img = MemoryImage(g.channels, g.banks, rows, g.row_elems, "bf16")
     img.store_matrix(m, w)
     got = img.matvec(m, x, acc)
-    # model: per chunk, per 16-lane column, adder tree over adjacent lanes, then accumulate
-    wb, xb = to_bf16(w), to_bf16(x)
-    want = np.zeros(m.out_dim, np.float32)
-    for k in range(m.n_chunks):
-        lo, ln = m.chunk(k)
-        cols = -(-ln // 16)
-        wp = np.zeros((m.out_dim, cols * 16), np.float32)
-        wp[:, :ln] = wb[:, lo:lo + ln]
-        xp = np.zeros(cols * 16, np.float32)
-        xp[:ln] = xb[lo:lo + ln]
-        p = (wp * xp).reshape(m.out_dim, cols, 16)
-        while p.shape[-1] > 1:
-            p = p[..., 0::2] + p[..., 1::2]
-        accv = np.zeros(m.out_dim, np.float32)
-        for j in range(cols):
-            accv = accv + p[:, j, 0]
-            if acc == "bf16":
-                accv = to_bf16(accv)
-        want = want + to_bf16(accv)
+    want = _column_model(w, x, acc, ORDERS[(fill_cols, k, order)])
     assert np.array_equal(got, want)
+    assert m.n_reads == len(ORDERS[(fill_cols, k, order)])
 
 
 def test_matvec_reads_only_the_image():
@@ -105,6 +139,6 @@ def test_parallel_and_serial_kernels_agree_bit_for_bit():
     for kern in (_mac_matrix_serial, _mac_matrix_parallel):
         out = np.empty(m.out_dim, np.float32)
         kern(img.words, *_matrix_rows(m), m.chunk_elems, x, 1 << 62, m.out_dim, 16, 1, 0,
-             _FP16_TO_FP32, out)
+             _FP16_TO_FP32, m.read_segments(), out)
         outs.append(out)
     assert np.array_equal(outs[0], outs[1])

@@ -198,6 +198,8 @@ PARAMS: dict[str, tuple[Callable[[dict, Any], None], str]] = {
     "mac_lanes": (_mac_lanes, "pim.mac_lanes_per_bank, with the column width following "
                               "(column_bytes = 2 x lanes, same row bytes)"),
     "global_buffer_bytes": (_path("pim.global_buffer_bytes"), "pim.global_buffer_bytes"),
+    "accumulators_per_bank": (_path("pim.accumulators_per_bank"), "pim.accumulators_per_bank"),
+    "mapping": (_path("pim.mapping"), "pim.mapping (\"pim-gpt\" or \"reuse\")"),
     "tCK_ps": (_path("timing.tCK_ps"), "DRAM clock period (the data rate follows it)"),
     "dram_clock_mhz": (_dram_clock, "timing.tCK_ps = 1e6 / MHz"),
     "asic_clock_mhz": (_path("asic.clock_mhz"), "asic.clock_mhz"),

@@ -42,27 +42,27 @@ def emit_program(mp: Mapping) -> Program:
         ln1 = add(f"{L}.ln1", "layernorm", i, "asic", [h, par], n_elems=d)
         qkv = add(f"{L}.qkv", "qkv", i, "pim", [ln1], matrix=qkv_m)
         qkv_r = add(f"{L}.qkv.reduce", "reduction", i, "asic", [qkv],
-                    n_elems=3 * a * qkv_m.n_chunks)
+                    n_elems=3 * a * qkv_m.n_reads)
         kvw = add(f"{L}.kv_write", "kv_write", i, "pim", [qkv_r], kv=(kl, vl))
         sc = add(f"{L}.attn_score", "attn_score", i, "pim", [qkv_r, kvw], kv=(kl, vl))
         sm = add(f"{L}.softmax", "softmax", i, "asic", [sc], per_pos_elems=s.n_head)
         av = add(f"{L}.attn_value", "attn_value", i, "pim", [sm, kvw], kv=(kl, vl))
         out = add(f"{L}.out_proj", "out_proj", i, "pim", [av], matrix=out_m)
         out_r = add(f"{L}.out_proj.reduce", "reduction", i, "asic", [out],
-                    n_elems=d * out_m.n_chunks)
+                    n_elems=d * out_m.n_reads)
         r1 = add(f"{L}.residual1", "residual", i, "asic", [out_r, h], n_elems=d)
         ln2 = add(f"{L}.ln2", "layernorm", i, "asic", [r1, par], n_elems=d)
         up = add(f"{L}.ffn_up", "ffn_up", i, "pim", [ln2], matrix=up_m)
-        up_r = add(f"{L}.ffn_up.reduce", "reduction", i, "asic", [up], n_elems=f * up_m.n_chunks)
+        up_r = add(f"{L}.ffn_up.reduce", "reduction", i, "asic", [up], n_elems=f * up_m.n_reads)
         ge = add(f"{L}.gelu", "gelu", i, "asic", [up_r], n_elems=f)
         dn = add(f"{L}.ffn_down", "ffn_down", i, "pim", [ge], matrix=down_m)
         dn_r = add(f"{L}.ffn_down.reduce", "reduction", i, "asic", [dn],
-                   n_elems=d * down_m.n_chunks)
+                   n_elems=d * down_m.n_reads)
         h = add(f"{L}.residual2", "residual", i, "asic", [dn_r, r1], n_elems=d)
     par = add("lnf.params", "param_fetch", -1, "pim", [], vectors=("lnf_w", "lnf_b"))
     lnf = add("lnf", "layernorm", -1, "asic", [h, par], n_elems=d)
     lm = add("lm_head", "lm_head", -1, "pim", [lnf], matrix=mp.lm_head)
     lm_r = add("lm_head.reduce", "reduction", -1, "asic", [lm],
-               n_elems=s.vocab * mp.lm_head.n_chunks)
+               n_elems=s.vocab * mp.lm_head.n_reads)
     add("argmax", "argmax", -1, "asic", [lm_r], n_elems=s.vocab)
     return prog

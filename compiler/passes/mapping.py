@@ -11,6 +11,7 @@ weight element is placed once, nothing overlaps and everything fits.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,81 @@ def geometry(cfg: HwConfig) -> Geometry:
                     row_elems=o.row_bytes // eb, col_elems=o.column_bytes // eb, elem_bytes=eb)
 
 
+def check_matvec_items(m: MatrixLayout, gb_cols: int, accumulators: int) -> None:
+    """Replay ``m``'s items on every channel against the buffers they may use: every fill
+    fits the global buffer, no MAC reads past the columns of the last fill, at most
+    ``accumulators`` slots hold a partial sum at once and each RD_MAC batch reads exactly
+    those, every weight column of every slot is MAC'd exactly once, and every slot is read
+    out ``m.n_reads`` times. Raises MappingError naming the first violation."""
+    from pimsim.isa import _build_matvec_items
+    from pimsim.spec.commands import cmd_id
+
+    wr_gb, mac, rd_mac = cmd_id("WR_GB"), cmd_id("MAC_AB"), cmd_id("RD_MAC")
+    for ch, arr in enumerate(_build_matvec_items(m)):
+        n_slots = m.slots(ch)
+        filled = 0
+        used: dict[int, int] = {}
+        live: list[int] = []
+        reads = [0] * n_slots
+        seen = np.zeros((max(n_slots, 1), m.n_chunks, m.chunk_cols), np.int64)
+
+        def bad(what: str) -> None:
+            raise MappingError(f"{m.name} channel {ch} ({m.order} order): {what}")
+
+        for cmd, _bank, row, count, col0 in arr.tolist():
+            if cmd == wr_gb:
+                if count > gb_cols:
+                    bad(f"a fill of {count} columns, the global buffer holds {gb_cols}")
+                filled, used = count, {}
+                continue
+            if cmd == mac:
+                k, s = divmod(row - m.base_row[ch], n_slots)
+                if not 0 <= k < m.n_chunks or col0 + count > m.cols_of_chunk(k):
+                    bad(f"MAC on row {row} columns {col0}..{col0 + count - 1} outside the matrix")
+                if s not in live:
+                    live.append(s)
+                    if len(live) > accumulators:
+                        bad(f"{len(live)} slots accumulate at once, a bank has {accumulators} "
+                            f"accumulator(s)")
+                seen[s, k, col0:col0 + count] += 1
+                used[s] = used.get(s, 0) + count
+                if used[s] > filled:
+                    bad(f"slot {s} MACs {used[s]} columns after a fill of {filled}")
+                continue
+            if cmd == rd_mac:
+                if count != len(live):
+                    bad(f"RD_MAC of {count} accumulator(s) while {len(live)} hold sums")
+                for s in live:
+                    reads[s] += 1
+                live = []
+        full = np.zeros_like(seen)
+        for k in range(m.n_chunks):
+            full[:, k, :m.cols_of_chunk(k)] = 1
+        if n_slots and not np.array_equal(seen[:n_slots], full[:n_slots]):
+            bad("some weight columns are MAC'd more or less than once")
+        if live or any(r != m.n_reads for r in reads):
+            bad(f"slots read out {sorted(set(reads))} time(s), expected {m.n_reads}")
+
+
+def buffer_limits(cfg: HwConfig, d_head: int) -> tuple[int, int]:
+    """(global-buffer columns, accumulators per bank) the mapping may use; raises
+    MappingError when the buffer cannot hold one attention head of q (the smallest fill the
+    mapping makes) or a bank has no accumulator."""
+    p, o = cfg.pim, cfg.org
+    gb_cols = p.global_buffer_bytes // o.column_bytes
+    head_bytes = d_head * _DTYPE_BYTES[p.data_type]
+    if p.global_buffer_bytes < head_bytes:
+        raise MappingError(
+            f"{cfg.name}: pim.global_buffer_bytes = {p.global_buffer_bytes} is smaller than one "
+            f"attention head of the query ({d_head} elements = {head_bytes} bytes), the "
+            f"smallest global-buffer fill the mapping makes; set global_buffer_bytes to at "
+            f"least {head_bytes}")
+    if p.accumulators_per_bank < 1:
+        raise MappingError(f"{cfg.name}: pim.accumulators_per_bank = {p.accumulators_per_bank}; "
+                           f"the mapping needs at least one accumulator per bank")
+    return gb_cols, p.accumulators_per_bank
+
+
 def vector_entries(spec: DecoderSpec) -> list[tuple[str, int]]:
     """(name, length) of every vector the ASIC fetches, in region order."""
     n = sum(layer_vector_sizes(spec.d_model, spec.d_attn, spec.d_ff).values())
@@ -63,6 +139,9 @@ class Mapping:
     vectors: VectorLayout | None = None
     wpe: MatrixLayout | None = None
     rows_used: list[int] = field(default_factory=list)  # per channel
+    gb_cols: int = 0  # global-buffer columns per fill (pim.global_buffer_bytes)
+    accumulators: int = 1  # pim.accumulators_per_bank
+    order: str = "pim-gpt"  # pim.mapping
 
     # ------------------------------------------------------------------ facts
     @property
@@ -129,6 +208,15 @@ class Mapping:
             per_ch = sum(m.slots(c) for c in range(g.channels)) * g.banks
             if per_ch < m.out_dim or per_ch - m.out_dim >= g.banks * g.channels:
                 raise MappingError(f"{m.name}: {per_ch} neuron places for {m.out_dim} neurons")
+        shapes = set()  # the items' structure depends on a matrix's shape, not on its rows
+        for m in self.matrices.values():
+            plain = dataclasses.replace(m, name="matrix", role="", base_row=(0,) * g.channels)
+            if plain not in shapes:
+                shapes.add(plain)
+                try:
+                    check_matvec_items(plain, self.gb_cols, self.accumulators)
+                except MappingError as e:
+                    raise MappingError(f"{m.name}: {e}") from None
         keys = self.owned_rows()
         uniq, counts = np.unique(keys, return_counts=True)
         if (counts > 1).any():
@@ -159,19 +247,19 @@ class Mapping:
             f"{g.rows} rows of {g.row_elems} elements ({g.elem_bytes} B each)",
             f"  neuron n of a matrix: group g = n // {g.banks}, bank = n % {g.banks}, "
             f"channel = g % {g.channels}, slot = g // {g.channels}",
+            f"  matrix-vector order {self.order!r}: global buffer {self.gb_cols} columns "
+            f"({self.gb_cols * g.col_elems} elements) per fill, {self.accumulators} "
+            f"accumulator(s) per bank",
         ]
 
         def mat(m: MatrixLayout, indent: str) -> list[str]:
             cols = [m.chunk(k)[1] for k in range(m.n_chunks)]
             return [
-                f"{indent}{m.name} [{m.out_dim} x {m.in_dim}] {m.n_groups} groups, "
-                f"{m.n_chunks} chunk(s) of {cols} elements, rows {m.base_row[0]}.."
-                f"{m.base_row[0] + m.rows_reserved - 1} (channel 0)",
-                f"{indent}  for chunk k in 0..{m.n_chunks - 1}:        # global buffer <- x[chunk k]",
-                f"{indent}    for slot s in 0..{m.slots(0) - 1}:      # ACT_AB row base + k*{m.slots(0)} + s",
-                f"{indent}      parallel for channel c, bank b: "
-                f"y[n=(s*{g.channels}+c)*{g.banks}+b] += W[n, chunk k] . x[chunk k]   # MAC_AB x "
-                f"{-(-cols[0] // g.col_elems)}, RD_MAC",
+                f"{indent}{m.name} [{m.out_dim} x {m.in_dim}] {m.n_groups} groups "
+                f"({m.slots(0)} slots in channel 0), {m.n_chunks} chunk(s) of {cols} elements, "
+                f"{len(m.fills)} fill(s), {m.n_reads} partial sum(s) per output, rows "
+                f"{m.base_row[0]}..{m.base_row[0] + m.rows_reserved - 1} (channel 0)",
+                *m.strategy.loop_nest(m, indent),
             ]
 
         lines.append(f"  vectors: {len(self.vectors.entries)} entries, "
@@ -182,7 +270,9 @@ class Mapping:
         kl, vl = self.k_cache[0], self.v_cache[0]
         lines.append(f"    K cache (row-major) rows {kl.base_row}..: token t -> channel t % "
                      f"{g.channels}, bank (t // {g.channels}) % {g.banks}, slot t // "
-                     f"{kl.tokens_per_slot}; {kl.n_chunks} chunk(s) of {kl.heads_per_chunk} heads")
+                     f"{kl.tokens_per_slot}; {kl.n_chunks} chunk(s) of {kl.heads_per_chunk} heads, "
+                     f"q written {kl.fill_heads} head(s) per fill, scores read "
+                     f"{kl.accumulators} at a time")
         lines.append(f"    V cache (column-major) rows {vl.base_row}..: value (h, j) is neuron "
                      f"h*{s.d_head}+j of a [{s.d_attn} x {s.n_ctx}] matrix, token t at element t")
         for name in ("qkv", "out_proj", "ffn_up", "ffn_down"):
@@ -207,23 +297,28 @@ def map_decoder(spec: DecoderSpec, cfg: HwConfig) -> Mapping:
                            f"{g.col_elems} elements of a column")
     if spec.d_head > g.row_elems:
         raise MappingError(f"d_head = {spec.d_head} is larger than a DRAM row ({g.row_elems})")
+    gb_cols, acc = buffer_limits(cfg, spec.d_head)
     C = g.channels
-    mp = Mapping(spec=spec, hw=cfg.name, geo=g)
+    mp = Mapping(spec=spec, hw=cfg.name, geo=g, gb_cols=gb_cols, accumulators=acc,
+                 order=cfg.pim.mapping)
     row = 0  # rows shared by all channels first: vectors, K and V caches
     mp.vectors = VectorLayout.build("vectors", vector_entries(spec), row, g)
     row += mp.vectors.rows_reserved
     heads_per_chunk = min(spec.n_head, g.row_elems // spec.d_head)
+    heads_per_fill = gb_cols * g.col_elems // spec.d_head
     for i in range(spec.n_layer):
-        kl = KLayout(i, spec.n_head, spec.d_head, spec.n_ctx, heads_per_chunk, row, g)
+        kl = KLayout(i, spec.n_head, spec.d_head, spec.n_ctx, heads_per_chunk, row, g,
+                     heads_per_fill, acc)
         row += kl.rows_reserved
-        vl = VLayout(i, spec.n_head, spec.d_head, spec.n_ctx, row, g)
+        vl = VLayout(i, spec.n_head, spec.d_head, spec.n_ctx, row, g, gb_cols, acc)
         row += vl.rows_reserved
         mp.k_cache.append(kl)
         mp.v_cache.append(vl)
     next_row = [row] * C
 
     def place(name: str, role: str, out_dim: int, in_dim: int) -> MatrixLayout:
-        m = MatrixLayout(name, role, out_dim, in_dim, g.row_elems, tuple(next_row), g)
+        m = MatrixLayout(name, role, out_dim, in_dim, g.row_elems, tuple(next_row), g,
+                         gb_cols, acc, cfg.pim.mapping)
         for c in range(C):
             next_row[c] += m.rows_used(c)
         return m

@@ -1231,15 +1231,21 @@ def _open_cyc_at(scal, t):
 
 
 @njit(cache=True)
-def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial, link_lat, t0,
-              cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
-              counts, stats, step_start, step_end, step_counts, group, memo):
+def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
+              link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+              win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
+              step_link, group, memo):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
     A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
     segments share a ``seg_cls``) of every channel from its start (its
     dependencies' end; in serial mode also every earlier step's end) and ends when the last
-    channel is done plus ``link_lat``; an ASIC step runs ``dur`` cycles after its dependencies
+    channel is done plus ``link_lat``, a channel being done once its commands are and its link
+    has moved the segment's transfers (``link_busy[c, k]`` cycles, queued in program order on
+    the channel's link from the step's start, see ``pimsim.link``; ``step_link`` gets the
+    critical channel's); a channel starts its segment ``link_lead[c, k]`` cycles after the
+    step (its first command's data is still crossing the link); an ASIC step runs ``dur``
+    cycles after its dependencies
     and the previous ASIC step. Kept in this module so numba's cache invalidates with the kernel.
     Fills step_start/end and per-step command counts of the critical (last-finishing) channel;
     returns the token's end cycle.
@@ -1257,6 +1263,7 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     st_before = np.zeros((n_ch, stats.shape[1]), np.int64)
     oc_before = np.zeros(n_ch, np.int64)
     rep = np.zeros(n_ch, np.int64)
+    link_free = np.full(n_ch, t0, np.int64)
     n_run = 0
     for i in range(kind.shape[0]):
         start = t0
@@ -1273,11 +1280,12 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                     before[c, x] = counts[c, x]
                 rep[c] = c
                 if group == 1:
-                    cpt = min(start, scal[c, S_NEXT_REF])
+                    s_c = start + link_lead[c, k]  # equal for equal segment classes
+                    cpt = min(s_c, scal[c, S_NEXT_REF])
                     for r in range(c):
                         if (rep[r] == r
                                 and seg_cls[c, k] == seg_cls[r, k]
-                                and _equivalent(c, r, cpt, start, win_tab, geom, ready, win_hist,
+                                and _equivalent(c, r, cpt, s_c, win_tab, geom, ready, win_hist,
                                                 win_cnt, open_row, scal)):
                             rep[c] = r
                             break
@@ -1288,7 +1296,8 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                 if rep[c] != c:
                     continue
                 n_run += 1
-                _, log = run_segment(items, seg_lo[c, k], seg_hi[c, k], start, cmd_tab,
+                _, log = run_segment(items, seg_lo[c, k], seg_hi[c, k],
+                                     start + link_lead[c, k], cmd_tab,
                                      pr_start, pr_tab, win_tab, geom, ready[c], win_hist[c],
                                      win_cnt[c], open_row[c], scal[c], counts[c], stats[c], log,
                                      memo)
@@ -1309,11 +1318,13 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                         if x != S_LOG_N:
                             scal[c, x] = scal[r, x]
                     scal[c, S_OPEN_CYC] = oc
-                if scal[c, S_DONE] > done:
-                    done = scal[c, S_DONE]
+                link_free[c] = max(start, link_free[c]) + link_busy[c, k]
+                if max(scal[c, S_DONE], link_free[c]) > done:
+                    done = max(scal[c, S_DONE], link_free[c])
                     crit = c
             for x in range(counts.shape[1]):
                 step_counts[i, x] = counts[crit, x] - before[crit, x]
+            step_link[i] = link_busy[crit, k]
             end = done + link_lat
         else:
             start = max(start, asic_free)
