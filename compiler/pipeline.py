@@ -91,18 +91,31 @@ def _ours(source: Any) -> bool:
     return isinstance(source, Graph) or type(source).__module__.startswith("workloads.")
 
 
-def compile_model(source: Any, cfg: HwConfig, *, name: str = "model") -> Compiled:
-    """Run the whole pipeline; raises a clear error for unsupported ops or a model too large."""
+def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
+                  lowering: str = "auto") -> Compiled:
+    """Run the whole pipeline; raises a clear error for unsupported ops or a model too large.
+
+    ``lowering``: ``"graph"`` lowers the graph op by op (:mod:`compiler.passes.lower`), any
+    decoder; ``"pim-gpt"`` reads a GPT-2 block structure and emits PIM-GPT's program; ``"auto"``
+    uses PIM-GPT's where the graph has its block structure, else the graph lowering."""
     t = {}
     t0 = time.perf_counter()
     graph = import_graph(source)
     t["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    if lowering not in ("auto", "graph", "pim-gpt"):
+        raise UserError(f"lowering {lowering!r} unknown", "use auto, graph or pim-gpt")
     try:
         for p in lowering_passes():
             graph = p.run(graph)
+        if lowering == "graph":
+            raise RecogniseError("graph lowering asked for")
         spec = recognise_decoder(graph, name)
         spec.check()
+    except RecogniseError:
+        if lowering == "pim-gpt":
+            raise
+        return _compile_graph(graph, cfg, name, _context(source), t, t0)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -118,3 +131,24 @@ def compile_model(source: Any, cfg: HwConfig, *, name: str = "model") -> Compile
     program = emit_program(mapping)
     t["map+emit"] = time.perf_counter() - t0
     return Compiled(spec, mapping, program, t)
+
+
+def _context(source: Any) -> int | None:
+    """The context length a module's config gives (graph lowering needs it for the KV cache)."""
+    for attr in ("cfg", "config"):
+        c = getattr(source, attr, None)
+        for n in ("n_ctx", "max_position_embeddings", "n_positions"):
+            v = getattr(c, n, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+    return None
+
+
+def _compile_graph(graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None, t: dict,
+                   t0: float) -> Compiled:
+    from compiler.passes.lower import lower_graph
+
+    program, mapping = lower_graph(graph, cfg, name=name, n_ctx=n_ctx)
+    mapping.check()
+    t["lower+place"] = time.perf_counter() - t0
+    return Compiled(mapping.model, mapping, program, t)

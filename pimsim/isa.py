@@ -40,7 +40,7 @@ _WR_GB, _MAC_AB, _RD_MAC, _WR, _RD = (cmd_id(n) for n in ("WR_GB", "MAC_AB", "RD
 
 PER_OP_KEYS = ("qkv", "attn_score", "attn_value", "out_proj", "ffn_up", "ffn_down", "lm_head",
                "layernorm", "softmax", "gelu", "residual", "reduction", "embedding", "kv_write",
-               "param_fetch", "argmax")
+               "param_fetch", "argmax", "rmsnorm", "activation", "elementwise", "transcendental")
 
 
 # the per-layer vector parameters, fetched together as one vector "L{i}.params"
@@ -132,21 +132,35 @@ class MatrixLayout:
 
 @dataclass(frozen=True)
 class KLayout:
+    """K cache of one attention: ``n_head`` query heads share ``kv_heads`` stored heads (grouped-
+    query attention: query head ``h`` reads KV head ``h // group``); each KV head is stored once."""
+
     layer: int
     n_head: int
     d_head: int
     n_ctx: int
-    heads_per_chunk: int
+    heads_per_chunk: int  # KV heads per row chunk
     base_row: int  # same in every channel
     geo: Geometry
+    n_kv_head: int = 0  # 0: as many KV heads as query heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.n_head // self.kv_heads
 
     @property
     def d_attn(self) -> int:
-        return self.n_head * self.d_head
+        """Elements of one token's key (all KV heads)."""
+        return self.kv_heads * self.d_head
 
     @property
     def n_chunks(self) -> int:
-        return _cdiv(self.n_head, self.heads_per_chunk)
+        return _cdiv(self.kv_heads, self.heads_per_chunk)
 
     @property
     def tokens_per_slot(self) -> int:
@@ -157,7 +171,8 @@ class KLayout:
         return _cdiv(self.n_ctx, self.tokens_per_slot) * self.n_chunks
 
     def chunk_heads(self, k: int) -> range:
-        return range(k * self.heads_per_chunk, min(self.n_head, (k + 1) * self.heads_per_chunk))
+        """KV heads of chunk ``k``."""
+        return range(k * self.heads_per_chunk, min(self.kv_heads, (k + 1) * self.heads_per_chunk))
 
     def locate(self, t: np.ndarray | int) -> tuple:
         """(channel, bank, slot) of token(s) ``t``."""
@@ -182,17 +197,28 @@ class KLayout:
 
 @dataclass(frozen=True)
 class VLayout:
+    """V cache of one attention, ``kv_heads`` heads stored once (see :class:`KLayout`)."""
+
     layer: int
     n_head: int
     d_head: int
     n_ctx: int
     base_row: int
     geo: Geometry
+    n_kv_head: int = 0
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def group(self) -> int:
+        return self.n_head // self.kv_heads
 
     @cached_property
     def matrix(self) -> MatrixLayout:
-        """V^T as a matrix [n_head*d_head, n_ctx] placed like a weight matrix."""
-        return MatrixLayout(f"L{self.layer}.v_cache", "v_cache", self.n_head * self.d_head,
+        """V^T as a matrix [kv_heads*d_head, n_ctx] placed like a weight matrix."""
+        return MatrixLayout(f"L{self.layer}.v_cache", "v_cache", self.kv_heads * self.d_head,
                             self.n_ctx, self.geo.row_elems,
                             tuple([self.base_row] * self.geo.channels), self.geo)
 
@@ -285,6 +311,23 @@ class Step:
 
 
 @dataclass
+class FlowOp:
+    """One operation of a graph-lowered decode step's dataflow (what the functional executor
+    runs, in order). ``op``: an op of :data:`pimsim.asic_ops.OPS`, or one of the PIM-side ops
+    ``embed`` (a table row), ``matvec`` (a packed weight matrix; ``attrs["parts"]`` lists each
+    output's ``(lo, hi, bias vector or "", shape)``), ``k_write`` / ``v_write`` (the new token's
+    key / value into attention ``attrs["attn"]``'s cache), ``attn_score`` and ``attn_value``.
+    Attribute dimensions that depend on the position are ``("pos", a, b)``: ``a * pos + b``.
+    ``step``: the program step that performs it (-1: wiring, free)."""
+
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict
+    step: int = -1
+
+
+@dataclass
 class Program:
     """The decode step for one token of one model on one hardware config."""
 
@@ -299,6 +342,14 @@ class Program:
     matrices: dict[str, MatrixLayout] = field(default_factory=dict)
     kv_layouts: list[tuple[KLayout, VLayout]] = field(default_factory=list)
     eps: float = 1e-5
+    # graph-lowered programs (compiler.passes.lower): the dataflow and where its operands live
+    flow: list[FlowOp] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # "token" / "position" -> value name
+    logits: str = ""  # the value holding the logits
+    immediates: dict[str, np.ndarray] = field(default_factory=dict)  # constants in the program
+    vector_refs: dict[str, tuple[str, int, tuple[int, ...]]] = field(default_factory=dict)
+    # constant -> (vector entry, first element, shape); tables: constant -> its matrix layout
+    tables: dict[str, MatrixLayout] = field(default_factory=dict)
 
     # --------------------------------------------------------------- instantiation per position
     def asic_elems(self, step: Step, pos: int) -> int:
@@ -338,7 +389,13 @@ class Program:
         g = self.geo
         per_ch: list[list[tuple]] = [[] for _ in range(g.channels)]
         for name in step.vectors:
-            if name == "wte":
+            if name in self.tables:  # a gathered table's row (token-dependent: neuron 0's place)
+                lay = self.tables[name]
+                ch, bank, slot = (int(v) for v in lay.locate(0))
+                for k in range(lay.n_chunks):
+                    _, ln = lay.chunk(k)
+                    per_ch[ch].append((_RD, bank, lay.row_of(ch, slot, k), _cdiv(ln, g.col_elems), 0))
+            elif name == "wte":
                 tok_layout = self.lm_head
                 # the token's embedding row = its LM-head neuron; read every chunk (token id is
                 # data-dependent: timing uses neuron 0's place, the cost is the same everywhere)
@@ -500,32 +557,52 @@ def _attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
 
 
 def _build_attn_score_items(kl: KLayout, ch: int, n_slots: int) -> np.ndarray:
-    """q.K^T on channel ``ch`` with ``n_slots`` key rows in use: the global buffer holds q (one
-    chunk of heads); each slot row holds one token per bank; per head, MAC its d_head columns and
-    read the 16 scores (one token per bank)."""
+    """q.K^T on channel ``ch`` with ``n_slots`` key rows in use: each slot row holds one token per
+    bank; per KV head, MAC its d_head columns and read the 16 scores (one token per bank), once
+    for every query head of its group while the row is open (one activation per key row).
+
+    The global buffer holds the queries of a chunk's KV heads, every group member's at its own
+    offset, filled once per chunk; when they do not fit one buffer (groups of many query heads),
+    it is refilled with one member's queries before that member's MACs on each row."""
     g = kl.geo
     hcols = _cdiv(kl.d_head, g.col_elems)
+    G = kl.group
     parts = []
     for k in range(kl.n_chunks if n_slots else 0):
         n_h = len(kl.chunk_heads(k))
-        parts.append(np.array([[_WR_GB, -1, -1, _cdiv(n_h * kl.d_head, g.col_elems), 0]]))
-        pairs = np.empty((n_slots, n_h, 2, ITEM_FIELDS), np.int64)
-        pairs[:, :, 0, 0] = _MAC_AB
-        pairs[:, :, 0, 1] = -1
-        pairs[:, :, 0, 2] = kl.row_of(np.arange(n_slots), k)[:, None]
-        pairs[:, :, 0, 3] = hcols
-        pairs[:, :, 0, 4] = np.arange(n_h)[None, :] * hcols
-        pairs[:, :, 1] = (_RD_MAC, -1, -1, 1, 0)
-        parts.append(pairs.reshape(-1, ITEM_FIELDS))
+        rows = kl.row_of(np.arange(n_slots), k)
+        if n_h * G * kl.d_head <= g.row_elems:
+            parts.append(np.array([[_WR_GB, -1, -1, _cdiv(n_h * G * kl.d_head, g.col_elems), 0]]))
+            pairs = np.empty((n_slots, n_h, G, 2, ITEM_FIELDS), np.int64)
+            pairs[..., 0, 0] = _MAC_AB
+            pairs[..., 0, 1] = -1
+            pairs[..., 0, 2] = rows[:, None, None]
+            pairs[..., 0, 3] = hcols
+            pairs[..., 0, 4] = (np.arange(n_h) * hcols)[None, :, None]
+            pairs[..., 1, :] = (_RD_MAC, -1, -1, 1, 0)
+            parts.append(pairs.reshape(-1, ITEM_FIELDS))
+        else:
+            per = np.empty((n_slots, G, 1 + 2 * n_h, ITEM_FIELDS), np.int64)
+            per[:, :, 0] = (_WR_GB, -1, -1, _cdiv(n_h * kl.d_head, g.col_elems), 0)
+            mac = per[:, :, 1::2]
+            mac[..., 0] = _MAC_AB
+            mac[..., 1] = -1
+            mac[..., 2] = rows[:, None, None]
+            mac[..., 3] = hcols
+            mac[..., 4] = (np.arange(n_h) * hcols)[None, None, :]
+            per[:, :, 2::2] = (_RD_MAC, -1, -1, 1, 0)
+            parts.append(per.reshape(-1, ITEM_FIELDS))
     return np.concatenate(parts) if parts else np.empty((0, ITEM_FIELDS), np.int64)
 
 
 def _build_attn_value_items(vl: VLayout, ch: int, pos: int) -> np.ndarray:
-    """s.V on channel ``ch``: per group of 16 value neurons (one head), the global buffer holds
+    """s.V on channel ``ch``: per group of 16 value neurons (one KV head), the global buffer holds
     that head's softmax weights over the cached tokens (one chunk of tokens); MAC along the
-    row."""
+    row. With grouped-query attention the row is MACed once per query head of the group,
+    the buffer refilled with that head's weights in between: each V row is activated once."""
     g = vl.geo
     vm = vl.matrix
+    G = vl.group
     n_tok = pos + 1
     n_slots = vm.slots(ch)
     heads = np.asarray(vm.neuron(ch, np.arange(n_slots), 0)) // vl.d_head
@@ -535,14 +612,15 @@ def _build_attn_value_items(vl: VLayout, ch: int, pos: int) -> np.ndarray:
     for k in range(_cdiv(n_tok, vm.chunk_elems)):
         lo = k * vm.chunk_elems
         cols = _cdiv(min(n_tok - lo, vm.chunk_elems), g.col_elems)
-        per_slot = np.zeros((n_slots, 3, ITEM_FIELDS), np.int64)
-        per_slot[:, 0] = (_WR_GB, -1, -1, cols, 0)
-        per_slot[:, 1, 0] = _MAC_AB
-        per_slot[:, 1, 1] = -1
-        per_slot[:, 1, 2] = vm.row_of(ch, np.arange(n_slots), k)
-        per_slot[:, 1, 3] = cols
-        per_slot[:, 2] = (_RD_MAC, -1, -1, 1, 0)
-        keep = np.ones((n_slots, 3), bool)
-        keep[:, 0] = new_head
+        per_slot = np.zeros((n_slots, G, 3, ITEM_FIELDS), np.int64)
+        per_slot[:, :, 0] = (_WR_GB, -1, -1, cols, 0)
+        per_slot[:, :, 1, 0] = _MAC_AB
+        per_slot[:, :, 1, 1] = -1
+        per_slot[:, :, 1, 2] = vm.row_of(ch, np.arange(n_slots), k)[:, None]
+        per_slot[:, :, 1, 3] = cols
+        per_slot[:, :, 2] = (_RD_MAC, -1, -1, 1, 0)
+        keep = np.ones((n_slots, G, 3), bool)
+        if G == 1:
+            keep[:, 0, 0] = new_head
         parts.append(per_slot[keep])
     return np.concatenate(parts) if parts else np.empty((0, ITEM_FIELDS), np.int64)

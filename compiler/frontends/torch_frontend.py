@@ -368,7 +368,12 @@ def _softmax(im: _Importer, n: Any) -> None:
 
 
 def _cat(im: _Importer, n: Any) -> None:
-    im.emit("concat", n, [im.name(x) for x in n.args[0]], axis=int(_kw(n, 1, "dim", 0)))
+    # torch.cat skips 1-D empty tensors whatever the others' rank (a cache that starts empty)
+    xs = [x for x in n.args[0] if tuple(x.meta["val"].shape) != (0,)] or list(n.args[0])
+    if len(xs) == 1:
+        im.alias[n.name] = im.name(xs[0])
+        return
+    im.emit("concat", n, [im.name(x) for x in xs], axis=int(_kw(n, 1, "dim", 0)))
 
 
 def _stack(im: _Importer, n: Any) -> None:
@@ -464,8 +469,10 @@ ATEN_OPS: dict[str, Handler] = {
     "unsqueeze": _unsqueeze, "squeeze": _squeeze, "expand": _expand,
     "add": _binary("add"), "sub": _binary("sub"), "mul": _binary("mul"), "div": _binary("div"),
     "pow": _pow, "sqrt": _unary("sqrt"), "tanh": _unary("tanh"), "erf": _unary("erf"),
-    "exp": _unary("exp"), "mean": _reduce("reduce_mean"), "sum": _reduce("reduce_sum"),
+    "exp": _unary("exp"), "rsqrt": _unary("rsqrt"), "neg": _unary("neg"), "cos": _unary("cos"),
+    "sin": _unary("sin"), "sigmoid": _unary("sigmoid"), "silu": _unary("silu"),
+    "relu": _unary("relu"), "mean": _reduce("reduce_mean"), "sum": _reduce("reduce_sum"),
     "amax": _reduce("reduce_max"), "where": _where, "_to_copy": _to_copy, "to": _to_copy,
     "clone": _alias, "contiguous": _alias, "alias": _alias, "detach": _alias,
-    "lift_fresh_copy": _alias, "dropout": _alias,
+    "lift_fresh_copy": _alias, "dropout": _alias, "detach_": _alias,
 }
