@@ -16,8 +16,9 @@ and only when a model is wrapped.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -48,6 +49,37 @@ def _register() -> None:
 
     AttentionInterface.register(ATTN, _attention)
     AttentionMaskInterface.register(ATTN, _no_mask)
+
+
+@contextmanager
+def _decode_attention(model: Any) -> Iterator[None]:
+    """Models that dispatch through ``AttentionInterface`` get pimsim's attention; the others
+    (e.g. Falcon) keep their own, with the mask of their implementation switched off."""
+    import sys
+
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    _register()
+    cfg = model.config
+    impl = cfg._attn_implementation
+    uses_interface = hasattr(sys.modules.get(type(model).__module__), "ALL_ATTENTION_FUNCTIONS")
+    if uses_interface:
+        cfg._attn_implementation = ATTN
+        try:
+            yield
+        finally:
+            cfg._attn_implementation = impl
+        return
+    mapping = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+    old = mapping.get(impl)
+    mapping[impl] = _no_mask
+    try:
+        yield
+    finally:
+        if old is None:
+            mapping.pop(impl, None)
+        else:
+            mapping[impl] = old
 
 
 def is_hf_causal_lm(obj: Any) -> bool:
@@ -81,7 +113,8 @@ class HFDecodeStep(torch.nn.Module):
 
     def __init__(self, model: Any) -> None:
         super().__init__()
-        self.model = model.eval()
+        self.model = model
+        self.train(model.training)  # export restores this flag on the whole tree
         n_layer, n_kv, d_head, n_ctx = cache_dims(model.config)
         self.cfg = SimpleNamespace(n_layer=n_layer, n_head=n_kv, d_head=d_head, n_ctx=n_ctx)
 
@@ -91,14 +124,9 @@ class HFDecodeStep(torch.nn.Module):
         cache = DynamicCache(config=self.model.config)
         for i in range(past_k.shape[0]):
             cache.update(past_k[i:i + 1], past_v[i:i + 1], i)
-        impl = self.model.config._attn_implementation
-        _register()
-        self.model.config._attn_implementation = ATTN
-        try:
+        with _decode_attention(self.model):
             out = self.model(input_ids=token, position_ids=pos.view(1, 1),
                              past_key_values=cache, use_cache=True)
-        finally:
-            self.model.config._attn_implementation = impl
         n = past_k.shape[0]
         keys = torch.cat([cache.layers[i].keys for i in range(n)])
         values = torch.cat([cache.layers[i].values for i in range(n)])

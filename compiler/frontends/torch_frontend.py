@@ -290,6 +290,16 @@ def _binary(op: str) -> Handler:
     return h
 
 
+def _inplace(op: str) -> Handler:
+    """``x.add_(y)``: the op, and later reads of ``x`` see its result."""
+    inner = _binary(op)
+
+    def h(im: _Importer, n: Any) -> None:
+        inner(im, n)
+        im.alias[n.args[0].name] = n.name
+    return h
+
+
 def _unary(op: str) -> Handler:
     def h(im: _Importer, n: Any) -> None:
         im.emit(op, n, [im.arg(n, 0)])
@@ -459,7 +469,106 @@ def _to_copy(im: _Importer, n: Any) -> None:
         im.emit("cast", n, [im.arg(n, 0)], to=_dtype(dtype))
 
 
+def _split(im: _Importer, n: Any) -> None:
+    """split / split_with_sizes / chunk / unbind: one slice (or select) per piece."""
+    kind = n.target.overloadpacket.__name__
+    x = n.args[0]
+    shape = x.meta["val"].shape
+    r = len(shape)
+    if kind == "unbind":
+        axis = _norm(int(_kw(n, 1, "dim", 0)), r)
+        size = int(shape[axis])
+        im.tuples[n.name] = {i: im.b.op("select", [im.name(x)], out=f"{n.name}.{i}", name=n.name,
+                                        axis=axis, index=i) for i in range(size)}
+        return
+    axis = _norm(int(_kw(n, 2, "dim", 0)), r)
+    total = shape[axis]
+    if not isinstance(total, int):
+        raise im.unsupported(n, "split of a dimension of symbolic size")
+    arg = n.args[1]
+    if kind == "chunk":
+        step = -(-total // int(arg))
+        sizes = [min(step, total - lo) for lo in range(0, total, step)]
+    elif isinstance(arg, int):
+        sizes = [min(arg, total - lo) for lo in range(0, total, arg)]
+    else:
+        sizes = [int(a) for a in arg]
+    outs, lo = {}, 0
+    for i, sz in enumerate(sizes):
+        outs[i] = im.b.op("slice", [im.name(x)], out=f"{n.name}.{i}", name=n.name, axes=[axis],
+                          starts=[lo], ends=[lo + sz], steps=[1])
+        lo += sz
+    im.tuples[n.name] = outs
+
+
+def _index(im: _Importer, n: Any) -> None:
+    """``x[idx]`` with one index tensor on the first axis: a gather."""
+    idx = list(n.args[1])
+    used = [i for i, x in enumerate(idx) if x is not None]
+    if len(used) != 1:
+        raise im.unsupported(n, "indexing by more than one tensor")
+    axis = used[0]
+    if axis and im.rank(idx[axis]) != 1:
+        raise im.unsupported(n, "indexing an inner axis by a tensor of rank other than 1")
+    im.emit("gather", n, [im.arg(n, 0), im.name(idx[axis])], axis=axis)
+
+
+def _flatten(im: _Importer, n: Any) -> None:
+    im.emit("reshape", n, [im.arg(n, 0)], shape=im.dims(list(n.meta["val"].shape)))
+
+
+def _sdpa(im: _Importer, n: Any) -> None:
+    """scaled_dot_product_attention as its three ops (q.K^T * scale, softmax, p.V); K/V heads
+    broadcast over the query heads (multi-query) as in the op."""
+    q, k, v = n.args[:3]
+    mask = _kw(n, 3, "attn_mask", None)
+    if float(_kw(n, 4, "dropout_p", 0.0)) != 0.0:
+        raise im.unsupported(n, "dropout")
+    qs, ks = q.meta["val"].shape, k.meta["val"].shape
+    if _kw(n, 5, "is_causal", False) and qs[-2] != 1:
+        raise im.unsupported(n, "is_causal with more than one query (a prefill graph)")
+    if n.kwargs.get("enable_gqa", False) and qs[-3] != ks[-3]:
+        raise im.unsupported(n, "enable_gqa (give the model its own grouped attention)")
+    scale = n.kwargs.get("scale")
+    scale = float(qs[-1]) ** -0.5 if scale is None else float(scale)
+    r = len(ks)
+    perm = list(range(r))
+    perm[-1], perm[-2] = perm[-2], perm[-1]
+    kt = im.b.op("transpose", [im.name(k)], out=f"{n.name}.kt", name=n.name, perm=perm)
+    s = im.b.op("matmul", [im.name(q), kt], out=f"{n.name}.scores", name=n.name)
+    im.b.const(f"{n.name}.scale", np.array(scale, np.float32))
+    s = im.b.op("mul", [s, f"{n.name}.scale"], out=f"{n.name}.scaled", name=n.name)
+    if mask is not None:
+        s = im.b.op("add", [s, im.name(mask)], out=f"{n.name}.masked", name=n.name)
+    p = im.b.op("softmax", [s], out=f"{n.name}.p", name=n.name, axis=-1)
+    im.emit("matmul", n, [p, im.name(v)])
+
+
+def _numpy_t(im: _Importer, n: Any) -> None:
+    r = im.rank(n.args[0])
+    im.emit("transpose", n, [im.arg(n, 0)], perm=list(range(r))[::-1])
+
+
+def _repeat_interleave(im: _Importer, n: Any) -> None:
+    """``repeat_interleave(x, k, dim)`` with an integer ``k``: unsqueeze, expand, reshape."""
+    reps, dim = n.args[1], _kw(n, 2, "dim", None)
+    if not isinstance(reps, int) or dim is None:
+        raise im.unsupported(n, "repeats other than one integer along a given dim")
+    shape = im.dims(list(n.args[0].meta["val"].shape))
+    r = len(shape)
+    axis = _norm(int(dim), r)
+    u = im.b.op("unsqueeze", [im.arg(n, 0)], out=f"{n.name}.u", name=n.name, axes=[axis + 1])
+    e = im.b.op("expand", [u], out=f"{n.name}.e", name=n.name,
+                shape=shape[:axis + 1] + [reps] + shape[axis + 1:])
+    out = im.dims(list(n.meta["val"].shape))
+    im.emit("reshape", n, [e], shape=out)
+
+
 ATEN_OPS: dict[str, Handler] = {
+    "add_": _inplace("add"), "mul_": _inplace("mul"), "sub_": _inplace("sub"),
+    "div_": _inplace("div"), "numpy_T": _numpy_t, "flatten": _flatten, "repeat_interleave": _repeat_interleave,
+    "split": _split, "split_with_sizes": _split, "chunk": _split, "unbind": _split,
+    "index": _index, "scaled_dot_product_attention": _sdpa,
     "linear": _linear, "addmm": _addmm, "mm": _matmul, "bmm": _matmul, "matmul": _matmul,
     "t": _t, "permute": _permute, "transpose": _transpose, "swapaxes": _transpose,
     "view": _view, "reshape": _view, "_unsafe_view": _view,
