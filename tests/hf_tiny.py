@@ -52,9 +52,14 @@ FAMILIES = ("llama", "llama-gqa", "mistral", "qwen2", "gpt-neox", "opt", "gpt-j"
 
 def tiny_model(family: str, seed: int = 0):
     """A tiny random causal LM of ``family`` (eval mode, weights rounded to bf16)."""
+    return tiny_model_from(_configs()[family](), seed)
+
+
+def tiny_model_from(cfg, seed: int = 0):
+    """A random causal LM of a transformers config: weights N(0, 0.08) (norm weights near 1),
+    rounded to bf16, so the PIM's bf16 weights are the model's own."""
     import transformers as T
 
-    cfg = _configs()[family]()
     torch.manual_seed(seed)
     model = T.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():

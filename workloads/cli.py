@@ -89,9 +89,13 @@ def cmd_compile(args) -> int:
 
 
 def _functional(c, cfg, exact: bool, corrupt: str | None = None, show: bool = False):
-    from compiler.passes.images import build_image
-    from pimsim.functional import AsicMath, FunctionalExecutor
+    from compiler.passes.images import build_graph_image, build_image
+    from pimsim.functional import AsicMath, FlowExecutor, FunctionalExecutor
 
+    if c.program.flow:  # a graph-lowered program
+        with status(f"building the DRAM image of {c.spec.name}", show):
+            img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
+        return FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=exact))
     with status(f"building the DRAM image of {c.spec.name}", show):
         img = build_image(c.mapping, data_type=cfg.pim.data_type, corrupt=corrupt)
     return FunctionalExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=exact),

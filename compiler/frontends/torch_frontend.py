@@ -169,9 +169,18 @@ class _Importer:
                 continue
             key = _packet(n.target)
             handler = ATEN_OPS.get(key) if key else None
-            if handler is None:
-                raise self.unsupported(n)
-            handler(self, n)
+            try:
+                if handler is None:
+                    raise self.unsupported(n)
+                handler(self, n)
+            except UnsupportedOpError as e:
+                if _looks_like_prefill(user_inputs):
+                    e.args = (f"{e.args[0]}; the graph takes a sequence of token ids and no KV "
+                              f"cache: a prefill graph, which is not lowered; export one decode "
+                              f"step instead: token [1, 1], position [1], past_k / past_v "
+                              f"[n_layer, n_kv_head, past_len, d_head] (workloads.hf_decode."
+                              f"decode_step_module wraps a Hugging Face causal LM)",)
+                raise
 
         out_nodes = {s.arg.name: s for s in sig.output_specs}
         outputs = []
@@ -202,6 +211,16 @@ class _Importer:
         if outs is None or idx not in outs:
             raise self.unsupported(n, f"output {idx} of {src.name} ({_target_name(src)}) unsupported")
         self.alias[n.name] = outs[idx]
+
+
+def _looks_like_prefill(user_inputs: list) -> bool:
+    """Integer token ids longer than one and no rank-4 (KV cache) input."""
+    vals = [ph.meta.get("val") for ph in user_inputs]
+    shapes = [tuple(getattr(v, "shape", ())) for v in vals]
+    dtypes = [str(getattr(v, "dtype", "")) for v in vals]
+    ids = [sh for sh, dt in zip(shapes, dtypes) if "int" in dt and len(sh) == 2]
+    return bool(ids) and not any(len(sh) == 4 for sh in shapes) and any(
+        not (isinstance(sh[1], int) and sh[1] == 1) for sh in ids)
 
 
 def _to_const(t: Any) -> np.ndarray | ConstMeta:
