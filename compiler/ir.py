@@ -30,6 +30,7 @@ sigmoid silu relu     activations (``silu(x) = x * sigmoid(x)``)
 reduce_mean reduce_max reduce_sum   attrs axes (list), keepdim (bool)
 softmax(x)     attr axis
 layernorm(x, w?, b?)  over the trailing axes from ``axis``; attrs axis, eps
+rmsnorm(x, w?)  ``x / sqrt(mean(x^2) + eps) * w`` over the last axis; attrs axis, eps
 gelu(x)        attr approximate ("tanh" or "none")
 gather(t, i)   ``take(t, i, axis)`` (embedding lookup when ``t`` is a weight table)
 select(x)      ``x[..., index, ...]`` on ``axis`` (removes the axis); attrs axis, index
@@ -102,6 +103,7 @@ OPS: dict[str, tuple[int, int | None, tuple[str, ...]]] = {
     "reduce_sum": (1, 1, ("axes", "keepdim")),
     "softmax": (1, 1, ("axis",)),
     "layernorm": (1, 3, ("axis", "eps")),
+    "rmsnorm": (1, 2, ("axis", "eps")),
     "gelu": (1, 1, ("approximate",)),
     "gather": (2, 2, ("axis",)),
     "select": (1, 1, ("axis", "index")),

@@ -42,7 +42,9 @@ class Compiled:
         hit = expected_row_hit_rate(prog, pos)
         lines = [
             f"{mp.spec.name} -> {mp.hw}: {mp.spec.n_layer} layers, d_model {mp.spec.d_model}, "
-            f"{mp.spec.n_head} heads x {mp.spec.d_head}, d_ff {mp.spec.d_ff}, vocab "
+            f"{mp.spec.n_head} heads x {mp.spec.d_head}"
+            + (f" ({mp.spec.n_kv_head} KV heads)" if getattr(mp.spec, "n_kv_head", mp.spec.n_head)
+               != mp.spec.n_head else "") + f", d_ff {mp.spec.d_ff}, vocab "
             f"{mp.spec.vocab}, context {mp.spec.n_ctx}",
             f"  weights placed      {mp.placed_weight_bytes():,} bytes (bf16), model "
             f"{mp.spec.weight_bytes(g.elem_bytes):,}",

@@ -102,6 +102,15 @@ def _layernorm(M, a, at):
     return out.reshape(shape)
 
 
+def _rmsnorm(M, a, at):
+    """x * rsqrt(mean(x^2) + eps) * w over the last axis (mean by the reciprocal of n)."""
+    x = _f32(a[0])
+    n = np.float32(x.shape[-1])
+    ms = (x * x).sum(axis=-1, keepdims=True, dtype=np.float32) * M.recip(np.array(n, np.float32))
+    y = x * M.rsqrt((ms + np.float32(at["eps"])).astype(np.float32))
+    return (y * _f32(a[1]) if len(a) > 1 else y).astype(np.float32)
+
+
 def _softmax(M, a, at):
     x = np.moveaxis(_f32(a[0]), at["axis"], -1)
     s = x.reshape(-1, x.shape[-1])
@@ -194,6 +203,7 @@ OPS: dict[str, AsicOp] = {
     "relu": AsicOp(lambda M, a, at: np.maximum(_f32(a[0]), np.float32(0)), "activation"),
     "gelu": AsicOp(_gelu, "gelu"),
     "layernorm": AsicOp(_layernorm, "layernorm"),
+    "rmsnorm": AsicOp(_rmsnorm, "rmsnorm"),
     "softmax": AsicOp(_softmax, "softmax"),
     "reduce_mean": AsicOp(_reduce("mean"), "elementwise"),
     "reduce_sum": AsicOp(_reduce("sum"), "elementwise"),

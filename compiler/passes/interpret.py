@@ -73,6 +73,12 @@ def _layernorm(n: Node, a: list, s: dict) -> np.ndarray:
     return y.astype(x.dtype)
 
 
+def _rmsnorm(n: Node, a: list, s: dict) -> np.ndarray:
+    x = a[0]
+    y = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + np.float32(n.attrs["eps"]))
+    return (y * a[1] if len(a) > 1 else y).astype(x.dtype)
+
+
 def _gelu(n: Node, a: list, s: dict) -> np.ndarray:
     x = a[0]
     if n.attrs["approximate"] == "tanh":
@@ -154,6 +160,7 @@ _OPS: dict[str, Callable[[Node, list, dict], Any]] = {
     "reduce_sum": lambda n, a, s: a[0].sum(axis=_axes(n, a[0]), keepdims=n.attrs["keepdim"]),
     "softmax": _softmax,
     "layernorm": _layernorm,
+    "rmsnorm": _rmsnorm,
     "gelu": _gelu,
     "gather": lambda n, a, s: np.take(a[0], a[1], axis=n.attrs["axis"]),
     "select": lambda n, a, s: np.take(a[0], n.attrs["index"], axis=n.attrs["axis"]),

@@ -586,7 +586,7 @@ class _Lowering:
                 if role == "lm_head":
                     head_matvec = mname
                 if role == "ffn_up":
-                    d_ff = max(d_ff, lo)
+                    d_ff = max([d_ff] + [hi - lo_ for lo_, hi, _, _ in parts])
                 deps = deps_of([p.input])
                 if any(parts[k][2] for k in range(len(parts))):
                     deps |= need_params(layer)
