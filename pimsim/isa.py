@@ -350,6 +350,7 @@ class Program:
     vector_refs: dict[str, tuple[str, int, tuple[int, ...]]] = field(default_factory=dict)
     # constant -> (vector entry, first element, shape); tables: constant -> its matrix layout
     tables: dict[str, MatrixLayout] = field(default_factory=dict)
+    position_tables: tuple[str, ...] = ()  # tables read at the position (else at the token)
 
     # --------------------------------------------------------------- instantiation per position
     def asic_elems(self, step: Step, pos: int) -> int:
@@ -389,9 +390,10 @@ class Program:
         g = self.geo
         per_ch: list[list[tuple]] = [[] for _ in range(g.channels)]
         for name in step.vectors:
-            if name in self.tables:  # a gathered table's row (token-dependent: neuron 0's place)
-                lay = self.tables[name]
-                ch, bank, slot = (int(v) for v in lay.locate(0))
+            if name in self.tables:  # a gathered table's row: the position's, or a token's
+                lay = self.tables[name]  # (data-dependent: neuron 0's place, same cost)
+                ch, bank, slot = (int(v) for v in lay.locate(
+                    pos if name in self.position_tables else 0))
                 for k in range(lay.n_chunks):
                     _, ln = lay.chunk(k)
                     per_ch[ch].append((_RD, bank, lay.row_of(ch, slot, k), _cdiv(ln, g.col_elems), 0))

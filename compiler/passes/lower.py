@@ -340,7 +340,7 @@ class _Lowering:
                 if n is None or id(n) in seen or v in self.pos_only:
                     continue
                 seen.add(id(n))
-                if self.is_residual(n) or n.op == "gather" or (
+                if self.is_residual(n) or n.op == "gather" or self.is_embedding_sum(n) or (
                         n.op == "matmul" and any(i in self.cache for i in n.inputs)):
                     continue
                 best = min(best, index[id(n)])
@@ -351,6 +351,18 @@ class _Lowering:
         cuts.append(start(g.outputs[0], len(g.nodes)))
         return cuts
 
+    def is_embedding_sum(self, n: Node) -> bool:
+        """An add of table rows (token + position embeddings): the residual stream's start."""
+        if n.op != "add":
+            return False
+        for i in n.inputs:
+            p = self.prod.get(i)
+            while p is not None and p.op in WIRING and p.op != "concat":
+                p = self.prod.get(p.inputs[0])
+            if p is None or p.op != "gather" or not self.g.is_const(p.inputs[0]):
+                return False
+        return True
+
     def is_residual(self, n: Node) -> bool:
         g = self.g
         if n.op != "add" or len(n.inputs) != 2:
@@ -358,7 +370,9 @@ class _Lowering:
         if any(g.is_const(i) or i in self.pos_only for i in n.inputs):
             return False
         a, b = (g.shape_of(i) for i in n.inputs)
-        return a == b and bool(a) and a[-1] == self.d_model
+        if not a or not b or a[-1] != self.d_model or b[-1] != self.d_model:
+            return False
+        return all(d == 1 for d in a[:-1]) and all(d == 1 for d in b[:-1]) or a == b
 
     # ---------------------------------------------------------------- run
     def run(self) -> tuple[Program, GraphMapping]:
@@ -417,6 +431,7 @@ class _Lowering:
         kv_write_for: dict[int, int] = {}
         attn_shapes: dict[int, tuple[int, int, int]] = {}
         embed_values: set[str] = set()
+        attn_scores: set[str] = set()
         head_matvec = None
         logits = g.outputs[0]
         names: dict[str, int] = {}
@@ -434,6 +449,14 @@ class _Lowering:
             steps.append(Step(len(steps), uniq(name), op, layer if 0 <= layer < self.n_layer
                               else -1, kind, tuple(sorted(set(deps))), **kw))
             return len(steps) - 1
+
+        anc: list[set[int]] = []
+
+        def ancestors(i: int) -> set[int]:
+            while len(anc) < len(steps):
+                st = steps[len(anc)]
+                anc.append(set(st.deps).union(*(anc[d] for d in st.deps)))
+            return anc[i]
 
         def deps_of(values) -> set[int]:
             out: set[int] = set()
@@ -509,10 +532,12 @@ class _Lowering:
                 which = "k" if n is a.k_concat else "v"
                 new = n.inputs[1]
                 sh = g.shape_of(new)
-                if len(sh) != 4 or sh[2] != 1:
+                if len(sh) < 3 or sh[-2] != 1 or any(d != 1 for d in sh[:-3]) or \
+                        n.attrs["axis"] % len(sh) != len(sh) - 2:
                     raise LoweringError(f"{self.name}: the new {which} at node {n.name!r} has "
-                                        f"shape {list(sh)}, expected [1, n_kv_head, 1, d_head]")
-                a.n_kv, a.d_head = int(sh[1]), int(sh[3])
+                                        f"shape {list(sh)}, expected [1, n_kv_head, 1, d_head] "
+                                        f"appended on the token axis")
+                a.n_kv, a.d_head = int(sh[-3]), int(sh[-1])
                 flow.append(FlowOp(f"{which}_write", (new,), (), {"attn": a.index}, -2))
                 continue
             if n.op == "matmul" and any(i in self.cache for i in n.inputs):
@@ -539,6 +564,8 @@ class _Lowering:
                 else:
                     st = add(f"{L}.attn_value", "attn_value", ai, "pim",
                              deps_of([a_in]) | {a.write_step}, kv=(ai,))
+                if which == "k":
+                    attn_scores.add(n.outputs[0])
                 flow.append(FlowOp(f"attn_{'score' if which == 'k' else 'value'}", (a_in,),
                                    tuple(n.outputs), {"attn": ai, "shape": list(
                                        dim_attr(d) for d in g.shape_of(n.outputs[0]))}, st))
@@ -550,8 +577,14 @@ class _Lowering:
                 if table not in table_of:
                     table_of[table] = f"table.{len(table_of)}"
                     tables_first.append(table)
-                st = add(f"{L}.embed", "embedding", layer, "pim", deps_of([n.inputs[1]]),
-                         vectors=(table_of[table],))
+                prev = steps[-1] if steps else None
+                if prev is not None and prev.op == "embedding" and prev.kind == "pim" and \
+                        not (deps_of([n.inputs[1]]) - set(prev.deps)):
+                    prev.vectors = prev.vectors + (table_of[table],)  # one read of both rows
+                    st = prev.index
+                else:
+                    st = add(f"{L}.read", "embedding", layer, "pim", deps_of([n.inputs[1]]),
+                             vectors=(table_of[table],))
                 flow.append(FlowOp("embed", (n.inputs[1],), tuple(n.outputs),
                                    {"table": table_of[table],
                                     "shape": [dim_attr(d) for d in g.shape_of(n.outputs[0])]}, st))
@@ -587,12 +620,13 @@ class _Lowering:
                     head_matvec = mname
                 if role == "ffn_up":
                     d_ff = max([d_ff] + [hi - lo_ for lo_, hi, _, _ in parts])
-                deps = deps_of([p.input])
-                if any(parts[k][2] for k in range(len(parts))):
-                    deps |= need_params(layer)
                 pim = add(f"{L}.{role}", role, layer, "pim", deps_of([p.input]), matrix=mname)
+                deps = {pim}
+                if any(parts[k][2] for k in range(len(parts))):  # biases: fetched vectors
+                    par = need_params(layer)
+                    deps |= par - ancestors(pim)
                 n_chunks = -(-in_dim // geo.row_elems)
-                red = add(f"{L}.{role}.reduce", "reduction", layer, "asic", deps | {pim},
+                red = add(f"{L}.{role}.reduce", "reduction", layer, "asic", deps,
                           n_elems=lo * n_chunks)
                 flow.append(FlowOp("matvec", (p.input,), tuple(m.outputs[0] for m in p.nodes),
                                    {"matrix": mname, "parts": parts}, pim))
@@ -616,11 +650,19 @@ class _Lowering:
                     step_of[o] = deps
                 continue
             op = spec.cost
-            if n.op == "add" and self.is_residual(n):
+            src = self.prod.get(n.inputs[0])
+            if n.op in ("mul", "div") and len(ins) == 2 and ins[1] in immediates and \
+                    immediates[ins[1]].size == 1 and src is not None and \
+                    src.outputs[0] in attn_scores and len(self.users.get(n.outputs[0], [])) == 1 \
+                    and self.users[n.outputs[0]][0].op == "softmax":
+                # the scores' scale: applied as the softmax reads them (PIM-GPT's softmax cost)
+                flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), attrs_of(n), -1))
+                step_of[n.outputs[0]] = step_of[n.inputs[0]]
+                continue
+            if self.is_embedding_sum(n):
+                op = "embedding"
+            elif n.op == "add" and self.is_residual(n):
                 op = "residual"
-                if all(wired_source(i) is not None and wired_source(i).outputs[0] in embed_values
-                       for i in n.inputs):
-                    op = "embedding"
             cnt = [elems(v) for v in list(n.outputs) + [i for i in n.inputs if not g.is_const(i)]]
             ne, per = max(cnt, key=lambda t: (t[1], t[0]))
             st = add(f"{L}.{n.op}", op, layer, "asic", deps, n_elems=ne, per_pos_elems=per)
@@ -718,21 +760,28 @@ class _Lowering:
             return "embed" if layer < 0 else ("final" if layer >= self.n_layer else f"L{layer}")
 
         entries, vector_refs, vector_values = [], {}, {}
+        fetch: dict[str, tuple[str, ...]] = {}  # param_fetch vector -> the entries it reads
         for layer in layers:
             ename = f"{lname(layer)}.params"
-            off, parts = 0, []
-            for c in vec_consts[layer]:
-                shape = g.const_shape(c)
-                size = int(np.prod(shape))
-                vector_refs[c] = (ename, off, tuple(shape))
-                v = g.const_value(c)
-                parts.append(None if v is None else np.asarray(v, np.float32).reshape(-1))
-                off += size
-            entries.append((ename, off))
-            vector_values[ename] = None if any(p is None for p in parts) else np.concatenate(parts)
-        for st in steps:  # param fetches of layers without vectors read nothing
-            if st.op == "param_fetch" and st.vectors[0] not in dict(entries):
-                st.vectors = ()
+            inside = 0 <= layer < self.n_layer
+            groups = [vec_consts[layer]] if inside else [[c] for c in vec_consts[layer]]
+            names = []
+            for k, group in enumerate(groups):  # a layer's vectors are one entry (one fetch)
+                en = ename if inside else f"{lname(layer)}.v{k}"
+                off, parts = 0, []
+                for c in group:
+                    shape = g.const_shape(c)
+                    vector_refs[c] = (en, off, tuple(shape))
+                    v = g.const_value(c)
+                    parts.append(None if v is None else np.asarray(v, np.float32).reshape(-1))
+                    off += int(np.prod(shape))
+                entries.append((en, off))
+                names.append(en)
+                vector_values[en] = None if any(p is None for p in parts) else np.concatenate(parts)
+            fetch[ename] = tuple(names)
+        for st in steps:
+            if st.op == "param_fetch":
+                st.vectors = fetch.get(st.vectors[0], ()) if st.vectors else ()
         model = GraphModel(
             name=self.name, n_layer=self.n_layer,
             d_model=int(g.const_shape(tables_first[0])[1]) if tables_first else 0,
@@ -809,7 +858,9 @@ class _Lowering:
             matrices={k: v for k, v in mp.matrices.items() if k not in tables},
             kv_layouts=kv, flow=flow,
             inputs={"token": self.token, "position": self.position}, logits=logits,
-            immediates=immediates, vector_refs=vector_refs, tables=tables)
+            immediates=immediates, vector_refs=vector_refs, tables=tables,
+            position_tables=tuple(table_of[t] for t in tables_first
+                                  if self._gathered_by_position(t)))
         return prog, mp
 
     def _gathered_by_position(self, table: str) -> bool:
