@@ -82,6 +82,19 @@ def _decode_attention(model: Any) -> Iterator[None]:
             mapping[impl] = old
 
 
+def cache_kwarg(model: Any, cache: Any) -> dict:
+    """The forward's cache argument: ``cache`` (newer transformers) or ``past_key_values``."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+def output_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def is_hf_causal_lm(obj: Any) -> bool:
     """A ``transformers`` model with a language-model head (never imports transformers)."""
     mod = type(obj).__module__
@@ -125,8 +138,8 @@ class HFDecodeStep(torch.nn.Module):
         for i in range(past_k.shape[0]):
             cache.update(past_k[i:i + 1], past_v[i:i + 1], i)
         with _decode_attention(self.model):
-            out = self.model(input_ids=token, position_ids=pos.view(1, 1),
-                             past_key_values=cache, use_cache=True)
+            out = self.model(input_ids=token, position_ids=pos.view(1, 1), use_cache=True,
+                             **cache_kwarg(self.model, cache))
         n = past_k.shape[0]
         keys = torch.cat([cache.layers[i].keys for i in range(n)])
         values = torch.cat([cache.layers[i].values for i in range(n)])

@@ -44,13 +44,19 @@ ACCEPTED = ("an nn.Module instance with a decode_step(token, pos, past_k, past_v
 
 
 def preset_names() -> list[str]:
-    return list(PRESETS) + list(TRAINED)
+    from workloads import zoo
+
+    return list(PRESETS) + list(TRAINED) + list(zoo.NAMES)
 
 
 def preset_context(spec: str) -> int | None:
     """The context length of a preset or trained variant (None for other MODEL arguments)."""
     if spec in PRESETS or spec in TRAINED:
         return get_config(TRAINED.get(spec, spec)).n_ctx
+    from workloads import zoo
+
+    if spec in zoo.NAMES:
+        return zoo.n_ctx(spec)
     return None
 
 
@@ -82,6 +88,14 @@ def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[An
         from workloads.gpt import GPT
 
         return GPT(get_config(TRAINED.get(spec, spec)), device="meta").eval(), spec
+    from workloads import zoo
+
+    if spec in zoo.NAMES:
+        if weights:
+            raise ModelError(f"{spec} is a shapes-only preset (timing runs); functional runs "
+                             f"and validation need weights",
+                             "drop --functional, or give a model with weights")
+        return zoo.build(spec), spec
     if spec.lower().endswith(".onnx"):
         check_onnx_file(spec)
         return spec, Path(spec).stem
