@@ -181,3 +181,57 @@ def test_prefill_graph_is_refused_with_how_to_export_a_decode_step(cfg):
         compile_model(import_graph(ep), cfg, lowering="graph")
     msg = format_user_error(e.value)
     assert "decode step" in msg and "node" in msg, msg
+
+
+def test_moe_router_is_refused_naming_the_op_and_node(cfg):
+    import torch
+    import transformers as T
+
+    from compiler.frontends.common import UnsupportedOpError
+
+    torch.manual_seed(0)
+    m = T.AutoModelForCausalLM.from_config(T.MixtralConfig(
+        hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64, max_position_embeddings=32, num_local_experts=4,
+        num_experts_per_tok=2)).eval()
+    with pytest.raises(UnsupportedOpError, match=r"topk.*node 'topk'.*mixture-of-experts"):
+        compile_model(decode_step_module(m), cfg)
+
+
+def test_cli_run_functional_writes_logits_and_validate_takes_an_hf_model(tmp_path, monkeypatch,
+                                                                         capsys):
+    from workloads.cli import main
+
+    (tmp_path / "cli_models.py").write_text("import hf_tiny\nneox = hf_tiny.tiny_model('gpt-neox')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "logits.npy"
+    assert main(["run", "cli_models:neox", "--hw", "pim-gpt", "--tokens", "3", "--functional",
+                 "--json", "--logits", str(out)]) == 0
+    lg = np.load(out)
+    assert lg.shape == (3, 128) and np.isfinite(lg).all()
+    capsys.readouterr()
+    assert main(["validate", "cli_models:neox", "--hw", "pim-gpt", "--tokens", "6",
+                 "--reference", "cpu", "--exact", "--json"]) == 0
+    import json
+
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["passed"] and rep["greedy_tokens_match"] and rep["min_cosine"] >= 0.999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama2-7b", "llama3-8b", "gpt3-6.7b"])
+def test_modern_presets_compile_shapes_only_and_report_capacity(name, cfg):
+    from compiler.passes.mapping import CapacityError
+    from workloads.models import resolve_model
+
+    src, _ = resolve_model(name, weights=False)
+    with pytest.raises(CapacityError, match=f"{name} does not fit pim-gpt"):
+        compile_model(src, cfg, name=name)
+
+
+def test_modern_preset_needs_no_weights_and_refuses_functional():
+    from workloads.models import ModelError, preset_context, resolve_model
+
+    assert preset_context("llama2-70b") == 4096
+    with pytest.raises(ModelError, match="shapes-only"):
+        resolve_model("mistral-7b", weights=True)

@@ -170,6 +170,10 @@ class _Importer:
             key = _packet(n.target)
             handler = ATEN_OPS.get(key) if key else None
             try:
+                if handler is None and key in _ROUTING:
+                    raise self.unsupported(n, "data-dependent selection, as a mixture-of-experts "
+                                              "router does: the PIM program runs the same "
+                                              "matrix products for every token")
                 if handler is None:
                     raise self.unsupported(n)
                 handler(self, n)
@@ -211,6 +215,10 @@ class _Importer:
         if outs is None or idx not in outs:
             raise self.unsupported(n, f"output {idx} of {src.name} ({_target_name(src)}) unsupported")
         self.alias[n.name] = outs[idx]
+
+
+_ROUTING = ("topk", "sort", "argsort", "nonzero", "where_index", "index_put", "index_add",
+            "scatter", "scatter_add", "one_hot", "masked_select")
 
 
 def _looks_like_prefill(user_inputs: list) -> bool:
