@@ -427,7 +427,7 @@ NUMBER_CASES = [
     (["compare", "gpt2-small", "--tokens", "3000"], "context of 1024"),
     (["compare", "gpt2-small", "--gpu", "V100"], "unknown GPU 'V100'; use one of T4, A100, "
                                                  "H100, H200"),
-    (["compare", "nosuch-model"], "compare takes presets"),
+    (["compare", "nosuch-model"], "unknown MODEL 'nosuch-model'"),
     (["compare", "gpt2-small", "--hw", "no-such-hw"], "not found"),
     (["run", "gpt2-small", "--hw", "no-such-hw"], "hardware config 'no-such-hw' not found"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),

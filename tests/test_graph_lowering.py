@@ -235,3 +235,16 @@ def test_modern_preset_needs_no_weights_and_refuses_functional():
     assert preset_context("llama2-70b") == 4096
     with pytest.raises(ModelError, match="shapes-only"):
         resolve_model("mistral-7b", weights=True)
+
+
+def test_compare_takes_an_hf_model(tmp_path, monkeypatch, capsys):
+    import json
+
+    from workloads.cli import main
+
+    (tmp_path / "cmp_models.py").write_text("import hf_tiny\nm = hf_tiny.tiny_model('phi')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["compare", "cmp_models:m", "--hw", "pim-gpt", "--gpu", "H100", "--prompt", "8",
+                 "--tokens", "2", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["model"] == "cmp_models:m" and row["pim_ms"] > 0 and row["gpu_ms"] > 0

@@ -303,11 +303,7 @@ def cmd_compare(args) -> int:
     if cfg.energy is None:
         raise UserError(f"{cfg.name} has no [energy] table", "compare needs a config with one")
     for m in args.models:
-        ctx = preset_context(m)
-        if ctx is None:
-            raise UserError(f"compare takes presets, not {m!r}",
-                            "use presets such as gpt2-small (the GPU side models their shape)")
-        _check_context(m, ctx, prompt=args.prompt, tokens=args.tokens)
+        _check_context(m, preset_context(m), prompt=args.prompt, tokens=args.tokens)
     C.check_gpu(args.gpu, args.models)  # an unknown GPU or a bad baseline file: fail now
     check_writable(args.plot, "plot directory (--plot)", directory=True)
     show = wanted(args.progress, args.no_progress)
