@@ -136,7 +136,23 @@ def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
 
 
 def _context(source: Any) -> int | None:
-    """The context length a module's config gives (graph lowering needs it for the KV cache)."""
+    """The context length a module's config gives, or an ONNX file's ``n_ctx`` metadata (graph
+    lowering needs it to reserve the KV cache)."""
+    import os
+
+    if isinstance(source, (str, os.PathLike)) or type(source).__module__.startswith("onnx"):
+        try:
+            import onnx
+
+            mp = source if not isinstance(source, (str, os.PathLike)) else \
+                onnx.load(os.fspath(source), load_external_data=False)
+            meta = {p.key: p.value for p in mp.metadata_props}
+            for key in ("n_ctx", "max_position_embeddings"):
+                if meta.get(key, "").isdigit():
+                    return int(meta[key])
+        except Exception:  # noqa: BLE001 - unreadable here: the front end reports it
+            return None
+        return None
     for attr in ("cfg", "config"):
         c = getattr(source, attr, None)
         for n in ("n_ctx", "max_position_embeddings", "n_positions"):

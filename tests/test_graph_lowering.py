@@ -248,3 +248,19 @@ def test_compare_takes_an_hf_model(tmp_path, monkeypatch, capsys):
                  "--tokens", "2", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["model"] == "cmp_models:m" and row["pim_ms"] > 0 and row["gpu_ms"] > 0
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "gpt-neox"])
+def test_torch_onnx_dynamo_door_matches_the_hf_model(family, cfg, tmp_path):
+    """The decode step exported by torch.onnx (dynamo) lowers and runs like the model."""
+    pytest.importorskip("onnxscript")
+    from workloads.hf_decode import export_onnx
+
+    model = tiny_model(family)
+    path = export_onnx(model, str(tmp_path / f"{family}.onnx"))
+    c = compile_model(path, cfg, name=family)
+    assert c.program.flow and c.spec.n_ctx == 64
+    ref_toks, ref_logits = hf_greedy(model, PROMPT, N_TOKENS)
+    toks, logits = _greedy(c, cfg, N_TOKENS)
+    assert toks == ref_toks
+    assert min(_cos(a, b) for a, b in zip(logits, ref_logits)) >= 0.999

@@ -152,3 +152,27 @@ class HFDecodeStep(torch.nn.Module):
 def decode_step_module(model: Any) -> HFDecodeStep:
     """Wrap a transformers causal LM as a module with ``decode_step``."""
     return HFDecodeStep(model)
+
+
+def export_onnx(model: Any, path: str, past_len: int = 3) -> str:
+    """A causal LM's decode step as an ONNX file through ``torch.onnx.export(dynamo=True)``
+    (needs onnxscript): inputs token [1, 1], position [1], past_k / past_v [n_layer, n_kv_head,
+    past_len, d_head] with a dynamic ``past_len``; the context length in the metadata
+    (``n_ctx``)."""
+    import onnx
+
+    step = decode_step_module(model)
+    n_layer, n_kv, d_head, n_ctx = cache_dims(model.config)
+    kv = (n_layer, n_kv, past_len, d_head)
+    args = (torch.zeros((1, 1), dtype=torch.long), torch.full((1,), past_len),
+            torch.zeros(kv), torch.zeros(kv))
+    dim = torch.export.Dim("past_len", min=2, max=n_ctx - 1)
+    with torch.no_grad():
+        prog = torch.onnx.export(
+            step, args, dynamo=True, input_names=["token", "position", "past_k", "past_v"],
+            dynamic_shapes={"token": None, "pos": None, "past_k": {2: dim}, "past_v": {2: dim}})
+    prog.save(path)
+    m = onnx.load(path)
+    m.metadata_props.add(key="n_ctx", value=str(n_ctx))
+    onnx.save(m, path)
+    return path
