@@ -596,8 +596,12 @@ class _Lowering:
                 if id(p) in done_packs:
                     continue
                 done_packs.add(id(p))
-                mname = f"{L}.mv{len([m for m in mat_order if m.startswith(L + '.')])}"
-                parts, ws, lo, biases = [], [], 0, []
+                role = self.matvec_role(p, logits, wired_source)
+                mname = f"{L}.{role}"
+                k = 1
+                while mname in mat_shapes:
+                    mname, k = f"{L}.{role}{k}", k + 1
+                parts, ws, lo = [], [], 0
                 for m in p.nodes:
                     w, (o, i) = self.weight_out_in(m)
                     ws.append(w)
@@ -612,17 +616,13 @@ class _Lowering:
                 matrices_w[mname] = None if any(w is None for w in ws) else np.concatenate(ws, 0)
                 mat_shapes[mname] = (lo, in_dim)
                 mat_order.append(mname)
-                for m in p.nodes:
-                    if m.inputs[1] in table_of.values():
-                        pass
-                role = self.matvec_role(p, logits, wired_source)
                 if role == "lm_head":
                     head_matvec = mname
                 if role == "ffn_up":
                     d_ff = max([d_ff] + [hi - lo_ for lo_, hi, _, _ in parts])
                 pim = add(f"{L}.{role}", role, layer, "pim", deps_of([p.input]), matrix=mname)
                 deps = {pim}
-                if any(parts[k][2] for k in range(len(parts))):  # biases: fetched vectors
+                if any(part[2] for part in parts):  # biases: fetched vectors
                     par = need_params(layer)
                     deps |= par - ancestors(pim)
                 n_chunks = -(-in_dim // geo.row_elems)
@@ -808,7 +808,8 @@ class _Lowering:
         next_row = [row] * C
 
         def place(name, out_dim, in_dim):
-            m = MatrixLayout(name, name.split(".")[-1], out_dim, in_dim, geo.row_elems,
+            m = MatrixLayout(name, name.split(".")[-1].rstrip("0123456789"), out_dim, in_dim,
+                             geo.row_elems,
                              tuple(next_row), geo)
             for c in range(C):
                 next_row[c] += m.rows_used(c)
