@@ -45,8 +45,8 @@ def _div(M, a, at):
     x, y = a
     if np.asarray(x).dtype.kind in "iub" and np.asarray(y).dtype.kind in "iub":
         return np.asarray(x) // np.asarray(y)
-    return (_f32(x) * M.recip(_f32(np.broadcast_to(y, np.broadcast_shapes(np.shape(x), np.shape(y)))))
-            ).astype(np.float32)
+    y = np.broadcast_to(y, np.broadcast_shapes(np.shape(x), np.shape(y)))
+    return (_f32(x) * M.recip(_f32(y))).astype(np.float32)
 
 
 def _sqrt(M, a, at):

@@ -166,7 +166,6 @@ def test_prefill_graph_is_refused_with_how_to_export_a_decode_step(cfg):
     import torch
 
     from compiler.frontends import import_graph
-    from compiler.passes.lower import LoweringError
 
     model = tiny_model("llama")
 
@@ -202,7 +201,8 @@ def test_cli_run_functional_writes_logits_and_validate_takes_an_hf_model(tmp_pat
                                                                          capsys):
     from workloads.cli import main
 
-    (tmp_path / "cli_models.py").write_text("import hf_tiny\nneox = hf_tiny.tiny_model('gpt-neox')\n")
+    (tmp_path / "cli_models.py").write_text(
+        "import hf_tiny\nneox = hf_tiny.tiny_model('gpt-neox')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "logits.npy"
     assert main(["run", "cli_models:neox", "--hw", "pim-gpt", "--tokens", "3", "--functional",

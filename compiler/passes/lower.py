@@ -425,7 +425,8 @@ class _Lowering:
         matrices_w: dict[str, Any] = {}
         mat_shapes: dict[str, tuple[int, int]] = {}
         mat_order: list[str] = []
-        table_of: dict[str, str] = {}  # gathered const -> matrix name
+        table_of: dict[str, str] = {}  # gathered const -> table name
+        weight_matrix: dict[str, str] = {}  # weight const -> the packed matrix holding it
         tables_first: list[str] = []
         done_packs: set[int] = set()
         kv_write_for: dict[int, int] = {}
@@ -543,8 +544,8 @@ class _Lowering:
             if n.op == "matmul" and any(i in self.cache for i in n.inputs):
                 a_in, b_in = n.inputs[:2]
                 if b_in not in self.cache or a_in in self.cache:
-                    raise LoweringError(f"{self.name}: node {n.name!r}: the cache must be the right "
-                                        f"operand of the attention product")
+                    raise LoweringError(f"{self.name}: node {n.name!r}: the cache must be the "
+                                        f"right operand of the attention product")
                 ai, which, tr = self.cache[b_in]
                 a = self.attns[ai]
                 if which == "k" and not tr or which == "v" and tr:
@@ -610,7 +611,8 @@ class _Lowering:
                         bias = operand(m.inputs[2], layer)
                         if bias in immediates:
                             raise LoweringError(f"{self.name}: bias of {m.name!r} is a scalar")
-                    parts.append((lo, lo + o, bias, [dim_attr(d) for d in g.shape_of(m.outputs[0])]))
+                    shape = [dim_attr(d) for d in g.shape_of(m.outputs[0])]
+                    parts.append((lo, lo + o, bias, shape))
                     lo += o
                 in_dim = self.weight_out_in(p.nodes[0])[1][1]
                 matrices_w[mname] = None if any(w is None for w in ws) else np.concatenate(ws, 0)
@@ -632,8 +634,8 @@ class _Lowering:
                                    {"matrix": mname, "parts": parts}, pim))
                 for m in p.nodes:
                     step_of[m.outputs[0]] = {red}
-                for m in p.nodes:  # remember tied tables: the same weight as a gathered table
-                    table_of.setdefault(m.inputs[1] + "#w", mname)
+                for m in p.nodes:  # remember weights, for tables tied to them
+                    weight_matrix.setdefault(m.inputs[1], mname)
                 continue
             # ASIC op or wiring
             spec = ASIC_OPS.get(n.op)
@@ -677,10 +679,10 @@ class _Lowering:
         # tied tables: a gathered table that is also a weight lives with its matrix
         tied: dict[str, str] = {}
         for t in tables_first:
-            mname = table_of.get(t + "#w")
+            mname = weight_matrix.get(t)
             if mname is None and g.const_value(t) is not None:
-                for key, mn in table_of.items():
-                    if key.endswith("#w") and matrices_w.get(mn) is not None and \
+                for mn in sorted(set(weight_matrix.values())):
+                    if matrices_w.get(mn) is not None and \
                             matrices_w[mn].shape == g.const_shape(t) and \
                             np.array_equal(matrices_w[mn], g.const_value(t)):
                         mname = mn
