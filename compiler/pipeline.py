@@ -117,7 +117,7 @@ def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
     except RecogniseError:
         if lowering == "pim-gpt":
             raise
-        return _compile_graph(graph, cfg, name, _context(source), t, t0)
+        return _compile_graph(graph, cfg, name, _context(source), t, t0, ours=_ours(source))
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -163,10 +163,19 @@ def _context(source: Any) -> int | None:
 
 
 def _compile_graph(graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None, t: dict,
-                   t0: float) -> Compiled:
-    from compiler.passes.lower import lower_graph
+                   t0: float, ours: bool = False) -> Compiled:
+    from compiler.passes.lower import LoweringError, lower_graph
+    from compiler.passes.mapping import CapacityError, MappingError
 
-    program, mapping = lower_graph(graph, cfg, name=name, n_ctx=n_ctx)
+    try:
+        program, mapping = lower_graph(graph, cfg, name=name, n_ctx=n_ctx)
+    except (UserError, CapacityError, MappingError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        if ours:
+            raise  # a model of our own that does not lower: a pimsim bug
+        raise LoweringError(f"{name}: the graph cannot be lowered ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:300]})") from None
     mapping.check()
     t["lower+place"] = time.perf_counter() - t0
     return Compiled(mapping.model, mapping, program, t)
