@@ -25,9 +25,12 @@ linear(x, W, b?)  ``x @ W.T + b`` with ``W [out, in]`` (``w_layout=out_in``), or
                with ``W [in, out]`` (``w_layout=in_out``, ONNX MatMul / HF Conv1D storage)
 add sub mul div pow   elementwise, numpy broadcasting
 sqrt tanh erf exp     elementwise unary
+rsqrt neg cos sin     elementwise unary (``rsqrt(x) = 1 / sqrt(x)``)
+sigmoid silu relu     activations (``silu(x) = x * sigmoid(x)``)
 reduce_mean reduce_max reduce_sum   attrs axes (list), keepdim (bool)
 softmax(x)     attr axis
 layernorm(x, w?, b?)  over the trailing axes from ``axis``; attrs axis, eps
+rmsnorm(x, w?)  ``x / sqrt(mean(x^2) + eps) * w`` over the last axis; attrs axis, eps
 gelu(x)        attr approximate ("tanh" or "none")
 gather(t, i)   ``take(t, i, axis)`` (embedding lookup when ``t`` is a weight table)
 select(x)      ``x[..., index, ...]`` on ``axis`` (removes the axis); attrs axis, index
@@ -88,11 +91,19 @@ OPS: dict[str, tuple[int, int | None, tuple[str, ...]]] = {
     "tanh": (1, 1, ()),
     "erf": (1, 1, ()),
     "exp": (1, 1, ()),
+    "rsqrt": (1, 1, ()),
+    "neg": (1, 1, ()),
+    "cos": (1, 1, ()),
+    "sin": (1, 1, ()),
+    "sigmoid": (1, 1, ()),
+    "silu": (1, 1, ()),
+    "relu": (1, 1, ()),
     "reduce_mean": (1, 1, ("axes", "keepdim")),
     "reduce_max": (1, 1, ("axes", "keepdim")),
     "reduce_sum": (1, 1, ("axes", "keepdim")),
     "softmax": (1, 1, ("axis",)),
     "layernorm": (1, 3, ("axis", "eps")),
+    "rmsnorm": (1, 2, ("axis", "eps")),
     "gelu": (1, 1, ("approximate",)),
     "gather": (2, 2, ("axis",)),
     "select": (1, 1, ("axis", "index")),
@@ -109,7 +120,8 @@ OPS: dict[str, tuple[int, int | None, tuple[str, ...]]] = {
 }
 
 ELEMENTWISE_BINARY = ("add", "sub", "mul", "div", "pow")
-ELEMENTWISE_UNARY = ("sqrt", "tanh", "erf", "exp")
+ELEMENTWISE_UNARY = ("sqrt", "tanh", "erf", "exp", "rsqrt", "neg", "cos", "sin", "sigmoid", "silu",
+                     "relu")
 REDUCTIONS = ("reduce_mean", "reduce_max", "reduce_sum")
 DATA_OPS = ("reshape", "transpose", "concat", "slice", "select", "unsqueeze", "squeeze",
             "expand", "cast", "constant")

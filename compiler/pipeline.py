@@ -42,7 +42,9 @@ class Compiled:
         hit = expected_row_hit_rate(prog, pos)
         lines = [
             f"{mp.spec.name} -> {mp.hw}: {mp.spec.n_layer} layers, d_model {mp.spec.d_model}, "
-            f"{mp.spec.n_head} heads x {mp.spec.d_head}, d_ff {mp.spec.d_ff}, vocab "
+            f"{mp.spec.n_head} heads x {mp.spec.d_head}"
+            + (f" ({mp.spec.n_kv_head} KV heads)" if getattr(mp.spec, "n_kv_head", mp.spec.n_head)
+               != mp.spec.n_head else "") + f", d_ff {mp.spec.d_ff}, vocab "
             f"{mp.spec.vocab}, context {mp.spec.n_ctx}",
             f"  weights placed      {mp.placed_weight_bytes():,} bytes (bf16), model "
             f"{mp.spec.weight_bytes(g.elem_bytes):,}",
@@ -91,18 +93,31 @@ def _ours(source: Any) -> bool:
     return isinstance(source, Graph) or type(source).__module__.startswith("workloads.")
 
 
-def compile_model(source: Any, cfg: HwConfig, *, name: str = "model") -> Compiled:
-    """Run the whole pipeline; raises a clear error for unsupported ops or a model too large."""
+def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
+                  lowering: str = "auto") -> Compiled:
+    """Run the whole pipeline; raises a clear error for unsupported ops or a model too large.
+
+    ``lowering``: ``"graph"`` lowers the graph op by op (:mod:`compiler.passes.lower`), any
+    decoder; ``"pim-gpt"`` reads a GPT-2 block structure and emits PIM-GPT's program; ``"auto"``
+    uses PIM-GPT's where the graph has its block structure, else the graph lowering."""
     t = {}
     t0 = time.perf_counter()
     graph = import_graph(source)
     t["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    if lowering not in ("auto", "graph", "pim-gpt"):
+        raise UserError(f"lowering {lowering!r} unknown", "use auto, graph or pim-gpt")
     try:
         for p in lowering_passes():
             graph = p.run(graph)
+        if lowering == "graph":
+            raise RecogniseError("graph lowering asked for")
         spec = recognise_decoder(graph, name)
         spec.check()
+    except RecogniseError:
+        if lowering == "pim-gpt":
+            raise
+        return _compile_graph(graph, cfg, name, _context(source), t, t0, ours=_ours(source))
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -118,3 +133,49 @@ def compile_model(source: Any, cfg: HwConfig, *, name: str = "model") -> Compile
     program = emit_program(mapping)
     t["map+emit"] = time.perf_counter() - t0
     return Compiled(spec, mapping, program, t)
+
+
+def _context(source: Any) -> int | None:
+    """The context length a module's config gives, or an ONNX file's ``n_ctx`` metadata (graph
+    lowering needs it to reserve the KV cache)."""
+    import os
+
+    if isinstance(source, (str, os.PathLike)) or type(source).__module__.startswith("onnx"):
+        try:
+            import onnx
+
+            mp = source if not isinstance(source, (str, os.PathLike)) else \
+                onnx.load(os.fspath(source), load_external_data=False)
+            meta = {p.key: p.value for p in mp.metadata_props}
+            for key in ("n_ctx", "max_position_embeddings"):
+                if meta.get(key, "").isdigit():
+                    return int(meta[key])
+        except Exception:  # noqa: BLE001 - unreadable here: the front end reports it
+            return None
+        return None
+    for attr in ("cfg", "config"):
+        c = getattr(source, attr, None)
+        for n in ("n_ctx", "max_position_embeddings", "n_positions"):
+            v = getattr(c, n, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+    return None
+
+
+def _compile_graph(graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None, t: dict,
+                   t0: float, ours: bool = False) -> Compiled:
+    from compiler.passes.lower import LoweringError, lower_graph
+    from compiler.passes.mapping import CapacityError, MappingError
+
+    try:
+        program, mapping = lower_graph(graph, cfg, name=name, n_ctx=n_ctx)
+    except (UserError, CapacityError, MappingError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        if ours:
+            raise  # a model of our own that does not lower: a pimsim bug
+        raise LoweringError(f"{name}: the graph cannot be lowered ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:300]})") from None
+    mapping.check()
+    t["lower+place"] = time.perf_counter() - t0
+    return Compiled(mapping.model, mapping, program, t)

@@ -258,7 +258,8 @@ class Asic:
     rsqrt_newton_steps: int = 2
 
 
-ASIC_OPS = ("layernorm", "softmax", "gelu", "residual", "reduction", "embedding")
+ASIC_OPS = ("layernorm", "softmax", "gelu", "residual", "reduction", "embedding", "rmsnorm",
+            "activation", "elementwise", "transcendental")
 
 
 @dataclass(frozen=True)

@@ -615,3 +615,129 @@ class FunctionalExecutor:
             x = x + self._matvec(prog.matrices[f"{L}.ffn_down"], u) + v["ffn_down_b"]
         h = M.layernorm(x, self._read_vector("lnf_w"), self._read_vector("lnf_b"), self.eps)
         return self._matvec(prog.lm_head, h)
+
+
+# ---------------------------------------------------------------- graph-lowered programs
+
+
+class FlowExecutor:
+    """Runs a graph-lowered Program (``Program.flow``) on real numbers, token by token.
+
+    Weights, tables and vectors are read only from the memory image; matrix-vector products and
+    both attention products run on the bank MAC kernels (as :class:`FunctionalExecutor`'s);
+    every other op is its :data:`pimsim.asic_ops.OPS` definition with this ASIC's arithmetic.
+    Grouped-query attention reads each KV head's cache once per query head of its group."""
+
+    def __init__(self, prog: Program, image: MemoryImage, cfg: HwConfig, *,
+                 math: AsicMath | None = None, eps: float = 1e-5):
+        from pimsim.asic_ops import OPS
+
+        self.prog, self.img, self.cfg = prog, image, cfg
+        self.math = math or AsicMath.from_config(cfg)
+        self.acc_dtype = cfg.pim.accumulator_type
+        self.ops = OPS
+        self._base = FunctionalExecutor(prog, image, cfg, math=self.math)
+        self.consts: dict[str, np.ndarray] = dict(prog.immediates)
+        entries: dict[str, np.ndarray] = {}
+        for name, (entry, off, shape) in prog.vector_refs.items():
+            if entry not in entries:
+                entries[entry] = self._base._read_vector(entry)
+            size = int(np.prod(shape)) if shape else 1
+            self.consts[name] = entries[entry][off:off + size].reshape(shape)
+        self.env: dict[str, np.ndarray] = {}
+
+    def _dims(self, v, pos: int):
+        if isinstance(v, tuple) and len(v) == 3 and v[0] == "pos":
+            return v[1] * pos + v[2]
+        if isinstance(v, list):
+            return [self._dims(x, pos) for x in v]
+        return v
+
+    def _attrs(self, at: dict, pos: int) -> dict:
+        return {k: self._dims(v, pos) for k, v in at.items()}
+
+    def _scores(self, kl, pos: int, q: np.ndarray) -> np.ndarray:
+        """[n_head, pos + 1]: query head h against KV head h // group, each K row read once per
+        group member."""
+        G, n_kv = kl.group, kl.kv_heads
+        qg = np.ascontiguousarray(q, np.float32).reshape(n_kv, G, kl.d_head)
+        out = np.empty((n_kv, G, pos + 1), np.float32)
+        for m in range(G):
+            s = np.empty((n_kv, pos + 1), np.float32)
+            _mac_keys(self.img.words, kl.base_row, kl.n_slots, kl.heads_per_chunk, kl.d_head,
+                      pos + 1, np.ascontiguousarray(qg[:, m]).reshape(-1), kl.geo.col_elems,
+                      self.img.fmt, _FORMATS[self.acc_dtype], _FP16_TO_FP32, s)
+            out[:, m] = s
+        return out.reshape(n_kv * G, pos + 1)
+
+    def _values(self, vl, pos: int, p: np.ndarray) -> np.ndarray:
+        G, n_kv = vl.group, vl.kv_heads
+        vm = vl.matrix
+        pg = np.ascontiguousarray(p, np.float32).reshape(n_kv, G, pos + 1)
+        out = np.empty((n_kv, G, vl.d_head), np.float32)
+        for m in range(G):
+            o = np.empty(vm.out_dim, np.float32)
+            _mac_matrix(self.img.words, *_matrix_rows(vm), vm.chunk_elems,
+                        np.ascontiguousarray(pg[:, m]), vl.d_head, vm.out_dim, vm.geo.col_elems,
+                        self.img.fmt, _FORMATS[self.acc_dtype], _FP16_TO_FP32, o)
+            out[:, m] = o.reshape(n_kv, vl.d_head)
+        return out.reshape(-1)
+
+    def step(self, token: int, pos: int) -> np.ndarray:
+        """Run the program for ``token`` at ``pos``; returns the logits (fp32)."""
+        prog, M = self.prog, self.math
+        env = self.env = dict(self.consts)
+        env[prog.inputs["token"]] = np.array([[token]], np.int64)
+        if prog.inputs.get("position"):
+            env[prog.inputs["position"]] = np.array([pos], np.int64)
+        base = self._base
+        for f in prog.flow:
+            op = f.op
+            if op == "embed":
+                lay = prog.tables[f.attrs["table"]]
+                idx = int(np.asarray(env[f.inputs[0]]).reshape(-1)[0])
+                row = base._read_matrix_row(lay, idx)
+                env[f.outputs[0]] = row.reshape(self._dims(f.attrs["shape"], pos))
+            elif op == "matvec":
+                m = prog.matrices[f.attrs["matrix"]]
+                x = np.asarray(env[f.inputs[0]], np.float32).reshape(-1)
+                y = base._matvec(m, x)
+                for out, (lo, hi, bias, shape) in zip(f.outputs, f.attrs["parts"]):
+                    v = y[lo:hi]
+                    if bias:
+                        v = v + env[bias].reshape(-1)
+                    env[out] = v.astype(np.float32).reshape(self._dims(shape, pos))
+            elif op in ("k_write", "v_write"):
+                kl, vl = prog.kv_layouts[f.attrs["attn"]]
+                new = np.asarray(env[f.inputs[0]], np.float32).reshape(-1)
+                if op == "k_write":
+                    self._write_k(kl, pos, new)
+                else:
+                    self._write_v(vl, pos, new)
+            elif op == "attn_score":
+                kl, _ = prog.kv_layouts[f.attrs["attn"]]
+                s = self._scores(kl, pos, np.asarray(env[f.inputs[0]]).reshape(-1))
+                env[f.outputs[0]] = s.reshape(self._dims(f.attrs["shape"], pos))
+            elif op == "attn_value":
+                _, vl = prog.kv_layouts[f.attrs["attn"]]
+                ctx = self._values(vl, pos, np.asarray(env[f.inputs[0]]))
+                env[f.outputs[0]] = ctx.reshape(self._dims(f.attrs["shape"], pos))
+            else:
+                out = self.ops[op].fn(M, [env[i] for i in f.inputs], self._attrs(f.attrs, pos))
+                env[f.outputs[0]] = np.asarray(out)
+        return np.asarray(env[prog.logits], np.float32).reshape(-1)
+
+    def _write_k(self, kl, pos: int, k_new: np.ndarray) -> None:
+        c, b, s = (int(v) for v in kl.locate(pos))
+        bits = self.img.encode(k_new)
+        for k in range(kl.n_chunks):
+            heads = kl.chunk_heads(k)
+            lo, ln = heads.start * kl.d_head, len(heads) * kl.d_head
+            self.img.bits[c, b, kl.row_of(s, k), :ln] = bits[lo:lo + ln]
+
+    def _write_v(self, vl, pos: int, v_new: np.ndarray) -> None:
+        vm = vl.matrix
+        c, b, s = vm.locate(np.arange(vm.out_dim))
+        k = pos // vm.chunk_elems
+        rows = np.array([vm.row_of(int(ch), int(sl), k) for ch, sl in zip(c, s)])
+        self.img.bits[c, b, rows, pos % vm.chunk_elems] = self.img.encode(v_new)

@@ -42,7 +42,7 @@ _WR_GB, _MAC_AB, _RD_MAC, _WR, _RD = (cmd_id(n) for n in ("WR_GB", "MAC_AB", "RD
 
 PER_OP_KEYS = ("qkv", "attn_score", "attn_value", "out_proj", "ffn_up", "ffn_down", "lm_head",
                "layernorm", "softmax", "gelu", "residual", "reduction", "embedding", "kv_write",
-               "param_fetch", "argmax")
+               "param_fetch", "argmax", "rmsnorm", "activation", "elementwise", "transcendental")
 
 
 # the per-layer vector parameters, fetched together as one vector "L{i}.params"
@@ -184,23 +184,37 @@ class MatrixLayout:
 
 @dataclass(frozen=True)
 class KLayout:
+    """K cache of one attention: ``n_head`` query heads share ``kv_heads`` stored heads (grouped-
+    query attention: query head ``h`` reads KV head ``h // group``); each KV head is stored once."""
+
     layer: int
     n_head: int
     d_head: int
     n_ctx: int
-    heads_per_chunk: int
+    heads_per_chunk: int  # KV heads per row chunk
     base_row: int  # same in every channel
     geo: Geometry
     heads_per_fill: int = 0  # heads of q one global-buffer fill holds (0: a whole chunk)
     accumulators: int = 1  # partial sums per bank: head scores read out together
+    n_kv_head: int = 0  # 0: as many KV heads as query heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.n_head // self.kv_heads
 
     @property
     def d_attn(self) -> int:
-        return self.n_head * self.d_head
+        """Elements of one token's key (all KV heads)."""
+        return self.kv_heads * self.d_head
 
     @property
     def n_chunks(self) -> int:
-        return _cdiv(self.n_head, self.heads_per_chunk)
+        return _cdiv(self.kv_heads, self.heads_per_chunk)
 
     @property
     def tokens_per_slot(self) -> int:
@@ -212,11 +226,19 @@ class KLayout:
 
     @property
     def fill_heads(self) -> int:
-        """Heads of q one global-buffer fill holds."""
+        """Heads of q one global-buffer fill holds, at most a chunk's (without groups)."""
         return min(self.heads_per_fill or self.heads_per_chunk, self.heads_per_chunk)
 
+    @property
+    def fill_query_heads(self) -> int:
+        """Query heads one global-buffer fill holds: a row's worth (``heads_per_fill``: the
+        buffer's), at most a chunk's KV heads x group members."""
+        cap = self.heads_per_fill or self.geo.row_elems // self.d_head
+        return max(1, min(cap, self.heads_per_chunk * self.group))
+
     def chunk_heads(self, k: int) -> range:
-        return range(k * self.heads_per_chunk, min(self.n_head, (k + 1) * self.heads_per_chunk))
+        """KV heads of chunk ``k``."""
+        return range(k * self.heads_per_chunk, min(self.kv_heads, (k + 1) * self.heads_per_chunk))
 
     def locate(self, t: np.ndarray | int) -> tuple:
         """(channel, bank, slot) of token(s) ``t``."""
@@ -241,6 +263,8 @@ class KLayout:
 
 @dataclass(frozen=True)
 class VLayout:
+    """V cache of one attention, ``kv_heads`` heads stored once (see :class:`KLayout`)."""
+
     layer: int
     n_head: int
     d_head: int
@@ -249,12 +273,21 @@ class VLayout:
     geo: Geometry
     fill_cols: int = 0  # as MatrixLayout (the softmax weights of one head per fill)
     accumulators: int = 1
+    n_kv_head: int = 0
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def group(self) -> int:
+        return self.n_head // self.kv_heads
 
     @cached_property
     def matrix(self) -> MatrixLayout:
-        """V^T as a matrix [n_head*d_head, n_ctx] placed like a weight matrix (PIM-GPT order:
+        """V^T as a matrix [kv_heads*d_head, n_ctx] placed like a weight matrix (PIM-GPT order:
         the product grows with the position, one head's weights fill the buffer)."""
-        return MatrixLayout(f"L{self.layer}.v_cache", "v_cache", self.n_head * self.d_head,
+        return MatrixLayout(f"L{self.layer}.v_cache", "v_cache", self.kv_heads * self.d_head,
                             self.n_ctx, self.geo.row_elems,
                             tuple([self.base_row] * self.geo.channels), self.geo,
                             self.fill_cols, self.accumulators, "pim-gpt")
@@ -348,6 +381,23 @@ class Step:
 
 
 @dataclass
+class FlowOp:
+    """One operation of a graph-lowered decode step's dataflow (what the functional executor
+    runs, in order). ``op``: an op of :data:`pimsim.asic_ops.OPS`, or one of the PIM-side ops
+    ``embed`` (a table row), ``matvec`` (a packed weight matrix; ``attrs["parts"]`` lists each
+    output's ``(lo, hi, bias vector or "", shape)``), ``k_write`` / ``v_write`` (the new token's
+    key / value into attention ``attrs["attn"]``'s cache), ``attn_score`` and ``attn_value``.
+    Attribute dimensions that depend on the position are ``("pos", a, b)``: ``a * pos + b``.
+    ``step``: the program step that performs it (-1: wiring, free)."""
+
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict
+    step: int = -1
+
+
+@dataclass
 class Program:
     """The decode step for one token of one model on one hardware config."""
 
@@ -362,6 +412,15 @@ class Program:
     matrices: dict[str, MatrixLayout] = field(default_factory=dict)
     kv_layouts: list[tuple[KLayout, VLayout]] = field(default_factory=list)
     eps: float = 1e-5
+    # graph-lowered programs (compiler.passes.lower): the dataflow and where its operands live
+    flow: list[FlowOp] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # "token" / "position" -> value name
+    logits: str = ""  # the value holding the logits
+    immediates: dict[str, np.ndarray] = field(default_factory=dict)  # constants in the program
+    vector_refs: dict[str, tuple[str, int, tuple[int, ...]]] = field(default_factory=dict)
+    # constant -> (vector entry, first element, shape); tables: constant -> its matrix layout
+    tables: dict[str, MatrixLayout] = field(default_factory=dict)
+    position_tables: tuple[str, ...] = ()  # tables read at the position (else at the token)
 
     # --------------------------------------------------------------- instantiation per position
     def asic_elems(self, step: Step, pos: int) -> int:
@@ -401,7 +460,14 @@ class Program:
         g = self.geo
         per_ch: list[list[tuple]] = [[] for _ in range(g.channels)]
         for name in step.vectors:
-            if name == "wte":
+            if name in self.tables:  # a gathered table's row: the position's, or a token's
+                lay = self.tables[name]  # (data-dependent: neuron 0's place, same cost)
+                ch, bank, slot = (int(v) for v in lay.locate(
+                    pos if name in self.position_tables else 0))
+                for k in range(lay.n_chunks):
+                    _, ln = lay.chunk(k)
+                    per_ch[ch].append((_RD, bank, lay.row_of(ch, slot, k), _cdiv(ln, g.col_elems), 0))
+            elif name == "wte":
                 tok_layout = self.lm_head
                 # the token's embedding row = its LM-head neuron; read every chunk (token id is
                 # data-dependent: timing uses neuron 0's place, the cost is the same everywhere)
@@ -687,39 +753,69 @@ def _attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
 
 
 def _build_attn_score_items(kl: KLayout, ch: int, n_slots: int) -> np.ndarray:
-    """q.K^T on channel ``ch`` with ``n_slots`` key rows in use: per chunk of heads, per group
-    of heads the global buffer holds (``kl.fill_heads``), fill the buffer with those heads of
-    q; each slot row holds one token per bank; per head, MAC its d_head columns into an
-    accumulator; the scores (16 tokens each) are read out ``kl.accumulators`` at a time."""
+    """q.K^T on channel ``ch`` with ``n_slots`` key rows in use: each slot row holds one token per
+    bank; per KV head of a row chunk, MAC its d_head columns into an accumulator once for every
+    query head of its group (grouped-query attention: K stored once per KV head); the scores
+    (16 tokens each) are read out ``kl.accumulators`` at a time.
+
+    The global buffer holds ``kl.fill_query_heads`` query heads. When a chunk's queries (its KV
+    heads x group members) fit, one fill serves every key row; when they do not but one
+    member's queries of the chunk do, each key row is opened once and the buffer is refilled
+    with each member's queries before that member's MACs (one activation per key row); else
+    the queries are split into fills that each pass over the rows."""
     g = kl.geo
     hcols = _cdiv(kl.d_head, g.col_elems)
-    items = []
-    for k in range(kl.n_chunks if n_slots else 0):
-        heads = kl.chunk_heads(k)
-        for h0 in range(0, len(heads), kl.fill_heads):
-            hs = range(h0, min(len(heads), h0 + kl.fill_heads))
-            items.append((_WR_GB, -1, -1, len(hs) * hcols, 0))
+    G = kl.group
+    cap = kl.fill_query_heads
+    items: list[tuple] = []
+    pending = 0
+
+    def mac(row: int, h: int) -> None:
+        nonlocal pending
+        items.append((_MAC_AB, -1, row, hcols, h * hcols))
+        pending += 1
+        if pending == kl.accumulators:
+            flush()
+
+    def flush() -> None:
+        nonlocal pending
+        if pending:
+            items.append((_RD_MAC, -1, -1, pending, 0))
             pending = 0
+
+    for k in range(kl.n_chunks if n_slots else 0):
+        n_h = len(kl.chunk_heads(k))
+        queries = [(h, j) for h in range(n_h) for j in range(G)]
+        if G > 1 and len(queries) > cap >= n_h:
             for s in range(n_slots):
                 row = kl.row_of(s, k)
-                for h in hs:
-                    items.append((_MAC_AB, -1, row, hcols, h * hcols))
-                    pending += 1
-                    if pending == kl.accumulators:
-                        items.append((_RD_MAC, -1, -1, pending, 0))
-                        pending = 0
-            if pending:
-                items.append((_RD_MAC, -1, -1, pending, 0))
+                for j in range(G):
+                    items.append((_WR_GB, -1, -1, n_h * hcols, 0))
+                    for h in range(n_h):
+                        mac(row, h)
+            flush()
+            continue
+        for q0 in range(0, len(queries), cap):
+            fill = queries[q0:q0 + cap]
+            items.append((_WR_GB, -1, -1, len(fill) * hcols, 0))
+            for s in range(n_slots):
+                row = kl.row_of(s, k)
+                for h, _ in fill:
+                    mac(row, h)
+            flush()
     return _arr(items)
 
 
 def _build_attn_value_items(vl: VLayout, ch: int, pos: int) -> np.ndarray:
-    """s.V on channel ``ch``: per global-buffer fill of cached tokens, per head, the buffer
-    holds that head's softmax weights (written when the head changes); each slot (16 value
-    neurons of one head) MACs along its rows; ``vl.accumulators`` slots of a head accumulate
-    side by side and are read out together."""
+    """s.V on channel ``ch``: per global-buffer fill of cached tokens, per KV head, the buffer
+    holds a query head's softmax weights; each slot (16 value neurons of one KV head) MACs
+    along its rows; ``vl.accumulators`` results are read out together. Without groups the
+    weights are written when the head changes and slots of a head accumulate side by side;
+    with grouped-query attention each V row is MACed once per query head of its group while it
+    is open, the buffer refilled with that head's weights in between (one activation per row)."""
     g = vl.geo
     vm = vl.matrix
+    G = vl.group
     n_tok = pos + 1
     n_slots = vm.slots(ch)
     heads = np.asarray(vm.neuron(ch, np.arange(n_slots), 0)) // vl.d_head
@@ -741,10 +837,23 @@ def _build_attn_value_items(vl: VLayout, ch: int, pos: int) -> np.ndarray:
             break
         cols = sum(n for _, _, n in pieces)
         for run in runs:
-            items.append((_WR_GB, -1, -1, cols, 0))
-            for grp in _groups(len(run), vl.accumulators):
-                for j in grp:
-                    s = run.start + j
+            if G == 1:
+                items.append((_WR_GB, -1, -1, cols, 0))
+                for grp in _groups(len(run), vl.accumulators):
+                    for j in grp:
+                        s = run.start + j
+                        items += [(_MAC_AB, -1, vm.row_of(ch, s, k), n, c0) for k, c0, n in pieces]
+                    items.append((_RD_MAC, -1, -1, len(grp), 0))
+                continue
+            pending = 0
+            for s in run:
+                for _ in range(G):
+                    items.append((_WR_GB, -1, -1, cols, 0))
                     items += [(_MAC_AB, -1, vm.row_of(ch, s, k), n, c0) for k, c0, n in pieces]
-                items.append((_RD_MAC, -1, -1, len(grp), 0))
+                    pending += 1
+                    if pending == vl.accumulators:
+                        items.append((_RD_MAC, -1, -1, pending, 0))
+                        pending = 0
+            if pending:
+                items.append((_RD_MAC, -1, -1, pending, 0))
     return _arr(items)

@@ -77,6 +77,17 @@ def model_identity(model: str) -> dict | None:
     if model in PRESETS or model in TRAINED:
         cfg = PRESETS[TRAINED.get(model, model)]
         return {"preset": model, "shape": dataclasses.asdict(cfg)}
+    from workloads import zoo
+
+    if model in zoo.NAMES:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            tv = version("transformers") if model in zoo.HF_SHAPES else ""
+        except PackageNotFoundError:
+            tv = ""
+        shape = zoo.HF_SHAPES.get(model) or dataclasses.asdict(zoo.GPT_SHAPES[model])
+        return {"zoo": model, "shape": repr(shape), "transformers": tv}
     if model.lower().endswith(".onnx"):
         try:
             st = os.stat(model)

@@ -115,13 +115,29 @@ def cmd_compile(args) -> int:
 
 
 def _functional(c, cfg, exact: bool, corrupt: str | None = None, show: bool = False):
-    from compiler.passes.images import build_image
-    from pimsim.functional import AsicMath, FunctionalExecutor
+    from compiler.passes.images import build_graph_image, build_image
+    from pimsim.functional import AsicMath, FlowExecutor, FunctionalExecutor
 
+    if c.program.flow:  # a graph-lowered program
+        with status(f"building the DRAM image of {c.spec.name}", show):
+            img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
+        return FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=exact))
     with status(f"building the DRAM image of {c.spec.name}", show):
         img = build_image(c.mapping, data_type=cfg.pim.data_type, corrupt=corrupt)
     return FunctionalExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=exact),
                               eps=c.spec.eps)
+
+
+class _Recorder:
+    """A functional executor that keeps every step's logits."""
+
+    def __init__(self, fx) -> None:
+        self.fx, self.logits = fx, []
+
+    def step(self, token: int, pos: int):
+        lg = self.fx.step(token, pos)
+        self.logits.append(np.array(lg, np.float32))
+        return lg
 
 
 def cmd_run(args) -> int:
@@ -133,11 +149,17 @@ def cmd_run(args) -> int:
     if args.timeline_pos is not None:
         _check_context(args.model, ctx, pos=args.timeline_pos, pos_flag="--timeline-pos")
     check_writable(args.timeline, "timeline file (--timeline)")
+    if args.logits and not args.functional:
+        raise UserError("--logits needs --functional (timing runs compute no numbers)",
+                        "add --functional")
+    check_writable(args.logits, "logits file (--logits)")
     cfg, c = _compile(args, weights=args.functional)
     _check_context(args.model, c.spec.n_ctx, prompt=args.prompt, tokens=args.tokens)
     prompt = prompt_ids(args.prompt, c.spec.vocab, args.seed)
     show = wanted(args.progress, args.no_progress)
     fx = _functional(c, cfg, args.exact, show=show) if args.functional else None
+    if fx is not None and args.logits:
+        fx = _Recorder(fx)
     bar = None
     tl_pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
     if args.timeline:
@@ -151,6 +173,15 @@ def cmd_run(args) -> int:
     if bar:
         bar.close()
     print(json.dumps(rep.to_dict(), indent=1) if args.json else rep.summary())
+    if args.logits:
+        from pathlib import Path
+
+        try:
+            with Path(args.logits).open("wb") as f:
+                np.save(f, np.stack(fx.logits).astype(np.float32))
+        except OSError as e:
+            raise UserError(f"logits file (--logits) {args.logits!r} cannot be written "
+                            f"({e.strerror or e})", "choose a writable path") from None
     if args.timeline:
         from pimsim.timeline import write_timeline
 
@@ -226,9 +257,6 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
         raise UserError(f"--reference {reference!r} is not a device or an .npz file",
                         "give auto, cpu, cuda or a FILE.npz from python -m workloads.reference")
     else:
-        if preset_context(model) is None:
-            raise UserError(f"a PyTorch reference is built only for presets, not {model!r}",
-                            "give a preset, or a --reference FILE.npz")
         pick_device(reference)  # no CUDA: fail now, before compiling
     cfg = load_config(hw)
     with status(f"compiling {model} with its weights for {cfg.name}", show):
@@ -248,7 +276,9 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
                             "regenerate it with python -m workloads.reference")
     else:
         with status(f"PyTorch reference of {model} ({tokens} tokens)", show):
-            ref = run_reference(model, ids, tokens, device=reference, seed=seed)
+            ref = run_reference(model, ids, tokens, device=reference, seed=seed,
+                                source=None if preset_context(model) is not None and
+                                ":" not in model else src)
     fx = _functional(c, cfg, exact, corrupt, show=show)
     sim_logits, sim_tokens = [], []
     tok = ids[0]
@@ -299,11 +329,7 @@ def cmd_compare(args) -> int:
     if cfg.energy is None:
         raise UserError(f"{cfg.name} has no [energy] table", "compare needs a config with one")
     for m in args.models:
-        ctx = preset_context(m)
-        if ctx is None:
-            raise UserError(f"compare takes presets, not {m!r}",
-                            "use presets such as gpt2-small (the GPU side models their shape)")
-        _check_context(m, ctx, prompt=args.prompt, tokens=args.tokens)
+        _check_context(m, preset_context(m), prompt=args.prompt, tokens=args.tokens)
     C.check_gpu(args.gpu, args.models)  # an unknown GPU or a bad baseline file: fail now
     check_writable(args.plot, "plot directory (--plot)", directory=True)
     show = wanted(args.progress, args.no_progress)
@@ -370,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "steps run concurrently")
     r.add_argument("--functional", action="store_true", help="compute the real numbers too")
     r.add_argument("--exact", action="store_true", help="exact ASIC math (no approximations)")
+    r.add_argument("--logits", metavar="FILE.npy",
+                   help="with --functional: write every decode step's logits [steps, vocab]")
     r.add_argument("--no-refresh", action="store_true", help="turn DRAM refresh off")
     r.add_argument("--slow", action="store_true",
                    help="command-by-command SimPy executor (reference for the fast path)")

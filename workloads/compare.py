@@ -93,8 +93,21 @@ def check_gpu(gpu: str, models: list[str]) -> None:
                         f"measured baseline JSON") from None
 
 
-def gpu_point(gpu: str, model: str, pos: int) -> GpuPoint:
-    """GPU latency and energy per token at ``pos``: a measured JSON file or a modelled GPU."""
+def gpu_shape(spec) -> object:
+    """The shape the GPU model reads, from what the compiler learnt about a model that is not a
+    preset (K/V bytes at its KV heads; the weights streamed once per token)."""
+    from types import SimpleNamespace
+
+    n_kv = getattr(spec, "n_kv_head", spec.n_head)
+    n_params = getattr(spec, "n_weight_elems", None) or spec.n_params
+    return SimpleNamespace(name=spec.name, n_layer=spec.n_layer, d_model=spec.d_model,
+                           n_head=n_kv, d_head=spec.d_head, d_ff=spec.d_ff, vocab=spec.vocab,
+                           n_ctx=spec.n_ctx, n_params=n_params + spec.n_ctx * spec.d_model)
+
+
+def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None) -> GpuPoint:
+    """GPU latency and energy per token at ``pos``: a measured JSON file or a modelled GPU
+    (``shape``: the model's shape where it is not a preset)."""
     from workloads import gpu_model as gm
 
     if _is_file_arg(gpu):
@@ -107,7 +120,7 @@ def gpu_point(gpu: str, model: str, pos: int) -> GpuPoint:
         jt = _measured_joules(row, ms)
         name = doc["info"].get("gpu", "GPU")
         return GpuPoint(ms, jt, f"measured {name}, CUDA graph, static KV cache, position {near}")
-    cfg = get_config(model)
+    cfg = get_config(model) if shape is None else shape
     check_gpu(gpu, [model])
     spec = gm.gpu_preset(gpu)
     try:
@@ -160,7 +173,9 @@ def compare(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1, toke
         rep = run_generation(c.program, cfg, prompt=[0] * prompt, n_tokens=tokens,
                              schedule=schedule, skip_prompt=True)
         pos = prompt - 1 + tokens // 2
-        g = gpu_point(gpu, m, pos)
+        from workloads.presets import PRESETS
+
+        g = gpu_point(gpu, m, pos, None if m in PRESETS else gpu_shape(c.spec))
         e = rep.energy
         rows.append(CompareRow(
             model=m, hw=cfg.name, gpu=gpu, position=pos, pim_ms=rep.ms_per_token,

@@ -5,6 +5,9 @@
 
 * a torch ``nn.Module`` instance with a ``decode_step(token, pos, past_k, past_v)`` method;
 * a Hugging Face GPT-2 causal-LM model (``transformers.GPT2LMHeadModel``), converted to one;
+* any other Hugging Face causal LM (a ``transformers`` model with an LM head: Llama, Mistral,
+  Qwen2, GPT-NeoX, OPT, GPT-J, Phi, Falcon, GPT-BigCode, ...), wrapped as its decode step
+  (:mod:`workloads.hf_decode`) and lowered op by op;
 * a zero-argument factory (a function, or an ``nn.Module`` class with ``decode_step``) that
   returns one of the two.
 
@@ -37,17 +40,23 @@ class ModelError(UserError):
 TRAINED = {"tiny-counter": "tiny"}  # trained variants of presets (workloads.train)
 
 ACCEPTED = ("an nn.Module instance with a decode_step(token, pos, past_k, past_v) method, a "
-            "Hugging Face GPT2LMHeadModel, or a zero-argument function returning one")
+            "Hugging Face causal LM, or a zero-argument function returning one")
 
 
 def preset_names() -> list[str]:
-    return list(PRESETS) + list(TRAINED)
+    from workloads import zoo
+
+    return list(PRESETS) + list(TRAINED) + list(zoo.NAMES)
 
 
 def preset_context(spec: str) -> int | None:
     """The context length of a preset or trained variant (None for other MODEL arguments)."""
     if spec in PRESETS or spec in TRAINED:
         return get_config(TRAINED.get(spec, spec)).n_ctx
+    from workloads import zoo
+
+    if spec in zoo.NAMES:
+        return zoo.n_ctx(spec)
     return None
 
 
@@ -79,15 +88,50 @@ def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[An
         from workloads.gpt import GPT
 
         return GPT(get_config(TRAINED.get(spec, spec)), device="meta").eval(), spec
+    from workloads import zoo
+
+    if spec in zoo.NAMES:
+        if weights:
+            raise ModelError(f"{spec} is a shapes-only preset (timing runs); functional runs "
+                             f"and validation need weights",
+                             "drop --functional, or give a model with weights")
+        return zoo.build(spec), spec
     if spec.lower().endswith(".onnx"):
         check_onnx_file(spec)
         return spec, Path(spec).stem
+    if Path(spec).is_dir() and (Path(spec) / "config.json").is_file():
+        return from_pretrained_folder(spec, weights=weights)
     if ":" in spec:
         return resolve_attribute(spec)
     raise ModelError(
         f"unknown MODEL {spec!r}",
         f"give a preset ({', '.join(preset_names())}), an .onnx file, or a module:attribute "
         f"path to a torch module")
+
+
+def from_pretrained_folder(path: str, *, weights: bool = True) -> tuple[Any, str]:
+    """A Hugging Face model folder (config.json, weights) on this machine: its causal LM, loaded
+    with ``from_pretrained`` from the folder only (nothing is downloaded); ``weights=False``
+    builds it from the config on the ``meta`` device."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise ModelError(f"MODEL {path!r} is a Hugging Face folder but transformers is not "
+                         f"installed", "pip install transformers") from None
+    try:
+        if weights:
+            obj = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        else:
+            cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+            with torch.device("meta"):
+                obj = transformers.AutoModelForCausalLM.from_config(cfg)
+    except Exception as e:  # noqa: BLE001 - a folder transformers cannot read
+        raise ModelError(f"Hugging Face folder {path!r} cannot be loaded as a causal LM "
+                         f"({_describe(e)})", "give a folder saved with save_pretrained") from None
+    from workloads.hf_decode import decode_step_module
+
+    return decode_step_module(obj.eval()), Path(path).name
 
 
 def check_onnx_file(path: str) -> None:
@@ -146,7 +190,7 @@ def resolve_attribute(spec: str) -> tuple[Any, str]:
             raise ModelError(f"calling {spec}() raised {_describe(e)}",
                              "fix the factory function") from None
         kind = classify(obj)
-        if kind not in ("decoder", "hf"):
+        if kind not in ("decoder", "hf", "hf-lm"):
             raise ModelError(f"{spec}() returned {_what(obj)}, not a model",
                              f"return {ACCEPTED.split(', or')[0]}")
     if kind == "hf":  # a Hugging Face GPT2LMHeadModel: same maths, our module
@@ -157,6 +201,10 @@ def resolve_attribute(spec: str) -> tuple[Any, str]:
         except ValueError as e:
             raise ModelError(f"{spec}: this GPT-2 variant cannot be converted ({one_line(str(e))})",
                              "use a standard GPT2LMHeadModel") from None
+    elif kind == "hf-lm":  # any other causal LM: its decode step, lowered op by op
+        from workloads.hf_decode import decode_step_module
+
+        obj = decode_step_module(obj.eval())
     elif kind != "decoder":
         raise ModelError(f"{spec} is {_what(obj)}: {_why(obj, kind)}", f"give {ACCEPTED}")
     return obj, attr
@@ -174,7 +222,7 @@ def _why(obj: Any, kind: str) -> str:
     return {
         "module": "an nn.Module without a decode_step method",
         "module-class": "an nn.Module class without decode_step (it is not called)",
-        "hf-other": "a Hugging Face model other than GPT2LMHeadModel (only GPT-2 is converted)",
+        "hf-other": "a Hugging Face model without a language-model head (give its *ForCausalLM)",
         "needs-args": "a callable that needs arguments (it is not called)",
     }.get(kind, "not a model")
 
@@ -202,7 +250,8 @@ def _zero_args(f: Any) -> bool:
 
 
 def classify(obj: Any) -> str:
-    """``decoder``, ``hf`` (GPT2LMHeadModel), ``factory``, or why not: ``module``,
+    """``decoder``, ``hf`` (GPT2LMHeadModel), ``hf-lm`` (another HF causal LM), ``factory``,
+    or why not: ``module``,
     ``module-class``, ``hf-other``, ``needs-args``, ``other``. Never calls ``obj``."""
     if inspect.isclass(obj):
         if _is_torch_module_class(obj):
@@ -218,7 +267,8 @@ def classify(obj: Any) -> str:
         if callable(getattr(obj, "decode_step", None)):
             return "decoder"
         if _is_hf(cls):
-            return "hf-other"
+            return "hf-lm" if callable(getattr(obj, "get_output_embeddings", None)) and \
+                obj.get_output_embeddings() is not None else "hf-other"
         return "module"
     if callable(obj):
         return "factory" if _zero_args(obj) else "needs-args"

@@ -83,13 +83,24 @@ def pick_device(which: str) -> str:
 
 
 def run_reference(model_name: str, prompt: list[int], n_tokens: int, *, device: str = "auto",
-                  seed: int = 0, forced: list[int] | None = None) -> ReferenceRun:
-    """Greedy decode; with ``forced``, feed those tokens instead of the model's own choices."""
+                  seed: int = 0, forced: list[int] | None = None,
+                  source: object | None = None) -> ReferenceRun:
+    """Greedy decode; with ``forced``, feed those tokens instead of the model's own choices.
+
+    ``source``: the model itself (what :func:`workloads.models.resolve_model` gave) instead of
+    a preset name: a Hugging Face causal LM runs its own forward with its own KV cache, a module
+    with ``decode_step`` and ``empty_kv`` its decode step."""
     import torch
 
     dev = pick_device(device)
-    model = build_model(model_name, seed=seed).to(dev)
-    past_k, past_v = model.empty_kv()
+    model = build_model(model_name, seed=seed) if source is None else source
+    model = model.to(dev)
+    hf = getattr(model, "model", None) if type(model).__name__ == "HFDecodeStep" else None
+    if hf is None and not callable(getattr(model, "empty_kv", None)):
+        raise UserError(f"{model_name}: no PyTorch reference for a {type(model).__name__} (it "
+                        f"has no empty_kv())", "give a --reference FILE.npz")
+    past_k, past_v = model.empty_kv() if hf is None else (None, None)
+    cache = None
     logits_all = []
     toks: list[int] = []
     tok = prompt[0]
@@ -97,8 +108,14 @@ def run_reference(model_name: str, prompt: list[int], n_tokens: int, *, device: 
     t0 = time.perf_counter()
     with torch.no_grad():
         for pos in range(max(n_steps, len(prompt))):
-            lg, past_k, past_v = model.decode_step(
-                torch.tensor([[tok]], device=dev), pos, past_k, past_v)
+            ids = torch.tensor([[tok]], device=dev)
+            if hf is not None:  # the model's own forward and KV cache
+                from workloads.hf_decode import cache_kwarg, output_cache
+
+                out = hf(input_ids=ids, use_cache=True, **cache_kwarg(hf, cache))
+                cache, lg = output_cache(out), out.logits[:, -1]
+            else:
+                lg, past_k, past_v = model.decode_step(ids, pos, past_k, past_v)
             lg = lg[0].float().cpu().numpy()
             logits_all.append(lg)
             if pos + 1 < len(prompt):

@@ -165,6 +165,44 @@ def _unary(op: str) -> Handler:
     return _binary(op)
 
 
+def _annotated_shape(im: _Importer, name: str) -> list | None:
+    for vi in list(im.g.value_info) + list(im.g.input) + list(im.g.output):
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return [int(d.dim_value) if d.HasField("dim_value") else d.dim_param
+                    for d in vi.type.tensor_type.shape.dim]
+    return None
+
+
+def _split(im: _Importer, node: Any, a: dict) -> None:
+    """Split with explicit sizes (the ``split`` input or attribute): one slice per output."""
+    ins = _inputs(node)
+    if len(ins) > 1:
+        sizes = _ints(im.const_array(ins[1], node, "split"))
+    elif "split" in a:
+        sizes = [int(x) for x in a["split"]]
+    else:  # equal parts (num_outputs): the axis length from the file's shape annotations
+        axis = int(a.get("axis", 0))
+        dims = _annotated_shape(im, ins[0])
+        n = int(a.get("num_outputs", len(node.output)))
+        if dims is None or not isinstance(dims[axis], int):
+            raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                     "equal split of an axis of unknown length")
+        step = -(-dims[axis] // n)
+        sizes = [min(step, dims[axis] - k * step) for k in range(n)]
+    axis, lo = int(a.get("axis", 0)), 0
+    for out, sz in zip(node.output, sizes):
+        if out:
+            im.b.op("slice", [im.name(ins[0])], out=out, name=node.name, axes=[axis],
+                    starts=[lo], ends=[lo + sz], steps=[1])
+        lo += sz
+
+
+def _reciprocal(im: _Importer, node: Any, a: dict) -> None:
+    one = f"{node.output[0]}.one"
+    im.b.const(one, np.array(1.0, np.float32))
+    im.emit("div", node, [one] + _inputs(node))
+
+
 def _constant(im: _Importer, node: Any, a: dict) -> None:
     out = node.output[0]
     if "value" in a:
@@ -294,7 +332,10 @@ def _cast(im: _Importer, node: Any, a: dict) -> None:
 ONNX_OPS: dict[str, Handler] = {
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
     "Pow": _binary("pow"), "Sqrt": _unary("sqrt"), "Tanh": _unary("tanh"), "Erf": _unary("erf"),
-    "Exp": _unary("exp"), "MatMul": _binary("matmul"), "Gemm": _gemm,
+    "Exp": _unary("exp"), "Neg": _unary("neg"), "Cos": _unary("cos"), "Sin": _unary("sin"),
+    "Sigmoid": _unary("sigmoid"), "Relu": _unary("relu"), "Reciprocal": _reciprocal,
+    "Split": _split,
+    "MatMul": _binary("matmul"), "Gemm": _gemm,
     "ReduceMean": _reduce("reduce_mean"), "ReduceMax": _reduce("reduce_max"),
     "ReduceSum": _reduce("reduce_sum"), "Softmax": _softmax, "LayerNormalization": _layernorm,
     "Gelu": _gelu, "Gather": _gather, "Concat": _concat, "Reshape": _reshape,

@@ -169,9 +169,22 @@ class _Importer:
                 continue
             key = _packet(n.target)
             handler = ATEN_OPS.get(key) if key else None
-            if handler is None:
-                raise self.unsupported(n)
-            handler(self, n)
+            try:
+                if handler is None and key in _ROUTING:
+                    raise self.unsupported(n, "data-dependent selection, as a mixture-of-experts "
+                                              "router does: the PIM program runs the same "
+                                              "matrix products for every token")
+                if handler is None:
+                    raise self.unsupported(n)
+                handler(self, n)
+            except UnsupportedOpError as e:
+                if _looks_like_prefill(user_inputs):
+                    e.args = (f"{e.args[0]}; the graph takes a sequence of token ids and no KV "
+                              f"cache: a prefill graph, which is not lowered; export one decode "
+                              f"step instead: token [1, 1], position [1], past_k / past_v "
+                              f"[n_layer, n_kv_head, past_len, d_head] (workloads.hf_decode."
+                              f"decode_step_module wraps a Hugging Face causal LM)",)
+                raise
 
         out_nodes = {s.arg.name: s for s in sig.output_specs}
         outputs = []
@@ -202,6 +215,20 @@ class _Importer:
         if outs is None or idx not in outs:
             raise self.unsupported(n, f"output {idx} of {src.name} ({_target_name(src)}) unsupported")
         self.alias[n.name] = outs[idx]
+
+
+_ROUTING = ("topk", "sort", "argsort", "nonzero", "where_index", "index_put", "index_add",
+            "scatter", "scatter_add", "one_hot", "masked_select")
+
+
+def _looks_like_prefill(user_inputs: list) -> bool:
+    """Integer token ids longer than one and no rank-4 (KV cache) input."""
+    vals = [ph.meta.get("val") for ph in user_inputs]
+    shapes = [tuple(getattr(v, "shape", ())) for v in vals]
+    dtypes = [str(getattr(v, "dtype", "")) for v in vals]
+    ids = [sh for sh, dt in zip(shapes, dtypes) if "int" in dt and len(sh) == 2]
+    return bool(ids) and not any(len(sh) == 4 for sh in shapes) and any(
+        not (isinstance(sh[1], int) and sh[1] == 1) for sh in ids)
 
 
 def _to_const(t: Any) -> np.ndarray | ConstMeta:
@@ -290,6 +317,16 @@ def _binary(op: str) -> Handler:
     return h
 
 
+def _inplace(op: str) -> Handler:
+    """``x.add_(y)``: the op, and later reads of ``x`` see its result."""
+    inner = _binary(op)
+
+    def h(im: _Importer, n: Any) -> None:
+        inner(im, n)
+        im.alias[n.args[0].name] = n.name
+    return h
+
+
 def _unary(op: str) -> Handler:
     def h(im: _Importer, n: Any) -> None:
         im.emit(op, n, [im.arg(n, 0)])
@@ -368,7 +405,12 @@ def _softmax(im: _Importer, n: Any) -> None:
 
 
 def _cat(im: _Importer, n: Any) -> None:
-    im.emit("concat", n, [im.name(x) for x in n.args[0]], axis=int(_kw(n, 1, "dim", 0)))
+    # torch.cat skips 1-D empty tensors whatever the others' rank (a cache that starts empty)
+    xs = [x for x in n.args[0] if tuple(x.meta["val"].shape) != (0,)] or list(n.args[0])
+    if len(xs) == 1:
+        im.alias[n.name] = im.name(xs[0])
+        return
+    im.emit("concat", n, [im.name(x) for x in xs], axis=int(_kw(n, 1, "dim", 0)))
 
 
 def _stack(im: _Importer, n: Any) -> None:
@@ -454,7 +496,106 @@ def _to_copy(im: _Importer, n: Any) -> None:
         im.emit("cast", n, [im.arg(n, 0)], to=_dtype(dtype))
 
 
+def _split(im: _Importer, n: Any) -> None:
+    """split / split_with_sizes / chunk / unbind: one slice (or select) per piece."""
+    kind = n.target.overloadpacket.__name__
+    x = n.args[0]
+    shape = x.meta["val"].shape
+    r = len(shape)
+    if kind == "unbind":
+        axis = _norm(int(_kw(n, 1, "dim", 0)), r)
+        size = int(shape[axis])
+        im.tuples[n.name] = {i: im.b.op("select", [im.name(x)], out=f"{n.name}.{i}", name=n.name,
+                                        axis=axis, index=i) for i in range(size)}
+        return
+    axis = _norm(int(_kw(n, 2, "dim", 0)), r)
+    total = shape[axis]
+    if not isinstance(total, int):
+        raise im.unsupported(n, "split of a dimension of symbolic size")
+    arg = n.args[1]
+    if kind == "chunk":
+        step = -(-total // int(arg))
+        sizes = [min(step, total - lo) for lo in range(0, total, step)]
+    elif isinstance(arg, int):
+        sizes = [min(arg, total - lo) for lo in range(0, total, arg)]
+    else:
+        sizes = [int(a) for a in arg]
+    outs, lo = {}, 0
+    for i, sz in enumerate(sizes):
+        outs[i] = im.b.op("slice", [im.name(x)], out=f"{n.name}.{i}", name=n.name, axes=[axis],
+                          starts=[lo], ends=[lo + sz], steps=[1])
+        lo += sz
+    im.tuples[n.name] = outs
+
+
+def _index(im: _Importer, n: Any) -> None:
+    """``x[idx]`` with one index tensor on the first axis: a gather."""
+    idx = list(n.args[1])
+    used = [i for i, x in enumerate(idx) if x is not None]
+    if len(used) != 1:
+        raise im.unsupported(n, "indexing by more than one tensor")
+    axis = used[0]
+    if axis and im.rank(idx[axis]) != 1:
+        raise im.unsupported(n, "indexing an inner axis by a tensor of rank other than 1")
+    im.emit("gather", n, [im.arg(n, 0), im.name(idx[axis])], axis=axis)
+
+
+def _flatten(im: _Importer, n: Any) -> None:
+    im.emit("reshape", n, [im.arg(n, 0)], shape=im.dims(list(n.meta["val"].shape)))
+
+
+def _sdpa(im: _Importer, n: Any) -> None:
+    """scaled_dot_product_attention as its three ops (q.K^T * scale, softmax, p.V); K/V heads
+    broadcast over the query heads (multi-query) as in the op."""
+    q, k, v = n.args[:3]
+    mask = _kw(n, 3, "attn_mask", None)
+    if float(_kw(n, 4, "dropout_p", 0.0)) != 0.0:
+        raise im.unsupported(n, "dropout")
+    qs, ks = q.meta["val"].shape, k.meta["val"].shape
+    if _kw(n, 5, "is_causal", False) and qs[-2] != 1:
+        raise im.unsupported(n, "is_causal with more than one query (a prefill graph)")
+    if n.kwargs.get("enable_gqa", False) and qs[-3] != ks[-3]:
+        raise im.unsupported(n, "enable_gqa (give the model its own grouped attention)")
+    scale = n.kwargs.get("scale")
+    scale = float(qs[-1]) ** -0.5 if scale is None else float(scale)
+    r = len(ks)
+    perm = list(range(r))
+    perm[-1], perm[-2] = perm[-2], perm[-1]
+    kt = im.b.op("transpose", [im.name(k)], out=f"{n.name}.kt", name=n.name, perm=perm)
+    s = im.b.op("matmul", [im.name(q), kt], out=f"{n.name}.scores", name=n.name)
+    im.b.const(f"{n.name}.scale", np.array(scale, np.float32))
+    s = im.b.op("mul", [s, f"{n.name}.scale"], out=f"{n.name}.scaled", name=n.name)
+    if mask is not None:
+        s = im.b.op("add", [s, im.name(mask)], out=f"{n.name}.masked", name=n.name)
+    p = im.b.op("softmax", [s], out=f"{n.name}.p", name=n.name, axis=-1)
+    im.emit("matmul", n, [p, im.name(v)])
+
+
+def _numpy_t(im: _Importer, n: Any) -> None:
+    r = im.rank(n.args[0])
+    im.emit("transpose", n, [im.arg(n, 0)], perm=list(range(r))[::-1])
+
+
+def _repeat_interleave(im: _Importer, n: Any) -> None:
+    """``repeat_interleave(x, k, dim)`` with an integer ``k``: unsqueeze, expand, reshape."""
+    reps, dim = n.args[1], _kw(n, 2, "dim", None)
+    if not isinstance(reps, int) or dim is None:
+        raise im.unsupported(n, "repeats other than one integer along a given dim")
+    shape = im.dims(list(n.args[0].meta["val"].shape))
+    r = len(shape)
+    axis = _norm(int(dim), r)
+    u = im.b.op("unsqueeze", [im.arg(n, 0)], out=f"{n.name}.u", name=n.name, axes=[axis + 1])
+    e = im.b.op("expand", [u], out=f"{n.name}.e", name=n.name,
+                shape=shape[:axis + 1] + [reps] + shape[axis + 1:])
+    out = im.dims(list(n.meta["val"].shape))
+    im.emit("reshape", n, [e], shape=out)
+
+
 ATEN_OPS: dict[str, Handler] = {
+    "add_": _inplace("add"), "mul_": _inplace("mul"), "sub_": _inplace("sub"),
+    "div_": _inplace("div"), "numpy_T": _numpy_t, "flatten": _flatten, "repeat_interleave": _repeat_interleave,
+    "split": _split, "split_with_sizes": _split, "chunk": _split, "unbind": _split,
+    "index": _index, "scaled_dot_product_attention": _sdpa,
     "linear": _linear, "addmm": _addmm, "mm": _matmul, "bmm": _matmul, "matmul": _matmul,
     "t": _t, "permute": _permute, "transpose": _transpose, "swapaxes": _transpose,
     "view": _view, "reshape": _view, "_unsafe_view": _view,
@@ -464,8 +605,10 @@ ATEN_OPS: dict[str, Handler] = {
     "unsqueeze": _unsqueeze, "squeeze": _squeeze, "expand": _expand,
     "add": _binary("add"), "sub": _binary("sub"), "mul": _binary("mul"), "div": _binary("div"),
     "pow": _pow, "sqrt": _unary("sqrt"), "tanh": _unary("tanh"), "erf": _unary("erf"),
-    "exp": _unary("exp"), "mean": _reduce("reduce_mean"), "sum": _reduce("reduce_sum"),
+    "exp": _unary("exp"), "rsqrt": _unary("rsqrt"), "neg": _unary("neg"), "cos": _unary("cos"),
+    "sin": _unary("sin"), "sigmoid": _unary("sigmoid"), "silu": _unary("silu"),
+    "relu": _unary("relu"), "mean": _reduce("reduce_mean"), "sum": _reduce("reduce_sum"),
     "amax": _reduce("reduce_max"), "where": _where, "_to_copy": _to_copy, "to": _to_copy,
     "clone": _alias, "contiguous": _alias, "alias": _alias, "detach": _alias,
-    "lift_fresh_copy": _alias, "dropout": _alias,
+    "lift_fresh_copy": _alias, "dropout": _alias, "detach_": _alias,
 }

@@ -27,7 +27,7 @@ import numpy as np
 from compiler.ir import DATA_OPS, ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, REDUCTIONS, Graph, Node
 
 _MATRIX_OPS = ("linear", "gemm", "matmul")
-_ASIC_OPS = ("layernorm", "softmax", "gelu", "where") + ELEMENTWISE_BINARY + ELEMENTWISE_UNARY \
+_ASIC_OPS = ("layernorm", "rmsnorm", "softmax", "gelu", "where") + ELEMENTWISE_BINARY + ELEMENTWISE_UNARY \
     + REDUCTIONS
 _VIEW_OPS = ("reshape", "transpose", "expand", "unsqueeze", "squeeze", "cast", "slice")
 

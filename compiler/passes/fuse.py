@@ -8,6 +8,8 @@ pattern (ending at the bias ``add``) wins over its sub-patterns.
 
 * layernorm: ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * w + b`` (``pow(d, 2)`` or
   ``d * d``; the affine ``* w`` and ``+ b`` optional) -> ``layernorm(x, w, b) {axis=-1, eps}``.
+* rmsnorm: ``x * rsqrt(mean(x^2) + eps) * w`` (or ``x / sqrt(..)``; ``* w`` optional) ->
+  ``rmsnorm(x, w) {axis=-1, eps}``.
 * gelu: ``0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`` (``x^3`` as ``pow`` or
   two ``mul`` s; the ``0.5`` in any position of the product) -> ``gelu {approximate=tanh}``, and
   ``0.5 * x * (1 + erf(x / sqrt(2)))`` -> ``gelu {approximate=none}``.
@@ -235,6 +237,34 @@ LAYERNORM_RULES = tuple(Rule(f"layernorm_{a}", _layernorm_pattern(a), _layernorm
                         for a in ("wb", "w", "none"))
 
 
+# ---- rmsnorm -----------------------------------------------------------------------------------
+
+
+def _rmsnorm_pattern(affine: bool) -> P:
+    x = Var("x")
+    sq = Alt((P("pow", (x, Lit(2.0))), P("mul", (x, x))))
+    ms = P("add", (P("reduce_mean", (sq,), _last_axis_mean), ConstVar("eps")))
+    norm = Alt((P("mul", (x, P("rsqrt", (ms,)))), P("div", (x, P("sqrt", (ms,))))))
+    return P("mul", (norm, ConstVar("w"))) if affine else norm
+
+
+def _rmsnorm_rewrite(g: Graph, env: Env, nodes: tuple[Node, ...]) -> Node | None:
+    eps = g.scalar(env["eps"])
+    shape = g.shape_of(env["x"])
+    if eps is None:
+        return None
+    ins = [env["x"]]
+    if "w" in env:
+        if shape is not None and g.const_shape(env["w"]) != (shape[-1],):
+            return None
+        ins.append(env["w"])
+    return Node("rmsnorm", ins, [], {"axis": -1, "eps": f32_attr(eps)})
+
+
+RMSNORM_RULES = (Rule("rmsnorm_w", _rmsnorm_pattern(True), _rmsnorm_rewrite),
+                 Rule("rmsnorm", _rmsnorm_pattern(False), _rmsnorm_rewrite))
+
+
 # ---- gelu --------------------------------------------------------------------------------------
 
 
@@ -326,11 +356,11 @@ LINEAR_RULES = (
 
 @dataclass(frozen=True)
 class Fuse:
-    """All fusions: LayerNorm, then GELU, then Linear."""
+    """All fusions: LayerNorm, RMSNorm, then GELU, then Linear."""
 
     name: str = "fuse"
     rules: tuple[tuple[Rule, ...], ...] = field(
-        default=(LAYERNORM_RULES, GELU_RULES, LINEAR_RULES), repr=False)
+        default=(LAYERNORM_RULES, RMSNORM_RULES, GELU_RULES, LINEAR_RULES), repr=False)
 
     def run(self, graph: Graph) -> Graph:
         for group in self.rules:

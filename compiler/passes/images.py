@@ -56,3 +56,19 @@ def _store_vector(img: MemoryImage, mp: Mapping, name: str, vec: np.ndarray) -> 
     padded[:ln] = img.encode(np.asarray(vec, np.float32))
     for c, b, r, col, n, first in vl.segments(name):
         img.bits[c, b, r, col * e:(col + n) * e] = padded[first:first + n * e]
+
+
+def build_graph_image(mp, *, data_type: str = "bf16"):
+    """The DRAM image of a graph-lowered model (:class:`compiler.passes.lower.GraphMapping`):
+    every matrix and table where its layout says, every layer's vectors in its entry."""
+    g = mp.geo
+    if not mp.model.has_weights:
+        raise ValueError(f"{mp.model.name} was imported without weights (shapes only); functional "
+                         f"simulation needs the weights")
+    img = MemoryImage(g.channels, g.banks, mp.rows_used, g.row_elems, data_type)
+    for name, m in mp.matrices.items():
+        img.store_matrix(m, mp.weights[name])
+    for name, vec in mp.vector_values.items():
+        if vec is not None and len(vec):
+            _store_vector(img, mp, name, vec)
+    return img

@@ -73,6 +73,12 @@ def _layernorm(n: Node, a: list, s: dict) -> np.ndarray:
     return y.astype(x.dtype)
 
 
+def _rmsnorm(n: Node, a: list, s: dict) -> np.ndarray:
+    x = a[0]
+    y = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + np.float32(n.attrs["eps"]))
+    return (y * a[1] if len(a) > 1 else y).astype(x.dtype)
+
+
 def _gelu(n: Node, a: list, s: dict) -> np.ndarray:
     x = a[0]
     if n.attrs["approximate"] == "tanh":
@@ -142,11 +148,19 @@ _OPS: dict[str, Callable[[Node, list, dict], Any]] = {
     "tanh": lambda n, a, s: np.tanh(a[0]),
     "erf": lambda n, a, s: _erf(a[0]).astype(a[0].dtype),
     "exp": lambda n, a, s: np.exp(a[0]),
+    "rsqrt": lambda n, a, s: (1 / np.sqrt(a[0])).astype(a[0].dtype),
+    "neg": lambda n, a, s: -a[0],
+    "cos": lambda n, a, s: np.cos(a[0]),
+    "sin": lambda n, a, s: np.sin(a[0]),
+    "sigmoid": lambda n, a, s: (1 / (1 + np.exp(-a[0]))).astype(a[0].dtype),
+    "silu": lambda n, a, s: (a[0] / (1 + np.exp(-a[0]))).astype(a[0].dtype),
+    "relu": lambda n, a, s: np.maximum(a[0], 0).astype(a[0].dtype),
     "reduce_mean": lambda n, a, s: a[0].mean(axis=_axes(n, a[0]), keepdims=n.attrs["keepdim"]),
     "reduce_max": lambda n, a, s: a[0].max(axis=_axes(n, a[0]), keepdims=n.attrs["keepdim"]),
     "reduce_sum": lambda n, a, s: a[0].sum(axis=_axes(n, a[0]), keepdims=n.attrs["keepdim"]),
     "softmax": _softmax,
     "layernorm": _layernorm,
+    "rmsnorm": _rmsnorm,
     "gelu": _gelu,
     "gather": lambda n, a, s: np.take(a[0], a[1], axis=n.attrs["axis"]),
     "select": lambda n, a, s: np.take(a[0], n.attrs["index"], axis=n.attrs["axis"]),

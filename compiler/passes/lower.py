@@ -1,0 +1,876 @@
+"""Graph lowering: the decode-step graph, op by op, to a placed :class:`pimsim.isa.Program`.
+
+No model is recognised: every node of the graph (after shape inference and fusion) is put in one
+of four classes by what it computes, and the program's steps and dependencies follow the graph's
+dataflow, so parallel residuals, untied heads, biases or none, extra norms, gated MLPs and
+grouped-query attention need no code of their own.
+
+    fold       what depends only on constants is evaluated now; a concat with an empty operand
+               (a cache that starts empty) drops it; only what the logits need is kept
+    classify   (a) matrix-vector product with a constant weight       -> PIM (packed by input)
+               (b) attention over the KV cache (q.K^T, p.V)           -> PIM, K/V once per KV head
+               (c) gather of a table row (token or position)          -> PIM read
+               (d) everything else                                    -> ASIC op (pimsim.asic_ops)
+               data movement (reshape, transpose, slice, ...) is wiring: free, kept in the flow
+    layers     a layer starts at the first op of the norm feeding an attention's projections
+    place      vectors (norm weights, biases, frequencies) per layer, K/V caches, tables and
+               matrices on channels and banks (PIM-GPT's placement: pimsim.isa layouts)
+    emit       Program steps (timing) + Program.flow (the dataflow the functional executor runs)
+
+A MoE router (a matrix product whose weight is chosen by data), a graph whose attention cannot
+be traced to the past key/value inputs, or a prefill graph (more than one new token) is refused
+with a :class:`LoweringError` naming the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compiler.ir import Graph, Node
+from compiler.passes.interpret import _OPS as _EVAL
+from compiler.passes.mapping import CapacityError, MappingError, buffer_limits, geometry
+from compiler.passes.shape_inference import _terms
+from pimsim.asic_ops import OPS as ASIC_OPS
+from pimsim.config import HwConfig
+from pimsim.errors import UserError
+from pimsim.isa import (FlowOp, Geometry, KLayout, MatrixLayout, Program, Step, VectorLayout,
+                        VLayout)
+
+WIRING = ("reshape", "transpose", "slice", "select", "unsqueeze", "squeeze", "expand", "cast",
+          "concat")
+_MATRIX_OPS = ("linear", "gemm", "matmul")
+_FIX = ("export one decode step: token [1, 1], position [1], past_k / past_v "
+        "[n_layer, n_kv_head, past_len, d_head] (workloads.hf_decode.decode_step_module wraps a "
+        "Hugging Face causal LM)")
+
+
+class LoweringError(UserError):
+    """A graph op that cannot be lowered to this PIM system."""
+
+    default_fix = _FIX
+
+
+@dataclass
+class GraphModel:
+    """What the lowering learnt about the model (the shapes a report prints)."""
+
+    name: str
+    n_layer: int
+    d_model: int
+    n_head: int
+    n_kv_head: int
+    d_head: int
+    d_ff: int
+    vocab: int
+    n_ctx: int
+    n_weight_elems: int
+    has_weights: bool
+    eps: float = 1e-5
+
+    @property
+    def d_attn(self) -> int:
+        return self.n_head * self.d_head
+
+    def weight_bytes(self, bytes_per_elem: int = 2) -> int:
+        return self.n_weight_elems * bytes_per_elem
+
+
+@dataclass
+class _Matvec:
+    nodes: list[Node]  # packed members, same input
+    input: str
+    role: str = ""
+
+
+@dataclass
+class _Attn:
+    index: int
+    k_concat: Node | None = None
+    v_concat: Node | None = None
+    n_head: int = 0
+    n_kv: int = 0
+    d_head: int = 0
+    write_step: int = -1
+
+
+@dataclass
+class GraphMapping:
+    """Where everything of a graph-lowered model lives (printable, checkable)."""
+
+    model: GraphModel
+    hw: str
+    geo: Geometry
+    vectors: VectorLayout | None = None
+    matrices: dict[str, MatrixLayout] = field(default_factory=dict)
+    k_cache: list[KLayout] = field(default_factory=list)
+    v_cache: list[VLayout] = field(default_factory=list)
+    rows_used: list[int] = field(default_factory=list)
+    weights: dict[str, Any] = field(default_factory=dict)  # matrix name -> [out, in] array|None
+    vector_values: dict[str, Any] = field(default_factory=dict)  # entry -> flat array|None
+
+    @property
+    def spec(self) -> GraphModel:
+        return self.model
+
+    def placed_weight_bytes(self) -> int:
+        n = sum(m.out_dim * m.in_dim for m in self.matrices.values())
+        return (n + self.vectors.total_elems) * self.geo.elem_bytes
+
+    def kv_bytes(self) -> int:
+        """Bytes of K/V cache data placed (full context, every attention)."""
+        return sum(2 * k.d_attn * k.n_ctx for k in self.k_cache) * self.geo.elem_bytes
+
+    def bytes_per_channel(self) -> list[int]:
+        row_bytes = self.geo.row_elems * self.geo.elem_bytes
+        return [r * row_bytes * self.geo.banks for r in self.rows_used]
+
+    def check(self) -> None:
+        g = self.geo
+        if max(self.rows_used) > g.rows:
+            raise MappingError(f"{max(self.rows_used)} rows used, the banks have {g.rows}")
+        for m in self.matrices.values():
+            per = sum(m.slots(c) for c in range(g.channels)) * g.banks
+            if per < m.out_dim:
+                raise MappingError(f"{m.name}: {per} neuron places for {m.out_dim} neurons")
+
+    def pretty(self) -> str:
+        g, s = self.geo, self.model
+        lines = [f"mapping {s.name} -> {self.hw}: {g.channels} channels x {g.banks} banks x "
+                 f"{g.rows} rows of {g.row_elems} elements ({g.elem_bytes} B each)",
+                 f"  vectors: {len(self.vectors.entries)} entries, {self.vectors.total_elems} "
+                 f"elements, rows {self.vectors.base_row}.."
+                 f"{self.vectors.base_row + self.vectors.rows_reserved - 1}"]
+        for kl, vl in zip(self.k_cache, self.v_cache):
+            lines.append(f"  attention {kl.layer}: K rows {kl.base_row}.. ({kl.kv_heads} KV heads "
+                         f"for {kl.n_head} query heads, {kl.n_chunks} chunk(s)), V rows "
+                         f"{vl.base_row}..")
+        for m in self.matrices.values():
+            lines.append(f"  {m.name} [{m.out_dim} x {m.in_dim}] {m.n_groups} groups, "
+                         f"{m.n_chunks} chunk(s), rows {m.base_row[0]}..")
+        lines.append("  rows used per channel: " + ", ".join(map(str, self.rows_used))
+                     + f" of {g.rows}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def lower_graph(graph: Graph, cfg: HwConfig, *, name: str = "model",
+                n_ctx: int | None = None) -> tuple[Program, GraphMapping]:
+    """Lower a shape-inferred, fused decode-step graph onto ``cfg``."""
+    return _Lowering(graph, cfg, name, n_ctx).run()
+
+
+class _Lowering:
+    def __init__(self, graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None) -> None:
+        self.g = graph.copy()
+        self.cfg = cfg
+        self.name = name
+        self.n_ctx = n_ctx
+        self.geo = geometry(cfg)
+
+    # ---------------------------------------------------------------- folding
+    def fold(self) -> None:
+        g = self.g
+        if not g.outputs:
+            raise LoweringError(f"{self.name}: the graph has no outputs")
+        g.outputs = g.outputs[:1]  # the logits; the returned cache is the PIM's own
+        rename: dict[str, str] = {}
+        kept = []
+        for n in g.nodes:
+            n.inputs = [rename.get(i, i) for i in n.inputs]
+            if n.op == "concat":
+                ax = n.attrs["axis"]
+                live = [i for i in n.inputs
+                        if not (isinstance(g.shape_of(i)[ax], int) and g.shape_of(i)[ax] == 0)]
+                if len(live) == 1:
+                    rename[n.outputs[0]] = live[0]
+                    continue
+                n.inputs = live
+            if n.inputs and all(g.is_const(i) and g.const_value(i) is not None for i in n.inputs) \
+                    and n.op in _EVAL and len(n.outputs) == 1:
+                try:
+                    val = _EVAL[n.op](n, [g.consts[i] for i in n.inputs], {})
+                except Exception:  # noqa: BLE001 - symbolic attributes: keep the node
+                    kept.append(n)
+                    continue
+                g.consts[n.outputs[0]] = np.asarray(val)
+                g.values.pop(n.outputs[0], None)
+                continue
+            kept.append(n)
+        g.nodes = kept
+        g.outputs = [rename.get(o, o) for o in g.outputs]
+        g.prune()
+
+    # ---------------------------------------------------------------- analysis
+    def inputs(self) -> None:
+        g = self.g
+        past = [v for v in g.inputs if v.shape is not None and len(v.shape) == 4]
+        ints = [v for v in g.inputs if v.dtype.startswith("i") and v not in past]
+        if len(past) != 2:
+            raise LoweringError(f"{self.name}: expected two KV-cache inputs (past_k, past_v) of "
+                                f"rank 4, found {[v.name for v in past]}")
+        self.past_k, self.past_v = past[0].name, past[1].name
+        self.syms = {d for v in past for d in v.shape if isinstance(d, str)}
+        users = g.users()
+        tok = [v for v in ints if any(u.op == "gather" and g.is_const(u.inputs[0])
+                                      for u in self._through_wiring(v.name, users))]
+        if not tok:
+            raise LoweringError(f"{self.name}: no token input feeds an embedding gather")
+        self.token = tok[0].name
+        table = next(u.inputs[0] for u in self._through_wiring(self.token, users)
+                     if u.op == "gather" and g.is_const(u.inputs[0]))
+        self.d_model = int(g.const_shape(table)[-1])
+        shape = tok[0].shape
+        if shape is not None and any(d != 1 for d in shape):
+            raise LoweringError(
+                f"{self.name}: the token input {self.token} has shape {list(shape)}: this is a "
+                f"prefill graph (more than one new token), which cannot be lowered at length 1")
+        rest = [v.name for v in ints if v.name != self.token]
+        self.position = rest[0] if rest else ""
+
+    def _through_wiring(self, value: str, users: dict) -> list[Node]:
+        out, todo, seen = [], [value], set()
+        while todo:
+            v = todo.pop()
+            for u in users.get(v, []):
+                if id(u) in seen:
+                    continue
+                seen.add(id(u))
+                if u.op in ("reshape", "unsqueeze", "squeeze", "cast", "expand"):
+                    todo.extend(u.outputs)
+                else:
+                    out.append(u)
+        return out
+
+    def analyse(self) -> None:
+        g = self.g
+        self.prod = g.producers()
+        self.users = g.users()
+        pos_only: set[str] = {self.position} if self.position else set()
+        cache: dict[str, tuple[int, str, bool]] = {}  # value -> (attn, "k"|"v", transposed)
+        self.attns: list[_Attn] = []
+        k_count = v_count = 0
+        self.cache_in: dict[str, str] = {self.past_k: "k", self.past_v: "v"}
+        self.skip: set[int] = set()
+        for n in g.nodes:
+            ins = [i for i in n.inputs if not g.is_const(i)]
+            if ins and all(i in pos_only for i in ins):
+                pos_only.update(n.outputs)
+            if n.op in ("select", "slice", "reshape", "squeeze", "unsqueeze") and ins and \
+                    ins[0] in self.cache_in:
+                self.cache_in[n.outputs[0]] = self.cache_in[ins[0]]
+                self.skip.add(id(n))
+                continue
+            if n.op == "concat" and len(n.inputs) == 2 and n.inputs[0] in self.cache_in:
+                which = self.cache_in[n.inputs[0]]
+                idx = k_count if which == "k" else v_count
+                if which == "k":
+                    k_count += 1
+                else:
+                    v_count += 1
+                while len(self.attns) <= idx:
+                    self.attns.append(_Attn(len(self.attns)))
+                setattr(self.attns[idx], f"{which}_concat", n)
+                cache[n.outputs[0]] = (idx, which, False)
+                continue
+            if n.op in WIRING and ins and ins[0] in cache and n.op != "concat":
+                a, which, tr = cache[ins[0]]
+                if n.op == "transpose":
+                    p = n.attrs["perm"]
+                    if list(p[-2:]) == [len(p) - 1, len(p) - 2]:
+                        tr = not tr
+                cache[n.outputs[0]] = (a, which, tr)
+                self.skip.add(id(n))
+                continue
+            if any(i in cache for i in n.inputs) and n.op != "matmul":
+                raise LoweringError(f"{self.name}: node {n.name!r} ({n.op}) computes on the KV "
+                                    f"cache; only q.K^T and p.V products may read it")
+            for i in n.inputs:
+                if i in self.cache_in:
+                    raise LoweringError(f"{self.name}: node {n.name!r} ({n.op}) reads the past "
+                                        f"key/value input other than by appending to it")
+        self.pos_only = pos_only
+        self.cache = cache
+        if not self.attns:
+            raise LoweringError(f"{self.name}: no attention over the KV cache found (no concat of "
+                                f"the past keys with a new key)")
+
+    def is_weight(self, n: Node) -> bool:
+        g = self.g
+        if n.op not in _MATRIX_OPS or len(n.inputs) < 2 or not g.is_const(n.inputs[1]):
+            return False
+        if len(g.const_shape(n.inputs[1])) != 2 or n.inputs[0] in self.pos_only:
+            return False
+        if n.op == "gemm" and (n.attrs["trans_a"] or n.attrs["alpha"] != 1 or n.attrs["beta"] != 1):
+            return False
+        return True
+
+    def weight_out_in(self, n: Node) -> tuple[np.ndarray | None, tuple[int, int]]:
+        g = self.g
+        w = g.const_value(n.inputs[1])
+        r, c = g.const_shape(n.inputs[1])
+        if n.op == "linear":
+            out_in = n.attrs["w_layout"] == "out_in"
+        elif n.op == "gemm":
+            out_in = bool(n.attrs["trans_b"])
+        else:
+            out_in = False
+        shape = (r, c) if out_in else (c, r)
+        if w is None:
+            return None, shape
+        return (w if out_in else np.ascontiguousarray(w.T)), shape
+
+    # ---------------------------------------------------------------- layers
+    def layer_cuts(self) -> list[int]:
+        """Node index where each layer starts: the earliest op of what feeds an attention's new
+        key back to the residual stream (its norm and projection); the last cut starts the
+        head (what feeds the logits back to the residual stream)."""
+        g = self.g
+        index = {id(n): i for i, n in enumerate(g.nodes)}
+
+        def start(value: str, limit: int) -> int:
+            best, todo, seen = limit, [value], set()
+            while todo:
+                v = todo.pop()
+                n = self.prod.get(v)
+                if n is None or id(n) in seen or v in self.pos_only:
+                    continue
+                seen.add(id(n))
+                if self.is_residual(n) or n.op == "gather" or self.is_embedding_sum(n) or (
+                        n.op == "matmul" and any(i in self.cache for i in n.inputs)):
+                    continue
+                best = min(best, index[id(n)])
+                todo.extend(i for i in n.inputs if not g.is_const(i))
+            return best
+
+        cuts = [start(a.k_concat.inputs[1], index[id(a.k_concat)]) for a in self.attns]
+        cuts.append(start(g.outputs[0], len(g.nodes)))
+        return cuts
+
+    def is_embedding_sum(self, n: Node) -> bool:
+        """An add of table rows (token + position embeddings): the residual stream's start."""
+        if n.op != "add":
+            return False
+        for i in n.inputs:
+            p = self.prod.get(i)
+            while p is not None and p.op in WIRING and p.op != "concat":
+                p = self.prod.get(p.inputs[0])
+            if p is None or p.op != "gather" or not self.g.is_const(p.inputs[0]):
+                return False
+        return True
+
+    def is_residual(self, n: Node) -> bool:
+        g = self.g
+        if n.op != "add" or len(n.inputs) != 2:
+            return False
+        if any(g.is_const(i) or i in self.pos_only for i in n.inputs):
+            return False
+        a, b = (g.shape_of(i) for i in n.inputs)
+        if not a or not b or a[-1] != self.d_model or b[-1] != self.d_model:
+            return False
+        return all(d == 1 for d in a[:-1]) and all(d == 1 for d in b[:-1]) or a == b
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> tuple[Program, GraphMapping]:
+        self.fold()
+        self.inputs()
+        self.analyse()
+        g = self.g
+        for n in g.nodes:
+            if n.op not in ASIC_OPS and n.op not in ("gather",) and id(n) not in self.skip:
+                raise LoweringError(f"{self.name}: op {n.op!r} at node {n.name!r} has no ASIC or "
+                                    f"PIM definition")
+        # matvecs packed by input
+        packs: dict[str, _Matvec] = {}
+        self.pack_of: dict[int, _Matvec] = {}
+        for n in g.nodes:
+            if self.is_weight(n):
+                w, _ = self.weight_out_in(n)
+                key = n.inputs[0]
+                p = packs.get(key)
+                if p is None:
+                    p = packs[key] = _Matvec([], key)
+                p.nodes.append(n)
+                self.pack_of[id(n)] = p
+            elif n.op in _MATRIX_OPS and len(n.inputs) >= 2 and g.is_const(n.inputs[1]) and \
+                    n.inputs[0] not in self.pos_only:
+                raise LoweringError(f"{self.name}: matrix product at node {n.name!r} has a "
+                                    f"weight of shape {g.const_shape(n.inputs[1])}")
+        cuts = self.layer_cuts()
+        layer_of = {}
+        li = -1
+        cut_set = {c: k for k, c in enumerate(cuts)}
+        for i, n in enumerate(g.nodes):
+            if i in cut_set:
+                li = cut_set[i]
+            layer_of[id(n)] = li
+        # nodes after the last attention's block that feed the head: "final" (= n_layer)
+        self.n_layer = len(self.attns)
+        return self.emit(layer_of)
+
+    # ---------------------------------------------------------------- emission
+    def emit(self, layer_of: dict[int, int]) -> tuple[Program, GraphMapping]:
+        g, geo = self.g, self.geo
+        steps: list[Step] = []
+        flow: list[FlowOp] = []
+        step_of: dict[str, set[int]] = {}  # value -> steps that produced it
+        vec_consts: dict[int, list[str]] = {}  # layer -> vector constants in first-use order
+        vec_layer: dict[str, int] = {}
+        immediates: dict[str, np.ndarray] = {}
+        param_step: dict[int, int] = {}
+        matrices_w: dict[str, Any] = {}
+        mat_shapes: dict[str, tuple[int, int]] = {}
+        mat_order: list[str] = []
+        table_of: dict[str, str] = {}  # gathered const -> table name
+        weight_matrix: dict[str, str] = {}  # weight const -> the packed matrix holding it
+        tables_first: list[str] = []
+        done_packs: set[int] = set()
+        kv_write_for: dict[int, int] = {}
+        attn_shapes: dict[int, tuple[int, int, int]] = {}
+        embed_values: set[str] = set()
+        attn_scores: set[str] = set()
+        head_matvec = None
+        logits = g.outputs[0]
+        names: dict[str, int] = {}
+        d_ff = 0
+
+        def lname(layer: int) -> str:
+            return "embed" if layer < 0 else ("final" if layer >= self.n_layer else f"L{layer}")
+
+        def uniq(stem: str) -> str:
+            k = names.get(stem, 0)
+            names[stem] = k + 1
+            return stem if k == 0 else f"{stem}.{k}"
+
+        def add(name, op, layer, kind, deps, **kw) -> int:
+            steps.append(Step(len(steps), uniq(name), op, layer if 0 <= layer < self.n_layer
+                              else -1, kind, tuple(sorted(set(deps))), **kw))
+            return len(steps) - 1
+
+        anc: list[set[int]] = []
+
+        def ancestors(i: int) -> set[int]:
+            while len(anc) < len(steps):
+                st = steps[len(anc)]
+                anc.append(set(st.deps).union(*(anc[d] for d in st.deps)))
+            return anc[i]
+
+        def deps_of(values) -> set[int]:
+            out: set[int] = set()
+            for v in values:
+                out |= step_of.get(v, set())
+            return out
+
+        def dim_attr(d):
+            if isinstance(d, str):
+                terms, const = _terms(d)
+                if not set(terms) <= self.syms:
+                    raise LoweringError(f"{self.name}: dimension {d!r} depends on {sorted(terms)}, "
+                                        f"not on the cache length alone")
+                return ("pos", sum(terms.values()), const)
+            return d
+
+        def attrs_of(n: Node) -> dict:
+            at = dict(n.attrs)
+            for k in ("shape", "starts", "ends"):
+                if k in at and at[k] is not None:
+                    at[k] = [dim_attr(d) for d in at[k]]
+            return at
+
+        def elems(value: str) -> tuple[int, int]:
+            """(n_elems, per_pos_elems) of a value: n(pos) = n_elems + per_pos * (pos + 1)."""
+            shape = g.shape_of(value) or ()
+
+            def at(p):
+                tot = 1
+                for d in shape:
+                    if isinstance(d, str):
+                        terms, const = _terms(d)
+                        d = const + sum(k * p for k in terms.values())
+                    tot *= int(d)
+                return tot
+            n0, n1 = at(0), at(1)  # cache lengths 0 and 1: positions 0 and 1
+            per = n1 - n0
+            return n0 - per, per
+
+        def operand(name: str, layer: int) -> str:
+            """Make a constant operand of an ASIC op available: an immediate or a vector."""
+            if not g.is_const(name):
+                return name
+            c = g.consts[name]
+            if name in vec_layer or name in immediates:
+                return name
+            if isinstance(c, np.ndarray) and (c.size <= 1 or c.dtype.kind != "f"):
+                immediates[name] = np.asarray(c)
+            else:
+                vec_layer[name] = layer
+                vec_consts.setdefault(layer, []).append(name)
+            return name
+
+        def need_params(layer: int) -> set[int]:
+            if layer not in param_step:
+                param_step[layer] = add(f"{lname(layer)}.params", "param_fetch", layer, "pim", [],
+                                        vectors=(f"{lname(layer)}.params",))
+            return {param_step[layer]}
+
+        def wired_source(value: str) -> Node | None:
+            n = self.prod.get(value)
+            while n is not None and n.op in WIRING and n.op != "concat":
+                n = self.prod.get(n.inputs[0])
+            return n
+
+        for n in g.nodes:
+            if id(n) in self.skip:
+                continue
+            layer = layer_of[id(n)]
+            L = lname(layer)
+            if n.op == "concat" and any(n is a.k_concat or n is a.v_concat for a in self.attns):
+                a = next(a for a in self.attns if n is a.k_concat or n is a.v_concat)
+                which = "k" if n is a.k_concat else "v"
+                new = n.inputs[1]
+                sh = g.shape_of(new)
+                if len(sh) < 3 or sh[-2] != 1 or any(d != 1 for d in sh[:-3]) or \
+                        n.attrs["axis"] % len(sh) != len(sh) - 2:
+                    raise LoweringError(f"{self.name}: the new {which} at node {n.name!r} has "
+                                        f"shape {list(sh)}, expected [1, n_kv_head, 1, d_head] "
+                                        f"appended on the token axis")
+                a.n_kv, a.d_head = int(sh[-3]), int(sh[-1])
+                flow.append(FlowOp(f"{which}_write", (new,), (), {"attn": a.index}, -2))
+                continue
+            if n.op == "matmul" and any(i in self.cache for i in n.inputs):
+                a_in, b_in = n.inputs[:2]
+                if b_in not in self.cache or a_in in self.cache:
+                    raise LoweringError(f"{self.name}: node {n.name!r}: the cache must be the "
+                                        f"right operand of the attention product")
+                ai, which, tr = self.cache[b_in]
+                a = self.attns[ai]
+                if which == "k" and not tr or which == "v" and tr:
+                    raise LoweringError(f"{self.name}: node {n.name!r} multiplies by "
+                                        f"{'K' if which == 'k' else 'V^T'}; expected q.K^T or p.V")
+                L = f"L{ai}"
+                if a.write_step < 0:
+                    news = [x.inputs[1] for x in (a.k_concat, a.v_concat) if x is not None]
+                    a.write_step = add(f"{L}.kv_write", "kv_write", ai, "pim", deps_of(news),
+                                       kv=(ai,))
+                q_elems = int(np.prod([int(d) for d in g.shape_of(a_in)[:-1]])) if which == "k" \
+                    else 0
+                if which == "k":
+                    a.n_head = q_elems
+                    st = add(f"{L}.attn_score", "attn_score", ai, "pim",
+                             deps_of([a_in]) | {a.write_step}, kv=(ai,))
+                else:
+                    st = add(f"{L}.attn_value", "attn_value", ai, "pim",
+                             deps_of([a_in]) | {a.write_step}, kv=(ai,))
+                if which == "k":
+                    attn_scores.add(n.outputs[0])
+                flow.append(FlowOp(f"attn_{'score' if which == 'k' else 'value'}", (a_in,),
+                                   tuple(n.outputs), {"attn": ai, "shape": list(
+                                       dim_attr(d) for d in g.shape_of(n.outputs[0]))}, st))
+                step_of[n.outputs[0]] = {st}
+                continue
+            if n.op == "gather" and g.is_const(n.inputs[0]) and not g.is_const(n.inputs[1]) \
+                    and len(g.const_shape(n.inputs[0])) == 2 and n.attrs["axis"] == 0:
+                table = n.inputs[0]
+                if table not in table_of:
+                    table_of[table] = f"table.{len(table_of)}"
+                    tables_first.append(table)
+                prev = steps[-1] if steps else None
+                if prev is not None and prev.op == "embedding" and prev.kind == "pim" and \
+                        not (deps_of([n.inputs[1]]) - set(prev.deps)):
+                    prev.vectors = prev.vectors + (table_of[table],)  # one read of both rows
+                    st = prev.index
+                else:
+                    st = add(f"{L}.read", "embedding", layer, "pim", deps_of([n.inputs[1]]),
+                             vectors=(table_of[table],))
+                flow.append(FlowOp("embed", (n.inputs[1],), tuple(n.outputs),
+                                   {"table": table_of[table],
+                                    "shape": [dim_attr(d) for d in g.shape_of(n.outputs[0])]}, st))
+                step_of[n.outputs[0]] = {st}
+                embed_values.add(n.outputs[0])
+                continue
+            if id(n) in self.pack_of:
+                p = self.pack_of[id(n)]
+                if id(p) in done_packs:
+                    continue
+                done_packs.add(id(p))
+                role = self.matvec_role(p, logits, wired_source)
+                mname = f"{L}.{role}"
+                k = 1
+                while mname in mat_shapes:
+                    mname, k = f"{L}.{role}{k}", k + 1
+                parts, ws, lo = [], [], 0
+                for m in p.nodes:
+                    w, (o, i) = self.weight_out_in(m)
+                    ws.append(w)
+                    bias = ""
+                    if len(m.inputs) > 2:
+                        bias = operand(m.inputs[2], layer)
+                        if bias in immediates:
+                            raise LoweringError(f"{self.name}: bias of {m.name!r} is a scalar")
+                    shape = [dim_attr(d) for d in g.shape_of(m.outputs[0])]
+                    parts.append((lo, lo + o, bias, shape))
+                    lo += o
+                in_dim = self.weight_out_in(p.nodes[0])[1][1]
+                matrices_w[mname] = None if any(w is None for w in ws) else np.concatenate(ws, 0)
+                mat_shapes[mname] = (lo, in_dim)
+                mat_order.append(mname)
+                if role == "lm_head":
+                    head_matvec = mname
+                if role == "ffn_up":
+                    d_ff = max([d_ff] + [hi - lo_ for lo_, hi, _, _ in parts])
+                pim = add(f"{L}.{role}", role, layer, "pim", deps_of([p.input]), matrix=mname)
+                deps = {pim}
+                if any(part[2] for part in parts):  # biases: fetched vectors
+                    par = need_params(layer)
+                    deps |= par - ancestors(pim)
+                n_chunks = -(-in_dim // geo.row_elems)
+                red = add(f"{L}.{role}.reduce", "reduction", layer, "asic", deps,
+                          n_elems=lo * n_chunks)
+                flow.append(FlowOp("matvec", (p.input,), tuple(m.outputs[0] for m in p.nodes),
+                                   {"matrix": mname, "parts": parts}, pim))
+                for m in p.nodes:
+                    step_of[m.outputs[0]] = {red}
+                for m in p.nodes:  # remember weights, for tables tied to them
+                    weight_matrix.setdefault(m.inputs[1], mname)
+                continue
+            # ASIC op or wiring
+            spec = ASIC_OPS.get(n.op)
+            if spec is None:
+                raise LoweringError(f"{self.name}: op {n.op!r} at node {n.name!r} has no "
+                                    f"definition on the ASIC")
+            ins = [operand(i, layer) for i in n.inputs]
+            deps = deps_of([i for i in ins if not g.is_const(i)])
+            if any(i in vec_layer for i in ins):
+                deps |= need_params(vec_layer[next(i for i in ins if i in vec_layer)])
+            if spec.cost is None:
+                flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), attrs_of(n), -1))
+                for o in n.outputs:
+                    step_of[o] = deps
+                continue
+            op = spec.cost
+            src = self.prod.get(n.inputs[0])
+            if n.op in ("mul", "div") and len(ins) == 2 and ins[1] in immediates and \
+                    immediates[ins[1]].size == 1 and src is not None and \
+                    src.outputs[0] in attn_scores and len(self.users.get(n.outputs[0], [])) == 1 \
+                    and self.users[n.outputs[0]][0].op == "softmax":
+                # the scores' scale: applied as the softmax reads them (PIM-GPT's softmax cost)
+                flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), attrs_of(n), -1))
+                step_of[n.outputs[0]] = step_of[n.inputs[0]]
+                continue
+            if self.is_embedding_sum(n):
+                op = "embedding"
+            elif n.op == "add" and self.is_residual(n):
+                op = "residual"
+            cnt = [elems(v) for v in list(n.outputs) + [i for i in n.inputs if not g.is_const(i)]]
+            ne, per = max(cnt, key=lambda t: (t[1], t[0]))
+            st = add(f"{L}.{n.op}", op, layer, "asic", deps, n_elems=ne, per_pos_elems=per)
+            flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), attrs_of(n), st))
+            for o in n.outputs:
+                step_of[o] = {st}
+        if head_matvec is None:
+            raise LoweringError(f"{self.name}: the logits are not a matrix-vector product with a "
+                                f"weight (no LM head found)")
+        vocab = mat_shapes[head_matvec][0]
+        add("argmax", "argmax", -1, "asic", deps_of([logits]), n_elems=vocab)
+        # tied tables: a gathered table that is also a weight lives with its matrix
+        tied: dict[str, str] = {}
+        for t in tables_first:
+            mname = weight_matrix.get(t)
+            if mname is None and g.const_value(t) is not None:
+                for mn in sorted(set(weight_matrix.values())):
+                    if matrices_w.get(mn) is not None and \
+                            matrices_w[mn].shape == g.const_shape(t) and \
+                            np.array_equal(matrices_w[mn], g.const_value(t)):
+                        mname = mn
+            if mname is not None and mat_shapes[mname] == g.const_shape(t):
+                tied[table_of[t]] = mname
+        return self.place(steps, flow, immediates, vec_consts, matrices_w, mat_shapes,
+                          mat_order, table_of, tables_first, tied, vocab, d_ff, logits)
+
+    def matvec_role(self, p: _Matvec, logits: str, wired_source) -> str:
+        g = self.g
+        outs = {m.outputs[0] for m in p.nodes}
+        # feeds attention (through ASIC ops like rotary and wiring) -> qkv
+        todo, seen = list(outs), set()
+        src = wired_source(p.input)
+        if logits in outs or any(self._wired_to(o, logits) for o in outs):
+            return "lm_head"
+        if src is not None and src.op == "matmul" and any(i in self.cache for i in src.inputs):
+            return "out_proj"
+        while todo:
+            v = todo.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            for u in self.users.get(v, []):
+                if u.op == "matmul" and any(i in self.cache for i in u.inputs):
+                    return "qkv"
+                if any(u is a.k_concat or u is a.v_concat for a in self.attns):
+                    return "qkv"
+                if self.is_weight(u) or self.is_residual(u):
+                    continue
+                todo.extend(u.outputs)
+        if src is not None and (src.op in ("gelu", "silu", "relu", "sigmoid", "tanh") or (
+                src.op == "mul" and all(not g.is_const(i) for i in src.inputs))):
+            return "ffn_down"
+        return "ffn_up"
+
+    def _wired_to(self, value: str, target: str) -> bool:
+        v = value
+        while True:
+            us = self.users.get(v, [])
+            if v == target:
+                return True
+            if len(us) != 1 or us[0].op not in WIRING:
+                return False
+            v = us[0].outputs[0]
+
+    # ---------------------------------------------------------------- placement
+    def place(self, steps, flow, immediates, vec_consts, matrices_w, mat_shapes, mat_order,
+              table_of, tables_first, tied, vocab, d_ff, logits):
+        g, geo, cfg = self.g, self.geo, self.cfg
+        if cfg.pim.mac_lanes_per_bank != geo.col_elems:
+            raise MappingError(f"{cfg.name}: {cfg.pim.mac_lanes_per_bank} MAC lanes per bank but "
+                               f"a column holds {geo.col_elems} elements; the mapping needs them "
+                               f"equal")
+        n_ctx = self.n_ctx
+        if n_ctx is None:
+            tabs = [g.const_shape(t)[0] for t in tables_first
+                    if self._gathered_by_position(t)]
+            n_ctx = tabs[0] if tabs else None
+        if n_ctx is None:
+            raise LoweringError(f"{self.name}: the context length is unknown",
+                                "give the model's n_ctx (its config's max_position_embeddings)")
+        for a in self.attns:
+            if a.k_concat is None or a.v_concat is None or a.n_head == 0:
+                raise LoweringError(f"{self.name}: attention {a.index} lacks a key, a value or a "
+                                    f"q.K^T product")
+            if a.n_head % a.n_kv:
+                raise LoweringError(f"{self.name}: attention {a.index} has {a.n_head} query heads "
+                                    f"for {a.n_kv} KV heads")
+            if a.d_head % geo.banks or a.d_head % geo.col_elems or a.d_head > geo.row_elems:
+                raise MappingError(f"d_head = {a.d_head}: the KV-cache mapping needs d_head to be "
+                                   f"a multiple of the {geo.banks} banks per channel and of the "
+                                   f"{geo.col_elems} elements of a column, at most a row")
+        layers = sorted(vec_consts)
+
+        def lname(layer):
+            return "embed" if layer < 0 else ("final" if layer >= self.n_layer else f"L{layer}")
+
+        entries, vector_refs, vector_values = [], {}, {}
+        fetch: dict[str, tuple[str, ...]] = {}  # param_fetch vector -> the entries it reads
+        for layer in layers:
+            ename = f"{lname(layer)}.params"
+            inside = 0 <= layer < self.n_layer
+            groups = [vec_consts[layer]] if inside else [[c] for c in vec_consts[layer]]
+            names = []
+            for k, group in enumerate(groups):  # a layer's vectors are one entry (one fetch)
+                en = ename if inside else f"{lname(layer)}.v{k}"
+                off, parts = 0, []
+                for c in group:
+                    shape = g.const_shape(c)
+                    vector_refs[c] = (en, off, tuple(shape))
+                    v = g.const_value(c)
+                    parts.append(None if v is None else np.asarray(v, np.float32).reshape(-1))
+                    off += int(np.prod(shape))
+                entries.append((en, off))
+                names.append(en)
+                vector_values[en] = None if any(p is None for p in parts) else np.concatenate(parts)
+            fetch[ename] = tuple(names)
+        for st in steps:
+            if st.op == "param_fetch":
+                st.vectors = fetch.get(st.vectors[0], ()) if st.vectors else ()
+        model = GraphModel(
+            name=self.name, n_layer=self.n_layer,
+            d_model=int(g.const_shape(tables_first[0])[1]) if tables_first else 0,
+            n_head=self.attns[0].n_head, n_kv_head=self.attns[0].n_kv,
+            d_head=self.attns[0].d_head, d_ff=d_ff, vocab=vocab, n_ctx=int(n_ctx),
+            n_weight_elems=sum(o * i for o, i in mat_shapes.values())
+            + sum(int(np.prod(g.const_shape(t))) for t in tables_first
+                  if table_of[t] not in tied)
+            + sum(n for _, n in entries),
+            has_weights=all(w is not None for w in matrices_w.values()))
+        mp = GraphMapping(model=model, hw=cfg.name, geo=geo)
+        C = geo.channels
+        row = 0
+        mp.vectors = VectorLayout.build("vectors", entries, row, geo)
+        row += mp.vectors.rows_reserved
+        gb_cols, acc = buffer_limits(cfg, self.attns[0].d_head if self.attns else geo.col_elems)
+        for a in self.attns:
+            hpc = max(1, min(a.n_kv, geo.row_elems // a.d_head))
+            kl = KLayout(a.index, a.n_head, a.d_head, int(n_ctx), hpc, row, geo,
+                         heads_per_fill=gb_cols * geo.col_elems // a.d_head, accumulators=acc,
+                         n_kv_head=a.n_kv)
+            row += kl.rows_reserved
+            vl = VLayout(a.index, a.n_head, a.d_head, int(n_ctx), row, geo, gb_cols, acc,
+                         n_kv_head=a.n_kv)
+            row += vl.rows_reserved
+            mp.k_cache.append(kl)
+            mp.v_cache.append(vl)
+        next_row = [row] * C
+
+        def place(name, out_dim, in_dim):
+            m = MatrixLayout(name, name.split(".")[-1].rstrip("0123456789"), out_dim, in_dim,
+                             geo.row_elems, tuple(next_row), geo, gb_cols, acc, cfg.pim.mapping)
+            for c in range(C):
+                next_row[c] += m.rows_used(c)
+            return m
+
+        tables: dict[str, MatrixLayout] = {}
+        for t in tables_first:  # gather-only tables first (position tables), as PIM-GPT's wpe
+            tn = table_of[t]
+            if tn in tied:
+                continue
+            r, c = g.const_shape(t)
+            tables[tn] = mp.matrices[tn] = place(tn, r, c)
+            mp.weights[tn] = g.const_value(t)
+        for mname in mat_order:
+            o, i = mat_shapes[mname]
+            mp.matrices[mname] = place(mname, o, i)
+            mp.weights[mname] = matrices_w[mname]
+        for tn, mname in tied.items():
+            tables[tn] = mp.matrices[mname]
+        mp.rows_used = list(next_row)
+        mp.vector_values = vector_values
+        need = max(next_row)
+        if need > geo.rows:
+            row_bytes = geo.row_elems * geo.elem_bytes
+            raise CapacityError(
+                f"{self.name} does not fit {cfg.name}: it needs "
+                f"{need * row_bytes * geo.banks * C:,} bytes ({need} rows per bank: "
+                f"{model.weight_bytes(geo.elem_bytes):,} bytes of weights plus KV cache for "
+                f"{n_ctx} tokens and row padding) but {cfg.name} has "
+                f"{geo.rows * row_bytes * geo.banks * C:,} bytes; use more channels or larger "
+                f"banks")
+        kv = list(zip(mp.k_cache, mp.v_cache))
+        for st in steps:
+            if st.matrix is not None:
+                st.matrix = mp.matrices[st.matrix]
+            if st.kv is not None:
+                st.kv = kv[st.kv[0]]
+        for f in flow:
+            if f.op in ("k_write", "v_write"):
+                f.step = self.attns[f.attrs["attn"]].write_step
+        prog = Program(
+            model=self.name, hw=cfg.name, geo=geo,
+            dims=dict(n_layer=model.n_layer, d_model=model.d_model, n_head=model.n_head,
+                      n_kv_head=model.n_kv_head, d_head=model.d_head, d_ff=model.d_ff,
+                      vocab=vocab, n_ctx=int(n_ctx)),
+            steps=steps, vec_layout=mp.vectors, lm_head=None,
+            matrices={k: v for k, v in mp.matrices.items() if k not in tables},
+            kv_layouts=kv, flow=flow,
+            inputs={"token": self.token, "position": self.position}, logits=logits,
+            immediates=immediates, vector_refs=vector_refs, tables=tables,
+            position_tables=tuple(table_of[t] for t in tables_first
+                                  if self._gathered_by_position(t)))
+        return prog, mp
+
+    def _gathered_by_position(self, table: str) -> bool:
+        for n in self.g.nodes:
+            if n.op == "gather" and n.inputs[0] == table and n.inputs[1] in self.pos_only:
+                return True
+        return False

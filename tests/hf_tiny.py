@@ -1,0 +1,81 @@
+"""Tiny random Hugging Face causal LMs of every supported family, built from transformers config
+classes (no download): 2 layers, d_model 64, head size 16, weights rounded to bf16."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+COMMON = dict(vocab_size=128, max_position_embeddings=64)
+
+
+def _configs():
+    import transformers as T
+
+    return {
+        "llama": lambda: T.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+                                       **COMMON),
+        "llama-gqa": lambda: T.LlamaConfig(hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=8,
+                                           num_key_value_heads=2, head_dim=16, **COMMON),
+        "mistral": lambda: T.MistralConfig(hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=4,
+                                           num_key_value_heads=2, head_dim=16, sliding_window=None,
+                                           **COMMON),
+        "qwen2": lambda: T.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, **COMMON),
+        "gpt-neox": lambda: T.GPTNeoXConfig(hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=2, num_attention_heads=4,
+                                            rotary_pct=0.5, use_parallel_residual=True, **COMMON),
+        "opt": lambda: T.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                                   num_attention_heads=4, word_embed_proj_dim=64, **COMMON),
+        "gpt-j": lambda: T.GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128,
+                                      vocab_size=128, n_positions=64),
+        "phi": lambda: T.PhiConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, partial_rotary_factor=0.5, **COMMON),
+        "falcon": lambda: T.FalconConfig(hidden_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, multi_query=True,
+                                         new_decoder_architecture=False, parallel_attn=True,
+                                         bias=False, alibi=False, vocab_size=128,
+                                         max_position_embeddings=64),
+        "gpt-bigcode": lambda: T.GPTBigCodeConfig(n_embd=64, n_layer=2, n_head=4, n_inner=128,
+                                                  multi_query=True, vocab_size=128, n_positions=64),
+        "gpt2": lambda: T.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128,
+                                     n_positions=64),
+    }
+
+
+FAMILIES = ("llama", "llama-gqa", "mistral", "qwen2", "gpt-neox", "opt", "gpt-j", "phi",
+            "falcon", "gpt-bigcode", "gpt2")
+
+
+def tiny_model(family: str, seed: int = 0):
+    """A tiny random causal LM of ``family`` (eval mode, weights rounded to bf16)."""
+    return tiny_model_from(_configs()[family](), seed)
+
+
+def tiny_model_from(cfg, seed: int = 0):
+    """A random causal LM of a transformers config: weights N(0, 0.08) (norm weights near 1),
+    rounded to bf16, so the PIM's bf16 weights are the model's own."""
+    import transformers as T
+
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.08) if p.dim() > 1 else p.normal_(0.0, 0.02).add_(
+                1.0 if p.dim() == 1 and p.shape[0] == cfg.get_text_config().hidden_size else 0.0)
+            p.copy_(p.to(torch.bfloat16).float())
+    return model
+
+
+def hf_greedy(model, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
+    """The model's own greedy generation (its own KV cache) and its logits at every step."""
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=0)
+    toks = out.sequences[0, len(prompt):].tolist()
+    return toks, torch.stack(out.logits, 0)[:, 0].float().numpy()

@@ -1,0 +1,178 @@
+"""Hugging Face causal LMs as decode steps: ``decode_step(token, pos, past_k, past_v)``.
+
+Any ``transformers`` causal LM (Llama, Mistral, Qwen2, GPT-NeoX / Pythia, OPT, GPT-J, Phi,
+Falcon, GPT-BigCode, GPT-2, ...) is exported through its own forward with its own cache class;
+two standard extension points of ``transformers`` keep the exported graph a plain decode step:
+
+* the attention implementation ``"pimsim"`` (``AttentionInterface``): ``q.K^T * scale``,
+  softmax and ``p.V`` as three ops, with the query heads of a grouped-query model reshaped onto
+  their KV head (K/V stay at ``n_kv_head`` heads, as they are cached);
+* its mask function returns no mask: a decode step attends to every cached token.
+
+The past cache is one tensor per side, ``[n_layer, n_kv_head, past_len, d_head]``; the step
+returns the logits of the new token and the new cache. ``transformers`` is imported only here,
+and only when a model is wrapped.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import torch
+
+ATTN = "pimsim"
+
+
+def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+               scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple:
+    b, n_q, s, d = query.shape
+    n_kv = key.shape[1]
+    if kwargs.get("softcap") or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None:
+        raise ValueError("attention with soft-capping, a sliding window or sinks is unsupported")
+    scale = d ** -0.5 if scaling is None else scaling
+    q = query.reshape(b, n_kv, (n_q // n_kv) * s, d)
+    scores = torch.matmul(q, key.transpose(-1, -2)) * scale
+    p = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    ctx = torch.matmul(p, value)  # [b, n_kv, group * s, d]
+    return ctx.reshape(b, n_q, s, d).transpose(1, 2), None
+
+
+def _no_mask(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN, _attention)
+    AttentionMaskInterface.register(ATTN, _no_mask)
+
+
+@contextmanager
+def _decode_attention(model: Any) -> Iterator[None]:
+    """Models that dispatch through ``AttentionInterface`` get pimsim's attention; the others
+    (e.g. Falcon) keep their own, with the mask of their implementation switched off."""
+    import sys
+
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    _register()
+    cfg = model.config
+    impl = cfg._attn_implementation
+    uses_interface = hasattr(sys.modules.get(type(model).__module__), "ALL_ATTENTION_FUNCTIONS")
+    if uses_interface:
+        cfg._attn_implementation = ATTN
+        try:
+            yield
+        finally:
+            cfg._attn_implementation = impl
+        return
+    mapping = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+    old = mapping.get(impl)
+    mapping[impl] = _no_mask
+    try:
+        yield
+    finally:
+        if old is None:
+            mapping.pop(impl, None)
+        else:
+            mapping[impl] = old
+
+
+def cache_kwarg(model: Any, cache: Any) -> dict:
+    """The forward's cache argument: ``cache`` (newer transformers) or ``past_key_values``."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+def output_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def is_hf_causal_lm(obj: Any) -> bool:
+    """A ``transformers`` model with a language-model head (never imports transformers)."""
+    mod = type(obj).__module__
+    return mod.startswith("transformers.") and isinstance(obj, torch.nn.Module) and \
+        hasattr(obj, "config") and hasattr(obj, "get_output_embeddings")
+
+
+def cache_dims(config: Any) -> tuple[int, int, int, int]:
+    """(n_layer, n_kv_head, d_head, n_ctx) of a transformers text config."""
+    c = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    get = lambda *names: next((getattr(c, n) for n in names  # noqa: E731
+                               if isinstance(getattr(c, n, None), int)), None)
+    n_layer = get("num_hidden_layers", "n_layer", "num_layers")
+    n_head = get("num_attention_heads", "n_head")
+    d_model = get("hidden_size", "n_embd", "d_model")
+    d_head = get("head_dim") or d_model // n_head
+    n_kv = get("num_key_value_heads", "n_head_kv", "num_kv_heads") or n_head
+    if getattr(c, "multi_query", False):
+        n_kv = 1  # GPT-BigCode, Falcon-7B
+    if type(c).__name__ == "FalconConfig" and not getattr(c, "new_decoder_architecture", False) \
+            and not getattr(c, "multi_query", True):
+        n_kv = n_head
+    n_ctx = get("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+    return n_layer, n_kv, d_head, n_ctx
+
+
+class HFDecodeStep(torch.nn.Module):
+    """A causal LM's decode step over a stacked past cache (see the module docstring)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # export restores this flag on the whole tree
+        n_layer, n_kv, d_head, n_ctx = cache_dims(model.config)
+        self.cfg = SimpleNamespace(n_layer=n_layer, n_head=n_kv, d_head=d_head, n_ctx=n_ctx)
+
+    def decode_step(self, token: Any, pos: Any, past_k: Any, past_v: Any) -> tuple:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for i in range(past_k.shape[0]):
+            cache.update(past_k[i:i + 1], past_v[i:i + 1], i)
+        with _decode_attention(self.model):
+            out = self.model(input_ids=token, position_ids=pos.view(1, 1), use_cache=True,
+                             **cache_kwarg(self.model, cache))
+        n = past_k.shape[0]
+        keys = torch.cat([cache.layers[i].keys for i in range(n)])
+        values = torch.cat([cache.layers[i].values for i in range(n)])
+        return out.logits[:, -1], keys, values
+
+    def forward(self, token: Any, pos: Any, past_k: Any, past_v: Any) -> tuple:
+        return self.decode_step(token, pos, past_k, past_v)
+
+
+def decode_step_module(model: Any) -> HFDecodeStep:
+    """Wrap a transformers causal LM as a module with ``decode_step``."""
+    return HFDecodeStep(model)
+
+
+def export_onnx(model: Any, path: str, past_len: int = 3) -> str:
+    """A causal LM's decode step as an ONNX file through ``torch.onnx.export(dynamo=True)``
+    (needs onnxscript): inputs token [1, 1], position [1], past_k / past_v [n_layer, n_kv_head,
+    past_len, d_head] with a dynamic ``past_len``; the context length in the metadata
+    (``n_ctx``)."""
+    import onnx
+
+    step = decode_step_module(model)
+    n_layer, n_kv, d_head, n_ctx = cache_dims(model.config)
+    kv = (n_layer, n_kv, past_len, d_head)
+    args = (torch.zeros((1, 1), dtype=torch.long), torch.full((1,), past_len),
+            torch.zeros(kv), torch.zeros(kv))
+    dim = torch.export.Dim("past_len", min=2, max=n_ctx - 1)
+    with torch.no_grad():
+        prog = torch.onnx.export(
+            step, args, dynamo=True, input_names=["token", "position", "past_k", "past_v"],
+            dynamic_shapes={"token": None, "pos": None, "past_k": {2: dim}, "past_v": {2: dim}})
+    prog.save(path)
+    m = onnx.load(path)
+    m.metadata_props.add(key="n_ctx", value=str(n_ctx))
+    onnx.save(m, path)
+    return path

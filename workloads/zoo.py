@@ -1,0 +1,90 @@
+"""Presets of modern decoder shapes (from the models' public configurations), for timing runs.
+
+They are built without weights (``meta`` tensors): Hugging Face families through their
+``transformers`` config class (exported as a decode step, :mod:`workloads.hf_decode`), the larger
+GPT-3 models as our own :class:`~workloads.gpt.GPT`. A model larger than a hardware config's
+memory fails to compile with the capacity error. Imports neither torch nor transformers until a
+model is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workloads.presets import GPTConfig
+
+# name -> (transformers config class, its arguments); shapes of the public configs
+HF_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama2-7b": ("LlamaConfig", dict(hidden_size=4096, intermediate_size=11008,
+                                      num_hidden_layers=32, num_attention_heads=32,
+                                      num_key_value_heads=32, vocab_size=32000,
+                                      max_position_embeddings=4096)),
+    "llama2-13b": ("LlamaConfig", dict(hidden_size=5120, intermediate_size=13824,
+                                       num_hidden_layers=40, num_attention_heads=40,
+                                       num_key_value_heads=40, vocab_size=32000,
+                                       max_position_embeddings=4096)),
+    "llama2-70b": ("LlamaConfig", dict(hidden_size=8192, intermediate_size=28672,
+                                       num_hidden_layers=80, num_attention_heads=64,
+                                       num_key_value_heads=8, vocab_size=32000,
+                                       max_position_embeddings=4096)),
+    "llama3-8b": ("LlamaConfig", dict(hidden_size=4096, intermediate_size=14336,
+                                      num_hidden_layers=32, num_attention_heads=32,
+                                      num_key_value_heads=8, vocab_size=128256,
+                                      max_position_embeddings=8192, rope_theta=500000.0)),
+    "mistral-7b": ("MistralConfig", dict(hidden_size=4096, intermediate_size=14336,
+                                         num_hidden_layers=32, num_attention_heads=32,
+                                         num_key_value_heads=8, vocab_size=32000,
+                                         max_position_embeddings=32768, sliding_window=None)),
+    "qwen2-7b": ("Qwen2Config", dict(hidden_size=3584, intermediate_size=18944,
+                                     num_hidden_layers=28, num_attention_heads=28,
+                                     num_key_value_heads=4, vocab_size=152064,
+                                     max_position_embeddings=32768)),
+    "opt-6.7b": ("OPTConfig", dict(hidden_size=4096, ffn_dim=16384, num_hidden_layers=32,
+                                   num_attention_heads=32, vocab_size=50272,
+                                   max_position_embeddings=2048, word_embed_proj_dim=4096)),
+    "pythia-6.9b": ("GPTNeoXConfig", dict(hidden_size=4096, intermediate_size=16384,
+                                          num_hidden_layers=32, num_attention_heads=32,
+                                          vocab_size=50432, max_position_embeddings=2048,
+                                          rotary_pct=0.25, use_parallel_residual=True)),
+    "gpt-j-6b": ("GPTJConfig", dict(n_embd=4096, n_layer=28, n_head=16, rotary_dim=64,
+                                    vocab_size=50400, n_positions=2048)),
+}
+
+GPT_SHAPES: dict[str, GPTConfig] = {
+    c.name: c for c in (
+        GPTConfig(name="gpt3-6.7b", n_layer=32, d_model=4096, n_head=32, d_head=128,
+                  vocab=50257, n_ctx=2048),
+        GPTConfig(name="gpt3-13b", n_layer=40, d_model=5140, n_head=40, d_head=128,
+                  vocab=50257, n_ctx=2048),  # the paper's d_model 5140 (n_head*d_head 5120)
+        GPTConfig(name="gpt3-175b", n_layer=96, d_model=12288, n_head=96, d_head=128,
+                  vocab=50257, n_ctx=2048),
+    )
+}
+
+NAMES = tuple(HF_SHAPES) + tuple(GPT_SHAPES)
+
+
+def n_ctx(name: str) -> int:
+    if name in GPT_SHAPES:
+        return GPT_SHAPES[name].n_ctx
+    kw = HF_SHAPES[name][1]
+    return int(kw.get("max_position_embeddings", kw.get("n_positions", 0)))
+
+
+def build(name: str) -> Any:
+    """The weightless (``meta``) model of a zoo preset, ready for the compiler."""
+    import torch
+
+    if name in GPT_SHAPES:
+        from workloads.gpt import GPT
+
+        return GPT(GPT_SHAPES[name], device="meta").eval()
+    import transformers
+
+    from workloads.hf_decode import decode_step_module
+
+    cls, kw = HF_SHAPES[name]
+    cfg = getattr(transformers, cls)(**kw)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    return decode_step_module(model.eval())
