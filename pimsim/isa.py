@@ -182,8 +182,25 @@ class MatrixLayout:
         return (slot * self.geo.channels + ch) * self.geo.banks + bank
 
 
+class _KVHeads:
+    """Grouped-query attention: ``n_kv_head`` K/V heads (0: one per query head), each shared by
+    ``group`` query heads."""
+
+    n_head: int
+    n_kv_head: int
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.n_head // self.kv_heads
+
+
 @dataclass(frozen=True)
-class KLayout:
+class KLayout(_KVHeads):
     """K cache of one attention: ``n_head`` query heads share ``kv_heads`` stored heads (grouped-
     query attention: query head ``h`` reads KV head ``h // group``); each KV head is stored once."""
 
@@ -197,15 +214,6 @@ class KLayout:
     heads_per_fill: int = 0  # heads of q one global-buffer fill holds (0: a whole chunk)
     accumulators: int = 1  # partial sums per bank: head scores read out together
     n_kv_head: int = 0  # 0: as many KV heads as query heads
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
-
-    @property
-    def group(self) -> int:
-        """Query heads per KV head."""
-        return self.n_head // self.kv_heads
 
     @property
     def d_attn(self) -> int:
@@ -262,7 +270,7 @@ class KLayout:
 
 
 @dataclass(frozen=True)
-class VLayout:
+class VLayout(_KVHeads):
     """V cache of one attention, ``kv_heads`` heads stored once (see :class:`KLayout`)."""
 
     layer: int
@@ -274,14 +282,6 @@ class VLayout:
     fill_cols: int = 0  # as MatrixLayout (the softmax weights of one head per fill)
     accumulators: int = 1
     n_kv_head: int = 0
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
-
-    @property
-    def group(self) -> int:
-        return self.n_head // self.kv_heads
 
     @cached_property
     def matrix(self) -> MatrixLayout:

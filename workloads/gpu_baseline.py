@@ -94,7 +94,53 @@ def build_model(cfg: GPTConfig, *, device: str | torch.device = "cpu",
     return model.requires_grad_(False).eval()
 
 
-class StaticCacheDecoder:
+class CudaGraphStep:
+    """A decode step over static buffers, replayable as one CUDA graph: subclasses set
+    ``device``, ``n_ctx``, the device tensors ``tok_t`` / ``pos_t``, ``graph = None`` and
+    ``logits = None``, and define ``step()`` (one decode step from those tensors)."""
+
+    device: torch.device
+    n_ctx: int
+
+    def capture(self, warmup: int = 3) -> None:
+        """Record :meth:`step` as one CUDA graph (CUDA only); the cache is left as warm-up left it."""
+        if self.device.type != "cuda":
+            raise RuntimeError("CUDA graph capture needs a CUDA device")
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self.step()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self.step()
+        torch.cuda.synchronize(self.device)
+        self.graph = graph
+
+    def set_inputs(self, token: int, pos: int) -> None:
+        if not 0 <= pos < self.n_ctx:
+            raise ValueError(f"position {pos} outside [0, {self.n_ctx})")
+        self.tok_t.fill_(int(token))
+        self.pos_t.fill_(int(pos))
+
+    def run(self) -> torch.Tensor:
+        """Run one step on the inputs already set: replay the graph if captured, else eagerly."""
+        if self.graph is not None:
+            self.graph.replay()
+            assert self.logits is not None
+            return self.logits
+        self.logits = self.step()
+        return self.logits
+
+    def decode(self, token: int, pos: int) -> torch.Tensor:
+        """Set the inputs and run one step; returns logits ``[1, vocab]`` (a static buffer on CUDA)."""
+        self.set_inputs(token, pos)
+        return self.run()
+
+
+class StaticCacheDecoder(CudaGraphStep):
     """Batch-1 decode of a :class:`GPT` with a static KV cache, capturable as one CUDA graph.
 
     The step reads the token and position from the device tensors ``tok_t`` and ``pos_t``
@@ -110,6 +156,7 @@ class StaticCacheDecoder:
     def __init__(self, model: GPT) -> None:
         cfg = model.cfg
         self.cfg = cfg
+        self.n_ctx = cfg.n_ctx
         w = model.wte.weight
         self.device, self.dtype = w.device, w.dtype
         self.wte, self.wpe = model.wte.weight, model.wpe.weight
@@ -181,43 +228,6 @@ class StaticCacheDecoder:
                              L["wdown"], L["bdown"])
         x = F.layer_norm(h, (c.d_model,), self.ln_f[0], self.ln_f[1], c.ln_eps)
         return F.linear(x, self.wte)                                                      # [1, vocab]
-
-    def capture(self, warmup: int = 3) -> None:
-        """Record :meth:`step` as one CUDA graph (CUDA only); the cache is left as warm-up left it."""
-        if self.device.type != "cuda":
-            raise RuntimeError("CUDA graph capture needs a CUDA device")
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                self.step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self.step()
-        torch.cuda.synchronize(self.device)
-        self.graph = graph
-
-    def set_inputs(self, token: int, pos: int) -> None:
-        if not 0 <= pos < self.cfg.n_ctx:
-            raise ValueError(f"position {pos} outside [0, {self.cfg.n_ctx})")
-        self.tok_t.fill_(int(token))
-        self.pos_t.fill_(int(pos))
-
-    def run(self) -> torch.Tensor:
-        """Run one step on the inputs already set: replay the graph if captured, else eagerly."""
-        if self.graph is not None:
-            self.graph.replay()
-            assert self.logits is not None
-            return self.logits
-        self.logits = self.step()
-        return self.logits
-
-    def decode(self, token: int, pos: int) -> torch.Tensor:
-        """Set the inputs and run one step; returns logits ``[1, vocab]`` (a static buffer on CUDA)."""
-        self.set_inputs(token, pos)
-        return self.run()
 
 
 @torch.no_grad()

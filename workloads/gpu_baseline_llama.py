@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from workloads.gpt import _param_seed
 from workloads.gpu_baseline import (
+    CudaGraphStep,
     PowerSampler,
     count_cuda_kernels,
     environment_info,
@@ -185,7 +186,7 @@ def hf_llama_config(shape: LlamaShape) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-class LlamaStaticDecoder:
+class LlamaStaticDecoder(CudaGraphStep):
     """Batch-1 Llama decode with a static KV cache, capturable as one CUDA graph.
 
     Weights are drawn at construction, directly on ``device`` in ``dtype``, each tensor (by its
@@ -202,6 +203,7 @@ class LlamaStaticDecoder:
     def __init__(self, shape: LlamaShape, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float16, seed: int = 0, init_std: float = INIT_STD) -> None:
         s = self.shape = shape
+        self.n_ctx = shape.n_ctx
         self.device, self.dtype = torch.device(device), dtype
         dev, D, H, KV, d, f = self.device, s.d_head, s.n_head, s.n_kv_head, s.d_model, s.d_ff
 
@@ -320,43 +322,6 @@ class LlamaStaticDecoder:
             gu = F.linear(x, self.wgu[li])                                            # [1, 2 d_ff]
             h.addmm_(F.silu(gu[:, :f]) * gu[:, f:], self.wdown[li].t())
         return F.linear(self._rms(h, self.norm), self.lm_head)                        # [1, vocab]
-
-    def capture(self, warmup: int = 3) -> None:
-        """Record :meth:`step` as one CUDA graph (CUDA only)."""
-        if self.device.type != "cuda":
-            raise RuntimeError("CUDA graph capture needs a CUDA device")
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                self.step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self.step()
-        torch.cuda.synchronize(self.device)
-        self.graph = graph
-
-    def set_inputs(self, token: int, pos: int) -> None:
-        if not 0 <= pos < self.shape.n_ctx:
-            raise ValueError(f"position {pos} outside [0, {self.shape.n_ctx})")
-        self.tok_t.fill_(int(token))
-        self.pos_t.fill_(int(pos))
-
-    def run(self) -> torch.Tensor:
-        """One step on the inputs already set: replay the graph if captured, else eagerly."""
-        if self.graph is not None:
-            self.graph.replay()
-            assert self.logits is not None
-            return self.logits
-        self.logits = self.step()
-        return self.logits
-
-    def decode(self, token: int, pos: int) -> torch.Tensor:
-        """Set the inputs and run one step; logits ``[1, vocab]`` (a static buffer on CUDA)."""
-        self.set_inputs(token, pos)
-        return self.run()
 
 
 # --------------------------------------------------------------------------------------------
