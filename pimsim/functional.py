@@ -679,7 +679,8 @@ class FlowExecutor:
             o = np.empty(vm.out_dim, np.float32)
             _mac_matrix(self.img.words, *_matrix_rows(vm), vm.chunk_elems,
                         np.ascontiguousarray(pg[:, m]), vl.d_head, vm.out_dim, vm.geo.col_elems,
-                        self.img.fmt, _FORMATS[self.acc_dtype], _FP16_TO_FP32, o)
+                        self.img.fmt, _FORMATS[self.acc_dtype], _FP16_TO_FP32,
+                        _read_segments(vm), o)
             out[:, m] = o.reshape(n_kv, vl.d_head)
         return out.reshape(-1)
 
