@@ -212,6 +212,8 @@ def validation_metrics(sim_logits: np.ndarray, ref_logits: np.ndarray) -> dict:
                                               * np.linalg.norm(ref_logits, axis=1))
     top1 = sim_logits.argmax(1) == ref_logits.argmax(1)
     dec = decisive_steps(ref_logits)
+    top2 = np.sort(ref_logits, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
     return {
         "top1_agreement_decisive": float(top1[dec].mean()) if dec.any() else 1.0,
         "decisive_steps": int(dec.sum()),
@@ -220,6 +222,10 @@ def validation_metrics(sim_logits: np.ndarray, ref_logits: np.ndarray) -> dict:
         "min_cosine": float(cos.min()),
         "top1_agreement": float(top1.mean()),
         "per_step_max_abs_err": [float(x) for x in d.max(axis=1)],
+        "per_step_cosine": [float(x) for x in cos],
+        # steps whose top-1 differs, with the reference's top-2 gap (a near-tie when not decisive)
+        "top1_mismatches": [{"step": int(i), "ref_top2_gap": float(gap[i]),
+                             "decisive": bool(dec[i])} for i in np.flatnonzero(~top1)],
     }
 
 
