@@ -245,13 +245,14 @@ class DecodeSimulator:
         t0 = self.now
         if self.fast:
             s, t = self.steps, self.tables
-            now, n_run = K.run_steps(
-                items, seg_lo, seg_hi, self.streams.seg_cls, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
-                int(self.schedule == "serial"), self.link_lat, busy, lead, t0, t.cmd_tab,
-                t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
-                self.states.win_cnt, self.states.open_row, self.states.scal,
-                self.states.counts, self.states.stats, st, en, cnt, lk, int(self.group),
-                self.memo)
+            with K.compile_scope():
+                now, n_run = K.run_steps(
+                    items, seg_lo, seg_hi, self.streams.seg_cls, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
+                    int(self.schedule == "serial"), self.link_lat, busy, lead, t0, t.cmd_tab,
+                    t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
+                    self.states.win_cnt, self.states.open_row, self.states.scal,
+                    self.states.counts, self.states.stats, st, en, cnt, lk, int(self.group),
+                    self.memo)
             self.now = int(now)
             self.channels_run += int(n_run)
         else:

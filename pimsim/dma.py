@@ -49,11 +49,12 @@ def replay_trace(cfg: HwConfig, trace: Trace, *, log: bool = False, fast: bool =
     n = len(trace.channels)
     st = ChannelStates(cfg, n, tables)
     h = cfg.host
-    end, glog = K.replay_host(
-        trace.lines, trace.masks, h.queue_entries, h.line_cyc, h.release_cyc,
-        blocking_table(cfg), int(group and not log), int(log),
-        tables.cmd_tab, tables.pr_start, tables.pr_tab, tables.win_tab, tables.geom,
-        st.ready, st.win_hist, st.win_cnt, st.open_row, st.scal, st.counts, st.stats)
+    with K.compile_scope():
+        end, glog = K.replay_host(
+            trace.lines, trace.masks, h.queue_entries, h.line_cyc, h.release_cyc,
+            blocking_table(cfg), int(group and not log), int(log),
+            tables.cmd_tab, tables.pr_start, tables.pr_tab, tables.win_tab, tables.geom,
+            st.ready, st.win_hist, st.win_cnt, st.open_row, st.scal, st.counts, st.stats)
     timers = [ChannelTimer(cfg, states=st, index=i) for i in range(n)]
     res = SimResult(cycles=int(end),
                     channels=[ChannelResult(ch, t) for ch, t in zip(trace.channels, timers)],

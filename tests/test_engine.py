@@ -77,3 +77,19 @@ def test_refresh_issued_at_due_time_while_channel_idles():
     assert len(refs) == 3
     # each refresh at (or just after, for the PREA) its due time, not bunched at the end
     assert refs[0] < 2 * n_refi and refs[1] < 3 * n_refi
+
+
+def test_kernel_compile_scope_restores_numba_settings(monkeypatch):
+    """The kernels' compile options apply inside the scope only; a user's NUMBA_OPT wins."""
+    import numba
+
+    from pimsim.timing import kernel as K
+
+    before = numba.config.OPT
+    monkeypatch.delenv("NUMBA_OPT", raising=False)
+    with K.compile_scope():
+        assert numba.config.OPT == 1
+    assert numba.config.OPT == before
+    monkeypatch.setenv("NUMBA_OPT", "3")
+    with K.compile_scope():
+        assert numba.config.OPT == before

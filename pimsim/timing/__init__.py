@@ -85,11 +85,12 @@ class ChannelTimer:
             end: int | None = None) -> int:
         """Issue items from ``pos`` through the next SYNC (or ``end``); return the next position."""
         t = self.tables
-        pos, self._log = K.run_segment(
-            stream, pos, stream.shape[0] if end is None else end, not_before, t.cmd_tab, t.pr_start, t.pr_tab, t.win_tab, t.geom,
-            self.ready, self.win_hist, self.win_cnt, self.open_row, self.scal, self.counts,
-            self.stats, self._log, self.memo,
-        )
+        with K.compile_scope():
+            pos, self._log = K.run_segment(
+                stream, pos, stream.shape[0] if end is None else end, not_before, t.cmd_tab,
+                t.pr_start, t.pr_tab, t.win_tab, t.geom, self.ready, self.win_hist, self.win_cnt,
+                self.open_row, self.scal, self.counts, self.stats, self._log, self.memo,
+            )
         return pos
 
     def run_all(self, stream: np.ndarray) -> int:
