@@ -95,12 +95,31 @@ def build_model(cfg: GPTConfig, *, device: str | torch.device = "cpu",
 
 
 class CudaGraphStep:
-    """A decode step over static buffers, replayable as one CUDA graph: subclasses set
-    ``device``, ``n_ctx``, the device tensors ``tok_t`` / ``pos_t``, ``graph = None`` and
-    ``logits = None``, and define ``step()`` (one decode step from those tensors)."""
+    """A decode step over a static KV cache, replayable as one CUDA graph: subclasses set
+    ``device``, ``n_ctx``, the cache tensors ``k_cache`` / ``v_cache``, the device tensors
+    ``tok_t`` / ``pos_t``, ``graph = None`` and ``logits = None``, and define ``step()`` (one
+    decode step from those tensors)."""
 
     device: torch.device
     n_ctx: int
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the static K and V buffers (read in full by every step)."""
+        return 2 * self.k_cache.numel() * self.k_cache.element_size()
+
+    def reset(self, fill: str = "zeros", seed: int = 0) -> None:
+        """Clear the cache (``zeros``), or fill it with random values (``random``, for timing)."""
+        with torch.no_grad():
+            if fill == "zeros":
+                self.k_cache.zero_()
+                self.v_cache.zero_()
+            else:
+                gen = torch.Generator(device=self.device).manual_seed(seed)
+                self.k_cache.normal_(0.0, 1.0, generator=gen)
+                self.v_cache.normal_(0.0, 1.0, generator=gen)
 
     def capture(self, warmup: int = 3) -> None:
         """Record :meth:`step` as one CUDA graph (CUDA only); the cache is left as warm-up left it."""
@@ -184,22 +203,6 @@ class StaticCacheDecoder(CudaGraphStep):
         self._zero = torch.zeros((), dtype=self.dtype, device=self.device)
         self.graph: Any = None
         self.logits: torch.Tensor | None = None
-
-    @property
-    def kv_bytes(self) -> int:
-        """Bytes of the static K and V buffers (read in full by every step)."""
-        return 2 * self.k_cache.numel() * self.k_cache.element_size()
-
-    def reset(self, fill: str = "zeros", seed: int = 0) -> None:
-        """Clear the cache (``zeros``), or fill it with random values (``random``, for timing)."""
-        with torch.no_grad():
-            if fill == "zeros":
-                self.k_cache.zero_()
-                self.v_cache.zero_()
-            else:
-                gen = torch.Generator(device=self.device).manual_seed(seed)
-                self.k_cache.normal_(0.0, 1.0, generator=gen)
-                self.v_cache.normal_(0.0, 1.0, generator=gen)
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:

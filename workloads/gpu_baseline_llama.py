@@ -266,22 +266,6 @@ class LlamaStaticDecoder(CudaGraphStep):
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.hf_state_dict().values())
 
-    @property
-    def kv_bytes(self) -> int:
-        """Bytes of the static K and V buffers (read in full by every step)."""
-        return 2 * self.k_cache.numel() * self.k_cache.element_size()
-
-    def reset(self, fill: str = "zeros", seed: int = 0) -> None:
-        """Clear the cache (``zeros``) or fill it with random values (``random``, for timing)."""
-        with torch.no_grad():
-            if fill == "zeros":
-                self.k_cache.zero_()
-                self.v_cache.zero_()
-            else:
-                gen = torch.Generator(device=self.device).manual_seed(seed)
-                self.k_cache.normal_(0.0, 1.0, generator=gen)
-                self.v_cache.normal_(0.0, 1.0, generator=gen)
-
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # fp32 statistics, as transformers' LlamaRMSNorm (one fused kernel on CUDA)
         return F.rms_norm(x, (self.shape.d_model,), w, self.shape.rms_eps)

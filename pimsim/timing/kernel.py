@@ -90,11 +90,16 @@ def _copy_into(dst, src):
 
 
 @njit(cache=True, inline="always")
-def _copy_rows(dst, src, n):
-    """``dst[:n] = src[:n]`` for two C-contiguous 2-D arrays of one row length."""
+def _room(log, n, need):
+    """``log`` (rows of a command log, ``n`` in use) with room for ``need`` rows: a copy of
+    twice the size (or ``need``) when it is too small."""
+    if need <= log.shape[0]:
+        return log
+    grown = np.zeros((max(2 * log.shape[0], need), log.shape[1]), np.int64)
     for i in range(n):
-        for j in range(src.shape[1]):
-            dst[i, j] = src[i, j]
+        for j in range(log.shape[1]):
+            grown[i, j] = log[i, j]
+    return grown
 
 
 @njit(cache=True, inline="always")
@@ -226,10 +231,7 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
         scal[S_DONE] = done
     if log.shape[0] > 0:
         n = scal[S_LOG_N]
-        if n + n_same > log.shape[0]:
-            grown = np.empty((max(2 * log.shape[0], n + n_same), 4), np.int64)
-            _copy_rows(grown, log, n)
-            log = grown
+        log = _room(log, n, n + n_same)
         for j in range(n_same):
             log[n + j, 0] = t - (n_same - 1 - j) * gap
             log[n + j, 1] = cmd
@@ -1415,10 +1417,7 @@ def _cq_step_r(q, cq, limit, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, wi
 @njit(cache=True)
 def _flush_log(scratch, scal_c, c, glog, gn):
     nl = scal_c[S_LOG_N]
-    if gn + nl > glog.shape[0]:
-        grown = np.zeros((max(2 * glog.shape[0], gn + nl), 5), np.int64)
-        _copy_rows(grown, glog, gn)
-        glog = grown
+    glog = _room(glog, gn, gn + nl)
     for j in range(nl):
         glog[gn, 0] = scratch[j, 0]
         glog[gn, 1] = c
