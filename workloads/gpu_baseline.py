@@ -717,11 +717,10 @@ def measure_model(name: str, device: torch.device, *, dtype: torch.dtype, repeat
 # --------------------------------------------------------------------------------------------
 
 
-def run_baseline(models: Sequence[str], *, device: str | torch.device | None = None,
-                 repeats: int = 5, power_s: float = 3.0, eager_power_s: float = 2.0,
-                 idle_s: float = 2.0, dtype: torch.dtype | None = None, seed: int = 0,
-                 batch_s: float = 0.1, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure every model in ``models``; returns the JSON-ready document."""
+def resolve_device(device: str | torch.device | None,
+                   dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype, bool]:
+    """(device with its index, dtype, on CUDA?): CUDA where present, fp16 there, fp32 on the
+    CPU, unless given."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -730,6 +729,15 @@ def run_baseline(models: Sequence[str], *, device: str | torch.device | None = N
     cuda = device.type == "cuda"
     if dtype is None:
         dtype = torch.float16 if cuda else torch.float32
+    return device, dtype, cuda
+
+
+def run_baseline(models: Sequence[str], *, device: str | torch.device | None = None,
+                 repeats: int = 5, power_s: float = 3.0, eager_power_s: float = 2.0,
+                 idle_s: float = 2.0, dtype: torch.dtype | None = None, seed: int = 0,
+                 batch_s: float = 0.1, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure every model in ``models``; returns the JSON-ready document."""
+    device, dtype, cuda = resolve_device(device, dtype)
     info = environment_info(device)
     sampler = PowerSampler(device.index or 0) if cuda else None
     info["power_source"] = sampler.source if sampler is not None else None

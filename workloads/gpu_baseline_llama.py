@@ -62,6 +62,7 @@ from workloads.gpu_baseline import (
     measure_copy_bandwidth_gbs,
     measure_idle_w,
     positions_for,
+    resolve_device,
     sustained_loop,
     time_interleaved,
 )
@@ -512,14 +513,7 @@ def run_baseline(models: Sequence[str], *, device: str | torch.device | None = N
     """Validate the small configs, then measure every model; returns the JSON-ready document.
     A model that does not fit in the GPU's memory is listed under ``not_measured``.
     ``checkpoint(doc)`` is called with the document so far after each model (to save it)."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    cuda = device.type == "cuda"
-    if dtype is None:
-        dtype = torch.float16 if cuda else torch.float32
+    device, dtype, cuda = resolve_device(device, dtype)
     info = environment_info(device)
     try:
         import transformers
