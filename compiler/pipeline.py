@@ -34,6 +34,14 @@ class Compiled:
     mapping: Mapping
     program: Program
     seconds: dict[str, float] = field(default_factory=dict)
+    # a system of tp x pp devices: one (program, mapping) per pipeline stage (the first is
+    # ``program`` / ``mapping``); empty for one device
+    stages: list[Program] = field(default_factory=list)
+    stage_mappings: list = field(default_factory=list)
+
+    @property
+    def programs(self) -> list[Program]:
+        return self.stages or [self.program]
 
     def summary(self, pos: int | None = None) -> str:
         mp, prog, g = self.mapping, self.program, self.mapping.geo
@@ -94,12 +102,13 @@ def _ours(source: Any) -> bool:
 
 
 def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
-                  lowering: str = "auto") -> Compiled:
+                  lowering: str = "auto", tp: int = 1, pp: int = 1) -> Compiled:
     """Run the whole pipeline; raises a clear error for unsupported ops or a model too large.
 
     ``lowering``: ``"graph"`` lowers the graph op by op (:mod:`compiler.passes.lower`), any
     decoder; ``"pim-gpt"`` reads a GPT-2 block structure and emits PIM-GPT's program; ``"auto"``
-    uses PIM-GPT's where the graph has its block structure, else the graph lowering."""
+    uses PIM-GPT's where the graph has its block structure, else the graph lowering. ``tp`` x
+    ``pp`` devices (tensor-parallel group size, pipeline stages) take the graph lowering."""
     t = {}
     t0 = time.perf_counter()
     graph = import_graph(source)
@@ -110,14 +119,18 @@ def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
     try:
         for p in lowering_passes():
             graph = p.run(graph)
-        if lowering == "graph":
+        if lowering == "graph" or tp * pp > 1:
+            if lowering == "pim-gpt":
+                raise UserError("the PIM-GPT emitter is for one device",
+                                "use lowering='graph' (the default) with tp or pp above 1")
             raise RecogniseError("graph lowering asked for")
         spec = recognise_decoder(graph, name)
         spec.check()
     except RecogniseError:
         if lowering == "pim-gpt":
             raise
-        return _compile_graph(graph, cfg, name, _context(source), t, t0, ours=_ours(source))
+        return _compile_graph(graph, cfg, name, _context(source), t, t0, ours=_ours(source),
+                              tp=tp, pp=pp)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -163,11 +176,18 @@ def _context(source: Any) -> int | None:
 
 
 def _compile_graph(graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None, t: dict,
-                   t0: float, ours: bool = False) -> Compiled:
-    from compiler.passes.lower import LoweringError, lower_graph
+                   t0: float, ours: bool = False, tp: int = 1, pp: int = 1) -> Compiled:
+    from compiler.passes.lower import LoweringError, lower_graph, lower_graph_system
     from compiler.passes.mapping import CapacityError, MappingError
 
     try:
+        if tp * pp > 1:
+            stages = lower_graph_system(graph, cfg, name=name, n_ctx=n_ctx, tp=tp, pp=pp)
+            for _, mp in stages:
+                mp.check()
+            t["lower+place"] = time.perf_counter() - t0
+            return Compiled(stages[0][1].model, stages[0][1], stages[0][0], t,
+                            stages=[p for p, _ in stages], stage_mappings=[m for _, m in stages])
         program, mapping = lower_graph(graph, cfg, name=name, n_ctx=n_ctx)
     except (UserError, CapacityError, MappingError):
         raise

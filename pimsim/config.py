@@ -316,6 +316,13 @@ class HwConfig:
     energy: Energy | None = None
     host: Host = field(default_factory=Host)
     controller: Controller = field(default_factory=Controller)
+    system: Any = None  # pimsim.system.System: devices, tp x pp, the interconnect
+
+    def __post_init__(self) -> None:
+        if self.system is None:
+            from pimsim.system import System
+
+            object.__setattr__(self, "system", System())
 
     @property
     def tCK_ps(self) -> int:
@@ -343,6 +350,8 @@ _SECTIONS = {
     "energy": Energy,
     "host": Host,
     "controller": Controller,
+    "system": None,
+    "interconnect": None,
 }
 _TOP_KEYS = {"name", "description"} | set(_SECTIONS)
 
@@ -452,12 +461,18 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
         if not isinstance(data["energy"], dict):
             fail("[energy] must be a table")
         energy = build(Energy, "energy", data["energy"])
+    for sec in ("system", "interconnect"):
+        if not isinstance(data.get(sec, {}), dict):
+            fail(f"[{sec}] must be a table")
+    from pimsim.system import system_from_dict
+
+    system = system_from_dict(data.get("system"), data.get("interconnect"), source)
     cfg = HwConfig(
         name=str(data.get("name", Path(source).stem)),
         description=str(data.get("description", "")),
         source=source,
         org=org, timing=timing, pim=pim, asic=asic, link=link, refresh=refresh, energy=energy,
-        host=host, controller=controller,
+        host=host, controller=controller, system=system,
     )
     _validate(cfg, source)
     return cfg

@@ -31,11 +31,13 @@ from pimsim.isa import ITEM_FIELDS, Program
 from pimsim.link import (lead_columns, lead_delay_cyc, link_busy_cyc, link_latency_cyc,
                          transfer_bytes)
 from pimsim.spec.commands import N_CMDS
+from pimsim.system import CommCost, collective
 from pimsim.timing import ChannelStates, ChannelTimer
 from pimsim.timing import kernel as K
 from pimsim.timing.tables import build_tables
 
 ASIC_COST_OP = {"argmax": "reduction"}  # ops without their own cost row use another's
+KIND_CODE = {"asic": 0, "pim": 1, "comm": 2}  # step kinds as the kernels see them
 
 
 def asic_cycles(cfg: HwConfig, op: str, n_elems: int) -> int:
@@ -44,6 +46,20 @@ def asic_cycles(cfg: HwConfig, op: str, n_elems: int) -> int:
     key = ASIC_COST_OP.get(op, op)
     cyc = a.op_latency_cyc[key] + math.ceil(n_elems / a.vector_lanes) * a.op_passes[key]
     return math.ceil(cyc * 1e6 / a.clock_mhz / cfg.tCK_ps)
+
+
+def comm_cost(cfg: HwConfig, prog: Program, step) -> CommCost:
+    """Time and wire bits of a collective step on the system's interconnect
+    (:mod:`pimsim.system`): ``n_elems`` data elements per device over the program's tensor-
+    parallel group; an all-reduce's adds (each device sums the others' contributions to its
+    share) run on the device's ASIC."""
+    ic, n = cfg.system.interconnect, prog.tp
+    n_bytes = step.n_elems * prog.geo.elem_bytes
+    reduce_ns = 0.0
+    if step.op == "all_reduce" and n > 1:
+        adds = math.ceil(step.n_elems / n) * (n - 1)
+        reduce_ns = asic_cycles(cfg, "residual", adds) * cfg.tCK_ps / 1000.0
+    return collective(ic, step.op, n, n_bytes, reduce_ns)
 
 
 class LinkCycles:
@@ -78,9 +94,9 @@ class StepTable:
 
     def __init__(self, prog: Program, cfg: HwConfig):
         steps = prog.steps
-        self.kind = np.array([1 if s.kind == "pim" else 0 for s in steps], np.int64)
-        self.pim_index = np.cumsum(self.kind) - 1
-        self.n_pim = int(self.kind.sum())
+        self.kind = np.array([KIND_CODE[s.kind] for s in steps], np.int64)
+        self.pim_index = np.cumsum(self.kind == 1) - 1
+        self.n_pim = int((self.kind == 1).sum())
         dep_start = [0]
         dep_idx: list[int] = []
         for s in steps:
@@ -88,8 +104,10 @@ class StepTable:
             dep_start.append(len(dep_idx))
         self.dep_start = np.array(dep_start, np.int64)
         self.dep_idx = np.array(dep_idx, np.int64)
+        self.comm = {s.index: comm_cost(cfg, prog, s) for s in steps if s.kind == "comm"}
         self.fixed_cyc = np.array(
-            [asic_cycles(cfg, s.op, s.n_elems) if s.kind == "asic" and not s.per_pos_elems else -1
+            [asic_cycles(cfg, s.op, s.n_elems) if s.kind == "asic" and not s.per_pos_elems else
+             self.comm[s.index].cycles(cfg.tCK_ps) if s.kind == "comm" else -1
              for s in steps], np.int64)
         self.prog = prog
         self.cfg = cfg
@@ -276,6 +294,7 @@ class DecodeSimulator:
         issued = [env.event() for _ in prog.steps]  # a PIM step has handed its commands over
         serial = self.schedule == "serial"
         asic = simpy.Resource(env, capacity=1)
+        fabric = simpy.Resource(env, capacity=1)
         link_free = [t0] * n_ch
         prev_pim = [-1] * len(prog.steps)
         last = -1
@@ -291,7 +310,8 @@ class DecodeSimulator:
             yield env.timeout(max(0, timers[c].done_cyc - env.now))
 
         def step(i: int):
-            req = asic.request() if s.kind[i] == 0 else None  # FIFO: program order
+            req = asic.request() if s.kind[i] == 0 else \
+                fabric.request() if s.kind[i] == 2 else None  # FIFO: program order
             deps = [done_ev[j] for j in prog.steps[i].deps]
             if serial and i > 0:
                 deps.append(done_ev[i - 1])
@@ -326,7 +346,7 @@ class DecodeSimulator:
                 end = start + int(dur[i])
             yield env.timeout(max(0, end - env.now))
             if req is not None:
-                asic.release(req)
+                (asic if s.kind[i] == 0 else fabric).release(req)
             st[i], en[i] = start, end
             done_ev[i].succeed()
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pimsim.config import Energy, HwConfig
 from pimsim.link import LINK_CMDS  # commands whose data crosses the link (one column each)
 
-COMPONENTS = ("banks", "mac_units", "global_buffer", "io", "asic", "background", "refresh")
+COMPONENTS = ("banks", "mac_units", "global_buffer", "io", "asic", "background", "refresh",
+              "interconnect")
 
 
 class EnergyError(ValueError):

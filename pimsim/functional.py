@@ -691,42 +691,62 @@ class FlowExecutor:
         env[prog.inputs["token"]] = np.array([[token]], np.int64)
         if prog.inputs.get("position"):
             env[prog.inputs["position"]] = np.array([pos], np.int64)
-        base = self._base
         for f in prog.flow:
             op = f.op
             if op == "embed":
-                lay = prog.tables[f.attrs["table"]]
                 idx = int(np.asarray(env[f.inputs[0]]).reshape(-1)[0])
-                row = base._read_matrix_row(lay, idx)
+                row = self._embed(f.attrs["table"], idx)
                 env[f.outputs[0]] = row.reshape(self._dims(f.attrs["shape"], pos))
             elif op == "matvec":
-                m = prog.matrices[f.attrs["matrix"]]
                 x = np.asarray(env[f.inputs[0]], np.float32).reshape(-1)
-                y = base._matvec(m, x)
+                y = self._mv(f.attrs["matrix"], x, f.attrs["parts"][-1][1])
                 for out, (lo, hi, bias, shape) in zip(f.outputs, f.attrs["parts"]):
                     v = y[lo:hi]
                     if bias:
                         v = v + env[bias].reshape(-1)
                     env[out] = v.astype(np.float32).reshape(self._dims(shape, pos))
             elif op in ("k_write", "v_write"):
-                kl, vl = prog.kv_layouts[f.attrs["attn"]]
                 new = np.asarray(env[f.inputs[0]], np.float32).reshape(-1)
-                if op == "k_write":
-                    self._write_k(kl, pos, new)
-                else:
-                    self._write_v(vl, pos, new)
+                self._kv_write(f.attrs["attn"], op == "k_write", pos, new)
             elif op == "attn_score":
-                kl, _ = prog.kv_layouts[f.attrs["attn"]]
-                s = self._scores(kl, pos, np.asarray(env[f.inputs[0]]).reshape(-1))
+                s = self._attn(f.attrs["attn"], True, pos, np.asarray(env[f.inputs[0]]))
                 env[f.outputs[0]] = s.reshape(self._dims(f.attrs["shape"], pos))
             elif op == "attn_value":
-                _, vl = prog.kv_layouts[f.attrs["attn"]]
-                ctx = self._values(vl, pos, np.asarray(env[f.inputs[0]]))
+                ctx = self._attn(f.attrs["attn"], False, pos, np.asarray(env[f.inputs[0]]))
                 env[f.outputs[0]] = ctx.reshape(self._dims(f.attrs["shape"], pos))
             else:
                 out = self.ops[op].fn(M, [env[i] for i in f.inputs], self._attrs(f.attrs, pos))
                 env[f.outputs[0]] = np.asarray(out)
         return np.asarray(env[prog.logits], np.float32).reshape(-1)
+
+    # -- the PIM side of the flow's ops (one device; SystemFlowExecutor spreads them)
+    def _embed(self, table: str, idx: int) -> np.ndarray:
+        return self._base._read_matrix_row(self.prog.tables[table], idx)
+
+    def _mv(self, matrix: str, x: np.ndarray, n_out: int) -> np.ndarray:
+        return self._base._matvec(self.prog.matrices[matrix], x)
+
+    def _kv_write(self, attn: int, is_k: bool, pos: int, new: np.ndarray) -> None:
+        kl, vl = self.prog.kv_layouts[attn]
+        if is_k:
+            self._write_k(kl, pos, new)
+        else:
+            self._write_v(vl, pos, new)
+
+    def _attn(self, attn: int, scores: bool, pos: int, x: np.ndarray) -> np.ndarray:
+        kl, vl = self.prog.kv_layouts[attn]
+        return self._attn_local(kl, vl, scores, pos, x)
+
+    def _attn_local(self, kl, vl, scores: bool, pos: int, x: np.ndarray) -> np.ndarray:
+        if scores:
+            return self._scores(kl, pos, np.asarray(x).reshape(-1))
+        return self._values(vl, pos, np.asarray(x).reshape(kl.n_head, -1))
+
+    def _kv_write_local(self, kl, vl, is_k: bool, pos: int, new: np.ndarray) -> None:
+        if is_k:
+            self._write_k(kl, pos, new)
+        else:
+            self._write_v(vl, pos, new)
 
     def _write_k(self, kl, pos: int, k_new: np.ndarray) -> None:
         c, b, s = (int(v) for v in kl.locate(pos))
@@ -742,3 +762,70 @@ class FlowExecutor:
         k = pos // vm.chunk_elems
         rows = np.array([vm.row_of(int(ch), int(sl), k) for ch, sl in zip(c, s)])
         self.img.bits[c, b, rows, pos % vm.chunk_elems] = self.img.encode(v_new)
+
+
+class SystemFlowExecutor(FlowExecutor):
+    """A graph-lowered model on a system: ``stages[s]`` is the program of stage ``s``'s devices
+    and ``images[s][r]`` the DRAM of its device ``r``, which holds only that device's rows or
+    columns of each split matrix and its heads' K/V cache. The dataflow runs once, on whole
+    values; every PIM op runs on each device that holds a part of it, from that device's
+    memory: a column-parallel product's outputs are gathered, a row-parallel product's partial
+    sums added in device order (the all-reduce), each device's query heads scored against its
+    own cache. Element-wise ASIC work on whole values equals each device's on its share."""
+
+    def __init__(self, stages: list[Program], images: list[list[MemoryImage]], cfg: HwConfig,
+                 *, math: AsicMath | None = None):
+        self.dev = [[FlowExecutor(p, img, cfg, math=math) for img in imgs]
+                    for p, imgs in zip(stages, images)]
+        super().__init__(stages[0], images[0][0], cfg, math=math)
+        for row in self.dev[1:]:  # every stage's vectors (norm weights, biases, tables)
+            self.consts.update(row[0].consts)
+        self.stage_of_matrix = {m: s for s, p in enumerate(stages) for m in p.matrices}
+        self.stage_of_attn = {kl.layer: (s, k) for s, p in enumerate(stages)
+                              for k, (kl, _) in enumerate(p.kv_layouts)}
+
+    def _mv(self, matrix: str, x: np.ndarray, n_out: int) -> np.ndarray:
+        s = self.stage_of_matrix[matrix]
+        devs, prog = self.dev[s], self.dev[s][0].prog
+        m = prog.matrices[matrix]
+        split = prog.tp_rows.get(matrix)
+        if split is None:
+            return devs[0]._base._matvec(m, x)
+        kind, idx = split
+        if kind == "col":
+            y = np.zeros(n_out, np.float32)
+            for d, rows in zip(devs, idx):
+                y[rows] = d._base._matvec(m, x)[:len(rows)]
+            return y
+        y = np.zeros(m.out_dim, np.float32)
+        for d, cols in zip(devs, idx):  # the all-reduce's sum, device by device
+            xs = np.zeros(m.in_dim, np.float32)
+            xs[:len(cols)] = x[cols]
+            y = y + d._base._matvec(m, xs)
+        return y
+
+    def _heads(self, attn: int):
+        s, k = self.stage_of_attn[attn]
+        prog = self.dev[s][0].prog
+        q_ranks, kv_ranks = prog.tp_heads.get(attn, ([None], [None]))
+        return self.dev[s], prog.kv_layouts[k], q_ranks, kv_ranks
+
+    def _kv_write(self, attn: int, is_k: bool, pos: int, new: np.ndarray) -> None:
+        devs, (kl, vl), _, kv_ranks = self._heads(attn)
+        if kv_ranks[0] is None:
+            return devs[0]._kv_write_local(kl, vl, is_k, pos, new)
+        per_head = new.reshape(-1, kl.d_head)
+        for d, hs in zip(devs, kv_ranks):
+            d._kv_write_local(kl, vl, is_k, pos, per_head[hs].reshape(-1))
+
+    def _attn(self, attn: int, scores: bool, pos: int, x: np.ndarray) -> np.ndarray:
+        devs, (kl, vl), q_ranks, _ = self._heads(attn)
+        if q_ranks[0] is None:
+            return devs[0]._attn_local(kl, vl, scores, pos, x)
+        n_q = sum(len(h) for h in q_ranks)
+        xh = np.asarray(x, np.float32).reshape(n_q, -1)
+        parts = [d._attn_local(kl, vl, scores, pos, xh[hs]) for d, hs in zip(devs, q_ranks)]
+        return np.concatenate([p.reshape(len(hs), -1) for p, hs in zip(parts, q_ranks)])
+
+    def _embed(self, table: str, idx: int) -> np.ndarray:
+        return self.dev[0][0]._embed(table, idx)

@@ -38,6 +38,7 @@ class _StepCost:
     def __init__(self, sim: DecodeSimulator):
         steps = sim.prog.steps
         self.asic = np.array([st.kind == "asic" for st in steps])
+        self.comm = np.array([st.kind == "comm" for st in steps])
         self.ops = sorted({st.op for st in steps})
         self.op_idx = np.array([self.ops.index(st.op) for st in steps], np.int64)
         t = sim.cfg.timing
@@ -51,7 +52,7 @@ def token_breakdown(sim: DecodeSimulator, tt: TokenTiming,
     A PIM step's time goes to MAC (MAC commands x nCCDL), link (transfers x nBL, or the link's
     busy time where that is longer, + the link latency) and refresh (REFab x nRFC), scaled down
     together if they exceed the step's time; the rest (row activation, precharge, waits) is
-    "other"."""
+    "other"; collectives between devices are "interconnect"."""
     k = cost or _StepCost(sim)
     dur = (tt.step_end - tt.step_start).astype(np.float64)
     c = tt.step_counts
@@ -61,11 +62,12 @@ def token_breakdown(sim: DecodeSimulator, tt: TokenTiming,
     tot = parts.sum(1)
     scale = np.where((tot > dur) & (tot > 0), dur / np.where(tot > 0, tot, 1.0), 1.0)
     parts *= scale[:, None]
-    pim = ~k.asic
+    pim = ~(k.asic | k.comm)
     out = np.zeros(len(BREAKDOWN_KEYS), np.float64)
     out[0], out[2], out[3] = parts[pim].sum(0)
     out[1] = dur[k.asic].sum()
     out[4] = (dur[pim] - parts[pim].sum(1)).sum()
+    out[5] = dur[k.comm].sum()
     per_op_cyc = np.bincount(k.op_idx, weights=dur, minlength=len(k.ops))
     return out, {op: int(v) for op, v in zip(k.ops, per_op_cyc)}
 
@@ -103,14 +105,13 @@ def run_generation(
     tok = int(prompt[0])
     with_energy = cfg.energy is not None
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
+    meter = TokenEnergy(sim) if with_energy else None
     per_token_j: list[float] = []
-    from pimsim.spec.commands import COMMANDS
     n_total = len(prompt) + n_tokens - 1  # the last generated token needs no decode step
     n_total = max(n_total, len(prompt))
     for pos in range(len(prompt) - 1 if skip_prompt else 0, n_total):
         if with_energy:
-            c0 = sim.states.counts.sum(axis=0)
-            o0 = [t.open_cyc(sim.now) for t in sim.timers]
+            meter.begin()
         tt = sim.run_token(pos)
         if functional is not None:
             logits = functional.step(tok, pos)
@@ -127,15 +128,7 @@ def run_generation(
             b, ops = token_breakdown(sim, tt, cost)
             bd += b
             if with_energy:
-                dc = sim.states.counts.sum(axis=0) - c0
-                cmds = {COMMANDS[i].name: int(n) for i, n in enumerate(dc) if n}
-                opens = [t.open_cyc(sim.now) - o for t, o in zip(sim.timers, o0)]
-                elems: dict[str, int] = {}
-                for st in prog.steps:
-                    if st.kind == "asic":
-                        elems[st.op] = elems.get(st.op, 0) + prog.asic_elems(st, pos)
-                er = energy_of(cfg, cmds, open_cyc_per_channel=opens,
-                               total_cyc=tt.end_cyc - tt.start_cyc, asic_elems=elems)
+                er = meter.end(tt)
                 e_sum.add(er)
                 per_token_j.append(er.total_j)
             for k, v in ops.items():
@@ -163,6 +156,43 @@ def run_generation(
         energy=_energy_summary(e_sum, per_token_j, n_gen) if with_energy else {},
         wall_s=time.perf_counter() - t_wall,
     )
+
+
+class TokenEnergy:
+    """Energy of one device's token: the commands issued, banks open, ASIC work and (for a
+    device of a system) its share of the collectives' wire energy, between ``begin`` and
+    ``end``."""
+
+    def __init__(self, sim: DecodeSimulator):
+        self.sim = sim
+        ic = sim.cfg.system.interconnect
+        # every device of the group sends and receives its share: the group's wire bits / tp
+        self.comm_pj = sum(c.wire_bits for c in sim.steps.comm.values()) * ic.pj_per_bit / \
+            max(sim.prog.tp, 1)
+
+    def begin(self) -> None:
+        sim = self.sim
+        self.c0 = sim.states.counts.sum(axis=0)
+        self.o0 = [t.open_cyc(sim.now) for t in sim.timers]
+
+    def end(self, tt: TokenTiming, gap_cyc: int = 0) -> EnergyReport:
+        from pimsim.spec.commands import COMMANDS
+
+        sim, prog = self.sim, self.sim.prog
+        dc = sim.states.counts.sum(axis=0) - self.c0
+        cmds = {COMMANDS[i].name: int(n) for i, n in enumerate(dc) if n}
+        opens = [t.open_cyc(sim.now) - o for t, o in zip(sim.timers, self.o0)]
+        elems: dict[str, int] = {}
+        for st in prog.steps:
+            if st.kind == "asic":
+                elems[st.op] = elems.get(st.op, 0) + prog.asic_elems(st, tt.pos)
+        er = energy_of(sim.cfg, cmds, open_cyc_per_channel=opens,
+                       total_cyc=tt.end_cyc - tt.start_cyc + gap_cyc, asic_elems=elems)
+        if self.comm_pj:
+            er.by_component["interconnect"] = er.by_component.get("interconnect", 0.0) + \
+                self.comm_pj * 1e-12
+            er.total_j += self.comm_pj * 1e-12
+        return er
 
 
 def _energy_summary(e: EnergyReport, per_token_j: list[float], n_gen: int) -> dict:

@@ -42,7 +42,8 @@ _WR_GB, _MAC_AB, _RD_MAC, _WR, _RD = (cmd_id(n) for n in ("WR_GB", "MAC_AB", "RD
 
 PER_OP_KEYS = ("qkv", "attn_score", "attn_value", "out_proj", "ffn_up", "ffn_down", "lm_head",
                "layernorm", "softmax", "gelu", "residual", "reduction", "embedding", "kv_write",
-               "param_fetch", "argmax", "rmsnorm", "activation", "elementwise", "transcendental")
+               "param_fetch", "argmax", "rmsnorm", "activation", "elementwise", "transcendental",
+               "all_reduce", "gather")
 
 
 # the per-layer vector parameters, fetched together as one vector "L{i}.params"
@@ -369,7 +370,7 @@ class Step:
     name: str
     op: str  # one of PER_OP_KEYS
     layer: int  # -1 outside the blocks
-    kind: str  # "pim" or "asic"
+    kind: str  # "pim", "asic" or "comm" (a collective on the interconnect, pimsim.system)
     deps: tuple[int, ...]
     # pim steps: one of
     matrix: MatrixLayout | None = None  # weight matrix-vector product
@@ -421,6 +422,17 @@ class Program:
     # constant -> (vector entry, first element, shape); tables: constant -> its matrix layout
     tables: dict[str, MatrixLayout] = field(default_factory=dict)
     position_tables: tuple[str, ...] = ()  # tables read at the position (else at the token)
+    # systems (compiler.passes.partition): this program is one device of a tensor-parallel
+    # group of ``tp`` (all alike) in pipeline stage ``stage`` of ``n_stages``; ``tp_rows``: the
+    # logical rows (column-parallel) or columns (row-parallel) of each split matrix per device;
+    # ``tp_heads``: attention -> (query heads, KV heads) per device; ``send_elems``: elements of
+    # the activations this stage hands to the next
+    tp: int = 1
+    stage: int = 0
+    n_stages: int = 1
+    tp_rows: dict = field(default_factory=dict)
+    tp_heads: dict = field(default_factory=dict)
+    send_elems: int = 0
 
     # --------------------------------------------------------------- instantiation per position
     def asic_elems(self, step: Step, pos: int) -> int:

@@ -89,7 +89,7 @@ class TraceReport:
         return "\n".join(lines)
 
 
-BREAKDOWN_KEYS = ("pim_mac", "asic", "link", "refresh", "other")
+BREAKDOWN_KEYS = ("pim_mac", "asic", "link", "refresh", "other", "interconnect")
 
 
 @dataclass
@@ -117,6 +117,10 @@ class RunReport:
     energy: dict = field(default_factory=dict)
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
+    # the whole system: tokens per second of all sequences in flight (pipeline stages), and
+    # devices / tp / pp / per-stage utilisation / bubble (pimsim.pipeline)
+    throughput_tokens_per_s: float = 0.0
+    system: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,5 +148,13 @@ class RunReport:
                          + ", ".join(f"{k} {v / e['j_per_token']:.1%}"
                                      for k, v in e["by_component"].items() if v > 0)
                          + f"); table: {e['table']}")
+        if self.system.get("devices", 1) > 1:
+            sy = self.system
+            lines.append(f"  system: {sy['devices']} devices (tp {sy['tp']} x pp {sy['pp']}), "
+                         f"{self.throughput_tokens_per_s:,.1f} tokens/s with {sy['pp']} "
+                         f"sequence(s) in flight; utilisation "
+                         + ", ".join(f"{u:.0%}" for u in sy["utilisation"])
+                         + f" per stage, bubble {sy['bubble']:.1%}"
+                         + (f"; {self.energy['avg_power_w']:.1f} W" if self.energy else ""))
         lines.append(f"  wall {self.wall_s:.2f} s")
         return "\n".join(lines)

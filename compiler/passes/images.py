@@ -58,16 +58,28 @@ def _store_vector(img: MemoryImage, mp: Mapping, name: str, vec: np.ndarray) -> 
         img.bits[c, b, r, col * e:(col + n) * e] = padded[first:first + n * e]
 
 
-def build_graph_image(mp, *, data_type: str = "bf16"):
+def build_graph_image(mp, *, data_type: str = "bf16", rank: int = 0):
     """The DRAM image of a graph-lowered model (:class:`compiler.passes.lower.GraphMapping`):
-    every matrix and table where its layout says, every layer's vectors in its entry."""
+    every matrix and table where its layout says, every layer's vectors in its entry. For a
+    device of a tensor-parallel group (``rank``), a split matrix contributes only that device's
+    rows or columns (zero-padded to the layout's shape)."""
     g = mp.geo
     if not mp.model.has_weights:
         raise ValueError(f"{mp.model.name} was imported without weights (shapes only); functional "
                          f"simulation needs the weights")
     img = MemoryImage(g.channels, g.banks, mp.rows_used, g.row_elems, data_type)
     for name, m in mp.matrices.items():
-        img.store_matrix(m, mp.weights[name])
+        w = np.asarray(mp.weights[name], np.float32)
+        split = mp.tp_rows.get(name)
+        if split is not None:
+            kind, idx = split
+            part = np.zeros((m.out_dim, m.in_dim), np.float32)
+            if kind == "col":
+                part[:len(idx[rank])] = w[idx[rank]]
+            else:
+                part[:, :len(idx[rank])] = w[:, idx[rank]]
+            w = part
+        img.store_matrix(m, w)
     for name, vec in mp.vector_values.items():
         if vec is not None and len(vec):
             _store_vector(img, mp, name, vec)

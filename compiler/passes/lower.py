@@ -24,12 +24,14 @@ with a :class:`LoweringError` naming the node.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from compiler.ir import Graph, Node
+from compiler.passes import partition
 from compiler.passes.interpret import _OPS as _EVAL
 from compiler.passes.mapping import CapacityError, MappingError, buffer_limits, geometry
 from compiler.passes.shape_inference import _terms
@@ -94,6 +96,8 @@ class _Attn:
     n_kv: int = 0
     d_head: int = 0
     write_step: int = -1
+    q_ranks: list | None = None  # tensor parallelism: query heads / KV heads of each device
+    kv_ranks: list | None = None
 
 
 @dataclass
@@ -110,6 +114,12 @@ class GraphMapping:
     rows_used: list[int] = field(default_factory=list)
     weights: dict[str, Any] = field(default_factory=dict)  # matrix name -> [out, in] array|None
     vector_values: dict[str, Any] = field(default_factory=dict)  # entry -> flat array|None
+    # systems: ("col" | "row", logical rows | columns per device) of each split matrix (its
+    # weights above stay whole: device r's image takes its share), the device's TP group size
+    # and pipeline stage
+    tp_rows: dict[str, tuple[str, list]] = field(default_factory=dict)
+    tp: int = 1
+    stage: int = 0
 
     @property
     def spec(self) -> GraphModel:
@@ -160,17 +170,29 @@ class GraphMapping:
 
 def lower_graph(graph: Graph, cfg: HwConfig, *, name: str = "model",
                 n_ctx: int | None = None) -> tuple[Program, GraphMapping]:
-    """Lower a shape-inferred, fused decode-step graph onto ``cfg``."""
-    return _Lowering(graph, cfg, name, n_ctx).run()
+    """Lower a shape-inferred, fused decode-step graph onto ``cfg`` (one device)."""
+    (prog, mp), = _Lowering(graph, cfg, name, n_ctx).run()
+    return prog, mp
+
+
+def lower_graph_system(graph: Graph, cfg: HwConfig, *, name: str = "model",
+                       n_ctx: int | None = None, tp: int = 1,
+                       pp: int = 1) -> list[tuple[Program, GraphMapping]]:
+    """Lower onto a system of ``tp x pp`` devices: one (program, mapping) per pipeline stage,
+    each the program of one device of the stage's tensor-parallel group
+    (:mod:`compiler.passes.partition`). ``tp = pp = 1`` is exactly :func:`lower_graph`."""
+    return _Lowering(graph, cfg, name, n_ctx, tp=tp, pp=pp).run()
 
 
 class _Lowering:
-    def __init__(self, graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None) -> None:
+    def __init__(self, graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None,
+                 tp: int = 1, pp: int = 1) -> None:
         self.g = graph.copy()
         self.cfg = cfg
         self.name = name
         self.n_ctx = n_ctx
         self.geo = geometry(cfg)
+        self.tp, self.pp = tp, pp
 
     # ---------------------------------------------------------------- folding
     def fold(self) -> None:
@@ -410,6 +432,10 @@ class _Lowering:
             layer_of[id(n)] = li
         # nodes after the last attention's block that feed the head: "final" (= n_layer)
         self.n_layer = len(self.attns)
+        self.layer_of = layer_of
+        if self.pp > max(self.n_layer, 1):
+            raise LoweringError(f"{self.name}: {self.pp} pipeline stages for {self.n_layer} "
+                                f"layers", f"use at most {self.n_layer} stages (--pp)")
         return self.emit(layer_of)
 
     # ---------------------------------------------------------------- emission
@@ -437,6 +463,12 @@ class _Lowering:
         logits = g.outputs[0]
         names: dict[str, int] = {}
         d_ff = 0
+        tp = self.tp
+        owner: dict[str, np.ndarray] = {}  # values split across the TP devices -> owners
+        self.tp_rows: dict[str, tuple[str, list]] = {}  # matrix -> ("col"|"row", per device)
+        self.mat_local: dict[str, tuple[int, int]] = {}  # matrix -> its shape on one device
+        self.mat_layer: dict[str, int] = {}
+        self.step_layer: list[int] = []  # each step's layer (-1 embedding, n_layer final)
 
         def lname(layer: int) -> str:
             return "embed" if layer < 0 else ("final" if layer >= self.n_layer else f"L{layer}")
@@ -449,7 +481,11 @@ class _Lowering:
         def add(name, op, layer, kind, deps, **kw) -> int:
             steps.append(Step(len(steps), uniq(name), op, layer if 0 <= layer < self.n_layer
                               else -1, kind, tuple(sorted(set(deps))), **kw))
+            self.step_layer.append(layer)
             return len(steps) - 1
+
+        def local(n: int) -> int:  # elements of a split op on one device
+            return -(-n // tp)
 
         anc: list[set[int]] = []
 
@@ -567,6 +603,14 @@ class _Lowering:
                              deps_of([a_in]) | {a.write_step}, kv=(ai,))
                 if which == "k":
                     attn_scores.add(n.outputs[0])
+                if tp > 1:
+                    if a_in not in owner:
+                        raise LoweringError(f"{self.name}: node {n.name!r}: the attention's "
+                                            f"{'query' if which == 'k' else 'weights'} are not "
+                                            f"split by head across the {tp} devices",
+                                            "use --tp 1 for this model")
+                    owner[n.outputs[0]] = np.broadcast_to(
+                        owner[a_in][..., :1], self.shape0(n.outputs[0])).copy()
                 flow.append(FlowOp(f"attn_{'score' if which == 'k' else 'value'}", (a_in,),
                                    tuple(n.outputs), {"attn": ai, "shape": list(
                                        dim_attr(d) for d in g.shape_of(n.outputs[0]))}, st))
@@ -615,6 +659,11 @@ class _Lowering:
                     parts.append((lo, lo + o, bias, shape))
                     lo += o
                 in_dim = self.weight_out_in(p.nodes[0])[1][1]
+                out_loc, in_loc = lo, in_dim
+                if tp > 1:
+                    out_loc, in_loc = self.partition_matvec(mname, p, parts, lo, in_dim, owner)
+                self.mat_local[mname] = (out_loc, in_loc)
+                self.mat_layer[mname] = layer
                 matrices_w[mname] = None if any(w is None for w in ws) else np.concatenate(ws, 0)
                 mat_shapes[mname] = (lo, in_dim)
                 mat_order.append(mname)
@@ -627,13 +676,17 @@ class _Lowering:
                 if any(part[2] for part in parts):  # biases: fetched vectors
                     par = need_params(layer)
                     deps |= par - ancestors(pim)
-                n_chunks = -(-in_dim // geo.row_elems)
+                n_chunks = -(-in_loc // geo.row_elems)
                 red = add(f"{L}.{role}.reduce", "reduction", layer, "asic", deps,
-                          n_elems=lo * n_chunks)
+                          n_elems=out_loc * n_chunks)
                 flow.append(FlowOp("matvec", (p.input,), tuple(m.outputs[0] for m in p.nodes),
                                    {"matrix": mname, "parts": parts}, pim))
+                done = {red}
+                if tp > 1 and self.tp_rows[mname][0] == "row":  # partial sums: one exchange
+                    done = {add(f"{L}.{role}.all_reduce", "all_reduce", layer, "comm", {red},
+                                n_elems=lo)}
                 for m in p.nodes:
-                    step_of[m.outputs[0]] = {red}
+                    step_of[m.outputs[0]] = done
                 for m in p.nodes:  # remember weights, for tables tied to them
                     weight_matrix.setdefault(m.inputs[1], mname)
                 continue
@@ -646,6 +699,9 @@ class _Lowering:
             deps = deps_of([i for i in ins if not g.is_const(i)])
             if any(i in vec_layer for i in ins):
                 deps |= need_params(vec_layer[next(i for i in ins if i in vec_layer)])
+            split = tp > 1 and any(i in owner for i in n.inputs)
+            if split:
+                self.propagate_owner(n, owner)
             if spec.cost is None:
                 flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), attrs_of(n), -1))
                 for o in n.outputs:
@@ -667,6 +723,8 @@ class _Lowering:
                 op = "residual"
             cnt = [elems(v) for v in list(n.outputs) + [i for i in n.inputs if not g.is_const(i)]]
             ne, per = max(cnt, key=lambda t: (t[1], t[0]))
+            if split:
+                ne, per = local(ne), local(per)
             st = add(f"{L}.{n.op}", op, layer, "asic", deps, n_elems=ne, per_pos_elems=per)
             flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), attrs_of(n), st))
             for o in n.outputs:
@@ -675,7 +733,11 @@ class _Lowering:
             raise LoweringError(f"{self.name}: the logits are not a matrix-vector product with a "
                                 f"weight (no LM head found)")
         vocab = mat_shapes[head_matvec][0]
-        add("argmax", "argmax", -1, "asic", deps_of([logits]), n_elems=vocab)
+        head_deps = deps_of([logits])
+        if tp > 1 and logits in owner:  # each device's share of the logits to device 0
+            head_deps = {add("logits.gather", "gather", self.n_layer, "comm", head_deps,
+                             n_elems=self.mat_local[head_matvec][0])}
+        add("argmax", "argmax", self.n_layer, "asic", head_deps, n_elems=vocab)
         # tied tables: a gathered table that is also a weight lives with its matrix
         tied: dict[str, str] = {}
         for t in tables_first:
@@ -688,8 +750,142 @@ class _Lowering:
                         mname = mn
             if mname is not None and mat_shapes[mname] == g.const_shape(t):
                 tied[table_of[t]] = mname
-        return self.place(steps, flow, immediates, vec_consts, matrices_w, mat_shapes,
-                          mat_order, table_of, tables_first, tied, vocab, d_ff, logits)
+        if self.tp > 1 or self.pp > 1:
+            tied = {}  # each device holds the rows it reads: the table is placed on its own
+        self.stages = partition.stage_layers(self.n_layer, self.pp)
+        return [self.place(steps, flow, immediates, vec_consts, matrices_w, mat_shapes,
+                           mat_order, table_of, tables_first, tied, vocab, d_ff, logits, s)
+                for s in range(self.pp)]
+
+    def stage_of(self, layer: int) -> int:
+        """Pipeline stage of a layer (-1: the embedding, stage 0; n_layer: the head, last)."""
+        if layer < 0:
+            return 0
+        for s, r in enumerate(self.stages):
+            if layer in r:
+                return s
+        return self.pp - 1
+
+    # ---------------------------------------------------------------- tensor parallelism
+    def shape0(self, value: str) -> tuple[int, ...]:
+        """A value's shape at position 0 (cache-length dimensions resolved)."""
+        out = []
+        for d in self.g.shape_of(value) or ():
+            if isinstance(d, str):
+                terms, const = _terms(d)
+                d = const
+            out.append(int(d))
+        return tuple(out)
+
+    def _attrs0(self, n: Node) -> dict:
+        def res(d):
+            if isinstance(d, str):
+                return _terms(d)[1]
+            return d
+        at = dict(n.attrs)
+        for k in ("shape", "starts", "ends"):
+            if k in at and at[k] is not None:
+                at[k] = [res(d) for d in at[k]]
+        return at
+
+    def _moves(self, n: Node) -> bool:
+        """Pure data movement: wiring, or a gather at constant indices (a head select)."""
+        if n.op == "gather":
+            return not self.g.is_const(n.inputs[0]) and all(self.g.is_const(i)
+                                                            for i in n.inputs[1:])
+        return n.op in WIRING
+
+    def _target(self, value: str) -> tuple[str, int] | None:
+        """Where a value's elements go: an attention's query ("q", query heads) or cache
+        ("k"/"v", KV heads), or None."""
+        g = self.g
+        todo, seen = [value], set()
+        while todo:
+            v = todo.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            for u in self.users.get(v, []):
+                if u.op == "matmul" and any(i in self.cache for i in u.inputs):
+                    if u.inputs[0] == v or v not in self.cache:
+                        sh = self.shape0(u.inputs[0])
+                        return "q", int(np.prod(sh[:-1]))
+                for a in self.attns:
+                    if u is a.k_concat or u is a.v_concat:
+                        return ("k" if u is a.k_concat else "v"), int(g.shape_of(u.inputs[1])[-3])
+                if self.is_weight(u) or self.is_residual(u):
+                    continue
+                todo.extend(u.outputs)
+        return None
+
+    def _probe(self, value: str, first_row: int) -> list[tuple[np.ndarray, tuple | None]]:
+        """Push the row indices of a product's output through the data movement after it;
+        returns (indices in the shape of each value reached, that value's target)."""
+        g = self.g
+        sh = self.shape0(value)
+        out, todo = [], [(value, first_row + np.arange(int(np.prod(sh))).reshape(sh))]
+        while todo:
+            v, idx = todo.pop()
+            end = False
+            for u in self.users.get(v, []):
+                others = [i for i in u.inputs if i != v and not g.is_const(i)]
+                if self._moves(u) and u.inputs[0] == v and not others and len(u.outputs) == 1:
+                    args = [idx if i == v else g.consts[i] for i in u.inputs]
+                    res = np.asarray(ASIC_OPS[u.op].fn(None, args, self._attrs0(u)))
+                    todo.append((u.outputs[0], res.astype(np.int64)))
+                else:
+                    end = True
+            if end or not self.users.get(v):
+                out.append((idx, self._target(v)))
+        return out
+
+    def partition_matvec(self, mname: str, p: _Matvec, parts: list, n_out: int, n_in: int,
+                         owner: dict) -> tuple[int, int]:
+        """Column- or row-parallel split of a packed product; returns its shape on a device."""
+        tp = self.tp
+        try:
+            if p.input in owner:
+                cols = partition.cols_per_rank(owner[p.input], tp)
+                self.tp_rows[mname] = ("row", cols)
+                return n_out, max(len(c) for c in cols)
+            ends = []
+            for (lo, hi, _, _), m in zip(parts, p.nodes):
+                ends += self._probe(m.outputs[0], lo)
+            rows = partition.rows_per_rank(ends, [(lo, hi) for lo, hi, _, _ in parts], tp)
+        except ValueError as e:
+            raise LoweringError(f"{self.name}: {mname} cannot be split over {tp} devices ({e})",
+                                "choose --tp dividing the head counts") from None
+        self.tp_rows[mname] = ("col", rows)
+        own = partition.owner_of_rows(rows, n_out)
+        for (lo, hi, _, _), m in zip(parts, p.nodes):
+            owner[m.outputs[0]] = own[lo:hi].reshape(self.shape0(m.outputs[0]))
+        return max(len(r) for r in rows), n_in
+
+    def propagate_owner(self, n: Node, owner: dict) -> None:
+        """Owners of an op's output from its split inputs (see :mod:`partition`)."""
+        g = self.g
+        split = [i for i in n.inputs if i in owner]
+        out_shape = self.shape0(n.outputs[0])
+        spec = ASIC_OPS.get(n.op)
+        try:
+            if self._moves(n):  # data movement: move the owners
+                if any(i not in owner and not g.is_const(i) for i in n.inputs):
+                    raise ValueError("it joins split and whole values")
+                args = [owner[i] if i in owner else g.consts[i] for i in n.inputs]
+                res = np.asarray(ASIC_OPS[n.op].fn(None, args, self._attrs0(n))).astype(np.int64)
+            else:
+                o = max((owner[i] for i in split), key=lambda a: a.size)
+                if n.op in partition.REDUCING and partition.spans_devices(o):
+                    raise ValueError(f"{n.op} combines elements of several devices")
+                if n.op in partition.REDUCING or o.shape[-1:] != out_shape[-1:]:
+                    o = o[..., :1]
+                res = np.broadcast_to(o, out_shape).copy()
+        except ValueError as e:
+            raise LoweringError(f"{self.name}: op {n.op!r} at node {n.name!r} cannot run on values "
+                                f"split over {self.tp} devices ({e})",
+                                "use --tp 1 for this model (or pipeline stages, --pp)") from None
+        for o in n.outputs:
+            owner[o] = res
 
     def matvec_role(self, p: _Matvec, logits: str, wired_source) -> str:
         g = self.g
@@ -731,8 +927,19 @@ class _Lowering:
 
     # ---------------------------------------------------------------- placement
     def place(self, steps, flow, immediates, vec_consts, matrices_w, mat_shapes, mat_order,
-              table_of, tables_first, tied, vocab, d_ff, logits):
+              table_of, tables_first, tied, vocab, d_ff, logits, stage=0):
         g, geo, cfg = self.g, self.geo, self.cfg
+        tp = self.tp
+        mine = [i for i, layer in enumerate(self.step_layer) if self.stage_of(layer) == stage]
+        if self.pp > 1:  # this stage's steps, renumbered; a dependency on an earlier stage is
+            new = {old: k for k, old in enumerate(mine)}  # met by its activations' arrival
+            steps = [dataclasses.replace(steps[i], index=new[i], deps=tuple(
+                new[d] for d in steps[i].deps if d in new)) for i in mine]
+            vec_consts = {k: v for k, v in vec_consts.items() if self.stage_of(k) == stage}
+            mat_order = [m for m in mat_order if self.stage_of(self.mat_layer[m]) == stage]
+            if stage:
+                tables_first = []
+        attns = [a for a in self.attns if self.stage_of(a.index) == stage]
         if cfg.pim.mac_lanes_per_bank != geo.col_elems:
             raise MappingError(f"{cfg.name}: {cfg.pim.mac_lanes_per_bank} MAC lanes per bank but "
                                f"a column holds {geo.col_elems} elements; the mapping needs them "
@@ -745,7 +952,7 @@ class _Lowering:
         if n_ctx is None:
             raise LoweringError(f"{self.name}: the context length is unknown",
                                 "give the model's n_ctx (its config's max_position_embeddings)")
-        for a in self.attns:
+        for a in attns:
             if a.k_concat is None or a.v_concat is None or a.n_head == 0:
                 raise LoweringError(f"{self.name}: attention {a.index} lacks a key, a value or a "
                                     f"q.K^T product")
@@ -800,15 +1007,26 @@ class _Lowering:
         mp.vectors = VectorLayout.build("vectors", entries, row, geo)
         row += mp.vectors.rows_reserved
         gb_cols, acc = buffer_limits(cfg, self.attns[0].d_head if self.attns else geo.col_elems)
-        for a in self.attns:
-            hpc = max(1, min(a.n_kv, geo.row_elems // a.d_head))
-            kl = KLayout(a.index, a.n_head, a.d_head, int(n_ctx), hpc, row, geo,
+        for a in attns:
+            n_head, n_kv = a.n_head, a.n_kv
+            if tp > 1:  # this device's query heads and the KV heads they read
+                try:
+                    a.q_ranks = partition.head_ranks(a.n_head, tp, "query")
+                    a.kv_ranks = partition.head_ranks(a.n_kv, tp, "KV")
+                except ValueError as e:
+                    raise LoweringError(f"{self.name}: attention {a.index}: {e}",
+                                        "choose --tp dividing the head counts") from None
+                n_head, n_kv = len(a.q_ranks[0]), len(a.kv_ranks[0])
+            hpc = max(1, min(n_kv, geo.row_elems // a.d_head))
+            kl = KLayout(a.index, n_head, a.d_head, int(n_ctx), hpc, row, geo,
                          heads_per_fill=gb_cols * geo.col_elems // a.d_head, accumulators=acc,
-                         n_kv_head=a.n_kv)
+                         n_kv_head=n_kv)
             row += kl.rows_reserved
-            vl = VLayout(a.index, a.n_head, a.d_head, int(n_ctx), row, geo, gb_cols, acc,
-                         n_kv_head=a.n_kv)
+            vl = VLayout(a.index, n_head, a.d_head, int(n_ctx), row, geo, gb_cols, acc,
+                         n_kv_head=n_kv)
             row += vl.rows_reserved
+            # with pipeline stages, pp sequences are in flight: a cache for each of them
+            row += (self.pp - 1) * (kl.rows_reserved + vl.rows_reserved)
             mp.k_cache.append(kl)
             mp.v_cache.append(vl)
         next_row = [row] * C
@@ -829,9 +1047,11 @@ class _Lowering:
             tables[tn] = mp.matrices[tn] = place(tn, r, c)
             mp.weights[tn] = g.const_value(t)
         for mname in mat_order:
-            o, i = mat_shapes[mname]
+            o, i = self.mat_local[mname]
             mp.matrices[mname] = place(mname, o, i)
             mp.weights[mname] = matrices_w[mname]
+            if mname in self.tp_rows:
+                mp.tp_rows[mname] = self.tp_rows[mname]
         for tn, mname in tied.items():
             tables[tn] = mp.matrices[mname]
         mp.rows_used = list(next_row)
@@ -847,11 +1067,12 @@ class _Lowering:
                 f"{geo.rows * row_bytes * geo.banks * C:,} bytes; use more channels or larger "
                 f"banks")
         kv = list(zip(mp.k_cache, mp.v_cache))
+        kv_of = {kl.layer: (kl, vl) for kl, vl in kv}
         for st in steps:
             if st.matrix is not None:
                 st.matrix = mp.matrices[st.matrix]
             if st.kv is not None:
-                st.kv = kv[st.kv[0]]
+                st.kv = kv_of[st.kv[0]]
         for f in flow:
             if f.op in ("k_write", "v_write"):
                 f.step = self.attns[f.attrs["attn"]].write_step
@@ -866,8 +1087,26 @@ class _Lowering:
             inputs={"token": self.token, "position": self.position}, logits=logits,
             immediates=immediates, vector_refs=vector_refs, tables=tables,
             position_tables=tuple(table_of[t] for t in tables_first
-                                  if self._gathered_by_position(t)))
+                                  if self._gathered_by_position(t)),
+            tp=tp, stage=stage, n_stages=self.pp, tp_rows=dict(mp.tp_rows),
+            tp_heads={a.index: (a.q_ranks, a.kv_ranks) for a in attns if a.q_ranks},
+            send_elems=self.crossing_elems(stage) if stage < self.pp - 1 else 0)
+        mp.tp, mp.stage = tp, stage
         return prog, mp
+
+    def crossing_elems(self, stage: int) -> int:
+        """Elements of the values a stage hands to the next (made at or before it, used
+        after it): the residual stream, and whatever else crosses the cut."""
+        g, seen, n = self.g, set(), 0
+        made = {o: self.stage_of(self.layer_of[id(nd)]) for nd in g.nodes for o in nd.outputs}
+        for nd in g.nodes:
+            if self.stage_of(self.layer_of[id(nd)]) <= stage:
+                continue
+            for i in nd.inputs:
+                if i in made and made[i] <= stage and i not in seen:
+                    seen.add(i)
+                    n += int(np.prod(self.shape0(i)))
+        return n
 
     def _gathered_by_position(self, table: str) -> bool:
         for n in self.g.nodes:

@@ -1270,9 +1270,9 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     has moved the segment's transfers (``link_busy[c, k]`` cycles, queued in program order on
     the channel's link from the step's start, see ``pimsim.link``; ``step_link`` gets the
     critical channel's); a channel starts its segment ``link_lead[c, k]`` cycles after the
-    step (its first command's data is still crossing the link); an ASIC step runs ``dur``
-    cycles after its dependencies
-    and the previous ASIC step. Kept in this module so numba's cache invalidates with the kernel.
+    step (its first command's data is still crossing the link); an ASIC step (``kind == 0``)
+    runs ``dur`` cycles after its dependencies and the previous ASIC step, a collective
+    (``kind == 2``) ``dur`` cycles after its dependencies and the previous collective. Kept in this module so numba's cache invalidates with the kernel.
     Fills step_start/end and per-step command counts of the critical (last-finishing) channel;
     returns the token's end cycle.
 
@@ -1285,6 +1285,7 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     log = np.zeros((0, 4), np.int64)
     now = t0
     asic_free = t0
+    comm_free = t0
     before = np.zeros((n_ch, counts.shape[1]), np.int64)
     st_before = np.zeros((n_ch, stats.shape[1]), np.int64)
     oc_before = np.zeros(n_ch, np.int64)
@@ -1352,6 +1353,10 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                 step_counts[i, x] = counts[crit, x] - before[crit, x]
             step_link[i] = link_busy[crit, k]
             end = done + link_lat
+        elif kind[i] == 2:
+            start = max(start, comm_free)
+            end = start + dur[i]
+            comm_free = end
         else:
             start = max(start, asic_free)
             end = start + dur[i]

@@ -1,0 +1,117 @@
+"""Tensor and pipeline parallelism: which device of a system holds which part of each value.
+
+Tensor parallelism over ``tp`` devices (Megatron-style, derived from the graph's dataflow, no
+model is recognised):
+
+* a matrix-vector product whose input every device holds (replicated) is **column-parallel**:
+  each device computes some of its output rows; one whose input is split across the devices is
+  **row-parallel**: each device multiplies its share of the input by the matching columns and the
+  partial sums are added by an all-reduce (one exchange per column/row pair);
+* which output rows a device computes follows the attention heads: rows that reach the query of
+  an attention are dealt out by query head, rows that reach the K or V cache by KV head (a KV
+  head is repeated on the ``tp / n_kv`` devices whose query heads share it when there are fewer
+  KV heads than devices), any other rows (MLP, LM head) in contiguous blocks;
+* which rows reach which head is found by pushing an index array through the data movement
+  (reshape, transpose, slice, ...) that follows the product, so packed (GPT-2 ``c_attn``),
+  interleaved (GPT-NeoX) and separate projections need no code of their own;
+* every split value carries an *owner* array (the device holding each element, in the value's
+  shape); elementwise ops keep it, attention products take it from their query, data movement
+  moves it; a row-parallel product's input columns per device are read from it. A normalisation
+  or reduction over elements of several devices is refused (it would need the whole vector).
+
+Pipeline parallelism over ``pp`` stages: contiguous blocks of layers per stage (the embedding
+with the first, the final norm and head with the last), as equal in count as possible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ops that combine the elements along their last axis (they need the whole axis on one device)
+REDUCING = ("layernorm", "rmsnorm", "softmax", "reduce_mean", "reduce_sum", "reduce_max")
+
+
+def stage_layers(n_layer: int, pp: int) -> list[range]:
+    """Layers of each pipeline stage: contiguous, sizes differing by at most one (earlier
+    stages take the extra layers)."""
+    base, extra = divmod(n_layer, pp)
+    out, lo = [], 0
+    for s in range(pp):
+        hi = lo + base + (1 if s < extra else 0)
+        out.append(range(lo, hi))
+        lo = hi
+    return out
+
+
+def head_ranks(n_heads: int, tp: int, what: str) -> list[np.ndarray]:
+    """Heads each device holds: contiguous blocks, or one head repeated on ``tp / n_heads``
+    devices when there are fewer heads than devices. ``ValueError`` when neither divides."""
+    if n_heads % tp == 0:
+        k = n_heads // tp
+        return [np.arange(r * k, (r + 1) * k) for r in range(tp)]
+    if tp % n_heads == 0:
+        return [np.array([r * n_heads // tp]) for r in range(tp)]
+    raise ValueError(f"{n_heads} {what} heads cannot be shared by {tp} devices (neither divides "
+                     f"the other)")
+
+
+def block_ranks(n: int, tp: int) -> list[np.ndarray]:
+    """Contiguous blocks of ``ceil(n / tp)`` (the last ones shorter, possibly empty)."""
+    b = -(-n // tp)
+    return [np.arange(r * b, min((r + 1) * b, n)) for r in range(tp)]
+
+
+def rows_per_rank(endpoints: list[tuple[np.ndarray, tuple | None]], parts: list[tuple[int, int]],
+                  tp: int) -> list[np.ndarray]:
+    """Logical output rows each device computes, from where the rows go.
+
+    ``endpoints``: (index array in the shape of a value the rows reach through data movement,
+    target) with target ``("q" | "k" | "v", n_heads)`` for an attention's query or cache, or
+    None; a row is dealt out by the first (largest) endpoint that reaches an attention. The
+    other rows of each part ``[lo, hi)`` (MLP, LM head) go in contiguous blocks, part by part,
+    so elementwise partners (gate and up) stay on one device."""
+    per: list[list[np.ndarray]] = [[] for _ in range(tp)]
+    n_rows = max((hi for _, hi in parts), default=0)
+    covered = np.zeros(n_rows, bool)
+    for idx, target in sorted(endpoints, key=lambda e: -np.asarray(e[0]).size):
+        flat = np.asarray(idx).reshape(-1)
+        if target is None or covered[flat].all():
+            continue
+        if covered[flat].any():
+            raise ValueError("rows reach attention heads in two different ways")
+        which, n_heads = target
+        if flat.size % n_heads:
+            raise ValueError(f"{flat.size} elements do not split into {n_heads} heads")
+        heads = flat.reshape(n_heads, -1)  # head-major, as the attention reads them
+        for r, hs in enumerate(head_ranks(n_heads, tp, "query" if which == "q" else "KV")):
+            per[r].append(heads[hs].reshape(-1))
+        covered[flat] = True
+    for lo, hi in parts:
+        rest = lo + np.flatnonzero(~covered[lo:hi])
+        for r, blk in enumerate(block_ranks(len(rest), tp)):
+            per[r].append(rest[blk])
+    return [np.concatenate(p).astype(np.int64) if p else np.zeros(0, np.int64) for p in per]
+
+
+def owner_of_rows(rows: list[np.ndarray], n_rows: int) -> np.ndarray:
+    """Owner array of a column-parallel product's output (the first device holding a row)."""
+    own = np.full(n_rows, -1, np.int64)
+    for r in reversed(range(len(rows))):
+        own[rows[r]] = r
+    return own
+
+
+def cols_per_rank(owner: np.ndarray, tp: int) -> list[np.ndarray]:
+    """Input columns each device of a row-parallel product holds (from its input's owners)."""
+    flat = np.asarray(owner).reshape(-1)
+    if (flat < 0).any():
+        raise ValueError("the input of a row-parallel product has elements no device owns")
+    return [np.flatnonzero(flat == r) for r in range(tp)]
+
+
+def spans_devices(owner: np.ndarray) -> bool:
+    """Does a reduction over the last axis of a value with these owners combine devices?"""
+    o = np.asarray(owner)
+    if o.ndim == 0 or o.shape[-1] <= 1:
+        return False
+    return bool((o != o[..., :1]).any())

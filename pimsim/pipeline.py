@@ -1,0 +1,212 @@
+"""Token generation on a system of PIM devices: tensor-parallel groups in pipeline stages.
+
+Each stage is a group of ``tp`` devices that run the same program on their shares of the
+weights (all alike: one device's DRAM and ASIC are simulated, command by command, and stands
+for the group; the collectives between them are steps of its program, timed on the
+interconnect, :mod:`pimsim.system`). With ``pp`` stages, ``pp`` sequences are in flight (the
+same prompt, so the same tokens): stage ``s`` takes the jobs (token, sequence) in order; a
+job starts when the stage is free and its activations have arrived from stage ``s - 1`` (or,
+at stage 0, when the sequence's previous token has come back from the last stage). Every job is
+simulated on its stage's device, so DRAM state (open rows, refresh, idle time between jobs)
+carries through.
+
+Reported: per-token latency of one sequence (``ms_per_token``), the whole system's throughput
+(``throughput_tokens_per_s``: tokens of all sequences per second), each stage's utilisation
+(busy time over the run) and the bubble (one minus their mean), energy of all devices plus the
+interconnect, and average power. With one stage this is :func:`pimsim.generate.run_generation`
+with the system's figures added (one device and one stage: the same report, to the cycle).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from pimsim.config import HwConfig
+from pimsim.decode import DecodeSimulator
+from pimsim.energy import EnergyReport
+from pimsim.errors import UserError
+from pimsim.generate import TokenEnergy, _energy_summary, _StepCost, run_generation, \
+    token_breakdown
+from pimsim.isa import PER_OP_KEYS, Program
+from pimsim.report import BREAKDOWN_KEYS, RunReport
+from pimsim.system import TOKEN_BYTES, collective
+
+
+def stage_send_cyc(cfg: HwConfig, prog: Program) -> int:
+    """Cycles for a stage's activations to reach the next stage (every device of the group
+    sends to its partner over its own port, in parallel)."""
+    return collective(cfg.system.interconnect, "send", 2,
+                      prog.send_elems * prog.geo.elem_bytes).cycles(cfg.tCK_ps)
+
+
+def token_return_cyc(cfg: HwConfig) -> int:
+    return collective(cfg.system.interconnect, "send", 2, TOKEN_BYTES).cycles(cfg.tCK_ps)
+
+
+def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[int],
+               n_tokens: int, schedule: str = "serial", fast: bool = True, functional=None,
+               progress: Callable[[int], None] | None = None,
+               skip_prompt: bool = False) -> RunReport:
+    """Simulate a prompt and ``n_tokens`` greedy tokens on the system the programs describe
+    (one program per pipeline stage)."""
+    programs = list(programs)
+    tp, pp = programs[0].tp, len(programs)
+    if pp == 1:
+        rep = run_generation(programs[0], cfg, prompt=prompt, n_tokens=n_tokens,
+                             schedule=schedule, fast=fast, functional=functional,
+                             progress=progress, skip_prompt=skip_prompt)
+        rep.throughput_tokens_per_s = rep.tokens_per_s
+        rep.system = {"devices": tp, "tp": tp, "pp": 1, "sequences": 1,
+                      "utilisation": [1.0], "bubble": 0.0}
+        if rep.energy:
+            _scale_energy(rep.energy, tp)
+            rep.energy["avg_power_w"] = rep.energy["j_per_token"] * rep.tokens_per_s
+        return rep
+    return _run_pipeline(programs, cfg, prompt=prompt, n_tokens=n_tokens, schedule=schedule,
+                         fast=fast, functional=functional, progress=progress,
+                         skip_prompt=skip_prompt)
+
+
+def _scale_energy(e: dict, k: int) -> None:
+    """A stage's energy summary times its ``k`` alike devices (the collectives' wire energy
+    was charged per device, a 1/k share each)."""
+    if k == 1:
+        return
+    for key in ("j_per_token", "mj_per_token"):
+        e[key] *= k
+    e["per_token_j"] = [v * k for v in e["per_token_j"]]
+    for d in ("by_component", "by_command"):
+        e[d] = {n: v * k for n, v in e[d].items()}
+
+
+def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional, progress,
+                  skip_prompt) -> RunReport:
+    tp, pp = programs[0].tp, len(programs)
+    n_ctx = programs[0].dims["n_ctx"]
+    if len(prompt) < 1 or n_tokens < 1:
+        raise UserError("nothing to generate", "give at least one prompt token and one token")
+    if len(prompt) + n_tokens - 1 > n_ctx:
+        raise UserError(f"prompt ({len(prompt)}) + generated ({n_tokens}) tokens exceed the "
+                        f"context of {n_ctx}", "generate fewer tokens or shorten the prompt")
+    t_wall = time.perf_counter()
+    sims = [DecodeSimulator(p, cfg, schedule=schedule, fast=fast) for p in programs]
+    costs = [_StepCost(s) for s in sims]
+    send = [stage_send_cyc(cfg, p) for p in programs[:-1]]
+    back = token_return_cyc(cfg)
+    with_energy = cfg.energy is not None
+    meters = [TokenEnergy(s) for s in sims] if with_energy else []
+    e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
+    ic = cfg.system.interconnect
+    send_pj = sum(collective(ic, "send", 2, p.send_elems * p.geo.elem_bytes).wire_bits
+                  for p in programs[:-1]) * tp * ic.pj_per_bit
+    stage_free = [0] * pp
+    busy = [0] * pp
+    ready = [0] * pp  # when each sequence's next token is at stage 0
+    n_total = max(len(prompt) + n_tokens - 1, len(prompt))
+    first = len(prompt) - 1 if skip_prompt else 0
+    tok = int(prompt[0])
+    generated: list[int] = []
+    latency: list[int] = []
+    per_token_j: list[float] = []
+    bd = np.zeros(len(BREAKDOWN_KEYS))
+    per_op: dict[str, float] = {}
+    end_all = 0
+    gen_t0 = None  # when the first generating job started (throughput counts from there)
+    for pos in range(first, n_total):
+        gen = pos >= len(prompt) - 1
+        for j in range(pp):
+            t = ready[j]
+            t_start = t
+            if gen and gen_t0 is None:
+                gen_t0 = t
+            tok_j = 0.0
+            for s in range(pp):
+                sim = sims[s]
+                start = max(t, stage_free[s], sim.now)
+                gap = start - sim.now
+                sim.now = start
+                if with_energy:
+                    meters[s].begin()
+                tt = sim.run_token(pos)
+                stage_free[s] = tt.end_cyc
+                busy[s] += tt.end_cyc - tt.start_cyc
+                if with_energy:
+                    er = meters[s].end(tt, gap)
+                    tok_j += er.total_j * tp
+                    if gen:
+                        e_sum.add(_times(er, tp))
+                if gen and j == 0:
+                    b, ops = token_breakdown(sim, tt, costs[s])
+                    bd += b
+                    for k, v in ops.items():
+                        per_op[k] = per_op.get(k, 0.0) + v
+                t = tt.end_cyc + (send[s] if s < pp - 1 else back)
+                if gen and j == 0 and s < pp - 1:
+                    bd[BREAKDOWN_KEYS.index("interconnect")] += send[s]
+            ready[j] = t
+            end_all = max(end_all, t - back)
+            if gen and j == 0:
+                latency.append(t - back - t_start)
+                if with_energy:
+                    per_token_j.append(tok_j + send_pj * 1e-12)
+        if gen and with_energy:
+            for _ in range(pp):
+                e_sum.total_j += send_pj * 1e-12
+                e_sum.by_component["interconnect"] = \
+                    e_sum.by_component.get("interconnect", 0.0) + send_pj * 1e-12
+        if functional is not None:
+            nxt = int(np.argmax(functional.step(tok, pos)))
+        else:
+            nxt = 0
+        if pos + 1 < len(prompt):
+            tok = int(prompt[pos + 1])
+        else:
+            generated.append(nxt)
+            tok = nxt
+        if progress is not None:
+            progress(pos)
+    ns = cfg.timing.ns
+    n_gen = len(latency)
+    per_token_ms = [ns(c) / 1e6 for c in latency]
+    ms_tok = float(np.mean(per_token_ms)) if per_token_ms else 0.0
+    n_seq_tokens = n_gen * pp
+    gen_span_ms = ns(max(end_all - (gen_t0 or 0), 1)) / 1e6
+    util = [b / max(end_all, 1) for b in busy]
+    total = bd.sum()
+    hits = sum(s.row_hits for s in sims)
+    misses = sum(s.row_misses for s in sims)
+    cmds: dict[str, int] = {}
+    for s in sims:
+        for k, v in s.command_counts.items():
+            cmds[k] = cmds.get(k, 0) + v * tp
+    energy = {}
+    if with_energy:
+        energy = _energy_summary(e_sum, per_token_j, n_seq_tokens)
+        energy["per_token_j"] = per_token_j
+    thr = n_seq_tokens / (gen_span_ms / 1e3) if n_gen else 0.0
+    if energy:
+        energy["avg_power_w"] = energy["j_per_token"] * thr
+    return RunReport(
+        model=programs[0].model, hw=cfg.name, schedule=schedule, refresh=cfg.refresh.enabled,
+        functional=functional is not None, prompt_tokens=len(prompt), generated_tokens=n_gen,
+        tCK_ps=cfg.tCK_ps, cycles=int(end_all), ms_total=ns(end_all) / 1e6,
+        ms_per_token=ms_tok, tokens_per_s=1000.0 / ms_tok if ms_tok else 0.0,
+        per_token_ms=per_token_ms,
+        row_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
+        breakdown={k: float(v / total) if total else 0.0 for k, v in zip(BREAKDOWN_KEYS, bd)},
+        per_op={k: ns(per_op.get(k, 0.0)) / 1e6 / max(n_gen, 1) for k in PER_OP_KEYS},
+        commands=cmds, tokens=generated if functional is not None else [], energy=energy,
+        wall_s=time.perf_counter() - t_wall, throughput_tokens_per_s=thr,
+        system={"devices": tp * pp, "tp": tp, "pp": pp, "sequences": pp,
+                "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
+                "stage_send_cyc": send, "token_return_cyc": back})
+
+
+def _times(er: EnergyReport, k: int) -> EnergyReport:
+    out = EnergyReport(table=er.table, total_j=er.total_j * k)
+    out.by_component = {n: v * k for n, v in er.by_component.items()}
+    out.by_command = {n: v * k for n, v in er.by_command.items()}
+    return out

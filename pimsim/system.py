@@ -1,0 +1,132 @@
+"""Systems of several PIM devices: the ``[system]`` section and the cost of collectives.
+
+A system is ``devices`` identical PIM devices (each the config's device) on the interconnect of
+:mod:`pimsim.interconnect`, split into ``pp`` pipeline stages of ``tp`` tensor-parallel devices
+(``tp x pp = devices``, vLLM's names). Host-side work (the ASIC ops) runs on an ASIC in every
+device (``host = "per-device"``, as CENT's near-memory units), so the devices of a stage exchange
+only the collectives the program names:
+
+* ``all_reduce`` of a row-parallel product's partial sums over the stage's ``tp`` devices
+  (reduce-scatter, the adds on each device's ASIC, all-gather);
+* ``gather`` of the devices' shares of the logits on the stage's first device;
+* between stages, each device of a stage sends the activations to its partner of the next
+  stage (disjoint ports: the sends go in parallel), and the sampled token returns to stage 0.
+
+A collective's time is the fabric's (ports, flits, latencies, contention, multicast) on a fresh
+fabric of the group, converted to DRAM command cycles (rounded up); it does not depend on the
+position, so it is computed once per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pimsim.errors import UserError
+from pimsim.interconnect import Fabric, Interconnect, interconnect_from_dict
+
+HOSTS = ("per-device",)
+TOKEN_BYTES = 4  # a sampled token id, returned from the last stage to the first
+
+
+class SystemError_(UserError):
+    default_fix = "give --devices N with --tp T and --pp P such that T x P = N"
+
+
+@dataclass(frozen=True)
+class System:
+    """How many devices, how they split the model, the fabric between them."""
+
+    devices: int = 1
+    tp: int = 1
+    pp: int = 1
+    host: str = "per-device"
+    interconnect: Interconnect = field(default_factory=Interconnect)
+
+    @property
+    def multi(self) -> bool:
+        return self.devices > 1
+
+
+def resolve(devices: int | None, tp: int | None, pp: int | None,
+            base: System | None = None) -> System:
+    """The system asked for on the command line (``None``: from ``base``, the config's). Given
+    only ``--devices N``, the devices form one tensor-parallel group (``tp = N / pp``)."""
+    base = base or System()
+    for flag, v in (("--devices", devices), ("--tp", tp), ("--pp", pp)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 4096):
+            raise SystemError_(f"{flag} {v!r} must be a whole number of devices in 1..4096")
+    if devices is None and tp is None and pp is None:
+        return base
+    pp_ = pp if pp is not None else (1 if devices is not None or tp is not None else base.pp)
+    if devices is None:
+        tp_ = tp if tp is not None else 1
+        devices = tp_ * pp_
+    elif tp is None:
+        if devices % pp_:
+            raise SystemError_(f"--devices {devices} is not a multiple of --pp {pp_}",
+                               f"give --devices as a multiple of {pp_}")
+        tp_ = devices // pp_
+    else:
+        tp_ = tp
+    if tp_ * pp_ != devices:
+        raise SystemError_(f"--tp {tp_} x --pp {pp_} = {tp_ * pp_} devices, but --devices is "
+                           f"{devices}", f"make T x P = {devices}")
+    return System(devices=devices, tp=tp_, pp=pp_, host=base.host,
+                  interconnect=base.interconnect)
+
+
+def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
+                     where: str) -> System:
+    """Validated :class:`System` from the ``[system]`` and ``[interconnect]`` tables."""
+    sec = dict(sec or {})
+    known = {"devices", "tp", "pp", "host"}
+    for k in sec:
+        if k not in known:
+            raise SystemError_(f"{where}: [system] unknown key {k!r}",
+                               f"use one of {', '.join(sorted(known))}")
+    host = sec.pop("host", "per-device")
+    if host not in HOSTS:
+        raise SystemError_(f"{where}: [system] host = {host!r} is not supported",
+                           'use host = "per-device" (an ASIC in every device)')
+    try:
+        s = resolve(sec.get("devices"), sec.get("tp"), sec.get("pp"))
+    except SystemError_ as e:
+        raise SystemError_(f"{where}: [system] {e}") from None
+    return System(devices=s.devices, tp=s.tp, pp=s.pp, host=host,
+                  interconnect=interconnect_from_dict(ic or {}, where))
+
+
+# ---------------------------------------------------------------- collective costs
+
+
+@dataclass(frozen=True)
+class CommCost:
+    ns: float
+    wire_bits: int  # bits x links crossed (energy: x pj_per_bit)
+
+    def cycles(self, tck_ps: int) -> int:
+        return math.ceil(self.ns * 1000.0 / tck_ps - 1e-9) if self.ns > 0 else 0
+
+
+def collective(ic: Interconnect, op: str, n_devices: int, n_bytes: int,
+               reduce_ns: float = 0.0) -> CommCost:
+    """Time and wire bits of one collective over ``n_devices`` devices of one fabric.
+
+    ``all_reduce``: ``n_bytes`` per device reduced and returned to all; ``gather``: every
+    device's ``n_bytes`` to device 0; ``send``: ``n_bytes`` from one device to another."""
+    if n_devices <= 1 and op != "send":
+        return CommCost(0.0, 0)
+    if op == "send":
+        f = Fabric(ic, 2)
+        return CommCost(f.send(0, (1,), n_bytes), f.wire_bits)
+    f = Fabric(ic, n_devices)
+    nodes = list(range(n_devices))
+    if op == "all_reduce":
+        t = f.all_reduce(nodes, n_bytes, reduce_ns=reduce_ns)
+    elif op == "gather":
+        t = f.gather(nodes[1:], 0, n_bytes)
+    else:
+        raise ValueError(f"collective {op!r} unknown")
+    return CommCost(t, f.wire_bits)
