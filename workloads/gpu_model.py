@@ -62,7 +62,7 @@ class GPUSpec:
     kernels_fixed: float = 6.0
     source: str = HARDWARE_REF
     # memory capacity and NVLink (tensor parallelism); see _preset for the sources
-    mem_bytes: float = 0.0         # HBM/GDDR capacity per GPU, bytes (datasheet, decimal GB)
+    mem_bytes: float = 0.0         # HBM/GDDR capacity per GPU, bytes (datasheet, decimal GB; 0: unchecked)
     nvlink_bw: float = 0.0         # NVLink bandwidth per GPU per direction, bytes/s (0: no NVLink)
     allreduce_latency_s: float = 6e-6  # [assumed] one small NCCL all-reduce inside a CUDA graph
     #                                    (nccl-tests small-message latency is ~5-10 us on NVLink)
@@ -225,6 +225,12 @@ class DecoderShape:
         return self.n_layer * per_layer + 2 * self.vocab * d
 
 
+def _is_shape(cfg: Any) -> bool:
+    """A DecoderShape (by its methods: ``python -m workloads.gpu_model`` runs this file as
+    ``__main__``, whose class is not the one :mod:`workloads.zoo` imports)."""
+    return callable(getattr(cfg, "kv_bytes_per_position", None))
+
+
 def shape_for(name_or_cfg: Any) -> Any:
     """A model for :func:`predict`: a zoo or GPT preset name (the zoo's :func:`workloads.zoo.
     gpu_shape`), else the object itself (a DecoderShape or anything with GPTConfig's fields)."""
@@ -245,7 +251,7 @@ def shape_for(name_or_cfg: Any) -> Any:
 
 def weight_bytes_streamed(cfg: Any, bytes_per_param: int = FP16_BYTES) -> int:
     """Weight bytes read per token: every parameter once, but only one row of ``wpe``."""
-    if isinstance(cfg, DecoderShape):
+    if _is_shape(cfg):
         return cfg.weight_bytes_streamed(bytes_per_param)
     return (cfg.n_params - cfg.n_ctx * cfg.d_model + cfg.d_model) * bytes_per_param
 
@@ -254,14 +260,14 @@ def kv_bytes_read(cfg: Any, pos: int, *, static_cache: bool = False, bytes_per_e
     """K and V bytes read by the attention of the token at ``pos`` (``pos + 1`` positions,
     or all ``n_ctx`` slots for a static cache)."""
     n = cfg.n_ctx if static_cache else pos + 1
-    if isinstance(cfg, DecoderShape):
+    if _is_shape(cfg):
         return cfg.kv_bytes_per_position(bytes_per_el) * n
     return 2 * cfg.n_layer * cfg.n_head * cfg.d_head * n * bytes_per_el
 
 
 def decode_flops(cfg: Any, pos: int) -> int:
     """Multiply-adds x 2 of one decode step (matrix-vector products and attention)."""
-    if isinstance(cfg, DecoderShape):
+    if _is_shape(cfg):
         return cfg.decode_flops(pos)
     d, a, f = cfg.d_model, cfg.n_head * cfg.d_head, cfg.d_ff
     per_layer = 2 * (3 * d * a + a * d + 2 * d * f) + 2 * 2 * a * (pos + 1)
@@ -625,15 +631,123 @@ def compare_table(measured: dict[str, Any] | str | None = None, calibration: dic
     return "\n".join(lines)
 
 
+def leave_one_out(measured: dict[str, Any] | str | None = None) -> list[dict[str, Any]]:
+    """Held-out check of a calibration: for each model of the file, fit on the others and predict
+    it (the fitted kernel-count formula, not its measured count). One row per measured point:
+    ``model``, ``pos``, ``measured_ms``, ``model_ms``, ``diff_pct``."""
+    doc = load_measured(measured) if measured is None or isinstance(measured, str) else measured
+    out = []
+    for row in doc["results"]:
+        rest = dict(doc, results=[r for r in doc["results"] if r["model"] != row["model"]])
+        g = calibrate(rest)["gpu"]
+        cfg = cfg_from_result(row)
+        for p, ms in row["graph"]["ms_at"].items():
+            pred = predict(g, cfg, int(p), static_cache=True)["ms"]
+            out.append({"model": row["model"], "pos": int(p), "measured_ms": float(ms),
+                        "model_ms": pred, "diff_pct": 100.0 * (pred - ms) / ms})
+    return out
+
+
+def llama_table(measured: dict[str, Any] | str | None = None) -> str:
+    """Markdown table of the Llama measurement against the model: the gated-path fit on all of
+    it, the held-out prediction (:func:`leave_one_out`), the GPT-path calibration applied to the
+    same shapes (what the model said before it knew the Llama path), and J/token with the GPT
+    file's power fit (``power="util"``: held out, the Llama loops are not fitted)."""
+    doc = load_measured(measured or llama_measured_path()) if measured is None or isinstance(measured, str) else measured
+    cal = calibrate(doc)
+    loo = {(r["model"], r["pos"]): r for r in leave_one_out(doc)}
+    try:
+        gpt = transfer(calibrate(load_measured()), cal["gpu"].name)
+    except FileNotFoundError:
+        gpt = None
+    pw = dataclasses.replace(gpt or cal["gpu"], **{f: getattr(cal["gpu"], f) for f in _GATED_FIELDS})
+    head = ["model", "pos", "measured ms", "fit ms", "fit diff %", "held-out ms", "held-out diff %",
+            "GPT-path ms", "measured J", "model J", "J diff %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in doc["results"]:
+        cfg = cfg_from_result(row)
+        k = row["graph"].get("kernels_per_step")
+        loop = row["graph"].get("power_loop") or {}
+        for p, ms in row["graph"]["ms_at"].items():
+            fit = predict(cal["gpu"], cfg, int(p), static_cache=True, n_kernels=k)["ms"]
+            h = loo[(row["model"], int(p))]
+            cells = [row["model"], p, f"{ms:.3f}", f"{fit:.3f}", f"{100 * (fit - ms) / ms:+.1f}",
+                     f"{h['model_ms']:.3f}", f"{h['diff_pct']:+.1f}"]
+            if gpt is not None:
+                gp = predict(dataclasses.replace(gpt, gated_mem_eff=gpt.mem_eff,
+                                                 gated_kernel_overhead_s=gpt.kernel_overhead_s),
+                             cfg, int(p), static_cache=True, n_kernels=k)["ms"]
+                cells.append(f"{gp:.3f} ({100 * (gp - ms) / ms:+.0f} %)")
+            else:
+                cells.append("-")
+            if loop.get("position") == int(p) and loop.get("joules_per_token"):
+                mj = predict(pw, cfg, int(p), static_cache=True, n_kernels=k, power="util")["joules"]
+                mjm = loop["joules_per_token"]
+                cells += [f"{mjm:.2f}", f"{mj:.2f}", f"{100 * (mj - mjm) / mjm:+.1f}"]
+            else:
+                cells += ["-", "-", "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"gated-path fit on {cal['gpu_measured']}: mem_eff {cal['mem_eff']:.3f}, kernel "
+                 f"overhead {cal['kernel_overhead_us']:.2f} us, kernels/step "
+                 f"{cal['kernels_per_layer']:.2f} x n_layer {cal['kernels_fixed']:+.1f}; fit max "
+                 f"|diff| {cal['max_abs_diff_pct']:.1f} %, held-out max |diff| "
+                 f"{max(abs(r['diff_pct']) for r in loo.values()):.1f} %")
+    return "\n".join(lines)
+
+
+def zoo_table(gpus: Sequence[str] = ("A100", "H100", "H200"), tps: Sequence[int] = (1, 2, 4, 8),
+              models: Sequence[str] | None = None) -> str:
+    """Markdown table: modelled ms/token and J/token (board power, all boards) at the middle
+    position (ideal KV read) of every zoo preset on ``tps`` GPUs of each of ``gpus``, with both
+    shipped calibrations (:func:`calibrated_preset`); ``-`` where it does not fit."""
+    from workloads import zoo
+
+    names = list(models or zoo.NAMES)
+    specs = [calibrated_preset(n) for n in gpus]
+    head = ["model", "params B", "GB fp16"] + [f"{g.name} x{n}" for g in specs for n in tps]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        cfg = shape_for(name)
+        cells = [name, f"{cfg.n_params / 1e9:.2f}", f"{cfg.n_params * FP16_BYTES / 1e9:.0f}"]
+        for g in specs:
+            for n in tps:
+                try:
+                    r = predict(g, cfg, cfg.n_ctx // 2, tp=n)
+                    cells.append(f"{r['ms']:.2f} ms {r['joules']:.1f} J")
+                except ValueError:
+                    cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("ms/token and J/token (board power x boards) at position n_ctx/2, batch 1, fp16; "
+                 "tensor parallel over NVLink (2 ring all-reduces of d_model per layer + a logits "
+                 "all-gather, latency "
+                 f"{specs[0].allreduce_latency_s * 1e6:.0f} us per call [assumed]); '-': does not "
+                 "fit that many GPUs' memory")
+    return "\n".join(lines)
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m workloads.gpu_model")
     ap.add_argument("measured", nargs="?", default=None, help="gpu_baseline JSON (default: shipped)")
+    ap.add_argument("--tp", default="1,2,4,8", help="GPU counts for the zoo table (default 1,2,4,8)")
     args = ap.parse_args(list(argv) if argv is not None else None)
     print(compare_table(args.measured))
+    try:
+        print()
+        print("Llama-family decode (gated path), measured vs model:")
+        print(llama_table())
+    except FileNotFoundError:
+        pass
+    print()
+    print("Zoo presets, modelled:")
+    print(zoo_table(tps=[int(x) for x in args.tp.split(",")]))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from workloads.gpu_model import main as _main  # the importable module's classes, not __main__'s
+
+    raise SystemExit(_main())
