@@ -1,4 +1,5 @@
-"""Analytic batch-1 GPT decode model for GPUs, calibrated against measurement.
+"""Analytic batch-1 decode model for GPUs (GPT and the zoo's Llama-family, OPT, Pythia, GPT-J
+shapes, on one GPU or tensor parallel over NVLink), calibrated against measurement.
 
 Per decoded token (batch 1, fp16 weights)::
 
@@ -26,7 +27,24 @@ calibration; :func:`calibrate` fits them to a measured JSON from :mod:`workloads
 (``workloads/data/gpu_measured_<gpu>.json``). Carrying a calibration to another GPU
 (:func:`transfer`) assumes the same software path and per-kernel cost: a lead, not a measurement.
 
-Needs only numpy and the standard library (it takes any object with GPTConfig's fields).
+Shapes: any object with GPTConfig's fields (GPT: tied head, learned positions, biases), or a
+:class:`DecoderShape` for the other families (``n_kv_head`` for GQA/MQA, SwiGLU ``gated_mlp``,
+tied or untied head, biases, norms: an exact parameter count); :func:`workloads.zoo.gpu_shape`
+gives one for every zoo preset from its config arguments, and ``predict`` takes a preset name.
+A gated-MLP shape uses the Llama software path (``gated_*`` fields of :class:`GPUSpec`): its own
+efficiency, per-kernel overhead and kernel counts, calibrated on
+``workloads/data/gpu_measured_h200_llama.json`` (:func:`calibrate` of that file,
+:func:`leave_one_out` for the held-out check, :func:`llama_table`). Other families (OPT, Pythia,
+GPT-J) use the GPT path: an assumption, no measurement of their software path.
+
+Tensor parallelism (``predict(..., tp=N)``): each GPU streams 1/N of the weights and holds
+``ceil(n_kv_head / N)`` KV heads; the step adds two ring all-reduces of ``d_model`` fp16 per layer
+(``2 (N-1)/N x bytes / NVLink bw + latency``) and one all-gather of the logits; energy is N
+boards. NVLink bandwidth and memory capacity are datasheet values (see ``GPU_PRESETS``); the
+per-call all-reduce latency and the per-GPU memory reserve are assumptions. A model that does not
+fit N GPUs raises ValueError naming the GPU count that fits (:func:`min_gpus`).
+
+Needs only numpy and the standard library.
 """
 
 from __future__ import annotations
