@@ -105,12 +105,20 @@ def gpu_shape(spec) -> object:
                            n_ctx=spec.n_ctx, n_params=n_params + spec.n_ctx * spec.d_model)
 
 
-def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None) -> GpuPoint:
+def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
+              tp: int = 1) -> GpuPoint:
     """GPU latency and energy per token at ``pos``: a measured JSON file or a modelled GPU
-    (``shape``: the model's shape where it is not a preset)."""
+    (``shape``: the model's shape where it is not a preset; a zoo preset's shape comes from
+    :func:`workloads.zoo.gpu_shape`). ``tp``: a modelled GPU's tensor parallelism (GPUs over
+    NVLink; energy of all boards)."""
     from workloads import gpu_model as gm
+    from workloads import zoo
+    from workloads.presets import PRESETS
 
     if _is_file_arg(gpu):
+        if tp != 1:
+            raise UserError(f"tp={tp} applies to a modelled GPU, not a measured file",
+                            "give a GPU name (A100, H100, H200) for tensor parallelism")
         check_gpu(gpu, [model])
         doc = load_baseline(gpu)
         row = next(r for r in doc["results"] if r["model"] == model)
@@ -120,17 +128,54 @@ def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None) -> Gp
         jt = _measured_joules(row, ms)
         name = doc["info"].get("gpu", "GPU")
         return GpuPoint(ms, jt, f"measured {name}, CUDA graph, static KV cache, position {near}")
-    cfg = get_config(model) if shape is None else shape
+    if shape is not None:
+        cfg = shape
+    elif model in zoo.NAMES and model not in PRESETS:
+        cfg = zoo.gpu_shape(model)
+    else:
+        cfg = get_config(model)
     check_gpu(gpu, [model])
     spec = gm.gpu_preset(gpu)
     try:
-        cal = gm.calibrate(gm.load_measured())
-        spec = gm.transfer(cal, spec.name)
+        spec = gm.calibrated_preset(spec.name)
         note = "overhead calibrated on the shipped measurement"
+        if getattr(cfg, "gated_mlp", False):
+            note = "gated (Llama) path calibrated on the shipped Llama measurement"
     except (FileNotFoundError, ValueError, KeyError):
         note = "uncalibrated"
-    p = gm.predict(spec, cfg, min(pos, cfg.n_ctx - 1))
-    return GpuPoint(p["ms"], p["joules"], f"modelled {spec.name} ({note})")
+    try:
+        p = gm.predict(spec, cfg, min(pos, cfg.n_ctx - 1), tp=tp)
+    except ValueError as e:
+        raise UserError(f"GPU model: {e}", _more_gpus_fix(spec, cfg)) from None
+    where = f"{tp} x {spec.name}" if tp > 1 else spec.name
+    return GpuPoint(p["ms"], p["joules"], f"modelled {where} ({note})")
+
+
+def _check_gpu_memory(gpu: str, models: list[str], tp: int) -> None:
+    """UserError now when a preset (GPT or zoo) does not fit ``tp`` modelled GPUs' memory."""
+    from workloads import gpu_model as gm
+    from workloads import zoo
+    from workloads.presets import PRESETS
+
+    if _is_file_arg(gpu):
+        return
+    spec = gm.gpu_preset(gpu)
+    for m in models:
+        if m in PRESETS or m in zoo.NAMES:
+            shape = gm.shape_for(m)
+            try:
+                gm.check_fits(spec, shape, tp)
+            except ValueError as e:
+                raise UserError(f"GPU model: {e}", _more_gpus_fix(spec, shape)) from None
+
+
+def _more_gpus_fix(spec, cfg) -> str:
+    from workloads import gpu_model as gm
+
+    n = gm.min_gpus(spec, cfg)
+    if n is None or spec.nvlink_bw <= 0:
+        return "compare on a GPU with more memory (H200: 141 GB) or on several (tp)"
+    return f"model {n} or more {spec.name} GPUs in tensor parallelism (compare(..., tp={n}))"
 
 
 def _measured_joules(row: dict, ms: float) -> float:
@@ -163,19 +208,24 @@ def _compiled(model: str, cfg: HwConfig, cache: bool, show: bool):
 
 
 def compare(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1, tokens: int = 8,
-            schedule: str = "serial", cache: bool = False, show: bool = False) -> list[CompareRow]:
+            schedule: str = "serial", cache: bool = False, show: bool = False,
+            tp: int = 1) -> list[CompareRow]:
     """One row per model: PIM simulated (tokens at positions prompt-1 ..), GPU at the mean
-    position. ``cache``: use the compiled-program cache (:mod:`workloads.cache`)."""
+    position. ``cache``: use the compiled-program cache (:mod:`workloads.cache`). ``tp``: GPUs
+    of a modelled preset in tensor parallelism (:func:`gpu_point`)."""
     check_gpu(gpu, models)
+    _check_gpu_memory(gpu, models, tp)  # a preset that cannot fit fails before simulating
     rows = []
     for m in models:
         c = _compiled(m, cfg, cache, show)
         rep = run_generation(c.program, cfg, prompt=[0] * prompt, n_tokens=tokens,
                              schedule=schedule, skip_prompt=True)
         pos = prompt - 1 + tokens // 2
+        from workloads import zoo
         from workloads.presets import PRESETS
 
-        g = gpu_point(gpu, m, pos, None if m in PRESETS else gpu_shape(c.spec))
+        known = m in PRESETS or m in zoo.NAMES  # shapes the GPU model reads from the preset
+        g = gpu_point(gpu, m, pos, None if known else gpu_shape(c.spec), tp=tp)
         e = rep.energy
         rows.append(CompareRow(
             model=m, hw=cfg.name, gpu=gpu, position=pos, pim_ms=rep.ms_per_token,

@@ -1,0 +1,351 @@
+"""GPU model for every zoo preset: shapes (GQA, SwiGLU, tied/untied heads), the Llama-path
+calibration and its held-out check, tensor parallelism over NVLink and the memory-capacity check,
+and the compare front end. Needs no torch (one test builds the HF models on ``meta`` to count
+their parameters, skipped without transformers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workloads import compare as C
+from workloads import gpu_model as gm
+from workloads import zoo
+from workloads.presets import PRESETS
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tolerances, from the shipped H200 Llama measurement (4 models x 3 positions):
+# the gated-path fit on all 4 models is within 1.8 % of every point (measured max 1.85 %);
+# leave-one-out (fit on 3, predict the 4th with the fitted kernel-count formula) within 3.1 %
+# (llama2-7b, +3.07 %); llama2-70b predicted from the three smaller models within 0.4 %.
+FIT_TOLERANCE_PCT = 3.0
+HELD_OUT_TOLERANCE_PCT = 5.0
+# J/token of the Llama power loops from the GPT file's power fit (held out: -6.6 .. -8.4 %)
+ENERGY_HELD_OUT_TOLERANCE_PCT = 12.0
+
+# parameter counts of transformers' models built from the zoo configs (LlamaForCausalLM etc. on
+# the meta device; transformers 5.24); the Llama ones are the public checkpoints' counts
+ZOO_PARAMS = {
+    "llama2-7b": 6_738_415_616, "llama2-13b": 13_015_864_320, "llama2-70b": 68_976_648_192,
+    "llama3-8b": 8_030_261_248, "mistral-7b": 7_241_732_096, "qwen2-7b": 7_615_616_512,
+    "opt-6.7b": 6_658_473_984, "pythia-6.9b": 6_857_302_016, "gpt-j-6b": 6_050_882_784,
+}
+
+
+@pytest.fixture(scope="module")
+def llama_doc() -> dict:
+    return gm.load_measured(gm.llama_measured_path())
+
+
+@pytest.fixture(scope="module")
+def llama_cal(llama_doc: dict) -> dict:
+    return gm.calibrate(llama_doc)
+
+
+# ---- shapes ----------------------------------------------------------------------------------
+
+
+def test_every_zoo_preset_has_a_shape_with_the_right_parameter_count() -> None:
+    for name in zoo.NAMES:
+        s = zoo.gpu_shape(name)
+        assert s.name == name and s.n_ctx == zoo.n_ctx(name)
+        if name in zoo.GPT_SHAPES:
+            assert s.n_params == zoo.GPT_SHAPES[name].n_params
+        else:
+            assert s.n_params == ZOO_PARAMS[name], name
+    with pytest.raises(ValueError, match="unknown zoo preset"):
+        zoo.gpu_shape("llama9-1t")
+
+
+@pytest.mark.parametrize("name", sorted(zoo.HF_SHAPES))
+def test_shape_matches_the_transformers_model(name: str) -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cls, kw = zoo.HF_SHAPES[name]
+    with torch.device("meta"):
+        m = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls)(**kw))
+    assert zoo.gpu_shape(name).n_params == sum(p.numel() for p in m.parameters())
+
+
+def test_shape_fields_follow_the_configs() -> None:
+    l2, l3, l70 = (zoo.gpu_shape(n) for n in ("llama2-7b", "llama3-8b", "llama2-70b"))
+    assert (l2.n_kv_head, l3.n_kv_head, l70.n_kv_head) == (32, 8, 8)
+    assert l2.gated_mlp and not l2.tied_head and l2.d_head == 128 and l2.d_ff == 11008
+    opt, neox, gptj = (zoo.gpu_shape(n) for n in ("opt-6.7b", "pythia-6.9b", "gpt-j-6b"))
+    assert opt.tied_head and opt.pos_rows == 2050 and not opt.gated_mlp
+    assert not neox.tied_head and neox.pos_rows == 0 and neox.d_ff == 16384
+    assert gptj.norms_per_layer == 1 and gptj.head_bias and gptj.d_ff == 4 * 4096 and gptj.d_head == 256
+    # GQA: the KV cache scales with n_kv_head (llama3-8b: 8 of 32 heads -> a quarter of llama2-7b)
+    assert l3.kv_bytes_per_position() * 4 == l2.kv_bytes_per_position() == 2 * 32 * 4096 * 2
+    assert gm.kv_bytes_read(l70, 99) == 2 * 80 * 8 * 128 * 2 * 100
+
+
+def test_llama2_7b_bytes_and_flops_by_hand() -> None:
+    s = zoo.gpu_shape("llama2-7b")
+    d, f, v, L = 4096, 11008, 32000, 32
+    per_layer = 4 * d * d + 3 * d * f + 2 * d          # q k v o, gate up down, two RMSNorm weights
+    assert s.n_params == 2 * v * d + L * per_layer + d  # embedding + head (untied) + final norm
+    # streamed: all but the embedding table (one row of it is read)
+    assert gm.weight_bytes_streamed(s) == 2 * (s.n_params - v * d + d)
+    assert gm.decode_flops(s, 9) == L * (2 * (4 * d * d + 3 * d * f) + 4 * d * 10) + 2 * v * d
+
+
+@pytest.mark.parametrize("name", list(PRESETS) + list(zoo.GPT_SHAPES))
+def test_gpt_presets_predict_exactly_as_before(name: str) -> None:
+    """A GPTConfig and its DecoderShape give the same bytes, FLOPs and prediction."""
+    cfg = PRESETS.get(name) or zoo.GPT_SHAPES[name]
+    s = gm.DecoderShape.from_gpt(cfg)
+    assert s.n_params == cfg.n_params
+    g = dataclasses.replace(gm.gpu_preset("H200"), mem_bytes=0.0)  # no capacity check (175B)
+    for pos in (0, cfg.n_ctx // 2, cfg.n_ctx - 1):
+        assert gm.weight_bytes_streamed(s) == gm.weight_bytes_streamed(cfg)
+        assert gm.kv_bytes_read(s, pos) == gm.kv_bytes_read(cfg, pos)
+        assert gm.decode_flops(s, pos) == gm.decode_flops(cfg, pos)
+        assert gm.predict(g, s, pos) == gm.predict(g, cfg, pos)
+
+
+# ---- the Llama calibration -------------------------------------------------------------------
+
+
+def test_llama_calibration_sets_the_gated_path(llama_cal: dict) -> None:
+    g = llama_cal["gpu"]
+    assert llama_cal["path"] == "gated"
+    assert 0.5 < g.gated_mem_eff <= 1 and g.gated_kernel_overhead_s > 0
+    # the GPT path is left as it was
+    h200 = gm.gpu_preset("H200")
+    assert (g.mem_eff, g.kernel_overhead_s, g.kernels_per_layer) == \
+        (h200.mem_eff, h200.kernel_overhead_s, h200.kernels_per_layer)
+    # the kernel line goes through the profiler counts (647, 648, 847, 1687) within 3 %
+    for n_layer, k in ((32, 647), (32, 648), (40, 847), (80, 1687)):
+        est = g.gated_kernels_per_layer * n_layer + g.gated_kernels_fixed
+        assert abs(est - k) / k < 0.03
+
+
+def test_llama_fit_is_within_tolerance_of_every_point(llama_cal: dict, llama_doc: dict) -> None:
+    assert len(llama_cal["rows"]) == len(llama_doc["results"]) >= 4
+    for row in llama_cal["rows"]:
+        assert row["max_abs_diff_pct"] < FIT_TOLERANCE_PCT, row
+    assert llama_cal["max_abs_diff_pct"] < FIT_TOLERANCE_PCT
+
+
+def test_llama_held_out_predictions(llama_doc: dict) -> None:
+    rows = gm.leave_one_out(llama_doc)
+    assert {r["model"] for r in rows} == {r["model"] for r in llama_doc["results"]}
+    for r in rows:
+        assert abs(r["diff_pct"]) < HELD_OUT_TOLERANCE_PCT, r
+    # fit on the three smaller models, predict llama2-70b (5x the weights, 80 layers)
+    small = dict(llama_doc, results=[r for r in llama_doc["results"] if r["model"] != "llama2-70b"])
+    g = gm.calibrate(small)["gpu"]
+    row = next(r for r in llama_doc["results"] if r["model"] == "llama2-70b")
+    for p, ms in row["graph"]["ms_at"].items():
+        pred = gm.predict(g, gm.cfg_from_result(row), int(p), static_cache=True)["ms"]
+        assert abs(pred - ms) / ms < HELD_OUT_TOLERANCE_PCT / 100
+
+
+def test_gpt_power_fit_predicts_llama_energy(llama_doc: dict) -> None:
+    """Held out: the power line fitted on the GPT loops, applied to the Llama loops."""
+    g = gm.calibrated_preset("H200")
+    for row in llama_doc["results"]:
+        loop = row["graph"]["power_loop"]
+        pred = gm.predict(g, gm.cfg_from_result(row), loop["position"], static_cache=True,
+                          n_kernels=row["graph"]["kernels_per_step"], power="util")
+        err = 100 * (pred["joules"] - loop["joules_per_token"]) / loop["joules_per_token"]
+        assert abs(err) < ENERGY_HELD_OUT_TOLERANCE_PCT, (row["model"], err)
+
+
+def test_llama_rows_rebuild_their_parameter_count(llama_doc: dict) -> None:
+    for row in llama_doc["results"]:
+        assert gm.cfg_from_result(row).n_params == row["params"]
+        assert gm.kv_bytes_read(gm.cfg_from_result(row), 0, static_cache=True) == row["static_kv_bytes"]
+    bad = dict(llama_doc["results"][0], params=1)
+    with pytest.raises(ValueError, match="parameters"):
+        gm.cfg_from_result(bad)
+
+
+def test_mixed_paths_refuse_one_fit(llama_doc: dict) -> None:
+    gpt = gm.load_measured()
+    mixed = dict(gpt, results=gpt["results"] + llama_doc["results"])
+    with pytest.raises(ValueError, match="per software path"):
+        gm.calibrate(mixed)
+
+
+def test_calibrated_preset_carries_both_paths(llama_cal: dict) -> None:
+    gpt_cal = gm.calibrate(gm.load_measured())
+    a100 = gm.calibrated_preset("A100")
+    assert a100.mem_bw == 2.04e12 and a100.mem_bytes == 80e9
+    assert a100.kernel_overhead_s == gpt_cal["gpu"].kernel_overhead_s
+    assert a100.gated_kernel_overhead_s == llama_cal["gpu"].gated_kernel_overhead_s
+    assert a100.gated_mem_eff == llama_cal["gpu"].gated_mem_eff
+    # a gated shape uses the gated efficiency: memory term = bytes / (BW x gated_mem_eff)
+    s = zoo.gpu_shape("llama3-8b")
+    r = gm.predict(a100, s, 100)
+    assert r["mem_ms"] == pytest.approx(r["bytes"] / (2.04e12 * a100.gated_mem_eff) * 1e3)
+    assert r["overhead_ms"] == pytest.approx(
+        (a100.gated_kernels_per_layer * 32 + a100.gated_kernels_fixed) * a100.gated_kernel_overhead_s * 1e3)
+
+
+# ---- tensor parallelism ----------------------------------------------------------------------
+
+
+def test_presets_memory_and_nvlink() -> None:
+    assert gm.gpu_preset("A100").mem_bytes == 80e9 and gm.gpu_preset("A100").nvlink_bw == 300e9
+    assert gm.gpu_preset("H100").mem_bytes == 80e9 and gm.gpu_preset("H100").nvlink_bw == 450e9
+    assert gm.gpu_preset("H200").mem_bytes == 141e9 and gm.gpu_preset("H200").nvlink_bw == 450e9
+    assert gm.gpu_preset("T4").mem_bytes == 16e9 and gm.gpu_preset("T4").nvlink_bw == 0
+
+
+def test_allreduce_time_by_hand() -> None:
+    g = dataclasses.replace(gm.gpu_preset("H100"), allreduce_latency_s=5e-6)
+    # 8192 fp16 = 16384 B over 4 GPUs: 2 * 3/4 * 16384 B / 450e9 B/s + 5 us
+    assert gm.allreduce_s(g, 16384, 4) == pytest.approx(1.5 * 16384 / 450e9 + 5e-6, rel=1e-12)
+    assert gm.allreduce_s(g, 16384, 4) == pytest.approx(5.0546133e-6, rel=1e-6)
+    assert gm.allreduce_s(g, 16384, 1) == 0.0
+    # all-gather of 32000 fp16 logits over 2 GPUs: 1/2 * 64000 B / 450e9 + 5 us
+    assert gm.allgather_s(g, 64000, 2) == pytest.approx(0.5 * 64000 / 450e9 + 5e-6, rel=1e-12)
+    # in a prediction: 2 per layer + the logits gather
+    s = zoo.gpu_shape("llama2-70b")
+    r = gm.predict(g, s, 100, tp=4)
+    want_s = 2 * 80 * (1.5 * 8192 * 2 / 450e9 + 5e-6) + (0.75 * 32000 * 2 / 450e9 + 5e-6)
+    assert r["comm_ms"] == pytest.approx(want_s * 1e3, rel=1e-12)
+
+
+def test_tp1_is_the_single_gpu_prediction_exactly() -> None:
+    for gpu in ("A100", "H100", "H200"):
+        g = gm.calibrated_preset(gpu)
+        for name in ("llama2-7b", "qwen2-7b", "gpt-j-6b", "gpt3-13b"):
+            s = zoo.gpu_shape(name)
+            one = gm.predict(g, s, 321, tp=1)
+            assert one == gm.predict(g, s, 321)
+            assert one["comm_ms"] == 0.0 and one["watts"] == g.board_w
+    cfg = PRESETS["gpt2-xl"]
+    assert gm.predict("H100", cfg, 7, tp=1) == gm.predict("H100", cfg, 7)
+
+
+def test_tp_splits_bytes_and_kv_heads() -> None:
+    g = gm.gpu_preset("H200")
+    s = zoo.gpu_shape("llama2-70b")   # 8 KV heads
+    one, two, eight = (gm.predict(g, s, 999, tp=n) for n in (1, 2, 8))
+    w, kv = gm.weight_bytes_streamed(s), gm.kv_bytes_read(s, 999)
+    assert two["bytes"] == pytest.approx(w / 2 + kv / 2)
+    assert eight["bytes"] == pytest.approx(w / 8 + kv / 8)
+    # fewer KV heads than GPUs: a KV head is replicated, not split (1 of 4 heads per GPU here)
+    tiny = dataclasses.replace(s, n_kv_head=4, name="llama2-70b-kv4")
+    r = gm.predict(g, tiny, 999, tp=8)
+    assert r["bytes"] == pytest.approx(gm.weight_bytes_streamed(tiny) / 8 + gm.kv_bytes_read(tiny, 999) / 4)
+    # energy counts every board
+    assert eight["joules"] == pytest.approx(8 * g.board_w * eight["ms"] / 1e3)
+    assert eight["watts"] == 8 * g.board_w
+
+
+def test_70b_needs_two_a100_and_fits_one_h200() -> None:
+    s = zoo.gpu_shape("llama2-70b")
+    with pytest.raises(ValueError, match=r"does not fit 1 A100.*use tp=2 or more A100"):
+        gm.predict("A100", s, 100)
+    assert gm.predict("A100", s, 100, tp=2)["ms"] > 0
+    with pytest.raises(ValueError, match="does not fit 1 H100"):
+        gm.predict("H100", s, 100)
+    # the measurement ran it on one H200 (141 GB): the model agrees it fits
+    assert gm.predict("H200", s, 100)["ms"] > 0
+    assert gm.min_gpus("A100", s) == 2 and gm.min_gpus("H200", s) == 1
+    # by hand: 2 x 68.98e9 params / 2 + KV 80 x 2 x 8 x 128 x 2 B x 4096 / 2 + 1 GB reserve
+    need = 2 * 68_976_648_192 / 2 + 80 * 2 * 8 * 128 * 2 * 4096 / 2 + 1e9
+    assert gm.memory_needed_bytes(s, 2, gm.gpu_preset("A100")) == pytest.approx(need)
+    # GPT-3 175B: 4 H200, 8 A100
+    big = zoo.gpu_shape("gpt3-175b")
+    assert gm.min_gpus("H200", big) == 4 and gm.min_gpus("A100", big) == 8
+    with pytest.raises(ValueError, match="use tp=4"):
+        gm.predict("H200", big, 10, tp=2)
+
+
+def test_speed_grows_with_tp_for_big_models() -> None:
+    for gpu in ("A100", "H100", "H200"):
+        g = gm.calibrated_preset(gpu)
+        for name in ("llama2-70b", "llama2-13b", "gpt3-175b"):
+            s = zoo.gpu_shape(name)
+            ms = []
+            for n in (1, 2, 4, 8):
+                try:
+                    ms.append(gm.predict(g, s, 512, tp=n)["ms"])
+                except ValueError:
+                    assert not ms  # once it fits, more GPUs keep fitting
+            assert len(ms) >= 1 and all(a > b for a, b in zip(ms, ms[1:])), (gpu, name, ms)
+
+
+def test_tp_errors() -> None:
+    s = zoo.gpu_shape("llama2-7b")
+    with pytest.raises(ValueError, match="no NVLink"):
+        gm.predict("T4", s, 10, tp=2)
+    with pytest.raises(ValueError, match="tp must be a positive int"):
+        gm.predict("H100", s, 10, tp=0)
+
+
+# ---- front ends ------------------------------------------------------------------------------
+
+
+def test_predict_takes_a_preset_name() -> None:
+    assert gm.predict("H200", "llama3-8b", 5) == gm.predict("H200", zoo.gpu_shape("llama3-8b"), 5)
+    assert gm.predict("H200", "gpt2-small", 5) == gm.predict("H200", PRESETS["gpt2-small"], 5)
+
+
+def test_compare_gpu_point_for_zoo_presets() -> None:
+    for name in zoo.NAMES:
+        if name == "gpt3-175b":
+            continue
+        pt = C.gpu_point("h200", name, 100)
+        s = zoo.gpu_shape(name)
+        want = gm.predict(gm.calibrated_preset("H200"), s, 100)
+        assert pt.ms == want["ms"] and pt.joules == want["joules"] and "H200" in pt.source
+    two = C.gpu_point("A100", "llama2-70b", 100, tp=2)
+    assert "2 x A100" in two.source
+    with pytest.raises(ValueError, match=r"does not fit 1 A100") as e:
+        C.gpu_point("A100", "llama2-70b", 100)
+    assert "tp=2" in str(e.value)
+    with pytest.raises(ValueError, match="use tp=4 or more H200"):
+        C._check_gpu_memory("H200", ["gpt3-175b"], 1)
+    C._check_gpu_memory("H200", ["gpt3-175b"], 4)
+    # GPT presets keep their numbers
+    g = gm.transfer(gm.calibrate(gm.load_measured()), "H100")
+    assert C.gpu_point("H100", "gpt2-small", 10).ms == gm.predict(g, PRESETS["gpt2-small"], 10)["ms"]
+
+
+def test_compare_uses_the_zoo_shape_not_the_compiled_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compare() on a zoo preset reads the GPU shape from the zoo (the compile is stubbed)."""
+    from types import SimpleNamespace
+
+    from pimsim.config import load_config
+
+    seen = []
+    monkeypatch.setattr(C, "_compiled", lambda m, cfg, cache, show: SimpleNamespace(program=None, spec=None))
+    rep = SimpleNamespace(ms_per_token=1.0, energy={"j_per_token": 1.0, "by_component": {}},
+                          breakdown={}, row_hit_rate=0.0)
+    monkeypatch.setattr(C, "run_generation", lambda *a, **k: rep)
+    real = C.gpu_point
+
+    def spy(gpu, model, pos, shape=None, **kw):
+        seen.append(shape)
+        return real(gpu, model, pos, shape, **kw)
+
+    monkeypatch.setattr(C, "gpu_point", spy)
+    (row,) = C.compare(["llama2-70b"], load_config("pim-gpt"), "H200", prompt=4, tokens=2, tp=2)
+    assert seen == [None] and "2 x H200" in row.gpu_source
+    assert row.gpu_ms == pytest.approx(gm.predict(gm.calibrated_preset("H200"), "llama2-70b", 4, tp=2)["ms"])
+
+
+def test_main_prints_the_tables() -> None:
+    r = subprocess.run([sys.executable, "-m", "workloads.gpu_model", "--tp", "1,2,4"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300,
+                       env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "held-out" in out and "| llama2-70b | 2048 |" in out
+    line = next(x for x in out.splitlines() if x.startswith("| llama2-70b | 68.98"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # A100 x1 does not fit, x2 does; H200 x1 fits
+    assert cells[3] == "-" and cells[4].endswith("J") and cells[9].endswith("J")
+    for name in zoo.NAMES:
+        assert f"| {name} |" in out
