@@ -102,13 +102,17 @@ def _ours(source: Any) -> bool:
 
 
 def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
-                  lowering: str = "auto", tp: int = 1, pp: int = 1) -> Compiled:
+                  lowering: str = "auto", tp: int | None = None,
+                  pp: int | None = None) -> Compiled:
     """Run the whole pipeline; raises a clear error for unsupported ops or a model too large.
 
     ``lowering``: ``"graph"`` lowers the graph op by op (:mod:`compiler.passes.lower`), any
     decoder; ``"pim-gpt"`` reads a GPT-2 block structure and emits PIM-GPT's program; ``"auto"``
     uses PIM-GPT's where the graph has its block structure, else the graph lowering. ``tp`` x
-    ``pp`` devices (tensor-parallel group size, pipeline stages) take the graph lowering."""
+    ``pp`` devices (tensor-parallel group size, pipeline stages; default: the config's
+    ``[system]``) take the graph lowering."""
+    tp = cfg.system.tp if tp is None else tp
+    pp = cfg.system.pp if pp is None else pp
     t = {}
     t0 = time.perf_counter()
     graph = import_graph(source)

@@ -403,6 +403,8 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
     unknown = set(data) - _TOP_KEYS
     if unknown:
         fail(f"unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    if isinstance(data.get("system"), dict) and "device" in data["system"]:
+        return _system_config(data, source)
     for sec in ("organization", "timing", "pim", "asic", "link", "refresh"):
         if sec not in data:
             if sec == "refresh":  # optional: refresh on by default
@@ -476,6 +478,41 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
     )
     _validate(cfg, source)
     return cfg
+
+
+def _system_config(data: dict[str, Any], source: str) -> HwConfig:
+    """A system file: ``[system] device = "<device config>"`` plus the system's size and
+    ``[interconnect]``; the devices are that config's."""
+    from pimsim.system import system_from_dict
+
+    def fail(msg: str, fix: str) -> None:
+        raise ConfigError(f"{source}: {msg}", fix)
+
+    extra = set(data) - {"name", "description", "system", "interconnect"}
+    if extra:
+        fail(f"a system config (its [system] names a device) has sections {sorted(extra)}",
+             "put device sections in the device's own config; keep [system] and "
+             "[interconnect] here")
+    sec = dict(data["system"])
+    dev = sec.pop("device")
+    if not isinstance(dev, str):
+        fail(f"[system] device = {dev!r} must be a config name or path",
+             f"use one of {', '.join(available_configs())}")
+    path = Path(dev) if Path(dev).suffix else HWCONFIG_DIR / f"{dev}.toml"
+    try:
+        nested = tomllib.loads(read_text(path, "device config")).get("system", {})
+    except (UserError, tomllib.TOMLDecodeError):
+        nested = {}
+    if isinstance(nested, dict) and "device" in nested:
+        fail(f"[system] device = {dev!r} is itself a system config",
+             "name a device config (one with [organization], [timing], ...)")
+    base = load_config(dev)
+    if not isinstance(data.get("interconnect", {}), dict):
+        fail("[interconnect] must be a table", "write it as a TOML table")
+    system = system_from_dict(sec, data.get("interconnect"), source)
+    return dataclasses.replace(base, name=str(data.get("name", Path(source).stem)),
+                               description=str(data.get("description", base.description)),
+                               source=source, system=system)
 
 
 def row_cycle_cyc(c: dict[str, int]) -> int:

@@ -60,7 +60,8 @@ def _compile(args, *, weights: bool):
     from workloads import cache
     from workloads.models import resolve_model
 
-    cfg = load_config(args.hw, refresh=False if getattr(args, "no_refresh", False) else None)
+    cfg = with_system(load_config(args.hw, refresh=False if getattr(args, "no_refresh", False)
+                                  else None), args)
     use_cache = not weights and not getattr(args, "no_cache", False)
     if use_cache:
         c = cache.load(args.model, cfg)
@@ -75,6 +76,17 @@ def _compile(args, *, weights: bool):
     if use_cache:
         cache.store(args.model, cfg, c)
     return cfg, c
+
+
+def with_system(cfg, args):
+    """The config with the command line's ``--devices / --tp / --pp`` (pimsim.system)."""
+    import dataclasses
+
+    from pimsim.system import resolve
+
+    sysm = resolve(getattr(args, "devices", None), getattr(args, "tp", None),
+                   getattr(args, "pp", None), cfg.system)
+    return cfg if sysm == cfg.system else dataclasses.replace(cfg, system=sysm)
 
 
 AIM_TRACE_POS = 511  # --aim-trace default position: a mid-context token (last one if shorter)
@@ -118,6 +130,15 @@ def _functional(c, cfg, exact: bool, corrupt: str | None = None, show: bool = Fa
     from compiler.passes.images import build_graph_image, build_image
     from pimsim.functional import AsicMath, FlowExecutor, FunctionalExecutor
 
+    if c.stages:  # a system: every device's own DRAM
+        from pimsim.functional import SystemFlowExecutor
+
+        with status(f"building the DRAM images of {c.spec.name} on "
+                    f"{c.program.tp * len(c.stages)} devices", show):
+            imgs = [[build_graph_image(mp, data_type=cfg.pim.data_type, rank=r)
+                     for r in range(mp.tp)] for mp in c.stage_mappings]
+        return SystemFlowExecutor(c.stages, imgs, cfg,
+                                  math=AsicMath.from_config(cfg, exact=exact))
     if c.program.flow:  # a graph-lowered program
         with status(f"building the DRAM image of {c.spec.name}", show):
             img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
@@ -141,7 +162,8 @@ class _Recorder:
 
 
 def cmd_run(args) -> int:
-    from pimsim.generate import prompt_ids, run_generation
+    from pimsim.generate import prompt_ids
+    from pimsim.pipeline import run_system
 
     n_steps = args.prompt + args.tokens - 1
     ctx = _preset_ctx(args.model)
@@ -167,7 +189,7 @@ def cmd_run(args) -> int:
     if show:
         from tqdm import tqdm
         bar = tqdm(total=n_steps, unit="tok", desc=f"{c.spec.name} on {cfg.name}", file=sys.stderr)
-    rep = run_generation(c.program, cfg, prompt=prompt, n_tokens=args.tokens,
+    rep = run_system(c.programs, cfg, prompt=prompt, n_tokens=args.tokens,
                          schedule=args.schedule, fast=not args.slow, functional=fx,
                          progress=(lambda _p: bar.update(1)) if bar else None)
     if bar:
@@ -242,7 +264,8 @@ TOLERANCES = {
 
 def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", prompt: int = 1,
              seed: int = 0, exact: bool = False, corrupt: str | None = None,
-             show: bool = False) -> dict:
+             show: bool = False, devices: int | None = None, tp: int | None = None,
+             pp: int | None = None) -> dict:
     """Simulate ``model`` functionally and compare with a PyTorch reference, step by step."""
     from compiler.pipeline import compile_model
     from pimsim.generate import prompt_ids
@@ -264,7 +287,7 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
                         "give auto, cpu, cuda or a FILE.npz from python -m workloads.reference")
     else:
         pick_device(reference)  # no CUDA: fail now, before compiling
-    cfg = load_config(hw)
+    cfg = with_system(load_config(hw), argparse.Namespace(devices=devices, tp=tp, pp=pp))
     with status(f"compiling {model} with its weights for {cfg.name}", show):
         src, name = resolve_model(model, weights=True, seed=seed)
         c = compile_model(src, cfg, name=name)
@@ -313,7 +336,8 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
 
 def cmd_validate(args) -> int:
     m = validate(args.model, args.hw, args.tokens, reference=args.reference, prompt=args.prompt,
-                 seed=args.seed, exact=args.exact, show=wanted(args.progress, args.no_progress))
+                 seed=args.seed, exact=args.exact, show=wanted(args.progress, args.no_progress),
+                 devices=args.devices, tp=args.tp, pp=args.pp)
     if args.json:
         print(json.dumps(m, indent=1))
     else:
@@ -331,7 +355,7 @@ def cmd_compare(args) -> int:
     from workloads import compare as C
     from workloads.models import preset_context
 
-    cfg = load_config(args.hw)
+    cfg = with_system(load_config(args.hw), args)
     if cfg.energy is None:
         raise UserError(f"{cfg.name} has no [energy] table", "compare needs a config with one")
     for m in args.models:
@@ -340,7 +364,8 @@ def cmd_compare(args) -> int:
     check_writable(args.plot, "plot directory (--plot)", directory=True)
     show = wanted(args.progress, args.no_progress)
     rows = C.compare(args.models, cfg, args.gpu, prompt=args.prompt, tokens=args.tokens,
-                     schedule=args.schedule, cache=not args.no_cache, show=show)
+                     schedule=args.schedule, cache=not args.no_cache, show=show,
+                     tp=args.gpu_tp)
     if args.json:
         print(json.dumps([C.asdict(r) for r in rows], indent=1))
     else:
@@ -372,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--progress", action="store_true", help=f"{what} even when not a tty")
         sp.add_argument("--no-progress", action="store_true", help=f"no {what}")
 
+    def system(sp):
+        sp.add_argument("--devices", type=int_in(1, 4096), metavar="N",
+                        help="PIM devices in the system (default: the config's [system], 1)")
+        sp.add_argument("--tp", type=int_in(1, 4096), metavar="T",
+                        help="tensor-parallel devices per pipeline stage (default N / P)")
+        sp.add_argument("--pp", type=int_in(1, 4096), metavar="P",
+                        help="pipeline stages, P sequences in flight (default 1); T x P = N")
+
     def no_cache(sp):
         sp.add_argument("--no-cache", action="store_true",
                         help="do not use the compiled-program cache (see the README)")
@@ -390,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mapping", action="store_true", help="print the mapping as a loop nest")
     progress(c)
     no_cache(c)
+    system(c)
     c.set_defaults(func=cmd_compile)
 
     r = sub.add_parser("run", help="simulate prompt processing and token generation")
@@ -410,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object")
     progress(r)
     no_cache(r)
+    system(r)
     r.add_argument("--timeline", metavar="FILE.json",
                    help="write one token's activity (channels, ASIC, steps) as a Chrome trace "
                         "(ui.perfetto.dev, chrome://tracing): the last generated token")
@@ -431,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--json", action="store_true", help="print one JSON document")
     progress(cp)
     no_cache(cp)
+    system(cp)
+    cp.add_argument("--gpu-tp", type=int_in(1, 64), default=1, metavar="N",
+                    help="GPUs of a modelled GPU preset in tensor parallelism (default 1)")
     cp.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="compare functional simulation with PyTorch")
@@ -443,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--exact", action="store_true", help="exact ASIC math")
     v.add_argument("--json", action="store_true", help="print one JSON document")
     progress(v)
+    system(v)
     v.set_defaults(func=cmd_validate)
 
     from workloads.sweep import add_parser as add_sweep_parser

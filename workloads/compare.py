@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pimsim.config import HwConfig
 from pimsim.errors import UserError, read_text
-from pimsim.generate import run_generation
+from pimsim.pipeline import run_system
 from workloads.presets import get_config
 
 
@@ -218,8 +218,8 @@ def compare(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1, toke
     rows = []
     for m in models:
         c = _compiled(m, cfg, cache, show)
-        rep = run_generation(c.program, cfg, prompt=[0] * prompt, n_tokens=tokens,
-                             schedule=schedule, skip_prompt=True)
+        rep = run_system(c.programs, cfg, prompt=[0] * prompt, n_tokens=tokens,
+                         schedule=schedule, skip_prompt=True)
         pos = prompt - 1 + tokens // 2
         from workloads import zoo
         from workloads.presets import PRESETS
