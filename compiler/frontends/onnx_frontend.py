@@ -274,6 +274,55 @@ def _gather(im: _Importer, node: Any, a: dict) -> None:
         im.emit("gather", node, [data, idx], axis=axis)
 
 
+def _gather_nd(im: _Importer, node: Any, a: dict) -> None:
+    """GatherND with ``batch_dims`` 0 and one index per row (``indices[..., 1]``), as torch.onnx
+    writes advanced indexing on the first axis: GPT-J's ``embed_positions[position]`` (a constant
+    table, runtime indices) becomes ``gather(table, squeeze(indices, -1), axis 0)``; Falcon's
+    ``x[[-2]]`` (constant indices, one row or a run of consecutive rows) a slice of axis 0."""
+    data, idx = _inputs(node)
+    if int(a.get("batch_dims", 0)) != 0:
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 f"batch_dims={a['batch_dims']} (only 0)")
+    out = node.output[0]
+    c = im.b.consts.get(im.name(idx))
+    if isinstance(c, ConstMeta) or (c is None and _annotated_rank_last(im, idx) not in (1, None)):
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 "indices whose last axis is not 1")
+    if c is None:  # runtime indices
+        flat = f"{out}.index"
+        im.b.op("squeeze", [im.name(idx)], out=flat, name=node.name, axes=[-1])
+        im.b.op("gather", [im.name(data), flat], out=out, name=node.name, axis=0)
+        return
+    c = np.asarray(c)
+    if c.ndim == 0 or c.shape[-1] != 1:
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 f"indices of shape {list(c.shape)} (last axis must be 1)")
+    rows, lead = [int(v) for v in c.reshape(-1)], c.shape[:-1]
+    if len(lead) == 0:
+        im.b.op("select", [im.name(data)], out=out, name=node.name, axis=0, index=rows[0])
+        return
+    consecutive = all(r == rows[0] + k for k, r in enumerate(rows)) and \
+        (rows[0] >= 0 or rows[-1] < 0) and int(np.prod(lead[1:], dtype=np.int64)) == 1
+    if not consecutive:
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 f"constant indices {rows[:8]} (only consecutive rows)")
+    end = rows[-1] + 1 if rows[-1] != -1 else _INT64_MAX
+    sliced = out if len(lead) == 1 else f"{out}.rows"
+    im.b.op("slice", [im.name(data)], out=sliced, name=node.name, axes=[0], starts=[rows[0]],
+            ends=[end], steps=[1])
+    if len(lead) > 1:  # indices [n, 1, ..., 1]: the extra unit axes after the first
+        im.b.op("unsqueeze", [sliced], out=out, name=node.name,
+                axes=list(range(1, len(lead))))
+
+
+def _annotated_rank_last(im: _Importer, name: str) -> int | None:
+    dims = _annotated_shape(im, name)
+    return dims[-1] if dims and isinstance(dims[-1], int) else None
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
 def _concat(im: _Importer, node: Any, a: dict) -> None:
     im.emit("concat", node, _inputs(node), axis=int(a["axis"]))
 
@@ -338,7 +387,8 @@ ONNX_OPS: dict[str, Handler] = {
     "MatMul": _binary("matmul"), "Gemm": _gemm,
     "ReduceMean": _reduce("reduce_mean"), "ReduceMax": _reduce("reduce_max"),
     "ReduceSum": _reduce("reduce_sum"), "Softmax": _softmax, "LayerNormalization": _layernorm,
-    "Gelu": _gelu, "Gather": _gather, "Concat": _concat, "Reshape": _reshape,
+    "Gelu": _gelu, "Gather": _gather, "GatherND": _gather_nd, "Concat": _concat,
+    "Reshape": _reshape,
     "Transpose": _transpose, "Slice": _slice, "Unsqueeze": _axes_op("unsqueeze"),
     "Squeeze": _axes_op("squeeze"), "Expand": _expand, "Where": _binary("where"), "Cast": _cast,
     "Constant": _constant, "Identity": _identity,
