@@ -274,7 +274,7 @@ def test_compare_takes_an_hf_model(tmp_path, monkeypatch, capsys):
     assert row["model"] == "cmp_models:m" and row["pim_ms"] > 0 and row["gpu_ms"] > 0
 
 
-@pytest.mark.parametrize("family", ["llama-gqa", "gpt-neox", "gpt-j"])
+@pytest.mark.parametrize("family", ["llama-gqa", "gpt-neox", "gpt-j", "falcon"])
 def test_torch_onnx_dynamo_door_matches_the_hf_model(family, cfg, tmp_path):
     """The decode step exported by torch.onnx (dynamo) lowers and runs like the model."""
     pytest.importorskip("onnxscript")
