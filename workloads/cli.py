@@ -326,7 +326,8 @@ def cmd_validate(args) -> int:
         print(json.dumps(m, indent=1))
     else:
         print(f"validate {m['model']} on {m['hw']} ({m['asic_math']} ASIC math) against "
-              f"{m['reference_runtime']} on {m['reference_device']}, {m['tokens']} tokens")
+              f"{m.get('reference_runtime', 'PyTorch')} on {m['reference_device']}, "
+              f"{m['tokens']} tokens")
         print(f"  max abs err {m['max_abs_err']:.4g}, max rel err {m['max_rel_err']:.4g}, "
               f"min cosine {m['min_cosine']:.6f}, top-1 agreement {m['top1_agreement']:.2%} "
               f"({m['top1_agreement_decisive']:.2%} on {m['decisive_steps']} decisive steps), "
