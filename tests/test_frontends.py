@@ -251,3 +251,109 @@ def test_hf_gpt2_goes_through() -> None:
         assert np.array_equal(layer.weights["q"], sd[f"h.{i}.attn.q.weight"].numpy())
         assert np.array_equal(layer.weights["ffn_up"], hf.transformer.h[i].mlp.c_fc.weight.detach().numpy().T)
         assert np.array_equal(layer.weights["ffn_down_b"], sd[f"h.{i}.mlp.down.bias"].numpy())
+
+
+@pytest.mark.parametrize("case", ["runtime-rows", "const-row", "const-rows", "const-row-3d",
+                                  "const-scalar-row"])
+def test_onnx_gather_nd_imports_like_onnxruntime(case) -> None:
+    """GatherND (batch_dims 0, indices[..., 1]) as torch.onnx writes it: runtime indices into a
+    constant table (GPT-J's positions) and constant rows of an activation (Falcon's ``x[[-2]]``),
+    evaluated by the IR interpreter and by onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    from compiler.passes.interpret import evaluate
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 2, 3)).astype(np.float32)
+    table = numpy_helper.from_array(rng.standard_normal((10, 4)).astype(np.float32), "table")
+    ind = {"const-row": [[-2]], "const-rows": [[1], [2], [3]], "const-row-3d": [[[4]]],
+           "const-scalar-row": [5]}
+    inits, feeds = [table], {"x": x}
+    if case == "runtime-rows":
+        ins = [helper.make_tensor_value_info("i", TensorProto.INT64, [1, 2, 1])]
+        node = helper.make_node("GatherND", ["table", "i"], ["y"], name="g")
+        feeds = {"i": np.array([[[7], [-1]]], np.int64)}
+    else:
+        ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 2, 3])]
+        inits.append(numpy_helper.from_array(np.array(ind[case], np.int64), "i"))
+        node = helper.make_node("GatherND", ["x", "i"], ["y"], name="g")
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    proto = helper.make_model(helper.make_graph([node], "g", ins, [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    want = ort.InferenceSession(proto.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    from compiler.frontends import run_passes
+    from compiler.passes.shape_inference import ShapeInference
+
+    graph = run_passes(import_onnx(proto), [ShapeInference()])
+    got = evaluate(graph, feeds)["y"]
+    assert got.shape == want.shape and tuple(graph.shape_of("y")) == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_onnx_gather_nd_it_cannot_lower_is_named() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    for ind, why in (([[0, 1]], "last axis must be 1"), ([[2], [0]], "only consecutive rows")):
+        i = onnx.numpy_helper.from_array(np.array(ind, np.int64), "i")
+        g = helper.make_graph([helper.make_node("GatherND", ["x", "i"], ["y"], name="gnd")],
+                              "g", [x], [y], [i])
+        with pytest.raises(UnsupportedOpError, match=f"'GatherND'.*'gnd'.*{why}"):
+            import_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _shape_reshape_model(annotate: bool) -> onnx.ModelProto:
+    """x [2, n, 4] -> t = x * 2 -> reshape(t, [-1, shape(t)[1] + 0, shape(t)[-1] / 2]) + 1,
+    the target computed from the annotated (symbolic) shape of t as torch.onnx writes it."""
+    from onnx import numpy_helper
+
+    def const(name, v):
+        return numpy_helper.from_array(np.array(v, np.int64), name)
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Mul", ["x", "two"], ["t"]),
+             helper.make_node("Shape", ["t"], ["s"], start=0),
+             helper.make_node("Slice", ["s", "m1", "big"], ["last"]),
+             helper.make_node("Gather", ["s", "one"], ["mid"], axis=0),
+             helper.make_node("Unsqueeze", ["mid", "zero"], ["mid1"]),
+             helper.make_node("Add", ["mid1", "zero"], ["mid2"]),
+             helper.make_node("Sub", ["last", "two_i"], ["half"]),
+             helper.make_node("Concat", ["m1", "mid2", "half"], ["target"], axis=0),
+             helper.make_node("Reshape", ["t", "target"], ["r"]),
+             helper.make_node("Add", ["r", "onef"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "onef"),
+             const("m1", [-1]), const("big", [1 << 62]), const("one", 1), const("zero", [0]),
+             const("two_i", [2])]
+    vis = [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, "n", 4])] if annotate else []
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits, value_info=vis),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_shape_subgraph_folds_to_a_symbolic_reshape() -> None:
+    """Shape -> Slice / Gather / Unsqueeze / Mul -> Concat -> Reshape: folded at import into a
+    reshape whose target holds the symbolic dimension, equal to onnxruntime at two lengths."""
+    ort = pytest.importorskip("onnxruntime")
+    from compiler.frontends import run_passes
+    from compiler.passes.interpret import evaluate
+    from compiler.passes.shape_inference import ShapeInference
+
+    proto = _shape_reshape_model(annotate=True)
+    graph = run_passes(import_onnx(proto), [ShapeInference()])
+    assert not any(n.op == "shape" for n in graph.nodes)
+    (r,) = [n for n in graph.nodes if n.op == "reshape"]
+    assert r.attrs["shape"] == [-1, "n", 2], r.attrs
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (3, 5):
+        x = np.random.default_rng(n).standard_normal((2, n, 4)).astype(np.float32)
+        want = sess.run(None, {"x": x})[0]
+        got = evaluate(graph, {"x": x})["y"]
+        assert got.shape == want.shape == (4, n, 2)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_onnx_shape_of_an_unannotated_value_says_how_to_fix_it() -> None:
+    with pytest.raises(UnsupportedOpError, match="'Shape'.*not annotated.*infer_shapes"):
+        import_onnx(_shape_reshape_model(annotate=False))

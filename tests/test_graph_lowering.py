@@ -57,11 +57,35 @@ def test_family_greedy_tokens_match_the_hf_model(family, cfg):
     assert min(cos) >= 0.999, f"{family}: cosines {np.round(cos, 6)}"
 
 
-def test_approximate_asic_math_stays_close_to_the_model(cfg):
-    model, c = _compiled("llama-gqa", cfg)
-    _, ref_logits = hf_greedy(model, PROMPT, 8)
-    _, logits = _greedy(c, cfg, 8, exact=False)
-    assert min(_cos(a, b) for a, b in zip(logits, ref_logits)) >= 0.999
+# Approximate ASIC math (Taylor exp, Newton reciprocal, fast rsqrt: the default AsicMath) on
+# the tiny families, teacher-forced with the model's own greedy tokens over 16 steps. Measured
+# (11 families x seeds 0-2): min per-step cosine 0.99993 (Llama), top-1 identical on every
+# decisive step (12 to 16 of 16 per run); the two top-1 differences seen were near-ties. The
+# floors below keep a 7x margin on 1 - cosine.
+APPROX_MIN_COSINE = 0.9995
+APPROX_TOP1_DECISIVE = 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_approximate_asic_math_stays_close_to_the_model(family, cfg):
+    from workloads.cli import validation_metrics
+
+    model, c = _compiled(family, cfg)
+    ref_toks, ref_logits = hf_greedy(model, PROMPT, N_TOKENS)
+    img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
+    math = AsicMath.from_config(cfg)
+    assert not math.exact  # the default: approximations on
+    ex = FlowExecutor(c.program, img, cfg, math=math)
+    tok, logits = PROMPT[0], []
+    for pos in range(N_TOKENS):  # teacher-forced, as pimsim validate does
+        logits.append(ex.step(tok, pos))
+        tok = ref_toks[pos]
+    m = validation_metrics(np.stack(logits), ref_logits)
+    cos = np.round(m["per_step_cosine"], 6)
+    assert m["decisive_steps"] >= N_TOKENS // 2, f"{family}: too few decisive steps to judge"
+    assert min(m["per_step_cosine"]) >= APPROX_MIN_COSINE, f"{family}: cosines {cos}"
+    assert m["top1_agreement_decisive"] >= APPROX_TOP1_DECISIVE, \
+        f"{family}: top-1 mismatches {m['top1_mismatches']}"
 
 
 def _llama(n_kv: int):
@@ -250,7 +274,7 @@ def test_compare_takes_an_hf_model(tmp_path, monkeypatch, capsys):
     assert row["model"] == "cmp_models:m" and row["pim_ms"] > 0 and row["gpu_ms"] > 0
 
 
-@pytest.mark.parametrize("family", ["llama-gqa", "gpt-neox"])
+@pytest.mark.parametrize("family", ["llama-gqa", "gpt-neox", "gpt-j", "falcon"])
 def test_torch_onnx_dynamo_door_matches_the_hf_model(family, cfg, tmp_path):
     """The decode step exported by torch.onnx (dynamo) lowers and runs like the model."""
     pytest.importorskip("onnxscript")

@@ -276,7 +276,7 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
         raise UserError(f"validate needs at least one prompt token and one generated token "
                         f"(got prompt {prompt}, tokens {tokens})", "give --tokens N with N >= 1")
     _check_context(model, preset_context(model), prompt=prompt, tokens=tokens)
-    ref = None
+    ref, is_onnx = None, model.lower().endswith(".onnx")
     if reference.lower().endswith(".npz"):
         ref = load_reference(reference)
         if ref.model != model:
@@ -285,6 +285,10 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
     elif reference not in ("auto", "cpu", "cuda"):
         raise UserError(f"--reference {reference!r} is not a device or an .npz file",
                         "give auto, cpu, cuda or a FILE.npz from python -m workloads.reference")
+    elif is_onnx:  # the file itself in onnxruntime; no onnxruntime or CUDA: fail now
+        from workloads.onnx_reference import ort_device, run_onnx_reference
+
+        reference = ort_device(reference)
     else:
         pick_device(reference)  # no CUDA: fail now, before compiling
     cfg = with_system(load_config(hw), argparse.Namespace(devices=devices, tp=tp, pp=pp))
@@ -303,6 +307,9 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
             raise UserError(f"reference file {reference!r} holds logits of shape "
                             f"{tuple(ref.logits.shape)}, not (steps, {c.spec.vocab})",
                             "regenerate it with python -m workloads.reference")
+    elif is_onnx:
+        with status(f"onnxruntime reference of {model} ({tokens} tokens)", show):
+            ref = run_onnx_reference(model, ids, tokens, device=reference, model_name=model)
     else:
         with status(f"PyTorch reference of {model} ({tokens} tokens)", show):
             ref = run_reference(model, ids, tokens, device=reference, seed=seed,
@@ -326,7 +333,8 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
     mode = "exact" if exact else "approx"
     tol = TOLERANCES[mode]
     m.update(model=model, hw=hw, tokens=tokens, reference_device=ref.device, asic_math=mode,
-             tolerance=tol, reference_info=ref.info)
+             tolerance=tol, reference_info=ref.info,
+             reference_runtime="onnxruntime" if "onnxruntime" in ref.info else "PyTorch")
     m["passed"] = bool(m["top1_agreement"] >= tol["top1_agreement"]
                        and m["top1_agreement_decisive"] >= tol["top1_agreement_decisive"]
                        and m["min_cosine"] >= tol["min_cosine"]
@@ -342,7 +350,8 @@ def cmd_validate(args) -> int:
         print(json.dumps(m, indent=1))
     else:
         print(f"validate {m['model']} on {m['hw']} ({m['asic_math']} ASIC math) against "
-              f"PyTorch on {m['reference_device']}, {m['tokens']} tokens")
+              f"{m.get('reference_runtime', 'PyTorch')} on {m['reference_device']}, "
+              f"{m['tokens']} tokens")
         print(f"  max abs err {m['max_abs_err']:.4g}, max rel err {m['max_rel_err']:.4g}, "
               f"min cosine {m['min_cosine']:.6f}, top-1 agreement {m['top1_agreement']:.2%} "
               f"({m['top1_agreement_decisive']:.2%} on {m['decisive_steps']} decisive steps), "

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from compiler.frontends.common import UnsupportedOpError, as_const_array, f32_attr
+from compiler.frontends.onnx_shapes import fold_shape_node
 from compiler.ir import Builder, ConstMeta, Graph
 
 _ONNX_DTYPES = {1: "f32", 2: "u8", 3: "i8", 5: "i16", 6: "i32", 7: "i64", 9: "bool", 10: "f16",
@@ -44,7 +45,9 @@ def import_onnx(model_or_path: Any, *, weights: bool = True, base_dir: str | Non
     else:
         raise TypeError(f"import_onnx takes an onnx.ModelProto or a path, got {type(model_or_path)!r}")
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=17)
-    return _Importer(proto.graph, opset, weights, base_dir).run()
+    from compiler.frontends.onnx_rewrites import move_scalar_scale_off_matmul_rhs
+
+    return move_scalar_scale_off_matmul_rhs(_Importer(proto.graph, opset, weights, base_dir).run())
 
 
 class _Importer:
@@ -55,6 +58,8 @@ class _Importer:
         self.base_dir = base_dir
         self.b = Builder()
         self.alias: dict[str, str] = {}
+        self.shape_vals: dict[str, np.ndarray] = {}  # symbolic shape vectors (onnx_shapes)
+        self.from_shape: set[str] = set()  # values folded from a Shape (onnx_shapes)
 
     # ---- constants -----------------------------------------------------------------------
 
@@ -83,6 +88,8 @@ class _Importer:
 
     def const_array(self, name: str, node: Any, what: str) -> np.ndarray:
         name = self.alias.get(name, name)
+        if name in self.shape_vals:  # a shape with symbolic entries (Reshape, Expand)
+            return self.shape_vals[name]
         c = self.b.consts.get(name)
         if not isinstance(c, np.ndarray):
             raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
@@ -115,10 +122,13 @@ class _Importer:
                 node.name = f"{node.op_type}_{idx}"
             if node.domain not in ("", "ai.onnx"):
                 raise UnsupportedOpError("onnx", f"{node.domain}::{node.op_type}", node.name, ONNX_OPS)
+            attrs = _attrs(node)
+            if fold_shape_node(self, node, attrs):
+                continue
             handler = ONNX_OPS.get(node.op_type)
             if handler is None:
                 raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS)
-            handler(self, node, _attrs(node))
+            handler(self, node, attrs)
         outputs = [self.name(o.name) for o in self.g.output]
         return self.b.build(outputs).prune().verify()
 
@@ -141,6 +151,11 @@ def _attrs(node: Any) -> dict[str, Any]:
 
 def _ints(xs: Any) -> list[int]:
     return [int(x) for x in np.asarray(xs).reshape(-1)]
+
+
+def _dims(xs: Any) -> list:
+    """A shape operand: ints, and symbolic dimensions (``past_len+1``) from a folded Shape."""
+    return [x if isinstance(x, str) else int(x) for x in np.asarray(xs).reshape(-1)]
 
 
 def _inputs(node: Any) -> list[str]:
@@ -274,13 +289,62 @@ def _gather(im: _Importer, node: Any, a: dict) -> None:
         im.emit("gather", node, [data, idx], axis=axis)
 
 
+def _gather_nd(im: _Importer, node: Any, a: dict) -> None:
+    """GatherND with ``batch_dims`` 0 and one index per row (``indices[..., 1]``), as torch.onnx
+    writes advanced indexing on the first axis: GPT-J's ``embed_positions[position]`` (a constant
+    table, runtime indices) becomes ``gather(table, squeeze(indices, -1), axis 0)``; Falcon's
+    ``x[[-2]]`` (constant indices, one row or a run of consecutive rows) a slice of axis 0."""
+    data, idx = _inputs(node)
+    if int(a.get("batch_dims", 0)) != 0:
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 f"batch_dims={a['batch_dims']} (only 0)")
+    out = node.output[0]
+    c = im.b.consts.get(im.name(idx))
+    if isinstance(c, ConstMeta) or (c is None and _annotated_rank_last(im, idx) not in (1, None)):
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 "indices whose last axis is not 1")
+    if c is None:  # runtime indices
+        flat = f"{out}.index"
+        im.b.op("squeeze", [im.name(idx)], out=flat, name=node.name, axes=[-1])
+        im.b.op("gather", [im.name(data), flat], out=out, name=node.name, axis=0)
+        return
+    c = np.asarray(c)
+    if c.ndim == 0 or c.shape[-1] != 1:
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 f"indices of shape {list(c.shape)} (last axis must be 1)")
+    rows, lead = [int(v) for v in c.reshape(-1)], c.shape[:-1]
+    if len(lead) == 0:
+        im.b.op("select", [im.name(data)], out=out, name=node.name, axis=0, index=rows[0])
+        return
+    consecutive = all(r == rows[0] + k for k, r in enumerate(rows)) and \
+        (rows[0] >= 0 or rows[-1] < 0) and int(np.prod(lead[1:], dtype=np.int64)) == 1
+    if not consecutive:
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 f"constant indices {rows[:8]} (only consecutive rows)")
+    end = rows[-1] + 1 if rows[-1] != -1 else _INT64_MAX
+    sliced = out if len(lead) == 1 else f"{out}.rows"
+    im.b.op("slice", [im.name(data)], out=sliced, name=node.name, axes=[0], starts=[rows[0]],
+            ends=[end], steps=[1])
+    if len(lead) > 1:  # indices [n, 1, ..., 1]: the extra unit axes after the first
+        im.b.op("unsqueeze", [sliced], out=out, name=node.name,
+                axes=list(range(1, len(lead))))
+
+
+def _annotated_rank_last(im: _Importer, name: str) -> int | None:
+    dims = _annotated_shape(im, name)
+    return dims[-1] if dims and isinstance(dims[-1], int) else None
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
 def _concat(im: _Importer, node: Any, a: dict) -> None:
     im.emit("concat", node, _inputs(node), axis=int(a["axis"]))
 
 
 def _reshape(im: _Importer, node: Any, a: dict) -> None:
     data, shape_name = _inputs(node)
-    shape = _ints(im.const_array(shape_name, node, "the target shape"))
+    shape = _dims(im.const_array(shape_name, node, "the target shape"))
     if 0 in shape and not a.get("allowzero", 0):
         raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
                                  "0 (copy the input dimension) in the target shape")
@@ -319,7 +383,11 @@ def _slice(im: _Importer, node: Any, a: dict) -> None:
 
 def _expand(im: _Importer, node: Any, a: dict) -> None:
     data, shape_name = _inputs(node)
-    im.emit("expand", node, [data], shape=_ints(im.const_array(shape_name, node, "the shape")))
+    im.emit("expand", node, [data], shape=_dims(im.const_array(shape_name, node, "the shape")))
+
+
+def _shape(im: _Importer, node: Any, a: dict) -> None:
+    fold_shape_node(im, node, a)  # folded before dispatch; this entry names Shape as supported
 
 
 def _cast(im: _Importer, node: Any, a: dict) -> None:
@@ -338,8 +406,9 @@ ONNX_OPS: dict[str, Handler] = {
     "MatMul": _binary("matmul"), "Gemm": _gemm,
     "ReduceMean": _reduce("reduce_mean"), "ReduceMax": _reduce("reduce_max"),
     "ReduceSum": _reduce("reduce_sum"), "Softmax": _softmax, "LayerNormalization": _layernorm,
-    "Gelu": _gelu, "Gather": _gather, "Concat": _concat, "Reshape": _reshape,
+    "Gelu": _gelu, "Gather": _gather, "GatherND": _gather_nd, "Concat": _concat,
+    "Reshape": _reshape,
     "Transpose": _transpose, "Slice": _slice, "Unsqueeze": _axes_op("unsqueeze"),
     "Squeeze": _axes_op("squeeze"), "Expand": _expand, "Where": _binary("where"), "Cast": _cast,
-    "Constant": _constant, "Identity": _identity,
+    "Constant": _constant, "Identity": _identity, "Shape": _shape,
 }
