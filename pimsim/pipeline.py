@@ -59,6 +59,7 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
                              schedule=schedule, fast=fast, functional=functional,
                              progress=progress, skip_prompt=skip_prompt)
         rep.throughput_tokens_per_s = rep.tokens_per_s
+        rep.commands = {k: v * tp for k, v in rep.commands.items()}  # all devices
         rep.system = {"devices": tp, "tp": tp, "pp": 1, "sequences": 1,
                       "utilisation": [1.0], "bubble": 0.0}
         if rep.energy:
@@ -102,65 +103,49 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     ic = cfg.system.interconnect
     send_pj = sum(collective(ic, "send", 2, p.send_elems * p.geo.elem_bytes).wire_bits
                   for p in programs[:-1]) * tp * ic.pj_per_bit
-    stage_free = [0] * pp
-    busy = [0] * pp
-    ready = [0] * pp  # when each sequence's next token is at stage 0
     n_total = max(len(prompt) + n_tokens - 1, len(prompt))
     first = len(prompt) - 1 if skip_prompt else 0
     tok = int(prompt[0])
     generated: list[int] = []
-    latency: list[int] = []
     per_token_j: list[float] = []
     bd = np.zeros(len(BREAKDOWN_KEYS))
     per_op: dict[str, float] = {}
-    end_all = 0
-    gen_t0 = None  # when the first generating job started (throughput counts from there)
-    for pos in range(first, n_total):
+    tok_j = [0.0]
+
+    def job(s: int, pos: int, j: int, start: int) -> int:
+        sim = sims[s]
+        start = max(start, sim.now)
+        gap = start - sim.now
+        sim.now = start
         gen = pos >= len(prompt) - 1
-        for j in range(pp):
-            t = ready[j]
-            t_start = t
-            if gen and gen_t0 is None:
-                gen_t0 = t
-            tok_j = 0.0
-            for s in range(pp):
-                sim = sims[s]
-                start = max(t, stage_free[s], sim.now)
-                gap = start - sim.now
-                sim.now = start
-                if with_energy:
-                    meters[s].begin()
-                tt = sim.run_token(pos)
-                stage_free[s] = tt.end_cyc
-                busy[s] += tt.end_cyc - tt.start_cyc
-                if with_energy:
-                    er = meters[s].end(tt, gap)
-                    tok_j += er.total_j * tp
-                    if gen:
-                        e_sum.add(_times(er, tp))
-                if gen and j == 0:
-                    b, ops = token_breakdown(sim, tt, costs[s])
-                    bd += b
-                    for k, v in ops.items():
-                        per_op[k] = per_op.get(k, 0.0) + v
-                t = tt.end_cyc + (send[s] if s < pp - 1 else back)
-                if gen and j == 0 and s < pp - 1:
-                    bd[BREAKDOWN_KEYS.index("interconnect")] += send[s]
-            ready[j] = t
-            end_all = max(end_all, t - back)
-            if gen and j == 0:
-                latency.append(t - back - t_start)
-                if with_energy:
-                    per_token_j.append(tok_j + send_pj * 1e-12)
-        if gen and with_energy:
+        if with_energy:
+            meters[s].begin()
+        tt = sim.run_token(pos)
+        if with_energy:
+            er = meters[s].end(tt, gap)
+            if j == 0:
+                tok_j[0] += er.total_j * tp
+            if gen:
+                e_sum.add(_times(er, tp))
+        if gen and j == 0:
+            b, ops = token_breakdown(sim, tt, costs[s])
+            bd[:] += b
+            if s < pp - 1:
+                bd[BREAKDOWN_KEYS.index("interconnect")] += send[s]
+            for k, v in ops.items():
+                per_op[k] = per_op.get(k, 0.0) + v
+        return tt.end_cyc
+
+    def token_done(pos: int) -> None:
+        nonlocal tok
+        if pos >= len(prompt) - 1 and with_energy:
+            per_token_j.append(tok_j[0] + send_pj * 1e-12)
             for _ in range(pp):
                 e_sum.total_j += send_pj * 1e-12
                 e_sum.by_component["interconnect"] = \
                     e_sum.by_component.get("interconnect", 0.0) + send_pj * 1e-12
-        if functional is not None:
-            nxt = int(np.argmax(functional.step(tok, pos)))
-        else:
-            nxt = 0
+        tok_j[0] = 0.0
+        nxt = int(np.argmax(functional.step(tok, pos))) if functional is not None else 0
         if pos + 1 < len(prompt):
             tok = int(prompt[pos + 1])
         else:
@@ -168,6 +153,10 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
             tok = nxt
         if progress is not None:
             progress(pos)
+
+    clock = pipeline_schedule(pp, range(first, n_total), send, back, job, token_done,
+                              first_gen=len(prompt) - 1)
+    latency, busy, end_all, gen_t0 = clock.latency, clock.busy, clock.end, clock.gen_start
     ns = cfg.timing.ns
     n_gen = len(latency)
     per_token_ms = [ns(c) / 1e6 for c in latency]
@@ -203,6 +192,55 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         system={"devices": tp * pp, "tp": tp, "pp": pp, "sequences": pp,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
                 "stage_send_cyc": send, "token_return_cyc": back})
+
+
+class Schedule:
+    """What :func:`pipeline_schedule` found (cycles)."""
+
+    def __init__(self, pp: int):
+        self.latency: list[int] = []  # per generated token of sequence 0, stage 0 to the last
+        self.busy = [0] * pp  # per stage
+        self.end = 0  # the last job's end
+        self.gen_start = 0  # when the first generating job could start
+
+
+def pipeline_schedule(pp: int, positions, send: Sequence[int], back: int,
+                      job: Callable[[int, int, int, int], int],
+                      token_done: Callable[[int], None] | None = None, *,
+                      first_gen: int = 0) -> Schedule:
+    """The jobs of ``pp`` sequences through ``pp`` stages, position by position.
+
+    Stage ``s`` takes the jobs (position, sequence) in order; job (pos, j) at stage ``s``
+    starts when the stage has finished its previous job and the activations have arrived
+    (``send[s - 1]`` cycles after stage ``s - 1`` ended it); at stage 0, when the sequence's
+    previous token has come back from the last stage (``back`` cycles). ``job(s, pos, j,
+    start)`` runs it and returns its end (it may start later than ``start``: the caller's
+    device may still be busy); ``token_done(pos)`` is called after each position. For equal
+    stages of ``d`` cycles the period of a round is ``max(pp * d, pp * d + sum(send) +
+    back)``: throughput ``pp / period`` tokens per cycle."""
+    sch = Schedule(pp)
+    free = [0] * pp
+    ready = [0] * pp  # when each sequence's next token is at stage 0
+    started = False
+    for pos in positions:
+        gen = pos >= first_gen
+        for j in range(pp):
+            t = t0 = ready[j]
+            if gen and not started:
+                sch.gen_start, started = t, True
+            for s in range(pp):
+                start = max(t, free[s])
+                end = job(s, pos, j, start)
+                sch.busy[s] += end - max(start, free[s])
+                free[s] = end
+                t = end + (send[s] if s < pp - 1 else back)
+            ready[j] = t
+            sch.end = max(sch.end, t - back)
+            if gen and j == 0:
+                sch.latency.append(t - back - t0)
+        if token_done is not None:
+            token_done(pos)
+    return sch
 
 
 def _times(er: EnergyReport, k: int) -> EnergyReport:

@@ -1,0 +1,101 @@
+"""Simulation speed on multi-device systems (timing only), whole process per case.
+
+    python benchmarks/bench_system.py                 # both cases below
+    python benchmarks/bench_system.py --case 7b       # llama2-7b on 8 devices, 4096 tokens
+    python benchmarks/bench_system.py --case 70b      # llama2-70b on 32 devices, 512 + 3584
+
+Targets (issue 12, on a 2-core machine): llama2-70b on 32 GDDR6-AiM devices (``--devices 32
+--tp 32``), 512 prompt + 3584 generated tokens, under 10 minutes; llama2-7b on 8 devices, 4096
+tokens, under 2 minutes. Each case runs ``pimsim run`` in a fresh process (compilation and
+first-run kernel compilation included; the compiled-program cache is not used) and prints the wall
+time, the simulated ms/token and the wall time per simulated token in windows of positions, so
+the growth of the cost with the context is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CASES = {
+    "7b": dict(model="llama2-7b", devices=8, prompt=1, tokens=4096, target_s=120),
+    "70b": dict(model="llama2-70b", devices=32, prompt=512, tokens=3584, target_s=600),
+}
+
+_PROBE = r"""
+import json, sys, time
+from compiler.pipeline import compile_model
+from pimsim.config import load_config
+from pimsim.pipeline import run_system
+from workloads.cli import with_system
+from workloads.models import resolve_model
+import argparse
+a = json.loads(sys.argv[1])
+t0 = time.perf_counter()
+cfg = with_system(load_config("aim-gddr6"), argparse.Namespace(devices=a["devices"], tp=None,
+                                                                pp=None))
+src, name = resolve_model(a["model"], weights=False)
+c = compile_model(src, cfg, name=name)
+t_compile = time.perf_counter() - t0
+marks = []
+def progress(pos):
+    if pos % 512 == 511 or pos == a["prompt"] + a["tokens"] - 2:
+        marks.append((pos, time.perf_counter()))
+rep = run_system(c.programs, cfg, prompt=[0] * a["prompt"], n_tokens=a["tokens"],
+                 progress=progress)
+print(json.dumps({"compile_s": t_compile, "run_s": rep.wall_s, "ms_per_token": rep.ms_per_token,
+                  "marks": marks, "weights_bytes": c.spec.weight_bytes(2),
+                  "channels": cfg.org.channels * cfg.system.devices,
+                  "first_ms": rep.per_token_ms[0], "last_ms": rep.per_token_ms[-1],
+                  "mj_per_token": rep.energy.get("mj_per_token"),
+                  "power_w": rep.energy.get("avg_power_w"),
+                  "tokens_per_s": rep.throughput_tokens_per_s}))
+"""
+
+
+def run_case(name: str) -> dict:
+    a = CASES[name]
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(a)], capture_output=True,
+                         text=True, cwd=os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__))))
+    wall = time.perf_counter() - t0
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["wall_s"] = wall
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", choices=sorted(CASES) + ["all"], default="all")
+    args = p.parse_args(argv)
+    for name in (sorted(CASES) if args.case == "all" else [args.case]):
+        a = CASES[name]
+        r = run_case(name)
+        n = a["prompt"] + a["tokens"] - 1
+        print(f"{a['model']} on {a['devices']} x aim-gddr6 (tp {a['devices']}), "
+              f"{a['prompt']} prompt + {a['tokens']} tokens = {n} decode steps")
+        print(f"  model {r['weights_bytes'] / 1e9:.1f} GB over {r['channels']} channels; "
+              f"simulated {r['ms_per_token']:.4f} ms/token (first {r['first_ms']:.4f}, last "
+              f"{r['last_ms']:.4f}), {r['tokens_per_s']:,.0f} tokens/s, "
+              f"{r['mj_per_token']:.2f} mJ/token, {r['power_w']:.0f} W")
+        print(f"  wall {r['wall_s']:.1f} s whole process (compile {r['compile_s']:.1f} s, run "
+              f"{r['run_s']:.1f} s); target {a['target_s']} s: "
+              f"{'met' if r['wall_s'] < a['target_s'] else 'NOT met'}")
+        prev_pos, prev_t = -1, None
+        for pos, t in r["marks"]:
+            if prev_t is not None:
+                print(f"    positions {prev_pos + 1:5d}..{pos:5d}: "
+                      f"{(t - prev_t) / (pos - prev_pos) * 1e3:7.1f} ms wall per simulated token")
+            prev_pos, prev_t = pos, t
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
