@@ -23,14 +23,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pimsim.errors import UserError
+from pimsim.config import ConfigError
 from pimsim.interconnect import Fabric, Interconnect, interconnect_from_dict
 
 HOSTS = ("per-device",)
 TOKEN_BYTES = 4  # a sampled token id, returned from the last stage to the first
 
 
-class SystemError_(UserError):
+class SystemError_(ConfigError):
+    """An impossible system: devices, tp and pp that do not agree, or a bad [system] value."""
+
     default_fix = "give --devices N with --tp T and --pp P such that T x P = N"
 
 

@@ -7,6 +7,7 @@ its closed form, functional execution across devices, system configs and the com
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -140,7 +141,6 @@ def test_one_device_system_is_the_single_device_run_to_the_cycle(gqa):
     # and a preset through the CLI: --devices 1 is the plain run
     cmd = [sys.executable, "-m", "workloads.cli", "run", "gpt2-small", "--tokens", "2",
            "--json", "--no-progress", "--no-cache"]
-    import json
     plain = json.loads(subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                                       check=True).stdout)
     dev1 = json.loads(subprocess.run(cmd + ["--devices", "1"], capture_output=True, text=True,
@@ -277,3 +277,34 @@ def test_bad_system_section_is_named(tmp_path):
     p.write_text('[system]\ndevice = "aim-gddr6"\nhost = "shared"\n')
     with pytest.raises(Exception, match="host"):
         load_config(p)
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def test_system_sweep_on_a_dask_local_cluster_writes_the_store(tmp_path):
+    from dask.distributed import LocalCluster
+
+    from workloads import sweep as S
+
+    spec = S.spec_from_dict({"name": "sys", "hw": "aim-gddr6", "model": "tiny", "tokens": 2,
+                             "grid": {"prompt": [4, 32]},
+                             "points": [{"devices": 1}, {"devices": 2},
+                                        {"devices": 4, "tp": 2, "pp": 2}, {"devices": 3,
+                                                                          "tp": 2}]},
+                            name="sys")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      host="127.0.0.1", dashboard_address=None) as cluster:
+        res = S.run_sweep(spec, tmp_path / "s.db", cluster=cluster.scheduler_address,
+                          progress=False, log=lambda s: None)
+    assert res.counts == {"ok": 6, "invalid": 2, "error": 0}
+    df = res.df
+    bad = df[df.status == "invalid"]
+    assert bad.reason.str.contains("--tp 2 x --pp 1").all()
+    ok = df[df.status == "ok"]
+    hw = [json.loads(h)["system"] for h in ok.hw_json]
+    assert sorted({(h["devices"], h["tp"], h["pp"]) for h in hw}) == [(1, 1, 1), (2, 2, 1),
+                                                                        (4, 2, 2)]
+    # the pipeline's two sequences in flight: its throughput is above its single-token rate
+    pp_rows = ok[[json.loads(h)["system"]["pp"] == 2 for h in ok.hw_json]]
+    assert (pp_rows.tokens_per_s > 1000.0 / pp_rows.ms_per_token).all()

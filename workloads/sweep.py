@@ -85,7 +85,7 @@ class PointError(UserError):
 SETTINGS = ("model", "prompt", "tokens", "schedule")
 SCHEDULES = ("serial", "overlap")
 SECTIONS = ("organization", "timing", "pim", "asic", "link", "refresh", "energy", "host",
-            "controller")
+            "controller", "system", "interconnect")
 CLOCK_BOUND = {"nBL", "nCCDS", "nCCDL", "nWPRE", "nCLREG", "nCLGB", "nCWLREG", "nCWLGB"}
 
 
@@ -101,6 +101,9 @@ def config_to_dict(cfg: HwConfig) -> dict:
                      ("controller", cfg.controller)):
         if obj is not None:
             d[sec] = copy.deepcopy(dataclasses.asdict(obj))
+    sy = cfg.system
+    d["system"] = {"devices": sy.devices, "tp": sy.tp, "pp": sy.pp, "host": sy.host}
+    d["interconnect"] = dataclasses.asdict(sy.interconnect)
     return d
 
 
@@ -156,6 +159,12 @@ def _channels(d, v):
     d["organization"]["channel_mask"] = 0  # all channels
 
 
+def _devices(d, v):
+    sy = d.setdefault("system", {})
+    sy["devices"] = v
+    sy.pop("tp", None)  # the point's tp (applied after) or devices / pp
+
+
 def _banks(d, v):
     bg = d["organization"]["bankgroups"]
     v = _int("banks", v)
@@ -207,6 +216,9 @@ PARAMS: dict[str, tuple[Callable[[dict, Any], None], str]] = {
     "link_bytes_per_cyc": (_path("link.bytes_per_cyc"), "link.bytes_per_cyc"),
     "link_latency_cyc": (_path("link.latency_cyc"), "link.latency_cyc"),
     "refresh": (_path("refresh.enabled"), "refresh.enabled (true / false)"),
+    "devices": (_devices, "system.devices (PIM devices; tp = devices / pp unless given)"),
+    "tp": (_path("system.tp"), "system.tp (tensor-parallel devices per stage)"),
+    "pp": (_path("system.pp"), "system.pp (pipeline stages, sequences in flight)"),
 }
 
 
@@ -453,10 +465,12 @@ def _program(model: str, cfg: HwConfig):
     from compiler.frontends import import_graph, lowering_passes
     from compiler.passes.emit import emit_program
     from compiler.passes.mapping import map_decoder
-    from compiler.passes.recognise import recognise_decoder
+    from compiler.passes.recognise import RecogniseError, recognise_decoder
     from workloads.models import resolve_model
 
     t0 = time.perf_counter()
+    if cfg.system.tp * cfg.system.pp > 1:
+        return _system_programs(model, cfg, t0)
     with _CACHE_LOCK:
         spec = _SPECS.get(model)
         if spec is None:
@@ -467,11 +481,16 @@ def _program(model: str, cfg: HwConfig):
                     graph = p.run(graph)
                 spec = recognise_decoder(graph, name)
                 spec.check()
+            except RecogniseError:
+                spec = "graph"  # not PIM-GPT's block: the graph lowering
             except Exception as e:  # noqa: BLE001 - cached and re-raised below
                 spec = e
             _SPECS[model] = spec
         if isinstance(spec, Exception):
             raise spec
+    if spec == "graph":
+        return _system_programs(model, cfg, t0)
+    with _CACHE_LOCK:
         gkey = (model, canonical_json(dataclasses.asdict(cfg.org)),
                 canonical_json(dataclasses.asdict(cfg.pim)))
         prog = _PROGRAMS.get(gkey)
@@ -485,7 +504,30 @@ def _program(model: str, cfg: HwConfig):
             _PROGRAMS[gkey] = prog
         if isinstance(prog, Exception):
             raise prog
-    return prog, spec, time.perf_counter() - t0
+    return [prog], spec, time.perf_counter() - t0
+
+
+def _system_programs(model: str, cfg: HwConfig, t0: float):
+    """A graph-lowered model or a system of devices: its stage programs, cached per (model,
+    organization, PIM units, tp, pp) in this worker."""
+    from compiler.pipeline import compile_model
+    from workloads.models import resolve_model
+
+    key = (model, canonical_json(dataclasses.asdict(cfg.org)),
+           canonical_json(dataclasses.asdict(cfg.pim)), cfg.system.tp, cfg.system.pp)
+    with _CACHE_LOCK:
+        got = _PROGRAMS.get(key)
+        if got is None:
+            try:
+                src, name = resolve_model(model, weights=False)
+                c = compile_model(src, cfg, name=name)
+                got = (c.programs, c.spec)
+            except Exception as e:  # noqa: BLE001
+                got = e
+            _PROGRAMS[key] = got
+    if isinstance(got, Exception):
+        raise got
+    return got[0], got[1], time.perf_counter() - t0
 
 
 def _invalid_types() -> tuple:
@@ -510,21 +552,21 @@ def run_point(task: dict) -> dict:
         invalid = _invalid_types()
         cfg = config_from_dict(task["hw"], source=f"sweep point {task['key'][:8]}")
         cfg = dataclasses.replace(cfg, name=task.get("hw_name") or cfg.name)
-        prog, spec, compile_s = _program(task["model"], cfg)
+        progs, spec, compile_s = _program(task["model"], cfg)
         prompt, tokens = task["prompt"], task["tokens"]
         if prompt + tokens - 1 > spec.n_ctx:
             raise PointError(f"prompt {prompt} + tokens {tokens} need {prompt + tokens - 1} "
                              f"decode steps, more than {task['model']}'s context of "
                              f"{spec.n_ctx}")
-        from pimsim.generate import run_generation
+        from pimsim.pipeline import run_system
 
         t1 = time.perf_counter()
-        rep = run_generation(prog, cfg, prompt=[0] * prompt, n_tokens=tokens,
-                             schedule=task["schedule"], skip_prompt=task["skip_prompt"])
+        rep = run_system(progs, cfg, prompt=[0] * prompt, n_tokens=tokens,
+                         schedule=task["schedule"], skip_prompt=task["skip_prompt"])
         e = rep.energy or {}
         out.update(
             status="ok", reason=None, ms_per_token=rep.ms_per_token,
-            tokens_per_s=rep.tokens_per_s,
+            tokens_per_s=rep.throughput_tokens_per_s,
             mj_per_token=e.get("mj_per_token"), row_hit_rate=rep.row_hit_rate,
             cycles=rep.cycles, ms_total=rep.ms_total, breakdown=rep.breakdown,
             per_op=rep.per_op, commands=rep.commands,
