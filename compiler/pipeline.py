@@ -64,6 +64,19 @@ class Compiled:
             f"({sum(1 for s in prog.steps if s.kind == 'pim')} PIM steps, "
             f"{sum(1 for s in prog.steps if s.kind == 'asic')} ASIC steps)",
         ]
+        if self.stages:
+            tp = prog.tp
+            n_comm = sum(1 for s in prog.steps if s.kind == "comm")
+            lines[1:1] = [f"  system              {tp * len(self.stages)} devices: tensor-parallel "
+                          f"groups of {tp} x {len(self.stages)} pipeline stage(s); per device "
+                          f"(the figures below: stage 0's device 0)"]
+            lines.append(f"  collectives/token   {n_comm} per device of stage 0 (all-reduce of "
+                         f"row-parallel partial sums, gather of the logits)")
+            for s, (p, m) in enumerate(zip(self.stages, self.stage_mappings)):
+                layers = sorted({st.layer for st in p.steps if st.layer >= 0})
+                span = f"layers {layers[0]}..{layers[-1]}" if layers else "no layers"
+                lines.append(f"  stage {s}: {span}, rows used {max(m.rows_used)} of {g.rows}, "
+                             f"hands on {p.send_elems} elements")
         if self.seconds:
             lines.append("  compile time        " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items()))
         return "\n".join(lines)
@@ -103,14 +116,16 @@ def _ours(source: Any) -> bool:
 
 def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
                   lowering: str = "auto", tp: int | None = None,
-                  pp: int | None = None) -> Compiled:
+                  pp: int | None = None, n_ctx: int | None = None) -> Compiled:
     """Run the whole pipeline; raises a clear error for unsupported ops or a model too large.
 
     ``lowering``: ``"graph"`` lowers the graph op by op (:mod:`compiler.passes.lower`), any
     decoder; ``"pim-gpt"`` reads a GPT-2 block structure and emits PIM-GPT's program; ``"auto"``
     uses PIM-GPT's where the graph has its block structure, else the graph lowering. ``tp`` x
     ``pp`` devices (tensor-parallel group size, pipeline stages; default: the config's
-    ``[system]``) take the graph lowering."""
+    ``[system]``) take the graph lowering, as does ``n_ctx``: the context the KV caches are
+    reserved for, instead of the model's own (a model with learned positions cannot go past
+    its table)."""
     tp = cfg.system.tp if tp is None else tp
     pp = cfg.system.pp if pp is None else pp
     t = {}
@@ -123,7 +138,7 @@ def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
     try:
         for p in lowering_passes():
             graph = p.run(graph)
-        if lowering == "graph" or tp * pp > 1:
+        if lowering == "graph" or tp * pp > 1 or n_ctx is not None:
             if lowering == "pim-gpt":
                 raise UserError("the PIM-GPT emitter is for one device",
                                 "use lowering='graph' (the default) with tp or pp above 1")
@@ -133,8 +148,8 @@ def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
     except RecogniseError:
         if lowering == "pim-gpt":
             raise
-        return _compile_graph(graph, cfg, name, _context(source), t, t0, ours=_ours(source),
-                              tp=tp, pp=pp)
+        return _compile_graph(graph, cfg, name, n_ctx or _context(source), t, t0,
+                              ours=_ours(source), tp=tp, pp=pp)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001

@@ -521,9 +521,9 @@ class Program:
         out = [f"# program {self.model} on {self.hw}, position {pos}"]
         for st in self.steps:
             deps = ",".join(str(d) for d in st.deps)
-            if st.kind == "asic":
-                out.append(f"{st.index:4d} {st.name:<18} asic {st.op} n={self.asic_elems(st, pos)}"
-                           f" deps=[{deps}]")
+            if st.kind in ("asic", "comm"):
+                out.append(f"{st.index:4d} {st.name:<18} {st.kind} {st.op} "
+                           f"n={self.asic_elems(st, pos)} deps=[{deps}]")
                 continue
             out.append(f"{st.index:4d} {st.name:<18} pim {st.op} deps=[{deps}]")
             for c, arr in enumerate(self.pim_items(st, pos)):
@@ -537,7 +537,7 @@ class Program:
         """PIM instructions (stream items) plus ASIC ops for the token at ``pos``."""
         n = 0
         for st in self.steps:
-            if st.kind == "asic":
+            if st.kind != "pim":
                 n += 1
             else:
                 n += sum(a.shape[0] for a in self.pim_items(st, pos))

@@ -308,3 +308,40 @@ def test_system_sweep_on_a_dask_local_cluster_writes_the_store(tmp_path):
     # the pipeline's two sequences in flight: its throughput is above its single-token rate
     pp_rows = ok[[json.loads(h)["system"]["pp"] == 2 for h in ok.hw_json]]
     assert (pp_rows.tokens_per_s > 1000.0 / pp_rows.ms_per_token).all()
+
+
+# ---------------------------------------------------------------- long contexts
+
+
+def test_long_context_spreads_over_devices_and_attention_grows_with_position():
+    from compiler.passes.mapping import CapacityError
+    from workloads.models import resolve_model
+
+    src, name = resolve_model("mistral-7b", weights=False)  # 32 k context, GQA 32 / 8
+    base = load_config("aim-gddr6")
+    with pytest.raises(CapacityError, match="more devices"):
+        compile_model(src, base, name=name)
+    cfg = dataclasses.replace(base, system=resolve(2, None, None))
+    c = compile_model(src, cfg, name=name)
+    kl, _ = c.program.kv_layouts[0]
+    assert kl.n_ctx == 32768 and kl.kv_heads == 4  # each device: half the KV heads, all tokens
+    attn = []
+    for prompt in (1024, 16384, 32000):
+        rep = run_system(c.programs, cfg, prompt=[0] * prompt, n_tokens=1, skip_prompt=True)
+        attn.append(rep.per_op["attn_score"] + rep.per_op["attn_value"])
+    # the K/V rows read grow linearly with the position (plus a fixed part per step)
+    assert attn[0] < attn[1] < attn[2]
+    slope_lo = (attn[1] - attn[0]) / (16384 - 1024)
+    slope_hi = (attn[2] - attn[1]) / (32000 - 16384)
+    assert slope_hi == pytest.approx(slope_lo, rel=0.15)
+
+
+def test_context_flag_reserves_the_cache_and_refuses_past_learned_positions():
+    r = subprocess.run([sys.executable, "-m", "workloads.cli", "compile", "gpt2-small",
+                        "--context", "4096", "--no-progress"], capture_output=True, text=True,
+                       cwd=REPO)
+    assert r.returncode == 2 and "learned positions for 1024" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "workloads.cli", "compile", "gpt2-small",
+                        "--context", "256", "--no-progress"], capture_output=True, text=True,
+                       cwd=REPO)
+    assert r.returncode == 0 and "context 256" in r.stdout

@@ -49,9 +49,12 @@ def _check_context(model: str, n_ctx: int | None, *, prompt: int | None = None,
                         f"give a position in 0..{n_ctx - 1}")
 
 
-def _preset_ctx(model: str) -> int | None:
+def _preset_ctx(model: str, args=None) -> int | None:
+    """The context prompt + tokens must fit: ``--context`` where given, else the preset's."""
     from workloads.models import preset_context
 
+    if args is not None and getattr(args, "context", None):
+        return args.context
     return preset_context(model)
 
 
@@ -62,7 +65,8 @@ def _compile(args, *, weights: bool):
 
     cfg = with_system(load_config(args.hw, refresh=False if getattr(args, "no_refresh", False)
                                   else None), args)
-    use_cache = not weights and not getattr(args, "no_cache", False)
+    context = getattr(args, "context", None)
+    use_cache = not weights and not getattr(args, "no_cache", False) and context is None
     if use_cache:
         c = cache.load(args.model, cfg)
         if c is not None:
@@ -72,7 +76,7 @@ def _compile(args, *, weights: bool):
         from compiler.pipeline import compile_model
 
         src, name = resolve_model(args.model, weights=weights, seed=args.seed)
-        c = compile_model(src, cfg, name=name)
+        c = compile_model(src, cfg, name=name, n_ctx=context)
     if use_cache:
         cache.store(args.model, cfg, c)
     return cfg, c
@@ -93,7 +97,7 @@ AIM_TRACE_POS = 511  # --aim-trace default position: a mid-context token (last o
 
 
 def cmd_compile(args) -> int:
-    ctx = _preset_ctx(args.model)
+    ctx = _preset_ctx(args.model, args)
     if args.aim_trace:
         from pimsim.aim_emit import check_aim_config
 
@@ -166,7 +170,7 @@ def cmd_run(args) -> int:
     from pimsim.pipeline import run_system
 
     n_steps = args.prompt + args.tokens - 1
-    ctx = _preset_ctx(args.model)
+    ctx = _preset_ctx(args.model, args)
     _check_context(args.model, ctx, prompt=args.prompt, tokens=args.tokens)
     if args.timeline_pos is not None:
         _check_context(args.model, ctx, pos=args.timeline_pos, pos_flag="--timeline-pos")
@@ -414,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--pp", type=int_in(1, 4096), metavar="P",
                         help="pipeline stages, P sequences in flight (default 1); T x P = N")
 
+    def context(sp):
+        sp.add_argument("--context", type=int_in(1, 1 << 20), metavar="N",
+                        help="reserve the KV caches for N tokens instead of the model's own "
+                             "context (long contexts; not past a learned position table)")
+
     def no_cache(sp):
         sp.add_argument("--no-cache", action="store_true",
                         help="do not use the compiled-program cache (see the README)")
@@ -433,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     progress(c)
     no_cache(c)
     system(c)
+    context(c)
     c.set_defaults(func=cmd_compile)
 
     r = sub.add_parser("run", help="simulate prompt processing and token generation")
@@ -454,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     progress(r)
     no_cache(r)
     system(r)
+    context(r)
     r.add_argument("--timeline", metavar="FILE.json",
                    help="write one token's activity (channels, ASIC, steps) as a Chrome trace "
                         "(ui.perfetto.dev, chrome://tracing): the last generated token")

@@ -945,10 +945,13 @@ class _Lowering:
                                f"a column holds {geo.col_elems} elements; the mapping needs them "
                                f"equal")
         n_ctx = self.n_ctx
+        tabs = [g.const_shape(t)[0] for t in tables_first if self._gathered_by_position(t)]
         if n_ctx is None:
-            tabs = [g.const_shape(t)[0] for t in tables_first
-                    if self._gathered_by_position(t)]
             n_ctx = tabs[0] if tabs else None
+        elif tabs and n_ctx > min(tabs):
+            raise LoweringError(f"{self.name}: a context of {n_ctx} tokens, but the model has "
+                                f"learned positions for {min(tabs)}",
+                                f"give a context of at most {min(tabs)} tokens")
         if n_ctx is None:
             raise LoweringError(f"{self.name}: the context length is unknown",
                                 "give the model's n_ctx (its config's max_position_embeddings)")
@@ -1064,8 +1067,9 @@ class _Lowering:
                 f"{need * row_bytes * geo.banks * C:,} bytes ({need} rows per bank: "
                 f"{model.weight_bytes(geo.elem_bytes):,} bytes of weights plus KV cache for "
                 f"{n_ctx} tokens and row padding) but {cfg.name} has "
-                f"{geo.rows * row_bytes * geo.banks * C:,} bytes; use more channels or larger "
-                f"banks")
+                f"{geo.rows * row_bytes * geo.banks * C:,} bytes"
+                + (f" per device ({tp} x {self.pp} devices)" if tp * self.pp > 1 else "")
+                + "; use more devices (--devices N), more channels or larger banks")
         kv = list(zip(mp.k_cache, mp.v_cache))
         kv_of = {kl.layer: (kl, vl) for kl, vl in kv}
         for st in steps:
