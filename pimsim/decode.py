@@ -73,14 +73,14 @@ class LinkCycles:
 
     @staticmethod
     def _map(arr: np.ndarray, memo: dict[int, int], fn) -> np.ndarray:
-        out = np.empty(arr.shape, np.int64)
-        res = out.ravel()
-        for i, b in enumerate(arr.ravel().tolist()):
+        vals, inv = np.unique(arr, return_inverse=True)
+        out = np.empty(len(vals), np.int64)
+        for i, b in enumerate(vals.tolist()):
             v = memo.get(b)
             if v is None:
                 v = memo[b] = fn(b)
-            res[i] = v
-        return out
+            out[i] = v
+        return out[inv].reshape(arr.shape)
 
     def busy(self, seg_bytes: np.ndarray) -> np.ndarray:
         return self._map(seg_bytes, self._busy, lambda b: link_busy_cyc(self.cfg, b))

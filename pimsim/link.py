@@ -29,11 +29,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from pimsim.spec.commands import cmd_id
+from pimsim.spec.commands import N_CMDS, cmd_id
 
 # commands whose data crosses the ASIC-PIM link (one column of column_bytes each)
 LINK_CMDS = ("WR_GB", "RD_MAC", "WR_MAC", "RD_AF", "RD", "WR")
 _LINK_IDS = np.array([cmd_id(n) for n in LINK_CMDS], np.int64)
+_LINK_MASK = np.zeros(N_CMDS, bool)  # command id -> moves data across the link
+_LINK_MASK[_LINK_IDS] = True
 INPUT_CMDS = ("WR_GB", "WR_MAC", "WR")  # host -> PIM data
 _INPUT_IDS = frozenset(cmd_id(n) for n in INPUT_CMDS)
 
@@ -58,7 +60,7 @@ def transfer_bytes(items: np.ndarray, column_bytes: int) -> int:
     """Bytes the items ``(cmd, bank, row, count, col0)`` move across the link."""
     if not len(items):
         return 0
-    return int(items[np.isin(items[:, 0], _LINK_IDS), 3].sum()) * column_bytes
+    return int(items[_LINK_MASK[items[:, 0]], 3].sum()) * column_bytes
 
 
 def lead_columns(items: np.ndarray) -> int:
