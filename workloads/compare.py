@@ -42,6 +42,12 @@ class CompareRow:
     pim_energy_by_component: dict = field(default_factory=dict)  # J/token
     row_hit_rate: float = 0.0
     gpu_source: str = ""
+    # the PIM system: devices (tp x pp), tokens/s of all sequences in flight, average power
+    pim_devices: int = 1
+    pim_tp: int = 1
+    pim_pp: int = 1
+    pim_tokens_per_s: float = 0.0
+    pim_power_w: float = 0.0
 
 
 def _is_file_arg(gpu: str) -> bool:
@@ -232,7 +238,10 @@ def compare(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1, toke
             gpu_ms=g.ms, speedup=g.ms / rep.ms_per_token, pim_j=e["j_per_token"],
             gpu_j=g.joules, efficiency=g.joules / e["j_per_token"],
             pim_breakdown=rep.breakdown, pim_energy_by_component=e["by_component"],
-            row_hit_rate=rep.row_hit_rate, gpu_source=g.source))
+            row_hit_rate=rep.row_hit_rate, gpu_source=g.source,
+            pim_devices=cfg.system.devices, pim_tp=cfg.system.tp, pim_pp=cfg.system.pp,
+            pim_tokens_per_s=rep.throughput_tokens_per_s,
+            pim_power_w=e.get("avg_power_w", 0.0)))
     return rows
 
 
@@ -244,7 +253,11 @@ def table(rows: list[CompareRow]) -> str:
         out.append(f"{r.model:<12} {r.pim_ms:10.4f} {r.gpu_ms:10.4f} {r.speedup:7.1f}x "
                    f"{r.pim_j * 1e3:10.4f} {r.gpu_j * 1e3:10.3f} {r.efficiency:10.1f}x")
     if rows:
-        out.append(f"PIM: {rows[0].hw}; GPU: {rows[0].gpu_source}")
+        r = rows[0]
+        sysm = (f" x {r.pim_devices} devices (tp {r.pim_tp} x pp {r.pim_pp}), "
+                f"{r.pim_tokens_per_s:,.0f} tokens/s, {r.pim_power_w:.0f} W"
+                if r.pim_devices > 1 else "")
+        out.append(f"PIM: {r.hw}{sysm}; GPU: {r.gpu_source}")
     return "\n".join(out)
 
 
