@@ -799,6 +799,8 @@ class SystemFlowExecutor(FlowExecutor):
             return y
         y = np.zeros(m.out_dim, np.float32)
         for d, cols in zip(devs, idx):  # the all-reduce's sum, device by device
+            if not len(cols):
+                continue  # a device without a share (attention kept on one device)
             xs = np.zeros(m.in_dim, np.float32)
             xs[:len(cols)] = x[cols]
             y = y + d._base._matvec(m, xs)
@@ -816,7 +818,8 @@ class SystemFlowExecutor(FlowExecutor):
             return devs[0]._kv_write_local(kl, vl, is_k, pos, new)
         per_head = new.reshape(-1, kl.d_head)
         for d, hs in zip(devs, kv_ranks):
-            d._kv_write_local(kl, vl, is_k, pos, per_head[hs].reshape(-1))
+            if len(hs):
+                d._kv_write_local(kl, vl, is_k, pos, per_head[hs].reshape(-1))
 
     def _attn(self, attn: int, scores: bool, pos: int, x: np.ndarray) -> np.ndarray:
         devs, (kl, vl), q_ranks, _ = self._heads(attn)
@@ -824,8 +827,9 @@ class SystemFlowExecutor(FlowExecutor):
             return devs[0]._attn_local(kl, vl, scores, pos, x)
         n_q = sum(len(h) for h in q_ranks)
         xh = np.asarray(x, np.float32).reshape(n_q, -1)
-        parts = [d._attn_local(kl, vl, scores, pos, xh[hs]) for d, hs in zip(devs, q_ranks)]
-        return np.concatenate([p.reshape(len(hs), -1) for p, hs in zip(parts, q_ranks)])
+        parts = [(d._attn_local(kl, vl, scores, pos, xh[hs]), hs)
+                 for d, hs in zip(devs, q_ranks) if len(hs)]
+        return np.concatenate([p.reshape(len(hs), -1) for p, hs in parts])
 
     def _embed(self, table: str, idx: int) -> np.ndarray:
         return self.dev[0][0]._embed(table, idx)

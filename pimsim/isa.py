@@ -43,7 +43,7 @@ _WR_GB, _MAC_AB, _RD_MAC, _WR, _RD = (cmd_id(n) for n in ("WR_GB", "MAC_AB", "RD
 PER_OP_KEYS = ("qkv", "attn_score", "attn_value", "out_proj", "ffn_up", "ffn_down", "lm_head",
                "layernorm", "softmax", "gelu", "residual", "reduction", "embedding", "kv_write",
                "param_fetch", "argmax", "rmsnorm", "activation", "elementwise", "transcendental",
-               "all_reduce", "gather")
+               "all_reduce", "gather", "broadcast")
 
 
 # the per-layer vector parameters, fetched together as one vector "L{i}.params"

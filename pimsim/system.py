@@ -7,7 +7,8 @@ device (``host = "per-device"``, as CENT's near-memory units), so the devices of
 only the collectives the program names:
 
 * ``all_reduce`` of a row-parallel product's partial sums over the stage's ``tp`` devices
-  (reduce-scatter, the adds on each device's ASIC, all-gather);
+  (reduce-scatter, the adds on each device's ASIC, all-gather); ``broadcast`` from the first
+  device when it computed the whole product (attention kept on one device);
 * ``gather`` of the devices' shares of the logits on the stage's first device;
 * between stages, each device of a stage sends the activations to its partner of the next
   stage (disjoint ports: the sends go in parallel), and the sampled token returns to stage 0.
@@ -27,6 +28,7 @@ from pimsim.config import ConfigError
 from pimsim.interconnect import Fabric, Interconnect, interconnect_from_dict
 
 HOSTS = ("per-device",)
+ATTENTION = ("split", "one-device")  # compiler.passes.lower.ATTENTION_SPLITS
 TOKEN_BYTES = 4  # a sampled token id, returned from the last stage to the first
 
 
@@ -45,6 +47,7 @@ class System:
     pp: int = 1
     host: str = "per-device"
     interconnect: Interconnect = field(default_factory=Interconnect)
+    attention: str = "split"  # tensor parallelism: attention split by heads, or "one-device"
 
     @property
     def multi(self) -> bool:
@@ -52,10 +55,15 @@ class System:
 
 
 def resolve(devices: int | None, tp: int | None, pp: int | None,
-            base: System | None = None) -> System:
+            base: System | None = None, attention: str | None = None) -> System:
     """The system asked for on the command line (``None``: from ``base``, the config's). Given
     only ``--devices N``, the devices form one tensor-parallel group (``tp = N / pp``)."""
     base = base or System()
+    if attention is not None:
+        if attention not in ATTENTION:
+            raise SystemError_(f"--tp-attention {attention!r} is not known",
+                               f"use one of {', '.join(ATTENTION)}")
+        base = System(base.devices, base.tp, base.pp, base.host, base.interconnect, attention)
     for flag, v in (("--devices", devices), ("--tp", tp), ("--pp", pp)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 4096):
             raise SystemError_(f"{flag} {v!r} must be a whole number of devices in 1..4096")
@@ -76,18 +84,22 @@ def resolve(devices: int | None, tp: int | None, pp: int | None,
         raise SystemError_(f"--tp {tp_} x --pp {pp_} = {tp_ * pp_} devices, but --devices is "
                            f"{devices}", f"make T x P = {devices}")
     return System(devices=devices, tp=tp_, pp=pp_, host=base.host,
-                  interconnect=base.interconnect)
+                  interconnect=base.interconnect, attention=base.attention)
 
 
 def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
                      where: str) -> System:
     """Validated :class:`System` from the ``[system]`` and ``[interconnect]`` tables."""
     sec = dict(sec or {})
-    known = {"devices", "tp", "pp", "host"}
+    known = {"devices", "tp", "pp", "host", "attention"}
     for k in sec:
         if k not in known:
             raise SystemError_(f"{where}: [system] unknown key {k!r}",
                                f"use one of {', '.join(sorted(known))}")
+    attention = sec.pop("attention", "split")
+    if attention not in ATTENTION:
+        raise SystemError_(f"{where}: [system] attention = {attention!r} is not known",
+                           f"use one of {', '.join(ATTENTION)}")
     host = sec.pop("host", "per-device")
     if host not in HOSTS:
         raise SystemError_(f"{where}: [system] host = {host!r} is not supported",
@@ -97,7 +109,7 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
     except SystemError_ as e:
         raise SystemError_(f"{where}: [system] {e}") from None
     return System(devices=s.devices, tp=s.tp, pp=s.pp, host=host,
-                  interconnect=interconnect_from_dict(ic or {}, where))
+                  interconnect=interconnect_from_dict(ic or {}, where), attention=attention)
 
 
 # ---------------------------------------------------------------- collective costs
@@ -129,6 +141,8 @@ def collective(ic: Interconnect, op: str, n_devices: int, n_bytes: int,
         t = f.all_reduce(nodes, n_bytes, reduce_ns=reduce_ns)
     elif op == "gather":
         t = f.gather(nodes[1:], 0, n_bytes)
+    elif op == "broadcast":
+        t = f.broadcast(0, nodes[1:], n_bytes)
     else:
         raise ValueError(f"collective {op!r} unknown")
     return CommCost(t, f.wire_bits)

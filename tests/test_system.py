@@ -345,3 +345,25 @@ def test_context_flag_reserves_the_cache_and_refuses_past_learned_positions():
                         "--context", "256", "--no-progress"], capture_output=True, text=True,
                        cwd=REPO)
     assert r.returncode == 0 and "context 256" in r.stdout
+
+
+def test_attention_kept_on_one_device(gqa):
+    cfg = dataclasses.replace(_cfg(), system=resolve(4, None, None, None, "one-device"))
+    c = compile_model(decode_step_module(gqa), cfg, name="m")
+    prog = c.program
+    kl, _ = prog.kv_layouts[0]
+    assert (kl.n_head, kl.kv_heads) == (8, 2)  # every head on device 0
+    ops = [s.op for s in prog.steps if s.kind == "comm"]
+    n_layer = prog.dims["n_layer"]
+    assert ops.count("broadcast") == n_layer and ops.count("all_reduce") == n_layer
+    kind, cols = prog.tp_rows["L0.out_proj"]
+    assert kind == "row" and all(len(x) == 0 for x in cols[1:])
+    one = _compiled(gqa, _cfg())
+    math = AsicMath.from_config(cfg, exact=True)
+    fx1 = FlowExecutor(one.program, build_graph_image(one.mapping), cfg, math=math)
+    fx = SystemFlowExecutor(c.programs, [[build_graph_image(mp, rank=r) for r in range(4)]
+                                         for mp in c.stage_mappings], cfg, math=math)
+    a = run_generation(one.program, _cfg(), prompt=[5, 9], n_tokens=10, functional=fx1)
+    b = run_system(c.programs, cfg, prompt=[5, 9], n_tokens=10, functional=fx)
+    assert b.tokens == a.tokens
+    assert b.per_op["broadcast"] > 0

@@ -102,7 +102,8 @@ def hw_identity(cfg: Any) -> dict:
             "timing": {"tCK_ps": cfg.timing.tCK_ps, **cfg.timing.cycles},
             "pim": dataclasses.asdict(cfg.pim), "asic": dataclasses.asdict(cfg.asic),
             "link": dataclasses.asdict(cfg.link),
-            "system": {"tp": cfg.system.tp, "pp": cfg.system.pp},
+            "system": {"tp": cfg.system.tp, "pp": cfg.system.pp,
+                       "attention": cfg.system.attention},
             "energy": dataclasses.asdict(cfg.energy) if cfg.energy else None}
 
 

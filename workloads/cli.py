@@ -89,7 +89,7 @@ def with_system(cfg, args):
     from pimsim.system import resolve
 
     sysm = resolve(getattr(args, "devices", None), getattr(args, "tp", None),
-                   getattr(args, "pp", None), cfg.system)
+                   getattr(args, "pp", None), cfg.system, getattr(args, "tp_attention", None))
     return cfg if sysm == cfg.system else dataclasses.replace(cfg, system=sysm)
 
 
@@ -417,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tensor-parallel devices per pipeline stage (default N / P)")
         sp.add_argument("--pp", type=int_in(1, 4096), metavar="P",
                         help="pipeline stages, P sequences in flight (default 1); T x P = N")
+        sp.add_argument("--tp-attention", choices=["split", "one-device"], default=None,
+                        help="tensor parallelism: attention split by KV head groups (default) "
+                             "or kept whole on each stage's first device")
 
     def context(sp):
         sp.add_argument("--context", type=int_in(1, 1 << 20), metavar="N",

@@ -102,7 +102,8 @@ def config_to_dict(cfg: HwConfig) -> dict:
         if obj is not None:
             d[sec] = copy.deepcopy(dataclasses.asdict(obj))
     sy = cfg.system
-    d["system"] = {"devices": sy.devices, "tp": sy.tp, "pp": sy.pp, "host": sy.host}
+    d["system"] = {"devices": sy.devices, "tp": sy.tp, "pp": sy.pp, "host": sy.host,
+                   "attention": sy.attention}
     d["interconnect"] = dataclasses.asdict(sy.interconnect)
     return d
 

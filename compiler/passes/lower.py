@@ -25,6 +25,7 @@ with a :class:`LoweringError` naming the node.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,9 @@ _MATRIX_OPS = ("linear", "gemm", "matmul")
 _FIX = ("export one decode step: token [1, 1], position [1], past_k / past_v "
         "[n_layer, n_kv_head, past_len, d_head] (workloads.hf_decode.decode_step_module wraps a "
         "Hugging Face causal LM)")
+
+
+ATTENTION_SPLITS = ("split", "one-device")  # tensor parallelism: attention by heads, or whole
 
 
 class LoweringError(UserError):
@@ -176,17 +180,21 @@ def lower_graph(graph: Graph, cfg: HwConfig, *, name: str = "model",
 
 
 def lower_graph_system(graph: Graph, cfg: HwConfig, *, name: str = "model",
-                       n_ctx: int | None = None, tp: int = 1,
-                       pp: int = 1) -> list[tuple[Program, GraphMapping]]:
+                       n_ctx: int | None = None, tp: int = 1, pp: int = 1,
+                       attention: str = "split") -> list[tuple[Program, GraphMapping]]:
     """Lower onto a system of ``tp x pp`` devices: one (program, mapping) per pipeline stage,
     each the program of one device of the stage's tensor-parallel group
     (:mod:`compiler.passes.partition`). ``tp = pp = 1`` is exactly :func:`lower_graph`."""
-    return _Lowering(graph, cfg, name, n_ctx, tp=tp, pp=pp).run()
+    return _Lowering(graph, cfg, name, n_ctx, tp=tp, pp=pp, attention=attention).run()
 
 
 class _Lowering:
     def __init__(self, graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None,
-                 tp: int = 1, pp: int = 1) -> None:
+                 tp: int = 1, pp: int = 1, attention: str = "split") -> None:
+        if attention not in ATTENTION_SPLITS:
+            raise LoweringError(f"attention = {attention!r} unknown",
+                                f"use one of {', '.join(ATTENTION_SPLITS)}")
+        self.attn_one = attention == "one-device"
         self.g = graph.copy()
         self.cfg = cfg
         self.name = name
@@ -484,9 +492,6 @@ class _Lowering:
             self.step_layer.append(layer)
             return len(steps) - 1
 
-        def local(n: int) -> int:  # elements of a split op on one device
-            return -(-n // tp)
-
         anc: list[set[int]] = []
 
         def ancestors(i: int) -> set[int]:
@@ -683,8 +688,9 @@ class _Lowering:
                                    {"matrix": mname, "parts": parts}, pim))
                 done = {red}
                 if tp > 1 and self.tp_rows[mname][0] == "row":  # partial sums: one exchange
-                    done = {add(f"{L}.{role}.all_reduce", "all_reduce", layer, "comm", {red},
-                                n_elems=lo)}
+                    whole = all(len(c) == 0 for c in self.tp_rows[mname][1][1:])
+                    op = "broadcast" if whole else "all_reduce"  # device 0 had it all
+                    done = {add(f"{L}.{role}.{op}", op, layer, "comm", {red}, n_elems=lo)}
                 for m in p.nodes:
                     step_of[m.outputs[0]] = done
                 for m in p.nodes:  # remember weights, for tables tied to them
@@ -723,8 +729,9 @@ class _Lowering:
                 op = "residual"
             cnt = [elems(v) for v in list(n.outputs) + [i for i in n.inputs if not g.is_const(i)]]
             ne, per = max(cnt, key=lambda t: (t[1], t[0]))
-            if split:
-                ne, per = local(ne), local(per)
+            if split:  # device 0's share (the device simulated)
+                share = float(np.mean(owner[n.outputs[0]] == 0))
+                ne, per = math.ceil(ne * share - 1e-9), math.ceil(per * share - 1e-9)
             st = add(f"{L}.{n.op}", op, layer, "asic", deps, n_elems=ne, per_pos_elems=per)
             flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), attrs_of(n), st))
             for o in n.outputs:
@@ -851,7 +858,8 @@ class _Lowering:
             ends = []
             for (lo, hi, _, _), m in zip(parts, p.nodes):
                 ends += self._probe(m.outputs[0], lo)
-            rows = partition.rows_per_rank(ends, [(lo, hi) for lo, hi, _, _ in parts], tp)
+            rows = partition.rows_per_rank(ends, [(lo, hi) for lo, hi, _, _ in parts], tp,
+                                           self.attn_one)
         except ValueError as e:
             raise LoweringError(f"{self.name}: {mname} cannot be split over {tp} devices ({e})",
                                 "choose --tp dividing the head counts") from None
@@ -1014,8 +1022,8 @@ class _Lowering:
             n_head, n_kv = a.n_head, a.n_kv
             if tp > 1:  # this device's query heads and the KV heads they read
                 try:
-                    a.q_ranks = partition.head_ranks(a.n_head, tp, "query")
-                    a.kv_ranks = partition.head_ranks(a.n_kv, tp, "KV")
+                    a.q_ranks = partition.head_ranks(a.n_head, tp, "query", self.attn_one)
+                    a.kv_ranks = partition.head_ranks(a.n_kv, tp, "KV", self.attn_one)
                 except ValueError as e:
                     raise LoweringError(f"{self.name}: attention {a.index}: {e}",
                                         "choose --tp dividing the head counts") from None

@@ -19,6 +19,10 @@ model is recognised):
   moves it; a row-parallel product's input columns per device are read from it. A normalisation
   or reduction over elements of several devices is refused (it would need the whole vector).
 
+With ``attention = "one-device"`` the attention (its projections, the K/V caches, q.K^T and p.V)
+stays whole on the group's first device, which then broadcasts the output projection's result;
+only the MLP and the head are split.
+
 Pipeline parallelism over ``pp`` stages: contiguous blocks of layers per stage (the embedding
 with the first, the final norm and head with the last), as equal in count as possible.
 """
@@ -43,9 +47,12 @@ def stage_layers(n_layer: int, pp: int) -> list[range]:
     return out
 
 
-def head_ranks(n_heads: int, tp: int, what: str) -> list[np.ndarray]:
+def head_ranks(n_heads: int, tp: int, what: str, one_device: bool = False) -> list[np.ndarray]:
     """Heads each device holds: contiguous blocks, or one head repeated on ``tp / n_heads``
-    devices when there are fewer heads than devices. ``ValueError`` when neither divides."""
+    devices when there are fewer heads than devices. ``ValueError`` when neither divides.
+    ``one_device``: attention kept on device 0 (every head there, none elsewhere)."""
+    if one_device:
+        return [np.arange(n_heads)] + [np.zeros(0, np.int64) for _ in range(tp - 1)]
     if n_heads % tp == 0:
         k = n_heads // tp
         return [np.arange(r * k, (r + 1) * k) for r in range(tp)]
@@ -62,7 +69,7 @@ def block_ranks(n: int, tp: int) -> list[np.ndarray]:
 
 
 def rows_per_rank(endpoints: list[tuple[np.ndarray, tuple | None]], parts: list[tuple[int, int]],
-                  tp: int) -> list[np.ndarray]:
+                  tp: int, attention_one_device: bool = False) -> list[np.ndarray]:
     """Logical output rows each device computes, from where the rows go.
 
     ``endpoints``: (index array in the shape of a value the rows reach through data movement,
@@ -83,7 +90,8 @@ def rows_per_rank(endpoints: list[tuple[np.ndarray, tuple | None]], parts: list[
         if flat.size % n_heads:
             raise ValueError(f"{flat.size} elements do not split into {n_heads} heads")
         heads = flat.reshape(n_heads, -1)  # head-major, as the attention reads them
-        for r, hs in enumerate(head_ranks(n_heads, tp, "query" if which == "q" else "KV")):
+        for r, hs in enumerate(head_ranks(n_heads, tp, "query" if which == "q" else "KV",
+                                          attention_one_device)):
             per[r].append(heads[hs].reshape(-1))
         covered[flat] = True
     for lo, hi in parts:
