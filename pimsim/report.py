@@ -127,7 +127,9 @@ class RunReport:
 
     def summary(self) -> str:
         lines = [
-            f"{self.model} on {self.hw}: {self.prompt_tokens} prompt + {self.generated_tokens} "
+            f"{self.model} on "
+            + (f"{self.system['devices']} x " if self.system.get("devices", 1) > 1 else "")
+            + f"{self.hw}: {self.prompt_tokens} prompt + {self.generated_tokens} "
             f"generated tokens ({self.schedule} schedule, refresh {'on' if self.refresh else 'off'}"
             f"{', functional' if self.functional else ''})",
             f"  {self.ms_per_token:.4f} ms/token, {self.tokens_per_s:,.1f} tokens/s "

@@ -336,6 +336,8 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
     m["greedy_tokens_match"] = sim_tokens == ref.tokens[: len(sim_tokens)]
     mode = "exact" if exact else "approx"
     tol = TOLERANCES[mode]
+    sy = cfg.system
+    m["system"] = {"devices": sy.devices, "tp": sy.tp, "pp": sy.pp, "attention": sy.attention}
     m.update(model=model, hw=hw, tokens=tokens, reference_device=ref.device, asic_math=mode,
              tolerance=tol, reference_info=ref.info,
              reference_runtime="onnxruntime" if "onnxruntime" in ref.info else "PyTorch")
@@ -353,7 +355,10 @@ def cmd_validate(args) -> int:
     if args.json:
         print(json.dumps(m, indent=1))
     else:
-        print(f"validate {m['model']} on {m['hw']} ({m['asic_math']} ASIC math) against "
+        sy = m.get("system", {})
+        on = f"{m['hw']}" + (f" x {sy['devices']} devices (tp {sy['tp']} x pp {sy['pp']})"
+                             if sy.get("devices", 1) > 1 else "")
+        print(f"validate {m['model']} on {on} ({m['asic_math']} ASIC math) against "
               f"{m.get('reference_runtime', 'PyTorch')} on {m['reference_device']}, "
               f"{m['tokens']} tokens")
         print(f"  max abs err {m['max_abs_err']:.4g}, max rel err {m['max_rel_err']:.4g}, "
