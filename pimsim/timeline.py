@@ -248,6 +248,15 @@ def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "s
                 {"op": s.op, "layer": s.layer, "step": s.index, "cycles": en - st,
                  "elements": prog.asic_elems(s, pos)})
 
+    if any(s.kind == "comm" for s in steps):  # collectives with the other devices
+        b.meta(PID_ASIC, 1, "thread_name", name="interconnect")
+        for s in steps:
+            if s.kind == "comm":
+                st, en = int(tt.step_start[s.index]), int(tt.step_end[s.index])
+                b.slice(PID_ASIC, 1, s.name, st, en, "collective",
+                        {"op": s.op, "layer": s.layer, "step": s.index, "cycles": en - st,
+                         "elements": s.n_elems, "devices": prog.tp})
+
     n_cmds = {}
     for c, (log, mk) in enumerate(zip(logs, marks)):
         b.meta(PID_CHANNELS, c, "thread_name", name=f"channel {c}")

@@ -367,3 +367,14 @@ def test_attention_kept_on_one_device(gqa):
     b = run_system(c.programs, cfg, prompt=[5, 9], n_tokens=10, functional=fx)
     assert b.tokens == a.tokens
     assert b.per_op["broadcast"] > 0
+
+
+def test_timeline_of_a_system_shows_the_collectives(tmp_path, gqa):
+    from pimsim.timeline import write_timeline
+
+    cfg = _cfg(devices=2)
+    c = _compiled(gqa, cfg, tp=2)
+    tr = write_timeline(tmp_path / "t.json", c.program, cfg, 3)
+    coll = [e for e in tr["traceEvents"] if e.get("cat") == "collective"]
+    n_comm = sum(1 for s in c.program.steps if s.kind == "comm")
+    assert len(coll) == n_comm and all(e["dur"] > 0 for e in coll)
