@@ -3,13 +3,16 @@
     python benchmarks/bench_system.py                 # both cases below
     python benchmarks/bench_system.py --case 7b       # llama2-7b on 8 devices, 4096 tokens
     python benchmarks/bench_system.py --case 70b      # llama2-70b on 32 devices, 512 + 3584
+    python benchmarks/bench_system.py --scan          # wall per token vs size, devices, position
 
 Targets (issue 12, on a 2-core machine): llama2-70b on 32 GDDR6-AiM devices (``--devices 32
 --tp 32``), 512 prompt + 3584 generated tokens, under 10 minutes; llama2-7b on 8 devices, 4096
 tokens, under 2 minutes. Each case runs ``pimsim run`` in a fresh process (compilation and
 first-run kernel compilation included; the compiled-program cache is not used) and prints the wall
 time, the simulated ms/token and the wall time per simulated token in windows of positions, so
-the growth of the cost with the context is visible.
+the growth of the cost with the context is visible. ``--scan`` times a few generated tokens of
+several models and device counts at positions 512 and 3584 (one process, kernels compiled
+first), in wall milliseconds per simulated token, against parameters, channels and position.
 """
 
 from __future__ import annotations
@@ -71,10 +74,46 @@ def run_case(name: str) -> dict:
     return r
 
 
+SCAN = (("gpt2-xl", 1), ("llama2-7b", 1), ("llama2-7b", 8), ("llama2-13b", 8),
+        ("llama2-70b", 32))
+
+
+def scan(tokens: int = 8) -> None:
+    import dataclasses
+
+    from compiler.pipeline import compile_model
+    from pimsim.config import load_config
+    from pimsim.pipeline import run_system
+    from pimsim.system import resolve
+    from workloads.models import resolve_model
+
+    base = load_config("aim-gddr6")
+    print(f"{'model':<11} {'params':>7} {'devices':>7} {'channels':>8} "
+          f"{'wall ms/token @512':>19} {'@3584':>7} {'sim ms/token @3584':>19}")
+    for model, n in SCAN:
+        cfg = dataclasses.replace(base, system=resolve(n, None, None))
+        src, name = resolve_model(model, weights=False)
+        c = compile_model(src, cfg, name=name)
+        row = []
+        for pos in (512, 3584):
+            run_system(c.programs, cfg, prompt=[0] * pos, n_tokens=1, skip_prompt=True)
+            t0 = time.perf_counter()
+            rep = run_system(c.programs, cfg, prompt=[0] * pos, n_tokens=tokens,
+                             skip_prompt=True)
+            row.append(((time.perf_counter() - t0) / tokens * 1e3, rep.ms_per_token))
+        print(f"{model:<11} {c.spec.weight_bytes(1) / 1e9:6.1f}B {n:7d} "
+              f"{n * cfg.org.channels:8d} {row[0][0]:19.1f} {row[1][0]:7.1f} {row[1][1]:19.4f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--case", choices=sorted(CASES) + ["all"], default="all")
+    p.add_argument("--scan", action="store_true", help="wall per token vs model, devices, "
+                                                       "position (instead of the cases)")
     args = p.parse_args(argv)
+    if args.scan:
+        scan()
+        return 0
     for name in (sorted(CASES) if args.case == "all" else [args.case]):
         a = CASES[name]
         r = run_case(name)

@@ -805,25 +805,29 @@ class _Lowering:
     def _target(self, value: str) -> tuple[str, int] | None:
         """Where a value's elements go: an attention's query ("q", query heads) or cache
         ("k"/"v", KV heads), or None."""
-        g = self.g
-        todo, seen = [value], set()
+        for v, u in self._block_users([value]):
+            if u.op == "matmul" and any(i in self.cache for i in u.inputs):
+                if u.inputs[0] == v or v not in self.cache:
+                    return "q", int(np.prod(self.shape0(u.inputs[0])[:-1]))
+            for a in self.attns:
+                if u is a.k_concat or u is a.v_concat:
+                    return ("k" if u is a.k_concat else "v"), \
+                        int(self.g.shape_of(u.inputs[1])[-3])
+        return None
+
+    def _block_users(self, values):
+        """(value, user) pairs reached from ``values`` through every op except weight products
+        and residual adds (which end a block): what the values feed."""
+        todo, seen = list(values), set()
         while todo:
             v = todo.pop()
             if v in seen:
                 continue
             seen.add(v)
             for u in self.users.get(v, []):
-                if u.op == "matmul" and any(i in self.cache for i in u.inputs):
-                    if u.inputs[0] == v or v not in self.cache:
-                        sh = self.shape0(u.inputs[0])
-                        return "q", int(np.prod(sh[:-1]))
-                for a in self.attns:
-                    if u is a.k_concat or u is a.v_concat:
-                        return ("k" if u is a.k_concat else "v"), int(g.shape_of(u.inputs[1])[-3])
-                if self.is_weight(u) or self.is_residual(u):
-                    continue
-                todo.extend(u.outputs)
-        return None
+                yield v, u
+                if not (self.is_weight(u) or self.is_residual(u)):
+                    todo.extend(u.outputs)
 
     def _probe(self, value: str, first_row: int) -> list[tuple[np.ndarray, tuple | None]]:
         """Push the row indices of a product's output through the data movement after it;
@@ -899,25 +903,16 @@ class _Lowering:
         g = self.g
         outs = {m.outputs[0] for m in p.nodes}
         # feeds attention (through ASIC ops like rotary and wiring) -> qkv
-        todo, seen = list(outs), set()
         src = wired_source(p.input)
         if logits in outs or any(self._wired_to(o, logits) for o in outs):
             return "lm_head"
         if src is not None and src.op == "matmul" and any(i in self.cache for i in src.inputs):
             return "out_proj"
-        while todo:
-            v = todo.pop()
-            if v in seen:
-                continue
-            seen.add(v)
-            for u in self.users.get(v, []):
-                if u.op == "matmul" and any(i in self.cache for i in u.inputs):
-                    return "qkv"
-                if any(u is a.k_concat or u is a.v_concat for a in self.attns):
-                    return "qkv"
-                if self.is_weight(u) or self.is_residual(u):
-                    continue
-                todo.extend(u.outputs)
+        for _, u in self._block_users(outs):
+            if u.op == "matmul" and any(i in self.cache for i in u.inputs):
+                return "qkv"
+            if any(u is a.k_concat or u is a.v_concat for a in self.attns):
+                return "qkv"
         if src is not None and (src.op in ("gelu", "silu", "relu", "sigmoid", "tanh") or (
                 src.op == "mul" and all(not g.is_const(i) for i in src.inputs))):
             return "ffn_down"
