@@ -11,7 +11,8 @@ tokens, under 2 minutes. Each case runs ``pimsim run`` in a fresh process (compi
 first-run kernel compilation included; the compiled-program cache is not used) and prints the wall
 time, the simulated ms/token and the wall time per simulated token in windows of positions, so
 the growth of the cost with the context is visible. ``--scan`` times a few generated tokens of
-several models and device counts at positions 512 and 3584 (one process, kernels compiled
+several models and device counts from positions 512 and 3584 (or the context's end), the
+last 32 of 48 tokens (the memo of units simulated before warm, as in a long run) (one process, kernels compiled
 first), in wall milliseconds per simulated token, against parameters, channels and position.
 """
 
@@ -78,7 +79,7 @@ SCAN = (("gpt2-xl", 1), ("llama2-7b", 1), ("llama2-7b", 8), ("llama2-13b", 8),
         ("llama2-70b", 32))
 
 
-def scan(tokens: int = 8) -> None:
+def scan(tokens: int = 48, timed: int = 32) -> None:
     import dataclasses
 
     from compiler.pipeline import compile_model
@@ -89,20 +90,23 @@ def scan(tokens: int = 8) -> None:
 
     base = load_config("aim-gddr6")
     print(f"{'model':<11} {'params':>7} {'devices':>7} {'channels':>8} "
-          f"{'wall ms/token @512':>19} {'@3584':>7} {'sim ms/token @3584':>19}")
+          f"{'wall ms/token @512':>19} {'@late':>6} {'late pos':>8} {'sim ms/token late':>18}")
     for model, n in SCAN:
         cfg = dataclasses.replace(base, system=resolve(n, None, None))
         src, name = resolve_model(model, weights=False)
         c = compile_model(src, cfg, name=name)
         row = []
-        for pos in (512, 3584):
-            run_system(c.programs, cfg, prompt=[0] * pos, n_tokens=1, skip_prompt=True)
-            t0 = time.perf_counter()
+        late = min(3584, c.spec.n_ctx - tokens + 1)
+        for pos in (512, late):
+            stamps: list[float] = []
             rep = run_system(c.programs, cfg, prompt=[0] * pos, n_tokens=tokens,
-                             skip_prompt=True)
-            row.append(((time.perf_counter() - t0) / tokens * 1e3, rep.ms_per_token))
+                             skip_prompt=True,
+                             progress=lambda _p: stamps.append(time.perf_counter()))
+            # the last tokens: the simulator's memo is warm, as in a long run
+            row.append(((stamps[-1] - stamps[-1 - timed]) / timed * 1e3, rep.ms_per_token))
         print(f"{model:<11} {c.spec.weight_bytes(1) / 1e9:6.1f}B {n:7d} "
-              f"{n * cfg.org.channels:8d} {row[0][0]:19.1f} {row[1][0]:7.1f} {row[1][1]:19.4f}")
+              f"{n * cfg.org.channels:8d} {row[0][0]:19.1f} {row[1][0]:6.1f} {late:8d} "
+              f"{row[1][1]:18.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
