@@ -28,6 +28,7 @@ from pimsim.config import ConfigError
 from pimsim.interconnect import Fabric, Interconnect, interconnect_from_dict
 
 HOSTS = ("per-device",)
+_CONFIG_FIX = "set [system] devices, tp and pp with tp x pp = devices (or give two of them)"
 ATTENTION = ("split", "one-device")  # compiler.passes.lower.ATTENTION_SPLITS
 TOKEN_BYTES = 4  # a sampled token id, returned from the last stage to the first
 
@@ -104,10 +105,17 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
     if host not in HOSTS:
         raise SystemError_(f"{where}: [system] host = {host!r} is not supported",
                            'use host = "per-device" (an ASIC in every device)')
+    for k in ("devices", "tp", "pp"):
+        v = sec.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 4096):
+            raise SystemError_(f"{where}: [system] {k} = {v!r} must be a whole number in 1..4096",
+                               _CONFIG_FIX)
     try:
         s = resolve(sec.get("devices"), sec.get("tp"), sec.get("pp"))
     except SystemError_ as e:
-        raise SystemError_(f"{where}: [system] {e}") from None
+        got = ", ".join(f"{k} = {sec[k]}" for k in ("devices", "tp", "pp") if k in sec)
+        raise SystemError_(f"{where}: [system] {got} do not agree ({str(e).split('; ')[0]})",
+                           _CONFIG_FIX) from None
     return System(devices=s.devices, tp=s.tp, pp=s.pp, host=host,
                   interconnect=interconnect_from_dict(ic or {}, where), attention=attention)
 
