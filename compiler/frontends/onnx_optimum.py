@@ -46,6 +46,8 @@ _FIX = ("export one decode step of batch 1: input_ids [1, 1], attention_mask [1,
 _EVAL_PAST = (0, 1, 3, 6)  # past lengths the mask subgraph is evaluated at
 _BROADCAST = ("Add", "Sub", "Mul", "Div", "Where", "And", "Or", "Xor", "Equal", "Less",
               "LessOrEqual", "Greater", "GreaterOrEqual", "Max", "Min", "Pow")
+_SHAPE_OPERAND = ("Reshape", "Expand", "Slice", "Unsqueeze", "Squeeze", "Tile", "Split",
+                  "ConstantOfShape", "Range")  # ops whose inputs after the first are parameters
 _NO_EVAL = ("If", "Loop", "Scan", "RandomNormal", "RandomUniform", "RandomNormalLike",
             "RandomUniformLike", "Multinomial", "Bernoulli")
 _MAX_CONST = 1 << 16  # initializers read for the evaluation: small ones only
@@ -119,6 +121,8 @@ class _Rewrite:
         self.stack_past()
         self.position()
         self.fold_mask()
+        if not self.has_pos:
+            self.position_from_past()
         self.simplify()
         self.finish()
 
@@ -255,7 +259,9 @@ class _Rewrite:
         return name
 
     # ------------------------------------------------------------------ the mask
-    def fold_mask(self) -> None:
+    def analyse(self) -> dict[str, Any]:
+        """What can be computed without the model's data (from constants, the all-ones mask and
+        the annotated shapes), and which of that depends on the past length (``dyn``)."""
         from onnx.external_data_helper import uses_external_data
 
         g = self.g
@@ -266,16 +272,15 @@ class _Rewrite:
             size = int(np.prod(t.dims, dtype=np.int64))
             if size <= _MAX_CONST and not uses_external_data(t):
                 consts[t.name] = t
-        const_vals = set(consts) | set(self.new_consts)
-        evaluable: set[str] = set(const_vals)  # values computable without the model's data
-        dyn: set[str] = set()  # ... and depending on the past length
+        evaluable: set[str] = set(consts) | set(self.new_consts)
+        dyn: set[str] = set()
         if self.has_mask:
             evaluable.add("attention_mask")
             dyn.add("attention_mask")
         shape_inputs: dict[str, tuple[list, int, int | None]] = {}  # Shape(data) -> annotation
-        nodes = list(g.node)
         kept_nodes: list = []
-        for node in nodes:
+        order: list[str] = []  # dyn values, in graph order
+        for node in g.node:
             ins = [i for i in node.input if i]
             if node.op_type == "Constant":
                 evaluable.update(node.output)
@@ -283,15 +288,14 @@ class _Rewrite:
                 continue
             if node.op_type == "Shape" and ins and ins[0] not in evaluable:
                 dims = annotated.get(ins[0])
-                if dims is not None and all(isinstance(_bind(d, {self.sym: 1}), int)
-                                            for d in dims if d != ""):
-                    if "" not in dims:
-                        a = {x.name: x for x in node.attribute}
-                        lo = a["start"].i if "start" in a else 0
-                        hi = a["end"].i if "end" in a else None
-                        shape_inputs[node.output[0]] = (dims, lo, hi)
-                        evaluable.add(node.output[0])
-                        dyn.add(node.output[0])
+                if dims is not None and "" not in dims and \
+                        all(isinstance(_bind(d, {self.sym: 1}), int) for d in dims):
+                    a = {x.name: x for x in node.attribute}
+                    lo = a["start"].i if "start" in a else 0
+                    hi = a["end"].i if "end" in a else None
+                    shape_inputs[node.output[0]] = (dims, lo, hi)
+                    evaluable.add(node.output[0])
+                    dyn.add(node.output[0])
                 continue
             if node.op_type in _NO_EVAL or node.domain not in ("", "ai.onnx") or \
                     not all(i in evaluable for i in ins) or not ins:
@@ -300,33 +304,85 @@ class _Rewrite:
             kept_nodes.append(node)
             if any(i in dyn for i in ins):
                 dyn.update(node.output)
+                order.extend(node.output)
         consumers: dict[str, list] = {}
-        for node in nodes:
+        for node in g.node:
             for i in node.input:
                 consumers.setdefault(i, []).append(node)
         outs = {o.name for o in g.output}
-        frontier = [v for v in sorted(dyn - set(shape_inputs) - {"attention_mask"})
-                    if v in outs or any(not set(c.output) <= evaluable
-                                        for c in consumers.get(v, []))]
-        frontier = [v for v in frontier if not self._shape_operand_only(v, consumers)]
-        if not frontier:
+        frontier = [v for v in order
+                    if (v in outs or any(not set(c.output) <= evaluable
+                                         for c in consumers.get(v, [])))
+                    and not _shape_operand_only(v, consumers)]
+        return dict(annotated=annotated, consts=consts, shape_inputs=shape_inputs,
+                    kept=kept_nodes, order=order, consumers=consumers, frontier=frontier)
+
+    def fold_mask(self) -> None:
+        """Values computed from the mask and the shapes alone, where they meet the model's data:
+        constants when they do not depend on the past length (or only by their length)."""
+        a = self.analyse()
+        if not a["frontier"]:
             return
-        vals = self._evaluate(frontier, kept_nodes, consts, shape_inputs)
-        for v in frontier:
-            self._fold_value(v, [vals[p][v] for p in _EVAL_PAST], consumers.get(v, []),
-                             annotated)
+        vals = self._evaluate(a["frontier"], a)
+        for v in a["frontier"]:
+            self._fold_value(v, [vals[p][v] for p in _EVAL_PAST], a["consumers"].get(v, []),
+                             a["annotated"])
 
-    @staticmethod
-    def _shape_operand_only(v: str, consumers: dict) -> bool:
-        """Read only as a shape / index operand, which the import folds from the annotations
-        (Reshape's and Expand's shape, Slice's bounds, ...): left alone."""
-        cs = consumers.get(v, [])
-        return bool(cs) and all(c.op_type in ("Reshape", "Expand", "Slice", "Unsqueeze", "Squeeze",
-                                              "Tile", "ConstantOfShape", "Split", "Reduce")
-                                and list(c.input).index(v) > 0 for c in cs)
+    def position_from_past(self) -> None:
+        """Without position_ids the position is the past length: where a value computed as
+        ``past + c`` (the cache position, a Range(past, past + 1)) is read by the model's data
+        (a node whose result is no longer ``past + c'``, and is not only a shape), it becomes
+        ``position + c``."""
+        self.dce()
+        a = self.analyse()
+        order, consumers = a["order"], a["consumers"]
+        if not order:
+            return
+        vals = self._evaluate(order, a)
+        affine = {}
+        for v in order:
+            arrs = [vals[p][v] for p in _EVAL_PAST]
+            a0 = arrs[0]
+            if a0.dtype.kind in "iuf" and all(x.shape == a0.shape for x in arrs) and all(
+                    np.array_equal(x - a0, np.full(a0.shape, p, a0.dtype))
+                    for x, p in zip(arrs, _EVAL_PAST)):
+                affine[v] = a0
+        evaluable_out = {o for n in a["kept"] for o in n.output} | set(a["shape_inputs"])
+        shape_bound: set[str] = set()  # read only as shapes, through evaluable nodes
+        for v in reversed(order):
+            cs = consumers.get(v, [])
+            if cs and all((k > 0 and c.op_type in _SHAPE_OPERAND) or
+                          (set(c.output) <= evaluable_out and set(c.output) <= shape_bound)
+                          for c in cs for k, i in enumerate(c.input) if i == v):
+                shape_bound.add(v)
+        for v, c0 in affine.items():
+            readers = [c for c in consumers.get(v, [])
+                       if not (set(c.output) <= evaluable_out
+                               and (set(c.output) <= shape_bound
+                                    or all(o in affine for o in c.output)))]
+            if readers:
+                self.replace_by_position(v, c0, readers)
+        self.dce()
 
-    def _evaluate(self, frontier: list[str], kept_nodes: list, consts: dict,
-                  shape_inputs: dict) -> dict[int, dict[str, np.ndarray]]:
+    def dce(self) -> None:
+        """Only the nodes the logits need."""
+        g = self.g
+        need = {"logits"}
+        live = []
+        for node in reversed(list(g.node) + self.tail_nodes):
+            if need & set(node.output):
+                live.append(node)
+                need.update(i for i in node.input if i)
+        for node in self.new_nodes:
+            need.update(i for i in node.input if i)
+        keep = {id(n) for n in live}
+        nodes = [n for n in g.node if id(n) in keep]
+        g.ClearField("node")
+        g.node.extend(nodes)
+
+    def _evaluate(self, frontier: list[str], a: dict) -> dict[int, dict[str, np.ndarray]]:
+        """The values ``frontier`` at each past length of ``_EVAL_PAST`` (all-ones mask)."""
+        kept_nodes, consts, shape_inputs = a["kept"], a["consts"], a["shape_inputs"]
         from onnx import TensorProto, helper, numpy_helper
         from onnx.reference import ReferenceEvaluator
 
@@ -406,11 +462,6 @@ class _Rewrite:
                                            for r in reduced) and \
                     self._broadcasts_back(v, a0.ndim, varying, consumers, annotated):
                 self.replace(v, reduced[0])
-                return
-        if not varying and not self.has_pos and a0.dtype.kind in "iuf" and all(
-                np.array_equal(a - a0, np.full(a0.shape, p, a0.dtype))
-                for a, p in zip(arrs, _EVAL_PAST)):
-            self.replace_by_position(v, a0)
 
     @staticmethod
     def _broadcasts_back(v: str, rank: int, varying: set[int], consumers: list,
@@ -437,16 +488,29 @@ class _Rewrite:
         name = self.const(f"{v}.decode", np.ascontiguousarray(value))
         self.rename_uses(v, name)
 
-    def replace_by_position(self, v: str, c0: np.ndarray) -> None:
+    def replace_by_position(self, v: str, c0: np.ndarray, consumers: list) -> None:
+        """``v`` is ``past + c0``: where data (not a shape operand) reads it, ``position + c0``."""
         from onnx import helper, numpy_helper
 
-        cast = f"{v}.position"
+        out = "position"
         to = numpy_helper.from_array(c0).data_type
-        self.new_nodes.append(helper.make_node("Cast", ["position"], [cast], name=cast, to=to))
-        out = f"{v}.decode"
-        self.new_nodes.append(helper.make_node("Add", [cast, self.const(f"{v}.c0", c0)], [out],
-                                               name=out))
-        self.rename_uses(v, out)
+        if to != 7:
+            self.new_nodes.append(helper.make_node("Cast", [out], [f"{v}.position"],
+                                                   name=f"{v}.position", to=to))
+            out = f"{v}.position"
+        if c0.shape != (1,):
+            shape = self.const(f"{v}.shape", np.array(c0.shape, np.int64))
+            self.new_nodes.append(helper.make_node("Reshape", [out, shape], [f"{v}.reshape"],
+                                                   name=f"{v}.reshape"))
+            out = f"{v}.reshape"
+        if np.any(c0 != 0):
+            self.new_nodes.append(helper.make_node(
+                "Add", [out, self.const(f"{v}.c0", c0)], [f"{v}.decode"], name=f"{v}.decode"))
+            out = f"{v}.decode"
+        for node in consumers:
+            for k, i in enumerate(node.input):
+                if i == v and not (k > 0 and node.op_type in _SHAPE_OPERAND):
+                    node.input[k] = out
 
     def rename_uses(self, old: str, new: str) -> None:
         for node in self.g.node:
@@ -576,3 +640,11 @@ def _fits(c_shape: Any, x_shape: Any, out_shape: Any) -> bool:
         if cd != 1 and cd != xd:
             return False
     return True
+
+
+def _shape_operand_only(v: str, consumers: dict) -> bool:
+        """Read only as a shape / index operand, which the import folds from the annotations
+        (Reshape's and Expand's shape, Slice's bounds, ...): left alone."""
+        cs = consumers.get(v, [])
+        return bool(cs) and all(c.op_type in _SHAPE_OPERAND and list(c.input).index(v) > 0
+                                for c in cs)
