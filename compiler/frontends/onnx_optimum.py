@@ -54,7 +54,12 @@ _MAX_CONST = 1 << 16  # initializers read for the evaluation: small ones only
 
 
 class _LayoutError(UserError):
+    """A file in the Hugging Face / optimum layout that is not one batch-1 decode step."""
+
     default_fix = _FIX
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        super().__init__(problem, fix or _FIX)
 
 
 def is_hf_decode(graph: Any) -> bool:
