@@ -137,6 +137,20 @@ def test_optimum_layout_leaves_no_mask_and_stacks_the_past(files):
 
 
 @pytest.mark.slow
+def test_a_file_without_shape_annotations_is_refused_saying_so(files, tmp_path):
+    """The mask folds only where the file annotates its shapes in terms of the past length."""
+    import onnx
+
+    from compiler.frontends import import_onnx
+
+    proto = onnx.load(files["llama-gqa"][1])
+    del proto.graph.value_info[:]
+    with pytest.raises(UserError, match=r"cannot be folded: the shape of '\w+' is not "
+                                        r"annotated.*; export with torch.onnx.export"):
+        import_onnx(proto)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["llama-gqa", "qwen2"])
 def test_validate_optimum_layout_against_onnxruntime(files, key, capsys):
     pytest.importorskip("onnxruntime")

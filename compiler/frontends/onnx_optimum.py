@@ -43,7 +43,9 @@ _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _FIX = ("export one decode step of batch 1: input_ids [1, 1], attention_mask [1, past + 1], "
         "position_ids [1, 1], past_key_values.N.key / .value [1, n_kv, past, d_head] (optimum's "
         "main_export(task='text-generation-with-past'), or workloads.hf_decode.export_onnx)")
-_EVAL_PAST = (0, 1, 3, 6)  # past lengths the mask subgraph is evaluated at
+# past lengths the mask subgraph is evaluated at: a mask that is not all ones at one of them (a
+# sliding window up to 2047 tokens) is not folded
+_EVAL_PAST = (0, 1, 3, 6, 255, 2047)
 _BROADCAST = ("Add", "Sub", "Mul", "Div", "Where", "And", "Or", "Xor", "Equal", "Less",
               "LessOrEqual", "Greater", "GreaterOrEqual", "Max", "Min", "Pow")
 _SHAPE_OPERAND = ("Reshape", "Expand", "Slice", "Unsqueeze", "Squeeze", "Tile", "Split",
@@ -67,15 +69,17 @@ def is_hf_decode(graph: Any) -> bool:
     return "input_ids" in names or any(_PAST.match(n) for n in names)
 
 
-def rewrite_hf_decode(proto: Any) -> Any:
-    """``proto`` in the pimsim layout (a copy) if it is in the Hugging Face / optimum one, else
-    ``proto`` itself."""
+def rewrite_hf_decode(proto: Any, inplace: bool = False) -> Any:
+    """``proto`` in the pimsim layout if it is in the Hugging Face / optimum one (a copy, or
+    ``proto`` itself rewritten with ``inplace``), else ``proto`` itself."""
     if not is_hf_decode(proto.graph):
         return proto
     import onnx
 
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
+    out = proto
+    if not inplace:
+        out = onnx.ModelProto()
+        out.CopyFrom(proto)
     _Rewrite(out.graph, list(out.opset_import)).run()
     return out
 
@@ -119,6 +123,7 @@ class _Rewrite:
         self.new_nodes: list = []
         self.tail_nodes: list = []  # Identity nodes for a renamed graph output
         self.new_consts: dict[str, np.ndarray] = {}
+        self.unannotated: list[str] = []  # tensors whose missing shape kept the mask unfolded
 
     # ------------------------------------------------------------------ driver
     def run(self) -> None:
@@ -254,6 +259,7 @@ class _Rewrite:
                     to=vi.type.tensor_type.elem_type))
             self.new_nodes.append(helper.make_node("Reshape", [src, shape], [ids],
                                                    name="position_ids.reshape"))
+            g.value_info.add().CopyFrom(vi)  # Shape(position_ids) stays readable
             g.ClearField("input")
             g.input.extend(kept + [pos_vi])
         else:
@@ -284,6 +290,7 @@ class _Rewrite:
             dyn.add("attention_mask")
         shape_inputs: dict[str, tuple[list, int, int | None]] = {}  # Shape(data) -> annotation
         kept_nodes: list = []
+        blind: list = []  # Shape nodes of a tensor whose shape is not annotated
         order: list[str] = []  # dyn values, in graph order
         for node in g.node:
             ins = [i for i in node.input if i]
@@ -301,6 +308,8 @@ class _Rewrite:
                     shape_inputs[node.output[0]] = (dims, lo, hi)
                     evaluable.add(node.output[0])
                     dyn.add(node.output[0])
+                else:
+                    blind.append(node)
                 continue
             if node.op_type in _NO_EVAL or node.domain not in ("", "ai.onnx") or \
                     not all(i in evaluable for i in ins) or not ins:
@@ -320,7 +329,7 @@ class _Rewrite:
                                          for c in consumers.get(v, [])))
                     and not _shape_operand_only(v, consumers)]
         return dict(annotated=annotated, consts=consts, shape_inputs=shape_inputs,
-                    kept=kept_nodes, order=order, consumers=consumers, frontier=frontier)
+                    kept=kept_nodes, blind=blind, order=order, consumers=consumers, frontier=frontier)
 
     def fold_mask(self) -> None:
         """Values computed from the mask and the shapes alone, where they meet the model's data:
@@ -468,8 +477,7 @@ class _Rewrite:
                     self._broadcasts_back(v, a0.ndim, varying, consumers, annotated):
                 self.replace(v, reduced[0])
 
-    @staticmethod
-    def _broadcasts_back(v: str, rank: int, varying: set[int], consumers: list,
+    def _broadcasts_back(self, v: str, rank: int, varying: set[int], consumers: list,
                          annotated: dict) -> bool:
         """Every consumer broadcasts ``v`` against an operand that has the full length on the
         axes where ``v`` is kept with length 1."""
@@ -486,6 +494,8 @@ class _Rewrite:
                     if d is not None and len(d) >= back and d[len(d) - back] != 1:
                         ok = True
                 if not ok:
+                    self.unannotated += [i for i in list(c.input) + list(c.output)
+                                         if i and i != v and annotated.get(i) is None]
                     return False
         return True
 
@@ -618,6 +628,13 @@ class _Rewrite:
         users = [n for n in live if "attention_mask" in n.input and n.op_type != "Shape"]
         if users:
             user = users[0]
+            blind = self.unannotated + [n.input[0] for n in self.analyse()["blind"]]
+            if blind:
+                raise _LayoutError(
+                    f"the attention mask (read by node {user.name!r}) cannot be folded: the shape "
+                    f"of {blind[0]!r} is not annotated in the file with the past length",
+                    "export with torch.onnx.export(dynamo=True), which annotates every shape "
+                    "(value_info) in terms of the dynamic past length")
             raise _LayoutError(
                 f"node {user.name!r} ({user.op_type}) uses attention_mask in a way that does not "
                 f"fold to a constant for a batch-1 decode step (all ones)",
