@@ -168,8 +168,10 @@ def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
 
 
 def _context(source: Any) -> int | None:
-    """The context length a module's config gives, or an ONNX file's ``n_ctx`` metadata (graph
-    lowering needs it to reserve the KV cache)."""
+    """The context length a module's config gives, or an ONNX file's ``n_ctx`` metadata, or
+    the ``config.json`` beside the file (optimum's export directory) (graph lowering needs it to
+    reserve the KV cache)."""
+    import json
     import os
 
     if isinstance(source, (str, os.PathLike)) or type(source).__module__.startswith("onnx"):
@@ -182,6 +184,17 @@ def _context(source: Any) -> int | None:
             for key in ("n_ctx", "max_position_embeddings"):
                 if meta.get(key, "").isdigit():
                     return int(meta[key])
+            cfg_path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(source))),
+                                    "config.json") if isinstance(source, (str, os.PathLike)) \
+                else None
+            if cfg_path and os.path.isfile(cfg_path):
+                with open(cfg_path) as f:
+                    hf = json.load(f)
+                hf = hf.get("text_config", hf) if isinstance(hf, dict) else {}
+                for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+                    v = hf.get(key)
+                    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                        return v
         except Exception:  # noqa: BLE001 - unreadable here: the front end reports it
             return None
         return None
