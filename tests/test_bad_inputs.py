@@ -238,7 +238,7 @@ def test_unreadable_config_file(tmp_path, capsys, text, expect):
 
 def test_config_path_problems(tmp_path, capsys):
     cli(["trace", TRACE, "--hw", "no-such-config"], capsys,
-        r"not found; .*shipped names: aim-gddr6, gddr6, hbm-pim, pim-gpt")
+        r"not found; .*shipped names: aim-cxl-32, aim-cxl-8, aim-gddr6, gddr6, hbm-pim, pim-gpt")
     cli(["trace", TRACE, "--hw", tmp_path / "missing.toml"], capsys, "not found")
     d = tmp_path / "dir.toml"
     d.mkdir()
