@@ -26,9 +26,23 @@ Weights: the same random weights as :class:`workloads.gpu_baseline_llama.LlamaSt
 the same seed -- each full tensor is generated on the rank's device exactly as the single-GPU
 decoder generates it (its fused buffer, a generator per Hugging Face parameter name seeded from
 ``(seed, name)``), one layer at a time, sliced, and freed -- so the TP decoder computes the same
-function as the single-GPU one (checked bit-for-bit in shape, to rounding in value: on the CPU in
-fp32 by the tests, on the GPU in fp16 for small configs and, where the full model fits beside the
-shard on GPU 0, for the measured model itself; recorded in the JSON).
+function as the single-GPU one (to rounding: on the CPU in fp32 by the tests, 1e-5; on the GPU
+in fp16 for small configs and, where the full model fits beside the shard on GPU 0, for the
+measured model itself; recorded in the JSON).
+
+Every rank must issue the same collectives in the same order, so every loop count (pre-warm,
+timed batches, power loop) is agreed across ranks, never taken from a rank's own clock. A rank
+that fails where the others do not (an exception other than out-of-memory, a capture that fails
+on one rank only) leaves the others waiting in a collective: the process group's timeout
+(``PG_TIMEOUT_S``) then ends the run with an error instead of a hang. NCCL settings in the
+environment (on the lent H200 machines NVLink SHARP / multicast is off, ``NCCL_NVLS_ENABLE=0``,
+so all-reduces are ring/tree over NVLink, as the analytic model assumes) are recorded in
+``info.collective_env``.
+
+Expected run time on 2 H200s for the three default models: about 2 minutes (process start and
+NCCL set-up, two small validation configs, per model build + capture + 3 positions x 5 rounds of
+0.1 s + 0.5 s pre-warm + a kernel count + 1 s idle + 1 s ramp + 3 s power loop; 7b and 13b also
+build the full single-GPU model on GPU 0 for the check).
 
 Run (the device machine; one process per GPU, spawned here)::
 
@@ -107,9 +121,9 @@ METHOD = (
     "during a sustained loop of a fixed, agreed number of steps at the middle position after a "
     "1 s ramp; W summed over the N boards; J/token = summed W x ms/token of rank 0 in that loop "
     "(also above the summed idle power, and from NVML's energy counters). Validation: logits of "
-    "the TP decoder (graph replay) against the single-GPU LlamaStaticDecoder (graph replay, "
-    "GPU 0) built with the same seed, over a few steps from position 0: small configs always, "
-    "the measured model where its full copy fits beside the shard on GPU 0."
+    "the TP decoder (graph replay) against the single-GPU LlamaStaticDecoder (eager, GPU 0) "
+    "built with the same seed, over a few steps from position 0: small configs "
+    "always, the measured model where its full copy fits beside the shard on GPU 0."
 )
 
 
@@ -484,10 +498,18 @@ def _replay_ms(dec: LlamaTPDecoder, device: torch.device, n: int) -> float:
 
 
 def time_positions(dec: LlamaTPDecoder, device: torch.device, positions: Sequence[int], *,
-                   repeats: int = 5, target_s: float = 0.1, token: int = 1) -> dict[str, dict[str, Any]]:
+                   repeats: int = 5, target_s: float = 0.1, token: int = 1,
+                   prewarm_s: float = 0.0) -> dict[str, dict[str, Any]]:
     """Per position: median over ``repeats`` rounds (positions interleaved) of the ms per step of
     ``n_inner`` back-to-back replays; ``n_inner`` agreed from the slowest rank's warm-up. Rank
-    0's CUDA events give ``ms``; ``ms_max_rank`` is the median of the slowest rank's."""
+    0's CUDA events give ``ms``; ``ms_max_rank`` is the median of the slowest rank's. First
+    about ``prewarm_s`` of steps (so the clocks settle). Every count is agreed by all ranks:
+    each replay holds collectives, so a rank running one step more than another would hang."""
+    dec.set_inputs(token, positions[0])
+    per = _replay_ms(dec, device, 3)
+    per = max(x[0] for x in gather_floats([per]))
+    if prewarm_s > 0:
+        _replay_ms(dec, device, int(min(20000, prewarm_s * 1e3 / max(per, 1e-3))))
     dec.set_inputs(token, positions[-1])
     per = _replay_ms(dec, device, 3)
     per = max(x[0] for x in gather_floats([per]))
@@ -605,7 +627,7 @@ def compare_with_single(dec: LlamaTPDecoder, tokens: Sequence[int], *, seed: int
                         init_std: float = INIT_STD, reference: bool = True) -> dict[str, Any] | None:
     """Decode ``tokens`` from position 0 with the TP decoder (every rank) and, on rank 0 where
     ``reference`` (agreed by all ranks), with a single-device :class:`LlamaStaticDecoder` of
-    the same shape and seed on rank 0's device (graph replay on CUDA); max |logit difference|,
+    the same shape and seed on rank 0's device (eager); max |logit difference|,
     greedy tokens. Returns the result on rank 0, None elsewhere."""
     dec.reset("zeros")
     got = [dec.decode(int(t), pos).float().clone() for pos, t in enumerate(tokens)]
@@ -613,14 +635,13 @@ def compare_with_single(dec: LlamaTPDecoder, tokens: Sequence[int], *, seed: int
         return None
     single = LlamaStaticDecoder(dec.shape, device=dec.device, dtype=dec.dtype, seed=seed,
                                 init_std=init_std)
-    if dec.device.type == "cuda":
-        single.capture()
+    # eager (the same kernels its graph would replay): no second capture in a process whose
+    # process-group watchdog is live while the other ranks wait
     single.reset("zeros")
     ref = [single.decode(int(t), pos).float().clone() for pos, t in enumerate(tokens)]
     del single
     _free(dec.device)
-    res = {"reference": "single-GPU LlamaStaticDecoder, same shape and seed" +
-           (" (graph replay)" if dec.device.type == "cuda" else " (eager)"),
+    res = {"reference": "single-device LlamaStaticDecoder, same shape and seed, eager, on rank 0's device",
            "steps": len(tokens), "dtype": str(dec.dtype).replace("torch.", ""),
            "tp_graph": dec.graph is not None,
            "max_abs_diff": max(float((g - r).abs().max()) for g, r in zip(got, ref)),
@@ -753,11 +774,8 @@ def measure(name: str, world_size: int, positions: Sequence[int] | None = None, 
                res["validation"]["skipped"]))
 
     dec.reset("random", seed=seed + 2)
-    dec.set_inputs(1, positions[0])
-    t0 = time.perf_counter()
-    while cuda and time.perf_counter() - t0 < 0.5:            # let the clocks settle
-        _replay_ms(dec, device, 10)
-    r_g = time_positions(dec, device, positions, repeats=repeats, target_s=batch_s)
+    r_g = time_positions(dec, device, positions, repeats=repeats, target_s=batch_s,
+                         prewarm_s=0.5 if cuda else 0.0)
     ms_at = {k: r["ms"] for k, r in r_g.items()}
     kernels = count_cuda_kernels(dec.step) if cuda else None
     kernels = gather_floats([kernels])
@@ -877,7 +895,9 @@ def run_tp(models: Sequence[str], world_size: int, *, repeats: int = 5, power_s:
     _SAMPLER = PowerSampler(_nvml_index(device.index)) if cuda else None
     info = environment_info(device)
     info.update(nccl=nccl_version() if cuda else None, backend=str(dist.get_backend()),
-                world_size=world_size, power_source=_SAMPLER.source if _SAMPLER else None)
+                world_size=world_size, power_source=_SAMPLER.source if _SAMPLER else None,
+                collective_env={k: v for k, v in sorted(os.environ.items())
+                                if k.startswith(("NCCL_", "TORCH_NCCL_", "TORCH_SYMM_MEM"))})
     if cuda:
         names = [torch.cuda.get_device_name(i) for i in range(world_size)]
         info["gpus"] = names
