@@ -311,6 +311,38 @@ def test_golden_mapping(tiny: Compiled, golden) -> None:
     golden("tiny_mapping.txt", tiny.mapping.pretty() + "\n")
 
 
+def test_cli_compile_mapping_prints_the_checked_loop_nest(tiny: Compiled, capsys) -> None:
+    from workloads.cli import main
+
+    assert main(["compile", "tiny", "--mapping", "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    assert out == tiny.mapping.pretty() + "\n"
+    # every matrix of a matrix-vector product has its loop nest; layers 0 and 1 are alike
+    assert "  for layer in 0..1:" in out and out.count("RD_MAC x len(group)") == 5
+    assert "table.1 [64 x 64]" in out and "gathered" in out
+
+
+def test_mapping_check_catches_overlaps_overflows_and_buffer_violations(tiny: Compiled) -> None:
+    mp = tiny.mapping
+    mp.check()
+    up = mp.matrices["L0.out_proj"]
+    moved = dict(mp.matrices, **{"L0.out_proj": dataclasses.replace(
+        up, base_row=mp.matrices["L0.qkv"].base_row)})
+    with pytest.raises(MappingError, match="overlap: channel 0 bank 0 row 6"):
+        dataclasses.replace(mp, matrices=moved).check()
+    with pytest.raises(MappingError, match="beyond the rows reserved"):
+        dataclasses.replace(mp, rows_used=[r - 1 for r in mp.rows_used]).check()
+    with pytest.raises(MappingError, match="L0.qkv.*a fill of 4 columns, the global buffer "
+                                           "holds 2"):
+        dataclasses.replace(mp, gb_cols=2).check()
+    with pytest.raises(MappingError, match="a bank has 0"):
+        dataclasses.replace(mp, accumulators=0).check()
+    short = dict(mp.matrices)
+    del short["L1.ffn_down"]
+    with pytest.raises(MappingError, match=r"placed \d+ weight elements, the model has"):
+        dataclasses.replace(mp, matrices=short).check()
+
+
 # ---- 5. clear errors ---------------------------------------------------------------------------
 
 

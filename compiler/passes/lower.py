@@ -652,6 +652,8 @@ class _Lowering:
         self.mat_local: dict[str, tuple[int, int]] = {}  # matrix -> its shape on one device
         self.mat_layer: dict[str, int] = {}
         self.step_layer: list[int] = []  # each step's layer (-1 embedding, n_layer final)
+        # reduction step -> its matrix: sized when placed (partial sums per output: the layout's)
+        self.reduce_of: dict[int, str] = {}
 
         def lname(layer: int) -> str:
             return "embed" if layer < 0 else ("final" if layer >= self.n_layer else f"L{layer}")
@@ -861,7 +863,8 @@ class _Lowering:
                     deps |= par - ancestors(pim)
                 n_chunks = -(-in_loc // geo.row_elems)
                 red = add(f"{L}.{role}.reduce", "reduction", layer, "asic", deps,
-                          n_elems=out_loc * n_chunks)
+                          n_elems=out_loc * n_chunks)  # place() sets it from the layout
+                self.reduce_of[red] = mname
                 flow.append(FlowOp("matvec", (p.input,), tuple(m.outputs[0] for m in p.nodes),
                                    {"matrix": mname, "parts": parts}, pim))
                 done = {red}
@@ -1262,6 +1265,14 @@ class _Lowering:
                 st.matrix = mp.matrices[st.matrix]
             if st.kv is not None:
                 st.kv = kv_of[st.kv[0]]
+        # the ASIC adds the partial sums RD_MAC hands out: out x n_reads of the matrix's layout
+        # (its fills under pim-gpt's order, 1 under the reuse order)
+        renum = {old: k for k, old in enumerate(mine)} if self.pp > 1 else None
+        for i, mname in self.reduce_of.items():
+            k = i if renum is None else renum.get(i)
+            if k is not None:
+                m = mp.matrices[mname]
+                steps[k].n_elems = m.out_dim * m.n_reads
         for f in flow:
             if f.op in ("k_write", "v_write"):
                 f.step = self.attns[f.attrs["attn"]].write_step
