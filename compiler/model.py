@@ -1,7 +1,8 @@
 """The decoder a front end recognised in a graph: shapes, and weights where they are known.
 
-This is what the lowering passes work from, whichever front end (ONNX, torch.export, Hugging
-Face) produced it. Weight matrices follow the ``[out, in]`` convention of ``nn.Linear``: row ``n``
+This is what PIM-GPT's path (``compile_model(..., lowering="pim-gpt")``: recognise, map, emit)
+works from, whichever front end (ONNX, torch.export, Hugging Face) produced it; the default
+graph lowering (:mod:`compiler.passes.lower`) needs no recognised structure. Weight matrices follow the ``[out, in]`` convention of ``nn.Linear``: row ``n``
 of a matrix holds output neuron ``n``'s weights. Arrays are float32 numpy; ``None`` where the model
 was imported for shapes only (e.g. a ``meta``-device module for timing runs).
 """

@@ -1,12 +1,16 @@
-"""The whole lowering, one screen: model -> IR -> passes -> DecoderSpec -> Mapping -> Program.
+"""The whole lowering, one screen: model -> IR -> passes -> lowering -> GraphMapping + Program.
 
     import          ONNX graph / torch.export program -> IR          (compiler.frontends)
     shape_inference every value gets a shape                          (passes.shape_inference)
     fuse            LayerNorm / GELU decompositions, matmul+bias      (passes.fuse)
     classify        each op PIM (weight MV, q.K^T, s.V) or ASIC       (passes.classify)
-    recognise       the decoder structure read off the graph          (passes.recognise)
-    map             weights and KV cache placed on channels/banks     (passes.mapping)
-    emit            the decode-step Program                           (passes.emit)
+    lower           op by op: steps, dataflow, placement on channels  (passes.lower)
+                    and banks (GraphModel, GraphMapping, Program)
+
+:func:`prepare` runs the first four (once per model), :func:`lower` the last (per hardware
+config); :func:`compile_model` both. ``lowering="pim-gpt"`` instead recognises PIM-GPT's GPT-2
+block (passes.recognise -> DecoderSpec), maps it (passes.mapping -> Mapping) and emits its
+program (passes.emit): the same instructions, kept for comparison.
 """
 
 from __future__ import annotations
@@ -16,11 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.frontends import import_graph, lowering_passes
-from compiler.model import DecoderSpec
-from compiler.passes.emit import emit_program
-from compiler.passes.mapping import Mapping, map_decoder
 from compiler.ir import Graph
-from compiler.passes.recognise import RecogniseError, recognise_decoder
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
 from pimsim.isa import Program
@@ -28,10 +28,13 @@ from pimsim.isa import Program
 
 @dataclass
 class Compiled:
-    """Everything the compiler produced for one model on one hardware config."""
+    """Everything the compiler produced for one model on one hardware config: the model's
+    dimensions (a :class:`~compiler.passes.lower.GraphModel`; a ``DecoderSpec`` under
+    ``lowering="pim-gpt"``), where everything lives (a
+    :class:`~compiler.passes.lower.GraphMapping`; a ``Mapping``) and the program."""
 
-    spec: DecoderSpec
-    mapping: Mapping
+    spec: Any
+    mapping: Any
     program: Program
     seconds: dict[str, float] = field(default_factory=dict)
     # a system of tp x pp devices: one (program, mapping) per pipeline stage (the first is
@@ -114,51 +117,100 @@ def _ours(source: Any) -> bool:
     return isinstance(source, Graph) or type(source).__module__.startswith("workloads.")
 
 
-def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
-                  lowering: str = "auto", tp: int | None = None,
-                  pp: int | None = None, n_ctx: int | None = None) -> Compiled:
-    """Run the whole pipeline; raises a clear error for unsupported ops or a model too large.
+LOWERINGS = ("auto", "graph", "pim-gpt")
 
-    ``lowering``: ``"graph"`` lowers the graph op by op (:mod:`compiler.passes.lower`), any
-    decoder; ``"pim-gpt"`` reads a GPT-2 block structure and emits PIM-GPT's program; ``"auto"``
-    uses PIM-GPT's where the graph has its block structure, else the graph lowering. ``tp`` x
-    ``pp`` devices (tensor-parallel group size, pipeline stages; default: the config's
-    ``[system]``) take the graph lowering, as does ``n_ctx``: the context the KV caches are
-    reserved for, instead of the model's own (a model with learned positions cannot go past
-    its table)."""
-    tp = cfg.system.tp if tp is None else tp
-    pp = cfg.system.pp if pp is None else pp
+
+@dataclass
+class Prepared:
+    """A model imported and through the graph passes, ready to lower onto any hardware: the
+    expensive part of a compile (torch.export, import, passes), done once per model."""
+
+    graph: Graph
+    name: str
+    n_ctx: int | None  # the context the source's config (or ONNX metadata) gives
+    ours: bool  # a model of pimsim's own: a failure to lower is a pimsim bug
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def prepare(source: Any, *, name: str = "model") -> Prepared:
+    """Import ``source`` and run the graph passes (shape inference, fusion, classification)."""
     t = {}
     t0 = time.perf_counter()
     graph = import_graph(source)
     t["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if lowering not in ("auto", "graph", "pim-gpt"):
-        raise UserError(f"lowering {lowering!r} unknown", "use auto, graph or pim-gpt")
+    ours = _ours(source)
     try:
         for p in lowering_passes():
             graph = p.run(graph)
-        if lowering == "graph" or tp * pp > 1 or n_ctx is not None:
-            if lowering == "pim-gpt":
-                raise UserError("the PIM-GPT emitter is for one device",
-                                "use lowering='graph' (the default) with tp or pp above 1")
-            raise RecogniseError("graph lowering asked for")
-        spec = recognise_decoder(graph, name)
-        spec.check()
-    except RecogniseError:
-        if lowering == "pim-gpt":
-            raise
-        return _compile_graph(graph, cfg, name, n_ctx or _context(source), t, t0,
-                              ours=_ours(source), tp=tp, pp=pp)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001
-        if _ours(source):
-            raise  # a preset that does not lower: a pimsim bug, keep the traceback
-        raise RecogniseError(
+        if ours:
+            raise  # a preset that does not go through the passes: a pimsim bug
+        from compiler.passes.lower import LoweringError
+
+        raise LoweringError(
             f"{name}: the model's graph cannot be lowered to a decoder ({type(e).__name__}: "
             f"{' '.join(str(e).split())[:300]})") from None
     t["passes"] = time.perf_counter() - t0
+    return Prepared(graph, name, _context(source), ours, t)
+
+
+def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
+                  lowering: str = "auto", tp: int | None = None,
+                  pp: int | None = None, n_ctx: int | None = None) -> Compiled:
+    """Run the whole pipeline; raises a clear error for unsupported ops or a model too large.
+
+    ``lowering``: ``"graph"`` (and ``"auto"``, the same) lowers the graph op by op
+    (:mod:`compiler.passes.lower`), any decoder, one device or a system; ``"pim-gpt"`` reads a
+    GPT-2 block structure and emits PIM-GPT's program (one device; kept to compare the two,
+    which give the same instructions). ``tp`` x ``pp`` devices (tensor-parallel group size,
+    pipeline stages; default: the config's ``[system]``); ``n_ctx``: the context the KV caches
+    are reserved for, instead of the model's own (a model with learned positions cannot go
+    past its table)."""
+    if lowering not in LOWERINGS:
+        raise UserError(f"lowering {lowering!r} unknown", "use " + ", ".join(LOWERINGS))
+    return lower(prepare(source, name=name), cfg, lowering=lowering, tp=tp, pp=pp, n_ctx=n_ctx)
+
+
+def lower(prep: Prepared, cfg: HwConfig, *, lowering: str = "auto", tp: int | None = None,
+          pp: int | None = None, n_ctx: int | None = None) -> Compiled:
+    """Lower a model from :func:`prepare` onto ``cfg`` (see :func:`compile_model`); the prepared
+    graph is not changed, so one may be lowered onto many configs."""
+    if lowering not in LOWERINGS:
+        raise UserError(f"lowering {lowering!r} unknown", "use " + ", ".join(LOWERINGS))
+    tp = cfg.system.tp if tp is None else tp
+    pp = cfg.system.pp if pp is None else pp
+    t = dict(prep.seconds)
+    t0 = time.perf_counter()
+    if lowering == "pim-gpt":
+        if tp * pp > 1 or n_ctx is not None:
+            raise UserError("the PIM-GPT emitter is for one device and the model's own context",
+                            "use lowering='graph' (the default) with tp, pp or n_ctx")
+        return _compile_pim_gpt(prep, cfg, t, t0)
+    return _compile_graph(prep.graph, cfg, prep.name, n_ctx or prep.n_ctx, t, t0,
+                          ours=prep.ours, tp=tp, pp=pp)
+
+
+def _compile_pim_gpt(prep: Prepared, cfg: HwConfig, t: dict, t0: float) -> Compiled:
+    """PIM-GPT's path: the GPT-2 block structure recognised, mapped, emitted."""
+    from compiler.passes.emit import emit_program
+    from compiler.passes.mapping import map_decoder
+    from compiler.passes.recognise import RecogniseError, recognise_decoder
+
+    try:
+        spec = recognise_decoder(prep.graph, prep.name)
+        spec.check()
+    except (UserError, RecogniseError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        if prep.ours:
+            raise
+        raise RecogniseError(
+            f"{prep.name}: the model's graph cannot be lowered to a decoder "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+    t["recognise"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mapping = map_decoder(spec, cfg)
     mapping.check()

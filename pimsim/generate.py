@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -17,10 +18,17 @@ from pimsim.decode import DecodeSimulator, TokenTiming
 from pimsim.errors import UserError
 from pimsim.energy import EnergyReport, energy_of
 from pimsim.report import BREAKDOWN_KEYS, RunReport
-from pimsim.functional import FunctionalExecutor
 from pimsim.isa import Program
 from pimsim.link import LINK_CMDS
 from pimsim.spec.commands import cmd_id
+
+
+class Executor(Protocol):
+    """A functional executor (:class:`pimsim.functional.FlowExecutor`): the logits of the
+    decode step of ``token`` at ``pos``."""
+
+    def step(self, token: int, pos: int) -> np.ndarray: ...
+
 
 _MAC = [cmd_id(n) for n in ("MAC_AB", "MAC_SB", "EWMUL")]
 _XFER = [cmd_id(n) for n in LINK_CMDS]
@@ -74,7 +82,7 @@ def token_breakdown(sim: DecodeSimulator, tt: TokenTiming,
 
 def run_generation(
     prog: Program, cfg: HwConfig, *, prompt: Sequence[int], n_tokens: int,
-    schedule: str = "serial", fast: bool = True, functional: FunctionalExecutor | None = None,
+    schedule: str = "serial", fast: bool = True, functional: Executor | None = None,
     progress: Callable[[int], None] | None = None, skip_prompt: bool = False,
 ) -> RunReport:
     """Simulate a prompt and ``n_tokens`` greedy tokens; returns the report.

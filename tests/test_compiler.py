@@ -1,4 +1,4 @@
-"""The compiler end to end: model -> IR -> passes -> DecoderSpec -> Mapping -> Program.
+"""The compiler end to end: model -> IR -> passes -> graph lowering -> GraphMapping + Program.
 
 * the ONNX and the torch.export paths give the same program and the same weights;
 * every preset maps onto pim-gpt: check() passes, every weight byte is placed once, every bank of
@@ -26,15 +26,15 @@ import pytest
 from onnx import TensorProto, helper
 
 from compiler.frontends import UnsupportedOpError
-from compiler.model import DecoderSpec
-from compiler.passes.mapping import CapacityError, MappingError, map_decoder
-from compiler.pipeline import Compiled, compile_model
+from compiler.passes.mapping import CapacityError, MappingError
+from compiler.pipeline import Compiled, compile_model, lower, prepare
 from pimsim.config import load_config
 from pimsim.isa import Program
 from pimsim.spec.commands import cmd_id
 from pimsim.timing import SYNC
 from workloads.export import export_decode_onnx
 from workloads.gpt import GPT, get_config
+from workloads.presets import GPTConfig
 from workloads.models import resolve_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +67,8 @@ class Background:
     * ``cli``: ``pimsim compile gpt2-xl --hw <2 channels>``: ~15 s in a fresh process (import
       torch, export gpt2-xl), all of it on the other core;
     * ``presets``: the three largest gpt2 presets (BACKGROUND) through the full pipeline, each
-      pickled to ``<name>.pkl`` when done; ``compiled(name)`` loads them from there.
+      pickled to ``<name>.pkl`` (the Compiled and the prepared graph) when done;
+      ``compiled(name)`` loads them from there.
     """
 
     def __init__(self, d: Path) -> None:
@@ -84,7 +85,7 @@ class Background:
     def output(self, key: str) -> tuple[str, str]:
         return (self.dir / f"{key}.stdout").read_text(), (self.dir / f"{key}.stderr").read_text()
 
-    def load(self, name: str, timeout: float = 600.0) -> Compiled:
+    def load(self, name: str, timeout: float = 600.0) -> tuple:
         path, proc = self.dir / f"{name}.pkl", self.procs["presets"]
         t_end = time.monotonic() + timeout
         while not path.exists():
@@ -109,15 +110,16 @@ class Background:
 BACKGROUND = ("gpt2-medium", "gpt2-large", "gpt2-xl")
 WORKER = """
 import os, pickle, sys
-from compiler.pipeline import compile_model
+from compiler.pipeline import lower, prepare
 from pimsim.config import load_config
 from workloads.models import resolve_model
 cfg = load_config("pim-gpt")
 for name in sys.argv[1:]:
     src, display = resolve_model(name, weights=False)
-    c = compile_model(src, cfg, name=display)
+    prep = prepare(src, name=display)
+    c = lower(prep, cfg)
     with open(name + ".pkl.tmp", "wb") as f:
-        pickle.dump(c, f)
+        pickle.dump((c, prep), f)
     os.replace(name + ".pkl.tmp", name + ".pkl")
 """
 
@@ -145,16 +147,18 @@ def background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 # ---- 1. ONNX and torch.export give the same program ---------------------------------------------
 
 
-def assert_same_weights(a: DecoderSpec, b: DecoderSpec) -> None:
-    dims = ("n_layer", "d_model", "n_head", "d_head", "d_ff", "vocab", "n_ctx", "eps")
-    assert [getattr(a, k) for k in dims] == [getattr(b, k) for k in dims]
-    assert a.has_weights and b.has_weights
-    for name in ("wte", "wpe", "lnf_w", "lnf_b"):
-        assert np.array_equal(getattr(a, name), getattr(b, name)), name
-    for i, (la, lb) in enumerate(zip(a.layers, b.layers, strict=True)):
-        assert la.weights.keys() == lb.weights.keys()
-        for role in la.weights:
-            assert np.array_equal(la.weights[role], lb.weights[role]), (i, role)
+def assert_same_weights(a: Compiled, b: Compiled) -> None:
+    dims = ("n_layer", "d_model", "n_head", "n_kv_head", "d_head", "d_ff", "vocab", "n_ctx",
+            "eps", "n_weight_elems")
+    assert [getattr(a.spec, k) for k in dims] == [getattr(b.spec, k) for k in dims]
+    assert a.spec.has_weights and b.spec.has_weights
+    ma, mb = a.mapping, b.mapping
+    assert ma.weights.keys() == mb.weights.keys() and ma.tables == mb.tables
+    for name in ma.weights:
+        assert np.array_equal(ma.weights[name], mb.weights[name]), name
+    assert ma.vector_values.keys() == mb.vector_values.keys()
+    for name in ma.vector_values:
+        assert np.array_equal(ma.vector_values[name], mb.vector_values[name]), name
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-wide"])
@@ -168,7 +172,7 @@ def both_paths(request, pim_gpt, tmp_path_factory) -> tuple[Compiled, Compiled]:
 
 def test_onnx_and_torch_paths_give_the_same_program(both_paths) -> None:
     via_torch, via_onnx = both_paths
-    assert_same_weights(via_torch.spec, via_onnx.spec)
+    assert_same_weights(via_torch, via_onnx)
     n_ctx = via_torch.spec.n_ctx
     for pos in (0, 1, 17, n_ctx - 1):
         a, b = via_torch.program.to_text(pos), via_onnx.program.to_text(pos)
@@ -182,17 +186,19 @@ def test_onnx_and_torch_paths_give_the_same_program(both_paths) -> None:
 @pytest.fixture(scope="module")
 def compiled(pim_gpt, background: Background):
     """compiled(name): the preset as a meta-device module through the full pipeline, cached;
-    the BACKGROUND presets come from the worker process."""
-    cache: dict[str, Compiled] = {}
+    the BACKGROUND presets come from the worker process. ``compiled(name, prepared=True)``:
+    the model's prepared graph (compiler.pipeline.prepare) instead."""
+    cache: dict[str, tuple] = {}
 
-    def get(name: str) -> Compiled:
+    def get(name: str, prepared: bool = False):
         if name not in cache:
             if name in BACKGROUND and "presets" in background.procs:
                 cache[name] = background.load(name)
             else:
                 src, display = resolve_model(name, weights=False)
-                cache[name] = compile_model(src, pim_gpt, name=display)
-        return cache[name]
+                prep = prepare(src, name=display)
+                cache[name] = (lower(prep, pim_gpt), prep)
+        return cache[name][1 if prepared else 0]
 
     return get
 
@@ -205,8 +211,11 @@ def test_preset_mapping(compiled, name: str) -> None:
     mp.check()
     assert mp.placed_weight_bytes() == get_config(name).weight_bytes_bf16 == spec.weight_bytes(2)
 
-    # every bank of every channel holds a share of every matrix, within one row of an even split
-    for m in list(mp.matrices.values()) + [mp.wpe]:
+    # every bank of every channel holds a share of every matrix and table, within one row of
+    # an even split
+    assert set(mp.tables) == {"table.0", "table.1"} and mp.tables["table.0"] == mp.lm_head.name
+    assert mp.matrices["table.1"].out_dim == spec.n_ctx  # the position table
+    for m in mp.matrices.values():
         ch, bank, _ = m.locate(np.arange(m.out_dim))
         per_cb = np.bincount(ch * B + bank, minlength=C * B)
         assert per_cb.sum() == m.out_dim
@@ -215,7 +224,7 @@ def test_preset_mapping(compiled, name: str) -> None:
             f"{m.name}: uneven split, {per_cb.min()}..{per_cb.max()} neurons per (channel, bank)"
         slots = [m.slots(c_) for c_ in range(C)]
         assert max(slots) - min(slots) <= 1 and min(slots) > 0
-    assert "lm_head" in mp.matrices and mp.lm_head.out_dim == spec.vocab
+    assert mp.lm_head.out_dim == spec.vocab and mp.lm_head.role == "lm_head"
     # ... and the emitted program uses every channel for every weight matrix-vector product
     for st in c.program.steps:
         if st.matrix is not None:
@@ -260,9 +269,8 @@ def capacity_numbers(msg: str) -> tuple[int, int]:
 def test_gpt2_xl_does_not_fit_two_channels(compiled, pim_gpt) -> None:
     cfg2 = pim_gpt.replace(org=dataclasses.replace(pim_gpt.org, channels=2, channel_mask=0))
     # import and passes already ran for the preset test; the CLI test below runs all of it
-    spec = compiled("gpt2-xl").spec
     with pytest.raises(CapacityError) as info:
-        map_decoder(spec, cfg2)
+        lower(compiled("gpt2-xl", prepared=True), cfg2)
     msg = str(info.value)
     need, have = capacity_numbers(msg)
     assert have == cfg2.org.capacity_bytes == 2**30
@@ -303,6 +311,38 @@ def test_golden_mapping(tiny: Compiled, golden) -> None:
     golden("tiny_mapping.txt", tiny.mapping.pretty() + "\n")
 
 
+def test_cli_compile_mapping_prints_the_checked_loop_nest(tiny: Compiled, capsys) -> None:
+    from workloads.cli import main
+
+    assert main(["compile", "tiny", "--mapping", "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    assert out == tiny.mapping.pretty() + "\n"
+    # every matrix of a matrix-vector product has its loop nest; layers 0 and 1 are alike
+    assert "  for layer in 0..1:" in out and out.count("RD_MAC x len(group)") == 5
+    assert "table.1 [64 x 64]" in out and "gathered" in out
+
+
+def test_mapping_check_catches_overlaps_overflows_and_buffer_violations(tiny: Compiled) -> None:
+    mp = tiny.mapping
+    mp.check()
+    up = mp.matrices["L0.out_proj"]
+    moved = dict(mp.matrices, **{"L0.out_proj": dataclasses.replace(
+        up, base_row=mp.matrices["L0.qkv"].base_row)})
+    with pytest.raises(MappingError, match="overlap: channel 0 bank 0 row 6"):
+        dataclasses.replace(mp, matrices=moved).check()
+    with pytest.raises(MappingError, match="beyond the rows reserved"):
+        dataclasses.replace(mp, rows_used=[r - 1 for r in mp.rows_used]).check()
+    with pytest.raises(MappingError, match="L0.qkv.*a fill of 4 columns, the global buffer "
+                                           "holds 2"):
+        dataclasses.replace(mp, gb_cols=2).check()
+    with pytest.raises(MappingError, match="a bank has 0"):
+        dataclasses.replace(mp, accumulators=0).check()
+    short = dict(mp.matrices)
+    del short["L1.ffn_down"]
+    with pytest.raises(MappingError, match=r"placed \d+ weight elements, the model has"):
+        dataclasses.replace(mp, matrices=short).check()
+
+
 # ---- 5. clear errors ---------------------------------------------------------------------------
 
 
@@ -327,10 +367,10 @@ def test_non_pim_hardware_is_refused() -> None:
 @pytest.mark.parametrize("d_head", [8, 24])
 def test_head_size_the_kv_mapping_cannot_hold_is_refused(pim_gpt, d_head: int) -> None:
     """d_head = 8: a 16-neuron V group would span two heads; 24: keys not column-aligned."""
-    spec = DecoderSpec("odd-heads", n_layer=1, d_model=96, n_head=96 // d_head, d_head=d_head,
-                       d_ff=384, vocab=256, n_ctx=64)
+    cfg = GPTConfig(name="odd-heads", n_layer=1, d_model=96, n_head=96 // d_head,
+                    d_head=d_head, d_ff=384, vocab=256, n_ctx=64)
     with pytest.raises(MappingError, match=f"d_head = {d_head}"):
-        map_decoder(spec, pim_gpt)
+        compile_model(GPT(cfg, device="meta").eval(), pim_gpt, name="odd-heads")
 
 
 # ---- 6. program sanity -------------------------------------------------------------------------

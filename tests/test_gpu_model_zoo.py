@@ -320,10 +320,11 @@ def test_compare_uses_the_zoo_shape_not_the_compiled_spec(monkeypatch: pytest.Mo
     from pimsim.config import load_config
 
     seen = []
-    monkeypatch.setattr(C, "_compiled", lambda m, cfg, cache, show: SimpleNamespace(program=None, spec=None))
+    monkeypatch.setattr(C, "_compiled", lambda m, cfg, cache, show: SimpleNamespace(
+        program=None, programs=[None], spec=None))
     rep = SimpleNamespace(ms_per_token=1.0, energy={"j_per_token": 1.0, "by_component": {}},
                           breakdown={}, row_hit_rate=0.0)
-    monkeypatch.setattr(C, "run_generation", lambda *a, **k: rep)
+    monkeypatch.setattr(C, "run_system", lambda *a, **k: rep)
     real = C.gpu_point
 
     def spy(gpu, model, pos, shape=None, **kw):

@@ -4,6 +4,8 @@ same logits bit for bit; only step names differ (named after the graph's ops).""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -19,8 +21,29 @@ def cfg():
     return load_config("pim-gpt")
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-wide", "gpt2-small", "gpt3-small"])
-def test_graph_lowering_gives_pim_gpt_program(preset, cfg):
+def _config(hw: str):
+    """A shipped config, or pim-gpt with ``section__field=value`` changes after a colon."""
+    name, _, changes = hw.partition(":")
+    c = load_config(name)
+    for kv in filter(None, changes.split(",")):
+        key, v = kv.split("=")
+        sec, fld = key.split("__")
+        c = c.replace(**{sec: dataclasses.replace(getattr(c, sec), **{
+            fld: int(v) if v.isdigit() else v})})
+    return c
+
+
+# other data paths too: a global buffer smaller than a row (partial sums per fill: the ASIC
+# reduction adds more of them), several accumulators, the reuse order (whole sums)
+@pytest.mark.parametrize("preset,hw", [
+    ("tiny", "pim-gpt"), ("tiny-wide", "pim-gpt"), ("gpt2-small", "pim-gpt"),
+    ("gpt3-small", "pim-gpt"), ("tiny", "hbm-pim"), ("tiny-wide", "aim-gddr6"),
+    ("tiny", "pim-gpt:pim__global_buffer_bytes=64,pim__accumulators_per_bank=2"),
+    ("tiny-wide", "pim-gpt:pim__global_buffer_bytes=192,pim__accumulators_per_bank=4,"
+                  "pim__mapping=reuse"),
+])
+def test_graph_lowering_gives_pim_gpt_program(preset, hw):
+    cfg = _config(hw)
     src, name = resolve_model(preset, weights=False)
     a = compile_model(src, cfg, name=name, lowering="pim-gpt").program
     b = compile_model(src, cfg, name=name, lowering="graph").program

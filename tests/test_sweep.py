@@ -288,6 +288,43 @@ def test_channel_sweep_scales_near_linearly(tmp_path):
     assert "channels 8 -> 16 (x2): latency ratio" in text
 
 
+def test_a_worker_imports_each_model_once_and_lowers_it_per_geometry(tmp_path, monkeypatch):
+    """The expensive front end (export, import, passes) runs once per model in a worker; the
+    graph lowering once per (organization, PIM units, system); each point's program is the one
+    compile_model gives for its config."""
+    import compiler.pipeline as P
+    from compiler.pipeline import compile_model
+    from pimsim.config import config_from_dict
+    from workloads.models import resolve_model
+
+    calls = {"prepare": 0, "lower": 0}
+
+    def counted(name, f):
+        def g(*a, **k):
+            calls[name] += 1
+            return f(*a, **k)
+        return g
+
+    monkeypatch.setattr(P, "prepare", counted("prepare", P.prepare))
+    monkeypatch.setattr(P, "lower", counted("lower", P.lower))
+    monkeypatch.setattr(S, "_PREPARED", {})
+    monkeypatch.setattr(S, "_PROGRAMS", {})
+    spec = S.spec_from_dict({"model": "tiny", "tokens": 2,
+                             "grid": {"channels": [2, 4, 8], "refresh": [True, False]}})
+    res = S.run_sweep(spec, tmp_path / "once.db", workers=0, progress=False, log=lambda s: None)
+    assert res.counts["ok"] == 6
+    assert calls == {"prepare": 1, "lower": 3}
+    src, name = resolve_model("tiny", weights=False)
+    for p in {q.params["channels"]: q for q in spec.points}.values():
+        cfg = config_from_dict(p.hw)
+        progs, _, _ = S._program("tiny", cfg)
+        assert calls == {"prepare": 1, "lower": 3}  # both from the worker's caches
+        want = compile_model(src, cfg, name=name).program
+        calls.update(prepare=1, lower=3)
+        # (the first line names the config: the cached program keeps the first point's name)
+        assert progs[0].to_text(5).split("\n")[1:] == want.to_text(5).split("\n")[1:]
+
+
 def test_cli_sweep_list_run_and_bad_spec(tmp_path, capsys):
     from workloads.cli import main
 

@@ -131,26 +131,28 @@ def cmd_compile(args) -> int:
 
 
 def _functional(c, cfg, exact: bool, corrupt: str | None = None, show: bool = False):
-    from compiler.passes.images import build_graph_image, build_image
-    from pimsim.functional import AsicMath, FlowExecutor, FunctionalExecutor
+    """The functional executor of a compiled model; ``corrupt`` (a test hook of
+    :func:`~compiler.passes.images.build_graph_image`) misplaces data in the first device's
+    image."""
+    from compiler.passes.images import build_graph_image
+    from pimsim.functional import AsicMath, FlowExecutor
 
+    math = AsicMath.from_config(cfg, exact=exact)
     if c.stages:  # a system: every device's own DRAM
         from pimsim.functional import SystemFlowExecutor
 
         with status(f"building the DRAM images of {c.spec.name} on "
                     f"{c.program.tp * len(c.stages)} devices", show):
-            imgs = [[build_graph_image(mp, data_type=cfg.pim.data_type, rank=r)
-                     for r in range(mp.tp)] for mp in c.stage_mappings]
-        return SystemFlowExecutor(c.stages, imgs, cfg,
-                                  math=AsicMath.from_config(cfg, exact=exact))
-    if c.program.flow:  # a graph-lowered program
-        with status(f"building the DRAM image of {c.spec.name}", show):
-            img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
-        return FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=exact))
+            imgs = [[build_graph_image(mp, data_type=cfg.pim.data_type, rank=r,
+                                       corrupt=corrupt if (s, r) == (0, 0) else None)
+                     for r in range(mp.tp)] for s, mp in enumerate(c.stage_mappings)]
+        return SystemFlowExecutor(c.stages, imgs, cfg, math=math)
+    if not c.program.flow:
+        raise UserError(f"{c.spec.name}: the program has no dataflow (compiled with "
+                        f"lowering='pim-gpt')", "compile with the graph lowering (the default)")
     with status(f"building the DRAM image of {c.spec.name}", show):
-        img = build_image(c.mapping, data_type=cfg.pim.data_type, corrupt=corrupt)
-    return FunctionalExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=exact),
-                              eps=c.spec.eps)
+        img = build_graph_image(c.mapping, data_type=cfg.pim.data_type, corrupt=corrupt)
+    return FlowExecutor(c.program, img, cfg, math=math)
 
 
 class _Recorder:

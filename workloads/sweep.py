@@ -454,74 +454,38 @@ def _make_point(idx, params, settings, hw_params, base, hw_name, clock_scaling,
 
 # ---------------------------------------------------------------- worker side
 
-_SPECS: dict[str, Any] = {}  # model -> DecoderSpec (or the exception it raised)
-_PROGRAMS: dict[tuple, Any] = {}  # (model, organization, pim) -> Program (or exception)
+_PREPARED: dict[str, Any] = {}  # model -> compiler.pipeline.Prepared (or the exception raised)
+_PROGRAMS: dict[tuple, Any] = {}  # (model, organization, pim, tp, pp) -> (programs, model dims)
 _CACHE_LOCK = threading.Lock()  # Dask workers may run tasks in threads
 
 
 def _program(model: str, cfg: HwConfig):
-    """The compiled program of ``model`` on ``cfg``'s geometry, cached in this worker: the front
-    end (import, passes, decoder recognition, the expensive part) once per model, mapping and
-    emission once per (model, organization, PIM units). Returns (program, spec, seconds)."""
-    from compiler.frontends import import_graph, lowering_passes
-    from compiler.passes.emit import emit_program
-    from compiler.passes.mapping import map_decoder
-    from compiler.passes.recognise import RecogniseError, recognise_decoder
+    """The compiled stage programs of ``model`` on ``cfg``'s geometry and system, cached in this
+    worker: the front end (torch.export, import, graph passes: the expensive part) once per
+    model, the graph lowering once per (model, organization, PIM units, tp, pp). Returns
+    (programs, model dimensions, seconds)."""
+    from compiler.pipeline import lower, prepare
     from workloads.models import resolve_model
 
     t0 = time.perf_counter()
-    if cfg.system.tp * cfg.system.pp > 1:
-        return _system_programs(model, cfg, t0)
     with _CACHE_LOCK:
-        spec = _SPECS.get(model)
-        if spec is None:
+        prep = _PREPARED.get(model)
+        if prep is None:
             try:
                 src, name = resolve_model(model, weights=False)
-                graph = import_graph(src)
-                for p in lowering_passes():
-                    graph = p.run(graph)
-                spec = recognise_decoder(graph, name)
-                spec.check()
-            except RecogniseError:
-                spec = "graph"  # not PIM-GPT's block: the graph lowering
+                prep = prepare(src, name=name)
             except Exception as e:  # noqa: BLE001 - cached and re-raised below
-                spec = e
-            _SPECS[model] = spec
-        if isinstance(spec, Exception):
-            raise spec
-    if spec == "graph":
-        return _system_programs(model, cfg, t0)
-    with _CACHE_LOCK:
-        gkey = (model, canonical_json(dataclasses.asdict(cfg.org)),
-                canonical_json(dataclasses.asdict(cfg.pim)))
-        prog = _PROGRAMS.get(gkey)
-        if prog is None:
-            try:
-                mapping = map_decoder(spec, cfg)
-                mapping.check()
-                prog = emit_program(mapping)
-            except Exception as e:  # noqa: BLE001
-                prog = e
-            _PROGRAMS[gkey] = prog
-        if isinstance(prog, Exception):
-            raise prog
-    return [prog], spec, time.perf_counter() - t0
-
-
-def _system_programs(model: str, cfg: HwConfig, t0: float):
-    """A graph-lowered model or a system of devices: its stage programs, cached per (model,
-    organization, PIM units, tp, pp) in this worker."""
-    from compiler.pipeline import compile_model
-    from workloads.models import resolve_model
-
+                prep = e
+            _PREPARED[model] = prep
+    if isinstance(prep, Exception):
+        raise prep
     key = (model, canonical_json(dataclasses.asdict(cfg.org)),
            canonical_json(dataclasses.asdict(cfg.pim)), cfg.system.tp, cfg.system.pp)
     with _CACHE_LOCK:
         got = _PROGRAMS.get(key)
         if got is None:
             try:
-                src, name = resolve_model(model, weights=False)
-                c = compile_model(src, cfg, name=name)
+                c = lower(prep, cfg)
                 got = (c.programs, c.spec)
             except Exception as e:  # noqa: BLE001
                 got = e

@@ -1,10 +1,11 @@
-"""Front ends: a model (ONNX, torch.export, or a torch module with ``decode_step``) -> IR ->
-:class:`~compiler.model.DecoderSpec`.
+"""Front ends: a model (ONNX, torch.export, or a torch module with ``decode_step``) -> IR.
 
-    load_decoder(source)  =  import  ->  shape_inference -> fuse -> classify  ->  recognise
+    import_graph(source) -> shape_inference -> fuse -> classify      (compiler.pipeline.prepare)
 
 ``lowering_passes()`` is the ordered list of graph-to-graph passes between the import and the
-recognition; each is a small named dataclass with ``run(graph) -> graph``.
+lowering (:mod:`compiler.passes.lower`); each is a small named dataclass with ``run(graph) ->
+graph``. ``load_decoder(source)`` adds PIM-GPT's recognition of a GPT-2 block structure
+(:class:`~compiler.model.DecoderSpec`, the ``lowering="pim-gpt"`` path).
 
 torch and onnx are imported lazily, inside the functions that need them.
 """
@@ -51,7 +52,7 @@ def import_torch_module(module: Any, example_inputs: tuple, dynamic_shapes: Any 
 
 
 def lowering_passes() -> list:
-    """The ordered graph passes from an imported graph to one ``recognise_decoder`` reads."""
+    """The ordered graph passes from an imported graph to one the lowering reads."""
     from compiler.passes.classify import Classify
     from compiler.passes.fuse import Fuse
     from compiler.passes.shape_inference import ShapeInference

@@ -5,6 +5,10 @@ instruction streams, instantiated per position by the ISA); LayerNorm, softmax, 
 adds, partial-sum reduction (with the bias), the embedding add and the final argmax become ASIC
 steps. Dependencies are explicit, so an executor may overlap independent work (e.g. fetching the
 next layer's LayerNorm parameters while the ASIC is busy).
+
+PIM-GPT's path only (``compile_model(..., lowering="pim-gpt")``); the default graph lowering
+(:mod:`compiler.passes.lower`) emits the same steps and instructions, its steps named after
+the graph's ops.
 """
 
 from __future__ import annotations

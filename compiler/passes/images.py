@@ -1,16 +1,22 @@
-"""Weight loading: a decoder's weights written into per-bank DRAM images where the mapping says.
+"""Weight loading: a model's weights written into per-bank DRAM images where the mapping says.
 
 The functional simulator reads weights only from these images, so a placement bug shows up as
 wrong outputs. ``corrupt`` is a test hook that deliberately misplaces data.
+:func:`build_graph_image` is the image of a graph-lowered model (the production path);
+:func:`build_image` that of PIM-GPT's mapping (``lowering="pim-gpt"``).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from compiler.passes.mapping import Mapping
 from pimsim.functional import MemoryImage
 from pimsim.isa import LAYER_VECTORS
+
+if TYPE_CHECKING:
+    from compiler.passes.mapping import Mapping
 
 
 def build_image(mp: Mapping, *, data_type: str = "bf16", corrupt: str | None = None) -> MemoryImage:
@@ -48,7 +54,7 @@ def build_image(mp: Mapping, *, data_type: str = "bf16", corrupt: str | None = N
     return img
 
 
-def _store_vector(img: MemoryImage, mp: Mapping, name: str, vec: np.ndarray) -> None:
+def _store_vector(img: MemoryImage, mp, name: str, vec: np.ndarray) -> None:
     vl = mp.vectors
     e = vl.geo.col_elems
     ln, _, _ = vl.entry(name)
@@ -58,18 +64,36 @@ def _store_vector(img: MemoryImage, mp: Mapping, name: str, vec: np.ndarray) -> 
         img.bits[c, b, r, col * e:(col + n) * e] = padded[first:first + n * e]
 
 
-def build_graph_image(mp, *, data_type: str = "bf16", rank: int = 0):
+CORRUPTIONS = ("shift_qkv_rows",)
+
+
+def build_graph_image(mp, *, data_type: str = "bf16", rank: int = 0, corrupt: str | None = None):
     """The DRAM image of a graph-lowered model (:class:`compiler.passes.lower.GraphMapping`):
     every matrix and table where its layout says, every layer's vectors in its entry. For a
     device of a tensor-parallel group (``rank``), a split matrix contributes only that device's
-    rows or columns (zero-padded to the layout's shape)."""
+    rows or columns (zero-padded to the layout's shape).
+
+    ``corrupt="shift_qkv_rows"`` (test hook) stores every output neuron of layer 0's first
+    Q/K/V matrix one place off (neuron n where n + 1 belongs), as an off-by-one mapping bug
+    would; the program still reads where the layout says."""
+    if corrupt is not None and corrupt not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {corrupt!r}")
     g = mp.geo
     if not mp.model.has_weights:
         raise ValueError(f"{mp.model.name} was imported without weights (shapes only); functional "
                          f"simulation needs the weights")
+    shifted = None
+    if corrupt == "shift_qkv_rows":
+        shifted = next((n for n, m in mp.matrices.items()
+                        if m.role == "qkv" and n.startswith("L0.")), None)
+        if shifted is None:
+            raise ValueError(f"{mp.model.name}: no Q/K/V matrix of layer 0 to corrupt on this "
+                             f"device")
     img = MemoryImage(g.channels, g.banks, mp.rows_used, g.row_elems, data_type)
     for name, m in mp.matrices.items():
         w = np.asarray(mp.weights[name], np.float32)
+        if name == shifted:
+            w = np.roll(w, 1, axis=0)
         split = mp.tp_rows.get(name)
         if split is not None:
             kind, idx = split

@@ -106,7 +106,9 @@ class _Attn:
 
 @dataclass
 class GraphMapping:
-    """Where everything of a graph-lowered model lives (printable, checkable)."""
+    """Where everything of a graph-lowered model lives. ``pretty()`` prints it as a loop nest,
+    ``check()`` proves every weight element is placed once, nothing overlaps, everything fits
+    and every matrix's items obey the buffers."""
 
     model: GraphModel
     hw: str
@@ -124,14 +126,34 @@ class GraphMapping:
     tp_rows: dict[str, tuple[str, list]] = field(default_factory=dict)
     tp: int = 1
     stage: int = 0
+    n_stages: int = 1
+    # gathered tables (token / position embeddings) -> the matrix layout holding them (a table
+    # tied to the LM head lives in the head's matrix)
+    tables: dict[str, str] = field(default_factory=dict)
+    gb_cols: int = 0  # global-buffer columns per fill (pim.global_buffer_bytes)
+    accumulators: int = 1  # pim.accumulators_per_bank
+    order: str = "pim-gpt"  # pim.mapping
 
     @property
     def spec(self) -> GraphModel:
         return self.model
 
-    def placed_weight_bytes(self) -> int:
+    @property
+    def lm_head(self) -> MatrixLayout | None:
+        """The matrix whose product gives the logits (None on a pipeline stage without it)."""
+        return next((m for m in self.matrices.values() if m.role == "lm_head"), None)
+
+    def matvec_matrices(self) -> list[MatrixLayout]:
+        """The matrices of matrix-vector products (not the tables only gathered from)."""
+        gathered = {t for t, m in self.tables.items() if t == m}
+        return [m for n, m in self.matrices.items() if n not in gathered]
+
+    def placed_weight_elems(self) -> int:
         n = sum(m.out_dim * m.in_dim for m in self.matrices.values())
-        return (n + self.vectors.total_elems) * self.geo.elem_bytes
+        return n + self.vectors.total_elems
+
+    def placed_weight_bytes(self) -> int:
+        return self.placed_weight_elems() * self.geo.elem_bytes
 
     def kv_bytes(self) -> int:
         """Bytes of K/V cache data placed (full context, every attention)."""
@@ -141,29 +163,190 @@ class GraphMapping:
         row_bytes = self.geo.row_elems * self.geo.elem_bytes
         return [r * row_bytes * self.geo.banks for r in self.rows_used]
 
+    # ------------------------------------------------------------------ check
+    def owned_rows(self) -> np.ndarray:
+        """Keys ``(channel * banks + bank) * rows + row`` of every row any layout owns (the
+        extra K/V caches of the sequences in flight on a pipeline included)."""
+        g = self.geo
+        keys = []
+        b = np.arange(g.banks)
+
+        def add(ch, bank, row):
+            keys.append((np.asarray(ch) * g.banks + np.asarray(bank)) * g.rows + np.asarray(row))
+
+        def block(rows):
+            for c in range(g.channels):
+                add(c, b[:, None], rows[None, :])
+
+        for m in self.matrices.values():
+            n = np.arange(m.out_dim)
+            ch, bank, slot = m.locate(n)
+            base = np.asarray(m.base_row)[ch]
+            n_slots = np.array([m.slots(c) for c in range(g.channels)])[ch]
+            for k in range(m.n_chunks):
+                add(ch, bank, base + k * n_slots + slot)
+        for kl, vl in zip(self.k_cache, self.v_cache):
+            block(kl.base_row + np.arange(kl.rows_reserved))
+            vm = vl.matrix
+            n = np.arange(vm.out_dim)
+            ch, bank, slot = vm.locate(n)
+            n_slots = np.array([vm.slots(c) for c in range(g.channels)])[ch]
+            for k in range(vm.n_chunks):
+                add(ch, bank, vl.base_row + k * n_slots + slot)
+            extra = (self.n_stages - 1) * (kl.rows_reserved + vl.rows_reserved)
+            if extra:
+                block(vl.base_row + vl.rows_reserved + np.arange(extra))
+        block(self.vectors.base_row + np.arange(self.vectors.rows_reserved))
+        return np.concatenate([k.ravel() for k in keys]) if keys else np.zeros(0, np.int64)
+
     def check(self) -> None:
+        """Every weight element placed exactly once, nothing overlaps, everything fits, and
+        the items of every matrix-vector product keep within the global buffer and the
+        accumulators (the loop nest ``pretty()`` prints, replayed). Raises ``MappingError``
+        naming the first problem."""
+        from compiler.passes.mapping import check_matvec_items
+
         g = self.geo
         if max(self.rows_used) > g.rows:
             raise MappingError(f"{max(self.rows_used)} rows used, the banks have {g.rows}")
         for m in self.matrices.values():
+            chunks = [m.chunk(k) for k in range(m.n_chunks)]
+            if sum(ln for _, ln in chunks) != m.in_dim or any(ln > g.row_elems for _, ln in chunks):
+                raise MappingError(f"{m.name}: input chunks do not tile the input dimension "
+                                   f"{m.in_dim} in rows of {g.row_elems}")
             per = sum(m.slots(c) for c in range(g.channels)) * g.banks
-            if per < m.out_dim:
+            if per < m.out_dim or per - m.out_dim >= g.banks * g.channels:
                 raise MappingError(f"{m.name}: {per} neuron places for {m.out_dim} neurons")
+        shapes = set()  # the items' structure depends on a matrix's shape, not on its rows
+        for m in self.matvec_matrices():
+            plain = dataclasses.replace(m, name="matrix", role="", base_row=(0,) * g.channels)
+            if plain not in shapes:
+                shapes.add(plain)
+                try:
+                    check_matvec_items(plain, self.gb_cols or plain.gb_cols, self.accumulators)
+                except MappingError as e:
+                    raise MappingError(f"{m.name}: {e}") from None
+        keys = np.sort(self.owned_rows())
+        dup = np.flatnonzero(keys[1:] == keys[:-1])
+        if len(dup):
+            k = int(keys[dup[0]])
+            cb = k // g.rows
+            raise MappingError(f"overlap: channel {cb // g.banks} bank {cb % g.banks} row "
+                               f"{k % g.rows} is owned by more than one placement")
+        if len(keys) and (keys % g.rows >= np.asarray(self.rows_used)[keys // g.rows
+                                                                      // g.banks]).any():
+            raise MappingError("a placement lies beyond the rows reserved in its channel")
+        end = 0
+        for name, ln, off, per in self.vectors.entries:
+            if off < end or per * g.col_elems * g.banks * g.channels < ln:
+                raise MappingError(f"vector {name}: overlaps the previous entry or does not fit "
+                                   f"its {per} columns per bank")
+            end = off + per
+        if self.tp == 1 and self.n_stages == 1 and \
+                self.placed_weight_elems() != self.model.n_weight_elems:
+            raise MappingError(f"placed {self.placed_weight_elems()} weight elements, the model "
+                               f"has {self.model.n_weight_elems}")
 
+    # ------------------------------------------------------------------ printing
     def pretty(self) -> str:
+        """The mapping as a loop nest: where each neuron, token and vector lives, and the
+        order of each matrix-vector product's commands. Layers of the same structure are
+        printed once (``for layer in a..b``, the first one's names and rows)."""
         g, s = self.geo, self.model
-        lines = [f"mapping {s.name} -> {self.hw}: {g.channels} channels x {g.banks} banks x "
-                 f"{g.rows} rows of {g.row_elems} elements ({g.elem_bytes} B each)",
-                 f"  vectors: {len(self.vectors.entries)} entries, {self.vectors.total_elems} "
-                 f"elements, rows {self.vectors.base_row}.."
-                 f"{self.vectors.base_row + self.vectors.rows_reserved - 1}"]
-        for kl, vl in zip(self.k_cache, self.v_cache):
-            lines.append(f"  attention {kl.layer}: K rows {kl.base_row}.. ({kl.kv_heads} KV heads "
-                         f"for {kl.n_head} query heads, {kl.n_chunks} chunk(s)), V rows "
-                         f"{vl.base_row}..")
-        for m in self.matrices.values():
-            lines.append(f"  {m.name} [{m.out_dim} x {m.in_dim}] {m.n_groups} groups, "
-                         f"{m.n_chunks} chunk(s), rows {m.base_row[0]}..")
+        lines = [
+            f"mapping {s.name} -> {self.hw}: {g.channels} channels x {g.banks} banks x "
+            f"{g.rows} rows of {g.row_elems} elements ({g.elem_bytes} B each)",
+            f"  neuron n of a matrix: group g = n // {g.banks}, bank = n % {g.banks}, "
+            f"channel = g % {g.channels}, slot = g // {g.channels}",
+            f"  matrix-vector order {self.order!r}: global buffer {self.gb_cols} columns "
+            f"({self.gb_cols * g.col_elems} elements) per fill, {self.accumulators} "
+            f"accumulator(s) per bank",
+        ]
+        if self.tp > 1 or self.n_stages > 1:
+            lines.append(f"  device 0 of a tensor-parallel group of {self.tp}, pipeline stage "
+                         f"{self.stage} of {self.n_stages} (split matrices: this device's rows "
+                         f"or columns)")
+        lines.append(f"  vectors: {len(self.vectors.entries)} entries, "
+                     f"{self.vectors.total_elems} elements striped over all banks, rows "
+                     f"{self.vectors.base_row}.."
+                     f"{self.vectors.base_row + self.vectors.rows_reserved - 1}")
+        tied = {}
+        for t, m in self.tables.items():
+            if t != m:
+                tied.setdefault(m, []).append(t)
+
+        def mat(m: MatrixLayout, indent: str) -> list[str]:
+            cols = [m.chunk(k)[1] for k in range(m.n_chunks)]
+            head = (f"{indent}{m.name} [{m.out_dim} x {m.in_dim}] {m.n_groups} groups "
+                    f"({m.slots(0)} slots in channel 0), {m.n_chunks} chunk(s) of {cols} "
+                    f"elements")
+            rows = (f"rows {m.base_row[0]}..{m.base_row[0] + m.rows_reserved - 1} "
+                    f"(channel 0)")
+            if self.tables.get(m.name) == m.name:
+                return [f"{head}, gathered: table row r is neuron r, one row read per lookup, "
+                        f"{rows}"]
+            also = (f"; also the gathered table {', '.join(tied[m.name])}"
+                    if m.name in tied else "")
+            return [f"{head}, {len(m.fills)} fill(s), {m.n_reads} partial sum(s) per output, "
+                    f"{rows}{also}", *m.strategy.loop_nest(m, indent)]
+
+        def layer_of(name: str) -> int | None:
+            head = name.split(".")[0]
+            return int(head[1:]) if head[:1] == "L" and head[1:].isdigit() else None
+
+        kv = {kl.layer: (kl, vl) for kl, vl in zip(self.k_cache, self.v_cache)}
+        per_layer: dict[int, list[MatrixLayout]] = {}
+        before, after = [], []
+        for name, m in self.matrices.items():
+            li = layer_of(name)
+            if li is None:
+                (after if per_layer else before).append(m)
+            else:
+                per_layer.setdefault(li, []).append(m)
+        for li in kv:
+            per_layer.setdefault(li, [])
+        per_layer = dict(sorted(per_layer.items()))
+
+        def signature(li: int):
+            k_v = kv.get(li)
+            kvs = None if k_v is None else tuple(
+                dataclasses.replace(x, layer=0, base_row=0) for x in k_v)
+            return kvs, tuple((m.name.split(".", 1)[1], m.out_dim, m.in_dim)
+                              for m in per_layer[li])
+
+        for m in before:
+            lines += mat(m, "  ")
+        layers = list(per_layer)
+        i = 0
+        while i < len(layers):
+            j = i
+            while j + 1 < len(layers) and layers[j + 1] == layers[j] + 1 and \
+                    signature(layers[j + 1]) == signature(layers[i]):
+                j += 1
+            li = layers[i]
+            lines.append(f"  for layer in {li}..{layers[j]}:")
+            if li in kv:
+                kl, vl = kv[li]
+                heads = (f" ({kl.kv_heads} KV heads for {kl.n_head} query heads)"
+                         if kl.kv_heads != kl.n_head else "")
+                lines.append(
+                    f"    K cache (row-major) rows {kl.base_row}..{heads}: token t -> channel "
+                    f"t % {g.channels}, bank (t // {g.channels}) % {g.banks}, slot t // "
+                    f"{kl.tokens_per_slot}; {kl.n_chunks} chunk(s) of {kl.heads_per_chunk} "
+                    f"heads, q written {kl.fill_heads} head(s) per fill, scores read "
+                    f"{kl.accumulators} at a time")
+                lines.append(
+                    f"    V cache (column-major) rows {vl.base_row}..: value (h, j) is neuron "
+                    f"h*{vl.d_head}+j of a [{vl.kv_heads * vl.d_head} x {vl.n_ctx}] matrix, "
+                    f"token t at element t")
+                if self.n_stages > 1:
+                    lines.append(f"    ... and {self.n_stages - 1} more K/V cache(s) after "
+                                 f"them, one per sequence in flight")
+            for m in per_layer[li]:
+                lines += mat(m, "    ")
+            i = j + 1
+        for m in after:
+            lines += mat(m, "  ")
         lines.append("  rows used per channel: " + ", ".join(map(str, self.rows_used))
                      + f" of {g.rows}")
         return "\n".join(lines)
@@ -477,6 +660,8 @@ class _Lowering:
         self.mat_local: dict[str, tuple[int, int]] = {}  # matrix -> its shape on one device
         self.mat_layer: dict[str, int] = {}
         self.step_layer: list[int] = []  # each step's layer (-1 embedding, n_layer final)
+        # reduction step -> its matrix: sized when placed (partial sums per output: the layout's)
+        self.reduce_of: dict[int, str] = {}
 
         def lname(layer: int) -> str:
             return "embed" if layer < 0 else ("final" if layer >= self.n_layer else f"L{layer}")
@@ -683,7 +868,8 @@ class _Lowering:
                     deps |= par - ancestors(pim)
                 n_chunks = -(-in_loc // geo.row_elems)
                 red = add(f"{L}.{role}.reduce", "reduction", layer, "asic", deps,
-                          n_elems=out_loc * n_chunks)
+                          n_elems=out_loc * n_chunks)  # place() sets it from the layout
+                self.reduce_of[red] = mname
                 flow.append(FlowOp("matvec", (p.input,), tuple(m.outputs[0] for m in p.nodes),
                                    {"matrix": mname, "parts": parts}, pim))
                 done = {red}
@@ -1007,12 +1193,13 @@ class _Lowering:
                   if table_of[t] not in tied)
             + sum(n for _, n in entries),
             has_weights=all(w is not None for w in matrices_w.values()))
-        mp = GraphMapping(model=model, hw=cfg.name, geo=geo)
+        gb_cols, acc = buffer_limits(cfg, self.attns[0].d_head if self.attns else geo.col_elems)
+        mp = GraphMapping(model=model, hw=cfg.name, geo=geo, n_stages=self.pp, gb_cols=gb_cols,
+                          accumulators=acc, order=cfg.pim.mapping)
         C = geo.channels
         row = 0
         mp.vectors = VectorLayout.build("vectors", entries, row, geo)
         row += mp.vectors.rows_reserved
-        gb_cols, acc = buffer_limits(cfg, self.attns[0].d_head if self.attns else geo.col_elems)
         for a in attns:
             n_head, n_kv = a.n_head, a.n_kv
             if tp > 1:  # this device's query heads and the KV heads they read
@@ -1060,6 +1247,7 @@ class _Lowering:
                 mp.tp_rows[mname] = self.tp_rows[mname]
         for tn, mname in tied.items():
             tables[tn] = mp.matrices[mname]
+        mp.tables = {tn: m.name for tn, m in tables.items()}
         mp.rows_used = list(next_row)
         mp.vector_values = vector_values
         need = max(next_row)
@@ -1080,6 +1268,14 @@ class _Lowering:
                 st.matrix = mp.matrices[st.matrix]
             if st.kv is not None:
                 st.kv = kv_of[st.kv[0]]
+        # the ASIC adds the partial sums RD_MAC hands out: out x n_reads of the matrix's layout
+        # (its fills under pim-gpt's order, 1 under the reuse order)
+        renum = {old: k for k, old in enumerate(mine)} if self.pp > 1 else None
+        for i, mname in self.reduce_of.items():
+            k = i if renum is None else renum.get(i)
+            if k is not None:
+                m = mp.matrices[mname]
+                steps[k].n_elems = m.out_dim * m.n_reads
         for f in flow:
             if f.op in ("k_write", "v_write"):
                 f.step = self.attns[f.attrs["attn"]].write_step

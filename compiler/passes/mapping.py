@@ -7,6 +7,10 @@ share of every matrix), which inputs are tiled (input dimension larger than one 
 reduces the partial sums), and where the K cache (row-major) and V cache (column-major) are
 reserved for the full context. ``pretty()`` prints it as a loop nest, ``check()`` proves every
 weight element is placed once, nothing overlaps and everything fits.
+
+:class:`Mapping` and :func:`map_decoder` are PIM-GPT's path (``lowering="pim-gpt"``); the
+default graph lowering places with the same layouts (:class:`compiler.passes.lower.GraphMapping`)
+and shares :func:`geometry`, :func:`buffer_limits`, :func:`check_matvec_items` and the errors.
 """
 
 from __future__ import annotations
