@@ -7,10 +7,9 @@ and ``pimsim run`` without ``--functional`` use it). Stages:
     export     torch.export of its decode step (compiler.frontends.decode_step_program)
     import     ExportedProgram -> IR
     <passes>   shape_inference, fuse, classify (compiler.frontends.lowering_passes)
-    recognise  IR -> DecoderSpec (and DecoderSpec.check)
-    map        DecoderSpec -> Mapping (weights and KV cache on channels/banks)
-    check      Mapping.check (every element placed once, no overlap, fits)
-    emit       Mapping -> Program
+    lower      op-by-op lowering and placement -> (Program, GraphMapping)
+               (compiler.passes.lower, the production path)
+    check      GraphMapping.check (every element placed once, no overlap, fits, replay)
 
 then the total and the mapping summary. Target on the 2-core machine: under 30 s in all for
 gpt2-xl.
@@ -24,10 +23,8 @@ import argparse
 import time
 
 from compiler.frontends import decode_step_program, import_exported, lowering_passes
-from compiler.passes.emit import emit_program
-from compiler.passes.mapping import map_decoder
-from compiler.passes.recognise import recognise_decoder
-from compiler.pipeline import Compiled
+from compiler.passes.lower import lower_graph
+from compiler.pipeline import Compiled, _context
 from pimsim.config import load_config
 from workloads.models import resolve_model
 
@@ -51,15 +48,9 @@ def bench(name: str, hw: str) -> float:
         label = type(p).__name__
         graph = stage(label, p.run, graph)
 
-    def recognise():
-        spec = recognise_decoder(graph, display)
-        spec.check()
-        return spec
-
-    spec = stage("recognise", recognise)
-    mapping = stage("map", map_decoder, spec, cfg)
+    program, mapping = stage("lower", lambda: lower_graph(graph, cfg, name=display,
+                                                           n_ctx=_context(module)))
     stage("check", mapping.check)
-    program = stage("emit", emit_program, mapping)
     total = sum(t.values())
 
     print(f"compile {display} on {cfg.name} (meta-device module, full pipeline)")
@@ -69,7 +60,7 @@ def bench(name: str, hw: str) -> float:
     verdict = "OK" if total < TARGET_S else "over target"
     print(f"  {'total':<{width}}  {total:8.3f} s  (target < {TARGET_S:.0f} s: {verdict})")
     print()
-    print(Compiled(spec, mapping, program).summary())
+    print(Compiled(mapping.model, mapping, program).summary())
     print()
     return total
 
