@@ -121,8 +121,10 @@ class CudaGraphStep:
                 self.k_cache.normal_(0.0, 1.0, generator=gen)
                 self.v_cache.normal_(0.0, 1.0, generator=gen)
 
-    def capture(self, warmup: int = 3) -> None:
-        """Record :meth:`step` as one CUDA graph (CUDA only); the cache is left as warm-up left it."""
+    def capture(self, warmup: int = 3, capture_error_mode: str = "global") -> None:
+        """Record :meth:`step` as one CUDA graph (CUDA only); the cache is left as warm-up left it.
+        ``capture_error_mode``: torch.cuda.graph's (``"thread_local"`` lets another thread, such
+        as a process group's watchdog, query events during the capture)."""
         if self.device.type != "cuda":
             raise RuntimeError("CUDA graph capture needs a CUDA device")
         side = torch.cuda.Stream(device=self.device)
@@ -133,7 +135,7 @@ class CudaGraphStep:
         torch.cuda.current_stream(self.device).wait_stream(side)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):
             self.logits = self.step()
         torch.cuda.synchronize(self.device)
         self.graph = graph

@@ -187,6 +187,30 @@ def hf_llama_config(shape: LlamaShape) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+def init_decode_state(dec: CudaGraphStep, s: LlamaShape, n_kv: int, dtype: torch.dtype,
+                      dev: torch.device) -> None:
+    """RoPE tables (as transformers computes them: fp32 inverse frequencies and angles), the
+    static K/V caches of ``n_kv`` heads, the input tensors and the mask constants of a decoder
+    step (this module's and the tensor-parallel one's)."""
+    D = s.d_head
+    inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=dev).float() / D))
+    ang = torch.outer(torch.arange(s.n_ctx, device=dev).float(), inv_freq)
+    emb = torch.cat((ang, ang), dim=-1)                                          # [n_ctx, D]
+    dec.cos = emb.cos().to(dtype)
+    sin = emb.sin()
+    dec.sin_signed = torch.cat((-sin[:, :D // 2], sin[:, D // 2:]), dim=-1).to(dtype)
+    cache = (s.n_layer, n_kv, s.n_ctx, D)
+    dec.k_cache = torch.zeros(cache, dtype=dtype, device=dev)
+    dec.v_cache = torch.zeros(cache, dtype=dtype, device=dev)
+    dec.tok_t = torch.zeros(1, dtype=torch.long, device=dev)
+    dec.pos_t = torch.zeros(1, dtype=torch.long, device=dev)
+    dec._slots = torch.arange(s.n_ctx, device=dev)
+    dec._neg_inf = torch.full((), float("-inf"), dtype=dtype, device=dev)
+    dec._zero = torch.zeros((), dtype=dtype, device=dev)
+    dec.graph = None
+    dec.logits = None
+
+
 class LlamaStaticDecoder(CudaGraphStep):
     """Batch-1 Llama decode with a static KV cache, capturable as one CUDA graph.
 
@@ -226,23 +250,7 @@ class LlamaStaticDecoder(CudaGraphStep):
                 t.normal_(0.0, init_std, generator=gen)
                 if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
                     t.add_(1.0)
-        # RoPE tables (as transformers computes them: fp32 inverse frequencies and angles)
-        inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=dev).float() / D))
-        ang = torch.outer(torch.arange(s.n_ctx, device=dev).float(), inv_freq)
-        emb = torch.cat((ang, ang), dim=-1)                                          # [n_ctx, D]
-        self.cos = emb.cos().to(dtype)
-        sin = emb.sin()
-        self.sin_signed = torch.cat((-sin[:, :D // 2], sin[:, D // 2:]), dim=-1).to(dtype)
-        cache = (s.n_layer, KV, s.n_ctx, D)
-        self.k_cache = torch.zeros(cache, dtype=dtype, device=dev)
-        self.v_cache = torch.zeros(cache, dtype=dtype, device=dev)
-        self.tok_t = torch.zeros(1, dtype=torch.long, device=dev)
-        self.pos_t = torch.zeros(1, dtype=torch.long, device=dev)
-        self._slots = torch.arange(s.n_ctx, device=dev)
-        self._neg_inf = torch.full((), float("-inf"), dtype=dtype, device=dev)
-        self._zero = torch.zeros((), dtype=dtype, device=dev)
-        self.graph: Any = None
-        self.logits: torch.Tensor | None = None
+        init_decode_state(self, shape, KV, dtype, dev)
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """Views of the weights under ``LlamaForCausalLM``'s parameter names (shared storage)."""
@@ -589,12 +597,8 @@ def summary_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu_baseline_llama",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=None,
-                    help=f"shapes to measure (default {' '.join(DEFAULT_MODELS)}; dry run: "
-                         f"{' '.join(DRY_RUN_MODELS)}); known: {', '.join(SHAPES)}")
+def add_measure_args(ap: argparse.ArgumentParser, dry_run_help: str) -> None:
+    """The measurement options this module and the tensor-parallel one share."""
     ap.add_argument("-o", "--output", required=True, help="output JSON")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--power-seconds", type=float, default=3.0)
@@ -603,8 +607,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-seconds", type=float, default=0.1)
     ap.add_argument("--dtype", choices=("float16", "bfloat16"), default=None,
                     help="weights and KV cache on the GPU (default float16; the dry run uses float32)")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="same code path on the CPU for tiny configs (fp32, perf_counter, no power)")
+    ap.add_argument("--dry-run", action="store_true", help=dry_run_help)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m workloads.gpu_baseline_llama",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=None,
+                    help=f"shapes to measure (default {' '.join(DEFAULT_MODELS)}; dry run: "
+                         f"{' '.join(DRY_RUN_MODELS)}); known: {', '.join(SHAPES)}")
+    add_measure_args(ap, "same code path on the CPU for tiny configs (fp32, perf_counter, no "
+                         "power)")
     args = ap.parse_args(argv)
     if args.dry_run:
         models, device, val = list(args.models or DRY_RUN_MODELS), "cpu", DRY_RUN_MODELS

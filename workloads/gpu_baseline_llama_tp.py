@@ -92,7 +92,9 @@ from workloads.gpu_baseline_llama import (
     SHAPES,
     LlamaShape,
     LlamaStaticDecoder,
+    add_measure_args,
     get_shape,
+    init_decode_state,
 )
 
 DEFAULT_MODELS = ("llama2-70b", "llama2-13b", "llama2-7b")
@@ -353,23 +355,7 @@ class LlamaTPDecoder(CudaGraphStep):
                 wd = full(pre + "mlp.down_proj.weight", d, f)
                 self.wdown.append(wd[:, f0:f1].contiguous())
                 del wd
-        # RoPE tables, as LlamaStaticDecoder computes them
-        inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=dev).float() / D))
-        ang = torch.outer(torch.arange(s.n_ctx, device=dev).float(), inv_freq)
-        emb = torch.cat((ang, ang), dim=-1)
-        self.cos = emb.cos().to(dtype)
-        sin = emb.sin()
-        self.sin_signed = torch.cat((-sin[:, :D // 2], sin[:, D // 2:]), dim=-1).to(dtype)
-        cache = (s.n_layer, p.n_kv, s.n_ctx, D)
-        self.k_cache = torch.zeros(cache, dtype=dtype, device=dev)
-        self.v_cache = torch.zeros(cache, dtype=dtype, device=dev)
-        self.tok_t = torch.zeros(1, dtype=torch.long, device=dev)
-        self.pos_t = torch.zeros(1, dtype=torch.long, device=dev)
-        self._slots = torch.arange(s.n_ctx, device=dev)
-        self._neg_inf = torch.full((), float("-inf"), dtype=dtype, device=dev)
-        self._zero = torch.zeros((), dtype=dtype, device=dev)
-        self.graph: Any = None
-        self.logits: torch.Tensor | None = None
+        init_decode_state(self, s, p.n_kv, dtype, dev)  # as LlamaStaticDecoder
 
     @property
     def weight_bytes(self) -> int:
@@ -416,24 +402,12 @@ class LlamaTPDecoder(CudaGraphStep):
             h.add_(comm.all_reduce_(F.linear(F.silu(gu[:, :f]) * gu[:, f:], self.wdown[li])))
         return comm.all_gather_last(F.linear(self._rms(h, self.norm), self.lm_head))  # [1, vocab]
 
-    def capture(self, warmup: int = 3) -> None:
-        """Record :meth:`step` (collectives included) as one CUDA graph. Warm-up on a side stream
-        first (NCCL communicators up before capture); ``thread_local`` capture mode, so the
-        process group's watchdog thread may query its events while this thread captures."""
-        if self.device.type != "cuda":
-            raise RuntimeError("CUDA graph capture needs a CUDA device")
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                self.step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.logits = self.step()
-        torch.cuda.synchronize(self.device)
-        self.graph = graph
+    def capture(self, warmup: int = 3, capture_error_mode: str = "thread_local") -> None:
+        """Record :meth:`step` (collectives included) as one CUDA graph: the single-GPU capture
+        (warm-up on a side stream first, so the NCCL communicators are up before capture) in
+        ``thread_local`` mode, so the process group's watchdog thread may query its events
+        while this thread captures."""
+        super().capture(warmup, capture_error_mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1146,16 +1120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"shapes, comma or space separated (default {','.join(DEFAULT_MODELS)}; "
                          f"dry run: {','.join(DRY_RUN_MODELS)}); known: {', '.join(SHAPES)}")
     ap.add_argument("--tp", type=int, default=2, help="tensor-parallel size: GPUs (processes)")
-    ap.add_argument("-o", "--output", required=True, help="output JSON")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--power-seconds", type=float, default=3.0)
-    ap.add_argument("--idle-seconds", type=float, default=2.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-seconds", type=float, default=0.1)
-    ap.add_argument("--dtype", choices=("float16", "bfloat16"), default=None,
-                    help="weights and KV cache on the GPU (default float16; the dry run uses float32)")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="same code path on the CPU: gloo, tiny configs, fp32, no power")
+    add_measure_args(ap, "same code path on the CPU: gloo, tiny configs, fp32, no power")
     args = ap.parse_args(argv)
     if args.tp < 1:
         ap.error(f"--tp must be >= 1, got {args.tp}")

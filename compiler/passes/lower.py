@@ -34,7 +34,8 @@ import numpy as np
 from compiler.ir import Graph, Node
 from compiler.passes import partition
 from compiler.passes.interpret import _OPS as _EVAL
-from compiler.passes.mapping import CapacityError, MappingError, buffer_limits, geometry
+from compiler.passes.mapping import (CapacityError, MappingError, buffer_limits, geometry,
+                                     mapping_header)
 from compiler.passes.shape_inference import _terms
 from pimsim.asic_ops import OPS as ASIC_OPS
 from pimsim.config import HwConfig
@@ -253,15 +254,7 @@ class GraphMapping:
         order of each matrix-vector product's commands. Layers of the same structure are
         printed once (``for layer in a..b``, the first one's names and rows)."""
         g, s = self.geo, self.model
-        lines = [
-            f"mapping {s.name} -> {self.hw}: {g.channels} channels x {g.banks} banks x "
-            f"{g.rows} rows of {g.row_elems} elements ({g.elem_bytes} B each)",
-            f"  neuron n of a matrix: group g = n // {g.banks}, bank = n % {g.banks}, "
-            f"channel = g % {g.channels}, slot = g // {g.channels}",
-            f"  matrix-vector order {self.order!r}: global buffer {self.gb_cols} columns "
-            f"({self.gb_cols * g.col_elems} elements) per fill, {self.accumulators} "
-            f"accumulator(s) per bank",
-        ]
+        lines = mapping_header(s.name, self.hw, g, self.order, self.gb_cols, self.accumulators)
         if self.tp > 1 or self.n_stages > 1:
             lines.append(f"  device 0 of a tensor-parallel group of {self.tp}, pipeline stage "
                          f"{self.stage} of {self.n_stages} (split matrices: this device's rows "

@@ -31,6 +31,19 @@ class CapacityError(ValueError):
     """The model does not fit the configured memory."""
 
 
+def mapping_header(name: str, hw: str, g: Geometry, order: str, gb_cols: int,
+                   accumulators: int) -> list[str]:
+    """The first lines of a printed mapping: the geometry and where a neuron lives."""
+    return [
+        f"mapping {name} -> {hw}: {g.channels} channels x {g.banks} banks x "
+        f"{g.rows} rows of {g.row_elems} elements ({g.elem_bytes} B each)",
+        f"  neuron n of a matrix: group g = n // {g.banks}, bank = n % {g.banks}, "
+        f"channel = g % {g.channels}, slot = g // {g.channels}",
+        f"  matrix-vector order {order!r}: global buffer {gb_cols} columns "
+        f"({gb_cols * g.col_elems} elements) per fill, {accumulators} accumulator(s) per bank",
+    ]
+
+
 class MappingError(ValueError):
     """The model cannot be mapped onto this hardware (shape constraints)."""
 
@@ -246,15 +259,7 @@ class Mapping:
     # ------------------------------------------------------------------ printing
     def pretty(self) -> str:
         g, s = self.geo, self.spec
-        lines = [
-            f"mapping {s.name} -> {self.hw}: {g.channels} channels x {g.banks} banks x "
-            f"{g.rows} rows of {g.row_elems} elements ({g.elem_bytes} B each)",
-            f"  neuron n of a matrix: group g = n // {g.banks}, bank = n % {g.banks}, "
-            f"channel = g % {g.channels}, slot = g // {g.channels}",
-            f"  matrix-vector order {self.order!r}: global buffer {self.gb_cols} columns "
-            f"({self.gb_cols * g.col_elems} elements) per fill, {self.accumulators} "
-            f"accumulator(s) per bank",
-        ]
+        lines = mapping_header(s.name, self.hw, g, self.order, self.gb_cols, self.accumulators)
 
         def mat(m: MatrixLayout, indent: str) -> list[str]:
             cols = [m.chunk(k)[1] for k in range(m.n_chunks)]
