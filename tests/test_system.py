@@ -378,3 +378,15 @@ def test_timeline_of_a_system_shows_the_collectives(tmp_path, gqa):
     coll = [e for e in tr["traceEvents"] if e.get("cat") == "collective"]
     n_comm = sum(1 for s in c.program.steps if s.kind == "comm")
     assert len(coll) == n_comm and all(e["dur"] > 0 for e in coll)
+
+
+@pytest.mark.parametrize("tp,pp,schedule", [(2, 1, "serial"), (2, 2, "overlap")])
+def test_command_by_command_executor_agrees_on_a_system(gqa, tp, pp, schedule):
+    """The SimPy executor (collectives on their own fabric resource) gives the fast path's
+    cycles, counts and per-token times exactly."""
+    cfg = _cfg()
+    c = _compiled(gqa, cfg, tp=tp, pp=pp)
+    fast = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=4, schedule=schedule)
+    slow = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=4, schedule=schedule, fast=False)
+    assert slow.cycles == fast.cycles and slow.per_token_ms == fast.per_token_ms
+    assert slow.commands == fast.commands and slow.breakdown == fast.breakdown
