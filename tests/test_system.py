@@ -308,6 +308,12 @@ def test_system_sweep_on_a_dask_local_cluster_writes_the_store(tmp_path):
     # the pipeline's two sequences in flight: its throughput is above its single-token rate
     pp_rows = ok[[json.loads(h)["system"]["pp"] == 2 for h in ok.hw_json]]
     assert (pp_rows.tokens_per_s > 1000.0 / pp_rows.ms_per_token).all()
+    # points that left tp / pp to the rule show what they resolved to, and the plots draw
+    assert ok.tp.notna().all() and ok.pp.notna().all()
+    assert sorted(zip(ok.devices, ok.tp, ok.pp)) == [(1, 1, 1), (1, 1, 1), (2, 2, 1), (2, 2, 1),
+                                                     (4, 2, 2), (4, 2, 2)]
+    pngs = S.plot(res, tmp_path / "plots")
+    assert {p.name for p in pngs} >= {"vs_devices.png", "vs_prompt.png"}
 
 
 # ---------------------------------------------------------------- long contexts

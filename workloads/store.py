@@ -317,6 +317,9 @@ def rows_for_keys(db: str | Path, members: list[tuple[int, str, dict]]):
     return _frame(rows)
 
 
+SYSTEM_AXES = ("devices", "tp", "pp")  # sweep axes of pimsim.system, filled from hw_json
+
+
 def _frame(rows: list[dict]):
     import pandas as pd
 
@@ -340,6 +343,13 @@ def _frame(rows: list[dict]):
                 rec[prefix + k] = v
         rec["hw_json"] = r.get("hw_json")
         recs.append(rec)
+    for rec in recs:  # a point that left a system axis to its rule: the value it resolved to
+        for c in SYSTEM_AXES:
+            if c in param_cols and c not in rec and rec.get("hw_json"):
+                try:
+                    rec[c] = json.loads(rec["hw_json"]).get("system", {}).get(c)
+                except (ValueError, AttributeError):
+                    pass
     df = pd.DataFrame.from_records(recs)
     for c in ("prompt", "tokens", "cycles"):
         if c in df and c not in param_cols:

@@ -1038,6 +1038,8 @@ def plot(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list
         groups = list(ok.groupby(_labels(ok, others))) if others else [("", ok)]
         for gname, g in groups:
             g = g[g[p].notna()]
+            if g.empty:  # points that do not set this parameter
+                continue
             g = g.sort_values(p) if numeric else g.iloc[
                 sorted(range(len(g)), key=lambda i: pos[str(g[p].iloc[i])])]
             x = g[p].tolist() if numeric else [pos[str(v)] for v in g[p]]
