@@ -32,14 +32,13 @@ from pimsim.generate import TokenEnergy, _energy_summary, _StepCost, run_generat
     token_breakdown
 from pimsim.isa import PER_OP_KEYS, Program
 from pimsim.report import BREAKDOWN_KEYS, RunReport
-from pimsim.system import TOKEN_BYTES, collective
+from pimsim.system import TOKEN_BYTES, CommCost, collective
 
 
-def stage_send_cyc(cfg: HwConfig, prog: Program) -> int:
-    """Cycles for a stage's activations to reach the next stage (every device of the group
-    sends to its partner over its own port, in parallel)."""
-    return collective(cfg.system.interconnect, "send", 2,
-                      prog.send_elems * prog.geo.elem_bytes).cycles(cfg.tCK_ps)
+def stage_send(cfg: HwConfig, prog: Program) -> CommCost:
+    """A stage's activations to the next stage (every device of the group sends to its
+    partner over its own port, in parallel): the time of one such send, its wire bits."""
+    return collective(cfg.system.interconnect, "send", 2, prog.send_elems * prog.geo.elem_bytes)
 
 
 def token_return_cyc(cfg: HwConfig) -> int:
@@ -95,14 +94,13 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     t_wall = time.perf_counter()
     sims = [DecodeSimulator(p, cfg, schedule=schedule, fast=fast) for p in programs]
     costs = [_StepCost(s) for s in sims]
-    send = [stage_send_cyc(cfg, p) for p in programs[:-1]]
+    sends = [stage_send(cfg, p) for p in programs[:-1]]
+    send = [c.cycles(cfg.tCK_ps) for c in sends]
     back = token_return_cyc(cfg)
     with_energy = cfg.energy is not None
     meters = [TokenEnergy(s) for s in sims] if with_energy else []
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
-    ic = cfg.system.interconnect
-    send_pj = sum(collective(ic, "send", 2, p.send_elems * p.geo.elem_bytes).wire_bits
-                  for p in programs[:-1]) * tp * ic.pj_per_bit
+    send_pj = sum(c.wire_bits for c in sends) * tp * cfg.system.interconnect.pj_per_bit
     n_total = max(len(prompt) + n_tokens - 1, len(prompt))
     first = len(prompt) - 1 if skip_prompt else 0
     tok = int(prompt[0])

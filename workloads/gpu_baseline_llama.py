@@ -211,6 +211,29 @@ def init_decode_state(dec: CudaGraphStep, s: LlamaShape, n_kv: int, dtype: torch
     dec.logits = None
 
 
+def attention_ctx(dec: CudaGraphStep, li: int, x: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, mask: torch.Tensor, H: int, KV: int) -> torch.Tensor:
+    """Layer ``li``'s attention of a decoder step (this module's and the tensor-parallel one's,
+    on its ``H`` query and ``KV`` KV heads): one q/k/v projection, RoPE on q and k together as
+    ``x cos + roll(x, d_head/2) sin'``, the new K/V written at ``pos_t``, softmax in fp32 over
+    all slots (``mask`` hides those past ``pos_t``); returns the context ``[1, H d_head]``."""
+    D = dec.cos.shape[-1]
+    G = H // KV
+    qkv = F.linear(x, dec.wqkv[li])                                              # [1, (H+2KV)D]
+    qk = qkv[0, :(H + KV) * D].view(H + KV, D)
+    qk = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin)                        # RoPE on q and k
+    k = qk[H:].view(KV, 1, D)
+    v = qkv[0, (H + KV) * D:].view(KV, 1, D)
+    kc, vc = dec.k_cache[li], dec.v_cache[li]                                     # [KV, n_ctx, D]
+    kc.index_copy_(1, dec.pos_t, k)
+    vc.index_copy_(1, dec.pos_t, v)
+    # query head h uses KV head h // G (transformers' repeat_kv order)
+    scores = torch.baddbmm(mask, qk[:H].view(KV, G, D), kc.transpose(1, 2),
+                           alpha=1.0 / math.sqrt(D))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dec.dtype)      # [KV, G, n_ctx]
+    return torch.bmm(probs, vc).view(1, H * D)
+
+
 class LlamaStaticDecoder(CudaGraphStep):
     """Batch-1 Llama decode with a static KV cache, capturable as one CUDA graph.
 
@@ -289,27 +312,14 @@ class LlamaStaticDecoder(CudaGraphStep):
         (``addmm_``), softmax in fp32.
         """
         s = self.shape
-        H, KV, D, f = s.n_head, s.n_kv_head, s.d_head, s.d_ff
-        G = H // KV
-        scale = 1.0 / math.sqrt(D)
+        H, KV, f = s.n_head, s.n_kv_head, s.d_ff
         h = F.embedding(self.tok_t, self.embed)                                       # [1, d]
         cos = self.cos.index_select(0, self.pos_t)                                    # [1, D]
         sin = self.sin_signed.index_select(0, self.pos_t)
         mask = torch.where(self._slots <= self.pos_t, self._zero, self._neg_inf).view(1, 1, s.n_ctx)
         for li in range(s.n_layer):
             x = self._rms(h, self.ln1[li])
-            qkv = F.linear(x, self.wqkv[li])                                          # [1, (H+2KV)D]
-            qk = qkv[0, :(H + KV) * D].view(H + KV, D)
-            qk = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin)                    # RoPE on q and k
-            k = qk[H:].view(KV, 1, D)
-            v = qkv[0, (H + KV) * D:].view(KV, 1, D)
-            kc, vc = self.k_cache[li], self.v_cache[li]                               # [KV, n_ctx, D]
-            kc.index_copy_(1, self.pos_t, k)
-            vc.index_copy_(1, self.pos_t, v)
-            # query head h uses KV head h // G (transformers' repeat_kv order)
-            scores = torch.baddbmm(mask, qk[:H].view(KV, G, D), kc.transpose(1, 2), alpha=scale)
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)  # [KV, G, n_ctx]
-            ctx = torch.bmm(probs, vc).view(1, H * D)                                 # [1, H D]
+            ctx = attention_ctx(self, li, x, cos, sin, mask, H, KV)                   # [1, H D]
             h.addmm_(ctx, self.wo[li].t())                                            # h += ctx Wo^T
             x = self._rms(h, self.ln2[li])
             gu = F.linear(x, self.wgu[li])                                            # [1, 2 d_ff]

@@ -93,6 +93,7 @@ from workloads.gpu_baseline_llama import (
     LlamaShape,
     LlamaStaticDecoder,
     add_measure_args,
+    attention_ctx,
     get_shape,
     init_decode_state,
 )
@@ -376,26 +377,14 @@ class LlamaTPDecoder(CudaGraphStep):
     def step(self) -> torch.Tensor:
         """One decode step on ``tok_t``/``pos_t``; full logits ``[1, vocab]`` on every rank."""
         s, p, comm = self.shape, self.plan, self.comm
-        H, KV, D, f = p.n_q, p.n_kv, s.d_head, p.n_ff
-        G = H // KV
-        scale = 1.0 / math.sqrt(D)
+        H, KV, f = p.n_q, p.n_kv, p.n_ff
         h = F.embedding(self.tok_t, self.embed)                                       # [1, d]
         cos = self.cos.index_select(0, self.pos_t)
         sin = self.sin_signed.index_select(0, self.pos_t)
         mask = torch.where(self._slots <= self.pos_t, self._zero, self._neg_inf).view(1, 1, s.n_ctx)
         for li in range(s.n_layer):
             x = self._rms(h, self.ln1[li])
-            qkv = F.linear(x, self.wqkv[li])                                          # [1, (H+2KV)D]
-            qk = qkv[0, :(H + KV) * D].view(H + KV, D)
-            qk = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin)
-            k = qk[H:].view(KV, 1, D)
-            v = qkv[0, (H + KV) * D:].view(KV, 1, D)
-            kc, vc = self.k_cache[li], self.v_cache[li]
-            kc.index_copy_(1, self.pos_t, k)
-            vc.index_copy_(1, self.pos_t, v)
-            scores = torch.baddbmm(mask, qk[:H].view(KV, G, D), kc.transpose(1, 2), alpha=scale)
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
-            ctx = torch.bmm(probs, vc).view(1, H * D)
+            ctx = attention_ctx(self, li, x, cos, sin, mask, H, KV)
             h.add_(comm.all_reduce_(F.linear(ctx, self.wo[li])))                      # sum of partials
             x = self._rms(h, self.ln2[li])
             gu = F.linear(x, self.wgu[li])                                            # [1, 2 d_ff/N]

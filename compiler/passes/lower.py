@@ -205,28 +205,13 @@ class GraphMapping:
         the items of every matrix-vector product keep within the global buffer and the
         accumulators (the loop nest ``pretty()`` prints, replayed). Raises ``MappingError``
         naming the first problem."""
-        from compiler.passes.mapping import check_matvec_items
+        from compiler.passes.mapping import check_matrix_layouts
 
         g = self.geo
         if max(self.rows_used) > g.rows:
             raise MappingError(f"{max(self.rows_used)} rows used, the banks have {g.rows}")
-        for m in self.matrices.values():
-            chunks = [m.chunk(k) for k in range(m.n_chunks)]
-            if sum(ln for _, ln in chunks) != m.in_dim or any(ln > g.row_elems for _, ln in chunks):
-                raise MappingError(f"{m.name}: input chunks do not tile the input dimension "
-                                   f"{m.in_dim} in rows of {g.row_elems}")
-            per = sum(m.slots(c) for c in range(g.channels)) * g.banks
-            if per < m.out_dim or per - m.out_dim >= g.banks * g.channels:
-                raise MappingError(f"{m.name}: {per} neuron places for {m.out_dim} neurons")
-        shapes = set()  # the items' structure depends on a matrix's shape, not on its rows
-        for m in self.matvec_matrices():
-            plain = dataclasses.replace(m, name="matrix", role="", base_row=(0,) * g.channels)
-            if plain not in shapes:
-                shapes.add(plain)
-                try:
-                    check_matvec_items(plain, self.gb_cols or plain.gb_cols, self.accumulators)
-                except MappingError as e:
-                    raise MappingError(f"{m.name}: {e}") from None
+        check_matrix_layouts(self.matrices.values(), self.matvec_matrices(), g, self.gb_cols,
+                             self.accumulators)
         keys = np.sort(self.owned_rows())
         dup = np.flatnonzero(keys[1:] == keys[:-1])
         if len(dup):
@@ -1057,7 +1042,6 @@ class _Lowering:
         g = self.g
         split = [i for i in n.inputs if i in owner]
         out_shape = self.shape0(n.outputs[0])
-        spec = ASIC_OPS.get(n.op)
         try:
             if self._moves(n):  # data movement: move the owners
                 if any(i not in owner and not g.is_const(i) for i in n.inputs):

@@ -44,6 +44,32 @@ def mapping_header(name: str, hw: str, g: Geometry, order: str, gb_cols: int,
     ]
 
 
+def check_matrix_layouts(placed, products, g: Geometry, gb_cols: int | None,
+                         accumulators: int) -> None:
+    """Every placed matrix's input chunks tile its input in rows and its neuron places match
+    its outputs; the items of every product (``products``) keep within the global buffer
+    (``gb_cols`` columns, None: the layout's own) and the accumulators, replayed once per
+    distinct shape (the items' structure depends on a matrix's shape, not on its rows).
+    Raises ``MappingError`` naming the matrix."""
+    for m in placed:
+        chunks = [m.chunk(k) for k in range(m.n_chunks)]
+        if sum(ln for _, ln in chunks) != m.in_dim or any(ln > g.row_elems for _, ln in chunks):
+            raise MappingError(f"{m.name}: input chunks do not tile the input dimension "
+                               f"{m.in_dim} in rows of {g.row_elems}")
+        per = sum(m.slots(c) for c in range(g.channels)) * g.banks
+        if per < m.out_dim or per - m.out_dim >= g.banks * g.channels:
+            raise MappingError(f"{m.name}: {per} neuron places for {m.out_dim} neurons")
+    shapes = set()
+    for m in products:
+        plain = dataclasses.replace(m, name="matrix", role="", base_row=(0,) * g.channels)
+        if plain not in shapes:
+            shapes.add(plain)
+            try:
+                check_matvec_items(plain, gb_cols or plain.gb_cols, accumulators)
+            except MappingError as e:
+                raise MappingError(f"{m.name}: {e}") from None
+
+
 class MappingError(ValueError):
     """The model cannot be mapped onto this hardware (shape constraints)."""
 
@@ -217,23 +243,8 @@ class Mapping:
 
         Raises ``MappingError`` naming the first problem."""
         g, spec = self.geo, self.spec
-        for m in list(self.matrices.values()) + [self.wpe]:
-            chunks = [m.chunk(k) for k in range(m.n_chunks)]
-            if sum(ln for _, ln in chunks) != m.in_dim or any(ln > g.row_elems for _, ln in chunks):
-                raise MappingError(f"{m.name}: input chunks do not tile the input dimension "
-                                   f"{m.in_dim} in rows of {g.row_elems}")
-            per_ch = sum(m.slots(c) for c in range(g.channels)) * g.banks
-            if per_ch < m.out_dim or per_ch - m.out_dim >= g.banks * g.channels:
-                raise MappingError(f"{m.name}: {per_ch} neuron places for {m.out_dim} neurons")
-        shapes = set()  # the items' structure depends on a matrix's shape, not on its rows
-        for m in self.matrices.values():
-            plain = dataclasses.replace(m, name="matrix", role="", base_row=(0,) * g.channels)
-            if plain not in shapes:
-                shapes.add(plain)
-                try:
-                    check_matvec_items(plain, self.gb_cols, self.accumulators)
-                except MappingError as e:
-                    raise MappingError(f"{m.name}: {e}") from None
+        check_matrix_layouts(list(self.matrices.values()) + [self.wpe], self.matrices.values(),
+                             g, self.gb_cols, self.accumulators)
         keys = self.owned_rows()
         uniq, counts = np.unique(keys, return_counts=True)
         if (counts > 1).any():
