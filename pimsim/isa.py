@@ -179,6 +179,16 @@ class MatrixLayout:
         functional model's definition of the order's numerics)."""
         return self.strategy.read_segments(self)
 
+    def row_keys(self) -> np.ndarray:
+        """``(channel * banks + bank) * rows + row`` of every row its neurons occupy, chunk by
+        chunk (a mapping check's overlap test)."""
+        g = self.geo
+        ch, bank, slot = self.locate(np.arange(self.out_dim))
+        base = np.asarray(self.base_row)[ch]
+        n_slots = np.array([self.slots(c) for c in range(g.channels)])[ch]
+        cell = (ch * g.banks + bank) * g.rows
+        return np.concatenate([cell + base + k * n_slots + slot for k in range(self.n_chunks)])
+
     def neuron(self, ch: int, slot: int, bank: np.ndarray | int) -> np.ndarray | int:
         return (slot * self.geo.channels + ch) * self.geo.banks + bank
 

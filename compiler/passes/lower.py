@@ -179,21 +179,10 @@ class GraphMapping:
             for c in range(g.channels):
                 add(c, b[:, None], rows[None, :])
 
-        for m in self.matrices.values():
-            n = np.arange(m.out_dim)
-            ch, bank, slot = m.locate(n)
-            base = np.asarray(m.base_row)[ch]
-            n_slots = np.array([m.slots(c) for c in range(g.channels)])[ch]
-            for k in range(m.n_chunks):
-                add(ch, bank, base + k * n_slots + slot)
+        keys += [m.row_keys() for m in self.matrices.values()]
         for kl, vl in zip(self.k_cache, self.v_cache):
             block(kl.base_row + np.arange(kl.rows_reserved))
-            vm = vl.matrix
-            n = np.arange(vm.out_dim)
-            ch, bank, slot = vm.locate(n)
-            n_slots = np.array([vm.slots(c) for c in range(g.channels)])[ch]
-            for k in range(vm.n_chunks):
-                add(ch, bank, vl.base_row + k * n_slots + slot)
+            keys.append(vl.matrix.row_keys())
             extra = (self.n_stages - 1) * (kl.rows_reserved + vl.rows_reserved)
             if extra:
                 block(vl.base_row + vl.rows_reserved + np.arange(extra))

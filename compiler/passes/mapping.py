@@ -214,25 +214,13 @@ class Mapping:
         def add(ch, bank, row):
             keys.append((np.asarray(ch) * g.banks + np.asarray(bank)) * g.rows + np.asarray(row))
 
-        for m in list(self.matrices.values()) + [self.wpe]:
-            n = np.arange(m.out_dim)
-            ch, bank, slot = m.locate(n)
-            base = np.asarray(m.base_row)[ch]
-            n_slots = np.array([m.slots(c) for c in range(g.channels)])[ch]
-            for k in range(m.n_chunks):
-                add(ch, bank, base + k * n_slots + slot)
+        keys += [m.row_keys() for m in list(self.matrices.values()) + [self.wpe]]
         b = np.arange(g.banks)
         for kl in self.k_cache:
             rows = kl.base_row + np.arange(kl.rows_reserved)
             for c in range(g.channels):
                 add(c, b[:, None], rows[None, :])
-        for vl in self.v_cache:
-            vm = vl.matrix
-            n = np.arange(vm.out_dim)
-            ch, bank, slot = vm.locate(n)
-            n_slots = np.array([vm.slots(c) for c in range(g.channels)])[ch]
-            for k in range(vm.n_chunks):
-                add(ch, bank, vl.base_row + k * n_slots + slot)
+        keys += [vl.matrix.row_keys() for vl in self.v_cache]
         vrows = self.vectors.base_row + np.arange(self.vectors.rows_reserved)
         for c in range(g.channels):
             add(c, b[:, None], vrows[None, :])
