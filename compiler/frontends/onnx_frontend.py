@@ -45,9 +45,11 @@ def import_onnx(model_or_path: Any, *, weights: bool = True, base_dir: str | Non
     else:
         raise TypeError(f"import_onnx takes an onnx.ModelProto or a path, got {type(model_or_path)!r}")
     from compiler.frontends.onnx_optimum import rewrite_hf_decode
+    from compiler.frontends.onnx_shapes import annotate_shapes
 
     # the Hugging Face / optimum layout -> pimsim's (a file read here is rewritten in place)
     proto = rewrite_hf_decode(proto, inplace=isinstance(model_or_path, (str, os.PathLike)))
+    annotate_shapes(proto)  # a file without shape annotations gets onnx's inferred ones
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=17)
     from compiler.frontends.onnx_rewrites import move_scalar_scale_off_matmul_rhs
 

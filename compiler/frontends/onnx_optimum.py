@@ -80,7 +80,7 @@ def rewrite_hf_decode(proto: Any, inplace: bool = False) -> Any:
     if not inplace:
         out = onnx.ModelProto()
         out.CopyFrom(proto)
-    _Rewrite(out.graph, list(out.opset_import)).run()
+    _Rewrite(out.graph, list(out.opset_import), out).run()
     return out
 
 
@@ -117,8 +117,9 @@ def _set_dims(vi: Any, dims: list) -> None:
 
 
 class _Rewrite:
-    def __init__(self, g: Any, opsets: list) -> None:
+    def __init__(self, g: Any, opsets: list, proto: Any) -> None:
         self.g = g
+        self.proto = proto
         self.opsets = [o for o in opsets if o.domain in ("", "ai.onnx")]
         self.new_nodes: list = []
         self.tail_nodes: list = []  # Identity nodes for a renamed graph output
@@ -127,7 +128,10 @@ class _Rewrite:
 
     # ------------------------------------------------------------------ driver
     def run(self) -> None:
+        from compiler.frontends.onnx_shapes import annotate_shapes
+
         self.check_inputs()
+        annotate_shapes(self.proto)  # an unannotated file, with batch and new tokens bound to 1
         self.stack_past()
         self.position()
         self.fold_mask()

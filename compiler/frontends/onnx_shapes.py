@@ -5,9 +5,15 @@ writes ``Shape -> Slice -> Concat -> Reshape`` for a reshape whose sizes depend 
 length). Here ``Shape(x)`` becomes a vector of dimensions taken from the file's shape
 annotations (``value_info``), each an int or a symbolic dimension of the IR (``past_len+1``);
 ``Slice``, ``Concat``, ``Gather``, ``Unsqueeze``, ``Squeeze``, ``Cast``, ``Add``, ``Sub`` and
-``Mul`` on such vectors are evaluated right away. A vector whose entries all became ints is a
+``Mul``, ``Div``, ``Reshape``, ``ConstantOfShape``, ``Equal`` and ``Where`` on such vectors (TorchScript's
+``expand`` writes ``Where(Equal(shape, -1), 1, shape)``) are evaluated right away. A vector whose entries all became ints is a
 plain int64 constant; one with symbols is read by ``Reshape`` / ``Expand`` as a shape with
 symbolic entries, which the shape inference and the lowering bind to the decode position.
+
+A file without those annotations (optimum's TorchScript export writes none) is first given them by
+:func:`annotate_shapes`: onnx's own shape inference with data propagation, which carries the
+inputs' symbolic dimensions (``past_sequence_length + sequence_length``) through the graph; a
+dimension it could not express (its ``unk__N``) stays unknown.
 """
 
 from __future__ import annotations
@@ -20,7 +26,33 @@ from compiler.frontends.common import UnsupportedOpError
 from compiler.passes.shape_inference import _format, _terms
 
 FOLDABLE = ("Shape", "Slice", "Concat", "Gather", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub",
-            "Mul")
+            "Mul", "Div", "Reshape", "ConstantOfShape", "Equal", "Where")
+
+
+_INT_TYPES = (2, 3, 4, 5, 6, 7, 12, 13)  # ONNX's integer element types (a Cast that stays exact)
+
+
+def annotate_shapes(proto: Any) -> None:
+    """Add onnx's inferred shapes (``value_info``) for the values of ``proto`` the file leaves
+    unannotated, in place; the file's own annotations are kept as they are."""
+    import onnx
+
+    g = proto.graph
+    known = {vi.name for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    known |= {t.name for t in g.initializer}
+    if all(o in known for n in g.node for o in n.output if o):
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # noqa: BLE001 - an uninferable file keeps what it had
+        return
+    for vi in inferred.graph.value_info:
+        if vi.name in known:
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param.startswith("unk__"):
+                d.ClearField("dim_param")  # onnx's placeholder for "not inferable": unknown
+        g.value_info.add().CopyFrom(vi)
 
 
 def _dim(d: Any) -> Any:
@@ -33,8 +65,17 @@ def _dim(d: Any) -> Any:
 
 def _arith(op: str, a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int):
+        if op == "Div":
+            if b == 0:
+                raise ValueError(f"division of a dimension {a} by 0")
+            q = abs(a) // abs(b)  # ONNX integer Div truncates toward zero
+            return q if (a >= 0) == (b > 0) else -q
         return {"Add": a + b, "Sub": a - b, "Mul": a * b}[op]
     (sa, ca), (sb, cb) = _terms(a), _terms(b)
+    if op == "Div":
+        if sb or cb == 0 or ca % cb or any(v % cb for v in sa.values()):
+            raise ValueError(f"a symbolic dimension {a!r} / {b!r} that is not exact")
+        return _format({s: v // cb for s, v in sa.items()}, ca // cb)
     if op == "Mul":
         if sa and sb:
             raise ValueError(f"product of symbolic dimensions {a!r} * {b!r}")
@@ -47,6 +88,39 @@ def _arith(op: str, a: Any, b: Any) -> Any:
     for s, v in sb.items():
         syms[s] = syms.get(s, 0) + sign * v
     return _format(syms, ca + sign * cb)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b`` for dimensions: decided when both are ints, both the same sum of symbols, or a
+    symbol against a negative int (a dimension never is)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    (sa, ca), (sb, cb) = _terms(a), _terms(b)
+    if sa == sb:
+        return ca == cb
+    if not sa or not sb:
+        n = ca if not sa else cb
+        if n < 0:
+            return False
+    raise ValueError(f"whether {a!r} equals {b!r} depends on the past length")
+
+
+def _constant_of_shape(im: Any, node: Any, a: dict) -> bool:
+    """``ConstantOfShape`` of a folded shape of ints: a constant tensor of that shape."""
+    from onnx import numpy_helper
+
+    shape = _vector(im, node.input[0])
+    if shape is None or not _from_shape(im, [node.input[0]]):
+        return False
+    if not all(isinstance(v, int) for v in shape.reshape(-1)):
+        return False  # a tensor of a symbolic size: left to the importer (which refuses it)
+    value = a.get("value")
+    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    out = np.full([int(v) for v in shape.reshape(-1)], fill[0], dtype=fill.dtype)
+    if out.dtype.kind in "iu":
+        im.from_shape.add(node.output[0])
+    im.b.const(node.output[0], out)
+    return True
 
 
 def _vector(im: Any, name: str) -> np.ndarray | None:
@@ -87,9 +161,14 @@ def fold_shape_node(im: Any, node: Any, a: dict) -> bool:
     ins = _inputs(node)
     if node.op_type == "Shape":
         out = _shape_of(im, node, a)
+    elif node.op_type == "ConstantOfShape":
+        return _constant_of_shape(im, node, a)
     else:
+        if node.op_type == "Reshape" and _vector(im, ins[0]) is None:
+            return False  # a tensor reshaped to a (folded) shape: the importer's Reshape
         symbolic = any(im.name(i) in im.shape_vals for i in ins)
-        int_consts = node.op_type != "Cast" and all(
+        int_cast = node.op_type != "Cast" or int(a.get("to", 0)) in _INT_TYPES
+        int_consts = int_cast and all(
             _vector(im, i) is not None for i in ins)  # exact int arithmetic on a folded shape
         if not symbolic and not (int_consts and _from_shape(im, ins)):
             return False
@@ -122,6 +201,15 @@ def fold_shape_node(im: Any, node: Any, a: dict) -> bool:
                 out = np.squeeze(x, None if axes is None else tuple(int(v) for v in axes))
             elif op == "Cast":
                 out = x
+            elif op == "Reshape":
+                out = x.reshape(_ints(vals[1]))
+            elif op == "Equal":
+                xa, xb = np.broadcast_arrays(x, vals[1])
+                out = np.array([_equal(p, q) for p, q in zip(xa.reshape(-1), xb.reshape(-1))],
+                               dtype=object).reshape(xa.shape)
+            elif op == "Where":
+                c, xa, xb = np.broadcast_arrays(x, vals[1], vals[2])
+                out = np.where(c.astype(bool), xa, xb)
             else:  # Add, Sub, Mul with numpy broadcasting
                 xa, xb = np.broadcast_arrays(x, vals[1])
                 out = np.array([_arith(op, p, q) for p, q in zip(xa.reshape(-1),
@@ -133,7 +221,9 @@ def fold_shape_node(im: Any, node: Any, a: dict) -> bool:
     name = node.output[0]
     out = np.asarray(out, dtype=object)  # np.take of a scalar index gives the bare element
     im.from_shape.add(name)
-    if all(isinstance(v, int) for v in out.reshape(-1)):
+    if node.op_type == "Equal":
+        im.b.const(name, out.astype(bool))
+    elif all(isinstance(v, int) for v in out.reshape(-1)):
         im.b.const(name, out.astype(np.int64))
     else:
         im.shape_vals[name] = out
