@@ -1,8 +1,8 @@
 """The optimum door: a decode step in the layout of optimum's text-generation-with-past
 (input_ids [1, 1], attention_mask [1, past + 1], position_ids [1, 1], per-layer
 past_key_values.N.key / .value [1, n_kv, past, d_head] -> logits, present.N.key / .value) compiles,
-runs functionally and validates. optimum itself is not installable next to transformers 5, so
-the files are made the same way with torch.onnx (dynamo); the front end rewrites the layout to
+runs functionally and validates. These files are made the same way with torch.onnx (dynamo;
+tests/test_optimum_files.py has files optimum itself wrote); the front end rewrites the layout to
 pimsim's at import (compiler.frontends.onnx_optimum): stacked past, the all-ones mask folded."""
 
 from __future__ import annotations
@@ -137,17 +137,20 @@ def test_optimum_layout_leaves_no_mask_and_stacks_the_past(files):
 
 
 @pytest.mark.slow
-def test_a_file_without_shape_annotations_is_refused_saying_so(files, tmp_path):
-    """The mask folds only where the file annotates its shapes in terms of the past length."""
+def test_a_file_without_shape_annotations_lowers_to_the_same_program(files, cfg):
+    """Without value_info the import infers the shapes (onnx's inference, then the IR's rules):
+    the same logits as from the annotated file."""
     import onnx
-
-    from compiler.frontends import import_onnx
 
     proto = onnx.load(files["llama-gqa"][1])
     del proto.graph.value_info[:]
-    with pytest.raises(UserError, match=r"cannot be folded: the shape of '\w+' is not "
-                                        r"annotated.*; export with torch.onnx.export"):
-        import_onnx(proto)
+    runs = []
+    for model in (files["llama-gqa"][1], proto):
+        c = compile_model(model, cfg, name="gqa", lowering="graph", n_ctx=64)
+        img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
+        ex = FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=True))
+        runs.append(np.stack([ex.step(t, p) for p, t in enumerate((3, 9, 27, 5))]))
+    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 @pytest.mark.slow

@@ -20,10 +20,12 @@ import numpy as np
 
 from compiler.frontends.common import UnsupportedOpError, as_const_array, f32_attr
 from compiler.frontends.onnx_shapes import fold_shape_node
+from compiler.passes.shape_inference import IncrementalShapes
 from compiler.ir import Builder, ConstMeta, Graph
 
 _ONNX_DTYPES = {1: "f32", 2: "u8", 3: "i8", 5: "i16", 6: "i32", 7: "i64", 9: "bool", 10: "f16",
                 11: "f64", 16: "bf16"}
+_FOLD_MAX = 64  # ops on constants of at most this many elements are evaluated at import
 _KEEP_WITHOUT_WEIGHTS = 16  # weights=False still materialises constants up to this many elements
 
 
@@ -66,6 +68,7 @@ class _Importer:
         self.alias: dict[str, str] = {}
         self.shape_vals: dict[str, np.ndarray] = {}  # symbolic shape vectors (onnx_shapes)
         self.from_shape: set[str] = set()  # values folded from a Shape (onnx_shapes)
+        self.shapes = IncrementalShapes(self.b)  # shapes the file does not annotate
 
     # ---- constants -----------------------------------------------------------------------
 
@@ -140,7 +143,32 @@ class _Importer:
 
     def emit(self, op: str, node: Any, inputs: list[str], n_out: int = 1, **attrs: Any) -> None:
         outs = [o for o in list(node.output)[:n_out]]
-        self.b.op(op, [self.name(i) for i in inputs], out=outs, name=node.name, **attrs)
+        ins = [self.name(i) for i in inputs]
+        if n_out == 1 and self._fold(op, ins, outs[0], attrs):
+            return
+        self.b.op(op, ins, out=outs, name=node.name, **attrs)
+
+    def _fold(self, op: str, ins: list[str], out: str, attrs: dict) -> bool:
+        """An op on small constants only (a scale computed from a folded shape:
+        ``Sqrt(Cast(d_head))``) becomes a constant, evaluated as the IR interpreter defines it."""
+        from compiler.ir import Node
+        from compiler.passes.interpret import _OPS
+
+        vals = [self.b.consts.get(i) for i in ins]
+        if not ins or op not in _OPS or not all(
+                isinstance(v, np.ndarray) and v.size <= _FOLD_MAX for v in vals):
+            return False
+        try:
+            with np.errstate(all="ignore"):
+                value = np.asarray(_OPS[op](Node(op, ins, [out], dict(attrs), out), vals, {}))
+        except (ValueError, TypeError, KeyError, IndexError):
+            return False  # e.g. a symbolic dimension in an attribute: left as an op
+        if value.size > _FOLD_MAX:
+            return False
+        if any(i in self.from_shape for i in ins) and value.dtype.kind in "iu":
+            self.from_shape.add(out)
+        self.b.const(out, value)
+        return True
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -187,11 +215,17 @@ def _unary(op: str) -> Handler:
 
 
 def _annotated_shape(im: _Importer, name: str) -> list | None:
+    """The shape of ``name``: the file's annotation, or where that is missing or has unknown
+    dimensions, what the IR's shape rules derive from the nodes imported so far."""
     for vi in list(im.g.value_info) + list(im.g.input) + list(im.g.output):
         if vi.name == name and vi.type.tensor_type.HasField("shape"):
-            return [int(d.dim_value) if d.HasField("dim_value") else d.dim_param
+            dims = [int(d.dim_value) if d.HasField("dim_value") else d.dim_param
                     for d in vi.type.tensor_type.shape.dim]
-    return None
+            if all(d not in ("", None) for d in dims):
+                return dims
+            break
+    inferred = im.shapes.shape(im.name(name))
+    return None if inferred is None else list(inferred)
 
 
 def _split(im: _Importer, node: Any, a: dict) -> None:
@@ -348,6 +382,63 @@ def _concat(im: _Importer, node: Any, a: dict) -> None:
     im.emit("concat", node, _inputs(node), axis=int(a["axis"]))
 
 
+def _gather_elements(im: _Importer, node: Any, a: dict) -> None:
+    """GatherElements whose indices are one index per position along ``axis``, broadcast over the
+    other axes (TorchScript's ``torch.gather(table, 1, pos.unsqueeze(-1).repeat(1, 1, d))`` for
+    GPT-J's rotary table): a plain ``gather`` of those indices along ``axis``. The broadcast is
+    found by walking the indices back through ``expand``, repeated ``concat`` (Tile), ``cast``
+    and ``unsqueeze`` to a tensor of size 1 on every other axis."""
+    data, idx = (im.name(x) for x in _inputs(node))
+    axis = int(a.get("axis", 0))
+    prod = {o: n for n in im.b.nodes for o in n.outputs}
+    d_shape, i_shape = im.shapes.shape(data), im.shapes.shape(idx)
+    why = "indices that are not one index per position broadcast over the other axes"
+    if d_shape is None or i_shape is None or len(d_shape) != len(i_shape):
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, why)
+    axis %= len(d_shape)
+    if any(i_shape[k] != d_shape[k] for k in range(len(d_shape)) if k != axis):
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 f"indices {list(i_shape)} smaller than the data {list(d_shape)} "
+                                 f"off the gather axis")
+    src = idx
+    while True:
+        sh = im.shapes.shape(src)
+        if sh is not None and all(d == 1 for k, d in enumerate(sh) if k != axis):
+            break
+        n = prod.get(src)
+        if n is None or not (n.op in ("expand", "cast") or
+                             (n.op == "concat" and len(set(n.inputs)) == 1)):
+            raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, why)
+        if n.op == "concat" and n.attrs["axis"] % len(i_shape) == axis:
+            raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, why)
+        src = n.inputs[0]
+    if len(sh) != len(i_shape) or sh[axis] != i_shape[axis]:
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, why)
+    flat = f"{node.output[0]}.index"
+    im.b.op("reshape", [src], out=flat, name=f"{node.name}.index", shape=[-1])
+    im.b.op("gather", [data, flat], out=node.output[0], name=node.name, axis=axis)
+
+
+def _tile(im: _Importer, node: Any, a: dict) -> None:
+    """Tile with constant repeats: the input concatenated with itself along each repeated axis
+    (GPT-J's interleaved rotary tables)."""
+    data, reps_name = _inputs(node)
+    reps = _ints(im.const_array(reps_name, node, "the repeats"))
+    cur = im.name(data)
+    todo = [(ax, r) for ax, r in enumerate(reps) if r != 1]
+    if any(r < 1 for _, r in todo):
+        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+                                 f"repeats {reps} (a repeat below 1)")
+    if not todo:
+        im.alias[node.output[0]] = cur
+        return
+    for k, (ax, r) in enumerate(todo):
+        out = node.output[0] if k == len(todo) - 1 else f"{node.output[0]}.tile{ax}"
+        im.b.op("concat", [cur] * r, out=out, name=f"{node.name}" if out == node.output[0]
+                else f"{node.name}.axis{ax}", axis=ax)
+        cur = out
+
+
 def _reshape(im: _Importer, node: Any, a: dict) -> None:
     data, shape_name = _inputs(node)
     shape = _dims(im.const_array(shape_name, node, "the target shape"))
@@ -415,6 +506,7 @@ ONNX_OPS: dict[str, Handler] = {
     "Gelu": _gelu, "Gather": _gather, "GatherND": _gather_nd, "Concat": _concat,
     "Reshape": _reshape,
     "Transpose": _transpose, "Slice": _slice, "Unsqueeze": _axes_op("unsqueeze"),
-    "Squeeze": _axes_op("squeeze"), "Expand": _expand, "Where": _binary("where"), "Cast": _cast,
+    "Squeeze": _axes_op("squeeze"), "Expand": _expand, "Where": _binary("where"), "Cast": _cast, "Tile": _tile,
+    "GatherElements": _gather_elements,
     "Constant": _constant, "Identity": _identity, "Shape": _shape,
 }

@@ -344,3 +344,39 @@ class ShapeInference:
             for o in n.outputs:
                 g.values[o] = Value(o, tuple(shape), _out_dtype(g, n))
         return g.verify()
+
+
+class IncrementalShapes:
+    """Shapes of the values a front end has built so far (``Builder``), inferred with the rules
+    above as far as the builder has got: what an importer reads where the source file does not
+    annotate a shape (``Shape`` of an unannotated tensor)."""
+
+    def __init__(self, builder: Any) -> None:
+        self.b = builder
+        self.values: dict[str, Value] = {}
+        self.done = 0  # builder nodes inferred so far
+        self.g = Graph(builder.nodes, builder.inputs, [], builder.consts, self.values)
+
+    def shape(self, name: str) -> tuple | None:
+        """The shape of ``name``, or None where a rule cannot derive it (an opaque dimension
+        ``%v.dN`` counts as unknown)."""
+        for v in self.b.inputs:
+            self.values.setdefault(v.name, v)
+        nodes = self.b.nodes
+        while self.done < len(nodes):
+            n = nodes[self.done]
+            self.done += 1
+            shapes = [self.g.shape_of(i) for i in n.inputs]
+            rule = RULES.get(n.op)
+            shape = None
+            if rule is not None and all(s is not None for s in shapes):
+                try:
+                    shape = tuple(rule(self.g, n, shapes))
+                except (ShapeError, IRError, KeyError, ValueError, TypeError, IndexError):
+                    shape = None
+            for o in n.outputs:
+                self.values[o] = Value(o, shape, _out_dtype(self.g, n) if shape else "")
+        sh = self.g.shape_of(name)
+        if sh is None or any(isinstance(d, str) and "%" in d for d in sh):
+            return None
+        return sh
