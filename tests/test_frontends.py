@@ -354,6 +354,20 @@ def test_onnx_shape_subgraph_folds_to_a_symbolic_reshape() -> None:
         np.testing.assert_array_equal(got, want)
 
 
-def test_onnx_shape_of_an_unannotated_value_says_how_to_fix_it() -> None:
-    with pytest.raises(UnsupportedOpError, match="'Shape'.*not annotated.*infer_shapes"):
-        import_onnx(_shape_reshape_model(annotate=False))
+def test_onnx_shape_of_an_unannotated_value_is_inferred() -> None:
+    """Without the value_info the shape of t is inferred at import: the same reshape."""
+    from compiler.frontends import run_passes
+    from compiler.passes.shape_inference import ShapeInference
+
+    graphs = [run_passes(import_onnx(_shape_reshape_model(annotate=a)), [ShapeInference()])
+              for a in (True, False)]
+    reshapes = [[n.attrs["shape"] for n in g.nodes if n.op == "reshape"] for g in graphs]
+    assert reshapes[0] == reshapes[1] == [[-1, "n", 2]]
+
+
+def test_onnx_shape_of_a_value_of_unknown_shape_says_how_to_fix_it() -> None:
+    proto = _shape_reshape_model(annotate=False)
+    proto.graph.input[0].type.tensor_type.ClearField("shape")  # x of unknown shape
+    with pytest.raises(UnsupportedOpError, match="'Shape'.*not annotated.*give every graph "
+                                                 "input a shape"):
+        import_onnx(proto)

@@ -125,7 +125,8 @@ class _Importer:
                     dims.append(int(d.dim_value))
                 else:
                     dims.append(d.dim_param or f"{vi.name}_d{i}")
-            self.b.input(vi.name, tuple(dims), _ONNX_DTYPES.get(tt.elem_type, "?"))
+            shape = tuple(dims) if tt.HasField("shape") else None  # no shape: unknown, not scalar
+            self.b.input(vi.name, shape, _ONNX_DTYPES.get(tt.elem_type, "?"))
         for idx, node in enumerate(self.g.node):
             if not node.name:
                 node.name = f"{node.op_type}_{idx}"

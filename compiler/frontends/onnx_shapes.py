@@ -146,7 +146,8 @@ def _shape_of(im: Any, node: Any, a: dict) -> np.ndarray:
     if dims is None or any(d in ("", None) for d in dims):
         raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
                                  f"the shape of {node.input[0]!r} is not annotated in the file "
-                                 f"(run onnx.shape_inference.infer_shapes on it first)")
+                                 f"and does not follow from the graph inputs' shapes (give "
+                                 f"every graph input a shape, static or symbolic)")
     dims = [_dim(d) for d in dims]
     lo, hi = int(a.get("start", 0)), a.get("end")
     return np.array(dims[lo:None if hi is None else int(hi)], dtype=object)

@@ -24,6 +24,8 @@ import numpy as np
 from compiler.frontends.common import UnsupportedOpError, f32_attr
 from compiler.ir import Builder, ConstMeta, Graph
 
+_PAST = "past_len"  # the cache-length symbol of a static cache read as a decode step
+
 _TORCH_DTYPES = {
     "float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "int64": "i64",
     "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "bool",
@@ -61,6 +63,8 @@ class _Importer:
         self.sym: dict[str, int | str] = {}  # fx node name of a size computation -> dim
         self.sym_names: dict[Any, str] = {}  # sympy symbol -> IR dim name
         self.tuples: dict[str, dict[int, str]] = {}  # multi-output fx node -> {index: value}
+        self.static: Any = None  # the static KV cache (torch_static_cache.StaticCache), if any
+        self.resize = False  # the node in hand reads a static cache: max_len is past_len+1
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -90,6 +94,16 @@ class _Importer:
                 out.append(self.sym[x.name])
             else:
                 out.append(self.dim(x))
+        if self.resize:  # a shape of the static cache: its rows are the past and the new one
+            from compiler.frontends.torch_static_cache import StaticCacheError
+
+            n = self.static.max_len
+            if out.count(n) > 1:
+                raise StaticCacheError(
+                    f"a shape {out} of the static cache has more than one axis of the cache "
+                    f"length {n}", f"export with a max_cache_len other than the model's head "
+                    f"count and sizes")
+            out = [f"{_PAST}+1" if d == n else d for d in out]
         return out
 
     def name(self, x: Any) -> str:
@@ -126,8 +140,11 @@ class _Importer:
         import torch
         from torch.export.graph_signature import InputKind, OutputKind
 
+        from compiler.frontends.torch_static_cache import analyse
+
         ep = self.ep
         sig = ep.graph_signature
+        self.static = sc = analyse(ep)  # a static KV cache (transformers' executorch export)
         placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
         user_inputs = []
         for spec in sig.input_specs:
@@ -135,6 +152,8 @@ class _Importer:
             if spec.kind == InputKind.USER_INPUT:
                 user_inputs.append(placeholders[ph_name])
                 continue
+            if sc is not None and ph_name in sc.buffers:
+                continue  # read as a slice of past_k / past_v (_index_copy)
             if spec.kind == InputKind.PARAMETER:
                 tensor = ep.state_dict[spec.target]
             elif spec.kind == InputKind.BUFFER:
@@ -152,14 +171,18 @@ class _Importer:
             if not isinstance(val, torch.Tensor):
                 raise ValueError(f"torch.export input {ph.name!r} is not a tensor ({type(val).__name__})")
             self.b.input(ph.name, tuple(self.dim(d) for d in val.shape), _dtype(val.dtype))
+        if sc is not None:
+            for name in ("past_k", "past_v"):
+                self.b.input(name, (sc.n_layer, sc.n_kv, _PAST, sc.d_head), "f32")
 
         for n in ep.graph.nodes:
             if n.op in ("placeholder", "output"):
                 continue
             if n.op != "call_function":
                 raise UnsupportedOpError("torch.export", n.op, n.name, ATEN_OPS)
-            if not n.users:
-                continue
+            if not n.users or (sc is not None and n.name not in sc.needed):
+                continue  # unused, or only a static cache's mask, index or bookkeeping
+            self.resize = sc is not None and n.name in sc.resized
             val = n.meta.get("val")
             if isinstance(val, (int, torch.SymInt)) and not isinstance(val, bool):
                 self.sym[n.name] = self.dim(val)  # shape arithmetic, folded
@@ -191,6 +214,8 @@ class _Importer:
         (ret,) = [n for n in ep.graph.nodes if n.op == "output"]
         for x in ret.args[0]:
             spec = out_nodes.get(x.name) if x is not None else None
+            if sc is not None and spec is not None and spec.kind == OutputKind.BUFFER_MUTATION:
+                continue  # the static cache's own writes: the PIM keeps the cache
             if spec is not None and spec.kind != OutputKind.USER_OUTPUT:
                 raise ValueError(f"torch.export output {x.name!r} of kind {spec.kind} unsupported "
                                  f"(buffer mutation?)")
@@ -496,6 +521,31 @@ def _to_copy(im: _Importer, n: Any) -> None:
         im.emit("cast", n, [im.arg(n, 0)], to=_dtype(dtype))
 
 
+def _copy_(im: _Importer, n: Any) -> None:
+    """``dst.copy_(src)``: ``src`` in ``dst``'s dtype and shape; later reads of ``dst`` see it
+    (a static cache's ``cumulative_length`` := the position)."""
+    dst, src = n.args[0], n.args[1]
+    dv, sv = dst.meta["val"], src.meta["val"]
+    x = im.name(src)
+    if sv.dtype != dv.dtype:
+        x = im.b.op("cast", [x], out=f"{n.name}.cast", name=n.name, to=_dtype(dv.dtype))
+    if tuple(sv.shape) != tuple(dv.shape):
+        x = im.b.op("expand", [x], out=f"{n.name}.expand", name=n.name,
+                    shape=im.dims(list(dv.shape)))
+    im.alias[n.name] = x
+    im.alias[dst.name] = x
+
+
+def _arange(im: _Importer, n: Any) -> None:
+    """``arange`` of static bounds: a constant (``position_ids = arange(1) + position``)."""
+    import torch
+
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in n.args):
+        raise im.unsupported(n, "arange of a symbolic length")
+    val = n.meta["val"]
+    im.b.const(n.name, np.arange(*n.args, dtype=torch.empty(0, dtype=val.dtype).numpy().dtype))
+
+
 def _split(im: _Importer, n: Any) -> None:
     """split / split_with_sizes / chunk / unbind: one slice (or select) per piece."""
     kind = n.target.overloadpacket.__name__
@@ -544,11 +594,26 @@ def _flatten(im: _Importer, n: Any) -> None:
     im.emit("reshape", n, [im.arg(n, 0)], shape=im.dims(list(n.meta["val"].shape)))
 
 
+def _index_copy(im: _Importer, n: Any) -> None:
+    """A static cache's write of the new key / value at the position: the cache as it is read
+    after it, ``concat(past, new)`` (``past_len + 1`` rows; torch_static_cache)."""
+    sc = im.static
+    if sc is None or n.name not in sc.writes:
+        raise im.unsupported(n, "an index_copy that is not a static KV cache's write")
+    layer, kind, new = sc.writes[n.name]
+    past = im.b.op("slice", ["past_k" if kind == "k" else "past_v"], out=f"{n.name}.past",
+                   name=n.name, axes=[0], starts=[layer], ends=[layer + 1], steps=[1])
+    im.emit("concat", n, [past, im.name(new)], axis=2)
+    im.alias[n.args[0].name] = n.name
+
+
 def _sdpa(im: _Importer, n: Any) -> None:
     """scaled_dot_product_attention as its three ops (q.K^T * scale, softmax, p.V); K/V heads
     broadcast over the query heads (multi-query) as in the op."""
     q, k, v = n.args[:3]
     mask = _kw(n, 3, "attn_mask", None)
+    if mask is not None and im.static is not None and mask.name in im.static.masks:
+        mask = None  # "rows up to the position" of a static cache: the past_len+1 rows read
     if float(_kw(n, 4, "dropout_p", 0.0)) != 0.0:
         raise im.unsupported(n, "dropout")
     qs, ks = q.meta["val"].shape, k.meta["val"].shape
@@ -596,6 +661,8 @@ ATEN_OPS: dict[str, Handler] = {
     "div_": _inplace("div"), "numpy_T": _numpy_t, "flatten": _flatten, "repeat_interleave": _repeat_interleave,
     "split": _split, "split_with_sizes": _split, "chunk": _split, "unbind": _split,
     "index": _index, "scaled_dot_product_attention": _sdpa,
+    "index_copy_": _index_copy, "index_copy": _index_copy, "copy_": _copy_,
+    "arange": _arange,
     "linear": _linear, "addmm": _addmm, "mm": _matmul, "bmm": _matmul, "matmul": _matmul,
     "t": _t, "permute": _permute, "transpose": _transpose, "swapaxes": _transpose,
     "view": _view, "reshape": _view, "_unsafe_view": _view,
