@@ -221,8 +221,8 @@ def _compile_pim_gpt(prep: Prepared, cfg: HwConfig, t: dict, t0: float) -> Compi
 
 def _context(source: Any) -> int | None:
     """The context length a module's config gives, or an ONNX file's ``n_ctx`` metadata, or
-    the ``config.json`` beside the file (optimum's export directory) (graph lowering needs it to
-    reserve the KV cache)."""
+    the ``config.json`` beside the file (optimum's export directory), or a static-cache
+    program's cache length (graph lowering needs it to reserve the KV cache)."""
     import json
     import os
 
@@ -250,6 +250,14 @@ def _context(source: Any) -> int | None:
         except Exception:  # noqa: BLE001 - unreadable here: the front end reports it
             return None
         return None
+    if type(source).__name__ == "ExportedProgram":  # a static cache: its own length
+        from compiler.frontends.torch_static_cache import analyse
+
+        try:
+            sc = analyse(source)
+        except Exception:  # noqa: BLE001 - the front end reports it
+            return None
+        return None if sc is None else sc.max_len
     for attr in ("cfg", "config"):
         c = getattr(source, attr, None)
         for n in ("n_ctx", "max_position_embeddings", "n_positions"):

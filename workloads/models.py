@@ -8,8 +8,11 @@
 * any other Hugging Face causal LM (a ``transformers`` model with an LM head: Llama, Mistral,
   Qwen2, GPT-NeoX, OPT, GPT-J, Phi, Falcon, GPT-BigCode, ...), wrapped as its decode step
   (:mod:`workloads.hf_decode`) and lowered op by op;
+* a ``torch.export.ExportedProgram``: of a decode step (``token, pos, past_k, past_v``), or of a
+  Hugging Face decoder with a static cache (``transformers.integrations.executorch.
+  convert_and_export_with_cache``), its reference the program itself;
 * a zero-argument factory (a function, or an ``nn.Module`` class with ``decode_step``) that
-  returns one of the two.
+  returns one of these.
 
 Any other object (an ``nn.Module`` without ``decode_step`` such as ``torch.nn.Conv2d``, a
 function that needs arguments, a number) is rejected with a :class:`ModelError` without being
@@ -40,7 +43,8 @@ class ModelError(UserError):
 TRAINED = {"tiny-counter": "tiny"}  # trained variants of presets (workloads.train)
 
 ACCEPTED = ("an nn.Module instance with a decode_step(token, pos, past_k, past_v) method, a "
-            "Hugging Face causal LM, or a zero-argument function returning one")
+            "Hugging Face causal LM, a torch.export.ExportedProgram of one, or a zero-argument "
+            "function returning one")
 
 
 def preset_names() -> list[str]:
@@ -190,7 +194,7 @@ def resolve_attribute(spec: str) -> tuple[Any, str]:
             raise ModelError(f"calling {spec}() raised {_describe(e)}",
                              "fix the factory function") from None
         kind = classify(obj)
-        if kind not in ("decoder", "hf", "hf-lm"):
+        if kind not in ("decoder", "hf", "hf-lm", "exported"):
             raise ModelError(f"{spec}() returned {_what(obj)}, not a model",
                              f"return {ACCEPTED.split(', or')[0]}")
     if kind == "hf":  # a Hugging Face GPT2LMHeadModel: same maths, our module
@@ -205,7 +209,7 @@ def resolve_attribute(spec: str) -> tuple[Any, str]:
         from workloads.hf_decode import decode_step_module
 
         obj = decode_step_module(obj.eval())
-    elif kind != "decoder":
+    elif kind not in ("decoder", "exported"):
         raise ModelError(f"{spec} is {_what(obj)}: {_why(obj, kind)}", f"give {ACCEPTED}")
     return obj, attr
 
@@ -250,9 +254,12 @@ def _zero_args(f: Any) -> bool:
 
 
 def classify(obj: Any) -> str:
-    """``decoder``, ``hf`` (GPT2LMHeadModel), ``hf-lm`` (another HF causal LM), ``factory``,
-    or why not: ``module``,
+    """``decoder``, ``hf`` (GPT2LMHeadModel), ``hf-lm`` (another HF causal LM), ``exported``
+    (a torch.export program), ``factory``, or why not: ``module``,
     ``module-class``, ``hf-other``, ``needs-args``, ``other``. Never calls ``obj``."""
+    if not inspect.isclass(obj) and "ExportedProgram" in _mro_names(type(obj)) and \
+            type(obj).__module__.startswith("torch.export"):
+        return "exported"
     if inspect.isclass(obj):
         if _is_torch_module_class(obj):
             if callable(getattr(obj, "decode_step", None)) and _zero_args(obj):

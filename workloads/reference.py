@@ -93,6 +93,8 @@ def run_reference(model_name: str, prompt: list[int], n_tokens: int, *, device: 
     import torch
 
     dev = pick_device(device)
+    if type(source).__name__ == "ExportedProgram":
+        return _run_exported(model_name, source, prompt, n_tokens, forced, seed)
     model = build_model(model_name, seed=seed) if source is None else source
     model = model.to(dev)
     hf = getattr(model, "model", None) if type(model).__name__ == "HFDecodeStep" else None
@@ -128,6 +130,46 @@ def run_reference(model_name: str, prompt: list[int], n_tokens: int, *, device: 
     info = {"torch": torch.__version__, "seconds": round(time.perf_counter() - t0, 3),
             "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else "", "seed": seed}
     return ReferenceRun(model_name, dev, list(prompt), toks, np.stack(logits_all), info)
+
+
+def _run_exported(model_name: str, ep: object, prompt: list[int], n_tokens: int,
+                  forced: list[int] | None, seed: int) -> ReferenceRun:
+    """Greedy decode with a static-cache ``ExportedProgram`` itself (``input_ids [1, 1]``,
+    ``cache_position [1]``; its cache is its own buffers), on the CPU it was exported for."""
+    import torch
+
+    from compiler.frontends.torch_static_cache import analyse
+
+    if analyse(ep) is None:
+        raise UserError(f"{model_name}: no PyTorch reference for a torch.export program of a "
+                        f"decode step with explicit past_k / past_v", "give the module it was "
+                        "exported from, or a --reference FILE.npz")
+    step = ep.module()
+    ids_name, pos_name = _static_input_names(ep)
+    logits_all, toks, tok = [], [], prompt[0]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for pos in range(max(len(prompt) + n_tokens - 1, len(prompt))):
+            lg = step(**{ids_name: torch.tensor([[tok]]), pos_name: torch.tensor([pos])})
+            lg = lg.reshape(-1, lg.shape[-1])[-1].float().numpy()
+            logits_all.append(lg)
+            if pos + 1 < len(prompt):
+                tok = prompt[pos + 1]
+            else:
+                toks.append(int(lg.argmax()))
+                g = len(toks) - 1
+                tok = forced[g] if forced is not None and g < len(forced) else toks[-1]
+    info = {"torch": torch.__version__, "seconds": round(time.perf_counter() - t0, 3), "gpu": "",
+            "seed": seed, "program": "torch.export (static cache)"}
+    return ReferenceRun(model_name, "cpu", list(prompt), toks, np.stack(logits_all), info)
+
+
+def _static_input_names(ep: object) -> tuple[str, str]:
+    """(token ids, position) input names of a static-cache program (by shape: [1, 1] and [1])."""
+    phs = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    users = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    ids = next(u for u in users if len(phs[u].meta["val"].shape) == 2)
+    return ids, next(u for u in users if u != ids)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,88 @@
+"""The torch.export door with a static cache: transformers' own export
+(``convert_and_export_with_cache``: ``input_ids [1, 1]``, ``cache_position [1]``, the cache as
+``[1, n_kv, max_cache_len, d_head]`` buffers written with ``index_copy_``) is read as a decode step
+(compiler.frontends.torch_static_cache) and gives the Hugging Face model's own greedy tokens."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from compiler.frontends.torch_static_cache import StaticCacheError, analyse  # noqa: E402
+from compiler.passes.images import build_graph_image  # noqa: E402
+from compiler.pipeline import compile_model  # noqa: E402
+from examples.static_cache import export_with_static_cache  # noqa: E402
+from pimsim.config import load_config  # noqa: E402
+from pimsim.functional import AsicMath, FlowExecutor  # noqa: E402
+from hf_tiny import hf_greedy, tiny_model, tiny_model_from, _configs  # noqa: E402
+
+N_TOKENS = 16
+PROMPT = [3]
+# transformers' own export fails for OPT and Falcon (inside torch.export, transformers 5.24)
+FAMILIES = ("llama-gqa", "gpt2", "gpt-neox", "qwen2", "mistral", "phi", "gpt-j", "gpt-bigcode",
+            "llama")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("pim-gpt")
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_static_cache_program_gives_the_hf_models_greedy_tokens(cfg, family):
+    ep = export_with_static_cache(tiny_model(family), max_cache_len=40)
+    c = compile_model(ep, cfg, name=family, lowering="graph")
+    assert c.mapping.spec.n_ctx == 40  # the cache length is the context
+    img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
+    ex = FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=True))
+    ref_toks, ref_logits = hf_greedy(tiny_model(family), PROMPT, N_TOKENS)
+    tok, toks, cos = PROMPT[0], [], []
+    for pos in range(N_TOKENS):
+        lg = ex.step(tok, pos)
+        cos.append(_cos(lg, ref_logits[pos]))
+        tok = int(np.argmax(lg))
+        toks.append(tok)
+    assert toks == ref_toks, f"{family}: cosines {np.round(cos, 6)}"
+    assert min(cos) >= 0.999, f"{family}: cosines {np.round(cos, 6)}"
+
+
+def test_the_analysis_finds_every_layers_key_and_value_and_the_masks():
+    ep = export_with_static_cache(tiny_model("llama-gqa"), max_cache_len=40)
+    sc = analyse(ep)
+    assert (sc.n_layer, sc.n_kv, sc.d_head, sc.max_len) == (2, 2, 16, 40)
+    assert sorted(sc.buffers.values()) == [(0, "k"), (0, "v"), (1, "k"), (1, "v")]
+    assert len(sc.writes) == 4 and len(sc.masks) >= 1
+    assert sc.resized  # the grouped-query repeat of the cache reads max_len rows
+
+
+def test_a_sliding_window_mask_is_refused_naming_the_mask():
+    cfg = _configs()["mistral"]()
+    cfg.sliding_window = 4
+    ep = export_with_static_cache(tiny_model_from(cfg), max_cache_len=40)
+    with pytest.raises(StaticCacheError, match=r"attention mask '\w+' at position \d+ keeps rows"):
+        analyse(ep)
+
+
+def test_a_cache_length_equal_to_another_axis_is_refused_saying_what_to_change(cfg):
+    ep = export_with_static_cache(tiny_model("llama-gqa"), max_cache_len=16)  # = d_head
+    with pytest.raises(StaticCacheError, match="max_cache_len other than"):
+        compile_model(ep, cfg, lowering="graph")
+
+
+def test_validate_a_static_cache_program_against_itself(capsys):
+    from workloads.cli import main
+
+    capsys.readouterr()
+    assert main(["validate", "examples.static_cache:llama", "--tokens", "8", "--exact",
+                 "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["reference_info"]["program"] == "torch.export (static cache)"
+    assert rep["passed"] and rep["greedy_tokens_match"] and rep["min_cosine"] >= 0.999
