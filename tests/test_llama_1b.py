@@ -51,3 +51,28 @@ def test_validation_metrics_name_the_mismatched_steps():
     assert m["top1_mismatches"][0]["decisive"] is False
     assert m["top1_mismatches"][0]["ref_top2_gap"] == pytest.approx(0.001, abs=1e-4)
     assert len(m["per_step_cosine"]) == 2
+
+
+def test_a_counting_llama_counts_and_validates_token_for_token(llama_1b):
+    """counting_llama (what build_counting runs at 1 B): a small Llama of the same head layout
+    taught to count gives decisive predictions, its own greedy generation counts, and the
+    functional simulation gives the same tokens with every step decisive."""
+    import torch
+
+    from workloads.cli import validate
+
+    L = llama_1b
+    cfg = L.config(hidden_size=128, intermediate_size=256, num_hidden_layers=2, vocab_size=256,
+                   max_position_embeddings=64, num_attention_heads=8, num_key_value_heads=2)
+    model = L.counting_llama(cfg, seed=1, steps=120, seq=32, batch=8, lr=3e-3, device="cpu")
+    assert model.counting_loss < 0.5
+    with torch.no_grad():
+        out = model.generate(torch.tensor([[7]]), max_new_tokens=16, do_sample=False,
+                             pad_token_id=0)[0, 1:].tolist()
+    assert out == [(7 + k) % 256 for k in range(1, 17)]
+    L._BUILT = model
+    try:
+        m = validate("examples.llama_1b:_built", "pim-gpt", 16, reference="cpu", exact=True)
+    finally:
+        L._BUILT = None
+    assert m["greedy_tokens_match"] and m["decisive_steps"] == 16 and m["passed"], m
