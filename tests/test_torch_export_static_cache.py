@@ -86,3 +86,18 @@ def test_validate_a_static_cache_program_against_itself(capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rep["reference_info"]["program"] == "torch.export (static cache)"
     assert rep["passed"] and rep["greedy_tokens_match"] and rep["min_cosine"] >= 0.999
+
+
+def test_transformers_dynamic_cache_export_is_a_prefill_refused_with_how_to_export(cfg):
+    """export_with_dynamic_cache traces a prompt of several tokens with an empty cache (and a
+    specialised use_cache flag input): refused, saying how to export a decode step."""
+    import torch
+    from transformers.integrations.executorch import export_with_dynamic_cache
+
+    from pimsim.errors import UserError
+
+    ep = export_with_dynamic_cache(tiny_model("llama-gqa"), torch.zeros((1, 4), dtype=torch.long),
+                                   torch.ones((1, 4), dtype=torch.long))
+    with pytest.raises(UserError, match="a prefill graph, which is not lowered; export one "
+                                        "decode step instead"):
+        compile_model(ep, cfg, lowering="graph", n_ctx=64)

@@ -166,9 +166,12 @@ class _Importer:
             self.b.const(spec.target, _to_const(tensor))
             self.alias[ph_name] = spec.target
         self._name_symbols(user_inputs)
-        for ph in user_inputs:
-            val = ph.meta["val"]
+        for ph in list(user_inputs):
+            val = ph.meta.get("val")
             if not isinstance(val, torch.Tensor):
+                if not ph.users:  # a flag the export specialised (use_cache=True): unused
+                    user_inputs.remove(ph)
+                    continue
                 raise ValueError(f"torch.export input {ph.name!r} is not a tensor ({type(val).__name__})")
             self.b.input(ph.name, tuple(self.dim(d) for d in val.shape), _dtype(val.dtype))
         if sc is not None:
