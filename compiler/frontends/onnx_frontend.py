@@ -159,6 +159,8 @@ class _Importer:
         if not ins or op not in _OPS or not all(
                 isinstance(v, np.ndarray) and v.size <= _FOLD_MAX for v in vals):
             return False
+        if op == "div" and any(v.dtype.kind in "iub" for v in vals):
+            return False  # integer Div truncates; the IR's div is true division
         try:
             with np.errstate(all="ignore"):
                 value = np.asarray(_OPS[op](Node(op, ins, [out], dict(attrs), out), vals, {}))
