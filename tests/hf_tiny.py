@@ -79,3 +79,33 @@ def hf_greedy(model, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
                              pad_token_id=0)
     toks = out.sequences[0, len(prompt):].tolist()
     return toks, torch.stack(out.logits, 0)[:, 0].float().numpy()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def functional_greedy(c, cfg, n: int, prompt: list[int], exact: bool = True):
+    """The compiled program's own greedy generation in the functional executor: tokens and the
+    logits of every step."""
+    from compiler.passes.images import build_graph_image
+    from pimsim.functional import AsicMath, FlowExecutor
+
+    img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
+    ex = FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=exact))
+    tok, toks, logits = prompt[0], [], []
+    for pos in range(n):
+        lg = ex.step(tok, pos)
+        logits.append(lg)
+        tok = int(np.argmax(lg))
+        toks.append(tok)
+    return toks, logits
+
+
+def assert_same_generation(label: str, got: tuple, want: tuple, min_cos: float = 0.999) -> None:
+    """(tokens, logits) of the simulation against the model's own: identical tokens, every
+    step's logits at cosine >= ``min_cos``."""
+    (toks, logits), (ref_toks, ref_logits) = got, want
+    cos = [cosine(a, b) for a, b in zip(logits, ref_logits)]
+    assert toks == ref_toks, f"{label}: cosines {np.round(cos, 6)}"
+    assert min(cos) >= min_cos, f"{label}: cosines {np.round(cos, 6)}"

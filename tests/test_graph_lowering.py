@@ -14,7 +14,8 @@ from compiler.pipeline import compile_model  # noqa: E402
 from pimsim.config import load_config  # noqa: E402
 from pimsim.functional import AsicMath, FlowExecutor  # noqa: E402
 from pimsim.spec.commands import cmd_id  # noqa: E402
-from hf_tiny import FAMILIES, hf_greedy, tiny_model  # noqa: E402
+from hf_tiny import (FAMILIES, assert_same_generation, cosine, functional_greedy,  # noqa: E402
+                     hf_greedy, tiny_model)
 from workloads.hf_decode import decode_step_module  # noqa: E402
 
 N_TOKENS = 16
@@ -32,29 +33,16 @@ def _compiled(family: str, cfg, **kw):
 
 
 def _greedy(c, cfg, n: int, exact: bool = True) -> tuple[list[int], list[np.ndarray]]:
-    img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
-    ex = FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=exact))
-    tok, toks, logits = PROMPT[0], [], []
-    for pos in range(n):
-        lg = ex.step(tok, pos)
-        logits.append(lg)
-        tok = int(np.argmax(lg))
-        toks.append(tok)
-    return toks, logits
+    return functional_greedy(c, cfg, n, PROMPT, exact)
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+_cos = cosine
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_greedy_tokens_match_the_hf_model(family, cfg):
     model, c = _compiled(family, cfg)
-    ref_toks, ref_logits = hf_greedy(model, PROMPT, N_TOKENS)
-    toks, logits = _greedy(c, cfg, N_TOKENS)
-    cos = [_cos(a, b) for a, b in zip(logits, ref_logits)]
-    assert toks == ref_toks, f"{family}: cosines {np.round(cos, 6)}"
-    assert min(cos) >= 0.999, f"{family}: cosines {np.round(cos, 6)}"
+    assert_same_generation(family, _greedy(c, cfg, N_TOKENS), hf_greedy(model, PROMPT, N_TOKENS))
 
 
 # Approximate ASIC math (Taylor exp, Newton reciprocal, fast rsqrt: the default AsicMath) on

@@ -21,7 +21,7 @@ from compiler.pipeline import compile_model  # noqa: E402
 from pimsim.config import load_config  # noqa: E402
 from pimsim.errors import UserError  # noqa: E402
 from pimsim.functional import AsicMath, FlowExecutor  # noqa: E402
-from hf_tiny import hf_greedy, tiny_model  # noqa: E402
+from hf_tiny import assert_same_generation, functional_greedy, hf_greedy, tiny_model  # noqa: E402
 
 N_TOKENS = 16
 PROMPT = [3]
@@ -89,10 +89,6 @@ def files(tmp_path_factory):
     return out
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["llama-gqa", "qwen2", "llama-gqa-no-position"])
 def test_optimum_layout_greedy_tokens_match_the_hf_model(files, cfg, key):
@@ -101,17 +97,8 @@ def test_optimum_layout_greedy_tokens_match_the_hf_model(files, cfg, key):
     fam, path = files[key]
     c = compile_model(path, cfg, name=key, lowering="graph")  # n_ctx from config.json
     assert c.mapping.spec.n_ctx == 64
-    img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
-    ex = FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=True))
-    ref_toks, ref_logits = hf_greedy(tiny_model(fam), PROMPT, N_TOKENS)
-    tok, toks, cos = PROMPT[0], [], []
-    for pos in range(N_TOKENS):
-        lg = ex.step(tok, pos)
-        cos.append(_cos(lg, ref_logits[pos]))
-        tok = int(np.argmax(lg))
-        toks.append(tok)
-    assert toks == ref_toks, f"{key}: cosines {np.round(cos, 6)}"
-    assert min(cos) >= 0.999, f"{key}: cosines {np.round(cos, 6)}"
+    assert_same_generation(key, functional_greedy(c, cfg, N_TOKENS, PROMPT),
+                           hf_greedy(tiny_model(fam), PROMPT, N_TOKENS))
 
 
 @pytest.mark.slow

@@ -13,16 +13,13 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
 
-from compiler.passes.images import build_graph_image  # noqa: E402
 from compiler.pipeline import compile_model  # noqa: E402
 from pimsim.config import load_config  # noqa: E402
-from pimsim.functional import AsicMath, FlowExecutor  # noqa: E402
-from hf_tiny import hf_greedy  # noqa: E402
+from hf_tiny import assert_same_generation, functional_greedy, hf_greedy  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "optimum")
 FAMILIES = sorted(d for d in os.listdir(DATA) if os.path.isdir(os.path.join(DATA, d)))
@@ -41,23 +38,6 @@ def _hf(family: str):
     return T.AutoModelForCausalLM.from_pretrained(os.path.join(DATA, family)).eval()
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
-
-def _greedy(path: str, cfg, n: int = N_TOKENS) -> tuple[list[int], list[np.ndarray]]:
-    c = compile_model(path, cfg, lowering="graph")
-    img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
-    ex = FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=True))
-    tok, toks, logits = PROMPT[0], [], []
-    for pos in range(n):
-        lg = ex.step(tok, pos)
-        logits.append(lg)
-        tok = int(np.argmax(lg))
-        toks.append(tok)
-    return toks, logits
-
-
 def test_every_family_of_the_project_has_an_optimum_file():
     from hf_tiny import FAMILIES as ALL
 
@@ -73,11 +53,9 @@ def test_optimum_file_gives_the_source_models_greedy_tokens(cfg, family):
 
     path = os.path.join(DATA, family, "model.onnx")
     assert not onnx.load(path, load_external_data=False).graph.value_info  # as optimum wrote it
-    toks, logits = _greedy(path, cfg)
-    ref_toks, ref_logits = hf_greedy(_hf(family), PROMPT, N_TOKENS)
-    cos = [_cos(a, b) for a, b in zip(logits, ref_logits)]
-    assert toks == ref_toks, f"{family}: cosines {np.round(cos, 6)}"
-    assert min(cos) >= 0.999, f"{family}: cosines {np.round(cos, 6)}"
+    c = compile_model(path, cfg, lowering="graph")
+    assert_same_generation(family, functional_greedy(c, cfg, N_TOKENS, PROMPT),
+                           hf_greedy(_hf(family), PROMPT, N_TOKENS))
 
 
 def test_validate_an_optimum_file_against_onnxruntime(capsys):

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
 
 from compiler.frontends.torch_static_cache import StaticCacheError, analyse  # noqa: E402
-from compiler.passes.images import build_graph_image  # noqa: E402
 from compiler.pipeline import compile_model  # noqa: E402
 from examples.static_cache import export_with_static_cache  # noqa: E402
 from pimsim.config import load_config  # noqa: E402
-from pimsim.functional import AsicMath, FlowExecutor  # noqa: E402
-from hf_tiny import hf_greedy, tiny_model, tiny_model_from, _configs  # noqa: E402
+from hf_tiny import (_configs, assert_same_generation, functional_greedy, hf_greedy,  # noqa: E402
+                     tiny_model, tiny_model_from)
 
 N_TOKENS = 16
 PROMPT = [3]
@@ -32,26 +30,13 @@ def cfg():
     return load_config("pim-gpt")
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_static_cache_program_gives_the_hf_models_greedy_tokens(cfg, family):
     ep = export_with_static_cache(tiny_model(family), max_cache_len=40)
     c = compile_model(ep, cfg, name=family, lowering="graph")
     assert c.mapping.spec.n_ctx == 40  # the cache length is the context
-    img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
-    ex = FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=True))
-    ref_toks, ref_logits = hf_greedy(tiny_model(family), PROMPT, N_TOKENS)
-    tok, toks, cos = PROMPT[0], [], []
-    for pos in range(N_TOKENS):
-        lg = ex.step(tok, pos)
-        cos.append(_cos(lg, ref_logits[pos]))
-        tok = int(np.argmax(lg))
-        toks.append(tok)
-    assert toks == ref_toks, f"{family}: cosines {np.round(cos, 6)}"
-    assert min(cos) >= 0.999, f"{family}: cosines {np.round(cos, 6)}"
+    assert_same_generation(family, functional_greedy(c, cfg, N_TOKENS, PROMPT),
+                           hf_greedy(tiny_model(family), PROMPT, N_TOKENS))
 
 
 def test_the_analysis_finds_every_layers_key_and_value_and_the_masks():
