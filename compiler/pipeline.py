@@ -251,13 +251,13 @@ def _context(source: Any) -> int | None:
             return None
         return None
     if type(source).__name__ == "ExportedProgram":  # a static cache: its own length
-        from compiler.frontends.torch_static_cache import analyse
+        from compiler.frontends.torch_kv_cache import analyse
 
         try:
             sc = analyse(source)
         except Exception:  # noqa: BLE001 - the front end reports it
             return None
-        return None if sc is None else sc.max_len
+        return None if sc is None or not sc.max_len else sc.max_len
     for attr in ("cfg", "config"):
         c = getattr(source, attr, None)
         for n in ("n_ctx", "max_position_embeddings", "n_positions"):

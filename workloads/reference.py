@@ -138,12 +138,14 @@ def _run_exported(model_name: str, ep: object, prompt: list[int], n_tokens: int,
     ``cache_position [1]``; its cache is its own buffers), on the CPU it was exported for."""
     import torch
 
-    from compiler.frontends.torch_static_cache import analyse
+    from compiler.frontends.torch_kv_cache import analyse
 
-    if analyse(ep) is None:
-        raise UserError(f"{model_name}: no PyTorch reference for a torch.export program of a "
-                        f"decode step with explicit past_k / past_v", "give the module it was "
-                        "exported from, or a --reference FILE.npz")
+    kv = analyse(ep)
+    if kv is None or kv.layout != "static":
+        raise UserError(f"{model_name}: a torch.export program is its own reference only with "
+                        f"a static cache (it keeps its cache itself); this one takes its past "
+                        f"as inputs", "validate the module it was exported from, or give a "
+                        "--reference FILE.npz")
     step = ep.module()
     ids_name, pos_name = _static_input_names(ep)
     logits_all, toks, tok = [], [], prompt[0]

@@ -24,8 +24,6 @@ import numpy as np
 from compiler.frontends.common import UnsupportedOpError, f32_attr
 from compiler.ir import Builder, ConstMeta, Graph
 
-_PAST = "past_len"  # the cache-length symbol of a static cache read as a decode step
-
 _TORCH_DTYPES = {
     "float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "int64": "i64",
     "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "bool",
@@ -63,7 +61,7 @@ class _Importer:
         self.sym: dict[str, int | str] = {}  # fx node name of a size computation -> dim
         self.sym_names: dict[Any, str] = {}  # sympy symbol -> IR dim name
         self.tuples: dict[str, dict[int, str]] = {}  # multi-output fx node -> {index: value}
-        self.static: Any = None  # the static KV cache (torch_static_cache.StaticCache), if any
+        self.kv: Any = None  # the model's own KV cache (torch_kv_cache.KVCache), if any
         self.resize = False  # the node in hand reads a static cache: max_len is past_len+1
 
     # ---- helpers -------------------------------------------------------------------------
@@ -95,15 +93,15 @@ class _Importer:
             else:
                 out.append(self.dim(x))
         if self.resize:  # a shape of the static cache: its rows are the past and the new one
-            from compiler.frontends.torch_static_cache import StaticCacheError
+            from compiler.frontends.torch_kv_cache import PAST, CacheLayoutError
 
-            n = self.static.max_len
+            n = self.kv.max_len
             if out.count(n) > 1:
-                raise StaticCacheError(
+                raise CacheLayoutError(
                     f"a shape {out} of the static cache has more than one axis of the cache "
                     f"length {n}", f"export with a max_cache_len other than the model's head "
                     f"count and sizes")
-            out = [f"{_PAST}+1" if d == n else d for d in out]
+            out = [f"{PAST}+1" if d == n else d for d in out]
         return out
 
     def name(self, x: Any) -> str:
@@ -140,20 +138,20 @@ class _Importer:
         import torch
         from torch.export.graph_signature import InputKind, OutputKind
 
-        from compiler.frontends.torch_static_cache import analyse
+        from compiler.frontends.torch_kv_cache import analyse
 
         ep = self.ep
         sig = ep.graph_signature
-        self.static = sc = analyse(ep)  # a static KV cache (transformers' executorch export)
+        self.kv = sc = analyse(ep)  # the model's own KV cache (static buffers or per layer)
         placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
         user_inputs = []
         for spec in sig.input_specs:
             ph_name = spec.arg.name
+            if sc is not None and ph_name in sc.tensors:
+                continue  # read as a slice of past_k / past_v (_past_slices, _index_copy)
             if spec.kind == InputKind.USER_INPUT:
                 user_inputs.append(placeholders[ph_name])
                 continue
-            if sc is not None and ph_name in sc.buffers:
-                continue  # read as a slice of past_k / past_v (_index_copy)
             if spec.kind == InputKind.PARAMETER:
                 tensor = ep.state_dict[spec.target]
             elif spec.kind == InputKind.BUFFER:
@@ -175,8 +173,7 @@ class _Importer:
                 raise ValueError(f"torch.export input {ph.name!r} is not a tensor ({type(val).__name__})")
             self.b.input(ph.name, tuple(self.dim(d) for d in val.shape), _dtype(val.dtype))
         if sc is not None:
-            for name in ("past_k", "past_v"):
-                self.b.input(name, (sc.n_layer, sc.n_kv, _PAST, sc.d_head), "f32")
+            self._past_inputs(sc, placeholders)
 
         for n in ep.graph.nodes:
             if n.op in ("placeholder", "output"):
@@ -184,7 +181,7 @@ class _Importer:
             if n.op != "call_function":
                 raise UnsupportedOpError("torch.export", n.op, n.name, ATEN_OPS)
             if not n.users or (sc is not None and n.name not in sc.needed):
-                continue  # unused, or only a static cache's mask, index or bookkeeping
+                continue  # unused, or only a cache's mask, write index or bookkeeping
             self.resize = sc is not None and n.name in sc.resized
             val = n.meta.get("val")
             if isinstance(val, (int, torch.SymInt)) and not isinstance(val, bool):
@@ -236,6 +233,31 @@ class _Importer:
                 expr = d.node.expr
                 if getattr(expr, "is_Symbol", False) and expr not in self.sym_names:
                     self.sym_names[expr] = _debug_name(d) or f"{ph.name}_d{axis}"
+
+    def _past_inputs(self, kv: Any, placeholders: dict) -> None:
+        """Stacked ``past_k`` / ``past_v`` [n_layer, n_kv, past, d_head] for the model's own
+        cache; a dynamic cache's per-layer inputs become slices of them."""
+        from compiler.frontends.torch_kv_cache import PAST
+
+        past = PAST
+        if kv.layout == "dynamic":
+            ph = placeholders[next(iter(kv.tensors))]
+            past = _debug_name(ph.meta["val"].shape[2]) or PAST
+            for sym in kv.past_symbols:  # one past length for every layer
+                self.sym_names[sym] = past
+        for name in ("past_k", "past_v"):
+            self.b.input(name, (kv.n_layer, kv.n_kv, past, kv.d_head), "f32")
+        if kv.layout == "dynamic":
+            for ph_name, (layer, kind) in kv.tensors.items():
+                self.alias[ph_name] = self.past_slice(layer, kind)
+
+    def past_slice(self, layer: int, kind: str) -> str:
+        """``past_k[layer:layer+1]`` (or ``past_v``): one layer's cache, [1, n_kv, past, d]."""
+        out = f"past_{kind}.{layer}"
+        if out not in self.b.values:
+            self.b.op("slice", ["past_k" if kind == "k" else "past_v"], out=out, name=out,
+                      axes=[0], starts=[layer], ends=[layer + 1], steps=[1])
+        return out
 
     def _getitem(self, n: Any) -> None:
         src, idx = n.args
@@ -599,14 +621,12 @@ def _flatten(im: _Importer, n: Any) -> None:
 
 def _index_copy(im: _Importer, n: Any) -> None:
     """A static cache's write of the new key / value at the position: the cache as it is read
-    after it, ``concat(past, new)`` (``past_len + 1`` rows; torch_static_cache)."""
-    sc = im.static
+    after it, ``concat(past, new)`` (``past_len + 1`` rows; torch_kv_cache)."""
+    sc = im.kv
     if sc is None or n.name not in sc.writes:
         raise im.unsupported(n, "an index_copy that is not a static KV cache's write")
     layer, kind, new = sc.writes[n.name]
-    past = im.b.op("slice", ["past_k" if kind == "k" else "past_v"], out=f"{n.name}.past",
-                   name=n.name, axes=[0], starts=[layer], ends=[layer + 1], steps=[1])
-    im.emit("concat", n, [past, im.name(new)], axis=2)
+    im.emit("concat", n, [im.past_slice(layer, kind), im.name(new)], axis=2)
     im.alias[n.args[0].name] = n.name
 
 
@@ -615,8 +635,8 @@ def _sdpa(im: _Importer, n: Any) -> None:
     broadcast over the query heads (multi-query) as in the op."""
     q, k, v = n.args[:3]
     mask = _kw(n, 3, "attn_mask", None)
-    if mask is not None and im.static is not None and mask.name in im.static.masks:
-        mask = None  # "rows up to the position" of a static cache: the past_len+1 rows read
+    if mask is not None and im.kv is not None and mask.name in im.kv.masks:
+        mask = None  # "rows up to the position" of the cache: the past_len+1 rows read
     if float(_kw(n, 4, "dropout_p", 0.0)) != 0.0:
         raise im.unsupported(n, "dropout")
     qs, ks = q.meta["val"].shape, k.meta["val"].shape
