@@ -257,7 +257,14 @@ def _context(source: Any) -> int | None:
             sc = analyse(source)
         except Exception:  # noqa: BLE001 - the front end reports it
             return None
-        return None if sc is None or not sc.max_len else sc.max_len
+        if sc is not None and sc.max_len:
+            return sc.max_len
+        if sc is not None:  # a dynamic past: the longest the export allows, plus the new token
+            uppers = [source.range_constraints[s].upper for s in sc.past_symbols
+                      if s in source.range_constraints]
+            finite = [int(u) for u in uppers if getattr(u, "is_Integer", False)]
+            return min(finite) + 1 if finite and min(finite) < 1 << 30 else None
+        return None
     for attr in ("cfg", "config"):
         c = getattr(source, attr, None)
         for n in ("n_ctx", "max_position_embeddings", "n_positions"):

@@ -1109,7 +1109,8 @@ class _Lowering:
                                 f"give a context of at most {min(tabs)} tokens")
         if n_ctx is None:
             raise LoweringError(f"{self.name}: the context length is unknown",
-                                "give the model's n_ctx (its config's max_position_embeddings)")
+                                "give the model's n_ctx (its config's max_position_embeddings; "
+                                "pimsim compile / run --context N)")
         for a in attns:
             if a.k_concat is None or a.v_concat is None or a.n_head == 0:
                 raise LoweringError(f"{self.name}: attention {a.index} lacks a key, a value or a "
