@@ -509,7 +509,8 @@ ONNX_OPS: dict[str, Handler] = {
     "Gelu": _gelu, "Gather": _gather, "GatherND": _gather_nd, "Concat": _concat,
     "Reshape": _reshape,
     "Transpose": _transpose, "Slice": _slice, "Unsqueeze": _axes_op("unsqueeze"),
-    "Squeeze": _axes_op("squeeze"), "Expand": _expand, "Where": _binary("where"), "Cast": _cast, "Tile": _tile,
+    "Squeeze": _axes_op("squeeze"), "Expand": _expand, "Where": _binary("where"), "Cast": _cast,
+    "Tile": _tile,
     "GatherElements": _gather_elements,
     "Constant": _constant, "Identity": _identity, "Shape": _shape,
 }

@@ -4,16 +4,18 @@ An exported decode step often computes a reshape target from a tensor's own shap
 writes ``Shape -> Slice -> Concat -> Reshape`` for a reshape whose sizes depend on the cache
 length). Here ``Shape(x)`` becomes a vector of dimensions taken from the file's shape
 annotations (``value_info``), each an int or a symbolic dimension of the IR (``past_len+1``);
-``Slice``, ``Concat``, ``Gather``, ``Unsqueeze``, ``Squeeze``, ``Cast``, ``Add``, ``Sub`` and
-``Mul``, ``Div``, ``Reshape``, ``ConstantOfShape``, ``Equal`` and ``Where`` on such vectors (TorchScript's
-``expand`` writes ``Where(Equal(shape, -1), 1, shape)``) are evaluated right away. A vector whose entries all became ints is a
-plain int64 constant; one with symbols is read by ``Reshape`` / ``Expand`` as a shape with
-symbolic entries, which the shape inference and the lowering bind to the decode position.
+``Slice``, ``Concat``, ``Gather``, ``Unsqueeze``, ``Squeeze``, ``Cast``, ``Add``, ``Sub``,
+``Mul``, ``Div``, ``Reshape``, ``ConstantOfShape``, ``Equal`` and ``Where`` on such vectors
+(TorchScript's ``expand`` writes ``Where(Equal(shape, -1), 1, shape)``) are evaluated right away.
+A vector whose entries all became ints is a plain int64 constant; one with symbols is read by
+``Reshape`` / ``Expand`` as a shape with symbolic entries, which the shape inference and the
+lowering bind to the decode position.
 
-A file without those annotations (optimum's TorchScript export writes none) is first given them by
-:func:`annotate_shapes`: onnx's own shape inference with data propagation, which carries the
+A file without those annotations (optimum's TorchScript export writes none) is first given them
+by :func:`annotate_shapes`: onnx's own shape inference with data propagation, which carries the
 inputs' symbolic dimensions (``past_sequence_length + sequence_length``) through the graph; a
-dimension it could not express (its ``unk__N``) stays unknown.
+dimension it could not express (its ``unk__N``) stays unknown, and the importer derives it from
+the IR's own shape rules over what it has imported so far.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ FOLDABLE = ("Shape", "Slice", "Concat", "Gather", "Unsqueeze", "Squeeze", "Cast"
 
 
 _INT_TYPES = (2, 3, 4, 5, 6, 7, 12, 13)  # ONNX's integer element types (a Cast that stays exact)
+_MAX_FILL = 1 << 16  # ConstantOfShape folded up to this many elements
 
 
 def annotate_shapes(proto: Any) -> None:
@@ -112,10 +115,12 @@ def _constant_of_shape(im: Any, node: Any, a: dict) -> bool:
     shape = _vector(im, node.input[0])
     if shape is None or not _from_shape(im, [node.input[0]]):
         return False
-    if not all(isinstance(v, int) for v in shape.reshape(-1)):
-        return False  # a tensor of a symbolic size: left to the importer (which refuses it)
+    if not all(isinstance(v, int) for v in shape.reshape(-1)) or \
+            int(np.prod([int(v) for v in shape.reshape(-1)], dtype=np.int64)) > _MAX_FILL:
+        return False  # a symbolic or a large size: left to the importer (which refuses it)
     value = a.get("value")
-    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else \
+        np.zeros(1, np.float32)
     out = np.full([int(v) for v in shape.reshape(-1)], fill[0], dtype=fill.dtype)
     if out.dtype.kind in "iu":
         im.from_shape.add(node.output[0])
