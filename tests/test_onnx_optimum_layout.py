@@ -8,7 +8,6 @@ pimsim's at import (compiler.frontends.onnx_optimum): stacked past, the all-ones
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -21,56 +20,11 @@ from compiler.pipeline import compile_model  # noqa: E402
 from pimsim.config import load_config  # noqa: E402
 from pimsim.errors import UserError  # noqa: E402
 from pimsim.functional import AsicMath, FlowExecutor  # noqa: E402
-from hf_tiny import assert_same_generation, functional_greedy, hf_greedy, tiny_model  # noqa: E402
+from hf_tiny import (assert_same_generation, export_optimum_layout, functional_greedy,  # noqa: E402
+                     hf_greedy, tiny_model)
 
 N_TOKENS = 16
 PROMPT = [3]
-
-
-def export_optimum_layout(model, out_dir: str, past_len: int = 3,
-                          position_ids: bool = True) -> str:
-    """``out_dir/model.onnx`` + ``config.json``, as optimum's main_export writes them: a decode
-    step with input_ids, attention_mask, position_ids (optional), past_key_values.N.key/value
-    -> logits, present.N.key/value, exported by torch.onnx (dynamo), dynamic past length."""
-    import torch
-    from transformers import DynamicCache
-
-    from workloads.hf_decode import cache_dims
-
-    n_layer, n_kv, d_head, n_ctx = cache_dims(model.config)
-
-    class Step(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.m = model
-
-        def forward(self, input_ids, attention_mask, past, position_ids=None):
-            cache = DynamicCache(config=model.config)
-            for i in range(n_layer):
-                cache.update(past[2 * i], past[2 * i + 1], i)
-            out = self.m(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=position_ids, past_key_values=cache, use_cache=True)
-            return (out.logits,) + tuple(t for lay in cache.layers for t in (lay.keys, lay.values))
-
-    kv = [torch.zeros(1, n_kv, past_len, d_head) for _ in range(2 * n_layer)]
-    args = (torch.zeros((1, 1), dtype=torch.long), torch.ones((1, past_len + 1), dtype=torch.long),
-            kv) + ((torch.tensor([[past_len]]),) if position_ids else ())
-    p = torch.export.Dim("past", min=2, max=n_ctx - 2)
-    names = [f"past_key_values.{i}.{s}" for i in range(n_layer) for s in ("key", "value")]
-    dyn = {"input_ids": None, "attention_mask": {1: p + 1}, "past": [{2: p} for _ in kv]}
-    if position_ids:
-        dyn["position_ids"] = None
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "model.onnx")
-    with torch.no_grad():
-        prog = torch.onnx.export(
-            Step().eval(), args, dynamo=True, dynamic_shapes=dyn,
-            input_names=["input_ids", "attention_mask"] + names
-            + (["position_ids"] if position_ids else []),
-            output_names=["logits"] + [n.replace("past_key_values", "present") for n in names])
-    prog.save(path)
-    model.config.save_pretrained(out_dir)  # optimum writes config.json beside model.onnx
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -93,56 +93,15 @@ def test_without_onnxruntime_validate_says_how_to_get_it(gpt_onnx, monkeypatch):
         validate(gpt_onnx[1], "pim-gpt", 2)
 
 
-def _export_hf_layout(model, path: str, past_len: int = 3) -> str:
-    """A decode step with the Hugging Face / optimum input names (input_ids, attention_mask,
-    position_ids, past_key_values.N.key/value -> logits, present.N.key/value), exported by
-    torch.onnx (dynamo) with a dynamic past length: the layout of optimum's
-    text-generation-with-past, made without optimum."""
-    import torch
-    from transformers import DynamicCache
-
-    from workloads.hf_decode import cache_dims
-
-    n_layer, n_kv, d_head, n_ctx = cache_dims(model.config)
-
-    class Step(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.m = model
-
-        def forward(self, input_ids, attention_mask, position_ids, past):
-            cache = DynamicCache(config=model.config)
-            for i in range(n_layer):
-                cache.update(past[2 * i], past[2 * i + 1], i)
-            out = self.m(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=position_ids, past_key_values=cache, use_cache=True)
-            return (out.logits,) + tuple(t for lay in cache.layers for t in (lay.keys, lay.values))
-
-    kv = [torch.zeros(1, n_kv, past_len, d_head) for _ in range(2 * n_layer)]
-    args = (torch.zeros((1, 1), dtype=torch.long), torch.ones((1, past_len + 1), dtype=torch.long),
-            torch.tensor([[past_len]]), kv)
-    p = torch.export.Dim("past", min=2, max=n_ctx - 2)
-    names = [f"past_key_values.{i}.{s}" for i in range(n_layer) for s in ("key", "value")]
-    with torch.no_grad():
-        prog = torch.onnx.export(
-            Step().eval(), args, dynamo=True,
-            dynamic_shapes={"input_ids": None, "attention_mask": {1: p + 1},
-                            "position_ids": None, "past": [{2: p} for _ in kv]},
-            input_names=["input_ids", "attention_mask", "position_ids"] + names,
-            output_names=["logits"] + [n.replace("past_key_values", "present") for n in names])
-    prog.save(path)
-    return path
-
-
 def test_onnxruntime_reference_of_the_hf_past_key_values_layout(tmp_path):
     """input_ids + attention_mask + position_ids + past_key_values.N.key/value: onnxruntime's
     greedy decode (all-ones mask of past + 1, its presents fed back) is the HF model's own."""
     pytest.importorskip("onnxscript")
     pytest.importorskip("transformers")
-    from hf_tiny import hf_greedy, tiny_model
+    from hf_tiny import export_optimum_layout, hf_greedy, tiny_model
 
     model = tiny_model("llama-gqa")
-    path = _export_hf_layout(model, str(tmp_path / "hf_layout.onnx"))
+    path = export_optimum_layout(model, str(tmp_path))
     ref_toks, ref_logits = hf_greedy(model, [1], 8)
     run = run_onnx_reference(path, [1], 8)
     assert run.info["layout"] == "hf"

@@ -139,25 +139,21 @@ def run_onnx_reference(path: str, prompt: list[int], n_tokens: int, *,
                        device: str = "cpu", model_name: str | None = None) -> Any:
     """Greedy decode of the ONNX file ``path`` in onnxruntime (batch 1, from an empty cache):
     a :class:`~workloads.reference.ReferenceRun` with the logits of every step."""
-    from workloads.reference import ReferenceRun
+    from workloads.reference import ReferenceRun, greedy_decode
 
     sess = _session(path, device)
     lay = _layout(sess, path)
     lead, h, d = lay.kv_shape
     past = [np.zeros((lead, h, 0, d), lay.kv_dtype) for _ in lay.kv_inputs]
     want = ["logits" if lay.kind == "hf" else sess.get_outputs()[0].name] + lay.kv_outputs
-    logits_all, toks = [], []
-    tok = prompt[0]
+    state = {"past": past}
+
+    def step(tok: int, pos: int) -> np.ndarray:
+        lg, *state["past"] = sess.run(want, _feeds(sess, lay, tok, pos, state["past"]))
+        return np.asarray(lg, np.float32).reshape(-1, np.shape(lg)[-1])[-1]
+
     t0 = time.perf_counter()
-    for pos in range(max(len(prompt) + n_tokens - 1, len(prompt))):
-        lg, *past = sess.run(want, _feeds(sess, lay, tok, pos, past))
-        lg = np.asarray(lg, np.float32).reshape(-1, np.shape(lg)[-1])[-1]
-        logits_all.append(lg)
-        if pos + 1 < len(prompt):
-            tok = prompt[pos + 1]
-        else:
-            tok = int(lg.argmax())
-            toks.append(tok)
+    toks, logits_all = greedy_decode(step, prompt, n_tokens)
     info = {"onnxruntime": _ort().__version__, "providers": sess.get_providers(),
             "layout": lay.kind, "seconds": round(time.perf_counter() - t0, 3)}
     return ReferenceRun(model_name or path, ort_device(device),

@@ -13,6 +13,7 @@ import argparse
 import io
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,26 @@ def pick_device(which: str) -> str:
     return which
 
 
+def greedy_decode(step: Any, prompt: list[int], n_tokens: int,
+                  forced: list[int] | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """The prompt, then ``n_tokens`` greedy tokens, one ``step(token, position) -> logits``
+    call a position; with ``forced``, those tokens are fed instead of the model's own choices.
+    Returns (the greedy choices, the logits of every step)."""
+    logits_all: list[np.ndarray] = []
+    toks: list[int] = []
+    tok = prompt[0]
+    for pos in range(max(len(prompt) + n_tokens - 1, len(prompt))):
+        lg = step(tok, pos)
+        logits_all.append(lg)
+        if pos + 1 < len(prompt):
+            tok = prompt[pos + 1]
+        else:
+            toks.append(int(lg.argmax()))
+            g = len(toks) - 1
+            tok = forced[g] if forced is not None and g < len(forced) else toks[-1]
+    return toks, logits_all
+
+
 def run_reference(model_name: str, prompt: list[int], n_tokens: int, *, device: str = "auto",
                   seed: int = 0, forced: list[int] | None = None,
                   source: object | None = None) -> ReferenceRun:
@@ -101,32 +122,22 @@ def run_reference(model_name: str, prompt: list[int], n_tokens: int, *, device: 
     if hf is None and not callable(getattr(model, "empty_kv", None)):
         raise UserError(f"{model_name}: no PyTorch reference for a {type(model).__name__} (it "
                         f"has no empty_kv())", "give a --reference FILE.npz")
-    past_k, past_v = model.empty_kv() if hf is None else (None, None)
-    cache = None
-    logits_all = []
-    toks: list[int] = []
-    tok = prompt[0]
-    n_steps = len(prompt) + n_tokens - 1
+    state = {"kv": model.empty_kv() if hf is None else None}  # the cache between steps
+
+    def step(tok: int, pos: int) -> np.ndarray:
+        ids = torch.tensor([[tok]], device=dev)
+        if hf is not None:  # the model's own forward and KV cache
+            from workloads.hf_decode import cache_kwarg, output_cache
+
+            out = hf(input_ids=ids, use_cache=True, **cache_kwarg(hf, state["kv"]))
+            state["kv"], lg = output_cache(out), out.logits[:, -1]
+        else:
+            lg, *state["kv"] = model.decode_step(ids, pos, *state["kv"])
+        return lg[0].float().cpu().numpy()
+
     t0 = time.perf_counter()
     with torch.no_grad():
-        for pos in range(max(n_steps, len(prompt))):
-            ids = torch.tensor([[tok]], device=dev)
-            if hf is not None:  # the model's own forward and KV cache
-                from workloads.hf_decode import cache_kwarg, output_cache
-
-                out = hf(input_ids=ids, use_cache=True, **cache_kwarg(hf, cache))
-                cache, lg = output_cache(out), out.logits[:, -1]
-            else:
-                lg, past_k, past_v = model.decode_step(ids, pos, past_k, past_v)
-            lg = lg[0].float().cpu().numpy()
-            logits_all.append(lg)
-            if pos + 1 < len(prompt):
-                tok = prompt[pos + 1]
-            else:
-                nxt = int(lg.argmax())
-                toks.append(nxt)
-                g = len(toks) - 1
-                tok = forced[g] if forced is not None and g < len(forced) else nxt
+        toks, logits_all = greedy_decode(step, prompt, n_tokens, forced)
     info = {"torch": torch.__version__, "seconds": round(time.perf_counter() - t0, 3),
             "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else "", "seed": seed}
     return ReferenceRun(model_name, dev, list(prompt), toks, np.stack(logits_all), info)
@@ -148,19 +159,14 @@ def _run_exported(model_name: str, ep: object, prompt: list[int], n_tokens: int,
                         "--reference FILE.npz")
     step = ep.module()
     ids_name, pos_name = _static_input_names(ep)
-    logits_all, toks, tok = [], [], prompt[0]
+
+    def run(tok: int, pos: int) -> np.ndarray:
+        lg = step(**{ids_name: torch.tensor([[tok]]), pos_name: torch.tensor([pos])})
+        return lg.reshape(-1, lg.shape[-1])[-1].float().numpy()
+
     t0 = time.perf_counter()
     with torch.no_grad():
-        for pos in range(max(len(prompt) + n_tokens - 1, len(prompt))):
-            lg = step(**{ids_name: torch.tensor([[tok]]), pos_name: torch.tensor([pos])})
-            lg = lg.reshape(-1, lg.shape[-1])[-1].float().numpy()
-            logits_all.append(lg)
-            if pos + 1 < len(prompt):
-                tok = prompt[pos + 1]
-            else:
-                toks.append(int(lg.argmax()))
-                g = len(toks) - 1
-                tok = forced[g] if forced is not None and g < len(forced) else toks[-1]
+        toks, logits_all = greedy_decode(run, prompt, n_tokens, forced)
     info = {"torch": torch.__version__, "seconds": round(time.perf_counter() - t0, 3), "gpu": "",
             "seed": seed, "program": "torch.export (static cache)"}
     return ReferenceRun(model_name, "cpu", list(prompt), toks, np.stack(logits_all), info)

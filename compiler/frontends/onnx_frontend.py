@@ -20,8 +20,9 @@ import numpy as np
 
 from compiler.frontends.common import UnsupportedOpError, as_const_array, f32_attr
 from compiler.frontends.onnx_shapes import fold_shape_node
+from compiler.passes.interpret import _OPS
 from compiler.passes.shape_inference import IncrementalShapes
-from compiler.ir import Builder, ConstMeta, Graph
+from compiler.ir import Builder, ConstMeta, Graph, Node
 
 _ONNX_DTYPES = {1: "f32", 2: "u8", 3: "i8", 5: "i16", 6: "i32", 7: "i64", 9: "bool", 10: "f16",
                 11: "f64", 16: "bf16"}
@@ -152,9 +153,6 @@ class _Importer:
     def _fold(self, op: str, ins: list[str], out: str, attrs: dict) -> bool:
         """An op on small constants only (a scale computed from a folded shape:
         ``Sqrt(Cast(d_head))``) becomes a constant, evaluated as the IR interpreter defines it."""
-        from compiler.ir import Node
-        from compiler.passes.interpret import _OPS
-
         vals = [self.b.consts.get(i) for i in ins]
         if not ins or op not in _OPS or not all(
                 isinstance(v, np.ndarray) and v.size <= _FOLD_MAX for v in vals):

@@ -105,6 +105,17 @@ def _bind(d: Any, env: dict[str, int]) -> Any:
     return _format(left, const)
 
 
+def _ancestors(nodes: list, outputs: list[str]) -> tuple[list, set[str]]:
+    """The nodes (in order) that ``outputs`` depend on, and every value they read or write."""
+    need = set(outputs)
+    sub = []
+    for node in reversed(nodes):
+        if need & set(node.output):
+            sub.append(node)
+            need.update(i for i in node.input if i)
+    return sub[::-1], need
+
+
 def _set_dims(vi: Any, dims: list) -> None:
     shape = vi.type.tensor_type.shape
     shape.ClearField("dim")
@@ -385,15 +396,8 @@ class _Rewrite:
     def dce(self) -> None:
         """Only the nodes the logits need."""
         g = self.g
-        need = {"logits"}
-        live = []
-        for node in reversed(list(g.node) + self.tail_nodes):
-            if need & set(node.output):
-                live.append(node)
-                need.update(i for i in node.input if i)
-        for node in self.new_nodes:
-            need.update(i for i in node.input if i)
-        keep = {id(n) for n in live}
+        live = _ancestors(list(g.node) + self.tail_nodes, ["logits"])[0]
+        keep = {id(n) for n in live}  # ids of protobuf wrappers: ``live`` keeps them alive
         nodes = [n for n in g.node if id(n) in keep]
         g.ClearField("node")
         g.node.extend(nodes)
@@ -404,13 +408,7 @@ class _Rewrite:
         from onnx import TensorProto, helper, numpy_helper
         from onnx.reference import ReferenceEvaluator
 
-        need = set(frontier)
-        sub = []
-        for node in reversed(kept_nodes):
-            if need & set(node.output):
-                sub.append(node)
-                need.update(i for i in node.input if i)
-        sub.reverse()
+        sub, need = _ancestors(kept_nodes, frontier)
         mask_type = next((v.type.tensor_type.elem_type for v in self.g.input
                           if v.name == "attention_mask"), TensorProto.INT64)
         inputs = []
@@ -614,13 +612,7 @@ class _Rewrite:
         g.output.append(logits)
         g.initializer.extend(numpy_helper.from_array(v, n) for n, v in self.new_consts.items())
         # only what the logits need
-        need = {"logits"}
-        live = []
-        for node in reversed(nodes):
-            if need & set(node.output):
-                live.append(node)
-                need.update(i for i in node.input if i)
-        live.reverse()
+        live, need = _ancestors(nodes, ["logits"])
         g.ClearField("node")
         g.node.extend(live)
         kept = [vi for vi in g.input if vi.name != "attention_mask"]

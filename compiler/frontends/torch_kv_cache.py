@@ -31,6 +31,7 @@ the masks.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,9 +121,19 @@ def _shape(n: Any) -> tuple:
     return tuple(getattr(n.meta.get("val"), "shape", ()))
 
 
+_ANALYSED: "weakref.WeakKeyDictionary[Any, KVCache | None]" = weakref.WeakKeyDictionary()
+
+
 def analyse(ep: Any) -> KVCache | None:
     """The KV cache of ``ep`` in one of the two layouts, or None (a pimsim decode step with
-    stacked ``past_k`` / ``past_v``, or no cache at all)."""
+    stacked ``past_k`` / ``past_v``, or no cache at all). Analysed once per program (the
+    context, the import and the reference all ask)."""
+    if ep not in _ANALYSED:
+        _ANALYSED[ep] = _analyse(ep)
+    return _ANALYSED[ep]
+
+
+def _analyse(ep: Any) -> KVCache | None:
     from torch.export.graph_signature import InputKind
 
     g = ep.graph

@@ -34,8 +34,8 @@ import numpy as np
 from compiler.ir import Graph, Node
 from compiler.passes import partition
 from compiler.passes.interpret import _OPS as _EVAL
-from compiler.passes.mapping import (CapacityError, MappingError, buffer_limits, geometry,
-                                     mapping_header)
+from compiler.passes.mapping import (CapacityError, MappingError, buffer_limits,
+                                     check_vector_entries, geometry, mapping_header)
 from compiler.passes.shape_inference import _terms
 from pimsim.asic_ops import OPS as ASIC_OPS
 from pimsim.config import HwConfig
@@ -211,12 +211,7 @@ class GraphMapping:
         if len(keys) and (keys % g.rows >= np.asarray(self.rows_used)[keys // g.rows
                                                                       // g.banks]).any():
             raise MappingError("a placement lies beyond the rows reserved in its channel")
-        end = 0
-        for name, ln, off, per in self.vectors.entries:
-            if off < end or per * g.col_elems * g.banks * g.channels < ln:
-                raise MappingError(f"vector {name}: overlaps the previous entry or does not fit "
-                                   f"its {per} columns per bank")
-            end = off + per
+        check_vector_entries(self.vectors, g)
         if self.tp == 1 and self.n_stages == 1 and \
                 self.placed_weight_elems() != self.model.n_weight_elems:
             raise MappingError(f"placed {self.placed_weight_elems()} weight elements, the model "

@@ -74,6 +74,17 @@ class MappingError(ValueError):
     """The model cannot be mapped onto this hardware (shape constraints)."""
 
 
+def check_vector_entries(vectors: VectorLayout, g: Geometry) -> None:
+    """The vector table's entries (name, length, column offset, columns per bank) in order,
+    none overlapping the previous one, each fitting its columns on every bank of ``g``."""
+    end = 0
+    for name, ln, off, per in vectors.entries:
+        if off < end or per * g.col_elems * g.banks * g.channels < ln:
+            raise MappingError(f"vector {name}: overlaps the previous entry or does not fit "
+                               f"its {per} columns per bank")
+        end = off + per
+
+
 def geometry(cfg: HwConfig) -> Geometry:
     if not cfg.pim.enabled:
         raise MappingError(
@@ -245,12 +256,7 @@ class Mapping:
             raise MappingError("a placement lies beyond the rows reserved in its channel")
         if max(self.rows_used) > g.rows:
             raise MappingError(f"{max(self.rows_used)} rows used, the banks have {g.rows}")
-        end = 0
-        for name, ln, off, per in self.vectors.entries:
-            if off < end or per * g.col_elems * g.banks * g.channels < ln:
-                raise MappingError(f"vector {name}: overlaps the previous entry or does not fit "
-                                   f"its {per} columns per bank")
-            end = off + per
+        check_vector_entries(self.vectors, g)
         if self.placed_weight_elems() != spec.n_params:
             raise MappingError(f"placed {self.placed_weight_elems()} weight elements, the model "
                                f"has {spec.n_params}")
