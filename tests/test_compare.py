@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from workloads import compare as C
-from workloads import gpu_model as gm
+from workloads.gpu import model as gm
 from pimsim.config import load_config
 
 

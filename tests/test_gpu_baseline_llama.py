@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workloads import gpu_model as gm
-from workloads.gpu_baseline import positions_for
-from workloads.gpu_baseline_llama import (
+from workloads.gpu import model as gm
+from workloads.gpu.baseline import positions_for
+from workloads.gpu.llama import (
     DEFAULT_MODELS,
     SHAPES,
     LlamaStaticDecoder,
@@ -24,7 +24,7 @@ from workloads.gpu_baseline_llama import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "workloads" / "data" / "gpu_measured_h200_llama.json"
+SHIPPED = REPO / "workloads" / "gpu" / "data" / "gpu_measured_h200_llama.json"
 H200_PEAK_BW_BYTES_PER_S = gm.gpu_preset("H200").mem_bw
 TOKENS = [5, 17, 200, 3, 99, 42, 7]
 
@@ -122,7 +122,7 @@ def test_dry_run_writes_well_formed_json(tmp_path: Path) -> None:
 
 
 def test_module_needs_no_simulator_or_transformers_to_import() -> None:
-    code = ("import sys, workloads.gpu_baseline_llama; "
+    code = ("import sys, workloads.gpu.llama; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & "
             "{'simpy', 'numba', 'pimsim', 'compiler', 'transformers'}); "
             "print(bad); sys.exit(1 if bad else 0)")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workloads.gpu_baseline_llama import LlamaStaticDecoder, get_shape
-from workloads.gpu_baseline_llama_tp import (
+from workloads.gpu.llama import LlamaStaticDecoder, get_shape
+from workloads.gpu.llama_tp import (
     LlamaTPDecoder,
     ThreadGroup,
     add_predictions,
@@ -110,7 +110,7 @@ def test_gloo_tp4_repeats_kv_heads(tmp_path: Path) -> None:
 def test_split_is_checked_against_a_wrong_split() -> None:
     """The comparison can fail: a rank holding the wrong KV head gives different logits."""
     shape = get_shape("tiny-llama-gqa")
-    import workloads.gpu_baseline_llama_tp as tp
+    import workloads.gpu.llama_tp as tp
 
     orig = tp.shard_plan
 
@@ -150,7 +150,7 @@ def test_indivisible_tp_is_refused_before_spawning(capsys: pytest.CaptureFixture
 @pytest.mark.slow
 def test_dry_run_writes_a_document_with_predictions(tmp_path: Path) -> None:
     out = tmp_path / "tp.json"
-    r = subprocess.run([sys.executable, "-m", "workloads.gpu_baseline_llama_tp", "--dry-run",
+    r = subprocess.run([sys.executable, "-m", "workloads.gpu.llama_tp", "--dry-run",
                         "--tp", "2", "--repeats", "2", "--batch-seconds", "0.02", "-o", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -165,7 +165,7 @@ def test_dry_run_writes_a_document_with_predictions(tmp_path: Path) -> None:
 
 
 def test_predictions_use_the_tp_model() -> None:
-    from workloads import gpu_model as gm
+    from workloads.gpu import model as gm
 
     row = {"model": "llama2-70b", "n_layer": 80, "d_model": 8192, "n_head": 64, "n_kv_head": 8,
            "d_head": 128, "d_ff": 28672, "vocab": 32000, "n_ctx": 4096,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workloads import gpu_model as gm
+from workloads.gpu import model as gm
 from workloads.gpt import GPT, PRESETS, get_config
-from workloads.gpu_baseline import (
+from workloads.gpu.baseline import (
     ALL_MODELS,
     StaticCacheDecoder,
     build_model,
@@ -110,7 +110,7 @@ def test_gpu_slug() -> None:
 
 
 def test_modules_need_only_torch_and_numpy() -> None:
-    code = ("import sys, workloads.gpu_baseline, workloads.gpu_model; "
+    code = ("import sys, workloads.gpu.baseline, workloads.gpu.model; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & {'numba', 'pimsim', 'compiler'}); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

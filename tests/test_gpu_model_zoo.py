@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from workloads import compare as C
-from workloads import gpu_model as gm
+from workloads.gpu import model as gm
 from workloads import zoo
 from workloads.presets import PRESETS
 
@@ -338,7 +338,7 @@ def test_compare_uses_the_zoo_shape_not_the_compiled_spec(monkeypatch: pytest.Mo
 
 
 def test_main_prints_the_tables() -> None:
-    r = subprocess.run([sys.executable, "-m", "workloads.gpu_model", "--tp", "1,2,4"], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "workloads.gpu.model", "--tp", "1,2,4"], cwd=REPO,
                        capture_output=True, text=True, timeout=300,
                        env={"PYTHONPATH": str(REPO), "PATH": ""})
     assert r.returncode == 0, r.stderr

@@ -91,9 +91,9 @@ _FAMILY: dict[str, dict[str, Any]] = {
 
 
 def gpu_shape(name: str) -> Any:
-    """The :class:`workloads.gpu_model.DecoderShape` of a zoo preset, read from its config
+    """The :class:`workloads.gpu.model.DecoderShape` of a zoo preset, read from its config
     arguments (nothing is built; no torch or transformers)."""
-    from workloads.gpu_model import DecoderShape
+    from workloads.gpu.model import DecoderShape
 
     if name in GPT_SHAPES:
         return DecoderShape.from_gpt(GPT_SHAPES[name])

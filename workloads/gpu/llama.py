@@ -24,18 +24,18 @@ The q/k/v and gate/up projections are stored fused; :meth:`LlamaStaticDecoder.hf
 gives views of them under Hugging Face's parameter names, so ``transformers``'
 ``LlamaForCausalLM`` built from a ``LlamaConfig`` (no download) runs the same weights: the
 logits of both are compared over a few steps (:func:`compare_with_hf`; max abs difference in the
-JSON). Timing, power and the environment record reuse :mod:`workloads.gpu_baseline`
-(:func:`~workloads.gpu_baseline.time_interleaved` / ``time_per_call_ms``,
-:class:`~workloads.gpu_baseline.PowerSampler`, :func:`~workloads.gpu_baseline.sustained_loop`,
-:func:`~workloads.gpu_baseline.environment_info`): CUDA events around back-to-back replays after
+JSON). Timing, power and the environment record reuse :mod:`workloads.gpu.baseline`
+(:func:`~workloads.gpu.baseline.time_interleaved` / ``time_per_call_ms``,
+:class:`~workloads.gpu.baseline.PowerSampler`, :func:`~workloads.gpu.baseline.sustained_loop`,
+:func:`~workloads.gpu.baseline.environment_info`): CUDA events around back-to-back replays after
 warm-up, median of repeats; power from NVML during a sustained loop; J/token = mean W x s/token.
 
 Needs torch, numpy and the standard library; ``transformers`` only for the validation (imported
 there, skipped with a note when missing). No simulator imports::
 
-    PYTHONPATH=. python -m workloads.gpu_baseline_llama --models llama2-7b llama3-8b llama2-13b \\
-        -o workloads/data/gpu_measured_h200_llama.json
-    python -m workloads.gpu_baseline_llama --dry-run -o /tmp/dry.json   # CPU, tiny configs, fp32
+    PYTHONPATH=. python -m workloads.gpu.llama --models llama2-7b llama3-8b llama2-13b \\
+        -o workloads/gpu/data/gpu_measured_h200_llama.json
+    python -m workloads.gpu.llama --dry-run -o /tmp/dry.json   # CPU, tiny configs, fp32
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from workloads.gpt import _param_seed
-from workloads.gpu_baseline import (
+from workloads.gpu.baseline import (
     CudaGraphStep,
     PowerSampler,
     count_cuda_kernels,
@@ -621,7 +621,7 @@ def add_measure_args(ap: argparse.ArgumentParser, dry_run_help: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu_baseline_llama",
+    ap = argparse.ArgumentParser(prog="python -m workloads.gpu.llama",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=None,
                     help=f"shapes to measure (default {' '.join(DEFAULT_MODELS)}; dry run: "

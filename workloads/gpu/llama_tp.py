@@ -4,7 +4,7 @@ What it measures: one decode step (one token, batch 1, fp16) of a Llama-shaped d
 N GPUs of one host (Megatron-style tensor parallelism), each rank's step captured as ONE CUDA
 graph with its NCCL collectives inside, at several context positions; board power of all N GPUs
 while doing so -- ms/token, tokens/s, W (sum over the N boards) and J/token. It checks the
-analytic model's tensor-parallel prediction (:func:`workloads.gpu_model.predict` with ``tp=N``:
+analytic model's tensor-parallel prediction (:func:`workloads.gpu.model.predict` with ``tp=N``:
 1/N of the weights per GPU, two ring all-reduces of ``d_model`` fp16 per layer, an [assumed]
 6 us per all-reduce call, one all-gather of the logits).
 
@@ -22,7 +22,7 @@ The split (rank ``r`` of ``N``; :func:`shard_plan`):
 * LM head: rows ``[r vocab/N, (r+1) vocab/N)``; the logit shares are all-gathered (every rank
   gets the full ``[1, vocab]``).
 
-Weights: the same random weights as :class:`workloads.gpu_baseline_llama.LlamaStaticDecoder` with
+Weights: the same random weights as :class:`workloads.gpu.llama.LlamaStaticDecoder` with
 the same seed -- each full tensor is generated on the rank's device exactly as the single-GPU
 decoder generates it (its fused buffer, a generator per Hugging Face parameter name seeded from
 ``(seed, name)``), one layer at a time, sliced, and freed -- so the TP decoder computes the same
@@ -46,12 +46,12 @@ build the full single-GPU model on GPU 0 for the check).
 
 Run (the device machine; one process per GPU, spawned here)::
 
-    PYTHONPATH=. python -m workloads.gpu_baseline_llama_tp --models llama2-70b,llama2-13b,llama2-7b \\
-        --tp 2 -o workloads/data/gpu_measured_h200x2_llama_tp.json
-    python -m workloads.gpu_baseline_llama_tp --dry-run --tp 2 -o /tmp/tp.json  # CPU, gloo, tiny
+    PYTHONPATH=. python -m workloads.gpu.llama_tp --models llama2-70b,llama2-13b,llama2-7b \\
+        --tp 2 -o workloads/gpu/data/gpu_measured_h200x2_llama_tp.json
+    python -m workloads.gpu.llama_tp --dry-run --tp 2 -o /tmp/tp.json  # CPU, gloo, tiny
 
 It prints the measured ms/token and J/token next to the analytic model's prediction for the same
-shape and ``tp`` (the shipped calibration, :func:`workloads.gpu_model.calibrated_preset`) and the
+shape and ``tp`` (the shipped calibration, :func:`workloads.gpu.model.calibrated_preset`) and the
 relative error; the prediction is written into the JSON too (``prediction`` per result).
 
 Needs torch (NCCL on CUDA, gloo on the CPU), numpy and the standard library.
@@ -80,14 +80,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from workloads.gpt import _param_seed
-from workloads.gpu_baseline import (
+from workloads.gpu.baseline import (
     CudaGraphStep,
     PowerSampler,
     count_cuda_kernels,
     environment_info,
     positions_for,
 )
-from workloads.gpu_baseline_llama import (
+from workloads.gpu.llama import (
     INIT_STD,
     SHAPES,
     LlamaShape,
@@ -111,7 +111,7 @@ METHOD = (
     "down a torch.distributed all_reduce (sum, NCCL) of the partial [1, d_model] then the "
     "residual add; logits all-gathered (all_gather_into_tensor). Norms and the token embedding "
     "replicated. Random fp16 weights identical to the single-GPU LlamaStaticDecoder of "
-    "workloads.gpu_baseline_llama with the same seed (each full tensor generated on the rank's "
+    "workloads.gpu.llama with the same seed (each full tensor generated on the rank's "
     "GPU as that decoder does, one layer at a time, then sliced). Static KV cache of the rank's "
     "KV heads, attention over all n_ctx slots with the tail masked, as the single-GPU decoder. "
     "Each rank's whole decode step (NCCL collectives included) captured as ONE CUDA graph "
@@ -998,7 +998,7 @@ def gloo_logits(name: str, world_size: int, tokens: Sequence[int], path: str, *,
 
 def _shipped_single(model: str) -> dict[str, Any] | None:
     try:
-        from workloads import gpu_model as gm
+        from workloads.gpu import model as gm
 
         with open(gm.llama_measured_path()) as f:
             d = json.load(f)
@@ -1008,12 +1008,12 @@ def _shipped_single(model: str) -> dict[str, Any] | None:
 
 
 def add_predictions(doc: dict[str, Any]) -> None:
-    """Add ``prediction`` to every result: :func:`workloads.gpu_model.predict` with ``tp``,
+    """Add ``prediction`` to every result: :func:`workloads.gpu.model.predict` with ``tp``,
     ``static_cache=True`` (the measured path reads all n_ctx slots) on the measured GPU's preset
-    with the shipped calibrations (:func:`~workloads.gpu_model.calibrated_preset`): ms per
+    with the shipped calibrations (:func:`~workloads.gpu.model.calibrated_preset`): ms per
     position (the model's own kernel count, and the measured one), their errors vs measured, and
     J/token (board power) at the power loop's position."""
-    from workloads import gpu_model as gm
+    from workloads.gpu import model as gm
 
     gpu = doc["info"].get("gpu") or "H200"
     try:
@@ -1024,7 +1024,7 @@ def add_predictions(doc: dict[str, Any]) -> None:
     for row in doc["results"]:
         cfg = gm.cfg_from_result(row)
         k = row["graph"].get("kernels_per_step")
-        pred: dict[str, Any] = {"gpu_spec": f"{spec.name} (workloads.gpu_model.calibrated_preset)",
+        pred: dict[str, Any] = {"gpu_spec": f"{spec.name} (workloads.gpu.model.calibrated_preset)",
                                 "static_cache": True, "ms_at": {}, "err_pct_at": {},
                                 "ms_at_measured_kernels": {}, "err_pct_at_measured_kernels": {}}
         try:
@@ -1103,7 +1103,7 @@ def _models(arg: Sequence[str] | None, default: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu_baseline_llama_tp",
+    ap = argparse.ArgumentParser(prog="python -m workloads.gpu.llama_tp",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=None,
                     help=f"shapes, comma or space separated (default {','.join(DEFAULT_MODELS)}; "

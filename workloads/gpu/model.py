@@ -12,7 +12,7 @@ Per decoded token (batch 1, fp16 weights)::
   is read (the tied LM head streams ``wte`` in full);
 * KV bytes read: ``2 * n_layer * n_head * d_head * 2 B`` per cached position, over ``pos + 1``
   positions (an ideal kernel), or over all ``n_ctx`` slots with ``static_cache=True``, which is what
-  the measured CUDA-graph path (:mod:`workloads.gpu_baseline`) does: it attends over its whole
+  the measured CUDA-graph path (:mod:`workloads.gpu.baseline`) does: it attends over its whole
   preallocated buffer with the tail masked;
 * ``n_kernels``: kernels per decode step, ``kernels_per_layer * n_layer + kernels_fixed`` (the
   counts that torch.profiler saw for the graph path, 15-18 per layer; the measured count is used
@@ -23,8 +23,8 @@ the project hardware reference (public vendor specifications), section 5 ("GPU b
 70 W; A100 SXM 80GB 2.04 TB/s, 312 TFLOPS, 400 W; H100 SXM 3.35 TB/s, 989 TFLOPS, 700 W; H200
 4.8 TB/s, 989 TFLOPS, 700 W. Idle power (15 % of board power) is an assumption; the default
 bandwidth efficiency (0.70), per-kernel overhead (3.4 us) and kernel counts are the rounded H200
-calibration; :func:`calibrate` fits them to a measured JSON from :mod:`workloads.gpu_baseline`
-(``workloads/data/gpu_measured_<gpu>.json``). Carrying a calibration to another GPU
+calibration; :func:`calibrate` fits them to a measured JSON from :mod:`workloads.gpu.baseline`
+(``workloads/gpu/data/gpu_measured_<gpu>.json``). Carrying a calibration to another GPU
 (:func:`transfer`) assumes the same software path and per-kernel cost: a lead, not a measurement.
 
 Shapes: any object with GPTConfig's fields (GPT: tied head, learned positions, biases), or a
@@ -33,7 +33,7 @@ tied or untied head, biases, norms: an exact parameter count); :func:`workloads.
 gives one for every zoo preset from its config arguments, and ``predict`` takes a preset name.
 A gated-MLP shape uses the Llama software path (``gated_*`` fields of :class:`GPUSpec`): its own
 efficiency, per-kernel overhead and kernel counts, calibrated on
-``workloads/data/gpu_measured_h200_llama.json`` (:func:`calibrate` of that file,
+``workloads/gpu/data/gpu_measured_h200_llama.json`` (:func:`calibrate` of that file,
 :func:`leave_one_out` for the held-out check, :func:`llama_table`). Other families (OPT, Pythia,
 GPT-J) use the GPT path: an assumption, no measurement of their software path.
 
@@ -72,7 +72,7 @@ class GPUSpec:
     board_w: float                 # board power, W
     idle_w: float                  # idle board power, W (assumed 15 % of board power)
     dyn_w: float | None = None     # W per unit bandwidth utilisation (None: board_w - idle_w)
-    # defaults: the H200 calibration of workloads/data/gpu_measured_h200.json, rounded
+    # defaults: the H200 calibration of workloads/gpu/data/gpu_measured_h200.json, rounded
     mem_eff: float = 0.70          # achieved / peak bandwidth when streaming weights
     compute_eff: float = 0.5       # achieved / peak FLOP/s (irrelevant at batch 1)
     kernel_overhead_s: float = 3.4e-6  # per kernel in a CUDA graph: launch gap + small-kernel floor
@@ -86,7 +86,7 @@ class GPUSpec:
     #                                    (nccl-tests small-message latency is ~5-10 us on NVLink)
     reserve_bytes: float = 1e9     # [assumed] per GPU: CUDA context, activations, workspace
     # the Llama-family (gated MLP, RMSNorm) software path, its own kernel counts and fit: the
-    # rounded H200 calibration on workloads/data/gpu_measured_h200_llama.json (calibrate() of
+    # rounded H200 calibration on workloads/gpu/data/gpu_measured_h200_llama.json (calibrate() of
     # that file). The kernel line is least squares through the profiler's 647/648/847/1687
     # kernels at 32/32/40/80 layers (20 per layer + 7 at 32 layers, 21 + 7 at 40 and 80), hence
     # the negative constant.
@@ -244,7 +244,7 @@ class DecoderShape:
 
 
 def _is_shape(cfg: Any) -> bool:
-    """A DecoderShape (by its methods: ``python -m workloads.gpu_model`` runs this file as
+    """A DecoderShape (by its methods: ``python -m workloads.gpu.model`` runs this file as
     ``__main__``, whose class is not the one :mod:`workloads.zoo` imports)."""
     return callable(getattr(cfg, "kv_bytes_per_position", None))
 
@@ -407,7 +407,7 @@ LLAMA_SUFFIX = "_llama.json"
 
 
 def default_measured_path() -> str:
-    """The shipped GPT measurement (``workloads/data/gpu_measured_*.json``, the first by name,
+    """The shipped GPT measurement (``workloads/gpu/data/gpu_measured_*.json``, the first by name,
     leaving out the Llama files ``*_llama.json``: the calibration needs GPT presets)."""
     paths = [p for p in sorted(glob.glob(os.path.join(DATA_DIR, "gpu_measured_*.json")))
              if not p.endswith(LLAMA_SUFFIX)]
@@ -417,8 +417,8 @@ def default_measured_path() -> str:
 
 
 def llama_measured_path() -> str:
-    """The shipped Llama measurement (``workloads/data/gpu_measured_*_llama.json``, written by
-    :mod:`workloads.gpu_baseline_llama`; same schema, so ``load_measured`` and ``pimsim compare
+    """The shipped Llama measurement (``workloads/gpu/data/gpu_measured_*_llama.json``, written by
+    :mod:`workloads.gpu.llama`; same schema, so ``load_measured`` and ``pimsim compare
     --gpu FILE`` read it)."""
     paths = sorted(glob.glob(os.path.join(DATA_DIR, "gpu_measured_*" + LLAMA_SUFFIX)))
     if not paths:
@@ -427,7 +427,7 @@ def llama_measured_path() -> str:
 
 
 def load_measured(path: str | None = None) -> dict[str, Any]:
-    """Read a JSON written by :mod:`workloads.gpu_baseline` (default: the shipped one)."""
+    """Read a JSON written by :mod:`workloads.gpu.baseline` (default: the shipped one)."""
     with open(path or default_measured_path()) as f:
         doc = json.load(f)
     for key in ("method", "info", "results"):
@@ -456,7 +456,7 @@ class _Cfg:
 
 def cfg_from_result(row: dict[str, Any]) -> Any:
     """A config for a result row: the workloads preset if importable, else the row's own fields.
-    A Llama-family row (``workloads.gpu_baseline_llama``: it records ``n_kv_head``) becomes a
+    A Llama-family row (``workloads.gpu.llama``: it records ``n_kv_head``) becomes a
     gated-MLP, untied-head, bias-free :class:`DecoderShape`, checked against its ``params``."""
     if "n_kv_head" in row:
         s = DecoderShape(name=row["model"], n_layer=row["n_layer"], d_model=row["d_model"],
@@ -499,7 +499,7 @@ def calibrate(measured: dict[str, Any] | str | None = None, gpu: GPUSpec | str |
     ``predict(..., power="util")``; ``power="board"`` keeps the datasheet board power). Kernel
     counts per step are fitted as ``kernels_per_layer * n_layer + kernels_fixed``.
 
-    A measurement of gated-MLP shapes (the Llama file of :mod:`workloads.gpu_baseline_llama`) is
+    A measurement of gated-MLP shapes (the Llama file of :mod:`workloads.gpu.llama`) is
     another software path: its fit sets the ``gated_*`` fields (efficiency, per-kernel overhead,
     kernel counts) and leaves the GPT ones; ``path`` says which (``gpt`` or ``gated``).
 
@@ -748,7 +748,7 @@ def zoo_table(gpus: Sequence[str] = ("A100", "H100", "H200"), tps: Sequence[int]
 def main(argv: Iterable[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu_model")
+    ap = argparse.ArgumentParser(prog="python -m workloads.gpu.model")
     ap.add_argument("measured", nargs="?", default=None, help="gpu_baseline JSON (default: shipped)")
     ap.add_argument("--tp", default="1,2,4,8", help="GPU counts for the zoo table (default 1,2,4,8)")
     args = ap.parse_args(list(argv) if argv is not None else None)
@@ -766,6 +766,6 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from workloads.gpu_model import main as _main  # the importable module's classes, not __main__'s
+    from workloads.gpu.model import main as _main  # the importable module's classes, not __main__'s
 
     raise SystemExit(_main())

@@ -19,8 +19,8 @@ above idle is reported too, and, where NVML has it, the board's energy counter o
 This module needs only torch, numpy and the standard library (plus ``workloads.gpt``), so it runs
 on a GPU machine without the simulator's other dependencies::
 
-    PYTHONPATH=. python -m workloads.gpu_baseline --models all -o 'workloads/data/gpu_measured_{gpu}.json'
-    python -m workloads.gpu_baseline --dry-run -o /tmp/dry.json      # CPU, preset tiny, no power
+    PYTHONPATH=. python -m workloads.gpu.baseline --models all -o 'workloads/gpu/data/gpu_measured_{gpu}.json'
+    python -m workloads.gpu.baseline --dry-run -o /tmp/dry.json      # CPU, preset tiny, no power
 """
 
 from __future__ import annotations
@@ -782,7 +782,7 @@ def summary_table(doc: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu_baseline", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m workloads.gpu.baseline", description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["all"], help="'all' or preset names")
     ap.add_argument("-o", "--output", required=True,
                     help="output JSON; '{gpu}' in the path is replaced by the GPU tag (h100, h200, cpu)")
