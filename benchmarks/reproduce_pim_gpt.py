@@ -23,7 +23,7 @@ from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.generate import run_generation
 from workloads import compare as C
-from workloads.gpu import model as gm
+from workloads.gpu.calibration import default_measured_path
 from workloads.models import resolve_model
 
 MODELS = ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-small", "gpt3-medium",
@@ -69,7 +69,7 @@ def main() -> None:
     # 1 and 6: GPU comparisons
     sections = [("T4", "T4 (analytic model, per-kernel overhead calibrated on the measured GPU)")]
     try:
-        meas = gm.default_measured_path()
+        meas = default_measured_path()
         sections.append((meas, "the measured GPU (CUDA graph, static KV cache)"))
     except FileNotFoundError:
         meas = None

@@ -19,23 +19,20 @@ above idle is reported too, and, where NVML has it, the board's energy counter o
 This module needs only torch, numpy and the standard library (plus ``workloads.gpt``), so it runs
 on a GPU machine without the simulator's other dependencies::
 
-    PYTHONPATH=. python -m workloads.gpu.baseline --models all -o 'workloads/gpu/data/gpu_measured_{gpu}.json'
-    python -m workloads.gpu.baseline --dry-run -o /tmp/dry.json      # CPU, preset tiny, no power
+    PYTHONPATH=. python -m workloads.gpu measure gpt --models all \
+        -o 'workloads/gpu/data/gpu_measured_{gpu}.json'
+    python -m workloads.gpu measure gpt --dry-run -o /tmp/dry.json      # CPU, preset tiny, no power
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import json
 import math
-import os
 import platform
 import re
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -44,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workloads.gpt import GPT, PRESETS, GPTConfig, _is_layernorm_weight, _param_seed, get_config
+from workloads.gpt import GPT, GPTConfig, _is_layernorm_weight, _param_seed, get_config
 
 ALL_MODELS = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl",
               "gpt3-small", "gpt3-medium", "gpt3-large", "gpt3-xl")
@@ -779,47 +776,3 @@ def summary_table(doc: dict[str, Any]) -> str:
                     + "/".join(f"{x:.4f}" for x in g)
                     + (f"  {w:7.1f}  {j:7.4f}  {ja:6.4f}" if w is not None and j is not None and ja is not None else "  -"))
     return "\n".join(rows)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu.baseline", description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=["all"], help="'all' or preset names")
-    ap.add_argument("-o", "--output", required=True,
-                    help="output JSON; '{gpu}' in the path is replaced by the GPU tag (h100, h200, cpu)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--power-seconds", type=float, default=3.0, help="graph power loop length")
-    ap.add_argument("--eager-power-seconds", type=float, default=2.0, help="eager power loop (0: skip)")
-    ap.add_argument("--idle-seconds", type=float, default=2.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-seconds", type=float, default=0.1,
-                    help="length of one timed batch of back-to-back steps (one repeat)")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="same code path on the CPU for preset 'tiny' (fp32, perf_counter, no power)")
-    args = ap.parse_args(argv)
-
-    if args.dry_run:
-        models = ["tiny"] if args.models == ["all"] else list(args.models)
-        device = "cpu"
-    else:
-        models = list(ALL_MODELS) if args.models == ["all"] else list(args.models)
-        if not torch.cuda.is_available():
-            ap.error("no CUDA device (use --dry-run on a CPU)")
-        device = "cuda"
-    for m in models:
-        if m not in PRESETS:
-            ap.error(f"unknown preset {m!r}")
-    doc = run_baseline(models, device=device, repeats=args.repeats, power_s=args.power_seconds,
-                       eager_power_s=args.eager_power_seconds, idle_s=args.idle_seconds, seed=args.seed,
-                       batch_s=args.batch_seconds)
-    out = args.output.replace("{gpu}", gpu_slug(doc["info"].get("gpu")))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    print(summary_table(doc))
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,20 +33,15 @@ warm-up, median of repeats; power from NVML during a sustained loop; J/token = m
 Needs torch, numpy and the standard library; ``transformers`` only for the validation (imported
 there, skipped with a note when missing). No simulator imports::
 
-    PYTHONPATH=. python -m workloads.gpu.llama --models llama2-7b llama3-8b llama2-13b \\
+    PYTHONPATH=. python -m workloads.gpu measure llama --models llama2-7b llama3-8b llama2-13b \\
         -o workloads/gpu/data/gpu_measured_h200_llama.json
-    python -m workloads.gpu.llama --dry-run -o /tmp/dry.json   # CPU, tiny configs, fp32
+    python -m workloads.gpu measure llama --dry-run -o /tmp/dry.json   # CPU, tiny configs, fp32
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import gc
-import json
 import math
-import os
-import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -66,6 +61,7 @@ from workloads.gpu.baseline import (
     sustained_loop,
     time_interleaved,
 )
+from workloads.gpu.llama_shapes import VALIDATION_CONFIGS, LlamaShape, get_shape, hf_llama_config
 
 INIT_STD = 0.02
 
@@ -90,96 +86,6 @@ METHOD = (
     "difference recorded per model and for small MHA and GQA configs; where an fp32 copy of the "
     "weights fits, also each path's distance from transformers run in fp32."
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Shapes
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LlamaShape:
-    """Shape of a Llama-family decoder (the fields of a Hugging Face ``LlamaConfig`` used here)."""
-
-    name: str
-    n_layer: int
-    d_model: int
-    n_head: int
-    n_kv_head: int
-    d_ff: int
-    vocab: int
-    n_ctx: int
-    rope_theta: float
-    rms_eps: float = 1e-5
-    hf_config: str = ""            # the Hugging Face model whose config.json these numbers are
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_head or self.n_head % self.n_kv_head:
-            raise ValueError(f"{self.name}: n_head must divide d_model and n_kv_head n_head")
-        if (self.d_model // self.n_head) % 2:
-            raise ValueError(f"{self.name}: RoPE needs an even d_head")
-
-    @property
-    def d_head(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def n_params(self) -> int:
-        """Parameters: embedding, per layer q/k/v/o + gate/up/down + two RMSNorms, final norm,
-        untied LM head (no biases)."""
-        d, D, f = self.d_model, self.d_head, self.d_ff
-        attn = d * self.n_head * D + 2 * d * self.n_kv_head * D + self.n_head * D * d
-        per_layer = attn + 3 * d * f + 2 * d
-        return 2 * self.vocab * d + self.n_layer * per_layer + d
-
-    def kv_bytes_per_token(self, bytes_per_el: int = 2) -> int:
-        """K and V bytes per cached position, all layers."""
-        return 2 * self.n_layer * self.n_kv_head * self.d_head * bytes_per_el
-
-
-def _shape(name: str, hf: str, n_layer: int, d_model: int, n_head: int, n_kv_head: int, d_ff: int,
-           vocab: int, n_ctx: int, theta: float) -> LlamaShape:
-    return LlamaShape(name=name, hf_config=hf, n_layer=n_layer, d_model=d_model, n_head=n_head,
-                      n_kv_head=n_kv_head, d_ff=d_ff, vocab=vocab, n_ctx=n_ctx, rope_theta=theta)
-
-
-SHAPES: dict[str, LlamaShape] = {
-    s.name: s
-    for s in (
-        _shape("llama2-7b", "meta-llama/Llama-2-7b-hf", 32, 4096, 32, 32, 11008, 32000, 4096, 10000.0),
-        _shape("llama2-13b", "meta-llama/Llama-2-13b-hf", 40, 5120, 40, 40, 13824, 32000, 4096, 10000.0),
-        _shape("llama2-70b", "meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 28672, 32000, 4096, 10000.0),
-        _shape("llama3-8b", "meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0),
-        # small configs for the CPU dry run, the unit tests and the on-device validation
-        _shape("tiny-llama", "", 2, 64, 4, 4, 176, 256, 64, 10000.0),
-        _shape("tiny-llama-gqa", "", 2, 64, 8, 2, 160, 256, 64, 500000.0),
-        _shape("small-llama", "", 4, 512, 8, 8, 1376, 1000, 512, 10000.0),
-        _shape("small-llama-gqa", "", 4, 512, 8, 2, 1792, 1000, 512, 500000.0),
-    )
-}
-DEFAULT_MODELS = ("llama2-7b", "llama3-8b", "llama2-13b")
-VALIDATION_CONFIGS = ("small-llama", "small-llama-gqa")
-DRY_RUN_MODELS = ("tiny-llama", "tiny-llama-gqa")
-
-
-def get_shape(name: str) -> LlamaShape:
-    try:
-        return SHAPES[name]
-    except KeyError:
-        raise ValueError(f"unknown Llama shape {name!r}; known: {', '.join(SHAPES)}") from None
-
-
-def hf_llama_config(shape: LlamaShape) -> Any:
-    """A ``transformers.LlamaConfig`` for ``shape`` (eager attention, untied head); no download."""
-    from transformers import LlamaConfig
-
-    cfg = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.d_model, intermediate_size=shape.d_ff,
-                      num_hidden_layers=shape.n_layer, num_attention_heads=shape.n_head,
-                      num_key_value_heads=shape.n_kv_head, max_position_embeddings=shape.n_ctx,
-                      rope_theta=shape.rope_theta, rms_norm_eps=shape.rms_eps, hidden_act="silu",
-                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
-    cfg._attn_implementation = "eager"
-    return cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,55 +511,3 @@ def summary_table(doc: dict[str, Any]) -> str:
             lines.append(f"| {r['model']} | {p} | {ms:.3f} | {1e3 / ms:.1f} | {w} | {j} | "
                          + (f"{diff:.2g}" if diff is not None else "-") + " |")
     return "\n".join(lines)
-
-
-def add_measure_args(ap: argparse.ArgumentParser, dry_run_help: str) -> None:
-    """The measurement options this module and the tensor-parallel one share."""
-    ap.add_argument("-o", "--output", required=True, help="output JSON")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--power-seconds", type=float, default=3.0)
-    ap.add_argument("--idle-seconds", type=float, default=2.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-seconds", type=float, default=0.1)
-    ap.add_argument("--dtype", choices=("float16", "bfloat16"), default=None,
-                    help="weights and KV cache on the GPU (default float16; the dry run uses float32)")
-    ap.add_argument("--dry-run", action="store_true", help=dry_run_help)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu.llama",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=None,
-                    help=f"shapes to measure (default {' '.join(DEFAULT_MODELS)}; dry run: "
-                         f"{' '.join(DRY_RUN_MODELS)}); known: {', '.join(SHAPES)}")
-    add_measure_args(ap, "same code path on the CPU for tiny configs (fp32, perf_counter, no "
-                         "power)")
-    args = ap.parse_args(argv)
-    if args.dry_run:
-        models, device, val = list(args.models or DRY_RUN_MODELS), "cpu", DRY_RUN_MODELS
-    else:
-        if not torch.cuda.is_available():
-            ap.error("no CUDA device (use --dry-run on a CPU)")
-        models, device, val = list(args.models or DEFAULT_MODELS), "cuda", VALIDATION_CONFIGS
-    for m in models:
-        if m not in SHAPES:
-            ap.error(f"unknown shape {m!r}; known: {', '.join(SHAPES)}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-
-    def save(doc: dict[str, Any]) -> None:
-        with open(args.output, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-
-    dtype = getattr(torch, args.dtype) if args.dtype and not args.dry_run else None
-    doc = run_baseline(models, device=device, repeats=args.repeats, power_s=args.power_seconds,
-                       idle_s=args.idle_seconds, seed=args.seed, batch_s=args.batch_seconds,
-                       dtype=dtype, validation_configs=val, checkpoint=save)
-    save(doc)
-    print(summary_table(doc))
-    print(f"wrote {args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

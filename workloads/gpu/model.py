@@ -18,24 +18,26 @@ Per decoded token (batch 1, fp16 weights)::
   counts that torch.profiler saw for the graph path, 15-18 per layer; the measured count is used
   where it is known).
 
-GPU presets (memory bandwidth, dense FP16 rate, board power) are from
-the project hardware reference (public vendor specifications), section 5 ("GPU baselines"): T4 320 GB/s, 65 TFLOPS,
+GPU presets (memory bandwidth, dense FP16 rate, board power) are from the project hardware
+reference (public vendor specifications), section 5 ("GPU baselines"): T4 320 GB/s, 65 TFLOPS,
 70 W; A100 SXM 80GB 2.04 TB/s, 312 TFLOPS, 400 W; H100 SXM 3.35 TB/s, 989 TFLOPS, 700 W; H200
 4.8 TB/s, 989 TFLOPS, 700 W. Idle power (15 % of board power) is an assumption; the default
 bandwidth efficiency (0.70), per-kernel overhead (3.4 us) and kernel counts are the rounded H200
-calibration; :func:`calibrate` fits them to a measured JSON from :mod:`workloads.gpu.baseline`
-(``workloads/gpu/data/gpu_measured_<gpu>.json``). Carrying a calibration to another GPU
-(:func:`transfer`) assumes the same software path and per-kernel cost: a lead, not a measurement.
+calibration; :func:`workloads.gpu.calibration.calibrate` fits them to a measured JSON from
+:mod:`workloads.gpu.baseline` (``workloads/gpu/data/gpu_measured_<gpu>.json``). Carrying a
+calibration to another GPU (:func:`workloads.gpu.calibration.transfer`) assumes the same
+software path and per-kernel cost: a lead, not a measurement.
 
 Shapes: any object with GPTConfig's fields (GPT: tied head, learned positions, biases), or a
-:class:`DecoderShape` for the other families (``n_kv_head`` for GQA/MQA, SwiGLU ``gated_mlp``,
-tied or untied head, biases, norms: an exact parameter count); :func:`workloads.zoo.gpu_shape`
-gives one for every zoo preset from its config arguments, and ``predict`` takes a preset name.
-A gated-MLP shape uses the Llama software path (``gated_*`` fields of :class:`GPUSpec`): its own
-efficiency, per-kernel overhead and kernel counts, calibrated on
-``workloads/gpu/data/gpu_measured_h200_llama.json`` (:func:`calibrate` of that file,
-:func:`leave_one_out` for the held-out check, :func:`llama_table`). Other families (OPT, Pythia,
-GPT-J) use the GPT path: an assumption, no measurement of their software path.
+:class:`~workloads.gpu.shapes.DecoderShape` for the other families (``n_kv_head`` for GQA/MQA,
+SwiGLU ``gated_mlp``, tied or untied head, biases, norms: an exact parameter count);
+:func:`workloads.gpu.shapes.zoo_shape` gives one for every zoo preset from its config
+arguments, and ``predict`` takes a preset name. A gated-MLP shape uses the Llama software path
+(``gated_*`` fields of :class:`GPUSpec`): its own efficiency, per-kernel overhead and kernel
+counts, calibrated on ``workloads/gpu/data/gpu_measured_h200_llama.json``
+(:mod:`workloads.gpu.calibration`; :func:`~workloads.gpu.tables.llama_table` shows the fit and
+the held-out check). Other families (OPT, Pythia, GPT-J) use the GPT path: an assumption, no
+measurement of their software path.
 
 Tensor parallelism (``predict(..., tp=N)``): each GPU streams 1/N of the weights and holds
 ``ceil(n_kv_head / N)`` KV heads; the step adds two ring all-reduces of ``d_model`` fp16 per layer
@@ -44,22 +46,19 @@ boards. NVLink bandwidth and memory capacity are datasheet values (see ``GPU_PRE
 per-call all-reduce latency and the per-GPU memory reserve are assumptions. A model that does not
 fit N GPUs raises ValueError naming the GPU count that fits (:func:`min_gpus`).
 
-Needs only numpy and the standard library.
+Needs only the standard library.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
-import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
+from workloads.gpu.shapes import FP16_BYTES, is_shape, shape_for
 
-FP16_BYTES = 2
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 HARDWARE_REF = "public vendor specifications (project hardware reference, GPU baselines)"
+
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,132 +143,13 @@ def gpu_preset(name: str) -> GPUSpec:
 
 
 # --------------------------------------------------------------------------------------------
-# Decoder shapes (GPT, Llama-family, OPT, GPT-NeoX, GPT-J)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DecoderShape:
-    """What the GPU model needs to know about a decoder: enough to count every parameter.
-
-    ``n_kv_head`` < ``n_head`` is grouped-query (or multi-query) attention: K/V projections and the
-    KV cache scale with ``n_kv_head``. ``gated_mlp``: SwiGLU (gate, up, down: three
-    ``d_model x d_ff`` matrices) instead of two. ``tied_head``: the LM head is the token
-    embedding. ``pos_rows``: rows of a learned position table (0 for rotary). Biases and norms are
-    there for an exact parameter count (``norm_bias``: LayerNorm, else RMSNorm).
-    """
-
-    name: str
-    n_layer: int
-    d_model: int
-    n_head: int
-    n_kv_head: int
-    d_head: int
-    d_ff: int
-    vocab: int
-    n_ctx: int
-    gated_mlp: bool = False
-    tied_head: bool = True
-    pos_rows: int = 0
-    qkv_bias: bool = False
-    out_bias: bool = False
-    mlp_bias: bool = False
-    head_bias: bool = False
-    norm_bias: bool = False
-    norms_per_layer: int = 2
-
-    def __post_init__(self) -> None:
-        for f in ("n_layer", "d_model", "n_head", "n_kv_head", "d_head", "d_ff", "vocab", "n_ctx"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"DecoderShape {self.name!r}: {f} must be a positive int, got {v!r}")
-        if self.n_head % self.n_kv_head:
-            raise ValueError(f"DecoderShape {self.name!r}: n_kv_head {self.n_kv_head} must divide "
-                             f"n_head {self.n_head}")
-
-    @classmethod
-    def from_gpt(cls, cfg: Any) -> "DecoderShape":
-        """A GPTConfig (workloads.presets / workloads.gpt): learned positions, biases, LayerNorm,
-        tied head, plain GELU MLP."""
-        return cls(name=cfg.name, n_layer=cfg.n_layer, d_model=cfg.d_model, n_head=cfg.n_head,
-                   n_kv_head=cfg.n_head, d_head=cfg.d_head, d_ff=cfg.d_ff, vocab=cfg.vocab,
-                   n_ctx=cfg.n_ctx, pos_rows=cfg.n_ctx, qkv_bias=True, out_bias=True,
-                   mlp_bias=True, norm_bias=True)
-
-    @property
-    def d_attn(self) -> int:
-        return self.n_head * self.d_head
-
-    @property
-    def d_kv(self) -> int:
-        return self.n_kv_head * self.d_head
-
-    @property
-    def n_params_per_layer(self) -> int:
-        d, a, kv, f = self.d_model, self.d_attn, self.d_kv, self.d_ff
-        attn = d * (a + 2 * kv) + a * d
-        attn += (a + 2 * kv) * self.qkv_bias + d * self.out_bias
-        mlp = (3 if self.gated_mlp else 2) * d * f
-        mlp += ((2 * f if self.gated_mlp else f) + d) * self.mlp_bias
-        norms = self.norms_per_layer * d * (2 if self.norm_bias else 1)
-        return attn + mlp + norms
-
-    @property
-    def n_params(self) -> int:
-        d = self.d_model
-        emb = self.vocab * d + self.pos_rows * d
-        head = (0 if self.tied_head else self.vocab * d) + self.vocab * self.head_bias
-        final_norm = d * (2 if self.norm_bias else 1)
-        return emb + self.n_layer * self.n_params_per_layer + final_norm + head
-
-    def weight_bytes_streamed(self, bytes_per_param: int = FP16_BYTES) -> int:
-        """Weight bytes read per token: every parameter once, but one row of each embedding
-        table (the token table streams in full as the LM head when tied)."""
-        d = self.d_model
-        skip = self.pos_rows * d - (d if self.pos_rows else 0)
-        if not self.tied_head:
-            skip += self.vocab * d - d
-        return (self.n_params - skip) * bytes_per_param
-
-    def kv_bytes_per_position(self, bytes_per_el: int = FP16_BYTES) -> int:
-        """K and V bytes per cached position, all layers (``n_kv_head`` heads)."""
-        return 2 * self.n_layer * self.d_kv * bytes_per_el
-
-    def decode_flops(self, pos: int) -> int:
-        """Multiply-adds x 2 of one decode step (matrix-vector products and attention)."""
-        d, a, kv, f = self.d_model, self.d_attn, self.d_kv, self.d_ff
-        mm = d * (a + 2 * kv) + a * d + (3 if self.gated_mlp else 2) * d * f
-        per_layer = 2 * mm + 2 * 2 * a * (pos + 1)
-        return self.n_layer * per_layer + 2 * self.vocab * d
-
-
-def _is_shape(cfg: Any) -> bool:
-    """A DecoderShape (by its methods: ``python -m workloads.gpu.model`` runs this file as
-    ``__main__``, whose class is not the one :mod:`workloads.zoo` imports)."""
-    return callable(getattr(cfg, "kv_bytes_per_position", None))
-
-
-def shape_for(name_or_cfg: Any) -> Any:
-    """A model for :func:`predict`: a zoo or GPT preset name (the zoo's :func:`workloads.zoo.
-    gpu_shape`), else the object itself (a DecoderShape or anything with GPTConfig's fields)."""
-    if not isinstance(name_or_cfg, str):
-        return name_or_cfg
-    from workloads import zoo
-    from workloads.presets import PRESETS
-
-    if name_or_cfg in PRESETS:
-        return PRESETS[name_or_cfg]
-    return zoo.gpu_shape(name_or_cfg)
-
-
-# --------------------------------------------------------------------------------------------
 # Bytes, FLOPs, prediction
 # --------------------------------------------------------------------------------------------
 
 
 def weight_bytes_streamed(cfg: Any, bytes_per_param: int = FP16_BYTES) -> int:
     """Weight bytes read per token: every parameter once, but only one row of ``wpe``."""
-    if _is_shape(cfg):
+    if is_shape(cfg):
         return cfg.weight_bytes_streamed(bytes_per_param)
     return (cfg.n_params - cfg.n_ctx * cfg.d_model + cfg.d_model) * bytes_per_param
 
@@ -278,14 +158,14 @@ def kv_bytes_read(cfg: Any, pos: int, *, static_cache: bool = False, bytes_per_e
     """K and V bytes read by the attention of the token at ``pos`` (``pos + 1`` positions,
     or all ``n_ctx`` slots for a static cache)."""
     n = cfg.n_ctx if static_cache else pos + 1
-    if _is_shape(cfg):
+    if is_shape(cfg):
         return cfg.kv_bytes_per_position(bytes_per_el) * n
     return 2 * cfg.n_layer * cfg.n_head * cfg.d_head * n * bytes_per_el
 
 
 def decode_flops(cfg: Any, pos: int) -> int:
     """Multiply-adds x 2 of one decode step (matrix-vector products and attention)."""
-    if _is_shape(cfg):
+    if is_shape(cfg):
         return cfg.decode_flops(pos)
     d, a, f = cfg.d_model, cfg.n_head * cfg.d_head, cfg.d_ff
     per_layer = 2 * (3 * d * a + a * d + 2 * d * f) + 2 * 2 * a * (pos + 1)
@@ -363,7 +243,7 @@ def predict(gpu: GPUSpec | str, model_cfg: Any, pos: int, *, static_cache: bool 
     per GPU, ``mem_ms``, ``compute_ms``, ``overhead_ms``, ``comm_ms``, ``n_kernels``, ``tp``,
     ``watts_per_gpu``). ``power``: ``board`` (board power throughout)
     or ``util`` (``idle_w + dyn_w x u``, u = achieved/peak bandwidth, at most board power;
-    ``dyn_w`` defaults to board - idle, :func:`calibrate` fits it).
+    ``dyn_w`` defaults to board - idle, :func:`workloads.gpu.calibration.calibrate` fits it).
     """
     g = gpu_preset(gpu) if isinstance(gpu, str) else gpu
     model_cfg = shape_for(model_cfg)
@@ -397,375 +277,3 @@ def predict(gpu: GPUSpec | str, model_cfg: Any, pos: int, *, static_cache: bool 
             "overhead_ms": over_s * 1e3, "comm_ms": comm_s * 1e3, "n_kernels": float(nk),
             "bw_util": util, "tp": tp}
 
-
-# --------------------------------------------------------------------------------------------
-# Measurements and calibration
-# --------------------------------------------------------------------------------------------
-
-
-LLAMA_SUFFIX = "_llama.json"
-
-
-def default_measured_path() -> str:
-    """The shipped GPT measurement (``workloads/gpu/data/gpu_measured_*.json``, the first by name,
-    leaving out the Llama files ``*_llama.json``: the calibration needs GPT presets)."""
-    paths = [p for p in sorted(glob.glob(os.path.join(DATA_DIR, "gpu_measured_*.json")))
-             if not p.endswith(LLAMA_SUFFIX)]
-    if not paths:
-        raise FileNotFoundError(f"no gpu_measured_*.json under {DATA_DIR}")
-    return paths[0]
-
-
-def llama_measured_path() -> str:
-    """The shipped Llama measurement (``workloads/gpu/data/gpu_measured_*_llama.json``, written by
-    :mod:`workloads.gpu.llama`; same schema, so ``load_measured`` and ``pimsim compare
-    --gpu FILE`` read it)."""
-    paths = sorted(glob.glob(os.path.join(DATA_DIR, "gpu_measured_*" + LLAMA_SUFFIX)))
-    if not paths:
-        raise FileNotFoundError(f"no gpu_measured_*{LLAMA_SUFFIX} under {DATA_DIR}")
-    return paths[0]
-
-
-def load_measured(path: str | None = None) -> dict[str, Any]:
-    """Read a JSON written by :mod:`workloads.gpu.baseline` (default: the shipped one)."""
-    with open(path or default_measured_path()) as f:
-        doc = json.load(f)
-    for key in ("method", "info", "results"):
-        if key not in doc:
-            raise ValueError(f"{path}: not a gpu_baseline measurement (no {key!r})")
-    return doc
-
-
-@dataclasses.dataclass(frozen=True)
-class _Cfg:
-    """The GPTConfig fields the model needs, rebuilt from a measured result row."""
-
-    name: str
-    n_layer: int
-    d_model: int
-    n_head: int
-    d_head: int
-    vocab: int
-    n_ctx: int
-    n_params: int
-
-    @property
-    def d_ff(self) -> int:
-        return 4 * self.d_model
-
-
-def cfg_from_result(row: dict[str, Any]) -> Any:
-    """A config for a result row: the workloads preset if importable, else the row's own fields.
-    A Llama-family row (``workloads.gpu.llama``: it records ``n_kv_head``) becomes a
-    gated-MLP, untied-head, bias-free :class:`DecoderShape`, checked against its ``params``."""
-    if "n_kv_head" in row:
-        s = DecoderShape(name=row["model"], n_layer=row["n_layer"], d_model=row["d_model"],
-                         n_head=row["n_head"], n_kv_head=row["n_kv_head"], d_head=row["d_head"],
-                         d_ff=row["d_ff"], vocab=row["vocab"], n_ctx=row["n_ctx"],
-                         gated_mlp=True, tied_head=False)
-        if "params" in row and s.n_params != row["params"]:
-            raise ValueError(f"{row['model']}: a Llama shape of these fields has {s.n_params} "
-                             f"parameters, the row says {row['params']}")
-        return s
-    try:
-        from workloads.gpt import get_config
-
-        return get_config(row["model"])
-    except Exception:
-        return _Cfg(row["model"], row["n_layer"], row["d_model"], row["n_head"], row["d_head"],
-                    row["vocab"], row["n_ctx"], row["params"])
-
-
-def _points(doc: dict[str, Any]) -> list[tuple[str, Any, int, float, float | None]]:
-    """(model, cfg, pos, measured graph ms, measured kernels per step) for every timed point."""
-    pts = []
-    for row in doc["results"]:
-        cfg = cfg_from_result(row)
-        k = row.get("graph", {}).get("kernels_per_step")
-        for p, ms in row["graph"]["ms_at"].items():
-            pts.append((row["model"], cfg, int(p), float(ms), float(k) if k else None))
-    return pts
-
-
-def calibrate(measured: dict[str, Any] | str | None = None, gpu: GPUSpec | str | None = None, *,
-              fit_efficiency: bool = True) -> dict[str, Any]:
-    """Fit per-kernel overhead (and bandwidth efficiency) to the measured CUDA-graph times.
-
-    Model for each measured point: ``t = bytes / BW * (1 / mem_eff) + n_kernels * overhead``
-    with the static-cache KV bytes (the measured path reads its whole buffer) and the measured
-    kernel count per step where recorded (else the preset's formula). Least squares on relative
-    error; ``mem_eff`` is kept in (0, 1] and the overhead >= 0. Where power was measured, the
-    mean board power of the graph loops is fitted as ``idle_w + dyn_w * bw_util`` (used by
-    ``predict(..., power="util")``; ``power="board"`` keeps the datasheet board power). Kernel
-    counts per step are fitted as ``kernels_per_layer * n_layer + kernels_fixed``.
-
-    A measurement of gated-MLP shapes (the Llama file of :mod:`workloads.gpu.llama`) is
-    another software path: its fit sets the ``gated_*`` fields (efficiency, per-kernel overhead,
-    kernel counts) and leaves the GPT ones; ``path`` says which (``gpt`` or ``gated``).
-
-    Returns ``gpu`` (the calibrated :class:`GPUSpec`), ``mem_eff``, ``kernel_overhead_us``,
-    ``rows`` (per preset: measured and model ms, diff %, and power/energy where measured),
-    ``max_abs_diff_pct`` and ``mean_abs_diff_pct``.
-    """
-    doc = load_measured(measured) if measured is None or isinstance(measured, str) else measured
-    g0 = gpu_preset(gpu or doc["info"].get("gpu") or "") if not isinstance(gpu, GPUSpec) else gpu
-    pts = _points(doc)
-    if not pts:
-        raise ValueError("no measured points to calibrate on")
-    gated = {bool(getattr(cfg, "gated_mlp", False)) for _, cfg, _, _, _ in pts}
-    if len(gated) > 1:
-        raise ValueError("a calibration is per software path: do not mix gated-MLP (Llama) and "
-                         "GPT measurements in one fit")
-    pre = "gated_" if gated.pop() else ""  # which GPUSpec fields this fit sets
-    # fit kernel counts per layer/fixed from the measured counts, for the formula
-    kc = {(m, cfg.n_layer): k for m, cfg, _, _, k in pts if k}
-    if len(kc) >= 2 and len({nl for _, nl in kc}) >= 2:
-        A = np.array([[nl, 1.0] for (_, nl) in kc])
-        kpl, kfix = np.linalg.lstsq(A, np.array(list(kc.values())), rcond=None)[0]
-        g0 = dataclasses.replace(g0, **{pre + "kernels_per_layer": float(kpl),
-                                        pre + "kernels_fixed": float(kfix)})
-    x_mem = np.array([(weight_bytes_streamed(cfg) + kv_bytes_read(cfg, p, static_cache=True)) / g0.mem_bw
-                      for _, cfg, p, _, _ in pts])
-    x_k = np.array([k if k else g0.n_kernels(cfg) for _, cfg, _, _, k in pts])
-    y = np.array([ms / 1e3 for _, _, _, ms, _ in pts])
-    w = 1.0 / y
-    if fit_efficiency:
-        A = np.stack([x_mem, x_k], 1) * w[:, None]
-        inv_eff, ovh = np.linalg.lstsq(A, y * w, rcond=None)[0]
-        if inv_eff < 1.0 or ovh < 0:  # outside the physical range: pin the offending term
-            inv_eff = max(inv_eff, 1.0)
-            ovh = max(0.0, float(np.sum(w * w * x_k * (y - inv_eff * x_mem)) / np.sum(w * w * x_k * x_k)))
-    else:
-        inv_eff = 1.0 / getattr(g0, pre + "mem_eff")
-        ovh = max(0.0, float(np.sum(w * w * x_k * (y - inv_eff * x_mem)) / np.sum(w * w * x_k * x_k)))
-    g = dataclasses.replace(g0, **{pre + "mem_eff": float(1.0 / inv_eff),
-                                   pre + "kernel_overhead_s": float(ovh)})
-
-    # power: P = idle + slope * util, from the graph power loops
-    pw = []
-    for row in doc["results"]:
-        loop = row.get("graph", {}).get("power_loop") or {}
-        if loop.get("mean_power_w") and loop.get("ms_per_token"):
-            cfg = cfg_from_result(row)
-            nbytes = weight_bytes_streamed(cfg) + kv_bytes_read(cfg, loop.get("position", 0), static_cache=True)
-            pw.append((nbytes / (loop["ms_per_token"] / 1e3 * g.mem_bw), loop["mean_power_w"]))
-    power_fit = None
-    if len(pw) >= 2:
-        u, pwr = np.array(pw).T
-        slope, p0 = np.polyfit(u, pwr, 1)
-        power_fit = {"idle_w": float(p0), "w_per_unit_bw_util": float(slope),
-                     "w_at_full_bw": float(p0 + slope)}
-        g = dataclasses.replace(g, idle_w=float(p0), dyn_w=float(max(slope, 0.0)))
-
-    rows = []
-    for row in doc["results"]:
-        cfg = cfg_from_result(row)
-        k = row.get("graph", {}).get("kernels_per_step")
-        diffs, meas, mod = [], {}, {}
-        for p, ms in row["graph"]["ms_at"].items():
-            pred = predict(g, cfg, int(p), static_cache=True, n_kernels=k)["ms"]
-            meas[p], mod[p] = float(ms), pred
-            diffs.append(100.0 * (pred - ms) / ms)
-        out = {"model": row["model"], "measured_ms": meas, "model_ms": mod,
-               "diff_pct": float(np.mean(diffs)), "max_abs_diff_pct": float(np.max(np.abs(diffs)))}
-        loop = row.get("graph", {}).get("power_loop") or {}
-        if loop.get("mean_power_w"):
-            pu = predict(g, cfg, loop.get("position", 0), static_cache=True, n_kernels=k, power="util")
-            out.update(measured_w=loop["mean_power_w"], model_w=pu["watts"],
-                       measured_j=loop.get("joules_per_token"), model_j=pu["joules"],
-                       energy_diff_pct=100.0 * (pu["joules"] - loop["joules_per_token"]) / loop["joules_per_token"])
-        rows.append(out)
-    allabs = [r["max_abs_diff_pct"] for r in rows]
-    return {"gpu": g, "gpu_measured": doc["info"].get("gpu"), "path": "gated" if pre else "gpt",
-            "mem_eff": getattr(g, pre + "mem_eff"),
-            "kernel_overhead_us": getattr(g, pre + "kernel_overhead_s") * 1e6,
-            "kernels_per_layer": getattr(g, pre + "kernels_per_layer"),
-            "kernels_fixed": getattr(g, pre + "kernels_fixed"),
-            "power_fit": power_fit, "rows": rows,
-            "max_abs_diff_pct": float(max(allabs)), "mean_abs_diff_pct": float(np.mean(np.abs([r["diff_pct"] for r in rows])))}
-
-
-def transfer(calibration: dict[str, Any], name: str) -> GPUSpec:
-    """Another preset with the calibrated efficiency, per-kernel overhead and kernel counts
-    (an assumption: same software path; the datasheet bandwidth and power stay the preset's)."""
-    g, c = gpu_preset(name), calibration["gpu"]
-    return dataclasses.replace(g, mem_eff=c.mem_eff, kernel_overhead_s=c.kernel_overhead_s,
-                               kernels_per_layer=c.kernels_per_layer, kernels_fixed=c.kernels_fixed,
-                               **{f: getattr(c, f) for f in _GATED_FIELDS})
-
-
-_GATED_FIELDS = ("gated_mem_eff", "gated_kernel_overhead_s", "gated_kernels_per_layer",
-                 "gated_kernels_fixed")
-
-
-def calibrated_preset(name: str) -> GPUSpec:
-    """A preset with both shipped calibrations: the GPT path (and the power fit) from the GPT
-    measurement, the gated (Llama) path from the Llama measurement, each where its file exists
-    (else the rounded defaults). Carried to ``name`` as :func:`transfer` does."""
-    g = gpu_preset(name)
-    try:
-        g = transfer(calibrate(load_measured()), g.name)
-    except FileNotFoundError:
-        pass
-    try:
-        lc = calibrate(load_measured(llama_measured_path()))["gpu"]
-        g = dataclasses.replace(g, **{f: getattr(lc, f) for f in _GATED_FIELDS})
-    except FileNotFoundError:
-        pass
-    return g
-
-
-def compare_table(measured: dict[str, Any] | str | None = None, calibration: dict[str, Any] | None = None,
-                  gpus: Sequence[str] = ("T4", "A100", "H100", "H200")) -> str:
-    """Markdown table: per preset measured graph ms (middle position) and J/token, the calibrated
-    model and its difference, eager ms, then model ms/token at the middle position (ideal KV
-    read, ``pos + 1`` positions) on each GPU in ``gpus`` with the calibrated overheads."""
-    doc = load_measured(measured) if measured is None or isinstance(measured, str) else measured
-    cal = calibration or calibrate(doc)
-    specs = [transfer(cal, n) for n in gpus]
-    head = ["model", "measured ms", "model ms", "diff %", "eager ms", "W", "J/token", "model J"]
-    head += [f"{n} ms" for n in gpus]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    by_model = {r["model"]: r for r in cal["rows"]}
-    for row in doc["results"]:
-        cfg = cfg_from_result(row)
-        pmid = str(row["positions"][len(row["positions"]) // 2])
-        r = by_model[row["model"]]
-        m, p = r["measured_ms"][pmid], r["model_ms"][pmid]
-        eager = row.get("eager", {}).get("ms_at", {}).get(pmid)
-        cells = [row["model"], f"{m:.3f}", f"{p:.3f}", f"{100 * (p - m) / m:+.1f}",
-                 f"{eager:.2f}" if eager else "-",
-                 f"{r['measured_w']:.0f}" if r.get("measured_w") else "-",
-                 f"{r['measured_j']:.3f}" if r.get("measured_j") else "-",
-                 f"{r['model_j']:.3f}" if r.get("model_j") else "-"]
-        cells += [f"{predict(s, cfg, int(pmid))['ms']:.3f}" for s in specs]
-        lines.append("| " + " | ".join(cells) + " |")
-    g = cal["gpu"]
-    lines.append("")
-    lines.append(f"calibrated on {cal['gpu_measured']}: mem_eff {g.mem_eff:.3f}, "
-                 f"kernel overhead {g.kernel_overhead_s * 1e6:.2f} us, kernels/step "
-                 f"{g.kernels_per_layer:.2f} x n_layer + {g.kernels_fixed:.1f}; max |diff| "
-                 f"{cal['max_abs_diff_pct']:.1f} %")
-    return "\n".join(lines)
-
-
-def leave_one_out(measured: dict[str, Any] | str | None = None) -> list[dict[str, Any]]:
-    """Held-out check of a calibration: for each model of the file, fit on the others and predict
-    it (the fitted kernel-count formula, not its measured count). One row per measured point:
-    ``model``, ``pos``, ``measured_ms``, ``model_ms``, ``diff_pct``."""
-    doc = load_measured(measured) if measured is None or isinstance(measured, str) else measured
-    out = []
-    for row in doc["results"]:
-        rest = dict(doc, results=[r for r in doc["results"] if r["model"] != row["model"]])
-        g = calibrate(rest)["gpu"]
-        cfg = cfg_from_result(row)
-        for p, ms in row["graph"]["ms_at"].items():
-            pred = predict(g, cfg, int(p), static_cache=True)["ms"]
-            out.append({"model": row["model"], "pos": int(p), "measured_ms": float(ms),
-                        "model_ms": pred, "diff_pct": 100.0 * (pred - ms) / ms})
-    return out
-
-
-def llama_table(measured: dict[str, Any] | str | None = None) -> str:
-    """Markdown table of the Llama measurement against the model: the gated-path fit on all of
-    it, the held-out prediction (:func:`leave_one_out`), the GPT-path calibration applied to the
-    same shapes (what the model said before it knew the Llama path), and J/token with the GPT
-    file's power fit (``power="util"``: held out, the Llama loops are not fitted)."""
-    doc = load_measured(measured or llama_measured_path()) if measured is None or isinstance(measured, str) else measured
-    cal = calibrate(doc)
-    loo = {(r["model"], r["pos"]): r for r in leave_one_out(doc)}
-    try:
-        gpt = transfer(calibrate(load_measured()), cal["gpu"].name)
-    except FileNotFoundError:
-        gpt = None
-    pw = dataclasses.replace(gpt or cal["gpu"], **{f: getattr(cal["gpu"], f) for f in _GATED_FIELDS})
-    head = ["model", "pos", "measured ms", "fit ms", "fit diff %", "held-out ms", "held-out diff %",
-            "GPT-path ms", "measured J", "model J", "J diff %"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in doc["results"]:
-        cfg = cfg_from_result(row)
-        k = row["graph"].get("kernels_per_step")
-        loop = row["graph"].get("power_loop") or {}
-        for p, ms in row["graph"]["ms_at"].items():
-            fit = predict(cal["gpu"], cfg, int(p), static_cache=True, n_kernels=k)["ms"]
-            h = loo[(row["model"], int(p))]
-            cells = [row["model"], p, f"{ms:.3f}", f"{fit:.3f}", f"{100 * (fit - ms) / ms:+.1f}",
-                     f"{h['model_ms']:.3f}", f"{h['diff_pct']:+.1f}"]
-            if gpt is not None:
-                gp = predict(dataclasses.replace(gpt, gated_mem_eff=gpt.mem_eff,
-                                                 gated_kernel_overhead_s=gpt.kernel_overhead_s),
-                             cfg, int(p), static_cache=True, n_kernels=k)["ms"]
-                cells.append(f"{gp:.3f} ({100 * (gp - ms) / ms:+.0f} %)")
-            else:
-                cells.append("-")
-            if loop.get("position") == int(p) and loop.get("joules_per_token"):
-                mj = predict(pw, cfg, int(p), static_cache=True, n_kernels=k, power="util")["joules"]
-                mjm = loop["joules_per_token"]
-                cells += [f"{mjm:.2f}", f"{mj:.2f}", f"{100 * (mj - mjm) / mjm:+.1f}"]
-            else:
-                cells += ["-", "-", "-"]
-            lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"gated-path fit on {cal['gpu_measured']}: mem_eff {cal['mem_eff']:.3f}, kernel "
-                 f"overhead {cal['kernel_overhead_us']:.2f} us, kernels/step "
-                 f"{cal['kernels_per_layer']:.2f} x n_layer {cal['kernels_fixed']:+.1f}; fit max "
-                 f"|diff| {cal['max_abs_diff_pct']:.1f} %, held-out max |diff| "
-                 f"{max(abs(r['diff_pct']) for r in loo.values()):.1f} %")
-    return "\n".join(lines)
-
-
-def zoo_table(gpus: Sequence[str] = ("A100", "H100", "H200"), tps: Sequence[int] = (1, 2, 4, 8),
-              models: Sequence[str] | None = None) -> str:
-    """Markdown table: modelled ms/token and J/token (board power, all boards) at the middle
-    position (ideal KV read) of every zoo preset on ``tps`` GPUs of each of ``gpus``, with both
-    shipped calibrations (:func:`calibrated_preset`); ``-`` where it does not fit."""
-    from workloads import zoo
-
-    names = list(models or zoo.NAMES)
-    specs = [calibrated_preset(n) for n in gpus]
-    head = ["model", "params B", "GB fp16"] + [f"{g.name} x{n}" for g in specs for n in tps]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in names:
-        cfg = shape_for(name)
-        cells = [name, f"{cfg.n_params / 1e9:.2f}", f"{cfg.n_params * FP16_BYTES / 1e9:.0f}"]
-        for g in specs:
-            for n in tps:
-                try:
-                    r = predict(g, cfg, cfg.n_ctx // 2, tp=n)
-                    cells.append(f"{r['ms']:.2f} ms {r['joules']:.1f} J")
-                except ValueError:
-                    cells.append("-")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("ms/token and J/token (board power x boards) at position n_ctx/2, batch 1, fp16; "
-                 "tensor parallel over NVLink (2 ring all-reduces of d_model per layer + a logits "
-                 "all-gather, latency "
-                 f"{specs[0].allreduce_latency_s * 1e6:.0f} us per call [assumed]); '-': does not "
-                 "fit that many GPUs' memory")
-    return "\n".join(lines)
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu.model")
-    ap.add_argument("measured", nargs="?", default=None, help="gpu_baseline JSON (default: shipped)")
-    ap.add_argument("--tp", default="1,2,4,8", help="GPU counts for the zoo table (default 1,2,4,8)")
-    args = ap.parse_args(list(argv) if argv is not None else None)
-    print(compare_table(args.measured))
-    try:
-        print()
-        print("Llama-family decode (gated path), measured vs model:")
-        print(llama_table())
-    except FileNotFoundError:
-        pass
-    print()
-    print("Zoo presets, modelled:")
-    print(zoo_table(tps=[int(x) for x in args.tp.split(",")]))
-    return 0
-
-
-if __name__ == "__main__":
-    from workloads.gpu.model import main as _main  # the importable module's classes, not __main__'s
-
-    raise SystemExit(_main())
