@@ -16,7 +16,8 @@ from workloads.gpu import calibration as gcal
 from workloads.gpu import model as gm
 from workloads.gpu.baseline import positions_for
 from workloads.gpu.cli import main
-from workloads.gpu.llama import LlamaStaticDecoder, compare_with_hf
+from workloads.gpu.decoders import LlamaStaticDecoder
+from workloads.gpu.llama import compare_with_hf
 from workloads.gpu.llama_shapes import DEFAULT_MODELS, SHAPES, get_shape
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from workloads.gpu.cli import main
-from workloads.gpu.llama import LlamaStaticDecoder
+from workloads.gpu.decoders import LlamaStaticDecoder
 from workloads.gpu.llama_shapes import get_shape
 from workloads.gpu.llama_tp import (
     LlamaTPDecoder,

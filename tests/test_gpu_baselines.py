@@ -15,14 +15,8 @@ from workloads.gpu import calibration as gcal
 from workloads.gpu import model as gm
 from workloads.gpu import tables as gtab
 from workloads.gpt import GPT, PRESETS, get_config
-from workloads.gpu.baseline import (
-    ALL_MODELS,
-    StaticCacheDecoder,
-    build_model,
-    compare_with_decode_step,
-    gpu_slug,
-    positions_for,
-)
+from workloads.gpu.baseline import ALL_MODELS, compare_with_decode_step, gpu_slug, positions_for
+from workloads.gpu.decoders import StaticCacheDecoder, build_model
 from workloads.gpu.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,8 +106,8 @@ def test_gpu_slug() -> None:
 
 
 def test_modules_need_only_torch_and_numpy() -> None:
-    code = ("import sys, workloads.gpu.baseline, workloads.gpu.model, workloads.gpu.calibration, "
-            "workloads.gpu.tables, workloads.gpu.llama_shapes; "
+    code = ("import sys, workloads.gpu.baseline, workloads.gpu.decoders, workloads.gpu.model, "
+            "workloads.gpu.calibration, workloads.gpu.tables, workloads.gpu.llama_shapes; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & {'numba', 'pimsim', 'compiler'}); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -11,6 +11,8 @@ The analytic model (numpy and the standard library only):
 
 The measured baselines (torch; run on a GPU machine, or ``--dry-run`` on a CPU):
 
+* :mod:`workloads.gpu.decoders` -- the static-cache decoders captured as one CUDA graph (GPT and
+  Llama-family);
 * :mod:`workloads.gpu.baseline` -- GPT presets: eager and CUDA-graph decode, timing, board power,
   and the measurement helpers the other two reuse;
 * :mod:`workloads.gpu.llama_shapes` -- the Llama-family shapes measured (no torch);

@@ -14,21 +14,22 @@ while doing so -- ms/token, tokens/s, W and J/token. Shapes are the public Huggi
   d_ff 28672, vocab 32000, n_ctx 4096. Its fp16 weights are 138 GB (128.5 GiB): they fit one
   141 GB H200 with little room to spare, and fit no 80 GB GPU.
 
-How: :class:`LlamaStaticDecoder` is a plain-PyTorch decoder -- RMSNorm, rotary position
-embedding (RoPE, theta from the config), grouped-query attention, SwiGLU MLP, untied LM head --
-with a static KV cache ``[n_layer, n_kv_head, n_ctx, d_head]`` for K and for V. The token and the
-position live in device tensors; the new K/V are written at that position (``index_copy_``),
-attention runs over the whole ``n_ctx`` buffer with the slots beyond the position masked, so
-every shape is fixed and the whole step is captured as one CUDA graph and replayed per token.
-The q/k/v and gate/up projections are stored fused; :meth:`LlamaStaticDecoder.hf_state_dict`
-gives views of them under Hugging Face's parameter names, so ``transformers``'
-``LlamaForCausalLM`` built from a ``LlamaConfig`` (no download) runs the same weights: the
-logits of both are compared over a few steps (:func:`compare_with_hf`; max abs difference in the
-JSON). Timing, power and the environment record reuse :mod:`workloads.gpu.baseline`
-(:func:`~workloads.gpu.baseline.time_interleaved` / ``time_per_call_ms``,
-:class:`~workloads.gpu.baseline.PowerSampler`, :func:`~workloads.gpu.baseline.sustained_loop`,
-:func:`~workloads.gpu.baseline.environment_info`): CUDA events around back-to-back replays after
-warm-up, median of repeats; power from NVML during a sustained loop; J/token = mean W x s/token.
+How: :class:`~workloads.gpu.decoders.LlamaStaticDecoder` is a plain-PyTorch decoder -- RMSNorm,
+rotary position embedding (RoPE, theta from the config), grouped-query attention, SwiGLU MLP,
+untied LM head -- with a static KV cache ``[n_layer, n_kv_head, n_ctx, d_head]`` for K and for V.
+The token and the position live in device tensors; the new K/V are written at that position
+(``index_copy_``), attention runs over the whole ``n_ctx`` buffer with the slots beyond the
+position masked, so every shape is fixed and the whole step is captured as one CUDA graph and
+replayed per token. The q/k/v and gate/up projections are stored fused;
+:meth:`~workloads.gpu.decoders.LlamaStaticDecoder.hf_state_dict` gives views of them under Hugging
+Face's parameter names, so ``transformers``' ``LlamaForCausalLM`` built from a ``LlamaConfig`` (no
+download) runs the same weights: the logits of both are compared over a few steps
+(:func:`compare_with_hf`; max abs difference in the JSON). Timing, power and the environment record
+reuse :mod:`workloads.gpu.baseline` (:func:`~workloads.gpu.baseline.time_interleaved` /
+``time_per_call_ms``, :class:`~workloads.gpu.baseline.PowerSampler`,
+:func:`~workloads.gpu.baseline.sustained_loop`, :func:`~workloads.gpu.baseline.environment_info`):
+CUDA events around back-to-back replays after warm-up, median of repeats; power from NVML during a
+sustained loop; J/token = mean W x s/token.
 
 Needs torch, numpy and the standard library; ``transformers`` only for the validation (imported
 there, skipped with a note when missing). No simulator imports::
@@ -41,16 +42,12 @@ there, skipped with a note when missing). No simulator imports::
 from __future__ import annotations
 
 import gc
-import math
 import time
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from workloads.gpt import _param_seed
 from workloads.gpu.baseline import (
-    CudaGraphStep,
     PowerSampler,
     count_cuda_kernels,
     environment_info,
@@ -61,9 +58,8 @@ from workloads.gpu.baseline import (
     sustained_loop,
     time_interleaved,
 )
+from workloads.gpu.decoders import LlamaStaticDecoder
 from workloads.gpu.llama_shapes import VALIDATION_CONFIGS, LlamaShape, get_shape, hf_llama_config
-
-INIT_STD = 0.02
 
 METHOD = (
     "Llama-family batch-1 decode, random weights from a seed (N(0,0.02), RMSNorm weights "
@@ -86,151 +82,6 @@ METHOD = (
     "difference recorded per model and for small MHA and GQA configs; where an fp32 copy of the "
     "weights fits, also each path's distance from transformers run in fp32."
 )
-
-
-# --------------------------------------------------------------------------------------------
-# The static-cache decoder
-# --------------------------------------------------------------------------------------------
-
-
-def init_decode_state(dec: CudaGraphStep, s: LlamaShape, n_kv: int, dtype: torch.dtype,
-                      dev: torch.device) -> None:
-    """RoPE tables (as transformers computes them: fp32 inverse frequencies and angles), the
-    static K/V caches of ``n_kv`` heads, the input tensors and the mask constants of a decoder
-    step (this module's and the tensor-parallel one's)."""
-    D = s.d_head
-    inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=dev).float() / D))
-    ang = torch.outer(torch.arange(s.n_ctx, device=dev).float(), inv_freq)
-    emb = torch.cat((ang, ang), dim=-1)                                          # [n_ctx, D]
-    dec.cos = emb.cos().to(dtype)
-    sin = emb.sin()
-    dec.sin_signed = torch.cat((-sin[:, :D // 2], sin[:, D // 2:]), dim=-1).to(dtype)
-    cache = (s.n_layer, n_kv, s.n_ctx, D)
-    dec.k_cache = torch.zeros(cache, dtype=dtype, device=dev)
-    dec.v_cache = torch.zeros(cache, dtype=dtype, device=dev)
-    dec.tok_t = torch.zeros(1, dtype=torch.long, device=dev)
-    dec.pos_t = torch.zeros(1, dtype=torch.long, device=dev)
-    dec._slots = torch.arange(s.n_ctx, device=dev)
-    dec._neg_inf = torch.full((), float("-inf"), dtype=dtype, device=dev)
-    dec._zero = torch.zeros((), dtype=dtype, device=dev)
-    dec.graph = None
-    dec.logits = None
-
-
-def attention_ctx(dec: CudaGraphStep, li: int, x: torch.Tensor, cos: torch.Tensor,
-                  sin: torch.Tensor, mask: torch.Tensor, H: int, KV: int) -> torch.Tensor:
-    """Layer ``li``'s attention of a decoder step (this module's and the tensor-parallel one's,
-    on its ``H`` query and ``KV`` KV heads): one q/k/v projection, RoPE on q and k together as
-    ``x cos + roll(x, d_head/2) sin'``, the new K/V written at ``pos_t``, softmax in fp32 over
-    all slots (``mask`` hides those past ``pos_t``); returns the context ``[1, H d_head]``."""
-    D = dec.cos.shape[-1]
-    G = H // KV
-    qkv = F.linear(x, dec.wqkv[li])                                              # [1, (H+2KV)D]
-    qk = qkv[0, :(H + KV) * D].view(H + KV, D)
-    qk = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin)                        # RoPE on q and k
-    k = qk[H:].view(KV, 1, D)
-    v = qkv[0, (H + KV) * D:].view(KV, 1, D)
-    kc, vc = dec.k_cache[li], dec.v_cache[li]                                     # [KV, n_ctx, D]
-    kc.index_copy_(1, dec.pos_t, k)
-    vc.index_copy_(1, dec.pos_t, v)
-    # query head h uses KV head h // G (transformers' repeat_kv order)
-    scores = torch.baddbmm(mask, qk[:H].view(KV, G, D), kc.transpose(1, 2),
-                           alpha=1.0 / math.sqrt(D))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dec.dtype)      # [KV, G, n_ctx]
-    return torch.bmm(probs, vc).view(1, H * D)
-
-
-class LlamaStaticDecoder(CudaGraphStep):
-    """Batch-1 Llama decode with a static KV cache, capturable as one CUDA graph.
-
-    Weights are drawn at construction, directly on ``device`` in ``dtype``, each tensor (by its
-    Hugging Face name) from its own generator seeded from ``(seed, name)`` (N(0, init_std); norm
-    weights 1 + N(0, init_std)), into fused buffers:
-    ``wqkv[l]`` = [q; k; v] ``[(n_head + 2 n_kv_head) d_head, d_model]`` and ``wgu[l]`` =
-    [gate; up] ``[2 d_ff, d_model]``. :meth:`step` reads the token and position from the device
-    tensors ``tok_t``/``pos_t``, writes K/V at ``pos_t`` into ``k_cache``/``v_cache``
-    (``[n_layer, n_kv_head, n_ctx, d_head]``), attends over all ``n_ctx`` slots with those beyond
-    ``pos_t`` masked, and returns the logits ``[1, vocab]``. After :meth:`capture` (CUDA),
-    :meth:`decode` sets the inputs and replays the graph; on the CPU it runs the step eagerly.
-    """
-
-    def __init__(self, shape: LlamaShape, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float16, seed: int = 0, init_std: float = INIT_STD) -> None:
-        s = self.shape = shape
-        self.n_ctx = shape.n_ctx
-        self.device, self.dtype = torch.device(device), dtype
-        dev, D, H, KV, d, f = self.device, s.d_head, s.n_head, s.n_kv_head, s.d_model, s.d_ff
-
-        def empty(*size: int) -> torch.Tensor:
-            return torch.empty(size, dtype=dtype, device=dev)
-
-        self.embed = empty(s.vocab, d)
-        self.norm = empty(d)
-        self.lm_head = empty(s.vocab, d)
-        self.ln1 = [empty(d) for _ in range(s.n_layer)]
-        self.ln2 = [empty(d) for _ in range(s.n_layer)]
-        self.wqkv = [empty((H + 2 * KV) * D, d) for _ in range(s.n_layer)]
-        self.wo = [empty(d, H * D) for _ in range(s.n_layer)]
-        self.wgu = [empty(2 * f, d) for _ in range(s.n_layer)]
-        self.wdown = [empty(d, f) for _ in range(s.n_layer)]
-        with torch.no_grad():
-            for name, t in self.hf_state_dict().items():
-                gen = torch.Generator(device=dev).manual_seed(_param_seed(seed, name))
-                t.normal_(0.0, init_std, generator=gen)
-                if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
-                    t.add_(1.0)
-        init_decode_state(self, shape, KV, dtype, dev)
-
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Views of the weights under ``LlamaForCausalLM``'s parameter names (shared storage)."""
-        s = self.shape
-        q, kv = s.n_head * s.d_head, s.n_kv_head * s.d_head
-        sd = {"model.embed_tokens.weight": self.embed, "model.norm.weight": self.norm,
-              "lm_head.weight": self.lm_head}
-        for i in range(s.n_layer):
-            p = f"model.layers.{i}."
-            w, gu = self.wqkv[i], self.wgu[i]
-            sd.update({
-                p + "input_layernorm.weight": self.ln1[i],
-                p + "self_attn.q_proj.weight": w[:q], p + "self_attn.k_proj.weight": w[q:q + kv],
-                p + "self_attn.v_proj.weight": w[q + kv:], p + "self_attn.o_proj.weight": self.wo[i],
-                p + "post_attention_layernorm.weight": self.ln2[i],
-                p + "mlp.gate_proj.weight": gu[:s.d_ff], p + "mlp.up_proj.weight": gu[s.d_ff:],
-                p + "mlp.down_proj.weight": self.wdown[i],
-            })
-        return sd
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.hf_state_dict().values())
-
-    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # fp32 statistics, as transformers' LlamaRMSNorm (one fused kernel on CUDA)
-        return F.rms_norm(x, (self.shape.d_model,), w, self.shape.rms_eps)
-
-    @torch.no_grad()
-    def step(self) -> torch.Tensor:
-        """One decode step on the current ``tok_t``/``pos_t``; returns logits ``[1, vocab]``.
-
-        Few kernels per layer (about 20): fused RMSNorm, one q/k/v and one gate/up projection,
-        RoPE on q and k together as ``x cos + roll(x, d_head/2) sin'`` (``sin'`` = [-sin; sin],
-        i.e. transformers' ``rotate_half``), residual adds folded into the output projections
-        (``addmm_``), softmax in fp32.
-        """
-        s = self.shape
-        H, KV, f = s.n_head, s.n_kv_head, s.d_ff
-        h = F.embedding(self.tok_t, self.embed)                                       # [1, d]
-        cos = self.cos.index_select(0, self.pos_t)                                    # [1, D]
-        sin = self.sin_signed.index_select(0, self.pos_t)
-        mask = torch.where(self._slots <= self.pos_t, self._zero, self._neg_inf).view(1, 1, s.n_ctx)
-        for li in range(s.n_layer):
-            x = self._rms(h, self.ln1[li])
-            ctx = attention_ctx(self, li, x, cos, sin, mask, H, KV)                   # [1, H D]
-            h.addmm_(ctx, self.wo[li].t())                                            # h += ctx Wo^T
-            x = self._rms(h, self.ln2[li])
-            gu = F.linear(x, self.wgu[li])                                            # [1, 2 d_ff]
-            h.addmm_(F.silu(gu[:, :f]) * gu[:, f:], self.wdown[li].t())
-        return F.linear(self._rms(h, self.norm), self.lm_head)                        # [1, vocab]
 
 
 # --------------------------------------------------------------------------------------------

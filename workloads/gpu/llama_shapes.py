@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LlamaShape:
     """Shape of a Llama-family decoder (the fields of a Hugging Face ``LlamaConfig`` used here)."""

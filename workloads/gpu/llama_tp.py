@@ -22,7 +22,7 @@ The split (rank ``r`` of ``N``; :func:`shard_plan`):
 * LM head: rows ``[r vocab/N, (r+1) vocab/N)``; the logit shares are all-gathered (every rank
   gets the full ``[1, vocab]``).
 
-Weights: the same random weights as :class:`workloads.gpu.llama.LlamaStaticDecoder` with
+Weights: the same random weights as :class:`workloads.gpu.decoders.LlamaStaticDecoder` with
 the same seed -- each full tensor is generated on the rank's device exactly as the single-GPU
 decoder generates it (its fused buffer, a generator per Hugging Face parameter name seeded from
 ``(seed, name)``), one layer at a time, sliced, and freed -- so the TP decoder computes the same
@@ -81,13 +81,18 @@ from workloads.gpt import _param_seed
 from workloads.gpu import calibration as gcal
 from workloads.gpu import model as gm
 from workloads.gpu.baseline import (
-    CudaGraphStep,
     PowerSampler,
     count_cuda_kernels,
     environment_info,
     positions_for,
 )
-from workloads.gpu.llama import INIT_STD, LlamaStaticDecoder, attention_ctx, init_decode_state
+from workloads.gpu.decoders import (
+    INIT_STD,
+    CudaGraphStep,
+    LlamaStaticDecoder,
+    attention_ctx,
+    init_decode_state,
+)
 from workloads.gpu.llama_shapes import VALIDATION_CONFIGS, LlamaShape, get_shape
 
 PG_TIMEOUT_S = 300          # a rank stuck in a collective this long fails the run (not hangs it)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-
 from workloads import zoo
 from workloads.gpu.calibration import (
     GATED_FIELDS,
