@@ -9,7 +9,7 @@
 3. ASIC clock 1 GHz vs 100 MHz (the paper: at most about 20 % slower).
 4. Row-buffer hit rate (the paper: about 98 %).
 5. Non-VMM (ASIC) share of gpt3-xl latency (the paper: 1.16 %).
-6. The same eight models against the measured GPU in ``workloads/data``.
+6. The same eight models against the measured GPU in ``workloads/gpu/data``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.generate import run_generation
 from workloads import compare as C
-from workloads import gpu_model as gm
+from workloads.gpu.calibration import default_measured_path
 from workloads.models import resolve_model
 
 MODELS = ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-small", "gpt3-medium",
@@ -69,7 +69,7 @@ def main() -> None:
     # 1 and 6: GPU comparisons
     sections = [("T4", "T4 (analytic model, per-kernel overhead calibrated on the measured GPU)")]
     try:
-        meas = gm.default_measured_path()
+        meas = default_measured_path()
         sections.append((meas, "the measured GPU (CUDA graph, static KV cache)"))
     except FileNotFoundError:
         meas = None

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from workloads import compare as C
-from workloads import gpu_model as gm
+from workloads.gpu import calibration as gcal
 from pimsim.config import load_config
 
 
@@ -20,9 +20,9 @@ def test_compare_against_modelled_t4_and_measured_gpu(tmp_path):
     assert r.speedup == pytest.approx(r.gpu_ms / r.pim_ms)
     assert r.efficiency == pytest.approx(r.gpu_j / r.pim_j)
     assert "T4" in r.gpu_source
-    meas = gm.default_measured_path()
+    meas = gcal.default_measured_path()
     (m,) = C.compare(["gpt2-small"], cfg, meas, prompt=16, tokens=2)
-    doc = gm.load_measured(meas)
+    doc = gcal.load_measured(meas)
     row = next(x for x in doc["results"] if x["model"] == "gpt2-small")
     assert m.gpu_ms in [float(v) for v in row["graph"]["ms_at"].values()]
     assert "measured" in m.gpu_source

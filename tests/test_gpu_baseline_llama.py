@@ -12,19 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from workloads import gpu_model as gm
-from workloads.gpu_baseline import positions_for
-from workloads.gpu_baseline_llama import (
-    DEFAULT_MODELS,
-    SHAPES,
-    LlamaStaticDecoder,
-    compare_with_hf,
-    get_shape,
-    main,
-)
+from workloads.gpu import calibration as gcal
+from workloads.gpu import model as gm
+from workloads.gpu.baseline import positions_for
+from workloads.gpu.cli import main
+from workloads.gpu.decoders import LlamaStaticDecoder
+from workloads.gpu.llama import compare_with_hf
+from workloads.gpu.llama_shapes import DEFAULT_MODELS, SHAPES, get_shape
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "workloads" / "data" / "gpu_measured_h200_llama.json"
+SHIPPED = REPO / "workloads" / "gpu" / "data" / "gpu_measured_h200_llama.json"
 H200_PEAK_BW_BYTES_PER_S = gm.gpu_preset("H200").mem_bw
 TOKENS = [5, 17, 200, 3, 99, 42, 7]
 
@@ -105,7 +102,7 @@ def test_weights_are_seeded_and_hf_views_share_storage() -> None:
 
 def test_dry_run_writes_well_formed_json(tmp_path: Path) -> None:
     out = tmp_path / "dry.json"
-    assert main(["--dry-run", "--models", "tiny-llama-gqa", "--repeats", "2",
+    assert main(["measure", "llama", "--dry-run", "--models", "tiny-llama-gqa", "--repeats", "2",
                  "--batch-seconds", "0.01", "-o", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert "DRY RUN" in doc["method"] and "CUDA graph" in doc["method"]
@@ -122,7 +119,7 @@ def test_dry_run_writes_well_formed_json(tmp_path: Path) -> None:
 
 
 def test_module_needs_no_simulator_or_transformers_to_import() -> None:
-    code = ("import sys, workloads.gpu_baseline_llama; "
+    code = ("import sys, workloads.gpu.llama; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & "
             "{'simpy', 'numba', 'pimsim', 'compiler', 'transformers'}); "
             "print(bad); sys.exit(1 if bad else 0)")
@@ -131,7 +128,7 @@ def test_module_needs_no_simulator_or_transformers_to_import() -> None:
 
 
 def test_gpt_calibration_keeps_reading_the_gpt_file() -> None:
-    assert not gm.default_measured_path().endswith(gm.LLAMA_SUFFIX)
+    assert not gcal.default_measured_path().endswith(gcal.LLAMA_SUFFIX)
 
 
 def test_low_precision_difference_is_rounding_noise() -> None:
@@ -150,13 +147,13 @@ def test_low_precision_difference_is_rounding_noise() -> None:
 
 @pytest.fixture(scope="module")
 def shipped() -> dict:
-    return gm.load_measured(gm.llama_measured_path())
+    return gcal.load_measured(gcal.llama_measured_path())
 
 
 def test_shipped_file_is_found_and_read_by_the_compare_loader(shipped: dict) -> None:
     from workloads import compare as C
 
-    assert Path(gm.llama_measured_path()) == SHIPPED
+    assert Path(gcal.llama_measured_path()) == SHIPPED
     doc = C.load_baseline(str(SHIPPED))
     assert doc == shipped
     C.check_gpu(str(SHIPPED), list(DEFAULT_MODELS))

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from workloads.gpu_baseline_llama import LlamaStaticDecoder, get_shape
-from workloads.gpu_baseline_llama_tp import (
+from workloads.gpu.cli import main
+from workloads.gpu.decoders import LlamaStaticDecoder
+from workloads.gpu.llama_shapes import get_shape
+from workloads.gpu.llama_tp import (
     LlamaTPDecoder,
     ThreadGroup,
     add_predictions,
     check_tp,
     gloo_logits,
-    main,
     shard_plan,
     summary_table,
     thread_logits,
@@ -110,7 +111,7 @@ def test_gloo_tp4_repeats_kv_heads(tmp_path: Path) -> None:
 def test_split_is_checked_against_a_wrong_split() -> None:
     """The comparison can fail: a rank holding the wrong KV head gives different logits."""
     shape = get_shape("tiny-llama-gqa")
-    import workloads.gpu_baseline_llama_tp as tp
+    import workloads.gpu.llama_tp as tp
 
     orig = tp.shard_plan
 
@@ -135,22 +136,21 @@ def test_split_is_checked_against_a_wrong_split() -> None:
 def test_too_few_gpus_is_one_line_naming_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
     if torch.cuda.is_available() and torch.cuda.device_count() >= 64:
         pytest.skip("this machine has the GPUs")
-    with pytest.raises(SystemExit):
-        main(["--tp", "64", "--models", "llama2-7b", "-o", "/tmp/never.json"])
+    assert main(["measure", "llama-tp", "--tp", "64", "--models", "llama2-7b",
+                 "-o", "/tmp/never.json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--tp 64 needs 64 CUDA GPUs" in err and "lower --tp" in err
 
 
 def test_indivisible_tp_is_refused_before_spawning(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["--dry-run", "--tp", "3", "-o", "/tmp/never.json"])
+    assert main(["measure", "llama-tp", "--dry-run", "--tp", "3", "-o", "/tmp/never.json"]) == 2
     assert "does not divide" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_dry_run_writes_a_document_with_predictions(tmp_path: Path) -> None:
     out = tmp_path / "tp.json"
-    r = subprocess.run([sys.executable, "-m", "workloads.gpu_baseline_llama_tp", "--dry-run",
+    r = subprocess.run([sys.executable, "-m", "workloads.gpu", "measure", "llama-tp", "--dry-run",
                         "--tp", "2", "--repeats", "2", "--batch-seconds", "0.02", "-o", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -165,7 +165,8 @@ def test_dry_run_writes_a_document_with_predictions(tmp_path: Path) -> None:
 
 
 def test_predictions_use_the_tp_model() -> None:
-    from workloads import gpu_model as gm
+    from workloads.gpu import calibration as gcal
+    from workloads.gpu import model as gm
 
     row = {"model": "llama2-70b", "n_layer": 80, "d_model": 8192, "n_head": 64, "n_kv_head": 8,
            "d_head": 128, "d_ff": 28672, "vocab": 32000, "n_ctx": 4096,
@@ -176,7 +177,7 @@ def test_predictions_use_the_tp_model() -> None:
            "not_measured": []}
     add_predictions(doc)
     p = row["prediction"]
-    want = gm.predict(gm.calibrated_preset("H200"), "llama2-70b", 2048, static_cache=True, tp=2)
+    want = gm.predict(gcal.calibrated_preset("H200"), "llama2-70b", 2048, static_cache=True, tp=2)
     assert p["ms_at"]["2048"] == pytest.approx(want["ms"])
     assert p["err_pct_at"]["2048"] == pytest.approx(100 * (want["ms"] - 22.0) / 22.0)
     assert p["comm_ms"] == pytest.approx(want["comm_ms"]) and p["comm_ms"] > 0.9   # 160 x 6 us

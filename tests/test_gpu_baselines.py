@@ -11,17 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from workloads import gpu_model as gm
+from workloads.gpu import calibration as gcal
+from workloads.gpu import model as gm
+from workloads.gpu import tables as gtab
 from workloads.gpt import GPT, PRESETS, get_config
-from workloads.gpu_baseline import (
-    ALL_MODELS,
-    StaticCacheDecoder,
-    build_model,
-    compare_with_decode_step,
-    gpu_slug,
-    main,
-    positions_for,
-)
+from workloads.gpu.baseline import ALL_MODELS, compare_with_decode_step, gpu_slug, positions_for
+from workloads.gpu.decoders import StaticCacheDecoder, build_model
+from workloads.gpu.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION_TOLERANCE_PCT = 25.0
@@ -29,12 +25,12 @@ CALIBRATION_TOLERANCE_PCT = 25.0
 
 @pytest.fixture(scope="module")
 def measured() -> dict:
-    return gm.load_measured()
+    return gcal.load_measured()
 
 
 @pytest.fixture(scope="module")
 def calibration(measured: dict) -> dict:
-    return gm.calibrate(measured)
+    return gcal.calibrate(measured)
 
 
 # ---- measurement script ----------------------------------------------------------------------
@@ -42,7 +38,7 @@ def calibration(measured: dict) -> dict:
 
 def test_dry_run_writes_well_formed_json(tmp_path: Path) -> None:
     out = tmp_path / "dry_{gpu}.json"
-    assert main(["--dry-run", "--repeats", "2", "--batch-seconds", "0.02", "-o", str(out)]) == 0
+    assert main(["measure", "gpt", "--dry-run", "--repeats", "2", "--batch-seconds", "0.02", "-o", str(out)]) == 0
     doc = json.loads((tmp_path / "dry_cpu.json").read_text())
     assert "DRY RUN" in doc["method"] and "CUDA graph" in doc["method"]
     for key in ("torch", "date", "python", "gpu", "driver", "cuda"):
@@ -110,7 +106,8 @@ def test_gpu_slug() -> None:
 
 
 def test_modules_need_only_torch_and_numpy() -> None:
-    code = ("import sys, workloads.gpu_baseline, workloads.gpu_model; "
+    code = ("import sys, workloads.gpu.baseline, workloads.gpu.decoders, workloads.gpu.model, "
+            "workloads.gpu.calibration, workloads.gpu.tables, workloads.gpu.llama_shapes; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & {'numba', 'pimsim', 'compiler'}); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -190,10 +187,10 @@ def test_calibration_fits_every_preset(calibration: dict) -> None:
 
 
 def test_calibration_with_fixed_efficiency_and_table(measured: dict, calibration: dict) -> None:
-    fixed = gm.calibrate(measured, fit_efficiency=False)
+    fixed = gcal.calibrate(measured, fit_efficiency=False)
     assert fixed["mem_eff"] == gm.gpu_preset("H200").mem_eff and fixed["kernel_overhead_us"] > 0
-    table = gm.compare_table(measured, calibration)
+    table = gtab.compare_table(measured, calibration)
     assert table.count("\n| gpt") == len(ALL_MODELS)
     assert "calibrated on" in table
-    a100 = gm.transfer(calibration, "A100")
+    a100 = gcal.transfer(calibration, "A100")
     assert a100.mem_bw == 2.04e12 and a100.kernel_overhead_s == calibration["gpu"].kernel_overhead_s

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from workloads import compare as C
-from workloads import gpu_model as gm
+from workloads.gpu import calibration as gcal
+from workloads.gpu import model as gm
+from workloads.gpu import shapes
 from workloads import zoo
 from workloads.presets import PRESETS
 
@@ -39,12 +41,12 @@ ZOO_PARAMS = {
 
 @pytest.fixture(scope="module")
 def llama_doc() -> dict:
-    return gm.load_measured(gm.llama_measured_path())
+    return gcal.load_measured(gcal.llama_measured_path())
 
 
 @pytest.fixture(scope="module")
 def llama_cal(llama_doc: dict) -> dict:
-    return gm.calibrate(llama_doc)
+    return gcal.calibrate(llama_doc)
 
 
 # ---- shapes ----------------------------------------------------------------------------------
@@ -52,14 +54,14 @@ def llama_cal(llama_doc: dict) -> dict:
 
 def test_every_zoo_preset_has_a_shape_with_the_right_parameter_count() -> None:
     for name in zoo.NAMES:
-        s = zoo.gpu_shape(name)
+        s = shapes.zoo_shape(name)
         assert s.name == name and s.n_ctx == zoo.n_ctx(name)
         if name in zoo.GPT_SHAPES:
             assert s.n_params == zoo.GPT_SHAPES[name].n_params
         else:
             assert s.n_params == ZOO_PARAMS[name], name
     with pytest.raises(ValueError, match="unknown zoo preset"):
-        zoo.gpu_shape("llama9-1t")
+        shapes.zoo_shape("llama9-1t")
 
 
 @pytest.mark.parametrize("name", sorted(zoo.HF_SHAPES))
@@ -69,14 +71,14 @@ def test_shape_matches_the_transformers_model(name: str) -> None:
     cls, kw = zoo.HF_SHAPES[name]
     with torch.device("meta"):
         m = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls)(**kw))
-    assert zoo.gpu_shape(name).n_params == sum(p.numel() for p in m.parameters())
+    assert shapes.zoo_shape(name).n_params == sum(p.numel() for p in m.parameters())
 
 
 def test_shape_fields_follow_the_configs() -> None:
-    l2, l3, l70 = (zoo.gpu_shape(n) for n in ("llama2-7b", "llama3-8b", "llama2-70b"))
+    l2, l3, l70 = (shapes.zoo_shape(n) for n in ("llama2-7b", "llama3-8b", "llama2-70b"))
     assert (l2.n_kv_head, l3.n_kv_head, l70.n_kv_head) == (32, 8, 8)
     assert l2.gated_mlp and not l2.tied_head and l2.d_head == 128 and l2.d_ff == 11008
-    opt, neox, gptj = (zoo.gpu_shape(n) for n in ("opt-6.7b", "pythia-6.9b", "gpt-j-6b"))
+    opt, neox, gptj = (shapes.zoo_shape(n) for n in ("opt-6.7b", "pythia-6.9b", "gpt-j-6b"))
     assert opt.tied_head and opt.pos_rows == 2050 and not opt.gated_mlp
     assert not neox.tied_head and neox.pos_rows == 0 and neox.d_ff == 16384
     assert gptj.norms_per_layer == 1 and gptj.head_bias and gptj.d_ff == 4 * 4096 and gptj.d_head == 256
@@ -86,7 +88,7 @@ def test_shape_fields_follow_the_configs() -> None:
 
 
 def test_llama2_7b_bytes_and_flops_by_hand() -> None:
-    s = zoo.gpu_shape("llama2-7b")
+    s = shapes.zoo_shape("llama2-7b")
     d, f, v, L = 4096, 11008, 32000, 32
     per_layer = 4 * d * d + 3 * d * f + 2 * d          # q k v o, gate up down, two RMSNorm weights
     assert s.n_params == 2 * v * d + L * per_layer + d  # embedding + head (untied) + final norm
@@ -99,7 +101,7 @@ def test_llama2_7b_bytes_and_flops_by_hand() -> None:
 def test_gpt_presets_predict_exactly_as_before(name: str) -> None:
     """A GPTConfig and its DecoderShape give the same bytes, FLOPs and prediction."""
     cfg = PRESETS.get(name) or zoo.GPT_SHAPES[name]
-    s = gm.DecoderShape.from_gpt(cfg)
+    s = shapes.DecoderShape.from_gpt(cfg)
     assert s.n_params == cfg.n_params
     g = dataclasses.replace(gm.gpu_preset("H200"), mem_bytes=0.0)  # no capacity check (175B)
     for pos in (0, cfg.n_ctx // 2, cfg.n_ctx - 1):
@@ -134,25 +136,25 @@ def test_llama_fit_is_within_tolerance_of_every_point(llama_cal: dict, llama_doc
 
 
 def test_llama_held_out_predictions(llama_doc: dict) -> None:
-    rows = gm.leave_one_out(llama_doc)
+    rows = gcal.leave_one_out(llama_doc)
     assert {r["model"] for r in rows} == {r["model"] for r in llama_doc["results"]}
     for r in rows:
         assert abs(r["diff_pct"]) < HELD_OUT_TOLERANCE_PCT, r
     # fit on the three smaller models, predict llama2-70b (5x the weights, 80 layers)
     small = dict(llama_doc, results=[r for r in llama_doc["results"] if r["model"] != "llama2-70b"])
-    g = gm.calibrate(small)["gpu"]
+    g = gcal.calibrate(small)["gpu"]
     row = next(r for r in llama_doc["results"] if r["model"] == "llama2-70b")
     for p, ms in row["graph"]["ms_at"].items():
-        pred = gm.predict(g, gm.cfg_from_result(row), int(p), static_cache=True)["ms"]
+        pred = gm.predict(g, gcal.cfg_from_result(row), int(p), static_cache=True)["ms"]
         assert abs(pred - ms) / ms < HELD_OUT_TOLERANCE_PCT / 100
 
 
 def test_gpt_power_fit_predicts_llama_energy(llama_doc: dict) -> None:
     """Held out: the power line fitted on the GPT loops, applied to the Llama loops."""
-    g = gm.calibrated_preset("H200")
+    g = gcal.calibrated_preset("H200")
     for row in llama_doc["results"]:
         loop = row["graph"]["power_loop"]
-        pred = gm.predict(g, gm.cfg_from_result(row), loop["position"], static_cache=True,
+        pred = gm.predict(g, gcal.cfg_from_result(row), loop["position"], static_cache=True,
                           n_kernels=row["graph"]["kernels_per_step"], power="util")
         err = 100 * (pred["joules"] - loop["joules_per_token"]) / loop["joules_per_token"]
         assert abs(err) < ENERGY_HELD_OUT_TOLERANCE_PCT, (row["model"], err)
@@ -160,29 +162,29 @@ def test_gpt_power_fit_predicts_llama_energy(llama_doc: dict) -> None:
 
 def test_llama_rows_rebuild_their_parameter_count(llama_doc: dict) -> None:
     for row in llama_doc["results"]:
-        assert gm.cfg_from_result(row).n_params == row["params"]
-        assert gm.kv_bytes_read(gm.cfg_from_result(row), 0, static_cache=True) == row["static_kv_bytes"]
+        assert gcal.cfg_from_result(row).n_params == row["params"]
+        assert gm.kv_bytes_read(gcal.cfg_from_result(row), 0, static_cache=True) == row["static_kv_bytes"]
     bad = dict(llama_doc["results"][0], params=1)
     with pytest.raises(ValueError, match="parameters"):
-        gm.cfg_from_result(bad)
+        gcal.cfg_from_result(bad)
 
 
 def test_mixed_paths_refuse_one_fit(llama_doc: dict) -> None:
-    gpt = gm.load_measured()
+    gpt = gcal.load_measured()
     mixed = dict(gpt, results=gpt["results"] + llama_doc["results"])
     with pytest.raises(ValueError, match="per software path"):
-        gm.calibrate(mixed)
+        gcal.calibrate(mixed)
 
 
 def test_calibrated_preset_carries_both_paths(llama_cal: dict) -> None:
-    gpt_cal = gm.calibrate(gm.load_measured())
-    a100 = gm.calibrated_preset("A100")
+    gpt_cal = gcal.calibrate(gcal.load_measured())
+    a100 = gcal.calibrated_preset("A100")
     assert a100.mem_bw == 2.04e12 and a100.mem_bytes == 80e9
     assert a100.kernel_overhead_s == gpt_cal["gpu"].kernel_overhead_s
     assert a100.gated_kernel_overhead_s == llama_cal["gpu"].gated_kernel_overhead_s
     assert a100.gated_mem_eff == llama_cal["gpu"].gated_mem_eff
     # a gated shape uses the gated efficiency: memory term = bytes / (BW x gated_mem_eff)
-    s = zoo.gpu_shape("llama3-8b")
+    s = shapes.zoo_shape("llama3-8b")
     r = gm.predict(a100, s, 100)
     assert r["mem_ms"] == pytest.approx(r["bytes"] / (2.04e12 * a100.gated_mem_eff) * 1e3)
     assert r["overhead_ms"] == pytest.approx(
@@ -208,7 +210,7 @@ def test_allreduce_time_by_hand() -> None:
     # all-gather of 32000 fp16 logits over 2 GPUs: 1/2 * 64000 B / 450e9 + 5 us
     assert gm.allgather_s(g, 64000, 2) == pytest.approx(0.5 * 64000 / 450e9 + 5e-6, rel=1e-12)
     # in a prediction: 2 per layer + the logits gather
-    s = zoo.gpu_shape("llama2-70b")
+    s = shapes.zoo_shape("llama2-70b")
     r = gm.predict(g, s, 100, tp=4)
     want_s = 2 * 80 * (1.5 * 8192 * 2 / 450e9 + 5e-6) + (0.75 * 32000 * 2 / 450e9 + 5e-6)
     assert r["comm_ms"] == pytest.approx(want_s * 1e3, rel=1e-12)
@@ -216,9 +218,9 @@ def test_allreduce_time_by_hand() -> None:
 
 def test_tp1_is_the_single_gpu_prediction_exactly() -> None:
     for gpu in ("A100", "H100", "H200"):
-        g = gm.calibrated_preset(gpu)
+        g = gcal.calibrated_preset(gpu)
         for name in ("llama2-7b", "qwen2-7b", "gpt-j-6b", "gpt3-13b"):
-            s = zoo.gpu_shape(name)
+            s = shapes.zoo_shape(name)
             one = gm.predict(g, s, 321, tp=1)
             assert one == gm.predict(g, s, 321)
             assert one["comm_ms"] == 0.0 and one["watts"] == g.board_w
@@ -228,7 +230,7 @@ def test_tp1_is_the_single_gpu_prediction_exactly() -> None:
 
 def test_tp_splits_bytes_and_kv_heads() -> None:
     g = gm.gpu_preset("H200")
-    s = zoo.gpu_shape("llama2-70b")   # 8 KV heads
+    s = shapes.zoo_shape("llama2-70b")   # 8 KV heads
     one, two, eight = (gm.predict(g, s, 999, tp=n) for n in (1, 2, 8))
     w, kv = gm.weight_bytes_streamed(s), gm.kv_bytes_read(s, 999)
     assert two["bytes"] == pytest.approx(w / 2 + kv / 2)
@@ -243,7 +245,7 @@ def test_tp_splits_bytes_and_kv_heads() -> None:
 
 
 def test_70b_needs_two_a100_and_fits_one_h200() -> None:
-    s = zoo.gpu_shape("llama2-70b")
+    s = shapes.zoo_shape("llama2-70b")
     with pytest.raises(ValueError, match=r"does not fit 1 A100.*use tp=2 or more A100"):
         gm.predict("A100", s, 100)
     assert gm.predict("A100", s, 100, tp=2)["ms"] > 0
@@ -256,7 +258,7 @@ def test_70b_needs_two_a100_and_fits_one_h200() -> None:
     need = 2 * 68_976_648_192 / 2 + 80 * 2 * 8 * 128 * 2 * 4096 / 2 + 1e9
     assert gm.memory_needed_bytes(s, 2, gm.gpu_preset("A100")) == pytest.approx(need)
     # GPT-3 175B: 4 H200, 8 A100
-    big = zoo.gpu_shape("gpt3-175b")
+    big = shapes.zoo_shape("gpt3-175b")
     assert gm.min_gpus("H200", big) == 4 and gm.min_gpus("A100", big) == 8
     with pytest.raises(ValueError, match="use tp=4"):
         gm.predict("H200", big, 10, tp=2)
@@ -264,9 +266,9 @@ def test_70b_needs_two_a100_and_fits_one_h200() -> None:
 
 def test_speed_grows_with_tp_for_big_models() -> None:
     for gpu in ("A100", "H100", "H200"):
-        g = gm.calibrated_preset(gpu)
+        g = gcal.calibrated_preset(gpu)
         for name in ("llama2-70b", "llama2-13b", "gpt3-175b"):
-            s = zoo.gpu_shape(name)
+            s = shapes.zoo_shape(name)
             ms = []
             for n in (1, 2, 4, 8):
                 try:
@@ -277,7 +279,7 @@ def test_speed_grows_with_tp_for_big_models() -> None:
 
 
 def test_tp_errors() -> None:
-    s = zoo.gpu_shape("llama2-7b")
+    s = shapes.zoo_shape("llama2-7b")
     with pytest.raises(ValueError, match="no NVLink"):
         gm.predict("T4", s, 10, tp=2)
     with pytest.raises(ValueError, match="tp must be a positive int"):
@@ -288,7 +290,7 @@ def test_tp_errors() -> None:
 
 
 def test_predict_takes_a_preset_name() -> None:
-    assert gm.predict("H200", "llama3-8b", 5) == gm.predict("H200", zoo.gpu_shape("llama3-8b"), 5)
+    assert gm.predict("H200", "llama3-8b", 5) == gm.predict("H200", shapes.zoo_shape("llama3-8b"), 5)
     assert gm.predict("H200", "gpt2-small", 5) == gm.predict("H200", PRESETS["gpt2-small"], 5)
 
 
@@ -297,8 +299,8 @@ def test_compare_gpu_point_for_zoo_presets() -> None:
         if name == "gpt3-175b":
             continue
         pt = C.gpu_point("h200", name, 100)
-        s = zoo.gpu_shape(name)
-        want = gm.predict(gm.calibrated_preset("H200"), s, 100)
+        s = shapes.zoo_shape(name)
+        want = gm.predict(gcal.calibrated_preset("H200"), s, 100)
         assert pt.ms == want["ms"] and pt.joules == want["joules"] and "H200" in pt.source
     two = C.gpu_point("A100", "llama2-70b", 100, tp=2)
     assert "2 x A100" in two.source
@@ -309,7 +311,7 @@ def test_compare_gpu_point_for_zoo_presets() -> None:
         C._check_gpu_memory("H200", ["gpt3-175b"], 1)
     C._check_gpu_memory("H200", ["gpt3-175b"], 4)
     # GPT presets keep their numbers
-    g = gm.transfer(gm.calibrate(gm.load_measured()), "H100")
+    g = gcal.transfer(gcal.calibrate(gcal.load_measured()), "H100")
     assert C.gpu_point("H100", "gpt2-small", 10).ms == gm.predict(g, PRESETS["gpt2-small"], 10)["ms"]
 
 
@@ -334,11 +336,11 @@ def test_compare_uses_the_zoo_shape_not_the_compiled_spec(monkeypatch: pytest.Mo
     monkeypatch.setattr(C, "gpu_point", spy)
     (row,) = C.compare(["llama2-70b"], load_config("pim-gpt"), "H200", prompt=4, tokens=2, tp=2)
     assert seen == [None] and "2 x H200" in row.gpu_source
-    assert row.gpu_ms == pytest.approx(gm.predict(gm.calibrated_preset("H200"), "llama2-70b", 4, tp=2)["ms"])
+    assert row.gpu_ms == pytest.approx(gm.predict(gcal.calibrated_preset("H200"), "llama2-70b", 4, tp=2)["ms"])
 
 
 def test_main_prints_the_tables() -> None:
-    r = subprocess.run([sys.executable, "-m", "workloads.gpu_model", "--tp", "1,2,4"], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "workloads.gpu", "predict", "--tp", "1,2,4"], cwd=REPO,
                        capture_output=True, text=True, timeout=300,
                        env={"PYTHONPATH": str(REPO), "PATH": ""})
     assert r.returncode == 0, r.stderr

@@ -1,9 +1,9 @@
 """PIM vs GPU: latency and energy per token, side by side, with charts.
 
 The PIM side is simulated (``pimsim.generate``); the GPU side is either the analytic decode
-model of a named GPU (``workloads.gpu_model``: T4, A100, H100, H200, with the per-kernel overhead
+model of a named GPU (``workloads.gpu.model``: T4, A100, H100, H200, with the per-kernel overhead
 calibrated on the shipped measurement) or a measured baseline JSON written by
-``workloads.gpu_baseline`` (its CUDA-graph numbers: the fastest GPU path, stated in the table).
+``workloads.gpu.baseline`` (its CUDA-graph numbers: the fastest GPU path, stated in the table).
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def _is_file_arg(gpu: str) -> bool:
 
 
 def load_baseline(path: str) -> dict:
-    """A measured GPU baseline (``workloads.gpu_baseline`` JSON), checked; UserError if not."""
+    """A measured GPU baseline (``workloads.gpu.baseline`` JSON), checked; UserError if not."""
     text = read_text(path, "GPU baseline file")
-    fix = "give a JSON written by python -m workloads.gpu_baseline, or a GPU name"
+    fix = "give a JSON written by python -m workloads.gpu measure gpt, or a GPU name"
     try:
         doc = json.loads(text)
     except ValueError as e:
@@ -81,7 +81,7 @@ def load_baseline(path: str) -> dict:
 
 def check_gpu(gpu: str, models: list[str]) -> None:
     """Fail now (before simulating) for an unknown GPU or a baseline without these models."""
-    from workloads import gpu_model as gm
+    from workloads.gpu import model as gm
 
     if _is_file_arg(gpu):
         doc = load_baseline(gpu)
@@ -115,10 +115,12 @@ def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
               tp: int = 1) -> GpuPoint:
     """GPU latency and energy per token at ``pos``: a measured JSON file or a modelled GPU
     (``shape``: the model's shape where it is not a preset; a zoo preset's shape comes from
-    :func:`workloads.zoo.gpu_shape`). ``tp``: a modelled GPU's tensor parallelism (GPUs over
+    :func:`workloads.gpu.shapes.zoo_shape`). ``tp``: a modelled GPU's tensor parallelism (GPUs over
     NVLink; energy of all boards)."""
-    from workloads import gpu_model as gm
     from workloads import zoo
+    from workloads.gpu import model as gm
+    from workloads.gpu.calibration import calibrated_preset
+    from workloads.gpu.shapes import zoo_shape
     from workloads.presets import PRESETS
 
     if _is_file_arg(gpu):
@@ -137,13 +139,13 @@ def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
     if shape is not None:
         cfg = shape
     elif model in zoo.NAMES and model not in PRESETS:
-        cfg = zoo.gpu_shape(model)
+        cfg = zoo_shape(model)
     else:
         cfg = get_config(model)
     check_gpu(gpu, [model])
     spec = gm.gpu_preset(gpu)
     try:
-        spec = gm.calibrated_preset(spec.name)
+        spec = calibrated_preset(spec.name)
         note = "overhead calibrated on the shipped measurement"
         if getattr(cfg, "gated_mlp", False):
             note = "gated (Llama) path calibrated on the shipped Llama measurement"
@@ -159,8 +161,9 @@ def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
 
 def _check_gpu_memory(gpu: str, models: list[str], tp: int) -> None:
     """UserError now when a preset (GPT or zoo) does not fit ``tp`` modelled GPUs' memory."""
-    from workloads import gpu_model as gm
     from workloads import zoo
+    from workloads.gpu import model as gm
+    from workloads.gpu.shapes import shape_for
     from workloads.presets import PRESETS
 
     if _is_file_arg(gpu):
@@ -168,7 +171,7 @@ def _check_gpu_memory(gpu: str, models: list[str], tp: int) -> None:
     spec = gm.gpu_preset(gpu)
     for m in models:
         if m in PRESETS or m in zoo.NAMES:
-            shape = gm.shape_for(m)
+            shape = shape_for(m)
             try:
                 gm.check_fits(spec, shape, tp)
             except ValueError as e:
@@ -176,7 +179,7 @@ def _check_gpu_memory(gpu: str, models: list[str], tp: int) -> None:
 
 
 def _more_gpus_fix(spec, cfg) -> str:
-    from workloads import gpu_model as gm
+    from workloads.gpu import model as gm
 
     n = gm.min_gpus(spec, cfg)
     if n is None or spec.nvlink_bw <= 0:
@@ -193,7 +196,7 @@ def _measured_joules(row: dict, ms: float) -> float:
         if "mean_power_w" in holder:
             return float(holder["mean_power_w"]) * ms / 1e3
     raise UserError(f"the GPU measurement of {row.get('model')} has no energy figure",
-                    "measure it again with power sampling (python -m workloads.gpu_baseline)")
+                    "measure it again with power sampling (python -m workloads.gpu measure gpt)")
 
 
 def _compiled(model: str, cfg: HwConfig, cache: bool, show: bool):

@@ -71,51 +71,6 @@ def n_ctx(name: str) -> int:
     return int(kw.get("max_position_embeddings", kw.get("n_positions", 0)))
 
 
-# per transformers config class: how its decoder is built (what the parameter count needs)
-_FAMILY: dict[str, dict[str, Any]] = {
-    # Llama, Mistral, Qwen2: SwiGLU, RMSNorm, rotary, untied head (tie_word_embeddings False);
-    # Qwen2 has biases on q/k/v only
-    "LlamaConfig": dict(gated_mlp=True, tied_head=False),
-    "MistralConfig": dict(gated_mlp=True, tied_head=False),
-    "Qwen2Config": dict(gated_mlp=True, tied_head=False, qkv_bias=True),
-    # OPT: learned positions with an offset of 2 rows, biases everywhere, LayerNorm, tied head
-    "OPTConfig": dict(tied_head=True, qkv_bias=True, out_bias=True, mlp_bias=True, norm_bias=True),
-    # GPT-NeoX (Pythia): rotary, biases everywhere, LayerNorm, untied head
-    "GPTNeoXConfig": dict(tied_head=False, qkv_bias=True, out_bias=True, mlp_bias=True,
-                          norm_bias=True),
-    # GPT-J: one LayerNorm per layer (parallel attention and MLP), no attention biases, MLP and
-    # LM-head biases, untied head
-    "GPTJConfig": dict(tied_head=False, mlp_bias=True, head_bias=True, norm_bias=True,
-                       norms_per_layer=1),
-}
-
-
-def gpu_shape(name: str) -> Any:
-    """The :class:`workloads.gpu_model.DecoderShape` of a zoo preset, read from its config
-    arguments (nothing is built; no torch or transformers)."""
-    from workloads.gpu_model import DecoderShape
-
-    if name in GPT_SHAPES:
-        return DecoderShape.from_gpt(GPT_SHAPES[name])
-    if name not in HF_SHAPES:
-        raise ValueError(f"unknown zoo preset {name!r}; known: {', '.join(NAMES)}")
-    cls, kw = HF_SHAPES[name]
-    if cls == "GPTJConfig":
-        d, n_layer, n_head = kw["n_embd"], kw["n_layer"], kw["n_head"]
-        d_ff, vocab = kw.get("n_inner") or 4 * d, kw["vocab_size"]
-    else:
-        d, n_layer, n_head = kw["hidden_size"], kw["num_hidden_layers"], kw["num_attention_heads"]
-        d_ff, vocab = kw.get("intermediate_size") or kw["ffn_dim"], kw["vocab_size"]
-    fam = dict(_FAMILY[cls])
-    if cls == "OPTConfig":
-        if kw.get("word_embed_proj_dim", d) != d:
-            raise ValueError(f"{name}: OPT with word_embed_proj_dim != hidden_size is not modelled")
-        fam["pos_rows"] = kw["max_position_embeddings"] + 2
-    return DecoderShape(name=name, n_layer=n_layer, d_model=d, n_head=n_head,
-                        n_kv_head=kw.get("num_key_value_heads", n_head), d_head=d // n_head,
-                        d_ff=d_ff, vocab=vocab, n_ctx=n_ctx(name), **fam)
-
-
 def build(name: str) -> Any:
     """The weightless (``meta``) model of a zoo preset, ready for the compiler."""
     import torch

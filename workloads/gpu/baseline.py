@@ -4,10 +4,11 @@ Two decode paths are timed for each GPT preset, fp16 weights drawn at random fro
 
 * **eager** -- plain PyTorch, :meth:`workloads.gpt.GPT.decode_step` with its growing
   (concatenated) KV cache; one Python-dispatched kernel sequence per token.
-* **graph** -- :class:`StaticCacheDecoder`: a static KV cache ``[n_layer, n_head, n_ctx, d_head]``
-  preallocated for K and for V, the new K/V written at the position held in a device tensor,
-  attention over the whole buffer with the positions beyond the current one masked out, fused
-  q/k/v projection; the whole decode step is captured as ONE CUDA graph and replayed per token.
+* **graph** -- :class:`~workloads.gpu.decoders.StaticCacheDecoder`: a static KV cache ``[n_layer,
+  n_head, n_ctx, d_head]`` preallocated for K and for V, the new K/V written at the position held
+  in a device tensor, attention over the whole buffer with the positions beyond the current one
+  masked out, fused q/k/v projection; the whole decode step is captured as ONE CUDA graph and
+  replayed per token.
 
 Timing: CUDA events around ``n_inner`` back-to-back steps after a warm-up, median over
 ``repeats`` (on the CPU, ``time.perf_counter``). Positions: ``min(128, n_ctx/4)``, ``n_ctx/2``
@@ -19,37 +20,32 @@ above idle is reported too, and, where NVML has it, the board's energy counter o
 This module needs only torch, numpy and the standard library (plus ``workloads.gpt``), so it runs
 on a GPU machine without the simulator's other dependencies::
 
-    PYTHONPATH=. python -m workloads.gpu_baseline --models all -o 'workloads/data/gpu_measured_{gpu}.json'
-    python -m workloads.gpu_baseline --dry-run -o /tmp/dry.json      # CPU, preset tiny, no power
+    PYTHONPATH=. python -m workloads.gpu measure gpt --models all \
+        -o 'workloads/gpu/data/gpu_measured_{gpu}.json'
+    python -m workloads.gpu measure gpt --dry-run -o /tmp/dry.json      # CPU, preset tiny, no power
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import json
-import math
-import os
 import platform
 import re
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from workloads.gpt import GPT, PRESETS, GPTConfig, _is_layernorm_weight, _param_seed, get_config
+from workloads.gpt import GPT, GPTConfig, get_config
+from workloads.gpu.decoders import StaticCacheDecoder, build_model
 
 ALL_MODELS = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl",
               "gpt3-small", "gpt3-medium", "gpt3-large", "gpt3-xl")
 FP16_BYTES = 2
-INIT_STD = 0.02
 
 METHOD = (
     "batch 1 decode, random weights from a seed (N(0,0.02), LayerNorm weight 1+N(0,0.02)), fp16 on "
@@ -69,170 +65,8 @@ METHOD = (
 
 
 # --------------------------------------------------------------------------------------------
-# Model construction and the static-cache decoder
+# Validation of the static-cache decoder (workloads.gpu.decoders)
 # --------------------------------------------------------------------------------------------
-
-
-def build_model(cfg: GPTConfig, *, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float16, seed: int = 0) -> GPT:
-    """A GPT with random weights made directly on ``device`` in ``dtype``.
-
-    Same distribution as :meth:`GPT.from_seed` (each parameter from its own generator seeded from
-    ``(seed, name)``), but the generator lives on ``device``, so on a GPU a 1.5 B-parameter model
-    is built in well under a second. Values differ from ``from_seed``'s CPU stream.
-    """
-    device = torch.device(device)
-    with torch.device("meta"):
-        model = GPT(cfg, dtype=dtype)
-    model = model.to_empty(device=device)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            gen = torch.Generator(device=device).manual_seed(_param_seed(seed, name))
-            param.normal_(0.0, INIT_STD, generator=gen)
-            if _is_layernorm_weight(name):
-                param.add_(1.0)
-    return model.requires_grad_(False).eval()
-
-
-class CudaGraphStep:
-    """A decode step over a static KV cache, replayable as one CUDA graph: subclasses set
-    ``device``, ``n_ctx``, the cache tensors ``k_cache`` / ``v_cache``, the device tensors
-    ``tok_t`` / ``pos_t``, ``graph = None`` and ``logits = None``, and define ``step()`` (one
-    decode step from those tensors)."""
-
-    device: torch.device
-    n_ctx: int
-    k_cache: torch.Tensor
-    v_cache: torch.Tensor
-
-    @property
-    def kv_bytes(self) -> int:
-        """Bytes of the static K and V buffers (read in full by every step)."""
-        return 2 * self.k_cache.numel() * self.k_cache.element_size()
-
-    def reset(self, fill: str = "zeros", seed: int = 0) -> None:
-        """Clear the cache (``zeros``), or fill it with random values (``random``, for timing)."""
-        with torch.no_grad():
-            if fill == "zeros":
-                self.k_cache.zero_()
-                self.v_cache.zero_()
-            else:
-                gen = torch.Generator(device=self.device).manual_seed(seed)
-                self.k_cache.normal_(0.0, 1.0, generator=gen)
-                self.v_cache.normal_(0.0, 1.0, generator=gen)
-
-    def capture(self, warmup: int = 3, capture_error_mode: str = "global") -> None:
-        """Record :meth:`step` as one CUDA graph (CUDA only); the cache is left as warm-up left it.
-        ``capture_error_mode``: torch.cuda.graph's (``"thread_local"`` lets another thread, such
-        as a process group's watchdog, query events during the capture)."""
-        if self.device.type != "cuda":
-            raise RuntimeError("CUDA graph capture needs a CUDA device")
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                self.step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):
-            self.logits = self.step()
-        torch.cuda.synchronize(self.device)
-        self.graph = graph
-
-    def set_inputs(self, token: int, pos: int) -> None:
-        if not 0 <= pos < self.n_ctx:
-            raise ValueError(f"position {pos} outside [0, {self.n_ctx})")
-        self.tok_t.fill_(int(token))
-        self.pos_t.fill_(int(pos))
-
-    def run(self) -> torch.Tensor:
-        """Run one step on the inputs already set: replay the graph if captured, else eagerly."""
-        if self.graph is not None:
-            self.graph.replay()
-            assert self.logits is not None
-            return self.logits
-        self.logits = self.step()
-        return self.logits
-
-    def decode(self, token: int, pos: int) -> torch.Tensor:
-        """Set the inputs and run one step; returns logits ``[1, vocab]`` (a static buffer on CUDA)."""
-        self.set_inputs(token, pos)
-        return self.run()
-
-
-class StaticCacheDecoder(CudaGraphStep):
-    """Batch-1 decode of a :class:`GPT` with a static KV cache, capturable as one CUDA graph.
-
-    The step reads the token and position from the device tensors ``tok_t`` and ``pos_t``
-    (int64, one element), writes the new K/V at ``pos_t`` into ``k_cache``/``v_cache``
-    (``[n_layer, n_head, n_ctx, d_head]``), attends over all ``n_ctx`` slots with slots beyond
-    ``pos_t`` masked, and leaves the logits ``[1, vocab]`` in ``self.logits``. Shapes never change,
-    so :meth:`capture` can record the whole step as one CUDA graph; :meth:`decode` then only sets
-    the two inputs and replays it. On the CPU (no capture) :meth:`decode` runs the same ops eagerly.
-
-    The weights are the model's (q/k/v concatenated once into a fused projection).
-    """
-
-    def __init__(self, model: GPT) -> None:
-        cfg = model.cfg
-        self.cfg = cfg
-        self.n_ctx = cfg.n_ctx
-        w = model.wte.weight
-        self.device, self.dtype = w.device, w.dtype
-        self.wte, self.wpe = model.wte.weight, model.wpe.weight
-        self.ln_f = (model.ln_f.weight, model.ln_f.bias)
-        self.layers = []
-        with torch.no_grad():
-            for blk in model.h:
-                at = blk.attn
-                self.layers.append(dict(
-                    ln1=(blk.ln_1.weight, blk.ln_1.bias),
-                    wqkv=torch.cat([at.q.weight, at.k.weight, at.v.weight], 0).contiguous(),
-                    bqkv=torch.cat([at.q.bias, at.k.bias, at.v.bias], 0).contiguous(),
-                    wo=at.out.weight, bo=at.out.bias,
-                    ln2=(blk.ln_2.weight, blk.ln_2.bias),
-                    wup=blk.mlp.up.weight, bup=blk.mlp.up.bias,
-                    wdown=blk.mlp.down.weight, bdown=blk.mlp.down.bias,
-                ))
-        shape = (cfg.n_layer, cfg.n_head, cfg.n_ctx, cfg.d_head)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.tok_t = torch.zeros(1, dtype=torch.long, device=self.device)
-        self.pos_t = torch.zeros(1, dtype=torch.long, device=self.device)
-        self._slots = torch.arange(cfg.n_ctx, device=self.device)
-        self._neg_inf = torch.full((), float("-inf"), dtype=self.dtype, device=self.device)
-        self._zero = torch.zeros((), dtype=self.dtype, device=self.device)
-        self.graph: Any = None
-        self.logits: torch.Tensor | None = None
-
-    @torch.no_grad()
-    def step(self) -> torch.Tensor:
-        """One decode step on the current ``tok_t``/``pos_t``; returns logits ``[1, vocab]``."""
-        c = self.cfg
-        H, D, a = c.n_head, c.d_head, c.d_attn
-        scale = 1.0 / math.sqrt(D)
-        h = F.embedding(self.tok_t, self.wte) + F.embedding(self.pos_t, self.wpe)        # [1, d]
-        # additive mask over the n_ctx slots: 0 up to and including pos, -inf beyond
-        mask = torch.where(self._slots <= self.pos_t, self._zero, self._neg_inf).view(1, 1, c.n_ctx)
-        for li, L in enumerate(self.layers):
-            x = F.layer_norm(h, (c.d_model,), L["ln1"][0], L["ln1"][1], c.ln_eps)
-            qkv = F.linear(x, L["wqkv"], L["bqkv"])                                       # [1, 3a]
-            q = qkv[:, :a].reshape(H, 1, D)
-            k = qkv[:, a:2 * a].reshape(H, 1, D)
-            v = qkv[:, 2 * a:].reshape(H, 1, D)
-            kc, vc = self.k_cache[li], self.v_cache[li]                                   # [H, n_ctx, D]
-            kc.index_copy_(1, self.pos_t, k)
-            vc.index_copy_(1, self.pos_t, v)
-            scores = torch.baddbmm(mask, q, kc.transpose(1, 2), alpha=scale)             # [H, 1, n_ctx]
-            probs = torch.softmax(scores, dim=-1)
-            ctx = torch.bmm(probs, vc).reshape(1, a)                                      # [1, a]
-            h = h + F.linear(ctx, L["wo"], L["bo"])
-            x = F.layer_norm(h, (c.d_model,), L["ln2"][0], L["ln2"][1], c.ln_eps)
-            h = h + F.linear(F.gelu(F.linear(x, L["wup"], L["bup"]), approximate="tanh"),
-                             L["wdown"], L["bdown"])
-        x = F.layer_norm(h, (c.d_model,), self.ln_f[0], self.ln_f[1], c.ln_eps)
-        return F.linear(x, self.wte)                                                      # [1, vocab]
 
 
 @torch.no_grad()
@@ -779,47 +613,3 @@ def summary_table(doc: dict[str, Any]) -> str:
                     + "/".join(f"{x:.4f}" for x in g)
                     + (f"  {w:7.1f}  {j:7.4f}  {ja:6.4f}" if w is not None and j is not None and ja is not None else "  -"))
     return "\n".join(rows)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu_baseline", description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=["all"], help="'all' or preset names")
-    ap.add_argument("-o", "--output", required=True,
-                    help="output JSON; '{gpu}' in the path is replaced by the GPU tag (h100, h200, cpu)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--power-seconds", type=float, default=3.0, help="graph power loop length")
-    ap.add_argument("--eager-power-seconds", type=float, default=2.0, help="eager power loop (0: skip)")
-    ap.add_argument("--idle-seconds", type=float, default=2.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-seconds", type=float, default=0.1,
-                    help="length of one timed batch of back-to-back steps (one repeat)")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="same code path on the CPU for preset 'tiny' (fp32, perf_counter, no power)")
-    args = ap.parse_args(argv)
-
-    if args.dry_run:
-        models = ["tiny"] if args.models == ["all"] else list(args.models)
-        device = "cpu"
-    else:
-        models = list(ALL_MODELS) if args.models == ["all"] else list(args.models)
-        if not torch.cuda.is_available():
-            ap.error("no CUDA device (use --dry-run on a CPU)")
-        device = "cuda"
-    for m in models:
-        if m not in PRESETS:
-            ap.error(f"unknown preset {m!r}")
-    doc = run_baseline(models, device=device, repeats=args.repeats, power_s=args.power_seconds,
-                       eager_power_s=args.eager_power_seconds, idle_s=args.idle_seconds, seed=args.seed,
-                       batch_s=args.batch_seconds)
-    out = args.output.replace("{gpu}", gpu_slug(doc["info"].get("gpu")))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    print(summary_table(doc))
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ What it measures: one decode step (one token, batch 1, fp16) of a Llama-shaped d
 N GPUs of one host (Megatron-style tensor parallelism), each rank's step captured as ONE CUDA
 graph with its NCCL collectives inside, at several context positions; board power of all N GPUs
 while doing so -- ms/token, tokens/s, W (sum over the N boards) and J/token. It checks the
-analytic model's tensor-parallel prediction (:func:`workloads.gpu_model.predict` with ``tp=N``:
+analytic model's tensor-parallel prediction (:func:`workloads.gpu.model.predict` with ``tp=N``:
 1/N of the weights per GPU, two ring all-reduces of ``d_model`` fp16 per layer, an [assumed]
 6 us per all-reduce call, one all-gather of the logits).
 
@@ -22,7 +22,7 @@ The split (rank ``r`` of ``N``; :func:`shard_plan`):
 * LM head: rows ``[r vocab/N, (r+1) vocab/N)``; the logit shares are all-gathered (every rank
   gets the full ``[1, vocab]``).
 
-Weights: the same random weights as :class:`workloads.gpu_baseline_llama.LlamaStaticDecoder` with
+Weights: the same random weights as :class:`workloads.gpu.decoders.LlamaStaticDecoder` with
 the same seed -- each full tensor is generated on the rank's device exactly as the single-GPU
 decoder generates it (its fused buffer, a generator per Hugging Face parameter name seeded from
 ``(seed, name)``), one layer at a time, sliced, and freed -- so the TP decoder computes the same
@@ -46,20 +46,19 @@ build the full single-GPU model on GPU 0 for the check).
 
 Run (the device machine; one process per GPU, spawned here)::
 
-    PYTHONPATH=. python -m workloads.gpu_baseline_llama_tp --models llama2-70b,llama2-13b,llama2-7b \\
-        --tp 2 -o workloads/data/gpu_measured_h200x2_llama_tp.json
-    python -m workloads.gpu_baseline_llama_tp --dry-run --tp 2 -o /tmp/tp.json  # CPU, gloo, tiny
+    PYTHONPATH=. python -m workloads.gpu measure llama-tp --models llama2-70b,llama2-13b,llama2-7b \\
+        --tp 2 -o workloads/gpu/data/gpu_measured_h200x2_llama_tp.json
+    python -m workloads.gpu measure llama-tp --dry-run --tp 2 -o /tmp/tp.json  # CPU, gloo, tiny
 
 It prints the measured ms/token and J/token next to the analytic model's prediction for the same
-shape and ``tp`` (the shipped calibration, :func:`workloads.gpu_model.calibrated_preset`) and the
-relative error; the prediction is written into the JSON too (``prediction`` per result).
+shape and ``tp`` (the shipped calibration, :func:`workloads.gpu.calibration.calibrated_preset`)
+and the relative error; the prediction is written into the JSON too (``prediction`` per result).
 
 Needs torch (NCCL on CUDA, gloo on the CPU), numpy and the standard library.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
 import gc
@@ -70,7 +69,6 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -80,27 +78,23 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from workloads.gpt import _param_seed
-from workloads.gpu_baseline import (
-    CudaGraphStep,
+from workloads.gpu import calibration as gcal
+from workloads.gpu import model as gm
+from workloads.gpu.baseline import (
     PowerSampler,
     count_cuda_kernels,
     environment_info,
     positions_for,
 )
-from workloads.gpu_baseline_llama import (
+from workloads.gpu.decoders import (
     INIT_STD,
-    SHAPES,
-    LlamaShape,
+    CudaGraphStep,
     LlamaStaticDecoder,
-    add_measure_args,
     attention_ctx,
-    get_shape,
     init_decode_state,
 )
+from workloads.gpu.llama_shapes import VALIDATION_CONFIGS, LlamaShape, get_shape
 
-DEFAULT_MODELS = ("llama2-70b", "llama2-13b", "llama2-7b")
-VALIDATION_CONFIGS = ("small-llama", "small-llama-gqa")
-DRY_RUN_MODELS = ("tiny-llama", "tiny-llama-gqa")
 PG_TIMEOUT_S = 300          # a rank stuck in a collective this long fails the run (not hangs it)
 
 METHOD = (
@@ -111,7 +105,7 @@ METHOD = (
     "down a torch.distributed all_reduce (sum, NCCL) of the partial [1, d_model] then the "
     "residual add; logits all-gathered (all_gather_into_tensor). Norms and the token embedding "
     "replicated. Random fp16 weights identical to the single-GPU LlamaStaticDecoder of "
-    "workloads.gpu_baseline_llama with the same seed (each full tensor generated on the rank's "
+    "workloads.gpu.llama with the same seed (each full tensor generated on the rank's "
     "GPU as that decoder does, one layer at a time, then sliced). Static KV cache of the rank's "
     "KV heads, attention over all n_ctx slots with the tail masked, as the single-GPU decoder. "
     "Each rank's whole decode step (NCCL collectives included) captured as ONE CUDA graph "
@@ -906,7 +900,7 @@ def run_tp(models: Sequence[str], world_size: int, *, repeats: int = 5, power_s:
     return doc if rank == 0 else None
 
 
-def _save(doc: dict[str, Any], path: str) -> None:
+def save_json_atomic(doc: dict[str, Any], path: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)
@@ -919,10 +913,10 @@ def _worker(rank: int, world_size: int, port: int, backend: str, kw: dict[str, A
     try:
         name = kw.pop("dtype", None)
         dtype = getattr(torch, name) if name else None
-        doc = run_tp(dtype=dtype, checkpoint=(lambda d: _save(d, out)) if rank == 0 else None,
+        doc = run_tp(dtype=dtype, checkpoint=(lambda d: save_json_atomic(d, out)) if rank == 0 else None,
                      log=(lambda m: print(m, flush=True)) if rank == 0 else (lambda m: None), **kw)
         if rank == 0 and doc is not None:
-            _save(doc, out)
+            save_json_atomic(doc, out)
     finally:
         dist.destroy_process_group()
 
@@ -998,9 +992,7 @@ def gloo_logits(name: str, world_size: int, tokens: Sequence[int], path: str, *,
 
 def _shipped_single(model: str) -> dict[str, Any] | None:
     try:
-        from workloads import gpu_model as gm
-
-        with open(gm.llama_measured_path()) as f:
+        with open(gcal.llama_measured_path()) as f:
             d = json.load(f)
         return next((r for r in d["results"] if r["model"] == model), None)
     except (FileNotFoundError, ValueError, KeyError):
@@ -1008,23 +1000,21 @@ def _shipped_single(model: str) -> dict[str, Any] | None:
 
 
 def add_predictions(doc: dict[str, Any]) -> None:
-    """Add ``prediction`` to every result: :func:`workloads.gpu_model.predict` with ``tp``,
+    """Add ``prediction`` to every result: :func:`workloads.gpu.model.predict` with ``tp``,
     ``static_cache=True`` (the measured path reads all n_ctx slots) on the measured GPU's preset
-    with the shipped calibrations (:func:`~workloads.gpu_model.calibrated_preset`): ms per
+    with the shipped calibrations (:func:`~workloads.gpu.calibration.calibrated_preset`): ms per
     position (the model's own kernel count, and the measured one), their errors vs measured, and
     J/token (board power) at the power loop's position."""
-    from workloads import gpu_model as gm
-
     gpu = doc["info"].get("gpu") or "H200"
     try:
-        spec = gm.calibrated_preset(gm.gpu_preset(gpu).name)
+        spec = gcal.calibrated_preset(gm.gpu_preset(gpu).name)
     except ValueError:
-        spec = gm.calibrated_preset("H200")
+        spec = gcal.calibrated_preset("H200")
     tp = int(doc["tp"])
     for row in doc["results"]:
-        cfg = gm.cfg_from_result(row)
+        cfg = gcal.cfg_from_result(row)
         k = row["graph"].get("kernels_per_step")
-        pred: dict[str, Any] = {"gpu_spec": f"{spec.name} (workloads.gpu_model.calibrated_preset)",
+        pred: dict[str, Any] = {"gpu_spec": f"{spec.name} (workloads.gpu.calibration.calibrated_preset)",
                                 "static_cache": True, "ms_at": {}, "err_pct_at": {},
                                 "ms_at_measured_kernels": {}, "err_pct_at_measured_kernels": {}}
         try:
@@ -1089,59 +1079,3 @@ def summary_table(doc: dict[str, Any]) -> str:
     for r in doc.get("not_measured", []):
         lines.append(f"| {r['model']} | {tp} | - | not measured: {r['not_measured']} |" + " |" * 8)
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def _models(arg: Sequence[str] | None, default: Sequence[str]) -> list[str]:
-    if not arg:
-        return list(default)
-    return [m.strip() for a in arg for m in a.split(",") if m.strip()]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu_baseline_llama_tp",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=None,
-                    help=f"shapes, comma or space separated (default {','.join(DEFAULT_MODELS)}; "
-                         f"dry run: {','.join(DRY_RUN_MODELS)}); known: {', '.join(SHAPES)}")
-    ap.add_argument("--tp", type=int, default=2, help="tensor-parallel size: GPUs (processes)")
-    add_measure_args(ap, "same code path on the CPU: gloo, tiny configs, fp32, no power")
-    args = ap.parse_args(argv)
-    if args.tp < 1:
-        ap.error(f"--tp must be >= 1, got {args.tp}")
-    if args.dry_run:
-        models, val = _models(args.models, DRY_RUN_MODELS), DRY_RUN_MODELS
-    else:
-        models, val = _models(args.models, DEFAULT_MODELS), VALIDATION_CONFIGS
-        n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n_gpu < args.tp:
-            ap.error(f"--tp {args.tp} needs {args.tp} CUDA GPUs, found {n_gpu}: run on a machine "
-                     f"with >= {args.tp} GPUs (or lower --tp, or --dry-run on a CPU)")
-    for m in models + list(val):
-        if m not in SHAPES:
-            ap.error(f"unknown shape {m!r}; known: {', '.join(SHAPES)}")
-        try:
-            check_tp(get_shape(m), args.tp)
-        except ValueError as e:
-            ap.error(str(e))
-    out = os.path.abspath(args.output)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    kw = dict(models=models, repeats=args.repeats, power_s=args.power_seconds,
-              idle_s=args.idle_seconds, seed=args.seed, batch_s=args.batch_seconds,
-              validation_configs=list(val), dtype=None if args.dry_run else args.dtype)
-    spawn(args.tp, out, cpu=args.dry_run, **kw)
-    with open(out) as f:
-        doc = json.load(f)
-    add_predictions(doc)
-    _save(doc, out)
-    print(summary_table(doc))
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,48 +14,40 @@ while doing so -- ms/token, tokens/s, W and J/token. Shapes are the public Huggi
   d_ff 28672, vocab 32000, n_ctx 4096. Its fp16 weights are 138 GB (128.5 GiB): they fit one
   141 GB H200 with little room to spare, and fit no 80 GB GPU.
 
-How: :class:`LlamaStaticDecoder` is a plain-PyTorch decoder -- RMSNorm, rotary position
-embedding (RoPE, theta from the config), grouped-query attention, SwiGLU MLP, untied LM head --
-with a static KV cache ``[n_layer, n_kv_head, n_ctx, d_head]`` for K and for V. The token and the
-position live in device tensors; the new K/V are written at that position (``index_copy_``),
-attention runs over the whole ``n_ctx`` buffer with the slots beyond the position masked, so
-every shape is fixed and the whole step is captured as one CUDA graph and replayed per token.
-The q/k/v and gate/up projections are stored fused; :meth:`LlamaStaticDecoder.hf_state_dict`
-gives views of them under Hugging Face's parameter names, so ``transformers``'
-``LlamaForCausalLM`` built from a ``LlamaConfig`` (no download) runs the same weights: the
-logits of both are compared over a few steps (:func:`compare_with_hf`; max abs difference in the
-JSON). Timing, power and the environment record reuse :mod:`workloads.gpu_baseline`
-(:func:`~workloads.gpu_baseline.time_interleaved` / ``time_per_call_ms``,
-:class:`~workloads.gpu_baseline.PowerSampler`, :func:`~workloads.gpu_baseline.sustained_loop`,
-:func:`~workloads.gpu_baseline.environment_info`): CUDA events around back-to-back replays after
-warm-up, median of repeats; power from NVML during a sustained loop; J/token = mean W x s/token.
+How: :class:`~workloads.gpu.decoders.LlamaStaticDecoder` is a plain-PyTorch decoder -- RMSNorm,
+rotary position embedding (RoPE, theta from the config), grouped-query attention, SwiGLU MLP,
+untied LM head -- with a static KV cache ``[n_layer, n_kv_head, n_ctx, d_head]`` for K and for V.
+The token and the position live in device tensors; the new K/V are written at that position
+(``index_copy_``), attention runs over the whole ``n_ctx`` buffer with the slots beyond the
+position masked, so every shape is fixed and the whole step is captured as one CUDA graph and
+replayed per token. The q/k/v and gate/up projections are stored fused;
+:meth:`~workloads.gpu.decoders.LlamaStaticDecoder.hf_state_dict` gives views of them under Hugging
+Face's parameter names, so ``transformers``' ``LlamaForCausalLM`` built from a ``LlamaConfig`` (no
+download) runs the same weights: the logits of both are compared over a few steps
+(:func:`compare_with_hf`; max abs difference in the JSON). Timing, power and the environment record
+reuse :mod:`workloads.gpu.baseline` (:func:`~workloads.gpu.baseline.time_interleaved` /
+``time_per_call_ms``, :class:`~workloads.gpu.baseline.PowerSampler`,
+:func:`~workloads.gpu.baseline.sustained_loop`, :func:`~workloads.gpu.baseline.environment_info`):
+CUDA events around back-to-back replays after warm-up, median of repeats; power from NVML during a
+sustained loop; J/token = mean W x s/token.
 
 Needs torch, numpy and the standard library; ``transformers`` only for the validation (imported
 there, skipped with a note when missing). No simulator imports::
 
-    PYTHONPATH=. python -m workloads.gpu_baseline_llama --models llama2-7b llama3-8b llama2-13b \\
-        -o workloads/data/gpu_measured_h200_llama.json
-    python -m workloads.gpu_baseline_llama --dry-run -o /tmp/dry.json   # CPU, tiny configs, fp32
+    PYTHONPATH=. python -m workloads.gpu measure llama --models llama2-7b llama3-8b llama2-13b \\
+        -o workloads/gpu/data/gpu_measured_h200_llama.json
+    python -m workloads.gpu measure llama --dry-run -o /tmp/dry.json   # CPU, tiny configs, fp32
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import gc
-import json
-import math
-import os
-import sys
 import time
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from workloads.gpt import _param_seed
-from workloads.gpu_baseline import (
-    CudaGraphStep,
+from workloads.gpu.baseline import (
     PowerSampler,
     count_cuda_kernels,
     environment_info,
@@ -66,8 +58,8 @@ from workloads.gpu_baseline import (
     sustained_loop,
     time_interleaved,
 )
-
-INIT_STD = 0.02
+from workloads.gpu.decoders import LlamaStaticDecoder
+from workloads.gpu.llama_shapes import VALIDATION_CONFIGS, LlamaShape, get_shape, hf_llama_config
 
 METHOD = (
     "Llama-family batch-1 decode, random weights from a seed (N(0,0.02), RMSNorm weights "
@@ -90,241 +82,6 @@ METHOD = (
     "difference recorded per model and for small MHA and GQA configs; where an fp32 copy of the "
     "weights fits, also each path's distance from transformers run in fp32."
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Shapes
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LlamaShape:
-    """Shape of a Llama-family decoder (the fields of a Hugging Face ``LlamaConfig`` used here)."""
-
-    name: str
-    n_layer: int
-    d_model: int
-    n_head: int
-    n_kv_head: int
-    d_ff: int
-    vocab: int
-    n_ctx: int
-    rope_theta: float
-    rms_eps: float = 1e-5
-    hf_config: str = ""            # the Hugging Face model whose config.json these numbers are
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_head or self.n_head % self.n_kv_head:
-            raise ValueError(f"{self.name}: n_head must divide d_model and n_kv_head n_head")
-        if (self.d_model // self.n_head) % 2:
-            raise ValueError(f"{self.name}: RoPE needs an even d_head")
-
-    @property
-    def d_head(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def n_params(self) -> int:
-        """Parameters: embedding, per layer q/k/v/o + gate/up/down + two RMSNorms, final norm,
-        untied LM head (no biases)."""
-        d, D, f = self.d_model, self.d_head, self.d_ff
-        attn = d * self.n_head * D + 2 * d * self.n_kv_head * D + self.n_head * D * d
-        per_layer = attn + 3 * d * f + 2 * d
-        return 2 * self.vocab * d + self.n_layer * per_layer + d
-
-    def kv_bytes_per_token(self, bytes_per_el: int = 2) -> int:
-        """K and V bytes per cached position, all layers."""
-        return 2 * self.n_layer * self.n_kv_head * self.d_head * bytes_per_el
-
-
-def _shape(name: str, hf: str, n_layer: int, d_model: int, n_head: int, n_kv_head: int, d_ff: int,
-           vocab: int, n_ctx: int, theta: float) -> LlamaShape:
-    return LlamaShape(name=name, hf_config=hf, n_layer=n_layer, d_model=d_model, n_head=n_head,
-                      n_kv_head=n_kv_head, d_ff=d_ff, vocab=vocab, n_ctx=n_ctx, rope_theta=theta)
-
-
-SHAPES: dict[str, LlamaShape] = {
-    s.name: s
-    for s in (
-        _shape("llama2-7b", "meta-llama/Llama-2-7b-hf", 32, 4096, 32, 32, 11008, 32000, 4096, 10000.0),
-        _shape("llama2-13b", "meta-llama/Llama-2-13b-hf", 40, 5120, 40, 40, 13824, 32000, 4096, 10000.0),
-        _shape("llama2-70b", "meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 28672, 32000, 4096, 10000.0),
-        _shape("llama3-8b", "meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0),
-        # small configs for the CPU dry run, the unit tests and the on-device validation
-        _shape("tiny-llama", "", 2, 64, 4, 4, 176, 256, 64, 10000.0),
-        _shape("tiny-llama-gqa", "", 2, 64, 8, 2, 160, 256, 64, 500000.0),
-        _shape("small-llama", "", 4, 512, 8, 8, 1376, 1000, 512, 10000.0),
-        _shape("small-llama-gqa", "", 4, 512, 8, 2, 1792, 1000, 512, 500000.0),
-    )
-}
-DEFAULT_MODELS = ("llama2-7b", "llama3-8b", "llama2-13b")
-VALIDATION_CONFIGS = ("small-llama", "small-llama-gqa")
-DRY_RUN_MODELS = ("tiny-llama", "tiny-llama-gqa")
-
-
-def get_shape(name: str) -> LlamaShape:
-    try:
-        return SHAPES[name]
-    except KeyError:
-        raise ValueError(f"unknown Llama shape {name!r}; known: {', '.join(SHAPES)}") from None
-
-
-def hf_llama_config(shape: LlamaShape) -> Any:
-    """A ``transformers.LlamaConfig`` for ``shape`` (eager attention, untied head); no download."""
-    from transformers import LlamaConfig
-
-    cfg = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.d_model, intermediate_size=shape.d_ff,
-                      num_hidden_layers=shape.n_layer, num_attention_heads=shape.n_head,
-                      num_key_value_heads=shape.n_kv_head, max_position_embeddings=shape.n_ctx,
-                      rope_theta=shape.rope_theta, rms_norm_eps=shape.rms_eps, hidden_act="silu",
-                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
-    cfg._attn_implementation = "eager"
-    return cfg
-
-
-# --------------------------------------------------------------------------------------------
-# The static-cache decoder
-# --------------------------------------------------------------------------------------------
-
-
-def init_decode_state(dec: CudaGraphStep, s: LlamaShape, n_kv: int, dtype: torch.dtype,
-                      dev: torch.device) -> None:
-    """RoPE tables (as transformers computes them: fp32 inverse frequencies and angles), the
-    static K/V caches of ``n_kv`` heads, the input tensors and the mask constants of a decoder
-    step (this module's and the tensor-parallel one's)."""
-    D = s.d_head
-    inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=dev).float() / D))
-    ang = torch.outer(torch.arange(s.n_ctx, device=dev).float(), inv_freq)
-    emb = torch.cat((ang, ang), dim=-1)                                          # [n_ctx, D]
-    dec.cos = emb.cos().to(dtype)
-    sin = emb.sin()
-    dec.sin_signed = torch.cat((-sin[:, :D // 2], sin[:, D // 2:]), dim=-1).to(dtype)
-    cache = (s.n_layer, n_kv, s.n_ctx, D)
-    dec.k_cache = torch.zeros(cache, dtype=dtype, device=dev)
-    dec.v_cache = torch.zeros(cache, dtype=dtype, device=dev)
-    dec.tok_t = torch.zeros(1, dtype=torch.long, device=dev)
-    dec.pos_t = torch.zeros(1, dtype=torch.long, device=dev)
-    dec._slots = torch.arange(s.n_ctx, device=dev)
-    dec._neg_inf = torch.full((), float("-inf"), dtype=dtype, device=dev)
-    dec._zero = torch.zeros((), dtype=dtype, device=dev)
-    dec.graph = None
-    dec.logits = None
-
-
-def attention_ctx(dec: CudaGraphStep, li: int, x: torch.Tensor, cos: torch.Tensor,
-                  sin: torch.Tensor, mask: torch.Tensor, H: int, KV: int) -> torch.Tensor:
-    """Layer ``li``'s attention of a decoder step (this module's and the tensor-parallel one's,
-    on its ``H`` query and ``KV`` KV heads): one q/k/v projection, RoPE on q and k together as
-    ``x cos + roll(x, d_head/2) sin'``, the new K/V written at ``pos_t``, softmax in fp32 over
-    all slots (``mask`` hides those past ``pos_t``); returns the context ``[1, H d_head]``."""
-    D = dec.cos.shape[-1]
-    G = H // KV
-    qkv = F.linear(x, dec.wqkv[li])                                              # [1, (H+2KV)D]
-    qk = qkv[0, :(H + KV) * D].view(H + KV, D)
-    qk = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin)                        # RoPE on q and k
-    k = qk[H:].view(KV, 1, D)
-    v = qkv[0, (H + KV) * D:].view(KV, 1, D)
-    kc, vc = dec.k_cache[li], dec.v_cache[li]                                     # [KV, n_ctx, D]
-    kc.index_copy_(1, dec.pos_t, k)
-    vc.index_copy_(1, dec.pos_t, v)
-    # query head h uses KV head h // G (transformers' repeat_kv order)
-    scores = torch.baddbmm(mask, qk[:H].view(KV, G, D), kc.transpose(1, 2),
-                           alpha=1.0 / math.sqrt(D))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dec.dtype)      # [KV, G, n_ctx]
-    return torch.bmm(probs, vc).view(1, H * D)
-
-
-class LlamaStaticDecoder(CudaGraphStep):
-    """Batch-1 Llama decode with a static KV cache, capturable as one CUDA graph.
-
-    Weights are drawn at construction, directly on ``device`` in ``dtype``, each tensor (by its
-    Hugging Face name) from its own generator seeded from ``(seed, name)`` (N(0, init_std); norm
-    weights 1 + N(0, init_std)), into fused buffers:
-    ``wqkv[l]`` = [q; k; v] ``[(n_head + 2 n_kv_head) d_head, d_model]`` and ``wgu[l]`` =
-    [gate; up] ``[2 d_ff, d_model]``. :meth:`step` reads the token and position from the device
-    tensors ``tok_t``/``pos_t``, writes K/V at ``pos_t`` into ``k_cache``/``v_cache``
-    (``[n_layer, n_kv_head, n_ctx, d_head]``), attends over all ``n_ctx`` slots with those beyond
-    ``pos_t`` masked, and returns the logits ``[1, vocab]``. After :meth:`capture` (CUDA),
-    :meth:`decode` sets the inputs and replays the graph; on the CPU it runs the step eagerly.
-    """
-
-    def __init__(self, shape: LlamaShape, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float16, seed: int = 0, init_std: float = INIT_STD) -> None:
-        s = self.shape = shape
-        self.n_ctx = shape.n_ctx
-        self.device, self.dtype = torch.device(device), dtype
-        dev, D, H, KV, d, f = self.device, s.d_head, s.n_head, s.n_kv_head, s.d_model, s.d_ff
-
-        def empty(*size: int) -> torch.Tensor:
-            return torch.empty(size, dtype=dtype, device=dev)
-
-        self.embed = empty(s.vocab, d)
-        self.norm = empty(d)
-        self.lm_head = empty(s.vocab, d)
-        self.ln1 = [empty(d) for _ in range(s.n_layer)]
-        self.ln2 = [empty(d) for _ in range(s.n_layer)]
-        self.wqkv = [empty((H + 2 * KV) * D, d) for _ in range(s.n_layer)]
-        self.wo = [empty(d, H * D) for _ in range(s.n_layer)]
-        self.wgu = [empty(2 * f, d) for _ in range(s.n_layer)]
-        self.wdown = [empty(d, f) for _ in range(s.n_layer)]
-        with torch.no_grad():
-            for name, t in self.hf_state_dict().items():
-                gen = torch.Generator(device=dev).manual_seed(_param_seed(seed, name))
-                t.normal_(0.0, init_std, generator=gen)
-                if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
-                    t.add_(1.0)
-        init_decode_state(self, shape, KV, dtype, dev)
-
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Views of the weights under ``LlamaForCausalLM``'s parameter names (shared storage)."""
-        s = self.shape
-        q, kv = s.n_head * s.d_head, s.n_kv_head * s.d_head
-        sd = {"model.embed_tokens.weight": self.embed, "model.norm.weight": self.norm,
-              "lm_head.weight": self.lm_head}
-        for i in range(s.n_layer):
-            p = f"model.layers.{i}."
-            w, gu = self.wqkv[i], self.wgu[i]
-            sd.update({
-                p + "input_layernorm.weight": self.ln1[i],
-                p + "self_attn.q_proj.weight": w[:q], p + "self_attn.k_proj.weight": w[q:q + kv],
-                p + "self_attn.v_proj.weight": w[q + kv:], p + "self_attn.o_proj.weight": self.wo[i],
-                p + "post_attention_layernorm.weight": self.ln2[i],
-                p + "mlp.gate_proj.weight": gu[:s.d_ff], p + "mlp.up_proj.weight": gu[s.d_ff:],
-                p + "mlp.down_proj.weight": self.wdown[i],
-            })
-        return sd
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.hf_state_dict().values())
-
-    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # fp32 statistics, as transformers' LlamaRMSNorm (one fused kernel on CUDA)
-        return F.rms_norm(x, (self.shape.d_model,), w, self.shape.rms_eps)
-
-    @torch.no_grad()
-    def step(self) -> torch.Tensor:
-        """One decode step on the current ``tok_t``/``pos_t``; returns logits ``[1, vocab]``.
-
-        Few kernels per layer (about 20): fused RMSNorm, one q/k/v and one gate/up projection,
-        RoPE on q and k together as ``x cos + roll(x, d_head/2) sin'`` (``sin'`` = [-sin; sin],
-        i.e. transformers' ``rotate_half``), residual adds folded into the output projections
-        (``addmm_``), softmax in fp32.
-        """
-        s = self.shape
-        H, KV, f = s.n_head, s.n_kv_head, s.d_ff
-        h = F.embedding(self.tok_t, self.embed)                                       # [1, d]
-        cos = self.cos.index_select(0, self.pos_t)                                    # [1, D]
-        sin = self.sin_signed.index_select(0, self.pos_t)
-        mask = torch.where(self._slots <= self.pos_t, self._zero, self._neg_inf).view(1, 1, s.n_ctx)
-        for li in range(s.n_layer):
-            x = self._rms(h, self.ln1[li])
-            ctx = attention_ctx(self, li, x, cos, sin, mask, H, KV)                   # [1, H D]
-            h.addmm_(ctx, self.wo[li].t())                                            # h += ctx Wo^T
-            x = self._rms(h, self.ln2[li])
-            gu = F.linear(x, self.wgu[li])                                            # [1, 2 d_ff]
-            h.addmm_(F.silu(gu[:, :f]) * gu[:, f:], self.wdown[li].t())
-        return F.linear(self._rms(h, self.norm), self.lm_head)                        # [1, vocab]
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,55 +362,3 @@ def summary_table(doc: dict[str, Any]) -> str:
             lines.append(f"| {r['model']} | {p} | {ms:.3f} | {1e3 / ms:.1f} | {w} | {j} | "
                          + (f"{diff:.2g}" if diff is not None else "-") + " |")
     return "\n".join(lines)
-
-
-def add_measure_args(ap: argparse.ArgumentParser, dry_run_help: str) -> None:
-    """The measurement options this module and the tensor-parallel one share."""
-    ap.add_argument("-o", "--output", required=True, help="output JSON")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--power-seconds", type=float, default=3.0)
-    ap.add_argument("--idle-seconds", type=float, default=2.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-seconds", type=float, default=0.1)
-    ap.add_argument("--dtype", choices=("float16", "bfloat16"), default=None,
-                    help="weights and KV cache on the GPU (default float16; the dry run uses float32)")
-    ap.add_argument("--dry-run", action="store_true", help=dry_run_help)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu_baseline_llama",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=None,
-                    help=f"shapes to measure (default {' '.join(DEFAULT_MODELS)}; dry run: "
-                         f"{' '.join(DRY_RUN_MODELS)}); known: {', '.join(SHAPES)}")
-    add_measure_args(ap, "same code path on the CPU for tiny configs (fp32, perf_counter, no "
-                         "power)")
-    args = ap.parse_args(argv)
-    if args.dry_run:
-        models, device, val = list(args.models or DRY_RUN_MODELS), "cpu", DRY_RUN_MODELS
-    else:
-        if not torch.cuda.is_available():
-            ap.error("no CUDA device (use --dry-run on a CPU)")
-        models, device, val = list(args.models or DEFAULT_MODELS), "cuda", VALIDATION_CONFIGS
-    for m in models:
-        if m not in SHAPES:
-            ap.error(f"unknown shape {m!r}; known: {', '.join(SHAPES)}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-
-    def save(doc: dict[str, Any]) -> None:
-        with open(args.output, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-
-    dtype = getattr(torch, args.dtype) if args.dtype and not args.dry_run else None
-    doc = run_baseline(models, device=device, repeats=args.repeats, power_s=args.power_seconds,
-                       idle_s=args.idle_seconds, seed=args.seed, batch_s=args.batch_seconds,
-                       dtype=dtype, validation_configs=val, checkpoint=save)
-    save(doc)
-    print(summary_table(doc))
-    print(f"wrote {args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Analytic batch-1 decode model for GPUs (GPT and the zoo's Llama-family, OPT, Pythia, GPT-J
+shapes, on one GPU or tensor parallel over NVLink), calibrated against measurement.
+
+Per decoded token (batch 1, fp16 weights)::
+
+    bytes   = weight bytes streamed + KV bytes read
+    time    = max(bytes / (BW * mem_eff), flops / (peak * compute_eff)) + n_kernels * kernel_overhead
+    energy  = power * time,   power = board power            (``power="board"``, the default)
+                              or idle + dyn * u              (``power="util"``, u = bytes / (time * BW))
+
+* weight bytes streamed: every parameter once in fp16 except the position table, of which one row
+  is read (the tied LM head streams ``wte`` in full);
+* KV bytes read: ``2 * n_layer * n_head * d_head * 2 B`` per cached position, over ``pos + 1``
+  positions (an ideal kernel), or over all ``n_ctx`` slots with ``static_cache=True``, which is what
+  the measured CUDA-graph path (:mod:`workloads.gpu.baseline`) does: it attends over its whole
+  preallocated buffer with the tail masked;
+* ``n_kernels``: kernels per decode step, ``kernels_per_layer * n_layer + kernels_fixed`` (the
+  counts that torch.profiler saw for the graph path, 15-18 per layer; the measured count is used
+  where it is known).
+
+GPU presets (memory bandwidth, dense FP16 rate, board power) are from the project hardware
+reference (public vendor specifications), section 5 ("GPU baselines"): T4 320 GB/s, 65 TFLOPS,
+70 W; A100 SXM 80GB 2.04 TB/s, 312 TFLOPS, 400 W; H100 SXM 3.35 TB/s, 989 TFLOPS, 700 W; H200
+4.8 TB/s, 989 TFLOPS, 700 W. Idle power (15 % of board power) is an assumption; the default
+bandwidth efficiency (0.70), per-kernel overhead (3.4 us) and kernel counts are the rounded H200
+calibration; :func:`workloads.gpu.calibration.calibrate` fits them to a measured JSON from
+:mod:`workloads.gpu.baseline` (``workloads/gpu/data/gpu_measured_<gpu>.json``). Carrying a
+calibration to another GPU (:func:`workloads.gpu.calibration.transfer`) assumes the same
+software path and per-kernel cost: a lead, not a measurement.
+
+Shapes: any object with GPTConfig's fields (GPT: tied head, learned positions, biases), or a
+:class:`~workloads.gpu.shapes.DecoderShape` for the other families (``n_kv_head`` for GQA/MQA,
+SwiGLU ``gated_mlp``, tied or untied head, biases, norms: an exact parameter count);
+:func:`workloads.gpu.shapes.zoo_shape` gives one for every zoo preset from its config
+arguments, and ``predict`` takes a preset name. A gated-MLP shape uses the Llama software path
+(``gated_*`` fields of :class:`GPUSpec`): its own efficiency, per-kernel overhead and kernel
+counts, calibrated on ``workloads/gpu/data/gpu_measured_h200_llama.json``
+(:mod:`workloads.gpu.calibration`; :func:`~workloads.gpu.tables.llama_table` shows the fit and
+the held-out check). Other families (OPT, Pythia, GPT-J) use the GPT path: an assumption, no
+measurement of their software path.
+
+Tensor parallelism (``predict(..., tp=N)``): each GPU streams 1/N of the weights and holds
+``ceil(n_kv_head / N)`` KV heads; the step adds two ring all-reduces of ``d_model`` fp16 per layer
+(``2 (N-1)/N x bytes / NVLink bw + latency``) and one all-gather of the logits; energy is N
+boards. NVLink bandwidth and memory capacity are datasheet values (see ``GPU_PRESETS``); the
+per-call all-reduce latency and the per-GPU memory reserve are assumptions. A model that does not
+fit N GPUs raises ValueError naming the GPU count that fits (:func:`min_gpus`).
+
+Needs only the standard library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from workloads.gpu.shapes import FP16_BYTES, is_shape, shape_for
+
+HARDWARE_REF = "public vendor specifications (project hardware reference, GPU baselines)"
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class GPUSpec:
+    """A GPU for the analytic model. Rates in SI units (bytes/s, FLOP/s, W, s)."""
+
+    name: str
+    mem_bw: float                  # peak memory bandwidth, bytes/s
+    peak_flops: float              # dense FP16 FLOP/s
+    board_w: float                 # board power, W
+    idle_w: float                  # idle board power, W (assumed 15 % of board power)
+    dyn_w: float | None = None     # W per unit bandwidth utilisation (None: board_w - idle_w)
+    # defaults: the H200 calibration of workloads/gpu/data/gpu_measured_h200.json, rounded
+    mem_eff: float = 0.70          # achieved / peak bandwidth when streaming weights
+    compute_eff: float = 0.5       # achieved / peak FLOP/s (irrelevant at batch 1)
+    kernel_overhead_s: float = 3.4e-6  # per kernel in a CUDA graph: launch gap + small-kernel floor
+    kernels_per_layer: float = 16.3
+    kernels_fixed: float = 6.0
+    source: str = HARDWARE_REF
+    # memory capacity and NVLink (tensor parallelism); see _preset for the sources
+    mem_bytes: float = 0.0         # HBM/GDDR capacity per GPU, bytes (datasheet, decimal GB; 0: unchecked)
+    nvlink_bw: float = 0.0         # NVLink bandwidth per GPU per direction, bytes/s (0: no NVLink)
+    allreduce_latency_s: float = 6e-6  # [assumed] one small NCCL all-reduce inside a CUDA graph
+    #                                    (nccl-tests small-message latency is ~5-10 us on NVLink)
+    reserve_bytes: float = 1e9     # [assumed] per GPU: CUDA context, activations, workspace
+    # the Llama-family (gated MLP, RMSNorm) software path, its own kernel counts and fit: the
+    # rounded H200 calibration on workloads/gpu/data/gpu_measured_h200_llama.json (calibrate() of
+    # that file). The kernel line is least squares through the profiler's 647/648/847/1687
+    # kernels at 32/32/40/80 layers (20 per layer + 7 at 32 layers, 21 + 7 at 40 and 80), hence
+    # the negative constant.
+    gated_mem_eff: float = 0.84
+    gated_kernel_overhead_s: float = 3.1e-6
+    gated_kernels_per_layer: float = 21.6
+    gated_kernels_fixed: float = -34.0
+
+    def n_kernels(self, cfg: Any) -> float:
+        if getattr(cfg, "gated_mlp", False):
+            return self.gated_kernels_per_layer * cfg.n_layer + self.gated_kernels_fixed
+        return self.kernels_per_layer * cfg.n_layer + self.kernels_fixed
+
+    def for_shape(self, cfg: Any) -> "GPUSpec":
+        """The spec whose ``mem_eff`` / ``kernel_overhead_s`` apply to ``cfg``: the gated-path
+        (Llama decoder) calibration for a gated-MLP shape, else this spec unchanged."""
+        if not getattr(cfg, "gated_mlp", False):
+            return self
+        return dataclasses.replace(self, mem_eff=self.gated_mem_eff,
+                                   kernel_overhead_s=self.gated_kernel_overhead_s)
+
+
+def _preset(name: str, bw: float, flops: float, watts: float, mem_bytes: float,
+            nvlink_bw: float) -> GPUSpec:
+    return GPUSpec(name=name, mem_bw=bw, peak_flops=flops, board_w=watts, idle_w=0.15 * watts,
+                   mem_bytes=mem_bytes, nvlink_bw=nvlink_bw)
+
+
+# Memory capacity and NVLink from the NVIDIA datasheets: T4 16 GB GDDR6, PCIe only (T4 datasheet);
+# A100 SXM4 80 GB HBM2e, NVLink3 600 GB/s (A100 datasheet: 12 links x 50 GB/s bidirectional);
+# H100 SXM5 80 GB HBM3, NVLink4 900 GB/s (H100 datasheet: 18 links x 50 GB/s bidirectional);
+# H200 SXM 141 GB HBM3e, NVLink4 900 GB/s (H200 datasheet). The datasheet NVLink figure is both
+# directions together; a ring all-reduce is limited by one direction, so half is used here.
+GPU_PRESETS: dict[str, GPUSpec] = {
+    g.name: g
+    for g in (
+        _preset("T4", 320e9, 65e12, 70.0, 16e9, 0.0),
+        _preset("A100", 2.04e12, 312e12, 400.0, 80e9, 600e9 / 2),
+        _preset("H100", 3.35e12, 989e12, 700.0, 80e9, 900e9 / 2),
+        _preset("H200", 4.8e12, 989e12, 700.0, 141e9, 900e9 / 2),
+    )
+}
+
+
+def gpu_preset(name: str) -> GPUSpec:
+    """``T4``, ``A100``, ``H100`` or ``H200`` (case-insensitive; a full device name such as
+    'NVIDIA H100 80GB HBM3' works too)."""
+    key = name.upper()
+    if key in GPU_PRESETS:
+        return GPU_PRESETS[key]
+    for k in sorted(GPU_PRESETS, key=len, reverse=True):
+        if k in key.split() or k in key.replace("-", " ").split() or k in key:
+            return GPU_PRESETS[k]
+    raise ValueError(f"unknown GPU {name!r}; known: {', '.join(GPU_PRESETS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Bytes, FLOPs, prediction
+# --------------------------------------------------------------------------------------------
+
+
+def weight_bytes_streamed(cfg: Any, bytes_per_param: int = FP16_BYTES) -> int:
+    """Weight bytes read per token: every parameter once, but only one row of ``wpe``."""
+    if is_shape(cfg):
+        return cfg.weight_bytes_streamed(bytes_per_param)
+    return (cfg.n_params - cfg.n_ctx * cfg.d_model + cfg.d_model) * bytes_per_param
+
+
+def kv_bytes_read(cfg: Any, pos: int, *, static_cache: bool = False, bytes_per_el: int = FP16_BYTES) -> int:
+    """K and V bytes read by the attention of the token at ``pos`` (``pos + 1`` positions,
+    or all ``n_ctx`` slots for a static cache)."""
+    n = cfg.n_ctx if static_cache else pos + 1
+    if is_shape(cfg):
+        return cfg.kv_bytes_per_position(bytes_per_el) * n
+    return 2 * cfg.n_layer * cfg.n_head * cfg.d_head * n * bytes_per_el
+
+
+def decode_flops(cfg: Any, pos: int) -> int:
+    """Multiply-adds x 2 of one decode step (matrix-vector products and attention)."""
+    if is_shape(cfg):
+        return cfg.decode_flops(pos)
+    d, a, f = cfg.d_model, cfg.n_head * cfg.d_head, cfg.d_ff
+    per_layer = 2 * (3 * d * a + a * d + 2 * d * f) + 2 * 2 * a * (pos + 1)
+    return cfg.n_layer * per_layer + 2 * cfg.vocab * d
+
+
+def allreduce_s(g: GPUSpec, nbytes: float, tp: int) -> float:
+    """One ring all-reduce of ``nbytes`` over ``tp`` GPUs: ``2 (N-1)/N x bytes / bw + latency``
+    (bw: NVLink per GPU per direction; latency: the [assumed] per-call NCCL cost); 0 for N = 1."""
+    if tp == 1:
+        return 0.0
+    return 2 * (tp - 1) / tp * nbytes / g.nvlink_bw + g.allreduce_latency_s
+
+
+def allgather_s(g: GPUSpec, nbytes: float, tp: int) -> float:
+    """One ring all-gather of ``nbytes`` in all (each GPU holds 1/N): ``(N-1)/N x bytes / bw +
+    latency``; 0 for N = 1."""
+    if tp == 1:
+        return 0.0
+    return (tp - 1) / tp * nbytes / g.nvlink_bw + g.allreduce_latency_s
+
+
+def _kv_share(cfg: Any, tp: int) -> float:
+    """Fraction of the KV cache one GPU holds under tensor parallelism: its ``ceil(n_kv / N)``
+    KV heads (a KV head is replicated where there are fewer KV heads than GPUs)."""
+    n_kv = getattr(cfg, "n_kv_head", cfg.n_head)
+    return 1.0 if tp == 1 else -(-n_kv // tp) / n_kv
+
+
+def memory_needed_bytes(cfg: Any, tp: int = 1, g: GPUSpec | None = None) -> float:
+    """Bytes one of ``tp`` GPUs holds: its 1/N of every fp16 parameter, its share of a full
+    (``n_ctx``) fp16 KV cache, and the [assumed] per-GPU reserve of ``g``."""
+    reserve = g.reserve_bytes if g is not None else GPUSpec.reserve_bytes
+    weights = cfg.n_params * FP16_BYTES / tp
+    return weights + kv_bytes_read(cfg, cfg.n_ctx - 1, static_cache=True) * _kv_share(cfg, tp) + reserve
+
+
+def min_gpus(g: GPUSpec | str, model_cfg: Any, choices: Sequence[int] = (1, 2, 4, 8)) -> int | None:
+    """The fewest GPUs in ``choices`` whose memory holds the model (None: not even the most)."""
+    g = gpu_preset(g) if isinstance(g, str) else g
+    cfg = shape_for(model_cfg)
+    for n in choices:
+        if g.mem_bytes <= 0 or memory_needed_bytes(cfg, n, g) <= g.mem_bytes:
+            return n
+    return None
+
+
+def check_fits(g: GPUSpec, cfg: Any, tp: int = 1) -> None:
+    """ValueError naming the fix (more GPUs) when the model does not fit ``tp`` GPUs' memory."""
+    if g.mem_bytes <= 0:
+        return
+    need = memory_needed_bytes(cfg, tp, g)
+    if need > g.mem_bytes:
+        n = min_gpus(g, cfg)
+        fix = (f"use tp={n} or more {g.name} GPUs" if n and g.nvlink_bw > 0
+               else "use a larger GPU or more GPUs (tensor parallelism over NVLink)")
+        raise ValueError(
+            f"{getattr(cfg, 'name', 'the model')} does not fit {tp} {g.name} "
+            f"({g.mem_bytes / 1e9:.0f} GB each): it needs {need / 1e9:.1f} GB per GPU (fp16 "
+            f"weights / {tp} + KV cache at n_ctx {cfg.n_ctx} + {g.reserve_bytes / 1e9:.0f} GB "
+            f"reserve); {fix}")
+
+
+def predict(gpu: GPUSpec | str, model_cfg: Any, pos: int, *, static_cache: bool = False,
+            n_kernels: float | None = None, power: str = "board", tp: int = 1) -> dict[str, float]:
+    """Time and energy of one decode step at position ``pos``.
+
+    ``model_cfg``: anything with GPTConfig's fields, a :class:`DecoderShape`, or a preset name
+    (GPT or zoo). ``tp``: tensor parallelism over that many GPUs of the preset (NVLink): each
+    streams 1/N of the weights and holds its KV heads, and the step adds two ring all-reduces of
+    ``d_model`` fp16 per layer plus one all-gather of the ``vocab`` fp16 logits; energy counts N
+    boards. A model that does not fit N GPUs' memory raises ValueError naming the fix.
+
+    Returns ``ms``, ``joules``, ``watts`` (all boards) and the parts (``bytes`` and ``bw_util``
+    per GPU, ``mem_ms``, ``compute_ms``, ``overhead_ms``, ``comm_ms``, ``n_kernels``, ``tp``,
+    ``watts_per_gpu``). ``power``: ``board`` (board power throughout)
+    or ``util`` (``idle_w + dyn_w x u``, u = achieved/peak bandwidth, at most board power;
+    ``dyn_w`` defaults to board - idle, :func:`workloads.gpu.calibration.calibrate` fits it).
+    """
+    g = gpu_preset(gpu) if isinstance(gpu, str) else gpu
+    model_cfg = shape_for(model_cfg)
+    g = g.for_shape(model_cfg)
+    if not 0 <= pos < model_cfg.n_ctx:
+        raise ValueError(f"position {pos} outside [0, {model_cfg.n_ctx})")
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise ValueError(f"tp must be a positive int, got {tp!r}")
+    if tp > 1 and g.nvlink_bw <= 0:
+        raise ValueError(f"tp={tp}: {g.name} has no NVLink in this model; use A100, H100 or H200")
+    check_fits(g, model_cfg, tp)
+    nbytes = weight_bytes_streamed(model_cfg) / tp \
+        + kv_bytes_read(model_cfg, pos, static_cache=static_cache) * _kv_share(model_cfg, tp)
+    mem_s = nbytes / (g.mem_bw * g.mem_eff)
+    comp_s = decode_flops(model_cfg, pos) / tp / (g.peak_flops * g.compute_eff)
+    nk = g.n_kernels(model_cfg) if n_kernels is None else n_kernels
+    over_s = nk * g.kernel_overhead_s
+    comm_s = 2 * model_cfg.n_layer * allreduce_s(g, model_cfg.d_model * FP16_BYTES, tp) \
+        + allgather_s(g, model_cfg.vocab * FP16_BYTES, tp)
+    t = max(mem_s, comp_s) + over_s + comm_s
+    util = nbytes / (t * g.mem_bw)
+    if power == "board":
+        watts = g.board_w
+    elif power == "util":
+        dyn = g.board_w - g.idle_w if g.dyn_w is None else g.dyn_w
+        watts = min(g.board_w, g.idle_w + dyn * min(1.0, util))
+    else:
+        raise ValueError(f"power must be 'board' or 'util', got {power!r}")
+    return {"ms": t * 1e3, "joules": tp * watts * t, "watts": tp * watts, "watts_per_gpu": watts,
+            "bytes": float(nbytes), "mem_ms": mem_s * 1e3, "compute_ms": comp_s * 1e3,
+            "overhead_ms": over_s * 1e3, "comm_ms": comm_s * 1e3, "n_kernels": float(nk),
+            "bw_util": util, "tp": tp}
+
