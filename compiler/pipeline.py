@@ -8,9 +8,7 @@
                     and banks (GraphModel, GraphMapping, Program)
 
 :func:`prepare` runs the first four (once per model), :func:`lower` the last (per hardware
-config); :func:`compile_model` both. ``lowering="pim-gpt"`` instead recognises PIM-GPT's GPT-2
-block (passes.recognise -> DecoderSpec), maps it (passes.mapping -> Mapping) and emits its
-program (passes.emit): the same instructions, kept for comparison.
+config); :func:`compile_model` both.
 """
 
 from __future__ import annotations
@@ -29,9 +27,8 @@ from pimsim.isa import Program
 @dataclass
 class Compiled:
     """Everything the compiler produced for one model on one hardware config: the model's
-    dimensions (a :class:`~compiler.passes.lower.GraphModel`; a ``DecoderSpec`` under
-    ``lowering="pim-gpt"``), where everything lives (a
-    :class:`~compiler.passes.lower.GraphMapping`; a ``Mapping``) and the program."""
+    dimensions (a :class:`~compiler.passes.lower.GraphModel`), where everything lives (a
+    :class:`~compiler.passes.lower.GraphMapping`) and the program."""
 
     spec: Any
     mapping: Any
@@ -117,8 +114,6 @@ def _ours(source: Any) -> bool:
     return isinstance(source, Graph) or type(source).__module__.startswith("workloads.")
 
 
-LOWERINGS = ("auto", "graph", "pim-gpt")
-
 
 @dataclass
 class Prepared:
@@ -157,66 +152,27 @@ def prepare(source: Any, *, name: str = "model") -> Prepared:
     return Prepared(graph, name, _context(source), ours, t)
 
 
-def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
-                  lowering: str = "auto", tp: int | None = None,
+def compile_model(source: Any, cfg: HwConfig, *, name: str = "model", tp: int | None = None,
                   pp: int | None = None, n_ctx: int | None = None) -> Compiled:
     """Run the whole pipeline; raises a clear error for unsupported ops or a model too large.
 
-    ``lowering``: ``"graph"`` (and ``"auto"``, the same) lowers the graph op by op
-    (:mod:`compiler.passes.lower`), any decoder, one device or a system; ``"pim-gpt"`` reads a
-    GPT-2 block structure and emits PIM-GPT's program (one device; kept to compare the two,
-    which give the same instructions). ``tp`` x ``pp`` devices (tensor-parallel group size,
-    pipeline stages; default: the config's ``[system]``); ``n_ctx``: the context the KV caches
-    are reserved for, instead of the model's own (a model with learned positions cannot go
-    past its table)."""
-    if lowering not in LOWERINGS:
-        raise UserError(f"lowering {lowering!r} unknown", "use " + ", ".join(LOWERINGS))
-    return lower(prepare(source, name=name), cfg, lowering=lowering, tp=tp, pp=pp, n_ctx=n_ctx)
+    The graph is lowered op by op (:mod:`compiler.passes.lower`), any decoder, one device or a
+    system: ``tp`` x ``pp`` devices (tensor-parallel group size, pipeline stages; default: the
+    config's ``[system]``); ``n_ctx``: the context the KV caches are reserved for, instead of
+    the model's own (a model with learned positions cannot go past its table)."""
+    return lower(prepare(source, name=name), cfg, tp=tp, pp=pp, n_ctx=n_ctx)
 
 
-def lower(prep: Prepared, cfg: HwConfig, *, lowering: str = "auto", tp: int | None = None,
-          pp: int | None = None, n_ctx: int | None = None) -> Compiled:
+def lower(prep: Prepared, cfg: HwConfig, *, tp: int | None = None, pp: int | None = None,
+          n_ctx: int | None = None) -> Compiled:
     """Lower a model from :func:`prepare` onto ``cfg`` (see :func:`compile_model`); the prepared
     graph is not changed, so one may be lowered onto many configs."""
-    if lowering not in LOWERINGS:
-        raise UserError(f"lowering {lowering!r} unknown", "use " + ", ".join(LOWERINGS))
     tp = cfg.system.tp if tp is None else tp
     pp = cfg.system.pp if pp is None else pp
     t = dict(prep.seconds)
     t0 = time.perf_counter()
-    if lowering == "pim-gpt":
-        if tp * pp > 1 or n_ctx is not None:
-            raise UserError("the PIM-GPT emitter is for one device and the model's own context",
-                            "use lowering='graph' (the default) with tp, pp or n_ctx")
-        return _compile_pim_gpt(prep, cfg, t, t0)
     return _compile_graph(prep.graph, cfg, prep.name, n_ctx or prep.n_ctx, t, t0,
                           ours=prep.ours, tp=tp, pp=pp)
-
-
-def _compile_pim_gpt(prep: Prepared, cfg: HwConfig, t: dict, t0: float) -> Compiled:
-    """PIM-GPT's path: the GPT-2 block structure recognised, mapped, emitted."""
-    from compiler.passes.emit import emit_program
-    from compiler.passes.mapping import map_decoder
-    from compiler.passes.recognise import RecogniseError, recognise_decoder
-
-    try:
-        spec = recognise_decoder(prep.graph, prep.name)
-        spec.check()
-    except (UserError, RecogniseError):
-        raise
-    except Exception as e:  # noqa: BLE001
-        if prep.ours:
-            raise
-        raise RecogniseError(
-            f"{prep.name}: the model's graph cannot be lowered to a decoder "
-            f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
-    t["recognise"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mapping = map_decoder(spec, cfg)
-    mapping.check()
-    program = emit_program(mapping)
-    t["map+emit"] = time.perf_counter() - t0
-    return Compiled(spec, mapping, program, t)
 
 
 def _context(source: Any) -> int | None:
