@@ -1,24 +1,36 @@
-"""The whole lowering, one screen: model -> IR -> passes -> lowering -> GraphMapping + Program.
+"""The whole lowering, one screen: model -> IR -> graph passes -> lowering -> GraphMapping + Program.
 
-    import          ONNX graph / torch.export program -> IR          (compiler.frontends)
-    shape_inference every value gets a shape                          (passes.shape_inference)
-    fuse            LayerNorm / GELU decompositions, matmul+bias      (passes.fuse)
-    classify        each op PIM (weight MV, q.K^T, s.V) or ASIC       (passes.classify)
-    lower           op by op: steps, dataflow, placement on channels  (passes.lower)
-                    and banks (GraphModel, GraphMapping, Program)
+    import          ONNX graph / torch.export program -> IR          Import (compiler.frontends)
+    shape_inference every value gets a shape                          ShapeInference
+    fuse            LayerNorm / GELU decompositions, matmul+bias      Fuse
+    classify        each op PIM (weight MV, q.K^T, s.V) or ASIC       Classify
+    fold            constant subgraphs evaluated, only the logits     Fold
+    lower           per hardware config: layers, tensor-parallel      Lower (passes.lower,
+                    partition, placement on channels and banks,       passes.partition)
+                    emission of the Program's steps and dataflow
 
-:func:`prepare` runs the first four (once per model), :func:`lower` the last (per hardware
-config); :func:`compile_model` both.
+:data:`GRAPH_PASSES` is the list from shape inference to fold; each pass is a small named frozen
+dataclass with ``run(graph) -> graph``. :func:`prepare` runs the import and the graph passes
+(once per model), :func:`lower` the lowering (per hardware config); :func:`compile_model` both.
+With the environment variable ``PIMSIM_PRINT_IR=1`` every stage's result is printed to stderr:
+the IR after each graph pass, the placement (``GraphMapping.pretty()``) and the program at
+position 0 after the lowering.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.frontends import import_graph, lowering_passes
+from compiler.frontends import import_graph
 from compiler.ir import Graph
+from compiler.passes.classify import Classify
+from compiler.passes.fold import Fold
+from compiler.passes.fuse import Fuse
+from compiler.passes.shape_inference import ShapeInference
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
 from pimsim.isa import Program
@@ -114,6 +126,28 @@ def _ours(source: Any) -> bool:
     return isinstance(source, Graph) or type(source).__module__.startswith("workloads.")
 
 
+@dataclass(frozen=True)
+class Import:
+    """The front end: a model (ONNX, torch.export, a module with ``decode_step``, an IR graph)
+    -> IR graph (:func:`compiler.frontends.import_graph`)."""
+
+    name: str = "import"
+
+    def run(self, source: Any) -> Graph:
+        return import_graph(source)
+
+
+GRAPH_PASSES = (ShapeInference(), Fuse(), Classify(), Fold())
+
+
+def print_ir_wanted() -> bool:
+    """Whether ``PIMSIM_PRINT_IR`` asks for every stage's result on stderr."""
+    return os.environ.get("PIMSIM_PRINT_IR", "") not in ("", "0")
+
+
+def _show(stage: str, text: str) -> None:
+    print(f"==== after {stage} ====\n{text.rstrip()}", file=sys.stderr)
+
 
 @dataclass
 class Prepared:
@@ -128,16 +162,21 @@ class Prepared:
 
 
 def prepare(source: Any, *, name: str = "model") -> Prepared:
-    """Import ``source`` and run the graph passes (shape inference, fusion, classification)."""
+    """Import ``source`` and run the graph passes (:data:`GRAPH_PASSES`)."""
     t = {}
+    show = print_ir_wanted()
     t0 = time.perf_counter()
-    graph = import_graph(source)
+    graph = Import().run(source)
     t["import"] = time.perf_counter() - t0
+    if show:
+        _show("import", graph.pretty())
     t0 = time.perf_counter()
     ours = _ours(source)
     try:
-        for p in lowering_passes():
+        for p in GRAPH_PASSES:
             graph = p.run(graph)
+            if show:
+                _show(p.name, graph.pretty())
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -171,8 +210,12 @@ def lower(prep: Prepared, cfg: HwConfig, *, tp: int | None = None, pp: int | Non
     pp = cfg.system.pp if pp is None else pp
     t = dict(prep.seconds)
     t0 = time.perf_counter()
-    return _compile_graph(prep.graph, cfg, prep.name, n_ctx or prep.n_ctx, t, t0,
-                          ours=prep.ours, tp=tp, pp=pp)
+    c = _compile_graph(prep.graph, cfg, prep.name, n_ctx or prep.n_ctx, t, t0, ours=prep.ours,
+                       tp=tp, pp=pp)
+    if print_ir_wanted():
+        _show(f"place ({cfg.name})", c.mapping.pretty())
+        _show(f"emit ({cfg.name})", c.program.to_text(0))
+    return c
 
 
 def _context(source: Any) -> int | None:

@@ -3,8 +3,7 @@
     import_graph(source) -> shape_inference -> fuse -> classify      (compiler.pipeline.prepare)
 
 ``lowering_passes()`` is the ordered list of graph-to-graph passes between the import and the
-lowering (:mod:`compiler.passes.lower`); each is a small named dataclass with ``run(graph) ->
-graph``.
+lowering, :data:`compiler.pipeline.GRAPH_PASSES`.
 
 torch and onnx are imported lazily, inside the functions that need them.
 """
@@ -49,12 +48,11 @@ def import_torch_module(module: Any, example_inputs: tuple, dynamic_shapes: Any 
 
 
 def lowering_passes() -> list:
-    """The ordered graph passes from an imported graph to one the lowering reads."""
-    from compiler.passes.classify import Classify
-    from compiler.passes.fuse import Fuse
-    from compiler.passes.shape_inference import ShapeInference
+    """The ordered graph passes from an imported graph to one the lowering reads (the list
+    lives in :mod:`compiler.pipeline`, :data:`~compiler.pipeline.GRAPH_PASSES`)."""
+    from compiler.pipeline import GRAPH_PASSES
 
-    return [ShapeInference(), Fuse(), Classify()]
+    return list(GRAPH_PASSES)
 
 
 def run_passes(graph: Graph, passes: list | None = None) -> Graph:

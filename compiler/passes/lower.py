@@ -33,7 +33,7 @@ import numpy as np
 
 from compiler.ir import Graph, Node
 from compiler.passes import partition
-from compiler.passes.interpret import _OPS as _EVAL
+from compiler.passes.fold import fold_graph
 from compiler.passes.mapping import (CapacityError, MappingError, buffer_limits,
                                      check_vector_entries, geometry, mapping_header)
 from compiler.passes.shape_inference import _terms
@@ -349,36 +349,7 @@ class _Lowering:
 
     # ---------------------------------------------------------------- folding
     def fold(self) -> None:
-        g = self.g
-        if not g.outputs:
-            raise LoweringError(f"{self.name}: the graph has no outputs")
-        g.outputs = g.outputs[:1]  # the logits; the returned cache is the PIM's own
-        rename: dict[str, str] = {}
-        kept = []
-        for n in g.nodes:
-            n.inputs = [rename.get(i, i) for i in n.inputs]
-            if n.op == "concat":
-                ax = n.attrs["axis"]
-                live = [i for i in n.inputs
-                        if not (isinstance(g.shape_of(i)[ax], int) and g.shape_of(i)[ax] == 0)]
-                if len(live) == 1:
-                    rename[n.outputs[0]] = live[0]
-                    continue
-                n.inputs = live
-            if n.inputs and all(g.is_const(i) and g.const_value(i) is not None for i in n.inputs) \
-                    and n.op in _EVAL and len(n.outputs) == 1:
-                try:
-                    val = _EVAL[n.op](n, [g.consts[i] for i in n.inputs], {})
-                except Exception:  # noqa: BLE001 - symbolic attributes: keep the node
-                    kept.append(n)
-                    continue
-                g.consts[n.outputs[0]] = np.asarray(val)
-                g.values.pop(n.outputs[0], None)
-                continue
-            kept.append(n)
-        g.nodes = kept
-        g.outputs = [rename.get(o, o) for o in g.outputs]
-        g.prune()
+        fold_graph(self.g, self.name)  # a no-op on a graph through the Fold pass already
 
     # ---------------------------------------------------------------- analysis
     def inputs(self) -> None:
