@@ -1,4 +1,4 @@
-"""The whole lowering, one screen: model -> IR -> graph passes -> lowering -> GraphMapping + Program.
+"""The whole lowering, one screen: model -> IR -> graph passes -> lowering -> mapping + Program.
 
     import          ONNX graph / torch.export program -> IR          Import (compiler.frontends)
     shape_inference every value gets a shape                          ShapeInference
@@ -39,8 +39,8 @@ from pimsim.isa import Program
 @dataclass
 class Compiled:
     """Everything the compiler produced for one model on one hardware config: the model's
-    dimensions (a :class:`~compiler.passes.lower.GraphModel`), where everything lives (a
-    :class:`~compiler.passes.lower.GraphMapping`) and the program."""
+    dimensions (a :class:`~compiler.passes.graph_mapping.GraphModel`), where everything lives
+    (a :class:`~compiler.passes.graph_mapping.GraphMapping`) and the program."""
 
     spec: Any
     mapping: Any

@@ -16,6 +16,7 @@ import numpy as np
 
 from compiler.ir import Graph
 from compiler.passes.interpret import _OPS as _EVAL
+from compiler.passes.lowering_error import LoweringError
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,6 @@ class Fold:
 def fold_graph(g: Graph, model: str = "model") -> None:
     """Fold ``g`` in place (see the module docstring)."""
     if not g.outputs:
-        from compiler.passes.lower import LoweringError
-
         raise LoweringError(f"{model}: the graph has no outputs")
     g.outputs = g.outputs[:1]  # the logits; the returned cache is the PIM's own
     rename: dict[str, str] = {}

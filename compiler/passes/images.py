@@ -26,8 +26,9 @@ CORRUPTIONS = ("shift_qkv_rows",)
 
 
 def build_graph_image(mp, *, data_type: str = "bf16", rank: int = 0, corrupt: str | None = None):
-    """The DRAM image of a graph-lowered model (:class:`compiler.passes.lower.GraphMapping`):
-    every matrix and table where its layout says, every layer's vectors in its entry. For a
+    """The DRAM image of a graph-lowered model (a
+    :class:`~compiler.passes.graph_mapping.GraphMapping`): every matrix and table where its
+    layout says, every layer's vectors in its entry. For a
     device of a tensor-parallel group (``rank``), a split matrix contributes only that device's
     rows or columns (zero-padded to the layout's shape).
 

@@ -6,7 +6,7 @@ channel holds a share of every matrix), tiles inputs larger than one DRAM row (t
 the partial sums) and reserves the K cache (row-major) and V cache (column-major) for the full
 context; the layouts themselves are :mod:`pimsim.isa`'s (:class:`~pimsim.isa.MatrixLayout` and
 its loop order, :class:`~pimsim.isa.MatvecOrder`). The graph lowering's mapping
-(:class:`compiler.passes.lower.GraphMapping`) is built with :func:`geometry` and
+(:class:`compiler.passes.graph_mapping.GraphMapping`) is built with :func:`geometry` and
 :func:`buffer_limits` and proved with :func:`check_matrix_layouts`,
 :func:`check_vector_entries` and :func:`check_matvec_items`; a model too large or of a shape
 the layouts cannot take raises :class:`CapacityError` / :class:`MappingError`.
