@@ -335,3 +335,21 @@ def test_classify_marks_kinds_on_a_small_graph() -> None:
     text = _run(b.build(["o"]), Classify())
     assert [line.split("#")[-1].strip() for line in text.splitlines() if "#" in line] == [
         "pim ffn_up", "asic gelu", "pim ffn_down", "asic residual", "data"]
+
+
+def test_print_ir_shows_every_stage(tiny: GPT, monkeypatch, capsys) -> None:
+    """PIMSIM_PRINT_IR=1: the IR after the import and each graph pass, then the placement and
+    the program, in pipeline order on stderr."""
+    from compiler.pipeline import compile_model
+    from pimsim.config import load_config
+
+    monkeypatch.setenv("PIMSIM_PRINT_IR", "1")
+    c = compile_model(tiny, load_config("pim-gpt"), name="tiny")
+    err = capsys.readouterr().err
+    heads = [ln for ln in err.splitlines() if ln.startswith("==== after ")]
+    assert heads == ["==== after import ====", *(f"==== after {p.name} ====" for p in GRAPH_PASSES),
+                     "==== after place (pim-gpt) ====", "==== after emit (pim-gpt) ===="]
+    assert c.mapping.pretty() in err and c.program.to_text(0).rstrip() in err
+    monkeypatch.setenv("PIMSIM_PRINT_IR", "0")
+    compile_model(tiny, load_config("pim-gpt"), name="tiny")
+    assert "==== after" not in capsys.readouterr().err
