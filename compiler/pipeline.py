@@ -1,26 +1,36 @@
-"""The whole lowering, one screen: model -> IR -> passes -> lowering -> GraphMapping + Program.
+"""The whole lowering, one screen: model -> IR -> graph passes -> lowering -> mapping + Program.
 
-    import          ONNX graph / torch.export program -> IR          (compiler.frontends)
-    shape_inference every value gets a shape                          (passes.shape_inference)
-    fuse            LayerNorm / GELU decompositions, matmul+bias      (passes.fuse)
-    classify        each op PIM (weight MV, q.K^T, s.V) or ASIC       (passes.classify)
-    lower           op by op: steps, dataflow, placement on channels  (passes.lower)
-                    and banks (GraphModel, GraphMapping, Program)
+    import          ONNX graph / torch.export program -> IR          Import (compiler.frontends)
+    shape_inference every value gets a shape                          ShapeInference
+    fuse            LayerNorm / GELU decompositions, matmul+bias      Fuse
+    classify        each op PIM (weight MV, q.K^T, s.V) or ASIC       Classify
+    fold            constant subgraphs evaluated, only the logits     Fold
+    lower           per hardware config: layers, tensor-parallel      Lower (passes.lower,
+                    partition, placement on channels and banks,       passes.partition)
+                    emission of the Program's steps and dataflow
 
-:func:`prepare` runs the first four (once per model), :func:`lower` the last (per hardware
-config); :func:`compile_model` both. ``lowering="pim-gpt"`` instead recognises PIM-GPT's GPT-2
-block (passes.recognise -> DecoderSpec), maps it (passes.mapping -> Mapping) and emits its
-program (passes.emit): the same instructions, kept for comparison.
+:data:`GRAPH_PASSES` is the list from shape inference to fold; each pass is a small named frozen
+dataclass with ``run(graph) -> graph``. :func:`prepare` runs the import and the graph passes
+(once per model), :func:`lower` the lowering (per hardware config); :func:`compile_model` both.
+With the environment variable ``PIMSIM_PRINT_IR=1`` every stage's result is printed to stderr:
+the IR after each graph pass, the placement (``GraphMapping.pretty()``) and the program at
+position 0 after the lowering.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.frontends import import_graph, lowering_passes
+from compiler.frontends import import_graph
 from compiler.ir import Graph
+from compiler.passes.classify import Classify
+from compiler.passes.fold import Fold
+from compiler.passes.fuse import Fuse
+from compiler.passes.shape_inference import ShapeInference
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
 from pimsim.isa import Program
@@ -29,9 +39,8 @@ from pimsim.isa import Program
 @dataclass
 class Compiled:
     """Everything the compiler produced for one model on one hardware config: the model's
-    dimensions (a :class:`~compiler.passes.lower.GraphModel`; a ``DecoderSpec`` under
-    ``lowering="pim-gpt"``), where everything lives (a
-    :class:`~compiler.passes.lower.GraphMapping`; a ``Mapping``) and the program."""
+    dimensions (a :class:`~compiler.passes.graph_mapping.GraphModel`), where everything lives
+    (a :class:`~compiler.passes.graph_mapping.GraphMapping`) and the program."""
 
     spec: Any
     mapping: Any
@@ -117,7 +126,27 @@ def _ours(source: Any) -> bool:
     return isinstance(source, Graph) or type(source).__module__.startswith("workloads.")
 
 
-LOWERINGS = ("auto", "graph", "pim-gpt")
+@dataclass(frozen=True)
+class Import:
+    """The front end: a model (ONNX, torch.export, a module with ``decode_step``, an IR graph)
+    -> IR graph (:func:`compiler.frontends.import_graph`)."""
+
+    name: str = "import"
+
+    def run(self, source: Any) -> Graph:
+        return import_graph(source)
+
+
+GRAPH_PASSES = (ShapeInference(), Fuse(), Classify(), Fold())
+
+
+def print_ir_wanted() -> bool:
+    """Whether ``PIMSIM_PRINT_IR`` asks for every stage's result on stderr."""
+    return os.environ.get("PIMSIM_PRINT_IR", "") not in ("", "0")
+
+
+def _show(stage: str, text: str) -> None:
+    print(f"==== after {stage} ====\n{text.rstrip()}", file=sys.stderr)
 
 
 @dataclass
@@ -133,16 +162,21 @@ class Prepared:
 
 
 def prepare(source: Any, *, name: str = "model") -> Prepared:
-    """Import ``source`` and run the graph passes (shape inference, fusion, classification)."""
+    """Import ``source`` and run the graph passes (:data:`GRAPH_PASSES`)."""
     t = {}
+    show = print_ir_wanted()
     t0 = time.perf_counter()
-    graph = import_graph(source)
+    graph = Import().run(source)
     t["import"] = time.perf_counter() - t0
+    if show:
+        _show("import", graph.pretty())
     t0 = time.perf_counter()
     ours = _ours(source)
     try:
-        for p in lowering_passes():
+        for p in GRAPH_PASSES:
             graph = p.run(graph)
+            if show:
+                _show(p.name, graph.pretty())
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -157,66 +191,31 @@ def prepare(source: Any, *, name: str = "model") -> Prepared:
     return Prepared(graph, name, _context(source), ours, t)
 
 
-def compile_model(source: Any, cfg: HwConfig, *, name: str = "model",
-                  lowering: str = "auto", tp: int | None = None,
+def compile_model(source: Any, cfg: HwConfig, *, name: str = "model", tp: int | None = None,
                   pp: int | None = None, n_ctx: int | None = None) -> Compiled:
     """Run the whole pipeline; raises a clear error for unsupported ops or a model too large.
 
-    ``lowering``: ``"graph"`` (and ``"auto"``, the same) lowers the graph op by op
-    (:mod:`compiler.passes.lower`), any decoder, one device or a system; ``"pim-gpt"`` reads a
-    GPT-2 block structure and emits PIM-GPT's program (one device; kept to compare the two,
-    which give the same instructions). ``tp`` x ``pp`` devices (tensor-parallel group size,
-    pipeline stages; default: the config's ``[system]``); ``n_ctx``: the context the KV caches
-    are reserved for, instead of the model's own (a model with learned positions cannot go
-    past its table)."""
-    if lowering not in LOWERINGS:
-        raise UserError(f"lowering {lowering!r} unknown", "use " + ", ".join(LOWERINGS))
-    return lower(prepare(source, name=name), cfg, lowering=lowering, tp=tp, pp=pp, n_ctx=n_ctx)
+    The graph is lowered op by op (:mod:`compiler.passes.lower`), any decoder, one device or a
+    system: ``tp`` x ``pp`` devices (tensor-parallel group size, pipeline stages; default: the
+    config's ``[system]``); ``n_ctx``: the context the KV caches are reserved for, instead of
+    the model's own (a model with learned positions cannot go past its table)."""
+    return lower(prepare(source, name=name), cfg, tp=tp, pp=pp, n_ctx=n_ctx)
 
 
-def lower(prep: Prepared, cfg: HwConfig, *, lowering: str = "auto", tp: int | None = None,
-          pp: int | None = None, n_ctx: int | None = None) -> Compiled:
+def lower(prep: Prepared, cfg: HwConfig, *, tp: int | None = None, pp: int | None = None,
+          n_ctx: int | None = None) -> Compiled:
     """Lower a model from :func:`prepare` onto ``cfg`` (see :func:`compile_model`); the prepared
     graph is not changed, so one may be lowered onto many configs."""
-    if lowering not in LOWERINGS:
-        raise UserError(f"lowering {lowering!r} unknown", "use " + ", ".join(LOWERINGS))
     tp = cfg.system.tp if tp is None else tp
     pp = cfg.system.pp if pp is None else pp
     t = dict(prep.seconds)
     t0 = time.perf_counter()
-    if lowering == "pim-gpt":
-        if tp * pp > 1 or n_ctx is not None:
-            raise UserError("the PIM-GPT emitter is for one device and the model's own context",
-                            "use lowering='graph' (the default) with tp, pp or n_ctx")
-        return _compile_pim_gpt(prep, cfg, t, t0)
-    return _compile_graph(prep.graph, cfg, prep.name, n_ctx or prep.n_ctx, t, t0,
-                          ours=prep.ours, tp=tp, pp=pp)
-
-
-def _compile_pim_gpt(prep: Prepared, cfg: HwConfig, t: dict, t0: float) -> Compiled:
-    """PIM-GPT's path: the GPT-2 block structure recognised, mapped, emitted."""
-    from compiler.passes.emit import emit_program
-    from compiler.passes.mapping import map_decoder
-    from compiler.passes.recognise import RecogniseError, recognise_decoder
-
-    try:
-        spec = recognise_decoder(prep.graph, prep.name)
-        spec.check()
-    except (UserError, RecogniseError):
-        raise
-    except Exception as e:  # noqa: BLE001
-        if prep.ours:
-            raise
-        raise RecogniseError(
-            f"{prep.name}: the model's graph cannot be lowered to a decoder "
-            f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
-    t["recognise"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mapping = map_decoder(spec, cfg)
-    mapping.check()
-    program = emit_program(mapping)
-    t["map+emit"] = time.perf_counter() - t0
-    return Compiled(spec, mapping, program, t)
+    c = _compile_graph(prep.graph, cfg, prep.name, n_ctx or prep.n_ctx, t, t0, ours=prep.ours,
+                       tp=tp, pp=pp)
+    if print_ir_wanted():
+        _show(f"place ({cfg.name})", c.mapping.pretty())
+        _show(f"emit ({cfg.name})", c.program.to_text(0))
+    return c
 
 
 def _context(source: Any) -> int | None:

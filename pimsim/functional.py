@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from pimsim.config import HwConfig
-from pimsim.isa import MatrixLayout, Program, split_layer_vectors
+from pimsim.isa import MatrixLayout, Program
 
 # ---------------------------------------------------------------- number formats
 
@@ -505,20 +505,18 @@ def _mac_keys(words, base_row, n_slots, heads_per_chunk, d_head, n_tok, q_vec, l
 
 
 class FunctionalExecutor:
-    """Runs a Program's steps on real numbers, token by token (greedy decoding)."""
+    """The memory side of a Program's PIM steps on a memory image: vector-table entries and
+    matrix rows read back, matrix-vector products on the bank MAC kernels. The dataflow itself
+    runs in :class:`FlowExecutor` (one device) and :class:`SystemFlowExecutor` (a system)."""
 
     def __init__(self, prog: Program, image: MemoryImage, cfg: HwConfig, *,
-                 math: AsicMath | None = None, eps: float = 1e-5):
+                 math: AsicMath | None = None):
         self.prog, self.img, self.cfg = prog, image, cfg
         self.math = math or AsicMath.from_config(cfg)
-        self.eps = eps
         self.round = rounder(cfg.pim.data_type)
         self.acc_dtype = cfg.pim.accumulator_type
-        d = prog.dims
-        self.n_head, self.d_head = d["n_head"], d["d_head"]
         self._flat = image.bits.reshape(-1)  # a view: element (ch, bank, row, e) at one index
         self._vec_index: dict[str, np.ndarray] = {}
-        self._v_index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _index(self, c, b, r, e=0):
         C, B, R, E = self.img.bits.shape
@@ -549,73 +547,6 @@ class FunctionalExecutor:
     def _matvec(self, m: MatrixLayout, x: np.ndarray) -> np.ndarray:
         return self.img.matvec(m, x, self.acc_dtype)
 
-    def _write_kv(self, layer: int, pos: int, k_new: np.ndarray, v_new: np.ndarray) -> None:
-        kl, vl = self.prog.kv_layouts[layer]
-        c, b, s = (int(v) for v in kl.locate(pos))
-        k_bits = self.img.encode(k_new)
-        for k in range(kl.n_chunks):
-            heads = kl.chunk_heads(k)
-            lo = heads.start * kl.d_head
-            ln = len(heads) * kl.d_head
-            self.img.bits[c, b, kl.row_of(s, k), :ln] = k_bits[lo:lo + ln]
-        vm = vl.matrix
-        hit = self._v_index.get(layer)
-        if hit is None:  # every value neuron's row of chunk 0, and the step to the next chunk
-            c, b, s = vm.locate(np.arange(vm.out_dim))
-            slots = np.array([vm.slots(ch) for ch in range(vm.geo.channels)])[c]
-            hit = self._v_index[layer] = (self._index(c, b, vm.row_of(0, 0, 0) + s),
-                                          slots * self.img.bits.shape[-1])
-        row0, chunk_step = hit
-        self._flat[row0 + (pos // vm.chunk_elems) * chunk_step + pos % vm.chunk_elems] = \
-            self.img.encode(v_new)
-
-    def _attn_scores(self, layer: int, pos: int, q: np.ndarray) -> np.ndarray:
-        """q.K^T per head over the cached tokens: scores [n_head, pos + 1]."""
-        kl, _ = self.prog.kv_layouts[layer]
-        scores = np.empty((kl.n_head, pos + 1), np.float32)
-        _mac_keys(self.img.words, kl.base_row, kl.n_slots, kl.heads_per_chunk,
-                  kl.d_head, pos + 1, np.ascontiguousarray(q, np.float32), kl.geo.col_elems,
-                  self.img.fmt, _FORMATS[self.acc_dtype], _FP16_TO_FP32, scores)
-        return scores
-
-    def _attn_values(self, layer: int, pos: int, p: np.ndarray) -> np.ndarray:
-        """s.V: value neuron (h, j) = sum_t p[h, t] V[t, h, j], read along V's rows (V^T is
-        placed like a weight matrix; a group of value neurons is within one head, whose softmax
-        weights fill the global buffer)."""
-        _, vl = self.prog.kv_layouts[layer]
-        vm = vl.matrix
-        out = np.empty(vm.out_dim, np.float32)
-        _mac_matrix(self.img.words, *_matrix_rows(vm), vm.chunk_elems,
-                    np.ascontiguousarray(p[:, :pos + 1], np.float32), vl.d_head, vm.out_dim,
-                    vm.geo.col_elems, self.img.fmt, _FORMATS[self.acc_dtype], _FP16_TO_FP32,
-                    _read_segments(vm), out)
-        return out
-
-    # -- one decode step
-    def step(self, token: int, pos: int) -> np.ndarray:
-        """Run the program for ``token`` at ``pos``; returns the logits (fp32)."""
-        prog, M = self.prog, self.math
-        d = prog.dims
-        a = d["n_head"] * d["d_head"]
-        x = (self._read_matrix_row(prog.lm_head, token)
-             + self._read_matrix_row(prog.wpe_layout, pos)).astype(np.float32)
-        for i in range(d["n_layer"]):
-            L = f"L{i}"
-            v = split_layer_vectors(self._read_vector(f"{L}.params"), d["d_model"], a, d["d_ff"])
-            h = M.layernorm(x, v["ln1_w"], v["ln1_b"], self.eps)
-            qkv = self._matvec(prog.matrices[f"{L}.qkv"], h) + v["qkv_b"]
-            q, k_new, v_new = qkv[:a], qkv[a:2 * a], qkv[2 * a:]
-            self._write_kv(i, pos, k_new, v_new)
-            s = self._attn_scores(i, pos, q)
-            p = M.softmax(s * np.float32(1.0 / np.sqrt(self.d_head)))
-            ctx = self._attn_values(i, pos, p)
-            x = x + self._matvec(prog.matrices[f"{L}.out_proj"], ctx) + v["out_proj_b"]
-            h = M.layernorm(x, v["ln2_w"], v["ln2_b"], self.eps)
-            u = M.gelu(self._matvec(prog.matrices[f"{L}.ffn_up"], h) + v["ffn_up_b"])
-            x = x + self._matvec(prog.matrices[f"{L}.ffn_down"], u) + v["ffn_down_b"]
-        h = M.layernorm(x, self._read_vector("lnf_w"), self._read_vector("lnf_b"), self.eps)
-        return self._matvec(prog.lm_head, h)
-
 
 # ---------------------------------------------------------------- graph-lowered programs
 
@@ -624,7 +555,7 @@ class FlowExecutor:
     """Runs a graph-lowered Program (``Program.flow``) on real numbers, token by token.
 
     Weights, tables and vectors are read only from the memory image; matrix-vector products and
-    both attention products run on the bank MAC kernels (as :class:`FunctionalExecutor`'s);
+    both attention products run on the bank MAC kernels (through :class:`FunctionalExecutor`);
     every other op is its :data:`pimsim.asic_ops.OPS` definition with this ASIC's arithmetic.
     Grouped-query attention reads each KV head's cache once per query head of its group."""
 

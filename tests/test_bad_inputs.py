@@ -665,7 +665,7 @@ def test_user_errors_reraise_under_debug():
 
 def test_the_error_family():
     from compiler.frontends import UnsupportedOpError
-    from compiler.passes.recognise import RecogniseError
+    from compiler.passes.lower import LoweringError
     from pimsim.config import ConfigError
     from pimsim.errors import UserError
     from pimsim.trace import TraceError
@@ -673,7 +673,7 @@ def test_the_error_family():
     from workloads.sweep import PointError, SpecError
 
     for cls in (ConfigError, TraceError, ModelError, SpecError, PointError, UnsupportedOpError,
-                RecogniseError):
+                LoweringError):
         assert issubclass(cls, UserError) and issubclass(cls, ValueError), cls
     assert str(UserError("the problem", "the fix")) == "the problem; the fix"
     import pimsim.cli

@@ -1,5 +1,6 @@
-"""Front ends: ONNX and torch.export of the GPT decode step give the same DecoderSpec, equal to the
-module's own parameters; unsupported ops are named; a meta-device gpt2-xl imports for timing."""
+"""Front ends: ONNX and torch.export of the GPT decode step lower to the same program and the
+same placed weights, equal to the module's own parameters; unsupported ops are named; a
+meta-device gpt2-xl imports and compiles for timing."""
 
 from __future__ import annotations
 
@@ -14,42 +15,58 @@ from compiler.frontends import (
     UnsupportedOpError,
     decode_step_program,
     import_exported,
+    import_graph,
     import_onnx,
     import_torch_module,
-    load_decoder,
 )
 from compiler.ir import ConstMeta
-from compiler.model import MATRIX_ROLES, VECTOR_ROLES, DecoderSpec
-from compiler.passes.recognise import RecogniseError, recognise_decoder
+from compiler.passes.lower import LoweringError, lower_graph
+from compiler.pipeline import Compiled, compile_model
+from pimsim.config import load_config
 from workloads.export import export_decode_onnx, export_decode_torch
 from workloads.gpt import GPT, get_config
 
-DIMS = ("n_layer", "d_model", "n_head", "d_head", "d_ff", "vocab", "n_ctx", "eps")
+DIMS = ("n_layer", "d_model", "n_head", "n_kv_head", "d_head", "d_ff", "vocab", "n_ctx",
+        "n_weight_elems", "has_weights")
 
 
-def assert_same_spec(a: DecoderSpec, b: DecoderSpec) -> None:
-    assert [getattr(a, k) for k in DIMS] == [getattr(b, k) for k in DIMS]
-    assert a.name == b.name
-    for name in ("wte", "wpe", "lnf_w", "lnf_b"):
-        assert np.array_equal(getattr(a, name), getattr(b, name)), name
-    assert len(a.layers) == len(b.layers)
-    for i, (la, lb) in enumerate(zip(a.layers, b.layers)):
-        assert list(la.weights) == list(lb.weights) == list(MATRIX_ROLES + VECTOR_ROLES)
-        for role in la.weights:
-            assert la.weights[role].dtype == np.float32
-            assert np.array_equal(la.weights[role], lb.weights[role]), (i, role)
+def lowered(source) -> Compiled:
+    return compile_model(source, load_config("pim-gpt"), name="decoder")
+
+
+def assert_same_lowering(a: Compiled, b: Compiled, *, program: bool = True) -> None:
+    """The same model dimensions, placement and placed weights and vectors, and (``program``)
+    the same program at two positions."""
+    assert [getattr(a.spec, k) for k in DIMS] == [getattr(b.spec, k) for k in DIMS]
+    if program:
+        for pos in (0, 5):
+            assert a.program.to_text(pos) == b.program.to_text(pos)
+    assert a.mapping.pretty() == b.mapping.pretty()
+    for field in ("weights", "vector_values"):
+        x, y = getattr(a.mapping, field), getattr(b.mapping, field)
+        assert list(x) == list(y), field
+        for name in x:
+            if x[name] is None or y[name] is None:
+                assert x[name] is None and y[name] is None, name
+            else:
+                assert np.array_equal(x[name], y[name]), name
 
 
 def expected_weights(model: GPT, layer: int) -> dict[str, torch.Tensor]:
+    """The placed [out, in] matrices of a layer, from the module's parameters."""
     blk = model.h[layer]
     a, m = blk.attn, blk.mlp
     return {
-        "q": a.q.weight, "k": a.k.weight, "v": a.v.weight, "out_proj": a.out.weight,
+        "qkv": torch.cat([a.q.weight, a.k.weight, a.v.weight]), "out_proj": a.out.weight,
         "ffn_up": m.up.weight, "ffn_down": m.down.weight,
-        "ln1_w": blk.ln_1.weight, "ln1_b": blk.ln_1.bias, "q_b": a.q.bias, "k_b": a.k.bias,
-        "v_b": a.v.bias, "out_proj_b": a.out.bias, "ln2_w": blk.ln_2.weight,
-        "ln2_b": blk.ln_2.bias, "ffn_up_b": m.up.bias, "ffn_down_b": m.down.bias,
     }
+
+
+def expected_vectors(model: GPT, layer: int) -> list[torch.Tensor]:
+    blk = model.h[layer]
+    a, m = blk.attn, blk.mlp
+    return [blk.ln_1.weight, blk.ln_1.bias, a.q.bias, a.k.bias, a.v.bias, a.out.bias,
+            blk.ln_2.weight, blk.ln_2.bias, m.up.bias, m.down.bias]
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-wide"])
@@ -61,38 +78,43 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return model, path, ep
 
 
-def test_onnx_and_torch_export_give_the_same_spec(case) -> None:
+def test_onnx_and_torch_export_lower_alike(case) -> None:
     model, path, ep = case
-    from_onnx = load_decoder(path)
-    from_torch = load_decoder(ep)
-    assert_same_spec(from_onnx, from_torch)
-    cfg = model.cfg
-    assert (from_onnx.n_layer, from_onnx.d_model, from_onnx.n_head, from_onnx.d_head,
-            from_onnx.d_ff, from_onnx.vocab, from_onnx.n_ctx) == (
+    from_onnx, from_torch = lowered(path), lowered(ep)
+    assert_same_lowering(from_onnx, from_torch)
+    cfg, s = model.cfg, from_onnx.spec
+    assert (s.n_layer, s.d_model, s.n_head, s.d_head, s.d_ff, s.vocab, s.n_ctx) == (
         cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_head, cfg.d_ff, cfg.vocab, cfg.n_ctx)
-    assert from_onnx.eps == cfg.ln_eps
-    assert from_onnx.d_attn == cfg.d_attn  # tiny-wide: 96 != d_model 64
+    assert s.d_attn == cfg.d_attn  # tiny-wide: 96 != d_model 64
+    assert s.n_weight_elems == cfg.n_params
 
 
-def test_recognised_weights_are_the_module_parameters(case) -> None:
+def test_placed_weights_are_the_module_parameters(case) -> None:
     model, path, ep = case
-    for spec in (load_decoder(path), load_decoder(ep)):
-        assert np.array_equal(spec.wte, model.wte.weight.numpy())
-        assert np.array_equal(spec.wpe, model.wpe.weight.numpy())
-        assert np.array_equal(spec.lnf_w, model.ln_f.weight.numpy())
-        assert np.array_equal(spec.lnf_b, model.ln_f.bias.numpy())
-        for i, layer in enumerate(spec.layers):
+    for c in (lowered(path), lowered(ep)):
+        mp = c.mapping
+        head = mp.tables["table.0"]
+        assert np.array_equal(mp.weights[head], model.wte.weight.detach().numpy())
+        assert np.array_equal(mp.weights["table.1"], model.wpe.weight.detach().numpy())
+        assert np.array_equal(mp.vector_values["final.v0"], model.ln_f.weight.detach().numpy())
+        assert np.array_equal(mp.vector_values["final.v1"], model.ln_f.bias.detach().numpy())
+        for i in range(model.cfg.n_layer):
             for role, param in expected_weights(model, i).items():
-                assert np.array_equal(layer.weights[role], param.numpy()), (i, role)
+                assert np.array_equal(mp.weights[f"L{i}.{role}"], param.detach().numpy()), \
+                    (i, role)
+            got = np.sort(mp.vector_values[f"L{i}.params"])
+            want = np.sort(torch.cat(expected_vectors(model, i)).detach().numpy())
+            assert np.array_equal(got, want), i
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch-internal, from run_decompositions
-def test_core_aten_program_and_module_give_the_same_spec(case) -> None:
-    """addmm/permute/native_layer_norm/bmm (run_decompositions) and load_decoder(module)."""
+def test_core_aten_program_and_module_lower_alike(case) -> None:
+    """addmm/permute/native_layer_norm/bmm (run_decompositions; the attention scale then is an
+    ASIC op of its own) and the module itself."""
     model, path, ep = case
-    want = load_decoder(ep)
-    assert_same_spec(load_decoder(ep.run_decompositions()), want)
-    assert_same_spec(load_decoder(model), want)
+    want = lowered(ep)
+    assert_same_lowering(lowered(ep.run_decompositions()), want, program=False)
+    assert_same_lowering(lowered(model), want)
 
 
 def _gemms_to_matmul_add(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -124,7 +146,8 @@ def _gemms_to_matmul_add(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def test_onnx_in_out_weights_are_transposed_back(case) -> None:
-    """[in, out] initializers (MatMul + Add) give the same [out, in] spec; the head copy is tied."""
+    """[in, out] initializers (MatMul + Add) lower to the same [out, in] weights; the head copy
+    is tied."""
     model, path, ep = case
     proto = _gemms_to_matmul_add(onnx.load(str(path)))
     assert not any(n.op_type == "Gemm" for n in proto.graph.node)
@@ -135,7 +158,7 @@ def test_onnx_in_out_weights_are_transposed_back(case) -> None:
     assert len(linears) == 6 * model.cfg.n_layer + 1
     assert all(n.attrs["w_layout"] == "in_out" for n in linears)
     assert linears[-1].role == "lm_head" and linears[-1].inputs[1] == "model.wte.weight.T"
-    assert_same_spec(load_decoder(graph), load_decoder(path))
+    assert_same_lowering(lowered(graph), lowered(path))
 
 
 def test_onnx_external_data_and_shape_only_import(case, tmp_path) -> None:
@@ -145,17 +168,19 @@ def test_onnx_external_data_and_shape_only_import(case, tmp_path) -> None:
     onnx.save(proto, str(ext), save_as_external_data=True, all_tensors_to_one_file=True,
               location="ext.onnx.data", size_threshold=0)
     assert (tmp_path / "ext.onnx.data").exists()
-    want = load_decoder(path)
-    assert_same_spec(load_decoder(ext), want)
+    want = lowered(path)
+    assert_same_lowering(lowered(ext), want)
     unloaded = onnx.load(str(ext), load_external_data=False)
     with pytest.raises(ValueError, match="external file"):
         import_onnx(unloaded)
-    assert_same_spec(load_decoder(import_onnx(unloaded, base_dir=str(tmp_path))), want)
+    assert_same_lowering(lowered(import_onnx(unloaded, base_dir=str(tmp_path))), want)
 
-    shapes_only = load_decoder(import_onnx(ext, weights=False))
-    assert not shapes_only.has_weights
-    assert [getattr(shapes_only, k) for k in DIMS] == [getattr(want, k) for k in DIMS]
-    assert all(w is None for w in shapes_only.layers[0].weights.values())
+    shapes_only = lowered(import_onnx(ext, weights=False))
+    assert not shapes_only.spec.has_weights
+    dims = [k for k in DIMS if k != "has_weights"]
+    assert [getattr(shapes_only.spec, k) for k in dims] == [getattr(want.spec, k) for k in dims]
+    assert all(w is None for w in shapes_only.mapping.weights.values())
+    assert shapes_only.program.to_text(5) == want.program.to_text(5)
 
 
 def test_onnx_unsupported_op_names_op_and_node() -> None:
@@ -187,19 +212,19 @@ def test_torch_unsupported_op_names_op_and_node() -> None:
     assert "supported ops:" in msg and "linear" in msg and "layer_norm" in msg
 
 
-def test_load_decoder_rejects_what_it_cannot_read() -> None:
+def test_import_graph_rejects_what_it_cannot_read() -> None:
     with pytest.raises(TypeError, match="cannot import a int"):
-        load_decoder(3)
+        import_graph(3)
 
     class NoConfig(torch.nn.Module):
         def decode_step(self, *args: object) -> None:
             return None
 
     with pytest.raises(ValueError, match="cannot find the KV-cache shape"):
-        load_decoder(NoConfig())
+        import_graph(NoConfig())
 
 
-def test_recognise_rejects_a_graph_that_is_no_decoder() -> None:
+def test_lowering_rejects_a_graph_that_is_no_decoder() -> None:
     class MLP(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -211,28 +236,28 @@ def test_recognise_rejects_a_graph_that_is_no_decoder() -> None:
     from compiler.frontends import run_passes
 
     g = run_passes(import_torch_module(MLP(), (torch.ones(1, 4),)))
-    with pytest.raises(RecogniseError, match="expected one LM head"):
-        recognise_decoder(g)
+    with pytest.raises(LoweringError, match="expected two KV-cache inputs"):
+        lower_graph(g, load_config("pim-gpt"), name="mlp")
 
 
 def test_meta_gpt2_xl_imports_for_timing() -> None:
-    """torch.export works on the meta device: gpt2-xl's shapes without materialising weights."""
+    """torch.export works on the meta device: gpt2-xl's shapes without materialising weights,
+    lowered shapes only."""
     model = GPT(get_config("gpt2-xl"), device="meta")
     ep = decode_step_program(model)
     graph = import_exported(ep)
     weights = [c for k, c in graph.consts.items() if k.startswith("model.")]
     assert len(weights) == 4 + 48 * 16 and all(isinstance(c, ConstMeta) for c in weights)
-    spec = load_decoder(graph)
-    cfg = model.cfg
+    c = compile_model(graph, load_config("aim-gddr6"), name="gpt2-xl")
+    spec, cfg = c.spec, model.cfg
     assert (spec.n_layer, spec.d_model, spec.n_head, spec.d_head, spec.d_ff, spec.vocab,
             spec.n_ctx) == (48, 1600, 25, 64, 6400, 50257, 1024)
-    assert spec.eps == cfg.ln_eps
-    assert not spec.has_weights and spec.layers[0].weights["q"] is None
-    assert spec.n_params == cfg.n_params
+    assert not spec.has_weights and c.mapping.weights["L0.qkv"] is None
+    assert spec.n_weight_elems == cfg.n_params
 
 
 def test_hf_gpt2_goes_through() -> None:
-    """A tiny Hugging Face GPT2LMHeadModel, converted by workloads.hf, recognised from the graph."""
+    """A tiny Hugging Face GPT2LMHeadModel, converted by workloads.hf, lowered from its graph."""
     transformers = pytest.importorskip("transformers")
     from workloads.hf import from_hf_gpt2, hf_gpt2_state_dict
 
@@ -241,16 +266,18 @@ def test_hf_gpt2_goes_through() -> None:
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
     model = from_hf_gpt2(hf)
-    spec = load_decoder(model)
+    c = lowered(model)
+    spec, mp = c.spec, c.mapping
     assert (spec.n_layer, spec.d_model, spec.n_head, spec.d_head, spec.vocab, spec.n_ctx) == (
         2, 64, 4, 16, 128, 32)
     sd = hf_gpt2_state_dict(hf)
-    assert np.array_equal(spec.wte, sd["wte.weight"].numpy())
-    for i, layer in enumerate(spec.layers):
-        # HF Conv1D stores [in, out]; the spec holds [out, in]
-        assert np.array_equal(layer.weights["q"], sd[f"h.{i}.attn.q.weight"].numpy())
-        assert np.array_equal(layer.weights["ffn_up"], hf.transformer.h[i].mlp.c_fc.weight.detach().numpy().T)
-        assert np.array_equal(layer.weights["ffn_down_b"], sd[f"h.{i}.mlp.down.bias"].numpy())
+    assert np.array_equal(mp.weights[mp.tables["table.0"]], sd["wte.weight"].numpy())
+    for i in range(spec.n_layer):
+        # HF Conv1D stores [in, out]; the mapping holds [out, in]
+        assert np.array_equal(mp.weights[f"L{i}.qkv"][:64], sd[f"h.{i}.attn.q.weight"].numpy())
+        assert np.array_equal(mp.weights[f"L{i}.ffn_up"],
+                              hf.transformer.h[i].mlp.c_fc.weight.detach().numpy().T)
+        assert np.isin(sd[f"h.{i}.mlp.down.bias"].numpy(), mp.vector_values[f"L{i}.params"]).all()
 
 
 @pytest.mark.parametrize("case", ["runtime-rows", "const-row", "const-rows", "const-row-3d",

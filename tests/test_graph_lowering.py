@@ -29,7 +29,7 @@ def cfg():
 
 def _compiled(family: str, cfg, **kw):
     model = tiny_model(family, **kw)
-    return model, compile_model(decode_step_module(model), cfg, name=family, lowering="graph")
+    return model, compile_model(decode_step_module(model), cfg, name=family)
 
 
 def _greedy(c, cfg, n: int, exact: bool = True) -> tuple[list[int], list[np.ndarray]]:
@@ -93,8 +93,8 @@ def _kv_write_cols(prog, pos: int) -> int:
 
 
 def test_gqa_places_k_and_v_once_per_kv_head(cfg):
-    c_gqa = compile_model(decode_step_module(_llama(2)), cfg, lowering="graph")
-    c_mha = compile_model(decode_step_module(_llama(8)), cfg, lowering="graph")
+    c_gqa = compile_model(decode_step_module(_llama(2)), cfg)
+    c_mha = compile_model(decode_step_module(_llama(8)), cfg)
     assert [k.kv_heads for k in c_gqa.mapping.k_cache] == [2, 2]
     assert [k.n_head for k in c_gqa.mapping.k_cache] == [8, 8]
     assert c_mha.mapping.kv_bytes() == 4 * c_gqa.mapping.kv_bytes()
@@ -104,7 +104,7 @@ def test_gqa_places_k_and_v_once_per_kv_head(cfg):
 
 @pytest.mark.parametrize("pos", [0, 40, 63])
 def test_gqa_attention_reads_each_kv_row_once_per_token(cfg, pos):
-    c = compile_model(decode_step_module(_llama(2)), cfg, lowering="graph")
+    c = compile_model(decode_step_module(_llama(2)), cfg)
     mac = cmd_id("MAC_AB")
     prog = c.program
     for st in prog.steps:
@@ -189,7 +189,7 @@ def test_prefill_graph_is_refused_with_how_to_export_a_decode_step(cfg):
 
     ep = torch.export.export(Prefill(), (torch.zeros((1, 4), dtype=torch.long),))
     with pytest.raises(UserError) as e:
-        compile_model(import_graph(ep), cfg, lowering="graph")
+        compile_model(import_graph(ep), cfg)
     msg = format_user_error(e.value)
     assert "decode step" in msg and "node" in msg, msg
 

@@ -11,9 +11,10 @@ import math
 import numpy as np
 import pytest
 
-from compiler.frontends import import_exported, import_onnx, lowering_passes
+from compiler.frontends import import_exported, import_onnx
 from compiler.ir import Builder, ConstMeta, Graph, IRError, Node, Value
 from compiler.passes.classify import Classify
+from compiler.pipeline import GRAPH_PASSES
 from compiler.passes.fuse import Fuse, FuseGelu, FuseLayerNorm, FuseLinear
 from compiler.passes.interpret import evaluate
 from compiler.passes.shape_inference import ShapeError, ShapeInference, dim_add
@@ -42,7 +43,7 @@ def imported(tiny: GPT, tmp_path_factory: pytest.TempPathFactory) -> dict[str, G
 
 def _stages(g: Graph) -> list[tuple[str, Graph]]:
     out = [("0_import", g)]
-    for i, p in enumerate(lowering_passes(), start=1):
+    for i, p in enumerate(GRAPH_PASSES, start=1):
         g = p.run(g)
         out.append((f"{i}_{p.name}", g))
     return out
@@ -51,7 +52,8 @@ def _stages(g: Graph) -> list[tuple[str, Graph]]:
 @pytest.mark.parametrize("path", ["torch", "onnx"])
 def test_golden_ir_after_each_pass(imported: dict[str, Graph], path: str, golden) -> None:
     stages = _stages(imported[path])
-    assert [s for s, _ in stages] == ["0_import", "1_shape_inference", "2_fuse", "3_classify"]
+    assert [s for s, _ in stages] == ["0_import", "1_shape_inference", "2_fuse", "3_classify",
+                                      "4_fold"]
     for stage, g in stages:
         g.verify()
         text = g.pretty()
@@ -73,7 +75,7 @@ def test_every_pass_preserves_the_decode_step(tiny: GPT, imported: dict[str, Gra
 
 @pytest.mark.parametrize("path", ["torch", "onnx"])
 def test_classified_tiny_has_the_decoder_roles(imported: dict[str, Graph], path: str) -> None:
-    g = _stages(imported[path])[-1][1]
+    g = dict(_stages(imported[path]))["3_classify"]
     pim = [n.role for n in g.nodes if n.kind == "pim"]
     layer = ["qkv_q", "qkv_k", "qkv_v", "attn_score", "attn_value", "out_proj", "ffn_up", "ffn_down"]
     assert pim == layer * 2 + ["lm_head"]
@@ -89,7 +91,7 @@ def test_classified_tiny_has_the_decoder_roles(imported: dict[str, Graph], path:
 def test_torch_and_onnx_paths_agree_after_fusion(imported: dict[str, Graph]) -> None:
     """Same op sequence, kinds and roles once fused (the names differ)."""
     sig = {p: [(n.op, n.kind, n.role, tuple(sorted(n.attrs.items())))
-               for n in _stages(g)[-1][1].nodes] for p, g in imported.items()}
+               for n in dict(_stages(g))["3_classify"].nodes] for p, g in imported.items()}
     assert sig["torch"] == sig["onnx"]
 
 
@@ -320,7 +322,7 @@ def test_fuse_is_all_three_and_idempotent() -> None:
     g = ShapeInference().run(_layernorm_graph())
     once = Fuse().run(g)
     assert once.pretty() == Fuse().run(once).pretty()
-    assert [p.name for p in lowering_passes()] == ["shape_inference", "fuse", "classify"]
+    assert [p.name for p in GRAPH_PASSES] == ["shape_inference", "fuse", "classify", "fold"]
 
 
 def test_classify_marks_kinds_on_a_small_graph() -> None:
@@ -333,3 +335,21 @@ def test_classify_marks_kinds_on_a_small_graph() -> None:
     text = _run(b.build(["o"]), Classify())
     assert [line.split("#")[-1].strip() for line in text.splitlines() if "#" in line] == [
         "pim ffn_up", "asic gelu", "pim ffn_down", "asic residual", "data"]
+
+
+def test_print_ir_shows_every_stage(tiny: GPT, monkeypatch, capsys) -> None:
+    """PIMSIM_PRINT_IR=1: the IR after the import and each graph pass, then the placement and
+    the program, in pipeline order on stderr."""
+    from compiler.pipeline import compile_model
+    from pimsim.config import load_config
+
+    monkeypatch.setenv("PIMSIM_PRINT_IR", "1")
+    c = compile_model(tiny, load_config("pim-gpt"), name="tiny")
+    err = capsys.readouterr().err
+    heads = [ln for ln in err.splitlines() if ln.startswith("==== after ")]
+    assert heads == ["==== after import ====", *(f"==== after {p.name} ====" for p in GRAPH_PASSES),
+                     "==== after place (pim-gpt) ====", "==== after emit (pim-gpt) ===="]
+    assert c.mapping.pretty() in err and c.program.to_text(0).rstrip() in err
+    monkeypatch.setenv("PIMSIM_PRINT_IR", "0")
+    compile_model(tiny, load_config("pim-gpt"), name="tiny")
+    assert "==== after" not in capsys.readouterr().err

@@ -49,7 +49,7 @@ def test_optimum_layout_greedy_tokens_match_the_hf_model(files, cfg, key):
     """compile_model of the file + the functional executor (exact ASIC math): the HF model's own
     greedy tokens over 16 steps, cosine >= 0.999 on every step."""
     fam, path = files[key]
-    c = compile_model(path, cfg, name=key, lowering="graph")  # n_ctx from config.json
+    c = compile_model(path, cfg, name=key)  # n_ctx from config.json
     assert c.mapping.spec.n_ctx == 64
     assert_same_generation(key, functional_greedy(c, cfg, N_TOKENS, PROMPT),
                            hf_greedy(tiny_model(fam), PROMPT, N_TOKENS))
@@ -87,7 +87,7 @@ def test_a_file_without_shape_annotations_lowers_to_the_same_program(files, cfg)
     del proto.graph.value_info[:]
     runs = []
     for model in (files["llama-gqa"][1], proto):
-        c = compile_model(model, cfg, name="gqa", lowering="graph", n_ctx=64)
+        c = compile_model(model, cfg, name="gqa", n_ctx=64)
         img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
         ex = FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=True))
         runs.append(np.stack([ex.step(t, p) for p, t in enumerate((3, 9, 27, 5))]))
@@ -146,7 +146,7 @@ def _hf_file(tmp_path, input_ids=(1, 1), mask=(1, "past + 1"), position=(1, 1), 
 def test_a_file_that_is_not_one_decode_step_is_refused_naming_the_input(tmp_path, kw, match):
     path = _hf_file(tmp_path, **kw)
     with pytest.raises(UserError, match=match) as e:
-        compile_model(path, load_config("pim-gpt"), lowering="graph")
+        compile_model(path, load_config("pim-gpt"))
     msg = str(e.value)
     assert "\n" not in msg and "; export" in msg  # one line, with how to export a decode step
 

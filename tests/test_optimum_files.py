@@ -53,7 +53,7 @@ def test_optimum_file_gives_the_source_models_greedy_tokens(cfg, family):
 
     path = os.path.join(DATA, family, "model.onnx")
     assert not onnx.load(path, load_external_data=False).graph.value_info  # as optimum wrote it
-    c = compile_model(path, cfg, lowering="graph")
+    c = compile_model(path, cfg)
     assert_same_generation(family, functional_greedy(c, cfg, N_TOKENS, PROMPT),
                            hf_greedy(_hf(family), PROMPT, N_TOKENS))
 

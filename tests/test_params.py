@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.passes.mapping import MappingError, check_matvec_items, map_decoder
+from compiler.passes.mapping import MappingError, check_matvec_items
 from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.decode import DecodeSimulator
@@ -166,11 +166,10 @@ def test_mapping_check_catches_items_beyond_the_buffers():
 
 
 def test_buffer_smaller_than_one_head_is_refused_naming_the_fix():
-    spec = compile_model(resolve_model("tiny-wide", weights=False)[0],
-                         load_config("pim-gpt")).spec  # d_head 48: 96 bytes of q per head
+    src = resolve_model("tiny-wide", weights=False)[0]  # d_head 48: 96 bytes of q per head
     cfg = with_(load_config("pim-gpt"), pim__global_buffer_bytes=64)
     with pytest.raises(MappingError, match="set global_buffer_bytes to at least 96"):
-        map_decoder(spec, cfg)
+        compile_model(src, cfg)
 
 
 # ---------------------------------------------------------------- numbers against PyTorch
@@ -204,7 +203,6 @@ def test_functional_orders_match_pytorch(tmp_path, pim):
 def test_reuse_order_changes_the_numbers_it_should():
     """One accumulator read per neuron (reuse) rounds once instead of once per chunk: the
     logits differ from the PIM-GPT order's in the last bits, both close to PyTorch."""
-    from pimsim.functional import FunctionalExecutor, MemoryImage  # noqa: F401
     from workloads.cli import _functional
 
     outs = []

@@ -45,7 +45,7 @@ def gqa():
 
 
 def _compiled(model, cfg, tp=1, pp=1):
-    return compile_model(decode_step_module(model), cfg, name="m", lowering="graph", tp=tp,
+    return compile_model(decode_step_module(model), cfg, name="m", tp=tp,
                          pp=pp)
 
 
@@ -156,7 +156,7 @@ def test_tensor_parallel_is_faster_and_shows_where_the_time_went():
     ms = {}
     for n in (1, 2, 4):
         cfg = dataclasses.replace(base, system=resolve(n, None, None))
-        c = compile_model(src, cfg, name=name, lowering="graph")
+        c = compile_model(src, cfg, name=name)
         rep = run_system(c.programs, cfg, prompt=[0] * 8, n_tokens=2, skip_prompt=True)
         ms[n] = rep.ms_per_token
         if n > 1:

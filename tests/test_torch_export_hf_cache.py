@@ -39,7 +39,7 @@ def cfg():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_static_cache_program_gives_the_hf_models_greedy_tokens(cfg, family):
     ep = export_with_static_cache(tiny_model(family), max_cache_len=40)
-    c = compile_model(ep, cfg, name=family, lowering="graph")
+    c = compile_model(ep, cfg, name=family)
     assert c.mapping.spec.n_ctx == 40  # the cache length is the context
     assert_same_generation(family, functional_greedy(c, cfg, N_TOKENS, PROMPT),
                            hf_greedy(tiny_model(family), PROMPT, N_TOKENS))
@@ -66,7 +66,7 @@ def test_a_sliding_window_mask_is_refused_naming_the_mask():
 def test_a_cache_length_equal_to_another_axis_is_refused_saying_what_to_change(cfg):
     ep = export_with_static_cache(tiny_model("llama-gqa"), max_cache_len=16)  # = d_head
     with pytest.raises(CacheLayoutError, match="max_cache_len other than"):
-        compile_model(ep, cfg, lowering="graph")
+        compile_model(ep, cfg)
 
 
 def test_validate_a_static_cache_program_against_itself(capsys):
@@ -92,7 +92,7 @@ def test_transformers_dynamic_cache_export_is_a_prefill_refused_with_how_to_expo
                                    torch.ones((1, 4), dtype=torch.long))
     with pytest.raises(UserError, match="a prefill graph, which is not lowered; export one "
                                         "decode step instead"):
-        compile_model(ep, cfg, lowering="graph", n_ctx=64)
+        compile_model(ep, cfg, n_ctx=64)
 
 
 def export_with_dynamic_cache_inputs(model, past_len: int = 3, dim=None):
@@ -125,7 +125,7 @@ def test_dynamic_cache_program_gives_the_hf_models_greedy_tokens(cfg, family):
     ep = export_with_dynamic_cache_inputs(tiny_model(family))
     kv = analyse(ep)
     assert kv.layout == "dynamic" and len(kv.tensors) == 2 * kv.n_layer
-    c = compile_model(ep, cfg, name=family, lowering="graph", n_ctx=64)
+    c = compile_model(ep, cfg, name=family, n_ctx=64)
     assert_same_generation(family, functional_greedy(c, cfg, N_TOKENS, PROMPT),
                            hf_greedy(tiny_model(family), PROMPT, N_TOKENS))
 
@@ -136,4 +136,4 @@ def test_a_dynamic_cache_program_of_a_static_past_length_is_refused(cfg):
 
     ep = export_with_dynamic_cache_inputs(tiny_model("llama-gqa"), dim=torch.export.Dim.STATIC)
     with pytest.raises(CacheLayoutError, match="not a dynamic dimension.*torch.export.Dim"):
-        compile_model(ep, cfg, lowering="graph", n_ctx=64)
+        compile_model(ep, cfg, n_ctx=64)

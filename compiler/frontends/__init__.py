@@ -3,9 +3,7 @@
     import_graph(source) -> shape_inference -> fuse -> classify      (compiler.pipeline.prepare)
 
 ``lowering_passes()`` is the ordered list of graph-to-graph passes between the import and the
-lowering (:mod:`compiler.passes.lower`); each is a small named dataclass with ``run(graph) ->
-graph``. ``load_decoder(source)`` adds PIM-GPT's recognition of a GPT-2 block structure
-(:class:`~compiler.model.DecoderSpec`, the ``lowering="pim-gpt"`` path).
+lowering, :data:`compiler.pipeline.GRAPH_PASSES`.
 
 torch and onnx are imported lazily, inside the functions that need them.
 """
@@ -17,7 +15,6 @@ from typing import Any
 
 from compiler.frontends.common import UnsupportedOpError
 from compiler.ir import Graph
-from compiler.model import DecoderSpec
 from pimsim.errors import ModelFileError, UserError
 
 __all__ = [
@@ -27,7 +24,6 @@ __all__ = [
     "import_graph",
     "import_onnx",
     "import_torch_module",
-    "load_decoder",
     "lowering_passes",
     "run_passes",
 ]
@@ -52,12 +48,11 @@ def import_torch_module(module: Any, example_inputs: tuple, dynamic_shapes: Any 
 
 
 def lowering_passes() -> list:
-    """The ordered graph passes from an imported graph to one the lowering reads."""
-    from compiler.passes.classify import Classify
-    from compiler.passes.fuse import Fuse
-    from compiler.passes.shape_inference import ShapeInference
+    """The ordered graph passes from an imported graph to one the lowering reads (the list
+    lives in :mod:`compiler.pipeline`, :data:`~compiler.pipeline.GRAPH_PASSES`)."""
+    from compiler.pipeline import GRAPH_PASSES
 
-    return [ShapeInference(), Fuse(), Classify()]
+    return list(GRAPH_PASSES)
 
 
 def run_passes(graph: Graph, passes: list | None = None) -> Graph:
@@ -67,7 +62,13 @@ def run_passes(graph: Graph, passes: list | None = None) -> Graph:
 
 
 def import_graph(source: Any) -> Graph:
-    """Import ``source`` (see :func:`load_decoder`) into the IR without running any pass."""
+    """Import ``source`` into the IR without running any pass.
+
+    ``source``: a path to an ``.onnx`` file, an ``onnx.ModelProto``, a
+    ``torch.export.ExportedProgram`` of a decode step, a torch ``nn.Module`` whose class has
+    ``decode_step(token[1,1], pos, past_k, past_v)`` (exported here with
+    :func:`decode_step_program`; ``meta``-device modules give a shape-only graph), or an IR
+    :class:`Graph` (returned as it is)."""
     if isinstance(source, Graph):
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -93,7 +94,7 @@ def import_graph(source: Any) -> Graph:
                 "make decode_step(token, pos, past_k, past_v) traceable by torch.export") from None
         return import_exported(ep)
     raise TypeError(
-        f"load_decoder: cannot import a {type(source).__name__}; pass an ONNX path or ModelProto, "
+        f"import_graph: cannot import a {type(source).__name__}; pass an ONNX path or ModelProto, "
         f"a torch.export.ExportedProgram, or a torch module with a decode_step method"
     )
 
@@ -112,20 +113,6 @@ def _import_onnx_file(path: str) -> Graph:
             f"ONNX file {path!r} cannot be read as a model ({type(e).__name__}: "
             f"{' '.join(str(e).split())[:300]})",
             "give a complete .onnx decode step (workloads.export.export_decode_onnx)") from None
-
-
-def load_decoder(source: Any, name: str = "decoder") -> DecoderSpec:
-    """The decoder in ``source``.
-
-    ``source``: a path to an ``.onnx`` file, an ``onnx.ModelProto``, a
-    ``torch.export.ExportedProgram`` of a decode step, a torch ``nn.Module`` whose class has
-    ``decode_step(token[1,1], pos, past_k, past_v)`` (exported here with
-    :func:`decode_step_program`; ``meta``-device modules give a shape-only spec), or an IR
-    :class:`Graph`.
-    """
-    from compiler.passes.recognise import recognise_decoder
-
-    return recognise_decoder(run_passes(import_graph(source)), name)
 
 
 # ---- exporting a module's decode step ------------------------------------------------------

@@ -33,7 +33,7 @@ _VIEW_OPS = ("reshape", "transpose", "expand", "unsqueeze", "squeeze", "cast", "
 
 
 class _Graph:
-    """Lookups shared by classify and recognise."""
+    """Graph lookups of the classify pass (producers, users, walks through views)."""
 
     def __init__(self, g: Graph) -> None:
         self.g = g

@@ -1,72 +1,395 @@
-"""Instruction emission: the decode step of a mapped decoder as a :class:`pimsim.isa.Program`.
+"""Emission: the decode-step graph, node by node, as the Program's steps and dataflow.
 
-Every weight matrix-vector product and both attention products become PIM steps (per-channel
-instruction streams, instantiated per position by the ISA); LayerNorm, softmax, GELU, residual
-adds, partial-sum reduction (with the bias), the embedding add and the final argmax become ASIC
-steps. Dependencies are explicit, so an executor may overlap independent work (e.g. fetching the
-next layer's LayerNorm parameters while the ASIC is busy).
+Each node becomes (:class:`Emission`, mixed into :class:`compiler.passes.lower._Lowering`):
 
-PIM-GPT's path only (``compile_model(..., lowering="pim-gpt")``); the default graph lowering
-(:mod:`compiler.passes.lower`) emits the same steps and instructions, its steps named after
-the graph's ops.
+    cache append      a new key / value written to its attention's cache (a flow op)
+    attention         q.K^T or p.V over the cache: one PIM step each, after the cache write
+    gather            a row of a constant table (token or position embedding): a PIM read
+    matrix-vector     a pack of products sharing an input: a PIM step, the ASIC's reduction of
+                      the partial sums and, on a tensor-parallel group, the exchange
+    ASIC op           a step with the op's cost (pimsim.asic_ops), or a free flow op (wiring,
+                      the attention scale the softmax applies as it reads)
+
+then the argmax after the LM head; :mod:`compiler.passes.place` places each pipeline stage.
 """
 
 from __future__ import annotations
 
-from compiler.passes.mapping import Mapping
-from pimsim.isa import Program, Step
+import math
+from typing import Any
+
+import numpy as np
+
+from compiler.ir import Node
+from compiler.passes import partition
+from compiler.passes.analyse import WIRING
+from compiler.passes.graph_mapping import GraphMapping
+from compiler.passes.lowering_error import LoweringError
+from compiler.passes.shape_inference import _terms
+from pimsim.asic_ops import OPS as ASIC_OPS
+from pimsim.isa import FlowOp, Program, Step
 
 
-def emit_program(mp: Mapping) -> Program:
-    s = mp.spec
-    prog = Program(
-        model=s.name, hw=mp.hw, geo=mp.geo,
-        dims=dict(n_layer=s.n_layer, d_model=s.d_model, n_head=s.n_head, d_head=s.d_head,
-                  d_ff=s.d_ff, vocab=s.vocab, n_ctx=s.n_ctx),
-        vec_layout=mp.vectors, wpe_layout=mp.wpe, lm_head=mp.lm_head,
-        matrices=dict(mp.matrices), kv_layouts=list(zip(mp.k_cache, mp.v_cache)), eps=s.eps,
-    )
-    steps = prog.steps
+class Emission:
+    """The emission half of the lowering."""
 
-    def add(name: str, op: str, layer: int, kind: str, deps: list[int], **kw) -> int:
-        steps.append(Step(len(steps), name, op, layer, kind, tuple(sorted(set(deps))), **kw))
-        return len(steps) - 1
+    # ---------------------------------------------------------------- emission
+    def emit(self, layer_of: dict[int, int]) -> list[tuple[Program, GraphMapping]]:
+        """The program's steps and dataflow, node by node, then placed per pipeline stage."""
+        self._start_emission()
+        g = self.g
+        for n in g.nodes:
+            if id(n) in self.skip:
+                continue
+            layer = layer_of[id(n)]
+            L = self._lname(layer)
+            if n.op == "concat" and any(n is a.k_concat or n is a.v_concat for a in self.attns):
+                self._emit_cache_append(n)
+            elif n.op == "matmul" and any(i in self.cache for i in n.inputs):
+                self._emit_attention(n)
+            elif n.op == "gather" and g.is_const(n.inputs[0]) and not g.is_const(n.inputs[1]) \
+                    and len(g.const_shape(n.inputs[0])) == 2 and n.attrs["axis"] == 0:
+                self._emit_gather(n, layer, L)
+            elif id(n) in self.pack_of:
+                self._emit_matvec(n, layer, L)
+            else:
+                self._emit_asic(n, layer, L)
+        return self._finish_emission()
 
-    d, a, f = s.d_model, s.d_attn, s.d_ff
-    emb = add("embed.read", "embedding", -1, "pim", [], vectors=("wte", "wpe"))
-    h = add("embed.add", "embedding", -1, "asic", [emb], n_elems=d)
-    for i in range(s.n_layer):
-        L = f"L{i}"
-        kl, vl = mp.k_cache[i], mp.v_cache[i]
-        qkv_m = mp.matrices[f"{L}.qkv"]
-        out_m = mp.matrices[f"{L}.out_proj"]
-        up_m = mp.matrices[f"{L}.ffn_up"]
-        down_m = mp.matrices[f"{L}.ffn_down"]
-        par = add(f"{L}.params", "param_fetch", i, "pim", [], vectors=(f"{L}.params",))
-        ln1 = add(f"{L}.ln1", "layernorm", i, "asic", [h, par], n_elems=d)
-        qkv = add(f"{L}.qkv", "qkv", i, "pim", [ln1], matrix=qkv_m)
-        qkv_r = add(f"{L}.qkv.reduce", "reduction", i, "asic", [qkv],
-                    n_elems=3 * a * qkv_m.n_reads)
-        kvw = add(f"{L}.kv_write", "kv_write", i, "pim", [qkv_r], kv=(kl, vl))
-        sc = add(f"{L}.attn_score", "attn_score", i, "pim", [qkv_r, kvw], kv=(kl, vl))
-        sm = add(f"{L}.softmax", "softmax", i, "asic", [sc], per_pos_elems=s.n_head)
-        av = add(f"{L}.attn_value", "attn_value", i, "pim", [sm, kvw], kv=(kl, vl))
-        out = add(f"{L}.out_proj", "out_proj", i, "pim", [av], matrix=out_m)
-        out_r = add(f"{L}.out_proj.reduce", "reduction", i, "asic", [out],
-                    n_elems=d * out_m.n_reads)
-        r1 = add(f"{L}.residual1", "residual", i, "asic", [out_r, h], n_elems=d)
-        ln2 = add(f"{L}.ln2", "layernorm", i, "asic", [r1, par], n_elems=d)
-        up = add(f"{L}.ffn_up", "ffn_up", i, "pim", [ln2], matrix=up_m)
-        up_r = add(f"{L}.ffn_up.reduce", "reduction", i, "asic", [up], n_elems=f * up_m.n_reads)
-        ge = add(f"{L}.gelu", "gelu", i, "asic", [up_r], n_elems=f)
-        dn = add(f"{L}.ffn_down", "ffn_down", i, "pim", [ge], matrix=down_m)
-        dn_r = add(f"{L}.ffn_down.reduce", "reduction", i, "asic", [dn],
-                   n_elems=d * down_m.n_reads)
-        h = add(f"{L}.residual2", "residual", i, "asic", [dn_r, r1], n_elems=d)
-    par = add("lnf.params", "param_fetch", -1, "pim", [], vectors=("lnf_w", "lnf_b"))
-    lnf = add("lnf", "layernorm", -1, "asic", [h, par], n_elems=d)
-    lm = add("lm_head", "lm_head", -1, "pim", [lnf], matrix=mp.lm_head)
-    lm_r = add("lm_head.reduce", "reduction", -1, "asic", [lm],
-               n_elems=s.vocab * mp.lm_head.n_reads)
-    add("argmax", "argmax", -1, "asic", [lm_r], n_elems=s.vocab)
-    return prog
+    def _start_emission(self) -> None:
+        """The emission's state: the steps and flow so far and what they refer to."""
+        self.steps: list[Step] = []
+        self.flow: list[FlowOp] = []
+        self.step_of: dict[str, set[int]] = {}  # value -> steps that produced it
+        self.vec_consts: dict[int, list[str]] = {}  # layer -> vector constants in first-use order
+        self.vec_layer: dict[str, int] = {}
+        self.immediates: dict[str, np.ndarray] = {}
+        self.param_step: dict[int, int] = {}
+        self.matrices_w: dict[str, Any] = {}
+        self.mat_shapes: dict[str, tuple[int, int]] = {}
+        self.mat_order: list[str] = []
+        self.table_of: dict[str, str] = {}  # gathered const -> table name
+        self.weight_matrix: dict[str, str] = {}  # weight const -> the packed matrix holding it
+        self.tables_first: list[str] = []
+        self.done_packs: set[int] = set()
+        self.embed_values: set[str] = set()
+        self.attn_scores: set[str] = set()
+        self.head_matvec = None
+        self.logits = self.g.outputs[0]
+        self.names: dict[str, int] = {}
+        self.d_ff = 0
+        self.owner: dict[str, np.ndarray] = {}  # values split across the TP devices -> owners
+        self.tp_rows: dict[str, tuple[str, list]] = {}  # matrix -> ("col"|"row", per device)
+        self.mat_local: dict[str, tuple[int, int]] = {}  # matrix -> its shape on one device
+        self.mat_layer: dict[str, int] = {}
+        self.step_layer: list[int] = []  # each step's layer (-1 embedding, n_layer final)
+        # reduction step -> its matrix: sized when placed (partial sums per output: the layout's)
+        self.reduce_of: dict[int, str] = {}
+        self.anc: list[set[int]] = []  # each step's ancestors, as far as computed
+
+    def _lname(self, layer: int) -> str:
+        """A step-name prefix: ``embed``, ``L<i>`` or ``final``."""
+        return "embed" if layer < 0 else ("final" if layer >= self.n_layer else f"L{layer}")
+
+    def _uniq(self, stem: str) -> str:
+        """A step name not used before: ``stem``, ``stem.1``, ..."""
+        k = self.names.get(stem, 0)
+        self.names[stem] = k + 1
+        return stem if k == 0 else f"{stem}.{k}"
+
+    def _add(self, name, op, layer, kind, deps, **kw) -> int:
+        """Append a program step; returns its index."""
+        index = layer if 0 <= layer < self.n_layer else -1
+        self.steps.append(Step(len(self.steps), self._uniq(name), op, index, kind,
+                               tuple(sorted(set(deps))), **kw))
+        self.step_layer.append(layer)
+        return len(self.steps) - 1
+
+    def _ancestors(self, i: int) -> set[int]:
+        """Every step step ``i`` depends on, directly or not."""
+        while len(self.anc) < len(self.steps):
+            st = self.steps[len(self.anc)]
+            self.anc.append(set(st.deps).union(*(self.anc[d] for d in st.deps)))
+        return self.anc[i]
+
+    def _deps_of(self, values) -> set[int]:
+        """The steps that produced ``values``."""
+        out: set[int] = set()
+        for v in values:
+            out |= self.step_of.get(v, set())
+        return out
+
+    def _dim_attr(self, d):
+        """A dimension for the flow: an int, or ("pos", per position, constant)."""
+        if isinstance(d, str):
+            terms, const = _terms(d)
+            if not set(terms) <= self.syms:
+                raise LoweringError(f"{self.name}: dimension {d!r} depends on {sorted(terms)}, "
+                                    f"not on the cache length alone")
+            return ("pos", sum(terms.values()), const)
+        return d
+
+    def _attrs_of(self, n: Node) -> dict:
+        """An op's attributes with its symbolic dimensions in the flow's form."""
+        at = dict(n.attrs)
+        for k in ("shape", "starts", "ends"):
+            if k in at and at[k] is not None:
+                at[k] = [self._dim_attr(d) for d in at[k]]
+        return at
+
+    def _elems(self, value: str) -> tuple[int, int]:
+        """(n_elems, per_pos_elems) of a value: n(pos) = n_elems + per_pos * (pos + 1)."""
+        shape = self.g.shape_of(value) or ()
+
+        def at(p):
+            tot = 1
+            for d in shape:
+                if isinstance(d, str):
+                    terms, const = _terms(d)
+                    d = const + sum(k * p for k in terms.values())
+                tot *= int(d)
+            return tot
+        n0, n1 = at(0), at(1)  # cache lengths 0 and 1: positions 0 and 1
+        per = n1 - n0
+        return n0 - per, per
+
+    def _operand(self, name: str, layer: int) -> str:
+        """Make a constant operand of an ASIC op available: an immediate or a vector."""
+        g = self.g
+        if not g.is_const(name):
+            return name
+        c = g.consts[name]
+        if name in self.vec_layer or name in self.immediates:
+            return name
+        if isinstance(c, np.ndarray) and (c.size <= 1 or c.dtype.kind != "f"):
+            self.immediates[name] = np.asarray(c)
+        else:
+            self.vec_layer[name] = layer
+            self.vec_consts.setdefault(layer, []).append(name)
+        return name
+
+    def _need_params(self, layer: int) -> set[int]:
+        """The step fetching a layer's vectors (made on first need)."""
+        if layer not in self.param_step:
+            entry = f"{self._lname(layer)}.params"
+            self.param_step[layer] = self._add(entry, "param_fetch", layer, "pim", [],
+                                               vectors=(entry,))
+        return {self.param_step[layer]}
+
+    def _wired_source(self, value: str) -> Node | None:
+        """The op that made ``value``, looking through wiring."""
+        n = self.prod.get(value)
+        while n is not None and n.op in WIRING and n.op != "concat":
+            n = self.prod.get(n.inputs[0])
+        return n
+
+    def _emit_cache_append(self, n: Node) -> None:
+        """A new key or value appended to an attention's cache: a write in the flow."""
+        g = self.g
+        a = next(a for a in self.attns if n is a.k_concat or n is a.v_concat)
+        which = "k" if n is a.k_concat else "v"
+        new = n.inputs[1]
+        sh = g.shape_of(new)
+        if len(sh) < 3 or sh[-2] != 1 or any(d != 1 for d in sh[:-3]) or \
+                n.attrs["axis"] % len(sh) != len(sh) - 2:
+            raise LoweringError(f"{self.name}: the new {which} at node {n.name!r} has "
+                                f"shape {list(sh)}, expected [1, n_kv_head, 1, d_head] "
+                                f"appended on the token axis")
+        a.n_kv, a.d_head = int(sh[-3]), int(sh[-1])
+        self.flow.append(FlowOp(f"{which}_write", (new,), (), {"attn": a.index}, -2))
+
+    def _emit_attention(self, n: Node) -> None:
+        """q.K^T or p.V over a cache: a PIM step (after the cache write)."""
+        g, tp = self.g, self.tp
+        a_in, b_in = n.inputs[:2]
+        if b_in not in self.cache or a_in in self.cache:
+            raise LoweringError(f"{self.name}: node {n.name!r}: the cache must be the "
+                                f"right operand of the attention product")
+        ai, which, tr = self.cache[b_in]
+        a = self.attns[ai]
+        if which == "k" and not tr or which == "v" and tr:
+            raise LoweringError(f"{self.name}: node {n.name!r} multiplies by "
+                                f"{'K' if which == 'k' else 'V^T'}; expected q.K^T or p.V")
+        L = f"L{ai}"
+        if a.write_step < 0:
+            news = [x.inputs[1] for x in (a.k_concat, a.v_concat) if x is not None]
+            a.write_step = self._add(f"{L}.kv_write", "kv_write", ai, "pim", self._deps_of(news),
+                               kv=(ai,))
+        q_elems = int(np.prod([int(d) for d in g.shape_of(a_in)[:-1]])) if which == "k" \
+            else 0
+        if which == "k":
+            a.n_head = q_elems
+            st = self._add(f"{L}.attn_score", "attn_score", ai, "pim",
+                     self._deps_of([a_in]) | {a.write_step}, kv=(ai,))
+        else:
+            st = self._add(f"{L}.attn_value", "attn_value", ai, "pim",
+                     self._deps_of([a_in]) | {a.write_step}, kv=(ai,))
+        if which == "k":
+            self.attn_scores.add(n.outputs[0])
+        if tp > 1:
+            if a_in not in self.owner:
+                raise LoweringError(f"{self.name}: node {n.name!r}: the attention's "
+                                    f"{'query' if which == 'k' else 'weights'} are not "
+                                    f"split by head across the {tp} devices",
+                                    "use --tp 1 for this model")
+            self.owner[n.outputs[0]] = np.broadcast_to(
+                self.owner[a_in][..., :1], self.shape0(n.outputs[0])).copy()
+        self.flow.append(FlowOp(f"attn_{'score' if which == 'k' else 'value'}", (a_in,),
+                           tuple(n.outputs), {"attn": ai, "shape": list(
+                               self._dim_attr(d) for d in g.shape_of(n.outputs[0]))}, st))
+        self.step_of[n.outputs[0]] = {st}
+
+    def _emit_gather(self, n: Node, layer: int, L: str) -> None:
+        """A row read from a constant table (token or position embedding)."""
+        g = self.g
+        table = n.inputs[0]
+        if table not in self.table_of:
+            self.table_of[table] = f"table.{len(self.table_of)}"
+            self.tables_first.append(table)
+        prev = self.steps[-1] if self.steps else None
+        if prev is not None and prev.op == "embedding" and prev.kind == "pim" and \
+                not (self._deps_of([n.inputs[1]]) - set(prev.deps)):
+            prev.vectors = prev.vectors + (self.table_of[table],)  # one read of both rows
+            st = prev.index
+        else:
+            st = self._add(f"{L}.read", "embedding", layer, "pim", self._deps_of([n.inputs[1]]),
+                     vectors=(self.table_of[table],))
+        self.flow.append(FlowOp("embed", (n.inputs[1],), tuple(n.outputs),
+                           {"table": self.table_of[table],
+                            "shape": [self._dim_attr(d) for d in g.shape_of(n.outputs[0])]}, st))
+        self.step_of[n.outputs[0]] = {st}
+        self.embed_values.add(n.outputs[0])
+
+    def _emit_matvec(self, n: Node, layer: int, L: str) -> None:
+        """The packed matrix-vector product of ``n`` (once per pack): the PIM step, the ASIC's
+        reduction and, split over devices, the exchange."""
+        g, geo, tp = self.g, self.geo, self.tp
+        p = self.pack_of[id(n)]
+        if id(p) in self.done_packs:
+            return
+        self.done_packs.add(id(p))
+        role = self.matvec_role(p, self.logits, self._wired_source)
+        mname = f"{L}.{role}"
+        k = 1
+        while mname in self.mat_shapes:
+            mname, k = f"{L}.{role}{k}", k + 1
+        parts, ws, lo = [], [], 0
+        for m in p.nodes:
+            w, (o, i) = self.weight_out_in(m)
+            ws.append(w)
+            bias = ""
+            if len(m.inputs) > 2:
+                bias = self._operand(m.inputs[2], layer)
+                if bias in self.immediates:
+                    raise LoweringError(f"{self.name}: bias of {m.name!r} is a scalar")
+            shape = [self._dim_attr(d) for d in g.shape_of(m.outputs[0])]
+            parts.append((lo, lo + o, bias, shape))
+            lo += o
+        in_dim = self.weight_out_in(p.nodes[0])[1][1]
+        out_loc, in_loc = lo, in_dim
+        if tp > 1:
+            out_loc, in_loc = self.partition_matvec(mname, p, parts, lo, in_dim, self.owner)
+        self.mat_local[mname] = (out_loc, in_loc)
+        self.mat_layer[mname] = layer
+        self.matrices_w[mname] = None if any(w is None for w in ws) else np.concatenate(ws, 0)
+        self.mat_shapes[mname] = (lo, in_dim)
+        self.mat_order.append(mname)
+        if role == "lm_head":
+            self.head_matvec = mname
+        if role == "ffn_up":
+            self.d_ff = max([self.d_ff] + [hi - lo_ for lo_, hi, _, _ in parts])
+        pim = self._add(f"{L}.{role}", role, layer, "pim", self._deps_of([p.input]), matrix=mname)
+        deps = {pim}
+        if any(part[2] for part in parts):  # biases: fetched vectors
+            par = self._need_params(layer)
+            deps |= par - self._ancestors(pim)
+        n_chunks = -(-in_loc // geo.row_elems)
+        red = self._add(f"{L}.{role}.reduce", "reduction", layer, "asic", deps,
+                  n_elems=out_loc * n_chunks)  # place() sets it from the layout
+        self.reduce_of[red] = mname
+        self.flow.append(FlowOp("matvec", (p.input,), tuple(m.outputs[0] for m in p.nodes),
+                           {"matrix": mname, "parts": parts}, pim))
+        done = {red}
+        if tp > 1 and self.tp_rows[mname][0] == "row":  # partial sums: one exchange
+            whole = all(len(c) == 0 for c in self.tp_rows[mname][1][1:])
+            op = "broadcast" if whole else "all_reduce"  # device 0 had it all
+            done = {self._add(f"{L}.{role}.{op}", op, layer, "comm", {red}, n_elems=lo)}
+        for m in p.nodes:
+            self.step_of[m.outputs[0]] = done
+        for m in p.nodes:  # remember weights, for tables tied to them
+            self.weight_matrix.setdefault(m.inputs[1], mname)
+
+    def _emit_asic(self, n: Node, layer: int, L: str) -> None:
+        """An ASIC op (a step, or folded into the flow when it costs nothing) or wiring."""
+        g, tp = self.g, self.tp
+        spec = ASIC_OPS.get(n.op)
+        if spec is None:
+            raise LoweringError(f"{self.name}: op {n.op!r} at node {n.name!r} has no "
+                                f"definition on the ASIC")
+        ins = [self._operand(i, layer) for i in n.inputs]
+        deps = self._deps_of([i for i in ins if not g.is_const(i)])
+        if any(i in self.vec_layer for i in ins):
+            deps |= self._need_params(self.vec_layer[next(i for i in ins if i in self.vec_layer)])
+        split = tp > 1 and any(i in self.owner for i in n.inputs)
+        if split:
+            self.propagate_owner(n, self.owner)
+        if spec.cost is None:
+            self.flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), self._attrs_of(n), -1))
+            for o in n.outputs:
+                self.step_of[o] = deps
+            return
+        op = spec.cost
+        src = self.prod.get(n.inputs[0])
+        if n.op in ("mul", "div") and len(ins) == 2 and ins[1] in self.immediates and \
+                self.immediates[ins[1]].size == 1 and src is not None and \
+                src.outputs[0] in self.attn_scores and len(self.users.get(n.outputs[0], [])) == 1 \
+                and self.users[n.outputs[0]][0].op == "softmax":
+            # the scores' scale: applied as the softmax reads them (PIM-GPT's softmax cost)
+            self.flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), self._attrs_of(n), -1))
+            self.step_of[n.outputs[0]] = self.step_of[n.inputs[0]]
+            return
+        if self.is_embedding_sum(n):
+            op = "embedding"
+        elif n.op == "add" and self.is_residual(n):
+            op = "residual"
+        cnt = [self._elems(v) for v in list(n.outputs) + [i for i in n.inputs if not g.is_const(i)]]
+        ne, per = max(cnt, key=lambda t: (t[1], t[0]))
+        if split:  # device 0's share (the device simulated)
+            share = float(np.mean(self.owner[n.outputs[0]] == 0))
+            ne, per = math.ceil(ne * share - 1e-9), math.ceil(per * share - 1e-9)
+        st = self._add(f"{L}.{n.op}", op, layer, "asic", deps, n_elems=ne, per_pos_elems=per)
+        self.flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), self._attrs_of(n), st))
+        for o in n.outputs:
+            self.step_of[o] = {st}
+
+    def _finish_emission(self) -> list[tuple[Program, GraphMapping]]:
+        """The argmax after the LM head, tables tied to weights, then each stage placed."""
+        g, tp = self.g, self.tp
+        if self.head_matvec is None:
+            raise LoweringError(f"{self.name}: the logits are not a matrix-vector product with a "
+                                f"weight (no LM head found)")
+        vocab = self.mat_shapes[self.head_matvec][0]
+        head_deps = self._deps_of([self.logits])
+        if tp > 1 and self.logits in self.owner:  # each device's share of the logits to device 0
+            head_deps = {self._add("logits.gather", "gather", self.n_layer, "comm", head_deps,
+                             n_elems=self.mat_local[self.head_matvec][0])}
+        self._add("argmax", "argmax", self.n_layer, "asic", head_deps, n_elems=vocab)
+        # tied tables: a gathered table that is also a weight lives with its matrix
+        tied: dict[str, str] = {}
+        for t in self.tables_first:
+            mname = self.weight_matrix.get(t)
+            if mname is None and g.const_value(t) is not None:
+                for mn in sorted(set(self.weight_matrix.values())):
+                    if self.matrices_w.get(mn) is not None and \
+                            self.matrices_w[mn].shape == g.const_shape(t) and \
+                            np.array_equal(self.matrices_w[mn], g.const_value(t)):
+                        mname = mn
+            if mname is not None and self.mat_shapes[mname] == g.const_shape(t):
+                tied[self.table_of[t]] = mname
+        if self.tp > 1 or self.pp > 1:
+            tied = {}  # each device holds the rows it reads: the table is placed on its own
+        self.stages = partition.stage_layers(self.n_layer, self.pp)
+        return [self.place(self.steps, self.flow, self.immediates, self.vec_consts,
+                           self.matrices_w, self.mat_shapes, self.mat_order, self.table_of,
+                           self.tables_first, tied, vocab, self.d_ff, self.logits, s)
+                for s in range(self.pp)]

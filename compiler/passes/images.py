@@ -2,56 +2,14 @@
 
 The functional simulator reads weights only from these images, so a placement bug shows up as
 wrong outputs. ``corrupt`` is a test hook that deliberately misplaces data.
-:func:`build_graph_image` is the image of a graph-lowered model (the production path);
-:func:`build_image` that of PIM-GPT's mapping (``lowering="pim-gpt"``).
+:func:`build_graph_image` is the image of a graph-lowered model.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from pimsim.functional import MemoryImage
-from pimsim.isa import LAYER_VECTORS
-
-if TYPE_CHECKING:
-    from compiler.passes.mapping import Mapping
-
-
-def build_image(mp: Mapping, *, data_type: str = "bf16", corrupt: str | None = None) -> MemoryImage:
-    """Load every weight of ``mp.spec`` into a fresh memory image.
-
-    ``corrupt="shift_qkv_rows"`` (test hook) stores every output neuron of layer 0's Q/K/V
-    matrix one place off (neuron n where n + 1 belongs), as an off-by-one mapping bug would.
-    """
-    spec, g = mp.spec, mp.geo
-    if not spec.has_weights:
-        raise ValueError(f"{spec.name} was imported without weights (shapes only); functional "
-                         f"simulation needs the weights")
-    img = MemoryImage(g.channels, g.banks, mp.rows_used, g.row_elems, data_type)
-    for i, layer in enumerate(spec.layers):
-        w = layer.weights
-        qkv = np.concatenate([w["q"], w["k"], w["v"]], axis=0)
-        if corrupt == "shift_qkv_rows" and i == 0:
-            qkv = np.roll(qkv, 1, axis=0)
-        img.store_matrix(mp.matrices[f"L{i}.qkv"], qkv)
-        img.store_matrix(mp.matrices[f"L{i}.out_proj"], w["out_proj"])
-        img.store_matrix(mp.matrices[f"L{i}.ffn_up"], w["ffn_up"])
-        img.store_matrix(mp.matrices[f"L{i}.ffn_down"], w["ffn_down"])
-        vecs = {"ln1_w": w["ln1_w"], "ln1_b": w["ln1_b"],
-                "qkv_b": np.concatenate([w["q_b"], w["k_b"], w["v_b"]]),
-                "out_proj_b": w["out_proj_b"], "ln2_w": w["ln2_w"], "ln2_b": w["ln2_b"],
-                "ffn_up_b": w["ffn_up_b"], "ffn_down_b": w["ffn_down_b"]}
-        _store_vector(img, mp, f"L{i}.params",
-                      np.concatenate([vecs[n] for n in LAYER_VECTORS]))
-    _store_vector(img, mp, "lnf_w", spec.lnf_w)
-    _store_vector(img, mp, "lnf_b", spec.lnf_b)
-    img.store_matrix(mp.wpe, spec.wpe)
-    img.store_matrix(mp.lm_head, spec.wte)
-    if corrupt not in (None, "shift_qkv_rows"):
-        raise ValueError(f"unknown corruption {corrupt!r}")
-    return img
 
 
 def _store_vector(img: MemoryImage, mp, name: str, vec: np.ndarray) -> None:
@@ -68,8 +26,9 @@ CORRUPTIONS = ("shift_qkv_rows",)
 
 
 def build_graph_image(mp, *, data_type: str = "bf16", rank: int = 0, corrupt: str | None = None):
-    """The DRAM image of a graph-lowered model (:class:`compiler.passes.lower.GraphMapping`):
-    every matrix and table where its layout says, every layer's vectors in its entry. For a
+    """The DRAM image of a graph-lowered model (a
+    :class:`~compiler.passes.graph_mapping.GraphMapping`): every matrix and table where its
+    layout says, every layer's vectors in its entry. For a
     device of a tensor-parallel group (``rank``), a split matrix contributes only that device's
     rows or columns (zero-padded to the layout's shape).
 

@@ -1,28 +1,25 @@
-"""Placement pass: the PIM-GPT mapping of a decoder's weights and KV cache onto DRAM banks.
+"""Placement rules shared by the graph lowering: the DRAM geometry, the PIM buffers, the checks.
 
-The mapping is a first-class object (:class:`Mapping`): it says where every weight element lives
-(channel, bank, row, column), how each matrix-vector product is split (16 output neurons per
-all-bank MAC row, groups dealt round-robin over channels, so every bank of every channel holds a
-share of every matrix), which inputs are tiled (input dimension larger than one DRAM row: the ASIC
-reduces the partial sums), and where the K cache (row-major) and V cache (column-major) are
-reserved for the full context. ``pretty()`` prints it as a loop nest, ``check()`` proves every
-weight element is placed once, nothing overlaps and everything fits.
-
-:class:`Mapping` and :func:`map_decoder` are PIM-GPT's path (``lowering="pim-gpt"``); the
-default graph lowering places with the same layouts (:class:`compiler.passes.lower.GraphMapping`)
-and shares :func:`geometry`, :func:`buffer_limits`, :func:`check_matvec_items` and the errors.
+PIM-GPT's scheme places every matrix of a matrix-vector product on all banks at once (16 output
+neurons per all-bank MAC row, groups dealt round-robin over channels, so every bank of every
+channel holds a share of every matrix), tiles inputs larger than one DRAM row (the ASIC reduces
+the partial sums) and reserves the K cache (row-major) and V cache (column-major) for the full
+context; the layouts themselves are :mod:`pimsim.isa`'s (:class:`~pimsim.isa.MatrixLayout` and
+its loop order, :class:`~pimsim.isa.MatvecOrder`). The graph lowering's mapping
+(:class:`compiler.passes.graph_mapping.GraphMapping`) is built with :func:`geometry` and
+:func:`buffer_limits` and proved with :func:`check_matrix_layouts`,
+:func:`check_vector_entries` and :func:`check_matvec_items`; a model too large or of a shape
+the layouts cannot take raises :class:`CapacityError` / :class:`MappingError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.model import DecoderSpec
 from pimsim.config import HwConfig
-from pimsim.isa import Geometry, KLayout, MatrixLayout, VectorLayout, VLayout, layer_vector_sizes
+from pimsim.isa import Geometry, MatrixLayout, VectorLayout
 
 _DTYPE_BYTES = {"bf16": 2, "fp16": 2}
 
@@ -170,193 +167,3 @@ def buffer_limits(cfg: HwConfig, d_head: int) -> tuple[int, int]:
         raise MappingError(f"{cfg.name}: pim.accumulators_per_bank = {p.accumulators_per_bank}; "
                            f"the mapping needs at least one accumulator per bank")
     return gb_cols, p.accumulators_per_bank
-
-
-def vector_entries(spec: DecoderSpec) -> list[tuple[str, int]]:
-    """(name, length) of every vector the ASIC fetches, in region order."""
-    n = sum(layer_vector_sizes(spec.d_model, spec.d_attn, spec.d_ff).values())
-    out = [(f"L{i}.params", n) for i in range(spec.n_layer)]
-    out += [("lnf_w", spec.d_model), ("lnf_b", spec.d_model)]
-    return out
-
-
-@dataclass
-class Mapping:
-    """Where everything lives. Build with :func:`map_decoder`."""
-
-    spec: DecoderSpec
-    hw: str
-    geo: Geometry
-    matrices: dict[str, MatrixLayout] = field(default_factory=dict)
-    k_cache: list[KLayout] = field(default_factory=list)
-    v_cache: list[VLayout] = field(default_factory=list)
-    vectors: VectorLayout | None = None
-    wpe: MatrixLayout | None = None
-    rows_used: list[int] = field(default_factory=list)  # per channel
-    gb_cols: int = 0  # global-buffer columns per fill (pim.global_buffer_bytes)
-    accumulators: int = 1  # pim.accumulators_per_bank
-    order: str = "pim-gpt"  # pim.mapping
-
-    # ------------------------------------------------------------------ facts
-    @property
-    def lm_head(self) -> MatrixLayout:
-        return self.matrices["lm_head"]
-
-    def placed_weight_elems(self) -> int:
-        """Weight elements placed (matrices incl. the tied wte once, vectors, wpe); no padding."""
-        n = sum(m.out_dim * m.in_dim for m in self.matrices.values())
-        n += self.vectors.total_elems + self.wpe.out_dim * self.wpe.in_dim
-        return n
-
-    def placed_weight_bytes(self) -> int:
-        return self.placed_weight_elems() * self.geo.elem_bytes
-
-    def bytes_per_channel(self) -> list[int]:
-        """Bytes of DRAM rows used (reserved) in each channel, padding included."""
-        row_bytes = self.geo.row_elems * self.geo.elem_bytes
-        return [r * row_bytes * self.geo.banks for r in self.rows_used]
-
-    # ------------------------------------------------------------------ check
-    def owned_rows(self) -> np.ndarray:
-        """Keys ``(channel * banks + bank) * rows + row`` of every row any layout owns."""
-        g = self.geo
-        keys = []
-
-        def add(ch, bank, row):
-            keys.append((np.asarray(ch) * g.banks + np.asarray(bank)) * g.rows + np.asarray(row))
-
-        keys += [m.row_keys() for m in list(self.matrices.values()) + [self.wpe]]
-        b = np.arange(g.banks)
-        for kl in self.k_cache:
-            rows = kl.base_row + np.arange(kl.rows_reserved)
-            for c in range(g.channels):
-                add(c, b[:, None], rows[None, :])
-        keys += [vl.matrix.row_keys() for vl in self.v_cache]
-        vrows = self.vectors.base_row + np.arange(self.vectors.rows_reserved)
-        for c in range(g.channels):
-            add(c, b[:, None], vrows[None, :])
-        return np.concatenate([k.ravel() for k in keys])
-
-    def check(self) -> None:
-        """Every weight element placed exactly once, nothing overlaps, everything fits.
-
-        Raises ``MappingError`` naming the first problem."""
-        g, spec = self.geo, self.spec
-        check_matrix_layouts(list(self.matrices.values()) + [self.wpe], self.matrices.values(),
-                             g, self.gb_cols, self.accumulators)
-        keys = self.owned_rows()
-        uniq, counts = np.unique(keys, return_counts=True)
-        if (counts > 1).any():
-            k = int(uniq[np.argmax(counts > 1)])
-            row = k % g.rows
-            cb = k // g.rows
-            raise MappingError(f"overlap: channel {cb // g.banks} bank {cb % g.banks} row {row} "
-                               f"is owned by {int(counts.max())} placements")
-        if (uniq % g.rows >= np.repeat(self.rows_used, 1)[uniq // g.rows // g.banks]).any():
-            raise MappingError("a placement lies beyond the rows reserved in its channel")
-        if max(self.rows_used) > g.rows:
-            raise MappingError(f"{max(self.rows_used)} rows used, the banks have {g.rows}")
-        check_vector_entries(self.vectors, g)
-        if self.placed_weight_elems() != spec.n_params:
-            raise MappingError(f"placed {self.placed_weight_elems()} weight elements, the model "
-                               f"has {spec.n_params}")
-
-    # ------------------------------------------------------------------ printing
-    def pretty(self) -> str:
-        g, s = self.geo, self.spec
-        lines = mapping_header(s.name, self.hw, g, self.order, self.gb_cols, self.accumulators)
-
-        def mat(m: MatrixLayout, indent: str) -> list[str]:
-            cols = [m.chunk(k)[1] for k in range(m.n_chunks)]
-            return [
-                f"{indent}{m.name} [{m.out_dim} x {m.in_dim}] {m.n_groups} groups "
-                f"({m.slots(0)} slots in channel 0), {m.n_chunks} chunk(s) of {cols} elements, "
-                f"{len(m.fills)} fill(s), {m.n_reads} partial sum(s) per output, rows "
-                f"{m.base_row[0]}..{m.base_row[0] + m.rows_reserved - 1} (channel 0)",
-                *m.strategy.loop_nest(m, indent),
-            ]
-
-        lines.append(f"  vectors: {len(self.vectors.entries)} entries, "
-                     f"{self.vectors.total_elems} elements striped over all banks, rows "
-                     f"{self.vectors.base_row}..{self.vectors.base_row + self.vectors.rows_reserved - 1}")
-        lines += mat(self.wpe, "  ")
-        lines.append(f"  for layer in 0..{s.n_layer - 1}:")
-        kl, vl = self.k_cache[0], self.v_cache[0]
-        lines.append(f"    K cache (row-major) rows {kl.base_row}..: token t -> channel t % "
-                     f"{g.channels}, bank (t // {g.channels}) % {g.banks}, slot t // "
-                     f"{kl.tokens_per_slot}; {kl.n_chunks} chunk(s) of {kl.heads_per_chunk} heads, "
-                     f"q written {kl.fill_heads} head(s) per fill, scores read "
-                     f"{kl.accumulators} at a time")
-        lines.append(f"    V cache (column-major) rows {vl.base_row}..: value (h, j) is neuron "
-                     f"h*{s.d_head}+j of a [{s.d_attn} x {s.n_ctx}] matrix, token t at element t")
-        for name in ("qkv", "out_proj", "ffn_up", "ffn_down"):
-            lines += mat(self.matrices[f"L0.{name}"], "    ")
-        lines += mat(self.lm_head, "  ")
-        lines.append("  rows used per channel: " + ", ".join(str(r) for r in self.rows_used)
-                     + f" of {g.rows}")
-        return "\n".join(lines)
-
-
-def map_decoder(spec: DecoderSpec, cfg: HwConfig) -> Mapping:
-    """Place a decoder on a hardware config; raises CapacityError if it does not fit."""
-    g = geometry(cfg)
-    if cfg.pim.mac_lanes_per_bank != g.col_elems:
-        raise MappingError(f"{cfg.name}: {cfg.pim.mac_lanes_per_bank} MAC lanes per bank but a "
-                           f"column holds {g.col_elems} elements; the mapping needs them equal")
-    # V cache: a group of `banks` value neurons must lie within one head (one global-buffer fill
-    # of that head's softmax weights); K cache: each head's key must start at a column boundary
-    if spec.d_head % g.banks or spec.d_head % g.col_elems:
-        raise MappingError(f"d_head = {spec.d_head}: the KV-cache mapping needs d_head to be a "
-                           f"multiple of the {g.banks} banks per channel and of the "
-                           f"{g.col_elems} elements of a column")
-    if spec.d_head > g.row_elems:
-        raise MappingError(f"d_head = {spec.d_head} is larger than a DRAM row ({g.row_elems})")
-    gb_cols, acc = buffer_limits(cfg, spec.d_head)
-    C = g.channels
-    mp = Mapping(spec=spec, hw=cfg.name, geo=g, gb_cols=gb_cols, accumulators=acc,
-                 order=cfg.pim.mapping)
-    row = 0  # rows shared by all channels first: vectors, K and V caches
-    mp.vectors = VectorLayout.build("vectors", vector_entries(spec), row, g)
-    row += mp.vectors.rows_reserved
-    heads_per_chunk = min(spec.n_head, g.row_elems // spec.d_head)
-    heads_per_fill = gb_cols * g.col_elems // spec.d_head
-    for i in range(spec.n_layer):
-        kl = KLayout(i, spec.n_head, spec.d_head, spec.n_ctx, heads_per_chunk, row, g,
-                     heads_per_fill, acc)
-        row += kl.rows_reserved
-        vl = VLayout(i, spec.n_head, spec.d_head, spec.n_ctx, row, g, gb_cols, acc)
-        row += vl.rows_reserved
-        mp.k_cache.append(kl)
-        mp.v_cache.append(vl)
-    next_row = [row] * C
-
-    def place(name: str, role: str, out_dim: int, in_dim: int) -> MatrixLayout:
-        m = MatrixLayout(name, role, out_dim, in_dim, g.row_elems, tuple(next_row), g,
-                         gb_cols, acc, cfg.pim.mapping)
-        for c in range(C):
-            next_row[c] += m.rows_used(c)
-        return m
-
-    mp.wpe = place("wpe", "wpe", spec.n_ctx, spec.d_model)
-    d, a, f = spec.d_model, spec.d_attn, spec.d_ff
-    for i in range(spec.n_layer):
-        # Q, K and V share their input: one matrix of 3a rows, one global-buffer fill
-        mp.matrices[f"L{i}.qkv"] = place(f"L{i}.qkv", "qkv", 3 * a, d)
-        mp.matrices[f"L{i}.out_proj"] = place(f"L{i}.out_proj", "out_proj", d, a)
-        mp.matrices[f"L{i}.ffn_up"] = place(f"L{i}.ffn_up", "ffn_up", f, d)
-        mp.matrices[f"L{i}.ffn_down"] = place(f"L{i}.ffn_down", "ffn_down", d, f)
-    mp.matrices["lm_head"] = place("lm_head", "lm_head", spec.vocab, d)
-    mp.rows_used = list(next_row)
-    need = max(next_row)
-    if need > g.rows:
-        row_bytes = g.row_elems * g.elem_bytes
-        need_b = need * row_bytes * g.banks * C
-        have_b = g.rows * row_bytes * g.banks * C
-        raise CapacityError(
-            f"{spec.name} does not fit {cfg.name}: it needs {need_b:,} bytes ({need} rows per "
-            f"bank: {spec.weight_bytes(g.elem_bytes):,} bytes of weights plus KV cache for "
-            f"{spec.n_ctx} tokens and row padding) but {cfg.name} has {have_b:,} bytes "
-            f"({g.rows} rows per bank x {g.banks} banks x {C} channels); use more channels "
-            f"or larger banks"
-        )
-    return mp

@@ -31,6 +31,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler.ir import Node
+from compiler.passes.analyse import WIRING, _Matvec
+from compiler.passes.lowering_error import LoweringError
+from compiler.passes.shape_inference import _terms
+from pimsim.asic_ops import OPS as ASIC_OPS
+
 # ops that combine the elements along their last axis (they need the whole axis on one device)
 REDUCING = ("layernorm", "rmsnorm", "softmax", "reduce_mean", "reduce_sum", "reduce_max")
 
@@ -123,3 +129,133 @@ def spans_devices(owner: np.ndarray) -> bool:
     if o.ndim == 0 or o.shape[-1] <= 1:
         return False
     return bool((o != o[..., :1]).any())
+
+
+class TensorParallel:
+    """The partition half of the lowering (mixed into :class:`compiler.passes.lower._Lowering`):
+    the pipeline stage of each layer, the split of each packed product over the tensor-parallel
+    group and the owners of every split value."""
+
+    def stage_of(self, layer: int) -> int:
+        """Pipeline stage of a layer (-1: the embedding, stage 0; n_layer: the head, last)."""
+        if layer < 0:
+            return 0
+        for s, r in enumerate(self.stages):
+            if layer in r:
+                return s
+        return self.pp - 1
+
+    # ---------------------------------------------------------------- tensor parallelism
+    def _attrs0(self, n: Node) -> dict:
+        def res(d):
+            if isinstance(d, str):
+                return _terms(d)[1]
+            return d
+        at = dict(n.attrs)
+        for k in ("shape", "starts", "ends"):
+            if k in at and at[k] is not None:
+                at[k] = [res(d) for d in at[k]]
+        return at
+
+    def _moves(self, n: Node) -> bool:
+        """Pure data movement: wiring, or a gather at constant indices (a head select)."""
+        if n.op == "gather":
+            return not self.g.is_const(n.inputs[0]) and all(self.g.is_const(i)
+                                                            for i in n.inputs[1:])
+        return n.op in WIRING
+
+    def _target(self, value: str) -> tuple[str, int] | None:
+        """Where a value's elements go: an attention's query ("q", query heads) or cache
+        ("k"/"v", KV heads), or None."""
+        for v, u in self._block_users([value]):
+            if u.op == "matmul" and any(i in self.cache for i in u.inputs):
+                if u.inputs[0] == v or v not in self.cache:
+                    return "q", int(np.prod(self.shape0(u.inputs[0])[:-1]))
+            for a in self.attns:
+                if u is a.k_concat or u is a.v_concat:
+                    return ("k" if u is a.k_concat else "v"), \
+                        int(self.g.shape_of(u.inputs[1])[-3])
+        return None
+
+    def _block_users(self, values):
+        """(value, user) pairs reached from ``values`` through every op except weight products
+        and residual adds (which end a block): what the values feed."""
+        todo, seen = list(values), set()
+        while todo:
+            v = todo.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            for u in self.users.get(v, []):
+                yield v, u
+                if not (self.is_weight(u) or self.is_residual(u)):
+                    todo.extend(u.outputs)
+
+    def _probe(self, value: str, first_row: int) -> list[tuple[np.ndarray, tuple | None]]:
+        """Push the row indices of a product's output through the data movement after it;
+        returns (indices in the shape of each value reached, that value's target)."""
+        g = self.g
+        sh = self.shape0(value)
+        out, todo = [], [(value, first_row + np.arange(int(np.prod(sh))).reshape(sh))]
+        while todo:
+            v, idx = todo.pop()
+            end = False
+            for u in self.users.get(v, []):
+                others = [i for i in u.inputs if i != v and not g.is_const(i)]
+                if self._moves(u) and u.inputs[0] == v and not others and len(u.outputs) == 1:
+                    args = [idx if i == v else g.consts[i] for i in u.inputs]
+                    res = np.asarray(ASIC_OPS[u.op].fn(None, args, self._attrs0(u)))
+                    todo.append((u.outputs[0], res.astype(np.int64)))
+                else:
+                    end = True
+            if end or not self.users.get(v):
+                out.append((idx, self._target(v)))
+        return out
+
+    def partition_matvec(self, mname: str, p: _Matvec, parts: list, n_out: int, n_in: int,
+                         owner: dict) -> tuple[int, int]:
+        """Column- or row-parallel split of a packed product; returns its shape on a device."""
+        tp = self.tp
+        try:
+            if p.input in owner:
+                cols = cols_per_rank(owner[p.input], tp)
+                self.tp_rows[mname] = ("row", cols)
+                return n_out, max(len(c) for c in cols)
+            ends = []
+            for (lo, hi, _, _), m in zip(parts, p.nodes):
+                ends += self._probe(m.outputs[0], lo)
+            rows = rows_per_rank(ends, [(lo, hi) for lo, hi, _, _ in parts], tp,
+                                           self.attn_one)
+        except ValueError as e:
+            raise LoweringError(f"{self.name}: {mname} cannot be split over {tp} devices ({e})",
+                                "choose --tp dividing the head counts") from None
+        self.tp_rows[mname] = ("col", rows)
+        own = owner_of_rows(rows, n_out)
+        for (lo, hi, _, _), m in zip(parts, p.nodes):
+            owner[m.outputs[0]] = own[lo:hi].reshape(self.shape0(m.outputs[0]))
+        return max(len(r) for r in rows), n_in
+
+    def propagate_owner(self, n: Node, owner: dict) -> None:
+        """Owners of an op's output from its split inputs (see :mod:`partition`)."""
+        g = self.g
+        split = [i for i in n.inputs if i in owner]
+        out_shape = self.shape0(n.outputs[0])
+        try:
+            if self._moves(n):  # data movement: move the owners
+                if any(i not in owner and not g.is_const(i) for i in n.inputs):
+                    raise ValueError("it joins split and whole values")
+                args = [owner[i] if i in owner else g.consts[i] for i in n.inputs]
+                res = np.asarray(ASIC_OPS[n.op].fn(None, args, self._attrs0(n))).astype(np.int64)
+            else:
+                o = max((owner[i] for i in split), key=lambda a: a.size)
+                if n.op in REDUCING and spans_devices(o):
+                    raise ValueError(f"{n.op} combines elements of several devices")
+                if n.op in REDUCING or o.shape[-1:] != out_shape[-1:]:
+                    o = o[..., :1]
+                res = np.broadcast_to(o, out_shape).copy()
+        except ValueError as e:
+            raise LoweringError(f"{self.name}: op {n.op!r} at node {n.name!r} cannot run on values "
+                                f"split over {self.tp} devices ({e})",
+                                "use --tp 1 for this model (or pipeline stages, --pp)") from None
+        for o in n.outputs:
+            owner[o] = res
