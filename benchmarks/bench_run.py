@@ -22,7 +22,7 @@ from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.generate import run_generation
 from workloads.cli import _functional
-from workloads.models import resolve_model
+from workloads.models.resolve import resolve_model
 
 
 def read_bandwidth_gbs(n_bytes: int = 1 << 29) -> float:

@@ -36,7 +36,7 @@ from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.pipeline import run_system
 from workloads.cli import with_system
-from workloads.models import resolve_model
+from workloads.models.resolve import resolve_model
 import argparse
 a = json.loads(sys.argv[1])
 t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def scan(tokens: int = 48, timed: int = 32) -> None:
     from pimsim.config import load_config
     from pimsim.pipeline import run_system
     from pimsim.system import resolve
-    from workloads.models import resolve_model
+    from workloads.models.resolve import resolve_model
 
     base = load_config("aim-gddr6")
     print(f"{'model':<11} {'params':>7} {'devices':>7} {'channels':>8} "

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from workloads import compare as C
+from workloads import comparison as C
+from workloads.plots import plot_compare
 from workloads import gpu_model as gm
 from pimsim.config import load_config
 
@@ -26,7 +27,7 @@ def test_compare_against_modelled_t4_and_measured_gpu(tmp_path):
     row = next(x for x in doc["results"] if x["model"] == "gpt2-small")
     assert m.gpu_ms in [float(v) for v in row["graph"]["ms_at"].values()]
     assert "measured" in m.gpu_source
-    files = C.plot(rows, tmp_path)
+    files = plot_compare(rows, tmp_path)
     assert {f.name for f in files} == {"latency_breakdown.png", "energy_breakdown.png",
                                        "speedup_efficiency.png"}
     assert all(f.stat().st_size > 5000 for f in files)

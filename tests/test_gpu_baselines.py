@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from workloads import gpu_model as gm
-from workloads.gpt import GPT, PRESETS, get_config
+from workloads.models.gpt import GPT, PRESETS, get_config
 from workloads.gpu_baseline import (
     ALL_MODELS,
     StaticCacheDecoder,

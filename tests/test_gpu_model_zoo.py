@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from workloads import compare as C
+from workloads import comparison as C
 from workloads import gpu_model as gm
-from workloads import zoo
-from workloads.presets import PRESETS
+from workloads.models import zoo
+from workloads.models.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 

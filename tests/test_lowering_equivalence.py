@@ -13,7 +13,7 @@ from compiler.passes.images import build_graph_image, build_image
 from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.functional import AsicMath, FlowExecutor, FunctionalExecutor
-from workloads.models import resolve_model
+from workloads.models.resolve import resolve_model
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from pimsim.isa import Geometry, MatrixLayout, Program, Step
 from pimsim.link import link_busy_cyc, link_latency_cyc, transfer_bytes
 from pimsim.spec.commands import cmd_id
 from workloads.cli import validate
-from workloads.models import resolve_model
+from workloads.models.resolve import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 WR_GB, MAC_AB, RD_MAC, RD, WR, ACT = (cmd_id(n) for n in
@@ -257,7 +257,7 @@ def test_more_accumulators_switch_modes_less_and_run_faster_on_aim():
 
 
 def test_sweep_over_each_parameter_reports_a_ratio(tmp_path):
-    import workloads.sweep as S
+    import workloads.sweeps as S
 
     spec = S.spec_from_dict({
         "name": "params", "hw": "pim-gpt", "model": "tiny", "tokens": 2,
@@ -302,7 +302,7 @@ def test_new_orders_fast_path_equals_command_by_command_and_passes_the_checker(w
 
 
 def test_example_sweep_varies_one_parameter_at_a_time():
-    import workloads.sweep as S
+    import workloads.sweeps as S
 
     spec = S.load_spec(ROOT / "examples" / "sweep_buffers.toml")
     rows = [(p.params["link_bytes_per_cyc"], p.params["global_buffer_bytes"],

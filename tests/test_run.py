@@ -19,8 +19,8 @@ from pimsim.generate import BREAKDOWN_KEYS, run_generation
 from pimsim.isa import PER_OP_KEYS
 from pimsim.timing import kernel as K
 from workloads.cli import validate
-from workloads.gpt import PRESETS
-from workloads.models import resolve_model
+from workloads.models.gpt import PRESETS
+from workloads.models.resolve import resolve_model
 
 PRESET_NAMES = [n for n in PRESETS if not n.startswith("tiny")]
 

@@ -12,14 +12,14 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "GPT": "workloads.gpt",
-    "GPTConfig": "workloads.presets",
-    "PRESETS": "workloads.presets",
-    "ROLES": "workloads.gpt",
-    "WeightMatrix": "workloads.gpt",
-    "get_config": "workloads.presets",
-    "named_weight_matrices": "workloads.gpt",
-    "round_weights_to_bf16": "workloads.gpt",
+    "GPT": "workloads.models.gpt",
+    "GPTConfig": "workloads.models.presets",
+    "PRESETS": "workloads.models.presets",
+    "ROLES": "workloads.models.gpt",
+    "WeightMatrix": "workloads.models.gpt",
+    "get_config": "workloads.models.presets",
+    "named_weight_matrices": "workloads.models.gpt",
+    "round_weights_to_bf16": "workloads.models.gpt",
 }
 
 __all__ = sorted(_LAZY)

@@ -19,8 +19,10 @@ Bad input gives one line, ``pimsim: error: <problem>; <fix>``, and exit status 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -51,7 +53,7 @@ def _check_context(model: str, n_ctx: int | None, *, prompt: int | None = None,
 
 def _preset_ctx(model: str, args=None) -> int | None:
     """The context prompt + tokens must fit: ``--context`` where given, else the preset's."""
-    from workloads.models import preset_context
+    from workloads.models.resolve import preset_context
 
     if args is not None and getattr(args, "context", None):
         return args.context
@@ -60,8 +62,8 @@ def _preset_ctx(model: str, args=None) -> int | None:
 
 def _compile(args, *, weights: bool):
     """(config, Compiled): from the compiled-program cache when the compile is weightless."""
-    from workloads import cache
-    from workloads.models import resolve_model
+    from workloads import compile_cache as cache
+    from workloads.models.resolve import resolve_model
 
     cfg = with_system(load_config(args.hw, refresh=False if getattr(args, "no_refresh", False)
                                   else None), args)
@@ -275,8 +277,8 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
     """Simulate ``model`` functionally and compare with a PyTorch reference, step by step."""
     from compiler.pipeline import compile_model
     from pimsim.generate import prompt_ids
-    from workloads.models import preset_context, resolve_model
-    from workloads.reference import load_reference, pick_device, run_reference
+    from workloads.models.resolve import preset_context, resolve_model
+    from workloads.reference.pytorch import load_reference, pick_device, run_reference
 
     if tokens < 1 or prompt < 1:
         raise UserError(f"validate needs at least one prompt token and one generated token "
@@ -292,7 +294,7 @@ def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", promp
         raise UserError(f"--reference {reference!r} is not a device or an .npz file",
                         "give auto, cpu, cuda or a FILE.npz from python -m workloads.reference")
     elif is_onnx:  # the file itself in onnxruntime; no onnxruntime or CUDA: fail now
-        from workloads.onnx_reference import ort_device, run_onnx_reference
+        from workloads.reference.onnxruntime import ort_device, run_onnx_reference
 
         reference = ort_device(reference)
     else:
@@ -372,8 +374,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from workloads import compare as C
-    from workloads.models import preset_context
+    from workloads import comparison as C
+    from workloads.models.resolve import preset_context
 
     cfg = with_system(load_config(args.hw), args)
     if cfg.energy is None:
@@ -387,19 +389,102 @@ def cmd_compare(args) -> int:
                      schedule=args.schedule, cache=not args.no_cache, show=show,
                      tp=args.gpu_tp)
     if args.json:
-        print(json.dumps([C.asdict(r) for r in rows], indent=1))
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
     else:
         print(C.table(rows))
     if args.plot:
-        for f in C.plot(rows, args.plot):
+        from workloads.plots import plot_compare
+
+        for f in plot_compare(rows, args.plot):
             print(f"  wrote {f}", file=sys.stderr)
     return 0
 
 
 def cmd_sweep(args) -> int:
-    from workloads import sweep as S
+    """``pimsim sweep``: run, print the summary, export. Exit 0 when every point is ok or
+    invalid, 1 if some failed unexpectedly (re-run to retry them), 130 when interrupted.
+    With ``--json`` stdout holds exactly one JSON document (one row per point)."""
+    from workloads.plots import plot_sweep
+    from workloads.sweeps.analysis import _jsonable, json_rows, summary
+    from workloads.sweeps.run import parse_cluster, run_sweep, stored_result
+    from workloads.sweeps.spec import load_spec
+    from workloads.sweeps.store import to_csv
 
-    return S.cli(args)
+    spec = load_spec(args.spec, max_points=args.max_points)
+    db = args.db or f"{Path(args.spec).stem}.db"
+    if args.list:
+        if args.json:
+            print(json.dumps([{"idx": p.idx, "key": p.key, "model": p.model,
+                               "params": _jsonable(p.params), "invalid": p.error}
+                              for p in spec.points], indent=1))
+            return 0
+        for p in spec.points:
+            state = f"invalid: {p.error}" if p.error else ""
+            print(f"#{p.idx} {p.key[:12]} {p.model} {p.label()} {state}")
+        return 0
+    check_writable(args.csv, "CSV file (--csv)")
+    check_writable(args.plot, "plot directory (--plot)", directory=True)
+    if args.report:
+        res = stored_result(spec, db)
+    else:
+        check_writable(db, "results store (--db)")
+        if args.cluster:
+            parse_cluster(args.cluster)
+        progress = True if args.progress else False if args.no_progress else None
+        workers = 0 if args.in_process else args.workers
+        res = run_sweep(spec, db, workers=workers, cluster=args.cluster, progress=progress,
+                        connect_timeout_s=args.connect_timeout)
+    if args.json:
+        print(json.dumps({"name": spec.name, "db": str(db), "counts": res.counts,
+                          "points": json_rows(res.df), "scaling": _jsonable(res.scaling),
+                          "pareto": _jsonable(res.pareto), "wall_s": res.wall_s,
+                          "interrupted": res.interrupted}, indent=1))
+    else:
+        print(summary(res))
+    if args.csv:
+        print(f"  wrote {to_csv(db, args.csv, spec.name)}", file=sys.stderr)
+    if args.plot:
+        for f in plot_sweep(res, args.plot):
+            print(f"  wrote {f}", file=sys.stderr)
+    if res.interrupted:
+        return 130
+    return 1 if res.counts["error"] else 0
+
+
+
+def _add_sweep_parser(sub) -> None:
+    """The ``sweep`` subcommand."""
+    from pimsim.cli import float_in
+    from workloads.sweeps.run import CONNECT_TIMEOUT_S
+    from workloads.sweeps.spec import MAX_POINTS
+
+    s = sub.add_parser("sweep", help="run a design-space sweep into a SQLite store")
+    s.add_argument("spec", help="sweep spec (.toml): base config, grid / points, models "
+                                "(a module:attribute model is imported and run)")
+    s.add_argument("--workers", type=int_in(1, 1024), default=None,
+                   help="local worker processes, 1..1024 (default: CPU count)")
+    s.add_argument("--in-process", action="store_true",
+                   help="run the points in this process (no worker processes)")
+    s.add_argument("--cluster", metavar="ADDRESS",
+                   help="run on a Dask distributed scheduler (tcp://host:8786), or 'local[:N]' "
+                        "for a LocalCluster of N processes. Dask moves tasks with pickle: "
+                        "trusted clusters only")
+    s.add_argument("--connect-timeout", type=float_in(0, 3600), default=CONNECT_TIMEOUT_S,
+                   metavar="S",
+                   help=f"seconds to reach the --cluster scheduler (default {CONNECT_TIMEOUT_S:g})")
+    s.add_argument("--db", metavar="FILE", help="results store (default: SPEC's stem + .db)")
+    s.add_argument("--max-points", type=int_in(1), default=MAX_POINTS, metavar="N",
+                   help=f"refuse a spec of more than N points (default {MAX_POINTS:,})")
+    s.add_argument("--plot", metavar="DIR", help="write latency / energy PNG charts here")
+    s.add_argument("--csv", metavar="FILE", help="export the sweep's points as CSV")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON document instead of the summary: counts, one row per "
+                        "point, scaling, Pareto front")
+    s.add_argument("--list", action="store_true", help="list the points and exit")
+    s.add_argument("--report", action="store_true",
+                   help="print what the store holds for the spec, run nothing (read-only)")
+    s.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -514,9 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     system(v)
     v.set_defaults(func=cmd_validate)
 
-    from workloads.sweep import add_parser as add_sweep_parser
-
-    add_sweep_parser(sub)
+    _add_sweep_parser(sub)
     sub.choices["sweep"].set_defaults(func=cmd_sweep)
     core_cli.add_debug_flags(p)
     return p

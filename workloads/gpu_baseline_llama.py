@@ -53,7 +53,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from workloads.gpt import _param_seed
+from workloads.models.gpt import _param_seed
 from workloads.gpu_baseline import (
     CudaGraphStep,
     PowerSampler,

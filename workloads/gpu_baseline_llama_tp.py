@@ -79,7 +79,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from workloads.gpt import _param_seed
+from workloads.models.gpt import _param_seed
 from workloads.gpu_baseline import (
     CudaGraphStep,
     PowerSampler,

@@ -29,7 +29,7 @@ calibration; :func:`calibrate` fits them to a measured JSON from :mod:`workloads
 
 Shapes: any object with GPTConfig's fields (GPT: tied head, learned positions, biases), or a
 :class:`DecoderShape` for the other families (``n_kv_head`` for GQA/MQA, SwiGLU ``gated_mlp``,
-tied or untied head, biases, norms: an exact parameter count); :func:`workloads.zoo.gpu_shape`
+tied or untied head, biases, norms: an exact parameter count); :func:`workloads.models.zoo.gpu_shape`
 gives one for every zoo preset from its config arguments, and ``predict`` takes a preset name.
 A gated-MLP shape uses the Llama software path (``gated_*`` fields of :class:`GPUSpec`): its own
 efficiency, per-kernel overhead and kernel counts, calibrated on
@@ -189,7 +189,7 @@ class DecoderShape:
 
     @classmethod
     def from_gpt(cls, cfg: Any) -> "DecoderShape":
-        """A GPTConfig (workloads.presets / workloads.gpt): learned positions, biases, LayerNorm,
+        """A GPTConfig (workloads.models.presets / workloads.models.gpt): learned positions, biases, LayerNorm,
         tied head, plain GELU MLP."""
         return cls(name=cfg.name, n_layer=cfg.n_layer, d_model=cfg.d_model, n_head=cfg.n_head,
                    n_kv_head=cfg.n_head, d_head=cfg.d_head, d_ff=cfg.d_ff, vocab=cfg.vocab,
@@ -245,17 +245,17 @@ class DecoderShape:
 
 def _is_shape(cfg: Any) -> bool:
     """A DecoderShape (by its methods: ``python -m workloads.gpu_model`` runs this file as
-    ``__main__``, whose class is not the one :mod:`workloads.zoo` imports)."""
+    ``__main__``, whose class is not the one :mod:`workloads.models.zoo` imports)."""
     return callable(getattr(cfg, "kv_bytes_per_position", None))
 
 
 def shape_for(name_or_cfg: Any) -> Any:
-    """A model for :func:`predict`: a zoo or GPT preset name (the zoo's :func:`workloads.zoo.
+    """A model for :func:`predict`: a zoo or GPT preset name (the zoo's :func:`workloads.models.zoo.
     gpu_shape`), else the object itself (a DecoderShape or anything with GPTConfig's fields)."""
     if not isinstance(name_or_cfg, str):
         return name_or_cfg
-    from workloads import zoo
-    from workloads.presets import PRESETS
+    from workloads.models import zoo
+    from workloads.models.presets import PRESETS
 
     if name_or_cfg in PRESETS:
         return PRESETS[name_or_cfg]
@@ -468,7 +468,7 @@ def cfg_from_result(row: dict[str, Any]) -> Any:
                              f"parameters, the row says {row['params']}")
         return s
     try:
-        from workloads.gpt import get_config
+        from workloads.models.gpt import get_config
 
         return get_config(row["model"])
     except Exception:
@@ -719,7 +719,7 @@ def zoo_table(gpus: Sequence[str] = ("A100", "H100", "H200"), tps: Sequence[int]
     """Markdown table: modelled ms/token and J/token (board power, all boards) at the middle
     position (ideal KV read) of every zoo preset on ``tps`` GPUs of each of ``gpus``, with both
     shipped calibrations (:func:`calibrated_preset`); ``-`` where it does not fit."""
-    from workloads import zoo
+    from workloads.models import zoo
 
     names = list(models or zoo.NAMES)
     specs = [calibrated_preset(n) for n in gpus]

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workloads.presets import BF16_BYTES, PRESETS, GPTConfig, _preset, get_config  # noqa: F401
+from workloads.models.presets import BF16_BYTES, PRESETS, GPTConfig, _preset, get_config  # noqa: F401
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
