@@ -33,15 +33,12 @@ CASES = {
 _PROBE = r"""
 import json, sys, time
 from compiler.pipeline import compile_model
-from pimsim.config import load_config
 from pimsim.pipeline import run_system
-from workloads.cli import with_system
+from workloads.session import hw_config
 from workloads.models.resolve import resolve_model
-import argparse
 a = json.loads(sys.argv[1])
 t0 = time.perf_counter()
-cfg = with_system(load_config("aim-gddr6"), argparse.Namespace(devices=a["devices"], tp=None,
-                                                                pp=None))
+cfg = hw_config("aim-gddr6", devices=a["devices"])
 src, name = resolve_model(a["model"], weights=False)
 c = compile_model(src, cfg, name=name)
 t_compile = time.perf_counter() - t0

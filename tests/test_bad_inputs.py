@@ -684,13 +684,14 @@ def test_the_error_family():
 
 
 def test_validation_failure_keeps_exit_status_1(capsys, monkeypatch):
-    import workloads.cli as W
+    from workloads import session
+    from workloads.validation import ValidationResult
 
-    monkeypatch.setattr(W, "validate", lambda *a, **k: {
+    monkeypatch.setattr(session, "validate", lambda *a, **k: ValidationResult({
         "model": "tiny", "hw": "pim-gpt", "asic_math": "approx", "reference_device": "cpu",
         "tokens": 1, "max_abs_err": 1.0, "max_rel_err": 1.0, "min_cosine": 0.0,
         "top1_agreement": 0.0, "top1_agreement_decisive": 0.0, "decisive_steps": 1,
-        "greedy_tokens_match": False, "passed": False, "tolerance": {}})
+        "greedy_tokens_match": False, "passed": False, "tolerance": {}}))
     assert main(["validate", "tiny", "--tokens", "1"]) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "PASSED" not in out

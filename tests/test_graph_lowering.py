@@ -56,7 +56,7 @@ APPROX_TOP1_DECISIVE = 1.0
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_approximate_asic_math_stays_close_to_the_model(family, cfg):
-    from workloads.cli import validation_metrics
+    from workloads.validation import validation_metrics
 
     model, c = _compiled(family, cfg)
     ref_toks, ref_logits = hf_greedy(model, PROMPT, N_TOKENS)

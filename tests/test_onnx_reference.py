@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from pimsim.errors import UserError  # noqa: E402
-from workloads.cli import main, validate  # noqa: E402
+from workloads.cli import main  # noqa: E402
+from workloads.session import validate  # noqa: E402
 from workloads.reference.onnxruntime import run_onnx_reference  # noqa: E402
 
 
@@ -43,10 +44,10 @@ def test_onnxruntime_reference_is_the_models_own_greedy_decode(gpt_onnx):
 
 def test_validate_onnx_file_uses_onnxruntime_and_catches_a_wrong_placement(gpt_onnx):
     _, path = gpt_onnx
-    m = validate(path, "pim-gpt", 6, prompt=2)
+    m = validate(path, "pim-gpt", 6, prompt=2).to_dict()
     assert m["reference_runtime"] == "onnxruntime" and m["reference_info"]["layout"] == "pimsim"
     assert m["passed"] and m["greedy_tokens_match"], m["per_step_cosine"]
-    bad = validate(path, "pim-gpt", 6, prompt=2, corrupt="shift_qkv_rows")
+    bad = validate(path, "pim-gpt", 6, prompt=2, corrupt="shift_qkv_rows").to_dict()
     assert not bad["passed"] and bad["min_cosine"] < 0.99
 
 

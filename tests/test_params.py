@@ -27,7 +27,7 @@ from pimsim.generate import run_generation
 from pimsim.isa import Geometry, MatrixLayout, Program, Step
 from pimsim.link import link_busy_cyc, link_latency_cyc, transfer_bytes
 from pimsim.spec.commands import cmd_id
-from workloads.cli import validate
+from workloads.session import validate
 from workloads.models.resolve import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,7 +195,7 @@ def _small_rows_config(tmp_path, **pim) -> str:
 ])
 def test_functional_orders_match_pytorch(tmp_path, pim):
     hw = _small_rows_config(tmp_path, **pim)
-    m = validate("tiny-counter", hw, 8, reference="cpu", exact=True)
+    m = validate("tiny-counter", hw, 8, reference="cpu", exact=True).to_dict()
     assert m["passed"], m
     assert m["greedy_tokens_match"]
     assert m["min_cosine"] > 0.9999
@@ -205,14 +205,14 @@ def test_reuse_order_changes_the_numbers_it_should():
     """One accumulator read per neuron (reuse) rounds once instead of once per chunk: the
     logits differ from the PIM-GPT order's in the last bits, both close to PyTorch."""
     from pimsim.functional import FunctionalExecutor, MemoryImage  # noqa: F401
-    from workloads.cli import _functional
+    from workloads.validation import functional_executor
 
     outs = []
     for order in ("pim-gpt", "reuse"):
         cfg = with_(load_config("pim-gpt"), org__columns=2, pim__mapping=order,
                     pim__accumulators_per_bank=4, pim__global_buffer_bytes=64)
         c = compile_model(resolve_model("tiny", weights=True, seed=0)[0], cfg, name="tiny")
-        fx = _functional(c, cfg, True)
+        fx = functional_executor(c, cfg, True)
         outs.append(fx.step(3, 0))
     assert not np.array_equal(outs[0], outs[1])
     assert np.max(np.abs(outs[0] - outs[1])) < 0.05

@@ -16,6 +16,7 @@ from pimsim.config import HwConfig
 from pimsim.errors import UserError, read_text
 from pimsim.pipeline import run_system
 from workloads.models.presets import get_config
+from workloads.session import compile_model, system_programs
 
 
 @dataclass
@@ -195,35 +196,19 @@ def _measured_joules(row: dict, ms: float) -> float:
                     "measure it again with power sampling (python -m workloads.gpu_baseline)")
 
 
-def _compiled(model: str, cfg: HwConfig, cache: bool, show: bool):
-    from pimsim.progress import status
-    from workloads import compile_cache as program_cache
-
-    c = program_cache.load(model, cfg) if cache else None
-    if c is None:
-        from compiler.pipeline import compile_model
-        from workloads.models.resolve import resolve_model
-
-        with status(f"compiling {model} for {cfg.name}", show):
-            src, name = resolve_model(model, weights=False)
-            c = compile_model(src, cfg, name=name)
-        if cache:
-            program_cache.store(model, cfg, c)
-    return c
-
-
-def compare(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1, tokens: int = 8,
-            schedule: str = "serial", cache: bool = False, show: bool = False,
-            tp: int = 1) -> list[CompareRow]:
+def compare_rows(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1,
+                 tokens: int = 8, schedule: str = "serial", cache: bool = False,
+                 show: bool = False, tp: int = 1) -> list[CompareRow]:
     """One row per model: PIM simulated (tokens at positions prompt-1 ..), GPU at the mean
-    position. ``cache``: use the compiled-program cache (:mod:`workloads.compile_cache`). ``tp``: GPUs
-    of a modelled preset in tensor parallelism (:func:`gpu_point`)."""
+    position (the library entry point with its input checks is :func:`workloads.session.compare`).
+    ``cache``: use the compiled-program cache (:mod:`workloads.compile_cache`). ``tp``: GPUs of
+    a modelled preset in tensor parallelism (:func:`gpu_point`)."""
     check_gpu(gpu, models)
     _check_gpu_memory(gpu, models, tp)  # a preset that cannot fit fails before simulating
     rows = []
     for m in models:
-        c = _compiled(m, cfg, cache, show)
-        rep = run_system(c.programs, cfg, prompt=[0] * prompt, n_tokens=tokens,
+        c = compile_model(m, cfg, cache=cache, show_progress=show)
+        rep = run_system(system_programs(c, cfg), cfg, prompt=[0] * prompt, n_tokens=tokens,
                          schedule=schedule, skip_prompt=True)
         pos = prompt - 1 + tokens // 2
         from workloads.models import zoo

@@ -1,4 +1,5 @@
-"""Convert Hugging Face GPT-2 models (``transformers.GPT2LMHeadModel``) into ``workloads.models.gpt.GPT``.
+"""Convert Hugging Face GPT-2 models (``transformers.GPT2LMHeadModel``) into
+``workloads.models.gpt.GPT``.
 
 Models the mapping from HF's GPT-2 layout onto ours:
 

@@ -80,8 +80,8 @@ def build_model(name: str, *, seed: int = 0):
 def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[Any, str]:
     """(source for the compiler, display name).
 
-    Presets become a :class:`~workloads.models.gpt.GPT` with deterministic random weights from ``seed``
-    rounded to bf16 (or, with ``weights=False``, a weightless ``meta``-device module: shapes
+    Presets become a :class:`~workloads.models.gpt.GPT` with deterministic random weights from
+    ``seed`` rounded to bf16 (or, with ``weights=False``, a weightless ``meta``-device module: shapes
     only, for timing runs of large models).
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -153,7 +153,8 @@ def check_onnx_file(path: str) -> None:
                          "check the path and its permissions") from None
     if not head:
         raise ModelError(f"ONNX file {path!r} is empty",
-                         "export the decode step again (workloads.models.export.export_decode_onnx)")
+                         "export the decode step again "
+                         "(workloads.models.export.export_decode_onnx)")
 
 
 def _describe(e: BaseException) -> str:

@@ -16,56 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from pimsim import __version__
-from pimsim.config import HwConfig, config_from_dict
+from pimsim.config import config_from_dict
 from pimsim.errors import UserError
-from workloads.sweeps.analysis import pareto_fronts, scaling_table
+from workloads.sweeps.analysis import _jsonable, json_rows, pareto_fronts, scaling_table, summary
 from workloads.sweeps.spec import Point, PointError, Spec, load_spec
 from workloads.sweeps.store import Store, canonical_json, rows_for_keys, to_dataframe
 
 CONNECT_TIMEOUT_S = 10.0  # default bound on reaching a Dask scheduler
 
 # ---------------------------------------------------------------- worker side
-
-_PREPARED: dict[str, Any] = {}  # model -> compiler.pipeline.Prepared (or the exception raised)
-_PROGRAMS: dict[tuple, Any] = {}  # (model, organization, pim, tp, pp) -> (programs, model dims)
-_CACHE_LOCK = threading.Lock()  # Dask workers may run tasks in threads
-
-
-def _program(model: str, cfg: HwConfig):
-    """The compiled stage programs of ``model`` on ``cfg``'s geometry and system, cached in this
-    worker: the front end (torch.export, import, graph passes: the expensive part) once per
-    model, the graph lowering once per (model, organization, PIM units, tp, pp). Returns
-    (programs, model dimensions, seconds)."""
-    from compiler.pipeline import lower, prepare
-    from workloads.models.resolve import resolve_model
-
-    t0 = time.perf_counter()
-    with _CACHE_LOCK:
-        prep = _PREPARED.get(model)
-        if prep is None:
-            try:
-                src, name = resolve_model(model, weights=False)
-                prep = prepare(src, name=name)
-            except Exception as e:  # noqa: BLE001 - cached and re-raised below
-                prep = e
-            _PREPARED[model] = prep
-    if isinstance(prep, Exception):
-        raise prep
-    key = (model, canonical_json(dataclasses.asdict(cfg.org)),
-           canonical_json(dataclasses.asdict(cfg.pim)), cfg.system.tp, cfg.system.pp)
-    with _CACHE_LOCK:
-        got = _PROGRAMS.get(key)
-        if got is None:
-            try:
-                c = lower(prep, cfg)
-                got = (c.programs, c.spec)
-            except Exception as e:  # noqa: BLE001
-                got = e
-            _PROGRAMS[key] = got
-    if isinstance(got, Exception):
-        raise got
-    return got[0], got[1], time.perf_counter() - t0
-
 
 def _invalid_types() -> tuple:
     """What makes a point invalid (recorded with the reason, never retried): bad input of any
@@ -89,7 +48,11 @@ def run_point(task: dict) -> dict:
         invalid = _invalid_types()
         cfg = config_from_dict(task["hw"], source=f"sweep point {task['key'][:8]}")
         cfg = dataclasses.replace(cfg, name=task.get("hw_name") or cfg.name)
-        progs, spec, compile_s = _program(task["model"], cfg)
+        from workloads.session import compile_model
+
+        t_compile = time.perf_counter()
+        c = compile_model(task["model"], cfg, memo=True)  # once per model and geometry here
+        progs, spec, compile_s = c.programs, c.spec, time.perf_counter() - t_compile
         prompt, tokens = task["prompt"], task["tokens"]
         if prompt + tokens - 1 > spec.n_ctx:
             raise PointError(f"prompt {prompt} + tokens {tokens} need {prompt + tokens - 1} "
@@ -162,6 +125,24 @@ class SweepResult:
         s = self.df["status"] if self.df is not None and len(self.df) else []
         return {k: int(sum(1 for x in s if x == k)) for k in ("ok", "invalid", "error")}
 
+    def summary(self) -> str:
+        """The text ``pimsim sweep`` prints: one line per point, scaling, Pareto fronts."""
+        return summary(self)
+
+    def to_dict(self) -> dict:
+        """JSON-ready (the document ``pimsim sweep --json`` prints): counts, one row per point
+        (spec order), scaling, Pareto fronts."""
+        return {"name": self.spec.name, "db": str(self.db), "counts": self.counts,
+                "points": json_rows(self.df), "scaling": _jsonable(self.scaling),
+                "pareto": _jsonable(self.pareto), "wall_s": self.wall_s,
+                "interrupted": self.interrupted}
+
+    def to_pandas(self) -> Any:
+        """One row per point (a pandas DataFrame), units in the column names."""
+        df = self.df.copy()
+        return df.rename(columns={"ms_per_token": "latency_ms_per_token",
+                                  "mj_per_token": "energy_mj_per_token"})
+
 
 def _row(p: Point, res: dict) -> dict:
     row = dict(res)
@@ -210,6 +191,13 @@ def run_sweep(spec: Spec | str | Path, db: str | Path, *, workers: int | None = 
         pre_invalid = [p for p in todo if p.error is not None]
         tasks = sorted((p for p in todo if p.error is None), key=_sort_key)
         connection = dask_client(cluster, connect_timeout_s) if cluster and tasks else None
+        script = None if cluster or not tasks or _n_workers(workers) == 0 else unguarded_script()
+        if script is not None:
+            log(f"sweep {spec.name}: called from the top level of {script} outside "
+                f"'if __name__ == \"__main__\":', where spawned worker processes would run the "
+                f"script again: running the points in this process (put the call under that "
+                f"guard to use worker processes)")
+            workers = 0
         log(f"sweep {spec.name}: {len(spec.points)} points ({len(by_key)} distinct), "
             f"{len(done)} already in {db}, {len(todo)} to run"
             + ("" if not tasks else f" on Dask at {cluster}" if cluster
@@ -255,6 +243,46 @@ def run_sweep(spec: Spec | str | Path, db: str | Path, *, workers: int | None = 
     res.scaling = scaling_table(res.df, spec.swept)
     res.pareto = pareto_fronts(res.df)
     return res
+
+
+def unguarded_script() -> str | None:
+    """The path of the script this call comes from when it comes from the script's top level
+    outside an ``if __name__ == "__main__":`` block, else None. Local worker processes are
+    spawned: each imports the main script again, and a call at its unguarded top level would
+    run the sweep again in every worker (the workers then fail and every point would be an
+    error)."""
+    import ast
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None:  # an interactive session: workers import nothing of it
+        return None
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is vars(main)
+                                     and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:  # not called from the main script's top level (a test runner, a CLI)
+        return None
+    try:
+        tree = ast.parse(Path(path).read_text(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    line = frame.f_lineno
+    for node in tree.body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            return None if _is_main_guard(node) else str(path)
+    return str(path)
+
+
+def _is_main_guard(node) -> bool:
+    import ast
+
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+        return False
+    sides = [node.test.left, *node.test.comparators]
+    names = {s.id for s in sides if isinstance(s, ast.Name)}
+    consts = {s.value for s in sides if isinstance(s, ast.Constant)}
+    return names == {"__name__"} and consts == {"__main__"}
 
 
 def _n_workers(workers: int | None) -> int:

@@ -4,8 +4,8 @@ A sweep is a set of points; every point is a full simulation of one model on one
 variant (compile + timed token generation, :func:`pimsim.generate.run_generation`). Points run in
 parallel on local processes (``concurrent.futures.ProcessPoolExecutor``, spawn) or on a Dask
 distributed cluster (``--cluster ADDRESS``), and each result is committed to a SQLite store
-(:mod:`workloads.sweeps.store`) as it arrives, so an interrupted sweep loses nothing that finished and a
-re-run only runs what is missing.
+(:mod:`workloads.sweeps.store`) as it arrives, so an interrupted sweep loses nothing that
+finished and a re-run only runs what is missing.
 
 Spec (TOML)::
 
