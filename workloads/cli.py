@@ -1,7 +1,7 @@
 """The ``pimsim`` command line.
 
-It sits at the top of the dependency arrow (workloads -> compiler -> pimsim), so it can resolve
-model presets, compile them and simulate them:
+It sits at the top of the dependency arrow (workloads -> compiler -> pimsim). It only parses
+the command line, calls the library API (:mod:`workloads.session`) and prints:
 
     pimsim trace FILE --hw CONFIG            replay an AiM instruction trace
     pimsim compile MODEL --hw CONFIG -o FILE lower a model to a PIM program, print the mapping
