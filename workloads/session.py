@@ -245,6 +245,9 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
     from pimsim.pipeline import run_system
     from workloads.models.resolve import preset_context
 
+    if keep_logits and not functional:
+        raise UserError("keep_logits needs functional=True (timing runs compute no numbers)",
+                        "pass functional=True")
     cfg = hw_config(hw, devices=devices, tp=tp, pp=pp, tp_attention=tp_attention,
                     refresh=refresh)
     if isinstance(model, str):
