@@ -34,7 +34,7 @@ from pimsim.aim_emit import decode_pim_cycles, write_aim_trace
 from pimsim.config import load_config
 from pimsim.dma import replay_trace
 from pimsim.trace import load_trace
-from workloads.models import resolve_model
+from workloads.models.resolve import resolve_model
 
 
 def _child_cpu_s() -> float:

@@ -26,7 +26,7 @@ from compiler.frontends import decode_step_program, import_exported, lowering_pa
 from compiler.passes.lower import lower_graph
 from compiler.pipeline import Compiled, _context
 from pimsim.config import load_config
-from workloads.models import resolve_model
+from workloads.models.resolve import resolve_model
 
 TARGET_S = 30.0
 

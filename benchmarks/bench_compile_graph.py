@@ -19,7 +19,7 @@ from pathlib import Path
 from compiler.frontends import import_graph, lowering_passes
 from compiler.passes.lower import lower_graph
 from pimsim.config import config_from_dict
-from workloads import zoo
+from workloads.models import zoo
 
 
 def big_config(hw: str, channels: int, rows: int):

@@ -21,8 +21,8 @@ import numpy as np
 from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.generate import run_generation
-from workloads.cli import _functional
-from workloads.models import resolve_model
+from workloads.validation import functional_executor
+from workloads.models.resolve import resolve_model
 
 
 def read_bandwidth_gbs(n_bytes: int = 1 << 29) -> float:
@@ -73,7 +73,7 @@ def main() -> None:
     t0 = time.perf_counter()
     r_t = run_generation(c.program, cfg, prompt=[0], n_tokens=a.func_tokens)
     wall_t = time.perf_counter() - t0
-    fx = _functional(c, cfg, exact=False)
+    fx = functional_executor(c, cfg, exact=False)
     run_generation(c.program, cfg, prompt=[0], n_tokens=2, functional=fx)  # numba cache warm
     t0 = time.perf_counter()
     r_f = run_generation(c.program, cfg, prompt=[0], n_tokens=a.func_tokens, functional=fx)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workloads import sweep as S
+from workloads import sweeps as S
 
 ROOT = Path(__file__).resolve().parent.parent
 

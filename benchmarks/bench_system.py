@@ -33,15 +33,12 @@ CASES = {
 _PROBE = r"""
 import json, sys, time
 from compiler.pipeline import compile_model
-from pimsim.config import load_config
 from pimsim.pipeline import run_system
-from workloads.cli import with_system
-from workloads.models import resolve_model
-import argparse
+from workloads.session import hw_config
+from workloads.models.resolve import resolve_model
 a = json.loads(sys.argv[1])
 t0 = time.perf_counter()
-cfg = with_system(load_config("aim-gddr6"), argparse.Namespace(devices=a["devices"], tp=None,
-                                                                pp=None))
+cfg = hw_config("aim-gddr6", devices=a["devices"])
 src, name = resolve_model(a["model"], weights=False)
 c = compile_model(src, cfg, name=name)
 t_compile = time.perf_counter() - t0
@@ -86,7 +83,7 @@ def scan(tokens: int = 48, timed: int = 32) -> None:
     from pimsim.config import load_config
     from pimsim.pipeline import run_system
     from pimsim.system import resolve
-    from workloads.models import resolve_model
+    from workloads.models.resolve import resolve_model
 
     base = load_config("aim-gddr6")
     print(f"{'model':<11} {'params':>7} {'devices':>7} {'channels':>8} "

@@ -22,9 +22,10 @@ from pathlib import Path
 from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.generate import run_generation
-from workloads import compare as C
+from workloads import comparison as C
 from workloads.gpu.calibration import default_measured_path
-from workloads.models import resolve_model
+from workloads.plots import plot_compare
+from workloads.models.resolve import resolve_model
 
 MODELS = ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-small", "gpt3-medium",
           "gpt3-large", "gpt3-xl"]
@@ -98,7 +99,7 @@ def main() -> None:
                                                       if gpu == "T4" else ".") + "\n")
         tag = "t4" if gpu == "T4" else "measured"
         d = out / tag
-        C.plot(rows, d)
+        plot_compare(rows, d)
         md.append(f"![latency]({tag}/latency_breakdown.png) ![energy]({tag}/energy_breakdown.png) "
                   f"![speedup]({tag}/speedup_efficiency.png)\n")
 

@@ -18,8 +18,8 @@ A random untied head gives nearly Gaussian logits over 32000 tokens, so about on
 in six is a near-tie (top-2 gap below a bf16 step of the logits the PIM reads out), which any
 bf16 datapath may flip. ``build_counting`` is the same shape and initialisation, then taught to
 count (next token = token + 1 mod vocab; AdamW on generated sequences, seeded, on CUDA where
-present, as ``workloads.train`` does for the tiny preset): decisive predictions, so greedy tokens
-can be compared one for one over a long generation. Its weights are rounded to bf16 after the
+present, as ``workloads.models.train`` does for the tiny preset): decisive predictions, so greedy
+tokens can be compared one for one over a long generation. Its weights are rounded to bf16 after the
 training.
 
     PYTHONPATH=. pimsim validate examples.llama_1b:build_counting --hw pim-gpt --tokens 64 \

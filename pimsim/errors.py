@@ -38,7 +38,7 @@ class UserError(ValueError):
 class ModelFileError(UserError):
     """A model file (ONNX) that cannot be read or is not a decode step."""
 
-    default_fix = "export the decode step with workloads.export.export_decode_onnx"
+    default_fix = "export the decode step with workloads.models.export.export_decode_onnx"
 
 
 def _clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:

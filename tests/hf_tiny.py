@@ -121,7 +121,7 @@ def export_optimum_layout(model, out_dir: str, past_len: int = 3,
     import torch
     from transformers import DynamicCache
 
-    from workloads.hf_decode import cache_dims
+    from workloads.models.hf_decode import cache_dims
 
     n_layer, n_kv, d_head, n_ctx = cache_dims(model.config)
 

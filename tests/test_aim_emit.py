@@ -29,7 +29,7 @@ from pimsim.spec.commands import cmd_id
 from pimsim.timing import SYNC
 from pimsim.trace import parse_trace
 from workloads.cli import main
-from workloads.models import resolve_model
+from workloads.models.resolve import resolve_model
 
 HERE = Path(__file__).parent / "aim_reference"
 EXPECTED = json.loads((HERE / "expected.json").read_text())

@@ -556,7 +556,7 @@ def test_sweep_spec_file_problems(tmp_path, capsys):
 
 def test_the_point_limit_is_checked_before_expanding(tmp_path):
     """A grid of 10^12 points is refused from its axis lengths, at once."""
-    from workloads import sweep as S
+    from workloads import sweeps as S
 
     axis = list(range(1, 1001))
     raw = {"grid": {"channels": axis, "rows": axis, "banks": axis, "vector_lanes": axis}}
@@ -591,7 +591,7 @@ def test_an_unreachable_scheduler_fails_within_its_timeout(tmp_path):
 
 def test_an_unreadable_model_makes_an_invalid_point_not_an_error(tmp_path):
     """Recorded invalid with the reason (never retried), not an error retried forever."""
-    from workloads import sweep as S
+    from workloads import sweeps as S
 
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"\x08\x07\xff\xff\xff\xff" + b"junk" * 10)
@@ -669,8 +669,8 @@ def test_the_error_family():
     from pimsim.config import ConfigError
     from pimsim.errors import UserError
     from pimsim.trace import TraceError
-    from workloads.models import ModelError
-    from workloads.sweep import PointError, SpecError
+    from workloads.models.resolve import ModelError
+    from workloads.sweeps import PointError, SpecError
 
     for cls in (ConfigError, TraceError, ModelError, SpecError, PointError, UnsupportedOpError,
                 LoweringError):
@@ -684,13 +684,14 @@ def test_the_error_family():
 
 
 def test_validation_failure_keeps_exit_status_1(capsys, monkeypatch):
-    import workloads.cli as W
+    from workloads import session
+    from workloads.validation import ValidationResult
 
-    monkeypatch.setattr(W, "validate", lambda *a, **k: {
+    monkeypatch.setattr(session, "validate", lambda *a, **k: ValidationResult({
         "model": "tiny", "hw": "pim-gpt", "asic_math": "approx", "reference_device": "cpu",
         "tokens": 1, "max_abs_err": 1.0, "max_rel_err": 1.0, "min_cosine": 0.0,
         "top1_agreement": 0.0, "top1_agreement_decisive": 0.0, "decisive_steps": 1,
-        "greedy_tokens_match": False, "passed": False, "tolerance": {}})
+        "greedy_tokens_match": False, "passed": False, "tolerance": {}}))
     assert main(["validate", "tiny", "--tokens", "1"]) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "PASSED" not in out
@@ -698,8 +699,8 @@ def test_validation_failure_keeps_exit_status_1(capsys, monkeypatch):
 
 def test_the_read_only_store_writes_nothing(tmp_path):
     from pimsim.errors import UserError
-    from workloads import sweep as S
-    from workloads.store import Store, to_dataframe
+    from workloads import sweeps as S
+    from workloads.sweeps.store import Store, to_dataframe
 
     spec = S.spec_from_dict({"model": "tiny", "tokens": 2, "grid": {"channels": [2, 4]}},
                             name="ro")

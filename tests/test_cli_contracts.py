@@ -102,7 +102,7 @@ def test_cache_skips_the_compiler_and_torch(tmp_path):
 
 
 def test_cache_directory_rules(tmp_path, monkeypatch):
-    from workloads import cache
+    from workloads import compile_cache as cache
 
     monkeypatch.setenv("PIMSIM_CACHE_DIR", str(tmp_path / "a"))
     assert cache.cache_dir() == tmp_path / "a"
@@ -167,9 +167,10 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     assert main(["sweep", str(spec), "--db", str(db), "--in-process", "--no-progress"]) == 0
     code = (
         "import matplotlib\nmatplotlib.use('svg')\n"
-        "from workloads import sweep as S\n"
+        "from workloads import sweeps as S\n"
+        "from workloads.plots import plot_sweep\n"
         f"res = S.stored_result(S.load_spec({str(spec)!r}), {str(db)!r})\n"
-        f"files = S.plot(res, {str(tmp_path / 'p')!r})\n"
+        f"files = plot_sweep(res, {str(tmp_path / 'p')!r})\n"
         "print(matplotlib.get_backend(), len(files))\n")
     r = py(code)
     assert r.returncode == 0, r.stderr[-2000:]

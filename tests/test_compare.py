@@ -8,25 +8,26 @@ import sys
 
 import pytest
 
-from workloads import compare as C
+from workloads import comparison as C
 from workloads.gpu import calibration as gcal
+from workloads.plots import plot_compare
 from pimsim.config import load_config
 
 
 def test_compare_against_modelled_t4_and_measured_gpu(tmp_path):
     cfg = load_config("pim-gpt")
-    rows = C.compare(["gpt2-small"], cfg, "T4", prompt=16, tokens=2)
+    rows = C.compare_rows(["gpt2-small"], cfg, "T4", prompt=16, tokens=2)
     (r,) = rows
     assert r.speedup == pytest.approx(r.gpu_ms / r.pim_ms)
     assert r.efficiency == pytest.approx(r.gpu_j / r.pim_j)
     assert "T4" in r.gpu_source
     meas = gcal.default_measured_path()
-    (m,) = C.compare(["gpt2-small"], cfg, meas, prompt=16, tokens=2)
+    (m,) = C.compare_rows(["gpt2-small"], cfg, meas, prompt=16, tokens=2)
     doc = gcal.load_measured(meas)
     row = next(x for x in doc["results"] if x["model"] == "gpt2-small")
     assert m.gpu_ms in [float(v) for v in row["graph"]["ms_at"].values()]
     assert "measured" in m.gpu_source
-    files = C.plot(rows, tmp_path)
+    files = plot_compare(rows, tmp_path)
     assert {f.name for f in files} == {"latency_breakdown.png", "energy_breakdown.png",
                                        "speedup_efficiency.png"}
     assert all(f.stat().st_size > 5000 for f in files)

@@ -32,10 +32,10 @@ from pimsim.config import load_config
 from pimsim.isa import Program
 from pimsim.spec.commands import cmd_id
 from pimsim.timing import SYNC
-from workloads.export import export_decode_onnx
-from workloads.gpt import GPT, get_config
-from workloads.presets import GPTConfig
-from workloads.models import resolve_model
+from workloads.models.export import export_decode_onnx
+from workloads.models.gpt import GPT, get_config
+from workloads.models.presets import GPTConfig
+from workloads.models.resolve import resolve_model
 
 REPO = Path(__file__).resolve().parent.parent
 # in-process ones first: the last three come from a background process (see Background)
@@ -112,7 +112,7 @@ WORKER = """
 import os, pickle, sys
 from compiler.pipeline import lower, prepare
 from pimsim.config import load_config
-from workloads.models import resolve_model
+from workloads.models.resolve import resolve_model
 cfg = load_config("pim-gpt")
 for name in sys.argv[1:]:
     src, display = resolve_model(name, weights=False)
@@ -425,7 +425,7 @@ def test_hugging_face_gpt2_module_compiles_and_matches(tmp_path, monkeypatch):
     mod = type(_sys)("hf_model_for_test")
     mod.model = hf
     monkeypatch.setitem(_sys.modules, "hf_model_for_test", mod)
-    from workloads.models import resolve_model
+    from workloads.models.resolve import resolve_model
 
     src, name = resolve_model("hf_model_for_test:model")
     c = compile_model(src, load_config("pim-gpt"), name=name)
@@ -442,7 +442,7 @@ def test_cached_attention_items_equal_freshly_built_ones():
     from pimsim import isa
     from pimsim.decode import StreamBuilder
 
-    spec_src, name = __import__("workloads.models", fromlist=["resolve_model"]).resolve_model(
+    spec_src, name = __import__("workloads.models.resolve", fromlist=["resolve_model"]).resolve_model(
         "gpt2-small", weights=False)
     prog = compile_model(spec_src, load_config("pim-gpt"), name=name).program
     sb = StreamBuilder(prog)

@@ -108,7 +108,7 @@ def test_every_shipped_config_has_a_table_naming_its_source():
 @pytest.fixture(scope="module")
 def small_prog():
     from compiler.pipeline import compile_model
-    from workloads.models import resolve_model
+    from workloads.models.resolve import resolve_model
 
     src, name = resolve_model("gpt2-small", weights=False)
     return compile_model(src, CFG, name=name).program

@@ -281,7 +281,7 @@ def test_scheduler_changes_results_and_the_timing_table_key():
 def test_sweep_points_keep_the_controller_and_host_sections():
     # a sweep rebuilds each point's config from its dict: the scheduler must survive and be
     # part of the point's key (it changes results)
-    from workloads.sweep import canonical_hw, config_to_dict
+    from workloads.sweeps import canonical_hw, config_to_dict
     d = config_to_dict(BASE)
     back = config_from_dict(d, "point")
     assert back.controller == BASE.controller and back.host == BASE.host

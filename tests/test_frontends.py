@@ -23,8 +23,8 @@ from compiler.ir import ConstMeta
 from compiler.passes.lower import LoweringError, lower_graph
 from compiler.pipeline import Compiled, compile_model
 from pimsim.config import load_config
-from workloads.export import export_decode_onnx, export_decode_torch
-from workloads.gpt import GPT, get_config
+from workloads.models.export import export_decode_onnx, export_decode_torch
+from workloads.models.gpt import GPT, get_config
 
 DIMS = ("n_layer", "d_model", "n_head", "n_kv_head", "d_head", "d_ff", "vocab", "n_ctx",
         "n_weight_elems", "has_weights")
@@ -257,9 +257,9 @@ def test_meta_gpt2_xl_imports_for_timing() -> None:
 
 
 def test_hf_gpt2_goes_through() -> None:
-    """A tiny Hugging Face GPT2LMHeadModel, converted by workloads.hf, lowered from its graph."""
+    """A tiny Hugging Face GPT2LMHeadModel, converted by workloads.models.hf, lowered from its graph."""
     transformers = pytest.importorskip("transformers")
-    from workloads.hf import from_hf_gpt2, hf_gpt2_state_dict
+    from workloads.models.hf import from_hf_gpt2, hf_gpt2_state_dict
 
     hf_cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128,
                                      n_positions=32, activation_function="gelu_new")

@@ -151,7 +151,7 @@ def shipped() -> dict:
 
 
 def test_shipped_file_is_found_and_read_by_the_compare_loader(shipped: dict) -> None:
-    from workloads import compare as C
+    from workloads import comparison as C
 
     assert Path(gcal.llama_measured_path()) == SHIPPED
     doc = C.load_baseline(str(SHIPPED))

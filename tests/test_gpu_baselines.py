@@ -14,7 +14,7 @@ import torch
 from workloads.gpu import calibration as gcal
 from workloads.gpu import model as gm
 from workloads.gpu import tables as gtab
-from workloads.gpt import GPT, PRESETS, get_config
+from workloads.models.gpt import GPT, PRESETS, get_config
 from workloads.gpu.baseline import ALL_MODELS, compare_with_decode_step, gpu_slug, positions_for
 from workloads.gpu.decoders import StaticCacheDecoder, build_model
 from workloads.gpu.cli import main

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from workloads import compare as C
+from workloads import comparison as C
 from workloads.gpu import calibration as gcal
 from workloads.gpu import model as gm
 from workloads.gpu import shapes
-from workloads import zoo
-from workloads.presets import PRESETS
+from workloads.models import zoo
+from workloads.models.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -322,8 +322,8 @@ def test_compare_uses_the_zoo_shape_not_the_compiled_spec(monkeypatch: pytest.Mo
     from pimsim.config import load_config
 
     seen = []
-    monkeypatch.setattr(C, "_compiled", lambda m, cfg, cache, show: SimpleNamespace(
-        program=None, programs=[None], spec=None))
+    monkeypatch.setattr(C, "compile_model", lambda m, cfg, **kw: SimpleNamespace(
+        program=None, programs=[SimpleNamespace(tp=1)], spec=None))
     rep = SimpleNamespace(ms_per_token=1.0, energy={"j_per_token": 1.0, "by_component": {}},
                           breakdown={}, row_hit_rate=0.0, throughput_tokens_per_s=1000.0)
     monkeypatch.setattr(C, "run_system", lambda *a, **k: rep)
@@ -334,7 +334,7 @@ def test_compare_uses_the_zoo_shape_not_the_compiled_spec(monkeypatch: pytest.Mo
         return real(gpu, model, pos, shape, **kw)
 
     monkeypatch.setattr(C, "gpu_point", spy)
-    (row,) = C.compare(["llama2-70b"], load_config("pim-gpt"), "H200", prompt=4, tokens=2, tp=2)
+    (row,) = C.compare_rows(["llama2-70b"], load_config("pim-gpt"), "H200", prompt=4, tokens=2, tp=2)
     assert seen == [None] and "2 x H200" in row.gpu_source
     assert row.gpu_ms == pytest.approx(gm.predict(gcal.calibrated_preset("H200"), "llama2-70b", 4, tp=2)["ms"])
 

@@ -16,7 +16,7 @@ from pimsim.functional import AsicMath, FlowExecutor  # noqa: E402
 from pimsim.spec.commands import cmd_id  # noqa: E402
 from hf_tiny import (FAMILIES, assert_same_generation, cosine, functional_greedy,  # noqa: E402
                      hf_greedy, tiny_model)
-from workloads.hf_decode import decode_step_module  # noqa: E402
+from workloads.models.hf_decode import decode_step_module  # noqa: E402
 
 N_TOKENS = 16
 PROMPT = [3]
@@ -56,7 +56,7 @@ APPROX_TOP1_DECISIVE = 1.0
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_approximate_asic_math_stays_close_to_the_model(family, cfg):
-    from workloads.cli import validation_metrics
+    from workloads.validation import validation_metrics
 
     model, c = _compiled(family, cfg)
     ref_toks, ref_logits = hf_greedy(model, PROMPT, N_TOKENS)
@@ -140,8 +140,8 @@ def _matches_hf(src, model, cfg, n: int = 4) -> None:
 def test_module_attribute_instance_factory_and_pretrained_folder(cfg, tmp_path, monkeypatch):
     """MODEL as module:attribute (an HF instance, a zero-argument factory) and as a folder
     saved with save_pretrained (loaded from the folder only)."""
-    from workloads.hf_decode import HFDecodeStep
-    from workloads.models import resolve_model
+    from workloads.models.hf_decode import HFDecodeStep
+    from workloads.models.resolve import resolve_model
 
     model = tiny_model("qwen2")
     (tmp_path / "my_models.py").write_text(
@@ -164,7 +164,7 @@ def test_module_attribute_instance_factory_and_pretrained_folder(cfg, tmp_path, 
 
 
 def test_hf_model_without_lm_head_is_refused(tmp_path, monkeypatch):
-    from workloads.models import ModelError, resolve_model
+    from workloads.models.resolve import ModelError, resolve_model
 
     (tmp_path / "bare.py").write_text(
         "import transformers as T\nm = T.LlamaModel(T.LlamaConfig(hidden_size=64, "
@@ -234,7 +234,7 @@ def test_cli_run_functional_writes_logits_and_validate_takes_an_hf_model(tmp_pat
 @pytest.mark.parametrize("name", ["llama2-7b", "llama3-8b", "gpt3-6.7b"])
 def test_modern_presets_compile_shapes_only_and_report_capacity(name, cfg):
     from compiler.passes.mapping import CapacityError
-    from workloads.models import resolve_model
+    from workloads.models.resolve import resolve_model
 
     src, _ = resolve_model(name, weights=False)
     with pytest.raises(CapacityError, match=f"{name} does not fit pim-gpt"):
@@ -242,7 +242,7 @@ def test_modern_presets_compile_shapes_only_and_report_capacity(name, cfg):
 
 
 def test_modern_preset_needs_no_weights_and_refuses_functional():
-    from workloads.models import ModelError, preset_context, resolve_model
+    from workloads.models.resolve import ModelError, preset_context, resolve_model
 
     assert preset_context("llama2-70b") == 4096
     with pytest.raises(ModelError, match="shapes-only"):
@@ -266,7 +266,7 @@ def test_compare_takes_an_hf_model(tmp_path, monkeypatch, capsys):
 def test_torch_onnx_dynamo_door_matches_the_hf_model(family, cfg, tmp_path):
     """The decode step exported by torch.onnx (dynamo) lowers and runs like the model."""
     pytest.importorskip("onnxscript")
-    from workloads.hf_decode import export_onnx
+    from workloads.models.hf_decode import export_onnx
 
     model = tiny_model(family)
     path = export_onnx(model, str(tmp_path / f"{family}.onnx"))

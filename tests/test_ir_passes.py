@@ -18,8 +18,8 @@ from compiler.pipeline import GRAPH_PASSES
 from compiler.passes.fuse import Fuse, FuseGelu, FuseLayerNorm, FuseLinear
 from compiler.passes.interpret import evaluate
 from compiler.passes.shape_inference import ShapeError, ShapeInference, dim_add
-from workloads.export import example_decode_inputs, export_decode_onnx, export_decode_torch
-from workloads.gpt import GPT, get_config
+from workloads.models.export import example_decode_inputs, export_decode_onnx, export_decode_torch
+from workloads.models.gpt import GPT, get_config
 
 INPUTS = ("token", "position", "past_k", "past_v")
 f32 = np.float32

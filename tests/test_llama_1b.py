@@ -33,16 +33,16 @@ def test_the_factory_has_tinyllamas_parameter_count(llama_1b):
 
 
 def test_the_small_variant_validates_as_module_attribute(llama_1b):
-    from workloads.cli import validate
+    from workloads.session import validate
 
-    m = validate("examples.llama_1b:build_tiny", "pim-gpt", 4, reference="cpu")
+    m = validate("examples.llama_1b:build_tiny", "pim-gpt", 4, reference="cpu").to_dict()
     assert m["passed"] and m["greedy_tokens_match"], m
     assert len(m["per_step_cosine"]) == 4 and min(m["per_step_cosine"]) >= 0.999
     assert m["top1_mismatches"] == []
 
 
 def test_validation_metrics_name_the_mismatched_steps():
-    from workloads.cli import validation_metrics
+    from workloads.validation import validation_metrics
 
     ref = np.array([[0.0, 4.0, 1.0], [2.0, 2.001, 0.0]], np.float32)
     sim = np.array([[0.0, 4.0, 1.0], [2.001, 2.0, 0.0]], np.float32)
@@ -59,7 +59,7 @@ def test_a_counting_llama_counts_and_validates_token_for_token(llama_1b):
     functional simulation gives the same tokens with every step decisive."""
     import torch
 
-    from workloads.cli import validate
+    from workloads.session import validate
 
     L = llama_1b
     cfg = L.config(hidden_size=128, intermediate_size=256, num_hidden_layers=2, vocab_size=256,
@@ -72,7 +72,8 @@ def test_a_counting_llama_counts_and_validates_token_for_token(llama_1b):
     assert out == [(7 + k) % 256 for k in range(1, 17)]
     L._BUILT = model
     try:
-        m = validate("examples.llama_1b:_built", "pim-gpt", 16, reference="cpu", exact=True)
+        m = validate("examples.llama_1b:_built", "pim-gpt", 16, reference="cpu",
+                     exact=True).to_dict()
     finally:
         L._BUILT = None
     assert m["greedy_tokens_match"] and m["decisive_steps"] == 16 and m["passed"], m

@@ -12,14 +12,15 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from pimsim.errors import UserError  # noqa: E402
-from workloads.cli import main, validate  # noqa: E402
-from workloads.onnx_reference import run_onnx_reference  # noqa: E402
+from workloads.cli import main  # noqa: E402
+from workloads.session import validate  # noqa: E402
+from workloads.reference.onnxruntime import run_onnx_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def gpt_onnx(tmp_path_factory):
-    from workloads.export import export_decode_onnx
-    from workloads.gpt import GPT, get_config, round_weights_to_bf16
+    from workloads.models.export import export_decode_onnx
+    from workloads.models.gpt import GPT, get_config, round_weights_to_bf16
 
     model = round_weights_to_bf16(GPT.from_seed(get_config("tiny"), seed=3)).eval()
     path = tmp_path_factory.mktemp("gpt") / "tiny.onnx"
@@ -29,7 +30,7 @@ def gpt_onnx(tmp_path_factory):
 
 def test_onnxruntime_reference_is_the_models_own_greedy_decode(gpt_onnx):
     """The file in onnxruntime gives the PyTorch module's own tokens and logits."""
-    from workloads.reference import run_reference
+    from workloads.reference.pytorch import run_reference
 
     model, path = gpt_onnx
     prompt = [5, 17, 2]
@@ -43,10 +44,10 @@ def test_onnxruntime_reference_is_the_models_own_greedy_decode(gpt_onnx):
 
 def test_validate_onnx_file_uses_onnxruntime_and_catches_a_wrong_placement(gpt_onnx):
     _, path = gpt_onnx
-    m = validate(path, "pim-gpt", 6, prompt=2)
+    m = validate(path, "pim-gpt", 6, prompt=2).to_dict()
     assert m["reference_runtime"] == "onnxruntime" and m["reference_info"]["layout"] == "pimsim"
     assert m["passed"] and m["greedy_tokens_match"], m["per_step_cosine"]
-    bad = validate(path, "pim-gpt", 6, prompt=2, corrupt="shift_qkv_rows")
+    bad = validate(path, "pim-gpt", 6, prompt=2, corrupt="shift_qkv_rows").to_dict()
     assert not bad["passed"] and bad["min_cosine"] < 0.99
 
 
@@ -56,7 +57,7 @@ def test_validate_torch_onnx_export_of_an_hf_model(tmp_path, capsys):
     pytest.importorskip("onnxscript")
     pytest.importorskip("transformers")
     from hf_tiny import hf_greedy, tiny_model
-    from workloads.hf_decode import export_onnx
+    from workloads.models.hf_decode import export_onnx
 
     model = tiny_model("llama-gqa")
     path = export_onnx(model, str(tmp_path / "step.onnx"))

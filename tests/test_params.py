@@ -27,8 +27,8 @@ from pimsim.generate import run_generation
 from pimsim.isa import Geometry, MatrixLayout, Program, Step
 from pimsim.link import link_busy_cyc, link_latency_cyc, transfer_bytes
 from pimsim.spec.commands import cmd_id
-from workloads.cli import validate
-from workloads.models import resolve_model
+from workloads.session import validate
+from workloads.models.resolve import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 WR_GB, MAC_AB, RD_MAC, RD, WR, ACT = (cmd_id(n) for n in
@@ -194,7 +194,7 @@ def _small_rows_config(tmp_path, **pim) -> str:
 ])
 def test_functional_orders_match_pytorch(tmp_path, pim):
     hw = _small_rows_config(tmp_path, **pim)
-    m = validate("tiny-counter", hw, 8, reference="cpu", exact=True)
+    m = validate("tiny-counter", hw, 8, reference="cpu", exact=True).to_dict()
     assert m["passed"], m
     assert m["greedy_tokens_match"]
     assert m["min_cosine"] > 0.9999
@@ -203,14 +203,15 @@ def test_functional_orders_match_pytorch(tmp_path, pim):
 def test_reuse_order_changes_the_numbers_it_should():
     """One accumulator read per neuron (reuse) rounds once instead of once per chunk: the
     logits differ from the PIM-GPT order's in the last bits, both close to PyTorch."""
-    from workloads.cli import _functional
+    from pimsim.functional import FunctionalExecutor, MemoryImage  # noqa: F401
+    from workloads.validation import functional_executor
 
     outs = []
     for order in ("pim-gpt", "reuse"):
         cfg = with_(load_config("pim-gpt"), org__columns=2, pim__mapping=order,
                     pim__accumulators_per_bank=4, pim__global_buffer_bytes=64)
         c = compile_model(resolve_model("tiny", weights=True, seed=0)[0], cfg, name="tiny")
-        fx = _functional(c, cfg, True)
+        fx = functional_executor(c, cfg, True)
         outs.append(fx.step(3, 0))
     assert not np.array_equal(outs[0], outs[1])
     assert np.max(np.abs(outs[0] - outs[1])) < 0.05
@@ -255,7 +256,7 @@ def test_more_accumulators_switch_modes_less_and_run_faster_on_aim():
 
 
 def test_sweep_over_each_parameter_reports_a_ratio(tmp_path):
-    import workloads.sweep as S
+    import workloads.sweeps as S
 
     spec = S.spec_from_dict({
         "name": "params", "hw": "pim-gpt", "model": "tiny", "tokens": 2,
@@ -300,7 +301,7 @@ def test_new_orders_fast_path_equals_command_by_command_and_passes_the_checker(w
 
 
 def test_example_sweep_varies_one_parameter_at_a_time():
-    import workloads.sweep as S
+    import workloads.sweeps as S
 
     spec = S.load_spec(ROOT / "examples" / "sweep_buffers.toml")
     rows = [(p.params["link_bytes_per_cyc"], p.params["global_buffer_bytes"],

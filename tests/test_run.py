@@ -18,9 +18,9 @@ from pimsim.decode import DecodeSimulator
 from pimsim.generate import BREAKDOWN_KEYS, run_generation
 from pimsim.isa import PER_OP_KEYS
 from pimsim.timing import kernel as K
-from workloads.cli import validate
-from workloads.gpt import PRESETS
-from workloads.models import resolve_model
+from workloads.session import validate
+from workloads.models.gpt import PRESETS
+from workloads.models.resolve import resolve_model
 
 PRESET_NAMES = [n for n in PRESETS if not n.startswith("tiny")]
 
@@ -48,29 +48,29 @@ def timing(name: str, tokens: int, *, prompt: int = 1, channels=None, refresh=No
 # ------------------------------------------------------------------ functional validation
 
 def test_tiny_functional_greedy_tokens_identical_to_torch_with_exact_math():
-    m = validate("tiny-counter", "pim-gpt", 32, reference="cpu", exact=True)
+    m = validate("tiny-counter", "pim-gpt", 32, reference="cpu", exact=True).to_dict()
     assert m["greedy_tokens_match"], m
     assert m["top1_agreement"] == 1.0
     assert m["passed"]
 
 
 def test_tiny_functional_with_approximations_within_documented_tolerance():
-    m = validate("tiny-counter", "pim-gpt", 32, reference="cpu", exact=False)
+    m = validate("tiny-counter", "pim-gpt", 32, reference="cpu", exact=False).to_dict()
     assert m["passed"], m
     assert m["min_cosine"] > 0.999
     assert m["greedy_tokens_match"]
 
 
 def test_random_weight_tiny_reports_errors_and_passes():
-    m = validate("tiny", "pim-gpt", 32, reference="cpu", exact=False)
+    m = validate("tiny", "pim-gpt", 32, reference="cpu", exact=False).to_dict()
     assert m["passed"], m
     assert 0 < m["max_abs_err"] < 0.05
 
 
 def test_corrupted_placement_makes_validation_fail():
-    good = validate("tiny-counter", "pim-gpt", 8, reference="cpu", exact=True)
+    good = validate("tiny-counter", "pim-gpt", 8, reference="cpu", exact=True).to_dict()
     bad = validate("tiny-counter", "pim-gpt", 8, reference="cpu", exact=True,
-                   corrupt="shift_qkv_rows")
+                   corrupt="shift_qkv_rows").to_dict()
     assert good["passed"]
     assert not bad["passed"]
     assert bad["max_abs_err"] > 10 * good["max_abs_err"]

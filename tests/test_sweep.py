@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workloads import sweep as S
-from workloads.store import point_key, to_csv, to_dataframe
+from workloads import sweeps as S
+from workloads.plots import plot_sweep
+from workloads.sweeps.store import point_key, to_csv, to_dataframe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,7 +161,7 @@ def test_exports_csv_dataframe_and_plots(mixed):
     ok = back[back["status"] == "ok"].set_index("key")
     for r in res.df[res.df["status"] == "ok"].to_dict("records"):
         assert ok.loc[r["key"], "ms_per_token"] == pytest.approx(r["ms_per_token"], rel=1e-12)
-    files = S.plot(res, d / "plots")
+    files = plot_sweep(res, d / "plots")
     names = {f.name for f in files}
     assert {"vs_channels.png", "vs_banks.png", "pareto.png"} <= names
     for f in files:
@@ -295,7 +296,8 @@ def test_a_worker_imports_each_model_once_and_lowers_it_per_geometry(tmp_path, m
     import compiler.pipeline as P
     from compiler.pipeline import compile_model
     from pimsim.config import config_from_dict
-    from workloads.models import resolve_model
+    from workloads.models.resolve import resolve_model
+    from workloads import session
 
     calls = {"prepare": 0, "lower": 0}
 
@@ -307,8 +309,8 @@ def test_a_worker_imports_each_model_once_and_lowers_it_per_geometry(tmp_path, m
 
     monkeypatch.setattr(P, "prepare", counted("prepare", P.prepare))
     monkeypatch.setattr(P, "lower", counted("lower", P.lower))
-    monkeypatch.setattr(S, "_PREPARED", {})
-    monkeypatch.setattr(S, "_PROGRAMS", {})
+    monkeypatch.setattr(session, "_PREPARED", {})
+    monkeypatch.setattr(session, "_LOWERED", {})
     spec = S.spec_from_dict({"model": "tiny", "tokens": 2,
                              "grid": {"channels": [2, 4, 8], "refresh": [True, False]}})
     res = S.run_sweep(spec, tmp_path / "once.db", workers=0, progress=False, log=lambda s: None)
@@ -317,7 +319,7 @@ def test_a_worker_imports_each_model_once_and_lowers_it_per_geometry(tmp_path, m
     src, name = resolve_model("tiny", weights=False)
     for p in {q.params["channels"]: q for q in spec.points}.values():
         cfg = config_from_dict(p.hw)
-        progs, _, _ = S._program("tiny", cfg)
+        progs = session.compile_model("tiny", cfg, memo=True).programs
         assert calls == {"prepare": 1, "lower": 3}  # both from the worker's caches
         want = compile_model(src, cfg, name=name).program
         calls.update(prepare=1, lower=3)

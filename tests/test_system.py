@@ -28,7 +28,7 @@ from pimsim.interconnect import Fabric  # noqa: E402
 from pimsim.pipeline import pipeline_schedule, run_system  # noqa: E402
 from pimsim.system import System, SystemError_, resolve  # noqa: E402
 from tests.hf_tiny import tiny_model  # noqa: E402
-from workloads.hf_decode import decode_step_module  # noqa: E402
+from workloads.models.hf_decode import decode_step_module  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,7 +149,7 @@ def test_one_device_system_is_the_single_device_run_to_the_cycle(gqa):
 
 
 def test_tensor_parallel_is_faster_and_shows_where_the_time_went():
-    from workloads.models import resolve_model
+    from workloads.models.resolve import resolve_model
 
     src, name = resolve_model("gpt2-small", weights=False)
     base = load_config("aim-gddr6")
@@ -285,7 +285,8 @@ def test_bad_system_section_is_named(tmp_path):
 def test_system_sweep_on_a_dask_local_cluster_writes_the_store(tmp_path):
     from dask.distributed import LocalCluster
 
-    from workloads import sweep as S
+    from workloads import sweeps as S
+    from workloads.plots import plot_sweep
 
     spec = S.spec_from_dict({"name": "sys", "hw": "aim-gddr6", "model": "tiny", "tokens": 2,
                              "grid": {"prompt": [4, 32]},
@@ -312,7 +313,7 @@ def test_system_sweep_on_a_dask_local_cluster_writes_the_store(tmp_path):
     assert ok.tp.notna().all() and ok.pp.notna().all()
     assert sorted(zip(ok.devices, ok.tp, ok.pp)) == [(1, 1, 1), (1, 1, 1), (2, 2, 1), (2, 2, 1),
                                                      (4, 2, 2), (4, 2, 2)]
-    pngs = S.plot(res, tmp_path / "plots")
+    pngs = plot_sweep(res, tmp_path / "plots")
     assert {p.name for p in pngs} >= {"vs_devices.png", "vs_prompt.png"}
 
 
@@ -321,7 +322,7 @@ def test_system_sweep_on_a_dask_local_cluster_writes_the_store(tmp_path):
 
 def test_long_context_spreads_over_devices_and_attention_grows_with_position():
     from compiler.passes.mapping import CapacityError
-    from workloads.models import resolve_model
+    from workloads.models.resolve import resolve_model
 
     src, name = resolve_model("mistral-7b", weights=False)  # 32 k context, GQA 32 / 8
     base = load_config("aim-gddr6")

@@ -13,7 +13,7 @@ from pimsim.config import load_config
 from pimsim.decode import DecodeSimulator
 from pimsim.spec.commands import cmd_id
 from pimsim.timeline import PID_ASIC, PID_CHANNELS, PID_STEPS, token_timeline, write_timeline
-from workloads.models import resolve_model
+from workloads.models.resolve import resolve_model
 
 CFG = load_config("pim-gpt")
 

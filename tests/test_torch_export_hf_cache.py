@@ -103,7 +103,7 @@ def export_with_dynamic_cache_inputs(model, past_len: int = 3, dim=None):
     from transformers import DynamicCache
     from transformers.integrations.executorch import register_dynamic_cache_export_support
 
-    from workloads.hf_decode import cache_dims, cache_kwarg
+    from workloads.models.hf_decode import cache_dims, cache_kwarg
 
     register_dynamic_cache_export_support()
     n_layer, n_kv, d_head, _ = cache_dims(model.config)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from workloads import GPT, PRESETS, ROLES, GPTConfig, get_config, named_weight_matrices, round_weights_to_bf16
-from workloads.export import INPUT_NAMES, OUTPUT_NAMES, example_decode_inputs, export_decode_onnx, export_decode_torch
-from workloads.hf import config_from_hf, from_hf_gpt2
+from workloads.models.export import INPUT_NAMES, OUTPUT_NAMES, example_decode_inputs, export_decode_onnx, export_decode_torch
+from workloads.models.hf import config_from_hf, from_hf_gpt2
 
 SMALL = ("tiny", "tiny-wide")
 PAPER_PRESETS = {

@@ -1,9 +1,12 @@
-"""GPT workloads: the reference decoder the simulator is checked against and the compiler lowers.
+"""The workloads the simulator runs, and the library API over them.
 
-``gpt`` defines the model (``presets`` its shapes and presets, without torch), ``export`` turns
-its decode step into ONNX or a ``torch.export`` program, ``hf`` converts Hugging Face GPT-2
-checkpoints (optional dependency). The names below are imported on first use, so importing
-``workloads`` (the command line) does not import torch.
+``session`` is the API the ``pimsim`` command line, the notebooks and the tests call:
+:func:`compile_model`, :func:`simulate`, :func:`validate`, :func:`compare`, :func:`sweep`
+(re-exported here). ``models`` holds the models (GPT presets, the zoo, Hugging Face and ONNX
+export), ``reference`` the PyTorch and onnxruntime references, ``sweeps`` the design-space
+sweeps, ``comparison`` the PIM-vs-GPU comparison, ``plots`` their charts, ``validation`` the
+functional validation, ``compile_cache`` the compiled-program cache. The names below are
+imported on first use, so importing ``workloads`` (the command line) does not import torch.
 """
 
 from __future__ import annotations
@@ -12,14 +15,24 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "GPT": "workloads.gpt",
-    "GPTConfig": "workloads.presets",
-    "PRESETS": "workloads.presets",
-    "ROLES": "workloads.gpt",
-    "WeightMatrix": "workloads.gpt",
-    "get_config": "workloads.presets",
-    "named_weight_matrices": "workloads.gpt",
-    "round_weights_to_bf16": "workloads.gpt",
+    "GPT": "workloads.models.gpt",
+    "GPTConfig": "workloads.models.presets",
+    "PRESETS": "workloads.models.presets",
+    "ROLES": "workloads.models.gpt",
+    "WeightMatrix": "workloads.models.gpt",
+    "get_config": "workloads.models.presets",
+    "named_weight_matrices": "workloads.models.gpt",
+    "round_weights_to_bf16": "workloads.models.gpt",
+    "CompareResult": "workloads.session",
+    "SimResult": "workloads.session",
+    "SweepResult": "workloads.session",
+    "ValidationResult": "workloads.session",
+    "compare": "workloads.session",
+    "compile_model": "workloads.session",
+    "hw_config": "workloads.session",
+    "simulate": "workloads.session",
+    "sweep": "workloads.session",
+    "validate": "workloads.session",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,7 +1,7 @@
 """The ``pimsim`` command line.
 
-It sits at the top of the dependency arrow (workloads -> compiler -> pimsim), so it can resolve
-model presets, compile them and simulate them:
+It sits at the top of the dependency arrow (workloads -> compiler -> pimsim). It only parses
+the command line, calls the library API (:mod:`workloads.session`) and prints:
 
     pimsim trace FILE --hw CONFIG            replay an AiM instruction trace
     pimsim compile MODEL --hw CONFIG -o FILE lower a model to a PIM program, print the mapping
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -29,71 +30,32 @@ from pimsim.cli import INT64_MAX, hw_help, int_in
 from pimsim.config import load_config
 from pimsim.errors import UserError, check_writable, write_text
 from pimsim.progress import status, wanted
+from workloads import session
 
 SEED_MAX = (1 << 32) - 1
 
 
-def _check_context(model: str, n_ctx: int | None, *, prompt: int | None = None,
-                   tokens: int | None = None, pos: int | None = None,
-                   pos_flag: str = "--pos") -> None:
-    """prompt + tokens (or a position) within the model's context; n_ctx None: not known yet."""
-    if n_ctx is None:
-        return
-    if prompt is not None and tokens is not None and prompt + tokens - 1 > n_ctx:
-        raise UserError(
-            f"--prompt {prompt} + --tokens {tokens} need {prompt + tokens - 1} decode steps, more "
-            f"than {model}'s context of {n_ctx}",
-            f"make prompt + tokens at most {n_ctx + 1}")
-    if pos is not None and not 0 <= pos < n_ctx:
-        raise UserError(f"{pos_flag} {pos} is outside {model}'s context 0..{n_ctx - 1}",
-                        f"give a position in 0..{n_ctx - 1}")
+AIM_TRACE_POS = 511  # --aim-trace default position: a mid-context token (last one if shorter)
 
 
 def _preset_ctx(model: str, args=None) -> int | None:
     """The context prompt + tokens must fit: ``--context`` where given, else the preset's."""
-    from workloads.models import preset_context
+    from workloads.models.resolve import preset_context
 
     if args is not None and getattr(args, "context", None):
         return args.context
     return preset_context(model)
 
 
-def _compile(args, *, weights: bool):
-    """(config, Compiled): from the compiled-program cache when the compile is weightless."""
-    from workloads import cache
-    from workloads.models import resolve_model
-
-    cfg = with_system(load_config(args.hw, refresh=False if getattr(args, "no_refresh", False)
-                                  else None), args)
-    context = getattr(args, "context", None)
-    use_cache = not weights and not getattr(args, "no_cache", False) and context is None
-    if use_cache:
-        c = cache.load(args.model, cfg)
-        if c is not None:
-            return cfg, c
-    show = wanted(getattr(args, "progress", False), getattr(args, "no_progress", False))
-    with status(f"compiling {args.model} for {cfg.name}", show):
-        from compiler.pipeline import compile_model
-
-        src, name = resolve_model(args.model, weights=weights, seed=args.seed)
-        c = compile_model(src, cfg, name=name, n_ctx=context)
-    if use_cache:
-        cache.store(args.model, cfg, c)
-    return cfg, c
+def _hw(args, *, refresh: bool | None = None):
+    """The config of ``--hw`` with the command line's ``--devices / --tp / --pp``."""
+    return session.hw_config(args.hw, devices=getattr(args, "devices", None),
+                             tp=getattr(args, "tp", None), pp=getattr(args, "pp", None),
+                             tp_attention=getattr(args, "tp_attention", None), refresh=refresh)
 
 
-def with_system(cfg, args):
-    """The config with the command line's ``--devices / --tp / --pp`` (pimsim.system)."""
-    import dataclasses
-
-    from pimsim.system import resolve
-
-    sysm = resolve(getattr(args, "devices", None), getattr(args, "tp", None),
-                   getattr(args, "pp", None), cfg.system, getattr(args, "tp_attention", None))
-    return cfg if sysm == cfg.system else dataclasses.replace(cfg, system=sysm)
-
-
-AIM_TRACE_POS = 511  # --aim-trace default position: a mid-context token (last one if shorter)
+def _show(args) -> bool:
+    return wanted(args.progress, args.no_progress)
 
 
 def cmd_compile(args) -> int:
@@ -107,12 +69,14 @@ def cmd_compile(args) -> int:
     if pos is None:
         pos = 0 if not args.aim_trace else None
     if pos is not None:
-        _check_context(args.model, ctx, pos=pos)
+        session.check_context(args.model, ctx, pos=pos)
     check_writable(args.out, "program text file (-o)")
-    cfg, c = _compile(args, weights=False)
+    cfg = _hw(args)
+    c = session.compile_model(args.model, cfg, seed=args.seed, context=args.context,
+                              cache=not args.no_cache, show_progress=_show(args))
     if pos is None:
         pos = min(c.spec.n_ctx - 1, AIM_TRACE_POS)
-    _check_context(args.model, c.spec.n_ctx, pos=pos)
+    session.check_context(args.model, c.spec.n_ctx, pos=pos)
     print(c.mapping.pretty() if args.mapping else c.summary(pos))
     if args.out:
         write_text(args.out, c.program.to_text(pos), "program text file (-o)")
@@ -130,83 +94,32 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def _functional(c, cfg, exact: bool, corrupt: str | None = None, show: bool = False):
-    """The functional executor of a compiled model; ``corrupt`` (a test hook of
-    :func:`~compiler.passes.images.build_graph_image`) misplaces data in the first device's
-    image."""
-    from compiler.passes.images import build_graph_image
-    from pimsim.functional import AsicMath, FlowExecutor
-
-    math = AsicMath.from_config(cfg, exact=exact)
-    if c.stages:  # a system: every device's own DRAM
-        from pimsim.functional import SystemFlowExecutor
-
-        with status(f"building the DRAM images of {c.spec.name} on "
-                    f"{c.program.tp * len(c.stages)} devices", show):
-            imgs = [[build_graph_image(mp, data_type=cfg.pim.data_type, rank=r,
-                                       corrupt=corrupt if (s, r) == (0, 0) else None)
-                     for r in range(mp.tp)] for s, mp in enumerate(c.stage_mappings)]
-        return SystemFlowExecutor(c.stages, imgs, cfg, math=math)
-    if not c.program.flow:
-        raise UserError(f"{c.spec.name}: the program has no dataflow (compiled with "
-                        f"lowering='pim-gpt')", "compile with the graph lowering (the default)")
-    with status(f"building the DRAM image of {c.spec.name}", show):
-        img = build_graph_image(c.mapping, data_type=cfg.pim.data_type, corrupt=corrupt)
-    return FlowExecutor(c.program, img, cfg, math=math)
-
-
-class _Recorder:
-    """A functional executor that keeps every step's logits."""
-
-    def __init__(self, fx) -> None:
-        self.fx, self.logits = fx, []
-
-    def step(self, token: int, pos: int):
-        lg = self.fx.step(token, pos)
-        self.logits.append(np.array(lg, np.float32))
-        return lg
-
-
 def cmd_run(args) -> int:
-    from pimsim.generate import prompt_ids
-    from pimsim.pipeline import run_system
-
     n_steps = args.prompt + args.tokens - 1
     ctx = _preset_ctx(args.model, args)
-    _check_context(args.model, ctx, prompt=args.prompt, tokens=args.tokens)
+    session.check_context(args.model, ctx, prompt=args.prompt, tokens=args.tokens)
     if args.timeline_pos is not None:
-        _check_context(args.model, ctx, pos=args.timeline_pos, pos_flag="--timeline-pos")
+        session.check_context(args.model, ctx, pos=args.timeline_pos, pos_flag="--timeline-pos")
     check_writable(args.timeline, "timeline file (--timeline)")
     if args.logits and not args.functional:
         raise UserError("--logits needs --functional (timing runs compute no numbers)",
                         "add --functional")
     check_writable(args.logits, "logits file (--logits)")
-    cfg, c = _compile(args, weights=args.functional)
-    _check_context(args.model, c.spec.n_ctx, prompt=args.prompt, tokens=args.tokens)
-    prompt = prompt_ids(args.prompt, c.spec.vocab, args.seed)
-    show = wanted(args.progress, args.no_progress)
-    fx = _functional(c, cfg, args.exact, show=show) if args.functional else None
-    if fx is not None and args.logits:
-        fx = _Recorder(fx)
-    bar = None
+    show = _show(args)
+    res = session.simulate(args.model, _hw(args, refresh=False if args.no_refresh else None),
+                           tokens=args.tokens, prompt=args.prompt, schedule=args.schedule,
+                           seed=args.seed, functional=args.functional, exact=args.exact,
+                           keep_logits=bool(args.logits), context=args.context,
+                           fast=not args.slow, cache=not args.no_cache, show_progress=show)
+    c, cfg = res.compiled, res.cfg
     tl_pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
     if args.timeline:
-        _check_context(args.model, c.spec.n_ctx, pos=tl_pos, pos_flag="--timeline-pos")
-    if show:
-        from tqdm import tqdm
-        bar = tqdm(total=n_steps, unit="tok", desc=f"{c.spec.name} on {cfg.name}", file=sys.stderr)
-    rep = run_system(c.programs, cfg, prompt=prompt, n_tokens=args.tokens,
-                         schedule=args.schedule, fast=not args.slow, functional=fx,
-                         progress=(lambda _p: bar.update(1)) if bar else None)
-    if bar:
-        bar.close()
-    print(json.dumps(rep.to_dict(), indent=1) if args.json else rep.summary())
+        session.check_context(args.model, c.spec.n_ctx, pos=tl_pos, pos_flag="--timeline-pos")
+    print(json.dumps(res.report.to_dict(), indent=1) if args.json else res.summary())
     if args.logits:
-        from pathlib import Path
-
         try:
             with Path(args.logits).open("wb") as f:
-                np.save(f, np.stack(fx.logits).astype(np.float32))
+                np.save(f, res.logits)
         except OSError as e:
             raise UserError(f"logits file (--logits) {args.logits!r} cannot be written "
                             f"({e.strerror or e})", "choose a writable path") from None
@@ -224,136 +137,10 @@ def cmd_run(args) -> int:
     return 0
 
 
-def decisive_steps(ref_logits: np.ndarray) -> np.ndarray:
-    """Steps whose reference top-2 gap exceeds two bf16 steps at the top logit's magnitude:
-    there the argmax cannot flip by output rounding alone."""
-    top2 = np.sort(ref_logits, axis=1)[:, -2:]
-    gap = top2[:, 1] - top2[:, 0]
-    ulp = np.exp2(np.floor(np.log2(np.maximum(np.abs(top2[:, 1]), 1e-30))) - 7)
-    return gap > 2 * ulp
-
-
-def validation_metrics(sim_logits: np.ndarray, ref_logits: np.ndarray) -> dict:
-    d = np.abs(sim_logits - ref_logits)
-    scale = np.abs(ref_logits).max(axis=1)
-    cos = (sim_logits * ref_logits).sum(1) / (np.linalg.norm(sim_logits, axis=1)
-                                              * np.linalg.norm(ref_logits, axis=1))
-    top1 = sim_logits.argmax(1) == ref_logits.argmax(1)
-    dec = decisive_steps(ref_logits)
-    top2 = np.sort(ref_logits, axis=1)[:, -2:]
-    gap = top2[:, 1] - top2[:, 0]
-    return {
-        "top1_agreement_decisive": float(top1[dec].mean()) if dec.any() else 1.0,
-        "decisive_steps": int(dec.sum()),
-        "max_abs_err": float(d.max()),
-        "max_rel_err": float((d.max(axis=1) / scale).max()),
-        "min_cosine": float(cos.min()),
-        "top1_agreement": float(top1.mean()),
-        "per_step_max_abs_err": [float(x) for x in d.max(axis=1)],
-        "per_step_cosine": [float(x) for x in cos],
-        # steps whose top-1 differs, with the reference's top-2 gap (a near-tie when not decisive)
-        "top1_mismatches": [{"step": int(i), "ref_top2_gap": float(gap[i]),
-                             "decisive": bool(dec[i])} for i in np.flatnonzero(~top1)],
-    }
-
-
-# documented tolerances (README): exact ASIC math vs approximations. Top-1 agreement is
-# required on every decisive step (reference top-2 gap above two bf16 steps); at a near-tie the
-# simulator's bf16 logits may legitimately pick the other token.
-TOLERANCES = {
-    "exact": {"top1_agreement_decisive": 1.0, "top1_agreement": 0.9, "min_cosine": 0.999,
-              "max_rel_err": 0.05},
-    "approx": {"top1_agreement_decisive": 0.95, "top1_agreement": 0.9, "min_cosine": 0.99,
-               "max_rel_err": 0.10},
-}
-
-
-def validate(model: str, hw: str, tokens: int, *, reference: str = "auto", prompt: int = 1,
-             seed: int = 0, exact: bool = False, corrupt: str | None = None,
-             show: bool = False, devices: int | None = None, tp: int | None = None,
-             pp: int | None = None) -> dict:
-    """Simulate ``model`` functionally and compare with a PyTorch reference, step by step."""
-    from compiler.pipeline import compile_model
-    from pimsim.generate import prompt_ids
-    from workloads.models import preset_context, resolve_model
-    from workloads.reference import load_reference, pick_device, run_reference
-
-    if tokens < 1 or prompt < 1:
-        raise UserError(f"validate needs at least one prompt token and one generated token "
-                        f"(got prompt {prompt}, tokens {tokens})", "give --tokens N with N >= 1")
-    _check_context(model, preset_context(model), prompt=prompt, tokens=tokens)
-    ref, is_onnx = None, model.lower().endswith(".onnx")
-    if reference.lower().endswith(".npz"):
-        ref = load_reference(reference)
-        if ref.model != model:
-            raise UserError(f"reference file {reference!r} was made for {ref.model}, not {model}",
-                            "regenerate it with python -m workloads.reference")
-    elif reference not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--reference {reference!r} is not a device or an .npz file",
-                        "give auto, cpu, cuda or a FILE.npz from python -m workloads.reference")
-    elif is_onnx:  # the file itself in onnxruntime; no onnxruntime or CUDA: fail now
-        from workloads.onnx_reference import ort_device, run_onnx_reference
-
-        reference = ort_device(reference)
-    else:
-        pick_device(reference)  # no CUDA: fail now, before compiling
-    cfg = with_system(load_config(hw), argparse.Namespace(devices=devices, tp=tp, pp=pp))
-    with status(f"compiling {model} with its weights for {cfg.name}", show):
-        src, name = resolve_model(model, weights=True, seed=seed)
-        c = compile_model(src, cfg, name=name)
-    _check_context(model, c.spec.n_ctx, prompt=prompt, tokens=tokens)
-    ids = prompt_ids(prompt, c.spec.vocab, seed)
-    n_steps = len(ids) + tokens - 1
-    if ref is not None:
-        if ref.prompt != ids or len(ref.tokens) < tokens or ref.logits.shape[0] < n_steps:
-            raise UserError(f"reference file {reference!r} was made for another prompt, seed or "
-                            f"fewer tokens", "regenerate it with python -m workloads.reference "
-                            f"--prompt {prompt} --tokens {tokens} --seed {seed}")
-        if ref.logits.ndim != 2 or ref.logits.shape[1] != c.spec.vocab:
-            raise UserError(f"reference file {reference!r} holds logits of shape "
-                            f"{tuple(ref.logits.shape)}, not (steps, {c.spec.vocab})",
-                            "regenerate it with python -m workloads.reference")
-    elif is_onnx:
-        with status(f"onnxruntime reference of {model} ({tokens} tokens)", show):
-            ref = run_onnx_reference(model, ids, tokens, device=reference, model_name=model)
-    else:
-        with status(f"PyTorch reference of {model} ({tokens} tokens)", show):
-            ref = run_reference(model, ids, tokens, device=reference, seed=seed,
-                                source=None if preset_context(model) is not None and
-                                ":" not in model else src)
-    fx = _functional(c, cfg, exact, corrupt, show=show)
-    sim_logits, sim_tokens = [], []
-    tok = ids[0]
-    for pos in range(max(n_steps, len(ids))):
-        lg = fx.step(tok, pos)
-        sim_logits.append(lg)
-        if pos + 1 < len(ids):
-            tok = ids[pos + 1]
-        else:
-            sim_tokens.append(int(lg.argmax()))
-            tok = ref.tokens[len(sim_tokens) - 1]  # teacher-forced: compare like with like
-    sim = np.stack(sim_logits)
-    refl = ref.logits[: sim.shape[0]]
-    m = validation_metrics(sim, refl)
-    m["greedy_tokens_match"] = sim_tokens == ref.tokens[: len(sim_tokens)]
-    mode = "exact" if exact else "approx"
-    tol = TOLERANCES[mode]
-    sy = cfg.system
-    m["system"] = {"devices": sy.devices, "tp": sy.tp, "pp": sy.pp, "attention": sy.attention}
-    m.update(model=model, hw=hw, tokens=tokens, reference_device=ref.device, asic_math=mode,
-             tolerance=tol, reference_info=ref.info,
-             reference_runtime="onnxruntime" if "onnxruntime" in ref.info else "PyTorch")
-    m["passed"] = bool(m["top1_agreement"] >= tol["top1_agreement"]
-                       and m["top1_agreement_decisive"] >= tol["top1_agreement_decisive"]
-                       and m["min_cosine"] >= tol["min_cosine"]
-                       and m["max_rel_err"] <= tol["max_rel_err"])
-    return m
-
-
 def cmd_validate(args) -> int:
-    m = validate(args.model, args.hw, args.tokens, reference=args.reference, prompt=args.prompt,
-                 seed=args.seed, exact=args.exact, show=wanted(args.progress, args.no_progress),
-                 devices=args.devices, tp=args.tp, pp=args.pp)
+    m = session.validate(args.model, args.hw, args.tokens, reference=args.reference,
+                         prompt=args.prompt, seed=args.seed, exact=args.exact, show=_show(args),
+                         devices=args.devices, tp=args.tp, pp=args.pp).to_dict()
     if args.json:
         print(json.dumps(m, indent=1))
     else:
@@ -372,34 +159,99 @@ def cmd_validate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from workloads import compare as C
-    from workloads.models import preset_context
-
-    cfg = with_system(load_config(args.hw), args)
-    if cfg.energy is None:
-        raise UserError(f"{cfg.name} has no [energy] table", "compare needs a config with one")
-    for m in args.models:
-        _check_context(m, preset_context(m), prompt=args.prompt, tokens=args.tokens)
-    C.check_gpu(args.gpu, args.models)  # an unknown GPU or a bad baseline file: fail now
     check_writable(args.plot, "plot directory (--plot)", directory=True)
-    show = wanted(args.progress, args.no_progress)
-    rows = C.compare(args.models, cfg, args.gpu, prompt=args.prompt, tokens=args.tokens,
-                     schedule=args.schedule, cache=not args.no_cache, show=show,
-                     tp=args.gpu_tp)
-    if args.json:
-        print(json.dumps([C.asdict(r) for r in rows], indent=1))
-    else:
-        print(C.table(rows))
+    res = session.compare(args.models, _hw(args), args.gpu, prompt=args.prompt,
+                          tokens=args.tokens, schedule=args.schedule, gpu_tp=args.gpu_tp,
+                          cache=not args.no_cache, show_progress=_show(args))
+    print(json.dumps(res.to_dict()["rows"], indent=1) if args.json else res.table())
     if args.plot:
-        for f in C.plot(rows, args.plot):
+        from workloads.plots import plot_compare
+
+        for f in plot_compare(res.rows, args.plot):
             print(f"  wrote {f}", file=sys.stderr)
     return 0
 
 
 def cmd_sweep(args) -> int:
-    from workloads import sweep as S
+    """``pimsim sweep``: run, print the summary, export. Exit 0 when every point is ok or
+    invalid, 1 if some failed unexpectedly (re-run to retry them), 130 when interrupted.
+    With ``--json`` stdout holds exactly one JSON document (one row per point)."""
+    from workloads.sweeps.analysis import _jsonable
+    from workloads.sweeps.run import parse_cluster, stored_result
+    from workloads.sweeps.spec import load_spec
+    from workloads.sweeps.store import to_csv
 
-    return S.cli(args)
+    spec = load_spec(args.spec, max_points=args.max_points)
+    db = args.db or f"{Path(args.spec).stem}.db"
+    if args.list:
+        if args.json:
+            print(json.dumps([{"idx": p.idx, "key": p.key, "model": p.model,
+                               "params": _jsonable(p.params), "invalid": p.error}
+                              for p in spec.points], indent=1))
+            return 0
+        for p in spec.points:
+            state = f"invalid: {p.error}" if p.error else ""
+            print(f"#{p.idx} {p.key[:12]} {p.model} {p.label()} {state}")
+        return 0
+    check_writable(args.csv, "CSV file (--csv)")
+    check_writable(args.plot, "plot directory (--plot)", directory=True)
+    if args.report:
+        res = stored_result(spec, db)
+    else:
+        check_writable(db, "results store (--db)")
+        if args.cluster:
+            parse_cluster(args.cluster)
+        res = session.sweep(spec, db, workers=0 if args.in_process else args.workers,
+                            cluster=args.cluster,
+                            progress=True if args.progress else False if args.no_progress
+                            else None,
+                            connect_timeout_s=args.connect_timeout, raise_on_error=False)
+    print(json.dumps(res.to_dict(), indent=1) if args.json else res.summary())
+    if args.csv:
+        print(f"  wrote {to_csv(db, args.csv, spec.name)}", file=sys.stderr)
+    if args.plot:
+        from workloads.plots import plot_sweep
+
+        for f in plot_sweep(res, args.plot):
+            print(f"  wrote {f}", file=sys.stderr)
+    if res.interrupted:
+        return 130
+    return 1 if res.counts["error"] else 0
+
+
+def _add_sweep_parser(sub) -> None:
+    """The ``sweep`` subcommand."""
+    from pimsim.cli import float_in
+    from workloads.sweeps.run import CONNECT_TIMEOUT_S
+    from workloads.sweeps.spec import MAX_POINTS
+
+    s = sub.add_parser("sweep", help="run a design-space sweep into a SQLite store")
+    s.add_argument("spec", help="sweep spec (.toml): base config, grid / points, models "
+                                "(a module:attribute model is imported and run)")
+    s.add_argument("--workers", type=int_in(1, 1024), default=None,
+                   help="local worker processes, 1..1024 (default: CPU count)")
+    s.add_argument("--in-process", action="store_true",
+                   help="run the points in this process (no worker processes)")
+    s.add_argument("--cluster", metavar="ADDRESS",
+                   help="run on a Dask distributed scheduler (tcp://host:8786), or 'local[:N]' "
+                        "for a LocalCluster of N processes. Dask moves tasks with pickle: "
+                        "trusted clusters only")
+    s.add_argument("--connect-timeout", type=float_in(0, 3600), default=CONNECT_TIMEOUT_S,
+                   metavar="S",
+                   help=f"seconds to reach the --cluster scheduler (default {CONNECT_TIMEOUT_S:g})")
+    s.add_argument("--db", metavar="FILE", help="results store (default: SPEC's stem + .db)")
+    s.add_argument("--max-points", type=int_in(1), default=MAX_POINTS, metavar="N",
+                   help=f"refuse a spec of more than N points (default {MAX_POINTS:,})")
+    s.add_argument("--plot", metavar="DIR", help="write latency / energy PNG charts here")
+    s.add_argument("--csv", metavar="FILE", help="export the sweep's points as CSV")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON document instead of the summary: counts, one row per "
+                        "point, scaling, Pareto front")
+    s.add_argument("--list", action="store_true", help="list the points and exit")
+    s.add_argument("--report", action="store_true",
+                   help="print what the store holds for the spec, run nothing (read-only)")
+    s.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -514,9 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     system(v)
     v.set_defaults(func=cmd_validate)
 
-    from workloads.sweep import add_parser as add_sweep_parser
-
-    add_sweep_parser(sub)
+    _add_sweep_parser(sub)
     sub.choices["sweep"].set_defaults(func=cmd_sweep)
     core_cli.add_debug_flags(p)
     return p

@@ -112,7 +112,7 @@ def _import_onnx_file(path: str) -> Graph:
         raise ModelFileError(
             f"ONNX file {path!r} cannot be read as a model ({type(e).__name__}: "
             f"{' '.join(str(e).split())[:300]})",
-            "give a complete .onnx decode step (workloads.export.export_decode_onnx)") from None
+            "give a complete .onnx decode step (workloads.models.export.export_decode_onnx)") from None
 
 
 # ---- exporting a module's decode step ------------------------------------------------------

@@ -42,7 +42,7 @@ from pimsim.errors import UserError
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _FIX = ("export one decode step of batch 1: input_ids [1, 1], attention_mask [1, past + 1], "
         "position_ids [1, 1], past_key_values.N.key / .value [1, n_kv, past, d_head] (optimum's "
-        "main_export(task='text-generation-with-past'), or workloads.hf_decode.export_onnx)")
+        "main_export(task='text-generation-with-past'), or workloads.models.hf_decode.export_onnx)")
 # past lengths the mask subgraph is evaluated at: a mask that is not all ones at one of them (a
 # sliding window up to 2047 tokens) is not folded
 _EVAL_PAST = (0, 1, 3, 6, 255, 2047)

@@ -205,7 +205,7 @@ class _Importer:
                     e.args = (f"{e.args[0]}; the graph takes a sequence of token ids and no KV "
                               f"cache: a prefill graph, which is not lowered; export one decode "
                               f"step instead: token [1, 1], position [1], past_k / past_v "
-                              f"[n_layer, n_kv_head, past_len, d_head] (workloads.hf_decode."
+                              f"[n_layer, n_kv_head, past_len, d_head] (workloads.models.hf_decode."
                               f"decode_step_module wraps a Hugging Face causal LM)",)
                 raise
 

@@ -40,7 +40,7 @@ from pimsim.errors import UserError
 _FIX = ("export one decode step of batch 1: transformers' convert_and_export_with_cache(model) "
         "(a static cache), torch.export of the model's forward with input_ids [1, 1], "
         "position_ids [1, 1] and a DynamicCache whose past length is Dim.AUTO, or "
-        "workloads.hf_decode.decode_step_module(model)")
+        "workloads.models.hf_decode.decode_step_module(model)")
 _WIRING = ("view", "reshape", "_unsafe_view", "expand", "unsqueeze", "slice", "alias", "clone",
            "contiguous", "_to_copy", "to", "detach", "transpose", "permute")
 _EVAL_POSITIONS = (1, 2, 5, 17)  # static caches also 0 and max_cache_len - 1

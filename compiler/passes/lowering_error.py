@@ -5,7 +5,7 @@ from __future__ import annotations
 from pimsim.errors import UserError
 
 _FIX = ("export one decode step: token [1, 1], position [1], past_k / past_v "
-        "[n_layer, n_kv_head, past_len, d_head] (workloads.hf_decode.decode_step_module wraps a "
+        "[n_layer, n_kv_head, past_len, d_head] (workloads.models.hf_decode.decode_step_module wraps a "
         "Hugging Face causal LM)")
 
 

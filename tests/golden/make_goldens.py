@@ -103,7 +103,7 @@ def text_golden(text: str) -> str:
 def program_texts(preset: str, hw: str) -> dict[str, str]:
     """file name -> golden text of one program case."""
     from compiler.pipeline import compile_model
-    from workloads.models import resolve_model
+    from workloads.models.resolve import resolve_model
 
     src, name = resolve_model(preset, weights=False)
     prog = compile_model(src, config(hw), name=name).program
@@ -146,7 +146,7 @@ def preset_record(prepared: Any, hw: str) -> dict:
 def model_records(model: str, hws: list[str], log=None) -> dict[str, dict]:
     """hw -> record for one preset on each config in ``hws``."""
     from compiler.pipeline import prepare
-    from workloads.models import resolve_model
+    from workloads.models.resolve import resolve_model
 
     t0 = time.perf_counter()
     src, name = resolve_model(model, weights=False)
@@ -160,7 +160,7 @@ def model_records(model: str, hws: list[str], log=None) -> dict[str, dict]:
 
 
 def all_models() -> list[str]:
-    from workloads.models import preset_names
+    from workloads.models.resolve import preset_names
 
     return preset_names()
 

@@ -2,7 +2,7 @@
 
 Two decode paths are timed for each GPT preset, fp16 weights drawn at random from a seed:
 
-* **eager** -- plain PyTorch, :meth:`workloads.gpt.GPT.decode_step` with its growing
+* **eager** -- plain PyTorch, :meth:`workloads.models.gpt.GPT.decode_step` with its growing
   (concatenated) KV cache; one Python-dispatched kernel sequence per token.
 * **graph** -- :class:`~workloads.gpu.decoders.StaticCacheDecoder`: a static KV cache ``[n_layer,
   n_head, n_ctx, d_head]`` preallocated for K and for V, the new K/V written at the position held
@@ -17,7 +17,7 @@ and ``n_ctx-1``. Energy: board power is sampled (NVML through ``pynvml`` where i
 run and before each model. Joules per token = mean power x time per token in that loop; the same
 above idle is reported too, and, where NVML has it, the board's energy counter over the loop.
 
-This module needs only torch, numpy and the standard library (plus ``workloads.gpt``), so it runs
+This module needs only torch, numpy and the standard library (plus ``workloads.models.gpt``), so it runs
 on a GPU machine without the simulator's other dependencies::
 
     PYTHONPATH=. python -m workloads.gpu measure gpt --models all \
@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from workloads.gpt import GPT, GPTConfig, get_config
+from workloads.models.gpt import GPT, GPTConfig, get_config
 from workloads.gpu.decoders import StaticCacheDecoder, build_model
 
 ALL_MODELS = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl",

@@ -25,7 +25,7 @@ import numpy as np
 
 from workloads.gpu.model import GPUSpec, gpu_preset, kv_bytes_read, predict, weight_bytes_streamed
 from workloads.gpu.shapes import DecoderShape
-from workloads.presets import get_config
+from workloads.models.presets import get_config
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 

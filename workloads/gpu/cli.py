@@ -101,7 +101,7 @@ def cmd_measure_gpt(args: argparse.Namespace) -> int:
     import torch
 
     from workloads.gpu.baseline import ALL_MODELS, gpu_slug, run_baseline, summary_table
-    from workloads.presets import PRESETS
+    from workloads.models.presets import PRESETS
 
     if args.dry_run:
         models = ["tiny"] if args.models == ["all"] else list(args.models)

@@ -3,7 +3,7 @@ shapes never change, so each whole step is captured as ONE CUDA graph and replay
 
 * :class:`CudaGraphStep` -- what every such step shares: the static K/V cache, the token and
   position held in device tensors, capture and replay (eager on the CPU);
-* :class:`StaticCacheDecoder` -- a :class:`workloads.gpt.GPT` (LayerNorm, learned positions,
+* :class:`StaticCacheDecoder` -- a :class:`workloads.models.gpt.GPT` (LayerNorm, learned positions,
   fused q/k/v, GELU MLP, tied head); :func:`build_model` draws its random weights on the device;
 * :class:`LlamaStaticDecoder` -- a Llama-family decoder (RMSNorm, RoPE, grouped-query attention,
   SwiGLU, untied head) with random weights drawn on the device; :func:`init_decode_state` and
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from workloads.gpt import GPT, GPTConfig, _is_layernorm_weight, _param_seed
+from workloads.models.gpt import GPT, GPTConfig, _is_layernorm_weight, _param_seed
 from workloads.gpu.llama_shapes import LlamaShape
 
 INIT_STD = 0.02     # weights N(0, INIT_STD); norm weights 1 + N(0, INIT_STD)

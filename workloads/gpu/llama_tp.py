@@ -77,7 +77,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from workloads.gpt import _param_seed
+from workloads.models.gpt import _param_seed
 from workloads.gpu import calibration as gcal
 from workloads.gpu import model as gm
 from workloads.gpu.baseline import (

@@ -3,7 +3,7 @@
 :class:`DecoderShape` counts every parameter of a GPT, Llama-family, OPT, GPT-NeoX (Pythia) or
 GPT-J decoder (grouped-query attention, SwiGLU, tied or untied head, biases, norms) and the
 bytes and FLOPs of one batch-1 decode step. :func:`zoo_shape` reads one from a zoo preset's
-config arguments (:mod:`workloads.zoo`; nothing is built, no torch or transformers);
+config arguments (:mod:`workloads.models.zoo`; nothing is built, no torch or transformers);
 :func:`shape_for` turns a preset name (GPT or zoo) into what :func:`workloads.gpu.model.predict`
 takes. The models side does not import this package; this module imports the presets.
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from workloads import zoo
-from workloads.presets import PRESETS
+from workloads.models import zoo
+from workloads.models.presets import PRESETS
 
 FP16_BYTES = 2
 
@@ -66,7 +66,7 @@ class DecoderShape:
 
     @classmethod
     def from_gpt(cls, cfg: Any) -> "DecoderShape":
-        """A GPTConfig (workloads.presets / workloads.gpt): learned positions, biases, LayerNorm,
+        """A GPTConfig (workloads.models.presets / workloads.models.gpt): learned positions, biases, LayerNorm,
         tied head, plain GELU MLP."""
         return cls(name=cfg.name, n_layer=cfg.n_layer, d_model=cfg.d_model, n_head=cfg.n_head,
                    n_kv_head=cfg.n_head, d_head=cfg.d_head, d_ff=cfg.d_ff, vocab=cfg.vocab,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from workloads import zoo
+from workloads.models import zoo
 from workloads.gpu.calibration import (
     GATED_FIELDS,
     calibrate,

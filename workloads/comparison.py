@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from pimsim.config import HwConfig
 from pimsim.errors import UserError, read_text
 from pimsim.pipeline import run_system
-from workloads.presets import get_config
+from workloads.models.presets import get_config
+from workloads.session import compile_model, system_programs
 
 
 @dataclass
@@ -117,11 +117,11 @@ def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
     (``shape``: the model's shape where it is not a preset; a zoo preset's shape comes from
     :func:`workloads.gpu.shapes.zoo_shape`). ``tp``: a modelled GPU's tensor parallelism (GPUs over
     NVLink; energy of all boards)."""
-    from workloads import zoo
+    from workloads.models import zoo
     from workloads.gpu import model as gm
     from workloads.gpu.calibration import calibrated_preset
     from workloads.gpu.shapes import zoo_shape
-    from workloads.presets import PRESETS
+    from workloads.models.presets import PRESETS
 
     if _is_file_arg(gpu):
         if tp != 1:
@@ -161,10 +161,10 @@ def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
 
 def _check_gpu_memory(gpu: str, models: list[str], tp: int) -> None:
     """UserError now when a preset (GPT or zoo) does not fit ``tp`` modelled GPUs' memory."""
-    from workloads import zoo
+    from workloads.models import zoo
     from workloads.gpu import model as gm
     from workloads.gpu.shapes import shape_for
-    from workloads.presets import PRESETS
+    from workloads.models.presets import PRESETS
 
     if _is_file_arg(gpu):
         return
@@ -199,39 +199,23 @@ def _measured_joules(row: dict, ms: float) -> float:
                     "measure it again with power sampling (python -m workloads.gpu measure gpt)")
 
 
-def _compiled(model: str, cfg: HwConfig, cache: bool, show: bool):
-    from pimsim.progress import status
-    from workloads import cache as program_cache
-
-    c = program_cache.load(model, cfg) if cache else None
-    if c is None:
-        from compiler.pipeline import compile_model
-        from workloads.models import resolve_model
-
-        with status(f"compiling {model} for {cfg.name}", show):
-            src, name = resolve_model(model, weights=False)
-            c = compile_model(src, cfg, name=name)
-        if cache:
-            program_cache.store(model, cfg, c)
-    return c
-
-
-def compare(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1, tokens: int = 8,
-            schedule: str = "serial", cache: bool = False, show: bool = False,
-            tp: int = 1) -> list[CompareRow]:
+def compare_rows(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1,
+                 tokens: int = 8, schedule: str = "serial", cache: bool = False,
+                 show: bool = False, tp: int = 1) -> list[CompareRow]:
     """One row per model: PIM simulated (tokens at positions prompt-1 ..), GPU at the mean
-    position. ``cache``: use the compiled-program cache (:mod:`workloads.cache`). ``tp``: GPUs
-    of a modelled preset in tensor parallelism (:func:`gpu_point`)."""
+    position (the library entry point with its input checks is :func:`workloads.session.compare`).
+    ``cache``: use the compiled-program cache (:mod:`workloads.compile_cache`). ``tp``: GPUs of
+    a modelled preset in tensor parallelism (:func:`gpu_point`)."""
     check_gpu(gpu, models)
     _check_gpu_memory(gpu, models, tp)  # a preset that cannot fit fails before simulating
     rows = []
     for m in models:
-        c = _compiled(m, cfg, cache, show)
-        rep = run_system(c.programs, cfg, prompt=[0] * prompt, n_tokens=tokens,
+        c = compile_model(m, cfg, cache=cache, show_progress=show)
+        rep = run_system(system_programs(c, cfg), cfg, prompt=[0] * prompt, n_tokens=tokens,
                          schedule=schedule, skip_prompt=True)
         pos = prompt - 1 + tokens // 2
-        from workloads import zoo
-        from workloads.presets import PRESETS
+        from workloads.models import zoo
+        from workloads.models.presets import PRESETS
 
         known = m in PRESETS or m in zoo.NAMES  # shapes the GPU model reads from the preset
         g = gpu_point(gpu, m, pos, None if known else gpu_shape(c.spec), tp=tp)
@@ -262,75 +246,3 @@ def table(rows: list[CompareRow]) -> str:
                 if r.pim_devices > 1 else "")
         out.append(f"PIM: {r.hw}{sysm}; GPU: {r.gpu_source}")
     return "\n".join(out)
-
-
-def plot(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
-    """PNG charts: latency breakdown, energy breakdown, speedup and efficiency bars (value on
-    every bar, axes from zero); titles name the models, the PIM config and the GPU. Drawn on
-    Agg figures (no global matplotlib backend switch)."""
-    import numpy as np
-
-    from workloads.sweep import _figure, _save
-
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"plot directory {str(out)!r} cannot be created ({e.strerror or e})",
-                        "choose a writable --plot directory") from None
-    if not rows:
-        return []
-    names = [r.model for r in rows]
-    x = np.arange(len(rows))
-    files = []
-    who = (", ".join(names) if len(names) <= 3
-           else f"{names[0]} .. {names[-1]} ({len(names)} models)")
-    pos_note = f"position {rows[0].position}" if len({r.position for r in rows}) == 1 else ""
-
-    def stacked(values: list[dict], scale: list[float], ylabel: str, title: str, fname: str):
-        keys = [k for k in values[0] if any(v.get(k, 0) > 0 for v in values)]
-        fig, ax = _figure(max(6, 1.1 * len(rows) + 2), 4.8)
-        bottom = np.zeros(len(rows))
-        for k in keys:
-            h = np.array([v.get(k, 0.0) * s for v, s in zip(values, scale)])
-            ax.bar(x, h, bottom=bottom, label=k)
-            bottom += h
-        for xi, total in zip(x, bottom):
-            ax.text(xi, total, f"{total:.3g}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(x, names, rotation=30, ha="right")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(bottom=0)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        files.append(_save(fig, out / fname, dpi=120))
-
-    stacked([r.pim_breakdown for r in rows], [r.pim_ms for r in rows], "ms / token",
-            f"{who} on {rows[0].hw}: PIM latency per token by part {pos_note}",
-            "latency_breakdown.png")
-    stacked([r.pim_energy_by_component for r in rows], [1e3] * len(rows), "mJ / token",
-            f"{who} on {rows[0].hw}: PIM energy per token by component {pos_note}",
-            "energy_breakdown.png")
-    fig, axes = _figure(max(8, 1.6 * len(rows) + 3), 4.8, 2)
-    for ax, key, title in ((axes[0], "speedup", "speedup over the GPU (GPU / PIM ms per token)"),
-                           (axes[1], "efficiency", "energy efficiency over the GPU "
-                                                   "(GPU / PIM J per token)")):
-        vals = [getattr(r, key) for r in rows]
-        ax.bar(x, vals, color="tab:green" if key == "speedup" else "tab:purple")
-        for xi, v in zip(x, vals):
-            ax.text(xi, v, f"{v:.3g}x", ha="center", va="bottom", fontsize=8)
-        ax.axhline(1.0, color="k", lw=0.8, ls="--")  # parity
-        ax.set_ylim(bottom=0)
-        ax.set_xticks(x, names, rotation=30, ha="right")
-        ax.set_ylabel("ratio (1 = parity)")
-        ax.set_title(title, fontsize=9)
-    fig.suptitle(f"{who}: PIM ({rows[0].hw}) vs GPU {pos_note}\nGPU: {rows[0].gpu_source}",
-                 fontsize=9)
-    fig.tight_layout()
-    files.append(_save(fig, out / "speedup_efficiency.png", dpi=120))
-    try:
-        (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
-    except OSError as e:
-        raise UserError(f"{str(out / 'compare.json')!r} cannot be written ({e.strerror or e})",
-                        "choose a writable --plot directory") from None
-    return files

@@ -7,7 +7,7 @@
 * a Hugging Face GPT-2 causal-LM model (``transformers.GPT2LMHeadModel``), converted to one;
 * any other Hugging Face causal LM (a ``transformers`` model with an LM head: Llama, Mistral,
   Qwen2, GPT-NeoX, OPT, GPT-J, Phi, Falcon, GPT-BigCode, ...), wrapped as its decode step
-  (:mod:`workloads.hf_decode`) and lowered op by op;
+  (:mod:`workloads.models.hf_decode`) and lowered op by op;
 * a ``torch.export.ExportedProgram``: of a decode step (``token, pos, past_k, past_v``), or of a
   Hugging Face decoder with a static cache (``transformers.integrations.executorch.
   convert_and_export_with_cache``), its reference the program itself;
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pimsim.errors import UserError, one_line
-from workloads.presets import PRESETS, get_config
+from workloads.models.presets import PRESETS, get_config
 
 
 class ModelError(UserError):
@@ -40,7 +40,7 @@ class ModelError(UserError):
                    "torch module with decode_step")
 
 
-TRAINED = {"tiny-counter": "tiny"}  # trained variants of presets (workloads.train)
+TRAINED = {"tiny-counter": "tiny"}  # trained variants of presets (workloads.models.train)
 
 ACCEPTED = ("an nn.Module instance with a decode_step(token, pos, past_k, past_v) method, a "
             "Hugging Face causal LM, a torch.export.ExportedProgram of one, or a zero-argument "
@@ -48,7 +48,7 @@ ACCEPTED = ("an nn.Module instance with a decode_step(token, pos, past_k, past_v
 
 
 def preset_names() -> list[str]:
-    from workloads import zoo
+    from workloads.models import zoo
 
     return list(PRESETS) + list(TRAINED) + list(zoo.NAMES)
 
@@ -57,7 +57,7 @@ def preset_context(spec: str) -> int | None:
     """The context length of a preset or trained variant (None for other MODEL arguments)."""
     if spec in PRESETS or spec in TRAINED:
         return get_config(TRAINED.get(spec, spec)).n_ctx
-    from workloads import zoo
+    from workloads.models import zoo
 
     if spec in zoo.NAMES:
         return zoo.n_ctx(spec)
@@ -68,10 +68,10 @@ def build_model(name: str, *, seed: int = 0):
     """The reference module of a preset or trained variant, weights rounded to bf16 (a preset's
     in place, one parameter at a time: no second copy of a large model's weights; a trained
     variant's on a copy, as the trained module is cached)."""
-    from workloads.gpt import GPT, round_weights_to_bf16
+    from workloads.models.gpt import GPT, round_weights_to_bf16
 
     if name in TRAINED:
-        from workloads.train import counting_model
+        from workloads.models.train import counting_model
 
         return counting_model(TRAINED[name], seed=seed).bf16_rounded()
     return round_weights_to_bf16(GPT.from_seed(get_config(name), seed=seed)).eval()
@@ -80,8 +80,8 @@ def build_model(name: str, *, seed: int = 0):
 def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[Any, str]:
     """(source for the compiler, display name).
 
-    Presets become a :class:`~workloads.gpt.GPT` with deterministic random weights from ``seed``
-    rounded to bf16 (or, with ``weights=False``, a weightless ``meta``-device module: shapes
+    Presets become a :class:`~workloads.models.gpt.GPT` with deterministic random weights from
+    ``seed`` rounded to bf16 (or, with ``weights=False``, a weightless ``meta``-device module: shapes
     only, for timing runs of large models).
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -89,10 +89,10 @@ def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[An
     if spec in PRESETS or spec in TRAINED:
         if weights:
             return build_model(spec, seed=seed), spec
-        from workloads.gpt import GPT
+        from workloads.models.gpt import GPT
 
         return GPT(get_config(TRAINED.get(spec, spec)), device="meta").eval(), spec
-    from workloads import zoo
+    from workloads.models import zoo
 
     if spec in zoo.NAMES:
         if weights:
@@ -133,7 +133,7 @@ def from_pretrained_folder(path: str, *, weights: bool = True) -> tuple[Any, str
     except Exception as e:  # noqa: BLE001 - a folder transformers cannot read
         raise ModelError(f"Hugging Face folder {path!r} cannot be loaded as a causal LM "
                          f"({_describe(e)})", "give a folder saved with save_pretrained") from None
-    from workloads.hf_decode import decode_step_module
+    from workloads.models.hf_decode import decode_step_module
 
     return decode_step_module(obj.eval()), Path(path).name
 
@@ -153,7 +153,8 @@ def check_onnx_file(path: str) -> None:
                          "check the path and its permissions") from None
     if not head:
         raise ModelError(f"ONNX file {path!r} is empty",
-                         "export the decode step again (workloads.export.export_decode_onnx)")
+                         "export the decode step again "
+                         "(workloads.models.export.export_decode_onnx)")
 
 
 def _describe(e: BaseException) -> str:
@@ -198,7 +199,7 @@ def resolve_attribute(spec: str) -> tuple[Any, str]:
             raise ModelError(f"{spec}() returned {_what(obj)}, not a model",
                              f"return {ACCEPTED.split(', or')[0]}")
     if kind == "hf":  # a Hugging Face GPT2LMHeadModel: same maths, our module
-        from workloads.hf import from_hf_gpt2
+        from workloads.models.hf import from_hf_gpt2
 
         try:
             obj = from_hf_gpt2(obj, name=attr)
@@ -206,7 +207,7 @@ def resolve_attribute(spec: str) -> tuple[Any, str]:
             raise ModelError(f"{spec}: this GPT-2 variant cannot be converted ({one_line(str(e))})",
                              "use a standard GPT2LMHeadModel") from None
     elif kind == "hf-lm":  # any other causal LM: its decode step, lowered op by op
-        from workloads.hf_decode import decode_step_module
+        from workloads.models.hf_decode import decode_step_module
 
         obj = decode_step_module(obj.eval())
     elif kind not in ("decoder", "exported"):

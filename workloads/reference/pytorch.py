@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from pimsim.errors import UserError, read_bytes
-from workloads.models import TRAINED, build_model
-from workloads.presets import get_config
+from workloads.models.resolve import TRAINED, build_model
+from workloads.models.presets import get_config
 
 
 @dataclass
@@ -127,7 +127,7 @@ def run_reference(model_name: str, prompt: list[int], n_tokens: int, *, device: 
     def step(tok: int, pos: int) -> np.ndarray:
         ids = torch.tensor([[tok]], device=dev)
         if hf is not None:  # the model's own forward and KV cache
-            from workloads.hf_decode import cache_kwarg, output_cache
+            from workloads.models.hf_decode import cache_kwarg, output_cache
 
             out = hf(input_ids=ids, use_cache=True, **cache_kwarg(hf, state["kv"]))
             state["kv"], lg = output_cache(out), out.logits[:, -1]
@@ -181,7 +181,8 @@ def _static_input_names(ep: object) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="PyTorch reference greedy decode of a GPT preset")
+    ap = argparse.ArgumentParser(prog="python -m workloads.reference",
+                                 description="PyTorch reference greedy decode of a GPT preset")
     ap.add_argument("model")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=1, help="prompt length (deterministic ids)")

@@ -27,7 +27,7 @@ import warnings
 import torch
 from torch import nn
 
-from workloads.gpt import GPT
+from workloads.models.gpt import GPT
 
 INPUT_NAMES = ("token", "position", "past_k", "past_v")
 OUTPUT_NAMES = ("logits", "present_k", "present_v")

@@ -6,8 +6,8 @@ empty cache, each step's returned past key/values fed back as the next step's in
 
 Two input layouts are recognised from the graph's inputs:
 
-* the pimsim decode step (``workloads.export.export_decode_onnx``, the torch.onnx door
-  ``workloads.hf_decode.export_onnx``): ``token [1, 1]``, ``position [1]``,
+* the pimsim decode step (``workloads.models.export.export_decode_onnx``, the torch.onnx door
+  ``workloads.models.hf_decode.export_onnx``): ``token [1, 1]``, ``position [1]``,
   ``past_k / past_v [n_layer, n_kv_head, past_len, d_head]``; outputs logits, new K, new V;
 * the Hugging Face / optimum layout: ``input_ids [batch, seq]``, optional
   ``attention_mask [batch, past + seq]`` and ``position_ids [batch, seq]``, and
@@ -111,7 +111,7 @@ def _layout(sess: Any, path: str) -> _Layout:
                        outs[1:])
     raise UserError(f"{path!r}: inputs {names} are neither a pimsim decode step (token, "
                     f"position, past_k, past_v) nor input_ids + past_key_values.N.key/value",
-                    "export the decode step with workloads.export or optimum, or give "
+                    "export the decode step with workloads.models.export or optimum, or give "
                     "--reference FILE.npz")
 
 
@@ -139,7 +139,7 @@ def run_onnx_reference(path: str, prompt: list[int], n_tokens: int, *,
                        device: str = "cpu", model_name: str | None = None) -> Any:
     """Greedy decode of the ONNX file ``path`` in onnxruntime (batch 1, from an empty cache):
     a :class:`~workloads.reference.ReferenceRun` with the logits of every step."""
-    from workloads.reference import ReferenceRun, greedy_decode
+    from workloads.reference.pytorch import ReferenceRun, greedy_decode
 
     sess = _session(path, device)
     lay = _layout(sess, path)

@@ -4,8 +4,8 @@ torch.export and the compiler passes (and does not import torch at all).
 An entry is a pickled :class:`~compiler.pipeline.Compiled` of a *weightless* compile (shapes
 only: timing runs, ``compile``, ``compare``), keyed by a hash of
 
-* the model's identity: a preset's name and shape (:class:`~workloads.presets.GPTConfig`), or an
-  ONNX file's absolute path, size and modification time (``module:attribute`` models are never
+* the model's identity: a preset's name and shape
+  (:class:`~workloads.models.presets.GPTConfig`), or an ONNX file's absolute path, size and modification time (``module:attribute`` models are never
   cached: their code may change without a trace);
 * the hardware values the compiler reads (every config section but ``[refresh]``, and the name);
 * the simulator version: ``pimsim.__version__``, a digest of the compiler's and the ISA's source
@@ -33,8 +33,9 @@ from pimsim import __version__
 
 _ROOT = Path(__file__).resolve().parent.parent
 # source files whose change may change a compiled program
-_SOURCES = ("compiler", "pimsim/isa.py", "pimsim/config.py", "pimsim/spec", "workloads/gpt.py",
-            "workloads/presets.py", "workloads/models.py", "workloads/hf.py")
+_SOURCES = ("compiler", "pimsim/isa.py", "pimsim/config.py", "pimsim/spec",
+            "workloads/models/gpt.py", "workloads/models/presets.py",
+            "workloads/models/resolve.py", "workloads/models/hf.py")
 
 
 def cache_dir() -> Path | None:
@@ -71,13 +72,13 @@ def simulator_version() -> str:
 
 def model_identity(model: str) -> dict | None:
     """What identifies ``model``'s weightless compile, or None when it must not be cached."""
-    from workloads.models import TRAINED
-    from workloads.presets import PRESETS
+    from workloads.models.resolve import TRAINED
+    from workloads.models.presets import PRESETS
 
     if model in PRESETS or model in TRAINED:
         cfg = PRESETS[TRAINED.get(model, model)]
         return {"preset": model, "shape": dataclasses.asdict(cfg)}
-    from workloads import zoo
+    from workloads.models import zoo
 
     if model in zoo.NAMES:
         from importlib.metadata import PackageNotFoundError, version

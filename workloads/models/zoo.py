@@ -1,8 +1,8 @@
 """Presets of modern decoder shapes (from the models' public configurations), for timing runs.
 
 They are built without weights (``meta`` tensors): Hugging Face families through their
-``transformers`` config class (exported as a decode step, :mod:`workloads.hf_decode`), the larger
-GPT-3 models as our own :class:`~workloads.gpt.GPT`. A model larger than a hardware config's
+``transformers`` config class (exported as a decode step,
+:mod:`workloads.models.hf_decode`), the larger GPT-3 models as our own :class:`~workloads.models.gpt.GPT`. A model larger than a hardware config's
 memory fails to compile with the capacity error. Imports neither torch nor transformers until a
 model is built.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workloads.presets import GPTConfig
+from workloads.models.presets import GPTConfig
 
 # name -> (transformers config class, its arguments); shapes of the public configs
 HF_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -76,12 +76,12 @@ def build(name: str) -> Any:
     import torch
 
     if name in GPT_SHAPES:
-        from workloads.gpt import GPT
+        from workloads.models.gpt import GPT
 
         return GPT(GPT_SHAPES[name], device="meta").eval()
     import transformers
 
-    from workloads.hf_decode import decode_step_module
+    from workloads.models.hf_decode import decode_step_module
 
     cls, kw = HF_SHAPES[name]
     cfg = getattr(transformers, cls)(**kw)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from workloads.gpt import GPT, get_config
+from workloads.models.gpt import GPT, get_config
 
 _CACHE: dict[tuple, GPT] = {}
 

@@ -31,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workloads.presets import BF16_BYTES, PRESETS, GPTConfig, _preset, get_config  # noqa: F401
+from workloads.models.presets import (  # noqa: F401
+    BF16_BYTES,
+    PRESETS,
+    GPTConfig,
+    _preset,
+    get_config,
+)
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 

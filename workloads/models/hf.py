@@ -1,4 +1,5 @@
-"""Convert Hugging Face GPT-2 models (``transformers.GPT2LMHeadModel``) into ``workloads.gpt.GPT``.
+"""Convert Hugging Face GPT-2 models (``transformers.GPT2LMHeadModel``) into
+``workloads.models.gpt.GPT``.
 
 Models the mapping from HF's GPT-2 layout onto ours:
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from workloads.gpt import GPT, GPTConfig
+from workloads.models.gpt import GPT, GPTConfig
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all are the tanh approximation
 

@@ -1,0 +1,226 @@
+"""Charts of results, drawn on Agg figures written to PNG files (no global matplotlib backend
+switch): a sweep's latency and energy against each swept parameter and its Pareto front
+(:func:`plot_sweep`), and PIM against a GPU (:func:`plot_compare`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pimsim.errors import UserError
+from workloads.sweeps.analysis import _fmt, _labels, _numeric, _workload, pareto_fronts
+
+if TYPE_CHECKING:
+    from workloads.comparison import CompareRow
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")
+
+
+def _figure(w: float, h: float, ncols: int = 1):
+    """A matplotlib Figure drawn by the Agg canvas: written to files, never shown, and no global
+    backend switch (``matplotlib.use``) that would change an interactive session's backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as e:
+        raise UserError(f"plot file {str(path)!r} cannot be written ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
+    return path
+
+
+def _models_title(df) -> str:
+    models = list(dict.fromkeys(str(m) for m in df["model"].tolist())) if "model" in df else []
+    if not models:
+        return ""
+    return models[0] if len(models) == 1 else f"{models[0]} and {len(models) - 1} more"
+
+
+def plot_sweep(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list[Path]:
+    """PNG charts: latency and energy per token against each swept parameter (one line per
+    combination of the other parameters, every point labelled with its value), and the
+    latency-energy Pareto front (front points labelled with their parameter values). Titles
+    name the model, the hardware and the workload; latency and energy axes start at zero."""
+    from workloads.sweeps.run import SweepResult
+
+    if isinstance(res_or_df, SweepResult):
+        df, swept = res_or_df.df, res_or_df.spec.swept
+        hw = res_or_df.spec.hw
+    else:
+        df = res_or_df
+        swept = swept if swept is not None else list(df.attrs.get("params", []))
+        hw = ""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"plot directory {str(out)!r} cannot be created ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
+    files: list[Path] = []
+    ok = df[df["status"] == "ok"] if len(df) else df
+    if not len(ok):
+        return files
+    model = _models_title(ok)
+    where = f"{model} on {hw}" if hw else model
+    wls = list(dict.fromkeys(ok.apply(_workload, axis=1))) if len(ok) else []
+    wl_note = wls[0] if len(wls) == 1 else f"{len(wls)} workloads"
+    for p in swept:
+        if p not in ok:
+            continue
+        vals = []
+        for v in ok[p].tolist():
+            if v is not None and v == v and v not in vals:
+                vals.append(v)
+        if not vals:
+            continue
+        numeric = _numeric(vals)
+        if numeric:
+            vals.sort()
+        pos = {str(v): i for i, v in enumerate(vals)}
+        others = [q for q in swept if q != p and q in ok]
+        fig, axes = _figure(11, 4.6, 2)
+        groups = list(ok.groupby(_labels(ok, others))) if others else [("", ok)]
+        for gname, g in groups:
+            g = g[g[p].notna()]
+            if g.empty:  # points that do not set this parameter
+                continue
+            g = g.sort_values(p) if numeric else g.iloc[
+                sorted(range(len(g)), key=lambda i: pos[str(g[p].iloc[i])])]
+            x = g[p].tolist() if numeric else [pos[str(v)] for v in g[p]]
+            label = ", ".join(f"{q}={_fmt(v)}" for q, v in zip(others, g.iloc[0][others])) \
+                if others else None
+            for ax, col in zip(axes, ("ms_per_token", "mj_per_token")):
+                if not g[col].notna().any():
+                    continue
+                ax.plot(x, g[col], "o-", label=label, lw=1.2, ms=4)
+                if len(groups) <= 4:  # label every point with its value (readable when few)
+                    for xi, yi, v in zip(x, g[col], g[p]):
+                        if yi == yi:
+                            ax.annotate(f"{p}={_fmt(v)}", (xi, yi), fontsize=6,
+                                        xytext=(3, 4), textcoords="offset points")
+        for ax, ylab in zip(axes, ("latency (ms / token)", "energy (mJ / token)")):
+            ax.set_xlabel(p)
+            ax.set_ylabel(ylab)
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            if numeric and min(vals) > 0 and max(vals) / min(vals) >= 4:
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(vals, [_fmt(v) for v in vals])
+            elif not numeric:
+                ax.set_xticks(range(len(vals)), [str(v) for v in vals])
+        if others and 1 < len(groups) <= 12:
+            axes[1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{where}: latency and energy per token vs {p} ({wl_note})", fontsize=10)
+        fig.tight_layout()
+        files.append(_save(fig, out / f"vs_{_slug(p)}.png"))
+    # Pareto front
+    e = ok[ok["mj_per_token"].notna()]
+    if len(e):
+        fig, ax = _figure(7.5, 5.2)
+        fronts = pareto_fronts(ok)
+        wls_e = e.apply(_workload, axis=1)
+        for wl, g in e.groupby(wls_e):
+            sc = ax.scatter(g["ms_per_token"], g["mj_per_token"], s=18, alpha=0.6, label=wl)
+            front = g.set_index("idx").loc[fronts.get(wl, [])]
+            ax.step(front["ms_per_token"], front["mj_per_token"], where="post",
+                    color=sc.get_facecolor()[0], lw=1.5)
+            ax.scatter(front["ms_per_token"], front["mj_per_token"], s=40,
+                       facecolors="none", edgecolors="k", lw=1.0)
+            for i, r in front.iterrows():
+                params = ", ".join(f"{q}={_fmt(r[q])}" for q in swept if q in r and q != "model")
+                ax.annotate(f"#{i} {params}".strip(), (r["ms_per_token"], r["mj_per_token"]),
+                            fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("latency (ms / token)")
+        ax.set_ylabel("energy (mJ / token)")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{where}: latency-energy Pareto front\n(circled, labelled with their "
+                     f"parameters; lower-left is better)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        files.append(_save(fig, out / "pareto.png"))
+    return files
+
+
+def plot_compare(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
+    """PNG charts: latency breakdown, energy breakdown, speedup and efficiency bars (value on
+    every bar, axes from zero); titles name the models, the PIM config and the GPU. Drawn on
+    Agg figures (no global matplotlib backend switch)."""
+    import numpy as np
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"plot directory {str(out)!r} cannot be created ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
+    if not rows:
+        return []
+    names = [r.model for r in rows]
+    x = np.arange(len(rows))
+    files = []
+    who = (", ".join(names) if len(names) <= 3
+           else f"{names[0]} .. {names[-1]} ({len(names)} models)")
+    pos_note = f"position {rows[0].position}" if len({r.position for r in rows}) == 1 else ""
+
+    def stacked(values: list[dict], scale: list[float], ylabel: str, title: str, fname: str):
+        keys = [k for k in values[0] if any(v.get(k, 0) > 0 for v in values)]
+        fig, ax = _figure(max(6, 1.1 * len(rows) + 2), 4.8)
+        bottom = np.zeros(len(rows))
+        for k in keys:
+            h = np.array([v.get(k, 0.0) * s for v, s in zip(values, scale)])
+            ax.bar(x, h, bottom=bottom, label=k)
+            bottom += h
+        for xi, total in zip(x, bottom):
+            ax.text(xi, total, f"{total:.3g}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        files.append(_save(fig, out / fname, dpi=120))
+
+    stacked([r.pim_breakdown for r in rows], [r.pim_ms for r in rows], "ms / token",
+            f"{who} on {rows[0].hw}: PIM latency per token by part {pos_note}",
+            "latency_breakdown.png")
+    stacked([r.pim_energy_by_component for r in rows], [1e3] * len(rows), "mJ / token",
+            f"{who} on {rows[0].hw}: PIM energy per token by component {pos_note}",
+            "energy_breakdown.png")
+    fig, axes = _figure(max(8, 1.6 * len(rows) + 3), 4.8, 2)
+    for ax, key, title in ((axes[0], "speedup", "speedup over the GPU (GPU / PIM ms per token)"),
+                           (axes[1], "efficiency", "energy efficiency over the GPU "
+                                                   "(GPU / PIM J per token)")):
+        vals = [getattr(r, key) for r in rows]
+        ax.bar(x, vals, color="tab:green" if key == "speedup" else "tab:purple")
+        for xi, v in zip(x, vals):
+            ax.text(xi, v, f"{v:.3g}x", ha="center", va="bottom", fontsize=8)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")  # parity
+        ax.set_ylim(bottom=0)
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_ylabel("ratio (1 = parity)")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{who}: PIM ({rows[0].hw}) vs GPU {pos_note}\nGPU: {rows[0].gpu_source}",
+                 fontsize=9)
+    fig.tight_layout()
+    files.append(_save(fig, out / "speedup_efficiency.png", dpi=120))
+    try:
+        (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    except OSError as e:
+        raise UserError(f"{str(out / 'compare.json')!r} cannot be written ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
+    return files
