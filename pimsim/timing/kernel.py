@@ -25,14 +25,9 @@ Runs in plain Python under ``NUMBA_DISABLE_JIT=1``.
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import numpy as np
-import numba
-from numba import njit
-from numba.core.config import _OptLevel
 
+from pimsim.timing.jit import cached_njit, compile_scope  # noqa: F401 (compile_scope: re-exported)
 from pimsim.timing.tables import (
     CT_CLOSED_FORM, CT_COLUMN, CT_DONE, CT_ENABLED, CT_MODE, CT_ROW, CT_SCOPE, CT_SELF_GAP,
     G_BANKS, G_BG, G_BPG, G_BUS, G_CMD_ACT, G_CMD_ACTAB, G_CMD_PRE, G_CMD_PREA, G_CMD_REF, G_CMD_TMOD,
@@ -42,25 +37,6 @@ from pimsim.timing.tables import (
 
 SYNC = -1  # stream pseudo-command: end of a segment
 NOTHING = -2  # "no command needed" (e.g. ACT of a row that is already open)
-@contextlib.contextmanager
-def compile_scope():
-    """Compile the kernels first called inside at LLVM optimisation level 1 (unless the user set
-    ``NUMBA_OPT``): about a fifth less first-run compilation for a few per cent of simulation
-    speed (these are branchy scalar loops, which -O3 barely improves). Only numba compilations
-    that happen inside the block see the setting; it is restored on exit."""
-    if "NUMBA_OPT" in os.environ or numba.config.OPT == _KERNEL_OPT:
-        yield
-        return
-    saved = numba.config.OPT
-    numba.config.OPT = _KERNEL_OPT
-    try:
-        yield
-    finally:
-        numba.config.OPT = saved
-
-
-
-_KERNEL_OPT = _OptLevel(1)
 NEVER = -(1 << 40)  # "last issue" before any command was issued
 NO_MEMO = np.zeros(0, np.int64)  # memo argument that disables memoisation
 _NONE = np.int64(-1)  # "no bank / row / command" as an int64 value (no literal specialisation)
@@ -79,7 +55,7 @@ _SCOPE_ALLBANK = 1
 _ROW_NONE, _ROW_NEEDS_OPEN, _ROW_OPENS, _ROW_CLOSES, _ROW_NEEDS_OPEN_CLOSES, _ROW_ALL_CLOSED = range(6)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _copy_into(dst, src):
     """``dst[...] = src`` for two C-contiguous arrays of one shape, as a flat loop (a slice
     assignment would compile numba's broadcasting and its error formatting for every rank)."""
@@ -89,7 +65,7 @@ def _copy_into(dst, src):
         d[i] = s[i]
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _room(log, n, need):
     """``log`` (rows of a command log, ``n`` in use) with room for ``need`` rows: a copy of
     twice the size (or ``need``) when it is too small."""
@@ -102,7 +78,7 @@ def _room(log, n, need):
     return grown
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def earliest(cmd, bank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt, scal_last):
     """Earliest cycle at which ``cmd`` (to ``bank`` for bank commands) satisfies every rule.
 
@@ -137,7 +113,7 @@ def earliest(cmd, bank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt, scal_l
     return t
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _level_nodes(scope, bank, lvl, geom):
     """Range [lo, hi) of nodes of level ``lvl`` that a command of ``scope`` touches."""
     n_bg = geom[G_BG]
@@ -156,7 +132,7 @@ def _level_nodes(scope, bank, lvl, geom):
     return 0, 0  # channel-scope commands touch no bank or bank-group node
 
 
-@njit(cache=True)
+@cached_njit()
 def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
           win_cnt, open_row, scal, counts, log):
     """Record ``n_same`` issues of ``cmd`` ending at cycle ``t`` (spaced by its self gap).
@@ -241,7 +217,7 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
     return log
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal):
     """The command that must issue next to make progress on ``cmd``: (cmd, bank, row)."""
     if geom[G_PIM] == 1:
@@ -251,7 +227,7 @@ def next_needed(cmd, bank, row, cmd_tab, geom, open_row, scal):
     return row_step(cmd, bank, row, cmd_tab, geom, open_row, scal)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def row_step(cmd, bank, row, cmd_tab, geom, open_row, scal):
     """The row command (PRE/PREA/ACT/ACT_AB) ``cmd`` needs next, or ``cmd`` itself, once the
     channel is in its mode."""
@@ -300,12 +276,12 @@ def row_step(cmd, bank, row, cmd_tab, geom, open_row, scal):
     return cmd, bank, row
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _refresh_due(t, geom, scal):
     return geom[G_REFRESH] == 1 and t >= scal[S_NEXT_REF]
 
 
-@njit(cache=True)
+@cached_njit()
 def run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
              win_hist, win_cnt, open_row, scal, counts, stats, log):
     """Issue one stream item (with the ACT/PRE/mode switch/refresh it needs); returns the log."""
@@ -369,7 +345,7 @@ def run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
     return log
 
 
-@njit(cache=True)
+@cached_njit()
 def _pair_run(stream, pos, end, cmd_tab, limit):
     """How many identical item pairs (at most ``limit``) start at ``pos``: (all-bank column
     command, channel command), e.g. (MAC_AB row r, RD_MAC), differing only in the row (a new
@@ -400,7 +376,7 @@ def _pair_run(stream, pos, end, cmd_tab, limit):
     return m
 
 
-@njit(cache=True)
+@cached_njit()
 def _fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
                         ready, win_hist, win_cnt, open_row, scal, counts, stats, log):
     """Run ``m >= 3`` identical pairs starting at ``pos``; returns the next position.
@@ -500,13 +476,13 @@ N_CQ = 4
 _FAR = np.int64(1 << 60)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def is_queued(cmd, geom):
     """Whether stream command ``cmd`` is conventional traffic the FR-FCFS controller queues."""
     return geom[G_SCHED] == SCHED_FRFCFS and (cmd == geom[G_CMD_RD] or cmd == geom[G_CMD_WR])
 
 
-@njit(cache=True)
+@cached_njit()
 def _idle_refreshes(not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
                     win_cnt, open_row, scal, counts, stats, log):
     """Closed form over an idle gap, right after a refresh: every further refresh due before
@@ -529,7 +505,7 @@ def _idle_refreshes(not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
     return log
 
 
-@njit(cache=True)
+@cached_njit()
 def _cq_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
                 scal, counts, stats, log):
     """The all-bank refresh that is due (PREA if a bank is open, then REFab), at the earliest
@@ -553,7 +529,7 @@ def _cq_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_c
     return log
 
 
-@njit(cache=True)
+@cached_njit()
 def _cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
              win_cnt, open_row, scal, counts, stats, log):
     """Issue the next command of the queued controller, if it issues before cycle ``limit``.
@@ -683,7 +659,7 @@ def _cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
     return 1, t, log
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _cq_room(cmd, cq, geom):
     """Whether the queue of ``cmd`` (reads or writes) has a free entry."""
     if cmd == geom[G_CMD_WR]:
@@ -691,7 +667,7 @@ def _cq_room(cmd, cq, geom):
     return cq[CQ_NR] < geom[G_RQ]
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _cq_push(q, cq, cmd, bank, row, arr, geom):
     n = cq[CQ_N]
     q[n, Q_CMD] = cmd
@@ -707,7 +683,7 @@ def _cq_push(q, cq, cmd, bank, row, arr, geom):
         cq[CQ_NR] += 1
 
 
-@njit(cache=True)
+@cached_njit()
 def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                win_hist, win_cnt, open_row, scal, counts, stats, log):
     """Serve the conventional RD/WR items ``[pos, end)`` through the FR-FCFS controller and
@@ -760,7 +736,7 @@ def new_memo(capacity_words: int = 1 << 23, max_entries: int = 1 << 16,
     return memo
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _label(memo, lab0, n_lab, row):
     """Canonical label of ``row``: the order of its first appearance (negative rows stay)."""
     if row < 0:
@@ -772,7 +748,7 @@ def _label(memo, lab0, n_lab, row):
     return n_lab, n_lab + 1
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _pack_ready(ready, cp, memo, n):
     """Write the ready times after ``cp`` at ``memo[n:]``: a count, then one word per time
     (index << 32 | cycles after cp). Returns the next free index, or -1 if one does not fit."""
@@ -791,7 +767,7 @@ def _pack_ready(ready, cp, memo, n):
     return n
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _pack_windows(win_tab, win_hist, win_cnt, cp, memo, n, pre, q):
     """Write the window state at ``memo[n:]``: per (window, node), the change of its count since
     ``pre[q], pre[q + 1], ...`` (only when ``q >= 0``), the number of entries that count, then
@@ -814,7 +790,7 @@ def _pack_windows(win_tab, win_hist, win_cnt, cp, memo, n, pre, q):
     return n
 
 
-@njit(cache=True)
+@cached_njit()
 def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_cnt, open_row,
               scal, memo, k0, lab0, room):
     """Write the unit's key at ``memo[k0:]``: everything its outcome depends on, relative to
@@ -863,7 +839,7 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
     return n - k0, n_lab, cp
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _memo_hash(memo, k0, klen):
     h = np.int64(-3750763034362895579)  # FNV-1a offset basis
     for i in range(k0, k0 + klen):
@@ -871,7 +847,7 @@ def _memo_hash(memo, k0, klen):
     return h
 
 
-@njit(cache=True)
+@cached_njit()
 def _memo_find(memo, k0, klen, h):
     """Entry id of the key at ``memo[k0:k0+klen]`` (full comparison), or -1."""
     mask = memo[M_HT] - 1
@@ -894,7 +870,7 @@ def _memo_find(memo, k0, klen, h):
     return -1
 
 
-@njit(cache=True)
+@cached_njit()
 def _memo_insert(memo, k0, klen, v0, vlen, h):
     e = memo[M_N]
     if e >= memo[M_MAXE] or memo[M_USED] + klen + vlen > memo[M_CAP]:
@@ -915,7 +891,7 @@ def _memo_insert(memo, k0, klen, v0, vlen, h):
     memo[memo[M_TAB] + slot] = e + 1
 
 
-@njit(cache=True)
+@cached_njit()
 def _memo_apply(memo, v0, cp, lab0, win_tab, ready, win_hist, win_cnt, open_row, scal, counts,
                 stats):
     """Move the state by a recorded outcome (see ``_memo_value``); returns the items consumed."""
@@ -965,7 +941,7 @@ def _memo_apply(memo, v0, cp, lab0, win_tab, ready, win_hist, win_cnt, open_row,
     return n_items
 
 
-@njit(cache=True)
+@cached_njit()
 def _memo_value(memo, v0, room, n_items, cp, lab0, n_lab, pre, win_tab, ready, win_hist, win_cnt,
                 open_row, scal, counts, stats):
     """Write the outcome of a simulated unit at ``memo[v0:]`` relative to ``cp``; ``pre`` holds
@@ -1012,7 +988,7 @@ def _memo_value(memo, v0, room, n_items, cp, lab0, n_lab, pre, win_tab, ready, w
     return n - v0
 
 
-@njit(cache=True)
+@cached_njit()
 def _memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
                ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo):
     """Run one unit (``kind`` 1: a run of ``n_it`` identical pairs, see _fast_forward_pairs;
@@ -1105,7 +1081,7 @@ def _memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, w
     return p, log
 
 
-@njit(cache=True)
+@cached_njit()
 def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                 win_hist, win_cnt, open_row, scal, counts, stats, log, memo):
     """Issue stream items from ``pos`` up to (and past) the next SYNC item, or to ``end``.
@@ -1177,7 +1153,7 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
     return pos, log
 
 
-@njit(cache=True)
+@cached_njit()
 def _segments_equal(items, a0, a1, b0, b1):
     """Whether stream items [a0, a1) and [b0, b1) are identical."""
     if a1 - a0 != b1 - b0:
@@ -1189,7 +1165,7 @@ def _segments_equal(items, a0, a1, b0, b1):
     return True
 
 
-@njit(cache=True)
+@cached_njit()
 def segment_classes(items, seg_lo, seg_hi, steps, cls):
     """For each step ``k`` in ``steps``: ``cls[c, k]`` = the first channel whose segment ``k``
     is identical to channel ``c``'s (channels of one class issue the same items)."""
@@ -1203,7 +1179,7 @@ def segment_classes(items, seg_lo, seg_hi, steps, cls):
                     break
 
 
-@njit(cache=True)
+@cached_njit()
 def _equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt, open_row, scal):
     """Whether channels ``a`` and ``b`` behave identically from now on for the same items.
 
@@ -1248,7 +1224,7 @@ def _equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt, open_
     return True
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _open_cyc_at(scal, t):
     """Cycles with a bank open up to ``t`` (no open/close transition after ``t`` yet)."""
     if scal[S_ALLROW] != -1:
@@ -1256,7 +1232,7 @@ def _open_cyc_at(scal, t):
     return scal[S_OPEN_CYC]
 
 
-@njit(cache=True)
+@cached_njit()
 def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
               link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
               win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
@@ -1373,7 +1349,7 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
 L_ISR, L_HOST, L_SYNC, L_EOC = 0, 1, 2, 3
 
 
-@njit(cache=True)
+@cached_njit()
 def _copy_slot(src, dst, ready, win_hist, win_cnt, open_row, scal, counts, stats, reqt, nreq,
                rq, cqs):
     _copy_into(ready[dst], ready[src])
@@ -1397,7 +1373,7 @@ CQ_LEFT = N_CQ + 1
 N_CQR = N_CQ + 2
 
 
-@njit(cache=True)
+@cached_njit()
 def _cq_pending(q, cq):
     """Queued requests whose row has not been activated for them (AiM's read/write buffers)."""
     n = 0
@@ -1407,7 +1383,7 @@ def _cq_pending(q, cq):
     return n
 
 
-@njit(cache=True)
+@cached_njit()
 def _cq_step_r(q, cq, limit, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
                open_row, scal, counts, stats, log):
     """``_cq_step`` for trace replay, also keeping ``cq[CQ_LEFT]``."""
@@ -1419,7 +1395,7 @@ def _cq_step_r(q, cq, limit, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, wi
     return ok, t, log
 
 
-@njit(cache=True)
+@cached_njit()
 def _flush_log(scratch, scal_c, c, glog, gn):
     nl = scal_c[S_LOG_N]
     glog = _room(glog, gn, gn + nl)
@@ -1434,7 +1410,7 @@ def _flush_log(scratch, scal_c, c, glog, gn):
     return glog, gn
 
 
-@njit(cache=True)
+@cached_njit()
 def _cq_drain_all(n_ch, rep, rq, cqs, keep_log, scratch, glog, gn, cmd_tab, pr_start, pr_tab,
                   win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts, stats):
     """Serve every queued request of every channel (a barrier: SYNC, EOC, the end)."""
@@ -1453,7 +1429,7 @@ def _cq_drain_all(n_ch, rep, rq, cqs, keep_log, scratch, glog, gn, cmd_tab, pr_s
     return scratch, glog, gn
 
 
-@njit(cache=True)
+@cached_njit()
 def _queues_alike(cqs, a, b, start):
     """The FR-FCFS queue states of channels ``a`` and ``b`` act alike from ``start`` on: equal
     fields, where times (last PIM issue, last request left) may differ while both are past."""
@@ -1466,7 +1442,7 @@ def _queues_alike(cqs, a, b, start):
     return True
 
 
-@njit(cache=True)
+@cached_njit()
 def _merge_classes(rep, start, win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts,
                    stats, off, cqs):
     """At a barrier: a class whose state is equivalent to an earlier class's (``_equivalent``:
@@ -1502,7 +1478,7 @@ def _merge_classes(rep, start, win_tab, geom, ready, win_hist, win_cnt, open_row
             break
 
 
-@njit(cache=True)
+@cached_njit()
 def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, group, keep_log,
                 cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
                 scal, counts, stats):
