@@ -48,13 +48,14 @@ def test_read_only_sources_use_the_user_cache(tmp_path, monkeypatch):
 def _probe(env: dict[str, str]) -> str:
     """In a fresh process: run a small kernel, print the directory it is cached in."""
     code = ("import numpy as np\n"
-            "from pimsim.timing import jit, kernel as K\n"
+            "from pimsim.timing import jit\n"
+            "from pimsim.timing.token_runner import segment_classes\n"
             "items = np.zeros((4, 5), np.int64)\n"
             "cls = np.zeros((2, 1), np.int64)\n"
-            "K.segment_classes(items, np.zeros((2, 1), np.int64), np.full((2, 1), 2, np.int64),\n"
-            "                  np.arange(1), cls)\n"
+            "segment_classes(items, np.zeros((2, 1), np.int64), np.full((2, 1), 2, np.int64),\n"
+            "                np.arange(1), cls)\n"
             "assert cls.ravel().tolist() == [0, 0]\n"
-            "print(jit.cache_path(K.segment_classes))\n")
+            "print(jit.cache_path(segment_classes))\n")
     full = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT")}
     full.update(env, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
