@@ -19,21 +19,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_digest_follows_every_timing_module(tmp_path):
-    src = tmp_path / "timing"
-    src.mkdir()
-    for p in jit.SOURCE_DIR.glob("*.py"):
-        shutil.copy(p, src / p.name)
-    assert jit.source_digest(src) == jit.source_digest()
-    before = jit.kernel_cache_dir(jit.source_digest(src), src)
+    dirs = tuple(tmp_path / d.name for d in jit.KERNEL_SOURCE_DIRS)
+    for d, copy in zip(jit.KERNEL_SOURCE_DIRS, dirs):
+        copy.mkdir()
+        for p in d.glob("*.py"):
+            shutil.copy(p, copy / p.name)
+    src = dirs[0]
+
+    def cache_dir():
+        return jit.kernel_cache_dir(jit.source_digest(dirs), src)
+
+    assert jit.source_digest(dirs) == jit.source_digest()
+    seen = [cache_dir()]
     # a change to a module that is not the one of the loaded function still changes the key
     tables = src / "tables.py"
     tables.write_text(tables.read_text() + "\n# edited\n")
-    after = jit.kernel_cache_dir(jit.source_digest(src), src)
-    assert after != before
-    assert before.parent == after.parent == src / "__pycache__"
-    # a new module counts too
+    seen.append(cache_dir())
+    # so does a change to the command spec, and a new module
+    commands = dirs[1] / "commands.py"
+    commands.write_text(commands.read_text().replace("SYNC = -1", "SYNC = -3"))
+    seen.append(cache_dir())
     (src / "extra.py").write_text("X = 1\n")
-    assert jit.kernel_cache_dir(jit.source_digest(src), src) not in (before, after)
+    seen.append(cache_dir())
+    assert len(set(seen)) == len(seen)
+    assert all(d.parent == src / "__pycache__" for d in seen)
 
 
 def test_read_only_sources_use_the_user_cache(tmp_path, monkeypatch):

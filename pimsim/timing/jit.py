@@ -4,8 +4,9 @@ The controller kernels are spread over several modules of ``pimsim.timing`` that
 another. numba's ``cache=True`` checks only the source file of the function it loads, so a cached
 kernel would survive a change to a kernel it calls in another module (and silently time with the
 old code). :func:`cached_njit` therefore files every kernel's cache under a directory named by a
-digest of the source of all ``pimsim/timing/*.py``: any change to any of them selects a new,
-empty directory, and the kernels are recompiled.
+digest of the source of all ``pimsim/timing/*.py`` and ``pimsim/spec/*.py`` (the command ids the
+kernels take as constants, ``SYNC``): any change to any of them selects a new, empty directory,
+and the kernels are recompiled.
 
 Where: ``pimsim/timing/__pycache__/numba-<digest>`` next to the sources when that is writable
 (an editable install, a source checkout), else ``$XDG_CACHE_HOME/pimsim/numba/<digest>`` (default
@@ -27,16 +28,19 @@ from numba import njit
 from numba.core.config import _OptLevel
 
 SOURCE_DIR = Path(__file__).resolve().parent
+# the sources the compiled kernels depend on: the timing package and the command spec
+KERNEL_SOURCE_DIRS = (SOURCE_DIR, SOURCE_DIR.parent / "spec")
 _DIGEST_CHARS = 16
 _KERNEL_OPT = _OptLevel(1)
 
 
-def source_digest(directory: Path = SOURCE_DIR) -> str:
-    """sha256 (hex, first 16 digits) of the names and contents of ``directory/*.py``."""
+def source_digest(directories: tuple[Path, ...] = KERNEL_SOURCE_DIRS) -> str:
+    """sha256 (hex, first 16 digits) of the names and contents of ``*.py`` in ``directories``."""
     h = hashlib.sha256()
-    for path in sorted(directory.glob("*.py")):
-        h.update(path.name.encode() + b"\0")
-        h.update(path.read_bytes() + b"\0")
+    for directory in directories:
+        for path in sorted(directory.glob("*.py")):
+            h.update(f"{directory.name}/{path.name}".encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
     return h.hexdigest()[:_DIGEST_CHARS]
 
 

@@ -5,7 +5,8 @@ reads and advances in place: ``ready`` (earliest cycle per node and command), th
 (``win_hist``, ``win_cnt``), ``open_row`` per bank, the scalars ``scal`` (last issue, next
 refresh due, mode, completion, log length, open row and open-bank time), ``counts`` per command
 and ``stats`` (row hits, misses, refreshes, inserted commands). This module names the slots of
-``scal`` and ``stats``, the stream sentinels (``SYNC`` ends a segment) and small array helpers.
+``scal`` and ``stats``, sentinel values and small array helpers. (The stream item that ends a
+segment, ``SYNC``, is defined with the command ids in ``pimsim.spec.commands``.)
 
 The kernels run in plain Python under ``NUMBA_DISABLE_JIT=1``.
 """
@@ -16,7 +17,6 @@ import numpy as np
 
 from pimsim.timing.jit import cached_njit
 
-SYNC = -1  # stream pseudo-command: end of a segment
 NOTHING = -2  # "no command needed" (e.g. ACT of a row that is already open)
 NEVER = -(1 << 40)  # "last issue" before any command was issued
 NO_MEMO = np.zeros(0, np.int64)  # memo argument that disables memoisation
