@@ -6,7 +6,7 @@ and ``pimsim run`` without ``--functional`` use it). Stages:
     build      the meta-device GPT module
     export     torch.export of its decode step (compiler.frontends.decode_step_program)
     import     ExportedProgram -> IR
-    <passes>   shape_inference, fuse, classify (compiler.frontends.lowering_passes)
+    <passes>   shape_inference, fuse, classify (compiler.pipeline.GRAPH_PASSES)
     lower      op-by-op lowering and placement -> (Program, GraphMapping)
                (compiler.passes.lower, the production path)
     check      GraphMapping.check (every element placed once, no overlap, fits, replay)
@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from compiler.frontends import decode_step_program, import_exported, lowering_passes
+from compiler.frontends import decode_step_program, import_exported
+from compiler.pipeline import GRAPH_PASSES
 from compiler.passes.lower import lower_graph
 from compiler.pipeline import Compiled, _context
 from pimsim.config import load_config
@@ -44,7 +45,7 @@ def bench(name: str, hw: str) -> float:
     module, display = stage("build", lambda: resolve_model(name, weights=False))
     ep = stage("export", decode_step_program, module)
     graph = stage("import", import_exported, ep)
-    for p in lowering_passes():
+    for p in GRAPH_PASSES:
         label = type(p).__name__
         graph = stage(label, p.run, graph)
 

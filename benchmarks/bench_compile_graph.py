@@ -16,7 +16,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from compiler.frontends import import_graph, lowering_passes
+from compiler.frontends import import_graph
+from compiler.pipeline import GRAPH_PASSES
 from compiler.passes.lower import lower_graph
 from pimsim.config import config_from_dict
 from workloads.models import zoo
@@ -49,7 +50,7 @@ def main() -> None:
     g = import_graph(src)
     t["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for p in lowering_passes():
+    for p in GRAPH_PASSES:
         g = p.run(g)
     t["passes"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -298,3 +298,10 @@ def _compile_graph(graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None, t:
     mapping.check()
     t["lower+place"] = time.perf_counter() - t0
     return Compiled(mapping.model, mapping, program, t)
+
+
+def run_passes(graph: Any, passes: Any = None) -> Any:
+    """Run ``passes`` (default :data:`GRAPH_PASSES`) over an imported graph, in order."""
+    for p in GRAPH_PASSES if passes is None else passes:
+        graph = p.run(graph)
+    return graph

@@ -56,9 +56,9 @@ import numpy as np
 from pimsim.config import HwConfig, channel_ids
 from pimsim.errors import UserError
 from pimsim.isa import ITEM_FIELDS, Program
-from pimsim.spec.commands import AF_PSEUDO_ROW, COMMANDS, cmd_id
+from pimsim.spec.commands import AF_PSEUDO_ROW, COMMANDS, SYNC, cmd_id
 from pimsim.timing import ChannelTimer
-from pimsim.timing import kernel as K
+from pimsim.timing.state import S_LOG_N
 from pimsim.timing.tables import CT_DONE, build_tables
 from pimsim.trace import AIM_OPS, SINGLE_CHANNEL_OPS
 
@@ -181,7 +181,7 @@ class _Estimator:
         for k in range(len(keys)):  # clones were all taken before any class ran
             u = units[new_cls.index(k)]
             t = timers[k]
-            t.scal[K.S_LOG_N] = 0
+            t.scal[S_LOG_N] = 0
             if u.shape[0]:
                 stream = np.zeros((u.shape[0], ITEM_FIELDS), np.int64)
                 stream[:, :4] = u
@@ -348,8 +348,6 @@ def unit_streams(prog: Program, cfg: HwConfig, pos: int) -> dict[int, np.ndarray
     """The per-channel command streams the emitted trace carries: every PIM step's items as ISR
     units ``(cmd, bank, row, count)``, a SYNC item after each step (the form of
     :attr:`pimsim.trace.Trace.streams`, so a parsed trace can be compared with it exactly)."""
-    from pimsim.timing import SYNC
-
     chans = channel_ids(cfg)
     parts: dict[int, list[np.ndarray]] = {c: [] for c in chans}
     sync = np.array([[SYNC, -1, -1, 0]], np.int64)

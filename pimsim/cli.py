@@ -4,7 +4,8 @@ Shared by :mod:`workloads.cli` (which adds compile / run / validate / compare / 
 
 * :class:`Parser`: argparse that reports a usage error as one line, exit status 2;
 * :func:`int_in`: an argparse ``type`` for an integer in a range (the range in the message);
-* :func:`run_command`: the one error handler. A :class:`~pimsim.errors.UserError` prints
+* :func:`run_command`: the one error handler. A :class:`~pimsim.errors.UserError` (or a
+  :class:`~pimsim.errors.HardwareFitError`) prints
   ``pimsim: error: <problem>; <fix>`` and exits 2; any other exception prints one line naming it
   and exits 2 too; ``--debug`` re-raises instead, with the traceback. Exit status 1 is left to
   "validation failed" (``validate``, ``trace --check``, a sweep with failed points).
@@ -23,7 +24,9 @@ from pathlib import Path
 
 from pimsim import __version__
 from pimsim.config import available_configs, load_config
-from pimsim.errors import UserError, format_unexpected, format_user_error, read_text
+from pimsim.errors import (
+    HardwareFitError, UserError, format_unexpected, format_user_error, read_text,
+)
 
 INT64_MAX = (1 << 63) - 1
 
@@ -144,16 +147,10 @@ def add_debug_flags(p: argparse.ArgumentParser) -> None:
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """The bad-input exceptions: the UserError family plus the compiler's capacity and mapping
-    errors (a model that does not fit or cannot be placed on the hardware)."""
-    types: list[type[BaseException]] = [UserError]
-    try:
-        from compiler.passes.mapping import CapacityError, MappingError
-
-        types += [CapacityError, MappingError]
-    except ImportError:  # pimsim installed without the compiler
-        pass
-    return tuple(types)
+    """The bad-input exceptions: the UserError family plus :class:`HardwareFitError` (the
+    compiler's capacity and mapping errors: a model that does not fit or cannot be placed on the
+    hardware)."""
+    return (UserError, HardwareFitError)
 
 
 def run_command(args: argparse.Namespace) -> int:

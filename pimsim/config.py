@@ -26,16 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pimsim.errors import UserError, read_text
+from pimsim.errors import ConfigError, UserError, read_text
+from pimsim.spec.commands import MODE_SWITCHES
+from pimsim.system import System, system_from_dict
 
 HWCONFIG_DIR = Path(__file__).resolve().parent.parent / "hwconfigs"
-
-
-class ConfigError(UserError):
-    """A hardware config is malformed; the message names the file, the key and the fix."""
-
-    default_fix = ("correct that value in the config (the README's Hardware configs section "
-                   "lists them)")
+MAPPINGS = ("pim-gpt", "reuse")  # pim.mapping: loop orders, see pimsim.isa.MatvecOrder
 
 
 # Timing names (cycles of tCK) and the smallest value each may take.
@@ -320,8 +316,6 @@ class HwConfig:
 
     def __post_init__(self) -> None:
         if self.system is None:
-            from pimsim.system import System
-
             object.__setattr__(self, "system", System())
 
     @property
@@ -466,8 +460,6 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
     for sec in ("system", "interconnect"):
         if not isinstance(data.get(sec, {}), dict):
             fail(f"[{sec}] must be a table")
-    from pimsim.system import system_from_dict
-
     system = system_from_dict(data.get("system"), data.get("interconnect"), source)
     cfg = HwConfig(
         name=str(data.get("name", Path(source).stem)),
@@ -483,7 +475,6 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
 def _system_config(data: dict[str, Any], source: str) -> HwConfig:
     """A system file: ``[system] device = "<device config>"`` plus the system's size and
     ``[interconnect]``; the devices are that config's."""
-    from pimsim.system import system_from_dict
 
     def fail(msg: str, fix: str) -> None:
         raise ConfigError(f"{source}: {msg}", fix)
@@ -642,9 +633,6 @@ def _validate(cfg: HwConfig, where: str) -> None:
         if p.global_buffer_bytes % o.column_bytes:
             fail(f"[pim] global_buffer_bytes = {p.global_buffer_bytes} is not a whole number of "
                  f"{o.column_bytes}-byte columns", f"use a multiple of {o.column_bytes}")
-    from pimsim.isa import MAPPINGS
-    from pimsim.spec.commands import MODE_SWITCHES
-
     if p.mapping not in MAPPINGS:
         fail(f"[pim] mapping = {p.mapping!r}; supported: "
              f"{', '.join(repr(m) for m in MAPPINGS)}", "use one of those")

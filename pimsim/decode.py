@@ -33,7 +33,10 @@ from pimsim.link import (lead_columns, lead_delay_cyc, link_busy_cyc, link_laten
 from pimsim.spec.commands import N_CMDS
 from pimsim.system import CommCost, collective
 from pimsim.timing import ChannelStates, ChannelTimer
-from pimsim.timing import kernel as K
+from pimsim.timing.jit import compile_scope
+from pimsim.timing.memo import new_memo
+from pimsim.timing.state import NO_MEMO, ST_HITS, ST_MISSES
+from pimsim.timing.token_runner import run_steps, segment_classes
 from pimsim.timing.tables import build_tables
 
 ASIC_COST_OP = {"argmax": "reduction"}  # ops without their own cost row use another's
@@ -185,7 +188,7 @@ class StreamBuilder:
             self.seg_lead[c, k] = lead_columns(a)
         if writes:
             dirty = np.unique(np.array([k for _, k, _ in writes], np.int64))
-            K.segment_classes(self.items, self.seg_lo, self.seg_hi, dirty, self.seg_cls)
+            segment_classes(self.items, self.seg_lo, self.seg_hi, dirty, self.seg_cls)
         self._last = per_step
         return self.items, self.seg_lo, self.seg_hi
 
@@ -207,8 +210,8 @@ class StreamBuilder:
                 self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
                 self.seg_lead[c, k] = lead_columns(a)
             self.seg_lead[c, k] = lead_columns(a)
-        K.segment_classes(self.items, self.seg_lo, self.seg_hi, np.arange(n_seg, dtype=np.int64),
-                          self.seg_cls)
+        segment_classes(self.items, self.seg_lo, self.seg_hi, np.arange(n_seg, dtype=np.int64),
+                        self.seg_cls)
 
 
 @dataclass
@@ -240,7 +243,7 @@ class DecodeSimulator:
         self.prog, self.cfg, self.schedule, self.fast = prog, cfg, schedule, fast
         self.group = group
         self.channels_run = 0  # channel segments the fast executor actually simulated
-        self.memo = K.new_memo() if fast and memo else K.NO_MEMO
+        self.memo = new_memo() if fast and memo else NO_MEMO
         self.steps = StepTable(prog, cfg)
         self.streams = StreamBuilder(prog)
         self.tables = build_tables(cfg, fast=fast)
@@ -263,8 +266,8 @@ class DecodeSimulator:
         t0 = self.now
         if self.fast:
             s, t = self.steps, self.tables
-            with K.compile_scope():
-                now, n_run = K.run_steps(
+            with compile_scope():
+                now, n_run = run_steps(
                     items, seg_lo, seg_hi, self.streams.seg_cls, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
                     int(self.schedule == "serial"), self.link_lat, busy, lead, t0, t.cmd_tab,
                     t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
@@ -370,8 +373,8 @@ class DecodeSimulator:
 
     @property
     def row_hits(self) -> int:
-        return int(self.states.stats[:, K.ST_HITS].sum())
+        return int(self.states.stats[:, ST_HITS].sum())
 
     @property
     def row_misses(self) -> int:
-        return int(self.states.stats[:, K.ST_MISSES].sum())
+        return int(self.states.stats[:, ST_MISSES].sum())

@@ -25,7 +25,8 @@ from pimsim.engine import ChannelResult, SimResult
 from pimsim.spec.commands import N_CMDS, cmd_id
 from pimsim.spec.rules import rules_for
 from pimsim.timing import ChannelStates, ChannelTimer
-from pimsim.timing import kernel as K
+from pimsim.timing.host_dma import replay_host
+from pimsim.timing.jit import compile_scope
 from pimsim.timing.tables import build_tables
 from pimsim.trace import Trace
 
@@ -49,8 +50,8 @@ def replay_trace(cfg: HwConfig, trace: Trace, *, log: bool = False, fast: bool =
     n = len(trace.channels)
     st = ChannelStates(cfg, n, tables)
     h = cfg.host
-    with K.compile_scope():
-        end, glog = K.replay_host(
+    with compile_scope():
+        end, glog = replay_host(
             trace.lines, trace.masks, h.queue_entries, h.line_cyc, h.release_cyc,
             blocking_table(cfg), int(group and not log), int(log),
             tables.cmd_tab, tables.pr_start, tables.pr_tab, tables.win_tab, tables.geom,

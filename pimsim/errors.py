@@ -35,6 +35,19 @@ class UserError(ValueError):
         super().__init__(f"{problem}; {fix}" if fix else problem)
 
 
+class ConfigError(UserError):
+    """A hardware config is malformed; the message names the file, the key and the fix."""
+
+    default_fix = ("correct that value in the config (the README's Hardware configs section "
+                   "lists them)")
+
+
+class HardwareFitError(ValueError):
+    """A model does not fit the hardware's memory or cannot be placed on it (the compiler's
+    capacity and mapping errors derive from it). Bad input like a :class:`UserError`: the
+    command line prints its message as one line and exits with status 2."""
+
+
 class ModelFileError(UserError):
     """A model file (ONNX) that cannot be read or is not a decode step."""
 

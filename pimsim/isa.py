@@ -35,7 +35,8 @@ from functools import cached_property
 
 import numpy as np
 
-from pimsim.spec.commands import cmd_id
+from pimsim.config import MAPPINGS
+from pimsim.spec.commands import COMMANDS, SYNC, cmd_id
 
 ITEM_FIELDS = 5
 _WR_GB, _MAC_AB, _RD_MAC, _WR, _RD = (cmd_id(n) for n in ("WR_GB", "MAC_AB", "RD_MAC", "WR", "RD"))
@@ -82,7 +83,6 @@ class Geometry:
     elem_bytes: int
 
 
-MAPPINGS = ("pim-gpt", "reuse")  # matrix-vector loop orders (pim.mapping), see MatvecOrder
 
 
 @dataclass(frozen=True)
@@ -511,8 +511,6 @@ class Program:
     # --------------------------------------------------------------- forms
     def streams(self, pos: int, steps: list[Step] | None = None) -> dict[int, np.ndarray]:
         """Numpy form for the engine: per-channel items of every PIM step, SYNC after each."""
-        from pimsim.timing import SYNC
-
         sync = np.array([[SYNC, -1, -1, 0, 0]], np.int64)
         parts: list[list[np.ndarray]] = [[] for _ in range(self.geo.channels)]
         for st in steps if steps is not None else self.steps:
@@ -526,8 +524,6 @@ class Program:
 
     def to_text(self, pos: int) -> str:
         """Text form: one instruction per line, for golden tests and diffs."""
-        from pimsim.spec.commands import COMMANDS
-
         out = [f"# program {self.model} on {self.hw}, position {pos}"]
         for st in self.steps:
             deps = ",".join(str(d) for d in st.deps)

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pimsim.config import ConfigError
+from pimsim.errors import ConfigError
 from pimsim.interconnect import Fabric, Interconnect, interconnect_from_dict
 
 HOSTS = ("per-device",)

@@ -40,7 +40,7 @@ from pimsim.decode import DecodeSimulator
 from pimsim.isa import Program
 from pimsim.spec.commands import (COMMANDS, ROW_NEEDS_OPEN, ROW_NEEDS_OPEN_THEN_CLOSES, ROW_OPENS,
                                    cmd_id)
-from pimsim.timing import kernel as K
+from pimsim.timing.state import S_LOG_N
 
 PID_STEPS, PID_ASIC, PID_CHANNELS = 0, 1, 2
 
@@ -70,7 +70,7 @@ def _warm_simulator(prog: Program, cfg: HwConfig, pos: int, schedule: str,
         src, dst = fast.states, sim.states
         for name in ("ready", "win_hist", "win_cnt", "open_row", "scal", "counts", "stats"):
             np.copyto(getattr(dst, name), getattr(src, name))  # in place: timers hold views
-        dst.scal[:, K.S_LOG_N] = 0
+        dst.scal[:, S_LOG_N] = 0
         sim.now = fast.now
     return sim
 
@@ -86,7 +86,7 @@ def _run_logged(sim: DecodeSimulator, pos: int):
 
         def run(*a, _orig=orig, _t=t, _m=marks[c], **kw):
             out = _orig(*a, **kw)
-            _m.append(int(_t.scal[K.S_LOG_N]))
+            _m.append(int(_t.scal[S_LOG_N]))
             return out
 
         t.run = run

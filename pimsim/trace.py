@@ -34,7 +34,7 @@ from pimsim.config import HwConfig, channel_ids
 from pimsim.errors import UserError
 from pimsim.spec.commands import AF_PSEUDO_ROW, cmd_id
 from pimsim.timing import ITEM_FIELDS, SYNC
-from pimsim.timing.kernel import L_EOC, L_HOST, L_ISR, L_SYNC
+from pimsim.timing.host_dma import L_EOC, L_HOST, L_ISR, L_SYNC
 
 
 class TraceError(UserError):

@@ -83,13 +83,13 @@ def test_kernel_compile_scope_restores_numba_settings(monkeypatch):
     """The kernels' compile options apply inside the scope only; a user's NUMBA_OPT wins."""
     import numba
 
-    from pimsim.timing import kernel as K
+    from pimsim.timing.jit import compile_scope
 
     before = numba.config.OPT
     monkeypatch.delenv("NUMBA_OPT", raising=False)
-    with K.compile_scope():
+    with compile_scope():
         assert numba.config.OPT == 1
     assert numba.config.OPT == before
     monkeypatch.setenv("NUMBA_OPT", "3")
-    with K.compile_scope():
+    with compile_scope():
         assert numba.config.OPT == before

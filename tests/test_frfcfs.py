@@ -21,7 +21,7 @@ from pimsim.check import check_log, check_report
 from pimsim.config import ConfigError, config_from_dict, load_config
 from pimsim.spec.commands import cmd_id
 from pimsim.timing import ChannelTimer, make_stream
-from pimsim.timing import kernel as K
+from pimsim.timing.memo import M_HITS
 
 AIM = load_config("aim-gddr6", refresh=False)
 c = AIM.timing.cycles
@@ -233,7 +233,7 @@ def test_memo_replays_queued_runs_exactly():
     its = unit * 6
     fast = run(AIM, its, fast=True, log=False, memo=True)
     slow = run(AIM, its)
-    assert fast.memo[K.M_HITS] > 0
+    assert fast.memo[M_HITS] > 0
     assert fast.done_cyc == slow.done_cyc and fast.command_counts() == slow.command_counts()
 
 

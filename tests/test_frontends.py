@@ -151,7 +151,7 @@ def test_onnx_in_out_weights_are_transposed_back(case) -> None:
     model, path, ep = case
     proto = _gemms_to_matmul_add(onnx.load(str(path)))
     assert not any(n.op_type == "Gemm" for n in proto.graph.node)
-    from compiler.frontends import run_passes
+    from compiler.pipeline import run_passes
 
     graph = run_passes(import_onnx(proto))
     linears = [n for n in graph.nodes if n.op == "linear"]
@@ -233,7 +233,7 @@ def test_lowering_rejects_a_graph_that_is_no_decoder() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.gelu(self.up(x))
 
-    from compiler.frontends import run_passes
+    from compiler.pipeline import run_passes
 
     g = run_passes(import_torch_module(MLP(), (torch.ones(1, 4),)))
     with pytest.raises(LoweringError, match="expected two KV-cache inputs"):
@@ -310,7 +310,7 @@ def test_onnx_gather_nd_imports_like_onnxruntime(case) -> None:
                               opset_imports=[helper.make_opsetid("", 17)])
     want = ort.InferenceSession(proto.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    from compiler.frontends import run_passes
+    from compiler.pipeline import run_passes
     from compiler.passes.shape_inference import ShapeInference
 
     graph = run_passes(import_onnx(proto), [ShapeInference()])
@@ -363,7 +363,7 @@ def test_onnx_shape_subgraph_folds_to_a_symbolic_reshape() -> None:
     """Shape -> Slice / Gather / Unsqueeze / Mul -> Concat -> Reshape: folded at import into a
     reshape whose target holds the symbolic dimension, equal to onnxruntime at two lengths."""
     ort = pytest.importorskip("onnxruntime")
-    from compiler.frontends import run_passes
+    from compiler.pipeline import run_passes
     from compiler.passes.interpret import evaluate
     from compiler.passes.shape_inference import ShapeInference
 
@@ -383,7 +383,7 @@ def test_onnx_shape_subgraph_folds_to_a_symbolic_reshape() -> None:
 
 def test_onnx_shape_of_an_unannotated_value_is_inferred() -> None:
     """Without the value_info the shape of t is inferred at import: the same reshape."""
-    from compiler.frontends import run_passes
+    from compiler.pipeline import run_passes
     from compiler.passes.shape_inference import ShapeInference
 
     graphs = [run_passes(import_onnx(_shape_reshape_model(annotate=a)), [ShapeInference()])

@@ -17,7 +17,7 @@ from pimsim.config import load_config
 from pimsim.decode import DecodeSimulator
 from pimsim.generate import BREAKDOWN_KEYS, run_generation
 from pimsim.isa import PER_OP_KEYS
-from pimsim.timing import kernel as K
+from pimsim.timing.memo import M_HITS
 from workloads.session import validate
 from workloads.models.gpt import PRESETS
 from workloads.models.resolve import resolve_model
@@ -176,7 +176,7 @@ def test_fast_path_gives_exactly_the_command_by_command_cycles(schedule):
     assert np.array_equal(fast.states.stats, slow.states.stats)
     n_pim = int(fast.steps.kind.sum())
     assert 0 < fast.channels_run < n * n_pim * prog.geo.channels  # grouping did happen
-    assert fast.memo[K.M_HITS] > 0  # and units were replayed from the memo
+    assert fast.memo[M_HITS] > 0  # and units were replayed from the memo
     now = fast.now
     assert [t.open_cyc(now) for t in fast.timers] == [t.open_cyc(now) for t in slow.timers]
 

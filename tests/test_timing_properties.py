@@ -20,7 +20,8 @@ from pimsim.check import check_log, check_report
 from pimsim.config import ConfigError, Timing, load_config
 from pimsim.spec.commands import cmd_id
 from pimsim.timing import ChannelTimer, make_stream
-from pimsim.timing import kernel as K
+from pimsim.timing.memo import M_HITS
+from pimsim.timing.state import S_LOG_N
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -310,8 +311,6 @@ def test_memo_replay_equals_command_by_command(which):
     simulated: every observable must still equal the one-by-one schedule. Random streams
     (followed by a layer-like tail, repeated, so refresh lands at different points each time)
     for exactness; a fixed repeated layer for exactness with replays that surely happen."""
-    from pimsim.timing import kernel as K
-
     cfg = CONFIGS[which]()
 
     def compare(s) -> int:
@@ -320,7 +319,7 @@ def test_memo_replay_equals_command_by_command(which):
         slow = ChannelTimer(cfg, fast=False)
         slow.run_all(s)
         assert_same_schedule(memo, slow)
-        return int(memo.memo[K.M_HITS])
+        return int(memo.memo[M_HITS])
 
     @settings(max_examples=40, **SETTINGS)
     @given(pair_runs(), st.integers(3, 5))
@@ -349,5 +348,5 @@ def test_idle_gap_refreshes_in_closed_form_equal_one_by_one(which, gap_refi):
     assert slow.refreshes >= int(gap_refi)
     vs = check_log(slow.log, cfg)
     assert vs == [], check_report(vs)
-    slow.scal[K.S_LOG_N] = 0  # the log's length, the one state the two may differ in
+    slow.scal[S_LOG_N] = 0  # the log's length, the one state the two may differ in
     assert_same_schedule(fast, slow)

@@ -16,7 +16,7 @@ from pimsim.config import HwConfig
 from pimsim.errors import UserError, read_text
 from pimsim.pipeline import run_system
 from workloads.models.presets import get_config
-from workloads.session import compile_model, system_programs
+from workloads.compiling import compile_model, system_programs
 
 
 @dataclass

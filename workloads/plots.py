@@ -54,7 +54,7 @@ def plot_sweep(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -
     combination of the other parameters, every point labelled with its value), and the
     latency-energy Pareto front (front points labelled with their parameter values). Titles
     name the model, the hardware and the workload; latency and energy axes start at zero."""
-    from workloads.sweeps.run import SweepResult
+    from workloads.sweeps.analysis import SweepResult
 
     if isinstance(res_or_df, SweepResult):
         df, swept = res_or_df.df, res_or_df.spec.swept

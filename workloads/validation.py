@@ -15,6 +15,7 @@ import numpy as np
 
 from pimsim.errors import UserError
 from pimsim.progress import status
+from workloads.compiling import _compile, check_context, hw_config, pandas_module
 
 # documented tolerances (README): exact ASIC math vs approximations. Top-1 agreement is
 # required on every decisive step (reference top-2 gap above two bf16 steps); at a near-tie the
@@ -118,7 +119,7 @@ class ValidationResult:
     def to_pandas(self) -> Any:
         """One row per decode step: ``step``, ``max_abs_err``, ``cosine``; the run's settings
         in every row (pandas DataFrame)."""
-        pd = _pandas()
+        pd = pandas_module()
         m = self.metrics
         return pd.DataFrame({
             "model": m.get("model"), "hw": m.get("hw"), "asic_math": m.get("asic_math"),
@@ -126,15 +127,6 @@ class ValidationResult:
             "max_abs_err": m.get("per_step_max_abs_err", []),
             "cosine": m.get("per_step_cosine", []),
         })
-
-
-def _pandas():
-    try:
-        import pandas as pd
-    except ImportError:
-        raise UserError("to_pandas() needs pandas, which is not installed",
-                        "pip install pandas, or use to_dict()") from None
-    return pd
 
 
 def validate(model: str, hw: str = "pim-gpt", tokens: int = 32, *, reference: str = "auto",
@@ -150,7 +142,6 @@ def validate(model: str, hw: str = "pim-gpt", tokens: int = 32, *, reference: st
     from pimsim.generate import prompt_ids
     from workloads.models.resolve import preset_context
     from workloads.reference.pytorch import load_reference, pick_device, run_reference
-    from workloads.session import _compile, check_context, hw_config
 
     if tokens < 1 or prompt < 1:
         raise UserError(f"validate needs at least one prompt token and one generated token "

@@ -2,8 +2,8 @@
 
     import_graph(source) -> shape_inference -> fuse -> classify      (compiler.pipeline.prepare)
 
-``lowering_passes()`` is the ordered list of graph-to-graph passes between the import and the
-lowering, :data:`compiler.pipeline.GRAPH_PASSES`.
+The ordered graph-to-graph passes between the import and the lowering are
+:data:`compiler.pipeline.GRAPH_PASSES` (:func:`compiler.pipeline.run_passes`).
 
 torch and onnx are imported lazily, inside the functions that need them.
 """
@@ -24,8 +24,6 @@ __all__ = [
     "import_graph",
     "import_onnx",
     "import_torch_module",
-    "lowering_passes",
-    "run_passes",
 ]
 
 
@@ -45,20 +43,6 @@ def import_torch_module(module: Any, example_inputs: tuple, dynamic_shapes: Any 
     from compiler.frontends.torch_frontend import import_torch_module as f
 
     return f(module, example_inputs, dynamic_shapes)
-
-
-def lowering_passes() -> list:
-    """The ordered graph passes from an imported graph to one the lowering reads (the list
-    lives in :mod:`compiler.pipeline`, :data:`~compiler.pipeline.GRAPH_PASSES`)."""
-    from compiler.pipeline import GRAPH_PASSES
-
-    return list(GRAPH_PASSES)
-
-
-def run_passes(graph: Graph, passes: list | None = None) -> Graph:
-    for p in lowering_passes() if passes is None else passes:
-        graph = p.run(graph)
-    return graph
 
 
 def import_graph(source: Any) -> Graph:

@@ -14,11 +14,13 @@ Value names are the ONNX tensor names; intermediate shapes are left to the shape
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import numpy as np
 
 from compiler.frontends.common import UnsupportedOpError, as_const_array, f32_attr
+from compiler.frontends.onnx_common import annotated_shape, int_list, node_inputs
 from compiler.frontends.onnx_shapes import fold_shape_node
 from compiler.passes.interpret import _OPS
 from compiler.passes.shape_inference import IncrementalShapes
@@ -109,6 +111,11 @@ class _Importer:
     def name(self, x: str) -> str:
         return self.alias.get(x, x)
 
+    @property
+    def supported_ops(self) -> Iterable[str]:
+        """The ONNX op types the importer maps (an unsupported-op error names them)."""
+        return ONNX_OPS
+
     # ---- driver --------------------------------------------------------------------------
 
     def run(self) -> Graph:
@@ -184,20 +191,9 @@ def _attrs(node: Any) -> dict[str, Any]:
     return out
 
 
-def _ints(xs: Any) -> list[int]:
-    return [int(x) for x in np.asarray(xs).reshape(-1)]
-
-
 def _dims(xs: Any) -> list:
     """A shape operand: ints, and symbolic dimensions (``past_len+1``) from a folded Shape."""
     return [x if isinstance(x, str) else int(x) for x in np.asarray(xs).reshape(-1)]
-
-
-def _inputs(node: Any) -> list[str]:
-    ins = list(node.input)
-    while ins and not ins[-1]:
-        ins.pop()
-    return ins
 
 
 # ---- handlers: ONNX op type -> IR ------------------------------------------------------------
@@ -207,7 +203,7 @@ Handler = Callable[[_Importer, Any, dict], None]
 
 def _binary(op: str) -> Handler:
     def h(im: _Importer, node: Any, a: dict) -> None:
-        im.emit(op, node, _inputs(node))
+        im.emit(op, node, node_inputs(node))
     return h
 
 
@@ -215,30 +211,16 @@ def _unary(op: str) -> Handler:
     return _binary(op)
 
 
-def _annotated_shape(im: _Importer, name: str) -> list | None:
-    """The shape of ``name``: the file's annotation, or where that is missing or has unknown
-    dimensions, what the IR's shape rules derive from the nodes imported so far."""
-    for vi in list(im.g.value_info) + list(im.g.input) + list(im.g.output):
-        if vi.name == name and vi.type.tensor_type.HasField("shape"):
-            dims = [int(d.dim_value) if d.HasField("dim_value") else d.dim_param
-                    for d in vi.type.tensor_type.shape.dim]
-            if all(d not in ("", None) for d in dims):
-                return dims
-            break
-    inferred = im.shapes.shape(im.name(name))
-    return None if inferred is None else list(inferred)
-
-
 def _split(im: _Importer, node: Any, a: dict) -> None:
     """Split with explicit sizes (the ``split`` input or attribute): one slice per output."""
-    ins = _inputs(node)
+    ins = node_inputs(node)
     if len(ins) > 1:
-        sizes = _ints(im.const_array(ins[1], node, "split"))
+        sizes = int_list(im.const_array(ins[1], node, "split"))
     elif "split" in a:
         sizes = [int(x) for x in a["split"]]
     else:  # equal parts (num_outputs): the axis length from the file's shape annotations
         axis = int(a.get("axis", 0))
-        dims = _annotated_shape(im, ins[0])
+        dims = annotated_shape(im, ins[0])
         n = int(a.get("num_outputs", len(node.output)))
         if dims is None or not isinstance(dims[axis], int):
             raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
@@ -256,7 +238,7 @@ def _split(im: _Importer, node: Any, a: dict) -> None:
 def _reciprocal(im: _Importer, node: Any, a: dict) -> None:
     one = f"{node.output[0]}.one"
     im.b.const(one, np.array(1.0, np.float32))
-    im.emit("div", node, [one] + _inputs(node))
+    im.emit("div", node, [one] + node_inputs(node))
 
 
 def _constant(im: _Importer, node: Any, a: dict) -> None:
@@ -281,7 +263,7 @@ def _identity(im: _Importer, node: Any, a: dict) -> None:
 
 
 def _gemm(im: _Importer, node: Any, a: dict) -> None:
-    im.emit("gemm", node, _inputs(node), alpha=f32_attr(a.get("alpha", 1.0)),
+    im.emit("gemm", node, node_inputs(node), alpha=f32_attr(a.get("alpha", 1.0)),
             beta=f32_attr(a.get("beta", 1.0)), trans_a=int(a.get("transA", 0)),
             trans_b=int(a.get("transB", 0)))
 
@@ -289,13 +271,13 @@ def _gemm(im: _Importer, node: Any, a: dict) -> None:
 def _axes(im: _Importer, node: Any, ins: list[str], a: dict) -> list[int] | None:
     """Axes from the second input (opset >= 13/18) or the ``axes`` attribute; None if absent."""
     if len(ins) > 1:
-        return _ints(im.const_array(ins[1], node, "axes"))
+        return int_list(im.const_array(ins[1], node, "axes"))
     return [int(x) for x in a["axes"]] if "axes" in a else None
 
 
 def _reduce(op: str) -> Handler:
     def h(im: _Importer, node: Any, a: dict) -> None:
-        ins = _inputs(node)
+        ins = node_inputs(node)
         axes = _axes(im, node, ins, a)
         if axes is None and a.get("noop_with_empty_axes", 0):
             raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, "noop_with_empty_axes")
@@ -308,20 +290,20 @@ def _softmax(im: _Importer, node: Any, a: dict) -> None:
     if im.opset < 13:
         raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
                                  f"opset {im.opset} < 13 (2-D coerced softmax)")
-    im.emit("softmax", node, _inputs(node), axis=int(a.get("axis", default)))
+    im.emit("softmax", node, node_inputs(node), axis=int(a.get("axis", default)))
 
 
 def _layernorm(im: _Importer, node: Any, a: dict) -> None:
-    im.emit("layernorm", node, _inputs(node), axis=int(a.get("axis", -1)),
+    im.emit("layernorm", node, node_inputs(node), axis=int(a.get("axis", -1)),
             eps=f32_attr(a.get("epsilon", 1e-5)))
 
 
 def _gelu(im: _Importer, node: Any, a: dict) -> None:
-    im.emit("gelu", node, _inputs(node), approximate=str(a.get("approximate", "none")))
+    im.emit("gelu", node, node_inputs(node), approximate=str(a.get("approximate", "none")))
 
 
 def _gather(im: _Importer, node: Any, a: dict) -> None:
-    data, idx = _inputs(node)
+    data, idx = node_inputs(node)
     axis = int(a.get("axis", 0))
     c = im.b.consts.get(im.name(idx))
     if isinstance(c, np.ndarray) and c.ndim == 0:
@@ -335,7 +317,7 @@ def _gather_nd(im: _Importer, node: Any, a: dict) -> None:
     writes advanced indexing on the first axis: GPT-J's ``embed_positions[position]`` (a constant
     table, runtime indices) becomes ``gather(table, squeeze(indices, -1), axis 0)``; Falcon's
     ``x[[-2]]`` (constant indices, one row or a run of consecutive rows) a slice of axis 0."""
-    data, idx = _inputs(node)
+    data, idx = node_inputs(node)
     if int(a.get("batch_dims", 0)) != 0:
         raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
                                  f"batch_dims={a['batch_dims']} (only 0)")
@@ -372,7 +354,7 @@ def _gather_nd(im: _Importer, node: Any, a: dict) -> None:
 
 
 def _annotated_rank_last(im: _Importer, name: str) -> int | None:
-    dims = _annotated_shape(im, name)
+    dims = annotated_shape(im, name)
     return dims[-1] if dims and isinstance(dims[-1], int) else None
 
 
@@ -380,7 +362,7 @@ _INT64_MAX = (1 << 63) - 1
 
 
 def _concat(im: _Importer, node: Any, a: dict) -> None:
-    im.emit("concat", node, _inputs(node), axis=int(a["axis"]))
+    im.emit("concat", node, node_inputs(node), axis=int(a["axis"]))
 
 
 def _gather_elements(im: _Importer, node: Any, a: dict) -> None:
@@ -389,7 +371,7 @@ def _gather_elements(im: _Importer, node: Any, a: dict) -> None:
     GPT-J's rotary table): a plain ``gather`` of those indices along ``axis``. The broadcast is
     found by walking the indices back through ``expand``, repeated ``concat`` (Tile), ``cast``
     and ``unsqueeze`` to a tensor of size 1 on every other axis."""
-    data, idx = (im.name(x) for x in _inputs(node))
+    data, idx = (im.name(x) for x in node_inputs(node))
     axis = int(a.get("axis", 0))
     prod = {o: n for n in im.b.nodes for o in n.outputs}
     d_shape, i_shape = im.shapes.shape(data), im.shapes.shape(idx)
@@ -423,8 +405,8 @@ def _gather_elements(im: _Importer, node: Any, a: dict) -> None:
 def _tile(im: _Importer, node: Any, a: dict) -> None:
     """Tile with constant repeats: the input concatenated with itself along each repeated axis
     (GPT-J's interleaved rotary tables)."""
-    data, reps_name = _inputs(node)
-    reps = _ints(im.const_array(reps_name, node, "the repeats"))
+    data, reps_name = node_inputs(node)
+    reps = int_list(im.const_array(reps_name, node, "the repeats"))
     cur = im.name(data)
     todo = [(ax, r) for ax, r in enumerate(reps) if r != 1]
     if any(r < 1 for _, r in todo):
@@ -441,7 +423,7 @@ def _tile(im: _Importer, node: Any, a: dict) -> None:
 
 
 def _reshape(im: _Importer, node: Any, a: dict) -> None:
-    data, shape_name = _inputs(node)
+    data, shape_name = node_inputs(node)
     shape = _dims(im.const_array(shape_name, node, "the target shape"))
     if 0 in shape and not a.get("allowzero", 0):
         raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
@@ -452,12 +434,12 @@ def _reshape(im: _Importer, node: Any, a: dict) -> None:
 def _transpose(im: _Importer, node: Any, a: dict) -> None:
     if "perm" not in a:
         raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, "no perm attribute")
-    im.emit("transpose", node, _inputs(node), perm=[int(p) for p in a["perm"]])
+    im.emit("transpose", node, node_inputs(node), perm=[int(p) for p in a["perm"]])
 
 
 def _axes_op(op: str) -> Handler:
     def h(im: _Importer, node: Any, a: dict) -> None:
-        ins = _inputs(node)
+        ins = node_inputs(node)
         axes = _axes(im, node, ins, a)
         if axes is None and op == "unsqueeze":
             raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, "no axes")
@@ -466,21 +448,21 @@ def _axes_op(op: str) -> Handler:
 
 
 def _slice(im: _Importer, node: Any, a: dict) -> None:
-    ins = _inputs(node)
+    ins = node_inputs(node)
     if im.opset < 10:
         starts, ends = list(a["starts"]), list(a["ends"])
         axes = list(a.get("axes", range(len(starts))))
         steps = [1] * len(starts)
     else:
-        starts = _ints(im.const_array(ins[1], node, "starts"))
-        ends = _ints(im.const_array(ins[2], node, "ends"))
-        axes = _ints(im.const_array(ins[3], node, "axes")) if len(ins) > 3 else list(range(len(starts)))
-        steps = _ints(im.const_array(ins[4], node, "steps")) if len(ins) > 4 else [1] * len(starts)
+        starts = int_list(im.const_array(ins[1], node, "starts"))
+        ends = int_list(im.const_array(ins[2], node, "ends"))
+        axes = int_list(im.const_array(ins[3], node, "axes")) if len(ins) > 3 else list(range(len(starts)))
+        steps = int_list(im.const_array(ins[4], node, "steps")) if len(ins) > 4 else [1] * len(starts)
     im.emit("slice", node, ins[:1], axes=axes, starts=starts, ends=ends, steps=steps)
 
 
 def _expand(im: _Importer, node: Any, a: dict) -> None:
-    data, shape_name = _inputs(node)
+    data, shape_name = node_inputs(node)
     im.emit("expand", node, [data], shape=_dims(im.const_array(shape_name, node, "the shape")))
 
 
@@ -492,7 +474,7 @@ def _cast(im: _Importer, node: Any, a: dict) -> None:
     to = _ONNX_DTYPES.get(int(a["to"]))
     if to is None:
         raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS, f"to={a['to']}")
-    im.emit("cast", node, _inputs(node), to=to)
+    im.emit("cast", node, node_inputs(node), to=to)
 
 
 ONNX_OPS: dict[str, Handler] = {

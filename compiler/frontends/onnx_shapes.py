@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from compiler.frontends.common import UnsupportedOpError
+from compiler.frontends.onnx_common import annotated_shape, int_list, node_inputs
 from compiler.passes.shape_inference import _format, _terms
 
 FOLDABLE = ("Shape", "Slice", "Concat", "Gather", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub",
@@ -145,11 +146,9 @@ def _from_shape(im: Any, ins: list[str]) -> bool:
 
 
 def _shape_of(im: Any, node: Any, a: dict) -> np.ndarray:
-    from compiler.frontends.onnx_frontend import ONNX_OPS, _annotated_shape
-
-    dims = _annotated_shape(im, node.input[0])
+    dims = annotated_shape(im, node.input[0])
     if dims is None or any(d in ("", None) for d in dims):
-        raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+        raise UnsupportedOpError("onnx", node.op_type, node.name, im.supported_ops,
                                  f"the shape of {node.input[0]!r} is not annotated in the file "
                                  f"and does not follow from the graph inputs' shapes (give "
                                  f"every graph input a shape, static or symbolic)")
@@ -160,11 +159,9 @@ def _shape_of(im: Any, node: Any, a: dict) -> np.ndarray:
 
 def fold_shape_node(im: Any, node: Any, a: dict) -> bool:
     """Evaluate ``node`` if it is shape-only; True when folded (nothing is emitted)."""
-    from compiler.frontends.onnx_frontend import ONNX_OPS, _inputs, _ints
-
     if node.op_type not in FOLDABLE:
         return False
-    ins = _inputs(node)
+    ins = node_inputs(node)
     if node.op_type == "Shape":
         out = _shape_of(im, node, a)
     elif node.op_type == "ConstantOfShape":
@@ -180,16 +177,16 @@ def fold_shape_node(im: Any, node: Any, a: dict) -> bool:
             return False
         vals = [_vector(im, i) for i in ins]
         if any(v is None for v in vals):
-            raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+            raise UnsupportedOpError("onnx", node.op_type, node.name, im.supported_ops,
                                      "a shape computation mixed with tensor data")
         x = vals[0]
         op = node.op_type
         try:
             if op == "Slice":
                 out = x
-                starts, ends = _ints(vals[1]), _ints(vals[2])
-                axes = _ints(vals[3]) if len(vals) > 3 else list(range(len(starts)))
-                steps = _ints(vals[4]) if len(vals) > 4 else [1] * len(starts)
+                starts, ends = int_list(vals[1]), int_list(vals[2])
+                axes = int_list(vals[3]) if len(vals) > 3 else list(range(len(starts)))
+                steps = int_list(vals[4]) if len(vals) > 4 else [1] * len(starts)
                 for ax, s, e, st in zip(axes, starts, ends, steps):
                     idx = [slice(None)] * out.ndim
                     idx[ax] = slice(s, e, st)
@@ -200,15 +197,15 @@ def fold_shape_node(im: Any, node: Any, a: dict) -> bool:
             elif op == "Gather":
                 out = np.take(x, vals[1].astype(np.int64), axis=int(a.get("axis", 0)))
             elif op == "Unsqueeze":
-                axes = _ints(vals[1]) if len(vals) > 1 else [int(v) for v in a["axes"]]
+                axes = int_list(vals[1]) if len(vals) > 1 else [int(v) for v in a["axes"]]
                 out = np.expand_dims(x, tuple(axes))
             elif op == "Squeeze":
-                axes = _ints(vals[1]) if len(vals) > 1 else a.get("axes")
+                axes = int_list(vals[1]) if len(vals) > 1 else a.get("axes")
                 out = np.squeeze(x, None if axes is None else tuple(int(v) for v in axes))
             elif op == "Cast":
                 out = x
             elif op == "Reshape":
-                out = x.reshape(_ints(vals[1]))
+                out = x.reshape(int_list(vals[1]))
             elif op == "Equal":
                 xa, xb = np.broadcast_arrays(x, vals[1])
                 out = np.array([_equal(p, q) for p, q in zip(xa.reshape(-1), xb.reshape(-1))],
@@ -222,7 +219,7 @@ def fold_shape_node(im: Any, node: Any, a: dict) -> bool:
                                                                   xb.reshape(-1))],
                                dtype=object).reshape(xa.shape)
         except (ValueError, IndexError, TypeError) as e:
-            raise UnsupportedOpError("onnx", node.op_type, node.name, ONNX_OPS,
+            raise UnsupportedOpError("onnx", node.op_type, node.name, im.supported_ops,
                                      f"shape computation ({e})") from None
     name = node.output[0]
     out = np.asarray(out, dtype=object)  # np.take of a scalar index gives the bare element

@@ -19,12 +19,13 @@ import dataclasses
 import numpy as np
 
 from pimsim.config import HwConfig
+from pimsim.errors import HardwareFitError
 from pimsim.isa import Geometry, MatrixLayout, VectorLayout
 
 _DTYPE_BYTES = {"bf16": 2, "fp16": 2}
 
 
-class CapacityError(ValueError):
+class CapacityError(HardwareFitError):
     """The model does not fit the configured memory."""
 
 
@@ -67,7 +68,7 @@ def check_matrix_layouts(placed, products, g: Geometry, gb_cols: int | None,
                 raise MappingError(f"{m.name}: {e}") from None
 
 
-class MappingError(ValueError):
+class MappingError(HardwareFitError):
     """The model cannot be mapped onto this hardware (shape constraints)."""
 
 

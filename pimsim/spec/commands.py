@@ -43,6 +43,10 @@ MODE_SB = 0
 MODE_PIM = 1
 MODE_SWITCHES = ("register", "bank-mode", "none")
 
+# stream pseudo-command: in a channel's command stream (items ``(cmd, bank, row, count, 0)``, see
+# ``pimsim.timing``) an item with this command ends a segment, where the channels synchronise
+SYNC = -1
+
 
 @dataclass(frozen=True)
 class Command:

@@ -1,7 +1,13 @@
-"""Cycle-accurate timing of DRAM/PIM channels: rule tables compiled to arrays, a numba kernel.
+"""Cycle-accurate timing of DRAM/PIM channels: rule tables compiled to arrays, numba kernels.
 
 :class:`ChannelTimer` holds the state of one channel and advances it segment by segment; streams
 are ``int64`` arrays of items ``(cmd, bank, row, count, 0)`` built with :func:`make_stream`.
+
+The modules, lowest first: ``tables`` (rule tables of a config as arrays), ``jit`` (how the
+kernels are compiled and cached), ``state`` (a channel controller's state arrays), ``issue``
+(in-order command issue, refresh, closed-form runs), ``frfcfs`` (the queued FR-FCFS controller),
+``memo`` (replay of units simulated before), ``token_runner`` (a segment of one channel, a token
+on all channels), ``host_dma`` (the host DMA of AiM trace replay).
 """
 
 from __future__ import annotations
@@ -11,11 +17,20 @@ from collections.abc import Iterable
 import numpy as np
 
 from pimsim.config import HwConfig
-from pimsim.spec.commands import COMMANDS, N_CMDS, cmd_id
-from pimsim.timing import kernel as K
+from pimsim.spec.commands import COMMANDS, N_CMDS, SYNC, cmd_id
+# the kernels under other names: ``pimsim.timing.issue`` stays the module
+from pimsim.timing.issue import earliest as earliest_cyc, issue as issue_command
+from pimsim.timing.jit import compile_scope
+from pimsim.timing.memo import new_memo
+from pimsim.timing.state import (
+    NEVER, NO_MEMO, N_SCAL, N_STATS, ST_HITS, ST_MISSES, ST_REFRESHES, S_ALLROW, S_DONE,
+    S_LAST, S_LOG_N, S_NEXT_REF, S_OPEN_CYC, S_OPEN_SINCE,
+)
 from pimsim.timing.tables import TimingTables, build_tables
+from pimsim.timing.token_runner import run_segment
 
-SYNC = K.SYNC
+__all__ = ["ITEM_FIELDS", "SYNC", "ChannelStates", "ChannelTimer", "make_stream"]
+
 ITEM_FIELDS = 5
 
 
@@ -46,12 +61,12 @@ class ChannelStates:
         self.win_hist = np.zeros((c, n_win, n_nodes, tables.max_window), np.int64)
         self.win_cnt = np.zeros((c, n_win, n_nodes), np.int64)
         self.open_row = np.full((c, cfg.org.banks), -1, np.int64)
-        self.scal = np.zeros((c, K.N_SCAL), np.int64)
-        self.scal[:, K.S_NEXT_REF] = cfg.timing.nREFI
-        self.scal[:, K.S_ALLROW] = -1
-        self.scal[:, K.S_LAST] = K.NEVER
+        self.scal = np.zeros((c, N_SCAL), np.int64)
+        self.scal[:, S_NEXT_REF] = cfg.timing.nREFI
+        self.scal[:, S_ALLROW] = -1
+        self.scal[:, S_LAST] = NEVER
         self.counts = np.zeros((c, N_CMDS), np.int64)
-        self.stats = np.zeros((c, K.N_STATS), np.int64)
+        self.stats = np.zeros((c, N_STATS), np.int64)
 
 
 class ChannelTimer:
@@ -59,7 +74,7 @@ class ChannelTimer:
 
     With ``states`` and ``index`` it is a view on one channel of a :class:`ChannelStates`.
     ``memo`` (fast mode without a log) replays units of items simulated before from an
-    equivalent state (see ``kernel._memo_unit``).
+    equivalent state (see :func:`pimsim.timing.memo.memo_unit`).
     """
 
     def __init__(self, cfg: HwConfig, *, log: bool = False, fast: bool = True,
@@ -79,14 +94,14 @@ class ChannelTimer:
         self.counts = states.counts[index]
         self.stats = states.stats[index]
         self._log = np.zeros((1024 if log else 0, 4), np.int64)
-        self.memo = K.new_memo(1 << 18, 1 << 12) if memo else K.NO_MEMO
+        self.memo = new_memo(1 << 18, 1 << 12) if memo else NO_MEMO
 
     def run(self, stream: np.ndarray, pos: int = 0, not_before: int = 0,
             end: int | None = None) -> int:
         """Issue items from ``pos`` through the next SYNC (or ``end``); return the next position."""
         t = self.tables
-        with K.compile_scope():
-            pos, self._log = K.run_segment(
+        with compile_scope():
+            pos, self._log = run_segment(
                 stream, pos, stream.shape[0] if end is None else end, not_before, t.cmd_tab,
                 t.pr_start, t.pr_tab, t.win_tab, t.geom, self.ready, self.win_hist, self.win_cnt,
                 self.open_row, self.scal, self.counts, self.stats, self._log, self.memo,
@@ -103,48 +118,48 @@ class ChannelTimer:
     # --- direct access for rule tests and tools
     def earliest(self, name: str, bank: int = -1) -> int:
         t = self.tables
-        return int(K.earliest(cmd_id(name), bank, t.cmd_tab, t.win_tab, t.geom, self.ready,
-                              self.win_hist, self.win_cnt, self.scal[K.S_LAST]))
+        return int(earliest_cyc(cmd_id(name), bank, t.cmd_tab, t.win_tab, t.geom, self.ready,
+                                self.win_hist, self.win_cnt, self.scal[S_LAST]))
 
     def issue_at(self, name: str, bank: int, row: int, cycle: int) -> None:
         """Issue one command at a given cycle (no legality check: that is the caller's job)."""
         t = self.tables
-        self._log = K.issue(cmd_id(name), bank, row, cycle, 1, t.cmd_tab, t.pr_start, t.pr_tab,
-                            t.win_tab, t.geom, self.ready, self.win_hist, self.win_cnt,
-                            self.open_row, self.scal, self.counts, self._log)
+        self._log = issue_command(cmd_id(name), bank, row, cycle, 1, t.cmd_tab, t.pr_start,
+                                  t.pr_tab, t.win_tab, t.geom, self.ready, self.win_hist,
+                                  self.win_cnt, self.open_row, self.scal, self.counts, self._log)
 
     @property
     def done_cyc(self) -> int:
         """Cycle at which every issued command has completed."""
-        return int(self.scal[K.S_DONE])
+        return int(self.scal[S_DONE])
 
     @property
     def last_issue_cyc(self) -> int:
-        return int(self.scal[K.S_LAST])
+        return int(self.scal[S_LAST])
 
     @property
     def log(self) -> np.ndarray:
         """Issued commands so far: rows of (cycle, cmd, bank (-1 = all/channel), row)."""
-        return self._log[: int(self.scal[K.S_LOG_N])]
+        return self._log[: int(self.scal[S_LOG_N])]
 
     def command_counts(self) -> dict[str, int]:
         return {c.name: int(n) for c, n in zip(COMMANDS, self.counts) if n}
 
     def open_cyc(self, now: int) -> int:
         """Cycles up to ``now`` during which at least one bank was open (active standby)."""
-        n = int(self.scal[K.S_OPEN_CYC])
-        if self.scal[K.S_ALLROW] != -1:
-            n += max(0, now - int(self.scal[K.S_OPEN_SINCE]))
+        n = int(self.scal[S_OPEN_CYC])
+        if self.scal[S_ALLROW] != -1:
+            n += max(0, now - int(self.scal[S_OPEN_SINCE]))
         return n
 
     @property
     def row_hits(self) -> int:
-        return int(self.stats[K.ST_HITS])
+        return int(self.stats[ST_HITS])
 
     @property
     def row_misses(self) -> int:
-        return int(self.stats[K.ST_MISSES])
+        return int(self.stats[ST_MISSES])
 
     @property
     def refreshes(self) -> int:
-        return int(self.stats[K.ST_REFRESHES])
+        return int(self.stats[ST_REFRESHES])

@@ -4,10 +4,10 @@ fronts, the text summary, and JSON-ready rows."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from workloads.sweeps.run import SweepResult
+from workloads.sweeps.spec import Spec
 
 def _numeric(vals) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
@@ -186,3 +186,42 @@ def json_rows(df) -> list[dict]:
     return [{k: _jsonable(v) for k, v in r.items() if k != "hw_json"}
             for r in df.to_dict("records")]
 
+
+@dataclass
+class SweepResult:
+    """A sweep's outcome: its points (``df``), scaling between swept values, Pareto fronts."""
+
+    spec: Spec
+    db: str
+    n_points: int
+    n_unique: int
+    n_skipped: int  # already finished in the store
+    n_run: int  # points this run finished (simulated, or recorded invalid)
+    wall_s: float
+    df: Any = None  # pandas DataFrame of the sweep's points (spec order)
+    scaling: list[dict] = field(default_factory=list)
+    pareto: dict = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        s = self.df["status"] if self.df is not None and len(self.df) else []
+        return {k: int(sum(1 for x in s if x == k)) for k in ("ok", "invalid", "error")}
+
+    def summary(self) -> str:
+        """The text ``pimsim sweep`` prints: one line per point, scaling, Pareto fronts."""
+        return summary(self)
+
+    def to_dict(self) -> dict:
+        """JSON-ready (the document ``pimsim sweep --json`` prints): counts, one row per point
+        (spec order), scaling, Pareto fronts."""
+        return {"name": self.spec.name, "db": str(self.db), "counts": self.counts,
+                "points": json_rows(self.df), "scaling": _jsonable(self.scaling),
+                "pareto": _jsonable(self.pareto), "wall_s": self.wall_s,
+                "interrupted": self.interrupted}
+
+    def to_pandas(self) -> Any:
+        """One row per point (a pandas DataFrame), units in the column names."""
+        df = self.df.copy()
+        return df.rename(columns={"ms_per_token": "latency_ms_per_token",
+                                  "mj_per_token": "energy_mj_per_token"})

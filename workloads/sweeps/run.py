@@ -11,14 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pimsim import __version__
 from pimsim.config import config_from_dict
 from pimsim.errors import UserError
-from workloads.sweeps.analysis import _jsonable, json_rows, pareto_fronts, scaling_table, summary
+from workloads.sweeps.analysis import SweepResult, pareto_fronts, scaling_table
 from workloads.sweeps.spec import Point, PointError, Spec, load_spec
 from workloads.sweeps.store import Store, canonical_json, rows_for_keys, to_dataframe
 
@@ -48,7 +47,7 @@ def run_point(task: dict) -> dict:
         invalid = _invalid_types()
         cfg = config_from_dict(task["hw"], source=f"sweep point {task['key'][:8]}")
         cfg = dataclasses.replace(cfg, name=task.get("hw_name") or cfg.name)
-        from workloads.session import compile_model
+        from workloads.compiling import compile_model
 
         t_compile = time.perf_counter()
         c = compile_model(task["model"], cfg, memo=True)  # once per model and geometry here
@@ -105,44 +104,6 @@ def _init_worker(parent_pid: int, threads: int) -> None:
 
 
 # ---------------------------------------------------------------- driver
-
-@dataclass
-class SweepResult:
-    spec: Spec
-    db: str
-    n_points: int
-    n_unique: int
-    n_skipped: int  # already finished in the store
-    n_run: int  # points this run finished (simulated, or recorded invalid)
-    wall_s: float
-    df: Any = None  # pandas DataFrame of the sweep's points (spec order)
-    scaling: list[dict] = field(default_factory=list)
-    pareto: dict = field(default_factory=dict)
-    interrupted: bool = False
-
-    @property
-    def counts(self) -> dict[str, int]:
-        s = self.df["status"] if self.df is not None and len(self.df) else []
-        return {k: int(sum(1 for x in s if x == k)) for k in ("ok", "invalid", "error")}
-
-    def summary(self) -> str:
-        """The text ``pimsim sweep`` prints: one line per point, scaling, Pareto fronts."""
-        return summary(self)
-
-    def to_dict(self) -> dict:
-        """JSON-ready (the document ``pimsim sweep --json`` prints): counts, one row per point
-        (spec order), scaling, Pareto fronts."""
-        return {"name": self.spec.name, "db": str(self.db), "counts": self.counts,
-                "points": json_rows(self.df), "scaling": _jsonable(self.scaling),
-                "pareto": _jsonable(self.pareto), "wall_s": self.wall_s,
-                "interrupted": self.interrupted}
-
-    def to_pandas(self) -> Any:
-        """One row per point (a pandas DataFrame), units in the column names."""
-        df = self.df.copy()
-        return df.rename(columns={"ms_per_token": "latency_ms_per_token",
-                                  "mj_per_token": "energy_mj_per_token"})
-
 
 def _row(p: Point, res: dict) -> dict:
     row = dict(res)

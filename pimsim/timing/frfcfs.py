@@ -1,0 +1,221 @@
+"""Queued FR-FCFS controller of one channel for conventional RD/WR traffic (numba).
+
+When the config selects it (``[controller] scheduler = "frfcfs"``), conventional RD/WR requests
+of a channel wait in a read and a write queue (``geom[G_RQ]``, ``geom[G_WQ]`` entries) and are
+scheduled first-ready, oldest first, with write drain, as Ramulator 2's controller (which the
+public AiM simulator uses) does (:func:`cq_step`). A PIM item or a SYNC is a barrier: the queues
+are drained before it (:func:`run_queued`). PIM commands always issue in order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pimsim.timing.issue import earliest, issue, issue_refresh, refresh_due, row_step
+from pimsim.timing.jit import cached_njit
+from pimsim.timing.state import (
+    NONE_I64, ONE_I64, ST_HITS, ST_INSERTED, ST_MISSES, S_LAST, S_MODE, S_NEXT_REF,
+)
+from pimsim.timing.tables import (
+    CT_COLUMN, CT_MODE, G_CMD_ACT, G_CMD_PRE, G_CMD_RD, G_CMD_TMOD, G_CMD_WR, G_PIM, G_RQ, G_SCHED,
+    G_TMOD_GATED, G_WHI, G_WLO, G_WQ, SCHED_FRFCFS,
+)
+
+# Conventional RD/WR requests of a channel wait in a read and a write queue (``geom[G_RQ]``,
+# ``geom[G_WQ]`` entries) and are scheduled FR-FCFS, as Ramulator 2's controller (which the public
+# AiM simulator uses) does; see ``cq_step``. Queue rows: (cmd, bank, row, arrival cycle,
+# activated for it, a row command was issued for it), oldest first.
+Q_CMD, Q_BANK, Q_ROW, Q_ARR, Q_ACT, Q_MISS = range(6)
+QF = 6
+# controller state: requests queued, write-drain mode (1 = serving writes), reads and writes
+# holding a queue entry (an entry frees when its request's column command issues)
+CQ_N, CQ_WMODE, CQ_NR, CQ_NW = range(4)
+N_CQ = 4
+FAR_CYC = np.int64(1 << 60)
+
+
+@cached_njit(inline="always")
+def is_queued(cmd, geom):
+    """Whether stream command ``cmd`` is conventional traffic the FR-FCFS controller queues."""
+    return geom[G_SCHED] == SCHED_FRFCFS and (cmd == geom[G_CMD_RD] or cmd == geom[G_CMD_WR])
+
+
+@cached_njit()
+def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
+            win_cnt, open_row, scal, counts, stats, log):
+    """Issue the next command of the queued controller, if it issues before cycle ``limit``.
+
+    Returns (issued: 1, or 0 when the queue is empty or the next command would issue at or after
+    ``limit``, when the next request arrives; cycle of the next command, log). The policy, each
+    cycle as in a cycle-by-cycle controller (commands issue at the first cycle they are legal,
+    so evaluating it at the next legal cycle of any candidate is exact):
+
+    * write-drain mode (Ramulator 2 / AiM): entered when the write queue holds more than the high
+      watermark or no read waits, left when it holds fewer than the low watermark and a read
+      waits (requests whose row is being opened for them do not count: they are served first);
+    * candidates: every request whose row was activated for it, and the requests of the queue
+      being served (reads, or writes in drain mode); each needs its next command (PRE, ACT or its
+      column command, ``row_step``); a PRE that would close the row of an activated request
+      waits for it;
+    * of the candidates legal at the earliest cycle ("first ready": a row hit's column command
+      is usually legal before a miss's PRE/ACT): the column command of an activated request,
+      then the oldest (Ramulator 2's FRFCFS; a strict row-hit-first order differs from the AiM
+      simulator by 3 % on the mem_row_conflicts reference trace);
+    * a due refresh goes first (PREA + REFab, ``issue_refresh``); a mode switch (TMOD) issues in
+      place of the chosen command when the channel is not in the mode RD/WR need.
+
+    Every command goes through ``earliest`` / ``issue`` of the rule table, so the checker
+    verifies the log as for in-order streams.
+    """
+    n = cq[CQ_N]
+    if n == 0:
+        return 0, FAR_CYC, log
+    nr = 0
+    nw = 0
+    wr_cmd = geom[G_CMD_WR]
+    for i in range(n):
+        if q[i, Q_ACT] == 0:
+            if q[i, Q_CMD] == wr_cmd:
+                nw += 1
+            else:
+                nr += 1
+    wm = cq[CQ_WMODE]
+    if wm == 0:
+        if nw > geom[G_WHI] or nr == 0:
+            wm = 1
+    elif nw < geom[G_WLO] and nr != 0:
+        wm = 0
+    cq[CQ_WMODE] = wm
+    best = -1
+    best_t = FAR_CYC
+    best_pri = 3
+    best_cmd = NONE_I64
+    best_bank = NONE_I64
+    best_row = NONE_I64
+    pre = geom[G_CMD_PRE]
+    for i in range(n):
+        cmd = q[i, Q_CMD]
+        act = q[i, Q_ACT]
+        if act == 0 and (cmd == wr_cmd) != (wm == 1):
+            continue
+        bank = q[i, Q_BANK]
+        ncmd, nbank, nrow = row_step(cmd, bank, q[i, Q_ROW], cmd_tab, geom, open_row, scal)
+        if ncmd == pre:
+            guarded = False
+            for j in range(n):
+                if (q[j, Q_ACT] == 1 and q[j, Q_BANK] == bank
+                        and q[j, Q_ROW] == open_row[bank]):
+                    guarded = True
+                    break
+            if guarded:
+                continue
+        t = max(not_before, q[i, Q_ARR], earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready,
+                                                   win_hist, win_cnt, scal[S_LAST]))
+        pri = 1
+        if ncmd == cmd and act == 1:
+            pri = 0
+        if t < best_t or (t == best_t and pri < best_pri):
+            best, best_t, best_pri = i, t, pri
+            best_cmd, best_bank, best_row = ncmd, nbank, nrow
+    if best < 0:
+        return 0, FAR_CYC, log  # cannot happen: an activated request's column is always a candidate
+    t = best_t
+    tmod = geom[G_CMD_TMOD]
+    switch = False
+    if geom[G_PIM] == 1:
+        mode = cmd_tab[q[best, Q_CMD], CT_MODE]
+        if mode >= 0 and mode != scal[S_MODE]:
+            switch = True
+            t = earliest(tmod, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt, scal[S_LAST])
+            t = max(t, not_before)
+            if geom[G_TMOD_GATED] == 1:
+                t = max(t, best_t)
+    if refresh_due(t, geom, scal):
+        if scal[S_NEXT_REF] >= limit:
+            return 0, t, log  # a request arriving before the refresh is due may go first
+        log = issue_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
+                            open_row, scal, counts, stats, log)
+        for i in range(n):
+            q[i, Q_ACT] = 0  # their rows were closed
+        return 1, t, log
+    if t >= limit:
+        return 0, t, log
+    if switch:
+        log = issue(tmod, NONE_I64, NONE_I64, t, ONE_I64, cmd_tab,
+                    pr_start, pr_tab, win_tab, geom, ready,
+                    win_hist, win_cnt, open_row, scal, counts, log)
+        stats[ST_INSERTED] += 1
+        return 1, t, log
+    log = issue(best_cmd, best_bank, best_row, t, ONE_I64, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                ready, win_hist, win_cnt, open_row, scal, counts, log)
+    if best_cmd != q[best, Q_CMD]:
+        stats[ST_INSERTED] += 1
+        q[best, Q_MISS] = 1
+        if best_cmd == geom[G_CMD_ACT]:
+            q[best, Q_ACT] = 1
+        return 1, t, log
+    if cmd_tab[best_cmd, CT_COLUMN] == 1:
+        if q[best, Q_MISS] == 1:
+            stats[ST_MISSES] += 1
+        else:
+            stats[ST_HITS] += 1
+    if best_cmd == wr_cmd:
+        cq[CQ_NW] -= 1
+    else:
+        cq[CQ_NR] -= 1
+    for i in range(best, n - 1):
+        for f in range(QF):
+            q[i, f] = q[i + 1, f]
+    cq[CQ_N] = n - 1
+    return 1, t, log
+
+
+@cached_njit(inline="always")
+def cq_room(cmd, cq, geom):
+    """Whether the queue of ``cmd`` (reads or writes) has a free entry."""
+    if cmd == geom[G_CMD_WR]:
+        return cq[CQ_NW] < geom[G_WQ]
+    return cq[CQ_NR] < geom[G_RQ]
+
+
+@cached_njit(inline="always")
+def cq_push(q, cq, cmd, bank, row, arr, geom):
+    n = cq[CQ_N]
+    q[n, Q_CMD] = cmd
+    q[n, Q_BANK] = bank
+    q[n, Q_ROW] = row
+    q[n, Q_ARR] = arr
+    q[n, Q_ACT] = 0
+    q[n, Q_MISS] = 0
+    cq[CQ_N] = n + 1
+    if cmd == geom[G_CMD_WR]:
+        cq[CQ_NW] += 1
+    else:
+        cq[CQ_NR] += 1
+
+
+@cached_njit()
+def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+               win_hist, win_cnt, open_row, scal, counts, stats, log):
+    """Serve the conventional RD/WR items ``[pos, end)`` through the FR-FCFS controller and
+    drain it (the next item is a PIM command, a SYNC or the end: a barrier). Item ``(cmd, bank,
+    row, n)`` is ``n`` requests to that row; they enter the queues in stream order, all ready at
+    ``not_before``, each as soon as its queue has a free entry (an entry frees when its request's
+    column command issues). Returns the log."""
+    q = np.zeros((geom[G_RQ] + geom[G_WQ], QF), np.int64)
+    cq = np.zeros(N_CQ, np.int64)
+    cq[CQ_WMODE] = 1  # no read waits: Ramulator 2's hysteresis is in write mode
+    arr = not_before
+    for p in range(pos, end):
+        cmd = stream[p, 0]
+        for _ in range(stream[p, 3]):
+            while not cq_room(cmd, cq, geom):
+                ok, t, log = cq_step(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab,
+                                     win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
+                                     counts, stats, log)
+                arr = max(arr, t)
+            cq_push(q, cq, cmd, stream[p, 1], stream[p, 2], arr, geom)
+    while cq[CQ_N] > 0:
+        ok, t, log = cq_step(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                             ready, win_hist, win_cnt, open_row, scal, counts, stats, log)
+    return log

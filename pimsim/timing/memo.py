@@ -1,0 +1,389 @@
+"""Memo of simulated units of a channel's command stream: exact replay from an equivalent state.
+
+A unit (a run of identical item pairs, a block of items, or a run of conventional RD/WR requests
+through the FR-FCFS queues) that was simulated before from an equivalent controller state is
+replayed from the memo instead of simulated again (:func:`memo_unit`); the state moves exactly as
+simulating it would. One flat ``int64`` array holds the memo (:func:`new_memo`): a header, an
+open-addressing hash table of entry ids, per-entry metadata, the entry words, and scratch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pimsim.timing.frfcfs import run_queued
+from pimsim.timing.issue import fast_forward_pairs, run_item
+from pimsim.timing.jit import cached_njit
+from pimsim.timing.state import (
+    S_ALLROW, S_DONE, S_LAST, S_MODE, S_NEXT_REF, S_OPEN_CYC, S_OPEN_SINCE, open_cyc_at,
+)
+from pimsim.timing.tables import G_BUS, G_REFRESH
+
+# One flat int64 array holds the memo: a header, an open-addressing hash table of entry ids,
+# per-entry metadata (hash, offset, key length, value length), the entry words, and scratch.
+(M_HT, M_MAXE, M_CAP, M_N, M_USED, M_TAB, M_META, M_DAT, M_SCR, M_SCR_LEN, M_HITS,
+ M_MISSES) = range(12)
+M_HEADER = 16
+MEMO_BLOCK = 16  # stream items per block unit (units that are not pair runs)
+_NO_REF = -(1 << 50)  # key slot value: entry valid for any refresh time after its last command
+
+
+def new_memo(capacity_words: int = 1 << 23, max_entries: int = 1 << 16,
+             scratch_words: int = 1 << 15) -> np.ndarray:
+    """An empty memo (see ``memo_unit``); ``np.zeros(0)`` disables memoisation."""
+    ht = 1
+    while ht < 2 * max_entries:
+        ht *= 2
+    memo = np.zeros(M_HEADER + ht + 4 * max_entries + capacity_words + scratch_words, np.int64)
+    memo[M_HT], memo[M_MAXE], memo[M_CAP] = ht, max_entries, capacity_words
+    memo[M_TAB] = M_HEADER
+    memo[M_META] = M_HEADER + ht
+    memo[M_DAT] = M_HEADER + ht + 4 * max_entries
+    memo[M_SCR] = memo[M_DAT] + capacity_words
+    memo[M_SCR_LEN] = scratch_words
+    return memo
+
+
+@cached_njit(inline="always")
+def _label(memo, lab0, n_lab, row):
+    """Canonical label of ``row``: the order of its first appearance (negative rows stay)."""
+    if row < 0:
+        return row, n_lab
+    for i in range(n_lab):
+        if memo[lab0 + i] == row:
+            return i, n_lab
+    memo[lab0 + n_lab] = row
+    return n_lab, n_lab + 1
+
+
+@cached_njit(inline="always")
+def _pack_ready(ready, cp, memo, n):
+    """Write the ready times after ``cp`` at ``memo[n:]``: a count, then one word per time
+    (index << 32 | cycles after cp). Returns the next free index, or -1 if one does not fit."""
+    nz_at = n
+    n += 1
+    ncol = ready.shape[1]
+    for i in range(ready.shape[0]):
+        for j in range(ncol):
+            v = ready[i, j] - cp
+            if v > 0:
+                if v >= (1 << 31):
+                    return -1
+                memo[n] = ((i * ncol + j) << 32) | v
+                n += 1
+    memo[nz_at] = n - nz_at - 1
+    return n
+
+
+@cached_njit(inline="always")
+def _pack_windows(win_tab, win_hist, win_cnt, cp, memo, n, pre, q):
+    """Write the window state at ``memo[n:]``: per (window, node), the change of its count since
+    ``pre[q], pre[q + 1], ...`` (only when ``q >= 0``), the number of entries that count, then
+    those entries oldest first as cycles their window still binds after ``cp`` (0: no longer).
+    Returns the next free index."""
+    for w in range(win_tab.shape[0]):
+        lat = win_tab[w, 3]
+        size = win_tab[w, 4]
+        for node in range(win_cnt.shape[1]):
+            c = win_cnt[w, node]
+            if q >= 0:
+                memo[n] = c - pre[q]
+                n += 1
+                q += 1
+            memo[n] = min(c, size)
+            n += 1
+            for j in range(min(c, size)):
+                memo[n] = max(win_hist[w, node, (c + j) % size if c >= size else j] + lat - cp, 0)
+                n += 1
+    return n
+
+
+@cached_njit()
+def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_cnt, open_row,
+              scal, memo, k0, lab0, room):
+    """Write the unit's key at ``memo[k0:]``: everything its outcome depends on, relative to
+    ``cp`` (the last issue + bus gap; no later command can issue earlier, so ready times,
+    window entries and the completion time at or before it compare as equal) and with rows
+    relabelled canonically (timing depends on which rows are equal, not on their numbers).
+    Returns (key length or -1 if it does not fit, labels used, cp)."""
+    cp = scal[S_LAST] + geom[G_BUS]
+    need = 16 + open_row.shape[0] + 4 * n_it + 2 * ready.shape[0] * ready.shape[1]
+    need += win_cnt.shape[0] * win_cnt.shape[1] * (1 + win_hist.shape[2])
+    if need > room:
+        return -1, 0, cp
+    n = k0
+    memo[n] = kind
+    memo[n + 1] = n_it
+    memo[n + 2] = max(nb - cp, 0)
+    memo[n + 3] = scal[S_DONE] - cp
+    memo[n + 4] = scal[S_MODE]
+    memo[n + 5] = _NO_REF  # refresh slot, see memo_unit
+    n += 6
+    n_lab = 0
+    for b in range(open_row.shape[0]):
+        memo[n], n_lab = _label(memo, lab0, n_lab, open_row[b])
+        n += 1
+    if kind != 1:
+        for p in range(pos, pos + n_it):
+            memo[n] = stream[p, 0]
+            memo[n + 1] = stream[p, 1]
+            memo[n + 2], n_lab = _label(memo, lab0, n_lab, stream[p, 2])
+            memo[n + 3] = stream[p, 3]
+            n += 4
+    else:
+        memo[n] = stream[pos, 0]
+        memo[n + 1] = stream[pos, 1]
+        memo[n + 2] = stream[pos, 3]
+        for f in range(4):
+            memo[n + 3 + f] = stream[pos + 1, f]
+        n += 7
+        for j in range(n_it):
+            memo[n], n_lab = _label(memo, lab0, n_lab, stream[pos + 2 * j, 2])
+            n += 1
+    n = _pack_ready(ready, cp, memo, n)
+    if n < 0:
+        return -1, 0, cp
+    n = _pack_windows(win_tab, win_hist, win_cnt, cp, memo, n, memo, -1)
+    return n - k0, n_lab, cp
+
+
+@cached_njit(inline="always")
+def _memo_hash(memo, k0, klen):
+    h = np.int64(-3750763034362895579)  # FNV-1a offset basis
+    for i in range(k0, k0 + klen):
+        h = (h ^ memo[i]) * np.int64(1099511628211)
+    return h
+
+
+@cached_njit()
+def _memo_find(memo, k0, klen, h):
+    """Entry id of the key at ``memo[k0:k0+klen]`` (full comparison), or -1."""
+    mask = memo[M_HT] - 1
+    tab = memo[M_TAB]
+    meta = memo[M_META]
+    dat = memo[M_DAT]
+    slot = h & mask
+    while memo[tab + slot] != 0:
+        e = memo[tab + slot] - 1
+        if memo[meta + 4 * e] == h and memo[meta + 4 * e + 2] == klen:
+            off = dat + memo[meta + 4 * e + 1]
+            same = True
+            for i in range(klen):
+                if memo[off + i] != memo[k0 + i]:
+                    same = False
+                    break
+            if same:
+                return e
+        slot = (slot + 1) & mask
+    return -1
+
+
+@cached_njit()
+def _memo_insert(memo, k0, klen, v0, vlen, h):
+    e = memo[M_N]
+    if e >= memo[M_MAXE] or memo[M_USED] + klen + vlen > memo[M_CAP]:
+        return  # full: later units are simulated (exact, just not faster)
+    off = memo[M_DAT] + memo[M_USED]
+    for i in range(klen):
+        memo[off + i] = memo[k0 + i]
+    for i in range(vlen):
+        memo[off + klen + i] = memo[v0 + i]
+    meta = memo[M_META] + 4 * e
+    memo[meta], memo[meta + 1], memo[meta + 2], memo[meta + 3] = h, memo[M_USED], klen, vlen
+    memo[M_USED] += klen + vlen
+    memo[M_N] = e + 1
+    mask = memo[M_HT] - 1
+    slot = h & mask
+    while memo[memo[M_TAB] + slot] != 0:
+        slot = (slot + 1) & mask
+    memo[memo[M_TAB] + slot] = e + 1
+
+
+@cached_njit()
+def _memo_apply(memo, v0, cp, lab0, win_tab, ready, win_hist, win_cnt, open_row, scal, counts,
+                stats):
+    """Move the state by a recorded outcome (see ``_memo_value``); returns the items consumed."""
+    n_items = memo[v0]
+    if memo[v0 + 5] == 1:
+        f_pre = open_cyc_at(scal, cp)
+        scal[S_OPEN_CYC] = f_pre + memo[v0 + 6]
+        scal[S_OPEN_SINCE] = cp + memo[v0 + 7]
+    scal[S_LAST] = cp + memo[v0 + 1]
+    scal[S_DONE] = cp + memo[v0 + 2]
+    scal[S_MODE] = memo[v0 + 3]
+    scal[S_NEXT_REF] += memo[v0 + 4]
+    n = v0 + 8
+    same = -3
+    for b in range(open_row.shape[0]):
+        lb = memo[n]
+        open_row[b] = memo[lab0 + lb] if lb >= 0 else lb
+        if same == -3:
+            same = open_row[b]
+        elif open_row[b] != same:
+            same = -2
+        n += 1
+    scal[S_ALLROW] = same
+    ncol = ready.shape[1]
+    nz = memo[n]
+    n += 1
+    for _ in range(nz):
+        i = memo[n] >> 32
+        ready[i // ncol, i % ncol] = cp + (memo[n] & 0xFFFFFFFF)
+        n += 1
+    for w in range(win_tab.shape[0]):
+        lat = win_tab[w, 3]
+        size = win_tab[w, 4]
+        for node in range(win_cnt.shape[1]):
+            c = win_cnt[w, node] + memo[n]
+            k = memo[n + 1]
+            n += 2
+            win_cnt[w, node] = c
+            for j in range(k):
+                win_hist[w, node, (c + j) % size if c >= size else j] = cp + memo[n] - lat
+                n += 1
+    for x in range(counts.shape[0]):
+        counts[x] += memo[n + x]
+    n += counts.shape[0]
+    for x in range(stats.shape[0]):
+        stats[x] += memo[n + x]
+    return n_items
+
+
+@cached_njit()
+def _memo_value(memo, v0, room, n_items, cp, lab0, n_lab, pre, win_tab, ready, win_hist, win_cnt,
+                open_row, scal, counts, stats):
+    """Write the outcome of a simulated unit at ``memo[v0:]`` relative to ``cp``; ``pre`` holds
+    the state's counters before it. Returns the value length, or -1 (not recordable)."""
+    n_c = counts.shape[0]
+    n_s = stats.shape[0]
+    need = 16 + open_row.shape[0] + 2 * ready.shape[0] * ready.shape[1] + n_c + n_s
+    need += win_cnt.shape[0] * win_cnt.shape[1] * (2 + win_hist.shape[2])
+    if need > room:
+        return -1
+    memo[v0] = n_items
+    memo[v0 + 1] = scal[S_LAST] - cp
+    memo[v0 + 2] = scal[S_DONE] - cp
+    memo[v0 + 3] = scal[S_MODE]
+    memo[v0 + 4] = scal[S_NEXT_REF] - pre[n_c + n_s + 2]
+    changed = scal[S_OPEN_CYC] != pre[n_c + n_s] or scal[S_OPEN_SINCE] != pre[n_c + n_s + 1]
+    memo[v0 + 5] = 1 if changed else 0
+    memo[v0 + 6] = scal[S_OPEN_CYC] - pre[n_c + n_s + 3]  # minus the open time at cp before
+    memo[v0 + 7] = scal[S_OPEN_SINCE] - cp
+    n = v0 + 8
+    for b in range(open_row.shape[0]):
+        r = open_row[b]
+        lb = r
+        if r >= 0:
+            lb = -1
+            for i in range(n_lab):
+                if memo[lab0 + i] == r:
+                    lb = i
+                    break
+            if lb < 0:
+                return -1  # a row the key did not name (cannot happen for well-formed units)
+        memo[n] = lb
+        n += 1
+    n = _pack_ready(ready, cp, memo, n)
+    if n < 0:
+        return -1
+    n = _pack_windows(win_tab, win_hist, win_cnt, cp, memo, n, pre, n_c + n_s + 4)
+    for x in range(n_c):
+        memo[n + x] = counts[x] - pre[x]
+    n += n_c
+    for x in range(n_s):
+        memo[n + x] = stats[x] - pre[n_c + x]
+    n += n_s
+    return n - v0
+
+
+@cached_njit()
+def memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+              ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo):
+    """Run one unit (``kind`` 1: a run of ``n_it`` identical pairs, see fast_forward_pairs;
+    0: ``n_it`` items; 2: a run of ``n_it`` conventional RD/WR items through the FR-FCFS queues,
+    ``run_queued``) from the memo if an equal unit was simulated before, else simulate and
+    record it. Returns (next position, log).
+
+    The key (``_memo_key``) holds every input the unit's commands depend on: ready times,
+    window entries and completion relative to the last issue, mode, open rows and the unit's
+    items with rows relabelled, the segment start. An entry recorded without a refresh is valid
+    whenever the next refresh falls after its last command (the refresh time then never
+    entered a decision); one with a refresh adds the refresh time to the key. Applying an
+    entry moves the state exactly as simulating the unit would; tests hold both equal.
+    """
+    n_c = counts.shape[0]
+    n_s = stats.shape[0]
+    n_w = win_cnt.shape[0] * win_cnt.shape[1]
+    scr = memo[M_SCR]
+    lab0 = scr
+    pre0 = lab0 + open_row.shape[0] + (n_it if kind == 1 else 4 * n_it) + 1
+    k0 = pre0 + n_c + n_s + 4 + n_w
+    room = (scr + memo[M_SCR_LEN] - k0) // 2
+    v0 = k0 + room
+    klen = -1
+    n_lab = 0
+    cp = 0
+    if room > 0:
+        klen, n_lab, cp = _memo_key(stream, pos, kind, n_it, not_before, geom, win_tab, ready,
+                                    win_hist, win_cnt, open_row, scal, memo, k0, lab0, room)
+    h0 = 0
+    e0 = -1
+    h1 = 0
+    if klen > 0:
+        h0 = _memo_hash(memo, k0, klen)
+        e0 = _memo_find(memo, k0, klen, h0)
+        if e0 >= 0:
+            ev = memo[M_DAT] + memo[memo[M_META] + 4 * e0 + 1] + klen
+            if geom[G_REFRESH] == 0 or scal[S_NEXT_REF] - cp > memo[ev + 1]:
+                memo[M_HITS] += 1
+                return pos + _memo_apply(memo, ev, cp, lab0, win_tab, ready, win_hist, win_cnt,
+                                         open_row, scal, counts, stats), log
+        if geom[G_REFRESH] == 1:
+            memo[k0 + 5] = scal[S_NEXT_REF] - cp
+            h1 = _memo_hash(memo, k0, klen)
+            e1 = _memo_find(memo, k0, klen, h1)
+            if e1 >= 0:
+                ev = memo[M_DAT] + memo[memo[M_META] + 4 * e1 + 1] + klen
+                memo[M_HITS] += 1
+                return pos + _memo_apply(memo, ev, cp, lab0, win_tab, ready, win_hist, win_cnt,
+                                         open_row, scal, counts, stats), log
+        for x in range(n_c):
+            memo[pre0 + x] = counts[x]
+        for x in range(n_s):
+            memo[pre0 + n_c + x] = stats[x]
+        memo[pre0 + n_c + n_s] = scal[S_OPEN_CYC]
+        memo[pre0 + n_c + n_s + 1] = scal[S_OPEN_SINCE]
+        memo[pre0 + n_c + n_s + 2] = scal[S_NEXT_REF]
+        memo[pre0 + n_c + n_s + 3] = open_cyc_at(scal, cp)
+        q = pre0 + n_c + n_s + 4
+        for w in range(win_cnt.shape[0]):
+            for node in range(win_cnt.shape[1]):
+                memo[q] = win_cnt[w, node]
+                q += 1
+    if kind == 1:
+        p, log = fast_forward_pairs(stream, pos, n_it, not_before, cmd_tab, pr_start, pr_tab,
+                                    win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
+                                    counts, stats, log)
+    elif kind == 2:
+        log = run_queued(stream, pos, pos + n_it, not_before, cmd_tab, pr_start, pr_tab, win_tab,
+                         geom, ready, win_hist, win_cnt, open_row, scal, counts, stats, log)
+        p = pos + n_it
+    else:
+        for q in range(pos, pos + n_it):
+            log = run_item(stream, q, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                           ready, win_hist, win_cnt, open_row, scal, counts, stats, log)
+        p = pos + n_it
+    if klen > 0:
+        memo[M_MISSES] += 1
+        vlen = _memo_value(memo, v0, room, p - pos, cp, lab0, n_lab, memo[pre0:k0], win_tab,
+                           ready, win_hist, win_cnt, open_row, scal, counts, stats)
+        if vlen > 0:
+            if memo[v0 + 4] == 0 and e0 < 0:
+                # no refresh: valid whenever the next refresh falls after its last command
+                memo[k0 + 5] = _NO_REF
+                _memo_insert(memo, k0, klen, v0, vlen, h0)
+            elif geom[G_REFRESH] == 1:
+                # a refresh happened, or it ended earlier than an entry without the refresh
+                # time (a closed-form run stopped short of the refresh): key the refresh time
+                _memo_insert(memo, k0, klen, v0, vlen, h1)
+    return p, log

@@ -1,0 +1,280 @@
+"""Segment and token runners: a channel's stream up to the next sync point, a program's steps on all
+channels (numba).
+
+:func:`run_segment` advances one channel through its items up to the next ``SYNC`` (in order,
+through the FR-FCFS queues, in closed form or from the memo). :func:`run_steps` runs a program's
+steps (one token) on all channels with their links and the ASIC and collective steps between
+them; channels with identical segments and equivalent controller states
+(:func:`channels_equivalent`) are simulated once per step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pimsim.spec.commands import SYNC
+from pimsim.timing.frfcfs import is_queued, run_queued
+from pimsim.timing.issue import fast_forward_pairs, pair_run, run_item
+from pimsim.timing.jit import cached_njit
+from pimsim.timing.memo import MEMO_BLOCK, memo_unit
+from pimsim.timing.state import (
+    N_SCAL, S_ALLROW, S_DONE, S_LAST, S_LOG_N, S_MODE, S_NEXT_REF, S_OPEN_CYC, copy_into,
+    open_cyc_at,
+)
+from pimsim.timing.tables import CT_ENABLED, CT_SELF_GAP, G_BUS, G_FAST, G_REFRESH
+
+
+@cached_njit()
+def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                win_hist, win_cnt, open_row, scal, counts, stats, log, memo):
+    """Issue stream items from ``pos`` up to (and past) the next SYNC item, or to ``end``.
+
+    With the FR-FCFS controller a run of consecutive conventional RD/WR items goes through
+    ``run_queued`` (drained before the next PIM item or SYNC, which act as barriers).
+
+    No stream command issues before ``not_before``. Returns (next position, log). In fast mode
+    (without a log) runs of identical item pairs are stepped in closed form once they are
+    periodic (see ``fast_forward_pairs``), and with a memo (``memo.shape[0] > 0``) units of
+    items that were simulated before from an equivalent state are replayed (``memo_unit``).
+    """
+    use_memo = memo.shape[0] > 0 and geom[G_FAST] == 1 and log.shape[0] == 0
+    while pos < end:
+        cmd = stream[pos, 0]
+        if cmd == SYNC:
+            return pos + 1, log
+        if cmd < 0 or cmd >= cmd_tab.shape[0] or cmd_tab[cmd, CT_ENABLED] == 0:
+            raise ValueError("stream item names a command this device does not have "
+                             "(a PIM command with pim.enabled = false, or an unknown id)")
+        if is_queued(cmd, geom):
+            # a run of conventional RD/WR requests: through the FR-FCFS queues, drained at its end
+            e = pos + 1
+            while e < end and stream[e, 0] >= 0 and is_queued(stream[e, 0], geom):
+                e += 1
+            if use_memo and e - pos >= 4:
+                pos, log = memo_unit(stream, pos, np.int64(2), e - pos, not_before, cmd_tab,
+                                     pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
+                                     open_row, scal, counts, stats, log, memo)
+            else:
+                log = run_queued(stream, pos, e, not_before, cmd_tab, pr_start, pr_tab, win_tab,
+                                 geom, ready, win_hist, win_cnt, open_row, scal, counts, stats,
+                                 log)
+                pos = e
+            continue
+        if geom[G_FAST] == 1 and log.shape[0] == 0:
+            # pairs that can pass before the next refresh (each takes at least count * gap)
+            limit = 1 << 20
+            if geom[G_REFRESH] == 1:
+                c0 = stream[pos, 0]
+                if c0 >= 0:
+                    per = max(1, stream[pos, 3] * cmd_tab[c0, CT_SELF_GAP])
+                    limit = 3 + max(0, scal[S_NEXT_REF] - scal[S_LAST]) // per
+            m = pair_run(stream, pos, end, cmd_tab, limit)
+            if use_memo:
+                kind = 1
+                n_it = m
+                if m < 3:
+                    kind = 0
+                    q = pos + 1
+                    while (q < end and q - pos < MEMO_BLOCK and stream[q, 0] != SYNC
+                           and not is_queued(stream[q, 0], geom)
+                           and pair_run(stream, q, end, cmd_tab, np.int64(3)) < 3):
+                        q += 1
+                    n_it = q - pos
+                if kind == 1 or n_it >= 4:
+                    pos, log = memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start,
+                                         pr_tab, win_tab, geom, ready, win_hist, win_cnt,
+                                         open_row, scal, counts, stats, log, memo)
+                    continue
+            if m >= 3:
+                pos, log = fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start,
+                                              pr_tab, win_tab, geom, ready, win_hist, win_cnt,
+                                              open_row, scal, counts, stats, log)
+                continue
+        log = run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                       win_hist, win_cnt, open_row, scal, counts, stats, log)
+        pos += 1
+    return pos, log
+
+
+@cached_njit()
+def _segments_equal(items, a0, a1, b0, b1):
+    """Whether stream items [a0, a1) and [b0, b1) are identical."""
+    if a1 - a0 != b1 - b0:
+        return False
+    for p in range(a1 - a0):
+        for f in range(items.shape[1]):
+            if items[a0 + p, f] != items[b0 + p, f]:
+                return False
+    return True
+
+
+@cached_njit()
+def segment_classes(items, seg_lo, seg_hi, steps, cls):
+    """For each step ``k`` in ``steps``: ``cls[c, k]`` = the first channel whose segment ``k``
+    is identical to channel ``c``'s (channels of one class issue the same items)."""
+    for k in steps:
+        for c in range(cls.shape[0]):
+            cls[c, k] = c
+            for r in range(c):
+                if cls[r, k] == r and _segments_equal(items, seg_lo[c, k], seg_hi[c, k],
+                                                      seg_lo[r, k], seg_hi[r, k]):
+                    cls[c, k] = r
+                    break
+
+
+@cached_njit()
+def channels_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt, open_row, scal):
+    """Whether channels ``a`` and ``b`` behave identically from now on for the same items.
+
+    No command issues before ``cpt`` (the earlier of the segment start and the refresh due
+    time), so ready times, the last issue and window entries at or before ``cpt`` cannot
+    bind and compare as equal; completion times compare from ``start`` on. Statistics (counts,
+    hits, open-bank time) are not behaviour and are not compared.
+    """
+    for x in (S_NEXT_REF, S_MODE, S_ALLROW):
+        if scal[a, x] != scal[b, x]:
+            return False
+    bus = geom[G_BUS]
+    if max(scal[a, S_LAST] + bus, cpt) != max(scal[b, S_LAST] + bus, cpt):
+        return False
+    if max(scal[a, S_DONE], start) != max(scal[b, S_DONE], start):
+        return False
+    for i in range(open_row.shape[1]):
+        if open_row[a, i] != open_row[b, i]:
+            return False
+    for i in range(ready.shape[1]):
+        for j in range(ready.shape[2]):
+            if max(ready[a, i, j], cpt) != max(ready[b, i, j], cpt):
+                return False
+    for w in range(win_tab.shape[0]):
+        lat = win_tab[w, 3]
+        size = win_tab[w, 4]
+        for node in range(win_cnt.shape[2]):
+            na = win_cnt[a, w, node]
+            nb = win_cnt[b, w, node]
+            if na < size or nb < size:
+                if na != nb:
+                    return False
+                for j in range(na):
+                    if (max(win_hist[a, w, node, j] + lat, cpt)
+                            != max(win_hist[b, w, node, j] + lat, cpt)):
+                        return False
+            else:
+                for j in range(size):  # oldest first
+                    if (max(win_hist[a, w, node, (na + j) % size] + lat, cpt)
+                            != max(win_hist[b, w, node, (nb + j) % size] + lat, cpt)):
+                        return False
+    return True
+
+
+@cached_njit()
+def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
+              link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+              win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
+              step_link, group, memo):
+    """Run a program's steps (one token) on all channels (state arrays stacked by channel).
+
+    A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
+    segments share a ``seg_cls``) of every channel from its start (its
+    dependencies' end; in serial mode also every earlier step's end) and ends when the last
+    channel is done plus ``link_lat``, a channel being done once its commands are and its link
+    has moved the segment's transfers (``link_busy[c, k]`` cycles, queued in program order on
+    the channel's link from the step's start, see ``pimsim.link``; ``step_link`` gets the
+    critical channel's); a channel starts its segment ``link_lead[c, k]`` cycles after the
+    step (its first command's data is still crossing the link); an ASIC step (``kind == 0``)
+    runs ``dur`` cycles after its dependencies and the previous ASIC step, a collective
+    (``kind == 2``) ``dur`` cycles after its dependencies and the previous collective.
+    Fills step_start/end and per-step command counts of the critical (last-finishing) channel;
+    returns the token's end cycle.
+
+    With ``group == 1`` a channel whose segment and controller state (see
+    ``channels_equivalent``) equal those of an earlier channel is not simulated: it issues
+    exactly the same commands at the same cycles, so it takes that channel's new state and adds
+    the same counts (balanced weight layouts give most channels identical streams). Returns
+    (end cycle, channels run).
+    """
+    n_ch = ready.shape[0]
+    log = np.zeros((0, 4), np.int64)
+    now = t0
+    asic_free = t0
+    comm_free = t0
+    before = np.zeros((n_ch, counts.shape[1]), np.int64)
+    st_before = np.zeros((n_ch, stats.shape[1]), np.int64)
+    oc_before = np.zeros(n_ch, np.int64)
+    rep = np.zeros(n_ch, np.int64)
+    link_free = np.full(n_ch, t0, np.int64)
+    n_run = 0
+    for i in range(kind.shape[0]):
+        start = t0
+        for j in range(dep_start[i], dep_start[i + 1]):
+            start = max(start, step_end[dep_idx[j]])
+        if serial == 1:
+            start = max(start, now)
+        if kind[i] == 1:
+            k = pim_index[i]
+            done = start
+            crit = 0
+            for c in range(n_ch):
+                for x in range(counts.shape[1]):
+                    before[c, x] = counts[c, x]
+                rep[c] = c
+                if group == 1:
+                    s_c = start + link_lead[c, k]  # equal for equal segment classes
+                    cpt = min(s_c, scal[c, S_NEXT_REF])
+                    for r in range(c):
+                        if (rep[r] == r
+                                and seg_cls[c, k] == seg_cls[r, k]
+                                and channels_equivalent(c, r, cpt, s_c, win_tab, geom, ready,
+                                                        win_hist, win_cnt, open_row, scal)):
+                            rep[c] = r
+                            break
+                    for x in range(stats.shape[1]):
+                        st_before[c, x] = stats[c, x]
+                    oc_before[c] = open_cyc_at(scal[c], cpt)
+            for c in range(n_ch):
+                if rep[c] != c:
+                    continue
+                n_run += 1
+                _, log = run_segment(items, seg_lo[c, k], seg_hi[c, k],
+                                     start + link_lead[c, k], cmd_tab,
+                                     pr_start, pr_tab, win_tab, geom, ready[c], win_hist[c],
+                                     win_cnt[c], open_row[c], scal[c], counts[c], stats[c], log,
+                                     memo)
+            for c in range(n_ch):
+                r = rep[c]
+                if r != c:
+                    copy_into(ready[c], ready[r])
+                    copy_into(win_hist[c], win_hist[r])
+                    copy_into(win_cnt[c], win_cnt[r])
+                    copy_into(open_row[c], open_row[r])
+                    for x in range(counts.shape[1]):
+                        counts[c, x] += counts[r, x] - before[r, x]
+                    for x in range(stats.shape[1]):
+                        stats[c, x] += stats[r, x] - st_before[r, x]
+                    # open-bank time: the same transitions from cpt on as channel r
+                    oc = scal[r, S_OPEN_CYC] + oc_before[c] - oc_before[r]
+                    for x in range(N_SCAL):
+                        if x != S_LOG_N:
+                            scal[c, x] = scal[r, x]
+                    scal[c, S_OPEN_CYC] = oc
+                link_free[c] = max(start, link_free[c]) + link_busy[c, k]
+                if max(scal[c, S_DONE], link_free[c]) > done:
+                    done = max(scal[c, S_DONE], link_free[c])
+                    crit = c
+            for x in range(counts.shape[1]):
+                step_counts[i, x] = counts[crit, x] - before[crit, x]
+            step_link[i] = link_busy[crit, k]
+            end = done + link_lat
+        elif kind[i] == 2:
+            start = max(start, comm_free)
+            end = start + dur[i]
+            comm_free = end
+        else:
+            start = max(start, asic_free)
+            end = start + dur[i]
+            asic_free = end
+        step_start[i] = start
+        step_end[i] = end
+        if end > now:
+            now = end
+    return now, n_run
