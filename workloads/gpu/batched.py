@@ -37,7 +37,7 @@ prefill). The JSON is rewritten after every point, so an interrupted run keeps w
 
 Needs torch, numpy and the standard library; no simulator imports::
 
-    PYTHONPATH=. python -m workloads.gpu.batched -o workloads/data/gpu_measured_h100_batched.json
+    PYTHONPATH=. python -m workloads.gpu.batched -o 'workloads/data/gpu_measured_{gpu}_batched.json'
     python -m workloads.gpu.batched --dry-run -o /tmp/dry.json      # CPU, tiny shapes, fp32
 """
 
