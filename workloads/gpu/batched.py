@@ -72,7 +72,6 @@ from workloads.gpu_baseline_llama import (
     SHAPES,
     LlamaShape,
     LlamaStaticDecoder,
-    attention_ctx,
     get_shape,
     init_decode_state,
 )
