@@ -18,7 +18,8 @@ from workloads.gpu.batched import (
     main,
     validate_small,
 )
-from workloads.gpu_baseline_llama import LlamaStaticDecoder, get_shape
+from workloads.gpu.decoders import LlamaStaticDecoder
+from workloads.gpu.llama_shapes import get_shape
 
 REPO = Path(__file__).resolve().parents[1]
 SEED, STD = 3, 0.3

@@ -5,7 +5,7 @@ What it measures: for Llama-shaped decoders with random fp16 weights, (a) one DE
 ``L`` -- and (b) one PREFILL step of ``P`` prompt tokens of one sequence (causal attention among
 them, their ``P`` K/V entries written to the cache), each run as ONE CUDA graph, with the board
 power drawn while doing so: ms per step, tokens/s, W and J/token per (model, batch, length).
-The shapes are :mod:`workloads.gpu_baseline_llama`'s (public Hugging Face configs).
+The shapes are :mod:`workloads.gpu.llama`'s (public Hugging Face configs).
 
 How: :class:`BatchedLlamaDecoder` subclasses the batch-1 :class:`LlamaStaticDecoder` -- same
 fused weight buffers, drawn with the same per-name seeds, same RMSNorm, RoPE tables, grouped-query
@@ -29,15 +29,15 @@ cache is reallocated (the bytes of weights + cache + a workspace estimate are co
 free GPU memory first; a point that does not fit, or runs out of memory anyway, is listed under
 ``not_measured`` with the reason, never dropped), filled with random values, the step captured,
 pre-warmed, then timed with CUDA events around back-to-back graph replays (median of
-``repeats`` rounds, :func:`~workloads.gpu_baseline.time_per_call_ms`). Board power: NVML
-(:class:`~workloads.gpu_baseline.PowerSampler`) during a sustained loop of about 1.5 s after a
-short ramp (:func:`~workloads.gpu_baseline.sustained_loop`); idle power once at the start.
+``repeats`` rounds, :func:`~workloads.gpu.baseline.time_per_call_ms`). Board power: NVML
+(:class:`~workloads.gpu.baseline.PowerSampler`) during a sustained loop of about 1.5 s after a
+short ramp (:func:`~workloads.gpu.baseline.sustained_loop`); idle power once at the start.
 J/token = mean power x the loop's ms per step / tokens per step (``B`` for decode, ``b P`` for
 prefill). The JSON is rewritten after every point, so an interrupted run keeps what it measured.
 
 Needs torch, numpy and the standard library; no simulator imports::
 
-    PYTHONPATH=. python -m workloads.gpu.batched -o 'workloads/data/gpu_measured_{gpu}_batched.json'
+    PYTHONPATH=. python -m workloads.gpu.batched -o 'workloads/gpu/data/gpu_measured_{gpu}_batched.json'
     python -m workloads.gpu.batched --dry-run -o /tmp/dry.json      # CPU, tiny shapes, fp32
 """
 
@@ -56,8 +56,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from workloads.gpu_baseline import (
-    CudaGraphStep,
+from workloads.gpu.baseline import (
     PowerSampler,
     environment_info,
     gpu_slug,
@@ -66,15 +65,8 @@ from workloads.gpu_baseline import (
     sustained_loop,
     time_per_call_ms,
 )
-from workloads.gpu_baseline_llama import (
-    DEFAULT_MODELS,
-    INIT_STD,
-    SHAPES,
-    LlamaShape,
-    LlamaStaticDecoder,
-    get_shape,
-    init_decode_state,
-)
+from workloads.gpu.decoders import INIT_STD, CudaGraphStep, LlamaStaticDecoder, init_decode_state
+from workloads.gpu.llama_shapes import DEFAULT_MODELS, SHAPES, LlamaShape, get_shape
 
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_KV_LENS = (512, 2048)

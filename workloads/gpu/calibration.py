@@ -19,6 +19,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -34,10 +35,11 @@ LLAMA_SUFFIX = "_llama.json"
 
 
 def default_measured_path() -> str:
-    """The shipped GPT measurement (``workloads/gpu/data/gpu_measured_*.json``, the first by name,
-    leaving out the Llama files ``*_llama.json``: the calibration needs GPT presets)."""
+    """The shipped GPT measurement (``workloads/gpu/data/gpu_measured_<gpu>.json``, the first by
+    name; the Llama files ``*_llama.json`` and the batched ones ``*_batched.json`` carry a suffix
+    after the GPU's name and are left out: the calibration needs GPT presets)."""
     paths = [p for p in sorted(glob.glob(os.path.join(DATA_DIR, "gpu_measured_*.json")))
-             if not p.endswith(LLAMA_SUFFIX)]
+             if re.fullmatch(r"gpu_measured_[^_]+\.json", os.path.basename(p))]
     if not paths:
         raise FileNotFoundError(f"no gpu_measured_*.json under {DATA_DIR}")
     return paths[0]
