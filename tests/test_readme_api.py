@@ -77,12 +77,12 @@ def test_a_sweep_under_the_guard_uses_worker_processes(tmp_path):
 
 def test_a_point_that_fails_unexpectedly_raises(tmp_path, monkeypatch):
     from pimsim.errors import UserError
-    from workloads import session
+    from workloads import compiling, session
 
     def boom(model, cfg):
         raise RuntimeError("the lowering broke")
 
-    monkeypatch.setattr(session, "_memo_compile", boom)
+    monkeypatch.setattr(compiling, "_memo_compile", boom)
     spec = {"model": "tiny", "tokens": 2, "grid": {"channels": [2, 4]}}
     with pytest.raises(UserError, match=r"2 of 2 points failed .*the lowering broke"):
         session.sweep(spec, tmp_path / "e.db", workers=0, progress=False, log=lambda s: None)

@@ -297,7 +297,7 @@ def test_a_worker_imports_each_model_once_and_lowers_it_per_geometry(tmp_path, m
     from compiler.pipeline import compile_model
     from pimsim.config import config_from_dict
     from workloads.models.resolve import resolve_model
-    from workloads import session
+    from workloads import compiling
 
     calls = {"prepare": 0, "lower": 0}
 
@@ -309,8 +309,8 @@ def test_a_worker_imports_each_model_once_and_lowers_it_per_geometry(tmp_path, m
 
     monkeypatch.setattr(P, "prepare", counted("prepare", P.prepare))
     monkeypatch.setattr(P, "lower", counted("lower", P.lower))
-    monkeypatch.setattr(session, "_PREPARED", {})
-    monkeypatch.setattr(session, "_LOWERED", {})
+    monkeypatch.setattr(compiling, "_PREPARED", {})
+    monkeypatch.setattr(compiling, "_LOWERED", {})
     spec = S.spec_from_dict({"model": "tiny", "tokens": 2,
                              "grid": {"channels": [2, 4, 8], "refresh": [True, False]}})
     res = S.run_sweep(spec, tmp_path / "once.db", workers=0, progress=False, log=lambda s: None)
@@ -319,7 +319,7 @@ def test_a_worker_imports_each_model_once_and_lowers_it_per_geometry(tmp_path, m
     src, name = resolve_model("tiny", weights=False)
     for p in {q.params["channels"]: q for q in spec.points}.values():
         cfg = config_from_dict(p.hw)
-        progs = session.compile_model("tiny", cfg, memo=True).programs
+        progs = compiling.compile_model("tiny", cfg, memo=True).programs
         assert calls == {"prepare": 1, "lower": 3}  # both from the worker's caches
         want = compile_model(src, cfg, name=name).program
         calls.update(prepare=1, lower=3)
