@@ -137,7 +137,7 @@ class Import:
         return import_graph(source)
 
 
-GRAPH_PASSES = (ShapeInference(), Fuse(), Classify(), Fold())
+GRAPH_PASSES = (ShapeInference(), Fuse(), Fold(), Classify())
 
 
 def print_ir_wanted() -> bool:
@@ -167,6 +167,7 @@ def prepare(source: Any, *, name: str = "model") -> Prepared:
     show = print_ir_wanted()
     t0 = time.perf_counter()
     graph = Import().run(source)
+    graph.name = name
     t["import"] = time.perf_counter() - t0
     if show:
         _show("import", graph.pretty())

@@ -16,6 +16,7 @@ import numpy as np
 
 from compiler.passes import partition
 from compiler.passes.graph_mapping import GraphMapping, GraphModel
+from compiler.passes.decode_step import shape0
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.mapping import CapacityError, MappingError, buffer_limits
 from pimsim.isa import KLayout, MatrixLayout, Program, VectorLayout, VLayout
@@ -219,7 +220,7 @@ class Placement:
             for i in nd.inputs:
                 if i in made and made[i] <= stage and i not in seen:
                     seen.add(i)
-                    n += int(np.prod(self.shape0(i)))
+                    n += int(np.prod(shape0(self.g, i)))
         return n
 
     def _gathered_by_position(self, table: str) -> bool:
