@@ -16,18 +16,17 @@ then the argmax after the LM head; :mod:`compiler.passes.place` places each pipe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from compiler.ir import Graph, Node
-from compiler.passes import partition
 from compiler.passes.decode_step import shape0
-from compiler.passes.graph_mapping import GraphMapping
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.shape_inference import _terms
 from pimsim.asic_ops import OPS as ASIC_OPS
-from pimsim.isa import FlowOp, Program, Step
+from pimsim.isa import FlowOp, Step
 
 
 def weight_out_in(g: Graph, n: Node) -> tuple[np.ndarray | None, tuple[int, int]]:
@@ -50,8 +49,10 @@ class Emission:
     """The emission half of the lowering."""
 
     # ---------------------------------------------------------------- emission
-    def emit(self, layer_of: dict[int, int]) -> list[tuple[Program, GraphMapping]]:
-        """The program's steps and dataflow, node by node, then placed per pipeline stage."""
+    def emit(self) -> None:
+        """The program's steps and dataflow, node by node, then the argmax and the tables tied
+        to weights (placed per pipeline stage by :mod:`compiler.passes.place`)."""
+        layer_of = self.layer_of
         self._start_emission()
         g = self.g
         for n in g.nodes:
@@ -70,7 +71,7 @@ class Emission:
                 self._emit_matvec(n, layer, L)
             else:  # an ASIC op or wiring
                 self._emit_asic(n, layer, L)
-        return self._finish_emission()
+        self._finish_emission()
 
     def _start_emission(self) -> None:
         """The emission's state: the steps and flow so far and what they refer to."""
@@ -364,8 +365,8 @@ class Emission:
         for o in n.outputs:
             self.step_of[o] = {st}
 
-    def _finish_emission(self) -> list[tuple[Program, GraphMapping]]:
-        """The argmax after the LM head, tables tied to weights, then each stage placed."""
+    def _finish_emission(self) -> None:
+        """The argmax after the LM head and the tables tied to weights."""
         g, tp = self.g, self.tp
         if self.head_matvec is None:
             raise LoweringError(f"{self.name}: the logits are not a matrix-vector product with a "
@@ -390,8 +391,16 @@ class Emission:
                 tied[self.table_of[t]] = mname
         if self.tp > 1 or self.pp > 1:
             tied = {}  # each device holds the rows it reads: the table is placed on its own
-        self.stages = partition.stage_layers(self.n_layer, self.pp)
-        return [self.place(self.steps, self.flow, self.immediates, self.vec_consts,
-                           self.matrices_w, self.mat_shapes, self.mat_order, self.table_of,
-                           self.tables_first, tied, vocab, self.d_ff, self.logits, s)
-                for s in range(self.pp)]
+        self.tied, self.vocab = tied, vocab
+
+
+@dataclass(frozen=True)
+class Emit:
+    """The lowering's emission: the steps and dataflow of the program (see the module
+    docstring), on the lowering's state."""
+
+    name: str = "emit"
+
+    def run(self, low):
+        low.emit()
+        return low

@@ -5,13 +5,13 @@ No model is recognised: every node of the graph (after the graph passes of
 steps and dependencies follow the graph's dataflow, so parallel residuals, untied heads, biases
 or none, extra norms, gated MLPs and grouped-query attention need no code of their own.
 
-    analyse    (a) matrix-vector product with a constant weight       -> PIM (packed by input)
+    classify   (a) matrix-vector product with a constant weight       -> PIM (packed by input)
                (b) attention over the KV cache (q.K^T, p.V)           -> PIM, K/V once per KV head
                (c) gather of a table row (token or position)          -> PIM read
                (d) everything else                                    -> ASIC op (pimsim.asic_ops)
                data movement (reshape, transpose, slice, ...) is wiring: free, kept in the flow;
                a layer starts at the first op of the norm feeding an attention's projections
-                                                                         (passes.analyse)
+                                      (passes.classify, passes.decode_step: before the lowering)
     partition  pipeline stages and the tensor-parallel split of every product (passes.partition)
     emit       Program steps (timing) + Program.flow (the dataflow the functional executor runs)
                                                                          (passes.emit)
@@ -126,8 +126,10 @@ class _Lowering(TensorParallel, Emission, Placement):
 
     # ---------------------------------------------------------------- run
     def run(self) -> list[tuple[Program, GraphMapping]]:
-        self.read_classes()
-        if self.pp > max(self.n_layer, 1):
-            raise LoweringError(f"{self.name}: {self.pp} pipeline stages for {self.n_layer} "
-                                f"layers", f"use at most {self.n_layer} stages (--pp)")
-        return self.emit(self.layer_of)
+        """The lowering passes (:data:`compiler.pipeline.LOWERING_PASSES`) over this state."""
+        from compiler.pipeline import LOWERING_PASSES
+
+        low = self
+        for p in LOWERING_PASSES:
+            low = p.run(low)
+        return low.placed

@@ -29,6 +29,8 @@ with the first, the final norm and head with the last), as equal in count as pos
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from compiler.ir import Node
@@ -260,3 +262,20 @@ class TensorParallel:
                                 "use --tp 1 for this model (or pipeline stages, --pp)") from None
         for o in n.outputs:
             owner[o] = res
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The lowering's partition: the node classes read (attentions, packs, layers) and the
+    pipeline stage of every layer; the tensor-parallel split of each product is made as the
+    emission reaches it (:meth:`TensorParallel.partition_matvec`)."""
+
+    name: str = "partition"
+
+    def run(self, low):
+        low.read_classes()
+        if low.pp > max(low.n_layer, 1):
+            raise LoweringError(f"{low.name}: {low.pp} pipeline stages for {low.n_layer} "
+                                f"layers", f"use at most {low.n_layer} stages (--pp)")
+        low.stages = stage_layers(low.n_layer, low.pp)
+        return low

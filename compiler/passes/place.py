@@ -11,6 +11,7 @@ The stage's steps are renumbered, bound to their layouts, and become its :class:
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -209,6 +210,13 @@ class Placement:
         mp.tp, mp.stage = tp, stage
         return prog, mp
 
+    def place_stages(self) -> list[tuple[Program, GraphMapping]]:
+        """Every pipeline stage placed: one (program, mapping) each."""
+        return [self.place(self.steps, self.flow, self.immediates, self.vec_consts,
+                           self.matrices_w, self.mat_shapes, self.mat_order, self.table_of,
+                           self.tables_first, self.tied, self.vocab, self.d_ff, self.logits, s)
+                for s in range(self.pp)]
+
     def crossing_elems(self, stage: int) -> int:
         """Elements of the values a stage hands to the next (made at or before it, used
         after it): the residual stream, and whatever else crosses the cut."""
@@ -228,3 +236,15 @@ class Placement:
             if n.op == "gather" and n.inputs[0] == table and n.inputs[1] in self.pos_only:
                 return True
         return False
+
+
+@dataclass(frozen=True)
+class Place:
+    """The lowering's placement: each pipeline stage's vectors, caches, tables and matrices on
+    channels and banks, and its :class:`Program` (``low.placed``)."""
+
+    name: str = "place"
+
+    def run(self, low):
+        low.placed = low.place_stages()
+        return low
