@@ -156,9 +156,49 @@ class Value:
     dtype: str = ""
 
 
+CLASSES = ("cache_view", "cache_append", "attention", "table_read", "matvec", "asic", "wiring")
+
+
+@dataclass(frozen=True)
+class NodeClass:
+    """What a node is on the PIM system, decided once by the classify pass and read by the
+    lowering.
+
+    ``what``: ``cache_view`` (a view of a KV cache: free), ``cache_append`` (a new key / value
+    written to its cache), ``attention`` (q.K^T or p.V over a cache), ``table_read`` (a row of a
+    constant table), ``matvec`` (a matrix-vector product with a constant weight), ``asic`` (an
+    op with a cost on the ASIC) or ``wiring`` (data movement, free). ``role``: a matvec's
+    ``qkv`` / ``out_proj`` / ``ffn_up`` / ``ffn_down`` / ``lm_head`` (products sharing an input
+    share it), an attention's ``score`` / ``value``, an ASIC op's ``residual`` /
+    ``embedding_sum`` / ``attn_scale``. ``layer``: -1 the
+    embedding, ``n_layer`` the head. ``attn``, ``which``, ``transposed``: the attention, the
+    cache (``k`` / ``v``) and its orientation a cache node or attention reads (``attn = -1``: a
+    view of the past input). ``position``: computed from the position alone.
+    """
+
+    what: str
+    role: str = ""
+    layer: int = -1
+    attn: int = -1
+    which: str = ""
+    transposed: bool = False
+    position: bool = False
+
+    def text(self) -> str:
+        parts = [self.what, self.role]
+        if self.which:
+            parts.append(self.which + ("" if self.attn < 0 else str(self.attn))
+                         + ("^T" if self.transposed else ""))
+        if self.position:
+            parts.append("position")
+        parts.append(f"layer={self.layer}")
+        return " ".join(p for p in parts if p)
+
+
 @dataclass(eq=False)
 class Node:
-    """One operation. ``kind`` ("pim" / "asic" / "data") and ``role`` are set by classify.
+    """One operation. ``kind`` ("pim" / "asic" / "data"), ``role`` and ``cls`` (a
+    :class:`NodeClass`) are set by classify.
 
     Nodes compare and hash by identity (two nodes never share an output name).
     """
@@ -170,17 +210,20 @@ class Node:
     name: str = ""
     kind: str = ""
     role: str = ""
+    cls: NodeClass | None = None
 
 
 @dataclass
 class Graph:
-    """A dataflow graph; ``nodes`` are in a topological (definition-before-use) order."""
+    """A dataflow graph; ``nodes`` are in a topological (definition-before-use) order.
+    ``name``: the model's name, for messages."""
 
     nodes: list[Node]
     inputs: list[Value]
     outputs: list[str]
     consts: dict[str, Const] = field(default_factory=dict)
     values: dict[str, Value] = field(default_factory=dict)
+    name: str = "model"
 
     # ---- construction / queries ------------------------------------------------------
 
@@ -189,11 +232,12 @@ class Graph:
         values = {k: Value(v.name, v.shape, v.dtype) for k, v in self.values.items()}
         return Graph(
             nodes=[Node(n.op, list(n.inputs), list(n.outputs), _copy.deepcopy(n.attrs), n.name,
-                        n.kind, n.role) for n in self.nodes],
+                        n.kind, n.role, n.cls) for n in self.nodes],
             inputs=[values.get(v.name) or Value(v.name, v.shape, v.dtype) for v in self.inputs],
             outputs=list(self.outputs),
             consts=dict(self.consts),
             values=values,
+            name=self.name,
         )
 
     def is_const(self, name: str) -> bool:
@@ -299,6 +343,8 @@ class Graph:
                 defined.add(o)
             if n.kind not in KINDS:
                 raise IRError(f"{where}: kind {n.kind!r} not in {KINDS}")
+            if n.cls is not None and n.cls.what not in CLASSES:
+                raise IRError(f"{where}: class {n.cls.what!r} not in {CLASSES}")
         for o in self.outputs:
             if o not in defined:
                 raise IRError(f"graph output {o!r} is not defined")
@@ -327,6 +373,8 @@ class Graph:
             s += " {" + ", ".join(f"{k}={_fmt_attr(n.attrs[k])}" for k in sorted(n.attrs)) + "}"
         s += " : " + ", ".join(_fmt_type(self.values.get(o)) for o in n.outputs)
         tag = " ".join(t for t in (n.kind, n.role) if t)
+        if n.cls is not None:
+            tag += ("; " if tag else "") + n.cls.text()
         if tag:
             s += f"  # {tag}"
         return s

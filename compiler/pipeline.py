@@ -3,14 +3,18 @@
     import          ONNX graph / torch.export program -> IR          Import (compiler.frontends)
     shape_inference every value gets a shape                          ShapeInference
     fuse            LayerNorm / GELU decompositions, matmul+bias      Fuse
-    classify        each op PIM (weight MV, q.K^T, s.V) or ASIC       Classify
     fold            constant subgraphs evaluated, only the logits     Fold
-    lower           per hardware config: layers, tensor-parallel      Lower (passes.lower,
-                    partition, placement on channels and banks,       passes.partition)
-                    emission of the Program's steps and dataflow
+    classify        each node's class (cache append, attention,       Classify
+                    table read, matrix-vector product and role, ASIC
+                    op, wiring) and layer: the only place decided
+    -- per hardware config (compiler.passes.lower), over its state --
+    partition       the classes read; pipeline stages; tensor-        Partition
+                    parallel split of each product (during emit)
+    emit            the Program's steps and dataflow                  Emit
+    place           each stage on channels and banks, its Program     Place
 
-:data:`GRAPH_PASSES` is the list from shape inference to fold; each pass is a small named frozen
-dataclass with ``run(graph) -> graph``. :func:`prepare` runs the import and the graph passes
+:data:`GRAPH_PASSES` is the list from shape inference to classify, :data:`LOWERING_PASSES` from
+partition to place; each pass is a small named frozen dataclass with ``run``. :func:`prepare` runs the import and the graph passes
 (once per model), :func:`lower` the lowering (per hardware config); :func:`compile_model` both.
 With the environment variable ``PIMSIM_PRINT_IR=1`` every stage's result is printed to stderr:
 the IR after each graph pass, the placement (``GraphMapping.pretty()``) and the program at
@@ -28,8 +32,11 @@ from typing import Any
 from compiler.frontends import import_graph
 from compiler.ir import Graph
 from compiler.passes.classify import Classify
+from compiler.passes.emit import Emit
 from compiler.passes.fold import Fold
 from compiler.passes.fuse import Fuse
+from compiler.passes.partition import Partition
+from compiler.passes.place import Place
 from compiler.passes.shape_inference import ShapeInference
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
@@ -137,7 +144,9 @@ class Import:
         return import_graph(source)
 
 
-GRAPH_PASSES = (ShapeInference(), Fuse(), Classify(), Fold())
+GRAPH_PASSES = (ShapeInference(), Fuse(), Fold(), Classify())
+# per hardware config, over the lowering's state (compiler.passes.lower)
+LOWERING_PASSES = (Partition(), Emit(), Place())
 
 
 def print_ir_wanted() -> bool:
@@ -167,6 +176,7 @@ def prepare(source: Any, *, name: str = "model") -> Prepared:
     show = print_ir_wanted()
     t0 = time.perf_counter()
     graph = Import().run(source)
+    graph.name = name
     t["import"] = time.perf_counter() - t0
     if show:
         _show("import", graph.pretty())

@@ -13,7 +13,7 @@ import pytest
 
 from compiler.frontends import import_exported, import_onnx
 from compiler.ir import Builder, ConstMeta, Graph, IRError, Node, Value
-from compiler.passes.classify import Classify
+from compiler.passes.classify import mark_kinds_and_roles
 from compiler.pipeline import GRAPH_PASSES
 from compiler.passes.fuse import Fuse, FuseGelu, FuseLayerNorm, FuseLinear
 from compiler.passes.interpret import evaluate
@@ -52,8 +52,8 @@ def _stages(g: Graph) -> list[tuple[str, Graph]]:
 @pytest.mark.parametrize("path", ["torch", "onnx"])
 def test_golden_ir_after_each_pass(imported: dict[str, Graph], path: str, golden) -> None:
     stages = _stages(imported[path])
-    assert [s for s, _ in stages] == ["0_import", "1_shape_inference", "2_fuse", "3_classify",
-                                      "4_fold"]
+    assert [s for s, _ in stages] == ["0_import", "1_shape_inference", "2_fuse", "3_fold",
+                                      "4_classify"]
     for stage, g in stages:
         g.verify()
         text = g.pretty()
@@ -75,7 +75,8 @@ def test_every_pass_preserves_the_decode_step(tiny: GPT, imported: dict[str, Gra
 
 @pytest.mark.parametrize("path", ["torch", "onnx"])
 def test_classified_tiny_has_the_decoder_roles(imported: dict[str, Graph], path: str) -> None:
-    g = dict(_stages(imported[path]))["3_classify"]
+    stages = dict(_stages(imported[path]))
+    g = stages["4_classify"]
     pim = [n.role for n in g.nodes if n.kind == "pim"]
     layer = ["qkv_q", "qkv_k", "qkv_v", "attn_score", "attn_value", "out_proj", "ffn_up", "ffn_down"]
     assert pim == layer * 2 + ["lm_head"]
@@ -84,14 +85,22 @@ def test_classified_tiny_has_the_decoder_roles(imported: dict[str, Graph], path:
     assert roles.count("embedding") == 2 and roles.count("gelu") == 2
     assert roles.count("softmax") == 2 and roles.count("attn_scale") == 2
     assert sum(n.role == "kv_concat" for n in g.nodes) == 4
-    present = g.values[g.outputs[1]]
+    classes = [(n.cls.what, n.cls.role, n.cls.layer) for n in g.nodes if n.kind == "pim"]
+    assert classes == [(w, r, layer) for layer in (0, 1) for w, r in [
+        ("matvec", "qkv")] * 3 + [("attention", "score"), ("attention", "value"),
+                                  ("matvec", "out_proj"), ("matvec", "ffn_up"),
+                                  ("matvec", "ffn_down")]] + [("matvec", "lm_head", 2)]
+    assert [n.cls.which + str(n.cls.attn) for n in g.nodes
+            if n.cls.what == "cache_append"] == ["k0", "v0", "k1", "v1"]
+    fused = stages["2_fuse"]  # the returned cache, before folding keeps only the logits
+    present = fused.values[fused.outputs[1]]
     assert present.shape == (2, 4, "past_len+1", 16) and present.dtype == "f32"
 
 
 def test_torch_and_onnx_paths_agree_after_fusion(imported: dict[str, Graph]) -> None:
     """Same op sequence, kinds and roles once fused (the names differ)."""
-    sig = {p: [(n.op, n.kind, n.role, tuple(sorted(n.attrs.items())))
-               for n in dict(_stages(g))["3_classify"].nodes] for p, g in imported.items()}
+    sig = {p: [(n.op, n.kind, n.role, n.cls, tuple(sorted(n.attrs.items())))
+               for n in dict(_stages(g))["4_classify"].nodes] for p, g in imported.items()}
     assert sig["torch"] == sig["onnx"]
 
 
@@ -322,7 +331,14 @@ def test_fuse_is_all_three_and_idempotent() -> None:
     g = ShapeInference().run(_layernorm_graph())
     once = Fuse().run(g)
     assert once.pretty() == Fuse().run(once).pretty()
-    assert [p.name for p in GRAPH_PASSES] == ["shape_inference", "fuse", "classify", "fold"]
+    assert [p.name for p in GRAPH_PASSES] == ["shape_inference", "fuse", "fold", "classify"]
+
+
+class _KindsAndRoles:
+    """The descriptive half of classify alone (the graph below is no decode step)."""
+
+    def run(self, g: Graph) -> Graph:
+        return mark_kinds_and_roles(g.copy())
 
 
 def test_classify_marks_kinds_on_a_small_graph() -> None:
@@ -332,7 +348,7 @@ def test_classify_marks_kinds_on_a_small_graph() -> None:
     g1 = b.op("gelu", [h], out="g", approximate="tanh")
     y = b.op("linear", [g1, b.const("W2", np.ones((4, 8), f32))], out="y", w_layout="out_in")
     b.op("reshape", [b.op("add", [x, y], out="r")], out="o", shape=[4])
-    text = _run(b.build(["o"]), Classify())
+    text = _run(b.build(["o"]), _KindsAndRoles())
     assert [line.split("#")[-1].strip() for line in text.splitlines() if "#" in line] == [
         "pim ffn_up", "asic gelu", "pim ffn_down", "asic residual", "data"]
 

@@ -16,45 +16,62 @@ then the argmax after the LM head; :mod:`compiler.passes.place` places each pipe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from compiler.ir import Node
-from compiler.passes import partition
-from compiler.passes.analyse import WIRING
-from compiler.passes.graph_mapping import GraphMapping
+from compiler.ir import Graph, Node
+from compiler.passes.decode_step import shape0
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.shape_inference import _terms
 from pimsim.asic_ops import OPS as ASIC_OPS
-from pimsim.isa import FlowOp, Program, Step
+from pimsim.isa import FlowOp, Step
+
+
+def weight_out_in(g: Graph, n: Node) -> tuple[np.ndarray | None, tuple[int, int]]:
+    """A product's constant weight as ``[out, in]`` (None when shape-only) and that shape."""
+    w = g.const_value(n.inputs[1])
+    r, c = g.const_shape(n.inputs[1])
+    if n.op == "linear":
+        out_in = n.attrs["w_layout"] == "out_in"
+    elif n.op == "gemm":
+        out_in = bool(n.attrs["trans_b"])
+    else:
+        out_in = False
+    shape = (r, c) if out_in else (c, r)
+    if w is None:
+        return None, shape
+    return (w if out_in else np.ascontiguousarray(w.T)), shape
 
 
 class Emission:
     """The emission half of the lowering."""
 
     # ---------------------------------------------------------------- emission
-    def emit(self, layer_of: dict[int, int]) -> list[tuple[Program, GraphMapping]]:
-        """The program's steps and dataflow, node by node, then placed per pipeline stage."""
+    def emit(self) -> None:
+        """The program's steps and dataflow, node by node, then the argmax and the tables tied
+        to weights (placed per pipeline stage by :mod:`compiler.passes.place`)."""
+        layer_of = self.layer_of
         self._start_emission()
         g = self.g
         for n in g.nodes:
-            if id(n) in self.skip:
-                continue
             layer = layer_of[id(n)]
             L = self._lname(layer)
-            if n.op == "concat" and any(n is a.k_concat or n is a.v_concat for a in self.attns):
+            what = n.cls.what
+            if what == "cache_view":
+                continue
+            if what == "cache_append":
                 self._emit_cache_append(n)
-            elif n.op == "matmul" and any(i in self.cache for i in n.inputs):
+            elif what == "attention":
                 self._emit_attention(n)
-            elif n.op == "gather" and g.is_const(n.inputs[0]) and not g.is_const(n.inputs[1]) \
-                    and len(g.const_shape(n.inputs[0])) == 2 and n.attrs["axis"] == 0:
+            elif what == "table_read":
                 self._emit_gather(n, layer, L)
-            elif id(n) in self.pack_of:
+            elif what == "matvec":
                 self._emit_matvec(n, layer, L)
-            else:
+            else:  # an ASIC op or wiring
                 self._emit_asic(n, layer, L)
-        return self._finish_emission()
+        self._finish_emission()
 
     def _start_emission(self) -> None:
         """The emission's state: the steps and flow so far and what they refer to."""
@@ -73,7 +90,6 @@ class Emission:
         self.tables_first: list[str] = []
         self.done_packs: set[int] = set()
         self.embed_values: set[str] = set()
-        self.attn_scores: set[str] = set()
         self.head_matvec = None
         self.logits = self.g.outputs[0]
         self.names: dict[str, int] = {}
@@ -176,13 +192,6 @@ class Emission:
                                                vectors=(entry,))
         return {self.param_step[layer]}
 
-    def _wired_source(self, value: str) -> Node | None:
-        """The op that made ``value``, looking through wiring."""
-        n = self.prod.get(value)
-        while n is not None and n.op in WIRING and n.op != "concat":
-            n = self.prod.get(n.inputs[0])
-        return n
-
     def _emit_cache_append(self, n: Node) -> None:
         """A new key or value appended to an attention's cache: a write in the flow."""
         g = self.g
@@ -224,8 +233,6 @@ class Emission:
         else:
             st = self._add(f"{L}.attn_value", "attn_value", ai, "pim",
                      self._deps_of([a_in]) | {a.write_step}, kv=(ai,))
-        if which == "k":
-            self.attn_scores.add(n.outputs[0])
         if tp > 1:
             if a_in not in self.owner:
                 raise LoweringError(f"{self.name}: node {n.name!r}: the attention's "
@@ -233,7 +240,7 @@ class Emission:
                                     f"split by head across the {tp} devices",
                                     "use --tp 1 for this model")
             self.owner[n.outputs[0]] = np.broadcast_to(
-                self.owner[a_in][..., :1], self.shape0(n.outputs[0])).copy()
+                self.owner[a_in][..., :1], shape0(g, n.outputs[0])).copy()
         self.flow.append(FlowOp(f"attn_{'score' if which == 'k' else 'value'}", (a_in,),
                            tuple(n.outputs), {"attn": ai, "shape": list(
                                self._dim_attr(d) for d in g.shape_of(n.outputs[0]))}, st))
@@ -268,14 +275,14 @@ class Emission:
         if id(p) in self.done_packs:
             return
         self.done_packs.add(id(p))
-        role = self.matvec_role(p, self.logits, self._wired_source)
+        role = p.role
         mname = f"{L}.{role}"
         k = 1
         while mname in self.mat_shapes:
             mname, k = f"{L}.{role}{k}", k + 1
         parts, ws, lo = [], [], 0
         for m in p.nodes:
-            w, (o, i) = self.weight_out_in(m)
+            w, (o, i) = weight_out_in(g, m)
             ws.append(w)
             bias = ""
             if len(m.inputs) > 2:
@@ -285,7 +292,7 @@ class Emission:
             shape = [self._dim_attr(d) for d in g.shape_of(m.outputs[0])]
             parts.append((lo, lo + o, bias, shape))
             lo += o
-        in_dim = self.weight_out_in(p.nodes[0])[1][1]
+        in_dim = weight_out_in(g, p.nodes[0])[1][1]
         out_loc, in_loc = lo, in_dim
         if tp > 1:
             out_loc, in_loc = self.partition_matvec(mname, p, parts, lo, in_dim, self.owner)
@@ -339,18 +346,14 @@ class Emission:
                 self.step_of[o] = deps
             return
         op = spec.cost
-        src = self.prod.get(n.inputs[0])
-        if n.op in ("mul", "div") and len(ins) == 2 and ins[1] in self.immediates and \
-                self.immediates[ins[1]].size == 1 and src is not None and \
-                src.outputs[0] in self.attn_scores and len(self.users.get(n.outputs[0], [])) == 1 \
-                and self.users[n.outputs[0]][0].op == "softmax":
+        if n.cls.role == "attn_scale":
             # the scores' scale: applied as the softmax reads them (PIM-GPT's softmax cost)
             self.flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), self._attrs_of(n), -1))
             self.step_of[n.outputs[0]] = self.step_of[n.inputs[0]]
             return
-        if self.is_embedding_sum(n):
+        if n.cls.role == "embedding_sum":
             op = "embedding"
-        elif n.op == "add" and self.is_residual(n):
+        elif n.cls.role == "residual":
             op = "residual"
         cnt = [self._elems(v) for v in list(n.outputs) + [i for i in n.inputs if not g.is_const(i)]]
         ne, per = max(cnt, key=lambda t: (t[1], t[0]))
@@ -362,8 +365,8 @@ class Emission:
         for o in n.outputs:
             self.step_of[o] = {st}
 
-    def _finish_emission(self) -> list[tuple[Program, GraphMapping]]:
-        """The argmax after the LM head, tables tied to weights, then each stage placed."""
+    def _finish_emission(self) -> None:
+        """The argmax after the LM head and the tables tied to weights."""
         g, tp = self.g, self.tp
         if self.head_matvec is None:
             raise LoweringError(f"{self.name}: the logits are not a matrix-vector product with a "
@@ -388,8 +391,16 @@ class Emission:
                 tied[self.table_of[t]] = mname
         if self.tp > 1 or self.pp > 1:
             tied = {}  # each device holds the rows it reads: the table is placed on its own
-        self.stages = partition.stage_layers(self.n_layer, self.pp)
-        return [self.place(self.steps, self.flow, self.immediates, self.vec_consts,
-                           self.matrices_w, self.mat_shapes, self.mat_order, self.table_of,
-                           self.tables_first, tied, vocab, self.d_ff, self.logits, s)
-                for s in range(self.pp)]
+        self.tied, self.vocab = tied, vocab
+
+
+@dataclass(frozen=True)
+class Emit:
+    """The lowering's emission: the steps and dataflow of the program (see the module
+    docstring), on the lowering's state."""
+
+    name: str = "emit"
+
+    def run(self, low):
+        low.emit()
+        return low

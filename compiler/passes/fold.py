@@ -27,7 +27,7 @@ class Fold:
 
     def run(self, graph: Graph) -> Graph:
         g = graph.copy()
-        fold_graph(g)
+        fold_graph(g, g.name)
         return g
 
 

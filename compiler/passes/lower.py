@@ -5,13 +5,13 @@ No model is recognised: every node of the graph (after the graph passes of
 steps and dependencies follow the graph's dataflow, so parallel residuals, untied heads, biases
 or none, extra norms, gated MLPs and grouped-query attention need no code of their own.
 
-    analyse    (a) matrix-vector product with a constant weight       -> PIM (packed by input)
+    classify   (a) matrix-vector product with a constant weight       -> PIM (packed by input)
                (b) attention over the KV cache (q.K^T, p.V)           -> PIM, K/V once per KV head
                (c) gather of a table row (token or position)          -> PIM read
                (d) everything else                                    -> ASIC op (pimsim.asic_ops)
                data movement (reshape, transpose, slice, ...) is wiring: free, kept in the flow;
                a layer starts at the first op of the norm feeding an attention's projections
-                                                                         (passes.analyse)
+                                      (passes.classify, passes.decode_step: before the lowering)
     partition  pipeline stages and the tensor-parallel split of every product (passes.partition)
     emit       Program steps (timing) + Program.flow (the dataflow the functional executor runs)
                                                                          (passes.emit)
@@ -30,15 +30,16 @@ with a :class:`LoweringError` naming the node.
 from __future__ import annotations
 
 from compiler.ir import Graph
-from compiler.passes.analyse import MATRIX_OPS, WIRING, DecodeStepAnalysis, _Matvec
+from compiler.passes.classify import Classify, is_classified
+from compiler.passes.decode_step import WIRING, decode_inputs
 from compiler.passes.emit import Emission
-from compiler.passes.fold import fold_graph
+from compiler.passes.fold import Fold
 from compiler.passes.graph_mapping import GraphMapping, GraphModel
 from compiler.passes.lowering_error import LoweringError
+from compiler.passes.lowering_state import Attn, Matvec
 from compiler.passes.mapping import geometry
 from compiler.passes.partition import TensorParallel
 from compiler.passes.place import Placement
-from pimsim.asic_ops import OPS as ASIC_OPS
 from pimsim.config import HwConfig
 from pimsim.isa import Program
 
@@ -64,10 +65,19 @@ def lower_graph_system(graph: Graph, cfg: HwConfig, *, name: str = "model",
     return _Lowering(graph, cfg, name, n_ctx, tp=tp, pp=pp, attention=attention).run()
 
 
-class _Lowering(DecodeStepAnalysis, TensorParallel, Emission, Placement):
-    """One lowering of a graph onto a config: analysis (:mod:`~compiler.passes.analyse`),
-    partition (:mod:`~compiler.passes.partition`), emission (:mod:`~compiler.passes.emit`) and
-    placement (:mod:`~compiler.passes.place`), each a mixin over the state here."""
+def classified(graph: Graph, name: str) -> Graph:
+    """``graph`` folded and classified (the graph passes' last two), unless it is already."""
+    if is_classified(graph):
+        return graph
+    g = graph.copy()
+    g.name = name
+    return Classify().run(Fold().run(g))
+
+
+class _Lowering(TensorParallel, Emission, Placement):
+    """One lowering of a classified graph onto a config: partition
+    (:mod:`~compiler.passes.partition`), emission (:mod:`~compiler.passes.emit`) and placement
+    (:mod:`~compiler.passes.place`), each a mixin over the state here."""
 
     def __init__(self, graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None,
                  tp: int = 1, pp: int = 1, attention: str = "split") -> None:
@@ -75,55 +85,51 @@ class _Lowering(DecodeStepAnalysis, TensorParallel, Emission, Placement):
             raise LoweringError(f"attention = {attention!r} unknown",
                                 f"use one of {', '.join(ATTENTION_SPLITS)}")
         self.attn_one = attention == "one-device"
-        self.g = graph.copy()
+        self.g = classified(graph, name)
         self.cfg = cfg
         self.name = name
         self.n_ctx = n_ctx
         self.geo = geometry(cfg)
         self.tp, self.pp = tp, pp
 
-    # ---------------------------------------------------------------- folding
-    def fold(self) -> None:
-        fold_graph(self.g, self.name)  # a no-op on a graph through the Fold pass already
-
-    # ---------------------------------------------------------------- run
-    def run(self) -> tuple[Program, GraphMapping]:
-        self.fold()
-        self.inputs()
-        self.analyse()
+    def read_classes(self) -> None:
+        """The attentions, cache views, packs and layers, as the classify pass marked them."""
         g = self.g
+        inp = decode_inputs(g, self.name)
+        self.token, self.position, self.syms = inp.token, inp.position, inp.syms
+        self.prod = g.producers()
+        self.users = g.users()
+        self.pos_only = {inp.position} if inp.position else set()
+        self.attns: list[Attn] = []
+        self.cache: dict[str, tuple[int, str, bool]] = {}  # value -> (attn, "k"|"v", transposed)
+        self.pack_of: dict[int, Matvec] = {}
+        packs: dict[str, Matvec] = {}
+        self.layer_of = {}
         for n in g.nodes:
-            if n.op not in ASIC_OPS and n.op not in ("gather",) and id(n) not in self.skip:
-                raise LoweringError(f"{self.name}: op {n.op!r} at node {n.name!r} has no ASIC or "
-                                    f"PIM definition")
-        # matvecs packed by input
-        packs: dict[str, _Matvec] = {}
-        self.pack_of: dict[int, _Matvec] = {}
-        for n in g.nodes:
-            if self.is_weight(n):
-                w, _ = self.weight_out_in(n)
-                key = n.inputs[0]
-                p = packs.get(key)
+            c = n.cls
+            self.layer_of[id(n)] = c.layer
+            if c.position:
+                self.pos_only.update(n.outputs)
+            if c.what == "cache_append":
+                while len(self.attns) <= c.attn:
+                    self.attns.append(Attn(len(self.attns)))
+                setattr(self.attns[c.attn], f"{c.which}_concat", n)
+            if c.what in ("cache_append", "cache_view") and c.attn >= 0:
+                self.cache[n.outputs[0]] = (c.attn, c.which, c.transposed)
+            if c.what == "matvec":
+                p = packs.get(n.inputs[0])
                 if p is None:
-                    p = packs[key] = _Matvec([], key)
+                    p = packs[n.inputs[0]] = Matvec([], n.inputs[0], c.role)
                 p.nodes.append(n)
                 self.pack_of[id(n)] = p
-            elif n.op in MATRIX_OPS and len(n.inputs) >= 2 and g.is_const(n.inputs[1]) and \
-                    n.inputs[0] not in self.pos_only:
-                raise LoweringError(f"{self.name}: matrix product at node {n.name!r} has a "
-                                    f"weight of shape {g.const_shape(n.inputs[1])}")
-        cuts = self.layer_cuts()
-        layer_of = {}
-        li = -1
-        cut_set = {c: k for k, c in enumerate(cuts)}
-        for i, n in enumerate(g.nodes):
-            if i in cut_set:
-                li = cut_set[i]
-            layer_of[id(n)] = li
-        # nodes after the last attention's block that feed the head: "final" (= n_layer)
         self.n_layer = len(self.attns)
-        self.layer_of = layer_of
-        if self.pp > max(self.n_layer, 1):
-            raise LoweringError(f"{self.name}: {self.pp} pipeline stages for {self.n_layer} "
-                                f"layers", f"use at most {self.n_layer} stages (--pp)")
-        return self.emit(layer_of)
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> list[tuple[Program, GraphMapping]]:
+        """The lowering passes (:data:`compiler.pipeline.LOWERING_PASSES`) over this state."""
+        from compiler.pipeline import LOWERING_PASSES
+
+        low = self
+        for p in LOWERING_PASSES:
+            low = p.run(low)
+        return low.placed

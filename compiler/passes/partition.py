@@ -29,10 +29,13 @@ with the first, the final norm and head with the last), as equal in count as pos
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from compiler.ir import Node
-from compiler.passes.analyse import WIRING, _Matvec
+from compiler.passes.decode_step import WIRING, shape0
+from compiler.passes.lowering_state import Matvec
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.shape_inference import _terms
 from pimsim.asic_ops import OPS as ASIC_OPS
@@ -170,7 +173,7 @@ class TensorParallel:
         for v, u in self._block_users([value]):
             if u.op == "matmul" and any(i in self.cache for i in u.inputs):
                 if u.inputs[0] == v or v not in self.cache:
-                    return "q", int(np.prod(self.shape0(u.inputs[0])[:-1]))
+                    return "q", int(np.prod(shape0(self.g, u.inputs[0])[:-1]))
             for a in self.attns:
                 if u is a.k_concat or u is a.v_concat:
                     return ("k" if u is a.k_concat else "v"), \
@@ -188,14 +191,14 @@ class TensorParallel:
             seen.add(v)
             for u in self.users.get(v, []):
                 yield v, u
-                if not (self.is_weight(u) or self.is_residual(u)):
+                if not (u.cls.what == "matvec" or u.cls.role == "residual"):
                     todo.extend(u.outputs)
 
     def _probe(self, value: str, first_row: int) -> list[tuple[np.ndarray, tuple | None]]:
         """Push the row indices of a product's output through the data movement after it;
         returns (indices in the shape of each value reached, that value's target)."""
         g = self.g
-        sh = self.shape0(value)
+        sh = shape0(self.g, value)
         out, todo = [], [(value, first_row + np.arange(int(np.prod(sh))).reshape(sh))]
         while todo:
             v, idx = todo.pop()
@@ -212,7 +215,7 @@ class TensorParallel:
                 out.append((idx, self._target(v)))
         return out
 
-    def partition_matvec(self, mname: str, p: _Matvec, parts: list, n_out: int, n_in: int,
+    def partition_matvec(self, mname: str, p: Matvec, parts: list, n_out: int, n_in: int,
                          owner: dict) -> tuple[int, int]:
         """Column- or row-parallel split of a packed product; returns its shape on a device."""
         tp = self.tp
@@ -232,14 +235,14 @@ class TensorParallel:
         self.tp_rows[mname] = ("col", rows)
         own = owner_of_rows(rows, n_out)
         for (lo, hi, _, _), m in zip(parts, p.nodes):
-            owner[m.outputs[0]] = own[lo:hi].reshape(self.shape0(m.outputs[0]))
+            owner[m.outputs[0]] = own[lo:hi].reshape(shape0(self.g, m.outputs[0]))
         return max(len(r) for r in rows), n_in
 
     def propagate_owner(self, n: Node, owner: dict) -> None:
         """Owners of an op's output from its split inputs (see :mod:`partition`)."""
         g = self.g
         split = [i for i in n.inputs if i in owner]
-        out_shape = self.shape0(n.outputs[0])
+        out_shape = shape0(self.g, n.outputs[0])
         try:
             if self._moves(n):  # data movement: move the owners
                 if any(i not in owner and not g.is_const(i) for i in n.inputs):
@@ -259,3 +262,20 @@ class TensorParallel:
                                 "use --tp 1 for this model (or pipeline stages, --pp)") from None
         for o in n.outputs:
             owner[o] = res
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The lowering's partition: the node classes read (attentions, packs, layers) and the
+    pipeline stage of every layer; the tensor-parallel split of each product is made as the
+    emission reaches it (:meth:`TensorParallel.partition_matvec`)."""
+
+    name: str = "partition"
+
+    def run(self, low):
+        low.read_classes()
+        if low.pp > max(low.n_layer, 1):
+            raise LoweringError(f"{low.name}: {low.pp} pipeline stages for {low.n_layer} "
+                                f"layers", f"use at most {low.n_layer} stages (--pp)")
+        low.stages = stage_layers(low.n_layer, low.pp)
+        return low

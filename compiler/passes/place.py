@@ -11,11 +11,13 @@ The stage's steps are renumbered, bound to their layouts, and become its :class:
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
 from compiler.passes import partition
 from compiler.passes.graph_mapping import GraphMapping, GraphModel
+from compiler.passes.decode_step import shape0
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.mapping import CapacityError, MappingError, buffer_limits
 from pimsim.isa import KLayout, MatrixLayout, Program, VectorLayout, VLayout
@@ -208,6 +210,13 @@ class Placement:
         mp.tp, mp.stage = tp, stage
         return prog, mp
 
+    def place_stages(self) -> list[tuple[Program, GraphMapping]]:
+        """Every pipeline stage placed: one (program, mapping) each."""
+        return [self.place(self.steps, self.flow, self.immediates, self.vec_consts,
+                           self.matrices_w, self.mat_shapes, self.mat_order, self.table_of,
+                           self.tables_first, self.tied, self.vocab, self.d_ff, self.logits, s)
+                for s in range(self.pp)]
+
     def crossing_elems(self, stage: int) -> int:
         """Elements of the values a stage hands to the next (made at or before it, used
         after it): the residual stream, and whatever else crosses the cut."""
@@ -219,7 +228,7 @@ class Placement:
             for i in nd.inputs:
                 if i in made and made[i] <= stage and i not in seen:
                     seen.add(i)
-                    n += int(np.prod(self.shape0(i)))
+                    n += int(np.prod(shape0(self.g, i)))
         return n
 
     def _gathered_by_position(self, table: str) -> bool:
@@ -227,3 +236,15 @@ class Placement:
             if n.op == "gather" and n.inputs[0] == table and n.inputs[1] in self.pos_only:
                 return True
         return False
+
+
+@dataclass(frozen=True)
+class Place:
+    """The lowering's placement: each pipeline stage's vectors, caches, tables and matrices on
+    channels and banks, and its :class:`Program` (``low.placed``)."""
+
+    name: str = "place"
+
+    def run(self, low):
+        low.placed = low.place_stages()
+        return low
