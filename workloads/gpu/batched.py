@@ -66,7 +66,8 @@ from workloads.gpu.baseline import (
     time_per_call_ms,
 )
 from workloads.gpu.decoders import INIT_STD, CudaGraphStep, LlamaStaticDecoder, init_decode_state
-from workloads.gpu.llama_shapes import DEFAULT_MODELS, SHAPES, LlamaShape, get_shape
+from workloads.gpu.llama_shapes import DEFAULT_MODELS, SHAPES, get_shape
+from workloads.models.shape import DecoderShape
 
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_KV_LENS = (512, 2048)
@@ -116,12 +117,12 @@ METHOD = (
 # --------------------------------------------------------------------------------------------
 
 
-def kv_cache_bytes(shape: LlamaShape, batch: int, slots: int, bytes_per_el: int = 2) -> int:
+def kv_cache_bytes(shape: DecoderShape, batch: int, slots: int, bytes_per_el: int = 2) -> int:
     """Bytes of the batched K and V caches: ``batch`` sequences of ``slots`` positions."""
     return batch * slots * shape.kv_bytes_per_token(bytes_per_el)
 
 
-def activation_bytes(shape: LlamaShape, tokens: int, slots: int, bytes_per_el: int = 2, *,
+def activation_bytes(shape: DecoderShape, tokens: int, slots: int, bytes_per_el: int = 2, *,
                      scores: bool = True) -> int:
     """Upper estimate of the live activations of one step over ``tokens`` rows (decode: the
     batch; prefill: batch x prompt) attending over ``slots`` positions: the residual stream and
@@ -147,7 +148,7 @@ class BatchedLlamaDecoder(LlamaStaticDecoder):
     :meth:`prefill` returns a :class:`PrefillStep` that fills this cache from prompts.
     """
 
-    def __init__(self, shape: LlamaShape, *, batch: int = 1, cache_len: int | None = None,
+    def __init__(self, shape: DecoderShape, *, batch: int = 1, cache_len: int | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16,
                  seed: int = 0, init_std: float = INIT_STD) -> None:
         self.base_shape = shape
