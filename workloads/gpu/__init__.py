@@ -19,9 +19,10 @@ The measured baselines (torch; run on a GPU machine, or ``--dry-run`` on a CPU):
 * :mod:`workloads.gpu.llama_shapes` -- the Llama-family shapes measured (no torch; decoder shapes
   of :mod:`workloads.models.shape`);
 * :mod:`workloads.gpu.llama` -- Llama-family decode on one GPU, checked against transformers;
-* :mod:`workloads.gpu.llama_tp` -- the same, tensor parallel over several GPUs of one host.
+* :mod:`workloads.gpu.llama_tp` -- the same, tensor parallel over several GPUs of one host;
+* :mod:`workloads.gpu.batched` -- Llama-family batched decode and prefill at every batch size.
 
 :mod:`workloads.gpu.cli` is the one command line, ``python -m workloads.gpu predict`` /
-``measure gpt|llama|llama-tp``. The models side (:mod:`workloads.models.zoo`, the presets) does not
+``measure gpt|llama|llama-tp|batched``. The models side (:mod:`workloads.models.zoo`, the presets) does not
 import this package. Importing this package imports neither torch nor the simulator.
 """

@@ -1,7 +1,8 @@
 """Llama-family decoder shapes for the measured GPU baselines: the public configs measured and the
 small configs of the CPU dry runs and validations, each a
 :class:`~workloads.models.shape.DecoderShape` in the Llama layout (the fields of a Hugging Face
-``LlamaConfig`` that the static-cache decoders use).
+``LlamaConfig`` that the static-cache decoders use), and the default measurement points of the
+batched baseline (:mod:`workloads.gpu.batched`).
 
 Needs only the standard library (``transformers`` for :func:`hf_llama_config` alone).
 """
@@ -41,6 +42,17 @@ VALIDATION_CONFIGS = ("small-llama", "small-llama-gqa")
 DRY_RUN_MODELS = ("tiny-llama", "tiny-llama-gqa")
 
 TP_DEFAULT_MODELS = ("llama2-70b", "llama2-13b", "llama2-7b")   # measure llama-tp's default
+
+# measure batched: the decode batch sizes and KV lengths, the batch-1 prefill prompt lengths and
+# the prefill points at a batch above 1 ((prompt length, batch)); the dry run's on the CPU
+DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DEFAULT_KV_LENS = (512, 2048)
+DEFAULT_PROMPTS = (128, 256, 512, 1024, 2048)
+DEFAULT_PREFILL_BATCHED = ((512, 4),)
+DRY_RUN_BATCHES = (1, 2, 4)
+DRY_RUN_KV_LENS = (16, 48)
+DRY_RUN_PROMPTS = (8, 32)
+DRY_RUN_PREFILL_BATCHED = ((32, 2),)
 
 
 def get_shape(name: str) -> DecoderShape:
