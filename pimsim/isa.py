@@ -47,26 +47,6 @@ PER_OP_KEYS = ("qkv", "attn_score", "attn_value", "out_proj", "ffn_up", "ffn_dow
                "all_reduce", "gather", "broadcast")
 
 
-# the per-layer vector parameters, fetched together as one vector "L{i}.params"
-LAYER_VECTORS = ("ln1_w", "ln1_b", "qkv_b", "out_proj_b", "ln2_w", "ln2_b", "ffn_up_b",
-                 "ffn_down_b")
-
-
-def layer_vector_sizes(d_model: int, d_attn: int, d_ff: int) -> dict[str, int]:
-    d = d_model
-    return {"ln1_w": d, "ln1_b": d, "qkv_b": 3 * d_attn, "out_proj_b": d, "ln2_w": d,
-            "ln2_b": d, "ffn_up_b": d_ff, "ffn_down_b": d}
-
-
-def split_layer_vectors(vec: np.ndarray, d_model: int, d_attn: int, d_ff: int) -> dict:
-    """The named parts of a layer's "L{i}.params" vector (views)."""
-    out, lo = {}, 0
-    for name, n in layer_vector_sizes(d_model, d_attn, d_ff).items():
-        out[name] = vec[lo:lo + n]
-        lo += n
-    return out
-
-
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -418,11 +398,9 @@ class Program:
     dims: dict[str, int]
     steps: list[Step] = field(default_factory=list)
     vec_layout: VectorLayout | None = None
-    wpe_layout: MatrixLayout | None = None
     lm_head: MatrixLayout | None = None
     matrices: dict[str, MatrixLayout] = field(default_factory=dict)
     kv_layouts: list[tuple[KLayout, VLayout]] = field(default_factory=list)
-    eps: float = 1e-5
     # graph-lowered programs (compiler.passes.lower): the dataflow and where its operands live
     flow: list[FlowOp] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)  # "token" / "position" -> value name
@@ -486,20 +464,6 @@ class Program:
                 lay = self.tables[name]  # (data-dependent: neuron 0's place, same cost)
                 ch, bank, slot = (int(v) for v in lay.locate(
                     pos if name in self.position_tables else 0))
-                for k in range(lay.n_chunks):
-                    _, ln = lay.chunk(k)
-                    per_ch[ch].append((_RD, bank, lay.row_of(ch, slot, k), _cdiv(ln, g.col_elems), 0))
-            elif name == "wte":
-                tok_layout = self.lm_head
-                # the token's embedding row = its LM-head neuron; read every chunk (token id is
-                # data-dependent: timing uses neuron 0's place, the cost is the same everywhere)
-                ch, bank, slot = (int(v) for v in tok_layout.locate(0))
-                for k in range(tok_layout.n_chunks):
-                    _, ln = tok_layout.chunk(k)
-                    per_ch[ch].append((_RD, bank, tok_layout.row_of(ch, slot, k), _cdiv(ln, g.col_elems), 0))
-            elif name == "wpe":
-                lay = self.wpe_layout
-                ch, bank, slot = (int(v) for v in lay.locate(pos))
                 for k in range(lay.n_chunks):
                     _, ln = lay.chunk(k)
                     per_ch[ch].append((_RD, bank, lay.row_of(ch, slot, k), _cdiv(ln, g.col_elems), 0))

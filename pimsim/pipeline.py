@@ -45,13 +45,31 @@ def token_return_cyc(cfg: HwConfig) -> int:
     return collective(cfg.system.interconnect, "send", 2, TOKEN_BYTES).cycles(cfg.tCK_ps)
 
 
+def check_system(programs: Sequence[Program], cfg: HwConfig) -> None:
+    """A UserError when ``programs`` were compiled for another tensor / pipeline parallelism
+    than ``cfg``'s ``[system]`` (tp from the programs, pp their number)."""
+    if not programs:
+        raise UserError("no stage programs to simulate",
+                        "give the programs of a compiled model (one per pipeline stage)")
+    tp, pp = programs[0].tp, len(programs)
+    sy = cfg.system
+    if (tp, pp) != (sy.tp, sy.pp):
+        raise UserError(
+            f"the program was compiled for tp {tp} x pp {pp}, but the system of {cfg.name} is "
+            f"tp {sy.tp} x pp {sy.pp}",
+            f"compile for the config you simulate (compile_model(model, cfg) with the same cfg), "
+            f"or give both the same tp / pp")
+
+
 def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[int],
                n_tokens: int, schedule: str = "serial", fast: bool = True, functional=None,
                progress: Callable[[int], None] | None = None,
                skip_prompt: bool = False) -> RunReport:
     """Simulate a prompt and ``n_tokens`` greedy tokens on the system the programs describe
-    (one program per pipeline stage)."""
+    (one program per pipeline stage), which must be ``cfg``'s ``[system]``
+    (:func:`check_system`)."""
     programs = list(programs)
+    check_system(programs, cfg)
     tp, pp = programs[0].tp, len(programs)
     if pp == 1:
         rep = run_generation(programs[0], cfg, prompt=prompt, n_tokens=n_tokens,

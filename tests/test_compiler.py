@@ -34,7 +34,7 @@ from pimsim.spec.commands import cmd_id
 from pimsim.timing import SYNC
 from workloads.models.export import export_decode_onnx
 from workloads.models.gpt import GPT, get_config
-from workloads.models.presets import GPTConfig
+from workloads.models.shape import DecoderShape
 from workloads.models.resolve import resolve_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -367,8 +367,8 @@ def test_non_pim_hardware_is_refused() -> None:
 @pytest.mark.parametrize("d_head", [8, 24])
 def test_head_size_the_kv_mapping_cannot_hold_is_refused(pim_gpt, d_head: int) -> None:
     """d_head = 8: a 16-neuron V group would span two heads; 24: keys not column-aligned."""
-    cfg = GPTConfig(name="odd-heads", n_layer=1, d_model=96, n_head=96 // d_head,
-                    d_head=d_head, d_ff=384, vocab=256, n_ctx=64)
+    cfg = DecoderShape(name="odd-heads", n_layer=1, d_model=96, n_head=96 // d_head,
+                       d_head=d_head, d_ff=384, vocab=256, n_ctx=64)
     with pytest.raises(MappingError, match=f"d_head = {d_head}"):
         compile_model(GPT(cfg, device="meta").eval(), pim_gpt, name="odd-heads")
 

@@ -136,7 +136,7 @@ def test_model_scales_with_weight_bytes_and_kv_length() -> None:
     assert b["mem_ms"] / a["mem_ms"] == pytest.approx(b["bytes"] / a["bytes"])
     # KV: more positions, more bytes and time; a static cache reads n_ctx whatever the position
     lo, hi = gm.predict(g, xl, 0), gm.predict(g, xl, xl.n_ctx - 1)
-    assert hi["bytes"] - lo["bytes"] == pytest.approx(xl.kv_bytes_per_token_bf16 * (xl.n_ctx - 1))
+    assert hi["bytes"] - lo["bytes"] == pytest.approx(xl.kv_bytes_per_token() * (xl.n_ctx - 1))
     assert hi["ms"] > lo["ms"]
     s0, s1 = (gm.predict(g, xl, p, static_cache=True) for p in (0, xl.n_ctx - 1))
     assert s0["ms"] == s1["ms"] == pytest.approx(hi["ms"])

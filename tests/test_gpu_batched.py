@@ -1,9 +1,9 @@
 """Batched Llama GPU baseline on the CPU in fp32: the batched decode and the prefill against
-batch-1 steps of the existing static-cache decoder, the memory estimate, and the dry run."""
+batch-1 steps of the existing static-cache decoder, the memory estimate, and the import footprint
+(the dry run of ``measure batched`` is in ``tests/test_gpu_cli.py``)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +15,6 @@ from workloads.gpu.batched import (
     BatchedLlamaDecoder,
     activation_bytes,
     kv_cache_bytes,
-    main,
     validate_small,
 )
 from workloads.gpu.decoders import LlamaStaticDecoder
@@ -157,31 +156,6 @@ def test_small_validation_on_cpu() -> None:
     r = validate_small("tiny-llama-gqa", torch.device("cpu"), torch.float32)
     assert r["graph"] is False and len(set(r["mixed_positions"])) == r["batch"]
     assert max(r["max_abs_diff"].values()) < 1e-5 and r["max_abs_logit"] > 0
-
-
-def test_dry_run_writes_the_schema(tmp_path: Path) -> None:
-    out = tmp_path / "dry.json"
-    assert main(["--dry-run", "--models", "tiny-llama-gqa", "--batches", "1", "3",
-                 "--kv-lens", "12", "--prompts", "8", "--prefill-batched", "8x2", "-o", str(out)]) == 0
-    doc = json.loads(out.read_text())
-    assert {"method", "info", "settings", "results", "not_measured"} <= doc.keys()
-    assert "DRY RUN" in doc["method"] and "CUDA graph" in doc["method"]
-    assert doc["settings"]["dry_run"] is True and doc["settings"]["dtype"] == "float32"
-    assert doc["info"]["gpu_slug"] == "cpu" and doc["not_measured"] == []
-    pts = {(r["phase"], r["batch"], r.get("kv_len", r.get("prompt_len"))) for r in doc["results"]}
-    assert pts == {("decode", 1, 12), ("decode", 3, 12), ("prefill", 1, 8), ("prefill", 2, 8)}
-    for r in doc["results"]:
-        assert r["model"] == "tiny-llama-gqa" and r["ms_per_step"] > 0
-        assert r["tokens_per_s"] == pytest.approx(r["tokens_per_step"] * 1e3 / r["ms_per_step"])
-        assert r["tokens_per_step"] == r["batch"] * (r["prompt_len"] if r["phase"] == "prefill" else 1)
-        assert r["power_w"] is None and r["j_per_token"] is None
-    assert max(max(v["max_abs_diff"].values()) for v in doc["validation_small"]) < 1e-5
-
-
-def test_cli_rejects_bad_values(tmp_path: Path) -> None:
-    for bad in (["--batches", "0"], ["--prefill-batched", "512"], ["--models", "gpt9"]):
-        with pytest.raises(SystemExit):
-            main(["--dry-run", "-o", str(tmp_path / "x.json"), *bad])
 
 
 def test_module_needs_no_simulator_or_transformers_to_import() -> None:

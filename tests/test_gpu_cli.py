@@ -25,7 +25,7 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 @pytest.mark.parametrize("argv", [[], ["predict"], ["measure"], ["measure", "gpt"],
                                   ["measure", "gpt2"], ["measure", "llama"],
-                                  ["measure", "llama-tp"]])
+                                  ["measure", "llama-tp"], ["measure", "batched"]])
 def test_help_exits_0(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])
@@ -43,6 +43,10 @@ def test_help_names_every_old_option(capsys: pytest.CaptureFixture[str]) -> None
         ("measure", "llama-tp"): ["--models", "--tp", "--output", "--repeats", "--power-seconds",
                                   "--idle-seconds", "--seed", "--batch-seconds", "--dtype",
                                   "--dry-run"],
+        ("measure", "batched"): ["--output", "--models", "--batches", "--kv-lens", "--prompts",
+                                 "--prefill-batched", "--repeats", "--batch-seconds",
+                                 "--power-seconds", "--ramp-seconds", "--idle-seconds", "--seed",
+                                 "--dtype", "--dry-run"],
         ("predict",): ["--tp", "measured"],
     }
     for argv, opts in wanted.items():
@@ -69,6 +73,13 @@ def test_predict_on_the_shipped_measurement(capsys: pytest.CaptureFixture[str]) 
      ["unknown shape 'llama9'", "llama2-7b"]),
     (["measure", "gpt", "--dry-run", "--models", "gpt9", "-o", "/tmp/never.json"],
      ["unknown preset 'gpt9'", "gpt2-small"]),
+    (["measure", "batched", "--dry-run", "--models", "llama9", "-o", "/tmp/never.json"],
+     ["unknown shape 'llama9'", "llama2-7b"]),
+    (["measure", "batched", "--dry-run", "--batches", "0", "-o", "/tmp/never.json"],
+     ["--batches", "0 must be >= 1"]),
+    (["measure", "batched", "--dry-run", "--prefill-batched", "512", "-o", "/tmp/never.json"],
+     ["PROMPTxBATCH"]),
+    (["measure", "batched"], ["--output"]),
     (["measure", "gpt"], ["--output"]),
     (["measure", "bogus"], ["invalid choice"]),
     (["bogus"], ["invalid choice"]),
@@ -96,10 +107,31 @@ def test_no_cuda_names_the_dry_run(monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for kind in ("gpt", "llama"):
+    for kind in ("gpt", "llama", "batched"):
         assert main(["measure", kind, "-o", "/tmp/never.json"]) == 2
         line = one_error_line(capsys)
         assert "no CUDA device" in line and "--dry-run" in line
+
+
+def test_measure_batched_dry_run_writes_the_schema(tmp_path: Path) -> None:
+    out = tmp_path / "dry.json"
+    pytest.importorskip("torch")
+    assert main(["measure", "batched", "--dry-run", "--models", "tiny-llama-gqa", "--batches", "1",
+                 "3", "--kv-lens", "12", "--prompts", "8", "--prefill-batched", "8x2",
+                 "-o", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert {"method", "info", "settings", "results", "not_measured"} <= doc.keys()
+    assert "DRY RUN" in doc["method"] and "CUDA graph" in doc["method"]
+    assert doc["settings"]["dry_run"] is True and doc["settings"]["dtype"] == "float32"
+    assert doc["info"]["gpu_slug"] == "cpu" and doc["not_measured"] == []
+    pts = {(r["phase"], r["batch"], r.get("kv_len", r.get("prompt_len"))) for r in doc["results"]}
+    assert pts == {("decode", 1, 12), ("decode", 3, 12), ("prefill", 1, 8), ("prefill", 2, 8)}
+    for r in doc["results"]:
+        assert r["model"] == "tiny-llama-gqa" and r["ms_per_step"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["tokens_per_step"] * 1e3 / r["ms_per_step"])
+        assert r["tokens_per_step"] == r["batch"] * (r["prompt_len"] if r["phase"] == "prefill" else 1)
+        assert r["power_w"] is None and r["j_per_token"] is None
+    assert max(max(v["max_abs_diff"].values()) for v in doc["validation_small"]) < 1e-5
 
 
 def test_module_entry_point_and_no_torch_for_predict() -> None:

@@ -83,7 +83,7 @@ def test_shape_fields_follow_the_configs() -> None:
     assert not neox.tied_head and neox.pos_rows == 0 and neox.d_ff == 16384
     assert gptj.norms_per_layer == 1 and gptj.head_bias and gptj.d_ff == 4 * 4096 and gptj.d_head == 256
     # GQA: the KV cache scales with n_kv_head (llama3-8b: 8 of 32 heads -> a quarter of llama2-7b)
-    assert l3.kv_bytes_per_position() * 4 == l2.kv_bytes_per_position() == 2 * 32 * 4096 * 2
+    assert l3.kv_bytes_per_token() * 4 == l2.kv_bytes_per_token() == 2 * 32 * 4096 * 2
     assert gm.kv_bytes_read(l70, 99) == 2 * 80 * 8 * 128 * 2 * 100
 
 
@@ -99,16 +99,22 @@ def test_llama2_7b_bytes_and_flops_by_hand() -> None:
 
 @pytest.mark.parametrize("name", list(PRESETS) + list(zoo.GPT_SHAPES))
 def test_gpt_presets_predict_exactly_as_before(name: str) -> None:
-    """A GPTConfig and its DecoderShape give the same bytes, FLOPs and prediction."""
-    cfg = PRESETS.get(name) or zoo.GPT_SHAPES[name]
-    s = shapes.DecoderShape.from_gpt(cfg)
-    assert s.n_params == cfg.n_params
+    """A GPT preset's shape and the same model as a measurement row's fields (its own
+    ``n_params``, the GPT byte counts of the model) give the same bytes, FLOPs and prediction."""
+    from types import SimpleNamespace
+
+    s = PRESETS.get(name) or zoo.GPT_SHAPES[name]
+    assert gm.is_shape(s) and s.is_gpt_layout and s.pos_rows == s.n_ctx
+    row = SimpleNamespace(name=s.name, n_layer=s.n_layer, d_model=s.d_model, n_head=s.n_head,
+                          d_head=s.d_head, d_ff=s.d_ff, vocab=s.vocab, n_ctx=s.n_ctx,
+                          n_params=s.n_params)
+    assert not gm.is_shape(row)
     g = dataclasses.replace(gm.gpu_preset("H200"), mem_bytes=0.0)  # no capacity check (175B)
-    for pos in (0, cfg.n_ctx // 2, cfg.n_ctx - 1):
-        assert gm.weight_bytes_streamed(s) == gm.weight_bytes_streamed(cfg)
-        assert gm.kv_bytes_read(s, pos) == gm.kv_bytes_read(cfg, pos)
-        assert gm.decode_flops(s, pos) == gm.decode_flops(cfg, pos)
-        assert gm.predict(g, s, pos) == gm.predict(g, cfg, pos)
+    for pos in (0, s.n_ctx // 2, s.n_ctx - 1):
+        assert gm.weight_bytes_streamed(s) == gm.weight_bytes_streamed(row)
+        assert gm.kv_bytes_read(s, pos) == gm.kv_bytes_read(row, pos)
+        assert gm.decode_flops(s, pos) == gm.decode_flops(row, pos)
+        assert gm.predict(g, s, pos) == gm.predict(g, row, pos)
 
 
 # ---- the Llama calibration -------------------------------------------------------------------

@@ -188,10 +188,27 @@ def test_pipeline_schedule_matches_the_closed_form():
     assert sch.busy[2] / sch.end == pytest.approx(1.0, rel=0.03)
 
 
+def test_programs_for_another_system_are_refused(gqa):
+    """The simulator reads tp and pp from the programs: a config whose [system] says otherwise
+    is refused, not silently ignored."""
+    from pimsim.errors import UserError
+    from pimsim.pipeline import check_system
+
+    c = _compiled(gqa, _cfg(tp=2), tp=2)
+    check_system(c.programs, _cfg(tp=2))
+    for wrong in (_cfg(), _cfg(tp=2, pp=2), _cfg(tp=4)):
+        sy = wrong.system
+        with pytest.raises(UserError, match=rf"compiled for tp 2 x pp 1, but the system of "
+                                            rf"pim-gpt is tp {sy.tp} x pp {sy.pp}; compile for"):
+            run_system(c.programs, wrong, prompt=[1], n_tokens=1)
+    with pytest.raises(UserError, match="no stage programs"):
+        run_system([], _cfg(), prompt=[1], n_tokens=1)
+
+
 def test_pipeline_throughput_grows_with_stages(gqa):
-    cfg = _cfg()
     thr = {}
     for pp in (1, 2):
+        cfg = _cfg(pp=pp)
         c = _compiled(gqa, cfg, pp=pp)
         rep = run_system(c.programs, cfg, prompt=[1], n_tokens=6)
         thr[pp] = rep.throughput_tokens_per_s
@@ -213,7 +230,7 @@ def test_functional_tokens_across_devices_equal_one_device(gqa, tp, pp):
     imgs = [[build_graph_image(mp, rank=r) for r in range(tp)] for mp in c.stage_mappings]
     fx = SystemFlowExecutor(c.programs, imgs, cfg, math=math)
     a = run_generation(one.program, cfg, prompt=[5, 9], n_tokens=12, functional=fx1)
-    b = run_system(c.programs, cfg, prompt=[5, 9], n_tokens=12, functional=fx)
+    b = run_system(c.programs, _cfg(tp=tp, pp=pp), prompt=[5, 9], n_tokens=12, functional=fx)
     assert b.tokens == a.tokens and len(b.tokens) == 12
 
 
@@ -391,7 +408,7 @@ def test_timeline_of_a_system_shows_the_collectives(tmp_path, gqa):
 def test_command_by_command_executor_agrees_on_a_system(gqa, tp, pp, schedule):
     """The SimPy executor (collectives on their own fabric resource) gives the fast path's
     cycles, counts and per-token times exactly."""
-    cfg = _cfg()
+    cfg = _cfg(tp=tp, pp=pp)
     c = _compiled(gqa, cfg, tp=tp, pp=pp)
     fast = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=4, schedule=schedule)
     slow = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=4, schedule=schedule, fast=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workloads import GPT, PRESETS, ROLES, GPTConfig, get_config, named_weight_matrices, round_weights_to_bf16
+from workloads import GPT, PRESETS, ROLES, DecoderShape, get_config, named_weight_matrices, round_weights_to_bf16
 from workloads.models.export import INPUT_NAMES, OUTPUT_NAMES, example_decode_inputs, export_decode_onnx, export_decode_torch
 from workloads.models.hf import config_from_hf, from_hf_gpt2
 
@@ -32,7 +32,7 @@ def model(request: pytest.FixtureRequest) -> GPT:
     return GPT.from_seed(get_config(request.param), seed=0)
 
 
-def _prompt(cfg: GPTConfig, length: int, seed: int = 1) -> torch.Tensor:
+def _prompt(cfg: DecoderShape, length: int, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, cfg.vocab, (1, length), generator=gen)
 
@@ -46,7 +46,7 @@ def test_presets_are_the_eight_paper_models_plus_tiny() -> None:
         cfg = get_config(name)
         assert cfg.name == name
         assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_head, cfg.n_ctx) == (n_layer, d_model, n_head, d_head, n_ctx)
-        assert cfg.vocab == 50257 and cfg.d_ff == 4 * d_model and cfg.ln_eps == 1e-5
+        assert cfg.vocab == 50257 and cfg.d_ff == 4 * d_model and cfg.norm_eps == 1e-5
     assert get_config("gpt3-xl").d_attn == 3072 != get_config("gpt3-xl").d_model
     tiny, wide = get_config("tiny"), get_config("tiny-wide")
     assert (tiny.n_layer, tiny.d_model, tiny.n_head, tiny.d_head, tiny.vocab, tiny.n_ctx) == (2, 64, 4, 16, 256, 64)
@@ -64,18 +64,46 @@ def test_config_is_frozen_and_validated() -> None:
     with pytest.raises(AttributeError):
         cfg.n_layer = 3  # type: ignore[misc]
     with pytest.raises(ValueError, match="n_head"):
-        GPTConfig(name="bad", n_layer=1, d_model=8, n_head=0, d_head=4, vocab=8, n_ctx=8)
+        DecoderShape(name="bad", n_layer=1, d_model=8, n_head=0, d_head=4, vocab=8, n_ctx=8)
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(n_layer=0), "n_layer must be a positive int"),
+    (dict(n_head=3), "n_head 3 does not divide d_model 8; give d_head"),
+    (dict(n_head=4, n_kv_head=3), "n_kv_head 3 must divide n_head 4"),
+    (dict(norm="batchnorm"), "norm 'batchnorm'.*layernorm, rmsnorm"),
+    (dict(norm_eps=0.0), "norm_eps must be > 0"),
+    (dict(rope_theta=10000.0, d_head=3), "rotary positions need an even d_head"),
+    (dict(pos_rows=-1), "pos_rows must be an int >= 0"),
+    (dict(pos_rows=4), "table of 4 rows cannot cover n_ctx 8"),
+    (dict(gated_mlp=1), "gated_mlp must be True or False"),
+])
+def test_shape_validation_names_the_field_and_the_fix(fields: dict, match: str) -> None:
+    from pimsim.errors import UserError
+
+    kw = dict(name="bad", n_layer=1, d_model=8, n_head=2, vocab=8, n_ctx=8) | fields
+    with pytest.raises(UserError, match=match):
+        DecoderShape(**kw)
+
+
+def test_shape_defaults_are_the_gpt2_layout() -> None:
+    s = DecoderShape(name="s", n_layer=1, d_model=8, n_head=2, vocab=8, n_ctx=16)
+    assert (s.n_kv_head, s.d_head, s.d_ff, s.pos_rows) == (2, 4, 32, 16) and s.is_gpt_layout
+    rot = DecoderShape(name="r", n_layer=1, d_model=8, n_head=2, vocab=8, n_ctx=16, rope_theta=1e4)
+    assert rot.pos_rows == 0 and not rot.is_gpt_layout
+    with pytest.raises(ValueError, match="not a GPT-2 layout"):
+        GPT(rot, device="meta")
 
 
 def test_gpt2_small_param_count_is_124439808() -> None:
     cfg = get_config("gpt2-small")
     assert cfg.n_params == 124_439_808
     assert cfg.weight_bytes_bf16 == 2 * 124_439_808
-    assert cfg.kv_bytes_per_token_bf16 == 2 * 12 * 768 * 2  # K and V, 12 layers, bf16
-    assert get_config("gpt3-xl").kv_bytes_per_token_bf16 == 2 * 24 * 3072 * 2
+    assert cfg.kv_bytes_per_token() == 2 * 12 * 768 * 2  # K and V, 12 layers, bf16
+    assert get_config("gpt3-xl").kv_bytes_per_token() == 2 * 24 * 3072 * 2
 
 
-def _param_formula(cfg: GPTConfig) -> int:
+def _param_formula(cfg: DecoderShape) -> int:
     d, a, f, L = cfg.d_model, cfg.n_head * cfg.d_head, 4 * cfg.d_model, cfg.n_layer
     per_layer = 4 * d + 3 * (d * a + a) + (a * d + d) + (d * f + f) + (f * d + d)
     return cfg.vocab * d + cfg.n_ctx * d + L * per_layer + 2 * d
@@ -184,7 +212,7 @@ def test_forward_matches_naive_reference(model: GPT) -> None:
     T = ids.shape[0]
     h = model.wte.weight[ids] + model.wpe.weight[:T]
     for blk in model.h:
-        a = F.layer_norm(h, (cfg.d_model,), blk.ln_1.weight, blk.ln_1.bias, cfg.ln_eps)
+        a = F.layer_norm(h, (cfg.d_model,), blk.ln_1.weight, blk.ln_1.bias, cfg.norm_eps)
         q, k, v = (a @ lin.weight.T + lin.bias for lin in (blk.attn.q, blk.attn.k, blk.attn.v))
         heads = []
         for hd in range(cfg.n_head):
@@ -193,11 +221,11 @@ def test_forward_matches_naive_reference(model: GPT) -> None:
             s = s + torch.triu(torch.full((T, T), float("-inf")), diagonal=1)
             heads.append(torch.softmax(s, dim=-1) @ v[:, cols])
         h = h + torch.cat(heads, dim=1) @ blk.attn.out.weight.T + blk.attn.out.bias
-        m = F.layer_norm(h, (cfg.d_model,), blk.ln_2.weight, blk.ln_2.bias, cfg.ln_eps)
+        m = F.layer_norm(h, (cfg.d_model,), blk.ln_2.weight, blk.ln_2.bias, cfg.norm_eps)
         u = m @ blk.mlp.up.weight.T + blk.mlp.up.bias
         g = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u**3)))
         h = h + g @ blk.mlp.down.weight.T + blk.mlp.down.bias
-    logits = F.layer_norm(h, (cfg.d_model,), model.ln_f.weight, model.ln_f.bias, cfg.ln_eps) @ model.wte.weight.T
+    logits = F.layer_norm(h, (cfg.d_model,), model.ln_f.weight, model.ln_f.bias, cfg.norm_eps) @ model.wte.weight.T
     torch.testing.assert_close(model(ids[None])[0][0], logits, atol=1e-5, rtol=0)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 _LAZY = {
     "GPT": "workloads.models.gpt",
-    "GPTConfig": "workloads.models.presets",
+    "DecoderShape": "workloads.models.shape",
     "PRESETS": "workloads.models.presets",
     "ROLES": "workloads.models.gpt",
     "WeightMatrix": "workloads.models.gpt",

@@ -5,7 +5,7 @@ An entry is a pickled :class:`~compiler.pipeline.Compiled` of a *weightless* com
 only: timing runs, ``compile``, ``compare``), keyed by a hash of
 
 * the model's identity: a preset's name and shape
-  (:class:`~workloads.models.presets.GPTConfig`), or an ONNX file's absolute path, size and modification time (``module:attribute`` models are never
+  (:class:`~workloads.models.shape.DecoderShape`), or an ONNX file's absolute path, size and modification time (``module:attribute`` models are never
   cached: their code may change without a trace);
 * the hardware values the compiler reads (every config section but ``[refresh]``, and the name);
 * the simulator version: ``pimsim.__version__``, a digest of the compiler's and the ISA's source

@@ -39,16 +39,11 @@ def hw_config(hw: str | HwConfig = "pim-gpt", *, devices: int | None = None,
 def system_programs(compiled: Any, cfg: HwConfig) -> list:
     """The stage programs of ``compiled`` to simulate on ``cfg``'s system; a UserError when the
     program was compiled for another tensor / pipeline parallelism than the config's
-    ``[system]`` (the simulator reads tp and pp from the programs)."""
+    ``[system]`` (:func:`pimsim.pipeline.check_system`, which the simulator applies too)."""
+    from pimsim.pipeline import check_system
+
     programs = compiled.programs
-    tp, pp = programs[0].tp, len(programs)
-    sy = cfg.system
-    if (tp, pp) != (sy.tp, sy.pp):
-        raise UserError(
-            f"the program was compiled for tp {tp} x pp {pp}, but the system of {cfg.name} is "
-            f"tp {sy.tp} x pp {sy.pp}",
-            f"compile for the config you simulate (compile_model(model, cfg) with the same cfg), "
-            f"or give both the same tp / pp")
+    check_system(programs, cfg)
     return programs
 
 

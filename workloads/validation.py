@@ -45,9 +45,6 @@ def functional_executor(c, cfg, exact: bool, corrupt: str | None = None, show: b
                                        corrupt=corrupt if (s, r) == (0, 0) else None)
                      for r in range(mp.tp)] for s, mp in enumerate(c.stage_mappings)]
         return SystemFlowExecutor(c.stages, imgs, cfg, math=math)
-    if not c.program.flow:
-        raise UserError(f"{c.spec.name}: the program has no dataflow (compiled with "
-                        f"lowering='pim-gpt')", "compile with the graph lowering (the default)")
     with status(f"building the DRAM image of {c.spec.name}", show):
         img = build_graph_image(c.mapping, data_type=cfg.pim.data_type, corrupt=corrupt)
     return FlowExecutor(c.program, img, cfg, math=math)

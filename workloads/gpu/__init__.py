@@ -4,7 +4,8 @@ The analytic model (numpy and the standard library only):
 
 * :mod:`workloads.gpu.model` -- the batch-1 decode model (bytes over memory bandwidth, per-kernel
   overhead, tensor parallelism over NVLink) and the GPU presets (T4, A100, H100, H200);
-* :mod:`workloads.gpu.shapes` -- decoder shapes (exact parameter counts), one per zoo preset;
+* :mod:`workloads.gpu.shapes` -- the :class:`~workloads.models.shape.DecoderShape` of every zoo
+  preset, read from its config arguments;
 * :mod:`workloads.gpu.calibration` -- the fit of the model to the shipped measurements in
   ``data/`` (``gpu_measured_<gpu>.json``, ``gpu_measured_<gpu>_llama.json``);
 * :mod:`workloads.gpu.tables` -- measured against modelled, and the zoo presets modelled.
@@ -15,11 +16,13 @@ The measured baselines (torch; run on a GPU machine, or ``--dry-run`` on a CPU):
   Llama-family);
 * :mod:`workloads.gpu.baseline` -- GPT presets: eager and CUDA-graph decode, timing, board power,
   and the measurement helpers the other two reuse;
-* :mod:`workloads.gpu.llama_shapes` -- the Llama-family shapes measured (no torch);
+* :mod:`workloads.gpu.llama_shapes` -- the Llama-family shapes measured (no torch; decoder shapes
+  of :mod:`workloads.models.shape`);
 * :mod:`workloads.gpu.llama` -- Llama-family decode on one GPU, checked against transformers;
-* :mod:`workloads.gpu.llama_tp` -- the same, tensor parallel over several GPUs of one host.
+* :mod:`workloads.gpu.llama_tp` -- the same, tensor parallel over several GPUs of one host;
+* :mod:`workloads.gpu.batched` -- Llama-family batched decode and prefill at every batch size.
 
 :mod:`workloads.gpu.cli` is the one command line, ``python -m workloads.gpu predict`` /
-``measure gpt|llama|llama-tp``. The models side (:mod:`workloads.models.zoo`, the presets) does not
+``measure gpt|llama|llama-tp|batched``. The models side (:mod:`workloads.models.zoo`, the presets) does not
 import this package. Importing this package imports neither torch nor the simulator.
 """

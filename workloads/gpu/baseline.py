@@ -40,7 +40,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from workloads.models.gpt import GPT, GPTConfig, get_config
+from workloads.models.gpt import GPT, get_config
+from workloads.models.shape import DecoderShape
 from workloads.gpu.decoders import StaticCacheDecoder, build_model
 
 ALL_MODELS = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl",
@@ -425,7 +426,7 @@ def gpu_slug(name: str | None) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def positions_for(cfg: GPTConfig) -> list[int]:
+def positions_for(cfg: DecoderShape) -> list[int]:
     """Context positions timed: min(128, n_ctx/4), n_ctx/2, n_ctx-1."""
     return sorted({min(128, cfg.n_ctx // 4), cfg.n_ctx // 2, cfg.n_ctx - 1})
 

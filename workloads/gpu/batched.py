@@ -35,21 +35,20 @@ short ramp (:func:`~workloads.gpu.baseline.sustained_loop`); idle power once at 
 J/token = mean power x the loop's ms per step / tokens per step (``B`` for decode, ``b P`` for
 prefill). The JSON is rewritten after every point, so an interrupted run keeps what it measured.
 
-Needs torch, numpy and the standard library; no simulator imports::
+Needs torch, numpy and the standard library; no simulator imports. The command line is
+``measure batched`` of :mod:`workloads.gpu.cli`::
 
-    PYTHONPATH=. python -m workloads.gpu.batched -o 'workloads/gpu/data/gpu_measured_{gpu}_batched.json'
-    python -m workloads.gpu.batched --dry-run -o /tmp/dry.json      # CPU, tiny shapes, fp32
+    python -m workloads.gpu measure batched -o 'workloads/gpu/data/gpu_measured_{gpu}_batched.json'
+    python -m workloads.gpu measure batched --dry-run -o /tmp/dry.json   # CPU, tiny shapes, fp32
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import json
 import math
 import os
-import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -66,19 +65,15 @@ from workloads.gpu.baseline import (
     time_per_call_ms,
 )
 from workloads.gpu.decoders import INIT_STD, CudaGraphStep, LlamaStaticDecoder, init_decode_state
-from workloads.gpu.llama_shapes import DEFAULT_MODELS, SHAPES, LlamaShape, get_shape
-
-DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-DEFAULT_KV_LENS = (512, 2048)
-DEFAULT_PROMPTS = (128, 256, 512, 1024, 2048)
-# prefill at a batch above 1: (prompt length, batch)
-DEFAULT_PREFILL_BATCHED = ((512, 4),)
-DRY_RUN_MODELS = ("tiny-llama", "tiny-llama-gqa")
-DRY_RUN_BATCHES = (1, 2, 4)
-DRY_RUN_KV_LENS = (16, 48)
-DRY_RUN_PROMPTS = (8, 32)
-DRY_RUN_PREFILL_BATCHED = ((32, 2),)
-VALIDATION_CONFIGS = ("small-llama", "small-llama-gqa")
+from workloads.gpu.llama_shapes import (
+    DEFAULT_BATCHES,
+    DEFAULT_KV_LENS,
+    DEFAULT_PREFILL_BATCHED,
+    DEFAULT_PROMPTS,
+    VALIDATION_CONFIGS,
+    get_shape,
+)
+from workloads.models.shape import DecoderShape
 
 # cuBLAS / attention workspaces, the CUDA graph's pool and the allocator's slack, on top of the
 # activations estimated per point
@@ -116,12 +111,12 @@ METHOD = (
 # --------------------------------------------------------------------------------------------
 
 
-def kv_cache_bytes(shape: LlamaShape, batch: int, slots: int, bytes_per_el: int = 2) -> int:
+def kv_cache_bytes(shape: DecoderShape, batch: int, slots: int, bytes_per_el: int = 2) -> int:
     """Bytes of the batched K and V caches: ``batch`` sequences of ``slots`` positions."""
     return batch * slots * shape.kv_bytes_per_token(bytes_per_el)
 
 
-def activation_bytes(shape: LlamaShape, tokens: int, slots: int, bytes_per_el: int = 2, *,
+def activation_bytes(shape: DecoderShape, tokens: int, slots: int, bytes_per_el: int = 2, *,
                      scores: bool = True) -> int:
     """Upper estimate of the live activations of one step over ``tokens`` rows (decode: the
     batch; prefill: batch x prompt) attending over ``slots`` positions: the residual stream and
@@ -147,7 +142,7 @@ class BatchedLlamaDecoder(LlamaStaticDecoder):
     :meth:`prefill` returns a :class:`PrefillStep` that fills this cache from prompts.
     """
 
-    def __init__(self, shape: LlamaShape, *, batch: int = 1, cache_len: int | None = None,
+    def __init__(self, shape: DecoderShape, *, batch: int = 1, cache_len: int | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16,
                  seed: int = 0, init_std: float = INIT_STD) -> None:
         self.base_shape = shape
@@ -590,101 +585,14 @@ def summary_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-
-def _positive_ints(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
-    return v
-
-
-def _prefill_pair(text: str) -> tuple[int, int]:
-    try:
-        p, b = (int(x) for x in text.split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write PROMPTxBATCH, e.g. 512x4") from None
-    if p < 1 or b < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: prompt and batch must be >= 1")
-    return p, b
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workloads.gpu.batched",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("-o", "--output", required=True,
-                    help="output JSON, rewritten after every point; '{gpu}' becomes the GPU tag")
-    ap.add_argument("--models", nargs="+", default=None,
-                    help=f"shapes (default {' '.join(DEFAULT_MODELS)}; dry run "
-                         f"{' '.join(DRY_RUN_MODELS)}); known: {', '.join(SHAPES)}")
-    ap.add_argument("--batches", nargs="+", type=_positive_ints, default=None,
-                    help=f"decode batch sizes (default {' '.join(map(str, DEFAULT_BATCHES))})")
-    ap.add_argument("--kv-lens", nargs="+", type=_positive_ints, default=None,
-                    help=f"decode KV lengths (default {' '.join(map(str, DEFAULT_KV_LENS))})")
-    ap.add_argument("--prompts", nargs="+", type=_positive_ints, default=None,
-                    help=f"batch-1 prefill lengths (default {' '.join(map(str, DEFAULT_PROMPTS))})")
-    ap.add_argument("--prefill-batched", nargs="*", type=_prefill_pair, default=None,
-                    help="prefill points at a batch above 1 as PROMPTxBATCH (default 512x4)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--batch-seconds", type=float, default=0.1, help="one timed round")
-    ap.add_argument("--power-seconds", type=float, default=1.5, help="sampled power loop")
-    ap.add_argument("--ramp-seconds", type=float, default=0.5, help="power loop ramp")
-    ap.add_argument("--idle-seconds", type=float, default=2.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", choices=("float16", "bfloat16"), default=None,
-                    help="weights and KV cache on the GPU (default float16; the dry run uses float32)")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="CPU, tiny shapes and lengths, fp32, no graphs, no power (seconds)")
-    args = ap.parse_args(argv)
-    if args.dry_run:
-        device, val = "cpu", DRY_RUN_MODELS
-        models = list(args.models or DRY_RUN_MODELS)
-        batches = args.batches or DRY_RUN_BATCHES
-        kv_lens = args.kv_lens or DRY_RUN_KV_LENS
-        prompts = args.prompts or DRY_RUN_PROMPTS
-        pb = DRY_RUN_PREFILL_BATCHED if args.prefill_batched is None else args.prefill_batched
-        settings = Settings(repeats=min(args.repeats, 2), batch_s=0.01, prewarm_s=0.0, power_s=0.0,
-                            ramp_s=0.0, idle_s=0.0, seed=args.seed)
-    else:
-        if not torch.cuda.is_available():
-            ap.error("no CUDA device (use --dry-run on a CPU)")
-        device, val = "cuda", VALIDATION_CONFIGS
-        models = list(args.models or DEFAULT_MODELS)
-        batches = args.batches or DEFAULT_BATCHES
-        kv_lens = args.kv_lens or DEFAULT_KV_LENS
-        prompts = args.prompts or DEFAULT_PROMPTS
-        pb = DEFAULT_PREFILL_BATCHED if args.prefill_batched is None else args.prefill_batched
-        settings = Settings(repeats=args.repeats, batch_s=args.batch_seconds,
-                            power_s=args.power_seconds, ramp_s=args.ramp_seconds,
-                            idle_s=args.idle_seconds, seed=args.seed)
-    for m in models:
-        if m not in SHAPES:
-            ap.error(f"unknown shape {m!r}; known: {', '.join(SHAPES)}")
-    dtype = getattr(torch, args.dtype) if args.dtype and not args.dry_run else None
-    out = args.output
-
-    def save(doc: dict[str, Any]) -> None:
-        path = out.replace("{gpu}", doc["info"]["gpu_slug"])
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-
-    doc = run_batched(models, device=device, dtype=dtype, batches=batches, kv_lens=kv_lens,
-                      prompts=prompts, prefill_batched=pb, settings=settings,
-                      validation_configs=val, checkpoint=save)
-    print(summary_table(doc))
-    print(f"wrote {out.replace('{gpu}', doc['info']['gpu_slug'])}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def save_json(doc: dict[str, Any], output: str) -> str:
+    """Write ``doc`` to ``output`` (``{gpu}`` becomes the GPU tag) atomically, creating its folder;
+    the path written."""
+    path = output.replace("{gpu}", doc["info"]["gpu_slug"])
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path

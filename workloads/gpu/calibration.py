@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from workloads.gpu.model import GPUSpec, gpu_preset, kv_bytes_read, predict, weight_bytes_streamed
-from workloads.gpu.shapes import DecoderShape
 from workloads.models.presets import get_config
+from workloads.models.shape import LLAMA_LAYOUT, DecoderShape
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
@@ -67,7 +67,8 @@ def load_measured(path: str | None = None) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class _Cfg:
-    """The GPTConfig fields the model needs, rebuilt from a measured result row."""
+    """The fields of a GPT-layout measurement row the model needs (its own ``n_params``), for a
+    measured model that is not a preset."""
 
     name: str
     n_layer: int
@@ -91,7 +92,8 @@ def cfg_from_result(row: dict[str, Any]) -> Any:
         s = DecoderShape(name=row["model"], n_layer=row["n_layer"], d_model=row["d_model"],
                          n_head=row["n_head"], n_kv_head=row["n_kv_head"], d_head=row["d_head"],
                          d_ff=row["d_ff"], vocab=row["vocab"], n_ctx=row["n_ctx"],
-                         gated_mlp=True, tied_head=False)
+                         rope_theta=float(row.get("rope_theta", 10000.0)),
+                         norm_eps=float(row.get("rms_eps", 1e-5)), **LLAMA_LAYOUT)
         if "params" in row and s.n_params != row["params"]:
             raise ValueError(f"{row['model']}: a Llama shape of these fields has {s.n_params} "
                              f"parameters, the row says {row['params']}")

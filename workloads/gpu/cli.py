@@ -7,7 +7,9 @@
 * ``measure llama -o FILE`` -- the measured Llama-family baseline on one GPU
   (:mod:`workloads.gpu.llama`);
 * ``measure llama-tp --tp N -o FILE`` -- the same, tensor parallel over N GPUs of one host
-  (:mod:`workloads.gpu.llama_tp`).
+  (:mod:`workloads.gpu.llama_tp`);
+* ``measure batched -o FILE`` -- Llama-family batched decode and prefill at every batch size
+  (:mod:`workloads.gpu.batched`).
 
 Every ``measure`` command has ``--dry-run``: the same code path on the CPU with tiny configs.
 Bad input gives one line, ``pimsim: error: <problem>; <fix>``, and exit status 2 (the handler
@@ -26,8 +28,16 @@ from typing import Any, Sequence
 from pimsim.cli import Parser, add_debug_flags, int_in, run_command
 from pimsim.errors import UserError
 from workloads.gpu.llama_shapes import (
+    DEFAULT_BATCHES,
+    DEFAULT_KV_LENS,
     DEFAULT_MODELS,
+    DEFAULT_PREFILL_BATCHED,
+    DEFAULT_PROMPTS,
+    DRY_RUN_BATCHES,
+    DRY_RUN_KV_LENS,
     DRY_RUN_MODELS,
+    DRY_RUN_PREFILL_BATCHED,
+    DRY_RUN_PROMPTS,
     SHAPES,
     TP_DEFAULT_MODELS,
     VALIDATION_CONFIGS,
@@ -82,7 +92,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# measure gpt2 / llama / llama-tp
+# measure gpt2 / llama / llama-tp / batched
 # --------------------------------------------------------------------------------------------
 
 
@@ -200,6 +210,68 @@ def cmd_measure_llama_tp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """``measure batched``'s batch sizes and lengths: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def _prefill_pair(text: str) -> tuple[int, int]:
+    """``--prefill-batched``: PROMPTxBATCH."""
+    try:
+        p, b = (int(x) for x in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write PROMPTxBATCH, e.g. 512x4") from None
+    if p < 1 or b < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: prompt and batch must be >= 1")
+    return p, b
+
+
+def cmd_measure_batched(args: argparse.Namespace) -> int:
+    import torch
+
+    from workloads.gpu.batched import Settings, run_batched, save_json, summary_table
+
+    if args.dry_run:
+        device, val = "cpu", DRY_RUN_MODELS
+        models = list(args.models or DRY_RUN_MODELS)
+        batches = args.batches or DRY_RUN_BATCHES
+        kv_lens = args.kv_lens or DRY_RUN_KV_LENS
+        prompts = args.prompts or DRY_RUN_PROMPTS
+        pb = DRY_RUN_PREFILL_BATCHED if args.prefill_batched is None else args.prefill_batched
+        settings = Settings(repeats=min(args.repeats, 2), batch_s=0.01, prewarm_s=0.0, power_s=0.0,
+                            ramp_s=0.0, idle_s=0.0, seed=args.seed)
+    else:
+        if not torch.cuda.is_available():
+            raise _no_cuda()
+        device, val = "cuda", VALIDATION_CONFIGS
+        models = list(args.models or DEFAULT_MODELS)
+        batches = args.batches or DEFAULT_BATCHES
+        kv_lens = args.kv_lens or DEFAULT_KV_LENS
+        prompts = args.prompts or DEFAULT_PROMPTS
+        pb = DEFAULT_PREFILL_BATCHED if args.prefill_batched is None else args.prefill_batched
+        settings = Settings(repeats=args.repeats, batch_s=args.batch_seconds,
+                            power_s=args.power_seconds, ramp_s=args.ramp_seconds,
+                            idle_s=args.idle_seconds, seed=args.seed)
+    _check_shapes(models)
+    dtype = getattr(torch, args.dtype) if args.dtype and not args.dry_run else None
+
+    def save(doc: dict[str, Any]) -> None:
+        save_json(doc, args.output)
+
+    doc = run_batched(models, device=device, dtype=dtype, batches=batches, kv_lens=kv_lens,
+                      prompts=prompts, prefill_batched=pb, settings=settings,
+                      validation_configs=val, checkpoint=save)
+    print(summary_table(doc))
+    print(f"wrote {args.output.replace('{gpu}', doc['info']['gpu_slug'])}")
+    return 0
+
+
 def _add_llama_measure_args(ap: argparse.ArgumentParser, dry_run_help: str) -> None:
     """The options ``measure llama`` and ``measure llama-tp`` share."""
     ap.add_argument("-o", "--output", required=True, help="output JSON")
@@ -269,6 +341,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tensor-parallel size: GPUs (processes)")
     _add_llama_measure_args(tp, "same code path on the CPU: gloo, tiny configs, fp32, no power")
     tp.set_defaults(func=cmd_measure_llama_tp)
+
+    b = msub.add_parser("batched", help="Llama-family batched decode and prefill at every batch size",
+                        description="Measured GPU baseline for Llama-family decoders at every "
+                                    "batch size: batched decode and prefill, each one CUDA graph, "
+                                    "time and power (workloads.gpu.batched).")
+    b.add_argument("-o", "--output", required=True,
+                   help="output JSON, rewritten after every point; '{gpu}' becomes the GPU tag")
+    b.add_argument("--models", nargs="+", default=None,
+                   help=f"shapes (default {' '.join(DEFAULT_MODELS)}; dry run "
+                        f"{' '.join(DRY_RUN_MODELS)}); known: {', '.join(SHAPES)}")
+    b.add_argument("--batches", nargs="+", type=_positive_int, default=None,
+                   help=f"decode batch sizes (default {' '.join(map(str, DEFAULT_BATCHES))})")
+    b.add_argument("--kv-lens", nargs="+", type=_positive_int, default=None,
+                   help=f"decode KV lengths (default {' '.join(map(str, DEFAULT_KV_LENS))})")
+    b.add_argument("--prompts", nargs="+", type=_positive_int, default=None,
+                   help=f"batch-1 prefill lengths (default {' '.join(map(str, DEFAULT_PROMPTS))})")
+    b.add_argument("--prefill-batched", nargs="*", type=_prefill_pair, default=None,
+                   help="prefill points at a batch above 1 as PROMPTxBATCH (default 512x4)")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--batch-seconds", type=float, default=0.1, help="one timed round")
+    b.add_argument("--power-seconds", type=float, default=1.5, help="sampled power loop")
+    b.add_argument("--ramp-seconds", type=float, default=0.5, help="power loop ramp")
+    b.add_argument("--idle-seconds", type=float, default=2.0)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--dtype", choices=("float16", "bfloat16"), default=None,
+                   help="weights and KV cache on the GPU (default float16; the dry run uses float32)")
+    b.add_argument("--dry-run", action="store_true",
+                   help="CPU, tiny shapes and lengths, fp32, no graphs, no power (seconds)")
+    b.set_defaults(func=cmd_measure_batched)
     add_debug_flags(p)
     add_debug_flags(me)
     return p

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from workloads.models.gpt import GPT, GPTConfig, _is_layernorm_weight, _param_seed
-from workloads.gpu.llama_shapes import LlamaShape
+from workloads.models.gpt import GPT, _is_layernorm_weight, _param_seed
+from workloads.models.shape import DecoderShape
 
 INIT_STD = 0.02     # weights N(0, INIT_STD); norm weights 1 + N(0, INIT_STD)
 
@@ -33,7 +33,7 @@ INIT_STD = 0.02     # weights N(0, INIT_STD); norm weights 1 + N(0, INIT_STD)
 # --------------------------------------------------------------------------------------------
 
 
-def build_model(cfg: GPTConfig, *, device: str | torch.device = "cpu",
+def build_model(cfg: DecoderShape, *, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float16, seed: int = 0) -> GPT:
     """A GPT with random weights made directly on ``device`` in ``dtype``.
 
@@ -176,7 +176,7 @@ class StaticCacheDecoder(CudaGraphStep):
         # additive mask over the n_ctx slots: 0 up to and including pos, -inf beyond
         mask = torch.where(self._slots <= self.pos_t, self._zero, self._neg_inf).view(1, 1, c.n_ctx)
         for li, L in enumerate(self.layers):
-            x = F.layer_norm(h, (c.d_model,), L["ln1"][0], L["ln1"][1], c.ln_eps)
+            x = F.layer_norm(h, (c.d_model,), L["ln1"][0], L["ln1"][1], c.norm_eps)
             qkv = F.linear(x, L["wqkv"], L["bqkv"])                                       # [1, 3a]
             q = qkv[:, :a].reshape(H, 1, D)
             k = qkv[:, a:2 * a].reshape(H, 1, D)
@@ -188,10 +188,10 @@ class StaticCacheDecoder(CudaGraphStep):
             probs = torch.softmax(scores, dim=-1)
             ctx = torch.bmm(probs, vc).reshape(1, a)                                      # [1, a]
             h = h + F.linear(ctx, L["wo"], L["bo"])
-            x = F.layer_norm(h, (c.d_model,), L["ln2"][0], L["ln2"][1], c.ln_eps)
+            x = F.layer_norm(h, (c.d_model,), L["ln2"][0], L["ln2"][1], c.norm_eps)
             h = h + F.linear(F.gelu(F.linear(x, L["wup"], L["bup"]), approximate="tanh"),
                              L["wdown"], L["bdown"])
-        x = F.layer_norm(h, (c.d_model,), self.ln_f[0], self.ln_f[1], c.ln_eps)
+        x = F.layer_norm(h, (c.d_model,), self.ln_f[0], self.ln_f[1], c.norm_eps)
         return F.linear(x, self.wte)                                                      # [1, vocab]
 
 
@@ -200,7 +200,7 @@ class StaticCacheDecoder(CudaGraphStep):
 # --------------------------------------------------------------------------------------------
 
 
-def init_decode_state(dec: CudaGraphStep, s: LlamaShape, n_kv: int, dtype: torch.dtype,
+def init_decode_state(dec: CudaGraphStep, s: DecoderShape, n_kv: int, dtype: torch.dtype,
                       dev: torch.device) -> None:
     """RoPE tables (as transformers computes them: fp32 inverse frequencies and angles), the
     static K/V caches of ``n_kv`` heads, the input tensors and the mask constants of a decoder
@@ -261,7 +261,7 @@ class LlamaStaticDecoder(CudaGraphStep):
     :meth:`decode` sets the inputs and replays the graph; on the CPU it runs the step eagerly.
     """
 
-    def __init__(self, shape: LlamaShape, *, device: str | torch.device = "cpu",
+    def __init__(self, shape: DecoderShape, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float16, seed: int = 0, init_std: float = INIT_STD) -> None:
         s = self.shape = shape
         self.n_ctx = shape.n_ctx
@@ -313,7 +313,7 @@ class LlamaStaticDecoder(CudaGraphStep):
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # fp32 statistics, as transformers' LlamaRMSNorm (one fused kernel on CUDA)
-        return F.rms_norm(x, (self.shape.d_model,), w, self.shape.rms_eps)
+        return F.rms_norm(x, (self.shape.d_model,), w, self.shape.norm_eps)
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:

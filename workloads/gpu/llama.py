@@ -59,7 +59,8 @@ from workloads.gpu.baseline import (
     time_interleaved,
 )
 from workloads.gpu.decoders import LlamaStaticDecoder
-from workloads.gpu.llama_shapes import VALIDATION_CONFIGS, LlamaShape, get_shape, hf_llama_config
+from workloads.gpu.llama_shapes import VALIDATION_CONFIGS, get_shape, hf_llama_config
+from workloads.models.shape import DecoderShape
 
 METHOD = (
     "Llama-family batch-1 decode, random weights from a seed (N(0,0.02), RMSNorm weights "
@@ -89,7 +90,7 @@ METHOD = (
 # --------------------------------------------------------------------------------------------
 
 
-def hf_model(shape: LlamaShape, state_dict: dict[str, torch.Tensor], device: torch.device) -> Any:
+def hf_model(shape: DecoderShape, state_dict: dict[str, torch.Tensor], device: torch.device) -> Any:
     """``transformers.LlamaForCausalLM`` whose parameters ARE the given tensors (built on the meta
     device, then ``load_state_dict(assign=True)``: no second copy of the weights)."""
     from transformers import LlamaForCausalLM
@@ -217,7 +218,7 @@ def measure_model(name: str, device: torch.device, *, dtype: torch.dtype, repeat
         "weight_bytes": dec.weight_bytes, "dtype": str(dtype).replace("torch.", ""),
         "n_layer": shape.n_layer, "d_model": shape.d_model, "n_head": shape.n_head,
         "n_kv_head": shape.n_kv_head, "d_head": shape.d_head, "d_ff": shape.d_ff, "n_ctx": shape.n_ctx,
-        "vocab": shape.vocab, "rope_theta": shape.rope_theta, "rms_eps": shape.rms_eps,
+        "vocab": shape.vocab, "rope_theta": shape.rope_theta, "rms_eps": shape.norm_eps,
         "static_kv_bytes": dec.kv_bytes, "build_s": round(t_build, 3),
     }
     assert res["weight_bytes"] == shape.n_params * dec.k_cache.element_size()

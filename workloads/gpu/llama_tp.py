@@ -93,7 +93,8 @@ from workloads.gpu.decoders import (
     attention_ctx,
     init_decode_state,
 )
-from workloads.gpu.llama_shapes import VALIDATION_CONFIGS, LlamaShape, get_shape
+from workloads.gpu.llama_shapes import VALIDATION_CONFIGS, get_shape
+from workloads.models.shape import DecoderShape
 
 PG_TIMEOUT_S = 300          # a rank stuck in a collective this long fails the run (not hangs it)
 
@@ -157,7 +158,7 @@ class ShardPlan:
         return self.vocab[1] - self.vocab[0]
 
 
-def valid_tp(shape: LlamaShape, choices: Sequence[int] = (1, 2, 4, 8, 16)) -> list[int]:
+def valid_tp(shape: DecoderShape, choices: Sequence[int] = (1, 2, 4, 8, 16)) -> list[int]:
     """The world sizes in ``choices`` that :func:`shard_plan` can split ``shape`` over."""
     out = []
     for n in choices:
@@ -169,7 +170,7 @@ def valid_tp(shape: LlamaShape, choices: Sequence[int] = (1, 2, 4, 8, 16)) -> li
     return out
 
 
-def check_tp(shape: LlamaShape, world_size: int) -> None:
+def check_tp(shape: DecoderShape, world_size: int) -> None:
     """ValueError (one line, naming the fix) unless ``shape`` splits evenly over ``world_size``."""
     n = world_size
     if not isinstance(n, int) or n < 1:
@@ -190,13 +191,13 @@ def check_tp(shape: LlamaShape, world_size: int) -> None:
                          f"{ok or '[1]'}")
 
 
-def _splits(shape: LlamaShape, n: int) -> bool:
+def _splits(shape: DecoderShape, n: int) -> bool:
     kv = shape.n_kv_head
     return not (shape.n_head % n or shape.d_ff % n or shape.vocab % n
                 or (kv >= n and kv % n) or (kv < n and n % kv))
 
 
-def shard_plan(shape: LlamaShape, world_size: int, rank: int) -> ShardPlan:
+def shard_plan(shape: DecoderShape, world_size: int, rank: int) -> ShardPlan:
     """Rank ``rank``'s share: contiguous query heads, their KV heads (the one they share, when
     there are fewer KV heads than ranks), its d_ff slice and vocab slice."""
     check_tp(shape, world_size)
@@ -304,7 +305,7 @@ class LlamaTPDecoder(CudaGraphStep):
     one CUDA graph; all ranks must then replay in lockstep.
     """
 
-    def __init__(self, shape: LlamaShape, *, comm: Any = None, device: str | torch.device = "cpu",
+    def __init__(self, shape: DecoderShape, *, comm: Any = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float16, seed: int = 0, init_std: float = INIT_STD) -> None:
         self.comm = comm if comm is not None else DistComm()
         s = self.shape = shape
@@ -365,7 +366,7 @@ class LlamaTPDecoder(CudaGraphStep):
         return self.weight_bytes - (self.embed.numel() - self.shape.d_model) * self.embed.element_size()
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (self.shape.d_model,), w, self.shape.rms_eps)
+        return F.rms_norm(x, (self.shape.d_model,), w, self.shape.norm_eps)
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:
@@ -608,7 +609,7 @@ def compare_with_single(dec: LlamaTPDecoder, tokens: Sequence[int], *, seed: int
     return res
 
 
-def _build(shape: LlamaShape, device: torch.device, dtype: torch.dtype, seed: int
+def _build(shape: DecoderShape, device: torch.device, dtype: torch.dtype, seed: int
            ) -> tuple[LlamaTPDecoder | None, str | None, str | None]:
     """Build and capture on every rank. (decoder or None, build error, capture error); the
     build counts only if it worked on every rank; a failed capture leaves the eager step."""
@@ -707,7 +708,7 @@ def measure(name: str, world_size: int, positions: Sequence[int] | None = None, 
         "dtype": str(dtype).replace("torch.", ""), "n_layer": shape.n_layer,
         "d_model": shape.d_model, "n_head": shape.n_head, "n_kv_head": shape.n_kv_head,
         "d_head": shape.d_head, "d_ff": shape.d_ff, "n_ctx": shape.n_ctx, "vocab": shape.vocab,
-        "rope_theta": shape.rope_theta, "rms_eps": shape.rms_eps,
+        "rope_theta": shape.rope_theta, "rms_eps": shape.norm_eps,
         "q_heads_per_gpu": plan.n_q, "kv_heads_per_gpu": plan.n_kv,
         "kv_head_repeated": shape.n_kv_head < world_size,
         "static_kv_bytes_per_gpu": dec.kv_bytes, "build_s": round(t_build, 3),
@@ -932,7 +933,7 @@ def spawn(world_size: int, out: str, *, cpu: bool = False, **kw: Any) -> None:
              nprocs=world_size, join=True)
 
 
-def thread_logits(shape: LlamaShape, world_size: int, tokens: Sequence[int], *, seed: int = 0,
+def thread_logits(shape: DecoderShape, world_size: int, tokens: Sequence[int], *, seed: int = 0,
                   init_std: float = INIT_STD, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     """Logits ``[1, vocab]`` per step of ``tokens`` (from position 0) from the TP decoder split
     over ``world_size`` threads of this process (:class:`ThreadGroup`, CPU); rank 0's copy,

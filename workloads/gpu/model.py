@@ -28,9 +28,9 @@ calibration; :func:`workloads.gpu.calibration.calibrate` fits them to a measured
 calibration to another GPU (:func:`workloads.gpu.calibration.transfer`) assumes the same
 software path and per-kernel cost: a lead, not a measurement.
 
-Shapes: any object with GPTConfig's fields (GPT: tied head, learned positions, biases), or a
-:class:`~workloads.gpu.shapes.DecoderShape` for the other families (``n_kv_head`` for GQA/MQA,
-SwiGLU ``gated_mlp``, tied or untied head, biases, norms: an exact parameter count);
+Shapes: a :class:`~workloads.models.shape.DecoderShape` (any family: ``n_kv_head`` for GQA/MQA,
+SwiGLU ``gated_mlp``, tied or untied head, biases, norms: an exact parameter count), or the
+fields of a GPT-layout measurement row with its own ``n_params`` (:func:`is_shape`);
 :func:`workloads.gpu.shapes.zoo_shape` gives one for every zoo preset from its config
 arguments, and ``predict`` takes a preset name. A gated-MLP shape uses the Llama software path
 (``gated_*`` fields of :class:`GPUSpec`): its own efficiency, per-kernel overhead and kernel
@@ -54,11 +54,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from workloads.gpu.shapes import FP16_BYTES, is_shape, shape_for
+from workloads.gpu.shapes import shape_for
+from workloads.models.shape import FP16_BYTES, DecoderShape
 
 HARDWARE_REF = "public vendor specifications (project hardware reference, GPU baselines)"
 
 
+def is_shape(cfg: Any) -> bool:
+    """Whether ``cfg`` counts its own bytes (a :class:`DecoderShape`), as opposed to the fields of
+    a GPT-layout measurement row with its own ``n_params`` (the calibration's rows, a compiled
+    model's counts), whose bytes this module counts itself."""
+    return isinstance(cfg, DecoderShape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +165,7 @@ def kv_bytes_read(cfg: Any, pos: int, *, static_cache: bool = False, bytes_per_e
     or all ``n_ctx`` slots for a static cache)."""
     n = cfg.n_ctx if static_cache else pos + 1
     if is_shape(cfg):
-        return cfg.kv_bytes_per_position(bytes_per_el) * n
+        return cfg.kv_bytes_per_token(bytes_per_el) * n
     return 2 * cfg.n_layer * cfg.n_head * cfg.d_head * n * bytes_per_el
 
 
@@ -233,11 +239,11 @@ def predict(gpu: GPUSpec | str, model_cfg: Any, pos: int, *, static_cache: bool 
             n_kernels: float | None = None, power: str = "board", tp: int = 1) -> dict[str, float]:
     """Time and energy of one decode step at position ``pos``.
 
-    ``model_cfg``: anything with GPTConfig's fields, a :class:`DecoderShape`, or a preset name
-    (GPT or zoo). ``tp``: tensor parallelism over that many GPUs of the preset (NVLink): each
-    streams 1/N of the weights and holds its KV heads, and the step adds two ring all-reduces of
-    ``d_model`` fp16 per layer plus one all-gather of the ``vocab`` fp16 logits; energy counts N
-    boards. A model that does not fit N GPUs' memory raises ValueError naming the fix.
+    ``model_cfg``: a :class:`DecoderShape`, a preset name (GPT or zoo), or the fields of a
+    GPT-layout measurement row (:func:`is_shape`). ``tp``: tensor parallelism over that many
+    GPUs of the preset (NVLink): each streams 1/N of the weights and holds its KV heads, and the
+    step adds two ring all-reduces of ``d_model`` fp16 per layer plus one all-gather of the
+    ``vocab`` fp16 logits; energy counts N boards. A model that does not fit N GPUs' memory raises ValueError naming the fix.
 
     Returns ``ms``, ``joules``, ``watts`` (all boards) and the parts (``bytes`` and ``bw_util``
     per GPU, ``mem_ms``, ``compute_ms``, ``overhead_ms``, ``comm_ms``, ``n_kernels``, ``tp``,

@@ -21,7 +21,8 @@ from workloads.gpu.calibration import (
     transfer,
 )
 from workloads.gpu.model import predict
-from workloads.gpu.shapes import FP16_BYTES, shape_for
+from workloads.gpu.shapes import shape_for
+from workloads.models.shape import FP16_BYTES
 
 
 def compare_table(measured: dict[str, Any] | str | None = None, calibration: dict[str, Any] | None = None,

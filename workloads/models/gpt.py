@@ -31,13 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workloads.models.presets import (  # noqa: F401
-    BF16_BYTES,
-    PRESETS,
-    GPTConfig,
-    _preset,
-    get_config,
-)
+from workloads.models.presets import BF16_BYTES, PRESETS, get_config  # noqa: F401
+from workloads.models.shape import DecoderShape
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -51,7 +46,7 @@ INIT_STD = 0.02
 class Attention(nn.Module):
     """Causal multi-head self-attention with separate q/k/v projections and a KV cache."""
 
-    def __init__(self, cfg: GPTConfig, **factory: object) -> None:
+    def __init__(self, cfg: DecoderShape, **factory: object) -> None:
         super().__init__()
         self.n_head, self.d_head = cfg.n_head, cfg.d_head
         self.q = nn.Linear(cfg.d_model, cfg.d_attn, **factory)
@@ -83,7 +78,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Feed-forward: up (d_model -> d_ff), tanh-approximated GELU, down (d_ff -> d_model)."""
 
-    def __init__(self, cfg: GPTConfig, **factory: object) -> None:
+    def __init__(self, cfg: DecoderShape, **factory: object) -> None:
         super().__init__()
         assert cfg.d_ff is not None
         self.up = nn.Linear(cfg.d_model, cfg.d_ff, **factory)
@@ -96,11 +91,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One pre-LayerNorm transformer block."""
 
-    def __init__(self, cfg: GPTConfig, **factory: object) -> None:
+    def __init__(self, cfg: DecoderShape, **factory: object) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, **factory)
+        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, **factory)
         self.attn = Attention(cfg, **factory)
-        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, **factory)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, **factory)
         self.mlp = MLP(cfg, **factory)
 
     def forward(self, h_td: torch.Tensor, past_k_hpd: torch.Tensor, past_v_hpd: torch.Tensor
@@ -114,20 +109,26 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """GPT decoder at batch 1. See the module docstring for the maths and the KV-cache layout."""
 
-    def __init__(self, cfg: GPTConfig, *, device: torch.device | str | None = None,
+    def __init__(self, cfg: DecoderShape, *, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if not cfg.is_gpt_layout:
+            from pimsim.errors import UserError
+
+            raise UserError(f"{cfg.name!r} is not a GPT-2 layout shape (learned positions, "
+                            f"LayerNorm, biased projections, plain MLP, tied head)",
+                            "build it through its Hugging Face family (workloads.models.zoo)")
         factory = {"device": device, "dtype": dtype}
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab, cfg.d_model, **factory)
         self.wpe = nn.Embedding(cfg.n_ctx, cfg.d_model, **factory)
         self.h = nn.ModuleList(Block(cfg, **factory) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, **factory)
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, **factory)
 
     # ---- construction ------------------------------------------------------------------
 
     @classmethod
-    def from_seed(cls, cfg: GPTConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> GPT:
+    def from_seed(cls, cfg: DecoderShape, seed: int = 0, dtype: torch.dtype = torch.float32) -> GPT:
         """Deterministic random weights, independent of the global RNG state.
 
         Every weight and bias ~ N(0, 0.02); LayerNorm weight ~ 1 + N(0, 0.02). Each parameter is

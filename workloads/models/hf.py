@@ -24,13 +24,14 @@ from typing import Any
 
 import torch
 
-from workloads.models.gpt import GPT, GPTConfig
+from workloads.models.gpt import GPT
+from workloads.models.shape import DecoderShape
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all are the tanh approximation
 
 
-def config_from_hf(hf_config: Any, name: str = "hf-gpt2") -> GPTConfig:
-    """A ``GPTConfig`` for a ``transformers.GPT2Config``; rejects variants our model lacks."""
+def config_from_hf(hf_config: Any, name: str = "hf-gpt2") -> DecoderShape:
+    """A ``DecoderShape`` for a ``transformers.GPT2Config``; rejects variants our model lacks."""
     act = getattr(hf_config, "activation_function", "gelu_new")
     if act not in _TANH_GELUS:
         raise ValueError(f"activation_function {act!r} unsupported; need one of {_TANH_GELUS}")
@@ -44,7 +45,7 @@ def config_from_hf(hf_config: Any, name: str = "hf-gpt2") -> GPTConfig:
     if d_model % n_head:
         raise ValueError(f"n_embd {d_model} not divisible by n_head {n_head}")
     n_inner = getattr(hf_config, "n_inner", None)
-    return GPTConfig(
+    return DecoderShape(
         name=name,
         n_layer=int(hf_config.n_layer),
         d_model=d_model,
@@ -53,7 +54,7 @@ def config_from_hf(hf_config: Any, name: str = "hf-gpt2") -> GPTConfig:
         vocab=int(hf_config.vocab_size),
         n_ctx=int(hf_config.n_positions),
         d_ff=int(n_inner) if n_inner is not None else 4 * d_model,
-        ln_eps=float(hf_config.layer_norm_epsilon),
+        norm_eps=float(hf_config.layer_norm_epsilon),
     )
 
 

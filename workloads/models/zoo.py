@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workloads.models.presets import GPTConfig
+from workloads.models.shape import DecoderShape
 
 # name -> (transformers config class, its arguments); shapes of the public configs
 HF_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -50,13 +50,13 @@ HF_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
                                     vocab_size=50400, n_positions=2048)),
 }
 
-GPT_SHAPES: dict[str, GPTConfig] = {
+GPT_SHAPES: dict[str, DecoderShape] = {
     c.name: c for c in (
-        GPTConfig(name="gpt3-6.7b", n_layer=32, d_model=4096, n_head=32, d_head=128,
+        DecoderShape(name="gpt3-6.7b", n_layer=32, d_model=4096, n_head=32, d_head=128,
                   vocab=50257, n_ctx=2048),
-        GPTConfig(name="gpt3-13b", n_layer=40, d_model=5140, n_head=40, d_head=128,
+        DecoderShape(name="gpt3-13b", n_layer=40, d_model=5140, n_head=40, d_head=128,
                   vocab=50257, n_ctx=2048),  # the paper's d_model 5140 (n_head*d_head 5120)
-        GPTConfig(name="gpt3-175b", n_layer=96, d_model=12288, n_head=96, d_head=128,
+        DecoderShape(name="gpt3-175b", n_layer=96, d_model=12288, n_head=96, d_head=128,
                   vocab=50257, n_ctx=2048),
     )
 }
