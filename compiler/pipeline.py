@@ -32,11 +32,9 @@ from typing import Any
 from compiler.frontends import import_graph
 from compiler.ir import Graph
 from compiler.passes.classify import Classify
-from compiler.passes.emit import Emit
 from compiler.passes.fold import Fold
 from compiler.passes.fuse import Fuse
-from compiler.passes.partition import Partition
-from compiler.passes.place import Place
+from compiler.passes.lower import LOWERING_PASSES, LoweringError, lower_graph, lower_graph_system
 from compiler.passes.shape_inference import ShapeInference
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
@@ -145,8 +143,8 @@ class Import:
 
 
 GRAPH_PASSES = (ShapeInference(), Fuse(), Fold(), Classify())
-# per hardware config, over the lowering's state (compiler.passes.lower)
-LOWERING_PASSES = (Partition(), Emit(), Place())
+# then, per hardware config over the lowering's state, LOWERING_PASSES =
+# (Partition(), Emit(), Place()), defined beside that state in compiler.passes.lower
 
 
 def print_ir_wanted() -> bool:
@@ -285,7 +283,6 @@ def _context(source: Any) -> int | None:
 
 def _compile_graph(graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None, t: dict,
                    t0: float, ours: bool = False, tp: int = 1, pp: int = 1) -> Compiled:
-    from compiler.passes.lower import LoweringError, lower_graph, lower_graph_system
     from compiler.passes.mapping import CapacityError, MappingError
 
     try:

@@ -398,7 +398,6 @@ class Program:
     dims: dict[str, int]
     steps: list[Step] = field(default_factory=list)
     vec_layout: VectorLayout | None = None
-    lm_head: MatrixLayout | None = None
     matrices: dict[str, MatrixLayout] = field(default_factory=dict)
     kv_layouts: list[tuple[KLayout, VLayout]] = field(default_factory=list)
     # graph-lowered programs (compiler.passes.lower): the dataflow and where its operands live

@@ -32,21 +32,25 @@ from __future__ import annotations
 from compiler.ir import Graph
 from compiler.passes.classify import Classify, is_classified
 from compiler.passes.decode_step import WIRING, decode_inputs
-from compiler.passes.emit import Emission
+from compiler.passes.emit import Emission, Emit
 from compiler.passes.fold import Fold
 from compiler.passes.graph_mapping import GraphMapping, GraphModel
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.lowering_state import Attn, Matvec
 from compiler.passes.mapping import geometry
-from compiler.passes.partition import TensorParallel
-from compiler.passes.place import Placement
+from compiler.passes.partition import Partition, TensorParallel
+from compiler.passes.place import Place, Placement
 from pimsim.config import HwConfig
 from pimsim.isa import Program
 
-__all__ = ["ATTENTION_SPLITS", "GraphMapping", "GraphModel", "LoweringError", "WIRING",
+__all__ = ["ATTENTION_SPLITS", "LOWERING_PASSES", "GraphMapping", "GraphModel", "LoweringError", "WIRING",
            "lower_graph", "lower_graph_system"]
 
 ATTENTION_SPLITS = ("split", "one-device")  # tensor parallelism: attention by heads, or whole
+
+# the lowering's passes, in order, per hardware config over the state of :class:`_Lowering`
+# (:mod:`compiler.pipeline` lists them after the graph passes)
+LOWERING_PASSES = (Partition(), Emit(), Place())
 
 
 def lower_graph(graph: Graph, cfg: HwConfig, *, name: str = "model",
@@ -126,9 +130,7 @@ class _Lowering(TensorParallel, Emission, Placement):
 
     # ---------------------------------------------------------------- run
     def run(self) -> list[tuple[Program, GraphMapping]]:
-        """The lowering passes (:data:`compiler.pipeline.LOWERING_PASSES`) over this state."""
-        from compiler.pipeline import LOWERING_PASSES
-
+        """The lowering passes (:data:`LOWERING_PASSES`) over this state."""
         low = self
         for p in LOWERING_PASSES:
             low = p.run(low)

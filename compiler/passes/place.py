@@ -197,7 +197,7 @@ class Placement:
             dims=dict(n_layer=model.n_layer, d_model=model.d_model, n_head=model.n_head,
                       n_kv_head=model.n_kv_head, d_head=model.d_head, d_ff=model.d_ff,
                       vocab=vocab, n_ctx=int(n_ctx)),
-            steps=steps, vec_layout=mp.vectors, lm_head=None,
+            steps=steps, vec_layout=mp.vectors,
             matrices={k: v for k, v in mp.matrices.items() if k not in tables},
             kv_layouts=kv, flow=flow,
             inputs={"token": self.token, "position": self.position}, logits=logits,
