@@ -145,6 +145,7 @@ class Import:
 GRAPH_PASSES = (ShapeInference(), Fuse(), Fold(), Classify())
 # then, per hardware config over the lowering's state, LOWERING_PASSES =
 # (Partition(), Emit(), Place()), defined beside that state in compiler.passes.lower
+PASSES = (Import(), *GRAPH_PASSES, *LOWERING_PASSES)  # the whole lowering, in order
 
 
 def print_ir_wanted() -> bool:
