@@ -6,7 +6,7 @@ and ``pimsim run`` without ``--functional`` use it). Stages:
     build      the meta-device GPT module
     export     torch.export of its decode step (compiler.frontends.decode_step_program)
     import     ExportedProgram -> IR
-    <passes>   shape_inference, fuse, classify (compiler.pipeline.GRAPH_PASSES)
+    <passes>   shape_inference, fuse, fold, classify (compiler.pipeline.GRAPH_PASSES)
     lower      op-by-op lowering and placement -> (Program, GraphMapping)
                (compiler.passes.lower, the production path)
     check      GraphMapping.check (every element placed once, no overlap, fits, replay)
@@ -23,9 +23,8 @@ import argparse
 import time
 
 from compiler.frontends import decode_step_program, import_exported
-from compiler.pipeline import GRAPH_PASSES
 from compiler.passes.lower import lower_graph
-from compiler.pipeline import Compiled, _context
+from compiler.pipeline import GRAPH_PASSES, Compiled, _context
 from pimsim.config import load_config
 from workloads.models.resolve import resolve_model
 

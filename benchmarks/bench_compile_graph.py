@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import time
-import tomllib
 from pathlib import Path
 
+import tomllib
+
 from compiler.frontends import import_graph
-from compiler.pipeline import GRAPH_PASSES
 from compiler.passes.lower import lower_graph
+from compiler.pipeline import GRAPH_PASSES
 from pimsim.config import config_from_dict
 from workloads.models import zoo
 

@@ -21,8 +21,8 @@ import numpy as np
 from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.generate import run_generation
-from workloads.validation import functional_executor
 from workloads.models.resolve import resolve_model
+from workloads.validation import functional_executor
 
 
 def read_bandwidth_gbs(n_bytes: int = 1 << 29) -> float:

@@ -98,7 +98,7 @@ def scan(tokens: int = 48, timed: int = 32) -> None:
             stamps: list[float] = []
             rep = run_system(c.programs, cfg, prompt=[0] * pos, n_tokens=tokens,
                              skip_prompt=True,
-                             progress=lambda _p: stamps.append(time.perf_counter()))
+                             progress=lambda _p, s=stamps: s.append(time.perf_counter()))
             # the last tokens: the simulator's memo is warm, as in a long run
             row.append(((stamps[-1] - stamps[-1 - timed]) / timed * 1e3, rep.ms_per_token))
         print(f"{model:<11} {c.spec.weight_bytes(1) / 1e9:6.1f}B {n:7d} "

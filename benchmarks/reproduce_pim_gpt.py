@@ -24,8 +24,8 @@ from pimsim.config import load_config
 from pimsim.generate import run_generation
 from workloads import comparison as C
 from workloads.gpu.calibration import default_measured_path
-from workloads.plots import plot_compare
 from workloads.models.resolve import resolve_model
+from workloads.plots import plot_compare
 
 MODELS = ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-small", "gpt3-medium",
           "gpt3-large", "gpt3-xl"]
@@ -63,7 +63,7 @@ def main() -> None:
 
     reps = {m: run(m, base) for m in MODELS}
     pos = a.prompt - 1 + a.tokens // 2
-    md = [f"# PIM-GPT on pimsim\n",
+    md = ["# PIM-GPT on pimsim\n",
           f"pim-gpt config, serial schedule (as the paper), refresh on, {a.tokens} generated "
           f"tokens after a {a.prompt}-token context (positions {a.prompt - 1}..{a.prompt - 2 + a.tokens}).\n"]
 
@@ -88,7 +88,8 @@ def main() -> None:
         sp = [r.speedup for r in rows]
         ef = [r.efficiency for r in rows]
         md.append(f"## PIM-GPT vs {label}\n")
-        md.append("| model | PIM ms/token | GPU ms/token | speedup | PIM mJ/token | GPU mJ/token | energy efficiency | row hits |")
+        md.append("| model | PIM ms/token | GPU ms/token | speedup | PIM mJ/token | GPU mJ/token "
+                  "| energy efficiency | row hits |")
         md.append("|---|---|---|---|---|---|---|---|")
         for r in rows:
             md.append(f"| {r.model} | {r.pim_ms:.4f} | {r.gpu_ms:.4f} | {r.speedup:.1f}x | "

@@ -9,7 +9,8 @@ printed form values are written ``%name`` and constants ``@name``::
 
     input %past_k : [2,4,past_len,16] f32
     const @model.h.0.ln_1.weight : [64] f32
-    %layer_norm = layernorm(%add, @model.h.0.ln_1.weight, @model.h.0.ln_1.bias) {axis=-1, eps=1e-05} : [1,64] f32  # asic layernorm
+    %layer_norm = layernorm(%add, @model.h.0.ln_1.weight, @model.h.0.ln_1.bias) {axis=-1, eps=1e-05}
+        : [1,64] f32  # asic layernorm   (one line in the dump)
     output %linear_12, %stack, %stack_1
 
 Shapes are tuples of ints and strings; a string is a symbolic dimension (``"past_len"``,

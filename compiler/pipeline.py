@@ -14,8 +14,9 @@
     place           each stage on channels and banks, its Program     Place
 
 :data:`GRAPH_PASSES` is the list from shape inference to classify, :data:`LOWERING_PASSES` from
-partition to place; each pass is a small named frozen dataclass with ``run``. :func:`prepare` runs the import and the graph passes
-(once per model), :func:`lower` the lowering (per hardware config); :func:`compile_model` both.
+partition to place (:data:`PASSES` all of them); each pass is a small named frozen dataclass
+with ``run``. :func:`prepare` runs the import and the graph passes (once per model),
+:func:`lower` the lowering (per hardware config); :func:`compile_model` both.
 With the environment variable ``PIMSIM_PRINT_IR=1`` every stage's result is printed to stderr:
 the IR after each graph pass, the placement (``GraphMapping.pretty()``) and the program at
 position 0 after the lowering.

@@ -25,7 +25,11 @@ from pathlib import Path
 from pimsim import __version__
 from pimsim.config import available_configs, load_config
 from pimsim.errors import (
-    HardwareFitError, UserError, format_unexpected, format_user_error, read_text,
+    HardwareFitError,
+    UserError,
+    format_unexpected,
+    format_user_error,
+    read_text,
 )
 
 INT64_MAX = (1 << 63) - 1

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from pimsim.errors import ConfigError, UserError, read_text
 from pimsim.spec.commands import MODE_SWITCHES

@@ -28,16 +28,15 @@ import simpy
 
 from pimsim.config import HwConfig
 from pimsim.isa import ITEM_FIELDS, Program
-from pimsim.link import (lead_columns, lead_delay_cyc, link_busy_cyc, link_latency_cyc,
-                         transfer_bytes)
+from pimsim.link import lead_columns, lead_delay_cyc, link_busy_cyc, link_latency_cyc, transfer_bytes
 from pimsim.spec.commands import N_CMDS
 from pimsim.system import CommCost, collective
 from pimsim.timing import ChannelStates, ChannelTimer
 from pimsim.timing.jit import compile_scope
 from pimsim.timing.memo import new_memo
 from pimsim.timing.state import NO_MEMO, ST_HITS, ST_MISSES
-from pimsim.timing.token_runner import run_steps, segment_classes
 from pimsim.timing.tables import build_tables
+from pimsim.timing.token_runner import run_steps, segment_classes
 
 ASIC_COST_OP = {"argmax": "reduction"}  # ops without their own cost row use another's
 KIND_CODE = {"asic": 0, "pim": 1, "comm": 2}  # step kinds as the kernels see them

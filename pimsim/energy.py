@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pimsim.config import Energy, HwConfig
-from pimsim.link import LINK_CMDS  # commands whose data crosses the link (one column each)
 
 COMPONENTS = ("banks", "mac_units", "global_buffer", "io", "asic", "background", "refresh",
               "interconnect")

@@ -15,11 +15,11 @@ import numpy as np
 
 from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator, TokenTiming
-from pimsim.errors import UserError
 from pimsim.energy import EnergyReport, energy_of
-from pimsim.report import BREAKDOWN_KEYS, RunReport
+from pimsim.errors import UserError
 from pimsim.isa import Program
 from pimsim.link import LINK_CMDS
+from pimsim.report import BREAKDOWN_KEYS, RunReport
 from pimsim.spec.commands import cmd_id
 
 

@@ -720,7 +720,7 @@ def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
 
 def _attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:
     return [_latest("score", kl, (ch, kl.slots_in_use(ch, pos + 1)),
-                    lambda: _build_attn_score_items(kl, ch, kl.slots_in_use(ch, pos + 1)),
+                    lambda ch=ch: _build_attn_score_items(kl, ch, kl.slots_in_use(ch, pos + 1)),
                     per=ch)
             for ch in range(kl.geo.channels)]
 
@@ -729,7 +729,7 @@ def _attn_value_items(vl: VLayout, pos: int) -> list[np.ndarray]:
     n_tok = pos + 1
     ce = vl.matrix.chunk_elems
     key = (_cdiv(n_tok, ce), _cdiv(n_tok - (_cdiv(n_tok, ce) - 1) * ce, vl.geo.col_elems))
-    return [_latest("value", vl, key, lambda: _build_attn_value_items(vl, ch, pos), per=ch)
+    return [_latest("value", vl, key, lambda ch=ch: _build_attn_value_items(vl, ch, pos), per=ch)
             for ch in range(vl.geo.channels)]
 
 
@@ -770,7 +770,7 @@ def _build_attn_score_items(kl: KLayout, ch: int, n_slots: int) -> np.ndarray:
         if G > 1 and len(queries) > cap >= n_h:
             for s in range(n_slots):
                 row = kl.row_of(s, k)
-                for j in range(G):
+                for _j in range(G):
                     items.append((_WR_GB, -1, -1, n_h * hcols, 0))
                     for h in range(n_h):
                         mac(row, h)

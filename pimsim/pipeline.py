@@ -28,8 +28,7 @@ from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator
 from pimsim.energy import EnergyReport
 from pimsim.errors import UserError
-from pimsim.generate import TokenEnergy, _energy_summary, _StepCost, run_generation, \
-    token_breakdown
+from pimsim.generate import TokenEnergy, _energy_summary, _StepCost, run_generation, token_breakdown
 from pimsim.isa import PER_OP_KEYS, Program
 from pimsim.report import BREAKDOWN_KEYS, RunReport
 from pimsim.system import TOKEN_BYTES, CommCost, collective
@@ -57,8 +56,8 @@ def check_system(programs: Sequence[Program], cfg: HwConfig) -> None:
         raise UserError(
             f"the program was compiled for tp {tp} x pp {pp}, but the system of {cfg.name} is "
             f"tp {sy.tp} x pp {sy.pp}",
-            f"compile for the config you simulate (compile_model(model, cfg) with the same cfg), "
-            f"or give both the same tp / pp")
+            "compile for the config you simulate (compile_model(model, cfg) with the same cfg), "
+            "or give both the same tp / pp")
 
 
 def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[int],

@@ -38,8 +38,7 @@ import numpy as np
 from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator
 from pimsim.isa import Program
-from pimsim.spec.commands import (COMMANDS, ROW_NEEDS_OPEN, ROW_NEEDS_OPEN_THEN_CLOSES, ROW_OPENS,
-                                   cmd_id)
+from pimsim.spec.commands import COMMANDS, ROW_NEEDS_OPEN, ROW_NEEDS_OPEN_THEN_CLOSES, ROW_OPENS, cmd_id
 from pimsim.timing.state import S_LOG_N
 
 PID_STEPS, PID_ASIC, PID_CHANNELS = 0, 1, 2

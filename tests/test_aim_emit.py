@@ -21,8 +21,14 @@ import numpy as np
 import pytest
 
 from compiler.pipeline import compile_model
-from pimsim.aim_emit import (EmitError, aim_trace_text, check_aim_config, decode_pim_cycles,
-                             to_units, unit_streams)
+from pimsim.aim_emit import (
+    EmitError,
+    aim_trace_text,
+    check_aim_config,
+    decode_pim_cycles,
+    to_units,
+    unit_streams,
+)
 from pimsim.config import load_config
 from pimsim.dma import replay_trace
 from pimsim.spec.commands import cmd_id

@@ -14,13 +14,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from test_timing_rules import assert_rule, with_timing
 
 from pimsim.check import check_log
 from pimsim.config import load_config
 from pimsim.spec.commands import AF_PSEUDO_ROW, cmd_id
 from pimsim.spec.rules import AIM_RULES
 from pimsim.timing import ChannelTimer, make_stream
-from test_timing_rules import assert_rule, with_timing
 
 AIM = load_config("aim-gddr6", refresh=False)
 NOMODE = AIM.replace(pim=dataclasses.replace(AIM.pim, mode_switch="none"),

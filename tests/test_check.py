@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_rules_variant
 
 import pimsim.check as check_mod
 from pimsim.check import (
-    Violation, check_command_log, check_log, check_report, rule_latencies,
+    Violation,
+    check_command_log,
+    check_log,
+    check_report,
+    rule_latencies,
 )
 from pimsim.config import ConfigError, load_config
 from pimsim.spec.commands import COMMANDS, SCOPE_BANK, cmd_id
 from pimsim.spec.rules import PIM_RULES
 from pimsim.timing import ChannelTimer, make_stream
 from pimsim.timing.tables import active_rules
-from conftest import shared_rules_variant
 
 # checker semantics on a generic PIM device (single-bank / all-bank mode switch, shared rows);
 # the GDDR6-AiM rows and options are checked in test_aim_rules.py
@@ -98,7 +103,7 @@ def test_violation_fields_and_text():
     for part in ("ch7", "act_to_mac_nRCDRDMAC", "MAC_AB@155", "ACT_AB@100", "all banks",
                  f">= {c['nRCDRDMAC']}", "short by 1"):
         assert part in text
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         v.rule = "x"  # frozen
 
 

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
+from pimsim.config import load_config
 from workloads import comparison as C
 from workloads.gpu import calibration as gcal
 from workloads.plots import plot_compare
-from pimsim.config import load_config
 
 
 def test_compare_against_modelled_t4_and_measured_gpu(tmp_path):

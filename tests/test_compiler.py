@@ -34,8 +34,8 @@ from pimsim.spec.commands import cmd_id
 from pimsim.timing import SYNC
 from workloads.models.export import export_decode_onnx
 from workloads.models.gpt import GPT, get_config
-from workloads.models.shape import DecoderShape
 from workloads.models.resolve import resolve_model
+from workloads.models.shape import DecoderShape
 
 REPO = Path(__file__).resolve().parent.parent
 # in-process ones first: the last three come from a background process (see Background)

@@ -7,10 +7,10 @@ import copy
 import dataclasses
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from pimsim.config import (
     HWCONFIG_DIR,
@@ -22,8 +22,7 @@ from pimsim.config import (
     load_config,
 )
 from pimsim.spec.commands import cmd_id
-from pimsim.timing.tables import G_NODES
-from pimsim.timing.tables import CT_ENABLED, build_tables
+from pimsim.timing.tables import CT_ENABLED, G_NODES, build_tables
 
 SHIPPED = ("aim-gddr6", "gddr6", "hbm-pim", "pim-gpt")
 GiB = 1 << 30

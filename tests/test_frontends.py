@@ -4,7 +4,6 @@ meta-device gpt2-xl imports and compiles for timing."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import pytest
@@ -312,8 +311,8 @@ def test_onnx_gather_nd_imports_like_onnxruntime(case) -> None:
                               opset_imports=[helper.make_opsetid("", 17)])
     want = ort.InferenceSession(proto.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    from compiler.pipeline import run_passes
     from compiler.passes.shape_inference import ShapeInference
+    from compiler.pipeline import run_passes
 
     graph = run_passes(import_onnx(proto), [ShapeInference()])
     got = evaluate(graph, feeds)["y"]
@@ -365,9 +364,9 @@ def test_onnx_shape_subgraph_folds_to_a_symbolic_reshape() -> None:
     """Shape -> Slice / Gather / Unsqueeze / Mul -> Concat -> Reshape: folded at import into a
     reshape whose target holds the symbolic dimension, equal to onnxruntime at two lengths."""
     ort = pytest.importorskip("onnxruntime")
-    from compiler.pipeline import run_passes
     from compiler.passes.interpret import evaluate
     from compiler.passes.shape_inference import ShapeInference
+    from compiler.pipeline import run_passes
 
     proto = _shape_reshape_model(annotate=True)
     graph = run_passes(import_onnx(proto), [ShapeInference()])
@@ -385,8 +384,8 @@ def test_onnx_shape_subgraph_folds_to_a_symbolic_reshape() -> None:
 
 def test_onnx_shape_of_an_unannotated_value_is_inferred() -> None:
     """Without the value_info the shape of t is inferred at import: the same reshape."""
-    from compiler.pipeline import run_passes
     from compiler.passes.shape_inference import ShapeInference
+    from compiler.pipeline import run_passes
 
     graphs = [run_passes(import_onnx(_shape_reshape_model(annotate=a)), [ShapeInference()])
               for a in (True, False)]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pimsim.functional import (_FORMATS, MemoryImage, decode, encode, round_array, to_bf16,
-                               to_fp16)
+from pimsim.functional import _FORMATS, MemoryImage, decode, encode, round_array, to_bf16, to_fp16
 from pimsim.isa import Geometry, MatrixLayout
 
 
@@ -128,8 +127,7 @@ def test_image_is_two_bytes_per_element():
 
 
 def test_parallel_and_serial_kernels_agree_bit_for_bit():
-    from pimsim.functional import (_FP16_TO_FP32, _mac_matrix_parallel, _mac_matrix_serial,
-                                   _matrix_rows)
+    from pimsim.functional import _FP16_TO_FP32, _mac_matrix_parallel, _mac_matrix_serial, _matrix_rows
     m, g, rows = _layout(out_dim=1000, in_dim=70)
     rng = np.random.default_rng(3)
     img = MemoryImage(g.channels, g.banks, rows, g.row_elems, "bf16")

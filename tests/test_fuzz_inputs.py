@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
-import tomllib
 from pathlib import Path
 
+import tomllib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

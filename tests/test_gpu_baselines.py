@@ -14,10 +14,10 @@ import torch
 from workloads.gpu import calibration as gcal
 from workloads.gpu import model as gm
 from workloads.gpu import tables as gtab
-from workloads.models.gpt import GPT, PRESETS, get_config
 from workloads.gpu.baseline import ALL_MODELS, compare_with_decode_step, gpu_slug, positions_for
-from workloads.gpu.decoders import StaticCacheDecoder, build_model
 from workloads.gpu.cli import main
+from workloads.gpu.decoders import StaticCacheDecoder, build_model
+from workloads.models.gpt import GPT, PRESETS, get_config
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION_TOLERANCE_PCT = 25.0
@@ -172,7 +172,8 @@ def test_shipped_json_records_gpu_versions_and_method(measured: dict) -> None:
         assert r["graph_ms_per_token"] < r["eager_ms_per_token"]
         assert r["validation"]["rel_diff"] < 1e-2
         assert r["mean_power_w"] > r["idle_power_w"] > 0
-        assert r["joules_per_token"] == pytest.approx(r["mean_power_w"] * r["graph"]["power_loop"]["ms_per_token"] / 1e3)
+        loop_ms = r["graph"]["power_loop"]["ms_per_token"]
+        assert r["joules_per_token"] == pytest.approx(r["mean_power_w"] * loop_ms / 1e3)
 
 
 def test_calibration_fits_every_preset(calibration: dict) -> None:

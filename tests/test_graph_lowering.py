@@ -9,13 +9,13 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from hf_tiny import FAMILIES, assert_same_generation, cosine, functional_greedy, hf_greedy, tiny_model  # noqa: E402
+
 from compiler.passes.images import build_graph_image  # noqa: E402
 from compiler.pipeline import compile_model  # noqa: E402
 from pimsim.config import load_config  # noqa: E402
 from pimsim.functional import AsicMath, FlowExecutor  # noqa: E402
 from pimsim.spec.commands import cmd_id  # noqa: E402
-from hf_tiny import (FAMILIES, assert_same_generation, cosine, functional_greedy,  # noqa: E402
-                     hf_greedy, tiny_model)
 from workloads.models.hf_decode import decode_step_module  # noqa: E402
 
 N_TOKENS = 16
@@ -77,9 +77,8 @@ def test_approximate_asic_math_stays_close_to_the_model(family, cfg):
 
 
 def _llama(n_kv: int):
-    import transformers as T
-
     import hf_tiny as H
+    import transformers as T
 
     return H.tiny_model_from(T.LlamaConfig(hidden_size=64, intermediate_size=128,
                                            num_hidden_layers=2, num_attention_heads=8,

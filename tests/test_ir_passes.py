@@ -14,10 +14,10 @@ import pytest
 from compiler.frontends import import_exported, import_onnx
 from compiler.ir import Builder, ConstMeta, Graph, IRError, Node, Value
 from compiler.passes.classify import mark_kinds_and_roles
-from compiler.pipeline import GRAPH_PASSES
 from compiler.passes.fuse import Fuse, FuseGelu, FuseLayerNorm, FuseLinear
 from compiler.passes.interpret import evaluate
 from compiler.passes.shape_inference import ShapeError, ShapeInference, dim_add
+from compiler.pipeline import GRAPH_PASSES
 from workloads.models.export import example_decode_inputs, export_decode_onnx, export_decode_torch
 from workloads.models.gpt import GPT, get_config
 

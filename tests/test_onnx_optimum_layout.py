@@ -15,13 +15,13 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("onnxscript")
 
+from hf_tiny import assert_same_generation, export_optimum_layout, functional_greedy, hf_greedy, tiny_model  # noqa: E402
+
 from compiler.passes.images import build_graph_image  # noqa: E402
 from compiler.pipeline import compile_model  # noqa: E402
 from pimsim.config import load_config  # noqa: E402
 from pimsim.errors import UserError  # noqa: E402
 from pimsim.functional import AsicMath, FlowExecutor  # noqa: E402
-from hf_tiny import (assert_same_generation, export_optimum_layout, functional_greedy,  # noqa: E402
-                     hf_greedy, tiny_model)
 
 N_TOKENS = 16
 PROMPT = [3]

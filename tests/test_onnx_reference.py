@@ -13,8 +13,8 @@ pytest.importorskip("onnxruntime")
 
 from pimsim.errors import UserError  # noqa: E402
 from workloads.cli import main  # noqa: E402
-from workloads.session import validate  # noqa: E402
 from workloads.reference.onnxruntime import run_onnx_reference  # noqa: E402
+from workloads.session import validate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,7 @@ def test_validate_torch_onnx_export_of_an_hf_model(tmp_path, capsys):
     pytest.importorskip("onnxscript")
     pytest.importorskip("transformers")
     from hf_tiny import hf_greedy, tiny_model
+
     from workloads.models.hf_decode import export_onnx
 
     model = tiny_model("llama-gqa")

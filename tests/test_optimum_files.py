@@ -17,9 +17,10 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from hf_tiny import assert_same_generation, functional_greedy, hf_greedy  # noqa: E402
+
 from compiler.pipeline import compile_model  # noqa: E402
 from pimsim.config import load_config  # noqa: E402
-from hf_tiny import assert_same_generation, functional_greedy, hf_greedy  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "optimum")
 FAMILIES = sorted(d for d in os.listdir(DATA) if os.path.isdir(os.path.join(DATA, d)))

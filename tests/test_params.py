@@ -27,8 +27,8 @@ from pimsim.generate import run_generation
 from pimsim.isa import Geometry, MatrixLayout, Program, Step
 from pimsim.link import link_busy_cyc, link_latency_cyc, transfer_bytes
 from pimsim.spec.commands import cmd_id
-from workloads.session import validate
 from workloads.models.resolve import resolve_model
+from workloads.session import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 WR_GB, MAC_AB, RD_MAC, RD, WR, ACT = (cmd_id(n) for n in

@@ -18,9 +18,9 @@ from pimsim.decode import DecodeSimulator
 from pimsim.generate import BREAKDOWN_KEYS, run_generation
 from pimsim.isa import PER_OP_KEYS
 from pimsim.timing.memo import M_HITS
-from workloads.session import validate
 from workloads.models.gpt import PRESETS
 from workloads.models.resolve import resolve_model
+from workloads.session import validate
 
 PRESET_NAMES = [n for n in PRESETS if not n.startswith("tiny")]
 

@@ -296,8 +296,8 @@ def test_a_worker_imports_each_model_once_and_lowers_it_per_geometry(tmp_path, m
     import compiler.pipeline as P
     from compiler.pipeline import compile_model
     from pimsim.config import config_from_dict
-    from workloads.models.resolve import resolve_model
     from workloads import compiling
+    from workloads.models.resolve import resolve_model
 
     calls = {"prepare": 0, "lower": 0}
 

@@ -106,7 +106,7 @@ def test_token_timeline(programs, model, pos):
     n_ch = prog.geo.channels
     chan = {tid: evs for (pid, tid), evs in tracks.items() if pid == PID_CHANNELS}
     assert sorted(chan) == list(range(n_ch))
-    for tid, evs in tracks.items():
+    for _tid, evs in tracks.items():
         assert_nested_or_disjoint(evs)
 
     # MAC runs cover exactly the token's MAC_AB commands, per channel and in all

@@ -147,7 +147,10 @@ def test_long_random_streams(which):
             assert a.refreshes >= 3
 
 
-def _bound_candidates(log, refresh_cmd=cmd_id("REFab"), prea=cmd_id("PREA")):
+REFAB_ID, PREA_ID = cmd_id("REFab"), cmd_id("PREA")
+
+
+def _bound_candidates(log, refresh_cmd=REFAB_ID, prea=PREA_ID):
     """Rows the engine placed at a rule's earliest cycle: all but the first, and but a PREA that
     the refresh logic placed at the refresh due time (it may be bound by that time only)."""
     n = log.shape[0]

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import shared_rules_variant
 
 from pimsim.check import check_log
 from pimsim.config import Timing, load_config
 from pimsim.spec.commands import COMMANDS, SCOPE_BANK, cmd_id
 from pimsim.spec.rules import DRAM_RULES, PIM_RULES
 from pimsim.timing import ChannelTimer, make_stream
-from conftest import shared_rules_variant
 
 # The shared rows (DRAM_RULES, PIM_RULES) on the AiM timing set, with the HBM-PIM-style
 # single-bank / all-bank mode switch and no AiM-only rows; those are in test_aim_rules.py.

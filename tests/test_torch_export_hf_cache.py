@@ -16,13 +16,20 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from hf_tiny import FAMILIES as ALL_FAMILIES  # noqa: E402
+from hf_tiny import (  # noqa: E402
+    _configs,
+    assert_same_generation,
+    functional_greedy,
+    hf_greedy,
+    tiny_model,
+    tiny_model_from,
+)
+
 from compiler.frontends.torch_kv_cache import CacheLayoutError, analyse  # noqa: E402
 from compiler.pipeline import compile_model  # noqa: E402
 from examples.static_cache import export_with_static_cache  # noqa: E402
 from pimsim.config import load_config  # noqa: E402
-from hf_tiny import FAMILIES as ALL_FAMILIES  # noqa: E402
-from hf_tiny import (_configs, assert_same_generation, functional_greedy, hf_greedy,  # noqa: E402
-                     tiny_model, tiny_model_from)
 
 N_TOKENS = 16
 PROMPT = [3]

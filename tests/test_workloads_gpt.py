@@ -9,8 +9,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workloads import GPT, PRESETS, ROLES, DecoderShape, get_config, named_weight_matrices, round_weights_to_bf16
-from workloads.models.export import INPUT_NAMES, OUTPUT_NAMES, example_decode_inputs, export_decode_onnx, export_decode_torch
+from workloads import (
+    GPT,
+    PRESETS,
+    ROLES,
+    DecoderShape,
+    get_config,
+    named_weight_matrices,
+    round_weights_to_bf16,
+)
+from workloads.models.export import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    example_decode_inputs,
+    export_decode_onnx,
+    export_decode_torch,
+)
 from workloads.models.hf import config_from_hf, from_hf_gpt2
 
 SMALL = ("tiny", "tiny-wide")
@@ -45,7 +59,8 @@ def test_presets_are_the_eight_paper_models_plus_tiny() -> None:
     for name, (n_layer, d_model, n_head, d_head, n_ctx) in PAPER_PRESETS.items():
         cfg = get_config(name)
         assert cfg.name == name
-        assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_head, cfg.n_ctx) == (n_layer, d_model, n_head, d_head, n_ctx)
+        got = (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_head, cfg.n_ctx)
+        assert got == (n_layer, d_model, n_head, d_head, n_ctx)
         assert cfg.vocab == 50257 and cfg.d_ff == 4 * d_model and cfg.norm_eps == 1e-5
     assert get_config("gpt3-xl").d_attn == 3072 != get_config("gpt3-xl").d_model
     tiny, wide = get_config("tiny"), get_config("tiny-wide")
@@ -376,7 +391,8 @@ def _fake_hf_forward(hf: SimpleNamespace, ids: torch.Tensor) -> torch.Tensor:
         o = (w @ v).transpose(0, 1).reshape(T, d)
         x = x + o @ b.attn.c_proj.weight + b.attn.c_proj.bias
         m = F.layer_norm(x, (d,), b.ln_2.weight, b.ln_2.bias, c.layer_norm_epsilon)
-        x = x + F.gelu(m @ b.mlp.c_fc.weight + b.mlp.c_fc.bias, approximate="tanh") @ b.mlp.c_proj.weight + b.mlp.c_proj.bias
+        h = F.gelu(m @ b.mlp.c_fc.weight + b.mlp.c_fc.bias, approximate="tanh")
+        x = x + h @ b.mlp.c_proj.weight + b.mlp.c_proj.bias
     x = F.layer_norm(x, (d,), tr.ln_f.weight, tr.ln_f.bias, c.layer_norm_epsilon)
     return x @ hf.lm_head.weight.T
 

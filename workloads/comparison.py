@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pimsim.config import HwConfig
 from pimsim.errors import UserError, read_text
 from pimsim.pipeline import run_system
-from workloads.models.presets import get_config
 from workloads.compiling import compile_model, system_programs
+from workloads.models.presets import get_config
 
 
 @dataclass
@@ -117,10 +117,10 @@ def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
     (``shape``: the model's shape where it is not a preset; a zoo preset's shape comes from
     :func:`workloads.gpu.shapes.zoo_shape`). ``tp``: a modelled GPU's tensor parallelism (GPUs over
     NVLink; energy of all boards)."""
-    from workloads.models import zoo
     from workloads.gpu import model as gm
     from workloads.gpu.calibration import calibrated_preset
     from workloads.gpu.shapes import zoo_shape
+    from workloads.models import zoo
     from workloads.models.presets import PRESETS
 
     if _is_file_arg(gpu):
@@ -161,9 +161,9 @@ def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
 
 def _check_gpu_memory(gpu: str, models: list[str], tp: int) -> None:
     """UserError now when a preset (GPT or zoo) does not fit ``tp`` modelled GPUs' memory."""
-    from workloads.models import zoo
     from workloads.gpu import model as gm
     from workloads.gpu.shapes import shape_for
+    from workloads.models import zoo
     from workloads.models.presets import PRESETS
 
     if _is_file_arg(gpu):

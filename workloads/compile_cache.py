@@ -5,8 +5,8 @@ An entry is a pickled :class:`~compiler.pipeline.Compiled` of a *weightless* com
 only: timing runs, ``compile``, ``compare``), keyed by a hash of
 
 * the model's identity: a preset's name and shape
-  (:class:`~workloads.models.shape.DecoderShape`), or an ONNX file's absolute path, size and modification time (``module:attribute`` models are never
-  cached: their code may change without a trace);
+  (:class:`~workloads.models.shape.DecoderShape`), or an ONNX file's absolute path, size and
+  modification time (``module:attribute`` models are never cached: their code may change without a trace);
 * the hardware values the compiler reads (every config section but ``[refresh]``, and the name);
 * the simulator version: ``pimsim.__version__``, a digest of the compiler's and the ISA's source
   files and the installed torch version.
@@ -72,8 +72,8 @@ def simulator_version() -> str:
 
 def model_identity(model: str) -> dict | None:
     """What identifies ``model``'s weightless compile, or None when it must not be cached."""
-    from workloads.models.resolve import TRAINED
     from workloads.models.presets import PRESETS
+    from workloads.models.resolve import TRAINED
 
     if model in PRESETS or model in TRAINED:
         cfg = PRESETS[TRAINED.get(model, model)]

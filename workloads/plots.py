@@ -93,7 +93,7 @@ def plot_sweep(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -
         others = [q for q in swept if q != p and q in ok]
         fig, axes = _figure(11, 4.6, 2)
         groups = list(ok.groupby(_labels(ok, others))) if others else [("", ok)]
-        for gname, g in groups:
+        for _gname, g in groups:
             g = g[g[p].notna()]
             if g.empty:  # points that do not set this parameter
                 continue

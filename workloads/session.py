@@ -25,7 +25,13 @@ from typing import Any, Callable
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
 from workloads.compiling import (
-    _compile, check_context, compile_model, hw_config, pandas_module, system_programs)
+    _compile,
+    check_context,
+    compile_model,
+    hw_config,
+    pandas_module,
+    system_programs,
+)
 from workloads.sweeps.analysis import SweepResult
 from workloads.validation import LogitRecorder, ValidationResult, functional_executor, validate
 

@@ -22,9 +22,9 @@ import numpy as np
 from compiler.frontends.common import UnsupportedOpError, as_const_array, f32_attr
 from compiler.frontends.onnx_common import annotated_shape, int_list, node_inputs
 from compiler.frontends.onnx_shapes import fold_shape_node
+from compiler.ir import Builder, ConstMeta, Graph, Node
 from compiler.passes.interpret import _OPS
 from compiler.passes.shape_inference import IncrementalShapes
-from compiler.ir import Builder, ConstMeta, Graph, Node
 
 _ONNX_DTYPES = {1: "f32", 2: "u8", 3: "i8", 5: "i16", 6: "i32", 7: "i64", 9: "bool", 10: "f16",
                 11: "f64", 16: "bf16"}

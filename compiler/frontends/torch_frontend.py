@@ -99,8 +99,8 @@ class _Importer:
             if out.count(n) > 1:
                 raise CacheLayoutError(
                     f"a shape {out} of the static cache has more than one axis of the cache "
-                    f"length {n}", f"export with a max_cache_len other than the model's head "
-                    f"count and sizes")
+                    f"length {n}", "export with a max_cache_len other than the model's head "
+                    "count and sizes")
             out = [f"{PAST}+1" if d == n else d for d in out]
         return out
 

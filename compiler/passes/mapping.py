@@ -113,7 +113,7 @@ def check_matvec_items(m: MatrixLayout, gb_cols: int, accumulators: int) -> None
         reads = [0] * n_slots
         seen = np.zeros((max(n_slots, 1), m.n_chunks, m.chunk_cols), np.int64)
 
-        def bad(what: str) -> None:
+        def bad(what: str, ch: int = ch) -> None:
             raise MappingError(f"{m.name} channel {ch} ({m.order} order): {what}")
 
         for cmd, _bank, row, count, col0 in arr.tolist():

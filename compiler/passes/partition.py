@@ -35,8 +35,8 @@ import numpy as np
 
 from compiler.ir import Node
 from compiler.passes.decode_step import WIRING, shape0
-from compiler.passes.lowering_state import Matvec
 from compiler.passes.lowering_error import LoweringError
+from compiler.passes.lowering_state import Matvec
 from compiler.passes.shape_inference import _terms
 from pimsim.asic_ops import OPS as ASIC_OPS
 
@@ -225,7 +225,7 @@ class TensorParallel:
                 self.tp_rows[mname] = ("row", cols)
                 return n_out, max(len(c) for c in cols)
             ends = []
-            for (lo, hi, _, _), m in zip(parts, p.nodes):
+            for (lo, _, _, _), m in zip(parts, p.nodes):
                 ends += self._probe(m.outputs[0], lo)
             rows = rows_per_rank(ends, [(lo, hi) for lo, hi, _, _ in parts], tp,
                                            self.attn_one)

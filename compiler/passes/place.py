@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.passes import partition
-from compiler.passes.graph_mapping import GraphMapping, GraphModel
 from compiler.passes.decode_step import shape0
+from compiler.passes.graph_mapping import GraphMapping, GraphModel
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.mapping import CapacityError, MappingError, buffer_limits
 from pimsim.isa import KLayout, MatrixLayout, Program, VectorLayout, VLayout

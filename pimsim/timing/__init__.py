@@ -18,13 +18,27 @@ import numpy as np
 
 from pimsim.config import HwConfig
 from pimsim.spec.commands import COMMANDS, N_CMDS, SYNC, cmd_id
+
 # the kernels under other names: ``pimsim.timing.issue`` stays the module
-from pimsim.timing.issue import earliest as earliest_cyc, issue as issue_command
+from pimsim.timing.issue import earliest as earliest_cyc
+from pimsim.timing.issue import issue as issue_command
 from pimsim.timing.jit import compile_scope
 from pimsim.timing.memo import new_memo
 from pimsim.timing.state import (
-    NEVER, NO_MEMO, N_SCAL, N_STATS, ST_HITS, ST_MISSES, ST_REFRESHES, S_ALLROW, S_DONE,
-    S_LAST, S_LOG_N, S_NEXT_REF, S_OPEN_CYC, S_OPEN_SINCE,
+    N_SCAL,
+    N_STATS,
+    NEVER,
+    NO_MEMO,
+    S_ALLROW,
+    S_DONE,
+    S_LAST,
+    S_LOG_N,
+    S_NEXT_REF,
+    S_OPEN_CYC,
+    S_OPEN_SINCE,
+    ST_HITS,
+    ST_MISSES,
+    ST_REFRESHES,
 )
 from pimsim.timing.tables import TimingTables, build_tables
 from pimsim.timing.token_runner import run_segment

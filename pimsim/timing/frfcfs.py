@@ -14,11 +14,31 @@ import numpy as np
 from pimsim.timing.issue import earliest, issue, issue_refresh, refresh_due, row_step
 from pimsim.timing.jit import cached_njit
 from pimsim.timing.state import (
-    NONE_I64, ONE_I64, ST_HITS, ST_INSERTED, ST_MISSES, S_LAST, S_MODE, S_NEXT_REF,
+    NONE_I64,
+    ONE_I64,
+    S_LAST,
+    S_MODE,
+    S_NEXT_REF,
+    ST_HITS,
+    ST_INSERTED,
+    ST_MISSES,
 )
 from pimsim.timing.tables import (
-    CT_COLUMN, CT_MODE, G_CMD_ACT, G_CMD_PRE, G_CMD_RD, G_CMD_TMOD, G_CMD_WR, G_PIM, G_RQ, G_SCHED,
-    G_TMOD_GATED, G_WHI, G_WLO, G_WQ, SCHED_FRFCFS,
+    CT_COLUMN,
+    CT_MODE,
+    G_CMD_ACT,
+    G_CMD_PRE,
+    G_CMD_RD,
+    G_CMD_TMOD,
+    G_CMD_WR,
+    G_PIM,
+    G_RQ,
+    G_SCHED,
+    G_TMOD_GATED,
+    G_WHI,
+    G_WLO,
+    G_WQ,
+    SCHED_FRFCFS,
 )
 
 # Conventional RD/WR requests of a channel wait in a read and a write queue (``geom[G_RQ]``,

@@ -12,12 +12,29 @@ from __future__ import annotations
 import numpy as np
 
 from pimsim.timing.frfcfs import (
-    CQ_N, CQ_WMODE, FAR_CYC, N_CQ, QF, Q_ACT, cq_push, cq_room, cq_step, is_queued,
+    CQ_N,
+    CQ_WMODE,
+    FAR_CYC,
+    N_CQ,
+    Q_ACT,
+    QF,
+    cq_push,
+    cq_room,
+    cq_step,
+    is_queued,
 )
 from pimsim.timing.issue import run_item
 from pimsim.timing.jit import cached_njit
 from pimsim.timing.state import (
-    NEVER, S_DONE, S_LAST, S_LOG_N, S_NEXT_REF, S_OPEN_CYC, ZERO_I64, copy_into, log_room,
+    NEVER,
+    S_DONE,
+    S_LAST,
+    S_LOG_N,
+    S_NEXT_REF,
+    S_OPEN_CYC,
+    ZERO_I64,
+    copy_into,
+    log_room,
     open_cyc_at,
 )
 from pimsim.timing.tables import CT_DONE, G_RQ, G_SCHED, G_WQ, SCHED_FRFCFS

@@ -18,13 +18,48 @@ from __future__ import annotations
 
 from pimsim.timing.jit import cached_njit
 from pimsim.timing.state import (
-    NONE_I64, NOTHING, ONE_I64, ST_HITS, ST_INSERTED, ST_MISSES, ST_REFRESHES, S_ALLROW, S_DONE,
-    S_LAST, S_LOG_N, S_MODE, S_NEXT_REF, S_OPEN_CYC, S_OPEN_SINCE, copy_into, log_room,
+    NONE_I64,
+    NOTHING,
+    ONE_I64,
+    S_ALLROW,
+    S_DONE,
+    S_LAST,
+    S_LOG_N,
+    S_MODE,
+    S_NEXT_REF,
+    S_OPEN_CYC,
+    S_OPEN_SINCE,
+    ST_HITS,
+    ST_INSERTED,
+    ST_MISSES,
+    ST_REFRESHES,
+    copy_into,
+    log_room,
 )
 from pimsim.timing.tables import (
-    CT_CLOSED_FORM, CT_COLUMN, CT_DONE, CT_MODE, CT_ROW, CT_SCOPE, CT_SELF_GAP, G_BANKS, G_BG,
-    G_BPG, G_BUS, G_CMD_ACT, G_CMD_ACTAB, G_CMD_PRE, G_CMD_PREA, G_CMD_REF, G_CMD_TMOD, G_FAST,
-    G_NODES, G_NREFI, G_PIM, G_REFRESH, G_TMOD_GATED,
+    CT_CLOSED_FORM,
+    CT_COLUMN,
+    CT_DONE,
+    CT_MODE,
+    CT_ROW,
+    CT_SCOPE,
+    CT_SELF_GAP,
+    G_BANKS,
+    G_BG,
+    G_BPG,
+    G_BUS,
+    G_CMD_ACT,
+    G_CMD_ACTAB,
+    G_CMD_PRE,
+    G_CMD_PREA,
+    G_CMD_REF,
+    G_CMD_TMOD,
+    G_FAST,
+    G_NODES,
+    G_NREFI,
+    G_PIM,
+    G_REFRESH,
+    G_TMOD_GATED,
 )
 
 _SCOPE_BANK = 0
@@ -239,8 +274,6 @@ def refresh_due(t, geom, scal):
 def run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
              win_hist, win_cnt, open_row, scal, counts, stats, log):
     """Issue one stream item (with the ACT/PRE/mode switch/refresh it needs); returns the log."""
-    ref = geom[G_CMD_REF]
-    prea = geom[G_CMD_PREA]
     cmd = stream[pos, 0]
     bank = stream[pos, 1]
     row = stream[pos, 2]

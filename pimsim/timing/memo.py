@@ -15,7 +15,14 @@ from pimsim.timing.frfcfs import run_queued
 from pimsim.timing.issue import fast_forward_pairs, run_item
 from pimsim.timing.jit import cached_njit
 from pimsim.timing.state import (
-    S_ALLROW, S_DONE, S_LAST, S_MODE, S_NEXT_REF, S_OPEN_CYC, S_OPEN_SINCE, open_cyc_at,
+    S_ALLROW,
+    S_DONE,
+    S_LAST,
+    S_MODE,
+    S_NEXT_REF,
+    S_OPEN_CYC,
+    S_OPEN_SINCE,
+    open_cyc_at,
 )
 from pimsim.timing.tables import G_BUS, G_REFRESH
 

@@ -18,7 +18,15 @@ from pimsim.timing.issue import fast_forward_pairs, pair_run, run_item
 from pimsim.timing.jit import cached_njit
 from pimsim.timing.memo import MEMO_BLOCK, memo_unit
 from pimsim.timing.state import (
-    N_SCAL, S_ALLROW, S_DONE, S_LAST, S_LOG_N, S_MODE, S_NEXT_REF, S_OPEN_CYC, copy_into,
+    N_SCAL,
+    S_ALLROW,
+    S_DONE,
+    S_LAST,
+    S_LOG_N,
+    S_MODE,
+    S_NEXT_REF,
+    S_OPEN_CYC,
+    copy_into,
     open_cyc_at,
 )
 from pimsim.timing.tables import CT_ENABLED, CT_SELF_GAP, G_BUS, G_FAST, G_REFRESH

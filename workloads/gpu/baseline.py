@@ -40,9 +40,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from workloads.gpu.decoders import StaticCacheDecoder, build_model
 from workloads.models.gpt import GPT, get_config
 from workloads.models.shape import DecoderShape
-from workloads.gpu.decoders import StaticCacheDecoder, build_model
 
 ALL_MODELS = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl",
               "gpt3-small", "gpt3-medium", "gpt3-large", "gpt3-xl")
@@ -367,7 +367,7 @@ def measure_copy_bandwidth_gbs(device: torch.device, n_bytes: int = 1 << 30) -> 
     a = torch.empty(n_bytes // 2, dtype=torch.float16, device=device).normal_()
     b = torch.empty_like(a)
     r = time_per_call_ms(lambda: b.copy_(a), device, repeats=5, target_s=0.05)
-    del a, b
+    a = b = None  # drop the references: the memory is freed
     torch.cuda.empty_cache()
     return 2 * n_bytes / (r["ms"] / 1e3) / 1e9
 
@@ -502,7 +502,7 @@ def measure_model(name: str, device: torch.device, *, dtype: torch.dtype, repeat
     r_e = time_interleaved({str(p): eager_at(p) for p in positions}, device, repeats=repeats,
                            target_s=batch_s)
     eager_ms = {k: v["ms"] for k, v in r_e.items()}
-    del pasts
+    pasts = None  # drop the references: the memory is freed
     res["eager"] = {"ms_at": eager_ms, "spread_ms_at": {k: v["spread_ms"] for k, v in r_e.items()}}
     log(f"[{name}] eager ms/token " + ", ".join(f"@{p}: {v:.4f}" for p, v in eager_ms.items()))
 
@@ -543,7 +543,7 @@ def measure_model(name: str, device: torch.device, *, dtype: torch.dtype, repeat
         res["mean_power_w"] = res["graph"]["power_loop"].get("mean_power_w")
         res["joules_per_token"] = res["graph"]["power_loop"].get("joules_per_token")
         res["joules_per_token_above_idle"] = res["graph"]["power_loop"].get("joules_per_token_above_idle")
-    del dec, model
+    dec = model = None  # drop the references: the memory is freed
     if cuda:
         torch.cuda.empty_cache()
     return res
@@ -584,7 +584,8 @@ def run_baseline(models: Sequence[str], *, device: str | torch.device | None = N
         info["idle_power_w_start"] = measure_idle_w(sampler, idle_s)
         info["copy_bandwidth_gbs"] = measure_copy_bandwidth_gbs(device)
         log(f"{info['gpu']}  driver {info['driver']}  torch {info['torch']}  cuda {info['cuda']}  "
-            f"idle {info['idle_power_w_start']} W  copy {info['copy_bandwidth_gbs']:.0f} GB/s  power via {info['power_source']}")
+            f"idle {info['idle_power_w_start']} W  copy {info['copy_bandwidth_gbs']:.0f} GB/s  "
+            f"power via {info['power_source']}")
     results = []
     t0 = time.perf_counter()
     for name in models:
@@ -612,5 +613,5 @@ def summary_table(doc: dict[str, Any]) -> str:
         ja = r.get("joules_per_token_above_idle")
         rows.append(f"{r['model']:<12} {r['params'] / 1e6:9.1f} {e:9.3f}  "
                     + "/".join(f"{x:.4f}" for x in g)
-                    + (f"  {w:7.1f}  {j:7.4f}  {ja:6.4f}" if w is not None and j is not None and ja is not None else "  -"))
+                    + (f"  {w:7.1f}  {j:7.4f}  {ja:6.4f}" if None not in (w, j, ja) else "  -"))
     return "\n".join(rows)

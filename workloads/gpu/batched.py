@@ -456,7 +456,7 @@ def measure_model(name: str, device: torch.device, *, dtype: torch.dtype, batche
         for P, B in prefill_batched:
             point("prefill", B, P)
     finally:
-        del dec
+        dec = None  # drop the references: the memory is freed
         _free(device)
 
 

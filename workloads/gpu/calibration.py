@@ -211,7 +211,8 @@ def calibrate(measured: dict[str, Any] | str | None = None, gpu: GPUSpec | str |
             "kernels_per_layer": getattr(g, pre + "kernels_per_layer"),
             "kernels_fixed": getattr(g, pre + "kernels_fixed"),
             "power_fit": power_fit, "rows": rows,
-            "max_abs_diff_pct": float(max(allabs)), "mean_abs_diff_pct": float(np.mean(np.abs([r["diff_pct"] for r in rows])))}
+            "max_abs_diff_pct": float(max(allabs)),
+            "mean_abs_diff_pct": float(np.mean(np.abs([r["diff_pct"] for r in rows])))}
 
 
 def transfer(calibration: dict[str, Any], name: str) -> GPUSpec:

@@ -194,7 +194,7 @@ def validate_small(name: str, device: torch.device, dtype: torch.dtype, *, steps
         dec.capture()
     res = {"config": name, "n_head": shape.n_head, "n_kv_head": shape.n_kv_head,
            **_validate(dec, steps, seed + 1)}
-    del dec
+    dec = None  # drop the references: the memory is freed
     _free(device)
     return res
 
@@ -275,7 +275,7 @@ def measure_model(name: str, device: torch.device, *, dtype: torch.dtype, repeat
         res["joules_per_token_above_idle"] = loop.get("joules_per_token_above_idle")
     res["graph_ms_per_token"] = ms_at[str(p_mid)]
     res["tokens_per_s"] = 1e3 / ms_at[str(p_mid)]
-    del dec
+    dec = None  # drop the references: the memory is freed
     _free(device)
     return res
 

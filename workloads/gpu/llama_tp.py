@@ -77,7 +77,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from workloads.models.gpt import _param_seed
 from workloads.gpu import calibration as gcal
 from workloads.gpu import model as gm
 from workloads.gpu.baseline import (
@@ -94,6 +93,7 @@ from workloads.gpu.decoders import (
     init_decode_state,
 )
 from workloads.gpu.llama_shapes import VALIDATION_CONFIGS, get_shape
+from workloads.models.gpt import _param_seed
 from workloads.models.shape import DecoderShape
 
 PG_TIMEOUT_S = 300          # a rank stuck in a collective this long fails the run (not hangs it)

@@ -243,7 +243,8 @@ def predict(gpu: GPUSpec | str, model_cfg: Any, pos: int, *, static_cache: bool 
     GPT-layout measurement row (:func:`is_shape`). ``tp``: tensor parallelism over that many
     GPUs of the preset (NVLink): each streams 1/N of the weights and holds its KV heads, and the
     step adds two ring all-reduces of ``d_model`` fp16 per layer plus one all-gather of the
-    ``vocab`` fp16 logits; energy counts N boards. A model that does not fit N GPUs' memory raises ValueError naming the fix.
+    ``vocab`` fp16 logits; energy counts N boards. A model that does not fit N GPUs' memory
+    raises ValueError naming the fix.
 
     Returns ``ms``, ``joules``, ``watts`` (all boards) and the parts (``bytes`` and ``bw_util``
     per GPU, ``mem_ms``, ``compute_ms``, ``overhead_ms``, ``comm_ms``, ``n_kernels``, ``tp``,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from workloads.models import zoo
 from workloads.gpu.calibration import (
     GATED_FIELDS,
     calibrate,
@@ -22,6 +21,7 @@ from workloads.gpu.calibration import (
 )
 from workloads.gpu.model import predict
 from workloads.gpu.shapes import shape_for
+from workloads.models import zoo
 from workloads.models.shape import FP16_BYTES
 
 
@@ -65,7 +65,9 @@ def llama_table(measured: dict[str, Any] | str | None = None) -> str:
     it, the held-out prediction (:func:`leave_one_out`), the GPT-path calibration applied to the
     same shapes (what the model said before it knew the Llama path), and J/token with the GPT
     file's power fit (``power="util"``: held out, the Llama loops are not fitted)."""
-    doc = load_measured(measured or llama_measured_path()) if measured is None or isinstance(measured, str) else measured
+    if measured is None or isinstance(measured, str):
+        measured = load_measured(measured or llama_measured_path())
+    doc = measured
     cal = calibrate(doc)
     loo = {(r["model"], r["pos"]): r for r in leave_one_out(doc)}
     try:

@@ -20,7 +20,6 @@ Linear weights use the ``nn.Linear`` layout ``[out_features, in_features]``.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import math
 import os

@@ -2,7 +2,8 @@
 
 They are built without weights (``meta`` tensors): Hugging Face families through their
 ``transformers`` config class (exported as a decode step,
-:mod:`workloads.models.hf_decode`), the larger GPT-3 models as our own :class:`~workloads.models.gpt.GPT`. A model larger than a hardware config's
+:mod:`workloads.models.hf_decode`), the larger GPT-3 models as our own
+:class:`~workloads.models.gpt.GPT`. A model larger than a hardware config's
 memory fails to compile with the capacity error. Imports neither torch nor transformers until a
 model is built.
 """

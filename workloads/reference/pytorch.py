@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from pimsim.errors import UserError, read_bytes
-from workloads.models.resolve import TRAINED, build_model
 from workloads.models.presets import get_config
+from workloads.models.resolve import TRAINED, build_model
 
 
 @dataclass
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args(argv)
-    prompt = [int(t) for t in np.random.default_rng(a.seed).integers(0, get_config(TRAINED.get(a.model, a.model)).vocab, a.prompt)]
+    vocab = get_config(TRAINED.get(a.model, a.model)).vocab
+    prompt = [int(t) for t in np.random.default_rng(a.seed).integers(0, vocab, a.prompt)]
     run = run_reference(a.model, prompt, a.tokens, device=a.device, seed=a.seed)
     run.save(a.out)
     print(f"{a.model} on {run.device}: {len(run.tokens)} tokens in {run.info['seconds']} s -> {a.out}")

@@ -5,8 +5,7 @@ summary). Charts are in :mod:`workloads.plots`; the library entry point is
 :func:`workloads.session.sweep`.
 """
 
-from workloads.sweeps.analysis import json_rows, pareto_fronts, scaling_table, summary
-from workloads.sweeps.analysis import SweepResult
+from workloads.sweeps.analysis import SweepResult, json_rows, pareto_fronts, scaling_table, summary
 from workloads.sweeps.run import run_point, run_sweep, stored_result
 from workloads.sweeps.spec import (
     PARAMS,

@@ -9,6 +9,7 @@ from typing import Any
 
 from workloads.sweeps.spec import Spec
 
+
 def _numeric(vals) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
 
@@ -71,7 +72,7 @@ def pareto_fronts(df) -> dict[str, list[int]]:
     for wl, g in ok.groupby(ok.apply(_workload, axis=1)) if len(ok) else []:
         pts = sorted(zip(g["ms_per_token"], g["mj_per_token"], g["idx"]))
         front, best_e = [], math.inf
-        for ms, mj, i in pts:
+        for _ms, mj, i in pts:
             if mj < best_e:
                 front.append(int(i))
                 best_e = mj

@@ -269,7 +269,7 @@ def _run_local(tasks: list[Point], n: int, on_result) -> None:
 
     pending = list(tasks)
     threads = max(1, (os.cpu_count() or 1) // n)
-    for attempt in range(3):  # a worker that dies (e.g. out of memory) breaks the pool
+    for _attempt in range(3):  # a worker that dies (e.g. out of memory) breaks the pool
         ex = ProcessPoolExecutor(max_workers=min(n, len(pending)),
                                  mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                  initargs=(os.getpid(), threads))

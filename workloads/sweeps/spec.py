@@ -52,11 +52,12 @@ import copy
 import dataclasses
 import itertools
 import math
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from pimsim import __version__
 from pimsim.config import ConfigError, HwConfig, config_from_dict, load_config

@@ -27,9 +27,8 @@ FAMILIES = ("llama-gqa", "qwen2", "mistral", "gpt2", "gpt-neox", "phi", "opt", "
 
 
 def make(family: str) -> str:
-    from optimum.exporters.onnx import main_export
-
     from hf_tiny import tiny_model
+    from optimum.exporters.onnx import main_export
 
     out = os.path.join(HERE, family)
     shutil.rmtree(out, ignore_errors=True)
