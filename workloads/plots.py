@@ -17,6 +17,17 @@ if TYPE_CHECKING:
     from workloads.comparison import CompareRow
 
 
+def plot_dir(out_dir: str | Path) -> Path:
+    """``out_dir``, created if needed; a UserError naming the fix where it cannot be."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"plot directory {str(out)!r} cannot be created ({e.strerror or e})",
+                        "choose a writable --plot directory") from None
+    return out
+
+
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")
 
@@ -63,12 +74,7 @@ def plot_sweep(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -
         df = res_or_df
         swept = swept if swept is not None else list(df.attrs.get("params", []))
         hw = ""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"plot directory {str(out)!r} cannot be created ({e.strerror or e})",
-                        "choose a writable --plot directory") from None
+    out = plot_dir(out_dir)
     files: list[Path] = []
     ok = df[df["status"] == "ok"] if len(df) else df
     if not len(ok):
@@ -162,12 +168,7 @@ def plot_compare(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
     Agg figures (no global matplotlib backend switch)."""
     import numpy as np
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"plot directory {str(out)!r} cannot be created ({e.strerror or e})",
-                        "choose a writable --plot directory") from None
+    out = plot_dir(out_dir)
     if not rows:
         return []
     names = [r.model for r in rows]

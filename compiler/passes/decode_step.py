@@ -289,18 +289,7 @@ class DecodeStep:
         return all(d == 1 for d in a[:-1]) and all(d == 1 for d in b[:-1]) or a == b
 
     def _block_users(self, values):
-        """(value, user) pairs reached from ``values`` through every op except weight products
-        and residual adds (which end a block): what the values feed."""
-        todo, seen = list(values), set()
-        while todo:
-            v = todo.pop()
-            if v in seen:
-                continue
-            seen.add(v)
-            for u in self.users.get(v, []):
-                yield v, u
-                if not (self.is_weight(u) or self.is_residual(u)):
-                    todo.extend(u.outputs)
+        return block_users(self.users, values, lambda u: self.is_weight(u) or self.is_residual(u))
 
     def _wired_source(self, value: str) -> Node | None:
         """The op that made ``value``, looking through wiring."""
@@ -349,3 +338,19 @@ def shape0(g: Graph, value: str) -> tuple[int, ...]:
             d = const
         out.append(int(d))
     return tuple(out)
+
+
+def block_users(users: dict, values, ends_block):
+    """(value, user) pairs reached from ``values`` through every op except those for which
+    ``ends_block(op)`` holds (weight products and residual adds end a block): what the values
+    feed. ``users``: value -> the ops reading it."""
+    todo, seen = list(values), set()
+    while todo:
+        v = todo.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        for u in users.get(v, []):
+            yield v, u
+            if not ends_block(u):
+                todo.extend(u.outputs)

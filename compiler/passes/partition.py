@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.ir import Node
-from compiler.passes.decode_step import WIRING, shape0
+from compiler.passes.decode_step import WIRING, block_users, shape0
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.lowering_state import Matvec
 from compiler.passes.shape_inference import _terms
@@ -181,18 +181,8 @@ class TensorParallel:
         return None
 
     def _block_users(self, values):
-        """(value, user) pairs reached from ``values`` through every op except weight products
-        and residual adds (which end a block): what the values feed."""
-        todo, seen = list(values), set()
-        while todo:
-            v = todo.pop()
-            if v in seen:
-                continue
-            seen.add(v)
-            for u in self.users.get(v, []):
-                yield v, u
-                if not (u.cls.what == "matvec" or u.cls.role == "residual"):
-                    todo.extend(u.outputs)
+        return block_users(self.users, values,
+                           lambda u: u.cls.what == "matvec" or u.cls.role == "residual")
 
     def _probe(self, value: str, first_row: int) -> list[tuple[np.ndarray, tuple | None]]:
         """Push the row indices of a product's output through the data movement after it;
