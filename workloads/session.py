@@ -29,7 +29,13 @@ from typing import Any, Callable
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
 from workloads.compiling import (
-    _compile, check_context, compile_model, hw_config, pandas_module, system_programs)
+    _compile,
+    check_context,
+    compile_model,
+    hw_config,
+    pandas_module,
+    system_programs,
+)
 from workloads.serving.metrics import ServeResult
 from workloads.sweeps.analysis import SweepResult
 from workloads.validation import LogitRecorder, ValidationResult, functional_executor, validate
@@ -240,6 +246,32 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
                                            or kv_capacity_tokens < 1):
         raise UserError(f"kv_capacity_tokens {kv_capacity_tokens!r} is not a whole number >= 1",
                         "give the KV-cache tokens the system holds, or leave it out")
+
+    def stream(n_ctx: int | None):
+        return synthetic(num_prompts, request_rate=request_rate, input_len=input_len,
+                         output_len=output_len, length_dist=length_dist, seed=seed,
+                         max_total_len=n_ctx)
+
+    # the stream first: bad input fails before anything is compiled
+    reqs = None
+    if requests is None:
+        if length_dist != "sharegpt":  # drawn after the cost: redrawn to fit its context
+            reqs = stream(None)
+        source = {"synthetic": {"num_prompts": num_prompts, "request_rate": request_rate,
+                                "input_len": input_len, "output_len": output_len,
+                                "length_dist": length_dist, "seed": seed}}
+    elif isinstance(requests, (str, Path)):
+        reqs = load_jsonl(requests)
+        source = {"file": str(requests)}
+    elif isinstance(requests, (list, tuple)) and all(isinstance(r, Request) for r in requests):
+        if not requests:
+            raise UserError("no requests to serve", "give at least one request")
+        reqs = sort_by_arrival(list(requests))
+        source = {"list": len(reqs)}
+    else:
+        raise UserError(f"requests {type(requests).__name__} is not a JSONL file or a list of "
+                        f"Request", "give a path, a list of workloads.serving.Request or None")
+
     name = model if isinstance(model, str) else model.spec.name
     cfg = None
     if isinstance(cost, str) and cost == "pim":
@@ -264,24 +296,8 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
         step_cost = cost
         system = getattr(cost, "name", type(cost).__name__)
 
-    if requests is None:
-        reqs = synthetic(num_prompts, request_rate=request_rate, input_len=input_len,
-                         output_len=output_len, length_dist=length_dist, seed=seed,
-                         max_total_len=step_cost.n_ctx)
-        source = {"synthetic": {"num_prompts": num_prompts, "request_rate": request_rate,
-                                "input_len": input_len, "output_len": output_len,
-                                "length_dist": length_dist, "seed": seed}}
-    elif isinstance(requests, (str, Path)):
-        reqs = load_jsonl(requests)
-        source = {"file": str(requests)}
-    elif isinstance(requests, (list, tuple)) and all(isinstance(r, Request) for r in requests):
-        if not requests:
-            raise UserError("no requests to serve", "give at least one request")
-        reqs = sort_by_arrival(list(requests))
-        source = {"list": len(reqs)}
-    else:
-        raise UserError(f"requests {type(requests).__name__} is not a JSONL file or a list of "
-                        f"Request", "give a path, a list of workloads.serving.Request or None")
+    if reqs is None:
+        reqs = stream(step_cost.n_ctx)
 
     bar = None
     if show_progress:

@@ -215,8 +215,13 @@ class GpuModelCost:
     def step(self, decode_ctx_lens: Sequence[int],
              prefill_chunks: Sequence[tuple[int, int]]) -> StepTime:
         from workloads.gpu.model import (
-            FP16_BYTES, allgather_s, allreduce_s, decode_flops, kv_bytes_read,
-            weight_bytes_streamed)
+            FP16_BYTES,
+            allgather_s,
+            allreduce_s,
+            decode_flops,
+            kv_bytes_read,
+            weight_bytes_streamed,
+        )
 
         _check_positions(decode_ctx_lens, prefill_chunks, self.n_ctx)
         if not decode_ctx_lens and not prefill_chunks:

@@ -21,6 +21,8 @@ def _cdf(ax, vals: list[float], title: str) -> None:
         ax.legend(loc="lower right", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0.0, 1.02)
+    ax.locator_params(axis="x", nbins=5)
     ax.set_xlabel(f"{title} (ms)")
     ax.set_ylabel("fraction of requests")
     ax.set_title(title)
