@@ -10,6 +10,9 @@ the command line, calls the library API (:mod:`workloads.session`) and prints:
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
     pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR]
     pimsim sweep SPEC.toml [--workers N] [--cluster ADDRESS] [--db FILE] [--plot DIR] [--csv F]
+    pimsim serve MODEL --hw CONFIG [--requests FILE.jsonl | --num-prompts N --request-rate R
+        --input-len L --output-len L [--length-dist sharegpt] --seed S] --max-num-seqs N
+        --max-num-batched-tokens N [--gpu NAME] [--json] [--csv FILE] [--plot DIR]
     pimsim --version;  pimsim --debug COMMAND ...   (a traceback instead of the one error line)
 
 Bad input gives one line, ``pimsim: error: <problem>; <fix>``, and exit status 2 (the handler is
@@ -219,6 +222,95 @@ def cmd_sweep(args) -> int:
     return 1 if res.counts["error"] else 0
 
 
+def rate(text: str) -> float:
+    """An argparse type: requests per second, a number > 0 or ``inf``."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give requests per second "
+                                         "above 0, or inf (all at t = 0)")
+    return v
+
+
+def cmd_serve(args) -> int:
+    """``pimsim serve``: a request stream through continuous batching; the summary (or one JSON
+    document with --json), per-request rows with --csv, charts with --plot."""
+    check_writable(args.csv, "CSV file (--csv)")
+    check_writable(args.plot, "plot directory (--plot)", directory=True)
+    if args.requests and args.num_prompts is not None:
+        raise UserError("--requests and --num-prompts both given",
+                        "give a request file or a synthetic stream, not both")
+    res = session.serve(
+        args.model, _hw(args), requests=args.requests,
+        num_prompts=16 if args.num_prompts is None else args.num_prompts,
+        request_rate=args.request_rate, input_len=args.input_len, output_len=args.output_len,
+        length_dist=args.length_dist, seed=args.seed, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        cost=f"gpu:{args.gpu}" if args.gpu else "pim", kv_capacity_tokens=args.kv_capacity,
+        gpu_tp=args.gpu_tp, schedule=args.schedule, cache=not args.no_cache,
+        show_progress=_show(args))
+    print(json.dumps(res.to_dict(), indent=1) if args.json else res.summary())
+    if args.csv:
+        print(f"  wrote {res.write_csv(args.csv)}", file=sys.stderr)
+    if args.plot:
+        from workloads.serving.plots import plot_serve
+
+        for f in plot_serve(res, args.plot):
+            print(f"  wrote {f}", file=sys.stderr)
+    return 0
+
+
+def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
+    """The ``serve`` subcommand."""
+    from workloads.serving.requests import LENGTH_DISTS
+
+    s = sub.add_parser("serve", help="serve a request stream with continuous batching "
+                                     "(vLLM benchmark_serving metrics)")
+    common(s)
+    s.add_argument("--requests", metavar="FILE.jsonl",
+                   help="request stream: one JSON object per line with arrival_s, prompt_len, "
+                        "output_len (optional prompt_token_ids)")
+    s.add_argument("--num-prompts", type=int_in(1, 1 << 24), default=None, metavar="N",
+                   help="synthetic stream: N requests (default 16)")
+    s.add_argument("--request-rate", type=rate, default=float("inf"), metavar="R",
+                   help="synthetic stream: requests per second, Poisson arrivals seeded by "
+                        "--seed (default inf: all at t = 0)")
+    s.add_argument("--input-len", type=int_in(1, 1 << 24), default=32, metavar="L",
+                   help="synthetic stream: prompt tokens per request (default 32)")
+    s.add_argument("--output-len", type=int_in(1, 1 << 24), default=32, metavar="L",
+                   help="synthetic stream: output tokens per request (default 32)")
+    s.add_argument("--length-dist", choices=LENGTH_DISTS, default="fixed",
+                   help="synthetic stream: fixed lengths, or drawn from a ShareGPT-like "
+                        "lognormal (see workloads.serving.requests)")
+    s.add_argument("--max-num-seqs", type=int_in(1, 1 << 20), default=256, metavar="N",
+                   help="sequences running at once (default 256)")
+    s.add_argument("--max-num-batched-tokens", type=int_in(1, 1 << 24), default=2048,
+                   metavar="N", help="tokens per scheduler step, decode and prefill chunks "
+                                     "together (default 2048)")
+    s.add_argument("--kv-capacity", type=int_in(1), default=None, metavar="TOKENS",
+                   help="KV-cache tokens the system holds (default: from the compiled program, "
+                        "or the GPU's memory with --gpu)")
+    s.add_argument("--gpu", metavar="NAME",
+                   help="price the steps on a GPU of the analytic model (T4, A100, H100, H200) "
+                        "instead of the PIM simulator")
+    s.add_argument("--gpu-tp", type=int_in(1, 64), default=1, metavar="N",
+                   help="with --gpu: GPUs in tensor parallelism (default 1)")
+    s.add_argument("--schedule", choices=["serial", "overlap"], default="serial",
+                   help="PIM step schedule (see pimsim run)")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON document: config, metrics, refused requests, one row "
+                        "per request")
+    s.add_argument("--csv", metavar="FILE", help="write one row per request as CSV")
+    s.add_argument("--plot", metavar="DIR",
+                   help="write latency CDFs (TTFT, TPOT, E2E) and throughput over time here")
+    progress(s)
+    no_cache(s)
+    system(s)
+    s.set_defaults(func=cmd_serve)
+
+
 def _add_sweep_parser(sub) -> None:
     """The ``sweep`` subcommand."""
     from pimsim.cli import float_in
@@ -368,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sweep_parser(sub)
     sub.choices["sweep"].set_defaults(func=cmd_sweep)
+    _add_serve_parser(sub, common, progress, system, no_cache)
     core_cli.add_debug_flags(p)
     return p
 

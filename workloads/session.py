@@ -7,6 +7,9 @@ notebooks, the examples and the tests all call these functions::
     res = simulate("tiny", "pim-gpt", tokens=4)
     res.latency_ms_per_token, res.to_dict(), res.to_pandas()
 
+    served = serve("tiny", "pim-gpt", num_prompts=8, input_len=8, output_len=8)
+    served.metrics["output_throughput"], served.to_pandas()   # continuous batching
+
 The system a model runs on (devices, tensor parallelism ``tp``, pipeline stages ``pp``) has one
 carrier: the hardware config's ``[system]`` section. Explicit ``devices / tp / pp`` arguments
 give a new config (:func:`hw_config`); a model is compiled for the config's system, and a
@@ -16,6 +19,7 @@ program compiled for one system is refused on another (:func:`system_programs`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,12 +36,13 @@ from workloads.compiling import (
     pandas_module,
     system_programs,
 )
+from workloads.serving.metrics import ServeResult
 from workloads.sweeps.analysis import SweepResult
 from workloads.validation import LogitRecorder, ValidationResult, functional_executor, validate
 
-__all__ = ["CompareResult", "SimResult", "SweepResult", "ValidationResult", "check_context",
-           "compare", "compile_model", "hw_config", "simulate", "sweep", "system_programs",
-           "validate"]
+__all__ = ["CompareResult", "ServeResult", "SimResult", "SweepResult", "ValidationResult",
+           "check_context", "compare", "compile_model", "hw_config", "serve", "simulate", "sweep",
+           "system_programs", "validate"]
 
 
 # ---------------------------------------------------------------- simulating
@@ -205,6 +210,120 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
     rows = C.compare_rows(models, cfg, gpu, prompt=prompt, tokens=tokens, schedule=schedule,
                           cache=cache, show=show_progress, tp=gpu_tp)
     return CompareResult(rows)
+
+
+# ---------------------------------------------------------------- serving a request stream
+
+def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
+          requests: Any = None, num_prompts: int = 16, request_rate: float = math.inf,
+          input_len: int = 32, output_len: int = 32, length_dist: str = "fixed", seed: int = 0,
+          max_num_seqs: int = 256, max_num_batched_tokens: int = 2048, cost: Any = "pim",
+          kv_capacity_tokens: int | None = None, devices: int | None = None,
+          tp: int | None = None, pp: int | None = None, tp_attention: str | None = None,
+          gpu_tp: int = 1, schedule: str = "serial", cache: bool = True,
+          show_progress: bool = False) -> ServeResult:
+    """Serve a request stream with continuous batching (:mod:`workloads.serving`) and report
+    vLLM ``benchmark_serving``'s metrics.
+
+    ``requests``: a JSONL file (see :mod:`workloads.serving.requests`), a list of
+    :class:`~workloads.serving.requests.Request`, or None for a synthetic stream of
+    ``num_prompts`` requests at ``request_rate`` per second (``inf``: all at t = 0; else
+    Poisson, seeded by ``seed``), ``input_len`` / ``output_len`` tokens or ``length_dist=
+    "sharegpt"``. ``cost``: ``"pim"`` (the simulator, no batching: sequences one after another,
+    :class:`~workloads.serving.costs.PimSerialCost`), ``"gpu:NAME"`` (the analytic GPU model
+    with batching, ``gpu_tp`` GPUs: :class:`~workloads.serving.costs.GpuModelCost`) or any
+    :class:`~workloads.serving.costs.StepCost`. ``kv_capacity_tokens``: None for the cost's
+    own figure (from the compiled program on PIM, from GPU memory on a GPU).
+    ``max_num_seqs`` / ``max_num_batched_tokens``: vLLM's scheduler limits."""
+    from workloads.serving import costs as C
+    from workloads.serving.requests import Request, load_jsonl, sort_by_arrival, synthetic
+    from workloads.serving.scheduler import SchedulerConfig, simulate_serving
+
+    sched = SchedulerConfig(max_num_seqs=max_num_seqs,
+                            max_num_batched_tokens=max_num_batched_tokens)
+    if kv_capacity_tokens is not None and (not isinstance(kv_capacity_tokens, int)
+                                           or isinstance(kv_capacity_tokens, bool)
+                                           or kv_capacity_tokens < 1):
+        raise UserError(f"kv_capacity_tokens {kv_capacity_tokens!r} is not a whole number >= 1",
+                        "give the KV-cache tokens the system holds, or leave it out")
+
+    def stream(n_ctx: int | None):
+        return synthetic(num_prompts, request_rate=request_rate, input_len=input_len,
+                         output_len=output_len, length_dist=length_dist, seed=seed,
+                         max_total_len=n_ctx)
+
+    # the stream first: bad input fails before anything is compiled
+    reqs = None
+    if requests is None:
+        if length_dist != "sharegpt":  # drawn after the cost: redrawn to fit its context
+            reqs = stream(None)
+        source = {"synthetic": {"num_prompts": num_prompts, "request_rate": request_rate,
+                                "input_len": input_len, "output_len": output_len,
+                                "length_dist": length_dist, "seed": seed}}
+    elif isinstance(requests, (str, Path)):
+        reqs = load_jsonl(requests)
+        source = {"file": str(requests)}
+    elif isinstance(requests, (list, tuple)) and all(isinstance(r, Request) for r in requests):
+        if not requests:
+            raise UserError("no requests to serve", "give at least one request")
+        reqs = sort_by_arrival(list(requests))
+        source = {"list": len(reqs)}
+    else:
+        raise UserError(f"requests {type(requests).__name__} is not a JSONL file or a list of "
+                        f"Request", "give a path, a list of workloads.serving.Request or None")
+
+    name = model if isinstance(model, str) else model.spec.name
+    cfg = None
+    if isinstance(cost, str) and cost == "pim":
+        cfg = hw_config(hw, devices=devices, tp=tp, pp=pp, tp_attention=tp_attention)
+        c = model if not isinstance(model, str) else \
+            _compile(model, cfg, cache=cache, show=show_progress)[0]
+        step_cost = C.PimSerialCost(c, cfg, schedule=schedule,
+                                    kv_capacity_tokens=kv_capacity_tokens)
+        system = cfg.name + (f" x {cfg.system.devices} devices (tp {cfg.system.tp})"
+                             if cfg.system.devices > 1 else "")
+    elif isinstance(cost, str) and cost.lower().startswith("gpu:"):
+        if not isinstance(model, str):
+            raise UserError("the GPU cost needs a preset name, not a compiled model",
+                            "pass the model's preset name")
+        step_cost = C.GpuModelCost(cost.split(":", 1)[1], model, tp=gpu_tp,
+                                   kv_capacity_tokens=kv_capacity_tokens)
+        system = step_cost.name[4:] + (f" x {gpu_tp}" if gpu_tp > 1 else "")
+    elif isinstance(cost, str):
+        raise UserError(f"cost {cost!r} is not known",
+                        "use 'pim' or 'gpu:NAME' (NAME: T4, A100, H100, H200)")
+    else:
+        step_cost = cost
+        system = getattr(cost, "name", type(cost).__name__)
+
+    if reqs is None:
+        reqs = stream(step_cost.n_ctx)
+
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(r.output_len for r in reqs), unit="tok",
+                   desc=f"serving {name} on {system}", file=sys.stderr)
+    try:
+        states, steps = simulate_serving(reqs, step_cost, sched,
+                                         progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    from workloads.serving.metrics import RequestRecord, summarise
+
+    recs = [RequestRecord.of(s) for s in states]
+    config = {"model": name, "hw": cfg.name if cfg is not None else None, "system": system,
+              "cost": step_cost.name, "cost_label": step_cost.label,
+              "devices": step_cost.devices, "n_ctx": step_cost.n_ctx,
+              "kv_capacity_tokens": step_cost.kv_capacity_tokens,
+              "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+              "num_requests": len(reqs), "requests": source,
+              "units": {"times": "s from the start of the stream", "latencies": "ms",
+                        "throughput": "per s", "energy": "J (mJ per output token)",
+                        "power": "W"}}
+    return ServeResult(config, recs, steps, summarise(recs, steps, step_cost.devices))
 
 
 # ---------------------------------------------------------------- sweeping

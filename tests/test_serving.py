@@ -1,0 +1,246 @@
+"""The serving layer (workloads.serving, session.serve, pimsim serve): continuous batching over
+a request stream with the tiny model on pim-gpt."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pimsim.errors import UserError
+from workloads import session
+from workloads.serving import GpuModelCost, PimSerialCost, Request, load_jsonl, synthetic
+from workloads.serving.costs import PIM_SERIAL_LABEL
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = session.hw_config("pim-gpt")
+    return session.compile_model("tiny", cfg), cfg
+
+
+def serve(tiny, **kw):
+    c, cfg = tiny
+    return session.serve(c, cfg, **kw)
+
+
+def check_limits(res):
+    """No step exceeds the KV capacity, max_num_seqs or the token budget."""
+    cfg = res.config
+    assert res.steps
+    for s in res.steps:
+        assert s.kv_used_tokens <= cfg["kv_capacity_tokens"]
+        assert s.num_seqs <= cfg["max_num_seqs"]
+        assert s.num_running <= cfg["max_num_seqs"]
+        assert s.num_batched_tokens <= cfg["max_num_batched_tokens"]
+        assert s.num_batched_tokens == len(s.decode_ctx_lens) + sum(n for _, n in s.prefill_chunks)
+        assert s.num_seqs == len(s.decode_ctx_lens) + len(s.prefill_chunks)
+    for a, b in zip(res.steps, res.steps[1:]):  # steps follow each other in time
+        assert b.start_s >= a.start_s + a.time_s
+
+
+def test_every_request_completes_with_its_output_length(tiny):
+    res = serve(tiny, num_prompts=6, input_len=6, output_len=5, request_rate=2e5, seed=1,
+                max_num_seqs=3, max_num_batched_tokens=8)
+    m = res.metrics
+    assert m["completed"] == 6 and m["refused"] == 0
+    for r in res.requests:
+        assert r.output_tokens == r.output_len == 5
+        assert len(r.itl_ms) == 4 and r.finish_s >= r.first_token_s >= r.arrival_s
+        assert r.tpot_ms == pytest.approx((r.e2el_ms - r.ttft_ms) / 4)
+    assert m["total_output_tokens"] == 30
+    assert m["output_throughput"] * m["duration"] == pytest.approx(30, rel=1e-12)
+    assert m["total_token_throughput"] * m["duration"] == pytest.approx(30 + 36, rel=1e-12)
+    assert m["duration"] == max(r.finish_s for r in res.requests)
+    assert sum(s.output_tokens for s in res.steps) == 30
+    assert res.config["cost_label"] == PIM_SERIAL_LABEL
+    assert PIM_SERIAL_LABEL in res.summary()
+    check_limits(res)
+    assert m["max_num_seqs_seen"] == 3  # the limit binds
+    for k in ("request_throughput", "mean_ttft_ms", "median_tpot_ms", "p99_itl_ms",
+              "mean_e2el_ms", "energy_per_output_token_mj", "avg_power_w", "utilisation"):
+        assert m[k] is not None and m[k] > 0, k
+    df = res.to_pandas()
+    assert len(df) == 6 and list(df["output_tokens"]) == [5] * 6
+
+
+def test_ttft_is_at_least_the_prefill_time(tiny):
+    c, cfg = tiny
+    res = serve(tiny, num_prompts=5, input_len=7, output_len=3, max_num_batched_tokens=4)
+    cost = PimSerialCost(c, cfg)
+    prefill_s = cost.step([], [(0, 7)]).time_s
+    for r in res.requests:
+        assert r.ttft_ms / 1e3 >= prefill_s * (1 - 1e-12)
+    check_limits(res)
+    assert any(len(s.prefill_chunks) > 1 for s in res.steps)  # chunks of several prompts
+    assert all(n <= 4 for s in res.steps for _, n in s.prefill_chunks)  # chunked prefill
+
+
+def test_same_seed_same_json(tiny):
+    kw = dict(num_prompts=6, input_len=5, output_len=4, request_rate=3e4, seed=7,
+              max_num_seqs=2)
+    a, b = serve(tiny, **kw), serve(tiny, **kw)
+    assert json.dumps(a.to_dict()) == json.dumps(b.to_dict())
+    c = serve(tiny, **{**kw, "seed": 8})
+    assert [r.arrival_s for r in c.requests] != [r.arrival_s for r in a.requests]
+
+
+def test_preemption_when_kv_is_small(tiny):
+    res = serve(tiny, num_prompts=4, input_len=8, output_len=10, kv_capacity_tokens=30)
+    m = res.metrics
+    assert m["num_preemptions"] > 0
+    assert m["num_preemptions"] == sum(r.preemptions for r in res.requests)
+    assert m["num_preemptions"] == sum(s.num_preempted for s in res.steps)
+    assert m["completed"] == 4
+    assert all(r.output_tokens == 10 for r in res.requests)
+    check_limits(res)
+    assert m["max_kv_used_tokens"] <= 30
+
+
+def test_a_request_that_can_never_fit_is_refused(tiny):
+    reqs = [Request(0, 0.0, 8, 4), Request(1, 0.0, 20, 20), Request(2, 0.0, 60, 10),
+            Request(3, 1e-6, 4, 4)]
+    res = serve(tiny, requests=reqs, kv_capacity_tokens=30)
+    m = res.metrics
+    assert m["refused"] == 2 and m["completed"] == 2
+    why = {r["id"]: r["reason"] for r in res.refused}
+    assert "KV capacity of 30" in why[1]
+    assert "context of 64" in why[2]
+    assert res.to_dict()["refused_requests"] == res.refused
+    assert "refused request 1" in res.summary()
+
+
+def test_pim_serial_cost_is_the_sum_of_batch_1_simulations(tiny):
+    c, cfg = tiny
+    cost = PimSerialCost(c, cfg)
+    decode, chunks = [3, 10, 10, 40], [(0, 3), (20, 2)]
+    st = cost.step(decode, chunks)
+    positions = decode + [0, 1, 2, 20, 21]
+    sims = [session.simulate(c, cfg, tokens=1, prompt=p + 1, skip_prompt=True).report
+            for p in positions]
+    assert st.cycles == sum(r.cycles for r in sims)
+    assert st.time_s == cfg.timing.ns(st.cycles) / 1e9
+    assert st.energy_j == math.fsum(r.energy["per_token_j"][0] for r in sims)
+    assert st.per_device_busy_s == (st.time_s,)
+    fresh = PimSerialCost(c, cfg).step(list(reversed(decode)), list(reversed(chunks)))
+    assert (fresh.cycles, fresh.energy_j) == (st.cycles, st.energy_j)  # order, memo: no effect
+
+
+def test_gpu_cost_batch_1_is_the_gpu_model_and_batching_shares_weights():
+    from workloads.gpu.model import predict
+
+    cost = GpuModelCost("H100", "tiny")
+    for p in (0, 17, 63):
+        one = cost.step([p], [])
+        ref = predict("H100", "tiny", p)
+        assert one.time_s * 1e3 == pytest.approx(ref["ms"], rel=1e-12)
+        assert one.energy_j == pytest.approx(ref["joules"], rel=1e-12)
+    four = cost.step([5, 9, 20, 30], [])
+    assert four.time_s < sum(cost.step([p], []).time_s for p in (5, 9, 20, 30))
+    assert cost.kv_capacity_tokens > 1_000_000
+    res = session.serve("tiny", cost="gpu:H100", num_prompts=4, input_len=6, output_len=4)
+    assert res.metrics["completed"] == 4 and res.config["cost"] == "gpu:H100"
+    assert "uncalibrated" in res.config["cost_label"]
+
+
+def test_synthetic_streams():
+    a = synthetic(5, request_rate=math.inf, input_len=3, output_len=2)
+    assert [r.arrival_s for r in a] == [0.0] * 5
+    assert {(r.prompt_len, r.output_len) for r in a} == {(3, 2)}
+    b = synthetic(50, request_rate=10.0, length_dist="sharegpt", seed=3, max_total_len=2048)
+    assert b == synthetic(50, request_rate=10.0, length_dist="sharegpt", seed=3,
+                          max_total_len=2048)
+    t = [r.arrival_s for r in b]
+    assert t == sorted(t) and t[0] == 0.0 and t[-1] > 0
+    assert all(r.kv_tokens_needed <= 2048 for r in b)
+    assert len({r.prompt_len for r in b}) > 10  # a spread, not one length
+    with pytest.raises(UserError, match="request_rate"):
+        synthetic(3, request_rate=0)
+    with pytest.raises(UserError, match="length distribution"):
+        synthetic(3, length_dist="zipf")
+
+
+@pytest.mark.parametrize("line, field", [
+    ('{"arrival_s": 0, "prompt_len": 4}', "output_len"),
+    ('{"arrival_s": -1, "prompt_len": 4, "output_len": 2}', "arrival_s"),
+    ('{"arrival_s": 0, "prompt_len": 0, "output_len": 2}', "prompt_len"),
+    ('{"arrival_s": 0, "prompt_len": 4, "output_len": 2.5}', "output_len"),
+    ('{"arrival_s": 0, "prompt_len": 2, "output_len": 2, "prompt_token_ids": [1]}',
+     "prompt_token_ids"),
+    ('{"arrival_s": 0, "prompt_len": 2, "output_len": 2, "priority": 1}', "priority"),
+    ('[1, 2]', "JSON object"),
+    ('{"arrival_s": 0, ', "not valid JSON"),
+])
+def test_bad_jsonl_lines(tmp_path, line, field):
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"arrival_s": 0.5, "prompt_len": 4, "output_len": 2}\n' + line + "\n")
+    with pytest.raises(UserError, match="line 2") as e:
+        load_jsonl(f)
+    assert field in str(e.value)
+
+
+def test_jsonl_is_read_in_arrival_order(tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"arrival_s": 0.5, "prompt_len": 4, "output_len": 2}\n\n'
+                 '{"arrival_s": 0.1, "prompt_len": 2, "output_len": 3, '
+                 '"prompt_token_ids": [5, 6]}\n')
+    r = load_jsonl(f)
+    assert [(x.id, x.arrival_s, x.prompt_len) for x in r] == [(0, 0.1, 2), (1, 0.5, 4)]
+    assert r[0].prompt_token_ids == (5, 6)
+
+
+def run_cli(argv, capsys):
+    from workloads.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--max-num-seqs", "0"], "--max-num-seqs"),
+    (["--max-num-batched-tokens", "-3"], "--max-num-batched-tokens"),
+    (["--request-rate", "0"], "--request-rate"),
+    (["--request-rate", "nan"], "--request-rate"),
+    (["--length-dist", "zipf"], "--length-dist"),
+    (["--requests", "BAD", "--num-prompts", "3"], "both given"),
+    (["--requests", "missing.jsonl"], "missing.jsonl"),
+    (["--gpu", "NOPE"], "NOPE"),
+    (["--kv-capacity", "0"], "--kv-capacity"),
+])
+def test_cli_bad_options_exit_2(tmp_path, capsys, argv, msg):
+    if "BAD" in argv:
+        argv = [str(tmp_path / "x.jsonl") if a == "BAD" else a for a in argv]
+    if "missing.jsonl" in argv:
+        argv = [str(tmp_path / a) if a == "missing.jsonl" else a for a in argv]
+    rc, _, err = run_cli(["serve", "tiny", *argv], capsys)
+    assert rc == 2
+    assert err.startswith("pimsim: error:") and err.count("\n") == 1 and msg in err
+
+
+def test_cli_bad_jsonl_line_exit_2(tmp_path, capsys):
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"arrival_s": 0, "prompt_len": 4, "output_len": 2}\n'
+                 '{"arrival_s": 0, "prompt_len": "four", "output_len": 2}\n')
+    rc, _, err = run_cli(["serve", "tiny", "--requests", str(f)], capsys)
+    assert rc == 2 and "line 2" in err and "prompt_len" in err and err.count("\n") == 1
+
+
+def test_cli_serve_json_csv_plot(tmp_path, capsys):
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"arrival_s": 0, "prompt_len": 4, "output_len": 3}\n'
+                 '{"arrival_s": 0.00001, "prompt_len": 2, "output_len": 2}\n')
+    csv_f, plots = tmp_path / "out" / "r.csv", tmp_path / "plots"
+    rc, out, _ = run_cli(["serve", "tiny", "--requests", str(f), "--json", "--csv", str(csv_f),
+                          "--plot", str(plots), "--max-num-seqs", "2"], capsys)
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["metrics"]["completed"] == 2 and len(doc["requests"]) == 2
+    assert doc["config"]["cost_label"] == PIM_SERIAL_LABEL
+    assert len(csv_f.read_text().splitlines()) == 3
+    assert (plots / "latency_cdf.png").stat().st_size > 0
+    assert (plots / "throughput.png").stat().st_size > 0

@@ -1,0 +1,249 @@
+"""Step costs: what one continuous-batching scheduler step costs on a system.
+
+The scheduler (:mod:`workloads.serving.scheduler`) asks a :class:`StepCost` for every step::
+
+    cost.step(decode_ctx_lens, prefill_chunks) -> StepTime(time_s, energy_j, per_device_busy_s)
+
+``decode_ctx_lens``: one entry per sequence that decodes one token in the step, the tokens
+already in its KV cache (= the position of the token it processes); ``prefill_chunks``: one
+``(start_pos, n_tokens)`` per sequence that processes prompt tokens ``start_pos ..
+start_pos + n_tokens - 1`` (chunked prefill). A cost also says how many KV-cache tokens the
+system holds (``kv_capacity_tokens``) and the model's context (``n_ctx``).
+
+Two costs here; a batched PIM step (one weight-row read shared by the sequences of a step) is a
+third :class:`StepCost`, plugged in without changing the scheduler:
+
+* :class:`PimSerialCost` -- "PIM, no batching (sequences one after another)": the simulator as it
+  is today runs one sequence's decode step at a time, so a step of ``B`` decode sequences costs
+  the sum of ``B`` batch-1 decode steps at their positions, and a prefill chunk of ``n`` tokens
+  costs ``n`` token-by-token steps (PIM-GPT's and CENT's way of processing a prompt). A batch-1
+  step at position ``p`` is the simulator's run of one generating step at ``p`` from a fresh
+  device state (``session.simulate(..., prompt=p + 1, tokens=1, skip_prompt=True)``, the same
+  :func:`pimsim.pipeline.run_system` call): it depends on ``p`` only, so it is memoised per exact
+  position (no bucketing); ``tests/test_serving.py`` holds a step of ``B`` sequences equal to
+  ``B`` such simulations.
+* :class:`GpuModelCost` -- the analytic GPU model of :mod:`workloads.gpu.model` extended to a
+  batch: an uncalibrated roofline until batched measurements are fitted (see its docstring).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from pimsim.errors import UserError
+
+PIM_SERIAL_LABEL = "PIM, no batching (sequences one after another)"
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """What one scheduler step cost: wall time (s), energy of the whole system (J; None when
+    the cost has no energy model), the busy time of every device (s), and for PIM costs the
+    device clock cycles (``cycles``; None otherwise)."""
+
+    time_s: float
+    energy_j: float | None
+    per_device_busy_s: tuple[float, ...] = ()
+    cycles: int | None = None
+
+
+class StepCost(Protocol):
+    """What the scheduler needs of a system (see the module docstring)."""
+
+    name: str  # short, for tables: "pim" or "gpu:H100"
+    label: str  # said in every report: what the cost models
+    n_ctx: int  # positions the model has
+    kv_capacity_tokens: int  # KV-cache tokens the system holds (all sequences together)
+    devices: int
+
+    def step(self, decode_ctx_lens: Sequence[int],
+             prefill_chunks: Sequence[tuple[int, int]]) -> StepTime: ...
+
+
+def _check_positions(decode_ctx_lens, prefill_chunks, n_ctx: int) -> None:
+    for p in decode_ctx_lens:
+        if not 0 <= p < n_ctx:
+            raise ValueError(f"decode position {p} outside the context 0..{n_ctx - 1}")
+    for s, n in prefill_chunks:
+        if n < 1 or s < 0 or s + n > n_ctx:
+            raise ValueError(f"prefill chunk ({s}, {n}) outside the context of {n_ctx}")
+
+
+# ---------------------------------------------------------------- PIM, no batching
+
+def pim_kv_capacity_tokens(compiled: Any) -> int:
+    """KV-cache tokens one device system holds: the bytes of the rows the program's KV caches
+    reserve plus every bank's free rows, over the K and V bytes of one token on one device
+    (all layers; under tensor parallelism a device holds its heads of every token, so one
+    device's figure is the system's). Row padding of a real multi-sequence layout is not
+    counted: an upper estimate, the same for every position."""
+    mp = compiled.mapping
+    g = mp.geo
+    n_ctx = mp.k_cache[0].n_ctx if mp.k_cache else mp.spec.n_ctx
+    per_token_b = mp.kv_bytes() / n_ctx
+    kv_rows = sum(k.rows_reserved + v.rows_reserved for k, v in zip(mp.k_cache, mp.v_cache))
+    free_rows = g.rows - max(mp.rows_used)
+    row_b = g.row_elems * g.elem_bytes * g.banks * g.channels
+    return int((kv_rows + free_rows) * row_b // per_token_b)
+
+
+class PimSerialCost:
+    """PIM, no batching (sequences one after another); see the module docstring.
+
+    ``compiled``: the model compiled for ``cfg``'s system (:func:`workloads.compiling.
+    compile_model`); one pipeline stage (tensor parallelism is fine). ``kv_capacity_tokens``:
+    None for :func:`pim_kv_capacity_tokens`. Energy: the simulator's energy of each batch-1
+    step (all devices, the ``[energy]`` table of the config); None without one."""
+
+    name = "pim"
+    label = PIM_SERIAL_LABEL
+
+    def __init__(self, compiled: Any, cfg: Any, *, schedule: str = "serial",
+                 kv_capacity_tokens: int | None = None):
+        from workloads.compiling import system_programs
+
+        self.programs = system_programs(compiled, cfg)
+        if len(self.programs) > 1:
+            raise UserError(f"serving on {len(self.programs)} pipeline stages is not modelled "
+                            "(sequences one after another would leave the stages idle)",
+                            "serve on one stage (pp 1; --devices N with tp N is fine)")
+        self.compiled, self.cfg, self.schedule = compiled, cfg, schedule
+        self.n_ctx = int(self.programs[0].dims["n_ctx"])
+        self.devices = self.programs[0].tp
+        self.kv_capacity_tokens = (pim_kv_capacity_tokens(compiled) if kv_capacity_tokens is None
+                                   else int(kv_capacity_tokens))
+        self.has_energy = cfg.energy is not None
+        self._memo: dict[int, tuple[int, float, float | None]] = {}  # pos -> (cyc, s, J)
+
+    def position_step(self, pos: int) -> tuple[int, float, float | None]:
+        """(cycles, seconds, joules) of one batch-1 decode step at ``pos``: the simulator's
+        generating step at ``pos`` from a fresh device state, memoised per position."""
+        got = self._memo.get(pos)
+        if got is None:
+            from pimsim.generate import prompt_ids
+            from pimsim.pipeline import run_system
+
+            rep = run_system(self.programs, self.cfg,
+                             prompt=prompt_ids(pos + 1, self.compiled.spec.vocab),
+                             n_tokens=1, schedule=self.schedule, skip_prompt=True)
+            e = rep.energy["per_token_j"][0] if rep.energy else None
+            got = self._memo[pos] = (int(rep.cycles), rep.per_token_ms[0] / 1e3, e)
+        return got
+
+    def step(self, decode_ctx_lens: Sequence[int],
+             prefill_chunks: Sequence[tuple[int, int]]) -> StepTime:
+        _check_positions(decode_ctx_lens, prefill_chunks, self.n_ctx)
+        positions = list(decode_ctx_lens)
+        for s, n in prefill_chunks:
+            positions.extend(range(s, s + n))
+        parts = [self.position_step(p) for p in positions]
+        cyc = sum(c for c, _, _ in parts)
+        t = self.cfg.timing.ns(cyc) / 1e9
+        e = math.fsum(j for _, _, j in parts) if self.has_energy else None
+        return StepTime(t, e, (t,) * self.devices, cyc)
+
+
+# ---------------------------------------------------------------- GPU roofline, batched
+
+@dataclass
+class GpuModelCost:
+    """A GPU (or ``tp`` GPUs over NVLink) from the analytic model of :mod:`workloads.gpu.model`,
+    extended to a batch; an uncalibrated roofline until batched measurements are fitted (the
+    model's efficiencies and kernel counts are the batch-1 calibration).
+
+    One step (one forward pass over every scheduled token)::
+
+        bytes   = weight bytes streamed (once per step, shared by all sequences) / tp
+                  + KV bytes read: each decode sequence's pos + 1 positions, each prefill
+                    chunk's cache up to its last token (once per chunk), x the GPU's KV share
+        flops   = each decode token's decode FLOPs at its position + each prefill token's
+                  (the LM head counted for every prefill token: an upper bound)
+        time    = max(bytes / (BW x mem_eff), flops / tp / (peak x compute_eff))
+                  + n_kernels x kernel_overhead + collectives (tp > 1: the batch-1 model's
+                  all-reduces of every token's activations, an all-gather of every
+                  sequence's logits)
+        energy  = power x time, power from the GPU model's power model (``power="util"``, the
+                  default: idle + dynamic x bandwidth utilisation; ``"board"``: the board's
+                  datasheet power throughout the step, an upper bound, never the default)
+
+    At batch 1 with no prefill this is :func:`workloads.gpu.model.predict` exactly. KV capacity:
+    the GPU memory left after the fp16 weights (/ tp) and the model's [assumed] per-GPU reserve,
+    over the KV bytes of one token per GPU."""
+
+    gpu: str
+    model: str
+    tp: int = 1
+    power: str = "util"
+    kv_capacity_tokens: int | None = None
+    name: str = field(init=False)
+    label: str = field(init=False)
+
+    def __post_init__(self):
+        from workloads.gpu.model import _kv_share, check_fits, gpu_preset
+        from workloads.gpu.shapes import shape_for
+        from workloads.models.shape import FP16_BYTES
+
+        try:
+            g = gpu_preset(self.gpu)
+            self.shape = shape_for(self.model)
+            check_fits(g, self.shape, self.tp)
+        except (ValueError, KeyError) as e:
+            raise UserError(f"GPU cost for {self.model} on {self.gpu}: {e}",
+                            "give a GPU preset (T4, A100, H100, H200) and a preset model "
+                            "the GPU model knows") from None
+        if self.power not in ("board", "util"):
+            raise UserError(f"GPU power model {self.power!r} is not known", "use board or util")
+        self.spec = g.for_shape(self.shape)
+        self.name = f"gpu:{g.name}"
+        self.label = (f"{g.name}{f' x {self.tp}' if self.tp > 1 else ''}, analytic roofline "
+                      f"with batching (uncalibrated beyond batch 1), {self.power} power")
+        self.devices = self.tp
+        self.n_ctx = int(self.shape.n_ctx)
+        self.has_energy = True
+        self._kv_share = _kv_share(self.shape, self.tp)
+        if self.kv_capacity_tokens is None:
+            per_tok = self._kv_pos_bytes() * self._kv_share
+            free = g.mem_bytes - self.shape.n_params * FP16_BYTES / self.tp - g.reserve_bytes
+            self.kv_capacity_tokens = int(free // per_tok) if g.mem_bytes > 0 else 1 << 62
+
+    def _kv_pos_bytes(self) -> int:
+        from workloads.gpu.model import kv_bytes_read
+
+        return kv_bytes_read(self.shape, 0)  # one position
+
+    def step(self, decode_ctx_lens: Sequence[int],
+             prefill_chunks: Sequence[tuple[int, int]]) -> StepTime:
+        from workloads.gpu.model import (
+            FP16_BYTES,
+            allgather_s,
+            allreduce_s,
+            decode_flops,
+            kv_bytes_read,
+            weight_bytes_streamed,
+        )
+
+        _check_positions(decode_ctx_lens, prefill_chunks, self.n_ctx)
+        if not decode_ctx_lens and not prefill_chunks:
+            return StepTime(0.0, 0.0, (0.0,) * self.devices)
+        g, cfg, tp = self.spec, self.shape, self.tp
+        kv = sum(kv_bytes_read(cfg, p) for p in decode_ctx_lens) \
+            + sum(kv_bytes_read(cfg, s + n - 1) for s, n in prefill_chunks)
+        nbytes = weight_bytes_streamed(cfg) / tp + kv * self._kv_share
+        flops = sum(decode_flops(cfg, p) for p in decode_ctx_lens) \
+            + sum(decode_flops(cfg, q) for s, n in prefill_chunks for q in range(s, s + n))
+        mem_s = nbytes / (g.mem_bw * g.mem_eff)
+        comp_s = flops / tp / (g.peak_flops * g.compute_eff)
+        over_s = g.n_kernels(cfg) * g.kernel_overhead_s
+        n_tok = len(decode_ctx_lens) + sum(n for _, n in prefill_chunks)
+        n_seq = len(decode_ctx_lens) + len(prefill_chunks)
+        comm_s = 2 * cfg.n_layer * allreduce_s(g, n_tok * cfg.d_model * FP16_BYTES, tp) \
+            + allgather_s(g, n_seq * cfg.vocab * FP16_BYTES, tp)
+        t = max(mem_s, comp_s) + over_s + comm_s
+        if self.power == "board":
+            watts = g.board_w
+        else:
+            dyn = g.board_w - g.idle_w if g.dyn_w is None else g.dyn_w
+            watts = min(g.board_w, g.idle_w + dyn * min(1.0, nbytes / (t * g.mem_bw)))
+        return StepTime(t, tp * watts * t, (t,) * tp)
