@@ -133,7 +133,7 @@ def test_gpu_cost_batch_1_is_the_gpu_model_and_batching_shares_weights():
     cost = GpuModelCost("H100", "tiny")
     for p in (0, 17, 63):
         one = cost.step([p], [])
-        ref = predict("H100", "tiny", p)
+        ref = predict("H100", "tiny", p, power="util")
         assert one.time_s * 1e3 == pytest.approx(ref["ms"], rel=1e-12)
         assert one.energy_j == pytest.approx(ref["joules"], rel=1e-12)
     four = cost.step([5, 9, 20, 30], [])
