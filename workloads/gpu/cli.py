@@ -92,7 +92,7 @@ def _predict_batched(path: str) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from workloads.gpu.calibration import load_measured
-    from workloads.gpu.tables import compare_table, llama_table, zoo_table
+    from workloads.gpu.tables import batch_zoo_table, compare_table, llama_table, zoo_table
 
     if args.batched is not None:
         return _predict_batched(args.batched)
@@ -116,6 +116,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print()
     print("Zoo presets, modelled:")
     print(zoo_table(tps=tps))
+    print()
+    print("Batched decode, modelled:")
+    print(batch_zoo_table())
     return 0
 
 
