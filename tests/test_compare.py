@@ -104,3 +104,12 @@ def test_compare_batch_cli_json_and_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "workloads.cli", "compare", "gpt2-small", "--gpu",
                         meas, "--batch", "1,4"], capture_output=True, text=True)
     assert r.returncode == 2 and "modelled GPU" in r.stderr
+
+
+def test_compare_batch_refuses_pipeline_stages():
+    from pimsim.errors import UserError
+    from workloads import session
+
+    with pytest.raises(UserError, match="pipeline stages"):
+        session.compare("tiny", "pim-gpt", "H100", prompt=4, tokens=2, batches=[1, 4],
+                        devices=2, pp=2)

@@ -133,6 +133,10 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
         raise UserError(f"--batch needs a modelled GPU, not the batch-1 measurement {gpu!r}",
                         "give a GPU name (T4, A100, H100, H200)")
     batches = parse_batches(batches)
+    if cfg.system.pp > 1:
+        raise UserError(f"compare --batch on {cfg.system.pp} pipeline stages is not modelled "
+                        "(PIM sequences one after another would leave the stages idle)",
+                        "compare batches on one stage (pp 1; --devices N with tp N is fine)")
     C.check_gpu(gpu, models)
     C._check_gpu_memory(gpu, models, tp)
     spec, note = gpu_batch_spec(gpu)
