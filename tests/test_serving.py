@@ -144,6 +144,20 @@ def test_gpu_cost_batch_1_is_the_gpu_model_and_batching_shares_weights():
     assert "uncalibrated" in res.config["cost_label"]
 
 
+def test_gpu_cost_is_the_gpu_models_batched_step():
+    from workloads.gpu.model import predict_batch, predict_prefill, predict_step
+
+    cost = GpuModelCost("H100", "llama2-7b", power="board")
+    decode, chunks = [5, 90, 700], [(0, 32), (100, 7)]
+    st = cost.step(decode, chunks)
+    ref = predict_step("H100", "llama2-7b", decode, chunks, power="board")
+    assert (st.time_s * 1e3, st.energy_j) == (ref["ms"], ref["joules"])
+    b = predict_batch("H100", "llama2-7b", 4, 300)
+    assert GpuModelCost("H100", "llama2-7b").step([300] * 4, []).time_s * 1e3 == b["ms"]
+    p = predict_prefill("H100", "llama2-7b", 256, batch=2)
+    assert GpuModelCost("H100", "llama2-7b").step([], [(0, 256)] * 2).energy_j == p["joules"]
+
+
 def test_synthetic_streams():
     a = synthetic(5, request_rate=math.inf, input_len=3, output_len=2)
     assert [r.arrival_s for r in a] == [0.0] * 5

@@ -8,7 +8,7 @@ the command line, calls the library API (:mod:`workloads.session`) and prints:
         [--aim-trace FILE] [--pos P]         ... and write one decode step as an AiM trace
     pimsim run MODEL --hw CONFIG --prompt P --tokens N [--functional] [--json]
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
-    pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR]
+    pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR] [--batch 1,16,64,256]
     pimsim sweep SPEC.toml [--workers N] [--cluster ADDRESS] [--db FILE] [--plot DIR] [--csv F]
     pimsim serve MODEL --hw CONFIG [--requests FILE.jsonl | --num-prompts N --request-rate R
         --input-len L --output-len L [--length-dist sharegpt] --seed S] --max-num-seqs N
@@ -165,7 +165,16 @@ def cmd_compare(args) -> int:
     check_writable(args.plot, "plot directory (--plot)", directory=True)
     res = session.compare(args.models, _hw(args), args.gpu, prompt=args.prompt,
                           tokens=args.tokens, schedule=args.schedule, gpu_tp=args.gpu_tp,
-                          cache=not args.no_cache, show_progress=_show(args))
+                          cache=not args.no_cache, show_progress=_show(args),
+                          batches=args.batch, gpu_power=args.gpu_power)
+    if args.batch is not None:
+        print(json.dumps(res.to_dict()["batch_rows"], indent=1) if args.json else res.table())
+        if args.plot:
+            from workloads.plots import plot_compare_batches
+
+            for f in plot_compare_batches(res.batch_rows, args.plot):
+                print(f"  wrote {f}", file=sys.stderr)
+        return 0
     print(json.dumps(res.to_dict()["rows"], indent=1) if args.json else res.table())
     if args.plot:
         from workloads.plots import plot_compare
@@ -443,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     system(cp)
     cp.add_argument("--gpu-tp", type=int_in(1, 64), default=1, metavar="N",
                     help="GPUs of a modelled GPU preset in tensor parallelism (default 1)")
+    cp.add_argument("--batch", metavar="B,B,..", default=None,
+                    help="instead: tokens/s and mJ/token per batch size (e.g. 1,16,64,256) and "
+                         "the crossover batch; PIM sequences one after another, a modelled GPU")
+    cp.add_argument("--gpu-power", choices=["util", "board"], default="util",
+                    help="with --batch: the GPU's power model, utilisation power (default) or "
+                         "the board's datasheet power throughout")
     cp.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="compare functional simulation with PyTorch")

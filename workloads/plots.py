@@ -1,6 +1,7 @@
 """Charts of results, drawn on Agg figures written to PNG files (no global matplotlib backend
 switch): a sweep's latency and energy against each swept parameter and its Pareto front
-(:func:`plot_sweep`), and PIM against a GPU (:func:`plot_compare`)."""
+(:func:`plot_sweep`), and PIM against a GPU (:func:`plot_compare`; at several batch sizes,
+:func:`plot_compare_batches`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pimsim.errors import UserError
 from workloads.sweeps.analysis import _fmt, _labels, _numeric, _workload, pareto_fronts
 
 if TYPE_CHECKING:
+    from workloads.compare_batched import BatchRow
     from workloads.comparison import CompareRow
 
 
@@ -224,4 +226,45 @@ def plot_compare(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
     except OSError as e:
         raise UserError(f"{str(out / 'compare.json')!r} cannot be written ({e.strerror or e})",
                         "choose a writable --plot directory") from None
+    return files
+
+
+def plot_compare_batches(rows: list[BatchRow], out_dir: str | Path) -> list[Path]:
+    """PNG chart of ``pimsim compare --batch``: tokens/s and mJ/token against the batch size
+    (log x; log y), PIM and GPU lines per model with a legend; the title names the PIM config
+    and method, the GPU and its power model. Writes ``compare_batches.json`` beside it."""
+    out = plot_dir(out_dir)
+    if not rows:
+        return []
+    models = list(dict.fromkeys(r.model for r in rows))
+    fig, axes = _figure(11, 4.6, 2)
+    for m in models:
+        rs = sorted((r for r in rows if r.model == m), key=lambda r: r.batch)
+        b = [r.batch for r in rs]
+        tag = f"{m} " if len(models) > 1 else ""
+        axes[0].plot(b, [r.pim_tokens_per_s for r in rs], "o-", label=f"{tag}PIM ({rs[0].hw})")
+        axes[0].plot(b, [r.gpu_tokens_per_s for r in rs], "s--", label=f"{tag}GPU ({rs[0].gpu})")
+        axes[1].plot(b, [r.pim_j * 1e3 for r in rs], "o-", label=f"{tag}PIM ({rs[0].hw})")
+        axes[1].plot(b, [r.gpu_j * 1e3 for r in rs], "s--", label=f"{tag}GPU ({rs[0].gpu})")
+    ticks = sorted({r.batch for r in rows})
+    for ax, ylabel in ((axes[0], "tokens / s (whole batch)"), (axes[1], "mJ / output token")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (sequences per decode step)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", lw=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title("throughput", fontsize=9)
+    axes[1].set_title("energy per token", fontsize=9)
+    r = rows[0]
+    fig.suptitle(f"{', '.join(models)} at position {r.position}: PIM {r.hw} ({r.pim_method}) "
+                 f"vs GPU\nGPU: {r.gpu_source}", fontsize=8)
+    fig.tight_layout()
+    files = [_save(fig, out / "compare_batches.png", dpi=120)]
+    try:
+        (out / "compare_batches.json").write_text(json.dumps([asdict(x) for x in rows], indent=1))
+    except OSError as e:
+        raise UserError(f"{str(out / 'compare_batches.json')!r} cannot be written "
+                        f"({e.strerror or e})", "choose a writable --plot directory") from None
     return files

@@ -160,17 +160,36 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
 
 @dataclass
 class CompareResult:
-    """PIM against a GPU, one :class:`~workloads.comparison.CompareRow` per model."""
+    """PIM against a GPU, one :class:`~workloads.comparison.CompareRow` per model; with
+    ``batches``, one :class:`~workloads.compare_batched.BatchRow` per model and batch size
+    instead (``batch_rows``)."""
 
     rows: list = field(default_factory=list)
+    batch_rows: list = field(default_factory=list)
 
     def table(self) -> str:
+        if self.batch_rows:
+            from workloads.compare_batched import batch_table
+
+            return batch_table(self.batch_rows)
         from workloads.comparison import table
 
         return table(self.rows)
 
     def records(self) -> list[dict]:
-        """One flat row per model, units in the names."""
+        """One flat row per model (per model and batch size with ``batches``), units in the
+        names."""
+        if self.batch_rows:
+            return [{"model": r.model, "hw": r.hw, "gpu": r.gpu, "batch": r.batch,
+                     "position": r.position, "pim_tokens_per_s": r.pim_tokens_per_s,
+                     "gpu_tokens_per_s": r.gpu_tokens_per_s,
+                     "pim_latency_ms_per_token": r.pim_ms, "gpu_latency_ms_per_token": r.gpu_ms,
+                     "pim_energy_mj_per_token": r.pim_j * 1e3,
+                     "gpu_energy_mj_per_token": r.gpu_j * 1e3, "speedup": r.speedup,
+                     "energy_efficiency": r.efficiency, "pim_method": r.pim_method,
+                     "gpu_source": r.gpu_source, "gpu_power": r.gpu_power,
+                     "pim_kv_fits": r.pim_kv_fits, "gpu_kv_fits": r.gpu_kv_fits}
+                    for r in self.batch_rows]
         return [{"model": r.model, "hw": r.hw, "gpu": r.gpu, "position": r.position,
                  "pim_latency_ms_per_token": r.pim_ms, "gpu_latency_ms_per_token": r.gpu_ms,
                  "speedup": r.speedup, "pim_energy_mj_per_token": r.pim_j * 1e3,
@@ -180,8 +199,19 @@ class CompareResult:
                  "row_hit_rate": r.row_hit_rate, "gpu_source": r.gpu_source}
                 for r in self.rows]
 
+    def crossover(self) -> dict:
+        """Per model, the smallest batch whose GPU tokens/s exceeds PIM's (None: none)."""
+        from workloads.compare_batched import crossover
+
+        return crossover(self.batch_rows)
+
     def to_dict(self) -> dict:
-        """JSON-ready: ``rows`` as ``pimsim compare --json`` prints them."""
+        """JSON-ready: ``rows`` as ``pimsim compare --json`` prints them; with batches also
+        ``batch_rows`` (what ``--batch --json`` prints) and ``crossover``."""
+        if self.batch_rows:
+            return {"rows": [dataclasses.asdict(r) for r in self.rows],
+                    "batch_rows": [dataclasses.asdict(r) for r in self.batch_rows],
+                    "crossover": self.crossover()}
         return {"rows": [dataclasses.asdict(r) for r in self.rows]}
 
     def to_pandas(self) -> Any:
@@ -193,10 +223,15 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
             prompt: int = 128, tokens: int = 8, schedule: str = "serial",
             devices: int | None = None, tp: int | None = None, pp: int | None = None,
             tp_attention: str | None = None, gpu_tp: int = 1, cache: bool = True,
-            show_progress: bool = False) -> CompareResult:
+            show_progress: bool = False, batches: Any = None,
+            gpu_power: str = "util") -> CompareResult:
     """Latency and energy per token of ``models`` on ``hw`` (simulated, the generating steps
     after a ``prompt``-token context) against ``gpu``: T4, A100, H100, H200 (the analytic
-    model; ``gpu_tp`` GPUs in tensor parallelism) or a measured baseline JSON file."""
+    model; ``gpu_tp`` GPUs in tensor parallelism) or a measured baseline JSON file.
+
+    ``batches`` (batch sizes, or a comma-separated string): instead, tokens/s and mJ/token per
+    batch size and the crossover batch (:mod:`workloads.compare_batched`; a modelled GPU with
+    ``gpu_power`` ``util``, the default, or ``board``; PIM sequences one after another)."""
     from workloads import comparison as C
     from workloads.models.resolve import preset_context
 
@@ -207,6 +242,12 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
     for m in models:
         check_context(m, preset_context(m), prompt=prompt, tokens=tokens)
     C.check_gpu(gpu, models)  # an unknown GPU or a bad baseline file: fail now
+    if batches is not None:
+        from workloads import compare_batched as CB
+
+        return CompareResult(batch_rows=CB.compare_batches(
+            models, cfg, gpu, CB.parse_batches(batches), prompt=prompt, tokens=tokens,
+            schedule=schedule, cache=cache, show=show_progress, tp=gpu_tp, power=gpu_power))
     rows = C.compare_rows(models, cfg, gpu, prompt=prompt, tokens=tokens, schedule=schedule,
                           cache=cache, show=show_progress, tp=gpu_tp)
     return CompareResult(rows)

@@ -2,13 +2,18 @@
 
 The analytic model (numpy and the standard library only):
 
-* :mod:`workloads.gpu.model` -- the batch-1 decode model (bytes over memory bandwidth, per-kernel
-  overhead, tensor parallelism over NVLink) and the GPU presets (T4, A100, H100, H200);
+* :mod:`workloads.gpu.model` -- the decode model (bytes over memory bandwidth, per-kernel
+  overhead, tensor parallelism over NVLink) at batch 1 and over a batch of decode sequences and
+  prefill chunks (``predict_batch``, ``predict_prefill``), and the GPU presets (T4, A100, H100,
+  H200);
 * :mod:`workloads.gpu.shapes` -- the :class:`~workloads.models.shape.DecoderShape` of every zoo
   preset, read from its config arguments;
 * :mod:`workloads.gpu.calibration` -- the fit of the model to the shipped measurements in
   ``data/`` (``gpu_measured_<gpu>.json``, ``gpu_measured_<gpu>_llama.json``);
-* :mod:`workloads.gpu.tables` -- measured against modelled, and the zoo presets modelled.
+* :mod:`workloads.gpu.batched_calibration` -- the fit of the batched model to a ``measure
+  batched`` JSON, with the held-out error by batch size and prompt length;
+* :mod:`workloads.gpu.tables` -- measured against modelled, and the zoo presets modelled (batch 1
+  and batched).
 
 The measured baselines (torch; run on a GPU machine, or ``--dry-run`` on a CPU):
 
@@ -23,6 +28,6 @@ The measured baselines (torch; run on a GPU machine, or ``--dry-run`` on a CPU):
 * :mod:`workloads.gpu.batched` -- Llama-family batched decode and prefill at every batch size.
 
 :mod:`workloads.gpu.cli` is the one command line, ``python -m workloads.gpu predict`` /
-``measure gpt|llama|llama-tp|batched``. The models side (:mod:`workloads.models.zoo`, the presets) does not
+``predict --batched FILE`` / ``measure gpt|llama|llama-tp|batched``. The models side (:mod:`workloads.models.zoo`, the presets) does not
 import this package. Importing this package imports neither torch nor the simulator.
 """

@@ -8,7 +8,10 @@ The measurements are the JSONs that :mod:`workloads.gpu.baseline` (GPT presets) 
 :func:`calibrate` fits one software path per file (GPT, or the gated-MLP Llama path),
 :func:`transfer` carries a fit to another preset (an assumption: same software path and
 per-kernel cost), :func:`calibrated_preset` applies both shipped fits, and
-:func:`leave_one_out` is the held-out check.
+:func:`leave_one_out` is the held-out check. Batched measurements (``measure batched``: decode
+steps of B sequences, prefill steps) have their own fit, :func:`calibrate_batched` of
+:mod:`workloads.gpu.batched_calibration` (re-exported here), with a held-out split by batch size
+and prompt length.
 
 Needs only numpy and the standard library.
 """
@@ -24,9 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from workloads.gpu.batched_calibration import calibrate_batched
 from workloads.gpu.model import GPUSpec, gpu_preset, kv_bytes_read, predict, weight_bytes_streamed
 from workloads.models.presets import get_config
 from workloads.models.shape import LLAMA_LAYOUT, DecoderShape
+
+__all__ = ["DATA_DIR", "GATED_FIELDS", "LLAMA_SUFFIX", "calibrate", "calibrate_batched",
+           "calibrated_preset", "cfg_from_result", "default_measured_path", "leave_one_out",
+           "llama_measured_path", "load_measured", "transfer"]
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 

@@ -3,6 +3,9 @@
 * ``predict [MEASURED] [--tp 1,2,4,8]`` -- the analytic model against the shipped (or given) GPT
   measurement, against the Llama measurement, and modelled for every zoo preset on 1..N GPUs
   (:mod:`workloads.gpu.tables`); no GPU needed;
+* ``predict --batched FILE`` -- the batched model fitted to a ``measure batched`` JSON, with the
+  error on the held-out batch sizes and prompt lengths
+  (:mod:`workloads.gpu.batched_calibration`);
 * ``measure gpt -o FILE`` -- the measured GPT baseline (:mod:`workloads.gpu.baseline`);
 * ``measure llama -o FILE`` -- the measured Llama-family baseline on one GPU
   (:mod:`workloads.gpu.llama`);
@@ -64,10 +67,35 @@ def _gpu_counts(text: str) -> list[int]:
     return counts
 
 
+BATCHED_FIX = "give a JSON written by python -m workloads.gpu measure batched"
+
+
+def _predict_batched(path: str) -> int:
+    """``predict --batched FILE``: the batched fit and its held-out error table."""
+    from workloads.gpu.batched_calibration import batched_table, calibrate_batched, load_batched
+
+    try:
+        doc = load_batched(path)
+    except OSError as e:
+        raise UserError(f"batched measurement {path!r} cannot be read ({e.strerror})",
+                        BATCHED_FIX) from None
+    except ValueError as e:
+        raise UserError(f"batched measurement {path!r}: {e}", BATCHED_FIX) from None
+    try:
+        cal = calibrate_batched(doc)
+    except ValueError as e:
+        raise UserError(f"batched measurement {path!r}: {e}", BATCHED_FIX) from None
+    print(f"Batched decode and prefill, measured vs model ({path}):")
+    print(batched_table(cal))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from workloads.gpu.calibration import load_measured
-    from workloads.gpu.tables import compare_table, llama_table, zoo_table
+    from workloads.gpu.tables import batch_zoo_table, compare_table, llama_table, zoo_table
 
+    if args.batched is not None:
+        return _predict_batched(args.batched)
     tps = _gpu_counts(args.tp)
     measured = None
     if args.measured is not None:
@@ -88,6 +116,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print()
     print("Zoo presets, modelled:")
     print(zoo_table(tps=tps))
+    print()
+    print("Batched decode, modelled:")
+    print(batch_zoo_table())
     return 0
 
 
@@ -298,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("measured", nargs="?", default=None,
                     help="GPT measurement JSON (default: the shipped one)")
     pr.add_argument("--tp", default="1,2,4,8", help="GPU counts for the zoo table (default 1,2,4,8)")
+    pr.add_argument("--batched", metavar="FILE", default=None,
+                    help="instead: fit the batched model to a measure-batched JSON and print "
+                         "the held-out error table")
     pr.set_defaults(func=cmd_predict)
 
     me = sub.add_parser("measure", help="measure batch-1 decode on this machine's GPU(s)")

@@ -46,6 +46,15 @@ boards. NVLink bandwidth and memory capacity are datasheet values (see ``GPU_PRE
 per-call all-reduce latency and the per-GPU memory reserve are assumptions. A model that does not
 fit N GPUs raises ValueError naming the GPU count that fits (:func:`min_gpus`).
 
+Batches (:func:`predict_batch`, :func:`predict_prefill`, both :func:`predict_step`): one step
+reads the weights once for all its sequences and each sequence's KV on its own; its FLOPs are
+every token's, so a large batch or a prefill turns compute bound (``peak x compute_eff``, where
+``compute_eff`` matters). Energy defaults to utilisation power there (the board's power only
+when asked: ``power="board"``); :func:`workloads.gpu.calibration.calibrate_batched` fits
+efficiencies, per-kernel overhead and power to a batched measurement
+(:mod:`workloads.gpu.batched`). Without one, the batched numbers are the batch-1 calibration's
+roofline extended to a batch: uncalibrated beyond batch 1.
+
 Needs only the standard library.
 """
 
@@ -235,9 +244,121 @@ def check_fits(g: GPUSpec, cfg: Any, tp: int = 1) -> None:
             f"reserve); {fix}")
 
 
+POWER_MODELS = ("board", "util")
+POWER_LABELS = {
+    "board": "board power (datasheet TDP throughout the step, an upper bound)",
+    "util": "utilisation power (idle + dynamic x the busier of memory and compute)",
+}
+
+
+def _resolve(gpu: GPUSpec | str, model_cfg: Any, tp: int) -> tuple[GPUSpec, Any]:
+    """The spec for ``model_cfg``'s software path and the shape, after the input checks shared
+    by every prediction (tp a positive int, NVLink for tp > 1, the model fits tp GPUs)."""
+    g = gpu_preset(gpu) if isinstance(gpu, str) else gpu
+    model_cfg = shape_for(model_cfg)
+    g = g.for_shape(model_cfg)
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise ValueError(f"tp must be a positive int, got {tp!r}")
+    if tp > 1 and g.nvlink_bw <= 0:
+        raise ValueError(f"tp={tp}: {g.name} has no NVLink in this model; use A100, H100 or H200")
+    check_fits(g, model_cfg, tp)
+    return g, model_cfg
+
+
+def prefill_flops(cfg: Any, start: int, n: int) -> int:
+    """FLOPs of a prefill chunk of ``n`` tokens at positions ``start .. start + n - 1``: each
+    token's :func:`decode_flops` at its position, i.e. ``2 x (matmul parameters) x n`` plus the
+    causal attention's ``4 x d_attn x (pos + 1)`` per layer and token (the ``P^2 / 2`` term), and
+    the LM head for every token (an upper bound: a prefill needs the last token's logits only).
+    ``decode_flops`` is affine in the position, so the sum is ``n x (first + last) / 2`` exactly."""
+    if n < 1:
+        return 0
+    return n * (decode_flops(cfg, start) + decode_flops(cfg, start + n - 1)) // 2
+
+
+def _watts(g: GPUSpec, power: str, util: float) -> float:
+    """Per-GPU power: ``board`` (datasheet board power) or ``util`` (``idle_w + dyn_w x u``, at
+    most board power; ``dyn_w`` defaults to board - idle, a calibration fits it)."""
+    if power == "board":
+        return g.board_w
+    if power == "util":
+        dyn = g.board_w - g.idle_w if g.dyn_w is None else g.dyn_w
+        return min(g.board_w, g.idle_w + dyn * min(1.0, util))
+    raise ValueError(f"power must be 'board' or 'util', got {power!r}")
+
+
+def predict_step(gpu: GPUSpec | str, model_cfg: Any, decode_positions: Sequence[int] = (),
+                 prefill_chunks: Sequence[tuple[int, int]] = (), *, static_cache: bool = False,
+                 n_kernels: float | None = None, power: str = "util",
+                 tp: int = 1) -> dict[str, float]:
+    """Time and energy of one forward pass (one CUDA graph) over a batch: every sequence of
+    ``decode_positions`` decodes one token at its position, every ``(start, n)`` of
+    ``prefill_chunks`` processes prompt tokens ``start .. start + n - 1`` of one sequence.
+
+    The roofline of one step (per GPU under tensor parallelism ``tp``)::
+
+        bytes   = weight bytes streamed, once per step whatever the batch (shared by all
+                  sequences) / tp
+                  + KV bytes read: each decode sequence's pos + 1 positions (all ``n_ctx``
+                    slots with ``static_cache``), each prefill chunk's cache up to its last
+                    token (once per chunk), x the GPU's KV share (its KV heads)
+        flops   = each decode token's :func:`decode_flops` + each chunk's :func:`prefill_flops`
+        time    = max(bytes / (BW x mem_eff), flops / tp / (peak x compute_eff))
+                  + n_kernels x kernel_overhead (one graph per step, the same kernel count as a
+                    batch-1 step: an assumption for prefill)
+                  + collectives (tp > 1): two ring all-reduces per layer of every token's
+                    d_model activations, one all-gather of every sequence's logits
+        energy  = tp x power x time; ``power="util"`` (the default): ``idle + dyn x u`` with u
+                  the busier of bandwidth (bytes / (time x BW)) and compute
+                  (flops / tp / (time x peak)) utilisation, at most board power; ``"board"``:
+                  the board's datasheet power throughout (an upper bound)
+
+    A single decode sequence is :func:`predict` exactly (``u`` is then the bandwidth
+    utilisation: decode does about one FLOP per byte, far below peak / BW). Returns
+    :func:`predict`'s keys plus ``flops``, ``compute_util``, ``tokens`` (tokens processed),
+    ``sequences``, ``tokens_per_s``, ``j_per_token`` (per token processed) and ``power``.
+    """
+    g, cfg = _resolve(gpu, model_cfg, tp)
+    decode_positions = list(decode_positions)
+    prefill_chunks = [(int(s), int(n)) for s, n in prefill_chunks]
+    if not decode_positions and not prefill_chunks:
+        raise ValueError("a step needs at least one decode position or prefill chunk")
+    for p in decode_positions:
+        if not 0 <= p < cfg.n_ctx:
+            raise ValueError(f"position {p} outside [0, {cfg.n_ctx})")
+    for s, n in prefill_chunks:
+        if n < 1 or s < 0 or s + n > cfg.n_ctx:
+            raise ValueError(f"prefill chunk ({s}, {n}) outside the context of {cfg.n_ctx}")
+    if power not in POWER_MODELS:
+        raise ValueError(f"power must be 'board' or 'util', got {power!r}")
+    kv = sum(kv_bytes_read(cfg, p, static_cache=static_cache) for p in decode_positions) \
+        + sum(kv_bytes_read(cfg, s + n - 1, static_cache=static_cache) for s, n in prefill_chunks)
+    nbytes = weight_bytes_streamed(cfg) / tp + kv * _kv_share(cfg, tp)
+    flops = sum(decode_flops(cfg, p) for p in decode_positions) \
+        + sum(prefill_flops(cfg, s, n) for s, n in prefill_chunks)
+    mem_s = nbytes / (g.mem_bw * g.mem_eff)
+    comp_s = flops / tp / (g.peak_flops * g.compute_eff)
+    nk = g.n_kernels(cfg) if n_kernels is None else n_kernels
+    over_s = nk * g.kernel_overhead_s
+    n_tok = len(decode_positions) + sum(n for _, n in prefill_chunks)
+    n_seq = len(decode_positions) + len(prefill_chunks)
+    comm_s = 2 * cfg.n_layer * allreduce_s(g, n_tok * cfg.d_model * FP16_BYTES, tp) \
+        + allgather_s(g, n_seq * cfg.vocab * FP16_BYTES, tp)
+    t = max(mem_s, comp_s) + over_s + comm_s
+    util = nbytes / (t * g.mem_bw)
+    cutil = flops / tp / (t * g.peak_flops)
+    watts = _watts(g, power, max(util, cutil))
+    return {"ms": t * 1e3, "joules": tp * watts * t, "watts": tp * watts, "watts_per_gpu": watts,
+            "bytes": float(nbytes), "mem_ms": mem_s * 1e3, "compute_ms": comp_s * 1e3,
+            "overhead_ms": over_s * 1e3, "comm_ms": comm_s * 1e3, "n_kernels": float(nk),
+            "bw_util": util, "tp": tp, "flops": float(flops), "compute_util": cutil,
+            "tokens": n_tok, "sequences": n_seq, "tokens_per_s": n_tok / t,
+            "j_per_token": tp * watts * t / n_tok, "power": power}
+
+
 def predict(gpu: GPUSpec | str, model_cfg: Any, pos: int, *, static_cache: bool = False,
             n_kernels: float | None = None, power: str = "board", tp: int = 1) -> dict[str, float]:
-    """Time and energy of one decode step at position ``pos``.
+    """Time and energy of one decode step at position ``pos`` (batch 1).
 
     ``model_cfg``: a :class:`DecoderShape`, a preset name (GPT or zoo), or the fields of a
     GPT-layout measurement row (:func:`is_shape`). ``tp``: tensor parallelism over that many
@@ -248,39 +369,45 @@ def predict(gpu: GPUSpec | str, model_cfg: Any, pos: int, *, static_cache: bool 
 
     Returns ``ms``, ``joules``, ``watts`` (all boards) and the parts (``bytes`` and ``bw_util``
     per GPU, ``mem_ms``, ``compute_ms``, ``overhead_ms``, ``comm_ms``, ``n_kernels``, ``tp``,
-    ``watts_per_gpu``). ``power``: ``board`` (board power throughout)
-    or ``util`` (``idle_w + dyn_w x u``, u = achieved/peak bandwidth, at most board power;
-    ``dyn_w`` defaults to board - idle, :func:`workloads.gpu.calibration.calibrate` fits it).
+    ``watts_per_gpu``), and :func:`predict_step`'s extra keys. ``power``: ``board`` (board
+    power throughout; the default here, as the batch-1 tables have always used it) or ``util``
+    (``idle_w + dyn_w x u``, u = achieved/peak bandwidth, at most board power; ``dyn_w``
+    defaults to board - idle, :func:`workloads.gpu.calibration.calibrate` fits it). This is
+    :func:`predict_step` with one decode sequence.
     """
-    g = gpu_preset(gpu) if isinstance(gpu, str) else gpu
-    model_cfg = shape_for(model_cfg)
-    g = g.for_shape(model_cfg)
-    if not 0 <= pos < model_cfg.n_ctx:
-        raise ValueError(f"position {pos} outside [0, {model_cfg.n_ctx})")
-    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
-        raise ValueError(f"tp must be a positive int, got {tp!r}")
-    if tp > 1 and g.nvlink_bw <= 0:
-        raise ValueError(f"tp={tp}: {g.name} has no NVLink in this model; use A100, H100 or H200")
-    check_fits(g, model_cfg, tp)
-    nbytes = weight_bytes_streamed(model_cfg) / tp \
-        + kv_bytes_read(model_cfg, pos, static_cache=static_cache) * _kv_share(model_cfg, tp)
-    mem_s = nbytes / (g.mem_bw * g.mem_eff)
-    comp_s = decode_flops(model_cfg, pos) / tp / (g.peak_flops * g.compute_eff)
-    nk = g.n_kernels(model_cfg) if n_kernels is None else n_kernels
-    over_s = nk * g.kernel_overhead_s
-    comm_s = 2 * model_cfg.n_layer * allreduce_s(g, model_cfg.d_model * FP16_BYTES, tp) \
-        + allgather_s(g, model_cfg.vocab * FP16_BYTES, tp)
-    t = max(mem_s, comp_s) + over_s + comm_s
-    util = nbytes / (t * g.mem_bw)
-    if power == "board":
-        watts = g.board_w
-    elif power == "util":
-        dyn = g.board_w - g.idle_w if g.dyn_w is None else g.dyn_w
-        watts = min(g.board_w, g.idle_w + dyn * min(1.0, util))
-    else:
-        raise ValueError(f"power must be 'board' or 'util', got {power!r}")
-    return {"ms": t * 1e3, "joules": tp * watts * t, "watts": tp * watts, "watts_per_gpu": watts,
-            "bytes": float(nbytes), "mem_ms": mem_s * 1e3, "compute_ms": comp_s * 1e3,
-            "overhead_ms": over_s * 1e3, "comm_ms": comm_s * 1e3, "n_kernels": float(nk),
-            "bw_util": util, "tp": tp}
+    return predict_step(gpu, model_cfg, [pos], (), static_cache=static_cache,
+                        n_kernels=n_kernels, power=power, tp=tp)
 
+
+def predict_batch(gpu: GPUSpec | str, model_cfg: Any, batch: int,
+                  kv_lens: int | Sequence[int], *, power: str = "util", tp: int = 1,
+                  static_cache: bool = False, n_kernels: float | None = None) -> dict[str, float]:
+    """One decode step of ``batch`` sequences, each generating one token after ``kv_len`` cached
+    tokens (the token at position ``kv_len``; one int for all, or one per sequence): the weights
+    are read once for the batch, each sequence's KV on its own (:func:`predict_step`).
+    ``ms`` is the step, i.e. each sequence's time per token; ``tokens_per_s`` the batch's;
+    ``joules`` the step's, ``j_per_token`` per output token. ``power``: ``util`` (default) or
+    ``board``. ``batch=1`` is :func:`predict` at ``pos = kv_len`` with the same power model."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    lens = [kv_lens] * batch if isinstance(kv_lens, int) else [int(x) for x in kv_lens]
+    if len(lens) != batch:
+        raise ValueError(f"{len(lens)} KV lengths for a batch of {batch}")
+    return predict_step(gpu, model_cfg, lens, (), static_cache=static_cache,
+                        n_kernels=n_kernels, power=power, tp=tp)
+
+
+def predict_prefill(gpu: GPUSpec | str, model_cfg: Any, prompt_len: int, batch: int = 1, *,
+                    power: str = "util", tp: int = 1,
+                    n_kernels: float | None = None) -> dict[str, float]:
+    """One prefill step of ``batch`` prompts of ``prompt_len`` tokens each (positions
+    ``0 .. prompt_len - 1``, one forward pass; :func:`predict_step` with ``batch`` chunks):
+    FLOPs ``2 x params x P`` plus the causal attention's ``P^2`` terms per prompt
+    (:func:`prefill_flops`), bytes the weights once plus each prompt's KV.
+    ``tokens_per_s`` counts the prompt tokens; ``j_per_token`` per prompt token."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    if not isinstance(prompt_len, int) or isinstance(prompt_len, bool) or prompt_len < 1:
+        raise ValueError(f"prompt_len must be a positive int, got {prompt_len!r}")
+    return predict_step(gpu, model_cfg, (), [(0, prompt_len)] * batch, power=power, tp=tp,
+                        n_kernels=n_kernels)

@@ -1,5 +1,6 @@
 """Markdown tables of the GPU model: measured against modelled (the GPT and the Llama
-measurements, with the held-out check) and the zoo presets modelled on one or more GPUs.
+measurements, with the held-out check), the zoo presets modelled on one or more GPUs, and
+batched decode modelled per batch size (:func:`batch_zoo_table`).
 
 What ``python -m workloads.gpu predict`` prints. Needs only numpy and the standard library.
 """
@@ -138,3 +139,36 @@ def zoo_table(gpus: Sequence[str] = ("A100", "H100", "H200"), tps: Sequence[int]
                  "fit that many GPUs' memory")
     return "\n".join(lines)
 
+
+
+def batch_zoo_table(gpus: Sequence[str] = ("H100", "H200"),
+                    models: Sequence[str] = ("llama2-7b", "llama3-8b", "llama2-13b"),
+                    batches: Sequence[int] = (1, 16, 64, 256), kv_len: int = 512,
+                    power: str = "util") -> str:
+    """Markdown table: modelled decode tokens/s and mJ/token at each batch size (every sequence
+    at KV length ``kv_len``) on one GPU of each of ``gpus``, with both shipped calibrations
+    (:func:`calibrated_preset`; uncalibrated beyond batch 1), energy from ``power``; ``-`` where
+    the weights and the batch's KV do not fit the GPU's memory."""
+    from workloads.gpu.model import POWER_LABELS, kv_bytes_read, predict_batch
+
+    specs = [calibrated_preset(n) for n in gpus]
+    head = ["model"] + [f"{g.name} B={b}" for g in specs for b in batches]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in models:
+        cfg = shape_for(name)
+        cells = [name]
+        for g in specs:
+            for b in batches:
+                need = cfg.n_params * FP16_BYTES + b * kv_bytes_read(cfg, kv_len) + g.reserve_bytes
+                if g.mem_bytes > 0 and need > g.mem_bytes:
+                    cells.append("-")
+                    continue
+                r = predict_batch(g, cfg, b, kv_len, power=power)
+                cells.append(f"{r['tokens_per_s']:,.0f} tok/s {r['j_per_token'] * 1e3:.1f} mJ")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"decode tokens/s of the batch and mJ per output token at KV length {kv_len}, "
+                 f"fp16, one GPU; {POWER_LABELS[power]}; the batch-1 calibration's roofline "
+                 "(uncalibrated beyond batch 1: python -m workloads.gpu predict --batched FILE "
+                 "fits a measurement); '-': weights + the batch's KV exceed the GPU memory")
+    return "\n".join(lines)

@@ -153,20 +153,11 @@ class GpuModelCost:
     extended to a batch; an uncalibrated roofline until batched measurements are fitted (the
     model's efficiencies and kernel counts are the batch-1 calibration).
 
-    One step (one forward pass over every scheduled token)::
-
-        bytes   = weight bytes streamed (once per step, shared by all sequences) / tp
-                  + KV bytes read: each decode sequence's pos + 1 positions, each prefill
-                    chunk's cache up to its last token (once per chunk), x the GPU's KV share
-        flops   = each decode token's decode FLOPs at its position + each prefill token's
-                  (the LM head counted for every prefill token: an upper bound)
-        time    = max(bytes / (BW x mem_eff), flops / tp / (peak x compute_eff))
-                  + n_kernels x kernel_overhead + collectives (tp > 1: the batch-1 model's
-                  all-reduces of every token's activations, an all-gather of every
-                  sequence's logits)
-        energy  = power x time, power from the GPU model's power model (``power="util"``, the
-                  default: idle + dynamic x bandwidth utilisation; ``"board"``: the board's
-                  datasheet power throughout the step, an upper bound, never the default)
+    One step is one forward pass over every scheduled token:
+    :func:`workloads.gpu.model.predict_step` (weights once per step, each sequence's KV, every
+    token's FLOPs, the roofline plus kernel overheads and collectives; energy from the GPU
+    model's power model: ``power="util"``, the default, or ``"board"``, the board's datasheet
+    power throughout the step, an upper bound, never the default).
 
     At batch 1 with no prefill this is :func:`workloads.gpu.model.predict` exactly. KV capacity:
     the GPU memory left after the fp16 weights (/ tp) and the model's [assumed] per-GPU reserve,
@@ -215,35 +206,12 @@ class GpuModelCost:
 
     def step(self, decode_ctx_lens: Sequence[int],
              prefill_chunks: Sequence[tuple[int, int]]) -> StepTime:
-        from workloads.gpu.model import (
-            FP16_BYTES,
-            allgather_s,
-            allreduce_s,
-            decode_flops,
-            kv_bytes_read,
-            weight_bytes_streamed,
-        )
+        from workloads.gpu.model import predict_step
 
         _check_positions(decode_ctx_lens, prefill_chunks, self.n_ctx)
         if not decode_ctx_lens and not prefill_chunks:
             return StepTime(0.0, 0.0, (0.0,) * self.devices)
-        g, cfg, tp = self.spec, self.shape, self.tp
-        kv = sum(kv_bytes_read(cfg, p) for p in decode_ctx_lens) \
-            + sum(kv_bytes_read(cfg, s + n - 1) for s, n in prefill_chunks)
-        nbytes = weight_bytes_streamed(cfg) / tp + kv * self._kv_share
-        flops = sum(decode_flops(cfg, p) for p in decode_ctx_lens) \
-            + sum(decode_flops(cfg, q) for s, n in prefill_chunks for q in range(s, s + n))
-        mem_s = nbytes / (g.mem_bw * g.mem_eff)
-        comp_s = flops / tp / (g.peak_flops * g.compute_eff)
-        over_s = g.n_kernels(cfg) * g.kernel_overhead_s
-        n_tok = len(decode_ctx_lens) + sum(n for _, n in prefill_chunks)
-        n_seq = len(decode_ctx_lens) + len(prefill_chunks)
-        comm_s = 2 * cfg.n_layer * allreduce_s(g, n_tok * cfg.d_model * FP16_BYTES, tp) \
-            + allgather_s(g, n_seq * cfg.vocab * FP16_BYTES, tp)
-        t = max(mem_s, comp_s) + over_s + comm_s
-        if self.power == "board":
-            watts = g.board_w
-        else:
-            dyn = g.board_w - g.idle_w if g.dyn_w is None else g.dyn_w
-            watts = min(g.board_w, g.idle_w + dyn * min(1.0, nbytes / (t * g.mem_bw)))
-        return StepTime(t, tp * watts * t, (t,) * tp)
+        r = predict_step(self.spec, self.shape, decode_ctx_lens, prefill_chunks,
+                         power=self.power, tp=self.tp)
+        t = r["ms"] / 1e3
+        return StepTime(t, r["joules"], (t,) * self.tp)
