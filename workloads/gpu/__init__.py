@@ -28,6 +28,7 @@ The measured baselines (torch; run on a GPU machine, or ``--dry-run`` on a CPU):
 * :mod:`workloads.gpu.batched` -- Llama-family batched decode and prefill at every batch size.
 
 :mod:`workloads.gpu.cli` is the one command line, ``python -m workloads.gpu predict`` /
-``predict --batched FILE`` / ``measure gpt|llama|llama-tp|batched``. The models side (:mod:`workloads.models.zoo`, the presets) does not
-import this package. Importing this package imports neither torch nor the simulator.
+``predict --batched FILE`` / ``measure gpt|llama|llama-tp|batched``. The models side
+(:mod:`workloads.models.zoo`, the presets) does not import this package. Importing this
+package imports neither torch nor the simulator.
 """
