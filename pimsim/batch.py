@@ -191,7 +191,7 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     The report: ``ms_per_token`` / ``per_token_ms`` are per step (each sequence's token
     latency), ``tokens_per_s`` = B / step time, ``extra["batch"]`` the batch, the step time and
     the MAC-rate bound (:func:`mac_bound_cyc`); ``tokens`` one list per sequence (functional
-    runs); energy per token is a step's energy / B."""
+    runs); energy per token (``per_token_j`` too) is a step's energy / B."""
     prompts = [list(p) for p in prompts]
     bprog = BatchedProgram(prog, len(prompts))
     B = bprog.batch
@@ -260,9 +260,7 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     bound_ms = ns(mac_bound_cyc(bprog, cfg)) / 1e6
     energy = {}
     if with_energy:
-        energy = _energy_summary(e_sum, per_step_j, n_gen * B)
-        if B > 1:
-            energy["per_step_j"] = per_step_j
+        energy = _energy_summary(e_sum, [j / B for j in per_step_j], n_gen * B)
     tps = 1000.0 * B / ms_step if ms_step else 0.0
     return RunReport(
         model=prog.model, hw=cfg.name, schedule=schedule, refresh=cfg.refresh.enabled,
@@ -282,12 +280,3 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                          "max_batch": max_batch(prog),
                          "positions_last_step": list(ps)}})
 
-
-def batch_summary(rep: RunReport) -> str:
-    """One line: the step time of the batch against the MAC-rate bound."""
-    b = rep.extra["batch"]
-    return (f"  batch {b['batch']}: {b['ms_per_step']:.4f} ms/step, {b['tokens_per_s']:,.1f} "
-            f"tokens/s; MAC-rate bound {b['mac_bound_ms_per_step']:.4f} ms/step "
-            f"({b['ms_per_step'] / b['mac_bound_ms_per_step']:.2f}x the bound; "
-            f"{b['mac_bound']})" if b["mac_bound_ms_per_step"] else
-            f"  batch {b['batch']}: {b['ms_per_step']:.4f} ms/step")

@@ -113,7 +113,8 @@ def cmd_run(args) -> int:
                            tokens=args.tokens, prompt=args.prompt, schedule=args.schedule,
                            seed=args.seed, functional=args.functional, exact=args.exact,
                            keep_logits=bool(args.logits), context=args.context,
-                           fast=not args.slow, cache=not args.no_cache, show_progress=show)
+                           fast=not args.slow, cache=not args.no_cache, show_progress=show,
+                           batch=args.batch)
     c, cfg = res.compiled, res.cfg
     tl_pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
     if args.timeline:
@@ -415,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--slow", action="store_true",
                    help="command-by-command SimPy executor (reference for the fast path)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("--batch", "--max-num-seqs", type=int_in(1, 1 << 20), default=None,
+                   metavar="B", help="batched decode of B sequences sharing every weight row "
+                                     "read (each with its own KV cache); reports the time per "
+                                     "step against the MAC-rate bound")
     progress(r)
     no_cache(r)
     system(r)
