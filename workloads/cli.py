@@ -104,6 +104,10 @@ def cmd_run(args) -> int:
     if args.timeline_pos is not None:
         session.check_context(args.model, ctx, pos=args.timeline_pos, pos_flag="--timeline-pos")
     check_writable(args.timeline, "timeline file (--timeline)")
+    if args.batch is not None and (args.timeline or args.logits):
+        raise UserError(f"--{'timeline' if args.timeline else 'logits'} shows one sequence's "
+                        f"decode steps: not with --batch",
+                        "run without --batch for a timeline or the logits")
     if args.logits and not args.functional:
         raise UserError("--logits needs --functional (timing runs compute no numbers)",
                         "add --functional")
