@@ -181,9 +181,10 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                 skip_prompt: bool = False) -> RunReport:
     """Decode ``len(prompts)`` sequences together: each processes its prompt token by token,
     then generates ``n_tokens`` tokens greedily; every decode step is one batched step over
-    the sequences' positions. ``functional``: one executor per sequence (the numbers of each
-    sequence as a single run computes them: on the shipped configs a pass holds one sequence,
-    so the batched loop order reads each accumulator where batch 1 does). ``skip_prompt``
+    the sequences' positions. ``functional``: one executor per sequence
+    (:class:`~pimsim.functional.FlowExecutor`), each reading its accumulators where the batched
+    loop order does (``set_batch``; on the shipped configs a pass holds one sequence, so that
+    is where batch 1 reads them). ``skip_prompt``
     (timing only): only the generating steps, sequence ``b`` at positions ``len(prompts[b]) -
     1`` onwards (prompts of different lengths: each sequence at its own position); otherwise
     the prompts must have one length.
@@ -195,8 +196,12 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     prompts = [list(p) for p in prompts]
     bprog = BatchedProgram(prog, len(prompts))
     B = bprog.batch
-    if functional is not None and len(functional) != B:
-        raise ValueError(f"{len(functional)} functional executors for {B} sequences")
+    if functional is not None:
+        if len(functional) != B:
+            raise ValueError(f"{len(functional)} functional executors for {B} sequences")
+        if B > 1:
+            for b, fx in enumerate(functional):
+                fx.set_batch(B, b)
     if skip_prompt and functional is not None:
         raise ValueError("skip_prompt is for timing runs; functional runs need every prompt step")
     n_ctx = prog.dims["n_ctx"]

@@ -30,6 +30,7 @@ line. Each PIM step runs on every channel and ends at a synchronisation point.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -587,6 +588,15 @@ class MatvecOrder:
         the accumulator reads; the remaining sequences are further passes that refill the
         buffer."""
         return _groups(batch, max(1, min(batch, m.gb_cols // m.chunk_cols)))
+
+    def batch_read_layout(self, m: MatrixLayout, batch: int, seq: int) -> MatrixLayout:
+        """A layout whose :meth:`read_segments` are sequence ``seq``'s accumulator reads in a
+        batch of ``batch`` (the functional model's numerics): ``m`` where the sequence's pass
+        holds it alone, else ``m`` with fills of one row chunk (:meth:`batch_fills`)."""
+        for p in self.batch_passes(m, batch):
+            if seq in p:
+                return m if len(p) == 1 else dataclasses.replace(m, fill_cols=m.chunk_cols)
+        raise ValueError(f"sequence {seq} is not in a batch of {batch}")
 
     @staticmethod
     def batch_fills(m: MatrixLayout, n_seq: int) -> tuple:

@@ -231,17 +231,27 @@ def test_run_batch_json_has_the_batch_fields():
 
 # ------------------------------------------------------------------ functional
 
-def test_batched_sequences_give_the_tokens_of_single_runs():
+@pytest.mark.parametrize("big_buffer", [False, True])
+def test_batched_sequences_give_the_tokens_of_single_runs(big_buffer):
+    """On pim-gpt every pass holds one sequence; with a buffer of 4 rows and 4 accumulators
+    the three sequences share each activation and read their accumulators after every row
+    chunk (the batched order's numerics): the greedy tokens stay those of single runs."""
     from workloads.validation import functional_executor
 
     cfg = load_config("pim-gpt")
+    if big_buffer:
+        cfg = with_(cfg, pim__global_buffer_bytes=4 * 2048, pim__accumulators_per_bank=4)
     c = compile_model("tiny-counter", cfg, weights=True)
     prog = system_programs(c, cfg)[0]
     prompts = [[3, 4, 5], [10, 11, 12], [20, 21, 22]]
     singles = [run_generation(prog, cfg, prompt=p, n_tokens=5,
                               functional=functional_executor(c, cfg, False)).tokens
                for p in prompts]
-    rep = run_batched(prog, cfg, prompts=prompts, n_tokens=5,
-                      functional=[functional_executor(c, cfg, False) for _ in prompts])
+    fxs = [functional_executor(c, cfg, False) for _ in prompts]
+    rep = run_batched(prog, cfg, prompts=prompts, n_tokens=5, functional=fxs)
     assert rep.tokens == singles
+    batched_reads = [n for n, m in prog.matrices.items()
+                     if m.strategy.batch_read_layout(m, 3, 0) is not m]
+    assert bool(batched_reads) == big_buffer
+    assert set(fxs[0].read_layouts) == set(batched_reads)
     assert len({tuple(t) for t in singles}) == 3  # the prompts lead to different tokens
