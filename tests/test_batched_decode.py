@@ -255,3 +255,18 @@ def test_batched_sequences_give_the_tokens_of_single_runs(big_buffer):
     assert bool(batched_reads) == big_buffer
     assert set(fxs[0].read_layouts) == set(batched_reads)
     assert len({tuple(t) for t in singles}) == 3  # the prompts lead to different tokens
+
+
+def test_run_batch_list_prints_step_time_against_b():
+    out = subprocess.run([sys.executable, "-m", "workloads.cli", "run", "tiny", "--tokens", "2",
+                          "--batch", "1,2,4", "--json"], capture_output=True, text=True,
+                         check=True)
+    scan = json.loads(out.stdout)
+    assert [r["batch"] for r in scan["rows"]] == [1, 2, 4]
+    for r in scan["rows"]:
+        assert r["ms_per_step"] >= r["mac_bound_ms_per_step"] > 0
+    assert scan["saturation_batch"] in (1, 2, 4)
+    assert scan["peak_tokens_per_s"] <= scan["mac_bound_tokens_per_s"]
+    text = subprocess.run([sys.executable, "-m", "workloads.cli", "run", "tiny", "--tokens", "2",
+                           "--batch", "1,2"], capture_output=True, text=True, check=True).stdout
+    assert "saturates at B =" in text and "MAC bound ms/step" in text
