@@ -35,8 +35,7 @@ from pimsim.decode import DecodeSimulator
 from pimsim.energy import EnergyReport
 from pimsim.errors import HardwareFitError, UserError
 from pimsim.generate import Executor, TokenEnergy, _energy_summary, _StepCost, token_breakdown
-from pimsim.isa import (PER_OP_KEYS, Program, Step, _attn_score_items, _attn_value_items,
-                        _kv_write_items, _matvec_items)
+from pimsim.isa import PER_OP_KEYS, Program, Step, _attn_score_items, _attn_value_items, _kv_write_items, _matvec_items
 from pimsim.report import BREAKDOWN_KEYS, RunReport
 
 MAC_BOUND_FORMULA = ("B x weight MACs / (banks x MACs per bank per cycle); MACs per bank per "
