@@ -167,7 +167,8 @@ class BatchedProgram(Program):
 def mac_bound_cyc(prog: BatchedProgram, cfg: HwConfig) -> float:
     """The PIM device's MAC-rate bound on a batched step, in DRAM command cycles: ``B x weight
     MACs / (banks x MACs per bank per cycle)``, a bank doing ``mac_lanes_per_bank`` MACs every
-    ``nCCDL`` cycles (one MAC_AB column). No schedule of the step can be faster."""
+    ``nCCDL`` cycles (one MAC_AB column; every bank counted, as the MAC_AB command serves
+    every bank of the channel at that rate). No schedule of the step can be faster."""
     banks = prog.geo.channels * prog.geo.banks
     per_bank_per_cyc = cfg.pim.mac_lanes_per_bank / cfg.timing.nCCDL
     return prog.batch * prog.weight_macs() / (banks * per_bank_per_cyc)
