@@ -576,6 +576,18 @@ class FlowExecutor:
             size = int(np.prod(shape)) if shape else 1
             self.consts[name] = entries[entry][off:off + size].reshape(shape)
         self.env: dict[str, np.ndarray] = {}
+        self.read_layouts: dict[str, MatrixLayout] = {}  # set_batch: the batched read order
+
+    def set_batch(self, batch: int, seq: int) -> None:
+        """Compute as sequence ``seq`` of a batched decode step of ``batch`` sequences
+        (:mod:`pimsim.batch`): each matrix's accumulators are read where the batched loop
+        order reads them (:meth:`pimsim.isa.MatvecOrder.batch_read_layout`); batch 1 is the
+        unbatched order."""
+        self.read_layouts = {}
+        for name, m in self.prog.matrices.items():
+            r = m.strategy.batch_read_layout(m, batch, seq)
+            if r is not m:
+                self.read_layouts[name] = r
 
     def _dims(self, v, pos: int):
         if isinstance(v, tuple) and len(v) == 3 and v[0] == "pos":
@@ -655,7 +667,11 @@ class FlowExecutor:
         return self._base._read_matrix_row(self.prog.tables[table], idx)
 
     def _mv(self, matrix: str, x: np.ndarray, n_out: int) -> np.ndarray:
-        return self._base._matvec(self.prog.matrices[matrix], x)
+        return self._base._matvec(self._layout(matrix), x)
+
+    def _layout(self, matrix: str) -> MatrixLayout:
+        """The layout of ``matrix`` whose read order the products follow."""
+        return self.read_layouts.get(matrix) or self.prog.matrices[matrix]
 
     def _kv_write(self, attn: int, is_k: bool, pos: int, new: np.ndarray) -> None:
         kl, vl = self.prog.kv_layouts[attn]
@@ -715,10 +731,16 @@ class SystemFlowExecutor(FlowExecutor):
         self.stage_of_attn = {kl.layer: (s, k) for s, p in enumerate(stages)
                               for k, (kl, _) in enumerate(p.kv_layouts)}
 
+    def set_batch(self, batch: int, seq: int) -> None:
+        super().set_batch(batch, seq)
+        for row in self.dev:
+            for d in row:
+                d.set_batch(batch, seq)
+
     def _mv(self, matrix: str, x: np.ndarray, n_out: int) -> np.ndarray:
         s = self.stage_of_matrix[matrix]
         devs, prog = self.dev[s], self.dev[s][0].prog
-        m = prog.matrices[matrix]
+        m = devs[0]._layout(matrix)
         split = prog.tp_rows.get(matrix)
         if split is None:
             return devs[0]._base._matvec(m, x)

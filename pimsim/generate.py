@@ -29,6 +29,9 @@ class Executor(Protocol):
 
     def step(self, token: int, pos: int) -> np.ndarray: ...
 
+    def set_batch(self, batch: int, seq: int) -> None:
+        """Compute as sequence ``seq`` of a batch (:mod:`pimsim.batch`)."""
+
 
 _MAC = [cmd_id(n) for n in ("MAC_AB", "MAC_SB", "EWMUL")]
 _XFER = [cmd_id(n) for n in LINK_CMDS]

@@ -30,6 +30,7 @@ line. Each PIM step runs on every channel and ends at a synchronisation point.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -532,13 +533,16 @@ def _latest(kind: str, layout: object, key: tuple, build, per: int = -1):
     return items
 
 
-def _matvec_items(m: MatrixLayout) -> list[np.ndarray]:
-    return _latest("matvec", m, (), lambda: _build_matvec_items(m))
+def _matvec_items(m: MatrixLayout, batch: int = 1) -> list[np.ndarray]:
+    if batch == 1:
+        return _latest("matvec", m, (), lambda: _build_matvec_items(m))
+    return _latest("matvec-batch", m, (batch,), lambda: _build_matvec_items(m, batch))
 
 
-def _build_matvec_items(m: MatrixLayout) -> list[np.ndarray]:
-    """Per channel, the items of ``m``'s loop order (static for a given layout)."""
-    return [_arr(m.strategy.items(m, ch)) for ch in range(m.geo.channels)]
+def _build_matvec_items(m: MatrixLayout, batch: int = 1) -> list[np.ndarray]:
+    """Per channel, the items of ``m``'s loop order for ``batch`` sequences (static for a
+    given layout and batch)."""
+    return [_arr(m.strategy.items(m, ch, batch)) for ch in range(m.geo.channels)]
 
 
 def _fills(n_chunks: int, cols_of_chunk, chunk_cols: int, gb_cols: int) -> tuple:
@@ -569,8 +573,39 @@ class MatvecOrder:
 
     name = ""
 
-    def items(self, m: MatrixLayout, ch: int) -> list[tuple]:
+    def items(self, m: MatrixLayout, ch: int, batch: int = 1) -> list[tuple]:
+        """Items of channel ``ch`` for ``batch`` input vectors (one per sequence) multiplied
+        by the same weights; ``batch`` 1 is the single-sequence loop order."""
         raise NotImplementedError
+
+    def batch_passes(self, m: MatrixLayout, batch: int) -> list[range]:
+        """The ``batch`` sequences in passes: the sequences of a pass share the global buffer
+        (each its own piece of a fill) and every row activation. A sequence's piece is at
+        least one row chunk: with a buffer of ``gb_cols`` columns, ``gb_cols // chunk_cols``
+        sequences share it (at least 1: a buffer smaller than a row serves one sequence per
+        pass). Splitting a row-sized buffer into smaller pieces would not save activations -
+        each row is opened once per buffer-full of its columns either way - and would multiply
+        the accumulator reads; the remaining sequences are further passes that refill the
+        buffer."""
+        return _groups(batch, max(1, min(batch, m.gb_cols // m.chunk_cols)))
+
+    def batch_read_layout(self, m: MatrixLayout, batch: int, seq: int) -> MatrixLayout:
+        """A layout whose :meth:`read_segments` are sequence ``seq``'s accumulator reads in a
+        batch of ``batch`` (the functional model's numerics): ``m`` where the sequence's pass
+        holds it alone, else ``m`` with fills of one row chunk (:meth:`batch_fills`)."""
+        for p in self.batch_passes(m, batch):
+            if seq in p:
+                return m if len(p) == 1 else dataclasses.replace(m, fill_cols=m.chunk_cols)
+        raise ValueError(f"sequence {seq} is not in a batch of {batch}")
+
+    @staticmethod
+    def batch_fills(m: MatrixLayout, n_seq: int) -> tuple:
+        """Each sequence's pieces of the fills of a pass of ``n_seq`` sequences: the layout's
+        fills for one sequence; one whole row chunk per fill for several (so the sequences'
+        MACs of a slot all fall on one open row, each into its own accumulator)."""
+        if n_seq == 1:
+            return m.fills
+        return _fills(m.n_chunks, m.cols_of_chunk, m.chunk_cols, m.chunk_cols)
 
     def reads_per_neuron(self, m: MatrixLayout) -> int:
         raise NotImplementedError
@@ -595,17 +630,45 @@ class PimGptOrder(MatvecOrder):
 
     name = "pim-gpt"
 
-    def items(self, m, ch):
+    def items(self, m, ch, batch=1):
         out = []
         n_slots = m.slots(ch)
         if not n_slots:
             return out
-        for fill in m.fills:
-            out.append((_WR_GB, -1, -1, sum(n for _, _, n in fill), 0))
-            for grp in _groups(n_slots, m.accumulators):
+        if batch == 1:
+            for fill in m.fills:
+                out.append((_WR_GB, -1, -1, sum(n for _, _, n in fill), 0))
+                for grp in _groups(n_slots, m.accumulators):
+                    for s in grp:
+                        out += self._macs(m, ch, s, fill)
+                    out.append((_RD_MAC, -1, -1, len(grp), 0))
+            return out
+        for seqs in self.batch_passes(m, batch):
+            out += self._batched_pass(m, ch, len(seqs))
+        return out
+
+    def _batched_pass(self, m, ch, n_seq):
+        """One pass of ``n_seq`` sequences: per fill (each sequence's piece written into the
+        buffer), slots in groups of ``accumulators // n_seq``; each slot's row is opened once
+        and MACed once per sequence (consecutive MAC_ABs on the open row), each sequence into
+        its own accumulator; the accumulators are read out whenever all are in use (RD_MAC
+        leaves the row open) and after every slot group. One sequence: the batch-1 items."""
+        out = []
+        acc = m.accumulators
+        for fill in self.batch_fills(m, n_seq):
+            out.append((_WR_GB, -1, -1, n_seq * sum(n for _, _, n in fill), 0))
+            pending = 0
+            for grp in _groups(m.slots(ch), max(1, acc // n_seq)):
                 for s in grp:
-                    out += self._macs(m, ch, s, fill)
-                out.append((_RD_MAC, -1, -1, len(grp), 0))
+                    for _ in range(n_seq):
+                        out += self._macs(m, ch, s, fill)
+                        pending += 1
+                        if pending == acc:
+                            out.append((_RD_MAC, -1, -1, pending, 0))
+                            pending = 0
+                if pending:
+                    out.append((_RD_MAC, -1, -1, pending, 0))
+                    pending = 0
         return out
 
     def reads_per_neuron(self, m):
@@ -639,17 +702,43 @@ class ReuseOrder(MatvecOrder):
 
     name = "reuse"
 
-    def items(self, m, ch):
+    def items(self, m, ch, batch=1):
         out = []
         n_slots = m.slots(ch)
-        single = len(m.fills) == 1
-        for gi, grp in enumerate(_groups(n_slots, m.accumulators)):
-            for fill in m.fills:
+        if batch == 1:
+            single = len(m.fills) == 1
+            for gi, grp in enumerate(_groups(n_slots, m.accumulators)):
+                for fill in m.fills:
+                    if not (single and gi):
+                        out.append((_WR_GB, -1, -1, sum(n for _, _, n in fill), 0))
+                    for s in grp:
+                        out += self._macs(m, ch, s, fill)
+                out.append((_RD_MAC, -1, -1, len(grp), 0))
+            return out
+        for seqs in self.batch_passes(m, batch):
+            out += self._batched_pass(m, ch, len(seqs), n_slots)
+        return out
+
+    def batch_passes(self, m, batch):
+        """As :meth:`MatvecOrder.batch_passes`, at most ``accumulators`` sequences a pass:
+        each keeps its whole sums in its own accumulators."""
+        return _groups(batch, max(1, min(batch, m.gb_cols // m.chunk_cols, m.accumulators)))
+
+    def _batched_pass(self, m, ch, n_seq, n_slots):
+        """One pass of ``n_seq`` sequences: slots in groups of ``accumulators // n_seq``; per
+        group every fill (each sequence's piece) is written and each slot's row MACed once per
+        sequence while open; every sequence's sums read out at the end of the group."""
+        out = []
+        fills = self.batch_fills(m, n_seq)
+        single = len(fills) == 1
+        for gi, grp in enumerate(_groups(n_slots, max(1, m.accumulators // n_seq))):
+            for fill in fills:
                 if not (single and gi):
-                    out.append((_WR_GB, -1, -1, sum(n for _, _, n in fill), 0))
+                    out.append((_WR_GB, -1, -1, n_seq * sum(n for _, _, n in fill), 0))
                 for s in grp:
-                    out += self._macs(m, ch, s, fill)
-            out.append((_RD_MAC, -1, -1, len(grp), 0))
+                    for k, c0, n in fill:
+                        out += [(_MAC_AB, -1, m.row_of(ch, s, k), n, c0)] * n_seq
+            out.append((_RD_MAC, -1, -1, len(grp) * n_seq, 0))
         return out
 
     def reads_per_neuron(self, m):

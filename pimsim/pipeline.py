@@ -63,28 +63,48 @@ def check_system(programs: Sequence[Program], cfg: HwConfig) -> None:
 def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[int],
                n_tokens: int, schedule: str = "serial", fast: bool = True, functional=None,
                progress: Callable[[int], None] | None = None,
-               skip_prompt: bool = False) -> RunReport:
+               skip_prompt: bool = False,
+               batch_prompts: Sequence[Sequence[int]] | None = None) -> RunReport:
     """Simulate a prompt and ``n_tokens`` greedy tokens on the system the programs describe
     (one program per pipeline stage), which must be ``cfg``'s ``[system]``
-    (:func:`check_system`)."""
+    (:func:`check_system`).
+
+    ``batch_prompts``: batched decode (:mod:`pimsim.batch`) of one sequence per prompt
+    (``prompt`` is then unused, ``functional`` one executor per sequence); a system of one
+    stage only."""
     programs = list(programs)
     check_system(programs, cfg)
     tp, pp = programs[0].tp, len(programs)
+    if batch_prompts is not None:
+        if pp > 1:
+            raise UserError(f"batched decode on {pp} pipeline stages",
+                            "batch on a system without pipeline stages (pp 1)")
+        from pimsim.batch import run_batched
+
+        rep = run_batched(programs[0], cfg, prompts=batch_prompts, n_tokens=n_tokens,
+                          schedule=schedule, fast=fast, functional=functional,
+                          progress=progress, skip_prompt=skip_prompt)
+        return _one_stage(rep, tp, len(batch_prompts))
     if pp == 1:
         rep = run_generation(programs[0], cfg, prompt=prompt, n_tokens=n_tokens,
                              schedule=schedule, fast=fast, functional=functional,
                              progress=progress, skip_prompt=skip_prompt)
-        rep.throughput_tokens_per_s = rep.tokens_per_s
-        rep.commands = {k: v * tp for k, v in rep.commands.items()}  # all devices
-        rep.system = {"devices": tp, "tp": tp, "pp": 1, "sequences": 1,
-                      "utilisation": [1.0], "bubble": 0.0}
-        if rep.energy:
-            _scale_energy(rep.energy, tp)
-            rep.energy["avg_power_w"] = rep.energy["j_per_token"] * rep.tokens_per_s
-        return rep
+        return _one_stage(rep, tp, 1)
     return _run_pipeline(programs, cfg, prompt=prompt, n_tokens=n_tokens, schedule=schedule,
                          fast=fast, functional=functional, progress=progress,
                          skip_prompt=skip_prompt)
+
+
+def _one_stage(rep: RunReport, tp: int, sequences: int) -> RunReport:
+    """A one-stage report for the whole group of ``tp`` alike devices."""
+    rep.throughput_tokens_per_s = rep.tokens_per_s
+    rep.commands = {k: v * tp for k, v in rep.commands.items()}  # all devices
+    rep.system = {"devices": tp, "tp": tp, "pp": 1, "sequences": sequences,
+                  "utilisation": [1.0], "bubble": 0.0}
+    if rep.energy:
+        _scale_energy(rep.energy, tp)
+        rep.energy["avg_power_w"] = rep.energy["j_per_token"] * rep.tokens_per_s
+    return rep
 
 
 def _scale_energy(e: dict, k: int) -> None:

@@ -123,7 +123,12 @@ class RunReport:
     system: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; a batched run (:mod:`pimsim.batch`) adds its ``extra["batch"]`` keys at
+        the top level too (``batch``, ``ms_per_step``, ``mac_bound_ms_per_step``, the bound's
+        formula ``mac_bound``)."""
+        d = asdict(self)
+        d.update(self.extra.get("batch", {}))
+        return d
 
     def summary(self) -> str:
         lines = [
@@ -142,6 +147,13 @@ class RunReport:
                                                 if v > 0),
             "  commands: " + ", ".join(f"{k} {v:,}" for k, v in self.commands.items()),
         ]
+        b = self.extra.get("batch")
+        if b:
+            bound = b["mac_bound_ms_per_step"]
+            lines.append(f"  batch {b['batch']}: {b['ms_per_step']:.4f} ms/step, "
+                         f"{b['tokens_per_s']:,.1f} tokens/s; MAC-rate bound {bound:.4f} "
+                         f"ms/step" + (f" ({b['ms_per_step'] / bound:.1f}x the bound)"
+                                       if bound else "") + f" = {b['mac_bound']}")
         if self.tokens:
             lines.append(f"  generated ids: {self.tokens[:16]}{' ...' if len(self.tokens) > 16 else ''}")
         if self.energy:

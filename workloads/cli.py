@@ -6,7 +6,7 @@ the command line, calls the library API (:mod:`workloads.session`) and prints:
     pimsim trace FILE --hw CONFIG            replay an AiM instruction trace
     pimsim compile MODEL --hw CONFIG -o FILE lower a model to a PIM program, print the mapping
         [--aim-trace FILE] [--pos P]         ... and write one decode step as an AiM trace
-    pimsim run MODEL --hw CONFIG --prompt P --tokens N [--functional] [--json]
+    pimsim run MODEL --hw CONFIG --prompt P --tokens N [--functional] [--json] [--batch B[,B..]]
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
     pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR] [--batch 1,16,64,256]
     pimsim sweep SPEC.toml [--workers N] [--cluster ADDRESS] [--db FILE] [--plot DIR] [--csv F]
@@ -104,16 +104,23 @@ def cmd_run(args) -> int:
     if args.timeline_pos is not None:
         session.check_context(args.model, ctx, pos=args.timeline_pos, pos_flag="--timeline-pos")
     check_writable(args.timeline, "timeline file (--timeline)")
+    if args.batch is not None and (args.timeline or args.logits):
+        raise UserError(f"--{'timeline' if args.timeline else 'logits'} shows one sequence's "
+                        f"decode steps: not with --batch",
+                        "run without --batch for a timeline or the logits")
     if args.logits and not args.functional:
         raise UserError("--logits needs --functional (timing runs compute no numbers)",
                         "add --functional")
     check_writable(args.logits, "logits file (--logits)")
     show = _show(args)
+    if args.batch is not None and len(args.batch) > 1:
+        return _run_batch_scan(args, show)
     res = session.simulate(args.model, _hw(args, refresh=False if args.no_refresh else None),
                            tokens=args.tokens, prompt=args.prompt, schedule=args.schedule,
                            seed=args.seed, functional=args.functional, exact=args.exact,
                            keep_logits=bool(args.logits), context=args.context,
-                           fast=not args.slow, cache=not args.no_cache, show_progress=show)
+                           fast=not args.slow, cache=not args.no_cache, show_progress=show,
+                           batch=args.batch[0] if args.batch else None)
     c, cfg = res.compiled, res.cfg
     tl_pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
     if args.timeline:
@@ -138,6 +145,29 @@ def cmd_run(args) -> int:
         print(f"  timeline of the token at position {tl_pos} ({len(tr['traceEvents']):,} events) "
               f"written to {args.timeline}: open it in ui.perfetto.dev", file=sys.stderr)
     return 0
+
+
+def _run_batch_scan(args, show: bool) -> int:
+    """``pimsim run --batch B1,B2,...``: the step time against the batch (a table, or one JSON
+    document) and where the PIM system saturates."""
+    from workloads.batching import scan_batches
+
+    scan = scan_batches(args.model, _hw(args, refresh=False if args.no_refresh else None),
+                        args.batch, tokens=args.tokens, prompt=args.prompt,
+                        schedule=args.schedule, seed=args.seed, functional=args.functional,
+                        exact=args.exact, context=args.context, fast=not args.slow,
+                        cache=not args.no_cache, show_progress=show)
+    print(json.dumps(scan.to_dict(), indent=1) if args.json else scan.summary())
+    return 0
+
+
+def batch_sizes(text: str) -> list[int]:
+    """``--batch``: one batch size or a comma-separated list, each in 1..2^20."""
+    one = int_in(1, 1 << 20)
+    parts = [p for p in text.split(",")]
+    if not parts or any(not p.strip() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a batch size or a list like 1,2,4,8")
+    return [one(p.strip()) for p in parts]
 
 
 def cmd_validate(args) -> int:
@@ -424,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--slow", action="store_true",
                    help="command-by-command SimPy executor (reference for the fast path)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("--batch", "--max-num-seqs", type=batch_sizes, default=None,
+                   metavar="B[,B...]",
+                   help="batched decode of B sequences sharing every weight row read (each "
+                        "with its own KV cache); reports the time per step against the "
+                        "MAC-rate bound; a list (1,2,4,8) prints the step time against B and "
+                        "where the system saturates")
     progress(r)
     no_cache(r)
     system(r)

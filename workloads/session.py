@@ -103,13 +103,18 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
              seed: int = 0, functional: bool = False, exact: bool = False,
              keep_logits: bool = False, context: int | None = None,
              refresh: bool | None = None, skip_prompt: bool = False, fast: bool = True,
-             cache: bool = True, show_progress: bool = False) -> SimResult:
+             cache: bool = True, show_progress: bool = False,
+             batch: int | None = None) -> SimResult:
     """Simulate prompt processing and the generation of ``tokens`` tokens of ``model`` (a
     model argument as for :func:`compile_model`, or a Compiled from it) on ``hw``.
 
     ``functional``: compute the real numbers too (compiles with the weights; ``exact``: exact
     ASIC math; ``keep_logits``: keep every step's logits). ``skip_prompt``: simulate only the
-    generating steps. ``fast=False``: the command-by-command SimPy executor."""
+    generating steps. ``fast=False``: the command-by-command SimPy executor. ``batch``:
+    batched decode of that many sequences (:mod:`pimsim.batch`), sequence ``b``'s prompt drawn
+    with seed ``seed + b`` (sequence 0's is the unbatched run's prompt; batch 1 is that run to
+    the cycle); the report's ``extra["batch"]`` has the step time and the MAC-rate bound."""
+    from pimsim.batch import check_batch
     from pimsim.generate import prompt_ids
     from pimsim.pipeline import run_system
     from workloads.models.resolve import preset_context
@@ -117,6 +122,11 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
     if keep_logits and not functional:
         raise UserError("keep_logits needs functional=True (timing runs compute no numbers)",
                         "pass functional=True")
+    if batch is not None:
+        batch = check_batch(batch)
+        if keep_logits and batch > 1:
+            raise UserError("keep_logits keeps one sequence's logits: not with a batch above 1",
+                            "run without keep_logits, or with batch 1")
     cfg = hw_config(hw, devices=devices, tp=tp, pp=pp, tp_attention=tp_attention,
                     refresh=refresh)
     if isinstance(model, str):
@@ -132,9 +142,20 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
     check_context(name, c.spec.n_ctx, prompt=prompt, tokens=tokens)
     programs = system_programs(c, cfg)
     ids = prompt_ids(prompt, c.spec.vocab, seed)
+    batch_prompts = None if batch is None else \
+        [prompt_ids(prompt, c.spec.vocab, seed + b) for b in range(batch)]
+    if batch is not None:
+        from pimsim.batch import BatchedProgram
+
+        for p in programs:  # the KV capacity, before building executors
+            BatchedProgram(p, batch)
     fx = functional_executor(c, cfg, exact, show=show_progress) if functional else None
     if fx is not None and keep_logits:
         fx = LogitRecorder(fx)
+    recorder = fx if isinstance(fx, LogitRecorder) else None
+    if fx is not None and batch is not None:
+        fx = [fx] + [functional_executor(c, cfg, exact, show=show_progress)
+                     for _ in range(batch - 1)]
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -144,15 +165,16 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
     try:
         rep = run_system(programs, cfg, prompt=ids, n_tokens=tokens, schedule=schedule,
                          fast=fast, functional=fx, skip_prompt=skip_prompt,
-                         progress=(lambda _p: bar.update(1)) if bar else None)
+                         progress=(lambda _p: bar.update(1)) if bar else None,
+                         batch_prompts=batch_prompts)
     finally:
         if bar:
             bar.close()
     logits = None
-    if isinstance(fx, LogitRecorder):
+    if recorder is not None:
         import numpy as np
 
-        logits = np.stack(fx.logits).astype(np.float32)
+        logits = np.stack(recorder.logits).astype(np.float32)
     return SimResult(rep, c, cfg, logits)
 
 
