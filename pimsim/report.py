@@ -148,8 +148,9 @@ class RunReport:
         n = self.prompt_tokens
         how = "one decode step" if n == 1 else "one batched step" if self.prefill == "batched" \
             else f"{n} decode steps"
+        gives = "the last giving" if n > 1 else "giving"
         return (f"  TTFT {ttft} (prefill {self.prefill}: {n} prompt token{'s' * (n > 1)} as "
-                f"{how}, the last giving the first token), TPOT {tpot}")
+                f"{how}, {gives} the first token), TPOT {tpot}")
 
     def summary(self) -> str:
         lines = [
