@@ -6,7 +6,8 @@
 * timing: the batched step of P tokens takes at most the P token-by-token steps' time and at
   least the MAC-rate bound of P vectors; the fast executor equals the command-by-command one;
 * functional: after a batched prefill the KV caches hold what token-by-token leaves, and the
-  generated tokens are the same (one sequence, and a batch of sequences);
+  generated tokens (and every step's logits) are the same (one sequence, a batch of sequences,
+  tensor parallel devices);
 * the report: TTFT and TPOT, labelled with the mode; ``pimsim run --prefill``; bad input.
 """
 
@@ -151,6 +152,21 @@ def test_batched_prefill_of_a_batch_gives_the_tokens_of_single_runs():
     rep = run_batched(prog, cfg, prompts=prompts, n_tokens=4, prefill="batched",
                       functional=[functional_executor(c, cfg, False) for _ in prompts])
     assert rep.tokens == singles
+
+
+def test_batched_prefill_keeps_every_steps_logits_and_runs_tensor_parallel():
+    tbt = simulate("tiny-counter", "pim-gpt", tokens=3, prompt=4, functional=True,
+                   keep_logits=True)
+    bat = simulate("tiny-counter", "pim-gpt", tokens=3, prompt=4, functional=True,
+                   keep_logits=True, prefill="batched")
+    assert bat.logits.shape == tbt.logits.shape == (6, tbt.logits.shape[1])
+    assert np.array_equal(bat.logits, tbt.logits)
+    kw = dict(tokens=4, prompt=6, functional=True, devices=2, tp=2)
+    tp_t = simulate("tiny-counter", "pim-gpt", **kw).report
+    tp_b = simulate("tiny-counter", "pim-gpt", prefill="batched", **kw).report
+    assert tp_b.tokens == tp_t.tokens
+    assert tp_b.extra["prefill"]["mac_bound_ms"] <= tp_b.ttft_ms < tp_t.ttft_ms
+    assert tp_b.system["devices"] == 2
 
 
 # ------------------------------------------------------------------ report, CLI, bad input
