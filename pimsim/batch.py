@@ -209,19 +209,22 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     :mod:`pimsim.prefill`: token by token, each prompt position one batched step over the
     sequences; or ``"batched"``, every sequence's every prompt token in one step, each
     sequence's tokens sharing its KV region), then generates ``n_tokens`` tokens greedily;
-    every decode step is one batched step over the sequences' positions. ``functional``: one executor per sequence
-    (:class:`~pimsim.functional.FlowExecutor`), each reading its accumulators where the batched
-    loop order does (``set_batch``; on the shipped configs a pass holds one sequence, so that
-    is where batch 1 reads them). ``skip_prompt``
-    (timing only): only the generating steps, sequence ``b`` at positions ``len(prompts[b]) -
-    1`` onwards (prompts of different lengths: each sequence at its own position); otherwise
-    the prompts must have one length.
+    every decode step is one batched step over the sequences' positions. ``functional``: one
+    executor per sequence (:class:`~pimsim.functional.FlowExecutor`), each reading its
+    accumulators where the batched loop order does (``set_batch``; on the shipped configs a
+    pass holds one sequence, so that is where batch 1 reads them). ``skip_prompt`` (timing
+    only): only the generating steps, sequence ``b`` at positions ``len(prompts[b]) - 1``
+    onwards (prompts of different lengths: each sequence at its own position); otherwise the
+    prompts must have one length.
 
-    The report: ``ms_per_token`` / ``per_token_ms`` are per step (each sequence's token
-    latency), ``tokens_per_s`` = B / step time, ``extra["batch"]`` the batch, the step time and
-    the MAC-rate bound (:func:`mac_bound_cyc`); ``tokens`` one list per sequence (functional
-    runs); energy per token (``per_token_j`` too) is a step's energy / B; ``ttft_ms`` the end of
-    the step that generated the first tokens, ``tpot_ms`` the mean step time after it."""
+    The report: ``ms_per_token`` / ``per_token_ms`` are per step that generated tokens (each
+    sequence's token latency; after a batched prefill the first is the prefill step),
+    ``tokens_per_s`` = B / step time; ``extra["batch"]`` the batch, the decode step time (after
+    a batched prefill: of the steps after it) and the MAC-rate bound (:func:`mac_bound_cyc`);
+    a batched prefill's own step is ``extra["prefill"]`` (:func:`prefill_extra`); ``tokens`` one
+    list per sequence (functional runs); energy per token (``per_token_j`` too) is a step's
+    energy / B; ``ttft_ms`` the end of the step that generated the first tokens, ``tpot_ms``
+    the mean step time after it."""
     prefill = check_prefill(prefill)
     prompts = [list(p) for p in prompts]
     bprog = BatchedProgram(prog, len(prompts))
@@ -322,6 +325,9 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     if with_energy:
         energy = _energy_summary(e_sum, [j / B for j in per_step_j], n_gen * B)
     tps = 1000.0 * B / ms_step if ms_step else 0.0
+    decode_ms = per_step_ms[1:] if batched else per_step_ms  # the batched decode steps
+    ms_decode = float(np.mean(decode_ms)) if decode_ms else 0.0
+    tps_decode = 1000.0 * B / ms_decode if ms_decode else 0.0
     return RunReport(
         model=prog.model, hw=cfg.name, schedule=schedule, refresh=cfg.refresh.enabled,
         functional=functional is not None, prompt_tokens=L if not skip_prompt else max(lens),
@@ -338,7 +344,7 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
         ttft_ms=None if skip_prompt else ns(first_end_cyc[0]) / 1e6,
         tpot_ms=tpot_ms(per_step_ms),
         extra={**({"prefill": prefill_extra(pprog, cfg, per_step_ms[0])} if batched else {}),
-               "batch": {"batch": B, "ms_per_step": ms_step, "tokens_per_s": tps,
+               "batch": {"batch": B, "ms_per_step": ms_decode, "tokens_per_s": tps_decode,
                          "mac_bound_ms_per_step": bound_ms, "mac_bound": MAC_BOUND_FORMULA,
                          "weight_macs_per_sequence": bprog.weight_macs(),
                          "max_batch": max_batch(prog),

@@ -113,6 +113,9 @@ def test_batched_decode_with_batched_prefill_shares_one_step():
     assert pre["vectors"] == 12
     assert pre["mac_bound_ms"] <= bat.ttft_ms < tbt.ttft_ms
     assert bat.extra["batch"]["positions_last_step"] == [4, 4, 4]
+    decode = bat.per_token_ms[1:]  # the batch's step time: the decode steps after the prefill
+    assert bat.extra["batch"]["ms_per_step"] == pytest.approx(np.mean(decode))
+    assert bat.extra["batch"]["ms_per_step"] >= bat.extra["batch"]["mac_bound_ms_per_step"]
 
 
 # ------------------------------------------------------------------ functional
