@@ -34,8 +34,9 @@ from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator
 from pimsim.energy import EnergyReport
 from pimsim.errors import HardwareFitError, UserError
-from pimsim.generate import Executor, TokenEnergy, _energy_summary, _StepCost, token_breakdown
+from pimsim.generate import Executor, TokenEnergy, _energy_summary, _StepCost, token_breakdown, tpot_ms
 from pimsim.isa import PER_OP_KEYS, Program, Step, _attn_score_items, _attn_value_items, _kv_write_items, _matvec_items
+from pimsim.prefill import check_prefill, prefill_functional, prefill_positions, use_program
 from pimsim.report import BREAKDOWN_KEYS, RunReport
 
 MAC_BOUND_FORMULA = ("B x weight MACs / (banks x MACs per bank per cycle); MACs per bank per "
@@ -88,38 +89,51 @@ def max_batch(prog: Program) -> int:
 
 
 class BatchedProgram(Program):
-    """``prog``'s decode step for ``batch`` sequences; ``pos`` arguments are a tuple of one
-    position per sequence (an int: every sequence at that position). Raises
-    :class:`BatchCapacityError` naming the largest batch that fits when the sequences' KV
-    regions do not fit the rows."""
+    """``prog``'s decode step for ``batch`` vectors; ``pos`` arguments are a tuple of one
+    position per vector (an int: every vector at that position).
 
-    def __init__(self, prog: Program, batch: int):
+    ``kv_regions``: per vector, the KV region it writes and reads (region 0 is the program's
+    own, region ``r >= 1`` a copy of the KV block above the rows in use); by default vector
+    ``b`` is a sequence of its own, region ``b``. Vectors that share a region are tokens of one
+    sequence (a prefill step, :mod:`pimsim.prefill`): each writes its K/V at its own position
+    and attends over the region's positions up to its own. Raises
+    :class:`BatchCapacityError` naming the largest batch that fits when the regions do not fit
+    the rows."""
+
+    def __init__(self, prog: Program, batch: int, *, kv_regions: Sequence[int] | None = None):
         batch = check_batch(batch)
         if prog.n_stages > 1:
             raise UserError(f"{prog.model}: batched decode of a pipeline stage "
                             f"({prog.n_stages} stages)",
                             "batch on a system without pipeline stages (pp 1)")
+        regions = tuple(range(batch)) if kv_regions is None else tuple(int(r) for r in kv_regions)
+        if len(regions) != batch or min(regions) < 0:
+            raise ValueError(f"kv_regions {kv_regions!r}: one region index >= 0 per vector of "
+                             f"the batch of {batch}")
+        n_regions = max(regions) + 1
         fits = max_batch(prog)
-        if batch > fits:
+        if n_regions > fits:
             lo, span = kv_block(prog)
             raise BatchCapacityError(
-                f"{prog.model} on {prog.hw}: the KV caches of {batch} sequences need "
-                f"{rows_in_use(prog) + (batch - 1) * span} rows per bank, the device has "
+                f"{prog.model} on {prog.hw}: the KV caches of {n_regions} sequences need "
+                f"{rows_in_use(prog) + (n_regions - 1) * span} rows per bank, the device has "
                 f"{prog.geo.rows}; the largest batch that fits is {fits}",
                 f"use a batch of at most {fits} (or a shorter context, or more devices)")
         super().__init__(**{f.name: getattr(prog, f.name) for f in dataclasses.fields(Program)})
         self.base = prog
         self.batch = batch
+        self.kv_regions = regions
         self.steps = [dataclasses.replace(s, n_elems=s.n_elems * batch) for s in prog.steps]
         lo, span = kv_block(prog)
         top = rows_in_use(prog)
-        self.seq_kv: list[dict[int, tuple]] = []  # per sequence: layer -> (KLayout, VLayout)
-        for b in range(batch):
-            shift = 0 if b == 0 else top + (b - 1) * span - lo
-            self.seq_kv.append({kl.layer: (
+        region_kv: list[dict[int, tuple]] = []  # per region: layer -> (KLayout, VLayout)
+        for r in range(n_regions):
+            shift = 0 if r == 0 else top + (r - 1) * span - lo
+            region_kv.append({kl.layer: (
                 dataclasses.replace(kl, base_row=kl.base_row + shift),
                 dataclasses.replace(vl, base_row=vl.base_row + shift))
                 if shift else (kl, vl) for kl, vl in prog.kv_layouts})
+        self.seq_kv: list[dict[int, tuple]] = [region_kv[r] for r in regions]  # per vector
 
     def positions(self, pos) -> tuple[int, ...]:
         if isinstance(pos, (int, np.integer)):
@@ -164,6 +178,18 @@ class BatchedProgram(Program):
                    if s.matrix is not None and s.matrix.role != "v_cache")
 
 
+def prefill_program(prog: Program, prompt_len: int, sequences: int = 1) -> BatchedProgram:
+    """The prefill step (:mod:`pimsim.prefill`) of ``sequences`` prompts of ``prompt_len``
+    tokens each: one batched step of ``sequences x prompt_len`` vectors at positions
+    :func:`~pimsim.prefill.prefill_positions`, sequence ``s``'s tokens sharing KV region ``s``
+    (sequence 0 the program's own region, as in a batched decode step)."""
+    if prompt_len < 1 or sequences < 1:
+        raise UserError(f"a prefill of {sequences} prompt(s) of {prompt_len} token(s)",
+                        "give at least one prompt of at least one token")
+    regions = [s for s in range(sequences) for _ in range(prompt_len)]
+    return BatchedProgram(prog, sequences * prompt_len, kv_regions=regions)
+
+
 def mac_bound_cyc(prog: BatchedProgram, cfg: HwConfig) -> float:
     """The PIM device's MAC-rate bound on a batched step, in DRAM command cycles: ``B x weight
     MACs / (banks x MACs per bank per cycle)``, a bank doing ``mac_lanes_per_bank`` MACs every
@@ -178,21 +204,28 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                 n_tokens: int, schedule: str = "serial", fast: bool = True,
                 functional: Sequence[Executor] | None = None,
                 progress: Callable[[int], None] | None = None,
-                skip_prompt: bool = False) -> RunReport:
-    """Decode ``len(prompts)`` sequences together: each processes its prompt token by token,
-    then generates ``n_tokens`` tokens greedily; every decode step is one batched step over
-    the sequences' positions. ``functional``: one executor per sequence
-    (:class:`~pimsim.functional.FlowExecutor`), each reading its accumulators where the batched
-    loop order does (``set_batch``; on the shipped configs a pass holds one sequence, so that
-    is where batch 1 reads them). ``skip_prompt``
-    (timing only): only the generating steps, sequence ``b`` at positions ``len(prompts[b]) -
-    1`` onwards (prompts of different lengths: each sequence at its own position); otherwise
-    the prompts must have one length.
+                skip_prompt: bool = False, prefill: str = "token-by-token") -> RunReport:
+    """Decode ``len(prompts)`` sequences together: each processes its prompt (``prefill``,
+    :mod:`pimsim.prefill`: token by token, each prompt position one batched step over the
+    sequences; or ``"batched"``, every sequence's every prompt token in one step, each
+    sequence's tokens sharing its KV region), then generates ``n_tokens`` tokens greedily;
+    every decode step is one batched step over the sequences' positions. ``functional``: one
+    executor per sequence (:class:`~pimsim.functional.FlowExecutor`), each reading its
+    accumulators where the batched loop order does (``set_batch``; on the shipped configs a
+    pass holds one sequence, so that is where batch 1 reads them). ``skip_prompt`` (timing
+    only): only the generating steps, sequence ``b`` at positions ``len(prompts[b]) - 1``
+    onwards (prompts of different lengths: each sequence at its own position); otherwise the
+    prompts must have one length.
 
-    The report: ``ms_per_token`` / ``per_token_ms`` are per step (each sequence's token
-    latency), ``tokens_per_s`` = B / step time, ``extra["batch"]`` the batch, the step time and
-    the MAC-rate bound (:func:`mac_bound_cyc`); ``tokens`` one list per sequence (functional
-    runs); energy per token (``per_token_j`` too) is a step's energy / B."""
+    The report: ``ms_per_token`` / ``per_token_ms`` are per step that generated tokens (each
+    sequence's token latency; after a batched prefill the first is the prefill step),
+    ``tokens_per_s`` = B / step time; ``extra["batch"]`` the batch, the decode step time (after
+    a batched prefill: of the steps after it) and the MAC-rate bound (:func:`mac_bound_cyc`);
+    a batched prefill's own step is ``extra["prefill"]`` (:func:`prefill_extra`); ``tokens`` one
+    list per sequence (functional runs); energy per token (``per_token_j`` too) is a step's
+    energy / B; ``ttft_ms`` the end of the step that generated the first tokens, ``tpot_ms``
+    the mean step time after it."""
+    prefill = check_prefill(prefill)
     prompts = [list(p) for p in prompts]
     bprog = BatchedProgram(prog, len(prompts))
     B = bprog.batch
@@ -217,8 +250,11 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     if not skip_prompt and len(set(lens)) > 1:
         raise UserError(f"prompts of lengths {sorted(set(lens))} in one batch",
                         "give the sequences prompts of one length (or skip the prompt steps)")
+    L = lens[0]
+    batched = prefill == "batched" and L > 1 and not skip_prompt
+    pprog = prefill_program(prog, L, B) if batched else None
     t_wall = time.perf_counter()
-    sim = DecodeSimulator(bprog, cfg, schedule=schedule, fast=fast)
+    sim = DecodeSimulator(pprog if batched else bprog, cfg, schedule=schedule, fast=fast)
     cost = _StepCost(sim)
     with_energy = cfg.energy is not None
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
@@ -229,8 +265,38 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     per_op: dict[str, float] = {}
     toks = [p[0] for p in prompts]
     generated: list[list[int]] = [[] for _ in range(B)]
-    L = lens[0]
+    first_end_cyc: list[int] = []
+
+    def generating_step(tt) -> None:
+        if not first_end_cyc:
+            first_end_cyc.append(tt.end_cyc)
+        per_step_cyc.append(tt.end_cyc - tt.start_cyc)
+        b_, ops = token_breakdown(sim, tt, cost)
+        bd[:] += b_
+        if with_energy:
+            er = meter.end(tt)
+            e_sum.add(er)
+            per_step_j.append(er.total_j)
+        for k, v in ops.items():
+            per_op[k] = per_op.get(k, 0.0) + v
+
     steps = range(n_tokens) if skip_prompt else range(L + n_tokens - 1)
+    ps = (L - 1,) * B
+    if batched:  # every prompt token of every sequence in one step: the first tokens
+        if with_energy:
+            meter.begin()
+        tt = sim.run_token(prefill_positions(L, B))
+        toks = prefill_functional(functional, prompts, B) if functional else [0] * B
+        for b in range(B):
+            generated[b].append(toks[b])
+        generating_step(tt)
+        if progress is not None:
+            for i in range(L):
+                progress(i)
+        use_program(sim, bprog)
+        cost = _StepCost(sim)
+        meter = TokenEnergy(sim) if with_energy else None
+        steps = range(L, L + n_tokens - 1)
     for i in steps:
         ps = tuple(n - 1 + i for n in lens) if skip_prompt else (i,) * B
         if with_energy:
@@ -245,15 +311,7 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                 generated[b].append(nxt)
                 toks[b] = nxt
         if gen:
-            per_step_cyc.append(tt.end_cyc - tt.start_cyc)
-            b_, ops = token_breakdown(sim, tt, cost)
-            bd += b_
-            if with_energy:
-                er = meter.end(tt)
-                e_sum.add(er)
-                per_step_j.append(er.total_j)
-            for k, v in ops.items():
-                per_op[k] = per_op.get(k, 0.0) + v
+            generating_step(tt)
         if progress is not None:
             progress(i)
     ns = cfg.timing.ns
@@ -267,6 +325,9 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     if with_energy:
         energy = _energy_summary(e_sum, [j / B for j in per_step_j], n_gen * B)
     tps = 1000.0 * B / ms_step if ms_step else 0.0
+    decode_ms = per_step_ms[1:] if batched else per_step_ms  # the batched decode steps
+    ms_decode = float(np.mean(decode_ms)) if decode_ms else 0.0
+    tps_decode = 1000.0 * B / ms_decode if ms_decode else 0.0
     return RunReport(
         model=prog.model, hw=cfg.name, schedule=schedule, refresh=cfg.refresh.enabled,
         functional=functional is not None, prompt_tokens=L if not skip_prompt else max(lens),
@@ -279,9 +340,21 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
         commands=sim.command_counts,
         tokens=(generated if B > 1 else generated[0]) if functional is not None else [],
         energy=energy, wall_s=time.perf_counter() - t_wall,
-        extra={"batch": {"batch": B, "ms_per_step": ms_step, "tokens_per_s": tps,
+        prefill=prefill, prompt_skipped=skip_prompt,
+        ttft_ms=None if skip_prompt else ns(first_end_cyc[0]) / 1e6,
+        tpot_ms=tpot_ms(per_step_ms),
+        extra={**({"prefill": prefill_extra(pprog, cfg, per_step_ms[0])} if batched else {}),
+               "batch": {"batch": B, "ms_per_step": ms_decode, "tokens_per_s": tps_decode,
                          "mac_bound_ms_per_step": bound_ms, "mac_bound": MAC_BOUND_FORMULA,
                          "weight_macs_per_sequence": bprog.weight_macs(),
                          "max_batch": max_batch(prog),
                          "positions_last_step": list(ps)}})
 
+
+
+def prefill_extra(pprog: BatchedProgram, cfg: HwConfig, step_ms: float) -> dict:
+    """A batched prefill step's figures for a report's ``extra["prefill"]``: its vectors (the
+    prompt tokens of every sequence), its time and its MAC-rate bound."""
+    return {"vectors": pprog.batch, "prefill_step_ms": step_ms,
+            "mac_bound_ms": cfg.timing.ns(mac_bound_cyc(pprog, cfg)) / 1e6,
+            "mac_bound": MAC_BOUND_FORMULA}

@@ -1,8 +1,9 @@
 """Token generation on the simulated PIM system: timing for every token, numbers if asked.
 
-Processes a prompt one token at a time through the decode step (as PIM-GPT does), then generates
-tokens greedily. Timing comes from :class:`pimsim.decode.DecodeSimulator`; with a functional
-executor the real logits are computed too and the greedy tokens come from them.
+Processes a prompt one token at a time through the decode step (as PIM-GPT does; the prompt as
+one batched step is :mod:`pimsim.prefill`), then generates tokens greedily. Timing comes from
+:class:`pimsim.decode.DecodeSimulator`; with a functional executor the real logits are computed
+too and the greedy tokens come from them.
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ def run_generation(
     schedule: str = "serial", fast: bool = True, functional: Executor | None = None,
     progress: Callable[[int], None] | None = None, skip_prompt: bool = False,
 ) -> RunReport:
-    """Simulate a prompt and ``n_tokens`` greedy tokens; returns the report.
+    """Simulate a prompt processed token by token and ``n_tokens`` greedy tokens; returns the
+    report (``ttft_ms``: the end of the step that generated the first token; ``tpot_ms``: the
+    mean step time of the tokens after it). A prompt as one batched step
+    (:mod:`pimsim.prefill`) runs through :func:`pimsim.batch.run_batched`.
 
     ``skip_prompt`` (timing only) simulates just the steps that generate tokens, at positions
     ``len(prompt) - 1`` onwards: the cost of a step depends on its position, not on the cached
@@ -118,6 +122,7 @@ def run_generation(
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
     meter = TokenEnergy(sim) if with_energy else None
     per_token_j: list[float] = []
+    first_end_cyc: int | None = None
     n_total = len(prompt) + n_tokens - 1  # the last generated token needs no decode step
     n_total = max(n_total, len(prompt))
     for pos in range(len(prompt) - 1 if skip_prompt else 0, n_total):
@@ -135,6 +140,8 @@ def run_generation(
             generated.append(nxt)
             tok = nxt
         if pos >= len(prompt) - 1:  # this step produced a generated token
+            if first_end_cyc is None:
+                first_end_cyc = tt.end_cyc
             per_token_cyc.append(tt.end_cyc - tt.start_cyc)
             b, ops = token_breakdown(sim, tt, cost)
             bd += b
@@ -166,7 +173,16 @@ def run_generation(
         tokens=generated if functional is not None else [],
         energy=_energy_summary(e_sum, per_token_j, n_gen) if with_energy else {},
         wall_s=time.perf_counter() - t_wall,
+        prompt_skipped=skip_prompt,
+        ttft_ms=None if skip_prompt else ns(first_end_cyc) / 1e6,
+        tpot_ms=tpot_ms(per_token_ms),
     )
+
+
+def tpot_ms(per_token_ms: Sequence[float]) -> float | None:
+    """Time per output token: the mean step time of the generated tokens after the first (None
+    with fewer than two)."""
+    return float(np.mean(per_token_ms[1:])) if len(per_token_ms) > 1 else None
 
 
 class TokenEnergy:

@@ -28,7 +28,7 @@ from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator
 from pimsim.energy import EnergyReport
 from pimsim.errors import UserError
-from pimsim.generate import TokenEnergy, _energy_summary, _StepCost, run_generation, token_breakdown
+from pimsim.generate import TokenEnergy, _energy_summary, _StepCost, run_generation, token_breakdown, tpot_ms
 from pimsim.isa import PER_OP_KEYS, Program
 from pimsim.report import BREAKDOWN_KEYS, RunReport
 from pimsim.system import TOKEN_BYTES, CommCost, collective
@@ -64,17 +64,29 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
                n_tokens: int, schedule: str = "serial", fast: bool = True, functional=None,
                progress: Callable[[int], None] | None = None,
                skip_prompt: bool = False,
-               batch_prompts: Sequence[Sequence[int]] | None = None) -> RunReport:
+               batch_prompts: Sequence[Sequence[int]] | None = None,
+               prefill: str = "token-by-token") -> RunReport:
     """Simulate a prompt and ``n_tokens`` greedy tokens on the system the programs describe
     (one program per pipeline stage), which must be ``cfg``'s ``[system]``
     (:func:`check_system`).
 
+    ``prefill`` (:mod:`pimsim.prefill`): the prompt token by token (``"token-by-token"``, one
+    decode step per token) or as one batched step (``"batched"``; a system of one stage only).
+    The report has the time to first token (``ttft_ms``) and per output token (``tpot_ms``).
+
     ``batch_prompts``: batched decode (:mod:`pimsim.batch`) of one sequence per prompt
     (``prompt`` is then unused, ``functional`` one executor per sequence); a system of one
     stage only."""
+    from pimsim.prefill import check_prefill
+
+    prefill = check_prefill(prefill)
     programs = list(programs)
     check_system(programs, cfg)
     tp, pp = programs[0].tp, len(programs)
+    if prefill == "batched" and pp > 1:
+        raise UserError(f"a batched prefill on {pp} pipeline stages",
+                        "use prefill token-by-token on a pipeline, or a system without "
+                        "pipeline stages (pp 1)")
     if batch_prompts is not None:
         if pp > 1:
             raise UserError(f"batched decode on {pp} pipeline stages",
@@ -83,8 +95,17 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
 
         rep = run_batched(programs[0], cfg, prompts=batch_prompts, n_tokens=n_tokens,
                           schedule=schedule, fast=fast, functional=functional,
-                          progress=progress, skip_prompt=skip_prompt)
+                          progress=progress, skip_prompt=skip_prompt, prefill=prefill)
         return _one_stage(rep, tp, len(batch_prompts))
+    if pp == 1 and prefill == "batched":  # a batched step of one sequence, then its decode
+        from pimsim.batch import run_batched
+
+        rep = run_batched(programs[0], cfg, prompts=[prompt], n_tokens=n_tokens,
+                          schedule=schedule, fast=fast,
+                          functional=None if functional is None else [functional],
+                          progress=progress, skip_prompt=skip_prompt, prefill=prefill)
+        del rep.extra["batch"]  # one sequence: the unbatched report's fields
+        return _one_stage(rep, tp, 1)
     if pp == 1:
         rep = run_generation(programs[0], cfg, prompt=prompt, n_tokens=n_tokens,
                              schedule=schedule, fast=fast, functional=functional,
@@ -224,6 +245,10 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         per_op={k: ns(per_op.get(k, 0.0)) / 1e6 / max(n_gen, 1) for k in PER_OP_KEYS},
         commands=cmds, tokens=generated if functional is not None else [], energy=energy,
         wall_s=time.perf_counter() - t_wall, throughput_tokens_per_s=thr,
+        prompt_skipped=skip_prompt,
+        ttft_ms=None if skip_prompt or clock.first_token_end is None
+        else ns(clock.first_token_end) / 1e6,
+        tpot_ms=tpot_ms(per_token_ms),
         system={"devices": tp * pp, "tp": tp, "pp": pp, "sequences": pp,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
                 "stage_send_cyc": send, "token_return_cyc": back})
@@ -237,6 +262,7 @@ class Schedule:
         self.busy = [0] * pp  # per stage
         self.end = 0  # the last job's end
         self.gen_start = 0  # when the first generating job could start
+        self.first_token_end: int | None = None  # sequence 0's first token left the last stage
 
 
 def pipeline_schedule(pp: int, positions, send: Sequence[int], back: int,
@@ -273,6 +299,8 @@ def pipeline_schedule(pp: int, positions, send: Sequence[int], back: int,
             sch.end = max(sch.end, t - back)
             if gen and j == 0:
                 sch.latency.append(t - back - t0)
+                if sch.first_token_end is None:
+                    sch.first_token_end = t - back
         if token_done is not None:
             token_done(pos)
     return sch

@@ -121,6 +121,14 @@ class RunReport:
     # devices / tp / pp / per-stage utilisation / bubble (pimsim.pipeline)
     throughput_tokens_per_s: float = 0.0
     system: dict = field(default_factory=dict)
+    # the prompt (pimsim.prefill): how it was processed ("token-by-token": one decode step per
+    # token; "batched": one step of all its tokens), or skipped (timing of the generating steps
+    # only, at context prompt_tokens); the time to first token (None when skipped) and the
+    # time per output token after it (None with one generated token)
+    prefill: str = "token-by-token"
+    prompt_skipped: bool = False
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
 
     def to_dict(self) -> dict:
         """The fields; a batched run (:mod:`pimsim.batch`) adds its ``extra["batch"]`` keys at
@@ -129,6 +137,20 @@ class RunReport:
         d = asdict(self)
         d.update(self.extra.get("batch", {}))
         return d
+
+    def latency_line(self) -> str:
+        """TTFT and TPOT, labelled with how the prompt was processed."""
+        tpot = "-" if self.tpot_ms is None else f"{self.tpot_ms:.4f} ms"
+        if self.prompt_skipped:
+            return (f"  prompt skipped (decode at context {self.prompt_tokens}): no TTFT; "
+                    f"TPOT {tpot}")
+        ttft = "-" if self.ttft_ms is None else f"{self.ttft_ms:.4f} ms"
+        n = self.prompt_tokens
+        how = "one decode step" if n == 1 else "one batched step" if self.prefill == "batched" \
+            else f"{n} decode steps"
+        gives = "the last giving" if n > 1 else "giving"
+        return (f"  TTFT {ttft} (prefill {self.prefill}: {n} prompt token{'s' * (n > 1)} as "
+                f"{how}, {gives} the first token), TPOT {tpot}")
 
     def summary(self) -> str:
         lines = [
@@ -146,6 +168,7 @@ class RunReport:
             "  per op (ms/token): " + ", ".join(f"{k} {v:.4f}" for k, v in self.per_op.items()
                                                 if v > 0),
             "  commands: " + ", ".join(f"{k} {v:,}" for k, v in self.commands.items()),
+            self.latency_line(),
         ]
         b = self.extra.get("batch")
         if b:

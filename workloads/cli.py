@@ -6,7 +6,8 @@ the command line, calls the library API (:mod:`workloads.session`) and prints:
     pimsim trace FILE --hw CONFIG            replay an AiM instruction trace
     pimsim compile MODEL --hw CONFIG -o FILE lower a model to a PIM program, print the mapping
         [--aim-trace FILE] [--pos P]         ... and write one decode step as an AiM trace
-    pimsim run MODEL --hw CONFIG --prompt P --tokens N [--functional] [--json] [--batch B[,B..]]
+    pimsim run MODEL --hw CONFIG --prompt P --tokens N [--prefill batched|token-by-token]
+               [--functional] [--json] [--batch B[,B..]]
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
     pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR] [--batch 1,16,64,256]
     pimsim sweep SPEC.toml [--workers N] [--cluster ADDRESS] [--db FILE] [--plot DIR] [--csv F]
@@ -32,6 +33,7 @@ from pimsim import cli as core_cli
 from pimsim.cli import INT64_MAX, hw_help, int_in
 from pimsim.config import load_config
 from pimsim.errors import UserError, check_writable, write_text
+from pimsim.prefill import DEFAULT_PREFILL, PREFILL_MODES
 from pimsim.progress import status, wanted
 from workloads import session
 
@@ -120,7 +122,7 @@ def cmd_run(args) -> int:
                            seed=args.seed, functional=args.functional, exact=args.exact,
                            keep_logits=bool(args.logits), context=args.context,
                            fast=not args.slow, cache=not args.no_cache, show_progress=show,
-                           batch=args.batch[0] if args.batch else None)
+                           batch=args.batch[0] if args.batch else None, prefill=args.prefill)
     c, cfg = res.compiled, res.cfg
     tl_pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
     if args.timeline:
@@ -156,7 +158,7 @@ def _run_batch_scan(args, show: bool) -> int:
                         args.batch, tokens=args.tokens, prompt=args.prompt,
                         schedule=args.schedule, seed=args.seed, functional=args.functional,
                         exact=args.exact, context=args.context, fast=not args.slow,
-                        cache=not args.no_cache, show_progress=show)
+                        cache=not args.no_cache, show_progress=show, prefill=args.prefill)
     print(json.dumps(scan.to_dict(), indent=1) if args.json else scan.summary())
     return 0
 
@@ -440,7 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="simulate prompt processing and token generation")
     common(r)
-    r.add_argument("--prompt", type=tokens, default=1, help="prompt tokens, >= 1 (default 1)")
+    r.add_argument("--prompt", type=tokens, default=1,
+                   help="prompt tokens, >= 1 (default 1), processed (prefilled) on PIM before "
+                        "the first generated token; see --prefill")
+    r.add_argument("--prefill", choices=list(PREFILL_MODES), default=DEFAULT_PREFILL,
+                   help="how the prompt is processed: token-by-token (one decode step per "
+                        "prompt token, as PIM-GPT and CENT do; the default) or batched (one "
+                        "step of all of them, sharing every weight row read, causal attention "
+                        "among them); the report shows TTFT and TPOT labelled with it")
     r.add_argument("--tokens", type=tokens, default=32,
                    help="tokens to generate, >= 1 (default 32)")
     r.add_argument("--schedule", choices=["serial", "overlap"], default="serial",

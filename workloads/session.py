@@ -104,7 +104,7 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
              keep_logits: bool = False, context: int | None = None,
              refresh: bool | None = None, skip_prompt: bool = False, fast: bool = True,
              cache: bool = True, show_progress: bool = False,
-             batch: int | None = None) -> SimResult:
+             batch: int | None = None, prefill: str = "token-by-token") -> SimResult:
     """Simulate prompt processing and the generation of ``tokens`` tokens of ``model`` (a
     model argument as for :func:`compile_model`, or a Compiled from it) on ``hw``.
 
@@ -113,12 +113,21 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
     generating steps. ``fast=False``: the command-by-command SimPy executor. ``batch``:
     batched decode of that many sequences (:mod:`pimsim.batch`), sequence ``b``'s prompt drawn
     with seed ``seed + b`` (sequence 0's is the unbatched run's prompt; batch 1 is that run to
-    the cycle); the report's ``extra["batch"]`` has the step time and the MAC-rate bound."""
+    the cycle); the report's ``extra["batch"]`` has the step time and the MAC-rate bound.
+
+    ``prompt``: the prompt's tokens, processed (prefilled) before the first generated token;
+    ``prefill`` (:mod:`pimsim.prefill`) how: ``"token-by-token"`` (one decode step per token,
+    as PIM-GPT and CENT do) or ``"batched"`` (one step of all of them, sharing the weight
+    reads, causal attention among them). The report has the time to first token
+    (``ttft_ms``: the prompt's step(s) and the first generated token) and per output token
+    (``tpot_ms``), labelled with the mode."""
     from pimsim.batch import check_batch
     from pimsim.generate import prompt_ids
     from pimsim.pipeline import run_system
+    from pimsim.prefill import check_prefill
     from workloads.models.resolve import preset_context
 
+    prefill = check_prefill(prefill)
     if keep_logits and not functional:
         raise UserError("keep_logits needs functional=True (timing runs compute no numbers)",
                         "pass functional=True")
@@ -166,7 +175,7 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
         rep = run_system(programs, cfg, prompt=ids, n_tokens=tokens, schedule=schedule,
                          fast=fast, functional=fx, skip_prompt=skip_prompt,
                          progress=(lambda _p: bar.update(1)) if bar else None,
-                         batch_prompts=batch_prompts)
+                         batch_prompts=batch_prompts, prefill=prefill)
     finally:
         if bar:
             bar.close()

@@ -62,6 +62,10 @@ class LogitRecorder:
         self.logits.append(np.array(lg, np.float32))
         return lg
 
+    def set_batch(self, batch: int, seq: int) -> None:
+        """Compute as vector ``seq`` of a batched step (a batched prefill, pimsim.prefill)."""
+        self.fx.set_batch(batch, seq)
+
 
 def decisive_steps(ref_logits: np.ndarray) -> np.ndarray:
     """Steps whose reference top-2 gap exceeds two bf16 steps at the top logit's magnitude:
