@@ -176,6 +176,9 @@ def test_pim_batched_step_past_the_kv_regions_is_consecutive_batched_steps(tiny)
     assert st.cycles == a[0] + b[0] and st.energy_j == math.fsum([a[2], b[2]])
     with pytest.raises(ValueError, match="1 to 2"):
         cost.batch_step([1, 2, 3])
+    cost.max_batch = 3  # 7 sequences: three batched steps of 3, 2, 2 in order
+    assert cost.groups(range(7)) == [(0, 1, 2), (3, 4), (5, 6)]
+    assert cost.groups([5, 6, 7]) == [(5, 6, 7)] and cost.groups([]) == []
 
 
 def test_serving_with_either_pim_cost_keeps_the_invariants(tiny):

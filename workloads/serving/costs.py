@@ -19,9 +19,11 @@ Three costs here:
   own KV region), simulated exactly from a fresh device state and memoised per exact ordered
   tuple of positions (the simulation is a function of that tuple only; a test holds a memo hit
   equal to a fresh simulation). A step with more decode sequences than the device's KV regions
-  hold (:func:`pimsim.batch.max_batch`) runs as consecutive batched steps of at most that many,
-  in order. A prefill chunk of ``n`` tokens costs ``n`` batch-1 steps, as in
-  :class:`PimSerialCost`, after the decode step (prefill as one step is not a serving cost yet);
+  hold (:func:`pimsim.batch.max_batch`) runs as the fewest consecutive batched steps that fit,
+  in order, of sizes as equal as possible (the earlier ones one larger; equal sizes from step to
+  step let the simulator reuse the weight items it built for that batch size). A prefill chunk
+  of ``n`` tokens costs ``n`` batch-1 steps, as in :class:`PimSerialCost`, after the decode
+  step (prefill as one step is not a serving cost yet);
 * :class:`PimSerialCost` -- "PIM, no batching (sequences one after another)": the simulator as it
   is today runs one sequence's decode step at a time, so a step of ``B`` decode sequences costs
   the sum of ``B`` batch-1 decode steps at their positions, and a prefill chunk of ``n`` tokens
@@ -206,12 +208,22 @@ class PimBatchedCost(PimSerialCost):
             self.simulated_s += time.perf_counter() - t0
         return got
 
+    def groups(self, decode_ctx_lens: Sequence[int]) -> list[tuple[int, ...]]:
+        """The batched steps a step's decode sequences run as: the fewest groups of at most
+        :attr:`max_batch`, in order, sizes as equal as possible (earlier groups one larger)."""
+        decode = tuple(int(p) for p in decode_ctx_lens)
+        n = -(-len(decode) // self.max_batch)
+        out, i = [], 0
+        for g in range(n):
+            size = len(decode) // n + (g < len(decode) % n)
+            out.append(decode[i:i + size])
+            i += size
+        return out
+
     def step(self, decode_ctx_lens: Sequence[int],
              prefill_chunks: Sequence[tuple[int, int]]) -> StepTime:
         _check_positions(decode_ctx_lens, prefill_chunks, self.n_ctx)
-        decode = list(decode_ctx_lens)
-        parts = [self.batch_step(decode[i:i + self.max_batch])
-                 for i in range(0, len(decode), self.max_batch)]
+        parts = [self.batch_step(g) for g in self.groups(decode_ctx_lens)]
         for s, n in prefill_chunks:
             parts.extend(self.position_step(p) for p in range(s, s + n))
         cyc = sum(c for c, _, _ in parts)
