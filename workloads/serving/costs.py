@@ -24,8 +24,8 @@ Three costs here:
   step let the simulator reuse the weight items it built for that batch size). A prefill chunk
   of ``n`` tokens costs ``n`` batch-1 steps, as in :class:`PimSerialCost`, after the decode
   step (prefill as one step is not a serving cost yet);
-* :class:`PimSerialCost` -- "PIM, no batching (sequences one after another)": the simulator as it
-  is today runs one sequence's decode step at a time, so a step of ``B`` decode sequences costs
+* :class:`PimSerialCost` -- "PIM, no batching (sequences one after another)" (``--pim-cost
+  serial``): one sequence's decode step at a time, so a step of ``B`` decode sequences costs
   the sum of ``B`` batch-1 decode steps at their positions, and a prefill chunk of ``n`` tokens
   costs ``n`` token-by-token steps (PIM-GPT's and CENT's way of processing a prompt). A batch-1
   step at position ``p`` is the simulator's run of one generating step at ``p`` from a fresh
@@ -130,6 +130,11 @@ class PimSerialCost:
                                    else int(kv_capacity_tokens))
         self.has_energy = cfg.energy is not None
         self._memo: dict[int, tuple[int, float, float | None]] = {}  # pos -> (cyc, s, J)
+
+    @property
+    def positions_simulated(self) -> int:
+        """Batch-1 positions simulated so far (each once)."""
+        return len(self._memo)
 
     def position_step(self, pos: int) -> tuple[int, float, float | None]:
         """(cycles, seconds, joules) of one batch-1 decode step at ``pos``: the simulator's
