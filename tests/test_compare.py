@@ -48,13 +48,36 @@ def test_unknown_gpu_is_a_clear_error():
         C.gpu_point("V100", "gpt2-small", 10)
 
 
+def test_compare_batches_pim_batched_by_default():
+    from workloads import session
+    from workloads.compare_batched import PIM_BATCHED_LABEL
+    from workloads.serving.costs import PimBatchedCost
+
+    kw = dict(prompt=4, tokens=2, batches="1,4,16")
+    bat = session.compare("tiny", "pim-gpt", "T4", **kw).batch_rows
+    ser = session.compare("tiny", "pim-gpt", "T4", pim_cost="serial", **kw).batch_rows
+    assert bat[0].pim_method == PIM_BATCHED_LABEL
+    assert (bat[0].pim_ms, bat[0].pim_j) == (ser[0].pim_ms, ser[0].pim_j)  # batch 1: the same
+    for b, s in zip(bat[1:], ser[1:]):
+        assert b.pim_ms <= s.pim_ms and b.pim_tokens_per_s >= s.pim_tokens_per_s
+        assert b.gpu_ms == s.gpu_ms
+    # the row is the batched simulation of the batch at the row's position
+    cfg = session.hw_config("pim-gpt")
+    cost = PimBatchedCost(session.compile_model("tiny", cfg), cfg)
+    cyc, step_s, j = cost.batch_step([bat[1].position] * 4)
+    assert bat[1].pim_ms == step_s * 1e3 and bat[1].pim_j == j / 4
+    with pytest.raises(Exception, match="PIM cost 'x'"):
+        session.compare("tiny", "pim-gpt", "T4", pim_cost="x", **kw)
+
+
 def test_compare_batches_pim_serial_and_gpu_batched(tmp_path):
     from workloads import session
     from workloads.compare_batched import PIM_SERIAL_LABEL
     from workloads.gpu import model as gm
     from workloads.plots import plot_compare_batches
 
-    res = session.compare("tiny", "pim-gpt", "T4", prompt=4, tokens=2, batches="4,1,16")
+    res = session.compare("tiny", "pim-gpt", "T4", prompt=4, tokens=2, batches="4,1,16",
+                          pim_cost="serial")
     rows = res.batch_rows
     assert [r.batch for r in rows] == [1, 4, 16] and res.rows == []
     one = rows[0]

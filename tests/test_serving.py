@@ -10,8 +10,8 @@ import pytest
 
 from pimsim.errors import UserError
 from workloads import session
-from workloads.serving import GpuModelCost, PimSerialCost, Request, load_jsonl, synthetic
-from workloads.serving.costs import PIM_SERIAL_LABEL
+from workloads.serving import GpuModelCost, PimBatchedCost, PimSerialCost, Request, load_jsonl, synthetic
+from workloads.serving.costs import PIM_BATCHED_LABEL, PIM_SERIAL_LABEL
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def test_every_request_completes_with_its_output_length(tiny):
     assert m["total_token_throughput"] * m["duration"] == pytest.approx(30 + 36, rel=1e-12)
     assert m["duration"] == max(r.finish_s for r in res.requests)
     assert sum(s.output_tokens for s in res.steps) == 30
-    assert res.config["cost_label"] == PIM_SERIAL_LABEL
-    assert PIM_SERIAL_LABEL in res.summary()
+    assert res.config["cost_label"] == PIM_BATCHED_LABEL  # the default PIM cost
+    assert PIM_BATCHED_LABEL in res.summary()
     check_limits(res)
     assert m["max_num_seqs_seen"] == 3  # the limit binds
     for k in ("request_throughput", "mean_ttft_ms", "median_tpot_ms", "p99_itl_ms",
@@ -125,6 +125,79 @@ def test_pim_serial_cost_is_the_sum_of_batch_1_simulations(tiny):
     assert st.per_device_busy_s == (st.time_s,)
     fresh = PimSerialCost(c, cfg).step(list(reversed(decode)), list(reversed(chunks)))
     assert (fresh.cycles, fresh.energy_j) == (st.cycles, st.energy_j)  # order, memo: no effect
+
+
+def test_pim_batched_cost_at_batch_1_is_the_serial_cost(tiny):
+    c, cfg = tiny
+    batched, serial = PimBatchedCost(c, cfg), PimSerialCost(c, cfg)
+    for decode, chunks in (([3], []), ([40], [(0, 3)]), ([], [(20, 2)]), ([0], [])):
+        a, b = batched.step(decode, chunks), serial.step(decode, chunks)
+        assert (a.cycles, a.time_s, a.energy_j) == (b.cycles, b.time_s, b.energy_j)
+
+
+def test_pim_batched_step_is_the_batched_simulation_and_never_above_serial(tiny):
+    c, cfg = tiny
+    cost, serial = PimBatchedCost(c, cfg), PimSerialCost(c, cfg)
+    for p, b in ((5, 3), (30, 4)):
+        sim = session.simulate(c, cfg, tokens=1, prompt=p + 1, skip_prompt=True, batch=b).report
+        cyc, s, j = cost.batch_step([p] * b)
+        assert cyc == sim.cycles and s == sim.per_token_ms[0] / 1e3
+        assert j == pytest.approx(sim.energy["per_token_j"][0] * b, rel=1e-12)
+    decode, chunks = [3, 10, 10, 40], [(0, 3), (20, 2)]
+    st, ser = cost.step(decode, chunks), serial.step(decode, chunks)
+    assert st.cycles <= ser.cycles and st.time_s <= ser.time_s
+    assert st.time_s == cfg.timing.ns(st.cycles) / 1e9
+    assert st.per_device_busy_s == (st.time_s,)
+    dec = cost.batch_step(decode)
+    pre = [serial.position_step(p) for p in (0, 1, 2, 20, 21)]
+    assert st.cycles == dec[0] + sum(x[0] for x in pre)  # decode batched, prompts one by one
+    assert st.energy_j == math.fsum([dec[2]] + [x[2] for x in pre])
+
+
+def test_pim_batched_memo_hit_is_a_fresh_simulation(tiny):
+    c, cfg = tiny
+    cost = PimBatchedCost(c, cfg)
+    key = (7, 2, 19)
+    first = cost.batch_step(key)
+    n = cost.simulated_batch_steps
+    assert cost.batch_step(list(key)) == first and cost.simulated_batch_steps == n  # a hit
+    assert PimBatchedCost(c, cfg).batch_step(key) == first  # equals simulating afresh
+    other = cost.batch_step((19, 2, 7))  # another order is another key: simulated
+    assert cost.simulated_batch_steps == n + 1 and other[0] > 0
+
+
+def test_pim_batched_step_past_the_kv_regions_is_consecutive_batched_steps(tiny):
+    c, cfg = tiny
+    cost = PimBatchedCost(c, cfg)
+    assert cost.max_batch >= 3
+    cost.max_batch = 2  # as if two sequences' KV regions filled the rows
+    st = cost.step([4, 9, 13], [])
+    a, b = cost.batch_step([4, 9]), cost.batch_step([13])
+    assert st.cycles == a[0] + b[0] and st.energy_j == math.fsum([a[2], b[2]])
+    with pytest.raises(ValueError, match="1 to 2"):
+        cost.batch_step([1, 2, 3])
+    cost.max_batch = 3  # 7 sequences: three batched steps of 3, 2, 2 in order
+    assert cost.groups(range(7)) == [(0, 1, 2), (3, 4), (5, 6)]
+    assert cost.groups([5, 6, 7]) == [(5, 6, 7)] and cost.groups([]) == []
+
+
+def test_serving_with_either_pim_cost_keeps_the_invariants(tiny):
+    kw = dict(num_prompts=6, input_len=5, output_len=6, request_rate=2e5, seed=3,
+              max_num_seqs=4, max_num_batched_tokens=8)
+    bat = serve(tiny, **kw)
+    ser = serve(tiny, pim_cost="serial", **kw)
+    assert ser.config["cost_label"] == PIM_SERIAL_LABEL
+    for res in (bat, ser):
+        check_limits(res)
+        assert res.metrics["completed"] == 6
+        assert all(r.output_tokens == 6 for r in res.requests)
+    # the same schedule (KV is per token either way); each batched step no longer than serial
+    assert [s.decode_ctx_lens for s in bat.steps] == [s.decode_ctx_lens for s in ser.steps]
+    assert all(a.time_s <= b.time_s for a, b in zip(bat.steps, ser.steps))
+    assert any(a.time_s < b.time_s for a, b in zip(bat.steps, ser.steps)
+               if len(a.decode_ctx_lens) > 1)
+    with pytest.raises(UserError, match="PIM cost 'fast'"):
+        serve(tiny, pim_cost="fast", num_prompts=1)
 
 
 def test_gpu_cost_batch_1_is_the_gpu_model_and_batching_shares_weights():
@@ -225,6 +298,8 @@ def run_cli(argv, capsys):
     (["--requests", "missing.jsonl"], "missing.jsonl"),
     (["--gpu", "NOPE"], "NOPE"),
     (["--kv-capacity", "0"], "--kv-capacity"),
+    (["--pim-cost", "fast"], "--pim-cost"),
+    (["--context", "0"], "--context"),
 ])
 def test_cli_bad_options_exit_2(tmp_path, capsys, argv, msg):
     if "BAD" in argv:
@@ -254,7 +329,11 @@ def test_cli_serve_json_csv_plot(tmp_path, capsys):
     assert rc == 0
     doc = json.loads(out)
     assert doc["metrics"]["completed"] == 2 and len(doc["requests"]) == 2
-    assert doc["config"]["cost_label"] == PIM_SERIAL_LABEL
+    assert doc["config"]["cost_label"] == PIM_BATCHED_LABEL
     assert len(csv_f.read_text().splitlines()) == 3
     assert (plots / "latency_cdf.png").stat().st_size > 0
     assert (plots / "throughput.png").stat().st_size > 0
+    rc, out, _ = run_cli(["serve", "tiny", "--requests", str(f), "--json", "--pim-cost", "serial",
+                          "--context", "32"], capsys)
+    doc = json.loads(out)
+    assert rc == 0 and doc["config"]["cost_label"] == PIM_SERIAL_LABEL and doc["config"]["n_ctx"] == 32

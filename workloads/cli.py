@@ -9,11 +9,13 @@ the command line, calls the library API (:mod:`workloads.session`) and prints:
     pimsim run MODEL --hw CONFIG --prompt P --tokens N [--prefill batched|token-by-token]
                [--functional] [--json] [--batch B[,B..]]
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
-    pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR] [--batch 1,16,64,256]
+    pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR] [--batch 1,16,64,256
+        [--pim-cost batched|serial]]
     pimsim sweep SPEC.toml [--workers N] [--cluster ADDRESS] [--db FILE] [--plot DIR] [--csv F]
     pimsim serve MODEL --hw CONFIG [--requests FILE.jsonl | --num-prompts N --request-rate R
         --input-len L --output-len L [--length-dist sharegpt] --seed S] --max-num-seqs N
-        --max-num-batched-tokens N [--gpu NAME] [--json] [--csv FILE] [--plot DIR]
+        --max-num-batched-tokens N [--gpu NAME | --pim-cost batched|serial] [--context N]
+        [--json] [--csv FILE] [--plot DIR]
     pimsim --version;  pimsim --debug COMMAND ...   (a traceback instead of the one error line)
 
 Bad input gives one line, ``pimsim: error: <problem>; <fix>``, and exit status 2 (the handler is
@@ -198,7 +200,8 @@ def cmd_compare(args) -> int:
     res = session.compare(args.models, _hw(args), args.gpu, prompt=args.prompt,
                           tokens=args.tokens, schedule=args.schedule, gpu_tp=args.gpu_tp,
                           cache=not args.no_cache, show_progress=_show(args),
-                          batches=args.batch, gpu_power=args.gpu_power)
+                          batches=args.batch, gpu_power=args.gpu_power,
+                          pim_cost=args.pim_cost)
     if args.batch is not None:
         print(json.dumps(res.to_dict()["batch_rows"], indent=1) if args.json else res.table())
         if args.plot:
@@ -291,7 +294,7 @@ def cmd_serve(args) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens,
         cost=f"gpu:{args.gpu}" if args.gpu else "pim", kv_capacity_tokens=args.kv_capacity,
         gpu_tp=args.gpu_tp, schedule=args.schedule, cache=not args.no_cache,
-        show_progress=_show(args))
+        show_progress=_show(args), pim_cost=args.pim_cost, context=args.context)
     print(json.dumps(res.to_dict(), indent=1) if args.json else res.summary())
     if args.csv:
         print(f"  wrote {res.write_csv(args.csv)}", file=sys.stderr)
@@ -305,6 +308,7 @@ def cmd_serve(args) -> int:
 
 def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
     """The ``serve`` subcommand."""
+    from workloads.serving.costs import PIM_COSTS
     from workloads.serving.requests import LENGTH_DISTS
 
     s = sub.add_parser("serve", help="serve a request stream with continuous batching "
@@ -340,6 +344,13 @@ def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
                    help="with --gpu: GPUs in tensor parallelism (default 1)")
     s.add_argument("--schedule", choices=["serial", "overlap"], default="serial",
                    help="PIM step schedule (see pimsim run)")
+    s.add_argument("--pim-cost", choices=PIM_COSTS, default=PIM_COSTS[0],
+                   help="PIM step cost: batched (a step's decode sequences as one batched PIM "
+                        "step, prompts token by token; the default) or serial (sequences one "
+                        "after another)")
+    s.add_argument("--context", type=int_in(1), default=None, metavar="N",
+                   help="PIM: reserve the KV caches for N tokens instead of the model's own "
+                        "context (more sequences fit one batched step)")
     s.add_argument("--json", action="store_true",
                    help="print one JSON document: config, metrics, refused requests, one row "
                         "per request")
@@ -480,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="position of the token --timeline shows (default: the last one)")
     r.set_defaults(func=cmd_run)
 
+    from workloads.serving.costs import PIM_COSTS
+
     cp = sub.add_parser("compare", help="PIM vs GPU latency and energy per token")
     cp.add_argument("models", nargs="+", help="presets to compare")
     cp.add_argument("--hw", default="pim-gpt", help=hw_help("pim-gpt"))
@@ -499,7 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="GPUs of a modelled GPU preset in tensor parallelism (default 1)")
     cp.add_argument("--batch", metavar="B,B,..", default=None,
                     help="instead: tokens/s and mJ/token per batch size (e.g. 1,16,64,256) and "
-                         "the crossover batch; PIM sequences one after another, a modelled GPU")
+                         "the crossover batch; a modelled GPU")
+    cp.add_argument("--pim-cost", choices=PIM_COSTS, default=PIM_COSTS[0],
+                    help="with --batch: batched (one batched PIM decode step per batch, the "
+                         "default) or serial (the batch's sequences one after another)")
     cp.add_argument("--gpu-power", choices=["util", "board"], default="util",
                     help="with --batch: the GPU's power model, utilisation power (default) or "
                          "the board's datasheet power throughout")

@@ -4,10 +4,12 @@ What ``pimsim compare MODEL --batch 1,16,64,256`` computes. One decode step of a
 sequences, every sequence generating the token at the same position (the mean position of the
 batch-1 comparison, ``prompt - 1 + tokens // 2``):
 
-* PIM: :func:`pim_batch_step`, the one function a batched PIM step replaces. Today the simulator
-  runs one sequence at a time, so it is :class:`workloads.serving.costs.PimSerialCost`: a step of
-  ``B`` sequences costs ``B`` batch-1 steps at that position (one simulation, memoised), labelled
-  ``pim_method`` = "PIM, no batching (sequences one after another)" in the table and JSON.
+* PIM: :func:`pim_batch_step` with the named PIM cost (``pim_cost``): ``"batched"`` (the
+  default, :class:`workloads.serving.costs.PimBatchedCost`): one batched decode step of
+  :mod:`pimsim.batch` of the ``B`` sequences, simulated (consecutive batched steps of at most the
+  device's ``max_batch`` when the batch's KV regions do not fit at once); ``"serial"``
+  (:class:`~workloads.serving.costs.PimSerialCost`): ``B`` batch-1 steps at that position (one
+  simulation, memoised). The cost's label is ``pim_method`` in the table and JSON.
 * GPU: :func:`workloads.gpu.model.predict_batch` on the preset with the shipped calibrations
   (weights read once per step, each sequence's KV; uncalibrated beyond batch 1 until a batched
   measurement is fitted), energy from the named power model (``util`` by default, ``board`` when
@@ -25,7 +27,11 @@ from typing import Any, Sequence
 
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
-from workloads.serving.costs import PIM_SERIAL_LABEL, PimSerialCost
+from workloads.serving.costs import PIM_BATCHED_LABEL, PIM_SERIAL_LABEL, PimSerialCost, check_pim_cost, pim_cost
+
+__all__ = ["GPU_POWER_MODELS", "PIM_BATCHED_LABEL", "PIM_SERIAL_LABEL", "BatchRow", "PimBatchStep",
+           "batch_table", "compare_batches", "crossover", "crossover_lines", "gpu_batch_spec",
+           "gpu_kv_fits", "parse_batches", "pim_batch_step"]
 
 GPU_POWER_MODELS = ("util", "board")
 
@@ -45,7 +51,7 @@ class BatchRow:
     gpu_tokens_per_s: float
     speedup: float           # PIM tokens/s over the GPU's (= GPU ms / PIM ms)
     efficiency: float        # GPU J/token over PIM J/token
-    pim_method: str = PIM_SERIAL_LABEL
+    pim_method: str = PIM_BATCHED_LABEL
     gpu_source: str = ""
     gpu_power: str = "util"
     pim_kv_fits: bool = True  # the batch's KV cache fits the PIM system's KV capacity
@@ -79,9 +85,9 @@ def parse_batches(batches: Sequence[int] | str) -> list[int]:
 
 
 def pim_batch_step(cost: PimSerialCost, batch: int, pos: int) -> PimBatchStep:
-    """A PIM decode step of ``batch`` sequences at ``pos``: today ``B`` batch-1 steps one after
-    another (:class:`PimSerialCost`). A batched PIM step (one weight read shared by the batch)
-    replaces this function and its label."""
+    """A PIM decode step of ``batch`` sequences at ``pos`` priced by ``cost``: one batched step
+    (:class:`~workloads.serving.costs.PimBatchedCost`) or ``B`` batch-1 steps one after another
+    (:class:`PimSerialCost`); the cost's label is the method."""
     st = cost.step([pos] * batch, [])
     if st.energy_j is None:
         raise UserError(f"{cost.cfg.name} has no [energy] table", "compare needs a config with one")
@@ -117,7 +123,7 @@ def gpu_kv_fits(spec: Any, shape: Any, batch: int, pos: int, tp: int) -> bool:
 def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequence[int], *,
                     prompt: int = 1, tokens: int = 8, schedule: str = "serial",
                     cache: bool = False, show: bool = False, tp: int = 1,
-                    power: str = "util") -> list[BatchRow]:
+                    power: str = "util", pim: str = "batched") -> list[BatchRow]:
     """One row per model and batch size (see the module docstring); the library entry point
     with its input checks is :func:`workloads.session.compare` (``batches=``)."""
     from workloads import comparison as C
@@ -133,6 +139,7 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
         raise UserError(f"--batch needs a modelled GPU, not the batch-1 measurement {gpu!r}",
                         "give a GPU name (T4, A100, H100, H200)")
     batches = parse_batches(batches)
+    check_pim_cost(pim)
     if cfg.system.pp > 1:
         raise UserError(f"compare --batch on {cfg.system.pp} pipeline stages is not modelled "
                         "(PIM sequences one after another would leave the stages idle)",
@@ -146,11 +153,11 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
     rows = []
     for m in models:
         c = compile_model(m, cfg, cache=cache, show_progress=show)
-        pim = PimSerialCost(c, cfg, schedule=schedule)
+        pim_step = pim_cost(pim, c, cfg, schedule=schedule)
         shape = shape_for(m) if (m in PRESETS or m in zoo.NAMES) else C.gpu_shape(c.spec)
         gpos = min(pos, shape.n_ctx - 1)
         for b in batches:
-            p = pim_batch_step(pim, b, pos)
+            p = pim_batch_step(pim_step, b, pos)
             try:
                 g = gm.predict_batch(spec, shape, b, gpos, power=power, tp=tp)
             except ValueError as e:

@@ -255,14 +255,16 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
             devices: int | None = None, tp: int | None = None, pp: int | None = None,
             tp_attention: str | None = None, gpu_tp: int = 1, cache: bool = True,
             show_progress: bool = False, batches: Any = None,
-            gpu_power: str = "util") -> CompareResult:
+            gpu_power: str = "util", pim_cost: str = "batched") -> CompareResult:
     """Latency and energy per token of ``models`` on ``hw`` (simulated, the generating steps
     after a ``prompt``-token context) against ``gpu``: T4, A100, H100, H200 (the analytic
     model; ``gpu_tp`` GPUs in tensor parallelism) or a measured baseline JSON file.
 
     ``batches`` (batch sizes, or a comma-separated string): instead, tokens/s and mJ/token per
     batch size and the crossover batch (:mod:`workloads.compare_batched`; a modelled GPU with
-    ``gpu_power`` ``util``, the default, or ``board``; PIM sequences one after another)."""
+    ``gpu_power`` ``util``, the default, or ``board``; ``pim_cost`` ``"batched"``, the default:
+    one batched PIM decode step of the batch, or ``"serial"``: its sequences one after
+    another)."""
     from workloads import comparison as C
     from workloads.models.resolve import preset_context
 
@@ -274,11 +276,15 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
         check_context(m, preset_context(m), prompt=prompt, tokens=tokens)
     C.check_gpu(gpu, models)  # an unknown GPU or a bad baseline file: fail now
     if batches is not None:
+        from workloads.serving.costs import check_pim_cost
+
+        check_pim_cost(pim_cost)
         from workloads import compare_batched as CB
 
         return CompareResult(batch_rows=CB.compare_batches(
             models, cfg, gpu, CB.parse_batches(batches), prompt=prompt, tokens=tokens,
-            schedule=schedule, cache=cache, show=show_progress, tp=gpu_tp, power=gpu_power))
+            schedule=schedule, cache=cache, show=show_progress, tp=gpu_tp, power=gpu_power,
+            pim=pim_cost))
     rows = C.compare_rows(models, cfg, gpu, prompt=prompt, tokens=tokens, schedule=schedule,
                           cache=cache, show=show_progress, tp=gpu_tp)
     return CompareResult(rows)
@@ -293,7 +299,8 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
           kv_capacity_tokens: int | None = None, devices: int | None = None,
           tp: int | None = None, pp: int | None = None, tp_attention: str | None = None,
           gpu_tp: int = 1, schedule: str = "serial", cache: bool = True,
-          show_progress: bool = False) -> ServeResult:
+          show_progress: bool = False, pim_cost: str = "batched",
+          context: int | None = None) -> ServeResult:
     """Serve a request stream with continuous batching (:mod:`workloads.serving`) and report
     vLLM ``benchmark_serving``'s metrics.
 
@@ -301,15 +308,25 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
     :class:`~workloads.serving.requests.Request`, or None for a synthetic stream of
     ``num_prompts`` requests at ``request_rate`` per second (``inf``: all at t = 0; else
     Poisson, seeded by ``seed``), ``input_len`` / ``output_len`` tokens or ``length_dist=
-    "sharegpt"``. ``cost``: ``"pim"`` (the simulator, no batching: sequences one after another,
-    :class:`~workloads.serving.costs.PimSerialCost`), ``"gpu:NAME"`` (the analytic GPU model
-    with batching, ``gpu_tp`` GPUs: :class:`~workloads.serving.costs.GpuModelCost`) or any
+    "sharegpt"``. ``cost``: ``"pim"`` (the simulator; ``pim_cost`` ``"batched"``, the default:
+    a step's decode sequences as one batched PIM step,
+    :class:`~workloads.serving.costs.PimBatchedCost`; ``"serial"``: sequences one after
+    another, :class:`~workloads.serving.costs.PimSerialCost`), ``"gpu:NAME"`` (the analytic GPU
+    model with batching, ``gpu_tp`` GPUs: :class:`~workloads.serving.costs.GpuModelCost`) or any
     :class:`~workloads.serving.costs.StepCost`. ``kv_capacity_tokens``: None for the cost's
-    own figure (from the compiled program on PIM, from GPU memory on a GPU).
+    own figure (from the compiled program on PIM, from GPU memory on a GPU). ``context`` (PIM,
+    a preset name): compile with the KV caches reserved for this many tokens instead of the
+    model's own context (more sequences' KV regions fit a batched step).
     ``max_num_seqs`` / ``max_num_batched_tokens``: vLLM's scheduler limits."""
     from workloads.serving import costs as C
     from workloads.serving.requests import Request, load_jsonl, sort_by_arrival, synthetic
     from workloads.serving.scheduler import SchedulerConfig, simulate_serving
+
+    C.check_pim_cost(pim_cost)
+    if context is not None and (not isinstance(context, int) or isinstance(context, bool)
+                                or context < 1):
+        raise UserError(f"context {context!r} is not a whole number >= 1",
+                        "give the tokens to reserve the KV caches for, or leave it out")
 
     sched = SchedulerConfig(max_num_seqs=max_num_seqs,
                             max_num_batched_tokens=max_num_batched_tokens)
@@ -348,10 +365,14 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
     cfg = None
     if isinstance(cost, str) and cost == "pim":
         cfg = hw_config(hw, devices=devices, tp=tp, pp=pp, tp_attention=tp_attention)
+        if context is not None and not isinstance(model, str):
+            raise UserError("context reserves the KV caches when compiling a preset, not for "
+                            "a compiled model", "pass the preset name, or compile it with "
+                            "compile_model(..., context=N)")
         c = model if not isinstance(model, str) else \
-            _compile(model, cfg, cache=cache, show=show_progress)[0]
-        step_cost = C.PimSerialCost(c, cfg, schedule=schedule,
-                                    kv_capacity_tokens=kv_capacity_tokens)
+            _compile(model, cfg, context=context, cache=cache, show=show_progress)[0]
+        step_cost = C.pim_cost(pim_cost, c, cfg, schedule=schedule,
+                               kv_capacity_tokens=kv_capacity_tokens)
         system = cfg.name + (f" x {cfg.system.devices} devices (tp {cfg.system.tp})"
                              if cfg.system.devices > 1 else "")
     elif isinstance(cost, str) and cost.lower().startswith("gpu:"):

@@ -7,10 +7,10 @@ summary use vLLM ``benchmark_serving``'s metric names (:mod:`~workloads.serving.
 :func:`workloads.session.serve` and ``pimsim serve`` put them together.
 """
 
-from workloads.serving.costs import GpuModelCost, PimSerialCost, StepCost, StepTime
+from workloads.serving.costs import GpuModelCost, PimBatchedCost, PimSerialCost, StepCost, StepTime
 from workloads.serving.metrics import ServeResult
 from workloads.serving.requests import Request, load_jsonl, synthetic
 from workloads.serving.scheduler import SchedulerConfig, simulate_serving
 
-__all__ = ["GpuModelCost", "PimSerialCost", "Request", "SchedulerConfig", "ServeResult",
+__all__ = ["GpuModelCost", "PimBatchedCost", "PimSerialCost", "Request", "SchedulerConfig", "ServeResult",
            "StepCost", "StepTime", "load_jsonl", "simulate_serving", "synthetic"]

@@ -10,11 +10,22 @@ already in its KV cache (= the position of the token it processes); ``prefill_ch
 start_pos + n_tokens - 1`` (chunked prefill). A cost also says how many KV-cache tokens the
 system holds (``kv_capacity_tokens``) and the model's context (``n_ctx``).
 
-Two costs here; a batched PIM step (one weight-row read shared by the sequences of a step) is a
-third :class:`StepCost`, plugged in without changing the scheduler:
+Three costs here:
 
-* :class:`PimSerialCost` -- "PIM, no batching (sequences one after another)": the simulator as it
-  is today runs one sequence's decode step at a time, so a step of ``B`` decode sequences costs
+* :class:`PimBatchedCost` -- the default PIM cost, "PIM, batched decode (shared row activations
+  where buffer/accumulators allow), token-by-token prefill": the decode sequences of a step run as
+  ONE batched decode step of :mod:`pimsim.batch` at their own positions (weight rows activated
+  once for as many sequences as the global buffer and the accumulators hold, each sequence its
+  own KV region), simulated exactly from a fresh device state and memoised per exact ordered
+  tuple of positions (the simulation is a function of that tuple only; a test holds a memo hit
+  equal to a fresh simulation). A step with more decode sequences than the device's KV regions
+  hold (:func:`pimsim.batch.max_batch`) runs as the fewest consecutive batched steps that fit,
+  in order, of sizes as equal as possible (the earlier ones one larger; equal sizes from step to
+  step let the simulator reuse the weight items it built for that batch size). A prefill chunk
+  of ``n`` tokens costs ``n`` batch-1 steps, as in :class:`PimSerialCost`, after the decode
+  step (prefill as one step is not a serving cost yet);
+* :class:`PimSerialCost` -- "PIM, no batching (sequences one after another)" (``--pim-cost
+  serial``): one sequence's decode step at a time, so a step of ``B`` decode sequences costs
   the sum of ``B`` batch-1 decode steps at their positions, and a prefill chunk of ``n`` tokens
   costs ``n`` token-by-token steps (PIM-GPT's and CENT's way of processing a prompt). A batch-1
   step at position ``p`` is the simulator's run of one generating step at ``p`` from a fresh
@@ -35,6 +46,9 @@ from typing import Any, Protocol, Sequence
 from pimsim.errors import UserError
 
 PIM_SERIAL_LABEL = "PIM, no batching (sequences one after another)"
+PIM_BATCHED_LABEL = ("PIM, batched decode (shared row activations where buffer/accumulators "
+                     "allow), token-by-token prefill")
+PIM_COSTS = ("batched", "serial")  # what ``--pim-cost`` accepts; the first is the default
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,11 @@ class PimSerialCost:
         self.has_energy = cfg.energy is not None
         self._memo: dict[int, tuple[int, float, float | None]] = {}  # pos -> (cyc, s, J)
 
+    @property
+    def positions_simulated(self) -> int:
+        """Batch-1 positions simulated so far (each once)."""
+        return len(self._memo)
+
     def position_step(self, pos: int) -> tuple[int, float, float | None]:
         """(cycles, seconds, joules) of one batch-1 decode step at ``pos``: the simulator's
         generating step at ``pos`` from a fresh device state, memoised per position."""
@@ -143,6 +162,95 @@ class PimSerialCost:
         t = self.cfg.timing.ns(cyc) / 1e9
         e = math.fsum(j for _, _, j in parts) if self.has_energy else None
         return StepTime(t, e, (t,) * self.devices, cyc)
+
+
+# ---------------------------------------------------------------- PIM, batched decode
+
+class PimBatchedCost(PimSerialCost):
+    """PIM, batched decode, token-by-token prefill; see the module docstring.
+
+    Arguments as :class:`PimSerialCost`. ``max_batch``: the most decode sequences one batched
+    step holds (their KV regions in the device's rows, :func:`pimsim.batch.max_batch`)."""
+
+    label = PIM_BATCHED_LABEL
+
+    def __init__(self, compiled: Any, cfg: Any, *, schedule: str = "serial",
+                 kv_capacity_tokens: int | None = None):
+        from pimsim.batch import max_batch
+
+        super().__init__(compiled, cfg, schedule=schedule, kv_capacity_tokens=kv_capacity_tokens)
+        self.max_batch = max_batch(self.programs[0])
+        # exact ordered positions -> (cycles, seconds, joules of the whole step)
+        self._batch_memo: dict[tuple[int, ...], tuple[int, float, float | None]] = {}
+        self.simulated_batch_steps = 0  # batched steps actually simulated (memo misses)
+        self.simulated_s = 0.0  # wall seconds spent simulating them
+
+    def batch_step(self, positions: Sequence[int]) -> tuple[int, float, float | None]:
+        """(cycles, seconds, joules) of one batched decode step, sequence ``b`` generating the
+        token at ``positions[b]`` (at most :attr:`max_batch` sequences): the simulator's
+        batched generating step from a fresh device state (:func:`pimsim.pipeline.run_system`
+        with one prompt per sequence, ``skip_prompt``), memoised per exact ordered tuple."""
+        key = tuple(int(p) for p in positions)
+        if not 1 <= len(key) <= self.max_batch:
+            raise ValueError(f"a batched step of {len(key)} sequences: give 1 to "
+                             f"{self.max_batch}")
+        got = self._batch_memo.get(key)
+        if got is None:
+            import time
+
+            from pimsim.generate import prompt_ids
+            from pimsim.pipeline import run_system
+
+            t0 = time.perf_counter()
+            vocab = self.compiled.spec.vocab
+            rep = run_system(self.programs, self.cfg, prompt=prompt_ids(key[0] + 1, vocab),
+                             n_tokens=1, schedule=self.schedule, skip_prompt=True,
+                             batch_prompts=[prompt_ids(p + 1, vocab) for p in key])
+            # the report's energy per token is the step's energy over the batch
+            e = rep.energy["per_token_j"][0] * len(key) if rep.energy else None
+            got = self._batch_memo[key] = (int(rep.cycles), rep.per_token_ms[0] / 1e3, e)
+            self.simulated_batch_steps += 1
+            self.simulated_s += time.perf_counter() - t0
+        return got
+
+    def groups(self, decode_ctx_lens: Sequence[int]) -> list[tuple[int, ...]]:
+        """The batched steps a step's decode sequences run as: the fewest groups of at most
+        :attr:`max_batch`, in order, sizes as equal as possible (earlier groups one larger)."""
+        decode = tuple(int(p) for p in decode_ctx_lens)
+        n = -(-len(decode) // self.max_batch)
+        out, i = [], 0
+        for g in range(n):
+            size = len(decode) // n + (g < len(decode) % n)
+            out.append(decode[i:i + size])
+            i += size
+        return out
+
+    def step(self, decode_ctx_lens: Sequence[int],
+             prefill_chunks: Sequence[tuple[int, int]]) -> StepTime:
+        _check_positions(decode_ctx_lens, prefill_chunks, self.n_ctx)
+        parts = [self.batch_step(g) for g in self.groups(decode_ctx_lens)]
+        for s, n in prefill_chunks:
+            parts.extend(self.position_step(p) for p in range(s, s + n))
+        cyc = sum(c for c, _, _ in parts)
+        t = self.cfg.timing.ns(cyc) / 1e9
+        e = math.fsum(j for _, _, j in parts) if self.has_energy else None
+        return StepTime(t, e, (t,) * self.devices, cyc)
+
+
+def pim_cost(kind: str, compiled: Any, cfg: Any, **kw) -> PimSerialCost:
+    """The PIM step cost named ``kind`` (:data:`PIM_COSTS`: ``"batched"``, the default, or
+    ``"serial"``); other arguments as :class:`PimSerialCost`."""
+    kind = check_pim_cost(kind)
+    return (PimBatchedCost if kind == "batched" else PimSerialCost)(compiled, cfg, **kw)
+
+
+def check_pim_cost(kind: object) -> str:
+    """``kind`` if it names a PIM cost (:data:`PIM_COSTS`), else a UserError."""
+    if kind not in PIM_COSTS:
+        raise UserError(f"PIM cost {kind!r} is not known",
+                        "use batched (one batched decode step per scheduler step, the default) "
+                        "or serial (sequences one after another)")
+    return kind
 
 
 # ---------------------------------------------------------------- GPU roofline, batched
