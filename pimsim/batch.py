@@ -34,7 +34,15 @@ from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator
 from pimsim.energy import EnergyReport
 from pimsim.errors import HardwareFitError, UserError
-from pimsim.generate import Executor, TokenEnergy, _energy_summary, _StepCost, token_breakdown, tpot_ms
+from pimsim.generate import (
+    Executor,
+    TokenEnergy,
+    _energy_summary,
+    _StepCost,
+    check_run,
+    token_breakdown,
+    tpot_ms,
+)
 from pimsim.isa import PER_OP_KEYS, Program, Step, _attn_score_items, _attn_value_items, _kv_write_items, _matvec_items
 from pimsim.prefill import check_prefill, prefill_functional, prefill_positions, use_program
 from pimsim.report import BREAKDOWN_KEYS, RunReport
@@ -235,18 +243,8 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
         if B > 1:
             for b, fx in enumerate(functional):
                 fx.set_batch(B, b)
-    if skip_prompt and functional is not None:
-        raise ValueError("skip_prompt is for timing runs; functional runs need every prompt step")
-    n_ctx = prog.dims["n_ctx"]
     lens = [len(p) for p in prompts]
-    if min(lens) < 1:
-        raise UserError("a sequence's prompt has no tokens", "give every sequence a prompt token")
-    if n_tokens < 1:
-        raise UserError(f"{n_tokens} tokens to generate", "generate at least one token")
-    if max(lens) + n_tokens - 1 > n_ctx:
-        raise UserError(f"prompt ({max(lens)}) + generated ({n_tokens}) tokens need "
-                        f"{max(lens) + n_tokens - 1} decode steps, more than the model's "
-                        f"context of {n_ctx}", "generate fewer tokens or shorten the prompt")
+    check_run(prog, lens, n_tokens, skip_prompt, functional)
     if not skip_prompt and len(set(lens)) > 1:
         raise UserError(f"prompts of lengths {sorted(set(lens))} in one batch",
                         "give the sequences prompts of one length (or skip the prompt steps)")

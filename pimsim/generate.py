@@ -39,6 +39,27 @@ _XFER = [cmd_id(n) for n in LINK_CMDS]
 _REF = cmd_id("REFab")
 
 
+def check_run(prog, prompt_lens: list[int], n_tokens: int, skip_prompt: bool,
+              functional) -> None:
+    """Refuse a run the program cannot make: an empty prompt, nothing to generate, more decode
+    steps than the model's context, or skipped prompt steps in a functional run."""
+    if skip_prompt and functional is not None:
+        raise ValueError("skip_prompt is for timing runs; functional runs need every prompt step")
+    n_ctx = prog.dims["n_ctx"]
+    if min(prompt_lens) < 1:
+        raise UserError("the prompt has no tokens" if len(prompt_lens) == 1
+                        else "a sequence's prompt has no tokens",
+                        "give at least one prompt token" if len(prompt_lens) == 1
+                        else "give every sequence a prompt token")
+    if n_tokens < 1:
+        raise UserError(f"{n_tokens} tokens to generate", "generate at least one token")
+    p = max(prompt_lens)
+    if p + n_tokens - 1 > n_ctx:
+        raise UserError(f"prompt ({p}) + generated ({n_tokens}) tokens need "
+                        f"{p + n_tokens - 1} decode steps, more than the model's "
+                        f"context of {n_ctx}", "generate fewer tokens or shorten the prompt")
+
+
 def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
     """A deterministic prompt of ``n`` token ids."""
     return [int(t) for t in np.random.default_rng(seed).integers(0, vocab, n)]
@@ -99,17 +120,7 @@ def run_generation(
     values, so this measures generation at a long context without simulating the prompt (the
     DRAM state, open rows and refresh phase, starts fresh instead of warmed up).
     """
-    if skip_prompt and functional is not None:
-        raise ValueError("skip_prompt is for timing runs; functional runs need every prompt step")
-    n_ctx = prog.dims["n_ctx"]
-    if len(prompt) < 1:
-        raise UserError("the prompt has no tokens", "give at least one prompt token")
-    if n_tokens < 1:
-        raise UserError(f"{n_tokens} tokens to generate", "generate at least one token")
-    if len(prompt) + n_tokens - 1 > n_ctx:
-        raise UserError(f"prompt ({len(prompt)}) + generated ({n_tokens}) tokens need "
-                        f"{len(prompt) + n_tokens - 1} decode steps, more than the model's "
-                        f"context of {n_ctx}", "generate fewer tokens or shorten the prompt")
+    check_run(prog, [len(prompt)], n_tokens, skip_prompt, functional)
     t_wall = time.perf_counter()
     sim = DecodeSimulator(prog, cfg, schedule=schedule, fast=fast)
     cost = _StepCost(sim)

@@ -15,13 +15,13 @@ read.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from config_edit import with_
 
 from pimsim.batch import BatchCapacityError, BatchedProgram, max_batch, run_batched
 from pimsim.config import load_config
@@ -33,16 +33,6 @@ from workloads.session import compile_model, simulate, system_programs
 
 WR_GB, MAC_AB, RD_MAC = cmd_id("WR_GB"), cmd_id("MAC_AB"), cmd_id("RD_MAC")
 PIM_CONFIGS = ["pim-gpt", "aim-gddr6", "hbm-pim", "aim-cxl-8"]
-
-
-def with_(cfg, **kw):
-    """``cfg`` with ``section__field`` values replaced."""
-    parts: dict[str, dict] = {}
-    for k, v in kw.items():
-        sec, name = k.split("__")
-        parts.setdefault(sec, {})[name] = v
-    return cfg.replace(**{sec: dataclasses.replace(getattr(cfg, sec), **vals)
-                          for sec, vals in parts.items()})
 
 
 def _program(model: str, cfg):

@@ -13,11 +13,11 @@ pim.accumulators_per_bank and pim.mapping.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
+from config_edit import with_
 
 from compiler.passes.mapping import MappingError, check_matvec_items
 from compiler.pipeline import compile_model
@@ -33,16 +33,6 @@ from workloads.session import validate
 ROOT = Path(__file__).resolve().parent.parent
 WR_GB, MAC_AB, RD_MAC, RD, WR, ACT = (cmd_id(n) for n in
                                       ("WR_GB", "MAC_AB", "RD_MAC", "RD", "WR", "ACT"))
-
-
-def with_(cfg, **kw):
-    """``cfg`` with ``section__field`` values replaced."""
-    parts: dict[str, dict] = {}
-    for k, v in kw.items():
-        sec, name = k.split("__")
-        parts.setdefault(sec, {})[name] = v
-    return cfg.replace(**{sec: dataclasses.replace(getattr(cfg, sec), **vals)
-                          for sec, vals in parts.items()})
 
 
 # ---------------------------------------------------------------- the link by hand
