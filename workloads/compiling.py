@@ -16,7 +16,8 @@ from pimsim.config import HwConfig, load_config
 from pimsim.errors import UserError
 from pimsim.progress import status
 
-__all__ = ["check_context", "compile_model", "hw_config", "pandas_module", "system_programs"]
+__all__ = ["check_context", "compile_model", "compile_with_source", "hw_config", "pandas_module",
+           "system_programs"]
 
 # ---------------------------------------------------------------- the system
 
@@ -104,7 +105,7 @@ def _memo_compile(model: str, cfg: HwConfig):
     return got
 
 
-def _compile(model: str, cfg: HwConfig, *, weights: bool = False, seed: int = 0,
+def compile_with_source(model: str, cfg: HwConfig, *, weights: bool = False, seed: int = 0,
              context: int | None = None, cache: bool = True, show: bool = False):
     """(Compiled, the resolved model source or None when it came from the cache)."""
     from workloads import compile_cache
@@ -142,7 +143,7 @@ def compile_model(model: str, hw: str | HwConfig = "pim-gpt", *, devices: int | 
     cfg = hw_config(hw, devices=devices, tp=tp, pp=pp, tp_attention=tp_attention)
     if memo and not weights and context is None:
         return _memo_compile(model, cfg)
-    return _compile(model, cfg, weights=weights, seed=seed, context=context, cache=cache,
+    return compile_with_source(model, cfg, weights=weights, seed=seed, context=context, cache=cache,
                     show=show_progress)[0]
 
 

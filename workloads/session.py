@@ -29,7 +29,6 @@ from typing import Any, Callable
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
 from workloads.compiling import (
-    _compile,
     check_context,
     compile_model,
     hw_config,
@@ -141,8 +140,8 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
     if isinstance(model, str):
         name = model
         check_context(name, context or preset_context(name), prompt=prompt, tokens=tokens)
-        c = _compile(model, cfg, weights=functional, seed=seed, context=context, cache=cache,
-                     show=show_progress)[0]
+        c = compile_model(model, cfg, weights=functional, seed=seed, context=context,
+                          cache=cache, show_progress=show_progress)
     else:
         c, name = model, model.spec.name
         if functional and not getattr(c.spec, "has_weights", True):
@@ -370,7 +369,7 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
                             "a compiled model", "pass the preset name, or compile it with "
                             "compile_model(..., context=N)")
         c = model if not isinstance(model, str) else \
-            _compile(model, cfg, context=context, cache=cache, show=show_progress)[0]
+            compile_model(model, cfg, context=context, cache=cache, show_progress=show_progress)
         step_cost = C.pim_cost(pim_cost, c, cfg, schedule=schedule,
                                kv_capacity_tokens=kv_capacity_tokens)
         system = cfg.name + (f" x {cfg.system.devices} devices (tp {cfg.system.tp})"

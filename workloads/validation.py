@@ -15,7 +15,7 @@ import numpy as np
 
 from pimsim.errors import UserError
 from pimsim.progress import status
-from workloads.compiling import _compile, check_context, hw_config, pandas_module
+from workloads.compiling import check_context, compile_with_source, hw_config, pandas_module
 
 # documented tolerances (README): exact ASIC math vs approximations. Top-1 agreement is
 # required on every decisive step (reference top-2 gap above two bf16 steps); at a near-tie the
@@ -164,7 +164,7 @@ def validate(model: str, hw: str = "pim-gpt", tokens: int = 32, *, reference: st
     else:
         pick_device(reference)  # no CUDA: fail now, before compiling
     cfg = hw_config(hw, devices=devices, tp=tp, pp=pp)
-    c, src = _compile(model, cfg, weights=True, seed=seed, cache=False, show=show)
+    c, src = compile_with_source(model, cfg, weights=True, seed=seed, cache=False, show=show)
     check_context(model, c.spec.n_ctx, prompt=prompt, tokens=tokens)
     ids = prompt_ids(prompt, c.spec.vocab, seed)
     n_steps = len(ids) + tokens - 1
