@@ -337,6 +337,7 @@ def test_system_sweep_on_a_dask_local_cluster_writes_the_store(tmp_path):
 # ---------------------------------------------------------------- long contexts
 
 
+@pytest.mark.slow  # 19 s; benchmarks/bench_system.py runs long contexts too
 def test_long_context_spreads_over_devices_and_attention_grows_with_position():
     from compiler.passes.mapping import CapacityError
     from workloads.models.resolve import resolve_model
