@@ -96,15 +96,11 @@ def pim_batch_step(cost: PimSerialCost, batch: int, pos: int) -> PimBatchStep:
 
 
 def gpu_batch_spec(gpu: str) -> tuple[Any, str]:
-    """The GPU preset with the shipped calibrations and a note saying which apply."""
-    from workloads.gpu import model as gm
-    from workloads.gpu.calibration import calibrated_preset
+    """The GPU preset with the shipped calibrations and a note saying which apply
+    (:func:`workloads.gpu.calibration.serving_preset`)."""
+    from workloads.gpu.calibration import serving_preset
 
-    spec = gm.gpu_preset(gpu)
-    try:
-        return calibrated_preset(spec.name), "batch-1 calibration, uncalibrated beyond batch 1"
-    except (FileNotFoundError, ValueError, KeyError):
-        return spec, "uncalibrated"
+    return serving_preset(gpu)
 
 
 def gpu_kv_fits(spec: Any, shape: Any, batch: int, pos: int, tp: int) -> bool:

@@ -34,12 +34,13 @@ from workloads.models.shape import LLAMA_LAYOUT, DecoderShape
 
 __all__ = ["DATA_DIR", "GATED_FIELDS", "LLAMA_SUFFIX", "calibrate", "calibrate_batched",
            "calibrated_preset", "cfg_from_result", "default_measured_path", "leave_one_out",
-           "llama_measured_path", "load_measured", "transfer"]
+           "llama_measured_path", "load_measured", "serving_preset", "transfer"]
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 LLAMA_SUFFIX = "_llama.json"
+BATCHED_SUFFIX = "_batched.json"
 
 
 def default_measured_path() -> str:
@@ -252,6 +253,47 @@ def calibrated_preset(name: str) -> GPUSpec:
         pass
     return g
 
+
+
+def batched_measured_path(gpu: str) -> str | None:
+    """The shipped batched measurement of the GPU preset ``gpu``
+    (``workloads/gpu/data/gpu_measured_<gpu>_batched.json``, the GPU's name lower-case), or None."""
+    path = os.path.join(DATA_DIR, f"gpu_measured_{gpu_preset(gpu).name.lower()}{BATCHED_SUFFIX}")
+    return path if os.path.exists(path) else None
+
+
+_SERVING: dict[str, tuple[GPUSpec, str]] = {}
+
+
+def serving_preset(name: str) -> tuple[GPUSpec, str]:
+    """The GPU preset for batched decode and prefill, and a note saying how it was obtained.
+
+    Where a batched measurement of this GPU is shipped (:func:`batched_measured_path`), its fit
+    (:func:`calibrate_batched`: the gated path's bandwidth efficiency and kernel overhead, the
+    compute efficiency and the utilisation-power line) is applied on top of
+    :func:`calibrated_preset`, and the note gives the fit's held-out error; otherwise the note
+    says the model is calibrated at batch 1 only (or not at all)."""
+    key = gpu_preset(name).name
+    if key not in _SERVING:
+        try:
+            g = calibrated_preset(key)
+            note = "batch-1 calibration, uncalibrated beyond batch 1"
+        except (FileNotFoundError, ValueError, KeyError):
+            g, note = gpu_preset(key), "uncalibrated"
+        path = batched_measured_path(key)
+        if path is not None:
+            cal = calibrate_batched(path, g)
+            fitted = cal["gpu"]
+            fields = ["compute_eff", *GATED_FIELDS] if cal["path"] == "gated" else ["compute_eff"]
+            if cal["identified"]["power"]:
+                fields += ["idle_w", "dyn_w"]
+            g = dataclasses.replace(g, **{f: getattr(fitted, f) for f in fields})
+            ho = cal["held_out_max_abs_diff_pct"]
+            note = (f"calibrated on measured batched steps of {cal['gpu_measured']} "
+                    f"({os.path.basename(path)}; held-out max |error| "
+                    f"{'-' if ho is None else f'{ho:.1f}'} %)")
+        _SERVING[key] = (g, note)
+    return _SERVING[key]
 
 
 def leave_one_out(measured: dict[str, Any] | str | None = None) -> list[dict[str, Any]]:

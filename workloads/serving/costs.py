@@ -258,8 +258,9 @@ def check_pim_cost(kind: object) -> str:
 @dataclass
 class GpuModelCost:
     """A GPU (or ``tp`` GPUs over NVLink) from the analytic model of :mod:`workloads.gpu.model`,
-    extended to a batch; an uncalibrated roofline until batched measurements are fitted (the
-    model's efficiencies and kernel counts are the batch-1 calibration).
+    extended to a batch, with the shipped calibrations of that GPU
+    (:func:`workloads.gpu.calibration.serving_preset`: the batched fit where a batched
+    measurement of the GPU is shipped, else the batch-1 calibration; the label says which).
 
     One step is one forward pass over every scheduled token:
     :func:`workloads.gpu.model.predict_step` (weights once per step, each sequence's KV, every
@@ -267,7 +268,7 @@ class GpuModelCost:
     model's power model: ``power="util"``, the default, or ``"board"``, the board's datasheet
     power throughout the step, an upper bound, never the default).
 
-    At batch 1 with no prefill this is :func:`workloads.gpu.model.predict` exactly. KV capacity:
+    At batch 1 with no prefill this is :func:`workloads.gpu.model.predict` of that preset exactly. KV capacity:
     the GPU memory left after the fp16 weights (/ tp) and the model's [assumed] per-GPU reserve,
     over the KV bytes of one token per GPU."""
 
@@ -280,12 +281,13 @@ class GpuModelCost:
     label: str = field(init=False)
 
     def __post_init__(self):
-        from workloads.gpu.model import _kv_share, check_fits, gpu_preset
+        from workloads.gpu.calibration import serving_preset
+        from workloads.gpu.model import _kv_share, check_fits
         from workloads.gpu.shapes import shape_for
         from workloads.models.shape import FP16_BYTES
 
         try:
-            g = gpu_preset(self.gpu)
+            g, how = serving_preset(self.gpu)
             self.shape = shape_for(self.model)
             check_fits(g, self.shape, self.tp)
         except (ValueError, KeyError) as e:
@@ -297,7 +299,7 @@ class GpuModelCost:
         self.spec = g.for_shape(self.shape)
         self.name = f"gpu:{g.name}"
         self.label = (f"{g.name}{f' x {self.tp}' if self.tp > 1 else ''}, analytic roofline "
-                      f"with batching (uncalibrated beyond batch 1), {self.power} power")
+                      f"with batching ({how}), {self.power} power")
         self.devices = self.tp
         self.n_ctx = int(self.shape.n_ctx)
         self.has_energy = True
