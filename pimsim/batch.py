@@ -356,3 +356,26 @@ def prefill_extra(pprog: BatchedProgram, cfg: HwConfig, step_ms: float) -> dict:
     return {"vectors": pprog.batch, "prefill_step_ms": step_ms,
             "mac_bound_ms": cfg.timing.ns(mac_bound_cyc(pprog, cfg)) / 1e6,
             "mac_bound": MAC_BOUND_FORMULA}
+
+
+def step_cost(prog: Program, cfg: HwConfig, positions: Sequence[int],
+              kv_regions: Sequence[int], *, schedule: str = "serial",
+              fast: bool = True) -> tuple[int, float | None]:
+    """(cycles, joules of one device) of ONE batched step from a fresh device state: vector
+    ``i`` at ``positions[i]`` in KV region ``kv_regions[i]`` (vectors of one region are tokens of
+    one sequence, as in a prefill step; a region's positions below its vectors' are taken as
+    already written). A prefill chunk of ``n`` tokens from position ``s`` is
+    ``positions = s .. s+n-1`` in one region; a prefill step of several prompts, one region per
+    prompt. Joules None without an ``[energy]`` table."""
+    positions = tuple(int(p) for p in positions)
+    n_ctx = int(prog.dims["n_ctx"])
+    if not positions or min(positions) < 0 or max(positions) >= n_ctx:
+        raise ValueError(f"positions {positions[:4]}..: give 1+ positions in 0..{n_ctx - 1}")
+    bprog = BatchedProgram(prog, len(positions), kv_regions=kv_regions)
+    sim = DecodeSimulator(bprog, cfg, schedule=schedule, fast=fast)
+    meter = TokenEnergy(sim) if cfg.energy is not None else None
+    if meter is not None:
+        meter.begin()
+    tt = sim.run_token(positions)
+    joules = meter.end(tt).total_j if meter is not None else None
+    return int(tt.end_cyc - tt.start_cyc), joules

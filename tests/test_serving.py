@@ -11,7 +11,9 @@ import pytest
 from pimsim.errors import UserError
 from workloads import session
 from workloads.serving import GpuModelCost, PimBatchedCost, PimSerialCost, Request, load_jsonl, synthetic
-from workloads.serving.costs import PIM_BATCHED_LABEL, PIM_SERIAL_LABEL
+from workloads.serving.costs import PIM_BATCHED_LABEL, PIM_SERIAL_LABEL, PREFILL_LABELS
+
+BATCHED_DEFAULT = f"{PIM_BATCHED_LABEL}, {PREFILL_LABELS['batched']}"  # the default PIM cost
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,8 @@ def test_every_request_completes_with_its_output_length(tiny):
     assert m["total_token_throughput"] * m["duration"] == pytest.approx(30 + 36, rel=1e-12)
     assert m["duration"] == max(r.finish_s for r in res.requests)
     assert sum(s.output_tokens for s in res.steps) == 30
-    assert res.config["cost_label"] == PIM_BATCHED_LABEL  # the default PIM cost
-    assert PIM_BATCHED_LABEL in res.summary()
+    assert res.config["cost_label"] == BATCHED_DEFAULT
+    assert BATCHED_DEFAULT in res.summary()
     check_limits(res)
     assert m["max_num_seqs_seen"] == 3  # the limit binds
     for k in ("request_throughput", "mean_ttft_ms", "median_tpot_ms", "p99_itl_ms",
@@ -65,11 +67,14 @@ def test_every_request_completes_with_its_output_length(tiny):
     assert len(df) == 6 and list(df["output_tokens"]) == [5] * 6
 
 
-def test_ttft_is_at_least_the_prefill_time(tiny):
+@pytest.mark.parametrize("prefill", ["batched", "token-by-token"])
+def test_ttft_is_at_least_the_prefill_time(tiny, prefill):
     c, cfg = tiny
-    res = serve(tiny, num_prompts=5, input_len=7, output_len=3, max_num_batched_tokens=4)
-    cost = PimSerialCost(c, cfg)
-    prefill_s = cost.step([], [(0, 7)]).time_s
+    res = serve(tiny, num_prompts=5, input_len=7, output_len=3, max_num_batched_tokens=4,
+                prefill=prefill)
+    cost = PimBatchedCost(c, cfg, prefill=prefill)
+    # the prompt's chunks (at most 4 tokens a step), each alone in its step
+    prefill_s = cost.step([], [(0, 4)]).time_s + cost.step([], [(4, 3)]).time_s
     for r in res.requests:
         assert r.ttft_ms / 1e3 >= prefill_s * (1 - 1e-12)
     check_limits(res)
@@ -129,10 +134,13 @@ def test_pim_serial_cost_is_the_sum_of_batch_1_simulations(tiny):
 
 def test_pim_batched_cost_at_batch_1_is_the_serial_cost(tiny):
     c, cfg = tiny
-    batched, serial = PimBatchedCost(c, cfg), PimSerialCost(c, cfg)
+    batched = PimBatchedCost(c, cfg, prefill="token-by-token")
+    serial = PimSerialCost(c, cfg)
     for decode, chunks in (([3], []), ([40], [(0, 3)]), ([], [(20, 2)]), ([0], [])):
         a, b = batched.step(decode, chunks), serial.step(decode, chunks)
         assert (a.cycles, a.time_s, a.energy_j) == (b.cycles, b.time_s, b.energy_j)
+    one = PimBatchedCost(c, cfg)  # a prefill chunk of one token is one decode step either way
+    assert one.step([], [(7, 1)]).cycles == serial.step([], [(7, 1)]).cycles
 
 
 def test_pim_batched_step_is_the_batched_simulation_and_never_above_serial(tiny):
@@ -149,7 +157,11 @@ def test_pim_batched_step_is_the_batched_simulation_and_never_above_serial(tiny)
     assert st.time_s == cfg.timing.ns(st.cycles) / 1e9
     assert st.per_device_busy_s == (st.time_s,)
     dec = cost.batch_step(decode)
+    pre = cost.prefill_step(chunks)  # the two prompt chunks as one batched step
+    assert st.cycles == dec[0] + pre[0] and st.energy_j == math.fsum([dec[2], pre[2]])
+    tbt = PimBatchedCost(c, cfg, prefill="token-by-token")
     pre = [serial.position_step(p) for p in (0, 1, 2, 20, 21)]
+    st = tbt.step(decode, chunks)
     assert st.cycles == dec[0] + sum(x[0] for x in pre)  # decode batched, prompts one by one
     assert st.energy_j == math.fsum([dec[2]] + [x[2] for x in pre])
 
@@ -333,7 +345,7 @@ def test_cli_serve_json_csv_plot(tmp_path, capsys):
     assert rc == 0
     doc = json.loads(out)
     assert doc["metrics"]["completed"] == 2 and len(doc["requests"]) == 2
-    assert doc["config"]["cost_label"] == PIM_BATCHED_LABEL
+    assert doc["config"]["cost_label"] == BATCHED_DEFAULT
     assert len(csv_f.read_text().splitlines()) == 3
     assert (plots / "latency_cdf.png").stat().st_size > 0
     assert (plots / "throughput.png").stat().st_size > 0
@@ -341,3 +353,45 @@ def test_cli_serve_json_csv_plot(tmp_path, capsys):
                           "--context", "32"], capsys)
     doc = json.loads(out)
     assert rc == 0 and doc["config"]["cost_label"] == PIM_SERIAL_LABEL and doc["config"]["n_ctx"] == 32
+
+
+def test_batched_prefill_is_one_step_per_scheduler_step(tiny):
+    """A step's prompt chunks run as ONE batched prefill step: chunk (s, n) is n vectors at
+    positions s..s+n-1 in a region of their own (pimsim.batch.step_cost); a whole prompt equals
+    run's batched prefill step to the cycle; it beats the prompt token by token."""
+    from pimsim.batch import step_cost
+    from pimsim.generate import prompt_ids
+    from pimsim.pipeline import run_system
+
+    c, cfg = tiny
+    cost = PimBatchedCost(c, cfg)
+    assert cost.prefill == "batched"
+    cyc, _, e = cost.prefill_step([(0, 6)])
+    rep = run_system(c.programs, cfg, prompt=prompt_ids(6, c.spec.vocab), n_tokens=1,
+                     prefill="batched")
+    assert cyc == rep.cycles and e == pytest.approx(rep.energy["per_token_j"][0], rel=1e-12)
+    # a chunk that starts later: its positions and the earlier KV of its region
+    assert cost.prefill_step([(3, 6)])[0] == step_cost(c.programs[0], cfg, range(3, 9), [0] * 6)[0]
+    two = cost.prefill_step([(0, 6), (2, 3)])[0]
+    assert two == step_cost(c.programs[0], cfg, [*range(6), 2, 3, 4], [0] * 6 + [1] * 3)[0]
+    assert two < cyc + cost.prefill_step([(2, 3)])[0]  # the two chunks share the weight reads
+    tbt = PimBatchedCost(c, cfg, prefill="token-by-token")
+    assert tbt.step([], [(0, 6)]).cycles == sum(tbt.position_step(p)[0] for p in range(6)) > cyc
+    assert cost.step([4], [(0, 6)]).cycles == cost.batch_step((4,))[0] + cyc
+
+
+def test_batched_prefill_serving_gives_the_first_token_after_its_prefill_step(tiny):
+    bat = serve(tiny, num_prompts=4, input_len=6, output_len=3, max_num_seqs=4)
+    tbt = serve(tiny, num_prompts=4, input_len=6, output_len=3, max_num_seqs=4,
+                prefill="token-by-token")
+    assert bat.config["cost_label"] == BATCHED_DEFAULT
+    assert tbt.config["cost_label"] == f"{PIM_BATCHED_LABEL}, {PREFILL_LABELS['token-by-token']}"
+    first = bat.steps[0]
+    assert first.prefill_chunks and first.time_s > 0
+    for r in bat.requests:
+        assert r.ttft_ms >= first.time_s * 1e3 * (1 - 1e-12)
+    assert bat.metrics["mean_ttft_ms"] < tbt.metrics["mean_ttft_ms"]
+    with pytest.raises(UserError, match="serial"):
+        serve(tiny, num_prompts=1, pim_cost="serial", prefill="batched")
+    with pytest.raises(UserError, match="prefill 'chunky'"):
+        serve(tiny, num_prompts=1, prefill="chunky")

@@ -294,7 +294,8 @@ def cmd_serve(args) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens,
         cost=f"gpu:{args.gpu}" if args.gpu else "pim", kv_capacity_tokens=args.kv_capacity,
         gpu_tp=args.gpu_tp, schedule=args.schedule, cache=not args.no_cache,
-        show_progress=_show(args), pim_cost=args.pim_cost, context=args.context)
+        show_progress=_show(args), pim_cost=args.pim_cost, context=args.context,
+        prefill=args.prefill)
     print(json.dumps(res.to_dict(), indent=1) if args.json else res.summary())
     if args.csv:
         print(f"  wrote {res.write_csv(args.csv)}", file=sys.stderr)
@@ -308,7 +309,7 @@ def cmd_serve(args) -> int:
 
 def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
     """The ``serve`` subcommand."""
-    from workloads.serving.costs import PIM_COSTS
+    from workloads.serving.costs import PIM_COSTS, PREFILL_COSTS
     from workloads.serving.requests import LENGTH_DISTS
 
     s = sub.add_parser("serve", help="serve a request stream with continuous batching "
@@ -346,8 +347,12 @@ def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
                    help="PIM step schedule (see pimsim run)")
     s.add_argument("--pim-cost", choices=PIM_COSTS, default=PIM_COSTS[0],
                    help="PIM step cost: batched (a step's decode sequences as one batched PIM "
-                        "step, prompts token by token; the default) or serial (sequences one "
-                        "after another)")
+                        "step; the default) or serial (sequences one after another, prompts "
+                        "token by token)")
+    s.add_argument("--prefill", choices=list(PREFILL_COSTS), default=None,
+                   help="PIM prefill with the batched cost: batched (a step's prompt chunks as "
+                        "one batched step; the default) or token-by-token (one decode step per "
+                        "prompt token, as PIM-GPT and CENT)")
     s.add_argument("--context", type=int_in(1), default=None, metavar="N",
                    help="PIM: reserve the KV caches for N tokens instead of the model's own "
                         "context (more sequences fit one batched step)")

@@ -87,12 +87,12 @@ def parse_batches(batches: Sequence[int] | str) -> list[int]:
 def pim_batch_step(cost: PimSerialCost, batch: int, pos: int) -> PimBatchStep:
     """A PIM decode step of ``batch`` sequences at ``pos`` priced by ``cost``: one batched step
     (:class:`~workloads.serving.costs.PimBatchedCost`) or ``B`` batch-1 steps one after another
-    (:class:`PimSerialCost`); the cost's label is the method."""
+    (:class:`PimSerialCost`); the label of the cost's decode step is the method."""
     st = cost.step([pos] * batch, [])
     if st.energy_j is None:
         raise UserError(f"{cost.cfg.name} has no [energy] table", "compare needs a config with one")
     fits = batch * (pos + 1) <= cost.kv_capacity_tokens
-    return PimBatchStep(st.time_s, st.energy_j / batch, cost.label, fits)
+    return PimBatchStep(st.time_s, st.energy_j / batch, cost.decode_label, fits)
 
 
 def gpu_batch_spec(gpu: str) -> tuple[Any, str]:

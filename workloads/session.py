@@ -299,7 +299,7 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
           tp: int | None = None, pp: int | None = None, tp_attention: str | None = None,
           gpu_tp: int = 1, schedule: str = "serial", cache: bool = True,
           show_progress: bool = False, pim_cost: str = "batched",
-          context: int | None = None) -> ServeResult:
+          context: int | None = None, prefill: str | None = None) -> ServeResult:
     """Serve a request stream with continuous batching (:mod:`workloads.serving`) and report
     vLLM ``benchmark_serving``'s metrics.
 
@@ -312,7 +312,9 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
     :class:`~workloads.serving.costs.PimBatchedCost`; ``"serial"``: sequences one after
     another, :class:`~workloads.serving.costs.PimSerialCost`), ``"gpu:NAME"`` (the analytic GPU
     model with batching, ``gpu_tp`` GPUs: :class:`~workloads.serving.costs.GpuModelCost`) or any
-    :class:`~workloads.serving.costs.StepCost`. ``kv_capacity_tokens``: None for the cost's
+    :class:`~workloads.serving.costs.StepCost`. ``prefill`` (PIM): ``"batched"`` (the default of
+    the batched cost: a step's prompt chunks as one batched step) or ``"token-by-token"`` (the
+    serial cost's only way). ``kv_capacity_tokens``: None for the cost's
     own figure (from the compiled program on PIM, from GPU memory on a GPU). ``context`` (PIM,
     a preset name): compile with the KV caches reserved for this many tokens instead of the
     model's own context (more sequences' KV regions fit a batched step).
@@ -322,6 +324,7 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
     from workloads.serving.scheduler import SchedulerConfig, simulate_serving
 
     C.check_pim_cost(pim_cost)
+    prefill = C.check_pim_prefill(pim_cost, prefill)
     if context is not None and (not isinstance(context, int) or isinstance(context, bool)
                                 or context < 1):
         raise UserError(f"context {context!r} is not a whole number >= 1",
@@ -371,7 +374,7 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
         c = model if not isinstance(model, str) else \
             compile_model(model, cfg, context=context, cache=cache, show_progress=show_progress)
         step_cost = C.pim_cost(pim_cost, c, cfg, schedule=schedule,
-                               kv_capacity_tokens=kv_capacity_tokens)
+                               kv_capacity_tokens=kv_capacity_tokens, prefill=prefill)
         system = cfg.name + (f" x {cfg.system.devices} devices (tp {cfg.system.tp})"
                              if cfg.system.devices > 1 else "")
     elif isinstance(cost, str) and cost.lower().startswith("gpu:"):

@@ -13,7 +13,7 @@ system holds (``kv_capacity_tokens``) and the model's context (``n_ctx``).
 Three costs here:
 
 * :class:`PimBatchedCost` -- the default PIM cost, "PIM, batched decode (shared row activations
-  where buffer/accumulators allow), token-by-token prefill": the decode sequences of a step run as
+  where buffer/accumulators allow), batched prefill": the decode sequences of a step run as
   ONE batched decode step of :mod:`pimsim.batch` at their own positions (weight rows activated
   once for as many sequences as the global buffer and the accumulators hold, each sequence its
   own KV region), simulated exactly from a fresh device state and memoised per exact ordered
@@ -21,9 +21,11 @@ Three costs here:
   equal to a fresh simulation). A step with more decode sequences than the device's KV regions
   hold (:func:`pimsim.batch.max_batch`) runs as the fewest consecutive batched steps that fit,
   in order, of sizes as equal as possible (the earlier ones one larger; equal sizes from step to
-  step let the simulator reuse the weight items it built for that batch size). A prefill chunk
-  of ``n`` tokens costs ``n`` batch-1 steps, as in :class:`PimSerialCost`, after the decode
-  step (prefill as one step is not a serving cost yet);
+  step let the simulator reuse the weight items it built for that batch size). The step's
+  prompt chunks then run as ONE batched prefill step (:meth:`PimBatchedCost.prefill_step`:
+  chunk ``(s, n)`` is ``n`` vectors at positions ``s .. s+n-1`` in a KV region of their own,
+  causal attention among them, :func:`pimsim.batch.step_cost`), or with ``prefill=
+  "token-by-token"`` as ``n`` batch-1 steps each, as in :class:`PimSerialCost`;
 * :class:`PimSerialCost` -- "PIM, no batching (sequences one after another)" (``--pim-cost
   serial``): one sequence's decode step at a time, so a step of ``B`` decode sequences costs
   the sum of ``B`` batch-1 decode steps at their positions, and a prefill chunk of ``n`` tokens
@@ -46,8 +48,11 @@ from typing import Any, Protocol, Sequence
 from pimsim.errors import UserError
 
 PIM_SERIAL_LABEL = "PIM, no batching (sequences one after another)"
-PIM_BATCHED_LABEL = ("PIM, batched decode (shared row activations where buffer/accumulators "
-                     "allow), token-by-token prefill")
+# what a decode step is priced as (compare --batch prices decode steps only)
+PIM_BATCHED_LABEL = "PIM, batched decode (shared row activations where buffer/accumulators allow)"
+PREFILL_LABELS = {"batched": "batched prefill (a step's prompt chunks as one batched step)",
+                  "token-by-token": "token-by-token prefill"}
+PREFILL_COSTS = ("batched", "token-by-token")  # serve's ``--prefill``; the first is the default
 PIM_COSTS = ("batched", "serial")  # what ``--pim-cost`` accepts; the first is the default
 
 
@@ -113,6 +118,7 @@ class PimSerialCost:
 
     name = "pim"
     label = PIM_SERIAL_LABEL
+    decode_label = PIM_SERIAL_LABEL  # what a decode step alone is priced as
 
     def __init__(self, compiled: Any, cfg: Any, *, schedule: str = "serial",
                  kv_capacity_tokens: int | None = None):
@@ -167,23 +173,56 @@ class PimSerialCost:
 # ---------------------------------------------------------------- PIM, batched decode
 
 class PimBatchedCost(PimSerialCost):
-    """PIM, batched decode, token-by-token prefill; see the module docstring.
+    """PIM, batched decode and (by default) batched prefill; see the module docstring.
 
     Arguments as :class:`PimSerialCost`. ``max_batch``: the most decode sequences one batched
-    step holds (their KV regions in the device's rows, :func:`pimsim.batch.max_batch`)."""
-
-    label = PIM_BATCHED_LABEL
+    step holds (their KV regions in the device's rows, :func:`pimsim.batch.max_batch`).
+    ``prefill``: ``"batched"`` (the default; the prompt chunks of a scheduler step run as ONE
+    batched step, :meth:`prefill_step`) or ``"token-by-token"`` (a chunk of ``n`` tokens costs
+    ``n`` batch-1 decode steps, PIM-GPT's and CENT's way)."""
 
     def __init__(self, compiled: Any, cfg: Any, *, schedule: str = "serial",
-                 kv_capacity_tokens: int | None = None):
+                 kv_capacity_tokens: int | None = None, prefill: str = "batched"):
         from pimsim.batch import max_batch
 
         super().__init__(compiled, cfg, schedule=schedule, kv_capacity_tokens=kv_capacity_tokens)
+        if prefill not in PREFILL_COSTS:
+            raise UserError(f"PIM prefill {prefill!r} is not known",
+                            f"use one of {', '.join(PREFILL_COSTS)}")
+        self.prefill = prefill
+        self.label = f"{PIM_BATCHED_LABEL}, {PREFILL_LABELS[prefill]}"
+        self.decode_label = PIM_BATCHED_LABEL
         self.max_batch = max_batch(self.programs[0])
         # exact ordered positions -> (cycles, seconds, joules of the whole step)
         self._batch_memo: dict[tuple[int, ...], tuple[int, float, float | None]] = {}
+        self._prefill_memo: dict[tuple[tuple[int, int], ...], tuple[int, float, float | None]] = {}
         self.simulated_batch_steps = 0  # batched steps actually simulated (memo misses)
         self.simulated_s = 0.0  # wall seconds spent simulating them
+
+    def prefill_step(self, chunks: Sequence[tuple[int, int]]) -> tuple[int, float, float | None]:
+        """(cycles, seconds, joules of the system) of ONE batched prefill step: chunk ``(s, n)``
+        is one sequence's prompt tokens ``s .. s+n-1`` in a KV region of its own, attending
+        causally over its positions ``0 ..`` its own (:func:`pimsim.batch.step_cost` from a fresh
+        device state); at most :attr:`max_batch` chunks; memoised per exact ordered chunks."""
+        key = tuple((int(s), int(n)) for s, n in chunks)
+        if not 1 <= len(key) <= self.max_batch:
+            raise ValueError(f"a prefill step of {len(key)} chunks: give 1 to {self.max_batch}")
+        got = self._prefill_memo.get(key)
+        if got is None:
+            import time
+
+            from pimsim.batch import step_cost
+
+            t0 = time.perf_counter()
+            positions = [p for s, n in key for p in range(s, s + n)]
+            regions = [r for r, (_, n) in enumerate(key) for _ in range(n)]
+            cyc, j = step_cost(self.programs[0], self.cfg, positions, regions,
+                               schedule=self.schedule)
+            e = j * self.devices if j is not None else None  # every device of the tp group
+            got = self._prefill_memo[key] = (cyc, self.cfg.timing.ns(cyc) / 1e9, e)
+            self.simulated_batch_steps += 1
+            self.simulated_s += time.perf_counter() - t0
+        return got
 
     def batch_step(self, positions: Sequence[int]) -> tuple[int, float, float | None]:
         """(cycles, seconds, joules) of one batched decode step, sequence ``b`` generating the
@@ -229,19 +268,43 @@ class PimBatchedCost(PimSerialCost):
              prefill_chunks: Sequence[tuple[int, int]]) -> StepTime:
         _check_positions(decode_ctx_lens, prefill_chunks, self.n_ctx)
         parts = [self.batch_step(g) for g in self.groups(decode_ctx_lens)]
-        for s, n in prefill_chunks:
-            parts.extend(self.position_step(p) for p in range(s, s + n))
+        if self.prefill == "batched":
+            chunks = list(prefill_chunks)
+            parts.extend(self.prefill_step(chunks[i:i + self.max_batch])
+                          for i in range(0, len(chunks), self.max_batch))
+        else:
+            for s, n in prefill_chunks:
+                parts.extend(self.position_step(p) for p in range(s, s + n))
         cyc = sum(c for c, _, _ in parts)
         t = self.cfg.timing.ns(cyc) / 1e9
         e = math.fsum(j for _, _, j in parts) if self.has_energy else None
         return StepTime(t, e, (t,) * self.devices, cyc)
 
 
-def pim_cost(kind: str, compiled: Any, cfg: Any, **kw) -> PimSerialCost:
+def pim_cost(kind: str, compiled: Any, cfg: Any, *, prefill: str | None = None,
+             **kw) -> PimSerialCost:
     """The PIM step cost named ``kind`` (:data:`PIM_COSTS`: ``"batched"``, the default, or
-    ``"serial"``); other arguments as :class:`PimSerialCost`."""
+    ``"serial"``) with ``prefill`` (:func:`check_pim_prefill`); other arguments as
+    :class:`PimSerialCost`."""
     kind = check_pim_cost(kind)
-    return (PimBatchedCost if kind == "batched" else PimSerialCost)(compiled, cfg, **kw)
+    prefill = check_pim_prefill(kind, prefill)
+    if kind == "serial":
+        return PimSerialCost(compiled, cfg, **kw)
+    return PimBatchedCost(compiled, cfg, prefill=prefill, **kw)
+
+
+def check_pim_prefill(kind: str, prefill: object) -> str:
+    """The prefill of PIM cost ``kind``: ``prefill`` if the cost has it (None: the cost's
+    default, batched for the batched cost), else a UserError."""
+    if prefill is None:
+        return PREFILL_COSTS[0] if kind == "batched" else "token-by-token"
+    if prefill not in PREFILL_COSTS:
+        raise UserError(f"PIM prefill {prefill!r} is not known",
+                        f"use one of {', '.join(PREFILL_COSTS)}")
+    if kind == "serial" and prefill != "token-by-token":
+        raise UserError("a batched prefill with the serial PIM cost (sequences one after another)",
+                        "use --pim-cost batched, or --prefill token-by-token")
+    return str(prefill)
 
 
 def check_pim_cost(kind: object) -> str:
