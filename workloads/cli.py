@@ -504,8 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--gpu", default="T4",
                     help="T4, A100, H100, H200 (analytic model) or a measured baseline JSON")
     cp.add_argument("--prompt", type=tokens, default=128,
-                    help="context before the timed tokens (default 128; prompt steps are not "
-                         "simulated, see pimsim.generate skip_prompt)")
+                    help="prompt tokens before the timed tokens, as in pimsim run (default 128); "
+                         "compare times the decode tokens after the prompt only: the prompt's "
+                         "prefill is not simulated (pimsim run or serve give TTFT)")
     cp.add_argument("--tokens", type=tokens, default=8, help="tokens timed per model (default 8)")
     cp.add_argument("--schedule", choices=["serial", "overlap"], default="serial")
     cp.add_argument("--plot", metavar="DIR", help="write PNG charts (and compare.json) here")

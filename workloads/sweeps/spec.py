@@ -12,7 +12,7 @@ Spec (TOML)::
     name = "channels"          # sweep name in the store (default: the file's stem)
     hw = "pim-gpt"             # base hardware config: shipped name or .toml path
     models = ["gpt2-medium"]   # or model = "..."; a list of several is a swept axis
-    prompt = 128               # context before the timed tokens (default 1)
+    prompt = 128               # prompt tokens before the timed tokens, as in run (default 1)
     tokens = 4                 # generated (timed) tokens per point (default 8)
     schedule = "serial"        # serial | overlap (a list sweeps it)
     skip_prompt = true         # default true: only the generating steps are simulated
