@@ -33,7 +33,7 @@ def hw_config(hw: str | HwConfig = "pim-gpt", *, devices: int | None = None,
         cfg = hw if refresh is None else hw.with_refresh(refresh)
     else:
         cfg = load_config(hw, refresh=refresh)
-    sysm = resolve(devices, tp, pp, cfg.system, tp_attention)
+    sysm = resolve(devices, tp, pp, cfg.system, tp_attention, where=f"hardware config {cfg.name}")
     return cfg if sysm == cfg.system else dataclasses.replace(cfg, system=sysm)
 
 
