@@ -40,6 +40,12 @@ class ModelError(UserError):
                    "torch module with decode_step")
 
 
+class ModelNotResolved(ModelError):
+    """A MODEL argument that could not be resolved here and now (a missing file, a module that
+    cannot be imported): a sweep records its point as an error and tries it again on resume,
+    never as a final result."""
+
+
 TRAINED = {"tiny-counter": "tiny"}  # trained variants of presets (workloads.models.train)
 
 ACCEPTED = ("an nn.Module instance with a decode_step(token, pos, past_k, past_v) method, a "
@@ -107,6 +113,9 @@ def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[An
         return from_pretrained_folder(spec, weights=weights)
     if ":" in spec:
         return resolve_attribute(spec)
+    if Path(spec).suffix or "/" in spec or "\\" in spec:
+        raise ModelNotResolved(f"MODEL {spec!r}: no such file or model folder",
+                               "check the path (a sweep spec's paths are read against its folder)")
     raise ModelError(
         f"unknown MODEL {spec!r}",
         f"give a preset ({', '.join(preset_names())}), an .onnx file, or a module:attribute "
@@ -190,7 +199,7 @@ def check_onnx_file(path: str) -> None:
     p = Path(path)
     try:
         if not p.exists():
-            raise ModelError(f"ONNX file {path!r} not found", "check the path")
+            raise ModelNotResolved(f"ONNX file {path!r} not found", "check the path")
         if p.is_dir():
             raise ModelError(f"ONNX file {path!r} is a directory", "give the .onnx file")
         with p.open("rb") as f:
@@ -219,11 +228,16 @@ def resolve_attribute(spec: str) -> tuple[Any, str]:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
         if e.name and mod_name.startswith(e.name):
-            raise ModelError(f"cannot import module {mod_name!r} for MODEL {spec!r}: no such "
-                             f"module", "check the name and that its directory is on PYTHONPATH"
-                             ) from None
-        raise ModelError(f"importing module {mod_name!r} for MODEL {spec!r} failed "
-                         f"({_describe(e)})", "install what it needs or fix the module") from None
+            raise ModelNotResolved(f"cannot import module {mod_name!r} for MODEL {spec!r}: no "
+                                   f"such module", "check the name and that its directory is on "
+                                   "PYTHONPATH") from None
+        raise ModelNotResolved(f"importing module {mod_name!r} for MODEL {spec!r} failed "
+                               f"({_describe(e)})", "install what it needs or fix the module"
+                               ) from None
+    except ImportError as e:  # a package it needs is missing: may be installed later
+        raise ModelNotResolved(f"importing module {mod_name!r} for MODEL {spec!r} raised "
+                               f"{_describe(e)}", "install what it needs or fix the module"
+                               ) from None
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code: any failure
         raise ModelError(f"importing module {mod_name!r} for MODEL {spec!r} raised "
                          f"{_describe(e)}", "fix the module (it runs when imported)") from None
