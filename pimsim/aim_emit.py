@@ -417,6 +417,25 @@ def write_aim_trace(path: str | Path, prog: Program, cfg: HwConfig, pos: int) ->
     return n
 
 
+def stage_trace_paths(path: str | Path, n_stages: int) -> list[Path]:
+    """Where the AiM traces of a system's ``n_stages`` pipeline stages go: ``path`` itself for
+    one stage, else one file per stage with the stage in its name (``step.trace`` ->
+    ``step.stage0.trace``, ``step.stage1.trace``, ...)."""
+    path = Path(path)
+    if n_stages <= 1:
+        return [path]
+    return [path.with_name(f"{path.stem}.stage{s}{path.suffix}") for s in range(n_stages)]
+
+
+def write_stage_traces(path: str | Path, programs: list[Program], cfg: HwConfig,
+                       pos: int) -> list[tuple[Path, int]]:
+    """The trace of the token at ``pos`` of every pipeline stage's program (one device of each
+    stage: the devices of a tensor-parallel group run the same program), one file per stage
+    (:func:`stage_trace_paths`); (path, lines written) per stage."""
+    return [(p, write_aim_trace(p, prog, cfg, pos))
+            for p, prog in zip(stage_trace_paths(path, len(programs)), programs, strict=True)]
+
+
 def aim_trace_text(prog: Program, cfg: HwConfig, pos: int) -> str:
     """The trace of the token at ``pos`` as one string."""
     return "\n".join(trace_lines(prog, cfg, pos)) + "\n"

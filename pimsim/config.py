@@ -28,6 +28,7 @@ from typing import Any
 import tomllib
 
 from pimsim.errors import ConfigError, UserError, read_text
+from pimsim.paths import resolve_relative
 from pimsim.spec.commands import MODE_SWITCHES
 from pimsim.system import System, system_from_dict
 
@@ -382,14 +383,17 @@ def load_config(name_or_path: str | Path, *, refresh: bool | None = None) -> HwC
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path.name}: not valid TOML ({e})",
                           "fix the TOML syntax at that line") from None
-    cfg = config_from_dict(data, source=path.name)
+    cfg = config_from_dict(data, source=path.name, folder=path.parent)
     if refresh is not None:
         cfg = cfg.with_refresh(refresh)
     return cfg
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
-    """Build and validate a config from a parsed TOML mapping."""
+def config_from_dict(data: dict[str, Any], source: str = "<dict>",
+                     folder: str | Path | None = None) -> HwConfig:
+    """Build and validate a config from a parsed TOML mapping. ``folder``: the folder of the
+    file it was read from, against which a system config's relative ``device`` path is read
+    (:func:`pimsim.paths.resolve_relative`; None: the working directory)."""
     where = source
 
     def fail(msg: str) -> None:
@@ -399,7 +403,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
     if unknown:
         fail(f"unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
     if isinstance(data.get("system"), dict) and "device" in data["system"]:
-        return _system_config(data, source)
+        return _system_config(data, source, folder)
     for sec in ("organization", "timing", "pim", "asic", "link", "refresh"):
         if sec not in data:
             if sec == "refresh":  # optional: refresh on by default
@@ -473,9 +477,10 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> HwConfig:
     return cfg
 
 
-def _system_config(data: dict[str, Any], source: str) -> HwConfig:
+def _system_config(data: dict[str, Any], source: str, folder: str | Path | None) -> HwConfig:
     """A system file: ``[system] device = "<device config>"`` plus the system's size and
-    ``[interconnect]``; the devices are that config's."""
+    ``[interconnect]``; the devices are that config's. A shipped name (no suffix) is a config of
+    ``hwconfigs/``; a path is read against ``folder``, the system file's own folder."""
 
     def fail(msg: str, fix: str) -> None:
         raise ConfigError(f"{source}: {msg}", fix)
@@ -490,7 +495,12 @@ def _system_config(data: dict[str, Any], source: str) -> HwConfig:
     if not isinstance(dev, str):
         fail(f"[system] device = {dev!r} must be a config name or path",
              f"use one of {', '.join(available_configs())}")
-    path = Path(dev) if Path(dev).suffix else HWCONFIG_DIR / f"{dev}.toml"
+    path = resolve_relative(dev, folder) if Path(dev).suffix else HWCONFIG_DIR / f"{dev}.toml"
+    if Path(dev).suffix and not _exists(path):
+        where = "the system file's folder" if folder is not None else "the working directory"
+        fail(f"[system] device = {dev!r} not found (read against {where}: {str(path)!r})",
+             "give the device config's path relative to the system file, or a shipped name "
+             f"({', '.join(available_configs())})")
     try:
         nested = tomllib.loads(read_text(path, "device config")).get("system", {})
     except (UserError, tomllib.TOMLDecodeError):
@@ -498,7 +508,7 @@ def _system_config(data: dict[str, Any], source: str) -> HwConfig:
     if isinstance(nested, dict) and "device" in nested:
         fail(f"[system] device = {dev!r} is itself a system config",
              "name a device config (one with [organization], [timing], ...)")
-    base = load_config(dev)
+    base = load_config(path if Path(dev).suffix else dev)
     if not isinstance(data.get("interconnect", {}), dict):
         fail("[interconnect] must be a table", "write it as a TOML table")
     system = system_from_dict(sec, data.get("interconnect"), source)

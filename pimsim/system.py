@@ -56,9 +56,15 @@ class System:
 
 
 def resolve(devices: int | None, tp: int | None, pp: int | None,
-            base: System | None = None, attention: str | None = None) -> System:
-    """The system asked for on the command line (``None``: from ``base``, the config's). Given
-    only ``--devices N``, the devices form one tensor-parallel group (``tp = N / pp``)."""
+            base: System | None = None, attention: str | None = None,
+            where: str = "the config") -> System:
+    """The system asked for on the command line (``None``: from ``base``, the config's, named
+    ``where`` in messages). The one rule for ``--devices / --tp / --pp``:
+
+    * given only ``--devices N``, the devices form one tensor-parallel group (``tp = N / pp``);
+    * without ``--devices``, a config of several devices keeps its count: ``--tp`` and ``--pp``
+      (the one not given: the config's) must multiply to it, else a SystemError naming both
+      numbers; a single-device config grows to ``tp x pp`` devices."""
     base = base or System()
     if attention is not None:
         if attention not in ATTENTION:
@@ -70,6 +76,8 @@ def resolve(devices: int | None, tp: int | None, pp: int | None,
             raise SystemError_(f"{flag} {v!r} must be a whole number of devices in 1..4096")
     if devices is None and tp is None and pp is None:
         return base
+    if devices is None and base.devices > 1:  # the config's device count stays
+        return _keep_devices(tp, pp, base, where)
     pp_ = pp if pp is not None else (1 if devices is not None or tp is not None else base.pp)
     if devices is None:
         tp_ = tp if tp is not None else 1
@@ -86,6 +94,28 @@ def resolve(devices: int | None, tp: int | None, pp: int | None,
                            f"{devices}", f"make T x P = {devices}")
     return System(devices=devices, tp=tp_, pp=pp_, host=base.host,
                   interconnect=base.interconnect, attention=base.attention)
+
+
+def _keep_devices(tp: int | None, pp: int | None, base: System, where: str) -> System:
+    """``--tp`` / ``--pp`` without ``--devices`` on a config of several devices."""
+    n = base.devices
+    tp_ = tp if tp is not None else base.tp
+    pp_ = pp if pp is not None else base.pp
+    if tp_ * pp_ != n:
+        def flag(name: str, v: int, given: int | None) -> str:
+            return f"--{name} {v}" if given is not None else f"{name} {v} (the config's)"
+
+        if tp is not None and pp is None and n % tp == 0:
+            fix = f"add --pp {n // tp} ({tp} x {n // tp} = {n})"
+        elif pp is not None and tp is None and n % pp == 0:
+            fix = f"add --tp {n // pp} ({n // pp} x {pp} = {n})"
+        else:
+            fix = f"give --tp T and --pp P with T x P = {n}"
+        raise SystemError_(f"{flag('tp', tp_, tp)} x {flag('pp', pp_, pp)} = {tp_ * pp_} devices, "
+                           f"but {where} has {n} devices",
+                           f"{fix}, or --devices {tp_ * pp_} for a system of that size")
+    return System(devices=n, tp=tp_, pp=pp_, host=base.host, interconnect=base.interconnect,
+                  attention=base.attention)
 
 
 def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,

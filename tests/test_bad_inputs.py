@@ -589,8 +589,10 @@ def test_an_unreachable_scheduler_fails_within_its_timeout(tmp_path):
                    "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9' within 2 s")
 
 
-def test_an_unreadable_model_makes_an_invalid_point_not_an_error(tmp_path):
-    """Recorded invalid with the reason (never retried), not an error retried forever."""
+def test_an_unreadable_model_makes_an_invalid_point_an_unresolved_one_an_error(tmp_path):
+    """A model file that cannot be read is recorded invalid with the reason (never retried: a new
+    file has a new key); a model that cannot be resolved (a missing file, a module whose import
+    needs a package that is not installed) is an error, tried again on resume."""
     from workloads import sweeps as S
 
     bad = tmp_path / "broken.onnx"
@@ -606,12 +608,13 @@ def test_an_unreadable_model_makes_an_invalid_point_not_an_error(tmp_path):
                             log=lambda s: None)
     finally:
         sys.path.remove(str(tmp_path))
-    assert res.counts == {"ok": 0, "invalid": 3, "error": 0}
+    assert res.counts == {"ok": 0, "invalid": 1, "error": 2}
     reasons = res.df["reason"].tolist()
+    assert res.df["status"].tolist() == ["invalid", "error", "error"]
     assert "cannot be read as a model" in reasons[0]
     assert "needs a package that is not here" in reasons[1]
-    assert "none.onnx' not found" in reasons[2]
-    assert again.n_run == 0 and again.n_skipped == 3  # invalid is final: not run again
+    assert "none.onnx' not found" in reasons[2] and "tried again on resume" in reasons[2]
+    assert again.n_run == 2 and again.n_skipped == 1  # invalid is final, unresolved is not
 
 
 # ---------------------------------------------------------------- the real command line

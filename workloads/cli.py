@@ -67,18 +67,19 @@ def _show(args) -> bool:
 
 def cmd_compile(args) -> int:
     ctx = _preset_ctx(args.model, args)
+    cfg = _hw(args)
     if args.aim_trace:
-        from pimsim.aim_emit import check_aim_config
+        from pimsim.aim_emit import check_aim_config, stage_trace_paths
 
         check_aim_config(load_config(args.hw))
-        check_writable(args.aim_trace, "AiM trace file (--aim-trace)")
+        for p in stage_trace_paths(args.aim_trace, cfg.system.pp):
+            check_writable(p, "AiM trace file (--aim-trace)")
     pos = args.pos
     if pos is None:
         pos = 0 if not args.aim_trace else None
     if pos is not None:
         session.check_context(args.model, ctx, pos=pos)
     check_writable(args.out, "program text file (-o)")
-    cfg = _hw(args)
     c = session.compile_model(args.model, cfg, seed=args.seed, context=args.context,
                               cache=not args.no_cache, show_progress=_show(args))
     if pos is None:
@@ -89,15 +90,18 @@ def cmd_compile(args) -> int:
         write_text(args.out, c.program.to_text(pos), "program text file (-o)")
         print(f"  program text (position {pos}) written to {args.out}")
     if args.aim_trace:
-        from pimsim.aim_emit import write_aim_trace
+        from pimsim.aim_emit import write_stage_traces
 
         try:
-            n = write_aim_trace(args.aim_trace, c.program, cfg, pos)
+            written = write_stage_traces(args.aim_trace, c.programs, cfg, pos)
         except OSError as e:
             raise UserError(f"AiM trace file (--aim-trace) {args.aim_trace!r} cannot be written "
                             f"({e.strerror or e})", "choose a writable path") from None
-        print(f"  AiM trace of the decode step at position {pos} ({n:,} lines) written to "
-              f"{args.aim_trace}: replay it with pimsim trace {args.aim_trace} --hw {cfg.name}")
+        for s, (path, n) in enumerate(written):
+            what = "the decode step" if len(written) == 1 else \
+                f"pipeline stage {s} of {len(written)} of the decode step"
+            print(f"  AiM trace of {what} at position {pos} ({n:,} lines) written to "
+                  f"{path}: replay it with pimsim trace {path} --hw {cfg.name}")
     return 0
 
 
@@ -448,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "position of a shorter context)")
     c.add_argument("--aim-trace", metavar="FILE",
                    help="write the decode step's PIM work as an AiM instruction trace (an "
-                        "AiM-style config: aim-gddr6, pim-gpt); replay with pimsim trace")
+                        "AiM-style config: aim-gddr6, pim-gpt); replay with pimsim trace. With "
+                        "--pp P > 1, one file per pipeline stage, the stage in its name: "
+                        "FILE.trace -> FILE.stage0.trace ... FILE.stage<P-1>.trace")
     c.add_argument("--mapping", action="store_true", help="print the mapping as a loop nest")
     progress(c)
     no_cache(c)

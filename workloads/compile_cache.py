@@ -5,9 +5,11 @@ An entry is a pickled :class:`~compiler.pipeline.Compiled` of a *weightless* com
 only: timing runs, ``compile``, ``compare``), keyed by a hash of
 
 * the model's identity: a preset's name and shape
-  (:class:`~workloads.models.shape.DecoderShape`), or an ONNX file's absolute path, size and
-  modification time (``module:attribute`` models are never cached: their code may change without a trace);
-* the hardware values the compiler reads (every config section but ``[refresh]``, and the name);
+  (:class:`~workloads.models.shape.DecoderShape`), or an ONNX file's content digest
+  (:mod:`workloads.identity`; ``module:attribute`` models are never cached: their code may
+  change without a trace);
+* the hardware values the compiler reads (:func:`workloads.identity.hw_identity`: every config
+  value but ``[refresh]``, the file name and the description);
 * the simulator version: ``pimsim.__version__``, a digest of the compiler's and the ISA's source
   files and the installed torch version.
 
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pimsim import __version__
+from workloads import identity
 
 _ROOT = Path(__file__).resolve().parent.parent
 # source files whose change may change a compiled program
@@ -90,22 +93,12 @@ def model_identity(model: str) -> dict | None:
         shape = zoo.HF_SHAPES.get(model) or dataclasses.asdict(zoo.GPT_SHAPES[model])
         return {"zoo": model, "shape": repr(shape), "transformers": tv}
     if model.lower().endswith(".onnx"):
-        try:
-            st = os.stat(model)
-        except OSError:
-            return None
-        return {"onnx": os.path.abspath(model), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        ident = identity.model_identity(model)
+        return {"onnx": ident["file"]} if "file" in ident else None
     return None
 
 
-def hw_identity(cfg: Any) -> dict:
-    return {"name": cfg.name, "org": dataclasses.asdict(cfg.org),
-            "timing": {"tCK_ps": cfg.timing.tCK_ps, **cfg.timing.cycles},
-            "pim": dataclasses.asdict(cfg.pim), "asic": dataclasses.asdict(cfg.asic),
-            "link": dataclasses.asdict(cfg.link),
-            "system": {"tp": cfg.system.tp, "pp": cfg.system.pp,
-                       "attention": cfg.system.attention},
-            "energy": dataclasses.asdict(cfg.energy) if cfg.energy else None}
+hw_identity = identity.hw_identity  # every config value but [refresh], source, description
 
 
 def cache_key(model: str, cfg: Any) -> str | None:

@@ -33,7 +33,7 @@ def hw_config(hw: str | HwConfig = "pim-gpt", *, devices: int | None = None,
         cfg = hw if refresh is None else hw.with_refresh(refresh)
     else:
         cfg = load_config(hw, refresh=refresh)
-    sysm = resolve(devices, tp, pp, cfg.system, tp_attention)
+    sysm = resolve(devices, tp, pp, cfg.system, tp_attention, where=f"hardware config {cfg.name}")
     return cfg if sysm == cfg.system else dataclasses.replace(cfg, system=sysm)
 
 
@@ -66,32 +66,37 @@ def check_context(model: str, n_ctx: int | None, *, prompt: int | None = None,
 
 # ---------------------------------------------------------------- compiling
 
-_PREPARED: dict[str, Any] = {}  # model -> compiler.pipeline.Prepared (or the exception raised)
-_LOWERED: dict[tuple, Any] = {}  # (model, organization, pim, tp, pp) -> Compiled (or exception)
+_PREPARED: dict[str, Any] = {}  # model identity -> compiler.pipeline.Prepared (or the exception)
+_LOWERED: dict[str, Any] = {}  # compile identity (model + config) -> Compiled (or the exception)
 _MEMO_LOCK = threading.Lock()  # Dask workers may run tasks in threads
 
 
 def _memo_compile(model: str, cfg: HwConfig):
     """The weightless compile of ``model`` on ``cfg``, kept in this process: the front end
     (torch.export, import, graph passes: the expensive part) once per model, the graph lowering
-    once per (model, organization, PIM units, tp, pp). Failures are kept and raised again."""
+    once per model and config, both keyed by digests of everything they read
+    (:mod:`workloads.identity`: a model file's content, every config value but ``[refresh]``).
+    Failures are kept and raised again, except a model that cannot be resolved (a missing file,
+    a module that cannot be imported): :class:`~workloads.models.resolve.ModelNotResolved`,
+    tried again on the next call."""
     from compiler.pipeline import lower, prepare
+    from pimsim.digest import digest
+    from workloads.identity import hw_identity, model_identity
     from workloads.models.resolve import resolve_model
-    from workloads.sweeps.store import canonical_json
 
+    ident = digest(model_identity(model))
     with _MEMO_LOCK:
-        prep = _PREPARED.get(model)
+        prep = _PREPARED.get(ident)
         if prep is None:
+            src, name = resolve_model(model, weights=False)  # not kept: a missing file may come
             try:
-                src, name = resolve_model(model, weights=False)
                 prep = prepare(src, name=name)
             except Exception as e:  # noqa: BLE001 - kept and raised below
                 prep = e
-            _PREPARED[model] = prep
+            _PREPARED[ident] = prep
     if isinstance(prep, Exception):
         raise prep
-    key = (model, canonical_json(dataclasses.asdict(cfg.org)),
-           canonical_json(dataclasses.asdict(cfg.pim)), cfg.system.tp, cfg.system.pp)
+    key = digest({"model": ident, "hw": hw_identity(cfg)})
     with _MEMO_LOCK:
         got = _LOWERED.get(key)
         if got is None:

@@ -40,6 +40,12 @@ class ModelError(UserError):
                    "torch module with decode_step")
 
 
+class ModelNotResolved(ModelError):
+    """A MODEL argument that could not be resolved here and now (a missing file, a module that
+    cannot be imported): a sweep records its point as an error and tries it again on resume,
+    never as a final result."""
+
+
 TRAINED = {"tiny-counter": "tiny"}  # trained variants of presets (workloads.models.train)
 
 ACCEPTED = ("an nn.Module instance with a decode_step(token, pos, past_k, past_v) method, a "
@@ -107,6 +113,9 @@ def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[An
         return from_pretrained_folder(spec, weights=weights)
     if ":" in spec:
         return resolve_attribute(spec)
+    if Path(spec).suffix or "/" in spec or "\\" in spec:
+        raise ModelNotResolved(f"MODEL {spec!r}: no such file or model folder",
+                               "check the path (a sweep spec's paths are read against its folder)")
     raise ModelError(
         f"unknown MODEL {spec!r}",
         f"give a preset ({', '.join(preset_names())}), an .onnx file, or a module:attribute "
@@ -125,7 +134,9 @@ def from_pretrained_folder(path: str, *, weights: bool = True) -> tuple[Any, str
                          f"installed", "pip install transformers") from None
     try:
         if weights:
-            obj = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+            with _quiet_transformers(transformers):  # its load report and bars: stderr noise
+                obj, info = transformers.AutoModelForCausalLM.from_pretrained(
+                    path, local_files_only=True, output_loading_info=True)
         else:
             cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
             with torch.device("meta"):
@@ -133,9 +144,54 @@ def from_pretrained_folder(path: str, *, weights: bool = True) -> tuple[Any, str
     except Exception as e:  # noqa: BLE001 - a folder transformers cannot read
         raise ModelError(f"Hugging Face folder {path!r} cannot be loaded as a causal LM "
                          f"({_describe(e)})", "give a folder saved with save_pretrained") from None
+    if weights:
+        check_loading_info(path, info)
     from workloads.models.hf_decode import decode_step_module
 
     return decode_step_module(obj.eval()), Path(path).name
+
+
+_SHOWN_TENSORS = 3  # tensor names a mismatch message lists
+
+
+def check_loading_info(path: str, info: dict) -> None:
+    """Refuse a folder whose weights do not match its ``config.json`` (``from_pretrained``'s
+    ``output_loading_info``): transformers fills missing tensors with random values, so a run
+    would compute with weights nobody saved (and two runs would differ)."""
+    problems = []
+    for key, what in (("missing_keys", "missing from the weight files"),
+                      ("unexpected_keys", "in the weight files but not in the model config.json "
+                                          "describes"),
+                      ("mismatched_keys", "of another shape than config.json gives")):
+        names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ())
+        if names:
+            shown = ", ".join(names[:_SHOWN_TENSORS])
+            more = f" and {len(names) - _SHOWN_TENSORS} more" if len(names) > _SHOWN_TENSORS else ""
+            problems.append(f"{len(names)} tensor(s) {what} ({shown}{more})")
+    if problems:
+        raise ModelError(
+            f"Hugging Face folder {path!r}: the weights do not match config.json: "
+            f"{', '.join(problems)} (transformers would fill in random values or drop saved ones)",
+            "save the model again with save_pretrained, or correct config.json (for example "
+            "num_hidden_layers) to match the weight files")
+
+
+class _quiet_transformers:
+    """transformers' logging at error level and its progress bars off, restored after."""
+
+    def __init__(self, transformers) -> None:
+        self.log = transformers.utils.logging
+
+    def __enter__(self) -> None:
+        self.level = self.log.get_verbosity()
+        self.bars = self.log.is_progress_bar_enabled()
+        self.log.set_verbosity_error()
+        self.log.disable_progress_bar()
+
+    def __exit__(self, *exc) -> None:
+        self.log.set_verbosity(self.level)
+        if self.bars:
+            self.log.enable_progress_bar()
 
 
 def check_onnx_file(path: str) -> None:
@@ -143,7 +199,7 @@ def check_onnx_file(path: str) -> None:
     p = Path(path)
     try:
         if not p.exists():
-            raise ModelError(f"ONNX file {path!r} not found", "check the path")
+            raise ModelNotResolved(f"ONNX file {path!r} not found", "check the path")
         if p.is_dir():
             raise ModelError(f"ONNX file {path!r} is a directory", "give the .onnx file")
         with p.open("rb") as f:
@@ -172,11 +228,16 @@ def resolve_attribute(spec: str) -> tuple[Any, str]:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
         if e.name and mod_name.startswith(e.name):
-            raise ModelError(f"cannot import module {mod_name!r} for MODEL {spec!r}: no such "
-                             f"module", "check the name and that its directory is on PYTHONPATH"
-                             ) from None
-        raise ModelError(f"importing module {mod_name!r} for MODEL {spec!r} failed "
-                         f"({_describe(e)})", "install what it needs or fix the module") from None
+            raise ModelNotResolved(f"cannot import module {mod_name!r} for MODEL {spec!r}: no "
+                                   f"such module", "check the name and that its directory is on "
+                                   "PYTHONPATH") from None
+        raise ModelNotResolved(f"importing module {mod_name!r} for MODEL {spec!r} failed "
+                               f"({_describe(e)})", "install what it needs or fix the module"
+                               ) from None
+    except ImportError as e:  # a package it needs is missing: may be installed later
+        raise ModelNotResolved(f"importing module {mod_name!r} for MODEL {spec!r} raised "
+                               f"{_describe(e)}", "install what it needs or fix the module"
+                               ) from None
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code: any failure
         raise ModelError(f"importing module {mod_name!r} for MODEL {spec!r} raised "
                          f"{_describe(e)}", "fix the module (it runs when imported)") from None

@@ -28,10 +28,18 @@ CONNECT_TIMEOUT_S = 10.0  # default bound on reaching a Dask scheduler
 def _invalid_types() -> tuple:
     """What makes a point invalid (recorded with the reason, never retried): bad input of any
     kind (the UserError family: a bad value, a model that cannot be read or is not a decoder)
-    and a model that does not fit or cannot be mapped."""
+    and a model that does not fit or cannot be mapped. A model that cannot be resolved (a
+    missing file, a module that cannot be imported) is recorded as an error instead: its point
+    runs again on resume."""
     from pimsim.cli import user_error_types
 
     return user_error_types()
+
+
+def _unresolved(e: BaseException) -> bool:
+    from workloads.models.resolve import ModelNotResolved
+
+    return isinstance(e, ModelNotResolved)
 
 
 def run_point(task: dict) -> dict:
@@ -76,8 +84,10 @@ def run_point(task: dict) -> dict:
             is_invalid = isinstance(e, invalid)
         except NameError:
             is_invalid = False
-        if is_invalid:
+        if is_invalid and not _unresolved(e):
             out.update(status="invalid", reason=f"{type(e).__name__}: {e}")
+        elif is_invalid:  # a missing file or module: not final, tried again on resume
+            out.update(status="error", reason=f"{type(e).__name__}: {e} (tried again on resume)")
         else:
             tb = traceback.format_exc().strip().splitlines()
             out.update(status="error", reason="\n".join(tb[-6:]))

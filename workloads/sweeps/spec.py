@@ -42,7 +42,14 @@ generated tokens.
 A point that cannot exist is recorded as ``invalid`` with the reason, not a crash: a bad value
 (:class:`~pimsim.config.ConfigError`), a model that does not fit
 (:class:`~compiler.passes.mapping.CapacityError`) or cannot be mapped
-(:class:`~compiler.passes.mapping.MappingError`), an unknown model, a context overflow.
+(:class:`~compiler.passes.mapping.MappingError`), a context overflow. A model that cannot be
+resolved (a missing file, a module that cannot be imported) is recorded as an ``error`` and
+tried again on resume, never as a final result.
+
+Paths in a spec (``hw``, a model file or folder) are read against the spec's own folder
+(:func:`pimsim.paths.resolve_relative`), and a model file is keyed by its content: a file
+exported again under the same name is a new point, the same file under another spelling the
+same one.
 """
 
 
@@ -62,6 +69,7 @@ import tomllib
 from pimsim import __version__
 from pimsim.config import ConfigError, HwConfig, config_from_dict, load_config
 from pimsim.errors import UserError, read_text
+from pimsim.paths import folder_of, resolve_relative
 from workloads.sweeps.store import point_key
 
 MAX_POINTS = 10_000  # a spec that expands to more points needs --max-points (or max_points=)
@@ -260,6 +268,7 @@ class Point:
     key: str
     hw_name: str
     error: str | None = None  # invalid before running: the reason
+    source: str | None = None  # where the worker finds the model (a path read against the spec)
 
     @property
     def settings(self) -> dict:
@@ -271,7 +280,8 @@ class Point:
 
     def task(self) -> dict:
         """What a worker needs (plain data: pickles to processes and Dask workers)."""
-        return {"key": self.key, "hw": self.hw, "hw_name": self.hw_name, "model": self.model,
+        return {"key": self.key, "hw": self.hw, "hw_name": self.hw_name,
+                "model": self.source or self.model,
                 "version": __version__, **self.settings}
 
 
@@ -330,9 +340,8 @@ def spec_from_dict(raw: dict, *, name: str = "sweep", path: str | Path | None = 
     hw = raw.get("hw", raw.get("base", "pim-gpt"))
     if not isinstance(hw, str):
         raise SpecError(f"{where}: hw = {hw!r} must be a config name or path")
-    hw_path = hw
-    if path and (Path(path).parent / hw).is_file():
-        hw_path = str(Path(path).parent / hw)
+    folder = folder_of(path)
+    hw_path = str(resolve_relative(hw, folder)) if Path(hw).suffix else hw  # else a shipped name
     try:
         base_cfg = load_config(hw_path)
     except ConfigError as e:
@@ -412,21 +421,54 @@ def spec_from_dict(raw: dict, *, name: str = "sweep", path: str | Path | None = 
     swept = [k for k, vs in seen.items()
              if len(vs) > 1 or any(k not in e for e in expanded)]
     points: list[Point] = []
+    models: dict[str, tuple[str, Any]] = {}  # spelling -> (source, key identity), once each
     for i, e in enumerate(expanded):
         merged = {**defaults, **fixed, **e}
         settings = {k: merged.pop(k) for k in SETTINGS}
         params = {k: e[k] for k in e}  # the point's own axis values, spec order
         points.append(_make_point(i, params, settings, merged, base, base_cfg.name,
-                                  clock_scaling, skip_prompt))
+                                  clock_scaling, skip_prompt, folder, models))
     spec = Spec(name=name, path=str(path or ""), hw=hw, base=base, clock_scaling=clock_scaling,
                 points=points, swept=swept, raw=raw)
     return spec
 
 
+def model_source(model: str, folder: Path | None) -> str:
+    """Where the worker finds MODEL ``model`` of a spec in ``folder``: a preset, zoo name or
+    ``module:attribute`` as it is; a path read against the spec's folder
+    (:func:`pimsim.paths.resolve_relative`, as the spec's ``hw``)."""
+    from workloads.identity import is_path_model
+
+    if not is_path_model(model):
+        return model
+    p = resolve_relative(model, folder)
+    if p.exists() or model.lower().endswith(".onnx") or "/" in model or "\\" in model:
+        return str(p)
+    return model  # an unknown name: the worker says so
+
+
+def model_key(source: str) -> Any:
+    """The model's part of a point key: a preset's, zoo model's or ``module:attribute``'s name;
+    an ONNX file's or a model folder's content digest, whatever its spelling
+    (:func:`workloads.identity.model_identity`); an unresolved path its resolved spelling (its
+    point is never stored as final: it is tried again once the path names something)."""
+    from workloads.identity import model_identity
+
+    ident = model_identity(source)
+    return source if ("preset" in ident or "zoo" in ident or "attribute" in ident) else ident
+
+
 def _make_point(idx, params, settings, hw_params, base, hw_name, clock_scaling,
-                skip_prompt) -> Point:
+                skip_prompt, folder: Path | None = None, models: dict | None = None) -> Point:
     error = None
     model, prompt, tokens, schedule = (settings[k] for k in SETTINGS)
+    source, mkey = str(model), str(model)
+    if isinstance(model, str) and model:
+        models = {} if models is None else models
+        if model not in models:
+            src = model_source(model, folder)
+            models[model] = (src, model_key(src))
+        source, mkey = models[model]
     try:
         if not isinstance(model, str) or not model:
             raise PointError(f"model = {model!r} must be a model name")
@@ -441,8 +483,8 @@ def _make_point(idx, params, settings, hw_params, base, hw_name, clock_scaling,
     except (ConfigError, PointError) as e:
         error = f"{type(e).__name__}: {e}"
         hw = {"base": canonical_hw(base), "params": hw_params}
-    key = point_key(hw, str(model), {"prompt": prompt, "tokens": tokens, "schedule": schedule,
-                                     "skip_prompt": skip_prompt}, __version__)
+    key = point_key(hw, mkey, {"prompt": prompt, "tokens": tokens, "schedule": schedule,
+                               "skip_prompt": skip_prompt}, __version__)
     return Point(idx, params, str(model), prompt, tokens, schedule, skip_prompt, hw, key,
-                 hw_name, error)
+                 hw_name, error, source)
 

@@ -1,7 +1,8 @@
 """The results store of ``pimsim sweep``: one SQLite file, one row per simulated point.
 
 A point is keyed by a hash of everything its result depends on (:func:`point_key`): the
-canonical hardware config values, the model, the run settings and the simulator version. Rows are
+canonical hardware config values, the model (a preset's name, a model file's content digest),
+the run settings and the simulator version. Rows are
 written by the sweep's driver as each point finishes, one transaction (commit) per point, in WAL
 mode with ``synchronous = FULL``: a sweep killed at any moment keeps every point that finished,
 and a re-run skips them.
@@ -10,8 +11,9 @@ Schema (``SCHEMA``):
 
 ``points``        one row per key. ``status`` is ``ok`` (metrics filled in), ``invalid`` (the
                   point cannot exist: a model that does not fit, a bad parameter value;
-                  ``reason`` says why; never retried) or ``error`` (an unexpected failure;
-                  ``reason`` holds the traceback's last lines; retried by the next run).
+                  ``reason`` says why; never retried) or ``error`` (an unexpected failure, or a
+                  model that could not be resolved: a missing file, a module that cannot be
+                  imported; ``reason`` says why; retried by the next run).
 ``sweeps``        one row per sweep name: the expanded spec it was last run with.
 ``sweep_points``  the points of each sweep in spec order, with the swept parameter values
                   (several sweeps may share a point: it is simulated once).
@@ -25,7 +27,6 @@ Every SQLite failure (not a database, locked, disk full, unreadable) is a
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import sqlite3
 import time
@@ -34,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pimsim.digest import canonical_json, digest
 from pimsim.errors import UserError
 
 SCHEMA = """
@@ -88,14 +90,12 @@ _COLUMNS = ("key", "status", "reason", "model", "prompt", "tokens", "schedule", 
             "energy_json", "commands_json", "compile_s", "sim_s", "worker", "finished_at")
 
 
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def point_key(hw: dict, model: str, settings: dict, version: str) -> str:
-    """The hash that identifies a point: same values, same key, whatever the spec spelling."""
+def point_key(hw: dict, model: Any, settings: dict, version: str) -> str:
+    """The hash that identifies a point: same values, same key, whatever the spec spelling.
+    ``model``: the model's identity (:func:`workloads.sweeps.spec.model_key`: a name, or a
+    model file's content digest)."""
     doc = {"hw": hw, "model": model, "settings": settings, "version": version}
-    return hashlib.sha256(canonical_json(doc).encode()).hexdigest()[:32]
+    return digest(doc, 32)
 
 
 def _now() -> str:
