@@ -365,3 +365,54 @@ def test_cli_on_a_local_cluster_of_worker_processes(tmp_path):
     assert (df["status"] == "ok").all() and len(df) == 4
     assert df.set_index("key")["cycles"].to_dict() == ref.df.set_index("key")["cycles"].to_dict()
     assert len({w.split(":")[1] for w in df["worker"]}) >= 1
+
+
+def test_batch_axis_runs_batched_decode_and_keeps_batch_1_keys(tmp_path):
+    """``batch`` is a run-setting axis: a point of batch B is pimsim run --batch B (the same
+    cycles and energy); batch 1 keeps the key a store written before the axis has."""
+    from pimsim import __version__
+    from workloads import session
+
+    spec_f = tmp_path / "b.toml"
+    spec_f.write_text('hw = "pim-gpt"\nmodel = "tiny"\nprompt = 5\ntokens = 2\n'
+                      '[grid]\nbatch = [1, 3]\n')
+    spec = S.load_spec(spec_f)
+    p1, p3 = spec.points
+    assert (p1.batch, p3.batch) == (1, 3) and spec.swept == ["batch"]
+    assert "batch" not in p1.settings and p3.settings["batch"] == 3
+    assert p1.key == point_key(p1.hw, "tiny", {"prompt": 5, "tokens": 2, "schedule": "serial",
+                                               "skip_prompt": True}, __version__)
+    res = S.run_sweep(spec, tmp_path / "b.db", workers=0, progress=False, log=lambda s: None)
+    assert res.counts["ok"] == 2
+    df = to_dataframe(tmp_path / "b.db")
+    by = {int(r["batch"]): r for _, r in df.iterrows()}
+    sim = session.simulate("tiny", "pim-gpt", prompt=5, tokens=2, skip_prompt=True, batch=3)
+    assert by[3]["cycles"] == sim.report.cycles
+    assert by[3]["tokens_per_s"] == pytest.approx(sim.report.tokens_per_s, rel=1e-12)
+    assert by[3]["ms_per_token"] == pytest.approx(sim.report.ms_per_token, rel=1e-12)
+    assert by[3]["tokens_per_s"] > by[1]["tokens_per_s"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('hw = "pim-gpt"\nmodel = "tiny"\n[grid]\nbatch = [0, 2]\n')
+    assert "batch = 0 must be an integer >= 1" in S.load_spec(bad).points[0].error
+
+
+def test_a_store_without_the_batch_column_is_upgraded(tmp_path):
+    from workloads.sweeps.store import Store
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE points (key TEXT PRIMARY KEY, status TEXT NOT NULL, reason TEXT, "
+                "model TEXT NOT NULL, prompt INTEGER NOT NULL, tokens INTEGER NOT NULL, "
+                "schedule TEXT NOT NULL, skip_prompt INTEGER NOT NULL, version TEXT NOT NULL, "
+                "hw_name TEXT, hw_json TEXT NOT NULL, params_json TEXT, ms_per_token REAL, "
+                "tokens_per_s REAL, mj_per_token REAL, row_hit_rate REAL, cycles INTEGER, "
+                "ms_total REAL, breakdown_json TEXT, per_op_json TEXT, energy_json TEXT, "
+                "commands_json TEXT, compile_s REAL, sim_s REAL, worker TEXT, "
+                "finished_at TEXT NOT NULL)")
+    con.execute("INSERT INTO points (key, status, model, prompt, tokens, schedule, skip_prompt, "
+                "version, hw_json, finished_at) VALUES ('k', 'ok', 'tiny', 1, 2, 'serial', 1, "
+                "'0', '{}', 'now')")
+    con.commit()
+    con.close()
+    Store(db).close()
+    assert list(to_dataframe(db)["batch"]) == [1]

@@ -68,8 +68,10 @@ def run_point(task: dict) -> dict:
         from pimsim.pipeline import run_system
 
         t1 = time.perf_counter()
+        batch = task.get("batch", 1)
         rep = run_system(progs, cfg, prompt=[0] * prompt, n_tokens=tokens,
-                         schedule=task["schedule"], skip_prompt=task["skip_prompt"])
+                         schedule=task["schedule"], skip_prompt=task["skip_prompt"],
+                         batch_prompts=[[0] * prompt] * batch if batch > 1 else None)
         e = rep.energy or {}
         out.update(
             status="ok", reason=None, ms_per_token=rep.ms_per_token,
@@ -118,7 +120,7 @@ def _init_worker(parent_pid: int, threads: int) -> None:
 def _row(p: Point, res: dict) -> dict:
     row = dict(res)
     row.update(model=p.model, prompt=p.prompt, tokens=p.tokens, schedule=p.schedule,
-               skip_prompt=p.skip_prompt, hw_name=p.hw_name, hw=p.hw, params=p.params,
+               skip_prompt=p.skip_prompt, batch=p.batch, hw_name=p.hw_name, hw=p.hw, params=p.params,
                version=__version__)
     if res.get("version") not in (None, __version__) and res.get("status") == "ok":
         row.update(status="error", reason=f"the worker runs pimsim {res['version']}, this "

@@ -15,6 +15,7 @@ Spec (TOML)::
     prompt = 128               # prompt tokens before the timed tokens, as in run (default 1)
     tokens = 4                 # generated (timed) tokens per point (default 8)
     schedule = "serial"        # serial | overlap (a list sweeps it)
+    batch = 1                  # sequences decoded together (default 1; a list sweeps it)
     skip_prompt = true         # default true: only the generating steps are simulated
     clock_scaling = "cycles"   # cycles | ns: what a changed tCK keeps (see below)
 
@@ -30,14 +31,17 @@ Spec (TOML)::
     banks_per_group = 8
 
 Axes in ``[grid]`` / ``[[points]]`` are run settings (``model``, ``prompt``, ``tokens``,
-``schedule``) or hardware parameters: the names of :data:`PARAMS` or any dotted path into the
+``schedule``, ``batch``) or hardware parameters: the names of :data:`PARAMS` or any dotted path into the
 config (``timing.nRCDRDMAC``, ``asic.op_passes.softmax``, ``energy.mac_unit_pj``).
 
 ``skip_prompt = true`` (the default) simulates only the steps that generate tokens, at positions
 ``prompt - 1`` onwards: a step's cost depends on its position, not on the cached values, so this
 measures generation at a long context without simulating the prompt (the DRAM state, open rows
 and refresh phase, starts fresh rather than warmed up). ``ms_per_token`` is the mean over the
-generated tokens.
+generated tokens. ``batch = B`` decodes B sequences together in each step (``pimsim run
+--batch``, :mod:`pimsim.batch`): ``ms_per_token`` is then the time of one step (each sequence's
+time per token), ``tokens_per_s`` the batch's (B tokens a step) and ``mj_per_token`` the energy
+per output token.
 
 A point that cannot exist is recorded as ``invalid`` with the reason, not a crash: a bad value
 (:class:`~pimsim.config.ConfigError`), a model that does not fit
@@ -85,7 +89,7 @@ class PointError(UserError):
     """A point whose run settings are impossible (recorded as invalid)."""
 
 
-SETTINGS = ("model", "prompt", "tokens", "schedule")
+SETTINGS = ("model", "prompt", "tokens", "schedule", "batch")
 SCHEDULES = ("serial", "overlap")
 SECTIONS = ("organization", "timing", "pim", "asic", "link", "refresh", "energy", "host",
             "controller", "system", "interconnect")
@@ -269,11 +273,15 @@ class Point:
     hw_name: str
     error: str | None = None  # invalid before running: the reason
     source: str | None = None  # where the worker finds the model (a path read against the spec)
+    batch: int = 1  # sequences decoded together (pimsim.batch); 1: one sequence
 
     @property
     def settings(self) -> dict:
-        return {"prompt": self.prompt, "tokens": self.tokens, "schedule": self.schedule,
-                "skip_prompt": self.skip_prompt}
+        out = {"prompt": self.prompt, "tokens": self.tokens, "schedule": self.schedule,
+               "skip_prompt": self.skip_prompt}
+        if self.batch != 1:  # batch 1 keeps the keys of stores written before the axis
+            out["batch"] = self.batch
+        return out
 
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.params.items()) or self.model
@@ -357,7 +365,7 @@ def spec_from_dict(raw: dict, *, name: str = "sweep", path: str | Path | None = 
         raise SpecError(f"{where}: give model or models, not both")
 
     # top-level settings: a scalar is fixed, a list is an axis
-    defaults = {"model": "gpt2-small", "prompt": 1, "tokens": 8, "schedule": "serial"}
+    defaults = {"model": "gpt2-small", "prompt": 1, "tokens": 8, "schedule": "serial", "batch": 1}
     top_axes: dict[str, list] = {}
     for k in SETTINGS:
         v = raw.get(k if k != "model" else ("models" if "models" in raw else "model"))
@@ -461,7 +469,7 @@ def model_key(source: str) -> Any:
 def _make_point(idx, params, settings, hw_params, base, hw_name, clock_scaling,
                 skip_prompt, folder: Path | None = None, models: dict | None = None) -> Point:
     error = None
-    model, prompt, tokens, schedule = (settings[k] for k in SETTINGS)
+    model, prompt, tokens, schedule, batch = (settings[k] for k in SETTINGS)
     source, mkey = str(model), str(model)
     if isinstance(model, str) and model:
         models = {} if models is None else models
@@ -472,7 +480,7 @@ def _make_point(idx, params, settings, hw_params, base, hw_name, clock_scaling,
     try:
         if not isinstance(model, str) or not model:
             raise PointError(f"model = {model!r} must be a model name")
-        for n, v in (("prompt", prompt), ("tokens", tokens)):
+        for n, v in (("prompt", prompt), ("tokens", tokens), ("batch", batch)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise PointError(f"{n} = {v!r} must be an integer >= 1")
         if schedule not in SCHEDULES:
@@ -483,8 +491,11 @@ def _make_point(idx, params, settings, hw_params, base, hw_name, clock_scaling,
     except (ConfigError, PointError) as e:
         error = f"{type(e).__name__}: {e}"
         hw = {"base": canonical_hw(base), "params": hw_params}
-    key = point_key(hw, mkey, {"prompt": prompt, "tokens": tokens, "schedule": schedule,
-                               "skip_prompt": skip_prompt}, __version__)
+    settings = {"prompt": prompt, "tokens": tokens, "schedule": schedule,
+                "skip_prompt": skip_prompt}
+    if batch != 1:  # batch 1 keeps the keys of stores written before the axis
+        settings["batch"] = batch
+    key = point_key(hw, mkey, settings, __version__)
     return Point(idx, params, str(model), prompt, tokens, schedule, skip_prompt, hw, key,
-                 hw_name, error, source)
+                 hw_name, error, source, batch if isinstance(batch, int) else 1)
 

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS points (
     tokens        INTEGER NOT NULL,
     schedule      TEXT NOT NULL,
     skip_prompt   INTEGER NOT NULL,
+    batch         INTEGER NOT NULL DEFAULT 1,  -- sequences decoded together
     version       TEXT NOT NULL,      -- pimsim.__version__ of the simulator
     hw_name       TEXT,
     hw_json       TEXT NOT NULL,      -- canonical hardware config values
@@ -85,7 +86,7 @@ CREATE INDEX IF NOT EXISTS sweep_points_key ON sweep_points (key);
 FINAL = ("ok", "invalid")  # statuses a re-run skips; 'error' points are run again
 
 _COLUMNS = ("key", "status", "reason", "model", "prompt", "tokens", "schedule", "skip_prompt",
-            "version", "hw_name", "hw_json", "params_json", "ms_per_token", "tokens_per_s",
+            "batch", "version", "hw_name", "hw_json", "params_json", "ms_per_token", "tokens_per_s",
             "mj_per_token", "row_hit_rate", "cycles", "ms_total", "breakdown_json", "per_op_json",
             "energy_json", "commands_json", "compile_s", "sim_s", "worker", "finished_at")
 
@@ -150,6 +151,10 @@ class Store:
                 self.conn.execute("PRAGMA busy_timeout = 60000")
                 with self.conn:
                     self.conn.executescript(SCHEMA)
+                    cols = {r[1] for r in self.conn.execute("PRAGMA table_info(points)")}
+                    if "batch" not in cols:  # a store written before the batch axis
+                        self.conn.execute("ALTER TABLE points ADD COLUMN batch INTEGER NOT NULL "
+                                          "DEFAULT 1")
         except (sqlite3.Error, OSError) as e:
             raise _sqlite_error(self.path, e) from None
 
@@ -211,6 +216,7 @@ class Store:
                 vals[c + "_json"] = (json.dumps(row[c], default=str) if c == "params"
                                      else canonical_json(row[c]))
         vals["skip_prompt"] = int(bool(vals["skip_prompt"]))
+        vals["batch"] = int(vals["batch"] or 1)
         cols = ", ".join(_COLUMNS)
         qs = ", ".join("?" for _ in _COLUMNS)
         upd = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in ("key", "params_json"))
@@ -332,7 +338,7 @@ def _frame(rows: list[dict]):
         rec: dict[str, Any] = {"idx": r["idx"], "key": r["key"]}
         rec.update(params)  # alias names and dotted paths: no clash with the columns
         for c in ("status", "reason", "model", "prompt", "tokens", "schedule", "skip_prompt",
-                  "ms_per_token", "tokens_per_s", "mj_per_token", "row_hit_rate", "cycles",
+                  "batch", "ms_per_token", "tokens_per_s", "mj_per_token", "row_hit_rate", "cycles",
                   "ms_total", "compile_s", "sim_s", "hw_name", "version", "worker",
                   "finished_at"):
             if c in params:  # the swept value already stands in its column
@@ -351,7 +357,7 @@ def _frame(rows: list[dict]):
                 except (ValueError, AttributeError):
                     pass
     df = pd.DataFrame.from_records(recs)
-    for c in ("prompt", "tokens", "cycles"):
+    for c in ("prompt", "tokens", "batch", "cycles"):
         if c in df and c not in param_cols:
             df[c] = df[c].astype("Int64")
     if "skip_prompt" in df:
