@@ -96,7 +96,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     except TraceError as e:
         msg = str(e)
         if "; " not in " ".join(msg.split()):
-            raise UserError(msg, "correct that line (the grammar is in the README, AiM traces)") \
+            raise UserError(msg, "correct that line (the grammar is in docs/guide.md, AiM traces)") \
                 from None
         raise
     t0 = time.perf_counter()

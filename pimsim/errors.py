@@ -38,7 +38,7 @@ class UserError(ValueError):
 class ConfigError(UserError):
     """A hardware config is malformed; the message names the file, the key and the fix."""
 
-    default_fix = ("correct that value in the config (the README's Hardware configs section "
+    default_fix = ("correct that value in the config (docs/guide.md's Hardware configs section "
                    "lists them)")
 
 

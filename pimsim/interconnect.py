@@ -39,7 +39,7 @@ GIB = float(1 << 30)
 class InterconnectError(UserError):
     """A malformed ``[interconnect]`` section or an impossible transfer."""
 
-    default_fix = "correct the [interconnect] section (the README's Systems section lists it)"
+    default_fix = "correct the [interconnect] section (docs/guide.md's Systems section lists it)"
 
 
 @dataclass(frozen=True)

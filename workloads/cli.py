@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def no_cache(sp):
         sp.add_argument("--no-cache", action="store_true",
-                        help="do not use the compiled-program cache (see the README)")
+                        help="do not use the compiled-program cache (see docs/guide.md)")
 
     tokens = int_in(1, INT64_MAX, "and prompt + tokens within the model's context")
     c = sub.add_parser("compile", help="lower a model to a PIM program and print its mapping")

@@ -17,7 +17,7 @@ from pimsim.errors import UserError
 from pimsim.progress import status
 from workloads.compiling import check_context, compile_with_source, hw_config, pandas_module
 
-# documented tolerances (README): exact ASIC math vs approximations. Top-1 agreement is
+# documented tolerances (docs/guide.md, `pimsim validate`): exact ASIC math vs approximations. Top-1 agreement is
 # required on every decisive step (reference top-2 gap above two bf16 steps); at a near-tie the
 # simulator's bf16 logits may legitimately pick the other token.
 TOLERANCES = {

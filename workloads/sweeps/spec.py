@@ -82,7 +82,7 @@ MAX_POINTS = 10_000  # a spec that expands to more points needs --max-points (or
 class SpecError(UserError):
     """A malformed sweep spec (unknown key, wrong type, empty axis): nothing is run."""
 
-    default_fix = "correct the sweep spec (the README's Design-space sweeps section)"
+    default_fix = "correct the sweep spec (docs/guide.md's Design-space sweeps section)"
 
 
 class PointError(UserError):
