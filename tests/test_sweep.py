@@ -432,3 +432,24 @@ def test_a_missing_model_file_is_tried_again_once_it_exists(tmp_path):
     (tmp_path / "later.onnx").write_bytes(b"an export")
     now = S.spec_from_dict({"model": "later.onnx", "tokens": 1}, path=tmp_path / "s.toml")
     assert now.points[0].key != spec.points[1].key
+
+
+def test_a_model_folder_is_keyed_by_its_files(tmp_path):
+    """A Hugging Face folder's key follows its files' content (config.json and weights), not
+    its name: a copy elsewhere has the same key, new weights a new one."""
+    import shutil
+
+    a = tmp_path / "a" / "llm"
+    a.mkdir(parents=True)
+    (a / "config.json").write_text('{"model_type": "llama"}')
+    (a / "model.safetensors").write_bytes(b"weights one")
+    b = tmp_path / "b" / "copy"
+    shutil.copytree(a, b)
+
+    def key(folder):
+        return S.spec_from_dict({"model": str(folder), "tokens": 1}).points[0].key
+
+    k = key(a)
+    assert key(b) == k
+    (b / "model.safetensors").write_bytes(b"weights two")
+    assert key(b) != k and key(a) == k
