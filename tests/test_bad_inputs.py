@@ -723,3 +723,143 @@ def test_the_read_only_store_writes_nothing(tmp_path):
     con = sqlite3.connect(db)  # the store is still a normal, writable database
     assert con.execute("SELECT COUNT(*) FROM points").fetchone()[0] == 2
     con.close()
+
+
+# ---------------------------------------------------------------- root causes: models, systems
+
+@pytest.fixture(scope="module")
+def saved_llama(tmp_path_factory):
+    """A tiny random Llama saved with save_pretrained (config.json, model.safetensors)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hf_tiny import tiny_model
+
+    d = tmp_path_factory.mktemp("hf") / "llama"
+    tiny_model("llama").save_pretrained(d)
+    return d
+
+
+def _hf_copy(src: Path, dst: Path, *, layers: int | None = None, drop: str | None = None,
+             rename: tuple[str, str] | None = None, reshape: str | None = None) -> Path:
+    """A copy of the saved folder with its config or its weight file edited."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    if layers is not None:
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg["num_hidden_layers"] = layers
+        (dst / "config.json").write_text(json.dumps(cfg))
+    sd = load_file(dst / "model.safetensors")
+    if drop is not None:
+        del sd[drop]
+    if rename is not None:
+        sd[rename[1]] = sd.pop(rename[0])
+    if reshape is not None:
+        sd[reshape] = sd[reshape][:-1].clone()
+    save_file(sd, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize("edit, expect", [
+    ({"drop": "model.layers.1.mlp.up_proj.weight"},
+     r"1 tensor\(s\) missing from the weight files \(model.layers.1.mlp.up_proj.weight\)"),
+    ({"rename": ("model.norm.weight", "model.final_norm.weight")},
+     r"missing from the weight files \(model.norm.weight\).*not in the model config.json "
+     r"describes \(model.final_norm.weight\)"),
+    ({"layers": 3}, r"9 tensor\(s\) missing .*model.layers.2.* and 6 more"),
+    ({"layers": 1}, r"9 tensor\(s\) in the weight files but not .*model.layers.1"),
+    ({"reshape": "model.layers.0.self_attn.q_proj.weight"}, r"q_proj"),
+], ids=["tensor-deleted", "tensor-renamed", "config-more-layers", "config-fewer-layers",
+        "tensor-reshaped"])
+def test_hf_folder_whose_weights_do_not_match_its_config(saved_llama, tmp_path, capsys, edit,
+                                                        expect):
+    """Refused (no random fill-ins), naming the tensors, on run and on validate."""
+    d = _hf_copy(saved_llama, tmp_path / "edited", **edit)
+    line = cli(["run", d, "--functional", "--tokens", "1"], capsys, expect)
+    assert "config.json" in line
+    cli(["validate", d, "--tokens", "1", "--reference", "cpu"], capsys, expect)
+
+
+def test_an_intact_hf_folder_runs_the_same_tokens_twice(saved_llama, capsys):
+    """The valid folder loads with its own weights: two functional runs agree token for token."""
+    runs = []
+    for _ in range(2):
+        assert main(["run", str(saved_llama), "--functional", "--tokens", "2", "--json",
+                     "--no-progress"]) == 0
+        runs.append(json.loads(capsys.readouterr().out)["tokens"])
+    assert runs[0] == runs[1] and len(runs[0]) == 2
+
+
+def _system_file(folder: Path, device: str, devices: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    f = folder / "system.toml"
+    f.write_text(f'name = "two"\n[system]\ndevice = "{device}"\ndevices = {devices}\n')
+    return f
+
+
+def test_a_system_files_device_path_is_read_against_its_folder(tmp_path, monkeypatch):
+    """Not against the working directory: the device beside the system file is used, from any
+    working directory, and one in the working directory only is not found."""
+    from pimsim.config import load_config
+
+    dev = mutated(AIM, "organization.channels", 16)
+    dev["organization"]["channel_mask"] = 0
+    (tmp_path / "sys").mkdir()
+    (tmp_path / "sys" / "dev.toml").write_text(dump_toml(dev))
+    f = _system_file(tmp_path / "sys", "dev.toml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "dev.toml").write_text(dump_toml(AIM))  # 32 channels: must not be picked
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(f)
+    assert (cfg.org.channels, cfg.system.devices, cfg.name) == (16, 2, "two")
+    cfg = load_config(os.path.relpath(f, elsewhere))
+    assert cfg.org.channels == 16
+
+
+def test_a_system_files_missing_device_names_where_it_looked(tmp_path, capsys, monkeypatch):
+    (tmp_path / "dev.toml").write_text(dump_toml(AIM))  # in the working directory only
+    f = _system_file(tmp_path / "sys", "dev.toml")
+    monkeypatch.chdir(tmp_path)
+    cli(["compile", "tiny", "--hw", f], capsys,
+        r"device = 'dev.toml' not found \(read against the system file's folder: .*sys.dev"
+        r"\.toml'\); give the device config's path relative to the system file")
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (["--tp", "4"], r"--tp 4 x pp 1 \(the config's\) = 4 devices, but hardware config "
+                    r"aim-cxl-8 has 8 devices; add --pp 2 \(4 x 2 = 8\), or --devices 4"),
+    (["--pp", "2"], r"tp 8 \(the config's\) x --pp 2 = 16 devices, but .* has 8 devices; add "
+                    r"--tp 4 \(4 x 2 = 8\)"),
+    (["--tp", "3"], r"--tp 3 x pp 1 .* = 3 devices, but .* 8 devices; give --tp T and --pp P "
+                    r"with T x P = 8"),
+    (["--tp", "4", "--pp", "4"], r"--tp 4 x --pp 4 = 16 devices, but .* has 8 devices"),
+], ids=["tp-alone", "pp-alone", "tp-not-dividing", "tp-and-pp"])
+def test_tp_or_pp_alone_keep_a_system_configs_device_count(capsys, flags, expect):
+    cli(["compile", "tiny", "--hw", "aim-cxl-8", *flags], capsys, expect)
+
+
+def test_aim_trace_of_a_pipelined_system_writes_every_stage(tmp_path, capsys):
+    """One trace per pipeline stage (the stage in the file name), each the stage's program."""
+    from pimsim.aim_emit import aim_trace_text
+    from workloads.session import compile_model, hw_config
+
+    out = tmp_path / "traces" / "step.trace"
+    assert main(["compile", "tiny", "--pp", "2", "--aim-trace", str(out), "--no-progress",
+                 "--no-cache"]) == 0
+    text = capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["step.stage0.trace",
+                                                            "step.stage1.trace"]
+    assert "pipeline stage 1 of 2" in text and str(out.parent / "step.stage1.trace") in text
+    cfg = hw_config("pim-gpt", pp=2)
+    c = compile_model("tiny", cfg, cache=False)
+    for s, prog in enumerate(c.programs):
+        assert (out.parent / f"step.stage{s}.trace").read_text() == aim_trace_text(prog, cfg, 63)
+    assert c.programs[0].to_text(63) != c.programs[1].to_text(63)
+
+
+def test_aim_trace_stage_files_are_checked_before_the_work(tmp_path, capsys):
+    (tmp_path / "step.stage1.trace").mkdir()  # a directory where stage 1's trace would go
+    cli(["compile", "tiny", "--pp", "2", "--aim-trace", tmp_path / "step.trace"], capsys,
+        r"step.stage1.trace.* is a directory")

@@ -121,6 +121,33 @@ def test_cache_directory_rules(tmp_path, monkeypatch):
     assert cache.cache_key("some.module:model", cfg) is None  # never cached
 
 
+def test_cache_keys_by_file_content_and_every_config_value_but_refresh(tmp_path):
+    """An ONNX file re-exported under the same name is a new entry, the same bytes under
+    another name the same; a [system] attention or interconnect value changes the key,
+    refresh (the simulator's alone) does not."""
+    import dataclasses
+
+    from pimsim.config import load_config
+    from workloads import compile_cache as cache
+    from workloads.session import hw_config
+
+    cfg = load_config("pim-gpt")
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    a.write_bytes(b"export one")
+    b.write_bytes(b"export one")
+    key = cache.cache_key(str(a), cfg)
+    assert key == cache.cache_key(str(b), cfg)
+    a.write_bytes(b"export two")
+    assert cache.cache_key(str(a), cfg) != key
+    tp2 = hw_config(cfg, tp=2)
+    assert cache.cache_key("tiny", tp2) != cache.cache_key(
+        "tiny", hw_config(cfg, tp=2, tp_attention="one-device"))
+    ic = dataclasses.replace(tp2.system.interconnect, lanes=tp2.system.interconnect.lanes + 1)
+    assert cache.cache_key("tiny", tp2) != cache.cache_key(
+        "tiny", dataclasses.replace(tp2, system=dataclasses.replace(tp2.system, interconnect=ic)))
+    assert cache.cache_key("tiny", cfg) == cache.cache_key("tiny", cfg.with_refresh(False))
+
+
 def test_status_line_with_progress(tmp_path):
     """--progress shows a status line over the compile (stderr is not a terminal here)."""
     r = py(run_main(["compile", "tiny-wide", "--no-cache", "--progress"]))

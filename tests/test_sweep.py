@@ -416,3 +416,91 @@ def test_a_store_without_the_batch_column_is_upgraded(tmp_path):
     con.close()
     Store(db).close()
     assert list(to_dataframe(db)["batch"]) == [1]
+
+
+def test_the_worker_memo_keys_by_every_config_value_the_lowering_reads(monkeypatch):
+    """Two configs that differ only in [system] attention lower to different programs; the
+    memo gives each its own (the one a fresh compile gives), never the other's."""
+    from workloads import compiling
+    from workloads.session import hw_config
+
+    monkeypatch.setattr(compiling, "_PREPARED", {})
+    monkeypatch.setattr(compiling, "_LOWERED", {})
+    texts = {}
+    for att in ("split", "one-device"):
+        cfg = hw_config("pim-gpt", tp=2, tp_attention=att)
+        got = compiling.compile_model("tiny", cfg, memo=True).program.to_text(5)
+        want = compiling.compile_model("tiny", cfg, cache=False).program.to_text(5)
+        assert got == want
+        texts[att] = got
+    assert texts["split"] != texts["one-device"]
+    assert len(compiling._PREPARED) == 1 and len(compiling._LOWERED) == 2
+
+
+def test_model_files_are_keyed_by_content_and_read_against_the_spec(tmp_path, monkeypatch):
+    """A relative model path is read against the spec's folder (as hw is); two spellings of one
+    file give one key; the same name with new bytes (a re-export) gives a new key."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "m.onnx").write_bytes(b"first export")
+    f = specs / "s.toml"
+    f.write_text('models = ["m.onnx", "./m.onnx"]\ntokens = 2\n')
+    monkeypatch.chdir(tmp_path)  # not the spec's folder
+    spec = S.load_spec(f)
+    a, b = spec.points
+    assert a.task()["model"] == str(specs / "m.onnx") == b.task()["model"]
+    assert a.key == b.key and (a.model, b.model) == ("m.onnx", "./m.onnx")
+    (specs / "m.onnx").write_bytes(b"second export")
+    again = S.load_spec(f).points[0]
+    assert again.key != a.key
+    abs_spec = S.spec_from_dict({"model": str(specs / "m.onnx"), "tokens": 2})
+    assert abs_spec.points[0].key == again.key  # an absolute spelling: the same file
+
+
+def test_a_relative_hw_is_read_against_the_spec_folder_not_the_working_directory(tmp_path,
+                                                                                monkeypatch):
+    (tmp_path / "here.toml").write_text((ROOT / "hwconfigs" / "pim-gpt.toml").read_text())
+    (tmp_path / "specs").mkdir()
+    f = tmp_path / "specs" / "s.toml"
+    f.write_text('hw = "here.toml"\nmodel = "tiny"\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(S.SpecError, match="here.toml' not found"):
+        S.load_spec(f)
+    (tmp_path / "specs" / "here.toml").write_text((ROOT / "hwconfigs" / "pim-gpt.toml").read_text())
+    assert S.load_spec(f).hw == "here.toml"
+
+
+def test_a_missing_model_file_is_tried_again_once_it_exists(tmp_path):
+    """Not stored as a final result: the point is an error, run again on resume, and once the
+    file is there its point has a key of its own (its content)."""
+    spec = S.spec_from_dict({"models": ["tiny", str(tmp_path / "later.onnx")], "tokens": 1},
+                            path=tmp_path / "s.toml")
+    res = S.run_sweep(spec, tmp_path / "s.db", workers=0, progress=False, log=lambda s: None)
+    assert res.df["status"].tolist() == ["ok", "error"]
+    assert "ModelNotResolved" in res.df["reason"][1]
+    again = S.run_sweep(spec, tmp_path / "s.db", workers=0, progress=False, log=lambda s: None)
+    assert (again.n_skipped, again.n_run) == (1, 1)
+    (tmp_path / "later.onnx").write_bytes(b"an export")
+    now = S.spec_from_dict({"model": "later.onnx", "tokens": 1}, path=tmp_path / "s.toml")
+    assert now.points[0].key != spec.points[1].key
+
+
+def test_a_model_folder_is_keyed_by_its_files(tmp_path):
+    """A Hugging Face folder's key follows its files' content (config.json and weights), not
+    its name: a copy elsewhere has the same key, new weights a new one."""
+    import shutil
+
+    a = tmp_path / "a" / "llm"
+    a.mkdir(parents=True)
+    (a / "config.json").write_text('{"model_type": "llama"}')
+    (a / "model.safetensors").write_bytes(b"weights one")
+    b = tmp_path / "b" / "copy"
+    shutil.copytree(a, b)
+
+    def key(folder):
+        return S.spec_from_dict({"model": str(folder), "tokens": 1}).points[0].key
+
+    k = key(a)
+    assert key(b) == k
+    (b / "model.safetensors").write_bytes(b"weights two")
+    assert key(b) != k and key(a) == k

@@ -271,6 +271,38 @@ def test_resolve_rules():
             resolve(*bad)
 
 
+EIGHT = System(devices=8, tp=8, pp=1)
+
+
+@pytest.mark.parametrize("devices, tp, pp, want", [
+    (None, 4, 2, System(devices=8, tp=4, pp=2)),  # both given: they must make the 8
+    (None, 8, None, EIGHT),  # the config's own split
+    (None, None, 1, EIGHT),
+    (4, None, None, System(devices=4, tp=4, pp=1)),  # --devices changes the count
+    (2, None, 2, System(devices=2, tp=1, pp=2)),
+])
+def test_tp_and_pp_keep_a_multi_device_configs_count(devices, tp, pp, want):
+    assert resolve(devices, tp, pp, EIGHT) == want
+
+
+@pytest.mark.parametrize("tp, pp, msg", [
+    (4, None, r"--tp 4 x pp 1 \(the config's\) = 4 devices, but cfg has 8 devices; add --pp 2"),
+    (None, 4, r"tp 8 \(the config's\) x --pp 4 = 32 devices, but cfg has 8 devices; add --tp 2"),
+    (3, None, r"= 3 devices, but cfg has 8 devices; give --tp T and --pp P with T x P = 8"),
+    (2, 2, r"--tp 2 x --pp 2 = 4 devices, .*or --devices 4 for a system of that size"),
+])
+def test_tp_or_pp_that_do_not_make_the_configs_devices_are_refused(tp, pp, msg):
+    with pytest.raises(SystemError_, match=msg):
+        resolve(None, tp, pp, EIGHT, where="cfg")
+
+
+def test_a_single_device_config_grows_to_tp_x_pp():
+    one = System()
+    assert resolve(None, 4, None, one) == System(devices=4, tp=4, pp=1)
+    assert resolve(None, None, 2, one) == System(devices=2, tp=1, pp=2)
+    assert resolve(None, 2, 2, one) == System(devices=4, tp=2, pp=2)
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--devices", "6", "--tp", "4"], "--tp 4 x --pp 1"),
     (["--devices", "0"], "--devices"),

@@ -426,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--devices", type=int_in(1, 4096), metavar="N",
                         help="PIM devices in the system (default: the config's [system], 1)")
         sp.add_argument("--tp", type=int_in(1, 4096), metavar="T",
-                        help="tensor-parallel devices per pipeline stage (default N / P)")
+                        help="tensor-parallel devices per pipeline stage (default N / P); "
+                             "without --devices, T x P must equal a multi-device config's count")
         sp.add_argument("--pp", type=int_in(1, 4096), metavar="P",
                         help="pipeline stages, P sequences in flight (default 1); T x P = N")
         sp.add_argument("--tp-attention", choices=["split", "one-device"], default=None,

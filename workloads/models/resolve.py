@@ -136,7 +136,8 @@ def from_pretrained_folder(path: str, *, weights: bool = True) -> tuple[Any, str
         if weights:
             with _quiet_transformers(transformers):  # its load report and bars: stderr noise
                 obj, info = transformers.AutoModelForCausalLM.from_pretrained(
-                    path, local_files_only=True, output_loading_info=True)
+                    path, local_files_only=True, output_loading_info=True,
+                    ignore_mismatched_sizes=True)  # reported in the info, refused below
         else:
             cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
             with torch.device("meta"):
