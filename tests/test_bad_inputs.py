@@ -277,6 +277,21 @@ TRACE_CASES = [
     ("AiM MAC_ABK 64 -1 0", "channel mask -0x1 must be a positive number"),
     ("AiM MAC_ABK 64 -2 0", "channel mask -0x2 must be a positive number"),
     ("AiM WR_ABK 0 0xc0000000 0", "must select exactly one channel"),
+    # strict numbers: Python's int(tok, 0) takes all of these
+    ("AiM MAC_ABK 6_4 0x1 0", "opsize must be a number .* got '6_4'"),
+    ("AiM MAC_ABK 64 0x1 1_0", "row must be a number .* got '1_0'"),
+    ("AiM MAC_ABK +64 0x1 0", "opsize must be a number .* got '\\+64'"),
+    ("AiM MAC_ABK 64 0b1 0", "mask must be a number .* got '0b1'"),
+    ("AiM MAC_ABK 64 0o1 0", "mask must be a number .* got '0o1'"),
+    ("AiM MAC_ABK 64 0x_1 0", "mask must be a number .* got '0x_1'"),
+    ("AiM MAC_ABK 064 0x1 0", "opsize must be a number .* got '064'"),
+    ("R GPR 1_2", "operand must be a number .* got '1_2'"),
+    # trailing words
+    ("AiM SYNC now", "'AiM SYNC' takes no more words, got 'now'"),
+    ("AiM EOC 1 2", "'AiM EOC' takes no more words, got '1 2'"),
+    ("AiM EWADD 1", r"AiM EWADD takes 3 arguments <opsize> <gpr> <gpr>, got 1"),
+    ("AiM EWADD 1 2 3 4", "AiM EWADD takes 3 arguments"),
+    ("AiM EWADD 1 x 3", "gpr must be a number .* got 'x'"),
 ]
 
 
@@ -286,6 +301,24 @@ def test_bad_trace_line(tmp_path, capsys, line, expect):
     f.write_text(f"# a comment\nAiM SYNC\n{line}\nAiM EOC\n")
     msg = cli(["trace", f], capsys, expect)
     assert "bad.trace:3" in msg  # file and line number
+
+
+EMPTY_TRACES = {
+    "empty": "",
+    "blank-lines": "\n\n   \n",
+    "comments": "# a comment\n  # another\n",
+    "sync-only": "AiM SYNC\nAiM SYNC\n",
+    "eoc-only": "AiM EOC\n",
+    "all-after-eoc": "AiM SYNC\nAiM EOC\nAiM MAC_ABK 64 0x1 0\n",
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY_TRACES))
+def test_a_trace_with_no_instructions(tmp_path, capsys, name):
+    """An empty trace is refused (it used to replay as "1 cycles")."""
+    f = tmp_path / "empty.trace"
+    f.write_text(EMPTY_TRACES[name])
+    cli(["trace", f], capsys, "empty.trace: the trace has no instructions")
 
 
 def test_trace_file_problems(tmp_path, capsys):
