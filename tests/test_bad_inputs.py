@@ -753,3 +753,73 @@ def test_the_read_only_store_writes_nothing(tmp_path):
     con = sqlite3.connect(db)  # the store is still a normal, writable database
     assert con.execute("SELECT COUNT(*) FROM points").fetchone()[0] == 2
     con.close()
+
+
+# ---------------------------------------------------------------- the compiled-program cache
+
+@pytest.fixture(scope="module")
+def tiny_compiled():
+    """One weightless compile of ``tiny`` on pim-gpt (what a cache entry holds)."""
+    from pimsim.config import load_config
+    from workloads.compiling import compile_with_source
+
+    cfg = load_config("pim-gpt")
+    return cfg, compile_with_source("tiny", cfg, cache=False)[0]
+
+
+def _still_unpickles(data: bytes) -> bytes:
+    """A flipped bit in the payload that still unpickles: the model's name tiny -> tinz."""
+    head, _, payload = data.partition(b"\n")
+    i = payload.index(b"tiny")
+    bad = payload[:i + 3] + bytes([payload[i + 3] ^ 0x03]) + payload[i + 4:]
+    import pickle
+
+    assert getattr(pickle.loads(bad), "program", None) is not None  # a plausible program
+    return head + b"\n" + bad
+
+
+CACHE_DAMAGE = {
+    "payload-bit-that-unpickles": _still_unpickles,
+    "payload-last-byte": lambda d: d[:-1] + bytes([d[-1] ^ 0xFF]),
+    "checksum-digit": lambda d: d[:30] + (b"0" if d[30:31] != b"0" else b"1") + d[31:],
+    "truncated": lambda d: d[:len(d) // 2],
+    "bare-pickle": lambda d: d.partition(b"\n")[2],
+    "empty": lambda d: b"",
+}
+
+
+@pytest.mark.parametrize("damage", list(CACHE_DAMAGE))
+def test_a_damaged_cache_entry_is_a_miss_with_a_warning(tmp_path, monkeypatch, capsys,
+                                                         tiny_compiled, damage):
+    from workloads import compile_cache
+
+    monkeypatch.setenv("PIMSIM_CACHE_DIR", str(tmp_path))
+    cfg, c = tiny_compiled
+    path = compile_cache.store("tiny", cfg, c)
+    good = path.read_bytes()
+    assert good.startswith(b"pimsim-program-cache ")
+    assert compile_cache.load("tiny", cfg).program.to_text(0) == c.program.to_text(0)
+    assert capsys.readouterr().err == ""  # a good entry: no warning
+    path.write_bytes(CACHE_DAMAGE[damage](good))
+    assert compile_cache.load("tiny", cfg) is None  # a miss
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("pimsim: warning: compiled-program cache entry")
+    assert "compiling again" in err[0]
+    assert not path.exists()  # dropped: the next compile writes it anew
+
+
+def test_a_damaged_cache_entry_is_recompiled_and_rewritten(tmp_path, monkeypatch, capsys,
+                                                           tiny_compiled):
+    from workloads import compile_cache
+    from workloads.compiling import compile_with_source
+
+    monkeypatch.setenv("PIMSIM_CACHE_DIR", str(tmp_path))
+    cfg, c = tiny_compiled
+    path = compile_cache.store("tiny", cfg, c)
+    path.write_bytes(_still_unpickles(path.read_bytes()))
+    again, src = compile_with_source("tiny", cfg)
+    assert src is not None  # compiled again, not read from the damaged entry
+    assert again.program.to_text(0) == c.program.to_text(0)
+    assert len(capsys.readouterr().err.splitlines()) == 1  # the one warning
+    back = compile_cache.load("tiny", cfg)  # the rewritten entry passes its check
+    assert back.program.to_text(0) == c.program.to_text(0) and capsys.readouterr().err == ""
