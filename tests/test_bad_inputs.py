@@ -525,7 +525,8 @@ def test_unwritable_outputs_fail_before_the_work(tmp_path, capsys):
     cli(["compile", "gpt2-small", "-o", tmp_path], capsys, r"\(-o\) .* is a directory")
     cli(["compile", "gpt2-small", "-o", afile / "prog.txt"], capsys,
         "cannot be created: .* is a file")
-    cli(["compile", "gpt2-small", "-o", "/proc/no/such/dir/prog.txt"], capsys, "cannot be written")
+    cli(["compile", "gpt2-small", "-o", "/proc/no/such/dir/prog.txt"], capsys,
+        "cannot be created: the folder .* does not exist")
     cli(["run", "gpt2-small", "--timeline", afile / "t.json"], capsys, "timeline file")
     cli(["compare", "gpt2-small", "--plot", afile], capsys, "exists and is not a directory")
     spec = tmp_path / "s.toml"
@@ -823,3 +824,137 @@ def test_a_damaged_cache_entry_is_recompiled_and_rewritten(tmp_path, monkeypatch
     assert len(capsys.readouterr().err.splitlines()) == 1  # the one warning
     back = compile_cache.load("tiny", cfg)  # the rewritten entry passes its check
     assert back.program.to_text(0) == c.program.to_text(0) and capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- outputs against inputs
+
+@pytest.fixture
+def io_dir(tmp_path, monkeypatch):
+    """A working directory with inputs to overwrite: a hardware config (an AiM one, with a
+    symbolic and a hard link to it), a sweep spec, a request stream, an ONNX-named model file,
+    a model folder and a measured GPU baseline; the shipped configs are copies here too."""
+    import shutil
+
+    import pimsim.config
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "hwconfigs" / "aim-gddr6.toml", "hw.toml")
+    os.symlink("hw.toml", "link.toml")
+    os.link("hw.toml", "hard.toml")
+    Path("s.toml").write_text('model = "tiny"\ntokens = 2\n')
+    Path("r.jsonl").write_text('{"arrival_s": 0, "prompt_len": 4, "output_len": 3}\n')
+    Path("m.onnx").write_bytes(b"an onnx model")
+    Path("folder").mkdir()
+    Path("folder", "config.json").write_text("{}")
+    Path("g.json").write_text("{}")
+    Path("sub").mkdir()
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    shutil.copy(ROOT / "hwconfigs" / "pim-gpt.toml", shipped / "pim-gpt.toml")
+    monkeypatch.setattr(pimsim.config, "HWCONFIG_DIR", shipped)
+    return tmp_path
+
+
+# (argv, what the message must say); every case fails before any compile
+OVERWRITE_CASES = [
+    (["compile", "tiny", "--hw", "hw.toml", "-o", "hw.toml"],
+     r"program text file \(-o\) 'hw.toml' is the hardware config \(--hw\)"),
+    (["compile", "tiny", "--hw", "hw.toml", "--aim-trace", "hw.toml"],
+     r"AiM trace file \(--aim-trace\) 'hw.toml' is the hardware config"),
+    (["compile", "tiny", "--hw", "hw.toml", "--aim-trace", "link.toml"],
+     "'link.toml' is the hardware config"),  # a symbolic link to the input
+    (["compile", "tiny", "--hw", "link.toml", "-o", "hw.toml"], "'hw.toml' is the hardware config"),
+    (["compile", "tiny", "--hw", "hw.toml", "-o", "hard.toml"],
+     "'hard.toml' is the hardware config"),  # a hard link: os.path.samefile
+    (["compile", "tiny", "--hw", "hw.toml", "-o", "sub/../hw.toml"],
+     "'sub/../hw.toml' is the hardware config"),
+    (["compile", "tiny", "-o", "shipped/pim-gpt.toml"],
+     "is the hardware config .*pim-gpt.toml"),  # a shipped config by name
+    (["compile", "m.onnx", "-o", "m.onnx"], r"'m.onnx' is the model 'm.onnx'"),
+    (["run", "folder", "--timeline", "folder/config.json"],
+     "'folder/config.json' is a file of the model 'folder'"),
+    (["compile", "tiny", "-o", "x.txt", "--aim-trace", "./x.txt", "--hw", "hw.toml"],
+     r"AiM trace file \(--aim-trace\) './x.txt' is also the program text file \(-o\)"),
+    (["run", "tiny", "--hw", "hw.toml", "--timeline", "hw.toml"], "is the hardware config"),
+    (["run", "tiny", "--functional", "--logits", "l.npy", "--timeline", "l.npy"],
+     r"\(--logits\) 'l.npy' is also the timeline file \(--timeline\)"),
+    (["sweep", "s.toml", "--csv", "s.toml"], r"CSV file \(--csv\) 's.toml' is the sweep spec"),
+    (["sweep", "s.toml", "--db", "s.toml"], r"results store \(--db\) 's.toml' is the sweep spec"),
+    (["sweep", "s.toml", "--csv", "s.db"], r"results store \(--db\) 's.db' is also the CSV file"),
+    (["sweep", "s.toml", "--report", "--db", "hw.toml", "--csv", "hw.toml"],
+     r"CSV file \(--csv\) 'hw.toml' is the results store"),  # --report reads the store
+    (["serve", "tiny", "--requests", "r.jsonl", "--csv", "r.jsonl"],
+     r"CSV file \(--csv\) 'r.jsonl' is the request file \(--requests\)"),
+    (["serve", "tiny", "--hw", "hw.toml", "--csv", "link.toml"], "is the hardware config"),
+    (["compare", "tiny", "--gpu", "g.json", "--plot", "g.json"],
+     r"plot directory \(--plot\) 'g.json' is the GPU baseline file \(--gpu\)"),
+    (["compare", "folder", "--plot", "folder"], r"plot directory \(--plot\) 'folder' is the model"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", OVERWRITE_CASES,
+                         ids=[" ".join(a[3:])[:40] for a, _ in OVERWRITE_CASES])
+def test_an_output_never_overwrites_an_input_or_another_output(io_dir, capsys, argv, expect):
+    before = {p: p.read_bytes() for p in io_dir.rglob("*") if p.is_file()}
+    cli(argv, capsys, expect)
+    after = {p: p.read_bytes() for p in io_dir.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing overwritten
+
+
+# an output in a missing folder, or that is a folder
+FOLDER_CASES = [
+    (["compile", "tiny", "-o", "nodir/p.txt"], r"\(-o\) 'nodir/p.txt' cannot be created: the "
+                                               r"folder 'nodir' does not exist"),
+    (["compile", "tiny", "--hw", "hw.toml", "--aim-trace", "nodir/t.trace"], "folder 'nodir'"),
+    (["run", "tiny", "--timeline", "nodir/t.json"], r"timeline file \(--timeline\).*'nodir'"),
+    (["run", "tiny", "--functional", "--logits", "a/b/l.npy"], "the folder 'a/b' does not exist"),
+    (["serve", "tiny", "--csv", "nodir/r.csv"], r"CSV file \(--csv\) .*does not exist"),
+    (["sweep", "s.toml", "--csv", "nodir/s.csv"], "does not exist"),
+    (["sweep", "s.toml", "--db", "nodir/s.db"], r"results store \(--db\) .*does not exist"),
+    (["compare", "tiny", "--plot", "nodir/plots"], r"plot directory .* folder 'nodir' does not"),
+    (["compile", "tiny", "-o", "sub"], r"\(-o\) 'sub' is a directory"),
+    (["serve", "tiny", "--csv", "."], r"\(--csv\) '.' is a directory"),
+    (["compile", "tiny", "-o", ""], r"program text file \(-o\) is an empty path"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", FOLDER_CASES,
+                         ids=[" ".join(a[2:])[:40] for a, _ in FOLDER_CASES])
+def test_an_output_in_a_missing_folder_or_that_is_a_folder(io_dir, capsys, argv, expect):
+    cli(argv, capsys, expect)
+    assert not Path("nodir").exists() and not Path("a").exists()  # no folder created
+
+
+def test_outputs_are_written_atomically(tmp_path):
+    from pimsim.errors import UserError
+    from pimsim.outputs import atomic_write
+
+    f = tmp_path / "out.txt"
+    f.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(f) as w:
+            w.write("half of the new")
+            raise RuntimeError("interrupted")
+    assert f.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]  # no temporary left
+    with atomic_write(f) as w:
+        w.write("new")
+    assert f.read_text() == "new" and os.listdir(tmp_path) == ["out.txt"]
+    link = tmp_path / "link.txt"
+    link.symlink_to("out.txt")
+    with atomic_write(link) as w:
+        w.write("through the link")
+    assert link.is_symlink() and f.read_text() == "through the link"
+    with pytest.raises(UserError, match="cannot be written"):
+        with atomic_write(tmp_path / "out.txt" / "x") as w:  # under a file
+            w.write("x")
+
+
+def test_the_cli_writes_its_outputs_whole(tmp_path, monkeypatch, capsys):
+    """A compile's program text and AiM trace land whole, with no temporary files beside them."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", "tiny", "--hw", "aim-gddr6", "-o", "p.txt", "--aim-trace",
+                 "t.trace"]) == 0
+    capsys.readouterr()
+    assert sorted(os.listdir(tmp_path)) == ["p.txt", "t.trace"]
+    assert Path("t.trace").read_text().rstrip().endswith("AiM EOC")
+    assert Path("p.txt").stat().st_size > 0

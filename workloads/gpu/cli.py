@@ -133,7 +133,9 @@ def _no_cuda(tp: int = 1) -> UserError:
 
 
 def _save_json(doc: dict[str, Any], path: str) -> None:
-    with open(path, "w") as f:
+    from pimsim.outputs import atomic_write
+
+    with atomic_write(path, "output JSON (-o)") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
 
