@@ -958,3 +958,89 @@ def test_the_cli_writes_its_outputs_whole(tmp_path, monkeypatch, capsys):
     assert sorted(os.listdir(tmp_path)) == ["p.txt", "t.trace"]
     assert Path("t.trace").read_text().rstrip().endswith("AiM EOC")
     assert Path("p.txt").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- measured GPU figures
+
+def _baseline(**result) -> dict:
+    """A measured baseline of tiny that passes every check, with ``result``'s fields set."""
+    r = {"model": "tiny", "graph": {"ms_at": {"32": 0.5}}, "mean_power_w": 200.0,
+         "joules_per_token": 0.1}
+    r.update(result)
+    return {"method": "m", "info": {"gpu": "X"}, "results": [r]}
+
+
+NAN, INF = float("nan"), float("inf")
+# (the baseline, what the message must say)
+GPU_FIGURE_CASES = {
+    "ms-zero": (_baseline(graph={"ms_at": {"32": 0}}), r"graph.ms_at\['32'\] = 0 is not a time"),
+    "ms-negative": (_baseline(graph={"ms_at": {"32": -4.0}}), r"= -4.0 is not a time per token"),
+    "ms-nan": (_baseline(graph={"ms_at": {"32": NAN}}), r"= nan is not a time per token"),
+    "ms-inf": (_baseline(graph={"ms_at": {"32": INF}}), r"= inf is not a time per token"),
+    "ms-string": (_baseline(graph={"ms_at": {"32": "0.5"}}), r"= '0.5' is not a time per token"),
+    "ms-bool": (_baseline(graph={"ms_at": {"32": True}}), r"= True is not a time per token"),
+    "position-underscore": (_baseline(graph={"ms_at": {"1_0": 0.5}}), "has the position '1_0'"),
+    "position-negative": (_baseline(graph={"ms_at": {"-1": 0.5}}), "has the position '-1'"),
+    "joules-zero": (_baseline(joules_per_token=0.0), r"results\[0\] \(tiny\) joules_per_token = "
+                                                     r"0.0 is not a"),
+    "joules-nan": (_baseline(joules_per_token=NAN), "joules_per_token = nan is not an energy"),
+    "joules-negative": (_baseline(joules_per_token=-1), "joules_per_token = -1 is not an energy"),
+    "graph-joules-inf": (_baseline(graph={"ms_at": {"32": 0.5}, "j_per_token": INF}),
+                         r"graph.j_per_token = inf is not an energy per token"),
+    "power-zero": (_baseline(mean_power_w=0), "mean_power_w = 0 is not a power"),
+    "power-negative": (_baseline(power={"mean_power_w": -5.0}),
+                       r"power.mean_power_w = -5.0 is not a power"),
+    "power-not-an-object": (_baseline(power="x"), "power = 'x' is not an object"),
+    "empty-model": (_baseline(model=""), "lacks model"),
+}
+
+
+@pytest.mark.parametrize("case", list(GPU_FIGURE_CASES))
+def test_impossible_gpu_figures(tmp_path, capsys, case):
+    doc, expect = GPU_FIGURE_CASES[case]
+    f = tmp_path / "g.json"
+    f.write_text(json.dumps(doc))
+    cli(["compare", "tiny", "--gpu", f, "--prompt", "4", "--tokens", "2"], capsys,
+        "GPU baseline file .*g.json'.*" + expect)
+
+
+def test_the_gpu_figure_cases_start_from_a_good_baseline(tmp_path):
+    from workloads.comparison import check_gpu
+
+    f = tmp_path / "g.json"
+    f.write_text(json.dumps(_baseline()))
+    check_gpu(str(f), ["tiny"])  # no error: each case above breaks one figure only
+
+
+def test_duplicate_gpu_results_and_keys(tmp_path, capsys):
+    doc = _baseline()
+    doc["results"].append(dict(doc["results"][0]))
+    f = tmp_path / "g.json"
+    f.write_text(json.dumps(doc))
+    argv = ["compare", "tiny", "--gpu", f, "--prompt", "4", "--tokens", "2"]
+    cli(argv, capsys, r"results\[0\] and results\[1\] both measure tiny; keep one result")
+    f.write_text(json.dumps(_baseline()).replace('"32": 0.5', '"32": 0.5, "32": 0.7'))
+    cli(argv, capsys, "gives the key '32' twice in one object")
+
+
+@pytest.mark.parametrize("tp,expect", [
+    ("3", "--gpu-tp 3: the measured file .* no measurement at tp 3"),
+    ("0", "--gpu-tp: 0 is out of range"),
+    ("-1", "--gpu-tp: -1 is out of range"),
+    ("65", "--gpu-tp: 65 is out of range"),
+    ("1.5", "--gpu-tp: '1.5' is not an integer"),
+])
+def test_impossible_gpu_tp(tmp_path, capsys, tp, expect):
+    f = tmp_path / "g.json"
+    f.write_text(json.dumps(_baseline()))
+    cli(["compare", "tiny", "--gpu", f, "--prompt", "4", "--tokens", "2", "--gpu-tp", tp],
+        capsys, expect)
+
+
+@pytest.mark.parametrize("tp", [0, -1, 65, True, 2.0, "2"])
+def test_impossible_gpu_tp_through_the_api(tp):
+    from pimsim.errors import UserError
+    from workloads import session
+
+    with pytest.raises(UserError, match="--gpu-tp .* is not a GPU count"):
+        session.compare("tiny", gpu="H100", prompt=4, tokens=2, gpu_tp=tp)

@@ -104,6 +104,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UserError(f"measured file {args.measured!r} cannot be read ({e.strerror})",
                             MEASURED_FIX) from None
+        except UserError:  # a figure that no GPU can have: the message names the file
+            raise
         except ValueError as e:
             raise UserError(f"measured file {args.measured!r}: {e}", MEASURED_FIX) from None
     print(compare_table(measured))
