@@ -1044,3 +1044,112 @@ def test_impossible_gpu_tp_through_the_api(tp):
 
     with pytest.raises(UserError, match="--gpu-tp .* is not a GPU count"):
         session.compare("tiny", gpu="H100", prompt=4, tokens=2, gpu_tp=tp)
+
+
+# ---------------------------------------------------------------- Hugging Face refusals
+
+def _hf_configs() -> dict:
+    """Tiny transformers configs of features pimsim refuses (built here, nothing downloaded)."""
+    import transformers as T
+
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=128,
+                 max_position_embeddings=64)
+    return {
+        "mistral-sliding-window": (lambda: T.MistralConfig(sliding_window=16, **small),
+                                   "a sliding attention window of 16 tokens"),
+        "gemma2-everything": (lambda: T.Gemma2Config(sliding_window=16, **small),
+                              r"a sliding attention window .* \(and attention soft-capping"),
+        "gemma2-attention-softcap": (
+            lambda: T.Gemma2Config(sliding_window=None, attn_logit_softcapping=50.0,
+                                   final_logit_softcapping=None, **small),
+            r"attention soft-capping \(attn_logit_softcapping = 50.0\)"),
+        "gemma2-final-softcap": (
+            lambda: T.Gemma2Config(sliding_window=None, attn_logit_softcapping=None,
+                                   final_logit_softcapping=30.0, **small),
+            r"logit soft-capping \(final_logit_softcapping = 30.0\)"),
+    }
+
+
+@pytest.mark.parametrize("name", ["mistral-sliding-window", "gemma2-everything",
+                                  "gemma2-attention-softcap", "gemma2-final-softcap"])
+@pytest.mark.parametrize("command", [["compile"], ["run", "--functional", "--tokens", "1"]])
+def test_unsupported_hf_features_are_refused_as_bad_input(tmp_path, capsys, name, command):
+    """A config.json is enough: the refusal comes before any weight is read."""
+    make, expect = _hf_configs()[name]
+    folder = tmp_path / name
+    make().save_pretrained(folder)
+    line = cli([command[0], folder, *command[1:]], capsys, f"model '{name}' uses " + expect)
+    assert "which pimsim does not support" in line
+
+
+def test_unsupported_hf_features_through_module_attribute_and_at_trace_time():
+    from pimsim.errors import UserError
+    from workloads.models import hf_decode
+    from workloads.models.hf_decode import UnsupportedFeatureError, decode_step_module
+
+    assert issubclass(UnsupportedFeatureError, UserError)
+    model = type("M", (), {"config": _hf_configs()["mistral-sliding-window"][0]()})()
+    with pytest.raises(UnsupportedFeatureError, match="sliding attention window of 16"):
+        decode_step_module(model)  # a module:attribute model object is wrapped here
+    import torch
+
+    q = k = v = torch.zeros(1, 2, 1, 4)
+    for kw, what in (({"softcap": 50.0}, "soft-capping"), ({"sliding_window": 8}, "sliding"),
+                     ({"s_aux": torch.zeros(2)}, "sinks")):
+        with pytest.raises(UnsupportedFeatureError, match=what):  # the export's backstop
+            hf_decode._attention(None, q, k, v, None, **kw)
+
+
+# ---------------------------------------------------------------- quiet Hugging Face loads
+
+@pytest.fixture(scope="module")
+def tiny_hf_folder(tmp_path_factory):
+    """A tiny random GPT-2 saved with its weights (its config's bos / eos ids lie outside the
+    vocabulary: transformers warns about that on every load)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hf_tiny import tiny_model
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    tiny_model("gpt2").save_pretrained(folder)
+    return folder
+
+
+def test_a_hugging_face_load_prints_nothing_to_stderr(tiny_hf_folder, capsys):
+    import transformers.utils.logging as hl
+
+    hl.set_verbosity_info()  # the user's own settings: restored after each load
+    hl.enable_progress_bar()
+    try:
+        capsys.readouterr()
+        assert main(["run", str(tiny_hf_folder), "--functional", "--tokens", "2",
+                     "--no-progress"]) == 0
+        cap = capsys.readouterr()
+        assert "generated tokens" in cap.out and cap.err == ""
+        assert hl.get_verbosity() == hl.INFO and hl.is_progress_bar_enabled()
+    finally:
+        hl.set_verbosity_warning()
+
+
+def test_quiet_hf_restores_the_users_settings_and_scopes_its_filter():
+    import warnings
+
+    import transformers.utils.logging as hl
+
+    from workloads.models.hf_quiet import quiet_hf
+
+    hl.set_verbosity_debug()
+    hl.disable_progress_bar()
+    filters = list(warnings.filters)
+    try:
+        with quiet_hf():
+            assert hl.get_verbosity() == hl.ERROR and not hl.is_progress_bar_enabled()
+        assert hl.get_verbosity() == hl.DEBUG and not hl.is_progress_bar_enabled()
+        assert warnings.filters == filters
+        with pytest.raises(KeyError):
+            with quiet_hf():
+                raise KeyError("inside")
+        assert hl.get_verbosity() == hl.DEBUG and warnings.filters == filters
+    finally:
+        hl.set_verbosity_warning()
+        hl.enable_progress_bar()

@@ -123,19 +123,31 @@ def from_pretrained_folder(path: str, *, weights: bool = True) -> tuple[Any, str
     except ImportError:
         raise ModelError(f"MODEL {path!r} is a Hugging Face folder but transformers is not "
                          f"installed", "pip install transformers") from None
+    from workloads.models.hf_decode import check_supported, decode_step_module
+    from workloads.models.hf_quiet import quiet_hf
+
     try:
-        if weights:
-            obj = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-        else:
+        with quiet_hf():
             cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-            with torch.device("meta"):
-                obj = transformers.AutoModelForCausalLM.from_config(cfg)
+    except Exception as e:  # noqa: BLE001 - a config transformers cannot read
+        raise ModelError(f"Hugging Face folder {path!r} cannot be loaded as a causal LM "
+                         f"({_describe(e)})", "give a folder saved with save_pretrained") from None
+    check_supported(cfg, Path(path).name)  # before loading the weights
+    try:
+        with quiet_hf():
+            obj = _load_folder(transformers, torch, path, cfg, weights)
     except Exception as e:  # noqa: BLE001 - a folder transformers cannot read
         raise ModelError(f"Hugging Face folder {path!r} cannot be loaded as a causal LM "
                          f"({_describe(e)})", "give a folder saved with save_pretrained") from None
-    from workloads.models.hf_decode import decode_step_module
-
     return decode_step_module(obj.eval()), Path(path).name
+
+
+def _load_folder(transformers: Any, torch: Any, path: str, cfg: Any, weights: bool) -> Any:
+    """The causal LM of a folder: its weights, or (``weights=False``) on the meta device."""
+    if weights:
+        return transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    with torch.device("meta"):
+        return transformers.AutoModelForCausalLM.from_config(cfg)
 
 
 def check_onnx_file(path: str) -> None:
