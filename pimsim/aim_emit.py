@@ -396,15 +396,16 @@ def _lines(prog: Program, cfg: HwConfig, pos: int, chans: list[int]) -> Iterator
     yield "AiM EOC"
 
 
-def write_aim_trace(path: str | Path, prog: Program, cfg: HwConfig, pos: int) -> int:
-    """Write the trace of the token at ``pos`` to ``path``; returns the number of lines written
-    (comments not counted)."""
+def write_aim_trace(path: str | Path, prog: Program, cfg: HwConfig, pos: int, *,
+                    what: str = "AiM trace file") -> int:
+    """Write the trace of the token at ``pos`` to ``path`` (atomically,
+    :func:`pimsim.outputs.atomic_write`); returns the number of lines written (comments not
+    counted)."""
+    from pimsim.outputs import atomic_write
+
     lines = trace_lines(prog, cfg, pos)
     n = 0
-    path = Path(path)
-    if str(path.parent):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    with atomic_write(path, what) as f:
         buf: list[str] = []
         for ln in lines:
             n += not ln.startswith("#")

@@ -157,10 +157,15 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError, HardwareFitError)
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """Run ``args.func(args)`` under the one error handler (see the module docstring)."""
+def run_command(args: argparse.Namespace,
+                check: Callable[[argparse.Namespace], None] | None = None) -> int:
+    """Run ``args.func(args)`` under the one error handler (see the module docstring);
+    ``check(args)`` first, under the same handler (the command line's path check,
+    :func:`workloads.cli.check_invocation`)."""
     debug = getattr(args, "debug", False)
     try:
+        if check is not None:
+            check(args)
         return args.func(args)
     except BrokenPipeError:  # stdout closed early (``pimsim ... | head``): not an error
         try:

@@ -364,11 +364,17 @@ def _exists(p: Path) -> bool:
         return False
 
 
-def load_config(name_or_path: str | Path, *, refresh: bool | None = None) -> HwConfig:
-    """Load a config by shipped name (``pim-gpt``) or by path to a TOML file."""
+def config_file(name_or_path: str | Path) -> Path:
+    """The file :func:`load_config` reads for ``name_or_path`` (a shipped name or a path)."""
     path = Path(name_or_path)
     if not path.suffix and not _exists(path):
         path = HWCONFIG_DIR / f"{name_or_path}.toml"
+    return path
+
+
+def load_config(name_or_path: str | Path, *, refresh: bool | None = None) -> HwConfig:
+    """Load a config by shipped name (``pim-gpt``) or by path to a TOML file."""
+    path = config_file(name_or_path)
     if not _exists(path):
         raise ConfigError(
             f"hardware config {str(name_or_path)!r} not found",

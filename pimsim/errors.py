@@ -9,14 +9,13 @@ exception and exits 2 as well; ``--debug`` shows the traceback.
 
 :func:`read_text` / :func:`read_bytes` are the one way files given on the command line are read:
 a missing file, a directory, a permission problem or undecodable bytes become a
-:class:`UserError` naming the file. :func:`check_writable` tells a bad output path before the
-long work starts.
+:class:`UserError` naming the file. Output files are :mod:`pimsim.outputs`' part: one check of
+all the paths of an invocation before the long work starts, and atomic writes.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 MAX_MESSAGE_CHARS = 600  # a message is one line of at most this many characters
@@ -114,53 +113,3 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
         raise UserError(f"{_name(path, what)} is not UTF-8 text (byte {e.start}: "
                         f"{data[e.start:e.start + 1]!r})",
                         "give a text file (is it a binary file or another encoding?)") from None
-
-
-def check_writable(path: str | os.PathLike | None, what: str = "output file", *,
-                   directory: bool = False) -> None:
-    """Raise a UserError now if ``path`` cannot be written later (a missing parent is created
-    later, so it only has to be creatable). ``directory``: the path is a directory to write
-    files into."""
-    if path is None:
-        return
-    p = Path(path)
-    if directory:
-        if p.exists() and not p.is_dir():
-            raise UserError(f"{_name(path, what)} exists and is not a directory",
-                            "give a directory path")
-        target = p
-    else:
-        if p.is_dir():
-            raise UserError(f"{_name(path, what)} is a directory", "give a file path")
-        target = p.parent if str(p.parent) else Path(".")
-    # the nearest existing ancestor must be a writable directory
-    anc = target
-    while not anc.exists():
-        if anc.parent == anc:
-            break
-        anc = anc.parent
-    if anc.exists() and not anc.is_dir():
-        raise UserError(f"{_name(path, what)} cannot be created: {str(anc)!r} is a file",
-                        "choose another path")
-    try:
-        if not directory and p.exists():
-            with open(p, "ab"):  # appends nothing: the file is left as it is
-                pass
-        else:
-            tempfile.TemporaryFile(dir=anc).close()
-    except OSError as e:
-        where = p if not directory and p.exists() else anc
-        raise UserError(f"{_name(path, what)} cannot be written ({e.strerror or e} in "
-                        f"{str(where)!r})", "choose a writable location") from None
-
-
-def write_text(path: str | os.PathLike, text: str, what: str = "output file") -> None:
-    """Write ``text`` to ``path`` (parents created); a UserError naming the file on failure."""
-    p = Path(path)
-    try:
-        if str(p.parent):
-            p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-    except OSError as e:
-        raise UserError(f"{_name(path, what)} cannot be written ({e.strerror or e})",
-                        "choose a writable path") from None

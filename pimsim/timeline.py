@@ -297,13 +297,12 @@ def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "s
 
 
 def save_trace(path: str | Path, trace: dict) -> Path:
-    """Write a trace object as compact JSON."""
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w") as f:
+    """Write a trace object as compact JSON (atomically, :func:`pimsim.outputs.atomic_write`)."""
+    from pimsim.outputs import atomic_write
+
+    with atomic_write(path, "timeline file (--timeline)") as f:
         json.dump(trace, f, separators=(",", ":"))
-    return p
+    return Path(path)
 
 
 def write_timeline(path: str | Path, prog: Program, cfg: HwConfig, pos: int, *,

@@ -24,6 +24,7 @@ per channel (``streams``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -96,15 +97,26 @@ class Trace:
         return out
 
 
+# a number: decimal without leading zeros, or 0x hex; a minus sign allowed (the range checks
+# name a negative value). Stricter than int(tok, 0), which also takes 6_4, 0b101, 0o7 and +5.
+_NUMBER = re.compile(r"-?(?:0[xX][0-9a-fA-F]+|0|[1-9][0-9]*)")
+
+
 def _num(tok: str, what: str, where: str) -> int:
     if len(tok) > 24:
         raise TraceError(f"{where}: {what} {_quote(tok)} is too long for a number "
                          f"(at most 24 characters, decimal or 0x hex)")
-    try:
-        return int(tok, 0)
-    except ValueError:
+    if not _NUMBER.fullmatch(tok):
         raise TraceError(f"{where}: {what} must be a number (decimal or 0x hex), "
-                         f"got {_quote(tok)}") from None
+                         f"got {_quote(tok)}")
+    return int(tok, 0)
+
+
+def _no_args(toks: list[str], n: int, where: str, form: str) -> None:
+    """Words past the ``n`` a line of ``form`` takes are an error (not silently ignored)."""
+    if len(toks) > n:
+        raise TraceError(f"{where}: '{form}' takes no more words, got {_quote(' '.join(toks[n:]))}"
+                         f" after it")
 
 
 class _Parser:
@@ -181,13 +193,20 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
                 op = op[4:]
             args = toks[2:]
             if op == "EOC":
+                _no_args(toks, 2, where, "AiM EOC")
                 out.append((L_EOC, -1, -1, -1, 0, 0, 0))
                 break
             if op == "SYNC":
+                _no_args(toks, 2, where, "AiM SYNC")
                 out.append((L_SYNC, -1, -1, -1, 0, 0, 0))
                 n_syncs += 1
                 continue
             if op in _HOST_AIM_OPS:
+                if len(args) != 3:
+                    raise TraceError(f"{where}: AiM {op} takes 3 arguments <opsize> <gpr> <gpr>, "
+                                     f"got {len(args)}")
+                for t, n in zip(args, ("opsize", "gpr", "gpr")):
+                    _num(t, n, where)
                 host[op] = host.get(op, 0) + 1
                 out.append((L_HOST, -1, -1, -1, 0, 0, 0))
                 continue
@@ -261,6 +280,9 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
         else:
             raise TraceError(f"{where}: a line must start with 'AiM', 'R' or 'W', "
                              f"got {_quote(toks[0])}")
+    if not any(k not in (L_SYNC, L_EOC) for k, *_ in out):
+        raise TraceError(f"{name}: the trace has no instructions (only comments, blank lines, "
+                         f"SYNC or EOC)", "give a trace with AiM or host-access lines")
     lines = np.array(out, np.int64).reshape(-1, _LINE_FIELDS)
     masks = (np.array(P.mask_rows, bool).reshape(-1, len(P.chans)) if P.mask_rows
              else np.zeros((1, len(P.chans)), bool))

@@ -189,6 +189,7 @@ def test_the_trace_of_a_pim_gpt_program_replays_on_pim_gpt():
 
 def test_compile_writes_a_trace_that_pimsim_trace_replays(tmp_path, capsys):
     f = tmp_path / "sub" / "tiny.trace"
+    f.parent.mkdir()  # an output's folder must exist (the command line creates none)
     assert main(["compile", "tiny", "--hw", "aim-gddr6", "--aim-trace", str(f), "--pos", "9",
                  "--no-cache"]) == 0
     out = capsys.readouterr().out

@@ -277,6 +277,21 @@ TRACE_CASES = [
     ("AiM MAC_ABK 64 -1 0", "channel mask -0x1 must be a positive number"),
     ("AiM MAC_ABK 64 -2 0", "channel mask -0x2 must be a positive number"),
     ("AiM WR_ABK 0 0xc0000000 0", "must select exactly one channel"),
+    # strict numbers: Python's int(tok, 0) takes all of these
+    ("AiM MAC_ABK 6_4 0x1 0", "opsize must be a number .* got '6_4'"),
+    ("AiM MAC_ABK 64 0x1 1_0", "row must be a number .* got '1_0'"),
+    ("AiM MAC_ABK +64 0x1 0", "opsize must be a number .* got '\\+64'"),
+    ("AiM MAC_ABK 64 0b1 0", "mask must be a number .* got '0b1'"),
+    ("AiM MAC_ABK 64 0o1 0", "mask must be a number .* got '0o1'"),
+    ("AiM MAC_ABK 64 0x_1 0", "mask must be a number .* got '0x_1'"),
+    ("AiM MAC_ABK 064 0x1 0", "opsize must be a number .* got '064'"),
+    ("R GPR 1_2", "operand must be a number .* got '1_2'"),
+    # trailing words
+    ("AiM SYNC now", "'AiM SYNC' takes no more words, got 'now'"),
+    ("AiM EOC 1 2", "'AiM EOC' takes no more words, got '1 2'"),
+    ("AiM EWADD 1", r"AiM EWADD takes 3 arguments <opsize> <gpr> <gpr>, got 1"),
+    ("AiM EWADD 1 2 3 4", "AiM EWADD takes 3 arguments"),
+    ("AiM EWADD 1 x 3", "gpr must be a number .* got 'x'"),
 ]
 
 
@@ -286,6 +301,24 @@ def test_bad_trace_line(tmp_path, capsys, line, expect):
     f.write_text(f"# a comment\nAiM SYNC\n{line}\nAiM EOC\n")
     msg = cli(["trace", f], capsys, expect)
     assert "bad.trace:3" in msg  # file and line number
+
+
+EMPTY_TRACES = {
+    "empty": "",
+    "blank-lines": "\n\n   \n",
+    "comments": "# a comment\n  # another\n",
+    "sync-only": "AiM SYNC\nAiM SYNC\n",
+    "eoc-only": "AiM EOC\n",
+    "all-after-eoc": "AiM SYNC\nAiM EOC\nAiM MAC_ABK 64 0x1 0\n",
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY_TRACES))
+def test_a_trace_with_no_instructions(tmp_path, capsys, name):
+    """An empty trace is refused (it used to replay as "1 cycles")."""
+    f = tmp_path / "empty.trace"
+    f.write_text(EMPTY_TRACES[name])
+    cli(["trace", f], capsys, "empty.trace: the trace has no instructions")
 
 
 def test_trace_file_problems(tmp_path, capsys):
@@ -492,7 +525,8 @@ def test_unwritable_outputs_fail_before_the_work(tmp_path, capsys):
     cli(["compile", "gpt2-small", "-o", tmp_path], capsys, r"\(-o\) .* is a directory")
     cli(["compile", "gpt2-small", "-o", afile / "prog.txt"], capsys,
         "cannot be created: .* is a file")
-    cli(["compile", "gpt2-small", "-o", "/proc/no/such/dir/prog.txt"], capsys, "cannot be written")
+    cli(["compile", "gpt2-small", "-o", "/proc/no/such/dir/prog.txt"], capsys,
+        "cannot be created: the folder .* does not exist")
     cli(["run", "gpt2-small", "--timeline", afile / "t.json"], capsys, "timeline file")
     cli(["compare", "gpt2-small", "--plot", afile], capsys, "exists and is not a directory")
     spec = tmp_path / "s.toml"
@@ -846,6 +880,7 @@ def test_aim_trace_of_a_pipelined_system_writes_every_stage(tmp_path, capsys):
     from workloads.session import compile_model, hw_config
 
     out = tmp_path / "traces" / "step.trace"
+    out.parent.mkdir()
     assert main(["compile", "tiny", "--pp", "2", "--aim-trace", str(out), "--no-progress",
                  "--no-cache"]) == 0
     text = capsys.readouterr().out
@@ -863,3 +898,402 @@ def test_aim_trace_stage_files_are_checked_before_the_work(tmp_path, capsys):
     (tmp_path / "step.stage1.trace").mkdir()  # a directory where stage 1's trace would go
     cli(["compile", "tiny", "--pp", "2", "--aim-trace", tmp_path / "step.trace"], capsys,
         r"step.stage1.trace.* is a directory")
+
+
+# ---------------------------------------------------------------- the compiled-program cache
+
+@pytest.fixture(scope="module")
+def tiny_compiled():
+    """One weightless compile of ``tiny`` on pim-gpt (what a cache entry holds)."""
+    from pimsim.config import load_config
+    from workloads.compiling import compile_with_source
+
+    cfg = load_config("pim-gpt")
+    return cfg, compile_with_source("tiny", cfg, cache=False)[0]
+
+
+def _still_unpickles(data: bytes) -> bytes:
+    """A flipped bit in the payload that still unpickles: the model's name tiny -> tinz."""
+    head, _, payload = data.partition(b"\n")
+    i = payload.index(b"tiny")
+    bad = payload[:i + 3] + bytes([payload[i + 3] ^ 0x03]) + payload[i + 4:]
+    import pickle
+
+    assert getattr(pickle.loads(bad), "program", None) is not None  # a plausible program
+    return head + b"\n" + bad
+
+
+CACHE_DAMAGE = {
+    "payload-bit-that-unpickles": _still_unpickles,
+    "payload-last-byte": lambda d: d[:-1] + bytes([d[-1] ^ 0xFF]),
+    "checksum-digit": lambda d: d[:30] + (b"0" if d[30:31] != b"0" else b"1") + d[31:],
+    "truncated": lambda d: d[:len(d) // 2],
+    "bare-pickle": lambda d: d.partition(b"\n")[2],
+    "empty": lambda d: b"",
+}
+
+
+@pytest.mark.parametrize("damage", list(CACHE_DAMAGE))
+def test_a_damaged_cache_entry_is_a_miss_with_a_warning(tmp_path, monkeypatch, capsys,
+                                                         tiny_compiled, damage):
+    from workloads import compile_cache
+
+    monkeypatch.setenv("PIMSIM_CACHE_DIR", str(tmp_path))
+    cfg, c = tiny_compiled
+    path = compile_cache.store("tiny", cfg, c)
+    good = path.read_bytes()
+    assert good.startswith(b"pimsim-program-cache ")
+    assert compile_cache.load("tiny", cfg).program.to_text(0) == c.program.to_text(0)
+    assert capsys.readouterr().err == ""  # a good entry: no warning
+    path.write_bytes(CACHE_DAMAGE[damage](good))
+    assert compile_cache.load("tiny", cfg) is None  # a miss
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("pimsim: warning: compiled-program cache entry")
+    assert "compiling again" in err[0]
+    assert not path.exists()  # dropped: the next compile writes it anew
+
+
+def test_a_damaged_cache_entry_is_recompiled_and_rewritten(tmp_path, monkeypatch, capsys,
+                                                           tiny_compiled):
+    from workloads import compile_cache
+    from workloads.compiling import compile_with_source
+
+    monkeypatch.setenv("PIMSIM_CACHE_DIR", str(tmp_path))
+    cfg, c = tiny_compiled
+    path = compile_cache.store("tiny", cfg, c)
+    path.write_bytes(_still_unpickles(path.read_bytes()))
+    again, src = compile_with_source("tiny", cfg)
+    assert src is not None  # compiled again, not read from the damaged entry
+    assert again.program.to_text(0) == c.program.to_text(0)
+    assert len(capsys.readouterr().err.splitlines()) == 1  # the one warning
+    back = compile_cache.load("tiny", cfg)  # the rewritten entry passes its check
+    assert back.program.to_text(0) == c.program.to_text(0) and capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- outputs against inputs
+
+@pytest.fixture
+def io_dir(tmp_path, monkeypatch):
+    """A working directory with inputs to overwrite: a hardware config (an AiM one, with a
+    symbolic and a hard link to it), a sweep spec, a request stream, an ONNX-named model file,
+    a model folder and a measured GPU baseline; the shipped configs are copies here too."""
+    import shutil
+
+    import pimsim.config
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "hwconfigs" / "aim-gddr6.toml", "hw.toml")
+    os.symlink("hw.toml", "link.toml")
+    os.link("hw.toml", "hard.toml")
+    Path("s.toml").write_text('model = "tiny"\ntokens = 2\n')
+    Path("r.jsonl").write_text('{"arrival_s": 0, "prompt_len": 4, "output_len": 3}\n')
+    Path("m.onnx").write_bytes(b"an onnx model")
+    Path("folder").mkdir()
+    Path("folder", "config.json").write_text("{}")
+    Path("g.json").write_text("{}")
+    Path("sub").mkdir()
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    shutil.copy(ROOT / "hwconfigs" / "pim-gpt.toml", shipped / "pim-gpt.toml")
+    monkeypatch.setattr(pimsim.config, "HWCONFIG_DIR", shipped)
+    return tmp_path
+
+
+# (argv, what the message must say); every case fails before any compile
+OVERWRITE_CASES = [
+    (["compile", "tiny", "--hw", "hw.toml", "-o", "hw.toml"],
+     r"program text file \(-o\) 'hw.toml' is the hardware config \(--hw\)"),
+    (["compile", "tiny", "--hw", "hw.toml", "--aim-trace", "hw.toml"],
+     r"AiM trace file \(--aim-trace\) 'hw.toml' is the hardware config"),
+    (["compile", "tiny", "--hw", "hw.toml", "--aim-trace", "link.toml"],
+     "'link.toml' is the hardware config"),  # a symbolic link to the input
+    (["compile", "tiny", "--hw", "link.toml", "-o", "hw.toml"], "'hw.toml' is the hardware config"),
+    (["compile", "tiny", "--hw", "hw.toml", "-o", "hard.toml"],
+     "'hard.toml' is the hardware config"),  # a hard link: os.path.samefile
+    (["compile", "tiny", "--hw", "hw.toml", "-o", "sub/../hw.toml"],
+     "'sub/../hw.toml' is the hardware config"),
+    (["compile", "tiny", "-o", "shipped/pim-gpt.toml"],
+     "is the hardware config .*pim-gpt.toml"),  # a shipped config by name
+    (["compile", "m.onnx", "-o", "m.onnx"], r"'m.onnx' is the model 'm.onnx'"),
+    (["run", "folder", "--timeline", "folder/config.json"],
+     "'folder/config.json' is a file of the model 'folder'"),
+    (["compile", "tiny", "-o", "x.txt", "--aim-trace", "./x.txt", "--hw", "hw.toml"],
+     r"AiM trace file \(--aim-trace\) './x.txt' is also the program text file \(-o\)"),
+    (["run", "tiny", "--hw", "hw.toml", "--timeline", "hw.toml"], "is the hardware config"),
+    (["run", "tiny", "--functional", "--logits", "l.npy", "--timeline", "l.npy"],
+     r"\(--logits\) 'l.npy' is also the timeline file \(--timeline\)"),
+    (["sweep", "s.toml", "--csv", "s.toml"], r"CSV file \(--csv\) 's.toml' is the sweep spec"),
+    (["sweep", "s.toml", "--db", "s.toml"], r"results store \(--db\) 's.toml' is the sweep spec"),
+    (["sweep", "s.toml", "--csv", "s.db"], r"results store \(--db\) 's.db' is also the CSV file"),
+    (["sweep", "s.toml", "--report", "--db", "hw.toml", "--csv", "hw.toml"],
+     r"CSV file \(--csv\) 'hw.toml' is the results store"),  # --report reads the store
+    (["serve", "tiny", "--requests", "r.jsonl", "--csv", "r.jsonl"],
+     r"CSV file \(--csv\) 'r.jsonl' is the request file \(--requests\)"),
+    (["serve", "tiny", "--hw", "hw.toml", "--csv", "link.toml"], "is the hardware config"),
+    (["compare", "tiny", "--gpu", "g.json", "--plot", "g.json"],
+     r"plot directory \(--plot\) 'g.json' is the GPU baseline file \(--gpu\)"),
+    (["compare", "folder", "--plot", "folder"], r"plot directory \(--plot\) 'folder' is the model"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", OVERWRITE_CASES,
+                         ids=[" ".join(a[3:])[:40] for a, _ in OVERWRITE_CASES])
+def test_an_output_never_overwrites_an_input_or_another_output(io_dir, capsys, argv, expect):
+    before = {p: p.read_bytes() for p in io_dir.rglob("*") if p.is_file()}
+    cli(argv, capsys, expect)
+    after = {p: p.read_bytes() for p in io_dir.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing overwritten
+
+
+# an output in a missing folder, or that is a folder
+FOLDER_CASES = [
+    (["compile", "tiny", "-o", "nodir/p.txt"], r"\(-o\) 'nodir/p.txt' cannot be created: the "
+                                               r"folder 'nodir' does not exist"),
+    (["compile", "tiny", "--hw", "hw.toml", "--aim-trace", "nodir/t.trace"], "folder 'nodir'"),
+    (["run", "tiny", "--timeline", "nodir/t.json"], r"timeline file \(--timeline\).*'nodir'"),
+    (["run", "tiny", "--functional", "--logits", "a/b/l.npy"], "the folder 'a/b' does not exist"),
+    (["serve", "tiny", "--csv", "nodir/r.csv"], r"CSV file \(--csv\) .*does not exist"),
+    (["sweep", "s.toml", "--csv", "nodir/s.csv"], "does not exist"),
+    (["sweep", "s.toml", "--db", "nodir/s.db"], r"results store \(--db\) .*does not exist"),
+    (["compare", "tiny", "--plot", "nodir/plots"], r"plot directory .* folder 'nodir' does not"),
+    (["compile", "tiny", "-o", "sub"], r"\(-o\) 'sub' is a directory"),
+    (["serve", "tiny", "--csv", "."], r"\(--csv\) '.' is a directory"),
+    (["compile", "tiny", "-o", ""], r"program text file \(-o\) is an empty path"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", FOLDER_CASES,
+                         ids=[" ".join(a[2:])[:40] for a, _ in FOLDER_CASES])
+def test_an_output_in_a_missing_folder_or_that_is_a_folder(io_dir, capsys, argv, expect):
+    cli(argv, capsys, expect)
+    assert not Path("nodir").exists() and not Path("a").exists()  # no folder created
+
+
+def test_outputs_are_written_atomically(tmp_path):
+    from pimsim.errors import UserError
+    from pimsim.outputs import atomic_write
+
+    f = tmp_path / "out.txt"
+    f.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(f) as w:
+            w.write("half of the new")
+            raise RuntimeError("interrupted")
+    assert f.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]  # no temporary left
+    with atomic_write(f) as w:
+        w.write("new")
+    assert f.read_text() == "new" and os.listdir(tmp_path) == ["out.txt"]
+    link = tmp_path / "link.txt"
+    link.symlink_to("out.txt")
+    with atomic_write(link) as w:
+        w.write("through the link")
+    assert link.is_symlink() and f.read_text() == "through the link"
+    with pytest.raises(UserError, match="cannot be written"):
+        with atomic_write(tmp_path / "out.txt" / "x") as w:  # under a file
+            w.write("x")
+
+
+def test_the_cli_writes_its_outputs_whole(tmp_path, monkeypatch, capsys):
+    """A compile's program text and AiM trace land whole, with no temporary files beside them."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", "tiny", "--hw", "aim-gddr6", "-o", "p.txt", "--aim-trace",
+                 "t.trace"]) == 0
+    capsys.readouterr()
+    assert sorted(os.listdir(tmp_path)) == ["p.txt", "t.trace"]
+    assert Path("t.trace").read_text().rstrip().endswith("AiM EOC")
+    assert Path("p.txt").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- measured GPU figures
+
+def _baseline(**result) -> dict:
+    """A measured baseline of tiny that passes every check, with ``result``'s fields set."""
+    r = {"model": "tiny", "graph": {"ms_at": {"32": 0.5}}, "mean_power_w": 200.0,
+         "joules_per_token": 0.1}
+    r.update(result)
+    return {"method": "m", "info": {"gpu": "X"}, "results": [r]}
+
+
+NAN, INF = float("nan"), float("inf")
+# (the baseline, what the message must say)
+GPU_FIGURE_CASES = {
+    "ms-zero": (_baseline(graph={"ms_at": {"32": 0}}), r"graph.ms_at\['32'\] = 0 is not a time"),
+    "ms-negative": (_baseline(graph={"ms_at": {"32": -4.0}}), r"= -4.0 is not a time per token"),
+    "ms-nan": (_baseline(graph={"ms_at": {"32": NAN}}), r"= nan is not a time per token"),
+    "ms-inf": (_baseline(graph={"ms_at": {"32": INF}}), r"= inf is not a time per token"),
+    "ms-string": (_baseline(graph={"ms_at": {"32": "0.5"}}), r"= '0.5' is not a time per token"),
+    "ms-bool": (_baseline(graph={"ms_at": {"32": True}}), r"= True is not a time per token"),
+    "position-underscore": (_baseline(graph={"ms_at": {"1_0": 0.5}}), "has the position '1_0'"),
+    "position-negative": (_baseline(graph={"ms_at": {"-1": 0.5}}), "has the position '-1'"),
+    "joules-zero": (_baseline(joules_per_token=0.0), r"results\[0\] \(tiny\) joules_per_token = "
+                                                     r"0.0 is not a"),
+    "joules-nan": (_baseline(joules_per_token=NAN), "joules_per_token = nan is not an energy"),
+    "joules-negative": (_baseline(joules_per_token=-1), "joules_per_token = -1 is not an energy"),
+    "graph-joules-inf": (_baseline(graph={"ms_at": {"32": 0.5}, "j_per_token": INF}),
+                         r"graph.j_per_token = inf is not an energy per token"),
+    "power-zero": (_baseline(mean_power_w=0), "mean_power_w = 0 is not a power"),
+    "power-negative": (_baseline(power={"mean_power_w": -5.0}),
+                       r"power.mean_power_w = -5.0 is not a power"),
+    "power-not-an-object": (_baseline(power="x"), "power = 'x' is not an object"),
+    "empty-model": (_baseline(model=""), "lacks model"),
+}
+
+
+@pytest.mark.parametrize("case", list(GPU_FIGURE_CASES))
+def test_impossible_gpu_figures(tmp_path, capsys, case):
+    doc, expect = GPU_FIGURE_CASES[case]
+    f = tmp_path / "g.json"
+    f.write_text(json.dumps(doc))
+    cli(["compare", "tiny", "--gpu", f, "--prompt", "4", "--tokens", "2"], capsys,
+        "GPU baseline file .*g.json'.*" + expect)
+
+
+def test_the_gpu_figure_cases_start_from_a_good_baseline(tmp_path):
+    from workloads.comparison import check_gpu
+
+    f = tmp_path / "g.json"
+    f.write_text(json.dumps(_baseline()))
+    check_gpu(str(f), ["tiny"])  # no error: each case above breaks one figure only
+
+
+def test_duplicate_gpu_results_and_keys(tmp_path, capsys):
+    doc = _baseline()
+    doc["results"].append(dict(doc["results"][0]))
+    f = tmp_path / "g.json"
+    f.write_text(json.dumps(doc))
+    argv = ["compare", "tiny", "--gpu", f, "--prompt", "4", "--tokens", "2"]
+    cli(argv, capsys, r"results\[0\] and results\[1\] both measure tiny; keep one result")
+    f.write_text(json.dumps(_baseline()).replace('"32": 0.5', '"32": 0.5, "32": 0.7'))
+    cli(argv, capsys, "gives the key '32' twice in one object")
+
+
+@pytest.mark.parametrize("tp,expect", [
+    ("3", "--gpu-tp 3: the measured file .* no measurement at tp 3"),
+    ("0", "--gpu-tp: 0 is out of range"),
+    ("-1", "--gpu-tp: -1 is out of range"),
+    ("65", "--gpu-tp: 65 is out of range"),
+    ("1.5", "--gpu-tp: '1.5' is not an integer"),
+])
+def test_impossible_gpu_tp(tmp_path, capsys, tp, expect):
+    f = tmp_path / "g.json"
+    f.write_text(json.dumps(_baseline()))
+    cli(["compare", "tiny", "--gpu", f, "--prompt", "4", "--tokens", "2", "--gpu-tp", tp],
+        capsys, expect)
+
+
+@pytest.mark.parametrize("tp", [0, -1, 65, True, 2.0, "2"])
+def test_impossible_gpu_tp_through_the_api(tp):
+    from pimsim.errors import UserError
+    from workloads import session
+
+    with pytest.raises(UserError, match="--gpu-tp .* is not a GPU count"):
+        session.compare("tiny", gpu="H100", prompt=4, tokens=2, gpu_tp=tp)
+
+
+# ---------------------------------------------------------------- Hugging Face refusals
+
+def _hf_configs() -> dict:
+    """Tiny transformers configs of features pimsim refuses (built here, nothing downloaded)."""
+    import transformers as T
+
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=128,
+                 max_position_embeddings=64)
+    return {
+        "mistral-sliding-window": (lambda: T.MistralConfig(sliding_window=16, **small),
+                                   "a sliding attention window of 16 tokens"),
+        "gemma2-everything": (lambda: T.Gemma2Config(sliding_window=16, **small),
+                              r"a sliding attention window .* \(and attention soft-capping"),
+        "gemma2-attention-softcap": (
+            lambda: T.Gemma2Config(sliding_window=None, attn_logit_softcapping=50.0,
+                                   final_logit_softcapping=None, **small),
+            r"attention soft-capping \(attn_logit_softcapping = 50.0\)"),
+        "gemma2-final-softcap": (
+            lambda: T.Gemma2Config(sliding_window=None, attn_logit_softcapping=None,
+                                   final_logit_softcapping=30.0, **small),
+            r"logit soft-capping \(final_logit_softcapping = 30.0\)"),
+    }
+
+
+@pytest.mark.parametrize("name", ["mistral-sliding-window", "gemma2-everything",
+                                  "gemma2-attention-softcap", "gemma2-final-softcap"])
+@pytest.mark.parametrize("command", [["compile"], ["run", "--functional", "--tokens", "1"]])
+def test_unsupported_hf_features_are_refused_as_bad_input(tmp_path, capsys, name, command):
+    """A config.json is enough: the refusal comes before any weight is read."""
+    make, expect = _hf_configs()[name]
+    folder = tmp_path / name
+    make().save_pretrained(folder)
+    line = cli([command[0], folder, *command[1:]], capsys, f"model '{name}' uses " + expect)
+    assert "which pimsim does not support" in line
+
+
+def test_unsupported_hf_features_through_module_attribute_and_at_trace_time():
+    from pimsim.errors import UserError
+    from workloads.models import hf_decode
+    from workloads.models.hf_decode import UnsupportedFeatureError, decode_step_module
+
+    assert issubclass(UnsupportedFeatureError, UserError)
+    model = type("M", (), {"config": _hf_configs()["mistral-sliding-window"][0]()})()
+    with pytest.raises(UnsupportedFeatureError, match="sliding attention window of 16"):
+        decode_step_module(model)  # a module:attribute model object is wrapped here
+    import torch
+
+    q = k = v = torch.zeros(1, 2, 1, 4)
+    for kw, what in (({"softcap": 50.0}, "soft-capping"), ({"sliding_window": 8}, "sliding"),
+                     ({"s_aux": torch.zeros(2)}, "sinks")):
+        with pytest.raises(UnsupportedFeatureError, match=what):  # the export's backstop
+            hf_decode._attention(None, q, k, v, None, **kw)
+
+
+# ---------------------------------------------------------------- quiet Hugging Face loads
+
+@pytest.fixture(scope="module")
+def tiny_hf_folder(tmp_path_factory):
+    """A tiny random GPT-2 saved with its weights (its config's bos / eos ids lie outside the
+    vocabulary: transformers warns about that on every load)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hf_tiny import tiny_model
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    tiny_model("gpt2").save_pretrained(folder)
+    return folder
+
+
+def test_a_hugging_face_load_prints_nothing_to_stderr(tiny_hf_folder, capsys):
+    import transformers.utils.logging as hl
+
+    hl.set_verbosity_info()  # the user's own settings: restored after each load
+    hl.enable_progress_bar()
+    try:
+        capsys.readouterr()
+        assert main(["run", str(tiny_hf_folder), "--functional", "--tokens", "2",
+                     "--no-progress"]) == 0
+        cap = capsys.readouterr()
+        assert "generated tokens" in cap.out and cap.err == ""
+        assert hl.get_verbosity() == hl.INFO and hl.is_progress_bar_enabled()
+    finally:
+        hl.set_verbosity_warning()
+
+
+def test_quiet_hf_restores_the_users_settings_and_scopes_its_filter():
+    import warnings
+
+    import transformers.utils.logging as hl
+
+    from workloads.models.hf_quiet import quiet_hf
+
+    hl.set_verbosity_debug()
+    hl.disable_progress_bar()
+    filters = list(warnings.filters)
+    try:
+        with quiet_hf():
+            assert hl.get_verbosity() == hl.ERROR and not hl.is_progress_bar_enabled()
+        assert hl.get_verbosity() == hl.DEBUG and not hl.is_progress_bar_enabled()
+        assert warnings.filters == filters
+        with pytest.raises(KeyError):
+            with quiet_hf():
+                raise KeyError("inside")
+        assert hl.get_verbosity() == hl.DEBUG and warnings.filters == filters
+    finally:
+        hl.set_verbosity_warning()
+        hl.enable_progress_bar()

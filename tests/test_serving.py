@@ -340,6 +340,7 @@ def test_cli_serve_json_csv_plot(tmp_path, capsys):
     f.write_text('{"arrival_s": 0, "prompt_len": 4, "output_len": 3}\n'
                  '{"arrival_s": 0.00001, "prompt_len": 2, "output_len": 2}\n')
     csv_f, plots = tmp_path / "out" / "r.csv", tmp_path / "plots"
+    csv_f.parent.mkdir()  # an output's folder must exist (the command line creates none)
     rc, out, _ = run_cli(["serve", "tiny", "--requests", str(f), "--json", "--csv", str(csv_f),
                           "--plot", str(plots), "--max-num-seqs", "2"], capsys)
     assert rc == 0

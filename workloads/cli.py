@@ -34,7 +34,8 @@ import numpy as np
 from pimsim import cli as core_cli
 from pimsim.cli import INT64_MAX, hw_help, int_in
 from pimsim.config import load_config
-from pimsim.errors import UserError, check_writable, write_text
+from pimsim.errors import UserError
+from pimsim.outputs import PathArg, atomic_write, check_writable, write_text
 from pimsim.prefill import DEFAULT_PREFILL, PREFILL_MODES
 from pimsim.progress import status, wanted
 from workloads import session
@@ -43,6 +44,69 @@ SEED_MAX = (1 << 32) - 1
 
 
 AIM_TRACE_POS = 511  # --aim-trace default position: a mid-context token (last one if shorter)
+
+# Every path option of every subcommand, by argparse dest: what it is called in messages.
+# invocation_paths() reads them; pimsim.outputs.check_paths checks them all before the work.
+OUTPUT_FILES = {"out": "program text file (-o)", "aim_trace": "AiM trace file (--aim-trace)",
+                "timeline": "timeline file (--timeline)", "logits": "logits file (--logits)",
+                "csv": "CSV file (--csv)"}
+OUTPUT_DIRS = {"plot": "plot directory (--plot)"}
+INPUT_FILES = {"file": "trace file", "spec": "sweep spec", "requests": "request file (--requests)"}
+
+
+def sweep_db(args) -> str:
+    """``sweep --db``, or the spec's stem + ``.db`` (in the working directory)."""
+    return args.db or f"{Path(args.spec).stem}.db"
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
+def invocation_paths(args) -> tuple[list[PathArg], list[PathArg]]:
+    """(outputs, inputs) of a parsed command line: every file it writes and every file it reads
+    (the model file or folder, the hardware config, the sweep spec, a measured GPU baseline, a
+    reference run, a request stream, a trace)."""
+    outs = [PathArg(getattr(args, d), w) for d, w in OUTPUT_FILES.items()
+            if getattr(args, d, None) is not None]
+    outs += [PathArg(getattr(args, d), w, directory=True) for d, w in OUTPUT_DIRS.items()
+             if getattr(args, d, None) is not None]
+    ins = [PathArg(getattr(args, d), w) for d, w in INPUT_FILES.items()
+           if getattr(args, d, None) is not None]
+    if args.command == "sweep":
+        if args.list:
+            outs = []  # --list writes nothing
+        else:
+            db = PathArg(sweep_db(args), "results store (--db)")
+            (ins if args.report else outs).append(db)
+    hw = getattr(args, "hw", None)
+    if hw is not None:
+        from pimsim.config import config_file
+
+        ins.append(PathArg(config_file(hw), "hardware config (--hw)"))
+    models = getattr(args, "models", None) or [getattr(args, "model", None)]
+    ins += [PathArg(m, "model") for m in models if m is not None and _exists(m)]
+    gpu = getattr(args, "gpu", None)
+    if args.command == "compare" and gpu is not None:
+        from workloads.comparison import _is_file_arg
+
+        if _is_file_arg(gpu):
+            ins.append(PathArg(gpu, "GPU baseline file (--gpu)"))
+    ref = getattr(args, "reference", None)
+    if ref is not None and ref not in ("auto", "cpu", "cuda"):
+        ins.append(PathArg(ref, "reference file (--reference)"))
+    return outs, ins
+
+
+def check_invocation(args) -> None:
+    """The one path check of every command (:func:`pimsim.outputs.check_paths`)."""
+    from pimsim.outputs import check_paths
+
+    outs, ins = invocation_paths(args)
+    check_paths(outs, ins)
 
 
 def _preset_ctx(model: str, args=None) -> int | None:
@@ -79,7 +143,6 @@ def cmd_compile(args) -> int:
         pos = 0 if not args.aim_trace else None
     if pos is not None:
         session.check_context(args.model, ctx, pos=pos)
-    check_writable(args.out, "program text file (-o)")
     c = session.compile_model(args.model, cfg, seed=args.seed, context=args.context,
                               cache=not args.no_cache, show_progress=_show(args))
     if pos is None:
@@ -87,7 +150,7 @@ def cmd_compile(args) -> int:
     session.check_context(args.model, c.spec.n_ctx, pos=pos)
     print(c.mapping.pretty() if args.mapping else c.summary(pos))
     if args.out:
-        write_text(args.out, c.program.to_text(pos), "program text file (-o)")
+        write_text(args.out, c.program.to_text(pos), OUTPUT_FILES["out"])
         print(f"  program text (position {pos}) written to {args.out}")
     if args.aim_trace:
         from pimsim.aim_emit import write_stage_traces
@@ -111,7 +174,6 @@ def cmd_run(args) -> int:
     session.check_context(args.model, ctx, prompt=args.prompt, tokens=args.tokens)
     if args.timeline_pos is not None:
         session.check_context(args.model, ctx, pos=args.timeline_pos, pos_flag="--timeline-pos")
-    check_writable(args.timeline, "timeline file (--timeline)")
     if args.batch is not None and (args.timeline or args.logits):
         raise UserError(f"--{'timeline' if args.timeline else 'logits'} shows one sequence's "
                         f"decode steps: not with --batch",
@@ -119,7 +181,6 @@ def cmd_run(args) -> int:
     if args.logits and not args.functional:
         raise UserError("--logits needs --functional (timing runs compute no numbers)",
                         "add --functional")
-    check_writable(args.logits, "logits file (--logits)")
     show = _show(args)
     if args.batch is not None and len(args.batch) > 1:
         return _run_batch_scan(args, show)
@@ -135,21 +196,13 @@ def cmd_run(args) -> int:
         session.check_context(args.model, c.spec.n_ctx, pos=tl_pos, pos_flag="--timeline-pos")
     print(json.dumps(res.report.to_dict(), indent=1) if args.json else res.summary())
     if args.logits:
-        try:
-            with Path(args.logits).open("wb") as f:
-                np.save(f, res.logits)
-        except OSError as e:
-            raise UserError(f"logits file (--logits) {args.logits!r} cannot be written "
-                            f"({e.strerror or e})", "choose a writable path") from None
+        with atomic_write(args.logits, OUTPUT_FILES["logits"], "wb") as f:
+            np.save(f, res.logits)
     if args.timeline:
         from pimsim.timeline import write_timeline
 
         with status(f"writing the timeline of position {tl_pos}", show):
-            try:
-                tr = write_timeline(args.timeline, c.program, cfg, tl_pos, schedule=args.schedule)
-            except OSError as e:
-                raise UserError(f"timeline file {args.timeline!r} cannot be written "
-                                f"({e.strerror or e})", "choose a writable path") from None
+            tr = write_timeline(args.timeline, c.program, cfg, tl_pos, schedule=args.schedule)
         print(f"  timeline of the token at position {tl_pos} ({len(tr['traceEvents']):,} events) "
               f"written to {args.timeline}: open it in ui.perfetto.dev", file=sys.stderr)
     return 0
@@ -200,7 +253,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    check_writable(args.plot, "plot directory (--plot)", directory=True)
     res = session.compare(args.models, _hw(args), args.gpu, prompt=args.prompt,
                           tokens=args.tokens, schedule=args.schedule, gpu_tp=args.gpu_tp,
                           cache=not args.no_cache, show_progress=_show(args),
@@ -233,7 +285,7 @@ def cmd_sweep(args) -> int:
     from workloads.sweeps.store import to_csv
 
     spec = load_spec(args.spec, max_points=args.max_points)
-    db = args.db or f"{Path(args.spec).stem}.db"
+    db = sweep_db(args)
     if args.list:
         if args.json:
             print(json.dumps([{"idx": p.idx, "key": p.key, "model": p.model,
@@ -244,12 +296,9 @@ def cmd_sweep(args) -> int:
             state = f"invalid: {p.error}" if p.error else ""
             print(f"#{p.idx} {p.key[:12]} {p.model} {p.label()} {state}")
         return 0
-    check_writable(args.csv, "CSV file (--csv)")
-    check_writable(args.plot, "plot directory (--plot)", directory=True)
     if args.report:
         res = stored_result(spec, db)
     else:
-        check_writable(db, "results store (--db)")
         if args.cluster:
             parse_cluster(args.cluster)
         res = session.sweep(spec, db, workers=0 if args.in_process else args.workers,
@@ -285,8 +334,6 @@ def rate(text: str) -> float:
 def cmd_serve(args) -> int:
     """``pimsim serve``: a request stream through continuous batching; the summary (or one JSON
     document with --json), per-request rows with --csv, charts with --plot."""
-    check_writable(args.csv, "CSV file (--csv)")
-    check_writable(args.plot, "plot directory (--plot)", directory=True)
     if args.requests and args.num_prompts is not None:
         raise UserError("--requests and --num-prompts both given",
                         "give a request file or a synthetic stream, not both")
@@ -557,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The ``pimsim`` entry point: bad input -> one line on stderr, exit 2 (see pimsim.cli)."""
     args = build_parser().parse_args(argv)
-    return core_cli.run_command(args)
+    return core_cli.run_command(args, check=check_invocation)
 
 
 if __name__ == "__main__":

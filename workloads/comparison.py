@@ -8,9 +8,9 @@ calibrated on the shipped measurement) or a measured baseline JSON written by
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from pimsim.config import HwConfig
 from pimsim.errors import UserError, read_text
@@ -55,34 +55,38 @@ def _is_file_arg(gpu: str) -> bool:
 
 
 def load_baseline(path: str) -> dict:
-    """A measured GPU baseline (``workloads.gpu.baseline`` JSON), checked; UserError if not."""
-    text = read_text(path, "GPU baseline file")
-    fix = "give a JSON written by python -m workloads.gpu measure gpt, or a GPU name"
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        raise UserError(f"GPU baseline file {path!r} is not valid JSON ({e})", fix) from None
-    if not isinstance(doc, dict) or not all(k in doc for k in ("method", "info", "results")) \
-            or not isinstance(doc["results"], list) or not isinstance(doc["info"], dict):
-        raise UserError(f"GPU baseline file {path!r} is not a gpu_baseline measurement "
-                        f"(needs method, info and a results list)", fix)
-    for r in doc["results"]:
-        try:
-            ok = isinstance(r["model"], str) and all(
-                float(v) > 0 and int(p) >= 0 for p, v in r["graph"]["ms_at"].items()) \
-                and len(r["graph"]["ms_at"]) > 0
-        except (KeyError, TypeError, ValueError, AttributeError):
-            ok = False
-        if not ok:
-            raise UserError(f"GPU baseline file {path!r}: a result lacks model / graph.ms_at "
-                            f"(position -> positive ms)", fix)
-    return doc
+    """A measured GPU baseline (``workloads.gpu.baseline`` JSON), every figure checked
+    (:func:`workloads.gpu.figures.parse_measured`); UserError if not."""
+    from workloads.gpu.figures import parse_measured
+
+    return parse_measured(read_text(path, "GPU baseline file"), path)
 
 
-def check_gpu(gpu: str, models: list[str]) -> None:
-    """Fail now (before simulating) for an unknown GPU or a baseline without these models."""
+MAX_GPU_TP = 64  # --gpu-tp: GPUs of a modelled preset in tensor parallelism
+
+
+def check_gpu_tp(gpu: str, tp: Any) -> None:
+    """``tp`` (``--gpu-tp``): 1..MAX_GPU_TP GPUs of a modelled preset; a measured file is one
+    GPU's measurement, so 1 only."""
+    if isinstance(tp, bool) or not isinstance(tp, int) or not 1 <= tp <= MAX_GPU_TP:
+        raise UserError(f"--gpu-tp {tp!r} is not a GPU count",
+                        f"give an integer in 1..{MAX_GPU_TP} (GPUs in tensor parallelism)")
+    if tp != 1 and _is_file_arg(gpu):
+        raise UserError(f"--gpu-tp {tp}: the measured file {gpu!r} holds one GPU's measurement "
+                        f"(tp 1), no measurement at tp {tp}",
+                        "drop --gpu-tp, or give a GPU name (A100, H100, H200) to model "
+                        "tensor parallelism")
+
+
+def check_gpu(gpu: str, models: list[str], tp: Any = 1) -> None:
+    """Fail now (before simulating) for an unknown GPU, a baseline without these models, or a
+    ``tp`` the GPU cannot have (:func:`check_gpu_tp`)."""
     from workloads.gpu import model as gm
 
+    if not isinstance(gpu, str) or not gpu.strip():
+        raise UserError(f"--gpu {gpu!r} is empty", f"use one of {', '.join(gm.GPU_PRESETS)} or "
+                        f"a measured baseline JSON")
+    check_gpu_tp(gpu, tp)
     if _is_file_arg(gpu):
         doc = load_baseline(gpu)
         have = [r["model"] for r in doc["results"]]
@@ -206,7 +210,7 @@ def compare_rows(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1,
     position (the library entry point with its input checks is :func:`workloads.session.compare`).
     ``cache``: use the compiled-program cache (:mod:`workloads.compile_cache`). ``tp``: GPUs of
     a modelled preset in tensor parallelism (:func:`gpu_point`)."""
-    check_gpu(gpu, models)
+    check_gpu(gpu, models, tp)
     _check_gpu_memory(gpu, models, tp)  # a preset that cannot fit fails before simulating
     rows = []
     for m in models:

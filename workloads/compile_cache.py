@@ -14,9 +14,15 @@ only: timing runs, ``compile``, ``compare``), keyed by a hash of
   files and the installed torch version.
 
 Where: ``$PIMSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/pimsim``, else ``~/.cache/pimsim``; files
-``programs/<key>.pkl``. Safe to delete at any time (``rm -r ~/.cache/pimsim``); a damaged entry is
-ignored and rewritten. ``--no-cache`` (or ``PIMSIM_CACHE_DIR=""``) turns it off. The entries
-are pickles, read back only from the user's own cache directory.
+``programs/<key>.pkl``. Safe to delete at any time (``rm -r ~/.cache/pimsim``). ``--no-cache``
+(or ``PIMSIM_CACHE_DIR=""``) turns it off. The entries are pickles, read back only from the
+user's own cache directory.
+
+Integrity: an entry is one header line, ``pimsim-program-cache <sha256 of the payload>``, then
+the pickle (the payload). An entry whose payload does not match its checksum (a flipped bit
+that would still unpickle into a different program), whose header is missing, or that does not
+unpickle is a miss: one warning line on stderr, the model is compiled again and the entry
+rewritten.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import hashlib
 import json
 import os
 import pickle
+import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -114,24 +121,57 @@ def _entry(key: str) -> Path | None:
     return None if d is None else d / "programs" / f"{key}.pkl"
 
 
+MAGIC = b"pimsim-program-cache"
+
+
+def _pack(payload: bytes) -> bytes:
+    """An entry: the header line with the payload's sha256, then the payload."""
+    return MAGIC + b" " + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def _unpack(data: bytes) -> bytes | None:
+    """The payload of an entry, or None when its header is missing or its checksum differs."""
+    head, sep, payload = data.partition(b"\n")
+    parts = head.split(b" ")
+    if not sep or len(parts) != 2 or parts[0] != MAGIC:
+        return None
+    if hashlib.sha256(payload).hexdigest().encode() != parts[1]:
+        return None
+    return payload
+
+
+def _warn(path: Path, why: str) -> None:
+    print(f"pimsim: warning: compiled-program cache entry {str(path)!r} {why}; compiling again "
+          "and rewriting it", file=sys.stderr)
+
+
 def load(model: str, cfg: Any) -> Any | None:
-    """The cached Compiled of ``model`` on ``cfg``, or None."""
+    """The cached Compiled of ``model`` on ``cfg``, or None (a miss: absent, or damaged, which
+    warns on stderr and removes the entry)."""
     key = cache_key(model, cfg)
     path = _entry(key) if key else None
     if path is None:
         return None
     try:
-        with path.open("rb") as f:
-            obj = pickle.load(f)
-    except FileNotFoundError:
+        data = path.read_bytes()
+    except OSError:  # absent (or unreadable): a miss
         return None
-    except Exception:  # noqa: BLE001 - a damaged or stale entry: drop it, compile again
+    payload = _unpack(data)
+    obj = None
+    if payload is None:
+        _warn(path, "fails its checksum (damaged)")
+    else:
+        try:
+            obj = pickle.loads(payload)
+        except Exception:  # noqa: BLE001 - a stale entry (a class that changed): a miss
+            _warn(path, "cannot be read back")
+    if getattr(obj, "program", None) is None:
         try:
             path.unlink()
         except OSError:
             pass
         return None
-    return obj if getattr(obj, "program", None) is not None else None
+    return obj
 
 
 def store(model: str, cfg: Any, compiled: Any) -> Path | None:
@@ -141,11 +181,12 @@ def store(model: str, cfg: Any, compiled: Any) -> Path | None:
     if path is None or getattr(compiled.spec, "has_weights", False):
         return None
     try:
+        payload = pickle.dumps(compiled, protocol=pickle.HIGHEST_PROTOCOL)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pkl")
         try:
             with os.fdopen(fd, "wb") as f:
-                pickle.dump(compiled, f, protocol=pickle.HIGHEST_PROTOCOL)
+                f.write(_pack(payload))
             os.replace(tmp, path)  # atomic: a reader sees the old entry or the whole new one
         except BaseException:
             os.unlink(tmp)

@@ -110,6 +110,18 @@ def _memo_compile(model: str, cfg: HwConfig):
     return got
 
 
+def _quiet_if_hf(src):
+    """transformers kept quiet while a Hugging Face model is exported and lowered
+    (:func:`workloads.models.hf_quiet.quiet_hf`); any other source as it is."""
+    import contextlib
+
+    if type(src).__module__ != "workloads.models.hf_decode":
+        return contextlib.nullcontext()
+    from workloads.models.hf_quiet import quiet_hf
+
+    return quiet_hf()
+
+
 def compile_with_source(model: str, cfg: HwConfig, *, weights: bool = False, seed: int = 0,
              context: int | None = None, cache: bool = True, show: bool = False):
     """(Compiled, the resolved model source or None when it came from the cache)."""
@@ -126,7 +138,8 @@ def compile_with_source(model: str, cfg: HwConfig, *, weights: bool = False, see
         from workloads.models.resolve import resolve_model
 
         src, name = resolve_model(model, weights=weights, seed=seed)
-        c = compile_source(src, cfg, name=name, n_ctx=context)
+        with _quiet_if_hf(src):
+            c = compile_source(src, cfg, name=name, n_ctx=context)
     if use_cache:
         compile_cache.store(model, cfg, c)
     return c, src

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pimsim.errors import UserError
+from pimsim.outputs import atomic_write
 from workloads.sweeps.analysis import _fmt, _labels, _numeric, _workload, pareto_fronts
 
 if TYPE_CHECKING:
@@ -47,11 +48,15 @@ def _figure(w: float, h: float, ncols: int = 1):
 
 
 def _save(fig, path: Path, dpi: int = 110) -> Path:
-    try:
-        fig.savefig(path, dpi=dpi)
-    except OSError as e:
-        raise UserError(f"plot file {str(path)!r} cannot be written ({e.strerror or e})",
-                        "choose a writable --plot directory") from None
+    """``fig`` as a PNG at ``path``, written atomically (:func:`pimsim.outputs.atomic_write`)."""
+    with atomic_write(path, "plot file", "wb") as f:
+        fig.savefig(f, dpi=dpi, format="png")
+    return path
+
+
+def _save_json(doc, path: Path) -> Path:
+    with atomic_write(path, "plot data file") as f:
+        f.write(json.dumps(doc, indent=1))
     return path
 
 
@@ -221,11 +226,7 @@ def plot_compare(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
                  fontsize=9)
     fig.tight_layout()
     files.append(_save(fig, out / "speedup_efficiency.png", dpi=120))
-    try:
-        (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
-    except OSError as e:
-        raise UserError(f"{str(out / 'compare.json')!r} cannot be written ({e.strerror or e})",
-                        "choose a writable --plot directory") from None
+    _save_json([asdict(r) for r in rows], out / "compare.json")
     return files
 
 
@@ -262,9 +263,5 @@ def plot_compare_batches(rows: list[BatchRow], out_dir: str | Path) -> list[Path
                  f"vs GPU\nGPU: {r.gpu_source}", fontsize=8)
     fig.tight_layout()
     files = [_save(fig, out / "compare_batches.png", dpi=120)]
-    try:
-        (out / "compare_batches.json").write_text(json.dumps([asdict(x) for x in rows], indent=1))
-    except OSError as e:
-        raise UserError(f"{str(out / 'compare_batches.json')!r} cannot be written "
-                        f"({e.strerror or e})", "choose a writable --plot directory") from None
+    _save_json([asdict(x) for x in rows], out / "compare_batches.json")
     return files

@@ -273,7 +273,7 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
         raise UserError(f"{cfg.name} has no [energy] table", "compare needs a config with one")
     for m in models:
         check_context(m, preset_context(m), prompt=prompt, tokens=tokens)
-    C.check_gpu(gpu, models)  # an unknown GPU or a bad baseline file: fail now
+    C.check_gpu(gpu, models, gpu_tp)  # an unknown GPU, a bad baseline file or gpu_tp: fail now
     if batches is not None:
         from workloads.serving.costs import check_pim_cost
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 import re
 from typing import Any
@@ -65,13 +64,14 @@ def llama_measured_path() -> str:
 
 
 def load_measured(path: str | None = None) -> dict[str, Any]:
-    """Read a JSON written by :mod:`workloads.gpu.baseline` (default: the shipped one)."""
-    with open(path or default_measured_path()) as f:
-        doc = json.load(f)
-    for key in ("method", "info", "results"):
-        if key not in doc:
-            raise ValueError(f"{path}: not a gpu_baseline measurement (no {key!r})")
-    return doc
+    """Read a JSON written by :mod:`workloads.gpu.baseline` (default: the shipped one), every
+    figure checked (:func:`workloads.gpu.figures.parse_measured`, a UserError otherwise)."""
+    from workloads.gpu.figures import parse_measured
+
+    path = path or default_measured_path()
+    with open(path) as f:  # an OSError where it cannot be read
+        text = f.read()
+    return parse_measured(text, path)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -104,6 +104,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UserError(f"measured file {args.measured!r} cannot be read ({e.strerror})",
                             MEASURED_FIX) from None
+        except UserError:  # a figure that no GPU can have: the message names the file
+            raise
         except ValueError as e:
             raise UserError(f"measured file {args.measured!r}: {e}", MEASURED_FIX) from None
     print(compare_table(measured))
@@ -133,7 +135,9 @@ def _no_cuda(tp: int = 1) -> UserError:
 
 
 def _save_json(doc: dict[str, Any], path: str) -> None:
-    with open(path, "w") as f:
+    from pimsim.outputs import atomic_write
+
+    with atomic_write(path, "output JSON (-o)") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
 

@@ -22,7 +22,48 @@ from typing import Any, Iterator
 
 import torch
 
+from pimsim.errors import UserError
+
 ATTN = "pimsim"
+
+
+class UnsupportedFeatureError(UserError):
+    """A Hugging Face model uses a feature the decode step does not model (a sliding window,
+    soft-capping, attention sinks): an intended refusal, bad input rather than a pimsim bug."""
+
+
+def _text_config(config: Any) -> Any:
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def unsupported_features(config: Any) -> list[tuple[str, str]]:
+    """(feature, fix) of each feature of a transformers config that pimsim refuses."""
+    c = _text_config(config)
+    out = []
+    window = getattr(c, "sliding_window", None)
+    layers = getattr(c, "layer_types", None) or []
+    if window is not None and getattr(c, "use_sliding_window", True) is not False and \
+            (not layers or "sliding_attention" in layers):
+        out.append((f"a sliding attention window of {window} tokens (sliding_window)",
+                    "pimsim's decode step attends to every cached token: use a model with full "
+                    "attention (set sliding_window to null in config.json only if no context "
+                    f"you run exceeds {window} tokens)"))
+    for key, what in (("attn_logit_softcapping", "attention soft-capping"),
+                      ("final_logit_softcapping", "logit soft-capping")):
+        if getattr(c, key, None) is not None:
+            out.append((f"{what} ({key} = {getattr(c, key)})",
+                        "pimsim has no tanh soft-capping: use a model without it"))
+    return out
+
+
+def check_supported(config: Any, name: str) -> None:
+    """An :class:`UnsupportedFeatureError` naming ``name``'s first feature pimsim refuses."""
+    found = unsupported_features(config)
+    if found:
+        feature, fix = found[0]
+        more = f" (and {', '.join(f for f, _ in found[1:])})" if len(found) > 1 else ""
+        raise UnsupportedFeatureError(f"model {name!r} uses {feature}{more}, which pimsim does "
+                                      f"not support", fix)
 
 
 def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
@@ -30,7 +71,10 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
     b, n_q, s, d = query.shape
     n_kv = key.shape[1]
     if kwargs.get("softcap") or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None:
-        raise ValueError("attention with soft-capping, a sliding window or sinks is unsupported")
+        what = ("soft-capping" if kwargs.get("softcap") else "a sliding window"
+                if kwargs.get("sliding_window") else "attention sinks")
+        raise UnsupportedFeatureError(f"the model's attention uses {what}, which pimsim does not "
+                                      f"support", "use a model with plain full attention")
     scale = d ** -0.5 if scaling is None else scaling
     q = query.reshape(b, n_kv, (n_q // n_kv) * s, d)
     scores = torch.matmul(q, key.transpose(-1, -2)) * scale
@@ -150,7 +194,9 @@ class HFDecodeStep(torch.nn.Module):
 
 
 def decode_step_module(model: Any) -> HFDecodeStep:
-    """Wrap a transformers causal LM as a module with ``decode_step``."""
+    """Wrap a transformers causal LM as a module with ``decode_step``; an
+    :class:`UnsupportedFeatureError` for a model pimsim refuses (:func:`check_supported`)."""
+    check_supported(model.config, type(model).__name__)
     return HFDecodeStep(model)
 
 

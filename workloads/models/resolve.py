@@ -125,31 +125,46 @@ def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[An
 def from_pretrained_folder(path: str, *, weights: bool = True) -> tuple[Any, str]:
     """A Hugging Face model folder (config.json, weights) on this machine: its causal LM, loaded
     with ``from_pretrained`` from the folder only (nothing is downloaded); ``weights=False``
-    builds it from the config on the ``meta`` device."""
+    builds it from the config on the ``meta`` device. Features the lowering does not model are
+    refused from the config, before any weight is read; weights that do not match the config
+    (:func:`check_loading_info`) are refused."""
     try:
         import torch
         import transformers
     except ImportError:
         raise ModelError(f"MODEL {path!r} is a Hugging Face folder but transformers is not "
                          f"installed", "pip install transformers") from None
+    from workloads.models.hf_decode import check_supported, decode_step_module
+    from workloads.models.hf_quiet import quiet_hf
+
     try:
-        if weights:
-            with _quiet_transformers(transformers):  # its load report and bars: stderr noise
-                obj, info = transformers.AutoModelForCausalLM.from_pretrained(
-                    path, local_files_only=True, output_loading_info=True,
-                    ignore_mismatched_sizes=True)  # reported in the info, refused below
-        else:
+        with quiet_hf():
             cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-            with torch.device("meta"):
-                obj = transformers.AutoModelForCausalLM.from_config(cfg)
+    except Exception as e:  # noqa: BLE001 - a config transformers cannot read
+        raise ModelError(f"Hugging Face folder {path!r} cannot be loaded as a causal LM "
+                         f"({_describe(e)})", "give a folder saved with save_pretrained") from None
+    check_supported(cfg, Path(path).name)  # before loading the weights
+    try:
+        with quiet_hf():
+            obj, info = _load_folder(transformers, torch, path, cfg, weights)
     except Exception as e:  # noqa: BLE001 - a folder transformers cannot read
         raise ModelError(f"Hugging Face folder {path!r} cannot be loaded as a causal LM "
                          f"({_describe(e)})", "give a folder saved with save_pretrained") from None
-    if weights:
+    if info is not None:
         check_loading_info(path, info)
-    from workloads.models.hf_decode import decode_step_module
-
     return decode_step_module(obj.eval()), Path(path).name
+
+
+def _load_folder(transformers: Any, torch: Any, path: str, cfg: Any,
+                 weights: bool) -> tuple[Any, dict | None]:
+    """The causal LM of a folder and transformers' loading info (its weights), or
+    (``weights=False``) the model on the meta device and None."""
+    if weights:
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, output_loading_info=True,
+            ignore_mismatched_sizes=True)  # reported in the info, refused by the caller
+    with torch.device("meta"):
+        return transformers.AutoModelForCausalLM.from_config(cfg), None
 
 
 _SHOWN_TENSORS = 3  # tensor names a mismatch message lists
@@ -175,24 +190,6 @@ def check_loading_info(path: str, info: dict) -> None:
             f"{', '.join(problems)} (transformers would fill in random values or drop saved ones)",
             "save the model again with save_pretrained, or correct config.json (for example "
             "num_hidden_layers) to match the weight files")
-
-
-class _quiet_transformers:
-    """transformers' logging at error level and its progress bars off, restored after."""
-
-    def __init__(self, transformers) -> None:
-        self.log = transformers.utils.logging
-
-    def __enter__(self) -> None:
-        self.level = self.log.get_verbosity()
-        self.bars = self.log.is_progress_bar_enabled()
-        self.log.set_verbosity_error()
-        self.log.disable_progress_bar()
-
-    def __exit__(self, *exc) -> None:
-        self.log.set_verbosity(self.level)
-        if self.bars:
-            self.log.enable_progress_bar()
 
 
 def check_onnx_file(path: str) -> None:

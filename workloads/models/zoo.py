@@ -83,9 +83,10 @@ def build(name: str) -> Any:
     import transformers
 
     from workloads.models.hf_decode import decode_step_module
+    from workloads.models.hf_quiet import quiet_hf
 
     cls, kw = HF_SHAPES[name]
-    cfg = getattr(transformers, cls)(**kw)
-    with torch.device("meta"):
+    with quiet_hf(), torch.device("meta"):
+        cfg = getattr(transformers, cls)(**kw)
         model = transformers.AutoModelForCausalLM.from_config(cfg)
     return decode_step_module(model.eval())

@@ -32,7 +32,16 @@ class ReferenceRun:
     info: dict
 
     def save(self, path: str) -> None:
-        np.savez_compressed(path, model=self.model, device=self.device,
+        """Write the run as an ``.npz`` at ``path`` (``.npz`` appended where missing, as numpy
+        does), atomically."""
+        from pimsim.outputs import atomic_write
+
+        path = str(path) if str(path).endswith(".npz") else f"{path}.npz"
+        with atomic_write(path, "reference file", "wb") as f:
+            self._savez(f)
+
+    def _savez(self, f) -> None:
+        np.savez_compressed(f, model=self.model, device=self.device,
                             prompt=np.array(self.prompt), tokens=np.array(self.tokens),
                             logits=self.logits.astype(np.float32),
                             info=np.array(repr(self.info)))

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from pimsim.errors import UserError
 from workloads.serving.scheduler import RequestState, StepRecord
 
 
@@ -149,19 +148,14 @@ class ServeResult:
 
     def write_csv(self, path: str | Path) -> Path:
         """The per-request rows as CSV; a UserError naming the file when it cannot be written."""
-        p = Path(path)
+        from pimsim.outputs import atomic_write
+
         rows = self.rows()
-        try:
-            if str(p.parent):
-                p.parent.mkdir(parents=True, exist_ok=True)
-            with p.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"])
-                w.writeheader()
-                w.writerows(rows)
-        except OSError as e:
-            raise UserError(f"CSV file (--csv) {str(path)!r} cannot be written "
-                            f"({e.strerror or e})", "choose a writable path") from None
-        return p
+        with atomic_write(path, "CSV file (--csv)", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"])
+            w.writeheader()
+            w.writerows(rows)
+        return Path(path)
 
     def summary(self) -> str:
         """A few lines for people: the cost's label, the headline metrics with units."""

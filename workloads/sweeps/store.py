@@ -368,13 +368,10 @@ def _frame(rows: list[dict]):
 
 def to_csv(db: str | Path | Store, path: str | Path, sweep: str | None = None) -> Path:
     """Write :func:`to_dataframe` as CSV; returns the path."""
+    from pimsim.outputs import atomic_write
+
     path = Path(path)
     df = to_dataframe(db, sweep)
-    try:
-        if str(path.parent) and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        df.drop(columns=["hw_json"], errors="ignore").to_csv(path, index=False)
-    except OSError as e:
-        raise UserError(f"CSV file {str(path)!r} cannot be written ({e.strerror or e})",
-                        "choose a writable path") from None
+    with atomic_write(path, "CSV file", newline="") as f:
+        df.drop(columns=["hw_json"], errors="ignore").to_csv(f, index=False)
     return path
