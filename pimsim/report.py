@@ -204,7 +204,7 @@ class RunReport:
             f"  total {self.cycles:,} cycles = {self.ms_total:.3f} ms; row-buffer hit rate "
             f"{self.row_hit_rate:.2%}",
             "  time:   " + ", ".join(f"{k} {v:.1%}" for k, v in self.breakdown.items() if v > 0),
-            "  per op (ms/token): " + ", ".join(f"{k} {v:.4f}" for k, v in self.per_op.items()
+            "  per op (ms/token, critical path): " + ", ".join(f"{k} {v:.4f}" for k, v in self.per_op.items()
                                                 if v > 0),
             "  commands: " + ", ".join(f"{k} {v:,}" for k, v in self.commands.items()),
             self.latency_line(),
