@@ -173,3 +173,11 @@ def test_json_carries_the_shares():
     rep = json.loads(out.stdout)
     assert list(rep["breakdown"]) == list(TIME_SHARES) == list(rep["breakdown_cyc"])
     assert sum(rep["per_op"].values()) == pytest.approx(rep["ms_per_token"])
+
+
+def test_batched_steps_are_split_exactly_too():
+    rep = simulate("tiny", "pim-gpt", tokens=3, prompt=4, batch=2, prefill="batched",
+                   schedule="overlap").report
+    cyc_per_step = np.mean(rep.per_token_ms) * 1e9 / rep.tCK_ps
+    assert sum(rep.breakdown_cyc.values()) == pytest.approx(cyc_per_step, abs=1)
+    assert sum(rep.per_op.values()) == pytest.approx(np.mean(rep.per_token_ms))
