@@ -31,7 +31,7 @@ from pimsim.energy import EnergyReport
 from pimsim.errors import UserError
 from pimsim.generate import TokenEnergy, _energy_summary, run_generation, tpot_ms
 from pimsim.isa import Program
-from pimsim.report import RunReport, TimeTotals
+from pimsim.report import BREAKDOWN_KEYS, RunReport, TimeTotals
 from pimsim.system import TOKEN_BYTES, CommCost, collective
 
 
@@ -186,7 +186,7 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         if gen and j == 0:  # sequence 0's latency: its jobs, the sends, the waits between
             times.add(*accts[s].split(tt))
             if s < pp - 1:
-                times.add_share("interconnect", send[s])
+                times.add(*_only("interconnect", "stage_send", send[s]))
         return tt.end_cyc
 
     def token_done(pos: int) -> None:
@@ -218,7 +218,9 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     gen_span_ms = ns(max(end_all - (gen_t0 or 0), 1)) / 1e6
     util = [b / max(end_all, 1) for b in busy]
     # the rest of sequence 0's latency: its jobs waiting for stages busy with other sequences
-    times.add_share("queueing", sum(latency) - float(times.shares.sum()))
+    wait_cyc = sum(latency) - float(times.shares.sum())
+    if abs(wait_cyc) > 1e-6 * max(sum(latency), 1):
+        times.add(*_only("queueing", "pipeline_wait", wait_cyc))
     hits = sum(s.row_hits for s in sims)
     misses = sum(s.row_misses for s in sims)
     cmds: dict[str, int] = {}
@@ -249,6 +251,13 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         system={"devices": tp * pp, "tp": tp, "pp": pp, "sequences": pp,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
                 "stage_send_cyc": send, "token_return_cyc": back})
+
+
+def _only(share: str, op: str, cyc: float) -> tuple[np.ndarray, dict[str, float]]:
+    """``cyc`` cycles in one time share and one per-op entry (what TimeTotals.add takes)."""
+    v = np.zeros(len(BREAKDOWN_KEYS))
+    v[BREAKDOWN_KEYS.index(share)] = cyc
+    return v, {op: float(cyc)}
 
 
 class Schedule:

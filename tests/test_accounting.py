@@ -164,6 +164,8 @@ def test_pipeline_latency_is_split_including_the_sends_and_waits():
     cyc_per_token = rep.ms_per_token * 1e9 / rep.tCK_ps
     assert sum(rep.breakdown_cyc.values()) == pytest.approx(cyc_per_token, abs=1)
     assert rep.breakdown["interconnect"] > 0 and rep.breakdown["queueing"] >= 0
+    assert sum(rep.per_op.values()) == pytest.approx(rep.ms_per_token)
+    assert rep.per_op["stage_send"] > 0
 
 
 def test_json_carries_the_shares():
