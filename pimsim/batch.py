@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from pimsim.accounting import TimeAccount
 from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator
 from pimsim.energy import EnergyReport
@@ -38,14 +39,12 @@ from pimsim.generate import (
     Executor,
     TokenEnergy,
     _energy_summary,
-    _StepCost,
     check_run,
-    token_breakdown,
     tpot_ms,
 )
-from pimsim.isa import PER_OP_KEYS, Program, Step, _attn_score_items, _attn_value_items, _kv_write_items, _matvec_items
+from pimsim.isa import Program, Step, _attn_score_items, _attn_value_items, _kv_write_items, _matvec_items
 from pimsim.prefill import check_prefill, prefill_functional, prefill_positions, use_program
-from pimsim.report import BREAKDOWN_KEYS, RunReport
+from pimsim.report import RunReport, TimeTotals
 
 MAC_BOUND_FORMULA = ("B x weight MACs / (banks x MACs per bank per cycle); MACs per bank per "
                      "cycle = MAC lanes per bank / nCCDL")
@@ -253,14 +252,13 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     pprog = prefill_program(prog, L, B) if batched else None
     t_wall = time.perf_counter()
     sim = DecodeSimulator(pprog if batched else bprog, cfg, schedule=schedule, fast=fast)
-    cost = _StepCost(sim)
+    acct = TimeAccount(sim)
     with_energy = cfg.energy is not None
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
     meter = TokenEnergy(sim) if with_energy else None
     per_step_cyc: list[int] = []
     per_step_j: list[float] = []
-    bd = np.zeros(len(BREAKDOWN_KEYS))
-    per_op: dict[str, float] = {}
+    times = TimeTotals()
     toks = [p[0] for p in prompts]
     generated: list[list[int]] = [[] for _ in range(B)]
     first_end_cyc: list[int] = []
@@ -269,14 +267,11 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
         if not first_end_cyc:
             first_end_cyc.append(tt.end_cyc)
         per_step_cyc.append(tt.end_cyc - tt.start_cyc)
-        b_, ops = token_breakdown(sim, tt, cost)
-        bd[:] += b_
+        times.add(*acct.split(tt))
         if with_energy:
             er = meter.end(tt)
             e_sum.add(er)
             per_step_j.append(er.total_j)
-        for k, v in ops.items():
-            per_op[k] = per_op.get(k, 0.0) + v
 
     steps = range(n_tokens) if skip_prompt else range(L + n_tokens - 1)
     ps = (L - 1,) * B
@@ -292,7 +287,7 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
             for i in range(L):
                 progress(i)
         use_program(sim, bprog)
-        cost = _StepCost(sim)
+        acct = TimeAccount(sim)
         meter = TokenEnergy(sim) if with_energy else None
         steps = range(L, L + n_tokens - 1)
     for i in steps:
@@ -317,7 +312,6 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     per_step_ms = [ns(c) / 1e6 for c in per_step_cyc]
     ms_step = float(np.mean(per_step_ms)) if per_step_ms else 0.0
     hits, misses = sim.row_hits, sim.row_misses
-    total = bd.sum()
     bound_ms = ns(mac_bound_cyc(bprog, cfg)) / 1e6
     energy = {}
     if with_energy:
@@ -333,8 +327,7 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
         ms_total=ns(sim.now) / 1e6, ms_per_token=ms_step, tokens_per_s=tps,
         per_token_ms=per_step_ms,
         row_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
-        breakdown={k: float(v / total) if total else 0.0 for k, v in zip(BREAKDOWN_KEYS, bd)},
-        per_op={k: ns(per_op.get(k, 0.0)) / 1e6 / max(n_gen, 1) for k in PER_OP_KEYS},
+        **times.report_fields(cfg, n_gen),
         commands=sim.command_counts,
         tokens=(generated if B > 1 else generated[0]) if functional is not None else [],
         energy=energy, wall_s=time.perf_counter() - t_wall,

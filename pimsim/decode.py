@@ -222,6 +222,9 @@ class TokenTiming:
     step_end: np.ndarray
     step_counts: np.ndarray  # [n_steps, n_cmds], critical channel of each PIM step
     step_link: np.ndarray  # [n_steps] link busy cycles of the critical channel (0: ASIC steps)
+    # [n_steps, 2] of the critical channel of each PIM step: its lead (cycles its first command
+    # waited for data on the link) and the cycles its link went on after its commands completed
+    step_wait: np.ndarray | None = None
 
 
 class DecodeSimulator:
@@ -262,6 +265,7 @@ class DecodeSimulator:
         st, en = np.zeros(n, np.int64), np.zeros(n, np.int64)
         cnt = np.zeros((n, N_CMDS), np.int64)
         lk = np.zeros(n, np.int64)
+        wt = np.zeros((n, 2), np.int64)
         t0 = self.now
         if self.fast:
             s, t = self.steps, self.tables
@@ -271,17 +275,17 @@ class DecodeSimulator:
                     int(self.schedule == "serial"), self.link_lat, busy, lead, t0, t.cmd_tab,
                     t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                     self.states.win_cnt, self.states.open_row, self.states.scal,
-                    self.states.counts, self.states.stats, st, en, cnt, lk, int(self.group),
+                    self.states.counts, self.states.stats, st, en, cnt, lk, wt, int(self.group),
                     self.memo)
             self.now = int(now)
             self.channels_run += int(n_run)
         else:
             self.now = self._run_token_simpy(items, seg_lo, seg_hi, busy, lead, dur, t0, st, en,
-                                             cnt, lk)
-        return TokenTiming(pos, t0, self.now, st, en, cnt, lk)
+                                             cnt, lk, wt)
+        return TokenTiming(pos, t0, self.now, st, en, cnt, lk, wt)
 
     def _run_token_simpy(self, items, seg_lo, seg_hi, busy, lead, dur, t0, st, en, cnt,
-                         lk) -> int:
+                         lk, wt) -> int:
         """Reference executor: SimPy processes for the steps, the ASIC and each channel.
 
         PIM steps reach the channels in program order (each channel is an in-order queue); the
@@ -341,6 +345,7 @@ class DecodeSimulator:
                         done, crit = e, c
                 cnt[i] = out[crit][1]
                 lk[i] = busy[crit, k]
+                wt[i] = lead[crit, k], done - max(out[crit][0], start)
                 end = done + self.link_lat
             else:
                 yield req

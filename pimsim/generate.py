@@ -14,14 +14,15 @@ from typing import Protocol
 
 import numpy as np
 
+from pimsim.accounting import TimeAccount
 from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator, TokenTiming
 from pimsim.energy import EnergyReport, energy_of
 from pimsim.errors import UserError
 from pimsim.isa import Program
-from pimsim.link import LINK_CMDS
-from pimsim.report import BREAKDOWN_KEYS, RunReport
-from pimsim.spec.commands import cmd_id
+from pimsim.report import BREAKDOWN_KEYS, RunReport, TimeTotals
+
+__all__ = ["BREAKDOWN_KEYS", "Executor", "TokenEnergy", "check_run", "prompt_ids", "run_generation", "tpot_ms"]
 
 
 class Executor(Protocol):
@@ -32,11 +33,6 @@ class Executor(Protocol):
 
     def set_batch(self, batch: int, seq: int) -> None:
         """Compute as sequence ``seq`` of a batch (:mod:`pimsim.batch`)."""
-
-
-_MAC = [cmd_id(n) for n in ("MAC_AB", "MAC_SB", "EWMUL")]
-_XFER = [cmd_id(n) for n in LINK_CMDS]
-_REF = cmd_id("REFab")
 
 
 def check_run(prog, prompt_lens: list[int], n_tokens: int, skip_prompt: bool,
@@ -65,46 +61,6 @@ def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(0, vocab, n)]
 
 
-class _StepCost:
-    """Per-step arrays for splitting a token's time into BREAKDOWN_KEYS and per-op time."""
-
-    def __init__(self, sim: DecodeSimulator):
-        steps = sim.prog.steps
-        self.asic = np.array([st.kind == "asic" for st in steps])
-        self.comm = np.array([st.kind == "comm" for st in steps])
-        self.ops = sorted({st.op for st in steps})
-        self.op_idx = np.array([self.ops.index(st.op) for st in steps], np.int64)
-        t = sim.cfg.timing
-        self.nCCDL, self.nBL, self.nRFC, self.link_lat = t.nCCDL, t.nBL, t.nRFC, sim.link_lat
-
-
-def token_breakdown(sim: DecodeSimulator, tt: TokenTiming,
-                    cost: _StepCost | None = None) -> tuple[np.ndarray, dict[str, int]]:
-    """Cycles of one token split into BREAKDOWN_KEYS (busy time of each step), and per op.
-
-    A PIM step's time goes to MAC (MAC commands x nCCDL), link (transfers x nBL, or the link's
-    busy time where that is longer, + the link latency) and refresh (REFab x nRFC), scaled down
-    together if they exceed the step's time; the rest (row activation, precharge, waits) is
-    "other"; collectives between devices are "interconnect"."""
-    k = cost or _StepCost(sim)
-    dur = (tt.step_end - tt.step_start).astype(np.float64)
-    c = tt.step_counts
-    parts = np.stack([c[:, _MAC].sum(1) * float(k.nCCDL),
-                      np.maximum(c[:, _XFER].sum(1) * float(k.nBL), tt.step_link) + k.link_lat,
-                      c[:, _REF] * float(k.nRFC)], axis=1)
-    tot = parts.sum(1)
-    scale = np.where((tot > dur) & (tot > 0), dur / np.where(tot > 0, tot, 1.0), 1.0)
-    parts *= scale[:, None]
-    pim = ~(k.asic | k.comm)
-    out = np.zeros(len(BREAKDOWN_KEYS), np.float64)
-    out[0], out[2], out[3] = parts[pim].sum(0)
-    out[1] = dur[k.asic].sum()
-    out[4] = (dur[pim] - parts[pim].sum(1)).sum()
-    out[5] = dur[k.comm].sum()
-    per_op_cyc = np.bincount(k.op_idx, weights=dur, minlength=len(k.ops))
-    return out, {op: int(v) for op, v in zip(k.ops, per_op_cyc)}
-
-
 def run_generation(
     prog: Program, cfg: HwConfig, *, prompt: Sequence[int], n_tokens: int,
     schedule: str = "serial", fast: bool = True, functional: Executor | None = None,
@@ -123,10 +79,9 @@ def run_generation(
     check_run(prog, [len(prompt)], n_tokens, skip_prompt, functional)
     t_wall = time.perf_counter()
     sim = DecodeSimulator(prog, cfg, schedule=schedule, fast=fast)
-    cost = _StepCost(sim)
+    acct = TimeAccount(sim)
     per_token_cyc: list[int] = []
-    bd = np.zeros(len(BREAKDOWN_KEYS))
-    per_op: dict[str, float] = {}
+    times = TimeTotals()
     generated: list[int] = []
     tok = int(prompt[0])
     with_energy = cfg.energy is not None
@@ -154,14 +109,11 @@ def run_generation(
             if first_end_cyc is None:
                 first_end_cyc = tt.end_cyc
             per_token_cyc.append(tt.end_cyc - tt.start_cyc)
-            b, ops = token_breakdown(sim, tt, cost)
-            bd += b
+            times.add(*acct.split(tt))
             if with_energy:
                 er = meter.end(tt)
                 e_sum.add(er)
                 per_token_j.append(er.total_j)
-            for k, v in ops.items():
-                per_op[k] = per_op.get(k, 0.0) + v
         if progress is not None:
             progress(pos)
     ns = cfg.timing.ns
@@ -169,8 +121,6 @@ def run_generation(
     per_token_ms = [ns(c) / 1e6 for c in per_token_cyc]
     ms_tok = float(np.mean(per_token_ms)) if per_token_ms else 0.0
     hits, misses = sim.row_hits, sim.row_misses
-    total = bd.sum()
-    from pimsim.isa import PER_OP_KEYS
     return RunReport(
         model=prog.model, hw=cfg.name, schedule=schedule, refresh=cfg.refresh.enabled,
         functional=functional is not None, prompt_tokens=len(prompt),
@@ -178,8 +128,7 @@ def run_generation(
         ms_total=ns(sim.now) / 1e6, ms_per_token=ms_tok,
         tokens_per_s=1000.0 / ms_tok if ms_tok else 0.0, per_token_ms=per_token_ms,
         row_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
-        breakdown={k: float(v / total) if total else 0.0 for k, v in zip(BREAKDOWN_KEYS, bd)},
-        per_op={k: ns(per_op.get(k, 0.0)) / 1e6 / max(n_gen, 1) for k in PER_OP_KEYS},
+        **times.report_fields(cfg, n_gen),
         commands=sim.command_counts,
         tokens=generated if functional is not None else [],
         energy=_energy_summary(e_sum, per_token_j, n_gen) if with_energy else {},

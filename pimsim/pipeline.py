@@ -24,13 +24,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from pimsim.accounting import TimeAccount
 from pimsim.config import HwConfig
 from pimsim.decode import DecodeSimulator
 from pimsim.energy import EnergyReport
 from pimsim.errors import UserError
-from pimsim.generate import TokenEnergy, _energy_summary, _StepCost, run_generation, token_breakdown, tpot_ms
-from pimsim.isa import PER_OP_KEYS, Program
-from pimsim.report import BREAKDOWN_KEYS, RunReport
+from pimsim.generate import TokenEnergy, _energy_summary, run_generation, tpot_ms
+from pimsim.isa import Program
+from pimsim.report import BREAKDOWN_KEYS, RunReport, TimeTotals
 from pimsim.system import TOKEN_BYTES, CommCost, collective
 
 
@@ -151,7 +152,7 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
                         f"context of {n_ctx}", "generate fewer tokens or shorten the prompt")
     t_wall = time.perf_counter()
     sims = [DecodeSimulator(p, cfg, schedule=schedule, fast=fast) for p in programs]
-    costs = [_StepCost(s) for s in sims]
+    accts = [TimeAccount(s) for s in sims]
     sends = [stage_send(cfg, p) for p in programs[:-1]]
     send = [c.cycles(cfg.tCK_ps) for c in sends]
     back = token_return_cyc(cfg)
@@ -164,8 +165,7 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     tok = int(prompt[0])
     generated: list[int] = []
     per_token_j: list[float] = []
-    bd = np.zeros(len(BREAKDOWN_KEYS))
-    per_op: dict[str, float] = {}
+    times = TimeTotals()
     tok_j = [0.0]
 
     def job(s: int, pos: int, j: int, start: int) -> int:
@@ -183,13 +183,10 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
                 tok_j[0] += er.total_j * tp
             if gen:
                 e_sum.add(_times(er, tp))
-        if gen and j == 0:
-            b, ops = token_breakdown(sim, tt, costs[s])
-            bd[:] += b
+        if gen and j == 0:  # sequence 0's latency: its jobs, the sends, the waits between
+            times.add(*accts[s].split(tt))
             if s < pp - 1:
-                bd[BREAKDOWN_KEYS.index("interconnect")] += send[s]
-            for k, v in ops.items():
-                per_op[k] = per_op.get(k, 0.0) + v
+                times.add(*_only("interconnect", "stage_send", send[s]))
         return tt.end_cyc
 
     def token_done(pos: int) -> None:
@@ -220,7 +217,10 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     n_seq_tokens = n_gen * pp
     gen_span_ms = ns(max(end_all - (gen_t0 or 0), 1)) / 1e6
     util = [b / max(end_all, 1) for b in busy]
-    total = bd.sum()
+    # the rest of sequence 0's latency: its jobs waiting for stages busy with other sequences
+    wait_cyc = sum(latency) - float(times.shares.sum())
+    if abs(wait_cyc) > 1e-6 * max(sum(latency), 1):
+        times.add(*_only("queueing", "pipeline_wait", wait_cyc))
     hits = sum(s.row_hits for s in sims)
     misses = sum(s.row_misses for s in sims)
     cmds: dict[str, int] = {}
@@ -241,8 +241,7 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         ms_per_token=ms_tok, tokens_per_s=1000.0 / ms_tok if ms_tok else 0.0,
         per_token_ms=per_token_ms,
         row_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
-        breakdown={k: float(v / total) if total else 0.0 for k, v in zip(BREAKDOWN_KEYS, bd)},
-        per_op={k: ns(per_op.get(k, 0.0)) / 1e6 / max(n_gen, 1) for k in PER_OP_KEYS},
+        **times.report_fields(cfg, n_gen),
         commands=cmds, tokens=generated if functional is not None else [], energy=energy,
         wall_s=time.perf_counter() - t_wall, throughput_tokens_per_s=thr,
         prompt_skipped=skip_prompt,
@@ -252,6 +251,13 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         system={"devices": tp * pp, "tp": tp, "pp": pp, "sequences": pp,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
                 "stage_send_cyc": send, "token_return_cyc": back})
+
+
+def _only(share: str, op: str, cyc: float) -> tuple[np.ndarray, dict[str, float]]:
+    """``cyc`` cycles in one time share and one per-op entry (what TimeTotals.add takes)."""
+    v = np.zeros(len(BREAKDOWN_KEYS))
+    v[BREAKDOWN_KEYS.index(share)] = cyc
+    return v, {op: float(cyc)}
 
 
 class Schedule:

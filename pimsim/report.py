@@ -9,6 +9,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
+from pimsim.accounting import TIME_SHARES
 from pimsim.config import HwConfig
 from pimsim.engine import SimResult
 
@@ -89,7 +92,41 @@ class TraceReport:
         return "\n".join(lines)
 
 
-BREAKDOWN_KEYS = ("pim_mac", "asic", "link", "refresh", "other", "interconnect")
+BREAKDOWN_KEYS = TIME_SHARES  # the named shares of a token's time (pimsim.accounting)
+
+
+class TimeTotals:
+    """The generated tokens' cycles by time share and by op, summed token by token
+    (:meth:`pimsim.accounting.TimeAccount.split`), and the report fields made of them."""
+
+    def __init__(self):
+        self.shares = np.zeros(len(BREAKDOWN_KEYS), np.float64)
+        self.ops: dict[str, float] = {}
+
+    def add(self, shares: np.ndarray, ops: dict[str, float]) -> None:
+        self.shares += shares
+        for k, v in ops.items():
+            self.ops[k] = self.ops.get(k, 0.0) + v
+
+    def add_share(self, name: str, cyc: float) -> None:
+        self.shares[BREAKDOWN_KEYS.index(name)] += cyc
+
+    def report_fields(self, cfg: HwConfig, n_gen: int) -> dict:
+        """``breakdown`` (fractions of the time, summing to 1), ``breakdown_cyc`` (cycles per
+        generated token by share, summing to the mean token's cycles) and ``per_op`` (ms per
+        generated token on the critical path, summing to ms_per_token)."""
+        from pimsim.isa import PER_OP_KEYS
+
+        total = float(self.shares.sum())
+        n = max(n_gen, 1)
+        ns = cfg.timing.ns
+        return {
+            "breakdown": {k: float(v / total) if total else 0.0
+                          for k, v in zip(BREAKDOWN_KEYS, self.shares)},
+            "breakdown_cyc": {k: float(v / n) for k, v in zip(BREAKDOWN_KEYS, self.shares)},
+            "per_op": {k: ns(self.ops.get(k, 0.0)) / 1e6 / n
+                       for k in list(PER_OP_KEYS) + sorted(set(self.ops) - set(PER_OP_KEYS))},
+        }
 
 
 @dataclass
@@ -110,8 +147,8 @@ class RunReport:
     tokens_per_s: float
     per_token_ms: list[float]
     row_hit_rate: float
-    breakdown: dict[str, float]
-    per_op: dict[str, float]
+    breakdown: dict[str, float]  # fractions of the generated tokens' time by share
+    per_op: dict[str, float]  # ms per generated token on the critical path, by op
     commands: dict[str, int]
     tokens: list[int] = field(default_factory=list)
     energy: dict = field(default_factory=dict)
@@ -129,6 +166,8 @@ class RunReport:
     prompt_skipped: bool = False
     ttft_ms: float | None = None
     tpot_ms: float | None = None
+    # cycles per generated token by share (the breakdown's fractions x the mean token's cycles)
+    breakdown_cyc: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The fields; a batched run (:mod:`pimsim.batch`) adds its ``extra["batch"]`` keys at
@@ -164,8 +203,8 @@ class RunReport:
             if self.per_token_ms else "  no generated tokens",
             f"  total {self.cycles:,} cycles = {self.ms_total:.3f} ms; row-buffer hit rate "
             f"{self.row_hit_rate:.2%}",
-            "  time:   " + ", ".join(f"{k} {v:.1%}" for k, v in self.breakdown.items()),
-            "  per op (ms/token): " + ", ".join(f"{k} {v:.4f}" for k, v in self.per_op.items()
+            "  time:   " + ", ".join(f"{k} {v:.1%}" for k, v in self.breakdown.items() if v > 0),
+            "  per op (ms/token, critical path): " + ", ".join(f"{k} {v:.4f}" for k, v in self.per_op.items()
                                                 if v > 0),
             "  commands: " + ", ".join(f"{k} {v:,}" for k, v in self.commands.items()),
             self.latency_line(),

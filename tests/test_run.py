@@ -168,6 +168,7 @@ def test_fast_path_gives_exactly_the_command_by_command_cycles(schedule):
         assert a.end_cyc == b.end_cyc, pos
         assert np.array_equal(a.step_end, b.step_end)
         assert np.array_equal(a.step_counts, b.step_counts)
+        assert np.array_equal(a.step_wait, b.step_wait)  # what the time accounting reads
     assert fast.command_counts == slow.command_counts
     assert (fast.row_hits, fast.row_misses) == (slow.row_hits, slow.row_misses)
     # per channel too: channels the fast executor did not simulate (grouped with an equivalent

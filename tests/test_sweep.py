@@ -156,6 +156,13 @@ def test_exports_csv_dataframe_and_plots(mixed):
     assert {"channels", "banks", "ms_per_token", "mj_per_token", "time_pim_mac",
             "mj_mac_units", "status", "reason"} <= set(df.columns)
     assert df.attrs["params"][:2] == ["channels", "banks"]
+    # the time columns are the run report's shares (pimsim.accounting), summing to 1 per point
+    from pimsim.accounting import TIME_SHARES
+
+    tcols = [c for c in df.columns if c.startswith("time_")]
+    assert sorted(tcols) == sorted("time_" + k for k in TIME_SHARES)
+    ok = df[df["status"] == "ok"]
+    assert len(ok) and ((ok[tcols].sum(axis=1) - 1).abs() < 1e-9).all()
     csv = to_csv(d / "s.db", d / "out" / "s.csv", "mixed")
     back = pd.read_csv(csv)
     assert len(back) == 18

@@ -179,7 +179,7 @@ def channels_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cn
 def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
               link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
               win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
-              step_link, group, memo):
+              step_link, step_wait, group, memo):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
     A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
@@ -192,7 +192,9 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     step (its first command's data is still crossing the link); an ASIC step (``kind == 0``)
     runs ``dur`` cycles after its dependencies and the previous ASIC step, a collective
     (``kind == 2``) ``dur`` cycles after its dependencies and the previous collective.
-    Fills step_start/end and per-step command counts of the critical (last-finishing) channel;
+    Fills step_start/end and per-step command counts of the critical (last-finishing) channel,
+    and ``step_wait[i]`` = (the critical channel's lead, the cycles its link went on after its
+    last command completed): outputs for the time accounting only, they change no timing;
     returns the token's end cycle.
 
     With ``group == 1`` a channel whose segment and controller state (see
@@ -272,6 +274,8 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
             for x in range(counts.shape[1]):
                 step_counts[i, x] = counts[crit, x] - before[crit, x]
             step_link[i] = link_busy[crit, k]
+            step_wait[i, 0] = link_lead[crit, k]
+            step_wait[i, 1] = done - max(scal[crit, S_DONE], start)
             end = done + link_lat
         elif kind[i] == 2:
             start = max(start, comm_free)

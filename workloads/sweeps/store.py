@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS points (
     row_hit_rate  REAL,
     cycles        INTEGER,
     ms_total      REAL,
-    breakdown_json TEXT,              -- fractions of busy time (pim_mac, asic, link, ...)
+    breakdown_json TEXT,              -- fractions of the token time by share (pim_mac, ...)
     per_op_json   TEXT,               -- ms per generated token by op
     energy_json   TEXT,               -- mJ per generated token by component
     commands_json TEXT,               -- command counts
