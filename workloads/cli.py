@@ -517,8 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --batch: batched (one batched PIM decode step per batch, the "
                          "default) or serial (the batch's sequences one after another)")
     cp.add_argument("--gpu-power", choices=["util", "board"], default="util",
-                    help="with --batch: the GPU's power model, utilisation power (default) or "
-                         "the board's datasheet power throughout")
+                    help="a modelled GPU's power model: utilisation power (default; fitted to "
+                         "the shipped measurement of that GPU where there is one) or the board's "
+                         "datasheet power throughout (an upper bound)")
     cp.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="compare functional simulation with PyTorch")

@@ -12,8 +12,9 @@ batch-1 comparison, ``prompt - 1 + tokens // 2``):
   simulation, memoised). The cost's label is ``pim_method`` in the table and JSON.
 * GPU: :func:`workloads.gpu.model.predict_batch` on the preset with the shipped calibrations
   (weights read once per step, each sequence's KV; uncalibrated beyond batch 1 until a batched
-  measurement is fitted), energy from the named power model (``util`` by default, ``board`` when
-  asked).
+  measurement is fitted), energy from the named power model (``util`` by default: fitted to the
+  shipped measurement of that GPU where there is one; ``board`` when asked); ``gpu_power_source``
+  says which (``fitted``, ``utilisation`` or ``board``).
 
 Per row, ``pim_ms`` / ``gpu_ms`` are each sequence's time per token (one step of the batch),
 ``pim_j`` / ``gpu_j`` the energy per output token, ``*_tokens_per_s`` the batch's tokens/s. The
@@ -54,6 +55,7 @@ class BatchRow:
     pim_method: str = PIM_BATCHED_LABEL
     gpu_source: str = ""
     gpu_power: str = "util"
+    gpu_power_source: str = ""  # "fitted", "utilisation" or "board" (GPUSpec.power_source)
     pim_kv_fits: bool = True  # the batch's KV cache fits the PIM system's KV capacity
     gpu_kv_fits: bool = True  # weights + the batch's KV + reserve fit the GPU memory
 
@@ -148,7 +150,6 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
     C._check_gpu_memory(gpu, models, tp)
     spec, note = gpu_batch_spec(gpu)
     where = f"{tp} x {spec.name}" if tp > 1 else spec.name
-    source = f"modelled {where} ({note}), {gm.POWER_LABELS[power]}"
     pos = prompt - 1 + tokens // 2
     rows = []
     for m in models:
@@ -156,6 +157,8 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
         pim_step = pim_cost(pim, c, cfg, schedule=schedule)
         shape = shape_for(m) if (m in PRESETS or m in zoo.NAMES) else C.gpu_shape(c.spec)
         gpos = min(pos, shape.n_ctx - 1)
+        psrc = spec.power_source(shape, power)
+        source = f"modelled {where} ({note}), power: {gm.POWER_SOURCE_LABELS[psrc]}"
         for b in batches:
             p = pim_batch_step(pim_step, b, pos)
             try:
@@ -168,7 +171,7 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
                 gpu_ms=g["ms"], pim_j=p.j_per_token, gpu_j=g["j_per_token"],
                 pim_tokens_per_s=b / p.step_s, gpu_tokens_per_s=g["tokens_per_s"],
                 speedup=g["ms"] / pim_ms, efficiency=g["j_per_token"] / p.j_per_token,
-                pim_method=p.method, gpu_source=source, gpu_power=power,
+                pim_method=p.method, gpu_source=source, gpu_power=power, gpu_power_source=psrc,
                 pim_kv_fits=p.kv_fits, gpu_kv_fits=gpu_kv_fits(spec, shape, b, gpos, tp)))
     return rows
 

@@ -218,6 +218,7 @@ class CompareResult:
                      "gpu_energy_mj_per_token": r.gpu_j * 1e3, "speedup": r.speedup,
                      "energy_efficiency": r.efficiency, "pim_method": r.pim_method,
                      "gpu_source": r.gpu_source, "gpu_power": r.gpu_power,
+                     "gpu_power_source": r.gpu_power_source,
                      "pim_kv_fits": r.pim_kv_fits, "gpu_kv_fits": r.gpu_kv_fits}
                     for r in self.batch_rows]
         return [{"model": r.model, "hw": r.hw, "gpu": r.gpu, "position": r.position,
@@ -226,7 +227,8 @@ class CompareResult:
                  "gpu_energy_mj_per_token": r.gpu_j * 1e3, "energy_efficiency": r.efficiency,
                  "pim_tokens_per_s": r.pim_tokens_per_s, "pim_power_w": r.pim_power_w,
                  "pim_devices": r.pim_devices, "pim_tp": r.pim_tp, "pim_pp": r.pim_pp,
-                 "row_hit_rate": r.row_hit_rate, "gpu_source": r.gpu_source}
+                 "row_hit_rate": r.row_hit_rate, "gpu_source": r.gpu_source,
+                 "gpu_power_source": r.gpu_power_source}
                 for r in self.rows]
 
     def crossover(self) -> dict:
@@ -259,6 +261,11 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
     after a ``prompt``-token context) against ``gpu``: T4, A100, H100, H200 (the analytic
     model; ``gpu_tp`` GPUs in tensor parallelism) or a measured baseline JSON file.
 
+    GPU energy: a measured file's measured board power; a modelled GPU's power model
+    ``gpu_power``: ``"util"`` (the default: utilisation power, fitted to the shipped measurement
+    of that GPU where there is one) or ``"board"`` (the datasheet board power throughout, an
+    upper bound); every row says which (``gpu_power_source``).
+
     ``batches`` (batch sizes, or a comma-separated string): instead, tokens/s and mJ/token per
     batch size and the crossover batch (:mod:`workloads.compare_batched`; a modelled GPU with
     ``gpu_power`` ``util``, the default, or ``board``; ``pim_cost`` ``"batched"``, the default:
@@ -285,7 +292,7 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
             schedule=schedule, cache=cache, show=show_progress, tp=gpu_tp, power=gpu_power,
             pim=pim_cost))
     rows = C.compare_rows(models, cfg, gpu, prompt=prompt, tokens=tokens, schedule=schedule,
-                          cache=cache, show=show_progress, tp=gpu_tp)
+                          cache=cache, show=show_progress, tp=gpu_tp, power=gpu_power)
     return CompareResult(rows)
 
 
