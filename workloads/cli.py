@@ -175,6 +175,8 @@ def batch_sizes(text: str) -> list[int]:
 
 
 def cmd_validate(args) -> int:
+    from workloads.validation import failed_line
+
     m = session.validate(args.model, args.hw, args.tokens, reference=args.reference,
                          prompt=args.prompt, seed=args.seed, exact=args.exact, show=_show(args),
                          devices=args.devices, tp=args.tp, pp=args.pp).to_dict()
@@ -191,7 +193,11 @@ def cmd_validate(args) -> int:
               f"min cosine {m['min_cosine']:.6f}, top-1 agreement {m['top1_agreement']:.2%} "
               f"({m['top1_agreement_decisive']:.2%} on {m['decisive_steps']} decisive steps), "
               f"greedy tokens match: {m['greedy_tokens_match']}")
-        print(f"  {'PASSED' if m['passed'] else 'FAILED'} (tolerance {m['tolerance']})")
+        if m["passed"]:
+            print(f"  PASSED (tolerance {m['tolerance']})")
+        else:
+            why = failed_line(m["criteria"]) if m.get("criteria") else "a tolerance"
+            print(f"  FAILED: {why} (tolerance {m['tolerance']})")
     return 0 if m["passed"] else 1
 
 
