@@ -37,6 +37,7 @@ from pimsim.config import load_config
 from pimsim.errors import UserError, check_writable, write_text
 from pimsim.prefill import DEFAULT_PREFILL, PREFILL_MODES
 from pimsim.progress import status, wanted
+from pimsim.report import system_label
 from workloads import session
 
 SEED_MAX = (1 << 32) - 1
@@ -184,8 +185,7 @@ def cmd_validate(args) -> int:
         print(json.dumps(m, indent=1))
     else:
         sy = m.get("system", {})
-        on = f"{m['hw']}" + (f" x {sy['devices']} devices (tp {sy['tp']} x pp {sy['pp']})"
-                             if sy.get("devices", 1) > 1 else "")
+        on = system_label(m["hw"], sy.get("devices", 1), sy.get("tp", 1), sy.get("pp", 1))
         print(f"validate {m['model']} on {on} ({m['asic_math']} ASIC math) against "
               f"{m.get('reference_runtime', 'PyTorch')} on {m['reference_device']}, "
               f"{m['tokens']} tokens")

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
+from pimsim.report import system_label
 from workloads.serving.costs import PIM_BATCHED_LABEL, PIM_SERIAL_LABEL, PimSerialCost, check_pim_cost, pim_cost
 
 __all__ = ["GPU_POWER_MODELS", "PIM_BATCHED_LABEL", "PIM_SERIAL_LABEL", "BatchRow", "PimBatchStep",
@@ -58,6 +59,9 @@ class BatchRow:
     gpu_power_source: str = ""  # "fitted", "utilisation" or "board" (GPUSpec.power_source)
     pim_kv_fits: bool = True  # the batch's KV cache fits the PIM system's KV capacity
     gpu_kv_fits: bool = True  # weights + the batch's KV + reserve fit the GPU memory
+    pim_devices: int = 1      # the PIM system: devices (tp x pp)
+    pim_tp: int = 1
+    pim_pp: int = 1
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,8 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
                 pim_tokens_per_s=b / p.step_s, gpu_tokens_per_s=g["tokens_per_s"],
                 speedup=g["ms"] / pim_ms, efficiency=g["j_per_token"] / p.j_per_token,
                 pim_method=p.method, gpu_source=source, gpu_power=power, gpu_power_source=psrc,
-                pim_kv_fits=p.kv_fits, gpu_kv_fits=gpu_kv_fits(spec, shape, b, gpos, tp)))
+                pim_kv_fits=p.kv_fits, gpu_kv_fits=gpu_kv_fits(spec, shape, b, gpos, tp),
+                pim_devices=cfg.system.devices, pim_tp=cfg.system.tp, pim_pp=cfg.system.pp))
     return rows
 
 
@@ -204,8 +209,13 @@ def batch_table(rows: list[BatchRow]) -> str:
         out.append(f"{r.model:<12} {r.batch:5d} {r.pim_tokens_per_s:11,.0f} "
                    f"{r.gpu_tokens_per_s:11,.0f} {r.pim_ms:10.4f} {r.gpu_ms:10.4f} "
                    f"{r.pim_j * 1e3:10.4f} {r.gpu_j * 1e3:10.3f}{flag}")
-    if rows:
-        r = rows[0]
-        out.append(f"position {r.position}; PIM: {r.hw}, {r.pim_method}; GPU: {r.gpu_source}")
-        out.extend(crossover_lines(rows))
+    firsts: dict[str, BatchRow] = {}
+    for r in rows:
+        firsts.setdefault(r.model, r)  # each model's first row
+    for r in firsts.values():  # one footer per model (its GPU source names its own power source)
+        who = f"{r.model}: " if len(firsts) > 1 else ""
+        out.append(f"{who}position {r.position}; PIM: "
+                   f"{system_label(r.hw, r.pim_devices, r.pim_tp, r.pim_pp)}, {r.pim_method}; "
+                   f"GPU: {r.gpu_source}")
+    out.extend(crossover_lines(rows))
     return "\n".join(out)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pimsim.config import HwConfig
 from pimsim.errors import UserError, read_text
 from pimsim.pipeline import run_system
+from pimsim.report import system_label
 from workloads.compiling import compile_model, system_programs
 from workloads.models.presets import get_config
 
@@ -252,10 +253,10 @@ def table(rows: list[CompareRow]) -> str:
     for r in rows:
         out.append(f"{r.model:<12} {r.pim_ms:10.4f} {r.gpu_ms:10.4f} {r.speedup:7.1f}x "
                    f"{r.pim_j * 1e3:10.4f} {r.gpu_j * 1e3:10.3f} {r.efficiency:10.1f}x")
-    if rows:
-        r = rows[0]
-        sysm = (f" x {r.pim_devices} devices (tp {r.pim_tp} x pp {r.pim_pp}), "
-                f"{r.pim_tokens_per_s:,.0f} tokens/s, {r.pim_power_w:.0f} W"
-                if r.pim_devices > 1 else "")
-        out.append(f"PIM: {r.hw}{sysm}; GPU: {r.gpu_source}")
+    for r in rows:  # one footer per model: its own system tokens/s, power and GPU source
+        who = f"{r.model}: " if len(rows) > 1 else ""
+        sysm = (f", {r.pim_tokens_per_s:,.0f} system tokens/s (all sequences in flight), "
+                f"{r.pim_power_w:.0f} W" if r.pim_devices > 1 else "")
+        out.append(f"{who}PIM: {system_label(r.hw, r.pim_devices, r.pim_tp, r.pim_pp)}{sysm}; "
+                   f"GPU: {r.gpu_source}")
     return "\n".join(out)

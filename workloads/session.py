@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
+from pimsim.report import system_label
 from workloads.compiling import (
     check_context,
     compile_model,
@@ -379,8 +380,7 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
             compile_model(model, cfg, context=context, cache=cache, show_progress=show_progress)
         step_cost = C.pim_cost(pim_cost, c, cfg, schedule=schedule,
                                kv_capacity_tokens=kv_capacity_tokens)
-        system = cfg.name + (f" x {cfg.system.devices} devices (tp {cfg.system.tp})"
-                             if cfg.system.devices > 1 else "")
+        system = system_label(cfg.name, cfg.system.devices, cfg.system.tp, cfg.system.pp)
     elif isinstance(cost, str) and cost.lower().startswith("gpu:"):
         if not isinstance(model, str):
             raise UserError("the GPU cost needs a preset name, not a compiled model",
