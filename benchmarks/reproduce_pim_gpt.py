@@ -84,7 +84,7 @@ def main() -> None:
                 speedup=g.ms / r.ms_per_token, pim_j=r.energy["j_per_token"], gpu_j=g.joules,
                 efficiency=g.joules / r.energy["j_per_token"], pim_breakdown=r.breakdown,
                 pim_energy_by_component=r.energy["by_component"], row_hit_rate=r.row_hit_rate,
-                gpu_source=g.source))
+                gpu_source=g.source, gpu_power_source=g.power_source))
         sp = [r.speedup for r in rows]
         ef = [r.efficiency for r in rows]
         md.append(f"## PIM-GPT vs {label}\n")
@@ -98,6 +98,7 @@ def main() -> None:
         md.append(f"\nSpeedup {min(sp):.1f}-{max(sp):.1f}x, energy efficiency "
                   f"{min(ef):.0f}-{max(ef):.0f}x" + (" (paper vs T4: 41-137x and 123-383x)."
                                                       if gpu == "T4" else ".") + "\n")
+        md.append(f"GPU: {rows[0].gpu_source}.\n")
         tag = "t4" if gpu == "T4" else "measured"
         d = out / tag
         plot_compare(rows, d)

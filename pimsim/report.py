@@ -16,6 +16,15 @@ from pimsim.config import HwConfig
 from pimsim.engine import SimResult
 
 
+def system_label(hw: str, devices: int = 1, tp: int = 1, pp: int = 1) -> str:
+    """A PIM system in words: ``hw`` alone for one device, else ``hw (N devices: tp T x pp P)``
+    (a config's name may itself hold a number, as aim-cxl-8 does: "8 x aim-cxl-8" would read as
+    64 devices)."""
+    if devices <= 1:
+        return hw
+    return f"{hw} ({devices} devices: tp {tp} x pp {pp})"
+
+
 @dataclass
 class TraceReport:
     """Result of replaying an AiM instruction trace."""
@@ -192,14 +201,17 @@ class RunReport:
                 f"{how}, {gives} the first token), TPOT {tpot}")
 
     def summary(self) -> str:
+        sy = self.system
+        multi = sy.get("devices", 1) > 1
         lines = [
             f"{self.model} on "
-            + (f"{self.system['devices']} x " if self.system.get("devices", 1) > 1 else "")
-            + f"{self.hw}: {self.prompt_tokens} prompt + {self.generated_tokens} "
+            + system_label(self.hw, sy.get("devices", 1), sy.get("tp", 1), sy.get("pp", 1))
+            + f": {self.prompt_tokens} prompt + {self.generated_tokens} "
             f"generated tokens ({self.schedule} schedule, refresh {'on' if self.refresh else 'off'}"
             f"{', functional' if self.functional else ''})",
-            f"  {self.ms_per_token:.4f} ms/token, {self.tokens_per_s:,.1f} tokens/s "
-            f"(first {self.per_token_ms[0]:.4f} ms, last {self.per_token_ms[-1]:.4f} ms)"
+            f"  {'per sequence: ' if multi else ''}{self.ms_per_token:.4f} ms/token, "
+            f"{self.tokens_per_s:,.1f} tokens/s (first {self.per_token_ms[0]:.4f} ms, "
+            f"last {self.per_token_ms[-1]:.4f} ms)"
             if self.per_token_ms else "  no generated tokens",
             f"  total {self.cycles:,} cycles = {self.ms_total:.3f} ms; row-buffer hit rate "
             f"{self.row_hit_rate:.2%}",
@@ -224,11 +236,11 @@ class RunReport:
                          + ", ".join(f"{k} {v / e['j_per_token']:.1%}"
                                      for k, v in e["by_component"].items() if v > 0)
                          + f"); table: {e['table']}")
-        if self.system.get("devices", 1) > 1:
-            sy = self.system
-            lines.append(f"  system: {sy['devices']} devices (tp {sy['tp']} x pp {sy['pp']}), "
-                         f"{self.throughput_tokens_per_s:,.1f} tokens/s with {sy['pp']} "
-                         f"sequence(s) in flight; utilisation "
+        if multi:
+            flight = f"{sy['pp']} sequences in flight" if sy["pp"] > 1 else "1 sequence"
+            lines.append(f"  system ({sy['devices']} devices: tp {sy['tp']} x pp {sy['pp']}): "
+                         f"{self.throughput_tokens_per_s:,.1f} tokens/s of all sequences "
+                         f"({flight}); utilisation "
                          + ", ".join(f"{u:.0%}" for u in sy["utilisation"])
                          + f" per stage, bubble {sy['bubble']:.1%}"
                          + (f"; {self.energy['avg_power_w']:.1f} W" if self.energy else ""))

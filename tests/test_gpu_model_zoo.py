@@ -306,8 +306,9 @@ def test_compare_gpu_point_for_zoo_presets() -> None:
             continue
         pt = C.gpu_point("h200", name, 100)
         s = shapes.zoo_shape(name)
-        want = gm.predict(gcal.calibrated_preset("H200"), s, 100)
+        want = gm.predict(gcal.calibrated_preset("H200"), s, 100, power="util")
         assert pt.ms == want["ms"] and pt.joules == want["joules"] and "H200" in pt.source
+        assert pt.power_source == "fitted"
     two = C.gpu_point("A100", "llama2-70b", 100, tp=2)
     assert "2 x A100" in two.source
     with pytest.raises(ValueError, match=r"does not fit 1 A100") as e:

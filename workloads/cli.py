@@ -38,6 +38,7 @@ from pimsim.errors import UserError
 from pimsim.outputs import PathArg, atomic_write, check_writable, write_text
 from pimsim.prefill import DEFAULT_PREFILL, PREFILL_MODES
 from pimsim.progress import status, wanted
+from pimsim.report import system_label
 from workloads import session
 
 SEED_MAX = (1 << 32) - 1
@@ -232,6 +233,8 @@ def batch_sizes(text: str) -> list[int]:
 
 
 def cmd_validate(args) -> int:
+    from workloads.validation import failed_line
+
     m = session.validate(args.model, args.hw, args.tokens, reference=args.reference,
                          prompt=args.prompt, seed=args.seed, exact=args.exact, show=_show(args),
                          devices=args.devices, tp=args.tp, pp=args.pp).to_dict()
@@ -239,8 +242,7 @@ def cmd_validate(args) -> int:
         print(json.dumps(m, indent=1))
     else:
         sy = m.get("system", {})
-        on = f"{m['hw']}" + (f" x {sy['devices']} devices (tp {sy['tp']} x pp {sy['pp']})"
-                             if sy.get("devices", 1) > 1 else "")
+        on = system_label(m["hw"], sy.get("devices", 1), sy.get("tp", 1), sy.get("pp", 1))
         print(f"validate {m['model']} on {on} ({m['asic_math']} ASIC math) against "
               f"{m.get('reference_runtime', 'PyTorch')} on {m['reference_device']}, "
               f"{m['tokens']} tokens")
@@ -248,7 +250,11 @@ def cmd_validate(args) -> int:
               f"min cosine {m['min_cosine']:.6f}, top-1 agreement {m['top1_agreement']:.2%} "
               f"({m['top1_agreement_decisive']:.2%} on {m['decisive_steps']} decisive steps), "
               f"greedy tokens match: {m['greedy_tokens_match']}")
-        print(f"  {'PASSED' if m['passed'] else 'FAILED'} (tolerance {m['tolerance']})")
+        if m["passed"]:
+            print(f"  PASSED (tolerance {m['tolerance']})")
+        else:
+            why = failed_line(m["criteria"]) if m.get("criteria") else "a tolerance"
+            print(f"  FAILED: {why} (tolerance {m['tolerance']})")
     return 0 if m["passed"] else 1
 
 
@@ -577,8 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --batch: batched (one batched PIM decode step per batch, the "
                          "default) or serial (the batch's sequences one after another)")
     cp.add_argument("--gpu-power", choices=["util", "board"], default="util",
-                    help="with --batch: the GPU's power model, utilisation power (default) or "
-                         "the board's datasheet power throughout")
+                    help="a modelled GPU's power model: utilisation power (default; fitted to "
+                         "the shipped measurement of that GPU where there is one) or the board's "
+                         "datasheet power throughout (an upper bound)")
     cp.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="compare functional simulation with PyTorch")

@@ -12,8 +12,9 @@ batch-1 comparison, ``prompt - 1 + tokens // 2``):
   simulation, memoised). The cost's label is ``pim_method`` in the table and JSON.
 * GPU: :func:`workloads.gpu.model.predict_batch` on the preset with the shipped calibrations
   (weights read once per step, each sequence's KV; uncalibrated beyond batch 1 until a batched
-  measurement is fitted), energy from the named power model (``util`` by default, ``board`` when
-  asked).
+  measurement is fitted), energy from the named power model (``util`` by default: fitted to the
+  shipped measurement of that GPU where there is one; ``board`` when asked); ``gpu_power_source``
+  says which (``fitted``, ``utilisation`` or ``board``).
 
 Per row, ``pim_ms`` / ``gpu_ms`` are each sequence's time per token (one step of the batch),
 ``pim_j`` / ``gpu_j`` the energy per output token, ``*_tokens_per_s`` the batch's tokens/s. The
@@ -27,6 +28,7 @@ from typing import Any, Sequence
 
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
+from pimsim.report import system_label
 from workloads.serving.costs import PIM_BATCHED_LABEL, PIM_SERIAL_LABEL, PimSerialCost, check_pim_cost, pim_cost
 
 __all__ = ["GPU_POWER_MODELS", "PIM_BATCHED_LABEL", "PIM_SERIAL_LABEL", "BatchRow", "PimBatchStep",
@@ -54,8 +56,12 @@ class BatchRow:
     pim_method: str = PIM_BATCHED_LABEL
     gpu_source: str = ""
     gpu_power: str = "util"
+    gpu_power_source: str = ""  # "fitted", "utilisation" or "board" (GPUSpec.power_source)
     pim_kv_fits: bool = True  # the batch's KV cache fits the PIM system's KV capacity
     gpu_kv_fits: bool = True  # weights + the batch's KV + reserve fit the GPU memory
+    pim_devices: int = 1      # the PIM system: devices (tp x pp)
+    pim_tp: int = 1
+    pim_pp: int = 1
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,6 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
     C._check_gpu_memory(gpu, models, tp)
     spec, note = gpu_batch_spec(gpu)
     where = f"{tp} x {spec.name}" if tp > 1 else spec.name
-    source = f"modelled {where} ({note}), {gm.POWER_LABELS[power]}"
     pos = prompt - 1 + tokens // 2
     rows = []
     for m in models:
@@ -152,6 +157,8 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
         pim_step = pim_cost(pim, c, cfg, schedule=schedule)
         shape = shape_for(m) if (m in PRESETS or m in zoo.NAMES) else C.gpu_shape(c.spec)
         gpos = min(pos, shape.n_ctx - 1)
+        psrc = spec.power_source(shape, power)
+        source = f"modelled {where} ({note}), power: {gm.POWER_SOURCE_LABELS[psrc]}"
         for b in batches:
             p = pim_batch_step(pim_step, b, pos)
             try:
@@ -164,8 +171,9 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
                 gpu_ms=g["ms"], pim_j=p.j_per_token, gpu_j=g["j_per_token"],
                 pim_tokens_per_s=b / p.step_s, gpu_tokens_per_s=g["tokens_per_s"],
                 speedup=g["ms"] / pim_ms, efficiency=g["j_per_token"] / p.j_per_token,
-                pim_method=p.method, gpu_source=source, gpu_power=power,
-                pim_kv_fits=p.kv_fits, gpu_kv_fits=gpu_kv_fits(spec, shape, b, gpos, tp)))
+                pim_method=p.method, gpu_source=source, gpu_power=power, gpu_power_source=psrc,
+                pim_kv_fits=p.kv_fits, gpu_kv_fits=gpu_kv_fits(spec, shape, b, gpos, tp),
+                pim_devices=cfg.system.devices, pim_tp=cfg.system.tp, pim_pp=cfg.system.pp))
     return rows
 
 
@@ -197,8 +205,13 @@ def batch_table(rows: list[BatchRow]) -> str:
         out.append(f"{r.model:<12} {r.batch:5d} {r.pim_tokens_per_s:11,.0f} "
                    f"{r.gpu_tokens_per_s:11,.0f} {r.pim_ms:10.4f} {r.gpu_ms:10.4f} "
                    f"{r.pim_j * 1e3:10.4f} {r.gpu_j * 1e3:10.3f}{flag}")
-    if rows:
-        r = rows[0]
-        out.append(f"position {r.position}; PIM: {r.hw}, {r.pim_method}; GPU: {r.gpu_source}")
-        out.extend(crossover_lines(rows))
+    firsts: dict[str, BatchRow] = {}
+    for r in rows:
+        firsts.setdefault(r.model, r)  # each model's first row
+    for r in firsts.values():  # one footer per model (its GPU source names its own power source)
+        who = f"{r.model}: " if len(firsts) > 1 else ""
+        out.append(f"{who}position {r.position}; PIM: "
+                   f"{system_label(r.hw, r.pim_devices, r.pim_tp, r.pim_pp)}, {r.pim_method}; "
+                   f"GPU: {r.gpu_source}")
+    out.extend(crossover_lines(rows))
     return "\n".join(out)

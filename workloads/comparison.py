@@ -15,6 +15,7 @@ from typing import Any
 from pimsim.config import HwConfig
 from pimsim.errors import UserError, read_text
 from pimsim.pipeline import run_system
+from pimsim.report import system_label
 from workloads.compiling import compile_model, system_programs
 from workloads.models.presets import get_config
 
@@ -24,6 +25,7 @@ class GpuPoint:
     ms: float
     joules: float
     source: str
+    power_source: str = ""  # "measured", "fitted", "utilisation" or "board" (see gpu_point)
 
 
 @dataclass
@@ -42,6 +44,7 @@ class CompareRow:
     pim_energy_by_component: dict = field(default_factory=dict)  # J/token
     row_hit_rate: float = 0.0
     gpu_source: str = ""
+    gpu_power_source: str = ""  # where the GPU's energy comes from (GpuPoint.power_source)
     # the PIM system: devices (tp x pp), tokens/s of all sequences in flight, average power
     pim_devices: int = 1
     pim_tp: int = 1
@@ -116,11 +119,17 @@ def gpu_shape(spec) -> object:
 
 
 def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
-              tp: int = 1) -> GpuPoint:
+              tp: int = 1, power: str = "util") -> GpuPoint:
     """GPU latency and energy per token at ``pos``: a measured JSON file or a modelled GPU
     (``shape``: the model's shape where it is not a preset; a zoo preset's shape comes from
     :func:`workloads.gpu.shapes.zoo_shape`). ``tp``: a modelled GPU's tensor parallelism (GPUs over
-    NVLink; energy of all boards)."""
+    NVLink; energy of all boards).
+
+    Energy (``power_source`` of the point): a measured file's measured board power
+    (``"measured"``); a modelled GPU's utilisation power (``power="util"``, the default), fitted
+    to the shipped measurement of that GPU where there is one (``"fitted"``: the H200) or with
+    the assumed idle share (``"utilisation"``); the datasheet board power throughout only when
+    asked (``power="board"``, ``"board"``: an upper bound)."""
     from workloads.gpu import model as gm
     from workloads.gpu.calibration import calibrated_preset
     from workloads.gpu.shapes import zoo_shape
@@ -139,7 +148,10 @@ def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
         ms = float(g["ms_at"][near])
         jt = _measured_joules(row, ms)
         name = doc["info"].get("gpu", "GPU")
-        return GpuPoint(ms, jt, f"measured {name}, CUDA graph, static KV cache, position {near}")
+        return GpuPoint(ms, jt, f"measured {name}, CUDA graph, static KV cache, position {near}, "
+                                f"power: {gm.POWER_SOURCE_LABELS['measured']}", "measured")
+    if power not in gm.POWER_MODELS:
+        raise UserError(f"GPU power model {power!r} is not known", "use util or board")
     if shape is not None:
         cfg = shape
     elif model in zoo.NAMES and model not in PRESETS:
@@ -156,11 +168,13 @@ def gpu_point(gpu: str, model: str, pos: int, shape: object | None = None, *,
     except (FileNotFoundError, ValueError, KeyError):
         note = "uncalibrated"
     try:
-        p = gm.predict(spec, cfg, min(pos, cfg.n_ctx - 1), tp=tp)
+        p = gm.predict(spec, cfg, min(pos, cfg.n_ctx - 1), tp=tp, power=power)
     except ValueError as e:
         raise UserError(f"GPU model: {e}", _more_gpus_fix(spec, cfg)) from None
     where = f"{tp} x {spec.name}" if tp > 1 else spec.name
-    return GpuPoint(p["ms"], p["joules"], f"modelled {where} ({note})")
+    psrc = spec.power_source(cfg, power)
+    return GpuPoint(p["ms"], p["joules"], f"modelled {where} ({note}), "
+                                          f"power: {gm.POWER_SOURCE_LABELS[psrc]}", psrc)
 
 
 def _check_gpu_memory(gpu: str, models: list[str], tp: int) -> None:
@@ -205,11 +219,11 @@ def _measured_joules(row: dict, ms: float) -> float:
 
 def compare_rows(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1,
                  tokens: int = 8, schedule: str = "serial", cache: bool = False,
-                 show: bool = False, tp: int = 1) -> list[CompareRow]:
+                 show: bool = False, tp: int = 1, power: str = "util") -> list[CompareRow]:
     """One row per model: PIM simulated (tokens at positions prompt-1 ..), GPU at the mean
     position (the library entry point with its input checks is :func:`workloads.session.compare`).
     ``cache``: use the compiled-program cache (:mod:`workloads.compile_cache`). ``tp``: GPUs of
-    a modelled preset in tensor parallelism (:func:`gpu_point`)."""
+    a modelled preset in tensor parallelism, ``power`` its power model (:func:`gpu_point`)."""
     check_gpu(gpu, models, tp)
     _check_gpu_memory(gpu, models, tp)  # a preset that cannot fit fails before simulating
     rows = []
@@ -222,14 +236,14 @@ def compare_rows(models: list[str], cfg: HwConfig, gpu: str, *, prompt: int = 1,
         from workloads.models.presets import PRESETS
 
         known = m in PRESETS or m in zoo.NAMES  # shapes the GPU model reads from the preset
-        g = gpu_point(gpu, m, pos, None if known else gpu_shape(c.spec), tp=tp)
+        g = gpu_point(gpu, m, pos, None if known else gpu_shape(c.spec), tp=tp, power=power)
         e = rep.energy
         rows.append(CompareRow(
             model=m, hw=cfg.name, gpu=gpu, position=pos, pim_ms=rep.ms_per_token,
             gpu_ms=g.ms, speedup=g.ms / rep.ms_per_token, pim_j=e["j_per_token"],
             gpu_j=g.joules, efficiency=g.joules / e["j_per_token"],
             pim_breakdown=rep.breakdown, pim_energy_by_component=e["by_component"],
-            row_hit_rate=rep.row_hit_rate, gpu_source=g.source,
+            row_hit_rate=rep.row_hit_rate, gpu_source=g.source, gpu_power_source=g.power_source,
             pim_devices=cfg.system.devices, pim_tp=cfg.system.tp, pim_pp=cfg.system.pp,
             pim_tokens_per_s=rep.throughput_tokens_per_s,
             pim_power_w=e.get("avg_power_w", 0.0)))
@@ -243,10 +257,10 @@ def table(rows: list[CompareRow]) -> str:
     for r in rows:
         out.append(f"{r.model:<12} {r.pim_ms:10.4f} {r.gpu_ms:10.4f} {r.speedup:7.1f}x "
                    f"{r.pim_j * 1e3:10.4f} {r.gpu_j * 1e3:10.3f} {r.efficiency:10.1f}x")
-    if rows:
-        r = rows[0]
-        sysm = (f" x {r.pim_devices} devices (tp {r.pim_tp} x pp {r.pim_pp}), "
-                f"{r.pim_tokens_per_s:,.0f} tokens/s, {r.pim_power_w:.0f} W"
-                if r.pim_devices > 1 else "")
-        out.append(f"PIM: {r.hw}{sysm}; GPU: {r.gpu_source}")
+    for r in rows:  # one footer per model: its own system tokens/s, power and GPU source
+        who = f"{r.model}: " if len(rows) > 1 else ""
+        sysm = (f", {r.pim_tokens_per_s:,.0f} system tokens/s (all sequences in flight), "
+                f"{r.pim_power_w:.0f} W" if r.pim_devices > 1 else "")
+        out.append(f"{who}PIM: {system_label(r.hw, r.pim_devices, r.pim_tp, r.pim_pp)}{sysm}; "
+                   f"GPU: {r.gpu_source}")
     return "\n".join(out)

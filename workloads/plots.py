@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pimsim.errors import UserError
 from pimsim.outputs import atomic_write
+from pimsim.report import system_label
 from workloads.sweeps.analysis import _fmt, _labels, _numeric, _workload, pareto_fronts
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def _figure(w: float, h: float, ncols: int = 1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(w, h))
+    fig = Figure(figsize=(w, h), layout="constrained")  # titles and legends kept inside
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, ncols)
     return fig, axes
@@ -60,6 +61,13 @@ def _save_json(doc, path: Path) -> Path:
     return path
 
 
+def _wrap(text: str, width: int = 110) -> str:
+    """A title on as many lines as it needs (a long GPU source would run off the figure)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
 def _models_title(df) -> str:
     models = list(dict.fromkeys(str(m) for m in df["model"].tolist())) if "model" in df else []
     if not models:
@@ -67,9 +75,31 @@ def _models_title(df) -> str:
     return models[0] if len(models) == 1 else f"{models[0]} and {len(models) - 1} more"
 
 
+LEGEND_INSIDE_MAX = 6  # more series than this: the legend goes outside the axes
+
+
+def _sweep_legend(fig, axes, n_series: int, param: str) -> None:
+    """A legend always: inside the energy axes for a few series, outside the axes (right of
+    them, in columns) for many; a single series is named by the swept parameter."""
+    handles, labels = axes[1].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[0].get_legend_handles_labels()
+    if not handles:  # one unlabelled series
+        lines = axes[1].get_lines() or axes[0].get_lines()
+        handles, labels = lines[:1], [f"vs {param}"]
+    if not handles:
+        return
+    if n_series <= LEGEND_INSIDE_MAX:
+        axes[1].legend(handles, labels, fontsize=7, loc="best")
+    else:
+        fig.legend(handles, labels, fontsize=6, loc="outside right upper",
+                   ncols=1 + (len(handles) - 1) // 24, title="series", title_fontsize=7)
+
+
 def plot_sweep(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -> list[Path]:
     """PNG charts: latency and energy per token against each swept parameter (one line per
-    combination of the other parameters, every point labelled with its value), and the
+    combination of the other parameters that vary, every point labelled with its value where
+    few; a legend always, outside the axes when there are many lines), and the
     latency-energy Pareto front (front points labelled with their parameter values). Titles
     name the model, the hardware and the workload; latency and energy axes start at zero."""
     from workloads.sweeps.analysis import SweepResult
@@ -103,7 +133,8 @@ def plot_sweep(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -
         if numeric:
             vals.sort()
         pos = {str(v): i for i, v in enumerate(vals)}
-        others = [q for q in swept if q != p and q in ok]
+        # the other parameters that vary among these points: one series per combination
+        others = [q for q in swept if q != p and q in ok and ok[q].nunique(dropna=False) > 1]
         fig, axes = _figure(11, 4.6, 2)
         groups = list(ok.groupby(_labels(ok, others))) if others else [("", ok)]
         for _gname, g in groups:
@@ -134,10 +165,8 @@ def plot_sweep(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -
                 ax.set_xticks(vals, [_fmt(v) for v in vals])
             elif not numeric:
                 ax.set_xticks(range(len(vals)), [str(v) for v in vals])
-        if others and 1 < len(groups) <= 12:
-            axes[1].legend(fontsize=7, loc="best")
+        _sweep_legend(fig, axes, len(groups), p)
         fig.suptitle(f"{where}: latency and energy per token vs {p} ({wl_note})", fontsize=10)
-        fig.tight_layout()
         files.append(_save(fig, out / f"vs_{_slug(p)}.png"))
     # Pareto front
     e = ok[ok["mj_per_token"].notna()]
@@ -164,7 +193,6 @@ def plot_sweep(res_or_df, out_dir: str | Path, swept: list[str] | None = None) -
                      f"parameters; lower-left is better)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
         files.append(_save(fig, out / "pareto.png"))
     return files
 
@@ -184,10 +212,13 @@ def plot_compare(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
     who = (", ".join(names) if len(names) <= 3
            else f"{names[0]} .. {names[-1]} ({len(names)} models)")
     pos_note = f"position {rows[0].position}" if len({r.position for r in rows}) == 1 else ""
+    r0 = rows[0]
+    pim = f"{system_label(r0.hw, r0.pim_devices, r0.pim_tp, r0.pim_pp)}, batch 1"
 
     def stacked(values: list[dict], scale: list[float], ylabel: str, title: str, fname: str):
         keys = [k for k in values[0] if any(v.get(k, 0) > 0 for v in values)]
-        fig, ax = _figure(max(6, 1.1 * len(rows) + 2), 4.8)
+        w = max(6, 1.1 * len(rows) + 2)
+        fig, ax = _figure(w, 4.8)
         bottom = np.zeros(len(rows))
         for k in keys:
             h = np.array([v.get(k, 0.0) * s for v, s in zip(values, scale)])
@@ -198,16 +229,15 @@ def plot_compare(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(_wrap(title, int(w * 10)), fontsize=10)  # ~10 characters an inch
         ax.legend(fontsize=8)
-        fig.tight_layout()
         files.append(_save(fig, out / fname, dpi=120))
 
     stacked([r.pim_breakdown for r in rows], [r.pim_ms for r in rows], "ms / token",
-            f"{who} on {rows[0].hw}: PIM latency per token by part {pos_note}",
+            f"{who} on {pim}: PIM latency per token by part {pos_note}",
             "latency_breakdown.png")
     stacked([r.pim_energy_by_component for r in rows], [1e3] * len(rows), "mJ / token",
-            f"{who} on {rows[0].hw}: PIM energy per token by component {pos_note}",
+            f"{who} on {pim}: PIM energy per token by component {pos_note}",
             "energy_breakdown.png")
     fig, axes = _figure(max(8, 1.6 * len(rows) + 3), 4.8, 2)
     for ax, key, title in ((axes[0], "speedup", "speedup over the GPU (GPU / PIM ms per token)"),
@@ -222,9 +252,9 @@ def plot_compare(rows: list[CompareRow], out_dir: str | Path) -> list[Path]:
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylabel("ratio (1 = parity)")
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"{who}: PIM ({rows[0].hw}) vs GPU {pos_note}\nGPU: {rows[0].gpu_source}",
-                 fontsize=9)
-    fig.tight_layout()
+    gpus = list(dict.fromkeys(r.gpu_source for r in rows))
+    fig.suptitle(_wrap(f"{who}: PIM ({pim}) vs GPU {pos_note}") + "\n"
+                 + "\n".join(_wrap(f"GPU: {g}") for g in gpus), fontsize=9)
     files.append(_save(fig, out / "speedup_efficiency.png", dpi=120))
     _save_json([asdict(r) for r in rows], out / "compare.json")
     return files
@@ -259,9 +289,12 @@ def plot_compare_batches(rows: list[BatchRow], out_dir: str | Path) -> list[Path
     axes[0].set_title("throughput", fontsize=9)
     axes[1].set_title("energy per token", fontsize=9)
     r = rows[0]
-    fig.suptitle(f"{', '.join(models)} at position {r.position}: PIM {r.hw} ({r.pim_method}) "
-                 f"vs GPU\nGPU: {r.gpu_source}", fontsize=8)
-    fig.tight_layout()
+    batches = ", ".join(str(b) for b in sorted({x.batch for x in rows}))
+    gpus = list(dict.fromkeys(x.gpu_source for x in rows))
+    pim = system_label(r.hw, r.pim_devices, r.pim_tp, r.pim_pp)
+    fig.suptitle(_wrap(f"{', '.join(models)} at position {r.position}, batch {batches}: PIM {pim} "
+                       f"({r.pim_method}) vs GPU", 150) + "\n"
+                 + "\n".join(_wrap(f"GPU: {g}", 150) for g in gpus), fontsize=8)
     files = [_save(fig, out / "compare_batches.png", dpi=120)]
     _save_json([asdict(x) for x in rows], out / "compare_batches.json")
     return files

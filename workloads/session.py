@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from pimsim.config import HwConfig
 from pimsim.errors import UserError
+from pimsim.report import system_label
 from workloads.compiling import (
     check_context,
     compile_model,
@@ -218,6 +219,7 @@ class CompareResult:
                      "gpu_energy_mj_per_token": r.gpu_j * 1e3, "speedup": r.speedup,
                      "energy_efficiency": r.efficiency, "pim_method": r.pim_method,
                      "gpu_source": r.gpu_source, "gpu_power": r.gpu_power,
+                     "gpu_power_source": r.gpu_power_source,
                      "pim_kv_fits": r.pim_kv_fits, "gpu_kv_fits": r.gpu_kv_fits}
                     for r in self.batch_rows]
         return [{"model": r.model, "hw": r.hw, "gpu": r.gpu, "position": r.position,
@@ -226,7 +228,8 @@ class CompareResult:
                  "gpu_energy_mj_per_token": r.gpu_j * 1e3, "energy_efficiency": r.efficiency,
                  "pim_tokens_per_s": r.pim_tokens_per_s, "pim_power_w": r.pim_power_w,
                  "pim_devices": r.pim_devices, "pim_tp": r.pim_tp, "pim_pp": r.pim_pp,
-                 "row_hit_rate": r.row_hit_rate, "gpu_source": r.gpu_source}
+                 "row_hit_rate": r.row_hit_rate, "gpu_source": r.gpu_source,
+                 "gpu_power_source": r.gpu_power_source}
                 for r in self.rows]
 
     def crossover(self) -> dict:
@@ -259,6 +262,11 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
     after a ``prompt``-token context) against ``gpu``: T4, A100, H100, H200 (the analytic
     model; ``gpu_tp`` GPUs in tensor parallelism) or a measured baseline JSON file.
 
+    GPU energy: a measured file's measured board power; a modelled GPU's power model
+    ``gpu_power``: ``"util"`` (the default: utilisation power, fitted to the shipped measurement
+    of that GPU where there is one) or ``"board"`` (the datasheet board power throughout, an
+    upper bound); every row says which (``gpu_power_source``).
+
     ``batches`` (batch sizes, or a comma-separated string): instead, tokens/s and mJ/token per
     batch size and the crossover batch (:mod:`workloads.compare_batched`; a modelled GPU with
     ``gpu_power`` ``util``, the default, or ``board``; ``pim_cost`` ``"batched"``, the default:
@@ -285,7 +293,7 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
             schedule=schedule, cache=cache, show=show_progress, tp=gpu_tp, power=gpu_power,
             pim=pim_cost))
     rows = C.compare_rows(models, cfg, gpu, prompt=prompt, tokens=tokens, schedule=schedule,
-                          cache=cache, show=show_progress, tp=gpu_tp)
+                          cache=cache, show=show_progress, tp=gpu_tp, power=gpu_power)
     return CompareResult(rows)
 
 
@@ -375,8 +383,7 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
             compile_model(model, cfg, context=context, cache=cache, show_progress=show_progress)
         step_cost = C.pim_cost(pim_cost, c, cfg, schedule=schedule,
                                kv_capacity_tokens=kv_capacity_tokens, prefill=prefill)
-        system = cfg.name + (f" x {cfg.system.devices} devices (tp {cfg.system.tp})"
-                             if cfg.system.devices > 1 else "")
+        system = system_label(cfg.name, cfg.system.devices, cfg.system.tp, cfg.system.pp)
     elif isinstance(cost, str) and cost.lower().startswith("gpu:"):
         if not isinstance(model, str):
             raise UserError("the GPU cost needs a preset name, not a compiled model",

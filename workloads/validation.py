@@ -3,7 +3,9 @@ or onnxruntime for an ``.onnx`` decode step), with the documented tolerances.
 
 The functional executor (:func:`functional_executor`) computes the real numbers of a compiled
 model from the DRAM images of its devices; :func:`validation_metrics` compares its logits with the
-reference's, and :func:`validate` runs both and decides pass or fail (:class:`ValidationResult`).
+reference's, and :func:`validate` runs both and decides pass or fail (:class:`ValidationResult`):
+top-1 agreement on the decisive steps and the error bounds (:func:`verdict`), whatever the
+number of steps.
 """
 
 from __future__ import annotations
@@ -17,15 +19,38 @@ from pimsim.errors import UserError
 from pimsim.progress import status
 from workloads.compiling import check_context, compile_with_source, hw_config, pandas_module
 
-# documented tolerances (docs/guide.md, `pimsim validate`): exact ASIC math vs approximations. Top-1 agreement is
-# required on every decisive step (reference top-2 gap above two bf16 steps); at a near-tie the
-# simulator's bf16 logits may legitimately pick the other token.
+# documented tolerances (docs/guide.md, `pimsim validate`): exact ASIC math vs approximations. The verdict rests on the
+# decisive steps (reference top-2 gap above the numeric error bound, two bf16 steps at the top
+# logit: the argmax cannot flip by output rounding alone) and on the error bounds; a near-tie
+# (gap within the bound) may legitimately pick the other token, so the raw top-1 rate over all
+# steps is reported but decides nothing (one near-tie in 8 steps is 87.5 %, in 32 steps 96.9 %).
 TOLERANCES = {
-    "exact": {"top1_agreement_decisive": 1.0, "top1_agreement": 0.9, "min_cosine": 0.999,
-              "max_rel_err": 0.05},
-    "approx": {"top1_agreement_decisive": 0.95, "top1_agreement": 0.9, "min_cosine": 0.99,
-               "max_rel_err": 0.10},
+    "exact": {"top1_agreement_decisive": 1.0, "min_cosine": 0.999, "max_rel_err": 0.05},
+    "approx": {"top1_agreement_decisive": 0.95, "min_cosine": 0.99, "max_rel_err": 0.10},
 }
+# each criterion of the verdict: metric, comparison, what it means
+CRITERIA = (
+    ("top1_agreement_decisive", ">=", "top-1 agreement on decisive steps"),
+    ("min_cosine", ">=", "min cosine"),
+    ("max_rel_err", "<=", "max relative logit error"),
+)
+
+
+def verdict(metrics: dict, tol: dict) -> list[dict]:
+    """Every criterion of :data:`CRITERIA` against ``tol``: ``name``, ``what``, ``value``,
+    ``op``, ``bound``, ``ok``. The run passes when every one is ok."""
+    out = []
+    for name, op, what in CRITERIA:
+        v, b = float(metrics[name]), float(tol[name])
+        out.append({"name": name, "what": what, "value": v, "op": op, "bound": b,
+                    "ok": bool(v >= b if op == ">=" else v <= b)})
+    return out
+
+
+def failed_line(criteria: list[dict]) -> str:
+    """The criteria that failed, each with its value and bound (empty when none did)."""
+    return "; ".join(f"{c['what']} {c['value']:.6g} not {c['op']} {c['bound']:.6g}"
+                     for c in criteria if not c["ok"])
 
 
 def functional_executor(c, cfg, exact: bool, corrupt: str | None = None, show: bool = False):
@@ -207,8 +232,7 @@ def validate(model: str, hw: str = "pim-gpt", tokens: int = 32, *, reference: st
     m.update(model=model, hw=hw if isinstance(hw, str) else cfg.name, tokens=tokens,
              reference_device=ref.device, asic_math=mode, tolerance=tol, reference_info=ref.info,
              reference_runtime="onnxruntime" if "onnxruntime" in ref.info else "PyTorch")
-    m["passed"] = bool(m["top1_agreement"] >= tol["top1_agreement"]
-                       and m["top1_agreement_decisive"] >= tol["top1_agreement_decisive"]
-                       and m["min_cosine"] >= tol["min_cosine"]
-                       and m["max_rel_err"] <= tol["max_rel_err"])
+    m["criteria"] = verdict(m, tol)
+    m["failed_criteria"] = [c["name"] for c in m["criteria"] if not c["ok"]]
+    m["passed"] = not m["failed_criteria"]
     return ValidationResult(m)

@@ -238,21 +238,40 @@ GATED_FIELDS = ("gated_mem_eff", "gated_kernel_overhead_s", "gated_kernels_per_l
 
 
 def calibrated_preset(name: str) -> GPUSpec:
-    """A preset with both shipped calibrations: the GPT path (and the power fit) from the GPT
-    measurement, the gated (Llama) path from the Llama measurement, each where its file exists
-    (else the rounded defaults). Carried to ``name`` as :func:`transfer` does."""
+    """A preset with both shipped calibrations: the GPT path from the GPT measurement, the gated
+    (Llama) path from the Llama measurement, each where its file exists (else the rounded
+    defaults), carried to ``name`` as :func:`transfer` does. Each file's power fit (idle W + W x
+    utilisation, fitted to its measured board power) is carried only to the GPU it was measured
+    on (``idle_w`` / ``dyn_w`` from the GPT file, ``gated_idle_w`` / ``gated_dyn_w`` from the
+    Llama file); another GPU keeps its assumed utilisation power
+    (:meth:`~workloads.gpu.model.GPUSpec.power_source` says which)."""
     g = gpu_preset(name)
     try:
-        g = transfer(calibrate(load_measured()), g.name)
+        doc = load_measured()
+        cal = calibrate(doc)
+        g = transfer(cal, g.name)
+        if cal["power_fit"] and _measured_preset(doc) == g.name:
+            g = dataclasses.replace(g, idle_w=cal["gpu"].idle_w, dyn_w=cal["gpu"].dyn_w)
     except FileNotFoundError:
         pass
     try:
-        lc = calibrate(load_measured(llama_measured_path()))["gpu"]
+        doc = load_measured(llama_measured_path())
+        lcal = calibrate(doc)
+        lc = lcal["gpu"]
         g = dataclasses.replace(g, **{f: getattr(lc, f) for f in GATED_FIELDS})
+        if lcal["power_fit"] and _measured_preset(doc) == g.name:
+            g = dataclasses.replace(g, gated_idle_w=lc.idle_w, gated_dyn_w=lc.dyn_w)
     except FileNotFoundError:
         pass
     return g
 
+
+def _measured_preset(doc: dict[str, Any]) -> str | None:
+    """The preset name of the GPU a measurement was taken on (None: not a preset)."""
+    try:
+        return gpu_preset(doc["info"].get("gpu") or "").name
+    except ValueError:
+        return None
 
 
 def batched_measured_path(gpu: str) -> str | None:

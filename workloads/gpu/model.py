@@ -108,6 +108,9 @@ class GPUSpec:
     gated_kernel_overhead_s: float = 3.1e-6
     gated_kernels_per_layer: float = 21.6
     gated_kernels_fixed: float = -34.0
+    # the gated path's fitted power (idle W, W per unit utilisation; None: the GPT path's)
+    gated_idle_w: float | None = None
+    gated_dyn_w: float | None = None
 
     def n_kernels(self, cfg: Any) -> float:
         if getattr(cfg, "gated_mlp", False):
@@ -119,8 +122,19 @@ class GPUSpec:
         (Llama decoder) calibration for a gated-MLP shape, else this spec unchanged."""
         if not getattr(cfg, "gated_mlp", False):
             return self
+        power = {} if self.gated_dyn_w is None else {"idle_w": self.gated_idle_w,
+                                                      "dyn_w": self.gated_dyn_w}
         return dataclasses.replace(self, mem_eff=self.gated_mem_eff,
-                                   kernel_overhead_s=self.gated_kernel_overhead_s)
+                                   kernel_overhead_s=self.gated_kernel_overhead_s, **power)
+
+    def power_source(self, cfg: Any, power: str = "util") -> str:
+        """Where ``power`` draws this spec's watts for ``cfg``'s software path: ``"board"``
+        (datasheet board power), ``"fitted"`` (utilisation power fitted to measured board power
+        of this GPU: a calibration set ``dyn_w``) or ``"utilisation"`` (utilisation power with
+        the assumed idle share, not fitted)."""
+        if power == "board":
+            return "board"
+        return "fitted" if self.for_shape(cfg).dyn_w is not None else "utilisation"
 
 
 def _preset(name: str, bw: float, flops: float, watts: float, mem_bytes: float,
@@ -248,6 +262,13 @@ POWER_MODELS = ("board", "util")
 POWER_LABELS = {
     "board": "board power (datasheet TDP throughout the step, an upper bound)",
     "util": "utilisation power (idle + dynamic x the busier of memory and compute)",
+}
+# what each ``power_source`` (GPUSpec.power_source, plus "measured" for a measured file) means
+POWER_SOURCE_LABELS = {
+    "measured": "measured board power",
+    "fitted": "utilisation power fitted to measured board power",
+    "utilisation": "utilisation power (assumed idle 15 % of board power, not fitted)",
+    "board": "datasheet board power throughout (an upper bound)",
 }
 
 

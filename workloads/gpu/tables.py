@@ -113,9 +113,11 @@ def llama_table(measured: dict[str, Any] | str | None = None) -> str:
 
 def zoo_table(gpus: Sequence[str] = ("A100", "H100", "H200"), tps: Sequence[int] = (1, 2, 4, 8),
               models: Sequence[str] | None = None) -> str:
-    """Markdown table: modelled ms/token and J/token (board power, all boards) at the middle
-    position (ideal KV read) of every zoo preset on ``tps`` GPUs of each of ``gpus``, with both
-    shipped calibrations (:func:`calibrated_preset`); ``-`` where it does not fit."""
+    """Markdown table: modelled ms/token and J/token (utilisation power, all boards: fitted to
+    the shipped measurement on the GPU it was taken on, else the assumed idle share; the footer
+    names each GPU's source) at the middle position (ideal KV read) of every zoo preset on
+    ``tps`` GPUs of each of ``gpus``, with both shipped calibrations (:func:`calibrated_preset`);
+    ``-`` where it does not fit."""
     names = list(models or zoo.NAMES)
     specs = [calibrated_preset(n) for n in gpus]
     head = ["model", "params B", "GB fp16"] + [f"{g.name} x{n}" for g in specs for n in tps]
@@ -126,13 +128,16 @@ def zoo_table(gpus: Sequence[str] = ("A100", "H100", "H200"), tps: Sequence[int]
         for g in specs:
             for n in tps:
                 try:
-                    r = predict(g, cfg, cfg.n_ctx // 2, tp=n)
+                    r = predict(g, cfg, cfg.n_ctx // 2, tp=n, power="util")
                     cells.append(f"{r['ms']:.2f} ms {r['joules']:.1f} J")
                 except ValueError:
                     cells.append("-")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("ms/token and J/token (board power x boards) at position n_ctx/2, batch 1, fp16; "
+    src = {g.name: sorted({g.power_source(shape_for(m)) for m in names}) for g in specs}
+    lines.append("ms/token and J/token (utilisation power x boards; power source: "
+                 + ", ".join(f"{k} {'/'.join(v)}" for k, v in src.items())
+                 + ") at position n_ctx/2, batch 1, fp16; "
                  "tensor parallel over NVLink (2 ring all-reduces of d_model per layer + a logits "
                  "all-gather, latency "
                  f"{specs[0].allreduce_latency_s * 1e6:.0f} us per call [assumed]); '-': does not "

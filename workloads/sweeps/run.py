@@ -147,6 +147,9 @@ def run_sweep(spec: Spec | str | Path, db: str | Path, *, workers: int | None = 
     (default: when stderr is a terminal).
     """
     log = log or (lambda s: print(s, file=sys.stderr))
+    if _importing_main_in_a_worker():
+        raise UserError(GUARD_PROBLEM + ": this process is a spawned worker importing the main "
+                        "script, and the script starts the sweep again", GUARD_FIX)
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     if cluster:
@@ -218,6 +221,22 @@ def run_sweep(spec: Spec | str | Path, db: str | Path, *, workers: int | None = 
     return res
 
 
+GUARD_PROBLEM = ("a sweep on local worker processes was started from the top level of a script "
+                 "outside 'if __name__ == \"__main__\":'")
+GUARD_FIX = ("put the sweep call under 'if __name__ == \"__main__\":' (spawned worker processes "
+             "import the script again), or run the points in this process (workers=0, "
+             "--workers 0)")
+
+
+def _importing_main_in_a_worker() -> bool:
+    """Whether this process is a spawned worker still importing the parent's main script (the
+    multiprocessing bootstrap): a sweep started there is the script's unguarded top level run
+    again, and would start workers of its own or rerun every point."""
+    import multiprocessing
+
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
 def unguarded_script() -> str | None:
     """The path of the script this call comes from when it comes from the script's top level
     outside an ``if __name__ == "__main__":`` block, else None. Local worker processes are
@@ -281,6 +300,7 @@ def _run_local(tasks: list[Point], n: int, on_result) -> None:
 
     pending = list(tasks)
     threads = max(1, (os.cpu_count() or 1) // n)
+    returned = 0  # points a worker sent back
     for _attempt in range(3):  # a worker that dies (e.g. out of memory) breaks the pool
         ex = ProcessPoolExecutor(max_workers=min(n, len(pending)),
                                  mp_context=mp.get_context("spawn"), initializer=_init_worker,
@@ -291,9 +311,12 @@ def _run_local(tasks: list[Point], n: int, on_result) -> None:
             for f in as_completed(futs):
                 p = futs[f]
                 try:
-                    on_result(p, f.result())
+                    res = f.result()
                 except BrokenProcessPool:
                     broken.append(p)
+                    continue
+                returned += 1
+                on_result(p, res)
         except KeyboardInterrupt:
             # stop our own workers (by their process objects); the pool then fails the
             # futures still pending, which nobody waits for any more
@@ -305,6 +328,12 @@ def _run_local(tasks: list[Point], n: int, on_result) -> None:
         pending = broken
         if not pending:
             return
+    if not returned:  # no worker ever finished a point: none could start, nothing to store
+        main = getattr(sys.modules.get("__main__"), "__file__", None)
+        raise UserError(f"every local worker process died before finishing a point (3 pools of "
+                        f"{min(n, len(tasks))}); the usual cause: " + GUARD_PROBLEM
+                        + (f" ({main})" if main else "") + ", or a main script the workers "
+                        "cannot import", GUARD_FIX)
     for p in pending:
         on_result(p, {"key": p.key, "status": "error",
                       "reason": "a worker process died while running this point "
