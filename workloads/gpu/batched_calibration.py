@@ -215,7 +215,10 @@ def calibrate_batched(doc: dict[str, Any] | str, gpu: GPUSpec | str | None = Non
             u.append(max(p["bw_util"], p["compute_util"]))
         if np.ptp(u) > 0:
             slope, p0 = np.polyfit(np.array(u), np.array([w for _, w in pw]), 1)
-            g = dataclasses.replace(g, idle_w=float(p0), dyn_w=float(max(slope, 0.0)))
+            line = {"idle_w": float(p0), "dyn_w": float(max(slope, 0.0))}
+            if pre:  # a gated path's own power line overrides the base one for its shapes
+                line.update(gated_idle_w=line["idle_w"], gated_dyn_w=line["dyn_w"])
+            g = dataclasses.replace(g, **line)
             power_fit = {"idle_w": float(p0), "dyn_w": float(max(slope, 0.0)),
                          "board_w": gf.board_w}
     identified["power"] = power_fit is not None

@@ -304,9 +304,11 @@ def serving_preset(name: str) -> tuple[GPUSpec, str]:
             cal = calibrate_batched(path, g)
             fitted = cal["gpu"]
             fields = ["compute_eff", *GATED_FIELDS] if cal["path"] == "gated" else ["compute_eff"]
-            if cal["identified"]["power"]:
-                fields += ["idle_w", "dyn_w"]
             g = dataclasses.replace(g, **{f: getattr(fitted, f) for f in fields})
+            if cal["identified"]["power"]:  # the power line of the path it was fitted on
+                pre = "gated_" if cal["path"] == "gated" else ""
+                g = dataclasses.replace(g, **{pre + "idle_w": cal["idle_w"],
+                                              pre + "dyn_w": cal["dyn_w"]})
             ho = cal["held_out_max_abs_diff_pct"]
             note = (f"calibrated on measured batched steps of {cal['gpu_measured']} "
                     f"({os.path.basename(path)}; held-out max |error| "
