@@ -265,6 +265,10 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
         else:
             raise TraceError(f"{where}: a line must start with 'AiM', 'R' or 'W', "
                              f"got {_quote(toks[0])}")
+    if n_lines == 0:
+        raise TraceError(f"{name}: the trace holds no instruction (it is empty, or only blank and "
+                         f"comment lines)", "give at least one line such as 'AiM MAC_ABK 64 "
+                         "0x80000000 0' (the grammar is in the README, AiM traces)")
     if len(src) < len(out):  # the last text line read (EOC, or the end) gave one
         src.append(lineno)
     lines = np.array(out, np.int64).reshape(-1, _LINE_FIELDS)
