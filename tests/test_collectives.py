@@ -64,14 +64,14 @@ def _same(ic, op, n, size, reduce_ns=0.0):
         assert got.cycles(tck) == want.cycles(tck), where
 
 
-def _grid(op, n, multicast, fabrics, sizes):
+def _grid(op, n, multicast, fabrics, sizes, reduce_ns=(37.5, 1e9)):
     for base in fabrics:
         ic = dataclasses.replace(base, multicast=multicast)
         for size in sizes:
             _same(ic, op, n, size)
             if op == "all_reduce":
-                _same(ic, op, n, size, reduce_ns=37.5)
-                _same(ic, op, n, size, reduce_ns=1e9)
+                for r in reduce_ns:
+                    _same(ic, op, n, size, reduce_ns=r)
 
 
 @pytest.mark.parametrize("multicast", [True, False], ids=["multicast", "unicast"])
@@ -79,8 +79,9 @@ def _grid(op, n, multicast, fabrics, sizes):
 @pytest.mark.parametrize("op", OPS)
 def test_closed_form_equals_the_transfer_simulation(op, n, multicast):
     """Every collective on every device count: the default fabric, the top of the latency
-    range and a slow narrow one, sizes around a flit."""
-    _grid(op, n, multicast, (FABRICS[0], FABRICS[1], FABRICS[3]), (0, 1, 193, 12_345))
+    range and a slow narrow one (the larger groups: the first two), sizes around a flit."""
+    fabrics = (FABRICS[0], FABRICS[3], FABRICS[1]) if n < 32 else (FABRICS[0], FABRICS[3])
+    _grid(op, n, multicast, fabrics, (0, 193, 12_345), reduce_ns=(37.5,))
 
 
 @pytest.mark.slow
