@@ -10,7 +10,6 @@ system, which the oracle would take minutes for.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 
@@ -101,12 +100,11 @@ def test_one_device_costs_nothing_and_unknown_ops_are_refused():
 
 def test_4096_devices_is_fast_and_follows_the_formula():
     """4096 devices: ring rounds and multicasts as the closed form's sums; the oracle would need
-    33 million transfers. Checked against the formula written out here."""
+    33 million transfers (its speed: benchmarks/bench_collectives.py). Checked against the
+    formula written out here."""
     ic = Interconnect()
     n, size = 4096, 1 << 20
-    t0 = time.perf_counter()
     costs = {op: collective(ic, op, n, size, 50.0) for op in OPS}
-    elapsed_s = time.perf_counter() - t0
     share = -(-size // n)  # 256 B: two flits
     ser, ser_mc = ic.serialise_ns(share), ic.serialise_ns(share, multicast=True)
     rs = 0.0
@@ -124,4 +122,3 @@ def test_4096_devices_is_fast_and_follows_the_formula():
         g += ic.serialise_ns(size)
     assert costs["gather"].ns == g + ic.latency_ns()
     assert costs["gather"].wire_bits == (n - 1) * ic.wire_bytes(size) * 16
-    assert elapsed_s < 60  # a hang guard only; the speed is printed by benchmarks/bench_system.py
