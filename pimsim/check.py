@@ -29,14 +29,15 @@ A log must start at reset (cycle 0, all banks closed, single-bank mode, refresh 
 
 API: :func:`check_log` (one channel, rows ``(cycle, cmd id, bank, row)``),
 :func:`check_command_log` (records ``(cycle, channel, bank, row, command name or id)`` of many
-channels), :class:`Violation`, :func:`check_report`.
+channels), :class:`StreamChecker` (the same over a log fed in pieces, in bounded memory: a long
+trace replay), :class:`Violation`, :func:`check_report`.
 """
 
 from __future__ import annotations
 
 import ast
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -45,7 +46,7 @@ from pimsim.spec import commands as C
 from pimsim.spec.rules import LEVEL_NAMES, Rule, rule_namespace, rules_for
 
 __all__ = [
-    "Violation", "ViolationList", "check_log", "check_command_log", "check_report",
+    "Violation", "ViolationList", "check_log", "check_command_log", "check_report", "StreamChecker",
     "rule_latencies", "JEDEC_MAX_POSTPONED_REFRESHES",
 ]
 
@@ -77,8 +78,13 @@ class Violation:
     required: int
     actual: int
     kind: str = "timing"  # "timing" | "state" | "refresh"
+    where: str | None = field(default=None, compare=False)  # e.g. "t.trace:12": what issued it
 
     def __str__(self) -> str:
+        text = self._text()
+        return f"{self.where}: {text}" if self.where else text
+
+    def _text(self) -> str:
         ch = f"ch{self.channel} " if self.channel is not None else ""
         f = _describe(self.following)
         p = _describe(self.preceding) if self.preceding is not None else None
@@ -282,36 +288,68 @@ def _last_before_grouped(mask: np.ndarray, g: _Groups) -> np.ndarray:
 # --------------------------------------------------------------------------- the checker
 
 
+@dataclass
+class _Carry:
+    """What one piece of a longer log inherits from the rows before it (:class:`StreamChecker`).
+
+    Rows ``[0, first)`` of the piece are history (the rows of earlier pieces the rules can still
+    look back to): context only, never reported. ``tmod_before`` / ``refs_before`` count the
+    TMODs / REFabs of the log before the piece that are not in it; ``final``: the piece ends the
+    log; ``quota``: violations still listed per check (``None``: ``max_per_rule`` each).
+    """
+
+    first: int = 0
+    tmod_before: int = 0
+    refs_before: int = 0
+    final: bool = True
+    quota: dict | None = None
+
+
 class _Collector:
-    def __init__(self, channel, names, cyc, cmd, bank, max_per_rule):
+    def __init__(self, channel, names, cyc, cmd, bank, max_per_rule, carry: _Carry):
         self.channel = channel
         self.names = names
         self.cyc, self.cmd, self.bank = cyc, cmd, bank
         self.max = max_per_rule
-        self.items: list[tuple[int, int, Violation]] = []
+        self.carry = carry
+        self.items: list[tuple[int, int, Violation, int]] = []
         self.counts: dict[str, int] = {}
 
     def ev(self, i: int) -> tuple[str, int, int]:
         return (self.names[self.cmd[i]], int(self.cyc[i]), int(self.bank[i]))
 
-    def add(self, rule: str, kind: str, fidx, pidx, required, actual, order: int = 0) -> None:
+    def add(self, rule: str, kind: str, fidx, pidx, required, actual, order: int = 0,
+            site: str = "") -> None:
         fidx = np.asarray(fidx, np.int64)
         if fidx.shape[0] == 0:
             return
-        self.counts[rule] = self.counts.get(rule, 0) + int(fidx.shape[0])
         pidx = np.broadcast_to(np.asarray(pidx, np.int64), fidx.shape)
         required = np.broadcast_to(np.asarray(required, np.int64), fidx.shape)
         actual = np.broadcast_to(np.asarray(actual, np.int64), fidx.shape)
+        if self.carry.first:
+            new = fidx >= self.carry.first  # history rows were judged with their own piece
+            fidx, pidx, required, actual = fidx[new], pidx[new], required[new], actual[new]
+            if fidx.shape[0] == 0:
+                return
+        self.counts[rule] = self.counts.get(rule, 0) + int(fidx.shape[0])
         keep = fidx.shape[0] if self.max is None else min(self.max, fidx.shape[0])
+        quota = self.carry.quota
+        if quota is not None and self.max is not None:
+            key = (rule, site, order)
+            keep = min(keep, quota.get(key, self.max))
+            quota[key] = quota.get(key, self.max) - keep
         for j in range(keep):
             f, p = int(fidx[j]), int(pidx[j])
             v = Violation(rule, self.channel, self.ev(p) if p >= 0 else None, self.ev(f),
                           int(required[j]), int(actual[j]), kind)
-            self.items.append((int(self.cyc[f]), order, v))
+            self.items.append((int(self.cyc[f]), order, v, f))
+
+    def sorted_items(self) -> list[tuple[int, int, Violation, int]]:
+        self.items.sort(key=lambda t: (t[0], t[1]))
+        return self.items
 
     def result(self) -> ViolationList:
-        self.items.sort(key=lambda t: (t[0], t[1]))
-        return ViolationList([v for _, _, v in self.items], self.counts)
+        return ViolationList([v for _, _, v, _ in self.sorted_items()], self.counts)
 
 
 def check_log(log, cfg: HwConfig, *, channel: int | None = None,
@@ -326,14 +364,25 @@ def check_log(log, cfg: HwConfig, *, channel: int | None = None,
     arr = np.asarray(log, dtype=np.int64)
     if arr.ndim != 2 or (arr.shape[0] and arr.shape[1] != 4):
         arr = arr.reshape(-1, 4)
-    n = arr.shape[0]
-    names = [c.name for c in C.COMMANDS]
-    if n == 0:
+    if arr.shape[0] == 0:
         return ViolationList()
+    _check_ids(arr)
+    arr = arr[np.argsort(arr[:, 0], kind="stable")]
+    return _check_rows(arr, cfg, channel, max_per_rule, _Carry()).result()
+
+
+def _check_ids(arr: np.ndarray) -> None:
     if arr[:, 1].min() < 0 or arr[:, 1].max() >= C.N_CMDS:
         bad = arr[(arr[:, 1] < 0) | (arr[:, 1] >= C.N_CMDS)][0]
         raise ValueError(f"log row {bad.tolist()}: unknown command id {int(bad[1])}")
-    arr = arr[np.argsort(arr[:, 0], kind="stable")]
+
+
+def _check_rows(arr: np.ndarray, cfg: HwConfig, channel: int | None,
+                max_per_rule: int | None, carry: _Carry) -> _Collector:
+    """Check the rows ``(cycle, cmd id, bank, row)`` of one channel, sorted by cycle (a whole log,
+    or one piece of one after its history, see :class:`_Carry`); returns the collector."""
+    n = arr.shape[0]
+    names = [c.name for c in C.COMMANDS]
     cyc, cmd, bank, row = (np.ascontiguousarray(arr[:, k]) for k in range(4))
 
     o = cfg.org
@@ -348,12 +397,12 @@ def check_log(log, cfg: HwConfig, *, channel: int | None = None,
         raise ValueError(f"log row {arr[i].tolist()}: {names[cmd[i]]} needs a bank in "
                          f"0..{o.banks - 1}")
     bank_disp = np.where(is_bank, bank, -1)
-    out = _Collector(channel, names, cyc, cmd, bank_disp, max_per_rule)
+    out = _Collector(channel, names, cyc, cmd, bank_disp, max_per_rule, carry)
 
     # commands this device does not have
     avail = _available(cfg)
     na = np.flatnonzero(~avail[cmd])
-    out.add("command_not_available", "state", na, -1, 0, 0)
+    out.add("command_not_available", "state", na, -1, 0, 0, site="na")
 
     bidx = np.flatnonzero(is_bank)
     safe_bank = np.where(is_bank, bank, 0)
@@ -415,12 +464,13 @@ def check_log(log, cfg: HwConfig, *, channel: int | None = None,
 
     if not has_bus_rule:  # the tables always have cmd_bus; keep the guarantee if they change
         dup = np.flatnonzero(np.diff(cyc) < 1) + 1
-        out.add("one_command_per_cycle", "timing", dup, dup - 1, 1, cyc[dup] - cyc[dup - 1])
+        out.add("one_command_per_cycle", "timing", dup, dup - 1, 1, cyc[dup] - cyc[dup - 1],
+                site="bus")
 
     _check_state(cfg, out, cyc, cmd, bank, row, is_bank, is_all)
     if cfg.refresh.enabled:
         _check_refresh(cfg, out, cyc, cmd)
-    return out.result()
+    return out
 
 
 def _check_window(r: _Rule, ri, out, cyc, cmd, fol, is_bank, is_all, node_of, n_nodes):
@@ -498,20 +548,22 @@ def _check_state(cfg, out, cyc, cmd, bank, row, is_bank, is_all):
 
     bad = sb_need_info[:, 1] != row[sb_need]
     out.add("row_not_open", "state", sb_need[bad], sb_need_info[bad, 0], row[sb_need[bad]],
-            sb_need_info[bad, 1])
+            sb_need_info[bad, 1], site="bank")
     out.add("row_not_open", "state", ab_need[ab_need_bad], ab_need_info[ab_need_bad, 0],
-            row[ab_need[ab_need_bad]], ab_need_info[ab_need_bad, 1])
+            row[ab_need[ab_need_bad]], ab_need_info[ab_need_bad, 1], site="all")
     bad = sb_act_info[:, 1] >= 0
-    out.add("act_to_open_bank", "state", sb_act[bad], sb_act_info[bad, 0], -1, sb_act_info[bad, 1])
+    out.add("act_to_open_bank", "state", sb_act[bad], sb_act_info[bad, 0], -1, sb_act_info[bad, 1],
+            site="bank")
     is_ref = needs_closed_all[ab_closed]
     for name, sel in (("act_to_open_bank", ab_closed_bad & ~is_ref),
                       ("refresh_with_open_bank", ab_closed_bad & is_ref)):
-        out.add(name, "state", ab_closed[sel], ab_closed_info[sel, 0], -1, ab_closed_info[sel, 1])
+        out.add(name, "state", ab_closed[sel], ab_closed_info[sel, 0], -1, ab_closed_info[sel, 1],
+                site="all")
 
     if cfg.pim.enabled:
         mode_tab = np.array([a[2] for a in _attrs(cfg)], np.int64)
         tmod = cmd == C.CMD_INDEX["TMOD"]
-        before = np.cumsum(tmod) - tmod  # TMODs strictly before each command
+        before = np.cumsum(tmod) - tmod + out.carry.tmod_before  # TMODs strictly before each
         mode = (C.MODE_SB + before) % 2  # reset: single-bank mode; each TMOD toggles
         need = mode_tab[cmd]
         bad = np.flatnonzero((need >= 0) & (need != mode))
@@ -523,12 +575,15 @@ def _check_refresh(cfg, out, cyc, cmd):
     n_refi = int(cfg.timing.cycles["nREFI"])
     limit = JEDEC_MAX_POSTPONED_REFRESHES * n_refi
     refs = np.flatnonzero(cmd == C.CMD_INDEX["REFab"])
-    due = (np.arange(refs.shape[0], dtype=np.int64) + 1) * n_refi
+    before = out.carry.refs_before
+    due = (np.arange(refs.shape[0], dtype=np.int64) + before + 1) * n_refi
     early = cyc[refs] < due
     out.add("refresh_too_early", "refresh", refs[early], -1, due[early], cyc[refs[early]])
     late = cyc[refs] - due >= limit
     out.add("refresh_postponed_too_long", "refresh", refs[late], -1, due[late], cyc[refs[late]])
-    next_due = (refs.shape[0] + 1) * n_refi
+    if not out.carry.final:
+        return
+    next_due = (before + refs.shape[0] + 1) * n_refi
     end = int(cyc[-1])
     if end - next_due >= limit:
         last_ref = int(refs[-1]) if refs.shape[0] else -1
@@ -562,6 +617,136 @@ def check_command_log(records, cfg: HwConfig, *,
             result.counts[k] = result.counts.get(k, 0) + c
     result.sort(key=lambda x: (x.following[1], x.channel if x.channel is not None else -1))
     return result
+
+
+class StreamChecker:
+    """The checker over a log that arrives in pieces (a long trace replay), in bounded memory.
+
+    :meth:`feed` takes records as :func:`check_command_log` does, in any number of pieces; each
+    channel's commands must come in cycle order from one piece to the next (within a piece any
+    order: it is sorted stably, as the whole log would be). :meth:`finish` returns the same
+    violations, in the same order, with the same counts, as :func:`check_command_log` on the
+    whole log. Per channel it keeps only what the rules look back to: the last ``W`` commands of
+    each (command, bank) pair (``W`` = the largest window, tFAW's 4; 1 without windows), which
+    hold every bank's and bank group's last command of every kind, the open rows and the last
+    TMOD and REFab, plus the counts of the TMODs and refreshes before them and the rows of the
+    piece in progress (at most ``piece_rows``, and the commands of its last cycle). ``tags``
+    (one integer per record, e.g. the trace line that issued it; negative: none) label the
+    violations: ``Violation.where`` becomes ``f"{name}:{tag}"``.
+    """
+
+    def __init__(self, cfg: HwConfig, *, max_per_rule: int | None = DEFAULT_MAX_PER_RULE,
+                 piece_rows: int = 1 << 16, name: str = ""):
+        self.cfg = cfg
+        self.max = max_per_rule
+        self.piece_rows = max(1, int(piece_rows))
+        self.name = name
+        self._keep = max([1] + [r.window for r in _compile(cfg)])
+        scope_tab = np.array([a[0] for a in _attrs(cfg)], np.int64)
+        self._is_bank = scope_tab == C.SCOPE_BANK
+        self._chan: dict[int, _ChannelStream] = {}
+        self.n_rows = 0  # records fed
+        self.peak_rows = 0  # most rows held at once (history and pieces of every channel)
+
+    def feed(self, records, tags=None) -> None:
+        """Add records ``(cycle, channel, bank, row, command)`` (see :func:`check_command_log`)."""
+        cycle, channel, bank, row, command = _columns(records)
+        n = cycle.shape[0]
+        if n == 0:
+            return
+        tag = np.full(n, -1, np.int64) if tags is None else np.asarray(tags, np.int64)
+        rows = np.stack([cycle, command, bank, row, tag], axis=1)
+        _check_ids(rows[:, :4])
+        self.n_rows += n
+        for ch in np.unique(channel).tolist():
+            st = self._chan.get(ch)
+            if st is None:
+                st = self._chan[ch] = _ChannelStream(self, int(ch))
+            st.push(rows[channel == ch])
+        self.peak_rows = max(self.peak_rows, sum(c.held() for c in self._chan.values()))
+
+    def finish(self) -> ViolationList:
+        """The violations of everything fed (ends the log: refresh_missing is judged here)."""
+        result = ViolationList()
+        for ch in sorted(self._chan):
+            st = self._chan[ch]
+            st.flush(final=True)
+            result.extend(st.found)
+            for k, c in st.counts.items():
+                result.counts[k] = result.counts.get(k, 0) + c
+        result.sort(key=lambda x: (x.following[1], x.channel if x.channel is not None else -1))
+        return result
+
+
+class _ChannelStream:
+    """One channel of a :class:`StreamChecker`: history, the piece in progress, findings."""
+
+    def __init__(self, owner: StreamChecker, channel: int):
+        self.o = owner
+        self.channel = channel
+        self.hist = np.empty((0, 5), np.int64)  # (cycle, cmd, bank, row, tag)
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+        self.floor: int | None = None  # the last cycle checked
+        self.tmod_before = 0
+        self.refs_before = 0
+        self.quota: dict = {}
+        self.found: list[Violation] = []
+        self.counts: dict[str, int] = {}
+
+    def held(self) -> int:
+        return self.hist.shape[0] + self.n_pending
+
+    def push(self, rows: np.ndarray) -> None:
+        if self.floor is not None and int(rows[:, 0].min()) <= self.floor:
+            raise ValueError(f"channel {self.channel}: a command at cycle {int(rows[:, 0].min())} "
+                             f"arrived after cycle {self.floor} was checked; feed each channel's "
+                             f"commands in cycle order")
+        self.pending.append(rows)
+        self.n_pending += rows.shape[0]
+        if self.n_pending >= self.o.piece_rows:
+            self.flush(final=False)
+
+    def flush(self, final: bool) -> None:
+        if not self.pending:
+            return
+        rows = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]
+        if final:
+            piece, self.pending, self.n_pending = rows, [], 0
+        else:  # the last cycle's commands wait for the next piece (a cycle is never split)
+            cut = int(np.searchsorted(rows[:, 0], rows[-1, 0], side="left"))
+            piece, rest = rows[:cut], rows[cut:]
+            self.pending, self.n_pending = [rest], rest.shape[0]
+            if piece.shape[0] == 0:
+                return
+        self._check(piece, final)
+
+    def _check(self, piece: np.ndarray, final: bool) -> None:
+        o = self.o
+        arr = np.concatenate([self.hist, piece]) if self.hist.shape[0] else piece
+        carry = _Carry(first=self.hist.shape[0], tmod_before=self.tmod_before,
+                       refs_before=self.refs_before, final=final, quota=self.quota)
+        out = _check_rows(arr[:, :4], o.cfg, self.channel, o.max, carry)
+        for _, _, v, f in out.sorted_items():
+            tag = int(arr[f, 4])
+            self.found.append(replace(v, where=f"{o.name}:{tag}") if tag >= 0 else v)
+        for k, c in out.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + c
+        # the history: the last W commands of each (command, bank) pair, in log order
+        cmd = arr[:, 1]
+        key = cmd * (o.cfg.org.banks + 1) + np.where(o._is_bank[cmd], arr[:, 2], -1) + 1
+        order = np.lexsort((np.arange(arr.shape[0]), key))
+        ks = key[order]
+        last_of_group = np.append(np.flatnonzero(ks[1:] != ks[:-1]), ks.shape[0] - 1)
+        group = np.concatenate([[0], np.cumsum(ks[1:] != ks[:-1])])
+        from_end = last_of_group[group] - np.arange(ks.shape[0])
+        hist = arr[np.sort(order[from_end < o._keep])]
+        tmod, ref = C.CMD_INDEX["TMOD"], C.CMD_INDEX["REFab"]
+        self.tmod_before += int(np.count_nonzero(cmd == tmod) - np.count_nonzero(hist[:, 1] == tmod))
+        self.refs_before += int(np.count_nonzero(cmd == ref) - np.count_nonzero(hist[:, 1] == ref))
+        self.hist = hist
+        self.floor = int(piece[-1, 0])
 
 
 def _command_ids(values: np.ndarray) -> np.ndarray:

@@ -100,15 +100,31 @@ def _cmd_trace(args: argparse.Namespace) -> int:
                 from None
         raise
     t0 = time.perf_counter()
-    res, log = replay_trace(cfg, trace, log=args.check, fast=not args.slow)
-    wall = time.perf_counter() - t0
+    checker = None
+    check_s = 0.0
+    if args.check:  # every issued command through the checker as the replay goes, not kept
+        from pimsim.check import StreamChecker
+        from pimsim.dma import replay_trace_logged
+
+        checker = StreamChecker(cfg, name=Path(args.file).name)
+
+        def check_part(rows) -> None:
+            nonlocal check_s
+            t = time.perf_counter()
+            checker.feed(rows[:, :5], tags=rows[:, 5])
+            check_s += time.perf_counter() - t
+
+        res = replay_trace_logged(cfg, trace, check_part, fast=not args.slow)
+    else:
+        res, _ = replay_trace(cfg, trace, fast=not args.slow)
+    wall = time.perf_counter() - t0 - check_s
     rep = TraceReport.from_result(cfg, args.file, res, syncs=trace.n_syncs,
                                   host_ops=trace.host_ops, wall_s=wall)
     status = 0
-    if args.check:
-        from pimsim.check import check_command_log, check_report
+    if checker is not None:
+        from pimsim.check import check_report
 
-        violations = check_command_log(log, cfg)
+        violations = checker.finish()
         rep.check_violations = violations.total
         if violations:
             print(check_report(violations), file=sys.stderr)

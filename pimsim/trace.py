@@ -80,6 +80,7 @@ class Trace:
     host_ops: dict[str, int] = field(default_factory=dict)
     n_lines: int = 0
     n_syncs: int = 0
+    source_lines: np.ndarray | None = None  # int64 [n]: the text line (1-based) of each line
 
     @cached_property
     def streams(self) -> dict[int, np.ndarray]:
@@ -172,7 +173,10 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
     # an ISR line (AF aside: its row depends on W CFR 2) parses to the same tuple wherever it
     # repeats: GEMV traces repeat most of theirs (RD_MAC, WR_GB, MACs of one row on all channels)
     seen: dict[str, tuple[int, int, int, int, int, int, int]] = {}
+    src: list[int] = []  # the text line of each entry of ``out``
     for lineno, raw in enumerate(text.splitlines(), 1):
+        if len(src) < len(out):  # the previous text line gave an entry (at most one per line)
+            src.append(lineno - 1)
         hit = seen.get(raw)
         if hit is not None:
             n_lines += 1
@@ -281,13 +285,16 @@ def parse_trace(text: str, cfg: HwConfig, name: str = "<trace>") -> Trace:
             raise TraceError(f"{where}: a line must start with 'AiM', 'R' or 'W', "
                              f"got {_quote(toks[0])}")
     if not any(k not in (L_SYNC, L_EOC) for k, *_ in out):
-        raise TraceError(f"{name}: the trace has no instructions (only comments, blank lines, "
-                         f"SYNC or EOC)", "give a trace with AiM or host-access lines")
+        raise TraceError(f"{name}: the trace has no instructions (it is empty, or only comments, "
+                         f"blank lines, SYNC or EOC)", "give at least one line such as 'AiM MAC_ABK "
+                         "64 0x80000000 0' (the grammar is in docs/guide.md, AiM traces)")
+    if len(src) < len(out):  # the last text line read (EOC, or the end) gave one
+        src.append(lineno)
     lines = np.array(out, np.int64).reshape(-1, _LINE_FIELDS)
     masks = (np.array(P.mask_rows, bool).reshape(-1, len(P.chans)) if P.mask_rows
              else np.zeros((1, len(P.chans)), bool))
     return Trace(lines=lines, masks=masks, channels=list(P.chans), host_ops=host,
-                 n_lines=n_lines, n_syncs=n_syncs)
+                 n_lines=n_lines, n_syncs=n_syncs, source_lines=np.array(src, np.int64))
 
 
 def load_trace(path: str | Path, cfg: HwConfig) -> Trace:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomllib
 
@@ -1297,3 +1298,99 @@ def test_quiet_hf_restores_the_users_settings_and_scopes_its_filter():
     finally:
         hl.set_verbosity_warning()
         hl.enable_progress_bar()
+
+
+# ---------------------------------------------------------------- the ends of the ranges
+
+def _max_latency_system(tmp_path: Path) -> Path:
+    """aim-cxl-8 on 2 devices with every interconnect latency at the top of its range."""
+    d = tomllib.loads((ROOT / "hwconfigs" / "aim-cxl-8.toml").read_text())
+    d["system"].update(devices=2, tp=2, pp=1)
+    d["interconnect"].update(port_latency_ns=1e9, phy_latency_ns=1e9, switch_latency_ns=1e9,
+                             multicast_phy_factor=1e6)
+    f = tmp_path / "slow-fabric.toml"
+    f.write_text(dump_toml(d))
+    return f
+
+
+def test_an_interconnect_latency_at_the_top_of_its_range_runs_to_the_end(tmp_path, capsys):
+    """Seconds of idle time per collective: the idle channels' refreshes are recorded in closed
+    form (it used to issue them one by one, for hours)."""
+    rc = main(["run", "tiny", "--hw", str(_max_latency_system(tmp_path)), "--tokens", "2",
+               "--no-progress", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["ms_per_token"] > 5_000  # five seconds of path latency per transfer
+    assert rep["breakdown"]["interconnect"] > 0.99 * sum(rep["breakdown"].values())
+
+
+def test_a_4096_device_collective_is_the_closed_form():
+    """The largest system's collectives: the formula, at once (the transfer-by-transfer
+    simulation would take minutes: 33 million transfers per all-reduce)."""
+    from pimsim.system import collective, resolve
+
+    ic = resolve(4096, None, None).interconnect
+    n, size = 4096, 8192
+    share = math.ceil(size / n)
+    s, s_mc = ic.serialise_ns(share), ic.serialise_ns(share, multicast=True)
+    t = 0.0
+    for _ in range(n - 1):
+        t += s
+    t += ic.latency_ns() + 10.0
+    for _ in range(n):
+        t += s_mc
+    c = collective(ic, "all_reduce", n, size, 10.0)
+    assert c.ns == t + ic.latency_ns(multicast=True)
+    w = ic.wire_bytes(share) * 8
+    assert c.wire_bits == 2 * n * (n - 1) * w + n * n * w
+    assert c.cycles(500) == math.ceil(c.ns * 2 - 1e-9)
+
+
+def _gemv_trace(n_rows: int) -> str:
+    lines = ["# a long GEMV: one global-buffer fill, then MACs over many rows of channel 0"]
+    lines.append("AiM WR_GB 32 0 0x80000000")
+    for r in range(n_rows):
+        lines.append(f"AiM MAC_ABK 8 0x80000000 {r % 16384}")
+        if r % 64 == 63:
+            lines.append("AiM RD_MAC 0 0x80000000")
+            lines.append("AiM SYNC")
+    lines.append("AiM EOC")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_violation_deep_in_a_large_trace_is_reported_with_its_line(tmp_path, capsys,
+                                                                       monkeypatch):
+    """``trace --check`` streams the commands through the checker; one command of a line near
+    the end (made illegal on its way to the checker: its row changed) is reported with that
+    line, exit status 1."""
+    from pimsim.check import StreamChecker
+    from pimsim.spec.commands import cmd_id
+
+    f = tmp_path / "big.trace"
+    text = _gemv_trace(4000)
+    f.write_text(text)
+    deep = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.endswith(" 3900"))
+    feed = StreamChecker.feed
+
+    def corrupt(self, records, tags=None):
+        records = records.copy()
+        hit = np.flatnonzero((tags == deep) & (records[:, 4] == cmd_id("MAC_AB")))
+        records[hit[:1], 3] += 1
+        return feed(self, records, tags)
+
+    monkeypatch.setattr(StreamChecker, "feed", corrupt)
+    rc = main(["trace", str(f), "--check", "--no-refresh"])
+    out, err = capsys.readouterr()
+    assert rc == 1, err
+    assert f"big.trace:{deep}: ch0 row_not_open: MAC_AB@" in err
+    assert "check: 1 violation(s) of 1 rule(s)" in err
+    assert "checker    1 violation(s)" in out
+
+
+def test_an_empty_trace_is_refused(tmp_path, capsys):
+    f = tmp_path / "empty.trace"
+    f.write_text("")
+    cli(["trace", f, "--check"], capsys, "empty.trace: the trace has no instructions")
+    f.write_text("# nothing but a comment\n\n   \n")
+    cli(["trace", f], capsys, "has no instructions .*; give at least one line")

@@ -287,3 +287,21 @@ def test_sweep_points_keep_the_controller_and_host_sections():
     assert back.controller == BASE.controller and back.host == BASE.host
     d2 = config_to_dict(ctrl(BASE, scheduler="in-order"))
     assert canonical_hw(d) != canonical_hw(d2)
+
+
+def test_refreshes_over_a_long_idle_gap_in_closed_form_equal_one_by_one():
+    """Queued RD/WR requests that start long after the last command (a collective of a slow
+    interconnect): the due refreshes are recorded in closed form (fast mode) and equal the
+    command-by-command controller's (slow mode): cycles, counts, refreshes, statistics."""
+    cfg = load_config("aim-gddr6", refresh=True)
+    n_refi = cfg.timing.cycles["nREFI"]
+    stream = make_stream([("RD", 3, 7, 4), ("WR", 5, 2, 3), ("MAC_AB", -1, 9, 16), ("RD", 1, 7, 2)])
+    out = []
+    for fast in (True, False):
+        t = ChannelTimer(cfg, fast=fast)
+        pos = t.run(stream, 0, 0, end=2)
+        t.run(stream, pos, 500 * n_refi + 17)
+        out.append((t.done_cyc, t.command_counts(), t.refreshes, t.stats.tolist(),
+                    t.scal.tolist()))
+    assert out[0] == out[1]
+    assert out[0][2] >= 500

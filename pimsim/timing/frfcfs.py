@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pimsim.timing.issue import earliest, issue, issue_refresh, refresh_due, row_step
+from pimsim.timing.issue import earliest, idle_refreshes, issue, issue_refresh, refresh_due, row_step
 from pimsim.timing.jit import cached_njit
 from pimsim.timing.state import (
     NONE_I64,
@@ -31,6 +31,7 @@ from pimsim.timing.tables import (
     G_CMD_RD,
     G_CMD_TMOD,
     G_CMD_WR,
+    G_FAST,
     G_PIM,
     G_RQ,
     G_SCHED,
@@ -155,6 +156,13 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
             return 0, t, log  # a request arriving before the refresh is due may go first
         log = issue_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
                             open_row, scal, counts, stats, log)
+        if geom[G_FAST] == 1 and log.shape[0] == 0:
+            # an idle gap (nothing issues before ``not_before``; no refresh at or after
+            # ``limit``): the further refreshes due in it in closed form, as the calls that
+            # follow would issue them one by one
+            log = idle_refreshes(min(not_before, limit), cmd_tab, pr_start, pr_tab, win_tab,
+                                 geom, ready, win_hist, win_cnt, open_row, scal, counts, stats,
+                                 log)
         for i in range(n):
             q[i, Q_ACT] = 0  # their rows were closed
         return 1, t, log

@@ -91,7 +91,7 @@ def _cq_step_r(q, cq, limit, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, wi
 
 
 @cached_njit()
-def _flush_log(scratch, scal_c, c, glog, gn):
+def _flush_log(scratch, scal_c, c, glog, gn, line):
     nl = scal_c[S_LOG_N]
     glog = log_room(glog, gn, gn + nl)
     for j in range(nl):
@@ -100,6 +100,7 @@ def _flush_log(scratch, scal_c, c, glog, gn):
         glog[gn, 2] = scratch[j, 1]
         glog[gn, 3] = scratch[j, 2]
         glog[gn, 4] = scratch[j, 3]
+        glog[gn, 5] = line
         gn += 1
     scal_c[S_LOG_N] = 0
     return glog, gn
@@ -107,8 +108,9 @@ def _flush_log(scratch, scal_c, c, glog, gn):
 
 @cached_njit()
 def _cq_drain_all(n_ch, rep, rq, cqs, keep_log, scratch, glog, gn, cmd_tab, pr_start, pr_tab,
-                  win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts, stats):
-    """Serve every queued request of every channel (a barrier: SYNC, EOC, the end)."""
+                  win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts, stats, line):
+    """Serve every queued request of every channel (a barrier: SYNC, EOC, the end); the log
+    names ``line`` as the host line that issued them."""
     for c in range(n_ch):
         if rep[c] != c:
             continue
@@ -118,7 +120,7 @@ def _cq_drain_all(n_ch, rep, rq, cqs, keep_log, scratch, glog, gn, cmd_tab, pr_s
                                        scal[c], counts[c], stats[c], scratch)
             if scratch.shape[0] > 0:
                 if keep_log == 1:
-                    glog, gn = _flush_log(scratch, scal[c], c, glog, gn)
+                    glog, gn = _flush_log(scratch, scal[c], c, glog, gn, line)
                 else:
                     scal[c, S_LOG_N] = 0
     return scratch, glog, gn
@@ -173,6 +175,11 @@ def _merge_classes(rep, start, win_tab, geom, ready, win_hist, win_cnt, open_row
             break
 
 
+# the DMA's own state between parts of a replay (``dma``): release time of the next line, end
+# cycle (0 until a SYNC or EOC), 1 once EOC has ended the program
+D_RT, D_END, D_STOP = 0, 1, 2
+
+
 @cached_njit()
 def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, group, keep_log,
                 cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
@@ -199,11 +206,30 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
 
     With ``group == 1`` channels that received the same items at the same times share one
     simulated state (a class, split when a mask separates its members): their outcomes are
-    identical. Returns (end cycle, log of (cycle, channel, cmd, bank, row) when ``keep_log``).
+    identical. Returns (end cycle, log when ``keep_log``).
+
+    Identical to :func:`replay_state`, :func:`replay_lines` over all lines and
+    :func:`replay_finish` (which a caller uses to take the log a part at a time); the log's rows
+    are (cycle, channel, cmd, bank, row, index of the host line that issued it).
     """
-    n_ch = ready.shape[0]
-    q = queue_entries
-    rsz = max(q, 1) + 1
+    dma, reqt, nreq, rq, cqs, rep, off = replay_state(ready.shape[0], queue_entries, geom, group,
+                                                     counts.shape[1] + stats.shape[1] + 1)
+    glog = replay_lines(lines, ZERO_I64, lines.shape[0], masks, queue_entries, line_cyc,
+                        release_cyc, blocking, group, keep_log, cmd_tab, pr_start, pr_tab,
+                        win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts, stats,
+                        dma, reqt, nreq, rq, cqs, rep, off)
+    end, tail = replay_finish(lines.shape[0] - 1, keep_log, cmd_tab, pr_start, pr_tab, win_tab,
+                              geom, ready, win_hist, win_cnt, open_row, scal, counts, stats, dma,
+                              reqt, nreq, rq, cqs, rep, off)
+    if tail.shape[0] == 0:
+        return end, glog
+    return end, np.concatenate((glog, tail))
+
+
+@cached_njit()
+def replay_state(n_ch, queue_entries, geom, group, n_off):
+    """The DMA's and the queues' state at the start of a replay (see :func:`replay_lines`)."""
+    rsz = max(queue_entries, 1) + 1
     reqt = np.zeros((n_ch, rsz), np.int64)  # issue cycles of each slot's last requests (ring)
     nreq = np.zeros(n_ch, np.int64)
     frfcfs = geom[G_SCHED] == SCHED_FRFCFS
@@ -217,17 +243,35 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
     rep = np.zeros(n_ch, np.int64)
     for c in range(n_ch):
         rep[c] = 0 if group == 1 else c
-    off = np.zeros((n_ch, counts.shape[1] + stats.shape[1] + 1), np.int64)
+    off = np.zeros((n_ch, n_off), np.int64)
+    dma = np.zeros(3, np.int64)
+    dma[D_RT] = 1  # release time of the line being decoded (the DMA decodes at r_t - 1)
+    return dma, reqt, nreq, rq, cqs, rep, off
+
+
+@cached_njit()
+def replay_lines(lines, i0, i1, masks, queue_entries, line_cyc, release_cyc, blocking, group,
+                 keep_log, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
+                 open_row, scal, counts, stats, dma, reqt, nreq, rq, cqs, rep, off):
+    """Replay host lines ``[i0, i1)`` (see :func:`replay_host`) from the state a previous part
+    left (``replay_state`` at the start); stops at EOC (``dma[D_STOP]``). Returns the log of
+    the commands these lines issued (with ``keep_log``)."""
+    n_ch = ready.shape[0]
+    q = queue_entries
+    rsz = reqt.shape[1]
+    frfcfs = geom[G_SCHED] == SCHED_FRFCFS
     need_times = q > 0 or keep_log == 1 or frfcfs
     scratch = np.zeros((256 if need_times else 0, 4), np.int64)
-    glog = np.zeros((1024 if keep_log == 1 else 0, 5), np.int64)
+    glog = np.zeros((1024 if keep_log == 1 else 0, 6), np.int64)
     gn = ZERO_I64
     item = np.zeros((1, 5), np.int64)
     sel = np.zeros(n_ch, np.bool_)
     seen = np.zeros(n_ch, np.bool_)
-    r_t = np.int64(1)  # release time of the line being decoded (the DMA decodes at r_t - 1)
-    end = 0
-    for i in range(lines.shape[0]):
+    r_t = dma[D_RT]
+    end = dma[D_END]
+    if dma[D_STOP] == 1:
+        return glog[:0]
+    for i in range(i0, i1):
         kind = lines[i, 0]
         if kind == L_HOST:
             r_t += line_cyc
@@ -237,13 +281,14 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
                 scratch, glog, gn = _cq_drain_all(n_ch, rep, rq, cqs, keep_log, scratch, glog,
                                                   gn, cmd_tab, pr_start, pr_tab, win_tab, geom,
                                                   ready, win_hist, win_cnt, open_row, scal,
-                                                  counts, stats)
+                                                  counts, stats, i)
             cb = r_t + 1
             for c in range(n_ch):
                 if rep[c] == c:
                     cb = max(cb, scal[c, S_LAST] + 2, scal[c, S_DONE] + 1)
             end = cb
             if kind == L_EOC:
+                dma[D_STOP] = 1
                 break
             r_t = max(r_t + line_cyc, cb + release_cyc)
             if group == 1:  # channels that did different work may be alike again
@@ -350,13 +395,31 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
                     nxt = max(nxt, scal[c, S_LAST] + cmd_tab[cmd, CT_DONE] + release_cyc)
             if need_times:
                 if keep_log == 1:
-                    glog, gn = _flush_log(scratch, scal[c], c, glog, gn)
+                    glog, gn = _flush_log(scratch, scal[c], c, glog, gn, i)
                 scal[c, S_LOG_N] = 0
         r_t = nxt
+    dma[D_RT] = r_t
+    dma[D_END] = end
+    return glog[:gn]
+
+
+@cached_njit()
+def replay_finish(last_line, keep_log, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
+                  win_cnt, open_row, scal, counts, stats, dma, reqt, nreq, rq, cqs, rep, off):
+    """End a replay (see :func:`replay_lines`): drain the queues (their commands logged as issued
+    by ``last_line``), give every channel its class's final state; returns (end cycle, log)."""
+    n_ch = ready.shape[0]
+    frfcfs = geom[G_SCHED] == SCHED_FRFCFS
+    scratch = np.zeros((256, 4), np.int64)
+    glog = np.zeros((1024 if keep_log == 1 else 0, 6), np.int64)
+    gn = ZERO_I64
+    r_t = dma[D_RT]
+    end = dma[D_END]
     if frfcfs:
         scratch, glog, gn = _cq_drain_all(n_ch, rep, rq, cqs, keep_log, scratch, glog, gn,
                                           cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
-                                          win_hist, win_cnt, open_row, scal, counts, stats)
+                                          win_hist, win_cnt, open_row, scal, counts, stats,
+                                          last_line)
     if end == 0:
         end = r_t
         for c in range(n_ch):
@@ -375,4 +438,5 @@ def replay_host(lines, masks, queue_entries, line_cyc, release_cyc, blocking, gr
         for x in range(ns):
             stats[c, x] += off[c, nc + x]
         scal[c, S_OPEN_CYC] += off[c, nc + ns]
+    dma[D_END] = end
     return end, glog[:gn]

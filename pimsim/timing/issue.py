@@ -300,7 +300,7 @@ def run_item(stream, pos, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
             log = issue_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
                                 win_cnt, open_row, scal, counts, stats, log)
             if geom[G_FAST] == 1 and log.shape[0] == 0:
-                log = _idle_refreshes(not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                log = idle_refreshes(not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
                                       ready, win_hist, win_cnt, open_row, scal, counts, stats,
                                       log)
             continue
@@ -450,7 +450,7 @@ def fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, wi
 
 
 @cached_njit()
-def _idle_refreshes(not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
+def idle_refreshes(not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
                     win_cnt, open_row, scal, counts, stats, log):
     """Closed form over an idle gap, right after a refresh: every further refresh due before
     ``not_before`` but the last issues at its due time (the banks are closed and REF -> REF
