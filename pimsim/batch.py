@@ -43,7 +43,19 @@ from pimsim.generate import (
     token_breakdown,
     tpot_ms,
 )
-from pimsim.isa import PER_OP_KEYS, Program, Step, _attn_score_items, _attn_value_items, _kv_write_items, _matvec_items
+from pimsim.isa import (
+    ITEM_FIELDS,
+    PER_OP_KEYS,
+    Program,
+    Step,
+    _attn_score_items,
+    _attn_value_items,
+    _build_v_write_items,
+    _k_write_items,
+    _kv_write_items,
+    _matvec_items,
+    _v_write_place,
+)
 from pimsim.prefill import check_prefill, prefill_functional, prefill_positions, use_program
 from pimsim.report import BREAKDOWN_KEYS, RunReport
 
@@ -142,6 +154,13 @@ class BatchedProgram(Program):
                 dataclasses.replace(vl, base_row=vl.base_row + shift))
                 if shift else (kl, vl) for kl, vl in prog.kv_layouts})
         self.seq_kv: list[dict[int, tuple]] = [region_kv[r] for r in regions]  # per vector
+        # per vector, the row offset of its region: region r's layouts are region 0's with
+        # base_row + shift, so its items are region 0's with every row (>= 0) + shift
+        shifts = [0 if r == 0 else top + (r - 1) * span - lo for r in range(n_regions)]
+        self.row_shift = np.array([shifts[r] for r in regions], np.int64)
+        self._seq_cache: dict[int, dict] = {}  # step index -> items key -> region-0 items
+        self._key_cache: dict[tuple[int, int], object] = {}  # (step index, pos) -> items key
+        self._v_cache: dict[int, dict] = {}  # step index -> (chunk, column) -> V writes
 
     def positions(self, pos) -> tuple[int, ...]:
         if isinstance(pos, (int, np.integer)):
@@ -158,6 +177,65 @@ class BatchedProgram(Program):
         return self.seq_kv[b][step.kv[0].layer]
 
     def pim_items(self, step: Step, pos) -> list[np.ndarray]:
+        """The step's items for the vectors at ``pos``: each vector's own items one vector
+        after the other, as :meth:`pim_items_reference` builds them, built once per distinct
+        (step, items key) from region 0's items and moved to each vector's region by adding
+        its row offset to every row (items of WR_GB / RD_MAC name no row: -1 stays)."""
+        ps = self.positions(pos)
+        if step.matrix is not None:
+            return _matvec_items(step.matrix, self.batch)
+        if step.op == "param_fetch":
+            return self.base.pim_items(step, ps[0])
+        if self.batch == 1:
+            return self.pim_items_reference(step, ps)
+        distinct, inv = np.unique(np.asarray(ps, np.int64), return_inverse=True)
+        seqs = [self._seq_items(step, int(p)) for p in distinct.tolist()]
+        shift = step.op in ("kv_write", "attn_score", "attn_value") and self.row_shift.any()
+        out = []
+        for c in range(self.geo.channels):
+            lens = np.array([len(a[c]) for a in seqs], np.int64)[inv]
+            arr = np.concatenate([seqs[i][c] for i in inv.tolist()]) if lens.any() else \
+                np.empty((0, ITEM_FIELDS), np.int64)
+            if shift:
+                rows = arr[:, 2]
+                rows += np.where(rows >= 0, np.repeat(self.row_shift, lens), 0)
+            out.append(arr)
+        return out
+
+    _SEQ_CACHE_KEYS = 64  # distinct items keys kept per step (oldest dropped first)
+
+    def _seq_items(self, step: Step, p: int) -> list[np.ndarray]:
+        """Region 0's items of one vector at ``p`` (the compiled program's, per channel),
+        cached per items key (a bounded number per step)."""
+        cache = self._seq_cache.setdefault(step.index, {})
+        key = self._base_key(step, p)
+        got = cache.get(key)
+        if got is None:
+            if step.op == "kv_write":
+                kl, vl = step.kv
+                k, col = _v_write_place(vl, p)
+                vcache = self._v_cache.setdefault(step.index, {})
+                v = vcache.get((k, col))
+                if v is None:
+                    v = [_build_v_write_items(vl, c, k, col) for c in range(self.geo.channels)]
+                    _bounded_put(vcache, (k, col), v, self._SEQ_CACHE_KEYS)
+                got = list(v)
+                ch, k_items = _k_write_items(kl, p)
+                got[ch] = np.concatenate([k_items, got[ch]])
+            else:
+                got = self.base.pim_items(step, p)
+            _bounded_put(cache, key, got, self._SEQ_CACHE_KEYS)
+        return got
+
+    def _base_key(self, step: Step, p: int):
+        got = self._key_cache.get((step.index, p))
+        if got is None:
+            got = self._key_cache[(step.index, p)] = self.base.items_key(step, p)
+        return got
+
+    def pim_items_reference(self, step: Step, pos) -> list[np.ndarray]:
+        """The step's items built vector by vector from each vector's own layouts (the
+        definition :meth:`pim_items` is held equal to)."""
         ps = self.positions(pos)
         if step.matrix is not None:
             return _matvec_items(step.matrix, self.batch)
@@ -178,12 +256,19 @@ class BatchedProgram(Program):
     def items_key(self, step: Step, pos):
         if step.matrix is not None or step.op == "param_fetch":
             return ()
-        return tuple(self.base.items_key(step, p) for p in self.positions(pos))
+        return tuple(self._base_key(step, p) for p in self.positions(pos))
 
     def weight_macs(self) -> int:
         """MACs of the weight matrix-vector products of one sequence's step."""
         return sum(s.matrix.out_dim * s.matrix.in_dim for s in self.base.steps
                    if s.matrix is not None and s.matrix.role != "v_cache")
+
+
+def _bounded_put(cache: dict, key, value, most: int) -> None:
+    """``cache[key] = value``, dropping the oldest entry first when ``cache`` holds ``most``."""
+    if len(cache) >= most:
+        del cache[next(iter(cache))]
+    cache[key] = value
 
 
 def prefill_program(prog: Program, prompt_len: int, sequences: int = 1) -> BatchedProgram:

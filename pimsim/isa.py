@@ -794,17 +794,27 @@ def _build_v_write_items(vl: VLayout, c: int, k: int, col: int) -> np.ndarray:
 def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
     """Write the new token's key (row-major: its key chunks into one bank's row slot) and value
     (column-major: one element into every value neuron's row, at column pos // 16)."""
-    g = kl.geo
-    ch, bank, slot = (int(v) for v in kl.locate(pos))
-    vm = vl.matrix
-    k = pos // vm.chunk_elems
-    col = (pos % vm.chunk_elems) // g.col_elems
-    out = [_v_write_items(vl, c, k, col) for c in range(g.channels)]
-    k_items = _arr([(_WR, bank, kl.row_of(slot, j),
-                     _cdiv(len(kl.chunk_heads(j)) * kl.d_head, g.col_elems), 0)
-                    for j in range(kl.n_chunks)])
+    k, col = _v_write_place(vl, pos)
+    out = [_v_write_items(vl, c, k, col) for c in range(kl.geo.channels)]
+    ch, k_items = _k_write_items(kl, pos)
     out[ch] = np.concatenate([k_items, out[ch]])
     return out
+
+
+def _v_write_place(vl: VLayout, pos: int) -> tuple[int, int]:
+    """(row chunk, column) the value of the token at ``pos`` is written to in every neuron's row."""
+    ce = vl.matrix.chunk_elems
+    return pos // ce, (pos % ce) // vl.geo.col_elems
+
+
+def _k_write_items(kl: KLayout, pos: int) -> tuple[int, np.ndarray]:
+    """(channel, items) writing the key of the token at ``pos``: its key chunks into its bank's
+    row slot (they go before the channel's value writes)."""
+    g = kl.geo
+    ch, bank, slot = (int(v) for v in kl.locate(pos))
+    return ch, _arr([(_WR, bank, kl.row_of(slot, j),
+                      _cdiv(len(kl.chunk_heads(j)) * kl.d_head, g.col_elems), 0)
+                     for j in range(kl.n_chunks)])
 
 
 def _attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:
