@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pimsim.config import HwConfig
-from pimsim.decode import DecodeSimulator
+from pimsim.decode import DecodeSimulator, StepTable, StreamBuilder
 from pimsim.energy import EnergyReport
 from pimsim.errors import HardwareFitError, UserError
 from pimsim.generate import (
@@ -171,6 +171,8 @@ class BatchedProgram(Program):
         return pos
 
     def asic_elems(self, step: Step, pos) -> int:
+        if step.per_pos_elems == 0:
+            return step.n_elems
         return step.n_elems + step.per_pos_elems * sum(p + 1 for p in self.positions(pos))
 
     def _kv(self, b: int, step: Step) -> tuple:
@@ -264,6 +266,44 @@ class BatchedProgram(Program):
                    if s.matrix is not None and s.matrix.role != "v_cache")
 
 
+class BatchedSteps:
+    """What batched decode steps of one program on one config share from step to step, each
+    step still simulated from a fresh device state (:func:`run_batched` with ``reuse``):
+
+    * the :class:`BatchedProgram` of each batch size (its caches of per-position items) and
+      its :class:`~pimsim.decode.StreamBuilder` (the items that do not depend on the
+      positions, laid out once), for the ``sizes`` batch sizes used last;
+    * the timing kernels' memo of simulated units (:func:`~pimsim.timing.memo.new_memo`, of
+      ``memo_words`` words and ``memo_entries`` entries): an entry is the outcome of a unit of
+      items from a state, both relative to the state, so it is exact in any step of the config.
+      When it is full, further units are simulated (exact, not faster): :meth:`memo_usage`
+      says how full it is and how many units it could not keep (``dropped``)."""
+
+    def __init__(self, prog: Program, cfg: HwConfig, *, sizes: int = 4,
+                 memo_words: int = 1 << 25, memo_entries: int = 1 << 18):
+        from pimsim.timing.memo import new_memo
+
+        self.prog, self.cfg, self.sizes = prog, cfg, max(1, int(sizes))
+        self.max_batch = max_batch(prog)
+        self.memo = new_memo(memo_words, memo_entries)
+        self._by_size: dict[int, tuple[BatchedProgram, StreamBuilder, StepTable]] = {}
+
+    def program(self, batch: int) -> tuple[BatchedProgram, StreamBuilder, StepTable]:
+        """The batched program of ``batch`` sequences, its stream builder and step table."""
+        got = self._by_size.pop(batch, None)  # re-inserted: the dict is oldest-used first
+        if got is None:
+            bprog = BatchedProgram(self.prog, batch)
+            got = (bprog, StreamBuilder(bprog), StepTable(bprog, self.cfg))
+        _bounded_put(self._by_size, batch, got, self.sizes)
+        return got
+
+    def memo_usage(self) -> dict[str, int]:
+        """:func:`pimsim.timing.memo.memo_usage` of the shared memo."""
+        from pimsim.timing.memo import memo_usage
+
+        return memo_usage(self.memo)
+
+
 def _bounded_put(cache: dict, key, value, most: int) -> None:
     """``cache[key] = value``, dropping the oldest entry first when ``cache`` holds ``most``."""
     if len(cache) >= most:
@@ -297,7 +337,8 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                 n_tokens: int, schedule: str = "serial", fast: bool = True,
                 functional: Sequence[Executor] | None = None,
                 progress: Callable[[int], None] | None = None,
-                skip_prompt: bool = False, prefill: str = "token-by-token") -> RunReport:
+                skip_prompt: bool = False, prefill: str = "token-by-token",
+                reuse: BatchedSteps | None = None) -> RunReport:
     """Decode ``len(prompts)`` sequences together: each processes its prompt (``prefill``,
     :mod:`pimsim.prefill`: token by token, each prompt position one batched step over the
     sequences; or ``"batched"``, every sequence's every prompt token in one step, each
@@ -317,10 +358,20 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     a batched prefill's own step is ``extra["prefill"]`` (:func:`prefill_extra`); ``tokens`` one
     list per sequence (functional runs); energy per token (``per_token_j`` too) is a step's
     energy / B; ``ttft_ms`` the end of the step that generated the first tokens, ``tpot_ms``
-    the mean step time after it."""
+    the mean step time after it.
+
+    ``reuse`` (a :class:`BatchedSteps` of ``prog`` and ``cfg``; fast executor, decode steps):
+    take the batched program, its stream builder and the memo from it instead of making new
+    ones (the run still starts from a fresh device state: the same cycles, commands and energy)."""
     prefill = check_prefill(prefill)
     prompts = [list(p) for p in prompts]
-    bprog = BatchedProgram(prog, len(prompts))
+    streams = table = None
+    if reuse is not None:
+        if reuse.prog is not prog or reuse.cfg is not cfg or not fast:
+            raise ValueError("reuse: batched steps of this program and config, fast executor")
+        bprog, streams, table = reuse.program(len(prompts))
+    else:
+        bprog = BatchedProgram(prog, len(prompts))
     B = bprog.batch
     if functional is not None:
         if len(functional) != B:
@@ -337,7 +388,12 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     batched = prefill == "batched" and L > 1 and not skip_prompt
     pprog = prefill_program(prog, L, B) if batched else None
     t_wall = time.perf_counter()
-    sim = DecodeSimulator(pprog if batched else bprog, cfg, schedule=schedule, fast=fast)
+    if batched:
+        sim = DecodeSimulator(pprog, cfg, schedule=schedule, fast=fast,
+                              memo=reuse.memo if reuse is not None else True)
+    else:
+        sim = DecodeSimulator(bprog, cfg, schedule=schedule, fast=fast, streams=streams,
+                              step_table=table, memo=reuse.memo if reuse is not None else True)
     cost = _StepCost(sim)
     with_energy = cfg.energy is not None
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
@@ -430,7 +486,7 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                "batch": {"batch": B, "ms_per_step": ms_decode, "tokens_per_s": tps_decode,
                          "mac_bound_ms_per_step": bound_ms, "mac_bound": MAC_BOUND_FORMULA,
                          "weight_macs_per_sequence": bprog.weight_macs(),
-                         "max_batch": max_batch(prog),
+                         "max_batch": reuse.max_batch if reuse is not None else max_batch(prog),
                          "positions_last_step": list(ps)}})
 
 

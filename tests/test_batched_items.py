@@ -19,7 +19,7 @@ import pytest
 
 from pimsim.batch import BatchedProgram, max_batch, prefill_program
 from pimsim.config import load_config
-from pimsim.decode import DecodeSimulator
+from pimsim.decode import DecodeSimulator, StreamBuilder
 from pimsim.system import resolve
 from pimsim.timing.state import ST_REFRESHES
 from workloads.session import compile_model, system_programs
@@ -127,3 +127,28 @@ def test_a_step_from_the_fast_items_takes_the_cycles_of_the_reference_items(hw, 
                      sim.row_hits, sim.row_misses, int(sim.states.stats[:, ST_REFRESHES].sum())))
     assert runs[0] == runs[1]
     assert runs[0][4] > 0  # refreshes happened inside the steps
+
+
+def test_a_reused_stream_builder_holds_the_items_of_a_fresh_one():
+    """Regions that outgrow their room move to the end of the buffer: every segment still
+    holds the step's items at the new positions, as a builder made for them does."""
+    cfg = _cfg("aim-gddr6", 2)
+    prog = system_programs(compile_model("tiny", cfg), cfg)[0]
+    bprog = BatchedProgram(prog, 6)
+    reused = StreamBuilder(bprog)
+    moved = False
+    for ps in [(0,) * 6, (1, 1, 1, 0, 0, 0), (40, 41, 42, 43, 44, 45), (63,) * 6, (2,) * 6]:
+        lo_before = reused.seg_lo.copy()
+        items, lo, hi = reused.build(ps)
+        fresh = StreamBuilder(bprog)
+        f_items, f_lo, f_hi = fresh.build(ps)
+        assert np.array_equal(hi - lo, f_hi - f_lo)
+        for c in range(bprog.geo.channels):
+            for k in range(len(reused.pim_steps)):
+                assert np.array_equal(items[lo[c, k]:hi[c, k]], f_items[f_lo[c, k]:f_hi[c, k]])
+        assert np.array_equal(reused.seg_cls, fresh.seg_cls)
+        assert np.array_equal(reused.seg_bytes, fresh.seg_bytes)
+        assert np.array_equal(reused.seg_lead, fresh.seg_lead)
+        moved |= lo_before.any() and not np.array_equal(lo_before, lo)
+    assert moved
+

@@ -21,7 +21,11 @@ Three costs here:
   equal to a fresh simulation). A step with more decode sequences than the device's KV regions
   hold (:func:`pimsim.batch.max_batch`) runs as the fewest consecutive batched steps that fit,
   in order, of sizes as equal as possible (the earlier ones one larger; equal sizes from step to
-  step let the simulator reuse the weight items it built for that batch size). A prefill chunk
+  step let the simulator reuse the weight items it built for that batch size). The cost keeps
+  the batched programs of the last batch sizes, their streams and the timing kernels' memo of
+  simulated units from step to step (:class:`pimsim.batch.BatchedSteps`; each step still
+  starts from a fresh device state, and a test holds a step with a warm memo equal to one
+  simulated with nothing kept). A prefill chunk
   of ``n`` tokens costs ``n`` batch-1 steps, as in :class:`PimSerialCost`, after the decode
   step (prefill as one step is not a serving cost yet);
 * :class:`PimSerialCost` -- "PIM, no batching (sequences one after another)" (``--pim-cost
@@ -176,10 +180,13 @@ class PimBatchedCost(PimSerialCost):
 
     def __init__(self, compiled: Any, cfg: Any, *, schedule: str = "serial",
                  kv_capacity_tokens: int | None = None):
-        from pimsim.batch import max_batch
+        from pimsim.batch import BatchedSteps, max_batch
 
         super().__init__(compiled, cfg, schedule=schedule, kv_capacity_tokens=kv_capacity_tokens)
         self.max_batch = max_batch(self.programs[0])
+        # batched programs, their streams and the kernels' memo, kept from step to step
+        # (every step still simulated from a fresh device state: exact)
+        self.reuse = BatchedSteps(self.programs[0], cfg)
         # exact ordered positions -> (cycles, seconds, joules of the whole step)
         self._batch_memo: dict[tuple[int, ...], tuple[int, float, float | None]] = {}
         self.simulated_batch_steps = 0  # batched steps actually simulated (memo misses)
@@ -205,7 +212,8 @@ class PimBatchedCost(PimSerialCost):
             vocab = self.compiled.spec.vocab
             rep = run_system(self.programs, self.cfg, prompt=prompt_ids(key[0] + 1, vocab),
                              n_tokens=1, schedule=self.schedule, skip_prompt=True,
-                             batch_prompts=[prompt_ids(p + 1, vocab) for p in key])
+                             batch_prompts=[prompt_ids(p + 1, vocab) for p in key],
+                             batch_reuse=self.reuse)
             # the report's energy per token is the step's energy over the batch
             e = rep.energy["per_token_j"][0] * len(key) if rep.energy else None
             got = self._batch_memo[key] = (int(rep.cycles), rep.per_token_ms[0] / 1e3, e)
