@@ -152,3 +152,22 @@ def test_a_reused_stream_builder_holds_the_items_of_a_fresh_one():
         moved |= lo_before.any() and not np.array_equal(lo_before, lo)
     assert moved
 
+
+@pytest.mark.parametrize("order", ["pim-gpt", "reuse"])
+@pytest.mark.parametrize("gb_rows,acc", [(1, 1), (4, 4), (2, 1)])
+def test_batched_weight_items_are_the_loop_orders_items(order, gb_rows, acc):
+    """A batch's weight items, built once per distinct pass size and concatenated, are the
+    loop order's items for the batch (its passes one after the other)."""
+    from config_edit import with_
+
+    from pimsim.isa import _arr, _build_matvec_items
+
+    cfg = with_(load_config("pim-gpt"), pim__mapping=order, pim__accumulators_per_bank=acc,
+                pim__global_buffer_bytes=2048 * gb_rows)
+    prog = system_programs(compile_model("tiny", cfg), cfg)[0]
+    mats = [s.matrix for s in prog.steps if s.matrix is not None]
+    for m in mats[:3] + mats[-1:]:
+        for batch in (2, 5, 7):
+            built = _build_matvec_items(m, batch)
+            for ch in range(m.geo.channels):
+                assert np.array_equal(built[ch], _arr(m.strategy.items(m, ch, batch)))
