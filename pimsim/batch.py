@@ -32,7 +32,7 @@ import numpy as np
 
 from pimsim.accounting import TimeAccount
 from pimsim.config import HwConfig
-from pimsim.decode import DecodeSimulator
+from pimsim.decode import DecodeSimulator, StepTable, StreamBuilder
 from pimsim.energy import EnergyReport
 from pimsim.errors import HardwareFitError, UserError
 from pimsim.generate import (
@@ -42,7 +42,18 @@ from pimsim.generate import (
     check_run,
     tpot_ms,
 )
-from pimsim.isa import Program, Step, _attn_score_items, _attn_value_items, _kv_write_items, _matvec_items
+from pimsim.isa import (
+    ITEM_FIELDS,
+    Program,
+    Step,
+    _attn_score_items,
+    _attn_value_items,
+    _build_v_write_items,
+    _k_write_items,
+    _kv_write_items,
+    _matvec_items,
+    _v_write_place,
+)
 from pimsim.prefill import check_prefill, prefill_functional, prefill_positions, use_program
 from pimsim.report import RunReport, TimeTotals
 
@@ -141,6 +152,13 @@ class BatchedProgram(Program):
                 dataclasses.replace(vl, base_row=vl.base_row + shift))
                 if shift else (kl, vl) for kl, vl in prog.kv_layouts})
         self.seq_kv: list[dict[int, tuple]] = [region_kv[r] for r in regions]  # per vector
+        # per vector, the row offset of its region: region r's layouts are region 0's with
+        # base_row + shift, so its items are region 0's with every row (>= 0) + shift
+        shifts = [0 if r == 0 else top + (r - 1) * span - lo for r in range(n_regions)]
+        self.row_shift = np.array([shifts[r] for r in regions], np.int64)
+        self._seq_cache: dict[int, dict] = {}  # step index -> items key -> region-0 items
+        self._key_cache: dict[tuple[int, int], object] = {}  # (step index, pos) -> items key
+        self._v_cache: dict[int, dict] = {}  # step index -> (chunk, column) -> V writes
 
     def positions(self, pos) -> tuple[int, ...]:
         if isinstance(pos, (int, np.integer)):
@@ -151,12 +169,73 @@ class BatchedProgram(Program):
         return pos
 
     def asic_elems(self, step: Step, pos) -> int:
+        if step.per_pos_elems == 0:
+            return step.n_elems
         return step.n_elems + step.per_pos_elems * sum(p + 1 for p in self.positions(pos))
 
     def _kv(self, b: int, step: Step) -> tuple:
         return self.seq_kv[b][step.kv[0].layer]
 
     def pim_items(self, step: Step, pos) -> list[np.ndarray]:
+        """The step's items for the vectors at ``pos``: each vector's own items one vector
+        after the other, as :meth:`pim_items_reference` builds them, built once per distinct
+        (step, items key) from region 0's items and moved to each vector's region by adding
+        its row offset to every row (items of WR_GB / RD_MAC name no row: -1 stays)."""
+        ps = self.positions(pos)
+        if step.matrix is not None:
+            return _matvec_items(step.matrix, self.batch)
+        if step.op == "param_fetch":
+            return self.base.pim_items(step, ps[0])
+        if self.batch == 1:
+            return self.pim_items_reference(step, ps)
+        distinct, inv = np.unique(np.asarray(ps, np.int64), return_inverse=True)
+        seqs = [self._seq_items(step, int(p)) for p in distinct.tolist()]
+        shift = step.op in ("kv_write", "attn_score", "attn_value") and self.row_shift.any()
+        out = []
+        for c in range(self.geo.channels):
+            lens = np.array([len(a[c]) for a in seqs], np.int64)[inv]
+            arr = np.concatenate([seqs[i][c] for i in inv.tolist()]) if lens.any() else \
+                np.empty((0, ITEM_FIELDS), np.int64)
+            if shift:
+                rows = arr[:, 2]
+                rows += np.where(rows >= 0, np.repeat(self.row_shift, lens), 0)
+            out.append(arr)
+        return out
+
+    _SEQ_CACHE_KEYS = 64  # distinct items keys kept per step (oldest dropped first)
+
+    def _seq_items(self, step: Step, p: int) -> list[np.ndarray]:
+        """Region 0's items of one vector at ``p`` (the compiled program's, per channel),
+        cached per items key (a bounded number per step)."""
+        cache = self._seq_cache.setdefault(step.index, {})
+        key = self._base_key(step, p)
+        got = cache.get(key)
+        if got is None:
+            if step.op == "kv_write":
+                kl, vl = step.kv
+                k, col = _v_write_place(vl, p)
+                vcache = self._v_cache.setdefault(step.index, {})
+                v = vcache.get((k, col))
+                if v is None:
+                    v = [_build_v_write_items(vl, c, k, col) for c in range(self.geo.channels)]
+                    _bounded_put(vcache, (k, col), v, self._SEQ_CACHE_KEYS)
+                got = list(v)
+                ch, k_items = _k_write_items(kl, p)
+                got[ch] = np.concatenate([k_items, got[ch]])
+            else:
+                got = self.base.pim_items(step, p)
+            _bounded_put(cache, key, got, self._SEQ_CACHE_KEYS)
+        return got
+
+    def _base_key(self, step: Step, p: int):
+        got = self._key_cache.get((step.index, p))
+        if got is None:
+            got = self._key_cache[(step.index, p)] = self.base.items_key(step, p)
+        return got
+
+    def pim_items_reference(self, step: Step, pos) -> list[np.ndarray]:
+        """The step's items built vector by vector from each vector's own layouts (the
+        definition :meth:`pim_items` is held equal to)."""
         ps = self.positions(pos)
         if step.matrix is not None:
             return _matvec_items(step.matrix, self.batch)
@@ -177,12 +256,57 @@ class BatchedProgram(Program):
     def items_key(self, step: Step, pos):
         if step.matrix is not None or step.op == "param_fetch":
             return ()
-        return tuple(self.base.items_key(step, p) for p in self.positions(pos))
+        return tuple(self._base_key(step, p) for p in self.positions(pos))
 
     def weight_macs(self) -> int:
         """MACs of the weight matrix-vector products of one sequence's step."""
         return sum(s.matrix.out_dim * s.matrix.in_dim for s in self.base.steps
                    if s.matrix is not None and s.matrix.role != "v_cache")
+
+
+class BatchedSteps:
+    """What batched decode steps of one program on one config share from step to step, each
+    step still simulated from a fresh device state (:func:`run_batched` with ``reuse``):
+
+    * the :class:`BatchedProgram` of each batch size (its caches of per-position items) and
+      its :class:`~pimsim.decode.StreamBuilder` (the items that do not depend on the
+      positions, laid out once), for the ``sizes`` batch sizes used last;
+    * the timing kernels' memo of simulated units (:func:`~pimsim.timing.memo.new_memo`, of
+      ``memo_words`` words and ``memo_entries`` entries): an entry is the outcome of a unit of
+      items from a state, both relative to the state, so it is exact in any step of the config.
+      When it is full, further units are simulated (exact, not faster): :meth:`memo_usage`
+      says how full it is and how many units it could not keep (``dropped``)."""
+
+    def __init__(self, prog: Program, cfg: HwConfig, *, sizes: int = 4,
+                 memo_words: int = 1 << 25, memo_entries: int = 1 << 18):
+        from pimsim.timing.memo import new_memo
+
+        self.prog, self.cfg, self.sizes = prog, cfg, max(1, int(sizes))
+        self.max_batch = max_batch(prog)
+        self.memo = new_memo(memo_words, memo_entries)
+        self._by_size: dict[int, tuple[BatchedProgram, StreamBuilder, StepTable]] = {}
+
+    def program(self, batch: int) -> tuple[BatchedProgram, StreamBuilder, StepTable]:
+        """The batched program of ``batch`` sequences, its stream builder and step table."""
+        got = self._by_size.pop(batch, None)  # re-inserted: the dict is oldest-used first
+        if got is None:
+            bprog = BatchedProgram(self.prog, batch)
+            got = (bprog, StreamBuilder(bprog), StepTable(bprog, self.cfg))
+        _bounded_put(self._by_size, batch, got, self.sizes)
+        return got
+
+    def memo_usage(self) -> dict[str, int]:
+        """:func:`pimsim.timing.memo.memo_usage` of the shared memo."""
+        from pimsim.timing.memo import memo_usage
+
+        return memo_usage(self.memo)
+
+
+def _bounded_put(cache: dict, key, value, most: int) -> None:
+    """``cache[key] = value``, dropping the oldest entry first when ``cache`` holds ``most``."""
+    if len(cache) >= most:
+        del cache[next(iter(cache))]
+    cache[key] = value
 
 
 def prefill_program(prog: Program, prompt_len: int, sequences: int = 1) -> BatchedProgram:
@@ -211,7 +335,8 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                 n_tokens: int, schedule: str = "serial", fast: bool = True,
                 functional: Sequence[Executor] | None = None,
                 progress: Callable[[int], None] | None = None,
-                skip_prompt: bool = False, prefill: str = "token-by-token") -> RunReport:
+                skip_prompt: bool = False, prefill: str = "token-by-token",
+                reuse: BatchedSteps | None = None) -> RunReport:
     """Decode ``len(prompts)`` sequences together: each processes its prompt (``prefill``,
     :mod:`pimsim.prefill`: token by token, each prompt position one batched step over the
     sequences; or ``"batched"``, every sequence's every prompt token in one step, each
@@ -231,10 +356,20 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     a batched prefill's own step is ``extra["prefill"]`` (:func:`prefill_extra`); ``tokens`` one
     list per sequence (functional runs); energy per token (``per_token_j`` too) is a step's
     energy / B; ``ttft_ms`` the end of the step that generated the first tokens, ``tpot_ms``
-    the mean step time after it."""
+    the mean step time after it.
+
+    ``reuse`` (a :class:`BatchedSteps` of ``prog`` and ``cfg``; fast executor, decode steps):
+    take the batched program, its stream builder and the memo from it instead of making new
+    ones (the run still starts from a fresh device state: the same cycles, commands and energy)."""
     prefill = check_prefill(prefill)
     prompts = [list(p) for p in prompts]
-    bprog = BatchedProgram(prog, len(prompts))
+    streams = table = None
+    if reuse is not None:
+        if reuse.prog is not prog or reuse.cfg is not cfg or not fast:
+            raise ValueError("reuse: batched steps of this program and config, fast executor")
+        bprog, streams, table = reuse.program(len(prompts))
+    else:
+        bprog = BatchedProgram(prog, len(prompts))
     B = bprog.batch
     if functional is not None:
         if len(functional) != B:
@@ -251,7 +386,12 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     batched = prefill == "batched" and L > 1 and not skip_prompt
     pprog = prefill_program(prog, L, B) if batched else None
     t_wall = time.perf_counter()
-    sim = DecodeSimulator(pprog if batched else bprog, cfg, schedule=schedule, fast=fast)
+    if batched:
+        sim = DecodeSimulator(pprog, cfg, schedule=schedule, fast=fast,
+                              memo=reuse.memo if reuse is not None else True)
+    else:
+        sim = DecodeSimulator(bprog, cfg, schedule=schedule, fast=fast, streams=streams,
+                              step_table=table, memo=reuse.memo if reuse is not None else True)
     acct = TimeAccount(sim)
     with_energy = cfg.energy is not None
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
@@ -338,7 +478,7 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                "batch": {"batch": B, "ms_per_step": ms_decode, "tokens_per_s": tps_decode,
                          "mac_bound_ms_per_step": bound_ms, "mac_bound": MAC_BOUND_FORMULA,
                          "weight_macs_per_sequence": bprog.weight_macs(),
-                         "max_batch": max_batch(prog),
+                         "max_batch": reuse.max_batch if reuse is not None else max_batch(prog),
                          "positions_last_step": list(ps)}})
 
 
@@ -352,20 +492,21 @@ def prefill_extra(pprog: BatchedProgram, cfg: HwConfig, step_ms: float) -> dict:
 
 
 def step_cost(prog: Program, cfg: HwConfig, positions: Sequence[int],
-              kv_regions: Sequence[int], *, schedule: str = "serial",
-              fast: bool = True) -> tuple[int, float | None]:
+              kv_regions: Sequence[int], *, schedule: str = "serial", fast: bool = True,
+              memo: bool | np.ndarray = True) -> tuple[int, float | None]:
     """(cycles, joules of one device) of ONE batched step from a fresh device state: vector
     ``i`` at ``positions[i]`` in KV region ``kv_regions[i]`` (vectors of one region are tokens of
     one sequence, as in a prefill step; a region's positions below its vectors' are taken as
     already written). A prefill chunk of ``n`` tokens from position ``s`` is
     ``positions = s .. s+n-1`` in one region; a prefill step of several prompts, one region per
-    prompt. Joules None without an ``[energy]`` table."""
+    prompt. Joules None without an ``[energy]`` table. ``memo``: a kernel memo array kept from
+    step to step (:class:`BatchedSteps`; exact), or True for a fresh one."""
     positions = tuple(int(p) for p in positions)
     n_ctx = int(prog.dims["n_ctx"])
     if not positions or min(positions) < 0 or max(positions) >= n_ctx:
         raise ValueError(f"positions {positions[:4]}..: give 1+ positions in 0..{n_ctx - 1}")
     bprog = BatchedProgram(prog, len(positions), kv_regions=kv_regions)
-    sim = DecodeSimulator(bprog, cfg, schedule=schedule, fast=fast)
+    sim = DecodeSimulator(bprog, cfg, schedule=schedule, fast=fast, memo=memo)
     meter = TokenEnergy(sim) if cfg.energy is not None else None
     if meter is not None:
         meter.begin()

@@ -130,7 +130,9 @@ class StreamBuilder:
 
     Items that do not depend on the position are built once and stay in place; a
     position-dependent step's region is rewritten only when its items change (regions have
-    room to grow; the buffer is laid out again when one outgrows its room). ``build`` returns
+    room to grow; a region that outgrows its room moves to the end of the buffer, with room
+    for half as many items again; where a region lies does not change what its items
+    do). ``build`` returns
     the item buffer and each region's used span ``[seg_lo, seg_hi)``; ``seg_bytes`` holds the
     bytes each region moves across the link and ``seg_lead`` the input columns its first item
     needs (:func:`pimsim.link.transfer_bytes`, :func:`pimsim.link.lead_columns`)."""
@@ -150,6 +152,7 @@ class StreamBuilder:
         self.seg_lo = np.zeros((self.n_ch, n_seg), np.int64)
         self.seg_hi = np.zeros((self.n_ch, n_seg), np.int64)
         self.items = np.empty((0, ITEM_FIELDS), np.int64)
+        self._end = 0  # items in use by regions (the buffer may be longer)
         self.seg_cls = np.zeros((self.n_ch, n_seg), np.int64)  # see kernel.segment_classes
         self.seg_bytes = np.zeros((self.n_ch, n_seg), np.int64)
         self.seg_lead = np.zeros((self.n_ch, n_seg), np.int64)  # pimsim.link.lead_columns
@@ -167,17 +170,19 @@ class StreamBuilder:
                     arrs = self.prog.pim_items(s, pos)
                     self._keys[k] = key
             per_step.append(arrs)
+        if any(last is None for last in self._last):  # the first build: lay every region out
+            self._layout(per_step)
+            self._last = per_step
+            return self.items, self.seg_lo, self.seg_hi
         writes = []
         for k, arrs in enumerate(per_step):
             last = self._last[k]
             if arrs is last:
                 continue
             for c in range(self.n_ch):
-                if last is None or arrs[c] is not last[c]:
+                if arrs[c] is not last[c]:
                     if len(arrs[c]) > self.cap[c, k]:
-                        self._layout(per_step)
-                        self._last = per_step
-                        return self.items, self.seg_lo, self.seg_hi
+                        self._move_to_end(c, k, len(arrs[c]))
                     writes.append((c, k, arrs[c]))
         for c, k, a in writes:
             lo = self.seg_lo[c, k]
@@ -191,6 +196,19 @@ class StreamBuilder:
         self._last = per_step
         return self.items, self.seg_lo, self.seg_hi
 
+    def _move_to_end(self, c: int, k: int, n: int) -> None:
+        """Give region (``c``, ``k``) room for ``n`` items and half as many again at the end of
+        the buffer (grown by doubling); its old room is left unused."""
+        room = n + n // 2 + 16
+        need = self._end + room
+        if need > len(self.items):
+            grown = np.zeros((max(need, 2 * len(self.items)), ITEM_FIELDS), np.int64)
+            grown[:self._end] = self.items[:self._end]
+            self.items = grown
+        self.seg_lo[c, k] = self._end
+        self.cap[c, k] = room
+        self._end = need
+
     def _layout(self, per_step: list[list[np.ndarray]]) -> None:
         n_seg = len(per_step)
         for k, s in enumerate(self.pim_steps):
@@ -200,7 +218,8 @@ class StreamBuilder:
                 self.cap[c, k] = max(self.cap[c, k], grow)
         lo = np.concatenate([[0], np.cumsum(self.cap.ravel())[:-1]]).reshape(self.cap.shape)
         self.seg_lo[:] = lo
-        self.items = np.zeros((int(self.cap.sum()), ITEM_FIELDS), np.int64)
+        self._end = int(self.cap.sum())
+        self.items = np.zeros((self._end, ITEM_FIELDS), np.int64)
         for k in range(n_seg):
             for c in range(self.n_ch):
                 a = per_step[k][c]
@@ -208,7 +227,6 @@ class StreamBuilder:
                 self.seg_hi[c, k] = lo[c, k] + len(a)
                 self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
                 self.seg_lead[c, k] = lead_columns(a)
-            self.seg_lead[c, k] = lead_columns(a)
         segment_classes(self.items, self.seg_lo, self.seg_hi, np.arange(n_seg, dtype=np.int64),
                         self.seg_cls)
 
@@ -232,11 +250,18 @@ class DecodeSimulator:
 
     def __init__(self, prog: Program, cfg: HwConfig, *, schedule: str = "serial",
                  fast: bool = True, log: bool = False, group: bool = True,
-                 memo: bool = True):
+                 memo: bool | np.ndarray = True, streams: StreamBuilder | None = None,
+                 step_table: StepTable | None = None):
         """``log`` keeps every issued command (SimPy executor only; see :meth:`command_log`).
         ``group`` (fast executor) simulates one channel of each group of channels with identical
         streams and equivalent states and copies its result to the others; ``memo`` (fast
-        executor) replays units of items simulated before from an equivalent state."""
+        executor) replays units of items simulated before from an equivalent state: True for a
+        memo of its own, or a memo array (:func:`~pimsim.timing.memo.new_memo`) shared with
+        other simulators of the same config (entries hold outcomes relative to the state they
+        start from, so they are exact for any simulator of that config). ``streams``: a
+        :class:`StreamBuilder` of ``prog`` to reuse (its items are a function of the positions
+        only; the device state starts fresh all the same); ``step_table``: a
+        :class:`StepTable` of ``prog`` and ``cfg`` to reuse."""
         if schedule not in ("serial", "overlap"):
             raise ValueError(f"schedule must be 'serial' or 'overlap', got {schedule!r}")
         if log and fast:
@@ -245,9 +270,16 @@ class DecodeSimulator:
         self.prog, self.cfg, self.schedule, self.fast = prog, cfg, schedule, fast
         self.group = group
         self.channels_run = 0  # channel segments the fast executor actually simulated
-        self.memo = new_memo() if fast and memo else NO_MEMO
-        self.steps = StepTable(prog, cfg)
-        self.streams = StreamBuilder(prog)
+        if not fast or memo is False:
+            self.memo = NO_MEMO
+        else:
+            self.memo = memo if isinstance(memo, np.ndarray) else new_memo()
+        if step_table is not None and (step_table.prog is not prog or step_table.cfg is not cfg):
+            raise ValueError("the step table was made for another program or config")
+        self.steps = step_table if step_table is not None else StepTable(prog, cfg)
+        if streams is not None and streams.prog is not prog:
+            raise ValueError("the stream builder was made for another program")
+        self.streams = streams if streams is not None else StreamBuilder(prog)
         self.tables = build_tables(cfg, fast=fast)
         self.states = ChannelStates(cfg, prog.geo.channels, self.tables)
         self.link_lat = link_latency_cyc(cfg)

@@ -541,8 +541,17 @@ def _matvec_items(m: MatrixLayout, batch: int = 1) -> list[np.ndarray]:
 
 def _build_matvec_items(m: MatrixLayout, batch: int = 1) -> list[np.ndarray]:
     """Per channel, the items of ``m``'s loop order for ``batch`` sequences (static for a
-    given layout and batch)."""
-    return [_arr(m.strategy.items(m, ch, batch)) for ch in range(m.geo.channels)]
+    given layout and batch): for a batch, the items of its passes one after the other
+    (:meth:`MatvecOrder.pass_items`), each distinct pass size built once."""
+    st = m.strategy
+    if batch == 1:
+        return [_arr(st.items(m, ch, batch)) for ch in range(m.geo.channels)]
+    sizes = [len(p) for p in st.batch_passes(m, batch)]
+    out = []
+    for ch in range(m.geo.channels):
+        built = {n: _arr(st.pass_items(m, ch, n)) for n in set(sizes)}
+        out.append(np.concatenate([built[n] for n in sizes]))
+    return out
 
 
 def _fills(n_chunks: int, cols_of_chunk, chunk_cols: int, gb_cols: int) -> tuple:
@@ -607,6 +616,11 @@ class MatvecOrder:
             return m.fills
         return _fills(m.n_chunks, m.cols_of_chunk, m.chunk_cols, m.chunk_cols)
 
+    def pass_items(self, m: MatrixLayout, ch: int, n_seq: int) -> list[tuple]:
+        """Items of channel ``ch`` for one pass of ``n_seq`` sequences (:meth:`batch_passes`):
+        :meth:`items` of a batch is its passes' items one after the other."""
+        raise NotImplementedError
+
     def reads_per_neuron(self, m: MatrixLayout) -> int:
         raise NotImplementedError
 
@@ -644,8 +658,11 @@ class PimGptOrder(MatvecOrder):
                     out.append((_RD_MAC, -1, -1, len(grp), 0))
             return out
         for seqs in self.batch_passes(m, batch):
-            out += self._batched_pass(m, ch, len(seqs))
+            out += self.pass_items(m, ch, len(seqs))
         return out
+
+    def pass_items(self, m, ch, n_seq):
+        return self._batched_pass(m, ch, n_seq) if m.slots(ch) else []
 
     def _batched_pass(self, m, ch, n_seq):
         """One pass of ``n_seq`` sequences: per fill (each sequence's piece written into the
@@ -716,8 +733,11 @@ class ReuseOrder(MatvecOrder):
                 out.append((_RD_MAC, -1, -1, len(grp), 0))
             return out
         for seqs in self.batch_passes(m, batch):
-            out += self._batched_pass(m, ch, len(seqs), n_slots)
+            out += self.pass_items(m, ch, len(seqs))
         return out
+
+    def pass_items(self, m, ch, n_seq):
+        return self._batched_pass(m, ch, n_seq, m.slots(ch))
 
     def batch_passes(self, m, batch):
         """As :meth:`MatvecOrder.batch_passes`, at most ``accumulators`` sequences a pass:
@@ -794,17 +814,27 @@ def _build_v_write_items(vl: VLayout, c: int, k: int, col: int) -> np.ndarray:
 def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
     """Write the new token's key (row-major: its key chunks into one bank's row slot) and value
     (column-major: one element into every value neuron's row, at column pos // 16)."""
-    g = kl.geo
-    ch, bank, slot = (int(v) for v in kl.locate(pos))
-    vm = vl.matrix
-    k = pos // vm.chunk_elems
-    col = (pos % vm.chunk_elems) // g.col_elems
-    out = [_v_write_items(vl, c, k, col) for c in range(g.channels)]
-    k_items = _arr([(_WR, bank, kl.row_of(slot, j),
-                     _cdiv(len(kl.chunk_heads(j)) * kl.d_head, g.col_elems), 0)
-                    for j in range(kl.n_chunks)])
+    k, col = _v_write_place(vl, pos)
+    out = [_v_write_items(vl, c, k, col) for c in range(kl.geo.channels)]
+    ch, k_items = _k_write_items(kl, pos)
     out[ch] = np.concatenate([k_items, out[ch]])
     return out
+
+
+def _v_write_place(vl: VLayout, pos: int) -> tuple[int, int]:
+    """(row chunk, column) the value of the token at ``pos`` is written to in every neuron's row."""
+    ce = vl.matrix.chunk_elems
+    return pos // ce, (pos % ce) // vl.geo.col_elems
+
+
+def _k_write_items(kl: KLayout, pos: int) -> tuple[int, np.ndarray]:
+    """(channel, items) writing the key of the token at ``pos``: its key chunks into its bank's
+    row slot (they go before the channel's value writes)."""
+    g = kl.geo
+    ch, bank, slot = (int(v) for v in kl.locate(pos))
+    return ch, _arr([(_WR, bank, kl.row_of(slot, j),
+                      _cdiv(len(kl.chunk_heads(j)) * kl.d_head, g.col_elems), 0)
+                     for j in range(kl.n_chunks)])
 
 
 def _attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:

@@ -66,7 +66,7 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
                progress: Callable[[int], None] | None = None,
                skip_prompt: bool = False,
                batch_prompts: Sequence[Sequence[int]] | None = None,
-               prefill: str = "token-by-token") -> RunReport:
+               prefill: str = "token-by-token", batch_reuse=None) -> RunReport:
     """Simulate a prompt and ``n_tokens`` greedy tokens on the system the programs describe
     (one program per pipeline stage), which must be ``cfg``'s ``[system]``
     (:func:`check_system`).
@@ -77,7 +77,8 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
 
     ``batch_prompts``: batched decode (:mod:`pimsim.batch`) of one sequence per prompt
     (``prompt`` is then unused, ``functional`` one executor per sequence); a system of one
-    stage only."""
+    stage only. ``batch_reuse``: a :class:`pimsim.batch.BatchedSteps` of the program for the
+    batched run (``run_batched``'s ``reuse``)."""
     from pimsim.prefill import check_prefill
 
     prefill = check_prefill(prefill)
@@ -96,7 +97,8 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
 
         rep = run_batched(programs[0], cfg, prompts=batch_prompts, n_tokens=n_tokens,
                           schedule=schedule, fast=fast, functional=functional,
-                          progress=progress, skip_prompt=skip_prompt, prefill=prefill)
+                          progress=progress, skip_prompt=skip_prompt, prefill=prefill,
+                          reuse=batch_reuse)
         return _one_stage(rep, tp, len(batch_prompts))
     if pp == 1 and prefill == "batched":  # a batched step of one sequence, then its decode
         from pimsim.batch import run_batched

@@ -396,3 +396,39 @@ def test_batched_prefill_serving_gives_the_first_token_after_its_prefill_step(ti
         serve(tiny, num_prompts=1, pim_cost="serial", prefill="batched")
     with pytest.raises(UserError, match="prefill 'chunky'"):
         serve(tiny, num_prompts=1, prefill="chunky")
+
+
+def test_pim_batched_steps_reusing_programs_and_a_warm_memo_are_fresh_simulations():
+    """The batched cost keeps the batched programs, their streams and the kernels' memo from
+    step to step (pimsim.batch.BatchedSteps); every step starts from a fresh device state, so
+    its cycles, commands and energy are those of a simulation with nothing kept, on aim-gddr6
+    under tensor parallelism with refresh on; so are a memo too small to keep every unit's
+    outcome (units it drops are simulated) and a repeated step replayed entirely from the memo."""
+    from pimsim.batch import BatchedSteps
+    from pimsim.generate import prompt_ids
+    from pimsim.pipeline import run_system
+
+    cfg = session.hw_config("aim-gddr6", devices=2).with_refresh(True)
+    c = session.compile_model("tiny", cfg)
+    prog = session.system_programs(c, cfg)[0]
+    warm, small = BatchedSteps(prog, cfg), BatchedSteps(prog, cfg, memo_words=2048, memo_entries=8)
+
+    def run(key, reuse=None):
+        return run_system([prog], cfg, prompt=prompt_ids(key[0] + 1, 256), n_tokens=1,
+                          skip_prompt=True, batch_prompts=[prompt_ids(p + 1, 256) for p in key],
+                          batch_reuse=reuse)
+
+    keys = [(3,) * 4 + (20,) * 4, (4,) * 4 + (21,) * 4, (60, 2, 2), (5,) * 4 + (22,) * 4,
+            (61, 3, 3), (3,) * 4 + (20,) * 4]
+    for i, key in enumerate(keys):
+        fresh = run(key)
+        before = warm.memo_usage()
+        for reuse in (warm, small):
+            got = run(key, reuse)
+            assert (got.cycles, got.per_token_ms, got.commands, got.row_hit_rate) == \
+                (fresh.cycles, fresh.per_token_ms, fresh.commands, fresh.row_hit_rate)
+            assert got.energy == fresh.energy
+        if i == len(keys) - 1:  # the first step again: every unit replayed
+            assert warm.memo_usage()["misses"] == before["misses"]
+            assert warm.memo_usage()["hits"] > before["hits"]
+    assert warm.memo_usage()["dropped"] == 0 and small.memo_usage()["dropped"] > 0

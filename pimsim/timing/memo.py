@@ -29,7 +29,7 @@ from pimsim.timing.tables import G_BUS, G_REFRESH
 # One flat int64 array holds the memo: a header, an open-addressing hash table of entry ids,
 # per-entry metadata (hash, offset, key length, value length), the entry words, and scratch.
 (M_HT, M_MAXE, M_CAP, M_N, M_USED, M_TAB, M_META, M_DAT, M_SCR, M_SCR_LEN, M_HITS,
- M_MISSES) = range(12)
+ M_MISSES, M_DROPPED) = range(13)
 M_HEADER = 16
 MEMO_BLOCK = 16  # stream items per block unit (units that are not pair runs)
 _NO_REF = -(1 << 50)  # key slot value: entry valid for any refresh time after its last command
@@ -49,6 +49,18 @@ def new_memo(capacity_words: int = 1 << 23, max_entries: int = 1 << 16,
     memo[M_SCR] = memo[M_DAT] + capacity_words
     memo[M_SCR_LEN] = scratch_words
     return memo
+
+
+def memo_usage(memo: np.ndarray) -> dict[str, int]:
+    """How full a memo is: entries and words used of their capacities, units replayed
+    (``hits``) and simulated (``misses``), and units not recorded because it was full
+    (``dropped``: those are simulated whenever they recur, exact but not faster)."""
+    if memo.shape[0] == 0:
+        return {}
+    return {"entries": int(memo[M_N]), "max_entries": int(memo[M_MAXE]),
+            "words": int(memo[M_USED]), "capacity_words": int(memo[M_CAP]),
+            "hits": int(memo[M_HITS]), "misses": int(memo[M_MISSES]),
+            "dropped": int(memo[M_DROPPED])}
 
 
 @cached_njit(inline="always")
@@ -189,7 +201,8 @@ def _memo_find(memo, k0, klen, h):
 def _memo_insert(memo, k0, klen, v0, vlen, h):
     e = memo[M_N]
     if e >= memo[M_MAXE] or memo[M_USED] + klen + vlen > memo[M_CAP]:
-        return  # full: later units are simulated (exact, just not faster)
+        memo[M_DROPPED] += 1  # full: later units are simulated (exact, just not faster)
+        return
     off = memo[M_DAT] + memo[M_USED]
     for i in range(klen):
         memo[off + i] = memo[k0 + i]

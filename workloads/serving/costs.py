@@ -21,7 +21,11 @@ Three costs here:
   equal to a fresh simulation). A step with more decode sequences than the device's KV regions
   hold (:func:`pimsim.batch.max_batch`) runs as the fewest consecutive batched steps that fit,
   in order, of sizes as equal as possible (the earlier ones one larger; equal sizes from step to
-  step let the simulator reuse the weight items it built for that batch size). The step's
+  step let the simulator reuse the weight items it built for that batch size). The cost keeps
+  the batched programs of the last batch sizes, their streams and the timing kernels' memo of
+  simulated units from step to step (:class:`pimsim.batch.BatchedSteps`; each step still
+  starts from a fresh device state, and a test holds a step with a warm memo equal to one
+  simulated with nothing kept). The step's
   prompt chunks then run as ONE batched prefill step (:meth:`PimBatchedCost.prefill_step`:
   chunk ``(s, n)`` is ``n`` vectors at positions ``s .. s+n-1`` in a KV region of their own,
   causal attention among them, :func:`pimsim.batch.step_cost`), or with ``prefill=
@@ -183,7 +187,7 @@ class PimBatchedCost(PimSerialCost):
 
     def __init__(self, compiled: Any, cfg: Any, *, schedule: str = "serial",
                  kv_capacity_tokens: int | None = None, prefill: str = "batched"):
-        from pimsim.batch import max_batch
+        from pimsim.batch import BatchedSteps, max_batch
 
         super().__init__(compiled, cfg, schedule=schedule, kv_capacity_tokens=kv_capacity_tokens)
         if prefill not in PREFILL_COSTS:
@@ -193,6 +197,9 @@ class PimBatchedCost(PimSerialCost):
         self.label = f"{PIM_BATCHED_LABEL}, {PREFILL_LABELS[prefill]}"
         self.decode_label = PIM_BATCHED_LABEL
         self.max_batch = max_batch(self.programs[0])
+        # batched programs, their streams and the kernels' memo, kept from step to step
+        # (every step still simulated from a fresh device state: exact)
+        self.reuse = BatchedSteps(self.programs[0], cfg)
         # exact ordered positions -> (cycles, seconds, joules of the whole step)
         self._batch_memo: dict[tuple[int, ...], tuple[int, float, float | None]] = {}
         self._prefill_memo: dict[tuple[tuple[int, int], ...], tuple[int, float, float | None]] = {}
@@ -217,7 +224,7 @@ class PimBatchedCost(PimSerialCost):
             positions = [p for s, n in key for p in range(s, s + n)]
             regions = [r for r, (_, n) in enumerate(key) for _ in range(n)]
             cyc, j = step_cost(self.programs[0], self.cfg, positions, regions,
-                               schedule=self.schedule)
+                               schedule=self.schedule, memo=self.reuse.memo)
             e = j * self.devices if j is not None else None  # every device of the tp group
             got = self._prefill_memo[key] = (cyc, self.cfg.timing.ns(cyc) / 1e9, e)
             self.simulated_batch_steps += 1
@@ -244,7 +251,8 @@ class PimBatchedCost(PimSerialCost):
             vocab = self.compiled.spec.vocab
             rep = run_system(self.programs, self.cfg, prompt=prompt_ids(key[0] + 1, vocab),
                              n_tokens=1, schedule=self.schedule, skip_prompt=True,
-                             batch_prompts=[prompt_ids(p + 1, vocab) for p in key])
+                             batch_prompts=[prompt_ids(p + 1, vocab) for p in key],
+                             batch_reuse=self.reuse)
             # the report's energy per token is the step's energy over the batch
             e = rep.energy["per_token_j"][0] * len(key) if rep.energy else None
             got = self._batch_memo[key] = (int(rep.cycles), rep.per_token_ms[0] / 1e3, e)
