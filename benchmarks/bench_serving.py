@@ -70,14 +70,20 @@ def plan(cost, reqs, sched) -> None:
 
     groups: set[tuple[int, ...]] = set()
     sizes: collections.Counter = collections.Counter()
-    n = {"steps": 0, "decode": 0, "prefill_tokens": 0, "positions": set()}
+    n = {"steps": 0, "decode": 0, "prefill_tokens": 0, "positions": set(), "prefill": set()}
+    batched_prefill = getattr(cost, "prefill", "token-by-token") == "batched"
 
     def record(decode, chunks):
         n["steps"] += 1
         n["decode"] += len(decode)
         for s, k in chunks:
             n["prefill_tokens"] += k
-            n["positions"].update(range(s, s + k))
+            if not batched_prefill:
+                n["positions"].update(range(s, s + k))
+        if batched_prefill and chunks:
+            ch = [tuple(c) for c in chunks]
+            for i in range(0, len(ch), cost.max_batch):
+                n["prefill"].add(tuple(ch[i:i + cost.max_batch]))
         if isinstance(cost, PimBatchedCost):
             for g in cost.groups(decode):
                 if g not in groups:
@@ -87,9 +93,11 @@ def plan(cost, reqs, sched) -> None:
             n["positions"].update(decode)
 
     simulate_serving(reqs, _PlanCost(cost, record), sched)
+    how = (f"batched prefill: {len(n['prefill'])} distinct prefill steps to simulate"
+           if batched_prefill else f"token by token: {len(n['positions'])} distinct batch-1 "
+                                   f"positions to simulate")
     print(f"schedule: {n['steps']} steps, {n['decode']:,} decode sequence-steps, "
-          f"{n['prefill_tokens']:,} prompt tokens (token by token: {len(n['positions'])} distinct "
-          f"batch-1 positions to simulate)")
+          f"{n['prefill_tokens']:,} prompt tokens ({how})")
     if groups:
         seqs = sum(k * v for k, v in sizes.items())
         print(f"  batched decode steps to simulate: {len(groups)} distinct position tuples, "
@@ -110,6 +118,8 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
     ap.add_argument("--pim-cost", choices=["batched", "serial"], default="batched")
+    ap.add_argument("--prefill", choices=["batched", "token-by-token"], default=None,
+                    help="PIM prefill with the batched cost (default batched)")
     ap.add_argument("--gpu", default="H100")
     ap.add_argument("--gpu-tp", type=int, default=1)
     ap.add_argument("--plan", action="store_true", help="print the schedule only")
@@ -123,7 +133,7 @@ def main() -> None:
     cfg = session.hw_config(a.hw, devices=a.devices)
     t = time.perf_counter()
     c = session.compile_model(a.model, cfg, context=a.context)
-    cost = pim_cost(a.pim_cost, c, cfg)
+    cost = pim_cost(a.pim_cost, c, cfg, prefill=a.prefill)
     print(f"{a.model} on {cfg.name} x {cfg.system.devices} devices (tp {cfg.system.tp}), "
           f"KV for {c.spec.n_ctx} tokens: compiled in {time.perf_counter() - t:.1f} s; "
           f"KV capacity {cost.kv_capacity_tokens:,} tokens"
