@@ -57,8 +57,8 @@ from pimsim.isa import (
 from pimsim.prefill import check_prefill, prefill_functional, prefill_positions, use_program
 from pimsim.report import RunReport, TimeTotals
 
-MAC_BOUND_FORMULA = ("B x weight MACs / (banks x MACs per bank per cycle); MACs per bank per "
-                     "cycle = MAC lanes per bank / nCCDL")
+MAC_BOUND_FORMULA = ("B x weight MACs / (PIM units x MACs per unit per cycle); PIM units = banks / "
+                     "banks_per_pim_unit, MACs per unit per cycle = MAC lanes / nCCDL")
 
 
 class BatchCapacityError(UserError, HardwareFitError):
@@ -323,12 +323,13 @@ def prefill_program(prog: Program, prompt_len: int, sequences: int = 1) -> Batch
 
 def mac_bound_cyc(prog: BatchedProgram, cfg: HwConfig) -> float:
     """The PIM device's MAC-rate bound on a batched step, in DRAM command cycles: ``B x weight
-    MACs / (banks x MACs per bank per cycle)``, a bank doing ``mac_lanes_per_bank`` MACs every
-    ``nCCDL`` cycles (one MAC_AB column; every bank counted, as the MAC_AB command serves
-    every bank of the channel at that rate). No schedule of the step can be faster."""
-    banks = prog.geo.channels * prog.geo.banks
-    per_bank_per_cyc = cfg.pim.mac_lanes_per_bank / cfg.timing.nCCDL
-    return prog.batch * prog.weight_macs() / (banks * per_bank_per_cyc)
+    MACs / (PIM units x MACs per unit per cycle)``, a unit (one per ``banks_per_pim_unit``
+    banks) doing ``mac_lanes_per_bank`` MACs every ``nCCDL`` cycles (one MAC_AB column; an
+    all-bank MAC command serves one bank of every unit, :mod:`pimsim.isa`). No schedule of the
+    step can be faster."""
+    units = prog.geo.channels * prog.geo.banks // cfg.pim.banks_per_pim_unit
+    per_unit_per_cyc = cfg.pim.mac_lanes_per_bank / cfg.timing.nCCDL
+    return prog.batch * prog.weight_macs() / (units * per_unit_per_cyc)
 
 
 def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]],

@@ -26,6 +26,14 @@ bank of a channel, that one all-bank MAC row computes together):
 Instruction streams (numpy form) are ``int64 [n, 5]`` items ``(cmd, bank, row, count, col0)`` in
 the DRAM/PIM command set of :mod:`pimsim.spec.commands`; the text form prints one instruction per
 line. Each PIM step runs on every channel and ends at a synchronisation point.
+
+PIM units shared by banks (``banks_per_unit`` = ``pim.banks_per_pim_unit`` > 1, Samsung HBM-PIM:
+one unit per two banks): a unit reads one bank's column per MAC, so an all-bank MAC command serves
+one bank of every unit - the banks ``b`` with ``b % banks_per_unit == p`` (HBM-PIM's even-bank and
+odd-bank operand reads). Every all-bank MAC item of the loop orders is then issued once per ``p``
+(item bank field ``p``, printed ``bank=p::u``; ``-1``, all banks, when every bank has its own
+unit), the same columns of the same open row, each bank's MACs in the same order: the numbers
+are the same, the schedule has ``banks_per_unit`` times the MAC commands.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ class Geometry:
     row_elems: int  # data elements per DRAM row
     col_elems: int  # data elements per column access (= MAC lanes per bank)
     elem_bytes: int
+    banks_per_unit: int = 1  # banks sharing one PIM unit (pim.banks_per_pim_unit)
 
 
 
@@ -497,8 +506,9 @@ class Program:
                 continue
             out.append(f"{st.index:4d} {st.name:<18} pim {st.op} deps=[{deps}]")
             for c, arr in enumerate(self.pim_items(st, pos)):
+                u = self.geo.banks_per_unit
                 for cmd, bank, row, count, col0 in arr.tolist():
-                    b = "*" if bank < 0 else str(bank)
+                    b = "*" if bank < 0 else (f"{bank}::{u}" if cmd == _MAC_AB and u > 1 else str(bank))
                     out.append(f"       ch{c} {COMMANDS[cmd].name:<6} bank={b} row={row} "
                                f"col={col0} n={count}")
         return "\n".join(out) + "\n"
@@ -516,6 +526,23 @@ class Program:
 
 def _arr(items: list[tuple]) -> np.ndarray:
     return np.array(items, np.int64).reshape(-1, ITEM_FIELDS)
+
+
+def _per_unit_bank(arr: np.ndarray, geo: Geometry) -> np.ndarray:
+    """With ``geo.banks_per_unit`` = u > 1 banks per PIM unit, every all-bank MAC item becomes u
+    items, bank field ``p`` = 0 .. u-1: the MACs of the banks ``b % u == p``, one bank of each
+    unit (the unit alternates between its banks). Other items, and u = 1, are unchanged."""
+    u = geo.banks_per_unit
+    if u == 1 or not arr.shape[0]:
+        return arr
+    mac = (arr[:, 0] == _MAC_AB) & (arr[:, 1] < 0)
+    if not mac.any():
+        return arr
+    out = np.repeat(arr, np.where(mac, u, 1), axis=0)
+    first = np.cumsum(np.where(mac, u, 1)) - np.where(mac, u, 1)  # each item's first copy
+    for p in range(u):
+        out[first[mac] + p, 1] = p
+    return out
 
 
 _LATEST: dict[tuple[str, int, int], tuple[object, tuple, object]] = {}
@@ -542,14 +569,15 @@ def _matvec_items(m: MatrixLayout, batch: int = 1) -> list[np.ndarray]:
 def _build_matvec_items(m: MatrixLayout, batch: int = 1) -> list[np.ndarray]:
     """Per channel, the items of ``m``'s loop order for ``batch`` sequences (static for a
     given layout and batch): for a batch, the items of its passes one after the other
-    (:meth:`MatvecOrder.pass_items`), each distinct pass size built once."""
+    (:meth:`MatvecOrder.pass_items`), each distinct pass size built once; banks sharing a PIM
+    unit take turns (:func:`_per_unit_bank`)."""
     st = m.strategy
     if batch == 1:
-        return [_arr(st.items(m, ch, batch)) for ch in range(m.geo.channels)]
+        return [_per_unit_bank(_arr(st.items(m, ch, batch)), m.geo) for ch in range(m.geo.channels)]
     sizes = [len(p) for p in st.batch_passes(m, batch)]
     out = []
     for ch in range(m.geo.channels):
-        built = {n: _arr(st.pass_items(m, ch, n)) for n in set(sizes)}
+        built = {n: _per_unit_bank(_arr(st.pass_items(m, ch, n)), m.geo) for n in set(sizes)}
         out.append(np.concatenate([built[n] for n in sizes]))
     return out
 
@@ -903,7 +931,7 @@ def _build_attn_score_items(kl: KLayout, ch: int, n_slots: int) -> np.ndarray:
                 for h, _ in fill:
                     mac(row, h)
             flush()
-    return _arr(items)
+    return _per_unit_bank(_arr(items), g)
 
 
 def _build_attn_value_items(vl: VLayout, ch: int, pos: int) -> np.ndarray:
@@ -956,4 +984,4 @@ def _build_attn_value_items(vl: VLayout, ch: int, pos: int) -> np.ndarray:
                         pending = 0
             if pending:
                 items.append((_RD_MAC, -1, -1, pending, 0))
-    return _arr(items)
+    return _per_unit_bank(_arr(items), g)

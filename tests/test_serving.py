@@ -379,6 +379,12 @@ def test_batched_prefill_is_one_step_per_scheduler_step(tiny):
     tbt = PimBatchedCost(c, cfg, prefill="token-by-token")
     assert tbt.step([], [(0, 6)]).cycles == sum(tbt.position_step(p)[0] for p in range(6)) > cyc
     assert cost.step([4], [(0, 6)]).cycles == cost.batch_step((4,))[0] + cyc
+    # past prefill_step_vectors tokens a step's chunks run as consecutive batched steps
+    small = PimBatchedCost(c, cfg, prefill_step_vectors=4)
+    assert small.prefill_groups([(0, 6), (2, 3)]) == [[(0, 4)], [(4, 2)], [(2, 3)]]
+    assert small.prefill_groups([(0, 2), (5, 1), (0, 1)]) == [[(0, 2), (5, 1), (0, 1)]]
+    assert small.step([], [(0, 6)]).cycles == \
+        small.prefill_step([(0, 4)])[0] + small.prefill_step([(4, 2)])[0]
 
 
 def test_batched_prefill_serving_gives_the_first_token_after_its_prefill_step(tiny):

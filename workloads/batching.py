@@ -3,8 +3,8 @@
 :func:`scan_batches` simulates one model on one system at several batch sizes
 (:func:`workloads.session.simulate` with ``batch``, :mod:`pimsim.batch`) and returns a
 :class:`BatchScan`: per batch the time of a decode step, the tokens per second of all sequences
-(B / step time) and the MAC-rate bound of the step (B x weight MACs / (banks x MACs per bank
-per cycle)); the bound's ceiling on tokens/s (B / bound, the same for every B) and the batch at
+(B / step time) and the MAC-rate bound of the step (B x weight MACs / (PIM units x MACs per
+unit per cycle)); the bound's ceiling on tokens/s (B / bound, the same for every B) and the batch at
 which the measured tokens/s reach 95 % of the best measured (the saturation point).
 """
 
@@ -43,7 +43,7 @@ class BatchScan:
         lines.append(f"  saturates at B = {self.saturation_batch} ({SATURATION_SHARE:.0%} of the "
                      f"best {self.peak_tokens_per_s:,.1f} tokens/s); the MAC-rate bound allows "
                      f"{self.mac_bound_tokens_per_s:,.1f} tokens/s at any B (B x weight MACs / "
-                     f"(banks x MACs per bank per cycle))")
+                     f"(PIM units x MACs per unit per cycle))")
         return "\n".join(lines)
 
 

@@ -150,6 +150,10 @@ def cmd_compile(args) -> int:
         pos = min(c.spec.n_ctx - 1, AIM_TRACE_POS)
     session.check_context(args.model, c.spec.n_ctx, pos=pos)
     print(c.mapping.pretty() if args.mapping else c.summary(pos))
+    if not args.mapping:
+        from pimsim.peak import peak_rate
+
+        print(f"  peak MAC rate       {peak_rate(cfg).describe()}")
     if args.out:
         write_text(args.out, c.program.to_text(pos), OUTPUT_FILES["out"])
         print(f"  program text (position {pos}) written to {args.out}")

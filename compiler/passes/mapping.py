@@ -92,15 +92,18 @@ def geometry(cfg: HwConfig) -> Geometry:
     eb = _DTYPE_BYTES[cfg.pim.data_type]
     o = cfg.org
     return Geometry(channels=o.channels, banks=o.banks, rows=o.rows,
-                    row_elems=o.row_bytes // eb, col_elems=o.column_bytes // eb, elem_bytes=eb)
+                    row_elems=o.row_bytes // eb, col_elems=o.column_bytes // eb, elem_bytes=eb,
+                    banks_per_unit=cfg.pim.banks_per_pim_unit)
 
 
 def check_matvec_items(m: MatrixLayout, gb_cols: int, accumulators: int) -> None:
     """Replay ``m``'s items on every channel against the buffers they may use: every fill
     fits the global buffer, no MAC reads past the columns of the last fill, at most
     ``accumulators`` slots hold a partial sum at once and each RD_MAC batch reads exactly
-    those, every weight column of every slot is MAC'd exactly once, and every slot is read
-    out ``m.n_reads`` times. Raises MappingError naming the first violation."""
+    those, every weight column of every slot is MAC'd exactly once in every bank (with
+    ``banks_per_unit`` u > 1 banks per PIM unit, once per bank set ``b % u == p``, the item's
+    bank field ``p``), and every slot is read out ``m.n_reads`` times. Raises MappingError
+    naming the first violation."""
     from pimsim.isa import _build_matvec_items
     from pimsim.spec.commands import cmd_id
 
@@ -108,15 +111,16 @@ def check_matvec_items(m: MatrixLayout, gb_cols: int, accumulators: int) -> None
     for ch, arr in enumerate(_build_matvec_items(m)):
         n_slots = m.slots(ch)
         filled = 0
-        used: dict[int, int] = {}
+        used: dict[tuple[int, int], int] = {}
         live: list[int] = []
         reads = [0] * n_slots
-        seen = np.zeros((max(n_slots, 1), m.n_chunks, m.chunk_cols), np.int64)
+        u = m.geo.banks_per_unit
+        seen = np.zeros((u, max(n_slots, 1), m.n_chunks, m.chunk_cols), np.int64)
 
         def bad(what: str, ch: int = ch) -> None:
             raise MappingError(f"{m.name} channel {ch} ({m.order} order): {what}")
 
-        for cmd, _bank, row, count, col0 in arr.tolist():
+        for cmd, bank, row, count, col0 in arr.tolist():
             if cmd == wr_gb:
                 if count > gb_cols:
                     bad(f"a fill of {count} columns, the global buffer holds {gb_cols}")
@@ -131,10 +135,13 @@ def check_matvec_items(m: MatrixLayout, gb_cols: int, accumulators: int) -> None
                     if len(live) > accumulators:
                         bad(f"{len(live)} slots accumulate at once, a bank has {accumulators} "
                             f"accumulator(s)")
-                seen[s, k, col0:col0 + count] += 1
-                used[s] = used.get(s, 0) + count
-                if used[s] > filled:
-                    bad(f"slot {s} MACs {used[s]} columns after a fill of {filled}")
+                if (bank < 0) != (u == 1) or bank >= u:
+                    bad(f"MAC on bank field {bank} with {u} bank(s) per PIM unit")
+                p = max(bank, 0)
+                seen[p, s, k, col0:col0 + count] += 1
+                used[s, p] = used.get((s, p), 0) + count
+                if used[s, p] > filled:
+                    bad(f"slot {s} MACs {used[s, p]} columns after a fill of {filled}")
                 continue
             if cmd == rd_mac:
                 if count != len(live):
@@ -144,8 +151,8 @@ def check_matvec_items(m: MatrixLayout, gb_cols: int, accumulators: int) -> None
                 live = []
         full = np.zeros_like(seen)
         for k in range(m.n_chunks):
-            full[:, k, :m.cols_of_chunk(k)] = 1
-        if n_slots and not np.array_equal(seen[:n_slots], full[:n_slots]):
+            full[:, :, k, :m.cols_of_chunk(k)] = 1
+        if n_slots and not np.array_equal(seen[:, :n_slots], full[:, :n_slots]):
             bad("some weight columns are MAC'd more or less than once")
         if live or any(r != m.n_reads for r in reads):
             bad(f"slots read out {sorted(set(reads))} time(s), expected {m.n_reads}")

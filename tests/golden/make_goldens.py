@@ -17,6 +17,7 @@ Usage (from the repository root)::
     python tests/golden/make_goldens.py            # rewrite every golden
     python tests/golden/make_goldens.py --check    # compare, exit 1 on any difference
     python tests/golden/make_goldens.py --only tiny,gpt2-small --check
+    python tests/golden/make_goldens.py --hw hbm-pim   # rewrite only that config's goldens
 
 ``tests/test_goldens.py`` makes the same comparisons under pytest.
 """
@@ -170,8 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare instead of rewriting")
     ap.add_argument("--only", help="comma-separated presets (default: all)")
     ap.add_argument("--no-programs", action="store_true", help="skip the program-text cases")
+    ap.add_argument("--hw", help="comma-separated shipped configs (default: all); the other "
+                                 "configs' goldens are left as stored")
     args = ap.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
+    hws = args.hw.split(",") if args.hw else hw_names()
+    unknown = sorted(set(hws) - set(hw_names()))
+    if unknown:
+        ap.error(f"--hw: no shipped config {', '.join(unknown)}; known: {', '.join(hw_names())}")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -179,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     if not args.no_programs:
         for preset, hw in PROGRAM_CASES:
-            if only and preset not in only:
+            if (only and preset not in only) or hw.partition(":")[0] not in hws:
                 continue
             for fname, text in program_texts(preset, hw).items():
                 path = GOLDEN / fname
@@ -194,14 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     for model in all_models():
         if only and model not in only:
             continue
-        recs = model_records(model, hw_names(), log)
+        recs = model_records(model, hws, log)
         if args.check:
             for hw, rec in recs.items():
                 if stored.get(model, {}).get(hw) != json.loads(json.dumps(rec)):
                     bad += 1
                     log(f"DIFFERS: {model} on {hw}")
         else:
-            stored[model] = recs
+            stored[model] = {**stored.get(model, {}), **recs}
             PRESETS_JSON.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     if args.check:
         log("goldens match" if not bad else f"{bad} golden(s) differ")

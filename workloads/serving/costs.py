@@ -56,6 +56,12 @@ PIM_SERIAL_LABEL = "PIM, no batching (sequences one after another)"
 PIM_BATCHED_LABEL = "PIM, batched decode (shared row activations where buffer/accumulators allow)"
 PREFILL_LABELS = {"batched": "batched prefill (a step's prompt chunks as one batched step)",
                   "token-by-token": "token-by-token prefill"}
+# the most prompt tokens one simulated batched prefill step holds: the simulator keeps a step's
+# items in memory (about 13 MB a vector for llama2-7b on aim-gddr6 x 8), so more run as
+# consecutive batched steps ([assumed] a controller's step size; on the shipped devices the
+# global buffer holds far fewer vectors, so the weight rows are re-read per pass either way:
+# two 128-token chunks in one step cost 2.000x one)
+PREFILL_STEP_VECTORS = 256
 PREFILL_COSTS = ("batched", "token-by-token")  # serve's ``--prefill``; the first is the default
 PIM_COSTS = ("batched", "serial")  # what ``--pim-cost`` accepts; the first is the default
 
@@ -186,7 +192,8 @@ class PimBatchedCost(PimSerialCost):
     ``n`` batch-1 decode steps, PIM-GPT's and CENT's way)."""
 
     def __init__(self, compiled: Any, cfg: Any, *, schedule: str = "serial",
-                 kv_capacity_tokens: int | None = None, prefill: str = "batched"):
+                 kv_capacity_tokens: int | None = None, prefill: str = "batched",
+                 prefill_step_vectors: int = PREFILL_STEP_VECTORS):
         from pimsim.batch import BatchedSteps, max_batch
 
         super().__init__(compiled, cfg, schedule=schedule, kv_capacity_tokens=kv_capacity_tokens)
@@ -194,6 +201,7 @@ class PimBatchedCost(PimSerialCost):
             raise UserError(f"PIM prefill {prefill!r} is not known",
                             f"use one of {', '.join(PREFILL_COSTS)}")
         self.prefill = prefill
+        self.prefill_step_vectors = int(prefill_step_vectors)
         self.label = f"{PIM_BATCHED_LABEL}, {PREFILL_LABELS[prefill]}"
         self.decode_label = PIM_BATCHED_LABEL
         self.max_batch = max_batch(self.programs[0])
@@ -205,6 +213,23 @@ class PimBatchedCost(PimSerialCost):
         self._prefill_memo: dict[tuple[tuple[int, int], ...], tuple[int, float, float | None]] = {}
         self.simulated_batch_steps = 0  # batched steps actually simulated (memo misses)
         self.simulated_s = 0.0  # wall seconds spent simulating them
+
+    def prefill_groups(self, chunks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """The batched prefill steps a scheduler step's chunks run as, one after the other: each
+        chunk cut into pieces of at most :attr:`prefill_step_vectors` tokens (a piece continues
+        its sequence at its own positions), the pieces in order gathered into steps of at most
+        that many vectors and :attr:`max_batch` regions."""
+        cap = self.prefill_step_vectors
+        pieces = [(a, min(cap, s + n - a)) for s, n in chunks for a in range(s, s + n, cap)]
+        groups: list[list[tuple[int, int]]] = []
+        vec = 0
+        for p in pieces:
+            if not groups or vec + p[1] > cap or len(groups[-1]) == self.max_batch:
+                groups.append([])
+                vec = 0
+            groups[-1].append(p)
+            vec += p[1]
+        return groups
 
     def prefill_step(self, chunks: Sequence[tuple[int, int]]) -> tuple[int, float, float | None]:
         """(cycles, seconds, joules of the system) of ONE batched prefill step: chunk ``(s, n)``
@@ -277,9 +302,7 @@ class PimBatchedCost(PimSerialCost):
         _check_positions(decode_ctx_lens, prefill_chunks, self.n_ctx)
         parts = [self.batch_step(g) for g in self.groups(decode_ctx_lens)]
         if self.prefill == "batched":
-            chunks = list(prefill_chunks)
-            parts.extend(self.prefill_step(chunks[i:i + self.max_batch])
-                          for i in range(0, len(chunks), self.max_batch))
+            parts.extend(self.prefill_step(g) for g in self.prefill_groups(prefill_chunks))
         else:
             for s, n in prefill_chunks:
                 parts.extend(self.position_step(p) for p in range(s, s + n))
