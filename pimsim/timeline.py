@@ -41,7 +41,7 @@ from pimsim.isa import Program
 from pimsim.spec.commands import COMMANDS, ROW_NEEDS_OPEN, ROW_NEEDS_OPEN_THEN_CLOSES, ROW_OPENS, cmd_id
 from pimsim.timing.state import S_LOG_N
 
-PID_STEPS, PID_ASIC, PID_CHANNELS = 0, 1, 2
+PID_STEPS, PID_ASIC, PID_CHANNELS, PID_POWER = 0, 1, 2, 3
 
 _NAMES = [c.name for c in COMMANDS]
 _MACS = {cmd_id(n) for n in ("MAC_AB", "MAC_SB", "EWMUL")}
@@ -112,6 +112,10 @@ class _Builder:
         self.events.append({"name": name, "cat": cat, "ph": "X", "pid": pid, "tid": tid,
                             "ts": self.us(start), "dur": round((end - start) * self.tck_us, 6),
                             "args": args})
+
+    def counter(self, pid: int, name: str, cyc: int, value: float) -> None:
+        self.events.append({"name": name, "ph": "C", "pid": pid, "ts": self.us(cyc),
+                            "args": {name: round(float(value), 6)}})
 
     def meta(self, pid: int, tid: int | None, what: str, **args) -> None:
         ev = {"name": what, "ph": "M", "pid": pid, "args": args}
@@ -203,15 +207,53 @@ def _lanes(spans: list[tuple[int, int, int]]) -> list[int]:
     return lane
 
 
+def _power_tracks(b: _Builder, prog: Program, cfg: HwConfig, sim: DecodeSimulator, tt, logs,
+                  open_row0: np.ndarray, meter, bins: int) -> dict:
+    """Counter tracks ``power_W`` and ``open_banks`` (process "Power"); returns the otherData
+    entries (the token's energy by the engine's meter and by the series)."""
+    from pimsim.timeline_power import asic_step_pj, power_series
+
+    er = meter.end(tt)
+    asic = [(int(tt.step_start[s.index]), int(tt.step_end[s.index]),
+             asic_step_pj(cfg, s.op, prog.asic_elems(s, tt.pos))) for s in prog.steps
+            if s.kind == "asic"]
+    comm_steps = [s for s in prog.steps if s.kind == "comm"]
+    bits = {s.index: sim.steps.comm[s.index].wire_bits for s in comm_steps}
+    total_bits = sum(bits.values())
+    comm = [(int(tt.step_start[s.index]), int(tt.step_end[s.index]),
+             meter.comm_pj * bits[s.index] / total_bits) for s in comm_steps] if total_bits else []
+    ps = power_series(cfg, logs, open_row0, tt.start_cyc, tt.end_cyc, asic, comm, bins)
+    b.meta(PID_POWER, None, "process_name", name="Power")
+    b.meta(PID_POWER, None, "process_sort_index", sort_index=3)
+    edges = ps["edges_cyc"].tolist()
+    for name, vals in (("power_W", ps["power_w"]), ("open_banks", ps["open_banks"])):
+        vals = vals.tolist()
+        for st, v in zip(edges, vals):
+            b.counter(PID_POWER, name, st, v)
+        b.counter(PID_POWER, name, edges[-1], vals[-1])  # the last interval's end
+    return {"energy_j": er.total_j, "power_intervals": len(edges) - 1,
+            "power_interval_cycles": edges[1] - edges[0],
+            "power_series_energy_j": ps["energy_j"],
+            "mean_power_w": er.total_j / ((tt.end_cyc - tt.start_cyc) * cfg.tCK_ps * 1e-12)}
+
+
 def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "serial",
-                   warmup: int | None = None) -> dict:
+                   warmup: int | None = None, power_bins: int = 200) -> dict:
     """Chrome trace-event JSON object (``traceEvents``, ``displayTimeUnit``, ``otherData``) of
     the decode step at position ``pos``. ``warmup``: None simulates every earlier position first
-    (the state of a real run), N only the N previous ones."""
+    (the state of a real run), N only the N previous ones. With an ``[energy]`` table, counter
+    tracks give the device's power (``power_W``) and open banks in ``power_bins`` intervals."""
     n_ctx = prog.dims["n_ctx"]
     if not 0 <= pos < n_ctx:
         raise ValueError(f"position {pos} is outside the model's context 0..{n_ctx - 1}")
     sim = _warm_simulator(prog, cfg, pos, schedule, warmup)
+    open_row0 = sim.states.open_row.copy()
+    meter = None
+    if cfg.energy is not None:
+        from pimsim.generate import TokenEnergy
+
+        meter = TokenEnergy(sim)
+        meter.begin()
     tt, logs, marks = _run_logged(sim, pos)
     # a refresh that fell due in idle time before the token's first command is issued at its
     # due time, which may precede the token's start: the time origin is the earlier of the two
@@ -279,6 +321,10 @@ def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "s
                 args["bank"] = bank
             b.slice(PID_CHANNELS, c, _NAMES[cmd], st, en, _CATEGORY.get(cmd, "other"), args)
 
+    energy = {}
+    if meter is not None:
+        energy = _power_tracks(b, prog, cfg, sim, tt, logs, open_row0, meter, power_bins)
+
     return {
         "traceEvents": b.events,
         "displayTimeUnit": "ns",
@@ -290,6 +336,7 @@ def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "s
             "token_us": round((tt.end_cyc - tt.start_cyc) * b.tck_us, 6),
             "warmup_positions": pos if warmup is None else min(pos, int(warmup)),
             "commands": dict(sorted(n_cmds.items(), key=lambda kv: -kv[1])),
+            **energy,
             "time_unit": "ts/dur in microseconds of simulated time from origin_cycle (the "
                          "token's start, or an earlier refresh the token issued in idle time)",
         },

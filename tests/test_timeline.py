@@ -12,7 +12,7 @@ from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.decode import DecodeSimulator
 from pimsim.spec.commands import cmd_id
-from pimsim.timeline import PID_ASIC, PID_CHANNELS, PID_STEPS, token_timeline, write_timeline
+from pimsim.timeline import PID_ASIC, PID_CHANNELS, PID_POWER, PID_STEPS, token_timeline, write_timeline
 from workloads.models.resolve import resolve_model
 
 CFG = load_config("pim-gpt")
@@ -35,9 +35,13 @@ def check_trace(tr: dict) -> dict:
     names: dict[tuple, str] = {}
     tracks = defaultdict(list)
     for ev in tr["traceEvents"]:
-        assert ev["ph"] in ("X", "M"), ev
+        assert ev["ph"] in ("X", "M", "C"), ev
         assert isinstance(ev["name"], str) and ev["name"]
         assert isinstance(ev["pid"], int)
+        if ev["ph"] == "C":  # a counter sample: one numeric series named like the event
+            assert set(ev["args"]) == {ev["name"]} and ev["ts"] >= 0
+            assert isinstance(ev["args"][ev["name"]], (int, float))
+            continue
         if ev["ph"] == "M":
             assert ev["name"] in ("process_name", "thread_name", "process_sort_index",
                                   "thread_sort_index")
@@ -190,9 +194,49 @@ def test_cli_timeline(tmp_path, capsys):
     assert tr["otherData"]["token_cycles"] * rep["tCK_ps"] / 1e9 == pytest.approx(
         rep["per_token_ms"][-1])
     assert "timeline" in cap.err
+    # the power track's mean is the token energy the run reported, over the token's time
+    ts, watts = counter_series(tr, "power_W")
+    assert weighted_mean(ts, watts) * tr["otherData"]["token_us"] * 1e-6 == pytest.approx(
+        rep["energy"]["per_token_j"][-1], rel=0.01)
     out2 = tmp_path / "tl0.json"
     assert main(["run", "tiny", "--tokens", "2", "--no-progress", "--timeline", str(out2),
                  "--timeline-pos", "0"]) == 0
     assert json.loads(out2.read_text())["otherData"]["position"] == 0
     assert main(["run", "tiny", "--tokens", "1", "--no-progress", "--timeline", str(out2),
                  "--timeline-pos", "100000"]) == 2
+
+
+def counter_series(tr: dict, name: str) -> tuple[list[float], list[float]]:
+    ev = [e for e in tr["traceEvents"] if e["ph"] == "C" and e["name"] == name]
+    assert ev and all(e["pid"] == PID_POWER for e in ev)
+    return [e["ts"] for e in ev], [e["args"][name] for e in ev]
+
+
+def weighted_mean(ts: list[float], vals: list[float]) -> float:
+    """Time-weighted mean of a counter (each sample holds until the next)."""
+    assert all(b > a for a, b in zip(ts, ts[1:]))
+    return sum(v * (b - a) for a, b, v in zip(ts, ts[1:], vals)) / (ts[-1] - ts[0])
+
+
+@pytest.mark.parametrize("pos", [0, 5])
+def test_power_counter(programs, pos):
+    """The power track's time-weighted mean is the token's energy (the engine's meter) over its
+    time; the open-bank track stays within the banks there are."""
+    prog = programs["tiny"]
+    tr = token_timeline(prog, CFG, pos, power_bins=50)
+    check_trace(tr)
+    od = tr["otherData"]
+    ts, watts = counter_series(tr, "power_W")
+    assert od["power_intervals"] == len(ts) - 1 and 1 < len(ts) - 1 <= 50
+    tck_us = CFG.tCK_ps / 1e6
+    # the series spans the token, from its start to its end
+    assert ts[0] == pytest.approx((od["start_cycle"] - od["origin_cycle"]) * tck_us)
+    assert ts[-1] - ts[0] == pytest.approx(od["token_us"])
+    assert min(watts) > 0 and max(watts) > min(watts)  # background at least, and it varies
+    mean_w = weighted_mean(ts, watts)
+    assert mean_w == pytest.approx(od["energy_j"] / (od["token_us"] * 1e-6), rel=0.01)
+    assert od["power_series_energy_j"] == pytest.approx(od["energy_j"], rel=0.01)
+    _, banks = counter_series(tr, "open_banks")
+    n_banks = prog.geo.channels * CFG.org.banks
+    assert len(banks) == len(watts) and 0 <= min(banks) and max(banks) <= n_banks + 1e-9
+    assert max(banks) > 0
