@@ -30,6 +30,7 @@ previous positions (a fresh state before them), for long contexts.
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -344,12 +345,28 @@ def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "s
 
 
 def save_trace(path: str | Path, trace: dict) -> Path:
-    """Write a trace object as compact JSON (atomically, :func:`pimsim.outputs.atomic_write`)."""
+    """Write a trace object as compact JSON (atomically, :func:`pimsim.outputs.atomic_write`);
+    a path ending in ``.gz`` is written gzip-compressed (Perfetto opens ``.json.gz``), with no
+    time stamp in the gzip header, so the same trace gives the same bytes."""
     from pimsim.outputs import atomic_write
 
-    with atomic_write(path, "timeline file (--timeline)") as f:
-        json.dump(trace, f, separators=(",", ":"))
+    what = "timeline file (--timeline)"
+    if str(path).endswith(".gz"):
+        with atomic_write(path, what, "wb") as f, \
+                gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
+            gz.write(json.dumps(trace, separators=(",", ":")).encode())
+    else:
+        with atomic_write(path, what) as f:
+            json.dump(trace, f, separators=(",", ":"))
     return Path(path)
+
+
+def load_trace(path: str | Path) -> dict:
+    """A trace :func:`save_trace` wrote (gzip-compressed when the path ends in ``.gz``)."""
+    if str(path).endswith(".gz"):
+        with gzip.open(path, "rt") as f:
+            return json.load(f)
+    return json.loads(Path(path).read_text())
 
 
 def write_timeline(path: str | Path, prog: Program, cfg: HwConfig, pos: int, *,

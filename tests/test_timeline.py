@@ -12,7 +12,16 @@ from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.decode import DecodeSimulator
 from pimsim.spec.commands import cmd_id
-from pimsim.timeline import PID_ASIC, PID_CHANNELS, PID_POWER, PID_STEPS, token_timeline, write_timeline
+from pimsim.timeline import (
+    PID_ASIC,
+    PID_CHANNELS,
+    PID_POWER,
+    PID_STEPS,
+    load_trace,
+    save_trace,
+    token_timeline,
+    write_timeline,
+)
 from workloads.models.resolve import resolve_model
 
 CFG = load_config("pim-gpt")
@@ -240,3 +249,20 @@ def test_power_counter(programs, pos):
     n_banks = prog.geo.channels * CFG.org.banks
     assert len(banks) == len(watts) and 0 <= min(banks) and max(banks) <= n_banks + 1e-9
     assert max(banks) > 0
+
+
+def test_gzip_timeline(programs, tmp_path):
+    """A .gz path is written gzip-compressed, smaller, with the same trace inside, and the same
+    bytes each time."""
+    import gzip
+
+    tr = token_timeline(programs["tiny"], CFG, 1)
+    save_trace(tmp_path / "t.json", tr)
+    save_trace(tmp_path / "t.json.gz", tr)
+    raw, gz = (tmp_path / "t.json").read_bytes(), (tmp_path / "t.json.gz").read_bytes()
+    assert gz[:2] == b"\x1f\x8b" and len(gz) < len(raw) / 3
+    assert gzip.decompress(gz) == raw
+    assert load_trace(tmp_path / "t.json.gz") == load_trace(tmp_path / "t.json")
+    save_trace(tmp_path / "t.json.gz", tr)
+    assert (tmp_path / "t.json.gz").read_bytes() == gz
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file
