@@ -369,9 +369,55 @@ def load_trace(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def write_timeline(path: str | Path, prog: Program, cfg: HwConfig, pos: int, *,
-                   schedule: str = "serial", warmup: int | None = None) -> dict:
-    """:func:`token_timeline` written to ``path``; returns the trace object."""
-    trace = token_timeline(prog, cfg, pos, schedule=schedule, warmup=warmup)
+DEVICE_CHOICES = ("group", "all")
+_PIDS_PER_DEVICE = 4
+
+
+def system_timeline(programs: list[Program], cfg: HwConfig, pos: int, *, devices: str = "group",
+                    schedule: str = "serial", warmup: int | None = None,
+                    power_bins: int = 200) -> dict:
+    """The token's timeline on a system of pipeline stages (one program each) of ``tp``
+    devices: ``devices="group"`` shows one device of each tensor-parallel group (the devices of
+    a group run the same program), ``"all"`` every device. One device shown: the trace of
+    :func:`token_timeline` as it is; more: each device's processes under its own ids, named
+    "device D (stage S): ...". ``otherData.devices`` says which devices are shown."""
+    if devices not in DEVICE_CHOICES:
+        raise ValueError(f"devices {devices!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    tp, pp = max(programs[0].tp, 1), len(programs)
+    per_stage = tp if devices == "all" else 1
+    shown = [(s, d) for s in range(pp) for d in range(per_stage)]
+    info = {"shown": [s * tp + d for s, d in shown], "total": tp * pp, "tp": tp, "pp": pp,
+            "mode": devices,
+            "note": "every device" if per_stage == tp else
+            "one device of each tensor-parallel group (its devices run the same program)"}
+    stages = [token_timeline(p, cfg, pos, schedule=schedule, warmup=warmup, power_bins=power_bins)
+              for p in programs]
+    if len(shown) == 1:
+        stages[0]["otherData"]["devices"] = info
+        return stages[0]
+    events: list[dict] = []
+    for s, d in shown:
+        g = s * tp + d
+        for ev in stages[s]["traceEvents"]:
+            ev = dict(ev, pid=ev["pid"] + _PIDS_PER_DEVICE * g)
+            if ev["name"] == "process_name":
+                ev["args"] = {"name": f"device {g} (stage {s}): {ev['args']['name']}"}
+            elif ev["name"] == "process_sort_index":
+                ev["args"] = {"sort_index": ev["args"]["sort_index"] + _PIDS_PER_DEVICE * g}
+            events.append(ev)
+    other = dict(stages[0]["otherData"], devices=info)
+    if pp > 1:
+        other["stages"] = [st["otherData"] for st in stages]
+    return {"traceEvents": events, "displayTimeUnit": stages[0]["displayTimeUnit"],
+            "otherData": other}
+
+
+def write_timeline(path: str | Path, prog: Program | list[Program], cfg: HwConfig, pos: int, *,
+                   schedule: str = "serial", warmup: int | None = None,
+                   devices: str = "group") -> dict:
+    """:func:`system_timeline` of ``prog`` (one program, or one per pipeline stage) written to
+    ``path`` (gzip-compressed for a ``.gz`` path); returns the trace object."""
+    programs = prog if isinstance(prog, list) else [prog]
+    trace = system_timeline(programs, cfg, pos, devices=devices, schedule=schedule, warmup=warmup)
     save_trace(path, trace)
     return trace

@@ -266,3 +266,34 @@ def test_gzip_timeline(programs, tmp_path):
     save_trace(tmp_path / "t.json.gz", tr)
     assert (tmp_path / "t.json.gz").read_bytes() == gz
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file
+
+
+def test_system_timeline_devices(tmp_path, capsys):
+    """On tp 2 x pp 2, one device of each group by default (one per stage), every device with
+    --timeline-devices all; the metadata and the message say which."""
+    from workloads.cli import main
+
+    base = ["run", "tiny", "--devices", "4", "--tp", "2", "--pp", "2", "--tokens", "1",
+            "--no-progress", "--timeline"]
+    assert main(base + [str(tmp_path / "g.json.gz")]) == 0
+    err = capsys.readouterr().err
+    assert "2 of 4 devices" in err and "--timeline-devices all" in err
+    g = load_trace(tmp_path / "g.json.gz")
+    assert main(base + [str(tmp_path / "a.json"), "--timeline-devices", "all"]) == 0
+    assert "4 of 4 devices" in capsys.readouterr().err
+    a = load_trace(tmp_path / "a.json")
+    for tr, shown in ((g, [0, 2]), (a, [0, 1, 2, 3])):
+        dv = tr["otherData"]["devices"]
+        assert (dv["shown"], dv["total"], dv["tp"], dv["pp"]) == (shown, 4, 2, 2)
+        names = sorted(e["args"]["name"] for e in tr["traceEvents"] if e["name"] == "process_name")
+        assert names == sorted(f"device {d} (stage {d // 2}): {p}" for d in shown
+                               for p in ("PIM steps", "ASIC", "PIM channels", "Power"))
+        assert len({e["pid"] for e in tr["traceEvents"]}) == 4 * len(shown)
+        assert [st["position"] for st in tr["otherData"]["stages"]] == [0, 0]
+    # a group's devices run the same program: device 1 repeats device 0's events
+    def events(tr, dev):
+        return [(e["name"], e["ph"], e.get("ts"), e.get("dur")) for e in tr["traceEvents"]
+                if e["pid"] // 4 == dev and e["ph"] != "M"]
+    assert events(a, 1) == events(a, 0) == events(g, 0) and events(a, 2) == events(g, 2)
+    assert events(a, 2) != events(a, 0)  # the other stage's program
+    assert len(a["traceEvents"]) > len(g["traceEvents"])
