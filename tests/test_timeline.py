@@ -277,10 +277,10 @@ def test_system_timeline_devices(tmp_path, capsys):
             "--no-progress", "--timeline"]
     assert main(base + [str(tmp_path / "g.json.gz")]) == 0
     err = capsys.readouterr().err
-    assert "2 of 4 devices" in err and "--timeline-devices all" in err
+    assert "on 2 of 4 devices" in err and "--timeline-devices all" in err
     g = load_trace(tmp_path / "g.json.gz")
     assert main(base + [str(tmp_path / "a.json"), "--timeline-devices", "all"]) == 0
-    assert "4 of 4 devices" in capsys.readouterr().err
+    assert "on all 4 devices" in capsys.readouterr().err
     a = load_trace(tmp_path / "a.json")
     for tr, shown in ((g, [0, 2]), (a, [0, 1, 2, 3])):
         dv = tr["otherData"]["devices"]

@@ -206,9 +206,10 @@ def cmd_run(args) -> int:
             tr = write_timeline(args.timeline, c.programs, cfg, tl_pos, schedule=args.schedule,
                                 devices=args.timeline_devices)
         dv = tr["otherData"]["devices"]
-        shown = "" if dv["total"] == 1 else \
-            f" of {len(dv['shown'])} of {dv['total']} devices ({dv['note']}" + \
-            ("; --timeline-devices all for every device)" if dv["mode"] == "group" else ")")
+        shown = "" if len(dv["shown"]) == dv["total"] == 1 else \
+            f" on all {dv['total']} devices" if len(dv["shown"]) == dv["total"] else \
+            f" on {len(dv['shown'])} of {dv['total']} devices ({dv['note']}; " \
+            f"--timeline-devices all for every device)"
         print(f"  timeline of the token at position {tl_pos}{shown} ({len(tr['traceEvents']):,} "
               f"events) written to {args.timeline}: open it in ui.perfetto.dev", file=sys.stderr)
     return 0
