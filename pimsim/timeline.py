@@ -20,6 +20,12 @@ microseconds, from the token's start):
   Slices of one channel are made well nested or disjoint: a slice that would run into the next
   one ends where the next one starts (the command bus moved on), except a refresh, which keeps its
   nRFC and holds the channel-level commands the rules let through meanwhile.
+* process "Power" (with an ``[energy]`` table): counter tracks ``power_W`` (the device's power
+  per interval, :mod:`pimsim.timeline_power`) and ``open_banks``.
+
+On a system, :func:`system_timeline` shows one device of each tensor-parallel group (one per
+pipeline stage) or every device, each under its own process ids. A ``.gz`` path is written
+gzip-compressed.
 
 The DRAM state the token starts from (open rows, refresh phase, pending timing constraints) is
 that of a real run: by default every earlier position is simulated first with the fast executor
