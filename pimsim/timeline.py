@@ -20,6 +20,12 @@ microseconds, from the token's start):
   Slices of one channel are made well nested or disjoint: a slice that would run into the next
   one ends where the next one starts (the command bus moved on), except a refresh, which keeps its
   nRFC and holds the channel-level commands the rules let through meanwhile.
+* process "Power" (with an ``[energy]`` table): counter tracks ``power_W`` (the device's power
+  per interval, :mod:`pimsim.timeline_power`) and ``open_banks``.
+
+On a system, :func:`system_timeline` shows one device of each tensor-parallel group (one per
+pipeline stage) or every device, each under its own process ids. A ``.gz`` path is written
+gzip-compressed.
 
 The DRAM state the token starts from (open rows, refresh phase, pending timing constraints) is
 that of a real run: by default every earlier position is simulated first with the fast executor
@@ -30,6 +36,7 @@ previous positions (a fresh state before them), for long contexts.
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -41,7 +48,7 @@ from pimsim.isa import Program
 from pimsim.spec.commands import COMMANDS, ROW_NEEDS_OPEN, ROW_NEEDS_OPEN_THEN_CLOSES, ROW_OPENS, cmd_id
 from pimsim.timing.state import S_LOG_N
 
-PID_STEPS, PID_ASIC, PID_CHANNELS = 0, 1, 2
+PID_STEPS, PID_ASIC, PID_CHANNELS, PID_POWER = 0, 1, 2, 3
 
 _NAMES = [c.name for c in COMMANDS]
 _MACS = {cmd_id(n) for n in ("MAC_AB", "MAC_SB", "EWMUL")}
@@ -112,6 +119,10 @@ class _Builder:
         self.events.append({"name": name, "cat": cat, "ph": "X", "pid": pid, "tid": tid,
                             "ts": self.us(start), "dur": round((end - start) * self.tck_us, 6),
                             "args": args})
+
+    def counter(self, pid: int, name: str, cyc: int, value: float) -> None:
+        self.events.append({"name": name, "ph": "C", "pid": pid, "ts": self.us(cyc),
+                            "args": {name: round(float(value), 6)}})
 
     def meta(self, pid: int, tid: int | None, what: str, **args) -> None:
         ev = {"name": what, "ph": "M", "pid": pid, "args": args}
@@ -203,15 +214,53 @@ def _lanes(spans: list[tuple[int, int, int]]) -> list[int]:
     return lane
 
 
+def _power_tracks(b: _Builder, prog: Program, cfg: HwConfig, sim: DecodeSimulator, tt, logs,
+                  open_row0: np.ndarray, meter, bins: int) -> dict:
+    """Counter tracks ``power_W`` and ``open_banks`` (process "Power"); returns the otherData
+    entries (the token's energy by the engine's meter and by the series)."""
+    from pimsim.timeline_power import asic_step_pj, power_series
+
+    er = meter.end(tt)
+    asic = [(int(tt.step_start[s.index]), int(tt.step_end[s.index]),
+             asic_step_pj(cfg, s.op, prog.asic_elems(s, tt.pos))) for s in prog.steps
+            if s.kind == "asic"]
+    comm_steps = [s for s in prog.steps if s.kind == "comm"]
+    bits = {s.index: sim.steps.comm[s.index].wire_bits for s in comm_steps}
+    total_bits = sum(bits.values())
+    comm = [(int(tt.step_start[s.index]), int(tt.step_end[s.index]),
+             meter.comm_pj * bits[s.index] / total_bits) for s in comm_steps] if total_bits else []
+    ps = power_series(cfg, logs, open_row0, tt.start_cyc, tt.end_cyc, asic, comm, bins)
+    b.meta(PID_POWER, None, "process_name", name="Power")
+    b.meta(PID_POWER, None, "process_sort_index", sort_index=3)
+    edges = ps["edges_cyc"].tolist()
+    for name, vals in (("power_W", ps["power_w"]), ("open_banks", ps["open_banks"])):
+        vals = vals.tolist()
+        for st, v in zip(edges, vals):
+            b.counter(PID_POWER, name, st, v)
+        b.counter(PID_POWER, name, edges[-1], vals[-1])  # the last interval's end
+    return {"energy_j": er.total_j, "power_intervals": len(edges) - 1,
+            "power_interval_cycles": edges[1] - edges[0],
+            "power_series_energy_j": ps["energy_j"],
+            "mean_power_w": er.total_j / ((tt.end_cyc - tt.start_cyc) * cfg.tCK_ps * 1e-12)}
+
+
 def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "serial",
-                   warmup: int | None = None) -> dict:
+                   warmup: int | None = None, power_bins: int = 200) -> dict:
     """Chrome trace-event JSON object (``traceEvents``, ``displayTimeUnit``, ``otherData``) of
     the decode step at position ``pos``. ``warmup``: None simulates every earlier position first
-    (the state of a real run), N only the N previous ones."""
+    (the state of a real run), N only the N previous ones. With an ``[energy]`` table, counter
+    tracks give the device's power (``power_W``) and open banks in ``power_bins`` intervals."""
     n_ctx = prog.dims["n_ctx"]
     if not 0 <= pos < n_ctx:
         raise ValueError(f"position {pos} is outside the model's context 0..{n_ctx - 1}")
     sim = _warm_simulator(prog, cfg, pos, schedule, warmup)
+    open_row0 = sim.states.open_row.copy()
+    meter = None
+    if cfg.energy is not None:
+        from pimsim.generate import TokenEnergy
+
+        meter = TokenEnergy(sim)
+        meter.begin()
     tt, logs, marks = _run_logged(sim, pos)
     # a refresh that fell due in idle time before the token's first command is issued at its
     # due time, which may precede the token's start: the time origin is the earlier of the two
@@ -279,6 +328,10 @@ def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "s
                 args["bank"] = bank
             b.slice(PID_CHANNELS, c, _NAMES[cmd], st, en, _CATEGORY.get(cmd, "other"), args)
 
+    energy = {}
+    if meter is not None:
+        energy = _power_tracks(b, prog, cfg, sim, tt, logs, open_row0, meter, power_bins)
+
     return {
         "traceEvents": b.events,
         "displayTimeUnit": "ns",
@@ -290,6 +343,7 @@ def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "s
             "token_us": round((tt.end_cyc - tt.start_cyc) * b.tck_us, 6),
             "warmup_positions": pos if warmup is None else min(pos, int(warmup)),
             "commands": dict(sorted(n_cmds.items(), key=lambda kv: -kv[1])),
+            **energy,
             "time_unit": "ts/dur in microseconds of simulated time from origin_cycle (the "
                          "token's start, or an earlier refresh the token issued in idle time)",
         },
@@ -297,17 +351,79 @@ def token_timeline(prog: Program, cfg: HwConfig, pos: int, *, schedule: str = "s
 
 
 def save_trace(path: str | Path, trace: dict) -> Path:
-    """Write a trace object as compact JSON (atomically, :func:`pimsim.outputs.atomic_write`)."""
+    """Write a trace object as compact JSON (atomically, :func:`pimsim.outputs.atomic_write`);
+    a path ending in ``.gz`` is written gzip-compressed (Perfetto opens ``.json.gz``), with no
+    time stamp in the gzip header, so the same trace gives the same bytes."""
     from pimsim.outputs import atomic_write
 
-    with atomic_write(path, "timeline file (--timeline)") as f:
-        json.dump(trace, f, separators=(",", ":"))
+    what = "timeline file (--timeline)"
+    if str(path).endswith(".gz"):
+        with atomic_write(path, what, "wb") as f, \
+                gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
+            gz.write(json.dumps(trace, separators=(",", ":")).encode())
+    else:
+        with atomic_write(path, what) as f:
+            json.dump(trace, f, separators=(",", ":"))
     return Path(path)
 
 
-def write_timeline(path: str | Path, prog: Program, cfg: HwConfig, pos: int, *,
-                   schedule: str = "serial", warmup: int | None = None) -> dict:
-    """:func:`token_timeline` written to ``path``; returns the trace object."""
-    trace = token_timeline(prog, cfg, pos, schedule=schedule, warmup=warmup)
+def load_trace(path: str | Path) -> dict:
+    """A trace :func:`save_trace` wrote (gzip-compressed when the path ends in ``.gz``)."""
+    if str(path).endswith(".gz"):
+        with gzip.open(path, "rt") as f:
+            return json.load(f)
+    return json.loads(Path(path).read_text())
+
+
+DEVICE_CHOICES = ("group", "all")
+_PIDS_PER_DEVICE = 4
+
+
+def system_timeline(programs: list[Program], cfg: HwConfig, pos: int, *, devices: str = "group",
+                    schedule: str = "serial", warmup: int | None = None,
+                    power_bins: int = 200) -> dict:
+    """The token's timeline on a system of pipeline stages (one program each) of ``tp``
+    devices: ``devices="group"`` shows one device of each tensor-parallel group (the devices of
+    a group run the same program), ``"all"`` every device. One device shown: the trace of
+    :func:`token_timeline` as it is; more: each device's processes under its own ids, named
+    "device D (stage S): ...". ``otherData.devices`` says which devices are shown."""
+    if devices not in DEVICE_CHOICES:
+        raise ValueError(f"devices {devices!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    tp, pp = max(programs[0].tp, 1), len(programs)
+    per_stage = tp if devices == "all" else 1
+    shown = [(s, d) for s in range(pp) for d in range(per_stage)]
+    info = {"shown": [s * tp + d for s, d in shown], "total": tp * pp, "tp": tp, "pp": pp,
+            "mode": devices,
+            "note": "every device" if per_stage == tp else
+            "one device of each tensor-parallel group (its devices run the same program)"}
+    stages = [token_timeline(p, cfg, pos, schedule=schedule, warmup=warmup, power_bins=power_bins)
+              for p in programs]
+    if len(shown) == 1:
+        stages[0]["otherData"]["devices"] = info
+        return stages[0]
+    events: list[dict] = []
+    for s, d in shown:
+        g = s * tp + d
+        for ev in stages[s]["traceEvents"]:
+            ev = dict(ev, pid=ev["pid"] + _PIDS_PER_DEVICE * g)
+            if ev["name"] == "process_name":
+                ev["args"] = {"name": f"device {g} (stage {s}): {ev['args']['name']}"}
+            elif ev["name"] == "process_sort_index":
+                ev["args"] = {"sort_index": ev["args"]["sort_index"] + _PIDS_PER_DEVICE * g}
+            events.append(ev)
+    other = dict(stages[0]["otherData"], devices=info)
+    if pp > 1:
+        other["stages"] = [st["otherData"] for st in stages]
+    return {"traceEvents": events, "displayTimeUnit": stages[0]["displayTimeUnit"],
+            "otherData": other}
+
+
+def write_timeline(path: str | Path, prog: Program | list[Program], cfg: HwConfig, pos: int, *,
+                   schedule: str = "serial", warmup: int | None = None,
+                   devices: str = "group") -> dict:
+    """:func:`system_timeline` of ``prog`` (one program, or one per pipeline stage) written to
+    ``path`` (gzip-compressed for a ``.gz`` path); returns the trace object."""
+    programs = prog if isinstance(prog, list) else [prog]
+    trace = system_timeline(programs, cfg, pos, devices=devices, schedule=schedule, warmup=warmup)
     save_trace(path, trace)
     return trace

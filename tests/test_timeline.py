@@ -12,7 +12,16 @@ from compiler.pipeline import compile_model
 from pimsim.config import load_config
 from pimsim.decode import DecodeSimulator
 from pimsim.spec.commands import cmd_id
-from pimsim.timeline import PID_ASIC, PID_CHANNELS, PID_STEPS, token_timeline, write_timeline
+from pimsim.timeline import (
+    PID_ASIC,
+    PID_CHANNELS,
+    PID_POWER,
+    PID_STEPS,
+    load_trace,
+    save_trace,
+    token_timeline,
+    write_timeline,
+)
 from workloads.models.resolve import resolve_model
 
 CFG = load_config("pim-gpt")
@@ -35,9 +44,13 @@ def check_trace(tr: dict) -> dict:
     names: dict[tuple, str] = {}
     tracks = defaultdict(list)
     for ev in tr["traceEvents"]:
-        assert ev["ph"] in ("X", "M"), ev
+        assert ev["ph"] in ("X", "M", "C"), ev
         assert isinstance(ev["name"], str) and ev["name"]
         assert isinstance(ev["pid"], int)
+        if ev["ph"] == "C":  # a counter sample: one numeric series named like the event
+            assert set(ev["args"]) == {ev["name"]} and ev["ts"] >= 0
+            assert isinstance(ev["args"][ev["name"]], (int, float))
+            continue
         if ev["ph"] == "M":
             assert ev["name"] in ("process_name", "thread_name", "process_sort_index",
                                   "thread_sort_index")
@@ -190,9 +203,97 @@ def test_cli_timeline(tmp_path, capsys):
     assert tr["otherData"]["token_cycles"] * rep["tCK_ps"] / 1e9 == pytest.approx(
         rep["per_token_ms"][-1])
     assert "timeline" in cap.err
+    # the power track's mean is the token energy the run reported, over the token's time
+    ts, watts = counter_series(tr, "power_W")
+    assert weighted_mean(ts, watts) * tr["otherData"]["token_us"] * 1e-6 == pytest.approx(
+        rep["energy"]["per_token_j"][-1], rel=0.01)
     out2 = tmp_path / "tl0.json"
     assert main(["run", "tiny", "--tokens", "2", "--no-progress", "--timeline", str(out2),
                  "--timeline-pos", "0"]) == 0
     assert json.loads(out2.read_text())["otherData"]["position"] == 0
     assert main(["run", "tiny", "--tokens", "1", "--no-progress", "--timeline", str(out2),
                  "--timeline-pos", "100000"]) == 2
+
+
+def counter_series(tr: dict, name: str) -> tuple[list[float], list[float]]:
+    ev = [e for e in tr["traceEvents"] if e["ph"] == "C" and e["name"] == name]
+    assert ev and all(e["pid"] == PID_POWER for e in ev)
+    return [e["ts"] for e in ev], [e["args"][name] for e in ev]
+
+
+def weighted_mean(ts: list[float], vals: list[float]) -> float:
+    """Time-weighted mean of a counter (each sample holds until the next)."""
+    assert all(b > a for a, b in zip(ts, ts[1:]))
+    return sum(v * (b - a) for a, b, v in zip(ts, ts[1:], vals)) / (ts[-1] - ts[0])
+
+
+@pytest.mark.parametrize("pos", [0, 5])
+def test_power_counter(programs, pos):
+    """The power track's time-weighted mean is the token's energy (the engine's meter) over its
+    time; the open-bank track stays within the banks there are."""
+    prog = programs["tiny"]
+    tr = token_timeline(prog, CFG, pos, power_bins=50)
+    check_trace(tr)
+    od = tr["otherData"]
+    ts, watts = counter_series(tr, "power_W")
+    assert od["power_intervals"] == len(ts) - 1 and 1 < len(ts) - 1 <= 50
+    tck_us = CFG.tCK_ps / 1e6
+    # the series spans the token, from its start to its end
+    assert ts[0] == pytest.approx((od["start_cycle"] - od["origin_cycle"]) * tck_us)
+    assert ts[-1] - ts[0] == pytest.approx(od["token_us"])
+    assert min(watts) > 0 and max(watts) > min(watts)  # background at least, and it varies
+    mean_w = weighted_mean(ts, watts)
+    assert mean_w == pytest.approx(od["energy_j"] / (od["token_us"] * 1e-6), rel=0.01)
+    assert od["power_series_energy_j"] == pytest.approx(od["energy_j"], rel=0.01)
+    _, banks = counter_series(tr, "open_banks")
+    n_banks = prog.geo.channels * CFG.org.banks
+    assert len(banks) == len(watts) and 0 <= min(banks) and max(banks) <= n_banks + 1e-9
+    assert max(banks) > 0
+
+
+def test_gzip_timeline(programs, tmp_path):
+    """A .gz path is written gzip-compressed, smaller, with the same trace inside, and the same
+    bytes each time."""
+    import gzip
+
+    tr = token_timeline(programs["tiny"], CFG, 1)
+    save_trace(tmp_path / "t.json", tr)
+    save_trace(tmp_path / "t.json.gz", tr)
+    raw, gz = (tmp_path / "t.json").read_bytes(), (tmp_path / "t.json.gz").read_bytes()
+    assert gz[:2] == b"\x1f\x8b" and len(gz) < len(raw) / 3
+    assert gzip.decompress(gz) == raw
+    assert load_trace(tmp_path / "t.json.gz") == load_trace(tmp_path / "t.json")
+    save_trace(tmp_path / "t.json.gz", tr)
+    assert (tmp_path / "t.json.gz").read_bytes() == gz
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file
+
+
+def test_system_timeline_devices(tmp_path, capsys):
+    """On tp 2 x pp 2, one device of each group by default (one per stage), every device with
+    --timeline-devices all; the metadata and the message say which."""
+    from workloads.cli import main
+
+    base = ["run", "tiny", "--devices", "4", "--tp", "2", "--pp", "2", "--tokens", "1",
+            "--no-progress", "--timeline"]
+    assert main(base + [str(tmp_path / "g.json.gz")]) == 0
+    err = capsys.readouterr().err
+    assert "on 2 of 4 devices" in err and "--timeline-devices all" in err
+    g = load_trace(tmp_path / "g.json.gz")
+    assert main(base + [str(tmp_path / "a.json"), "--timeline-devices", "all"]) == 0
+    assert "on all 4 devices" in capsys.readouterr().err
+    a = load_trace(tmp_path / "a.json")
+    for tr, shown in ((g, [0, 2]), (a, [0, 1, 2, 3])):
+        dv = tr["otherData"]["devices"]
+        assert (dv["shown"], dv["total"], dv["tp"], dv["pp"]) == (shown, 4, 2, 2)
+        names = sorted(e["args"]["name"] for e in tr["traceEvents"] if e["name"] == "process_name")
+        assert names == sorted(f"device {d} (stage {d // 2}): {p}" for d in shown
+                               for p in ("PIM steps", "ASIC", "PIM channels", "Power"))
+        assert len({e["pid"] for e in tr["traceEvents"]}) == 4 * len(shown)
+        assert [st["position"] for st in tr["otherData"]["stages"]] == [0, 0]
+    # a group's devices run the same program: device 1 repeats device 0's events
+    def events(tr, dev):
+        return [(e["name"], e["ph"], e.get("ts"), e.get("dur")) for e in tr["traceEvents"]
+                if e["pid"] // 4 == dev and e["ph"] != "M"]
+    assert events(a, 1) == events(a, 0) == events(g, 0) and events(a, 2) == events(g, 2)
+    assert events(a, 2) != events(a, 0)  # the other stage's program
+    assert len(a["traceEvents"]) > len(g["traceEvents"])

@@ -207,9 +207,15 @@ def cmd_run(args) -> int:
         from pimsim.timeline import write_timeline
 
         with status(f"writing the timeline of position {tl_pos}", show):
-            tr = write_timeline(args.timeline, c.program, cfg, tl_pos, schedule=args.schedule)
-        print(f"  timeline of the token at position {tl_pos} ({len(tr['traceEvents']):,} events) "
-              f"written to {args.timeline}: open it in ui.perfetto.dev", file=sys.stderr)
+            tr = write_timeline(args.timeline, c.programs, cfg, tl_pos, schedule=args.schedule,
+                                devices=args.timeline_devices)
+        dv = tr["otherData"]["devices"]
+        shown = "" if len(dv["shown"]) == dv["total"] == 1 else \
+            f" on all {dv['total']} devices" if len(dv["shown"]) == dv["total"] else \
+            f" on {len(dv['shown'])} of {dv['total']} devices ({dv['note']}; " \
+            f"--timeline-devices all for every device)"
+        print(f"  timeline of the token at position {tl_pos}{shown} ({len(tr['traceEvents']):,} "
+              f"events) written to {args.timeline}: open it in ui.perfetto.dev", file=sys.stderr)
     return 0
 
 
@@ -554,8 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     system(r)
     context(r)
     r.add_argument("--timeline", metavar="FILE.json",
-                   help="write one token's activity (channels, ASIC, steps) as a Chrome trace "
-                        "(ui.perfetto.dev, chrome://tracing): the last generated token")
+                   help="write one token's activity (channels, ASIC, steps, power) as a Chrome "
+                        "trace (ui.perfetto.dev, chrome://tracing): the last generated token; "
+                        "FILE.json.gz is written gzip-compressed")
+    r.add_argument("--timeline-devices", choices=["group", "all"], default="group",
+                   help="devices --timeline shows on a system: one of each tensor-parallel group "
+                        "(default; a group's devices run the same program) or all")
     r.add_argument("--timeline-pos", type=int_in(0), metavar="POS",
                    help="position of the token --timeline shows (default: the last one)")
     r.set_defaults(func=cmd_run)
