@@ -70,6 +70,7 @@ def test_trace_json_is_one_document(capsys):
     assert doc["cycles"] > 0
 
 
+@pytest.mark.slow  # 42 s of subprocess runs; the cache checks of tests/test_bad_inputs.py run by default
 def test_cache_skips_the_compiler_and_torch(tmp_path):
     """A repeated timing run reads the compiled program from the cache: same output, no torch;
     --no-cache and an empty PIMSIM_CACHE_DIR write nothing; a damaged entry is recompiled."""
@@ -149,6 +150,7 @@ def test_cache_keys_by_file_content_and_every_config_value_but_refresh(tmp_path)
     assert cache.cache_key("tiny", cfg) == cache.cache_key("tiny", cfg.with_refresh(False))
 
 
+@pytest.mark.slow  # 16 s of subprocess runs
 def test_status_line_with_progress(tmp_path):
     """--progress shows a status line over the compile (stderr is not a terminal here)."""
     r = py(run_main(["compile", "tiny-wide", "--no-cache", "--progress"]))

@@ -241,6 +241,7 @@ def test_lowering_rejects_a_graph_that_is_no_decoder() -> None:
         lower_graph(g, load_config("pim-gpt"), name="mlp")
 
 
+@pytest.mark.slow  # 13 s; the smaller presets import by default
 def test_meta_gpt2_xl_imports_for_timing() -> None:
     """torch.export works on the meta device: gpt2-xl's shapes without materialising weights,
     lowered shapes only."""

@@ -100,6 +100,7 @@ def test_weights_are_seeded_and_hf_views_share_storage() -> None:
     assert abs(float(sa["model.norm.weight"].mean()) - 1.0) < 0.05
 
 
+@pytest.mark.slow  # 9 s dry run of the GPU measurement
 def test_dry_run_writes_well_formed_json(tmp_path: Path) -> None:
     out = tmp_path / "dry.json"
     assert main(["measure", "llama", "--dry-run", "--models", "tiny-llama-gqa", "--repeats", "2",

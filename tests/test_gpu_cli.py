@@ -113,6 +113,7 @@ def test_no_cuda_names_the_dry_run(monkeypatch: pytest.MonkeyPatch,
         assert "no CUDA device" in line and "--dry-run" in line
 
 
+@pytest.mark.slow  # 15 s dry run of the GPU measurement
 def test_measure_batched_dry_run_writes_the_schema(tmp_path: Path) -> None:
     out = tmp_path / "dry.json"
     pytest.importorskip("torch")

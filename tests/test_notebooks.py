@@ -62,7 +62,9 @@ def venv_kernel(tmp_path_factory):
     mp.undo()
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [  # design_space: 17 s, slow; the others run by default
+    pytest.param(p, marks=pytest.mark.slow) if p.stem == "design_space" else p for p in NOTEBOOKS],
+    ids=lambda p: p.stem)
 def test_notebook_runs(path, venv_kernel):
     from jupyter_client.kernelspec import KernelSpecManager
 

@@ -130,6 +130,7 @@ def test_all_reduce_step_costs_the_fabric_time_in_cycles(gqa):
 # ---------------------------------------------------------------- timing
 
 
+@pytest.mark.slow  # 18 s; tests/test_goldens.py holds every system config to the cycle
 def test_one_device_system_is_the_single_device_run_to_the_cycle(gqa):
     cfg = _cfg()
     c = _compiled(gqa, cfg)
@@ -393,6 +394,7 @@ def test_long_context_spreads_over_devices_and_attention_grows_with_position():
     assert slope_hi == pytest.approx(slope_lo, rel=0.15)
 
 
+@pytest.mark.slow  # 16 s: two subprocess compiles
 def test_context_flag_reserves_the_cache_and_refuses_past_learned_positions():
     r = subprocess.run([sys.executable, "-m", "workloads.cli", "compile", "gpt2-small",
                         "--context", "4096", "--no-progress"], capture_output=True, text=True,
