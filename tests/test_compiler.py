@@ -203,7 +203,9 @@ def compiled(pim_gpt, background: Background):
     return get
 
 
-@pytest.mark.parametrize("name", PRESETS8)
+@pytest.mark.parametrize("name", [  # the three largest (5-9 s each) are slow
+    pytest.param(n, marks=pytest.mark.slow) if n in ("gpt3-medium", "gpt3-large", "gpt2-xl") else n
+    for n in PRESETS8])
 def test_preset_mapping(compiled, name: str) -> None:
     c = compiled(name)
     mp, g, spec = c.mapping, c.mapping.geo, c.spec

@@ -62,8 +62,9 @@ def venv_kernel(tmp_path_factory):
     mp.undo()
 
 
-@pytest.mark.parametrize("path", [  # design_space: 17 s, slow; the others run by default
-    pytest.param(p, marks=pytest.mark.slow) if p.stem == "design_space" else p for p in NOTEBOOKS],
+@pytest.mark.parametrize("path", [  # design_space and gpu_comparison (17 s, 7 s) are slow
+    pytest.param(p, marks=pytest.mark.slow) if p.stem in ("design_space", "gpu_comparison") else p
+    for p in NOTEBOOKS],
     ids=lambda p: p.stem)
 def test_notebook_runs(path, venv_kernel):
     from jupyter_client.kernelspec import KernelSpecManager

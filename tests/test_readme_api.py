@@ -56,6 +56,7 @@ def test_readme_python_api_block_runs(i, tmp_path):
     assert r.returncode == 0, f"README Python API block {i} failed:\n{r.stderr[-3000:]}"
 
 
+@pytest.mark.slow  # 10 s subprocess sweep (guard detection; test_sweep_spawn covers failed worker starts)
 def test_a_sweep_from_an_unguarded_script_runs_its_points(tmp_path):
     """Worker processes would run the script again: the points run in the caller, every one ok."""
     code = ("from workloads import sweep\n"
@@ -68,6 +69,7 @@ def test_a_sweep_from_an_unguarded_script_runs_its_points(tmp_path):
     assert "outside 'if __name__ == \"__main__\":'" in r.stderr
 
 
+@pytest.mark.slow  # 12 s subprocess sweep; tests/test_sweep.py runs worker processes by default
 def test_a_sweep_under_the_guard_uses_worker_processes(tmp_path):
     code = ("import os\n"
             "from workloads import sweep\n"

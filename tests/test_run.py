@@ -117,6 +117,7 @@ def test_per_token_time_grows_with_position():
     assert min(t.end_cyc - t.start_cyc for t in late) > max(t.end_cyc - t.start_cyc for t in early)
 
 
+@pytest.mark.slow  # 9 s; tests/test_sweep.py checks the channel scaling by default
 def test_doubling_channels_cuts_per_token_time_by_1_7x_on_gpt2_medium():
     t8 = timing("gpt2-medium", 3, channels=8).ms_per_token
     t16 = timing("gpt2-medium", 3, channels=16).ms_per_token
