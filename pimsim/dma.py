@@ -64,15 +64,21 @@ def replay_trace(cfg: HwConfig, trace: Trace, *, log: bool = False, fast: bool =
                     segment_end_cyc=[])
     rows = np.empty((0, 5), np.int64)
     if log:
-        phys = np.array(trace.channels, np.int64)
-        rows = np.empty((glog.shape[0], 5), np.int64)
-        rows[:, 0] = glog[:, 0]
-        rows[:, 1] = phys[glog[:, 1]]
-        rows[:, 2] = glog[:, 3]
-        rows[:, 3] = glog[:, 4]
-        rows[:, 4] = glog[:, 2]
+        rows = _log_rows(glog, np.array(trace.channels, np.int64))
         rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
     return res, rows
+
+
+def _log_rows(glog: np.ndarray, phys: np.ndarray, extra_cols: int = 0) -> np.ndarray:
+    """The replay kernel's log as rows (cycle, physical channel, bank, row, cmd id), with
+    ``extra_cols`` more columns left for the caller to fill."""
+    rows = np.empty((glog.shape[0], 5 + extra_cols), np.int64)
+    rows[:, 0] = glog[:, 0]
+    rows[:, 1] = phys[glog[:, 1]]
+    rows[:, 2] = glog[:, 3]
+    rows[:, 3] = glog[:, 4]
+    rows[:, 4] = glog[:, 2]
+    return rows
 
 
 def replay_trace_logged(cfg: HwConfig, trace: Trace, on_log: Callable[[np.ndarray], None], *,
@@ -95,12 +101,7 @@ def replay_trace_logged(cfg: HwConfig, trace: Trace, on_log: Callable[[np.ndarra
     def emit(glog: np.ndarray) -> None:
         if glog.shape[0] == 0:
             return
-        rows = np.empty((glog.shape[0], 6), np.int64)
-        rows[:, 0] = glog[:, 0]
-        rows[:, 1] = phys[glog[:, 1]]
-        rows[:, 2] = glog[:, 3]
-        rows[:, 3] = glog[:, 4]
-        rows[:, 4] = glog[:, 2]
+        rows = _log_rows(glog, phys, extra_cols=1)
         idx = glog[:, 5]
         rows[:, 5] = src[idx] if src is not None and src.shape[0] == n_lines else -1
         on_log(rows)

@@ -32,7 +32,7 @@ from pimsim.report import system_label
 from workloads.serving.costs import PIM_BATCHED_LABEL, PIM_SERIAL_LABEL, PimSerialCost, check_pim_cost, pim_cost
 
 __all__ = ["GPU_POWER_MODELS", "PIM_BATCHED_LABEL", "PIM_SERIAL_LABEL", "BatchRow", "PimBatchStep",
-           "batch_table", "compare_batches", "crossover", "crossover_lines", "gpu_batch_spec",
+           "batch_table", "compare_batches", "crossover", "crossover_lines",
            "gpu_kv_fits", "parse_batches", "pim_batch_step"]
 
 GPU_POWER_MODELS = ("util", "board")
@@ -101,14 +101,6 @@ def pim_batch_step(cost: PimSerialCost, batch: int, pos: int) -> PimBatchStep:
     return PimBatchStep(st.time_s, st.energy_j / batch, cost.decode_label, fits)
 
 
-def gpu_batch_spec(gpu: str) -> tuple[Any, str]:
-    """The GPU preset with the shipped calibrations and a note saying which apply
-    (:func:`workloads.gpu.calibration.serving_preset`)."""
-    from workloads.gpu.calibration import serving_preset
-
-    return serving_preset(gpu)
-
-
 def gpu_kv_fits(spec: Any, shape: Any, batch: int, pos: int, tp: int) -> bool:
     """Whether the fp16 weights / tp, the batch's KV cache (its share per GPU) and the [assumed]
     reserve fit one GPU's memory (a preset without a capacity always fits)."""
@@ -148,7 +140,9 @@ def compare_batches(models: list[str], cfg: HwConfig, gpu: str, batches: Sequenc
                         "compare batches on one stage (pp 1; --devices N with tp N is fine)")
     C.check_gpu(gpu, models)
     C._check_gpu_memory(gpu, models, tp)
-    spec, note = gpu_batch_spec(gpu)
+    from workloads.gpu.calibration import serving_preset
+
+    spec, note = serving_preset(gpu)
     where = f"{tp} x {spec.name}" if tp > 1 else spec.name
     pos = prompt - 1 + tokens // 2
     rows = []
