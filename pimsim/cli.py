@@ -43,6 +43,23 @@ class Parser(argparse.ArgumentParser):
               file=sys.stderr)
         raise SystemExit(2)
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but words no parser takes are reported by the subcommand they
+        follow, so the message points at that subcommand's ``--help``."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._parser_of(ns).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def _parser_of(self, ns: argparse.Namespace) -> argparse.ArgumentParser:
+        """The subparser that parsed ``ns`` (its subcommand's name), else this parser."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(ns, action.dest, None) or "")
+                if sub is not None:
+                    return sub
+        return self
+
 
 def int_in(lo: int, hi: int = INT64_MAX, what: str = "") -> Callable[[str], int]:
     """An argparse type: an integer in ``lo..hi``; the message gives the range."""

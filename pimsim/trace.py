@@ -146,7 +146,7 @@ class _Parser:
         bad = [c for c in phys if c not in self.slot]
         if bad:
             raise TraceError(
-                f"{where}: channel mask {mask:#x} selects channel(s) {sorted(bad)[:8]} that "
+                f"{where}: channel mask {mask:#x} selects channel(s) {_ranges(bad)} that "
                 f"config {self.cfg.name!r} does not have (its channels: {self.chans[0]}.."
                 f"{self.chans[-1]}" + ("; bit i selects channel 31 - i)" if self.msb else ")"))
         for c in phys:
@@ -306,3 +306,14 @@ def load_trace(path: str | Path, cfg: HwConfig) -> Trace:
     except (OSError, UnicodeDecodeError) as e:
         raise TraceError(f"trace file {str(path)!r} cannot be read as text: {e}") from None
     return parse_trace(text, cfg, name=p.name)
+
+
+def _ranges(values) -> str:
+    """Integers as runs: [8, 9, 10, 12] -> "8..10, 12"."""
+    out: list[tuple[int, int]] = []
+    for v in sorted(set(values)):
+        if out and out[-1][1] == v - 1:
+            out[-1] = (out[-1][0], v)
+        else:
+            out.append((v, v))
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in out)

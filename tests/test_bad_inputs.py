@@ -415,6 +415,8 @@ def _onnx_files(d: Path) -> dict[str, Path]:
     files["directory"] = d / "dir.onnx"
     files["directory"].mkdir()
     files["missing"] = d / "missing.onnx"
+    files["text"] = d / "text.onnx"  # protobuf reads this as an empty ModelProto
+    files["text"].write_text("x\n")
     return files
 
 
@@ -426,6 +428,7 @@ ONNX_CASES = {
     "empty": "empty.onnx' is empty",
     "directory": "is a directory",
     "missing": "not found",
+    "text": "text.onnx' holds no ONNX model .IR version 0, 0 graph nodes",
 }
 
 
@@ -433,6 +436,61 @@ ONNX_CASES = {
 def test_bad_onnx(tmp_path, capsys, case):
     f = _onnx_files(tmp_path)[case]
     cli(["compile", f, "--no-cache"], capsys, ONNX_CASES[case])
+
+
+# ---------------------------------------------------------------- messages that name the cause
+
+def test_a_folder_without_config_json_is_named_as_such(tmp_path, capsys):
+    (tmp_path / "hf").mkdir()
+    cli(["compile", tmp_path / "hf", "--no-cache"], capsys,
+        "is a folder without a config.json.*give a folder written by save_pretrained")
+
+
+def test_a_module_in_the_current_directory_names_the_import_path(tmp_path, capsys, monkeypatch):
+    (tmp_path / "cwd_only_mod.py").write_text("m = 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    cli(["compile", "cwd_only_mod:m", "--no-cache"], capsys,
+        "cwd_only_mod.py is in the current directory, which is not on the import path; "
+        "run with PYTHONPATH=.")
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["run", "tiny", "--context", "4", "--no-cache"],
+     "more than the --context of 4; make prompt \\+ tokens at most 5 or raise --context"),
+    (["run", "tiny", "--prompt", "60", "--tokens", "10", "--no-cache"],
+     "--prompt 60 \\+ --tokens 10 need 69 decode steps, more than tiny's context of 64"),
+    (["compare", "tiny", "--no-cache"],
+     "--prompt 128 \\(the default\\) \\+ --tokens 8 .*tiny's context of 64; give a shorter "
+     "--prompt"),
+    (["sweep", "x.toml", "--store", "y.db"], "unrecognized arguments: --store y.db; see pimsim "
+     "sweep --help"),
+])
+def test_messages_name_the_limit_the_user_set(capsys, argv, expect):
+    cli(argv, capsys, expect)
+
+
+def test_a_channel_mask_error_lists_every_missing_channel(tmp_path, capsys):
+    t = tmp_path / "t.trace"
+    t.write_text("AiM MAC_ABK 64 0xffffffff 0\n")
+    cli(["trace", t, "--hw", "pim-gpt"], capsys, "selects channel\\(s\\) 8..31 that config "
+        "'pim-gpt' does not have")
+
+
+def test_a_d_head_the_banks_cannot_split_names_the_config(tmp_path, capsys):
+    f = tmp_path / "twelve_banks.toml"
+    f.write_text(dump_toml(mutated(AIM, "organization.bankgroups", 3)))
+    cli(["compile", "tiny", "--hw", f, "--no-cache"], capsys,
+        "d_head = 16 does not split over the config's 12 banks per channel.*use a config whose "
+        "banks per channel")
+
+
+def test_a_stream_whose_every_request_is_refused_is_an_error(tmp_path, capsys):
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"arrival_s": 0, "prompt_len": 60, "output_len": 8}\n')
+    cli(["serve", "tiny", "--requests", f, "--context", "16", "--no-progress"], capsys,
+        "every one of the 1 requests was refused.*exceed the reserved context \\(--context\\) "
+        "of 16")
 
 
 # ---------------------------------------------------------------- numbers on the command line

@@ -143,12 +143,12 @@ def cmd_compile(args) -> int:
     if pos is None:
         pos = 0 if not args.aim_trace else None
     if pos is not None:
-        session.check_context(args.model, ctx, pos=pos)
+        session.check_context(args.model, ctx, pos=pos, context_given=bool(getattr(args, "context", None)))
     c = session.compile_model(args.model, cfg, seed=args.seed, context=args.context,
                               cache=not args.no_cache, show_progress=_show(args))
     if pos is None:
         pos = min(c.spec.n_ctx - 1, AIM_TRACE_POS)
-    session.check_context(args.model, c.spec.n_ctx, pos=pos)
+    session.check_context(args.model, c.spec.n_ctx, pos=pos, context_given=bool(getattr(args, "context", None)))
     print(c.mapping.pretty() if args.mapping else c.summary(pos))
     if not args.mapping:
         from pimsim.peak import peak_rate
@@ -176,9 +176,11 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     n_steps = args.prompt + args.tokens - 1
     ctx = _preset_ctx(args.model, args)
-    session.check_context(args.model, ctx, prompt=args.prompt, tokens=args.tokens)
+    session.check_context(args.model, ctx, prompt=args.prompt, tokens=args.tokens,
+                          context_given=bool(getattr(args, "context", None)))
     if args.timeline_pos is not None:
-        session.check_context(args.model, ctx, pos=args.timeline_pos, pos_flag="--timeline-pos")
+        session.check_context(args.model, ctx, pos=args.timeline_pos, pos_flag="--timeline-pos",
+                              context_given=bool(getattr(args, "context", None)))
     if args.batch is not None and (args.timeline or args.logits):
         raise UserError(f"--{'timeline' if args.timeline else 'logits'} shows one sequence's "
                         f"decode steps: not with --batch",
@@ -198,7 +200,8 @@ def cmd_run(args) -> int:
     c, cfg = res.compiled, res.cfg
     tl_pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
     if args.timeline:
-        session.check_context(args.model, c.spec.n_ctx, pos=tl_pos, pos_flag="--timeline-pos")
+        session.check_context(args.model, c.spec.n_ctx, pos=tl_pos, pos_flag="--timeline-pos",
+                              context_given=bool(getattr(args, "context", None)))
     print(json.dumps(res.report.to_dict(), indent=1) if args.json else res.summary())
     if args.logits:
         with atomic_write(args.logits, OUTPUT_FILES["logits"], "wb") as f:
@@ -577,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--hw", default="pim-gpt", help=hw_help("pim-gpt"))
     cp.add_argument("--gpu", default="T4",
                     help="T4, A100, H100, H200 (analytic model) or a measured baseline JSON")
-    cp.add_argument("--prompt", type=tokens, default=128,
+    cp.add_argument("--prompt", type=tokens, default=None,
                     help="prompt tokens before the timed tokens, as in pimsim run (default 128); "
                          "compare times the decode tokens after the prompt only: the prompt's "
                          "prefill is not simulated (pimsim run or serve give TTFT)")

@@ -50,17 +50,29 @@ def system_programs(compiled: Any, cfg: HwConfig) -> list:
 
 def check_context(model: str, n_ctx: int | None, *, prompt: int | None = None,
                   tokens: int | None = None, pos: int | None = None,
-                  pos_flag: str = "--pos") -> None:
-    """prompt + tokens (or a position) within the model's context; n_ctx None: not known yet."""
+                  pos_flag: str = "--pos", context_given: bool = False,
+                  prompt_default: bool = False) -> None:
+    """prompt + tokens (or a position) within the context; n_ctx None: not known yet.
+
+    ``context_given``: ``n_ctx`` is the caller's ``--context``, not the model's own, so the
+    message names that flag as the limit. ``prompt_default``: the prompt length is the
+    command's default, not the user's ``--prompt``, so the message says so."""
     if n_ctx is None:
         return
+    limit = f"the --context of {n_ctx}" if context_given else f"{model}'s context of {n_ctx}"
     if prompt is not None and tokens is not None and prompt + tokens - 1 > n_ctx:
+        given = f"--prompt {prompt} (the default)" if prompt_default else f"--prompt {prompt}"
+        fix = f"make prompt + tokens at most {n_ctx + 1}"
+        if context_given:
+            fix += " or raise --context"
+        elif prompt_default:
+            fix = f"give a shorter --prompt: prompt + tokens at most {n_ctx + 1}"
         raise UserError(
-            f"--prompt {prompt} + --tokens {tokens} need {prompt + tokens - 1} decode steps, more "
-            f"than {model}'s context of {n_ctx}",
-            f"make prompt + tokens at most {n_ctx + 1}")
+            f"{given} + --tokens {tokens} need {prompt + tokens - 1} decode steps, more "
+            f"than {limit}", fix)
     if pos is not None and not 0 <= pos < n_ctx:
-        raise UserError(f"{pos_flag} {pos} is outside {model}'s context 0..{n_ctx - 1}",
+        where = f"the --context 0..{n_ctx - 1}" if context_given else f"{model}'s context 0..{n_ctx - 1}"
+        raise UserError(f"{pos_flag} {pos} is outside {where}",
                         f"give a position in 0..{n_ctx - 1}")
 
 

@@ -140,7 +140,8 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
                     refresh=refresh)
     if isinstance(model, str):
         name = model
-        check_context(name, context or preset_context(name), prompt=prompt, tokens=tokens)
+        check_context(name, context or preset_context(name), prompt=prompt, tokens=tokens,
+                      context_given=bool(context))
         c = compile_model(model, cfg, weights=functional, seed=seed, context=context,
                           cache=cache, show_progress=show_progress)
     else:
@@ -148,7 +149,7 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
         if functional and not getattr(c.spec, "has_weights", True):
             raise UserError(f"{name} was compiled without its weights: a functional run "
                             f"computes numbers", "compile_model(..., weights=True)")
-    check_context(name, c.spec.n_ctx, prompt=prompt, tokens=tokens)
+    check_context(name, c.spec.n_ctx, prompt=prompt, tokens=tokens, context_given=bool(context))
     programs = system_programs(c, cfg)
     ids = prompt_ids(prompt, c.spec.vocab, seed)
     batch_prompts = None if batch is None else \
@@ -252,8 +253,11 @@ class CompareResult:
         return pandas_module().DataFrame(self.records())
 
 
+COMPARE_PROMPT = 128  # compare's default context (prompt tokens) before the timed tokens
+
+
 def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = "T4", *,
-            prompt: int = 128, tokens: int = 8, schedule: str = "serial",
+            prompt: int | None = None, tokens: int = 8, schedule: str = "serial",
             devices: int | None = None, tp: int | None = None, pp: int | None = None,
             tp_attention: str | None = None, gpu_tp: int = 1, cache: bool = True,
             show_progress: bool = False, batches: Any = None,
@@ -261,6 +265,7 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
     """Latency and energy per token of ``models`` on ``hw`` (simulated, the generating steps
     after a ``prompt``-token context) against ``gpu``: T4, A100, H100, H200 (the analytic
     model; ``gpu_tp`` GPUs in tensor parallelism) or a measured baseline JSON file.
+    ``prompt``: the context before the timed tokens (default :data:`COMPARE_PROMPT`).
 
     GPU energy: a measured file's measured board power; a modelled GPU's power model
     ``gpu_power``: ``"util"`` (the default: utilisation power, fitted to the shipped measurement
@@ -279,8 +284,11 @@ def compare(models: list[str] | str, hw: str | HwConfig = "pim-gpt", gpu: str = 
     cfg = hw_config(hw, devices=devices, tp=tp, pp=pp, tp_attention=tp_attention)
     if cfg.energy is None:
         raise UserError(f"{cfg.name} has no [energy] table", "compare needs a config with one")
+    prompt_default = prompt is None
+    prompt = COMPARE_PROMPT if prompt is None else prompt
     for m in models:
-        check_context(m, preset_context(m), prompt=prompt, tokens=tokens)
+        check_context(m, preset_context(m), prompt=prompt, tokens=tokens,
+                      prompt_default=prompt_default)
     C.check_gpu(gpu, models, gpu_tp)  # an unknown GPU, a bad baseline file or gpu_tp: fail now
     if batches is not None:
         from workloads.serving.costs import check_pim_cost
@@ -408,13 +416,20 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
         bar = tqdm(total=sum(r.output_len for r in reqs), unit="tok",
                    desc=f"serving {name} on {system}", file=sys.stderr)
     try:
-        states, steps = simulate_serving(reqs, step_cost, sched,
-                                         progress=bar.update if bar else None)
+        states, steps = simulate_serving(
+            reqs, step_cost, sched, progress=bar.update if bar else None,
+            context_label="the model's context" if context is None or cfg is None
+            else "the reserved context (--context)")
     finally:
         if bar:
             bar.close()
     from workloads.serving.metrics import RequestRecord, summarise
 
+    if states and all(s.refused for s in states):
+        raise UserError(f"every one of the {len(states)} requests was refused, so nothing was "
+                        f"served; the first: {states[0].refused}",
+                        "shorten the requests, or give the system more KV capacity or context "
+                        "(--context, --kv-capacity, more devices)")
     recs = [RequestRecord.of(s) for s in states]
     config = {"model": name, "hw": cfg.name if cfg is not None else None, "system": system,
               "cost": step_cost.name, "cost_label": step_cost.label,

@@ -89,7 +89,22 @@ def _import_onnx_file(path: str) -> Graph:
     if not os.path.isfile(path):
         raise ModelFileError(f"ONNX file {path!r} not found", "check the path")
     try:
-        return import_onnx(path)
+        import onnx
+
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - a truncated or corrupt file
+        raise ModelFileError(
+            f"ONNX file {path!r} cannot be read as a model ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]})",
+            "give a complete .onnx decode step (workloads.models.export.export_decode_onnx)") from None
+    if proto.ir_version == 0 or not proto.graph.node:
+        # protobuf parses many byte strings (a text file, say) as an empty ModelProto
+        raise ModelFileError(f"ONNX file {path!r} holds no ONNX model (IR version "
+                             f"{proto.ir_version}, {len(proto.graph.node)} graph nodes)",
+                             "give a complete .onnx decode step "
+                             "(workloads.models.export.export_decode_onnx)")
+    try:
+        return import_onnx(proto, base_dir=os.path.dirname(os.path.abspath(path)), owned=True)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - a truncated or corrupt file, a foreign graph

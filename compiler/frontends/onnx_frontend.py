@@ -32,12 +32,14 @@ _FOLD_MAX = 64  # ops on constants of at most this many elements are evaluated a
 _KEEP_WITHOUT_WEIGHTS = 16  # weights=False still materialises constants up to this many elements
 
 
-def import_onnx(model_or_path: Any, *, weights: bool = True, base_dir: str | None = None) -> Graph:
+def import_onnx(model_or_path: Any, *, weights: bool = True, base_dir: str | None = None,
+                owned: bool = False) -> Graph:
     """Import an ONNX model (``onnx.ModelProto`` or a path) into the IR.
 
     ``base_dir``: where the external-data files of a ``ModelProto`` live (a path argument
     implies its own directory). ``weights=False``: float tensors larger than 16 elements become
-    shape-only ``ConstMeta`` and external data is not loaded.
+    shape-only ``ConstMeta`` and external data is not loaded. ``owned``: the ``ModelProto`` is
+    the caller's own copy (read from a file), which the import may rewrite in place.
     """
     import onnx
 
@@ -53,7 +55,7 @@ def import_onnx(model_or_path: Any, *, weights: bool = True, base_dir: str | Non
     from compiler.frontends.onnx_shapes import annotate_shapes
 
     # the Hugging Face / optimum layout -> pimsim's (a file read here is rewritten in place)
-    proto = rewrite_hf_decode(proto, inplace=isinstance(model_or_path, (str, os.PathLike)))
+    proto = rewrite_hf_decode(proto, inplace=owned or isinstance(model_or_path, (str, os.PathLike)))
     annotate_shapes(proto)  # a file without shape annotations gets onnx's inferred ones
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=17)
     from compiler.frontends.onnx_rewrites import move_scalar_scale_off_matmul_rhs

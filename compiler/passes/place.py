@@ -65,9 +65,13 @@ class Placement:
                 raise LoweringError(f"{self.name}: attention {a.index} has {a.n_head} query heads "
                                     f"for {a.n_kv} KV heads")
             if a.d_head % geo.banks or a.d_head % geo.col_elems or a.d_head > geo.row_elems:
-                raise MappingError(f"d_head = {a.d_head}: the KV-cache mapping needs d_head to be "
-                                   f"a multiple of the {geo.banks} banks per channel and of the "
-                                   f"{geo.col_elems} elements of a column, at most a row")
+                raise MappingError(
+                    f"{self.name} on {cfg.name}: the head dimension d_head = {a.d_head} does not "
+                    f"split over the config's {geo.banks} banks per channel ([organization] "
+                    f"bankgroups x banks_per_group) and {geo.col_elems}-element columns: the "
+                    f"KV-cache mapping needs d_head to be a multiple of both and at most a row "
+                    f"({geo.row_elems} elements); use a config whose banks per channel and "
+                    f"column width divide d_head (the shipped configs have 16 banks per channel)")
         layers = sorted(vec_consts)
 
         def lname(layer):

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,11 @@ def resolve_model(spec: str, *, weights: bool = True, seed: int = 0) -> tuple[An
         return spec, Path(spec).stem
     if Path(spec).is_dir() and (Path(spec) / "config.json").is_file():
         return from_pretrained_folder(spec, weights=weights)
+    if Path(spec).is_dir():
+        raise ModelError(f"MODEL {spec!r} is a folder without a config.json, so it is not a "
+                         f"Hugging Face model folder",
+                         "give a folder written by save_pretrained (config.json and the "
+                         "weights), a preset name, an .onnx file or a module:attribute")
     if ":" in spec:
         return resolve_attribute(spec)
     if Path(spec).suffix or "/" in spec or "\\" in spec:
@@ -226,6 +233,12 @@ def resolve_attribute(spec: str) -> tuple[Any, str]:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
         if e.name and mod_name.startswith(e.name):
+            local = Path(*mod_name.split(".")).with_suffix(".py")
+            if local.is_file() and "" not in sys.path and os.getcwd() not in sys.path:
+                raise ModelNotResolved(
+                    f"cannot import module {mod_name!r} for MODEL {spec!r}: {local} is in the "
+                    f"current directory, which is not on the import path",
+                    "run with PYTHONPATH=. (or install the module)") from None
             raise ModelNotResolved(f"cannot import module {mod_name!r} for MODEL {spec!r}: no "
                                    f"such module", "check the name and that its directory is on "
                                    "PYTHONPATH") from None

@@ -40,7 +40,6 @@ def plot_serve(res: ServeResult, out_dir: str | Path) -> list[Path]:
                                     ("e2el_ms", "E2E latency"))):
         _cdf(ax, [getattr(r, k) for r in recs], name)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     paths = [_save(fig, out / "latency_cdf.png")]
 
     fig, ax = _figure(8, 4)
@@ -60,6 +59,5 @@ def plot_serve(res: ServeResult, out_dir: str | Path) -> list[Path]:
     ax.set_ylabel("output throughput (tokens/s)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     paths.append(_save(fig, out / "throughput.png"))
     return paths

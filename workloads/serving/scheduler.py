@@ -92,12 +92,14 @@ class StepRecord:
     per_device_busy_s: tuple[float, ...] = ()
 
 
-def refusal(req: Request, kv_capacity: int, n_ctx: int) -> str | None:
-    """Why ``req`` can never run on the system, or None."""
+def refusal(req: Request, kv_capacity: int, n_ctx: int,
+            context_label: str = "the model's context") -> str | None:
+    """Why ``req`` can never run on the system, or None. ``context_label`` names where
+    ``n_ctx`` comes from (the model's own context, or a context reserved by the caller)."""
     need = req.kv_tokens_needed
     if need > n_ctx:
         return (f"prompt_len {req.prompt_len} + output_len {req.output_len} - 1 = {need} "
-                f"positions exceed the model's context of {n_ctx}")
+                f"positions exceed {context_label} of {n_ctx}")
     if need > kv_capacity:
         return (f"prompt_len {req.prompt_len} + output_len {req.output_len} - 1 = {need} KV "
                 f"tokens exceed the system's KV capacity of {kv_capacity} tokens")
@@ -105,11 +107,12 @@ def refusal(req: Request, kv_capacity: int, n_ctx: int) -> str | None:
 
 
 def simulate_serving(requests: list[Request], cost: StepCost, sched: SchedulerConfig, *,
-                     progress: Callable[[int], None] | None = None
+                     progress: Callable[[int], None] | None = None,
+                     context_label: str = "the model's context"
                      ) -> tuple[list[RequestState], list[StepRecord]]:
     """Run the stream through the scheduler (module docstring); returns every request's state
     (in arrival order) and every step. ``progress(n)``: called with the output tokens of each
-    step."""
+    step. ``context_label``: where the cost's context comes from, for refusals."""
     cap, n_ctx = int(cost.kv_capacity_tokens), int(cost.n_ctx)
     states = [RequestState(r) for r in sorted(requests, key=lambda r: (r.arrival_s, r.id))]
     pending = deque(states)
@@ -122,7 +125,7 @@ def simulate_serving(requests: list[Request], cost: StepCost, sched: SchedulerCo
     while pending or waiting or running:
         while pending and pending[0].req.arrival_s <= now:
             s = pending.popleft()
-            s.refused = refusal(s.req, cap, n_ctx)
+            s.refused = refusal(s.req, cap, n_ctx, context_label)
             if s.refused is None:
                 waiting.append(s)
         if not waiting and not running:
