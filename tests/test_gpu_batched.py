@@ -152,10 +152,22 @@ def test_memory_estimate_counts_the_cache_and_scores() -> None:
     assert activation_bytes(s, 256, 2049) < 1 << 30     # the cache dominates a decode step
 
 
-def test_small_validation_on_cpu() -> None:
-    r = validate_small("tiny-llama-gqa", torch.device("cpu"), torch.float32)
+@pytest.mark.parametrize("attention", ["bmm", "kq", "sdpa"])
+@pytest.mark.parametrize("model", ["tiny-llama-gqa", "tiny-llama"])
+def test_small_validation_on_cpu(model, attention) -> None:
+    """Every decode attention formulation gives the batch-1 decoder's logits, grouped (GQA) or
+    not, at mixed positions."""
+    r = validate_small(model, torch.device("cpu"), torch.float32, attention=attention)
     assert r["graph"] is False and len(set(r["mixed_positions"])) == r["batch"]
     assert max(r["max_abs_diff"].values()) < 1e-5 and r["max_abs_logit"] > 0
+
+
+def test_an_unknown_decode_attention_is_refused() -> None:
+    from workloads.gpu.batched import decode_attention
+
+    q, kv = torch.zeros(1, 2, 4), torch.zeros(1, 1, 3, 4)
+    with pytest.raises(ValueError, match="use one of bmm, kq, sdpa"):
+        decode_attention(q, kv, kv, torch.zeros(1, 1, 3), "flash")
 
 
 def test_module_needs_no_simulator_or_transformers_to_import() -> None:

@@ -130,6 +130,44 @@ def activation_bytes(shape: DecoderShape, tokens: int, slots: int, bytes_per_el:
     return 2 * (tokens * per_row + attn + logits)
 
 
+DECODE_ATTENTION = ("bmm", "kq", "sdpa")
+
+
+def decode_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, mask: torch.Tensor,
+                     variant: str = "bmm") -> torch.Tensor:
+    """One decode token's attention per sequence over its cache: ``q`` ``[B, H, D]`` (query head
+    h uses KV head h // G, transformers' repeat_kv order), ``kc`` / ``vc`` ``[B, KV, S, D]``,
+    ``mask`` ``[B KV, 1, S]`` additive (0 up to the sequence's position, -inf beyond); returns
+    the context ``[B, H D]``. The same numbers three ways (their speed differs with the group
+    size G = H / KV on a GPU; ``measure batched --decode-attention`` picks one):
+
+    * ``bmm``: scores ``q K^T`` as a batched GEMM of G query rows per (sequence, KV head);
+    * ``kq``: the same products as ``K q^T`` (S rows, G columns), then ``V^T p``;
+    * ``sdpa``: ``F.scaled_dot_product_attention`` with the mask and ``enable_gqa``.
+    """
+    B, H, D = q.shape
+    KV, S = kc.shape[1], kc.shape[2]
+    G = H // KV
+    scale = 1.0 / math.sqrt(D)
+    if variant == "bmm":
+        scores = torch.baddbmm(mask, q.reshape(B * KV, G, D), kc.view(B * KV, S, D).transpose(1, 2),
+                               alpha=scale)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)     # [B KV, G, S]
+        return torch.bmm(probs, vc.view(B * KV, S, D)).view(B, H * D)
+    if variant == "kq":
+        scores = torch.baddbmm(mask.transpose(1, 2), kc.view(B * KV, S, D),
+                               q.reshape(B * KV, G, D).transpose(1, 2), alpha=scale)  # [B KV, S, G]
+        probs = torch.softmax(scores, dim=1, dtype=torch.float32).to(q.dtype)
+        ctx = torch.bmm(vc.view(B * KV, S, D).transpose(1, 2), probs)               # [B KV, D, G]
+        return ctx.transpose(1, 2).reshape(B, H * D)
+    if variant == "sdpa":
+        ctx = F.scaled_dot_product_attention(
+            q.view(B, H, 1, D), kc, vc, attn_mask=mask.view(B, KV, 1, S)[:, :1].to(q.dtype),
+            scale=scale, enable_gqa=KV != H)                                          # [B, H, 1, D]
+        return ctx.reshape(B, H * D)
+    raise ValueError(f"decode attention {variant!r}: use one of {', '.join(DECODE_ATTENTION)}")
+
+
 class BatchedLlamaDecoder(LlamaStaticDecoder):
     """Decode of ``batch`` sequences per step over a batched static KV cache; one CUDA graph.
 
@@ -146,6 +184,7 @@ class BatchedLlamaDecoder(LlamaStaticDecoder):
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16,
                  seed: int = 0, init_std: float = INIT_STD) -> None:
         self.base_shape = shape
+        self.attention = "bmm"  # decode attention formulation (decode_attention)
         cache_len = shape.n_ctx if cache_len is None else cache_len
         # the parent's batch-1 state is sized by n_ctx; the weights do not depend on it
         super().__init__(dataclasses.replace(shape, n_ctx=1), device=device, dtype=dtype,
@@ -187,7 +226,6 @@ class BatchedLlamaDecoder(LlamaStaticDecoder):
         """One decode step of all sequences on ``tok_t``/``pos_t``; logits ``[batch, vocab]``."""
         s, B, S = self.shape, self.batch, self.n_ctx
         H, KV, D, f = s.n_head, s.n_kv_head, s.d_head, s.d_ff
-        G = H // KV
         h = F.embedding(self.tok_t, self.embed)                                       # [B, d]
         cos = self.cos.index_select(0, self.pos_t).view(B, 1, D)
         sin = self.sin_signed.index_select(0, self.pos_t).view(B, 1, D)
@@ -205,11 +243,7 @@ class BatchedLlamaDecoder(LlamaStaticDecoder):
             kc, vc = self.k_cache[li], self.v_cache[li]                                # [B, KV, S, D]
             kc.scatter_(2, at, k)
             vc.scatter_(2, at, v)
-            # query head h uses KV head h // G (transformers' repeat_kv order)
-            scores = torch.baddbmm(mask, qk[:, :H].reshape(B * KV, G, D),
-                                   kc.view(B * KV, S, D).transpose(1, 2), alpha=1.0 / math.sqrt(D))
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)  # [B KV, G, S]
-            ctx = torch.bmm(probs, vc.view(B * KV, S, D)).view(B, H * D)
+            ctx = decode_attention(qk[:, :H], kc, vc, mask, self.attention)             # [B, H D]
             h.addmm_(ctx, self.wo[li].t())                                             # h += ctx Wo^T
             x = self._rms(h, self.ln2[li])
             gu = F.linear(x, self.wgu[li])                                             # [B, 2 d_ff]
@@ -313,6 +347,7 @@ class Settings:
     ramp_s: float = 0.5           # unsampled start of the sustained loop
     idle_s: float = 2.0
     seed: int = 0
+    decode_attention: str = "bmm"  # the decode attention formulation (decode_attention)
 
 
 def time_and_power(step: CudaGraphStep, tokens_per_step: int, *, settings: Settings,
@@ -376,7 +411,8 @@ def measure_model(name: str, device: torch.device, *, dtype: torch.dtype, batche
     el = torch.tensor([], dtype=dtype).element_size()
     weight_bytes = shape.n_params * el
     gen = torch.Generator().manual_seed(settings.seed + 1)
-    common = {"model": name, "dtype": str(dtype).replace("torch.", "")}
+    common = {"model": name, "dtype": str(dtype).replace("torch.", ""),
+              "decode_attention": settings.decode_attention}
 
     def skip(point: dict[str, Any], need: int, free_b: int | None, reason: str) -> None:
         not_measured.append({**common, **point, "bytes_needed": need, "bytes_free": free_b,
@@ -397,6 +433,7 @@ def measure_model(name: str, device: torch.device, *, dtype: torch.dtype, batche
     t0 = time.perf_counter()
     dec = BatchedLlamaDecoder(shape, batch=1, cache_len=1, device=device, dtype=dtype,
                               seed=settings.seed)
+    dec.attention = settings.decode_attention
     _sync(device)
     build_s = time.perf_counter() - t0
     assert dec.weight_bytes == weight_bytes
@@ -462,9 +499,10 @@ def measure_model(name: str, device: torch.device, *, dtype: torch.dtype, batche
 
 @torch.no_grad()
 def validate_small(name: str, device: torch.device, dtype: torch.dtype, *, batch: int = 3,
-                   prompt_len: int = 6, seed: int = 0) -> dict[str, Any]:
+                   prompt_len: int = 6, seed: int = 0, attention: str = "bmm") -> dict[str, Any]:
     """Batched decode at mixed positions and prefill (graphs on CUDA) against batch-1 steps of
-    :class:`LlamaStaticDecoder` (graph on CUDA) with the same weights: max |logit difference|."""
+    :class:`LlamaStaticDecoder` (graph on CUDA) with the same weights: max |logit difference|
+    (decode attention formulation ``attention``)."""
     shape = get_shape(name)
     gen = torch.Generator().manual_seed(seed + 1)
     n = prompt_len + 1
@@ -481,6 +519,7 @@ def validate_small(name: str, device: torch.device, dtype: torch.dtype, *, batch
     del ref
     _free(device)
     dec = BatchedLlamaDecoder(shape, batch=batch, cache_len=n, device=device, dtype=dtype, seed=seed)
+    dec.attention = attention
     pre = dec.prefill(batch, prompt_len)
     if device.type == "cuda":
         pre.capture()
@@ -552,7 +591,7 @@ def run_batched(models: Sequence[str], *, device: str | torch.device | None = No
             checkpoint(doc)
 
     for v in validation_configs:
-        r = validate_small(v, device, dtype, seed=settings.seed)
+        r = validate_small(v, device, dtype, seed=settings.seed, attention=settings.decode_attention)
         doc["validation_small"].append(r)
         log(f"[validation {v}] max|diff| {r['max_abs_diff']} (max|logit| {r['max_abs_logit']:.3g})")
     save()
@@ -596,3 +635,43 @@ def save_json(doc: dict[str, Any], output: str) -> str:
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+@torch.no_grad()
+def time_decode_attention(name: str, batch: int, kv_len: int, device: str | torch.device = "cuda",
+                          dtype: torch.dtype = torch.float16, repeats: int = 20
+                          ) -> dict[str, float]:
+    """Milliseconds of one layer's decode attention of model ``name`` (``batch`` sequences at
+    position ``kv_len``) for every :data:`DECODE_ATTENTION` formulation, and the time the
+    layer's K and V would take at the GPU's measured copy bandwidth (``copy_bound``): which
+    formulation reads the cache at the rate the hardware allows."""
+    s = get_shape(name)
+    dev = torch.device(device)
+    B, H, KV, D, S = batch, s.n_head, s.n_kv_head, s.d_head, kv_len + 1
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B, H, D, device=dev, dtype=dtype, generator=g)
+    kc = torch.randn(B, KV, S, D, device=dev, dtype=dtype, generator=g)
+    vc = torch.randn(B, KV, S, D, device=dev, dtype=dtype, generator=g)
+    mask = torch.zeros(B * KV, 1, S, device=dev, dtype=dtype)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        for _ in range(3):
+            fn()
+        _sync(dev)
+        if dev.type != "cuda":
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            return (time.perf_counter() - t0) * 1e3 / repeats
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(repeats):
+            fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) / repeats
+
+    out = {v: timed(lambda v=v: decode_attention(q, kc, vc, mask, v)) for v in DECODE_ATTENTION}
+    dst = torch.empty_like(kc)
+    out["copy_bound"] = timed(lambda: dst.copy_(kc))  # moves 2 |K| bytes = reading K and V once
+    return out

@@ -280,7 +280,8 @@ def cmd_measure_batched(args: argparse.Namespace) -> int:
         prompts = args.prompts or DRY_RUN_PROMPTS
         pb = DRY_RUN_PREFILL_BATCHED if args.prefill_batched is None else args.prefill_batched
         settings = Settings(repeats=min(args.repeats, 2), batch_s=0.01, prewarm_s=0.0, power_s=0.0,
-                            ramp_s=0.0, idle_s=0.0, seed=args.seed)
+                            ramp_s=0.0, idle_s=0.0, seed=args.seed,
+                            decode_attention=args.decode_attention)
     else:
         if not torch.cuda.is_available():
             raise _no_cuda()
@@ -292,7 +293,8 @@ def cmd_measure_batched(args: argparse.Namespace) -> int:
         pb = DEFAULT_PREFILL_BATCHED if args.prefill_batched is None else args.prefill_batched
         settings = Settings(repeats=args.repeats, batch_s=args.batch_seconds,
                             power_s=args.power_seconds, ramp_s=args.ramp_seconds,
-                            idle_s=args.idle_seconds, seed=args.seed)
+                            idle_s=args.idle_seconds, seed=args.seed,
+                            decode_attention=args.decode_attention)
     _check_shapes(models)
     dtype = getattr(torch, args.dtype) if args.dtype and not args.dry_run else None
 
@@ -403,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ramp-seconds", type=float, default=0.5, help="power loop ramp")
     b.add_argument("--idle-seconds", type=float, default=2.0)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--decode-attention", choices=("bmm", "kq", "sdpa"), default="bmm",
+                   help="decode attention formulation (workloads.gpu.batched.decode_attention; "
+                        "default bmm)")
     b.add_argument("--dtype", choices=("float16", "bfloat16"), default=None,
                    help="weights and KV cache on the GPU (default float16; the dry run uses float32)")
     b.add_argument("--dry-run", action="store_true",
