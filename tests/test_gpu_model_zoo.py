@@ -463,7 +463,8 @@ def test_calibrate_batched_recovers_the_parameters() -> None:
     from workloads.gpu.batched_calibration import batched_table, calibrate_batched
 
     true = dataclasses.replace(gm.gpu_preset("H100"), gated_mem_eff=0.78, compute_eff=0.62,
-                               gated_kernel_overhead_s=4.4e-6, idle_w=95.0, dyn_w=480.0)
+                               gated_kernel_overhead_s=4.4e-6, idle_w=95.0, dyn_w=480.0,
+                               dyn_compute_w=300.0)
     doc = _model_document(true)
     cal = calibrate_batched(doc)   # starts from the H100 preset's values
     assert cal["path"] == "gated" and all(cal["identified"].values())
@@ -472,6 +473,7 @@ def test_calibrate_batched_recovers_the_parameters() -> None:
     assert cal["kernel_overhead_us"] == pytest.approx(4.4, rel=1e-6)
     assert cal["idle_w"] == pytest.approx(95.0, rel=1e-6)
     assert cal["dyn_w"] == pytest.approx(480.0, rel=1e-6)
+    assert cal["dyn_compute_w"] == pytest.approx(300.0, rel=1e-6)
     assert cal["held_out_max_abs_diff_pct"] < 1e-6 and cal["fit_max_abs_diff_pct"] < 1e-6
     splits = {(r["phase"], r["batch"], r["length"]): r["split"] for r in cal["rows"]}
     assert splits[("decode", 16, 512)] == "fit" and splits[("decode", 8, 512)] == "held-out"
@@ -510,3 +512,24 @@ def test_gpu_cli_prints_the_batched_fit(tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "workloads.gpu", "predict", "--batched",
                           str(tmp_path / "none.json")], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "none.json" in bad.stderr
+
+
+def test_a_batched_step_adds_the_weight_and_attention_phases_each_at_its_roofline() -> None:
+    """At batch 256 the weight GEMMs of llama2-7b are compute-bound and its attention over a
+    512-token cache memory-bound: the step is the sum of the two phases' rooflines (not the
+    max of the totals), and each phase's time is reported."""
+    g = gm.gpu_preset("H100").for_shape(shapes.zoo_shape("llama2-7b"))
+    s = shapes.zoo_shape("llama2-7b")
+    p = gm.predict_step(g, s, [512] * 256)
+    bw, pk = g.mem_bw * g.mem_eff, g.peak_flops * g.compute_eff
+    wb = gm.weight_bytes_streamed(s)
+    wf = 256 * gm._matmul_flops_per_token(s)
+    assert wf / pk > wb / bw                                      # the GEMMs are compute-bound
+    kvb, af = p["bytes"] - wb, p["flops"] - wf
+    assert kvb / bw > af / pk                                     # attention is memory-bound
+    assert p["gemm_ms"] == pytest.approx(wf / pk * 1e3)
+    assert p["attention_ms"] == pytest.approx(kvb / bw * 1e3)
+    assert p["ms"] == pytest.approx(p["gemm_ms"] + p["attention_ms"] + p["overhead_ms"])
+    assert p["ms"] > max(p["mem_ms"], p["compute_ms"]) + p["overhead_ms"]
+    one = gm.predict_step(g, s, [512])                            # batch 1: all memory-bound
+    assert one["ms"] == pytest.approx(one["mem_ms"] + one["overhead_ms"])

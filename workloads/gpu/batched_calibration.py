@@ -131,35 +131,65 @@ def predict_row(g: GPUSpec, row: dict[str, Any], power: str = "util") -> dict[st
 
 
 def _features(g: GPUSpec, rows: list[dict[str, Any]]) -> np.ndarray:
-    """Per row: bytes / BW, flops / peak (s) and the kernel count of the step."""
+    """Per row, at unit efficiencies (s): the weight phase's bytes / BW and FLOPs / peak, the
+    attention phase's bytes / BW and FLOPs / peak, and the kernel count of the step."""
     unit = dataclasses.replace(g, mem_eff=1.0, compute_eff=1.0, kernel_overhead_s=0.0,
                                gated_mem_eff=1.0, gated_kernel_overhead_s=0.0)
+    from workloads.gpu.model import _matmul_flops_per_token, weight_bytes_streamed
+
     out = []
     for r in rows:
         p = predict_row(unit, r)
-        out.append((p["bytes"] / g.mem_bw, p["flops"] / g.peak_flops, p["n_kernels"]))
+        cfg = shape_of_row(r)
+        wb = weight_bytes_streamed(cfg)
+        wf = p["tokens"] * _matmul_flops_per_token(cfg)
+        out.append((wb / g.mem_bw, wf / g.peak_flops, (p["bytes"] - wb) / g.mem_bw,
+                    (p["flops"] - wf) / g.peak_flops, p["n_kernels"]))
     return np.array(out, dtype=float)
 
 
 def _fit_time(x: np.ndarray, y: np.ndarray, start: tuple[float, float, float]):
-    """Piecewise-linear least squares of ``y = max(a x_mem, c x_comp) + o x_k`` on relative
-    error from ``start = (a, c, o)``; (a, c, o, residual, memory-bound mask)."""
+    """Piecewise-linear least squares on relative error of
+    ``y = max(a x_wb, c x_wf) + max(a x_kvb, c x_af) + o x_k`` (each phase at its own roofline)
+    from ``start = (a, c, o)``; (a, c, o, residual, memory-bound mask of both phases)."""
     a, c, o = start
     w = 1.0 / y
     mem = None
     for _ in range(100):
-        new = a * x[:, 0] >= c * x[:, 1]
+        new = np.stack([a * x[:, 0] >= c * x[:, 1], a * x[:, 2] >= c * x[:, 3]], 1)
         if mem is not None and np.array_equal(new, mem):
             break
         mem = new
-        cols = [x[:, 0] * mem, x[:, 1] * ~mem, x[:, 2]]
+        cols = [x[:, 0] * mem[:, 0] + x[:, 2] * mem[:, 1],
+                x[:, 1] * ~mem[:, 0] + x[:, 3] * ~mem[:, 1], x[:, 4]]
         use = [bool(np.any(col > 0)) for col in cols]
         A = np.stack([col for col, u in zip(cols, use) if u], 1) * w[:, None]
         sol = list(np.linalg.lstsq(A, y * w, rcond=None)[0])
         vals = [sol.pop(0) if u else v for u, v in zip(use, (a, c, o))]
         a, c, o = max(vals[0], 1.0), max(vals[1], 1.0), max(vals[2], 0.0)
-    pred = np.maximum(a * x[:, 0], c * x[:, 1]) + o * x[:, 2]
+    pred = np.maximum(a * x[:, 0], c * x[:, 1]) + np.maximum(a * x[:, 2], c * x[:, 3]) \
+        + o * x[:, 4]
     return a, c, o, float(np.sum(((pred - y) * w) ** 2)), mem
+
+
+def fit_power(u_bw: Sequence[float], u_c: Sequence[float], watts: Sequence[float]
+              ) -> tuple[float, float, float | None]:
+    """``P = idle + a u_bw + b u_c`` by least squares with ``a, b >= 0`` (the best of the
+    subsets of free terms that keeps both non-negative); ``b`` None where the compute
+    utilisation does not vary (then ``P = idle + a max(u_bw, u_c)`` as before)."""
+    ub, uc, p = (np.asarray(v, float) for v in (u_bw, u_c, watts))
+    cands = []
+    for terms in ((ub, uc), (ub,), (uc,), ()):
+        A = np.stack([np.ones_like(p), *terms], 1)
+        sol, *_ = np.linalg.lstsq(A, p, rcond=None)
+        if np.any(sol[1:] < 0):
+            continue
+        err = float(np.sum((A @ sol - p) ** 2))
+        coef = dict(zip(("a", "b") if len(terms) == 2 else
+                        (("a",) if terms and terms[0] is ub else ("b",)), sol[1:]))
+        cands.append((err, float(sol[0]), float(coef.get("a", 0.0)), float(coef.get("b", 0.0))))
+    err, idle, a, b = min(cands)
+    return idle, a, (b if np.ptp(uc) > 0 else None)
 
 
 def calibrate_batched(doc: dict[str, Any] | str, gpu: GPUSpec | str | None = None, *,
@@ -204,22 +234,21 @@ def calibrate_batched(doc: dict[str, Any] | str, gpu: GPUSpec | str | None = Non
     g = dataclasses.replace(g0, **{pre + "mem_eff": 1.0 / a, "compute_eff": 1.0 / c,
                                    pre + "kernel_overhead_s": o})
 
-    # power line on the fitted model's utilisation
+    # power on the fitted model's bandwidth and compute utilisation
     pw = [(r, float(r["power_w"])) for r in fit if r.get("power_w")]
     power_fit = None
     if len(pw) >= 2:
         gf = g.for_shape(shape_of_row(pw[0][0]))
-        u = []
-        for r, _ in pw:
-            p = predict_row(g, r)
-            u.append(max(p["bw_util"], p["compute_util"]))
-        if np.ptp(u) > 0:
-            slope, p0 = np.polyfit(np.array(u), np.array([w for _, w in pw]), 1)
-            line = {"idle_w": float(p0), "dyn_w": float(max(slope, 0.0))}
+        preds = [predict_row(g, r) for r, _ in pw]
+        ub = [p["bw_util"] for p in preds]
+        uc = [p["compute_util"] for p in preds]
+        if np.ptp(ub) > 0 or np.ptp(uc) > 0:
+            idle, dyn, dyn_c = fit_power(ub, uc, [w for _, w in pw])
+            line = {"idle_w": idle, "dyn_w": dyn, "dyn_compute_w": dyn_c}
             if pre:  # a gated path's own power line overrides the base one for its shapes
-                line.update(gated_idle_w=line["idle_w"], gated_dyn_w=line["dyn_w"])
+                line.update(gated_idle_w=idle, gated_dyn_w=dyn, gated_dyn_compute_w=dyn_c)
             g = dataclasses.replace(g, **line)
-            power_fit = {"idle_w": float(p0), "dyn_w": float(max(slope, 0.0)),
+            power_fit = {"idle_w": idle, "dyn_w": dyn, "dyn_compute_w": dyn_c,
                          "board_w": gf.board_w}
     identified["power"] = power_fit is not None
 
@@ -249,7 +278,8 @@ def calibrate_batched(doc: dict[str, Any] | str, gpu: GPUSpec | str | None = Non
     return {"gpu": g, "gpu_measured": doc.get("info", {}).get("gpu"),
             "path": "gated" if pre else "gpt", "mem_eff": 1.0 / a, "compute_eff": 1.0 / c,
             "kernel_overhead_us": o * 1e6, "idle_w": power_fit and power_fit["idle_w"],
-            "dyn_w": power_fit and power_fit["dyn_w"], "identified": identified,
+            "dyn_w": power_fit and power_fit["dyn_w"],
+            "dyn_compute_w": power_fit and power_fit["dyn_compute_w"], "identified": identified,
             "fit_batches": list(fit_batches), "fit_prompts": list(fit_prompts),
             "rows": out_rows, "fit_max_abs_diff_pct": fit_max, "fit_mean_abs_diff_pct": fit_mean,
             "held_out_max_abs_diff_pct": ho_max, "held_out_mean_abs_diff_pct": ho_mean}
@@ -278,8 +308,13 @@ def batched_table(cal: dict[str, Any]) -> str:
     def note(key: str) -> str:
         return "" if idf[key] else " (not identified: preset value)"
 
-    power = (f"utilisation power fitted: idle {cal['idle_w']:.0f} W + {cal['dyn_w']:.0f} W x u"
-             if idf["power"] else "utilisation power of the preset (no measured power to fit)")
+    if not idf["power"]:
+        power = "utilisation power of the preset (no measured power to fit)"
+    elif cal.get("dyn_compute_w") is None:
+        power = f"utilisation power fitted: idle {cal['idle_w']:.0f} W + {cal['dyn_w']:.0f} W x u"
+    else:
+        power = (f"utilisation power fitted: idle {cal['idle_w']:.0f} W + {cal['dyn_w']:.0f} W x "
+                 f"u_bandwidth + {cal['dyn_compute_w']:.0f} W x u_compute")
     lines.append("")
     lines.append(
         f"batched fit on {cal['gpu_measured']} ({cal['path']} path; fit rows: decode at batch "

@@ -86,6 +86,8 @@ class GPUSpec:
     board_w: float                 # board power, W
     idle_w: float                  # idle board power, W (assumed 15 % of board power)
     dyn_w: float | None = None     # W per unit bandwidth utilisation (None: board_w - idle_w)
+    dyn_compute_w: float | None = None  # W per unit compute utilisation (None: one term, dyn_w
+    #                                     x the busier utilisation); a batched calibration fits it
     # defaults: the H200 calibration of workloads/gpu/data/gpu_measured_h200.json, rounded
     mem_eff: float = 0.70          # achieved / peak bandwidth when streaming weights
     compute_eff: float = 0.5       # achieved / peak FLOP/s (irrelevant at batch 1)
@@ -111,6 +113,7 @@ class GPUSpec:
     # the gated path's fitted power (idle W, W per unit utilisation; None: the GPT path's)
     gated_idle_w: float | None = None
     gated_dyn_w: float | None = None
+    gated_dyn_compute_w: float | None = None
 
     def n_kernels(self, cfg: Any) -> float:
         if getattr(cfg, "gated_mlp", False):
@@ -123,7 +126,8 @@ class GPUSpec:
         if not getattr(cfg, "gated_mlp", False):
             return self
         power = {} if self.gated_dyn_w is None else {"idle_w": self.gated_idle_w,
-                                                      "dyn_w": self.gated_dyn_w}
+                                                      "dyn_w": self.gated_dyn_w,
+                                                      "dyn_compute_w": self.gated_dyn_compute_w}
         return dataclasses.replace(self, mem_eff=self.gated_mem_eff,
                                    kernel_overhead_s=self.gated_kernel_overhead_s, **power)
 
@@ -297,14 +301,27 @@ def prefill_flops(cfg: Any, start: int, n: int) -> int:
     return n * (decode_flops(cfg, start) + decode_flops(cfg, start + n - 1)) // 2
 
 
-def _watts(g: GPUSpec, power: str, util: float) -> float:
-    """Per-GPU power: ``board`` (datasheet board power) or ``util`` (``idle_w + dyn_w x u``, at
-    most board power; ``dyn_w`` defaults to board - idle, a calibration fits it)."""
+def _matmul_flops_per_token(cfg: Any) -> int:
+    """The FLOPs of one token that do not grow with its position (the weight matrix products
+    and the head): :func:`decode_flops` is affine in the position, this is its constant part."""
+    f0, f1 = decode_flops(cfg, 0), decode_flops(cfg, 1)
+    return 2 * f0 - f1
+
+
+def _watts(g: GPUSpec, power: str, util: float, cutil: float = 0.0) -> float:
+    """Per-GPU power: ``board`` (datasheet board power) or ``util``: ``idle_w + dyn_w x u`` with
+    u the busier of bandwidth and compute utilisation, or, where a calibration fitted a compute
+    term (``dyn_compute_w``), ``idle_w + dyn_w x u_bw + dyn_compute_w x u_compute``; at most
+    board power; ``dyn_w`` defaults to board - idle."""
     if power == "board":
         return g.board_w
     if power == "util":
         dyn = g.board_w - g.idle_w if g.dyn_w is None else g.dyn_w
-        return min(g.board_w, g.idle_w + dyn * min(1.0, util))
+        if g.dyn_compute_w is not None:
+            w = g.idle_w + dyn * min(1.0, util) + g.dyn_compute_w * min(1.0, cutil)
+        else:
+            w = g.idle_w + dyn * min(1.0, max(util, cutil))
+        return min(g.board_w, w)
     raise ValueError(f"power must be 'board' or 'util', got {power!r}")
 
 
@@ -324,15 +341,24 @@ def predict_step(gpu: GPUSpec | str, model_cfg: Any, decode_positions: Sequence[
                     slots with ``static_cache``), each prefill chunk's cache up to its last
                     token (once per chunk), x the GPU's KV share (its KV heads)
         flops   = each decode token's :func:`decode_flops` + each chunk's :func:`prefill_flops`
-        time    = max(bytes / (BW x mem_eff), flops / tp / (peak x compute_eff))
+        time    = two phases one after the other, each at its own roofline:
+                    max(weight bytes / (BW x mem_eff), matmul flops / tp / (peak x compute_eff))
+                  + max(KV bytes / (BW x mem_eff), attention flops / tp / (peak x compute_eff))
+                  (matmul flops: every token's weight products and head, the part of
+                  :func:`decode_flops` that does not grow with the position; at batch 1 both
+                  phases are memory-bound and this is bytes / (BW x mem_eff); at a large batch
+                  the GEMMs turn compute-bound while attention stays memory-bound, and the
+                  measured steps add the two: a max of the totals would hide one)
                   + n_kernels x kernel_overhead (one graph per step, the same kernel count as a
                     batch-1 step: an assumption for prefill)
                   + collectives (tp > 1): two ring all-reduces per layer of every token's
                     d_model activations, one all-gather of every sequence's logits
         energy  = tp x power x time; ``power="util"`` (the default): ``idle + dyn x u`` with u
                   the busier of bandwidth (bytes / (time x BW)) and compute
-                  (flops / tp / (time x peak)) utilisation, at most board power; ``"board"``:
-                  the board's datasheet power throughout (an upper bound)
+                  (flops / tp / (time x peak)) utilisation, or ``idle + dyn x u_bw +
+                  dyn_compute x u_compute`` where a batched calibration fitted both terms; at
+                  most board power; ``"board"``: the board's datasheet power throughout (an
+                  upper bound)
 
     A single decode sequence is :func:`predict` exactly (``u`` is then the bandwidth
     utilisation: decode does about one FLOP per byte, far below peak / BW). Returns
@@ -357,21 +383,29 @@ def predict_step(gpu: GPUSpec | str, model_cfg: Any, decode_positions: Sequence[
     nbytes = weight_bytes_streamed(cfg) / tp + kv * _kv_share(cfg, tp)
     flops = sum(decode_flops(cfg, p) for p in decode_positions) \
         + sum(prefill_flops(cfg, s, n) for s, n in prefill_chunks)
-    mem_s = nbytes / (g.mem_bw * g.mem_eff)
-    comp_s = flops / tp / (g.peak_flops * g.compute_eff)
+    # two phases, each at its own roofline: the weight GEMMs (weight bytes, the matmul FLOPs of
+    # every token) and attention (KV bytes, the FLOPs that grow with the position)
+    n_tok = len(decode_positions) + sum(n for _, n in prefill_chunks)
+    gemm_flops = n_tok * _matmul_flops_per_token(cfg)
+    w_bytes = weight_bytes_streamed(cfg) / tp
+    bw, pk = g.mem_bw * g.mem_eff, g.peak_flops * g.compute_eff
+    gemm_s = max(w_bytes / bw, gemm_flops / tp / pk)
+    attn_s = max((nbytes - w_bytes) / bw, (flops - gemm_flops) / tp / pk)
+    mem_s = nbytes / bw
+    comp_s = flops / tp / pk
     nk = g.n_kernels(cfg) if n_kernels is None else n_kernels
     over_s = nk * g.kernel_overhead_s
-    n_tok = len(decode_positions) + sum(n for _, n in prefill_chunks)
     n_seq = len(decode_positions) + len(prefill_chunks)
     comm_s = 2 * cfg.n_layer * allreduce_s(g, n_tok * cfg.d_model * FP16_BYTES, tp) \
         + allgather_s(g, n_seq * cfg.vocab * FP16_BYTES, tp)
-    t = max(mem_s, comp_s) + over_s + comm_s
+    t = gemm_s + attn_s + over_s + comm_s
     util = nbytes / (t * g.mem_bw)
     cutil = flops / tp / (t * g.peak_flops)
-    watts = _watts(g, power, max(util, cutil))
+    watts = _watts(g, power, util, cutil)
     return {"ms": t * 1e3, "joules": tp * watts * t, "watts": tp * watts, "watts_per_gpu": watts,
             "bytes": float(nbytes), "mem_ms": mem_s * 1e3, "compute_ms": comp_s * 1e3,
             "overhead_ms": over_s * 1e3, "comm_ms": comm_s * 1e3, "n_kernels": float(nk),
+            "gemm_ms": gemm_s * 1e3, "attention_ms": attn_s * 1e3,
             "bw_util": util, "tp": tp, "flops": float(flops), "compute_util": cutil,
             "tokens": n_tok, "sequences": n_seq, "tokens_per_s": n_tok / t,
             "j_per_token": tp * watts * t / n_tok, "power": power}
