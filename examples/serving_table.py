@@ -34,13 +34,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=None,
                     help="PIM: reserve the KV caches for this many tokens (default: input + output)")
     ap.add_argument("--json", metavar="FILE", help="write the rows as JSON")
+    ap.add_argument("--pim-rows", metavar="FILE",
+                    help="take the PIM rows from an earlier --json of the same model, system and "
+                         "lengths instead of simulating them again (the GPU rows are priced anew)")
     a = ap.parse_args(argv)
+    same = {"model": a.model, "hw": a.hw, "devices": a.devices, "input_len": a.input_len,
+            "output_len": a.output_len}
+    earlier = {}
+    if a.pim_rows:
+        with open(a.pim_rows) as f:
+            doc = json.load(f)
+        if any(doc.get(k) != v for k, v in same.items()):
+            raise SystemExit(f"{a.pim_rows} was written for "
+                             f"{ {k: doc.get(k) for k in same} }, not {same}")
+        earlier = {r["batch"]: r for r in doc["rows"] if r["system"] == "pim"}
 
     from workloads import session
 
     context = a.context or a.input_len + a.output_len
     cfg = session.hw_config(a.hw, devices=a.devices)
-    compiled = session.compile_model(a.model, cfg, context=context, show_progress=True)
+    compiled = None if all(b in earlier for b in a.batches) else \
+        session.compile_model(a.model, cfg, context=context, show_progress=True)
     keys = ("output_throughput", "energy_per_output_token_mj", "mean_ttft_ms", "mean_tpot_ms")
     rows = []
     for b in a.batches:
@@ -48,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                   output_len=a.output_len, max_num_seqs=b)
         for side in ("pim", "gpu"):
             t0 = time.perf_counter()
+            if side == "pim" and b in earlier:
+                rows.append(earlier[b])
+                continue
             if side == "pim":
                 res = session.serve(compiled, cfg, **kw)
             else:
@@ -57,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                          **{k: m[k] for k in keys}, "wall_s": time.perf_counter() - t0})
             print(f"  batch {b:4d} {side}: {m['output_throughput']:,.0f} tok/s "
                   f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            if a.json:  # kept as it grows: a long run's finished rows survive an interruption
+                with open(a.json, "w") as f:
+                    json.dump({**same, "gpu": a.gpu, "rows": rows, "crossover_batch": None}, f,
+                              indent=1)
     pim_name = f"{a.hw} x {a.devices}" if a.devices > 1 else a.hw
     print(f"{a.model}: {a.input_len} prompt + {a.output_len} output tokens per request, B requests "
           f"at t = 0, --max-num-seqs B")
@@ -78,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"GPU: {by[a.batches[0], 'gpu']['label']}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "hw": a.hw, "devices": a.devices, "gpu": a.gpu,
-                       "input_len": a.input_len, "output_len": a.output_len, "rows": rows,
-                       "crossover_batch": cross}, f, indent=1)
+            json.dump({**same, "gpu": a.gpu, "rows": rows, "crossover_batch": cross}, f,
+                      indent=1)
     return 0
 
 
