@@ -657,6 +657,16 @@ def _validate(cfg: HwConfig, where: str) -> None:
     if p.mode_switch not in MODE_SWITCHES:
         fail(f"[pim] mode_switch = {p.mode_switch!r}; supported: "
              f"{', '.join(repr(m) for m in MODE_SWITCHES)}", "use one of those")
+    if p.enabled and p.mode_switch == "register":
+        # the TMOD between a register access and a MAC / AF stands in for the accumulator
+        # rows (pimsim/spec/rules.py): it must cover them
+        tc = cfg.timing.cycles
+        need = max(tc.get("nCWLREG", 0) + tc.get("nBL", 0), tc.get("nMACACC", 0))
+        if 1 + tc.get("nMODCH", 0) < need:
+            fail(f"[timing] nMODCH = {tc.get('nMODCH', 0)} is shorter than the accumulator "
+                 f"latency it covers with mode_switch = 'register' (nCWLREG + nBL and nMACACC: "
+                 f"{need} cycles, less the TMOD's own)", f"give nMODCH >= {need - 1} or use "
+                 f"mode_switch = 'bank-mode'")
     h = cfg.host
     for n in ("release_cyc", "line_cyc", "queue_entries"):
         v = getattr(h, n)

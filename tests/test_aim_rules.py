@@ -125,6 +125,28 @@ def test_register_mode_switch_waits_for_the_command_it_enables():
     assert t_pa == t2 + c["nMODCH"] and t_pa - last_mac == 69
 
 
+def test_af_loop_without_macs_issues_each_tmod_the_cycle_after_the_register_access():
+    """WR_BIAS, AF, RD_AF repeated with no MAC between (the AF row stays open): each TMOD issues
+    the cycle after the command before it (AiM has no WRMAC16 -> AF16 or AF16 -> RDAF16 row),
+    the command it enables nMODCH later, and the next WR_MAC waits the register read's tRTW."""
+    items = [("AF", -1, AF_ROW)] + [it for _ in range(3) for it in
+                                     (("WR_MAC", -1, -1), ("AF", -1, AF_ROW), ("RD_AF", -1, -1))]
+    log = _log(AIM, items)
+    names = [int(k) for k in log[:, 1]]
+    at = {n: [int(t) for t, k in zip(log[:, 0], names) if k == cmd_id(n)]
+          for n in ("WR_MAC", "AF", "RD_AF", "TMOD")}
+    rtw = c["nCLREG"] + c["nBL"] + 3 - c["nCWLREG"] + c["nWPRE"]
+    for i in range(3):
+        wr, af, rd = at["WR_MAC"][i], at["AF"][i + 1], at["RD_AF"][i]
+        assert af == wr + 1 + c["nMODCH"]  # TMOD at wr + 1
+        assert rd == af + 1 + c["nMODCH"]  # TMOD at af + 1
+        if i:
+            assert wr == at["RD_AF"][i - 1] + max(rtw, c["nCLREG"] + c["nBL"]
+                                                  + AIM.host.release_cyc)
+    period = at["WR_MAC"][2] - at["WR_MAC"][1]
+    assert period == 2 * (1 + c["nMODCH"]) + rtw == 71
+
+
 def test_bank_mode_switch_issues_as_soon_as_legal():
     cfg = AIM.replace(pim=dataclasses.replace(AIM.pim, mode_switch="bank-mode"),
                       host=dataclasses.replace(AIM.host, blocking_reads=False))

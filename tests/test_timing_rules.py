@@ -22,7 +22,8 @@ from conftest import shared_rules_variant
 
 from pimsim.check import check_log
 from pimsim.config import Timing, load_config
-from pimsim.spec.commands import COMMANDS, SCOPE_BANK, cmd_id
+from pimsim.errors import ConfigError
+from pimsim.spec.commands import AF_PSEUDO_ROW, COMMANDS, SCOPE_BANK, cmd_id
 from pimsim.spec.rules import DRAM_RULES, PIM_RULES
 from pimsim.timing import ChannelTimer, make_stream
 
@@ -449,17 +450,18 @@ def test_rdcp_to_gb_use(fol):
     assert_rule(_ab_open() + [("RD_CP", 0, 3, r)], (fol, bank, 3), "rdcp_to_gb_use", exp)
 
 
-@covers("wrmac_to_mac")
+@covers("wrmac_to_mac", "wrmac_to_rdmac")
 @pytest.mark.parametrize("fol", ["MAC_AB", "MAC_SB", "AF", "RD_MAC"])
 def test_wrmac_to_mac(fol):
     g = B + c["nRCDRDMAC"]
     assert c["nCWLREG"] + c["nBL"] > 1
     bank = 6 if COMMANDS[cmd_id(fol)].scope == SCOPE_BANK else -1
-    assert_rule(_ab_open() + [("WR_MAC", -1, 0, g)], (fol, bank, 3), "wrmac_to_mac",
+    rule = "wrmac_to_rdmac" if fol == "RD_MAC" else "wrmac_to_mac"
+    assert_rule(_ab_open() + [("WR_MAC", -1, 0, g)], (fol, bank, 3), rule,
                 g + c["nCWLREG"] + c["nBL"])
 
 
-@covers("mac_to_rdmac_accumulate")
+@covers("mac_to_rdmac_accumulate", "mac_to_af_accumulate")
 @pytest.mark.parametrize("pre,fol", [("MAC_AB", "RD_MAC"), ("MAC_SB", "RD_MAC"),
                                      ("EWMUL", "RD_MAC"), ("MAC_AB", "AF"), ("AF", "RD_AF"),
                                      ("AF", "AF")])
@@ -467,8 +469,29 @@ def test_mac_to_rdmac_waits_accumulate(pre, fol):
     m = B + c["nRCDRDMAC"]
     assert c["nMACACC"] > 1
     bank = 6 if COMMANDS[cmd_id(pre)].scope == SCOPE_BANK else -1
-    assert_rule(_ab_open() + [(pre, bank, 3, m)], (fol, -1, 0), "mac_to_rdmac_accumulate",
-                m + c["nMACACC"])
+    rule = "mac_to_af_accumulate" if fol == "AF" else "mac_to_rdmac_accumulate"
+    assert_rule(_ab_open() + [(pre, bank, 3, m)], (fol, -1, 0), rule, m + c["nMACACC"])
+
+
+def test_register_mode_switch_tmod_covers_the_accumulator_rows():
+    """With register-access mode switching (AiM) WR_MAC -> AF and AF -> RD_AF have no row of
+    their own (the AiM simulator's GDDR6 table has none): the TMOD in between issues the cycle
+    after the first and the second follows nMODCH later, which covers the data latency."""
+    aim = load_config("aim-gddr6", refresh=False)
+    a = aim.timing.cycles
+    af_row = aim.timing.cycles["nRCDRDAF"]  # the AF pseudo-row opened long before
+    for pre, fol, lat in (("WR_MAC", "AF", a["nCWLREG"] + a["nBL"]),
+                          ("AF", "RD_AF", a["nMACACC"])):
+        timer = ChannelTimer(aim, log=True)
+        timer.issue_at("ACT_AB", -1, AF_PSEUDO_ROW + 3, 0)
+        timer.issue_at(pre, -1, AF_PSEUDO_ROW + 3, B + af_row)
+        t_tmod = timer.earliest("TMOD", -1)
+        assert t_tmod == B + af_row + 1  # the TMOD waits for the command bus only
+        timer.issue_at("TMOD", -1, -1, t_tmod)
+        assert timer.earliest(fol, -1) == t_tmod + a["nMODCH"]
+        assert 1 + a["nMODCH"] > lat  # what the config loader checks
+    with pytest.raises(ConfigError, match="nMODCH"):
+        with_timing(aim, nMODCH=1)
 
 
 @covers("rdmac_to_rdmac_nBL")

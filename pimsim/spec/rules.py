@@ -12,7 +12,7 @@ it bank by bank (an ACT_AB counts as an ACT in each bank; a MAC_AB waits for eve
 Latencies are expressions over the timing names of a hardware config (``nCWL + nBL + nWR``) and
 the host's ``host_release_cyc``. ``"*"`` stands for every command. A rule may hold only for some
 devices: ``when`` names a feature of the config (``"GDDR6-AiM"``, the standard; ``af_pseudo_row``,
-``ewmul_writeback``, ``blocking_reads``, the device options), ``"!name"`` its absence
+``ewmul_writeback``, ``blocking_reads``, ``register_mode_switch``, the device options), ``"!name"`` its absence
 (:func:`config_features`, :func:`rules_for`). Adding a command or a standard means adding rows here.
 """
 
@@ -95,9 +95,19 @@ PIM_RULES: tuple[Rule, ...] = (
     _r("wrgb_to_wrgb_nBL", "channel", "WR_GB", "WR_GB WR_MAC WR", "nBL"),
     _r("wrgb_to_mac_data_ready", "channel", "WR_GB", "MAC_AB MAC_SB EWMUL WR_CP", "nCWLGB + nBL"),
     _r("rdcp_to_gb_use", "channel", "RD_CP", "MAC_AB MAC_SB EWMUL WR_CP", "nCLGB + nBL"),
-    # accumulators
-    _r("wrmac_to_mac", "channel", "WR_MAC", "MAC_AB MAC_SB AF RD_MAC", "nCWLREG + nBL"),
-    _r("mac_to_rdmac_accumulate", "channel", "MAC_AB MAC_SB EWMUL AF", "RD_MAC RD_AF AF", "nMACACC"),
+    # accumulators: a bias written into them, or a MAC / AF result, is ready after the write
+    # data lands (nCWLREG + nBL) or the accumulation ends (nMACACC). With register-access mode
+    # switching (AiM) a TMOD always separates a register access (WR_MAC, RD_MAC, RD_AF) from a
+    # MAC or AF, and it waits nMODCH, longer than either (the config loader checks), so those
+    # pairs need no row of their own; the AiM simulator (arkhadem/aim_simulator 0f28a07,
+    # GDDR6.cpp) has none (no WRMAC16 -> MAC16 / AF16, no AF16 -> RDAF16): a row here would hold
+    # back the TMOD itself, which issues once the command it enables is legal.
+    _r("wrmac_to_mac", "channel", "WR_MAC", "MAC_AB MAC_SB AF", "nCWLREG + nBL",
+       when="!register_mode_switch"),
+    _r("wrmac_to_rdmac", "channel", "WR_MAC", "RD_MAC", "nCWLREG + nBL"),
+    _r("mac_to_rdmac_accumulate", "channel", "MAC_AB MAC_SB EWMUL AF", "RD_MAC RD_AF", "nMACACC",
+       when="!register_mode_switch"),
+    _r("mac_to_af_accumulate", "channel", "MAC_AB MAC_SB EWMUL AF", "AF", "nMACACC"),
     _r("rdmac_to_rdmac_nBL", "channel", "RD_MAC RD_AF", "RD_MAC RD_AF RD", "nBL"),
     # mode switch
     _r("tmod_to_any_nMODCH", "channel", "TMOD", "*", "nMODCH"),
@@ -171,6 +181,8 @@ def config_features(cfg) -> set[str]:
                 feats.add(name)
         if cfg.host.blocking_reads:
             feats.add("blocking_reads")
+        if cfg.pim.mode_switch == "register":
+            feats.add("register_mode_switch")
     return feats
 
 

@@ -126,6 +126,18 @@ TRACES: dict[str, list[str]] = {
     # different banks are limited by nRRD and nFAW
     "mem_one_channel": _drained([f"W MEM 9 {b} {r}" for r in range(4) for b in range(16)],
                                 "W"),
+    # activation-function loops without MACs between them: bias into the accumulators, AF on
+    # them, read the result (and the shapes with one of the three left out)
+    "af_loop": ["W CFR 2 3"] + [line for _ in range(64) for line in
+                                (f"AiM WR_BIAS 0 {ALL}", f"AiM AF {ALL}", f"AiM RD_AF 0 {ALL}")],
+    "af_loop_no_bias": ["W CFR 2 3"] + [line for _ in range(64) for line in
+                                        (f"AiM AF {ALL}", f"AiM RD_AF 0 {ALL}")],
+    "af_loop_bias_af": ["W CFR 2 3"] + [line for _ in range(64) for line in
+                                        (f"AiM WR_BIAS 0 {ALL}", f"AiM AF {ALL}")]
+    + [f"AiM RD_AF 0 {ALL}"],
+    "af_loop_half": ["W CFR 2 3"] + [line for _ in range(64) for line in
+                                     (f"AiM WR_BIAS 0 {ch(*range(16))}", f"AiM AF {ch(*range(16))}",
+                                      f"AiM RD_AF 0 {ch(*range(16))}")],
     "mem_one_channel_reads": _drained([f"R MEM 9 {b} {r}" for r in range(6) for b in range(16)],
                                       "R"),
 }
