@@ -114,6 +114,21 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
     best_bank = NONE_I64
     best_row = NONE_I64
     pre = geom[G_CMD_PRE]
+    # banks whose open row an activated request waits for (a PRE there waits for it); a bit
+    # per bank up to 63 banks, else the scan per candidate
+    n_banks = open_row.shape[0]
+    guard_bits = np.int64(0)
+    if n_banks < 64:
+        for j in range(n):
+            bj = q[j, Q_BANK]
+            if q[j, Q_ACT] == 1 and q[j, Q_ROW] == open_row[bj]:
+                guard_bits |= np.int64(1) << bj
+    # earliest cycle per (command, bank) of this call: the state does not change before the
+    # choice, so candidates needing the same command on the same bank share it
+    e_cmd = np.full(n, -1, np.int64)
+    e_bank = np.empty(n, np.int64)
+    e_t = np.empty(n, np.int64)
+    n_e = 0
     for i in range(n):
         cmd = q[i, Q_CMD]
         act = q[i, Q_ACT]
@@ -123,15 +138,34 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
         ncmd, nbank, nrow = row_step(cmd, bank, q[i, Q_ROW], cmd_tab, geom, open_row, scal)
         if ncmd == pre:
             guarded = False
-            for j in range(n):
-                if (q[j, Q_ACT] == 1 and q[j, Q_BANK] == bank
-                        and q[j, Q_ROW] == open_row[bank]):
-                    guarded = True
-                    break
+            if n_banks < 64:
+                guarded = (guard_bits >> bank) & 1 == 1
+            else:
+                for j in range(n):
+                    if (q[j, Q_ACT] == 1 and q[j, Q_BANK] == bank
+                            and q[j, Q_ROW] == open_row[bank]):
+                        guarded = True
+                        break
             if guarded:
                 continue
-        t = max(not_before, q[i, Q_ARR], earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready,
-                                                   win_hist, win_cnt, scal[S_LAST]))
+        lo_t = max(not_before, q[i, Q_ARR])
+        if lo_t > best_t:
+            continue  # cannot be chosen: a candidate is legal earlier
+        te = FAR_CYC
+        found = False
+        for x in range(n_e):
+            if e_cmd[x] == ncmd and e_bank[x] == nbank:
+                te = e_t[x]
+                found = True
+                break
+        if not found:
+            te = earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
+                          scal[S_LAST])
+            e_cmd[n_e] = ncmd
+            e_bank[n_e] = nbank
+            e_t[n_e] = te
+            n_e += 1
+        t = max(lo_t, te)
         pri = 1
         if ncmd == cmd and act == 1:
             pri = 0
