@@ -22,6 +22,7 @@ from pimsim.config import ConfigError, config_from_dict, load_config
 from pimsim.spec.commands import cmd_id
 from pimsim.timing import ChannelTimer, make_stream
 from pimsim.timing.memo import M_HITS
+from pimsim.timing.state import S_OPEN_CYC
 
 AIM = load_config("aim-gddr6", refresh=False)
 c = AIM.timing.cycles
@@ -305,3 +306,35 @@ def test_refreshes_over_a_long_idle_gap_in_closed_form_equal_one_by_one():
                     t.scal.tolist()))
     assert out[0] == out[1]
     assert out[0][2] >= 500
+
+
+# ---------------------------------------------------------------- periodic runs in closed form
+
+def test_queued_period_finds_the_item_period_and_row_step():
+    from pimsim.timing.frfcfs import queued_period
+
+    s = make_stream([("WR", 5, 9, 64)] + [("WR", b, r) for r in range(25, 30) for b in range(16)])
+    assert queued_period(s, 1, len(s)) == (16, 1)
+    assert queued_period(s, 0, len(s)) == (0, 0)  # the bulk item does not repeat
+    assert queued_period(s, 1, 20) == (0, 0)  # two periods must fit
+
+
+@pytest.mark.parametrize("refresh", [False, True])
+@pytest.mark.parametrize("pattern", ["4banks", "16banks", "reads", "lead"])
+def test_periodic_queued_runs_in_closed_form_equal_request_by_request(refresh, pattern):
+    # bank-walking runs whose schedule turns periodic (the fast path applies the repeating
+    # periods at once, up to the next refresh): equal to the command-by-command controller
+    cfg = load_config("aim-gddr6", refresh=refresh)
+    items = {"4banks": [("WR", b, r) for r in range(50) for b in range(4)],
+             "16banks": [("WR", b, r) for r in range(30) for b in range(16)],
+             "reads": [("RD", b, r, 2) for r in range(60) for b in range(4)],
+             "lead": [("WR", 5, 9, 40), ("WR", 5, 17, 20)]
+             + [("WR", b, r) for r in range(25, 60) for b in range(4)]}[pattern]
+    slow = run(cfg, items)
+    fast = run(cfg, items, fast=True, log=False)
+    assert fast.done_cyc == slow.done_cyc
+    assert fast.command_counts() == slow.command_counts()
+    assert (fast.row_hits, fast.row_misses, fast.refreshes) == (
+        slow.row_hits, slow.row_misses, slow.refreshes)
+    assert np.array_equal(fast.open_row, slow.open_row)
+    assert fast.scal[S_OPEN_CYC] == slow.scal[S_OPEN_CYC]  # open-bank time (energy)

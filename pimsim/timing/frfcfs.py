@@ -16,12 +16,17 @@ from pimsim.timing.jit import cached_njit
 from pimsim.timing.state import (
     NONE_I64,
     ONE_I64,
+    S_ALLROW,
+    S_DONE,
     S_LAST,
     S_MODE,
     S_NEXT_REF,
+    S_OPEN_CYC,
+    S_OPEN_SINCE,
     ST_HITS,
     ST_INSERTED,
     ST_MISSES,
+    ST_REFRESHES,
 )
 from pimsim.timing.tables import (
     CT_COLUMN,
@@ -33,6 +38,7 @@ from pimsim.timing.tables import (
     G_CMD_WR,
     G_FAST,
     G_PIM,
+    G_REFRESH,
     G_RQ,
     G_SCHED,
     G_TMOD_GATED,
@@ -114,6 +120,21 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
     best_bank = NONE_I64
     best_row = NONE_I64
     pre = geom[G_CMD_PRE]
+    # banks whose open row an activated request waits for (a PRE there waits for it); a bit
+    # per bank up to 63 banks, else the scan per candidate
+    n_banks = open_row.shape[0]
+    guard_bits = np.int64(0)
+    if n_banks < 64:
+        for j in range(n):
+            bj = q[j, Q_BANK]
+            if q[j, Q_ACT] == 1 and q[j, Q_ROW] == open_row[bj]:
+                guard_bits |= np.int64(1) << bj
+    # earliest cycle per (command, bank) of this call: the state does not change before the
+    # choice, so candidates needing the same command on the same bank share it
+    e_cmd = np.full(n, -1, np.int64)
+    e_bank = np.empty(n, np.int64)
+    e_t = np.empty(n, np.int64)
+    n_e = 0
     for i in range(n):
         cmd = q[i, Q_CMD]
         act = q[i, Q_ACT]
@@ -123,15 +144,34 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
         ncmd, nbank, nrow = row_step(cmd, bank, q[i, Q_ROW], cmd_tab, geom, open_row, scal)
         if ncmd == pre:
             guarded = False
-            for j in range(n):
-                if (q[j, Q_ACT] == 1 and q[j, Q_BANK] == bank
-                        and q[j, Q_ROW] == open_row[bank]):
-                    guarded = True
-                    break
+            if n_banks < 64:
+                guarded = (guard_bits >> bank) & 1 == 1
+            else:
+                for j in range(n):
+                    if (q[j, Q_ACT] == 1 and q[j, Q_BANK] == bank
+                            and q[j, Q_ROW] == open_row[bank]):
+                        guarded = True
+                        break
             if guarded:
                 continue
-        t = max(not_before, q[i, Q_ARR], earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready,
-                                                   win_hist, win_cnt, scal[S_LAST]))
+        lo_t = max(not_before, q[i, Q_ARR])
+        if lo_t > best_t:
+            continue  # cannot be chosen: a candidate is legal earlier
+        te = FAR_CYC
+        found = False
+        for x in range(n_e):
+            if e_cmd[x] == ncmd and e_bank[x] == nbank:
+                te = e_t[x]
+                found = True
+                break
+        if not found:
+            te = earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
+                          scal[S_LAST])
+            e_cmd[n_e] = ncmd
+            e_bank[n_e] = nbank
+            e_t[n_e] = te
+            n_e += 1
+        t = max(lo_t, te)
         pri = 1
         if ncmd == cmd and act == 1:
             pri = 0
@@ -222,6 +262,153 @@ def cq_push(q, cq, cmd, bank, row, arr, geom):
         cq[CQ_NR] += 1
 
 
+# closed form of periodic queued runs (``run_queued``): the longest item period looked for, how
+# many periods a run may be simulated looking for a steady one before it stops looking, and
+MAX_PERIOD_ITEMS = 64
+MAX_PERIOD_TRIES = 16
+MAX_PERIOD_SEARCHES = 4  # items from the run's start where a period may begin
+NO_SHIFT = np.int64(-(1 << 62))
+
+
+@cached_njit(inline="always")
+def _row_shift(stream, a, b):
+    """How far item ``b``'s row lies from item ``a``'s when the items are otherwise equal
+    (both rows real), else ``NO_SHIFT``."""
+    for f in (0, 1, 3, 4):
+        if stream[a, f] != stream[b, f]:
+            return NO_SHIFT
+    if stream[a, 2] < 0 or stream[b, 2] < 0:
+        return NO_SHIFT
+    return stream[b, 2] - stream[a, 2]
+
+
+@cached_njit()
+def queued_period(stream, x, end):
+    """The shortest item period ``L`` of the run from item ``x``: items ``[x, x + L)`` and
+    ``[x + L, x + 2L)`` equal but for rows that all move by one step ``rs``. Returns (L, rs),
+    (0, 0) if there is none up to ``MAX_PERIOD_ITEMS``."""
+    for n in range(1, MAX_PERIOD_ITEMS + 1):
+        if x + 2 * n > end:
+            break
+        rs = _row_shift(stream, x, x + n)
+        if rs == NO_SHIFT:
+            continue
+        ok = True
+        for j in range(1, n):
+            if _row_shift(stream, x + j, x + j + n) != rs:
+                ok = False
+                break
+        if ok:
+            return n, rs
+    return 0, 0
+
+
+@cached_njit()
+def _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt, open_row, scal, rs,
+                   q0, cq0, arr0, ready0, win_hist0, win_cnt0, open_row0, scal0):
+    """Whether the queued controller's state now equals the snapshot's moved by one period:
+    times by the cycles between their last issues, rows by ``rs``; times at or before the last
+    issue compare as equal (no command can issue before it), as in ``fast_forward_pairs``."""
+    last = scal[S_LAST]
+    last0 = scal0[S_LAST]
+    if last - last0 <= 0:
+        return False
+    if (scal[S_MODE] != scal0[S_MODE] or scal[S_NEXT_REF] != scal0[S_NEXT_REF]
+            or scal[S_DONE] - last != scal0[S_DONE] - last0):
+        return False
+    a = scal[S_ALLROW]
+    a0 = scal0[S_ALLROW]
+    if (a < 0 or a0 < 0) and a != a0:
+        return False
+    if a >= 0 and a0 >= 0 and a - a0 != rs:
+        return False
+    # open-bank time: no open/close transition, or each period's the same moved along
+    if not ((scal[S_OPEN_SINCE] == scal0[S_OPEN_SINCE] and scal[S_OPEN_CYC] == scal0[S_OPEN_CYC])
+            or scal[S_OPEN_SINCE] - last == scal0[S_OPEN_SINCE] - last0):
+        return False
+    for b in range(open_row.shape[0]):
+        r = open_row[b]
+        r0 = open_row0[b]
+        if (r < 0 or r0 < 0) and r != r0:
+            return False
+        if r >= 0 and r0 >= 0 and r - r0 != rs:
+            return False
+    for x in range(cq.shape[0]):
+        if cq[x] != cq0[x]:
+            return False
+    # arrival times at or before the last issue no longer bind (every arrival is)
+    if max(arr - last, 0) != max(arr0 - last0, 0):
+        return False
+    for i in range(cq[CQ_N]):
+        if (q[i, Q_CMD] != q0[i, Q_CMD] or q[i, Q_BANK] != q0[i, Q_BANK]
+                or q[i, Q_ACT] != q0[i, Q_ACT] or q[i, Q_MISS] != q0[i, Q_MISS]
+                or max(q[i, Q_ARR] - last, 0) != max(q0[i, Q_ARR] - last0, 0)
+                or q[i, Q_ROW] - q0[i, Q_ROW] != rs):
+            return False
+    for i in range(ready.shape[0]):
+        for j in range(ready.shape[1]):
+            if max(ready[i, j] - last, 0) != max(ready0[i, j] - last0, 0):
+                return False
+    for w in range(win_tab.shape[0]):
+        lat = win_tab[w, 3]
+        size = win_tab[w, 4]
+        for node in range(win_cnt.shape[1]):
+            c = win_cnt[w, node]
+            c0 = win_cnt0[w, node]
+            if min(c, size) != min(c0, size):
+                return False
+            for j in range(min(c, size)):
+                h = win_hist[w, node, (c + j) % size if c >= size else j]
+                h0 = win_hist0[w, node, (c0 + j) % size if c0 >= size else j]
+                if max(h + lat - last, 0) != max(h0 + lat - last0, 0):
+                    return False
+    return True
+
+
+@cached_njit()
+def _queued_skip(k, q, cq, ready, win_tab, win_hist, win_cnt, open_row, scal, counts, stats,
+                 rs, win_cnt0, scal0, counts0, stats0):
+    """Move the state on by ``k`` periods: each one repeats the last (see ``_queued_steady``)
+    ``shift`` cycles later with rows ``rs`` further on. Returns the shift in cycles."""
+    period = scal[S_LAST] - scal0[S_LAST]
+    shift = k * period
+    for i in range(ready.shape[0]):
+        for j in range(ready.shape[1]):
+            ready[i, j] += shift
+    for w in range(win_tab.shape[0]):
+        size = win_tab[w, 4]
+        for node in range(win_cnt.shape[1]):
+            d = win_cnt[w, node] - win_cnt0[w, node]
+            if d == 0:
+                continue  # no entry in a period: the entries kept have expired
+            c = win_cnt[w, node]  # >= size: see _queued_steady
+            c1 = c + k * d
+            tmp = np.empty(size, np.int64)
+            for j in range(size):
+                tmp[j] = win_hist[w, node, (c + j) % size] + shift
+            for j in range(size):
+                win_hist[w, node, (c1 + j) % size] = tmp[j]
+            win_cnt[w, node] = c1
+    for b in range(open_row.shape[0]):
+        if open_row[b] >= 0:
+            open_row[b] += k * rs
+    if scal[S_ALLROW] >= 0:
+        scal[S_ALLROW] += k * rs
+    for i in range(cq[CQ_N]):
+        q[i, Q_ROW] += k * rs
+        q[i, Q_ARR] += shift
+    for x in range(counts.shape[0]):
+        counts[x] += k * (counts[x] - counts0[x])
+    for x in range(stats.shape[0]):
+        stats[x] += k * (stats[x] - stats0[x])
+    if not (scal[S_OPEN_SINCE] == scal0[S_OPEN_SINCE] and scal[S_OPEN_CYC] == scal0[S_OPEN_CYC]):
+        scal[S_OPEN_CYC] += k * (scal[S_OPEN_CYC] - scal0[S_OPEN_CYC])
+        scal[S_OPEN_SINCE] += shift
+    scal[S_LAST] += shift
+    scal[S_DONE] += shift
+    return shift
+
+
 @cached_njit()
 def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                win_hist, win_cnt, open_row, scal, counts, stats, log):
@@ -229,12 +416,81 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
     drain it (the next item is a PIM command, a SYNC or the end: a barrier). Item ``(cmd, bank,
     row, n)`` is ``n`` requests to that row; they enter the queues in stream order, all ready at
     ``not_before``, each as soon as its queue has a free entry (an entry frees when its request's
-    column command issues). Returns the log."""
+    column command issues). Returns the log.
+
+    Closed form (fast mode, no log): where the items repeat with a period of ``L`` items, rows
+    moving on by a fixed step each period (a KV-cache write walking the banks row after row),
+    the state before pushing an item is compared with the state one period earlier; once it is
+    the same moved by the period's cycles and row step (every time relative to the last issue,
+    the queues, open rows, windows, mode, no refresh in the period), every further period of
+    the repeating items is that period again, moved on; they are applied at once, up to the
+    next refresh due (the one rule that is not invariant under a shift in time). Identical to
+    scheduling them request by request; tests hold both equal.
+    """
     q = np.zeros((geom[G_RQ] + geom[G_WQ], QF), np.int64)
     cq = np.zeros(N_CQ, np.int64)
     cq[CQ_WMODE] = 1  # no read waits: Ramulator 2's hysteresis is in write mode
     arr = not_before
-    for p in range(pos, end):
+    closed = geom[G_FAST] == 1 and log.shape[0] == 0 and end - pos >= 8
+    tries = 0
+    searches = 0
+    snap_at = -1
+    per = 0
+    rs = np.int64(0)
+    arr0 = arr
+    q0 = q.copy()
+    cq0 = cq.copy()
+    ready0 = ready.copy() if closed else ready[:0].copy()
+    win_hist0 = win_hist.copy() if closed else win_hist[:0].copy()
+    win_cnt0 = win_cnt.copy() if closed else win_cnt[:0].copy()
+    open_row0 = open_row.copy()
+    scal0 = scal.copy()
+    counts0 = counts.copy()
+    stats0 = stats.copy()
+    p = pos
+    while p < end:
+        if closed and tries < MAX_PERIOD_TRIES:
+            if snap_at >= 0 and p == snap_at + per:
+                steady = (not_before <= scal0[S_LAST]
+                          and stats[ST_REFRESHES] == stats0[ST_REFRESHES]
+                          and _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt,
+                                             open_row, scal, rs, q0, cq0, arr0, ready0,
+                                             win_hist0, win_cnt0, open_row0, scal0))
+                snap_at = -1
+                if steady:
+                    e = p
+                    while e < end and _row_shift(stream, e - per, e) == rs:
+                        e += 1
+                    k = (e - p) // per
+                    if geom[G_REFRESH] == 1:
+                        period = scal[S_LAST] - scal0[S_LAST]
+                        k = min(k, max(0, (scal[S_NEXT_REF] - 1 - scal[S_LAST]) // period))
+                    if k > 0:
+                        arr += _queued_skip(k, q, cq, ready, win_tab, win_hist, win_cnt,
+                                            open_row, scal, counts, stats, rs, win_cnt0, scal0,
+                                            counts0, stats0)
+                        p += k * per
+                        tries = MAX_PERIOD_TRIES  # one closed form per run
+                        continue
+                tries += 1
+            if snap_at < 0 and tries < MAX_PERIOD_TRIES:
+                per, rs = queued_period(stream, p, end)
+                if per > 0:
+                    snap_at = p
+                    arr0 = arr
+                    q0[:] = q
+                    cq0[:] = cq
+                    ready0[:] = ready
+                    win_hist0[:] = win_hist
+                    win_cnt0[:] = win_cnt
+                    open_row0[:] = open_row
+                    scal0[:] = scal
+                    counts0[:] = counts
+                    stats0[:] = stats
+                else:
+                    searches += 1
+                    if searches >= MAX_PERIOD_SEARCHES:
+                        tries = MAX_PERIOD_TRIES
         cmd = stream[p, 0]
         for _ in range(stream[p, 3]):
             while not cq_room(cmd, cq, geom):
@@ -243,6 +499,7 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
                                      counts, stats, log)
                 arr = max(arr, t)
             cq_push(q, cq, cmd, stream[p, 1], stream[p, 2], arr, geom)
+        p += 1
     while cq[CQ_N] > 0:
         ok, t, log = cq_step(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
                              ready, win_hist, win_cnt, open_row, scal, counts, stats, log)
