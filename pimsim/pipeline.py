@@ -42,7 +42,10 @@ def stage_send(cfg: HwConfig, prog: Program) -> CommCost:
 
 
 def token_return_cyc(cfg: HwConfig) -> int:
-    return collective(cfg.system.interconnect, "send", 2, TOKEN_BYTES).cycles(cfg.tCK_ps)
+    """The sampled token's way back to stage 0: the host's sampling time (``[system]
+    host_sample_ns``, CENT's top-k on the host CPU) and the send."""
+    c = collective(cfg.system.interconnect, "send", 2, TOKEN_BYTES)
+    return CommCost(c.ns + cfg.system.host_sample_ns, c.wire_bits).cycles(cfg.tCK_ps)
 
 
 def check_system(programs: Sequence[Program], cfg: HwConfig) -> None:

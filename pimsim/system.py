@@ -31,6 +31,7 @@ from pimsim.interconnect import Interconnect, interconnect_from_dict
 HOSTS = ("per-device",)
 _CONFIG_FIX = "set [system] devices, tp and pp with tp x pp = devices (or give two of them)"
 ATTENTION = ("split", "one-device", "master")  # compiler.passes.lower.ATTENTION_SPLITS
+GQA = ("native", "unrolled")
 TOKEN_BYTES = 4  # a sampled token id, returned from the last stage to the first
 
 
@@ -64,6 +65,10 @@ class System:
     # count while a config's channels are one stage's (:func:`apply_system`)
     stages_per_device: int = 1
     device_channels: int = 0
+    # grouped-query attention: "native" (a KV head stored once, its rows read once for its
+    # group of query heads) or "unrolled" (CENT's, TransformerBlock.py n_repeat: each query
+    # head reads its group's K/V on its own, as a cache of one KV head per query head)
+    gqa: str = "native"
 
     @property
     def multi(self) -> bool:
@@ -168,7 +173,7 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
                      where: str) -> System:
     """Validated :class:`System` from the ``[system]`` and ``[interconnect]`` tables."""
     sec = dict(sec or {})
-    known = {"devices", "tp", "pp", "host", "attention", "host_sample_ns"}
+    known = {"devices", "tp", "pp", "host", "attention", "host_sample_ns", "gqa"}
     for k in sec:
         if k not in known:
             raise SystemError_(f"{where}: [system] unknown key {k!r}",
@@ -183,6 +188,10 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
         raise SystemError_(f"{where}: [system] host_sample_ns = {sample!r} must be a number of "
                            f"nanoseconds in 0..1e9",
                            "give the host's sampling time per token, e.g. 150000.0 (0: none)")
+    gqa = sec.pop("gqa", "native")
+    if gqa not in GQA:
+        raise SystemError_(f"{where}: [system] gqa = {gqa!r} is not known",
+                           f"use one of {', '.join(GQA)}")
     host = sec.pop("host", "per-device")
     if host not in HOSTS:
         raise SystemError_(f"{where}: [system] host = {host!r} is not supported",
@@ -201,7 +210,7 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
     return System(devices=s.devices, tp=s.tp, pp=s.pp, host=host,
                   stages_per_device=s.stages_per_device,
                   interconnect=interconnect_from_dict(ic or {}, where), attention=attention,
-                  host_sample_ns=float(sample))
+                  host_sample_ns=float(sample), gqa=gqa)
 
 
 # ---------------------------------------------------------------- collective costs

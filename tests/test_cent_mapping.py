@@ -69,3 +69,62 @@ def test_master_tokens_equal_one_device(gqa):
     b = run_system(c.programs, cfg, prompt=[5, 9], n_tokens=8, functional=fx)
     assert b.tokens == a.tokens
     assert b.per_op["broadcast"] > 0 and b.per_op["gather"] > 0
+
+
+def test_gqa_unrolled_keeps_a_kv_head_per_query_head_and_the_tokens(gqa):
+    base = _cfg()
+    cfg = dataclasses.replace(base, system=dataclasses.replace(base.system, gqa="unrolled"))
+    c = _compiled(gqa, cfg)
+    kl, _ = c.program.kv_layouts[0]
+    assert (kl.n_head, kl.kv_heads) == (8, 8)  # native: (8, 2)
+    one = _compiled(gqa, base)
+    assert one.program.kv_layouts[0][0].kv_heads == 2
+    math = AsicMath.from_config(cfg, exact=True)
+    fx1 = FlowExecutor(one.program, build_graph_image(one.mapping), base, math=math)
+    fxu = FlowExecutor(c.program, build_graph_image(c.mapping), cfg, math=math)
+    a = run_generation(one.program, base, prompt=[5, 9], n_tokens=6, functional=fx1)
+    b = run_generation(c.program, cfg, prompt=[5, 9], n_tokens=6, functional=fxu)
+    assert b.tokens == a.tokens
+    # a copy of its KV head per query head: 4x the heads in a cache row, and in each write
+    assert kl.heads_per_chunk == 4 * one.program.kv_layouts[0][0].heads_per_chunk
+    assert b.commands["WR"] > a.commands["WR"]
+
+
+def test_host_sampling_adds_its_time_to_every_token(gqa):
+    base = _cfg()
+    cfg = dataclasses.replace(base, system=dataclasses.replace(base.system,
+                                                               host_sample_ns=150_000.0))
+    a = run_generation(_compiled(gqa, base).program, base, prompt=[1], n_tokens=3)
+    prog = _compiled(gqa, cfg).program
+    assert [s.op for s in prog.steps][-1] == "host_sample"
+    b = run_generation(prog, cfg, prompt=[1], n_tokens=3)
+    assert b.per_op["host_sample"] == pytest.approx(0.15, abs=cfg.tCK_ps / 1e9)
+    assert b.ms_per_token == pytest.approx(a.ms_per_token + 0.15, abs=1e-3)
+
+
+def test_stages_smaller_than_a_device_share_its_channels(gqa):
+    from workloads.compiling import hw_config
+
+    cfg = hw_config("pim-gpt", devices=1, pp=2)  # 2 stages on one device, half its channels each
+    full = load_config("pim-gpt").org.channels
+    assert (cfg.system.tp, cfg.system.pp, cfg.system.stages_per_device) == (1, 2, 2)
+    assert cfg.org.channels == full // 2 and cfg.system.device_channels == full
+    c = _compiled(gqa, cfg)
+    assert len(c.programs) == 2 and all(p.geo.channels == full // 2 for p in c.programs)
+    rep = run_system(c.programs, cfg, prompt=[1], n_tokens=2)
+    assert rep.system["pp"] == 2
+    # back to whole devices: the channels return
+    assert hw_config(cfg, devices=2, pp=2).org.channels == full
+
+
+def test_cent_options_refuse_bad_values(tmp_path):
+    from pimsim.config import ConfigError
+    for key, val, msg in (("attention", '"centre"', "attention = 'centre' is not known"),
+                          ("gqa", '"rolled"', "gqa = 'rolled' is not known"),
+                          ("host_sample_ns", "-1.0", "host_sample_ns = -1.0 must be")):
+        p = tmp_path / "s.toml"
+        p.write_text(f'[system]\ndevice = "pim-gpt"\ndevices = 2\n{key} = {val}\n')
+        with pytest.raises(ConfigError, match=msg):
+            load_config(p)
+    with pytest.raises(Exception, match="'centre' is not known"):
+        resolve(4, None, None, None, "centre")

@@ -385,7 +385,9 @@ class Emission:
             head_deps = {self._add("logits.gather", "gather", self.n_layer, "comm", head_deps,
                              n_elems=self.mat_local[self.head_matvec][0])}
         am = self._add("argmax", "argmax", self.n_layer, "asic", head_deps, n_elems=vocab)
-        if self.cfg.system.host_sample_ns > 0:  # CENT: the token sampled on the host CPU
+        # CENT: the token sampled on the host CPU; with pipeline stages it delays the token's
+        # return to stage 0 instead (pimsim.pipeline.token_return_cyc), the last stage going on
+        if self.cfg.system.host_sample_ns > 0 and self.pp == 1:
             self._add("host_sample", "host_sample", self.n_layer, "comm", {am})
         # tied tables: a gathered table that is also a weight lives with its matrix
         tied: dict[str, str] = {}
