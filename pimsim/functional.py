@@ -781,7 +781,7 @@ class SystemFlowExecutor(FlowExecutor):
         if kv_ranks[0] is None:
             return devs[0]._kv_write_local(kl, vl, is_k, pos,
                                            unrolled_kv(new, kl.kv_heads, kl.d_head))
-        new = unrolled_kv(new, sum(len(h) for h in kv_ranks), kl.d_head)
+        new = unrolled_kv(new, 1 + max(int(h.max()) for h in kv_ranks if len(h)), kl.d_head)
         per_head = new.reshape(-1, kl.d_head)
         for d, hs in zip(devs, kv_ranks):
             if len(hs):
