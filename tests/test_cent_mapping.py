@@ -128,3 +128,27 @@ def test_cent_options_refuse_bad_values(tmp_path):
             load_config(p)
     with pytest.raises(Exception, match="'centre' is not known"):
         resolve(4, None, None, None, "centre")
+
+
+# CENT's published PIM time of one block (Yufeng98/CENT@9b4165f simulation_results.csv,
+# Llama2-7B, 8 devices, tp 8, "PIM latency" in ms) for its own traces (tests/data/cent)
+CENT_PIM_MS = {128: 0.0189785, 4096: 0.047729}
+
+
+@pytest.mark.slow  # about 5 s each: the default run is at its time budget
+@pytest.mark.parametrize("seq", [128, 4096])
+def test_cents_own_trace_replays_within_ten_percent_of_its_published_pim_time(seq):
+    """pimsim's AiM timing on CENT's commands: the gap between CENT and pimsim with CENT's
+    options is the mapping (which commands), not the DRAM/PIM timing."""
+    import gzip
+    from pathlib import Path
+
+    from pimsim.dma import replay_trace
+    from pimsim.trace import parse_trace
+
+    cfg = load_config("aim-gddr6")
+    f = Path(__file__).parent / "data" / "cent" / f"llama2-7b_tp8_seq{seq}.trace.gz"
+    res, _ = replay_trace(cfg, parse_trace(gzip.decompress(f.read_bytes()).decode(), cfg,
+                                           f.name))
+    ms = res.cycles * cfg.tCK_ps / 1e9
+    assert abs(ms - CENT_PIM_MS[seq]) <= 0.10 * CENT_PIM_MS[seq], (ms, CENT_PIM_MS[seq])
