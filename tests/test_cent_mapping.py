@@ -152,3 +152,14 @@ def test_cents_own_trace_replays_within_ten_percent_of_its_published_pim_time(se
                                            f.name))
     ms = res.cycles * cfg.tCK_ps / 1e9
     assert abs(ms - CENT_PIM_MS[seq]) <= 0.10 * CENT_PIM_MS[seq], (ms, CENT_PIM_MS[seq])
+
+
+def test_more_stages_per_device_than_channels_is_refused():
+    from pimsim.system import SystemError_
+    from workloads.compiling import hw_config
+
+    with pytest.raises(SystemError_, match="16 pipeline stages per device on 8 channels leave "
+                                           "a stage no channel"):
+        hw_config("pim-gpt", devices=1, pp=16)
+    with pytest.raises(SystemError_, match="--tp 2 x --pp 32 = 64 devices"):
+        hw_config("pim-gpt", devices=8, tp=2, pp=32)
