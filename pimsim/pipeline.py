@@ -253,7 +253,8 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         ttft_ms=None if skip_prompt or clock.first_token_end is None
         else ns(clock.first_token_end) / 1e6,
         tpot_ms=tpot_ms(per_token_ms),
-        system={"devices": tp * pp, "tp": tp, "pp": pp, "sequences": pp,
+        system={"devices": cfg.system.devices, "tp": tp, "pp": pp, "sequences": pp,
+                "stages_per_device": cfg.system.stages_per_device,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
                 "stage_send_cyc": send, "token_return_cyc": back})
 

@@ -35,18 +35,27 @@ def _compiled(model, cfg):
     return compile_model(decode_step_module(model), cfg, name="m")
 
 
-def test_master_splits_every_product_by_rows_and_keeps_attention_on_device_0(gqa):
-    cfg = _cfg(4, attention="master")
-    c = _compiled(gqa, cfg)
-    prog = c.program
+@pytest.fixture(scope="module")
+def one(gqa):
+    """The tiny model on one device (the reference of every option)."""
+    return _compiled(gqa, _cfg())
+
+
+@pytest.fixture(scope="module")
+def master(gqa):
+    return _compiled(gqa, _cfg(4, attention="master"))
+
+
+def test_master_splits_every_product_by_rows_and_keeps_attention_on_device_0(master):
+    prog = master.program
     kl, _ = prog.kv_layouts[0]
     assert (kl.n_head, kl.kv_heads) == (8, 2)  # every head on the master
     for m, (kind, rows) in prog.tp_rows.items():  # every product, q/k/v/o and the head included
         assert kind == "col", m
-        n = sum(len(r) for r in rows)
-        assert [len(r) for r in rows] == [len(x) for x in
-                                          __import__("numpy").array_split(range(n), 4)] or \
-            max(len(r) for r in rows) == -(-n // 4), m
+        n = sum(len(r) for r in rows)  # contiguous blocks of ceil(n / 4) rows, in order
+        assert [r.tolist() for r in rows] == [list(range(i * -(-n // 4),
+                                                         min(n, (i + 1) * -(-n // 4))))
+                                              for i in range(4)], m
     n_layer, n_mat = prog.dims["n_layer"], len(prog.tp_rows)
     ops = [s.op for s in prog.steps if s.kind == "comm"]
     # one broadcast of the input and one gather of the rows per product; no all-reduce
@@ -57,10 +66,8 @@ def test_master_splits_every_product_by_rows_and_keeps_attention_on_device_0(gqa
             assert prog.steps[s.deps[0]].op == "broadcast", s.name
 
 
-def test_master_tokens_equal_one_device(gqa):
-    cfg = _cfg(4, attention="master")
-    c = _compiled(gqa, cfg)
-    one = _compiled(gqa, _cfg())
+def test_master_tokens_equal_one_device(master, one):
+    cfg, c = _cfg(4, attention="master"), master
     math = AsicMath.from_config(cfg, exact=True)
     fx1 = FlowExecutor(one.program, build_graph_image(one.mapping), cfg, math=math)
     fx = SystemFlowExecutor(c.programs, [[build_graph_image(mp, rank=r) for r in range(4)]
@@ -71,13 +78,12 @@ def test_master_tokens_equal_one_device(gqa):
     assert b.per_op["broadcast"] > 0 and b.per_op["gather"] > 0
 
 
-def test_gqa_unrolled_keeps_a_kv_head_per_query_head_and_the_tokens(gqa):
+def test_gqa_unrolled_keeps_a_kv_head_per_query_head_and_the_tokens(gqa, one):
     base = _cfg()
     cfg = dataclasses.replace(base, system=dataclasses.replace(base.system, gqa="unrolled"))
     c = _compiled(gqa, cfg)
     kl, _ = c.program.kv_layouts[0]
     assert (kl.n_head, kl.kv_heads) == (8, 8)  # native: (8, 2)
-    one = _compiled(gqa, base)
     assert one.program.kv_layouts[0][0].kv_heads == 2
     math = AsicMath.from_config(cfg, exact=True)
     fx1 = FlowExecutor(one.program, build_graph_image(one.mapping), base, math=math)
@@ -90,11 +96,11 @@ def test_gqa_unrolled_keeps_a_kv_head_per_query_head_and_the_tokens(gqa):
     assert b.commands["WR"] > a.commands["WR"]
 
 
-def test_host_sampling_adds_its_time_to_every_token(gqa):
+def test_host_sampling_adds_its_time_to_every_token(gqa, one):
     base = _cfg()
     cfg = dataclasses.replace(base, system=dataclasses.replace(base.system,
                                                                host_sample_ns=150_000.0))
-    a = run_generation(_compiled(gqa, base).program, base, prompt=[1], n_tokens=3)
+    a = run_generation(one.program, base, prompt=[1], n_tokens=3)
     prog = _compiled(gqa, cfg).program
     assert [s.op for s in prog.steps][-1] == "host_sample"
     b = run_generation(prog, cfg, prompt=[1], n_tokens=3)
