@@ -169,3 +169,15 @@ def test_more_stages_per_device_than_channels_is_refused():
         hw_config("pim-gpt", devices=1, pp=16)
     with pytest.raises(SystemError_, match="--tp 2 x --pp 32 = 64 devices"):
         hw_config("pim-gpt", devices=8, tp=2, pp=32)
+
+
+def test_cent_options_round_trip_through_the_toml_writer():
+    from pimsim.config import config_from_dict
+    from workloads.compiling import hw_config
+    from workloads.sweeps.spec import config_to_dict
+
+    cfg = hw_config("examples/cent/cent-8.toml", tp=1, pp=32)
+    assert (cfg.org.channels, cfg.system.stages_per_device) == (8, 4)
+    back = config_from_dict(config_to_dict(cfg))
+    assert back.org.channels == 8 and back.system == cfg.system
+    assert (back.system.attention, back.system.host_sample_ns) == ("master", 150_000.0)
