@@ -181,3 +181,15 @@ def test_cent_options_round_trip_through_the_toml_writer():
     back = config_from_dict(config_to_dict(cfg))
     assert back.org.channels == 8 and back.system == cfg.system
     assert (back.system.attention, back.system.host_sample_ns) == ("master", 150_000.0)
+
+
+@pytest.mark.slow  # about 8 s: the default run is at its time budget
+def test_command_by_command_executor_agrees_on_cents_options(gqa):
+    base = _cfg(2, attention="master")
+    cfg = dataclasses.replace(base, system=dataclasses.replace(base.system,
+                                                               host_sample_ns=1234.0))
+    c = _compiled(gqa, cfg)
+    fast = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3)
+    slow = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3, fast=False)
+    assert slow.cycles == fast.cycles and slow.per_token_ms == fast.per_token_ms
+    assert slow.breakdown == fast.breakdown and slow.commands == fast.commands
