@@ -30,7 +30,7 @@ import tomllib
 from pimsim.errors import ConfigError, UserError, read_text
 from pimsim.paths import resolve_relative
 from pimsim.spec.commands import MODE_SWITCHES
-from pimsim.system import System, system_from_dict
+from pimsim.system import System, apply_system, system_from_dict
 
 HWCONFIG_DIR = Path(__file__).resolve().parent.parent / "hwconfigs"
 MAPPINGS = ("pim-gpt", "reuse")  # pim.mapping: loop orders, see pimsim.isa.MatvecOrder
@@ -480,7 +480,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>",
         host=host, controller=controller, system=system,
     )
     _validate(cfg, source)
-    return cfg
+    return apply_system(cfg, system) if system.stages_per_device > 1 else cfg
 
 
 def _system_config(data: dict[str, Any], source: str, folder: str | Path | None) -> HwConfig:
@@ -518,9 +518,9 @@ def _system_config(data: dict[str, Any], source: str, folder: str | Path | None)
     if not isinstance(data.get("interconnect", {}), dict):
         fail("[interconnect] must be a table", "write it as a TOML table")
     system = system_from_dict(sec, data.get("interconnect"), source)
-    return dataclasses.replace(base, name=str(data.get("name", Path(source).stem)),
-                               description=str(data.get("description", base.description)),
-                               source=source, system=system)
+    return apply_system(dataclasses.replace(
+        base, name=str(data.get("name", Path(source).stem)),
+        description=str(data.get("description", base.description)), source=source), system)
 
 
 def row_cycle_cyc(c: dict[str, int]) -> int:

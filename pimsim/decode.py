@@ -55,6 +55,8 @@ def comm_cost(cfg: HwConfig, prog: Program, step) -> CommCost:
     (:mod:`pimsim.system`): ``n_elems`` data elements per device over the program's tensor-
     parallel group; an all-reduce's adds (each device sums the others' contributions to its
     share) run on the device's ASIC."""
+    if step.op == "host_sample":  # the host's sampling time, not a collective
+        return CommCost(cfg.system.host_sample_ns, 0)
     ic, n = cfg.system.interconnect, prog.tp
     n_bytes = step.n_elems * prog.geo.elem_bytes
     reduce_ns = 0.0

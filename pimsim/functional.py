@@ -675,6 +675,7 @@ class FlowExecutor:
 
     def _kv_write(self, attn: int, is_k: bool, pos: int, new: np.ndarray) -> None:
         kl, vl = self.prog.kv_layouts[attn]
+        new = unrolled_kv(new, kl.kv_heads, kl.d_head)
         if is_k:
             self._write_k(kl, pos, new)
         else:
@@ -709,6 +710,16 @@ class FlowExecutor:
         k = pos // vm.chunk_elems
         rows = np.array([vm.row_of(int(ch), int(sl), k) for ch, sl in zip(c, s)])
         self.img.bits[c, b, rows, pos % vm.chunk_elems] = self.img.encode(v_new)
+
+
+def unrolled_kv(new: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:
+    """The new token's K or V for a cache of ``n_heads`` heads: as it is, or, for a cache of
+    grouped-query attention unrolled per query head (``[system] gqa = "unrolled"``, CENT's),
+    each KV head repeated for the query heads of its group."""
+    have = new.size // d_head
+    if n_heads <= have:
+        return new
+    return np.repeat(np.asarray(new).reshape(have, d_head), n_heads // have, axis=0).reshape(-1)
 
 
 class SystemFlowExecutor(FlowExecutor):
@@ -768,7 +779,9 @@ class SystemFlowExecutor(FlowExecutor):
     def _kv_write(self, attn: int, is_k: bool, pos: int, new: np.ndarray) -> None:
         devs, (kl, vl), _, kv_ranks = self._heads(attn)
         if kv_ranks[0] is None:
-            return devs[0]._kv_write_local(kl, vl, is_k, pos, new)
+            return devs[0]._kv_write_local(kl, vl, is_k, pos,
+                                           unrolled_kv(new, kl.kv_heads, kl.d_head))
+        new = unrolled_kv(new, 1 + max(int(h.max()) for h in kv_ranks if len(h)), kl.d_head)
         per_head = new.reshape(-1, kl.d_head)
         for d, hs in zip(devs, kv_ranks):
             if len(hs):

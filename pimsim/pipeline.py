@@ -42,7 +42,10 @@ def stage_send(cfg: HwConfig, prog: Program) -> CommCost:
 
 
 def token_return_cyc(cfg: HwConfig) -> int:
-    return collective(cfg.system.interconnect, "send", 2, TOKEN_BYTES).cycles(cfg.tCK_ps)
+    """The sampled token's way back to stage 0: the host's sampling time (``[system]
+    host_sample_ns``, CENT's top-k on the host CPU) and the send."""
+    c = collective(cfg.system.interconnect, "send", 2, TOKEN_BYTES)
+    return CommCost(c.ns + cfg.system.host_sample_ns, c.wire_bits).cycles(cfg.tCK_ps)
 
 
 def check_system(programs: Sequence[Program], cfg: HwConfig) -> None:
@@ -250,7 +253,8 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         ttft_ms=None if skip_prompt or clock.first_token_end is None
         else ns(clock.first_token_end) / 1e6,
         tpot_ms=tpot_ms(per_token_ms),
-        system={"devices": tp * pp, "tp": tp, "pp": pp, "sequences": pp,
+        system={"devices": cfg.system.devices, "tp": tp, "pp": pp, "sequences": pp,
+                "stages_per_device": cfg.system.stages_per_device,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
                 "stage_send_cyc": send, "token_return_cyc": back})
 

@@ -20,6 +20,7 @@ position, so it is computed once per step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,8 @@ from pimsim.interconnect import Interconnect, interconnect_from_dict
 
 HOSTS = ("per-device",)
 _CONFIG_FIX = "set [system] devices, tp and pp with tp x pp = devices (or give two of them)"
-ATTENTION = ("split", "one-device")  # compiler.passes.lower.ATTENTION_SPLITS
+ATTENTION = ("split", "one-device", "master")  # compiler.passes.lower.ATTENTION_SPLITS
+GQA = ("native", "unrolled")
 TOKEN_BYTES = 4  # a sampled token id, returned from the last stage to the first
 
 
@@ -48,7 +50,25 @@ class System:
     pp: int = 1
     host: str = "per-device"
     interconnect: Interconnect = field(default_factory=Interconnect)
-    attention: str = "split"  # tensor parallelism: attention split by heads, or "one-device"
+    # tensor parallelism: attention split by heads, "one-device", or "master" (CENT's mapping:
+    # every product split by rows, broadcast from and gathered on the first device, which holds
+    # the whole attention; compiler.passes.partition)
+    attention: str = "split"
+    # the host's time per generated token after the argmax (sampling on the host CPU), a step
+    # of the program's last stage; CENT: top-k on the CPU, 0.15 ms (Yufeng98/CENT@9b4165f
+    # cent_simulation/utils.py, InOut_latency); 0: none
+    host_sample_ns: float = 0.0
+    # pipeline stages smaller than a device (CENT's several transformer blocks per device,
+    # run_sim.py: channels_per_block = 32 // blocks_per_device): tp 1 and more stages than
+    # devices put ceil(pp / devices) stages on each device, each on channels // that many of
+    # its channels (derived, :func:`resolve`); ``device_channels`` keeps the whole device's
+    # count while a config's channels are one stage's (:func:`apply_system`)
+    stages_per_device: int = 1
+    device_channels: int = 0
+    # grouped-query attention: "native" (a KV head stored once, its rows read once for its
+    # group of query heads) or "unrolled" (CENT's, TransformerBlock.py n_repeat: each query
+    # head reads its group's K/V on its own, as a cache of one KV head per query head)
+    gqa: str = "native"
 
     @property
     def multi(self) -> bool:
@@ -70,12 +90,14 @@ def resolve(devices: int | None, tp: int | None, pp: int | None,
         if attention not in ATTENTION:
             raise SystemError_(f"--tp-attention {attention!r} is not known",
                                f"use one of {', '.join(ATTENTION)}")
-        base = System(base.devices, base.tp, base.pp, base.host, base.interconnect, attention)
+        base = dataclasses.replace(base, attention=attention)
     for flag, v in (("--devices", devices), ("--tp", tp), ("--pp", pp)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 4096):
             raise SystemError_(f"{flag} {v!r} must be a whole number of devices in 1..4096")
     if devices is None and tp is None and pp is None:
         return base
+    if devices is not None and pp is not None and pp > devices and tp in (None, 1):
+        return _sub_device(devices, pp, base)
     if devices is None and base.devices > 1:  # the config's device count stays
         return _keep_devices(tp, pp, base, where)
     pp_ = pp if pp is not None else (1 if devices is not None or tp is not None else base.pp)
@@ -92,8 +114,7 @@ def resolve(devices: int | None, tp: int | None, pp: int | None,
     if tp_ * pp_ != devices:
         raise SystemError_(f"--tp {tp_} x --pp {pp_} = {tp_ * pp_} devices, but --devices is "
                            f"{devices}", f"make T x P = {devices}")
-    return System(devices=devices, tp=tp_, pp=pp_, host=base.host,
-                  interconnect=base.interconnect, attention=base.attention)
+    return dataclasses.replace(base, devices=devices, tp=tp_, pp=pp_, stages_per_device=1)
 
 
 def _keep_devices(tp: int | None, pp: int | None, base: System, where: str) -> System:
@@ -101,6 +122,8 @@ def _keep_devices(tp: int | None, pp: int | None, base: System, where: str) -> S
     n = base.devices
     tp_ = tp if tp is not None else base.tp
     pp_ = pp if pp is not None else base.pp
+    if tp_ == 1 and pp_ > n:
+        return _sub_device(n, pp_, base)
     if tp_ * pp_ != n:
         def flag(name: str, v: int, given: int | None) -> str:
             return f"--{name} {v}" if given is not None else f"{name} {v} (the config's)"
@@ -114,15 +137,43 @@ def _keep_devices(tp: int | None, pp: int | None, base: System, where: str) -> S
         raise SystemError_(f"{flag('tp', tp_, tp)} x {flag('pp', pp_, pp)} = {tp_ * pp_} devices, "
                            f"but {where} has {n} devices",
                            f"{fix}, or --devices {tp_ * pp_} for a system of that size")
-    return System(devices=n, tp=tp_, pp=pp_, host=base.host, interconnect=base.interconnect,
-                  attention=base.attention)
+    return dataclasses.replace(base, devices=n, tp=tp_, pp=pp_, stages_per_device=1)
+
+
+def _sub_device(devices: int, pp: int, base: System) -> System:
+    """``pp`` stages (tp 1) on ``devices`` devices, several stages per device (CENT's pipeline:
+    run_sim.py, blocks_per_device = ceil(blocks / devices)); every device but possibly the last
+    holds the same number of stages (the last ones may hold fewer or none, as CENT's
+    Llama2-70B: 80 stages, 3 per device, on 27 of 32 devices)."""
+    k = -(-pp // devices)  # the last devices may hold fewer stages or none (as CENT's)
+    return dataclasses.replace(base, devices=devices, tp=1, pp=pp, stages_per_device=k)
+
+
+def apply_system(cfg: Any, sysm: System) -> Any:
+    """``cfg`` with the system ``sysm``; with several stages per device, each stage's device is
+    the device's channels divided among its stages (CENT: ``channels_per_block = 32 //
+    blocks_per_device``), so ``cfg``'s organisation becomes one stage's."""
+    full = cfg.system.device_channels or cfg.org.channels
+    if sysm.stages_per_device > 1:
+        ch = full // sysm.stages_per_device
+        if ch < 1:
+            raise SystemError_(f"{sysm.stages_per_device} pipeline stages per device on "
+                               f"{full} channels leave a stage no channel",
+                               f"use at most {full} stages per device (more --devices)")
+        sysm = dataclasses.replace(sysm, device_channels=full)
+    else:
+        ch = full
+        sysm = dataclasses.replace(sysm, device_channels=0)
+    org = cfg.org if ch == cfg.org.channels else \
+        dataclasses.replace(cfg.org, channels=ch, channel_mask=0)
+    return dataclasses.replace(cfg, system=sysm, org=org)
 
 
 def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
                      where: str) -> System:
     """Validated :class:`System` from the ``[system]`` and ``[interconnect]`` tables."""
     sec = dict(sec or {})
-    known = {"devices", "tp", "pp", "host", "attention"}
+    known = {"devices", "tp", "pp", "host", "attention", "host_sample_ns", "gqa"}
     for k in sec:
         if k not in known:
             raise SystemError_(f"{where}: [system] unknown key {k!r}",
@@ -131,6 +182,16 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
     if attention not in ATTENTION:
         raise SystemError_(f"{where}: [system] attention = {attention!r} is not known",
                            f"use one of {', '.join(ATTENTION)}")
+    sample = sec.pop("host_sample_ns", 0.0)
+    if isinstance(sample, bool) or not isinstance(sample, (int, float)) or \
+            not 0 <= sample < 1e9:
+        raise SystemError_(f"{where}: [system] host_sample_ns = {sample!r} must be a number of "
+                           f"nanoseconds in 0..1e9",
+                           "give the host's sampling time per token, e.g. 150000.0 (0: none)")
+    gqa = sec.pop("gqa", "native")
+    if gqa not in GQA:
+        raise SystemError_(f"{where}: [system] gqa = {gqa!r} is not known",
+                           f"use one of {', '.join(GQA)}")
     host = sec.pop("host", "per-device")
     if host not in HOSTS:
         raise SystemError_(f"{where}: [system] host = {host!r} is not supported",
@@ -147,7 +208,9 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
         raise SystemError_(f"{where}: [system] {got} do not agree ({str(e).split('; ')[0]})",
                            _CONFIG_FIX) from None
     return System(devices=s.devices, tp=s.tp, pp=s.pp, host=host,
-                  interconnect=interconnect_from_dict(ic or {}, where), attention=attention)
+                  stages_per_device=s.stages_per_device,
+                  interconnect=interconnect_from_dict(ic or {}, where), attention=attention,
+                  host_sample_ns=float(sample), gqa=gqa)
 
 
 # ---------------------------------------------------------------- collective costs

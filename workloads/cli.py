@@ -496,9 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "without --devices, T x P must equal a multi-device config's count")
         sp.add_argument("--pp", type=int_in(1, 4096), metavar="P",
                         help="pipeline stages, P sequences in flight (default 1); T x P = N")
-        sp.add_argument("--tp-attention", choices=["split", "one-device"], default=None,
-                        help="tensor parallelism: attention split by KV head groups (default) "
-                             "or kept whole on each stage's first device")
+        sp.add_argument("--tp-attention", choices=["split", "one-device", "master"],
+                        default=None,
+                        help="tensor parallelism: attention split by KV head groups (default), "
+                             "kept whole on each stage's first device, or master (CENT's: every "
+                             "product split by rows, broadcast from and gathered on the first "
+                             "device, which runs the whole attention)")
 
     def context(sp):
         sp.add_argument("--context", type=int_in(1, 1 << 20), metavar="N",

@@ -8,7 +8,6 @@ through :func:`compile_model`; nothing else calls the compiler's pipeline direct
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import Any
 
@@ -27,14 +26,14 @@ def hw_config(hw: str | HwConfig = "pim-gpt", *, devices: int | None = None,
     """The hardware config ``hw`` (a shipped name, a ``.toml`` path or a loaded config) with its
     ``[system]`` overridden by ``devices`` / ``tp`` / ``pp`` / ``tp_attention`` where given (see
     :func:`pimsim.system.resolve`); ``refresh=False`` turns DRAM refresh off."""
-    from pimsim.system import resolve
+    from pimsim.system import apply_system, resolve
 
     if isinstance(hw, HwConfig):
         cfg = hw if refresh is None else hw.with_refresh(refresh)
     else:
         cfg = load_config(hw, refresh=refresh)
     sysm = resolve(devices, tp, pp, cfg.system, tp_attention, where=f"hardware config {cfg.name}")
-    return cfg if sysm == cfg.system else dataclasses.replace(cfg, system=sysm)
+    return cfg if sysm == cfg.system else apply_system(cfg, sysm)
 
 
 def system_programs(compiled: Any, cfg: HwConfig) -> list:

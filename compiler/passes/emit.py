@@ -233,7 +233,7 @@ class Emission:
         else:
             st = self._add(f"{L}.attn_value", "attn_value", ai, "pim",
                      self._deps_of([a_in]) | {a.write_step}, kv=(ai,))
-        if tp > 1:
+        if tp > 1 and not self.attn_master:  # master: the whole attention on device 0
             if a_in not in self.owner:
                 raise LoweringError(f"{self.name}: node {n.name!r}: the attention's "
                                     f"{'query' if which == 'k' else 'weights'} are not "
@@ -305,7 +305,12 @@ class Emission:
             self.head_matvec = mname
         if role == "ffn_up":
             self.d_ff = max([self.d_ff] + [hi - lo_ for lo_, hi, _, _ in parts])
-        pim = self._add(f"{L}.{role}", role, layer, "pim", self._deps_of([p.input]), matrix=mname)
+        in_deps = self._deps_of([p.input])
+        master = tp > 1 and self.attn_master
+        if master:  # CENT: the master broadcasts the input to the devices
+            in_deps = {self._add(f"{L}.{role}.broadcast", "broadcast", layer, "comm", in_deps,
+                                 n_elems=in_dim)}
+        pim = self._add(f"{L}.{role}", role, layer, "pim", in_deps, matrix=mname)
         deps = {pim}
         if any(part[2] for part in parts):  # biases: fetched vectors
             par = self._need_params(layer)
@@ -317,7 +322,10 @@ class Emission:
         self.flow.append(FlowOp("matvec", (p.input,), tuple(m.outputs[0] for m in p.nodes),
                            {"matrix": mname, "parts": parts}, pim))
         done = {red}
-        if tp > 1 and self.tp_rows[mname][0] == "row":  # partial sums: one exchange
+        if master:  # CENT: every device's rows to the master
+            done = {self._add(f"{L}.{role}.gather", "gather", layer, "comm", {red},
+                              n_elems=out_loc)}
+        elif tp > 1 and self.tp_rows[mname][0] == "row":  # partial sums: one exchange
             whole = all(len(c) == 0 for c in self.tp_rows[mname][1][1:])
             op = "broadcast" if whole else "all_reduce"  # device 0 had it all
             done = {self._add(f"{L}.{role}.{op}", op, layer, "comm", {red}, n_elems=lo)}
@@ -376,7 +384,11 @@ class Emission:
         if tp > 1 and self.logits in self.owner:  # each device's share of the logits to device 0
             head_deps = {self._add("logits.gather", "gather", self.n_layer, "comm", head_deps,
                              n_elems=self.mat_local[self.head_matvec][0])}
-        self._add("argmax", "argmax", self.n_layer, "asic", head_deps, n_elems=vocab)
+        am = self._add("argmax", "argmax", self.n_layer, "asic", head_deps, n_elems=vocab)
+        # CENT: the token sampled on the host CPU; with pipeline stages it delays the token's
+        # return to stage 0 instead (pimsim.pipeline.token_return_cyc), the last stage going on
+        if self.cfg.system.host_sample_ns > 0 and self.pp == 1:
+            self._add("host_sample", "host_sample", self.n_layer, "comm", {am})
         # tied tables: a gathered table that is also a weight lives with its matrix
         tied: dict[str, str] = {}
         for t in self.tables_first:

@@ -46,7 +46,10 @@ from pimsim.isa import Program
 __all__ = ["ATTENTION_SPLITS", "LOWERING_PASSES", "GraphMapping", "GraphModel", "LoweringError", "WIRING",
            "lower_graph", "lower_graph_system"]
 
-ATTENTION_SPLITS = ("split", "one-device")  # tensor parallelism: attention by heads, or whole
+# tensor parallelism: attention split by heads, whole on the first device, or "master": CENT's
+# (Chen et al., ASPLOS'25) every product split by output rows over the devices, each input
+# broadcast from and each output gathered on the first device, which holds the attention
+ATTENTION_SPLITS = ("split", "one-device", "master")
 
 # the lowering's passes, in order, per hardware config over the state of :class:`_Lowering`
 # (:mod:`compiler.pipeline` lists them after the graph passes)
@@ -88,7 +91,8 @@ class _Lowering(TensorParallel, Emission, Placement):
         if attention not in ATTENTION_SPLITS:
             raise LoweringError(f"attention = {attention!r} unknown",
                                 f"use one of {', '.join(ATTENTION_SPLITS)}")
-        self.attn_one = attention == "one-device"
+        self.attn_master = attention == "master"
+        self.attn_one = attention in ("one-device", "master")  # every head on device 0
         self.g = classified(graph, name)
         self.cfg = cfg
         self.name = name

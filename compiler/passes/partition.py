@@ -19,6 +19,12 @@ model is recognised):
   moves it; a row-parallel product's input columns per device are read from it. A normalisation
   or reduction over elements of several devices is refused (it would need the whole vector).
 
+With ``attention = "master"`` (CENT's mapping, Chen et al., ASPLOS'25) every product, the
+attention's projections and the head included, is column-parallel in contiguous blocks of output
+rows; its input is broadcast from the group's first device (the master) and its output rows
+gathered there, so no value stays split: the master holds the residual stream, the norms and the
+whole attention (K/V caches, q.K^T, softmax, p.V); the other devices only multiply.
+
 With ``attention = "one-device"`` the attention (its projections, the K/V caches, q.K^T and p.V)
 stays whole on the group's first device, which then broadcasts the output projection's result;
 only the MLP and the head are split.
@@ -209,6 +215,10 @@ class TensorParallel:
                          owner: dict) -> tuple[int, int]:
         """Column- or row-parallel split of a packed product; returns its shape on a device."""
         tp = self.tp
+        if self.attn_master:  # CENT: rows in contiguous blocks, gathered on the master
+            rows = block_ranks(n_out, tp)
+            self.tp_rows[mname] = ("col", rows)
+            return max(len(r) for r in rows), n_in
         try:
             if p.input in owner:
                 cols = cols_per_rank(owner[p.input], tp)

@@ -118,11 +118,14 @@ class Placement:
         mp.vectors = VectorLayout.build("vectors", entries, row, geo)
         row += mp.vectors.rows_reserved
         for a in attns:
-            n_head, n_kv = a.n_head, a.n_kv
+            # CENT's GQA unrolled per query head ([system] gqa = "unrolled"): each query head
+            # has its own copy of its group's K/V head, read once per query head
+            a_kv = a.n_head if cfg.system.gqa == "unrolled" else a.n_kv
+            n_head, n_kv = a.n_head, a_kv
             if tp > 1:  # this device's query heads and the KV heads they read
                 try:
                     a.q_ranks = partition.head_ranks(a.n_head, tp, "query", self.attn_one)
-                    a.kv_ranks = partition.head_ranks(a.n_kv, tp, "KV", self.attn_one)
+                    a.kv_ranks = partition.head_ranks(a_kv, tp, "KV", self.attn_one)
                 except ValueError as e:
                     raise LoweringError(f"{self.name}: attention {a.index}: {e}",
                                         "choose --tp dividing the head counts") from None

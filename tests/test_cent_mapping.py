@@ -1,0 +1,195 @@
+"""CENT's mapping choices as options (Chen et al., ASPLOS'25; issue 23): tensor parallelism with
+every product split by rows and the attention on a master device, GQA unrolled per query head,
+pipeline stages smaller than a device, and the host's sampling time. Tiny models, few tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from compiler.passes.images import build_graph_image  # noqa: E402
+from compiler.pipeline import compile_model  # noqa: E402
+from pimsim.config import load_config  # noqa: E402
+from pimsim.functional import AsicMath, FlowExecutor, SystemFlowExecutor  # noqa: E402
+from pimsim.generate import run_generation  # noqa: E402
+from pimsim.pipeline import run_system  # noqa: E402
+from pimsim.system import resolve  # noqa: E402
+from tests.hf_tiny import tiny_model  # noqa: E402
+from workloads.models.hf_decode import decode_step_module  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def gqa():
+    return tiny_model("llama-gqa")  # 8 query heads, 2 KV heads
+
+
+def _cfg(devices=None, tp=None, pp=None, attention=None, name="pim-gpt"):
+    cfg = load_config(name)
+    return dataclasses.replace(cfg, system=resolve(devices, tp, pp, cfg.system, attention))
+
+
+def _compiled(model, cfg):
+    return compile_model(decode_step_module(model), cfg, name="m")
+
+
+@pytest.fixture(scope="module")
+def one(gqa):
+    """The tiny model on one device (the reference of every option)."""
+    return _compiled(gqa, _cfg())
+
+
+@pytest.fixture(scope="module")
+def master(gqa):
+    return _compiled(gqa, _cfg(4, attention="master"))
+
+
+def test_master_splits_every_product_by_rows_and_keeps_attention_on_device_0(master):
+    prog = master.program
+    kl, _ = prog.kv_layouts[0]
+    assert (kl.n_head, kl.kv_heads) == (8, 2)  # every head on the master
+    for m, (kind, rows) in prog.tp_rows.items():  # every product, q/k/v/o and the head included
+        assert kind == "col", m
+        n = sum(len(r) for r in rows)  # contiguous blocks of ceil(n / 4) rows, in order
+        assert [r.tolist() for r in rows] == [list(range(i * -(-n // 4),
+                                                         min(n, (i + 1) * -(-n // 4))))
+                                              for i in range(4)], m
+    n_layer, n_mat = prog.dims["n_layer"], len(prog.tp_rows)
+    ops = [s.op for s in prog.steps if s.kind == "comm"]
+    # one broadcast of the input and one gather of the rows per product; no all-reduce
+    assert ops.count("broadcast") == ops.count("gather") == n_mat
+    assert "all_reduce" not in ops and n_mat == 4 * n_layer + 1
+    for s in prog.steps:  # each product waits for its input's broadcast
+        if s.kind == "pim" and s.matrix:
+            assert prog.steps[s.deps[0]].op == "broadcast", s.name
+
+
+def test_master_tokens_equal_one_device(master, one):
+    cfg, c = _cfg(4, attention="master"), master
+    math = AsicMath.from_config(cfg, exact=True)
+    fx1 = FlowExecutor(one.program, build_graph_image(one.mapping), cfg, math=math)
+    fx = SystemFlowExecutor(c.programs, [[build_graph_image(mp, rank=r) for r in range(4)]
+                                         for mp in c.stage_mappings], cfg, math=math)
+    a = run_generation(one.program, _cfg(), prompt=[5, 9], n_tokens=8, functional=fx1)
+    b = run_system(c.programs, cfg, prompt=[5, 9], n_tokens=8, functional=fx)
+    assert b.tokens == a.tokens
+    assert b.per_op["broadcast"] > 0 and b.per_op["gather"] > 0
+
+
+def test_gqa_unrolled_keeps_a_kv_head_per_query_head_and_the_tokens(gqa, one):
+    base = _cfg()
+    cfg = dataclasses.replace(base, system=dataclasses.replace(base.system, gqa="unrolled"))
+    c = _compiled(gqa, cfg)
+    kl, _ = c.program.kv_layouts[0]
+    assert (kl.n_head, kl.kv_heads) == (8, 8)  # native: (8, 2)
+    assert one.program.kv_layouts[0][0].kv_heads == 2
+    math = AsicMath.from_config(cfg, exact=True)
+    fx1 = FlowExecutor(one.program, build_graph_image(one.mapping), base, math=math)
+    fxu = FlowExecutor(c.program, build_graph_image(c.mapping), cfg, math=math)
+    a = run_generation(one.program, base, prompt=[5, 9], n_tokens=6, functional=fx1)
+    b = run_generation(c.program, cfg, prompt=[5, 9], n_tokens=6, functional=fxu)
+    assert b.tokens == a.tokens
+    # a copy of its KV head per query head: 4x the heads in a cache row, and in each write
+    assert kl.heads_per_chunk == 4 * one.program.kv_layouts[0][0].heads_per_chunk
+    assert b.commands["WR"] > a.commands["WR"]
+
+
+def test_host_sampling_adds_its_time_to_every_token(gqa, one):
+    base = _cfg()
+    cfg = dataclasses.replace(base, system=dataclasses.replace(base.system,
+                                                               host_sample_ns=150_000.0))
+    a = run_generation(one.program, base, prompt=[1], n_tokens=3)
+    prog = _compiled(gqa, cfg).program
+    assert [s.op for s in prog.steps][-1] == "host_sample"
+    b = run_generation(prog, cfg, prompt=[1], n_tokens=3)
+    assert b.per_op["host_sample"] == pytest.approx(0.15, abs=cfg.tCK_ps / 1e9)
+    assert b.ms_per_token == pytest.approx(a.ms_per_token + 0.15, abs=1e-3)
+
+
+def test_stages_smaller_than_a_device_share_its_channels(gqa):
+    from workloads.compiling import hw_config
+
+    cfg = hw_config("pim-gpt", devices=1, pp=2)  # 2 stages on one device, half its channels each
+    full = load_config("pim-gpt").org.channels
+    assert (cfg.system.tp, cfg.system.pp, cfg.system.stages_per_device) == (1, 2, 2)
+    assert cfg.org.channels == full // 2 and cfg.system.device_channels == full
+    c = _compiled(gqa, cfg)
+    assert len(c.programs) == 2 and all(p.geo.channels == full // 2 for p in c.programs)
+    rep = run_system(c.programs, cfg, prompt=[1], n_tokens=2)
+    assert rep.system["pp"] == 2
+    # back to whole devices: the channels return
+    assert hw_config(cfg, devices=2, pp=2).org.channels == full
+
+
+def test_cent_options_refuse_bad_values(tmp_path):
+    from pimsim.config import ConfigError
+    for key, val, msg in (("attention", '"centre"', "attention = 'centre' is not known"),
+                          ("gqa", '"rolled"', "gqa = 'rolled' is not known"),
+                          ("host_sample_ns", "-1.0", "host_sample_ns = -1.0 must be")):
+        p = tmp_path / "s.toml"
+        p.write_text(f'[system]\ndevice = "pim-gpt"\ndevices = 2\n{key} = {val}\n')
+        with pytest.raises(ConfigError, match=msg):
+            load_config(p)
+    with pytest.raises(Exception, match="'centre' is not known"):
+        resolve(4, None, None, None, "centre")
+
+
+# CENT's published PIM time of one block (Yufeng98/CENT@9b4165f simulation_results.csv,
+# Llama2-7B, 8 devices, tp 8, "PIM latency" in ms) for its own traces (tests/data/cent)
+CENT_PIM_MS = {128: 0.0189785, 4096: 0.047729}
+
+
+@pytest.mark.slow  # about 5 s each: the default run is at its time budget
+@pytest.mark.parametrize("seq", [128, 4096])
+def test_cents_own_trace_replays_within_ten_percent_of_its_published_pim_time(seq):
+    """pimsim's AiM timing on CENT's commands: the gap between CENT and pimsim with CENT's
+    options is the mapping (which commands), not the DRAM/PIM timing."""
+    import gzip
+    from pathlib import Path
+
+    from pimsim.dma import replay_trace
+    from pimsim.trace import parse_trace
+
+    cfg = load_config("aim-gddr6")
+    f = Path(__file__).parent / "data" / "cent" / f"llama2-7b_tp8_seq{seq}.trace.gz"
+    res, _ = replay_trace(cfg, parse_trace(gzip.decompress(f.read_bytes()).decode(), cfg,
+                                           f.name))
+    ms = res.cycles * cfg.tCK_ps / 1e9
+    assert abs(ms - CENT_PIM_MS[seq]) <= 0.10 * CENT_PIM_MS[seq], (ms, CENT_PIM_MS[seq])
+
+
+def test_more_stages_per_device_than_channels_is_refused():
+    from pimsim.system import SystemError_
+    from workloads.compiling import hw_config
+
+    with pytest.raises(SystemError_, match="16 pipeline stages per device on 8 channels leave "
+                                           "a stage no channel"):
+        hw_config("pim-gpt", devices=1, pp=16)
+    with pytest.raises(SystemError_, match="--tp 2 x --pp 32 = 64 devices"):
+        hw_config("pim-gpt", devices=8, tp=2, pp=32)
+
+
+def test_cent_options_round_trip_through_the_toml_writer():
+    from pimsim.config import config_from_dict
+    from workloads.compiling import hw_config
+    from workloads.sweeps.spec import config_to_dict
+
+    cfg = hw_config("examples/cent/cent-8.toml", tp=1, pp=32)
+    assert (cfg.org.channels, cfg.system.stages_per_device) == (8, 4)
+    back = config_from_dict(config_to_dict(cfg))
+    assert back.org.channels == 8 and back.system == cfg.system
+    assert (back.system.attention, back.system.host_sample_ns) == ("master", 150_000.0)
+
+
+@pytest.mark.slow  # about 8 s: the default run is at its time budget
+def test_command_by_command_executor_agrees_on_cents_options(gqa):
+    base = _cfg(2, attention="master")
+    cfg = dataclasses.replace(base, system=dataclasses.replace(base.system,
+                                                               host_sample_ns=1234.0))
+    c = _compiled(gqa, cfg)
+    fast = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3)
+    slow = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3, fast=False)
+    assert slow.cycles == fast.cycles and slow.per_token_ms == fast.per_token_ms
+    assert slow.breakdown == fast.breakdown and slow.commands == fast.commands
