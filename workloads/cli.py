@@ -16,6 +16,7 @@ the command line, calls the library API (:mod:`workloads.session`) and prints:
         --input-len L --output-len L [--length-dist sharegpt] --seed S] --max-num-seqs N
         --max-num-batched-tokens N [--gpu NAME | --pim-cost batched|serial] [--context N]
         [--json] [--csv FILE] [--plot DIR]
+    pimsim export attention-table MODEL --hw CONFIG [--lengths L,L,..] [--layer N] [--json]
     pimsim --version;  pimsim --debug COMMAND ...   (a traceback instead of the one error line)
 
 Bad input gives one line, ``pimsim: error: <problem>; <fix>``, and exit status 2 (the handler is
@@ -374,6 +375,62 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """``pimsim export attention-table``: one layer's decode attention against context length,
+    its line in LLMServingSim's ``pim_model.py`` form and the bandwidth it implies."""
+    from workloads.xpu.tables import export_attention_table
+
+    with status(f"simulating {args.model}'s attention on {args.hw}", _show(args)):
+        t = export_attention_table(args.model, args.hw, args.lengths, layer=args.layer,
+                                   devices=args.devices, tp=args.tp, context=args.context,
+                                   cache=not args.no_cache)
+    if args.json:
+        print(json.dumps(t.to_dict(), indent=1))
+    else:
+        print(t.table())
+        print()
+        print(t.pim_model())
+    if args.out:
+        write_text(args.out, t.pim_model() + "\n")
+        print(f"  wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def lengths_list(text: str) -> list[int]:
+    """``--lengths``: a comma-separated list of context lengths >= 0."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers "
+                                         "(e.g. 128,256,512)") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give context lengths >= 0, e.g. 128,256,512")
+    return out
+
+
+def _add_export_parser(sub, common, progress, no_cache) -> None:
+    """The ``export`` subcommand."""
+    e = sub.add_parser("export", help="export simulated tables for other tools: "
+                                      "attention-table (decode attention latency against "
+                                      "context length, LLMServingSim's pim_model.py form)")
+    e.add_argument("what", choices=["attention-table"], help="what to export")
+    common(e)
+    e.add_argument("--lengths", type=lengths_list, default=None, metavar="L,L,..",
+                   help="context lengths (default: powers of two from 128 to the context)")
+    e.add_argument("--layer", type=int_in(0, 1 << 20), default=0, metavar="N",
+                   help="the layer simulated (default 0)")
+    e.add_argument("--devices", type=int_in(1, 4096), metavar="N",
+                   help="PIM devices, the heads split over them in tensor parallelism")
+    e.add_argument("--tp", type=int_in(1, 4096), metavar="T", help="tensor-parallel devices")
+    e.add_argument("--context", type=int_in(1, 1 << 20), metavar="N",
+                   help="reserve the KV caches for N tokens instead of the model's context")
+    e.add_argument("-o", "--out", help="write the pim_model.py entry here")
+    e.add_argument("--json", action="store_true", help="print one JSON document")
+    progress(e)
+    no_cache(e)
+    e.set_defaults(func=cmd_export)
+
+
 def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
     """The ``serve`` subcommand."""
     from workloads.serving.costs import PIM_COSTS, PREFILL_COSTS
@@ -618,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_parser(sub)
     sub.choices["sweep"].set_defaults(func=cmd_sweep)
     _add_serve_parser(sub, common, progress, system, no_cache)
+    _add_export_parser(sub, common, progress, no_cache)
     core_cli.add_debug_flags(p)
     return p
 
