@@ -29,12 +29,14 @@ from pimsim.isa import Program
 ATTENTION_OPS = ("kv_write", "attn_score", "softmax", "attn_value")
 
 
-def attention_program(prog: Program, layer: int = 0) -> Program:
-    """The decode attention of ``layer`` as a program: the steps of :data:`ATTENTION_OPS` of
-    that layer, renumbered, their dependencies among themselves kept."""
-    picked = [s for s in prog.steps if s.layer == layer and s.op in ATTENTION_OPS]
-    ops = {s.op for s in picked}
-    if not {"attn_score", "attn_value"} <= ops:
+def attention_program(prog: Program, layer: int | None = 0,
+                      ops: tuple[str, ...] = ATTENTION_OPS) -> Program:
+    """The decode attention of ``layer`` (None: of every layer) as a program: the steps of
+    ``ops`` (:data:`ATTENTION_OPS`) of that layer, renumbered, their dependencies among
+    themselves kept."""
+    picked = [s for s in prog.steps
+              if (layer is None or s.layer == layer) and s.layer >= 0 and s.op in ops]
+    if not picked or not {"attn_score", "attn_value"} & set(ops) <= {s.op for s in picked}:
         raise UserError(f"{prog.model}: layer {layer} has no decode attention on PIM",
                         "give a model whose attention runs on the PIM banks (a decoder of "
                         "n_layer >= 1) and a layer in 0..n_layer-1")
@@ -42,8 +44,26 @@ def attention_program(prog: Program, layer: int = 0) -> Program:
     steps = [dataclasses.replace(s, index=new[s.index],
                                  deps=tuple(new[d] for d in s.deps if d in new))
              for s in picked]
-    out = dataclasses.replace(prog, steps=steps)
-    return out
+    return dataclasses.replace(prog, steps=steps)
+
+
+def kv_only_program(prog: Program, ops: tuple[str, ...] = ATTENTION_OPS) -> Program:
+    """The ``ops`` steps of every layer as a program on a device that holds only the KV caches
+    (attention offloaded to PIM beside an xPU that holds the weights): the KV block moved down
+    to row 0, the weight matrices, tables and vector layout dropped, so a batched step's further
+    KV regions (:class:`pimsim.batch.BatchedProgram`) fill every row above it."""
+    from pimsim.batch import kv_block
+
+    a = attention_program(prog, None, ops)
+    lo, _ = kv_block(prog)
+    moved = {kl.layer: (dataclasses.replace(kl, base_row=kl.base_row - lo),
+                        dataclasses.replace(vl, base_row=vl.base_row - lo))
+             for kl, vl in prog.kv_layouts}
+    steps = [dataclasses.replace(s, kv=moved[s.kv[0].layer]) if s.kv is not None else s
+             for s in a.steps]
+    return dataclasses.replace(a, steps=steps, kv_layouts=[moved[k.layer] for k, _ in
+                                                           prog.kv_layouts],
+                               matrices={}, tables={}, vec_layout=None)
 
 
 def attention_cycles(prog: Program, cfg: HwConfig, length: int, *,

@@ -363,7 +363,7 @@ def cmd_serve(args) -> int:
         cost=f"gpu:{args.gpu}" if args.gpu else "pim", kv_capacity_tokens=args.kv_capacity,
         gpu_tp=args.gpu_tp, schedule=args.schedule, cache=not args.no_cache,
         show_progress=_show(args), pim_cost=args.pim_cost, context=args.context,
-        prefill=args.prefill)
+        prefill=args.prefill, **_xpu_args(args))
     print(json.dumps(res.to_dict(), indent=1) if args.json else res.summary())
     if args.csv:
         print(f"  wrote {res.write_csv(args.csv)}", file=sys.stderr)
@@ -431,6 +431,49 @@ def _add_export_parser(sub, common, progress, no_cache) -> None:
     e.set_defaults(func=cmd_export)
 
 
+def _xpu_args(args) -> dict:
+    """serve's / compare's xPU options as keyword arguments (none without --xpu)."""
+    offload = getattr(args, "offload", None)
+    prefill_on = getattr(args, "prefill_on", None)
+    placement = getattr(args, "placement", None)
+    given = [p for p in (placement, "attention" if offload else None,
+                         "prefill" if prefill_on else None) if p]
+    if getattr(args, "xpu", None) is None:
+        if given or getattr(args, "overlap", False):
+            raise UserError("--placement / --offload / --prefill-on / --overlap without --xpu",
+                            "give --xpu NAME (the xPU beside the PIM devices)")
+        return {}
+    if len(set(given)) > 1:
+        raise UserError(f"placements {' and '.join(given)} both given",
+                        "give one of --placement, --offload attention, --prefill-on xpu")
+    return {"xpu": args.xpu, "link": args.link, "placement": given[0] if given else "attention",
+            "overlap": args.overlap}
+
+
+def add_xpu_options(sp) -> None:
+    """--xpu, --link, --placement, --offload, --prefill-on, --overlap."""
+    from workloads.xpu.cost import PLACEMENTS
+    from workloads.xpu.link import LINKS
+
+    sp.add_argument("--xpu", metavar="NAME",
+                    help="an xPU beside the PIM devices: a GPU of the analytic model (A100, "
+                         "H100, H200, T4) or a measured baseline JSON; see --placement")
+    sp.add_argument("--link", choices=LINKS, default="pcie5",
+                    help="with --xpu: the xPU-PIM link (default pcie5; package: PIM stacks on "
+                         "the xPU's package, as AttAcc)")
+    sp.add_argument("--placement", choices=PLACEMENTS, default=None,
+                    help="with --xpu: what runs where: attention (AttAcc: attention on PIM, the "
+                         "rest on the xPU; the default), prefill (IANUS: prefill on the xPU, "
+                         "decode on PIM), pim (all on PIM), xpu (all on the xPU)")
+    sp.add_argument("--offload", choices=["attention"], default=None,
+                    help="with --xpu: --placement attention")
+    sp.add_argument("--prefill-on", choices=["xpu"], default=None,
+                    help="with --xpu: --placement prefill")
+    sp.add_argument("--overlap", action="store_true",
+                    help="with --xpu: two sub-batches interleaved so the xPU and PIM work at "
+                         "once (NeuPIMs); the report shows each side's busy time")
+
+
 def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
     """The ``serve`` subcommand."""
     from workloads.serving.costs import PIM_COSTS, PREFILL_COSTS
@@ -467,6 +510,7 @@ def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
                         "instead of the PIM simulator")
     s.add_argument("--gpu-tp", type=int_in(1, 64), default=1, metavar="N",
                    help="with --gpu: GPUs in tensor parallelism (default 1)")
+    add_xpu_options(s)
     s.add_argument("--schedule", choices=["serial", "overlap"], default="serial",
                    help="PIM step schedule (see pimsim run)")
     s.add_argument("--pim-cost", choices=PIM_COSTS, default=PIM_COSTS[0],
