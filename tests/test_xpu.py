@@ -172,3 +172,20 @@ def test_cli_bad_xpu_input_exits_2(argv, words, capsys):
         rc = e.code
     assert rc == 2
     assert words in capsys.readouterr().err
+
+
+def test_cli_compare_xpu_rows(capsys):
+    assert main(["compare", "tiny", "--hw", "pim-gpt", "--xpu", "H100", "--batch", "1,4",
+                 "--prompt", "16", "--tokens", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 8 and {r["position"] for r in rows} == {16}
+    g = GpuModelCost("H100", "tiny").step([16] * 4, [])
+    xpu4 = next(r for r in rows if r["system"] == "xpu alone" and r["batch"] == 4)
+    assert xpu4["ms_per_step"] == pytest.approx(g.time_s * 1e3, rel=1e-12)
+    off = [r for r in rows if r["system"] == "xpu + pim attention"]
+    assert all(r["ms_per_step"] > r["xpu_busy_ms"] + r["pim_busy_ms"] for r in off)
+    try:
+        rc = main(["compare", "tiny", "--hw", "pim-gpt", "--xpu", "H100"])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2

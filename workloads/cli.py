@@ -270,6 +270,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    if args.xpu is not None:
+        return _compare_xpu(args)
     res = session.compare(args.models, _hw(args), args.gpu, prompt=args.prompt,
                           tokens=args.tokens, schedule=args.schedule, gpu_tp=args.gpu_tp,
                           cache=not args.no_cache, show_progress=_show(args),
@@ -429,6 +431,28 @@ def _add_export_parser(sub, common, progress, no_cache) -> None:
     progress(e)
     no_cache(e)
     e.set_defaults(func=cmd_export)
+
+
+def _compare_xpu(args) -> int:
+    """compare --batch B,.. --xpu NAME: the xPU alone, PIM alone, attention offloaded."""
+    from workloads.compare_batched import parse_batches
+    from workloads.xpu.compare import compare_xpu, xpu_table
+
+    if args.batch is None:
+        raise UserError("compare --xpu compares decode steps per batch size",
+                        "give --batch B,B,.. (e.g. 1,16,64,256)")
+    cfg = _hw(args)
+    rows = []
+    with status("simulating the xPU, PIM and attention-offloaded systems", _show(args)):
+        for m in args.models:
+            rows += compare_xpu(m, cfg, args.xpu, parse_batches(args.batch),
+                                position=args.prompt - 1 + args.tokens // 2, link=args.link,
+                                cache=not args.no_cache)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=1))
+    else:
+        print(xpu_table(rows, args.xpu, cfg.name, args.link))
+    return 0
 
 
 def _xpu_args(args) -> dict:
@@ -694,6 +718,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--batch", metavar="B,B,..", default=None,
                     help="instead: tokens/s and mJ/token per batch size (e.g. 1,16,64,256) and "
                          "the crossover batch; a modelled GPU")
+    cp.add_argument("--xpu", metavar="NAME",
+                    help="with --batch: also the xPU alone and the xPU with attention on the "
+                         "PIM devices (serial and overlapped), per batch size")
+    from workloads.xpu.link import LINKS
+
+    cp.add_argument("--link", choices=LINKS, default="pcie5",
+                    help="with --xpu: the xPU-PIM link (default pcie5)")
     cp.add_argument("--pim-cost", choices=PIM_COSTS, default=PIM_COSTS[0],
                     help="with --batch: batched (one batched PIM decode step per batch, the "
                          "default) or serial (the batch's sequences one after another)")
