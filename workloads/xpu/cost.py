@@ -31,6 +31,14 @@ model). The step's time is the end of its last task:
   NeuPIMs pays. With ``prefill``, the decode on PIM and the prefill on the xPU are two chains.
   The step time is the critical path of the schedule.
 
+``attention_cost="per-sequence"`` (a faster estimate for long serving runs): the decode
+sequences' attention is the sum of each sequence's own attention step at its position (memoised
+per position) and a prompt chunk's K/V writes are simulated chunk by chunk, instead of one
+batched step of them all; the batched step runs the sequences' attention items one sequence
+after the other too, so the two differ only in the row-buffer state one sequence leaves the
+next and in the softmax of the batch being one ASIC invocation
+(``benchmarks/bench_xpu_pim.py`` prints the difference on a sampled step).
+
 A chain's xPU time is cut into ``n_layer + 1`` equal pieces (the FC before the first attention,
 between two, after the last) and its PIM and link times into ``n_layer`` equal pieces: layers
 alike in shape ([assumed]: the kernel overheads and the LM head spread evenly).
@@ -50,6 +58,7 @@ from pimsim.errors import UserError
 from workloads.serving.costs import StepTime, _check_positions
 
 PLACEMENTS = ("attention", "prefill", "pim", "xpu")
+ATTENTION_COSTS = ("batched", "per-sequence")
 PLACEMENT_LABELS = {
     "attention": "attention on PIM, FC layers and prefill on the xPU (AttAcc)",
     "prefill": "prefill on the xPU, KV handed to PIM, decode on PIM (IANUS)",
@@ -119,14 +128,18 @@ class XpuPimCost:
     def __init__(self, compiled: Any, cfg: Any, model: str, *, xpu: str = "H100",
                  link: str = "pcie5", placement: str = "attention", overlap: bool = False,
                  power: str = "util", schedule: str = "serial", prefill: str = "batched",
-                 kv_capacity_tokens: int | None = None):
+                 kv_capacity_tokens: int | None = None, attention_cost: str = "batched"):
         from workloads.serving.costs import GpuModelCost, PimBatchedCost
         from workloads.xpu.link import xpu_link
 
         if placement not in PLACEMENTS:
             raise UserError(f"placement {placement!r} is not known",
                             f"use one of {', '.join(PLACEMENTS)}")
+        if attention_cost not in ATTENTION_COSTS:
+            raise UserError(f"attention cost {attention_cost!r} is not known",
+                            f"use one of {', '.join(ATTENTION_COSTS)}")
         self.placement, self.overlap = placement, bool(overlap)
+        self.attention_cost = attention_cost
         self.gpu = GpuModelCost(xpu, model, power=power)
         self.pim = PimBatchedCost(compiled, cfg, schedule=schedule, prefill=prefill)
         self.cfg, self.schedule = cfg, schedule
@@ -137,6 +150,8 @@ class XpuPimCost:
         self.name = f"{self.gpu.name}+pim" if placement not in ("pim", "xpu") else \
             ("pim" if placement == "pim" else self.gpu.name)
         how = "overlapped sub-batches" if self.overlap else "serial"
+        if attention_cost == "per-sequence" and placement == "attention":
+            how += ", PIM attention priced per sequence"
         self.label = (f"{self.gpu.label} + {cfg.name} over {self.link.name}: "
                       f"{PLACEMENT_LABELS[placement]}, {how}")
         self.totals = XpuTotals()
@@ -196,7 +211,9 @@ class XpuPimCost:
     def pim_attention(self, decode: Sequence[int]) -> tuple[float, float]:
         """(seconds, joules) of the decode sequences' attention on PIM, every layer."""
         t = e = 0.0
-        for g in self._groups(list(decode), self.max_batch):
+        per_seq = self.attention_cost == "per-sequence"
+        groups = [(p,) for p in decode] if per_seq else self._groups(list(decode), self.max_batch)
+        for g in groups:
             s, j = self._pim_run(self.attn_prog, tuple(g), tuple(range(len(g))))
             t, e = t + s, e + (j or 0.0)
         return t, e
@@ -204,7 +221,8 @@ class XpuPimCost:
     def pim_kv_writes(self, chunks: Sequence[tuple[int, int]]) -> tuple[float, float]:
         """(seconds, joules) of writing the prompt chunks' K/V into PIM, every layer."""
         t = e = 0.0
-        for g in self._groups(list(chunks), self.max_batch):
+        per_seq = self.attention_cost == "per-sequence"
+        for g in ([(c,) for c in chunks] if per_seq else self._groups(list(chunks), self.max_batch)):
             pos = tuple(p for s, n in g for p in range(s, s + n))
             reg = tuple(r for r, (_, n) in enumerate(g) for _ in range(n))
             s_, j = self._pim_run(self.kvw_prog, pos, reg)
