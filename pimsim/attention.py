@@ -125,12 +125,26 @@ class AttentionTable:
         return self.kv_bytes_per_token / self.slope_ns if self.slope_ns > 0 else float("inf")
 
     @property
+    def system_gb_s(self) -> float:
+        """K and V bytes of one token of the layer, every KV head, over the slope: the
+        system's bandwidth (the devices of a tensor-parallel group work at once; GB/s)."""
+        full = 2 * self.n_kv_head * self.d_head * (self.kv_bytes_per_token //
+                                                   max(1, 2 * self.kv_heads_per_device *
+                                                       self.d_head))
+        return full / self.slope_ns if self.slope_ns > 0 else float("inf")
+
+    @property
+    def kv_heads_per_device(self) -> int:
+        return -(-self.n_kv_head // self.devices)
+
+    @property
     def spec_name(self) -> str:
         return self.hw
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["effective_gb_s"] = self.effective_gb_s
+        d["system_gb_s"] = self.system_gb_s
         d["max_fit_error_ns"] = self.max_fit_error_ns
         return d
 
@@ -152,7 +166,9 @@ class AttentionTable:
         lines.append(f"line: {self.slope_ns:.4f} ns x L + {self.intercept_ns:.4f} ns (least "
                      f"squares; largest distance {self.max_fit_error_ns:.1f} ns)")
         lines.append(f"implied effective bandwidth: {self.kv_bytes_per_token} B of K and V per "
-                     f"token / {self.slope_ns:.4f} ns = {self.effective_gb_s:.2f} GB/s")
+                     f"token / {self.slope_ns:.4f} ns = {self.effective_gb_s:.2f} GB/s"
+                     + (f" per device, {self.system_gb_s:.2f} GB/s for the {self.devices} "
+                        "devices" if self.devices > 1 else ""))
         return "\n".join(lines)
 
     def pim_model(self) -> str:

@@ -97,3 +97,12 @@ def test_cli_bad_input_exits_2(argv, words, capsys):
         rc = e.code
     assert rc == 2
     assert words in capsys.readouterr().err
+
+
+def test_tensor_parallel_table_reports_the_systems_bandwidth():
+    from workloads.xpu.tables import export_attention_table
+
+    t = export_attention_table("tiny", "pim-gpt", [8, 40], devices=2, tp=2)
+    assert t.devices == 2 and t.kv_bytes_per_token == 128  # 2 of 4 heads on a device
+    assert t.system_gb_s == pytest.approx(2 * t.effective_gb_s)
+    assert "for the 2 devices" in t.table()

@@ -183,6 +183,14 @@ class XpuPimCost:
         self.from_pim_bytes = d_attn * el  # its context
         self.kv_bytes = 2 * d_kv * el  # K and V of one token, one layer
 
+    def share_simulations(self, other: "XpuPimCost") -> None:
+        """Reuse ``other``'s simulated PIM steps (the same compiled program and config, e.g.
+        the serial and the overlapped cost of one system): its programs and memos."""
+        if other.pim.programs[0] is not self.pim.programs[0] or other.cfg is not self.cfg:
+            raise ValueError("share simulations of the same compiled program and config")
+        self.attn_prog = getattr(other, "attn_prog", None)
+        self.kvw_prog, self._memo, self._kmemo = other.kvw_prog, other._memo, other._kmemo
+
     # ---------------------------------------------------------------- PIM pieces
 
     def _pim_run(self, prog: Any, positions: tuple[int, ...],
