@@ -189,3 +189,31 @@ def test_cli_compare_xpu_rows(capsys):
     except SystemExit as e:
         rc = e.code
     assert rc == 2
+
+
+@pytest.mark.slow  # trains tiny-counter and builds two executors
+def test_functional_xpu_and_pim_give_the_all_pim_tokens():
+    import numpy as np
+
+    from workloads.validation import functional_executor
+    from workloads.xpu.functional import xpu_functional_executor
+
+    cfg = session.hw_config("pim-gpt")
+    c = session.compile_model("tiny-counter", cfg, weights=True)
+
+    def greedy(fx, first=3, n=8):
+        tok, out = first, []
+        for pos in range(n):
+            lg = fx.step(tok, pos)
+            tok = int(np.argmax(lg))
+            out.append(tok)
+        return out, lg
+
+    xfx = xpu_functional_executor(c, cfg)
+    x_tokens, x_last = greedy(xfx)
+    p_tokens, p_last = greedy(functional_executor(c, cfg, exact=False))
+    assert x_tokens == p_tokens == [4, 5, 6, 7, 8, 9, 10, 11]  # the counter counts
+    assert xfx.xpu_products > 0
+    # the numbers differ (other rounding of the products), the decisions do not
+    assert not np.array_equal(x_last, p_last)
+    assert np.corrcoef(x_last, p_last)[0, 1] > 0.999
