@@ -15,7 +15,8 @@ the command line, calls the library API (:mod:`workloads.session`) and prints:
     pimsim serve MODEL --hw CONFIG [--requests FILE.jsonl | --num-prompts N --request-rate R
         --input-len L --output-len L [--length-dist sharegpt] --seed S] --max-num-seqs N
         --max-num-batched-tokens N [--gpu NAME | --pim-cost batched|serial] [--context N]
-        [--json] [--csv FILE] [--plot DIR]
+        [--json] [--csv FILE] [--plot DIR] [--xpu NAME [--link L] [--offload attention |
+        --prefill-on xpu | --placement P] [--overlap]]
     pimsim export attention-table MODEL --hw CONFIG [--lengths L,L,..] [--layer N] [--json]
     pimsim --version;  pimsim --debug COMMAND ...   (a traceback instead of the one error line)
 
