@@ -481,8 +481,8 @@ def add_xpu_options(sp) -> None:
     from workloads.xpu.link import LINKS
 
     sp.add_argument("--xpu", metavar="NAME",
-                    help="an xPU beside the PIM devices: a GPU of the analytic model (A100, "
-                         "H100, H200, T4) or a measured baseline JSON; see --placement")
+                    help="an xPU beside the PIM devices: a GPU preset of the analytic model "
+                         "(A100, H100, H200, T4, with its shipped calibration); see --placement")
     sp.add_argument("--link", choices=LINKS, default="pcie5",
                     help="with --xpu: the xPU-PIM link (default pcie5; package: PIM stacks on "
                          "the xPU's package, as AttAcc)")

@@ -121,9 +121,10 @@ class XpuPimCost:
     """An xPU beside a PIM system (see the module docstring).
 
     ``compiled``: the model compiled for ``cfg`` (one pipeline stage); ``model``: its preset
-    name for the GPU model; ``xpu``: a GPU preset (A100, H100, H200, T4) or a measured JSON of
-    the GPU model; ``link``: a :data:`workloads.xpu.link.LINKS` preset; ``placement``: one of
-    :data:`PLACEMENTS`; ``overlap``: sub-batch interleaving; ``power``: the xPU's power model."""
+    name for the GPU model; ``xpu``: a GPU preset (A100, H100, H200, T4) of the GPU model, with
+    its shipped calibration (:func:`workloads.gpu.calibration.serving_preset`); ``link``: a
+    :data:`workloads.xpu.link.LINKS` preset; ``placement``: one of :data:`PLACEMENTS`;
+    ``overlap``: sub-batch interleaving; ``power``: the xPU's power model."""
 
     def __init__(self, compiled: Any, cfg: Any, model: str, *, xpu: str = "H100",
                  link: str = "pcie5", placement: str = "attention", overlap: bool = False,
