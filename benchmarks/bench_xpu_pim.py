@@ -24,9 +24,10 @@ the changes against the H100 alone next to LLMServingSim's published figure-10 c
 + an HBM2 PIM pool: +15.2 % throughput, -19.6 % TPOT, -12.8 % J/token; 2,501.6 -> 2,881.9 tokens/s,
 63.29 -> 50.86 ms, 0.282 -> 0.246 J/token). No timed assertions: figures to read.
 
-Measured on a 2-core machine at load ~14: ``--num-prompts 64 --output-len 128 --hw
-hbm3-pim,aim-gddr6 --overlap`` 389 s (H100 6,450 tokens/s; + hbm3-pim x 2 4,422, + aim-gddr6 x 2
-4,863; the figures and the reasons are in docs/guide.md). The full stream did not finish in 40
+Measured on a loaded 2-core machine: ``--num-prompts 256 --output-len 128 --overlap`` 405 s
+(H100 13,985 tokens/s; + hbm3-pim x 2 6,648, overlapped 8,767; + aim-gddr6 x 2 7,704,
+overlapped 10,554); ``--num-prompts 64 --output-len 128 --overlap`` 389 s (the figures and the
+reasons are in docs/guide.md). The full stream did not finish in 40
 minutes: at a 640-token reservation two devices' KV regions hold 65,536 tokens, fewer than the
 stream's 163,840, so requests are preempted and every recomputed chunk's K/V writes are a new
 simulation.
