@@ -37,6 +37,14 @@ PUBLISHED = {
     # [derived] CENT publishes no system peak: devices x 16 AiM chips x the ISSCC 2022 figure
     "aim-cxl-8": (1.0, 1, 8 * 16, AIM_CHIP, 1e9, 1e9, "derived"),
     "aim-cxl-32": (1.0, 1, 32 * 16, AIM_CHIP, 1e9, 1e9, "derived"),
+    # [attacc] (scale-snu/attacc_simulator c60005143a6b492d7ef83231723386478b59a506, src/config.py)
+    # 670.4 GB/s per stack x BW_SCALE 16 x 1 FLOP/B, bank PIM without the power constraint; the
+    # stack's command clock 1.3 GHz (5.2 Gb/s/pin), a MACAB every 4 tCK = 325 MHz unit clock.
+    # Derived: AttAcc prints no TFLOPS figure, the arithmetic is its simulator's
+    "hbm3-pim": (10.7, 3, 1, 670.4e9 * 16 / 1e12, 1.3e9 / 4, 1e12 / 769 / 4, "derived"),
+    # [derived] its Ramulator preset's power-constrained nCCDAB = 6: 2/3 of the NPC rate
+    "hbm3-pim-power": (7.2, 2, 1, 670.4e9 * 16 * 4 / 6 / 1e12, 1.3e9 / 6, 1e12 / 769 / 6,
+                       "derived"),
     # [jedec] plain DRAM: no MAC units
     "gddr6": (0.0, 1, 1, 0.0, 0.0, 0.0, "cited"),
 }

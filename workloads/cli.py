@@ -15,7 +15,9 @@ the command line, calls the library API (:mod:`workloads.session`) and prints:
     pimsim serve MODEL --hw CONFIG [--requests FILE.jsonl | --num-prompts N --request-rate R
         --input-len L --output-len L [--length-dist sharegpt] --seed S] --max-num-seqs N
         --max-num-batched-tokens N [--gpu NAME | --pim-cost batched|serial] [--context N]
-        [--json] [--csv FILE] [--plot DIR]
+        [--json] [--csv FILE] [--plot DIR] [--xpu NAME [--link L] [--offload attention |
+        --prefill-on xpu | --placement P] [--overlap]]
+    pimsim export attention-table MODEL --hw CONFIG [--lengths L,L,..] [--layer N] [--json]
     pimsim --version;  pimsim --debug COMMAND ...   (a traceback instead of the one error line)
 
 Bad input gives one line, ``pimsim: error: <problem>; <fix>``, and exit status 2 (the handler is
@@ -272,6 +274,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    if args.xpu is not None:
+        return _compare_xpu(args)
     res = session.compare(args.models, _hw(args), args.gpu, prompt=args.prompt,
                           tokens=args.tokens, schedule=args.schedule, gpu_tp=args.gpu_tp,
                           cache=not args.no_cache, show_progress=_show(args),
@@ -365,7 +369,7 @@ def cmd_serve(args) -> int:
         cost=f"gpu:{args.gpu}" if args.gpu else "pim", kv_capacity_tokens=args.kv_capacity,
         gpu_tp=args.gpu_tp, schedule=args.schedule, cache=not args.no_cache,
         show_progress=_show(args), pim_cost=args.pim_cost, context=args.context,
-        prefill=args.prefill)
+        prefill=args.prefill, **_xpu_args(args))
     print(json.dumps(res.to_dict(), indent=1) if args.json else res.summary())
     if args.csv:
         print(f"  wrote {res.write_csv(args.csv)}", file=sys.stderr)
@@ -375,6 +379,127 @@ def cmd_serve(args) -> int:
         for f in plot_serve(res, args.plot):
             print(f"  wrote {f}", file=sys.stderr)
     return 0
+
+
+def cmd_export(args) -> int:
+    """``pimsim export attention-table``: one layer's decode attention against context length,
+    its line in LLMServingSim's ``pim_model.py`` form and the bandwidth it implies."""
+    from workloads.xpu.tables import export_attention_table
+
+    with status(f"simulating {args.model}'s attention on {args.hw}", _show(args)):
+        t = export_attention_table(args.model, args.hw, args.lengths, layer=args.layer,
+                                   devices=args.devices, tp=args.tp, context=args.context,
+                                   cache=not args.no_cache)
+    if args.json:
+        print(json.dumps(t.to_dict(), indent=1))
+    else:
+        print(t.table())
+        print()
+        print(t.pim_model())
+    if args.out:
+        write_text(args.out, t.pim_model() + "\n")
+        print(f"  wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def lengths_list(text: str) -> list[int]:
+    """``--lengths``: a comma-separated list of context lengths >= 0."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers "
+                                         "(e.g. 128,256,512)") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give context lengths >= 0, e.g. 128,256,512")
+    return out
+
+
+def _add_export_parser(sub, common, progress, no_cache) -> None:
+    """The ``export`` subcommand."""
+    e = sub.add_parser("export", help="export simulated tables for other tools: "
+                                      "attention-table (decode attention latency against "
+                                      "context length, LLMServingSim's pim_model.py form)")
+    e.add_argument("what", choices=["attention-table"], help="what to export")
+    common(e)
+    e.add_argument("--lengths", type=lengths_list, default=None, metavar="L,L,..",
+                   help="context lengths (default: powers of two from 128 to the context)")
+    e.add_argument("--layer", type=int_in(0, 1 << 20), default=0, metavar="N",
+                   help="the layer simulated (default 0)")
+    e.add_argument("--devices", type=int_in(1, 4096), metavar="N",
+                   help="PIM devices, the heads split over them in tensor parallelism")
+    e.add_argument("--tp", type=int_in(1, 4096), metavar="T", help="tensor-parallel devices")
+    e.add_argument("--context", type=int_in(1, 1 << 20), metavar="N",
+                   help="reserve the KV caches for N tokens instead of the model's context")
+    e.add_argument("-o", "--out", help="write the pim_model.py entry here")
+    e.add_argument("--json", action="store_true", help="print one JSON document")
+    progress(e)
+    no_cache(e)
+    e.set_defaults(func=cmd_export)
+
+
+def _compare_xpu(args) -> int:
+    """compare --batch B,.. --xpu NAME: the xPU alone, PIM alone, attention offloaded."""
+    from workloads.compare_batched import parse_batches
+    from workloads.xpu.compare import compare_xpu, xpu_table
+
+    if args.batch is None:
+        raise UserError("compare --xpu compares decode steps per batch size",
+                        "give --batch B,B,.. (e.g. 1,16,64,256)")
+    cfg = _hw(args)
+    rows = []
+    with status("simulating the xPU, PIM and attention-offloaded systems", _show(args)):
+        for m in args.models:
+            rows += compare_xpu(m, cfg, args.xpu, parse_batches(args.batch),
+                                position=args.prompt - 1 + args.tokens // 2, link=args.link,
+                                cache=not args.no_cache)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=1))
+    else:
+        print(xpu_table(rows, args.xpu, cfg.name, args.link))
+    return 0
+
+
+def _xpu_args(args) -> dict:
+    """serve's / compare's xPU options as keyword arguments (none without --xpu)."""
+    offload = getattr(args, "offload", None)
+    prefill_on = getattr(args, "prefill_on", None)
+    placement = getattr(args, "placement", None)
+    given = [p for p in (placement, "attention" if offload else None,
+                         "prefill" if prefill_on else None) if p]
+    if getattr(args, "xpu", None) is None:
+        if given or getattr(args, "overlap", False):
+            raise UserError("--placement / --offload / --prefill-on / --overlap without --xpu",
+                            "give --xpu NAME (the xPU beside the PIM devices)")
+        return {}
+    if len(set(given)) > 1:
+        raise UserError(f"placements {' and '.join(given)} both given",
+                        "give one of --placement, --offload attention, --prefill-on xpu")
+    return {"xpu": args.xpu, "link": args.link, "placement": given[0] if given else "attention",
+            "overlap": args.overlap}
+
+
+def add_xpu_options(sp) -> None:
+    """--xpu, --link, --placement, --offload, --prefill-on, --overlap."""
+    from workloads.xpu.cost import PLACEMENTS
+    from workloads.xpu.link import LINKS
+
+    sp.add_argument("--xpu", metavar="NAME",
+                    help="an xPU beside the PIM devices: a GPU preset of the analytic model "
+                         "(A100, H100, H200, T4, with its shipped calibration); see --placement")
+    sp.add_argument("--link", choices=LINKS, default="pcie5",
+                    help="with --xpu: the xPU-PIM link (default pcie5; package: PIM stacks on "
+                         "the xPU's package, as AttAcc)")
+    sp.add_argument("--placement", choices=PLACEMENTS, default=None,
+                    help="with --xpu: what runs where: attention (AttAcc: attention on PIM, the "
+                         "rest on the xPU; the default), prefill (IANUS: prefill on the xPU, "
+                         "decode on PIM), pim (all on PIM), xpu (all on the xPU)")
+    sp.add_argument("--offload", choices=["attention"], default=None,
+                    help="with --xpu: --placement attention")
+    sp.add_argument("--prefill-on", choices=["xpu"], default=None,
+                    help="with --xpu: --placement prefill")
+    sp.add_argument("--overlap", action="store_true",
+                    help="with --xpu: two sub-batches interleaved so the xPU and PIM work at "
+                         "once (NeuPIMs); the report shows each side's busy time")
 
 
 def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
@@ -413,6 +538,7 @@ def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
                         "instead of the PIM simulator")
     s.add_argument("--gpu-tp", type=int_in(1, 64), default=1, metavar="N",
                    help="with --gpu: GPUs in tensor parallelism (default 1)")
+    add_xpu_options(s)
     s.add_argument("--schedule", choices=["serial", "overlap"], default="serial",
                    help="PIM step schedule (see pimsim run)")
     s.add_argument("--pim-cost", choices=PIM_COSTS, default=PIM_COSTS[0],
@@ -599,6 +725,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--batch", metavar="B,B,..", default=None,
                     help="instead: tokens/s and mJ/token per batch size (e.g. 1,16,64,256) and "
                          "the crossover batch; a modelled GPU")
+    cp.add_argument("--xpu", metavar="NAME",
+                    help="with --batch: also the xPU alone and the xPU with attention on the "
+                         "PIM devices (serial and overlapped), per batch size")
+    from workloads.xpu.link import LINKS
+
+    cp.add_argument("--link", choices=LINKS, default="pcie5",
+                    help="with --xpu: the xPU-PIM link (default pcie5)")
     cp.add_argument("--pim-cost", choices=PIM_COSTS, default=PIM_COSTS[0],
                     help="with --batch: batched (one batched PIM decode step per batch, the "
                          "default) or serial (the batch's sequences one after another)")
@@ -624,6 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_parser(sub)
     sub.choices["sweep"].set_defaults(func=cmd_sweep)
     _add_serve_parser(sub, common, progress, system, no_cache)
+    _add_export_parser(sub, common, progress, no_cache)
     core_cli.add_debug_flags(p)
     return p
 

@@ -315,7 +315,9 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
           tp: int | None = None, pp: int | None = None, tp_attention: str | None = None,
           gpu_tp: int = 1, schedule: str = "serial", cache: bool = True,
           show_progress: bool = False, pim_cost: str = "batched",
-          context: int | None = None, prefill: str | None = None) -> ServeResult:
+          context: int | None = None, prefill: str | None = None, xpu: str | None = None,
+          link: str = "pcie5", placement: str = "attention",
+          overlap: bool = False) -> ServeResult:
     """Serve a request stream with continuous batching (:mod:`workloads.serving`) and report
     vLLM ``benchmark_serving``'s metrics.
 
@@ -334,7 +336,14 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
     own figure (from the compiled program on PIM, from GPU memory on a GPU). ``context`` (PIM,
     a preset name): compile with the KV caches reserved for this many tokens instead of the
     model's own context (more sequences' KV regions fit a batched step).
-    ``max_num_seqs`` / ``max_num_batched_tokens``: vLLM's scheduler limits."""
+    ``max_num_seqs`` / ``max_num_batched_tokens``: vLLM's scheduler limits.
+
+    ``xpu`` (a GPU of the analytic model, e.g. ``"H100"``): an xPU beside the PIM system of
+    ``hw``, joined by ``link`` (:data:`workloads.xpu.link.LINKS`); ``placement`` says what runs
+    where (``"attention"``: AttAcc's attention on PIM; ``"prefill"``: IANUS's prefill on the
+    xPU; ``"pim"``; ``"xpu"``) and ``overlap`` interleaves two sub-batches
+    (:class:`workloads.xpu.cost.XpuPimCost`); the result's ``config["xpu"]`` holds each side's
+    busy time and energy."""
     from workloads.serving import costs as C
     from workloads.serving.requests import Request, load_jsonl, sort_by_arrival, synthetic
     from workloads.serving.scheduler import SchedulerConfig, simulate_serving
@@ -381,7 +390,23 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
 
     name = model if isinstance(model, str) else model.spec.name
     cfg = None
-    if isinstance(cost, str) and cost == "pim":
+    if xpu is not None:
+        from workloads.xpu.cost import XpuPimCost
+
+        if not isinstance(model, str):
+            raise UserError("an xPU system needs the model's preset name (the xPU's model)",
+                            "pass the model's preset name")
+        if cost != "pim":
+            raise UserError("xpu with a GPU cost", "give xpu (the xPU beside PIM) or a "
+                            "gpu:NAME cost (a GPU alone), not both")
+        cfg = hw_config(hw, devices=devices, tp=tp, pp=pp, tp_attention=tp_attention)
+        c = compile_model(model, cfg, context=context, cache=cache, show_progress=show_progress)
+        step_cost = XpuPimCost(c, cfg, model, xpu=xpu, link=link, placement=placement,
+                               overlap=overlap, schedule=schedule, prefill=prefill,
+                               kv_capacity_tokens=kv_capacity_tokens)
+        system = (f"{xpu} + " + system_label(cfg.name, cfg.system.devices, cfg.system.tp,
+                                             cfg.system.pp) + f" over {link}")
+    elif isinstance(cost, str) and cost == "pim":
         cfg = hw_config(hw, devices=devices, tp=tp, pp=pp, tp_attention=tp_attention)
         if context is not None and not isinstance(model, str):
             raise UserError("context reserves the KV caches when compiling a preset, not for "
@@ -440,6 +465,8 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
               "units": {"times": "s from the start of the stream", "latencies": "ms",
                         "throughput": "per s", "energy": "J (mJ per output token)",
                         "power": "W"}}
+    if hasattr(step_cost, "busy_report"):
+        config["xpu"] = step_cost.busy_report()
     return ServeResult(config, recs, steps, summarise(recs, steps, step_cost.devices))
 
 

@@ -328,7 +328,7 @@ def _watts(g: GPUSpec, power: str, util: float, cutil: float = 0.0) -> float:
 def predict_step(gpu: GPUSpec | str, model_cfg: Any, decode_positions: Sequence[int] = (),
                  prefill_chunks: Sequence[tuple[int, int]] = (), *, static_cache: bool = False,
                  n_kernels: float | None = None, power: str = "util",
-                 tp: int = 1) -> dict[str, float]:
+                 tp: int = 1, decode_attention: bool = True) -> dict[str, float]:
     """Time and energy of one forward pass (one CUDA graph) over a batch: every sequence of
     ``decode_positions`` decodes one token at its position, every ``(start, n)`` of
     ``prefill_chunks`` processes prompt tokens ``start .. start + n - 1`` of one sequence.
@@ -360,6 +360,10 @@ def predict_step(gpu: GPUSpec | str, model_cfg: Any, decode_positions: Sequence[
                   most board power; ``"board"``: the board's datasheet power throughout (an
                   upper bound)
 
+    ``decode_attention=False``: the decode sequences' attention runs elsewhere (on PIM beside
+    the GPU, :mod:`workloads.xpu`): their KV bytes and attention FLOPs (the ``pos + 1`` terms)
+    are left out; the prefill chunks keep theirs.
+
     A single decode sequence is :func:`predict` exactly (``u`` is then the bandwidth
     utilisation: decode does about one FLOP per byte, far below peak / BW). Returns
     :func:`predict`'s keys plus ``flops``, ``compute_util``, ``tokens`` (tokens processed),
@@ -378,10 +382,12 @@ def predict_step(gpu: GPUSpec | str, model_cfg: Any, decode_positions: Sequence[
             raise ValueError(f"prefill chunk ({s}, {n}) outside the context of {cfg.n_ctx}")
     if power not in POWER_MODELS:
         raise ValueError(f"power must be 'board' or 'util', got {power!r}")
-    kv = sum(kv_bytes_read(cfg, p, static_cache=static_cache) for p in decode_positions) \
+    dec_kv = decode_positions if decode_attention else []
+    kv = sum(kv_bytes_read(cfg, p, static_cache=static_cache) for p in dec_kv) \
         + sum(kv_bytes_read(cfg, s + n - 1, static_cache=static_cache) for s, n in prefill_chunks)
     nbytes = weight_bytes_streamed(cfg) / tp + kv * _kv_share(cfg, tp)
-    flops = sum(decode_flops(cfg, p) for p in decode_positions) \
+    # decode_flops is affine in pos + 1: at pos -1 it is the matrix products alone
+    flops = sum(decode_flops(cfg, p if decode_attention else -1) for p in decode_positions) \
         + sum(prefill_flops(cfg, s, n) for s, n in prefill_chunks)
     # two phases, each at its own roofline: the weight GEMMs (weight bytes, the matmul FLOPs of
     # every token) and attention (KV bytes, the FLOPs that grow with the position)

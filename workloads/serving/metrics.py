@@ -181,6 +181,13 @@ class ServeResult:
         lines.append(f"  energy: {f(m['energy_per_output_token_mj'])} mJ/output token, "
                      f"average power {f(m['avg_power_w'])} W, utilisation "
                      f"{f(m['utilisation'], '.1%') if m['utilisation'] is not None else 'n/a'}")
+        x = c.get("xpu")
+        if x:
+            b, e = x["busy_s"], x["energy_j"]
+            lines.append(f"  busy: xPU {b['xpu']:.4g} s, PIM {b['pim']:.4g} s, link to PIM "
+                         f"{b['link_to_pim']:.4g} s, back {b['link_from_pim']:.4g} s of "
+                         f"{x['time_s']:.4g} s; energy xPU {e['xpu']:.4g} J, PIM "
+                         f"{e['pim']:.4g} J, link {e['link']:.4g} J ({x['link']})")
         for r in self.refused[:5]:
             lines.append(f"  refused request {r['id']}: {r['reason']}")
         if len(self.refused) > 5:
