@@ -181,7 +181,9 @@ class HFDecodeStep(torch.nn.Module):
         cache = DynamicCache(config=self.model.config)
         for i in range(past_k.shape[0]):
             cache.update(past_k[i:i + 1], past_v[i:i + 1], i)
-        with _decode_attention(self.model):
+        from workloads.models.moe_ops import decode_moe
+
+        with _decode_attention(self.model), decode_moe(self.model):
             out = self.model(input_ids=token, position_ids=pos.view(1, 1), use_cache=True,
                              **cache_kwarg(self.model, cache))
         n = past_k.shape[0]
