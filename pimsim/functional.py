@@ -634,8 +634,14 @@ class FlowExecutor:
         env[prog.inputs["token"]] = np.array([[token]], np.int64)
         if prog.inputs.get("position"):
             env[prog.inputs["position"]] = np.array([pos], np.int64)
+        self.routing: dict[int, list[list[int]]] = {}  # MoE layer -> experts per token
         for f in prog.flow:
             op = f.op
+            tag = f.attrs.get("expert_tag")
+            if tag is not None and not self._runs(tag):
+                if op == "expert_out":  # an expert not chosen adds nothing
+                    env[f.outputs[0]] = np.float32(0)
+                continue
             if op == "embed":
                 idx = int(np.asarray(env[f.inputs[0]]).reshape(-1)[0])
                 row = self._embed(f.attrs["table"], idx)
@@ -660,7 +666,15 @@ class FlowExecutor:
             else:
                 out = self.ops[op].fn(M, [env[i] for i in f.inputs], self._attrs(f.attrs, pos))
                 env[f.outputs[0]] = np.asarray(out)
+                if op == "moe_route":
+                    from pimsim.moe import chosen
+
+                    self.routing[f.attrs["moe"]] = chosen(out)
         return np.asarray(env[prog.logits], np.float32).reshape(-1)
+
+    def _runs(self, tag: tuple[int, int]) -> bool:
+        """Whether expert ``tag[1]`` of MoE layer ``tag[0]`` was chosen for this token."""
+        return any(tag[1] in tok for tok in self.routing.get(tag[0], ()))
 
     # -- the PIM side of the flow's ops (one device; SystemFlowExecutor spreads them)
     def _embed(self, table: str, idx: int) -> np.ndarray:

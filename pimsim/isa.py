@@ -379,6 +379,8 @@ class Step:
     # asic steps
     n_elems: int = 0  # vector length (per-position ops scale with pos, see asic_elems)
     per_pos_elems: int = 0  # extra elements per cached token (softmax)
+    # (MoE layer, expert) of a step that runs only when its expert is chosen (pimsim.moe)
+    expert: tuple[int, int] | None = None
 
 
 @dataclass
@@ -430,6 +432,8 @@ class Program:
     tp_rows: dict = field(default_factory=dict)
     tp_heads: dict = field(default_factory=dict)
     send_elems: int = 0
+    # mixture of experts (pimsim.moe): per MoE layer, {"layer", "experts", "k"}
+    moe: list[dict] = field(default_factory=list)
 
     # --------------------------------------------------------------- instantiation per position
     def asic_elems(self, step: Step, pos: int) -> int:

@@ -177,6 +177,8 @@ class RunReport:
     tpot_ms: float | None = None
     # cycles per generated token by share (the breakdown's fractions x the mean token's cycles)
     breakdown_cyc: dict = field(default_factory=dict)
+    # mixture of experts (pimsim.moe): where the expert choice came from ("" without experts)
+    routing: str = ""
 
     def to_dict(self) -> dict:
         """The fields; a batched run (:mod:`pimsim.batch`) adds its ``extra["batch"]`` keys at

@@ -61,6 +61,8 @@ class Emission:
             what = n.cls.what
             if what == "cache_view":
                 continue
+            self._cur_expert = self._expert_tag(n, layer)
+            n_flow = len(self.flow)
             if what == "cache_append":
                 self._emit_cache_append(n)
             elif what == "attention":
@@ -71,7 +73,39 @@ class Emission:
                 self._emit_matvec(n, layer, L)
             else:  # an ASIC op or wiring
                 self._emit_asic(n, layer, L)
+            for f in self.flow[n_flow:]:  # the executor routes, and skips experts not chosen
+                if n.op == "moe_route":
+                    f.attrs["moe"] = self.moe_of[n.outputs[0]]
+                if self._cur_expert is not None and id(n) not in self.combine:
+                    f.attrs["expert_tag"] = self._cur_expert
+            if n.op == "expert_out":
+                self.expert_sum[n.outputs[0]] = self._cur_expert
+            elif self._cur_expert is not None and id(n) not in self.combine:
+                for o in n.outputs:
+                    self.expert_of[o] = self._cur_expert
+        self._cur_expert = None
         self._finish_emission()
+
+    def _expert_tag(self, n: Node, layer: int) -> tuple[int, int] | None:
+        """(MoE layer, expert) of a node on an expert's path, from its ``expert_in`` to its
+        ``expert_out`` (pimsim.moe); a router (``moe_route``) opens a MoE layer."""
+        g = self.g
+        if n.op == "moe_route":
+            self.moe_of[n.outputs[0]] = len(self.moe)
+            self.moe.append({"layer": layer, "experts": int(g.shape_of(n.outputs[0])[-1]),
+                             "k": int(n.attrs["k"])})
+            return None
+        if n.op == "expert_in":
+            return (self.moe_of[n.inputs[1]], int(n.attrs["expert"]))
+        outs = [self.expert_sum[i] for i in n.inputs if i in self.expert_sum]
+        if n.op == "add" and outs:  # summing the experts' outputs: one add per expert chosen
+            self.combine.add(id(n))
+            return max(outs)
+        tags = {self.expert_of[i] for i in n.inputs if i in self.expert_of}
+        if len(tags) > 1:
+            raise LoweringError(f"{self.name}: node {n.name!r} mixes the paths of experts "
+                                f"{sorted(tags)}")
+        return tags.pop() if tags else None
 
     def _start_emission(self) -> None:
         """The emission's state: the steps and flow so far and what they refer to."""
@@ -102,6 +136,12 @@ class Emission:
         # reduction step -> its matrix: sized when placed (partial sums per output: the layout's)
         self.reduce_of: dict[int, str] = {}
         self.anc: list[set[int]] = []  # each step's ancestors, as far as computed
+        self.moe: list[dict] = []  # per MoE layer: layer, experts, k (pimsim.moe)
+        self.moe_of: dict[str, int] = {}  # routing weights -> MoE layer
+        self.expert_of: dict[str, tuple[int, int]] = {}  # value on an expert's path -> tag
+        self.expert_sum: dict[str, tuple[int, int]] = {}  # an expert's weighted output -> tag
+        self.combine: set[int] = set()  # adds of the experts' outputs (run per expert chosen)
+        self._cur_expert: tuple[int, int] | None = None  # the tag of the node being emitted
 
     def _lname(self, layer: int) -> str:
         """A step-name prefix: ``embed``, ``L<i>`` or ``final``."""
@@ -117,7 +157,7 @@ class Emission:
         """Append a program step; returns its index."""
         index = layer if 0 <= layer < self.n_layer else -1
         self.steps.append(Step(len(self.steps), self._uniq(name), op, index, kind,
-                               tuple(sorted(set(deps))), **kw))
+                               tuple(sorted(set(deps))), expert=self._cur_expert, **kw))
         self.step_layer.append(layer)
         return len(self.steps) - 1
 
@@ -188,8 +228,10 @@ class Emission:
         """The step fetching a layer's vectors (made on first need)."""
         if layer not in self.param_step:
             entry = f"{self._lname(layer)}.params"
+            tag, self._cur_expert = self._cur_expert, None  # the layer's, every expert's
             self.param_step[layer] = self._add(entry, "param_fetch", layer, "pim", [],
                                                vectors=(entry,))
+            self._cur_expert = tag
         return {self.param_step[layer]}
 
     def _emit_cache_append(self, n: Node) -> None:

@@ -206,7 +206,8 @@ class Placement:
                                   if self._gathered_by_position(t)),
             tp=tp, stage=stage, n_stages=self.pp, tp_rows=dict(mp.tp_rows),
             tp_heads={a.index: (a.q_ranks, a.kv_ranks) for a in attns if a.q_ranks},
-            send_elems=self.crossing_elems(stage) if stage < self.pp - 1 else 0)
+            send_elems=self.crossing_elems(stage) if stage < self.pp - 1 else 0,
+            moe=[dict(m) for m in self.moe])
         mp.tp, mp.stage = tp, stage
         return prog, mp
 
