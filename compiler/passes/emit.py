@@ -380,7 +380,24 @@ class Emission:
         if any(i in self.vec_layer for i in ins):
             deps |= self._need_params(self.vec_layer[next(i for i in ins if i in self.vec_layer)])
         split = tp > 1 and any(i in self.owner for i in n.inputs)
-        if split:
+        if split and spec.cost is not None and n.op != "moe_route" and \
+                any(i not in self.owner and not g.is_const(i) for i in n.inputs):
+            # one element on one device (a shared expert's gate) scaling a whole value: the
+            # device holding it broadcasts it first
+            for i in [i for i in n.inputs if i in self.owner and self.owner[i].size == 1]:
+                b = self._add(f"{L}.{n.op}.broadcast", "broadcast", layer, "comm",
+                              self.step_of.get(i, set()), n_elems=1)
+                del self.owner[i]
+                self.step_of[i] = {b}
+                deps = (deps - set()) | {b}
+            split = any(i in self.owner for i in n.inputs)
+        if split and n.op == "moe_route":
+            # the router needs every expert's logit: the devices' shares are exchanged (an
+            # all-reduce of the zero-padded shares) and every device routes the whole vector
+            deps = {self._add(f"{L}.moe_route.all_reduce", "all_reduce", layer, "comm", deps,
+                              n_elems=int(np.prod(shape0(g, n.inputs[0]))))}
+            split = False
+        elif split:
             self.propagate_owner(n, self.owner)
         if spec.cost is None:
             self.flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), self._attrs_of(n), -1))
