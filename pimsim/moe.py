@@ -184,3 +184,16 @@ class Routing:
         with open(path, "w") as f:
             for r in self.records:
                 f.write(json.dumps(r) + "\n")
+
+
+def weight_bytes(prog, active: np.ndarray | None = None) -> int:
+    """Bytes of weight matrices one device's decode step reads (every GEMV step that runs,
+    ``active``: :func:`active_steps`; the embedding row and layer vectors are not counted).
+    Each matrix is read once per step whatever the batch, so a batched step reads the union of
+    its sequences' experts."""
+    n = 0
+    for st in prog.steps:
+        if st.kind == "pim" and st.matrix is not None and (active is None or active[st.index]):
+            m = prog.matrices[st.matrix] if isinstance(st.matrix, str) else st.matrix
+            n += m.out_dim * m.in_dim * prog.geo.elem_bytes
+    return n

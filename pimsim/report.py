@@ -179,6 +179,9 @@ class RunReport:
     breakdown_cyc: dict = field(default_factory=dict)
     # mixture of experts (pimsim.moe): where the expert choice came from ("" without experts)
     routing: str = ""
+    # bytes of weight matrices the whole system's GEMVs read per generated step (mean; with
+    # experts only the chosen ones', with a batch the union of its sequences' choices)
+    weight_bytes_per_step: float = 0.0
 
     def to_dict(self) -> dict:
         """The fields; a batched run (:mod:`pimsim.batch`) adds its ``extra["batch"]`` keys at
