@@ -226,6 +226,9 @@ class RunReport:
             "  commands: " + ", ".join(f"{k} {v:,}" for k, v in self.commands.items()),
             self.latency_line(),
         ]
+        if self.routing:
+            lines.append(f"  experts: routing {self.routing}; weights read "
+                         f"{self.weight_bytes_per_step / 2**20:,.2f} MiB/step (whole system)")
         b = self.extra.get("batch")
         if b:
             bound = b["mac_bound_ms_per_step"]

@@ -195,8 +195,11 @@ class _Importer:
             try:
                 if handler is None and key in _ROUTING:
                     raise self.unsupported(n, "data-dependent selection, as a mixture-of-experts "
-                                              "router does: the PIM program runs the same "
-                                              "matrix products for every token")
+                                              "router does: the PIM program routes only through "
+                                              "its pimsim::moe_route / expert_in / expert_out "
+                                              "ops (workloads.models.moe_ops, which a "
+                                              "transformers MoE block with a gate and experts "
+                                              "is exported through)")
                 if handler is None:
                     raise self.unsupported(n)
                 handler(self, n)
