@@ -123,6 +123,8 @@ OPS: dict[str, tuple[int, int | None, tuple[str, ...]]] = {
     "moe_route": (1, 2, ("k", "score", "norm", "n_group", "topk_group", "scale")),
     "expert_in": (2, 2, ("expert",)),
     "expert_out": (2, 2, ("expert",)),
+    # a query whose attention reads the last ``window`` tokens (a sliding window; pimsim.isa)
+    "attn_window": (1, 1, ("window",)),
 }
 
 ELEMENTWISE_BINARY = ("add", "sub", "mul", "div", "pow")

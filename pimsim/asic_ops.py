@@ -232,6 +232,8 @@ OPS: dict[str, AsicOp] = {
     # and its output times its routing weight
     "moe_route": AsicOp(lambda M, a, at: _moe_route(M, a, at), "softmax"),
     "expert_in": AsicOp(lambda M, a, at: np.asarray(a[0]), None),
+    # a sliding-window attention's query (wiring: the window is the KV ring's, pimsim.isa)
+    "attn_window": AsicOp(lambda M, a, at: np.asarray(a[0]), None),
     "expert_out": AsicOp(lambda M, a, at: (_f32(a[0]) * _f32(a[1])[..., at["expert"]:at["expert"] + 1]
                                            ).astype(np.float32), "elementwise"),
 }

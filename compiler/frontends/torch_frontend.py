@@ -703,6 +703,8 @@ def _expert_mark(op: str) -> Handler:
 ATEN_OPS: dict[str, Handler] = {
     "pimsim.moe_route": _moe_route, "pimsim.expert_in": _expert_mark("expert_in"),
     "pimsim.expert_out": _expert_mark("expert_out"),
+    "pimsim.attn_window": lambda im, n: im.emit("attn_window", n, [im.name(n.args[0])],
+                                                window=int(n.args[1])),
     "add_": _inplace("add"), "mul_": _inplace("mul"), "sub_": _inplace("sub"),
     "div_": _inplace("div"), "numpy_T": _numpy_t, "flatten": _flatten, "repeat_interleave": _repeat_interleave,
     "split": _split, "split_with_sizes": _split, "chunk": _split, "unbind": _split,

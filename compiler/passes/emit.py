@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from compiler.ir import Graph, Node
-from compiler.passes.decode_step import shape0
+from compiler.passes.decode_step import WIRING, shape0
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.shape_inference import _terms
 from pimsim.asic_ops import OPS as ASIC_OPS
@@ -83,8 +83,14 @@ class Emission:
             elif self._cur_expert is not None and id(n) not in self.combine:
                 for o in n.outputs:
                     self.expert_of[o] = self._cur_expert
+            self.flow_layer += [layer] * (len(self.flow) - len(self.flow_layer))
         self._cur_expert = None
         self._finish_emission()
+        for f, layer in zip(self.flow, self.flow_layer):  # a windowed layer's ops: a KV ring
+            if self.layer_window.get(layer):
+                f.attrs["window"] = self.layer_window[layer]
+        for st, layer in zip(self.steps, self.step_layer):
+            st.window = self.layer_window.get(layer, 0)
 
     def _expert_tag(self, n: Node, layer: int) -> tuple[int, int] | None:
         """(MoE layer, expert) of a node on an expert's path, from its ``expert_in`` to its
@@ -137,6 +143,8 @@ class Emission:
         self.reduce_of: dict[int, str] = {}
         self.anc: list[set[int]] = []  # each step's ancestors, as far as computed
         self.moe: list[dict] = []  # per MoE layer: layer, experts, k (pimsim.moe)
+        self.layer_window: dict[int, int] = {}  # layer -> its sliding window (pimsim.isa)
+        self.flow_layer: list[int] = []  # each flow op's layer
         self.moe_of: dict[str, int] = {}  # routing weights -> MoE layer
         self.expert_of: dict[str, tuple[int, int]] = {}  # value on an expert's path -> tag
         self.expert_sum: dict[str, tuple[int, int]] = {}  # an expert's weighted output -> tag
@@ -270,6 +278,9 @@ class Emission:
             else 0
         if which == "k":
             a.n_head = q_elems
+            a.window = self._window_of(a_in)
+            if a.window:
+                self.layer_window[ai] = a.window
             st = self._add(f"{L}.attn_score", "attn_score", ai, "pim",
                      self._deps_of([a_in]) | {a.write_step}, kv=(ai,))
         else:
@@ -287,6 +298,19 @@ class Emission:
                            tuple(n.outputs), {"attn": ai, "shape": list(
                                self._dim_attr(d) for d in g.shape_of(n.outputs[0]))}, st))
         self.step_of[n.outputs[0]] = {st}
+
+    def _window_of(self, q: str) -> int:
+        """The sliding window marked on an attention's query (``attn_window``), or 0."""
+        n = self.prod.get(q)
+        for _ in range(16):  # up through the views between the marker and the product
+            if n is None:
+                return 0
+            if n.op == "attn_window":
+                return int(n.attrs["window"])
+            if n.op not in WIRING or not n.inputs:
+                return 0
+            n = self.prod.get(n.inputs[0])
+        return 0
 
     def _emit_gather(self, n: Node, layer: int, L: str) -> None:
         """A row read from a constant table (token or position embedding)."""

@@ -39,15 +39,7 @@ def _text_config(config: Any) -> Any:
 def unsupported_features(config: Any) -> list[tuple[str, str]]:
     """(feature, fix) of each feature of a transformers config that pimsim refuses."""
     c = _text_config(config)
-    out = []
-    window = getattr(c, "sliding_window", None)
-    layers = getattr(c, "layer_types", None) or []
-    if window is not None and getattr(c, "use_sliding_window", True) is not False and \
-            (not layers or "sliding_attention" in layers):
-        out.append((f"a sliding attention window of {window} tokens (sliding_window)",
-                    "pimsim's decode step attends to every cached token: use a model with full "
-                    "attention (set sliding_window to null in config.json only if no context "
-                    f"you run exceeds {window} tokens)"))
+    out = []  # a sliding window is modelled (a KV ring, workloads.models.moe_ops.attn_window)
     for key, what in (("attn_logit_softcapping", "attention soft-capping"),
                       ("final_logit_softcapping", "logit soft-capping")):
         if getattr(c, key, None) is not None:
@@ -70,12 +62,16 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
                scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple:
     b, n_q, s, d = query.shape
     n_kv = key.shape[1]
-    if kwargs.get("softcap") or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None:
-        what = ("soft-capping" if kwargs.get("softcap") else "a sliding window"
-                if kwargs.get("sliding_window") else "attention sinks")
+    if kwargs.get("softcap") or kwargs.get("s_aux") is not None:
+        what = "soft-capping" if kwargs.get("softcap") else "attention sinks"
         raise UnsupportedFeatureError(f"the model's attention uses {what}, which pimsim does not "
                                       f"support", "use a model with plain full attention")
     scale = d ** -0.5 if scaling is None else scaling
+    window = kwargs.get("sliding_window")
+    if window:  # the keys of the last `window` tokens only: a KV ring of that many slots
+        from workloads.models.moe_ops import attn_window
+
+        query = attn_window(query, int(window))
     q = query.reshape(b, n_kv, (n_q // n_kv) * s, d)
     scores = torch.matmul(q, key.transpose(-1, -2)) * scale
     p = torch.softmax(scores.float(), dim=-1).to(value.dtype)
@@ -178,7 +174,10 @@ class HFDecodeStep(torch.nn.Module):
     def decode_step(self, token: Any, pos: Any, past_k: Any, past_v: Any) -> tuple:
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        # every layer's whole past (a sliding layer's ring is the lowering's, not the cache's)
+        c = _text_config(self.model.config)
+        cache = DynamicCache() if getattr(c, "sliding_window", None) else \
+            DynamicCache(config=self.model.config)
         for i in range(past_k.shape[0]):
             cache.update(past_k[i:i + 1], past_v[i:i + 1], i)
         from workloads.models.moe_ops import decode_moe

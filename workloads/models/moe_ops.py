@@ -86,6 +86,18 @@ def _(y, weights, e):
     return torch.empty_like(y)
 
 
+@torch.library.custom_op(f"{_LIB}::attn_window", mutates_args=())
+def attn_window(q: torch.Tensor, window: int) -> torch.Tensor:
+    """``q``, marking an attention whose keys are the last ``window`` tokens (sliding window:
+    the KV cache is a ring of ``window`` slots, pimsim.isa)."""
+    return q.clone()
+
+
+@attn_window.register_fake
+def _(q, window):
+    return torch.empty_like(q)
+
+
 def _router_forward(self: Any, hidden: torch.Tensor) -> tuple:
     hidden = hidden.reshape(-1, self.hidden_dim)
     logits = torch.nn.functional.linear(hidden, self.weight, getattr(self, "bias", None))
