@@ -217,3 +217,26 @@ def test_cli_writes_and_replays_a_routing_trace(tmp_path, monkeypatch, capsys):
     assert rep["weight_bytes_per_step"] == fun["weight_bytes_per_step"] > 0
     assert main(args + ["--routing-trace-out", str(tr)]) == 2
     assert "needs --functional" in capsys.readouterr().err
+
+
+def test_shape_only_experts_are_gemvs_split_over_devices(cfg):
+    import torch
+    import transformers as T
+
+    with torch.device("meta"):  # a preset's weightless model: views of stacked meta weights
+        m = T.AutoModelForCausalLM.from_config(T.MixtralConfig(
+            hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=128, max_position_embeddings=64,
+            num_local_experts=4, num_experts_per_tok=2))
+    step = decode_step_module(m.eval())
+    for tp in (1, 2):
+        prog = compile_model(step, cfg, name="meta-mixtral", tp=tp).program
+        ups = [s.matrix for s in prog.steps if s.expert is not None and s.op == "ffn_up"]
+        downs = [s.matrix for s in prog.steps if s.expert is not None and s.op == "ffn_down"]
+        assert [(u.out_dim, u.in_dim) for u in ups] == [(128 // tp, 64)] * 4
+        assert [d.out_dim for d in downs] == [64] * 4
+        if tp > 1:  # gate/up column-parallel, down row-parallel: half the columns each
+            assert {prog.tp_rows[u.name][0] for u in ups} == {"col"}
+            assert [[len(c) for c in prog.tp_rows[d.name][1]] for d in downs] == [[32, 32]] * 4
+        assert not any(s.op == "elementwise" and s.expert is not None and "linear" in s.name
+                       for s in prog.steps)

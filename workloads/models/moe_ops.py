@@ -113,7 +113,9 @@ def _experts_forward(self: Any, hidden: torch.Tensor, top_k_index: Any,
     act = self.act_fn
     for e in range(self.num_experts):
         x = torch.ops.pimsim.expert_in(hidden, weights, e)
-        gate, up = torch.nn.functional.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)
+        w_gate, w_up = self.gate_up_proj[e].chunk(2, dim=0)  # two products, as Llama's gate
+        gate = torch.nn.functional.linear(x, w_gate)  # and up: split alike over devices
+        up = torch.nn.functional.linear(x, w_up)
         y = torch.nn.functional.linear(act(gate) * up, self.down_proj[e])
         y = torch.ops.pimsim.expert_out(y, weights, e)
         out = y if out is None else out + y
