@@ -36,8 +36,8 @@ FAMILY_FIELDS: dict[str, dict[str, Any]] = {
     # GPT-J: one LayerNorm per layer (parallel attention and MLP), no attention biases, MLP and
     # LM-head biases, untied head
     "GPTJConfig": dict(NO_BIAS, tied_head=False, mlp_bias=True, head_bias=True, norms_per_layer=1),
-    # mixtures of experts: Llama layouts with routed SwiGLU experts (the per-head q/k norms of
-    # Qwen3-MoE and OLMoE, under 0.01 % of the parameters, are not counted)
+    # mixtures of experts: Llama layouts with routed SwiGLU experts (Qwen3-MoE and OLMoE add
+    # q/k norms, MOE_QK_NORM)
     "MixtralConfig": dict(LLAMA_LAYOUT),
     "Qwen3MoeConfig": dict(LLAMA_LAYOUT),
     "Qwen2MoeConfig": dict(LLAMA_LAYOUT, qkv_bias=True),
@@ -64,6 +64,11 @@ FAMILY_CONFIG_ARGS: dict[str, tuple[str | None, float, str, float]] = {
     "Qwen2MoeConfig": ("rope_theta", 10000.0, "rms_norm_eps", 1e-6),
     "OlmoeConfig": ("rope_theta", 10000.0, "rms_norm_eps", 1e-5),
 }
+
+
+# the q/k RMSNorm weights per layer: Qwen3 per head (2 x d_head), OLMoE over all heads
+MOE_QK_NORM = {"Qwen3MoeConfig": lambda d_attn, d_kv, d_head: 2 * d_head,
+               "OlmoeConfig": lambda d_attn, d_kv, d_head: d_attn + d_kv}
 
 
 def zoo_shape(name: str) -> DecoderShape:
@@ -94,6 +99,10 @@ def zoo_shape(name: str) -> DecoderShape:
         fam.update(n_experts=kw[n_e], experts_per_tok=kw[k],
                    d_ff_shared=kw[shared] if shared else 0,
                    tied_head=bool(kw.get("tie_word_embeddings", False)))
+        if cls in MOE_QK_NORM:
+            dh = kw.get("head_dim") or d // n_head
+            n_kv = kw.get("num_key_value_heads", n_head)
+            fam["qk_norm_params"] = MOE_QK_NORM[cls](n_head * dh, n_kv * dh, dh)
     return DecoderShape(name=name, n_layer=n_layer, d_model=d, n_head=n_head,
                         n_kv_head=kw.get("num_key_value_heads", n_head),
                         d_head=kw.get("head_dim") or d // n_head,

@@ -86,6 +86,9 @@ class DecoderShape:
     n_experts: int = 0
     experts_per_tok: int = 0
     d_ff_shared: int = 0
+    # RMSNorm weights of the queries and keys per layer (Qwen3: per head, 2 x d_head; OLMoE:
+    # over all heads, d_attn + d_kv), 0: none
+    qk_norm_params: int = 0
 
     def __post_init__(self) -> None:
         name = self.name
@@ -141,7 +144,7 @@ class DecoderShape:
             if self.d_head % 2:
                 raise _invalid(name, f"rotary positions need an even d_head, got {self.d_head}",
                                "give an even d_head (or learned positions, rope_theta None)")
-        for field in ("n_experts", "experts_per_tok", "d_ff_shared"):
+        for field in ("n_experts", "experts_per_tok", "d_ff_shared", "qk_norm_params"):
             if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
                 raise _invalid(name, f"{field} must be an int >= 0, got {getattr(self, field)!r}",
                                f"give {field} as a whole number (0: none)")
@@ -176,7 +179,7 @@ class DecoderShape:
         mlp += ((2 * f if self.gated_mlp else f) + d) * self.mlp_bias
         if self.n_experts:
             mlp = mlp * self.n_experts + self._router_params
-        norms = self.norms_per_layer * self._norm_params
+        norms = self.norms_per_layer * self._norm_params + self.qk_norm_params
         return attn + mlp + norms
 
     @property

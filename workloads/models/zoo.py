@@ -49,6 +49,13 @@ HF_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
                                           rotary_pct=0.25, use_parallel_residual=True)),
     "gpt-j-6b": ("GPTJConfig", dict(n_embd=4096, n_layer=28, n_head=16, rotary_dim=64,
                                     vocab_size=50400, n_positions=2048)),
+    # mistralai/Mistral-7B-v0.1 config.json: a sliding window of 4096 tokens on every layer
+    # (its KV caches are rings of 4096 slots, pimsim.isa)
+    "mistral-7b-v0.1": ("MistralConfig", dict(hidden_size=4096, intermediate_size=14336,
+                                              num_hidden_layers=32, num_attention_heads=32,
+                                              num_key_value_heads=8, vocab_size=32000,
+                                              max_position_embeddings=32768,
+                                              sliding_window=4096)),
     # mixtures of experts (pimsim.moe): mistralai/Mixtral-8x7B-v0.1 config.json
     "mixtral-8x7b": ("MixtralConfig", dict(hidden_size=4096, intermediate_size=14336,
                                            num_hidden_layers=32, num_attention_heads=32,
