@@ -198,7 +198,10 @@ def cmd_run(args) -> int:
                            batch=args.batch[0] if args.batch else None, prefill=args.prefill,
                            routing=routing)
     c, cfg = res.compiled, res.cfg
-    if args.routing_trace_out and res.report.routing:
+    if args.routing_trace_out and not res.report.routing:
+        raise UserError(f"--routing-trace-out: {args.model} has no mixture-of-experts layers, so "
+                        f"there is no routing to write", "drop --routing-trace-out")
+    if args.routing_trace_out:
         with atomic_write(args.routing_trace_out, "routing trace") as f:
             for line in routing.records:
                 f.write(json.dumps(line) + "\n")
