@@ -240,3 +240,18 @@ def test_shape_only_experts_are_gemvs_split_over_devices(cfg):
             assert [[len(c) for c in prog.tp_rows[d.name][1]] for d in downs] == [[32, 32]] * 4
         assert not any(s.op == "elementwise" and s.expert is not None and "linear" in s.name
                        for s in prog.steps)
+
+
+def test_every_run_reports_the_weight_bytes_of_the_whole_system():
+    from workloads.session import simulate
+
+    one = simulate("tiny", "pim-gpt", tokens=2)
+    prog = one.compiled.program
+    every = sum(s.matrix.out_dim * s.matrix.in_dim * prog.geo.elem_bytes
+                for s in prog.steps if s.kind == "pim" and s.matrix is not None)
+    assert one.report.weight_bytes_per_step == every > 0
+    assert one.report.to_dict()["weight_bytes_per_step"] == every and one.report.routing == ""
+    two = simulate("tiny", "pim-gpt", tokens=2, tp=2)  # both devices' shares
+    share = sum(s.matrix.out_dim * s.matrix.in_dim * prog.geo.elem_bytes
+                for s in two.compiled.program.steps if s.kind == "pim" and s.matrix is not None)
+    assert two.report.weight_bytes_per_step == 2 * share
