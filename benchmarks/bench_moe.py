@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="mixtral-8x7b,qwen3-30b-a3b")
     ap.add_argument("--devices", type=int, default=8)
-    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--batches", default="1,32")  # 43 mixtral-8x7b sequences fit 8 devices
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=2)
     ap.add_argument("--gpu", default="H100")
