@@ -255,3 +255,31 @@ def test_every_run_reports_the_weight_bytes_of_the_whole_system():
     share = sum(s.matrix.out_dim * s.matrix.in_dim * prog.geo.elem_bytes
                 for s in two.compiled.program.steps if s.kind == "pim" and s.matrix is not None)
     assert two.report.weight_bytes_per_step == 2 * share
+
+
+@pytest.mark.parametrize("at", [
+    dict(k=2, score="softmax", norm=True, n_group=1, topk_group=1, scale=1.0),  # Mixtral
+    dict(k=3, score="softmax", norm=False, n_group=1, topk_group=1, scale=1.0),  # OLMoE
+    dict(k=4, score="sigmoid", norm=True, n_group=4, topk_group=2, scale=2.5),  # DeepSeek-V3
+    dict(k=2, score="topk_softmax", norm=False, n_group=1, topk_group=1, scale=1.0),  # gpt-oss
+])
+def test_asic_routing_equals_the_reference_router(at):
+    import torch
+
+    from pimsim.functional import AsicMath
+    from pimsim.moe import chosen, route
+    from workloads.models.moe_ops import route_reference
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 16)).astype(np.float32)
+    bias = rng.normal(scale=0.3, size=16).astype(np.float32) if at["score"] == "sigmoid" else None
+    M = AsicMath.from_config(load_config("pim-gpt"), exact=True)
+    got = route(M, logits, bias, at)
+    want = route_reference(torch.from_numpy(logits), None if bias is None else
+                           torch.from_numpy(bias), **at).numpy()
+    assert [len(c) for c in chosen(got)] == [at["k"]] * 3
+    assert chosen(got) == chosen(want)
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-6)
+    if at["n_group"] > 1:  # the experts lie in the topk_group best groups of 4
+        for c in chosen(got):
+            assert len({e // 4 for e in c}) <= 2
