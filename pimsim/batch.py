@@ -124,6 +124,10 @@ class BatchedProgram(Program):
             raise UserError(f"{prog.model}: batched decode of a pipeline stage "
                             f"({prog.n_stages} stages)",
                             "batch on a system without pipeline stages (pp 1)")
+        if any(kl.window for kl, _ in prog.kv_layouts):
+            raise UserError(f"{prog.model}: batched steps (--batch, --prefill batched, serve) of "
+                            f"sliding-window attention are not modelled",
+                            "run it unbatched, with the prompt token by token")
         regions = tuple(range(batch)) if kv_regions is None else tuple(int(r) for r in kv_regions)
         if len(regions) != batch or min(regions) < 0:
             raise ValueError(f"kv_regions {kv_regions!r}: one region index >= 0 per vector of "

@@ -106,3 +106,11 @@ def test_windowed_layers_alternating_with_full_ones(cfg):
     c = compile_model(decode_step_module(m), cfg, name="qwen2-window")
     assert [(k.n_ctx, k.window) for k, _ in c.program.kv_layouts] == [(64, 0), (WINDOW, WINDOW)]
     assert_same_generation("qwen2 alternating", _greedy(c, cfg), hf_greedy(m, PROMPT, N_TOKENS))
+
+
+def test_batched_steps_of_a_window_are_refused(mistral):
+    from pimsim.batch import BatchedProgram
+    from pimsim.errors import UserError
+
+    with pytest.raises(UserError, match="sliding-window attention are not modelled"):
+        BatchedProgram(mistral[1].program, 2)
