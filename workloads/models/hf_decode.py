@@ -7,7 +7,10 @@ two standard extension points of ``transformers`` keep the exported graph a plai
 * the attention implementation ``"pimsim"`` (``AttentionInterface``): ``q.K^T * scale``,
   softmax and ``p.V`` as three ops, with the query heads of a grouped-query model reshaped onto
   their KV head (K/V stay at ``n_kv_head`` heads, as they are cached);
-* its mask function returns no mask: a decode step attends to every cached token.
+* its mask function returns no mask: a decode step attends to every cached token (a sliding
+  window's attention marks its query with the window, ``pimsim::attn_window``: the lowering
+  keeps the KV cache as a ring of that many slots);
+* mixture-of-experts blocks route through ``pimsim::`` ops (:mod:`workloads.models.moe_ops`).
 
 The past cache is one tensor per side, ``[n_layer, n_kv_head, past_len, d_head]``; the step
 returns the logits of the new token and the new cache. ``transformers`` is imported only here,
@@ -28,8 +31,8 @@ ATTN = "pimsim"
 
 
 class UnsupportedFeatureError(UserError):
-    """A Hugging Face model uses a feature the decode step does not model (a sliding window,
-    soft-capping, attention sinks): an intended refusal, bad input rather than a pimsim bug."""
+    """A Hugging Face model uses a feature the decode step does not model (soft-capping,
+    attention sinks): an intended refusal, bad input rather than a pimsim bug."""
 
 
 def _text_config(config: Any) -> Any:
