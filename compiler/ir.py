@@ -118,6 +118,13 @@ OPS: dict[str, tuple[int, int | None, tuple[str, ...]]] = {
     "where": (3, 3, ()),
     "cast": (1, 1, ("to",)),
     "constant": (0, 0, ("value",)),
+    # mixture of experts (workloads.models.moe_ops, pimsim.moe): dense routing weights, an
+    # expert's input (wiring) and its output scaled by its routing weight
+    "moe_route": (1, 2, ("k", "score", "norm", "n_group", "topk_group", "scale")),
+    "expert_in": (2, 2, ("expert",)),
+    "expert_out": (2, 2, ("expert",)),
+    # a query whose attention reads the last ``window`` tokens (a sliding window; pimsim.isa)
+    "attn_window": (1, 1, ("window",)),
 }
 
 ELEMENTWISE_BINARY = ("add", "sub", "mul", "div", "pow")

@@ -226,4 +226,20 @@ OPS: dict[str, AsicOp] = {
                       None),
     "expand": AsicOp(_expand, None),
     "constant": AsicOp(lambda M, a, at: np.asarray(at["value"]), None),
+    # mixture of experts (pimsim.moe): the router's scores, top-k and normalisation over the
+    # E gate outputs, charged as a softmax of E elements [assumed: one exp pass and the
+    # top-k's compares within the softmax's max and sum passes]; an expert's input (wiring)
+    # and its output times its routing weight
+    "moe_route": AsicOp(lambda M, a, at: _moe_route(M, a, at), "softmax"),
+    "expert_in": AsicOp(lambda M, a, at: np.asarray(a[0]), None),
+    # a sliding-window attention's query (wiring: the window is the KV ring's, pimsim.isa)
+    "attn_window": AsicOp(lambda M, a, at: np.asarray(a[0]), None),
+    "expert_out": AsicOp(lambda M, a, at: (_f32(a[0]) * _f32(a[1])[..., at["expert"]:at["expert"] + 1]
+                                           ).astype(np.float32), "elementwise"),
 }
+
+
+def _moe_route(M, a, at):
+    from pimsim.moe import route
+
+    return route(M, a[0], a[1] if len(a) > 1 else None, at)

@@ -124,6 +124,10 @@ class BatchedProgram(Program):
             raise UserError(f"{prog.model}: batched decode of a pipeline stage "
                             f"({prog.n_stages} stages)",
                             "batch on a system without pipeline stages (pp 1)")
+        if any(kl.window for kl, _ in prog.kv_layouts):
+            raise UserError(f"{prog.model}: batched steps (--batch, --prefill batched, serve) of "
+                            f"sliding-window attention are not modelled",
+                            "run it unbatched, with the prompt token by token")
         regions = tuple(range(batch)) if kv_regions is None else tuple(int(r) for r in kv_regions)
         if len(regions) != batch or min(regions) < 0:
             raise ValueError(f"kv_regions {kv_regions!r}: one region index >= 0 per vector of "
@@ -337,7 +341,7 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                 functional: Sequence[Executor] | None = None,
                 progress: Callable[[int], None] | None = None,
                 skip_prompt: bool = False, prefill: str = "token-by-token",
-                reuse: BatchedSteps | None = None) -> RunReport:
+                reuse: BatchedSteps | None = None, routing=None) -> RunReport:
     """Decode ``len(prompts)`` sequences together: each processes its prompt (``prefill``,
     :mod:`pimsim.prefill`: token by token, each prompt position one batched step over the
     sequences; or ``"batched"``, every sequence's every prompt token in one step, each
@@ -361,7 +365,17 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
 
     ``reuse`` (a :class:`BatchedSteps` of ``prog`` and ``cfg``; fast executor, decode steps):
     take the batched program, its stream builder and the memo from it instead of making new
-    ones (the run still starts from a fresh device state: the same cycles, commands and energy)."""
+    ones (the run still starts from a fresh device state: the same cycles, commands and energy).
+
+    A mixture-of-experts program (:mod:`pimsim.moe`): a decode step runs the union of the
+    experts its sequences chose (their routers', else ``routing``'s: a trace or seeded); a
+    batched prefill step runs every expert."""
+    from pimsim.moe import Routing, active_steps, weight_bytes
+
+    moe = bool(prog.moe)
+    if moe and (functional is not None or routing is None):
+        routing = Routing.recorder() if functional is not None else Routing.seeded()
+    w_bytes: list[int] = []
     prefill = check_prefill(prefill)
     prompts = [list(p) for p in prompts]
     streams = table = None
@@ -435,10 +449,21 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
         ps = tuple(n - 1 + i for n in lens) if skip_prompt else (i,) * B
         if with_energy:
             meter.begin()
-        tt = sim.run_token(ps)
+        nxts = [int(np.argmax(functional[b].step(toks[b], ps[b]))) if functional else 0
+                for b in range(B)]  # the numbers first: the routers choose the experts run
+        active = None
+        if moe:
+            computed = {m: [t for fx in functional for t in fx.routing[m]]
+                        for m in range(len(prog.moe))} if functional else None
+            active = active_steps(bprog, routing.choose(prog, i, computed, batch=B))
+            if with_energy:
+                meter.active = active
+        tt = sim.run_token(ps, active)
         gen = skip_prompt or i >= L - 1
+        if gen:
+            w_bytes.append(weight_bytes(bprog, active))
         for b in range(B):
-            nxt = int(np.argmax(functional[b].step(toks[b], ps[b]))) if functional else 0
+            nxt = nxts[b]
             if not skip_prompt and i + 1 < L:
                 toks[b] = int(prompts[b][i + 1])
             else:
@@ -480,7 +505,9 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                          "mac_bound_ms_per_step": bound_ms, "mac_bound": MAC_BOUND_FORMULA,
                          "weight_macs_per_sequence": bprog.weight_macs(),
                          "max_batch": reuse.max_batch if reuse is not None else max_batch(prog),
-                         "positions_last_step": list(ps)}})
+                         "positions_last_step": list(ps)}},
+        routing=routing.describe() if moe else "",
+        weight_bytes_per_step=float(np.mean(w_bytes)) if w_bytes else 0.0)
 
 
 

@@ -290,7 +290,10 @@ class DecodeSimulator:
         self.timers = [ChannelTimer(cfg, states=self.states, index=c, log=log)
                        for c in range(prog.geo.channels)]
 
-    def run_token(self, pos: int) -> TokenTiming:
+    def run_token(self, pos: int, active: np.ndarray | None = None) -> TokenTiming:
+        """One decode step at ``pos``; ``active``: a mask of the steps that run this token
+        (:func:`pimsim.moe.active_steps`: only the chosen experts' steps), None for all."""
+        kind = self.steps.kind if active is None else np.where(active, self.steps.kind, 3)
         items, seg_lo, seg_hi = self.streams.build(pos)
         busy = self.link_cyc.busy(self.streams.seg_bytes)
         lead = self.link_cyc.lead(self.streams.seg_lead)
@@ -305,7 +308,7 @@ class DecodeSimulator:
             s, t = self.steps, self.tables
             with compile_scope():
                 now, n_run = run_steps(
-                    items, seg_lo, seg_hi, self.streams.seg_cls, s.kind, s.pim_index, dur, s.dep_start, s.dep_idx,
+                    items, seg_lo, seg_hi, self.streams.seg_cls, kind, s.pim_index, dur, s.dep_start, s.dep_idx,
                     int(self.schedule == "serial"), self.link_lat, busy, lead, t0, t.cmd_tab,
                     t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                     self.states.win_cnt, self.states.open_row, self.states.scal,
@@ -315,11 +318,11 @@ class DecodeSimulator:
             self.channels_run += int(n_run)
         else:
             self.now = self._run_token_simpy(items, seg_lo, seg_hi, busy, lead, dur, t0, st, en,
-                                             cnt, lk, wt)
+                                             cnt, lk, wt, kind)
         return TokenTiming(pos, t0, self.now, st, en, cnt, lk, wt)
 
     def _run_token_simpy(self, items, seg_lo, seg_hi, busy, lead, dur, t0, st, en, cnt,
-                         lk, wt) -> int:
+                         lk, wt, kind=None) -> int:
         """Reference executor: SimPy processes for the steps, the ASIC and each channel.
 
         PIM steps reach the channels in program order (each channel is an in-order queue); the
@@ -327,6 +330,7 @@ class DecodeSimulator:
         (``busy`` cycles) in program order too, from the step's start; a channel starts its
         part ``lead`` cycles after the step (its first command's data crossing the link)."""
         prog, s = self.prog, self.steps
+        kind = s.kind if kind is None else kind
         n_ch = prog.geo.channels
         timers = self.timers
         env = simpy.Environment(initial_time=t0)
@@ -340,7 +344,7 @@ class DecodeSimulator:
         last = -1
         for i in range(len(prog.steps)):
             prev_pim[i] = last
-            if s.kind[i] == 1:
+            if kind[i] == 1:
                 last = i
 
         def channel(c: int, k: int, start: int, out: list):
@@ -350,15 +354,19 @@ class DecodeSimulator:
             yield env.timeout(max(0, timers[c].done_cyc - env.now))
 
         def step(i: int):
-            req = asic.request() if s.kind[i] == 0 else \
-                fabric.request() if s.kind[i] == 2 else None  # FIFO: program order
+            req = asic.request() if kind[i] == 0 else \
+                fabric.request() if kind[i] == 2 else None  # FIFO: program order
             deps = [done_ev[j] for j in prog.steps[i].deps]
             if serial and i > 0:
                 deps.append(done_ev[i - 1])
             if deps:
                 yield env.all_of(deps)
             start = int(env.now)
-            if s.kind[i] == 1:
+            if kind[i] == 3:  # not run this token (an expert not chosen)
+                st[i], en[i] = start, start
+                done_ev[i].succeed()
+                return
+            if kind[i] == 1:
                 if prev_pim[i] >= 0:
                     yield issued[prev_pim[i]]
                 out: list = [None] * n_ch
@@ -387,7 +395,7 @@ class DecodeSimulator:
                 end = start + int(dur[i])
             yield env.timeout(max(0, end - env.now))
             if req is not None:
-                (asic if s.kind[i] == 0 else fabric).release(req)
+                (asic if kind[i] == 0 else fabric).release(req)
             st[i], en[i] = start, end
             done_ev[i].succeed()
 

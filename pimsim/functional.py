@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from pimsim.config import HwConfig
-from pimsim.isa import MatrixLayout, Program
+from pimsim.isa import MatrixLayout, Program, window_pos
 
 # ---------------------------------------------------------------- number formats
 
@@ -634,12 +634,20 @@ class FlowExecutor:
         env[prog.inputs["token"]] = np.array([[token]], np.int64)
         if prog.inputs.get("position"):
             env[prog.inputs["position"]] = np.array([pos], np.int64)
+        self.routing: dict[int, list[list[int]]] = {}  # MoE layer -> experts per token
         for f in prog.flow:
             op = f.op
+            w = f.attrs.get("window", 0)  # a sliding window's ring: sizes stop at the window
+            p = window_pos(pos, w)
+            tag = f.attrs.get("expert_tag")
+            if tag is not None and not self._runs(tag):
+                if op == "expert_out":  # an expert not chosen adds nothing
+                    env[f.outputs[0]] = np.float32(0)
+                continue
             if op == "embed":
                 idx = int(np.asarray(env[f.inputs[0]]).reshape(-1)[0])
                 row = self._embed(f.attrs["table"], idx)
-                env[f.outputs[0]] = row.reshape(self._dims(f.attrs["shape"], pos))
+                env[f.outputs[0]] = row.reshape(self._dims(f.attrs["shape"], p))
             elif op == "matvec":
                 x = np.asarray(env[f.inputs[0]], np.float32).reshape(-1)
                 y = self._mv(f.attrs["matrix"], x, f.attrs["parts"][-1][1])
@@ -647,20 +655,28 @@ class FlowExecutor:
                     v = y[lo:hi]
                     if bias:
                         v = v + env[bias].reshape(-1)
-                    env[out] = v.astype(np.float32).reshape(self._dims(shape, pos))
+                    env[out] = v.astype(np.float32).reshape(self._dims(shape, p))
             elif op in ("k_write", "v_write"):
                 new = np.asarray(env[f.inputs[0]], np.float32).reshape(-1)
-                self._kv_write(f.attrs["attn"], op == "k_write", pos, new)
+                self._kv_write(f.attrs["attn"], op == "k_write", pos % w if w else pos, new)
             elif op == "attn_score":
-                s = self._attn(f.attrs["attn"], True, pos, np.asarray(env[f.inputs[0]]))
-                env[f.outputs[0]] = s.reshape(self._dims(f.attrs["shape"], pos))
+                s = self._attn(f.attrs["attn"], True, p, np.asarray(env[f.inputs[0]]))
+                env[f.outputs[0]] = s.reshape(self._dims(f.attrs["shape"], p))
             elif op == "attn_value":
-                ctx = self._attn(f.attrs["attn"], False, pos, np.asarray(env[f.inputs[0]]))
-                env[f.outputs[0]] = ctx.reshape(self._dims(f.attrs["shape"], pos))
+                ctx = self._attn(f.attrs["attn"], False, p, np.asarray(env[f.inputs[0]]))
+                env[f.outputs[0]] = ctx.reshape(self._dims(f.attrs["shape"], p))
             else:
-                out = self.ops[op].fn(M, [env[i] for i in f.inputs], self._attrs(f.attrs, pos))
+                out = self.ops[op].fn(M, [env[i] for i in f.inputs], self._attrs(f.attrs, p))
                 env[f.outputs[0]] = np.asarray(out)
+                if op == "moe_route":
+                    from pimsim.moe import chosen
+
+                    self.routing[f.attrs["moe"]] = chosen(out)
         return np.asarray(env[prog.logits], np.float32).reshape(-1)
+
+    def _runs(self, tag: tuple[int, int]) -> bool:
+        """Whether expert ``tag[1]`` of MoE layer ``tag[0]`` was chosen for this token."""
+        return any(tag[1] in tok for tok in self.routing.get(tag[0], ()))
 
     # -- the PIM side of the flow's ops (one device; SystemFlowExecutor spreads them)
     def _embed(self, table: str, idx: int) -> np.ndarray:

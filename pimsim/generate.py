@@ -65,6 +65,7 @@ def run_generation(
     prog: Program, cfg: HwConfig, *, prompt: Sequence[int], n_tokens: int,
     schedule: str = "serial", fast: bool = True, functional: Executor | None = None,
     progress: Callable[[int], None] | None = None, skip_prompt: bool = False,
+    routing=None,
 ) -> RunReport:
     """Simulate a prompt processed token by token and ``n_tokens`` greedy tokens; returns the
     report (``ttft_ms``: the end of the step that generated the first token; ``tpot_ms``: the
@@ -75,7 +76,18 @@ def run_generation(
     ``len(prompt) - 1`` onwards: the cost of a step depends on its position, not on the cached
     values, so this measures generation at a long context without simulating the prompt (the
     DRAM state, open rows and refresh phase, starts fresh instead of warmed up).
+
+    A mixture-of-experts program runs only the chosen experts' steps: chosen by the functional
+    executor's router, else by ``routing`` (a :class:`pimsim.moe.Routing`: a trace or seeded;
+    default seeded uniform); the report's ``routing`` says which.
     """
+    from pimsim.moe import Routing, active_steps, weight_bytes
+
+    moe = bool(prog.moe)
+    if moe and functional is None and routing is None:
+        routing = Routing.seeded()
+    if moe and functional is not None and (routing is None or routing.kind != "functional"):
+        routing = Routing.recorder()  # pass one in to keep its records (a routing trace)
     check_run(prog, [len(prompt)], n_tokens, skip_prompt, functional)
     t_wall = time.perf_counter()
     sim = DecodeSimulator(prog, cfg, schedule=schedule, fast=fast)
@@ -88,18 +100,27 @@ def run_generation(
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
     meter = TokenEnergy(sim) if with_energy else None
     per_token_j: list[float] = []
+    w_bytes: list[int] = []  # weight bytes read per generated step (one device)
     first_end_cyc: int | None = None
     n_total = len(prompt) + n_tokens - 1  # the last generated token needs no decode step
     n_total = max(n_total, len(prompt))
     for pos in range(len(prompt) - 1 if skip_prompt else 0, n_total):
         if with_energy:
             meter.begin()
-        tt = sim.run_token(pos)
-        if functional is not None:
+        if functional is not None:  # the numbers first: the router chooses the experts run
             logits = functional.step(tok, pos)
             nxt = int(np.argmax(logits))
         else:
             nxt = 0
+        active = None
+        if moe:
+            choice = routing.choose(prog, pos, getattr(functional, "routing", None))
+            active = active_steps(prog, choice)
+            if with_energy:
+                meter.active = active
+        tt = sim.run_token(pos, active)
+        if pos >= len(prompt) - 1:
+            w_bytes.append(weight_bytes(prog, active))
         if pos + 1 < len(prompt):
             tok = int(prompt[pos + 1])
         else:
@@ -136,6 +157,8 @@ def run_generation(
         prompt_skipped=skip_prompt,
         ttft_ms=None if skip_prompt else ns(first_end_cyc) / 1e6,
         tpot_ms=tpot_ms(per_token_ms),
+        routing=routing.describe() if moe else "",
+        weight_bytes_per_step=float(np.mean(w_bytes)) if w_bytes else 0.0,
     )
 
 
@@ -156,6 +179,7 @@ class TokenEnergy:
         # every device of the group sends and receives its share: the group's wire bits / tp
         self.comm_pj = sum(c.wire_bits for c in sim.steps.comm.values()) * ic.pj_per_bit / \
             max(sim.prog.tp, 1)
+        self.active: np.ndarray | None = None  # the steps run this token (pimsim.moe)
 
     def begin(self) -> None:
         sim = self.sim
@@ -171,14 +195,19 @@ class TokenEnergy:
         opens = [t.open_cyc(sim.now) - o for t, o in zip(sim.timers, self.o0)]
         elems: dict[str, int] = {}
         for st in prog.steps:
-            if st.kind == "asic":
+            if st.kind == "asic" and (self.active is None or self.active[st.index]):
                 elems[st.op] = elems.get(st.op, 0) + prog.asic_elems(st, tt.pos)
         er = energy_of(sim.cfg, cmds, open_cyc_per_channel=opens,
                        total_cyc=tt.end_cyc - tt.start_cyc + gap_cyc, asic_elems=elems)
-        if self.comm_pj:
+        comm_pj = self.comm_pj
+        if self.active is not None and sim.steps.comm:  # the collectives that ran
+            ic = sim.cfg.system.interconnect
+            comm_pj = sum(c.wire_bits for i, c in sim.steps.comm.items() if self.active[i]) * \
+                ic.pj_per_bit / max(prog.tp, 1)
+        if comm_pj:
             er.by_component["interconnect"] = er.by_component.get("interconnect", 0.0) + \
-                self.comm_pj * 1e-12
-            er.total_j += self.comm_pj * 1e-12
+                comm_pj * 1e-12
+            er.total_j += comm_pj * 1e-12
         return er
 
 

@@ -215,6 +215,7 @@ class KLayout(_KVHeads):
     heads_per_fill: int = 0  # heads of q one global-buffer fill holds (0: a whole chunk)
     accumulators: int = 1  # partial sums per bank: head scores read out together
     n_kv_head: int = 0  # 0: as many KV heads as query heads
+    window: int = 0  # a sliding window: n_ctx slots in a ring, token t in t % window (0: none)
 
     @property
     def d_attn(self) -> int:
@@ -283,6 +284,7 @@ class VLayout(_KVHeads):
     fill_cols: int = 0  # as MatrixLayout (the softmax weights of one head per fill)
     accumulators: int = 1
     n_kv_head: int = 0
+    window: int = 0  # as KLayout
 
     @cached_property
     def matrix(self) -> MatrixLayout:
@@ -379,6 +381,9 @@ class Step:
     # asic steps
     n_elems: int = 0  # vector length (per-position ops scale with pos, see asic_elems)
     per_pos_elems: int = 0  # extra elements per cached token (softmax)
+    # (MoE layer, expert) of a step that runs only when its expert is chosen (pimsim.moe)
+    expert: tuple[int, int] | None = None
+    window: int = 0  # its layer's sliding window (per-position sizes stop growing there)
 
 
 @dataclass
@@ -430,22 +435,25 @@ class Program:
     tp_rows: dict = field(default_factory=dict)
     tp_heads: dict = field(default_factory=dict)
     send_elems: int = 0
+    # mixture of experts (pimsim.moe): per MoE layer, {"layer", "experts", "k"}
+    moe: list[dict] = field(default_factory=list)
 
     # --------------------------------------------------------------- instantiation per position
     def asic_elems(self, step: Step, pos: int) -> int:
-        return step.n_elems + step.per_pos_elems * (pos + 1)
+        return step.n_elems + step.per_pos_elems * (window_pos(pos, step.window) + 1)
 
     def pim_items(self, step: Step, pos: int) -> list[np.ndarray]:
         """Per-channel item arrays (cmd, bank, row, count, col0) of a PIM step at ``pos``."""
         op = step.op
         if step.matrix is not None:
             return _matvec_items(step.matrix)
+        w = step.kv[0].window if step.kv is not None else 0
         if op == "kv_write":
-            return _kv_write_items(*step.kv, pos)
+            return _kv_write_items(*step.kv, pos % w if w else pos)
         if op == "attn_score":
-            return _attn_score_items(step.kv[0], pos)
+            return _attn_score_items(step.kv[0], window_pos(pos, w))
         if op == "attn_value":
-            return _attn_value_items(step.kv[1], pos)
+            return _attn_value_items(step.kv[1], window_pos(pos, w))
         if op in ("param_fetch", "embedding"):
             return self._vector_read_items(step, pos)
         raise ValueError(f"step {step.name}: no PIM instructions for op {op!r}")
@@ -456,6 +464,9 @@ class Program:
         op = step.op
         if step.matrix is not None or op == "param_fetch":
             return ()
+        if step.kv is not None and step.kv[0].window:
+            w = step.kv[0].window
+            pos = pos % w if op == "kv_write" else window_pos(pos, w)
         if op == "attn_score":
             kl = step.kv[0]
             return tuple(kl.slots_in_use(ch, pos + 1) for ch in range(kl.geo.channels))
@@ -522,6 +533,12 @@ class Program:
             else:
                 n += sum(a.shape[0] for a in self.pim_items(st, pos))
         return n
+
+
+def window_pos(pos: int, window: int) -> int:
+    """The position an attention of a sliding ``window`` (0: none) reads up to: its ring holds
+    ``min(pos + 1, window)`` tokens, as a full attention at ``min(pos, window - 1)`` does."""
+    return min(pos, window - 1) if window else pos
 
 
 def _arr(items: list[tuple]) -> np.ndarray:

@@ -69,7 +69,7 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
                progress: Callable[[int], None] | None = None,
                skip_prompt: bool = False,
                batch_prompts: Sequence[Sequence[int]] | None = None,
-               prefill: str = "token-by-token", batch_reuse=None) -> RunReport:
+               prefill: str = "token-by-token", batch_reuse=None, routing=None) -> RunReport:
     """Simulate a prompt and ``n_tokens`` greedy tokens on the system the programs describe
     (one program per pipeline stage), which must be ``cfg``'s ``[system]``
     (:func:`check_system`).
@@ -81,7 +81,9 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
     ``batch_prompts``: batched decode (:mod:`pimsim.batch`) of one sequence per prompt
     (``prompt`` is then unused, ``functional`` one executor per sequence); a system of one
     stage only. ``batch_reuse``: a :class:`pimsim.batch.BatchedSteps` of the program for the
-    batched run (``run_batched``'s ``reuse``)."""
+    batched run (``run_batched``'s ``reuse``). ``routing``: a :class:`pimsim.moe.Routing` for
+    a mixture-of-experts program (one stage: :func:`~pimsim.generate.run_generation`'s; on a
+    pipeline the stages' timing follows it, a trace or seeded, also in functional runs)."""
     from pimsim.prefill import check_prefill
 
     prefill = check_prefill(prefill)
@@ -101,7 +103,7 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
         rep = run_batched(programs[0], cfg, prompts=batch_prompts, n_tokens=n_tokens,
                           schedule=schedule, fast=fast, functional=functional,
                           progress=progress, skip_prompt=skip_prompt, prefill=prefill,
-                          reuse=batch_reuse)
+                          reuse=batch_reuse, routing=routing)
         return _one_stage(rep, tp, len(batch_prompts))
     if pp == 1 and prefill == "batched":  # a batched step of one sequence, then its decode
         from pimsim.batch import run_batched
@@ -115,17 +117,18 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
     if pp == 1:
         rep = run_generation(programs[0], cfg, prompt=prompt, n_tokens=n_tokens,
                              schedule=schedule, fast=fast, functional=functional,
-                             progress=progress, skip_prompt=skip_prompt)
+                             progress=progress, skip_prompt=skip_prompt, routing=routing)
         return _one_stage(rep, tp, 1)
     return _run_pipeline(programs, cfg, prompt=prompt, n_tokens=n_tokens, schedule=schedule,
                          fast=fast, functional=functional, progress=progress,
-                         skip_prompt=skip_prompt)
+                         skip_prompt=skip_prompt, routing=routing)
 
 
 def _one_stage(rep: RunReport, tp: int, sequences: int) -> RunReport:
     """A one-stage report for the whole group of ``tp`` alike devices."""
     rep.throughput_tokens_per_s = rep.tokens_per_s
     rep.commands = {k: v * tp for k, v in rep.commands.items()}  # all devices
+    rep.weight_bytes_per_step *= tp
     rep.system = {"devices": tp, "tp": tp, "pp": 1, "sequences": sequences,
                   "utilisation": [1.0], "bubble": 0.0}
     if rep.energy:
@@ -147,7 +150,7 @@ def _scale_energy(e: dict, k: int) -> None:
 
 
 def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional, progress,
-                  skip_prompt) -> RunReport:
+                  skip_prompt, routing=None) -> RunReport:
     tp, pp = programs[0].tp, len(programs)
     n_ctx = programs[0].dims["n_ctx"]
     if len(prompt) < 1 or n_tokens < 1:
@@ -173,15 +176,31 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     times = TimeTotals()
     tok_j = [0.0]
 
+    from pimsim.moe import Routing, active_steps, weight_bytes
+
+    moe = bool(programs[0].moe)
+    routing = (routing or Routing.seeded()) if moe else None
+    choices: dict[int, dict] = {}  # pos -> the experts chosen (a timing source: see below)
+    w_bytes: dict[int, int] = {}
+
     def job(s: int, pos: int, j: int, start: int) -> int:
         sim = sims[s]
+        active = None
+        if moe:  # the stages' timing runs before the functional step: a trace or seeded choice
+            if pos not in choices:
+                choices[pos] = routing.choose(programs[0], pos)
+            active = active_steps(programs[s], choices[pos])
+        if j == 0 and pos >= len(prompt) - 1:
+            w_bytes[pos] = w_bytes.get(pos, 0) + weight_bytes(programs[s], active) * tp
         start = max(start, sim.now)
         gap = start - sim.now
         sim.now = start
         gen = pos >= len(prompt) - 1
         if with_energy:
             meters[s].begin()
-        tt = sim.run_token(pos)
+        if with_energy:
+            meters[s].active = active
+        tt = sim.run_token(pos, active)
         if with_energy:
             er = meters[s].end(tt, gap)
             if j == 0:
@@ -256,7 +275,9 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         system={"devices": cfg.system.devices, "tp": tp, "pp": pp, "sequences": pp,
                 "stages_per_device": cfg.system.stages_per_device,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
-                "stage_send_cyc": send, "token_return_cyc": back})
+                "stage_send_cyc": send, "token_return_cyc": back},
+        routing=routing.describe() if moe else "",
+        weight_bytes_per_step=float(np.mean(list(w_bytes.values()))) if w_bytes else 0.0)
 
 
 def _only(share: str, op: str, cyc: float) -> tuple[np.ndarray, dict[str, float]]:

@@ -177,6 +177,11 @@ class RunReport:
     tpot_ms: float | None = None
     # cycles per generated token by share (the breakdown's fractions x the mean token's cycles)
     breakdown_cyc: dict = field(default_factory=dict)
+    # mixture of experts (pimsim.moe): where the expert choice came from ("" without experts)
+    routing: str = ""
+    # bytes of weight matrices the whole system's GEMVs read per generated step (mean; with
+    # experts only the chosen ones', with a batch the union of its sequences' choices)
+    weight_bytes_per_step: float = 0.0
 
     def to_dict(self) -> dict:
         """The fields; a batched run (:mod:`pimsim.batch`) adds its ``extra["batch"]`` keys at
@@ -221,6 +226,9 @@ class RunReport:
             "  commands: " + ", ".join(f"{k} {v:,}" for k, v in self.commands.items()),
             self.latency_line(),
         ]
+        if self.routing:
+            lines.append(f"  experts: routing {self.routing}; weights read "
+                         f"{self.weight_bytes_per_step / 2**20:,.2f} MiB/step (whole system)")
         b = self.extra.get("batch")
         if b:
             bound = b["mac_bound_ms_per_step"]

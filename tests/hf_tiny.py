@@ -52,6 +52,36 @@ FAMILIES = ("llama", "llama-gqa", "mistral", "qwen2", "gpt-neox", "opt", "gpt-j"
             "falcon", "gpt-bigcode", "gpt2")
 
 
+_MOE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            **COMMON)
+
+
+def _moe_configs():
+    import transformers as T
+
+    return {
+        "mixtral": lambda: T.MixtralConfig(intermediate_size=64, head_dim=16, num_local_experts=4,
+                                           num_experts_per_tok=2, **_MOE),
+        "qwen2-moe": lambda: T.Qwen2MoeConfig(intermediate_size=128, moe_intermediate_size=32,
+                                              shared_expert_intermediate_size=64, num_experts=8,
+                                              num_experts_per_tok=2, **_MOE),
+        "qwen3-moe": lambda: T.Qwen3MoeConfig(intermediate_size=128, moe_intermediate_size=32,
+                                              head_dim=16, num_experts=8, num_experts_per_tok=2,
+                                              **_MOE),
+        "olmoe": lambda: T.OlmoeConfig(intermediate_size=32, num_experts=8,
+                                       num_experts_per_tok=2, eos_token_id=None, **_MOE),
+    }
+
+
+MOE_FAMILIES = ("mixtral", "qwen2-moe", "qwen3-moe", "olmoe")
+
+
+def tiny_moe_model(family: str, seed: int = 0):
+    """A tiny random mixture-of-experts causal LM of ``family`` (2 layers, d_model 64, 4 or 8
+    experts, 2 per token; Qwen2-MoE with a gated shared expert)."""
+    return tiny_model_from(_moe_configs()[family](), seed)
+
+
 def tiny_model(family: str, seed: int = 0):
     """A tiny random causal LM of ``family`` (eval mode, weights rounded to bf16)."""
     return tiny_model_from(_configs()[family](), seed)

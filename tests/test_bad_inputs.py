@@ -1258,11 +1258,9 @@ def _hf_configs() -> dict:
     small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=128,
                  max_position_embeddings=64)
-    return {
-        "mistral-sliding-window": (lambda: T.MistralConfig(sliding_window=16, **small),
-                                   "a sliding attention window of 16 tokens"),
+    return {  # (a sliding window is modelled: tests/test_attention_variants.py)
         "gemma2-everything": (lambda: T.Gemma2Config(sliding_window=16, **small),
-                              r"a sliding attention window .* \(and attention soft-capping"),
+                              r"attention soft-capping .* \(and logit soft-capping"),
         "gemma2-attention-softcap": (
             lambda: T.Gemma2Config(sliding_window=None, attn_logit_softcapping=50.0,
                                    final_logit_softcapping=None, **small),
@@ -1274,8 +1272,8 @@ def _hf_configs() -> dict:
     }
 
 
-@pytest.mark.parametrize("name", ["mistral-sliding-window", "gemma2-everything",
-                                  "gemma2-attention-softcap", "gemma2-final-softcap"])
+@pytest.mark.parametrize("name", ["gemma2-everything", "gemma2-attention-softcap",
+                                  "gemma2-final-softcap"])
 @pytest.mark.parametrize("command", [["compile"], ["run", "--functional", "--tokens", "1"]])
 def test_unsupported_hf_features_are_refused_as_bad_input(tmp_path, capsys, name, command):
     """A config.json is enough: the refusal comes before any weight is read."""
@@ -1292,14 +1290,13 @@ def test_unsupported_hf_features_through_module_attribute_and_at_trace_time():
     from workloads.models.hf_decode import UnsupportedFeatureError, decode_step_module
 
     assert issubclass(UnsupportedFeatureError, UserError)
-    model = type("M", (), {"config": _hf_configs()["mistral-sliding-window"][0]()})()
-    with pytest.raises(UnsupportedFeatureError, match="sliding attention window of 16"):
+    model = type("M", (), {"config": _hf_configs()["gemma2-attention-softcap"][0]()})()
+    with pytest.raises(UnsupportedFeatureError, match="attention soft-capping"):
         decode_step_module(model)  # a module:attribute model object is wrapped here
     import torch
 
     q = k = v = torch.zeros(1, 2, 1, 4)
-    for kw, what in (({"softcap": 50.0}, "soft-capping"), ({"sliding_window": 8}, "sliding"),
-                     ({"s_aux": torch.zeros(2)}, "sinks")):
+    for kw, what in (({"softcap": 50.0}, "soft-capping"), ({"s_aux": torch.zeros(2)}, "sinks")):
         with pytest.raises(UnsupportedFeatureError, match=what):  # the export's backstop
             hf_decode._attention(None, q, k, v, None, **kw)
 

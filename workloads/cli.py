@@ -193,13 +193,22 @@ def cmd_run(args) -> int:
     show = _show(args)
     if args.batch is not None and len(args.batch) > 1:
         return _run_batch_scan(args, show)
+    routing = _routing(args)
     res = session.simulate(args.model, _hw(args, refresh=False if args.no_refresh else None),
                            tokens=args.tokens, prompt=args.prompt, schedule=args.schedule,
                            seed=args.seed, functional=args.functional, exact=args.exact,
                            keep_logits=bool(args.logits), context=args.context,
                            fast=not args.slow, cache=not args.no_cache, show_progress=show,
-                           batch=args.batch[0] if args.batch else None, prefill=args.prefill)
+                           batch=args.batch[0] if args.batch else None, prefill=args.prefill,
+                           routing=routing)
     c, cfg = res.compiled, res.cfg
+    if args.routing_trace_out and not res.report.routing:
+        raise UserError(f"--routing-trace-out: {args.model} has no mixture-of-experts layers, so "
+                        f"there is no routing to write", "drop --routing-trace-out")
+    if args.routing_trace_out:
+        with atomic_write(args.routing_trace_out, "routing trace") as f:
+            for line in routing.records:
+                f.write(json.dumps(line) + "\n")
     tl_pos = max(n_steps, args.prompt) - 1 if args.timeline_pos is None else args.timeline_pos
     if args.timeline:
         session.check_context(args.model, c.spec.n_ctx, pos=tl_pos, pos_flag="--timeline-pos",
@@ -222,6 +231,23 @@ def cmd_run(args) -> int:
         print(f"  timeline of the token at position {tl_pos}{shown} ({len(tr['traceEvents']):,} "
               f"events) written to {args.timeline}: open it in ui.perfetto.dev", file=sys.stderr)
     return 0
+
+
+def _routing(args):
+    """The expert choice of a mixture-of-experts run (:class:`pimsim.moe.Routing`)."""
+    from pimsim.moe import Routing
+
+    if args.routing_trace_out and not args.functional:
+        raise UserError("--routing-trace-out writes the choices of the model's own router: it "
+                        "needs --functional", "add --functional")
+    if args.routing_trace and args.functional:
+        raise UserError("--routing-trace with --functional: a functional run routes with the "
+                        "model's own router", "drop one of them")
+    if args.routing_trace:
+        return Routing.trace(args.routing_trace)
+    if args.functional:
+        return Routing.recorder()
+    return Routing.seeded(args.routing_seed, args.routing, args.routing_skew)
 
 
 def _run_batch_scan(args, show: bool) -> int:
@@ -691,6 +717,18 @@ def build_parser() -> argparse.ArgumentParser:
     no_cache(r)
     system(r)
     context(r)
+    r.add_argument("--routing", choices=["uniform", "skewed"], default="uniform",
+                   help="mixture-of-experts timing runs: seeded expert choice, every expert "
+                        "equally likely (default) or skewed (Zipf-like, --routing-skew)")
+    r.add_argument("--routing-skew", type=float, default=1.0, metavar="S",
+                   help="Zipf exponent of --routing skewed (default 1.0)")
+    r.add_argument("--routing-seed", type=int_in(0), default=0, metavar="N",
+                   help="seed of the seeded expert choice (default 0)")
+    r.add_argument("--routing-trace", metavar="FILE.jsonl",
+                   help="timing run: the experts per step and MoE layer from a routing trace "
+                        '(JSONL lines {"step", "moe", "layer", "experts": [[e, ...] per token]})')
+    r.add_argument("--routing-trace-out", metavar="FILE.jsonl",
+                   help="with --functional: write the model's own routing as a routing trace")
     r.add_argument("--timeline", metavar="FILE.json",
                    help="write one token's activity (channels, ASIC, steps, power) as a Chrome "
                         "trace (ui.perfetto.dev, chrome://tracing): the last generated token; "

@@ -104,7 +104,8 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
              keep_logits: bool = False, context: int | None = None,
              refresh: bool | None = None, skip_prompt: bool = False, fast: bool = True,
              cache: bool = True, show_progress: bool = False,
-             batch: int | None = None, prefill: str = "token-by-token") -> SimResult:
+             batch: int | None = None, prefill: str = "token-by-token",
+             routing=None) -> SimResult:
     """Simulate prompt processing and the generation of ``tokens`` tokens of ``model`` (a
     model argument as for :func:`compile_model`, or a Compiled from it) on ``hw``.
 
@@ -120,7 +121,12 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
     as PIM-GPT and CENT do) or ``"batched"`` (one step of all of them, sharing the weight
     reads, causal attention among them). The report has the time to first token
     (``ttft_ms``: the prompt's step(s) and the first generated token) and per output token
-    (``tpot_ms``), labelled with the mode."""
+    (``tpot_ms``), labelled with the mode.
+
+    ``routing`` (a mixture-of-experts model, :class:`pimsim.moe.Routing`): where a timing run's
+    expert choice comes from (a routing trace, or seeded uniform / skewed; default seeded
+    uniform); a functional run routes with the model's own router (pass
+    ``Routing.recorder()`` to keep its choices, ``.write(path)`` writes them as a trace)."""
     from pimsim.batch import check_batch
     from pimsim.generate import prompt_ids
     from pimsim.pipeline import run_system
@@ -176,7 +182,7 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
         rep = run_system(programs, cfg, prompt=ids, n_tokens=tokens, schedule=schedule,
                          fast=fast, functional=fx, skip_prompt=skip_prompt,
                          progress=(lambda _p: bar.update(1)) if bar else None,
-                         batch_prompts=batch_prompts, prefill=prefill)
+                         batch_prompts=batch_prompts, prefill=prefill, routing=routing)
     finally:
         if bar:
             bar.close()

@@ -195,8 +195,11 @@ class _Importer:
             try:
                 if handler is None and key in _ROUTING:
                     raise self.unsupported(n, "data-dependent selection, as a mixture-of-experts "
-                                              "router does: the PIM program runs the same "
-                                              "matrix products for every token")
+                                              "router does: the PIM program routes only through "
+                                              "its pimsim::moe_route / expert_in / expert_out "
+                                              "ops (workloads.models.moe_ops, which a "
+                                              "transformers MoE block with a gate and experts "
+                                              "is exported through)")
                 if handler is None:
                     raise self.unsupported(n)
                 handler(self, n)
@@ -317,6 +320,8 @@ def _packet(target: Any) -> str | None:
     import torch
 
     if isinstance(target, torch._ops.OpOverload):
+        if target.namespace == "pimsim":  # workloads.models.moe_ops
+            return f"pimsim.{target.overloadpacket.__name__}"
         if target.namespace != "aten":
             return None
         return target.overloadpacket.__name__
@@ -679,7 +684,27 @@ def _repeat_interleave(im: _Importer, n: Any) -> None:
     im.emit("reshape", n, [e], shape=out)
 
 
+def _moe_route(im: _Importer, n: Any) -> None:
+    """``pimsim::moe_route`` (workloads.models.moe_ops): dense routing weights on the ASIC."""
+    logits, bias, k, score, norm, n_group, topk_group, scale = n.args
+    ins = [im.name(logits)] + ([im.name(bias)] if bias is not None else [])
+    im.emit("moe_route", n, ins, k=int(k), score=str(score), norm=bool(norm),
+            n_group=int(n_group), topk_group=int(topk_group), scale=float(scale))
+
+
+def _expert_mark(op: str) -> Handler:
+    """``pimsim::expert_in`` / ``expert_out``: expert ``e``'s input and its weighted output."""
+    def h(im: _Importer, n: Any) -> None:
+        x, w, e = n.args
+        im.emit(op, n, [im.name(x), im.name(w)], expert=int(e))
+    return h
+
+
 ATEN_OPS: dict[str, Handler] = {
+    "pimsim.moe_route": _moe_route, "pimsim.expert_in": _expert_mark("expert_in"),
+    "pimsim.expert_out": _expert_mark("expert_out"),
+    "pimsim.attn_window": lambda im, n: im.emit("attn_window", n, [im.name(n.args[0])],
+                                                window=int(n.args[1])),
     "add_": _inplace("add"), "mul_": _inplace("mul"), "sub_": _inplace("sub"),
     "div_": _inplace("div"), "numpy_T": _numpy_t, "flatten": _flatten, "repeat_interleave": _repeat_interleave,
     "split": _split, "split_with_sizes": _split, "chunk": _split, "unbind": _split,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from compiler.ir import Graph, Node
-from compiler.passes.decode_step import shape0
+from compiler.passes.decode_step import WIRING, shape0
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.shape_inference import _terms
 from pimsim.asic_ops import OPS as ASIC_OPS
@@ -61,6 +61,8 @@ class Emission:
             what = n.cls.what
             if what == "cache_view":
                 continue
+            self._cur_expert = self._expert_tag(n, layer)
+            n_flow = len(self.flow)
             if what == "cache_append":
                 self._emit_cache_append(n)
             elif what == "attention":
@@ -71,7 +73,45 @@ class Emission:
                 self._emit_matvec(n, layer, L)
             else:  # an ASIC op or wiring
                 self._emit_asic(n, layer, L)
+            for f in self.flow[n_flow:]:  # the executor routes, and skips experts not chosen
+                if n.op == "moe_route":
+                    f.attrs["moe"] = self.moe_of[n.outputs[0]]
+                if self._cur_expert is not None and id(n) not in self.combine:
+                    f.attrs["expert_tag"] = self._cur_expert
+            if n.op == "expert_out":
+                self.expert_sum[n.outputs[0]] = self._cur_expert
+            elif self._cur_expert is not None and id(n) not in self.combine:
+                for o in n.outputs:
+                    self.expert_of[o] = self._cur_expert
+            self.flow_layer += [layer] * (len(self.flow) - len(self.flow_layer))
+        self._cur_expert = None
         self._finish_emission()
+        for f, layer in zip(self.flow, self.flow_layer):  # a windowed layer's ops: a KV ring
+            if self.layer_window.get(layer):
+                f.attrs["window"] = self.layer_window[layer]
+        for st, layer in zip(self.steps, self.step_layer):
+            st.window = self.layer_window.get(layer, 0)
+
+    def _expert_tag(self, n: Node, layer: int) -> tuple[int, int] | None:
+        """(MoE layer, expert) of a node on an expert's path, from its ``expert_in`` to its
+        ``expert_out`` (pimsim.moe); a router (``moe_route``) opens a MoE layer."""
+        g = self.g
+        if n.op == "moe_route":
+            self.moe_of[n.outputs[0]] = len(self.moe)
+            self.moe.append({"layer": layer, "experts": int(g.shape_of(n.outputs[0])[-1]),
+                             "k": int(n.attrs["k"])})
+            return None
+        if n.op == "expert_in":
+            return (self.moe_of[n.inputs[1]], int(n.attrs["expert"]))
+        outs = [self.expert_sum[i] for i in n.inputs if i in self.expert_sum]
+        if n.op == "add" and outs:  # summing the experts' outputs: one add per expert chosen
+            self.combine.add(id(n))
+            return max(outs)
+        tags = {self.expert_of[i] for i in n.inputs if i in self.expert_of}
+        if len(tags) > 1:
+            raise LoweringError(f"{self.name}: node {n.name!r} mixes the paths of experts "
+                                f"{sorted(tags)}")
+        return tags.pop() if tags else None
 
     def _start_emission(self) -> None:
         """The emission's state: the steps and flow so far and what they refer to."""
@@ -102,6 +142,14 @@ class Emission:
         # reduction step -> its matrix: sized when placed (partial sums per output: the layout's)
         self.reduce_of: dict[int, str] = {}
         self.anc: list[set[int]] = []  # each step's ancestors, as far as computed
+        self.moe: list[dict] = []  # per MoE layer: layer, experts, k (pimsim.moe)
+        self.layer_window: dict[int, int] = {}  # layer -> its sliding window (pimsim.isa)
+        self.flow_layer: list[int] = []  # each flow op's layer
+        self.moe_of: dict[str, int] = {}  # routing weights -> MoE layer
+        self.expert_of: dict[str, tuple[int, int]] = {}  # value on an expert's path -> tag
+        self.expert_sum: dict[str, tuple[int, int]] = {}  # an expert's weighted output -> tag
+        self.combine: set[int] = set()  # adds of the experts' outputs (run per expert chosen)
+        self._cur_expert: tuple[int, int] | None = None  # the tag of the node being emitted
 
     def _lname(self, layer: int) -> str:
         """A step-name prefix: ``embed``, ``L<i>`` or ``final``."""
@@ -117,7 +165,7 @@ class Emission:
         """Append a program step; returns its index."""
         index = layer if 0 <= layer < self.n_layer else -1
         self.steps.append(Step(len(self.steps), self._uniq(name), op, index, kind,
-                               tuple(sorted(set(deps))), **kw))
+                               tuple(sorted(set(deps))), expert=self._cur_expert, **kw))
         self.step_layer.append(layer)
         return len(self.steps) - 1
 
@@ -188,8 +236,10 @@ class Emission:
         """The step fetching a layer's vectors (made on first need)."""
         if layer not in self.param_step:
             entry = f"{self._lname(layer)}.params"
+            tag, self._cur_expert = self._cur_expert, None  # the layer's, every expert's
             self.param_step[layer] = self._add(entry, "param_fetch", layer, "pim", [],
                                                vectors=(entry,))
+            self._cur_expert = tag
         return {self.param_step[layer]}
 
     def _emit_cache_append(self, n: Node) -> None:
@@ -228,6 +278,9 @@ class Emission:
             else 0
         if which == "k":
             a.n_head = q_elems
+            a.window = self._window_of(a_in)
+            if a.window:
+                self.layer_window[ai] = a.window
             st = self._add(f"{L}.attn_score", "attn_score", ai, "pim",
                      self._deps_of([a_in]) | {a.write_step}, kv=(ai,))
         else:
@@ -245,6 +298,19 @@ class Emission:
                            tuple(n.outputs), {"attn": ai, "shape": list(
                                self._dim_attr(d) for d in g.shape_of(n.outputs[0]))}, st))
         self.step_of[n.outputs[0]] = {st}
+
+    def _window_of(self, q: str) -> int:
+        """The sliding window marked on an attention's query (``attn_window``), or 0."""
+        n = self.prod.get(q)
+        for _ in range(16):  # up through the views between the marker and the product
+            if n is None:
+                return 0
+            if n.op == "attn_window":
+                return int(n.attrs["window"])
+            if n.op not in WIRING or not n.inputs:
+                return 0
+            n = self.prod.get(n.inputs[0])
+        return 0
 
     def _emit_gather(self, n: Node, layer: int, L: str) -> None:
         """A row read from a constant table (token or position embedding)."""
@@ -346,7 +412,24 @@ class Emission:
         if any(i in self.vec_layer for i in ins):
             deps |= self._need_params(self.vec_layer[next(i for i in ins if i in self.vec_layer)])
         split = tp > 1 and any(i in self.owner for i in n.inputs)
-        if split:
+        if split and spec.cost is not None and n.op != "moe_route" and \
+                any(i not in self.owner and not g.is_const(i) for i in n.inputs):
+            # one element on one device (a shared expert's gate) scaling a whole value: the
+            # device holding it broadcasts it first
+            for i in [i for i in n.inputs if i in self.owner and self.owner[i].size == 1]:
+                b = self._add(f"{L}.{n.op}.broadcast", "broadcast", layer, "comm",
+                              self.step_of.get(i, set()), n_elems=1)
+                del self.owner[i]
+                self.step_of[i] = {b}
+                deps = (deps - set()) | {b}
+            split = any(i in self.owner for i in n.inputs)
+        if split and n.op == "moe_route":
+            # the router needs every expert's logit: the devices' shares are exchanged (an
+            # all-reduce of the zero-padded shares) and every device routes the whole vector
+            deps = {self._add(f"{L}.moe_route.all_reduce", "all_reduce", layer, "comm", deps,
+                              n_elems=int(np.prod(shape0(g, n.inputs[0]))))}
+            split = False
+        elif split:
             self.propagate_owner(n, self.owner)
         if spec.cost is None:
             self.flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), self._attrs_of(n), -1))

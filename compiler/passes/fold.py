@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.ir import Graph
+from compiler.ir import ConstMeta, Graph
 from compiler.passes.interpret import _OPS as _EVAL
 from compiler.passes.lowering_error import LoweringError
+
+_META_VIEWS = ("select", "slice", "reshape", "transpose", "squeeze", "unsqueeze", "cast")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,14 @@ def fold_graph(g: Graph, model: str = "model") -> None:
                 kept.append(n)
                 continue
             g.consts[n.outputs[0]] = np.asarray(val)
+            g.values.pop(n.outputs[0], None)
+            continue
+        if n.inputs and n.op in _META_VIEWS and all(g.is_const(i) for i in n.inputs) and \
+                len(n.outputs) == 1 and all(isinstance(d, int) for d in g.shape_of(n.outputs[0])):
+            # a view of a shape-only weight (one expert's matrix out of a stacked parameter):
+            # a shape-only constant of its own
+            g.consts[n.outputs[0]] = ConstMeta(tuple(g.shape_of(n.outputs[0])),
+                                               g.dtype_of(n.outputs[0]) or "f32")
             g.values.pop(n.outputs[0], None)
             continue
         kept.append(n)

@@ -29,5 +29,6 @@ class Attn:
     n_kv: int = 0
     d_head: int = 0
     write_step: int = -1
+    window: int = 0  # a sliding window of that many tokens (0: the whole context)
     q_ranks: list | None = None  # tensor parallelism: query heads / KV heads of each device
     kv_ranks: list | None = None

@@ -131,12 +131,15 @@ class Placement:
                                         "choose --tp dividing the head counts") from None
                 n_head, n_kv = len(a.q_ranks[0]), len(a.kv_ranks[0])
             hpc = max(1, min(n_kv, geo.row_elems // a.d_head))
-            kl = KLayout(a.index, n_head, a.d_head, int(n_ctx), hpc, row, geo,
+            # a sliding window: a ring of the window's slots (token t in slot t % window)
+            slots = min(int(n_ctx), a.window) if a.window else int(n_ctx)
+            win = a.window if a.window and a.window < int(n_ctx) else 0
+            kl = KLayout(a.index, n_head, a.d_head, slots, hpc, row, geo,
                          heads_per_fill=gb_cols * geo.col_elems // a.d_head, accumulators=acc,
-                         n_kv_head=n_kv)
+                         n_kv_head=n_kv, window=win)
             row += kl.rows_reserved
-            vl = VLayout(a.index, n_head, a.d_head, int(n_ctx), row, geo, gb_cols, acc,
-                         n_kv_head=n_kv)
+            vl = VLayout(a.index, n_head, a.d_head, slots, row, geo, gb_cols, acc,
+                         n_kv_head=n_kv, window=win)
             row += vl.rows_reserved
             # with pipeline stages, pp sequences are in flight: a cache for each of them
             row += (self.pp - 1) * (kl.rows_reserved + vl.rows_reserved)
@@ -213,7 +216,8 @@ class Placement:
                                   if self._gathered_by_position(t)),
             tp=tp, stage=stage, n_stages=self.pp, tp_rows=dict(mp.tp_rows),
             tp_heads={a.index: (a.q_ranks, a.kv_ranks) for a in attns if a.q_ranks},
-            send_elems=self.crossing_elems(stage) if stage < self.pp - 1 else 0)
+            send_elems=self.crossing_elems(stage) if stage < self.pp - 1 else 0,
+            moe=[dict(m) for m in self.moe])
         mp.tp, mp.stage = tp, stage
         return prog, mp
 

@@ -303,6 +303,7 @@ RULES: dict[str, Rule] = {
     "gather": _gather, "select": _select, "concat": _concat, "reshape": _reshape,
     "transpose": _transpose, "slice": _slice, "unsqueeze": _unsqueeze, "squeeze": _squeeze,
     "expand": _expand, "constant": _constant,
+    "moe_route": _same, "expert_in": _same, "expert_out": _same, "attn_window": _same,
 }
 
 _FLOATS = ("f32", "f16", "bf16", "f64")

@@ -191,7 +191,8 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     critical channel's); a channel starts its segment ``link_lead[c, k]`` cycles after the
     step (its first command's data is still crossing the link); an ASIC step (``kind == 0``)
     runs ``dur`` cycles after its dependencies and the previous ASIC step, a collective
-    (``kind == 2``) ``dur`` cycles after its dependencies and the previous collective.
+    (``kind == 2``) ``dur`` cycles after its dependencies and the previous collective; a step
+    not run this token (``kind == 3``, an expert not chosen) ends where it starts.
     Fills step_start/end and per-step command counts of the critical (last-finishing) channel,
     and ``step_wait[i]`` = (the critical channel's lead, the cycles its link went on after its
     last command completed): outputs for the time accounting only, they change no timing;
@@ -220,6 +221,10 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
             start = max(start, step_end[dep_idx[j]])
         if serial == 1:
             start = max(start, now)
+        if kind[i] == 3:  # not run this token (an expert not chosen): takes no time
+            step_start[i] = start
+            step_end[i] = start
+            continue
         if kind[i] == 1:
             k = pim_index[i]
             done = start

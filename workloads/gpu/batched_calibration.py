@@ -141,7 +141,7 @@ def _features(g: GPUSpec, rows: list[dict[str, Any]]) -> np.ndarray:
     for r in rows:
         p = predict_row(unit, r)
         cfg = shape_of_row(r)
-        wb = weight_bytes_streamed(cfg)
+        wb = weight_bytes_streamed(cfg, tokens=p["tokens"])
         wf = p["tokens"] * _matmul_flops_per_token(cfg)
         out.append((wb / g.mem_bw, wf / g.peak_flops, (p["bytes"] - wb) / g.mem_bw,
                     (p["flops"] - wf) / g.peak_flops, p["n_kernels"]))

@@ -180,10 +180,12 @@ def gpu_preset(name: str) -> GPUSpec:
 # --------------------------------------------------------------------------------------------
 
 
-def weight_bytes_streamed(cfg: Any, bytes_per_param: int = FP16_BYTES) -> int:
-    """Weight bytes read per token: every parameter once, but only one row of ``wpe``."""
+def weight_bytes_streamed(cfg: Any, bytes_per_param: int = FP16_BYTES, tokens: int = 1) -> int:
+    """Weight bytes read per step of ``tokens`` tokens: every parameter once, but only one row
+    of ``wpe``; of a mixture of experts only the experts the tokens chose (their expected
+    union, :meth:`~workloads.models.shape.DecoderShape.experts_read`)."""
     if is_shape(cfg):
-        return cfg.weight_bytes_streamed(bytes_per_param)
+        return cfg.weight_bytes_streamed(bytes_per_param, tokens)
     return (cfg.n_params - cfg.n_ctx * cfg.d_model + cfg.d_model) * bytes_per_param
 
 
@@ -336,7 +338,8 @@ def predict_step(gpu: GPUSpec | str, model_cfg: Any, decode_positions: Sequence[
     The roofline of one step (per GPU under tensor parallelism ``tp``)::
 
         bytes   = weight bytes streamed, once per step whatever the batch (shared by all
-                  sequences) / tp
+                  sequences; of a mixture of experts the union of the step's tokens' experts,
+                  uniform routing) / tp
                   + KV bytes read: each decode sequence's pos + 1 positions (all ``n_ctx``
                     slots with ``static_cache``), each prefill chunk's cache up to its last
                     token (once per chunk), x the GPU's KV share (its KV heads)
@@ -385,7 +388,9 @@ def predict_step(gpu: GPUSpec | str, model_cfg: Any, decode_positions: Sequence[
     dec_kv = decode_positions if decode_attention else []
     kv = sum(kv_bytes_read(cfg, p, static_cache=static_cache) for p in dec_kv) \
         + sum(kv_bytes_read(cfg, s + n - 1, static_cache=static_cache) for s, n in prefill_chunks)
-    nbytes = weight_bytes_streamed(cfg) / tp + kv * _kv_share(cfg, tp)
+    n_step_tok = len(decode_positions) + sum(n for _, n in prefill_chunks)
+    w_bytes = weight_bytes_streamed(cfg, tokens=n_step_tok) / tp  # MoE: the step's experts
+    nbytes = w_bytes + kv * _kv_share(cfg, tp)
     # decode_flops is affine in pos + 1: at pos -1 it is the matrix products alone
     flops = sum(decode_flops(cfg, p if decode_attention else -1) for p in decode_positions) \
         + sum(prefill_flops(cfg, s, n) for s, n in prefill_chunks)
@@ -393,7 +398,6 @@ def predict_step(gpu: GPUSpec | str, model_cfg: Any, decode_positions: Sequence[
     # every token) and attention (KV bytes, the FLOPs that grow with the position)
     n_tok = len(decode_positions) + sum(n for _, n in prefill_chunks)
     gemm_flops = n_tok * _matmul_flops_per_token(cfg)
-    w_bytes = weight_bytes_streamed(cfg) / tp
     bw, pk = g.mem_bw * g.mem_eff, g.peak_flops * g.compute_eff
     gemm_s = max(w_bytes / bw, gemm_flops / tp / pk)
     attn_s = max((nbytes - w_bytes) / bw, (flops - gemm_flops) / tp / pk)

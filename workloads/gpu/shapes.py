@@ -36,6 +36,20 @@ FAMILY_FIELDS: dict[str, dict[str, Any]] = {
     # GPT-J: one LayerNorm per layer (parallel attention and MLP), no attention biases, MLP and
     # LM-head biases, untied head
     "GPTJConfig": dict(NO_BIAS, tied_head=False, mlp_bias=True, head_bias=True, norms_per_layer=1),
+    # mixtures of experts: Llama layouts with routed SwiGLU experts (Qwen3-MoE and OLMoE add
+    # q/k norms, MOE_QK_NORM)
+    "MixtralConfig": dict(LLAMA_LAYOUT),
+    "Qwen3MoeConfig": dict(LLAMA_LAYOUT),
+    "Qwen2MoeConfig": dict(LLAMA_LAYOUT, qkv_bias=True),
+    "OlmoeConfig": dict(LLAMA_LAYOUT),
+}
+# MoE config arguments: (experts, experts per token, expert width, shared expert width or None)
+MOE_CONFIG_ARGS: dict[str, tuple[str, str, str, str | None]] = {
+    "MixtralConfig": ("num_local_experts", "num_experts_per_tok", "intermediate_size", None),
+    "Qwen3MoeConfig": ("num_experts", "num_experts_per_tok", "moe_intermediate_size", None),
+    "Qwen2MoeConfig": ("num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                       "shared_expert_intermediate_size"),
+    "OlmoeConfig": ("num_experts", "num_experts_per_tok", "intermediate_size", None),
 }
 # (rotary base argument or None for learned positions, its default; norm epsilon argument, its default)
 FAMILY_CONFIG_ARGS: dict[str, tuple[str | None, float, str, float]] = {
@@ -45,7 +59,16 @@ FAMILY_CONFIG_ARGS: dict[str, tuple[str | None, float, str, float]] = {
     "OPTConfig": (None, 0.0, "layer_norm_eps", 1e-5),
     "GPTNeoXConfig": ("rotary_emb_base", 10000.0, "layer_norm_eps", 1e-5),
     "GPTJConfig": ("rope_theta", 10000.0, "layer_norm_epsilon", 1e-5),
+    "MixtralConfig": ("rope_theta", 1e6, "rms_norm_eps", 1e-5),
+    "Qwen3MoeConfig": ("rope_theta", 10000.0, "rms_norm_eps", 1e-6),
+    "Qwen2MoeConfig": ("rope_theta", 10000.0, "rms_norm_eps", 1e-6),
+    "OlmoeConfig": ("rope_theta", 10000.0, "rms_norm_eps", 1e-5),
 }
+
+
+# the q/k RMSNorm weights per layer: Qwen3 per head (2 x d_head), OLMoE over all heads
+MOE_QK_NORM = {"Qwen3MoeConfig": lambda d_attn, d_kv, d_head: 2 * d_head,
+               "OlmoeConfig": lambda d_attn, d_kv, d_head: d_attn + d_kv}
 
 
 def zoo_shape(name: str) -> DecoderShape:
@@ -70,8 +93,19 @@ def zoo_shape(name: str) -> DecoderShape:
         fam["rope_theta"] = float(kw.get(rope_arg, rope_default))
     if cls == "OPTConfig" and kw.get("word_embed_proj_dim", d) != d:
         raise ValueError(f"{name}: OPT with word_embed_proj_dim != hidden_size is not modelled")
+    if cls in MOE_CONFIG_ARGS:
+        n_e, k, width, shared = MOE_CONFIG_ARGS[cls]
+        d_ff = kw[width]
+        fam.update(n_experts=kw[n_e], experts_per_tok=kw[k],
+                   d_ff_shared=kw[shared] if shared else 0,
+                   tied_head=bool(kw.get("tie_word_embeddings", False)))
+        if cls in MOE_QK_NORM:
+            dh = kw.get("head_dim") or d // n_head
+            n_kv = kw.get("num_key_value_heads", n_head)
+            fam["qk_norm_params"] = MOE_QK_NORM[cls](n_head * dh, n_kv * dh, dh)
     return DecoderShape(name=name, n_layer=n_layer, d_model=d, n_head=n_head,
-                        n_kv_head=kw.get("num_key_value_heads", n_head), d_head=d // n_head,
+                        n_kv_head=kw.get("num_key_value_heads", n_head),
+                        d_head=kw.get("head_dim") or d // n_head,
                         d_ff=d_ff, vocab=vocab, n_ctx=zoo.n_ctx(name),
                         norm_eps=float(kw.get(eps_arg, eps_default)), **fam)
 

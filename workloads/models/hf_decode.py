@@ -7,7 +7,10 @@ two standard extension points of ``transformers`` keep the exported graph a plai
 * the attention implementation ``"pimsim"`` (``AttentionInterface``): ``q.K^T * scale``,
   softmax and ``p.V`` as three ops, with the query heads of a grouped-query model reshaped onto
   their KV head (K/V stay at ``n_kv_head`` heads, as they are cached);
-* its mask function returns no mask: a decode step attends to every cached token.
+* its mask function returns no mask: a decode step attends to every cached token (a sliding
+  window's attention marks its query with the window, ``pimsim::attn_window``: the lowering
+  keeps the KV cache as a ring of that many slots);
+* mixture-of-experts blocks route through ``pimsim::`` ops (:mod:`workloads.models.moe_ops`).
 
 The past cache is one tensor per side, ``[n_layer, n_kv_head, past_len, d_head]``; the step
 returns the logits of the new token and the new cache. ``transformers`` is imported only here,
@@ -28,8 +31,8 @@ ATTN = "pimsim"
 
 
 class UnsupportedFeatureError(UserError):
-    """A Hugging Face model uses a feature the decode step does not model (a sliding window,
-    soft-capping, attention sinks): an intended refusal, bad input rather than a pimsim bug."""
+    """A Hugging Face model uses a feature the decode step does not model (soft-capping,
+    attention sinks): an intended refusal, bad input rather than a pimsim bug."""
 
 
 def _text_config(config: Any) -> Any:
@@ -39,15 +42,7 @@ def _text_config(config: Any) -> Any:
 def unsupported_features(config: Any) -> list[tuple[str, str]]:
     """(feature, fix) of each feature of a transformers config that pimsim refuses."""
     c = _text_config(config)
-    out = []
-    window = getattr(c, "sliding_window", None)
-    layers = getattr(c, "layer_types", None) or []
-    if window is not None and getattr(c, "use_sliding_window", True) is not False and \
-            (not layers or "sliding_attention" in layers):
-        out.append((f"a sliding attention window of {window} tokens (sliding_window)",
-                    "pimsim's decode step attends to every cached token: use a model with full "
-                    "attention (set sliding_window to null in config.json only if no context "
-                    f"you run exceeds {window} tokens)"))
+    out = []  # a sliding window is modelled (a KV ring, workloads.models.moe_ops.attn_window)
     for key, what in (("attn_logit_softcapping", "attention soft-capping"),
                       ("final_logit_softcapping", "logit soft-capping")):
         if getattr(c, key, None) is not None:
@@ -70,12 +65,16 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
                scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple:
     b, n_q, s, d = query.shape
     n_kv = key.shape[1]
-    if kwargs.get("softcap") or kwargs.get("sliding_window") or kwargs.get("s_aux") is not None:
-        what = ("soft-capping" if kwargs.get("softcap") else "a sliding window"
-                if kwargs.get("sliding_window") else "attention sinks")
+    if kwargs.get("softcap") or kwargs.get("s_aux") is not None:
+        what = "soft-capping" if kwargs.get("softcap") else "attention sinks"
         raise UnsupportedFeatureError(f"the model's attention uses {what}, which pimsim does not "
                                       f"support", "use a model with plain full attention")
     scale = d ** -0.5 if scaling is None else scaling
+    window = kwargs.get("sliding_window")
+    if window:  # the keys of the last `window` tokens only: a KV ring of that many slots
+        from workloads.models.moe_ops import attn_window
+
+        query = attn_window(query, int(window))
     q = query.reshape(b, n_kv, (n_q // n_kv) * s, d)
     scores = torch.matmul(q, key.transpose(-1, -2)) * scale
     p = torch.softmax(scores.float(), dim=-1).to(value.dtype)
@@ -178,10 +177,15 @@ class HFDecodeStep(torch.nn.Module):
     def decode_step(self, token: Any, pos: Any, past_k: Any, past_v: Any) -> tuple:
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        # every layer's whole past (a sliding layer's ring is the lowering's, not the cache's)
+        c = _text_config(self.model.config)
+        cache = DynamicCache() if getattr(c, "sliding_window", None) else \
+            DynamicCache(config=self.model.config)
         for i in range(past_k.shape[0]):
             cache.update(past_k[i:i + 1], past_v[i:i + 1], i)
-        with _decode_attention(self.model):
+        from workloads.models.moe_ops import decode_moe
+
+        with _decode_attention(self.model), decode_moe(self.model):
             out = self.model(input_ids=token, position_ids=pos.view(1, 1), use_cache=True,
                              **cache_kwarg(self.model, cache))
         n = past_k.shape[0]

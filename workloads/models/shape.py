@@ -80,6 +80,15 @@ class DecoderShape:
     mlp_bias: bool = True
     head_bias: bool = False
     hf_config: str = ""
+    # mixture of experts (0: a dense MLP): ``n_experts`` SwiGLU experts of width ``d_ff``, each
+    # token routed to ``experts_per_tok`` of them by a router (a d_model x n_experts GEMV); a
+    # shared expert of width ``d_ff_shared`` (0: none) with a one-output sigmoid gate
+    n_experts: int = 0
+    experts_per_tok: int = 0
+    d_ff_shared: int = 0
+    # RMSNorm weights of the queries and keys per layer (Qwen3: per head, 2 x d_head; OLMoE:
+    # over all heads, d_attn + d_kv), 0: none
+    qk_norm_params: int = 0
 
     def __post_init__(self) -> None:
         name = self.name
@@ -135,6 +144,13 @@ class DecoderShape:
             if self.d_head % 2:
                 raise _invalid(name, f"rotary positions need an even d_head, got {self.d_head}",
                                "give an even d_head (or learned positions, rope_theta None)")
+        for field in ("n_experts", "experts_per_tok", "d_ff_shared", "qk_norm_params"):
+            if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
+                raise _invalid(name, f"{field} must be an int >= 0, got {getattr(self, field)!r}",
+                               f"give {field} as a whole number (0: none)")
+        if self.n_experts and not 0 < self.experts_per_tok <= self.n_experts:
+            raise _invalid(name, f"experts_per_tok {self.experts_per_tok} with {self.n_experts} "
+                                 f"experts", "route each token to 1..n_experts experts")
         if not isinstance(self.hf_config, str):
             raise _invalid(name, f"hf_config must be a string, got {self.hf_config!r}",
                            "give the Hugging Face model name, or ''")
@@ -161,8 +177,23 @@ class DecoderShape:
         attn += (a + 2 * kv) * self.qkv_bias + d * self.out_bias
         mlp = (3 if self.gated_mlp else 2) * d * f
         mlp += ((2 * f if self.gated_mlp else f) + d) * self.mlp_bias
-        norms = self.norms_per_layer * self._norm_params
+        if self.n_experts:
+            mlp = mlp * self.n_experts + self._router_params
+        norms = self.norms_per_layer * self._norm_params + self.qk_norm_params
         return attn + mlp + norms
+
+    @property
+    def _router_params(self) -> int:
+        """A MoE layer's router and shared expert (with its one-output gate)."""
+        d = self.d_model
+        return d * self.n_experts + (3 * d * self.d_ff_shared + d if self.d_ff_shared else 0)
+
+    def experts_read(self, tokens: int = 1) -> float:
+        """Experts of a MoE layer a step of ``tokens`` tokens reads: the expected size of the
+        union of their choices, each token ``k`` of ``E`` experts uniformly at random
+        [assumed: uniform routing], ``E (1 - (1 - k/E)^tokens)``; 0 for a dense MLP."""
+        E, k = self.n_experts, self.experts_per_tok
+        return E * (1 - (1 - k / E) ** tokens) if E else 0.0
 
     @property
     def n_params(self) -> int:
@@ -182,13 +213,17 @@ class DecoderShape:
         """Bytes to store every parameter once in bf16."""
         return self.n_params * BF16_BYTES
 
-    def weight_bytes_streamed(self, bytes_per_param: int = FP16_BYTES) -> int:
-        """Weight bytes read per decoded token: every parameter once, but one row of each
-        embedding table (the token table streams in full as the LM head when tied)."""
+    def weight_bytes_streamed(self, bytes_per_param: int = FP16_BYTES, tokens: int = 1) -> int:
+        """Weight bytes read per step of ``tokens`` tokens: every parameter once, but one row of
+        each embedding table (the token table streams in full as the LM head when tied); of a
+        MoE layer's experts only those the tokens chose (:meth:`experts_read`)."""
         d = self.d_model
         skip = self.pos_rows * d - (d if self.pos_rows else 0)
         if not self.tied_head:
             skip += self.vocab * d - d
+        if self.n_experts:
+            per_expert = 3 * d * self.d_ff
+            skip += round(self.n_layer * per_expert * (self.n_experts - self.experts_read(tokens)))
         return (self.n_params - skip) * bytes_per_param
 
     # ---- KV cache and FLOPs ------------------------------------------------------------------
@@ -201,6 +236,8 @@ class DecoderShape:
         """Multiply-adds x 2 of one decode step at ``pos`` (matrix-vector products and attention)."""
         d, a, kv, f = self.d_model, self.d_attn, self.d_kv, self.d_ff
         mm = d * (a + 2 * kv) + a * d + (3 if self.gated_mlp else 2) * d * f
+        if self.n_experts:  # the token's experts, the router and the shared expert
+            mm += (self.experts_per_tok - 1) * 3 * d * f + self._router_params
         per_layer = 2 * mm + 2 * 2 * a * (pos + 1)
         return self.n_layer * per_layer + 2 * self.vocab * d
 

@@ -49,6 +49,35 @@ HF_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
                                           rotary_pct=0.25, use_parallel_residual=True)),
     "gpt-j-6b": ("GPTJConfig", dict(n_embd=4096, n_layer=28, n_head=16, rotary_dim=64,
                                     vocab_size=50400, n_positions=2048)),
+    # mistralai/Mistral-7B-v0.1 config.json: a sliding window of 4096 tokens on every layer
+    # (its KV caches are rings of 4096 slots, pimsim.isa)
+    "mistral-7b-v0.1": ("MistralConfig", dict(hidden_size=4096, intermediate_size=14336,
+                                              num_hidden_layers=32, num_attention_heads=32,
+                                              num_key_value_heads=8, vocab_size=32000,
+                                              max_position_embeddings=32768,
+                                              sliding_window=4096)),
+    # mixtures of experts (pimsim.moe): mistralai/Mixtral-8x7B-v0.1 config.json
+    "mixtral-8x7b": ("MixtralConfig", dict(hidden_size=4096, intermediate_size=14336,
+                                           num_hidden_layers=32, num_attention_heads=32,
+                                           num_key_value_heads=8, vocab_size=32000,
+                                           max_position_embeddings=32768, num_local_experts=8,
+                                           num_experts_per_tok=2, rope_theta=1e6,
+                                           sliding_window=None)),
+    # Qwen/Qwen3-30B-A3B config.json
+    "qwen3-30b-a3b": ("Qwen3MoeConfig", dict(hidden_size=2048, intermediate_size=6144,
+                                             moe_intermediate_size=768, num_hidden_layers=48,
+                                             num_attention_heads=32, num_key_value_heads=4,
+                                             head_dim=128, num_experts=128, num_experts_per_tok=8,
+                                             norm_topk_prob=True, vocab_size=151936,
+                                             max_position_embeddings=40960, rope_theta=1e6,
+                                             tie_word_embeddings=False)),
+    # allenai/OLMoE-1B-7B-0924 config.json
+    "olmoe-1b-7b": ("OlmoeConfig", dict(hidden_size=2048, intermediate_size=1024,
+                                        num_hidden_layers=16, num_attention_heads=16,
+                                        num_key_value_heads=16, num_experts=64,
+                                        num_experts_per_tok=8, norm_topk_prob=False,
+                                        vocab_size=50304, max_position_embeddings=4096,
+                                        eos_token_id=None)),
 }
 
 GPT_SHAPES: dict[str, DecoderShape] = {

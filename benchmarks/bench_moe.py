@@ -1,0 +1,64 @@
+"""Mixtures of experts on a PIM system against the GPU model, at batch 1 and a larger batch.
+
+    python benchmarks/bench_moe.py                          # mixtral-8x7b, qwen3-30b-a3b
+    python benchmarks/bench_moe.py --models olmoe-1b-7b --batches 1,8 --devices 4
+
+For each model: the zoo preset (shapes from the public config.json, meta weights) on
+``aim-gddr6`` devices (one tensor-parallel group), decode at context ``--context`` (the prompt
+skipped: generation at that position), experts chosen by seeded uniform routing (the report's
+``routing``), ``--tokens`` generated tokens; printed: ms per step, tokens/s, the weight bytes the
+system reads per step, and the analytic GPU model (``workloads.gpu.model.predict_step``, H100,
+the fewest GPUs the fp16 weights fit) at the same batch and position, which counts the expected
+union of the batch's experts under uniform routing. A batch whose KV regions do not fit the
+devices is reported as such. No timed assertions: a script that prints its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pimsim.errors import UserError
+    from workloads.gpu.model import predict_step
+    from workloads.session import simulate
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mixtral-8x7b,qwen3-30b-a3b")
+    ap.add_argument("--devices", type=int, default=8)
+    ap.add_argument("--batches", default="1,32")  # 43 mixtral-8x7b sequences fit 8 devices
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--tokens", type=int, default=2)
+    ap.add_argument("--gpu", default="H100")
+    args = ap.parse_args(argv)
+    print(f"| model | batch | PIM ({args.devices} x aim-gddr6) ms/step | PIM tokens/s | "
+          f"PIM weight GB/step | {args.gpu} GPUs | {args.gpu} ms/step | {args.gpu} tokens/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        for b in (int(x) for x in args.batches.split(",")):
+            t0 = time.perf_counter()
+            try:
+                res = simulate(name, "aim-gddr6", devices=args.devices, tokens=args.tokens,
+                               prompt=args.context, skip_prompt=True, context=args.context + 8,
+                               batch=b if b > 1 else None)
+                rep = res.report
+                step_ms = rep.extra.get("batch", {}).get("ms_per_step", rep.ms_per_token)
+                pim = (f"{step_ms:.3f} | {1000 * b / step_ms:,.0f} | "
+                       f"{rep.weight_bytes_per_step / 1e9:.2f}")
+            except UserError as e:
+                pim = f"- ({str(e).split(';')[0][:60]}) | - | -"
+            gpu, tp = None, 1
+            while gpu is None and tp <= 8:
+                try:
+                    gpu = predict_step(args.gpu, name, [args.context - 1] * b, tp=tp)
+                except ValueError:
+                    tp *= 2
+            g = f"{tp} | {gpu['ms']:.3f} | {gpu['tokens_per_s']:,.0f}" if gpu else "- | - | -"
+            print(f"| {name} | {b} | {pim} | {g} |  <!-- {time.perf_counter() - t0:.0f} s -->",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
