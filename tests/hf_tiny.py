@@ -125,6 +125,12 @@ def functional_greedy(c, cfg, n: int, prompt: list[int], exact: bool = True):
 
     img = build_graph_image(c.mapping, data_type=cfg.pim.data_type)
     ex = FlowExecutor(c.program, img, cfg, math=AsicMath.from_config(cfg, exact=exact))
+    return greedy_steps(ex, n, prompt)
+
+
+def greedy_steps(ex, n: int, prompt: list[int]):
+    """``n`` greedy steps of a functional executor from the prompt's first token: tokens and
+    the logits of every step."""
     tok, toks, logits = prompt[0], [], []
     for pos in range(n):
         lg = ex.step(tok, pos)

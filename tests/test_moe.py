@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from hf_tiny import assert_same_generation, hf_greedy, tiny_moe_model  # noqa: E402
+from hf_tiny import assert_same_generation, greedy_steps, hf_greedy, tiny_moe_model  # noqa: E402
 
 from compiler.pipeline import compile_model  # noqa: E402
 from pimsim.config import load_config  # noqa: E402
@@ -37,14 +37,7 @@ def mixtral(cfg):
 
 
 def _greedy(c, cfg, n: int) -> tuple[list[int], list[np.ndarray]]:
-    ex = functional_executor(c, cfg, exact=True)
-    tok, toks, logits = PROMPT[0], [], []
-    for pos in range(n):
-        lg = ex.step(tok, pos)
-        logits.append(lg)
-        tok = int(np.argmax(lg))
-        toks.append(tok)
-    return toks, logits
+    return greedy_steps(functional_executor(c, cfg, exact=True), n, PROMPT)
 
 
 def _check_family(family: str, cfg, split: dict) -> None:
