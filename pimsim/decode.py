@@ -254,6 +254,10 @@ class TokenTiming:
 class DecodeSimulator:
     """Runs a Program token after token, keeping DRAM state (open rows, refresh) across tokens."""
 
+    # fast executor: periods of repeated blocks stepped in closed form (run_blocks; exact, tests
+    # compare with it off)
+    block_cycles = True
+
     def __init__(self, prog: Program, cfg: HwConfig, *, schedule: str = "serial",
                  fast: bool = True, log: bool = False, group: bool = True,
                  memo: bool | np.ndarray = True, streams: StreamBuilder | None = None,
@@ -314,7 +318,7 @@ class DecodeSimulator:
                     t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                     self.states.win_cnt, self.states.open_row, self.states.scal,
                     self.states.counts, self.states.stats, st, en, cnt, lk, wt, int(self.group),
-                    self.memo, self.streams.seg_block)
+                    self.memo, self.streams.seg_block, int(self.block_cycles))
             self.now = int(now)
             self.channels_run += int(n_run)
         else:

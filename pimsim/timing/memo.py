@@ -438,13 +438,11 @@ def new_block_buf(words: int = 1 << 15) -> np.ndarray:
 
 
 @cached_njit()
-def block_lookup(stream, pos, n_it, not_before, geom, win_tab, ready, win_hist, win_cnt,
-                 open_row, scal, counts, stats, memo, buf):
-    """Replay items ``[pos, pos + n_it)`` (a block) from the memo when an equal block was run
-    before from an equivalent state (the key and refresh rule of ``memo_unit``): returns 1, the
-    state moved exactly as running the block would. Else returns 0 with the key and the state
-    before the block kept in ``buf`` for :func:`block_record` (run the block, then record it),
-    or -1 when the key does not fit (run the block, record nothing)."""
+def block_key(stream, pos, n_it, not_before, geom, win_tab, ready, win_hist, win_cnt, open_row,
+              scal, counts, stats, buf):
+    """Write the key of the block of items ``[pos, pos + n_it)`` from the current state into
+    ``buf`` (``memo_unit``'s key of a unit of kind :data:`BLOCK_KIND`, refresh slot empty);
+    returns its length, or -1 when it does not fit."""
     n_c = counts.shape[0]
     n_s = stats.shape[0]
     n_w = win_cnt.shape[0] * win_cnt.shape[1]
@@ -459,6 +457,23 @@ def block_lookup(stream, pos, n_it, not_before, geom, win_tab, ready, win_hist, 
     if klen <= 0:
         return -1
     buf[k0] = BLOCK_KIND
+    buf[B_KLEN], buf[B_NLAB], buf[B_CP] = klen, n_lab, cp
+    buf[B_LAB], buf[B_PRE], buf[B_K0], buf[B_V0], buf[B_ROOM] = lab0, pre0, k0, k0 + room, room
+    return klen
+
+
+@cached_njit()
+def block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts, stats, memo,
+                 buf):
+    """Replay the block whose key :func:`block_key` wrote into ``buf`` from the memo when an
+    equal block ran before from an equivalent state (``memo_unit``'s refresh rule): returns 1,
+    the state moved exactly as running the block would. Else returns 0 with the state before
+    the block kept in ``buf`` for :func:`block_record` (run the block, then record it)."""
+    n_c = counts.shape[0]
+    n_s = stats.shape[0]
+    klen, n_lab, cp = buf[B_KLEN], buf[B_NLAB], buf[B_CP]
+    lab0, pre0, k0 = buf[B_LAB], buf[B_PRE], buf[B_K0]
+    buf[k0 + 5] = _NO_REF
     h0 = _memo_hash(buf, k0, klen)
     e0 = _memo_find_in(memo, buf, k0, klen, h0)
     lab_m = memo[M_SCR]
@@ -497,10 +512,117 @@ def block_lookup(stream, pos, n_it, not_before, geom, win_tab, ready, win_hist, 
         for node in range(win_cnt.shape[1]):
             buf[q] = win_cnt[w, node]
             q += 1
-    buf[B_KLEN], buf[B_NLAB], buf[B_CP] = klen, n_lab, cp
     buf[B_H0], buf[B_H1], buf[B_E0] = h0, h1, e0
-    buf[B_LAB], buf[B_PRE], buf[B_K0], buf[B_V0], buf[B_ROOM] = lab0, pre0, k0, k0 + room, room
     return 0
+
+
+# a block start kept for cycle detection (block_seen): hash, key length, cp, open cycles at cp,
+# next refresh, then counts, stats, window counts and the key
+(H_HASH, H_KLEN, H_CP, H_OPEN, H_REF) = range(5)
+H_FIXED = 5
+
+
+@cached_njit()
+def block_seen(geom, win_cnt, scal, counts, stats, buf, hist, n_rec, rec_off):
+    """Cycle detection over the starts of a segment's blocks: the key :func:`block_key` wrote
+    into ``buf`` with the refresh slot set to the next refresh (relative, refresh on) is the
+    whole state the rest of the segment depends on. Returns the record of an earlier block
+    start with the same key (-1: none), else keeps this one as record ``n_rec`` (when ``hist``
+    has room; ``rec_off[n_rec]`` is set to its offset, -1 when it did not fit)."""
+    klen, cp, k0 = buf[B_KLEN], buf[B_CP], buf[B_K0]
+    buf[k0 + 5] = scal[S_NEXT_REF] - cp if geom[G_REFRESH] == 1 else _NO_REF
+    h = _memo_hash(buf, k0, klen)
+    for r in range(n_rec):
+        o = rec_off[r]
+        if o < 0 or hist[o + H_HASH] != h or hist[o + H_KLEN] != klen:
+            continue
+        n_c = counts.shape[0]
+        n_s = stats.shape[0]
+        n_w = win_cnt.shape[0] * win_cnt.shape[1]
+        ko = o + H_FIXED + n_c + n_s + n_w
+        same = True
+        for i in range(klen):
+            if hist[ko + i] != buf[k0 + i]:
+                same = False
+                break
+        if same:
+            return r
+    o = 0 if n_rec == 0 else rec_off[n_rec - 1]
+    if n_rec > 0:
+        if o < 0:
+            rec_off[n_rec] = -1
+            return -1
+        o += H_FIXED + counts.shape[0] + stats.shape[0] + win_cnt.shape[0] * win_cnt.shape[1]
+        o += hist[rec_off[n_rec - 1] + H_KLEN]
+    need = H_FIXED + counts.shape[0] + stats.shape[0] + win_cnt.shape[0] * win_cnt.shape[1] + klen
+    if o + need > hist.shape[0]:
+        rec_off[n_rec] = -1
+        return -1
+    rec_off[n_rec] = o
+    hist[o + H_HASH], hist[o + H_KLEN], hist[o + H_CP] = h, klen, cp
+    hist[o + H_OPEN], hist[o + H_REF] = open_cyc_at(scal, cp), scal[S_NEXT_REF]
+    q = o + H_FIXED
+    for x in range(counts.shape[0]):
+        hist[q] = counts[x]
+        q += 1
+    for x in range(stats.shape[0]):
+        hist[q] = stats[x]
+        q += 1
+    for w in range(win_cnt.shape[0]):
+        for node in range(win_cnt.shape[1]):
+            hist[q] = win_cnt[w, node]
+            q += 1
+    for i in range(klen):
+        hist[q + i] = buf[k0 + i]
+    return -1
+
+
+@cached_njit()
+def block_jump(m, o, geom, win_tab, ready, win_hist, win_cnt, scal, counts, stats, hist, cp):
+    """Move the state, now at a block start with the same key as the earlier block start kept at
+    ``hist[o:]`` (:func:`block_seen`), over ``m`` more periods of the blocks between them: the
+    blocks of a period run from equal keys, so every period issues the same commands shifted by
+    the period's cycles (``cp`` now minus then), with the same counts, statistics, window
+    entries and open-bank time. Ready times and window entries that still bind move by the
+    periods' cycles; those at or before ``cp`` bind nothing either way."""
+    dt = cp - hist[o + H_CP]
+    shift = m * dt
+    n_c = counts.shape[0]
+    n_s = stats.shape[0]
+    q = o + H_FIXED
+    for x in range(n_c):
+        counts[x] += m * (counts[x] - hist[q + x])
+    q += n_c
+    for x in range(n_s):
+        stats[x] += m * (stats[x] - hist[q + x])
+    q += n_s
+    for w in range(win_cnt.shape[0]):
+        size = win_tab[w, 4]
+        for node in range(win_cnt.shape[1]):
+            c = win_cnt[w, node]
+            dc = c - hist[q]
+            q += 1
+            if dc == 0:
+                continue
+            # both counts fill the window (their keys hold equal entry numbers): oldest first
+            tmp = np.empty(size, np.int64)
+            for j in range(size):
+                tmp[j] = win_hist[w, node, (c + j) % size] + shift
+            c2 = c + m * dc
+            for j in range(size):
+                win_hist[w, node, (c2 + j) % size] = tmp[j]
+            win_cnt[w, node] = c2
+    for i in range(ready.shape[0]):
+        for j in range(ready.shape[1]):
+            if ready[i, j] > cp:
+                ready[i, j] += shift
+    d_open = open_cyc_at(scal, cp) - hist[o + H_OPEN]
+    scal[S_OPEN_CYC] += m * d_open
+    scal[S_OPEN_SINCE] += shift
+    scal[S_LAST] += shift
+    scal[S_DONE] += shift
+    if geom[G_REFRESH] == 1:
+        scal[S_NEXT_REF] += shift
 
 
 @cached_njit()

@@ -19,7 +19,17 @@ from pimsim.spec.commands import SYNC
 from pimsim.timing.frfcfs import is_queued, run_queued
 from pimsim.timing.issue import fast_forward_pairs, pair_run, run_item
 from pimsim.timing.jit import cached_njit
-from pimsim.timing.memo import MEMO_BLOCK, block_lookup, block_record, memo_unit
+from pimsim.timing.memo import (
+    B_CP,
+    H_CP,
+    MEMO_BLOCK,
+    block_jump,
+    block_key,
+    block_lookup,
+    block_record,
+    block_seen,
+    memo_unit,
+)
 from pimsim.timing.state import (
     N_SCAL,
     S_ALLROW,
@@ -145,27 +155,60 @@ def block_period(items, lo, hi, min_items):
 
 @cached_njit()
 def run_blocks(stream, lo, hi, block, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
-               ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo, buf):
+               ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo, buf, hist):
     """``run_segment`` of items ``[lo, hi)`` that repeat a block of ``block`` items (0: none):
     block after block, each replayed from the memo (:func:`~pimsim.timing.memo.block_lookup`)
     or run and recorded, then the rest. The same commands as one ``run_segment`` call: a block
     boundary is a boundary of its units unless it would split a run of FR-FCFS requests (then
-    the segment is run whole). Returns the log."""
+    the segment is run whole). Once a block starts from the same key as an earlier block of
+    the segment (the state the rest depends on, refresh time included), the blocks between them
+    are a period that repeats exactly: whole periods are stepped in closed form
+    (:func:`~pimsim.timing.memo.block_jump`), the rest run block by block. Returns the log."""
     pos = lo
     if (block > 0 and memo.shape[0] > 0 and geom[G_FAST] == 1 and log.shape[0] == 0
             and not (is_queued(stream[lo, 0], geom)
                      and is_queued(stream[lo + block - 1, 0], geom))):
-        while pos + block <= hi:
-            r = block_lookup(stream, pos, block, not_before, geom, win_tab, ready, win_hist,
-                             win_cnt, open_row, scal, counts, stats, memo, buf)
+        n_blocks = (hi - lo) // block
+        rec_off = np.empty(n_blocks + 1, np.int64)
+        n_rec = 0
+        detect = hist.shape[0] > 0
+        b = 0
+        while b < n_blocks:
+            klen = block_key(stream, pos, block, not_before, geom, win_tab, ready, win_hist,
+                             win_cnt, open_row, scal, counts, stats, buf)
+            if klen <= 0:
+                _, log = run_segment(stream, pos, pos + block, not_before, cmd_tab, pr_start,
+                                     pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
+                                     scal, counts, stats, log, memo)
+                pos += block
+                b += 1
+                detect = False
+                continue
+            if detect:
+                r = block_seen(geom, win_cnt, scal, counts, stats, buf, hist, n_rec, rec_off)
+                if r >= 0:
+                    period = n_rec - r
+                    m = (n_blocks - b) // period
+                    o = rec_off[r]
+                    detect = False
+                    if m > 0 and buf[B_CP] > hist[o + H_CP]:  # time moves over a period
+                        block_jump(m, o, geom, win_tab, ready, win_hist, win_cnt, scal, counts,
+                                   stats, hist, buf[B_CP])
+                        b += m * period
+                        pos += m * period * block
+                        continue
+                else:
+                    n_rec += 1
+            r = block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts,
+                             stats, memo, buf)
             if r != 1:
                 _, log = run_segment(stream, pos, pos + block, not_before, cmd_tab, pr_start,
                                      pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
                                      scal, counts, stats, log, memo)
-                if r == 0:
-                    block_record(block, geom, win_tab, ready, win_hist, win_cnt, open_row, scal,
-                                 counts, stats, memo, buf)
+                block_record(block, geom, win_tab, ready, win_hist, win_cnt, open_row, scal,
+                             counts, stats, memo, buf)
             pos += block
+            b += 1
     _, log = run_segment(stream, pos, hi, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
                          ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo)
     return log
@@ -246,7 +289,7 @@ def channels_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cn
 def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
               link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
               win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
-              step_link, step_wait, group, memo, seg_block):
+              step_link, step_wait, group, memo, seg_block, cycles):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
     A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
@@ -269,7 +312,8 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     exactly the same commands at the same cycles, so it takes that channel's new state and adds
     the same counts (balanced weight layouts give most channels identical streams). A segment
     with ``seg_block[c, k] > 0`` repeats a block of that many items (:func:`block_period`) and
-    runs through :func:`run_blocks`. Returns (end cycle, channels run).
+    runs through :func:`run_blocks` (``cycles == 1``: with periods of blocks stepped in closed
+    form). Returns (end cycle, channels run).
     """
     n_ch = ready.shape[0]
     log = np.zeros((0, 4), np.int64)
@@ -281,7 +325,9 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     oc_before = np.zeros(n_ch, np.int64)
     rep = np.zeros(n_ch, np.int64)
     link_free = np.full(n_ch, t0, np.int64)
-    buf = np.zeros(1 << 15 if seg_block.shape[0] > 0 and seg_block.max() > 0 else 0, np.int64)
+    blocks = seg_block.shape[0] > 0 and seg_block.max() > 0
+    buf = np.zeros(1 << 15 if blocks else 0, np.int64)
+    hist = np.zeros(1 << 18 if blocks and cycles == 1 else 0, np.int64)
     n_run = 0
     for i in range(kind.shape[0]):
         start = t0
@@ -317,7 +363,7 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                 log = run_blocks(items, seg_lo[c, k], seg_hi[c, k], seg_block[c, k],
                                  start + link_lead[c, k], cmd_tab, pr_start, pr_tab, win_tab,
                                  geom, ready[c], win_hist[c], win_cnt[c], open_row[c], scal[c],
-                                 counts[c], stats[c], log, memo, buf)
+                                 counts[c], stats[c], log, memo, buf, hist)
             for c in range(n_ch):
                 r = rep[c]
                 if r != c:
