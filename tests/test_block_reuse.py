@@ -133,3 +133,16 @@ def test_periods_of_blocks_stepped_in_closed_form_equal_every_block_run(model, b
     assert memo_usage(memo_on)["hits"] < memo_usage(memo_off)["hits"]  # periods were stepped
     if refresh:
         assert on[4] > 0
+
+
+def test_blocks_with_a_full_memo_are_simulated():
+    """A memo too small to keep the blocks (their outcomes dropped): every block is simulated,
+    the same result."""
+    cfg = _cfg("aim-gddr6", 2, True, None)
+    prog = system_programs(compile_model("tiny", cfg), cfg)[0]
+    bprog = BatchedProgram(prog, 6)
+    steps = [(3, 3, 3, 2, 2, 9), (4, 4, 4, 3, 3, 10)]
+    small = new_memo(2048, 8)
+    assert _steps(bprog, cfg, steps, blocks=True, memo=small)[:-1] == \
+        _steps(bprog, cfg, steps, blocks=False)[:-1]
+    assert memo_usage(small)["dropped"] > 0
