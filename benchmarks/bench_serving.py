@@ -38,7 +38,8 @@ sequences, 49 smaller, 18 prefill steps) extrapolates to ~7 min of CPU (was ~11-
 these loads): still over the 3-minute target, and not run whole at this load.
 ``--num-prompts 32`` (full lengths, batched prefill; 513 distinct batched steps, 509 of 32
 sequences): the whole process 109 s CPU (336 s wall at 32 % of a core; the batched steps
-262.6 s wall, 0.51 s each), N32_BEFORE.
+262.6 s wall, 0.51 s each) against 137.5 s CPU (445 s wall at 30 %; 345.1 s, 0.67 s each)
+before the blocks, run side by side: the same printed summaries, PIM and GPU.
 """
 
 from __future__ import annotations
