@@ -33,9 +33,13 @@ period of under 20; ``tests/test_block_reuse.py`` holds both exact). The weight 
 time fell about 5x (ffn_up 0.18 -> 0.03 s a step); what is left is the KV writes (each channel's
 2,048 writes of a step are one FR-FCFS run, simulated anew every step since every position
 moves), building the KV and attention items, and the blocks' replays. The first step of the
-process: ~5 s CPU (48 s with a cold numba cache). The full workload (989 steps of 128
-sequences, 49 smaller, 18 prefill steps) extrapolates to ~7 min of CPU (was ~11-12 min at
-these loads): still over the 3-minute target, and not run whole at this load.
+process: ~5 s CPU (48 s with a cold numba cache). The full workload, run whole (load average
+falling from 8 to 1.5 during it): **895.8 s wall, 670 s CPU** (586.7 user + 83.7 system; compile
+73.5 s wall; 1,069 batched steps, 18 of them 256-vector prefill steps, in 818.2 s wall, 0.77 s
+each; the kernel memo 31.3 of 33.6 M words, nothing dropped); PIM: duration 72.61 s, 1,805
+output tok/s, TTFT 7,826 ms, TPOT 126.1 ms, 71.87 mJ/output token; H100 model: 7.217 s,
+18,160 tok/s, 27.47 mJ/token. Before the blocks it was not run whole (~18-20 min estimated at
+load ~2). Still over the 3-minute target: what is left is above.
 ``--num-prompts 32`` (full lengths, batched prefill; 513 distinct batched steps, 509 of 32
 sequences): the whole process 109 s CPU (336 s wall at 32 % of a core; the batched steps
 262.6 s wall, 0.51 s each) against 137.5 s CPU (445 s wall at 30 %; 345.1 s, 0.67 s each)
