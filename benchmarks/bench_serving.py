@@ -22,19 +22,28 @@ has to simulate and their sizes; then the PIM serving summary (vLLM ``benchmark_
 with the batched steps simulated and the wall seconds spent in them; the GPU summary; the wall
 time of the whole process. No timed assertions: a script that prints its figures.
 
-Measured on a 2-core machine shared with other jobs (CPU seconds are the comparable figures
-where the load was high). One 128-sequence step of the figure-10 workload (positions in 8
-groups of 16, the second step of the process): 24.9 s when the batched items were built
-sequence by sequence (21.4 s of it); now 0.59 to 0.63 s CPU (1.0 to 1.2 s wall at load ~2),
-with the items built once per distinct position, the stream layout, step table and kernel memo
-kept from step to step: the kernel (``run_steps``, replaying ~143,000 memoised units a step)
-0.72 s of a 1.18 s profiled step, building the streams 0.38 s. The first step of the batch
-size: 4.2 s CPU (47.6 s before its weight items were built once per pass size).
-``--num-prompts 32`` (full lengths, load ~2): 513 distinct batched steps (509 of 32
-sequences) in 144 s, 128 batch-1 prompt positions in ~34 s, compile 35 s (cache miss): 214 s
-wall, 149 s CPU for the whole process. The full workload (989 steps of 128 sequences at
-~1.1 s wall, 49 smaller ones, the same 128 positions) extrapolates to ~18 to 20 min: still over
-the 3-minute target.
+Measured on a 2-core machine shared with other jobs (load average 14-16 on its 2 cores during
+the figures below: CPU seconds are the comparable figures, wall times 3-8x them). One
+128-sequence step of the figure-10 workload (positions in 8 groups of 16; the first ten distinct
+steps of the process, each with the same cycles and joules before and after): 0.68 s CPU
+(0.57-0.83; 3.2-5.1 s wall) with every weight pass replayed unit by unit, 0.41 s CPU (0.36-0.55;
+2.1-3.4 s wall) now that a weight product's 128 identical passes run as memoised blocks and
+whole periods of blocks in closed form (refresh phase-locks the passes: ffn_up's 128 enter a
+period of under 20; ``tests/test_block_reuse.py`` holds both exact). The weight products' kernel
+time fell about 5x (ffn_up 0.18 -> 0.03 s a step); what is left is the KV writes (each channel's
+2,048 writes of a step are one FR-FCFS run, simulated anew every step since every position
+moves), building the KV and attention items, and the blocks' replays. The first step of the
+process: ~5 s CPU (48 s with a cold numba cache). The full workload, run whole (load average
+falling from 8 to 1.5 during it): **895.8 s wall, 670 s CPU** (586.7 user + 83.7 system; compile
+73.5 s wall; 1,069 batched steps, 18 of them 256-vector prefill steps, in 818.2 s wall, 0.77 s
+each; the kernel memo 31.3 of 33.6 M words, nothing dropped); PIM: duration 72.61 s, 1,805
+output tok/s, TTFT 7,826 ms, TPOT 126.1 ms, 71.87 mJ/output token; H100 model: 7.217 s,
+18,160 tok/s, 27.47 mJ/token. Before the blocks it was not run whole (~18-20 min estimated at
+load ~2). Still over the 3-minute target: what is left is above.
+``--num-prompts 32`` (full lengths, batched prefill; 513 distinct batched steps, 509 of 32
+sequences): the whole process 109 s CPU (336 s wall at 32 % of a core; the batched steps
+262.6 s wall, 0.51 s each) against 137.5 s CPU (445 s wall at 30 %; 345.1 s, 0.67 s each)
+before the blocks, run side by side: the same printed summaries, PIM and GPU.
 """
 
 from __future__ import annotations

@@ -194,17 +194,26 @@ class BatchedProgram(Program):
             return self.pim_items_reference(step, ps)
         distinct, inv = np.unique(np.asarray(ps, np.int64), return_inverse=True)
         seqs = [self._seq_items(step, int(p)) for p in distinct.tolist()]
-        shift = step.op in ("kv_write", "attn_score", "attn_value") and self.row_shift.any()
-        out = []
-        for c in range(self.geo.channels):
-            lens = np.array([len(a[c]) for a in seqs], np.int64)[inv]
-            arr = np.concatenate([seqs[i][c] for i in inv.tolist()]) if lens.any() else \
-                np.empty((0, ITEM_FIELDS), np.int64)
-            if shift:
-                rows = arr[:, 2]
-                rows += np.where(rows >= 0, np.repeat(self.row_shift, lens), 0)
-            out.append(arr)
-        return out
+        n_ch = self.geo.channels
+        # every channel's output at once: the distinct positions' items of every channel in one
+        # array (channel-major), gathered in the vectors' order, rows moved to each region
+        parts = [seqs[i][c] for c in range(n_ch) for i in range(len(seqs))]
+        lens_d = np.array([len(a) for a in parts], np.int64).reshape(n_ch, len(seqs))
+        if not lens_d.any():
+            return [np.empty((0, ITEM_FIELDS), np.int64) for _ in range(n_ch)]
+        flat = np.concatenate(parts)
+        offs_d = (np.cumsum(lens_d.ravel()) - lens_d.ravel()).reshape(lens_d.shape)
+        lens = lens_d[:, inv].ravel()  # (channel, vector) in output order
+        starts = offs_d[:, inv].ravel()
+        total = int(lens.sum())
+        out_start = np.cumsum(lens) - lens
+        idx = np.arange(total, dtype=np.int64) + np.repeat(starts - out_start, lens)
+        arr = flat[idx]
+        if step.op in ("kv_write", "attn_score", "attn_value") and self.row_shift.any():
+            rows = arr[:, 2]
+            rows += np.where(rows >= 0, np.repeat(np.tile(self.row_shift, n_ch), lens), 0)
+        ends = np.cumsum(lens.reshape(n_ch, -1).sum(axis=1))
+        return np.split(arr, ends[:-1])
 
     _SEQ_CACHE_KEYS = 64  # distinct items keys kept per step (oldest dropped first)
 

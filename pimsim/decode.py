@@ -36,7 +36,7 @@ from pimsim.timing.jit import compile_scope
 from pimsim.timing.memo import new_memo
 from pimsim.timing.state import NO_MEMO, ST_HITS, ST_MISSES
 from pimsim.timing.tables import build_tables
-from pimsim.timing.token_runner import run_steps, segment_classes
+from pimsim.timing.token_runner import MIN_BLOCK_ITEMS, block_period, run_steps, segment_classes
 
 ASIC_COST_OP = {"argmax": "reduction"}  # ops without their own cost row use another's
 KIND_CODE = {"asic": 0, "pim": 1, "comm": 2}  # step kinds as the kernels see them
@@ -158,6 +158,8 @@ class StreamBuilder:
         self.seg_cls = np.zeros((self.n_ch, n_seg), np.int64)  # see kernel.segment_classes
         self.seg_bytes = np.zeros((self.n_ch, n_seg), np.int64)
         self.seg_lead = np.zeros((self.n_ch, n_seg), np.int64)  # pimsim.link.lead_columns
+        # the block a static region repeats (token_runner.block_period; 0: none)
+        self.seg_block = np.zeros((self.n_ch, n_seg), np.int64)
         self.col_bytes = prog.geo.col_elems * prog.geo.elem_bytes
 
     def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -223,12 +225,16 @@ class StreamBuilder:
         self._end = int(self.cap.sum())
         self.items = np.zeros((self._end, ITEM_FIELDS), np.int64)
         for k in range(n_seg):
+            static = self.pim_steps[k].index in self._static
             for c in range(self.n_ch):
                 a = per_step[k][c]
                 self.items[lo[c, k]:lo[c, k] + len(a)] = a
                 self.seg_hi[c, k] = lo[c, k] + len(a)
                 self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
                 self.seg_lead[c, k] = lead_columns(a)
+                if static:
+                    self.seg_block[c, k] = block_period(self.items, lo[c, k], lo[c, k] + len(a),
+                                                        MIN_BLOCK_ITEMS)
         segment_classes(self.items, self.seg_lo, self.seg_hi, np.arange(n_seg, dtype=np.int64),
                         self.seg_cls)
 
@@ -249,6 +255,10 @@ class TokenTiming:
 
 class DecodeSimulator:
     """Runs a Program token after token, keeping DRAM state (open rows, refresh) across tokens."""
+
+    # fast executor: periods of repeated blocks stepped in closed form (run_blocks; exact, tests
+    # compare with it off)
+    block_cycles = True
 
     def __init__(self, prog: Program, cfg: HwConfig, *, schedule: str = "serial",
                  fast: bool = True, log: bool = False, group: bool = True,
@@ -313,7 +323,7 @@ class DecodeSimulator:
                     t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                     self.states.win_cnt, self.states.open_row, self.states.scal,
                     self.states.counts, self.states.stats, st, en, cnt, lk, wt, int(self.group),
-                    self.memo)
+                    self.memo, self.streams.seg_block, int(self.block_cycles))
             self.now = int(now)
             self.channels_run += int(n_run)
         else:

@@ -177,6 +177,12 @@ def _memo_hash(memo, k0, klen):
 @cached_njit()
 def _memo_find(memo, k0, klen, h):
     """Entry id of the key at ``memo[k0:k0+klen]`` (full comparison), or -1."""
+    return _memo_find_in(memo, memo, k0, klen, h)
+
+
+@cached_njit()
+def _memo_find_in(memo, src, k0, klen, h):
+    """Entry id of the key at ``src[k0:k0+klen]`` (full comparison), or -1."""
     mask = memo[M_HT] - 1
     tab = memo[M_TAB]
     meta = memo[M_META]
@@ -188,7 +194,7 @@ def _memo_find(memo, k0, klen, h):
             off = dat + memo[meta + 4 * e + 1]
             same = True
             for i in range(klen):
-                if memo[off + i] != memo[k0 + i]:
+                if memo[off + i] != src[k0 + i]:
                     same = False
                     break
             if same:
@@ -199,15 +205,22 @@ def _memo_find(memo, k0, klen, h):
 
 @cached_njit()
 def _memo_insert(memo, k0, klen, v0, vlen, h):
+    _memo_insert_from(memo, memo, k0, klen, v0, vlen, h)
+
+
+@cached_njit()
+def _memo_insert_from(memo, src, k0, klen, v0, vlen, h):
+    """Record the key ``src[k0:k0+klen]`` with the value ``src[v0:v0+vlen]`` (or count it as
+    dropped when the memo is full)."""
     e = memo[M_N]
     if e >= memo[M_MAXE] or memo[M_USED] + klen + vlen > memo[M_CAP]:
         memo[M_DROPPED] += 1  # full: later units are simulated (exact, just not faster)
         return
     off = memo[M_DAT] + memo[M_USED]
     for i in range(klen):
-        memo[off + i] = memo[k0 + i]
+        memo[off + i] = src[k0 + i]
     for i in range(vlen):
-        memo[off + klen + i] = memo[v0 + i]
+        memo[off + klen + i] = src[v0 + i]
     meta = memo[M_META] + 4 * e
     memo[meta], memo[meta + 1], memo[meta + 2], memo[meta + 3] = h, memo[M_USED], klen, vlen
     memo[M_USED] += klen + vlen
@@ -407,3 +420,225 @@ def memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, wi
                 # time (a closed-form run stopped short of the refresh): key the refresh time
                 _memo_insert(memo, k0, klen, v0, vlen, h1)
     return p, log
+
+
+# Blocks: a segment that repeats a block of items (the passes of a batched matrix-vector product
+# are the same items once per pass) is run block by block, each block one memo unit of its own
+# (kind 3) whose simulation on a miss runs the block's own units (kind 0 to 2) as usual. The
+# block's key, labels and state before it are kept in ``buf`` (:func:`new_block_buf`), since
+# the units inside it use the memo's scratch.
+BLOCK_KIND = 3
+(B_KLEN, B_NLAB, B_CP, B_H0, B_H1, B_E0, B_LAB, B_PRE, B_K0, B_V0, B_ROOM) = range(11)
+B_HEADER = 16
+
+
+def new_block_buf(words: int = 1 << 15) -> np.ndarray:
+    """Scratch for :func:`block_lookup` / :func:`block_record` (one block's key and value)."""
+    return np.zeros(words, np.int64)
+
+
+@cached_njit()
+def block_key(stream, pos, n_it, not_before, geom, win_tab, ready, win_hist, win_cnt, open_row,
+              scal, counts, stats, buf):
+    """Write the key of the block of items ``[pos, pos + n_it)`` from the current state into
+    ``buf`` (``memo_unit``'s key of a unit of kind :data:`BLOCK_KIND`, refresh slot empty);
+    returns its length, or -1 when it does not fit."""
+    n_c = counts.shape[0]
+    n_s = stats.shape[0]
+    n_w = win_cnt.shape[0] * win_cnt.shape[1]
+    lab0 = B_HEADER
+    pre0 = lab0 + open_row.shape[0] + 4 * n_it + 1
+    k0 = pre0 + n_c + n_s + 4 + n_w
+    room = (buf.shape[0] - k0) // 2
+    if room <= 0:
+        return -1
+    klen, n_lab, cp = _memo_key(stream, pos, np.int64(0), n_it, not_before, geom, win_tab,
+                                ready, win_hist, win_cnt, open_row, scal, buf, k0, lab0, room)
+    if klen <= 0:
+        return -1
+    buf[k0] = BLOCK_KIND
+    buf[B_KLEN], buf[B_NLAB], buf[B_CP] = klen, n_lab, cp
+    buf[B_LAB], buf[B_PRE], buf[B_K0], buf[B_V0], buf[B_ROOM] = lab0, pre0, k0, k0 + room, room
+    return klen
+
+
+@cached_njit()
+def block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts, stats, memo,
+                 buf):
+    """Replay the block whose key :func:`block_key` wrote into ``buf`` from the memo when an
+    equal block ran before from an equivalent state (``memo_unit``'s refresh rule): returns 1,
+    the state moved exactly as running the block would. Else returns 0 with the state before
+    the block kept in ``buf`` for :func:`block_record` (run the block, then record it)."""
+    n_c = counts.shape[0]
+    n_s = stats.shape[0]
+    klen, n_lab, cp = buf[B_KLEN], buf[B_NLAB], buf[B_CP]
+    lab0, pre0, k0 = buf[B_LAB], buf[B_PRE], buf[B_K0]
+    buf[k0 + 5] = _NO_REF
+    h0 = _memo_hash(buf, k0, klen)
+    e0 = _memo_find_in(memo, buf, k0, klen, h0)
+    lab_m = memo[M_SCR]
+    if e0 >= 0:
+        ev = memo[M_DAT] + memo[memo[M_META] + 4 * e0 + 1] + klen
+        if geom[G_REFRESH] == 0 or scal[S_NEXT_REF] - cp > memo[ev + 1]:
+            for i in range(n_lab):
+                memo[lab_m + i] = buf[lab0 + i]
+            memo[M_HITS] += 1
+            _memo_apply(memo, ev, cp, lab_m, win_tab, ready, win_hist, win_cnt, open_row, scal,
+                        counts, stats)
+            return 1
+    h1 = np.int64(0)
+    if geom[G_REFRESH] == 1:
+        buf[k0 + 5] = scal[S_NEXT_REF] - cp
+        h1 = _memo_hash(buf, k0, klen)
+        e1 = _memo_find_in(memo, buf, k0, klen, h1)
+        if e1 >= 0:
+            ev = memo[M_DAT] + memo[memo[M_META] + 4 * e1 + 1] + klen
+            for i in range(n_lab):
+                memo[lab_m + i] = buf[lab0 + i]
+            memo[M_HITS] += 1
+            _memo_apply(memo, ev, cp, lab_m, win_tab, ready, win_hist, win_cnt, open_row, scal,
+                        counts, stats)
+            return 1
+    for x in range(n_c):
+        buf[pre0 + x] = counts[x]
+    for x in range(n_s):
+        buf[pre0 + n_c + x] = stats[x]
+    buf[pre0 + n_c + n_s] = scal[S_OPEN_CYC]
+    buf[pre0 + n_c + n_s + 1] = scal[S_OPEN_SINCE]
+    buf[pre0 + n_c + n_s + 2] = scal[S_NEXT_REF]
+    buf[pre0 + n_c + n_s + 3] = open_cyc_at(scal, cp)
+    q = pre0 + n_c + n_s + 4
+    for w in range(win_cnt.shape[0]):
+        for node in range(win_cnt.shape[1]):
+            buf[q] = win_cnt[w, node]
+            q += 1
+    buf[B_H0], buf[B_H1], buf[B_E0] = h0, h1, e0
+    return 0
+
+
+# a block start kept for cycle detection (block_seen): hash, key length, cp, open cycles at cp,
+# next refresh, then counts, stats, window counts and the key
+(H_HASH, H_KLEN, H_CP, H_OPEN, H_REF) = range(5)
+H_FIXED = 5
+
+
+@cached_njit()
+def block_seen(geom, win_cnt, scal, counts, stats, buf, hist, n_rec, rec_off):
+    """Cycle detection over the starts of a segment's blocks: the key :func:`block_key` wrote
+    into ``buf`` with the refresh slot set to the next refresh (relative, refresh on) is the
+    whole state the rest of the segment depends on. Returns the record of an earlier block
+    start with the same key (-1: none), else keeps this one as record ``n_rec`` (when ``hist``
+    has room; ``rec_off[n_rec]`` is set to its offset, -1 when it did not fit)."""
+    klen, cp, k0 = buf[B_KLEN], buf[B_CP], buf[B_K0]
+    buf[k0 + 5] = scal[S_NEXT_REF] - cp if geom[G_REFRESH] == 1 else _NO_REF
+    h = _memo_hash(buf, k0, klen)
+    for r in range(n_rec):
+        o = rec_off[r]
+        if o < 0 or hist[o + H_HASH] != h or hist[o + H_KLEN] != klen:
+            continue
+        n_c = counts.shape[0]
+        n_s = stats.shape[0]
+        n_w = win_cnt.shape[0] * win_cnt.shape[1]
+        ko = o + H_FIXED + n_c + n_s + n_w
+        same = True
+        for i in range(klen):
+            if hist[ko + i] != buf[k0 + i]:
+                same = False
+                break
+        if same:
+            return r
+    o = 0 if n_rec == 0 else rec_off[n_rec - 1]
+    if n_rec > 0:
+        if o < 0:
+            rec_off[n_rec] = -1
+            return -1
+        o += H_FIXED + counts.shape[0] + stats.shape[0] + win_cnt.shape[0] * win_cnt.shape[1]
+        o += hist[rec_off[n_rec - 1] + H_KLEN]
+    need = H_FIXED + counts.shape[0] + stats.shape[0] + win_cnt.shape[0] * win_cnt.shape[1] + klen
+    if o + need > hist.shape[0]:
+        rec_off[n_rec] = -1
+        return -1
+    rec_off[n_rec] = o
+    hist[o + H_HASH], hist[o + H_KLEN], hist[o + H_CP] = h, klen, cp
+    hist[o + H_OPEN], hist[o + H_REF] = open_cyc_at(scal, cp), scal[S_NEXT_REF]
+    q = o + H_FIXED
+    for x in range(counts.shape[0]):
+        hist[q] = counts[x]
+        q += 1
+    for x in range(stats.shape[0]):
+        hist[q] = stats[x]
+        q += 1
+    for w in range(win_cnt.shape[0]):
+        for node in range(win_cnt.shape[1]):
+            hist[q] = win_cnt[w, node]
+            q += 1
+    for i in range(klen):
+        hist[q + i] = buf[k0 + i]
+    return -1
+
+
+@cached_njit()
+def block_jump(m, o, geom, win_tab, ready, win_hist, win_cnt, scal, counts, stats, hist, cp):
+    """Move the state, now at a block start with the same key as the earlier block start kept at
+    ``hist[o:]`` (:func:`block_seen`), over ``m`` more periods of the blocks between them: the
+    blocks of a period run from equal keys, so every period issues the same commands shifted by
+    the period's cycles (``cp`` now minus then), with the same counts, statistics, window
+    entries and open-bank time. Ready times and window entries that still bind move by the
+    periods' cycles; those at or before ``cp`` bind nothing either way."""
+    dt = cp - hist[o + H_CP]
+    shift = m * dt
+    n_c = counts.shape[0]
+    n_s = stats.shape[0]
+    q = o + H_FIXED
+    for x in range(n_c):
+        counts[x] += m * (counts[x] - hist[q + x])
+    q += n_c
+    for x in range(n_s):
+        stats[x] += m * (stats[x] - hist[q + x])
+    q += n_s
+    for w in range(win_cnt.shape[0]):
+        size = win_tab[w, 4]
+        for node in range(win_cnt.shape[1]):
+            c = win_cnt[w, node]
+            dc = c - hist[q]
+            q += 1
+            if dc == 0:
+                continue
+            # both counts fill the window (their keys hold equal entry numbers): oldest first
+            tmp = np.empty(size, np.int64)
+            for j in range(size):
+                tmp[j] = win_hist[w, node, (c + j) % size] + shift
+            c2 = c + m * dc
+            for j in range(size):
+                win_hist[w, node, (c2 + j) % size] = tmp[j]
+            win_cnt[w, node] = c2
+    for i in range(ready.shape[0]):
+        for j in range(ready.shape[1]):
+            if ready[i, j] > cp:
+                ready[i, j] += shift
+    d_open = open_cyc_at(scal, cp) - hist[o + H_OPEN]
+    scal[S_OPEN_CYC] += m * d_open
+    scal[S_OPEN_SINCE] += shift
+    scal[S_LAST] += shift
+    scal[S_DONE] += shift
+    if geom[G_REFRESH] == 1:
+        scal[S_NEXT_REF] += shift
+
+
+@cached_njit()
+def block_record(n_items, geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts,
+                 stats, memo, buf):
+    """Record the block that :func:`block_lookup` missed (kept in ``buf``) with the state it
+    left after running it (as ``memo_unit`` records a unit)."""
+    klen, k0, v0 = buf[B_KLEN], buf[B_K0], buf[B_V0]
+    memo[M_MISSES] += 1
+    vlen = _memo_value(buf, v0, buf[B_ROOM], n_items, buf[B_CP], buf[B_LAB], buf[B_NLAB],
+                       buf[buf[B_PRE]:k0], win_tab, ready, win_hist, win_cnt, open_row, scal,
+                       counts, stats)
+    if vlen <= 0:
+        return
+    if buf[v0 + 4] == 0 and buf[B_E0] < 0:
+        buf[k0 + 5] = _NO_REF
+        _memo_insert_from(memo, buf, k0, klen, v0, vlen, buf[B_H0])
+    elif geom[G_REFRESH] == 1:
+        _memo_insert_from(memo, buf, k0, klen, v0, vlen, buf[B_H1])

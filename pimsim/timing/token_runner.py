@@ -5,7 +5,10 @@ channels (numba).
 through the FR-FCFS queues, in closed form or from the memo). :func:`run_steps` runs a program's
 steps (one token) on all channels with their links and the ASIC and collective steps between
 them; channels with identical segments and equivalent controller states
-(:func:`channels_equivalent`) are simulated once per step.
+(:func:`channels_equivalent`) are simulated once per step. A segment that repeats a block of
+items (:func:`block_period`; the passes of a batched matrix-vector product) runs block by block,
+each block replayed from the memo where an equal block ran before from an equivalent state
+(:func:`run_blocks`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,17 @@ from pimsim.spec.commands import SYNC
 from pimsim.timing.frfcfs import is_queued, run_queued
 from pimsim.timing.issue import fast_forward_pairs, pair_run, run_item
 from pimsim.timing.jit import cached_njit
-from pimsim.timing.memo import MEMO_BLOCK, memo_unit
+from pimsim.timing.memo import (
+    B_CP,
+    H_CP,
+    MEMO_BLOCK,
+    block_jump,
+    block_key,
+    block_lookup,
+    block_record,
+    block_seen,
+    memo_unit,
+)
 from pimsim.timing.state import (
     N_SCAL,
     S_ALLROW,
@@ -104,6 +117,103 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
     return pos, log
 
 
+MIN_BLOCK_ITEMS = 8  # shorter periods are left to the pair runs and units of run_segment
+
+
+@cached_njit()
+def block_period(items, lo, hi, min_items):
+    """The length of the block that items ``[lo, hi)`` repeat (at least twice, then possibly a
+    leading part of it), or 0: the smallest period of the items (KMP failure function) when it
+    is at least ``min_items`` items (:data:`MIN_BLOCK_ITEMS` in the simulator; any block gives
+    the same result) and no item is a SYNC."""
+    n = hi - lo
+    if n < 2 * max(min_items, 1):
+        return 0
+    fail = np.zeros(n, np.int64)
+    k = 0
+    for i in range(1, n):
+        while True:
+            same = True
+            for f in range(items.shape[1]):
+                if items[lo + i, f] != items[lo + k, f]:
+                    same = False
+                    break
+            if same or k == 0:
+                break
+            k = fail[k - 1]
+        if same:
+            k += 1
+        fail[i] = k
+    p = n - fail[n - 1]
+    if p < max(min_items, 1) or 2 * p > n:
+        return 0
+    for i in range(lo, lo + p):
+        if items[i, 0] == SYNC:
+            return 0
+    return p
+
+
+@cached_njit()
+def run_blocks(stream, lo, hi, block, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+               ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo, buf, hist):
+    """``run_segment`` of items ``[lo, hi)`` that repeat a block of ``block`` items (0: none):
+    block after block, each replayed from the memo (:func:`~pimsim.timing.memo.block_lookup`)
+    or run and recorded, then the rest. The same commands as one ``run_segment`` call: a block
+    boundary is a boundary of its units unless it would split a run of FR-FCFS requests (then
+    the segment is run whole). Once a block starts from the same key as an earlier block of
+    the segment (the state the rest depends on, refresh time included), the blocks between them
+    are a period that repeats exactly: whole periods are stepped in closed form
+    (:func:`~pimsim.timing.memo.block_jump`), the rest run block by block. Returns the log."""
+    pos = lo
+    if (block > 0 and memo.shape[0] > 0 and geom[G_FAST] == 1 and log.shape[0] == 0
+            and not (is_queued(stream[lo, 0], geom)
+                     and is_queued(stream[lo + block - 1, 0], geom))):
+        n_blocks = (hi - lo) // block
+        rec_off = np.empty(n_blocks + 1, np.int64)
+        n_rec = 0
+        detect = hist.shape[0] > 0
+        b = 0
+        while b < n_blocks:
+            klen = block_key(stream, pos, block, not_before, geom, win_tab, ready, win_hist,
+                             win_cnt, open_row, scal, counts, stats, buf)
+            if klen <= 0:
+                _, log = run_segment(stream, pos, pos + block, not_before, cmd_tab, pr_start,
+                                     pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
+                                     scal, counts, stats, log, memo)
+                pos += block
+                b += 1
+                detect = False
+                continue
+            if detect:
+                r = block_seen(geom, win_cnt, scal, counts, stats, buf, hist, n_rec, rec_off)
+                if r >= 0:
+                    period = n_rec - r
+                    m = (n_blocks - b) // period
+                    o = rec_off[r]
+                    detect = False
+                    if m > 0 and buf[B_CP] > hist[o + H_CP]:  # time moves over a period
+                        block_jump(m, o, geom, win_tab, ready, win_hist, win_cnt, scal, counts,
+                                   stats, hist, buf[B_CP])
+                        b += m * period
+                        pos += m * period * block
+                        continue
+                else:
+                    n_rec += 1
+            r = block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts,
+                             stats, memo, buf)
+            if r != 1:
+                _, log = run_segment(stream, pos, pos + block, not_before, cmd_tab, pr_start,
+                                     pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
+                                     scal, counts, stats, log, memo)
+                block_record(block, geom, win_tab, ready, win_hist, win_cnt, open_row, scal,
+                             counts, stats, memo, buf)
+            pos += block
+            b += 1
+    _, log = run_segment(stream, pos, hi, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                         ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo)
+    return log
+
+
 @cached_njit()
 def _segments_equal(items, a0, a1, b0, b1):
     """Whether stream items [a0, a1) and [b0, b1) are identical."""
@@ -179,7 +289,7 @@ def channels_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cn
 def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
               link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
               win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
-              step_link, step_wait, group, memo):
+              step_link, step_wait, group, memo, seg_block, cycles):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
     A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
@@ -201,8 +311,10 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     With ``group == 1`` a channel whose segment and controller state (see
     ``channels_equivalent``) equal those of an earlier channel is not simulated: it issues
     exactly the same commands at the same cycles, so it takes that channel's new state and adds
-    the same counts (balanced weight layouts give most channels identical streams). Returns
-    (end cycle, channels run).
+    the same counts (balanced weight layouts give most channels identical streams). A segment
+    with ``seg_block[c, k] > 0`` repeats a block of that many items (:func:`block_period`) and
+    runs through :func:`run_blocks` (``cycles == 1``: with periods of blocks stepped in closed
+    form). Returns (end cycle, channels run).
     """
     n_ch = ready.shape[0]
     log = np.zeros((0, 4), np.int64)
@@ -214,6 +326,9 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     oc_before = np.zeros(n_ch, np.int64)
     rep = np.zeros(n_ch, np.int64)
     link_free = np.full(n_ch, t0, np.int64)
+    blocks = seg_block.shape[0] > 0 and seg_block.max() > 0
+    buf = np.zeros(1 << 15 if blocks else 0, np.int64)
+    hist = np.zeros(1 << 18 if blocks and cycles == 1 else 0, np.int64)
     n_run = 0
     for i in range(kind.shape[0]):
         start = t0
@@ -250,11 +365,10 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                 if rep[c] != c:
                     continue
                 n_run += 1
-                _, log = run_segment(items, seg_lo[c, k], seg_hi[c, k],
-                                     start + link_lead[c, k], cmd_tab,
-                                     pr_start, pr_tab, win_tab, geom, ready[c], win_hist[c],
-                                     win_cnt[c], open_row[c], scal[c], counts[c], stats[c], log,
-                                     memo)
+                log = run_blocks(items, seg_lo[c, k], seg_hi[c, k], seg_block[c, k],
+                                 start + link_lead[c, k], cmd_tab, pr_start, pr_tab, win_tab,
+                                 geom, ready[c], win_hist[c], win_cnt[c], open_row[c], scal[c],
+                                 counts[c], stats[c], log, memo, buf, hist)
             for c in range(n_ch):
                 r = rep[c]
                 if r != c:
