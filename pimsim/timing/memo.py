@@ -329,6 +329,26 @@ def _memo_value(memo, v0, room, n_items, cp, lab0, n_lab, pre, win_tab, ready, w
     return n - v0
 
 
+@cached_njit(inline="always")
+def _snapshot_before(dst, pre0, counts, stats, scal, cp, win_cnt):
+    """A unit's starting counts, statistics, open-bank state, next refresh and window counts,
+    written to ``dst`` from ``pre0`` (what :func:`_memo_value` subtracts to store a delta)."""
+    n_c, n_s = counts.shape[0], stats.shape[0]
+    for x in range(n_c):
+        dst[pre0 + x] = counts[x]
+    for x in range(n_s):
+        dst[pre0 + n_c + x] = stats[x]
+    dst[pre0 + n_c + n_s] = scal[S_OPEN_CYC]
+    dst[pre0 + n_c + n_s + 1] = scal[S_OPEN_SINCE]
+    dst[pre0 + n_c + n_s + 2] = scal[S_NEXT_REF]
+    dst[pre0 + n_c + n_s + 3] = open_cyc_at(scal, cp)
+    q = pre0 + n_c + n_s + 4
+    for w in range(win_cnt.shape[0]):
+        for node in range(win_cnt.shape[1]):
+            dst[q] = win_cnt[w, node]
+            q += 1
+
+
 @cached_njit()
 def memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
               ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo):
@@ -380,19 +400,7 @@ def memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, wi
                 memo[M_HITS] += 1
                 return pos + _memo_apply(memo, ev, cp, lab0, win_tab, ready, win_hist, win_cnt,
                                          open_row, scal, counts, stats), log
-        for x in range(n_c):
-            memo[pre0 + x] = counts[x]
-        for x in range(n_s):
-            memo[pre0 + n_c + x] = stats[x]
-        memo[pre0 + n_c + n_s] = scal[S_OPEN_CYC]
-        memo[pre0 + n_c + n_s + 1] = scal[S_OPEN_SINCE]
-        memo[pre0 + n_c + n_s + 2] = scal[S_NEXT_REF]
-        memo[pre0 + n_c + n_s + 3] = open_cyc_at(scal, cp)
-        q = pre0 + n_c + n_s + 4
-        for w in range(win_cnt.shape[0]):
-            for node in range(win_cnt.shape[1]):
-                memo[q] = win_cnt[w, node]
-                q += 1
+        _snapshot_before(memo, pre0, counts, stats, scal, cp, win_cnt)
     if kind == 1:
         p, log = fast_forward_pairs(stream, pos, n_it, not_before, cmd_tab, pr_start, pr_tab,
                                     win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
@@ -469,8 +477,6 @@ def block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts
     equal block ran before from an equivalent state (``memo_unit``'s refresh rule): returns 1,
     the state moved exactly as running the block would. Else returns 0 with the state before
     the block kept in ``buf`` for :func:`block_record` (run the block, then record it)."""
-    n_c = counts.shape[0]
-    n_s = stats.shape[0]
     klen, n_lab, cp = buf[B_KLEN], buf[B_NLAB], buf[B_CP]
     lab0, pre0, k0 = buf[B_LAB], buf[B_PRE], buf[B_K0]
     buf[k0 + 5] = _NO_REF
@@ -499,19 +505,7 @@ def block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts
             _memo_apply(memo, ev, cp, lab_m, win_tab, ready, win_hist, win_cnt, open_row, scal,
                         counts, stats)
             return 1
-    for x in range(n_c):
-        buf[pre0 + x] = counts[x]
-    for x in range(n_s):
-        buf[pre0 + n_c + x] = stats[x]
-    buf[pre0 + n_c + n_s] = scal[S_OPEN_CYC]
-    buf[pre0 + n_c + n_s + 1] = scal[S_OPEN_SINCE]
-    buf[pre0 + n_c + n_s + 2] = scal[S_NEXT_REF]
-    buf[pre0 + n_c + n_s + 3] = open_cyc_at(scal, cp)
-    q = pre0 + n_c + n_s + 4
-    for w in range(win_cnt.shape[0]):
-        for node in range(win_cnt.shape[1]):
-            buf[q] = win_cnt[w, node]
-            q += 1
+    _snapshot_before(buf, pre0, counts, stats, scal, cp, win_cnt)
     buf[B_H0], buf[B_H1], buf[B_E0] = h0, h1, e0
     return 0
 

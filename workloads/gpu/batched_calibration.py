@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from workloads.gpu.model import GPUSpec, gpu_preset, predict_step
+from workloads.gpu.model import GPUSpec, _matmul_flops_per_token, gpu_preset, predict_step, weight_bytes_streamed
 from workloads.models.shape import LLAMA_LAYOUT, DecoderShape
 
 FIT_BATCHES = (1, 4, 16, 64, 256)
@@ -135,8 +135,6 @@ def _features(g: GPUSpec, rows: list[dict[str, Any]]) -> np.ndarray:
     attention phase's bytes / BW and FLOPs / peak, and the kernel count of the step."""
     unit = dataclasses.replace(g, mem_eff=1.0, compute_eff=1.0, kernel_overhead_s=0.0,
                                gated_mem_eff=1.0, gated_kernel_overhead_s=0.0)
-    from workloads.gpu.model import _matmul_flops_per_token, weight_bytes_streamed
-
     out = []
     for r in rows:
         p = predict_row(unit, r)
@@ -178,17 +176,17 @@ def fit_power(u_bw: Sequence[float], u_c: Sequence[float], watts: Sequence[float
     subsets of free terms that keeps both non-negative); ``b`` None where the compute
     utilisation does not vary (then ``P = idle + a max(u_bw, u_c)`` as before)."""
     ub, uc, p = (np.asarray(v, float) for v in (u_bw, u_c, watts))
+    u = {"a": ub, "b": uc}
     cands = []
-    for terms in ((ub, uc), (ub,), (uc,), ()):
-        A = np.stack([np.ones_like(p), *terms], 1)
+    for free in (("a", "b"), ("a",), ("b",), ()):
+        A = np.stack([np.ones_like(p), *(u[k] for k in free)], 1)
         sol, *_ = np.linalg.lstsq(A, p, rcond=None)
         if np.any(sol[1:] < 0):
             continue
-        err = float(np.sum((A @ sol - p) ** 2))
-        coef = dict(zip(("a", "b") if len(terms) == 2 else
-                        (("a",) if terms and terms[0] is ub else ("b",)), sol[1:]))
-        cands.append((err, float(sol[0]), float(coef.get("a", 0.0)), float(coef.get("b", 0.0))))
-    err, idle, a, b = min(cands)
+        coef = dict(zip(free, sol[1:]))
+        cands.append((float(np.sum((A @ sol - p) ** 2)), float(sol[0]),
+                      float(coef.get("a", 0.0)), float(coef.get("b", 0.0))))
+    _, idle, a, b = min(cands)
     return idle, a, (b if np.ptp(uc) > 0 else None)
 
 
