@@ -131,6 +131,8 @@ def main() -> None:
                     help="PIM prefill with the batched cost (default batched)")
     ap.add_argument("--gpu", default="H100")
     ap.add_argument("--gpu-tp", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=0,
+                    help="processes simulating the PIM steps (default 0: one per core)")
     ap.add_argument("--plan", action="store_true", help="print the schedule only")
     a = ap.parse_args()
 
@@ -142,7 +144,7 @@ def main() -> None:
     cfg = session.hw_config(a.hw, devices=a.devices)
     t = time.perf_counter()
     c = session.compile_model(a.model, cfg, context=a.context)
-    cost = pim_cost(a.pim_cost, c, cfg, prefill=a.prefill)
+    cost = pim_cost(a.pim_cost, c, cfg, prefill=a.prefill, jobs=a.jobs)
     print(f"{a.model} on {cfg.name} x {cfg.system.devices} devices (tp {cfg.system.tp}), "
           f"KV for {c.spec.n_ctx} tokens: compiled in {time.perf_counter() - t:.1f} s; "
           f"KV capacity {cost.kv_capacity_tokens:,} tokens"
@@ -159,14 +161,20 @@ def main() -> None:
     kw = dict(requests=reqs, max_num_seqs=a.max_num_seqs,
               max_num_batched_tokens=a.max_num_batched_tokens)
     t = time.perf_counter()
-    pim = session.serve(c, cfg, cost=cost, show_progress=True, **kw)
+    try:
+        pim = session.serve(c, cfg, cost=cost, show_progress=True, **kw)
+    finally:
+        if hasattr(cost, "close"):
+            cost.close()
     pim_wall = time.perf_counter() - t
     print(pim.summary())
     if a.pim_cost == "batched":
         print(f"  simulated {cost.simulated_batch_steps} batched steps in "
               f"{cost.simulated_s:.1f} s ({cost.simulated_s / max(cost.simulated_batch_steps, 1):.2f}"
               f" s each), {cost.positions_simulated} batch-1 positions; serving wall {pim_wall:.1f} s")
-        mu = cost.reuse.memo_usage()
+        print(f"  {getattr(cost, 'jobs', 1)} process(es) simulating; "
+              f"{getattr(cost, 'wasted_steps', 0)} guessed next steps not asked for")
+        mu = cost.memo_usage()
         print(f"  kernel memo: {mu['entries']:,} of {mu['max_entries']:,} entries, {mu['words']:,} of "
               f"{mu['capacity_words']:,} words; {mu['hits']:,} units replayed, {mu['misses']:,} "
               f"simulated, {mu['dropped']:,} not kept (memo full)")

@@ -163,14 +163,29 @@ class BatchedProgram(Program):
         self._seq_cache: dict[int, dict] = {}  # step index -> items key -> region-0 items
         self._key_cache: dict[tuple[int, int], object] = {}  # (step index, pos) -> items key
         self._v_cache: dict[int, dict] = {}  # step index -> (chunk, column) -> V writes
+        # (pos as asked, positions, distinct positions, per vector its index in them)
+        self._last_pos: tuple | None = None
 
     def positions(self, pos) -> tuple[int, ...]:
+        last = self._last_pos
+        # a step's steps all ask with one (immutable) object
+        if last is not None and last[0] is pos and isinstance(pos, (tuple, int)):
+            return last[1]
         if isinstance(pos, (int, np.integer)):
-            return (int(pos),) * self.batch
-        pos = tuple(int(p) for p in pos)
-        if len(pos) != self.batch:
-            raise ValueError(f"{len(pos)} positions for a batch of {self.batch}")
-        return pos
+            ps = (int(pos),) * self.batch
+        else:
+            ps = tuple(int(p) for p in pos)
+            if len(ps) != self.batch:
+                raise ValueError(f"{len(ps)} positions for a batch of {self.batch}")
+        d = sorted(set(ps))
+        at = {p: i for i, p in enumerate(d)}
+        self._last_pos = (pos, ps, tuple(d), tuple(at[p] for p in ps))
+        return ps
+
+    def _distinct(self, pos) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The distinct positions of ``pos`` (ascending) and, per vector, its index in them."""
+        self.positions(pos)
+        return self._last_pos[2], self._last_pos[3]
 
     def asic_elems(self, step: Step, pos) -> int:
         if step.per_pos_elems == 0:
@@ -192,8 +207,9 @@ class BatchedProgram(Program):
             return self.base.pim_items(step, ps[0])
         if self.batch == 1:
             return self.pim_items_reference(step, ps)
-        distinct, inv = np.unique(np.asarray(ps, np.int64), return_inverse=True)
-        seqs = [self._seq_items(step, int(p)) for p in distinct.tolist()]
+        distinct, inv = self._distinct(pos)
+        inv = np.asarray(inv, np.int64)
+        seqs = [self._seq_items(step, p) for p in distinct]
         n_ch = self.geo.channels
         # every channel's output at once: the distinct positions' items of every channel in one
         # array (channel-major), gathered in the vectors' order, rows moved to each region
@@ -267,9 +283,12 @@ class BatchedProgram(Program):
         return [np.concatenate([arrs[c] for arrs in per]) for c in range(self.geo.channels)]
 
     def items_key(self, step: Step, pos):
+        # a vector's items follow from its position's key and its region (fixed): the keys of
+        # the distinct positions and which one each vector is at say what every vector builds
         if step.matrix is not None or step.op == "param_fetch":
             return ()
-        return tuple(self._base_key(step, p) for p in self.positions(pos))
+        d, inv = self._distinct(pos)
+        return tuple(self._base_key(step, p) for p in d), inv
 
     def weight_macs(self) -> int:
         """MACs of the weight matrix-vector products of one sequence's step."""
@@ -307,6 +326,11 @@ class BatchedSteps:
             got = (bprog, StreamBuilder(bprog), StepTable(bprog, self.cfg))
         _bounded_put(self._by_size, batch, got, self.sizes)
         return got
+
+    def drop_programs(self) -> None:
+        """Forget the batched programs and their streams (the memo stays): they are rebuilt
+        when next asked for (the memory of a large batch's items is given back)."""
+        self._by_size.clear()
 
     def memo_usage(self) -> dict[str, int]:
         """:func:`pimsim.timing.memo.memo_usage` of the shared memo."""

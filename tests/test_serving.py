@@ -438,3 +438,30 @@ def test_pim_batched_steps_reusing_programs_and_a_warm_memo_are_fresh_simulation
             assert warm.memo_usage()["misses"] == before["misses"]
             assert warm.memo_usage()["hits"] > before["hits"]
     assert warm.memo_usage()["dropped"] == 0 and small.memo_usage()["dropped"] > 0
+
+
+def test_steps_simulated_by_worker_processes_give_the_same_json(tiny):
+    # two workers forked from the cost: the steps of a scheduler step at once, the next step's
+    # likely decode groups in between; a result is used only for the key it was simulated for
+    from workloads.serving.parallel import fork_available
+
+    if not fork_available():
+        pytest.skip("no fork on this platform: the cost simulates in its own process")
+    c, cfg = tiny
+    kw = dict(num_prompts=7, input_len=5, output_len=6, request_rate=5e4, seed=3,
+              max_num_seqs=5, max_num_batched_tokens=12)
+    one = PimBatchedCost(c, cfg)
+    two = PimBatchedCost(c, cfg, jobs=2)
+    for cost in (one, two):
+        cost.max_batch = 2  # several batched steps per scheduler step
+    a = session.serve(c, cfg, cost=one, **kw)
+    b = session.serve(c, cfg, cost=two, **kw)
+    assert two._pool is not None and two._pool.usage  # the workers simulated steps
+    spec = two._pool
+    two.close()
+    assert json.dumps(a.to_dict()) == json.dumps(b.to_dict())
+    assert two.simulated_batch_steps == one.simulated_batch_steps
+    assert spec.wasted >= 0 and two._pool is None
+    assert two.batch_step([1, 2]) == one.batch_step([1, 2])  # closed: simulated here again
+    with pytest.raises(UserError, match="jobs"):
+        PimBatchedCost(c, cfg, jobs=-1)

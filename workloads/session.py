@@ -323,7 +323,7 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
           show_progress: bool = False, pim_cost: str = "batched",
           context: int | None = None, prefill: str | None = None, xpu: str | None = None,
           link: str = "pcie5", placement: str = "attention",
-          overlap: bool = False) -> ServeResult:
+          overlap: bool = False, jobs: int = 1) -> ServeResult:
     """Serve a request stream with continuous batching (:mod:`workloads.serving`) and report
     vLLM ``benchmark_serving``'s metrics.
 
@@ -349,7 +349,11 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
     where (``"attention"``: AttAcc's attention on PIM; ``"prefill"``: IANUS's prefill on the
     xPU; ``"pim"``; ``"xpu"``) and ``overlap`` interleaves two sub-batches
     (:class:`workloads.xpu.cost.XpuPimCost`); the result's ``config["xpu"]`` holds each side's
-    busy time and energy."""
+    busy time and energy.
+
+    ``jobs`` (the batched PIM cost): processes that simulate its batched steps, forked from
+    this one (:mod:`workloads.serving.parallel`; 0: one per core); any ``jobs`` gives the same
+    numbers."""
     from workloads.serving import costs as C
     from workloads.serving.requests import Request, load_jsonl, sort_by_arrival, synthetic
     from workloads.serving.scheduler import SchedulerConfig, simulate_serving
@@ -421,7 +425,8 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
         c = model if not isinstance(model, str) else \
             compile_model(model, cfg, context=context, cache=cache, show_progress=show_progress)
         step_cost = C.pim_cost(pim_cost, c, cfg, schedule=schedule,
-                               kv_capacity_tokens=kv_capacity_tokens, prefill=prefill)
+                               kv_capacity_tokens=kv_capacity_tokens, prefill=prefill,
+                               jobs=jobs)
         system = system_label(cfg.name, cfg.system.devices, cfg.system.tp, cfg.system.pp)
     elif isinstance(cost, str) and cost.lower().startswith("gpu:"):
         if not isinstance(model, str):
@@ -437,6 +442,8 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
         step_cost = cost
         system = getattr(cost, "name", type(cost).__name__)
 
+    C.check_jobs(jobs)
+    own_cost = step_cost is not cost  # made here: its worker processes are stopped here
     if reqs is None:
         reqs = stream(step_cost.n_ctx)
 
@@ -454,6 +461,8 @@ def serve(model: str | Any, hw: str | HwConfig = "pim-gpt", *,
     finally:
         if bar:
             bar.close()
+        if own_cost and hasattr(step_cost, "close"):
+            step_cost.close()
     from workloads.serving.metrics import RequestRecord, summarise
 
     if states and all(s.refused for s in states):

@@ -19,7 +19,10 @@ captured as ONE CUDA graph and timed with CUDA events around back-to-back replay
 rounds, :func:`~workloads.gpu.baseline.time_per_call_ms`); without it (CPU, the dry run) it
 runs eagerly with a reference grouped product. Each point's weights + cache are compared with
 the free GPU memory first; a point that does not fit (or runs out of memory anyway) is listed
-under ``not_measured`` with the reason. Power is not measured here (see ``measure batched``).
+under ``not_measured`` with the reason. Power (CUDA only): board power sampled over a sustained
+loop of the captured step after a ramp (:func:`~workloads.gpu.baseline.sustained_loop`, NVML or
+nvidia-smi as in ``measure batched``), idle power before the run; joules per token = mean power x
+the loop's ms per step / B (``joules_per_token``, also above idle).
 
 Needs torch and the standard library; no simulator imports::
 
@@ -37,7 +40,13 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from workloads.gpu.baseline import environment_info, time_per_call_ms
+from workloads.gpu.baseline import (
+    PowerSampler,
+    environment_info,
+    measure_idle_w,
+    sustained_loop,
+    time_per_call_ms,
+)
 from workloads.gpu.shapes import zoo_shape
 from workloads.models.shape import DecoderShape
 
@@ -182,15 +191,20 @@ def _free_bytes(device: torch.device) -> int | None:
 
 def measure(shape: DecoderShape, device: torch.device, dtype: torch.dtype, *,
             batches: Sequence[int], lengths: Sequence[int], repeats: int = 5,
-            target_s: float = 0.1, save=None) -> dict[str, Any]:
-    """Decode-step time at every (batch, length) point (see the module docstring)."""
+            target_s: float = 0.1, save=None, power_s: float = 0.0) -> dict[str, Any]:
+    """Decode-step time at every (batch, length) point, and board power over ``power_s`` of
+    sustained steps where a sampler is available (see the module docstring)."""
+    sampler = PowerSampler(device.index or 0) if device.type == "cuda" and power_s > 0 else None
+    idle_w = measure_idle_w(sampler, 2.0)
     dec = MoEDecoder(shape, device, dtype)
     doc: dict[str, Any] = {
         "model": shape.name, "shape": {k: getattr(shape, k) for k in (
             "n_layer", "d_model", "n_head", "n_kv_head", "d_head", "d_ff", "n_experts",
             "experts_per_tok", "vocab")},
         "dtype": str(dtype).removeprefix("torch."), "weight_bytes": dec.weight_bytes(),
-        "environment": environment_info(device), "points": [], "not_measured": []}
+        "environment": environment_info(device), "idle_power_w": idle_w,
+        "power_source": sampler.source if sampler is not None and sampler.available else None,
+        "points": [], "not_measured": []}
     el = torch.tensor([], dtype=dtype).element_size()
     for L in lengths:
         for B in batches:
@@ -205,6 +219,8 @@ def measure(shape: DecoderShape, device: torch.device, dtype: torch.dtype, *,
                 dec.set_batch(B, L)
                 fn, graph = _captured(dec)
                 t = time_per_call_ms(fn, device, repeats=repeats, target_s=target_s)
+                pw = (sustained_loop(fn, device, sampler, seconds=power_s, idle_w=idle_w)
+                      if sampler is not None and sampler.available else {})
             except torch.cuda.OutOfMemoryError as e:  # pragma: no cover - GPU only
                 doc["not_measured"].append({**point, "reason": f"out of memory: {e}"[:200]})
                 continue
@@ -215,6 +231,13 @@ def measure(shape: DecoderShape, device: torch.device, dtype: torch.dtype, *,
             doc["points"].append({**point, "ms_per_step": ms, "tokens_per_s": 1000.0 * B / ms,
                                   "cuda_graph": graph,
                                   "expected_experts_per_layer": shape.experts_read(B)})
+            if pw.get("mean_power_w") is not None:
+                step_ms = pw.get("ms_per_token", ms)
+                doc["points"][-1].update(
+                    mean_power_w=pw["mean_power_w"], loop_ms_per_step=step_ms,
+                    joules_per_token=pw["mean_power_w"] * step_ms / 1e3 / B,
+                    joules_per_token_above_idle=(None if idle_w is None else
+                                                 (pw["mean_power_w"] - idle_w) * step_ms / 1e3 / B))
             if save is not None:
                 save(doc)
     return doc
@@ -230,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     default=list(BATCHES))
     ap.add_argument("--lengths", type=lambda t: [int(x) for x in t.split(",")],
                     default=list(LENGTHS))
+    ap.add_argument("--power-s", type=float, default=2.0,
+                    help="seconds of sustained steps per point to sample board power over (0: none)")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU, tiny shapes, fp32 (checks the code path, measures nothing useful)")
     args = ap.parse_args(argv)
@@ -254,14 +279,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         doc = measure(shape, device, dtype, batches=batches, lengths=lengths,
                       repeats=1 if args.dry_run else 5, target_s=0.005 if args.dry_run else 0.1,
-                      save=save)
+                      save=save, power_s=0.0 if args.dry_run else args.power_s)
     finally:
         if args.dry_run:
             torch.set_num_threads(threads)
     save(doc)
     for p in doc["points"]:
+        j = p.get("joules_per_token")
         print(f"B {p['batch']:4d} L {p['kv_len']:5d}: {p['ms_per_step']:.3f} ms/step, "
-              f"{p['tokens_per_s']:,.0f} tokens/s")
+              f"{p['tokens_per_s']:,.0f} tokens/s" + (f", {1e3 * j:.1f} mJ/token" if j else ""))
     for p in doc["not_measured"]:
         print(f"B {p['batch']:4d} L {p['kv_len']:5d}: not measured ({p['reason']})")
     print(f"written to {path}")

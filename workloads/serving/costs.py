@@ -193,7 +193,7 @@ class PimBatchedCost(PimSerialCost):
 
     def __init__(self, compiled: Any, cfg: Any, *, schedule: str = "serial",
                  kv_capacity_tokens: int | None = None, prefill: str = "batched",
-                 prefill_step_vectors: int = PREFILL_STEP_VECTORS):
+                 prefill_step_vectors: int = PREFILL_STEP_VECTORS, jobs: int = 1):
         from pimsim.batch import BatchedSteps, max_batch
 
         super().__init__(compiled, cfg, schedule=schedule, kv_capacity_tokens=kv_capacity_tokens)
@@ -212,7 +212,11 @@ class PimBatchedCost(PimSerialCost):
         self._batch_memo: dict[tuple[int, ...], tuple[int, float, float | None]] = {}
         self._prefill_memo: dict[tuple[tuple[int, int], ...], tuple[int, float, float | None]] = {}
         self.simulated_batch_steps = 0  # batched steps actually simulated (memo misses)
-        self.simulated_s = 0.0  # wall seconds spent simulating them
+        self.simulated_s = 0.0  # wall seconds spent simulating them (summed over workers)
+        self.jobs = check_jobs(jobs)
+        self._pool = None  # workloads.serving.parallel.StepPool once jobs > 1 and warm
+        self._worker_usage: dict[int, dict] = {}  # the stopped workers' memo usage
+        self.wasted_steps = 0  # guessed next steps the workers simulated and no step asked for
 
     def prefill_groups(self, chunks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
         """The batched prefill steps a scheduler step's chunks run as, one after the other: each
@@ -239,22 +243,7 @@ class PimBatchedCost(PimSerialCost):
         key = tuple((int(s), int(n)) for s, n in chunks)
         if not 1 <= len(key) <= self.max_batch:
             raise ValueError(f"a prefill step of {len(key)} chunks: give 1 to {self.max_batch}")
-        got = self._prefill_memo.get(key)
-        if got is None:
-            import time
-
-            from pimsim.batch import step_cost
-
-            t0 = time.perf_counter()
-            positions = [p for s, n in key for p in range(s, s + n)]
-            regions = [r for r, (_, n) in enumerate(key) for _ in range(n)]
-            cyc, j = step_cost(self.programs[0], self.cfg, positions, regions,
-                               schedule=self.schedule, memo=self.reuse.memo)
-            e = j * self.devices if j is not None else None  # every device of the tp group
-            got = self._prefill_memo[key] = (cyc, self.cfg.timing.ns(cyc) / 1e9, e)
-            self.simulated_batch_steps += 1
-            self.simulated_s += time.perf_counter() - t0
-        return got
+        return self._get("prefill", key)
 
     def batch_step(self, positions: Sequence[int]) -> tuple[int, float, float | None]:
         """(cycles, seconds, joules) of one batched decode step, sequence ``b`` generating the
@@ -265,25 +254,85 @@ class PimBatchedCost(PimSerialCost):
         if not 1 <= len(key) <= self.max_batch:
             raise ValueError(f"a batched step of {len(key)} sequences: give 1 to "
                              f"{self.max_batch}")
-        got = self._batch_memo.get(key)
+        return self._get("decode", key)
+
+    def _memo_of(self, kind: str) -> dict:
+        return self._batch_memo if kind == "decode" else self._prefill_memo
+
+    def _get(self, kind: str, key: tuple) -> tuple[int, float, float | None]:
+        """The memoised result of step ``key`` of ``kind`` ("decode" or "prefill"), simulated
+        here or by a worker (:mod:`workloads.serving.parallel`; the same numbers) if new."""
+        memo = self._memo_of(kind)
+        got = memo.get(key)
         if got is None:
             import time
 
-            from pimsim.generate import prompt_ids
-            from pimsim.pipeline import run_system
-
             t0 = time.perf_counter()
-            vocab = self.compiled.spec.vocab
-            rep = run_system(self.programs, self.cfg, prompt=prompt_ids(key[0] + 1, vocab),
-                             n_tokens=1, schedule=self.schedule, skip_prompt=True,
-                             batch_prompts=[prompt_ids(p + 1, vocab) for p in key],
-                             batch_reuse=self.reuse)
-            # the report's energy per token is the step's energy over the batch
-            e = rep.energy["per_token_j"][0] * len(key) if rep.energy else None
-            got = self._batch_memo[key] = (int(rep.cycles), rep.per_token_ms[0] / 1e3, e)
+            if self._pool is not None:
+                got, wall_s = self._pool.result(kind, key)
+            else:
+                got = self.simulate(kind, key)
+                wall_s = time.perf_counter() - t0
+            memo[key] = got
             self.simulated_batch_steps += 1
-            self.simulated_s += time.perf_counter() - t0
+            self.simulated_s += wall_s
         return got
+
+    def simulate(self, kind: str, key: tuple) -> tuple[int, float, float | None]:
+        """(cycles, seconds, joules of the system) of step ``key``: a decode step (``key`` the
+        positions) or a prefill step (``key`` the chunks), from a fresh device state; not
+        memoised here (see :meth:`batch_step`, :meth:`prefill_step`)."""
+        if kind == "prefill":
+            from pimsim.batch import step_cost
+
+            positions = [p for s, n in key for p in range(s, s + n)]
+            regions = [r for r, (_, n) in enumerate(key) for _ in range(n)]
+            cyc, j = step_cost(self.programs[0], self.cfg, positions, regions,
+                               schedule=self.schedule, memo=self.reuse.memo)
+            e = j * self.devices if j is not None else None  # every device of the tp group
+            return cyc, self.cfg.timing.ns(cyc) / 1e9, e
+        from pimsim.generate import prompt_ids
+        from pimsim.pipeline import run_system
+
+        vocab = self.compiled.spec.vocab
+        rep = run_system(self.programs, self.cfg, prompt=prompt_ids(key[0] + 1, vocab),
+                         n_tokens=1, schedule=self.schedule, skip_prompt=True,
+                         batch_prompts=[prompt_ids(p + 1, vocab) for p in key],
+                         batch_reuse=self.reuse)
+        # the report's energy per token is the step's energy over the batch
+        e = rep.energy["per_token_j"][0] * len(key) if rep.energy else None
+        return int(rep.cycles), rep.per_token_ms[0] / 1e3, e
+
+    def _start_pool(self) -> None:
+        """Fork the workers once this process has simulated a step (warm kernels)."""
+        from workloads.serving.parallel import StepPool, fork_available
+
+        if (self._pool is None and self.jobs > 1 and self.simulated_batch_steps > 0
+                and fork_available()):
+            import gc
+
+            self.reuse.drop_programs()  # each worker builds its own: not a copy of this one's
+            gc.collect()
+            self._pool = StepPool(self, self.jobs)
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (the cost still works, in this process)."""
+        if self._pool is not None:
+            self._pool.close()
+            self.wasted_steps += self._pool.wasted
+            self._worker_usage.update(self._pool.usage)
+            self._pool = None
+
+    def memo_usage(self) -> dict[str, int]:
+        """The kernel memo's usage (:func:`pimsim.timing.memo.memo_usage`), summed over this
+        process and its workers."""
+        out = dict(self.reuse.memo_usage())
+        workers = dict(self._worker_usage)
+        workers.update(self._pool.usage if self._pool is not None else {})
+        for u in workers.values():
+            for k, v in u.items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     def groups(self, decode_ctx_lens: Sequence[int]) -> list[tuple[int, ...]]:
         """The batched steps a step's decode sequences run as: the fewest groups of at most
@@ -300,9 +349,22 @@ class PimBatchedCost(PimSerialCost):
     def step(self, decode_ctx_lens: Sequence[int],
              prefill_chunks: Sequence[tuple[int, int]]) -> StepTime:
         _check_positions(decode_ctx_lens, prefill_chunks, self.n_ctx)
-        parts = [self.batch_step(g) for g in self.groups(decode_ctx_lens)]
+        groups = self.groups(decode_ctx_lens)
+        pre = self.prefill_groups(prefill_chunks) if self.prefill == "batched" else []
+        self._start_pool()
+        if self._pool is not None:  # every new step of this one to the workers, then guesses
+            for kind, keys in (("decode", groups),
+                               ("prefill", [tuple(map(tuple, g)) for g in pre])):
+                for key in keys:
+                    if key not in self._memo_of(kind):
+                        self._pool.submit(kind, key)
+            from workloads.serving.parallel import next_decode_keys
+
+            self._pool.speculate("decode", next_decode_keys(groups, self.n_ctx),
+                                 self._batch_memo.__contains__)
+        parts = [self.batch_step(g) for g in groups]
         if self.prefill == "batched":
-            parts.extend(self.prefill_step(g) for g in self.prefill_groups(prefill_chunks))
+            parts.extend(self.prefill_step(g) for g in pre)
         else:
             for s, n in prefill_chunks:
                 parts.extend(self.position_step(p) for p in range(s, s + n))
@@ -313,15 +375,17 @@ class PimBatchedCost(PimSerialCost):
 
 
 def pim_cost(kind: str, compiled: Any, cfg: Any, *, prefill: str | None = None,
-             **kw) -> PimSerialCost:
+             jobs: int = 1, **kw) -> PimSerialCost:
     """The PIM step cost named ``kind`` (:data:`PIM_COSTS`: ``"batched"``, the default, or
-    ``"serial"``) with ``prefill`` (:func:`check_pim_prefill`); other arguments as
-    :class:`PimSerialCost`."""
+    ``"serial"``) with ``prefill`` (:func:`check_pim_prefill`); ``jobs``: processes simulating
+    the batched cost's steps (:func:`check_jobs`; the serial cost runs in this one); other
+    arguments as :class:`PimSerialCost`."""
     kind = check_pim_cost(kind)
     prefill = check_pim_prefill(kind, prefill)
+    jobs = check_jobs(jobs)
     if kind == "serial":
         return PimSerialCost(compiled, cfg, **kw)
-    return PimBatchedCost(compiled, cfg, prefill=prefill, **kw)
+    return PimBatchedCost(compiled, cfg, prefill=prefill, jobs=jobs, **kw)
 
 
 def check_pim_prefill(kind: str, prefill: object) -> str:
@@ -336,6 +400,17 @@ def check_pim_prefill(kind: str, prefill: object) -> str:
         raise UserError("a batched prefill with the serial PIM cost (sequences one after another)",
                         "use --pim-cost batched, or --prefill token-by-token")
     return str(prefill)
+
+
+def check_jobs(jobs: object) -> int:
+    """``jobs`` (processes simulating PIM steps, :mod:`workloads.serving.parallel`) if it is a
+    whole number >= 1, else a UserError; 0 means every core of this machine."""
+    import os
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
+        raise UserError(f"jobs {jobs!r} is not a whole number >= 0",
+                        "give the processes to simulate with (1: this one; 0: every core)")
+    return jobs or (os.cpu_count() or 1)
 
 
 def check_pim_cost(kind: object) -> str:
