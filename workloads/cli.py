@@ -395,7 +395,7 @@ def cmd_serve(args) -> int:
         cost=f"gpu:{args.gpu}" if args.gpu else "pim", kv_capacity_tokens=args.kv_capacity,
         gpu_tp=args.gpu_tp, schedule=args.schedule, cache=not args.no_cache,
         show_progress=_show(args), pim_cost=args.pim_cost, context=args.context,
-        prefill=args.prefill, **_xpu_args(args))
+        prefill=args.prefill, jobs=args.jobs, **_xpu_args(args))
     print(json.dumps(res.to_dict(), indent=1) if args.json else res.summary())
     if args.csv:
         print(f"  wrote {res.write_csv(args.csv)}", file=sys.stderr)
@@ -578,6 +578,10 @@ def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
     s.add_argument("--context", type=int_in(1), default=None, metavar="N",
                    help="PIM: reserve the KV caches for N tokens instead of the model's own "
                         "context (more sequences fit one batched step)")
+    s.add_argument("--jobs", "-j", type=int_in(0, 1024), default=1, metavar="N",
+                   help="PIM (batched cost): simulate its steps in N worker processes (0: one "
+                        "per core; the same numbers for any N; each worker holds its own "
+                        "batched programs, several GB for 7B-class models)")
     s.add_argument("--json", action="store_true",
                    help="print one JSON document: config, metrics, refused requests, one row "
                         "per request")

@@ -189,7 +189,10 @@ class PimBatchedCost(PimSerialCost):
     step holds (their KV regions in the device's rows, :func:`pimsim.batch.max_batch`).
     ``prefill``: ``"batched"`` (the default; the prompt chunks of a scheduler step run as ONE
     batched step, :meth:`prefill_step`) or ``"token-by-token"`` (a chunk of ``n`` tokens costs
-    ``n`` batch-1 decode steps, PIM-GPT's and CENT's way)."""
+    ``n`` batch-1 decode steps, PIM-GPT's and CENT's way). ``jobs``: processes simulating the
+    batched steps (:mod:`workloads.serving.parallel`: forked workers once this process has
+    simulated a step; 1, the default, simulates here; 0 one per core); the numbers do not
+    depend on it. :meth:`close` stops the workers."""
 
     def __init__(self, compiled: Any, cfg: Any, *, schedule: str = "serial",
                  kv_capacity_tokens: int | None = None, prefill: str = "batched",
