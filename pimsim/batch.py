@@ -161,7 +161,9 @@ class BatchedProgram(Program):
         shifts = [0 if r == 0 else top + (r - 1) * span - lo for r in range(n_regions)]
         self.row_shift = np.array([shifts[r] for r in regions], np.int64)
         self._seq_cache: dict[int, dict] = {}  # step index -> items key -> region-0 items
-        self._key_cache: dict[tuple[int, int], object] = {}  # (step index, pos) -> items key
+        # (Program.items_key_scope, pos) -> items key: steps of one scope share their keys
+        self._key_cache: dict[tuple[tuple, int], object] = {}
+        self._scopes: dict[int, tuple] = {}  # step index -> its items_key_scope
         self._v_cache: dict[int, dict] = {}  # step index -> (chunk, column) -> V writes
         # (pos as asked, positions, distinct positions, per vector its index in them)
         self._last_pos: tuple | None = None
@@ -257,9 +259,12 @@ class BatchedProgram(Program):
         return got
 
     def _base_key(self, step: Step, p: int):
-        got = self._key_cache.get((step.index, p))
+        scope = self._scopes.get(step.index)
+        if scope is None:
+            scope = self._scopes[step.index] = self.base.items_key_scope(step)
+        got = self._key_cache.get((scope, p))
         if got is None:
-            got = self._key_cache[(step.index, p)] = self.base.items_key(step, p)
+            got = self._key_cache[(scope, p)] = self.base.items_key(step, p)
         return got
 
     def pim_items_reference(self, step: Step, pos) -> list[np.ndarray]:

@@ -476,6 +476,20 @@ class Program:
             return n, _cdiv(pos + 1 - (n - 1) * ce, self.geo.col_elems)
         return pos
 
+    def items_key_scope(self, step: Step) -> tuple:
+        """What :meth:`items_key` reads of ``step`` besides the position: two steps with
+        equal scopes have equal keys at every position (keep the two in step)."""
+        op = step.op
+        if step.matrix is not None or op == "param_fetch":
+            return ()
+        w = step.kv[0].window if step.kv is not None else 0
+        if op == "attn_score":
+            kl = step.kv[0]
+            return op, w, kl.geo.channels, kl.geo.banks
+        if op == "attn_value":
+            return op, w, step.kv[1].matrix.chunk_elems, self.geo.col_elems
+        return op, w
+
     def _vector_read_items(self, step: Step, pos: int) -> list[np.ndarray]:
         g = self.geo
         per_ch: list[list[tuple]] = [[] for _ in range(g.channels)]

@@ -91,6 +91,21 @@ def test_fast_items_equal_the_vector_by_vector_items(model, hw, tp):
     _assert_same_items(pprog, tuple(i % 3 for i in range(12)))
 
 
+@pytest.mark.parametrize("model,hw,tp", CASES[:2])
+def test_steps_of_one_items_key_scope_have_one_key_at_every_position(model, hw, tp):
+    # the batched builder shares items keys between steps of one scope (Program.items_key_scope)
+    cfg = _cfg(hw, tp)
+    prog = system_programs(compile_model(model, cfg), cfg)[0]
+    by_scope: dict[tuple, list] = {}
+    for st in prog.steps:
+        if st.kind == "pim":
+            by_scope.setdefault(prog.items_key_scope(st), []).append(st)
+    assert any(len(v) > 1 for v in by_scope.values())
+    for scope, steps in by_scope.items():
+        for p in range(prog.dims["n_ctx"]):
+            assert len({repr(prog.items_key(st, p)) for st in steps}) == 1, (scope, p)
+
+
 def test_region_items_are_region_zero_moved_by_the_row_offset():
     cfg = _cfg("aim-gddr6", 2)
     prog = system_programs(compile_model("tiny", cfg), cfg)[0]

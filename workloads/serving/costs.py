@@ -220,6 +220,7 @@ class PimBatchedCost(PimSerialCost):
         self._pool = None  # workloads.serving.parallel.StepPool once jobs > 1 and warm
         self._worker_usage: dict[int, dict] = {}  # the stopped workers' memo usage
         self.wasted_steps = 0  # guessed next steps the workers simulated and no step asked for
+        self._prompts: dict[int, list[int]] = {}  # position -> the prompt ids of a sequence there
 
     def prefill_groups(self, chunks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
         """The batched prefill steps a scheduler step's chunks run as, one after the other: each
@@ -298,10 +299,12 @@ class PimBatchedCost(PimSerialCost):
         from pimsim.pipeline import run_system
 
         vocab = self.compiled.spec.vocab
-        rep = run_system(self.programs, self.cfg, prompt=prompt_ids(key[0] + 1, vocab),
+        prompts = self._prompts
+        for p in set(key).difference(prompts):
+            prompts[p] = prompt_ids(p + 1, vocab)
+        rep = run_system(self.programs, self.cfg, prompt=prompts[key[0]],
                          n_tokens=1, schedule=self.schedule, skip_prompt=True,
-                         batch_prompts=[prompt_ids(p + 1, vocab) for p in key],
-                         batch_reuse=self.reuse)
+                         batch_prompts=[prompts[p] for p in key], batch_reuse=self.reuse)
         # the report's energy per token is the step's energy over the batch
         e = rep.energy["per_token_j"][0] * len(key) if rep.energy else None
         return int(rep.cycles), rep.per_token_ms[0] / 1e3, e
