@@ -53,6 +53,7 @@ from pimsim.isa import (
     _kv_write_items,
     _matvec_items,
     _v_write_place,
+    matvec_passes,
 )
 from pimsim.prefill import check_prefill, prefill_functional, prefill_positions, use_program
 from pimsim.report import RunReport, TimeTotals
@@ -233,6 +234,12 @@ class BatchedProgram(Program):
         ends = np.cumsum(lens.reshape(n_ch, -1).sum(axis=1))
         return np.split(arr, ends[:-1])
 
+    def matvec_passes(self, step: Step) -> list[tuple[np.ndarray, int, np.ndarray]] | None:
+        """A weight product's items per channel as (first pass, its repeats, the rest)
+        (:func:`pimsim.isa.matvec_passes`; their concatenation is :meth:`pim_items`), None
+        for other steps."""
+        return matvec_passes(step.matrix, self.batch) if step.matrix is not None else None
+
     _SEQ_CACHE_KEYS = 64  # distinct items keys kept per step (oldest dropped first)
 
     def _seq_items(self, step: Step, p: int) -> list[np.ndarray]:
@@ -328,7 +335,7 @@ class BatchedSteps:
         got = self._by_size.pop(batch, None)  # re-inserted: the dict is oldest-used first
         if got is None:
             bprog = BatchedProgram(self.prog, batch)
-            got = (bprog, StreamBuilder(bprog), StepTable(bprog, self.cfg))
+            got = (bprog, StreamBuilder(bprog, compact=True), StepTable(bprog, self.cfg))
         _bounded_put(self._by_size, batch, got, self.sizes)
         return got
 

@@ -137,14 +137,34 @@ class StreamBuilder:
     do). ``build`` returns
     the item buffer and each region's used span ``[seg_lo, seg_hi)``; ``seg_bytes`` holds the
     bytes each region moves across the link and ``seg_lead`` the input columns its first item
-    needs (:func:`pimsim.link.transfer_bytes`, :func:`pimsim.link.lead_columns`)."""
+    needs (:func:`pimsim.link.transfer_bytes`, :func:`pimsim.link.lead_columns`).
 
-    def __init__(self, prog: Program):
+    ``compact`` (the fast executor only): a batched weight product's region holds its first
+    pass once and then the rest (:meth:`~pimsim.batch.BatchedProgram.matvec_passes`), with
+    ``seg_block`` the pass's items and ``seg_reps`` its repeats: the kernel runs the pass
+    ``seg_reps`` times, then the rest (:func:`~pimsim.timing.token_runner.run_blocks`), the
+    same commands as the items written out (a batch's passes are copies of one pass: a
+    128-sequence step of a 7B model holds ~20 M items written out, ~0.2 M compact)."""
+
+    def __init__(self, prog: Program, *, compact: bool = False):
         self.prog = prog
+        self.compact = compact
         self.pim_steps = [s for s in prog.steps if s.kind == "pim"]
         self._static: dict[int, list[np.ndarray]] = {}
+        # step index -> per channel (items of the pass, its repeats, link bytes of the region)
+        self._passes: dict[int, list[tuple[int, int, int]]] = {}
+        col_bytes = prog.geo.col_elems * prog.geo.elem_bytes
         for s in self.pim_steps:
-            if s.matrix is not None or s.op == "param_fetch":
+            passes = prog.matvec_passes(s) if compact and hasattr(prog, "matvec_passes") \
+                else None
+            if passes is not None:
+                self._static[s.index] = [np.concatenate([b, t]) for b, _, t in passes]
+                self._passes[s.index] = [
+                    (len(b), r, r * transfer_bytes(b, col_bytes) + transfer_bytes(t, col_bytes))
+                    if len(b) and r > 1 else (0, 0, transfer_bytes(np.concatenate([b] * r + [t]),
+                                                                   col_bytes))
+                    for b, r, t in passes]
+            elif s.matrix is not None or s.op == "param_fetch":
                 self._static[s.index] = prog.pim_items(s, 0)
         self.n_ch = prog.geo.channels
         n_seg = len(self.pim_steps)
@@ -160,6 +180,8 @@ class StreamBuilder:
         self.seg_lead = np.zeros((self.n_ch, n_seg), np.int64)  # pimsim.link.lead_columns
         # the block a static region repeats (token_runner.block_period; 0: none)
         self.seg_block = np.zeros((self.n_ch, n_seg), np.int64)
+        # compact regions: the times their block runs before the rest (0: written out)
+        self.seg_reps = np.zeros((self.n_ch, n_seg), np.int64)
         self.col_bytes = prog.geo.col_elems * prog.geo.elem_bytes
 
     def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -196,7 +218,8 @@ class StreamBuilder:
             self.seg_lead[c, k] = lead_columns(a)
         if writes:
             dirty = np.unique(np.array([k for _, k, _ in writes], np.int64))
-            segment_classes(self.items, self.seg_lo, self.seg_hi, dirty, self.seg_cls)
+            segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps, dirty,
+                            self.seg_cls)
         self._last = per_step
         return self.items, self.seg_lo, self.seg_hi
 
@@ -225,18 +248,24 @@ class StreamBuilder:
         self._end = int(self.cap.sum())
         self.items = np.zeros((self._end, ITEM_FIELDS), np.int64)
         for k in range(n_seg):
-            static = self.pim_steps[k].index in self._static
+            idx = self.pim_steps[k].index
+            static = idx in self._static
+            passes = self._passes.get(idx)
             for c in range(self.n_ch):
                 a = per_step[k][c]
                 self.items[lo[c, k]:lo[c, k] + len(a)] = a
                 self.seg_hi[c, k] = lo[c, k] + len(a)
-                self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
                 self.seg_lead[c, k] = lead_columns(a)
+                if passes is not None and passes[c][1]:  # compact: the pass, repeated
+                    self.seg_block[c, k], self.seg_reps[c, k], self.seg_bytes[c, k] = passes[c]
+                    continue
+                self.seg_bytes[c, k] = passes[c][2] if passes is not None else \
+                    transfer_bytes(a, self.col_bytes)
                 if static:
                     self.seg_block[c, k] = block_period(self.items, lo[c, k], lo[c, k] + len(a),
                                                         MIN_BLOCK_ITEMS)
-        segment_classes(self.items, self.seg_lo, self.seg_hi, np.arange(n_seg, dtype=np.int64),
-                        self.seg_cls)
+        segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps,
+                        np.arange(n_seg, dtype=np.int64), self.seg_cls)
 
 
 @dataclass
@@ -291,7 +320,10 @@ class DecodeSimulator:
         self.steps = step_table if step_table is not None else StepTable(prog, cfg)
         if streams is not None and streams.prog is not prog:
             raise ValueError("the stream builder was made for another program")
-        self.streams = streams if streams is not None else StreamBuilder(prog)
+        if streams is not None and streams.compact and not fast:
+            raise ValueError("compact streams are for the fast executor: the command-by-"
+                             "command executor reads every item (StreamBuilder(compact=False))")
+        self.streams = streams if streams is not None else StreamBuilder(prog, compact=fast)
         self.tables = build_tables(cfg, fast=fast)
         self.states = ChannelStates(cfg, prog.geo.channels, self.tables)
         self.link_lat = link_latency_cyc(cfg)
@@ -323,7 +355,8 @@ class DecodeSimulator:
                     t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                     self.states.win_cnt, self.states.open_row, self.states.scal,
                     self.states.counts, self.states.stats, st, en, cnt, lk, wt, int(self.group),
-                    self.memo, self.streams.seg_block, int(self.block_cycles))
+                    self.memo, self.streams.seg_block, self.streams.seg_reps,
+                    int(self.block_cycles))
             self.now = int(now)
             self.channels_run += int(n_run)
         else:

@@ -613,6 +613,27 @@ def _build_matvec_items(m: MatrixLayout, batch: int = 1) -> list[np.ndarray]:
     return out
 
 
+def matvec_passes(m: MatrixLayout, batch: int) -> list[tuple[np.ndarray, int, np.ndarray]]:
+    """Per channel, ``_matvec_items(m, batch)`` as (block, reps, tail): the items of its
+    first pass repeated ``reps`` times, then ``tail`` (the remaining passes' items, those of a
+    smaller last pass): the same items without the copies (the streams of the fast executor
+    keep a batched weight product so, :class:`pimsim.decode.StreamBuilder`)."""
+    return _latest("matvec-passes", m, (batch,), lambda: _build_matvec_passes(m, batch))
+
+
+def _build_matvec_passes(m: MatrixLayout, batch: int) -> list[tuple[np.ndarray, int, np.ndarray]]:
+    st = m.strategy
+    sizes = [len(p) for p in st.batch_passes(m, batch)]
+    reps = next((i for i, n in enumerate(sizes) if n != sizes[0]), len(sizes))
+    out = []
+    for ch in range(m.geo.channels):
+        built = {n: _per_unit_bank(_arr(st.pass_items(m, ch, n)), m.geo) for n in set(sizes)}
+        tail = [built[n] for n in sizes[reps:]]
+        out.append((built[sizes[0]], reps,
+                    np.concatenate(tail) if tail else np.empty((0, ITEM_FIELDS), np.int64)))
+    return out
+
+
 def _fills(n_chunks: int, cols_of_chunk, chunk_cols: int, gb_cols: int) -> tuple:
     """Global-buffer fills over chunks ``0 .. n_chunks-1`` (see ``MatrixLayout.fills``)."""
     out = []

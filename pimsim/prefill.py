@@ -54,7 +54,7 @@ def use_program(sim: DecodeSimulator, prog: Program) -> None:
         raise ValueError(f"{prog.model}: another device geometry than the simulated program's")
     sim.prog = prog
     sim.steps = StepTable(prog, sim.cfg)
-    sim.streams = StreamBuilder(prog)
+    sim.streams = StreamBuilder(prog, compact=sim.fast)
 
 
 def prefill_functional(executors: Sequence, prompts: Sequence[Sequence[int]],

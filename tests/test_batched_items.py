@@ -186,3 +186,20 @@ def test_batched_weight_items_are_the_loop_orders_items(order, gb_rows, acc):
             built = _build_matvec_items(m, batch)
             for ch in range(m.geo.channels):
                 assert np.array_equal(built[ch], _arr(m.strategy.items(m, ch, batch)))
+
+
+@pytest.mark.parametrize("model,hw,tp", CASES)
+def test_a_weight_products_passes_are_its_items(model, hw, tp):
+    # BatchedProgram.matvec_passes: (first pass, repeats, the rest) written out = pim_items
+    cfg = _cfg(hw, tp)
+    prog = _gqa_program(cfg, tp) if model == "llama-gqa" else \
+        system_programs(compile_model(model, cfg), cfg)[0]
+    for batch in (1, 3, min(max_batch(prog), 7)):
+        bprog = BatchedProgram(prog, batch)
+        for st in bprog.steps:
+            if st.matrix is None:
+                assert bprog.matvec_passes(st) is None
+                continue
+            for (block, reps, tail), full in zip(bprog.matvec_passes(st), bprog.pim_items(st, 0)):
+                assert reps >= 1
+                assert np.array_equal(np.concatenate([block] * reps + [tail]), full), st.name

@@ -146,3 +146,47 @@ def test_blocks_with_a_full_memo_are_simulated():
     assert _steps(bprog, cfg, steps, blocks=True, memo=small)[:-1] == \
         _steps(bprog, cfg, steps, blocks=False)[:-1]
     assert memo_usage(small)["dropped"] > 0
+
+
+def _compact_steps(bprog, cfg, steps, memo=True, cycles=True):
+    sb = StreamBuilder(bprog, compact=True)
+    sim = DecodeSimulator(bprog, cfg, streams=sb, memo=memo)
+    sim.block_cycles = cycles
+    meter = TokenEnergy(sim) if cfg.energy is not None else None
+    out = []
+    for ps in steps:
+        if meter is not None:
+            meter.begin()
+        tt = sim.run_token(ps)
+        j = meter.end(tt).total_j if meter is not None else None
+        out.append((tt.start_cyc, tt.end_cyc, tt.step_end.tolist(), j))
+    return (out, sim.command_counts, sim.row_hits, sim.row_misses,
+            int(sim.states.stats[:, ST_REFRESHES].sum()), int(sb.seg_reps.max()),
+            len(sb.items))
+
+
+@pytest.mark.parametrize("hw,tp,refresh,scheduler,batch", [
+    ("aim-gddr6", 2, True, None, 6), ("aim-gddr6", 2, False, None, 5),
+    ("pim-gpt", 1, True, "frfcfs", 6), ("hbm-pim", 1, True, None, 4)])
+def test_compact_passes_equal_the_passes_written_out(hw, tp, refresh, scheduler, batch):
+    """A compact stream holds a batched weight product's pass once and runs it as often as the
+    batch has passes (StreamBuilder(compact=True)): the same cycles, commands, row hits and
+    misses, refreshes and energy as the passes written out, with the memo, warm, without it,
+    and without closed-form periods; fewer items held."""
+    cfg = _cfg(hw, tp, refresh, scheduler)
+    prog = system_programs(compile_model("tiny", cfg), cfg)[0]
+    bprog = BatchedProgram(prog, batch)
+    steps = [tuple(range(3, 3 + batch)), tuple(range(4, 4 + batch)), tuple(range(3, 3 + batch))]
+    whole = _steps(bprog, cfg, steps, blocks=False, memo=False)
+    memo = new_memo()
+    compact = _compact_steps(bprog, cfg, steps, memo=memo)
+    assert compact[5] == batch  # one sequence a pass on these configs: batch passes
+    assert compact[:5] == whole[:5]
+    assert _compact_steps(bprog, cfg, steps, memo=memo)[:5] == whole[:5]  # warm memo
+    assert _compact_steps(bprog, cfg, steps, memo=False)[:5] == whole[:5]
+    assert _compact_steps(bprog, cfg, steps, cycles=False)[:5] == whole[:5]
+    written = StreamBuilder(bprog)
+    written.build(steps[0])
+    assert compact[6] < len(written.items)
+    with pytest.raises(ValueError, match="fast executor"):
+        DecodeSimulator(bprog, cfg, fast=False, streams=StreamBuilder(bprog, compact=True))

@@ -154,8 +154,9 @@ def block_period(items, lo, hi, min_items):
 
 
 @cached_njit()
-def run_blocks(stream, lo, hi, block, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
-               ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo, buf, hist):
+def run_blocks(stream, lo, hi, block, reps, not_before, cmd_tab, pr_start, pr_tab, win_tab,
+               geom, ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo, buf,
+               hist):
     """``run_segment`` of items ``[lo, hi)`` that repeat a block of ``block`` items (0: none):
     block after block, each replayed from the memo (:func:`~pimsim.timing.memo.block_lookup`)
     or run and recorded, then the rest. The same commands as one ``run_segment`` call: a block
@@ -163,12 +164,23 @@ def run_blocks(stream, lo, hi, block, not_before, cmd_tab, pr_start, pr_tab, win
     the segment is run whole). Once a block starts from the same key as an earlier block of
     the segment (the state the rest depends on, refresh time included), the blocks between them
     are a period that repeats exactly: whole periods are stepped in closed form
-    (:func:`~pimsim.timing.memo.block_jump`), the rest run block by block. Returns the log."""
+    (:func:`~pimsim.timing.memo.block_jump`), the rest run block by block. A compact segment
+    (``reps > 0``, a batched weight product's passes, :class:`pimsim.decode.StreamBuilder`)
+    holds its block once: it runs ``reps`` times, then the items after it (no FR-FCFS
+    requests in it: a pass is PIM commands). Returns the log."""
     pos = lo
-    if (block > 0 and memo.shape[0] > 0 and geom[G_FAST] == 1 and log.shape[0] == 0
+    step = block if reps == 0 else 0  # how far a block moves along the items
+    if reps > 0 and not (memo.shape[0] > 0 and geom[G_FAST] == 1 and log.shape[0] == 0):
+        for _ in range(reps):  # without the memo: every pass run
+            _, log = run_segment(stream, lo, lo + block, not_before, cmd_tab, pr_start, pr_tab,
+                                 win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts,
+                                 stats, log, memo)
+        pos = lo + block
+    elif block > 0 and (reps > 0 or (
+            memo.shape[0] > 0 and geom[G_FAST] == 1 and log.shape[0] == 0
             and not (is_queued(stream[lo, 0], geom)
-                     and is_queued(stream[lo + block - 1, 0], geom))):
-        n_blocks = (hi - lo) // block
+                     and is_queued(stream[lo + block - 1, 0], geom)))):
+        n_blocks = (hi - lo) // block if reps == 0 else reps
         rec_off = np.empty(n_blocks + 1, np.int64)
         n_rec = 0
         detect = hist.shape[0] > 0
@@ -180,7 +192,7 @@ def run_blocks(stream, lo, hi, block, not_before, cmd_tab, pr_start, pr_tab, win
                 _, log = run_segment(stream, pos, pos + block, not_before, cmd_tab, pr_start,
                                      pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row,
                                      scal, counts, stats, log, memo)
-                pos += block
+                pos += step
                 b += 1
                 detect = False
                 continue
@@ -195,7 +207,7 @@ def run_blocks(stream, lo, hi, block, not_before, cmd_tab, pr_start, pr_tab, win
                         block_jump(m, o, geom, win_tab, ready, win_hist, win_cnt, scal, counts,
                                    stats, hist, buf[B_CP])
                         b += m * period
-                        pos += m * period * block
+                        pos += m * period * step
                         continue
                 else:
                     n_rec += 1
@@ -207,8 +219,10 @@ def run_blocks(stream, lo, hi, block, not_before, cmd_tab, pr_start, pr_tab, win
                                      scal, counts, stats, log, memo)
                 block_record(block, geom, win_tab, ready, win_hist, win_cnt, open_row, scal,
                              counts, stats, memo, buf)
-            pos += block
+            pos += step
             b += 1
+        if reps > 0:
+            pos = lo + block
     _, log = run_segment(stream, pos, hi, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
                          ready, win_hist, win_cnt, open_row, scal, counts, stats, log, memo)
     return log
@@ -227,15 +241,16 @@ def _segments_equal(items, a0, a1, b0, b1):
 
 
 @cached_njit()
-def segment_classes(items, seg_lo, seg_hi, steps, cls):
+def segment_classes(items, seg_lo, seg_hi, seg_reps, steps, cls):
     """For each step ``k`` in ``steps``: ``cls[c, k]`` = the first channel whose segment ``k``
-    is identical to channel ``c``'s (channels of one class issue the same items)."""
+    is identical to channel ``c``'s (channels of one class issue the same items; compact
+    segments, ``seg_reps > 0``, also repeat their block as often)."""
     for k in steps:
         for c in range(cls.shape[0]):
             cls[c, k] = c
             for r in range(c):
-                if cls[r, k] == r and _segments_equal(items, seg_lo[c, k], seg_hi[c, k],
-                                                      seg_lo[r, k], seg_hi[r, k]):
+                if cls[r, k] == r and seg_reps[c, k] == seg_reps[r, k] and _segments_equal(
+                        items, seg_lo[c, k], seg_hi[c, k], seg_lo[r, k], seg_hi[r, k]):
                     cls[c, k] = r
                     break
 
@@ -289,7 +304,7 @@ def channels_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cn
 def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
               link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
               win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
-              step_link, step_wait, group, memo, seg_block, cycles):
+              step_link, step_wait, group, memo, seg_block, seg_reps, cycles):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
     A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
@@ -312,7 +327,8 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     ``channels_equivalent``) equal those of an earlier channel is not simulated: it issues
     exactly the same commands at the same cycles, so it takes that channel's new state and adds
     the same counts (balanced weight layouts give most channels identical streams). A segment
-    with ``seg_block[c, k] > 0`` repeats a block of that many items (:func:`block_period`) and
+    with ``seg_block[c, k] > 0`` repeats a block of that many items (:func:`block_period`; or
+    holds it once, ``seg_reps[c, k]`` times, a compact segment) and
     runs through :func:`run_blocks` (``cycles == 1``: with periods of blocks stepped in closed
     form). Returns (end cycle, channels run).
     """
@@ -366,7 +382,7 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                     continue
                 n_run += 1
                 log = run_blocks(items, seg_lo[c, k], seg_hi[c, k], seg_block[c, k],
-                                 start + link_lead[c, k], cmd_tab, pr_start, pr_tab, win_tab,
+                                 seg_reps[c, k], start + link_lead[c, k], cmd_tab, pr_start, pr_tab, win_tab,
                                  geom, ready[c], win_hist[c], win_cnt[c], open_row[c], scal[c],
                                  counts[c], stats[c], log, memo, buf, hist)
             for c in range(n_ch):
