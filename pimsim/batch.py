@@ -149,23 +149,20 @@ class BatchedProgram(Program):
         self.steps = [dataclasses.replace(s, n_elems=s.n_elems * batch) for s in prog.steps]
         lo, span = kv_block(prog)
         top = rows_in_use(prog)
-        region_kv: list[dict[int, tuple]] = []  # per region: layer -> (KLayout, VLayout)
-        for r in range(n_regions):
-            shift = 0 if r == 0 else top + (r - 1) * span - lo
-            region_kv.append({kl.layer: (
-                dataclasses.replace(kl, base_row=kl.base_row + shift),
-                dataclasses.replace(vl, base_row=vl.base_row + shift))
-                if shift else (kl, vl) for kl, vl in prog.kv_layouts})
-        self.seq_kv: list[dict[int, tuple]] = [region_kv[r] for r in regions]  # per vector
         # per vector, the row offset of its region: region r's layouts are region 0's with
         # base_row + shift, so its items are region 0's with every row (>= 0) + shift
         shifts = [0 if r == 0 else top + (r - 1) * span - lo for r in range(n_regions)]
         self.row_shift = np.array([shifts[r] for r in regions], np.int64)
-        self._seq_cache: dict[int, dict] = {}  # step index -> items key -> region-0 items
+        self._region_shifts = shifts
+        # what does not depend on the batch is kept per base program, shared by its batched
+        # programs of every size (a serving run makes one per batch size it meets):
+        shared = _shared(prog)
+        self._region_kv = shared.setdefault("region_kv", {})  # region -> layer -> (K, V) layouts
+        self._seq_cache = shared.setdefault("seq", {})  # step index -> items key -> region-0 items
         # (Program.items_key_scope, pos) -> items key: steps of one scope share their keys
-        self._key_cache: dict[tuple[tuple, int], object] = {}
-        self._scopes: dict[int, tuple] = {}  # step index -> its items_key_scope
-        self._v_cache: dict[int, dict] = {}  # step index -> (chunk, column) -> V writes
+        self._key_cache = shared.setdefault("keys", {})
+        self._scopes = shared.setdefault("scopes", {})  # step index -> its items_key_scope
+        self._v_cache = shared.setdefault("v", {})  # step index -> (chunk, column) -> V writes
         # (pos as asked, positions, distinct positions, per vector its index in them)
         self._last_pos: tuple | None = None
 
@@ -195,8 +192,23 @@ class BatchedProgram(Program):
             return step.n_elems
         return step.n_elems + step.per_pos_elems * sum(p + 1 for p in self.positions(pos))
 
+    @property
+    def seq_kv(self) -> list[dict[int, tuple]]:
+        """Per vector, its region's KV layouts: layer -> (KLayout, VLayout)."""
+        return [self._region(r) for r in self.kv_regions]
+
+    def _region(self, r: int) -> dict[int, tuple]:
+        got = self._region_kv.get(r)
+        if got is None:
+            shift = self._region_shifts[r]
+            got = self._region_kv[r] = {kl.layer: (
+                dataclasses.replace(kl, base_row=kl.base_row + shift),
+                dataclasses.replace(vl, base_row=vl.base_row + shift))
+                if shift else (kl, vl) for kl, vl in self.base.kv_layouts}
+        return got
+
     def _kv(self, b: int, step: Step) -> tuple:
-        return self.seq_kv[b][step.kv[0].layer]
+        return self._region(self.kv_regions[b])[step.kv[0].layer]
 
     def pim_items(self, step: Step, pos) -> list[np.ndarray]:
         """The step's items for the vectors at ``pos``: each vector's own items one vector
@@ -349,6 +361,20 @@ class BatchedSteps:
         from pimsim.timing.memo import memo_usage
 
         return memo_usage(self.memo)
+
+
+_SHARED: dict[int, tuple[Program, dict]] = {}  # id(program) -> (program, its shared caches)
+_SHARED_PROGRAMS = 4  # base programs whose caches are kept (oldest dropped first)
+
+
+def _shared(prog: Program) -> dict:
+    """Caches the batched programs of ``prog`` share (the program itself is held, so its id
+    names it while the entry lives)."""
+    got = _SHARED.get(id(prog))
+    if got is None or got[0] is not prog:
+        got = (prog, {})
+        _bounded_put(_SHARED, id(prog), got, _SHARED_PROGRAMS)
+    return got[1]
 
 
 def _bounded_put(cache: dict, key, value, most: int) -> None:

@@ -621,13 +621,29 @@ def matvec_passes(m: MatrixLayout, batch: int) -> list[tuple[np.ndarray, int, np
     return _latest("matvec-passes", m, (batch,), lambda: _build_matvec_passes(m, batch))
 
 
+_PASSES: dict[tuple[int, int], tuple[MatrixLayout, list[np.ndarray]]] = {}
+_PASSES_KEPT = 4096  # (layout, pass size) entries kept (all dropped when full)
+
+
+def _pass_items(m: MatrixLayout, n: int) -> list[np.ndarray]:
+    """Per channel, the items of one pass of ``n`` sequences of ``m`` (kept per layout and
+    pass size: batches of every size share their passes)."""
+    got = _PASSES.get((id(m), n))
+    if got is None or got[0] is not m:
+        if len(_PASSES) >= _PASSES_KEPT:
+            _PASSES.clear()
+        got = _PASSES[id(m), n] = (m, [_per_unit_bank(_arr(m.strategy.pass_items(m, ch, n)),
+                                                      m.geo) for ch in range(m.geo.channels)])
+    return got[1]
+
+
 def _build_matvec_passes(m: MatrixLayout, batch: int) -> list[tuple[np.ndarray, int, np.ndarray]]:
-    st = m.strategy
-    sizes = [len(p) for p in st.batch_passes(m, batch)]
+    sizes = [len(p) for p in m.strategy.batch_passes(m, batch)]
     reps = next((i for i, n in enumerate(sizes) if n != sizes[0]), len(sizes))
+    per_size = {n: _pass_items(m, n) for n in set(sizes)}
     out = []
     for ch in range(m.geo.channels):
-        built = {n: _per_unit_bank(_arr(st.pass_items(m, ch, n)), m.geo) for n in set(sizes)}
+        built = {n: per_size[n][ch] for n in per_size}
         tail = [built[n] for n in sizes[reps:]]
         out.append((built[sizes[0]], reps,
                     np.concatenate(tail) if tail else np.empty((0, ITEM_FIELDS), np.int64)))
