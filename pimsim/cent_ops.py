@@ -70,7 +70,8 @@ def scratch_rows(n_head: int, n_ctx: int, channels: int, row_elems: int) -> int:
 def cent_matvec_items(m, ch: int, macs) -> list[tuple]:
     """Channel ``ch``'s items of a packed product lowered as CENT does: its slots dealt to the
     pack's ``m.cent_parts`` matrices (contiguous shares), each a product of its own
-    (``TransformerBlock.py`` 714-734): per fill a WR_GB of the whole fill, then per group of up
+    (``TransformerBlock.py`` 714-734): per fill a WR_GB of the whole fill (on every channel,
+    one holding none of the part's slots too), then per group of up
     to ``REUSE_SIZE`` slots WR_BIAS, MAC_ABK and RD_MAC per slot; the part feeding an
     activation (``m.cent_af_part``, 756-780: groups of ``REUSE_SIZE // 2``) runs AF and RD_AF
     per slot after its last fill's MACs. A group is also at most the config's accumulators
@@ -80,11 +81,9 @@ def cent_matvec_items(m, ch: int, macs) -> list[tuple]:
     out: list[tuple] = []
     n_slots = m.slots(ch)
     parts = m.cent_parts
-    bounds = [n_slots * i // parts for i in range(parts + 1)]
-    for p in range(parts):
+    bounds = [-(-n_slots * i // parts) for i in range(parts + 1)]  # earlier parts the extra
+    for p in range(parts):  # CENT writes every fill on every channel of the stage (700-702)
         slots = range(bounds[p], bounds[p + 1])
-        if not len(slots):
-            continue
         af = p == m.cent_af_part
         size = min(REUSE_SIZE // 2 if af else REUSE_SIZE, m.accumulators)
         groups = [slots[i:i + size] for i in range(0, len(slots), size)]
@@ -230,6 +229,20 @@ def _silu(c: _Channels, d_ff: int) -> None:
     c.bank_group(_WR, d_ff, 0, ROW_X1)
     c.all(_EWMUL, ROW_X1, ew)
     c.bank_group(_RD, d_ff, 2, ROW_X1)
+
+
+def host_lines(per_channel: list[np.ndarray]) -> int:
+    """Trace lines CENT's host writes for one step's items: a line per single-bank WR / RD of
+    each channel (``W MEM`` / ``R MEM``, aim_sim.py 252-258) and one per all-channel command
+    (its channel mask selects them all). The device's DMA decodes them one after another
+    (``[host] line_cyc`` each, as pimsim's trace replay: pimsim.timing.host_dma); the
+    executor keeps every channel of the step busy until they are through
+    (pimsim.decode)."""
+    if not per_channel:
+        return 0
+    single = np.isin(per_channel[0][:, 0], (_WR, _RD)) if len(per_channel[0]) else []
+    shared = int(len(per_channel[0]) - np.count_nonzero(single))
+    return shared + sum(int(np.count_nonzero(np.isin(a[:, 0], (_WR, _RD)))) for a in per_channel)
 
 
 def needs_iterations(d_ff: int, geo) -> bool:

@@ -709,11 +709,11 @@ class PimGptOrder(MatvecOrder):
     def items(self, m, ch, batch=1):
         out = []
         n_slots = m.slots(ch)
+        if m.cent_parts and batch == 1:
+            return cent_matvec_items(m, ch, self._macs)
         if not n_slots:
             return out
         if batch == 1:
-            if m.cent_parts:
-                return cent_matvec_items(m, ch, self._macs)
             for fill in m.fills:
                 out.append((_WR_GB, -1, -1, sum(n for _, _, n in fill), 0))
                 for grp in _groups(n_slots, m.accumulators):
