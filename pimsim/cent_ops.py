@@ -52,7 +52,7 @@ REUSE_SIZE = 32
 BURST_ELEMS = 16  # CENT's burst_length: 16 BF16 elements (32 B) per column access
 
 # scratch rows of the CENT vectors, from Program.scratch_row (CENT's x, x_copy, SANorm/FFNNorm,
-# xq, xk, x1_sigmoid and scores rows, Llama.py memory_mapping 1144-1190)
+# xq, xk, x1_sigmoid and scores rows, Llama.py memory_mapping 1106-1155)
 ROW_X, ROW_X_COPY, ROW_NORM, ROW_XQ, ROW_XK, ROW_X1, ROW_SCORES = range(7)
 KINDS = ("norm", "rope", "softmax", "silu")
 
