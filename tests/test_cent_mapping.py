@@ -276,10 +276,11 @@ def test_cent_lowering_keeps_the_tokens_and_costs_time(gqa, cent_master, one):
 
 
 @pytest.mark.slow  # about 8 s: the default run is at its time budget
-def test_command_by_command_executor_agrees_on_cents_options(gqa):
+@pytest.mark.parametrize("lowering", ["pimsim", "cent"])
+def test_command_by_command_executor_agrees_on_cents_options(gqa, lowering):
     base = _cfg(2, attention="master")
-    cfg = dataclasses.replace(base, system=dataclasses.replace(base.system,
-                                                               host_sample_ns=1234.0))
+    cfg = dataclasses.replace(base, system=dataclasses.replace(
+        base.system, host_sample_ns=1234.0, lowering=lowering))
     c = _compiled(gqa, cfg)
     fast = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3)
     slow = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3, fast=False)
