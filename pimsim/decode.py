@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from pimsim.cent_ops import host_lines
 from pimsim.config import HwConfig
 from pimsim.isa import ITEM_FIELDS, Program
 from pimsim.link import lead_columns, lead_delay_cyc, link_busy_cyc, link_latency_cyc, transfer_bytes
@@ -183,6 +184,9 @@ class StreamBuilder:
         # compact regions: the times their block runs before the rest (0: written out)
         self.seg_reps = np.zeros((self.n_ch, n_seg), np.int64)
         self.col_bytes = prog.geo.col_elems * prog.geo.elem_bytes
+        # lines CENT's host writes for each region's step (pimsim.cent_ops.host_lines; 0 for
+        # every step not of CENT's lowering), decoded by the device's DMA one after another
+        self.seg_host = np.zeros(n_seg, np.int64)
 
     def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         per_step = []
@@ -195,6 +199,8 @@ class StreamBuilder:
                 else:
                     arrs = self.prog.pim_items(s, pos)
                     self._keys[k] = key
+                    if s.cent:
+                        self.seg_host[k] = host_lines(arrs)
             per_step.append(arrs)
         if any(last is None for last in self._last):  # the first build: lay every region out
             self._layout(per_step)
@@ -328,6 +334,7 @@ class DecodeSimulator:
         self.states = ChannelStates(cfg, prog.geo.channels, self.tables)
         self.link_lat = link_latency_cyc(cfg)
         self.link_cyc = LinkCycles(cfg)
+        self.host_line_cyc = cfg.host.line_cyc if cfg.host is not None else 0
         self.now = 0
         self.timers = [ChannelTimer(cfg, states=self.states, index=c, log=log)
                        for c in range(prog.geo.channels)]
@@ -338,6 +345,11 @@ class DecodeSimulator:
         kind = self.steps.kind if active is None else np.where(active, self.steps.kind, 3)
         items, seg_lo, seg_hi = self.streams.build(pos)
         busy = self.link_cyc.busy(self.streams.seg_bytes)
+        if self.host_line_cyc and self.streams.seg_host.any():
+            # CENT's lowering: the step's host lines pass the device's DMA one after another
+            # (line_cyc each, a write line carrying its data) while the channels work; a
+            # channel is not done before they are through
+            busy = np.maximum(busy, self.host_line_cyc * self.streams.seg_host[None, :])
         lead = self.link_cyc.lead(self.streams.seg_lead)
         dur = self.steps.durations(pos)
         n = len(self.prog.steps)

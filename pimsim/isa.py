@@ -44,6 +44,7 @@ from functools import cached_property
 
 import numpy as np
 
+from pimsim.cent_ops import cent_matvec_items, cent_vector_items
 from pimsim.config import MAPPINGS
 from pimsim.spec.commands import COMMANDS, SYNC, cmd_id
 
@@ -95,6 +96,13 @@ class MatrixLayout:
     fill_cols: int = 0
     accumulators: int = 1
     order: str = "pim-gpt"
+    # CENT's lowering ([system] lowering = "cent", pimsim.cent_ops): the pack's weight matrices
+    # (``cent_parts`` > 0, e.g. q/k/v) are one matrix-vector product each over their share of
+    # the slots, every product writing the whole input into the global buffer again and every
+    # accumulator group starting with a WR_BIAS; part ``cent_af_part`` (the one feeding an
+    # activation, CENT's w1) runs AF + RD_AF per slot after its last fill. 0 / -1: off
+    cent_parts: int = 0
+    cent_af_part: int = -1
 
     @property
     def n_chunks(self) -> int:
@@ -384,6 +392,9 @@ class Step:
     # (MoE layer, expert) of a step that runs only when its expert is chosen (pimsim.moe)
     expert: tuple[int, int] | None = None
     window: int = 0  # its layer's sliding window (per-position sizes stop growing there)
+    # CENT's element-wise work in the banks ([system] lowering = "cent"): (kind, *sizes) of
+    # pimsim.cent_ops.cent_vector_items, on the program's scratch rows
+    cent: tuple = ()
 
 
 @dataclass
@@ -437,6 +448,7 @@ class Program:
     send_elems: int = 0
     # mixture of experts (pimsim.moe): per MoE layer, {"layer", "experts", "k"}
     moe: list[dict] = field(default_factory=list)
+    scratch_row: int = 0  # first row of the CENT vectors' rows (steps with ``cent``)
 
     # --------------------------------------------------------------- instantiation per position
     def asic_elems(self, step: Step, pos: int) -> int:
@@ -447,6 +459,9 @@ class Program:
         op = step.op
         if step.matrix is not None:
             return _matvec_items(step.matrix)
+        if step.cent:
+            return cent_vector_items(step.cent, self.geo, self.scratch_row,
+                                     window_pos(pos, step.window))
         w = step.kv[0].window if step.kv is not None else 0
         if op == "kv_write":
             return _kv_write_items(*step.kv, pos % w if w else pos)
@@ -464,6 +479,8 @@ class Program:
         op = step.op
         if step.matrix is not None or op == "param_fetch":
             return ()
+        if step.cent:  # only the softmax's grow with the position
+            return window_pos(pos, step.window) if step.cent[0] == "softmax" else ()
         if step.kv is not None and step.kv[0].window:
             w = step.kv[0].window
             pos = pos % w if op == "kv_write" else window_pos(pos, w)
@@ -743,6 +760,8 @@ class PimGptOrder(MatvecOrder):
     def items(self, m, ch, batch=1):
         out = []
         n_slots = m.slots(ch)
+        if m.cent_parts and batch == 1:
+            return cent_matvec_items(m, ch, self._macs)
         if not n_slots:
             return out
         if batch == 1:

@@ -32,6 +32,7 @@ HOSTS = ("per-device",)
 _CONFIG_FIX = "set [system] devices, tp and pp with tp x pp = devices (or give two of them)"
 ATTENTION = ("split", "one-device", "master")  # compiler.passes.lower.ATTENTION_SPLITS
 GQA = ("native", "unrolled")
+LOWERINGS = ("pimsim", "cent")  # [system] lowering (pimsim.cent_ops)
 TOKEN_BYTES = 4  # a sampled token id, returned from the last stage to the first
 
 
@@ -69,6 +70,13 @@ class System:
     # group of query heads) or "unrolled" (CENT's, TransformerBlock.py n_repeat: each query
     # head reads its group's K/V on its own, as a cache of one KV head per query head)
     gqa: str = "native"
+    # how a block's vector work and products are lowered: "pimsim" (norms, rotary embedding,
+    # softmax and activation on the ASIC; a packed product's input written to the global
+    # buffer once) or "cent" (CENT's trace generator, Yufeng98/CENT@9b4165f
+    # cent_simulation/Llama.py trace_only: those ops' element-wise parts in the banks, with
+    # their vectors written to and read back from the banks, and the input written to the
+    # global buffer once per weight matrix of a pack; pimsim.cent_ops)
+    lowering: str = "pimsim"
 
     @property
     def multi(self) -> bool:
@@ -173,7 +181,7 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
                      where: str) -> System:
     """Validated :class:`System` from the ``[system]`` and ``[interconnect]`` tables."""
     sec = dict(sec or {})
-    known = {"devices", "tp", "pp", "host", "attention", "host_sample_ns", "gqa"}
+    known = {"devices", "tp", "pp", "host", "attention", "host_sample_ns", "gqa", "lowering"}
     for k in sec:
         if k not in known:
             raise SystemError_(f"{where}: [system] unknown key {k!r}",
@@ -192,6 +200,10 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
     if gqa not in GQA:
         raise SystemError_(f"{where}: [system] gqa = {gqa!r} is not known",
                            f"use one of {', '.join(GQA)}")
+    lowering = sec.pop("lowering", "pimsim")
+    if lowering not in LOWERINGS:
+        raise SystemError_(f"{where}: [system] lowering = {lowering!r} is not known",
+                           f"use one of {', '.join(LOWERINGS)}")
     host = sec.pop("host", "per-device")
     if host not in HOSTS:
         raise SystemError_(f"{where}: [system] host = {host!r} is not supported",
@@ -210,7 +222,7 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
     return System(devices=s.devices, tp=s.tp, pp=s.pp, host=host,
                   stages_per_device=s.stages_per_device,
                   interconnect=interconnect_from_dict(ic or {}, where), attention=attention,
-                  host_sample_ns=float(sample), gqa=gqa)
+                  host_sample_ns=float(sample), gqa=gqa, lowering=lowering)
 
 
 # ---------------------------------------------------------------- collective costs

@@ -127,7 +127,8 @@ def test_cent_options_refuse_bad_values(tmp_path):
     from pimsim.config import ConfigError
     for key, val, msg in (("attention", '"centre"', "attention = 'centre' is not known"),
                           ("gqa", '"rolled"', "gqa = 'rolled' is not known"),
-                          ("host_sample_ns", "-1.0", "host_sample_ns = -1.0 must be")):
+                          ("host_sample_ns", "-1.0", "host_sample_ns = -1.0 must be"),
+                          ("lowering", '"centre"', "lowering = 'centre' is not known")):
         p = tmp_path / "s.toml"
         p.write_text(f'[system]\ndevice = "pim-gpt"\ndevices = 2\n{key} = {val}\n')
         with pytest.raises(ConfigError, match=msg):
@@ -181,13 +182,105 @@ def test_cent_options_round_trip_through_the_toml_writer():
     back = config_from_dict(config_to_dict(cfg))
     assert back.org.channels == 8 and back.system == cfg.system
     assert (back.system.attention, back.system.host_sample_ns) == ("master", 150_000.0)
+    assert back.system.lowering == "cent"
+    assert "lowering" not in config_to_dict(hw_config("aim-gddr6"))["system"]  # the default
+
+
+def _cent(base):
+    return dataclasses.replace(base, system=dataclasses.replace(base.system, lowering="cent"))
+
+
+@pytest.fixture(scope="module")
+def cent_master(gqa):
+    return _compiled(gqa, _cent(_cfg(4, attention="master")))
+
+
+def _cols(prog, pos, layer=0, ch=0):
+    """{step name without the layer: {command: columns}} of a layer's PIM steps on channel
+    ``ch`` of the simulated device."""
+    from pimsim.spec.commands import COMMANDS
+
+    out = {}
+    for st in prog.steps:
+        if st.kind == "pim" and st.layer == layer:
+            cols = {}
+            for cmd, _, _, n, _ in prog.pim_items(st, pos)[ch].tolist():
+                cols[COMMANDS[cmd].name] = cols.get(COMMANDS[cmd].name, 0) + n
+            out[st.name.split(".", 1)[1]] = cols
+    return out
+
+
+def test_cent_lowering_issues_cents_commands_per_block(master, cent_master):
+    """The tiny Llama (d_model 64, 8 query / 2 KV heads of 16, d_ff 128) on 4 pim-gpt devices
+    (8 channels x 16 banks = 128 banks each), channel 0 of the master, the token at position
+    20 (21 scores a head): the counts docs/validation.md derives from CENT's trace generator
+    (pimsim.cent_ops)."""
+    a, b = _cols(master.program, 20), _cols(cent_master.program, 20)
+    # a product per weight matrix: the input (4 columns, one fill) into the global buffer once
+    # per matrix on every channel: q, k, v 3x; w1, w3 2x; the others as before
+    assert a["qkv"]["WR_GB"] == 4 and b["qkv"]["WR_GB"] == 3 * 4
+    assert b["ffn_up"]["WR_GB"] == 2 * a["ffn_up"]["WR_GB"]
+    assert b["out_proj"]["WR_GB"] == a["out_proj"]["WR_GB"]
+    assert b["ffn_down"]["WR_GB"] == a["ffn_down"]["WR_GB"]
+    for k in ("qkv", "ffn_up", "out_proj", "ffn_down"):  # the same MACs; a WR_BIAS per group
+        assert b[k]["MAC_AB"] == a[k]["MAC_AB"] and b[k]["WR_MAC"] == b[k]["RD_MAC"]
+    # the gate's part runs AF + RD_AF per slot after its last fill (on the channels holding it)
+    ch = [_cols(cent_master.program, 20, ch=c)["ffn_up"] for c in range(8)]
+    assert sum(c.get("AF", 0) for c in ch) == sum(c.get("RD_AF", 0) for c in ch) > 0
+    assert not any("AF" in _cols(master.program, 20, ch=c)["ffn_up"] for c in range(8))
+    # RMSNorm: x into neighbouring banks (64 banks, 1 burst: 8 a channel, twice), x and the
+    # norm into bank groups 0 / 1 (32 banks of 2 elements: 4 a channel, twice), 2 EWMULs of
+    # one column, 4 banks copied through the global buffer, the result read (4)
+    norm = {"WR": 16 + 8, "WR_MAC": 1, "MAC_AB": 1, "RD_MAC": 1, "EWMUL": 2, "RD_CP": 4,
+            "WR_CP": 4, "RD": 4}
+    assert b["rmsnorm.banks"] == b["rmsnorm.banks.1"] == norm
+    # rotary embedding: q (4 elements a bank, 8 with sin/cos) and k (4 / n_repeat 4 x 2) into
+    # bank group 1 and the results into group 2 (4 banks a channel, 1 burst each): 16 WR;
+    # EWMUL over 128 / 16 columns for q and 128 / 4 / 16 for k
+    assert b["rope.banks"] == {"WR": 16, "EWMUL": 8 + 2}
+    # softmax, each half: 8 heads one a bank (channel 0 holds 4), 21 scores = 2 bursts, into
+    # bank groups 0 and 1 (16 WR), one EWMUL of 2 columns, read back (8 RD)
+    half = {"WR": 16, "EWMUL": 2, "RD": 8}
+    assert b["softmax.banks"] == b["softmax.banks.1"] == half
+    # SiLU and the gate: 128 elements, 4 a bank: x1, sigmoid, x3 written (12), 2 EWMULs,
+    # 4 banks copied, read back (4)
+    assert b["activation.banks"] == {"WR": 12, "EWMUL": 2, "RD_CP": 4, "WR_CP": 4, "RD": 4}
+    assert not any(k.endswith(".banks") for k in a)  # the default issues none of them
+    # the attention and the cache writes are pimsim's own either way
+    for k in ("kv_write", "attn_score", "attn_value"):
+        assert a[k] == b[k]
+
+
+def test_cent_lowering_softmax_grows_with_the_position(cent_master):
+    p = cent_master.program
+    short, long_ = _cols(p, 20)["softmax.banks"], _cols(p, 100)["softmax.banks"]
+    assert long_ == {"WR": 2 * 4 * 7, "EWMUL": 7, "RD": 4 * 7}  # 101 scores: 7 bursts
+    assert long_["WR"] > short["WR"]
+
+
+def test_cent_lowering_keeps_the_tokens_and_costs_time(gqa, cent_master, one):
+    base = _cfg(4, attention="master")
+    cfg = _cent(base)
+    math = AsicMath.from_config(cfg, exact=True)
+    fx1 = FlowExecutor(one.program, build_graph_image(one.mapping), _cfg(), math=math)
+    fx = SystemFlowExecutor(cent_master.programs,
+                            [[build_graph_image(mp, rank=r) for r in range(4)]
+                             for mp in cent_master.stage_mappings], cfg, math=math)
+    a = run_generation(one.program, _cfg(), prompt=[5, 9], n_tokens=6, functional=fx1)
+    b = run_system(cent_master.programs, cfg, prompt=[5, 9], n_tokens=6, functional=fx)
+    assert b.tokens == a.tokens
+    plain = run_system(_compiled(gqa, base).programs, base, prompt=[5, 9], n_tokens=6)
+    assert b.cycles > plain.cycles
+    assert plain.commands.get("EWMUL", 0) == 0 < b.commands["EWMUL"]
+    assert b.commands["WR_GB"] > plain.commands["WR_GB"]
 
 
 @pytest.mark.slow  # about 8 s: the default run is at its time budget
-def test_command_by_command_executor_agrees_on_cents_options(gqa):
+@pytest.mark.parametrize("lowering", ["pimsim", "cent"])
+def test_command_by_command_executor_agrees_on_cents_options(gqa, lowering):
     base = _cfg(2, attention="master")
-    cfg = dataclasses.replace(base, system=dataclasses.replace(base.system,
-                                                               host_sample_ns=1234.0))
+    cfg = dataclasses.replace(base, system=dataclasses.replace(
+        base.system, host_sample_ns=1234.0, lowering=lowering))
     c = _compiled(gqa, cfg)
     fast = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3)
     slow = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3, fast=False)

@@ -68,6 +68,8 @@ def hw_identity(cfg: Any) -> dict:
     d = dataclasses.asdict(cfg)
     for k in ("refresh", "source", "description"):
         d.pop(k, None)
+    if d.get("system", {}).get("lowering") == "pimsim":  # the default: identities stay
+        d["system"].pop("lowering")
     return d
 
 

@@ -28,6 +28,9 @@ from compiler.passes.shape_inference import _terms
 from pimsim.asic_ops import OPS as ASIC_OPS
 from pimsim.isa import FlowOp, Step
 
+# ASIC ops whose element-wise part CENT's lowering runs in the banks (pimsim.cent_ops)
+_CENT_VECTOR_OPS = ("rmsnorm", "softmax", "activation")
+
 
 def weight_out_in(g: Graph, n: Node) -> tuple[np.ndarray | None, tuple[int, int]]:
     """A product's constant weight as ``[out, in]`` (None when shape-only) and that shape."""
@@ -138,6 +141,7 @@ class Emission:
         self.tp_rows: dict[str, tuple[str, list]] = {}  # matrix -> ("col"|"row", per device)
         self.mat_local: dict[str, tuple[int, int]] = {}  # matrix -> its shape on one device
         self.mat_layer: dict[str, int] = {}
+        self.mat_cent: dict[str, tuple[int, int]] = {}  # matrix -> (parts, AF part): CENT's
         self.step_layer: list[int] = []  # each step's layer (-1 embedding, n_layer final)
         # reduction step -> its matrix: sized when placed (partial sums per output: the layout's)
         self.reduce_of: dict[int, str] = {}
@@ -272,8 +276,18 @@ class Emission:
         L = f"L{ai}"
         if a.write_step < 0:
             news = [x.inputs[1] for x in (a.k_concat, a.v_concat) if x is not None]
-            a.write_step = self._add(f"{L}.kv_write", "kv_write", ai, "pim", self._deps_of(news),
-                               kv=(ai,))
+            wdeps = self._deps_of(news)
+            if which == "k" and self.cfg.system.lowering == "cent" and any(
+                    self.steps[d].kind == "asic" and self.steps[d].op == "elementwise"
+                    for d in wdeps):
+                # CENT's rotary embedding in the banks (pimsim.cent_ops): the key reaches the
+                # cache through element-wise ops on the ASIC, run by CENT as EWMULs
+                qs = g.shape_of(a_in)
+                heads = int(np.prod([int(d) for d in qs[:-1]]))
+                wdeps = {self._add(f"{L}.rope.banks", "elementwise", ai, "pim",
+                                   wdeps | self._deps_of([a_in]),
+                                   cent=("rope", heads * int(qs[-1]), max(1, heads // a.n_kv)))}
+            a.write_step = self._add(f"{L}.kv_write", "kv_write", ai, "pim", wdeps, kv=(ai,))
         q_elems = int(np.prod([int(d) for d in g.shape_of(a_in)[:-1]])) if which == "k" \
             else 0
         if which == "k":
@@ -364,6 +378,11 @@ class Emission:
             out_loc, in_loc = self.partition_matvec(mname, p, parts, lo, in_dim, self.owner)
         self.mat_local[mname] = (out_loc, in_loc)
         self.mat_layer[mname] = layer
+        if self.cfg.system.lowering == "cent":  # CENT: a product per weight matrix
+            af = [i for i, m in enumerate(p.nodes) if any(
+                getattr(ASIC_OPS.get(u.op), "cost", None) == "activation"
+                for u in self.users.get(m.outputs[0], []))]
+            self.mat_cent[mname] = (len(parts), af[0] if af else -1)
         self.matrices_w[mname] = None if any(w is None for w in ws) else np.concatenate(ws, 0)
         self.mat_shapes[mname] = (lo, in_dim)
         self.mat_order.append(mname)
@@ -451,10 +470,34 @@ class Emission:
         if split:  # device 0's share (the device simulated)
             share = float(np.mean(self.owner[n.outputs[0]] == 0))
             ne, per = math.ceil(ne * share - 1e-9), math.ceil(per * share - 1e-9)
+        cent = self.cfg.system.lowering == "cent" and op in _CENT_VECTOR_OPS
+        if cent:
+            deps = self._cent_vector_step(op, L, layer, deps, ne, per)
         st = self._add(f"{L}.{n.op}", op, layer, "asic", deps, n_elems=ne, per_pos_elems=per)
         self.flow.append(FlowOp(n.op, tuple(ins), tuple(n.outputs), self._attrs_of(n), st))
+        done = st
+        if cent and op == "softmax":  # its second half, after the CXL port's exp
+            done = self._cent_vector_step(op, L, layer, {st}, ne, per).pop()
         for o in n.outputs:
-            self.step_of[o] = {st}
+            self.step_of[o] = {done}
+
+    def _cent_vector_step(self, op: str, L: str, layer: int, deps: set[int], ne: int,
+                          per: int) -> set[int]:
+        """CENT's lowering ([system] lowering = "cent", pimsim.cent_ops): the element-wise
+        part of a norm, softmax or activation in the banks, a PIM step before the ASIC's (the
+        CXL port's reductions and scalar math; the softmax has a second one after it).
+        Returns the new step, as the next step's dependency."""
+        if op == "activation":
+            from pimsim.cent_ops import needs_iterations
+
+            if needs_iterations(ne, self.geo):
+                raise LoweringError(f"{self.name}: [system] lowering = \"cent\": an activation "
+                                    f"of {ne} elements exceeds CENT's bank group 0 rows "
+                                    f"(its two-iteration path is not modelled)",
+                                    "use more channels per device, or lowering = \"pimsim\"")
+        spec = {"rmsnorm": ("norm", ne), "softmax": ("softmax", per),
+                "activation": ("silu", ne)}[op]
+        return {self._add(f"{L}.{op}.banks", op, layer, "pim", deps, cent=spec)}
 
     def _finish_emission(self) -> None:
         """The argmax after the LM head and the tables tied to weights."""

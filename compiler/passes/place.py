@@ -20,6 +20,7 @@ from compiler.passes.decode_step import shape0
 from compiler.passes.graph_mapping import GraphMapping, GraphModel
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.mapping import CapacityError, MappingError, buffer_limits
+from pimsim.cent_ops import scratch_rows
 from pimsim.isa import KLayout, MatrixLayout, Program, VectorLayout, VLayout
 
 
@@ -145,11 +146,17 @@ class Placement:
             row += (self.pp - 1) * (kl.rows_reserved + vl.rows_reserved)
             mp.k_cache.append(kl)
             mp.v_cache.append(vl)
+        scratch_row = row
+        if any(st.cent for st in steps):  # CENT's vectors in the banks (pimsim.cent_ops)
+            row += scratch_rows(max((a.n_head for a in attns), default=1), int(n_ctx), C,
+                                geo.row_elems)
         next_row = [row] * C
 
         def place(name, out_dim, in_dim):
+            parts, af = self.mat_cent.get(name, (0, -1))
             m = MatrixLayout(name, name.split(".")[-1].rstrip("0123456789"), out_dim, in_dim,
-                             geo.row_elems, tuple(next_row), geo, gb_cols, acc, cfg.pim.mapping)
+                             geo.row_elems, tuple(next_row), geo, gb_cols, acc, cfg.pim.mapping,
+                             cent_parts=parts, cent_af_part=af)
             for c in range(C):
                 next_row[c] += m.rows_used(c)
             return m
@@ -217,7 +224,7 @@ class Placement:
             tp=tp, stage=stage, n_stages=self.pp, tp_rows=dict(mp.tp_rows),
             tp_heads={a.index: (a.q_ranks, a.kv_ranks) for a in attns if a.q_ranks},
             send_elems=self.crossing_elems(stage) if stage < self.pp - 1 else 0,
-            moe=[dict(m) for m in self.moe])
+            moe=[dict(m) for m in self.moe], scratch_row=scratch_row)
         mp.tp, mp.stage = tp, stage
         return prog, mp
 

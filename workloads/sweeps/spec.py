@@ -112,6 +112,8 @@ def config_to_dict(cfg: HwConfig) -> dict:
     d["system"] = {"devices": sy.devices, "tp": sy.tp, "pp": sy.pp, "host": sy.host,
                    "attention": sy.attention, "host_sample_ns": sy.host_sample_ns,
                    "gqa": sy.gqa}
+    if sy.lowering != "pimsim":  # written only when set: the records of the default stay
+        d["system"]["lowering"] = sy.lowering
     if sy.device_channels:  # stages smaller than a device: the whole device's channels
         d["organization"].update(channels=sy.device_channels, channel_mask=0)
     d["interconnect"] = dataclasses.asdict(sy.interconnect)
