@@ -290,7 +290,8 @@ def _compile_graph(graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None, t:
     try:
         if tp * pp > 1:
             stages = lower_graph_system(graph, cfg, name=name, n_ctx=n_ctx, tp=tp, pp=pp,
-                                        attention=cfg.system.attention)
+                                        attention=cfg.system.attention,
+                                        ep=cfg.system.ep)
             for _, mp in stages:
                 mp.check()
             t["lower+place"] = time.perf_counter() - t0

@@ -437,6 +437,9 @@ class Program:
     send_elems: int = 0
     # mixture of experts (pimsim.moe): per MoE layer, {"layer", "experts", "k"}
     moe: list[dict] = field(default_factory=list)
+    # expert parallelism (pimsim.expert_parallel): the experts placed whole over the ``ep``
+    # devices of the group (expert e on device e // (E / ep); 1: split like every product)
+    ep: int = 1
 
     # --------------------------------------------------------------- instantiation per position
     def asic_elems(self, step: Step, pos: int) -> int:

@@ -147,11 +147,13 @@ class Placement:
             mp.v_cache.append(vl)
         next_row = [row] * C
 
-        def place(name, out_dim, in_dim):
+        def place(name, out_dim, in_dim, at=None):
             m = MatrixLayout(name, name.split(".")[-1].rstrip("0123456789"), out_dim, in_dim,
-                             geo.row_elems, tuple(next_row), geo, gb_cols, acc, cfg.pim.mapping)
-            for c in range(C):
-                next_row[c] += m.rows_used(c)
+                             geo.row_elems, tuple(next_row) if at is None else at, geo, gb_cols,
+                             acc, cfg.pim.mapping)
+            if at is None:
+                for c in range(C):
+                    next_row[c] += m.rows_used(c)
             return m
 
         tables: dict[str, MatrixLayout] = {}
@@ -162,9 +164,16 @@ class Placement:
             r, c = g.const_shape(t)
             tables[tn] = mp.matrices[tn] = place(tn, r, c)
             mp.weights[tn] = g.const_value(t)
+        slot_rows: dict[tuple, tuple[int, ...]] = {}  # expert parallelism: a slot's rows
         for mname in mat_order:
             o, i = self.mat_local[mname]
-            mp.matrices[mname] = place(mname, o, i)
+            slot = self.ep_slot.get(mname)
+            if slot is not None and slot in slot_rows:  # another device's expert, same rows
+                mp.matrices[mname] = place(mname, o, i, at=slot_rows[slot])
+            else:
+                if slot is not None:
+                    slot_rows[slot] = tuple(next_row)
+                mp.matrices[mname] = place(mname, o, i)
             mp.weights[mname] = matrices_w[mname]
             if mname in self.tp_rows:
                 mp.tp_rows[mname] = self.tp_rows[mname]
@@ -217,7 +226,7 @@ class Placement:
             tp=tp, stage=stage, n_stages=self.pp, tp_rows=dict(mp.tp_rows),
             tp_heads={a.index: (a.q_ranks, a.kv_ranks) for a in attns if a.q_ranks},
             send_elems=self.crossing_elems(stage) if stage < self.pp - 1 else 0,
-            moe=[dict(m) for m in self.moe])
+            moe=[dict(m) for m in self.moe], ep=self.ep)
         mp.tp, mp.stage = tp, stage
         return prog, mp
 
