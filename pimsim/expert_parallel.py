@@ -8,12 +8,13 @@ shares, :mod:`compiler.passes.emit`), each device runs the full GEMVs of its own
 and sums their weighted outputs, and one all-reduce per MoE layer adds the devices' sums.
 
 Every device holds the same layout (its experts of one local slot ``e % (E / ep)`` at the same
-rows), so the program simulated is one device's with every expert's steps. The layer's
-all-reduce waits for the busiest device, so a step is simulated on the *critical device*
-(:func:`critical_choice`): in each MoE layer, the chosen experts of the device that runs the
-most of them (ties: the lowest device). That is exact when a layer's experts cost alike (one
-shape, the same rows on every device); the DRAM state carried from layer to layer is the
-simulated device's.
+rows), so the program simulated is one device's: the steps of device 0's experts, one per
+local slot (``Step.expert == (m, slot)``; the other experts' matrices stay in the program,
+aliased to their slot's rows, for the functional executor). The layer's all-reduce waits for
+the busiest device, so a step is simulated on the *critical device* (:func:`critical_choice`):
+in each MoE layer, the slots of the chosen experts of the device that runs the most of them
+(ties: the lowest device). That is exact when a layer's experts cost alike (one shape, the same
+rows on every device); the DRAM state carried from layer to layer is the simulated device's.
 
 :class:`ExpertLoad` keeps, per generated step, each device's expert load (token x expert
 pairs run) and the weight bytes it reads, under expert parallelism and under the tensor-
@@ -36,8 +37,9 @@ def device_of(e: int, n_experts: int, ep: int) -> int:
 
 
 def critical_choice(prog: Any, choice: dict[int, set[int]] | None) -> dict[int, set[int]] | None:
-    """MoE layer -> the experts the critical device runs: of the layer's chosen experts, those
-    of the device holding the most of them (``choice`` unchanged without expert parallelism)."""
+    """MoE layer -> the local slots the critical device runs: those of the layer's chosen
+    experts on the device holding the most of them (``choice`` unchanged without expert
+    parallelism)."""
     ep = getattr(prog, "ep", 1)
     if ep <= 1 or choice is None:
         return choice
@@ -45,7 +47,8 @@ def critical_choice(prog: Any, choice: dict[int, set[int]] | None) -> dict[int, 
     for m, es in choice.items():
         n = int(prog.moe[m]["experts"])
         per = [{e for e in es if device_of(e, n, ep) == d} for d in range(ep)]
-        out[m] = max(per, key=len)  # the first of the largest: the lowest device
+        busiest = max(per, key=len)  # the first of the largest: the lowest device
+        out[m] = {e % (n // ep) for e in busiest}
     return out
 
 
@@ -56,8 +59,8 @@ def every_expert(prog: Any) -> dict[int, set[int]]:
 
 def _bytes_table(prog: Any) -> tuple[int, dict[tuple[int, int], int]]:
     """(weight bytes of one device's GEMVs outside the experts, whole bytes of each expert
-    (MoE layer, expert) present in the program): a tensor-parallel program holds a 1/tp share
-    of an expert, counted tp times."""
+    (MoE layer, expert) the program has steps of): a tensor-parallel program holds a 1/tp share
+    of an expert, counted tp times; an expert-parallel one each local slot's expert."""
     eb = prog.geo.elem_bytes
     k = 1 if getattr(prog, "ep", 1) > 1 else max(int(prog.tp), 1)
     shared, experts = 0, {}
@@ -85,6 +88,13 @@ class ExpertLoad:
         self.pairs = {p: [] for p in PLACEMENTS}  # per step: token x expert pairs per device
         self.bytes = {p: [] for p in PLACEMENTS}  # per step: weight bytes per device
 
+    def _expert_bytes(self, m: int, e: int, n_exp: int) -> int:
+        """Whole bytes of expert ``e`` of MoE layer ``m`` (0: not in this program's stage);
+        expert-parallel: its local slot's (the same shapes on every device)."""
+        if getattr(self.prog, "ep", 1) > 1:
+            e = e % (n_exp // self.prog.ep)
+        return self.expert_bytes.get((m, e), 0)
+
     @property
     def placement(self) -> str:
         return "ep" if getattr(self.prog, "ep", 1) > 1 else "tp"
@@ -98,7 +108,7 @@ class ExpertLoad:
         for m, toks in tokens.items():
             n_exp = int(self.prog.moe[m]["experts"])
             for e in sorted({int(e) for t in toks for e in t}):
-                b = self.expert_bytes.get((m, e), 0)
+                b = self._expert_bytes(m, e, n_exp)
                 if placement == "ep":
                     out[device_of(e, n_exp, self.n)] += b
                 else:
@@ -110,7 +120,7 @@ class ExpertLoad:
         out = np.zeros(self.n)
         for m, toks in tokens.items():
             n_exp = int(self.prog.moe[m]["experts"])
-            if not any((m, e) in self.expert_bytes for e in range(n_exp)):
+            if not any(self._expert_bytes(m, e, n_exp) for e in range(n_exp)):
                 continue  # a MoE layer of another pipeline stage
             for t in toks:
                 for e in t:

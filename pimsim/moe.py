@@ -65,7 +65,7 @@ def chosen(weights: np.ndarray) -> list[list[int]]:
 def active_steps(prog: Any, choice: dict[int, set[int]] | None) -> np.ndarray | None:
     """Mask of the program's steps that run when MoE layer ``m`` uses the experts
     ``choice[m]`` (None: every step runs; a program without experts: None). With expert
-    parallelism, the steps of the critical device
+    parallelism, the steps of the critical device's experts, by local slot
     (:func:`pimsim.expert_parallel.critical_choice`)."""
     from pimsim.expert_parallel import critical_choice
 
