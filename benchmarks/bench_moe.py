@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def ep_table(args) -> int:
     """The TP split against expert parallelism, one row per model and batch."""
-    from pimsim.errors import UserError
+    from pimsim.errors import HardwareFitError, UserError
     from pimsim.moe import Routing
     from workloads.session import hw_config, simulate
 
@@ -87,23 +87,29 @@ def ep_table(args) -> int:
     for name in args.models.split(","):
         for b in (int(x) for x in args.batches.split(",")):
             t0 = time.perf_counter()
-            reps = []
-            try:
-                for ep in (False, True):
+            ms = []
+            for ep in (False, True):
+                try:
                     cfg = hw_config("aim-gddr6", devices=args.devices, expert_parallel=ep)
                     rep = simulate(name, cfg, tokens=args.tokens, prompt=args.context,
                                    skip_prompt=True, context=args.context + 8,
                                    batch=b if b > 1 else None,
                                    routing=Routing.seeded(0, args.routing, args.skew)).report
-                    reps.append(rep)
-            except UserError as e:
-                print(f"| {name} | {b} | - ({str(e).split(';')[0][:80]}) |", flush=True)
+                    ms.append(rep.extra.get("batch", {}).get("ms_per_step", rep.ms_per_token))
+                except (UserError, HardwareFitError) as e:
+                    ms.append(None)
+                    print(f"<!-- {name} batch {b} {'EP' if ep else 'TP'}: "
+                          f"{str(e).split(';')[0][:160]} -->", flush=True)
+            if ms[1] is None:
+                print(f"| {name} | {b} | - | - | - | - | - | - | - |", flush=True)
                 continue
-            tp, ep = (r.extra.get("batch", {}).get("ms_per_step", r.ms_per_token) for r in reps)
-            load = reps[1].expert_load["ep"]
-            print(f"| {name} | {b} | {reps[1].routing} | {tp:.3f} | {ep:.3f} | {ep / tp:.2f} | "
+            tp, ep = ms
+            tp_s = "does not fit" if tp is None else f"{tp:.3f}"
+            ratio = "-" if tp is None else f"{ep / tp:.2f}"
+            load = rep.expert_load["ep"]
+            print(f"| {name} | {b} | {rep.routing} | {tp_s} | {ep:.3f} | {ratio} | "
                   f"{load['imbalance']:.2f} | {load['weight_bytes_imbalance']:.2f} | "
-                  f"{reps[1].weight_bytes_per_step / 1e9:.2f} |  "
+                  f"{rep.weight_bytes_per_step / 1e9:.2f} |  "
                   f"<!-- {time.perf_counter() - t0:.0f} s -->", flush=True)
     return 0
 

@@ -381,7 +381,9 @@ class Step:
     # asic steps
     n_elems: int = 0  # vector length (per-position ops scale with pos, see asic_elems)
     per_pos_elems: int = 0  # extra elements per cached token (softmax)
-    # (MoE layer, expert) of a step that runs only when its expert is chosen (pimsim.moe)
+    # (MoE layer, expert) of a step that runs only when its expert is chosen (pimsim.moe);
+    # under expert parallelism the expert of device 0 in that local slot, whose steps every
+    # device's expert of the slot runs (pimsim.expert_parallel)
     expert: tuple[int, int] | None = None
     window: int = 0  # its layer's sliding window (per-position sizes stop growing there)
 
