@@ -407,3 +407,18 @@ def test_ep_that_does_not_divide_the_experts_is_refused(mixtral_prep):
 
         c = lower(mixtral_prep[1], hw_config("pim-gpt", tp=2))
         check_system(c.programs, hw_config("pim-gpt", tp=2, ep=2))
+
+
+@pytest.mark.slow  # two exports (~20 s)
+@pytest.mark.parametrize("family", ["qwen2-moe", "qwen3-moe"])
+def test_moe_family_greedy_tokens_under_expert_parallelism(family):
+    # Qwen2-MoE: its shared expert stays tensor-parallel beside the whole routed experts
+    from workloads.compiling import hw_config
+
+    ecfg = hw_config("pim-gpt", tp=2, ep=2)
+    model = tiny_moe_model(family)
+    c = compile_model(decode_step_module(model), ecfg, name=family)
+    assert c.program.ep == 2
+    assert sum(s.name.endswith(".moe.all_reduce") for s in c.program.steps) == 2
+    assert_same_generation(f"{family} ep 2", _greedy(c, ecfg, N_TOKENS),
+                           hf_greedy(model, PROMPT, N_TOKENS))
