@@ -90,6 +90,11 @@ class Compiled:
                           f"(the figures below: stage 0's device 0)"]
             lines.append(f"  collectives/token   {n_comm} per device of stage 0 (all-reduce of "
                          f"row-parallel partial sums, gather of the logits)")
+            if prog.ep > 1 and prog.moe:
+                n_exp = prog.moe[0]["experts"]
+                lines.append(f"  experts             whole, expert parallelism over {prog.ep} "
+                             f"devices: expert e of {n_exp} on device e // {n_exp // prog.ep}, "
+                             f"one all-reduce per MoE layer")
             for s, (p, m) in enumerate(zip(self.stages, self.stage_mappings)):
                 layers = sorted({st.layer for st in p.steps if st.layer >= 0})
                 span = f"layers {layers[0]}..{layers[-1]}" if layers else "no layers"
@@ -290,7 +295,8 @@ def _compile_graph(graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None, t:
     try:
         if tp * pp > 1:
             stages = lower_graph_system(graph, cfg, name=name, n_ctx=n_ctx, tp=tp, pp=pp,
-                                        attention=cfg.system.attention)
+                                        attention=cfg.system.attention,
+                                        ep=cfg.system.ep)
             for _, mp in stages:
                 mp.check()
             t["lower+place"] = time.perf_counter() - t0

@@ -441,12 +441,14 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     A mixture-of-experts program (:mod:`pimsim.moe`): a decode step runs the union of the
     experts its sequences chose (their routers', else ``routing``'s: a trace or seeded); a
     batched prefill step runs every expert."""
+    from pimsim.expert_parallel import ExpertLoad
     from pimsim.moe import Routing, active_steps, weight_bytes
 
     moe = bool(prog.moe)
+    load = ExpertLoad(prog) if moe else None  # per-device expert load (EP and the TP split)
     if moe and (functional is not None or routing is None):
         routing = Routing.recorder() if functional is not None else Routing.seeded()
-    w_bytes: list[int] = []
+    w_bytes: list[float] = []
     prefill = check_prefill(prefill)
     prompts = [list(p) for p in prompts]
     streams = table = None
@@ -531,8 +533,8 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                 meter.active = active
         tt = sim.run_token(ps, active)
         gen = skip_prompt or i >= L - 1
-        if gen:
-            w_bytes.append(weight_bytes(bprog, active))
+        if gen:  # one device's bytes (with experts: the devices' mean)
+            w_bytes.append(load.add(routing.last) if moe else weight_bytes(bprog, active))
         for b in range(B):
             nxt = nxts[b]
             if not skip_prompt and i + 1 < L:
@@ -578,7 +580,8 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
                          "max_batch": reuse.max_batch if reuse is not None else max_batch(prog),
                          "positions_last_step": list(ps)}},
         routing=routing.describe() if moe else "",
-        weight_bytes_per_step=float(np.mean(w_bytes)) if w_bytes else 0.0)
+        weight_bytes_per_step=float(np.mean(w_bytes)) if w_bytes else 0.0,
+        expert_load=load.summary() if moe else {})
 
 
 

@@ -341,7 +341,13 @@ class DecodeSimulator:
 
     def run_token(self, pos: int, active: np.ndarray | None = None) -> TokenTiming:
         """One decode step at ``pos``; ``active``: a mask of the steps that run this token
-        (:func:`pimsim.moe.active_steps`: only the chosen experts' steps), None for all."""
+        (:func:`pimsim.moe.active_steps`: only the chosen experts' steps), None for all (with
+        expert parallelism: every expert chosen, each device running its own)."""
+        if active is None and getattr(self.prog, "ep", 1) > 1 and self.prog.moe:
+            from pimsim.expert_parallel import every_expert
+            from pimsim.moe import active_steps
+
+            active = active_steps(self.prog, every_expert(self.prog))
         kind = self.steps.kind if active is None else np.where(active, self.steps.kind, 3)
         items, seg_lo, seg_hi = self.streams.build(pos)
         busy = self.link_cyc.busy(self.streams.seg_bytes)

@@ -772,6 +772,8 @@ class SystemFlowExecutor(FlowExecutor):
         if split is None:
             return devs[0]._base._matvec(m, x)
         kind, idx = split
+        if kind == "expert":  # expert parallelism: the whole expert on its device
+            return devs[idx]._base._matvec(m, x)
         if kind == "col":
             y = np.zeros(n_out, np.float32)
             for d, rows in zip(devs, idx):

@@ -81,9 +81,11 @@ def run_generation(
     executor's router, else by ``routing`` (a :class:`pimsim.moe.Routing`: a trace or seeded;
     default seeded uniform); the report's ``routing`` says which.
     """
+    from pimsim.expert_parallel import ExpertLoad
     from pimsim.moe import Routing, active_steps, weight_bytes
 
     moe = bool(prog.moe)
+    load = ExpertLoad(prog) if moe else None  # per-device expert load (EP and the TP split)
     if moe and functional is None and routing is None:
         routing = Routing.seeded()
     if moe and functional is not None and (routing is None or routing.kind != "functional"):
@@ -100,7 +102,7 @@ def run_generation(
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
     meter = TokenEnergy(sim) if with_energy else None
     per_token_j: list[float] = []
-    w_bytes: list[int] = []  # weight bytes read per generated step (one device)
+    w_bytes: list[float] = []  # weight bytes read per generated step (one device)
     first_end_cyc: int | None = None
     n_total = len(prompt) + n_tokens - 1  # the last generated token needs no decode step
     n_total = max(n_total, len(prompt))
@@ -119,8 +121,8 @@ def run_generation(
             if with_energy:
                 meter.active = active
         tt = sim.run_token(pos, active)
-        if pos >= len(prompt) - 1:
-            w_bytes.append(weight_bytes(prog, active))
+        if pos >= len(prompt) - 1:  # one device's bytes (with experts: the devices' mean)
+            w_bytes.append(load.add(routing.last) if moe else weight_bytes(prog, active))
         if pos + 1 < len(prompt):
             tok = int(prompt[pos + 1])
         else:
@@ -159,6 +161,7 @@ def run_generation(
         tpot_ms=tpot_ms(per_token_ms),
         routing=routing.describe() if moe else "",
         weight_bytes_per_step=float(np.mean(w_bytes)) if w_bytes else 0.0,
+        expert_load=load.summary() if moe else {},
     )
 
 

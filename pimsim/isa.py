@@ -389,7 +389,9 @@ class Step:
     # asic steps
     n_elems: int = 0  # vector length (per-position ops scale with pos, see asic_elems)
     per_pos_elems: int = 0  # extra elements per cached token (softmax)
-    # (MoE layer, expert) of a step that runs only when its expert is chosen (pimsim.moe)
+    # (MoE layer, expert) of a step that runs only when its expert is chosen (pimsim.moe);
+    # under expert parallelism the expert of device 0 in that local slot, whose steps every
+    # device's expert of the slot runs (pimsim.expert_parallel)
     expert: tuple[int, int] | None = None
     window: int = 0  # its layer's sliding window (per-position sizes stop growing there)
     # CENT's element-wise work in the banks ([system] lowering = "cent"): (kind, *sizes) of
@@ -449,6 +451,9 @@ class Program:
     # mixture of experts (pimsim.moe): per MoE layer, {"layer", "experts", "k"}
     moe: list[dict] = field(default_factory=list)
     scratch_row: int = 0  # first row of the CENT vectors' rows (steps with ``cent``)
+    # expert parallelism (pimsim.expert_parallel): the experts placed whole over the ``ep``
+    # devices of the group (expert e on device e // (E / ep); 1: split like every product)
+    ep: int = 1
 
     # --------------------------------------------------------------- instantiation per position
     def asic_elems(self, step: Step, pos: int) -> int:

@@ -64,10 +64,15 @@ def chosen(weights: np.ndarray) -> list[list[int]]:
 
 def active_steps(prog: Any, choice: dict[int, set[int]] | None) -> np.ndarray | None:
     """Mask of the program's steps that run when MoE layer ``m`` uses the experts
-    ``choice[m]`` (None: every step runs; a program without experts: None)."""
+    ``choice[m]`` (None: every step runs; a program without experts: None). With expert
+    parallelism, the steps of the critical device's experts, by local slot
+    (:func:`pimsim.expert_parallel.critical_choice`)."""
+    from pimsim.expert_parallel import critical_choice
+
     tags = [s.expert for s in prog.steps]
     if choice is None or all(t is None for t in tags):
         return None
+    choice = critical_choice(prog, choice)
     return np.array([t is None or t[1] in choice.get(t[0], ()) for t in tags], bool)
 
 
@@ -84,6 +89,7 @@ class Routing:
         self.kind, self.seed, self.dist, self.skew = kind, seed, dist, skew
         self.lines, self.path, self.inner = lines or {}, path, inner
         self.records: list[dict] = []  # the choices made, as trace lines
+        self.last: dict[int, list[list[int]]] = {}  # the last step's choice per token
 
     # -------------------------------------------------------------- sources
     @classmethod
@@ -137,6 +143,7 @@ class Routing:
         from pimsim.errors import UserError
 
         out: dict[int, set[int]] = {}
+        self.last: dict[int, list[list[int]]] = {}  # MoE layer -> experts per token, this step
         for m, info in enumerate(prog.moe):
             if self.kind == "functional":
                 toks = computed[m]
@@ -157,6 +164,7 @@ class Routing:
                                     "give k distinct experts below the layer's count")
             self.records.append({"step": pos, "moe": m, "layer": info["layer"],
                                  "experts": [sorted(int(e) for e in t) for t in toks]})
+            self.last[m] = [[int(e) for e in t] for t in toks]
             out[m] = {int(e) for t in toks for e in t}
         return out
 

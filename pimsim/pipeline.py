@@ -62,6 +62,11 @@ def check_system(programs: Sequence[Program], cfg: HwConfig) -> None:
             f"tp {sy.tp} x pp {sy.pp}",
             "compile for the config you simulate (compile_model(model, cfg) with the same cfg), "
             "or give both the same tp / pp")
+    if programs[0].ep != sy.ep:
+        raise UserError(
+            f"the program was compiled with expert parallelism {programs[0].ep}, but the system "
+            f"of {cfg.name} has {sy.ep}",
+            "compile for the config you simulate (the same --ep / --enable-expert-parallel)")
 
 
 def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[int],
@@ -104,7 +109,7 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
                           schedule=schedule, fast=fast, functional=functional,
                           progress=progress, skip_prompt=skip_prompt, prefill=prefill,
                           reuse=batch_reuse, routing=routing)
-        return _one_stage(rep, tp, len(batch_prompts))
+        return _one_stage(rep, tp, len(batch_prompts), programs[0].ep)
     if pp == 1 and prefill == "batched":  # a batched step of one sequence, then its decode
         from pimsim.batch import run_batched
 
@@ -113,23 +118,24 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
                           functional=None if functional is None else [functional],
                           progress=progress, skip_prompt=skip_prompt, prefill=prefill)
         del rep.extra["batch"]  # one sequence: the unbatched report's fields
-        return _one_stage(rep, tp, 1)
+        return _one_stage(rep, tp, 1, programs[0].ep)
     if pp == 1:
         rep = run_generation(programs[0], cfg, prompt=prompt, n_tokens=n_tokens,
                              schedule=schedule, fast=fast, functional=functional,
                              progress=progress, skip_prompt=skip_prompt, routing=routing)
-        return _one_stage(rep, tp, 1)
+        return _one_stage(rep, tp, 1, programs[0].ep)
     return _run_pipeline(programs, cfg, prompt=prompt, n_tokens=n_tokens, schedule=schedule,
                          fast=fast, functional=functional, progress=progress,
                          skip_prompt=skip_prompt, routing=routing)
 
 
-def _one_stage(rep: RunReport, tp: int, sequences: int) -> RunReport:
-    """A one-stage report for the whole group of ``tp`` alike devices."""
+def _one_stage(rep: RunReport, tp: int, sequences: int, ep: int = 1) -> RunReport:
+    """A one-stage report for the whole group of ``tp`` alike devices (``ep``: the experts
+    placed whole over them, :mod:`pimsim.expert_parallel`)."""
     rep.throughput_tokens_per_s = rep.tokens_per_s
     rep.commands = {k: v * tp for k, v in rep.commands.items()}  # all devices
     rep.weight_bytes_per_step *= tp
-    rep.system = {"devices": tp, "tp": tp, "pp": 1, "sequences": sequences,
+    rep.system = {"devices": tp, "tp": tp, "pp": 1, "ep": ep, "sequences": sequences,
                   "utilisation": [1.0], "bubble": 0.0}
     if rep.energy:
         _scale_energy(rep.energy, tp)
@@ -176,11 +182,14 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     times = TimeTotals()
     tok_j = [0.0]
 
+    from pimsim.expert_parallel import ExpertLoad
     from pimsim.moe import Routing, active_steps, weight_bytes
 
     moe = bool(programs[0].moe)
     routing = (routing or Routing.seeded()) if moe else None
     choices: dict[int, dict] = {}  # pos -> the experts chosen (a timing source: see below)
+    chosen: dict[int, dict] = {}  # pos -> MoE layer -> the experts of each token
+    loads = [ExpertLoad(p) for p in programs] if moe else []
     w_bytes: dict[int, int] = {}
 
     def job(s: int, pos: int, j: int, start: int) -> int:
@@ -189,9 +198,12 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         if moe:  # the stages' timing runs before the functional step: a trace or seeded choice
             if pos not in choices:
                 choices[pos] = routing.choose(programs[0], pos)
+                chosen[pos] = routing.last
             active = active_steps(programs[s], choices[pos])
         if j == 0 and pos >= len(prompt) - 1:
-            w_bytes[pos] = w_bytes.get(pos, 0) + weight_bytes(programs[s], active) * tp
+            one = weight_bytes(programs[s], active) if not moe else float(
+                loads[s].device_bytes(chosen[pos], loads[s].placement).mean())
+            w_bytes[pos] = w_bytes.get(pos, 0) + one * tp
         start = max(start, sim.now)
         gap = start - sim.now
         sim.now = start
@@ -272,7 +284,8 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         ttft_ms=None if skip_prompt or clock.first_token_end is None
         else ns(clock.first_token_end) / 1e6,
         tpot_ms=tpot_ms(per_token_ms),
-        system={"devices": cfg.system.devices, "tp": tp, "pp": pp, "sequences": pp,
+        system={"devices": cfg.system.devices, "tp": tp, "pp": pp, "ep": programs[0].ep,
+                "sequences": pp,
                 "stages_per_device": cfg.system.stages_per_device,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
                 "stage_send_cyc": send, "token_return_cyc": back},

@@ -182,6 +182,10 @@ class RunReport:
     # bytes of weight matrices the whole system's GEMVs read per generated step (mean; with
     # experts only the chosen ones', with a batch the union of its sequences' choices)
     weight_bytes_per_step: float = 0.0
+    # mixture of experts on a system (pimsim.expert_parallel): per device, the expert load
+    # (token x expert pairs) and weight bytes per step and their imbalance, under expert
+    # parallelism and under the tensor-parallel split ({} without experts)
+    expert_load: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The fields; a batched run (:mod:`pimsim.batch`) adds its ``extra["batch"]`` keys at
@@ -229,6 +233,10 @@ class RunReport:
         if self.routing:
             lines.append(f"  experts: routing {self.routing}; weights read "
                          f"{self.weight_bytes_per_step / 2**20:,.2f} MiB/step (whole system)")
+            if self.expert_load and self.expert_load["devices"] > 1:
+                from pimsim.expert_parallel import load_line
+
+                lines.append(load_line(self.expert_load))
         b = self.extra.get("batch")
         if b:
             bound = b["mac_bound_ms_per_step"]
@@ -246,7 +254,8 @@ class RunReport:
                          + f"); table: {e['table']}")
         if multi:
             flight = f"{sy['pp']} sequences in flight" if sy["pp"] > 1 else "1 sequence"
-            lines.append(f"  system ({sy['devices']} devices: tp {sy['tp']} x pp {sy['pp']}): "
+            ep = f", ep {sy['ep']}" if sy.get("ep", 1) > 1 else ""
+            lines.append(f"  system ({sy['devices']} devices: tp {sy['tp']} x pp {sy['pp']}{ep}): "
                          f"{self.throughput_tokens_per_s:,.1f} tokens/s of all sequences "
                          f"({flight}); utilisation "
                          + ", ".join(f"{u:.0%}" for u in sy["utilisation"])

@@ -77,6 +77,11 @@ class System:
     # their vectors written to and read back from the banks, and the input written to the
     # global buffer once per weight matrix of a pack; pimsim.cent_ops)
     lowering: str = "pimsim"
+    # expert parallelism (vLLM's --enable-expert-parallel, pimsim.expert_parallel): the MoE
+    # layers' experts placed whole over the ``ep`` devices of a stage's tensor-parallel group
+    # (``ep == tp``: no data parallelism here), attention and dense layers still split; 1: the
+    # experts split tensor-parallel like every other product
+    ep: int = 1
 
     @property
     def multi(self) -> bool:
@@ -85,15 +90,23 @@ class System:
 
 def resolve(devices: int | None, tp: int | None, pp: int | None,
             base: System | None = None, attention: str | None = None,
-            where: str = "the config") -> System:
+            where: str = "the config", ep: int | None = None,
+            expert_parallel: bool = False) -> System:
     """The system asked for on the command line (``None``: from ``base``, the config's, named
     ``where`` in messages). The one rule for ``--devices / --tp / --pp``:
 
     * given only ``--devices N``, the devices form one tensor-parallel group (``tp = N / pp``);
     * without ``--devices``, a config of several devices keeps its count: ``--tp`` and ``--pp``
       (the one not given: the config's) must multiply to it, else a SystemError naming both
-      numbers; a single-device config grows to ``tp x pp`` devices."""
+      numbers; a single-device config grows to ``tp x pp`` devices.
+
+    ``expert_parallel`` (``--enable-expert-parallel``) or ``ep`` (``--ep N``, the explicit size):
+    the experts placed whole over the tensor-parallel group (:func:`with_expert_parallel`)."""
     base = base or System()
+    if ep is not None or expert_parallel:
+        if ep is not None and devices is None and tp is None and base.devices == 1:
+            tp = ep  # --ep N alone: N devices, one tensor-parallel group
+        return with_expert_parallel(resolve(devices, tp, pp, base, attention, where), ep)
     if attention is not None:
         if attention not in ATTENTION:
             raise SystemError_(f"--tp-attention {attention!r} is not known",
@@ -123,6 +136,28 @@ def resolve(devices: int | None, tp: int | None, pp: int | None,
         raise SystemError_(f"--tp {tp_} x --pp {pp_} = {tp_ * pp_} devices, but --devices is "
                            f"{devices}", f"make T x P = {devices}")
     return dataclasses.replace(base, devices=devices, tp=tp_, pp=pp_, stages_per_device=1)
+
+
+def with_expert_parallel(sysm: System, ep: int | None = None) -> System:
+    """``sysm`` with its experts placed whole over each stage's tensor-parallel group (vLLM's
+    ``--enable-expert-parallel``: EP size = TP size x DP size, DP 1 here); ``ep``, the size given
+    (``--ep N``), must be that group's size. A SystemError naming the fix otherwise."""
+    if ep is not None and (not isinstance(ep, int) or isinstance(ep, bool) or not 1 <= ep <= 4096):
+        raise SystemError_(f"--ep {ep!r} must be a whole number of devices in 1..4096",
+                           "give --ep N with N the tensor-parallel devices (--tp)")
+    size = sysm.tp if ep is None else ep
+    if size != sysm.tp:
+        what = (f"does not divide the {sysm.devices} devices" if sysm.devices % size
+                else f"is not the tensor-parallel size {sysm.tp} ({sysm.devices} devices, "
+                     f"tp {sysm.tp} x pp {sysm.pp})")
+        raise SystemError_(f"--ep {size} {what}: the experts are placed over the tensor-parallel "
+                           f"devices (EP size = TP size, no data parallelism)",
+                           f"use --ep {sysm.tp} or --enable-expert-parallel (or --tp {size} "
+                           f"--devices {size * sysm.pp})")
+    if sysm.stages_per_device > 1:
+        raise SystemError_("expert parallelism with several pipeline stages per device",
+                           "give --devices at least --pp, or drop --ep")
+    return dataclasses.replace(sysm, ep=size)
 
 
 def _keep_devices(tp: int | None, pp: int | None, base: System, where: str) -> System:

@@ -933,6 +933,22 @@ def test_tp_or_pp_alone_keep_a_system_configs_device_count(capsys, flags, expect
     cli(["compile", "tiny", "--hw", "aim-cxl-8", *flags], capsys, expect)
 
 
+@pytest.mark.parametrize("argv, expect", [
+    (["run", "tiny", "--tp", "4", "--ep", "2"],
+     r"--ep 2 is not the tensor-parallel size 4 \(4 devices, tp 4 x pp 1\).*; use --ep 4 or "
+     r"--enable-expert-parallel \(or --tp 2 --devices 2\)"),
+    (["serve", "tiny", "--devices", "4", "--ep", "3"], r"--ep 3 does not divide the 4 devices"),
+    (["compare", "tiny", "--hw", "aim-cxl-8", "--ep", "4"],
+     r"--ep 4 is not the tensor-parallel size 8"),
+    (["compile", "tiny", "--ep", "2", "--tp-attention", "master"],
+     r"expert parallelism over 2 devices with tp 2 and master attention; use --ep equal to "
+     r"--tp, with attention split or one-device"),
+    (["run", "tiny", "--ep", "0"], r"--ep: 0 is out of range"),
+], ids=["ep-not-tp", "ep-not-dividing", "ep-config-devices", "ep-master", "ep-zero"])
+def test_bad_expert_parallel_sizes(capsys, argv, expect):
+    cli([*argv, "--no-cache"], capsys, expect)
+
+
 def test_aim_trace_of_a_pipelined_system_writes_every_stage(tmp_path, capsys):
     """One trace per pipeline stage (the stage in the file name), each the stage's program."""
     from pimsim.aim_emit import aim_trace_text

@@ -31,9 +31,20 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def mixtral(cfg):
+def mixtral_prep():
+    """The tiny Mixtral and its exported decode step, lowered by the tests onto each system."""
+    from compiler.pipeline import prepare
+
     m = tiny_moe_model("mixtral")
-    return m, compile_model(decode_step_module(m), cfg, name="mixtral")
+    return m, prepare(decode_step_module(m), name="mixtral")
+
+
+@pytest.fixture(scope="module")
+def mixtral(cfg, mixtral_prep):
+    from compiler.pipeline import lower
+
+    m, prep = mixtral_prep
+    return m, lower(prep, cfg)
 
 
 def _greedy(c, cfg, n: int) -> tuple[list[int], list[np.ndarray]]:
@@ -276,3 +287,138 @@ def test_asic_routing_equals_the_reference_router(at):
     if at["n_group"] > 1:  # the experts lie in the topk_group best groups of 4
         for c in chosen(got):
             assert len({e // 4 for e in c}) <= 2
+
+
+# ---------------------------------------------------------------- expert parallelism
+
+
+@pytest.fixture(scope="module")
+def split_and_ep(mixtral_prep):
+    """The tiny Mixtral (4 experts) on 2 devices: experts split tensor-parallel, and whole
+    (expert parallelism: experts 0, 1 on device 0, experts 2, 3 on device 1)."""
+    from compiler.pipeline import lower
+    from workloads.compiling import hw_config
+
+    _, prep = mixtral_prep
+    out = {}
+    for name, kw in (("tp", {}), ("ep", {"ep": 2})):
+        c = hw_config("pim-gpt", tp=2, **kw)
+        out[name] = (lower(prep, c), c)
+    return out
+
+
+def test_expert_parallel_places_whole_experts_and_gives_the_single_device_tokens(
+        mixtral, cfg, split_and_ep):
+    c1 = mixtral[1]
+    c, ecfg = split_and_ep["ep"]
+    prog = c.program
+    assert prog.ep == 2 and ecfg.system.ep == 2
+    # the device's program: its own experts' steps, one per local slot, whole GEMVs
+    ups = {s.expert: s.matrix for s in prog.steps if s.expert is not None and s.op == "ffn_up"}
+    assert {k: (m.out_dim, m.in_dim) for k, m in ups.items()} == \
+        {(m, e): (128, 64) for m in range(2) for e in range(2)}
+    for m in range(2):  # device 1's experts lie at device 0's rows (one layout per device)
+        names = sorted((n for n in prog.matrices if n.startswith(f"L{m}.ffn_up")
+                        and n != f"L{m}.ffn_up"),  # the router's gate: L{m}.ffn_up
+                       key=lambda n: int(n[len(f"L{m}.ffn_up"):]))  # ffn_up1 .. ffn_up4
+        mats = [prog.matrices[n] for n in names]
+        assert [prog.tp_rows[n] for n in names] == \
+            [("expert", 0), ("expert", 0), ("expert", 1), ("expert", 1)]
+        assert mats[0] is ups[(m, 0)] and mats[1] is ups[(m, 1)]
+        assert mats[2].base_row == mats[0].base_row != mats[1].base_row == mats[3].base_row
+    comm = [s.name for s in prog.steps if s.kind == "comm"]
+    assert [n for n in comm if ".moe." in n] == ["L0.moe.all_reduce", "L1.moe.all_reduce"]
+    assert all(s.expert is None for s in prog.steps if s.kind == "comm")  # none per expert
+    tp_comm = [s for s in split_and_ep["tp"][0].program.steps if s.kind == "comm"]
+    assert sum(s.expert is not None for s in tp_comm) == 8  # TP: one per expert's down
+    want = _greedy(c1, cfg, 8)
+    assert_same_generation("ep 2", greedy_steps(functional_executor(c, ecfg, exact=True), 8,
+                                                PROMPT), want)
+
+
+def _one_device_trace(experts: list[int]) -> Routing:
+    return Routing("trace", lines={(p, m): [experts] for p in range(4) for m in range(2)},
+                   path="t")
+
+
+def test_a_step_waits_for_the_device_holding_every_chosen_expert(split_and_ep):
+    from pimsim.decode import DecodeSimulator
+    from pimsim.pipeline import run_system
+
+    c, ecfg = split_and_ep["ep"]
+    prog = c.program
+    reps = {d: run_system(c.programs, ecfg, prompt=[3], n_tokens=4,
+                          routing=_one_device_trace([2 * d, 2 * d + 1])) for d in (0, 1)}
+
+    def device_ms(slots: set[int]) -> list[float]:  # one device running only these experts
+        sim = DecodeSimulator(prog, ecfg)
+        mask = np.array([s.expert is None or s.expert[1] in slots for s in prog.steps])
+        return [ecfg.timing.ns(t.end_cyc - t.start_cyc) / 1e6
+                for t in (sim.run_token(p, mask) for p in range(4))]
+
+    for d, rep in reps.items():
+        assert rep.per_token_ms == device_ms({0, 1})  # its two experts, in local slots 0, 1
+        load = rep.expert_load
+        assert load["placement"] == "ep" and load["devices"] == 2
+        assert load["ep"]["imbalance"] == 2.0  # the device count: all on one device
+        assert load["ep"]["pairs_per_device"] == ([4.0, 0.0] if d == 0 else [0.0, 4.0])
+        assert load["tp"]["imbalance"] == 1.0 and load["tp"]["pairs_per_device"] == [2.0, 2.0]
+        assert load["ep"]["weight_bytes_imbalance"] > 1.0
+        assert "imbalance 2.00" in rep.summary() and "ep 2" in rep.summary()
+    idle = device_ms(set())  # the other device: no expert work
+    assert all(a > b for a, b in zip(reps[0].per_token_ms, idle))
+    # device 1's experts sit at device 0's rows: the same steps, the same time
+    assert reps[1].per_token_ms == reps[0].per_token_ms
+    mixed = run_system(c.programs, ecfg, prompt=[3], n_tokens=4,  # one expert on each device
+                       routing=_one_device_trace([1, 2]))
+    assert mixed.per_token_ms == device_ms({1})  # a tie: device 0's expert 1, its slot 1
+    assert mixed.expert_load["ep"]["imbalance"] == 1.0
+    assert all(a < b for a, b in zip(mixed.per_token_ms, reps[0].per_token_ms))
+
+
+def test_ep_reads_the_weight_bytes_tp_reads_and_shows_the_skew(split_and_ep):
+    from pimsim.pipeline import run_system
+
+    reps = {}
+    for name, (c, sc) in split_and_ep.items():
+        reps[name] = run_system(c.programs, sc, prompt=[3], n_tokens=3,
+                                batch_prompts=[[3]] * 8, routing=Routing.seeded(2, "skewed", 2.0))
+    tp, ep = reps["tp"], reps["ep"]
+    assert tp.weight_bytes_per_step == ep.weight_bytes_per_step > 0  # the same experts read
+    assert tp.expert_load["placement"] == "tp" and ep.expert_load["placement"] == "ep"
+    for p in ("ep", "tp"):  # one routing: the same load whichever placement ran
+        for k, v in tp.expert_load[p].items():
+            assert v == pytest.approx(ep.expert_load[p][k]), (p, k)
+    load = ep.expert_load
+    assert sum(load["ep"]["pairs_per_device"]) == pytest.approx(8 * 2 * 2)  # B x layers x k
+    assert load["ep"]["imbalance"] > 1.05 and load["tp"]["imbalance"] == 1.0
+    assert tp.system["ep"] == 1 and ep.system["ep"] == 2
+
+
+def test_ep_that_does_not_divide_the_experts_is_refused(mixtral_prep):
+    from compiler.pipeline import lower
+    from workloads.compiling import hw_config
+
+    with pytest.raises(UserError, match=r"--ep 8 does not divide the 4 experts of MoE layer "
+                                        r"0; use an --ep \(and --tp\) dividing 4"):
+        lower(mixtral_prep[1], hw_config("pim-gpt", tp=8, ep=8))
+    with pytest.raises(UserError, match="compiled with expert parallelism 1, but the system"):
+        from pimsim.pipeline import check_system
+
+        c = lower(mixtral_prep[1], hw_config("pim-gpt", tp=2))
+        check_system(c.programs, hw_config("pim-gpt", tp=2, ep=2))
+
+
+@pytest.mark.slow  # two exports (~20 s)
+@pytest.mark.parametrize("family", ["qwen2-moe", "qwen3-moe"])
+def test_moe_family_greedy_tokens_under_expert_parallelism(family):
+    # Qwen2-MoE: its shared expert stays tensor-parallel beside the whole routed experts
+    from workloads.compiling import hw_config
+
+    ecfg = hw_config("pim-gpt", tp=2, ep=2)
+    model = tiny_moe_model(family)
+    c = compile_model(decode_step_module(model), ecfg, name=family)
+    assert c.program.ep == 2
+    assert sum(s.name.endswith(".moe.all_reduce") for s in c.program.steps) == 2
+    assert_same_generation(f"{family} ep 2", _greedy(c, ecfg, N_TOKENS),
+                           hf_greedy(model, PROMPT, N_TOKENS))

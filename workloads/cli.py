@@ -125,7 +125,9 @@ def _hw(args, *, refresh: bool | None = None):
     """The config of ``--hw`` with the command line's ``--devices / --tp / --pp``."""
     return session.hw_config(args.hw, devices=getattr(args, "devices", None),
                              tp=getattr(args, "tp", None), pp=getattr(args, "pp", None),
-                             tp_attention=getattr(args, "tp_attention", None), refresh=refresh)
+                             tp_attention=getattr(args, "tp_attention", None), refresh=refresh,
+                             ep=getattr(args, "ep", None),
+                             expert_parallel=getattr(args, "enable_expert_parallel", False))
 
 
 def _show(args) -> bool:
@@ -276,7 +278,9 @@ def batch_sizes(text: str) -> list[int]:
 def cmd_validate(args) -> int:
     from workloads.validation import failed_line
 
-    m = session.validate(args.model, args.hw, args.tokens, reference=args.reference,
+    ep = args.ep is not None or args.enable_expert_parallel
+    m = session.validate(args.model, _hw(args) if ep else args.hw, args.tokens,
+                         reference=args.reference,
                          prompt=args.prompt, seed=args.seed, exact=args.exact, show=_show(args),
                          devices=args.devices, tp=args.tp, pp=args.pp).to_dict()
     if args.json:
@@ -658,6 +662,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "kept whole on each stage's first device, or master (CENT's: every "
                              "product split by rows, broadcast from and gathered on the first "
                              "device, which runs the whole attention)")
+        sp.add_argument("--enable-expert-parallel", action="store_true",
+                        help="mixture-of-experts models: whole experts placed over each "
+                             "stage's tensor-parallel devices (expert e of E on device "
+                             "e // (E / T)) instead of every expert split over them; attention "
+                             "and dense layers stay split (vLLM's flag)")
+        sp.add_argument("--ep", type=int_in(1, 4096), metavar="N",
+                        help="expert parallelism over N devices (vLLM's EP size = TP size: N "
+                             "must be the tensor-parallel devices T and divide the experts); "
+                             "alone on a one-device config, N devices")
 
     def context(sp):
         sp.add_argument("--context", type=int_in(1, 1 << 20), metavar="N",

@@ -22,17 +22,21 @@ __all__ = ["check_context", "compile_model", "compile_with_source", "hw_config",
 
 def hw_config(hw: str | HwConfig = "pim-gpt", *, devices: int | None = None,
               tp: int | None = None, pp: int | None = None, tp_attention: str | None = None,
-              refresh: bool | None = None) -> HwConfig:
+              refresh: bool | None = None, ep: int | None = None,
+              expert_parallel: bool = False) -> HwConfig:
     """The hardware config ``hw`` (a shipped name, a ``.toml`` path or a loaded config) with its
     ``[system]`` overridden by ``devices`` / ``tp`` / ``pp`` / ``tp_attention`` where given (see
-    :func:`pimsim.system.resolve`); ``refresh=False`` turns DRAM refresh off."""
+    :func:`pimsim.system.resolve`; ``expert_parallel`` or ``ep``: the experts placed whole over
+    the tensor-parallel devices, :mod:`pimsim.expert_parallel`); ``refresh=False`` turns DRAM
+    refresh off."""
     from pimsim.system import apply_system, resolve
 
     if isinstance(hw, HwConfig):
         cfg = hw if refresh is None else hw.with_refresh(refresh)
     else:
         cfg = load_config(hw, refresh=refresh)
-    sysm = resolve(devices, tp, pp, cfg.system, tp_attention, where=f"hardware config {cfg.name}")
+    sysm = resolve(devices, tp, pp, cfg.system, tp_attention, where=f"hardware config {cfg.name}",
+                   ep=ep, expert_parallel=expert_parallel)
     return cfg if sysm == cfg.system else apply_system(cfg, sysm)
 
 

@@ -68,8 +68,9 @@ def hw_identity(cfg: Any) -> dict:
     d = dataclasses.asdict(cfg)
     for k in ("refresh", "source", "description"):
         d.pop(k, None)
-    if d.get("system", {}).get("lowering") == "pimsim":  # the default: identities stay
-        d["system"].pop("lowering")
+    for k, default in (("lowering", "pimsim"), ("ep", 1)):  # the defaults: identities stay
+        if d.get("system", {}).get(k) == default:
+            d["system"].pop(k)
     return d
 
 

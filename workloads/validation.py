@@ -228,7 +228,8 @@ def validate(model: str, hw: str = "pim-gpt", tokens: int = 32, *, reference: st
     mode = "exact" if exact else "approx"
     tol = TOLERANCES[mode]
     sy = cfg.system
-    m["system"] = {"devices": sy.devices, "tp": sy.tp, "pp": sy.pp, "attention": sy.attention}
+    m["system"] = {"devices": sy.devices, "tp": sy.tp, "pp": sy.pp, "attention": sy.attention,
+                   "ep": sy.ep}
     m.update(model=model, hw=hw if isinstance(hw, str) else cfg.name, tokens=tokens,
              reference_device=ref.device, asic_math=mode, tolerance=tol, reference_info=ref.info,
              reference_runtime="onnxruntime" if "onnxruntime" in ref.info else "PyTorch")

@@ -65,6 +65,8 @@ class Emission:
             if what == "cache_view":
                 continue
             self._cur_expert = self._expert_tag(n, layer)
+            if self.ep > 1 and self._cur_expert is None:
+                self._ep_combine(n, layer, L)
             n_flow = len(self.flow)
             if what == "cache_append":
                 self._emit_cache_append(n)
@@ -81,6 +83,8 @@ class Emission:
                     f.attrs["moe"] = self.moe_of[n.outputs[0]]
                 if self._cur_expert is not None and id(n) not in self.combine:
                     f.attrs["expert_tag"] = self._cur_expert
+            if self.ep > 1 and (n.op == "expert_out" or id(n) in self.combine):
+                self.ep_partial.update(n.outputs)  # a device's sum of its experts' outputs
             if n.op == "expert_out":
                 self.expert_sum[n.outputs[0]] = self._cur_expert
             elif self._cur_expert is not None and id(n) not in self.combine:
@@ -115,6 +119,32 @@ class Emission:
             raise LoweringError(f"{self.name}: node {n.name!r} mixes the paths of experts "
                                 f"{sorted(tags)}")
         return tags.pop() if tags else None
+
+    def _ep_combine(self, n: Node, layer: int, L: str) -> None:
+        """Expert parallelism (:mod:`pimsim.expert_parallel`): before the first node after a
+        MoE layer's experts, the devices' sums of their own experts' weighted outputs are
+        added by one all-reduce over the group."""
+        for v in [i for i in n.inputs if i in self.ep_partial]:
+            self.ep_partial.discard(v)
+            self.step_of[v] = {self._add(f"{L}.moe.all_reduce", "all_reduce", layer, "comm",
+                                         self._deps_of([v]),
+                                         n_elems=int(np.prod(shape0(self.g, v))))}
+
+    def _ep_place(self, mname: str) -> None:
+        """Expert parallelism: the matrix ``mname`` of the expert being emitted stays whole on
+        its device, expert ``e`` of ``E`` on device ``e // (E / ep)``; the experts of one
+        local slot (``e % (E / ep)``) lie at the same rows of their devices."""
+        m, e = self._cur_expert
+        n_exp = int(self.moe[m]["experts"])
+        if n_exp % self.ep:
+            raise LoweringError(f"{self.name}: --ep {self.ep} does not divide the {n_exp} "
+                                f"experts of MoE layer {m}",
+                                f"use an --ep (and --tp) dividing {n_exp}, or drop --ep")
+        per = n_exp // self.ep
+        j = self.ep_count.get((m, e), 0)
+        self.ep_count[(m, e)] = j + 1
+        self.tp_rows[mname] = ("expert", e // per)
+        self.ep_slot[mname] = (m, e % per, j)
 
     def _start_emission(self) -> None:
         """The emission's state: the steps and flow so far and what they refer to."""
@@ -154,6 +184,11 @@ class Emission:
         self.expert_sum: dict[str, tuple[int, int]] = {}  # an expert's weighted output -> tag
         self.combine: set[int] = set()  # adds of the experts' outputs (run per expert chosen)
         self._cur_expert: tuple[int, int] | None = None  # the tag of the node being emitted
+        # expert parallelism: expert matrix -> (MoE layer, local slot, k-th matrix), the
+        # matrices per expert so far, the values holding a device's partial sum of experts
+        self.ep_slot: dict[str, tuple[int, int, int]] = {}
+        self.ep_count: dict[tuple[int, int], int] = {}
+        self.ep_partial: set[str] = set()
 
     def _lname(self, layer: int) -> str:
         """A step-name prefix: ``embed``, ``L<i>`` or ``final``."""
@@ -374,7 +409,9 @@ class Emission:
             lo += o
         in_dim = weight_out_in(g, p.nodes[0])[1][1]
         out_loc, in_loc = lo, in_dim
-        if tp > 1:
+        if self.ep > 1 and self._cur_expert is not None:  # a whole expert on its device
+            self._ep_place(mname)
+        elif tp > 1:
             out_loc, in_loc = self.partition_matvec(mname, p, parts, lo, in_dim, self.owner)
         self.mat_local[mname] = (out_loc, in_loc)
         self.mat_layer[mname] = layer

@@ -58,7 +58,8 @@ class GraphMapping:
     weights: dict[str, Any] = field(default_factory=dict)  # matrix name -> [out, in] array|None
     vector_values: dict[str, Any] = field(default_factory=dict)  # entry -> flat array|None
     # systems: ("col" | "row", logical rows | columns per device) of each split matrix (its
-    # weights above stay whole: device r's image takes its share), the device's TP group size
+    # weights above stay whole: device r's image takes its share), or ("expert", device) of a
+    # whole expert's matrix under expert parallelism; the device's TP group size
     # and pipeline stage
     tp_rows: dict[str, tuple[str, list]] = field(default_factory=dict)
     tp: int = 1
@@ -85,8 +86,15 @@ class GraphMapping:
         gathered = {t for t, m in self.tables.items() if t == m}
         return [m for n, m in self.matrices.items() if n not in gathered]
 
+    def on_other_device(self, name: str) -> bool:
+        """Expert parallelism: a matrix of another device's expert (this device holds its own
+        expert of that slot at the same rows)."""
+        split = self.tp_rows.get(name)
+        return split is not None and split[0] == "expert" and split[1] != 0
+
     def placed_weight_elems(self) -> int:
-        n = sum(m.out_dim * m.in_dim for m in self.matrices.values())
+        n = sum(m.out_dim * m.in_dim for k, m in self.matrices.items()
+                if not self.on_other_device(k))
         return n + self.vectors.total_elems
 
     def placed_weight_bytes(self) -> int:
@@ -115,7 +123,7 @@ class GraphMapping:
             for c in range(g.channels):
                 add(c, b[:, None], rows[None, :])
 
-        keys += [m.row_keys() for m in self.matrices.values()]
+        keys += [m.row_keys() for k, m in self.matrices.items() if not self.on_other_device(k)]
         for kl, vl in zip(self.k_cache, self.v_cache):
             block(kl.base_row + np.arange(kl.rows_reserved))
             keys.append(vl.matrix.row_keys())

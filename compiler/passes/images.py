@@ -56,6 +56,10 @@ def build_graph_image(mp, *, data_type: str = "bf16", rank: int = 0, corrupt: st
         split = mp.tp_rows.get(name)
         if split is not None:
             kind, idx = split
+            if kind == "expert":  # a whole expert: on its device only (others share its rows)
+                if idx == rank:
+                    img.store_matrix(m, w)
+                continue
             part = np.zeros((m.out_dim, m.in_dim), np.float32)
             if kind == "col":
                 part[:len(idx[rank])] = w[idx[rank]]

@@ -65,11 +65,12 @@ def lower_graph(graph: Graph, cfg: HwConfig, *, name: str = "model",
 
 def lower_graph_system(graph: Graph, cfg: HwConfig, *, name: str = "model",
                        n_ctx: int | None = None, tp: int = 1, pp: int = 1,
-                       attention: str = "split") -> list[tuple[Program, GraphMapping]]:
+                       attention: str = "split", ep: int = 1) -> list[tuple[Program, GraphMapping]]:
     """Lower onto a system of ``tp x pp`` devices: one (program, mapping) per pipeline stage,
     each the program of one device of the stage's tensor-parallel group
-    (:mod:`compiler.passes.partition`). ``tp = pp = 1`` is exactly :func:`lower_graph`."""
-    return _Lowering(graph, cfg, name, n_ctx, tp=tp, pp=pp, attention=attention).run()
+    (:mod:`compiler.passes.partition`; ``ep = tp``: the experts placed whole over the group,
+    :mod:`pimsim.expert_parallel`). ``tp = pp = 1`` is exactly :func:`lower_graph`."""
+    return _Lowering(graph, cfg, name, n_ctx, tp=tp, pp=pp, attention=attention, ep=ep).run()
 
 
 def classified(graph: Graph, name: str) -> Graph:
@@ -87,7 +88,7 @@ class _Lowering(TensorParallel, Emission, Placement):
     (:mod:`~compiler.passes.place`), each a mixin over the state here."""
 
     def __init__(self, graph: Graph, cfg: HwConfig, name: str, n_ctx: int | None,
-                 tp: int = 1, pp: int = 1, attention: str = "split") -> None:
+                 tp: int = 1, pp: int = 1, attention: str = "split", ep: int = 1) -> None:
         if attention not in ATTENTION_SPLITS:
             raise LoweringError(f"attention = {attention!r} unknown",
                                 f"use one of {', '.join(ATTENTION_SPLITS)}")
@@ -99,6 +100,11 @@ class _Lowering(TensorParallel, Emission, Placement):
         self.n_ctx = n_ctx
         self.geo = geometry(cfg)
         self.tp, self.pp = tp, pp
+        if ep > 1 and (ep != tp or attention == "master"):
+            raise LoweringError(f"{name}: expert parallelism over {ep} devices with tp {tp}"
+                                + (" and master attention" if attention == "master" else ""),
+                                "use --ep equal to --tp, with attention split or one-device")
+        self.ep = ep if ep > 1 else 1
 
     def read_classes(self) -> None:
         """The attentions, cache views, packs and layers, as the classify pass marked them."""

@@ -32,11 +32,22 @@ class Placement:
               table_of, tables_first, tied, vocab, d_ff, logits, stage=0):
         g, geo, cfg = self.g, self.geo, self.cfg
         tp = self.tp
-        mine = [i for i, layer in enumerate(self.step_layer) if self.stage_of(layer) == stage]
-        if self.pp > 1:  # this stage's steps, renumbered; a dependency on an earlier stage is
-            new = {old: k for k, old in enumerate(mine)}  # met by its activations' arrival
-            steps = [dataclasses.replace(steps[i], index=new[i], deps=tuple(
-                new[d] for d in steps[i].deps if d in new)) for i in mine]
+        other = self._ep_other_steps()
+        mine = [i for i, layer in enumerate(self.step_layer)
+                if self.stage_of(layer) == stage and i not in other]
+        new = {old: k for k, old in enumerate(mine)}
+        if other:  # a dependency on another device's expert: on the steps before it
+            via: dict[int, set[int]] = {}
+            for i in sorted(other):  # (its dependencies come before it)
+                via[i] = set().union(*({new[d]} if d in new else via.get(d, set())
+                                       for d in steps[i].deps))
+            steps = [dataclasses.replace(steps[i], index=new[i], deps=tuple(sorted(set().union(
+                *({new[d]} if d in new else via.get(d, set()) for d in steps[i].deps)))))
+                for i in mine]
+        elif self.pp > 1:  # this stage's steps, renumbered; a dependency on an earlier stage
+            steps = [dataclasses.replace(steps[i], index=new[i], deps=tuple(  # is met by its
+                new[d] for d in steps[i].deps if d in new)) for i in mine]  # activations
+        if self.pp > 1:
             vec_consts = {k: v for k, v in vec_consts.items() if self.stage_of(k) == stage}
             mat_order = [m for m in mat_order if self.stage_of(self.mat_layer[m]) == stage]
             if stage:
@@ -152,13 +163,14 @@ class Placement:
                                 geo.row_elems)
         next_row = [row] * C
 
-        def place(name, out_dim, in_dim):
+        def place(name, out_dim, in_dim, at=None):
             parts, af = self.mat_cent.get(name, (0, -1))
             m = MatrixLayout(name, name.split(".")[-1].rstrip("0123456789"), out_dim, in_dim,
-                             geo.row_elems, tuple(next_row), geo, gb_cols, acc, cfg.pim.mapping,
-                             cent_parts=parts, cent_af_part=af)
-            for c in range(C):
-                next_row[c] += m.rows_used(c)
+                             geo.row_elems, tuple(next_row) if at is None else at, geo, gb_cols,
+                             acc, cfg.pim.mapping, cent_parts=parts, cent_af_part=af)
+            if at is None:
+                for c in range(C):
+                    next_row[c] += m.rows_used(c)
             return m
 
         tables: dict[str, MatrixLayout] = {}
@@ -169,9 +181,16 @@ class Placement:
             r, c = g.const_shape(t)
             tables[tn] = mp.matrices[tn] = place(tn, r, c)
             mp.weights[tn] = g.const_value(t)
+        slot_rows: dict[tuple, tuple[int, ...]] = {}  # expert parallelism: a slot's rows
         for mname in mat_order:
             o, i = self.mat_local[mname]
-            mp.matrices[mname] = place(mname, o, i)
+            slot = self.ep_slot.get(mname)
+            if slot is not None and slot in slot_rows:  # another device's expert, same rows
+                mp.matrices[mname] = place(mname, o, i, at=slot_rows[slot])
+            else:
+                if slot is not None:
+                    slot_rows[slot] = tuple(next_row)
+                mp.matrices[mname] = place(mname, o, i)
             mp.weights[mname] = matrices_w[mname]
             if mname in self.tp_rows:
                 mp.tp_rows[mname] = self.tp_rows[mname]
@@ -200,7 +219,7 @@ class Placement:
                 st.kv = kv_of[st.kv[0]]
         # the ASIC adds the partial sums RD_MAC hands out: out x n_reads of the matrix's layout
         # (its fills under pim-gpt's order, 1 under the reuse order)
-        renum = {old: k for k, old in enumerate(mine)} if self.pp > 1 else None
+        renum = new if self.pp > 1 or other else None
         for i, mname in self.reduce_of.items():
             k = i if renum is None else renum.get(i)
             if k is not None:
@@ -224,9 +243,19 @@ class Placement:
             tp=tp, stage=stage, n_stages=self.pp, tp_rows=dict(mp.tp_rows),
             tp_heads={a.index: (a.q_ranks, a.kv_ranks) for a in attns if a.q_ranks},
             send_elems=self.crossing_elems(stage) if stage < self.pp - 1 else 0,
-            moe=[dict(m) for m in self.moe], scratch_row=scratch_row)
+            moe=[dict(m) for m in self.moe], scratch_row=scratch_row, ep=self.ep)
         mp.tp, mp.stage = tp, stage
         return prog, mp
+
+    def _ep_other_steps(self) -> set[int]:
+        """Expert parallelism (:mod:`pimsim.expert_parallel`): the steps of the experts other
+        devices hold (expert ``e >= E / ep``). A device's program has the steps of its own
+        experts, one per local slot; another device's expert runs the same GEMVs at the same
+        rows (its matrices stay in the program, aliased, for the functional executor)."""
+        if self.ep <= 1:
+            return set()
+        return {i for i, st in enumerate(self.steps) if st.expert is not None and
+                st.expert[1] >= int(self.moe[st.expert[0]]["experts"]) // self.ep}
 
     def place_stages(self) -> list[tuple[Program, GraphMapping]]:
         """Every pipeline stage placed: one (program, mapping) each."""
