@@ -22,28 +22,13 @@ has to simulate and their sizes; then the PIM serving summary (vLLM ``benchmark_
 with the batched steps simulated and the wall seconds spent in them; the GPU summary; the wall
 time of the whole process. No timed assertions: a script that prints its figures.
 
-Measured on a 2-core machine shared with other jobs (load average 14-16 on its 2 cores during
-the figures below: CPU seconds are the comparable figures, wall times 3-8x them). One
-128-sequence step of the figure-10 workload (positions in 8 groups of 16; the first ten distinct
-steps of the process, each with the same cycles and joules before and after): 0.68 s CPU
-(0.57-0.83; 3.2-5.1 s wall) with every weight pass replayed unit by unit, 0.41 s CPU (0.36-0.55;
-2.1-3.4 s wall) now that a weight product's 128 identical passes run as memoised blocks and
-whole periods of blocks in closed form (refresh phase-locks the passes: ffn_up's 128 enter a
-period of under 20; ``tests/test_block_reuse.py`` holds both exact). The weight products' kernel
-time fell about 5x (ffn_up 0.18 -> 0.03 s a step); what is left is the KV writes (each channel's
-2,048 writes of a step are one FR-FCFS run, simulated anew every step since every position
-moves), building the KV and attention items, and the blocks' replays. The first step of the
-process: ~5 s CPU (48 s with a cold numba cache). The full workload, run whole (load average
-falling from 8 to 1.5 during it): **895.8 s wall, 670 s CPU** (586.7 user + 83.7 system; compile
-73.5 s wall; 1,069 batched steps, 18 of them 256-vector prefill steps, in 818.2 s wall, 0.77 s
-each; the kernel memo 31.3 of 33.6 M words, nothing dropped); PIM: duration 72.61 s, 1,805
-output tok/s, TTFT 7,826 ms, TPOT 126.1 ms, 71.87 mJ/output token; H100 model: 7.217 s,
-18,160 tok/s, 27.47 mJ/token. Before the blocks it was not run whole (~18-20 min estimated at
-load ~2). Still over the 3-minute target: what is left is above.
-``--num-prompts 32`` (full lengths, batched prefill; 513 distinct batched steps, 509 of 32
-sequences): the whole process 109 s CPU (336 s wall at 32 % of a core; the batched steps
-262.6 s wall, 0.51 s each) against 137.5 s CPU (445 s wall at 30 %; 345.1 s, 0.67 s each)
-before the blocks, run side by side: the same printed summaries, PIM and GPU.
+Measured (``docs/benchmarks.md`` keeps the history): the whole workload with ``--jobs 2`` on a
+2-core machine shared with other jobs (load average ~6): 473 s CPU (1,458 s wall at 32 % of
+the cores) against 670 s CPU before a weight product's passes were held once (compact streams),
+batched programs shared their batch-independent caches and two workers simulated the steps;
+the same PIM summary to the digit (72.61 s, 1,805 output tok/s, TTFT 7,826 ms, TPOT 126.1 ms,
+71.87 mJ/output token). ``--num-prompts 32 --jobs 1``: 61.5 s CPU against 109 s. One
+128-sequence step: 0.19 s CPU (0.41 s before).
 """
 
 from __future__ import annotations
