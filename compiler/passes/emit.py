@@ -217,6 +217,12 @@ class Emission:
         per = n1 - n0
         return n0 - per, per
 
+    def _rows(self, value: str, axis: int) -> int:
+        """Rows of a value along ``axis``: the product of its other (static) dimensions."""
+        shape = self.g.shape_of(value)
+        ax = axis % len(shape)
+        return int(np.prod([int(d) for i, d in enumerate(shape) if i != ax]))
+
     def _operand(self, name: str, layer: int) -> str:
         """Make a constant operand of an ASIC op available: an immediate or a vector."""
         g = self.g
@@ -448,6 +454,8 @@ class Emission:
             op = "residual"
         cnt = [self._elems(v) for v in list(n.outputs) + [i for i in n.inputs if not g.is_const(i)]]
         ne, per = max(cnt, key=lambda t: (t[1], t[0]))
+        if n.op == "softmax" and len(n.inputs) > 1:  # a sink: one more element a row (a head)
+            ne += self._rows(n.outputs[0], n.attrs["axis"])
         if split:  # device 0's share (the device simulated)
             share = float(np.mean(self.owner[n.outputs[0]] == 0))
             ne, per = math.ceil(ne * share - 1e-9), math.ceil(per * share - 1e-9)
