@@ -89,13 +89,14 @@ MOE_FAMILIES = ("mixtral", "qwen2-moe", "qwen3-moe", "olmoe", "gpt-oss")
 def tiny_moe_model(family: str, seed: int = 0):
     """A tiny random mixture-of-experts causal LM of ``family`` (2 layers, d_model 64, 4 or 8
     experts, 2 per token; Qwen2-MoE with a gated shared expert; gpt-oss's projection biases
-    N(0, 0.08) and its sinks N(0, 1), logits that matter next to the scores)."""
+    N(0, 0.3) and its sinks N(0, 1), logits that matter next to the scores; greedy
+    choices at least 1 % of the logits' range apart)."""
     model = tiny_model_from(_moe_configs()[family](), seed)
     if family == "gpt-oss":
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith("_proj.bias") or name.endswith(".sinks"):
-                    p.normal_(0.0, 1.0 if name.endswith(".sinks") else 0.08)
+                    p.normal_(0.0, 1.0 if name.endswith(".sinks") else 0.3)
                     p.copy_(p.to(torch.bfloat16).float())
     return model
 
