@@ -305,7 +305,7 @@ def test_predict_takes_a_preset_name() -> None:
 
 def test_compare_gpu_point_for_zoo_presets() -> None:
     for name in zoo.NAMES:
-        if name == "gpt3-175b":
+        if name in ("gpt3-175b", "gpt-oss-120b"):  # more than one H200's memory
             continue
         pt = C.gpu_point("h200", name, 100)
         s = shapes.zoo_shape(name)
