@@ -216,7 +216,7 @@ OPS: dict[str, AsicOp] = {
     "sigmoid": AsicOp(_sigmoid, "activation"),
     "silu": AsicOp(_silu, "activation"),
     "relu": AsicOp(lambda M, a, at: np.maximum(_f32(a[0]), np.float32(0)), "activation"),
-    "clamp": AsicOp(_clamp, "elementwise"),  # two compares a element, as relu's one
+    "clamp": AsicOp(_clamp, "elementwise"),  # [assumed] one pass: a compare with each bound
     "gelu": AsicOp(_gelu, "gelu"),
     "layernorm": AsicOp(_layernorm, "layernorm"),
     "rmsnorm": AsicOp(_rmsnorm, "rmsnorm"),
