@@ -106,6 +106,7 @@ def _(q, window):
 
 
 def softmax_sink_reference(scores: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """:func:`softmax_sink` in torch, as transformers' gpt-oss eager attention computes it."""
     x = torch.cat([scores, sinks.to(scores.dtype).expand(*scores.shape[:-1], 1)], dim=-1)
     x = x - x.max(dim=-1, keepdim=True).values  # as gpt-oss's eager attention
     return torch.softmax(x, dim=-1)[..., :-1]
