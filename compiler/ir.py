@@ -102,7 +102,10 @@ OPS: dict[str, tuple[int, int | None, tuple[str, ...]]] = {
     "reduce_mean": (1, 1, ("axes", "keepdim")),
     "reduce_max": (1, 1, ("axes", "keepdim")),
     "reduce_sum": (1, 1, ("axes", "keepdim")),
-    "softmax": (1, 1, ("axis",)),
+    # softmax(x[, sink]): a sink (gpt-oss's attention sinks) is one logit per row along
+    # ``axis`` that joins the denominator and has no output of its own
+    "softmax": (1, 2, ("axis",)),
+    "clamp": (1, 1, ("min", "max")),  # min / max: a float, or None for no bound
     "layernorm": (1, 3, ("axis", "eps")),
     "rmsnorm": (1, 2, ("axis", "eps")),
     "gelu": (1, 1, ("approximate",)),
@@ -129,7 +132,7 @@ OPS: dict[str, tuple[int, int | None, tuple[str, ...]]] = {
 
 ELEMENTWISE_BINARY = ("add", "sub", "mul", "div", "pow")
 ELEMENTWISE_UNARY = ("sqrt", "tanh", "erf", "exp", "rsqrt", "neg", "cos", "sin", "sigmoid", "silu",
-                     "relu")
+                     "relu", "clamp")
 REDUCTIONS = ("reduce_mean", "reduce_max", "reduce_sum")
 DATA_OPS = ("reshape", "transpose", "concat", "slice", "select", "unsqueeze", "squeeze",
             "expand", "cast", "constant")

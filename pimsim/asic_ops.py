@@ -112,9 +112,24 @@ def _rmsnorm(M, a, at):
 
 
 def _softmax(M, a, at):
+    """Softmax along ``axis``; with a second argument, a sink (gpt-oss's attention sinks): one
+    more logit per row that joins the max and the denominator and is then dropped."""
     x = np.moveaxis(_f32(a[0]), at["axis"], -1)
     s = x.reshape(-1, x.shape[-1])
+    if len(a) > 1:
+        ax = at["axis"] % x.ndim
+        shape = list(np.shape(a[0]))
+        shape[ax] = 1
+        sink = np.moveaxis(np.broadcast_to(_f32(a[1]), shape), ax, -1).reshape(-1, 1)
+        p = M.softmax(np.concatenate([s, sink], axis=-1))[:, :-1]
+        return np.moveaxis(p.reshape(x.shape), -1, ax)
     return np.moveaxis(M.softmax(s).reshape(x.shape), -1, at["axis"])
+
+
+def _clamp(M, a, at):
+    lo, hi = at["min"], at["max"]
+    return np.clip(_f32(a[0]), None if lo is None else np.float32(lo),
+                   None if hi is None else np.float32(hi)).astype(np.float32)
 
 
 def _axes(x: np.ndarray, axes) -> tuple[int, ...] | None:
@@ -201,6 +216,7 @@ OPS: dict[str, AsicOp] = {
     "sigmoid": AsicOp(_sigmoid, "activation"),
     "silu": AsicOp(_silu, "activation"),
     "relu": AsicOp(lambda M, a, at: np.maximum(_f32(a[0]), np.float32(0)), "activation"),
+    "clamp": AsicOp(_clamp, "elementwise"),  # [assumed] one pass: a compare with each bound
     "gelu": AsicOp(_gelu, "gelu"),
     "layernorm": AsicOp(_layernorm, "layernorm"),
     "rmsnorm": AsicOp(_rmsnorm, "rmsnorm"),

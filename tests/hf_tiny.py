@@ -70,16 +70,35 @@ def _moe_configs():
                                               **_MOE),
         "olmoe": lambda: T.OlmoeConfig(intermediate_size=32, num_experts=8,
                                        num_experts_per_tok=2, eos_token_id=None, **_MOE),
+        # gpt-oss: layer 0 a sliding window of 4 tokens, layer 1 full; attention sinks, q/k/v/o
+        # biases, YaRN rotary (4x over 16 positions), a router bias, experts with biases and a
+        # SwiGLU clamped at 1.0 (7.0 in the real models: here the clamp is reached)
+        "gpt-oss": lambda: T.GptOssConfig(
+            intermediate_size=32, head_dim=16, num_local_experts=8, num_experts_per_tok=2,
+            sliding_window=4, swiglu_limit=1.0,
+            rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                             "beta_slow": 1.0, "truncate": False,
+                             "original_max_position_embeddings": 16, "rope_theta": 150000.0},
+            **_MOE),
     }
 
 
-MOE_FAMILIES = ("mixtral", "qwen2-moe", "qwen3-moe", "olmoe")
+MOE_FAMILIES = ("mixtral", "qwen2-moe", "qwen3-moe", "olmoe", "gpt-oss")
 
 
 def tiny_moe_model(family: str, seed: int = 0):
     """A tiny random mixture-of-experts causal LM of ``family`` (2 layers, d_model 64, 4 or 8
-    experts, 2 per token; Qwen2-MoE with a gated shared expert)."""
-    return tiny_model_from(_moe_configs()[family](), seed)
+    experts, 2 per token; Qwen2-MoE with a gated shared expert; gpt-oss's projection biases
+    N(0, 0.3) and its sinks N(0, 1), logits that matter next to the scores; greedy
+    choices at least 1 % of the logits' range apart)."""
+    model = tiny_model_from(_moe_configs()[family](), seed)
+    if family == "gpt-oss":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("_proj.bias") or name.endswith(".sinks"):
+                    p.normal_(0.0, 1.0 if name.endswith(".sinks") else 0.3)
+                    p.copy_(p.to(torch.bfloat16).float())
+    return model
 
 
 def tiny_model(family: str, seed: int = 0):

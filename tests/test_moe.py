@@ -1,7 +1,7 @@
-"""Mixtures of experts: tiny random Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE models lowered op by
-op (router on PIM + ASIC, each expert's FFN as GEMVs) give the model's own greedy tokens; a
-decode step runs only the chosen experts' steps, its time and weight bytes follow the choice;
-a routing trace written by a functional run replays to the same cycles."""
+"""Mixtures of experts: tiny random Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE / gpt-oss models
+lowered op by op (router on PIM + ASIC, each expert's FFN as GEMVs) give the model's own greedy
+tokens; a decode step runs only the chosen experts' steps, its time and weight bytes follow the
+choice; a routing trace written by a functional run replays to the same cycles."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def test_mixtral_greedy_tokens_match_the_hf_model(mixtral, cfg):
 @pytest.mark.slow
 @pytest.mark.parametrize("family,split", [("mixtral", {"tp": 2}), ("qwen2-moe", {"tp": 2}),
                                           ("qwen3-moe", {"tp": 2}), ("olmoe", {"pp": 2}),
-                                          ("mixtral", {"pp": 2})])
+                                          ("mixtral", {"pp": 2}), ("gpt-oss", {"tp": 2}),
+                                          ("gpt-oss", {"pp": 2})])
 def test_moe_family_greedy_tokens_match_the_hf_model(family, split, cfg):
     # OLMoE normalises q and k over all heads (q_norm over hidden_size): a reduction across a
     # tensor-parallel split that pimsim refuses, so its two devices are pipeline stages

@@ -692,6 +692,24 @@ def _moe_route(im: _Importer, n: Any) -> None:
             n_group=int(n_group), topk_group=int(topk_group), scale=float(scale))
 
 
+def _softmax_sink(im: _Importer, n: Any) -> None:
+    """``pimsim::softmax_sink`` (workloads.models.moe_ops): a softmax whose rows each have one
+    more logit, the sink, in the denominator (gpt-oss's attention sinks)."""
+    im.emit("softmax", n, [im.name(n.args[0]), im.name(n.args[1])], axis=-1)
+
+
+def _clamp(im: _Importer, n: Any) -> None:
+    """``clamp`` / ``clamp_min`` / ``clamp_max`` by Python numbers."""
+    kind = n.target.overloadpacket.__name__
+    lo = _kw(n, 1, "min", None) if kind != "clamp_max" else None
+    hi = _kw(n, 2, "max", None) if kind == "clamp" else (_kw(n, 1, "max", None)
+                                                         if kind == "clamp_max" else None)
+    if any(b is not None and not isinstance(b, (int, float)) for b in (lo, hi)):
+        raise im.unsupported(n, "bounds that are tensors")
+    im.emit("clamp", n, [im.arg(n, 0)], min=None if lo is None else float(lo),
+            max=None if hi is None else float(hi))
+
+
 def _expert_mark(op: str) -> Handler:
     """``pimsim::expert_in`` / ``expert_out``: expert ``e``'s input and its weighted output."""
     def h(im: _Importer, n: Any) -> None:
@@ -703,6 +721,8 @@ def _expert_mark(op: str) -> Handler:
 ATEN_OPS: dict[str, Handler] = {
     "pimsim.moe_route": _moe_route, "pimsim.expert_in": _expert_mark("expert_in"),
     "pimsim.expert_out": _expert_mark("expert_out"),
+    "pimsim.softmax_sink": _softmax_sink, "clamp": _clamp, "clamp_min": _clamp,
+    "clamp_max": _clamp,
     "pimsim.attn_window": lambda im, n: im.emit("attn_window", n, [im.name(n.args[0])],
                                                 window=int(n.args[1])),
     "add_": _inplace("add"), "mul_": _inplace("mul"), "sub_": _inplace("sub"),

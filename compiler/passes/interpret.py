@@ -89,9 +89,19 @@ def _gelu(n: Node, a: list, s: dict) -> np.ndarray:
 
 
 def _softmax(n: Node, a: list, s: dict) -> np.ndarray:
-    x = a[0]
-    e = np.exp(x - x.max(axis=n.attrs["axis"], keepdims=True))
-    return e / e.sum(axis=n.attrs["axis"], keepdims=True)
+    x, ax = a[0], n.attrs["axis"]
+    if len(a) > 1:  # a sink: one more logit per row in the denominator, no output
+        shape = list(x.shape)
+        shape[ax] = 1
+        x = np.concatenate([x, np.broadcast_to(a[1], shape).astype(x.dtype)], axis=ax)
+    e = np.exp(x - x.max(axis=ax, keepdims=True))
+    p = e / e.sum(axis=ax, keepdims=True)
+    return np.delete(p, -1, axis=ax) if len(a) > 1 else p
+
+
+def _clamp(n: Node, a: list, s: dict) -> np.ndarray:
+    lo, hi = n.attrs["min"], n.attrs["max"]
+    return np.clip(a[0], lo, hi).astype(a[0].dtype)
 
 
 def _gemm(n: Node, a: list, s: dict) -> np.ndarray:
@@ -155,6 +165,7 @@ _OPS: dict[str, Callable[[Node, list, dict], Any]] = {
     "sigmoid": lambda n, a, s: (1 / (1 + np.exp(-a[0]))).astype(a[0].dtype),
     "silu": lambda n, a, s: (a[0] / (1 + np.exp(-a[0]))).astype(a[0].dtype),
     "relu": lambda n, a, s: np.maximum(a[0], 0).astype(a[0].dtype),
+    "clamp": _clamp,
     "reduce_mean": lambda n, a, s: a[0].mean(axis=_axes(n, a[0]), keepdims=n.attrs["keepdim"]),
     "reduce_max": lambda n, a, s: a[0].max(axis=_axes(n, a[0]), keepdims=n.attrs["keepdim"]),
     "reduce_sum": lambda n, a, s: a[0].sum(axis=_axes(n, a[0]), keepdims=n.attrs["keepdim"]),

@@ -297,7 +297,7 @@ RULES: dict[str, Rule] = {
     "pow": _elementwise, "where": _elementwise,
     "sqrt": _same, "tanh": _same, "erf": _same, "exp": _same, "softmax": _same,
     "rsqrt": _same, "neg": _same, "cos": _same, "sin": _same, "sigmoid": _same, "silu": _same,
-    "relu": _same,
+    "relu": _same, "clamp": _same,
     "layernorm": _same, "rmsnorm": _same, "gelu": _same, "cast": _same,
     "reduce_mean": _reduce, "reduce_max": _reduce, "reduce_sum": _reduce,
     "gather": _gather, "select": _select, "concat": _concat, "reshape": _reshape,

@@ -42,6 +42,8 @@ FAMILY_FIELDS: dict[str, dict[str, Any]] = {
     "Qwen3MoeConfig": dict(LLAMA_LAYOUT),
     "Qwen2MoeConfig": dict(LLAMA_LAYOUT, qkv_bias=True),
     "OlmoeConfig": dict(LLAMA_LAYOUT),
+    # gpt-oss: biases on q/k/v/o and on every expert's products
+    "GptOssConfig": dict(LLAMA_LAYOUT, qkv_bias=True, out_bias=True, mlp_bias=True),
 }
 # MoE config arguments: (experts, experts per token, expert width, shared expert width or None)
 MOE_CONFIG_ARGS: dict[str, tuple[str, str, str, str | None]] = {
@@ -50,6 +52,7 @@ MOE_CONFIG_ARGS: dict[str, tuple[str, str, str, str | None]] = {
     "Qwen2MoeConfig": ("num_experts", "num_experts_per_tok", "moe_intermediate_size",
                        "shared_expert_intermediate_size"),
     "OlmoeConfig": ("num_experts", "num_experts_per_tok", "intermediate_size", None),
+    "GptOssConfig": ("num_local_experts", "num_experts_per_tok", "intermediate_size", None),
 }
 # (rotary base argument or None for learned positions, its default; norm epsilon argument, its default)
 FAMILY_CONFIG_ARGS: dict[str, tuple[str | None, float, str, float]] = {
@@ -63,12 +66,15 @@ FAMILY_CONFIG_ARGS: dict[str, tuple[str | None, float, str, float]] = {
     "Qwen3MoeConfig": ("rope_theta", 10000.0, "rms_norm_eps", 1e-6),
     "Qwen2MoeConfig": ("rope_theta", 10000.0, "rms_norm_eps", 1e-6),
     "OlmoeConfig": ("rope_theta", 10000.0, "rms_norm_eps", 1e-5),
+    "GptOssConfig": ("rope_theta", 150000.0, "rms_norm_eps", 1e-5),
 }
 
 
 # the q/k RMSNorm weights per layer: Qwen3 per head (2 x d_head), OLMoE over all heads
 MOE_QK_NORM = {"Qwen3MoeConfig": lambda d_attn, d_kv, d_head: 2 * d_head,
                "OlmoeConfig": lambda d_attn, d_kv, d_head: d_attn + d_kv}
+# other vectors per layer: gpt-oss's attention sinks (one per query head) and router bias
+EXTRA_LAYER_PARAMS = {"GptOssConfig": lambda n_head, n_experts: n_head + n_experts}
 
 
 def zoo_shape(name: str) -> DecoderShape:
@@ -103,6 +109,8 @@ def zoo_shape(name: str) -> DecoderShape:
             dh = kw.get("head_dim") or d // n_head
             n_kv = kw.get("num_key_value_heads", n_head)
             fam["qk_norm_params"] = MOE_QK_NORM[cls](n_head * dh, n_kv * dh, dh)
+        if cls in EXTRA_LAYER_PARAMS:
+            fam["extra_layer_params"] = EXTRA_LAYER_PARAMS[cls](n_head, kw[n_e])
     return DecoderShape(name=name, n_layer=n_layer, d_model=d, n_head=n_head,
                         n_kv_head=kw.get("num_key_value_heads", n_head),
                         d_head=kw.get("head_dim") or d // n_head,

@@ -9,7 +9,8 @@ two standard extension points of ``transformers`` keep the exported graph a plai
   their KV head (K/V stay at ``n_kv_head`` heads, as they are cached);
 * its mask function returns no mask: a decode step attends to every cached token (a sliding
   window's attention marks its query with the window, ``pimsim::attn_window``: the lowering
-  keeps the KV cache as a ring of that many slots);
+  keeps the KV cache as a ring of that many slots); attention sinks (gpt-oss) join the
+  softmax's denominator (``pimsim::softmax_sink``);
 * mixture-of-experts blocks route through ``pimsim::`` ops (:mod:`workloads.models.moe_ops`).
 
 The past cache is one tensor per side, ``[n_layer, n_kv_head, past_len, d_head]``; the step
@@ -31,8 +32,8 @@ ATTN = "pimsim"
 
 
 class UnsupportedFeatureError(UserError):
-    """A Hugging Face model uses a feature the decode step does not model (soft-capping,
-    attention sinks): an intended refusal, bad input rather than a pimsim bug."""
+    """A Hugging Face model uses a feature the decode step does not model (soft-capping): an
+    intended refusal, bad input rather than a pimsim bug."""
 
 
 def _text_config(config: Any) -> Any:
@@ -65,10 +66,9 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
                scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple:
     b, n_q, s, d = query.shape
     n_kv = key.shape[1]
-    if kwargs.get("softcap") or kwargs.get("s_aux") is not None:
-        what = "soft-capping" if kwargs.get("softcap") else "attention sinks"
-        raise UnsupportedFeatureError(f"the model's attention uses {what}, which pimsim does not "
-                                      f"support", "use a model with plain full attention")
+    if kwargs.get("softcap"):
+        raise UnsupportedFeatureError("the model's attention uses soft-capping, which pimsim does "
+                                      "not support", "use a model with plain full attention")
     scale = d ** -0.5 if scaling is None else scaling
     window = kwargs.get("sliding_window")
     if window:  # the keys of the last `window` tokens only: a KV ring of that many slots
@@ -77,7 +77,15 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
         query = attn_window(query, int(window))
     q = query.reshape(b, n_kv, (n_q // n_kv) * s, d)
     scores = torch.matmul(q, key.transpose(-1, -2)) * scale
-    p = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    sinks = kwargs.get("s_aux")
+    if sinks is not None:  # gpt-oss: a logit per query head in the denominator, no value
+        from workloads.models.moe_ops import softmax_sink
+
+        sink = sinks.reshape(n_kv, n_q // n_kv, 1).expand(n_kv, n_q // n_kv, s)
+        p = softmax_sink(scores.float(), sink.reshape(1, n_kv, (n_q // n_kv) * s, 1).float())
+        p = p.to(value.dtype)
+    else:
+        p = torch.softmax(scores.float(), dim=-1).to(value.dtype)
     ctx = torch.matmul(p, value)  # [b, n_kv, group * s, d]
     return ctx.reshape(b, n_q, s, d).transpose(1, 2), None
 

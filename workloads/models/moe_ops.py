@@ -14,7 +14,14 @@ three ``pimsim::`` custom ops that the compiler lowers (``compiler.frontends.tor
 
 Every expert's FFN is then plain GEMVs in the graph; the program runs only the chosen experts'
 steps (``pimsim.moe``). The router's arithmetic follows each model's own code (transformers
-5.x): Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE softmax -> top-k -> optional renormalisation.
+5.x): Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE softmax -> top-k -> optional renormalisation;
+gpt-oss top-k of the logits (its router has a bias) -> softmax over the k, and experts with
+biases and a clamped SwiGLU (:func:`_gpt_oss_experts_forward`).
+
+Two attention ops mark what the decode step's attention (:mod:`workloads.models.hf_decode`)
+does beyond ``q.K^T``, softmax, ``p.V``: ``attn_window`` (a sliding window) and
+``softmax_sink`` (gpt-oss's attention sinks: a learned logit per head in the softmax's
+denominator).
 """
 
 from __future__ import annotations
@@ -98,6 +105,26 @@ def _(q, window):
     return torch.empty_like(q)
 
 
+def softmax_sink_reference(scores: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """:func:`softmax_sink` in torch, as transformers' gpt-oss eager attention computes it."""
+    x = torch.cat([scores, sinks.to(scores.dtype).expand(*scores.shape[:-1], 1)], dim=-1)
+    x = x - x.max(dim=-1, keepdim=True).values  # as gpt-oss's eager attention
+    return torch.softmax(x, dim=-1)[..., :-1]
+
+
+@torch.library.custom_op(f"{_LIB}::softmax_sink", mutates_args=())
+def softmax_sink(scores: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """Softmax of ``scores`` along the last axis with one more logit per row, ``sinks``
+    (broadcast to ``[..., 1]``), in the denominator and no output of its own (an ASIC softmax of
+    one more element a row, pimsim.asic_ops)."""
+    return softmax_sink_reference(scores, sinks)
+
+
+@softmax_sink.register_fake
+def _(scores, sinks):
+    return torch.empty_like(scores)
+
+
 def _router_forward(self: Any, hidden: torch.Tensor) -> tuple:
     hidden = hidden.reshape(-1, self.hidden_dim)
     logits = torch.nn.functional.linear(hidden, self.weight, getattr(self, "bias", None))
@@ -122,9 +149,39 @@ def _experts_forward(self: Any, hidden: torch.Tensor, top_k_index: Any,
     return out
 
 
+def _gpt_oss_experts_forward(self: Any, hidden: torch.Tensor, top_k_index: Any,
+                             weights: torch.Tensor) -> torch.Tensor:
+    """gpt-oss's experts (transformers' GptOssExperts): ``gate_up_proj`` [E, d, 2I] holds the
+    gate and up columns interleaved (gate even, up odd) with a bias each, then
+    ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)``, ``g = clamp(gate, max=limit)``,
+    and ``down_proj`` [E, I, d] with a bias."""
+    out = None
+    for e in range(self.num_experts):
+        x = torch.ops.pimsim.expert_in(hidden, weights, e)
+        w, b = self.gate_up_proj[e], self.gate_up_proj_bias[e]
+        gate = torch.nn.functional.linear(x, w[:, ::2].t(), b[::2])  # two products, split
+        up = torch.nn.functional.linear(x, w[:, 1::2].t(), b[1::2])  # alike over devices
+        gate = gate.clamp(max=self.limit)
+        up = up.clamp(min=-self.limit, max=self.limit)
+        glu = gate * torch.sigmoid(gate * self.alpha)
+        y = torch.nn.functional.linear((up + 1) * glu, self.down_proj[e].t(),
+                                       self.down_proj_bias[e])
+        y = torch.ops.pimsim.expert_out(y, weights, e)
+        out = y if out is None else out + y
+    return out
+
+
+def _is_gpt_oss(experts: Any) -> bool:
+    return hasattr(experts, "gate_up_proj_bias") and hasattr(experts, "limit")
+
+
 def route_params(router: Any, config: Any) -> dict:
     """The routing arithmetic of a transformers router module (softmax -> top-k -> optional
-    renormalisation; Mixtral always renormalises)."""
+    renormalisation; Mixtral always renormalises; gpt-oss: top-k of the logits -> softmax over
+    the k, its ``GptOssTopKRouter`` having no softmax over all experts)."""
+    if type(router).__name__ == "GptOssTopKRouter":
+        return {"k": int(router.top_k), "score": "topk_softmax", "norm": False, "n_group": 1,
+                "topk_group": 1, "scale": 1.0, "bias": None}
     return {"k": int(router.top_k), "score": "softmax",
             "norm": bool(getattr(router, "norm_topk_prob", True)), "n_group": 1,
             "topk_group": 1, "scale": 1.0, "bias": None}
@@ -132,11 +189,13 @@ def route_params(router: Any, config: Any) -> dict:
 
 def moe_blocks(model: Any) -> list[tuple[Any, Any]]:
     """(router, experts) of every MoE block of a transformers model: a module with a ``gate``
-    holding ``top_k`` and ``weight`` [E, d] and ``experts`` holding ``gate_up_proj`` [E, 2I, d]
-    and ``down_proj`` [E, d, I]."""
+    (gpt-oss: ``router``) holding ``top_k`` and ``weight`` [E, d] and ``experts`` holding
+    ``gate_up_proj`` [E, 2I, d] (gpt-oss: [E, d, 2I]) and ``down_proj``."""
     out = []
     for m in model.modules():
         gate, experts = getattr(m, "gate", None), getattr(m, "experts", None)
+        if gate is None:
+            gate = getattr(m, "router", None)
         if gate is not None and experts is not None and hasattr(gate, "top_k") and \
                 hasattr(experts, "gate_up_proj") and hasattr(experts, "down_proj"):
             out.append((gate, experts))
@@ -150,7 +209,8 @@ def decode_moe(model: Any) -> Iterator[None]:
     for router, experts in blocks:
         router._pimsim_route = route_params(router, model.config)
         router.forward = types.MethodType(_router_forward, router)
-        experts.forward = types.MethodType(_experts_forward, experts)
+        experts.forward = types.MethodType(
+            _gpt_oss_experts_forward if _is_gpt_oss(experts) else _experts_forward, experts)
     try:
         yield
     finally:

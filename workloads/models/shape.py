@@ -89,6 +89,9 @@ class DecoderShape:
     # RMSNorm weights of the queries and keys per layer (Qwen3: per head, 2 x d_head; OLMoE:
     # over all heads, d_attn + d_kv), 0: none
     qk_norm_params: int = 0
+    # other vectors of a layer (gpt-oss: its attention sinks, n_head, and its router's bias,
+    # n_experts), 0: none
+    extra_layer_params: int = 0
 
     def __post_init__(self) -> None:
         name = self.name
@@ -144,7 +147,8 @@ class DecoderShape:
             if self.d_head % 2:
                 raise _invalid(name, f"rotary positions need an even d_head, got {self.d_head}",
                                "give an even d_head (or learned positions, rope_theta None)")
-        for field in ("n_experts", "experts_per_tok", "d_ff_shared", "qk_norm_params"):
+        for field in ("n_experts", "experts_per_tok", "d_ff_shared", "qk_norm_params",
+                      "extra_layer_params"):
             if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
                 raise _invalid(name, f"{field} must be an int >= 0, got {getattr(self, field)!r}",
                                f"give {field} as a whole number (0: none)")
@@ -180,7 +184,7 @@ class DecoderShape:
         if self.n_experts:
             mlp = mlp * self.n_experts + self._router_params
         norms = self.norms_per_layer * self._norm_params + self.qk_norm_params
-        return attn + mlp + norms
+        return attn + mlp + norms + self.extra_layer_params
 
     @property
     def _router_params(self) -> int:

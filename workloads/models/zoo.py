@@ -78,6 +78,21 @@ HF_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
                                         num_experts_per_tok=8, norm_topk_prob=False,
                                         vocab_size=50304, max_position_embeddings=4096,
                                         eos_token_id=None)),
+    # openai/gpt-oss-20b config.json (transformers' GptOssConfig defaults are gpt-oss-120b's:
+    # the same but 36 layers and 128 experts): layers alternate a sliding window of 128 tokens
+    # (a KV ring) and full attention, attention sinks, q/k/v/o biases, experts with biases and
+    # a clamped SwiGLU (limit 7.0), YaRN rotary (factor 32 over 4096 positions)
+    "gpt-oss-20b": ("GptOssConfig", dict(
+        hidden_size=2880, intermediate_size=2880, num_hidden_layers=24, num_attention_heads=64,
+        num_key_value_heads=8, head_dim=64, num_local_experts=32, num_experts_per_tok=4,
+        sliding_window=128, vocab_size=201088, max_position_embeddings=131072,
+        attention_bias=True, swiglu_limit=7.0, tie_word_embeddings=False)),
+    # openai/gpt-oss-120b config.json
+    "gpt-oss-120b": ("GptOssConfig", dict(
+        hidden_size=2880, intermediate_size=2880, num_hidden_layers=36, num_attention_heads=64,
+        num_key_value_heads=8, head_dim=64, num_local_experts=128, num_experts_per_tok=4,
+        sliding_window=128, vocab_size=201088, max_position_embeddings=131072,
+        attention_bias=True, swiglu_limit=7.0, tie_word_embeddings=False)),
 }
 
 GPT_SHAPES: dict[str, DecoderShape] = {
