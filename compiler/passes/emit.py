@@ -254,7 +254,11 @@ class Emission:
             raise LoweringError(f"{self.name}: the new {which} at node {n.name!r} has "
                                 f"shape {list(sh)}, expected [1, n_kv_head, 1, d_head] "
                                 f"appended on the token axis")
-        a.n_kv, a.d_head = int(sh[-3]), int(sh[-1])
+        a.n_kv = int(sh[-3])
+        if which == "k":
+            a.d_head = int(sh[-1])
+        else:
+            a.d_v = int(sh[-1])
         self.flow.append(FlowOp(f"{which}_write", (new,), (), {"attn": a.index}, -2))
 
     def _emit_attention(self, n: Node) -> None:

@@ -14,7 +14,8 @@ three ``pimsim::`` custom ops that the compiler lowers (``compiler.frontends.tor
 
 Every expert's FFN is then plain GEMVs in the graph; the program runs only the chosen experts'
 steps (``pimsim.moe``). The router's arithmetic follows each model's own code (transformers
-5.x): Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE softmax -> top-k -> optional renormalisation.
+5.x): Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE softmax -> top-k -> optional renormalisation,
+DeepSeek-V3 sigmoid -> group-limited top-k -> renormalisation -> scale.
 """
 
 from __future__ import annotations
@@ -124,7 +125,15 @@ def _experts_forward(self: Any, hidden: torch.Tensor, top_k_index: Any,
 
 def route_params(router: Any, config: Any) -> dict:
     """The routing arithmetic of a transformers router module (softmax -> top-k -> optional
-    renormalisation; Mixtral always renormalises)."""
+    renormalisation; Mixtral always renormalises). DeepSeek-V3's ``DeepseekV3TopkRouter``:
+    sigmoid scores, the ``e_score_correction_bias`` added for the choice only, the experts of
+    the ``topk_group`` best of ``n_group`` groups (a group's score: its two best), the chosen
+    scores renormalised and scaled by ``routed_scaling_factor``."""
+    bias = getattr(router, "e_score_correction_bias", None)
+    if bias is not None:
+        return {"k": int(router.top_k), "score": "sigmoid", "norm": bool(router.norm_topk_prob),
+                "n_group": int(router.num_group), "topk_group": int(router.topk_group),
+                "scale": float(router.routed_scaling_factor), "bias": bias}
     return {"k": int(router.top_k), "score": "softmax",
             "norm": bool(getattr(router, "norm_topk_prob", True)), "n_group": 1,
             "topk_group": 1, "scale": 1.0, "bias": None}
