@@ -120,6 +120,19 @@ def test_latent_cache_is_smaller_and_scores_equal_the_decompressed_ones(model):
         decode_step_module(model, "compressed")
 
 
+def test_deepseek_v2s_rotary_code_is_refused():
+    import torch
+    import transformers as T
+
+    with torch.device("meta"):  # DeepSeek-V2 rotates by complex multiplication: not modelled
+        m = T.AutoModelForCausalLM.from_config(T.DeepseekV2Config(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+            q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16,
+            v_head_dim=16, vocab_size=128, max_position_embeddings=64))
+    with pytest.raises(UserError, match="rotates its keys"):
+        decode_step_module(m.eval())
+
+
 def test_the_deepseek_v3_preset_has_the_public_shapes():
     import transformers as T
 

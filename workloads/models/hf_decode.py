@@ -185,6 +185,7 @@ class HFDecodeStep(torch.nn.Module):
         d_head_v = d_head
         c = _text_config(model.config)
         if mla_mod.is_mla(c):
+            mla_mod.check_mla(model)
             n_kv, d_head, d_head_v = mla_mod.cache_dims(c, mla)
         self.cfg = SimpleNamespace(n_layer=n_layer, n_head=n_kv, d_head=d_head,
                                    d_head_v=d_head_v, n_ctx=n_ctx)

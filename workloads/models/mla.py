@@ -25,6 +25,7 @@ while the decode step runs, for one of two forms of the same arithmetic:
 
 from __future__ import annotations
 
+import sys
 import types
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -49,7 +50,7 @@ def cache_dims(config: Any, form: str) -> tuple[int, int, int]:
 
 
 def _rope(self: Any, q_rot: torch.Tensor, k_rot: torch.Tensor, cos: Any, sin: Any) -> tuple:
-    mod = __import__(type(self).__module__, fromlist=["apply_rotary_pos_emb"])
+    mod = sys.modules[type(self).__module__]  # the model's own rotary functions
     if self.config.rope_interleave:
         return mod.apply_rotary_pos_emb_interleave(q_rot, k_rot, cos, sin)
     return mod.apply_rotary_pos_emb(q_rot, k_rot, cos, sin)
@@ -101,6 +102,20 @@ def mla_attentions(model: Any) -> list[Any]:
     """The multi-head latent attention modules of a transformers model."""
     return [m for m in model.modules() if hasattr(m, "kv_a_proj_with_mqa")
             and hasattr(m, "kv_b_proj") and hasattr(m, "kv_a_layernorm")]
+
+
+def check_mla(model: Any) -> None:
+    """An :class:`~workloads.models.hf_decode.UnsupportedFeatureError` for an MLA whose rotary
+    code is not DeepSeek-V3's (DeepSeek-V2's complex rotation, say): only that one is modelled."""
+    from workloads.models.hf_decode import UnsupportedFeatureError
+
+    for m in mla_attentions(model):
+        mod = sys.modules.get(type(m).__module__)
+        if not (hasattr(mod, "apply_rotary_pos_emb") and hasattr(mod, "apply_rotary_pos_emb_interleave")
+                and hasattr(m.config, "rope_interleave")):
+            raise UnsupportedFeatureError(
+                f"the multi-head latent attention of {type(m).__name__} rotates its keys with "
+                f"code pimsim does not model", "use a DeepSeek-V3 model (DeepseekV3Config)")
 
 
 @contextmanager
