@@ -79,11 +79,12 @@ def attention_cycles(prog: Program, cfg: HwConfig, length: int, *,
 
 
 def kv_bytes_per_token(prog: Program, layer: int = 0) -> int:
-    """K and V bytes of one token of ``layer`` on this device (its KV heads x d_head x 2)."""
-    for kl, _vl in prog.kv_layouts:
+    """K and V bytes of one token of ``layer`` on this device (its KV heads x (the key's and
+    the value's elements per head))."""
+    for kl, vl in prog.kv_layouts:
         if kl.layer == layer:
             heads = kl.n_kv_head or kl.n_head
-            return 2 * heads * kl.d_head * prog.geo.elem_bytes
+            return heads * (kl.d_head + vl.d_head) * prog.geo.elem_bytes
     raise UserError(f"{prog.model}: layer {layer} has no KV cache",
                     "give a layer in 0..n_layer-1")
 
@@ -128,9 +129,7 @@ class AttentionTable:
     def system_gb_s(self) -> float:
         """K and V bytes of one token of the layer, every KV head, over the slope: the
         system's bandwidth (the devices of a tensor-parallel group work at once; GB/s)."""
-        full = 2 * self.n_kv_head * self.d_head * (self.kv_bytes_per_token //
-                                                   max(1, 2 * self.kv_heads_per_device *
-                                                       self.d_head))
+        full = self.kv_bytes_per_token * self.n_kv_head // self.kv_heads_per_device
         return full / self.slope_ns if self.slope_ns > 0 else float("inf")
 
     @property

@@ -691,7 +691,7 @@ class FlowExecutor:
 
     def _kv_write(self, attn: int, is_k: bool, pos: int, new: np.ndarray) -> None:
         kl, vl = self.prog.kv_layouts[attn]
-        new = unrolled_kv(new, kl.kv_heads, kl.d_head)
+        new = unrolled_kv(new, kl.kv_heads, kl.d_head if is_k else vl.d_head)
         if is_k:
             self._write_k(kl, pos, new)
         else:
@@ -796,11 +796,11 @@ class SystemFlowExecutor(FlowExecutor):
 
     def _kv_write(self, attn: int, is_k: bool, pos: int, new: np.ndarray) -> None:
         devs, (kl, vl), _, kv_ranks = self._heads(attn)
+        d = kl.d_head if is_k else vl.d_head
         if kv_ranks[0] is None:
-            return devs[0]._kv_write_local(kl, vl, is_k, pos,
-                                           unrolled_kv(new, kl.kv_heads, kl.d_head))
-        new = unrolled_kv(new, 1 + max(int(h.max()) for h in kv_ranks if len(h)), kl.d_head)
-        per_head = new.reshape(-1, kl.d_head)
+            return devs[0]._kv_write_local(kl, vl, is_k, pos, unrolled_kv(new, kl.kv_heads, d))
+        new = unrolled_kv(new, 1 + max(int(h.max()) for h in kv_ranks if len(h)), d)
+        per_head = new.reshape(-1, d)
         for d, hs in zip(devs, kv_ranks):
             if len(hs):
                 d._kv_write_local(kl, vl, is_k, pos, per_head[hs].reshape(-1))

@@ -101,6 +101,35 @@ def tiny_moe_model(family: str, seed: int = 0):
     return model
 
 
+def tiny_deepseek_v3(seed: int = 0):
+    """A tiny random DeepSeek-V3 (multi-head latent attention + its MoE): 3 layers, the first
+    dense (first_k_dense_replace 1), d_model 64, 4 heads of a 16 + 16 element no-rope + rotary
+    key and a 16-element value, query / KV latents of 32, 8 routed experts in 4 groups (2 groups
+    kept, 2 experts per token) + 1 shared, yarn rope (factor 4: its mscale scales the scores);
+    e_score_correction_bias random so it changes the choice."""
+    import transformers as T
+
+    cfg = T.DeepseekV3Config(
+        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=32,
+        qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16, head_dim=16,
+        n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, n_shared_experts=1,
+        routed_scaling_factor=2.5, first_k_dense_replace=1, norm_topk_prob=True,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 16, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
+        tie_word_embeddings=False, **COMMON)
+    model = tiny_model_from(cfg, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "e_score_correction_bias"):
+                m.e_score_correction_bias.copy_(
+                    (torch.randn(m.e_score_correction_bias.shape, generator=g) * 0.3)
+                    .to(torch.bfloat16).float())
+    return model
+
+
 def tiny_model(family: str, seed: int = 0):
     """A tiny random causal LM of ``family`` (eval mode, weights rounded to bf16)."""
     return tiny_model_from(_configs()[family](), seed)

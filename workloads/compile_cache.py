@@ -98,7 +98,10 @@ def model_identity(model: str) -> dict | None:
         except PackageNotFoundError:
             tv = ""
         shape = zoo.HF_SHAPES.get(model) or dataclasses.asdict(zoo.GPT_SHAPES[model])
-        return {"zoo": model, "shape": repr(shape), "transformers": tv}
+        key = {"zoo": model, "shape": repr(shape), "transformers": tv}
+        if model in zoo.MLA_FORM:  # the KV cache of its multi-head latent attention
+            key["mla"] = zoo.MLA_FORM[model]
+        return key
     if model.lower().endswith(".onnx"):
         ident = identity.model_identity(model)
         return {"onnx": ident["file"]} if "file" in ident else None

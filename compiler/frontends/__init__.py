@@ -119,6 +119,7 @@ def _import_onnx_file(path: str) -> Graph:
 _N_LAYER = ("n_layer", "num_hidden_layers", "num_layers", "n_layers")
 _N_HEAD = ("n_head", "num_attention_heads", "num_heads", "n_heads")
 _D_HEAD = ("d_head", "head_dim")
+_D_HEAD_V = ("d_head_v",)  # values of another width than the keys (multi-head latent attention)
 _D_MODEL = ("d_model", "n_embd", "hidden_size")
 _N_CTX = ("n_ctx", "n_positions", "max_position_embeddings")
 
@@ -131,8 +132,9 @@ def _first(obj: Any, names: tuple[str, ...]) -> int | None:
     return None
 
 
-def _decode_dims(module: Any) -> tuple[int, int, int, int | None]:
-    """(n_layer, n_head, d_head, n_ctx) from a config-like attribute of the module."""
+def _decode_dims(module: Any) -> tuple[int, int, int, int | None, int]:
+    """(n_layer, n_head, d_head, n_ctx, d_head_v) from a config-like attribute of the module
+    (``d_head_v``, the values' width, is ``d_head`` unless the config says otherwise)."""
     for attr in ("cfg", "config", "args", "params"):
         c = getattr(module, attr, None)
         if c is None:
@@ -143,7 +145,7 @@ def _decode_dims(module: Any) -> tuple[int, int, int, int | None]:
         if d_head is None and d_model is not None and n_head:
             d_head = d_model // n_head
         if n_layer and n_head and d_head:
-            return n_layer, n_head, d_head, _first(c, _N_CTX)
+            return n_layer, n_head, d_head, _first(c, _N_CTX), _first(c, _D_HEAD_V) or d_head
     raise UserError(
         f"{type(module).__name__}: cannot find the KV-cache shape (a cfg/config attribute with "
         f"n_layer, n_head and d_head or d_model); export the decode step yourself and pass the "
@@ -161,7 +163,7 @@ def decode_step_program(module: Any, past_len: int = 2) -> Any:
     """
     import torch
 
-    n_layer, n_head, d_head, n_ctx = _decode_dims(module)
+    n_layer, n_head, d_head, n_ctx, d_head_v = _decode_dims(module)
     p = next(iter(module.parameters()), None)
     device = p.device if p is not None else torch.device("cpu")
     dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
@@ -175,9 +177,11 @@ def decode_step_program(module: Any, past_len: int = 2) -> Any:
             return self.model.decode_step(token, position, past_k, past_v)
 
     kv = (n_layer, n_head, past_len, d_head)
+    kv_v = (n_layer, n_head, past_len, d_head_v)
     args = (torch.zeros((1, 1), dtype=torch.long, device=device),
             torch.full((1,), past_len, dtype=torch.long, device=device),
-            torch.zeros(kv, dtype=dtype, device=device), torch.zeros(kv, dtype=dtype, device=device))
+            torch.zeros(kv, dtype=dtype, device=device),
+            torch.zeros(kv_v, dtype=dtype, device=device))
     dynamic = None
     if n_ctx is not None and n_ctx - 1 > past_len >= 2:
         dim = torch.export.Dim("past_len", min=2, max=n_ctx - 1)

@@ -306,7 +306,11 @@ class Emission:
             raise LoweringError(f"{self.name}: the new {which} at node {n.name!r} has "
                                 f"shape {list(sh)}, expected [1, n_kv_head, 1, d_head] "
                                 f"appended on the token axis")
-        a.n_kv, a.d_head = int(sh[-3]), int(sh[-1])
+        a.n_kv = int(sh[-3])
+        if which == "k":
+            a.d_head = int(sh[-1])
+        else:
+            a.d_v = int(sh[-1])
         self.flow.append(FlowOp(f"{which}_write", (new,), (), {"attn": a.index}, -2))
 
     def _emit_attention(self, n: Node) -> None:
@@ -441,6 +445,15 @@ class Emission:
         if role == "ffn_up":
             self.d_ff = max([self.d_ff] + [hi - lo_ for lo_, hi, _, _ in parts])
         in_deps = self._deps_of([p.input])
+        if tp > 1 and self.tp_rows[mname][0] == "col" and not len(self.tp_rows[mname][1][0]):
+            # local to another device (a head's own product): the simulated device 0 runs none
+            # of it; the dataflow still computes it, on its device
+            self.flow.append(FlowOp("matvec", (p.input,), tuple(m.outputs[0] for m in p.nodes),
+                                    {"matrix": mname, "parts": parts}, -1))
+            for m in p.nodes:
+                self.step_of[m.outputs[0]] = in_deps
+                self.weight_matrix.setdefault(m.inputs[1], mname)
+            return
         master = tp > 1 and self.attn_master
         if master:  # CENT: the master broadcasts the input to the devices
             in_deps = {self._add(f"{L}.{role}.broadcast", "broadcast", layer, "comm", in_deps,

@@ -102,7 +102,8 @@ class GraphMapping:
 
     def kv_bytes(self) -> int:
         """Bytes of K/V cache data placed (full context, every attention)."""
-        return sum(2 * k.d_attn * k.n_ctx for k in self.k_cache) * self.geo.elem_bytes
+        return sum((k.d_attn + v.kv_heads * v.d_head) * k.n_ctx
+                   for k, v in zip(self.k_cache, self.v_cache)) * self.geo.elem_bytes
 
     def bytes_per_channel(self) -> list[int]:
         row_bytes = self.geo.row_elems * self.geo.elem_bytes

@@ -27,7 +27,8 @@ class Attn:
     v_concat: Node | None = None
     n_head: int = 0
     n_kv: int = 0
-    d_head: int = 0
+    d_head: int = 0  # key elements per head
+    d_v: int = 0  # value elements per head (multi-head latent attention: not d_head)
     write_step: int = -1
     window: int = 0  # a sliding window of that many tokens (0: the whole context)
     q_ranks: list | None = None  # tensor parallelism: query heads / KV heads of each device

@@ -17,7 +17,16 @@ model is recognised):
 * every split value carries an *owner* array (the device holding each element, in the value's
   shape); elementwise ops keep it, attention products take it from their query, data movement
   moves it; a row-parallel product's input columns per device are read from it. A normalisation
-  or reduction over elements of several devices is refused (it would need the whole vector).
+  or reduction over elements of several devices is refused (it would need the whole vector);
+* a product whose output is normalised whole before it reaches an attention or another product
+  (multi-head latent attention's query and KV latents, ``q_a_proj`` before ``q_a_layernorm``)
+  is **replicated**: every device computes all of it (as DeepSeek's tensor parallelism does), its
+  output is whole on every device;
+* a product whose input one device holds whole (a head's own product: MLA's absorbed
+  ``W_UK[h]`` and ``W_UV[h]``) is **local** to that device: only it holds the weights and
+  computes, its output stays there; the simulated device 0 runs the local products of its own
+  heads (each device reserves the rows of every head's local matrices, as one placement serves
+  the group).
 
 With ``attention = "master"`` (CENT's mapping, Chen et al., ASPLOS'25) every product, the
 attention's projections and the head included, is column-parallel in contiguous blocks of output
@@ -48,6 +57,10 @@ from pimsim.asic_ops import OPS as ASIC_OPS
 
 # ops that combine the elements along their last axis (they need the whole axis on one device)
 REDUCING = ("layernorm", "rmsnorm", "softmax", "reduce_mean", "reduce_sum", "reduce_max")
+
+
+class _MixedSplit(ValueError):
+    """One output of a product both replicated and split by head."""
 
 
 def stage_layers(n_layer: int, pp: int) -> list[range]:
@@ -102,6 +115,11 @@ def rows_per_rank(endpoints: list[tuple[np.ndarray, tuple | None]], parts: list[
         if covered[flat].any():
             raise ValueError("rows reach attention heads in two different ways")
         which, n_heads = target
+        if which == "all":  # normalised whole: every device computes them
+            for r in range(tp):
+                per[r].append(flat)
+            covered[flat] = True
+            continue
         if flat.size % n_heads:
             raise ValueError(f"{flat.size} elements do not split into {n_heads} heads")
         heads = flat.reshape(n_heads, -1)  # head-major, as the attention reads them
@@ -175,7 +193,9 @@ class TensorParallel:
 
     def _target(self, value: str) -> tuple[str, int] | None:
         """Where a value's elements go: an attention's query ("q", query heads) or cache
-        ("k"/"v", KV heads), or None."""
+        ("k"/"v", KV heads); ("all", 0) when, reaching neither, they are normalised whole first
+        (a replicated product's); or None."""
+        normalised = False
         for v, u in self._block_users([value]):
             if u.op == "matmul" and any(i in self.cache for i in u.inputs):
                 if u.inputs[0] == v or v not in self.cache:
@@ -184,7 +204,8 @@ class TensorParallel:
                 if u is a.k_concat or u is a.v_concat:
                     return ("k" if u is a.k_concat else "v"), \
                         int(self.g.shape_of(u.inputs[1])[-3])
-        return None
+            normalised |= u.op in REDUCING and u.op != "softmax"
+        return ("all", 0) if normalised else None
 
     def _block_users(self, values):
         return block_users(self.users, values,
@@ -221,6 +242,15 @@ class TensorParallel:
             return max(len(r) for r in rows), n_in
         try:
             if p.input in owner:
+                src = np.asarray(owner[p.input]).reshape(-1)
+                if not self.attn_one and src.size > 1 and (src == src[0]).all():
+                    # a head's own product: local to the device holding its input
+                    r = int(src[0])
+                    self.tp_rows[mname] = ("col", [np.arange(n_out) if d == r else
+                                                   np.zeros(0, np.int64) for d in range(tp)])
+                    for m in p.nodes:
+                        owner[m.outputs[0]] = np.full(shape0(self.g, m.outputs[0]), r)
+                    return n_out, n_in
                 cols = cols_per_rank(owner[p.input], tp)
                 self.tp_rows[mname] = ("row", cols)
                 return n_out, max(len(c) for c in cols)
@@ -229,13 +259,24 @@ class TensorParallel:
                 ends += self._probe(m.outputs[0], lo)
             rows = rows_per_rank(ends, [(lo, hi) for lo, hi, _, _ in parts], tp,
                                            self.attn_one)
+            whole = np.zeros(n_out, bool)  # rows every device computes (replicated)
+            for idx, target in ends:
+                if target is not None and target[0] == "all":
+                    whole[np.asarray(idx).reshape(-1)] = True
+            for lo, hi, _, _ in parts:
+                if whole[lo:hi].any() and not whole[lo:hi].all():
+                    raise _MixedSplit("some of a product's outputs are normalised whole, "
+                                      "others split by head")
         except ValueError as e:
+            fix = "use pipeline stages (--pp) for this model" if isinstance(e, _MixedSplit) \
+                else "choose --tp dividing the head counts"
             raise LoweringError(f"{self.name}: {mname} cannot be split over {tp} devices ({e})",
-                                "choose --tp dividing the head counts") from None
+                                fix) from None
         self.tp_rows[mname] = ("col", rows)
         own = owner_of_rows(rows, n_out)
         for (lo, hi, _, _), m in zip(parts, p.nodes):
-            owner[m.outputs[0]] = own[lo:hi].reshape(shape0(self.g, m.outputs[0]))
+            if not whole[lo:hi].any():  # a replicated output is whole on every device
+                owner[m.outputs[0]] = own[lo:hi].reshape(shape0(self.g, m.outputs[0]))
         return max(len(r) for r in rows), n_in
 
     def propagate_owner(self, n: Node, owner: dict) -> None:

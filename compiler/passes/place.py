@@ -76,9 +76,11 @@ class Placement:
             if a.n_head % a.n_kv:
                 raise LoweringError(f"{self.name}: attention {a.index} has {a.n_head} query heads "
                                     f"for {a.n_kv} KV heads")
-            if a.d_head % geo.banks or a.d_head % geo.col_elems or a.d_head > geo.row_elems:
+            bad = [d for d in (a.d_head, a.d_v)
+                   if d % geo.banks or d % geo.col_elems or d > geo.row_elems]
+            if bad:
                 raise MappingError(
-                    f"{self.name} on {cfg.name}: the head dimension d_head = {a.d_head} does not "
+                    f"{self.name} on {cfg.name}: the head dimension d_head = {bad[0]} does not "
                     f"split over the config's {geo.banks} banks per channel ([organization] "
                     f"bankgroups x banks_per_group) and {geo.col_elems}-element columns: the "
                     f"KV-cache mapping needs d_head to be a multiple of both and at most a row "
@@ -150,7 +152,7 @@ class Placement:
                          heads_per_fill=gb_cols * geo.col_elems // a.d_head, accumulators=acc,
                          n_kv_head=n_kv, window=win)
             row += kl.rows_reserved
-            vl = VLayout(a.index, n_head, a.d_head, slots, row, geo, gb_cols, acc,
+            vl = VLayout(a.index, n_head, a.d_v, slots, row, geo, gb_cols, acc,
                          n_kv_head=n_kv, window=win)
             row += vl.rows_reserved
             # with pipeline stages, pp sequences are in flight: a cache for each of them

@@ -77,6 +77,18 @@ MOE_QK_NORM = {"Qwen3MoeConfig": lambda d_attn, d_kv, d_head: 2 * d_head,
 EXTRA_LAYER_PARAMS = {"GptOssConfig": lambda n_head, n_experts: n_head + n_experts}
 
 
+def gpu_modelled(name: str) -> bool:
+    """Whether the GPU model has a shape for zoo preset ``name`` (not for multi-head latent
+    attention: DeepSeek-V3's cache and absorbed products are not in :class:`DecoderShape`)."""
+    return name in zoo.GPT_SHAPES or (name in zoo.HF_SHAPES
+                                      and zoo.HF_SHAPES[name][0] in FAMILY_FIELDS)
+
+
+def gpu_names() -> list[str]:
+    """The zoo presets the GPU model covers."""
+    return [n for n in zoo.NAMES if gpu_modelled(n)]
+
+
 def zoo_shape(name: str) -> DecoderShape:
     """The :class:`DecoderShape` of a zoo preset, read from its config arguments (nothing is
     built; no torch or transformers)."""
@@ -85,6 +97,12 @@ def zoo_shape(name: str) -> DecoderShape:
     if name not in zoo.HF_SHAPES:
         raise ValueError(f"unknown zoo preset {name!r}; known: {', '.join(zoo.NAMES)}")
     cls, kw = zoo.HF_SHAPES[name]
+    if cls not in FAMILY_FIELDS:
+        from pimsim.errors import UserError
+
+        raise UserError(f"zoo preset {name!r} ({cls}) has no GPU model: multi-head latent "
+                        f"attention is not in the GPU shapes",
+                        f"compare a preset the GPU model covers: {', '.join(gpu_names())}")
     if cls == "GPTJConfig":
         d, n_layer, n_head = kw["n_embd"], kw["n_layer"], kw["n_head"]
         d_ff, vocab = kw.get("n_inner") or 4 * d, kw["vocab_size"]

@@ -21,8 +21,7 @@ from workloads.gpu.calibration import (
     transfer,
 )
 from workloads.gpu.model import predict
-from workloads.gpu.shapes import shape_for
-from workloads.models import zoo
+from workloads.gpu.shapes import gpu_names, shape_for
 from workloads.models.shape import FP16_BYTES
 
 
@@ -118,7 +117,7 @@ def zoo_table(gpus: Sequence[str] = ("A100", "H100", "H200"), tps: Sequence[int]
     names each GPU's source) at the middle position (ideal KV read) of every zoo preset on
     ``tps`` GPUs of each of ``gpus``, with both shipped calibrations (:func:`calibrated_preset`);
     ``-`` where it does not fit."""
-    names = list(models or zoo.NAMES)
+    names = list(models or gpu_names())
     specs = [calibrated_preset(n) for n in gpus]
     head = ["model", "params B", "GB fp16"] + [f"{g.name} x{n}" for g in specs for n in tps]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -11,9 +11,12 @@ two standard extension points of ``transformers`` keep the exported graph a plai
   window's attention marks its query with the window, ``pimsim::attn_window``: the lowering
   keeps the KV cache as a ring of that many slots); attention sinks (gpt-oss) join the
   softmax's denominator (``pimsim::softmax_sink``);
-* mixture-of-experts blocks route through ``pimsim::`` ops (:mod:`workloads.models.moe_ops`).
+* mixture-of-experts blocks route through ``pimsim::`` ops (:mod:`workloads.models.moe_ops`);
+* multi-head latent attention (DeepSeek-V2 / V3) caches per head or the shared latent
+  (:mod:`workloads.models.mla`).
 
-The past cache is one tensor per side, ``[n_layer, n_kv_head, past_len, d_head]``; the step
+The past cache is one tensor per side, ``[n_layer, n_kv_head, past_len, d_head]`` (an MLA
+cache's values have ``d_head_v`` elements per head, its keys ``d_head``); the step
 returns the logits of the new token and the new cache. ``transformers`` is imported only here,
 and only when a model is wrapped.
 """
@@ -86,8 +89,8 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
         p = p.to(value.dtype)
     else:
         p = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-    ctx = torch.matmul(p, value)  # [b, n_kv, group * s, d]
-    return ctx.reshape(b, n_q, s, d).transpose(1, 2), None
+    ctx = torch.matmul(p, value)  # [b, n_kv, group * s, d_v] (MLA: d_v is not d)
+    return ctx.reshape(b, n_q, s, value.shape[-1]).transpose(1, 2), None
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:
@@ -173,14 +176,27 @@ def cache_dims(config: Any) -> tuple[int, int, int, int]:
 
 
 class HFDecodeStep(torch.nn.Module):
-    """A causal LM's decode step over a stacked past cache (see the module docstring)."""
+    """A causal LM's decode step over a stacked past cache (see the module docstring);
+    ``mla``: the form of a multi-head latent attention's cache (:data:`workloads.models.mla.FORMS`)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, mla: str = "decompressed") -> None:
         super().__init__()
+        from workloads.models import mla as mla_mod
+
+        if mla not in mla_mod.FORMS:
+            raise UserError(f"unknown MLA cache form {mla!r}",
+                            f"give one of {', '.join(mla_mod.FORMS)}")
         self.model = model
+        self.mla = mla
         self.train(model.training)  # export restores this flag on the whole tree
         n_layer, n_kv, d_head, n_ctx = cache_dims(model.config)
-        self.cfg = SimpleNamespace(n_layer=n_layer, n_head=n_kv, d_head=d_head, n_ctx=n_ctx)
+        d_head_v = d_head
+        c = _text_config(model.config)
+        if mla_mod.is_mla(c):
+            mla_mod.check_mla(model)
+            n_kv, d_head, d_head_v = mla_mod.cache_dims(c, mla)
+        self.cfg = SimpleNamespace(n_layer=n_layer, n_head=n_kv, d_head=d_head,
+                                   d_head_v=d_head_v, n_ctx=n_ctx)
 
     def decode_step(self, token: Any, pos: Any, past_k: Any, past_v: Any) -> tuple:
         from transformers import DynamicCache
@@ -191,9 +207,11 @@ class HFDecodeStep(torch.nn.Module):
             DynamicCache(config=self.model.config)
         for i in range(past_k.shape[0]):
             cache.update(past_k[i:i + 1], past_v[i:i + 1], i)
+        from workloads.models.mla import decode_mla
         from workloads.models.moe_ops import decode_moe
 
-        with _decode_attention(self.model), decode_moe(self.model):
+        with _decode_attention(self.model), decode_moe(self.model), \
+                decode_mla(self.model, self.mla):
             out = self.model(input_ids=token, position_ids=pos.view(1, 1), use_cache=True,
                              **cache_kwarg(self.model, cache))
         n = past_k.shape[0]
@@ -205,11 +223,13 @@ class HFDecodeStep(torch.nn.Module):
         return self.decode_step(token, pos, past_k, past_v)
 
 
-def decode_step_module(model: Any) -> HFDecodeStep:
+def decode_step_module(model: Any, mla: str = "decompressed") -> HFDecodeStep:
     """Wrap a transformers causal LM as a module with ``decode_step``; an
-    :class:`UnsupportedFeatureError` for a model pimsim refuses (:func:`check_supported`)."""
+    :class:`UnsupportedFeatureError` for a model pimsim refuses (:func:`check_supported`).
+    ``mla``: the cache of a multi-head latent attention, per head (``"decompressed"``) or the
+    shared latent with ``kv_b_proj`` absorbed (``"latent"``, :mod:`workloads.models.mla`)."""
     check_supported(model.config, type(model).__name__)
-    return HFDecodeStep(model)
+    return HFDecodeStep(model, mla)
 
 
 def export_onnx(model: Any, path: str, past_len: int = 3) -> str:

@@ -16,7 +16,8 @@ Every expert's FFN is then plain GEMVs in the graph; the program runs only the c
 steps (``pimsim.moe``). The router's arithmetic follows each model's own code (transformers
 5.x): Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE softmax -> top-k -> optional renormalisation;
 gpt-oss top-k of the logits (its router has a bias) -> softmax over the k, and experts with
-biases and a clamped SwiGLU (:func:`_gpt_oss_experts_forward`).
+biases and a clamped SwiGLU (:func:`_gpt_oss_experts_forward`); DeepSeek-V3 sigmoid ->
+group-limited top-k -> renormalisation -> scale.
 
 Two attention ops mark what the decode step's attention (:mod:`workloads.models.hf_decode`)
 does beyond ``q.K^T``, softmax, ``p.V``: ``attn_window`` (a sliding window) and
@@ -178,10 +179,18 @@ def _is_gpt_oss(experts: Any) -> bool:
 def route_params(router: Any, config: Any) -> dict:
     """The routing arithmetic of a transformers router module (softmax -> top-k -> optional
     renormalisation; Mixtral always renormalises; gpt-oss: top-k of the logits -> softmax over
-    the k, its ``GptOssTopKRouter`` having no softmax over all experts)."""
+    the k, its ``GptOssTopKRouter`` having no softmax over all experts). DeepSeek-V3's
+    ``DeepseekV3TopkRouter``: sigmoid scores, the ``e_score_correction_bias`` added for the
+    choice only, the experts of the ``topk_group`` best of ``n_group`` groups (a group's score:
+    its two best), the chosen scores renormalised and scaled by ``routed_scaling_factor``."""
     if type(router).__name__ == "GptOssTopKRouter":
         return {"k": int(router.top_k), "score": "topk_softmax", "norm": False, "n_group": 1,
                 "topk_group": 1, "scale": 1.0, "bias": None}
+    bias = getattr(router, "e_score_correction_bias", None)
+    if bias is not None:
+        return {"k": int(router.top_k), "score": "sigmoid", "norm": bool(router.norm_topk_prob),
+                "n_group": int(router.num_group), "topk_group": int(router.topk_group),
+                "scale": float(router.routed_scaling_factor), "bias": bias}
     return {"k": int(router.top_k), "score": "softmax",
             "norm": bool(getattr(router, "norm_topk_prob", True)), "n_group": 1,
             "topk_group": 1, "scale": 1.0, "bias": None}

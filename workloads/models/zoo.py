@@ -93,7 +93,31 @@ HF_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
         num_key_value_heads=8, head_dim=64, num_local_experts=128, num_experts_per_tok=4,
         sliding_window=128, vocab_size=201088, max_position_embeddings=131072,
         attention_bias=True, swiglu_limit=7.0, tie_word_embeddings=False)),
+    # deepseek-ai/DeepSeek-V3 config.json: multi-head latent attention (q_lora_rank 1536,
+    # kv_lora_rank 512, 128 heads of a 128 + 64 element no-rope + rotary key and a 128-element
+    # value), the first 3 layers dense (intermediate 18432), then 256 routed experts of 2048
+    # (8 per token: sigmoid scores, 4 of 8 groups, scaled by 2.5) + 1 shared; yarn rope
+    # (factor 40 over 4096 positions, its mscale scales the scores) to 163840 positions; its
+    # multi-token-prediction layer (num_nextn_predict_layers 1) is not part of a decode step.
+    # Every shape field equals DeepseekV3Config's defaults (transformers 5.x); the context and
+    # the yarn rope are the config.json's. Its decode step caches the shared latent
+    # (workloads.models.mla, MLA_FORM).
+    "deepseek-v3": ("DeepseekV3Config", dict(
+        hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+        num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128,
+        q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+        v_head_dim=128, first_k_dense_replace=3, n_routed_experts=256, num_experts_per_tok=8,
+        n_shared_experts=1, n_group=8, topk_group=4, routed_scaling_factor=2.5,
+        norm_topk_prob=True, vocab_size=129280, max_position_embeddings=163840,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0,
+                         "original_max_position_embeddings": 4096, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
+        rms_norm_eps=1e-6, tie_word_embeddings=False)),
 }
+
+# the KV cache of a preset with multi-head latent attention (workloads.models.mla.FORMS):
+# the shared latent, kv_b_proj absorbed, as DeepSeek serves it
+MLA_FORM: dict[str, str] = {"deepseek-v3": "latent"}
 
 GPT_SHAPES: dict[str, DecoderShape] = {
     c.name: c for c in (
@@ -133,4 +157,4 @@ def build(name: str) -> Any:
     with quiet_hf(), torch.device("meta"):
         cfg = getattr(transformers, cls)(**kw)
         model = transformers.AutoModelForCausalLM.from_config(cfg)
-    return decode_step_module(model.eval())
+    return decode_step_module(model.eval(), mla=MLA_FORM.get(name, "decompressed"))
