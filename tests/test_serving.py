@@ -465,3 +465,31 @@ def test_steps_simulated_by_worker_processes_give_the_same_json(tiny):
     assert two.batch_step([1, 2]) == one.batch_step([1, 2])  # closed: simulated here again
     with pytest.raises(UserError, match="jobs"):
         PimBatchedCost(c, cfg, jobs=-1)
+
+
+def test_the_schedule_planned_ahead_is_the_schedule_run():
+    # once every request has arrived the rest of the schedule does not depend on the steps'
+    # times: the plan handed to the cost is exactly the steps then asked for, preemptions too
+    from workloads.serving.costs import StepTime
+    from workloads.serving.scheduler import SchedulerConfig, simulate_serving
+
+    class Timed:
+        name, label, n_ctx, devices = "t", "t", 64, 1
+
+        def __init__(self, cap):
+            self.kv_capacity_tokens, self.asked, self.plans = cap, [], []
+
+        def plan_ahead(self, steps):
+            self.plans.append((len(self.asked), list(steps)))
+
+        def step(self, decode, chunks):
+            self.asked.append((tuple(decode), tuple(chunks)))
+            return StepTime(1e-3 * (1 + len(decode)) + 1e-4 * sum(n for _, n in chunks), 0.0)
+
+    for rate, cap in ((math.inf, 1000), (3e3, 1000), (3e3, 40)):
+        cost = Timed(cap)
+        reqs = synthetic(9, request_rate=rate, input_len=7, output_len=6, seed=2)
+        simulate_serving(reqs, cost, SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=10))
+        assert len(cost.plans) == 1
+        at, plan = cost.plans[0]
+        assert plan == cost.asked[at:] and plan

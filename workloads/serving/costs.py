@@ -221,6 +221,7 @@ class PimBatchedCost(PimSerialCost):
         self._worker_usage: dict[int, dict] = {}  # the stopped workers' memo usage
         self.wasted_steps = 0  # guessed next steps the workers simulated and no step asked for
         self._prompts: dict[int, list[int]] = {}  # position -> the prompt ids of a sequence there
+        self._ahead: list[tuple[str, tuple]] = []  # steps planned ahead, not yet handed out
 
     def prefill_groups(self, chunks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
         """The batched prefill steps a scheduler step's chunks run as, one after the other: each
@@ -309,6 +310,24 @@ class PimBatchedCost(PimSerialCost):
         e = rep.energy["per_token_j"][0] * len(key) if rep.energy else None
         return int(rep.cycles), rep.per_token_ms[0] / 1e3, e
 
+    def plan_ahead(self, steps: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]]
+                   ) -> None:
+        """The scheduler's steps from now to the end (every request has arrived, so they no
+        longer depend on the steps' times; :func:`workloads.serving.scheduler.simulate_serving`):
+        with workers (``jobs > 1``), every new batched step of them is handed out at once, in
+        order, so that both cores stay busy through prefill steps too. Each result is used only
+        when a step asks for exactly its key."""
+        if self.jobs < 2:
+            return
+        keys: dict[tuple[str, tuple], None] = {}
+        for decode, chunks in steps:
+            for g in self.groups(decode):
+                keys["decode", g] = None
+            if self.prefill == "batched":
+                for g in self.prefill_groups(chunks):
+                    keys["prefill", tuple(map(tuple, g))] = None
+        self._ahead = list(keys)
+
     def _start_pool(self) -> None:
         """Fork the workers once this process has simulated a step (warm kernels)."""
         from workloads.serving.parallel import StepPool, fork_available
@@ -364,6 +383,10 @@ class PimBatchedCost(PimSerialCost):
                 for key in keys:
                     if key not in self._memo_of(kind):
                         self._pool.submit(kind, key)
+            for kind, key in self._ahead:  # the schedule ahead, once known
+                if key not in self._memo_of(kind):
+                    self._pool.submit(kind, key)
+            self._ahead = []
             from workloads.serving.parallel import next_decode_keys
 
             self._pool.speculate("decode", next_decode_keys(groups, self.n_ctx),

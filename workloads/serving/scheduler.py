@@ -115,19 +115,59 @@ def simulate_serving(requests: list[Request], cost: StepCost, sched: SchedulerCo
     step. ``context_label``: where the cost's context comes from, for refusals."""
     cap, n_ctx = int(cost.kv_capacity_tokens), int(cost.n_ctx)
     states = [RequestState(r) for r in sorted(requests, key=lambda r: (r.arrival_s, r.id))]
-    pending = deque(states)
-    waiting: deque[RequestState] = deque()
-    running: list[RequestState] = []
     steps: list[StepRecord] = []
-    kv_used = 0
-    now = 0.0
+    _run(_Queues(deque(states), deque(), [], 0, 0.0), cost, sched, cap, n_ctx, steps, progress,
+         context_label, plan=hasattr(cost, "plan_ahead"))
+    return states, steps
 
+
+@dataclass
+class _Queues:
+    """The scheduler's state between steps."""
+
+    pending: deque  # not yet arrived, in arrival order
+    waiting: deque
+    running: list
+    kv_used: int
+    now: float
+
+
+class _PlanCost:
+    """A zero-time step cost that records the steps asked of it (the schedule ahead)."""
+
+    def __init__(self):
+        self.asked: list[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]] = []
+
+    def step(self, decode, chunks):
+        from workloads.serving.costs import StepTime
+
+        self.asked.append((tuple(decode), tuple(chunks)))
+        return StepTime(0.0, None)
+
+
+def _run(q: _Queues, cost, sched: SchedulerConfig, cap: int, n_ctx: int,
+         steps: list[StepRecord], progress, context_label: str, plan: bool = False) -> None:
+    """The scheduler's loop from state ``q`` to the end of the stream. ``plan``: once every
+    request has arrived, the rest of the schedule no longer depends on the steps' times (only
+    arrivals read the clock), so it is run ahead on a copy of the state with a zero-time cost
+    and handed to ``cost.plan_ahead(steps)`` (a cost that simulates may start on them early;
+    it is still asked for every step in order)."""
+    pending, waiting, running = q.pending, q.waiting, q.running
+    kv_used, now = q.kv_used, q.now
     while pending or waiting or running:
         while pending and pending[0].req.arrival_s <= now:
             s = pending.popleft()
             s.refused = refusal(s.req, cap, n_ctx, context_label)
             if s.refused is None:
                 waiting.append(s)
+        if plan and not pending:
+            import copy
+
+            plan = False
+            ahead = _PlanCost()
+            _run(copy.deepcopy(_Queues(deque(), waiting, running, kv_used, now)), ahead, sched,
+                 cap, n_ctx, [], None, context_label)
+            cost.plan_ahead(ahead.asked)
         if not waiting and not running:
             if pending:
                 now = max(now, pending[0].req.arrival_s)
@@ -205,4 +245,3 @@ def simulate_serving(requests: list[Request], cost: StepCost, sched: SchedulerCo
             progress(sampled)
         if not math.isfinite(now):
             raise RuntimeError(f"step time {st.time_s!r} is not finite")
-    return states, steps
