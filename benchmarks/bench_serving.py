@@ -22,13 +22,13 @@ has to simulate and their sizes; then the PIM serving summary (vLLM ``benchmark_
 with the batched steps simulated and the wall seconds spent in them; the GPU summary; the wall
 time of the whole process. No timed assertions: a script that prints its figures.
 
-Measured (``docs/benchmarks.md`` keeps the history): the whole workload with ``--jobs 2`` on a
-2-core machine shared with other jobs (load average ~6): 473 s CPU (1,458 s wall at 32 % of
-the cores) against 670 s CPU before a weight product's passes were held once (compact streams),
-batched programs shared their batch-independent caches and two workers simulated the steps;
-the same PIM summary to the digit (72.61 s, 1,805 output tok/s, TTFT 7,826 ms, TPOT 126.1 ms,
-71.87 mJ/output token). ``--num-prompts 32 --jobs 1``: 61.5 s CPU against 109 s. One
-128-sequence step: 0.19 s CPU (0.41 s before).
+Measured (``docs/benchmarks.md`` keeps the history): the whole workload on an idle 2-core
+machine, two workers, the schedule planned ahead once every request has arrived: 183.3 s
+(compile 8.7 s, serving 173.8 s, 353 s CPU; a second run 190.9 s) against 896 s wall / 670 s
+CPU before compact streams, shared batch caches and the workers; the same PIM summary to the
+digit (72.61 s, 1,805 output tok/s, TTFT 7,826 ms, TPOT 126.1 ms, 71.87 mJ/output token).
+``--num-prompts 32 --jobs 1``: 61.5 s CPU against 109 s. One 128-sequence step: 0.19 s CPU
+(0.41 s before).
 """
 
 from __future__ import annotations

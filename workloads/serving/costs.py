@@ -329,7 +329,8 @@ class PimBatchedCost(PimSerialCost):
         self._ahead = list(keys)
 
     def _start_pool(self) -> None:
-        """Fork the workers once this process has simulated a step (warm kernels)."""
+        """Fork the workers once this process has simulated a step (warm kernels; its memo
+        entries go with the workers)."""
         from workloads.serving.parallel import StepPool, fork_available
 
         if (self._pool is None and self.jobs > 1 and self.simulated_batch_steps > 0
