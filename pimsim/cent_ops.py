@@ -178,14 +178,21 @@ def _norm(c: _Channels, d: int) -> None:
     c.all(_MAC_AB, ROW_X, _cdiv(_cdiv(d, tb // 2), BURST_ELEMS))
     c.all(_RD_MAC, -1, 1)
     ew = _cdiv(_cdiv(d, tb // 4), BURST_ELEMS)
-    c.bank_group(_WR, d, 0, ROW_X_COPY)
-    c.bank_group(_WR, d, 1, ROW_X_COPY)
-    c.all(_EWMUL, ROW_X_COPY, ew)
-    for bank in range(2, c.geo.banks, 4):
-        c.all(_RD_CP, ROW_X_COPY, ew, bank)
-        c.all(_WR_CP, ROW_NORM, ew, bank - 1)
+    _mul_and_copy(c, d, ROW_X_COPY, ROW_NORM, ew)
     c.all(_EWMUL, ROW_NORM, ew)
     c.bank_group(_RD, d, 2, ROW_NORM)
+
+
+def _mul_and_copy(c: _Channels, n: int, row: int, dst_row: int, ew: int) -> None:
+    """CENT's element-wise product of two ``n``-element vectors: written to bank groups 0 and
+    1 at ``row``, multiplied there (EWMUL), the products copied from every fourth bank's
+    ``row`` down to the bank before it at ``dst_row`` (Llama.py's RD_CP / WR_CP pairs)."""
+    c.bank_group(_WR, n, 0, row)
+    c.bank_group(_WR, n, 1, row)
+    c.all(_EWMUL, row, ew)
+    for bank in range(2, c.geo.banks, 4):
+        c.all(_RD_CP, row, ew, bank)
+        c.all(_WR_CP, dst_row, ew, bank - 1)
 
 
 def _rope(c: _Channels, d: int, n_repeat: int) -> None:
@@ -220,12 +227,7 @@ def _silu(c: _Channels, d_ff: int) -> None:
     """x1 . sigmoid(x1) . x3 (Llama.py 869-887, the path without iterations)."""
     tb = c.total_banks
     ew = _cdiv(_cdiv(d_ff, tb // 4), BURST_ELEMS)
-    c.bank_group(_WR, d_ff, 0, ROW_X1)
-    c.bank_group(_WR, d_ff, 1, ROW_X1)
-    c.all(_EWMUL, ROW_X1, ew)
-    for bank in range(2, c.geo.banks, 4):
-        c.all(_RD_CP, ROW_X1, ew, bank)
-        c.all(_WR_CP, ROW_X1, ew, bank - 1)
+    _mul_and_copy(c, d_ff, ROW_X1, ROW_X1, ew)
     c.bank_group(_WR, d_ff, 0, ROW_X1)
     c.all(_EWMUL, ROW_X1, ew)
     c.bank_group(_RD, d_ff, 2, ROW_X1)

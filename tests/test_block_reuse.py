@@ -73,6 +73,12 @@ def _steps(bprog, cfg, steps, *, blocks: bool, fast: bool = True, memo=True, cyc
                 block_period(sb.items, sb.seg_lo[c, k], sb.seg_hi[c, k], 2)
     sim = DecodeSimulator(bprog, cfg, fast=fast, streams=sb, memo=memo)
     sim.block_cycles = cycles
+    return _run(sim, cfg, steps) + (sb.seg_block.max(),)
+
+
+def _run(sim, cfg, steps) -> tuple:
+    """Each step's start, end, step ends and energy; then commands, row hits and misses and
+    refreshes of the whole run."""
     meter = TokenEnergy(sim) if cfg.energy is not None else None
     out = []
     for ps in steps:
@@ -82,7 +88,7 @@ def _steps(bprog, cfg, steps, *, blocks: bool, fast: bool = True, memo=True, cyc
         j = meter.end(tt).total_j if meter is not None else None
         out.append((tt.start_cyc, tt.end_cyc, tt.step_end.tolist(), j))
     return out, sim.command_counts, sim.row_hits, sim.row_misses, \
-        int(sim.states.stats[:, ST_REFRESHES].sum()), sb.seg_block.max()
+        int(sim.states.stats[:, ST_REFRESHES].sum())
 
 
 @pytest.mark.parametrize("hw,tp,refresh,scheduler", [
@@ -152,17 +158,7 @@ def _compact_steps(bprog, cfg, steps, memo=True, cycles=True):
     sb = StreamBuilder(bprog, compact=True)
     sim = DecodeSimulator(bprog, cfg, streams=sb, memo=memo)
     sim.block_cycles = cycles
-    meter = TokenEnergy(sim) if cfg.energy is not None else None
-    out = []
-    for ps in steps:
-        if meter is not None:
-            meter.begin()
-        tt = sim.run_token(ps)
-        j = meter.end(tt).total_j if meter is not None else None
-        out.append((tt.start_cyc, tt.end_cyc, tt.step_end.tolist(), j))
-    return (out, sim.command_counts, sim.row_hits, sim.row_misses,
-            int(sim.states.stats[:, ST_REFRESHES].sum()), int(sb.seg_reps.max()),
-            len(sb.items))
+    return _run(sim, cfg, steps) + (int(sb.seg_reps.max()), len(sb.items))
 
 
 @pytest.mark.parametrize("hw,tp,refresh,scheduler,batch", [
