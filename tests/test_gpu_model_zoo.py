@@ -338,7 +338,7 @@ def test_compare_uses_the_zoo_shape_not_the_compiled_spec(monkeypatch: pytest.Mo
 
     seen = []
     monkeypatch.setattr(C, "compile_model", lambda m, cfg, **kw: SimpleNamespace(
-        program=None, programs=[SimpleNamespace(tp=1)], spec=None))
+        program=None, programs=[SimpleNamespace(tp=1, ep=1)], spec=None))
     rep = SimpleNamespace(ms_per_token=1.0, energy={"j_per_token": 1.0, "by_component": {}},
                           breakdown={}, row_hit_rate=0.0, throughput_tokens_per_s=1000.0)
     monkeypatch.setattr(C, "run_system", lambda *a, **k: rep)
