@@ -1302,7 +1302,7 @@ def test_unsupported_hf_features_are_refused_as_bad_input(tmp_path, capsys, name
 
 def test_unsupported_hf_features_through_module_attribute_and_at_trace_time():
     from pimsim.errors import UserError
-    from workloads.models import hf_decode
+    from workloads.models.decode_attention import decode_attention
     from workloads.models.hf_decode import UnsupportedFeatureError, decode_step_module
 
     assert issubclass(UnsupportedFeatureError, UserError)
@@ -1313,7 +1313,7 @@ def test_unsupported_hf_features_through_module_attribute_and_at_trace_time():
 
     q = k = v = torch.zeros(1, 2, 1, 4)
     with pytest.raises(UnsupportedFeatureError, match="soft-capping"):  # the export's backstop
-        hf_decode._attention(None, q, k, v, None, softcap=50.0)
+        decode_attention(None, q, k, v, None, softcap=50.0)
 
 
 # ---------------------------------------------------------------- quiet Hugging Face loads

@@ -82,8 +82,21 @@ def test_functional_run_reports_generated_tokens():
                          capture_output=True, text=True, check=True)
     rep = json.loads(out.stdout)
     assert rep["generated_tokens"] == 5 and len(rep["tokens"]) == 5
-    # the counter model continues the count from the prompt's last token
-    assert rep["tokens"] == [(rep["tokens"][0] + i) % 256 for i in range(5)]
+    # the tokens the trained model itself generates greedily after the run's prompt (how well it
+    # counts after a random prompt depends on the CPU its training ran on; the simulator must
+    # give its tokens either way)
+    import torch
+
+    from pimsim.generate import prompt_ids
+    from workloads.models.train import counting_model
+
+    model = counting_model()
+    x = prompt_ids(3, model.cfg.vocab)
+    with torch.no_grad():
+        for _ in range(5):
+            logits, _, _ = model(torch.tensor([x]))
+            x.append(int(logits[0, -1].argmax()))
+    assert rep["tokens"] == x[3:]
 
 
 # ------------------------------------------------------------------ timing sanity

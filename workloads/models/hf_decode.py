@@ -30,13 +30,9 @@ from typing import Any, Iterator
 import torch
 
 from pimsim.errors import UserError
+from workloads.models.decode_attention import UnsupportedFeatureError, decode_attention
 
 ATTN = "pimsim"
-
-
-class UnsupportedFeatureError(UserError):
-    """A Hugging Face model uses a feature the decode step does not model (soft-capping): an
-    intended refusal, bad input rather than a pimsim bug."""
 
 
 def _text_config(config: Any) -> Any:
@@ -65,34 +61,6 @@ def check_supported(config: Any, name: str) -> None:
                                       f"not support", fix)
 
 
-def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-               scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple:
-    b, n_q, s, d = query.shape
-    n_kv = key.shape[1]
-    if kwargs.get("softcap"):
-        raise UnsupportedFeatureError("the model's attention uses soft-capping, which pimsim does "
-                                      "not support", "use a model with plain full attention")
-    scale = d ** -0.5 if scaling is None else scaling
-    window = kwargs.get("sliding_window")
-    if window:  # the keys of the last `window` tokens only: a KV ring of that many slots
-        from workloads.models.moe_ops import attn_window
-
-        query = attn_window(query, int(window))
-    q = query.reshape(b, n_kv, (n_q // n_kv) * s, d)
-    scores = torch.matmul(q, key.transpose(-1, -2)) * scale
-    sinks = kwargs.get("s_aux")
-    if sinks is not None:  # gpt-oss: a logit per query head in the denominator, no value
-        from workloads.models.moe_ops import softmax_sink
-
-        sink = sinks.reshape(n_kv, n_q // n_kv, 1).expand(n_kv, n_q // n_kv, s)
-        p = softmax_sink(scores.float(), sink.reshape(1, n_kv, (n_q // n_kv) * s, 1).float())
-        p = p.to(value.dtype)
-    else:
-        p = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-    ctx = torch.matmul(p, value)  # [b, n_kv, group * s, d_v] (MLA: d_v is not d)
-    return ctx.reshape(b, n_q, s, value.shape[-1]).transpose(1, 2), None
-
-
 def _no_mask(*args: Any, **kwargs: Any) -> None:
     return None
 
@@ -101,7 +69,7 @@ def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(ATTN, _attention)
+    AttentionInterface.register(ATTN, decode_attention)
     AttentionMaskInterface.register(ATTN, _no_mask)
 
 

@@ -58,7 +58,7 @@ def _rope(self: Any, q_rot: torch.Tensor, k_rot: torch.Tensor, cos: Any, sin: An
 
 def _mla_forward(self: Any, hidden_states: torch.Tensor, position_embeddings: tuple,
                  attention_mask: Any = None, cache: Any = None, **kwargs: Any) -> tuple:
-    from workloads.models.hf_decode import _attention
+    from workloads.models.decode_attention import decode_attention as _attention
 
     b, s = hidden_states.shape[:-1]
     H, nope, rope, dv = self.num_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, \
@@ -105,9 +105,9 @@ def mla_attentions(model: Any) -> list[Any]:
 
 
 def check_mla(model: Any) -> None:
-    """An :class:`~workloads.models.hf_decode.UnsupportedFeatureError` for an MLA whose rotary
+    """An :class:`~workloads.models.decode_attention.UnsupportedFeatureError` for an MLA whose rotary
     code is not DeepSeek-V3's (DeepSeek-V2's complex rotation, say): only that one is modelled."""
-    from workloads.models.hf_decode import UnsupportedFeatureError
+    from workloads.models.decode_attention import UnsupportedFeatureError
 
     for m in mla_attentions(model):
         mod = sys.modules.get(type(m).__module__)
