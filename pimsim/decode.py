@@ -160,11 +160,12 @@ class StreamBuilder:
                 else None
             if passes is not None:
                 self._static[s.index] = [np.concatenate([b, t]) for b, _, t in passes]
-                self._passes[s.index] = [
-                    (len(b), r, r * transfer_bytes(b, col_bytes) + transfer_bytes(t, col_bytes))
-                    if len(b) and r > 1 else (0, 0, transfer_bytes(np.concatenate([b] * r + [t]),
-                                                                   col_bytes))
-                    for b, r, t in passes]
+                # (pass items, repeats, link bytes); one pass (or none) stays written out
+                per_ch = []
+                for b, r, t in passes:
+                    n = r * transfer_bytes(b, col_bytes) + transfer_bytes(t, col_bytes)
+                    per_ch.append((len(b), r, n) if len(b) and r > 1 else (0, 0, n))
+                self._passes[s.index] = per_ch
             elif s.matrix is not None or s.op == "param_fetch":
                 self._static[s.index] = prog.pim_items(s, 0)
         self.n_ch = prog.geo.channels

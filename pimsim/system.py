@@ -212,6 +212,16 @@ def apply_system(cfg: Any, sysm: System) -> Any:
     return dataclasses.replace(cfg, system=sysm, org=org)
 
 
+def _choice(sec: dict[str, Any], key: str, choices: tuple[str, ...], where: str) -> str:
+    """``[system] key`` popped from ``sec`` (default: the first of ``choices``), or a
+    SystemError naming the choices."""
+    v = sec.pop(key, choices[0])
+    if v not in choices:
+        raise SystemError_(f"{where}: [system] {key} = {v!r} is not known",
+                           f"use one of {', '.join(choices)}")
+    return v
+
+
 def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
                      where: str) -> System:
     """Validated :class:`System` from the ``[system]`` and ``[interconnect]`` tables."""
@@ -221,24 +231,15 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
         if k not in known:
             raise SystemError_(f"{where}: [system] unknown key {k!r}",
                                f"use one of {', '.join(sorted(known))}")
-    attention = sec.pop("attention", "split")
-    if attention not in ATTENTION:
-        raise SystemError_(f"{where}: [system] attention = {attention!r} is not known",
-                           f"use one of {', '.join(ATTENTION)}")
+    attention = _choice(sec, "attention", ATTENTION, where)
     sample = sec.pop("host_sample_ns", 0.0)
     if isinstance(sample, bool) or not isinstance(sample, (int, float)) or \
             not 0 <= sample < 1e9:
         raise SystemError_(f"{where}: [system] host_sample_ns = {sample!r} must be a number of "
                            f"nanoseconds in 0..1e9",
                            "give the host's sampling time per token, e.g. 150000.0 (0: none)")
-    gqa = sec.pop("gqa", "native")
-    if gqa not in GQA:
-        raise SystemError_(f"{where}: [system] gqa = {gqa!r} is not known",
-                           f"use one of {', '.join(GQA)}")
-    lowering = sec.pop("lowering", "pimsim")
-    if lowering not in LOWERINGS:
-        raise SystemError_(f"{where}: [system] lowering = {lowering!r} is not known",
-                           f"use one of {', '.join(LOWERINGS)}")
+    gqa = _choice(sec, "gqa", GQA, where)
+    lowering = _choice(sec, "lowering", LOWERINGS, where)
     host = sec.pop("host", "per-device")
     if host not in HOSTS:
         raise SystemError_(f"{where}: [system] host = {host!r} is not supported",

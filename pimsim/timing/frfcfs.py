@@ -303,6 +303,14 @@ def queued_period(stream, x, end):
     return 0, 0
 
 
+@cached_njit(inline="always")
+def _row_moved(r, r0, rs):
+    """Whether row ``r`` is row ``r0`` moved by ``rs`` (none, -1 and below, stays as it is)."""
+    if r < 0 or r0 < 0:
+        return r == r0
+    return r - r0 == rs
+
+
 @cached_njit()
 def _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt, open_row, scal, rs,
                    q0, cq0, arr0, ready0, win_hist0, win_cnt0, open_row0, scal0):
@@ -316,22 +324,14 @@ def _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt, open_row, scal
     if (scal[S_MODE] != scal0[S_MODE] or scal[S_NEXT_REF] != scal0[S_NEXT_REF]
             or scal[S_DONE] - last != scal0[S_DONE] - last0):
         return False
-    a = scal[S_ALLROW]
-    a0 = scal0[S_ALLROW]
-    if (a < 0 or a0 < 0) and a != a0:
-        return False
-    if a >= 0 and a0 >= 0 and a - a0 != rs:
+    if not _row_moved(scal[S_ALLROW], scal0[S_ALLROW], rs):
         return False
     # open-bank time: no open/close transition, or each period's the same moved along
     if not ((scal[S_OPEN_SINCE] == scal0[S_OPEN_SINCE] and scal[S_OPEN_CYC] == scal0[S_OPEN_CYC])
             or scal[S_OPEN_SINCE] - last == scal0[S_OPEN_SINCE] - last0):
         return False
     for b in range(open_row.shape[0]):
-        r = open_row[b]
-        r0 = open_row0[b]
-        if (r < 0 or r0 < 0) and r != r0:
-            return False
-        if r >= 0 and r0 >= 0 and r - r0 != rs:
+        if not _row_moved(open_row[b], open_row0[b], rs):
             return False
     for x in range(cq.shape[0]):
         if cq[x] != cq0[x]:

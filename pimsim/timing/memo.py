@@ -167,6 +167,15 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
 
 
 @cached_njit(inline="always")
+def _same_words(a, a0, b, b0, n):
+    """Whether ``a[a0:a0+n]`` equals ``b[b0:b0+n]``."""
+    for i in range(n):
+        if a[a0 + i] != b[b0 + i]:
+            return False
+    return True
+
+
+@cached_njit(inline="always")
 def _memo_hash(memo, k0, klen):
     h = np.int64(-3750763034362895579)  # FNV-1a offset basis
     for i in range(k0, k0 + klen):
@@ -191,13 +200,7 @@ def _memo_find_in(memo, src, k0, klen, h):
     while memo[tab + slot] != 0:
         e = memo[tab + slot] - 1
         if memo[meta + 4 * e] == h and memo[meta + 4 * e + 2] == klen:
-            off = dat + memo[meta + 4 * e + 1]
-            same = True
-            for i in range(klen):
-                if memo[off + i] != src[k0 + i]:
-                    same = False
-                    break
-            if same:
+            if _same_words(memo, dat + memo[meta + 4 * e + 1], src, k0, klen):
                 return e
         slot = (slot + 1) & mask
     return -1
@@ -470,6 +473,19 @@ def block_key(stream, pos, n_it, not_before, geom, win_tab, ready, win_hist, win
     return klen
 
 
+@cached_njit(inline="always")
+def _block_replay(memo, ev, buf, lab0, n_lab, cp, win_tab, ready, win_hist, win_cnt, open_row,
+                  scal, counts, stats):
+    """Apply the memo entry whose value starts at ``ev`` to the state, the block's row labels
+    (kept in ``buf``) copied to the memo's scratch first."""
+    lab_m = memo[M_SCR]
+    for i in range(n_lab):
+        memo[lab_m + i] = buf[lab0 + i]
+    memo[M_HITS] += 1
+    _memo_apply(memo, ev, cp, lab_m, win_tab, ready, win_hist, win_cnt, open_row, scal, counts,
+                stats)
+
+
 @cached_njit()
 def block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts, stats, memo,
                  buf):
@@ -482,15 +498,11 @@ def block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts
     buf[k0 + 5] = _NO_REF
     h0 = _memo_hash(buf, k0, klen)
     e0 = _memo_find_in(memo, buf, k0, klen, h0)
-    lab_m = memo[M_SCR]
     if e0 >= 0:
         ev = memo[M_DAT] + memo[memo[M_META] + 4 * e0 + 1] + klen
         if geom[G_REFRESH] == 0 or scal[S_NEXT_REF] - cp > memo[ev + 1]:
-            for i in range(n_lab):
-                memo[lab_m + i] = buf[lab0 + i]
-            memo[M_HITS] += 1
-            _memo_apply(memo, ev, cp, lab_m, win_tab, ready, win_hist, win_cnt, open_row, scal,
-                        counts, stats)
+            _block_replay(memo, ev, buf, lab0, n_lab, cp, win_tab, ready, win_hist, win_cnt,
+                          open_row, scal, counts, stats)
             return 1
     h1 = np.int64(0)
     if geom[G_REFRESH] == 1:
@@ -499,11 +511,8 @@ def block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts
         e1 = _memo_find_in(memo, buf, k0, klen, h1)
         if e1 >= 0:
             ev = memo[M_DAT] + memo[memo[M_META] + 4 * e1 + 1] + klen
-            for i in range(n_lab):
-                memo[lab_m + i] = buf[lab0 + i]
-            memo[M_HITS] += 1
-            _memo_apply(memo, ev, cp, lab_m, win_tab, ready, win_hist, win_cnt, open_row, scal,
-                        counts, stats)
+            _block_replay(memo, ev, buf, lab0, n_lab, cp, win_tab, ready, win_hist, win_cnt,
+                          open_row, scal, counts, stats)
             return 1
     _snapshot_before(buf, pre0, counts, stats, scal, cp, win_cnt)
     buf[B_H0], buf[B_H1], buf[B_E0] = h0, h1, e0
@@ -533,13 +542,7 @@ def block_seen(geom, win_cnt, scal, counts, stats, buf, hist, n_rec, rec_off):
         n_c = counts.shape[0]
         n_s = stats.shape[0]
         n_w = win_cnt.shape[0] * win_cnt.shape[1]
-        ko = o + H_FIXED + n_c + n_s + n_w
-        same = True
-        for i in range(klen):
-            if hist[ko + i] != buf[k0 + i]:
-                same = False
-                break
-        if same:
+        if _same_words(hist, o + H_FIXED + n_c + n_s + n_w, buf, k0, klen):
             return r
     o = 0 if n_rec == 0 else rec_off[n_rec - 1]
     if n_rec > 0:
