@@ -1045,6 +1045,28 @@ def test_a_damaged_cache_entry_is_recompiled_and_rewritten(tmp_path, monkeypatch
     assert back.program.to_text(0) == c.program.to_text(0) and capsys.readouterr().err == ""
 
 
+
+def test_a_compile_for_another_context_is_cached_under_its_own_key(tmp_path, monkeypatch):
+    """``context`` (KV caches reserved for that many tokens) is part of the key: the second
+    compile for a context comes from the cache with that context, another context does not."""
+    from pimsim.config import load_config
+    from workloads import compile_cache
+    from workloads.compiling import compile_with_source
+
+    monkeypatch.setenv("PIMSIM_CACHE_DIR", str(tmp_path))
+    cfg = load_config("pim-gpt")
+    assert compile_cache.cache_key("tiny", cfg, 48) != compile_cache.cache_key("tiny", cfg)
+    assert compile_cache.cache_key("tiny", cfg, 48) != compile_cache.cache_key("tiny", cfg, 40)
+    first, src = compile_with_source("tiny", cfg, context=48)
+    assert src is not None and first.spec.n_ctx == 48
+    again, src = compile_with_source("tiny", cfg, context=48)
+    assert src is None  # read back from the cache
+    assert again.spec.n_ctx == 48 and again.program.to_text(0) == first.program.to_text(0)
+    other, src = compile_with_source("tiny", cfg, context=40)
+    assert src is not None and other.spec.n_ctx == 40
+    own, src = compile_with_source("tiny", cfg)
+    assert src is not None and own.spec.n_ctx != 48
+
 # ---------------------------------------------------------------- outputs against inputs
 
 @pytest.fixture

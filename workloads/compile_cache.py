@@ -10,6 +10,7 @@ only: timing runs, ``compile``, ``compare``), keyed by a hash of
   change without a trace);
 * the hardware values the compiler reads (:func:`workloads.identity.hw_identity`: every config
   value but ``[refresh]``, the file name and the description);
+* the context the KV caches are reserved for, where it is not the model's own (``--context``);
 * the simulator version: ``pimsim.__version__``, a digest of the compiler's and the ISA's source
   files and the installed torch version.
 
@@ -111,11 +112,13 @@ def model_identity(model: str) -> dict | None:
 hw_identity = identity.hw_identity  # every config value but [refresh], source, description
 
 
-def cache_key(model: str, cfg: Any) -> str | None:
+def cache_key(model: str, cfg: Any, context: int | None = None) -> str | None:
     ident = model_identity(model)
     if ident is None:
         return None
     doc = {"model": ident, "hw": hw_identity(cfg), "version": simulator_version()}
+    if context is not None:  # the KV caches reserved for this many tokens, not the model's own
+        doc["context"] = int(context)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 
@@ -148,10 +151,11 @@ def _warn(path: Path, why: str) -> None:
           "and rewriting it", file=sys.stderr)
 
 
-def load(model: str, cfg: Any) -> Any | None:
-    """The cached Compiled of ``model`` on ``cfg``, or None (a miss: absent, or damaged, which
-    warns on stderr and removes the entry)."""
-    key = cache_key(model, cfg)
+def load(model: str, cfg: Any, context: int | None = None) -> Any | None:
+    """The cached Compiled of ``model`` on ``cfg`` (its KV caches reserved for ``context``
+    tokens, None: the model's own), or None (a miss: absent, or damaged, which warns on stderr
+    and removes the entry)."""
+    key = cache_key(model, cfg, context)
     path = _entry(key) if key else None
     if path is None:
         return None
@@ -177,9 +181,10 @@ def load(model: str, cfg: Any) -> Any | None:
     return obj
 
 
-def store(model: str, cfg: Any, compiled: Any) -> Path | None:
-    """Save ``compiled``; quietly does nothing where the cache cannot be written."""
-    key = cache_key(model, cfg)
+def store(model: str, cfg: Any, compiled: Any, context: int | None = None) -> Path | None:
+    """Save ``compiled`` (compiled for ``context``); quietly does nothing where the cache cannot
+    be written."""
+    key = cache_key(model, cfg, context)
     path = _entry(key) if key else None
     if path is None or getattr(compiled.spec, "has_weights", False):
         return None

@@ -142,9 +142,9 @@ def compile_with_source(model: str, cfg: HwConfig, *, weights: bool = False, see
     """(Compiled, the resolved model source or None when it came from the cache)."""
     from workloads import compile_cache
 
-    use_cache = cache and not weights and context is None
+    use_cache = cache and not weights
     if use_cache:
-        c = compile_cache.load(model, cfg)
+        c = compile_cache.load(model, cfg, context)
         if c is not None:
             return c, None
     what = "with its weights " if weights else ""
@@ -156,7 +156,7 @@ def compile_with_source(model: str, cfg: HwConfig, *, weights: bool = False, see
         with _quiet_if_hf(src):
             c = compile_source(src, cfg, name=name, n_ctx=context)
     if use_cache:
-        compile_cache.store(model, cfg, c)
+        compile_cache.store(model, cfg, c, context)
     return c, src
 
 
