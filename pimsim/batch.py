@@ -57,6 +57,7 @@ from pimsim.isa import (
 )
 from pimsim.prefill import check_prefill, prefill_functional, prefill_positions, use_program
 from pimsim.report import RunReport, TimeTotals
+from pimsim.timing.jit import cached_njit
 
 MAC_BOUND_FORMULA = ("B x weight MACs / (PIM units x MACs per unit per cycle); PIM units = banks / "
                      "banks_per_pim_unit, MACs per unit per cycle = MAC lanes / nCCDL")
@@ -222,29 +223,31 @@ class BatchedProgram(Program):
             return self.base.pim_items(step, ps[0])
         if self.batch == 1:
             return self.pim_items_reference(step, ps)
+        plan = self.gather_plan(step, pos)
+        n_ch = self.geo.channels
+        lens = plan.lengths()
+        out = np.empty((int(lens.sum()), ITEM_FIELDS), np.int64)
+        lo = np.cumsum(lens) - lens
+        plan.fill(out, lo, np.zeros(n_ch, np.int64))
+        return [out[lo[c]:lo[c] + lens[c]] for c in range(n_ch)]
+
+    def gather_plan(self, step: Step, pos) -> "GatherPlan | None":
+        """How the step's items for the vectors at ``pos`` are made from region 0's items of
+        their distinct positions (:class:`GatherPlan`), or None where :meth:`pim_items` does not
+        gather (weight products, parameter fetches, batch 1)."""
+        if step.matrix is not None or step.op == "param_fetch" or self.batch == 1:
+            return None
         distinct, inv = self._distinct(pos)
-        inv = np.asarray(inv, np.int64)
         seqs = [self._seq_items(step, p) for p in distinct]
         n_ch = self.geo.channels
-        # every channel's output at once: the distinct positions' items of every channel in one
-        # array (channel-major), gathered in the vectors' order, rows moved to each region
+        # the distinct positions' items of every channel in one array (channel-major)
         parts = [seqs[i][c] for c in range(n_ch) for i in range(len(seqs))]
         lens_d = np.array([len(a) for a in parts], np.int64).reshape(n_ch, len(seqs))
-        if not lens_d.any():
-            return [np.empty((0, ITEM_FIELDS), np.int64) for _ in range(n_ch)]
-        flat = np.concatenate(parts)
+        flat = np.concatenate(parts) if lens_d.any() else np.empty((0, ITEM_FIELDS), np.int64)
         offs_d = (np.cumsum(lens_d.ravel()) - lens_d.ravel()).reshape(lens_d.shape)
-        lens = lens_d[:, inv].ravel()  # (channel, vector) in output order
-        starts = offs_d[:, inv].ravel()
-        total = int(lens.sum())
-        out_start = np.cumsum(lens) - lens
-        idx = np.arange(total, dtype=np.int64) + np.repeat(starts - out_start, lens)
-        arr = flat[idx]
-        if step.op in ("kv_write", "attn_score", "attn_value") and self.row_shift.any():
-            rows = arr[:, 2]
-            rows += np.where(rows >= 0, np.repeat(np.tile(self.row_shift, n_ch), lens), 0)
-        ends = np.cumsum(lens.reshape(n_ch, -1).sum(axis=1))
-        return np.split(arr, ends[:-1])
+        moved = step.op in ("kv_write", "attn_score", "attn_value") and bool(self.row_shift.any())
+        return GatherPlan(flat, offs_d, lens_d, np.asarray(inv, np.int64),
+                          self.row_shift if moved else np.zeros(0, np.int64))
 
     def matvec_passes(self, step: Step) -> list[tuple[np.ndarray, int, np.ndarray]] | None:
         """A weight product's items per channel as (first pass, its repeats, the rest)
@@ -318,6 +321,53 @@ class BatchedProgram(Program):
         """MACs of the weight matrix-vector products of one sequence's step."""
         return sum(s.matrix.out_dim * s.matrix.in_dim for s in self.base.steps
                    if s.matrix is not None and s.matrix.role != "v_cache")
+
+
+@dataclasses.dataclass
+class GatherPlan:
+    """A batched step's items of one step, per channel: vector ``b``'s are region 0's items of
+    its distinct position ``inv[b]`` (``flat[offs_d[c, i]:][:lens_d[c, i]]`` on channel ``c``),
+    one vector after the other, every row ``>= 0`` moved by ``row_shift[b]`` (empty: none moved)
+    to the vector's own KV region."""
+
+    flat: np.ndarray
+    offs_d: np.ndarray
+    lens_d: np.ndarray
+    inv: np.ndarray
+    row_shift: np.ndarray
+
+    def lengths(self) -> np.ndarray:
+        """Items per channel."""
+        return self.lens_d[:, self.inv].sum(axis=1)
+
+    def fill(self, out: np.ndarray, lo: np.ndarray, link_cols: np.ndarray) -> None:
+        """Write channel ``c``'s items at ``out[lo[c]:]`` and the columns they move across the
+        link into ``link_cols[c]`` (:func:`pimsim.link.transfer_bytes` / column bytes)."""
+        from pimsim.link import LINK_MASK
+
+        _gather_items(out, lo, self.flat, self.offs_d, self.lens_d, self.inv, self.row_shift,
+                      LINK_MASK, link_cols)
+
+
+@cached_njit()
+def _gather_items(out, lo, flat, offs_d, lens_d, inv, row_shift, link_mask, link_cols):
+    """:meth:`GatherPlan.fill` in one pass (no temporary per-channel arrays)."""
+    moved = row_shift.shape[0] > 0
+    for c in range(lens_d.shape[0]):
+        d = lo[c]
+        cols = 0
+        for b in range(inv.shape[0]):
+            i = inv[b]
+            s = offs_d[c, i]
+            for j in range(lens_d[c, i]):
+                for f in range(flat.shape[1]):
+                    out[d, f] = flat[s + j, f]
+                if moved and out[d, 2] >= 0:
+                    out[d, 2] += row_shift[b]
+                if out[d, 0] >= 0 and link_mask[out[d, 0]]:
+                    cols += out[d, 3]
+                d += 1
+        link_cols[c] = cols
 
 
 class BatchedSteps:

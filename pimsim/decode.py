@@ -29,7 +29,7 @@ import simpy
 from pimsim.cent_ops import host_lines
 from pimsim.config import HwConfig
 from pimsim.isa import ITEM_FIELDS, Program
-from pimsim.link import lead_columns, lead_delay_cyc, link_busy_cyc, link_latency_cyc, transfer_bytes
+from pimsim.link import lead_columns, lead_columns_at, lead_delay_cyc, link_busy_cyc, link_latency_cyc, transfer_bytes
 from pimsim.spec.commands import N_CMDS
 from pimsim.system import CommCost, collective
 from pimsim.timing import ChannelStates, ChannelTimer
@@ -128,6 +128,9 @@ class StepTable:
         return dur
 
 
+_GATHERED = object()  # build(): a region written in place from a GatherPlan
+
+
 class StreamBuilder:
     """Per-token channel streams: every PIM step's items, one region per (channel, step).
 
@@ -190,7 +193,10 @@ class StreamBuilder:
         self.seg_host = np.zeros(n_seg, np.int64)
 
     def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        first = any(last is None for last in self._last)
+        gather = getattr(self.prog, "gather_plan", None) if not first else None
         per_step = []
+        gathered = []  # steps whose items a GatherPlan wrote in place
         for k, s in enumerate(self.pim_steps):
             arrs = self._static.get(s.index)
             if arrs is None:
@@ -198,22 +204,28 @@ class StreamBuilder:
                 if self._last[k] is not None and key == self._keys[k]:
                     arrs = self._last[k]
                 else:
-                    arrs = self.prog.pim_items(s, pos)
+                    plan = gather(s, pos) if gather is not None and not s.cent else None
+                    if plan is not None:
+                        self._fill(k, plan)
+                        gathered.append(k)
+                        arrs = _GATHERED
+                    else:
+                        arrs = self.prog.pim_items(s, pos)
+                        if s.cent:
+                            self.seg_host[k] = host_lines(arrs)
                     self._keys[k] = key
-                    if s.cent:
-                        self.seg_host[k] = host_lines(arrs)
             per_step.append(arrs)
-        if any(last is None for last in self._last):  # the first build: lay every region out
+        if first:  # the first build: lay every region out
             self._layout(per_step)
             self._last = per_step
             return self.items, self.seg_lo, self.seg_hi
         writes = []
         for k, arrs in enumerate(per_step):
             last = self._last[k]
-            if arrs is last:
+            if arrs is last or arrs is _GATHERED:
                 continue
             for c in range(self.n_ch):
-                if arrs[c] is not last[c]:
+                if last is _GATHERED or arrs[c] is not last[c]:
                     if len(arrs[c]) > self.cap[c, k]:
                         self._move_to_end(c, k, len(arrs[c]))
                     writes.append((c, k, arrs[c]))
@@ -223,12 +235,26 @@ class StreamBuilder:
             self.seg_hi[c, k] = lo + len(a)
             self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
             self.seg_lead[c, k] = lead_columns(a)
-        if writes:
-            dirty = np.unique(np.array([k for _, k, _ in writes], np.int64))
+        if writes or gathered:
+            dirty = np.unique(np.array([k for _, k, _ in writes] + gathered, np.int64))
             segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps, dirty,
                             self.seg_cls)
         self._last = per_step
         return self.items, self.seg_lo, self.seg_hi
+
+    def _fill(self, k: int, plan) -> None:
+        """Write region ``k``'s items of every channel in place from a batched program's
+        :class:`~pimsim.batch.GatherPlan` (the items :meth:`pim_items` would give, without
+        building them per channel first), with their link bytes and lead columns."""
+        n = plan.lengths()
+        for c in np.nonzero(n > self.cap[:, k])[0]:
+            self._move_to_end(int(c), k, int(n[c]))
+        lo = self.seg_lo[:, k].copy()
+        cols = np.zeros(self.n_ch, np.int64)
+        plan.fill(self.items, lo, cols)
+        self.seg_hi[:, k] = lo + n
+        self.seg_bytes[:, k] = cols * self.col_bytes
+        self.seg_lead[:, k] = lead_columns_at(self.items, lo, n)
 
     def _move_to_end(self, c: int, k: int, n: int) -> None:
         """Give region (``c``, ``k``) room for ``n`` items and half as many again at the end of

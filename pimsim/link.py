@@ -34,10 +34,12 @@ from pimsim.spec.commands import N_CMDS, cmd_id
 # commands whose data crosses the ASIC-PIM link (one column of column_bytes each)
 LINK_CMDS = ("WR_GB", "RD_MAC", "WR_MAC", "RD_AF", "RD", "WR")
 _LINK_IDS = np.array([cmd_id(n) for n in LINK_CMDS], np.int64)
-_LINK_MASK = np.zeros(N_CMDS, bool)  # command id -> moves data across the link
-_LINK_MASK[_LINK_IDS] = True
+LINK_MASK = np.zeros(N_CMDS, bool)  # command id -> moves data across the link
+LINK_MASK[_LINK_IDS] = True
+_INPUT_MASK = np.zeros(N_CMDS, bool)  # command id -> needs input data from the host
 INPUT_CMDS = ("WR_GB", "WR_MAC", "WR")  # host -> PIM data
 _INPUT_IDS = frozenset(cmd_id(n) for n in INPUT_CMDS)
+_INPUT_MASK[list(_INPUT_IDS)] = True
 
 
 def _link_to_dram(cfg, link_cyc: int) -> int:
@@ -60,7 +62,7 @@ def transfer_bytes(items: np.ndarray, column_bytes: int) -> int:
     """Bytes the items ``(cmd, bank, row, count, col0)`` move across the link."""
     if not len(items):
         return 0
-    return int(items[_LINK_MASK[items[:, 0]], 3].sum()) * column_bytes
+    return int(items[LINK_MASK[items[:, 0]], 3].sum()) * column_bytes
 
 
 def lead_columns(items: np.ndarray) -> int:
@@ -68,6 +70,12 @@ def lead_columns(items: np.ndarray) -> int:
     if not len(items) or int(items[0, 0]) not in _INPUT_IDS:
         return 0
     return int(items[0, 3])
+
+
+def lead_columns_at(items: np.ndarray, lo: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """:func:`lead_columns` of the regions ``items[lo[c]:lo[c] + n[c]]``, all at once."""
+    first = items[lo]
+    return np.where((n > 0) & _INPUT_MASK[first[:, 0]], first[:, 3], 0)
 
 
 def lead_delay_cyc(cfg, lead_cols: int) -> int:

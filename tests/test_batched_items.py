@@ -144,18 +144,22 @@ def test_a_step_from_the_fast_items_takes_the_cycles_of_the_reference_items(hw, 
     assert runs[0][4] > 0  # refreshes happened inside the steps
 
 
-def test_a_reused_stream_builder_holds_the_items_of_a_fresh_one():
+@pytest.mark.parametrize("compact", [False, True])
+def test_a_reused_stream_builder_holds_the_items_of_a_fresh_one(compact):
     """Regions that outgrow their room move to the end of the buffer: every segment still
-    holds the step's items at the new positions, as a builder made for them does."""
+    holds the step's items at the new positions, as a builder made for them does (a reused
+    builder writes a batched step's attention and KV-write regions in place from a
+    GatherPlan; a fresh one lays out the items pim_items gives), with the same link bytes,
+    lead columns and channel classes."""
     cfg = _cfg("aim-gddr6", 2)
     prog = system_programs(compile_model("tiny", cfg), cfg)[0]
     bprog = BatchedProgram(prog, 6)
-    reused = StreamBuilder(bprog)
+    reused = StreamBuilder(bprog, compact=compact)
     moved = False
     for ps in [(0,) * 6, (1, 1, 1, 0, 0, 0), (40, 41, 42, 43, 44, 45), (63,) * 6, (2,) * 6]:
         lo_before = reused.seg_lo.copy()
         items, lo, hi = reused.build(ps)
-        fresh = StreamBuilder(bprog)
+        fresh = StreamBuilder(bprog, compact=compact)
         f_items, f_lo, f_hi = fresh.build(ps)
         assert np.array_equal(hi - lo, f_hi - f_lo)
         for c in range(bprog.geo.channels):

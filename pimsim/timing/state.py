@@ -24,6 +24,11 @@ NONE_I64 = np.int64(-1)  # "no bank / row / command" as an int64 value (no liter
 ONE_I64 = np.int64(1)
 ZERO_I64 = np.int64(0)
 
+# stream item fields the timing reads: (cmd, bank, row, count); the fifth, col0, names which
+# data a command moves and no timing rule, link transfer or energy count reads it, so items
+# equal in these fields issue the same commands at the same cycles
+TIMED_FIELDS = 4
+
 # scal[] slots of the per-channel state
 S_LAST, S_NEXT_REF, S_MODE, S_DONE, S_LOG_N, S_ALLROW, S_OPEN_SINCE, S_OPEN_CYC = range(8)
 N_SCAL = 8

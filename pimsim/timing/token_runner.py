@@ -39,6 +39,7 @@ from pimsim.timing.state import (
     S_MODE,
     S_NEXT_REF,
     S_OPEN_CYC,
+    TIMED_FIELDS,
     copy_into,
     open_cyc_at,
 )
@@ -125,7 +126,8 @@ def block_period(items, lo, hi, min_items):
     """The length of the block that items ``[lo, hi)`` repeat (at least twice, then possibly a
     leading part of it), or 0: the smallest period of the items (KMP failure function) when it
     is at least ``min_items`` items (:data:`MIN_BLOCK_ITEMS` in the simulator; any block gives
-    the same result) and no item is a SYNC."""
+    the same result) and no item is a SYNC. Items are compared in their timed fields
+    (:data:`~pimsim.timing.state.TIMED_FIELDS`): a block may move other data."""
     n = hi - lo
     if n < 2 * max(min_items, 1):
         return 0
@@ -134,7 +136,7 @@ def block_period(items, lo, hi, min_items):
     for i in range(1, n):
         while True:
             same = True
-            for f in range(items.shape[1]):
+            for f in range(TIMED_FIELDS):
                 if items[lo + i, f] != items[lo + k, f]:
                     same = False
                     break
@@ -230,11 +232,13 @@ def run_blocks(stream, lo, hi, block, reps, not_before, cmd_tab, pr_start, pr_ta
 
 @cached_njit()
 def _segments_equal(items, a0, a1, b0, b1):
-    """Whether stream items [a0, a1) and [b0, b1) are identical."""
+    """Whether stream items [a0, a1) and [b0, b1) issue the same commands: equal in every
+    timed field (:data:`~pimsim.timing.state.TIMED_FIELDS`: not the first column, which no
+    timing rule reads; the memo's keys leave it out too)."""
     if a1 - a0 != b1 - b0:
         return False
     for p in range(a1 - a0):
-        for f in range(items.shape[1]):
+        for f in range(TIMED_FIELDS):
             if items[a0 + p, f] != items[b0 + p, f]:
                 return False
     return True
@@ -243,8 +247,9 @@ def _segments_equal(items, a0, a1, b0, b1):
 @cached_njit()
 def segment_classes(items, seg_lo, seg_hi, seg_reps, steps, cls):
     """For each step ``k`` in ``steps``: ``cls[c, k]`` = the first channel whose segment ``k``
-    is identical to channel ``c``'s (channels of one class issue the same items; compact
-    segments, ``seg_reps > 0``, also repeat their block as often)."""
+    issues the same commands as channel ``c``'s (:func:`_segments_equal`: the same items but
+    perhaps their columns; channels of one class issue the same commands at the same cycles from
+    equivalent states; compact segments, ``seg_reps > 0``, also repeat their block as often)."""
     for k in steps:
         for c in range(cls.shape[0]):
             cls[c, k] = c
