@@ -68,7 +68,8 @@ def hw_identity(cfg: Any) -> dict:
     d = dataclasses.asdict(cfg)
     for k in ("refresh", "source", "description"):
         d.pop(k, None)
-    for k, default in (("lowering", "pimsim"), ("ep", 1)):  # the defaults: identities stay
+    for k, default in (("lowering", "pimsim"), ("placement", "dense"),
+                       ("ep", 1)):  # the defaults: identities stay
         if d.get("system", {}).get(k) == default:
             d["system"].pop(k)
     return d
