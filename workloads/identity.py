@@ -72,6 +72,9 @@ def hw_identity(cfg: Any) -> dict:
                        ("ep", 1)):  # the defaults: identities stay
         if d.get("system", {}).get(k) == default:
             d["system"].pop(k)
+    ic = d.get("system", {}).get("interconnect", {})
+    if ic.get("unicast_bw_factor") == 1.0:
+        ic.pop("unicast_bw_factor")
     return d
 
 

@@ -119,6 +119,8 @@ def config_to_dict(cfg: HwConfig) -> dict:
     if sy.device_channels:  # stages smaller than a device: the whole device's channels
         d["organization"].update(channels=sy.device_channels, channel_mask=0)
     d["interconnect"] = dataclasses.asdict(sy.interconnect)
+    if sy.interconnect.unicast_bw_factor == 1.0:  # the default: the records stay
+        d["interconnect"].pop("unicast_bw_factor")
     return d
 
 
