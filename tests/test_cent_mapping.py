@@ -128,7 +128,9 @@ def test_cent_options_refuse_bad_values(tmp_path):
     for key, val, msg in (("attention", '"centre"', "attention = 'centre' is not known"),
                           ("gqa", '"rolled"', "gqa = 'rolled' is not known"),
                           ("host_sample_ns", "-1.0", "host_sample_ns = -1.0 must be"),
-                          ("lowering", '"centre"', "lowering = 'centre' is not known")):
+                          ("lowering", '"centre"', "lowering = 'centre' is not known"),
+                          ("placement", '"sparse"', "placement = 'sparse' is not known"),
+                          ("placement", '"cent"', "placement = \"cent\" pads each matrix")):
         p = tmp_path / "s.toml"
         p.write_text(f'[system]\ndevice = "pim-gpt"\ndevices = 2\n{key} = {val}\n')
         with pytest.raises(ConfigError, match=msg):
@@ -182,8 +184,11 @@ def test_cent_options_round_trip_through_the_toml_writer():
     back = config_from_dict(config_to_dict(cfg))
     assert back.org.channels == 8 and back.system == cfg.system
     assert (back.system.attention, back.system.host_sample_ns) == ("master", 150_000.0)
-    assert back.system.lowering == "cent"
-    assert "lowering" not in config_to_dict(hw_config("aim-gddr6"))["system"]  # the default
+    assert back.system.lowering == "cent" and back.system.placement == "cent"
+    assert back.system.interconnect.unicast_bw_factor == 0.5
+    plain = config_to_dict(hw_config("aim-gddr6"))  # the defaults are not written
+    assert "lowering" not in plain["system"] and "placement" not in plain["system"]
+    assert "unicast_bw_factor" not in plain["interconnect"]
 
 
 def _cent(base):
@@ -276,11 +281,12 @@ def test_cent_lowering_keeps_the_tokens_and_costs_time(gqa, cent_master, one):
 
 
 @pytest.mark.slow  # about 8 s: the default run is at its time budget
-@pytest.mark.parametrize("lowering", ["pimsim", "cent"])
+@pytest.mark.parametrize("lowering", ["pimsim", "cent", "cent-placed"])
 def test_command_by_command_executor_agrees_on_cents_options(gqa, lowering):
     base = _cfg(2, attention="master")
     cfg = dataclasses.replace(base, system=dataclasses.replace(
-        base.system, host_sample_ns=1234.0, lowering=lowering))
+        base.system, host_sample_ns=1234.0, lowering=lowering.split("-")[0],
+        placement="cent" if lowering.endswith("placed") else "dense"))
     c = _compiled(gqa, cfg)
     fast = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3)
     slow = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3, fast=False)
