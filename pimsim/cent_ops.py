@@ -31,7 +31,9 @@ CENT's ``bank_index`` (``TransformerBlock.py`` 102-107): global bank ``b`` of th
 channel ``b // banks``, bank ``b % banks``; a vector of ``n`` elements in bank group ``g`` uses
 banks ``4 i + g`` with ``ceil(n / (total_banks / 4))`` elements each
 (``store_for_EWMUL_input_only_trace``, 1158-1164), one WR or RD per 16 elements (a burst).
-EWMUL, COPY and the MACs go to every channel of the stage. An element-wise op CENT writes with
+EWMUL, COPY and the MACs go to every channel of the stage; with ``[system] placement =
+"cent"`` (:func:`cent_part_slots`) so do a product's MAC rows, each matrix of a pack padded to
+CENT's ``ceil(rows / all banks)`` rows per bank. An element-wise op CENT writes with
 an operand size over a row's columns (the rotary EWMUL: 256) is issued as row-sized commands on
 the same row, as its traces are replayed (tests/data/cent/README.md)."""
 
