@@ -31,7 +31,9 @@ CENT's ``bank_index`` (``TransformerBlock.py`` 102-107): global bank ``b`` of th
 channel ``b // banks``, bank ``b % banks``; a vector of ``n`` elements in bank group ``g`` uses
 banks ``4 i + g`` with ``ceil(n / (total_banks / 4))`` elements each
 (``store_for_EWMUL_input_only_trace``, 1158-1164), one WR or RD per 16 elements (a burst).
-EWMUL, COPY and the MACs go to every channel of the stage. An element-wise op CENT writes with
+EWMUL, COPY and the MACs go to every channel of the stage; with ``[system] placement =
+"cent"`` (:func:`cent_part_slots`) so do a product's MAC rows, each matrix of a pack padded to
+CENT's ``ceil(rows / all banks)`` rows per bank. An element-wise op CENT writes with
 an operand size over a row's columns (the rotary EWMUL: 256) is issued as row-sized commands on
 the same row, as its traces are replayed (tests/data/cent/README.md)."""
 
@@ -67,6 +69,23 @@ def scratch_rows(n_head: int, n_ctx: int, channels: int, row_elems: int) -> int:
     return ROW_SCORES + _cdiv(n_ctx, row_elems) * _cdiv(n_head, channels * 4)
 
 
+def cent_part_slots(part_rows, devices: int, channels: int, banks: int) -> tuple[int, ...]:
+    """CENT's placement of a pack's weight matrices (``[system] placement = "cent"``): slots
+    (a row of all-bank MACs over a channel's banks, each bank one output row) per channel of
+    each matrix of ``part_rows`` output rows, split over ``devices`` x ``channels`` x
+    ``banks`` banks. CENT gives every bank ``ceil(rows / FC_total_banks)`` rows of each matrix
+    (``Llama.py`` ``memory_mapping`` 1012-1068: ``dic_row["wq"] = ((rows - 1) //
+    FC_total_banks + 1) * ...``; ``TransformerBlock.py`` 697: ``matrix_col_per_bank``) and
+    issues that many MAC rows per input row on every channel of the stage, whether a bank
+    holds one of the rows or not (701-702: ``channel_lst``, all channels once the matrix
+    spans more than a device's; a stage's channels otherwise). pimsim's dense placement gives
+    a channel only the slots its rows fill, a pack's matrices sharing them. Which neuron
+    sits in which padded slot stays pimsim's deal (:class:`pimsim.isa.MatrixLayout`); the
+    counts are CENT's."""
+    per = devices * channels * banks
+    return tuple(_cdiv(int(r), per) for r in part_rows)
+
+
 def cent_matvec_items(m, ch: int, macs) -> list[tuple]:
     """Channel ``ch``'s items of a packed product lowered as CENT does: its slots dealt to the
     pack's ``m.cent_parts`` matrices (contiguous shares), each a product of its own
@@ -81,7 +100,10 @@ def cent_matvec_items(m, ch: int, macs) -> list[tuple]:
     out: list[tuple] = []
     n_slots = m.slots(ch)
     parts = m.cent_parts
-    bounds = [-(-n_slots * i // parts) for i in range(parts + 1)]  # earlier parts the extra
+    if m.cent_slots:  # CENT's placement: each part its own padded slots (cent_part_slots)
+        bounds = [sum(m.cent_slots[:i]) for i in range(parts + 1)]
+    else:
+        bounds = [-(-n_slots * i // parts) for i in range(parts + 1)]  # earlier parts the extra
     for p in range(parts):  # CENT writes every fill on every channel of the stage (700-702)
         slots = range(bounds[p], bounds[p + 1])
         af = p == m.cent_af_part

@@ -57,6 +57,11 @@ class Interconnect:
     multicast: bool = True  # switch replicates flits (CXL 3.0 multicast)
     multicast_bw_factor: float = 0.5  # bandwidth with multicast (CENT halves it) [assumed]
     multicast_phy_factor: float = 2.0  # PHY latency with multicast (CENT doubles it) [assumed]
+    # bandwidth of a unicast (a gather's, a pipeline's sends): 1.0 the port's; CENT's fabric
+    # model halves every transfer's lanes once multicast is on (Yufeng98/CENT@9b4165f
+    # cent_simulation/cxl_latency.py 9-12: ``bandwidth_per_lane *= 0.5`` under MULTICAST,
+    # used by its gathers too)
+    unicast_bw_factor: float = 1.0
     pj_per_bit: float = 4.4  # PCIe energy per bit per link (CENT)
 
     @property
@@ -72,7 +77,8 @@ class Interconnect:
         return 2 * self.port_latency_ns + 2 * phy + self.switch_latency_ns
 
     def serialise_ns(self, n_bytes: int, multicast: bool = False) -> float:
-        bw = self.port_bytes_per_ns * (self.multicast_bw_factor if multicast else 1.0)
+        bw = self.port_bytes_per_ns * (self.multicast_bw_factor if multicast
+                                       else self.unicast_bw_factor)
         return self.wire_bytes(n_bytes) / bw
 
 
@@ -87,6 +93,7 @@ _FIELDS: tuple[tuple[str, type, float, float], ...] = (
     ("flit_payload_bytes", int, 1, 1 << 20),
     ("multicast_bw_factor", float, 1e-6, 1.0),
     ("multicast_phy_factor", float, 1.0, 1e6),
+    ("unicast_bw_factor", float, 1e-6, 1.0),
     ("pj_per_bit", float, 0.0, 1e9),
 )
 

@@ -103,6 +103,10 @@ class MatrixLayout:
     # activation, CENT's w1) runs AF + RD_AF per slot after its last fill. 0 / -1: off
     cent_parts: int = 0
     cent_af_part: int = -1
+    # CENT's placement ([system] placement = "cent", pimsim.cent_ops.cent_part_slots): slots
+    # per channel of each of the ``cent_parts`` matrices, the same on every channel (padded:
+    # a channel MACs its slots whether its banks hold rows there or not). (): dense
+    cent_slots: tuple[int, ...] = ()
 
     @property
     def n_chunks(self) -> int:
@@ -114,6 +118,8 @@ class MatrixLayout:
 
     def slots(self, ch: int) -> int:
         """Row slots (groups) this matrix has in channel ``ch``."""
+        if self.cent_slots:
+            return sum(self.cent_slots)
         g, c = self.n_groups, self.geo.channels
         return g // c + (1 if ch < g % c else 0)
 

@@ -33,6 +33,7 @@ _CONFIG_FIX = "set [system] devices, tp and pp with tp x pp = devices (or give t
 ATTENTION = ("split", "one-device", "master")  # compiler.passes.lower.ATTENTION_SPLITS
 GQA = ("native", "unrolled")
 LOWERINGS = ("pimsim", "cent")  # [system] lowering (pimsim.cent_ops)
+PLACEMENTS = ("dense", "cent")  # [system] placement (pimsim.cent_ops.cent_part_slots)
 TOKEN_BYTES = 4  # a sampled token id, returned from the last stage to the first
 
 
@@ -77,6 +78,13 @@ class System:
     # their vectors written to and read back from the banks, and the input written to the
     # global buffer once per weight matrix of a pack; pimsim.cent_ops)
     lowering: str = "pimsim"
+    # where a weight matrix's rows sit on the banks: "dense" (dealt over channels and banks,
+    # a channel holding only the slots its rows fill) or "cent" (CENT's, with lowering =
+    # "cent": every bank of every device holds ceil(rows / all banks) rows of each matrix of
+    # a pack and every channel MACs them, Yufeng98/CENT@9b4165f cent_simulation/Llama.py
+    # memory_mapping 1012-1068 and TransformerBlock.py Vector_Matrix_Mul_weight_pim_only_trace
+    # 697-702; pimsim.cent_ops.cent_part_slots)
+    placement: str = "dense"
     # expert parallelism (vLLM's --enable-expert-parallel, pimsim.expert_parallel): the MoE
     # layers' experts placed whole over the ``ep`` devices of a stage's tensor-parallel group
     # (``ep == tp``: no data parallelism here), attention and dense layers still split; 1: the
@@ -226,7 +234,8 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
                      where: str) -> System:
     """Validated :class:`System` from the ``[system]`` and ``[interconnect]`` tables."""
     sec = dict(sec or {})
-    known = {"devices", "tp", "pp", "host", "attention", "host_sample_ns", "gqa", "lowering"}
+    known = {"devices", "tp", "pp", "host", "attention", "host_sample_ns", "gqa", "lowering",
+             "placement"}
     for k in sec:
         if k not in known:
             raise SystemError_(f"{where}: [system] unknown key {k!r}",
@@ -240,6 +249,11 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
                            "give the host's sampling time per token, e.g. 150000.0 (0: none)")
     gqa = _choice(sec, "gqa", GQA, where)
     lowering = _choice(sec, "lowering", LOWERINGS, where)
+    placement = _choice(sec, "placement", PLACEMENTS, where)
+    if placement == "cent" and lowering != "cent":
+        raise SystemError_(f"{where}: [system] placement = \"cent\" pads each matrix of a "
+                           f"product as CENT's lowering issues it, but lowering = {lowering!r}",
+                           'set lowering = "cent" with it, or placement = "dense"')
     host = sec.pop("host", "per-device")
     if host not in HOSTS:
         raise SystemError_(f"{where}: [system] host = {host!r} is not supported",
@@ -258,7 +272,8 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
     return System(devices=s.devices, tp=s.tp, pp=s.pp, host=host,
                   stages_per_device=s.stages_per_device,
                   interconnect=interconnect_from_dict(ic or {}, where), attention=attention,
-                  host_sample_ns=float(sample), gqa=gqa, lowering=lowering)
+                  host_sample_ns=float(sample), gqa=gqa, lowering=lowering,
+                  placement=placement)
 
 
 # ---------------------------------------------------------------- collective costs

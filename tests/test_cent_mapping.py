@@ -128,7 +128,9 @@ def test_cent_options_refuse_bad_values(tmp_path):
     for key, val, msg in (("attention", '"centre"', "attention = 'centre' is not known"),
                           ("gqa", '"rolled"', "gqa = 'rolled' is not known"),
                           ("host_sample_ns", "-1.0", "host_sample_ns = -1.0 must be"),
-                          ("lowering", '"centre"', "lowering = 'centre' is not known")):
+                          ("lowering", '"centre"', "lowering = 'centre' is not known"),
+                          ("placement", '"sparse"', "placement = 'sparse' is not known"),
+                          ("placement", '"cent"', "placement = \"cent\" pads each matrix")):
         p = tmp_path / "s.toml"
         p.write_text(f'[system]\ndevice = "pim-gpt"\ndevices = 2\n{key} = {val}\n')
         with pytest.raises(ConfigError, match=msg):
@@ -182,8 +184,11 @@ def test_cent_options_round_trip_through_the_toml_writer():
     back = config_from_dict(config_to_dict(cfg))
     assert back.org.channels == 8 and back.system == cfg.system
     assert (back.system.attention, back.system.host_sample_ns) == ("master", 150_000.0)
-    assert back.system.lowering == "cent"
-    assert "lowering" not in config_to_dict(hw_config("aim-gddr6"))["system"]  # the default
+    assert back.system.lowering == "cent" and back.system.placement == "cent"
+    assert back.system.interconnect.unicast_bw_factor == 0.5
+    plain = config_to_dict(hw_config("aim-gddr6"))  # the defaults are not written
+    assert "lowering" not in plain["system"] and "placement" not in plain["system"]
+    assert "unicast_bw_factor" not in plain["interconnect"]
 
 
 def _cent(base):
@@ -276,13 +281,93 @@ def test_cent_lowering_keeps_the_tokens_and_costs_time(gqa, cent_master, one):
 
 
 @pytest.mark.slow  # about 8 s: the default run is at its time budget
-@pytest.mark.parametrize("lowering", ["pimsim", "cent"])
+@pytest.mark.parametrize("lowering", ["pimsim", "cent", "cent-placed"])
 def test_command_by_command_executor_agrees_on_cents_options(gqa, lowering):
     base = _cfg(2, attention="master")
     cfg = dataclasses.replace(base, system=dataclasses.replace(
-        base.system, host_sample_ns=1234.0, lowering=lowering))
+        base.system, host_sample_ns=1234.0, lowering=lowering.split("-")[0],
+        placement="cent" if lowering.endswith("placed") else "dense"))
     c = _compiled(gqa, cfg)
     fast = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3)
     slow = run_system(c.programs, cfg, prompt=[1, 2], n_tokens=3, fast=False)
     assert slow.cycles == fast.cycles and slow.per_token_ms == fast.per_token_ms
     assert slow.breakdown == fast.breakdown and slow.commands == fast.commands
+
+
+def _placed(base, placement="cent"):
+    return dataclasses.replace(base, system=dataclasses.replace(
+        base.system, lowering="cent", placement=placement))
+
+
+def test_cent_placement_pads_every_matrix_on_every_channel_and_keeps_the_tokens(gqa, one):
+    """The tiny Llama on 4 pim-gpt devices (512 banks): q (128 rows), k and v (32 each) get
+    one slot each on every channel of every device (CENT's ceil(rows / 512)), where the dense
+    placement deals the master's 48 rows of the pack over 3 channels; the numbers stay."""
+    base = _cfg(4, attention="master")
+    cfg = _placed(base)
+    c = _compiled(gqa, cfg)
+    qkv = c.program.matrices["L0.qkv"]
+    assert qkv.cent_slots == (1, 1, 1)
+    assert [qkv.slots(ch) for ch in range(8)] == [3] * 8
+    dense = _compiled(gqa, _cent(base)).program.matrices["L0.qkv"]
+    assert [dense.slots(ch) for ch in range(8)] == [1, 1, 1, 0, 0, 0, 0, 0]
+    for ch in range(8):  # every channel MACs each of q, k, v's slots over the 4-column input
+        assert _cols(c.program, 20, ch=ch)["qkv"]["MAC_AB"] == 3 * 4
+    math = AsicMath.from_config(cfg, exact=True)
+    fx1 = FlowExecutor(one.program, build_graph_image(one.mapping), _cfg(), math=math)
+    fx = SystemFlowExecutor(c.programs, [[build_graph_image(mp, rank=r) for r in range(4)]
+                                         for mp in c.stage_mappings], cfg, math=math)
+    a = run_generation(one.program, _cfg(), prompt=[5, 9], n_tokens=6, functional=fx1)
+    b = run_system(c.programs, cfg, prompt=[5, 9], n_tokens=6, functional=fx)
+    assert b.tokens == a.tokens
+
+
+# MAC columns per channel of one block's weight products in CENT's trace generator
+# (Yufeng98/CENT@9b4165f, cent_simulation/TransformerBlock.py
+# Vector_Matrix_Mul_weight_pim_only_trace 696-734, the af variant 736-780, called from
+# Llama.py trace_only 649-653, 789, 829-830, 887): per matrix of r rows and an input of n
+# elements, ceil(r / FC_total_banks) MAC_ABKs per input row on every channel, each of the
+# row's columns (n / 16 in all); FC_total_banks = devices x 32 channels x 16 banks.
+#   7B (8 devices, 4,096 banks): q, k, v 3 x 1 x 256; o 256; w1, w3 2 x 3 x 256; w2 688
+#   13B (20 devices, 10,240 banks): q, k, v 3 x 320; o 320; w1, w3 2 x 2 x 320; w2 864
+#   70B (32 devices, 16,384 banks; k and v 1,024 rows): 3 x 512; 512; 2 x 2 x 512; w2 1,792
+# CENT's traces add the norms' squares (2 x 1 for 7B, 2 x 2 for 13B and 70B) and the
+# attention: 3,570 MAC columns per channel for 7B at 128 tokens (tests/data/cent), 3,876 for
+# 13B and 6,916 for 70B (docs/validation.md).
+CENT_PRODUCT_MACS = {
+    "llama2-7b": (8, 4096, 11008, 32, 32, {"qkv": 768, "out_proj": 256, "ffn_up": 1536,
+                                           "ffn_down": 688}),
+    "llama2-13b": (20, 5120, 13824, 40, 40, {"qkv": 960, "out_proj": 320, "ffn_up": 1280,
+                                             "ffn_down": 864}),
+    "llama2-70b": (32, 8192, 28672, 64, 8, {"qkv": 1536, "out_proj": 512, "ffn_up": 2048,
+                                            "ffn_down": 1792}),
+}
+
+
+@pytest.mark.parametrize("model", sorted(CENT_PRODUCT_MACS))
+def test_cent_placement_macs_per_channel_equal_cents_generator(model):
+    """One block of the real Llama 2 shapes (a one-layer model on the meta device, no
+    weights) on CENT's config: every channel of the master MACs exactly CENT's columns."""
+    import torch
+    import transformers as T
+
+    from pimsim.spec.commands import cmd_id
+    from workloads.compiling import hw_config
+
+    devices, d, ff, heads, kv, want = CENT_PRODUCT_MACS[model]
+    with torch.device("meta"):
+        m = T.LlamaForCausalLM(T.LlamaConfig(
+            hidden_size=d, intermediate_size=ff, num_hidden_layers=1, num_attention_heads=heads,
+            num_key_value_heads=kv, vocab_size=32000, max_position_embeddings=4096))
+    cfg = hw_config(f"examples/cent/cent-{devices}.toml")
+    assert cfg.system.placement == "cent"
+    prog = compile_model(decode_step_module(m), cfg, name=model, n_ctx=256).program
+    mac = cmd_id("MAC_AB")
+    got = {}
+    for st in prog.steps:
+        role = st.name.split(".", 1)[-1]
+        if st.kind == "pim" and role in want:
+            per_ch = {int(a[a[:, 0] == mac][:, 3].sum()) for a in prog.pim_items(st, 128)}
+            assert len(per_ch) == 1, (role, per_ch)  # the same on every channel
+            got[role] = per_ch.pop()
+    assert got == want

@@ -27,6 +27,7 @@ FABRICS = (
                  multicast_phy_factor=1e6, multicast_bw_factor=1e-6),
     Interconnect(port_latency_ns=3.3, phy_latency_ns=17.1, switch_latency_ns=0.7,
                  gib_per_lane=1e6, lanes=1024, flit_bytes=1, flit_payload_bytes=1),
+    Interconnect(lanes=4, unicast_bw_factor=0.5),  # CENT's fabric model
 )
 TCK_PS = (1000, 625, 500, 357)
 
@@ -122,3 +123,16 @@ def test_4096_devices_is_fast_and_follows_the_formula():
         g += ic.serialise_ns(size)
     assert costs["gather"].ns == g + ic.latency_ns()
     assert costs["gather"].wire_bits == (n - 1) * ic.wire_bytes(size) * 16
+
+
+def test_unicast_bandwidth_factor_slows_gathers_and_sends_not_multicasts():
+    """CENT's fabric (cxl_latency.py: every transfer at half the lanes under multicast): a
+    gather's and a send's serialisation doubles, a multicast broadcast stays."""
+    full, half = Interconnect(lanes=4), Interconnect(lanes=4, unicast_bw_factor=0.5)
+    for op in ("gather", "send"):
+        a, b = collective(full, op, 32, 512), collective(half, op, 32, 512)
+        n = 1 if op == "send" else 31
+        assert b.ns - full.latency_ns() == pytest.approx(2 * (a.ns - full.latency_ns()))
+        assert b.ns - a.ns == pytest.approx(n * full.serialise_ns(512))
+        assert b.wire_bits == a.wire_bits
+    assert collective(half, "broadcast", 32, 16384) == collective(full, "broadcast", 32, 16384)

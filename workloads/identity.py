@@ -68,9 +68,13 @@ def hw_identity(cfg: Any) -> dict:
     d = dataclasses.asdict(cfg)
     for k in ("refresh", "source", "description"):
         d.pop(k, None)
-    for k, default in (("lowering", "pimsim"), ("ep", 1)):  # the defaults: identities stay
+    for k, default in (("lowering", "pimsim"), ("placement", "dense"),
+                       ("ep", 1)):  # the defaults: identities stay
         if d.get("system", {}).get(k) == default:
             d["system"].pop(k)
+    ic = d.get("system", {}).get("interconnect", {})
+    if ic.get("unicast_bw_factor") == 1.0:
+        ic.pop("unicast_bw_factor")
     return d
 
 

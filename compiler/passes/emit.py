@@ -436,7 +436,8 @@ class Emission:
             af = [i for i, m in enumerate(p.nodes) if any(
                 getattr(ASIC_OPS.get(u.op), "cost", None) == "activation"
                 for u in self.users.get(m.outputs[0], []))]
-            self.mat_cent[mname] = (len(parts), af[0] if af else -1)
+            self.mat_cent[mname] = (len(parts), af[0] if af else -1,
+                                    tuple(hi - lo_ for lo_, hi, _, _ in parts))
         self.matrices_w[mname] = None if any(w is None for w in ws) else np.concatenate(ws, 0)
         self.mat_shapes[mname] = (lo, in_dim)
         self.mat_order.append(mname)

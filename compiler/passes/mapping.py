@@ -55,7 +55,9 @@ def check_matrix_layouts(placed, products, g: Geometry, gb_cols: int | None,
             raise MappingError(f"{m.name}: input chunks do not tile the input dimension "
                                f"{m.in_dim} in rows of {g.row_elems}")
         per = sum(m.slots(c) for c in range(g.channels)) * g.banks
-        if per < m.out_dim or per - m.out_dim >= g.banks * g.channels:
+        # CENT's placement pads each of a pack's matrices to whole slots on every channel
+        pad = g.banks * g.channels * max(1, len(m.cent_slots))
+        if per < m.out_dim or per - m.out_dim >= pad:
             raise MappingError(f"{m.name}: {per} neuron places for {m.out_dim} neurons")
     shapes = set()
     for m in products:

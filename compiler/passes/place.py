@@ -20,7 +20,7 @@ from compiler.passes.decode_step import shape0
 from compiler.passes.graph_mapping import GraphMapping, GraphModel
 from compiler.passes.lowering_error import LoweringError
 from compiler.passes.mapping import CapacityError, MappingError, buffer_limits
-from pimsim.cent_ops import scratch_rows
+from pimsim.cent_ops import cent_part_slots, scratch_rows
 from pimsim.isa import KLayout, MatrixLayout, Program, VectorLayout, VLayout
 
 
@@ -166,10 +166,22 @@ class Placement:
         next_row = [row] * C
 
         def place(name, out_dim, in_dim, at=None):
-            parts, af = self.mat_cent.get(name, (0, -1))
+            parts, af, part_rows = self.mat_cent.get(name, (0, -1, ()))
+            pad = ()
+            if parts and cfg.system.placement == "cent":  # CENT's padded placement
+                split = self.tp_rows.get(name, ("",))[0] == "col"  # its rows over the devices
+                pad = cent_part_slots(part_rows, tp if split else 1, C, geo.banks)
+                if sum(pad) * C * geo.banks < out_dim:
+                    raise MappingError(
+                        f"{self.name} on {cfg.name}: {name}'s {out_dim} rows on this device do "
+                        f"not fit CENT's placement of its matrices ({sum(pad)} slots per "
+                        f"channel): CENT splits each matrix's rows evenly over the devices",
+                        'use attention = "master" with placement = "cent", or placement = '
+                        '"dense"')
             m = MatrixLayout(name, name.split(".")[-1].rstrip("0123456789"), out_dim, in_dim,
                              geo.row_elems, tuple(next_row) if at is None else at, geo, gb_cols,
-                             acc, cfg.pim.mapping, cent_parts=parts, cent_af_part=af)
+                             acc, cfg.pim.mapping, cent_parts=parts, cent_af_part=af,
+                             cent_slots=pad)
             if at is None:
                 for c in range(C):
                     next_row[c] += m.rows_used(c)

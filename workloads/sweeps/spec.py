@@ -114,9 +114,13 @@ def config_to_dict(cfg: HwConfig) -> dict:
                    "gqa": sy.gqa}
     if sy.lowering != "pimsim":  # written only when set: the records of the default stay
         d["system"]["lowering"] = sy.lowering
+    if sy.placement != "dense":
+        d["system"]["placement"] = sy.placement
     if sy.device_channels:  # stages smaller than a device: the whole device's channels
         d["organization"].update(channels=sy.device_channels, channel_mask=0)
     d["interconnect"] = dataclasses.asdict(sy.interconnect)
+    if sy.interconnect.unicast_bw_factor == 1.0:  # the default: the records stay
+        d["interconnect"].pop("unicast_bw_factor")
     return d
 
 
