@@ -11,7 +11,7 @@ served on:
 
 * the H100 of the analytic GPU model alone (``serve --gpu H100``);
 * the H100 with attention offloaded to PIM (``serve --xpu H100 --offload attention``) on
-  ``--pim-devices`` devices (tensor-parallel heads) of each ``--hw`` config: ``hbm3-pim``
+  ``--pim-devices`` devices (8; tensor-parallel heads) of each ``--hw`` config: ``hbm3-pim``
   (AttAcc's HBM3-PIM stacks on the GPU's package, ``--link package``) and ``aim-gddr6``
   (GDDR6-AiM devices behind CXL, ``--link cxl``).
 
@@ -24,13 +24,13 @@ the changes against the H100 alone next to LLMServingSim's published figure-10 c
 + an HBM2 PIM pool: +15.2 % throughput, -19.6 % TPOT, -12.8 % J/token; 2,501.6 -> 2,881.9 tokens/s,
 63.29 -> 50.86 ms, 0.282 -> 0.246 J/token). No timed assertions: figures to read.
 
-Measured on a loaded 2-core machine: ``--num-prompts 256 --output-len 128 --overlap`` 405 s
-(H100 13,985 tokens/s; + hbm3-pim x 2 6,648, overlapped 8,767; + aim-gddr6 x 2 7,704,
-overlapped 10,554); ``--num-prompts 64 --output-len 128 --overlap`` 389 s (the figures and the
-reasons are in docs/guide.md). The full stream did not finish in 40
-minutes: at a 640-token reservation two devices' KV regions hold 65,536 tokens, fewer than the
-stream's 163,840, so requests are preempted and every recomputed chunk's K/V writes are a new
-simulation.
+Measured on a loaded 2-core machine, ``--overlap``, the whole stream on 8 PIM devices: 513 s
+(hbm3-pim 69 s, aim-gddr6 427 s): H100 alone 16,347 tokens/s; + hbm3-pim x 8 7,784, overlapped
+9,720; + aim-gddr6 x 8 9,774, overlapped 10,047 (85 preemptions each: the devices' KV regions
+hold 108,800 of the stream's 163,840 tokens; the figures and the reasons are in
+docs/guide.md). On 2 devices (65,536 tokens) the full stream did not finish in 40 minutes,
+every recomputed chunk's K/V writes being a new simulation; ``--pim-devices 2 --output-len
+128`` took 405 s.
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ def main() -> None:
     ap.add_argument("--model", default="llama3-8b")
     ap.add_argument("--xpu", default="H100")
     ap.add_argument("--hw", default="hbm3-pim,aim-gddr6", help="PIM configs, comma-separated")
-    ap.add_argument("--pim-devices", type=int, default=2,
-                    help="PIM devices per system, heads split over them (default 2: the "
-                         "stream's KV, 256 x 640 tokens x 128 KiB = 20 GiB, needs two 16 GiB "
-                         "devices)")
+    ap.add_argument("--pim-devices", type=int, default=8,
+                    help="PIM devices per system, heads split over them (default 8: their KV "
+                         "regions hold 108,800 tokens at a 640-token reservation; two hold "
+                         "65,536, and the stream's preempted requests then take too long)")
     ap.add_argument("--overlap", action="store_true", help="also the overlapped sub-batches")
     ap.add_argument("--no-sample", action="store_true",
                     help="skip the batched-vs-per-sequence check on one step")

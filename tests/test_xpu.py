@@ -9,6 +9,7 @@ import pytest
 
 from pimsim.attention import attention_program, kv_only_program
 from pimsim.batch import step_cost
+from pimsim.errors import UserError
 from workloads import session
 from workloads.cli import main
 from workloads.gpu.model import decode_flops, predict_step
@@ -33,6 +34,36 @@ def test_all_xpu_is_the_gpu_model(tiny):
         a, b = x.step(d, ch), g.step(d, ch)
         assert (a.time_s, a.energy_j) == (b.time_s, b.energy_j)
     assert x.kv_capacity_tokens == g.kv_capacity_tokens
+
+
+def test_a_measured_batched_file_is_an_xpu(tiny, tmp_path):
+    """--xpu / --gpu FILE.json: the preset of the GPU the file names, fitted to the file; the
+    shipped H100 file gives the H100 preset's numbers (that preset is fitted to it), another
+    file other numbers; a file that is not a batched measurement is a clear error."""
+    import os
+
+    from workloads.gpu.calibration import DATA_DIR, batched_measured_path
+
+    c, cfg = tiny
+    path = batched_measured_path("H100")
+    assert path is not None and path.startswith(DATA_DIR)
+    by_file = XpuPimCost(c, cfg, "tiny", xpu=path, placement="attention")
+    by_name = XpuPimCost(c, cfg, "tiny", xpu="H100", placement="attention")
+    a, b = by_file.step(DECODE, CHUNKS), by_name.step(DECODE, CHUNKS)
+    assert (a.time_s, a.energy_j) == (b.time_s, b.energy_j)
+    assert os.path.basename(path) in by_file.gpu.label
+    doc = json.load(open(path))
+    doc["results"] = [dict(r, ms_per_step=2 * r["ms_per_step"]) for r in doc["results"]]
+    slow = tmp_path / "slow_h100.json"
+    slow.write_text(json.dumps(doc))
+    g = GpuModelCost(str(slow), "llama2-7b")  # the file's Llama (gated) path
+    assert g.step(DECODE, CHUNKS).time_s > 1.5 * GpuModelCost("H100", "llama2-7b").step(
+        DECODE, CHUNKS).time_s
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    for p in (bad, tmp_path / "missing.json"):
+        with pytest.raises(UserError, match="batched measurement"):
+            GpuModelCost(str(p), "tiny")
 
 
 def test_all_pim_is_the_pim_cost(tiny):

@@ -515,7 +515,8 @@ def add_xpu_options(sp) -> None:
 
     sp.add_argument("--xpu", metavar="NAME",
                     help="an xPU beside the PIM devices: a GPU preset of the analytic model "
-                         "(A100, H100, H200, T4, with its shipped calibration); see --placement")
+                         "(A100, H100, H200, T4, with its shipped calibration) or a batched "
+                         "measurement JSON (the model fitted to it); see --placement")
     sp.add_argument("--link", choices=LINKS, default="pcie5",
                     help="with --xpu: the xPU-PIM link (default pcie5; package: PIM stacks on "
                          "the xPU's package, as AttAcc)")
@@ -564,8 +565,9 @@ def _add_serve_parser(sub, common, progress, system, no_cache) -> None:
                    help="KV-cache tokens the system holds (default: from the compiled program, "
                         "or the GPU's memory with --gpu)")
     s.add_argument("--gpu", metavar="NAME",
-                   help="price the steps on a GPU of the analytic model (T4, A100, H100, H200) "
-                        "instead of the PIM simulator")
+                   help="price the steps on a GPU of the analytic model (T4, A100, H100, H200, "
+                        "or a batched measurement JSON it is fitted to) instead of the PIM "
+                        "simulator")
     s.add_argument("--gpu-tp", type=int_in(1, 64), default=1, metavar="N",
                    help="with --gpu: GPUs in tensor parallelism (default 1)")
     add_xpu_options(s)

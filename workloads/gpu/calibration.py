@@ -287,19 +287,30 @@ _SERVING: dict[str, tuple[GPUSpec, str]] = {}
 def serving_preset(name: str) -> tuple[GPUSpec, str]:
     """The GPU preset for batched decode and prefill, and a note saying how it was obtained.
 
-    Where a batched measurement of this GPU is shipped (:func:`batched_measured_path`), its fit
+    ``name``: a GPU preset, or a batched measurement file (``.json``, as
+    ``python -m workloads.gpu measure batched`` writes; the GPU it names in ``info.gpu``): the
+    preset of that GPU fitted to that file. Where a batched measurement of this GPU is shipped
+    (:func:`batched_measured_path`), its fit
     (:func:`calibrate_batched`: the gated path's bandwidth efficiency and kernel overhead, the
     compute efficiency and the utilisation-power line) is applied on top of
     :func:`calibrated_preset`, and the note gives the fit's held-out error; otherwise the note
     says the model is calibrated at batch 1 only (or not at all)."""
-    key = gpu_preset(name).name
-    if key not in _SERVING:
+    measured = is_measured_file(name)
+    if measured:  # a batched measurement of a GPU: its fit on that GPU's preset
+        from workloads.gpu.batched_calibration import load_batched
+
+        path = os.path.abspath(name)
+        key = gpu_preset(load_batched(path).get("info", {}).get("gpu") or "").name
+        cache_key = (path, os.path.getmtime(path))
+    else:
+        key = gpu_preset(name).name
+        path, cache_key = batched_measured_path(key), key
+    if cache_key not in _SERVING:
         try:
             g = calibrated_preset(key)
             note = "batch-1 calibration, uncalibrated beyond batch 1"
         except (FileNotFoundError, ValueError, KeyError):
             g, note = gpu_preset(key), "uncalibrated"
-        path = batched_measured_path(key)
         if path is not None:
             cal = calibrate_batched(path, g)
             fitted = cal["gpu"]
@@ -313,8 +324,13 @@ def serving_preset(name: str) -> tuple[GPUSpec, str]:
             note = (f"calibrated on measured batched steps of {cal['gpu_measured']} "
                     f"({os.path.basename(path)}; held-out max |error| "
                     f"{'-' if ho is None else f'{ho:.1f}'} %)")
-        _SERVING[key] = (g, note)
-    return _SERVING[key]
+        _SERVING[cache_key] = (g, note)
+    return _SERVING[cache_key]
+
+
+def is_measured_file(name: str) -> bool:
+    """Whether a GPU name is a measurement file (``.json``) rather than a preset's name."""
+    return str(name).lower().endswith(".json")
 
 
 def leave_one_out(measured: dict[str, Any] | str | None = None) -> list[dict[str, Any]]:

@@ -489,10 +489,11 @@ class GpuModelCost:
             g, how = serving_preset(self.gpu)
             self.shape = shape_for(self.model)
             check_fits(g, self.shape, self.tp)
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, OSError) as e:
             raise UserError(f"GPU cost for {self.model} on {self.gpu}: {e}",
-                            "give a GPU preset (T4, A100, H100, H200) and a preset model "
-                            "the GPU model knows") from None
+                            "give a GPU preset (T4, A100, H100, H200) or a batched measurement "
+                            "(e.g. workloads/gpu/data/gpu_measured_h100_batched.json) and a "
+                            "preset model the GPU model knows") from None
         if self.power not in ("board", "util"):
             raise UserError(f"GPU power model {self.power!r} is not known", "use board or util")
         self.spec = g.for_shape(self.shape)
