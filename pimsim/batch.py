@@ -299,11 +299,7 @@ class BatchedProgram(Program):
         for other steps."""
         if step.matrix is None:
             return None
-        n = self.vectors(step)
-        if n == 1:  # one vector: the unbatched loop order, written out (as pim_items has it)
-            return [(np.empty((0, ITEM_FIELDS), np.int64), 0, a)
-                    for a in _matvec_items(step.matrix, 1)]
-        return matvec_passes(step.matrix, n)
+        return matvec_passes(step.matrix, self.vectors(step))
 
     _SEQ_CACHE_KEYS = 64  # distinct items keys kept per step (oldest dropped first)
 
