@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
           f"ms/step | tokens/s | measured {args.gpu} ms/step | tokens/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
+        placement = {"ep": False}  # the model's placement, kept from batch to batch
         for b in (int(x) for x in args.batches.split(",")):
             t0 = time.perf_counter()
-            pim = pim_row(name, b, args)
+            pim = pim_row(name, b, args, placement)
             gpu, tp = None, 1
             while gpu is None and tp <= 8:
                 try:
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def pim_row(name: str, b: int, args) -> str:
+def pim_row(name: str, b: int, args, placement: dict) -> str:
     """The PIM columns of one model and batch: the TP split on ``--devices`` aim-gddr6 devices
     (expert parallelism where the split does not fit), the devices doubled up to
     ``--max-devices`` while the batch's KV caches do not fit (the largest batch that fits the
@@ -95,7 +96,7 @@ def pim_row(name: str, b: int, args) -> str:
     from pimsim.errors import HardwareFitError, UserError
     from workloads.session import hw_config, simulate
 
-    dev, ep, last = args.devices, False, ""
+    dev, ep, last = args.devices, placement["ep"], ""
     while dev <= args.max_devices:
         try:
             cfg = hw_config("aim-gddr6", devices=dev, expert_parallel=ep)
@@ -107,7 +108,8 @@ def pim_row(name: str, b: int, args) -> str:
             continue
         except (HardwareFitError, UserError) as e:
             if not ep:  # the split does not fit: whole experts on the devices
-                ep, last = True, str(e).split(";")[0]
+                ep = placement["ep"] = True
+                last = str(e).split(";")[0]
                 continue
             return f"- ({str(e).split(';')[0][:80]}) | - | - | -"
         step_ms = rep.extra.get("batch", {}).get("ms_per_step", rep.ms_per_token)
