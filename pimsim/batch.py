@@ -500,8 +500,10 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
 
     moe = bool(prog.moe)
     load = ExpertLoad(prog) if moe else None  # per-device expert load (EP and the TP split)
-    if moe and (functional is not None or routing is None):
-        routing = Routing.recorder() if functional is not None else Routing.seeded()
+    if moe and functional is None and routing is None:
+        routing = Routing.seeded()
+    if moe and functional is not None and (routing is None or routing.kind != "functional"):
+        routing = Routing.recorder()  # pass one in to keep its records (a routing trace)
     w_bytes: list[float] = []
     prefill = check_prefill(prefill)
     prompts = [list(p) for p in prompts]

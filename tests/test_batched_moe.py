@@ -134,3 +134,26 @@ def test_ep_simulates_the_device_with_the_most_routed_tokens(systems):
     load = rep.expert_load["ep"]
     # token x expert pairs per device per step: layer 0 2 and 4, layer 1 6 and 0
     assert load["pairs_per_device"] == [8.0, 4.0]
+
+
+def test_a_functional_batch_routes_with_its_routers_and_gives_the_single_runs_tokens(prep):
+    from compiler.pipeline import lower
+    from pimsim.generate import run_generation
+    from workloads.validation import functional_executor
+
+    cfg = load_config("pim-gpt")
+    c = lower(prep, cfg)
+    prompts = [[3, 4], [10, 11], [20, 21]]
+    singles = [run_generation(c.program, cfg, prompt=p, n_tokens=4,
+                              functional=functional_executor(c, cfg, False)).tokens
+               for p in prompts]
+    fxs = [functional_executor(c, cfg, False) for _ in prompts]
+    routing = Routing.recorder()
+    rep = run_batched(c.program, cfg, prompts=prompts, n_tokens=4, functional=fxs,
+                      routing=routing)
+    assert rep.tokens == singles
+    # the steps ran the routers' choice: replayed as a trace, the same cycles
+    trace = Routing("trace", path="t", lines={(r["step"], r["moe"]): r["experts"]
+                                              for r in routing.records})
+    again = run_batched(c.program, cfg, prompts=prompts, n_tokens=4, routing=trace)
+    assert again.cycles == rep.cycles and again.commands == rep.commands
