@@ -78,7 +78,7 @@ MOE_MEASURED = "workloads/gpu/data/gpu_measured_h100_moe.json"
 def test_the_batched_model_fitted_to_the_measured_h100_moe_predicts_the_held_out_points():
     # Qwen3-30B-A3B's shape measured on one H100 (workloads.gpu.moe_batched, bf16, KV lengths
     # 128 and 512, batch 1-256). The preset model (the H200 Llama calibration) predicts 0.57-
-    # 0.77 x the measured time: the measured step's router, top-k, sort and grouped GEMMs of a
+    # 0.78 x the measured time: the measured step's router, top-k, sort and grouped GEMMs of a
     # few rows per expert add kernels and reach less bandwidth. Fitted (mem_eff, kernel
     # overhead, power line) on batch 1, 4, 16, 64, 256, held out 2, 8, 32, 128.
     import json
