@@ -1,18 +1,25 @@
 """Mixtures of experts on a PIM system against the GPU model, at batch 1 and a larger batch.
 
-    python benchmarks/bench_moe.py                          # mixtral-8x7b, qwen3-30b-a3b
+    python benchmarks/bench_moe.py                          # mixtral-8x7b, qwen3-30b-a3b; 1, 64
     python benchmarks/bench_moe.py --models olmoe-1b-7b --batches 1,8 --devices 4
 
 For each model: the zoo preset (shapes from the public config.json, meta weights) on
-``aim-gddr6`` devices (one tensor-parallel group), decode at context ``--context`` (the prompt
-skipped: generation at that position), experts chosen by seeded uniform routing (the report's
-``routing``), ``--tokens`` generated tokens; printed: ms per step, tokens/s, the weight bytes the
-system reads per step, and the analytic GPU model (``workloads.gpu.model.predict_step``, H100,
-the fewest GPUs the fp16 weights fit) at the same batch and position, which counts the expected
-union of the batch's experts under uniform routing. A batch whose KV regions do not fit the
-devices is reported as such. No timed assertions: a script that prints its figures.
+``aim-gddr6`` devices (one tensor-parallel group; the experts split over the devices, or placed
+whole, expert parallelism, where the split does not fit), decode at context ``--context`` (the
+prompt skipped: generation at that position), experts chosen by seeded uniform routing (the
+report's ``routing``), ``--tokens`` generated tokens. A batched step runs each chosen expert
+for the sequences routed to it only (:mod:`pimsim.batch`). ``--devices`` devices, doubled up to
+``--max-devices`` while the batch's KV caches do not fit (the row names the devices). Printed:
+ms per step, tokens/s, the weight bytes the system reads per step; the analytic GPU model
+(``workloads.gpu.model.predict_step``, H100, the fewest GPUs the fp16 weights fit) at the same
+batch and position, which counts the expected union of the batch's experts under uniform
+routing, with its preset parameters and fitted to the shipped measured H100 MoE baseline
+(``workloads/gpu/data/gpu_measured_h100_moe.json``, Qwen3-30B-A3B's shape; its held-out error:
+``python -m workloads.gpu predict --batched`` on that file), and the measured point itself
+where one was taken (its KV length is ``--context``). No timed assertions: a script that
+prints its figures.
 
-    python benchmarks/bench_moe.py --ep                     # TP split against EP
+    python benchmarks/bench_moe.py --ep --batches 1,32      # TP split against EP
     python benchmarks/bench_moe.py --ep --routing skewed --skew 1.2
 
 ``--ep``: instead, each model and batch on the same devices with the experts split tensor-
@@ -26,18 +33,22 @@ the system reads per step (the same under both placements).
 from __future__ import annotations
 
 import argparse
+import os
 import time
+
+from workloads.gpu.model import predict_step
+
+MOE_MEASURED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "workloads", "gpu", "data", "gpu_measured_h100_moe.json")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pimsim.errors import UserError
-    from workloads.gpu.model import predict_step
-    from workloads.session import simulate
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="mixtral-8x7b,qwen3-30b-a3b")
     ap.add_argument("--devices", type=int, default=8)
-    ap.add_argument("--batches", default="1,32")  # 43 mixtral-8x7b sequences fit 8 devices
+    ap.add_argument("--max-devices", type=int, default=16,
+                    help="double the devices up to this many until the batch's KV caches fit")
+    ap.add_argument("--batches", default="1,64")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=2)
     ap.add_argument("--gpu", default="H100")
@@ -47,22 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.ep:
         return ep_table(args)
-    print(f"| model | batch | PIM ({args.devices} x aim-gddr6) ms/step | PIM tokens/s | "
-          f"PIM weight GB/step | {args.gpu} GPUs | {args.gpu} ms/step | {args.gpu} tokens/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    fitted = gpu_fitted_to_moe()
+    measured = measured_moe_points()
+    print(f"| model | batch | PIM system | PIM ms/step | PIM tokens/s | PIM weight GB/step | "
+          f"{args.gpu} GPUs | {args.gpu} model ms/step | tokens/s | fitted to the measured MoE "
+          f"ms/step | tokens/s | measured {args.gpu} ms/step | tokens/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
+        placement = {"ep": False}  # the model's placement, kept from batch to batch
         for b in (int(x) for x in args.batches.split(",")):
             t0 = time.perf_counter()
-            try:
-                res = simulate(name, "aim-gddr6", devices=args.devices, tokens=args.tokens,
-                               prompt=args.context, skip_prompt=True, context=args.context + 8,
-                               batch=b if b > 1 else None)
-                rep = res.report
-                step_ms = rep.extra.get("batch", {}).get("ms_per_step", rep.ms_per_token)
-                pim = (f"{step_ms:.3f} | {1000 * b / step_ms:,.0f} | "
-                       f"{rep.weight_bytes_per_step / 1e9:.2f}")
-            except UserError as e:
-                pim = f"- ({str(e).split(';')[0][:60]}) | - | -"
+            pim = pim_row(name, b, args, placement)
             gpu, tp = None, 1
             while gpu is None and tp <= 8:
                 try:
@@ -70,9 +76,71 @@ def main(argv: list[str] | None = None) -> int:
                 except ValueError:
                     tp *= 2
             g = f"{tp} | {gpu['ms']:.3f} | {gpu['tokens_per_s']:,.0f}" if gpu else "- | - | -"
-            print(f"| {name} | {b} | {pim} | {g} |  <!-- {time.perf_counter() - t0:.0f} s -->",
-                  flush=True)
+            f = "- | -"
+            if gpu is not None and fitted is not None:
+                fp = predict_step(fitted, name, [args.context - 1] * b, tp=tp)
+                f = f"{fp['ms']:.3f} | {fp['tokens_per_s']:,.0f}"
+            m = measured.get((name, b, args.context))
+            meas = f"{m['ms_per_step']:.3f} | {m['tokens_per_s']:,.0f}" if m else "- | -"
+            print(f"| {name} | {b} | {pim} | {g} | {f} | {meas} |  "
+                  f"<!-- {time.perf_counter() - t0:.0f} s -->", flush=True)
     return 0
+
+
+def pim_row(name: str, b: int, args, placement: dict) -> str:
+    """The PIM columns of one model and batch: the TP split on ``--devices`` aim-gddr6 devices
+    (expert parallelism where the split does not fit), the devices doubled up to
+    ``--max-devices`` while the batch's KV caches do not fit (the largest batch that fits the
+    most devices run instead, said so)."""
+    from pimsim.batch import BatchCapacityError
+    from pimsim.errors import HardwareFitError, UserError
+    from workloads.session import hw_config, simulate
+
+    dev, ep, last = args.devices, placement["ep"], ""
+    while dev <= args.max_devices:
+        try:
+            cfg = hw_config("aim-gddr6", devices=dev, expert_parallel=ep)
+            rep = simulate(name, cfg, tokens=args.tokens, prompt=args.context, skip_prompt=True,
+                           context=args.context + 8, batch=b if b > 1 else None).report
+        except BatchCapacityError as e:
+            last = str(e).split(";")[0]
+            dev *= 2
+            continue
+        except (HardwareFitError, UserError) as e:
+            if not ep:  # the split does not fit: whole experts on the devices
+                ep = placement["ep"] = True
+                last = str(e).split(";")[0]
+                continue
+            return f"- ({str(e).split(';')[0][:80]}) | - | - | -"
+        step_ms = rep.extra.get("batch", {}).get("ms_per_step", rep.ms_per_token)
+        where = f"{dev} x aim-gddr6, {'ep' if ep else 'tp'} {dev}"
+        return (f"{where} | {step_ms:.3f} | {1000 * b / step_ms:,.0f} | "
+                f"{rep.weight_bytes_per_step / 1e9:.2f}")
+    return f"- ({last[:120]}) | - | - | -"
+
+
+def gpu_fitted_to_moe():
+    """The GPU model fitted to the shipped measured MoE baseline
+    (``workloads/gpu/data/gpu_measured_h100_moe.json``,
+    :func:`workloads.gpu.batched_calibration.calibrate_batched`), None without it."""
+    from workloads.gpu.batched_calibration import calibrate_batched, load_batched
+
+    try:
+        return calibrate_batched(load_batched(MOE_MEASURED))["gpu"]
+    except OSError:
+        return None
+
+
+def measured_moe_points() -> dict:
+    """(model, batch, KV length) -> the shipped measured MoE point."""
+    import json
+
+    try:
+        with open(MOE_MEASURED) as f:
+            doc = json.load(f)
+    except OSError:
+        return {}
+    return {(doc["model"], p["batch"], p["kv_len"]): p for p in doc["points"]}
 
 
 def ep_table(args) -> int:

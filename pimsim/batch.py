@@ -14,7 +14,11 @@ A batched step is the program's step run once for ``B`` sequences (:class:`Batch
   position, one sequence after the other in the step's stream; the embedding reads one table
   row per sequence;
 * ASIC and collective steps work on ``B`` vectors in one invocation: fixed element counts
-  times ``B``; per-position counts (softmax) follow each sequence's own position.
+  times ``B``; per-position counts (softmax) follow each sequence's own position;
+* a mixture of experts' expert steps (``Step.expert``) compute only the vectors of the
+  sequences routed to the expert (:meth:`BatchedProgram.route`): its weight products one pass
+  per pass group of those vectors, its ASIC steps and collectives their elements; an expert
+  no sequence chose does not run; the router, attention and shared experts run for all ``B``.
 
 Batch 1 is the compiled program exactly (the same items, element counts and cycles).
 :func:`run_batched` runs the steps through :class:`~pimsim.decode.DecodeSimulator` (fast or
@@ -166,6 +170,49 @@ class BatchedProgram(Program):
         self._v_cache = shared.setdefault("v", {})  # step index -> (chunk, column) -> V writes
         # (pos as asked, positions, distinct positions, per vector its index in them)
         self._last_pos: tuple | None = None
+        # the step's routing (:meth:`route`): expert tag -> the vectors routed to it; None:
+        # every expert's steps compute every vector
+        self.routed: dict[tuple[int, int], int] | None = None
+
+    # ------------------------------------------------------------------ routing (MoE)
+    def route(self, counts: dict[tuple[int, int], int] | None) -> None:
+        """The routing of the steps that follow: an expert's steps (``Step.expert``) compute
+        only the vectors routed to it, ``counts[tag]`` of them (:func:`pimsim.moe.routed_steps`;
+        its weight product one pass per pass group of those vectors, its ASIC work and
+        collectives their elements); None: every vector (a batched prefill, serving)."""
+        self.routed = None if counts is None else dict(counts)
+
+    def routed_step(self, step: Step) -> bool:
+        """Whether ``step``'s vectors follow the routing (an expert's step of a batch)."""
+        return step.expert is not None and self.batch > 1
+
+    def vectors(self, step: Step) -> int:
+        """The vectors ``step`` computes under the current routing (at least 1: a step of an
+        expert no vector chose does not run, :func:`pimsim.moe.routed_steps`)."""
+        if self.routed is None or not self.routed_step(step):
+            return self.batch
+        return max(1, int(self.routed.get(step.expert, 0)))
+
+    def step_elems(self, step: Step) -> int:
+        """``step.n_elems`` for the vectors it computes (:meth:`vectors`)."""
+        if self.routed is None or not self.routed_step(step):
+            return step.n_elems
+        return self.base.steps[step.index].n_elems * self.vectors(step)
+
+    def weight_product_macs(self) -> int:
+        """MACs of the step's weight matrix-vector products for the vectors each computes
+        (every expert's for every vector without a routing; a routed step's experts that no
+        vector chose: none)."""
+        n = 0
+        for s in self.base.steps:
+            if s.matrix is None or s.matrix.role == "v_cache":
+                continue
+            if self.routed is not None and self.routed_step(s):
+                v = int(self.routed.get(s.expert, 0))
+            else:
+                v = self.batch
+            n += v * s.matrix.out_dim * s.matrix.in_dim
+        return n
 
     def positions(self, pos) -> tuple[int, ...]:
         last = self._last_pos
@@ -190,7 +237,7 @@ class BatchedProgram(Program):
 
     def asic_elems(self, step: Step, pos) -> int:
         if step.per_pos_elems == 0:
-            return step.n_elems
+            return self.step_elems(step)
         return step.n_elems + step.per_pos_elems * sum(p + 1 for p in self.positions(pos))
 
     @property
@@ -218,7 +265,7 @@ class BatchedProgram(Program):
         its row offset to every row (items of WR_GB / RD_MAC name no row: -1 stays)."""
         ps = self.positions(pos)
         if step.matrix is not None:
-            return _matvec_items(step.matrix, self.batch)
+            return _matvec_items(step.matrix, self.vectors(step))
         if step.op == "param_fetch":
             return self.base.pim_items(step, ps[0])
         if self.batch == 1:
@@ -253,7 +300,9 @@ class BatchedProgram(Program):
         """A weight product's items per channel as (first pass, its repeats, the rest)
         (:func:`pimsim.isa.matvec_passes`; their concatenation is :meth:`pim_items`), None
         for other steps."""
-        return matvec_passes(step.matrix, self.batch) if step.matrix is not None else None
+        if step.matrix is None:
+            return None
+        return matvec_passes(step.matrix, self.vectors(step))
 
     _SEQ_CACHE_KEYS = 64  # distinct items keys kept per step (oldest dropped first)
 
@@ -294,7 +343,7 @@ class BatchedProgram(Program):
         definition :meth:`pim_items` is held equal to)."""
         ps = self.positions(pos)
         if step.matrix is not None:
-            return _matvec_items(step.matrix, self.batch)
+            return _matvec_items(step.matrix, self.vectors(step))
         if step.op == "param_fetch":
             return self.base.pim_items(step, ps[0])
         if step.op == "kv_write":
@@ -311,8 +360,11 @@ class BatchedProgram(Program):
 
     def items_key(self, step: Step, pos):
         # a vector's items follow from its position's key and its region (fixed): the keys of
-        # the distinct positions and which one each vector is at say what every vector builds
-        if step.matrix is not None or step.op == "param_fetch":
+        # the distinct positions and which one each vector is at say what every vector builds;
+        # an expert's weight product, from the vectors routed to it
+        if step.matrix is not None:
+            return ("vectors", self.vectors(step)) if self.routed_step(step) else ()
+        if step.op == "param_fetch":
             return ()
         d, inv = self._distinct(pos)
         return tuple(self._base_key(step, p) for p in d), inv
@@ -448,13 +500,14 @@ def prefill_program(prog: Program, prompt_len: int, sequences: int = 1) -> Batch
 
 def mac_bound_cyc(prog: BatchedProgram, cfg: HwConfig) -> float:
     """The PIM device's MAC-rate bound on a batched step, in DRAM command cycles: ``B x weight
-    MACs / (PIM units x MACs per unit per cycle)``, a unit (one per ``banks_per_pim_unit``
+    MACs / (PIM units x MACs per unit per cycle)`` (a routed step's experts: their routed
+    vectors' MACs, :meth:`BatchedProgram.weight_product_macs`), a unit (one per ``banks_per_pim_unit``
     banks) doing ``mac_lanes_per_bank`` MACs every ``nCCDL`` cycles (one MAC_AB column; an
     all-bank MAC command serves one bank of every unit, :mod:`pimsim.isa`). No schedule of the
     step can be faster."""
     units = prog.geo.channels * prog.geo.banks // cfg.pim.banks_per_pim_unit
     per_unit_per_cyc = cfg.pim.mac_lanes_per_bank / cfg.timing.nCCDL
-    return prog.batch * prog.weight_macs() / (units * per_unit_per_cyc)
+    return prog.weight_product_macs() / (units * per_unit_per_cyc)
 
 
 def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]],
@@ -489,15 +542,18 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     ones (the run still starts from a fresh device state: the same cycles, commands and energy).
 
     A mixture-of-experts program (:mod:`pimsim.moe`): a decode step runs the union of the
-    experts its sequences chose (their routers', else ``routing``'s: a trace or seeded); a
-    batched prefill step runs every expert."""
+    experts its sequences chose (their routers', else ``routing``'s: a trace or seeded), each
+    expert's steps for the sequences routed to it only (:meth:`BatchedProgram.route`); a
+    batched prefill step runs every expert for every vector."""
     from pimsim.expert_parallel import ExpertLoad
-    from pimsim.moe import Routing, active_steps, weight_bytes
+    from pimsim.moe import Routing, routed_steps, weight_bytes
 
     moe = bool(prog.moe)
     load = ExpertLoad(prog) if moe else None  # per-device expert load (EP and the TP split)
-    if moe and (functional is not None or routing is None):
-        routing = Routing.recorder() if functional is not None else Routing.seeded()
+    if moe and functional is None and routing is None:
+        routing = Routing.seeded()
+    if moe and functional is not None and (routing is None or routing.kind != "functional"):
+        routing = Routing.recorder()  # pass one in to keep its records (a routing trace)
     w_bytes: list[float] = []
     prefill = check_prefill(prefill)
     prompts = [list(p) for p in prompts]
@@ -540,6 +596,7 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     toks = [p[0] for p in prompts]
     generated: list[list[int]] = [[] for _ in range(B)]
     first_end_cyc: list[int] = []
+    bound_cyc: list[float] = []  # MoE: each step's MAC-rate bound (its routing's products)
 
     def generating_step(tt) -> None:
         if not first_end_cyc:
@@ -578,7 +635,10 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
         if moe:
             computed = {m: [t for fx in functional for t in fx.routing[m]]
                         for m in range(len(prog.moe))} if functional else None
-            active = active_steps(bprog, routing.choose(prog, i, computed, batch=B))
+            routing.choose(prog, i, computed, batch=B)
+            active, counts = routed_steps(bprog, routing.last)
+            bprog.route(counts)  # each expert computes its routed sequences' vectors only
+            bound_cyc.append(mac_bound_cyc(bprog, cfg))
             if with_energy:
                 meter.active = active
         tt = sim.run_token(ps, active)
@@ -601,7 +661,8 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     per_step_ms = [ns(c) / 1e6 for c in per_step_cyc]
     ms_step = float(np.mean(per_step_ms)) if per_step_ms else 0.0
     hits, misses = sim.row_hits, sim.row_misses
-    bound_ms = ns(mac_bound_cyc(bprog, cfg)) / 1e6
+    bprog.route(None)  # a batched program kept for other runs (reuse) starts unrouted
+    bound_ms = ns(float(np.mean(bound_cyc)) if bound_cyc else mac_bound_cyc(bprog, cfg)) / 1e6
     energy = {}
     if with_energy:
         energy = _energy_summary(e_sum, [j / B for j in per_step_j], n_gen * B)

@@ -20,6 +20,7 @@ simulated before. Tests hold them equal.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -110,12 +111,31 @@ class StepTable:
         self.dep_start = np.array(dep_start, np.int64)
         self.dep_idx = np.array(dep_idx, np.int64)
         self.comm = {s.index: comm_cost(cfg, prog, s) for s in steps if s.kind == "comm"}
+        # a batch's expert steps on the ASIC and the interconnect: their elements follow the
+        # vectors routed to the expert (pimsim.batch.BatchedProgram.route)
+        routed = getattr(prog, "routed_step", None)
+        self.routed = {s.index for s in steps
+                       if routed is not None and s.kind != "pim" and routed(s)}
+        self._comm_routed: dict[tuple[int, int], CommCost] = {}
         self.fixed_cyc = np.array(
-            [asic_cycles(cfg, s.op, s.n_elems) if s.kind == "asic" and not s.per_pos_elems else
+            [-1 if s.index in self.routed else
+             asic_cycles(cfg, s.op, s.n_elems) if s.kind == "asic" and not s.per_pos_elems else
              self.comm[s.index].cycles(cfg.tCK_ps) if s.kind == "comm" else -1
              for s in steps], np.int64)
         self.prog = prog
         self.cfg = cfg
+
+    def comm_of(self, i: int) -> CommCost:
+        """The cost of collective step ``i`` for the vectors it moves this step."""
+        if i not in self.routed:
+            return self.comm[i]
+        s = self.prog.steps[i]
+        n = self.prog.step_elems(s)
+        got = self._comm_routed.get((i, n))
+        if got is None:
+            got = self._comm_routed[(i, n)] = comm_cost(self.cfg, self.prog,
+                                                        dataclasses.replace(s, n_elems=n))
+        return got
 
     def durations(self, pos: int) -> np.ndarray:
         dur = self.fixed_cyc.copy()
@@ -123,6 +143,8 @@ class StepTable:
             s = self.prog.steps[i]
             if s.kind == "asic":
                 dur[i] = asic_cycles(self.cfg, s.op, self.prog.asic_elems(s, pos))
+            elif s.kind == "comm":
+                dur[i] = self.comm_of(int(i)).cycles(self.cfg.tCK_ps)
             else:
                 dur[i] = 0
         return dur
@@ -157,18 +179,19 @@ class StreamBuilder:
         self._static: dict[int, list[np.ndarray]] = {}
         # step index -> per channel (items of the pass, its repeats, link bytes of the region)
         self._passes: dict[int, list[tuple[int, int, int]]] = {}
-        col_bytes = prog.geo.col_elems * prog.geo.elem_bytes
+        self.col_bytes = prog.geo.col_elems * prog.geo.elem_bytes
+        # a batch's expert products: their vectors follow the step's routing, so their items
+        # are rebuilt (items_key: the vectors routed) like a position-dependent step's
+        routed = getattr(prog, "routed_step", None)
+        self._routed = {s.index for s in self.pim_steps
+                        if routed is not None and s.matrix is not None and routed(s)}
         for s in self.pim_steps:
+            if s.index in self._routed:
+                continue
             passes = prog.matvec_passes(s) if compact and hasattr(prog, "matvec_passes") \
                 else None
             if passes is not None:
-                self._static[s.index] = [np.concatenate([b, t]) for b, _, t in passes]
-                # (pass items, repeats, link bytes); one pass (or none) stays written out
-                per_ch = []
-                for b, r, t in passes:
-                    n = r * transfer_bytes(b, col_bytes) + transfer_bytes(t, col_bytes)
-                    per_ch.append((len(b), r, n) if len(b) and r > 1 else (0, 0, n))
-                self._passes[s.index] = per_ch
+                self._static[s.index] = self._compact(s.index, passes)
             elif s.matrix is not None or s.op == "param_fetch":
                 self._static[s.index] = prog.pim_items(s, 0)
         self.n_ch = prog.geo.channels
@@ -187,10 +210,19 @@ class StreamBuilder:
         self.seg_block = np.zeros((self.n_ch, n_seg), np.int64)
         # compact regions: the times their block runs before the rest (0: written out)
         self.seg_reps = np.zeros((self.n_ch, n_seg), np.int64)
-        self.col_bytes = prog.geo.col_elems * prog.geo.elem_bytes
         # lines CENT's host writes for each region's step (pimsim.cent_ops.host_lines; 0 for
         # every step not of CENT's lowering), decoded by the device's DMA one after another
         self.seg_host = np.zeros(n_seg, np.int64)
+
+    def _compact(self, index: int, passes: list) -> list[np.ndarray]:
+        """A compact region's items (each channel's first pass, then the rest), its pass
+        figures kept in ``_passes``."""
+        per_ch = []  # (pass items, repeats, link bytes); one pass (or none) stays written out
+        for b, r, t in passes:
+            n = r * transfer_bytes(b, self.col_bytes) + transfer_bytes(t, self.col_bytes)
+            per_ch.append((len(b), r, n) if len(b) and r > 1 else (0, 0, n))
+        self._passes[index] = per_ch
+        return [np.concatenate([b, t]) for b, _, t in passes]
 
     def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         first = any(last is None for last in self._last)
@@ -210,7 +242,10 @@ class StreamBuilder:
                         gathered.append(k)
                         arrs = _GATHERED
                     else:
-                        arrs = self.prog.pim_items(s, pos)
+                        if s.index in self._routed and self.compact:
+                            arrs = self._compact(s.index, self.prog.matvec_passes(s))
+                        else:
+                            arrs = self.prog.pim_items(s, pos)
                         if s.cent:
                             self.seg_host[k] = host_lines(arrs)
                     self._keys[k] = key
@@ -233,8 +268,12 @@ class StreamBuilder:
             lo = self.seg_lo[c, k]
             self.items[lo:lo + len(a)] = a
             self.seg_hi[c, k] = lo + len(a)
-            self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
             self.seg_lead[c, k] = lead_columns(a)
+            index = self.pim_steps[k].index
+            if index in self._routed:  # an expert's product: as laid out, for its vectors
+                self._region_passes(c, k, index, lo, len(a))
+            else:
+                self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
         if writes or gathered:
             dirty = np.unique(np.array([k for _, k, _ in writes] + gathered, np.int64))
             segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps, dirty,
@@ -255,6 +294,18 @@ class StreamBuilder:
         self.seg_hi[:, k] = lo + n
         self.seg_bytes[:, k] = cols * self.col_bytes
         self.seg_lead[:, k] = lead_columns_at(self.items, lo, n)
+
+    def _region_passes(self, c: int, k: int, index: int, lo: int, n: int) -> None:
+        """Block, repeats and link bytes of the region of a routed product (items in place):
+        compact, its pass repeated; written out, the block its items repeat."""
+        passes = self._passes.get(index) if self.compact else None
+        if passes is not None and passes[c][1]:
+            self.seg_block[c, k], self.seg_reps[c, k], self.seg_bytes[c, k] = passes[c]
+            return
+        self.seg_reps[c, k] = 0
+        self.seg_bytes[c, k] = passes[c][2] if passes is not None else \
+            transfer_bytes(self.items[lo:lo + n], self.col_bytes)
+        self.seg_block[c, k] = block_period(self.items, lo, lo + n, MIN_BLOCK_ITEMS)
 
     def _move_to_end(self, c: int, k: int, n: int) -> None:
         """Give region (``c``, ``k``) room for ``n`` items and half as many again at the end of
@@ -289,6 +340,9 @@ class StreamBuilder:
                 self.items[lo[c, k]:lo[c, k] + len(a)] = a
                 self.seg_hi[c, k] = lo[c, k] + len(a)
                 self.seg_lead[c, k] = lead_columns(a)
+                if idx in self._routed:
+                    self._region_passes(c, k, idx, lo[c, k], len(a))
+                    continue
                 if passes is not None and passes[c][1]:  # compact: the pass, repeated
                     self.seg_block[c, k], self.seg_reps[c, k], self.seg_bytes[c, k] = passes[c]
                     continue

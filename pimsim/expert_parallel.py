@@ -52,6 +52,29 @@ def critical_choice(prog: Any, choice: dict[int, set[int]] | None) -> dict[int, 
     return out
 
 
+def critical_tokens(prog: Any, tokens: dict[int, list[list[int]]]) -> dict[tuple[int, int], int]:
+    """(MoE layer, expert) -> the sequences of a batched step routed to it (``tokens``: MoE
+    layer -> the experts each sequence chose), for the experts the simulated device runs:
+    every chosen expert without expert parallelism; with it, by local slot, those of the
+    device with the most token x expert pairs (its expert GEMVs run one pass per pair where a
+    pass holds one sequence, as on the shipped configs; ties: the device with more experts,
+    then the lowest). At one sequence per step it is :func:`critical_choice`'s device."""
+    from collections import Counter
+
+    ep = getattr(prog, "ep", 1)
+    out: dict[tuple[int, int], int] = {}
+    for m, toks in tokens.items():
+        per = Counter(int(e) for t in toks for e in t)
+        if ep <= 1:
+            out.update({(m, e): c for e, c in per.items()})
+            continue
+        n = int(prog.moe[m]["experts"])
+        dev = [{e: c for e, c in per.items() if device_of(e, n, ep) == d} for d in range(ep)]
+        busiest = max(dev, key=lambda x: (sum(x.values()), len(x)))  # the first: the lowest
+        out.update({(m, e % (n // ep)): c for e, c in busiest.items()})
+    return out
+
+
 def every_expert(prog: Any) -> dict[int, set[int]]:
     """Every expert of every MoE layer (a step that runs them all: prefill, serving)."""
     return {m: set(range(int(info["experts"]))) for m, info in enumerate(prog.moe)}

@@ -205,8 +205,8 @@ class TokenEnergy:
         comm_pj = self.comm_pj
         if self.active is not None and sim.steps.comm:  # the collectives that ran
             ic = sim.cfg.system.interconnect
-            comm_pj = sum(c.wire_bits for i, c in sim.steps.comm.items() if self.active[i]) * \
-                ic.pj_per_bit / max(prog.tp, 1)
+            comm_pj = sum(sim.steps.comm_of(i).wire_bits for i in sim.steps.comm
+                          if self.active[i]) * ic.pj_per_bit / max(prog.tp, 1)
         if comm_pj:
             er.by_component["interconnect"] = er.by_component.get("interconnect", 0.0) + \
                 comm_pj * 1e-12

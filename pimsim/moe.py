@@ -6,7 +6,9 @@ softmax over them), the top-k (DeepSeek-V3 first keeps the ``topk_group`` best o
 expert groups, a group scored by its two best experts), optional renormalisation and a routed
 scaling factor. The result is dense: weight 0 for an expert not chosen. A program step that
 belongs to expert ``e`` of MoE layer ``m`` has ``Step.expert == (m, e)``; a decode step runs
-only the steps of the experts chosen (:func:`active_steps`), so its time follows the choice.
+only the steps of the experts chosen (:func:`active_steps`), so its time follows the choice;
+in a batched step an expert's steps compute only the vectors of the sequences routed to it
+(:func:`routed_steps`).
 """
 
 from __future__ import annotations
@@ -74,6 +76,22 @@ def active_steps(prog: Any, choice: dict[int, set[int]] | None) -> np.ndarray | 
         return None
     choice = critical_choice(prog, choice)
     return np.array([t is None or t[1] in choice.get(t[0], ()) for t in tags], bool)
+
+
+def routed_steps(prog: Any, tokens: dict[int, list[list[int]]]
+                 ) -> tuple[np.ndarray | None, dict[tuple[int, int], int]]:
+    """A batched step whose sequences chose ``tokens`` (MoE layer -> the experts of each
+    sequence): the mask of its steps that run (an expert no sequence chose does not) and, per
+    expert step tag, the sequences routed to that expert, whose vectors alone its steps
+    compute (:meth:`pimsim.batch.BatchedProgram.route`). Expert parallelism: the critical
+    device's experts by local slot (:func:`pimsim.expert_parallel.critical_tokens`)."""
+    from pimsim.expert_parallel import critical_tokens
+
+    tags = [s.expert for s in prog.steps]
+    if all(t is None for t in tags):
+        return None, {}
+    counts = critical_tokens(prog, tokens)
+    return np.array([t is None or counts.get(t, 0) > 0 for t in tags], bool), counts
 
 
 class Routing:

@@ -3,7 +3,8 @@ batched measurement: decode steps of ``B`` sequences and prefill steps of ``P`` 
 :mod:`workloads.gpu.batched` writes them (``python -m workloads.gpu measure batched``).
 
 The measurement's rows: ``{model, phase: decode|prefill, batch, kv_len | prompt_len,
-ms_per_step, tokens_per_s, power_w, j_per_token}`` (plus the shape's fields). A decode row at KV
+ms_per_step, tokens_per_s, power_w, j_per_token}`` (plus the shape's fields); a mixture-of-
+experts measurement (:mod:`workloads.gpu.moe_batched`) is read as decode rows (:func:`moe_rows`). A decode row at KV
 length ``L`` is a step of ``B`` sequences each decoding the token at position ``L``
 (:func:`~workloads.gpu.model.predict_batch`); a prefill row is ``B`` prompts of ``P`` tokens
 (:func:`~workloads.gpu.model.predict_prefill`).
@@ -47,14 +48,34 @@ PHASES = ("decode", "prefill")
 
 
 def load_batched(path: str) -> dict[str, Any]:
-    """Read and check a batched measurement JSON; ValueError naming what is wrong."""
+    """Read and check a batched measurement JSON (a mixture-of-experts one of
+    :mod:`workloads.gpu.moe_batched` as its rows, :func:`moe_rows`); ValueError naming what
+    is wrong."""
     with open(path) as f:
         try:
             doc = json.load(f)
         except ValueError as e:
             raise ValueError(f"not valid JSON ({e})") from None
+    if isinstance(doc, dict) and "points" in doc and "results" not in doc:
+        doc = moe_rows(doc)
     check_batched(doc)
     return doc
+
+
+def moe_rows(doc: dict[str, Any]) -> dict[str, Any]:
+    """A mixture-of-experts measurement (:mod:`workloads.gpu.moe_batched`: ``points`` of
+    ``batch``, ``kv_len``, ``ms_per_step``, ``mean_power_w``, ``joules_per_token``) as a batched
+    measurement's decode rows of its model (a zoo preset: the shape the step measured)."""
+    try:
+        gpu = doc.get("environment", {}).get("gpu")
+        rows = [{"model": doc["model"], "phase": "decode", "batch": int(p["batch"]),
+                 "kv_len": int(p["kv_len"]), "ms_per_step": float(p["ms_per_step"]),
+                 "tokens_per_s": p.get("tokens_per_s"), "power_w": p.get("mean_power_w"),
+                 "j_per_token": p.get("joules_per_token")} for p in doc["points"]]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"a MoE measurement's points need batch, kv_len and ms_per_step ({e!r})"
+                         ) from None
+    return {"info": {"gpu": gpu, "model": doc["model"]}, "results": rows}
 
 
 def check_batched(doc: Any) -> None:

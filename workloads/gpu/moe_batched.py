@@ -211,9 +211,11 @@ def measure(shape: DecoderShape, device: torch.device, dtype: torch.dtype, *,
             need = 2 * shape.n_layer * B * shape.d_kv * (L + 1) * el
             free = _free_bytes(device)
             point = {"batch": B, "kv_len": L}
-            if free is not None and need * 1.2 + (1 << 30) > free:
-                doc["not_measured"].append({**point, "reason": f"KV cache {need / 1e9:.1f} GB "
-                                            f"> free {free / 1e9:.1f} GB"})
+            want = need * 1.2 + (1 << 30)  # the cache, 20 % for the step's work, 1 GiB spare
+            if free is not None and want > free:
+                doc["not_measured"].append({**point, "reason": (
+                    f"KV cache {need / 1e9:.1f} GB x 1.2 + 1 GiB = {want / 1e9:.1f} GB "
+                    f"> free {free / 1e9:.1f} GB")})
                 continue
             try:
                 dec.set_batch(B, L)
