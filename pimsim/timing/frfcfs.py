@@ -69,7 +69,7 @@ def is_queued(cmd, geom):
 
 @cached_njit()
 def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist,
-            win_cnt, open_row, scal, counts, stats, log):
+            win_cnt, open_row, scal, counts, stats, log, etab):
     """Issue the next command of the queued controller, if it issues before cycle ``limit``.
 
     Returns (issued: 1, or 0 when the queue is empty or the next command would issue at or after
@@ -130,11 +130,11 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
             if q[j, Q_ACT] == 1 and q[j, Q_ROW] == open_row[bj]:
                 guard_bits |= np.int64(1) << bj
     # earliest cycle per (command, bank) of this call: the state does not change before the
-    # choice, so candidates needing the same command on the same bank share it
-    e_cmd = np.full(n, -1, np.int64)
-    e_bank = np.empty(n, np.int64)
-    e_t = np.empty(n, np.int64)
-    n_e = 0
+    # choice, so candidates needing the same command on the same bank share it. ``etab``
+    # (int64 [commands, banks + 1, 3], zeros, kept by the caller) keeps them: [0, 0, 0] counts
+    # the calls, [cmd, bank + 1] is (call, cycle), valid when written by this call
+    etab[0, 0, 0] += 1
+    stamp = etab[0, 0, 0]
     for i in range(n):
         cmd = q[i, Q_CMD]
         act = q[i, Q_ACT]
@@ -157,20 +157,14 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
         lo_t = max(not_before, q[i, Q_ARR])
         if lo_t > best_t:
             continue  # cannot be chosen: a candidate is legal earlier
-        te = FAR_CYC
-        found = False
-        for x in range(n_e):
-            if e_cmd[x] == ncmd and e_bank[x] == nbank:
-                te = e_t[x]
-                found = True
-                break
-        if not found:
+        slot = nbank + 1
+        if etab[ncmd, slot, 1] == stamp:
+            te = etab[ncmd, slot, 2]
+        else:
             te = earliest(ncmd, nbank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
                           scal[S_LAST])
-            e_cmd[n_e] = ncmd
-            e_bank[n_e] = nbank
-            e_t[n_e] = te
-            n_e += 1
+            etab[ncmd, slot, 1] = stamp
+            etab[ncmd, slot, 2] = te
         t = max(lo_t, te)
         pri = 1
         if ncmd == cmd and act == 1:
@@ -428,6 +422,7 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
     scheduling them request by request; tests hold both equal.
     """
     q = np.zeros((geom[G_RQ] + geom[G_WQ], QF), np.int64)
+    etab = np.zeros((cmd_tab.shape[0], open_row.shape[0] + 1, 3), np.int64)  # cq_step's
     cq = np.zeros(N_CQ, np.int64)
     cq[CQ_WMODE] = 1  # no read waits: Ramulator 2's hysteresis is in write mode
     arr = not_before
@@ -496,11 +491,11 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
             while not cq_room(cmd, cq, geom):
                 ok, t, log = cq_step(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab,
                                      win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
-                                     counts, stats, log)
+                                     counts, stats, log, etab)
                 arr = max(arr, t)
             cq_push(q, cq, cmd, stream[p, 1], stream[p, 2], arr, geom)
         p += 1
     while cq[CQ_N] > 0:
         ok, t, log = cq_step(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
-                             ready, win_hist, win_cnt, open_row, scal, counts, stats, log)
+                             ready, win_hist, win_cnt, open_row, scal, counts, stats, log, etab)
     return log

@@ -84,7 +84,8 @@ def _cq_step_r(q, cq, limit, cmd_tab, pr_start, pr_tab, win_tab, geom, ready, wi
     """``cq_step`` for trace replay, also keeping ``cq[CQ_LEFT]``."""
     before = _cq_pending(q, cq)
     ok, t, log = cq_step(q, cq, limit, ZERO_I64, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
-                         win_hist, win_cnt, open_row, scal, counts, stats, log)
+                         win_hist, win_cnt, open_row, scal, counts, stats, log,
+                         np.zeros((cmd_tab.shape[0], open_row.shape[0] + 1, 3), np.int64))
     if ok == 1 and _cq_pending(q, cq) < before:
         cq[CQ_LEFT] = t
     return ok, t, log
