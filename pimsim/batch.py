@@ -543,8 +543,9 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
 
     A mixture-of-experts program (:mod:`pimsim.moe`): a decode step runs the union of the
     experts its sequences chose (their routers', else ``routing``'s: a trace or seeded), each
-    expert's steps for the sequences routed to it only (:meth:`BatchedProgram.route`); a
-    batched prefill step runs every expert for every vector."""
+    expert's steps for the sequences routed to it only (:meth:`BatchedProgram.route`); its
+    batched prefill step runs every expert for every vector (:func:`step_cost` routes a
+    prefill step's tokens)."""
     from pimsim.expert_parallel import ExpertLoad
     from pimsim.moe import Routing, routed_steps, weight_bytes
 
@@ -706,14 +707,21 @@ def prefill_extra(pprog: BatchedProgram, cfg: HwConfig, step_ms: float) -> dict:
 
 def step_cost(prog: Program, cfg: HwConfig, positions: Sequence[int],
               kv_regions: Sequence[int], *, schedule: str = "serial", fast: bool = True,
-              memo: bool | np.ndarray = True) -> tuple[int, float | None]:
+              memo: bool | np.ndarray = True, routing=None) -> tuple[int, float | None]:
     """(cycles, joules of one device) of ONE batched step from a fresh device state: vector
     ``i`` at ``positions[i]`` in KV region ``kv_regions[i]`` (vectors of one region are tokens of
     one sequence, as in a prefill step; a region's positions below its vectors' are taken as
     already written). A prefill chunk of ``n`` tokens from position ``s`` is
     ``positions = s .. s+n-1`` in one region; a prefill step of several prompts, one region per
     prompt. Joules None without an ``[energy]`` table. ``memo``: a kernel memo array kept from
-    step to step (:class:`BatchedSteps`; exact), or True for a fresh one."""
+    step to step (:class:`BatchedSteps`; exact), or True for a fresh one.
+
+    A mixture-of-experts program: every vector chooses its experts (``routing``, a
+    :class:`~pimsim.moe.Routing`, seeded uniform by default; vector ``i`` is its ``i``-th
+    token), and each expert computes only the vectors routed to it, as in a batched decode step
+    (:meth:`BatchedProgram.route`)."""
+    from pimsim.moe import Routing, routed_steps
+
     positions = tuple(int(p) for p in positions)
     n_ctx = int(prog.dims["n_ctx"])
     if not positions or min(positions) < 0 or max(positions) >= n_ctx:
@@ -721,8 +729,16 @@ def step_cost(prog: Program, cfg: HwConfig, positions: Sequence[int],
     bprog = BatchedProgram(prog, len(positions), kv_regions=kv_regions)
     sim = DecodeSimulator(bprog, cfg, schedule=schedule, fast=fast, memo=memo)
     meter = TokenEnergy(sim) if cfg.energy is not None else None
+    active = None
+    if prog.moe:
+        routing = routing if routing is not None else Routing.seeded()
+        routing.choose(prog, 0, None, batch=len(positions))
+        active, counts = routed_steps(bprog, routing.last)
+        bprog.route(counts)
+        if meter is not None:
+            meter.active = active
     if meter is not None:
         meter.begin()
-    tt = sim.run_token(positions)
+    tt = sim.run_token(positions, active)
     joules = meter.end(tt).total_j if meter is not None else None
     return int(tt.end_cyc - tt.start_cyc), joules

@@ -157,3 +157,28 @@ def test_a_functional_batch_routes_with_its_routers_and_gives_the_single_runs_to
                                               for r in routing.records})
     again = run_batched(c.program, cfg, prompts=prompts, n_tokens=4, routing=trace)
     assert again.cycles == rep.cycles and again.commands == rep.commands
+
+
+@pytest.mark.parametrize("system", ["one", "tp"])
+def test_a_prefill_step_routes_each_token(systems, system):
+    """A batched prefill step (serving's, :func:`pimsim.batch.step_cost`) routes every prompt
+    token: the executors agree, and it is shorter than the step with every expert computing
+    every token."""
+    from pimsim.batch import step_cost
+    from pimsim.generate import TokenEnergy
+
+    prog, cfg = systems[system]
+    positions = [0, 1, 2, 3, 4, 0, 1, 2]  # two prompts' chunks
+    regions = [0] * 5 + [1] * 3
+    fast = step_cost(prog, cfg, positions, regions, routing=Routing.seeded(3))
+    slow = step_cost(prog, cfg, positions, regions, routing=Routing.seeded(3), fast=False)
+    assert fast == slow
+    assert step_cost(prog, cfg, positions, regions) == step_cost(
+        prog, cfg, positions, regions, routing=Routing.seeded(0))  # seeded uniform by default
+    every = BatchedProgram(prog, len(positions), kv_regions=regions)  # unrouted
+    sim = DecodeSimulator(every, cfg)
+    meter = TokenEnergy(sim)
+    meter.begin()
+    tt = sim.run_token(tuple(positions))
+    assert fast[0] < tt.end_cyc - tt.start_cyc
+    assert fast[1] < meter.end(tt).total_j
