@@ -214,6 +214,26 @@ class MemoryImage:
         self.round = rounder(dtype)
         self.fmt = _FORMATS[dtype]
 
+    @classmethod
+    def from_bits(cls, bits: np.ndarray, rows_used: list[int], dtype: str = "bf16") -> "MemoryImage":
+        """An image holding ``bits`` ``[ch, bank, row, element]`` (uint16, C-contiguous; kept,
+        not copied: a cached image read back)."""
+        C, B, R, E = bits.shape
+        img = cls.__new__(cls)
+        if E % 2 or bits.dtype != np.uint16 or not bits.flags.c_contiguous:
+            raise ValueError(f"an image needs C-contiguous uint16 rows of an even length, not "
+                             f"{bits.dtype} {bits.shape}")
+        img.dtype, img.rows_used, img.bits = dtype, list(rows_used[:C]), bits
+        img.data = [bits[c] for c in range(C)]
+        img.words = bits.view(np.uint32)
+        img.round, img.fmt = rounder(dtype), _FORMATS[dtype]
+        return img
+
+    def copy(self) -> "MemoryImage":
+        """An independent image with the same contents (a functional run writes its KV caches
+        into its image)."""
+        return MemoryImage.from_bits(self.bits.copy(), self.rows_used, self.dtype)
+
     @property
     def nbytes(self) -> int:
         return self.bits.nbytes
