@@ -1137,7 +1137,7 @@ def test_a_cached_functional_run_matches_an_uncached_one(tmp_path, monkeypatch):
     assert len(keys) == 3 and None not in keys
     c, images = functional_cache.load("tiny", cfg, 0)
     assert not c.mapping.weights  # the weights are in the image only
-    assert images[0][0].bits.any() and images[0][0].words.ctypes.data % 64 == 0
+    assert images[0][0].bits.any() and images[0][0].words.ctypes.data % 4096 == 0
 
 
 def test_the_functional_cache_is_off_without_a_cache_dir_and_for_other_models(

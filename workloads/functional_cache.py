@@ -50,7 +50,8 @@ from workloads import compile_cache
 
 MAGIC = b"pimsim-functional-cache"
 _HEAD_BYTES = len(MAGIC) + 1 + 64 + 1  # magic, space, sha256 in hex, newline
-_ALIGN = 64  # every image starts 64-byte aligned in the file (and in memory when read back)
+_ALIGN = 4096  # every image starts page-aligned in the file and in memory when read back, as
+# pimsim.functional.aligned_zeros places a built one (the MAC kernels read aligned rows faster)
 # sources that make the seeded weights and the image, beyond the compiler's
 _SOURCES = ("pimsim/functional.py", "workloads/models/train.py")
 MAX_IMAGE_BYTES = 4 << 30  # [assumed] a larger model's images are rebuilt, not kept on disk
