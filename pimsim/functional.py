@@ -673,6 +673,7 @@ class FlowExecutor:
             self.consts[name] = entries[entry][off:off + size].reshape(shape)
         self.env: dict[str, np.ndarray] = {}
         self.read_layouts: dict[str, MatrixLayout] = {}  # set_batch: the batched read order
+        self._v_rows: dict = {}  # (id of a V layout, chunk) -> (layout, channel, bank, row)
 
     def set_batch(self, batch: int, seq: int) -> None:
         """Compute as sequence ``seq`` of a batched decode step of ``batch`` sequences
@@ -818,9 +819,13 @@ class FlowExecutor:
 
     def _write_v(self, vl, pos: int, v_new: np.ndarray) -> None:
         vm = vl.matrix
-        c, b, s = vm.locate(np.arange(vm.out_dim))
         k = pos // vm.chunk_elems
-        rows = np.array([vm.row_of(int(ch), int(sl), k) for ch, sl in zip(c, s)])
+        hit = self._v_rows.get((id(vm), k))
+        if hit is None or hit[0] is not vm:  # where each V element of chunk k goes (kept)
+            c, b, s = vm.locate(np.arange(vm.out_dim))
+            rows = np.array([vm.row_of(int(ch), int(sl), k) for ch, sl in zip(c, s)])
+            hit = self._v_rows[(id(vm), k)] = (vm, c, b, rows)
+        _, c, b, rows = hit
         self.img.bits[c, b, rows, pos % vm.chunk_elems] = self.img.encode(v_new)
 
 
