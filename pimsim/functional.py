@@ -550,7 +550,11 @@ def _mac_matrix_serial(words, base_row, slots, chunk_elems, x, gb_div, out_dim, 
                  acc_fmt, lut, segs, out, cb)
 
 
-PARALLEL_MIN_ELEMS = 1 << 20  # matrices at least this large use all numba threads
+# matrices at least this large use all numba threads: on a busy machine a parallel region waits
+# for a scheduler time slice (measured: ~8 ms a region on a loaded 2-core host against 0.3 ms of
+# work for a 2304 x 768 matrix), so only matrices whose weights take longer than that to stream
+# on one thread (2^24 elements: 32 MiB, about 3.5 ms at 9.5 GB/s) go parallel
+PARALLEL_MIN_ELEMS = 1 << 24
 
 
 def _mac_matrix(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt,
