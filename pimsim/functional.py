@@ -20,6 +20,8 @@ Defines what every instruction computes:
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -550,11 +552,28 @@ def _mac_matrix_serial(words, base_row, slots, chunk_elems, x, gb_div, out_dim, 
                  acc_fmt, lut, segs, out, cb)
 
 
-# matrices at least this large use all numba threads: on a busy machine a parallel region waits
-# for a scheduler time slice (measured: ~8 ms a region on a loaded 2-core host against 0.3 ms of
-# work for a 2304 x 768 matrix), so only matrices whose weights take longer than that to stream
-# on one thread (2^24 elements: 32 MiB, about 3.5 ms at 9.5 GB/s) go parallel
-PARALLEL_MIN_ELEMS = 1 << 24
+# matrices at least this large use all numba threads (while the host has idle cores; on a busy
+# host only those of PARALLEL_MIN_ELEMS_BUSY): a parallel region costs a thread hand-off, and on
+# a busy host it waits for a scheduler time slice (measured: ~8 ms a region on a loaded 2-core
+# host against 0.3 ms of work for a 2304 x 768 matrix; gpt2-small functional 9.5 s for 32 tokens
+# against 1.6 s serial), repaid only by matrices that take longer than that to stream on one
+# thread (2^24 elements: 32 MiB, about 3.5 ms at 9.5 GB/s)
+PARALLEL_MIN_ELEMS = 1 << 20
+PARALLEL_MIN_ELEMS_BUSY = 1 << 24
+_LOAD = [-1.0, 0.0]  # (when read, monotonic s; the host's idle cores then)
+
+
+def _idle_cores() -> float:
+    """Cores the host leaves idle: its core count less the one-minute load average (which
+    counts this process), read at most once a second. Decides speed only, never a value."""
+    now = time.monotonic()
+    if now - _LOAD[0] >= 1.0:
+        try:
+            _LOAD[1] = (os.cpu_count() or 1) - os.getloadavg()[0]
+        except OSError:  # no load average on this host: take it as idle
+            _LOAD[1] = float(os.cpu_count() or 1)
+        _LOAD[0] = now
+    return _LOAD[1]
 
 
 def _mac_matrix(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt,
@@ -566,8 +585,9 @@ def _mac_matrix(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, 
     ``n // gb_div`` of ``x [rows, in]`` (the global-buffer fill of its channel). Every neuron
     is summed by one thread in a fixed order: deterministic, whatever the thread count.
     Multi-threaded for large matrices only: a parallel region costs a thread hand-off, which
-    small matrices (and a busy machine) do not repay."""
-    big = out_dim * x.shape[1] >= PARALLEL_MIN_ELEMS
+    small matrices (and a busy machine, :func:`_idle_cores`) do not repay."""
+    n = out_dim * x.shape[1]
+    big = n >= PARALLEL_MIN_ELEMS and (n >= PARALLEL_MIN_ELEMS_BUSY or _idle_cores() >= 0.5)
     (_mac_matrix_parallel if big else _mac_matrix_serial)(
         words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt, lut, segs,
         out)
