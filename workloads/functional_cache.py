@@ -20,8 +20,7 @@ the mapping placed them). Keyed by a hash of
 Where: the program cache's directory (:func:`workloads.compile_cache.cache_dir`), files
 ``functional/<key>.bin``; ``--no-cache`` (or ``PIMSIM_CACHE_DIR=""``) turns it off. An entry
 is about the size of the image: gpt2-small on pim-gpt 357 MB (the bf16 weights, the KV-cache
-rows and the row padding), a tenth of a millisecond of reading per megabyte; images above
-:data:`MAX_IMAGE_BYTES` are not kept.
+rows and the row padding); images above :data:`MAX_IMAGE_BYTES` are not kept.
 
 Integrity, as the program cache: one header line, ``pimsim-functional-cache <sha256 of the
 payload>``, then the payload: the pickle's length (8 bytes, little-endian), the pickle (the
