@@ -20,10 +20,15 @@ Defines what every instruction computes:
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from pimsim.config import HwConfig
 from pimsim.isa import MatrixLayout, Program, window_pos
@@ -197,6 +202,19 @@ def decode(bits: np.ndarray, dtype: str) -> np.ndarray:
     return _FP16_TO_FP32[bits]
 
 
+ALIGN_BYTES = 4096  # an image starts on a page: its rows on whole cache lines
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype=np.uint16, align: int = ALIGN_BYTES) -> np.ndarray:
+    """A zeroed C-contiguous array starting at a multiple of ``align`` bytes. numpy's own
+    allocation starts 16 bytes into a page, so a bank row (2 KiB) straddles a cache line more
+    than it fills one, and the MAC kernels read (measured) half as fast."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(n + align, np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start:start + n].view(dtype).reshape(shape)
+
+
 class MemoryImage:
     """What every bank of every channel holds, as the 16-bit patterns of the data type:
     ``bits[ch, bank, row, element]`` (``data[ch]`` is channel ``ch``'s ``[bank, row, element]``
@@ -208,11 +226,33 @@ class MemoryImage:
             raise ValueError(f"rows of {row_elems} elements: the MAC kernels need an even count")
         self.dtype = dtype
         self.rows_used = list(rows_used[:channels])
-        self.bits = np.zeros((channels, banks, max(self.rows_used), row_elems), np.uint16)
+        self.bits = aligned_zeros((channels, banks, max(self.rows_used), row_elems))
         self.data = [self.bits[c] for c in range(channels)]
         self.words = self.bits.view(np.uint32)  # two elements per word, for the MAC kernels
         self.round = rounder(dtype)
         self.fmt = _FORMATS[dtype]
+
+    @classmethod
+    def from_bits(cls, bits: np.ndarray, rows_used: list[int], dtype: str = "bf16") -> "MemoryImage":
+        """An image holding ``bits`` ``[ch, bank, row, element]`` (uint16, C-contiguous; kept,
+        not copied: a cached image read back)."""
+        C, B, R, E = bits.shape
+        img = cls.__new__(cls)
+        if E % 2 or bits.dtype != np.uint16 or not bits.flags.c_contiguous:
+            raise ValueError(f"an image needs C-contiguous uint16 rows of an even length, not "
+                             f"{bits.dtype} {bits.shape}")
+        img.dtype, img.rows_used, img.bits = dtype, list(rows_used[:C]), bits
+        img.data = [bits[c] for c in range(C)]
+        img.words = bits.view(np.uint32)
+        img.round, img.fmt = rounder(dtype), _FORMATS[dtype]
+        return img
+
+    def copy(self) -> "MemoryImage":
+        """An independent image with the same contents (a functional run writes its KV caches
+        into its image)."""
+        bits = aligned_zeros(self.bits.shape)
+        bits[...] = self.bits
+        return MemoryImage.from_bits(bits, self.rows_used, self.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -379,13 +419,53 @@ def _gb_fill(x, lo, ln, fmt, ge, go):
                 ge[r, e // 2] = v
 
 
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """A hint to the host's memory system: start bringing the cache line of ``arr[idx]``
+    (1-D) into the second-level cache. Changes no value; a MAC row's weights stream in while
+    the row before is summed."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+        builder.call(fn, [ptr, i32(0), i32(1), i32(1)])  # read, locality 1 (L2), data
+        return context.get_dummy_value()
+
+    return types.void(arr, idx), codegen
+
+
+PREFETCH_AHEAD = 2  # neuron rows hinted ahead of the one summed (measured best of 1, 2, 4)
+
+
+@njit(cache=True, inline="always")
+def _prefetch_rows(words, c, b, base_row, ns, s, chunk_elems, in_dim, lanes, segs):
+    """Hint every cache line the MACs of neuron slot ``s`` of bank (c, b) will read."""
+    W = words.shape[3]
+    hl = lanes // 2
+    flat = words[c, b].reshape(-1)
+    for i in range(segs.shape[0]):
+        k, c0 = segs[i, 0], segs[i, 1]
+        have = in_dim - k * chunk_elems - c0 * lanes
+        if have <= 0:
+            break
+        cols = min(segs[i, 2], (have + lanes - 1) // lanes)
+        r0 = (base_row + k * ns + s) * W + c0 * hl
+        for w in range(0, cols * hl, 16):  # 16 words: a 64-byte cache line
+            _prefetch(flat, r0 + w)
+
+
 @njit(cache=True, inline="always")
 def _mac_bank(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div, out_dim, lanes, fmt,
-              acc_fmt, lut, segs, out):
+              acc_fmt, lut, segs, out, nc, nb, n_base_row, n_ns):
     """Every MAC row of one bank, neuron by neuron: its MACs in the order its accumulator gets
     them (``segs`` rows ``(chunk, first column, columns, read)``, clipped to ``in_dim``); where
     ``read`` is set (and after the last MAC) RD_MAC reads the accumulator out rounded to the
-    data type and the ASIC adds it to the neuron's earlier partial sums in fp32."""
+    data type and the ASIC adds it to the neuron's earlier partial sums in fp32. The rows
+    :data:`PREFETCH_AHEAD` neurons on (into bank ``(nc, nb)``, first row ``n_base_row``,
+    ``n_ns`` slots, once this bank's run out; ``nc < 0``: none) are hinted to the host's
+    caches: the host streams the weights near its memory bandwidth; no value changes."""
     C, B, _, W = words.shape
     hl = lanes // 2
     q = np.empty(W, np.float32)
@@ -394,6 +474,12 @@ def _mac_bank(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div, ou
         n = (s * C + c) * B + b
         if n >= out_dim:
             continue
+        if s + PREFETCH_AHEAD < ns:
+            _prefetch_rows(words, c, b, base_row, ns, s + PREFETCH_AHEAD, chunk_elems, in_dim,
+                           lanes, segs)
+        elif nc >= 0 and s + PREFETCH_AHEAD - ns < n_ns:
+            _prefetch_rows(words, nc, nb, n_base_row, n_ns, s + PREFETCH_AHEAD - ns,
+                           chunk_elems, in_dim, lanes, segs)
         g = n // gb_div
         acc = np.float32(0)
         pending = False
@@ -420,6 +506,18 @@ def _mac_bank(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div, ou
             out[n] = r if first else out[n] + r
 
 
+@njit(cache=True, inline="always")
+def _bank_of(words, base_row, slots, chunk_elems, x, ge, go, gb_div, out_dim, lanes, fmt,
+             acc_fmt, lut, segs, out, cb):
+    """``_mac_bank`` of bank ``cb`` (channel-major), hinting bank ``cb + 1``'s first rows."""
+    C, B = words.shape[0], words.shape[1]
+    c, nx = cb // B, cb + 1
+    nc = nx // B if nx < C * B else -1
+    _mac_bank(words, c, cb % B, base_row[c], slots[c], chunk_elems, x.shape[1], ge, go, gb_div,
+              out_dim, lanes, fmt, acc_fmt, lut, segs, out, nc, nx % B, base_row[max(nc, 0)],
+              slots[max(nc, 0)])
+
+
 @njit(cache=True)
 def _gb_chunks(x, chunk_elems, W, fmt):
     """Global-buffer fills of every chunk of every row of ``x``: (even, odd) ``[chunk, row, W]``."""
@@ -439,8 +537,8 @@ def _mac_matrix_parallel(words, base_row, slots, chunk_elems, x, gb_div, out_dim
     C, B, _, W = words.shape
     ge, go = _gb_chunks(x, chunk_elems, W, fmt)
     for cb in prange(C * B):
-        _mac_bank(words, cb // B, cb % B, base_row[cb // B], slots[cb // B], chunk_elems,
-                  x.shape[1], ge, go, gb_div, out_dim, lanes, fmt, acc_fmt, lut, segs, out)
+        _bank_of(words, base_row, slots, chunk_elems, x, ge, go, gb_div, out_dim, lanes, fmt,
+                 acc_fmt, lut, segs, out, cb)
 
 
 @njit(cache=True)
@@ -450,11 +548,32 @@ def _mac_matrix_serial(words, base_row, slots, chunk_elems, x, gb_div, out_dim, 
     C, B, _, W = words.shape
     ge, go = _gb_chunks(x, chunk_elems, W, fmt)
     for cb in range(C * B):
-        _mac_bank(words, cb // B, cb % B, base_row[cb // B], slots[cb // B], chunk_elems,
-                  x.shape[1], ge, go, gb_div, out_dim, lanes, fmt, acc_fmt, lut, segs, out)
+        _bank_of(words, base_row, slots, chunk_elems, x, ge, go, gb_div, out_dim, lanes, fmt,
+                 acc_fmt, lut, segs, out, cb)
 
 
-PARALLEL_MIN_ELEMS = 1 << 20  # matrices at least this large use all numba threads
+# matrices at least this large use all numba threads (while the host has idle cores; on a busy
+# host only those of PARALLEL_MIN_ELEMS_BUSY): a parallel region costs a thread hand-off, and on
+# a busy host it waits for a scheduler time slice (measured: ~8 ms a region on a loaded 2-core
+# host against 0.3 ms of work for a 2304 x 768 matrix; gpt2-small functional 9.5 s for 32 tokens
+# against 1.6 s serial), repaid only by matrices that take longer than that to stream on one
+# thread (2^24 elements: 32 MiB, about 3.5 ms at 9.5 GB/s)
+PARALLEL_MIN_ELEMS = 1 << 20
+PARALLEL_MIN_ELEMS_BUSY = 1 << 24
+_LOAD = [-1.0, 0.0]  # (when read, monotonic s; the host's idle cores then)
+
+
+def _idle_cores() -> float:
+    """Cores the host leaves idle: its core count less the one-minute load average (which
+    counts this process), read at most once a second. Decides speed only, never a value."""
+    now = time.monotonic()
+    if now - _LOAD[0] >= 1.0:
+        try:
+            _LOAD[1] = (os.cpu_count() or 1) - os.getloadavg()[0]
+        except OSError:  # no load average on this host: take it as idle
+            _LOAD[1] = float(os.cpu_count() or 1)
+        _LOAD[0] = now
+    return _LOAD[1]
 
 
 def _mac_matrix(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt,
@@ -466,8 +585,9 @@ def _mac_matrix(words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, 
     ``n // gb_div`` of ``x [rows, in]`` (the global-buffer fill of its channel). Every neuron
     is summed by one thread in a fixed order: deterministic, whatever the thread count.
     Multi-threaded for large matrices only: a parallel region costs a thread hand-off, which
-    small matrices (and a busy machine) do not repay."""
-    big = out_dim * x.shape[1] >= PARALLEL_MIN_ELEMS
+    small matrices (and a busy machine, :func:`_idle_cores`) do not repay."""
+    n = out_dim * x.shape[1]
+    big = n >= PARALLEL_MIN_ELEMS and (n >= PARALLEL_MIN_ELEMS_BUSY or _idle_cores() >= 0.5)
     (_mac_matrix_parallel if big else _mac_matrix_serial)(
         words, base_row, slots, chunk_elems, x, gb_div, out_dim, lanes, fmt, acc_fmt, lut, segs,
         out)
@@ -577,6 +697,7 @@ class FlowExecutor:
             self.consts[name] = entries[entry][off:off + size].reshape(shape)
         self.env: dict[str, np.ndarray] = {}
         self.read_layouts: dict[str, MatrixLayout] = {}  # set_batch: the batched read order
+        self._v_rows: dict = {}  # (id of a V layout, chunk) -> (layout, channel, bank, row)
 
     def set_batch(self, batch: int, seq: int) -> None:
         """Compute as sequence ``seq`` of a batched decode step of ``batch`` sequences
@@ -722,9 +843,13 @@ class FlowExecutor:
 
     def _write_v(self, vl, pos: int, v_new: np.ndarray) -> None:
         vm = vl.matrix
-        c, b, s = vm.locate(np.arange(vm.out_dim))
         k = pos // vm.chunk_elems
-        rows = np.array([vm.row_of(int(ch), int(sl), k) for ch, sl in zip(c, s)])
+        hit = self._v_rows.get((id(vm), k))
+        if hit is None or hit[0] is not vm:  # where each V element of chunk k goes (kept)
+            c, b, s = vm.locate(np.arange(vm.out_dim))
+            rows = np.array([vm.row_of(int(ch), int(sl), k) for ch, sl in zip(c, s)])
+            hit = self._v_rows[(id(vm), k)] = (vm, c, b, rows)
+        _, c, b, rows = hit
         self.img.bits[c, b, rows, pos % vm.chunk_elems] = self.img.encode(v_new)
 
 

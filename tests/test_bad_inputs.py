@@ -1067,6 +1067,95 @@ def test_a_compile_for_another_context_is_cached_under_its_own_key(tmp_path, mon
     own, src = compile_with_source("tiny", cfg)
     assert src is not None and own.spec.n_ctx != 48
 
+# ---------------------------------------------------------------- the functional-run cache
+
+def _functional_run(**kw):
+    """A functional run of ``tiny`` (3 prompt + 4 generated tokens): tokens, cycles, logits."""
+    from workloads.session import simulate
+
+    r = simulate("tiny", tokens=4, prompt=3, functional=True, keep_logits=True, **kw)
+    return r.report.tokens, r.report.cycles, r.logits
+
+
+FUNCTIONAL_DAMAGE = {
+    "image-last-byte": lambda d: d[:-1] + bytes([d[-1] ^ 0x01]),
+    "pickle-byte": lambda d: d[:120] + bytes([d[120] ^ 0x01]) + d[121:],
+    "checksum-digit": lambda d: d[:30] + (b"0" if d[30:31] != b"0" else b"1") + d[31:],
+    "truncated": lambda d: d[:len(d) // 2],
+    "no-header": lambda d: d.partition(b"\n")[2],
+    "empty": lambda d: b"",
+}
+
+
+@pytest.mark.parametrize("damage", list(FUNCTIONAL_DAMAGE))
+def test_a_damaged_functional_entry_is_a_miss_with_a_warning_and_rewritten(
+        tmp_path, monkeypatch, capsys, damage):
+    """A damaged entry of the functional-run cache is a miss (one warning line): the run is
+    prepared again, gives the same tokens, cycles and logits, and rewrites the entry."""
+    from pimsim.config import load_config
+    from workloads import functional_cache
+
+    monkeypatch.setenv("PIMSIM_CACHE_DIR", str(tmp_path))
+    first = _functional_run(seed=3)
+    path = functional_cache._entry(functional_cache.cache_key("tiny", load_config("pim-gpt"), 3))
+    good = path.read_bytes()
+    assert good.startswith(b"pimsim-functional-cache ")
+    capsys.readouterr()
+    path.write_bytes(FUNCTIONAL_DAMAGE[damage](good))
+    again = _functional_run(seed=3)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("pimsim: warning: functional-run cache entry")
+    assert "preparing the run again" in err[0]
+    assert again[:2] == first[:2] and np.array_equal(again[2], first[2])
+    assert functional_cache.load("tiny", load_config("pim-gpt"), 3) is not None  # rewritten
+    assert _functional_run(seed=3)[:2] == first[:2] and capsys.readouterr().err == ""
+
+
+def test_a_cached_functional_run_matches_an_uncached_one(tmp_path, monkeypatch):
+    """Read back from the cache (no compile, no image built: torch's exporter is not called),
+    a functional run gives the uncached run's tokens, cycles and logits; the cached image stays
+    pristine (a run writes its KV caches into its own copy); the seed and the context are part
+    of the key."""
+    import compiler.pipeline
+    from pimsim.config import load_config
+    from workloads import functional_cache
+
+    monkeypatch.setenv("PIMSIM_CACHE_DIR", str(tmp_path))
+    cfg = load_config("pim-gpt")
+    uncached = _functional_run(cache=False)
+    assert not (tmp_path / "functional").exists()  # --no-cache writes nothing
+    written = _functional_run()
+    assert len(list((tmp_path / "functional").iterdir())) == 1
+    monkeypatch.setattr(compiler.pipeline, "compile_model",
+                        lambda *a, **k: pytest.fail("compiled again despite the cache"))
+    for _ in range(2):  # twice: the first cached run did not change the entry
+        got = _functional_run()
+        assert got[:2] == uncached[:2] == written[:2]
+        assert np.array_equal(got[2], uncached[2])
+    keys = {functional_cache.cache_key("tiny", cfg, 0), functional_cache.cache_key("tiny", cfg, 1),
+            functional_cache.cache_key("tiny", cfg, 0, 48)}
+    assert len(keys) == 3 and None not in keys
+    c, images = functional_cache.load("tiny", cfg, 0)
+    assert not c.mapping.weights  # the weights are in the image only
+    assert images[0][0].bits.any() and images[0][0].words.ctypes.data % 4096 == 0
+
+
+def test_the_functional_cache_is_off_without_a_cache_dir_and_for_other_models(
+        tmp_path, monkeypatch):
+    from pimsim.config import load_config
+    from workloads import functional_cache
+
+    cfg = load_config("pim-gpt")
+    assert functional_cache.cache_key("mymod:model", cfg, 0) is None
+    assert functional_cache.cache_key("model.onnx", cfg, 0) is None
+    assert functional_cache.cache_key(str(tmp_path), cfg, 0) is None
+    monkeypatch.setenv("PIMSIM_CACHE_DIR", "")
+    assert functional_cache._entry(functional_cache.cache_key("tiny", cfg, 0)) is None
+    monkeypatch.chdir(tmp_path)
+    _functional_run()
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- outputs against inputs
 
 @pytest.fixture

@@ -38,7 +38,14 @@ from workloads.compiling import (
 )
 from workloads.serving.metrics import ServeResult
 from workloads.sweeps.analysis import SweepResult
-from workloads.validation import LogitRecorder, ValidationResult, functional_executor, validate
+from workloads.validation import (
+    LogitRecorder,
+    ValidationResult,
+    build_images,
+    functional_executor,
+    prepare_functional,
+    validate,
+)
 
 __all__ = ["CompareResult", "ServeResult", "SimResult", "SweepResult", "ValidationResult",
            "check_context", "compare", "compile_model", "hw_config", "serve", "simulate", "sweep",
@@ -144,12 +151,17 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
                             "run without keep_logits, or with batch 1")
     cfg = hw_config(hw, devices=devices, tp=tp, pp=pp, tp_attention=tp_attention,
                     refresh=refresh)
+    images = None
     if isinstance(model, str):
         name = model
         check_context(name, context or preset_context(name), prompt=prompt, tokens=tokens,
                       context_given=bool(context))
-        c = compile_model(model, cfg, weights=functional, seed=seed, context=context,
-                          cache=cache, show_progress=show_progress)
+        if functional:  # the compile with the weights and the DRAM images, cached together
+            c, images = prepare_functional(model, cfg, seed=seed, context=context, cache=cache,
+                                           show=show_progress)
+        else:
+            c = compile_model(model, cfg, context=context, cache=cache,
+                              show_progress=show_progress)
     else:
         c, name = model, model.spec.name
         if functional and not getattr(c.spec, "has_weights", True):
@@ -165,12 +177,15 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
 
         for p in programs:  # the KV capacity, before building executors
             BatchedProgram(p, batch)
-    fx = functional_executor(c, cfg, exact, show=show_progress) if functional else None
+    if functional and images is None:
+        images = build_images(c, cfg, show=show_progress)
+    fx = functional_executor(c, cfg, exact, images=images) if functional else None
     if fx is not None and keep_logits:
         fx = LogitRecorder(fx)
     recorder = fx if isinstance(fx, LogitRecorder) else None
-    if fx is not None and batch is not None:
-        fx = [fx] + [functional_executor(c, cfg, exact, show=show_progress)
+    if fx is not None and batch is not None:  # every sequence its own KV caches: own images
+        fx = [fx] + [functional_executor(c, cfg, exact,
+                                         images=[[im.copy() for im in st] for st in images])
                      for _ in range(batch - 1)]
     bar = None
     if show_progress:

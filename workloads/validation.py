@@ -53,26 +53,58 @@ def failed_line(criteria: list[dict]) -> str:
                      for c in criteria if not c["ok"])
 
 
-def functional_executor(c, cfg, exact: bool, corrupt: str | None = None, show: bool = False):
-    """The functional executor of a compiled model; ``corrupt`` (a test hook of
+def build_images(c, cfg, corrupt: str | None = None, show: bool = False) -> list[list[Any]]:
+    """The DRAM images of compiled model ``c`` (with its weights): ``[stage][rank]``, one
+    image per device; ``corrupt`` (a test hook of
     :func:`~compiler.passes.images.build_graph_image`) misplaces data in the first device's
     image."""
     from compiler.passes.images import build_graph_image
+
+    if c.stages:  # a system: every device's own DRAM
+        with status(f"building the DRAM images of {c.spec.name} on "
+                    f"{c.program.tp * len(c.stages)} devices", show):
+            return [[build_graph_image(mp, data_type=cfg.pim.data_type, rank=r,
+                                       corrupt=corrupt if (s, r) == (0, 0) else None)
+                     for r in range(mp.tp)] for s, mp in enumerate(c.stage_mappings)]
+    with status(f"building the DRAM image of {c.spec.name}", show):
+        return [[build_graph_image(c.mapping, data_type=cfg.pim.data_type, corrupt=corrupt)]]
+
+
+def prepare_functional(model: str, cfg, *, seed: int = 0, context: int | None = None,
+                       cache: bool = True, show: bool = False):
+    """(Compiled with the weights, its DRAM images ``[stage][rank]``): what a functional run of
+    ``model`` prepares, read back from the functional-run cache
+    (:mod:`workloads.functional_cache`: presets with seeded weights) where it holds them, else
+    compiled and built (and kept there). The images are pristine: a run writes its KV caches
+    into them, so give each executor its own (``MemoryImage.copy``)."""
+    from workloads import functional_cache
+
+    if cache:
+        got = functional_cache.load(model, cfg, seed, context)
+        if got is not None:
+            return got
+    c, _ = compile_with_source(model, cfg, weights=True, seed=seed, context=context,
+                               cache=False, show=show)
+    images = build_images(c, cfg, show=show)
+    if cache:
+        functional_cache.store(model, cfg, seed, context, c, images)
+    return c, images
+
+
+def functional_executor(c, cfg, exact: bool, corrupt: str | None = None, show: bool = False,
+                        images: list[list[Any]] | None = None):
+    """The functional executor of a compiled model, on ``images`` (``[stage][rank]``, from
+    :func:`prepare_functional`; used as they are, not copied) or on images built now
+    (:func:`build_images`, ``corrupt`` its test hook)."""
     from pimsim.functional import AsicMath, FlowExecutor
 
     math = AsicMath.from_config(cfg, exact=exact)
+    imgs = images if images is not None else build_images(c, cfg, corrupt, show)
     if c.stages:  # a system: every device's own DRAM
         from pimsim.functional import SystemFlowExecutor
 
-        with status(f"building the DRAM images of {c.spec.name} on "
-                    f"{c.program.tp * len(c.stages)} devices", show):
-            imgs = [[build_graph_image(mp, data_type=cfg.pim.data_type, rank=r,
-                                       corrupt=corrupt if (s, r) == (0, 0) else None)
-                     for r in range(mp.tp)] for s, mp in enumerate(c.stage_mappings)]
         return SystemFlowExecutor(c.stages, imgs, cfg, math=math)
-    with status(f"building the DRAM image of {c.spec.name}", show):
-        img = build_graph_image(c.mapping, data_type=cfg.pim.data_type, corrupt=corrupt)
-    return FlowExecutor(c.program, img, cfg, math=math)
+    return FlowExecutor(c.program, imgs[0][0], cfg, math=math)
 
 
 class LogitRecorder:
