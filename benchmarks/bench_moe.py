@@ -19,6 +19,16 @@ routing, with its preset parameters and fitted to the shipped measured H100 MoE 
 where one was taken (its KV length is ``--context``). No timed assertions: a script that
 prints its figures.
 
+    python benchmarks/bench_moe.py --models deepseek-v3     # 118 devices, tp 2 x pp 59
+
+A model of :data:`SYSTEMS` runs on its own system instead (DeepSeek-V3: the fewest aim-gddr6
+devices found that hold it, tp 2 x pp 59, its KV caches reserved for 4,096 tokens; the first
+compile takes 30 min, then the compile cache serves it): a batched step on the pipeline is a
+micro-batch of B sequences through the stages (:mod:`pimsim.pipeline`; the pp micro-batches
+in flight hold pp x B sequences' caches); where B's caches do not fit, the largest batch that
+fits runs instead, said so. Its ms/step is a micro-batch's, stage 0 to the last; tokens/s B
+over that (the system's throughput, pp micro-batches in flight, in a comment before the row).
+
     python benchmarks/bench_moe.py --ep --batches 1,32      # TP split against EP
     python benchmarks/bench_moe.py --ep --routing skewed --skew 1.2
 
@@ -37,6 +47,10 @@ import os
 import time
 
 from workloads.gpu.model import predict_step
+
+# models run on a system of their own: devices, tp, pp and the KV-cache context compiled for
+# (README: the fewest aim-gddr6 devices found for DeepSeek-V3 at a 4,096-token context)
+SYSTEMS = {"deepseek-v3": {"devices": 118, "tp": 2, "pp": 59, "context": 4096}}
 
 MOE_MEASURED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "workloads", "gpu", "data", "gpu_measured_h100_moe.json")
@@ -70,12 +84,15 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             pim = pim_row(name, b, args, placement)
             gpu, tp = None, 1
-            while gpu is None and tp <= 8:
+            no_model = False
+            while gpu is None and tp <= 8 and not no_model:
                 try:
                     gpu = predict_step(args.gpu, name, [args.context - 1] * b, tp=tp)
-                except ValueError:
+                except ValueError as e:
+                    no_model = "no GPU model" in str(e)
                     tp *= 2
-            g = f"{tp} | {gpu['ms']:.3f} | {gpu['tokens_per_s']:,.0f}" if gpu else "- | - | -"
+            g = f"{tp} | {gpu['ms']:.3f} | {gpu['tokens_per_s']:,.0f}" if gpu else \
+                ("no GPU model | - | -" if no_model else "- | - | -")
             f = "- | -"
             if gpu is not None and fitted is not None:
                 fp = predict_step(fitted, name, [args.context - 1] * b, tp=tp)
@@ -96,6 +113,8 @@ def pim_row(name: str, b: int, args, placement: dict) -> str:
     from pimsim.errors import HardwareFitError, UserError
     from workloads.session import hw_config, simulate
 
+    if name in SYSTEMS:
+        return system_row(name, b, args)
     dev, ep, last = args.devices, placement["ep"], ""
     while dev <= args.max_devices:
         try:
@@ -117,6 +136,31 @@ def pim_row(name: str, b: int, args, placement: dict) -> str:
         return (f"{where} | {step_ms:.3f} | {1000 * b / step_ms:,.0f} | "
                 f"{rep.weight_bytes_per_step / 1e9:.2f}")
     return f"- ({last[:120]}) | - | - | -"
+
+
+def system_row(name: str, b: int, args) -> str:
+    """The PIM columns of a model of :data:`SYSTEMS` on its own system (a pipeline: a
+    micro-batch of ``b`` sequences per job), the largest batch that fits where ``b`` does not."""
+    from pimsim.batch import max_batch
+    from workloads.compiling import system_programs
+    from workloads.session import compile_model, hw_config, simulate
+
+    sy = SYSTEMS[name]
+    cfg = hw_config("aim-gddr6", devices=sy["devices"], tp=sy["tp"], pp=sy["pp"])
+    c = compile_model(name, cfg, context=sy["context"])
+    fits = min(max_batch(p) for p in system_programs(c, cfg))
+    run_b = min(b, fits)
+    rep = simulate(c, cfg, tokens=args.tokens, prompt=args.context, skip_prompt=True,
+                   batch=run_b if b > 1 else None).report
+    step_ms = rep.extra.get("batch", {}).get("ms_per_step", rep.ms_per_token)
+    print(f"<!-- {name} batch {run_b}: {rep.throughput_tokens_per_s:,.0f} tokens/s of the "
+          f"system ({rep.system['sequences']} sequences in flight), {rep.wall_s:.0f} s -->",
+          flush=True)
+    where = f"{sy['devices']} devices, tp {sy['tp']} x pp {sy['pp']}"
+    if run_b < b:
+        where += f" (batch {run_b}: the largest whose KV caches fit)"
+    return (f"{where} | {step_ms:.3f} | {1000 * run_b / step_ms:,.0f} | "
+            f"{rep.weight_bytes_per_step / 1e9:.2f}")
 
 
 def gpu_fitted_to_moe():

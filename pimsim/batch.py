@@ -89,17 +89,25 @@ def rows_in_use(prog: Program) -> int:
     for m in mats:
         top = max(top, max(m.base_row[c] + m.rows_used(c) for c in range(m.geo.channels)))
     for kl, vl in prog.kv_layouts:
-        top = max(top, kl.base_row + kl.rows_reserved, vl.base_row + vl.rows_reserved)
+        top = max(top, _kv_end(prog, kl, vl))
     return top
 
 
+def _kv_end(prog: Program, kl, vl) -> int:
+    """One past the last row of one attention's K and V caches, with a pipeline stage's
+    further caches of the sequences in flight placed after its V (``n_stages - 1`` more K/V
+    pairs, :mod:`compiler.passes.place`)."""
+    end = max(kl.base_row + kl.rows_reserved, vl.base_row + vl.rows_reserved)
+    return end + (prog.n_stages - 1) * (kl.rows_reserved + vl.rows_reserved)
+
+
 def kv_block(prog: Program) -> tuple[int, int]:
-    """(first row, rows) of the program's KV caches (every attention's K and V, as placed)."""
+    """(first row, rows) of the program's KV caches (every attention's K and V, as placed; a
+    pipeline stage's: with the caches of its other sequences in flight)."""
     if not prog.kv_layouts:
         return 0, 0
     lo = min(min(kl.base_row, vl.base_row) for kl, vl in prog.kv_layouts)
-    hi = max(max(kl.base_row + kl.rows_reserved, vl.base_row + vl.rows_reserved)
-             for kl, vl in prog.kv_layouts)
+    hi = max(_kv_end(prog, kl, vl) for kl, vl in prog.kv_layouts)
     return lo, hi - lo
 
 
@@ -118,7 +126,11 @@ class BatchedProgram(Program):
 
     ``kv_regions``: per vector, the KV region it writes and reads (region 0 is the program's
     own, region ``r >= 1`` a copy of the KV block above the rows in use); by default vector
-    ``b`` is a sequence of its own, region ``b``. Vectors that share a region are tokens of one
+    ``b`` is a sequence of its own, region ``b``. A pipeline stage's KV block holds the caches
+    of its ``n_stages`` micro-batches in flight (:mod:`pimsim.pipeline`): a region is a copy
+    of all of them, so ``B`` regions hold ``n_stages x B`` sequences' caches (a step runs in
+    the first of each region: the micro-batches' steps are alike, as the unbatched pipeline's
+    sequences are). Vectors that share a region are tokens of one
     sequence (a prefill step, :mod:`pimsim.prefill`): each writes its K/V at its own position
     and attends over the region's positions up to its own. Raises
     :class:`BatchCapacityError` naming the largest batch that fits when the regions do not fit
@@ -126,10 +138,6 @@ class BatchedProgram(Program):
 
     def __init__(self, prog: Program, batch: int, *, kv_regions: Sequence[int] | None = None):
         batch = check_batch(batch)
-        if prog.n_stages > 1:
-            raise UserError(f"{prog.model}: batched decode of a pipeline stage "
-                            f"({prog.n_stages} stages)",
-                            "batch on a system without pipeline stages (pp 1)")
         if any(kl.window for kl, _ in prog.kv_layouts):
             raise UserError(f"{prog.model}: batched steps (--batch, --prefill batched, serve) of "
                             f"sliding-window attention are not modelled",

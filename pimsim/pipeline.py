@@ -10,6 +10,15 @@ at stage 0, when the sequence's previous token has come back from the last stage
 simulated on its stage's device, so DRAM state (open rows, refresh, idle time between jobs)
 carries through.
 
+Batched decode on a pipeline (``run_system(..., batch_prompts=...)``): each of the ``pp``
+jobs in flight is a micro-batch of ``B`` sequences (one prompt length, the same positions)
+instead of one sequence; a job is the stage's batched step (:class:`pimsim.batch.BatchedProgram`:
+its weight reads shared by the ``B`` vectors, each sequence its own KV region; a mixture of
+experts' experts run for the sequences routed to them); the stage sends ``B`` activation
+vectors, and ``B`` sampled tokens come back. Latency (``ms_per_token``) is micro-batch 0's
+step, stage 0 to the last; throughput counts the ``pp x B`` sequences. Batch 1 is the
+unbatched pipeline.
+
 Reported: per-token latency of one sequence (``ms_per_token``), the whole system's throughput
 (``throughput_tokens_per_s``: tokens of all sequences per second), each stage's utilisation
 (busy time over the run) and the bubble (one minus their mean), energy of all devices plus the
@@ -35,16 +44,20 @@ from pimsim.report import BREAKDOWN_KEYS, RunReport, TimeTotals
 from pimsim.system import TOKEN_BYTES, CommCost, collective
 
 
-def stage_send(cfg: HwConfig, prog: Program) -> CommCost:
+def stage_send(cfg: HwConfig, prog: Program, vectors: int = 1) -> CommCost:
     """A stage's activations to the next stage (every device of the group sends to its
-    partner over its own port, in parallel): the time of one such send, its wire bits."""
-    return collective(cfg.system.interconnect, "send", 2, prog.send_elems * prog.geo.elem_bytes)
+    partner over its own port, in parallel): the time of one such send, its wire bits.
+    ``vectors``: a micro-batch's activation vectors, in one send."""
+    return collective(cfg.system.interconnect, "send", 2,
+                      vectors * prog.send_elems * prog.geo.elem_bytes)
 
 
-def token_return_cyc(cfg: HwConfig) -> int:
+def token_return_cyc(cfg: HwConfig, tokens: int = 1) -> int:
     """The sampled token's way back to stage 0: the host's sampling time (``[system]
-    host_sample_ns``, CENT's top-k on the host CPU) and the send."""
-    c = collective(cfg.system.interconnect, "send", 2, TOKEN_BYTES)
+    host_sample_ns``, CENT's top-k on the host CPU) and the send. ``tokens``: a micro-batch's
+    tokens, in one send after one sampling call ([assumed]: the host samples the micro-batch's
+    rows in the time of one)."""
+    c = collective(cfg.system.interconnect, "send", 2, tokens * TOKEN_BYTES)
     return CommCost(c.ns + cfg.system.host_sample_ns, c.wire_bits).cycles(cfg.tCK_ps)
 
 
@@ -84,10 +97,12 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
     The report has the time to first token (``ttft_ms``) and per output token (``tpot_ms``).
 
     ``batch_prompts``: batched decode (:mod:`pimsim.batch`) of one sequence per prompt
-    (``prompt`` is then unused, ``functional`` one executor per sequence); a system of one
-    stage only. ``batch_reuse``: a :class:`pimsim.batch.BatchedSteps` of the program for the
-    batched run (``run_batched``'s ``reuse``). ``routing``: a :class:`pimsim.moe.Routing` for
-    a mixture-of-experts program (one stage: :func:`~pimsim.generate.run_generation`'s; on a
+    (``prompt`` is then unused, ``functional`` one executor per sequence); on a pipeline
+    (timing only, prompts of one length) each of the ``pp`` jobs in flight is a micro-batch
+    of these sequences (the module's docstring). ``batch_reuse``: a
+    :class:`pimsim.batch.BatchedSteps` of the program for the batched run (``run_batched``'s
+    ``reuse``; one stage). ``routing``: a :class:`pimsim.moe.Routing` for a mixture-of-experts
+    program (one stage: :func:`~pimsim.generate.run_generation`'s; on a
     pipeline the stages' timing follows it, a trace or seeded, also in functional runs)."""
     from pimsim.prefill import check_prefill
 
@@ -99,10 +114,21 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
         raise UserError(f"a batched prefill on {pp} pipeline stages",
                         "use prefill token-by-token on a pipeline, or a system without "
                         "pipeline stages (pp 1)")
+    if batch_prompts is not None and pp > 1:
+        if functional is not None:
+            raise UserError(f"a functional batched decode on {pp} pipeline stages (the numbers "
+                            f"of a micro-batch are not computed stage by stage)",
+                            "run the batch as a timing run, or functionally on a system "
+                            "without pipeline stages (pp 1)")
+        lens = {len(p) for p in batch_prompts}
+        if len(lens) != 1:
+            raise UserError(f"prompts of lengths {sorted(lens)} in one batch on a pipeline",
+                            "give the sequences prompts of one length")
+        return _run_pipeline(programs, cfg, prompt=batch_prompts[0], n_tokens=n_tokens,
+                             schedule=schedule, fast=fast, functional=None, progress=progress,
+                             skip_prompt=skip_prompt, routing=routing,
+                             batch=len(batch_prompts))
     if batch_prompts is not None:
-        if pp > 1:
-            raise UserError(f"batched decode on {pp} pipeline stages",
-                            "batch on a system without pipeline stages (pp 1)")
         from pimsim.batch import run_batched
 
         rep = run_batched(programs[0], cfg, prompts=batch_prompts, n_tokens=n_tokens,
@@ -156,8 +182,11 @@ def _scale_energy(e: dict, k: int) -> None:
 
 
 def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional, progress,
-                  skip_prompt, routing=None) -> RunReport:
+                  skip_prompt, routing=None, batch: int | None = None) -> RunReport:
+    """The pipeline's run; ``batch``: each job a micro-batch of that many sequences at the
+    same positions (None: one sequence, the unbatched pipeline)."""
     tp, pp = programs[0].tp, len(programs)
+    B = batch or 1
     n_ctx = programs[0].dims["n_ctx"]
     if len(prompt) < 1 or n_tokens < 1:
         raise UserError("nothing to generate", "give at least one prompt token and one token")
@@ -165,11 +194,16 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         raise UserError(f"prompt ({len(prompt)}) + generated ({n_tokens}) tokens exceed the "
                         f"context of {n_ctx}", "generate fewer tokens or shorten the prompt")
     t_wall = time.perf_counter()
-    sims = [DecodeSimulator(p, cfg, schedule=schedule, fast=fast) for p in programs]
+    bprogs = None
+    if batch is not None:
+        from pimsim.batch import MAC_BOUND_FORMULA, BatchedProgram, mac_bound_cyc, max_batch
+
+        bprogs = [BatchedProgram(p, B) for p in programs]  # refuses KV caches that do not fit
+    sims = [DecodeSimulator(p, cfg, schedule=schedule, fast=fast) for p in bprogs or programs]
     accts = [TimeAccount(s) for s in sims]
-    sends = [stage_send(cfg, p) for p in programs[:-1]]
+    sends = [stage_send(cfg, p, B) for p in programs[:-1]]
     send = [c.cycles(cfg.tCK_ps) for c in sends]
-    back = token_return_cyc(cfg)
+    back = token_return_cyc(cfg, B)
     with_energy = cfg.energy is not None
     meters = [TokenEnergy(s) for s in sims] if with_energy else []
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
@@ -183,7 +217,7 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     tok_j = [0.0]
 
     from pimsim.expert_parallel import ExpertLoad
-    from pimsim.moe import Routing, active_steps, weight_bytes
+    from pimsim.moe import Routing, active_steps, routed_steps, weight_bytes
 
     moe = bool(programs[0].moe)
     routing = (routing or Routing.seeded()) if moe else None
@@ -191,19 +225,32 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     chosen: dict[int, dict] = {}  # pos -> MoE layer -> the experts of each token
     loads = [ExpertLoad(p) for p in programs] if moe else []
     w_bytes: dict[int, int] = {}
+    routed: dict[int, tuple] = {}  # stage -> (pos, its steps' mask, the routed vectors)
+    bound_cyc: dict[int, float] = {}  # pos -> the stages' MAC-rate bounds, summed (batched)
+    at = (lambda pos: (pos,) * B) if bprogs else (lambda pos: pos)
 
     def job(s: int, pos: int, j: int, start: int) -> int:
         sim = sims[s]
         active = None
         if moe:  # the stages' timing runs before the functional step: a trace or seeded choice
             if pos not in choices:
-                choices[pos] = routing.choose(programs[0], pos)
+                choices[pos] = routing.choose(programs[0], pos, batch=B)
                 chosen[pos] = routing.last
-            active = active_steps(programs[s], choices[pos])
+            if bprogs is None:
+                active = active_steps(programs[s], choices[pos])
+            else:  # each expert for the micro-batch's sequences routed to it
+                if routed.get(s, (None,))[0] != pos:
+                    routed[s] = (pos, *routed_steps(bprogs[s], chosen[pos]))
+                active = routed[s][1]
+                bprogs[s].route(routed[s][2])
         if j == 0 and pos >= len(prompt) - 1:
-            one = weight_bytes(programs[s], active) if not moe else float(
-                loads[s].device_bytes(chosen[pos], loads[s].placement).mean())
+            if moe:
+                one = float(loads[s].device_bytes(chosen[pos], loads[s].placement).mean())
+            else:
+                one = weight_bytes(bprogs[s] if bprogs else programs[s], active)
             w_bytes[pos] = w_bytes.get(pos, 0) + one * tp
+            if bprogs is not None:
+                bound_cyc[pos] = bound_cyc.get(pos, 0.0) + mac_bound_cyc(bprogs[s], cfg)
         start = max(start, sim.now)
         gap = start - sim.now
         sim.now = start
@@ -212,7 +259,7 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
             meters[s].begin()
         if with_energy:
             meters[s].active = active
-        tt = sim.run_token(pos, active)
+        tt = sim.run_token(at(pos), active)
         if with_energy:
             er = meters[s].end(tt, gap)
             if j == 0:
@@ -228,7 +275,7 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     def token_done(pos: int) -> None:
         nonlocal tok
         if pos >= len(prompt) - 1 and with_energy:
-            per_token_j.append(tok_j[0] + send_pj * 1e-12)
+            per_token_j.append((tok_j[0] + send_pj * 1e-12) / B)  # a micro-batch's, per token
             for _ in range(pp):
                 e_sum.total_j += send_pj * 1e-12
                 e_sum.by_component["interconnect"] = \
@@ -250,7 +297,7 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     n_gen = len(latency)
     per_token_ms = [ns(c) / 1e6 for c in latency]
     ms_tok = float(np.mean(per_token_ms)) if per_token_ms else 0.0
-    n_seq_tokens = n_gen * pp
+    n_seq_tokens = n_gen * pp * B
     gen_span_ms = ns(max(end_all - (gen_t0 or 0), 1)) / 1e6
     util = [b / max(end_all, 1) for b in busy]
     # the rest of sequence 0's latency: its jobs waiting for stages busy with other sequences
@@ -270,11 +317,24 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     thr = n_seq_tokens / (gen_span_ms / 1e3) if n_gen else 0.0
     if energy:
         energy["avg_power_w"] = energy["j_per_token"] * thr
+    extra = {}
+    if bprogs is not None:
+        for b in bprogs:
+            b.route(None)
+        bound_ms = ns(float(np.mean(list(bound_cyc.values()))) if bound_cyc else 0.0) / 1e6
+        extra["batch"] = {
+            "batch": B, "micro_batches": pp, "ms_per_step": ms_tok,
+            "tokens_per_s": 1000.0 * B / ms_tok if ms_tok else 0.0,
+            "mac_bound_ms_per_step": bound_ms, "mac_bound": MAC_BOUND_FORMULA + ", summed "
+            "over the stages", "weight_macs_per_sequence": sum(b.weight_macs() for b in bprogs),
+            "max_batch": min(max_batch(p) for p in programs),
+            "positions_last_step": [n_total - 1] * B}
     return RunReport(
         model=programs[0].model, hw=cfg.name, schedule=schedule, refresh=cfg.refresh.enabled,
-        functional=functional is not None, prompt_tokens=len(prompt), generated_tokens=n_gen,
-        tCK_ps=cfg.tCK_ps, cycles=int(end_all), ms_total=ns(end_all) / 1e6,
-        ms_per_token=ms_tok, tokens_per_s=1000.0 / ms_tok if ms_tok else 0.0,
+        functional=functional is not None, prompt_tokens=len(prompt),
+        generated_tokens=n_gen * B, tCK_ps=cfg.tCK_ps, cycles=int(end_all),
+        ms_total=ns(end_all) / 1e6,
+        ms_per_token=ms_tok, tokens_per_s=1000.0 * B / ms_tok if ms_tok else 0.0,
         per_token_ms=per_token_ms,
         row_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
         **times.report_fields(cfg, n_gen),
@@ -285,12 +345,13 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         else ns(clock.first_token_end) / 1e6,
         tpot_ms=tpot_ms(per_token_ms),
         system={"devices": cfg.system.devices, "tp": tp, "pp": pp, "ep": programs[0].ep,
-                "sequences": pp,
+                "sequences": pp * B,
                 "stages_per_device": cfg.system.stages_per_device,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
                 "stage_send_cyc": send, "token_return_cyc": back},
         routing=routing.describe() if moe else "",
-        weight_bytes_per_step=float(np.mean(list(w_bytes.values()))) if w_bytes else 0.0)
+        weight_bytes_per_step=float(np.mean(list(w_bytes.values()))) if w_bytes else 0.0,
+        extra=extra)
 
 
 def _only(share: str, op: str, cyc: float) -> tuple[np.ndarray, dict[str, float]]:

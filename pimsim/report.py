@@ -253,7 +253,10 @@ class RunReport:
                                      for k, v in e["by_component"].items() if v > 0)
                          + f"); table: {e['table']}")
         if multi:
-            flight = f"{sy['pp']} sequences in flight" if sy["pp"] > 1 else "1 sequence"
+            n_seq = sy.get("sequences", sy["pp"])
+            flight = f"{n_seq} sequences in flight" if sy["pp"] > 1 else "1 sequence"
+            if sy["pp"] > 1 and n_seq > sy["pp"]:
+                flight += f": {sy['pp']} micro-batches of {n_seq // sy['pp']}"
             ep = f", ep {sy['ep']}" if sy.get("ep", 1) > 1 else ""
             lines.append(f"  system ({sy['devices']} devices: tp {sy['tp']} x pp {sy['pp']}{ep}): "
                          f"{self.throughput_tokens_per_s:,.1f} tokens/s of all sequences "

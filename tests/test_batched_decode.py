@@ -196,8 +196,7 @@ def test_kv_capacity_error_names_the_largest_batch():
 
 
 @pytest.mark.parametrize("argv", [["--batch", "0"], ["--max-num-seqs", "-2"],
-                                  ["--batch", "100000"], ["--batch", "2", "--timeline", "t.json"],
-                                  ["--batch", "2", "--devices", "2", "--pp", "2"]])
+                                  ["--batch", "100000"], ["--batch", "2", "--timeline", "t.json"]])
 def test_bad_batch_exits_2(argv):
     out = subprocess.run([sys.executable, "-m", "workloads.cli", "run", "tiny", "--tokens", "2",
                           *argv], capture_output=True, text=True)
