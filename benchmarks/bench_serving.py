@@ -24,7 +24,8 @@ time of the whole process. No timed assertions: a script that prints its figures
 
 Measured (``docs/benchmarks.md`` keeps the history): the whole workload on an idle 2-core
 machine, two workers, the schedule planned ahead once every request has arrived: 175.4 s
-(compile 0.2 s from the program cache, serving 174.0 s, 343 s CPU; 183.3 and 190.9 s before
+(compile 0.2 s from the program cache, serving 174.0 s, 343 s CPU; two more runs 198.5 and
+169.0 s, 389 and 332 s CPU for the same work; 183.3 and 190.9 s before
 the stream building in place and the cached compile) against 896 s wall / 670 s CPU before
 compact streams, shared batch caches and the workers; the same PIM summary to the digit
 (72.61 s, 1,805 output tok/s, TTFT 7,826 ms, TPOT 126.1 ms, 71.87 mJ/output token).
