@@ -28,6 +28,7 @@ rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -190,15 +191,23 @@ def store(model: str, cfg: Any, compiled: Any, context: int | None = None) -> Pa
         return None
     try:
         payload = pickle.dumps(compiled, protocol=pickle.HIGHEST_PROTOCOL)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pkl")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_pack(payload))
-            os.replace(tmp, path)  # atomic: a reader sees the old entry or the whole new one
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_file(path) as f:
+            f.write(_pack(payload))
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         return None
     return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file written beside ``path`` and moved onto it when the block ends without an
+    error (atomic: a reader sees the old entry or the whole new one), else removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

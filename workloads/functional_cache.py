@@ -38,7 +38,6 @@ import os
 import pickle
 import struct
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -182,31 +181,24 @@ def store(model: str, cfg: Any, seed: int, context: int | None, compiled: Any,
             n = len(meta)
         else:
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".bin")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                h = hashlib.sha256()
-                f.write(b"\0" * _HEAD_BYTES)  # the header, once the checksum is known
-                pos = _HEAD_BYTES
-                for part in [struct.pack("<Q", n), meta]:
-                    f.write(part)
-                    h.update(part)
-                    pos += len(part)
-                for stage, where in zip(images, layout(n)):
-                    for im, (off, *_) in zip(stage, where):
-                        pad = b"\0" * (off - pos)
-                        data = memoryview(np.ascontiguousarray(im.bits)).cast("B")
-                        for part in (pad, data):
-                            f.write(part)
-                            h.update(part)
-                        pos = off + im.bits.nbytes
-                f.seek(0)
-                f.write(MAGIC + b" " + h.hexdigest().encode() + b"\n")
-            os.replace(tmp, path)  # atomic: a reader sees the old entry or the whole new one
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with compile_cache.atomic_file(path) as f:
+            h = hashlib.sha256()
+            f.write(b"\0" * _HEAD_BYTES)  # the header, once the checksum is known
+            pos = _HEAD_BYTES
+            for part in [struct.pack("<Q", n), meta]:
+                f.write(part)
+                h.update(part)
+                pos += len(part)
+            for stage, where in zip(images, layout(n)):
+                for im, (off, *_) in zip(stage, where):
+                    pad = b"\0" * (off - pos)
+                    data = memoryview(np.ascontiguousarray(im.bits)).cast("B")
+                    for part in (pad, data):
+                        f.write(part)
+                        h.update(part)
+                    pos = off + im.bits.nbytes
+            f.seek(0)
+            f.write(MAGIC + b" " + h.hexdigest().encode() + b"\n")
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         return None
     return path
