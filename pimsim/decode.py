@@ -295,9 +295,11 @@ class StreamBuilder:
         self.seg_bytes[:, k] = cols * self.col_bytes
         self.seg_lead[:, k] = lead_columns_at(self.items, lo, n)
 
-    def _region_passes(self, c: int, k: int, index: int, lo: int, n: int) -> None:
-        """Block, repeats and link bytes of the region of a routed product (items in place):
-        compact, its pass repeated; written out, the block its items repeat."""
+    def _region_passes(self, c: int, k: int, index: int, lo: int, n: int,
+                       blocks: bool = True) -> None:
+        """Block, repeats and link bytes of region (``c``, ``k``) of step ``index`` (items in
+        place): compact, its pass repeated; written out, the block its items repeat (where
+        ``blocks``: a static region or a routed product)."""
         passes = self._passes.get(index) if self.compact else None
         if passes is not None and passes[c][1]:
             self.seg_block[c, k], self.seg_reps[c, k], self.seg_bytes[c, k] = passes[c]
@@ -305,7 +307,8 @@ class StreamBuilder:
         self.seg_reps[c, k] = 0
         self.seg_bytes[c, k] = passes[c][2] if passes is not None else \
             transfer_bytes(self.items[lo:lo + n], self.col_bytes)
-        self.seg_block[c, k] = block_period(self.items, lo, lo + n, MIN_BLOCK_ITEMS)
+        if blocks:
+            self.seg_block[c, k] = block_period(self.items, lo, lo + n, MIN_BLOCK_ITEMS)
 
     def _move_to_end(self, c: int, k: int, n: int) -> None:
         """Give region (``c``, ``k``) room for ``n`` items and half as many again at the end of
@@ -333,24 +336,13 @@ class StreamBuilder:
         self.items = np.zeros((self._end, ITEM_FIELDS), np.int64)
         for k in range(n_seg):
             idx = self.pim_steps[k].index
-            static = idx in self._static
-            passes = self._passes.get(idx)
+            blocks = idx in self._static or idx in self._routed
             for c in range(self.n_ch):
                 a = per_step[k][c]
                 self.items[lo[c, k]:lo[c, k] + len(a)] = a
                 self.seg_hi[c, k] = lo[c, k] + len(a)
                 self.seg_lead[c, k] = lead_columns(a)
-                if idx in self._routed:
-                    self._region_passes(c, k, idx, lo[c, k], len(a))
-                    continue
-                if passes is not None and passes[c][1]:  # compact: the pass, repeated
-                    self.seg_block[c, k], self.seg_reps[c, k], self.seg_bytes[c, k] = passes[c]
-                    continue
-                self.seg_bytes[c, k] = passes[c][2] if passes is not None else \
-                    transfer_bytes(a, self.col_bytes)
-                if static:
-                    self.seg_block[c, k] = block_period(self.items, lo[c, k], lo[c, k] + len(a),
-                                                        MIN_BLOCK_ITEMS)
+                self._region_passes(c, k, idx, lo[c, k], len(a), blocks)
         segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps,
                         np.arange(n_seg, dtype=np.int64), self.seg_cls)
 
