@@ -268,7 +268,7 @@ NO_SHIFT = np.int64(-(1 << 62))
 def _row_shift(stream, a, b):
     """How far item ``b``'s row lies from item ``a``'s when the items are otherwise equal
     (both rows real), else ``NO_SHIFT``."""
-    for f in (0, 1, 3, 4):
+    for f in (0, 1, 3):  # not the fifth field, col0: no timing rule reads it
         if stream[a, f] != stream[b, f]:
             return NO_SHIFT
     if stream[a, 2] < 0 or stream[b, 2] < 0:
@@ -443,7 +443,14 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
     counts0 = counts.copy()
     stats0 = stats.copy()
     p = pos
+    epoch_ref = stats[ST_REFRESHES]
     while p < end:
+        if closed and tries >= MAX_PERIOD_TRIES and stats[ST_REFRESHES] != epoch_ref:
+            # a refresh ended the stretch the closed form stopped at (or the search that gave
+            # up): look again from here
+            tries = 0
+            searches = 0
+            epoch_ref = stats[ST_REFRESHES]
         if closed and tries < MAX_PERIOD_TRIES:
             if snap_at >= 0 and p == snap_at + per:
                 steady = (not_before <= scal0[S_LAST]
@@ -465,7 +472,10 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
                                             open_row, scal, counts, stats, rs, win_cnt0, scal0,
                                             counts0, stats0)
                         p += k * per
-                        tries = MAX_PERIOD_TRIES  # one closed form per run
+                        # the next stretch (other items, or after the refresh): look again
+                        tries = 0
+                        searches = 0
+                        epoch_ref = stats[ST_REFRESHES]
                         continue
                 tries += 1
             if snap_at < 0 and tries < MAX_PERIOD_TRIES:
