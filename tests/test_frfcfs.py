@@ -359,13 +359,26 @@ def _kv_write_like(n_cohorts: int, per_cohort: int) -> np.ndarray:
     return s
 
 
+def _prefill_kv_like(n_breaks: int, tokens: int) -> np.ndarray:
+    """A prefill step's KV writes on one channel: a few irregular items, then stretches of V
+    writes of consecutive tokens into one row of every bank (row hits), a K write between them."""
+    items = [("WR", 3, 7, 2), ("WR", 9, 1, 8), ("WR", 2, 5)]
+    for k in range(n_breaks):
+        items += [("WR", b, 3 + k // 2) for _ in range(tokens) for b in range(16)]
+        items.append(("WR", 0, 1, 8))
+    return make_stream(items)
+
+
 @pytest.mark.parametrize("refresh", [False, True])
-def test_every_periodic_stretch_of_a_queued_run_in_closed_form_equals_request_by_request(refresh):
+@pytest.mark.parametrize("shape", ["decode", "prefill"])
+def test_every_periodic_stretch_of_a_queued_run_in_closed_form_equals_request_by_request(
+        refresh, shape):
     # several periodic stretches (other items between them) and several refreshes in one run:
-    # the closed form is looked for again after each stretch and each refresh; the data column
-    # names no timing and does not break a period
+    # the closed form is looked for again after each stretch and each refresh, the controller
+    # compared with its states one to several periods back; the data column names no timing
+    # and does not break a period
     cfg = load_config("aim-gddr6", refresh=refresh)
-    s = _kv_write_like(6, 14)
+    s = _kv_write_like(6, 14) if shape == "decode" else _prefill_kv_like(8, 48)
     out = []
     for fast in (False, True):
         t = ChannelTimer(cfg, log=not fast, fast=fast, memo=False)

@@ -257,10 +257,14 @@ def cq_push(q, cq, cmd, bank, row, arr, geom):
 
 
 # closed form of periodic queued runs (``run_queued``): the longest item period looked for, how
-# many periods a run may be simulated looking for a steady one before it stops looking, and
+# many periods a stretch may be simulated looking for a steady one before it stops looking (until
+# the next refresh), and at how many items in a row a search may fail before it stops too (a
+# search is cheap: items that repeat with a break between, a KV write's K and V parts, find the
+# next period a few items after the break)
 MAX_PERIOD_ITEMS = 64
 MAX_PERIOD_TRIES = 16
-MAX_PERIOD_SEARCHES = 4  # items from the run's start where a period may begin
+MAX_PERIOD_SEARCHES = 2 * MAX_PERIOD_ITEMS  # items in a row where a period may begin
+N_SNAP = 8  # controller states kept, one per item period: it may repeat after several
 NO_SHIFT = np.int64(-(1 << 62))
 
 
@@ -404,6 +408,22 @@ def _queued_skip(k, q, cq, ready, win_tab, win_hist, win_cnt, open_row, scal, co
 
 
 @cached_njit()
+def _snapshot(o, q, cq, arr, ready, win_hist, win_cnt, open_row, scal, counts, stats, q0, cq0,
+              arr0, ready0, win_hist0, win_cnt0, open_row0, scal0, counts0, stats0):
+    """Keep the queued controller's state in snapshot slot ``o`` (``run_queued``)."""
+    arr0[o] = arr
+    q0[o] = q
+    cq0[o] = cq
+    ready0[o] = ready
+    win_hist0[o] = win_hist
+    win_cnt0[o] = win_cnt
+    open_row0[o] = open_row
+    scal0[o] = scal
+    counts0[o] = counts
+    stats0[o] = stats
+
+
+@cached_njit()
 def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
                win_hist, win_cnt, open_row, scal, counts, stats, log):
     """Serve the conventional RD/WR items ``[pos, end)`` through the FR-FCFS controller and
@@ -414,9 +434,10 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
 
     Closed form (fast mode, no log): where the items repeat with a period of ``L`` items, rows
     moving on by a fixed step each period (a KV-cache write walking the banks row after row),
-    the state before pushing an item is compared with the state one period earlier; once it is
-    the same moved by the period's cycles and row step (every time relative to the last issue,
-    the queues, open rows, windows, mode, no refresh in the period), every further period of
+    the state before pushing an item is compared with the states one to ``N_SNAP`` periods
+    earlier (a write queue draining between its watermarks repeats after several periods); once
+    it is the same moved by those periods' cycles and row steps (every time relative to the
+    last issue, the queues, open rows, windows, mode, no refresh in them), every further period of
     the repeating items is that period again, moved on; they are applied at once, up to the
     next refresh due (the one rule that is not invariant under a shift in time). Identical to
     scheduling them request by request; tests hold both equal.
@@ -429,19 +450,23 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
     closed = geom[G_FAST] == 1 and log.shape[0] == 0 and end - pos >= 8
     tries = 0
     searches = 0
-    snap_at = -1
+    snap_at = -1  # where the snapshots of the current item period start (-1: none)
+    n_snap = 0  # snapshots taken since, one per period: at snap_at + j * per
     per = 0
     rs = np.int64(0)
-    arr0 = arr
-    q0 = q.copy()
-    cq0 = cq.copy()
-    ready0 = ready.copy() if closed else ready[:0].copy()
-    win_hist0 = win_hist.copy() if closed else win_hist[:0].copy()
-    win_cnt0 = win_cnt.copy() if closed else win_cnt[:0].copy()
-    open_row0 = open_row.copy()
-    scal0 = scal.copy()
-    counts0 = counts.copy()
-    stats0 = stats.copy()
+    # the last N_SNAP snapshots, snapshot j in slot j % N_SNAP: the controller may repeat only
+    # after several item periods (a write queue draining between its watermarks)
+    ns = N_SNAP if closed else 0
+    arr0 = np.zeros(N_SNAP, np.int64)
+    q0 = np.zeros((ns, q.shape[0], QF), np.int64)
+    cq0 = np.zeros((ns, N_CQ), np.int64)
+    ready0 = np.zeros((ns, ready.shape[0], ready.shape[1]), np.int64)
+    win_hist0 = np.zeros((ns, win_hist.shape[0], win_hist.shape[1], win_hist.shape[2]), np.int64)
+    win_cnt0 = np.zeros((ns, win_cnt.shape[0], win_cnt.shape[1]), np.int64)
+    open_row0 = np.zeros((ns, open_row.shape[0]), np.int64)
+    scal0 = np.zeros((ns, scal.shape[0]), np.int64)
+    counts0 = np.zeros((ns, counts.shape[0]), np.int64)
+    stats0 = np.zeros((ns, stats.shape[0]), np.int64)
     p = pos
     epoch_ref = stats[ST_REFRESHES]
     while p < end:
@@ -452,46 +477,68 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
             searches = 0
             epoch_ref = stats[ST_REFRESHES]
         if closed and tries < MAX_PERIOD_TRIES:
-            if snap_at >= 0 and p == snap_at + per:
-                steady = (not_before <= scal0[S_LAST]
-                          and stats[ST_REFRESHES] == stats0[ST_REFRESHES]
-                          and _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt,
-                                             open_row, scal, rs, q0, cq0, arr0, ready0,
-                                             win_hist0, win_cnt0, open_row0, scal0))
-                snap_at = -1
-                if steady:
+            if snap_at >= 0 and p == snap_at + n_snap * per:
+                j = n_snap
+                # the items of the last period repeat the one before (else the chain ends)
+                same = True
+                for x in range(p - per, p):
+                    if _row_shift(stream, x - per, x) != rs:
+                        same = False
+                        break
+                hit = -1
+                if same:
+                    for i in range(j - 1, max(0, j - N_SNAP) - 1, -1):
+                        o = i % N_SNAP
+                        if (not_before <= scal0[o, S_LAST]
+                                and stats[ST_REFRESHES] == stats0[o, ST_REFRESHES]
+                                and _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt,
+                                                   open_row, scal, rs * (j - i), q0[o], cq0[o],
+                                                   arr0[o], ready0[o], win_hist0[o], win_cnt0[o],
+                                                   open_row0[o], scal0[o])):
+                            hit = i
+                            break
+                if hit >= 0:
+                    o = hit % N_SNAP
+                    per_t = (j - hit) * per
+                    rs_t = (j - hit) * rs
                     e = p
-                    while e < end and _row_shift(stream, e - per, e) == rs:
+                    while e < end and _row_shift(stream, e - per_t, e) == rs_t:
                         e += 1
-                    k = (e - p) // per
+                    k = (e - p) // per_t
                     if geom[G_REFRESH] == 1:
-                        period = scal[S_LAST] - scal0[S_LAST]
+                        period = scal[S_LAST] - scal0[o, S_LAST]
                         k = min(k, max(0, (scal[S_NEXT_REF] - 1 - scal[S_LAST]) // period))
+                    snap_at = -1
                     if k > 0:
                         arr += _queued_skip(k, q, cq, ready, win_tab, win_hist, win_cnt,
-                                            open_row, scal, counts, stats, rs, win_cnt0, scal0,
-                                            counts0, stats0)
-                        p += k * per
+                                            open_row, scal, counts, stats, rs_t, win_cnt0[o],
+                                            scal0[o], counts0[o], stats0[o])
+                        p += k * per_t
                         # the next stretch (other items, or after the refresh): look again
                         tries = 0
                         searches = 0
                         epoch_ref = stats[ST_REFRESHES]
                         continue
-                tries += 1
+                    tries += 1
+                elif same:
+                    tries += 1
+                    if tries < MAX_PERIOD_TRIES:
+                        _snapshot(j % N_SNAP, q, cq, arr, ready, win_hist, win_cnt, open_row,
+                                  scal, counts, stats, q0, cq0, arr0, ready0, win_hist0,
+                                  win_cnt0, open_row0, scal0, counts0, stats0)
+                        n_snap += 1
+                else:
+                    tries += 1
+                    snap_at = -1
             if snap_at < 0 and tries < MAX_PERIOD_TRIES:
                 per, rs = queued_period(stream, p, end)
                 if per > 0:
                     snap_at = p
-                    arr0 = arr
-                    q0[:] = q
-                    cq0[:] = cq
-                    ready0[:] = ready
-                    win_hist0[:] = win_hist
-                    win_cnt0[:] = win_cnt
-                    open_row0[:] = open_row
-                    scal0[:] = scal
-                    counts0[:] = counts
-                    stats0[:] = stats
+                    n_snap = 1
+                    searches = 0
+                    _snapshot(0, q, cq, arr, ready, win_hist, win_cnt, open_row, scal, counts,
+                              stats, q0, cq0, arr0, ready0, win_hist0, win_cnt0, open_row0,
+                              scal0, counts0, stats0)
                 else:
                     searches += 1
                     if searches >= MAX_PERIOD_SEARCHES:
