@@ -274,6 +274,9 @@ def check_fits(g: GPUSpec, cfg: Any, tp: int = 1) -> None:
         n = min_gpus(g, cfg)
         fix = (f"use tp={n} or more {g.name} GPUs" if n and g.nvlink_bw > 0
                else "use a larger GPU or more GPUs (tensor parallelism over NVLink)")
+        least = min_gpus(g, cfg, range(1, n + 1)) if n and g.nvlink_bw > 0 else None
+        if least is not None and least < n:
+            fix += f" (a power of two; the fewest that hold it: {least})"
         raise ValueError(
             f"{getattr(cfg, 'name', 'the model')} does not fit {tp} {g.name} "
             f"({g.mem_bytes / 1e9:.0f} GB each): it needs {need / 1e9:.1f} GB per GPU (fp16 "
