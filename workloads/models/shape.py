@@ -6,8 +6,8 @@ grouped-query attention (``n_kv_head``), the MLP (plain or SwiGLU ``gated_mlp``)
 ``rope_theta``), which projections carry biases, and whether the LM head is the token
 embedding; mixtures of experts (routed experts, a shared expert, leading dense layers) and
 multi-head latent attention (DeepSeek-V2 / V3: low-rank query and KV latents, the KV cache
-the latent itself). From it come exact parameter counts, the bytes one decode step streams, the KV-cache
-bytes per token and the FLOPs of a decode step.
+the latent itself). From it come exact parameter counts, the bytes one decode step streams,
+the KV-cache bytes per token and the FLOPs of a decode step.
 
 The defaults are the GPT-2 layout (learned positions, LayerNorm, biases on every projection, a
 plain GELU MLP of ``4 * d_model``, tied LM head): the GPT presets (:mod:`workloads.models.presets`)
