@@ -11,7 +11,9 @@ report's ``routing``), ``--tokens`` generated tokens. A batched step runs each c
 for the sequences routed to it only (:mod:`pimsim.batch`). ``--devices`` devices, doubled up to
 ``--max-devices`` while the batch's KV caches do not fit (the row names the devices). Printed:
 ms per step, tokens/s, the weight bytes the system reads per step; the analytic GPU model
-(``workloads.gpu.model.predict_step``, H100, the fewest GPUs the fp16 weights fit) at the same
+(``workloads.gpu.model.predict_step``, H100, the fewest GPUs of
+``workloads.gpu.model.TP_CHOICES`` (powers of two) that hold the fp16 weights and a full-context
+cache: DeepSeek-V3 32, where 20 would hold it but do not divide its 128 heads) at the same
 batch and position, which counts the expected union of the batch's experts under uniform
 routing, with its preset parameters and fitted to the shipped measured H100 MoE baseline
 (``workloads/gpu/data/gpu_measured_h100_moe.json``, Qwen3-30B-A3B's shape; its held-out error:
@@ -23,11 +25,12 @@ prints its figures.
 
 A model of :data:`SYSTEMS` runs on its own system instead (DeepSeek-V3: the fewest aim-gddr6
 devices found that hold it, tp 2 x pp 59, its KV caches reserved for 4,096 tokens; the first
-compile takes 30 min, then the compile cache serves it): a batched step on the pipeline is a
-micro-batch of B sequences through the stages (:mod:`pimsim.pipeline`; the pp micro-batches
-in flight hold pp x B sequences' caches); where B's caches do not fit, the largest batch that
-fits runs instead, said so. Its ms/step is a micro-batch's, stage 0 to the last; tokens/s B
-over that (the system's throughput, pp micro-batches in flight, in a comment before the row).
+compile takes 30 min, then the compile cache serves it): batch B is B sequences in flight
+(vLLM's meaning), split into the pp micro-batches as evenly as possible, each micro-batch a
+job of its own size through the stages (:mod:`pimsim.pipeline`, ``in_flight``); where their
+caches do not fit, the most sequences that fit run instead, said so. Its ms/step is a round
+(every sequence one token: each sequence's time per token), tokens/s B over it (micro-batch
+0's latency, stage 0 to the last, in a comment before the row).
 
     python benchmarks/bench_moe.py --ep --batches 1,32      # TP split against EP
     python benchmarks/bench_moe.py --ep --routing skewed --skew 1.2
@@ -46,7 +49,7 @@ import argparse
 import os
 import time
 
-from workloads.gpu.model import predict_step
+from workloads.gpu.model import min_gpus, predict_step
 
 # models run on a system of their own: devices, tp, pp and the KV-cache context compiled for
 # (README: the fewest aim-gddr6 devices found for DeepSeek-V3 at a 4,096-token context)
@@ -83,16 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         for b in (int(x) for x in args.batches.split(",")):
             t0 = time.perf_counter()
             pim = pim_row(name, b, args, placement)
-            gpu, tp = None, 1
-            no_model = False
-            while gpu is None and tp <= 8 and not no_model:
-                try:
-                    gpu = predict_step(args.gpu, name, [args.context - 1] * b, tp=tp)
-                except ValueError as e:
-                    no_model = "no GPU model" in str(e)
-                    tp *= 2
-            g = f"{tp} | {gpu['ms']:.3f} | {gpu['tokens_per_s']:,.0f}" if gpu else \
-                ("no GPU model | - | -" if no_model else "- | - | -")
+            gpu, tp = None, min_gpus(args.gpu, name)  # the fewest of TP_CHOICES that hold it
+            if tp is not None:
+                gpu = predict_step(args.gpu, name, [args.context - 1] * b, tp=tp)
+                least = min_gpus(args.gpu, name, range(1, tp + 1))
+                if least != tp:
+                    print(f"<!-- {name}: {tp} {args.gpu} GPUs in tensor parallelism (the fewest "
+                          f"power of two that holds its fp16 weights and a full cache; at "
+                          f"least {least} hold them) -->", flush=True)
+            g = f"{tp} | {gpu['ms']:.3f} | {gpu['tokens_per_s']:,.0f}" if gpu else "- | - | -"
             f = "- | -"
             if gpu is not None and fitted is not None:
                 fp = predict_step(fitted, name, [args.context - 1] * b, tp=tp)
@@ -139,8 +141,9 @@ def pim_row(name: str, b: int, args, placement: dict) -> str:
 
 
 def system_row(name: str, b: int, args) -> str:
-    """The PIM columns of a model of :data:`SYSTEMS` on its own system (a pipeline: a
-    micro-batch of ``b`` sequences per job), the largest batch that fits where ``b`` does not."""
+    """The PIM columns of a model of :data:`SYSTEMS` on its own system (a pipeline: ``b``
+    sequences in flight, split into its micro-batches), the most sequences that fit where
+    ``b`` do not."""
     from pimsim.batch import max_batch
     from workloads.compiling import system_programs
     from workloads.session import compile_model, hw_config, simulate
@@ -148,18 +151,21 @@ def system_row(name: str, b: int, args) -> str:
     sy = SYSTEMS[name]
     cfg = hw_config("aim-gddr6", devices=sy["devices"], tp=sy["tp"], pp=sy["pp"])
     c = compile_model(name, cfg, context=sy["context"])
-    fits = min(max_batch(p) for p in system_programs(c, cfg))
+    fits = sy["pp"] * min(max_batch(p) for p in system_programs(c, cfg))
     run_b = min(b, fits)
     rep = simulate(c, cfg, tokens=args.tokens, prompt=args.context, skip_prompt=True,
-                   batch=run_b if b > 1 else None).report
-    step_ms = rep.extra.get("batch", {}).get("ms_per_step", rep.ms_per_token)
-    print(f"<!-- {name} batch {run_b}: {rep.throughput_tokens_per_s:,.0f} tokens/s of the "
-          f"system ({rep.system['sequences']} sequences in flight), {rep.wall_s:.0f} s -->",
-          flush=True)
+                   batch=run_b, in_flight=True).report
+    x = rep.extra["batch"]
+    sizes = x["micro_batch_sizes"]
+    print(f"<!-- {name} {run_b} in flight (micro-batches {max(sizes)} x "
+          f"{sizes.count(max(sizes))} + {min(sizes)} x {len(sizes) - sizes.count(max(sizes))}"
+          f"): micro-batch 0 {x['ms_per_step']:.3f} ms stage 0 to the last, a round "
+          f"{x['round_ms']:.3f} ms, {rep.throughput_tokens_per_s:,.0f} tokens/s of the system, "
+          f"{rep.wall_s:.0f} s -->", flush=True)
     where = f"{sy['devices']} devices, tp {sy['tp']} x pp {sy['pp']}"
     if run_b < b:
-        where += f" (batch {run_b}: the largest whose KV caches fit)"
-    return (f"{where} | {step_ms:.3f} | {1000 * run_b / step_ms:,.0f} | "
+        where += f" ({run_b} in flight: the most whose KV caches fit)"
+    return (f"{where} | {x['round_ms']:.3f} | {rep.throughput_tokens_per_s:,.0f} | "
             f"{rep.weight_bytes_per_step / 1e9:.2f}")
 
 

@@ -19,6 +19,15 @@ vectors, and ``B`` sampled tokens come back. Latency (``ms_per_token``) is micro
 step, stage 0 to the last; throughput counts the ``pp x B`` sequences. Batch 1 is the
 unbatched pipeline.
 
+Sequences in flight (``run_system(..., in_flight=True)``, vLLM's meaning of a batch,
+``--max-num-seqs``): the ``N`` sequences of ``batch_prompts`` are all the sequences in flight,
+split into ``pp`` micro-batches as evenly as possible (:func:`micro_batches`: sizes differing
+by at most 1, the larger first; fewer sequences than stages, one micro-batch of 1 each), each
+micro-batch a job of its own size (its batched step, its sends and its sampled tokens). ``N``
+a multiple of ``pp`` is the run of micro-batches of ``N / pp`` above. A round (every
+micro-batch one token, ``N`` tokens) is ``extra["batch"]["round_ms"]``; the system's
+throughput ``N`` over it.
+
 Reported: per-token latency of one sequence (``ms_per_token``), the whole system's throughput
 (``throughput_tokens_per_s``: tokens of all sequences per second), each stage's utilisation
 (busy time over the run) and the bubble (one minus their mean), energy of all devices plus the
@@ -61,6 +70,17 @@ def token_return_cyc(cfg: HwConfig, tokens: int = 1) -> int:
     return CommCost(c.ns + cfg.system.host_sample_ns, c.wire_bits).cycles(cfg.tCK_ps)
 
 
+def micro_batches(sequences: int, pp: int) -> list[int]:
+    """``sequences`` in flight on ``pp`` stages as micro-batches, as evenly as possible: sizes
+    differing by at most 1, the larger first (64 over 59: 5 of 2, then 54 of 1); fewer
+    sequences than stages: one micro-batch of 1 each."""
+    if sequences < 1 or pp < 1:
+        raise UserError(f"{sequences} sequences in flight on {pp} pipeline stages",
+                        "give at least one sequence and one stage")
+    q, r = divmod(sequences, pp)
+    return [q + 1] * r + [q] * (pp - r) if q else [1] * sequences
+
+
 def check_system(programs: Sequence[Program], cfg: HwConfig) -> None:
     """A UserError when ``programs`` were compiled for another tensor / pipeline parallelism
     than ``cfg``'s ``[system]`` (tp from the programs, pp their number)."""
@@ -87,7 +107,8 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
                progress: Callable[[int], None] | None = None,
                skip_prompt: bool = False,
                batch_prompts: Sequence[Sequence[int]] | None = None,
-               prefill: str = "token-by-token", batch_reuse=None, routing=None) -> RunReport:
+               prefill: str = "token-by-token", batch_reuse=None, routing=None,
+               in_flight: bool = False) -> RunReport:
     """Simulate a prompt and ``n_tokens`` greedy tokens on the system the programs describe
     (one program per pipeline stage), which must be ``cfg``'s ``[system]``
     (:func:`check_system`).
@@ -99,7 +120,9 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
     ``batch_prompts``: batched decode (:mod:`pimsim.batch`) of one sequence per prompt
     (``prompt`` is then unused, ``functional`` one executor per sequence); on a pipeline
     (timing only, prompts of one length) each of the ``pp`` jobs in flight is a micro-batch
-    of these sequences (the module's docstring). ``batch_reuse``: a
+    of these sequences (the module's docstring); with ``in_flight``, these are all the
+    sequences in flight, split into ``pp`` micro-batches (:func:`micro_batches`; one stage:
+    the batch itself, so the same run). ``batch_reuse``: a
     :class:`pimsim.batch.BatchedSteps` of the program for the batched run (``run_batched``'s
     ``reuse``; one stage). ``routing``: a :class:`pimsim.moe.Routing` for a mixture-of-experts
     program (one stage: :func:`~pimsim.generate.run_generation`'s; on a
@@ -124,10 +147,11 @@ def run_system(programs: Sequence[Program], cfg: HwConfig, *, prompt: Sequence[i
         if len(lens) != 1:
             raise UserError(f"prompts of lengths {sorted(lens)} in one batch on a pipeline",
                             "give the sequences prompts of one length")
+        n = len(batch_prompts)
         return _run_pipeline(programs, cfg, prompt=batch_prompts[0], n_tokens=n_tokens,
                              schedule=schedule, fast=fast, functional=None, progress=progress,
                              skip_prompt=skip_prompt, routing=routing,
-                             batch=len(batch_prompts))
+                             sizes=micro_batches(n, pp) if in_flight else [n] * pp)
     if batch_prompts is not None:
         from pimsim.batch import run_batched
 
@@ -182,11 +206,17 @@ def _scale_energy(e: dict, k: int) -> None:
 
 
 def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional, progress,
-                  skip_prompt, routing=None, batch: int | None = None) -> RunReport:
-    """The pipeline's run; ``batch``: each job a micro-batch of that many sequences at the
-    same positions (None: one sequence, the unbatched pipeline)."""
+                  skip_prompt, routing=None, sizes: Sequence[int] | None = None) -> RunReport:
+    """The pipeline's run; ``sizes``: the micro-batches in flight, job ``j`` a batched step of
+    ``sizes[j]`` sequences at the same positions, the largest first (None: ``pp`` jobs of one
+    sequence, the unbatched pipeline)."""
     tp, pp = programs[0].tp, len(programs)
-    B = batch or 1
+    sizes = None if sizes is None else [int(b) for b in sizes]
+    if sizes is not None and (not 1 <= len(sizes) <= pp or min(sizes) < 1
+                              or sizes[0] != max(sizes)):
+        raise ValueError(f"micro-batches {sizes}: 1..{pp} sizes >= 1, the largest first")
+    n_jobs = pp if sizes is None else len(sizes)
+    B = 1 if sizes is None else sizes[0]  # micro-batch 0: its latency is the report's
     n_ctx = programs[0].dims["n_ctx"]
     if len(prompt) < 1 or n_tokens < 1:
         raise UserError("nothing to generate", "give at least one prompt token and one token")
@@ -195,19 +225,43 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
                         f"context of {n_ctx}", "generate fewer tokens or shorten the prompt")
     t_wall = time.perf_counter()
     bprogs = None
-    if batch is not None:
+    if sizes is not None:
         from pimsim.batch import MAC_BOUND_FORMULA, BatchedProgram, mac_bound_cyc, max_batch
+        from pimsim.decode import StepTable, StreamBuilder
 
-        bprogs = [BatchedProgram(p, B) for p in programs]  # refuses KV caches that do not fit
-    sims = [DecodeSimulator(p, cfg, schedule=schedule, fast=fast) for p in bprogs or programs]
+        # per stage, the batched program of each micro-batch size (the largest first: it
+        # refuses KV caches that do not fit)
+        bprogs = [{b: BatchedProgram(p, b) for b in sorted(set(sizes), reverse=True)}
+                  for p in programs]
+    sims = [DecodeSimulator(p, cfg, schedule=schedule, fast=fast)
+            for p in ([bp[B] for bp in bprogs] if bprogs else programs)]
+    # per stage, the step table and stream builder of each size, swapped in for its jobs (the
+    # device state carries on from job to job whatever the size)
+    run_as = [{B: (s.prog, s.steps, s.streams)} for s in sims]
+
+    def use_size(s: int, b: int) -> None:
+        sim = sims[s]
+        if bprogs is None or sim.prog is bprogs[s][b]:
+            return
+        if b not in run_as[s]:
+            bp = bprogs[s][b]
+            run_as[s][b] = (bp, StepTable(bp, cfg), StreamBuilder(bp, compact=sim.fast))
+        sim.prog, sim.steps, sim.streams = run_as[s][b]
+
     accts = [TimeAccount(s) for s in sims]
-    sends = [stage_send(cfg, p, B) for p in programs[:-1]]
-    send = [c.cycles(cfg.tCK_ps) for c in sends]
-    back = token_return_cyc(cfg, B)
+    job_sizes = sizes or [1] * pp
+    by_size = {}  # micro-batch size -> (its sends' costs, cycles per send, token return cycles)
+    for b in set(job_sizes):
+        sends_b = [stage_send(cfg, p, b if sizes is not None else 1) for p in programs[:-1]]
+        by_size[b] = (sends_b, [c.cycles(cfg.tCK_ps) for c in sends_b],
+                      token_return_cyc(cfg, b if sizes is not None else 1))
+    sends, send, back = by_size[B]
     with_energy = cfg.energy is not None
     meters = [TokenEnergy(s) for s in sims] if with_energy else []
     e_sum = EnergyReport(table=cfg.energy.table) if with_energy else None
-    send_pj = sum(c.wire_bits for c in sends) * tp * cfg.system.interconnect.pj_per_bit
+    ic_pj = cfg.system.interconnect.pj_per_bit
+    send_pj_of = {b: sum(c.wire_bits for c in v[0]) * tp * ic_pj for b, v in by_size.items()}
+    send_pj = send_pj_of[B]
     n_total = max(len(prompt) + n_tokens - 1, len(prompt))
     first = len(prompt) - 1 if skip_prompt else 0
     tok = int(prompt[0])
@@ -225,12 +279,14 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     chosen: dict[int, dict] = {}  # pos -> MoE layer -> the experts of each token
     loads = [ExpertLoad(p) for p in programs] if moe else []
     w_bytes: dict[int, int] = {}
-    routed: dict[int, tuple] = {}  # stage -> (pos, its steps' mask, the routed vectors)
+    # (stage, micro-batch size) -> (pos, its steps' mask, the routed vectors)
+    routed: dict[tuple[int, int], tuple] = {}
     bound_cyc: dict[int, float] = {}  # pos -> the stages' MAC-rate bounds, summed (batched)
-    at = (lambda pos: (pos,) * B) if bprogs else (lambda pos: pos)
 
     def job(s: int, pos: int, j: int, start: int) -> int:
         sim = sims[s]
+        b = job_sizes[j]
+        use_size(s, b)
         active = None
         if moe:  # the stages' timing runs before the functional step: a trace or seeded choice
             if pos not in choices:
@@ -238,19 +294,21 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
                 chosen[pos] = routing.last
             if bprogs is None:
                 active = active_steps(programs[s], choices[pos])
-            else:  # each expert for the micro-batch's sequences routed to it
-                if routed.get(s, (None,))[0] != pos:
-                    routed[s] = (pos, *routed_steps(bprogs[s], chosen[pos]))
-                active = routed[s][1]
-                bprogs[s].route(routed[s][2])
+            else:  # each expert for the micro-batch's sequences routed to it (a smaller
+                # micro-batch: the first of the largest one's sequences)
+                if routed.get((s, b), (None,))[0] != pos:
+                    mine = {m: t[:b] for m, t in chosen[pos].items()}
+                    routed[(s, b)] = (pos, *routed_steps(bprogs[s][b], mine))
+                active = routed[(s, b)][1]
+                bprogs[s][b].route(routed[(s, b)][2])
         if j == 0 and pos >= len(prompt) - 1:
             if moe:
                 one = float(loads[s].device_bytes(chosen[pos], loads[s].placement).mean())
             else:
-                one = weight_bytes(bprogs[s] if bprogs else programs[s], active)
+                one = weight_bytes(bprogs[s][B] if bprogs else programs[s], active)
             w_bytes[pos] = w_bytes.get(pos, 0) + one * tp
             if bprogs is not None:
-                bound_cyc[pos] = bound_cyc.get(pos, 0.0) + mac_bound_cyc(bprogs[s], cfg)
+                bound_cyc[pos] = bound_cyc.get(pos, 0.0) + mac_bound_cyc(bprogs[s][B], cfg)
         start = max(start, sim.now)
         gap = start - sim.now
         sim.now = start
@@ -259,7 +317,7 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
             meters[s].begin()
         if with_energy:
             meters[s].active = active
-        tt = sim.run_token(at(pos), active)
+        tt = sim.run_token((pos,) * b if bprogs else pos, active)
         if with_energy:
             er = meters[s].end(tt, gap)
             if j == 0:
@@ -276,10 +334,10 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         nonlocal tok
         if pos >= len(prompt) - 1 and with_energy:
             per_token_j.append((tok_j[0] + send_pj * 1e-12) / B)  # a micro-batch's, per token
-            for _ in range(pp):
-                e_sum.total_j += send_pj * 1e-12
+            for b in job_sizes:
+                e_sum.total_j += send_pj_of[b] * 1e-12
                 e_sum.by_component["interconnect"] = \
-                    e_sum.by_component.get("interconnect", 0.0) + send_pj * 1e-12
+                    e_sum.by_component.get("interconnect", 0.0) + send_pj_of[b] * 1e-12
         tok_j[0] = 0.0
         nxt = int(np.argmax(functional.step(tok, pos))) if functional is not None else 0
         if pos + 1 < len(prompt):
@@ -291,13 +349,16 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
             progress(pos)
 
     clock = pipeline_schedule(pp, range(first, n_total), send, back, job, token_done,
-                              first_gen=len(prompt) - 1)
+                              first_gen=len(prompt) - 1, jobs=n_jobs,
+                              job_send=[by_size[b][1] for b in job_sizes],
+                              job_back=[by_size[b][2] for b in job_sizes])
     latency, busy, end_all, gen_t0 = clock.latency, clock.busy, clock.end, clock.gen_start
     ns = cfg.timing.ns
     n_gen = len(latency)
     per_token_ms = [ns(c) / 1e6 for c in latency]
     ms_tok = float(np.mean(per_token_ms)) if per_token_ms else 0.0
-    n_seq_tokens = n_gen * pp * B
+    n_seq = sum(job_sizes)  # the sequences in flight
+    n_seq_tokens = n_gen * n_seq
     gen_span_ms = ns(max(end_all - (gen_t0 or 0), 1)) / 1e6
     util = [b / max(end_all, 1) for b in busy]
     # the rest of sequence 0's latency: its jobs waiting for stages busy with other sequences
@@ -319,14 +380,17 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         energy["avg_power_w"] = energy["j_per_token"] * thr
     extra = {}
     if bprogs is not None:
-        for b in bprogs:
-            b.route(None)
+        for bp in bprogs:
+            for b in bp.values():
+                b.route(None)
         bound_ms = ns(float(np.mean(list(bound_cyc.values()))) if bound_cyc else 0.0) / 1e6
         extra["batch"] = {
-            "batch": B, "micro_batches": pp, "ms_per_step": ms_tok,
+            "batch": B, "micro_batches": n_jobs, "micro_batch_sizes": job_sizes,
+            "in_flight": n_seq, "ms_per_step": ms_tok,
             "tokens_per_s": 1000.0 * B / ms_tok if ms_tok else 0.0,
+            "round_ms": gen_span_ms / n_gen if n_gen else 0.0,
             "mac_bound_ms_per_step": bound_ms, "mac_bound": MAC_BOUND_FORMULA + ", summed "
-            "over the stages", "weight_macs_per_sequence": sum(b.weight_macs() for b in bprogs),
+            "over the stages", "weight_macs_per_sequence": sum(bp[B].weight_macs() for bp in bprogs),
             "max_batch": min(max_batch(p) for p in programs),
             "positions_last_step": [n_total - 1] * B}
     return RunReport(
@@ -345,7 +409,7 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         else ns(clock.first_token_end) / 1e6,
         tpot_ms=tpot_ms(per_token_ms),
         system={"devices": cfg.system.devices, "tp": tp, "pp": pp, "ep": programs[0].ep,
-                "sequences": pp * B,
+                "sequences": n_seq,
                 "stages_per_device": cfg.system.stages_per_device,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
                 "stage_send_cyc": send, "token_return_cyc": back},
@@ -375,8 +439,12 @@ class Schedule:
 def pipeline_schedule(pp: int, positions, send: Sequence[int], back: int,
                       job: Callable[[int, int, int, int], int],
                       token_done: Callable[[int], None] | None = None, *,
-                      first_gen: int = 0) -> Schedule:
-    """The jobs of ``pp`` sequences through ``pp`` stages, position by position.
+                      first_gen: int = 0, jobs: int | None = None,
+                      job_send: Sequence[Sequence[int]] | None = None,
+                      job_back: Sequence[int] | None = None) -> Schedule:
+    """The jobs of ``pp`` sequences through ``pp`` stages, position by position (``jobs``:
+    that many instead, at most ``pp``; ``job_send`` / ``job_back``: each job's own ``send``
+    and ``back``, a micro-batch's sends of its own size).
 
     Stage ``s`` takes the jobs (position, sequence) in order; job (pos, j) at stage ``s``
     starts when the stage has finished its previous job and the activations have arrived
@@ -387,12 +455,17 @@ def pipeline_schedule(pp: int, positions, send: Sequence[int], back: int,
     stages of ``d`` cycles the period of a round is ``max(pp * d, pp * d + sum(send) +
     back)``: throughput ``pp / period`` tokens per cycle."""
     sch = Schedule(pp)
+    n_jobs = pp if jobs is None else jobs
     free = [0] * pp
-    ready = [0] * pp  # when each sequence's next token is at stage 0
+    ready = [0] * n_jobs  # when each sequence's next token is at stage 0
     started = False
     for pos in positions:
         gen = pos >= first_gen
-        for j in range(pp):
+        for j in range(n_jobs):
+            if job_send is not None:
+                send = job_send[j]
+            if job_back is not None:
+                back = job_back[j]
             t = t0 = ready[j]
             if gen and not started:
                 sch.gen_start, started = t, True

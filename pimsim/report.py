@@ -254,8 +254,15 @@ class RunReport:
                          + f"); table: {e['table']}")
         if multi:
             n_seq = sy.get("sequences", sy["pp"])
-            flight = f"{n_seq} sequences in flight" if sy["pp"] > 1 else "1 sequence"
-            if sy["pp"] > 1 and n_seq > sy["pp"]:
+            flight = f"{n_seq} sequence{'s' * (n_seq != 1)} in flight" if sy["pp"] > 1 \
+                else "1 sequence"
+            sizes = (b or {}).get("micro_batch_sizes")
+            if sy["pp"] > 1 and sizes and len(set(sizes)) > 1:
+                flight += ": micro-batches of " + " and ".join(
+                    f"{sizes.count(k)} of {k}" for k in sorted(set(sizes), reverse=True))
+                if b.get("round_ms"):
+                    flight += f", a round of {n_seq} tokens {b['round_ms']:.4f} ms"
+            elif sy["pp"] > 1 and n_seq > sy["pp"]:
                 flight += f": {sy['pp']} micro-batches of {n_seq // sy['pp']}"
             ep = f", ep {sy['ep']}" if sy.get("ep", 1) > 1 else ""
             lines.append(f"  system ({sy['devices']} devices: tp {sy['tp']} x pp {sy['pp']}{ep}): "

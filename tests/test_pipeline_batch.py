@@ -2,7 +2,10 @@
 sequences (tiny random models on 2 and 4 devices). A micro-batch's step is the stages' batched
 steps, each simulated on its own, plus the sends of B vectors; batch 1 is the unbatched
 pipeline to the cycle and joule; a stage's KV block holds its micro-batches' caches; a
-mixture-of-experts pipeline routes each micro-batch's experts; the command line runs it."""
+mixture-of-experts pipeline routes each micro-batch's experts; the command line runs it.
+N sequences in flight (``in_flight``) split into pp micro-batches differing by at most one:
+N a multiple of pp is the run of micro-batches of N / pp to the cycle; otherwise a round takes
+every stage through every micro-batch and yields N tokens."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from hf_tiny import tiny_model, tiny_moe_model  # noqa: E402
 from pimsim.batch import BatchCapacityError, kv_block, max_batch, rows_in_use, step_cost  # noqa: E402
 from pimsim.errors import UserError  # noqa: E402
 from pimsim.moe import Routing  # noqa: E402
-from pimsim.pipeline import run_system  # noqa: E402
+from pimsim.pipeline import micro_batches, run_system  # noqa: E402
 from pimsim.system import collective  # noqa: E402
 from workloads.models.hf_decode import decode_step_module  # noqa: E402
 
@@ -140,3 +143,102 @@ def test_run_batch_on_a_pipeline_from_the_command_line():
     rep = json.loads(out.stdout)
     assert rep["batch"] == 2 and rep["micro_batches"] == 2
     assert rep["tokens_per_s"] == pytest.approx(2 * 1000 / rep["ms_per_step"])
+
+
+def test_sequences_in_flight_split_into_micro_batches_as_evenly_as_possible():
+    assert micro_batches(64, 59) == [2] * 5 + [1] * 54
+    assert micro_batches(118, 59) == [2] * 59
+    assert micro_batches(7, 3) == [3, 2, 2]
+    assert micro_batches(2, 4) == [1, 1]  # fewer sequences than stages: one job each
+    for n in range(1, 40):
+        for pp in (1, 2, 5, 8):
+            sizes = micro_batches(n, pp)
+            assert sum(sizes) == n and len(sizes) == min(n, pp)
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    with pytest.raises(UserError, match="0 sequences in flight"):
+        micro_batches(0, 2)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_in_flight_a_multiple_of_pp_is_the_micro_batch_run(dense, tp):
+    progs, cfg = _system(dense, tp=tp, pp=2)
+    kw = dict(prompt=PROMPT, n_tokens=3, skip_prompt=True)
+    per_mb = run_system(progs, cfg, **kw, batch_prompts=_prompts(B))
+    flight = run_system(progs, cfg, **kw, batch_prompts=_prompts(2 * B), in_flight=True)
+    assert flight.cycles == per_mb.cycles
+    assert flight.per_token_ms == per_mb.per_token_ms
+    assert flight.throughput_tokens_per_s == per_mb.throughput_tokens_per_s
+    assert flight.commands == per_mb.commands
+    assert flight.energy["per_token_j"] == per_mb.energy["per_token_j"]
+    assert flight.energy["by_component"] == per_mb.energy["by_component"]
+    assert flight.system == per_mb.system
+    assert {k: v for k, v in flight.extra["batch"].items()} == per_mb.extra["batch"]
+    assert flight.extra["batch"]["micro_batch_sizes"] == [B, B]
+    assert flight.extra["batch"]["in_flight"] == 2 * B
+
+
+def test_unequal_micro_batches_share_each_stage_round_by_round(dense):
+    progs, cfg = _system(dense, refresh=False, pp=2)
+    n, kw = 2 * B + 1, dict(prompt=PROMPT, n_tokens=3, skip_prompt=True)
+    rep = run_system(progs, cfg, **kw, batch_prompts=_prompts(n), in_flight=True)
+    x = rep.extra["batch"]
+    assert x["micro_batch_sizes"] == [B + 1, B] and x["in_flight"] == n
+    assert x["batch"] == B + 1 and rep.system["sequences"] == n
+    # a round: every micro-batch one token, n tokens of the system
+    assert rep.throughput_tokens_per_s == pytest.approx(n * 1000 / x["round_ms"], rel=1e-12)
+    # each stage runs both micro-batches every round: a round is at least the largest
+    # micro-batch's step at the busiest stage (from a fresh device), and at least both
+    # micro-batches' steps there (rows left open by the previous job may save a few cycles)
+    pos = len(PROMPT) - 1
+    big = [step_cost(p, cfg, [pos] * (B + 1), range(B + 1))[0] for p in progs]
+    small = [step_cost(p, cfg, [pos] * B, range(B))[0] for p in progs]
+    ns = cfg.timing.ns
+    assert x["round_ms"] >= ns(max(big)) / 1e6
+    assert x["round_ms"] >= 0.99 * ns(max(b + s for b, s in zip(big, small))) / 1e6
+    # micro-batch 0 (the larger) has the latency: its stages' steps plus the send
+    send_cyc = collective(cfg.system.interconnect, "send", 2,
+                          (B + 1) * progs[0].send_elems * progs[0].geo.elem_bytes
+                          ).cycles(cfg.tCK_ps)
+    assert x["ms_per_step"] >= ns(sum(big) + send_cyc) / 1e6 * 0.99
+    # the round lies between those of micro-batches of B and of B + 1 (not its tokens/s: the
+    # larger micro-batch's loop through the stages sets the round, so n sequences in flight
+    # yield fewer tokens/s than 2 x B here)
+    lo = run_system(progs, cfg, **kw, batch_prompts=_prompts(B)).extra["batch"]["round_ms"]
+    hi = run_system(progs, cfg, **kw, batch_prompts=_prompts(B + 1)).extra["batch"]["round_ms"]
+    assert lo < x["round_ms"] < hi
+    # fewer sequences than stages: one job, the pipeline otherwise idle
+    one = run_system(progs, cfg, **kw, batch_prompts=_prompts(1), in_flight=True)
+    assert one.extra["batch"]["micro_batch_sizes"] == [1] and one.system["sequences"] == 1
+    two = run_system(progs, cfg, **kw, batch_prompts=_prompts(1))  # 2 in flight
+    assert one.throughput_tokens_per_s < two.throughput_tokens_per_s
+    assert one.throughput_tokens_per_s == pytest.approx(
+        1000 / one.extra["batch"]["round_ms"], rel=1e-12)
+
+
+def test_a_moe_pipeline_routes_unequal_micro_batches():
+    from compiler.pipeline import prepare
+
+    prep = prepare(decode_step_module(tiny_moe_model("mixtral")), name="mixtral")
+    progs, cfg = _system(prep, pp=2)
+    kw = dict(prompt=PROMPT, n_tokens=2, skip_prompt=True)
+    r = Routing.seeded(5)
+    rep = run_system(progs, cfg, **kw, routing=r, batch_prompts=_prompts(3), in_flight=True)
+    assert rep.extra["batch"]["micro_batch_sizes"] == [2, 1]
+    # one choice per step for the largest micro-batch; the smaller takes its first sequences
+    assert [(x["step"], len(x["experts"])) for x in r.records] == [(3, 2), (3, 2), (4, 2), (4, 2)]
+    two = run_system(progs, cfg, **kw, routing=Routing.seeded(5), batch_prompts=_prompts(2))
+    assert rep.weight_bytes_per_step == two.weight_bytes_per_step  # micro-batch 0's union
+    assert rep.throughput_tokens_per_s < two.throughput_tokens_per_s
+
+
+def test_run_in_flight_on_a_pipeline_from_the_command_line():
+    base = [sys.executable, "-m", "workloads.cli", "run", "tiny", "--tokens", "2",
+            "--devices", "2", "--pp", "2"]
+    out = subprocess.run(base + ["--batch", "3", "--in-flight", "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["micro_batch_sizes"] == [2, 1] and rep["in_flight"] == 3
+    assert rep["system"]["sequences"] == 3
+    out = subprocess.run(base + ["--in-flight"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--in-flight" in out.stderr and "Traceback" not in out.stderr

@@ -7,7 +7,7 @@ the command line, calls the library API (:mod:`workloads.session`) and prints:
     pimsim compile MODEL --hw CONFIG -o FILE lower a model to a PIM program, print the mapping
         [--aim-trace FILE] [--pos P]         ... and write one decode step as an AiM trace
     pimsim run MODEL --hw CONFIG --prompt P --tokens N [--prefill batched|token-by-token]
-               [--functional] [--json] [--batch B[,B..]]
+               [--functional] [--json] [--batch B[,B..] [--in-flight]]
     pimsim validate MODEL --hw CONFIG --tokens N --reference auto|cpu|cuda|FILE.npz
     pimsim compare MODEL... --hw CONFIG --gpu NAME|FILE [--plot DIR] [--batch 1,16,64,256
         [--pim-cost batched|serial]]
@@ -192,6 +192,9 @@ def cmd_run(args) -> int:
     if args.logits and not args.functional:
         raise UserError("--logits needs --functional (timing runs compute no numbers)",
                         "add --functional")
+    if args.in_flight and (args.batch is None or len(args.batch) > 1):
+        raise UserError("--in-flight says what one --batch N means on pipeline stages",
+                        "give one batch size: --batch N --in-flight")
     show = _show(args)
     if args.batch is not None and len(args.batch) > 1:
         return _run_batch_scan(args, show)
@@ -202,7 +205,7 @@ def cmd_run(args) -> int:
                            keep_logits=bool(args.logits), context=args.context,
                            fast=not args.slow, cache=not args.no_cache, show_progress=show,
                            batch=args.batch[0] if args.batch else None, prefill=args.prefill,
-                           routing=routing)
+                           routing=routing, in_flight=args.in_flight)
     c, cfg = res.compiled, res.cfg
     if args.routing_trace_out and not res.report.routing:
         raise UserError(f"--routing-trace-out: {args.model} has no mixture-of-experts layers, so "
@@ -732,6 +735,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "with its own KV cache); reports the time per step against the "
                         "MAC-rate bound; a list (1,2,4,8) prints the step time against B and "
                         "where the system saturates")
+    r.add_argument("--in-flight", action="store_true",
+                   help="with --batch N on pipeline stages (--pp > 1): N is every sequence in "
+                        "flight (vLLM's meaning), split into the pp micro-batches as evenly as "
+                        "possible, instead of the size of each of the pp micro-batches")
     progress(r)
     no_cache(r)
     system(r)

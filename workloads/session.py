@@ -112,7 +112,7 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
              refresh: bool | None = None, skip_prompt: bool = False, fast: bool = True,
              cache: bool = True, show_progress: bool = False,
              batch: int | None = None, prefill: str = "token-by-token",
-             routing=None) -> SimResult:
+             routing=None, in_flight: bool = False) -> SimResult:
     """Simulate prompt processing and the generation of ``tokens`` tokens of ``model`` (a
     model argument as for :func:`compile_model`, or a Compiled from it) on ``hw``.
 
@@ -121,7 +121,10 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
     generating steps. ``fast=False``: the command-by-command SimPy executor. ``batch``:
     batched decode of that many sequences (:mod:`pimsim.batch`), sequence ``b``'s prompt drawn
     with seed ``seed + b`` (sequence 0's is the unbatched run's prompt; batch 1 is that run to
-    the cycle); the report's ``extra["batch"]`` has the step time and the MAC-rate bound.
+    the cycle); the report's ``extra["batch"]`` has the step time and the MAC-rate bound. On
+    pipeline stages (``pp`` > 1) each of the ``pp`` micro-batches in flight is a batch of that
+    many; ``in_flight``: ``batch`` is instead all the sequences in flight (vLLM's meaning),
+    split into ``pp`` micro-batches as evenly as possible (:func:`pimsim.pipeline.micro_batches`).
 
     ``prompt``: the prompt's tokens, processed (prefilled) before the first generated token;
     ``prefill`` (:mod:`pimsim.prefill`) how: ``"token-by-token"`` (one decode step per token,
@@ -174,9 +177,11 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
         [prompt_ids(prompt, c.spec.vocab, seed + b) for b in range(batch)]
     if batch is not None:
         from pimsim.batch import BatchedProgram
+        from pimsim.pipeline import micro_batches
 
+        largest = micro_batches(batch, len(programs))[0] if in_flight else batch
         for p in programs:  # the KV capacity, before building executors
-            BatchedProgram(p, batch)
+            BatchedProgram(p, largest)
     if functional and images is None:
         images = build_images(c, cfg, show=show_progress)
     fx = functional_executor(c, cfg, exact, images=images) if functional else None
@@ -197,7 +202,8 @@ def simulate(model: str | Any, hw: str | HwConfig = "pim-gpt", *, tokens: int = 
         rep = run_system(programs, cfg, prompt=ids, n_tokens=tokens, schedule=schedule,
                          fast=fast, functional=fx, skip_prompt=skip_prompt,
                          progress=(lambda _p: bar.update(1)) if bar else None,
-                         batch_prompts=batch_prompts, prefill=prefill, routing=routing)
+                         batch_prompts=batch_prompts, prefill=prefill, routing=routing,
+                         in_flight=in_flight)
     finally:
         if bar:
             bar.close()

@@ -39,6 +39,14 @@ counts, calibrated on ``workloads/gpu/data/gpu_measured_h200_llama.json``
 the held-out check). Other families (OPT, Pythia, GPT-J) use the GPT path: an assumption, no
 measurement of their software path.
 
+Multi-head latent attention (DeepSeek-V3, :class:`~workloads.models.shape.DecoderShape`'s MLA
+fields): the weights streamed are the query path (q_a_proj, its norm, q_b_proj), kv_a_proj_with_mqa,
+kv_b_proj (read once, absorbed or not) and o_proj, plus the dense layers, the shared expert,
+the router and the union of the routed experts; the KV bytes per position are the latent cache's
+``kv_lora_rank + qk_rope_head_dim`` elements per layer (576), one KV head, so every GPU of a
+tensor-parallel group reads all of it (each its share of the heads' attention FLOPs). Its kernel
+count and efficiency are the Llama path's: an assumption, no measurement of an MLA decoder.
+
 Tensor parallelism (``predict(..., tp=N)``): each GPU streams 1/N of the weights and holds
 ``ceil(n_kv_head / N)`` KV heads; the step adds two ring all-reduces of ``d_model`` fp16 per layer
 (``2 (N-1)/N x bytes / NVLink bw + latency``) and one all-gather of the logits; energy is N
@@ -238,8 +246,17 @@ def memory_needed_bytes(cfg: Any, tp: int = 1, g: GPUSpec | None = None) -> floa
     return weights + kv_bytes_read(cfg, cfg.n_ctx - 1, static_cache=True) * _kv_share(cfg, tp) + reserve
 
 
-def min_gpus(g: GPUSpec | str, model_cfg: Any, choices: Sequence[int] = (1, 2, 4, 8)) -> int | None:
-    """The fewest GPUs in ``choices`` whose memory holds the model (None: not even the most)."""
+# GPU counts tried for tensor parallelism: powers of two, which divide every zoo preset's
+# heads that need more than one GPU (vLLM requires n_head % tp == 0); beyond 8 a GPU node's
+# NVLink domain is left, but the model keeps the NVLink all-reduce [assumed]
+TP_CHOICES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def min_gpus(g: GPUSpec | str, model_cfg: Any, choices: Sequence[int] = TP_CHOICES) -> int | None:
+    """The fewest GPUs in ``choices`` whose memory holds the model (None: not even the most);
+    ``choices=range(1, n)`` gives the bare minimum (DeepSeek-V3 in bf16 on H100 80 GB: 17 for
+    the weights alone, 20 with its 163,840-token latent cache on every GPU and the reserve; 32
+    of :data:`TP_CHOICES`)."""
     g = gpu_preset(g) if isinstance(g, str) else g
     cfg = shape_for(model_cfg)
     for n in choices:
@@ -257,6 +274,9 @@ def check_fits(g: GPUSpec, cfg: Any, tp: int = 1) -> None:
         n = min_gpus(g, cfg)
         fix = (f"use tp={n} or more {g.name} GPUs" if n and g.nvlink_bw > 0
                else "use a larger GPU or more GPUs (tensor parallelism over NVLink)")
+        least = min_gpus(g, cfg, range(1, n + 1)) if n and g.nvlink_bw > 0 else None
+        if least is not None and least < n:
+            fix += f" (a power of two; the fewest that hold it: {least})"
         raise ValueError(
             f"{getattr(cfg, 'name', 'the model')} does not fit {tp} {g.name} "
             f"({g.mem_bytes / 1e9:.0f} GB each): it needs {need / 1e9:.1f} GB per GPU (fp16 "

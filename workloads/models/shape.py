@@ -4,8 +4,10 @@
 grouped-query attention (``n_kv_head``), the MLP (plain or SwiGLU ``gated_mlp``), the norms
 (LayerNorm or RMSNorm), positions (a learned table of ``pos_rows`` rows, or rotary with
 ``rope_theta``), which projections carry biases, and whether the LM head is the token
-embedding. From it come exact parameter counts, the bytes one decode step streams, the KV-cache
-bytes per token and the FLOPs of a decode step.
+embedding; mixtures of experts (routed experts, a shared expert, leading dense layers) and
+multi-head latent attention (DeepSeek-V2 / V3: low-rank query and KV latents, the KV cache
+the latent itself). From it come exact parameter counts, the bytes one decode step streams,
+the KV-cache bytes per token and the FLOPs of a decode step.
 
 The defaults are the GPT-2 layout (learned positions, LayerNorm, biases on every projection, a
 plain GELU MLP of ``4 * d_model``, tied LM head): the GPT presets (:mod:`workloads.models.presets`)
@@ -92,6 +94,30 @@ class DecoderShape:
     # other vectors of a layer (gpt-oss: its attention sinks, n_head, and its router's bias,
     # n_experts), 0: none
     extra_layer_params: int = 0
+    # a MoE decoder's first ``n_dense_layers`` layers have a dense SwiGLU MLP of ``d_ff_dense``
+    # instead (DeepSeek-V3: 3 of 18432); ``shared_gate``: the shared expert's one-output sigmoid
+    # gate (Qwen2-MoE; DeepSeek's shared experts have none); ``router_bias``: a per-expert bias
+    # of the router (DeepSeek-V3's e_score_correction_bias, which the top-k choice adds)
+    n_dense_layers: int = 0
+    d_ff_dense: int = 0
+    shared_gate: bool = True
+    router_bias: bool = False
+    # multi-head latent attention (DeepSeek-V2 / V3, arXiv:2405.04434 section 2.1;
+    # ``kv_lora_rank`` 0: none): the query from a latent of ``q_lora_rank`` (q_a_proj, its
+    # RMSNorm, q_b_proj; 0: q_proj from d_model), keys and values from a latent of
+    # ``kv_lora_rank`` plus one rotary key of ``qk_rope_head_dim`` shared by every head
+    # (kv_a_proj_with_mqa, an RMSNorm of the latent), kv_b_proj to each head's
+    # ``qk_nope_head_dim`` key and ``v_head_dim`` value, o_proj from ``n_head x v_head_dim``.
+    # ``d_head`` is the query / key head, nope + rope. ``mla_latent``: the cache holds the latent
+    # and the rotary key once per token (kv_b_proj absorbed into the query and output sides, as
+    # DeepSeek serves it; ``n_kv_head`` 1), else every head's decompressed key and value
+    # (``n_kv_head`` = ``n_head``); kv_b_proj is read once per step either way
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    mla_latent: bool = True
 
     def __post_init__(self) -> None:
         name = self.name
@@ -103,6 +129,40 @@ class DecoderShape:
             if not _is_int(value) or value <= 0:
                 raise _invalid(name, f"{field} must be a positive int, got {value!r}",
                                f"give {field} as a whole number above 0")
+        mla_fields = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                      "v_head_dim", "n_dense_layers", "d_ff_dense")
+        for field in mla_fields:
+            if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
+                raise _invalid(name, f"{field} must be an int >= 0, got {getattr(self, field)!r}",
+                               f"give {field} as a whole number (0: none)")
+        if self.kv_lora_rank:
+            if not (self.qk_nope_head_dim and self.qk_rope_head_dim and self.v_head_dim):
+                raise _invalid(name, "multi-head latent attention needs qk_nope_head_dim, "
+                                     "qk_rope_head_dim and v_head_dim above 0",
+                               "give the three head widths of the config")
+            if self.d_head is None:
+                object.__setattr__(self, "d_head", self.qk_nope_head_dim + self.qk_rope_head_dim)
+            if self.n_kv_head is None:
+                object.__setattr__(self, "n_kv_head", 1 if self.mla_latent else self.n_head)
+            want = 1 if self.mla_latent else self.n_head
+            if self.d_head != self.qk_nope_head_dim + self.qk_rope_head_dim or \
+                    self.n_kv_head != want:
+                raise _invalid(name, f"multi-head latent attention with d_head {self.d_head} and "
+                                     f"n_kv_head {self.n_kv_head}",
+                               f"leave them out (d_head: qk_nope_head_dim + qk_rope_head_dim; "
+                               f"n_kv_head: {want}, the cache's heads)")
+        elif self.q_lora_rank or self.qk_nope_head_dim or self.qk_rope_head_dim or self.v_head_dim:
+            raise _invalid(name, "latent-attention widths without kv_lora_rank",
+                           "give kv_lora_rank (multi-head latent attention) or leave them 0")
+        if self.n_dense_layers and not (self.n_experts and self.d_ff_dense
+                                        and self.n_dense_layers < self.n_layer):
+            raise _invalid(name, f"{self.n_dense_layers} dense layers need experts in the "
+                                 f"others and d_ff_dense above 0",
+                           "give n_experts, d_ff_dense and fewer dense layers than n_layer")
+        for field in ("shared_gate", "router_bias", "mla_latent"):
+            if not isinstance(getattr(self, field), bool):
+                raise _invalid(name, f"{field} must be True or False, got {getattr(self, field)!r}",
+                               f"give {field} as a bool")
         if self.n_kv_head is None:
             object.__setattr__(self, "n_kv_head", self.n_head)
         if self.d_head is None:
@@ -174,23 +234,72 @@ class DecoderShape:
     # ---- parameters --------------------------------------------------------------------------
 
     @property
+    def is_mla(self) -> bool:
+        """Whether the attention is multi-head latent attention (``kv_lora_rank`` > 0)."""
+        return self.kv_lora_rank > 0
+
+    @property
+    def _attn_matmul_params(self) -> int:
+        """The weights of a layer's attention products (no biases, no norms); of MLA, the
+        query path, kv_a_proj_with_mqa, kv_b_proj and o_proj."""
+        d = self.d_model
+        if not self.is_mla:
+            a, kv = self.d_attn, self.d_kv
+            return d * (a + 2 * kv) + a * d
+        H, ql, r = self.n_head, self.q_lora_rank, self.kv_lora_rank
+        q = ql * (d + H * self.d_head) if ql else d * H * self.d_head
+        return q + d * (r + self.qk_rope_head_dim) + r * H * (self.qk_nope_head_dim
+                                                              + self.v_head_dim) \
+            + H * self.v_head_dim * d
+
+    @property
+    def _attn_params(self) -> int:
+        """A layer's attention: its products, biases and (MLA) the latents' RMSNorms."""
+        if not self.is_mla:
+            a, kv = self.d_attn, self.d_kv
+            return self._attn_matmul_params + (a + 2 * kv) * self.qkv_bias \
+                + self.d_model * self.out_bias
+        ql, r = self.q_lora_rank, self.kv_lora_rank
+        # biases (attention_bias): q_a_proj, kv_a_proj_with_mqa and o_proj; norms: q_a, kv_a
+        bias = (ql + r + self.qk_rope_head_dim) * self.qkv_bias + self.d_model * self.out_bias
+        return self._attn_matmul_params + bias + ql + r
+
+    def _mlp_params(self, d_ff: int) -> int:
+        """One MLP (or expert) of width ``d_ff`` with its biases."""
+        d = self.d_model
+        mlp = (3 if self.gated_mlp else 2) * d * d_ff
+        return mlp + ((2 * d_ff if self.gated_mlp else d_ff) + d) * self.mlp_bias
+
+    @property
     def n_params_per_layer(self) -> int:
-        """Parameters of one layer: attention, MLP, norms and their biases."""
-        d, a, kv, f = self.d_model, self.d_attn, self.d_kv, self.d_ff
-        attn = d * (a + 2 * kv) + a * d
-        attn += (a + 2 * kv) * self.qkv_bias + d * self.out_bias
-        mlp = (3 if self.gated_mlp else 2) * d * f
-        mlp += ((2 * f if self.gated_mlp else f) + d) * self.mlp_bias
+        """Parameters of one layer (of a MoE decoder with dense layers: of a MoE layer):
+        attention, MLP, norms and their biases."""
+        mlp = self._mlp_params(self.d_ff)
         if self.n_experts:
             mlp = mlp * self.n_experts + self._router_params
         norms = self.norms_per_layer * self._norm_params + self.qk_norm_params
-        return attn + mlp + norms + self.extra_layer_params
+        return self._attn_params + mlp + norms + self.extra_layer_params
+
+    @property
+    def n_dense_layer_params(self) -> int:
+        """Parameters of one of a MoE decoder's dense layers (0: it has none)."""
+        if not self.n_dense_layers:
+            return 0
+        norms = self.norms_per_layer * self._norm_params + self.qk_norm_params
+        return self._attn_params + self._mlp_params(self.d_ff_dense) + norms
+
+    @property
+    def n_moe_layers(self) -> int:
+        """Layers with experts (0: a dense decoder)."""
+        return self.n_layer - self.n_dense_layers if self.n_experts else 0
 
     @property
     def _router_params(self) -> int:
-        """A MoE layer's router and shared expert (with its one-output gate)."""
+        """A MoE layer's router (with its per-expert bias) and shared expert (with its
+        one-output gate)."""
         d = self.d_model
-        return d * self.n_experts + (3 * d * self.d_ff_shared + d if self.d_ff_shared else 0)
+        shared = 3 * d * self.d_ff_shared + d * self.shared_gate if self.d_ff_shared else 0
+        return d * self.n_experts + self.n_experts * self.router_bias + shared
 
     def experts_read(self, tokens: int = 1) -> float:
         """Experts of a MoE layer a step of ``tokens`` tokens reads: the expected size of the
@@ -206,7 +315,9 @@ class DecoderShape:
         d = self.d_model
         emb = self.vocab * d + self.pos_rows * d
         head = (0 if self.tied_head else self.vocab * d) + self.vocab * self.head_bias
-        return emb + self.n_layer * self.n_params_per_layer + self._norm_params + head
+        layers = (self.n_layer - self.n_dense_layers) * self.n_params_per_layer \
+            + self.n_dense_layers * self.n_dense_layer_params
+        return emb + layers + self._norm_params + head
 
     @property
     def _norm_params(self) -> int:
@@ -226,24 +337,54 @@ class DecoderShape:
         if not self.tied_head:
             skip += self.vocab * d - d
         if self.n_experts:
-            per_expert = 3 * d * self.d_ff
-            skip += round(self.n_layer * per_expert * (self.n_experts - self.experts_read(tokens)))
+            per_expert = 3 * d * self.d_ff  # its matrices (biased experts: biases counted read)
+            skip += round(self.n_moe_layers * per_expert
+                          * (self.n_experts - self.experts_read(tokens)))
         return (self.n_params - skip) * bytes_per_param
 
     # ---- KV cache and FLOPs ------------------------------------------------------------------
 
+    @property
+    def kv_elems_per_token_layer(self) -> int:
+        """Cached elements per position and layer: K and V of ``n_kv_head`` heads; of MLA the
+        latent and the rotary key (``kv_lora_rank + qk_rope_head_dim``, DeepSeek-V3's 576),
+        or every head's decompressed key and value."""
+        if not self.is_mla:
+            return 2 * self.d_kv
+        if self.mla_latent:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return self.n_head * (self.d_head + self.v_head_dim)
+
     def kv_bytes_per_token(self, bytes_per_el: int = BF16_BYTES) -> int:
-        """KV-cache bytes per cached position (K and V, all layers, ``n_kv_head`` heads)."""
-        return 2 * self.n_layer * self.d_kv * bytes_per_el
+        """KV-cache bytes per cached position (all layers, :attr:`kv_elems_per_token_layer`)."""
+        return self.n_layer * self.kv_elems_per_token_layer * bytes_per_el
+
+    @property
+    def _attn_macs_per_pos(self) -> int:
+        """A layer's attention multiply-adds per cached position: every head's score and value
+        (MLA latent: scores over the latent and the rotary key, values over the latent)."""
+        if not self.is_mla:
+            return 2 * self.d_attn
+        if self.mla_latent:
+            return self.n_head * (2 * self.kv_lora_rank + self.qk_rope_head_dim)
+        return self.n_head * (self.d_head + self.v_head_dim)
 
     def decode_flops(self, pos: int) -> int:
-        """Multiply-adds x 2 of one decode step at ``pos`` (matrix-vector products and attention)."""
-        d, a, kv, f = self.d_model, self.d_attn, self.d_kv, self.d_ff
-        mm = d * (a + 2 * kv) + a * d + (3 if self.gated_mlp else 2) * d * f
-        if self.n_experts:  # the token's experts, the router and the shared expert
-            mm += (self.experts_per_tok - 1) * 3 * d * f + self._router_params
-        per_layer = 2 * mm + 2 * 2 * a * (pos + 1)
-        return self.n_layer * per_layer + 2 * self.vocab * d
+        """Multiply-adds x 2 of one decode step at ``pos`` (matrix-vector products and
+        attention). MLA: kv_b_proj's products are the same either way (absorbed: each head's
+        no-rope query into the latent and its latent context back, ``H (nope + v) r``;
+        decompressed: the new token's latent through kv_b_proj, the same count)."""
+        d, f = self.d_model, self.d_ff
+        attn = self._attn_matmul_params
+        mm = attn + (3 if self.gated_mlp else 2) * d * f
+        if self.n_experts:  # the token's experts, the router and the shared expert (the
+            # router's bias is an addition, not a product)
+            mm += (self.experts_per_tok - 1) * 3 * d * f + self._router_params \
+                - self.n_experts * self.router_bias
+        per_pos = 2 * self._attn_macs_per_pos * (pos + 1)
+        dense = self.n_dense_layers * (2 * (attn + 3 * d * self.d_ff_dense) + per_pos)  # SwiGLU
+        moe = (self.n_layer - self.n_dense_layers) * (2 * mm + per_pos)
+        return dense + moe + 2 * self.vocab * d
 
     @property
     def is_gpt_layout(self) -> bool:
