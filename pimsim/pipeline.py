@@ -229,6 +229,10 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     bound_cyc: dict[int, float] = {}  # pos -> the stages' MAC-rate bounds, summed (batched)
     at = (lambda pos: (pos,) * B) if bprogs else (lambda pos: pos)
     asic = DeviceAsics(sims, cfg.system.stages_per_device)
+    # each stage's jobs at the last position: cycles from start to end (its own work and its
+    # waits for a shared ASIC, not its waits for the stage)
+    job_cyc: list[list[int]] = [[] for _ in programs]
+    last_pos = [None]
 
     def job(s: int, pos: int, j: int, start: int) -> int:
         sim = sims[s]
@@ -263,6 +267,11 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
         asic.before(s)
         tt = sim.run_token(at(pos), active)
         asic.after(s, tt, active)
+        if pos != last_pos[0]:
+            last_pos[0] = pos
+            for x in job_cyc:
+                x.clear()
+        job_cyc[s].append(tt.end_cyc - start)
         if with_energy:
             er = meters[s].end(tt, gap)
             if j == 0:
@@ -352,7 +361,8 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
                 "stages_per_device": cfg.system.stages_per_device,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
                 "stage_send_cyc": send, "token_return_cyc": back,
-                "round_cyc": clock.rounds[-1] if clock.rounds else None},
+                "round_cyc": clock.rounds[-1] if clock.rounds else None,
+                "stage_job_cyc": [float(np.mean(x)) for x in job_cyc]},
         routing=routing.describe() if moe else "",
         weight_bytes_per_step=float(np.mean(list(w_bytes.values()))) if w_bytes else 0.0,
         extra=extra)
