@@ -19,6 +19,10 @@ vectors, and ``B`` sampled tokens come back. Latency (``ms_per_token``) is micro
 step, stage 0 to the last; throughput counts the ``pp x B`` sequences. Batch 1 is the
 unbatched pipeline.
 
+Several stages on one device (``[system] stages_per_device`` > 1, CENT's pipeline): each runs
+on its share of the device's channels, and all of them on the device's one ASIC
+(:class:`DeviceAsics`): a stage's ASIC step waits while another stage's step holds it.
+
 Reported: per-token latency of one sequence (``ms_per_token``), the whole system's throughput
 (``throughput_tokens_per_s``: tokens of all sequences per second), each stage's utilisation
 (busy time over the run) and the bubble (one minus their mean), energy of all devices plus the
