@@ -380,10 +380,10 @@ class DeviceAsics:
     steps wait for a gap that holds them (:func:`pimsim.timing.token_runner.asic_gap`), the jobs
     taking the ASIC in the order they are simulated (a position's sequences in order, each
     through the stages). CENT multiplies a block's accelerator time by the blocks on its
-    device (Yufeng98/CENT@9b4165f cent_simulation/run_sim.py:201, ``acc_latency * blocks_per_
-    device``): every block waits for all the others' ASIC work; here a step waits only where
-    another stage's step holds the ASIC. With one stage per device, nothing is kept or waited
-    for."""
+    device (Yufeng98/CENT@9b4165f cent_simulation/run_sim.py:201,
+    ``acc_latency * blocks_per_device``): every block waits for all the others' ASIC work; here
+    a step waits only where another stage's step holds the ASIC. With one stage per device,
+    nothing is kept or waited for."""
 
     def __init__(self, sims: Sequence[DecodeSimulator], k: int):
         self.sims, self.k = sims, k
