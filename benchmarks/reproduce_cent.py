@@ -11,8 +11,13 @@ filled, ``skip_prompt``) on examples/cent/cent-<devices>.toml (CENT's options: `
 device and ``unicast_bw_factor = 0.5``) and on
 the same devices as shipped (``aim-gddr6``: ``attention = "split"``, native GQA, no host time,
 the default fabric; PP rows: one stage per device).
-PP rows: pimsim's throughput is the steady state of its pipeline schedule, stages / (token
-latency + the token's return with the host's sampling).
+PP rows: pimsim's throughput is CENT's steady state of a full pipeline, stages / (token latency
++ the token's return with the host's sampling), the token latency being each stage's job (the
+mean of the position's jobs, the pipeline filling with the other sequences' tokens; where stages
+share a device they wait for its ASIC, ``pimsim.pipeline.DeviceAsics``) plus the sends between
+stages (the report's ``system["stage_job_cyc"]``, ``["stage_send_cyc"]``,
+``["token_return_cyc"]``). CENT multiplies every block's accelerator time by the blocks on its
+device (Yufeng98/CENT@9b4165f cent_simulation/run_sim.py:201).
 
     python benchmarks/reproduce_cent.py [--models llama2-7b] [--seqs 128,4096] [--rows tp,pp]
 
@@ -53,7 +58,6 @@ LAYERS = {"llama2-7b": 32, "llama2-13b": 40, "llama2-70b": 80}
 def point(model: str, hw: str, seq: int, tp: int, pp: int, attention: str | None = None):
     """(ms per token, tokens/s) of one token at position ``seq`` (steady-state pipeline
     throughput with ``pp`` stages)."""
-    from pimsim.pipeline import token_return_cyc
     from workloads.session import simulate
 
     r = simulate(model, hw, tp=tp, pp=pp, tp_attention=attention, prompt=seq, tokens=1,
@@ -61,8 +65,9 @@ def point(model: str, hw: str, seq: int, tp: int, pp: int, attention: str | None
     ms = r.report.ms_per_token
     if pp == 1:
         return ms, 1000.0 / ms
-    back_ms = r.cfg.timing.ns(token_return_cyc(r.cfg)) / 1e6
-    return ms, pp * 1000.0 / (ms + back_ms)
+    sy = r.report.system
+    cyc = sum(sy["stage_job_cyc"]) + sum(sy["stage_send_cyc"]) + sy["token_return_cyc"]
+    return ms, pp * 1000.0 / (r.cfg.timing.ns(cyc) / 1e6)
 
 
 def main() -> None:

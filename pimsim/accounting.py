@@ -25,7 +25,8 @@ The shares (:data:`TIME_SHARES`) come from the engine's own accounting, not from
   on timing rules beyond its commands' own service (nRAS, nFAW, write recovery, bus
   turnarounds) or on the previous step's commands still in its queue;
 * ``queueing``: a token waiting for a pipeline stage busy with another sequence's job
-  (:mod:`pimsim.pipeline`), or any cycle of the token no step covers (none in practice).
+  (:mod:`pimsim.pipeline`), or an ASIC step waiting for a device's ASIC that another stage on
+  the device holds (per op: ``asic_wait``): the cycles of the token no step covers.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ class TimeAccount:
 
     def critical_path(self, tt) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """The steps on the token's critical path (latest first), the start and end of the
-        interval each owns, and the cycles before the path's first step (0 unless a step
-        started later than every candidate predecessor ended, which the schedules never do)."""
+        interval each owns, and the cycles before and between them (0 unless a step started
+        later than every candidate predecessor ended: an ASIC step that waited for a device's
+        ASIC shared with other pipeline stages, :class:`pimsim.pipeline.DeviceAsics`)."""
         st, en = tt.step_start.tolist(), tt.step_end.tolist()
         t0 = int(tt.start_cyc)
         idx: list[int] = []
@@ -156,4 +158,7 @@ class TimeAccount:
             out[_LINK] = fixed.sum() + claims[:, -1].sum()
             out[_STALL] = np.where(tot > rest, 0.0, rest - tot).sum()
         per_op = np.bincount(self.op_idx[idx], weights=length, minlength=len(self.ops))
-        return out, {op: float(v) for op, v in zip(self.ops, per_op) if v}
+        ops = {op: float(v) for op, v in zip(self.ops, per_op) if v}
+        if gap:  # the path's waits (for a shared ASIC), as queueing above
+            ops["asic_wait"] = float(gap)
+        return out, ops

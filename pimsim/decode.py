@@ -38,7 +38,13 @@ from pimsim.timing.jit import compile_scope
 from pimsim.timing.memo import new_memo
 from pimsim.timing.state import NO_MEMO, ST_HITS, ST_MISSES
 from pimsim.timing.tables import build_tables
-from pimsim.timing.token_runner import MIN_BLOCK_ITEMS, block_period, run_steps, segment_classes
+from pimsim.timing.token_runner import (
+    MIN_BLOCK_ITEMS,
+    asic_gap,
+    block_period,
+    run_steps,
+    segment_classes,
+)
 
 ASIC_COST_OP = {"argmax": "reduction"}  # ops without their own cost row use another's
 KIND_CODE = {"asic": 0, "pim": 1, "comm": 2}  # step kinds as the kernels see them
@@ -409,6 +415,10 @@ class DecodeSimulator:
         self.link_cyc = LinkCycles(cfg)
         self.host_line_cyc = cfg.host.line_cyc if cfg.host is not None else 0
         self.now = 0
+        # the device's ASIC cycles already taken by other pipeline stages on the device (rows
+        # [begin, end), disjoint, in order; pimsim.pipeline sets them before each job): this
+        # program's ASIC steps wait for a gap that holds them. No rows: the ASIC is its own
+        self.asic_busy = np.zeros((0, 2), np.int64)
         self.timers = [ChannelTimer(cfg, states=self.states, index=c, log=log)
                        for c in range(prog.geo.channels)]
 
@@ -447,7 +457,7 @@ class DecodeSimulator:
                     self.states.win_cnt, self.states.open_row, self.states.scal,
                     self.states.counts, self.states.stats, st, en, cnt, lk, wt, int(self.group),
                     self.memo, self.streams.seg_block, self.streams.seg_reps,
-                    int(self.block_cycles))
+                    int(self.block_cycles), self.asic_busy)
             self.now = int(now)
             self.channels_run += int(n_run)
         else:
@@ -526,6 +536,9 @@ class DecodeSimulator:
             else:
                 yield req
                 start = int(env.now)
+                if kind[i] == 0 and len(self.asic_busy):  # the device's ASIC: a gap that holds it
+                    start = int(asic_gap(self.asic_busy, start, int(dur[i])))
+                    yield env.timeout(start - env.now)
                 end = start + int(dur[i])
             yield env.timeout(max(0, end - env.now))
             if req is not None:

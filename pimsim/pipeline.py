@@ -28,6 +28,10 @@ a multiple of ``pp`` is the run of micro-batches of ``N / pp`` above. A round (e
 micro-batch one token, ``N`` tokens) is ``extra["batch"]["round_ms"]``; the system's
 throughput ``N`` over it.
 
+Several stages on one device (``[system] stages_per_device`` > 1, CENT's pipeline): each runs
+on its share of the device's channels, and all of them on the device's one ASIC
+(:class:`DeviceAsics`): a stage's ASIC step waits while another stage's step holds it.
+
 Reported: per-token latency of one sequence (``ms_per_token``), the whole system's throughput
 (``throughput_tokens_per_s``: tokens of all sequences per second), each stage's utilisation
 (busy time over the run) and the bubble (one minus their mean), energy of all devices plus the
@@ -282,6 +286,11 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     # (stage, micro-batch size) -> (pos, its steps' mask, the routed vectors)
     routed: dict[tuple[int, int], tuple] = {}
     bound_cyc: dict[int, float] = {}  # pos -> the stages' MAC-rate bounds, summed (batched)
+    asic = DeviceAsics(sims, cfg.system.stages_per_device)
+    # each stage's jobs at the last position: cycles from start to end (its own work and its
+    # waits for a shared ASIC, not its waits for the stage)
+    job_cyc: list[list[int]] = [[] for _ in programs]
+    last_pos = [None]
 
     def job(s: int, pos: int, j: int, start: int) -> int:
         sim = sims[s]
@@ -317,7 +326,14 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
             meters[s].begin()
         if with_energy:
             meters[s].active = active
+        asic.before(s)
         tt = sim.run_token((pos,) * b if bprogs else pos, active)
+        asic.after(s, tt, active)
+        if pos != last_pos[0]:
+            last_pos[0] = pos
+            for x in job_cyc:
+                x.clear()
+        job_cyc[s].append(tt.end_cyc - start)
         if with_energy:
             er = meters[s].end(tt, gap)
             if j == 0:
@@ -412,10 +428,55 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
                 "sequences": n_seq,
                 "stages_per_device": cfg.system.stages_per_device,
                 "utilisation": util, "bubble": 1.0 - float(np.mean(util)),
-                "stage_send_cyc": send, "token_return_cyc": back},
+                "stage_send_cyc": send, "token_return_cyc": back,
+                "round_cyc": clock.rounds[-1] if clock.rounds else None,
+                "stage_job_cyc": [float(np.mean(x)) for x in job_cyc]},
         routing=routing.describe() if moe else "",
         weight_bytes_per_step=float(np.mean(list(w_bytes.values()))) if w_bytes else 0.0,
         extra=extra)
+
+
+class DeviceAsics:
+    """The ASIC of each device that holds several pipeline stages (``[system]
+    stages_per_device`` = ``k`` > 1, CENT's pipeline): one ASIC for the device's ``k`` stages
+    (stage ``s`` on device ``s // k``), so a stage's ASIC steps cannot overlap another
+    co-located stage's. Each device keeps the ASIC cycles its stages' jobs took; a job's ASIC
+    steps wait for a gap that holds them (:func:`pimsim.timing.token_runner.asic_gap`), the jobs
+    taking the ASIC in the order they are simulated (a position's sequences in order, each
+    through the stages). CENT multiplies a block's accelerator time by the blocks on its
+    device (Yufeng98/CENT@9b4165f cent_simulation/run_sim.py:201,
+    ``acc_latency * blocks_per_device``): every block waits for all the others' ASIC work; here
+    a step waits only where another stage's step holds the ASIC. With one stage per device,
+    nothing is kept or waited for."""
+
+    def __init__(self, sims: Sequence[DecodeSimulator], k: int):
+        self.sims, self.k = sims, k
+        self.busy = [np.zeros((0, 2), np.int64) for _ in range(-(-len(sims) // k))] \
+            if k > 1 else []
+
+    def before(self, s: int) -> None:
+        """Give stage ``s``'s simulator its device's ASIC as the other jobs left it (rows that
+        end before every stage of the device has moved past them dropped: no later job of
+        theirs can start before)."""
+        if self.k == 1:
+            return
+        d = s // self.k
+        t = min(x.now for x in self.sims[d * self.k:(d + 1) * self.k])
+        b = self.busy[d]
+        self.busy[d] = b = b[np.searchsorted(b[:, 1], t, side="right"):]
+        self.sims[s].asic_busy = b
+
+    def after(self, s: int, tt, active: np.ndarray | None) -> None:
+        """Add the ASIC steps of stage ``s``'s job ``tt`` to its device's ASIC."""
+        if self.k == 1:
+            return
+        kind = self.sims[s].steps.kind
+        run = (kind == 0) & (tt.step_end > tt.step_start)
+        if active is not None:
+            run &= active
+        new = np.stack([tt.step_start[run], tt.step_end[run]], axis=1)
+        b = np.concatenate([self.busy[s // self.k], new])
+        self.busy[s // self.k] = b[np.argsort(b[:, 0], kind="stable")]
 
 
 def _only(share: str, op: str, cyc: float) -> tuple[np.ndarray, dict[str, float]]:
@@ -434,6 +495,10 @@ class Schedule:
         self.end = 0  # the last job's end
         self.gen_start = 0  # when the first generating job could start
         self.first_token_end: int | None = None  # sequence 0's first token left the last stage
+        # rounds: from each position's first job at stage 0 to the next position's (sequence
+        # 0's token back at stage 0 and the stage free; after the last position, when it
+        # could start): the last one is the steady state's period once the pipeline is full
+        self.rounds: list[int] = []
 
 
 def pipeline_schedule(pp: int, positions, send: Sequence[int], back: int,
@@ -453,12 +518,16 @@ def pipeline_schedule(pp: int, positions, send: Sequence[int], back: int,
     start)`` runs it and returns its end (it may start later than ``start``: the caller's
     device may still be busy); ``token_done(pos)`` is called after each position. For equal
     stages of ``d`` cycles the period of a round is ``max(pp * d, pp * d + sum(send) +
-    back)``: throughput ``pp / period`` tokens per cycle."""
+    back)``: throughput ``pp / period`` tokens per cycle (``Schedule.rounds``: each
+    position's period). Jobs are simulated position by position, each sequence through the
+    stages in turn (the order in which co-located stages' jobs take a shared ASIC,
+    :class:`DeviceAsics`)."""
     sch = Schedule(pp)
     n_jobs = pp if jobs is None else jobs
     free = [0] * pp
     ready = [0] * n_jobs  # when each sequence's next token is at stage 0
     started = False
+    first_start = None  # the previous position's first job at stage 0
     for pos in positions:
         gen = pos >= first_gen
         for j in range(n_jobs):
@@ -471,6 +540,10 @@ def pipeline_schedule(pp: int, positions, send: Sequence[int], back: int,
                 sch.gen_start, started = t, True
             for s in range(pp):
                 start = max(t, free[s])
+                if s == 0 and j == 0:
+                    if first_start is not None:
+                        sch.rounds.append(start - first_start)
+                    first_start = start
                 end = job(s, pos, j, start)
                 sch.busy[s] += end - max(start, free[s])
                 free[s] = end
@@ -483,6 +556,8 @@ def pipeline_schedule(pp: int, positions, send: Sequence[int], back: int,
                     sch.first_token_end = t - back
         if token_done is not None:
             token_done(pos)
+    if first_start is not None:  # the last round: to when the next position could start
+        sch.rounds.append(max(ready[0], free[0]) - first_start)
     return sch
 
 

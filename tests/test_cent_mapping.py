@@ -371,3 +371,107 @@ def test_cent_placement_macs_per_channel_equal_cents_generator(model):
             assert len(per_ch) == 1, (role, per_ch)  # the same on every channel
             got[role] = per_ch.pop()
     assert got == want
+
+
+@pytest.fixture(scope="module")
+def two_stages_one_asic(gqa):
+    """Two pipeline stages on one device (CENT's pipeline, half the channels each), the ASIC
+    1000x slower than pim-gpt's ([assumed], for the test: its work is then 99 % of a stage's
+    job)."""
+    from workloads.compiling import hw_config
+
+    cfg = hw_config("pim-gpt", devices=1, pp=2)
+    cfg = dataclasses.replace(cfg, asic=dataclasses.replace(cfg.asic,
+                                                            clock_mhz=cfg.asic.clock_mhz / 1000))
+    own = dataclasses.replace(cfg, system=dataclasses.replace(cfg.system, stages_per_device=1))
+    return cfg, own, _compiled(gqa, cfg).programs
+
+
+def _asic_spans(monkeypatch):
+    """Every job's ASIC steps as (begin, end) rows, recorded as the pipeline runs them."""
+    import numpy as np
+
+    from pimsim.pipeline import DeviceAsics
+
+    spans = []
+    after = DeviceAsics.after
+
+    def spy(self, s, tt, active):
+        run = (self.sims[s].steps.kind == 0) & (tt.step_end > tt.step_start)
+        spans.append(np.stack([tt.step_start[run], tt.step_end[run]], axis=1))
+        return after(self, s, tt, active)
+
+    monkeypatch.setattr(DeviceAsics, "after", spy)
+    return spans
+
+
+def test_stages_on_one_device_take_its_asic_in_turn(two_stages_one_asic, monkeypatch):
+    import numpy as np
+
+    from pimsim.decode import StepTable
+
+    cfg, own, progs = two_stages_one_asic
+    spans = _asic_spans(monkeypatch)
+    reps = {}
+    for name, c in (("shared", cfg), ("own", own)):
+        spans.clear()
+        reps[name] = run_system(progs, c, prompt=[1], n_tokens=3)
+        b = np.concatenate(spans)
+        b = b[np.argsort(b[:, 0], kind="stable")]
+        overlap = int((b[1:, 0] < b[:-1, 1]).sum())  # a step begun before the previous ended
+        if name == "shared":
+            assert overlap == 0  # the device's one ASIC: never two steps at once
+        else:
+            assert overlap > 0  # an ASIC per stage: the two stages' steps overlap
+    shared, mine = reps["shared"], reps["own"]
+    # the device's ASIC does every ASIC step of both stages' jobs, one after another: the run
+    # takes at least their sum (2 sequences x 3 positions x both stages' ASIC cycles), which
+    # the stages with an ASIC each beat
+    tables = [StepTable(p, cfg) for p in progs]
+    asic = [[int(t.durations(pos)[t.kind == 0].sum()) for pos in range(3)] for t in tables]
+    asic_cyc = sum(2 * sum(a) for a in asic)
+    assert mine.cycles < asic_cyc <= shared.cycles
+    assert shared.throughput_tokens_per_s < mine.throughput_tokens_per_s
+    # the steady round: the ASIC's work of a round, pp x both stages' ASIC cycles (closed
+    # form), to within the jobs' other work (each stage's job with an ASIC of its own, less its
+    # ASIC steps), the send and the return; with an ASIC each, about half of it
+    bound = 2 * sum(a[2] for a in asic)
+    other = 2 * sum(j - a[2] for j, a in zip(mine.system["stage_job_cyc"], asic))
+    sy = shared.system
+    assert bound <= sy["round_cyc"] <= bound + other + sum(sy["stage_send_cyc"]) + \
+        sy["token_return_cyc"]
+    assert mine.system["round_cyc"] < 0.55 * bound
+    # a stage's jobs wait for the other's ASIC steps (queueing in the latency's shares, which
+    # still add up to it); with an ASIC each, no job waits inside
+    sj, oj = shared.system["stage_job_cyc"], mine.system["stage_job_cyc"]
+    assert sum(sj) > sum(oj)
+    assert shared.breakdown["queueing"] > 0
+    for r in (shared, mine):
+        assert sum(r.per_op.values()) == pytest.approx(r.ms_per_token, rel=1e-9)
+        assert sum(r.breakdown_cyc.values()) * cfg.tCK_ps / 1e9 == \
+            pytest.approx(r.ms_per_token, rel=1e-9)
+        e = r.energy
+        assert sum(e["by_component"].values()) == pytest.approx(e["j_per_token"], rel=1e-9)
+
+
+def test_shared_asic_is_exact_in_both_executors(two_stages_one_asic):
+    cfg, _, progs = two_stages_one_asic
+    a = run_system(progs, cfg, prompt=[1], n_tokens=2)
+    b = run_system(progs, cfg, prompt=[1], n_tokens=2, fast=False)
+    assert (b.cycles, b.per_token_ms, b.system["stage_job_cyc"]) == \
+        (a.cycles, a.per_token_ms, a.system["stage_job_cyc"])
+    assert run_system(progs, cfg, prompt=[1], n_tokens=2).cycles == a.cycles  # deterministic
+
+
+def test_asic_gap_is_the_first_gap_that_holds_the_step():
+    import numpy as np
+
+    from pimsim.timing.token_runner import asic_gap
+
+    busy = np.array([[10, 20], [25, 40]], np.int64)
+    assert asic_gap(busy, 0, 5) == 0  # before the first: fits in [0, 10)
+    assert asic_gap(busy, 8, 5) == 20  # [8, 13) meets [10, 20); [20, 25) holds it
+    assert asic_gap(busy, 8, 6) == 40  # too long for [20, 25)
+    assert asic_gap(busy, 30, 0) == 40  # inside a held interval: after it
+    assert asic_gap(busy, 40, 100) == 40
+    assert asic_gap(np.zeros((0, 2), np.int64), 7, 3) == 7

@@ -176,6 +176,7 @@ def test_pipeline_schedule_matches_the_closed_form():
                                 lambda s, pos, j, start: start + d)
         period = max(pp * d, pp * d + (pp - 1) * x + b)
         assert sch.latency[-1] == pp * d + (pp - 1) * x
+        assert sch.rounds == [period] * 20  # every round, the last one's to the next start
         # steady state: each round of pp tokens takes one period; the last round's other
         # sequences follow the first one stage-time apart
         assert sch.end == 19 * period + pp * d + (pp - 1) * x + (pp - 1) * d

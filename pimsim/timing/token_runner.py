@@ -306,10 +306,29 @@ def channels_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cn
 
 
 @cached_njit()
+def asic_gap(busy, start, dur):
+    """The first cycle from ``start`` at which a step of ``dur`` cycles fits on an ASIC that
+    ``busy`` (rows ``[begin, end)``, disjoint, in order) already holds: the device's ASIC
+    taken by the steps of other pipeline stages on the device (:mod:`pimsim.pipeline`)."""
+    lo, hi = 0, busy.shape[0]
+    while lo < hi:  # the first interval that ends after start
+        mid = (lo + hi) // 2
+        if busy[mid, 1] <= start:
+            lo = mid + 1
+        else:
+            hi = mid
+    while lo < busy.shape[0] and busy[lo, 0] < start + dur:
+        if busy[lo, 1] > start:
+            start = busy[lo, 1]
+        lo += 1
+    return start
+
+
+@cached_njit()
 def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
               link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
               win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
-              step_link, step_wait, group, memo, seg_block, seg_reps, cycles):
+              step_link, step_wait, group, memo, seg_block, seg_reps, cycles, asic_busy):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
     A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
@@ -322,7 +341,9 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     step (its first command's data is still crossing the link); an ASIC step (``kind == 0``)
     runs ``dur`` cycles after its dependencies and the previous ASIC step, a collective
     (``kind == 2``) ``dur`` cycles after its dependencies and the previous collective; a step
-    not run this token (``kind == 3``, an expert not chosen) ends where it starts.
+    not run this token (``kind == 3``, an expert not chosen) ends where it starts. An ASIC
+    step also waits for the first gap in ``asic_busy`` that holds it (:func:`asic_gap`; no
+    rows: the ASIC is the program's alone).
     Fills step_start/end and per-step command counts of the critical (last-finishing) channel,
     and ``step_wait[i]`` = (the critical channel's lead, the cycles its link went on after its
     last command completed): outputs for the time accounting only, they change no timing;
@@ -423,6 +444,8 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
             comm_free = end
         else:
             start = max(start, asic_free)
+            if asic_busy.shape[0] > 0:
+                start = asic_gap(asic_busy, start, dur[i])
             end = start + dur[i]
             asic_free = end
         step_start[i] = start
