@@ -552,8 +552,8 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     A mixture-of-experts program (:mod:`pimsim.moe`): a decode step runs the union of the
     experts its sequences chose (their routers', else ``routing``'s: a trace or seeded), each
     expert's steps for the sequences routed to it only (:meth:`BatchedProgram.route`); its
-    batched prefill step runs every expert for every vector (:func:`step_cost` routes a
-    prefill step's tokens)."""
+    batched prefill step likewise, every prompt token of every sequence one vector choosing
+    its experts (the step at index ``L - 1``, the one that generates the first tokens)."""
     from pimsim.expert_parallel import ExpertLoad
     from pimsim.moe import Routing, routed_steps, weight_bytes
 
@@ -622,8 +622,20 @@ def run_batched(prog: Program, cfg: HwConfig, *, prompts: Sequence[Sequence[int]
     if batched:  # every prompt token of every sequence in one step: the first tokens
         if with_energy:
             meter.begin()
-        tt = sim.run_token(prefill_positions(L, B))
-        toks = prefill_functional(functional, prompts, B) if functional else [0] * B
+        active = None
+        toks = None
+        if moe:  # every prompt token chooses its experts (the routers run first): the union
+            routes: dict = {}
+            if functional:
+                toks = prefill_functional(functional, prompts, B, routes)
+            routing.choose(prog, L - 1, routes, batch=L * B)
+            active, counts = routed_steps(pprog, routing.last)
+            pprog.route(counts)  # each expert computes its routed vectors only
+            if with_energy:
+                meter.active = active
+        tt = sim.run_token(prefill_positions(L, B), active)
+        if toks is None:
+            toks = prefill_functional(functional, prompts, B) if functional else [0] * B
         for b in range(B):
             generated[b].append(toks[b])
         generating_step(tt)

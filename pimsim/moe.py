@@ -172,6 +172,11 @@ class Routing:
                                     "(--routing-trace-out on a functional run of the same "
                                     "prompt and tokens)")
                 toks = self.lines[(pos, m)]
+                if len(toks) != batch:
+                    raise UserError(f"routing trace {self.path}: step {pos}, MoE layer {m} "
+                                    f"routes {len(toks)} token(s), the step runs {batch}",
+                                    "record the trace with the same batch and prefill "
+                                    "(--batch, --prefill) as the run that replays it")
             else:
                 toks = [self._draw(pos, m, info, b) for b in range(batch)]
             for tok in toks:

@@ -58,13 +58,14 @@ def use_program(sim: DecodeSimulator, prog: Program) -> None:
 
 
 def prefill_functional(executors: Sequence, prompts: Sequence[Sequence[int]],
-                       decode_batch: int) -> list[int]:
+                       decode_batch: int, routes: dict | None = None) -> list[int]:
     """The numbers of the prefill step of ``prompts`` (one executor per sequence): executor
     ``s`` computes its prompt's tokens in order, each as vector ``s x P + p`` of the prefill
     batch (its accumulators read where the batched loop order reads them), writing its K/V at
     ``p`` and attending over ``0 .. p``; then it is set back to its place in the decode batch of
     ``decode_batch`` sequences. Returns each sequence's first generated token (the argmax of its
-    last prompt token's logits)."""
+    last prompt token's logits). ``routes`` (a mixture of experts): filled with each MoE
+    layer's experts per vector, in the prefill batch's order (the routers' choices)."""
     import numpy as np
 
     n = len(prompts[0])
@@ -75,6 +76,9 @@ def prefill_functional(executors: Sequence, prompts: Sequence[Sequence[int]],
         for p, tok in enumerate(prompt):
             fx.set_batch(vectors, s * n + p)
             logits = fx.step(int(tok), p)
+            if routes is not None:
+                for m, toks in fx.routing.items():
+                    routes.setdefault(m, []).extend(toks)
         fx.set_batch(decode_batch, s if decode_batch > 1 else 0)
         first.append(int(np.argmax(logits)))
     return first

@@ -182,3 +182,42 @@ def test_a_prefill_step_routes_each_token(systems, system):
     tt = sim.run_token(tuple(positions))
     assert fast[0] < tt.end_cyc - tt.start_cyc
     assert fast[1] < meter.end(tt).total_j
+
+
+def test_a_batched_prefill_run_routes_its_prompt_and_replays_from_its_trace(prep):
+    """``run --prefill batched``: the prompt step runs each prompt token's experts only (the
+    routers' choice in a functional run, the same tokens as token-by-token prefill); the trace it
+    writes replays to its cycles, commands and energy; a trace of another batch is refused."""
+    from compiler.pipeline import lower
+    from pimsim.errors import UserError
+    from workloads.validation import functional_executor
+
+    cfg = load_config("pim-gpt")
+    c = lower(prep, cfg)
+    prompts = [[3, 4, 5], [10, 11, 12]]
+    by_token = run_batched(c.program, cfg, prompts=prompts, n_tokens=3,
+                           functional=[functional_executor(c, cfg, False) for _ in prompts])
+    rec = Routing.recorder()
+    rep = run_batched(c.program, cfg, prompts=prompts, n_tokens=3, prefill="batched",
+                      functional=[functional_executor(c, cfg, False) for _ in prompts],
+                      routing=rec)
+    assert rep.tokens == by_token.tokens
+    first = [r for r in rec.records if r["step"] == 2]
+    assert len(first) == 2 and all(len(r["experts"]) == 6 for r in first)  # 2 x 3 prompt tokens
+    trace = Routing("trace", path="t", lines={(r["step"], r["moe"]): r["experts"]
+                                              for r in rec.records})
+    again = run_batched(c.program, cfg, prompts=prompts, n_tokens=3, prefill="batched",
+                        routing=trace)
+    assert (again.cycles, again.commands) == (rep.cycles, rep.commands)
+    assert again.energy["per_token_j"] == rep.energy["per_token_j"]
+    # the routed prompt step is shorter than one computing every expert for every token
+    every = Routing("trace", path="t", lines={
+        (r["step"], r["moe"]): ([[0, 1], [2, 3]] * 3 if r["step"] == 2 else r["experts"])
+        for r in rec.records})
+    assert run_batched(c.program, cfg, prompts=prompts, n_tokens=3, prefill="batched",
+                       routing=every).per_token_ms[0] > rep.per_token_ms[0]
+    short = Routing("trace", path="t", lines={(r["step"], r["moe"]): r["experts"][:1]
+                                              for r in rec.records})
+    with pytest.raises(UserError, match="routes 1 token"):
+        run_batched(c.program, cfg, prompts=prompts, n_tokens=3, prefill="batched",
+                    routing=short)
