@@ -58,6 +58,7 @@ from pimsim.isa import (
     _matvec_items,
     _v_write_place,
     matvec_passes,
+    window_pos,
 )
 from pimsim.prefill import check_prefill, prefill_functional, prefill_positions, use_program
 from pimsim.report import RunReport, TimeTotals
@@ -138,10 +139,6 @@ class BatchedProgram(Program):
 
     def __init__(self, prog: Program, batch: int, *, kv_regions: Sequence[int] | None = None):
         batch = check_batch(batch)
-        if any(kl.window for kl, _ in prog.kv_layouts):
-            raise UserError(f"{prog.model}: batched steps (--batch, --prefill batched, serve) of "
-                            f"sliding-window attention are not modelled",
-                            "run it unbatched, with the prompt token by token")
         regions = tuple(range(batch)) if kv_regions is None else tuple(int(r) for r in kv_regions)
         if len(regions) != batch or min(regions) < 0:
             raise ValueError(f"kv_regions {kv_regions!r}: one region index >= 0 per vector of "
@@ -323,6 +320,7 @@ class BatchedProgram(Program):
         if got is None:
             if step.op == "kv_write":
                 kl, vl = step.kv
+                p = p % kl.window if kl.window else p  # a sliding window's ring slot
                 k, col = _v_write_place(vl, p)
                 vcache = self._v_cache.setdefault(step.index, {})
                 v = vcache.get((k, col))
@@ -354,12 +352,16 @@ class BatchedProgram(Program):
             return _matvec_items(step.matrix, self.vectors(step))
         if step.op == "param_fetch":
             return self.base.pim_items(step, ps[0])
+        w = step.kv[0].window if step.kv is not None else 0  # a sliding window: its ring
         if step.op == "kv_write":
-            per = [_kv_write_items(*self._kv(b, step), p) for b, p in enumerate(ps)]
+            per = [_kv_write_items(*self._kv(b, step), p % w if w else p)
+                   for b, p in enumerate(ps)]
         elif step.op == "attn_score":
-            per = [_attn_score_items(self._kv(b, step)[0], p) for b, p in enumerate(ps)]
+            per = [_attn_score_items(self._kv(b, step)[0], window_pos(p, w))
+                   for b, p in enumerate(ps)]
         elif step.op == "attn_value":
-            per = [_attn_value_items(self._kv(b, step)[1], p) for b, p in enumerate(ps)]
+            per = [_attn_value_items(self._kv(b, step)[1], window_pos(p, w))
+                   for b, p in enumerate(ps)]
         else:
             per = [self.base.pim_items(step, p) for p in ps]
         if len(per) == 1:

@@ -108,9 +108,35 @@ def test_windowed_layers_alternating_with_full_ones(cfg):
     assert_same_generation("qwen2 alternating", _greedy(c, cfg), hf_greedy(m, PROMPT, N_TOKENS))
 
 
-def test_batched_steps_of_a_window_are_refused(mistral):
-    from pimsim.batch import BatchedProgram
-    from pimsim.errors import UserError
+def test_batched_steps_of_a_window_equal_their_single_runs(mistral, cfg):
+    # each sequence writes its ring slot (t mod W) of its own KV region and attends over
+    # min(pos + 1, W) tokens, as a single run does: the gathered items equal the ones built
+    # vector by vector from each region's layouts, batch 1 is the unbatched run to the cycle,
+    # B functional sequences give their single runs' tokens, prefill batched too
+    from pimsim.batch import BatchedProgram, run_batched
+    from pimsim.generate import run_generation
 
-    with pytest.raises(UserError, match="sliding-window attention are not modelled"):
-        BatchedProgram(mistral[1].program, 2)
+    prog = mistral[1].program
+    bp = BatchedProgram(prog, 3)
+    for pos in [(0, 5, 9), (6, 7, 13), (20, 3, 40)]:
+        for st in bp.steps:
+            if st.kind == "pim" and st.op in ("kv_write", "attn_score", "attn_value"):
+                got, want = bp.pim_items(st, pos), bp.pim_items_reference(st, pos)
+                assert all(np.array_equal(a, b) for a, b in zip(got, want)), (st.name, pos)
+    one = run_batched(prog, cfg, prompts=[[3] * 9], n_tokens=4)
+    single = run_generation(prog, cfg, prompt=[3] * 9, n_tokens=4)
+    assert (one.cycles, one.commands) == (single.cycles, single.commands)
+    c = mistral[1]
+    prompts = [[3, 4, 5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 9, 10, 11, 12]]
+    singles = [run_generation(prog, cfg, prompt=p, n_tokens=6,
+                              functional=functional_executor(c, cfg, False)).tokens
+               for p in prompts]
+    for prefill in ("token-by-token", "batched"):
+        rep = run_batched(prog, cfg, prompts=prompts, n_tokens=6, prefill=prefill,
+                          functional=[functional_executor(c, cfg, False) for _ in prompts])
+        assert rep.tokens == singles, prefill
+    fast = run_batched(prog, cfg, prompts=[[1] * 3, [2] * 9, [4] * 14], n_tokens=4,
+                       skip_prompt=True)
+    slow = run_batched(prog, cfg, prompts=[[1] * 3, [2] * 9, [4] * 14], n_tokens=4,
+                       skip_prompt=True, fast=False)
+    assert (fast.cycles, fast.commands) == (slow.cycles, slow.commands)
