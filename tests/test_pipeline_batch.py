@@ -49,6 +49,16 @@ def _prompts(n):
     return [[p + b for p in PROMPT] for b in range(n)]
 
 
+def _assert_same_run(a, b) -> None:
+    """Two pipeline runs equal in time, throughput, commands and energy."""
+    assert a.cycles == b.cycles
+    assert a.per_token_ms == b.per_token_ms
+    assert a.throughput_tokens_per_s == b.throughput_tokens_per_s
+    assert a.commands == b.commands
+    assert a.energy["per_token_j"] == b.energy["per_token_j"]
+    assert a.energy["by_component"] == b.energy["by_component"]
+
+
 @pytest.mark.parametrize("tp", [1, 2])
 def test_a_micro_batch_step_is_the_stages_batched_steps_plus_the_sends(dense, tp):
     progs, cfg = _system(dense, refresh=False, tp=tp, pp=2)
@@ -79,12 +89,7 @@ def test_batch_1_on_a_pipeline_is_the_unbatched_pipeline(dense, tp):
     assert cfg.refresh.enabled
     one = run_system(progs, cfg, prompt=PROMPT, n_tokens=3)
     bat = run_system(progs, cfg, prompt=PROMPT, n_tokens=3, batch_prompts=[PROMPT])
-    assert bat.cycles == one.cycles
-    assert bat.per_token_ms == one.per_token_ms
-    assert bat.throughput_tokens_per_s == one.throughput_tokens_per_s
-    assert bat.commands == one.commands
-    assert bat.energy["per_token_j"] == one.energy["per_token_j"]
-    assert bat.energy["by_component"] == one.energy["by_component"]
+    _assert_same_run(bat, one)
     assert bat.weight_bytes_per_step == one.weight_bytes_per_step
     for k, v in one.system.items():
         assert bat.system[k] == v, k
@@ -165,12 +170,7 @@ def test_in_flight_a_multiple_of_pp_is_the_micro_batch_run(dense, tp):
     kw = dict(prompt=PROMPT, n_tokens=3, skip_prompt=True)
     per_mb = run_system(progs, cfg, **kw, batch_prompts=_prompts(B))
     flight = run_system(progs, cfg, **kw, batch_prompts=_prompts(2 * B), in_flight=True)
-    assert flight.cycles == per_mb.cycles
-    assert flight.per_token_ms == per_mb.per_token_ms
-    assert flight.throughput_tokens_per_s == per_mb.throughput_tokens_per_s
-    assert flight.commands == per_mb.commands
-    assert flight.energy["per_token_j"] == per_mb.energy["per_token_j"]
-    assert flight.energy["by_component"] == per_mb.energy["by_component"]
+    _assert_same_run(flight, per_mb)
     assert flight.system == per_mb.system
     assert {k: v for k, v in flight.extra["batch"].items()} == per_mb.extra["batch"]
     assert flight.extra["batch"]["micro_batch_sizes"] == [B, B]
