@@ -258,18 +258,19 @@ def _silu(c: _Channels, d_ff: int) -> None:
     c.bank_group(_RD, d_ff, 2, ROW_X1)
 
 
-def host_lines(per_channel: list[np.ndarray]) -> int:
-    """Trace lines CENT's host writes for one step's items: a line per single-bank WR / RD of
-    each channel (``W MEM`` / ``R MEM``, aim_sim.py 252-258) and one per all-channel command
-    (its channel mask selects them all). The device's DMA decodes them one after another
-    (``[host] line_cyc`` each, as pimsim's trace replay: pimsim.timing.host_dma); the
-    executor keeps every channel of the step busy until they are through
-    (pimsim.decode)."""
+def host_lines(per_channel: list[np.ndarray]) -> tuple[int, int]:
+    """Trace lines CENT's host writes for one step's items, as (all-channel lines, single-bank
+    lines): one per all-channel command (its channel mask selects them all) and one per
+    single-bank WR / RD of each channel (``W MEM`` / ``R MEM``, aim_sim.py 252-258). The
+    device's DMA decodes them one after another (``[host] line_cyc`` each, as pimsim's trace
+    replay: pimsim.timing.host_dma); the executor keeps every channel of the step busy until
+    they are through (pimsim.decode). CENT's pipeline trace writes the single-bank lines once
+    for every block on the device (``[system] host_lines = "device"``)."""
     if not per_channel:
-        return 0
+        return 0, 0
     single = np.isin(per_channel[0][:, 0], (_WR, _RD)) if len(per_channel[0]) else []
     shared = int(len(per_channel[0]) - np.count_nonzero(single))
-    return shared + sum(int(np.count_nonzero(np.isin(a[:, 0], (_WR, _RD)))) for a in per_channel)
+    return shared, sum(int(np.count_nonzero(np.isin(a[:, 0], (_WR, _RD)))) for a in per_channel)
 
 
 def needs_iterations(d_ff: int, geo) -> bool:

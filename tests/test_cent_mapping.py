@@ -130,6 +130,7 @@ def test_cent_options_refuse_bad_values(tmp_path):
                           ("host_sample_ns", "-1.0", "host_sample_ns = -1.0 must be"),
                           ("lowering", '"centre"', "lowering = 'centre' is not known"),
                           ("placement", '"sparse"', "placement = 'sparse' is not known"),
+                          ("host_lines", '"chip"', "host_lines = 'chip' is not known"),
                           ("placement", '"cent"', "placement = \"cent\" pads each matrix")):
         p = tmp_path / "s.toml"
         p.write_text(f'[system]\ndevice = "pim-gpt"\ndevices = 2\n{key} = {val}\n')
@@ -185,9 +186,11 @@ def test_cent_options_round_trip_through_the_toml_writer():
     assert back.org.channels == 8 and back.system == cfg.system
     assert (back.system.attention, back.system.host_sample_ns) == ("master", 150_000.0)
     assert back.system.lowering == "cent" and back.system.placement == "cent"
+    assert back.system.host_lines == "device"
     assert back.system.interconnect.unicast_bw_factor == 0.5
     plain = config_to_dict(hw_config("aim-gddr6"))  # the defaults are not written
     assert "lowering" not in plain["system"] and "placement" not in plain["system"]
+    assert "host_lines" not in plain["system"] and "attention_accumulators" not in plain["pim"]
     assert "unicast_bw_factor" not in plain["interconnect"]
 
 
@@ -551,3 +554,34 @@ def test_a_system_configs_pim_keys_change_its_device_and_are_checked(tmp_path):
         p.write_text(f'[system]\ndevice = "aim-gddr6"\ndevices = 2\n[pim]\n{pim}\n')
         with pytest.raises(ConfigError, match=msg):
             load_config(p)
+
+
+def test_device_host_lines_wait_for_every_stage_on_the_device(gqa):
+    """CENT's pipeline trace (``[system] host_lines = "device"``, examples/cent): each in-bank
+    step of a stage waits for the single-bank lines of every stage on the device (CENT writes
+    them once per block, TransformerBlock.py 1141-1204) and the all-channel lines once; with
+    "stage" only for its own. Two stages on one device: the softmax's lines twice."""
+    from pimsim.decode import DecodeSimulator
+    from workloads.compiling import hw_config
+
+    cfg = hw_config("examples/cent/cent-8.toml", devices=1, pp=2)
+    assert (cfg.system.host_lines, cfg.system.stages_per_device) == ("device", 2)
+    own = dataclasses.replace(cfg, system=dataclasses.replace(cfg.system, host_lines="stage"))
+    prog = _compiled(gqa, cfg).programs[0]
+    line = cfg.host.line_cyc
+    dur, lines = {}, {}
+    for name, c in (("device", cfg), ("stage", own)):
+        sim = DecodeSimulator(prog, c)
+        tt = sim.run_token(20)
+        sb = sim.streams
+        for k, s in enumerate(sb.pim_steps):
+            if s.cent:
+                dur[name, s.name] = int(tt.step_end[s.index] - tt.step_start[s.index])
+                lines[s.name] = (int(sb.seg_host[k]), int(sb.seg_host_bank[k]))
+    assert lines and all(b > 0 for _, b in lines.values())
+    for step, (shared, bank) in lines.items():  # no step ends before its lines are through
+        assert dur["device", step] >= line * (shared + 2 * bank)
+        assert dur["stage", step] >= line * (shared + bank)
+        assert dur["device", step] >= dur["stage", step]
+    sm = next(s for s in lines if s.endswith("softmax.banks"))
+    assert dur["device", sm] > dur["stage", sm]
