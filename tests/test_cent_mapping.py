@@ -560,7 +560,7 @@ def test_device_host_lines_wait_for_every_stage_on_the_device(gqa):
     """CENT's pipeline trace (``[system] host_lines = "device"``, examples/cent): each in-bank
     step of a stage waits for the single-bank lines of every stage on the device (CENT writes
     them once per block, TransformerBlock.py 1141-1204) and the all-channel lines once; with
-    "stage" only for its own. Two stages on one device: the softmax's lines twice."""
+    "stage" only for its own. Two stages on one device: the single-bank lines twice."""
     from pimsim.decode import DecodeSimulator
     from workloads.compiling import hw_config
 
@@ -583,5 +583,7 @@ def test_device_host_lines_wait_for_every_stage_on_the_device(gqa):
         assert dur["device", step] >= line * (shared + 2 * bank)
         assert dur["stage", step] >= line * (shared + bank)
         assert dur["device", step] >= dur["stage", step]
-    sm = next(s for s in lines if s.endswith("softmax.banks"))
-    assert dur["device", sm] > dur["stage", sm]
+    # the SiLU step's 256 single-bank lines, twice, outlast its channels' work (389 cycles)
+    act = next(s for s in lines if s.endswith("activation.banks"))
+    assert lines[act] == (10, 256)
+    assert dur["device", act] > dur["stage", act] and dur["device", act] >= line * (10 + 512)
