@@ -7,8 +7,9 @@ stage, several stages per device (the PP rows), at sequence lengths 128..4096
 (Yufeng98/CENT@9b4165f cent_simulation/simulation_results.csv; throughput = stages x 1000 /
 token latency). pimsim simulates one token at each position (the earlier positions' KV caches
 filled, ``skip_prompt``) on examples/cent/cent-<devices>.toml (CENT's options: ``attention =
-"master"``, ``host_sample_ns``, ``lowering = "cent"``, ``placement = "cent"``, CENT's lanes per
-device and ``unicast_bw_factor = 0.5``) and on
+"master"``, ``host_sample_ns``, ``lowering = "cent"``, ``placement = "cent"``, ``host_lines =
+"device"``, CENT's lanes per device, ``unicast_bw_factor = 0.5`` and the device's ``[pim]`` with
+CENT's 32 latches per bank, the attention reading one at a time) and on
 the same devices as shipped (``aim-gddr6``: ``attention = "split"``, native GQA, no host time,
 the default fabric; PP rows: one stage per device).
 PP rows: pimsim's throughput is CENT's steady state of a full pipeline, stages / (token latency

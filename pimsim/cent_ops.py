@@ -91,12 +91,13 @@ def cent_matvec_items(m, ch: int, macs) -> list[tuple]:
     pack's ``m.cent_parts`` matrices (contiguous shares), each a product of its own
     (``TransformerBlock.py`` 714-734): per fill a WR_GB of the whole fill (on every channel,
     one holding none of the part's slots too), then per group of up
-    to ``REUSE_SIZE`` slots WR_BIAS, MAC_ABK and RD_MAC per slot; the part feeding an
-    activation (``m.cent_af_part``, 756-780: groups of ``REUSE_SIZE // 2``) runs AF and RD_AF
-    per slot after its last fill's MACs. A group is also at most the config's accumulators
-    per bank (CENT's 32 latches are not AiM's one accumulator: aim-gddr6 issues its groups
-    one slot at a time). Every neuron's accumulator is read after every fill, as pim-gpt's
-    order (the same numerics: ``read_segments``)."""
+    to ``REUSE_SIZE`` slots (CENT's balanced groups, 715-716) a WR_BIAS per slot, the slots'
+    MAC_ABKs, a RD_MAC per slot; the part feeding an activation (``m.cent_af_part``, 756-780:
+    groups of ``REUSE_SIZE // 2``) runs AF and RD_AF per slot after its last fill's MACs. A
+    group is also at most the config's accumulators per bank (CENT's AiM has ``reuse_size`` =
+    32 latches a bank, aim_sim.py:10, run_sim.py:16; aim-gddr6 has one and issues its groups
+    one slot at a time; examples/cent/ give the device CENT's 32). Every neuron's accumulator
+    is read after every fill, as pim-gpt's order (the same numerics: ``read_segments``)."""
     out: list[tuple] = []
     n_slots = m.slots(ch)
     parts = m.cent_parts
@@ -107,7 +108,9 @@ def cent_matvec_items(m, ch: int, macs) -> list[tuple]:
     for p in range(parts):  # CENT writes every fill on every channel of the stage (700-702)
         slots = range(bounds[p], bounds[p + 1])
         af = p == m.cent_af_part
-        size = min(REUSE_SIZE // 2 if af else REUSE_SIZE, m.accumulators)
+        # CENT's balanced groups (715-716): ceil(n / limit) groups of ceil(n / groups) slots
+        limit = min(REUSE_SIZE // 2 if af else REUSE_SIZE, m.accumulators)
+        size = _cdiv(len(slots), _cdiv(len(slots), limit)) if len(slots) else 1
         groups = [slots[i:i + size] for i in range(0, len(slots), size)]
         for fi, fill in enumerate(m.fills):
             out.append((_WR_GB, -1, -1, sum(n for _, _, n in fill), 0))
@@ -255,18 +258,19 @@ def _silu(c: _Channels, d_ff: int) -> None:
     c.bank_group(_RD, d_ff, 2, ROW_X1)
 
 
-def host_lines(per_channel: list[np.ndarray]) -> int:
-    """Trace lines CENT's host writes for one step's items: a line per single-bank WR / RD of
-    each channel (``W MEM`` / ``R MEM``, aim_sim.py 252-258) and one per all-channel command
-    (its channel mask selects them all). The device's DMA decodes them one after another
-    (``[host] line_cyc`` each, as pimsim's trace replay: pimsim.timing.host_dma); the
-    executor keeps every channel of the step busy until they are through
-    (pimsim.decode)."""
+def host_lines(per_channel: list[np.ndarray]) -> tuple[int, int]:
+    """Trace lines CENT's host writes for one step's items, as (all-channel lines, single-bank
+    lines): one per all-channel command (its channel mask selects them all) and one per
+    single-bank WR / RD of each channel (``W MEM`` / ``R MEM``, aim_sim.py 252-258). The
+    device's DMA decodes them one after another (``[host] line_cyc`` each, as pimsim's trace
+    replay: pimsim.timing.host_dma); the executor keeps every channel of the step busy until
+    they are through (pimsim.decode). CENT's pipeline trace writes the single-bank lines once
+    for every block on the device (``[system] host_lines = "device"``)."""
     if not per_channel:
-        return 0
+        return 0, 0
     single = np.isin(per_channel[0][:, 0], (_WR, _RD)) if len(per_channel[0]) else []
     shared = int(len(per_channel[0]) - np.count_nonzero(single))
-    return shared + sum(int(np.count_nonzero(np.isin(a[:, 0], (_WR, _RD)))) for a in per_channel)
+    return shared, sum(int(np.count_nonzero(np.isin(a[:, 0], (_WR, _RD)))) for a in per_channel)
 
 
 def needs_iterations(d_ff: int, geo) -> bool:

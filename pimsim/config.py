@@ -92,6 +92,7 @@ INT_BOUNDS: dict[tuple[str, str], tuple[int, int]] = {
     ("pim", "banks_per_pim_unit"): (1, 64),
     ("pim", "global_buffer_bytes"): (0, 1 << 30),
     ("pim", "accumulators_per_bank"): (0, 4096),
+    ("pim", "attention_accumulators"): (0, 4096),
     ("asic", "vector_lanes"): (1, 1 << 16),
     ("asic", "sram_bytes"): (1, 1 << 40),
     ("asic", "exp_taylor_terms"): (1, 64),
@@ -180,6 +181,11 @@ class Pim:
     accumulator_type: str = "fp32"
     global_buffer_bytes: int = 0  # per channel; one fill holds this much of the input vector
     accumulators_per_bank: int = 1  # partial sums a bank's MAC unit keeps at once
+    # accumulators the attention's products (q.K^T, s.V) fill before reading them out; 0: all
+    # accumulators_per_bank. CENT's generator reads each score / context latch on its own
+    # (WR_BIAS, MAC, RD_MAC per head, Yufeng98/CENT@9b4165f TransformerBlock.py 798-803,
+    # 822-831) while its weight products fill 32 (714-734): attention_accumulators = 1
+    attention_accumulators: int = 0
     # matrix-vector loop order (pimsim.isa.MatvecOrder): "pim-gpt" (each buffer fill serves
     # every output row, accumulators read after every fill) or "reuse" (CENT: a fill serves
     # accumulators_per_bank output rows per bank, accumulators read once after all fills)
@@ -486,16 +492,21 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>",
 def _system_config(data: dict[str, Any], source: str, folder: str | Path | None) -> HwConfig:
     """A system file: ``[system] device = "<device config>"`` plus the system's size and
     ``[interconnect]``; the devices are that config's. A shipped name (no suffix) is a config of
-    ``hwconfigs/``; a path is read against ``folder``, the system file's own folder."""
+    ``hwconfigs/``; a path is read against ``folder``, the system file's own folder. A
+    ``[pim]`` table replaces those keys of the device's ``[pim]`` (a study's variant of the
+    device, e.g. CENT's AiM with its latches; validated as the device's own)."""
 
     def fail(msg: str, fix: str) -> None:
         raise ConfigError(f"{source}: {msg}", fix)
 
-    extra = set(data) - {"name", "description", "system", "interconnect"}
+    extra = set(data) - {"name", "description", "system", "interconnect", "pim"}
     if extra:
         fail(f"a system config (its [system] names a device) has sections {sorted(extra)}",
-             "put device sections in the device's own config; keep [system] and "
-             "[interconnect] here")
+             "put device sections in the device's own config; keep [system], "
+             "[interconnect] and the [pim] keys it changes here")
+    pim = data.get("pim", {})
+    if not isinstance(pim, dict):
+        fail("[pim] must be a table", "write it as a TOML table of the device's [pim] keys")
     sec = dict(data["system"])
     dev = sec.pop("device")
     if not isinstance(dev, str):
@@ -515,6 +526,10 @@ def _system_config(data: dict[str, Any], source: str, folder: str | Path | None)
         fail(f"[system] device = {dev!r} is itself a system config",
              "name a device config (one with [organization], [timing], ...)")
     base = load_config(path if Path(dev).suffix else dev)
+    if pim:
+        raw = tomllib.loads(read_text(path, "device config"))
+        raw["pim"] = {**raw.get("pim", {}), **pim}
+        base = config_from_dict(raw, f"{source} ([pim] on {path.name})", folder=path.parent)
     if not isinstance(data.get("interconnect", {}), dict):
         fail("[interconnect] must be a table", "write it as a TOML table")
     system = system_from_dict(sec, data.get("interconnect"), source)
@@ -650,6 +665,10 @@ def _validate(cfg: HwConfig, where: str) -> None:
         if p.global_buffer_bytes % o.column_bytes:
             fail(f"[pim] global_buffer_bytes = {p.global_buffer_bytes} is not a whole number of "
                  f"{o.column_bytes}-byte columns", f"use a multiple of {o.column_bytes}")
+    if not 0 <= p.attention_accumulators <= p.accumulators_per_bank:
+        fail(f"[pim] attention_accumulators = {p.attention_accumulators} must be 0 (all the "
+             f"bank's) or at most accumulators_per_bank = {p.accumulators_per_bank}",
+             f"give 0..{p.accumulators_per_bank}")
     if p.mapping not in MAPPINGS:
         fail(f"[pim] mapping = {p.mapping!r}; supported: "
              f"{', '.join(repr(m) for m in MAPPINGS)}", "use one of those")

@@ -217,8 +217,10 @@ class StreamBuilder:
         # compact regions: the times their block runs before the rest (0: written out)
         self.seg_reps = np.zeros((self.n_ch, n_seg), np.int64)
         # lines CENT's host writes for each region's step (pimsim.cent_ops.host_lines; 0 for
-        # every step not of CENT's lowering), decoded by the device's DMA one after another
+        # every step not of CENT's lowering), decoded by the device's DMA one after another:
+        # the all-channel lines and the single-bank ones
         self.seg_host = np.zeros(n_seg, np.int64)
+        self.seg_host_bank = np.zeros(n_seg, np.int64)
 
     def _compact(self, index: int, passes: list) -> list[np.ndarray]:
         """A compact region's items (each channel's first pass, then the rest), its pass
@@ -253,7 +255,7 @@ class StreamBuilder:
                         else:
                             arrs = self.prog.pim_items(s, pos)
                         if s.cent:
-                            self.seg_host[k] = host_lines(arrs)
+                            self.seg_host[k], self.seg_host_bank[k] = host_lines(arrs)
                     self._keys[k] = key
             per_step.append(arrs)
         if first:  # the first build: lay every region out
@@ -414,6 +416,10 @@ class DecodeSimulator:
         self.link_lat = link_latency_cyc(cfg)
         self.link_cyc = LinkCycles(cfg)
         self.host_line_cyc = cfg.host.line_cyc if cfg.host is not None else 0
+        # CENT's pipeline trace: every stage on the device writes its single-bank lines for
+        # each in-bank step through the one DMA at once ([system] host_lines = "device")
+        sysm = cfg.system
+        self.host_line_stages = sysm.stages_per_device if sysm.host_lines == "device" else 1
         self.now = 0
         # the device's ASIC cycles already taken by other pipeline stages on the device (rows
         # [begin, end), disjoint, in order; pimsim.pipeline sets them before each job): this
@@ -434,11 +440,13 @@ class DecodeSimulator:
         kind = self.steps.kind if active is None else np.where(active, self.steps.kind, 3)
         items, seg_lo, seg_hi = self.streams.build(pos)
         busy = self.link_cyc.busy(self.streams.seg_bytes)
-        if self.host_line_cyc and self.streams.seg_host.any():
+        sb = self.streams
+        if self.host_line_cyc and (sb.seg_host.any() or sb.seg_host_bank.any()):
             # CENT's lowering: the step's host lines pass the device's DMA one after another
             # (line_cyc each, a write line carrying its data) while the channels work; a
             # channel is not done before they are through
-            busy = np.maximum(busy, self.host_line_cyc * self.streams.seg_host[None, :])
+            lines = sb.seg_host + self.host_line_stages * sb.seg_host_bank
+            busy = np.maximum(busy, self.host_line_cyc * lines[None, :])
         lead = self.link_cyc.lead(self.streams.seg_lead)
         dur = self.steps.durations(pos)
         n = len(self.prog.steps)

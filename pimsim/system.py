@@ -34,6 +34,7 @@ ATTENTION = ("split", "one-device", "master")  # compiler.passes.lower.ATTENTION
 GQA = ("native", "unrolled")
 LOWERINGS = ("pimsim", "cent")  # [system] lowering (pimsim.cent_ops)
 PLACEMENTS = ("dense", "cent")  # [system] placement (pimsim.cent_ops.cent_part_slots)
+HOST_LINES = ("stage", "device")  # [system] host_lines (pimsim.decode)
 TOKEN_BYTES = 4  # a sampled token id, returned from the last stage to the first
 
 
@@ -85,6 +86,13 @@ class System:
     # memory_mapping 1012-1068 and TransformerBlock.py Vector_Matrix_Mul_weight_pim_only_trace
     # 697-702; pimsim.cent_ops.cent_part_slots)
     placement: str = "dense"
+    # whose host lines an in-bank step of CENT's lowering waits for, with stages smaller than a
+    # device: "stage" (its own) or "device" (CENT's pipeline trace, one per device: the
+    # device's blocks run each command at once, all its channels in the mask, and the host
+    # writes every block's single-bank vector lines through the one DMA,
+    # Yufeng98/CENT@9b4165f cent_simulation/TransformerBlock.py 1141-1204, ``for tb in
+    # range(num_transformer_blocks_per_device)``)
+    host_lines: str = "stage"
     # expert parallelism (vLLM's --enable-expert-parallel, pimsim.expert_parallel): the MoE
     # layers' experts placed whole over the ``ep`` devices of a stage's tensor-parallel group
     # (``ep == tp``: no data parallelism here), attention and dense layers still split; 1: the
@@ -235,7 +243,7 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
     """Validated :class:`System` from the ``[system]`` and ``[interconnect]`` tables."""
     sec = dict(sec or {})
     known = {"devices", "tp", "pp", "host", "attention", "host_sample_ns", "gqa", "lowering",
-             "placement"}
+             "placement", "host_lines"}
     for k in sec:
         if k not in known:
             raise SystemError_(f"{where}: [system] unknown key {k!r}",
@@ -250,6 +258,7 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
     gqa = _choice(sec, "gqa", GQA, where)
     lowering = _choice(sec, "lowering", LOWERINGS, where)
     placement = _choice(sec, "placement", PLACEMENTS, where)
+    host_lines = _choice(sec, "host_lines", HOST_LINES, where)
     if placement == "cent" and lowering != "cent":
         raise SystemError_(f"{where}: [system] placement = \"cent\" pads each matrix of a "
                            f"product as CENT's lowering issues it, but lowering = {lowering!r}",
@@ -273,7 +282,7 @@ def system_from_dict(sec: dict[str, Any] | None, ic: dict[str, Any] | None,
                   stages_per_device=s.stages_per_device,
                   interconnect=interconnect_from_dict(ic or {}, where), attention=attention,
                   host_sample_ns=float(sample), gqa=gqa, lowering=lowering,
-                  placement=placement)
+                  placement=placement, host_lines=host_lines)
 
 
 # ---------------------------------------------------------------- collective costs

@@ -130,6 +130,7 @@ def test_cent_options_refuse_bad_values(tmp_path):
                           ("host_sample_ns", "-1.0", "host_sample_ns = -1.0 must be"),
                           ("lowering", '"centre"', "lowering = 'centre' is not known"),
                           ("placement", '"sparse"', "placement = 'sparse' is not known"),
+                          ("host_lines", '"chip"', "host_lines = 'chip' is not known"),
                           ("placement", '"cent"', "placement = \"cent\" pads each matrix")):
         p = tmp_path / "s.toml"
         p.write_text(f'[system]\ndevice = "pim-gpt"\ndevices = 2\n{key} = {val}\n')
@@ -185,9 +186,11 @@ def test_cent_options_round_trip_through_the_toml_writer():
     assert back.org.channels == 8 and back.system == cfg.system
     assert (back.system.attention, back.system.host_sample_ns) == ("master", 150_000.0)
     assert back.system.lowering == "cent" and back.system.placement == "cent"
+    assert back.system.host_lines == "device"
     assert back.system.interconnect.unicast_bw_factor == 0.5
     plain = config_to_dict(hw_config("aim-gddr6"))  # the defaults are not written
     assert "lowering" not in plain["system"] and "placement" not in plain["system"]
+    assert "host_lines" not in plain["system"] and "attention_accumulators" not in plain["pim"]
     assert "unicast_bw_factor" not in plain["interconnect"]
 
 
@@ -475,3 +478,112 @@ def test_asic_gap_is_the_first_gap_that_holds_the_step():
     assert asic_gap(busy, 30, 0) == 40  # inside a held interval: after it
     assert asic_gap(busy, 40, 100) == 40
     assert asic_gap(np.zeros((0, 2), np.int64), 7, 3) == 7
+
+
+def _cent_groups(n: int, size: int) -> list[int]:
+    """CENT's balanced latch groups of ``n`` slots, at most ``size`` each
+    (Yufeng98/CENT@9b4165f TransformerBlock.py 715-716, 757-758)."""
+    k = -(-n // size)
+    s = -(-n // k)
+    return [s] * (k - 1) + [n - s * (k - 1)]
+
+
+def test_cents_latches_group_weight_products_and_leave_the_attention_one_at_a_time():
+    """Llama2-7B's shapes, one block on one CENT device (32 channels x 16 banks = 512 banks):
+    w1 and w3 hold ceil(11008 / 512) = 22 rows a bank, q 4096 / 512 = 8; the input (4096) is
+    4 fills. With CENT's 32 latches (examples/cent: accumulators_per_bank = 32) each fill
+    writes a group's biases, MACs them and reads them together: w3 one group of 22, w1 (the
+    AF unit's half, 16) two of 11, q one of 8; with aim-gddr6's one accumulator every slot is
+    a group of its own. The same WR_BIAS / RD_MAC commands either way; the attention's reads
+    stay one at a time (attention_accumulators = 1)."""
+    import torch
+    import transformers as T
+
+    from pimsim.spec.commands import cmd_id
+    from workloads.compiling import hw_config
+
+    with torch.device("meta"):
+        m = T.LlamaForCausalLM(T.LlamaConfig(
+            hidden_size=4096, intermediate_size=11008, num_hidden_layers=1,
+            num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+            max_position_embeddings=4096))
+    cent = hw_config("examples/cent/cent-8.toml", devices=1)
+    assert (cent.pim.accumulators_per_bank, cent.pim.attention_accumulators) == (32, 1)
+    one, all32 = (dataclasses.replace(cent, pim=dataclasses.replace(
+        cent.pim, accumulators_per_bank=k, attention_accumulators=0)) for k in (1, 32))
+    banks = cent.org.channels * cent.org.banks
+    fills = 4  # 4096 inputs, a fill of the 2 KB global buffer: 1024
+    wr, rd = cmd_id("WR_MAC"), cmd_id("RD_MAC")
+    got = {}
+    for name, cfg in (("cent", cent), ("one", one), ("all32", all32)):
+        prog = compile_model(decode_step_module(m), cfg, name="llama2-7b", n_ctx=256).program
+        steps = {st.name.split(".", 1)[-1]: st for st in prog.steps if st.kind == "pim"}
+        got[name] = {k: prog.pim_items(steps[k], 128)[0] for k in ("ffn_up", "qkv", "attn_score")}
+    slots = -(-11008 // banks)
+    assert slots == 22
+    for name, size, af_size in (("cent", 32, 16), ("one", 1, 1)):
+        up, qkv = got[name]["ffn_up"], got[name]["qkv"]
+        # w1's product (AF: half the latches), each fill its groups, then w3's
+        want = fills * _cent_groups(slots, af_size) + fills * _cent_groups(slots, size)
+        assert up[up[:, 0] == wr][:, 3].tolist() == want
+        assert up[up[:, 0] == rd][:, 3].tolist() == want
+        assert up[up[:, 0] == wr][:, 3].sum() == fills * 2 * slots  # a WR_BIAS per slot
+        q = _cent_groups(4096 // banks, size)
+        assert qkv[qkv[:, 0] == wr][:, 3].tolist() == fills * 3 * q  # q, k, v each
+    assert len(got["cent"]["ffn_up"]) < len(got["one"]["ffn_up"])
+    for name in ("cent", "one"):  # q.K^T: a RD_MAC per MAC (CENT's, 798-803)
+        score = got[name]["attn_score"]
+        assert set(score[score[:, 0] == rd][:, 3].tolist()) == {1}
+    # without the option the scores share the 32 latches: the 8 heads of a key row chunk
+    # (1024 / 128) read together
+    score = got["all32"]["attn_score"]
+    assert set(score[score[:, 0] == rd][:, 3].tolist()) == {8}
+
+
+def test_a_system_configs_pim_keys_change_its_device_and_are_checked(tmp_path):
+    from pimsim.config import ConfigError, config_from_dict
+    from workloads.sweeps.spec import config_to_dict
+
+    cfg = load_config("examples/cent/cent-8.toml")
+    back = config_from_dict(config_to_dict(cfg))  # the toml writer keeps them
+    assert (back.pim.accumulators_per_bank, back.pim.attention_accumulators) == (32, 1)
+    assert load_config("aim-gddr6").pim.accumulators_per_bank == 1  # the device as shipped
+    p = tmp_path / "s.toml"
+    for pim, msg in (("attention_accumulators = 2", "attention_accumulators = 2 must be"),
+                     ("latches = 32", r"unknown key\(s\) \['latches'\] in \[pim\]")):
+        p.write_text(f'[system]\ndevice = "aim-gddr6"\ndevices = 2\n[pim]\n{pim}\n')
+        with pytest.raises(ConfigError, match=msg):
+            load_config(p)
+
+
+def test_device_host_lines_wait_for_every_stage_on_the_device(gqa):
+    """CENT's pipeline trace (``[system] host_lines = "device"``, examples/cent): each in-bank
+    step of a stage waits for the single-bank lines of every stage on the device (CENT writes
+    them once per block, TransformerBlock.py 1141-1204) and the all-channel lines once; with
+    "stage" only for its own. Two stages on one device: the single-bank lines twice."""
+    from pimsim.decode import DecodeSimulator
+    from workloads.compiling import hw_config
+
+    cfg = hw_config("examples/cent/cent-8.toml", devices=1, pp=2)
+    assert (cfg.system.host_lines, cfg.system.stages_per_device) == ("device", 2)
+    own = dataclasses.replace(cfg, system=dataclasses.replace(cfg.system, host_lines="stage"))
+    prog = _compiled(gqa, cfg).programs[0]
+    line = cfg.host.line_cyc
+    dur, lines = {}, {}
+    for name, c in (("device", cfg), ("stage", own)):
+        sim = DecodeSimulator(prog, c)
+        tt = sim.run_token(20)
+        sb = sim.streams
+        for k, s in enumerate(sb.pim_steps):
+            if s.cent:
+                dur[name, s.name] = int(tt.step_end[s.index] - tt.step_start[s.index])
+                lines[s.name] = (int(sb.seg_host[k]), int(sb.seg_host_bank[k]))
+    assert lines and all(b > 0 for _, b in lines.values())
+    for step, (shared, bank) in lines.items():  # no step ends before its lines are through
+        assert dur["device", step] >= line * (shared + 2 * bank)
+        assert dur["stage", step] >= line * (shared + bank)
+        assert dur["device", step] >= dur["stage", step]
+    # the SiLU step's 256 single-bank lines, twice, outlast its channels' work (389 cycles)
+    act = next(s for s in lines if s.endswith("activation.banks"))
+    assert lines[act] == (10, 256)
+    assert dur["device", act] > dur["stage", act] and dur["device", act] >= line * (10 + 512)

@@ -125,6 +125,7 @@ class Placement:
             + sum(n for _, n in entries),
             has_weights=all(w is not None for w in matrices_w.values()))
         gb_cols, acc = buffer_limits(cfg, self.attns[0].d_head if self.attns else geo.col_elems)
+        acc_attn = cfg.pim.attention_accumulators or acc  # q.K^T and s.V (CENT's: one)
         mp = GraphMapping(model=model, hw=cfg.name, geo=geo, n_stages=self.pp, gb_cols=gb_cols,
                           accumulators=acc, order=cfg.pim.mapping)
         C = geo.channels
@@ -149,10 +150,10 @@ class Placement:
             slots = min(int(n_ctx), a.window) if a.window else int(n_ctx)
             win = a.window if a.window and a.window < int(n_ctx) else 0
             kl = KLayout(a.index, n_head, a.d_head, slots, hpc, row, geo,
-                         heads_per_fill=gb_cols * geo.col_elems // a.d_head, accumulators=acc,
+                         heads_per_fill=gb_cols * geo.col_elems // a.d_head, accumulators=acc_attn,
                          n_kv_head=n_kv, window=win)
             row += kl.rows_reserved
-            vl = VLayout(a.index, n_head, a.d_v, slots, row, geo, gb_cols, acc,
+            vl = VLayout(a.index, n_head, a.d_v, slots, row, geo, gb_cols, acc_attn,
                          n_kv_head=n_kv, window=win)
             row += vl.rows_reserved
             # with pipeline stages, pp sequences are in flight: a cache for each of them

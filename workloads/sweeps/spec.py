@@ -108,6 +108,8 @@ def config_to_dict(cfg: HwConfig) -> dict:
                      ("controller", cfg.controller)):
         if obj is not None:
             d[sec] = copy.deepcopy(dataclasses.asdict(obj))
+    if not cfg.pim.attention_accumulators:  # the default: the records stay
+        d["pim"].pop("attention_accumulators")
     sy = cfg.system
     d["system"] = {"devices": sy.devices, "tp": sy.tp, "pp": sy.pp, "host": sy.host,
                    "attention": sy.attention, "host_sample_ns": sy.host_sample_ns,
@@ -116,6 +118,8 @@ def config_to_dict(cfg: HwConfig) -> dict:
         d["system"]["lowering"] = sy.lowering
     if sy.placement != "dense":
         d["system"]["placement"] = sy.placement
+    if sy.host_lines != "stage":
+        d["system"]["host_lines"] = sy.host_lines
     if sy.device_channels:  # stages smaller than a device: the whole device's channels
         d["organization"].update(channels=sy.device_channels, channel_mask=0)
     d["interconnect"] = dataclasses.asdict(sy.interconnect)
