@@ -24,7 +24,7 @@ time of the whole process. No timed assertions: a script that prints its figures
 
 Measured (``docs/benchmarks.md`` keeps the history): the whole workload on an idle 2-core
 machine, two workers, the schedule planned ahead once every request has arrived: 139.8, 136.9
-and 140.0 s in three runs (265, 262 and 268 s CPU; compile 0.2 s from the program cache), with
+and 140.0 s in three runs (274, 269 and 275 s CPU; compile 0.2 s from the program cache), with
 the FR-FCFS closed form following every periodic stretch of a KV-cache write (a 256-token
 prefill step 2.05 -> 1.16 s CPU); before it 175.4, 198.5 and 169.0 s (343, 389 and 332 s CPU),
 183.3 and 190.9 s before the stream building in place and the cached compile, and 896 s wall /
