@@ -165,7 +165,8 @@ def main() -> None:
         mu = cost.memo_usage()
         print(f"  kernel memo: {mu['entries']:,} of {mu['max_entries']:,} entries, {mu['words']:,} of "
               f"{mu['capacity_words']:,} words; {mu['hits']:,} units replayed, {mu['misses']:,} "
-              f"simulated, {mu['dropped']:,} not kept (memo full)")
+              f"simulated; cleared {mu.get('cleared', 0):,} times when full, {mu['dropped']:,} "
+              f"too large to keep")
     else:
         print(f"  simulated {cost.positions_simulated} batch-1 positions; serving wall {pim_wall:.1f} s")
 

@@ -442,8 +442,9 @@ class BatchedSteps:
     * the timing kernels' memo of simulated units (:func:`~pimsim.timing.memo.new_memo`, of
       ``memo_words`` words and ``memo_entries`` entries): an entry is the outcome of a unit of
       items from a state, both relative to the state, so it is exact in any step of the config.
-      When it is full, further units are simulated (exact, not faster): :meth:`memo_usage`
-      says how full it is and how many units it could not keep (``dropped``)."""
+      When it is full it is cleared and refilled with the units that recur: :meth:`memo_usage`
+      says how full it is, how often it was cleared and how many units were too large for it
+      (``dropped``: simulated whenever they recur, exact but not faster)."""
 
     def __init__(self, prog: Program, cfg: HwConfig, *, sizes: int = 4,
                  memo_words: int = 1 << 25, memo_entries: int = 1 << 18):

@@ -142,8 +142,8 @@ def test_periods_of_blocks_stepped_in_closed_form_equal_every_block_run(model, b
 
 
 def test_blocks_with_a_full_memo_are_simulated():
-    """A memo too small to keep the blocks (their outcomes dropped): every block is simulated,
-    the same result."""
+    """A memo too small to keep the blocks (cleared again and again, an outcome larger than
+    the whole memo dropped): the blocks are simulated, the same result."""
     cfg = _cfg("aim-gddr6", 2, True, None)
     prog = system_programs(compile_model("tiny", cfg), cfg)[0]
     bprog = BatchedProgram(prog, 6)
@@ -151,7 +151,9 @@ def test_blocks_with_a_full_memo_are_simulated():
     small = new_memo(2048, 8)
     assert _steps(bprog, cfg, steps, blocks=True, memo=small)[:-1] == \
         _steps(bprog, cfg, steps, blocks=False)[:-1]
-    assert memo_usage(small)["dropped"] > 0
+    u = memo_usage(small)
+    assert u["cleared"] + u["dropped"] > 0
+    assert u["words"] <= u["capacity_words"] and u["entries"] <= u["max_entries"]
 
 
 def _compact_steps(bprog, cfg, steps, memo=True, cycles=True):

@@ -374,7 +374,9 @@ def fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, wi
     time and when the open row was opened; no refresh and no window rule in the pair. The
     scheduling rules being invariant under a shift of time, every further pair is pair j
     shifted by P again, up to the next refresh. Those pairs are applied in closed form: the
-    state moves by k P and the counters by k pairs' worth.
+    state moves by k P and the counters by k pairs' worth. The pairs around the refresh are
+    issued one by one (the refresh as it falls due), then the period is looked for again, so
+    a run of any length is one call however many refreshes fall inside it.
     """
     end_pair = pos + 2 * m
     ready0 = ready.copy()
@@ -426,7 +428,7 @@ def fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, wi
         if geom[G_REFRESH] == 1:
             k = min(k, max(0, (scal[S_NEXT_REF] - 1 - last1) // period))
         if k <= 0:
-            break
+            continue  # the refresh is due: issue pairs one by one through it
         shift = k * period
         for i in range(ready.shape[0]):
             for j in range(ready.shape[1]):
@@ -445,7 +447,7 @@ def fast_forward_pairs(stream, pos, m, not_before, cmd_tab, pr_start, pr_tab, wi
         for b in range(open_row.shape[0]):
             open_row[b] = new_row
         scal[S_ALLROW] = new_row
-        break
+        have_prev = False  # up to the refresh: through it pair by pair, then look again
     return p, log
 
 

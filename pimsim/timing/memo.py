@@ -29,7 +29,7 @@ from pimsim.timing.tables import G_BUS, G_REFRESH
 # One flat int64 array holds the memo: a header, an open-addressing hash table of entry ids,
 # per-entry metadata (hash, offset, key length, value length), the entry words, and scratch.
 (M_HT, M_MAXE, M_CAP, M_N, M_USED, M_TAB, M_META, M_DAT, M_SCR, M_SCR_LEN, M_HITS,
- M_MISSES, M_DROPPED) = range(13)
+ M_MISSES, M_DROPPED, M_CLEARED) = range(14)
 M_HEADER = 16
 MEMO_BLOCK = 16  # stream items per block unit (units that are not pair runs)
 _NO_REF = -(1 << 50)  # key slot value: entry valid for any refresh time after its last command
@@ -53,14 +53,16 @@ def new_memo(capacity_words: int = 1 << 23, max_entries: int = 1 << 16,
 
 def memo_usage(memo: np.ndarray) -> dict[str, int]:
     """How full a memo is: entries and words used of their capacities, units replayed
-    (``hits``) and simulated (``misses``), and units not recorded because it was full
-    (``dropped``: those are simulated whenever they recur, exact but not faster)."""
+    (``hits``) and simulated (``misses``), how often it was cleared because it was full
+    (``cleared``: its entries forgotten, the units that recur recorded again) and units not
+    recorded because one alone does not fit it (``dropped``: simulated whenever they recur,
+    exact but not faster)."""
     if memo.shape[0] == 0:
         return {}
     return {"entries": int(memo[M_N]), "max_entries": int(memo[M_MAXE]),
             "words": int(memo[M_USED]), "capacity_words": int(memo[M_CAP]),
             "hits": int(memo[M_HITS]), "misses": int(memo[M_MISSES]),
-            "dropped": int(memo[M_DROPPED])}
+            "cleared": int(memo[M_CLEARED]), "dropped": int(memo[M_DROPPED])}
 
 
 @cached_njit(inline="always")
@@ -213,12 +215,23 @@ def _memo_insert(memo, k0, klen, v0, vlen, h):
 
 @cached_njit()
 def _memo_insert_from(memo, src, k0, klen, v0, vlen, h):
-    """Record the key ``src[k0:k0+klen]`` with the value ``src[v0:v0+vlen]`` (or count it as
-    dropped when the memo is full)."""
+    """Record the key ``src[k0:k0+klen]`` with the value ``src[v0:v0+vlen]``. A full memo is
+    cleared first: units whose state or items move on with the position (attention over a
+    growing context, refresh phases) leave entries that never recur, and keeping the first
+    ones would leave no room for the units that do. An entry larger than the whole memo is
+    counted as dropped instead."""
+    if klen + vlen > memo[M_CAP]:
+        memo[M_DROPPED] += 1  # simulated whenever it recurs (exact, just not faster)
+        return
     e = memo[M_N]
     if e >= memo[M_MAXE] or memo[M_USED] + klen + vlen > memo[M_CAP]:
-        memo[M_DROPPED] += 1  # full: later units are simulated (exact, just not faster)
-        return
+        tab = memo[M_TAB]
+        for i in range(memo[M_HT]):
+            memo[tab + i] = 0
+        memo[M_N] = 0
+        memo[M_USED] = 0
+        memo[M_CLEARED] += 1
+        e = 0
     off = memo[M_DAT] + memo[M_USED]
     for i in range(klen):
         memo[off + i] = src[k0 + i]
@@ -427,8 +440,8 @@ def memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, wi
                 memo[k0 + 5] = _NO_REF
                 _memo_insert(memo, k0, klen, v0, vlen, h0)
             elif geom[G_REFRESH] == 1:
-                # a refresh happened, or it ended earlier than an entry without the refresh
-                # time (a closed-form run stopped short of the refresh): key the refresh time
+                # a refresh happened, or an entry without the refresh time is there but the
+                # refresh was due too early for it: key the refresh time
                 _memo_insert(memo, k0, klen, v0, vlen, h1)
     return p, log
 

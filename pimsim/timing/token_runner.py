@@ -43,7 +43,7 @@ from pimsim.timing.state import (
     copy_into,
     open_cyc_at,
 )
-from pimsim.timing.tables import CT_ENABLED, CT_SELF_GAP, G_BUS, G_FAST, G_REFRESH
+from pimsim.timing.tables import CT_ENABLED, G_BUS, G_FAST
 
 
 @cached_njit()
@@ -83,14 +83,10 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
                 pos = e
             continue
         if geom[G_FAST] == 1 and log.shape[0] == 0:
-            # pairs that can pass before the next refresh (each takes at least count * gap)
-            limit = 1 << 20
-            if geom[G_REFRESH] == 1:
-                c0 = stream[pos, 0]
-                if c0 >= 0:
-                    per = max(1, stream[pos, 3] * cmd_tab[c0, CT_SELF_GAP])
-                    limit = 3 + max(0, scal[S_NEXT_REF] - scal[S_LAST]) // per
-            m = pair_run(stream, pos, end, cmd_tab, limit)
+            # the whole run of pairs, refreshes inside it included (fast_forward_pairs steps
+            # through them): one memo unit where a unit per refresh interval would cost a
+            # lookup each
+            m = pair_run(stream, pos, end, cmd_tab, np.int64(1 << 20))
             if use_memo:
                 kind = 1
                 n_it = m
