@@ -256,9 +256,9 @@ def _run_pipeline(programs, cfg, *, prompt, n_tokens, schedule, fast, functional
     job_sizes = sizes or [1] * pp
     by_size = {}  # micro-batch size -> (its sends' costs, cycles per send, token return cycles)
     for b in set(job_sizes):
-        sends_b = [stage_send(cfg, p, b if sizes is not None else 1) for p in programs[:-1]]
+        sends_b = [stage_send(cfg, p, b) for p in programs[:-1]]
         by_size[b] = (sends_b, [c.cycles(cfg.tCK_ps) for c in sends_b],
-                      token_return_cyc(cfg, b if sizes is not None else 1))
+                      token_return_cyc(cfg, b))
     sends, send, back = by_size[B]
     with_energy = cfg.energy is not None
     meters = [TokenEnergy(s) for s in sims] if with_energy else []
