@@ -364,6 +364,10 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     oc_before = np.zeros(n_ch, np.int64)
     rep = np.zeros(n_ch, np.int64)
     link_free = np.full(n_ch, t0, np.int64)
+    # alias[c] != c: channel c's bank timers and windows are those of channel alias[c] (a
+    # channel that ran this step), not copied yet: it took that channel's outcome at every PIM
+    # step since and neither ran on its own. Copied when c runs other items, and at the end
+    alias = np.arange(n_ch)
     blocks = seg_block.shape[0] > 0 and seg_block.max() > 0
     buf = np.zeros(1 << 15 if blocks else 0, np.int64)
     hist = np.zeros(1 << 18 if blocks and cycles == 1 else 0, np.int64)
@@ -389,13 +393,22 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                 if group == 1:
                     s_c = start + link_lead[c, k]  # equal for equal segment classes
                     cpt = min(s_c, scal[c, S_NEXT_REF])
-                    for r in range(c):
-                        if (rep[r] == r
-                                and seg_cls[c, k] == seg_cls[r, k]
-                                and channels_equivalent(c, r, cpt, s_c, win_tab, geom, ready,
-                                                        win_hist, win_cnt, open_row, scal)):
-                            rep[c] = r
-                            break
+                    a = alias[c]
+                    if a != c and seg_cls[c, k] == seg_cls[a, k]:
+                        # the state of an earlier channel (it took it at an earlier step and
+                        # neither ran on its own since): equal, so equivalent without comparing
+                        rep[c] = rep[a]
+                    else:
+                        if a != c:  # it runs other items: its own copy of the state first
+                            _take_state(c, a, ready, win_hist, win_cnt)
+                            alias[c] = c
+                        for r in range(c):
+                            if (rep[r] == r
+                                    and seg_cls[c, k] == seg_cls[r, k]
+                                    and channels_equivalent(c, r, cpt, s_c, win_tab, geom, ready,
+                                                            win_hist, win_cnt, open_row, scal)):
+                                rep[c] = r
+                                break
                     for x in range(stats.shape[1]):
                         st_before[c, x] = stats[c, x]
                     oc_before[c] = open_cyc_at(scal[c], cpt)
@@ -410,9 +423,8 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
             for c in range(n_ch):
                 r = rep[c]
                 if r != c:
-                    copy_into(ready[c], ready[r])
-                    copy_into(win_hist[c], win_hist[r])
-                    copy_into(win_cnt[c], win_cnt[r])
+                    # the bank timers and windows stay r's until c needs its own (alias)
+                    alias[c] = r
                     copy_into(open_row[c], open_row[r])
                     for x in range(counts.shape[1]):
                         counts[c, x] += counts[r, x] - before[r, x]
@@ -448,4 +460,16 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
         step_end[i] = end
         if end > now:
             now = end
+    for c in range(n_ch):
+        if alias[c] != c:
+            _take_state(c, alias[c], ready, win_hist, win_cnt)
     return now, n_run
+
+
+@cached_njit()
+def _take_state(c, r, ready, win_hist, win_cnt):
+    """Channel ``c`` takes channel ``r``'s bank timers and windows (the rest of its state it
+    took when it last copied ``r``'s outcome)."""
+    copy_into(ready[c], ready[r])
+    copy_into(win_hist[c], win_hist[r])
+    copy_into(win_cnt[c], win_cnt[r])
