@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from pimsim.spec.commands import COMMANDS, N_CMDS, cmd_id
+from pimsim.timing.jit import cached_njit
 
 TIME_SHARES = ("pim_mac", "activate", "precharge", "mode_switch", "transfer", "refresh", "stall",
                "link", "asic", "interconnect", "queueing")
@@ -98,38 +99,24 @@ class TimeAccount:
             cands.append(tuple(sorted(c)))
         self.cands = cands
         self.n = n
+        # the candidates as CSR arrays for the kernel: step i's are
+        # cand_idx[cand_start[i]:cand_start[i + 1]]
+        self.cand_start = np.zeros(n + 1, np.int64)
+        self.cand_start[1:] = np.cumsum([len(c) for c in cands])
+        self.cand_idx = np.array([j for c in cands for j in c], np.int64)
 
     def critical_path(self, tt) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """The steps on the token's critical path (latest first), the start and end of the
         interval each owns, and the cycles before and between them (0 unless a step started
         later than every candidate predecessor ended: an ASIC step that waited for a device's
         ASIC shared with other pipeline stages, :class:`pimsim.pipeline.DeviceAsics`)."""
-        st, en = tt.step_start.tolist(), tt.step_end.tolist()
-        t0 = int(tt.start_cyc)
-        idx: list[int] = []
-        lo: list[int] = []
-        hi: list[int] = []
-        gap = 0
-        if self.n == 0 or tt.end_cyc <= t0:
-            return (np.zeros(0, np.int64),) * 3 + (int(tt.end_cyc - t0),)
-        cur = max(range(self.n), key=lambda i: (en[i], i))
-        gap += int(tt.end_cyc) - en[cur]
-        while True:
-            best, be = -1, None
-            for j in self.cands[cur]:
-                e = en[j]
-                if e <= en[cur] and (be is None or e >= be):
-                    best, be = j, e
-            a = st[cur] if best < 0 else max(st[cur], be)
-            idx.append(cur)
-            lo.append(a)
-            hi.append(en[cur])
-            if best < 0 or be <= t0:
-                gap += a - t0
-                break
-            gap += a - be
-            cur = best
-        return np.array(idx, np.int64), np.array(lo, np.int64), np.array(hi, np.int64), gap
+        if self.n == 0 or tt.end_cyc <= tt.start_cyc:
+            return (np.zeros(0, np.int64),) * 3 + (int(tt.end_cyc - tt.start_cyc),)
+        idx, lo, hi, gap = _critical_path(np.asarray(tt.step_start, np.int64),
+                                          np.asarray(tt.step_end, np.int64),
+                                          int(tt.start_cyc), int(tt.end_cyc),
+                                          self.cand_start, self.cand_idx)
+        return idx, lo, hi, int(gap)
 
     def split(self, tt) -> tuple[np.ndarray, dict[str, float]]:
         """Cycles of one token (``tt``: a :class:`pimsim.decode.TokenTiming`) by share, in
@@ -162,3 +149,43 @@ class TimeAccount:
         if gap:  # the path's waits (for a shared ASIC), as queueing above
             ops["asic_wait"] = float(gap)
         return out, ops
+
+
+@cached_njit()
+def _critical_path(st, en, t0, end_cyc, cand_start, cand_idx):
+    """:meth:`TimeAccount.critical_path` over the step arrays: from the step that ends last
+    (the later step of equal ends) back along each step's candidate that ended last (at or
+    before its end; the later candidate of equal ends) to the token's start."""
+    n = st.shape[0]
+    cur = 0
+    for i in range(n):
+        if en[i] >= en[cur]:
+            cur = i
+    idx = np.empty(n, np.int64)
+    lo = np.empty(n, np.int64)
+    hi = np.empty(n, np.int64)
+    m = 0
+    gap = np.zeros(1, np.int64)  # cycles no step on the path covers
+    gap[0] = end_cyc - en[cur]
+    while True:
+        best = -1
+        be = np.int64(0)
+        for q in range(cand_start[cur], cand_start[cur + 1]):
+            j = cand_idx[q]
+            e = en[j]
+            if e <= en[cur] and (best < 0 or e >= be):
+                best = j
+                be = e
+        a = st[cur]
+        if best >= 0 and be > a:
+            a = be
+        idx[m] = cur
+        lo[m] = a
+        hi[m] = en[cur]
+        m += 1
+        if best < 0 or be <= t0 or m == n:
+            gap[0] += a - t0
+            break
+        gap[0] += a - be
+        cur = best
+    return idx[:m], lo[:m], hi[:m], gap[0]

@@ -202,6 +202,16 @@ class StreamBuilder:
                 self._static[s.index] = prog.pim_items(s, 0)
         self.n_ch = prog.geo.channels
         n_seg = len(self.pim_steps)
+        # steps of one items_key_scope share their items keys at every position: each key is
+        # computed once per build (a plain Program's keys only; a batched program's have their
+        # own cache)
+        own_keys = type(prog).items_key is Program.items_key
+        self._scope = [prog.items_key_scope(s) if own_keys and s.index not in self._static
+                       else None for s in self.pim_steps]
+        # the steps whose regions the last build rewrote (None: all of them, laid out anew),
+        # and the builds so far (a user of ``changed`` knows whether it saw the one before)
+        self.changed: np.ndarray | None = None
+        self.n_builds = 0
         self._last: list[list[np.ndarray] | None] = [None] * n_seg
         self._keys: list[object] = [None] * n_seg  # Program.items_key of the items in place
         self.cap = np.zeros((self.n_ch, n_seg), np.int64)
@@ -233,14 +243,22 @@ class StreamBuilder:
         return [np.concatenate([b, t]) for b, _, t in passes]
 
     def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.n_builds += 1
         first = any(last is None for last in self._last)
         gather = getattr(self.prog, "gather_plan", None) if not first else None
         per_step = []
         gathered = []  # steps whose items a GatherPlan wrote in place
+        keys: dict = {}  # items_key_scope -> the key at pos
         for k, s in enumerate(self.pim_steps):
             arrs = self._static.get(s.index)
             if arrs is None:
-                key = self.prog.items_key(s, pos)
+                scope = self._scope[k]
+                if scope is None:
+                    key = self.prog.items_key(s, pos)
+                else:
+                    key = keys.get(scope)
+                    if key is None:
+                        key = keys[scope] = self.prog.items_key(s, pos)
                 if self._last[k] is not None and key == self._keys[k]:
                     arrs = self._last[k]
                 else:
@@ -261,6 +279,7 @@ class StreamBuilder:
         if first:  # the first build: lay every region out
             self._layout(per_step)
             self._last = per_step
+            self.changed = None
             return self.items, self.seg_lo, self.seg_hi
         writes = []
         for k, arrs in enumerate(per_step):
@@ -282,10 +301,11 @@ class StreamBuilder:
                 self._region_passes(c, k, index, lo, len(a))
             else:
                 self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
-        if writes or gathered:
-            dirty = np.unique(np.array([k for _, k, _ in writes] + gathered, np.int64))
+        dirty = np.unique(np.array([k for _, k, _ in writes] + gathered, np.int64))
+        if len(dirty):
             segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps, dirty,
                             self.seg_cls)
+        self.changed = dirty
         self._last = per_step
         return self.items, self.seg_lo, self.seg_hi
 
@@ -369,6 +389,24 @@ class TokenTiming:
     step_wait: np.ndarray | None = None
 
 
+@dataclass
+class TokenJob:
+    """A decode step prepared to run (:meth:`DecodeSimulator.prepare`): the steps' kinds this
+    token, the streams and their regions, link cycles and step durations."""
+
+    pos: int
+    kind: np.ndarray
+    items: np.ndarray
+    seg_lo: np.ndarray
+    seg_hi: np.ndarray
+    seg_cls: np.ndarray
+    seg_block: np.ndarray
+    seg_reps: np.ndarray
+    busy: np.ndarray
+    lead: np.ndarray
+    dur: np.ndarray
+
+
 class DecodeSimulator:
     """Runs a Program token after token, keeping DRAM state (open rows, refresh) across tokens."""
 
@@ -415,6 +453,8 @@ class DecodeSimulator:
         self.states = ChannelStates(cfg, prog.geo.channels, self.tables)
         self.link_lat = link_latency_cyc(cfg)
         self.link_cyc = LinkCycles(cfg)
+        # id(stream builder) -> (its build count, busy, lead) of the last build (_link_cycles)
+        self._link: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
         self.host_line_cyc = cfg.host.line_cyc if cfg.host is not None else 0
         # CENT's pipeline trace: every stage on the device writes its single-bank lines for
         # each in-bank step through the one DMA at once ([system] host_lines = "device")
@@ -432,23 +472,32 @@ class DecodeSimulator:
         """One decode step at ``pos``; ``active``: a mask of the steps that run this token
         (:func:`pimsim.moe.active_steps`: only the chosen experts' steps), None for all (with
         expert parallelism: every expert chosen, each device running its own)."""
+        return self.execute(self.prepare(pos, active))
+
+    def prepare(self, pos: int, active: np.ndarray | None = None,
+                streams: StreamBuilder | None = None) -> TokenJob:
+        """What the decode step at ``pos`` runs (its streams built, link cycles, durations),
+        without the device state: :meth:`execute` runs it. ``streams``: another
+        :class:`StreamBuilder` of the program to build into (the simulator's own by default),
+        so that a step can be prepared while the one before runs on its own streams
+        (:class:`OverlappedTokens`)."""
         if active is None and getattr(self.prog, "ep", 1) > 1 and self.prog.moe:
             from pimsim.expert_parallel import every_expert
             from pimsim.moe import active_steps
 
             active = active_steps(self.prog, every_expert(self.prog))
+        sb = self.streams if streams is None else streams
+        if sb.prog is not self.prog:
+            raise ValueError("the stream builder was made for another program")
         kind = self.steps.kind if active is None else np.where(active, self.steps.kind, 3)
-        items, seg_lo, seg_hi = self.streams.build(pos)
-        busy = self.link_cyc.busy(self.streams.seg_bytes)
-        sb = self.streams
-        if self.host_line_cyc and (sb.seg_host.any() or sb.seg_host_bank.any()):
-            # CENT's lowering: the step's host lines pass the device's DMA one after another
-            # (line_cyc each, a write line carrying its data) while the channels work; a
-            # channel is not done before they are through
-            lines = sb.seg_host + self.host_line_stages * sb.seg_host_bank
-            busy = np.maximum(busy, self.host_line_cyc * lines[None, :])
-        lead = self.link_cyc.lead(self.streams.seg_lead)
-        dur = self.steps.durations(pos)
+        items, seg_lo, seg_hi = sb.build(pos)
+        busy, lead = self._link_cycles(sb)
+        return TokenJob(pos, kind, items, seg_lo, seg_hi, sb.seg_cls, sb.seg_block, sb.seg_reps,
+                        busy, lead, self.steps.durations(pos))
+
+    def execute(self, job: TokenJob) -> TokenTiming:
+        """Run a prepared decode step (:meth:`prepare`) from the device state now: the fast
+        executor's kernel releases the GIL, so another thread may prepare the next step."""
         n = len(self.prog.steps)
         st, en = np.zeros(n, np.int64), np.zeros(n, np.int64)
         cnt = np.zeros((n, N_CMDS), np.int64)
@@ -459,19 +508,46 @@ class DecodeSimulator:
             s, t = self.steps, self.tables
             with compile_scope():
                 now, n_run = run_steps(
-                    items, seg_lo, seg_hi, self.streams.seg_cls, kind, s.pim_index, dur, s.dep_start, s.dep_idx,
-                    int(self.schedule == "serial"), self.link_lat, busy, lead, t0, t.cmd_tab,
-                    t.pr_start, t.pr_tab, t.win_tab, t.geom, self.states.ready, self.states.win_hist,
+                    job.items, job.seg_lo, job.seg_hi, job.seg_cls, job.kind, s.pim_index,
+                    job.dur, s.dep_start, s.dep_idx, int(self.schedule == "serial"),
+                    self.link_lat, job.busy, job.lead, t0, t.cmd_tab, t.pr_start, t.pr_tab,
+                    t.win_tab, t.geom, self.states.ready, self.states.win_hist,
                     self.states.win_cnt, self.states.open_row, self.states.scal,
                     self.states.counts, self.states.stats, st, en, cnt, lk, wt, int(self.group),
-                    self.memo, self.streams.seg_block, self.streams.seg_reps,
-                    int(self.block_cycles), self.asic_busy)
+                    self.memo, job.seg_block, job.seg_reps, int(self.block_cycles),
+                    self.asic_busy)
             self.now = int(now)
             self.channels_run += int(n_run)
         else:
-            self.now = self._run_token_simpy(items, seg_lo, seg_hi, busy, lead, dur, t0, st, en,
-                                             cnt, lk, wt, kind)
-        return TokenTiming(pos, t0, self.now, st, en, cnt, lk, wt)
+            self.now = self._run_token_simpy(job.items, job.seg_lo, job.seg_hi, job.busy,
+                                             job.lead, job.dur, t0, st, en, cnt, lk, wt,
+                                             job.kind)
+        return TokenTiming(job.pos, t0, self.now, st, en, cnt, lk, wt)
+
+    def _link_cycles(self, sb: StreamBuilder) -> tuple[np.ndarray, np.ndarray]:
+        """Each region's link busy cycles and lead delay for the streams ``sb`` just built: the
+        regions the build rewrote are computed again, the rest kept from the build before
+        (when this simulator saw it; else all of them)."""
+        got = self._link.get(id(sb))
+        if got is None or got[0] != sb.n_builds - 1 or sb.changed is None:
+            cols = slice(None)
+            busy = np.zeros(sb.seg_bytes.shape, np.int64)
+            lead = np.zeros(sb.seg_lead.shape, np.int64)
+        else:
+            cols, busy, lead = sb.changed, got[1], got[2]
+        self._link[id(sb)] = (sb.n_builds, busy, lead)
+        if isinstance(cols, np.ndarray) and not len(cols):
+            return busy, lead
+        b = self.link_cyc.busy(sb.seg_bytes[:, cols])
+        if self.host_line_cyc:
+            # CENT's lowering: the step's host lines pass the device's DMA one after another
+            # (line_cyc each, a write line carrying its data) while the channels work; a
+            # channel is not done before they are through
+            lines = sb.seg_host[cols] + self.host_line_stages * sb.seg_host_bank[cols]
+            b = np.maximum(b, self.host_line_cyc * lines[None, :])
+        busy[:, cols] = b
+        lead[:, cols] = self.link_cyc.lead(sb.seg_lead[:, cols])
+        return busy, lead
 
     def _run_token_simpy(self, items, seg_lo, seg_hi, busy, lead, dur, t0, st, en, cnt,
                          lk, wt, kind=None) -> int:

@@ -9,6 +9,7 @@ too and the greedy tokens come from them.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -20,6 +21,7 @@ from pimsim.decode import DecodeSimulator, TokenTiming
 from pimsim.energy import EnergyReport, energy_of
 from pimsim.errors import UserError
 from pimsim.isa import Program
+from pimsim.overlap import OverlappedTokens
 from pimsim.report import BREAKDOWN_KEYS, RunReport, TimeTotals
 
 __all__ = ["BREAKDOWN_KEYS", "Executor", "TokenEnergy", "check_run", "prompt_ids", "run_generation", "tpot_ms"]
@@ -59,6 +61,11 @@ def check_run(prog, prompt_lens: list[int], n_tokens: int, skip_prompt: bool,
 def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
     """A deterministic prompt of ``n`` token ids."""
     return [int(t) for t in np.random.default_rng(seed).integers(0, vocab, n)]
+
+
+# timing runs prepare each step while the one before runs (pimsim.overlap; tests compare the
+# same runs step after step, with this off)
+OVERLAP_STEPS = True
 
 
 def run_generation(
@@ -103,42 +110,66 @@ def run_generation(
     meter = TokenEnergy(sim) if with_energy else None
     per_token_j: list[float] = []
     w_bytes: list[float] = []  # weight bytes read per generated step (one device)
+    w_all = 0 if moe else weight_bytes(prog)  # every step runs
     first_end_cyc: int | None = None
     n_total = len(prompt) + n_tokens - 1  # the last generated token needs no decode step
     n_total = max(n_total, len(prompt))
-    for pos in range(len(prompt) - 1 if skip_prompt else 0, n_total):
-        if with_energy:
-            meter.begin()
-        if functional is not None:  # the numbers first: the router chooses the experts run
-            logits = functional.step(tok, pos)
-            nxt = int(np.argmax(logits))
-        else:
-            nxt = 0
-        active = None
-        if moe:
-            choice = routing.choose(prog, pos, getattr(functional, "routing", None))
-            active = active_steps(prog, choice)
+    # a timing run's steps follow from their positions alone: the next one is prepared while
+    # the kernel runs this one (pimsim.overlap; the same cycles, counts and joules)
+    runner = OverlappedTokens(sim, meter.capture if with_energy else None) \
+        if functional is None and fast and OVERLAP_STEPS else None
+    submitted: deque = deque()  # (pos, active) of the steps run and not yet accounted
+
+    def account(done: list) -> None:
+        nonlocal first_end_cyc
+        for tt, snap in done:
+            pos, active = submitted.popleft()
+            if pos >= len(prompt) - 1:  # this step produced a generated token
+                if first_end_cyc is None:
+                    first_end_cyc = tt.end_cyc
+                per_token_cyc.append(tt.end_cyc - tt.start_cyc)
+                times.add(*acct.split(tt))
+                if with_energy:
+                    meter.active = active
+                    er = meter.end(tt, snap=snap)
+                    e_sum.add(er)
+                    per_token_j.append(er.total_j)
             if with_energy:
-                meter.active = active
-        tt = sim.run_token(pos, active)
-        if pos >= len(prompt) - 1:  # one device's bytes (with experts: the devices' mean)
-            w_bytes.append(load.add(routing.last) if moe else weight_bytes(prog, active))
-        if pos + 1 < len(prompt):
-            tok = int(prompt[pos + 1])
-        else:
-            generated.append(nxt)
-            tok = nxt
-        if pos >= len(prompt) - 1:  # this step produced a generated token
-            if first_end_cyc is None:
-                first_end_cyc = tt.end_cyc
-            per_token_cyc.append(tt.end_cyc - tt.start_cyc)
-            times.add(*acct.split(tt))
-            if with_energy:
-                er = meter.end(tt)
-                e_sum.add(er)
-                per_token_j.append(er.total_j)
-        if progress is not None:
-            progress(pos)
+                meter.begin(snap)  # the next step starts where this one ended
+            if progress is not None:
+                progress(pos)
+
+    if with_energy:
+        meter.begin()
+    try:
+        for pos in range(len(prompt) - 1 if skip_prompt else 0, n_total):
+            if functional is not None:  # the numbers first: the router chooses the experts run
+                logits = functional.step(tok, pos)
+                nxt = int(np.argmax(logits))
+            else:
+                nxt = 0
+            active = None
+            if moe:
+                choice = routing.choose(prog, pos, getattr(functional, "routing", None))
+                active = active_steps(prog, choice)
+            if pos >= len(prompt) - 1:  # one device's bytes (with experts: the devices' mean)
+                w_bytes.append(load.add(routing.last) if moe else w_all)
+            submitted.append((pos, active))
+            if runner is not None:
+                account(runner.run(pos, active))
+            else:
+                tt = sim.run_token(pos, active)
+                account([(tt, meter.capture() if with_energy else None)])
+            if pos + 1 < len(prompt):
+                tok = int(prompt[pos + 1])
+            else:
+                generated.append(nxt)
+                tok = nxt
+        if runner is not None:
+            account(runner.finish())
+    finally:
+        if runner is not None:
+            runner.close()
     ns = cfg.timing.ns
     n_gen = len(per_token_cyc)
     per_token_ms = [ns(c) / 1e6 for c in per_token_cyc]
@@ -183,23 +214,52 @@ class TokenEnergy:
         self.comm_pj = sum(c.wire_bits for c in sim.steps.comm.values()) * ic.pj_per_bit / \
             max(sim.prog.tp, 1)
         self.active: np.ndarray | None = None  # the steps run this token (pimsim.moe)
+        # a plain program's ASIC elements of every step: per op, those that do not depend on
+        # the position, and the steps whose elements do (a batched program's follow its
+        # vectors: asked step by step)
+        self._fixed_elems: dict[str, int] = {}
+        self._pos_steps = []
+        plain = type(sim.prog).asic_elems is Program.asic_elems
+        self._elems_prog = sim.prog if plain else None
+        for st in sim.prog.steps if plain else ():
+            if st.kind != "asic":
+                continue
+            if st.per_pos_elems:
+                self._pos_steps.append(st)
+            else:
+                self._fixed_elems[st.op] = self._fixed_elems.get(st.op, 0) + st.n_elems
 
-    def begin(self) -> None:
+    def capture(self) -> tuple[np.ndarray, list[int]]:
+        """The device's commands so far and each channel's open-bank cycles up to now."""
         sim = self.sim
-        self.c0 = sim.states.counts.sum(axis=0)
-        self.o0 = [t.open_cyc(sim.now) for t in sim.timers]
+        return sim.states.counts.sum(axis=0), [t.open_cyc(sim.now) for t in sim.timers]
 
-    def end(self, tt: TokenTiming, gap_cyc: int = 0) -> EnergyReport:
+    def begin(self, snap: tuple[np.ndarray, list[int]] | None = None) -> None:
+        """The token starts from the device as it is now (or as ``snap``, a
+        :meth:`capture` of the state it starts from)."""
+        self.c0, self.o0 = snap if snap is not None else self.capture()
+
+    def end(self, tt: TokenTiming, gap_cyc: int = 0,
+            snap: tuple[np.ndarray, list[int]] | None = None) -> EnergyReport:
+        """The token's energy: from :meth:`begin` to the device as it is now (or as ``snap``,
+        a :meth:`capture` right after the token)."""
         from pimsim.spec.commands import COMMANDS
 
         sim, prog = self.sim, self.sim.prog
-        dc = sim.states.counts.sum(axis=0) - self.c0
+        c1, o1 = snap if snap is not None else self.capture()
+        dc = c1 - self.c0
         cmds = {COMMANDS[i].name: int(n) for i, n in enumerate(dc) if n}
-        opens = [t.open_cyc(sim.now) - o for t, o in zip(sim.timers, self.o0)]
+        opens = [b - a for b, a in zip(o1, self.o0)]
         elems: dict[str, int] = {}
-        for st in prog.steps:
-            if st.kind == "asic" and (self.active is None or self.active[st.index]):
+        if self.active is None and prog is self._elems_prog:
+            # every step: the fixed elements, then the position's
+            elems.update(self._fixed_elems)
+            for st in self._pos_steps:
                 elems[st.op] = elems.get(st.op, 0) + prog.asic_elems(st, tt.pos)
+        else:
+            for st in prog.steps:
+                if st.kind == "asic" and (self.active is None or self.active[st.index]):
+                    elems[st.op] = elems.get(st.op, 0) + prog.asic_elems(st, tt.pos)
         er = energy_of(sim.cfg, cmds, open_cyc_per_channel=opens,
                        total_cyc=tt.end_cyc - tt.start_cyc + gap_cyc, asic_elems=elems)
         comm_pj = self.comm_pj

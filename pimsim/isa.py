@@ -915,10 +915,11 @@ MATVEC_ORDERS: dict[str, MatvecOrder] = {o.name: o for o in (PimGptOrder(), Reus
 assert tuple(MATVEC_ORDERS) == MAPPINGS
 
 
-def _v_write_items(vl: VLayout, c: int, k: int, col: int) -> np.ndarray:
-    """Channel ``c``: one single-column WR (column ``col``) per value neuron, to chunk ``k`` of
+def _v_write_items(vl: VLayout, k: int, col: int) -> list[np.ndarray]:
+    """Per channel: one single-column WR (column ``col``) per value neuron, to chunk ``k`` of
     its row (cached while ``k`` and ``col`` stay: 16 consecutive tokens)."""
-    return _latest("vwrite", vl, (k, col), lambda: _build_v_write_items(vl, c, k, col), per=c)
+    return _latest("vwrite", vl, (k, col),
+                   lambda: [_build_v_write_items(vl, c, k, col) for c in range(vl.geo.channels)])
 
 
 def _build_v_write_items(vl: VLayout, c: int, k: int, col: int) -> np.ndarray:
@@ -941,7 +942,7 @@ def _kv_write_items(kl: KLayout, vl: VLayout, pos: int) -> list[np.ndarray]:
     """Write the new token's key (row-major: its key chunks into one bank's row slot) and value
     (column-major: one element into every value neuron's row, at column pos // 16)."""
     k, col = _v_write_place(vl, pos)
-    out = [_v_write_items(vl, c, k, col) for c in range(kl.geo.channels)]
+    out = list(_v_write_items(vl, k, col))
     ch, k_items = _k_write_items(kl, pos)
     out[ch] = np.concatenate([k_items, out[ch]])
     return out

@@ -320,7 +320,7 @@ def asic_gap(busy, start, dur):
     return start
 
 
-@cached_njit()
+@cached_njit(nogil=True)
 def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
               link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
               win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
