@@ -224,10 +224,12 @@ class TokenEnergy:
         for st in sim.prog.steps if plain else ():
             if st.kind != "asic":
                 continue
+            # (ops in program order, as the energy table sums them)
+            self._fixed_elems[st.op] = self._fixed_elems.get(st.op, 0)
             if st.per_pos_elems:
                 self._pos_steps.append(st)
             else:
-                self._fixed_elems[st.op] = self._fixed_elems.get(st.op, 0) + st.n_elems
+                self._fixed_elems[st.op] += st.n_elems
 
     def capture(self) -> tuple[np.ndarray, list[int]]:
         """The device's commands so far and each channel's open-bank cycles up to now."""

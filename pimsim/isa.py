@@ -610,13 +610,53 @@ _LATEST: dict[tuple[str, int, int], tuple[object, tuple, object]] = {}
 def _latest(kind: str, layout: object, key: tuple, build, per: int = -1):
     """Items of a layout (or of one channel ``per`` of it) that depend on the position only
     through ``key`` (static items: an empty key): rebuilt when ``key`` changes, one variant
-    kept per layout and channel."""
+    kept per layout and channel. A KV-cache layout's items are those of any layout of its
+    shape (:func:`_kv_shape`: every layer's attention) with the rows moved by the difference
+    of their first rows."""
     hit = _LATEST.get((kind, id(layout), per))
     if hit is not None and hit[0] is layout and hit[1] == key:
         return hit[2]
-    items = build()
+    shape = _kv_shape(layout)
+    if shape is None:
+        items = build()
+    else:
+        got = _SHAPED.get((kind, shape, per))
+        if got is not None and got[0] == key:
+            items = _rows_moved(got[2], layout.base_row - got[1])
+        else:
+            items = build()
+            _SHAPED[(kind, shape, per)] = (key, layout.base_row, items)
     _LATEST[(kind, id(layout), per)] = (layout, key, items)
     return items
+
+
+# (kind, KV layout shape, channel) -> (items key, first row, items) of the last layout built
+_SHAPED: dict[tuple, tuple] = {}
+_SHAPE_OF: dict[int, tuple[object, object]] = {}  # id(layout) -> (layout, its shape)
+
+
+def _kv_shape(layout: object):
+    """A KV-cache layout with its first row (and layer) set to 0: layouts of one shape place
+    their items alike, rows moved by their first rows (None for other layouts)."""
+    if not isinstance(layout, (KLayout, VLayout)):
+        return None
+    got = _SHAPE_OF.get(id(layout))
+    if got is not None and got[0] is layout:
+        return got[1]
+    shape = dataclasses.replace(layout, base_row=0, layer=0)
+    _SHAPE_OF[id(layout)] = (layout, shape)
+    return shape
+
+
+def _rows_moved(items, shift: int):
+    """``items`` (an array, or a list of them) with every row ``>= 0`` moved by ``shift``."""
+    if isinstance(items, list):
+        return [_rows_moved(a, shift) for a in items]
+    out = items.copy()
+    if shift:
+        rows = out[:, 2]
+        rows[rows >= 0] += shift
+    return out
 
 
 def _matvec_items(m: MatrixLayout, batch: int = 1) -> list[np.ndarray]:

@@ -437,8 +437,9 @@ def test_hugging_face_gpt2_module_compiles_and_matches(tmp_path, monkeypatch):
 
 def test_cached_attention_items_equal_freshly_built_ones():
     """Position-dependent items (KV writes, attention) are cached and rebuilt only when their
-    position key changes, and the stream builder rewrites only changed regions: at every third
-    position of gpt2-small, layer 0's regions must equal a build from empty caches."""
+    position key changes, taken from another layer's of the same shape with the rows moved,
+    and the stream builder rewrites only changed regions: at every third position of
+    gpt2-small, the first and last layers' regions must equal a build from empty caches."""
     import numpy as np
 
     from pimsim import isa
@@ -448,16 +449,23 @@ def test_cached_attention_items_equal_freshly_built_ones():
         "gpt2-small", weights=False)
     prog = compile_model(spec_src, load_config("pim-gpt"), name=name).program
     sb = StreamBuilder(prog)
+    last = prog.dims["n_layer"] - 1
     dyn = [(k, s) for k, s in enumerate(sb.pim_steps)
-           if s.op in ("kv_write", "attn_score", "attn_value") and s.kv[0].layer == 0]
-    assert len(dyn) == 3
+           if s.op in ("kv_write", "attn_score", "attn_value") and s.kv[0].layer in (0, last)]
+    assert len(dyn) == 6
+    assert len({s.kv[0].base_row for _, s in dyn}) == 2  # the layers' caches lie apart
+    caches = (isa._LATEST, isa._SHAPED)
     for pos in range(0, prog.dims["n_ctx"], 3):
         items, lo, hi = sb.build(pos)
-        saved = dict(isa._LATEST)
-        isa._LATEST.clear()
+        saved = [dict(c) for c in caches]
+        for c in caches:
+            c.clear()
         for k, s in dyn:
             want = prog.pim_items(s, pos)
+            isa._LATEST.clear()
+            isa._SHAPED.clear()
             for c in range(prog.geo.channels):
                 assert np.array_equal(items[lo[c, k]:hi[c, k]], want[c]), (s.op, pos, c)
-        isa._LATEST.clear()
-        isa._LATEST.update(saved)
+        for c, kept in zip(caches, saved):
+            c.clear()
+            c.update(kept)
