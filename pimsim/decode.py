@@ -30,7 +30,15 @@ import simpy
 from pimsim.cent_ops import host_lines
 from pimsim.config import HwConfig
 from pimsim.isa import ITEM_FIELDS, Program
-from pimsim.link import lead_columns, lead_columns_at, lead_delay_cyc, link_busy_cyc, link_latency_cyc, transfer_bytes
+from pimsim.link import (
+    lead_columns,
+    lead_columns_at,
+    lead_delay_cyc,
+    link_busy_cyc,
+    link_latency_cyc,
+    transfer_bytes,
+    transfer_bytes_at,
+)
 from pimsim.spec.commands import N_CMDS
 from pimsim.system import CommCost, collective
 from pimsim.timing import ChannelStates, ChannelTimer
@@ -208,6 +216,8 @@ class StreamBuilder:
         own_keys = type(prog).items_key is Program.items_key
         self._scope = [prog.items_key_scope(s) if own_keys and s.index not in self._static
                        else None for s in self.pim_steps]
+        # the steps whose items may change from build to build
+        self._dynamic = [k for k, s in enumerate(self.pim_steps) if s.index not in self._static]
         # the steps whose regions the last build rewrote (None: all of them, laid out anew),
         # and the builds so far (a user of ``changed`` knows whether it saw the one before)
         self.changed: np.ndarray | None = None
@@ -246,44 +256,44 @@ class StreamBuilder:
         self.n_builds += 1
         first = any(last is None for last in self._last)
         gather = getattr(self.prog, "gather_plan", None) if not first else None
-        per_step = []
+        # static steps keep their items (the same arrays): only the others are looked at
+        per_step = list(self._last) if not first else \
+            [self._static.get(s.index) for s in self.pim_steps]
         gathered = []  # steps whose items a GatherPlan wrote in place
         keys: dict = {}  # items_key_scope -> the key at pos
-        for k, s in enumerate(self.pim_steps):
-            arrs = self._static.get(s.index)
-            if arrs is None:
-                scope = self._scope[k]
-                if scope is None:
-                    key = self.prog.items_key(s, pos)
+        for k in self._dynamic:
+            s = self.pim_steps[k]
+            scope = self._scope[k]
+            if scope is None:
+                key = self.prog.items_key(s, pos)
+            else:
+                key = keys.get(scope)
+                if key is None:
+                    key = keys[scope] = self.prog.items_key(s, pos)
+            if self._last[k] is not None and key == self._keys[k]:
+                continue
+            plan = gather(s, pos) if gather is not None and not s.cent else None
+            if plan is not None:
+                self._fill(k, plan)
+                gathered.append(k)
+                arrs = _GATHERED
+            else:
+                if s.index in self._routed and self.compact:
+                    arrs = self._compact(s.index, self.prog.matvec_passes(s))
                 else:
-                    key = keys.get(scope)
-                    if key is None:
-                        key = keys[scope] = self.prog.items_key(s, pos)
-                if self._last[k] is not None and key == self._keys[k]:
-                    arrs = self._last[k]
-                else:
-                    plan = gather(s, pos) if gather is not None and not s.cent else None
-                    if plan is not None:
-                        self._fill(k, plan)
-                        gathered.append(k)
-                        arrs = _GATHERED
-                    else:
-                        if s.index in self._routed and self.compact:
-                            arrs = self._compact(s.index, self.prog.matvec_passes(s))
-                        else:
-                            arrs = self.prog.pim_items(s, pos)
-                        if s.cent:
-                            self.seg_host[k], self.seg_host_bank[k] = host_lines(arrs)
-                    self._keys[k] = key
-            per_step.append(arrs)
+                    arrs = self.prog.pim_items(s, pos)
+                if s.cent:
+                    self.seg_host[k], self.seg_host_bank[k] = host_lines(arrs)
+            self._keys[k] = key
+            per_step[k] = arrs
         if first:  # the first build: lay every region out
             self._layout(per_step)
             self._last = per_step
             self.changed = None
             return self.items, self.seg_lo, self.seg_hi
         writes = []
-        for k, arrs in enumerate(per_step):
-            last = self._last[k]
+        for k in self._dynamic:
+            arrs, last = per_step[k], self._last[k]
             if arrs is last or arrs is _GATHERED:
                 continue
             for c in range(self.n_ch):
@@ -291,17 +301,22 @@ class StreamBuilder:
                     if len(arrs[c]) > self.cap[c, k]:
                         self._move_to_end(c, k, len(arrs[c]))
                     writes.append((c, k, arrs[c]))
-        for c, k, a in writes:
-            lo = self.seg_lo[c, k]
-            self.items[lo:lo + len(a)] = a
-            self.seg_hi[c, k] = lo + len(a)
-            self.seg_lead[c, k] = lead_columns(a)
-            index = self.pim_steps[k].index
-            if index in self._routed:  # an expert's product: as laid out, for its vectors
-                self._region_passes(c, k, index, lo, len(a))
-            else:
-                self.seg_bytes[c, k] = transfer_bytes(a, self.col_bytes)
-        dirty = np.unique(np.array([k for _, k, _ in writes] + gathered, np.int64))
+        if writes:
+            wc = np.array([c for c, _, _ in writes], np.int64)
+            wk = np.array([k for _, k, _ in writes], np.int64)
+            lo = self.seg_lo[wc, wk]
+            n = np.array([len(a) for _, _, a in writes], np.int64)
+            for (_, _, a), at in zip(writes, lo.tolist()):
+                self.items[at:at + len(a)] = a
+            self.seg_hi[wc, wk] = lo + n
+            self.seg_lead[wc, wk] = lead_columns_at(self.items, lo, n)
+            self.seg_bytes[wc, wk] = transfer_bytes_at(self.items, lo, n, self.col_bytes)
+            for c, k, a in writes:
+                index = self.pim_steps[k].index
+                if index in self._routed:  # an expert's product: as laid out, for its vectors
+                    self._region_passes(c, k, index, int(self.seg_lo[c, k]), len(a))
+        dirty = np.unique(np.concatenate([wk if writes else np.zeros(0, np.int64),
+                                          np.array(gathered, np.int64)]))
         if len(dirty):
             segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps, dirty,
                             self.seg_cls)

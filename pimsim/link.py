@@ -30,6 +30,7 @@ from fractions import Fraction
 import numpy as np
 
 from pimsim.spec.commands import N_CMDS, cmd_id
+from pimsim.timing.jit import cached_njit
 
 # commands whose data crosses the ASIC-PIM link (one column of column_bytes each)
 LINK_CMDS = ("WR_GB", "RD_MAC", "WR_MAC", "RD_AF", "RD", "WR")
@@ -63,6 +64,22 @@ def transfer_bytes(items: np.ndarray, column_bytes: int) -> int:
     if not len(items):
         return 0
     return int(items[LINK_MASK[items[:, 0]], 3].sum()) * column_bytes
+
+
+def transfer_bytes_at(items: np.ndarray, lo: np.ndarray, n: np.ndarray,
+                      column_bytes: int) -> np.ndarray:
+    """:func:`transfer_bytes` of the regions ``items[lo[i]:lo[i] + n[i]]``, all at once."""
+    return _columns_moved(items, lo, n, LINK_MASK) * column_bytes
+
+
+@cached_njit()
+def _columns_moved(items, lo, n, mask):
+    out = np.zeros(lo.shape[0], np.int64)
+    for i in range(lo.shape[0]):
+        for p in range(lo[i], lo[i] + n[i]):
+            if mask[items[p, 0]]:
+                out[i] += items[p, 3]
+    return out
 
 
 def lead_columns(items: np.ndarray) -> int:
