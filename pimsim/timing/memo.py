@@ -138,8 +138,7 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
     memo[n + 2] = max(nb - cp, 0)
     memo[n + 3] = scal[S_DONE] - cp
     memo[n + 4] = scal[S_MODE]
-    memo[n + 5] = _NO_REF  # refresh slot, see memo_unit
-    n += 6
+    n += 5
     n_lab = 0
     for b in range(open_row.shape[0]):
         memo[n], n_lab = _label(memo, lab0, n_lab, open_row[b])
@@ -165,7 +164,8 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
     if n < 0:
         return -1, 0, cp
     n = _pack_windows(win_tab, win_hist, win_cnt, cp, memo, n, memo, -1)
-    return n - k0, n_lab, cp
+    memo[n] = _NO_REF  # the refresh slot, last (see memo_unit; _hash_with_ref)
+    return n + 1 - k0, n_lab, cp
 
 
 @cached_njit(inline="always")
@@ -183,6 +183,13 @@ def _memo_hash(memo, k0, klen):
     for i in range(k0, k0 + klen):
         h = (h ^ memo[i]) * np.int64(1099511628211)
     return h
+
+
+@cached_njit(inline="always")
+def _hash_with_ref(h_rest, ref):
+    """:func:`_memo_hash` of a key whose words but the last (the refresh slot) hash to
+    ``h_rest``, with ``ref`` in the refresh slot."""
+    return (h_rest ^ ref) * np.int64(1099511628211)
 
 
 @cached_njit()
@@ -398,8 +405,10 @@ def memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, wi
     h0 = 0
     e0 = -1
     h1 = 0
+    ref_at = k0 + klen - 1  # the key's refresh slot
     if klen > 0:
-        h0 = _memo_hash(memo, k0, klen)
+        h_rest = _memo_hash(memo, k0, klen - 1)
+        h0 = _hash_with_ref(h_rest, _NO_REF)
         e0 = _memo_find(memo, k0, klen, h0)
         if e0 >= 0:
             ev = memo[M_DAT] + memo[memo[M_META] + 4 * e0 + 1] + klen
@@ -408,8 +417,8 @@ def memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, wi
                 return pos + _memo_apply(memo, ev, cp, lab0, win_tab, ready, win_hist, win_cnt,
                                          open_row, scal, counts, stats), log
         if geom[G_REFRESH] == 1:
-            memo[k0 + 5] = scal[S_NEXT_REF] - cp
-            h1 = _memo_hash(memo, k0, klen)
+            memo[ref_at] = scal[S_NEXT_REF] - cp
+            h1 = _hash_with_ref(h_rest, memo[ref_at])
             e1 = _memo_find(memo, k0, klen, h1)
             if e1 >= 0:
                 ev = memo[M_DAT] + memo[memo[M_META] + 4 * e1 + 1] + klen
@@ -437,7 +446,7 @@ def memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start, pr_tab, wi
         if vlen > 0:
             if memo[v0 + 4] == 0 and e0 < 0:
                 # no refresh: valid whenever the next refresh falls after its last command
-                memo[k0 + 5] = _NO_REF
+                memo[ref_at] = _NO_REF
                 _memo_insert(memo, k0, klen, v0, vlen, h0)
             elif geom[G_REFRESH] == 1:
                 # a refresh happened, or an entry without the refresh time is there but the
@@ -508,8 +517,10 @@ def block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts
     the block kept in ``buf`` for :func:`block_record` (run the block, then record it)."""
     klen, n_lab, cp = buf[B_KLEN], buf[B_NLAB], buf[B_CP]
     lab0, pre0, k0 = buf[B_LAB], buf[B_PRE], buf[B_K0]
-    buf[k0 + 5] = _NO_REF
-    h0 = _memo_hash(buf, k0, klen)
+    ref_at = k0 + klen - 1
+    buf[ref_at] = _NO_REF
+    h_rest = _memo_hash(buf, k0, klen - 1)
+    h0 = _hash_with_ref(h_rest, _NO_REF)
     e0 = _memo_find_in(memo, buf, k0, klen, h0)
     if e0 >= 0:
         ev = memo[M_DAT] + memo[memo[M_META] + 4 * e0 + 1] + klen
@@ -519,8 +530,8 @@ def block_lookup(geom, win_tab, ready, win_hist, win_cnt, open_row, scal, counts
             return 1
     h1 = np.int64(0)
     if geom[G_REFRESH] == 1:
-        buf[k0 + 5] = scal[S_NEXT_REF] - cp
-        h1 = _memo_hash(buf, k0, klen)
+        buf[ref_at] = scal[S_NEXT_REF] - cp
+        h1 = _hash_with_ref(h_rest, buf[ref_at])
         e1 = _memo_find_in(memo, buf, k0, klen, h1)
         if e1 >= 0:
             ev = memo[M_DAT] + memo[memo[M_META] + 4 * e1 + 1] + klen
@@ -546,7 +557,7 @@ def block_seen(geom, win_cnt, scal, counts, stats, buf, hist, n_rec, rec_off):
     start with the same key (-1: none), else keeps this one as record ``n_rec`` (when ``hist``
     has room; ``rec_off[n_rec]`` is set to its offset, -1 when it did not fit)."""
     klen, cp, k0 = buf[B_KLEN], buf[B_CP], buf[B_K0]
-    buf[k0 + 5] = scal[S_NEXT_REF] - cp if geom[G_REFRESH] == 1 else _NO_REF
+    buf[k0 + klen - 1] = scal[S_NEXT_REF] - cp if geom[G_REFRESH] == 1 else _NO_REF
     h = _memo_hash(buf, k0, klen)
     for r in range(n_rec):
         o = rec_off[r]
@@ -648,7 +659,7 @@ def block_record(n_items, geom, win_tab, ready, win_hist, win_cnt, open_row, sca
     if vlen <= 0:
         return
     if buf[v0 + 4] == 0 and buf[B_E0] < 0:
-        buf[k0 + 5] = _NO_REF
+        buf[k0 + klen - 1] = _NO_REF
         _memo_insert_from(memo, buf, k0, klen, v0, vlen, buf[B_H0])
     elif geom[G_REFRESH] == 1:
         _memo_insert_from(memo, buf, k0, klen, v0, vlen, buf[B_H1])
