@@ -230,6 +230,8 @@ class StreamBuilder:
         self.items = np.empty((0, ITEM_FIELDS), np.int64)
         self._end = 0  # items in use by regions (the buffer may be longer)
         self.seg_cls = np.zeros((self.n_ch, n_seg), np.int64)  # see kernel.segment_classes
+        # per region: rows moved from its class's, least and greatest row (segment_classes)
+        self.seg_rows = np.zeros((self.n_ch, n_seg, 3), np.int64)
         self.seg_bytes = np.zeros((self.n_ch, n_seg), np.int64)
         self.seg_lead = np.zeros((self.n_ch, n_seg), np.int64)  # pimsim.link.lead_columns
         # the block a static region repeats (token_runner.block_period; 0: none)
@@ -319,7 +321,7 @@ class StreamBuilder:
                                           np.array(gathered, np.int64)]))
         if len(dirty):
             segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps, dirty,
-                            self.seg_cls)
+                            self.seg_cls, self.seg_rows)
         self.changed = dirty
         self._last = per_step
         return self.items, self.seg_lo, self.seg_hi
@@ -387,7 +389,7 @@ class StreamBuilder:
                 self.seg_lead[c, k] = lead_columns(a)
                 self._region_passes(c, k, idx, lo[c, k], len(a), blocks)
         segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps,
-                        np.arange(n_seg, dtype=np.int64), self.seg_cls)
+                        np.arange(n_seg, dtype=np.int64), self.seg_cls, self.seg_rows)
 
 
 @dataclass
@@ -415,6 +417,7 @@ class TokenJob:
     seg_lo: np.ndarray
     seg_hi: np.ndarray
     seg_cls: np.ndarray
+    seg_rows: np.ndarray
     seg_block: np.ndarray
     seg_reps: np.ndarray
     busy: np.ndarray
@@ -507,8 +510,8 @@ class DecodeSimulator:
         kind = self.steps.kind if active is None else np.where(active, self.steps.kind, 3)
         items, seg_lo, seg_hi = sb.build(pos)
         busy, lead = self._link_cycles(sb)
-        return TokenJob(pos, kind, items, seg_lo, seg_hi, sb.seg_cls, sb.seg_block, sb.seg_reps,
-                        busy, lead, self.steps.durations(pos))
+        return TokenJob(pos, kind, items, seg_lo, seg_hi, sb.seg_cls, sb.seg_rows, sb.seg_block,
+                        sb.seg_reps, busy, lead, self.steps.durations(pos))
 
     def execute(self, job: TokenJob) -> TokenTiming:
         """Run a prepared decode step (:meth:`prepare`) from the device state now: the fast
@@ -530,7 +533,7 @@ class DecodeSimulator:
                     self.states.win_cnt, self.states.open_row, self.states.scal,
                     self.states.counts, self.states.stats, st, en, cnt, lk, wt, int(self.group),
                     self.memo, job.seg_block, job.seg_reps, int(self.block_cycles),
-                    self.asic_busy)
+                    self.asic_busy, job.seg_rows)
             self.now = int(now)
             self.channels_run += int(n_run)
         else:

@@ -62,7 +62,8 @@ def _probe(env: dict[str, str]) -> str:
             "items = np.zeros((4, 5), np.int64)\n"
             "cls = np.zeros((2, 1), np.int64)\n"
             "segment_classes(items, np.zeros((2, 1), np.int64), np.full((2, 1), 2, np.int64),\n"
-            "                np.zeros((2, 1), np.int64), np.arange(1), cls)\n"
+            "                np.zeros((2, 1), np.int64), np.arange(1), cls,\n"
+            "                np.zeros((2, 1, 3), np.int64))\n"
             "assert cls.ravel().tolist() == [0, 0]\n"
             "print(jit.cache_path(segment_classes))\n")
     full = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT")}

@@ -227,33 +227,117 @@ def run_blocks(stream, lo, hi, block, reps, not_before, cmd_tab, pr_start, pr_ta
 
 
 @cached_njit()
-def _segments_equal(items, a0, a1, b0, b1):
-    """Whether stream items [a0, a1) and [b0, b1) issue the same commands: equal in every
-    timed field (:data:`~pimsim.timing.state.TIMED_FIELDS`: not the first column, which no
-    timing rule reads; the memo's keys leave it out too)."""
+def _segments_shift(items, a0, a1, b0, b1):
+    """Whether stream items [a0, a1) issue the commands of [b0, b1) with every row moved by
+    one offset (equal in every timed field, :data:`~pimsim.timing.state.TIMED_FIELDS`, but the
+    row, and rows ``>= 0`` differing by one ``d``; negative rows equal): returns (equal, d).
+    Timing depends on which rows are equal, not on their numbers (the memo's keys relabel them
+    too); the first column no timing rule reads."""
     if a1 - a0 != b1 - b0:
-        return False
+        return False, 0
+    d = 0
+    have = False
     for p in range(a1 - a0):
         for f in range(TIMED_FIELDS):
-            if items[a0 + p, f] != items[b0 + p, f]:
-                return False
-    return True
+            x = items[a0 + p, f]
+            y = items[b0 + p, f]
+            if f == _ROW and x >= 0 and y >= 0:
+                if not have:
+                    d = x - y
+                    have = True
+                elif x - y != d:
+                    return False, 0
+            elif x != y:
+                return False, 0
+    return True, d
+
+
+_ROW = 2  # the row field of a stream item
+(R_SHIFT, R_MIN, R_MAX) = range(3)  # seg_rows[c, k]: rows moved from the class's, row range
 
 
 @cached_njit()
-def segment_classes(items, seg_lo, seg_hi, seg_reps, steps, cls):
+def segment_classes(items, seg_lo, seg_hi, seg_reps, steps, cls, rows):
     """For each step ``k`` in ``steps``: ``cls[c, k]`` = the first channel whose segment ``k``
-    issues the same commands as channel ``c``'s (:func:`_segments_equal`: the same items but
-    perhaps their columns; channels of one class issue the same commands at the same cycles from
-    equivalent states; compact segments, ``seg_reps > 0``, also repeat their block as often)."""
+    issues the same commands as channel ``c``'s up to a row offset (:func:`_segments_shift`;
+    compact segments, ``seg_reps > 0``, also repeat their block as often), ``rows[c, k]`` =
+    (that offset, the least and the greatest row ``>= 0`` of the segment; an empty range when
+    none). Channels of one class issue the same commands at the same cycles from equivalent
+    states (:func:`_rows_equivalent`), their rows moved by their offsets."""
     for k in steps:
         for c in range(cls.shape[0]):
+            lo = np.int64(1)
+            hi = np.int64(0)
+            for p in range(seg_lo[c, k], seg_hi[c, k]):
+                r = items[p, _ROW]
+                if r >= 0:
+                    if hi < lo:
+                        lo = r
+                        hi = r
+                    else:
+                        lo = min(lo, r)
+                        hi = max(hi, r)
+            rows[c, k, R_MIN] = lo
+            rows[c, k, R_MAX] = hi
             cls[c, k] = c
+            rows[c, k, R_SHIFT] = 0
             for r in range(c):
-                if cls[r, k] == r and seg_reps[c, k] == seg_reps[r, k] and _segments_equal(
-                        items, seg_lo[c, k], seg_hi[c, k], seg_lo[r, k], seg_hi[r, k]):
-                    cls[c, k] = r
-                    break
+                if cls[r, k] == r and seg_reps[c, k] == seg_reps[r, k]:
+                    same, d = _segments_shift(items, seg_lo[c, k], seg_hi[c, k], seg_lo[r, k],
+                                              seg_hi[r, k])
+                    if same:
+                        cls[c, k] = r
+                        rows[c, k, R_SHIFT] = d
+                        break
+
+
+@cached_njit()
+def _rows_equivalent(c, r, d, lo, hi, open_row, scal):
+    """Whether channel ``c``'s open rows are channel ``r``'s moved by ``d`` as far as a segment
+    of ``r``'s with rows in ``[lo, hi]`` (and ``c``'s moved by ``d``) can tell: a bank whose open
+    row (either's) lies in that range holds the moved row in ``c``; a closed bank is closed in
+    both; rows outside the range no command of the segment names, so only which of them are
+    equal matters (the same banks' in both)."""
+    n_b = open_row.shape[1]
+    for b in range(n_b):
+        x = open_row[c, b]
+        y = open_row[r, b]
+        if x < 0 or y < 0:
+            if x != y:
+                return False
+        elif (lo <= y <= hi) or (lo <= x - d <= hi):
+            if x - d != y:
+                return False
+        else:
+            for b2 in range(b + 1, n_b):
+                x2 = open_row[c, b2]
+                y2 = open_row[r, b2]
+                if (x2 == x) != (y2 == y):
+                    return False
+    sa = scal[c, S_ALLROW]
+    sb = scal[r, S_ALLROW]
+    return sa == sb or (sa >= 0 and sb >= 0)
+
+
+@cached_njit()
+def _take_rows(c, r, d, lo, hi, open_row, scal):
+    """Channel ``c`` takes the open rows channel ``r`` left after a segment with rows in
+    ``[lo, hi]`` (``c``'s the same moved by ``d``): rows in that range moved by ``d``, closed
+    banks closed; a bank still holding a row outside it was not touched (the segment opens
+    only its own rows) and keeps ``c``'s own. ``S_ALLROW`` follows."""
+    same = np.int64(-3)
+    for b in range(open_row.shape[1]):
+        y = open_row[r, b]
+        if y < 0:
+            open_row[c, b] = y
+        elif lo <= y <= hi:
+            open_row[c, b] = y + d
+        x = open_row[c, b]
+        if same == -3:
+            same = x
+        elif x != same:
+            same = -2
+    scal[c, S_ALLROW] = same
 
 
 @cached_njit()
@@ -265,7 +349,18 @@ def channels_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cn
     bind and compare as equal; completion times compare from ``start`` on. Statistics (counts,
     hits, open-bank time) are not behaviour and are not compared.
     """
-    for x in (S_NEXT_REF, S_MODE, S_ALLROW):
+    if scal[a, S_ALLROW] != scal[b, S_ALLROW]:
+        return False
+    for i in range(open_row.shape[1]):
+        if open_row[a, i] != open_row[b, i]:
+            return False
+    return timing_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt, scal)
+
+
+@cached_njit()
+def timing_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt, scal):
+    """:func:`channels_equivalent` but for the open rows (see :func:`_rows_equivalent`)."""
+    for x in (S_NEXT_REF, S_MODE):
         if scal[a, x] != scal[b, x]:
             return False
     bus = geom[G_BUS]
@@ -273,9 +368,6 @@ def channels_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cn
         return False
     if max(scal[a, S_DONE], start) != max(scal[b, S_DONE], start):
         return False
-    for i in range(open_row.shape[1]):
-        if open_row[a, i] != open_row[b, i]:
-            return False
     for i in range(ready.shape[1]):
         for j in range(ready.shape[2]):
             if max(ready[a, i, j], cpt) != max(ready[b, i, j], cpt):
@@ -324,7 +416,8 @@ def asic_gap(busy, start, dur):
 def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, dep_idx, serial,
               link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
               win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
-              step_link, step_wait, group, memo, seg_block, seg_reps, cycles, asic_busy):
+              step_link, step_wait, group, memo, seg_block, seg_reps, cycles, asic_busy,
+              seg_rows):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
     A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
@@ -395,18 +488,26 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                     cpt = min(s_c, scal[c, S_NEXT_REF])
                     a = alias[c]
                     if a != c and seg_cls[c, k] == seg_cls[a, k]:
-                        # the state of an earlier channel (it took it at an earlier step and
-                        # neither ran on its own since): equal, so equivalent without comparing
-                        rep[c] = rep[a]
-                    else:
-                        if a != c:  # it runs other items: its own copy of the state first
+                        # the bank timers and windows of an earlier channel (it took them at
+                        # an earlier step and neither ran on its own since): equal, so
+                        # equivalent without comparing them; the open rows are compared
+                        r = rep[a]
+                        d = seg_rows[c, k, R_SHIFT] - seg_rows[r, k, R_SHIFT]
+                        if _rows_equivalent(c, r, d, seg_rows[r, k, R_MIN],
+                                            seg_rows[r, k, R_MAX], open_row, scal):
+                            rep[c] = r
+                    if rep[c] == c:
+                        if a != c:  # it runs on its own: its own copy of the state first
                             _take_state(c, a, ready, win_hist, win_cnt)
                             alias[c] = c
                         for r in range(c):
-                            if (rep[r] == r
-                                    and seg_cls[c, k] == seg_cls[r, k]
-                                    and channels_equivalent(c, r, cpt, s_c, win_tab, geom, ready,
-                                                            win_hist, win_cnt, open_row, scal)):
+                            if rep[r] != r or seg_cls[c, k] != seg_cls[r, k]:
+                                continue
+                            d = seg_rows[c, k, R_SHIFT] - seg_rows[r, k, R_SHIFT]
+                            if (_rows_equivalent(c, r, d, seg_rows[r, k, R_MIN],
+                                                 seg_rows[r, k, R_MAX], open_row, scal)
+                                    and timing_equivalent(c, r, cpt, s_c, win_tab, geom, ready,
+                                                          win_hist, win_cnt, scal)):
                                 rep[c] = r
                                 break
                     for x in range(stats.shape[1]):
@@ -425,7 +526,6 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                 if r != c:
                     # the bank timers and windows stay r's until c needs its own (alias)
                     alias[c] = r
-                    copy_into(open_row[c], open_row[r])
                     for x in range(counts.shape[1]):
                         counts[c, x] += counts[r, x] - before[r, x]
                     for x in range(stats.shape[1]):
@@ -436,6 +536,9 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                         if x != S_LOG_N:
                             scal[c, x] = scal[r, x]
                     scal[c, S_OPEN_CYC] = oc
+                    # r's open rows, moved to c's (and S_ALLROW)
+                    _take_rows(c, r, seg_rows[c, k, R_SHIFT] - seg_rows[r, k, R_SHIFT],
+                               seg_rows[r, k, R_MIN], seg_rows[r, k, R_MAX], open_row, scal)
                 link_free[c] = max(start, link_free[c]) + link_busy[c, k]
                 if max(scal[c, S_DONE], link_free[c]) > done:
                     done = max(scal[c, S_DONE], link_free[c])
