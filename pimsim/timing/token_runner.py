@@ -298,6 +298,12 @@ def _rows_equivalent(c, r, d, lo, hi, open_row, scal):
     row (either's) lies in that range holds the moved row in ``c``; a closed bank is closed in
     both; rows outside the range no command of the segment names, so only which of them are
     equal matters (the same banks' in both)."""
+    sa = scal[c, S_ALLROW]
+    sb = scal[r, S_ALLROW]
+    if sa >= 0 and sb >= 0:  # one row open in every bank of each
+        if lo <= sb <= hi or lo <= sa - d <= hi:
+            return sa - d == sb
+        return True
     n_b = open_row.shape[1]
     for b in range(n_b):
         x = open_row[c, b]
@@ -314,8 +320,6 @@ def _rows_equivalent(c, r, d, lo, hi, open_row, scal):
                 y2 = open_row[r, b2]
                 if (x2 == x) != (y2 == y):
                     return False
-    sa = scal[c, S_ALLROW]
-    sb = scal[r, S_ALLROW]
     return sa == sb or (sa >= 0 and sb >= 0)
 
 
@@ -480,8 +484,6 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
             done = start
             crit = 0
             for c in range(n_ch):
-                for x in range(counts.shape[1]):
-                    before[c, x] = counts[c, x]
                 rep[c] = c
                 if group == 1:
                     s_c = start + link_lead[c, k]  # equal for equal segment classes
@@ -510,9 +512,13 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                                                           win_hist, win_cnt, scal)):
                                 rep[c] = r
                                 break
+                    oc_before[c] = open_cyc_at(scal[c], cpt)
+                if rep[c] == c:  # it runs: its counts before (a channel taking its outcome
+                    # takes the difference)
+                    for x in range(counts.shape[1]):
+                        before[c, x] = counts[c, x]
                     for x in range(stats.shape[1]):
                         st_before[c, x] = stats[c, x]
-                    oc_before[c] = open_cyc_at(scal[c], cpt)
             for c in range(n_ch):
                 if rep[c] != c:
                     continue
@@ -544,7 +550,7 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                     done = max(scal[c, S_DONE], link_free[c])
                     crit = c
             for x in range(counts.shape[1]):
-                step_counts[i, x] = counts[crit, x] - before[crit, x]
+                step_counts[i, x] = counts[rep[crit], x] - before[rep[crit], x]
             step_link[i] = link_busy[crit, k]
             step_wait[i, 0] = link_lead[crit, k]
             step_wait[i, 1] = done - max(scal[crit, S_DONE], start)
