@@ -1,4 +1,5 @@
-"""Steps prepared while the one before runs (pimsim.overlap) give the step-after-step run."""
+"""Engine speed without a changed cycle: steps prepared while the one before runs (pimsim.overlap)
+and channels simulated once for a class of segments equal up to a row offset give the plain runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pimsim.config import load_config
 from pimsim.decode import DecodeSimulator
 from pimsim.overlap import OverlappedTokens
 from pimsim.pipeline import run_system
+from pimsim.timing.state import S_ALLROW, S_MODE, S_NEXT_REF, S_OPEN_CYC
 from workloads.models.resolve import resolve_model
 from workloads.session import hw_config
 
@@ -94,3 +96,46 @@ def test_overlapped_tokens_match_run_token_and_end_in_order():
     assert np.array_equal(sim.states.ready, ref.states.ready)
     with pytest.raises(ValueError, match="fast executor"):
         OverlappedTokens(DecodeSimulator(prog, cfg, fast=False))
+
+
+def test_channels_equal_up_to_a_row_offset_share_one_simulation():
+    """Channels whose segments differ only by a row offset (their weights placed at other
+    rows) are simulated once where their open rows agree (pimsim.timing.token_runner): the
+    same cycles, counts, statistics and final state as simulating every channel."""
+    cfg = hw_config("aim-gddr6", devices=8)
+    src, name = resolve_model("llama2-7b", weights=False)
+    prog = compile_model(src, cfg, name=name).programs[0]
+    grouped = DecodeSimulator(prog, cfg)
+    alone = DecodeSimulator(prog, cfg, group=False)
+    for pos in range(300, 306):
+        a, b = grouped.run_token(pos), alone.run_token(pos)
+        assert (a.start_cyc, a.end_cyc) == (b.start_cyc, b.end_cyc)
+        assert np.array_equal(a.step_end, b.step_end)
+        assert np.array_equal(a.step_counts, b.step_counts)
+    assert (grouped.streams.seg_rows[:, :, 0] != 0).any()  # offsets did occur
+    assert grouped.channels_run < alone.channels_run / 4
+    g, s = grouped.states, alone.states
+    for f in ("open_row", "counts", "stats"):
+        assert np.array_equal(getattr(g, f), getattr(s, f)), f
+    # timers that still bind (those in the past bind nothing either way), the scalars that
+    # decide the next commands and the open-bank time (energy)
+    now = grouped.now
+    assert np.array_equal(np.maximum(g.ready, now), np.maximum(s.ready, now))
+    for x in (S_NEXT_REF, S_MODE, S_ALLROW, S_OPEN_CYC):
+        assert np.array_equal(g.scal[:, x], s.scal[:, x]), x
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+def test_row_offset_classes_equal_the_command_by_command_executor(refresh):
+    cfg = load_config("pim-gpt", refresh=refresh)
+    src, name = resolve_model("tiny", weights=False)
+    prog = compile_model(src, cfg, name=name).program
+    fast = DecodeSimulator(prog, cfg)
+    slow = DecodeSimulator(prog, cfg, fast=False)
+    for pos in range(12):
+        a, b = fast.run_token(pos), slow.run_token(pos)
+        assert (a.start_cyc, a.end_cyc) == (b.start_cyc, b.end_cyc), pos
+        assert np.array_equal(a.step_counts, b.step_counts)
+    assert (fast.streams.seg_rows[:, :, 0] != 0).any()
+    assert np.array_equal(fast.states.counts, slow.states.counts)
+    assert np.array_equal(fast.states.open_row, slow.states.open_row)
