@@ -31,7 +31,7 @@ from pimsim.timing.tables import G_BUS, G_REFRESH
 (M_HT, M_MAXE, M_CAP, M_N, M_USED, M_TAB, M_META, M_DAT, M_SCR, M_SCR_LEN, M_HITS,
  M_MISSES, M_DROPPED, M_CLEARED) = range(14)
 M_HEADER = 16
-MEMO_BLOCK = 16  # stream items per block unit (units that are not pair runs)
+MEMO_BLOCK = 64  # stream items per block unit (units that are not pair runs)
 _NO_REF = -(1 << 50)  # key slot value: entry valid for any refresh time after its last command
 
 

@@ -45,6 +45,10 @@ from pimsim.timing.state import (
 )
 from pimsim.timing.tables import CT_ENABLED, G_BUS, G_FAST
 
+# pair runs of at least this many pairs are memo units of their own (kind 1, stepped in closed
+# form on a miss); shorter ones go into the blocks of items around them
+PAIR_UNIT = np.int64(16)
+
 
 @cached_njit()
 def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
@@ -90,12 +94,14 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
             if use_memo:
                 kind = 1
                 n_it = m
-                if m < 3:
+                if m < PAIR_UNIT:
+                    # a block of items (short pair runs inside: a unit's lookup costs more
+                    # than they would gain on their own)
                     kind = 0
                     q = pos + 1
                     while (q < end and q - pos < MEMO_BLOCK and stream[q, 0] != SYNC
                            and not is_queued(stream[q, 0], geom)
-                           and pair_run(stream, q, end, cmd_tab, np.int64(3)) < 3):
+                           and pair_run(stream, q, end, cmd_tab, PAIR_UNIT) < PAIR_UNIT):
                         q += 1
                     n_it = q - pos
                 if kind == 1 or n_it >= 4:
