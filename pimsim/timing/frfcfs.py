@@ -471,22 +471,34 @@ def _row_moved(r, r0, rs):
 
 @cached_njit()
 def _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt, open_row, scal, rs,
-                   q0, cq0, arr0, ready0, win_hist0, win_cnt0, open_row0, scal0):
+                   q0, cq0, arr0, ready0, win_hist0, win_cnt0, open_row0, scal0, tpl_open):
     """Whether the queued controller's state now equals the snapshot's moved by one period:
     times by the cycles between their last issues, rows by ``rs``; times at or before the last
-    issue compare as equal (no command can issue before it), as in ``fast_forward_pairs``."""
+    issue compare as equal (no command can issue before it), as in ``fast_forward_pairs``.
+
+    ``tpl_open`` -1: a snapshot of this stretch (no refresh since), the refresh due and the
+    open-bank time compare as they are. 0 or 1: the template of a steady period (a refresh
+    since, see ``run_queued``): the refresh due does not compare (no decision read it in the
+    period; the periods applied end before the next one), the open-bank time as that period
+    moves it (1: it opened or closed banks: when they opened, relative to the last issue; 0:
+    it did not: nothing to compare)."""
     last = scal[S_LAST]
     last0 = scal0[S_LAST]
     if last - last0 <= 0:
         return False
-    if (scal[S_MODE] != scal0[S_MODE] or scal[S_NEXT_REF] != scal0[S_NEXT_REF]
-            or scal[S_DONE] - last != scal0[S_DONE] - last0):
+    if scal[S_MODE] != scal0[S_MODE] or scal[S_DONE] - last != scal0[S_DONE] - last0:
+        return False
+    if tpl_open < 0 and scal[S_NEXT_REF] != scal0[S_NEXT_REF]:
         return False
     if not _row_moved(scal[S_ALLROW], scal0[S_ALLROW], rs):
         return False
     # open-bank time: no open/close transition, or each period's the same moved along
-    if not ((scal[S_OPEN_SINCE] == scal0[S_OPEN_SINCE] and scal[S_OPEN_CYC] == scal0[S_OPEN_CYC])
-            or scal[S_OPEN_SINCE] - last == scal0[S_OPEN_SINCE] - last0):
+    if tpl_open < 0:
+        if not ((scal[S_OPEN_SINCE] == scal0[S_OPEN_SINCE]
+                 and scal[S_OPEN_CYC] == scal0[S_OPEN_CYC])
+                or scal[S_OPEN_SINCE] - last == scal0[S_OPEN_SINCE] - last0):
+            return False
+    elif tpl_open == 1 and scal[S_OPEN_SINCE] - last != scal0[S_OPEN_SINCE] - last0:
         return False
     for b in range(open_row.shape[0]):
         if not _row_moved(open_row[b], open_row0[b], rs):
@@ -568,6 +580,27 @@ def _queued_skip(k, q, cq, ready, win_tab, win_hist, win_cnt, open_row, scal, co
 
 
 @cached_njit()
+def _state_before(counts, stats, win_cnt, scal, d_counts, d_stats, d_win, cyc, tpl_open,
+                  open_cyc, counts_p, stats_p, win_cnt_p, scal_p):
+    """What ``_queued_skip`` reads of the state one period back, for a period known from the
+    template: the counters, statistics and window counts less what the period adds, the last
+    issue ``cyc`` cycles earlier, the open-bank time as the period moves it."""
+    for x in range(counts.shape[0]):
+        counts_p[x] = counts[x] - d_counts[x]
+    for x in range(stats.shape[0]):
+        stats_p[x] = stats[x] - d_stats[x]
+    for w in range(win_cnt.shape[0]):
+        for x in range(win_cnt.shape[1]):
+            win_cnt_p[w, x] = win_cnt[w, x] - d_win[w, x]
+    for x in range(scal.shape[0]):
+        scal_p[x] = scal[x]
+    scal_p[S_LAST] = scal[S_LAST] - cyc
+    if tpl_open == 1:
+        scal_p[S_OPEN_SINCE] = scal[S_OPEN_SINCE] - cyc
+        scal_p[S_OPEN_CYC] = scal[S_OPEN_CYC] - open_cyc
+
+
+@cached_njit()
 def _snapshot(o, q, cq, arr, ready, win_hist, win_cnt, open_row, scal, counts, stats, q0, cq0,
               arr0, ready0, win_hist0, win_cnt0, open_row0, scal0, counts0, stats0):
     """Keep the queued controller's state in snapshot slot ``o`` (``run_queued``)."""
@@ -617,8 +650,9 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
     rs = np.int64(0)
     # the last N_SNAP snapshots, snapshot j in slot j % N_SNAP: the controller may repeat only
     # after several item periods (a write queue draining between its watermarks)
-    ns = N_SNAP if closed else 0
-    arr0 = np.zeros(N_SNAP, np.int64)
+    # slot N_SNAP: the template, the state at the start of the last steady period applied
+    ns = N_SNAP + 1 if closed else 0
+    arr0 = np.zeros(N_SNAP + 1, np.int64)
     q0 = np.zeros((ns, q.shape[0], QF), np.int64)
     cq0 = np.zeros((ns, N_CQ), np.int64)
     ready0 = np.zeros((ns, ready.shape[0], ready.shape[1]), np.int64)
@@ -628,9 +662,53 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
     scal0 = np.zeros((ns, scal.shape[0]), np.int64)
     counts0 = np.zeros((ns, counts.shape[0]), np.int64)
     stats0 = np.zeros((ns, stats.shape[0]), np.int64)
+    # the template's period (items, row step, cycles, open-bank rule as _queued_steady's
+    # tpl_open), the position it was taken at, where its items stop repeating, the refreshes
+    # then (tpl_per 0: none); what the period adds to the counters, the statistics, the window
+    # counts and the open-bank time; and room for the state one period before a match
+    tpl_per = 0
+    tpl_rs = np.int64(0)
+    tpl_cyc = np.int64(0)
+    tpl_open = 0
+    tpl_pos = 0
+    tpl_end = 0
+    tpl_refs = np.int64(0)
+    tpl_open_cyc = np.int64(0)
+    nt = 1 if closed else 0
+    d_counts = np.zeros((nt, counts.shape[0]), np.int64)
+    d_stats = np.zeros((nt, stats.shape[0]), np.int64)
+    d_win = np.zeros((nt, win_cnt.shape[0], win_cnt.shape[1]), np.int64)
+    counts_p = np.zeros((nt, counts.shape[0]), np.int64)
+    stats_p = np.zeros((nt, stats.shape[0]), np.int64)
+    win_cnt_p = np.zeros((nt, win_cnt.shape[0], win_cnt.shape[1]), np.int64)
+    scal_p = np.zeros((nt, scal.shape[0]), np.int64)
     p = pos
     epoch_ref = stats[ST_REFRESHES]
     while p < end:
+        if (tpl_per > 0 and stats[ST_REFRESHES] != tpl_refs and p > tpl_pos
+                and (p - tpl_pos) % tpl_per == 0 and p + tpl_per <= tpl_end
+                and _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt, open_row, scal,
+                                   (p - tpl_pos) // tpl_per * tpl_rs, q0[N_SNAP], cq0[N_SNAP],
+                                   arr0[N_SNAP], ready0[N_SNAP], win_hist0[N_SNAP],
+                                   win_cnt0[N_SNAP], open_row0[N_SNAP], scal0[N_SNAP],
+                                   tpl_open)):
+            # back in the steady period after a refresh: the template's period repeats from
+            # here (its items do, up to tpl_end), up to the next refresh
+            k = (tpl_end - p) // tpl_per
+            k = min(k, max(0, (scal[S_NEXT_REF] - 1 - scal[S_LAST]) // tpl_cyc))
+            if k > 0:
+                _state_before(counts, stats, win_cnt, scal, d_counts[0], d_stats[0], d_win[0],
+                              tpl_cyc, tpl_open, tpl_open_cyc, counts_p[0], stats_p[0],
+                              win_cnt_p[0], scal_p[0])
+                arr += _queued_skip(k, q, cq, ready, win_tab, win_hist, win_cnt, open_row, scal,
+                                    counts, stats, tpl_rs, win_cnt_p[0], scal_p[0], counts_p[0],
+                                    stats_p[0])
+                p += k * tpl_per
+                snap_at = -1
+                tries = 0
+                searches = 0
+                epoch_ref = stats[ST_REFRESHES]
+                continue
         if closed and tries >= MAX_PERIOD_TRIES and stats[ST_REFRESHES] != epoch_ref:
             # a refresh ended the stretch the closed form stopped at (or the search that gave
             # up): look again from here
@@ -655,7 +733,7 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
                                 and _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt,
                                                    open_row, scal, rs * (j - i), q0[o], cq0[o],
                                                    arr0[o], ready0[o], win_hist0[o], win_cnt0[o],
-                                                   open_row0[o], scal0[o])):
+                                                   open_row0[o], scal0[o], -1)):
                             hit = i
                             break
                 if hit >= 0:
@@ -670,11 +748,32 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
                         period = scal[S_LAST] - scal0[o, S_LAST]
                         k = min(k, max(0, (scal[S_NEXT_REF] - 1 - scal[S_LAST]) // period))
                     snap_at = -1
+                    # the period found is the template for after the next refresh
+                    tpl_per = per_t
+                    tpl_rs = rs_t
+                    tpl_cyc = scal[S_LAST] - scal0[o, S_LAST]
+                    tpl_open = 0 if (scal[S_OPEN_SINCE] == scal0[o, S_OPEN_SINCE]
+                                     and scal[S_OPEN_CYC] == scal0[o, S_OPEN_CYC]) else 1
+                    tpl_open_cyc = scal[S_OPEN_CYC] - scal0[o, S_OPEN_CYC]
+                    tpl_end = e
+                    for x in range(counts.shape[0]):
+                        d_counts[0, x] = counts[x] - counts0[o, x]
+                    for x in range(stats.shape[0]):
+                        d_stats[0, x] = stats[x] - stats0[o, x]
+                    for w in range(win_cnt.shape[0]):
+                        for x in range(win_cnt.shape[1]):
+                            d_win[0, w, x] = win_cnt[w, x] - win_cnt0[o, w, x]
                     if k > 0:
                         arr += _queued_skip(k, q, cq, ready, win_tab, win_hist, win_cnt,
                                             open_row, scal, counts, stats, rs_t, win_cnt0[o],
                                             scal0[o], counts0[o], stats0[o])
                         p += k * per_t
+                    tpl_pos = p
+                    tpl_refs = stats[ST_REFRESHES]
+                    _snapshot(N_SNAP, q, cq, arr, ready, win_hist, win_cnt, open_row, scal,
+                              counts, stats, q0, cq0, arr0, ready0, win_hist0, win_cnt0,
+                              open_row0, scal0, counts0, stats0)
+                    if k > 0:
                         # the next stretch (other items, or after the refresh): look again
                         tries = 0
                         searches = 0
