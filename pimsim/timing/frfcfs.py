@@ -632,8 +632,12 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
     it is the same moved by those periods' cycles and row steps (every time relative to the
     last issue, the queues, open rows, windows, mode, no refresh in them), every further period of
     the repeating items is that period again, moved on; they are applied at once, up to the
-    next refresh due (the one rule that is not invariant under a shift in time). Identical to
-    scheduling them request by request; tests hold both equal.
+    next refresh due (the one rule that is not invariant under a shift in time). The period
+    found is kept as a template: after the refresh, the state at each period boundary is
+    compared with it (the refresh due aside), and once the same moved along, the periods
+    repeat from there, with what one period adds known from the template (a run with a refresh
+    inside need not find its period again from new snapshots). Identical to scheduling them
+    request by request; tests hold both equal.
     """
     q = np.zeros((geom[G_RQ] + geom[G_WQ], QF), np.int64)
     etab = np.zeros((cmd_tab.shape[0], open_row.shape[0] + 1, 3), np.int64)  # cq_step's
