@@ -475,3 +475,47 @@ def test_fast_pick_equals_the_plain_pick_on_random_mixed_streams(which):
         assert _state(fast) == _state(slow) == _state(fast_log)
 
     prop()
+
+
+def test_fast_pick_with_bank_group_and_bank_windows_equals_the_plain_pick():
+    # no shipped rule spaces a command by a window of its bank group or bank; such windows (two
+    # ACTs per bank group in 60 cycles, two per bank in 300 [assumed, for the test]) take the
+    # fast pick's other branch for a bank's part of the earliest cycle
+    from pimsim.timing.tables import build_tables
+
+    cfg = load_config("pim-gpt", refresh=True)
+    n_refi = cfg.timing.cycles["nREFI"]
+
+    def tables(fast, windows=True):
+        t = build_tables(cfg, fast=fast)
+        if not windows:
+            return t
+        win = np.vstack([t.win_tab, [[ACT, ACT, 1, 60, 2], [ACT, ACT, 2, 300, 2]]])
+        return dataclasses.replace(t, win_tab=win.astype(np.int64),
+                                   max_window=max(t.max_window, 2))
+
+    def run3(stream, not_before):
+        out = []
+        for fast, log in ((False, True), (True, True), (True, False)):
+            t = ChannelTimer(cfg, fast=fast, log=log, tables=tables(fast))
+            t.run(stream, 0, not_before)
+            out.append(t)
+        return out
+
+    # the windows bind: bank group 0's banks, three rows each
+    walk = make_stream([("WR", b, r) for r in range(3) for b in range(4)])
+    plain = ChannelTimer(cfg, tables=tables(True, windows=False))
+    plain.run(walk, 0, 0)
+    slow, fast_log, fast = run3(walk, 0)
+    assert slow.done_cyc > plain.done_cyc
+    assert np.array_equal(fast_log.log, slow.log) and _state(fast) == _state(slow)
+
+    @settings(max_examples=30, **SETTINGS)
+    @given(st.lists(_rw_items(["RD", "WR"]), min_size=1, max_size=120),
+           st.integers(0, 2 * n_refi))
+    def prop(its, not_before):
+        slow, fast_log, fast = run3(make_stream(its), not_before)
+        assert np.array_equal(fast_log.log, slow.log)
+        assert _state(fast) == _state(slow) == _state(fast_log)
+
+    prop()
