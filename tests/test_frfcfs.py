@@ -389,3 +389,133 @@ def test_every_periodic_stretch_of_a_queued_run_in_closed_form_equals_request_by
     assert out[0] == out[1]
     if refresh:
         assert out[0][4] >= 3  # the run crosses several refreshes
+
+
+# ---------------------------------------------------------------- the fast pick and the template
+
+PIM_GPT_STARTS = range(40, 2400, 97)  # cycles before the first refresh is due: every stage
+
+
+def _decode_kv_write(n_items: int = 208, row0: int = 25) -> np.ndarray:
+    """A decode step's KV-cache write on one channel as gpt2-xl's on pim-gpt: one request an
+    item, banks 0..15 in turn, the row one on every 16 items (every request a row miss)."""
+    return make_stream([("WR", i % 16, row0 + i // 16) for i in range(n_items)])
+
+
+def _state(t: ChannelTimer) -> tuple:
+    """Every observable of a channel but the log: cycles, counts, statistics, open rows,
+    controller scalars (less the log length), ready times that can still bind, windows."""
+    return (t.done_cyc, t.command_counts(), t.stats.tolist(), t.open_row.tolist(),
+            np.delete(t.scal, S_LOG_N).tolist(),
+            np.maximum(t.ready, t.last_issue_cyc).tolist(), t.win_cnt.tolist())
+
+
+def _three_ways(cfg, stream, not_before: int, prefix=None):
+    """The stream run request by request (slow, the plain pick, logged), by the fast pick with
+    a log (no closed form) and fast without a log (closed form), from the same state."""
+    out = []
+    for fast, log in ((False, True), (True, True), (True, False)):
+        t = ChannelTimer(cfg, fast=fast, log=log)
+        if prefix is not None:
+            t.run_all(prefix)
+        t.run(stream, 0, not_before)
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+def test_decode_kv_write_runs_equal_request_by_request(refresh):
+    # the fast pick issues the same commands at the same cycles as the plain one; the closed
+    # form (with the template of the steady period after a refresh) ends in the same state,
+    # wherever the refresh falls in the run
+    cfg = load_config("pim-gpt", refresh=refresh)
+    n_refi = cfg.timing.cycles["nREFI"]
+    s = _decode_kv_write()
+    prefix = make_stream([("MAC_AB", -1, 3, 8), ("RD_MAC", -1, 0, 1)] * 3)
+    inside = 0
+    for d in PIM_GPT_STARTS:
+        slow, fast_log, fast = _three_ways(cfg, s, n_refi - d, prefix if d % 2 else None)
+        assert np.array_equal(fast_log.log, slow.log)
+        assert _state(fast) == _state(slow) == _state(fast_log)
+        refs = np.flatnonzero(slow.log[:, 1] == cmd_id("REFab"))
+        inside += int(len(refs) > 0 and 0 < refs[0] < len(slow.log) - 100)
+        assert slow.refreshes <= (1 if refresh else 0)
+    if refresh:
+        assert inside >= len(PIM_GPT_STARTS) // 2  # most runs have the refresh mid-run
+
+
+def test_long_kv_write_run_across_several_refreshes_equals_request_by_request():
+    # several refreshes, each followed by the steady period again (the template applies)
+    cfg = load_config("pim-gpt", refresh=True)
+    slow, fast_log, fast = _three_ways(cfg, _decode_kv_write(1600), 17)
+    assert slow.refreshes >= 3
+    assert np.array_equal(fast_log.log, slow.log)
+    assert _state(fast) == _state(slow)
+
+
+FAST_PICK_CONFIGS = {
+    "pim-gpt-refresh": lambda: load_config("pim-gpt", refresh=True),
+    "aim-refresh": lambda: load_config("aim-gddr6", refresh=True),  # mode switches (TMOD)
+    "gddr6-refresh": lambda: load_config("gddr6", refresh=True),
+    "aim-small-queues": lambda: ctrl(AIM, read_queue_entries=3, write_queue_entries=2),
+}
+
+
+@pytest.mark.parametrize("which", list(FAST_PICK_CONFIGS))
+def test_fast_pick_equals_the_plain_pick_on_random_mixed_streams(which):
+    cfg = FAST_PICK_CONFIGS[which]()
+    n_refi = cfg.timing.cycles["nREFI"]
+
+    @settings(max_examples=40, **SETTINGS)
+    @given(st.lists(_rw_items(["RD", "WR"]), min_size=1, max_size=120),
+           st.integers(0, 2 * n_refi))
+    def prop(its, not_before):
+        slow, fast_log, fast = _three_ways(cfg, make_stream(its), not_before)
+        assert np.array_equal(fast_log.log, slow.log)
+        assert _state(fast) == _state(slow) == _state(fast_log)
+
+    prop()
+
+
+def test_fast_pick_with_bank_group_and_bank_windows_equals_the_plain_pick():
+    # no shipped rule spaces a command by a window of its bank group or bank; such windows (two
+    # ACTs per bank group in 60 cycles, two per bank in 300 [assumed, for the test]) take the
+    # fast pick's other branch for a bank's part of the earliest cycle
+    from pimsim.timing.tables import build_tables
+
+    cfg = load_config("pim-gpt", refresh=True)
+    n_refi = cfg.timing.cycles["nREFI"]
+
+    def tables(fast, windows=True):
+        t = build_tables(cfg, fast=fast)
+        if not windows:
+            return t
+        win = np.vstack([t.win_tab, [[ACT, ACT, 1, 60, 2], [ACT, ACT, 2, 300, 2]]])
+        return dataclasses.replace(t, win_tab=win.astype(np.int64),
+                                   max_window=max(t.max_window, 2))
+
+    def run3(stream, not_before):
+        out = []
+        for fast, log in ((False, True), (True, True), (True, False)):
+            t = ChannelTimer(cfg, fast=fast, log=log, tables=tables(fast))
+            t.run(stream, 0, not_before)
+            out.append(t)
+        return out
+
+    # the windows bind: bank group 0's banks, three rows each
+    walk = make_stream([("WR", b, r) for r in range(3) for b in range(4)])
+    plain = ChannelTimer(cfg, tables=tables(True, windows=False))
+    plain.run(walk, 0, 0)
+    slow, fast_log, fast = run3(walk, 0)
+    assert slow.done_cyc > plain.done_cyc
+    assert np.array_equal(fast_log.log, slow.log) and _state(fast) == _state(slow)
+
+    @settings(max_examples=30, **SETTINGS)
+    @given(st.lists(_rw_items(["RD", "WR"]), min_size=1, max_size=120),
+           st.integers(0, 2 * n_refi))
+    def prop(its, not_before):
+        slow, fast_log, fast = run3(make_stream(its), not_before)
+        assert np.array_equal(fast_log.log, slow.log)
+        assert _state(fast) == _state(slow) == _state(fast_log)
+
+    prop()

@@ -11,7 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from pimsim.timing.issue import earliest, idle_refreshes, issue, issue_refresh, refresh_due, row_step
+from pimsim.timing.issue import (
+    bank_window_cyc,
+    earliest,
+    earliest_channel,
+    has_bank_windows,
+    idle_refreshes,
+    issue,
+    issue_refresh,
+    issue_state,
+    refresh_due,
+    row_step,
+)
 from pimsim.timing.jit import cached_njit
 from pimsim.timing.state import (
     NONE_I64,
@@ -31,6 +42,8 @@ from pimsim.timing.state import (
 from pimsim.timing.tables import (
     CT_COLUMN,
     CT_MODE,
+    G_BG,
+    G_BPG,
     G_CMD_ACT,
     G_CMD_PRE,
     G_CMD_RD,
@@ -92,20 +105,92 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
       place of the chosen command when the channel is not in the mode RD/WR need.
 
     Every command goes through ``earliest`` / ``issue`` of the rule table, so the checker
-    verifies the log as for in-order streams.
+    verifies the log as for in-order streams. The choice is :func:`cq_pick`'s;
+    :func:`cq_step_quiet` is this step for kernels that keep no log.
     """
-    n = cq[CQ_N]
-    if n == 0:
+    if cq[CQ_N] == 0:
         return 0, FAR_CYC, log
+    best, best_t, best_cmd, best_bank, best_row = cq_pick(q, cq, not_before, cmd_tab, win_tab,
+                                                          geom, ready, win_hist, win_cnt,
+                                                          open_row, scal, etab)
+    if best < 0:
+        return 0, FAR_CYC, log  # cannot happen: an activated request's column is always a candidate
+    t, switch = _cq_when(q, best, best_t, not_before, cmd_tab, win_tab, geom, ready, win_hist,
+                         win_cnt, scal)
+    if refresh_due(t, geom, scal):
+        ok, log = _cq_refresh(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                              ready, win_hist, win_cnt, open_row, scal, counts, stats, log)
+        return ok, t, log
+    if t >= limit:
+        return 0, t, log
+    if switch:
+        log = issue(geom[G_CMD_TMOD], NONE_I64, NONE_I64, t, ONE_I64, cmd_tab, pr_start, pr_tab,
+                    win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts, log)
+        stats[ST_INSERTED] += 1
+        return 1, t, log
+    log = issue(best_cmd, best_bank, best_row, t, ONE_I64, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                ready, win_hist, win_cnt, open_row, scal, counts, log)
+    _cq_issued(q, cq, best, best_cmd, cmd_tab, geom, stats)
+    return 1, t, log
+
+
+@cached_njit()
+def cq_step_quiet(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                  win_hist, win_cnt, open_row, scal, counts, stats, log, etab):
+    """``cq_step`` without a log (``log`` has no rows): returns (issued, cycle) only. The same
+    decisions and state; a kernel returning an array pays for its reference counting at every
+    call, here as much as the step's own work."""
+    if cq[CQ_N] == 0:
+        return 0, FAR_CYC
+    best, best_t, best_cmd, best_bank, best_row = cq_pick(q, cq, not_before, cmd_tab, win_tab,
+                                                          geom, ready, win_hist, win_cnt,
+                                                          open_row, scal, etab)
+    if best < 0:
+        return 0, FAR_CYC
+    t, switch = _cq_when(q, best, best_t, not_before, cmd_tab, win_tab, geom, ready, win_hist,
+                         win_cnt, scal)
+    if refresh_due(t, geom, scal):
+        ok, _ = _cq_refresh(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                            ready, win_hist, win_cnt, open_row, scal, counts, stats, log)
+        return ok, t
+    if t >= limit:
+        return 0, t
+    if switch:
+        issue_state(geom[G_CMD_TMOD], NONE_I64, NONE_I64, t, ONE_I64, cmd_tab, pr_start,
+                    pr_tab, win_tab, geom, ready, win_hist, win_cnt, open_row, scal, counts)
+        stats[ST_INSERTED] += 1
+        return 1, t
+    issue_state(best_cmd, best_bank, best_row, t, ONE_I64, cmd_tab, pr_start, pr_tab, win_tab,
+                geom, ready, win_hist, win_cnt, open_row, scal, counts)
+    _cq_issued(q, cq, best, best_cmd, cmd_tab, geom, stats)
+    return 1, t
+
+
+@cached_njit(inline="always")
+def cq_pick(q, cq, not_before, cmd_tab, win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
+            etab):
+    """Set the write-drain mode and choose the next request to serve (``cq_step``'s policy):
+    returns (queue index, cycle its next command is legal, that command, its bank, its row);
+    index -1 if none. Fast mode: :func:`_pick_fast`, the same choice at less cost; else
+    :func:`_pick_plain`, the policy as written, request by request (the reference)."""
+    n = cq[CQ_N]
+    wr_cmd = geom[G_CMD_WR]
     nr = 0
     nw = 0
-    wr_cmd = geom[G_CMD_WR]
+    # banks whose open row an activated request waits for (a PRE there waits for it); a bit
+    # per bank up to 63 banks, else the scan per candidate
+    n_banks = open_row.shape[0]
+    guard_bits = np.int64(0)
     for i in range(n):
         if q[i, Q_ACT] == 0:
             if q[i, Q_CMD] == wr_cmd:
                 nw += 1
             else:
                 nr += 1
+        elif n_banks < 64:
+            bj = q[i, Q_BANK]
+            if q[i, Q_ROW] == open_row[bj]:
+                guard_bits |= np.int64(1) << bj
     wm = cq[CQ_WMODE]
     if wm == 0:
         if nw > geom[G_WHI] or nr == 0:
@@ -113,28 +198,45 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
     elif nw < geom[G_WLO] and nr != 0:
         wm = 0
     cq[CQ_WMODE] = wm
+    # ``etab`` (int64 [commands, banks + 1, 3], zeros, kept by the caller): [0, 0, 0] counts
+    # the calls; an entry written in this call (its [1] is the count) holds a cycle ([2]) that
+    # holds for the whole call (the state does not change before the choice): the plain scan's
+    # earliest cycle of (cmd, bank) at [cmd, bank + 1], the fast one's channel part of cmd at
+    # [cmd, 0] (and at [cmd, 1, 0] whether a bank or bank-group window spaces cmd)
+    etab[0, 0, 0] += 1
+    if geom[G_FAST] == 1:
+        return _pick_fast(q, n, wm, guard_bits, not_before, win_tab, geom, ready, win_hist,
+                          win_cnt, open_row, scal, etab)
+    return _pick_plain(q, n, wm, guard_bits, not_before, cmd_tab, win_tab, geom, ready, win_hist,
+                       win_cnt, open_row, scal, etab)
+
+
+@cached_njit(inline="always")
+def _guarded(q, n, bank, guard_bits, open_row):
+    """Whether an activated request waits for ``bank``'s open row (a PRE there must wait)."""
+    if open_row.shape[0] < 64:
+        return (guard_bits >> bank) & 1 == 1
+    for j in range(n):
+        if q[j, Q_ACT] == 1 and q[j, Q_BANK] == bank and q[j, Q_ROW] == open_row[bank]:
+            return True
+    return False
+
+
+@cached_njit(inline="always")
+def _pick_plain(q, n, wm, guard_bits, not_before, cmd_tab, win_tab, geom, ready, win_hist,
+                win_cnt, open_row, scal, etab):
+    """``cq_pick``'s choice as the policy reads: every candidate's next command (``row_step``)
+    and its earliest cycle (``earliest``), the first legal, a column of an activated request
+    before others, then the oldest."""
+    wr_cmd = geom[G_CMD_WR]
+    pre = geom[G_CMD_PRE]
+    stamp = etab[0, 0, 0]
     best = -1
     best_t = FAR_CYC
     best_pri = 3
     best_cmd = NONE_I64
     best_bank = NONE_I64
     best_row = NONE_I64
-    pre = geom[G_CMD_PRE]
-    # banks whose open row an activated request waits for (a PRE there waits for it); a bit
-    # per bank up to 63 banks, else the scan per candidate
-    n_banks = open_row.shape[0]
-    guard_bits = np.int64(0)
-    if n_banks < 64:
-        for j in range(n):
-            bj = q[j, Q_BANK]
-            if q[j, Q_ACT] == 1 and q[j, Q_ROW] == open_row[bj]:
-                guard_bits |= np.int64(1) << bj
-    # earliest cycle per (command, bank) of this call: the state does not change before the
-    # choice, so candidates needing the same command on the same bank share it. ``etab``
-    # (int64 [commands, banks + 1, 3], zeros, kept by the caller) keeps them: [0, 0, 0] counts
-    # the calls, [cmd, bank + 1] is (call, cycle), valid when written by this call
-    etab[0, 0, 0] += 1
-    stamp = etab[0, 0, 0]
     for i in range(n):
         cmd = q[i, Q_CMD]
         act = q[i, Q_ACT]
@@ -142,18 +244,8 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
             continue
         bank = q[i, Q_BANK]
         ncmd, nbank, nrow = row_step(cmd, bank, q[i, Q_ROW], cmd_tab, geom, open_row, scal)
-        if ncmd == pre:
-            guarded = False
-            if n_banks < 64:
-                guarded = (guard_bits >> bank) & 1 == 1
-            else:
-                for j in range(n):
-                    if (q[j, Q_ACT] == 1 and q[j, Q_BANK] == bank
-                            and q[j, Q_ROW] == open_row[bank]):
-                        guarded = True
-                        break
-            if guarded:
-                continue
+        if ncmd == pre and _guarded(q, n, bank, guard_bits, open_row):
+            continue
         lo_t = max(not_before, q[i, Q_ARR])
         if lo_t > best_t:
             continue  # cannot be chosen: a candidate is legal earlier
@@ -172,64 +264,132 @@ def cq_step(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, 
         if t < best_t or (t == best_t and pri < best_pri):
             best, best_t, best_pri = i, t, pri
             best_cmd, best_bank, best_row = ncmd, nbank, nrow
-    if best < 0:
-        return 0, FAR_CYC, log  # cannot happen: an activated request's column is always a candidate
+    return best, best_t, best_cmd, best_bank, best_row
+
+
+@cached_njit(inline="always")
+def _pick_fast(q, n, wm, guard_bits, not_before, win_tab, geom, ready, win_hist, win_cnt,
+               open_row, scal, etab):
+    """``_pick_plain``'s choice, cheaper: a request's arrival is checked before its next
+    command is looked at; the next command of RD/WR (bank commands that need their row open,
+    ``pimsim.spec.commands``) is read off the bank's open row (``row_step``'s rule for them);
+    the earliest cycle is the command's channel part, once per call, and its bank part
+    (``earliest`` = the larger of the two for bank commands)."""
+    wr_cmd = geom[G_CMD_WR]
+    pre = geom[G_CMD_PRE]
+    act_cmd = geom[G_CMD_ACT]
+    stamp = etab[0, 0, 0]
+    last = scal[S_LAST]
+    bpg = geom[G_BPG]
+    n_bg = geom[G_BG]
+    best = -1
+    best_t = FAR_CYC
+    best_pri = 3
+    best_cmd = NONE_I64
+    best_bank = NONE_I64
+    best_row = NONE_I64
+    for i in range(n):
+        cmd = q[i, Q_CMD]
+        act = q[i, Q_ACT]
+        if act == 0 and (cmd == wr_cmd) != (wm == 1):
+            continue
+        lo_t = max(not_before, q[i, Q_ARR])
+        if lo_t > best_t:
+            continue  # cannot be chosen: a candidate is legal earlier
+        bank = q[i, Q_BANK]
+        row = q[i, Q_ROW]
+        orow = open_row[bank]
+        if orow == row:
+            ncmd = cmd
+        elif orow >= 0:
+            if _guarded(q, n, bank, guard_bits, open_row):
+                continue
+            ncmd = pre
+            row = orow
+        else:
+            ncmd = act_cmd
+        if etab[ncmd, 0, 1] != stamp:
+            etab[ncmd, 0, 1] = stamp
+            etab[ncmd, 0, 2] = earliest_channel(ncmd, win_tab, geom, ready, win_hist, win_cnt,
+                                                last)
+            etab[ncmd, 1, 0] = 1 if has_bank_windows(ncmd, win_tab) else 0
+        # ``earliest_in_bank``, its windows called only where there are any
+        t = max(lo_t, etab[ncmd, 0, 2], ready[1 + bank // bpg, ncmd], ready[1 + n_bg + bank, ncmd])
+        if etab[ncmd, 1, 0] == 1:
+            t = max(t, bank_window_cyc(ncmd, bank, win_tab, geom, win_hist, win_cnt))
+        pri = 1
+        if ncmd == cmd and act == 1:
+            pri = 0
+        if t < best_t or (t == best_t and pri < best_pri):
+            best, best_t, best_pri = i, t, pri
+            best_cmd, best_bank, best_row = ncmd, bank, row
+    return best, best_t, best_cmd, best_bank, best_row
+
+
+@cached_njit(inline="always")
+def _cq_when(q, best, best_t, not_before, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
+             scal):
+    """Cycle of the chosen request's next command, and whether a mode switch (TMOD) issues in
+    its place (the channel is not in the mode RD/WR need)."""
     t = best_t
-    tmod = geom[G_CMD_TMOD]
     switch = False
     if geom[G_PIM] == 1:
         mode = cmd_tab[q[best, Q_CMD], CT_MODE]
         if mode >= 0 and mode != scal[S_MODE]:
             switch = True
-            t = earliest(tmod, -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt, scal[S_LAST])
+            t = earliest(geom[G_CMD_TMOD], -1, cmd_tab, win_tab, geom, ready, win_hist, win_cnt,
+                         scal[S_LAST])
             t = max(t, not_before)
             if geom[G_TMOD_GATED] == 1:
                 t = max(t, best_t)
-    if refresh_due(t, geom, scal):
-        if scal[S_NEXT_REF] >= limit:
-            return 0, t, log  # a request arriving before the refresh is due may go first
-        log = issue_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
-                            open_row, scal, counts, stats, log)
-        if geom[G_FAST] == 1 and log.shape[0] == 0:
-            # an idle gap (nothing issues before ``not_before``; no refresh at or after
-            # ``limit``): the further refreshes due in it in closed form, as the calls that
-            # follow would issue them one by one
-            log = idle_refreshes(min(not_before, limit), cmd_tab, pr_start, pr_tab, win_tab,
-                                 geom, ready, win_hist, win_cnt, open_row, scal, counts, stats,
-                                 log)
-        for i in range(n):
-            q[i, Q_ACT] = 0  # their rows were closed
-        return 1, t, log
-    if t >= limit:
-        return 0, t, log
-    if switch:
-        log = issue(tmod, NONE_I64, NONE_I64, t, ONE_I64, cmd_tab,
-                    pr_start, pr_tab, win_tab, geom, ready,
-                    win_hist, win_cnt, open_row, scal, counts, log)
-        stats[ST_INSERTED] += 1
-        return 1, t, log
-    log = issue(best_cmd, best_bank, best_row, t, ONE_I64, cmd_tab, pr_start, pr_tab, win_tab, geom,
-                ready, win_hist, win_cnt, open_row, scal, counts, log)
+    return t, switch
+
+
+@cached_njit()
+def _cq_refresh(q, cq, limit, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                win_hist, win_cnt, open_row, scal, counts, stats, log):
+    """The refresh due before the next command: issued (returns 1 and the log) unless it is
+    due at or after ``limit`` (0: a request arriving before it may go first)."""
+    if scal[S_NEXT_REF] >= limit:
+        return 0, log
+    log = issue_refresh(cmd_tab, pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
+                        open_row, scal, counts, stats, log)
+    if geom[G_FAST] == 1 and log.shape[0] == 0:
+        # an idle gap (nothing issues before ``not_before``; no refresh at or after
+        # ``limit``): the further refreshes due in it in closed form, as the calls that
+        # follow would issue them one by one
+        log = idle_refreshes(min(not_before, limit), cmd_tab, pr_start, pr_tab, win_tab,
+                             geom, ready, win_hist, win_cnt, open_row, scal, counts, stats,
+                             log)
+    for i in range(cq[CQ_N]):
+        q[i, Q_ACT] = 0  # their rows were closed
+    return 1, log
+
+
+@cached_njit(inline="always")
+def _cq_issued(q, cq, best, best_cmd, cmd_tab, geom, stats):
+    """The chosen request's command issued: a row command marks it (missed; activated for it
+    by an ACT), its column command counts the hit or miss and frees its entry."""
     if best_cmd != q[best, Q_CMD]:
         stats[ST_INSERTED] += 1
         q[best, Q_MISS] = 1
         if best_cmd == geom[G_CMD_ACT]:
             q[best, Q_ACT] = 1
-        return 1, t, log
+        return
     if cmd_tab[best_cmd, CT_COLUMN] == 1:
         if q[best, Q_MISS] == 1:
             stats[ST_MISSES] += 1
         else:
             stats[ST_HITS] += 1
-    if best_cmd == wr_cmd:
+    if best_cmd == geom[G_CMD_WR]:
         cq[CQ_NW] -= 1
     else:
         cq[CQ_NR] -= 1
+    n = cq[CQ_N]
     for i in range(best, n - 1):
         for f in range(QF):
             q[i, f] = q[i + 1, f]
     cq[CQ_N] = n - 1
-    return 1, t, log
 
 
 @cached_njit(inline="always")
@@ -311,22 +471,34 @@ def _row_moved(r, r0, rs):
 
 @cached_njit()
 def _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt, open_row, scal, rs,
-                   q0, cq0, arr0, ready0, win_hist0, win_cnt0, open_row0, scal0):
+                   q0, cq0, arr0, ready0, win_hist0, win_cnt0, open_row0, scal0, tpl_open):
     """Whether the queued controller's state now equals the snapshot's moved by one period:
     times by the cycles between their last issues, rows by ``rs``; times at or before the last
-    issue compare as equal (no command can issue before it), as in ``fast_forward_pairs``."""
+    issue compare as equal (no command can issue before it), as in ``fast_forward_pairs``.
+
+    ``tpl_open`` -1: a snapshot of this stretch (no refresh since), the refresh due and the
+    open-bank time compare as they are. 0 or 1: the template of a steady period (a refresh
+    since, see ``run_queued``): the refresh due does not compare (no decision read it in the
+    period; the periods applied end before the next one), the open-bank time as that period
+    moves it (1: it opened or closed banks: when they opened, relative to the last issue; 0:
+    it did not: nothing to compare)."""
     last = scal[S_LAST]
     last0 = scal0[S_LAST]
     if last - last0 <= 0:
         return False
-    if (scal[S_MODE] != scal0[S_MODE] or scal[S_NEXT_REF] != scal0[S_NEXT_REF]
-            or scal[S_DONE] - last != scal0[S_DONE] - last0):
+    if scal[S_MODE] != scal0[S_MODE] or scal[S_DONE] - last != scal0[S_DONE] - last0:
+        return False
+    if tpl_open < 0 and scal[S_NEXT_REF] != scal0[S_NEXT_REF]:
         return False
     if not _row_moved(scal[S_ALLROW], scal0[S_ALLROW], rs):
         return False
     # open-bank time: no open/close transition, or each period's the same moved along
-    if not ((scal[S_OPEN_SINCE] == scal0[S_OPEN_SINCE] and scal[S_OPEN_CYC] == scal0[S_OPEN_CYC])
-            or scal[S_OPEN_SINCE] - last == scal0[S_OPEN_SINCE] - last0):
+    if tpl_open < 0:
+        if not ((scal[S_OPEN_SINCE] == scal0[S_OPEN_SINCE]
+                 and scal[S_OPEN_CYC] == scal0[S_OPEN_CYC])
+                or scal[S_OPEN_SINCE] - last == scal0[S_OPEN_SINCE] - last0):
+            return False
+    elif tpl_open == 1 and scal[S_OPEN_SINCE] - last != scal0[S_OPEN_SINCE] - last0:
         return False
     for b in range(open_row.shape[0]):
         if not _row_moved(open_row[b], open_row0[b], rs):
@@ -408,6 +580,27 @@ def _queued_skip(k, q, cq, ready, win_tab, win_hist, win_cnt, open_row, scal, co
 
 
 @cached_njit()
+def _state_before(counts, stats, win_cnt, scal, d_counts, d_stats, d_win, cyc, tpl_open,
+                  open_cyc, counts_p, stats_p, win_cnt_p, scal_p):
+    """What ``_queued_skip`` reads of the state one period back, for a period known from the
+    template: the counters, statistics and window counts less what the period adds, the last
+    issue ``cyc`` cycles earlier, the open-bank time as the period moves it."""
+    for x in range(counts.shape[0]):
+        counts_p[x] = counts[x] - d_counts[x]
+    for x in range(stats.shape[0]):
+        stats_p[x] = stats[x] - d_stats[x]
+    for w in range(win_cnt.shape[0]):
+        for x in range(win_cnt.shape[1]):
+            win_cnt_p[w, x] = win_cnt[w, x] - d_win[w, x]
+    for x in range(scal.shape[0]):
+        scal_p[x] = scal[x]
+    scal_p[S_LAST] = scal[S_LAST] - cyc
+    if tpl_open == 1:
+        scal_p[S_OPEN_SINCE] = scal[S_OPEN_SINCE] - cyc
+        scal_p[S_OPEN_CYC] = scal[S_OPEN_CYC] - open_cyc
+
+
+@cached_njit()
 def _snapshot(o, q, cq, arr, ready, win_hist, win_cnt, open_row, scal, counts, stats, q0, cq0,
               arr0, ready0, win_hist0, win_cnt0, open_row0, scal0, counts0, stats0):
     """Keep the queued controller's state in snapshot slot ``o`` (``run_queued``)."""
@@ -439,15 +632,20 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
     it is the same moved by those periods' cycles and row steps (every time relative to the
     last issue, the queues, open rows, windows, mode, no refresh in them), every further period of
     the repeating items is that period again, moved on; they are applied at once, up to the
-    next refresh due (the one rule that is not invariant under a shift in time). Identical to
-    scheduling them request by request; tests hold both equal.
+    next refresh due (the one rule that is not invariant under a shift in time). The period
+    found is kept as a template: after the refresh, the state at each period boundary is
+    compared with it (the refresh due aside), and once the same moved along, the periods
+    repeat from there, with what one period adds known from the template (a run with a refresh
+    inside need not find its period again from new snapshots). Identical to scheduling them
+    request by request; tests hold both equal.
     """
     q = np.zeros((geom[G_RQ] + geom[G_WQ], QF), np.int64)
     etab = np.zeros((cmd_tab.shape[0], open_row.shape[0] + 1, 3), np.int64)  # cq_step's
     cq = np.zeros(N_CQ, np.int64)
     cq[CQ_WMODE] = 1  # no read waits: Ramulator 2's hysteresis is in write mode
     arr = not_before
-    closed = geom[G_FAST] == 1 and log.shape[0] == 0 and end - pos >= 8
+    quiet = log.shape[0] == 0  # no log: the steps that return none (cq_step_quiet)
+    closed = geom[G_FAST] == 1 and quiet and end - pos >= 8
     tries = 0
     searches = 0
     snap_at = -1  # where the snapshots of the current item period start (-1: none)
@@ -456,8 +654,9 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
     rs = np.int64(0)
     # the last N_SNAP snapshots, snapshot j in slot j % N_SNAP: the controller may repeat only
     # after several item periods (a write queue draining between its watermarks)
-    ns = N_SNAP if closed else 0
-    arr0 = np.zeros(N_SNAP, np.int64)
+    # slot N_SNAP: the template, the state at the start of the last steady period applied
+    ns = N_SNAP + 1 if closed else 0
+    arr0 = np.zeros(N_SNAP + 1, np.int64)
     q0 = np.zeros((ns, q.shape[0], QF), np.int64)
     cq0 = np.zeros((ns, N_CQ), np.int64)
     ready0 = np.zeros((ns, ready.shape[0], ready.shape[1]), np.int64)
@@ -467,9 +666,53 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
     scal0 = np.zeros((ns, scal.shape[0]), np.int64)
     counts0 = np.zeros((ns, counts.shape[0]), np.int64)
     stats0 = np.zeros((ns, stats.shape[0]), np.int64)
+    # the template's period (items, row step, cycles, open-bank rule as _queued_steady's
+    # tpl_open), the position it was taken at, where its items stop repeating, the refreshes
+    # then (tpl_per 0: none); what the period adds to the counters, the statistics, the window
+    # counts and the open-bank time; and room for the state one period before a match
+    tpl_per = 0
+    tpl_rs = np.int64(0)
+    tpl_cyc = np.int64(0)
+    tpl_open = 0
+    tpl_pos = 0
+    tpl_end = 0
+    tpl_refs = np.int64(0)
+    tpl_open_cyc = np.int64(0)
+    nt = 1 if closed else 0
+    d_counts = np.zeros((nt, counts.shape[0]), np.int64)
+    d_stats = np.zeros((nt, stats.shape[0]), np.int64)
+    d_win = np.zeros((nt, win_cnt.shape[0], win_cnt.shape[1]), np.int64)
+    counts_p = np.zeros((nt, counts.shape[0]), np.int64)
+    stats_p = np.zeros((nt, stats.shape[0]), np.int64)
+    win_cnt_p = np.zeros((nt, win_cnt.shape[0], win_cnt.shape[1]), np.int64)
+    scal_p = np.zeros((nt, scal.shape[0]), np.int64)
     p = pos
     epoch_ref = stats[ST_REFRESHES]
     while p < end:
+        if (tpl_per > 0 and stats[ST_REFRESHES] != tpl_refs and p > tpl_pos
+                and (p - tpl_pos) % tpl_per == 0 and p + tpl_per <= tpl_end
+                and _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt, open_row, scal,
+                                   (p - tpl_pos) // tpl_per * tpl_rs, q0[N_SNAP], cq0[N_SNAP],
+                                   arr0[N_SNAP], ready0[N_SNAP], win_hist0[N_SNAP],
+                                   win_cnt0[N_SNAP], open_row0[N_SNAP], scal0[N_SNAP],
+                                   tpl_open)):
+            # back in the steady period after a refresh: the template's period repeats from
+            # here (its items do, up to tpl_end), up to the next refresh
+            k = (tpl_end - p) // tpl_per
+            k = min(k, max(0, (scal[S_NEXT_REF] - 1 - scal[S_LAST]) // tpl_cyc))
+            if k > 0:
+                _state_before(counts, stats, win_cnt, scal, d_counts[0], d_stats[0], d_win[0],
+                              tpl_cyc, tpl_open, tpl_open_cyc, counts_p[0], stats_p[0],
+                              win_cnt_p[0], scal_p[0])
+                arr += _queued_skip(k, q, cq, ready, win_tab, win_hist, win_cnt, open_row, scal,
+                                    counts, stats, tpl_rs, win_cnt_p[0], scal_p[0], counts_p[0],
+                                    stats_p[0])
+                p += k * tpl_per
+                snap_at = -1
+                tries = 0
+                searches = 0
+                epoch_ref = stats[ST_REFRESHES]
+                continue
         if closed and tries >= MAX_PERIOD_TRIES and stats[ST_REFRESHES] != epoch_ref:
             # a refresh ended the stretch the closed form stopped at (or the search that gave
             # up): look again from here
@@ -494,7 +737,7 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
                                 and _queued_steady(q, cq, arr, ready, win_tab, win_hist, win_cnt,
                                                    open_row, scal, rs * (j - i), q0[o], cq0[o],
                                                    arr0[o], ready0[o], win_hist0[o], win_cnt0[o],
-                                                   open_row0[o], scal0[o])):
+                                                   open_row0[o], scal0[o], -1)):
                             hit = i
                             break
                 if hit >= 0:
@@ -509,11 +752,32 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
                         period = scal[S_LAST] - scal0[o, S_LAST]
                         k = min(k, max(0, (scal[S_NEXT_REF] - 1 - scal[S_LAST]) // period))
                     snap_at = -1
+                    # the period found is the template for after the next refresh
+                    tpl_per = per_t
+                    tpl_rs = rs_t
+                    tpl_cyc = scal[S_LAST] - scal0[o, S_LAST]
+                    tpl_open = 0 if (scal[S_OPEN_SINCE] == scal0[o, S_OPEN_SINCE]
+                                     and scal[S_OPEN_CYC] == scal0[o, S_OPEN_CYC]) else 1
+                    tpl_open_cyc = scal[S_OPEN_CYC] - scal0[o, S_OPEN_CYC]
+                    tpl_end = e
+                    for x in range(counts.shape[0]):
+                        d_counts[0, x] = counts[x] - counts0[o, x]
+                    for x in range(stats.shape[0]):
+                        d_stats[0, x] = stats[x] - stats0[o, x]
+                    for w in range(win_cnt.shape[0]):
+                        for x in range(win_cnt.shape[1]):
+                            d_win[0, w, x] = win_cnt[w, x] - win_cnt0[o, w, x]
                     if k > 0:
                         arr += _queued_skip(k, q, cq, ready, win_tab, win_hist, win_cnt,
                                             open_row, scal, counts, stats, rs_t, win_cnt0[o],
                                             scal0[o], counts0[o], stats0[o])
                         p += k * per_t
+                    tpl_pos = p
+                    tpl_refs = stats[ST_REFRESHES]
+                    _snapshot(N_SNAP, q, cq, arr, ready, win_hist, win_cnt, open_row, scal,
+                              counts, stats, q0, cq0, arr0, ready0, win_hist0, win_cnt0,
+                              open_row0, scal0, counts0, stats0)
+                    if k > 0:
                         # the next stretch (other items, or after the refresh): look again
                         tries = 0
                         searches = 0
@@ -546,13 +810,23 @@ def run_queued(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab,
         cmd = stream[p, 0]
         for _ in range(stream[p, 3]):
             while not cq_room(cmd, cq, geom):
-                ok, t, log = cq_step(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab,
-                                     win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
-                                     counts, stats, log, etab)
+                if quiet:
+                    ok, t = cq_step_quiet(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab,
+                                          win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
+                                          counts, stats, log, etab)
+                else:
+                    ok, t, log = cq_step(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab,
+                                         win_tab, geom, ready, win_hist, win_cnt, open_row, scal,
+                                         counts, stats, log, etab)
                 arr = max(arr, t)
             cq_push(q, cq, cmd, stream[p, 1], stream[p, 2], arr, geom)
         p += 1
     while cq[CQ_N] > 0:
-        ok, t, log = cq_step(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
-                             ready, win_hist, win_cnt, open_row, scal, counts, stats, log, etab)
+        if quiet:
+            cq_step_quiet(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab, win_tab, geom,
+                          ready, win_hist, win_cnt, open_row, scal, counts, stats, log, etab)
+        else:
+            ok, t, log = cq_step(q, cq, FAR_CYC, not_before, cmd_tab, pr_start, pr_tab, win_tab,
+                                 geom, ready, win_hist, win_cnt, open_row, scal, counts, stats,
+                                 log, etab)
     return log

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pimsim.timing.jit import cached_njit
 from pimsim.timing.state import (
+    NEVER,
     NONE_I64,
     NOTHING,
     ONE_I64,
@@ -73,19 +74,17 @@ def earliest(cmd, bank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt, scal_l
 
     ``ready[node, f]`` holds the earliest cycle for ``f`` on one node; rows ``N`` and ``N + 1``
     hold constraints from all-bank commands on every bank group / bank, rows ``N + 2`` and
-    ``N + 3`` the maximum over all bank groups / banks (so every check is O(1)).
+    ``N + 3`` the maximum over all bank groups / banks (so every check is O(1)). A bank
+    command's is the larger of its channel part and its bank part (:func:`earliest_channel`,
+    :func:`earliest_in_bank`).
     """
     scope = cmd_tab[cmd, CT_SCOPE]
-    n_bg = geom[G_BG]
+    if scope == _SCOPE_BANK:
+        return max(earliest_channel(cmd, win_tab, geom, ready, win_hist, win_cnt, scal_last),
+                   earliest_in_bank(cmd, bank, win_tab, geom, ready, win_hist, win_cnt))
     nn = geom[G_NODES]
     t = max(ready[0, cmd], scal_last + geom[G_BUS])
-    if scope == _SCOPE_BANK:
-        g = bank // geom[G_BPG]
-        t = max(t, ready[1 + g, cmd])
-        t = max(t, ready[1 + n_bg + bank, cmd])
-        t = max(t, ready[nn, cmd])
-        t = max(t, ready[nn + 1, cmd])
-    elif scope == _SCOPE_ALLBANK:
+    if scope == _SCOPE_ALLBANK:
         for row in range(nn, nn + 4):
             t = max(t, ready[row, cmd])
     for w in range(win_tab.shape[0]):
@@ -100,6 +99,61 @@ def earliest(cmd, bank, cmd_tab, win_tab, geom, ready, win_hist, win_cnt, scal_l
             if cnt >= size:
                 t = max(t, win_hist[w, node, cnt % size] + lat)
     return t
+
+
+@cached_njit(inline="always")
+def earliest_channel(cmd, win_tab, geom, ready, win_hist, win_cnt, scal_last):
+    """The part of a bank command's earliest cycle that is the same for every bank: the
+    channel's rules, the command bus, the all-bank commands' rules, channel-level windows."""
+    nn = geom[G_NODES]
+    t = max(ready[0, cmd], scal_last + geom[G_BUS], ready[nn, cmd], ready[nn + 1, cmd])
+    for w in range(win_tab.shape[0]):
+        if win_tab[w, 1] != cmd or win_tab[w, 2] != 0:
+            continue
+        cnt = win_cnt[w, 0]
+        size = win_tab[w, 4]
+        if cnt >= size:
+            t = max(t, win_hist[w, 0, cnt % size] + win_tab[w, 3])
+    return t
+
+
+@cached_njit(inline="always")
+def earliest_in_bank(cmd, bank, win_tab, geom, ready, win_hist, win_cnt):
+    """The part of a bank command's earliest cycle that depends on its bank: the rules and
+    windows of its bank group and of the bank."""
+    t = max(ready[1 + bank // geom[G_BPG], cmd], ready[1 + geom[G_BG] + bank, cmd])
+    return max(t, _bank_window_cyc(cmd, bank, win_tab, geom, win_hist, win_cnt))
+
+
+@cached_njit(inline="always")
+def _bank_window_cyc(cmd, bank, win_tab, geom, win_hist, win_cnt):
+    """Earliest cycle for bank command ``cmd`` by the windows of its bank group and bank."""
+    t = NEVER
+    for w in range(win_tab.shape[0]):
+        if win_tab[w, 1] != cmd or win_tab[w, 2] == 0:
+            continue
+        node = 1 + bank // geom[G_BPG] if win_tab[w, 2] == 1 else 1 + geom[G_BG] + bank
+        cnt = win_cnt[w, node]
+        size = win_tab[w, 4]
+        if cnt >= size:
+            t = max(t, win_hist[w, node, cnt % size] + win_tab[w, 3])
+    return t
+
+
+@cached_njit()
+def bank_window_cyc(cmd, bank, win_tab, geom, win_hist, win_cnt):
+    """``_bank_window_cyc``, called (not inlined): for a scan over many requests, where the
+    loop inlined into it costs every request as much as the rest of its work."""
+    return _bank_window_cyc(cmd, bank, win_tab, geom, win_hist, win_cnt)
+
+
+@cached_njit(inline="always")
+def has_bank_windows(cmd, win_tab):
+    """Whether a window rule of a bank group or a bank spaces ``cmd``."""
+    for w in range(win_tab.shape[0]):
+        if win_tab[w, 1] == cmd and win_tab[w, 2] != 0:
+            return True
+    return False
 
 
 @cached_njit(inline="always")
@@ -126,9 +180,32 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
           win_cnt, open_row, scal, counts, log):
     """Record ``n_same`` issues of ``cmd`` ending at cycle ``t`` (spaced by its self gap).
 
-    Updates every rule's ready time, windows, row and mode state, counters and the log; returns
-    the (possibly grown) log array.
+    Updates every rule's ready time, windows, row and mode state, counters
+    (:func:`issue_state`) and the log; returns the (possibly grown) log array.
     """
+    issue_state(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                win_hist, win_cnt, open_row, scal, counts)
+    scope = cmd_tab[cmd, CT_SCOPE]
+    gap = cmd_tab[cmd, CT_SELF_GAP]
+    if log.shape[0] > 0:
+        n = scal[S_LOG_N]
+        log = log_room(log, n, n + n_same)
+        for j in range(n_same):
+            log[n + j, 0] = t - (n_same - 1 - j) * gap
+            log[n + j, 1] = cmd
+            log[n + j, 2] = bank if scope == _SCOPE_BANK else -1
+            log[n + j, 3] = row
+        scal[S_LOG_N] = n + n_same
+    return log
+
+
+@cached_njit(inline="always")
+def issue_state(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
+                win_hist, win_cnt, open_row, scal, counts):
+    """``n_same`` issues of ``cmd`` ending at cycle ``t`` in the controller state: every rule's
+    ready time, windows, row and mode state, counters; no log (``issue`` records it). Inlined:
+    a kernel that keeps no log calls this and returns no array (returning one, the log, costs
+    its reference counting at every call, about as much as the issue itself)."""
     scope = cmd_tab[cmd, CT_SCOPE]
     nn = geom[G_NODES]
     n_bg = geom[G_BG]
@@ -194,16 +271,6 @@ def issue(cmd, bank, row, t, n_same, cmd_tab, pr_start, pr_tab, win_tab, geom, r
     done = t + cmd_tab[cmd, CT_DONE]
     if done > scal[S_DONE]:
         scal[S_DONE] = done
-    if log.shape[0] > 0:
-        n = scal[S_LOG_N]
-        log = log_room(log, n, n + n_same)
-        for j in range(n_same):
-            log[n + j, 0] = t - (n_same - 1 - j) * gap
-            log[n + j, 1] = cmd
-            log[n + j, 2] = bank if scope == _SCOPE_BANK else -1
-            log[n + j, 3] = row
-        scal[S_LOG_N] = n + n_same
-    return log
 
 
 @cached_njit(inline="always")
