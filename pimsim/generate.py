@@ -114,10 +114,11 @@ def run_generation(
     first_end_cyc: int | None = None
     n_total = len(prompt) + n_tokens - 1  # the last generated token needs no decode step
     n_total = max(n_total, len(prompt))
-    # a timing run's steps follow from their positions alone: the next one is prepared while
-    # the kernel runs this one (pimsim.overlap; the same cycles, counts and joules)
+    # a step's timing follows from its position (and the experts chosen) alone: the next one
+    # is prepared, and its numbers computed, while the kernel runs this one (pimsim.overlap;
+    # the same cycles, counts and joules)
     runner = OverlappedTokens(sim, meter.capture if with_energy else None) \
-        if functional is None and fast and OVERLAP_STEPS else None
+        if fast and OVERLAP_STEPS else None
     submitted: deque = deque()  # (pos, active) of the steps run and not yet accounted
 
     def account(done: list) -> None:

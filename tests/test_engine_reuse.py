@@ -56,6 +56,23 @@ def test_overlapped_steps_on_a_tensor_parallel_system(monkeypatch):
     assert _report(monkeypatch, True, run) == _report(monkeypatch, False, run)
 
 
+def test_overlapped_steps_of_a_functional_run(monkeypatch):
+    # the numbers of the next step computed while the kernel runs this one
+    from workloads.validation import functional_executor
+
+    cfg = load_config("pim-gpt")
+    src, name = resolve_model("tiny", weights=True)
+    c = compile_model(src, cfg, name=name)
+
+    def run():
+        return generate.run_generation(c.program, cfg, prompt=[1, 2, 3], n_tokens=12,
+                                       functional=functional_executor(c, cfg, exact=False))
+
+    a = _report(monkeypatch, True, run)
+    assert a == _report(monkeypatch, False, run)
+    assert len(a["tokens"]) == 12
+
+
 def test_overlapped_steps_of_a_mixture_of_experts(monkeypatch):
     # experts chosen token by token (seeded): each token's own steps, energy and weight bytes
     pytest.importorskip("transformers")
