@@ -95,15 +95,17 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
                 kind = 1
                 n_it = m
                 if m < PAIR_UNIT:
-                    # a block of items (short pair runs inside: a unit's lookup costs more
-                    # than they would gain on their own)
+                    # a block of items: a short pair run it starts with (a unit's lookup costs
+                    # more than such a run gains alone), then items up to the next pair run
+                    # (blocks keep to the items' own structure, so repeated items give
+                    # repeated blocks)
                     kind = 0
-                    q = pos + 1
+                    q = pos + (2 * m if m >= 3 else 1)
                     while (q < end and q - pos < MEMO_BLOCK and stream[q, 0] != SYNC
                            and not is_queued(stream[q, 0], geom)
-                           and pair_run(stream, q, end, cmd_tab, PAIR_UNIT) < PAIR_UNIT):
+                           and pair_run(stream, q, end, cmd_tab, np.int64(3)) < 3):
                         q += 1
-                    n_it = q - pos
+                    n_it = min(q, end) - pos
                 if kind == 1 or n_it >= 4:
                     pos, log = memo_unit(stream, pos, kind, n_it, not_before, cmd_tab, pr_start,
                                          pr_tab, win_tab, geom, ready, win_hist, win_cnt,
