@@ -5,7 +5,7 @@ weightless meta-device module), fast executor; then functional mode vs timing mo
 model to report the slowdown ratio, with the floor this machine's memory bandwidth puts under
 functional mode (every weight is read once per token).
 
-Targets (this 2-core machine): gpt2-xl 1 + 1024 tokens under 60 s; functional at most 2x slower.
+Targets (this 2-core machine): gpt2-xl 1 + 1024 tokens under 8 s; functional at most 3x slower.
 
     python benchmarks/bench_run.py [--model gpt2-xl] [--tokens 1024] [--func-model gpt2-small]
                                    [--func-tokens 32]
@@ -64,7 +64,7 @@ def main() -> None:
     steps = rep.prompt_tokens + rep.generated_tokens - 1
     print(f"timing   {name} on {cfg.name}: 1 prompt + {a.tokens} generated tokens "
           f"({a.schedule})")
-    print(f"         compile {t_compile:.1f} s, simulate {wall:.1f} s (target < 60 s), "
+    print(f"         compile {t_compile:.1f} s, simulate {wall:.1f} s (target < 8 s), "
           f"{steps / wall:.1f} simulated tokens per wall second")
     print(f"         {rep.ms_per_token:.4f} ms/token simulated, row hits {rep.row_hit_rate:.2%}")
 
@@ -80,7 +80,7 @@ def main() -> None:
     wall_f = time.perf_counter() - t0
     assert r_f.cycles == r_t.cycles, "functional mode must not change the timing"
     print(f"function {name}: {a.func_tokens} tokens timing-only {wall_t:.2f} s, functional "
-          f"{wall_f:.2f} s: {wall_f / wall_t:.2f}x (target <= 2x)")
+          f"{wall_f:.2f} s: {wall_f / wall_t:.2f}x (target <= 3x)")
     bw = read_bandwidth_gbs()
     wb = weight_bytes(c.program)
     floor_s = wb / (bw * 1e9) * a.func_tokens
