@@ -138,6 +138,7 @@ class StepTable:
              for s in steps], np.int64)
         self.prog = prog
         self.cfg = cfg
+        self._asic_cyc: dict[tuple[str, int], int] = {}  # (op, elements) -> asic_cycles
 
     def comm_of(self, i: int) -> CommCost:
         """The cost of collective step ``i`` for the vectors it moves this step."""
@@ -156,7 +157,11 @@ class StepTable:
         for i in np.flatnonzero(dur < 0):
             s = self.prog.steps[i]
             if s.kind == "asic":
-                dur[i] = asic_cycles(self.cfg, s.op, self.prog.asic_elems(s, pos))
+                key = (s.op, self.prog.asic_elems(s, pos))
+                got = self._asic_cyc.get(key)
+                if got is None:
+                    got = self._asic_cyc[key] = asic_cycles(self.cfg, *key)
+                dur[i] = got
             elif s.kind == "comm":
                 dur[i] = self.comm_of(int(i)).cycles(self.cfg.tCK_ps)
             else:
