@@ -997,11 +997,16 @@ def _v_write_place(vl: VLayout, pos: int) -> tuple[int, int]:
 def _k_write_items(kl: KLayout, pos: int) -> tuple[int, np.ndarray]:
     """(channel, items) writing the key of the token at ``pos``: its key chunks into its bank's
     row slot (they go before the channel's value writes)."""
+    ch = int(kl.locate(pos)[0])
+    return ch, _latest("kwrite", kl, (pos,), lambda: _build_k_write_items(kl, pos))
+
+
+def _build_k_write_items(kl: KLayout, pos: int) -> np.ndarray:
     g = kl.geo
-    ch, bank, slot = (int(v) for v in kl.locate(pos))
-    return ch, _arr([(_WR, bank, kl.row_of(slot, j),
-                      _cdiv(len(kl.chunk_heads(j)) * kl.d_head, g.col_elems), 0)
-                     for j in range(kl.n_chunks)])
+    _, bank, slot = (int(v) for v in kl.locate(pos))
+    return _arr([(_WR, bank, kl.row_of(slot, j),
+                  _cdiv(len(kl.chunk_heads(j)) * kl.d_head, g.col_elems), 0)
+                 for j in range(kl.n_chunks)])
 
 
 def _attn_score_items(kl: KLayout, pos: int) -> list[np.ndarray]:
