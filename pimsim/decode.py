@@ -170,7 +170,6 @@ class StepTable:
 
 
 _GATHERED = object()  # build(): a region written in place from a GatherPlan
-_NO_STEPS = np.zeros(0, np.int64)
 
 
 class StreamBuilder:
@@ -224,7 +223,6 @@ class StreamBuilder:
                        else None for s in self.pim_steps]
         # the steps whose items may change from build to build
         self._dynamic = [k for k, s in enumerate(self.pim_steps) if s.index not in self._static]
-        self.pending = _NO_STEPS  # steps whose segment classes a deferred build left
         # the steps whose regions the last build rewrote (None: all of them, laid out anew),
         # and the builds so far (a user of ``changed`` knows whether it saw the one before)
         self.changed: np.ndarray | None = None
@@ -261,11 +259,7 @@ class StreamBuilder:
         self._passes[index] = per_ch
         return [np.concatenate([b, t]) for b, _, t in passes]
 
-    def build(self, pos: int, defer_classes: bool = False
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The streams at ``pos`` (item buffer, each region's ``[seg_lo, seg_hi)``).
-        ``defer_classes``: the rewritten regions' segment classes are left to
-        :meth:`update_classes` (``pending``), so that another thread may compute them."""
+    def build(self, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.n_builds += 1
         first = any(last is None for last in self._last)
         gather = getattr(self.prog, "gather_plan", None) if not first else None
@@ -330,19 +324,12 @@ class StreamBuilder:
                     self._region_passes(c, k, index, int(self.seg_lo[c, k]), len(a))
         dirty = np.unique(np.concatenate([wk if writes else np.zeros(0, np.int64),
                                           np.array(gathered, np.int64)]))
-        self.pending = dirty
-        if not defer_classes:
-            self.update_classes()
+        if len(dirty):
+            segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps, dirty,
+                            self.seg_cls, self.seg_rows)
         self.changed = dirty
         self._last = per_step
         return self.items, self.seg_lo, self.seg_hi
-
-    def update_classes(self) -> None:
-        """Segment classes of the regions the last build rewrote (``pending``), if left."""
-        if len(self.pending):
-            segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps, self.pending,
-                            self.seg_cls, self.seg_rows)
-            self.pending = _NO_STEPS
 
     def _fill(self, k: int, plan) -> None:
         """Write region ``k``'s items of every channel in place from a batched program's
@@ -441,7 +428,6 @@ class TokenJob:
     busy: np.ndarray
     lead: np.ndarray
     dur: np.ndarray
-    streams: StreamBuilder  # its segment classes are brought up to date before the step runs
 
 
 class DecodeSimulator:
@@ -527,10 +513,10 @@ class DecodeSimulator:
         if sb.prog is not self.prog:
             raise ValueError("the stream builder was made for another program")
         kind = self.steps.kind if active is None else np.where(active, self.steps.kind, 3)
-        items, seg_lo, seg_hi = sb.build(pos, defer_classes=True)
+        items, seg_lo, seg_hi = sb.build(pos)
         busy, lead = self._link_cycles(sb)
         return TokenJob(pos, kind, items, seg_lo, seg_hi, sb.seg_cls, sb.seg_rows, sb.seg_block,
-                        sb.seg_reps, busy, lead, self.steps.durations(pos), sb)
+                        sb.seg_reps, busy, lead, self.steps.durations(pos))
 
     def execute(self, job: TokenJob) -> TokenTiming:
         """Run a prepared decode step (:meth:`prepare`) from the device state now: the fast
@@ -541,7 +527,6 @@ class DecodeSimulator:
         lk = np.zeros(n, np.int64)
         wt = np.zeros((n, 2), np.int64)
         t0 = self.now
-        job.streams.update_classes()  # (on the thread that runs the step)
         if self.fast:
             s, t = self.steps, self.tables
             with compile_scope():

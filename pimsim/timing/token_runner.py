@@ -264,7 +264,7 @@ _ROW = 2  # the row field of a stream item
 (R_SHIFT, R_MIN, R_MAX) = range(3)  # seg_rows[c, k]: rows moved from the class's, row range
 
 
-@cached_njit(nogil=True)
+@cached_njit()
 def segment_classes(items, seg_lo, seg_hi, seg_reps, steps, cls, rows):
     """For each step ``k`` in ``steps``: ``cls[c, k]`` = the first channel whose segment ``k``
     issues the same commands as channel ``c``'s up to a row offset (:func:`_segments_shift`;
