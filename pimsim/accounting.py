@@ -97,7 +97,6 @@ class TimeAccount:
                 c.add(last_of_kind[k])
             last_of_kind[k] = i
             cands.append(tuple(sorted(c)))
-        self.cands = cands
         self.n = n
         # the candidates as CSR arrays for the kernel: step i's are
         # cand_idx[cand_start[i]:cand_start[i + 1]]

@@ -23,7 +23,7 @@ from pimsim.errors import UserError
 from pimsim.isa import Program
 from pimsim.overlap import OverlappedTokens
 from pimsim.report import BREAKDOWN_KEYS, RunReport, TimeTotals
-from pimsim.timing.state import S_ALLROW, S_OPEN_CYC, S_OPEN_SINCE
+from pimsim.timing import open_cyc_of
 
 __all__ = ["BREAKDOWN_KEYS", "Executor", "TokenEnergy", "check_run", "prompt_ids", "run_generation", "tpot_ms"]
 
@@ -236,10 +236,7 @@ class TokenEnergy:
     def capture(self) -> tuple[np.ndarray, list[int]]:
         """The device's commands so far and each channel's open-bank cycles up to now."""
         sim = self.sim
-        sc = sim.states.scal  # ChannelTimer.open_cyc of every channel at once
-        opens = sc[:, S_OPEN_CYC] + np.where(sc[:, S_ALLROW] != -1,
-                                             np.maximum(0, sim.now - sc[:, S_OPEN_SINCE]), 0)
-        return sim.states.counts.sum(axis=0), opens.tolist()
+        return sim.states.counts.sum(axis=0), open_cyc_of(sim.states.scal, sim.now).tolist()
 
     def begin(self, snap: tuple[np.ndarray, list[int]] | None = None) -> None:
         """The token starts from the device as it is now (or as ``snap``, a

@@ -63,6 +63,13 @@ def make_stream(items: Iterable[tuple]) -> np.ndarray:
     return np.array(rows, np.int64).reshape(-1, ITEM_FIELDS)
 
 
+def open_cyc_of(scal: np.ndarray, now: int):
+    """Cycles up to ``now`` during which at least one bank was open, from a channel's scalars
+    (``scal[..., :]``: one channel, or every channel of a :class:`ChannelStates` at once)."""
+    return scal[..., S_OPEN_CYC] + np.where(scal[..., S_ALLROW] != -1,
+                                            np.maximum(0, now - scal[..., S_OPEN_SINCE]), 0)
+
+
 class ChannelStates:
     """Controller state of several channels, stacked along a leading channel axis."""
 
@@ -161,10 +168,7 @@ class ChannelTimer:
 
     def open_cyc(self, now: int) -> int:
         """Cycles up to ``now`` during which at least one bank was open (active standby)."""
-        n = int(self.scal[S_OPEN_CYC])
-        if self.scal[S_ALLROW] != -1:
-            n += max(0, now - int(self.scal[S_OPEN_SINCE]))
-        return n
+        return int(open_cyc_of(self.scal, now))
 
     @property
     def row_hits(self) -> int:
