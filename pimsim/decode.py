@@ -48,8 +48,11 @@ from pimsim.timing.state import NO_MEMO, ST_HITS, ST_MISSES
 from pimsim.timing.tables import build_tables
 from pimsim.timing.token_runner import (
     MIN_BLOCK_ITEMS,
+    R_MAX,
+    R_MIN,
     asic_gap,
     block_period,
+    copy_moved,
     run_steps,
     segment_classes,
 )
@@ -223,6 +226,23 @@ class StreamBuilder:
                        else None for s in self.pim_steps]
         # the steps whose items may change from build to build
         self._dynamic = [k for k, s in enumerate(self.pim_steps) if s.index not in self._static]
+        # dynamic steps whose items are an earlier one's with the rows moved, at every position
+        # (Program.items_shift: every layer's attention over KV caches of one shape): step ->
+        # (that step, the offset). After the first build they are copied from it, moved
+        self._follow: dict[int, tuple[int, int]] = {}
+        if own_keys:
+            leads: list[int] = []
+            for k in self._dynamic:
+                s = self.pim_steps[k]
+                if s.kv is None or s.index in self._routed:
+                    continue
+                for k0 in leads:
+                    d = prog.items_shift(s, self.pim_steps[k0])
+                    if d is not None:
+                        self._follow[k] = (k0, d)
+                        break
+                else:
+                    leads.append(k)
         # the steps whose regions the last build rewrote (None: all of them, laid out anew),
         # and the builds so far (a user of ``changed`` knows whether it saw the one before)
         self.changed: np.ndarray | None = None
@@ -269,6 +289,8 @@ class StreamBuilder:
         gathered = []  # steps whose items a GatherPlan wrote in place
         keys: dict = {}  # items_key_scope -> the key at pos
         for k in self._dynamic:
+            if not first and k in self._follow:
+                continue  # copied from the step it follows, below
             s = self.pim_steps[k]
             scope = self._scope[k]
             if scope is None:
@@ -327,9 +349,35 @@ class StreamBuilder:
         if len(dirty):
             segment_classes(self.items, self.seg_lo, self.seg_hi, self.seg_reps, dirty,
                             self.seg_cls, self.seg_rows)
+            dirty = self._copy_followers(dirty)
         self.changed = dirty
         self._last = per_step
         return self.items, self.seg_lo, self.seg_hi
+
+    def _copy_followers(self, dirty: np.ndarray) -> np.ndarray:
+        """Rewrite the regions of the steps that follow a rewritten one (``_follow``): its
+        items with the rows moved, the same link bytes, lead, classes and row ranges moved.
+        Returns the rewritten steps, theirs added."""
+        rewritten = set(dirty.tolist())
+        fol = [(k, k0, d) for k, (k0, d) in self._follow.items() if k0 in rewritten]
+        if not fol:
+            return dirty
+        dst = np.array([f[0] for f in fol], np.int64)
+        src = np.array([f[1] for f in fol], np.int64)
+        shift = np.array([f[2] for f in fol], np.int64)
+        need = self.seg_hi[:, src] - self.seg_lo[:, src]
+        for c, j in zip(*np.nonzero(need > self.cap[:, dst])):
+            self._move_to_end(int(c), int(dst[j]), int(need[c, j]))
+        copy_moved(self.items, self.seg_lo, self.seg_hi, dst, src, shift)
+        self.seg_lead[:, dst] = self.seg_lead[:, src]
+        self.seg_bytes[:, dst] = self.seg_bytes[:, src]
+        self.seg_cls[:, dst] = self.seg_cls[:, src]
+        rows = self.seg_rows[:, src].copy()
+        some = rows[:, :, R_MIN] <= rows[:, :, R_MAX]  # a range (else none: kept empty)
+        rows[:, :, R_MIN] += np.where(some, shift, 0)
+        rows[:, :, R_MAX] += np.where(some, shift, 0)
+        self.seg_rows[:, dst] = rows
+        return np.union1d(dirty, dst)
 
     def _fill(self, k: int, plan) -> None:
         """Write region ``k``'s items of every channel in place from a batched program's

@@ -518,6 +518,28 @@ class Program:
             return op, w, step.kv[1].matrix.chunk_elems, self.geo.col_elems
         return op, w
 
+    def items_shift(self, step: Step, lead: Step) -> int | None:
+        """A row offset ``d`` such that ``pim_items(step, pos)`` is ``pim_items(lead, pos)``
+        with every row ``>= 0`` moved by ``d`` at every position, or None: attention steps of
+        one op over KV-cache layouts of one shape (:func:`_kv_shape`, every layer's), their
+        items placed alike (what the shape-shared items of :func:`_latest` rely on), the
+        K and V caches (both, for a KV write) moved by one offset."""
+        if step.op != lead.op or step.op not in ("kv_write", "attn_score", "attn_value"):
+            return None
+        if step.kv is None or lead.kv is None or step.cent or lead.cent:
+            return None
+        if self.items_key_scope(step) != self.items_key_scope(lead):
+            return None
+        parts = {"kv_write": (0, 1), "attn_score": (0,), "attn_value": (1,)}[step.op]
+        shifts = set()
+        for j in parts:
+            a, b = step.kv[j], lead.kv[j]
+            shape = _kv_shape(a)
+            if shape is None or shape != _kv_shape(b):
+                return None
+            shifts.add(a.base_row - b.base_row)
+        return shifts.pop() if len(shifts) == 1 else None
+
     def _vector_read_items(self, step: Step, pos: int) -> list[np.ndarray]:
         g = self.geo
         per_ch: list[list[tuple]] = [[] for _ in range(g.channels)]

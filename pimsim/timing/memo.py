@@ -32,7 +32,9 @@ from pimsim.timing.tables import G_BUS, G_REFRESH
  M_MISSES, M_DROPPED, M_CLEARED) = range(14)
 M_HEADER = 16
 MEMO_BLOCK = 64  # stream items per block unit (units that are not pair runs)
-_NO_REF = -(1 << 50)  # key slot value: entry valid for any refresh time after its last command
+_NO_REF = -(1 << 50)
+# a key's item in one word (_memo_key): command, bank + 1, row label + 8 and count in these ranges
+_PACK_CMD, _PACK_BANK, _PACK_LAB, _PACK_LAB_NEG, _PACK_CNT = 1 << 10, 1 << 10, 1 << 16, 8, 1 << 24  # key slot value: entry valid for any refresh time after its last command
 
 
 def new_memo(capacity_words: int = 1 << 23, max_entries: int = 1 << 16,
@@ -134,22 +136,48 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
         return -1, 0, cp
     n = k0
     memo[n] = kind
-    memo[n + 1] = n_it
     memo[n + 2] = max(nb - cp, 0)
     memo[n + 3] = scal[S_DONE] - cp
     memo[n + 4] = scal[S_MODE]
     n += 5
     n_lab = 0
+    last_row = np.int64(-1)
+    last_lab = np.int64(-1)
     for b in range(open_row.shape[0]):
-        memo[n], n_lab = _label(memo, lab0, n_lab, open_row[b])
+        r = open_row[b]
+        if r != last_row:
+            last_lab, n_lab = _label(memo, lab0, n_lab, r)
+            last_row = r
+        memo[n] = last_lab
         n += 1
+    packed = 0
     if kind != 1:
+        # one word per item where its fields fit (the key's second word says which form)
+        packed = 1
+        n0 = n
         for p in range(pos, pos + n_it):
-            memo[n] = stream[p, 0]
-            memo[n + 1] = stream[p, 1]
-            memo[n + 2], n_lab = _label(memo, lab0, n_lab, stream[p, 2])
-            memo[n + 3] = stream[p, 3]
-            n += 4
+            r = stream[p, 2]
+            if r != last_row:
+                last_lab, n_lab = _label(memo, lab0, n_lab, r)
+                last_row = r
+            cmd, bank, cnt = stream[p, 0], stream[p, 1], stream[p, 3]
+            if (0 <= cmd < _PACK_CMD and -1 <= bank < _PACK_BANK - 1
+                    and -_PACK_LAB_NEG <= last_lab < _PACK_LAB - _PACK_LAB_NEG
+                    and 0 <= cnt < _PACK_CNT):
+                memo[n] = (((cmd * _PACK_BANK + bank + 1) * _PACK_LAB + last_lab + _PACK_LAB_NEG)
+                           * _PACK_CNT + cnt)
+                n += 1
+            else:
+                packed = 0
+                break
+        if packed == 0:
+            n = n0
+            for p in range(pos, pos + n_it):
+                memo[n] = stream[p, 0]
+                memo[n + 1] = stream[p, 1]
+                memo[n + 2], n_lab = _label(memo, lab0, n_lab, stream[p, 2])
+                memo[n + 3] = stream[p, 3]
+                n += 4
     else:
         memo[n] = stream[pos, 0]
         memo[n + 1] = stream[pos, 1]
@@ -160,6 +188,7 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
         for j in range(n_it):
             memo[n], n_lab = _label(memo, lab0, n_lab, stream[pos + 2 * j, 2])
             n += 1
+    memo[k0 + 1] = 2 * n_it + packed
     n = _pack_ready(ready, cp, memo, n)
     if n < 0:
         return -1, 0, cp
@@ -179,10 +208,25 @@ def _same_words(a, a0, b, b0, n):
 
 @cached_njit(inline="always")
 def _memo_hash(memo, k0, klen):
-    h = np.int64(-3750763034362895579)  # FNV-1a offset basis
-    for i in range(k0, k0 + klen):
-        h = (h ^ memo[i]) * np.int64(1099511628211)
-    return h
+    """FNV-1a over four interleaved lanes of the words (independent multiply chains), the
+    lanes then folded in order."""
+    prime = np.int64(1099511628211)
+    h0 = np.int64(-3750763034362895579)  # FNV-1a offset basis
+    h1 = h0 ^ 1
+    h2 = h0 ^ 2
+    h3 = h0 ^ 3
+    i = k0
+    end4 = k0 + (klen // 4) * 4
+    while i < end4:
+        h0 = (h0 ^ memo[i]) * prime
+        h1 = (h1 ^ memo[i + 1]) * prime
+        h2 = (h2 ^ memo[i + 2]) * prime
+        h3 = (h3 ^ memo[i + 3]) * prime
+        i += 4
+    while i < k0 + klen:
+        h0 = (h0 ^ memo[i]) * prime
+        i += 1
+    return (((h0 * prime) ^ h1) * prime ^ h2) * prime ^ h3
 
 
 @cached_njit(inline="always")

@@ -300,6 +300,23 @@ def segment_classes(items, seg_lo, seg_hi, seg_reps, steps, cls, rows):
 
 
 @cached_njit()
+def copy_moved(items, seg_lo, seg_hi, dst, src, shift):
+    """Region ``(c, dst[j])`` of every channel ``c`` := region ``(c, src[j])`` with every row
+    ``>= 0`` moved by ``shift[j]`` (its end set; the room is the caller's to give)."""
+    for j in range(dst.shape[0]):
+        for c in range(seg_lo.shape[0]):
+            a = seg_lo[c, src[j]]
+            n = seg_hi[c, src[j]] - a
+            b = seg_lo[c, dst[j]]
+            for p in range(n):
+                for f in range(items.shape[1]):
+                    items[b + p, f] = items[a + p, f]
+                if items[b + p, _ROW] >= 0:
+                    items[b + p, _ROW] += shift[j]
+            seg_hi[c, dst[j]] = b + n
+
+
+@cached_njit()
 def _rows_equivalent(c, r, d, lo, hi, open_row, scal):
     """Whether channel ``c``'s open rows are channel ``r``'s moved by ``d`` as far as a segment
     of ``r``'s with rows in ``[lo, hi]`` (and ``c``'s moved by ``d``) can tell: a bank whose open
@@ -370,15 +387,23 @@ def channels_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cn
 
 
 @cached_njit()
-def timing_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt, scal):
-    """:func:`channels_equivalent` but for the open rows (see :func:`_rows_equivalent`)."""
+def scalars_equivalent(a, b, cpt, start, geom, scal):
+    """The part of :func:`timing_equivalent` in the channels' scalars: the next refresh, the
+    mode, the last issue (as far as it binds from ``cpt`` on) and the completion time (from
+    ``start`` on)."""
     for x in (S_NEXT_REF, S_MODE):
         if scal[a, x] != scal[b, x]:
             return False
     bus = geom[G_BUS]
     if max(scal[a, S_LAST] + bus, cpt) != max(scal[b, S_LAST] + bus, cpt):
         return False
-    if max(scal[a, S_DONE], start) != max(scal[b, S_DONE], start):
+    return max(scal[a, S_DONE], start) == max(scal[b, S_DONE], start)
+
+
+@cached_njit()
+def timing_equivalent(a, b, cpt, start, win_tab, geom, ready, win_hist, win_cnt, scal):
+    """:func:`channels_equivalent` but for the open rows (see :func:`_rows_equivalent`)."""
+    if not scalars_equivalent(a, b, cpt, start, geom, scal):
         return False
     for i in range(ready.shape[1]):
         for j in range(ready.shape[2]):
@@ -473,6 +498,7 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     # channel that ran this step), not copied yet: it took that channel's outcome at every PIM
     # step since and neither ran on its own. Copied when c runs other items, and at the end
     alias = np.arange(n_ch)
+    was = np.arange(n_ch)  # alias at the step's start
     blocks = seg_block.shape[0] > 0 and seg_block.max() > 0
     buf = np.zeros(1 << 15 if blocks else 0, np.int64)
     hist = np.zeros(1 << 18 if blocks and cycles == 1 else 0, np.int64)
@@ -492,6 +518,8 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
             done = start
             crit = 0
             for c in range(n_ch):
+                was[c] = alias[c]
+            for c in range(n_ch):
                 rep[c] = c
                 if group == 1:
                     s_c = start + link_lead[c, k]  # equal for equal segment classes
@@ -506,6 +534,20 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                         if _rows_equivalent(c, r, d, seg_rows[r, k, R_MIN],
                                             seg_rows[r, k, R_MAX], open_row, scal):
                             rep[c] = r
+                    if rep[c] == c and a != c:
+                        # its bank timers and windows are a's: so are those of a class's
+                        # representative that had them at the step's start (a itself, or one
+                        # that took its copy this step; no channel has run yet), and only the
+                        # scalars and open rows can differ
+                        for r in range(c):
+                            if rep[r] != r or seg_cls[c, k] != seg_cls[r, k] or was[r] != a:
+                                continue
+                            d = seg_rows[c, k, R_SHIFT] - seg_rows[r, k, R_SHIFT]
+                            if (_rows_equivalent(c, r, d, seg_rows[r, k, R_MIN],
+                                                 seg_rows[r, k, R_MAX], open_row, scal)
+                                    and scalars_equivalent(c, r, cpt, s_c, geom, scal)):
+                                rep[c] = r
+                                break
                     if rep[c] == c:
                         if a != c:  # it runs on its own: its own copy of the state first
                             _take_state(c, a, ready, win_hist, win_cnt)
