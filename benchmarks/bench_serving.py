@@ -22,18 +22,18 @@ has to simulate and their sizes; then the PIM serving summary (vLLM ``benchmark_
 with the batched steps simulated and the wall seconds spent in them; the GPU summary; the wall
 time of the whole process. No timed assertions: a script that prints its figures.
 
-Measured (``docs/benchmarks.md`` keeps the history): the whole workload on an idle 2-core
-machine, two workers, the schedule planned ahead once every request has arrived: 122.6, 120.7
-and 120.5 s in three runs (241, 237 and 237 s CPU; compile 0.2 s from the program cache), with
-pair runs stepped through refreshes as one memo unit; 139.8, 136.9 and 140.0 s (274, 269 and 275
-s CPU) before that, with the FR-FCFS closed form following every periodic stretch of a KV-cache
-write (a 256-token prefill step 2.05 -> 1.16 s CPU); before it 175.4, 198.5 and 169.0 s (343,
-389 and 332 s CPU), 183.3 and 190.9 s before the stream building in place and the cached
-compile, and 896 s wall / 670 s CPU before compact streams, shared batch caches and the workers;
-the same PIM summary to the digit (72.61 s, 1,805 output tok/s, TTFT 7,826 ms, TPOT 126.1 ms,
-71.87 mJ/output token). ``--num-prompts 32 --jobs 1``: 61.5 s CPU against 109 s (before the
-FR-FCFS change). One 128-sequence step: about 0.16 s CPU alone (0.41 s before compact streams).
-"""
+Measured (``docs/benchmarks.md`` keeps the history): the whole workload on an idle 2-core machine,
+two workers, the schedule planned ahead once every request has arrived: 93.7 s (176 s CPU) with
+memo keys of one word an item; 122.6, 120.7 and 120.5 s in three runs (241, 237 and 237 s CPU;
+compile 0.2 s from the program cache), with pair runs stepped through refreshes as one memo unit;
+139.8, 136.9 and 140.0 s (274, 269 and 275 s CPU) before that, with the FR-FCFS closed form
+following every periodic stretch of a KV-cache write (a 256-token prefill step 2.05 -> 1.16 s CPU);
+before it 175.4, 198.5 and 169.0 s (343, 389 and 332 s CPU), 183.3 and 190.9 s before the stream
+building in place and the cached compile, and 896 s wall / 670 s CPU before compact streams, shared
+batch caches and the workers; the same PIM summary to the digit (72.61 s, 1,805 output tok/s, TTFT
+7,826 ms, TPOT 126.1 ms, 71.87 mJ/output token). ``--num-prompts 32 --jobs 1``: 61.5 s CPU against
+109 s (before the FR-FCFS change). One 128-sequence step: about 0.16 s CPU alone (0.41 s before
+compact streams). """
 
 from __future__ import annotations
 

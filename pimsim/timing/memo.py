@@ -32,9 +32,9 @@ from pimsim.timing.tables import G_BUS, G_REFRESH
  M_MISSES, M_DROPPED, M_CLEARED) = range(14)
 M_HEADER = 16
 MEMO_BLOCK = 64  # stream items per block unit (units that are not pair runs)
-_NO_REF = -(1 << 50)
+_NO_REF = -(1 << 50)  # key slot value: entry valid for any refresh time after its last command
 # a key's item in one word (_memo_key): command, bank + 1, row label + 8 and count in these ranges
-_PACK_CMD, _PACK_BANK, _PACK_LAB, _PACK_LAB_NEG, _PACK_CNT = 1 << 10, 1 << 10, 1 << 16, 8, 1 << 24  # key slot value: entry valid for any refresh time after its last command
+_PACK_CMD, _PACK_BANK, _PACK_LAB, _PACK_LAB_NEG, _PACK_CNT = 1 << 10, 1 << 10, 1 << 16, 8, 1 << 24
 
 
 def new_memo(capacity_words: int = 1 << 23, max_entries: int = 1 << 16,
