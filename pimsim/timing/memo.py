@@ -80,6 +80,22 @@ def _label(memo, lab0, n_lab, row):
 
 
 @cached_njit(inline="always")
+def _label_in(memo, lab0, n_lab, row, lo, hi):
+    """:func:`_label`, with ``[lo, hi]`` the range of the rows labelled so far: a row outside
+    it is new without a search (rows that move on, a new one every MAC pair, label in constant
+    time). Returns (label, labels used, lo, hi)."""
+    if row < 0:
+        return row, n_lab, lo, hi
+    if n_lab == 0 or row < lo or row > hi:
+        memo[lab0 + n_lab] = row
+        if n_lab == 0:
+            return n_lab, n_lab + 1, row, row
+        return n_lab, n_lab + 1, min(lo, row), max(hi, row)
+    lab, n_lab = _label(memo, lab0, n_lab, row)
+    return lab, n_lab, lo, hi
+
+
+@cached_njit(inline="always")
 def _pack_ready(ready, cp, memo, n):
     """Write the ready times after ``cp`` at ``memo[n:]``: a count, then one word per time
     (index << 32 | cycles after cp). Returns the next free index, or -1 if one does not fit."""
@@ -141,12 +157,14 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
     memo[n + 4] = scal[S_MODE]
     n += 5
     n_lab = 0
+    lo = np.int64(0)
+    hi = np.int64(-1)
     last_row = np.int64(-1)
     last_lab = np.int64(-1)
     for b in range(open_row.shape[0]):
         r = open_row[b]
         if r != last_row:
-            last_lab, n_lab = _label(memo, lab0, n_lab, r)
+            last_lab, n_lab, lo, hi = _label_in(memo, lab0, n_lab, r, lo, hi)
             last_row = r
         memo[n] = last_lab
         n += 1
@@ -158,7 +176,7 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
         for p in range(pos, pos + n_it):
             r = stream[p, 2]
             if r != last_row:
-                last_lab, n_lab = _label(memo, lab0, n_lab, r)
+                last_lab, n_lab, lo, hi = _label_in(memo, lab0, n_lab, r, lo, hi)
                 last_row = r
             cmd, bank, cnt = stream[p, 0], stream[p, 1], stream[p, 3]
             if (0 <= cmd < _PACK_CMD and -1 <= bank < _PACK_BANK - 1
@@ -175,7 +193,7 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
             for p in range(pos, pos + n_it):
                 memo[n] = stream[p, 0]
                 memo[n + 1] = stream[p, 1]
-                memo[n + 2], n_lab = _label(memo, lab0, n_lab, stream[p, 2])
+                memo[n + 2], n_lab, lo, hi = _label_in(memo, lab0, n_lab, stream[p, 2], lo, hi)
                 memo[n + 3] = stream[p, 3]
                 n += 4
     else:
@@ -186,7 +204,11 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
             memo[n + 3 + f] = stream[pos + 1, f]
         n += 7
         for j in range(n_it):
-            memo[n], n_lab = _label(memo, lab0, n_lab, stream[pos + 2 * j, 2])
+            r = stream[pos + 2 * j, 2]
+            if r != last_row:
+                last_lab, n_lab, lo, hi = _label_in(memo, lab0, n_lab, r, lo, hi)
+                last_row = r
+            memo[n] = last_lab
             n += 1
     memo[k0 + 1] = 2 * n_it + packed
     n = _pack_ready(ready, cp, memo, n)
