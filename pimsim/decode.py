@@ -59,6 +59,10 @@ from pimsim.timing.token_runner import (
 
 ASIC_COST_OP = {"argmax": "reduction"}  # ops without their own cost row use another's
 KIND_CODE = {"asic": 0, "pim": 1, "comm": 2}  # step kinds as the kernels see them
+# the memo of whole channel segments (DecodeSimulator.seg_memo): words and entries; when full it
+# is cleared (the segments that recur are recorded again)
+SEG_MEMO_WORDS = 1 << 24
+SEG_MEMO_ENTRIES = 1 << 16
 
 
 def asic_cycles(cfg: HwConfig, op: str, n_elems: int) -> int:
@@ -511,6 +515,9 @@ class DecodeSimulator:
             self.memo = NO_MEMO
         else:
             self.memo = memo if isinstance(memo, np.ndarray) else new_memo()
+        # whole channel segments as memo units (run_steps), in a memo of their own
+        self.seg_memo = (NO_MEMO if self.memo is NO_MEMO
+                         else new_memo(SEG_MEMO_WORDS, SEG_MEMO_ENTRIES))
         if step_table is not None and (step_table.prog is not prog or step_table.cfg is not cfg):
             raise ValueError("the step table was made for another program or config")
         self.steps = step_table if step_table is not None else StepTable(prog, cfg)
@@ -586,7 +593,7 @@ class DecodeSimulator:
                     self.states.win_cnt, self.states.open_row, self.states.scal,
                     self.states.counts, self.states.stats, st, en, cnt, lk, wt, int(self.group),
                     self.memo, job.seg_block, job.seg_reps, int(self.block_cycles),
-                    self.asic_busy, job.seg_rows)
+                    self.asic_busy, job.seg_rows, self.seg_memo)
             self.now = int(now)
             self.channels_run += int(n_run)
         else:

@@ -98,17 +98,20 @@ def _label_in(memo, lab0, n_lab, row, lo, hi):
 @cached_njit(inline="always")
 def _pack_ready(ready, cp, memo, n):
     """Write the ready times after ``cp`` at ``memo[n:]``: a count, then one word per time
-    (index << 32 | cycles after cp). Returns the next free index, or -1 if one does not fit."""
+    (row << 40 | column << 32 | cycles after cp; a replay writes it back without a division).
+    Returns the next free index, or -1 if one does not fit."""
     nz_at = n
     n += 1
     ncol = ready.shape[1]
+    if ncol > 256:
+        return -1  # a column does not fit its eight bits: not recorded
     for i in range(ready.shape[0]):
         for j in range(ncol):
             v = ready[i, j] - cp
             if v > 0:
                 if v >= (1 << 31):
                     return -1
-                memo[n] = ((i * ncol + j) << 32) | v
+                memo[n] = (i << 40) | (j << 32) | v
                 n += 1
     memo[nz_at] = n - nz_at - 1
     return n
@@ -345,12 +348,11 @@ def _memo_apply(memo, v0, cp, lab0, win_tab, ready, win_hist, win_cnt, open_row,
             same = -2
         n += 1
     scal[S_ALLROW] = same
-    ncol = ready.shape[1]
     nz = memo[n]
     n += 1
     for _ in range(nz):
-        i = memo[n] >> 32
-        ready[i // ncol, i % ncol] = cp + (memo[n] & 0xFFFFFFFF)
+        w = memo[n]
+        ready[w >> 40, (w >> 32) & 0xFF] = cp + (w & 0xFFFFFFFF)
         n += 1
     for w in range(win_tab.shape[0]):
         lat = win_tab[w, 3]

@@ -21,8 +21,8 @@ CT_SCOPE, CT_ROW, CT_MODE, CT_DONE, CT_SELF_GAP, CT_CLOSED_FORM, CT_ENABLED, CT_
 # columns of geom
 (G_BG, G_BPG, G_BANKS, G_NODES, G_REFRESH, G_NREFI, G_PIM, G_FAST, G_CMD_ACT, G_CMD_PRE,
  G_CMD_PREA, G_CMD_REF, G_CMD_ACTAB, G_CMD_TMOD, G_BUS, G_TMOD_GATED, G_SCHED, G_RQ, G_WQ,
- G_WHI, G_WLO, G_CMD_RD, G_CMD_WR) = range(23)
-N_GEOM = 23
+ G_WHI, G_WLO, G_CMD_RD, G_CMD_WR, G_BPG_SHIFT) = range(24)
+N_GEOM = 24
 SCHED_IN_ORDER, SCHED_FRFCFS = 0, 1
 
 
@@ -176,6 +176,9 @@ def _build_tables(cfg: HwConfig) -> TimingTables:
     geom[G_BUS] = bus
     geom[G_BG] = o.bankgroups
     geom[G_BPG] = o.banks_per_group
+    # banks per group as a shift where it is a power of two (-1: not; see issue.bg_node)
+    bpg = o.banks_per_group
+    geom[G_BPG_SHIFT] = bpg.bit_length() - 1 if bpg > 0 and bpg & (bpg - 1) == 0 else -1
     geom[G_BANKS] = o.banks
     geom[G_NODES] = 1 + o.bankgroups + o.banks
     geom[G_REFRESH] = int(cfg.refresh.enabled)

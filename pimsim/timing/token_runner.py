@@ -122,6 +122,10 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
     return pos, log
 
 
+# a channel's segment is a memo unit of its own (run_steps' segment memo) from this many items
+SEG_MIN_ITEMS = 8
+SEG_BUF_WORDS = 1 << 16  # its key buffer: segments of up to about 7,000 items
+
 MIN_BLOCK_ITEMS = 8  # shorter periods are left to the pair runs and units of run_segment
 
 
@@ -454,7 +458,7 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
               link_lat, link_busy, link_lead, t0, cmd_tab, pr_start, pr_tab, win_tab, geom, ready,
               win_hist, win_cnt, open_row, scal, counts, stats, step_start, step_end, step_counts,
               step_link, step_wait, group, memo, seg_block, seg_reps, cycles, asic_busy,
-              seg_rows):
+              seg_rows, seg_memo):
     """Run a program's steps (one token) on all channels (state arrays stacked by channel).
 
     A PIM step (``kind == 1``) runs segment ``pim_index`` (items ``[seg_lo, seg_hi)``, identical
@@ -482,7 +486,10 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     with ``seg_block[c, k] > 0`` repeats a block of that many items (:func:`block_period`; or
     holds it once, ``seg_reps[c, k]`` times, a compact segment) and
     runs through :func:`run_blocks` (``cycles == 1``: with periods of blocks stepped in closed
-    form). Returns (end cycle, channels run).
+    form). With a segment memo (``seg_memo``, :func:`~pimsim.timing.memo.new_memo`; no rows:
+    none) a channel's whole segment is one unit first: replayed when the same items ran before
+    from an equivalent state (:func:`~pimsim.timing.memo.block_lookup`, the refresh rule of
+    every unit), else run as above and recorded. Returns (end cycle, channels run).
     """
     n_ch = ready.shape[0]
     log = np.zeros((0, 4), np.int64)
@@ -502,6 +509,10 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
     blocks = seg_block.shape[0] > 0 and seg_block.max() > 0
     buf = np.zeros(1 << 15 if blocks else 0, np.int64)
     hist = np.zeros(1 << 18 if blocks and cycles == 1 else 0, np.int64)
+    # whole segments as memo units: their own memo (entries the size of a segment would crowd
+    # out the units) and key buffer
+    segs = seg_memo.shape[0] > 0 and geom[G_FAST] == 1
+    sbuf = np.zeros(SEG_BUF_WORDS if segs else 0, np.int64)
     n_run = 0
     for i in range(kind.shape[0]):
         start = t0
@@ -573,10 +584,27 @@ def run_steps(items, seg_lo, seg_hi, seg_cls, kind, pim_index, dur, dep_start, d
                 if rep[c] != c:
                     continue
                 n_run += 1
-                log = run_blocks(items, seg_lo[c, k], seg_hi[c, k], seg_block[c, k],
-                                 seg_reps[c, k], start + link_lead[c, k], cmd_tab, pr_start, pr_tab, win_tab,
-                                 geom, ready[c], win_hist[c], win_cnt[c], open_row[c], scal[c],
-                                 counts[c], stats[c], log, memo, buf, hist)
+                lo = seg_lo[c, k]
+                n_it = seg_hi[c, k] - lo
+                nb = start + link_lead[c, k]
+                rec = False
+                if segs and seg_reps[c, k] == 0 and n_it >= SEG_MIN_ITEMS:
+                    # the whole segment: replayed, or run and then recorded
+                    if block_key(items, lo, n_it, nb, geom, win_tab, ready[c], win_hist[c],
+                                 win_cnt[c], open_row[c], scal[c], counts[c], stats[c],
+                                 sbuf) > 0:
+                        if block_lookup(geom, win_tab, ready[c], win_hist[c], win_cnt[c],
+                                        open_row[c], scal[c], counts[c], stats[c], seg_memo,
+                                        sbuf) == 1:
+                            continue
+                        rec = True
+                log = run_blocks(items, lo, lo + n_it, seg_block[c, k], seg_reps[c, k], nb,
+                                 cmd_tab, pr_start, pr_tab, win_tab, geom, ready[c],
+                                 win_hist[c], win_cnt[c], open_row[c], scal[c], counts[c],
+                                 stats[c], log, memo, buf, hist)
+                if rec:
+                    block_record(n_it, geom, win_tab, ready[c], win_hist[c], win_cnt[c],
+                                 open_row[c], scal[c], counts[c], stats[c], seg_memo, sbuf)
             for c in range(n_ch):
                 r = rep[c]
                 if r != c:
