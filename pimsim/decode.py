@@ -61,8 +61,8 @@ ASIC_COST_OP = {"argmax": "reduction"}  # ops without their own cost row use ano
 KIND_CODE = {"asic": 0, "pim": 1, "comm": 2}  # step kinds as the kernels see them
 # the memo of whole channel segments (DecodeSimulator.seg_memo): words and entries; when full it
 # is cleared (the segments that recur are recorded again)
-SEG_MEMO_WORDS = 1 << 24
-SEG_MEMO_ENTRIES = 1 << 16
+SEG_MEMO_WORDS = 1 << 25
+SEG_MEMO_ENTRIES = 1 << 17
 
 
 def asic_cycles(cfg: HwConfig, op: str, n_elems: int) -> int:

@@ -37,7 +37,7 @@ _NO_REF = -(1 << 50)  # key slot value: entry valid for any refresh time after i
 _PACK_CMD, _PACK_BANK, _PACK_LAB, _PACK_LAB_NEG, _PACK_CNT = 1 << 10, 1 << 10, 1 << 16, 8, 1 << 24
 
 
-def new_memo(capacity_words: int = 1 << 23, max_entries: int = 1 << 16,
+def new_memo(capacity_words: int = 1 << 24, max_entries: int = 1 << 17,
              scratch_words: int = 1 << 15) -> np.ndarray:
     """An empty memo (see ``memo_unit``); ``np.zeros(0)`` disables memoisation."""
     ht = 1
@@ -178,14 +178,17 @@ def _memo_key(stream, pos, kind, n_it, nb, geom, win_tab, ready, win_hist, win_c
         n0 = n
         for p in range(pos, pos + n_it):
             r = stream[p, 2]
-            if r != last_row:
-                last_lab, n_lab, lo, hi = _label_in(memo, lab0, n_lab, r, lo, hi)
-                last_row = r
+            lab = r  # a negative row (none, or all rows) stays, without disturbing the cache
+            if r >= 0:
+                if r != last_row:
+                    last_lab, n_lab, lo, hi = _label_in(memo, lab0, n_lab, r, lo, hi)
+                    last_row = r
+                lab = last_lab
             cmd, bank, cnt = stream[p, 0], stream[p, 1], stream[p, 3]
             if (0 <= cmd < _PACK_CMD and -1 <= bank < _PACK_BANK - 1
-                    and -_PACK_LAB_NEG <= last_lab < _PACK_LAB - _PACK_LAB_NEG
+                    and -_PACK_LAB_NEG <= lab < _PACK_LAB - _PACK_LAB_NEG
                     and 0 <= cnt < _PACK_CNT):
-                memo[n] = (((cmd * _PACK_BANK + bank + 1) * _PACK_LAB + last_lab + _PACK_LAB_NEG)
+                memo[n] = (((cmd * _PACK_BANK + bank + 1) * _PACK_LAB + lab + _PACK_LAB_NEG)
                            * _PACK_CNT + cnt)
                 n += 1
             else:

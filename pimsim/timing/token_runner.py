@@ -74,9 +74,11 @@ def run_segment(stream, pos, end, not_before, cmd_tab, pr_start, pr_tab, win_tab
         if is_queued(cmd, geom):
             # a run of conventional RD/WR requests: through the FR-FCFS queues, drained at its end
             e = pos + 1
+            n_req = stream[pos, 3]
             while e < end and stream[e, 0] >= 0 and is_queued(stream[e, 0], geom):
+                n_req += stream[e, 3]
                 e += 1
-            if use_memo and e - pos >= 4:
+            if use_memo and n_req >= 4:  # requests, not items: an item may hold many
                 pos, log = memo_unit(stream, pos, np.int64(2), e - pos, not_before, cmd_tab,
                                      pr_start, pr_tab, win_tab, geom, ready, win_hist, win_cnt,
                                      open_row, scal, counts, stats, log, memo)
