@@ -23,8 +23,9 @@ with the batched steps simulated and the wall seconds spent in them; the GPU sum
 time of the whole process. No timed assertions: a script that prints its figures.
 
 Measured (``docs/benchmarks.md`` keeps the history): the whole workload on an idle 2-core machine,
-two workers, the schedule planned ahead once every request has arrived: 53.9-67.3 s (three runs; the code before, 94.0 s the same day) with whole channel
-segments replayed from a memo of their own and the FR-FCFS choice without a division; 93.7 s
+two workers, the schedule planned ahead once every request has arrived: 53.9-67.3 s (three runs;
+the code before, 94.0 s the same day) with whole channel segments replayed from a memo of their
+own and the FR-FCFS choice without a division; 93.7 s
 (176 s CPU) with memo keys of one word an item; 122.6, 120.7 and 120.5 s in three runs (241, 237 and 237 s CPU;
 compile 0.2 s from the program cache), with pair runs stepped through refreshes as one memo unit;
 139.8, 136.9 and 140.0 s (274, 269 and 275 s CPU) before that, with the FR-FCFS closed form
