@@ -64,11 +64,9 @@ from pimsim.timing.tables import (
 # Conventional RD/WR requests of a channel wait in a read and a write queue (``geom[G_RQ]``,
 # ``geom[G_WQ]`` entries) and are scheduled FR-FCFS, as Ramulator 2's controller (which the public
 # AiM simulator uses) does; see ``cq_step``. Queue rows: (cmd, bank, row, arrival cycle,
-# activated for it, a row command was issued for it, the row of its bank group in the ready
-# times: 1 + bank // banks per group, kept to spare the choice a division per request), oldest
-# first.
-Q_CMD, Q_BANK, Q_ROW, Q_ARR, Q_ACT, Q_MISS, Q_BG_ROW = range(7)
-QF = 7
+# activated for it, a row command was issued for it), oldest first.
+Q_CMD, Q_BANK, Q_ROW, Q_ARR, Q_ACT, Q_MISS = range(6)
+QF = 6
 # controller state: requests queued, write-drain mode (1 = serving writes), reads and writes
 # holding a queue entry (an entry frees when its request's column command issues)
 CQ_N, CQ_WMODE, CQ_NR, CQ_NW = range(4)
@@ -315,7 +313,7 @@ def _pick_fast(q, n, wm, guard_bits, not_before, win_tab, geom, ready, win_hist,
                                                 last)
             etab[ncmd, 1, 0] = 1 if has_bank_windows(ncmd, win_tab) else 0
         # ``earliest_in_bank``, its windows called only where there are any
-        t = max(lo_t, etab[ncmd, 0, 2], ready[q[i, Q_BG_ROW], ncmd], ready[1 + n_bg + bank, ncmd])
+        t = max(lo_t, etab[ncmd, 0, 2], ready[bg_node(bank, geom), ncmd], ready[1 + n_bg + bank, ncmd])
         if etab[ncmd, 1, 0] == 1:
             t = max(t, bank_window_cyc(ncmd, bank, win_tab, geom, win_hist, win_cnt))
         pri = 1
@@ -410,7 +408,6 @@ def cq_push(q, cq, cmd, bank, row, arr, geom):
     q[n, Q_ARR] = arr
     q[n, Q_ACT] = 0
     q[n, Q_MISS] = 0
-    q[n, Q_BG_ROW] = bg_node(bank, geom)
     cq[CQ_N] = n + 1
     if cmd == geom[G_CMD_WR]:
         cq[CQ_NW] += 1
