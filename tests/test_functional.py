@@ -106,6 +106,83 @@ def test_matvec_kernel_matches_a_column_by_column_model(acc, fill_cols, k, order
     assert m.n_reads == len(ORDERS[(fill_cols, k, order)])
 
 
+def _segment_model(m, w, X, acc, gb_div):
+    """Reference for any layout: neuron ``n`` multiplies row ``n // gb_div`` of ``X``; its
+    MACs follow ``m.read_segments()`` (chunk, first column, columns, read), each 16-lane
+    column summed by an adder tree over adjacent lanes, the accumulator adding column sums
+    (rounded to bf16 after each with a bf16 accumulator), every read rounded to bf16 and the
+    reads added in fp32."""
+    wb, xb = to_bf16(w), to_bf16(X)
+    out = np.zeros(m.out_dim, np.float32)
+    ce, L = m.chunk_elems, 16
+    for n in range(m.out_dim):
+        xr = xb[n // gb_div]
+        a, first, pending = np.float32(0), True, False
+
+        def read(a, first):
+            r = to_bf16(np.array([a], np.float32))[0]
+            out[n] = r if first else np.float32(out[n] + r)
+
+        for k, c0, cols, rd in m.read_segments().tolist():
+            lo = k * ce + c0 * L
+            if lo >= m.in_dim:
+                break
+            for j in range(min(cols, -(-(m.in_dim - lo) // L))):
+                e = lo + j * L
+                n_el = min(L, m.in_dim - e)
+                p = np.zeros(L, np.float32)
+                p[:n_el] = wb[n, e:e + n_el] * xr[e:e + n_el]
+                while p.size > 1:
+                    p = p[0::2] + p[1::2]
+                a = np.float32(a + p[0])
+                if acc == "bf16":
+                    a = to_bf16(np.array([a], np.float32))[0]
+            pending = True
+            if rd:
+                read(a, first)
+                a, first, pending = np.float32(0), False, False
+        if pending:
+            read(a, first)
+    return out
+
+
+# wide rows (32 columns of 16 lanes): the vector kernel's eight-column groups, its remainder
+# columns, rows summed to their end (a short tail) or not (a long one), several chunks, fills
+# of part of a chunk, and groups of neurons cut short by a bank's last slot
+WIDE = [  # (in_dim, fill columns, accumulators, order)
+    (512, 0, 1, "pim-gpt"), (400, 0, 1, "pim-gpt"), (200, 0, 1, "pim-gpt"),
+    (1000, 0, 1, "pim-gpt"), (1000, 12, 2, "pim-gpt"), (700, 5, 3, "reuse"), (1000, 64, 1, "pim-gpt"),
+]
+
+
+@pytest.mark.parametrize("acc", ["fp32", "bf16"])
+@pytest.mark.parametrize("in_dim,fill_cols,k,order", WIDE)
+def test_vector_kernel_matches_the_segment_model_on_wide_rows(acc, in_dim, fill_cols, k, order):
+    from pimsim.functional import (_FP16_TO_FP32, _mac_matrix_parallel, _mac_matrix_serial,
+                                   _matrix_rows)
+
+    g = Geometry(2, 4, 200, 512, 16, 2)
+    m = MatrixLayout("m", "ffn_up", 150, in_dim, 512, (3,) * 2, g, fill_cols, k, order)
+    rng = np.random.default_rng(in_dim + fill_cols)
+    w = rng.standard_normal((m.out_dim, m.in_dim)).astype(np.float32)
+    img = MemoryImage(2, 4, [3 + m.rows_used(c) for c in range(2)], 512, "bf16")
+    img.bits[...] = 0x7FC0  # NaN in every whole column the matrix leaves: never summed in
+    img.store_matrix(m, w)
+    for k in range(m.n_chunks):  # a partial last column's lanes are zero, as a built image's
+        ln = m.chunk(k)[1]
+        for c in range(2):
+            rows = [m.row_of(c, s, k) for s in range(m.slots(c))]
+            img.bits[c, :, rows, ln:-(-ln // 16) * 16] = 0
+    gb_div = 40  # neuron n multiplies row n // 40 (a batched or per-head global buffer)
+    X = rng.standard_normal((4, m.in_dim)).astype(np.float32)
+    want = _segment_model(m, w, X, acc, gb_div)
+    for kern, extra in ((_mac_matrix_serial, ()), (_mac_matrix_parallel, (2,)), (_mac_matrix_parallel, (3,))):
+        out = np.full(m.out_dim, np.nan, np.float32)
+        kern(img.words, *_matrix_rows(m), m.chunk_elems, X, gb_div, m.out_dim, 16, 1,
+             _FORMATS[acc], _FP16_TO_FP32, m.read_segments(), out, *extra)
+        assert np.array_equal(out.view(np.uint32), want.view(np.uint32)), kern
+
+
 def test_matvec_reads_only_the_image():
     """A weight stored one place off changes exactly the neurons it feeds."""
     m, g, rows = _layout()
