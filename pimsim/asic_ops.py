@@ -98,6 +98,8 @@ def _layernorm(M, a, at):
     flat = x.reshape(-1, int(np.prod(shape[at["axis"] % x.ndim:])))
     w = _f32(a[1]).reshape(-1) if len(a) > 1 else np.ones(flat.shape[1], np.float32)
     b = _f32(a[2]).reshape(-1) if len(a) > 2 else np.zeros(flat.shape[1], np.float32)
+    if len(flat) == 1:  # a decode step's one token
+        return M.layernorm(flat[0], w, b, at["eps"]).reshape(shape)
     out = np.stack([M.layernorm(r, w, b, at["eps"]) for r in flat])
     return out.reshape(shape)
 

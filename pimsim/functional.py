@@ -19,7 +19,6 @@ Defines what every instruction computes:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from pimsim import asic_kernels
+from pimsim.asic_kernels import exp_series, recip_newton
 from pimsim.config import HwConfig
 from pimsim.isa import MatrixLayout, Program, window_pos
 
@@ -56,6 +57,14 @@ def rounder(dtype: str):
 # ---------------------------------------------------------------- ASIC arithmetic
 
 
+def _vec(v, n: int) -> np.ndarray:
+    """A layernorm's weight or bias as a contiguous fp32 vector of ``n``."""
+    if isinstance(v, np.ndarray) and v.dtype == np.float32 and v.shape == (n,) and v.flags.c_contiguous:
+        return v
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32), (n,)))
+
+
+
 @dataclass(frozen=True)
 class AsicMath:
     """How the ASIC evaluates its non-linear functions (approximate by default, as PIM-GPT)."""
@@ -74,13 +83,13 @@ class AsicMath:
         x = np.asarray(x, np.float32)
         if self.exact:
             return np.exp(x)
-        return _exp_series(x, self.exp_terms)
+        return exp_series(x, self.exp_terms)
 
     def recip(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
         if self.exact:
             return (1.0 / x).astype(np.float32)
-        return _recip_newton(x, self.recip_steps)
+        return recip_newton(x, self.recip_steps)
 
     def rsqrt(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
@@ -94,6 +103,10 @@ class AsicMath:
 
     def layernorm(self, x, w, b, eps: float) -> np.ndarray:
         x = np.asarray(x, np.float32)
+        if not self.exact and x.ndim == 1:  # fused, the same arithmetic (pimsim.asic_kernels)
+            return asic_kernels.layernorm(np.ascontiguousarray(x), _vec(w, x.size),
+                                          _vec(b, x.size), np.float32(eps), self.recip_steps,
+                                          self.rsqrt_steps)
         n = np.float32(x.shape[-1])
         mean = x.sum(dtype=np.float32) * self.recip(np.array(n, np.float32))
         xc = x - mean
@@ -103,12 +116,16 @@ class AsicMath:
     def softmax(self, s: np.ndarray) -> np.ndarray:
         """Row-wise softmax of scores [heads, tokens]."""
         s = np.asarray(s, np.float32)
+        if not self.exact and s.ndim == 2:
+            return asic_kernels.softmax(np.ascontiguousarray(s), self.exp_terms, self.recip_steps)
         e = self.exp(s - s.max(axis=-1, keepdims=True))
         return (e * self.recip(e.sum(axis=-1, keepdims=True, dtype=np.float32))).astype(np.float32)
 
     def gelu(self, x: np.ndarray) -> np.ndarray:
         """tanh-form GELU; tanh(u) = 1 - 2 / (exp(2u) + 1)."""
         x = np.asarray(x, np.float32)
+        if not self.exact:  # fused, the same arithmetic (pimsim.asic_kernels)
+            return asic_kernels.gelu_tanh(np.ascontiguousarray(x), self.exp_terms, self.recip_steps)
         u = np.float32(np.sqrt(2 / np.pi)) * (x + np.float32(0.044715) * x * x * x)
         if self.exact:
             t = np.tanh(u)
@@ -116,67 +133,6 @@ class AsicMath:
             u = np.clip(u, -10, 10)  # tanh is +-1 to fp32 precision beyond this
             t = np.float32(1) - np.float32(2) * self.recip(self.exp(np.float32(2) * u) + np.float32(1))
         return (np.float32(0.5) * x * (np.float32(1) + t)).astype(np.float32)
-
-
-# elementwise ASIC kernels (numba; float32 IEEE arithmetic in the written order, no fast-math)
-
-
-@njit(cache=True)
-def _exp_series(x, terms):
-    """Range reduction by squaring: exp(x) = exp(x / 2^k)^(2^k) with |x / 2^k| <= 1/2,
-    k = ceil(log2(2 |x|)) in fp32 (0 .. 30); a Taylor series of ``terms`` terms, squared k times."""
-    xs = x.ravel()
-    n = xs.size
-    k = np.zeros(n, np.int64)
-    r = np.empty(n, np.float32)
-    for i in range(n):
-        v = xs[i]
-        if np.isfinite(v):
-            a = max(abs(v), np.float32(1e-30)) * np.float32(2)
-            k[i] = min(max(0, int(math.ceil(np.float32(math.log2(np.float64(a)))))), 30)
-            r[i] = v * np.float32(2.0 ** -k[i])  # exact scaling by a power of two
-        else:
-            r[i] = v * np.float32(np.inf)
-    term = np.ones(n, np.float32)
-    acc = np.ones(n, np.float32)
-    for t in range(1, terms):  # element-wise passes (vectorised), each element's own order
-        d = np.float32(t)
-        for i in range(n):
-            term[i] = term[i] * r[i] / d
-            acc[i] = acc[i] + term[i]
-    for j in range(k.max() if n else 0):
-        for i in range(n):
-            if k[i] > j:
-                acc[i] = acc[i] * acc[i]
-    return acc.reshape(x.shape)
-
-
-@njit(cache=True)
-def _recip_newton(x, steps):
-    """1/x: x = m 2^e with m in [0.5, 1) (exponent handling is wiring), a linear guess of 1/m,
-    Newton-Raphson steps, the exponent put back."""
-    xs = x.ravel()
-    out = np.empty(xs.size, np.float32)
-    for i in range(xs.size):
-        v = xs[i]
-        bits = np.float32(v).view(np.uint32)
-        eb = np.int64((bits >> np.uint32(23)) & np.uint32(0xFF))
-        if 0 < eb < 255:  # normal: split the exponent field off
-            e = eb - 126
-            m = np.uint32((bits & np.uint32(0x007FFFFF)) | np.uint32(0x3F000000)).view(np.float32)
-        else:
-            m64, e = math.frexp(abs(np.float64(v)))
-            m = np.float32(m64)  # exact
-        y = np.float32(48 / 17) - np.float32(32 / 17) * m
-        for _ in range(steps):
-            y = y * (np.float32(2) - m * y)
-        if -126 <= -e <= 127:  # 2^-e is a normal fp32: the product is ldexp, rounded once
-            r = y * np.uint32((127 - e) << 23).view(np.float32)
-        else:
-            r = np.float32(math.ldexp(np.float64(y), -e))  # exact in fp64, then one rounding
-        sign = np.float32(1) if v > 0 else (np.float32(-1) if v < 0 else (np.float32(0) if v == 0 else v))
-        out[i] = sign * r
-    return out.reshape(x.shape)
 
 
 # ---------------------------------------------------------------- DRAM contents
