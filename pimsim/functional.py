@@ -830,6 +830,9 @@ class FlowExecutor:
             self.consts[name] = entries[entry][off:off + size].reshape(shape)
         self.env: dict[str, np.ndarray] = {}
         self.read_layouts: dict[str, MatrixLayout] = {}  # set_batch: the batched read order
+        # each flow op's attributes resolved once where none depends on the position
+        self._fixed_attrs = [None if _pos_dependent(f.attrs) else self._attrs(f.attrs, 0)
+                             for f in prog.flow]
         self._v_rows: dict = {}  # (id of a V layout, chunk) -> (layout, channel, bank, row)
 
     def set_batch(self, batch: int, seq: int) -> None:
@@ -889,7 +892,7 @@ class FlowExecutor:
         if prog.inputs.get("position"):
             env[prog.inputs["position"]] = np.array([pos], np.int64)
         self.routing: dict[int, list[list[int]]] = {}  # MoE layer -> experts per token
-        for f in prog.flow:
+        for i_op, f in enumerate(prog.flow):
             op = f.op
             w = f.attrs.get("window", 0)  # a sliding window's ring: sizes stop at the window
             p = window_pos(pos, w)
@@ -920,7 +923,9 @@ class FlowExecutor:
                 ctx = self._attn(f.attrs["attn"], False, p, np.asarray(env[f.inputs[0]]))
                 env[f.outputs[0]] = ctx.reshape(self._dims(f.attrs["shape"], p))
             else:
-                out = self.ops[op].fn(M, [env[i] for i in f.inputs], self._attrs(f.attrs, p))
+                at = self._fixed_attrs[i_op]
+                out = self.ops[op].fn(M, [env[i] for i in f.inputs],
+                                      self._attrs(f.attrs, p) if at is None else at)
                 env[f.outputs[0]] = np.asarray(out)
                 if op == "moe_route":
                     from pimsim.moe import chosen
@@ -984,6 +989,17 @@ class FlowExecutor:
             hit = self._v_rows[(id(vm), k)] = (vm, c, b, rows)
         _, c, b, rows = hit
         self.img.bits[c, b, rows, pos % vm.chunk_elems] = self.img.encode(v_new)
+
+
+def _pos_dependent(v) -> bool:
+    """Whether a flow op's attribute value holds a ``("pos", a, b)`` dimension."""
+    if isinstance(v, tuple) and len(v) == 3 and v[0] == "pos":
+        return True
+    if isinstance(v, dict):
+        return any(_pos_dependent(x) for x in v.values())
+    if isinstance(v, list):
+        return any(_pos_dependent(x) for x in v)
+    return False
 
 
 def unrolled_kv(new: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:
