@@ -115,14 +115,13 @@ def _segment_model(m, w, X, acc, gb_div):
     wb, xb = to_bf16(w), to_bf16(X)
     out = np.zeros(m.out_dim, np.float32)
     ce, L = m.chunk_elems, 16
+    def read(n, a, first):
+        r = to_bf16(np.array([a], np.float32))[0]
+        out[n] = r if first else np.float32(out[n] + r)
+
     for n in range(m.out_dim):
         xr = xb[n // gb_div]
         a, first, pending = np.float32(0), True, False
-
-        def read(a, first):
-            r = to_bf16(np.array([a], np.float32))[0]
-            out[n] = r if first else np.float32(out[n] + r)
-
         for k, c0, cols, rd in m.read_segments().tolist():
             lo = k * ce + c0 * L
             if lo >= m.in_dim:
@@ -139,10 +138,10 @@ def _segment_model(m, w, X, acc, gb_div):
                     a = to_bf16(np.array([a], np.float32))[0]
             pending = True
             if rd:
-                read(a, first)
+                read(n, a, first)
                 a, first, pending = np.float32(0), False, False
         if pending:
-            read(a, first)
+            read(n, a, first)
     return out
 
 
@@ -158,8 +157,7 @@ WIDE = [  # (in_dim, fill columns, accumulators, order)
 @pytest.mark.parametrize("acc", ["fp32", "bf16"])
 @pytest.mark.parametrize("in_dim,fill_cols,k,order", WIDE)
 def test_vector_kernel_matches_the_segment_model_on_wide_rows(acc, in_dim, fill_cols, k, order):
-    from pimsim.functional import (_FP16_TO_FP32, _mac_matrix_parallel, _mac_matrix_serial,
-                                   _matrix_rows)
+    from pimsim.functional import _FP16_TO_FP32, _mac_matrix_parallel, _mac_matrix_serial, _matrix_rows
 
     g = Geometry(2, 4, 200, 512, 16, 2)
     m = MatrixLayout("m", "ffn_up", 150, in_dim, 512, (3,) * 2, g, fill_cols, k, order)
