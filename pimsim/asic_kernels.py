@@ -179,6 +179,16 @@ def recip_newton(x, steps):
 
 
 @njit(cache=True)
+def rsqrt_newton(x, steps):
+    """:func:`rsqrt1` of every element of ``x`` (any shape)."""
+    xs = x.ravel()
+    out = np.empty(xs.size, np.float32)
+    for i in range(xs.size):
+        out[i] = rsqrt1(xs[i], steps)
+    return out.reshape(x.shape)
+
+
+@njit(cache=True)
 def layernorm(x, w, b, eps, recip_steps, rsqrt_steps):
     """(x - mean) / sqrt(var + eps) * w + b of a 1-D vector: mean and variance as sums times
     the reciprocal of n, the scale by :func:`rsqrt1`."""

@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from pimsim import asic_kernels
-from pimsim.asic_kernels import exp_series, recip_newton
+from pimsim.asic_kernels import exp_series, recip_newton, rsqrt_newton
 from pimsim.config import HwConfig
 from pimsim.isa import MatrixLayout, Program, window_pos
 
@@ -94,11 +94,7 @@ class AsicMath:
         x = np.asarray(x, np.float32)
         if self.exact:
             return (1.0 / np.sqrt(x)).astype(np.float32)
-        i = x.view(np.int32)
-        y = (np.int32(0x5F3759DF) - (i >> 1)).view(np.float32)  # fast inverse square root
-        for _ in range(self.rsqrt_steps):
-            y = y * (np.float32(1.5) - np.float32(0.5) * x * y * y)
-        return y.astype(np.float32)
+        return rsqrt_newton(x, self.rsqrt_steps)  # the fast inverse square root, Newton steps
 
     def layernorm(self, x, w, b, eps: float) -> np.ndarray:
         x = np.asarray(x, np.float32)
@@ -844,7 +840,7 @@ class FlowExecutor:
                 self.read_layouts[name] = r
 
     def _dims(self, v, pos: int):
-        if isinstance(v, tuple) and len(v) == 3 and v[0] == "pos":
+        if _is_pos_dim(v):
             return v[1] * pos + v[2]
         if isinstance(v, list):
             return [self._dims(x, pos) for x in v]
@@ -988,9 +984,14 @@ class FlowExecutor:
         self.img.bits[c, b, rows, pos % vm.chunk_elems] = self.img.encode(v_new)
 
 
+def _is_pos_dim(v) -> bool:
+    """Whether ``v`` is a dimension ``("pos", a, b)``: ``a * pos + b``."""
+    return isinstance(v, tuple) and len(v) == 3 and v[0] == "pos"
+
+
 def _pos_dependent(v) -> bool:
     """Whether a flow op's attribute value holds a ``("pos", a, b)`` dimension."""
-    if isinstance(v, tuple) and len(v) == 3 and v[0] == "pos":
+    if _is_pos_dim(v):
         return True
     if isinstance(v, dict):
         return any(_pos_dependent(x) for x in v.values())
