@@ -53,6 +53,7 @@ from pimsim.timing.token_runner import (
     asic_gap,
     block_period,
     copy_moved,
+    new_scratch,
     run_steps,
     segment_classes,
 )
@@ -518,6 +519,7 @@ class DecodeSimulator:
         # whole channel segments as memo units (run_steps), in a memo of their own
         self.seg_memo = (NO_MEMO if self.memo is NO_MEMO
                          else new_memo(SEG_MEMO_WORDS, SEG_MEMO_ENTRIES))
+        self._scratch = new_scratch()
         if step_table is not None and (step_table.prog is not prog or step_table.cfg is not cfg):
             raise ValueError("the step table was made for another program or config")
         self.steps = step_table if step_table is not None else StepTable(prog, cfg)
@@ -593,7 +595,7 @@ class DecodeSimulator:
                     self.states.win_cnt, self.states.open_row, self.states.scal,
                     self.states.counts, self.states.stats, st, en, cnt, lk, wt, int(self.group),
                     self.memo, job.seg_block, job.seg_reps, int(self.block_cycles),
-                    self.asic_busy, job.seg_rows, self.seg_memo)
+                    self.asic_busy, job.seg_rows, self.seg_memo, self._scratch)
             self.now = int(now)
             self.channels_run += int(n_run)
         else:
