@@ -675,6 +675,23 @@ def _mac_matrix_serial(words, base_row, slots, chunk_elems, x, gb_div, out_dim, 
                  acc_fmt, lut, segs, out, cb, sums, acc, q)
 
 
+def streamed_bytes(m: MatrixLayout, fmt: str = "bf16") -> int:
+    """Bytes of DRAM rows the MAC kernels read for one product of ``m``: every bank's row of
+    every slot and chunk (padding slots too), the whole row where :func:`_mac_bank_bf16` sums it
+    (bf16 in 16-lane columns, the chunk's data filling at least half the row), else the chunk's
+    columns. The weights alone are ``2 out_dim in_dim`` bytes; this is what streaming them in
+    the hardware's row layout costs the host."""
+    g = m.geo
+    row_cols, lane = g.row_elems // g.col_elems, g.col_elems * g.elem_bytes
+    whole_rows = fmt == "bf16" and g.col_elems == 16
+    n = 0
+    for k in range(m.n_chunks):
+        used = -(-m.chunk(k)[1] // g.col_elems)
+        cols = row_cols if whole_rows and 2 * (row_cols - used) <= row_cols else used
+        n += sum(m.slots(c) for c in range(g.channels)) * g.banks * cols * lane
+    return n
+
+
 # matrices at least this large use all numba threads (while the host has idle cores; on a busy
 # host only those of PARALLEL_MIN_ELEMS_BUSY): a parallel region costs a thread hand-off, and on
 # a busy host it waits for a scheduler time slice (measured: ~8 ms a region on a loaded 2-core

@@ -230,3 +230,23 @@ def test_images_are_page_aligned_and_copies_independent():
         assert np.array_equal(cp.bits, img.bits) and cp.words.shape == img.words.shape
         cp.bits[0, 0, 0, 0] += 1
         assert cp.bits[0, 0, 0, 0] != img.bits[0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("in_dim,whole", [(512, True), (384, True), (256, True), (250, True), (240, False),
+                                          (100, False), (1000, None)])
+def test_streamed_bytes_counts_the_rows_the_kernel_reads(in_dim, whole):
+    """Whole 1 KiB rows where a chunk fills at least half its row, else the chunk's 32-byte
+    columns; padding slots included (150 neurons on 8 banks: 19 slots of 8, 2 channels)."""
+    from pimsim.functional import streamed_bytes
+
+    g = Geometry(2, 4, 200, 512, 16, 2)
+    m = MatrixLayout("m", "ffn_up", 150, in_dim, 512, (3,) * 2, g)
+    slots = sum(m.slots(c) for c in range(2))
+    assert slots * 4 == 152
+    if whole is None:  # chunks of 512 and 488: both whole rows
+        assert streamed_bytes(m) == 2 * 152 * 1024
+    elif whole:
+        assert streamed_bytes(m) == 152 * 1024
+    else:
+        assert streamed_bytes(m) == 152 * 32 * -(-in_dim // 16)
+    assert streamed_bytes(m, "fp16") == 152 * 32 * sum(-(-m.chunk(k)[1] // 16) for k in range(m.n_chunks))
