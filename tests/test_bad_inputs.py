@@ -1156,6 +1156,65 @@ def test_the_functional_cache_is_off_without_a_cache_dir_and_for_other_models(
     assert list(tmp_path.iterdir()) == []
 
 
+
+def test_prune_removes_the_least_recently_used_entries_and_stale_half_written_files(tmp_path):
+    """Oldest first until the rest fit; the entry just written stays even alone over the budget;
+    a half-written file goes only once it is an hour old; other files are left alone."""
+    from workloads import functional_cache as fc
+
+    now = 1_000_000.0
+    sizes = {"a": 300, "b": 200, "c": 100, "d": 50}  # a is the oldest, d the newest
+    for i, (name, n) in enumerate(sizes.items()):
+        p = tmp_path / f"{name}.bin"
+        p.write_bytes(b"x" * n)
+        os.utime(p, (now - 100 + i, now - 100 + i))
+    (tmp_path / ".tmp-old.bin").write_bytes(b"x" * 1000)
+    os.utime(tmp_path / ".tmp-old.bin", (now - fc.STALE_TMP_S - 1,) * 2)
+    (tmp_path / ".tmp-new.bin").write_bytes(b"x" * 1000)
+    os.utime(tmp_path / ".tmp-new.bin", (now - 10,) * 2)
+    (tmp_path / "notes.txt").write_bytes(b"x" * 1000)
+    removed = fc.prune(tmp_path, 300, keep=tmp_path / "d.bin", now=now)
+    assert sorted(p.name for p in removed) == [".tmp-old.bin", "a.bin", "b.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-new.bin", "c.bin", "d.bin", "notes.txt"]
+    assert fc.prune(tmp_path, 360, now=now) == []  # 150 bytes of entries fit
+    assert [p.name for p in fc.prune(tmp_path, 10, keep=tmp_path / "d.bin", now=now)] == ["c.bin"]
+    assert fc.prune(tmp_path, 0, keep=tmp_path / "d.bin", now=now) == []  # the one kept stays
+
+
+def test_the_functional_cache_keeps_to_its_budget_dropping_the_least_recently_used(
+        tmp_path, monkeypatch):
+    """With room for two entries, a third run's entry replaces the one used least recently: a
+    hit counts as a use. Read back or prepared again, every run gives the same numbers."""
+    from pimsim.config import load_config
+    from workloads import functional_cache
+
+    monkeypatch.setenv("PIMSIM_CACHE_DIR", str(tmp_path))
+    cfg = load_config("pim-gpt")
+    first = _functional_run(seed=0)
+    size = next((tmp_path / "functional").iterdir()).stat().st_size
+    monkeypatch.setenv("PIMSIM_FUNCTIONAL_CACHE_GB", repr(2.5 * size / (1 << 30)))
+    path = {k: functional_cache._entry(functional_cache.cache_key("tiny", cfg, k)) for k in range(3)}
+    os.utime(path[0], (1, 1))  # long ago
+    _functional_run(seed=1)
+    assert path[0].exists() and path[1].exists()
+    os.utime(path[1], (2, 2))  # entry 1 used after entry 0...
+    hit = _functional_run(seed=0)  # ...until this hit uses entry 0 again
+    assert hit[:2] == first[:2] and np.array_equal(hit[2], first[2])
+    assert path[0].stat().st_mtime > 2
+    _functional_run(seed=2)
+    assert sorted(p.name for p in (tmp_path / "functional").iterdir()) == \
+        sorted([path[0].name, path[2].name])
+    again = _functional_run(seed=1)  # dropped: prepared again, the same numbers
+    assert again[:2] == _functional_run(seed=1, cache=False)[:2]
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "nan", "inf"])
+def test_a_bad_functional_cache_budget_is_named(tmp_path, monkeypatch, capsys, value):
+    monkeypatch.setenv("PIMSIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PIMSIM_FUNCTIONAL_CACHE_GB", value)
+    cli(["run", "tiny", "--functional", "--tokens", "2"], capsys, expect="PIMSIM_FUNCTIONAL_CACHE_GB")
+
+
 # ---------------------------------------------------------------- outputs against inputs
 
 @pytest.fixture

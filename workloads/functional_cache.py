@@ -22,6 +22,12 @@ Where: the program cache's directory (:func:`workloads.compile_cache.cache_dir`)
 is about the size of the image: gpt2-small on pim-gpt 357 MB (the bf16 weights, the KV-cache
 rows and the row padding); images above :data:`MAX_IMAGE_BYTES` are not kept.
 
+Size: the entries together stay within ``$PIMSIM_FUNCTIONAL_CACHE_GB`` GiB (default
+:data:`DEFAULT_TOTAL_GB`). Each entry written removes the least recently used others (a hit
+marks its entry used) until the rest fit beside it, and half-written files that a killed run left
+behind more than an hour ago (:func:`prune`). A new simulator version keys every entry anew, so
+the old ones are only ever removed this way.
+
 Integrity, as the program cache: one header line, ``pimsim-functional-cache <sha256 of the
 payload>``, then the payload: the pickle's length (8 bytes, little-endian), the pickle (the
 program and where each image lies), then the images' raw bytes. An entry that fails its
@@ -31,6 +37,7 @@ run prepares everything again and rewrites the entry.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -38,6 +45,7 @@ import os
 import pickle
 import struct
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -53,6 +61,8 @@ _ALIGN = 4096  # every image starts page-aligned in the file and in memory when 
 # sources that make the seeded weights and the image, beyond the compiler's
 _SOURCES = ("pimsim/functional.py", "workloads/models/train.py")
 MAX_IMAGE_BYTES = 4 << 30  # [assumed] a larger model's images are rebuilt, not kept on disk
+DEFAULT_TOTAL_GB = 8.0  # [assumed] all entries together (two of the largest, 22 of gpt2-small's)
+STALE_TMP_S = 3600  # a half-written entry this old belongs to a run that did not finish
 
 
 @lru_cache(maxsize=1)
@@ -113,6 +123,7 @@ def load(model: str, cfg: Any, seed: int, context: int | None = None):
     path = _entry(cache_key(model, cfg, seed, context))
     if path is None:
         return None
+    total_budget_bytes()  # a bad budget is named before the run, not after it
     try:
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
@@ -147,17 +158,72 @@ def load(model: str, cfg: Any, seed: int, context: int | None = None):
             path.unlink()
         except OSError:
             pass
+    else:
+        with contextlib.suppress(OSError):  # used now: the last to go (prune)
+            os.utime(path)
     return result
+
+
+def total_budget_bytes() -> int:
+    """The bytes all entries may take together: ``$PIMSIM_FUNCTIONAL_CACHE_GB`` GiB, else
+    :data:`DEFAULT_TOTAL_GB`."""
+    from pimsim.errors import UserError
+
+    raw = os.environ.get("PIMSIM_FUNCTIONAL_CACHE_GB", "").strip()
+    if not raw:
+        return int(DEFAULT_TOTAL_GB * (1 << 30))
+    try:
+        gb = float(raw)
+    except ValueError:
+        gb = float("nan")
+    if not gb >= 0 or gb == float("inf"):
+        raise UserError(f"PIMSIM_FUNCTIONAL_CACHE_GB={raw!r} is not a size in GiB",
+                        "set it to a number of GiB such as 8 (0 keeps no functional entries), "
+                        "or unset it for the default")
+    return int(gb * (1 << 30))
+
+
+def prune(directory: Path, budget_bytes: int, keep: Path | None = None,
+          now: float | None = None) -> list[Path]:
+    """Remove the least recently used entries (``*.bin``, oldest modification time first) of
+    ``directory`` until those left take at most ``budget_bytes`` (``keep``, the entry just
+    written, stays and counts), and half-written files older than :data:`STALE_TMP_S`.
+    Returns the paths removed; a file that vanishes meanwhile (another run pruning) is skipped."""
+    now = time.time() if now is None else now
+    removed, entries = [], []
+    for p in directory.iterdir():
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if p.name.startswith(".tmp-"):
+            if now - st.st_mtime > STALE_TMP_S:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+        elif p.suffix == ".bin":
+            entries.append((p != keep, st.st_mtime, p.name, st.st_size, p))
+    total = sum(e[3] for e in entries)
+    for is_other, _, _, size, p in sorted(entries, key=lambda e: (not e[0], e[1], e[2])):
+        if total <= budget_bytes or not is_other:
+            break
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+        total -= size
+    return removed
 
 
 def store(model: str, cfg: Any, seed: int, context: int | None, compiled: Any,
           images: list[list[Any]]) -> Path | None:
-    """Save ``compiled`` (weights left out) and its pristine ``images`` ``[stage][rank]``;
-    quietly does nothing where the cache cannot be written or the images exceed
-    :data:`MAX_IMAGE_BYTES`."""
+    """Save ``compiled`` (weights left out) and its pristine ``images`` ``[stage][rank]``, then
+    :func:`prune` the others to the total budget (:func:`total_budget_bytes`); quietly does
+    nothing where the cache cannot be written or the images exceed :data:`MAX_IMAGE_BYTES` or
+    the budget."""
     path = _entry(cache_key(model, cfg, seed, context))
     total = sum(im.bits.nbytes for stage in images for im in stage)
-    if path is None or total > MAX_IMAGE_BYTES:
+    budget = total_budget_bytes()
+    if path is None or total > min(MAX_IMAGE_BYTES, budget):
         return None
     try:
         # where each image lies in the file: after the header, the length, the pickle, aligned
@@ -201,4 +267,6 @@ def store(model: str, cfg: Any, seed: int, context: int | None, compiled: Any,
             f.write(MAGIC + b" " + h.hexdigest().encode() + b"\n")
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         return None
+    with contextlib.suppress(OSError):
+        prune(path.parent, budget, keep=path)
     return path
