@@ -464,17 +464,16 @@ def _mac_bank(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div, ou
 MAC_PREFETCH_WORDS = 2048
 
 
-@intrinsic
-def _colsums8(typingctx, words, woff, ge, go, out, n8):
-    """Adder-tree sums of ``8 n8`` MAC columns of 16 bf16 lanes (8 words each) of the 1-D
-    ``words`` from word ``woff``, against global-buffer lanes ``ge``/``go`` (even/odd, from the
-    same word), into ``out[0 : 8 n8]``. Written as explicit vectors (eight columns at a time,
-    lanes paired by shuffles) in the tree's exact order: level 1 the even lane's product plus
-    the odd lane's, then adjacent pairs, level by level; plain IEEE fp32 multiplies and adds,
-    no fusing, so every sum equals the scalar tree's bit for bit. LLVM lowers the vectors to
-    what the host has (AVX-512, AVX2 or SSE2)."""
-    sig = types.void(words, woff, ge, go, out, n8)
+def _colsums8_intrinsic(half: bool):
+    """The vector column sums for bf16 (``half`` False) or fp16 lanes: see :func:`_colsums8`."""
+    def colsums8(typingctx, words, woff, ge, go, out, n8):
+        return types.void(words, woff, ge, go, out, n8), _colsums8_codegen(half)
 
+    return intrinsic(colsums8)
+
+
+def _colsums8_codegen(half: bool):
+    """LLVM IR of :func:`_colsums8` / :func:`_colsums8_fp16`."""
     def codegen(context, builder, signature, args):
         wv, wo, gev, gov, ov, n = args
         f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
@@ -507,8 +506,14 @@ def _colsums8(typingctx, words, woff, ge, go, out, n8):
             for h in range(4):  # two columns per vector: even*ge + odd*go per word
                 off = builder.add(base, i64(16 * h))
                 v = load(wd, builder.add(wo, off), v16i)
-                fe = builder.bitcast(builder.shl(v, shift), v16f)
-                fo = builder.bitcast(builder.and_(v, high), v16f)
+                if half:  # exact widening (F16C's vcvtph2ps where the host has it)
+                    v16h, v16s = ir.VectorType(ir.HalfType(), 16), ir.VectorType(ir.IntType(16), 16)
+                    fe = builder.fpext(builder.bitcast(builder.trunc(v, v16s), v16h), v16f)
+                    fo = builder.fpext(builder.bitcast(builder.trunc(builder.lshr(v, shift), v16s),
+                                                       v16h), v16f)
+                else:
+                    fe = builder.bitcast(builder.shl(v, shift), v16f)
+                    fo = builder.bitcast(builder.and_(v, high), v16f)
                 ge_ = load(ed, builder.add(wo, off), v16f)
                 go_ = load(od, builder.add(wo, off), v16f)
                 q.append(builder.fadd(builder.fmul(fe, ge_), builder.fmul(fo, go_)))
@@ -519,20 +524,37 @@ def _colsums8(typingctx, words, woff, ge, go, out, n8):
             builder.store(sums, builder.bitcast(dst, v8f.as_pointer()), align=4)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+_colsums8 = _colsums8_intrinsic(False)
+_colsums8.__doc__ = """``_colsums8(words, woff, ge, go, out, n8)``: adder-tree sums of ``8 n8`` MAC
+columns of 16 bf16 lanes (8 words each) of the 1-D ``words`` from word ``woff``, against
+global-buffer lanes ``ge``/``go`` (even/odd, from the same word), into ``out[0 : 8 n8]``. Written
+as explicit vectors (eight columns at a time, lanes paired by shuffles) in the tree's exact
+order: level 1 the even lane's product plus the odd lane's, then adjacent pairs, level by level;
+plain IEEE fp32 multiplies and adds, no fusing, so every sum equals the scalar tree's bit for
+bit. LLVM lowers the vectors to what the host has (AVX-512, AVX2 or SSE2)."""
+_colsums8_fp16 = _colsums8_intrinsic(True)
+_colsums8_fp16.__doc__ = """:func:`_colsums8` for fp16 lanes, widened to fp32 exactly (a
+signalling NaN comes out quiet, as the product quiets it in the scalar kernel: the same sums)."""
 
 
 @njit(cache=True, inline="always")
-def _col_sums(row, w0, ge, go, cols, sums, q):
-    """Adder-tree sums of ``cols`` 16-lane bf16 columns of ``row`` from word ``w0`` into
-    ``sums[0:cols]``: eight at a time as vectors, the rest one by one."""
+def _col_sums(row, w0, ge, go, cols, sums, q, fmt, lut):
+    """Adder-tree sums of ``cols`` 16-lane columns (bf16, ``fmt`` 1, or fp16 through ``lut``)
+    of ``row`` from word ``w0`` into ``sums[0:cols]``: eight at a time as vectors, the rest one
+    by one."""
     n8 = cols // 8
     if n8:
-        _colsums8(row, w0, ge, go, sums, n8)
+        if fmt == 1:
+            _colsums8(row, w0, ge, go, sums, n8)
+        else:
+            _colsums8_fp16(row, w0, ge, go, sums, n8)
     rest = cols - 8 * n8
     if rest:
         wr = w0 + 64 * n8
-        _lane_products(row[wr:], ge[wr:], go[wr:], rest * 8, 1, ge, q)
+        _lane_products(row[wr:], ge[wr:], go[wr:], rest * 8, fmt, lut, q)
         for j in range(rest):
             o = j * 8
             sums[8 * n8 + j] = (((q[o] + q[o + 1]) + (q[o + 2] + q[o + 3]))
@@ -543,41 +565,46 @@ MAC_GROUP = 16  # neurons of a bank summed together: their accumulators' add cha
 
 
 @njit(cache=True, inline="always")
-def _group_add(acc, sums, ng, cols, acc_fmt):
-    """Accumulator ``g`` of the group adds its column sums ``sums[g, :cols]`` in column order;
-    the neurons' add chains are independent, so the host overlaps them."""
-    for g in range(ng):
-        a = acc[g]
-        if acc_fmt == 0:
-            for j in range(cols):
+def _group_add(acc, sums, ng, c0, cols, acc_fmt):
+    """Accumulator ``g`` of the group adds its column sums ``sums[g, c0 : c0 + cols]`` in
+    column order; the neurons' chains are independent, so the host overlaps them (a rounded
+    accumulator's, longer, column by column across the group)."""
+    if acc_fmt == 0:
+        for g in range(ng):
+            a = acc[g]
+            for j in range(c0, c0 + cols):
                 a = a + sums[g, j]
-        else:
-            for j in range(cols):
-                a = _round(a + sums[g, j], acc_fmt)
-        acc[g] = a
+            acc[g] = a
+    else:
+        for j in range(c0, c0 + cols):
+            for g in range(ng):
+                acc[g] = _round(acc[g] + sums[g, j], acc_fmt)
 
 
 @njit(cache=True, inline="always")
-def _read_group(acc, s0, ng, c, b, C, B, out_dim, out, first):
-    """RD_MAC of the group's accumulators (rounded to bf16) into ``out``, added in fp32 to
-    each neuron's earlier partial sums unless ``first``; the accumulators start again at 0."""
+def _read_group(acc, s0, ng, c, b, C, B, out_dim, out, first, fmt):
+    """RD_MAC of the group's accumulators (rounded to the data type ``fmt``) into ``out``,
+    added in fp32 to each neuron's earlier partial sums unless ``first``; the accumulators
+    start again at 0."""
     for g in range(ng):
         n = ((s0 + g) * C + c) * B + b
         if n < out_dim:
-            r = _round(acc[g], 1)
+            r = _round(acc[g], fmt)
             out[n] = r if first else out[n] + r
     acc[:] = 0
 
 
 @njit(cache=True, inline="always")
-def _mac_bank_bf16(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div, out_dim,
-                   acc_fmt, segs, out, sums, acc, q):
-    """``_mac_bank`` for bf16 data in 16-lane columns, :data:`MAC_GROUP` neurons at a time:
-    each neuron's column sums as vectors (:func:`_col_sums`), then the group's accumulators
-    add them (:func:`_group_add`; each accumulator's order unchanged). A run that reaches the
-    end of its row's data sums the rest of the row too (values never used) when that rest is
-    at most half a row: reading whole rows keeps the host's hardware prefetch streaming
-    (measured: 8 against 20 GB/s of weights for rows three quarters full)."""
+def _mac_bank_vec(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div, out_dim,
+                  fmt, acc_fmt, lut, segs, out, sums, acc, q):
+    """``_mac_bank`` for bf16 or fp16 data in 16-lane columns, :data:`MAC_GROUP` neurons at a time:
+    each neuron's column sums of a row as vectors (:func:`_col_sums`), once for every run of
+    its MACs on that row (a global-buffer fill of part of a row is one run; the sums depend
+    on the row and the chunk's input alone), then the group's accumulators add each run's
+    (:func:`_group_add`; each accumulator's order unchanged). The sums span the whole row
+    (values past the row's data never used) when that data fills at least half of it: reading
+    whole rows keeps the host's hardware prefetch streaming (measured: 8 against 20 GB/s of
+    weights for rows three quarters full)."""
     C, B, _, W = words.shape
     row_cols = W // 8
     for s0 in range(0, ns, MAC_GROUP):
@@ -585,41 +612,42 @@ def _mac_bank_bf16(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_di
         acc[:] = 0
         first = True
         pending = False
+        summed = -1  # the chunk whose row's column sums ``sums`` holds
         for i in range(segs.shape[0]):
             k, c0 = segs[i, 0], segs[i, 1]
             have = in_dim - k * chunk_elems - c0 * 16  # input elements left from here
             if have <= 0:
                 break
             cols = min(segs[i, 2], (have + 15) // 16)
-            used = (min(chunk_elems, in_dim - k * chunk_elems) + 15) // 16  # this row's columns
-            span = cols
-            if c0 + cols >= used and 2 * (row_cols - used) <= row_cols:
-                span = row_cols - c0
-            for g in range(ng):
-                gi = min((((s0 + g) * C + c) * B + b) // gb_div, ge.shape[1] - 1)  # (padding)
-                _col_sums(words[c, b, base_row + k * ns + s0 + g], c0 * 8, ge[k, gi], go[k, gi],
-                          span, sums[g], q)
-            _group_add(acc, sums, ng, cols, acc_fmt)
+            if k != summed:
+                used = (min(chunk_elems, in_dim - k * chunk_elems) + 15) // 16  # row's columns
+                span = row_cols if 2 * (row_cols - used) <= row_cols else used
+                for g in range(ng):
+                    gi = min((((s0 + g) * C + c) * B + b) // gb_div, ge.shape[1] - 1)  # (padding)
+                    _col_sums(words[c, b, base_row + k * ns + s0 + g], 0, ge[k, gi], go[k, gi],
+                              span, sums[g], q, fmt, lut)
+                summed = k
+            _group_add(acc, sums, ng, c0, cols, acc_fmt)
             pending = True
             if segs[i, 3] == 1:
-                _read_group(acc, s0, ng, c, b, C, B, out_dim, out, first)
+                _read_group(acc, s0, ng, c, b, C, B, out_dim, out, first, fmt)
                 first = False
                 pending = False
         if pending:
-            _read_group(acc, s0, ng, c, b, C, B, out_dim, out, first)
+            _read_group(acc, s0, ng, c, b, C, B, out_dim, out, first, fmt)
 
 
 @njit(cache=True, inline="always")
 def _bank_of(words, base_row, slots, chunk_elems, x, ge, go, gb_div, out_dim, lanes, fmt,
              acc_fmt, lut, segs, out, cb, sums, acc, q):
-    """The MAC rows of bank ``cb`` (channel-major): bf16 in 16-lane columns by
-    :func:`_mac_bank_bf16`, other formats by ``_mac_bank`` (hinting bank ``cb + 1``'s first
+    """The MAC rows of bank ``cb`` (channel-major): bf16 or fp16 in 16-lane columns by
+    :func:`_mac_bank_vec`, other lane counts by ``_mac_bank`` (hinting bank ``cb + 1``'s first
     rows). ``sums``, ``acc`` and ``q`` are the caller's scratch (:func:`_mac_scratch`)."""
     C, B = words.shape[0], words.shape[1]
     c, nx = cb // B, cb + 1
-    if fmt == 1 and lanes == 16:
-        _mac_bank_bf16(words, c, cb % B, base_row[c], slots[c], chunk_elems, x.shape[1], ge, go,
-                       gb_div, out_dim, acc_fmt, segs, out, sums, acc, q)
+    if (fmt == 1 or fmt == 2) and lanes == 16:
+        _mac_bank_vec(words, c, cb % B, base_row[c], slots[c], chunk_elems, x.shape[1], ge, go,
+                      gb_div, out_dim, fmt, acc_fmt, lut, segs, out, sums, acc, q)
         return
     nc = nx // B if nx < C * B else -1
     _mac_bank(words, c, cb % B, base_row[c], slots[c], chunk_elems, x.shape[1], ge, go, gb_div,
@@ -675,19 +703,18 @@ def _mac_matrix_serial(words, base_row, slots, chunk_elems, x, gb_div, out_dim, 
                  acc_fmt, lut, segs, out, cb, sums, acc, q)
 
 
-def streamed_bytes(m: MatrixLayout, fmt: str = "bf16") -> int:
+def streamed_bytes(m: MatrixLayout) -> int:
     """Bytes of DRAM rows the MAC kernels read for one product of ``m``: every bank's row of
-    every slot and chunk (padding slots too), the whole row where :func:`_mac_bank_bf16` sums it
-    (bf16 in 16-lane columns, the chunk's data filling at least half the row), else the chunk's
+    every slot and chunk (padding slots too), the whole row where :func:`_mac_bank_vec` sums it
+    (16-lane columns, the chunk's data filling at least half the row), else the chunk's
     columns. The weights alone are ``2 out_dim in_dim`` bytes; this is what streaming them in
     the hardware's row layout costs the host."""
     g = m.geo
     row_cols, lane = g.row_elems // g.col_elems, g.col_elems * g.elem_bytes
-    whole_rows = fmt == "bf16" and g.col_elems == 16
     n = 0
     for k in range(m.n_chunks):
         used = -(-m.chunk(k)[1] // g.col_elems)
-        cols = row_cols if whole_rows and 2 * (row_cols - used) <= row_cols else used
+        cols = row_cols if g.col_elems == 16 and 2 * (row_cols - used) <= row_cols else used
         n += sum(m.slots(c) for c in range(g.channels)) * g.banks * cols * lane
     return n
 

@@ -106,17 +106,18 @@ def test_matvec_kernel_matches_a_column_by_column_model(acc, fill_cols, k, order
     assert m.n_reads == len(ORDERS[(fill_cols, k, order)])
 
 
-def _segment_model(m, w, X, acc, gb_div):
+def _segment_model(m, w, X, acc, gb_div, dtype="bf16"):
     """Reference for any layout: neuron ``n`` multiplies row ``n // gb_div`` of ``X``; its
     MACs follow ``m.read_segments()`` (chunk, first column, columns, read), each 16-lane
     column summed by an adder tree over adjacent lanes, the accumulator adding column sums
-    (rounded to bf16 after each with a bf16 accumulator), every read rounded to bf16 and the
+    (rounded to ``acc`` after each, unless fp32), every read rounded to the data type and the
     reads added in fp32."""
-    wb, xb = to_bf16(w), to_bf16(X)
+    rnd = {"bf16": to_bf16, "fp16": to_fp16}[dtype]
+    wb, xb = rnd(w), rnd(X)
     out = np.zeros(m.out_dim, np.float32)
     ce, L = m.chunk_elems, 16
     def read(n, a, first):
-        r = to_bf16(np.array([a], np.float32))[0]
+        r = rnd(np.array([a], np.float32))[0]
         out[n] = r if first else np.float32(out[n] + r)
 
     for n in range(m.out_dim):
@@ -134,8 +135,8 @@ def _segment_model(m, w, X, acc, gb_div):
                 while p.size > 1:
                     p = p[0::2] + p[1::2]
                 a = np.float32(a + p[0])
-                if acc == "bf16":
-                    a = to_bf16(np.array([a], np.float32))[0]
+                if acc != "fp32":
+                    a = {"bf16": to_bf16, "fp16": to_fp16}[acc](np.array([a], np.float32))[0]
             pending = True
             if rd:
                 read(n, a, first)
@@ -154,17 +155,17 @@ WIDE = [  # (in_dim, fill columns, accumulators, order)
 ]
 
 
-@pytest.mark.parametrize("acc", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype,acc", [("bf16", "fp32"), ("bf16", "bf16"), ("fp16", "fp32"), ("fp16", "fp16")])
 @pytest.mark.parametrize("in_dim,fill_cols,k,order", WIDE)
-def test_vector_kernel_matches_the_segment_model_on_wide_rows(acc, in_dim, fill_cols, k, order):
+def test_vector_kernel_matches_the_segment_model_on_wide_rows(dtype, acc, in_dim, fill_cols, k, order):
     from pimsim.functional import _FP16_TO_FP32, _mac_matrix_parallel, _mac_matrix_serial, _matrix_rows
 
     g = Geometry(2, 4, 200, 512, 16, 2)
     m = MatrixLayout("m", "ffn_up", 150, in_dim, 512, (3,) * 2, g, fill_cols, k, order)
     rng = np.random.default_rng(in_dim + fill_cols)
     w = rng.standard_normal((m.out_dim, m.in_dim)).astype(np.float32)
-    img = MemoryImage(2, 4, [3 + m.rows_used(c) for c in range(2)], 512, "bf16")
-    img.bits[...] = 0x7FC0  # NaN in every whole column the matrix leaves: never summed in
+    img = MemoryImage(2, 4, [3 + m.rows_used(c) for c in range(2)], 512, dtype)
+    img.bits[...] = 0x7FC0  # NaN (bf16 and fp16) in every whole column the matrix leaves: never summed in
     img.store_matrix(m, w)
     for k in range(m.n_chunks):  # a partial last column's lanes are zero, as a built image's
         ln = m.chunk(k)[1]
@@ -173,12 +174,58 @@ def test_vector_kernel_matches_the_segment_model_on_wide_rows(acc, in_dim, fill_
             img.bits[c, :, rows, ln:-(-ln // 16) * 16] = 0
     gb_div = 40  # neuron n multiplies row n // 40 (a batched or per-head global buffer)
     X = rng.standard_normal((4, m.in_dim)).astype(np.float32)
-    want = _segment_model(m, w, X, acc, gb_div)
+    want = _segment_model(m, w, X, acc, gb_div, dtype)
     for kern, extra in ((_mac_matrix_serial, ()), (_mac_matrix_parallel, (2,)), (_mac_matrix_parallel, (3,))):
         out = np.full(m.out_dim, np.nan, np.float32)
-        kern(img.words, *_matrix_rows(m), m.chunk_elems, X, gb_div, m.out_dim, 16, 1,
+        kern(img.words, *_matrix_rows(m), m.chunk_elems, X, gb_div, m.out_dim, 16, _FORMATS[dtype],
              _FORMATS[acc], _FP16_TO_FP32, m.read_segments(), out, *extra)
         assert np.array_equal(out.view(np.uint32), want.view(np.uint32)), kern
+
+
+
+@pytest.mark.parametrize("dtype,acc", [("fp16", "fp16"), ("fp16", "fp32"), ("bf16", "bf16")])
+def test_vector_kernel_equals_the_scalar_kernel_on_special_values(dtype, acc):
+    """Weights and inputs with signalling and quiet NaNs (payloads, both signs), infinities,
+    subnormals, the largest finite values and zeros of both signs: the vector kernel's sums
+    equal the previous scalar kernel's (``_mac_bank``, table widening) bit for bit, NaN
+    payloads included."""
+    from pimsim.functional import _FP16_TO_FP32, _bank_of, _gb_chunks, _mac_bank, _mac_scratch, _matrix_rows
+
+    g = Geometry(2, 4, 200, 512, 16, 2)
+    m = MatrixLayout("m", "ffn_up", 150, 1000, 512, (3,) * 2, g, 12, 2, "pim-gpt")
+    img = MemoryImage(2, 4, [3 + m.rows_used(c) for c in range(2)], 512, dtype)
+    rng = np.random.default_rng(7)
+    img.bits[...] = rng.integers(0, 1 << 16, img.bits.shape, dtype=np.uint16)  # every pattern
+    img.store_matrix(m, rng.standard_normal((m.out_dim, m.in_dim)).astype(np.float32) * 8)
+    special = ([0x7C01, 0xFC01, 0x7D55, 0x7E00, 0xFE01, 0x7C00, 0xFC00, 0x0001, 0x8001, 0x03FF,
+                0x7BFF, 0xFBFF, 0x0000, 0x8000] if dtype == "fp16" else
+               [0x7F81, 0xFF81, 0x7FC1, 0x7F80, 0xFF80, 0x0001, 0x807F, 0x7F7F, 0x0000, 0x8000])
+    pick = rng.random(img.bits.shape) < 0.0007  # about half the neurons meet one
+    img.bits[pick] = rng.choice(np.array(special, np.uint16), int(pick.sum()))
+    fmt, acc_fmt = _FORMATS[dtype], _FORMATS[acc]
+    x = rng.standard_normal((4, m.in_dim)).astype(np.float32) * 8
+    x[3, ::97] = decode(np.array(special, np.uint16), dtype)[np.arange(x[3, ::97].size) % len(special)]
+    nans = [v for v in special if np.isnan(decode(np.array([v], np.uint16), dtype))]
+    for n in range(120, 150, 3):  # a NaN weight meets a NaN input: the weight's payload wins
+        c, b, s_ = (int(v) for v in m.locate(n))
+        for j, e in enumerate(range(0, m.in_dim, 97)):
+            img.bits[c, b, m.row_of(c, s_, e // m.chunk_elems), e % m.chunk_elems] = nans[(n + j) % len(nans)]
+    base_row, slots = _matrix_rows(m)
+    segs = m.read_segments()
+    ge, go = _gb_chunks(x, m.chunk_elems, img.words.shape[3], fmt)
+    vec = np.full(m.out_dim, 1.5, np.float32)
+    ref = np.full(m.out_dim, 1.5, np.float32)
+    sums, acc_s, q = _mac_scratch(img.words.shape[3])
+    for cb in range(8):
+        c, b = cb // 4, cb % 4
+        _bank_of(img.words, base_row, slots, m.chunk_elems, x, ge, go, 40, m.out_dim, 16, fmt, acc_fmt,
+                 _FP16_TO_FP32, segs, vec, cb, sums, acc_s, q)
+        _mac_bank(img.words, c, b, base_row[c], slots[c], m.chunk_elems, m.in_dim, ge, go, 40, m.out_dim,
+                  16, fmt, acc_fmt, _FP16_TO_FP32, segs, ref, -1, 0, 0, 0)
+    assert np.isnan(ref).sum() > 10 and np.isinf(ref).any() and np.isfinite(ref).sum() > 30
+    nan_bits = np.unique(ref.view(np.uint32)[np.isnan(ref)])
+    assert len(nan_bits) > 2  # several payloads (and signs) to keep
+    assert np.array_equal(vec.view(np.uint32), ref.view(np.uint32))
 
 
 def test_matvec_reads_only_the_image():
@@ -249,4 +296,6 @@ def test_streamed_bytes_counts_the_rows_the_kernel_reads(in_dim, whole):
         assert streamed_bytes(m) == 152 * 1024
     else:
         assert streamed_bytes(m) == 152 * 32 * -(-in_dim // 16)
-    assert streamed_bytes(m, "fp16") == 152 * 32 * sum(-(-m.chunk(k)[1] // 16) for k in range(m.n_chunks))
+    g8 = Geometry(2, 4, 200, 512, 8, 2)  # 8-lane columns: the scalar kernel, the chunk's columns
+    m8 = MatrixLayout("m", "ffn_up", 150, in_dim, 512, (3,) * 2, g8)
+    assert streamed_bytes(m8) == 152 * 16 * sum(-(-m8.chunk(k)[1] // 8) for k in range(m8.n_chunks))
