@@ -103,5 +103,6 @@ def main() -> None:
               f"{max(per_tok_ms, floor_ms) / per_tok_ms:.2f}x with the timing wholly beside the "
               f"numbers")
 
+
 if __name__ == "__main__":
     main()
