@@ -169,23 +169,23 @@ def exp_series(x, terms):
 
 
 @njit(cache=True)
+def _newton_each(x, steps, rsqrt):
+    """:func:`rsqrt1` (``rsqrt``) or :func:`recip1` of every element of ``x`` (any shape)."""
+    xs = x.ravel()
+    out = np.empty(xs.size, np.float32)
+    for i in range(xs.size):
+        out[i] = rsqrt1(xs[i], steps) if rsqrt else recip1(xs[i], steps)
+    return out.reshape(x.shape)
+
+
 def recip_newton(x, steps):
     """:func:`recip1` of every element of ``x`` (any shape)."""
-    xs = x.ravel()
-    out = np.empty(xs.size, np.float32)
-    for i in range(xs.size):
-        out[i] = recip1(xs[i], steps)
-    return out.reshape(x.shape)
+    return _newton_each(x, steps, False)
 
 
-@njit(cache=True)
 def rsqrt_newton(x, steps):
     """:func:`rsqrt1` of every element of ``x`` (any shape)."""
-    xs = x.ravel()
-    out = np.empty(xs.size, np.float32)
-    for i in range(xs.size):
-        out[i] = rsqrt1(xs[i], steps)
-    return out.reshape(x.shape)
+    return _newton_each(x, steps, True)
 
 
 @njit(cache=True)

@@ -595,6 +595,14 @@ def _read_group(acc, s0, ng, c, b, C, B, out_dim, out, first, fmt):
 
 
 @njit(cache=True, inline="always")
+def _summed_cols(used, row_cols):
+    """Columns of a row :func:`_mac_bank_vec` sums for ``used`` columns of data: the whole row
+    where the data fills at least half of it (the host's hardware prefetch then streams), else
+    the data's."""
+    return row_cols if 2 * (row_cols - used) <= row_cols else used
+
+
+@njit(cache=True, inline="always")
 def _mac_bank_vec(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div, out_dim,
                   fmt, acc_fmt, lut, segs, out, sums, acc, q):
     """``_mac_bank`` for bf16 or fp16 data in 16-lane columns, :data:`MAC_GROUP` neurons at a time:
@@ -620,8 +628,7 @@ def _mac_bank_vec(words, c, b, base_row, ns, chunk_elems, in_dim, ge, go, gb_div
                 break
             cols = min(segs[i, 2], (have + 15) // 16)
             if k != summed:
-                used = (min(chunk_elems, in_dim - k * chunk_elems) + 15) // 16  # row's columns
-                span = row_cols if 2 * (row_cols - used) <= row_cols else used
+                span = _summed_cols((min(chunk_elems, in_dim - k * chunk_elems) + 15) // 16, row_cols)
                 for g in range(ng):
                     gi = min((((s0 + g) * C + c) * B + b) // gb_div, ge.shape[1] - 1)  # (padding)
                     _col_sums(words[c, b, base_row + k * ns + s0 + g], 0, ge[k, gi], go[k, gi],
@@ -714,7 +721,7 @@ def streamed_bytes(m: MatrixLayout) -> int:
     n = 0
     for k in range(m.n_chunks):
         used = -(-m.chunk(k)[1] // g.col_elems)
-        cols = row_cols if g.col_elems == 16 and 2 * (row_cols - used) <= row_cols else used
+        cols = int(_summed_cols(used, row_cols)) if g.col_elems == 16 else used
         n += sum(m.slots(c) for c in range(g.channels)) * g.banks * cols * lane
     return n
 
